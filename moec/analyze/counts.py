@@ -1,0 +1,154 @@
+"""Parameters and forward FLOPs per component, per layer: pure arithmetic over layer plans.
+
+Conventions (CONVENTIONS.md): 1 multiply-add = 2 FLOPs; linear FLOPs per token = 2 × active matmul
+weights; elementwise work (norms, activations, softmax, RoPE, biases) = 0; the embedding lookup = 0;
+the lm_head = 2·d·V also when tied. Attention-score FLOPs (QKᵀ and AV) depend on the context length and
+are computed separately in :func:`attention_score_flops`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
+
+COMPONENTS = (
+    "embedding",
+    "attention",
+    "norms",
+    "router",
+    "routed_experts",
+    "shared_experts",
+    "dense_ffn",
+    "base_ffn",  # the frozen FFN under LoRA experts
+    "head",
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component's share of one layer."""
+
+    params: int
+    active: int  # parameters a single token touches
+    flops: int  # forward linear FLOPs per token
+    frozen: bool = False
+
+
+def ffn_matrices(d: int, f: int, gated: bool) -> list[tuple[int, int]]:
+    """(in, out) of each matrix of an FFN: gate, up, down for gated units; up, down otherwise."""
+    return [(d, f), (d, f), (f, d)] if gated else [(d, f), (f, d)]
+
+
+def ffn_weights(d: int, f: int, gated: bool) -> int:
+    return sum(i * o for i, o in ffn_matrices(d, f, gated))
+
+
+def ffn_biases(d: int, f: int, gated: bool) -> int:
+    return sum(o for _, o in ffn_matrices(d, f, gated))
+
+
+def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
+    if a.kind == "mla":
+        assert a.kv_lora_rank and a.qk_rope_head_dim is not None and a.qk_nope_head_dim and a.v_head_dim
+        h, qk, r = a.n_heads, a.qk_nope_head_dim + a.qk_rope_head_dim, a.qk_rope_head_dim
+        if a.q_lora_rank:
+            q_mm = d * a.q_lora_rank + a.q_lora_rank * h * qk
+            norms = a.q_lora_rank * norm_dim_params
+        else:
+            q_mm, norms = d * h * qk, 0
+        kv_mm = d * (a.kv_lora_rank + r) + a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
+        norms += a.kv_lora_rank * norm_dim_params
+        o_mm = h * a.v_head_dim * d
+        mm = q_mm + kv_mm + o_mm
+        extra = norms
+    else:
+        h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim
+        mm = d * hd * (h + 2 * kv) + h * hd * d
+        extra = (hd * (h + 2 * kv) if a.bias else 0) + (d if a.out_bias else 0)
+        extra += 2 * hd * norm_dim_params if a.qk_norm else 0
+    extra += a.n_heads if a.sinks else 0
+    return Part(mm + extra, mm + extra, 2 * mm)
+
+
+def attention_score_flops(a: AttentionPlan, kv_len: Fraction) -> Fraction:
+    """QKᵀ and AV per token: 2·h·S_kv·(d_qk + d_v). GQA does not reduce it."""
+    return 2 * a.n_heads * kv_len * (a.qk_dim + a.v_dim)
+
+
+def kv_len(seq: int, window: int | None, mode: str) -> Fraction:
+    """Average number of keys a query attends to. full: S (or W); causal: mean over positions 1..S."""
+    if mode == "full":
+        return Fraction(min(seq, window) if window else seq)
+    if window is None or window >= seq:
+        return Fraction(seq + 1, 2)
+    return Fraction(window * (window + 1) // 2 + (seq - window) * window, seq)
+
+
+def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
+    if isinstance(f, DenseFFNPlan):
+        mm = ffn_weights(d, f.d_ff, f.gated)
+        p = mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
+        return {"dense_ffn": Part(p, p, 2 * mm)}
+    r = f.router
+    E, k = f.n_experts, r.top_k
+    router_p = d * E + (E if r.bias else 0)
+    parts = {"router": Part(router_p, router_p, 2 * d * E)}
+    if f.expert_kind == "lora":
+        assert f.lora_rank is not None
+        base_mm = ffn_weights(d, f.d_ff, f.gated)
+        base = base_mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
+        parts["base_ffn"] = Part(base, base, 2 * base_mm, frozen=True)
+        per_expert = sum(f.lora_rank * (i + o) for i, o in ffn_matrices(d, f.d_ff, f.gated))
+        parts["routed_experts"] = Part(E * per_expert, k * per_expert, 2 * k * per_expert)
+        return parts
+    mm = ffn_weights(d, f.d_ff, f.gated)
+    per_expert = mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
+    parts["routed_experts"] = Part(E * per_expert, k * per_expert, 2 * k * mm)
+    if f.n_shared_experts:
+        s_mm = f.n_shared_experts * ffn_weights(d, f.d_ff_shared, f.gated)
+        s_p = s_mm + (f.n_shared_experts * ffn_biases(d, f.d_ff_shared, f.gated) if f.bias else 0)
+        gate = d if f.shared_gate else 0
+        parts["shared_experts"] = Part(s_p + gate, s_p + gate, 2 * (s_mm + gate))
+    return parts
+
+
+def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
+    d = model.d_model
+    npd = model.norm.params_per_dim
+    parts = {"attention": attention_part(layer.attention, d, npd), "norms": Part(2 * d * npd, 2 * d * npd, 0)}
+    parts.update(ffn_parts(layer.ffn, d))
+    return _apply_frozen(parts, model.frozen)
+
+
+def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:
+    """Embedding, final norm and head: the parts outside the layers."""
+    d, V = model.d_model, model.vocab_size
+    emb = V * d + (model.max_seq_len * d if model.positions.kind == "learned" else 0)
+    final_norm = d * model.norm.params_per_dim if model.norm.placement == "pre" else 0
+    head = 0 if model.tie_embeddings else V * d
+    parts = {
+        "embedding": Part(emb, emb, 0),
+        "norms": Part(final_norm, final_norm, 0),
+        "head": Part(head, head, 2 * d * V),
+    }
+    return _apply_frozen(parts, model.frozen)
+
+
+def mtp_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
+    """A DeepSeek-V3 MTP module: two input norms, a 2d→d projection, a block, and a final norm.
+    It shares the embedding and the head with the main model (their matmul is counted again)."""
+    d = model.d_model
+    npd = model.norm.params_per_dim
+    parts = layer_parts(layer, model)
+    parts["norms"] = Part(parts["norms"].params + 3 * d * npd, parts["norms"].active + 3 * d * npd, 0)
+    parts["projection"] = Part(2 * d * d, 2 * d * d, 4 * d * d)
+    parts["head"] = Part(0, 0, 2 * d * model.vocab_size)
+    return parts
+
+
+def _apply_frozen(parts: dict[str, Part], frozen: tuple[str, ...]) -> dict[str, Part]:
+    if not frozen:
+        return parts
+    return {k: Part(p.params, p.active, p.flops, p.frozen or k in frozen) for k, p in parts.items()}

@@ -1,0 +1,252 @@
+"""The analysis of one resolved model: parameters, FLOPs and memory as plain dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+from moec.analyze.counts import (
+    COMPONENTS,
+    Part,
+    attention_score_flops,
+    kv_len,
+    layer_parts,
+    model_edge_parts,
+    mtp_parts,
+)
+from moec.analyze.memory import Memory, memory
+from moec.spec.plan import MoEPlan, ResolvedModel
+
+SCHEMA = "moec.analysis/1"
+AttentionMode = Literal["full", "causal"]
+
+
+def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any]:
+    return {
+        "flop_unit": "1 multiply-add = 2 FLOPs",
+        "embedding_lookup_flops": 0,
+        "lm_head_flops": "2·d·V per token, also when tied",
+        "elementwise_flops": 0,
+        "attention": attention,
+        "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
+        "sliding_window": "S_kv capped at the window",
+        "seq": seq,
+        "training_flops": "3× forward for trainable weights and attention scores, 2× for frozen weights",
+        "active_params": "total − routed experts + (k/E)·routed experts; dense routing: all",
+        "mtp": "reported separately, not in the headline",
+        "weights_memory": "total params (all experts resident)",
+        "training_memory": "mixed-precision AdamW: 16 B per trainable param + 2 B per frozen param",
+        "activation_memory": "estimate: bf16 matmul inputs and outputs saved for backward, no recompute, flash attention",
+        "dtype": dtype,
+    }
+
+
+def convention_line(c: dict[str, Any]) -> str:
+    return (
+        f"FLOPs = 2·MAC · embedding lookup 0 · lm_head counted · elementwise 0 · "
+        f"attention {c['attention']} (S_kv = {c['attention_kv_len']}, windows capped) · S={c['seq']} · "
+        f"training = 3× trainable / 2× frozen · MTP separate · memory in {c['dtype']}"
+    )
+
+
+@dataclass(frozen=True)
+class ComponentRow:
+    name: str
+    params: int
+    active: int
+    trainable: int
+    frozen: int
+    flops: int  # forward linear FLOPs per token
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    index: int
+    ffn: str  # dense | moe
+    attention: str  # gqa | mla
+    window: int | None
+    params: int
+    active: int
+    flops_linear: int
+    flops_attention: int | float
+
+
+@dataclass(frozen=True)
+class Params:
+    total: int
+    active: int
+    active_non_embedding: int
+    trainable: int
+    frozen: int
+    embedding: int
+
+
+@dataclass(frozen=True)
+class Flops:
+    forward_linear: int
+    forward_attention: int | float
+    forward: int | float
+    training: int | float
+    six_n_active: int  # the popular 6·N_active (non-embedding) shortcut, for comparison
+
+
+@dataclass(frozen=True)
+class MoESummary:
+    moe_layers: int
+    dense_layers: int
+    n_experts: int
+    top_k: int
+    n_shared_experts: int
+    granularity: int
+    active_expert_fraction: float
+    routed_expert_params_share: float  # routed experts / total params
+
+
+@dataclass(frozen=True)
+class MTPSummary:
+    n_layers: int
+    params: int
+    active: int
+    forward_flops: int | float
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    spec_hash: str
+    seq: int
+    batch: int
+    attention_mode: AttentionMode
+    dtype: str
+    params: Params
+    flops: Flops
+    memory: Memory
+    components: list[ComponentRow]
+    layers: list[LayerRow]
+    moe: MoESummary | None
+    mtp: MTPSummary | None
+    conventions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"schema": SCHEMA}
+        d.update(dataclasses.asdict(self))
+        return d
+
+
+def _num(x: Fraction | int) -> int | float:
+    x = Fraction(x)
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def analyze(
+    model: ResolvedModel,
+    *,
+    seq: int | None = None,
+    batch: int = 1,
+    attention: AttentionMode = "full",
+    dtype: str = "bf16",
+) -> Analysis:
+    """Count everything for ``model`` at context length ``seq`` (default 1: the linear part plus one key)."""
+    S = 1 if seq is None else seq
+    if S <= 0 or batch <= 0:
+        raise ValueError("seq and batch must be positive")
+    totals: dict[str, list[int]] = {c: [0, 0, 0, 0] for c in COMPONENTS}  # params, active, flops, frozen params
+
+    def add(parts: dict[str, Part]) -> None:
+        for name, p in parts.items():
+            t = totals[name]
+            t[0] += p.params
+            t[1] += p.active
+            t[2] += p.flops
+            t[3] += p.params if p.frozen else 0
+
+    def train_flops(parts: dict[str, Part]) -> int:
+        return sum((2 if p.frozen else 3) * p.flops for p in parts.values())
+
+    layers: list[LayerRow] = []
+    attn_total = Fraction(0)
+    training = Fraction(0)
+    for lp in model.layers:
+        parts = layer_parts(lp, model)
+        add(parts)
+        score = attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention))
+        attn_total += score
+        training += train_flops(parts) + 3 * score
+        layers.append(
+            LayerRow(
+                index=lp.index,
+                ffn=lp.ffn.kind,
+                attention=lp.attention.kind,
+                window=lp.attention.window,
+                params=sum(p.params for p in parts.values()),
+                active=sum(p.active for p in parts.values()),
+                flops_linear=sum(p.flops for p in parts.values()),
+                flops_attention=_num(score),
+            )
+        )
+    edges = model_edge_parts(model)
+    add(edges)
+    training += train_flops(edges)
+
+    components = [
+        ComponentRow(name, t[0], t[1], t[0] - t[3], t[3], t[2]) for name, t in totals.items() if t[0] or t[2]
+    ]
+    total = sum(c.params for c in components)
+    active = sum(c.active for c in components)
+    frozen = sum(c.frozen for c in components)
+    emb = totals["embedding"][0]
+    linear = sum(c.flops for c in components)
+    non_emb_active = active - emb
+    params = Params(total, active, non_emb_active, total - frozen, frozen, emb)
+    flops = Flops(
+        forward_linear=linear,
+        forward_attention=_num(attn_total),
+        forward=_num(linear + attn_total),
+        training=_num(training),
+        six_n_active=6 * non_emb_active,
+    )
+
+    moe_plans = [lp.ffn for lp in model.layers if isinstance(lp.ffn, MoEPlan)]
+    moe = None
+    if moe_plans:
+        f = moe_plans[0]
+        moe = MoESummary(
+            moe_layers=len(moe_plans),
+            dense_layers=model.n_layers - len(moe_plans),
+            n_experts=f.n_experts,
+            top_k=f.top_k,
+            n_shared_experts=f.n_shared_experts,
+            granularity=f.granularity,
+            active_expert_fraction=f.top_k / f.n_experts,
+            routed_expert_params_share=totals["routed_experts"][0] / total if total else 0.0,
+        )
+    mtp = None
+    if model.mtp:
+        m_params = m_active = 0
+        m_flops = Fraction(0)
+        for lp in model.mtp:
+            parts = mtp_parts(lp, model)
+            m_params += sum(p.params for p in parts.values())
+            m_active += sum(p.active for p in parts.values())
+            m_flops += sum(p.flops for p in parts.values())
+            m_flops += attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention))
+        mtp = MTPSummary(len(model.mtp), m_params, m_active, _num(m_flops))
+
+    return Analysis(
+        name=model.name,
+        spec_hash=model.spec_hash,
+        seq=S,
+        batch=batch,
+        attention_mode=attention,
+        dtype=dtype,
+        params=params,
+        flops=flops,
+        memory=memory(model, params.total, params.trainable, params.frozen, seq=S, batch=batch, dtype=dtype),
+        components=components,
+        layers=layers,
+        moe=moe,
+        mtp=mtp,
+        conventions=conventions(S, attention, dtype),
+    )

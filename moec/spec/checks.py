@@ -1,0 +1,143 @@
+"""Semantic (cross-field) checks. Each returns problems with locations; none stops at the first."""
+
+from __future__ import annotations
+
+from moec.errors import Problem
+from moec.spec.schema import Spec
+from moec.spec.yamlio import Located, Path, dotted
+
+
+def check_spec(spec: Spec, loc: Located) -> list[Problem]:
+    out: list[Problem] = []
+
+    def bad(path: Path, msg: str) -> None:
+        m = loc.mark_for(path)
+        out.append(Problem(m.file, m.line, m.column, dotted(path), msg))
+
+    m, a = spec.model, spec.attention
+    n = m.n_layers
+
+    # --- attention -------------------------------------------------------------------------
+    if a.kind == "gqa":
+        kv = a.n_kv_heads or a.n_heads
+        if a.n_heads % kv:
+            bad(("attention", "n_kv_heads"), f"n_heads ({a.n_heads}) is not divisible by n_kv_heads ({kv})")
+        if a.head_dim is None and m.d_model % a.n_heads:
+            bad(("attention", "n_heads"), f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim")
+        hd = a.head_dim or m.d_model // a.n_heads
+        if m.positions.kind == "rope" and hd % 2:
+            bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
+        for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(a, f) is not None:
+                bad(("attention", f), "only meaningful with attention.kind: mla")
+    else:
+        for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(a, f) is None:
+                bad(("attention",), f"attention.kind mla needs {f}")
+        if a.n_kv_heads is not None and a.n_kv_heads != a.n_heads:
+            bad(("attention", "n_kv_heads"), "MLA has no separate KV heads (leave n_kv_heads unset)")
+        if a.head_dim is not None:
+            bad(("attention", "head_dim"), "MLA head dims are qk_nope_head_dim + qk_rope_head_dim and v_head_dim")
+        if a.bias or a.out_bias:
+            bad(("attention", "bias"), "biases are not supported with MLA")
+        if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
+            bad(("attention", "qk_rope_head_dim"), f"rotary positions need an even qk_rope_head_dim, got {a.qk_rope_head_dim}")
+        if m.positions.kind == "rope" and a.qk_rope_head_dim == 0:
+            bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
+    if a.window is not None and a.window > m.max_seq_len:
+        bad(("attention", "window"), f"{a.window} exceeds model.max_seq_len ({m.max_seq_len})")
+    sc = m.positions.scaling
+    if sc is not None:
+        if m.positions.kind != "rope":
+            bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
+        if sc.kind in ("yarn", "llama3") and sc.original_max_seq_len is None:
+            bad(("model", "positions", "scaling", "original_max_seq_len"), f"{sc.kind} scaling needs original_max_seq_len")
+
+    # --- layers ----------------------------------------------------------------------------
+    kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
+    d_win = spec.layers.default.attention.window
+    if d_win is not None and d_win > m.max_seq_len:
+        bad(("layers", "default", "attention", "window"), f"{d_win} exceeds model.max_seq_len ({m.max_seq_len})")
+    for j, ov in enumerate(spec.layers.overrides):
+        base: Path = ("layers", "overrides", j, "select")
+        s = ov.select
+        if s.layers is not None:
+            for i, idx in enumerate(s.layers):
+                if idx >= n:
+                    bad(base + (i,) if isinstance(loc.value.get("layers", {}).get("overrides", [{}])[j].get("select"), list) else base + ("layers", i),
+                        f"layer {idx} does not exist (model.n_layers is {n})")
+        for f in ("first", "last", "start"):
+            v = getattr(s, f)
+            if v is not None and v >= n:
+                bad(base + (f,), f"layer {v} does not exist (model.n_layers is {n})")
+        if s.first is not None and s.last is not None and s.last < s.first:
+            bad(base + ("last",), f"last ({s.last}) is before first ({s.first})")
+        if ov.ffn is not None:
+            kinds.add(ov.ffn)
+        if ov.attention is not None and ov.attention.window is not None and ov.attention.window > m.max_seq_len:
+            bad(("layers", "overrides", j, "attention", "window"), f"{ov.attention.window} exceeds model.max_seq_len ({m.max_seq_len})")
+    if spec.mtp is not None:
+        kinds.add(spec.mtp.ffn)
+    if "dense" in kinds and spec.ffn is None:
+        bad((), "some layers use a dense FFN but the spec has no ffn section")
+    if "moe" in kinds and spec.moe is None:
+        bad((), "some layers use an MoE FFN but the spec has no moe section")
+
+    # --- moe -------------------------------------------------------------------------------
+    e = spec.moe
+    if e is not None:
+        r = e.router
+        g = e.granularity
+        E = e.n_experts * g
+        if e.d_ff % g:
+            bad(("moe", "granularity"), f"moe.d_ff ({e.d_ff}) is not divisible by granularity ({g})")
+        if r.dense:
+            if r.top_k is not None and r.top_k * g != E:
+                bad(("moe", "router", "top_k"), f"dense routing gives every expert a weight; top_k must be omitted or equal n_experts ({e.n_experts})")
+            if e.capacity_factor is not None:
+                bad(("moe", "capacity_factor"), "dense routing drops no tokens; remove capacity_factor")
+            if r.n_groups is not None:
+                bad(("moe", "router", "n_groups"), "group-limited routing does not apply to dense routing")
+        elif r.top_k is None:
+            bad(("moe", "router"), "router.top_k is required (or set router.dense: true)")
+        elif r.top_k > e.n_experts:
+            bad(("moe", "router", "top_k"), f"{r.top_k} exceeds moe.n_experts ({e.n_experts})")
+        if r.softmax_after_topk and r.score != "softmax":
+            bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
+        if (r.n_groups is None) != (r.topk_groups is None):
+            bad(("moe", "router", "n_groups" if r.n_groups is None else "topk_groups"), "n_groups and topk_groups go together")
+        elif r.n_groups is not None and r.topk_groups is not None:
+            if E % r.n_groups:
+                bad(("moe", "router", "n_groups"), f"{r.n_groups} does not divide the number of experts ({E})")
+            elif r.topk_groups > r.n_groups:
+                bad(("moe", "router", "topk_groups"), f"{r.topk_groups} exceeds n_groups ({r.n_groups})")
+            else:
+                per_group = E // r.n_groups
+                if r.top_k is not None and r.top_k * g > r.topk_groups * per_group:
+                    bad(("moe", "router", "top_k"), f"{r.top_k * g} experts cannot be reached within {r.topk_groups} groups of {per_group}")
+                if r.group_score == "top2_sum" and per_group < 2:
+                    bad(("moe", "router", "group_score"), "top2_sum needs at least 2 experts per group")
+        if e.balance.bias_update_rate is not None and not r.selection_bias:
+            bad(("moe", "balance", "bias_update_rate"), "aux-loss-free balancing updates router.selection_bias; set it to true")
+        if e.d_ff_shared is not None and e.n_shared_experts == 0:
+            bad(("moe", "d_ff_shared"), "given but n_shared_experts is 0")
+        if e.shared_gate and e.n_shared_experts == 0:
+            bad(("moe", "shared_gate"), "needs n_shared_experts > 0")
+        if e.expert_kind == "lora" and e.lora is None:
+            bad(("moe", "expert_kind"), "lora experts need a moe.lora section (rank, alpha)")
+        if e.expert_kind != "lora" and e.lora is not None:
+            bad(("moe", "lora"), "only meaningful with expert_kind: lora")
+        if e.expert_kind == "lora" and (e.n_shared_experts or g != 1):
+            bad(("moe", "expert_kind"), "lora experts cannot be combined with shared experts or granularity")
+    return out
+
+
+def _default_reaches_a_layer(spec: Spec) -> bool:
+    from moec.spec.resolve import selected_layers
+
+    n = spec.model.n_layers
+    covered: set[int] = set()
+    for ov in spec.layers.overrides:
+        if ov.ffn is not None:
+            covered.update(selected_layers(ov.select, n))
+    return len(covered) < n

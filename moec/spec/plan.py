@@ -1,0 +1,210 @@
+"""The resolved model: one explicit plan per layer, which every consumer reads.
+
+Nothing downstream (analyzer, modules, codegen, HF bridge, smoke-run) looks at YAML or re-derives a
+default: fine-grained segmentation is already multiplied out, MHA/MQA are GQA with explicit KV heads,
+head dims are filled in, and each layer says exactly which attention window and FFN it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from moec.spec.schema import GATED_ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class NormPlan:
+    kind: Literal["rmsnorm", "layernorm"]
+    eps: float
+    placement: Literal["pre", "post"]
+
+    @property
+    def params_per_dim(self) -> int:
+        return 2 if self.kind == "layernorm" else 1  # layernorm has weight and bias
+
+
+@dataclass(frozen=True)
+class RopeScalingPlan:
+    kind: str
+    factor: float
+    original_max_seq_len: int | None = None
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class PositionsPlan:
+    kind: Literal["rope", "learned", "none"]
+    theta: float
+    scaling: RopeScalingPlan | None
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    kind: Literal["gqa", "mla"]
+    n_heads: int
+    n_kv_heads: int  # MLA: = n_heads
+    head_dim: int  # GQA head dim; MLA: qk_nope + qk_rope
+    qk_norm: bool
+    bias: bool
+    out_bias: bool
+    sinks: bool
+    window: int | None  # sliding window in tokens; None = full context
+    rope: bool  # whether this layer applies rotary positions
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+
+    @property
+    def qk_dim(self) -> int:
+        """Per-head width of queries and keys."""
+        return self.head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Per-head width of values."""
+        return self.v_head_dim if self.kind == "mla" else self.head_dim
+
+
+@dataclass(frozen=True)
+class DenseFFNPlan:
+    d_ff: int
+    activation: str
+    bias: bool
+    kind: Literal["dense"] = "dense"
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED_ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class RouterPlan:
+    top_k: int  # dense routing: = n_experts
+    score: Literal["softmax", "sigmoid"]
+    softmax_after_topk: bool
+    normalize_topk: bool
+    scale: float
+    selection_bias: bool
+    bias: bool
+    n_groups: int | None
+    topk_groups: int | None
+    group_score: Literal["max", "top2_sum"]
+    dense: bool
+    jitter: float
+
+
+@dataclass(frozen=True)
+class MoEPlan:
+    n_experts: int  # after fine-grained segmentation
+    d_ff: int  # per routed expert, after segmentation
+    activation: str
+    bias: bool
+    n_shared_experts: int
+    d_ff_shared: int
+    shared_gate: bool
+    granularity: int  # the m that produced n_experts and d_ff (informational)
+    router: RouterPlan
+    capacity_factor: float | None
+    drop_policy: Literal["probs", "position"]
+    load_balance_coeff: float
+    load_balance_granularity: Literal["batch", "sequence"]
+    z_loss_coeff: float
+    bias_update_rate: float | None
+    expert_kind: Literal["ffn", "lora"]
+    lora_rank: int | None
+    lora_alpha: float | None
+    kind: Literal["moe"] = "moe"
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED_ACTIVATIONS
+
+    @property
+    def top_k(self) -> int:
+        return self.router.top_k
+
+
+FFNPlan = DenseFFNPlan | MoEPlan
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int
+    attention: AttentionPlan
+    ffn: FFNPlan
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    max_seq_len: int
+    tie_embeddings: bool
+    norm: NormPlan
+    positions: PositionsPlan
+    layers: tuple[LayerPlan, ...]
+    mtp: tuple[LayerPlan, ...] = ()  # multi-token-prediction blocks, reported separately
+    frozen: tuple[str, ...] = ()  # frozen components (besides LoRA base FFNs, always frozen)
+    spec_hash: str = ""
+    source_file: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for spec.resolved.yaml and JSON output)."""
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [p.index for p in self.layers if isinstance(p.ffn, MoEPlan)]
+
+    def replace(self, **kw: Any) -> ResolvedModel:
+        return dataclasses.replace(self, **kw)
+
+
+def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
+    """Inverse of :meth:`ResolvedModel.to_dict` (used to reload spec.resolved.yaml)."""
+
+    def attn(a: dict[str, Any]) -> AttentionPlan:
+        return AttentionPlan(**a)
+
+    def ffn(f: dict[str, Any]) -> FFNPlan:
+        if f["kind"] == "moe":
+            return MoEPlan(**{**f, "router": RouterPlan(**f["router"])})
+        return DenseFFNPlan(**f)
+
+    def layer(l: dict[str, Any]) -> LayerPlan:
+        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]))
+
+    pos = d["positions"]
+    return ResolvedModel(
+        name=d["name"],
+        vocab_size=d["vocab_size"],
+        d_model=d["d_model"],
+        n_layers=d["n_layers"],
+        max_seq_len=d["max_seq_len"],
+        tie_embeddings=d["tie_embeddings"],
+        norm=NormPlan(**d["norm"]),
+        positions=PositionsPlan(
+            pos["kind"], pos["theta"], RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None
+        ),
+        layers=tuple(layer(l) for l in d["layers"]),
+        mtp=tuple(layer(l) for l in d.get("mtp", ())),
+        frozen=tuple(d.get("frozen", ())),
+        spec_hash=d.get("spec_hash", ""),
+        source_file=d.get("source_file", ""),
+        description=d.get("description", ""),
+    )

@@ -1,0 +1,173 @@
+"""Spec (validated) → ResolvedModel (explicit per-layer plans)."""
+
+from __future__ import annotations
+
+from moec.spec.load import LoadedSpec
+from moec.spec.plan import (
+    AttentionPlan,
+    DenseFFNPlan,
+    LayerPlan,
+    MoEPlan,
+    NormPlan,
+    PositionsPlan,
+    ResolvedModel,
+    RopeScalingPlan,
+    RouterPlan,
+)
+from moec.spec.schema import Select, Spec
+
+
+def selected_layers(sel: Select, n_layers: int) -> list[int]:
+    """The layer indices a selector names (indices ≥ n_layers are dropped; checks report them)."""
+    if sel.layers is not None:
+        return sorted({i for i in sel.layers if i < n_layers})
+    if sel.every is not None:
+        assert sel.start is not None
+        stop = n_layers - 1 if sel.last is None else min(sel.last, n_layers - 1)
+        return list(range(sel.start, stop + 1, sel.every))
+    assert sel.first is not None and sel.last is not None
+    return list(range(sel.first, min(sel.last, n_layers - 1) + 1))
+
+
+def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
+    if isinstance(loaded, LoadedSpec):
+        spec, file, spec_hash = loaded.spec, loaded.file, loaded.spec_hash
+    else:
+        spec = loaded
+    m, a = spec.model, spec.attention
+    n = m.n_layers
+
+    ffn_kind = [spec.layers.default.ffn] * n
+    default_attn = spec.layers.default.attention
+    window = [default_attn.window if "window" in default_attn.model_fields_set else a.window] * n
+    rope = [m.positions.kind == "rope" and default_attn.rope] * n
+    for ov in spec.layers.overrides:
+        for i in selected_layers(ov.select, n):
+            if ov.ffn is not None:
+                ffn_kind[i] = ov.ffn
+            if ov.attention is not None:
+                if "window" in ov.attention.model_fields_set:
+                    window[i] = ov.attention.window
+                if "rope" in ov.attention.model_fields_set:
+                    rope[i] = m.positions.kind == "rope" and ov.attention.rope
+
+    dense = _dense(spec)
+    moe = _moe(spec)
+
+    def attention(window_i: int | None, rope_i: bool) -> AttentionPlan:
+        if a.kind == "mla":
+            assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None
+            return AttentionPlan(
+                kind="mla",
+                n_heads=a.n_heads,
+                n_kv_heads=a.n_heads,
+                head_dim=a.qk_nope_head_dim + a.qk_rope_head_dim,
+                qk_norm=a.qk_norm,
+                bias=a.bias,
+                out_bias=a.out_bias,
+                sinks=a.sinks,
+                window=window_i,
+                rope=rope_i,
+                q_lora_rank=a.q_lora_rank,
+                kv_lora_rank=a.kv_lora_rank,
+                qk_nope_head_dim=a.qk_nope_head_dim,
+                qk_rope_head_dim=a.qk_rope_head_dim,
+                v_head_dim=a.v_head_dim,
+            )
+        return AttentionPlan(
+            kind="gqa",
+            n_heads=a.n_heads,
+            n_kv_heads=a.n_kv_heads or a.n_heads,
+            head_dim=a.head_dim or m.d_model // a.n_heads,
+            qk_norm=a.qk_norm,
+            bias=a.bias,
+            out_bias=a.out_bias,
+            sinks=a.sinks,
+            window=window_i,
+            rope=rope_i,
+        )
+
+    layers = tuple(
+        LayerPlan(i, attention(window[i], rope[i]), moe if ffn_kind[i] == "moe" else dense)  # type: ignore[arg-type]
+        for i in range(n)
+    )
+    mtp: tuple[LayerPlan, ...] = ()
+    if spec.mtp is not None:
+        mtp = tuple(
+            LayerPlan(
+                n + j,
+                attention(a.window, m.positions.kind == "rope"),
+                moe if spec.mtp.ffn == "moe" else dense,  # type: ignore[arg-type]
+            )
+            for j in range(spec.mtp.n_layers)
+        )
+    sc = m.positions.scaling
+    return ResolvedModel(
+        name=spec.name,
+        vocab_size=m.vocab_size,
+        d_model=m.d_model,
+        n_layers=n,
+        max_seq_len=m.max_seq_len,
+        tie_embeddings=m.tie_embeddings,
+        norm=NormPlan(m.norm.kind, m.norm.eps, m.norm.placement),
+        positions=PositionsPlan(
+            m.positions.kind,
+            m.positions.theta,
+            RopeScalingPlan(**sc.model_dump()) if sc is not None else None,
+        ),
+        layers=layers,
+        mtp=mtp,
+        frozen=tuple(sorted(set(spec.frozen))),
+        spec_hash=spec_hash,
+        source_file=file,
+        description=spec.description,
+    )
+
+
+def _dense(spec: Spec) -> DenseFFNPlan | None:
+    f = spec.ffn
+    return DenseFFNPlan(f.d_ff, f.activation, f.bias) if f is not None else None
+
+
+def _moe(spec: Spec) -> MoEPlan | None:
+    e = spec.moe
+    if e is None:
+        return None
+    g = e.granularity
+    r = e.router
+    n_experts = e.n_experts * g
+    top_k = n_experts if r.dense else (r.top_k or 0) * g
+    d_ff = e.d_ff // g
+    return MoEPlan(
+        n_experts=n_experts,
+        d_ff=d_ff,
+        activation=e.activation,
+        bias=e.bias,
+        n_shared_experts=e.n_shared_experts,
+        d_ff_shared=e.d_ff_shared or d_ff,
+        shared_gate=e.shared_gate,
+        granularity=g,
+        router=RouterPlan(
+            top_k=top_k,
+            score=r.score,
+            softmax_after_topk=r.softmax_after_topk,
+            normalize_topk=r.normalize_topk,
+            scale=r.scale,
+            selection_bias=r.selection_bias,
+            bias=r.bias,
+            n_groups=r.n_groups,
+            topk_groups=r.topk_groups,
+            group_score=r.group_score,
+            dense=r.dense,
+            jitter=r.jitter,
+        ),
+        capacity_factor=e.capacity_factor,
+        drop_policy=e.drop_policy,
+        load_balance_coeff=e.balance.load_balance_coeff,
+        load_balance_granularity=e.balance.load_balance_granularity,
+        z_loss_coeff=e.balance.z_loss_coeff,
+        bias_update_rate=e.balance.bias_update_rate,
+        expert_kind=e.expert_kind,
+        lora_rank=e.lora.rank if e.lora else None,
+        lora_alpha=e.lora.alpha if e.lora else None,
+    )

@@ -1,0 +1,221 @@
+"""The spec schema: pydantic models with every field named once, checked strictly.
+
+Unknown keys are errors (``extra="forbid"``), values are not coerced across types (``strict``), and
+every size has an upper bound so that a spec cannot ask the analyzer for 10^12 layers.
+Cross-field rules (top_k ≤ n_experts, heads divisible by KV heads, ...) live in ``checks.py`` so they
+can all be reported together with locations.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Sane upper bounds: far above any published model, far below anything that would hang.
+MAX_VOCAB = 1 << 24  # 16.7M
+MAX_D = 1 << 18  # 262,144
+MAX_LAYERS = 4096
+MAX_SEQ = 1 << 27  # 134M tokens
+MAX_HEADS = 1 << 12
+MAX_EXPERTS = 1 << 16
+MAX_FF = 1 << 21
+
+Pos = Annotated[int, Field(gt=0)]
+Activation = Literal["swiglu", "geglu", "gelu", "relu", "silu"]
+GATED_ACTIVATIONS = ("swiglu", "geglu")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Norm(Strict):
+    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    placement: Literal["pre", "post"] = "pre"
+
+
+class RopeScaling(Strict):
+    kind: Literal["linear", "dynamic", "yarn", "llama3"]
+    factor: Annotated[float, Field(gt=0, le=1e6)]
+    original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    # yarn
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    # llama3
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+
+
+class Positions(Strict):
+    kind: Literal["rope", "learned", "none"] = "rope"
+    theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
+    scaling: RopeScaling | None = None
+
+
+class Model(Strict):
+    vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)]
+    d_model: Annotated[int, Field(gt=0, le=MAX_D)]
+    n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)]
+    tie_embeddings: bool = False
+    norm: Norm = Norm()
+    positions: Positions = Positions()
+
+
+class Attention(Strict):
+    kind: Literal["gqa", "mla"] = "gqa"
+    n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
+    n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None  # None: = n_heads (MHA)
+    head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None  # None: d_model / n_heads
+    qk_norm: bool = False
+    bias: bool = False  # bias on the q, k, v projections
+    out_bias: bool = False  # bias on the output projection
+    sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
+    window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None  # sliding window, tokens
+    # MLA (DeepSeek-V2/V3)
+    q_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
+    kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
+    qk_nope_head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None
+    qk_rope_head_dim: Annotated[int, Field(ge=0, le=4096)] | None = None
+    v_head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None
+
+
+class FFN(Strict):
+    d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
+    activation: Activation = "swiglu"
+    bias: bool = False
+
+
+class Router(Strict):
+    top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None  # None only with dense
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    softmax_after_topk: bool = False  # softmax over the k chosen logits (else over all E)
+    normalize_topk: bool = False  # renormalise the k weights to sum to 1
+    scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    selection_bias: bool = False  # a non-gradient bias added for selection only (DeepSeek-V3)
+    bias: bool = False  # a learned bias on the router logits (gpt-oss)
+    n_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    topk_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    group_score: Literal["max", "top2_sum"] = "max"
+    dense: bool = False  # soft MoE: every expert gets a weight
+    jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class Balance(Strict):
+    load_balance_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
+    load_balance_granularity: Literal["batch", "sequence"] = "batch"
+    z_loss_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
+    bias_update_rate: Annotated[float, Field(gt=0, le=1)] | None = None  # aux-loss-free balancing
+
+
+class Lora(Strict):
+    rank: Annotated[int, Field(gt=0, le=MAX_D)]
+    alpha: Annotated[float, Field(gt=0, le=1e6)] = 16.0
+
+
+class MoE(Strict):
+    n_experts: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
+    activation: Activation = "swiglu"
+    bias: bool = False
+    n_shared_experts: Annotated[int, Field(ge=0, le=1024)] = 0
+    d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None  # None: = (resolved) d_ff
+    shared_gate: bool = False  # sigmoid gate on the shared expert output (Qwen2-MoE)
+    granularity: Annotated[int, Field(gt=0, le=1024)] = 1  # DeepSeekMoE fine-grained segmentation m
+    router: Router
+    capacity_factor: Annotated[float, Field(gt=0, le=1024)] | None = None  # None: dropless
+    drop_policy: Literal["probs", "position"] = "probs"
+    balance: Balance = Balance()
+    expert_kind: Literal["ffn", "lora"] = "ffn"
+    lora: Lora | None = None
+
+
+def _selector_shorthand(v: Any) -> Any:
+    # `select: [0, 5, 7]` is shorthand for `select: {layers: [0, 5, 7]}`
+    return {"layers": v} if isinstance(v, list) else v
+
+
+class Select(Strict):
+    """Which layers an override applies to: a list, an inclusive range, or every N from a start."""
+
+    layers: list[Annotated[int, Field(ge=0)]] | None = None
+    first: Annotated[int, Field(ge=0)] | None = None
+    last: Annotated[int, Field(ge=0)] | None = None  # inclusive
+    every: Annotated[int, Field(gt=0)] | None = None
+    start: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Select:
+        forms = [
+            self.layers is not None,
+            self.every is not None or self.start is not None,
+            self.first is not None and self.every is None and self.start is None,
+        ]
+        if sum(forms) != 1:
+            raise ValueError(
+                "select must be one of: a list of layer indices, {first: A, last: B} (inclusive), "
+                "or {every: N, start: S} (optionally with last)"
+            )
+        if self.every is not None and self.start is None:
+            raise ValueError("every N needs an explicit start (Megatron and Hugging Face disagree on the default)")
+        if self.start is not None and self.every is None:
+            raise ValueError("start needs every")
+        if self.layers is not None and (self.first is not None or self.last is not None):
+            raise ValueError("a list of layers cannot be combined with first/last")
+        if self.first is not None and self.last is None:
+            raise ValueError("first needs last (inclusive)")
+        return self
+
+
+class AttentionOverride(Strict):
+    window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    rope: bool = True
+
+
+class LayerDefault(Strict):
+    ffn: Literal["dense", "moe"] = "dense"
+    attention: AttentionOverride = AttentionOverride()
+
+
+class Override(Strict):
+    select: Annotated[Select, Field()]
+    ffn: Literal["dense", "moe"] | None = None
+    attention: AttentionOverride | None = None
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return _selector_shorthand(v)
+
+
+class Layers(Strict):
+    default: LayerDefault = LayerDefault()
+    overrides: list[Override] = []
+
+
+class MTP(Strict):
+    n_layers: Annotated[int, Field(gt=0, le=64)]
+    ffn: Literal["dense", "moe"] = "moe"
+
+
+Component = Literal["embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts"]
+
+
+class Spec(Strict):
+    moec: Literal[1] = 1  # schema version
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    source: Annotated[str, Field(max_length=2000)] = ""
+    extends: str | None = None
+    model: Model
+    attention: Attention
+    ffn: FFN | None = None
+    moe: MoE | None = None
+    layers: Layers = Layers()
+    mtp: MTP | None = None
+    # components whose weights are frozen (PEFT); a LoRA expert's base FFN is always frozen
+    frozen: list[Component] = []

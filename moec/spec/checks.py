@@ -62,10 +62,11 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         base: Path = ("layers", "overrides", j, "select")
         s = ov.select
         if s.layers is not None:
+            # `select: [..]` is shorthand for `select: {layers: [..]}`; point at whichever was written
+            written_as_list = (base + (0,)) in loc.marks
             for i, idx in enumerate(s.layers):
                 if idx >= n:
-                    bad(base + (i,) if isinstance(loc.value.get("layers", {}).get("overrides", [{}])[j].get("select"), list) else base + ("layers", i),
-                        f"layer {idx} does not exist (model.n_layers is {n})")
+                    bad(base + ((i,) if written_as_list else ("layers", i)), f"layer {idx} does not exist (model.n_layers is {n})")
         for f in ("first", "last", "start"):
             v = getattr(s, f)
             if v is not None and v >= n:

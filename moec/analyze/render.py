@@ -1,0 +1,190 @@
+"""Renderers for analyses: rich tables for people; JSON, CSV and Markdown for scripts.
+
+The arithmetic lives in report.py; nothing here computes a metric, it only formats one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from moec.analyze.report import SCHEMA, Analysis, convention_line
+
+COMPONENT_LABELS = {
+    "embedding": "embedding",
+    "attention": "attention",
+    "norms": "norms",
+    "router": "router",
+    "routed_experts": "routed experts",
+    "shared_experts": "shared experts",
+    "dense_ffn": "dense FFN",
+    "base_ffn": "frozen base FFN (LoRA)",
+    "head": "lm_head",
+}
+
+
+def human(n: float, unit: str = "") -> str:
+    """46702792704 → '46.70 B'; bytes use binary units with unit='B'."""
+    if unit == "B":
+        for u, s in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if abs(n) >= s:
+                return f"{n / s:.2f} {u}"
+        return f"{int(n)} B"
+    for u, s in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= s:
+            return f"{n / s:.2f} {u}{unit}"
+    return f"{n:g}{(' ' + unit) if unit else ''}"
+
+
+def exact(n: int | float) -> str:
+    return f"{n:,}" if isinstance(n, int) else f"{n:,.1f}"
+
+
+def headline_rows(a: Analysis) -> list[tuple[str, Any]]:
+    """The metrics shown side by side when several specs are compared (and in `moec diff`)."""
+    rows: list[tuple[str, Any]] = [
+        ("total params", a.params.total),
+        ("active params", a.params.active),
+        ("active params (no embedding)", a.params.active_non_embedding),
+        ("trainable params", a.params.trainable),
+        ("frozen params", a.params.frozen),
+        ("layers (MoE / dense)", f"{a.moe.moe_layers} / {a.moe.dense_layers}" if a.moe else f"0 / {len(a.layers)}"),
+        ("experts (routed, top-k, shared)", f"{a.moe.n_experts}, {a.moe.top_k}, {a.moe.n_shared_experts}" if a.moe else "-"),
+        (f"fwd FLOPs/token (S={a.seq})", a.flops.forward),
+        ("  linear", a.flops.forward_linear),
+        ("  attention scores", a.flops.forward_attention),
+        ("training FLOPs/token", a.flops.training),
+        (f"weights ({a.memory.dtype})", a.memory.weights_bytes),
+        (f"KV cache/token ({a.memory.dtype})", a.memory.kv_cache_bytes_per_token),
+        (f"KV cache at S={a.seq}, batch {a.batch}", a.memory.kv_cache_bytes),
+        ("AdamW training state", a.memory.training_state_bytes),
+    ]
+    if a.mtp:
+        rows.append(("MTP params (separate)", a.mtp.params))
+    return rows
+
+
+def _fmt(label: str, v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if "KV" in label or "weights" in label or "state" in label:
+        return f"{human(v, 'B')}"
+    return f"{human(v)}  ({exact(v)})"
+
+
+# --- JSON / CSV / Markdown --------------------------------------------------------------------
+
+
+def to_json(analyses: list[Analysis]) -> str:
+    if len(analyses) == 1:
+        return json.dumps(analyses[0].to_dict(), indent=2)
+    return json.dumps([a.to_dict() for a in analyses], indent=2)
+
+
+def _flat(prefix: str, v: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _flat(f"{prefix}.{k}" if prefix else k, x, out)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _flat(f"{prefix}[{i}]", x, out)
+    else:
+        out.append((prefix, v))
+
+
+def to_csv(analyses: list[Analysis], *, layers: bool = False) -> str:
+    """Long format: one row per (spec, metric), so several specs stay in one CSV."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["spec", "metric", "value"])
+    for a in analyses:
+        d = a.to_dict()
+        if not layers:
+            d.pop("layers")
+        rows: list[tuple[str, Any]] = []
+        _flat("", d, rows)
+        for k, v in rows:
+            w.writerow([a.name, k, "" if v is None else v])
+    return buf.getvalue()
+
+
+def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
+    lines = [f"<!-- {SCHEMA} -->", "", f"_{convention_line(analyses[0].conventions)}_", ""]
+    lines.append("| metric | " + " | ".join(a.name for a in analyses) + " |")
+    lines.append("|---|" + "---:|" * len(analyses))
+    for i, (label, _) in enumerate(headline_rows(analyses[0])):
+        vals = [headline_rows(a)[i][1] if i < len(headline_rows(a)) else "" for a in analyses]
+        lines.append(f"| {label.strip()} | " + " | ".join(_fmt(label, v) for v in vals) + " |")
+    for a in analyses:
+        lines += ["", f"### {a.name}: components", "", "| component | params | active | frozen | fwd FLOPs/token |", "|---|---:|---:|---:|---:|"]
+        for c in a.components:
+            lines.append(f"| {COMPONENT_LABELS.get(c.name, c.name)} | {exact(c.params)} | {exact(c.active)} | {exact(c.frozen)} | {exact(c.flops)} |")
+        if layers:
+            lines += ["", f"### {a.name}: layers", "", "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+            for r in a.layers:
+                lines.append(f"| {r.index} | {r.ffn} | {r.attention} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} | {exact(r.flops_linear)} | {exact(r.flops_attention)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- rich tables ------------------------------------------------------------------------------
+
+
+def print_tables(analyses: list[Analysis], *, layers: bool = False, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = console or Console()
+    con.print(f"[dim]{convention_line(analyses[0].conventions)}[/dim]")
+    if len(analyses) > 1:
+        t = Table(title="moec analyze", show_lines=False)
+        t.add_column("metric")
+        for a in analyses:
+            t.add_column(a.name, justify="right")
+        per = [headline_rows(a) for a in analyses]
+        for i, (label, _) in enumerate(per[0]):
+            t.add_row(label, *[_fmt(label, p[i][1]) if i < len(p) else "" for p in per])
+        con.print(t)
+        if not layers:
+            return
+    for a in analyses:
+        if len(analyses) == 1:
+            head = Table(title=f"{a.name}", show_header=False)
+            head.add_column("metric")
+            head.add_column("value", justify="right")
+            for label, v in headline_rows(a):
+                head.add_row(label, _fmt(label, v))
+            extra = a.flops.training - 3 * a.flops.forward
+            head.add_row("6·N_active shortcut (for comparison)", f"{human(a.flops.six_n_active)}  ({100 * a.flops.six_n_active / a.flops.training:.1f}% of training)")
+            if extra:
+                head.add_row("  of which frozen weights save", human(-extra))
+            head.add_row("activations at S, batch (estimate)", human(a.memory.activation_bytes_estimate, "B"))
+            con.print(head)
+            comp = Table(title="components")
+            for col, just in (("component", "left"), ("params", "right"), ("% total", "right"), ("active", "right"), ("frozen", "right"), ("fwd FLOPs", "right"), ("% FLOPs", "right")):
+                comp.add_column(col, justify=just, no_wrap=col == "component")  # type: ignore[arg-type]
+            fwd = a.flops.forward or 1
+            for c in a.components:
+                comp.add_row(
+                    COMPONENT_LABELS.get(c.name, c.name),
+                    human(c.params),
+                    f"{100 * c.params / a.params.total:.1f}%",
+                    human(c.active),
+                    human(c.frozen) if c.frozen else "-",
+                    human(c.flops),
+                    f"{100 * c.flops / fwd:.1f}%",
+                )
+            comp.add_row("attention scores", "-", "-", "-", "-", human(a.flops.forward_attention), f"{100 * a.flops.forward_attention / fwd:.1f}%")
+            con.print(comp)
+            if a.mtp:
+                con.print(f"MTP ({a.mtp.n_layers} layer(s), not in the totals above): {human(a.mtp.params)} params, {human(a.mtp.forward_flops)} fwd FLOPs/token")
+        if layers:
+            lt = Table(title=f"{a.name}: layers")
+            for col in ("layer", "ffn", "attention", "window", "params", "active", "linear FLOPs", "attention FLOPs", ""):
+                lt.add_column(col, justify="left" if col in ("ffn", "attention", "") else "right")
+            peak = max((r.params for r in a.layers), default=1)
+            for r in a.layers:
+                bar = "█" * max(1, round(20 * r.params / peak))
+                lt.add_row(str(r.index), r.ffn, r.attention, str(r.window or "-"), exact(r.params), exact(r.active), exact(r.flops_linear), exact(r.flops_attention), f"[cyan]{bar}[/cyan]")
+            con.print(lt)

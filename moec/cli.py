@@ -1,0 +1,26 @@
+"""The `moec` command line: click commands only; every command lives in moec/commands/."""
+
+from __future__ import annotations
+
+import click
+
+from moec import __version__
+from moec.commands.analyze import analyze, diff, list_specs, schema, validate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="moec")
+def cli() -> None:
+    """moec: Mixture-of-Experts architecture compiler and analyzer."""
+
+
+for _cmd in (analyze, diff, validate, schema, list_specs):
+    cli.add_command(_cmd)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

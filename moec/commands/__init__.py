@@ -1,0 +1,1 @@
+"""Click commands, one module per command family. Thin: parse, call the library, render."""

@@ -1,0 +1,92 @@
+"""The CLI: exit codes, formats, side-by-side, diff, and that analyzing never imports torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from moec.cli import cli
+from tests.conftest import ROOT, SPECS
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_analyze_json_is_versioned_and_states_conventions():
+    r = run("analyze", str(SPECS / "mixtral-8x7b.yaml"), "--seq", "4096", "--format", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["schema"] == "moec.analysis/1"
+    assert d["conventions"]["flop_unit"] == "1 multiply-add = 2 FLOPs"
+    assert d["params"]["total"] == 46_702_792_704
+    assert d["flops"]["forward"] == 27_644_657_664
+    assert len(d["layers"]) == 32
+
+
+def test_several_specs_print_side_by_side():
+    r = run("analyze", str(SPECS / "textbook-dense.yaml"), str(SPECS / "textbook-moe.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "textbook-dense" in r.output and "textbook-moe" in r.output and "FLOPs = 2·MAC" in r.output
+
+
+def test_csv_and_markdown():
+    r = run("analyze", "mixtral-8x7b", "--format", "csv")
+    rows = list(csv.reader(io.StringIO(r.output)))
+    assert rows[0] == ["spec", "metric", "value"]
+    assert ["mixtral-8x7b", "params.total", "46702792704"] in rows
+    r = run("analyze", "mixtral-8x7b", "--format", "md", "--layers")
+    assert "| total params |" in r.output and "mixtral-8x7b: layers" in r.output
+
+
+def test_bad_spec_exits_2_with_located_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text((SPECS / "mixtral-8x7b.yaml").read_text().replace("top_k: 2", "top_k: 9"))
+    r = run("analyze", str(p))
+    assert r.exit_code == 2
+    assert f"{p}:" in r.output and "moe.router.top_k: 9 exceeds moe.n_experts (8)" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_set_override_from_the_command_line():
+    r = run("analyze", "mixtral-8x7b", "--set", "moe.router.top_k=1", "--format", "json")
+    d = json.loads(r.output)
+    assert d["params"]["active"] < 12_879_925_248
+    r = run("analyze", "mixtral-8x7b", "--set", "moe.router.top_k")
+    assert r.exit_code == 2 and "expected key=value" in r.output
+
+
+def test_diff_lists_field_changes_and_metric_deltas():
+    r = run("diff", "textbook-dense", "textbook-moe", "--format", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    fields = {f["field"] for f in d["fields"]}
+    assert "layer pattern" in fields
+    total = next(m for m in d["metrics"] if m["metric"] == "total params")
+    assert total["delta"] == 151_045_120 - 33_571_840
+
+
+def test_validate_schema_and_specs_commands():
+    assert run("validate", *[str(p) for p in sorted(SPECS.glob("*.yaml"))]).exit_code == 0
+    s = json.loads(run("schema").output)
+    assert "moe" in s["properties"]
+    r = run("specs", "--format", "json")
+    names = {x["name"] for x in json.loads(r.output)}
+    assert {"mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "llama-2-7b", "lora-moe"} <= names
+
+
+def test_analyzer_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from moec.cli import cli\n"
+        "try:\n    cli(['analyze', 'specs/deepseek-v3.yaml', '--seq', '4096', '--layers'])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'heavy import'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,197 @@
+"""Bad specs give every problem at once, each with file:line:column and the field path."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.errors import SpecError
+from moec.spec import load_spec, resolve
+
+GOOD = """\
+moec: 1
+name: t
+model:
+  vocab_size: 1000
+  d_model: 64
+  n_layers: 4
+  max_seq_len: 512
+attention:
+  n_heads: 8
+  n_kv_heads: 2
+moe:
+  n_experts: 8
+  d_ff: 32
+  router:
+    top_k: 2
+layers:
+  default: {ffn: moe}
+"""
+
+
+def errors(text: str, sets: tuple[str, ...] = ()) -> list[str]:
+    with pytest.raises(SpecError) as ei:
+        load_spec("x.yaml", text=text, sets=sets)
+    return [str(p) for p in ei.value.problems]
+
+
+def test_good_spec_loads():
+    m = resolve(load_spec("x.yaml", text=GOOD))
+    assert m.n_layers == 4 and m.layers[0].ffn.top_k == 2
+
+
+def test_top_k_above_experts_is_rejected_with_location():
+    errs = errors(GOOD.replace("top_k: 2", "top_k: 9"))
+    assert errs == ["x.yaml:15:12 moe.router.top_k: 9 exceeds moe.n_experts (8)"]
+
+
+def test_every_problem_is_reported_not_just_the_first():
+    bad = GOOD.replace("top_k: 2", "top_k: 9").replace("n_kv_heads: 2", "n_kv_heads: 3").replace("d_model: 64", "d_model: 60")
+    errs = errors(bad)
+    assert any("moe.router.top_k: 9 exceeds" in e for e in errs)
+    assert any("attention.n_kv_heads" in e and "not divisible" in e for e in errs)
+    assert any("d_model (60) is not divisible by n_heads (8)" in e for e in errs)
+    assert all(e.startswith("x.yaml:") for e in errs)
+
+
+def test_unknown_key_is_an_error_with_did_you_mean():
+    errs = errors(GOOD.replace("    top_k: 2", "    top_k: 2\n    normalise_topk: true"))
+    assert errs == ["x.yaml:16:5 moe.router.normalise_topk: unknown field 'normalise_topk'; did you mean 'normalize_topk'?"]
+
+
+def test_wrong_types_are_rejected_not_coerced():
+    errs = errors(GOOD.replace("n_layers: 4", 'n_layers: "4"'))
+    assert len(errs) == 1 and errs[0].startswith("x.yaml:6:13 model.n_layers: '4'")
+
+
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        ("n_layers: 4", "n_layers: 1000000000000", "model.n_layers"),
+        ("d_model: 64", "d_model: -64", "model.d_model"),
+        ("d_ff: 32", "d_ff: 0", "moe.d_ff"),
+        ("max_seq_len: 512", "max_seq_len: 512\n  positions: {kind: rope, theta: 0}", "model.positions.theta"),
+    ],
+)
+def test_sizes_are_positive_and_bounded(old: str, new: str, expect: str):
+    errs = errors(GOOD.replace(old, new))
+    assert any(expect in e for e in errs), errs
+
+
+@pytest.mark.parametrize(
+    "router, expect",
+    [
+        ("top_k: 2\n    n_groups: 3\n    topk_groups: 1", "3 does not divide the number of experts (8)"),
+        ("top_k: 2\n    n_groups: 4\n    topk_groups: 5", "5 exceeds n_groups (4)"),
+        ("top_k: 4\n    n_groups: 4\n    topk_groups: 1", "4 experts cannot be reached within 1 groups of 2"),
+        ("top_k: 2\n    n_groups: 4", "n_groups and topk_groups go together"),
+        ("top_k: 2\n    softmax_after_topk: true\n    score: sigmoid", "only meaningful with score: softmax"),
+        ("dense: true\n    top_k: 3", "dense routing gives every expert a weight"),
+        ("score: softmax", "router.top_k is required"),
+    ],
+)
+def test_router_semantic_checks(router: str, expect: str):
+    errs = errors(GOOD.replace("top_k: 2", router))
+    assert any(expect in e for e in errs), errs
+
+
+def test_override_index_beyond_the_model_is_rejected():
+    errs = errors(GOOD.replace("default: {ffn: moe}", "default: {ffn: moe}\n  overrides:\n    - {select: [1, 7], attention: {window: 16}}"))
+    assert errs == ["x.yaml:19:20 layers.overrides[0].select[1]: layer 7 does not exist (model.n_layers is 4)"]
+
+
+def test_bare_every_n_needs_a_start():
+    errs = errors(GOOD.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides:\n    - {select: {every: 2}, ffn: moe}"))
+    assert any("explicit start" in e for e in errs)
+
+
+def test_window_longer_than_the_context_is_rejected():
+    errs = errors(GOOD.replace("n_kv_heads: 2", "n_kv_heads: 2\n  window: 4096"))
+    assert any("attention.window: 4096 exceeds model.max_seq_len (512)" in e for e in errs)
+
+
+def test_missing_sections_are_named():
+    errs = errors(GOOD.replace("default: {ffn: moe}", "default: {ffn: dense}"))
+    assert any("no ffn section" in e for e in errs)
+    errs = errors(GOOD.replace("attention:\n  n_heads: 8\n  n_kv_heads: 2\n", ""))
+    assert any("attention: required field is missing" in e for e in errs)
+
+
+def test_mla_requires_its_dims():
+    errs = errors(GOOD.replace("n_kv_heads: 2", "kind: mla\n  kv_lora_rank: 16"))
+    assert any("needs qk_nope_head_dim" in e for e in errs)
+
+
+def test_invalid_yaml_points_at_the_line():
+    errs = errors(GOOD.replace("  d_model: 64", "  d_model: [64"))
+    assert len(errs) == 1 and errs[0].startswith("x.yaml:") and "invalid YAML" in errs[0]
+
+
+def test_duplicate_keys_are_errors():
+    errs = errors(GOOD.replace("  d_model: 64", "  d_model: 64\n  d_model: 128"))
+    assert errs == ["x.yaml:6:3 model.d_model: duplicate key"]
+
+
+def test_yaml_tags_that_construct_objects_are_refused():
+    errs = errors(GOOD.replace("name: t", "name: !!python/object/apply:os.system ['echo hi']"))
+    assert len(errs) == 1 and "x.yaml:2" in errs[0]
+
+
+def test_alias_bombs_are_an_error_not_a_hang():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh")
+    )
+    errs = errors(bomb)
+    assert any("too large" in e for e in errs)
+
+
+def test_scientific_floats_are_floats():
+    m = resolve(load_spec("x.yaml", text=GOOD.replace("max_seq_len: 512", "max_seq_len: 512\n  norm: {eps: 1e-6}")))
+    assert m.norm.eps == 1e-6
+
+
+def test_set_overrides_and_reports_its_own_errors():
+    m = resolve(load_spec("x.yaml", text=GOOD, sets=("moe.router.top_k=4", "model.n_layers=2")))
+    assert m.layers[0].ffn.top_k == 4 and m.n_layers == 2
+    errs = errors(GOOD, sets=("moe.router.top_k=99",))
+    assert errs == ["--set moe.router.top_k: 99 exceeds moe.n_experts (8)"]
+    errs = errors(GOOD, sets=("moe.router.topk=3",))
+    assert errs == ["--set moe.router.topk: unknown field 'topk'; did you mean 'top_k'?"]
+
+
+def test_extends_deep_merges_and_reports_locations_in_the_right_file(write_spec):
+    write_spec(GOOD, "base.yaml")
+    child = write_spec("extends: base.yaml\nname: child\nmoe:\n  router:\n    top_k: 12\n", "child.yaml")
+    with pytest.raises(SpecError) as ei:
+        load_spec(child)
+    (p,) = ei.value.problems
+    assert p.file.endswith("child.yaml") and p.line == 5 and p.path == "moe.router.top_k"
+    child = write_spec("extends: base.yaml\nname: child\nmoe:\n  router:\n    top_k: 1\n", "child.yaml")
+    m = resolve(load_spec(child))
+    assert m.layers[0].ffn.top_k == 1 and m.layers[0].ffn.n_experts == 8  # merged, not replaced
+
+
+def test_extends_a_shipped_spec_by_name(write_spec):
+    child = write_spec("extends: mixtral-8x7b\nname: mixtral-top1\nmoe:\n  router: {top_k: 1}\n")
+    m = resolve(load_spec(child))
+    assert m.d_model == 4096 and m.layers[0].ffn.top_k == 1
+
+
+def test_extends_cycles_and_missing_bases_are_errors(write_spec):
+    write_spec("extends: b.yaml\nname: a\n", "a.yaml")
+    b = write_spec("extends: a.yaml\nname: b\n", "b.yaml")
+    with pytest.raises(SpecError, match="cycle"):
+        load_spec(b)
+    c = write_spec("extends: nowhere.yaml\nname: c\n", "c.yaml")
+    with pytest.raises(SpecError, match="no spec named or at 'nowhere.yaml'"):
+        load_spec(c)
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n", "42\n"])
+def test_documents_that_are_not_mappings(text: str):
+    with pytest.raises(SpecError):
+        load_spec("x.yaml", text=text)
+
+
+def test_missing_file_is_a_clean_error(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "absent.yaml")

@@ -6,6 +6,7 @@ import click
 
 from moec import __version__
 from moec.commands.analyze import analyze, diff, list_specs, schema, validate
+from moec.commands.smoke import smoke_run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,7 +15,7 @@ def cli() -> None:
     """moec: Mixture-of-Experts architecture compiler and analyzer."""
 
 
-for _cmd in (analyze, diff, validate, schema, list_specs):
+for _cmd in (analyze, diff, validate, schema, list_specs, smoke_run):
     cli.add_command(_cmd)
 
 

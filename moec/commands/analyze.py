@@ -19,13 +19,17 @@ DTYPES = ("fp32", "bf16", "fp16", "fp8")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="Storage dtype for weights and KV cache (never changes FLOPs).")
 @click.option("--layers", is_flag=True, help="Also print the per-layer table.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md"]), default="table", show_default=True)
+@click.option("--verify", is_flag=True, help="Also build a scaled-down copy and check the FLOPs against torch's FlopCounterMode (imports torch).")
 @set_option
 @report_errors
-def analyze(specs: tuple[str, ...], seq: int, batch: int, attention: str, dtype: str, layers: bool, fmt: str, sets: tuple[str, ...]) -> None:
+def analyze(specs: tuple[str, ...], seq: int, batch: int, attention: str, dtype: str, layers: bool, fmt: str, verify: bool, sets: tuple[str, ...]) -> None:
     """Parameters, FLOPs and memory of one or more specs (several print side by side)."""
     from moec.analyze import analyze as run
     from moec.analyze import render
 
+    if verify:
+        _verify([load_plan(s, sets) for s in specs], fmt)
+        return
     results = [run(load_plan(s, sets), seq=seq, batch=batch, attention=attention, dtype=dtype) for s in specs]  # type: ignore[arg-type]
     if fmt == "json":
         click.echo(render.to_json(results))
@@ -35,6 +39,30 @@ def analyze(specs: tuple[str, ...], seq: int, batch: int, attention: str, dtype:
         click.echo(render.to_markdown(results, layers=layers), nl=False)
     else:
         render.print_tables(results, layers=layers)
+
+
+def _verify(plans: list, fmt: str) -> None:
+    import dataclasses
+
+    from moec.verify import verify
+
+    results = [verify(p) for p in plans]
+    if fmt == "json":
+        click.echo(json.dumps([{**dataclasses.asdict(r), "ok": r.ok} for r in results], indent=2))
+    else:
+        for r in results:
+            mark = "ok" if r.ok else "MISMATCH"
+            click.echo(f"{mark} {r.model}: analyzer {r.expected:,} FLOPs vs FlopCounterMode {r.measured:,} (batch {r.batch} × seq {r.seq}, full attention)")
+            for note in r.adjustments:
+                click.echo(f"    note: {note}")
+            for op, n in sorted(r.by_op.items(), key=lambda kv: -kv[1]):
+                click.echo(f"    {op}: {n:,}")
+            if r.unformulated_ops:
+                click.echo(f"    ops with no FLOP formula: {', '.join(r.unformulated_ops)}")
+            if r.fvcore_macs is not None:
+                click.echo(f"    fvcore (counts multiply-adds): {r.fvcore_macs:,} MACs = {2 * r.fvcore_macs:,} FLOPs")
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
 
 
 @click.command()

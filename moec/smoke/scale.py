@@ -1,0 +1,141 @@
+"""Fit a resolved model to a device by shrinking width and depth, keeping its MoE structure.
+
+Kept: number of experts, top-k, shared experts, router kind, attention kind (GQA group shape, MLA),
+norms, positions, and the layer pattern (first-k dense, every-N MoE: runs of identical layers are
+shortened, never reordered). Shrunk: d_model, FFN/expert widths, head counts and dims, MLA ranks,
+vocabulary, number of layers, windows (capped at the run's sequence length).
+Pure arithmetic over plans: the analyzer's memory model decides what fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from moec.analyze import analyze
+from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
+
+TINY_D = 64
+TINY_VOCAB = 256
+
+
+@dataclass(frozen=True)
+class Fitted:
+    plan: ResolvedModel
+    changes: list[str]  # human-readable "field: old → new"
+    bytes_needed: int  # training state + activation estimate at the run's batch × seq
+
+
+def _r(x: float, mult: int, lo: int) -> int:
+    return max(lo, int(round(x / mult)) * mult)
+
+
+def compress_layers(layers: tuple[LayerPlan, ...], max_layers: int) -> list[LayerPlan]:
+    """Keep the pattern: each run of identical layer kinds shortened to ≤ 2, then the first max_layers.
+    DeepSeek-V3 (3 dense, 58 MoE) → D D M M; a Switch-style D M D M ... → D M D M."""
+    out: list[LayerPlan] = []
+    run = 0
+    for i, lp in enumerate(layers):
+        same = i > 0 and _kind(lp) == _kind(layers[i - 1])
+        run = run + 1 if same else 1
+        if run <= 2:
+            out.append(lp)
+    out = out[:max_layers]
+    if not any(isinstance(l.ffn, MoEPlan) for l in out):  # keep at least one MoE layer
+        first_moe = next((l for l in layers if isinstance(l.ffn, MoEPlan)), None)
+        if first_moe is not None:
+            out = out[: max_layers - 1] + [first_moe]
+    return out
+
+
+def _kind(lp: LayerPlan) -> tuple[str, int | None, bool]:
+    return (lp.ffn.kind, lp.attention.window, lp.attention.rope)
+
+
+def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, seq: int) -> ResolvedModel:
+    """The same architecture at width ``d_model`` (other widths scaled by the same factor)."""
+    s = d_model / plan.d_model
+
+    def attention(a: AttentionPlan) -> AttentionPlan:
+        window = min(a.window, max(2, seq // 2)) if a.window else None
+        if a.kind == "mla":
+            assert a.kv_lora_rank and a.qk_nope_head_dim and a.v_head_dim and a.qk_rope_head_dim is not None
+            heads = max(2, min(a.n_heads, d_model // 16))
+            nope, rope, v = _r(a.qk_nope_head_dim * s, 2, 8), _r(a.qk_rope_head_dim * s, 2, 4), _r(a.v_head_dim * s, 2, 8)
+            return dataclasses.replace(
+                a, n_heads=heads, n_kv_heads=heads, head_dim=nope + rope, window=window,
+                q_lora_rank=_r(a.q_lora_rank * s, 8, 16) if a.q_lora_rank else None,
+                kv_lora_rank=_r(a.kv_lora_rank * s, 8, 16), qk_nope_head_dim=nope, qk_rope_head_dim=rope, v_head_dim=v,
+            )
+        group = a.n_heads // a.n_kv_heads
+        head_dim = max(8, min(a.head_dim, _r(d_model / 4, 2, 8)))
+        kv = max(1, min(a.n_kv_heads, (d_model // head_dim) // group))
+        return dataclasses.replace(a, n_heads=kv * group, n_kv_heads=kv, head_dim=head_dim, window=window)
+
+    def ffn(f: DenseFFNPlan | MoEPlan) -> DenseFFNPlan | MoEPlan:
+        if isinstance(f, DenseFFNPlan):
+            return dataclasses.replace(f, d_ff=_r(f.d_ff * s, 8, 8))
+        lora = _r(f.lora_rank * s, 2, 2) if f.lora_rank else None
+        return dataclasses.replace(f, d_ff=_r(f.d_ff * s, 8, 8), d_ff_shared=_r(f.d_ff_shared * s, 8, 8), lora_rank=lora)
+
+    layers = tuple(
+        LayerPlan(i, attention(lp.attention), ffn(lp.ffn))
+        for i, lp in enumerate(compress_layers(plan.layers, max_layers))
+    )
+    mtp = tuple(LayerPlan(len(layers) + j, attention(lp.attention), ffn(lp.ffn)) for j, lp in enumerate(plan.mtp[:1]))
+    return dataclasses.replace(
+        plan, name=f"{plan.name}-scaled", d_model=d_model, vocab_size=min(plan.vocab_size, vocab),
+        n_layers=len(layers), max_seq_len=max(seq, 2), layers=layers, mtp=mtp,
+    )
+
+
+def bytes_needed(plan: ResolvedModel, *, batch: int, seq: int) -> int:
+    a = analyze(plan, seq=seq, batch=batch)
+    return a.memory.training_state_bytes + a.memory.activation_bytes_estimate
+
+
+def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
+    out = []
+    for name in ("d_model", "n_layers", "vocab_size", "max_seq_len"):
+        if getattr(old, name) != getattr(new, name):
+            out.append(f"{name}: {getattr(old, name)} → {getattr(new, name)}")
+    a0, a1 = old.layers[0].attention, new.layers[0].attention
+    if (a0.n_heads, a0.n_kv_heads, a0.head_dim) != (a1.n_heads, a1.n_kv_heads, a1.head_dim):
+        out.append(f"attention heads/kv/head_dim: {a0.n_heads}/{a0.n_kv_heads}/{a0.head_dim} → {a1.n_heads}/{a1.n_kv_heads}/{a1.head_dim}")
+    f0 = next((l.ffn for l in old.layers if isinstance(l.ffn, MoEPlan)), None)
+    f1 = next((l.ffn for l in new.layers if isinstance(l.ffn, MoEPlan)), None)
+    if f0 and f1 and f0.d_ff != f1.d_ff:
+        out.append(f"expert d_ff: {f0.d_ff} → {f1.d_ff} (experts {f1.n_experts}, top-k {f1.top_k}, shared {f1.n_shared_experts} kept)")
+    d0 = next((l.ffn for l in old.layers if isinstance(l.ffn, DenseFFNPlan)), None)
+    d1 = next((l.ffn for l in new.layers if isinstance(l.ffn, DenseFFNPlan)), None)
+    if d0 and d1 and d0.d_ff != d1.d_ff:
+        out.append(f"dense d_ff: {d0.d_ff} → {d1.d_ff}")
+    pat0 = "".join("M" if l.ffn.kind == "moe" else "D" for l in old.layers)
+    pat1 = "".join("M" if l.ffn.kind == "moe" else "D" for l in new.layers)
+    if pat0 != pat1:
+        out.append(f"layer pattern: {pat0 if len(pat0) <= 16 else pat0[:16] + '…'} → {pat1}")
+    return out
+
+
+def fit(plan: ResolvedModel, *, scale: str, budget_bytes: int | None, batch: int, seq: int) -> Fitted:
+    """``tiny``: a CPU-sized copy. ``full``: the model as specified (an error if it does not fit).
+    ``auto``: the largest power-of-two width ≤ d_model (and ≤ 4096) whose training state and
+    activations fit ``budget_bytes``."""
+    if scale == "full":
+        need = bytes_needed(plan, batch=batch, seq=seq)
+        if budget_bytes is not None and need > budget_bytes:
+            raise ValueError(
+                f"{plan.name} needs ~{need / 2**30:.1f} GiB for training state and activations at batch {batch} × seq {seq}, "
+                f"but the device has {budget_bytes / 2**30:.1f} GiB free; use --scale auto"
+            )
+        return Fitted(plan, [], need)
+    if scale == "tiny" or budget_bytes is None:
+        new = shrink(plan, min(TINY_D, plan.d_model), vocab=TINY_VOCAB, max_layers=4, seq=seq)
+        return Fitted(new, describe_changes(plan, new), bytes_needed(new, batch=batch, seq=seq))
+    d = 1 << min(plan.d_model, 4096).bit_length() - 1
+    while True:
+        new = shrink(plan, d, vocab=32768, max_layers=8, seq=seq) if d < plan.d_model or plan.n_layers > 8 else plan
+        need = bytes_needed(new, batch=batch, seq=seq)
+        if need <= budget_bytes or d <= TINY_D:
+            return Fitted(new, describe_changes(plan, new), need)
+        d //= 2

@@ -31,7 +31,5 @@ class SpecError(ValueError):
     """One or more problems with a spec. ``problems`` holds all of them, in file order."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(
-            problems, key=lambda p: (p.file, p.line or 0, p.column or 0, p.path, p.message)
-        )
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0, p.path, p.message))
         super().__init__("\n".join(str(p) for p in self.problems))

@@ -55,7 +55,9 @@ def comparable_plan(plan: ResolvedModel) -> tuple[ResolvedModel, list[str]]:
         notes.append("sliding windows removed: the measured kernel computes every score and masks")
     if any(isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_factor for lp in plan.layers):
         notes.append("capacity factor removed: dropped tokens would execute fewer FLOPs than the model's")
-    return dataclasses.replace(plan, layers=tuple(fix(l) for l in plan.layers), mtp=tuple(fix(l) for l in plan.mtp)), notes
+    return dataclasses.replace(
+        plan, layers=tuple(fix(l) for l in plan.layers), mtp=tuple(fix(l) for l in plan.mtp)
+    ), notes
 
 
 def _formulas() -> dict:
@@ -85,7 +87,9 @@ def _formulas() -> dict:
     return m
 
 
-def verify(plan: ResolvedModel, *, seq: int = 32, batch: int = 1, shrink_first: bool = True, fvcore: bool = False) -> VerifyResult:
+def verify(
+    plan: ResolvedModel, *, seq: int = 32, batch: int = 1, shrink_first: bool = True, fvcore: bool = False
+) -> VerifyResult:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -123,7 +127,9 @@ def verify(plan: ResolvedModel, *, seq: int = 32, batch: int = 1, shrink_first: 
     per_token = a.flops.forward + (a.mtp.forward_flops if a.mtp else 0)
     if a.mtp:
         notes.append("MTP module FLOPs added (the model runs it)")
-    result = VerifyResult(small.name, seq, batch, int(per_token * batch * seq), counter.get_total_flops(), by_op, missing, notes)
+    result = VerifyResult(
+        small.name, seq, batch, int(per_token * batch * seq), counter.get_total_flops(), by_op, missing, notes
+    )
     if fvcore:
         result.fvcore_macs = _fvcore_macs(model, tokens)
     return result

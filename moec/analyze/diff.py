@@ -30,7 +30,14 @@ def _layer_groups(m: ResolvedModel) -> dict[str, Any]:
     per_layer: list[dict[str, Any]] = []
     for lp in m.layers:
         flat: dict[str, Any] = {}
-        _flatten("", {"attention": lp.attention.__dict__, "ffn": {**lp.ffn.__dict__, **({"router": lp.ffn.router.__dict__} if lp.ffn.kind == "moe" else {})}}, flat)
+        _flatten(
+            "",
+            {
+                "attention": lp.attention.__dict__,
+                "ffn": {**lp.ffn.__dict__, **({"router": lp.ffn.router.__dict__} if lp.ffn.kind == "moe" else {})},
+            },
+            flat,
+        )
         per_layer.append(flat)
     keys = sorted({k for f in per_layer for k in f})
     for k in keys:
@@ -58,10 +65,21 @@ def diff_models(a: ResolvedModel, b: ResolvedModel, ra: Analysis, rb: Analysis) 
     fields = [{"field": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
     ga, gb = _layer_groups(a), _layer_groups(b)
     if a.n_layers == b.n_layers:
-        fields += [{"field": k, "a": ga.get(k), "b": gb.get(k)} for k in sorted(set(ga) | set(gb), key=_layer_key) if ga.get(k) != gb.get(k)]
+        fields += [
+            {"field": k, "a": ga.get(k), "b": gb.get(k)}
+            for k in sorted(set(ga) | set(gb), key=_layer_key)
+            if ga.get(k) != gb.get(k)
+        ]
 
     def metric(name: str, x: float, y: float, unit: str = "") -> dict[str, Any]:
-        return {"metric": name, "a": x, "b": y, "delta": y - x, "pct": (100.0 * (y - x) / x) if x else None, "unit": unit}
+        return {
+            "metric": name,
+            "a": x,
+            "b": y,
+            "delta": y - x,
+            "pct": (100.0 * (y - x) / x) if x else None,
+            "unit": unit,
+        }
 
     metrics = [
         metric("total params", ra.params.total, rb.params.total),

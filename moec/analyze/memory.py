@@ -63,9 +63,7 @@ def memory(
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     nb = DTYPE_BYTES[dtype]
     per_token = sum(kv_bytes_per_token(lp.attention, nb) for lp in model.layers)
-    at_seq = sum(
-        kv_bytes_per_token(lp.attention, nb) * min(seq, lp.attention.window or seq) for lp in model.layers
-    )
+    at_seq = sum(kv_bytes_per_token(lp.attention, nb) * min(seq, lp.attention.window or seq) for lp in model.layers)
     return Memory(
         dtype=dtype,
         weights_bytes=total * nb,

@@ -51,7 +51,10 @@ def headline_rows(a: Analysis) -> list[tuple[str, Any]]:
         ("trainable params", a.params.trainable),
         ("frozen params", a.params.frozen),
         ("layers (MoE / dense)", f"{a.moe.moe_layers} / {a.moe.dense_layers}" if a.moe else f"0 / {len(a.layers)}"),
-        ("experts (routed, top-k, shared)", f"{a.moe.n_experts}, {a.moe.top_k}, {a.moe.n_shared_experts}" if a.moe else "-"),
+        (
+            "experts (routed, top-k, shared)",
+            f"{a.moe.n_experts}, {a.moe.top_k}, {a.moe.n_shared_experts}" if a.moe else "-",
+        ),
         (f"fwd FLOPs/token (S={a.seq})", a.flops.forward),
         ("  linear", a.flops.forward_linear),
         ("  attention scores", a.flops.forward_attention),
@@ -118,13 +121,29 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
         vals = [headline_rows(a)[i][1] if i < len(headline_rows(a)) else "" for a in analyses]
         lines.append(f"| {label.strip()} | " + " | ".join(_fmt(label, v) for v in vals) + " |")
     for a in analyses:
-        lines += ["", f"### {a.name}: components", "", "| component | params | active | frozen | fwd FLOPs/token |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"### {a.name}: components",
+            "",
+            "| component | params | active | frozen | fwd FLOPs/token |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for c in a.components:
-            lines.append(f"| {COMPONENT_LABELS.get(c.name, c.name)} | {exact(c.params)} | {exact(c.active)} | {exact(c.frozen)} | {exact(c.flops)} |")
+            lines.append(
+                f"| {COMPONENT_LABELS.get(c.name, c.name)} | {exact(c.params)} | {exact(c.active)} | {exact(c.frozen)} | {exact(c.flops)} |"
+            )
         if layers:
-            lines += ["", f"### {a.name}: layers", "", "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                f"### {a.name}: layers",
+                "",
+                "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |",
+                "|---:|---|---|---:|---:|---:|---:|---:|",
+            ]
             for r in a.layers:
-                lines.append(f"| {r.index} | {r.ffn} | {r.attention} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} | {exact(r.flops_linear)} | {exact(r.flops_attention)} |")
+                lines.append(
+                    f"| {r.index} | {r.ffn} | {r.attention} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} | {exact(r.flops_linear)} | {exact(r.flops_attention)} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -156,13 +175,24 @@ def print_tables(analyses: list[Analysis], *, layers: bool = False, console: Any
             for label, v in headline_rows(a):
                 head.add_row(label, _fmt(label, v))
             extra = a.flops.training - 3 * a.flops.forward
-            head.add_row("6·N_active shortcut (for comparison)", f"{human(a.flops.six_n_active)}  ({100 * a.flops.six_n_active / a.flops.training:.1f}% of training)")
+            head.add_row(
+                "6·N_active shortcut (for comparison)",
+                f"{human(a.flops.six_n_active)}  ({100 * a.flops.six_n_active / a.flops.training:.1f}% of training)",
+            )
             if extra:
                 head.add_row("  of which frozen weights save", human(-extra))
             head.add_row("activations at S, batch (estimate)", human(a.memory.activation_bytes_estimate, "B"))
             con.print(head)
             comp = Table(title="components")
-            for col, just in (("component", "left"), ("params", "right"), ("% total", "right"), ("active", "right"), ("frozen", "right"), ("fwd FLOPs", "right"), ("% FLOPs", "right")):
+            for col, just in (
+                ("component", "left"),
+                ("params", "right"),
+                ("% total", "right"),
+                ("active", "right"),
+                ("frozen", "right"),
+                ("fwd FLOPs", "right"),
+                ("% FLOPs", "right"),
+            ):
                 comp.add_column(col, justify=just, no_wrap=col == "component")  # type: ignore[arg-type]
             fwd = a.flops.forward or 1
             for c in a.components:
@@ -175,16 +205,46 @@ def print_tables(analyses: list[Analysis], *, layers: bool = False, console: Any
                     human(c.flops),
                     f"{100 * c.flops / fwd:.1f}%",
                 )
-            comp.add_row("attention scores", "-", "-", "-", "-", human(a.flops.forward_attention), f"{100 * a.flops.forward_attention / fwd:.1f}%")
+            comp.add_row(
+                "attention scores",
+                "-",
+                "-",
+                "-",
+                "-",
+                human(a.flops.forward_attention),
+                f"{100 * a.flops.forward_attention / fwd:.1f}%",
+            )
             con.print(comp)
             if a.mtp:
-                con.print(f"MTP ({a.mtp.n_layers} layer(s), not in the totals above): {human(a.mtp.params)} params, {human(a.mtp.forward_flops)} fwd FLOPs/token")
+                con.print(
+                    f"MTP ({a.mtp.n_layers} layer(s), not in the totals above): {human(a.mtp.params)} params, {human(a.mtp.forward_flops)} fwd FLOPs/token"
+                )
         if layers:
             lt = Table(title=f"{a.name}: layers")
-            for col in ("layer", "ffn", "attention", "window", "params", "active", "linear FLOPs", "attention FLOPs", ""):
+            for col in (
+                "layer",
+                "ffn",
+                "attention",
+                "window",
+                "params",
+                "active",
+                "linear FLOPs",
+                "attention FLOPs",
+                "",
+            ):
                 lt.add_column(col, justify="left" if col in ("ffn", "attention", "") else "right")
             peak = max((r.params for r in a.layers), default=1)
             for r in a.layers:
                 bar = "█" * max(1, round(20 * r.params / peak))
-                lt.add_row(str(r.index), r.ffn, r.attention, str(r.window or "-"), exact(r.params), exact(r.active), exact(r.flops_linear), exact(r.flops_attention), f"[cyan]{bar}[/cyan]")
+                lt.add_row(
+                    str(r.index),
+                    r.ffn,
+                    r.attention,
+                    str(r.window or "-"),
+                    exact(r.params),
+                    exact(r.active),
+                    exact(r.flops_linear),
+                    exact(r.flops_attention),
+                    f"[cyan]{bar}[/cyan]",
+                )
             con.print(lt)

@@ -190,9 +190,7 @@ def analyze(
     add(edges)
     training += train_flops(edges)
 
-    components = [
-        ComponentRow(name, t[0], t[1], t[0] - t[3], t[3], t[2]) for name, t in totals.items() if t[0] or t[2]
-    ]
+    components = [ComponentRow(name, t[0], t[1], t[0] - t[3], t[3], t[2]) for name, t in totals.items() if t[0] or t[2]]
     total = sum(c.params for c in components)
     active = sum(c.active for c in components)
     frozen = sum(c.frozen for c in components)

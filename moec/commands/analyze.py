@@ -13,16 +13,54 @@ DTYPES = ("fp32", "bf16", "fp16", "fp8")
 
 @click.command()
 @click.argument("specs", nargs=-1, required=True)
-@click.option("--seq", type=click.IntRange(1, 1 << 27), default=1, show_default=True, help="Context length S for attention FLOPs and KV cache.")
-@click.option("--batch", type=click.IntRange(1, 1 << 20), default=1, show_default=True, help="Batch size for KV-cache and activation memory.")
-@click.option("--attention", type=click.Choice(["full", "causal"]), default="full", show_default=True, help="full: every query sees S keys; causal: (S+1)/2 on average.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="Storage dtype for weights and KV cache (never changes FLOPs).")
+@click.option(
+    "--seq",
+    type=click.IntRange(1, 1 << 27),
+    default=1,
+    show_default=True,
+    help="Context length S for attention FLOPs and KV cache.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1 << 20),
+    default=1,
+    show_default=True,
+    help="Batch size for KV-cache and activation memory.",
+)
+@click.option(
+    "--attention",
+    type=click.Choice(["full", "causal"]),
+    default="full",
+    show_default=True,
+    help="full: every query sees S keys; causal: (S+1)/2 on average.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="bf16",
+    show_default=True,
+    help="Storage dtype for weights and KV cache (never changes FLOPs).",
+)
 @click.option("--layers", is_flag=True, help="Also print the per-layer table.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md"]), default="table", show_default=True)
-@click.option("--verify", is_flag=True, help="Also build a scaled-down copy and check the FLOPs against torch's FlopCounterMode (imports torch).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also build a scaled-down copy and check the FLOPs against torch's FlopCounterMode (imports torch).",
+)
 @set_option
 @report_errors
-def analyze(specs: tuple[str, ...], seq: int, batch: int, attention: str, dtype: str, layers: bool, fmt: str, verify: bool, sets: tuple[str, ...]) -> None:
+def analyze(
+    specs: tuple[str, ...],
+    seq: int,
+    batch: int,
+    attention: str,
+    dtype: str,
+    layers: bool,
+    fmt: str,
+    verify: bool,
+    sets: tuple[str, ...],
+) -> None:
     """Parameters, FLOPs and memory of one or more specs (several print side by side)."""
     from moec.analyze import analyze as run
     from moec.analyze import render
@@ -52,7 +90,9 @@ def _verify(plans: list, fmt: str) -> None:
     else:
         for r in results:
             mark = "ok" if r.ok else "MISMATCH"
-            click.echo(f"{mark} {r.model}: analyzer {r.expected:,} FLOPs vs FlopCounterMode {r.measured:,} (batch {r.batch} × seq {r.seq}, full attention)")
+            click.echo(
+                f"{mark} {r.model}: analyzer {r.expected:,} FLOPs vs FlopCounterMode {r.measured:,} (batch {r.batch} × seq {r.seq}, full attention)"
+            )
             for note in r.adjustments:
                 click.echo(f"    note: {note}")
             for op, n in sorted(r.by_op.items(), key=lambda kv: -kv[1]):
@@ -148,7 +188,15 @@ def list_specs(fmt: str) -> None:
     for p in shipped_specs():
         m = load_model(str(p))
         a = run(m)
-        rows.append({"name": p.stem, "total": a.params.total, "active": a.params.active, "layers": m.n_layers, "description": m.description})
+        rows.append(
+            {
+                "name": p.stem,
+                "total": a.params.total,
+                "active": a.params.active,
+                "layers": m.n_layers,
+                "description": m.description,
+            }
+        )
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return

@@ -26,7 +26,7 @@ class MarkovData:
         branch = max(1, min(branch, vocab))
         succ = torch.stack([torch.randperm(vocab, generator=g)[:branch] for _ in range(vocab)])  # (V, branch)
         # peaked (Dirichlet-like) probabilities: learnable but not deterministic
-        w = -torch.log(torch.rand(vocab, branch, generator=g, dtype=torch.float64)) ** 2
+        w = -(torch.log(torch.rand(vocab, branch, generator=g, dtype=torch.float64)) ** 2)
         p = w / w.sum(-1, keepdim=True)
         stationary = _stationary(succ, p, vocab)
         row_entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)  # (V,)

@@ -96,7 +96,10 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
     fell = "[green]fell[/green]" if r.loss_fell else "[red]did not fall[/red]"
     t.add_row("params (total / active)", f"{r.params_total:,} / {r.params_active:,}")
     t.add_row("steps × batch × seq", f"{r.steps} × {r.batch} × {r.seq}")
-    t.add_row("loss first → last", f"{r.loss_first:.3f} → {r.loss_last:.3f} ({fell}; noise {r.loss_noise:.2f}, floor ≈ {r.loss_floor:.2f})")
+    t.add_row(
+        "loss first → last",
+        f"{r.loss_first:.3f} → {r.loss_last:.3f} ({fell}; noise {r.loss_noise:.2f}, floor ≈ {r.loss_floor:.2f})",
+    )
     t.add_row("aux loss first → last", f"{r.aux_first:.4g} → {r.aux_last:.4g}")
     t.add_row("tokens/s", f"{r.tokens_per_s:,.0f}")
     t.add_row("achieved TFLOP/s", f"{r.achieved_tflops:.3f}  (analyzer: {r.flops_per_token:.4g} training FLOPs/token)")
@@ -111,7 +114,9 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
             f"out {n.max_abs_diff_output:.2e}, grad {n.max_abs_diff_grad:.2e} (tol {n.tolerance:.0e}) {mark}",
         )
     con.print(t)
-    lt = Table(title=f"expert load per MoE layer (one bar per expert; imbalanced above max/mean {r.imbalance_threshold:g})")
+    lt = Table(
+        title=f"expert load per MoE layer (one bar per expert; imbalanced above max/mean {r.imbalance_threshold:g})"
+    )
     lt.add_column("layer", justify="right")
     lt.add_column("load")
     lt.add_column("max/mean", justify="right")

@@ -22,7 +22,11 @@ from moec.spec.plan import ResolvedModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Dense peak TFLOP/s from the vendors' spec sheets (no sparsity), by device-name substring.
-PEAKS = {"H100": {"bf16": 989.4, "fp32": 494.7}, "H200": {"bf16": 989.4, "fp32": 494.7}, "A100": {"bf16": 312.0, "fp32": 156.0}}
+PEAKS = {
+    "H100": {"bf16": 989.4, "fp32": 494.7},
+    "H200": {"bf16": 989.4, "fp32": 494.7},
+    "A100": {"bf16": 312.0, "fp32": 156.0},
+}
 IMBALANCE_THRESHOLD = 3.0
 NUMERICS_TOL = {"fp32": 1e-4, "bf16": 5e-2}
 
@@ -137,7 +141,11 @@ def smoke_run(
                 failures.append(f"loss became {ce} at step {step}")
                 break
             if bar:
-                bar.update(task, advance=1, description=f"loss {ce:.3f} aux {ax:.3g} {timed_tokens / max(timed_s, 1e-9):,.0f} tok/s")
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"loss {ce:.3f} aux {ax:.3g} {timed_tokens / max(timed_s, 1e-9):,.0f} tok/s",
+                )
     finally:
         if bar:
             bar.stop()
@@ -149,7 +157,7 @@ def smoke_run(
         failures.append(f"loss did not fall: {first:.3f} → {last:.3f}")
 
     layers = []
-    for j, (c, d) in enumerate(zip(load, dropped)):
+    for j, (c, d) in enumerate(zip(load, dropped, strict=False)):
         counts = c.tolist()
         mean = sum(counts) / len(counts) if counts else 0.0
         layers.append(
@@ -169,9 +177,13 @@ def smoke_run(
     peak, source = _peak(device, dtype_name)
     numerics = None
     if moe_layers:
-        numerics = check_numerics(moe_layers[0][1], backend, dtype, device, small.d_model, cfg, moe_index[0] if moe_index else 0)
+        numerics = check_numerics(
+            moe_layers[0][1], backend, dtype, device, small.d_model, cfg, moe_index[0] if moe_index else 0
+        )
         if not numerics.ok:
-            failures.append(f"numerics: {numerics.backend} differs from {numerics.against} by {max(numerics.max_abs_diff_output, numerics.max_abs_diff_grad):.2e}")
+            failures.append(
+                f"numerics: {numerics.backend} differs from {numerics.against} by {max(numerics.max_abs_diff_output, numerics.max_abs_diff_grad):.2e}"
+            )
 
     return SmokeResult(
         spec=spec_name or plan.name,
@@ -212,7 +224,9 @@ def smoke_run(
     )
 
 
-def check_numerics(moe: torch.nn.Module, backend: str, dtype: torch.dtype, device: torch.device, d: int, cfg: SmokeConfig, layer: int) -> Numerics:
+def check_numerics(
+    moe: torch.nn.Module, backend: str, dtype: torch.dtype, device: torch.device, d: int, cfg: SmokeConfig, layer: int
+) -> Numerics:
     """Outputs and input/weight gradients of one MoE layer: the chosen backend against the reference
     (or, when the reference itself is chosen, against the naive oracle)."""
     against = "reference" if backend != "reference" else "naive"
@@ -238,7 +252,10 @@ def check_numerics(moe: torch.nn.Module, backend: str, dtype: torch.dtype, devic
     (ya, ga), (yb, gb) = results
     scale_y = max(float(yb.abs().max()), 1e-6)
     out = float((ya - yb).abs().max()) / scale_y
-    grad = max((float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12) for a, b in zip(ga, gb)), default=0.0)
+    grad = max(
+        (float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12) for a, b in zip(ga, gb, strict=False)),
+        default=0.0,
+    )
     tol = NUMERICS_TOL["bf16" if dtype == torch.bfloat16 else "fp32"]
     return Numerics(backend, against, layer, out, grad, tol, out <= tol and grad <= tol)
 
@@ -287,4 +304,6 @@ def _progress(enabled: bool):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )

@@ -61,11 +61,22 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         if a.kind == "mla":
             assert a.kv_lora_rank and a.qk_nope_head_dim and a.v_head_dim and a.qk_rope_head_dim is not None
             heads = max(2, min(a.n_heads, d_model // 16))
-            nope, rope, v = _r(a.qk_nope_head_dim * s, 2, 8), _r(a.qk_rope_head_dim * s, 2, 4), _r(a.v_head_dim * s, 2, 8)
+            nope, rope, v = (
+                _r(a.qk_nope_head_dim * s, 2, 8),
+                _r(a.qk_rope_head_dim * s, 2, 4),
+                _r(a.v_head_dim * s, 2, 8),
+            )
             return dataclasses.replace(
-                a, n_heads=heads, n_kv_heads=heads, head_dim=nope + rope, window=window,
+                a,
+                n_heads=heads,
+                n_kv_heads=heads,
+                head_dim=nope + rope,
+                window=window,
                 q_lora_rank=_r(a.q_lora_rank * s, 8, 16) if a.q_lora_rank else None,
-                kv_lora_rank=_r(a.kv_lora_rank * s, 8, 16), qk_nope_head_dim=nope, qk_rope_head_dim=rope, v_head_dim=v,
+                kv_lora_rank=_r(a.kv_lora_rank * s, 8, 16),
+                qk_nope_head_dim=nope,
+                qk_rope_head_dim=rope,
+                v_head_dim=v,
             )
         group = a.n_heads // a.n_kv_heads
         head_dim = max(8, min(a.head_dim, _r(d_model / 4, 2, 8)))
@@ -76,7 +87,9 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         if isinstance(f, DenseFFNPlan):
             return dataclasses.replace(f, d_ff=_r(f.d_ff * s, 8, 8))
         lora = _r(f.lora_rank * s, 2, 2) if f.lora_rank else None
-        return dataclasses.replace(f, d_ff=_r(f.d_ff * s, 8, 8), d_ff_shared=_r(f.d_ff_shared * s, 8, 8), lora_rank=lora)
+        return dataclasses.replace(
+            f, d_ff=_r(f.d_ff * s, 8, 8), d_ff_shared=_r(f.d_ff_shared * s, 8, 8), lora_rank=lora
+        )
 
     layers = tuple(
         LayerPlan(i, attention(lp.attention), ffn(lp.ffn))
@@ -84,8 +97,14 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
     )
     mtp = tuple(LayerPlan(len(layers) + j, attention(lp.attention), ffn(lp.ffn)) for j, lp in enumerate(plan.mtp[:1]))
     return dataclasses.replace(
-        plan, name=f"{plan.name}-scaled", d_model=d_model, vocab_size=min(plan.vocab_size, vocab),
-        n_layers=len(layers), max_seq_len=max(seq, 2), layers=layers, mtp=mtp,
+        plan,
+        name=f"{plan.name}-scaled",
+        d_model=d_model,
+        vocab_size=min(plan.vocab_size, vocab),
+        n_layers=len(layers),
+        max_seq_len=max(seq, 2),
+        layers=layers,
+        mtp=mtp,
     )
 
 
@@ -101,11 +120,15 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
             out.append(f"{name}: {getattr(old, name)} → {getattr(new, name)}")
     a0, a1 = old.layers[0].attention, new.layers[0].attention
     if (a0.n_heads, a0.n_kv_heads, a0.head_dim) != (a1.n_heads, a1.n_kv_heads, a1.head_dim):
-        out.append(f"attention heads/kv/head_dim: {a0.n_heads}/{a0.n_kv_heads}/{a0.head_dim} → {a1.n_heads}/{a1.n_kv_heads}/{a1.head_dim}")
+        out.append(
+            f"attention heads/kv/head_dim: {a0.n_heads}/{a0.n_kv_heads}/{a0.head_dim} → {a1.n_heads}/{a1.n_kv_heads}/{a1.head_dim}"
+        )
     f0 = next((l.ffn for l in old.layers if isinstance(l.ffn, MoEPlan)), None)
     f1 = next((l.ffn for l in new.layers if isinstance(l.ffn, MoEPlan)), None)
     if f0 and f1 and f0.d_ff != f1.d_ff:
-        out.append(f"expert d_ff: {f0.d_ff} → {f1.d_ff} (experts {f1.n_experts}, top-k {f1.top_k}, shared {f1.n_shared_experts} kept)")
+        out.append(
+            f"expert d_ff: {f0.d_ff} → {f1.d_ff} (experts {f1.n_experts}, top-k {f1.top_k}, shared {f1.n_shared_experts} kept)"
+        )
     d0 = next((l.ffn for l in old.layers if isinstance(l.ffn, DenseFFNPlan)), None)
     d1 = next((l.ffn for l in new.layers if isinstance(l.ffn, DenseFFNPlan)), None)
     if d0 and d1 and d0.d_ff != d1.d_ff:

@@ -23,7 +23,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         if a.n_heads % kv:
             bad(("attention", "n_kv_heads"), f"n_heads ({a.n_heads}) is not divisible by n_kv_heads ({kv})")
         if a.head_dim is None and m.d_model % a.n_heads:
-            bad(("attention", "n_heads"), f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim")
+            bad(
+                ("attention", "n_heads"),
+                f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim",
+            )
         hd = a.head_dim or m.d_model // a.n_heads
         if m.positions.kind == "rope" and hd % 2:
             bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
@@ -41,7 +44,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         if a.bias or a.out_bias:
             bad(("attention", "bias"), "biases are not supported with MLA")
         if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
-            bad(("attention", "qk_rope_head_dim"), f"rotary positions need an even qk_rope_head_dim, got {a.qk_rope_head_dim}")
+            bad(
+                ("attention", "qk_rope_head_dim"),
+                f"rotary positions need an even qk_rope_head_dim, got {a.qk_rope_head_dim}",
+            )
         if m.positions.kind == "rope" and a.qk_rope_head_dim == 0:
             bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
     if a.window is not None and a.window > m.max_seq_len:
@@ -51,7 +57,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         if m.positions.kind != "rope":
             bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
         if sc.kind in ("yarn", "llama3") and sc.original_max_seq_len is None:
-            bad(("model", "positions", "scaling", "original_max_seq_len"), f"{sc.kind} scaling needs original_max_seq_len")
+            bad(
+                ("model", "positions", "scaling", "original_max_seq_len"),
+                f"{sc.kind} scaling needs original_max_seq_len",
+            )
 
     # --- layers ----------------------------------------------------------------------------
     kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
@@ -66,7 +75,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             written_as_list = (base + (0,)) in loc.marks
             for i, idx in enumerate(s.layers):
                 if idx >= n:
-                    bad(base + ((i,) if written_as_list else ("layers", i)), f"layer {idx} does not exist (model.n_layers is {n})")
+                    bad(
+                        base + ((i,) if written_as_list else ("layers", i)),
+                        f"layer {idx} does not exist (model.n_layers is {n})",
+                    )
         for f in ("first", "last", "start"):
             v = getattr(s, f)
             if v is not None and v >= n:
@@ -76,7 +88,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         if ov.ffn is not None:
             kinds.add(ov.ffn)
         if ov.attention is not None and ov.attention.window is not None and ov.attention.window > m.max_seq_len:
-            bad(("layers", "overrides", j, "attention", "window"), f"{ov.attention.window} exceeds model.max_seq_len ({m.max_seq_len})")
+            bad(
+                ("layers", "overrides", j, "attention", "window"),
+                f"{ov.attention.window} exceeds model.max_seq_len ({m.max_seq_len})",
+            )
     if spec.mtp is not None:
         kinds.add(spec.mtp.ffn)
     if "dense" in kinds and spec.ffn is None:
@@ -94,7 +109,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             bad(("moe", "granularity"), f"moe.d_ff ({e.d_ff}) is not divisible by granularity ({g})")
         if r.dense:
             if r.top_k is not None and r.top_k * g != E:
-                bad(("moe", "router", "top_k"), f"dense routing gives every expert a weight; top_k must be omitted or equal n_experts ({e.n_experts})")
+                bad(
+                    ("moe", "router", "top_k"),
+                    f"dense routing gives every expert a weight; top_k must be omitted or equal n_experts ({e.n_experts})",
+                )
             if e.capacity_factor is not None:
                 bad(("moe", "capacity_factor"), "dense routing drops no tokens; remove capacity_factor")
             if r.n_groups is not None:
@@ -106,7 +124,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         if r.softmax_after_topk and r.score != "softmax":
             bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
         if (r.n_groups is None) != (r.topk_groups is None):
-            bad(("moe", "router", "n_groups" if r.n_groups is None else "topk_groups"), "n_groups and topk_groups go together")
+            bad(
+                ("moe", "router", "n_groups" if r.n_groups is None else "topk_groups"),
+                "n_groups and topk_groups go together",
+            )
         elif r.n_groups is not None and r.topk_groups is not None:
             if E % r.n_groups:
                 bad(("moe", "router", "n_groups"), f"{r.n_groups} does not divide the number of experts ({E})")
@@ -115,11 +136,17 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             else:
                 per_group = E // r.n_groups
                 if r.top_k is not None and r.top_k * g > r.topk_groups * per_group:
-                    bad(("moe", "router", "top_k"), f"{r.top_k * g} experts cannot be reached within {r.topk_groups} groups of {per_group}")
+                    bad(
+                        ("moe", "router", "top_k"),
+                        f"{r.top_k * g} experts cannot be reached within {r.topk_groups} groups of {per_group}",
+                    )
                 if r.group_score == "top2_sum" and per_group < 2:
                     bad(("moe", "router", "group_score"), "top2_sum needs at least 2 experts per group")
         if e.balance.bias_update_rate is not None and not r.selection_bias:
-            bad(("moe", "balance", "bias_update_rate"), "aux-loss-free balancing updates router.selection_bias; set it to true")
+            bad(
+                ("moe", "balance", "bias_update_rate"),
+                "aux-loss-free balancing updates router.selection_bias; set it to true",
+            )
         if e.d_ff_shared is not None and e.n_shared_experts == 0:
             bad(("moe", "d_ff_shared"), "given but n_shared_experts is 0")
         if e.shared_gate and e.n_shared_experts == 0:

@@ -31,9 +31,7 @@ class LoadedSpec:
     spec_hash: str
 
 
-def load_spec(
-    source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), text: str | None = None
-) -> LoadedSpec:
+def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), text: str | None = None) -> LoadedSpec:
     """Load and validate a spec from a path (or from ``text``, named ``source``)."""
     file = str(source)
     located = _load_with_extends(file, text, chain=())
@@ -94,7 +92,9 @@ def _load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> L
     if key in chain or key == str(FsPath(file).resolve()):
         raise SpecError([Problem(file, m.line, m.column, "extends", f"cycle: {base_ref!r} extends this spec again")])
     if len(chain) >= MAX_EXTENDS_DEPTH:
-        raise SpecError([Problem(file, m.line, m.column, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends")])
+        raise SpecError(
+            [Problem(file, m.line, m.column, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends")]
+        )
     base = _load_with_extends(base_file, None, chain + (str(FsPath(file).resolve()),))
     merged = Located(copy.deepcopy(base.value), dict(base.marks), dict(base.key_marks))
     own = dict(loc.value)
@@ -195,7 +195,9 @@ def _problem_from_pydantic(err: dict[str, Any], loc: Located) -> Problem:
 
 def _is_union_tag(p: Any) -> bool:
     # pydantic adds the union member name ("int", "constrained-int", "list[...]") to locs
-    return isinstance(p, str) and (p.startswith(("constrained-", "list[", "function-")) or p in ("int", "float", "str", "bool", "Select", "none"))
+    return isinstance(p, str) and (
+        p.startswith(("constrained-", "list[", "function-")) or p in ("int", "float", "str", "bool", "Select", "none")
+    )
 
 
 def _model_at(model: type[BaseModel], path: Path) -> type[BaseModel] | None:

@@ -202,7 +202,9 @@ class MTP(Strict):
     ffn: Literal["dense", "moe"] = "moe"
 
 
-Component = Literal["embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts"]
+Component = Literal[
+    "embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts"
+]
 
 
 class Spec(Strict):

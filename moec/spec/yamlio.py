@@ -106,7 +106,9 @@ def parse_yaml(text: str, file: str) -> Located:
     def walk(n: yaml.Node, path: Path) -> Any:
         budget[0] -= 1
         if budget[0] < 0:
-            raise SpecError([Problem(file, *_lc(n), _dotted(path), "document too large (aliases expand past the node limit)")])
+            raise SpecError(
+                [Problem(file, *_lc(n), _dotted(path), "document too large (aliases expand past the node limit)")]
+            )
         out.marks[path] = _mark(file, n)
         if isinstance(n, yaml.MappingNode):
             loader.flatten_mapping(n)  # resolves `<<` merge keys

@@ -72,7 +72,10 @@ def test_per_layer_window_override():
 
 
 def test_mla_matches_the_conventions_formula():
-    text = BASE.replace("attention: {n_heads: 8, n_kv_heads: 2}", "attention: {kind: mla, n_heads: 4, q_lora_rank: 24, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4, v_head_dim: 6}")
+    text = BASE.replace(
+        "attention: {n_heads: 8, n_kv_heads: 2}",
+        "attention: {kind: mla, n_heads: 4, q_lora_rank: 24, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4, v_head_dim: 6}",
+    )
     p = resolve(load_spec("t.yaml", text=text))
     d, h, qr, kvr, dn, dr, dv = 64, 4, 24, 16, 8, 4, 6
     mm = d * qr + qr * h * (dn + dr) + d * (kvr + dr) + kvr * h * (dn + dv) + h * dv * d
@@ -156,11 +159,23 @@ def test_training_memory_is_16_bytes_per_trainable_and_2_per_frozen():
 
 def test_layer_patterns_name_their_start():
     # Megatron's "every 2" puts MoE on layer 0; Hugging Face's on layer 1: a spec says which.
-    megatron = plan(MOE.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides: [{select: {every: 2, start: 0}, ffn: moe}]"))
-    hf = plan(MOE.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides: [{select: {every: 2, start: 1}, ffn: moe}]"))
+    megatron = plan(
+        MOE.replace(
+            "default: {ffn: moe}", "default: {ffn: dense}\n  overrides: [{select: {every: 2, start: 0}, ffn: moe}]"
+        )
+    )
+    hf = plan(
+        MOE.replace(
+            "default: {ffn: moe}", "default: {ffn: dense}\n  overrides: [{select: {every: 2, start: 1}, ffn: moe}]"
+        )
+    )
     assert megatron.moe_layers == [0, 2]
     assert hf.moe_layers == [1, 3]
-    first_k = plan(MOE.replace("default: {ffn: moe}", "default: {ffn: moe}\n  overrides: [{select: {first: 0, last: 1}, ffn: dense}]"))
+    first_k = plan(
+        MOE.replace(
+            "default: {ffn: moe}", "default: {ffn: moe}\n  overrides: [{select: {first: 0, last: 1}, ffn: dense}]"
+        )
+    )
     assert first_k.moe_layers == [2, 3]
     listed = plan(MOE.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides: [{select: [3], ffn: moe}]"))
     assert listed.moe_layers == [3]

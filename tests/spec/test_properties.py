@@ -28,19 +28,35 @@ def valid_specs(draw) -> dict:
             "n_layers": n_layers,
             "max_seq_len": seq,
             "tie_embeddings": draw(st.booleans()),
-            "norm": {"kind": draw(st.sampled_from(["rmsnorm", "layernorm"])), "placement": draw(st.sampled_from(["pre", "post"]))},
+            "norm": {
+                "kind": draw(st.sampled_from(["rmsnorm", "layernorm"])),
+                "placement": draw(st.sampled_from(["pre", "post"])),
+            },
             "positions": {"kind": draw(st.sampled_from(["rope", "learned", "none"]))},
         },
-        "ffn": {"d_ff": draw(st.integers(1, 20000)), "activation": draw(st.sampled_from(["swiglu", "geglu", "gelu", "relu", "silu"]))},
+        "ffn": {
+            "d_ff": draw(st.integers(1, 20000)),
+            "activation": draw(st.sampled_from(["swiglu", "geglu", "gelu", "relu", "silu"])),
+        },
     }
     if draw(st.booleans()):
-        spec["attention"] = {"n_heads": heads, "n_kv_heads": kv, "head_dim": head_dim, "qk_norm": draw(st.booleans()),
-                             "window": draw(st.one_of(st.none(), st.integers(1, seq)))}
+        spec["attention"] = {
+            "n_heads": heads,
+            "n_kv_heads": kv,
+            "head_dim": head_dim,
+            "qk_norm": draw(st.booleans()),
+            "window": draw(st.one_of(st.none(), st.integers(1, seq))),
+        }
     else:
-        spec["attention"] = {"kind": "mla", "n_heads": heads, "kv_lora_rank": draw(st.integers(1, 1024)),
-                             "q_lora_rank": draw(st.one_of(st.none(), st.integers(1, 2048))),
-                             "qk_nope_head_dim": draw(st.integers(1, 256)), "qk_rope_head_dim": 2 * draw(st.integers(1, 64)),
-                             "v_head_dim": draw(st.integers(1, 256))}
+        spec["attention"] = {
+            "kind": "mla",
+            "n_heads": heads,
+            "kv_lora_rank": draw(st.integers(1, 1024)),
+            "q_lora_rank": draw(st.one_of(st.none(), st.integers(1, 2048))),
+            "qk_nope_head_dim": draw(st.integers(1, 256)),
+            "qk_rope_head_dim": 2 * draw(st.integers(1, 64)),
+            "v_head_dim": draw(st.integers(1, 256)),
+        }
     if draw(st.booleans()):
         m = draw(st.sampled_from([1, 2, 4]))
         E = draw(st.integers(1, 64))
@@ -50,11 +66,18 @@ def valid_specs(draw) -> dict:
             "d_ff": m * draw(st.integers(1, 4096)),
             "granularity": m,
             "n_shared_experts": draw(st.integers(0, 2)),
-            "router": {"top_k": k, "score": draw(st.sampled_from(["softmax", "sigmoid"])), "normalize_topk": draw(st.booleans())},
+            "router": {
+                "top_k": k,
+                "score": draw(st.sampled_from(["softmax", "sigmoid"])),
+                "normalize_topk": draw(st.booleans()),
+            },
             "capacity_factor": draw(st.one_of(st.none(), st.floats(0.5, 4))),
         }
         start = draw(st.integers(0, n_layers - 1))
-        spec["layers"] = {"default": {"ffn": "dense"}, "overrides": [{"select": {"every": draw(st.integers(1, 4)), "start": start}, "ffn": "moe"}]}
+        spec["layers"] = {
+            "default": {"ffn": "dense"},
+            "overrides": [{"select": {"every": draw(st.integers(1, 4)), "start": start}, "ffn": "moe"}],
+        }
     return spec
 
 
@@ -78,16 +101,33 @@ def test_random_text_gives_a_clean_error(text: str):
 
 
 JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**15), 10**15), st.floats(allow_nan=True), st.text(max_size=12),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**15), 10**15),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 FIELDS = [
-    ("model", "d_model"), ("model", "n_layers"), ("model", "vocab_size"), ("model", "max_seq_len"), ("model", "norm"),
-    ("attention", "n_heads"), ("attention", "n_kv_heads"), ("attention", "window"), ("attention", "kind"),
-    ("moe", "n_experts"), ("moe", "d_ff"), ("moe", "router"), ("moe", "capacity_factor"), ("layers", "overrides"),
+    ("model", "d_model"),
+    ("model", "n_layers"),
+    ("model", "vocab_size"),
+    ("model", "max_seq_len"),
+    ("model", "norm"),
+    ("attention", "n_heads"),
+    ("attention", "n_kv_heads"),
+    ("attention", "window"),
+    ("attention", "kind"),
+    ("moe", "n_experts"),
+    ("moe", "d_ff"),
+    ("moe", "router"),
+    ("moe", "capacity_factor"),
+    ("layers", "overrides"),
 ]
 BASE = {
-    "moec": 1, "name": "w",
+    "moec": 1,
+    "name": "w",
     "model": {"vocab_size": 100, "d_model": 64, "n_layers": 4, "max_seq_len": 128},
     "attention": {"n_heads": 4},
     "moe": {"n_experts": 4, "d_ff": 32, "router": {"top_k": 2}},

@@ -45,7 +45,11 @@ def test_top_k_above_experts_is_rejected_with_location():
 
 
 def test_every_problem_is_reported_not_just_the_first():
-    bad = GOOD.replace("top_k: 2", "top_k: 9").replace("n_kv_heads: 2", "n_kv_heads: 3").replace("d_model: 64", "d_model: 60")
+    bad = (
+        GOOD.replace("top_k: 2", "top_k: 9")
+        .replace("n_kv_heads: 2", "n_kv_heads: 3")
+        .replace("d_model: 64", "d_model: 60")
+    )
     errs = errors(bad)
     assert any("moe.router.top_k: 9 exceeds" in e for e in errs)
     assert any("attention.n_kv_heads" in e and "not divisible" in e for e in errs)
@@ -55,7 +59,9 @@ def test_every_problem_is_reported_not_just_the_first():
 
 def test_unknown_key_is_an_error_with_did_you_mean():
     errs = errors(GOOD.replace("    top_k: 2", "    top_k: 2\n    normalise_topk: true"))
-    assert errs == ["x.yaml:16:5 moe.router.normalise_topk: unknown field 'normalise_topk'; did you mean 'normalize_topk'?"]
+    assert errs == [
+        "x.yaml:16:5 moe.router.normalise_topk: unknown field 'normalise_topk'; did you mean 'normalize_topk'?"
+    ]
 
 
 def test_wrong_types_are_rejected_not_coerced():
@@ -95,12 +101,18 @@ def test_router_semantic_checks(router: str, expect: str):
 
 
 def test_override_index_beyond_the_model_is_rejected():
-    errs = errors(GOOD.replace("default: {ffn: moe}", "default: {ffn: moe}\n  overrides:\n    - {select: [1, 7], attention: {window: 16}}"))
+    errs = errors(
+        GOOD.replace(
+            "default: {ffn: moe}", "default: {ffn: moe}\n  overrides:\n    - {select: [1, 7], attention: {window: 16}}"
+        )
+    )
     assert errs == ["x.yaml:19:20 layers.overrides[0].select[1]: layer 7 does not exist (model.n_layers is 4)"]
 
 
 def test_bare_every_n_needs_a_start():
-    errs = errors(GOOD.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides:\n    - {select: {every: 2}, ffn: moe}"))
+    errs = errors(
+        GOOD.replace("default: {ffn: moe}", "default: {ffn: dense}\n  overrides:\n    - {select: {every: 2}, ffn: moe}")
+    )
     assert any("explicit start" in e for e in errs)
 
 
@@ -138,7 +150,8 @@ def test_yaml_tags_that_construct_objects_are_refused():
 
 def test_alias_bombs_are_an_error_not_a_hang():
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh")
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefg", "bcdefgh", strict=False)
     )
     errs = errors(bomb)
     assert any("too large" in e for e in errs)

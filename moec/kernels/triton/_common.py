@@ -1,0 +1,91 @@
+"""Pieces every MoE kernel shares: the interpreter switch, the dot helper and the activations.
+
+The activations are written with ``tl.sigmoid`` only (no ``tanh``): the tanh-approximate GELU is
+``0.5·h·(1 + tanh(z)) = h·sigmoid(2z)``, which keeps one code path that the interpreter, Triton 3.6
+and Triton 3.9 all compile the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# TRITON_INTERPRET is read by ``triton.jit`` when our kernels are decorated, i.e. at import of this
+# package; checking it once here keeps the launchers consistent with how the kernels were built.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Activation codes (constexpr): the first projection's nonlinearity. Gated variants multiply by `up`.
+ACT_SILU, ACT_GELU, ACT_RELU = 0, 1, 2
+ACTIVATION_CODES: dict[str, tuple[int, bool]] = {  # name -> (code, gated)
+    "swiglu": (ACT_SILU, True),
+    "geglu": (ACT_GELU, True),
+    "silu": (ACT_SILU, False),
+    "gelu": (ACT_GELU, False),
+    "relu": (ACT_RELU, False),
+}
+
+
+def dot_flags(dtype: torch.dtype) -> tuple[bool, bool]:
+    """(UPCAST, IEEE) constexprs for ``_mma``.
+
+    UPCAST: under the interpreter, low-precision ``tl.dot`` is computed wrongly (bf16: triton issue
+    11584), so operands are cast to fp32 there; on a GPU the tensor cores take bf16/fp16 directly.
+    IEEE: fp32 operands use exact fp32 products, not TF32 (ScatterMoE issue 5: a global TF32 switch
+    drifts fp32 results); ``MOEC_TF32=1`` opts into TF32 for speed.
+    """
+    upcast = INTERPRET
+    ieee = INTERPRET or (dtype == torch.float32 and os.environ.get("MOEC_TF32", "0") != "1")
+    return upcast, ieee
+
+
+def check_device(t: torch.Tensor) -> None:
+    if not t.is_cuda and not INTERPRET:
+        raise RuntimeError(
+            "the triton MoE backend needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported "
+            "(the interpreter is for correctness tests only); use backend 'reference' on CPU"
+        )
+
+
+@triton.jit
+def _mma(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """acc += a @ b with fp32 accumulation."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _act(h, ACT: tl.constexpr):
+    """act(h) for fp32 h."""
+    if ACT == 0:  # silu
+        out = h * tl.sigmoid(h)
+    elif ACT == 1:  # gelu, tanh approximation: h·sigmoid(2·sqrt(2/π)·(h + 0.044715·h³))
+        out = h * tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
+    else:  # relu
+        out = tl.maximum(h, 0.0)
+    return out
+
+
+@triton.jit
+def _act_and_grad(h, ACT: tl.constexpr):
+    """(act(h), act'(h)) for fp32 h; recomputed in the backward from the saved pre-activation."""
+    if ACT == 0:
+        s = tl.sigmoid(h)
+        out = h * s
+        grad = s * (1.0 + h * (1.0 - s))
+    elif ACT == 1:
+        s = tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
+        out = h * s
+        grad = s + h * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * h * h)
+    else:
+        out = tl.maximum(h, 0.0)
+        grad = tl.where(h > 0.0, 1.0, 0.0)
+    return out, grad

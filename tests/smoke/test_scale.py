@@ -1,0 +1,62 @@
+"""Fitting a model to a device keeps its MoE structure (pure plan arithmetic, no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.analyze import analyze
+from moec.smoke.scale import compress_layers, fit
+from moec.spec import load_model
+from moec.spec.plan import MoEPlan
+from tests.conftest import SPECS
+
+
+def pattern(plan) -> str:
+    return "".join("M" if l.ffn.kind == "moe" else "D" for l in plan.layers)
+
+
+@pytest.mark.parametrize(
+    "name, expect",
+    [("deepseek-v3", "DDMM"), ("switch-base-8", "DMDM"), ("mixtral-8x7b", "MM"), ("deepseek-moe-16b", "DMM")],
+)
+def test_tiny_keeps_the_layer_pattern(name: str, expect: str):
+    f = fit(load_model(str(SPECS / f"{name}.yaml")), scale="tiny", budget_bytes=None, batch=4, seq=32)
+    assert pattern(f.plan) == expect
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "qwen3-30b-a3b", "mixtral-8x7b", "switch-base-8", "lora-moe", "glam-style"])
+def test_tiny_keeps_experts_topk_shared_router_and_attention_kind(name: str):
+    plan = load_model(str(SPECS / f"{name}.yaml"))
+    small = fit(plan, scale="tiny", budget_bytes=None, batch=4, seq=32).plan
+    big_moe = next(l.ffn for l in plan.layers if isinstance(l.ffn, MoEPlan))
+    small_moe = next(l.ffn for l in small.layers if isinstance(l.ffn, MoEPlan))
+    for f in ("n_experts", "n_shared_experts", "router", "expert_kind", "activation", "capacity_factor"):
+        assert getattr(small_moe, f) == getattr(big_moe, f), f
+    assert small.layers[0].attention.kind == plan.layers[0].attention.kind
+    big_a, small_a = plan.layers[0].attention, small.layers[0].attention
+    # GQA keeps its group shape (MHA stays MHA, MQA stays MQA)
+    assert (big_a.n_heads // big_a.n_kv_heads == 1) == (small_a.n_heads // small_a.n_kv_heads == 1)
+    assert len(small.mtp) == min(1, len(plan.mtp))
+    assert analyze(small).params.total < 50_000_000
+
+
+def test_auto_shrinks_until_the_analyzer_says_it_fits():
+    plan = load_model(str(SPECS / "deepseek-v3.yaml"))
+    budget = 8 << 30
+    f = fit(plan, scale="auto", budget_bytes=budget, batch=4, seq=1024)
+    assert f.bytes_needed <= budget
+    a = analyze(f.plan, seq=1024, batch=4)
+    assert a.memory.training_state_bytes + a.memory.activation_bytes_estimate == f.bytes_needed
+    assert any("d_model" in c for c in f.changes)
+
+
+def test_full_scale_that_does_not_fit_is_refused():
+    plan = load_model(str(SPECS / "mixtral-8x7b.yaml"))
+    with pytest.raises(ValueError, match="use --scale auto"):
+        fit(plan, scale="full", budget_bytes=80 << 30, batch=1, seq=128)
+
+
+def test_compress_layers_caps_runs_and_keeps_an_moe_layer():
+    plan = load_model(str(SPECS / "deepseek-v3.yaml"))
+    kept = compress_layers(plan.layers, 2)
+    assert [l.ffn.kind for l in kept] == ["dense", "moe"]

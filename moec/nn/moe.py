@@ -1,0 +1,174 @@
+"""The MoE layer, a drop-in for the dense FFN: (B, S, d) or (T, d) in, (same shape, MoEAux) out.
+
+    y = Σ_j g_j(x) · Expert_{e_j}(x)  [+ shared FFN(x) · (sigmoid(x·w_gate) if shared_gate)]
+
+Routed experts are stacked tensors ``[E, in, out]`` run through a backend of :mod:`moec.kernels`
+chosen at forward time from the input's device. Parameter names are a contract: the Hugging Face
+weight loader and the code generator address ``router.weight``, ``experts.w_gate_up``,
+``experts.w_down``, ``shared.*``, ``shared_gate.weight``, ``base.*`` and ``experts.lora_*``.
+Parameter counts equal :func:`moec.analyze.counts.ffn_parts` exactly (tested for every shipped spec).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from moec.kernels import GATED, get_backend
+from moec.kernels.naive import activate  # the one definition of each activation
+from moec.nn.ffn import DenseFFN
+from moec.nn.router import Router
+from moec.spec.plan import MoEPlan
+
+
+@dataclass
+class MoEAux:
+    """What a training loop needs from one MoE layer besides its output."""
+
+    loss: torch.Tensor  # () weighted aux total: load_balance_coeff·load_balance + z_loss_coeff·z_loss
+    load_balance: torch.Tensor  # ()
+    z_loss: torch.Tensor  # ()
+    tokens_per_expert: torch.Tensor  # (E,) int64, kept slots
+    dropped: torch.Tensor  # () int64, dropped slots
+
+
+def _normal_(t: torch.Tensor, fan_in: int) -> None:
+    nn.init.normal_(t, std=1 / math.sqrt(fan_in))
+
+
+class Experts(nn.Module):
+    """E FFN experts stacked: w_gate_up (E, d, 2f) [gate | up] or (E, d, f); w_down (E, f, d)."""
+
+    def __init__(self, plan: MoEPlan, d_model: int, *, device=None, dtype=None):
+        super().__init__()
+        E, f = plan.n_experts, plan.d_ff
+        width = 2 * f if plan.activation in GATED else f
+        kw = {"device": device, "dtype": dtype}
+        self.activation, self.d_model, self.d_ff = plan.activation, d_model, f
+        self.w_gate_up = nn.Parameter(torch.empty(E, d_model, width, **kw))
+        self.w_down = nn.Parameter(torch.empty(E, f, d_model, **kw))
+        self.b_gate_up = nn.Parameter(torch.empty(E, width, **kw)) if plan.bias else None
+        self.b_down = nn.Parameter(torch.empty(E, d_model, **kw)) if plan.bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.w_gate_up.is_meta:
+            return
+        _normal_(self.w_gate_up, self.d_model)
+        _normal_(self.w_down, self.d_ff)
+        for b in (self.b_gate_up, self.b_down):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType):
+        return kernels.expert_ffn(
+            x, topk_idx, topk_w, self.w_gate_up, self.w_down,
+            activation=self.activation, b_gate_up=self.b_gate_up, b_down=self.b_down,
+        )  # fmt: skip
+
+
+class LoRAExperts(nn.Module):
+    """E low-rank adapters per base matrix: lora_a_* (E, in, r) random, lora_b_* (E, r, out) zeros,
+    so a fresh layer computes exactly its frozen base FFN."""
+
+    def __init__(self, plan: MoEPlan, d_model: int, *, device=None, dtype=None):
+        super().__init__()
+        assert plan.lora_rank is not None and plan.lora_alpha is not None
+        E, f, r = plan.n_experts, plan.d_ff, plan.lora_rank
+        self.activation, self.scale = plan.activation, plan.lora_alpha / r
+        kw = {"device": device, "dtype": dtype}
+        self.names = ("gate", "up", "down") if plan.activation in GATED else ("up", "down")
+        for name in self.names:
+            n_in, n_out = (f, d_model) if name == "down" else (d_model, f)
+            self.register_parameter(f"lora_a_{name}", nn.Parameter(torch.empty(E, n_in, r, **kw)))
+            self.register_parameter(f"lora_b_{name}", nn.Parameter(torch.empty(E, r, n_out, **kw)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.lora_a_up.is_meta:
+            return
+        for name in self.names:
+            a, b = getattr(self, f"lora_a_{name}"), getattr(self, f"lora_b_{name}")
+            _normal_(a, a.shape[1])
+            nn.init.zeros_(b)
+
+    def mix(self, name: str, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType):
+        """(T, out): scale · Σ_j g_j (x·A_{e_j})·B_{e_j} for one base matrix."""
+        a, b = getattr(self, f"lora_a_{name}"), getattr(self, f"lora_b_{name}")
+        return kernels.lora_mix(x, topk_idx, topk_w, a, b, self.scale)
+
+    def forward(
+        self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType, base: DenseFFN
+    ) -> torch.Tensor:
+        h = x @ base.w_gate_up  # (T, 2f) or (T, f)
+        if base.b_gate_up is not None:
+            h = h + base.b_gate_up
+        ups = [self.mix(n, x, topk_idx, topk_w, kernels) for n in self.names if n != "down"]
+        h = h + torch.cat(ups, -1)  # [gate | up] updates side by side, like the base columns
+        a = activate(h, self.activation)  # (T, f)
+        y = a @ base.w_down + self.mix("down", a, topk_idx, topk_w, kernels)  # (T, d)
+        return y if base.b_down is None else y + base.b_down
+
+
+class MoE(nn.Module):
+    def __init__(
+        self,
+        plan: MoEPlan,
+        d_model: int,
+        *,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.plan, self.d_model, self.backend = plan, d_model, backend
+        kw = {"device": device, "dtype": dtype}
+        self.router = Router(plan, d_model, **kw)
+        if plan.expert_kind == "lora":
+            self.base = DenseFFN(d_model, plan.d_ff, plan.activation, bias=plan.bias, **kw)
+            self.base.requires_grad_(False)  # only the adapters and the router train
+            self.experts: nn.Module = LoRAExperts(plan, d_model, **kw)
+        else:
+            self.base = None
+            self.experts = Experts(plan, d_model, **kw)
+        # s shared experts of width f_s are one FFN of width s·f_s (their outputs are summed)
+        s = plan.n_shared_experts
+        self.shared = DenseFFN(d_model, s * plan.d_ff_shared, plan.activation, bias=plan.bias, **kw) if s else None
+        self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
+        if self.shared_gate is not None and not self.shared_gate.weight.is_meta:
+            _normal_(self.shared_gate.weight, d_model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+        """x (B, S, d) or (T, d) → (y of the same shape, MoEAux)."""
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"MoE input must be (batch, seq, d_model) or (tokens, d_model); got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"MoE input has d_model {x.shape[-1]}, expected {self.d_model}")
+        if not x.is_floating_point():
+            raise ValueError(f"MoE input must be a floating-point tensor; got {x.dtype}")
+        seq_len = x.shape[1] if x.dim() == 3 else None
+        xt = x.reshape(-1, self.d_model)  # (T, d)
+        r = self.router(xt, seq_len=seq_len or None)
+        kernels = get_backend(self.backend, device=str(x.device))
+        topk_w = r.topk_w.to(x.dtype)
+        if self.base is not None:
+            y = self.experts(xt, r.topk_idx, topk_w, kernels, self.base)  # (T, d)
+        else:
+            y = self.experts(xt, r.topk_idx, topk_w, kernels)  # (T, d)
+        if self.shared is not None:
+            s = self.shared(xt)  # (T, d)
+            if self.shared_gate is not None:  # Qwen2-MoE
+                s = s * torch.sigmoid(self.shared_gate(xt))
+            y = y + s
+        aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, r.tokens_per_expert, r.dropped)
+        return y.view(x.shape), aux
+
+    def update_bias(self) -> None:
+        """Aux-loss-free balancing step; see :meth:`Router.update_bias`."""
+        self.router.update_bias()

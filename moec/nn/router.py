@@ -1,0 +1,209 @@
+"""The MoE router: token → (experts, gate weights), capacity dropping, and the auxiliary losses.
+
+Every variant a spec can name, computed in fp32 whatever the model dtype (routing decisions in bf16
+flip on ties and the softmax loses the small probabilities the aux loss needs):
+
+- score: ``softmax`` (Switch, Mixtral, Qwen) or ``sigmoid`` (DeepSeek-V3); ``softmax_after_topk``
+  (gpt-oss: top-k of the logits, softmax over the chosen k); ``normalize_topk``; ``scale``.
+- ``selection_bias``: a non-gradient per-expert bias added to the scores only to *choose* experts,
+  never to weight them (DeepSeek-V3's aux-loss-free balancing, updated by :meth:`Router.update_bias`).
+- group-limited routing (DeepSeek-V2/V3): keep the ``topk_groups`` best of ``n_groups`` expert groups.
+- dense (soft) routing: every expert, weighted by its probability.
+- capacity (Switch/GShard): at most ceil(capacity_factor·T·k/E) slots per expert; the rest are
+  dropped (index -1, weight 0) and their tokens ride the residual.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moec.spec.plan import MoEPlan
+
+
+@dataclass
+class Routing:
+    """One router call. T tokens, k slots per token, E experts."""
+
+    topk_idx: torch.Tensor  # (T, k) int64; -1 marks a dropped slot
+    topk_w: torch.Tensor  # (T, k) fp32 gate weights (0 for dropped slots)
+    probs: torch.Tensor  # (T, E) fp32 scores: softmax or sigmoid of the logits
+    logits: torch.Tensor  # (T, E) fp32
+    tokens_per_expert: torch.Tensor  # (E,) int64, kept slots
+    dropped: torch.Tensor  # () int64, dropped slots
+    load_balance: torch.Tensor  # () fp32, Switch form E·Σ f_i·P_i (1 when perfectly balanced)
+    z_loss: torch.Tensor  # () fp32, mean logsumexp(logits)²
+    aux_loss: torch.Tensor  # () fp32, load_balance_coeff·load_balance + z_loss_coeff·z_loss
+
+
+class Router(nn.Module):
+    def __init__(
+        self,
+        plan: MoEPlan,
+        d_model: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.plan, self.d_model = plan, d_model
+        E = plan.n_experts
+        # nn.Linear layout (E, d): Hugging Face router checkpoints load without a transpose
+        self.weight = nn.Parameter(torch.empty(E, d_model, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(E, device=device, dtype=dtype)) if plan.router.bias else None
+        if plan.router.selection_bias:
+            # a buffer, not a parameter: it gets no gradient and the analyzer does not count it
+            self.register_buffer("expert_bias", torch.zeros(E, device=device, dtype=torch.float32))
+        else:
+            self.expert_bias = None
+        if plan.bias_update_rate is not None:
+            # kept slots per expert since the last update_bias(); accumulated on device, no host sync
+            self.register_buffer("expert_load", torch.zeros(E, device=device, dtype=torch.float32), persistent=False)
+        else:
+            self.expert_load = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        # small, so that routing starts near uniform and no expert wins by initialisation
+        nn.init.normal_(self.weight, std=0.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, seq_len: int | None = None) -> Routing:
+        """x (T, d). ``seq_len``: tokens per sequence, for the sequence-level balance loss (default: T)."""
+        if x.dim() != 2:
+            raise ValueError(f"router input must be (tokens, d_model); got shape {tuple(x.shape)}")
+        if x.shape[1] != self.d_model:
+            raise ValueError(f"router input has d_model {x.shape[1]}, expected {self.d_model}")
+        if not x.is_floating_point():
+            raise ValueError(f"router input must be a floating-point tensor; got {x.dtype}")
+        T = x.shape[0]
+        if seq_len is not None and (seq_len <= 0 or T % seq_len):
+            raise ValueError(f"seq_len {seq_len} does not divide the {T} tokens")
+        r, E = self.plan.router, self.plan.n_experts
+
+        xf = x.float()
+        if self.training and r.jitter > 0:  # Switch Transformer: multiplicative input noise
+            xf = xf * torch.empty_like(xf).uniform_(1 - r.jitter, 1 + r.jitter)
+        logits = F.linear(xf, self.weight.float(), None if self.bias is None else self.bias.float())  # (T, E)
+        probs = logits.softmax(-1) if r.score == "softmax" else logits.sigmoid()  # (T, E)
+
+        if r.dense:
+            idx = torch.arange(E, device=x.device).expand(T, E).contiguous()  # (T, E)
+            w = probs
+        else:
+            idx = self._select(probs.detach())  # (T, k)
+            if r.softmax_after_topk:
+                w = logits.gather(1, idx).softmax(-1)
+            else:
+                w = probs.gather(1, idx)  # (T, k)
+        if r.normalize_topk:
+            w = w / (w.sum(-1, keepdim=True) + (1e-20 if r.score == "sigmoid" else 0.0))
+        w = w * r.scale
+
+        chosen = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(
+            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.long, device=x.device)
+        )  # (E,) slots per expert before dropping
+        load_balance = self._load_balance(idx, probs, seq_len)
+        z_loss = torch.logsumexp(logits, -1).square().sum() / max(T, 1)
+        if self.plan.capacity_factor is not None:
+            keep = self._capacity_mask(idx, w)  # (T, k) bool
+            idx = torch.where(keep, idx, -1)
+            w = torch.where(keep, w, 0.0)
+            tokens_per_expert = torch.zeros_like(chosen).scatter_add_(
+                0, idx.clamp(min=0).reshape(-1), keep.reshape(-1).long()
+            )
+        else:
+            tokens_per_expert = chosen
+        dropped = idx.numel() - tokens_per_expert.sum()
+
+        if self.training and self.expert_load is not None:
+            self.expert_load += tokens_per_expert.float()
+        p = self.plan
+        return Routing(
+            topk_idx=idx,
+            topk_w=w,
+            probs=probs,
+            logits=logits,
+            tokens_per_expert=tokens_per_expert,
+            dropped=dropped,
+            load_balance=load_balance,
+            z_loss=z_loss,
+            aux_loss=p.load_balance_coeff * load_balance + p.z_loss_coeff * z_loss,
+        )
+
+    def _select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Top-k expert ids (T, k) by selection score (scores + expert_bias), within the best groups."""
+        r = self.plan.router
+        if self.expert_bias is not None:
+            scores = scores + self.expert_bias
+        if r.n_groups is not None and r.topk_groups is not None and r.topk_groups < r.n_groups:
+            T, E = scores.shape
+            grouped = scores.view(T, r.n_groups, E // r.n_groups)  # (T, G, E/G)
+            if r.group_score == "max":
+                group_scores = grouped.amax(-1)
+            else:  # "top2_sum" (DeepSeek-V3)
+                group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # (T, G)
+            best = group_scores.topk(r.topk_groups, dim=-1).indices  # (T, topk_groups)
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)  # (T, G)
+            # -inf, not 0: with a selection bias the scores of allowed experts can be negative
+            scores = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(T, E)
+        return scores.topk(r.top_k, dim=-1).indices
+
+    def _capacity_mask(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(T, k) bool: which slots fit in their expert's capacity ceil(cf·T·k/E).
+
+        ``position`` keeps the earliest slots, all first choices before any second choice (Switch,
+        GShard); ``probs`` keeps each expert's highest-weight slots (Megatron's drop policy).
+        """
+        T, k = idx.shape
+        E = self.plan.n_experts
+        capacity = math.ceil(self.plan.capacity_factor * T * k / E)
+        expert = idx.t().reshape(-1)  # (k·T,) slot-major: every first choice, then every second
+        if self.plan.drop_policy == "position":
+            order = torch.argsort(expert, stable=True)
+        else:
+            by_weight = torch.argsort(w.detach().t().reshape(-1), descending=True, stable=True)
+            order = by_weight[torch.argsort(expert[by_weight], stable=True)]
+        # rank of each slot within its expert = sorted position − where that expert's run starts
+        counts = torch.zeros(E, dtype=torch.long, device=idx.device).scatter_add_(0, expert, torch.ones_like(expert))
+        starts = counts.cumsum(0) - counts  # (E,)
+        rank_sorted = torch.arange(order.numel(), device=idx.device) - starts[expert[order]]
+        rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)  # (k·T,) slot-major
+        return (rank < capacity).view(k, T).t()
+
+    def _load_balance(self, idx: torch.Tensor, probs: torch.Tensor, seq_len: int | None) -> torch.Tensor:
+        """Switch's E·Σ_i f_i·P_i, per sequence and averaged when load_balance_granularity is sequence.
+
+        f_i: fraction of routing slots (before dropping) that chose expert i; P_i: mean normalized score
+        (sigmoid scores are normalized per token to sum to 1, as DeepSeek-V3's sequence-wise loss does).
+        """
+        T, k = idx.shape
+        E = self.plan.n_experts
+        if T == 0:
+            return probs.new_zeros(())
+        if self.plan.router.score == "sigmoid":
+            probs = probs / probs.sum(-1, keepdim=True)
+        S = seq_len if self.plan.load_balance_granularity == "sequence" and seq_len else T
+        B = T // S
+        chosen = torch.zeros(B, E, device=idx.device).scatter_add_(
+            1, idx.reshape(B, S * k), torch.ones(B, S * k, device=idx.device)
+        )  # (B, E) slots per expert per sequence
+        f = chosen / (S * k)
+        P = probs.view(B, S, E).mean(1)  # (B, E)
+        return (E * (f * P).sum(-1)).mean()
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Aux-loss-free balancing (DeepSeek-V3): nudge each expert's selection bias by ±rate toward the
+        mean load, then reset the counts. Call once per optimizer step (torchtitan: a pre-step hook)."""
+        rate = self.plan.bias_update_rate
+        if rate is None or self.expert_load is None or self.expert_bias is None:
+            return
+        self.expert_bias += rate * torch.sign(self.expert_load.mean() - self.expert_load)
+        self.expert_load.zero_()

@@ -13,9 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-# TRITON_INTERPRET is read by ``triton.jit`` when our kernels are decorated, i.e. at import of this
-# package; checking it once here keeps the launchers consistent with how the kernels were built.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from moec.kernels.triton.configs import INTERPRET
 
 # Activation codes (constexpr): the first projection's nonlinearity. Gated variants multiply by `up`.
 ACT_SILU, ACT_GELU, ACT_RELU = 0, 1, 2

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moec.kernels.triton._common import INTERPRET
+# TRITON_INTERPRET is read by ``triton.jit`` when the kernels are decorated (at import of this
+# package), so it is read once here too: launchers and kernels agree on the mode. This module does
+# not import triton, so routing/config code and its tests work in any process.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class KernelConfig:
         return cls(*(int(x) for x in v))
 
 
-INTERPRETER_CONFIG = KernelConfig(16, 32, 32, 1, 1)
+# The interpreter runs every program in Python (~10 ms each), so wide tiles keep tests fast; the
+# tests pin narrower blocks where they need several N- and K-tiles.
+INTERPRETER_CONFIG = KernelConfig(16, 64, 64, 1, 1)
 
 # (max tokens per expert, config): BM follows the expert's row count (vLLM's tuned H100 tables use
 # BM=16 up to ~128 tokens, 64 around 512-1024, 128 beyond); 4 warps / 3 stages is the default vLLM

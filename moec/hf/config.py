@@ -1,0 +1,402 @@
+"""Hugging Face ``config.json`` ↔ moec spec.
+
+Import: a config (a dict, a config.json, or a directory holding one) → spec YAML whose comments name
+the config.json field behind every value (:func:`import_hf_config`), or straight to the resolved
+plan (:func:`hf_to_model`). The per-family semantics live in ``families.py``. Every field of the
+config is accounted for: read by the family's translator, inert (token ids, init, caching), or at
+its transformers default; anything else, and anything the schema cannot express, is a SpecError
+naming the field. Nothing is approximated.
+
+Export: a plan → the config.json of the first family that expresses it (:func:`export_hf_config`).
+The config is imported again and must give the identical plan, so an export cannot drop a feature
+silently either.
+
+No torch, no transformers: ``moec analyze config.json`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from moec.errors import Problem, SpecError
+from moec.hf.families import (
+    EXPORTERS_DENSE,
+    EXPORTERS_MOE,
+    FAMILIES,
+    INERT,
+    CannotExport,
+    Draft,
+    Family,
+    Gap,
+    HFConfig,
+    layer_pattern,
+)
+from moec.spec.load import LoadedSpec, load_spec
+from moec.spec.plan import ResolvedModel
+from moec.spec.resolve import resolve
+
+MAX_CONFIG_BYTES = 8 << 20  # a config.json is a few KiB; this is not one
+TRAINING_ONLY = ("load_balance_coeff", "load_balance_granularity", "z_loss_coeff", "bias_update_rate")
+
+Source = dict[str, Any] | str | PathLike[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_hf_config(source: Source) -> tuple[dict[str, Any], str, str]:
+    """(config mapping, file name for messages, JSON text for line numbers)."""
+    if isinstance(source, dict):
+        return dict(source), "<config>", json.dumps(source, indent=2)
+    p = Path(source)
+    if p.is_dir():
+        p = p / "config.json"
+    file = str(p)
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise SpecError([Problem(file, None, None, "", "larger than 8 MiB; not a config.json")])
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([Problem(file, None, None, "", "no such file")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([Problem(file, None, None, "", "not UTF-8 text")]) from None
+    except OSError as e:
+        raise SpecError([Problem(file, None, None, "", f"cannot read: {e.strerror}")]) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError([Problem(file, e.lineno, e.colno, "", f"not valid JSON: {e.msg}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([Problem(file, 1, 1, "", "a config.json must be a JSON object")])
+    return raw, file, text
+
+
+def _locate(text: str, hf_field: str) -> tuple[int | None, int | None]:
+    """Line and column of a field's key in the JSON text (the last dotted part of its name)."""
+    m = re.match(r"[A-Za-z_][\w.]*", hf_field)
+    if not m:
+        return None, None
+    key = m.group(0).split(".")[-1]
+    hit = re.search(r'"' + re.escape(key) + r'"\s*:', text)
+    if hit is None:
+        return None, None
+    line = text.count("\n", 0, hit.start()) + 1
+    return line, hit.start() - (text.rfind("\n", 0, hit.start()) + 1) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# translating
+
+
+@dataclass
+class Translation:
+    family: Family
+    config: HFConfig
+    draft: Draft
+    file: str
+    text: str
+    name: str
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.draft.gaps
+
+    def problem(self, hf_field: str, message: str) -> Problem:
+        line, col = _locate(self.text, hf_field)
+        return Problem(self.file, line, col, hf_field, message)
+
+    def problems(self, *, gaps: bool = True) -> list[Problem]:
+        out = []
+        for c in (self.config, *self.config.children):
+            out += [self.problem(f, msg) for f, msg in c.issues]
+            for k in c.unread():
+                out.append(
+                    self.problem(
+                        c.prefix + k,
+                        f"{c.raw[k]!r}: moec's {self.family.model_type} importer does not map this field and it is "
+                        "not at its transformers default, so it may change the model; refusing to guess",
+                    )
+                )
+        if gaps:
+            for g in self.gaps:
+                out.append(
+                    self.problem(
+                        g.field,
+                        f"{g.value!r}: {g.message}; the moec spec cannot represent this "
+                        f"(proposed schema addition: {g.proposal})",
+                    )
+                )
+        return out
+
+
+def translate(source: Source, *, name: str | None = None) -> Translation:
+    """Read a config and run its family's translator. Gaps and problems are collected, not raised
+    (:func:`import_hf_config` raises them); the parity tests use the gaps' ``param_delta``."""
+    raw, file, text = read_hf_config(source)
+    mt = raw.get("model_type")
+    if mt == "llama4" and isinstance(raw.get("text_config"), dict):
+        line, col = _locate(text, "model_type")
+        raise SpecError(
+            [
+                Problem(
+                    file,
+                    line,
+                    col,
+                    "model_type",
+                    "'llama4' is the multimodal wrapper (vision tower "
+                    "included); import its text_config, model_type 'llama4_text'",
+                )
+            ]
+        )
+    if mt not in FAMILIES:
+        line, col = _locate(text, "model_type")
+        known = ", ".join(sorted(FAMILIES))
+        raise SpecError([Problem(file, line, col, "model_type", f"{mt!r} is not a supported model_type ({known})")])
+    fam = FAMILIES[mt]
+    raw, alias_problems = _canonical(raw, fam)
+    c = HFConfig(raw, fam.defaults)
+    d = Draft(mt)
+    fam.translate(c, d)
+    t = Translation(fam, c, d, file, text, _spec_name(name, raw, file, mt))
+    c.issues += alias_problems
+    return t
+
+
+def _canonical(raw: dict[str, Any], fam: Family) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    out, problems = dict(raw), []
+    for alias, canon in fam.aliases.items():
+        if alias in out:
+            if canon in out and out[canon] != out[alias]:
+                problems.append((alias, f"disagrees with {canon} ({out[canon]!r}); they name one field"))
+            out.setdefault(canon, out.pop(alias))
+    return out, problems
+
+
+def _spec_name(name: str | None, raw: dict[str, Any], file: str, mt: str) -> str:
+    if name is None:
+        named = raw.get("_name_or_path")
+        if isinstance(named, str) and named.strip("/"):
+            name = named.rstrip("/").rsplit("/", 1)[-1]
+        elif file != "<config>":
+            name = Path(file).resolve().parent.name
+        name = name or mt
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip("._-")[:100]
+    return name or mt
+
+
+# ---------------------------------------------------------------------------------------------
+# the spec as YAML, with the source of every value in a comment
+
+
+def _tree(t: Translation) -> dict[str, Any]:
+    d = t.draft
+    tree: dict[str, Any] = {}
+    kinds = set(d.ffn) | ({d.get("mtp.ffn")} if "mtp.ffn" in d.fields else set())
+    for path, leaf in d.fields.items():
+        top = path.split(".", 1)[0]
+        if (top == "ffn" and "dense" not in kinds) or (top in ("moe", "mtp") and "moe" not in kinds):
+            continue
+        node = tree
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+
+    layers: dict[str, Any] = {"default": {}}
+    overrides: list[tuple[dict[str, Any], str]] = []
+    ffn_default, ffn_over = layer_pattern(d.ffn)
+    layers["default"]["ffn"] = (ffn_default, d.ffn_note)
+    overrides += [({"select": sel, "ffn": v}, d.ffn_note) for sel, v in ffn_over]
+    if len(set(d.window)) == 1:
+        if d.window[0] is not None:
+            tree["attention"]["window"] = (d.window[0], d.window_note)
+    else:
+        w_default, w_over = layer_pattern(d.window)
+        layers["default"]["attention"] = {"window": (w_default, d.window_note)}
+        overrides += [({"select": sel, "attention": {"window": v}}, d.window_note) for sel, v in w_over]
+    if not all(d.rope):
+        r_default, r_over = layer_pattern(d.rope)
+        layers["default"].setdefault("attention", {})["rope"] = (r_default, d.rope_note)
+        overrides += [({"select": sel, "attention": {"rope": v}}, d.rope_note) for sel, v in r_over]
+    if overrides:
+        layers["overrides"] = overrides
+    tree["layers"] = layers
+    order = ("model", "attention", "ffn", "moe", "layers", "mtp")
+    return {k: tree[k] for k in order if k in tree}
+
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_scalar(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_scalar(x)}" for k, x in v.items()) + "}"
+    s = str(v)
+    return s if _PLAIN.match(s) and s.lower() not in _YAML_WORDS else json.dumps(s)
+
+
+def _with_note(line: str, note: str) -> str:
+    return f"{line:<44}  # {note}" if note else line
+
+
+def _emit(node: dict[str, Any], indent: int, out: list[str]) -> None:
+    pad = "  " * indent
+    for key, v in node.items():
+        if isinstance(v, dict):
+            out.append(f"{pad}{key}:")
+            _emit(v, indent + 1, out)
+        elif isinstance(v, list):
+            out.append(f"{pad}{key}:")
+            out += [_with_note(f"{pad}  - {_scalar(item)}", note) for item, note in v]
+        else:
+            value, note = v
+            out.append(_with_note(f"{pad}{key}: {_scalar(value)}", note))
+
+
+def render_yaml(t: Translation) -> str:
+    fam = t.family
+    ignored = sorted(k for c in (t.config, *t.config.children) for k in c.raw if k in INERT and k != "model_type")
+    where = "a config mapping" if t.file == "<config>" else t.file
+    head = [
+        f"# Imported by `moec import-hf` from {where}",
+        f"# (model_type {fam.model_type}: {fam.architecture} as transformers 5.23 builds it).",
+        '# Each comment names the config.json field a value comes from; "(transformers default)" marks a field',
+        "# the config omits, filled in with the transformers class default.",
+    ]
+    if ignored:
+        head.append("# Ignored (no effect on the architecture): " + ", ".join(ignored) + ".")
+    out = head + [
+        "moec: 1",
+        f"name: {_scalar(t.name)}",
+        f"description: {_scalar(f'{fam.architecture} imported from a Hugging Face config.json')}",
+        f"source: {_scalar(f'Hugging Face config.json ({where})'[:2000])}",
+    ]
+    _emit(_tree(t), 0, out)
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points
+
+
+def import_hf_config(source: Source, *, name: str | None = None) -> str:
+    """A Hugging Face config → spec YAML text that loads with :func:`moec.spec.load_spec`."""
+    return _import(source, name)[0]
+
+
+def hf_to_model(source: Source, *, name: str | None = None) -> ResolvedModel:
+    """A Hugging Face config → the resolved moec plan."""
+    return resolve(_import(source, name)[1])
+
+
+def _import(source: Source, name: str | None) -> tuple[str, LoadedSpec]:
+    t = translate(source, name=name)
+    problems = t.problems()
+    if problems:
+        raise SpecError(problems)
+    text = render_yaml(t)
+    try:
+        return text, load_spec(t.file, text=text)
+    except SpecError as e:
+        raise SpecError([_back_to_config(t, p) for p in e.problems]) from None
+
+
+def _back_to_config(t: Translation, p: Problem) -> Problem:
+    """A problem the spec checks found in the imported spec, pointed back at its config.json field."""
+    leaf = t.draft.fields.get(p.path)
+    note = leaf[1] if leaf else ""
+    if p.path.startswith("layers"):
+        note = t.draft.window_note if "window" in p.path else t.draft.ffn_note
+    m = re.match(r"[A-Za-z_][\w.]*", note or "")
+    if m is None:
+        return Problem(t.file, None, None, p.path, f"{p.message} (in the imported spec)")
+    return t.problem(m.group(0), f"{p.message} (spec field {p.path})")
+
+
+def plan_fields(model: ResolvedModel, *, training: bool = True) -> dict[str, Any]:
+    """The plan as plain data without its name and provenance (and without the informational
+    fine-grained ``granularity``); ``training=False`` also drops the balance coefficients, which only
+    shape training and which config.json files spell inconsistently."""
+    d = model.to_dict()
+    for k in ("name", "description", "spec_hash", "source_file"):
+        d.pop(k)
+    for lp in (*d["layers"], *d["mtp"]):
+        if lp["ffn"]["kind"] == "moe":
+            lp["ffn"].pop("granularity")
+            if not training:
+                for k in TRAINING_ONLY:
+                    lp["ffn"].pop(k)
+    return d
+
+
+def plan_differences(a: ResolvedModel, b: ResolvedModel, *, training: bool = True) -> list[str]:
+    """Field paths where two plans differ (per-layer paths collapsed to ``layers[*]``), a vs b."""
+    out: dict[str, str] = {}
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in x.keys() | y.keys():
+                walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+        elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            if len(x) != len(y):
+                out.setdefault(path, f"{path}: {len(x)} vs {len(y)} entries")
+                return
+            for i, (p, q) in enumerate(zip(x, y, strict=False)):
+                walk(p, q, f"{path}[{i}]")
+        elif x != y:
+            key = re.sub(r"\[\d+\]", "[*]", path)
+            out.setdefault(key, f"{key}: {_short(x)} vs {_short(y)}")
+
+    walk(plan_fields(a, training=training), plan_fields(b, training=training), "")
+    return sorted(out.values())
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def export_hf_config(model: ResolvedModel | str | PathLike[str]) -> dict[str, Any]:
+    """A plan (or a spec path / shipped spec name) → the config.json of the first Hugging Face family
+    that expresses it exactly; a SpecError saying why each family cannot, otherwise."""
+    if isinstance(model, ResolvedModel):
+        m = model
+    else:
+        from moec.spec import load_model
+
+        m = load_model(str(model))
+    where = m.source_file or m.name
+    why: dict[str, list[str]] = {}  # reason → the families it rules out
+    for model_type, export in EXPORTERS_MOE if m.moe_layers else EXPORTERS_DENSE:
+        try:
+            cfg = export(m)
+            diff = plan_differences(m, hf_to_model(cfg))
+        except CannotExport as e:
+            why.setdefault(str(e), []).append(model_type)
+            continue
+        except SpecError as e:
+            why.setdefault(e.problems[0].message, []).append(model_type)
+            continue
+        if not diff:
+            return cfg
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        why.setdefault("cannot express (spec vs family) " + "; ".join(diff[:3]) + more, []).append(model_type)
+    head = Problem(where, None, None, "", "no supported Hugging Face family expresses this spec exactly")
+    raise SpecError([head] + [Problem(where, None, None, ", ".join(fams), r) for r, fams in why.items()])

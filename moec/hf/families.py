@@ -1,0 +1,1379 @@
+"""How each Hugging Face ``model_type`` spells its architecture, read off transformers 5.23.
+
+One translator per ``model_type`` turns a config.json (wrapped in :class:`HFConfig`, which supplies the
+transformers class defaults and records every field read) into spec fields on a :class:`Draft`.
+The semantics come from ``transformers/models/<family>/configuration_*.py`` and ``modeling_*.py``:
+which layers are MoE, which width applies where, how the router scores and renormalises, where the
+biases are. Anything the moec schema cannot express becomes a :class:`Gap`; the importer refuses a
+config with gaps, naming the field and the schema addition that would carry it, and never
+approximates. (The draft still holds the nearest spec, and ``param_delta`` says by how much
+transformers' parameter count differs from it; the parity tests use that to pin each gap down.)
+
+Exporters (``export_*``) go the other way for the families a resolved plan can map onto exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
+
+# Fields that change neither the architecture nor its forward math at inference (token ids, init,
+# caching, output switches, provenance). Present or absent, they never affect the spec.
+# fmt: off
+INERT = frozenset(
+    {
+        "_name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
+        "torch_dtype", "dtype", "use_cache", "initializer_range", "initializer_factor",
+        "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+        "output_router_logits", "output_attentions", "output_hidden_states", "return_dict",
+        "use_return_dict", "torchscript", "id2label", "label2id", "problem_type", "tokenizer_class",
+        "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+        "tie_encoder_decoder", "prefix", "task_specific_params", "finetuning_task", "pruned_heads",
+        "use_bfloat16", "tf_legacy_loss", "_attn_implementation", "_experts_implementation",
+        "attn_implementation", "experts_implementation",
+        # numerically equivalent sharding of the projections (Llama-2's slow path)
+        "pretraining_tp",
+        # a storage format for the same weights (fp8 blocks, mxfp4): not the architecture
+        "quantization_config",
+    }
+)
+# fmt: on
+
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Something a config.json says that the moec schema cannot express (yet)."""
+
+    field: str  # the config.json field(s)
+    value: Any
+    message: str  # what it means
+    proposal: str  # the schema addition that would carry it
+    param_delta: int = 0  # transformers' parameter count minus the count of the spec as emitted
+
+
+# The schema additions gaps point to (the report lists them; keep the wording precise).
+PROPOSE = {
+    "qk_norm_scope": "attention.qk_norm_scope: 'head' | 'projection' (default 'head'); 'projection' is one "
+    "RMSNorm over the whole q projection (h·hd) and one over k (kv·hd). Count: (h + kv)·hd·norm_params "
+    "instead of 2·hd·norm_params per layer",
+    "qk_norm_l2": "attention.qk_norm: false | true | 'l2' ('l2': weightless L2 norm of q and k per head, "
+    "Llama-4). Count: 0 parameters",
+    "clip_qkv": "attention.clip_qkv: float | None — clamp q, k and v to ±clip_qkv after the projection. "
+    "No count change",
+    "chunk": "attention.chunk: int | None, also per layer in layers.*.attention — block-diagonal causal "
+    "attention in chunks of this many tokens (Llama-4). No param change; attention FLOPs and KV cache cap "
+    "at the chunk like a window",
+    "temperature": "attention.temperature_tuning: {floor_scale: int, scale: float} | None on NoPE layers "
+    "(Llama-4: q · (1 + scale·log1p(floor((pos+1)/floor_scale)))). No count change",
+    "attention_scale": "attention.scale: float | None — softmax scale replacing 1/sqrt(head_dim) "
+    "(Granite attention_multiplier). No count change",
+    "multipliers": "model.embedding_multiplier, model.residual_multiplier, model.logits_scaling: float = 1.0 "
+    "(Granite μP scalars). No count change",
+    "norm_bias": "model.norm.bias: bool = true — layernorm without the bias vector (DBRX). Count: "
+    "layernorm norms hold d instead of 2·d parameters",
+    "head_bias": "model.head_bias: bool = false — a bias on the lm_head (Phi-3.5-MoE). Count: +vocab_size",
+    "swiglu_clamped": "moe.activation (and ffn.activation): new value 'swiglu_clamped' with "
+    "activation_alpha: float (1.702) and activation_limit: float (7.0): "
+    "out = (clamp(up, ±limit) + 1) · g·sigmoid(alpha·g), g = min(gate, limit) (gpt-oss). No count change",
+    "sparsemixer": "moe.router.kind: 'topk' | 'sparsemixer' (Phi-3.5-MoE's SparseMixer top-2 with "
+    "router_jitter_noise as its threshold eps). No count change",
+    "router_input": "moe.router.apply_to: 'output' | 'input' (default 'output'); 'input' multiplies each "
+    "chosen expert's input by its gate weight instead of its output (Llama-4). No count change",
+    "moe_jitter": "moe.router.jitter_target: 'router' | 'router_and_experts' (Mixtral and Phi-MoE scale the "
+    "hidden state fed to the experts too). Training only; no count change",
+    "longrope": "model.positions.scaling.kind 'longrope' with short_factor, long_factor: list[float] and "
+    "short_mscale, long_mscale: float. No count change",
+    "rope_extra": "model.positions.scaling: the named rope parameter (yarn attention_factor / truncate, "
+    "partial_rotary_factor). No count change",
+    "dropout": "model.dropout: {attention: float, residual: float, embedding: float} (training only). No count change",
+    "interleaved_rope": "none needed: the interleaved rotary layout is a weight permutation (the weight "
+    "loader handles it)",
+    "activation": "a new activation value (see the message)",
+    "mla_bias": "attention.bias with kind mla (biases on q_a_proj, kv_a_proj_with_mqa and o_proj). Count: "
+    "+q_lora_rank + kv_lora_rank + qk_rope_head_dim + d",
+}
+
+
+class HFConfig:
+    """A config.json mapping plus the transformers class defaults; remembers each field read."""
+
+    def __init__(self, raw: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = ""):
+        self.raw, self.defaults, self.prefix = dict(raw), defaults, prefix
+        self.read: set[str] = set()
+        self.issues: list[tuple[str, str]] = []  # (field, message): invalid values
+        self.children: list[HFConfig] = []  # nested configs (DBRX attn_config, ffn_config)
+
+    def given(self, key: str) -> bool:
+        return key in self.raw
+
+    def value(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        if key in self.raw:
+            return self.raw[key]
+        return self.defaults.get(key, default)
+
+    def src(self, key: str) -> str:
+        """How a comment names the field: ``hidden_size`` or ``sliding_window (default)``."""
+        name = self.prefix + key
+        return name if key in self.raw else f"{name} (transformers default)"
+
+    def bad(self, key: str, message: str) -> None:
+        self.issues.append((self.prefix + key, message))
+
+    def int(self, key: str, *, minimum: int = 1, optional: bool = False) -> Any:
+        v = self.value(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            self.bad(key, f"{v!r}: expected an integer ≥ {minimum}")
+            return max(minimum, 1)
+        return v
+
+    def float(self, key: str, *, optional: bool = False) -> Any:
+        v = self.value(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            self.bad(key, f"{v!r}: expected a number")
+            return 1.0
+        return float(v)
+
+    def bool(self, key: str) -> bool:
+        v = self.value(key)
+        if not isinstance(v, bool):
+            self.bad(key, f"{v!r}: expected true or false")
+            return False
+        return v
+
+    def int_list(self, key: str) -> list[int]:
+        v = self.value(key)
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            self.bad(key, f"{v!r}: expected a list of integers")
+            return []
+        return v
+
+    def unread(self) -> list[str]:
+        """Given fields nobody read that are neither inert nor at their transformers default."""
+        out = []
+        for k, v in self.raw.items():
+            if k in self.read or k in INERT:
+                continue
+            if k in self.defaults and self.defaults[k] == v:
+                continue
+            out.append(k)
+        return out
+
+
+@dataclass
+class Draft:
+    """A spec under construction: dotted field → (value, note), per-layer lists, and the gaps."""
+
+    model_type: str
+    fields: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    n_layers: int = 1
+    ffn: list[str] = field(default_factory=list)
+    ffn_note: str = ""
+    window: list[int | None] = field(default_factory=list)
+    window_note: str = ""
+    rope: list[bool] = field(default_factory=list)
+    rope_note: str = ""
+    gaps: list[Gap] = field(default_factory=list)
+
+    def put(self, path: str, value: Any, note: str = "") -> None:
+        self.fields[path] = (value, note)
+
+    def section(self, prefix: str, **values: tuple[Any, str]) -> None:
+        for k, (v, note) in values.items():
+            self.put(f"{prefix}.{k}", v, note)
+
+    def gap(self, hf_field: str, value: Any, message: str, proposal: str, param_delta: int = 0) -> None:
+        self.gaps.append(Gap(hf_field, value, message, PROPOSE.get(proposal, proposal), param_delta))
+
+    def get(self, path: str) -> Any:
+        return self.fields[path][0]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    architecture: str  # the *ForCausalLM class transformers builds
+    defaults: Mapping[str, Any]  # transformers 5.23 class defaults of the fields the translator reads
+    translate: Callable[[HFConfig, Draft], None]
+    aliases: Mapping[str, str] = field(default_factory=dict)  # attribute_map: alias → canonical
+    export: Callable[[ResolvedModel], dict[str, Any]] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
+    d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
+    d.put("model.d_model", c.int("hidden_size"), c.src("hidden_size"))
+    d.n_layers = c.int("num_hidden_layers")
+    d.put("model.n_layers", d.n_layers, c.src("num_hidden_layers"))
+    d.put("model.max_seq_len", c.int("max_position_embeddings"), c.src("max_position_embeddings"))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings"))
+    kind_note = "nn.LayerNorm with bias in every" if norm == "layernorm" else "RMSNorm in every"
+    d.put("model.norm.kind", norm, f"{kind_note} {family} layer, pre-norm, plus a final norm")
+    d.put("model.norm.eps", c.float("rms_norm_eps"), c.src("rms_norm_eps"))
+    d.put("model.positions.kind", "rope", f"{family} uses rotary positions")
+    _rope(c, d)
+    _dropout(c, d, "attention_dropout")
+    d.ffn = ["moe"] * d.n_layers
+    d.window = [None] * d.n_layers
+    d.rope = [True] * d.n_layers
+
+
+_ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+
+
+def _activation(c: HFConfig, d: Draft, key: str = "hidden_act") -> str:
+    act = c.value(key)
+    if act not in _ACTIVATIONS:
+        d.gap(
+            c.prefix + key,
+            act,
+            f"hidden_act {act!r} in a gated MLP: moec maps silu → swiglu and the tanh GELUs "
+            "(gelu_pytorch_tanh, gelu_new) → geglu; exact-erf 'gelu' and others have no moec activation",
+            "activation",
+        )
+        return "swiglu"
+    return _ACTIVATIONS[act]
+
+
+def _dropout(c: HFConfig, d: Draft, *keys: str) -> None:
+    for k in keys:
+        p = c.float(k, optional=True)
+        if p:
+            d.gap(c.prefix + k, p, "dropout is not part of a moec spec", "dropout")
+
+
+_ROPE_KEYS = {
+    "linear": {"factor"},
+    "dynamic": {"factor"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+}
+_ROPE_FIELDS = {
+    "factor": "factor",
+    "original_max_position_embeddings": "original_max_seq_len",
+    "beta_fast": "beta_fast",
+    "beta_slow": "beta_slow",
+    "mscale": "mscale",
+    "mscale_all_dim": "mscale_all_dim",
+    "low_freq_factor": "low_freq_factor",
+    "high_freq_factor": "high_freq_factor",
+}
+
+
+def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
+    """rope_parameters (transformers 5) or the legacy rope_theta + rope_scaling, with HF's precedence."""
+    params, scaling = c.value("rope_parameters"), c.value("rope_scaling")
+    where = "rope_scaling" if scaling else "rope_parameters"  # HF: rope_scaling, if given, wins
+    given = scaling or params or {}
+    if not isinstance(given, dict) or any(isinstance(v, dict) for v in given.values()):
+        c.bad(where, "expected one flat mapping of rope parameters")
+        given = {}
+    rp = dict(given)
+    theta = rp.pop("rope_theta", None)
+    theta_src = f"{where}.rope_theta"
+    if theta is None:
+        theta, theta_src = c.value("rope_theta"), c.src("rope_theta")
+        if theta is None:
+            theta, theta_src = theta_fallback, "attn_config.rope_theta"
+        if theta is None:
+            theta, theta_src = c.defaults["default_theta"], "the class's default_theta"
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        c.bad("rope_theta", f"{theta!r}: expected a positive number")
+        theta = 10000.0
+    d.put("model.positions.theta", float(theta), theta_src)
+    kind = rp.pop("rope_type", None) or rp.pop("type", None) or "default"
+    rp.pop("type", None)
+    if c.given("original_max_position_embeddings"):
+        c.value("original_max_position_embeddings")  # Phi-3 spells the pre-scaling length at the top level
+    prf = rp.pop("partial_rotary_factor", None) or c.value("partial_rotary_factor")
+    if prf is not None and prf != 1.0:
+        d.gap("partial_rotary_factor", prf, "rotary on part of the head dim only", "rope_extra")
+    if kind == "default":
+        for k in rp:
+            d.gap(f"{where}.{k}", rp[k], "a rope parameter moec does not read", "rope_extra")
+        return
+    if kind == "longrope":
+        d.gap(f"{where}.rope_type", kind, "LongRoPE (per-dimension short/long factors)", "longrope")
+        return
+    if kind not in _ROPE_KEYS:
+        d.gap(f"{where}.rope_type", kind, f"rope_type {kind!r} has no moec equivalent", "rope_extra")
+        return
+    if kind == "yarn":
+        if rp.get("attention_factor") is not None:
+            d.gap(f"{where}.attention_factor", rp["attention_factor"], "explicit yarn attention factor", "rope_extra")
+        if rp.get("truncate", True) is not True:
+            d.gap(f"{where}.truncate", rp["truncate"], "yarn without truncating the correction range", "rope_extra")
+        rp.pop("attention_factor", None)
+        rp.pop("truncate", None)
+    if kind in ("yarn", "llama3"):
+        # HF: a top-level original_max_position_embeddings wins (Phi-3), else the dict's, else max_position
+        if c.given("original_max_position_embeddings"):
+            rp["original_max_position_embeddings"] = c.value("original_max_position_embeddings")
+        else:
+            rp.setdefault("original_max_position_embeddings", c.value("max_position_embeddings"))
+    d.put("model.positions.scaling.kind", kind, f"{where}.rope_type")
+    for k, v in rp.items():
+        if k not in _ROPE_KEYS[kind]:
+            d.gap(f"{where}.{k}", v, f"a {kind} rope parameter moec does not read", "rope_extra")
+            continue
+        if v is None:
+            continue
+        if k == "original_max_position_embeddings":
+            d.put("model.positions.scaling.original_max_seq_len", v, f"{where}.{k}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            d.put(f"model.positions.scaling.{_ROPE_FIELDS[k]}", float(v), f"{where}.{k}")
+        else:
+            c.bad(f"{where}.{k}", f"{v!r}: expected a number")
+
+
+def _gqa(c: HFConfig, d: Draft, *, bias: bool, out_bias: bool, bias_src: str, qk_norm: bool = False) -> None:
+    h = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", optional=True)
+    hd = c.int("head_dim", optional=True)
+    d_model = d.get("model.d_model")
+    d.put("attention.kind", "gqa", "")
+    d.put("attention.n_heads", h, c.src("num_attention_heads"))
+    d.put("attention.n_kv_heads", kv or h, c.src("num_key_value_heads") if kv else "num_key_value_heads unset: = heads")
+    d.put("attention.head_dim", hd or d_model // h, c.src("head_dim") if hd else "hidden_size / num_attention_heads")
+    d.put("attention.qk_norm", qk_norm, "")
+    d.put("attention.bias", bias, bias_src)
+    d.put("attention.out_bias", out_bias, bias_src)
+
+
+def _uniform_window(c: HFConfig, d: Draft, key: str = "sliding_window", enabled: bool = True) -> None:
+    w = c.int(key, optional=True) if enabled else None
+    d.window = [w] * d.n_layers
+    d.window_note = f"{c.src(key)} on every layer" if w else ""
+
+
+def _typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list[str], why: str) -> None:
+    """layer_types (given, or the family's default list) decide which layers slide."""
+    types = c.value("layer_types") if c.given("layer_types") else default_types
+    if not isinstance(types, list) or len(types) != d.n_layers:
+        c.bad("layer_types", f"expected a list of {d.n_layers} layer types")
+        return
+    types = ["full_attention" if t == "attention" else t for t in types]
+    for i, t in enumerate(types):
+        if t not in ("full_attention", "sliding_attention"):
+            c.bad("layer_types", f"layer {i}: {t!r} is not full_attention or sliding_attention")
+    d.window = [window if t == "sliding_attention" else None for t in types]
+    src = "layer_types" if c.given("layer_types") else f"layer_types unset: {why}"
+    d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""
+
+
+def _moe_core(
+    c: HFConfig, d: Draft, *, experts_key: str, width_key: str, top_k_key: str = "num_experts_per_tok"
+) -> None:
+    d.section(
+        "moe",
+        n_experts=(c.int(experts_key), c.src(experts_key)),
+        d_ff=(c.int(width_key), c.src(width_key)),
+        activation=(_activation(c, d), c.src("hidden_act") + " (gated)"),
+    )
+    d.put("moe.router.top_k", c.int(top_k_key), c.src(top_k_key))
+
+
+def _router(d: Draft, note: str, **values: Any) -> None:
+    """Router fields a family fixes in code (not in config.json); ``note`` names the modeling class."""
+    for k, v in values.items():
+        d.put(f"moe.router.{k}", v, note)
+        note = ""
+
+
+def _aux(c: HFConfig, d: Draft, key: str = "router_aux_loss_coef", granularity: str = "batch") -> None:
+    coeff = c.float(key, optional=True)
+    if coeff is not None:
+        d.put("moe.balance.load_balance_coeff", coeff, c.src(key) + " (training only)")
+        d.put("moe.balance.load_balance_granularity", granularity, "")
+
+
+def _dense_ffn(c: HFConfig, d: Draft, key: str = "intermediate_size", bias: bool = False, bias_src: str = "") -> None:
+    d.section(
+        "ffn",
+        d_ff=(c.int(key), c.src(key)),
+        activation=(_activation(c, d), c.src("hidden_act") + " (gated)"),
+        bias=(bias, bias_src),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# dense families
+
+
+def _llama(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Llama")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
+    _dense_ffn(c, d, bias=c.bool("mlp_bias"), bias_src=c.src("mlp_bias"))
+    d.ffn = ["dense"] * d.n_layers
+
+
+def _mistral(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Mistral")
+    _gqa(c, d, bias=False, out_bias=False, bias_src="MistralAttention has no biases")
+    _dense_ffn(c, d, bias_src="MistralMLP has no biases")
+    d.ffn = ["dense"] * d.n_layers
+    _uniform_window(c, d)
+    if c.given("layer_types"):
+        d.gap(
+            "layer_types",
+            "…",
+            "transformers 5.23 ignores layer_types for model_type mistral (Ministral "
+            "checkpoints need model_type ministral)",
+            "use model_type ministral (not supported yet)",
+        )
+
+
+def _qwen_windows(c: HFConfig, d: Draft) -> None:
+    """Qwen2/Qwen3 dense: sliding only with use_sliding_window, on layers ≥ max_window_layers by default."""
+    on = c.bool("use_sliding_window")
+    w = c.int("sliding_window", optional=True) if on else None
+    c.value("sliding_window")
+    mwl = c.int("max_window_layers", minimum=0)
+    default = ["sliding_attention" if w is not None and i >= mwl else "full_attention" for i in range(d.n_layers)]
+    _typed_windows(c, d, w, default, f"use_sliding_window {on}, max_window_layers {mwl}")
+
+
+def _qwen2(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Qwen2")
+    _gqa(c, d, bias=True, out_bias=False, bias_src="Qwen2Attention: bias on q, k, v, none on o")
+    _dense_ffn(c, d, bias_src="Qwen2MLP has no biases")
+    d.ffn = ["dense"] * d.n_layers
+    _qwen_windows(c, d)
+
+
+def _qwen3(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Qwen3")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias"), qk_norm=True)
+    d.put("attention.qk_norm", True, "Qwen3Attention: RMSNorm(head_dim) on q and k")
+    _dense_ffn(c, d, bias_src="Qwen3MLP has no biases")
+    d.ffn = ["dense"] * d.n_layers
+    _qwen_windows(c, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE families
+
+
+def _mixtral(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Mixtral")
+    _gqa(c, d, bias=False, out_bias=False, bias_src="MixtralAttention has no biases")
+    _uniform_window(c, d)
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
+    _router(
+        d,
+        "MixtralTopKRouter: softmax over all experts, top-k, renormalise",
+        score="softmax",
+        softmax_after_topk=False,
+        normalize_topk=True,
+    )
+    _jitter_on_hidden(c, d, "router_jitter_noise")
+    _aux(c, d)
+    d.ffn_note = "every Mixtral layer is MoE"
+
+
+def _jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
+    j = c.float(key, optional=True)
+    if j:
+        d.gap(
+            key,
+            j,
+            "this family multiplies the hidden state fed to router and experts by U(1±j); moec's "
+            "router.jitter perturbs the router input only",
+            "moe_jitter",
+        )
+
+
+def _qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
+    step = c.int("decoder_sparse_step")
+    dense_only = c.int_list("mlp_only_layers")
+    E = c.value(experts_key)
+    d.ffn = [
+        "moe" if i not in dense_only and isinstance(E, int) and E > 0 and (i + 1) % step == 0 else "dense"
+        for i in range(d.n_layers)
+    ]
+    d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers {dense_only}"
+
+
+def _qwen2_moe(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Qwen2-MoE")
+    b = c.bool("qkv_bias")
+    _gqa(c, d, bias=b, out_bias=False, bias_src=c.src("qkv_bias") + " (q, k, v; o has none)")
+    on = c.bool("use_sliding_window")
+    w = c.int("sliding_window", optional=True) if on else None
+    c.value("sliding_window")
+    mwl = c.int("max_window_layers", minimum=0)
+    # Qwen2MoeConfig's default differs from Qwen2's: sliding on even layers below max_window_layers
+    default = ["sliding_attention" if (i + 1) % 2 and i < mwl and on else "full_attention" for i in range(d.n_layers)]
+    _typed_windows(c, d, w, default, f"use_sliding_window {on}; even layers < max_window_layers {mwl}")
+    _moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
+    _router(d, "Qwen2MoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    d.section(
+        "moe",
+        n_shared_experts=(1, "Qwen2MoeSparseMoeBlock.shared_expert"),
+        d_ff_shared=(c.int("shared_expert_intermediate_size"), c.src("shared_expert_intermediate_size")),
+        shared_gate=(True, "shared_expert_gate: sigmoid(Linear(d, 1)) scales the shared expert"),
+    )
+    _aux(c, d)
+    _qwen_moe_layers(c, d, "num_experts")
+    if "dense" in d.ffn:
+        _dense_ffn(c, d, bias_src="Qwen2MoeMLP has no biases")
+
+
+def _qwen3_moe(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Qwen3-MoE")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias"), qk_norm=True)
+    d.put("attention.qk_norm", True, "Qwen3MoeAttention: RMSNorm(head_dim) on q and k")
+    _uniform_window(c, d, enabled=c.bool("use_sliding_window"))
+    c.value("sliding_window")
+    c.value("max_window_layers")  # read by Qwen3MoeConfig, unused by its model
+    _moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
+    _router(d, "Qwen3MoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    _aux(c, d)
+    _qwen_moe_layers(c, d, "num_experts")
+    if "dense" in d.ffn:
+        _dense_ffn(c, d, bias_src="Qwen3MoeMLP has no biases")
+
+
+def _olmoe(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "OLMoE")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias"), qk_norm=True)
+    h, kv, hd = d.get("attention.n_heads"), d.get("attention.n_kv_heads"), d.get("attention.head_dim")
+    d.gap(
+        "model_type olmoe (q_norm, k_norm)",
+        "RMSNorm(hidden_size), RMSNorm(kv·head_dim)",
+        "OLMoE normalises the whole q and k projections, not each head",
+        "qk_norm_scope",
+        param_delta=d.n_layers * ((h + kv) * hd - 2 * hd),
+    )
+    clip = c.float("clip_qkv", optional=True)
+    if clip is not None:
+        d.gap("clip_qkv", clip, "q, k, v are clamped after the projection", "clip_qkv")
+    _uniform_window(c, d)  # OlmoeAttention reads getattr(config, "sliding_window", None)
+    _moe_core(c, d, experts_key="num_experts", width_key="intermediate_size")
+    _router(d, "OlmoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    _aux(c, d)
+    d.ffn_note = "every OLMoE layer is MoE"
+
+
+def _gpt_oss(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "gpt-oss")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
+    d.put("attention.sinks", True, "GptOssAttention.sinks: one learned logit per head")
+    w = c.int("sliding_window", optional=True)
+    default = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(d.n_layers)]
+    _typed_windows(c, d, w, default, "sliding on even layers")
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
+    if c.given("experts_per_token") and c.value("experts_per_token") != d.get("moe.router.top_k"):
+        c.bad("experts_per_token", "disagrees with num_experts_per_tok")
+    c.value("initial_context_length")  # gpt-oss's own name for yarn's original length
+    c.value("hidden_act")  # GptOssExperts ignores it: the activation is fixed in code
+    d.put("moe.bias", True, "GptOssExperts: gate_up_proj_bias and down_proj_bias")
+    d.gap(
+        "swiglu_alpha, swiglu_limit",
+        (c.float("swiglu_alpha"), c.float("swiglu_limit")),
+        "gpt-oss experts use a clamped SwiGLU with (up + 1) and sigmoid(alpha·gate)",
+        "swiglu_clamped",
+    )
+    _router(
+        d,
+        "GptOssTopKRouter: top-k of the logits, softmax over the k",
+        score="softmax",
+        softmax_after_topk=True,
+        normalize_topk=False,
+        bias=True,
+    )
+    _aux(c, d)
+    d.ffn_note = "every gpt-oss layer is MoE"
+
+
+def _phimoe(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Phi-MoE", norm="layernorm")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
+    _uniform_window(c, d)
+    _dropout(c, d, "hidden_dropout")
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
+    d.gap("model_type phimoe (router)", "sparsemixer", "Phi-MoE routes with SparseMixer", "sparsemixer")
+    c.float("router_jitter_noise")  # SparseMixer's threshold eps, part of the gap above
+    _jitter_on_hidden(c, d, "input_jitter_noise")
+    _router(d, "nearest moec router (see the gap)", score="softmax", softmax_after_topk=False)
+    if c.bool("lm_head_bias"):
+        d.gap("lm_head_bias", True, "a bias on the lm_head", "head_bias", param_delta=d.get("model.vocab_size"))
+    _aux(c, d)
+    d.ffn_note = "every Phi-MoE layer is MoE"
+
+
+def _granitemoe(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Granite-MoE")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
+    for k in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+        v = c.float(k)
+        if v != 1.0:
+            d.gap(k, v, f"Granite scales by {k}", "multipliers")
+    am = c.float("attention_multiplier")
+    hd = d.get("attention.head_dim")
+    if not math.isclose(am, hd**-0.5, rel_tol=1e-12):  # GraniteMoeAttention.scaling = attention_multiplier
+        d.gap(
+            "attention_multiplier",
+            am,
+            "the softmax scale is attention_multiplier, not 1/sqrt(head_dim)",
+            "attention_scale",
+        )
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
+    _router(
+        d,
+        "GraniteMoeTopKRouter: top-k of the logits, softmax over the k",
+        score="softmax",
+        softmax_after_topk=True,
+        normalize_topk=False,
+    )
+    _aux(c, d)
+    d.ffn_note = "every Granite-MoE layer is MoE"
+
+
+def _dbrx(c: HFConfig, d: Draft) -> None:
+    attn = HFConfig(_dict(c, "attn_config"), _DBRX_ATTN, "attn_config.")
+    ffn = HFConfig(_dict(c, "ffn_config"), _DBRX_FFN, "ffn_config.")
+    c.children += [attn, ffn]
+    ffn.value("hidden_size")  # DbrxConfig overwrites it with d_model
+    d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
+    d_model = c.int("d_model")
+    d.put("model.d_model", d_model, c.src("d_model"))
+    d.n_layers = c.int("n_layers")
+    d.put("model.n_layers", d.n_layers, c.src("n_layers"))
+    d.put("model.max_seq_len", c.int("max_seq_len"), c.src("max_seq_len"))
+    if c.bool("tie_word_embeddings"):
+        c.bad("tie_word_embeddings", "DBRX does not support tied embeddings (DbrxConfig.validate_architecture)")
+    d.put("model.tie_embeddings", False, c.src("tie_word_embeddings"))
+    d.put("model.norm.kind", "layernorm", "DbrxBlock: nn.LayerNorm(d_model, bias=False)")
+    d.put("model.norm.eps", 1e-5, "nn.LayerNorm default eps (DBRX has no eps field)")
+    d.gap(
+        "model_type dbrx (norm_1, norm_2, norm_f)",
+        "LayerNorm(bias=False)",
+        "DBRX layernorms have no bias",
+        "norm_bias",
+        param_delta=-(2 * d.n_layers + 1) * d_model,
+    )
+    d.put("model.positions.kind", "rope", "DBRX uses rotary positions")
+    _rope(c, d, theta_fallback=attn.value("rope_theta"))
+    _dropout(c, d, "resid_pdrop", "emb_pdrop")
+    _dropout(attn, d, "attn_pdrop")
+    h = c.int("n_heads")
+    d.section(
+        "attention",
+        kind=("gqa", ""),
+        n_heads=(h, c.src("n_heads")),
+        n_kv_heads=(attn.int("kv_n_heads"), attn.src("kv_n_heads")),
+        head_dim=(d_model // h, "d_model / n_heads"),
+        qk_norm=(False, ""),
+        bias=(False, "DbrxAttention: Wqkv and out_proj have no bias"),
+        out_bias=(False, ""),
+    )
+    clip = attn.float("clip_qkv", optional=True)
+    if clip is not None:
+        d.gap("attn_config.clip_qkv", clip, "q, k, v are clamped after the projection", "clip_qkv")
+    act = ffn.value("ffn_act_fn") or {"name": "silu"}
+    if not isinstance(act, dict) or set(act) - {"name"} or act.get("name") not in _ACTIVATIONS:
+        d.gap("ffn_config.ffn_act_fn", act, "an expert activation moec does not map", "activation")
+    d.section(
+        "moe",
+        n_experts=(ffn.int("moe_num_experts"), ffn.src("moe_num_experts")),
+        d_ff=(ffn.int("ffn_hidden_size"), ffn.src("ffn_hidden_size")),
+        activation=(
+            _ACTIVATIONS.get(act.get("name") if isinstance(act, dict) else None, "swiglu"),
+            ffn.src("ffn_act_fn") + " (gated: w1, v1, w2)",
+        ),
+    )
+    d.put("moe.router.top_k", ffn.int("moe_top_k"), ffn.src("moe_top_k"))
+    p = ffn.float("moe_normalize_expert_weights", optional=True)
+    if p not in (None, 1.0):
+        d.gap(
+            "ffn_config.moe_normalize_expert_weights",
+            p,
+            "top-k weights divided by their p-norm, p ≠ 1",
+            "moe.router.normalize_topk_p: float (p-norm of the renormalisation)",
+        )
+    _router(
+        d, "DbrxFFN.route_tokens_to_experts: softmax over all experts, top-k", score="softmax", softmax_after_topk=False
+    )
+    d.put("moe.router.normalize_topk", p == 1.0, ffn.src("moe_normalize_expert_weights") + " (p = 1: sum)")
+    d.put(
+        "moe.router.jitter",
+        ffn.float("moe_jitter_eps", optional=True) or 0.0,
+        ffn.src("moe_jitter_eps") + " (DbrxRouter: router input only)",
+    )
+    coeff = ffn.float("moe_loss_weight", optional=True)
+    d.put("moe.balance.load_balance_coeff", coeff or 0.0, ffn.src("moe_loss_weight") + " (training only)")
+    c.value("router_aux_loss_coef")
+    d.ffn = ["moe"] * d.n_layers
+    d.ffn_note = "every DBRX layer is MoE"
+    d.window = [None] * d.n_layers
+    d.rope = [True] * d.n_layers
+
+
+def _dict(c: HFConfig, key: str) -> dict[str, Any]:
+    v = c.value(key) or {}
+    if not isinstance(v, dict):
+        c.bad(key, "expected a mapping")
+        return {}
+    return {k: x for k, x in v.items() if k != "model_type"}
+
+
+def _deepseek(c: HFConfig, d: Draft, v3: bool) -> None:
+    name = "DeepseekV3" if v3 else "DeepseekV2"
+    _base(c, d, name)
+    if c.bool("attention_bias"):
+        r = c.value("q_lora_rank") or 0
+        d.gap(
+            "attention_bias",
+            True,
+            "MLA with biases",
+            "mla_bias",
+            param_delta=d.n_layers
+            * (r + c.value("kv_lora_rank") + c.value("qk_rope_head_dim") + d.get("model.d_model")),
+        )
+    h = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", optional=True)
+    if kv not in (None, h):
+        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
+    d.section(
+        "attention",
+        kind=("mla", f"{name}Attention (multi-head latent attention)"),
+        n_heads=(h, c.src("num_attention_heads")),
+        q_lora_rank=(c.int("q_lora_rank", optional=True), c.src("q_lora_rank") + " (null: a plain q_proj)"),
+        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
+        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
+        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
+        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
+    )
+    c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
+    if v3:
+        c.bool("rope_interleave")  # a rotary weight layout, not an architecture (the loader permutes)
+    n_shared = c.int("n_shared_experts", minimum=0)
+    f = c.int("moe_intermediate_size")
+    mlp_bias = not v3 and c.bool("mlp_bias")
+    _dense_ffn(c, d, bias=mlp_bias, bias_src=c.src("mlp_bias") if not v3 else f"{name}MLP has no biases")
+    _moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
+    if n_shared:
+        d.section(
+            "moe",
+            n_shared_experts=(n_shared, c.src("n_shared_experts") + " (HF fuses them into one MLP of n·width)"),
+            d_ff_shared=(f, c.src("moe_intermediate_size")),
+        )
+    k_dense = c.int("first_k_dense_replace", minimum=0)
+    if mlp_bias and n_shared:
+        n_moe = max(d.n_layers - k_dense, 0)
+        d.gap(
+            "mlp_bias",
+            True,
+            "DeepseekV2MLP biases reach the shared experts but not the routed ones",
+            "moe.shared_bias: bool — biases on the shared experts only",
+            param_delta=n_moe * (2 * n_shared * f + d.get("model.d_model")),
+        )
+    freq = c.value("moe_layer_freq", 1)
+    if freq != 1:
+        d.gap(
+            "moe_layer_freq",
+            freq,
+            "transformers ignores moe_layer_freq (every layer ≥ first_k_dense_replace is "
+            "MoE) while DeepSeek's own code uses layer % moe_layer_freq == 0: ambiguous",
+            "layers.overrides",
+        )
+    d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
+    d.ffn_note = f"MoE from layer first_k_dense_replace ({k_dense}) on"
+    scale = c.float("routed_scaling_factor")
+    if v3:
+        score = c.value("scoring_func", "sigmoid")
+        method = c.value("topk_method", "noaux_tc")
+        if score != "sigmoid":
+            d.gap("scoring_func", score, "DeepseekV3TopkRouter always scores with sigmoid", "moe.router.score")
+        if method != "noaux_tc":
+            d.gap("topk_method", method, "DeepseekV3TopkRouter always routes noaux_tc", "moe.router")
+        _router(
+            d,
+            "DeepseekV3TopkRouter: sigmoid, + e_score_correction_bias for selection, groups by top-2 sum",
+            score="sigmoid",
+            softmax_after_topk=False,
+            selection_bias=True,
+            group_score="top2_sum",
+        )
+        d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+        d.put("moe.router.scale", scale, c.src("routed_scaling_factor"))
+        d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+        d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+        n_mtp = c.int("num_nextn_predict_layers", minimum=0)
+        if n_mtp:
+            mtp_kind = "moe" if d.n_layers >= k_dense else "dense"
+            d.section(
+                "mtp",
+                n_layers=(n_mtp, c.src("num_nextn_predict_layers") + " (transformers builds none)"),
+                ffn=(mtp_kind, "an MTP block is a layer past the last, so MoE"),
+            )
+    else:
+        score = c.value("scoring_func", "softmax")
+        method = c.value("topk_method")
+        if score != "softmax":
+            d.gap("scoring_func", score, "DeepseekV2TopkRouter always scores with softmax", "moe.router.score")
+        if method not in ("greedy", "group_limited_greedy"):
+            c.bad("topk_method", f"{method!r}: DeepseekV2TopkRouter knows greedy and group_limited_greedy")
+        if c.bool("norm_topk_prob"):
+            d.gap(
+                "norm_topk_prob",
+                True,
+                "transformers' DeepseekV2TopkRouter ignores it while DeepSeek's own code renormalises: ambiguous",
+                "moe.router.normalize_topk",
+            )
+        _router(
+            d,
+            "DeepseekV2TopkRouter: softmax over all experts, top-k, no renormalisation",
+            score="softmax",
+            softmax_after_topk=False,
+            normalize_topk=False,
+        )
+        d.put("moe.router.scale", scale, c.src("routed_scaling_factor"))
+        if method == "group_limited_greedy":
+            d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+            d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+            d.put("moe.router.group_score", "max", "group_limited_greedy: a group scores its best expert")
+        else:
+            c.value("n_group")
+            c.value("topk_group")
+        n_mtp = c.value("num_nextn_predict_layers")
+        if n_mtp:
+            d.gap("num_nextn_predict_layers", n_mtp, "MTP on deepseek_v2 (only deepseek_v3 maps it)", "mtp")
+    alpha = c.float("aux_loss_alpha", optional=True)
+    if alpha is not None:
+        seq = c.value("seq_aux", True)
+        d.put("moe.balance.load_balance_coeff", alpha, c.src("aux_loss_alpha") + " (training only)")
+        d.put("moe.balance.load_balance_granularity", "sequence" if seq else "batch", c.src("seq_aux"))
+    c.value("ep_size")  # expert-parallel degree of DeepSeek's own code: a deployment choice
+
+
+def _deepseek_v2(c: HFConfig, d: Draft) -> None:
+    _deepseek(c, d, v3=False)
+
+
+def _deepseek_v3(c: HFConfig, d: Draft) -> None:
+    _deepseek(c, d, v3=True)
+
+
+def _llama4_text(c: HFConfig, d: Draft) -> None:
+    _base(c, d, "Llama-4")
+    b = c.bool("attention_bias")
+    _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
+    n = d.n_layers
+    interval = c.int("no_rope_layer_interval")
+    use_rope = c.int_list("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if len(use_rope) != n:
+        c.bad("no_rope_layers", f"expected {n} entries (1 = this layer uses rope)")
+        use_rope = [1] * n
+    d.rope = [bool(u) for u in use_rope]
+    d.rope_note = (
+        "no_rope_layers (1 = rope)"
+        if c.given("no_rope_layers") and c.value("no_rope_layers")
+        else f"NoPE where (i+1) % no_rope_layer_interval ({interval}) == 0"
+    )
+    types = c.value("layer_types") or ["chunked_attention" if u else "full_attention" for u in use_rope]
+    chunk = c.int("attention_chunk_size", optional=True)
+    if chunk is not None and "chunked_attention" in types:
+        d.gap("attention_chunk_size", chunk, "chunked attention on the layer_types 'chunked_attention' layers", "chunk")
+    if c.bool("use_qk_norm"):
+        d.gap("use_qk_norm", True, "weightless L2 norm of q and k on the rope layers", "qk_norm_l2")
+    if c.bool("attn_temperature_tuning"):
+        d.gap(
+            "attn_temperature_tuning",
+            True,
+            "query temperature tuning on the NoPE layers "
+            f"(floor_scale {c.value('floor_scale')}, attn_scale {c.value('attn_scale')})",
+            "temperature",
+        )
+    else:
+        c.value("floor_scale")
+        c.value("attn_scale")
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
+    d.gap(
+        "model_type llama4_text (Llama4TextMoe)",
+        "router_scores * hidden_states",
+        "Llama-4 multiplies each expert's input, not its output, by the sigmoid gate",
+        "router_input",
+    )
+    _router(
+        d,
+        "Llama4Router: top-k of the logits, sigmoid of the chosen",
+        score="sigmoid",
+        softmax_after_topk=False,
+        normalize_topk=False,
+    )
+    _jitter_on_hidden(c, d, "router_jitter_noise")
+    d.section(
+        "moe",
+        n_shared_experts=(1, "Llama4TextMoe.shared_expert (always on, no gate)"),
+        d_ff_shared=(c.int("intermediate_size"), c.src("intermediate_size")),
+    )
+    _aux(c, d)
+    moe_layers = c.value("moe_layers")
+    step = c.int("interleave_moe_layer_step")
+    if moe_layers is None:
+        moe_layers = list(range(step - 1, n, step))
+        d.ffn_note = f"MoE on layers range(interleave_moe_layer_step - 1, n, {step}) (HF: (i+1) % step == 0)"
+    else:
+        d.ffn_note = "moe_layers"
+    d.ffn = ["moe" if i in moe_layers else "dense" for i in range(n)]
+    if "dense" in d.ffn:
+        _dense_ffn(c, d, key="intermediate_size_mlp", bias_src="Llama4TextMLP has no biases")
+    else:
+        c.value("intermediate_size_mlp")
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers 5.23 class defaults of every field the translators read (tests hold them to the classes)
+
+# fmt: off
+_COMMON = {
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "rope_parameters": None,
+    "attention_dropout": 0.0,
+    "num_experts_per_tok": None,
+}
+
+
+def _defaults(default_theta: float, **kw: Any) -> dict[str, Any]:
+    return {**_COMMON, "default_theta": default_theta, **kw}
+
+
+_LLAMA = _defaults(10000.0, vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048,
+                   rms_norm_eps=1e-6, attention_bias=False, mlp_bias=False, head_dim=None)
+_MISTRAL = _defaults(10000.0, vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+                     rms_norm_eps=1e-6, sliding_window=4096)
+_QWEN2 = _defaults(10000.0, vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                   use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None)
+_QWEN3 = {**_QWEN2, "head_dim": 128, "attention_bias": False}
+_MIXTRAL = _defaults(1e6, vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+                     rms_norm_eps=1e-5, sliding_window=None, num_experts_per_tok=2, num_local_experts=8,
+                     router_aux_loss_coef=0.001, router_jitter_noise=0.0)
+_QWEN2_MOE = _defaults(10000.0, vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=32768,
+                       rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                       decoder_sparse_step=1, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                       num_experts_per_tok=4, num_experts=60, norm_topk_prob=False, router_aux_loss_coef=0.001,
+                       mlp_only_layers=None, qkv_bias=True, layer_types=None)
+_QWEN3_MOE = _defaults(10000.0, vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                       num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=32768,
+                       rms_norm_eps=1e-6, attention_bias=False, use_sliding_window=False, sliding_window=4096,
+                       decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8, num_experts=128,
+                       norm_topk_prob=False, router_aux_loss_coef=0.001, mlp_only_layers=None)
+_OLMOE = _defaults(10000.0, vocab_size=50304, hidden_size=2048, intermediate_size=2048, num_hidden_layers=16,
+                   num_attention_heads=16, num_key_value_heads=None, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                   attention_bias=False, clip_qkv=None, num_experts_per_tok=8, num_experts=64,
+                   router_aux_loss_coef=0.01, norm_topk_prob=False)
+_GPT_OSS = _defaults(150000.0, num_hidden_layers=36, num_local_experts=128, vocab_size=201088, hidden_size=2880,
+                     intermediate_size=2880, head_dim=64, num_attention_heads=64, num_key_value_heads=8,
+                     sliding_window=128, max_position_embeddings=131072, rms_norm_eps=1e-5, num_experts_per_tok=4,
+                     swiglu_alpha=1.702, swiglu_limit=7.0, router_aux_loss_coef=0.001, layer_types=None,
+                     attention_bias=True)
+_PHIMOE = _defaults(1e6, vocab_size=32064, hidden_size=4096, intermediate_size=6400, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    sliding_window=None, num_experts_per_tok=2, num_local_experts=16, router_aux_loss_coef=0.001,
+                    router_jitter_noise=0.01, input_jitter_noise=0.0, attention_bias=False, lm_head_bias=False)
+_GRANITEMOE = _defaults(10000.0, vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048,
+                        rms_norm_eps=1e-6, attention_bias=False, embedding_multiplier=1.0, logits_scaling=1.0,
+                        residual_multiplier=1.0, attention_multiplier=1.0, num_local_experts=8,
+                        num_experts_per_tok=2, router_aux_loss_coef=0.001)
+_DBRX = _defaults(10000.0, d_model=2048, n_heads=16, n_layers=24, max_seq_len=2048, vocab_size=32000,
+                  resid_pdrop=0.0, emb_pdrop=0.0, attn_config=None, ffn_config=None, router_aux_loss_coef=None)
+_DBRX_ATTN = {"attn_pdrop": 0.0, "clip_qkv": None, "kv_n_heads": 1, "rope_theta": None}
+_DBRX_FFN = {"ffn_act_fn": None, "ffn_hidden_size": 3584, "moe_num_experts": 4, "moe_top_k": 1, "moe_jitter_eps": None,
+             "moe_loss_weight": 0.01, "moe_normalize_expert_weights": 1.0, "hidden_size": None}
+_DEEPSEEK_V2 = _defaults(10000.0, vocab_size=102400, hidden_size=4096, intermediate_size=11008,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
+                         max_position_embeddings=2048, rms_norm_eps=1e-6, attention_bias=False, mlp_bias=False,
+                         head_dim=None, first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536, n_group=None,
+                         n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                         routed_scaling_factor=1.0, topk_group=None, topk_method="greedy", norm_topk_prob=False,
+                         v_head_dim=128, moe_intermediate_size=1407)
+_DEEPSEEK_V3 = _defaults(10000.0, vocab_size=129280, hidden_size=7168, intermediate_size=18432,
+                         moe_intermediate_size=2048, num_hidden_layers=61, num_attention_heads=128,
+                         num_key_value_heads=128, n_shared_experts=1, n_routed_experts=256,
+                         routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
+                         v_head_dim=128, qk_nope_head_dim=128, n_group=8, topk_group=4, num_experts_per_tok=8,
+                         first_k_dense_replace=3, norm_topk_prob=True, max_position_embeddings=4096,
+                         rms_norm_eps=1e-6, rope_interleave=True, attention_bias=False, num_nextn_predict_layers=1,
+                         head_dim=None)
+_LLAMA4_TEXT = _defaults(500000.0, vocab_size=202048, hidden_size=5120, intermediate_size=8192,
+                         intermediate_size_mlp=16384, num_hidden_layers=48, num_attention_heads=40,
+                         num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                         num_experts_per_tok=1, num_local_experts=16, moe_layers=None, interleave_moe_layer_step=1,
+                         use_qk_norm=True, router_aux_loss_coef=0.001, router_jitter_noise=0.0, no_rope_layers=None,
+                         no_rope_layer_interval=4, attention_chunk_size=8192, layer_types=None,
+                         attn_temperature_tuning=True, floor_scale=8192, attn_scale=0.1, attention_bias=False)
+
+
+# fmt: on
+
+
+def _family(
+    model_type: str,
+    arch: str,
+    defaults: dict[str, Any],
+    translate: Callable[[HFConfig, Draft], None],
+    aliases: Mapping[str, str] | None = None,
+) -> Family:
+    return Family(model_type, arch, defaults, translate, aliases or {})
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        _family("mixtral", "MixtralForCausalLM", _MIXTRAL, _mixtral, {"num_experts": "num_local_experts"}),
+        _family("qwen2_moe", "Qwen2MoeForCausalLM", _QWEN2_MOE, _qwen2_moe),
+        _family("qwen3_moe", "Qwen3MoeForCausalLM", _QWEN3_MOE, _qwen3_moe, {"num_local_experts": "num_experts"}),
+        _family(
+            "deepseek_v2", "DeepseekV2ForCausalLM", _DEEPSEEK_V2, _deepseek_v2, {"num_experts": "n_routed_experts"}
+        ),
+        _family(
+            "deepseek_v3",
+            "DeepseekV3ForCausalLM",
+            _DEEPSEEK_V3,
+            _deepseek_v3,
+            {"num_local_experts": "n_routed_experts", "num_mtp_layers": "num_nextn_predict_layers"},
+        ),
+        _family("olmoe", "OlmoeForCausalLM", _OLMOE, _olmoe, {"num_local_experts": "num_experts"}),
+        _family("gpt_oss", "GptOssForCausalLM", _GPT_OSS, _gpt_oss, {"num_experts": "num_local_experts"}),
+        _family("phimoe", "PhimoeForCausalLM", _PHIMOE, _phimoe),
+        _family("granitemoe", "GraniteMoeForCausalLM", _GRANITEMOE, _granitemoe),
+        _family(
+            "dbrx",
+            "DbrxForCausalLM",
+            _DBRX,
+            _dbrx,
+            {
+                "num_attention_heads": "n_heads",
+                "hidden_size": "d_model",
+                "num_hidden_layers": "n_layers",
+                "max_position_embeddings": "max_seq_len",
+            },
+        ),
+        _family("llama4_text", "Llama4ForCausalLM", _LLAMA4_TEXT, _llama4_text),
+        _family("llama", "LlamaForCausalLM", _LLAMA, _llama),
+        _family("mistral", "MistralForCausalLM", _MISTRAL, _mistral),
+        _family("qwen2", "Qwen2ForCausalLM", _QWEN2, _qwen2),
+        _family("qwen3", "Qwen3ForCausalLM", _QWEN3, _qwen3),
+    )
+}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+
+def layer_pattern(values: list[Any]) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
+    """A per-layer list as (default, [(select, value), ...]): the commonest value is the default and
+    each other value gets the most readable selector (a range, every N from a start, or a list)."""
+    counts = Counter(values)
+    default = max(counts, key=lambda v: (counts[v], -values.index(v)))
+    out = []
+    for v in sorted({v for v in values if v != default}, key=values.index):
+        idx = [i for i, x in enumerate(values) if x == v]
+        out.append((_selector(idx, len(values)), v))
+    return default, out
+
+
+def _selector(idx: list[int], n: int) -> dict[str, Any]:
+    if len(idx) == 1:
+        return {"layers": idx}
+    step = idx[1] - idx[0]
+    if all(b - a == step for a, b in zip(idx, idx[1:], strict=False)):
+        if step == 1:
+            return {"first": idx[0], "last": idx[-1]}
+        sel: dict[str, Any] = {"every": step, "start": idx[0]}
+        if idx[-1] + step <= n - 1:
+            sel["last"] = idx[-1]
+        return sel
+    return {"layers": idx}
+
+
+# ---------------------------------------------------------------------------------------------
+# export: a resolved plan → one family's config.json (config.py verifies by importing it again)
+
+
+class CannotExport(Exception):
+    """This family cannot express the plan (the message says why)."""
+
+
+def _one(values: list[Any], what: str) -> Any:
+    distinct = set(values)
+    if len(distinct) != 1:
+        raise CannotExport(f"{what} differs between layers")
+    return distinct.pop()
+
+
+def _export_base(m: ResolvedModel, model_type: str) -> dict[str, Any]:
+    fam = FAMILIES[model_type]
+    if m.norm.kind != "rmsnorm" or m.norm.placement != "pre":
+        raise CannotExport(f"needs pre-norm RMSNorm (spec: {m.norm.placement} {m.norm.kind})")
+    if m.positions.kind != "rope":
+        raise CannotExport(f"needs rotary positions (spec: {m.positions.kind})")
+    if m.frozen:
+        raise CannotExport("config.json has no frozen components")
+    if m.mtp and model_type != "deepseek_v3":
+        raise CannotExport("has no multi-token-prediction layers")
+    attn = m.layers[0].attention
+    cfg: dict[str, Any] = {
+        "architectures": [fam.architecture],
+        "model_type": model_type,
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.d_model,
+        "num_hidden_layers": m.n_layers,
+        "num_attention_heads": attn.n_heads,
+        "max_position_embeddings": m.max_seq_len,
+        "rms_norm_eps": m.norm.eps,
+        "tie_word_embeddings": m.tie_embeddings,
+        "rope_theta": m.positions.theta,
+        "rope_scaling": _export_rope(m),
+    }
+    acts = {lp.ffn.activation for lp in m.layers}
+    act = _one(list(acts), "the activation")
+    cfg["hidden_act"] = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh"}.get(act)
+    if cfg["hidden_act"] is None:
+        raise CannotExport(f"needs a gated activation (swiglu or geglu), not {act}")
+    if attn.kind == "gqa":
+        cfg["num_key_value_heads"] = attn.n_kv_heads
+        cfg["head_dim"] = attn.head_dim
+    if any(not lp.attention.rope for lp in m.layers):
+        raise CannotExport("has no NoPE layers")
+    return cfg
+
+
+def _export_rope(m: ResolvedModel) -> dict[str, Any] | None:
+    s = m.positions.scaling
+    if s is None:
+        return None
+    out: dict[str, Any] = {"rope_type": s.kind, "factor": s.factor}
+    if s.original_max_seq_len is not None:
+        out["original_max_position_embeddings"] = s.original_max_seq_len
+    for k in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor"):
+        if getattr(s, k) is not None:
+            out[k] = getattr(s, k)
+    return out
+
+
+def _moe_plan(m: ResolvedModel, *, all_layers: bool = False) -> MoEPlan:
+    plans = [lp.ffn for lp in m.layers if isinstance(lp.ffn, MoEPlan)]
+    if not plans:
+        raise CannotExport("is an MoE family and the spec has no MoE layer")
+    if all_layers and len(plans) != len(m.layers):
+        raise CannotExport("makes every layer MoE (the spec has dense layers)")
+    return plans[0]
+
+
+def _dense_plan(m: ResolvedModel) -> DenseFFNPlan | None:
+    plans = [lp.ffn for lp in m.layers if isinstance(lp.ffn, DenseFFNPlan)]
+    return plans[0] if plans else None
+
+
+def _uniform_window_of(m: ResolvedModel) -> int | None:
+    return _one([lp.attention.window for lp in m.layers], "the sliding window")
+
+
+def _layer_types(m: ResolvedModel) -> tuple[int | None, list[str]]:
+    ws = {lp.attention.window for lp in m.layers} - {None}
+    if len(ws) > 1:
+        raise CannotExport("layers slide over different windows")
+    types = ["sliding_attention" if lp.attention.window else "full_attention" for lp in m.layers]
+    return (ws.pop() if ws else None), types
+
+
+def _export_llama(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "llama")
+    a, f = m.layers[0].attention, _dense_plan(m)
+    if f is None:
+        raise CannotExport("is a dense family and the spec has MoE layers")
+    cfg.update(intermediate_size=f.d_ff, attention_bias=a.bias, mlp_bias=f.bias)
+    return cfg
+
+
+def _export_mistral(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "mistral")
+    f = _dense_plan(m)
+    if f is None:
+        raise CannotExport("is a dense family and the spec has MoE layers")
+    cfg.update(intermediate_size=f.d_ff, sliding_window=_uniform_window_of(m))
+    return cfg
+
+
+def _export_qwen_dense(m: ResolvedModel, model_type: str) -> dict[str, Any]:
+    cfg = _export_base(m, model_type)
+    f = _dense_plan(m)
+    if f is None:
+        raise CannotExport("is a dense family and the spec has MoE layers")
+    w, types = _layer_types(m)
+    cfg.update(
+        intermediate_size=f.d_ff,
+        use_sliding_window=w is not None,
+        sliding_window=w,
+        max_window_layers=m.n_layers,
+        layer_types=types,
+    )
+    if model_type == "qwen3":
+        cfg["attention_bias"] = m.layers[0].attention.bias
+    else:
+        cfg.pop("head_dim")  # Qwen2Config has no head_dim (the model derives hidden_size / heads)
+    return cfg
+
+
+def _export_moe_common(cfg: dict[str, Any], e: MoEPlan) -> None:
+    cfg["num_experts_per_tok"] = e.router.top_k
+    cfg["router_aux_loss_coef"] = e.load_balance_coeff
+
+
+def _export_mixtral(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "mixtral")
+    e = _moe_plan(m, all_layers=True)
+    cfg.update(
+        intermediate_size=e.d_ff,
+        num_local_experts=e.n_experts,
+        sliding_window=_uniform_window_of(m),
+        router_jitter_noise=0.0,
+    )
+    _export_moe_common(cfg, e)
+    return cfg
+
+
+def _export_qwen_moe(m: ResolvedModel, model_type: str) -> dict[str, Any]:
+    cfg = _export_base(m, model_type)
+    e, f = _moe_plan(m), _dense_plan(m)
+    dense = [lp.index for lp in m.layers if not isinstance(lp.ffn, MoEPlan)]
+    cfg.update(
+        num_experts=e.n_experts,
+        moe_intermediate_size=e.d_ff,
+        norm_topk_prob=e.router.normalize_topk,
+        decoder_sparse_step=1,
+        mlp_only_layers=dense,
+        intermediate_size=f.d_ff if f else FAMILIES[model_type].defaults["intermediate_size"],
+    )
+    _export_moe_common(cfg, e)
+    if model_type == "qwen2_moe":
+        w, types = _layer_types(m)
+        cfg.update(
+            use_sliding_window=w is not None,
+            sliding_window=w,
+            max_window_layers=m.n_layers,
+            layer_types=types,
+            shared_expert_intermediate_size=e.d_ff_shared,
+            qkv_bias=m.layers[0].attention.bias,
+        )
+    else:
+        w = _uniform_window_of(m)
+        cfg.update(use_sliding_window=w is not None, sliding_window=w, attention_bias=m.layers[0].attention.bias)
+    return cfg
+
+
+def _export_deepseek(m: ResolvedModel, model_type: str) -> dict[str, Any]:
+    cfg = _export_base(m, model_type)
+    a, e, f = m.layers[0].attention, _moe_plan(m), _dense_plan(m)
+    if a.kind != "mla":
+        raise CannotExport("needs MLA attention")
+    kinds = [lp.ffn.kind for lp in m.layers]
+    k_dense = kinds.index("moe")
+    if "dense" in kinds[k_dense:]:
+        raise CannotExport("puts dense layers only before the first MoE layer (first_k_dense_replace)")
+    r = e.router
+    cfg.update(
+        num_key_value_heads=a.n_heads,
+        q_lora_rank=a.q_lora_rank,
+        kv_lora_rank=a.kv_lora_rank,
+        qk_nope_head_dim=a.qk_nope_head_dim,
+        qk_rope_head_dim=a.qk_rope_head_dim,
+        v_head_dim=a.v_head_dim,
+        attention_bias=False,
+        intermediate_size=f.d_ff if f else e.d_ff * 4,
+        moe_intermediate_size=e.d_ff,
+        n_routed_experts=e.n_experts,
+        n_shared_experts=e.n_shared_experts,
+        num_experts_per_tok=r.top_k,
+        first_k_dense_replace=k_dense,
+        moe_layer_freq=1,
+        routed_scaling_factor=r.scale,
+        aux_loss_alpha=e.load_balance_coeff,
+        seq_aux=e.load_balance_granularity == "sequence",
+    )
+    if model_type == "deepseek_v3":
+        cfg.update(
+            n_group=r.n_groups,
+            topk_group=r.topk_groups,
+            norm_topk_prob=r.normalize_topk,
+            scoring_func="sigmoid",
+            topk_method="noaux_tc",
+            num_nextn_predict_layers=len(m.mtp),
+        )
+    else:
+        grouped = r.n_groups is not None
+        cfg.update(
+            n_group=r.n_groups or 1,
+            topk_group=r.topk_groups or 1,
+            norm_topk_prob=False,
+            scoring_func="softmax",
+            topk_method="group_limited_greedy" if grouped else "greedy",
+        )
+    return cfg
+
+
+def _export_granitemoe(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "granitemoe")
+    e = _moe_plan(m, all_layers=True)
+    cfg.update(
+        intermediate_size=e.d_ff,
+        num_local_experts=e.n_experts,
+        attention_bias=m.layers[0].attention.bias,
+        embedding_multiplier=1.0,
+        residual_multiplier=1.0,
+        logits_scaling=1.0,
+        attention_multiplier=1.0 / m.layers[0].attention.head_dim ** 0.5,
+    )
+    _export_moe_common(cfg, e)
+    return cfg
+
+
+# Tried in this order; the first whose config re-imports to the identical plan wins.
+EXPORTERS_DENSE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
+    ("llama", _export_llama),
+    ("mistral", _export_mistral),
+    ("qwen2", lambda m: _export_qwen_dense(m, "qwen2")),
+    ("qwen3", lambda m: _export_qwen_dense(m, "qwen3")),
+]
+EXPORTERS_MOE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
+    ("mixtral", _export_mixtral),
+    ("qwen3_moe", lambda m: _export_qwen_moe(m, "qwen3_moe")),
+    ("qwen2_moe", lambda m: _export_qwen_moe(m, "qwen2_moe")),
+    ("deepseek_v3", lambda m: _export_deepseek(m, "deepseek_v3")),
+    ("deepseek_v2", lambda m: _export_deepseek(m, "deepseek_v2")),
+    ("granitemoe", _export_granitemoe),
+]

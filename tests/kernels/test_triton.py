@@ -17,6 +17,7 @@ N-tiles, so masking and the per-N-tile router-gradient partials are both exercis
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ def test_kernel_cases_under_the_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-rs"],
+        [sys.executable, "-m", "pytest", str(Path(__file__)), "-p", "no:cacheprovider", "-rs"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -57,7 +58,9 @@ def test_kernel_cases_under_the_interpreter() -> None:
     )
     tail = (proc.stdout[-8000:] + "\n" + proc.stderr[-3000:]).strip()
     assert proc.returncode == 0, f"interpreter suite failed:\n{tail}"
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, tail
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    # guard against a child that silently skipped everything (e.g. triton imported without the env var)
+    assert passed and int(passed.group(1)) >= 30 and "failed" not in proc.stdout, tail
     print(f"interpreter suite: {proc.stdout.strip().splitlines()[-1]} ({time.perf_counter() - t0:.0f} s)")
 
 

@@ -1,0 +1,142 @@
+"""Causal self-attention: MHA, GQA and MQA (one module; n_kv_heads says which), qk-norm, biases,
+sliding windows and attention sinks.
+
+Parameter names follow Hugging Face Llama/Qwen3/gpt-oss so a weight loader maps one to one:
+``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (``nn.Linear``, weight ``[out, in]``), ``q_norm``,
+``k_norm`` (over head_dim, shared by every head, as Qwen3), ``sinks`` (one logit per head, gpt-oss).
+The parameter count equals :func:`moec.analyze.counts.attention_part` exactly.
+
+:func:`attend` is the one place scores are computed, also for MLA: ``scaled_dot_product_attention``
+(flash/fused kernels, causal) unless the layer has sinks, which SDPA cannot express; then an explicit
+softmax with the sink logit in the denominator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moec.nn.norms import make_norm
+from moec.nn.rope import apply_rope, softmax_scale_factor
+from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
+
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa arrived in 2.5
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (weight ``[out, in]``, HF layout) initialised N(0, 1/in), biases zero; no init work
+    on ``meta``, which keeps building a 671B model on meta instant."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        nn.init.normal_(self.weight, std=1 / math.sqrt(self.in_features))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv, S, d) → (B, kv·n_rep, S, d): each KV head serves n_rep consecutive query heads."""
+    if n_rep == 1:
+        return x
+    B, kv, S, d = x.shape
+    return x[:, :, None].expand(B, kv, n_rep, S, d).reshape(B, kv * n_rep, S, d)
+
+
+def causal_mask(seq_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """(S, S) bool, True where query i may attend key j: j ≤ i, and j > i − window with a window."""
+    i = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed = allowed & (j > i - window)
+    return allowed
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention. q (B, h, S, d_qk), k (B, kv, S, d_qk), v (B, kv, S, d_v) → (B, h, S, d_v)."""
+    h, kv, S = q.shape[1], k.shape[1], q.shape[2]
+    if window is not None and window >= S:
+        window = None  # a window as long as the sequence is plain causal: keep the fast path
+    if sinks is None:
+        if not _SDPA_GQA and kv != h:
+            k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
+        gqa = {"enable_gqa": kv != h} if _SDPA_GQA else {}
+        if window is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
+        mask = causal_mask(S, window, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
+    # gpt-oss: each head's learned sink logit joins the softmax denominator and takes no value
+    k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, S)
+    scores = scores.masked_fill(~causal_mask(S, window, q.device), float("-inf"))
+    sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(q.shape[0], h, S, 1)  # (B, h, S, 1)
+    probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, S)
+    return probs.to(v.dtype) @ v
+
+
+class Attention(nn.Module):
+    """GQA (MHA when n_kv_heads = n_heads, MQA when 1). x (B, S, d) → (B, S, d)."""
+
+    def __init__(
+        self,
+        plan: AttentionPlan,
+        d_model: int,
+        *,
+        norm: NormPlan,
+        positions: PositionsPlan,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if plan.kind != "gqa":
+            raise ValueError(f"Attention builds gqa layers; use MLA for {plan.kind!r}")
+        self.plan, self.d_model = plan, d_model
+        h, kv, hd = plan.n_heads, plan.n_kv_heads, plan.head_dim
+        kw = {"device": device, "dtype": dtype}
+        self.q_proj = Linear(d_model, h * hd, bias=plan.bias, **kw)
+        self.k_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
+        self.v_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
+        self.o_proj = Linear(h * hd, d_model, bias=plan.out_bias, **kw)
+        # Qwen3: one norm over head_dim, shared by the heads; the model's norm kind (the analyzer counts it so)
+        self.q_norm = make_norm(norm, hd, **kw) if plan.qk_norm else None
+        self.k_norm = make_norm(norm, hd, **kw) if plan.qk_norm else None
+        self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
+        self.scale = softmax_scale_factor(positions) / math.sqrt(hd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.sinks is not None and not self.sinks.is_meta:
+            nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, S, d); rope: (cos, sin), each (S, head_dim), or None without rotary positions."""
+        B, S, _ = x.shape
+        h, kv, hd = self.plan.n_heads, self.plan.n_kv_heads, self.plan.head_dim
+        q = self.q_proj(x).view(B, S, h, hd)
+        k = self.k_proj(x).view(B, S, kv, hd)
+        v = self.v_proj(x).view(B, S, kv, hd).transpose(1, 2)  # (B, kv, S, hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, h, S, hd), (B, kv, S, hd)
+        if self.plan.rope:
+            if rope is None:
+                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * hd))
+
+    def extra_repr(self) -> str:
+        p = self.plan
+        return f"heads={p.n_heads}, kv_heads={p.n_kv_heads}, head_dim={p.head_dim}, window={p.window}, rope={p.rope}"

@@ -1,0 +1,102 @@
+"""Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434; DeepSeek-V3).
+
+Queries go through an optional low-rank bottleneck (q_lora_rank); keys and values are reconstructed per
+head from one compressed latent of width kv_lora_rank (what an inference cache stores), plus one shared
+rotary key of width qk_rope_head_dim:
+
+    q      = q_b_proj(norm(q_a_proj(x)))                    (B, S, h·(d_nope + d_rope))
+    c, k_r = split(kv_a_proj_with_mqa(x))                   (B, S, kv_r), (B, S, d_rope)
+    k_n, v = split(kv_b_proj(norm(c)))                      per head: d_nope, d_v
+    k      = [k_n | rope(k_r) broadcast to every head]
+
+Names and layouts are transformers' DeepseekV3Attention, and the rotary dims use DeepSeek's adjacent-pair
+convention (``rope_interleave``), so HF checkpoints load without permutation. The softmax scale carries
+YaRN's mscale² correction. Parameter count = :func:`moec.analyze.counts.attention_part`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from moec.nn.attention import Linear, attend
+from moec.nn.norms import make_norm
+from moec.nn.rope import apply_rope_interleaved, softmax_scale_factor
+from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
+
+
+class MLA(nn.Module):
+    def __init__(
+        self,
+        plan: AttentionPlan,
+        d_model: int,
+        *,
+        norm: NormPlan,
+        positions: PositionsPlan,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if plan.kind != "mla":
+            raise ValueError(f"MLA builds mla layers, not {plan.kind!r}")
+        if plan.qk_norm or plan.bias or plan.out_bias:
+            raise ValueError("MLA has no qk_norm or projection biases (DeepSeek-V2/V3 layout)")
+        assert plan.kv_lora_rank and plan.qk_nope_head_dim and plan.v_head_dim and plan.qk_rope_head_dim is not None
+        self.plan, self.d_model = plan, d_model
+        h, nope, rope, dv = plan.n_heads, plan.qk_nope_head_dim, plan.qk_rope_head_dim, plan.v_head_dim
+        self.n_heads, self.nope, self.rope_dim, self.v_dim = h, nope, rope, dv
+        qk = nope + rope
+        kw = {"device": device, "dtype": dtype}
+        if plan.q_lora_rank:
+            self.q_a_proj = Linear(d_model, plan.q_lora_rank, bias=False, **kw)
+            self.q_a_layernorm = make_norm(norm, plan.q_lora_rank, **kw)
+            self.q_b_proj = Linear(plan.q_lora_rank, h * qk, bias=False, **kw)
+            self.q_proj = None
+        else:
+            self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
+            self.q_proj = Linear(d_model, h * qk, bias=False, **kw)
+        self.kv_a_proj_with_mqa = Linear(d_model, plan.kv_lora_rank + rope, bias=False, **kw)
+        self.kv_a_layernorm = make_norm(norm, plan.kv_lora_rank, **kw)
+        self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
+        self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
+        self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
+        self.scale = softmax_scale_factor(positions) / math.sqrt(qk)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.sinks is not None and not self.sinks.is_meta:
+            nn.init.zeros_(self.sinks)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, S, d); rope: (cos, sin), each (S, qk_rope_head_dim), or None without rotary positions."""
+        B, S, _ = x.shape
+        h, nope, r, dv = self.n_heads, self.nope, self.rope_dim, self.v_dim
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
+        q = q.view(B, S, h, nope + r).transpose(1, 2)  # (B, h, S, nope + r)
+        q_nope, q_rot = q.split([nope, r], dim=-1)
+
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
+        k_rot = k_rot.view(B, 1, S, r)  # one rotary key shared by every head
+        if self.plan.rope:
+            if rope is None:
+                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
+            q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
+
+        kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
+        k_nope, v = kv.split([nope, dv], dim=-1)
+        q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
+        k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
+        y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+
+    def extra_repr(self) -> str:
+        p = self.plan
+        return (
+            f"heads={p.n_heads}, q_lora_rank={p.q_lora_rank}, kv_lora_rank={p.kv_lora_rank}, "
+            f"qk_nope={p.qk_nope_head_dim}, qk_rope={p.qk_rope_head_dim}, v={p.v_head_dim}, window={p.window}"
+        )

@@ -1,0 +1,197 @@
+"""The whole decoder: embedding → blocks (unrolled from the plan) → final norm → head, plus DeepSeek-V3
+multi-token-prediction (MTP) modules when the plan has them.
+
+Module names are a contract with codegen and the HF weight loader:
+``embed``, ``pos_embed`` (learned positions), ``layers.{i}.{attn_norm,attn,ffn_norm,ffn}``, ``norm``
+(pre-norm only: a post-norm stack ends normalised), ``lm_head`` (its weight *is* ``embed.weight`` when
+tied), ``mtp.{j}.{enorm,hnorm,eh_proj,block,norm}``. :func:`component_of` maps every parameter name to
+the analyzer's component, which is how frozen components are applied and how the tests compare counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moec.nn.attention import Linear
+from moec.nn.block import Block
+from moec.nn.moe import MoE, MoEAux
+from moec.nn.norms import make_norm
+from moec.nn.rope import RotaryEmbedding
+from moec.spec.plan import LayerPlan, ResolvedModel
+
+_MOE_PARTS = {"router": "router", "experts": "routed_experts", "shared": "shared_experts",
+              "shared_gate": "shared_experts", "base": "base_ffn"}  # fmt: skip
+
+
+@dataclass
+class ModelAux:
+    """Everything a training loop needs besides the logits."""
+
+    loss: torch.Tensor  # () fp32: Σ of every MoE layer's weighted aux loss (main layers and MTP blocks)
+    layers: list[MoEAux | None] = field(default_factory=list)  # by LayerPlan.index: 0..L-1, then MTP blocks
+    mtp_logits: list[torch.Tensor] = field(default_factory=list)  # depth k: (B, S, V), position i → token i+1+k
+
+
+def component_of(name: str) -> str:
+    """The analyzer component (moec.analyze.counts.COMPONENTS, or MTP's "projection") of a parameter."""
+    parts = name.split(".")
+    if parts[0] in ("embed", "pos_embed"):
+        return "embedding"
+    if parts[0] == "lm_head":
+        return "head"
+    if parts[0] == "norm":
+        return "norms"
+    if parts[0] == "mtp":
+        if parts[2] in ("enorm", "hnorm", "norm"):
+            return "norms"
+        if parts[2] == "eh_proj":
+            return "projection"
+        parts = parts[2:]  # mtp.{j}.block.<block param> → block.<...>
+    # (layers.{i} | block).<attn_norm | ffn_norm | attn | ffn>.…
+    sub = parts[2] if parts[0] == "layers" else parts[1]
+    rest = parts[3:] if parts[0] == "layers" else parts[2:]
+    if sub in ("attn_norm", "ffn_norm"):
+        return "norms"
+    if sub == "attn":
+        return "attention"
+    if sub == "ffn":
+        return _MOE_PARTS.get(rest[0], "dense_ffn")
+    raise ValueError(f"parameter {name!r} belongs to no known component")
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` initialised N(0, 1/d): a tied head then starts with unit-variance logits, like an
+    untied one. No init work on ``meta``."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            nn.init.normal_(self.weight, std=1 / math.sqrt(self.embedding_dim))
+
+
+class MTPModule(nn.Module):
+    """DeepSeek-V3 MTP depth k (arXiv 2412.19437 §2.2): combine the previous depth's hidden state at
+    position i with the embedding of token i+k, run one block, predict token i+1+k with the shared head.
+    The concatenation order [embedding | hidden] is the released checkpoints' (vLLM, Megatron)."""
+
+    def __init__(self, layer: LayerPlan, model: ResolvedModel, *, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        d = model.d_model
+        self.enorm = make_norm(model.norm, d, **kw)
+        self.hnorm = make_norm(model.norm, d, **kw)
+        self.eh_proj = Linear(2 * d, d, bias=False, **kw)
+        self.block = Block(layer, model, backend=backend, **kw)
+        self.norm = make_norm(model.norm, d, **kw)  # the analyzer counts it for either placement
+
+    def forward(
+        self, h: torch.Tensor, emb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, MoEAux | None]:
+        """h (B, S, d) previous depth; emb (B, S, d) embeddings of tokens i+k → (new h (B, S, d), aux)."""
+        x = self.eh_proj(torch.cat((self.enorm(emb), self.hnorm(h)), dim=-1))  # (B, S, 2d) → (B, S, d)
+        return self.block(x, rope)
+
+
+class MoecModel(nn.Module):
+    def __init__(
+        self,
+        plan: ResolvedModel,
+        *,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.plan = plan
+        d, V = plan.d_model, plan.vocab_size
+        kw = {"device": device, "dtype": dtype}
+        self.embed = Embedding(V, d, **kw)
+        self.pos_embed = Embedding(plan.max_seq_len, d, **kw) if plan.positions.kind == "learned" else None
+        self.rotary = None
+        if plan.positions.kind == "rope":
+            a = plan.layers[0].attention  # one attention kind per model
+            rope_dim = a.qk_rope_head_dim if a.kind == "mla" else a.head_dim
+            self.rotary = RotaryEmbedding(plan.positions, rope_dim, plan.max_seq_len)
+        self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
+        self.norm = make_norm(plan.norm, d, **kw) if plan.norm.placement == "pre" else None
+        self.lm_head = Linear(d, V, bias=False, **kw)
+        if plan.tie_embeddings:
+            self.lm_head.weight = self.embed.weight  # one tensor, counted once
+        self.mtp = nn.ModuleList(MTPModule(lp, plan, backend=backend, **kw) for lp in plan.mtp)
+        self._freeze(plan.frozen)
+
+    def _freeze(self, frozen: tuple[str, ...]) -> None:
+        # LoRA base FFNs freeze themselves (MoE); the spec's `frozen` list names whole components
+        for name, p in self.named_parameters():
+            if component_of(name) in frozen:
+                p.requires_grad_(False)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ModelAux]:
+        """tokens (B, S) int64/int32 → (logits (B, S, V), ModelAux). Causal LM, no padding mask."""
+        self._check(tokens)
+        B, S = tokens.shape
+        x = self.embed(tokens)  # (B, S, d)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(S, device=tokens.device))
+        rope = self.rotary(S, x.device, x.dtype) if self.rotary is not None else None  # (S, rope_dim) ×2
+        auxes: list[MoEAux | None] = []
+        for block in self.layers:
+            x, aux = block(x, rope)
+            auxes.append(aux)
+        if self.norm is not None:
+            x = self.norm(x)
+        logits = self.lm_head(x)  # (B, S, V)
+
+        mtp_logits = []
+        h = x
+        for k, m in enumerate(self.mtp, start=1):
+            # token i+k at position i; past the end there is none: 0, and those positions have no target
+            ahead = F.pad(tokens[:, k:], (0, min(k, S)))[:, :S]  # (B, S)
+            h, aux = m(h, self.embed(ahead), rope)
+            auxes.append(aux)
+            mtp_logits.append(self.lm_head(m.norm(h)))  # (B, S, V)
+
+        losses = [a.loss for a in auxes if a is not None]
+        total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
+        return logits, ModelAux(total, auxes, mtp_logits)
+
+    def _check(self, tokens: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor):
+            raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq) token ids; got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be int64 (or int32) token ids; got {tokens.dtype}")
+        B, S = tokens.shape
+        if B == 0 or S == 0:
+            raise ValueError(f"tokens must be non-empty; got shape {tuple(tokens.shape)}")
+        if S > self.plan.max_seq_len:
+            raise ValueError(f"sequence length {S} exceeds the model's max_seq_len {self.plan.max_seq_len}")
+        # a host sync; skipped while compiling (and impossible on meta)
+        if not tokens.is_meta and not torch.compiler.is_compiling():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.plan.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.plan.vocab_size})")
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Aux-loss-free balancing: call once per optimizer step (a no-op for layers without it)."""
+        for m in self.modules():
+            if isinstance(m, MoE):
+                m.update_bias()
+
+    def param_counts(self) -> dict[str, tuple[int, int]]:
+        """{component: (trainable, frozen)} over the main model (MTP modules excluded, like the analyzer's
+        headline), tied weights once."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, p in self.named_parameters():
+            if name.startswith("mtp."):
+                continue
+            t, f = out.get(component_of(name), (0, 0))
+            out[component_of(name)] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
+        return out

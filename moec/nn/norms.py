@@ -1,0 +1,55 @@
+"""RMSNorm and LayerNorm, built from the model's :class:`NormPlan`.
+
+RMSNorm follows Hugging Face Llama exactly (normalise in fp32, cast back, then scale) so that
+imported checkpoints give the same logits in bf16 as well as fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moec.spec.plan import NormPlan
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, *, device=None, dtype=None):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, *, device=None, dtype=None):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def make_norm(plan: NormPlan, dim: int, *, device=None, dtype=None) -> RMSNorm | LayerNorm:
+    """The model's norm kind and eps over a vector of width ``dim`` (placement is the block's business)."""
+    cls = RMSNorm if plan.kind == "rmsnorm" else LayerNorm
+    return cls(dim, plan.eps, device=device, dtype=dtype)

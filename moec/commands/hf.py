@@ -42,13 +42,18 @@ def import_hf(config: str, output: str | None, force: bool, name: str | None) ->
     "-o", "--output", type=click.Path(dir_okay=False, path_type=str), help="Write config.json here (default: stdout)."
 )
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option(
+    "--drop-training",
+    is_flag=True,
+    help="Export even if a training-only balance coefficient has no config.json field (it is left out).",
+)
 @set_option
 @report_errors
-def export_hf(spec: str, output: str | None, force: bool, sets: tuple[str, ...]) -> None:
+def export_hf(spec: str, output: str | None, force: bool, drop_training: bool, sets: tuple[str, ...]) -> None:
     """A moec SPEC → the config.json of the Hugging Face family that expresses it exactly."""
     from moec.hf.config import export_hf_config
 
-    text = json.dumps(export_hf_config(load_plan(spec, sets)), indent=2) + "\n"
+    text = json.dumps(export_hf_config(load_plan(spec, sets), drop_training=drop_training), indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return

@@ -373,9 +373,13 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def export_hf_config(model: ResolvedModel | str | PathLike[str]) -> dict[str, Any]:
+def export_hf_config(model: ResolvedModel | str | PathLike[str], *, drop_training: bool = False) -> dict[str, Any]:
     """A plan (or a spec path / shipped spec name) → the config.json of the first Hugging Face family
-    that expresses it exactly; a SpecError saying why each family cannot, otherwise."""
+    that expresses it exactly; a SpecError saying why each family cannot, otherwise.
+
+    ``drop_training`` lets the balance coefficients (training only) go where the family's config.json
+    has no field for them (DeepSeek-V3's bias update rate); every architectural field must still match.
+    """
     if isinstance(model, ResolvedModel):
         m = model
     else:
@@ -387,7 +391,8 @@ def export_hf_config(model: ResolvedModel | str | PathLike[str]) -> dict[str, An
     for model_type, export in EXPORTERS_MOE if m.moe_layers else EXPORTERS_DENSE:
         try:
             cfg = export(m)
-            diff = plan_differences(m, hf_to_model(cfg))
+            back = hf_to_model(cfg)
+            diff = plan_differences(m, back, training=not drop_training)
         except CannotExport as e:
             why.setdefault(str(e), []).append(model_type)
             continue
@@ -396,6 +401,13 @@ def export_hf_config(model: ResolvedModel | str | PathLike[str]) -> dict[str, An
             continue
         if not diff:
             return cfg
+        if not plan_differences(m, back, training=False):
+            why.setdefault(
+                "has no config.json field for " + "; ".join(diff) + " (training only; drop_training / "
+                "--drop-training exports without it)",
+                [],
+            ).append(model_type)
+            continue
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         why.setdefault("cannot express (spec vs family) " + "; ".join(diff[:3]) + more, []).append(model_type)
     head = Problem(where, None, None, "", "no supported Hugging Face family expresses this spec exactly")

@@ -287,6 +287,9 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
     rp = dict(given)
     theta = rp.pop("rope_theta", None)
     theta_src = f"{where}.rope_theta"
+    top = c.value("rope_theta")
+    if theta is not None and top is not None and top != theta:
+        c.bad("rope_theta", f"{top!r} disagrees with {where}.rope_theta ({theta!r}), which transformers uses")
     if theta is None:
         theta, theta_src = c.value("rope_theta"), c.src("rope_theta")
         if theta is None:
@@ -536,6 +539,7 @@ def _qwen2_moe(c: HFConfig, d: Draft) -> None:
     _qwen_moe_layers(c, d, "num_experts")
     if "dense" in d.ffn:
         _dense_ffn(c, d, bias_src="Qwen2MoeMLP has no biases")
+    c.value("intermediate_size")  # the dense layers' width, unused without them
 
 
 def _qwen3_moe(c: HFConfig, d: Draft) -> None:
@@ -553,6 +557,7 @@ def _qwen3_moe(c: HFConfig, d: Draft) -> None:
     _qwen_moe_layers(c, d, "num_experts")
     if "dense" in d.ffn:
         _dense_ffn(c, d, bias_src="Qwen3MoeMLP has no biases")
+    c.value("intermediate_size")  # the dense layers' width, unused without them
 
 
 def _olmoe(c: HFConfig, d: Draft) -> None:

@@ -622,10 +622,12 @@ def hf_model_on_meta(cfg: dict[str, Any]) -> Any:
     """transformers' own causal LM for a config.json dict, built on the meta device (no memory).
     ``quantization_config`` is dropped: it names a storage format, and building a quantized model
     needs its kernels."""
+    import copy
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kw = without(cfg, "model_type", "quantization_config")
+    kw = copy.deepcopy(without(cfg, "model_type", "quantization_config"))  # transformers edits nested dicts
     hf_cfg = AutoConfig.for_model(cfg["model_type"], **kw)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(hf_cfg)

@@ -1,0 +1,461 @@
+"""Time MoE expert implementations side by side, in one process, on the same tensors and routing.
+
+Method (kernels.md §6-7):
+* Inputs: seeded normal activations and weights (std 1/sqrt(fan-in)); routing is seeded uniform
+  top-k (k distinct experts per token, gate weights a softmax over the chosen k).
+* Every peer is warmed up (Triton compilation, allocator), then timed ``repeats`` times
+  **interleaved round-robin** (peer A, B, C, A, B, C, ...) so drift and noise hit all of them alike;
+  the median is reported. On a GPU each timing is bracketed by ``torch.cuda.synchronize``.
+* Useful FLOPs follow the analyzer (2 FLOPs per multiply-add, router not included: it is not part
+  of the expert kernel): forward 2·T·k·d·(W + f) with W = 2f for gated experts (= T·k·6·d·f for
+  SwiGLU); forward+backward = 3× (every weight trainable).
+* ``ideal_dense`` runs those same FLOPs as plain dense matmuls of the same shapes in the same run;
+  ``ratio_to_ideal`` = a peer's time / ideal's time (1.0 = routing is free).
+* Errors: every peer is re-run (untimed) on the first ``check_tokens`` tokens and compared with the
+  naive oracle in float64 (float32 on a GPU when the float64 weights would not fit comfortably):
+  output rows depend only on their own token, so a token subset checks them exactly; gradients
+  (x, topk_w, both expert weights) are those of that subset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from moec.bench.peers import ALL_PEERS, Peer, Unavailable, Weights, build_peer
+from moec.kernels import ACTIVATIONS, GATED
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_BACKENDS = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense")
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    d_model: int
+    d_ff: int  # per routed expert
+    n_experts: int
+    top_k: int
+    activation: str = "swiglu"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k must be in 1..n_experts ({self.n_experts}), got {self.top_k}")
+
+    @property
+    def width(self) -> int:
+        """Columns of the first projection: 2f for gated experts ([gate | up]), f otherwise."""
+        return 2 * self.d_ff if self.activation in GATED else self.d_ff
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    tokens: tuple[int, ...] = (4096,)
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    dtype: str = "fp32"
+    backward: bool = False
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+    device: str = "auto"
+    check_tokens: int = 1024  # 0: skip the error check
+    threads: int | None = None  # CPU: torch.set_num_threads; default all cores
+
+
+def shape_from_spec(source: str, sets: tuple[str, ...] = ()) -> tuple[BenchShape, str]:
+    """The expert shape of the first MoE layer of a spec, and a note about what was taken."""
+    from moec.spec import MoEPlan, load_model
+
+    model = load_model(source, sets=sets)
+    moe = next((layer for layer in model.layers if isinstance(layer.ffn, MoEPlan)), None)
+    if moe is None:
+        raise ValueError(f"{model.name} has no MoE layer")
+    p = moe.ffn
+    assert isinstance(p, MoEPlan)
+    note = f"{model.name}, layer {moe.index}: routed experts only"
+    if p.n_shared_experts:
+        note += f" ({p.n_shared_experts} shared expert(s) of width {p.d_ff_shared} not included)"
+    if p.expert_kind == "lora":
+        note += f" (LoRA experts: the frozen base FFN shape; rank-{p.lora_rank} updates not included)"
+    return BenchShape(model.d_model, p.d_ff, p.n_experts, p.top_k, p.activation), note
+
+
+def useful_flops(shape: BenchShape, tokens: int, *, backward: bool) -> int:
+    """Analyzer convention: 2·T·k·d·(W + f) forward (k·6·d·f per token for SwiGLU); training 3×."""
+    fwd = 2 * tokens * shape.top_k * shape.d_model * (shape.width + shape.d_ff)
+    return 3 * fwd if backward else fwd
+
+
+def min_bytes(shape: BenchShape, tokens: int, experts_hit: int, elem: int, *, backward: bool) -> int:
+    """A lower bound on memory traffic: the weights of every expert that has tokens (read once; plus
+    read again and gradient written in the backward) and the (T, d) activations in and out
+    (forward: x, out; forward+backward adds dO, a second read of x, and dx)."""
+    weights = experts_hit * shape.d_model * (shape.width + shape.d_ff) * elem
+    acts = tokens * shape.d_model * elem
+    return 3 * weights + 5 * acts if backward else weights + 2 * acts
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class _Inputs:
+    x: torch.Tensor  # (T, d)
+    topk_idx: torch.Tensor  # (T, k) int64
+    topk_w: torch.Tensor  # (T, k)
+    rows: torch.Tensor  # (T·k, d) pre-gathered rows for ideal_dense
+    grad_out: torch.Tensor  # (T, d)
+    grad_rows: torch.Tensor  # (T·k, d)
+
+
+def _make_weights(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int, backward: bool) -> Weights:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    E, d, f, W = shape.n_experts, shape.d_model, shape.d_ff, shape.width
+
+    def randn(*size: int, std: float) -> torch.Tensor:  # generated per expert: no (E, ...) fp32 staging copy
+        out = torch.empty(*size, dtype=dtype, device=device)
+        for e in range(size[0]):
+            out[e].copy_(torch.randn(*size[1:], generator=g) * std)
+        return out.requires_grad_(backward)
+
+    return Weights(randn(E, d, W, std=d**-0.5), randn(E, f, d, std=f**-0.5), shape.activation)
+
+
+def _make_inputs(
+    shape: BenchShape, T: int, dtype: torch.dtype, device: torch.device, seed: int, backward: bool
+) -> _Inputs:
+    g = torch.Generator(device="cpu").manual_seed(seed + 1 + T)
+    d, E, k = shape.d_model, shape.n_experts, shape.top_k
+    idx = torch.rand(T, E, generator=g).argsort(-1)[:, :k].contiguous()  # uniform, k distinct experts
+    w = torch.softmax(torch.randn(T, k, generator=g), -1)
+    x = torch.randn(T, d, generator=g)
+    rows = x.repeat_interleave(k, dim=0)  # (T·k, d): each token once per slot, already gathered
+
+    def dev(t: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype).requires_grad_(grad)
+
+    return _Inputs(
+        x=dev(x, backward),
+        topk_idx=dev(idx),
+        topk_w=dev(w, backward),
+        rows=dev(rows, backward),
+        grad_out=dev(torch.randn(T, d, generator=g)),
+        grad_rows=dev(torch.randn(T * k, d, generator=g)),
+    )
+
+
+def _step(peer: Peer, inp: _Inputs, weights: Weights, backward: bool) -> torch.Tensor:
+    """One forward (and backward) of a peer; clears the gradients it would accumulate."""
+    if backward:
+        for t in (inp.x, inp.topk_w, inp.rows, weights.w_gate_up, weights.w_down, *peer.leaves.values()):
+            t.grad = None
+    if peer.rows_input:
+        out = peer.fn(inp.rows, inp.topk_idx, inp.topk_w)
+        if backward:
+            out.backward(inp.grad_rows)
+    else:
+        out = peer.fn(inp.x, inp.topk_idx, inp.topk_w)
+        if backward:
+            out.backward(inp.grad_out)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Result:
+    tokens: int
+    backend: str
+    status: str  # ok | skipped | error
+    note: str = ""
+    ms: float | None = None  # median
+    ms_min: float | None = None
+    ms_all: list[float] = field(default_factory=list)
+    flops: int = 0
+    tflops: float | None = None
+    gbps: float | None = None  # min_bytes / time
+    speedup_vs_naive: float | None = None
+    speedup_vs_reference: float | None = None
+    ratio_to_ideal: float | None = None  # time / ideal_dense time
+    max_abs_err: float | None = None  # output vs the oracle
+    max_abs_err_grad: float | None = None  # over dx, d topk_w, dW_gate_up, dW_down
+    max_rel_err_grad: float | None = None  # the same, each divided by max |oracle grad|
+    peak_mem_mb: float | None = None  # CUDA: peak allocation over one step, above what was live before
+
+
+def run_bench(shape: BenchShape, opts: BenchOptions) -> dict[str, Any]:
+    """Benchmark every requested backend at every token count; returns a JSON-ready report."""
+    for b in opts.backends:
+        if b not in ALL_PEERS:
+            raise ValueError(f"unknown bench backend {b!r}; choose from {', '.join(ALL_PEERS)}")
+    device = torch.device(
+        "cuda"
+        if opts.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if opts.device == "auto" else opts.device)
+    )
+    if device.type == "cpu":
+        torch.set_num_threads(opts.threads or os.cpu_count() or 1)
+    dtype = DTYPES[opts.dtype]
+    notes = []
+    if device.type == "cpu" and dtype != torch.float32:
+        notes.append(f"{opts.dtype} matmuls on a CPU without native support are emulated (~100x slower than fp32)")
+    weights = _make_weights(shape, dtype, device, opts.seed, opts.backward)
+    results: list[Result] = []
+    for T in opts.tokens:
+        results += _bench_tokens(shape, opts, T, weights, device, dtype)
+    return {
+        "machine": machine_info(device),
+        "config": {
+            **asdict(shape),
+            **{k: v for k, v in asdict(opts).items() if k != "device"},
+            "device": str(device),
+            "routing": "uniform top-k, seeded",
+        },
+        "conventions": {
+            "flops": "useful model FLOPs, 2 per multiply-add: forward 2*T*k*d*(W+f), W=2f gated; fwd+bwd = 3x; router excluded",
+            "ideal": "ideal_dense: the same FLOPs as dense matmuls (T*k,d)@(d,W) -> act -> (T*k,f)@(f,d), same run",
+            "time": "median over interleaved round-robin repeats, after warm-up",
+            "errors": "vs the naive oracle on the first check_tokens tokens (float64 where it fits)",
+            "bandwidth": "gbps = lower-bound bytes (weights of experts hit, activations in/out) / time",
+        },
+        "notes": notes,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _bench_tokens(
+    shape: BenchShape, opts: BenchOptions, T: int, weights: Weights, device: torch.device, dtype: torch.dtype
+) -> list[Result]:
+    inp = _make_inputs(shape, T, dtype, device, opts.seed, opts.backward)
+    flops = useful_flops(shape, T, backward=opts.backward)
+    hit = int(torch.unique(inp.topk_idx).numel()) if T else 0
+    nbytes = min_bytes(shape, T, hit, torch.empty(0, dtype=dtype).element_size(), backward=opts.backward)
+    results: dict[str, Result] = {}
+    peers: dict[str, Peer] = {}
+    for name in opts.backends:
+        try:
+            peers[name] = build_peer(name, weights, backward=opts.backward)
+        except Unavailable as e:
+            results[name] = Result(T, name, "skipped", str(e), flops=flops)
+
+    times: dict[str, list[float]] = {name: [] for name in peers}
+    for name, peer in list(peers.items()):  # warm-up; a peer that fails is reported, not fatal
+        try:
+            for _ in range(opts.warmup):
+                _step(peer, inp, weights, opts.backward)
+            _sync(device)
+        except Exception as e:  # noqa: BLE001
+            results[name] = Result(T, name, "error", f"{type(e).__name__}: {e}"[:300], flops=flops)
+            del peers[name]
+    for _ in range(opts.repeats):
+        for name, peer in peers.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            _step(peer, inp, weights, opts.backward)
+            _sync(device)
+            times[name].append(1e3 * (time.perf_counter() - t0))
+
+    for name, peer in peers.items():
+        ms = statistics.median(times[name])
+        r = Result(
+            T, name, "ok", ms=ms, ms_min=min(times[name]), ms_all=[round(t, 3) for t in times[name]], flops=flops
+        )
+        r.tflops = flops / (ms * 1e-3) / 1e12 if ms > 0 else None
+        r.gbps = nbytes / (ms * 1e-3) / 1e9 if ms > 0 and name != "ideal_dense" else None
+        r.peak_mem_mb = _peak_mem(peer, inp, weights, opts.backward, device)
+        results[name] = r
+    del inp
+
+    _relative(results)
+    if opts.check_tokens > 0 and T > 0:
+        _check_errors(shape, opts, min(T, opts.check_tokens), weights, peers, results, device, dtype)
+    return [results[n] for n in opts.backends if n in results]
+
+
+def _relative(results: dict[str, Result]) -> None:
+    def base(name: str) -> float | None:
+        r = results.get(name)
+        return r.ms if r is not None and r.status == "ok" else None
+
+    naive, ref, ideal = base("naive"), base("reference"), base("ideal_dense")
+    for r in results.values():
+        if r.status != "ok" or not r.ms:
+            continue
+        r.speedup_vs_naive = naive / r.ms if naive else None
+        r.speedup_vs_reference = ref / r.ms if ref else None
+        r.ratio_to_ideal = r.ms / ideal if ideal else None
+
+
+def _peak_mem(peer: Peer, inp: _Inputs, weights: Weights, backward: bool, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = _step(peer, inp, weights, backward)
+    del out
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def _check_errors(
+    shape: BenchShape,
+    opts: BenchOptions,
+    n: int,
+    weights: Weights,
+    peers: dict[str, Peer],
+    results: dict[str, Result],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Re-run each peer on the first n tokens (untimed) and compare with the naive oracle."""
+    from moec.kernels import naive
+
+    inp = _make_inputs(shape, n, dtype, device, opts.seed, opts.backward)
+    w_bytes = (weights.w_gate_up.numel() + weights.w_down.numel()) * 8
+    odtype, odev = (
+        (torch.float64, torch.device("cpu")) if device.type == "cpu" or w_bytes < 2**31 else (torch.float32, device)
+    )
+
+    def oracle_leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=odev, dtype=odtype).requires_grad_(opts.backward)
+
+    ox, ow, o1, o2 = (oracle_leaf(t) for t in (inp.x, inp.topk_w, weights.w_gate_up, weights.w_down))
+    ref_out = naive.expert_ffn(ox, inp.topk_idx.to(odev), ow, o1, o2, activation=shape.activation)
+    ref_grads: dict[str, torch.Tensor] = {}
+    if opts.backward:
+        ref_out.backward(inp.grad_out.to(odev, odtype))
+        ref_grads = {"x": ox.grad, "topk_w": ow.grad, "w_gate_up": o1.grad, "w_down": o2.grad}
+    ref_out = ref_out.detach()
+    del ox, ow, o1, o2
+    ref_rows = ref_out.repeat_interleave(shape.top_k, 0)  # ideal_dense has no routing: compare shapes only
+
+    for name, peer in peers.items():
+        r = results[name]
+        try:
+            out = _step(peer, inp, weights, opts.backward)
+        except Exception as e:  # noqa: BLE001
+            r.note = f"error check failed: {type(e).__name__}: {e}"[:300]
+            continue
+        if peer.rows_input:  # not the same function: only report that it ran
+            assert out.shape == ref_rows.shape
+            continue
+        r.max_abs_err = (out.detach().to(odev, odtype) - ref_out).abs().max().item()
+        if opts.backward:
+            got = {
+                "x": inp.x.grad,
+                "topk_w": inp.topk_w.grad,
+                "w_gate_up": weights.w_gate_up.grad,
+                "w_down": weights.w_down.grad,
+            }
+            for key, leaf in peer.leaves.items():  # peers that own copies of the weights
+                if key in got:
+                    got[key] = peer.to_moec.get(key, lambda g: g)(leaf.grad)
+            abs_err, rel_err = 0.0, 0.0
+            for key, ref in ref_grads.items():
+                if got[key] is None:
+                    r.note = f"no gradient for {key}"
+                    abs_err = math.inf
+                    continue
+                e = (got[key].to(odev, odtype) - ref).abs().max().item()
+                abs_err = max(abs_err, e)
+                rel_err = max(rel_err, e / max(ref.abs().max().item(), 1e-30))
+            r.max_abs_err_grad, r.max_rel_err_grad = abs_err, rel_err
+        del out
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """A plain-text table: one row per (tokens, backend)."""
+    c = report["config"]
+    m = report["machine"]
+    mode = "fwd+bwd" if c["backward"] else "fwd"
+    head = (
+        f"moec bench: d_model={c['d_model']} d_ff={c['d_ff']} n_experts={c['n_experts']} top_k={c['top_k']} "
+        f"{c['activation']} {c['dtype']} {mode} | {m['device']} {m.get('gpu') or m['cpu']} "
+        f"({m['torch_threads']} threads) torch {m['torch']} | median of {c['repeats']}, interleaved"
+    )
+    cols = [
+        "tokens",
+        "backend",
+        "ms",
+        "TFLOP/s",
+        "GB/s",
+        "vs naive",
+        "vs ref",
+        "/ ideal",
+        "max err",
+        "grad err (rel)",
+        "peak MB",
+    ]
+    rows, notes = [], []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append([str(r["tokens"]), r["backend"], r["status"]] + [""] * (len(cols) - 3))
+            notes.append(f"{r['backend']} {r['status']}: {r['note']}")
+            continue
+        if r["note"]:
+            notes.append(f"{r['backend']} (T={r['tokens']}): {r['note']}")
+        rows.append(
+            [
+                str(r["tokens"]),
+                r["backend"],
+                f"{r['ms']:.2f}",
+                _fmt(r["tflops"], "{:.3f}"),
+                _fmt(r["gbps"], "{:.0f}"),
+                _fmt(r["speedup_vs_naive"], "{:.2f}x"),
+                _fmt(r["speedup_vs_reference"], "{:.2f}x"),
+                _fmt(r["ratio_to_ideal"], "{:.2f}"),
+                _fmt(r["max_abs_err"], "{:.1e}"),
+                _fmt(r["max_rel_err_grad"], "{:.1e}"),
+                _fmt(r["peak_mem_mb"], "{:.0f}"),
+            ]
+        )
+    widths = [max(len(col), *(len(row[i]) for row in rows)) if rows else len(col) for i, col in enumerate(cols)]
+    lines = [head, "  ".join(col.rjust(w) for col, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [f"note: {n}" for n in [*report["notes"], *dict.fromkeys(notes)]]
+    lines.append("/ ideal: time over dense matmuls of the same FLOPs and shapes; errors vs the naive oracle (float64).")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else spec.format(v)

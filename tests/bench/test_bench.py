@@ -1,0 +1,96 @@
+"""`moec bench` at a tiny shape: every JSON field is there, the numbers are sane, errors vs the oracle tiny."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from moec.bench.moe_bench import BenchShape, Result, shape_from_spec, useful_flops
+from moec.commands.bench import bench
+
+RESULT_FIELDS = set(Result.__dataclass_fields__)
+
+
+def invoke(*args: str) -> dict:
+    res = CliRunner().invoke(bench, [*args, "--format", "json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+def test_bench_json_has_every_field_and_tiny_errors(backward: bool) -> None:
+    args = ["--d-model", "32", "--d-ff", "48", "--experts", "4", "--top-k", "2", "--tokens", "8,24", "--repeats", "2"]
+    args += ["--backends", "naive,reference,triton,hf_loop,all_experts,ideal_dense"] + (
+        ["--backward"] if backward else []
+    )
+    report = invoke(*args)
+    assert {"machine", "config", "conventions", "notes", "results"} <= set(report)
+    assert report["config"]["d_model"] == 32 and report["config"]["backward"] is backward
+    results = report["results"]
+    assert [(r["tokens"], r["backend"]) for r in results][:6] == [
+        (8, b) for b in ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense")
+    ]
+    flops = useful_flops(BenchShape(32, 48, 4, 2), 24, backward=backward)
+    for r in results:
+        assert set(r) == RESULT_FIELDS
+        if r["backend"] == "triton" and report["machine"]["device"] == "cpu":
+            assert r["status"] == "skipped" and "GPU" in r["note"]
+            continue
+        assert r["status"] == "ok", r
+        assert r["ms"] > 0 and len(r["ms_all"]) == 2 and r["tflops"] > 0
+        assert r["ratio_to_ideal"] > 0 and r["speedup_vs_naive"] > 0
+        if r["tokens"] == 24:
+            assert r["flops"] == flops
+        if r["backend"] == "ideal_dense":
+            assert r["ratio_to_ideal"] == pytest.approx(1.0)
+            continue
+        assert r["max_abs_err"] < 1e-5, r
+        if backward:
+            assert r["max_rel_err_grad"] < 1e-5, r
+        else:
+            assert r["max_abs_err_grad"] is None
+
+
+def test_flops_follow_the_analyzer_convention() -> None:
+    swiglu = BenchShape(4096, 14336, 8, 2)  # Mixtral: k·6·d·f per token
+    assert useful_flops(swiglu, 1, backward=False) == 2 * 6 * 4096 * 14336
+    assert useful_flops(swiglu, 10, backward=True) == 3 * 10 * 2 * 6 * 4096 * 14336
+    gelu = BenchShape(512, 2048, 8, 1, "gelu")  # two-matrix expert: 4·d·f
+    assert useful_flops(gelu, 1, backward=False) == 4 * 512 * 2048
+
+
+def test_spec_gives_the_shape_of_its_first_moe_layer() -> None:
+    shape, note = shape_from_spec("deepseek-v3")
+    assert shape == BenchShape(7168, 2048, 256, 8, "swiglu")
+    assert "shared" in note
+    assert shape_from_spec("switch-base-8")[0] == BenchShape(768, 3072, 8, 1, "relu")
+
+
+def test_bench_with_a_spec_and_overrides_and_table_output() -> None:
+    res = CliRunner().invoke(
+        bench,
+        [
+            "textbook-moe",
+            "--d-model",
+            "16",
+            "--d-ff",
+            "24",
+            "--tokens",
+            "8",
+            "--repeats",
+            "1",
+            "--backends",
+            "naive,reference,ideal_dense",
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    assert "d_model=16 d_ff=24 n_experts=8 top_k=1 gelu" in res.output
+    assert "reference" in res.output and "/ ideal" in res.output
+
+
+def test_unknown_backend_is_a_usage_error() -> None:
+    res = CliRunner().invoke(bench, ["--backends", "naive,cutlass", "--tokens", "4"])
+    assert res.exit_code == 2 and "cutlass" in res.output

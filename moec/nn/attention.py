@@ -46,6 +46,16 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(B, kv, n_rep, S, d).reshape(B, kv * n_rep, S, d)
 
 
+def check_input(x: torch.Tensor, d_model: int, what: str) -> None:
+    """A clear error for the mistakes that otherwise surface as a shape error deep inside a view."""
+    if x.dim() != 3:
+        raise ValueError(f"{what} input must be (batch, seq, d_model); got shape {tuple(x.shape)}")
+    if x.shape[-1] != d_model:
+        raise ValueError(f"{what} input has d_model {x.shape[-1]}, expected {d_model}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} input must be a floating-point tensor; got {x.dtype}")
+
+
 def causal_mask(seq_len: int, window: int | None, device: torch.device) -> torch.Tensor:
     """(S, S) bool, True where query i may attend key j: j ≤ i, and j > i − window with a window."""
     i = torch.arange(seq_len, device=device)[:, None]
@@ -122,6 +132,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, S, d); rope: (cos, sin), each (S, head_dim), or None without rotary positions."""
+        check_input(x, self.d_model, "attention")
         B, S, _ = x.shape
         h, kv, hd = self.plan.n_heads, self.plan.n_kv_heads, self.plan.head_dim
         q = self.q_proj(x).view(B, S, h, hd)

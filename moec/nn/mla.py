@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from moec.nn.attention import Linear, attend
+from moec.nn.attention import Linear, attend, check_input
 from moec.nn.norms import make_norm
 from moec.nn.rope import apply_rope_interleaved, softmax_scale_factor
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
@@ -71,6 +71,7 @@ class MLA(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, S, d); rope: (cos, sin), each (S, qk_rope_head_dim), or None without rotary positions."""
+        check_input(x, self.d_model, "MLA")
         B, S, _ = x.shape
         h, nope, r, dv = self.n_heads, self.nope, self.rope_dim, self.v_dim
         if self.q_proj is not None:

@@ -53,7 +53,7 @@ Source = dict[str, Any] | str | PathLike[str]
 def read_hf_config(source: Source) -> tuple[dict[str, Any], str, str]:
     """(config mapping, file name for messages, JSON text for line numbers)."""
     if isinstance(source, dict):
-        return dict(source), "<config>", json.dumps(source, indent=2)
+        return dict(source), "<config>", ""  # no text, so no line numbers
     p = Path(source)
     if p.is_dir():
         p = p / "config.json"

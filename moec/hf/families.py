@@ -295,7 +295,7 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
         if theta is None:
             theta, theta_src = theta_fallback, "attn_config.rope_theta"
         if theta is None:
-            theta, theta_src = c.defaults["default_theta"], "the class's default_theta"
+            theta, theta_src = c.defaults["default_theta"], "rope_theta (transformers default_theta)"
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
         c.bad("rope_theta", f"{theta!r}: expected a positive number")
         theta = 10000.0
@@ -385,7 +385,7 @@ def _moe_core(
 ) -> None:
     d.section(
         "moe",
-        n_experts=(c.int(experts_key), c.src(experts_key)),
+        n_experts=(c.int(experts_key, minimum=0), c.src(experts_key)),  # 0: no MoE layer (Qwen), else checked
         d_ff=(c.int(width_key), c.src(width_key)),
         activation=(_activation(c, d), c.src("hidden_act") + " (gated)"),
     )
@@ -699,6 +699,7 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
         bias=(False, "DbrxAttention: Wqkv and out_proj have no bias"),
         out_bias=(False, ""),
     )
+    _derived(c, "num_key_value_heads", d.get("attention.n_kv_heads"))
     clip = attn.float("clip_qkv", optional=True)
     if clip is not None:
         d.gap("attn_config.clip_qkv", clip, "q, k, v are clamped after the projection", "clip_qkv")
@@ -741,6 +742,13 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     d.rope = [True] * d.n_layers
 
 
+def _derived(c: HFConfig, key: str, expected: Any) -> None:
+    """A field transformers derives from others and save_pretrained writes out: it must agree."""
+    if c.given(key) and c.value(key) != expected:
+        c.bad(key, f"{c.value(key)!r}: transformers derives it as {expected!r} from the other fields")
+    c.value(key)
+
+
 def _dict(c: HFConfig, key: str) -> dict[str, Any]:
     v = c.value(key) or {}
     if not isinstance(v, dict):
@@ -777,6 +785,7 @@ def _deepseek(c: HFConfig, d: Draft, v3: bool) -> None:
         v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
     )
     c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
+    _derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
     if v3:
         c.bool("rope_interleave")  # a rotary weight layout, not an architecture (the loader permutes)
     n_shared = c.int("n_shared_experts", minimum=0)
@@ -904,6 +913,9 @@ def _llama4_text(c: HFConfig, d: Draft) -> None:
         else f"NoPE where (i+1) % no_rope_layer_interval ({interval}) == 0"
     )
     types = c.value("layer_types") or ["chunked_attention" if u else "full_attention" for u in use_rope]
+    if not isinstance(types, list) or len(types) != n or set(types) - {"chunked_attention", "full_attention"}:
+        c.bad("layer_types", f"expected {n} entries, each chunked_attention or full_attention")
+        types = []
     chunk = c.int("attention_chunk_size", optional=True)
     if chunk is not None and "chunked_attention" in types:
         d.gap("attention_chunk_size", chunk, "chunked attention on the layer_types 'chunked_attention' layers", "chunk")
@@ -941,7 +953,7 @@ def _llama4_text(c: HFConfig, d: Draft) -> None:
         d_ff_shared=(c.int("intermediate_size"), c.src("intermediate_size")),
     )
     _aux(c, d)
-    moe_layers = c.value("moe_layers")
+    moe_layers = c.int_list("moe_layers") if c.value("moe_layers") is not None else None
     step = c.int("interleave_moe_layer_step")
     if moe_layers is None:
         moe_layers = list(range(step - 1, n, step))

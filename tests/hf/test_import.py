@@ -100,6 +100,14 @@ def test_deepseek_v3_spec_and_config_differ_only_in_training_coefficients():
 
 
 @pytest.mark.parametrize("model_type", EXACT)
+def test_configs_as_transformers_saves_them_import_to_the_same_plan(model_type):
+    """save_pretrained writes the transformers 5 spelling: rope_parameters, layer_types, derived fields."""
+    cfg = RELEASES[model_type]
+    saved = hf_model_on_meta(cfg).config.to_dict()
+    assert plan_differences(hf_to_model(saved), hf_to_model(cfg)) == []
+
+
+@pytest.mark.parametrize("model_type", EXACT)
 def test_written_yaml_loads_and_resolves_to_the_same_plan(model_type):
     text = import_hf_config(RELEASES[model_type])
     plan = resolve(load_spec(f"{model_type}.yaml", text=text))

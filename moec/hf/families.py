@@ -44,8 +44,6 @@ INERT = frozenset(
 )
 # fmt: on
 
-MISSING = object()
-
 
 @dataclass(frozen=True)
 class Gap:
@@ -209,7 +207,6 @@ class Family:
     defaults: Mapping[str, Any]  # transformers 5.23 class defaults of the fields the translator reads
     translate: Callable[[HFConfig, Draft], None]
     aliases: Mapping[str, str] = field(default_factory=dict)  # attribute_map: alias → canonical
-    export: Callable[[ResolvedModel], dict[str, Any]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ class BenchOptions:
     device: str = "auto"
     check_tokens: int = 1024  # 0: skip the error check
     threads: int | None = None  # CPU: torch.set_num_threads; default all cores
+    # "moec": weights stored (E, d, W) / (E, f, d), input-major as moec's models keep them; peers
+    # with HF's (E, out, in) layout get copies. "hf": stored (E, W, d) / (E, d, f) and moec's
+    # backends read transposed views (no copies at all: DeepSeek-V3's 22 GB of bf16 expert
+    # weights fit only once next to their gradients on an 80 GB GPU).
+    weight_layout: str = "moec"
 
 
 def shape_from_spec(source: str, sets: tuple[str, ...] = ()) -> tuple[BenchShape, str]:
@@ -144,17 +149,22 @@ class _Inputs:
     grad_rows: torch.Tensor  # (T·k, d)
 
 
-def _make_weights(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int, backward: bool) -> Weights:
+def _make_weights(
+    shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int, backward: bool, layout: str
+) -> Weights:
     g = torch.Generator(device="cpu").manual_seed(seed)
     E, d, f, W = shape.n_experts, shape.d_model, shape.d_ff, shape.width
 
-    def randn(*size: int, std: float) -> torch.Tensor:  # generated per expert: no (E, ...) fp32 staging copy
-        out = torch.empty(*size, dtype=dtype, device=device)
-        for e in range(size[0]):
-            out[e].copy_(torch.randn(*size[1:], generator=g) * std)
-        return out.requires_grad_(backward)
+    def randn(E: int, n_in: int, n_out: int) -> torch.Tensor:  # (E, n_in, n_out), possibly a transposed view
+        store = torch.empty(E, n_out, n_in, dtype=dtype, device=device) if layout == "hf" else None
+        out = store.transpose(1, 2) if store is not None else torch.empty(E, n_in, n_out, dtype=dtype, device=device)
+        for e in range(E):  # generated per expert: no (E, ...) fp32 staging copy
+            out[e].copy_(torch.randn(n_in, n_out, generator=g) * n_in**-0.5)
+        return out.requires_grad_(backward)  # a leaf (a view of a tensor that needs no grad is one)
 
-    return Weights(randn(E, d, W, std=d**-0.5), randn(E, f, d, std=f**-0.5), shape.activation)
+    if layout not in ("moec", "hf"):
+        raise ValueError(f"weight_layout must be moec or hf, got {layout!r}")
+    return Weights(randn(E, d, W), randn(E, f, d), shape.activation)
 
 
 def _make_inputs(
@@ -180,11 +190,15 @@ def _make_inputs(
     )
 
 
-def _step(peer: Peer, inp: _Inputs, weights: Weights, backward: bool) -> torch.Tensor:
-    """One forward (and backward) of a peer; clears the gradients it would accumulate."""
+def _step(peer: Peer, inp: _Inputs, weights: Weights, backward: bool, others: tuple[Peer, ...] = ()) -> torch.Tensor:
+    """One forward (and backward) of a peer. Clears every gradient first, its own and ``others``',
+    so only one peer's gradients are ever alive (they are as large as the expert weights)."""
     if backward:
         for t in (inp.x, inp.topk_w, inp.rows, weights.w_gate_up, weights.w_down, *peer.leaves.values()):
             t.grad = None
+        for other in others:
+            for t in other.leaves.values():
+                t.grad = None
     if peer.rows_input:
         out = peer.fn(inp.rows, inp.topk_idx, inp.topk_w)
         if backward:
@@ -238,7 +252,7 @@ def run_bench(shape: BenchShape, opts: BenchOptions) -> dict[str, Any]:
     notes = []
     if device.type == "cpu" and dtype != torch.float32:
         notes.append(f"{opts.dtype} matmuls on a CPU without native support are emulated (~100x slower than fp32)")
-    weights = _make_weights(shape, dtype, device, opts.seed, opts.backward)
+    weights = _make_weights(shape, dtype, device, opts.seed, opts.backward, opts.weight_layout)
     results: list[Result] = []
     for T in opts.tokens:
         results += _bench_tokens(shape, opts, T, weights, device, dtype)
@@ -278,10 +292,11 @@ def _bench_tokens(
             results[name] = Result(T, name, "skipped", str(e), flops=flops)
 
     times: dict[str, list[float]] = {name: [] for name in peers}
+    every = tuple(peers.values())
     for name, peer in list(peers.items()):  # warm-up; a peer that fails is reported, not fatal
         try:
             for _ in range(opts.warmup):
-                _step(peer, inp, weights, opts.backward)
+                _step(peer, inp, weights, opts.backward, every)
             _sync(device)
         except Exception as e:  # noqa: BLE001
             results[name] = Result(T, name, "error", f"{type(e).__name__}: {e}"[:300], flops=flops)
@@ -290,7 +305,7 @@ def _bench_tokens(
         for name, peer in peers.items():
             _sync(device)
             t0 = time.perf_counter()
-            _step(peer, inp, weights, opts.backward)
+            _step(peer, inp, weights, opts.backward, every)
             _sync(device)
             times[name].append(1e3 * (time.perf_counter() - t0))
 
@@ -301,7 +316,7 @@ def _bench_tokens(
         )
         r.tflops = flops / (ms * 1e-3) / 1e12 if ms > 0 else None
         r.gbps = nbytes / (ms * 1e-3) / 1e9 if ms > 0 and name != "ideal_dense" else None
-        r.peak_mem_mb = _peak_mem(peer, inp, weights, opts.backward, device)
+        r.peak_mem_mb = _peak_mem(peer, inp, weights, opts.backward, device, every)
         results[name] = r
     del inp
 
@@ -325,9 +340,20 @@ def _relative(results: dict[str, Result]) -> None:
         r.ratio_to_ideal = r.ms / ideal if ideal else None
 
 
-def _peak_mem(peer: Peer, inp: _Inputs, weights: Weights, backward: bool, device: torch.device) -> float | None:
+def _peak_mem(
+    peer: Peer, inp: _Inputs, weights: Weights, backward: bool, device: torch.device, others: tuple[Peer, ...]
+) -> float | None:
     if device.type != "cuda":
         return None
+    for t in (
+        inp.x,
+        inp.topk_w,
+        inp.rows,
+        weights.w_gate_up,
+        weights.w_down,
+        *(t for o in others for t in o.leaves.values()),
+    ):
+        t.grad = None
     _sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -349,10 +375,11 @@ def _check_errors(
 ) -> None:
     """Re-run each peer on the first n tokens (untimed) and compare with the float64 oracle."""
     inp = _make_inputs(shape, n, dtype, device, opts.seed, opts.backward)
+    every = tuple(peers.values())
     for name, peer in peers.items():
         r = results[name]
         try:
-            out = _step(peer, inp, weights, opts.backward)
+            out = _step(peer, inp, weights, opts.backward, every)
         except Exception as e:  # noqa: BLE001
             r.note = f"error check failed: {type(e).__name__}: {e}"[:300]
             continue

@@ -125,6 +125,13 @@ def build_peer(name: str, w: Weights, *, backward: bool) -> Peer:
     raise ValueError(f"unknown bench backend {name!r}; choose from {', '.join(ALL_PEERS)}")
 
 
+def _hf_layout(t: torch.Tensor) -> torch.Tensor:
+    """(E, in, out) → (E, out, in) contiguous: a view sharing storage when the bench keeps weights in
+    HF's layout (BenchOptions.weight_layout="hf"), else a copy. Detached: the peer's own leaf."""
+    t = t.detach().transpose(1, 2)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _hf_grouped_mm(w: Weights, *, backward: bool) -> Peer:
     if w.activation not in GATED:
         raise Unavailable("transformers' MixtralExperts is gated (swiglu/geglu) only")
@@ -140,11 +147,11 @@ def _hf_grouped_mm(w: Weights, *, backward: bool) -> Peer:
         cfg._experts_implementation = "grouped_mm"
     except Exception as e:  # noqa: BLE001 - older transformers without the experts interface
         raise Unavailable(f"this transformers has no experts_implementation switch: {e}") from e
-    experts = MixtralExperts(cfg).to(device=w.w_gate_up.device, dtype=w.w_gate_up.dtype)
-    with torch.no_grad():  # HF stores (out, in): gate_up_proj (E, 2f, d), down_proj (E, d, f)
-        experts.gate_up_proj.copy_(w.w_gate_up.transpose(1, 2))
-        experts.down_proj.copy_(w.w_down.transpose(1, 2))
-    experts.requires_grad_(backward)
+    with torch.device("meta"):  # no host allocation of E full-size fp32 matrices
+        experts = MixtralExperts(cfg)
+    # HF stores (out, in): gate_up_proj (E, 2f, d), down_proj (E, d, f)
+    experts.gate_up_proj = torch.nn.Parameter(_hf_layout(w.w_gate_up), requires_grad=backward)
+    experts.down_proj = torch.nn.Parameter(_hf_layout(w.w_down), requires_grad=backward)
 
     def fn(x: torch.Tensor, i: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return experts(x, i, g.to(x.dtype))
@@ -167,8 +174,8 @@ def _liger(w: Weights, *, backward: bool) -> Peer:
     except ImportError as e:
         raise Unavailable(f"liger_kernel not importable: {e}") from e
     # Liger's layout is HF's: gate_up_proj (E, 2f, d) with gate rows first, down_proj (E, d, f)
-    gate_up = w.w_gate_up.detach().transpose(1, 2).contiguous().requires_grad_(backward)
-    down = w.w_down.detach().transpose(1, 2).contiguous().requires_grad_(backward)
+    gate_up = _hf_layout(w.w_gate_up).requires_grad_(backward)
+    down = _hf_layout(w.w_down).requires_grad_(backward)
 
     def fn(x: torch.Tensor, i: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return LigerFusedMoEFunction.apply(x, gate_up, down, i.to(torch.int32), g.to(x.dtype))

@@ -69,6 +69,13 @@ def _ints(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: every core).")
+@click.option(
+    "--weight-layout",
+    type=click.Choice(["moec", "hf"]),
+    default="moec",
+    show_default=True,
+    help="Store expert weights (E, in, out) as moec does, or (E, out, in) as HF/Liger do (others read views).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @set_option
 @report_errors
@@ -89,6 +96,7 @@ def bench(
     device: str,
     seed: int,
     threads: int | None,
+    weight_layout: str,
     fmt: str,
     sets: tuple[str, ...],
 ) -> None:
@@ -137,6 +145,7 @@ def bench(
         device=device,
         check_tokens=check_tokens,
         threads=threads,
+        weight_layout=weight_layout,
     )
     report = run_bench(shape, opts)
     if note:

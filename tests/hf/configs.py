@@ -604,6 +604,20 @@ RELEASES: dict[str, dict[str, Any]] = {
     "qwen3": QWEN3_8B,
 }
 
+# The families whose release config the moec schema expresses in full (the rest are refused, naming
+# the fields it cannot represent).
+EXACT = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama", "mistral", "qwen2", "qwen3"]
+
+# The shape of the tiny configs the semantics tests build (sizes only; each test adds its family's fields).
+TINY: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 96,
+    "max_position_embeddings": 512,
+}
+
 # Shipped specs and the release config each was written from.
 SHIPPED: dict[str, dict[str, Any]] = {
     "mixtral-8x7b": MIXTRAL_8X7B,

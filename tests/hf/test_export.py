@@ -14,8 +14,7 @@ from moec.errors import SpecError
 from moec.hf import export_hf_config, hf_to_model
 from moec.hf.config import plan_differences
 from moec.spec import load_model
-from tests.hf.configs import RELEASES, hf_params
-from tests.hf.test_import import EXACT, TINY
+from tests.hf.configs import EXACT, RELEASES, TINY, hf_params
 
 pytest.importorskip("transformers")
 

@@ -19,13 +19,12 @@ from moec.hf.config import plan_differences, render_yaml, translate
 from moec.hf.families import FAMILIES
 from moec.spec import load_model, load_spec, resolve
 from tests.conftest import ROOT
-from tests.hf.configs import RELEASES, SHIPPED, hf_model_on_meta, hf_params, without
+from tests.hf.configs import EXACT, RELEASES, SHIPPED, TINY, hf_model_on_meta, hf_params, without
 
 transformers = pytest.importorskip("transformers")
 
-# The families whose release config the schema expresses in full, and for the rest the config.json
-# fields the importer names as unrepresentable (each with a proposed schema addition).
-EXACT = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama", "mistral", "qwen2", "qwen3"]
+# For the families whose release config the schema cannot express in full (EXACT are the others):
+# the config.json fields the importer names as unrepresentable, each with a proposed schema addition.
 GAPS = {
     "olmoe": ["q_norm"],
     "gpt_oss": ["swiglu_alpha", "truncate"],
@@ -137,9 +136,6 @@ def test_defaulted_fields_are_marked_as_transformers_defaults():
 
 
 # --- which layers are MoE, which slide, which rotate: against transformers' own modules ----------
-
-TINY = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 96, "max_position_embeddings": 512}  # fmt: skip
 
 
 def _hf_layers(cfg):

@@ -102,7 +102,10 @@ def up_act(
     if n_rows == 0 or route.max_tiles == 0:
         return h1, a
     upcast, ieee = dot_flags(x.dtype)
-    grid = (route.max_tiles, triton.cdiv(f, cfg.block_n))
+    # two accumulators (gate, up): at BN=128 they would hold 2·128·128 fp32 per program and spill
+    # registers, so the gated kernel takes half the width and covers 2·BN/2 = BN weight columns
+    bn = cfg.block_n // 2 if gated and cfg.block_n >= 128 else cfg.block_n
+    grid = (route.max_tiles, triton.cdiv(f, bn))
     _up_act_kernel[grid](
         x, w_gate_up, b_gate_up if b_gate_up is not None else _empty_arg(x), h1 if save_h1 else _empty_arg(x), a,
         route.order, route.tile_expert, route.tile_row, route.expert_end,
@@ -111,7 +114,7 @@ def up_act(
         b_gate_up.stride(0) if b_gate_up is not None else 0,
         h1.stride(0) if save_h1 else 0, h1.stride(1) if save_h1 else 0, a.stride(0), a.stride(1),
         ACT=code, GATED=gated, HAS_BIAS=b_gate_up is not None, SAVE_H1=save_h1,
-        BM=route.block_m, BN=cfg.block_n, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
+        BM=route.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return h1, a

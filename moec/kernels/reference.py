@@ -8,7 +8,7 @@ Two ways to run the per-expert matmuls over the sorted rows (kernels.md §4.7):
   backward allocate E full-size weight gradients; ``unbind`` yields views whose gradients are stacked
   once. On a 2-core CPU this measured fastest for fwd and fwd+bwd at E ≤ 64 (kernels.md §3).
   Dropped slots (-1) sort last and are sliced off, so every row is real.
-- **grouped** (CUDA bf16/fp16 with 16-byte aligned rows): ``grouped_mm`` with int32 cumulative ``offs``;
+- **grouped** (CUDA bf16, SM ≥ 80, 16-byte aligned rows): ``grouped_mm`` with int32 cumulative ``offs``;
   no host sync, so the row count stays T·k and the dropped slots stay at the tail. ``grouped_mm``
   leaves rows past ``offs[-1]`` uninitialised in its outputs *and* in its input gradient, so the tail is
   masked with ``torch.where`` (not a multiply: the garbage may be NaN) on the gathered input and on the
@@ -73,8 +73,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _can_group(x: torch.Tensor, *widths: int) -> bool:
-    """grouped_mm on CUDA for half precision, when every row stride is a multiple of 16 bytes."""
-    if _grouped_mm is None or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
+    """grouped_mm where it is documented to run: bf16 on CUDA SM ≥ 80, every row 16-byte aligned."""
+    if _grouped_mm is None or not x.is_cuda or x.dtype != torch.bfloat16:
+        return False
+    if torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
     return all((w * x.element_size()) % 16 == 0 for w in widths)
 

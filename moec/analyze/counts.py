@@ -67,7 +67,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim
         mm = d * hd * (h + 2 * kv) + h * hd * d
         extra = (hd * (h + 2 * kv) if a.bias else 0) + (d if a.out_bias else 0)
-        extra += 2 * hd * norm_dim_params if a.qk_norm else 0
+        if a.qk_norm:  # per-head norms share one head_dim weight; OLMoE normalises whole projections
+            extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
 
@@ -127,7 +128,7 @@ def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:
     d, V = model.d_model, model.vocab_size
     emb = V * d + (model.max_seq_len * d if model.positions.kind == "learned" else 0)
     final_norm = d * model.norm.params_per_dim if model.norm.placement == "pre" else 0
-    head = 0 if model.tie_embeddings else V * d
+    head = (0 if model.tie_embeddings else V * d) + (V if model.head_bias else 0)
     parts = {
         "embedding": Part(emb, emb, 0),
         "norms": Part(final_norm, final_norm, 0),

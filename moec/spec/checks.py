@@ -50,6 +50,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             )
         if m.positions.kind == "rope" and a.qk_rope_head_dim == 0:
             bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
+    if a.qk_norm_scope != "head" and not a.qk_norm:
+        bad(("attention", "qk_norm_scope"), "only meaningful with qk_norm: true")
+    if a.kind == "mla" and a.qk_norm:
+        bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
     if a.window is not None and a.window > m.max_seq_len:
         bad(("attention", "window"), f"{a.window} exceeds model.max_seq_len ({m.max_seq_len})")
     sc = m.positions.scaling

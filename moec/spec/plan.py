@@ -19,10 +19,11 @@ class NormPlan:
     kind: Literal["rmsnorm", "layernorm"]
     eps: float
     placement: Literal["pre", "post"]
+    bias: bool = True  # layernorm only
 
     @property
     def params_per_dim(self) -> int:
-        return 2 if self.kind == "layernorm" else 1  # layernorm has weight and bias
+        return 2 if self.kind == "layernorm" and self.bias else 1  # layernorm: weight and bias
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class RopeScalingPlan:
     mscale_all_dim: float | None = None
     low_freq_factor: float | None = None
     high_freq_factor: float | None = None
+    truncate: bool = True
+    attention_factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class AttentionPlan:
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
+    qk_norm_scope: Literal["head", "projection"] = "head"
+    clip_qkv: float | None = None
+    scale: float | None = None  # softmax scale; None: 1/sqrt(qk_dim) (and yarn's mscale for MLA)
 
     @property
     def qk_dim(self) -> int:
@@ -80,6 +86,8 @@ class DenseFFNPlan:
     activation: str
     bias: bool
     kind: Literal["dense"] = "dense"
+    activation_alpha: float | None = None  # swiglu_clamped only
+    activation_limit: float | None = None  # swiglu_clamped only
 
     @property
     def gated(self) -> bool:
@@ -123,6 +131,8 @@ class MoEPlan:
     lora_rank: int | None
     lora_alpha: float | None
     kind: Literal["moe"] = "moe"
+    activation_alpha: float | None = None  # swiglu_clamped only
+    activation_limit: float | None = None  # swiglu_clamped only
 
     @property
     def gated(self) -> bool:
@@ -156,6 +166,10 @@ class ResolvedModel:
     layers: tuple[LayerPlan, ...]
     mtp: tuple[LayerPlan, ...] = ()  # multi-token-prediction blocks, reported separately
     frozen: tuple[str, ...] = ()  # frozen components (besides LoRA base FFNs, always frozen)
+    head_bias: bool = False
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -204,6 +218,10 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         layers=tuple(layer(l) for l in d["layers"]),
         mtp=tuple(layer(l) for l in d.get("mtp", ())),
         frozen=tuple(d.get("frozen", ())),
+        head_bias=d.get("head_bias", False),
+        embedding_multiplier=d.get("embedding_multiplier", 1.0),
+        residual_multiplier=d.get("residual_multiplier", 1.0),
+        logits_scaling=d.get("logits_scaling", 1.0),
         spec_hash=d.get("spec_hash", ""),
         source_file=d.get("source_file", ""),
         description=d.get("description", ""),

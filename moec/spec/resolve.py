@@ -68,6 +68,9 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 sinks=a.sinks,
                 window=window_i,
                 rope=rope_i,
+                qk_norm_scope=a.qk_norm_scope,
+                clip_qkv=a.clip_qkv,
+                scale=a.scale,
                 q_lora_rank=a.q_lora_rank,
                 kv_lora_rank=a.kv_lora_rank,
                 qk_nope_head_dim=a.qk_nope_head_dim,
@@ -85,6 +88,9 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             sinks=a.sinks,
             window=window_i,
             rope=rope_i,
+            qk_norm_scope=a.qk_norm_scope,
+            clip_qkv=a.clip_qkv,
+            scale=a.scale,
         )
 
     layers = tuple(
@@ -109,7 +115,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         n_layers=n,
         max_seq_len=m.max_seq_len,
         tie_embeddings=m.tie_embeddings,
-        norm=NormPlan(m.norm.kind, m.norm.eps, m.norm.placement),
+        norm=NormPlan(m.norm.kind, m.norm.eps, m.norm.placement, m.norm.bias if m.norm.kind == "layernorm" else False),
         positions=PositionsPlan(
             m.positions.kind,
             m.positions.theta,
@@ -118,6 +124,10 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         layers=layers,
         mtp=mtp,
         frozen=tuple(sorted(set(spec.frozen))),
+        head_bias=m.head_bias,
+        embedding_multiplier=m.embedding_multiplier,
+        residual_multiplier=m.residual_multiplier,
+        logits_scaling=m.logits_scaling,
         spec_hash=spec_hash,
         source_file=file,
         description=spec.description,
@@ -126,7 +136,16 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
 
 def _dense(spec: Spec) -> DenseFFNPlan | None:
     f = spec.ffn
-    return DenseFFNPlan(f.d_ff, f.activation, f.bias) if f is not None else None
+    if f is None:
+        return None
+    clamped = f.activation == "swiglu_clamped"
+    return DenseFFNPlan(
+        f.d_ff,
+        f.activation,
+        f.bias,
+        activation_alpha=f.activation_alpha if clamped else None,
+        activation_limit=f.activation_limit if clamped else None,
+    )
 
 
 def _moe(spec: Spec) -> MoEPlan | None:
@@ -170,4 +189,6 @@ def _moe(spec: Spec) -> MoEPlan | None:
         expert_kind=e.expert_kind,
         lora_rank=e.lora.rank if e.lora else None,
         lora_alpha=e.lora.alpha if e.lora else None,
+        activation_alpha=e.activation_alpha if e.activation == "swiglu_clamped" else None,
+        activation_limit=e.activation_limit if e.activation == "swiglu_clamped" else None,
     )

@@ -22,8 +22,9 @@ MAX_EXPERTS = 1 << 16
 MAX_FF = 1 << 21
 
 Pos = Annotated[int, Field(gt=0)]
-Activation = Literal["swiglu", "geglu", "gelu", "relu", "silu"]
-GATED_ACTIVATIONS = ("swiglu", "geglu")
+# swiglu_clamped: gpt-oss's gated unit, (clamp(up, ±limit) + 1) · g·σ(alpha·g) with g = min(gate, limit)
+Activation = Literal["swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped"]
+GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
 
 
 class Strict(BaseModel):
@@ -34,6 +35,7 @@ class Norm(Strict):
     kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     placement: Literal["pre", "post"] = "pre"
+    bias: bool = True  # layernorm only: DBRX's layernorms have no bias
 
 
 class RopeScaling(Strict):
@@ -48,6 +50,9 @@ class RopeScaling(Strict):
     # llama3
     low_freq_factor: float | None = None
     high_freq_factor: float | None = None
+    # yarn: gpt-oss keeps the correction range unrounded (truncate false) and states the attention factor
+    truncate: bool = True
+    attention_factor: Annotated[float, Field(gt=0, le=100)] | None = None
 
 
 class Positions(Strict):
@@ -62,8 +67,14 @@ class Model(Strict):
     n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
     max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)]
     tie_embeddings: bool = False
+    head_bias: bool = False  # a bias on the lm_head (Phi-3.5-MoE)
     norm: Norm = Norm()
     positions: Positions = Positions()
+    # Granite's scalings: x = embed·embedding_multiplier; residual adds scaled by residual_multiplier;
+    # logits divided by logits_scaling
+    embedding_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    residual_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    logits_scaling: Annotated[float, Field(gt=0, le=1e4)] = 1.0
 
 
 class Attention(Strict):
@@ -72,6 +83,11 @@ class Attention(Strict):
     n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None  # None: = n_heads (MHA)
     head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None  # None: d_model / n_heads
     qk_norm: bool = False
+    # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole
+    # q (h·head_dim) and k (kv·head_dim) projections (OLMoE)
+    qk_norm_scope: Literal["head", "projection"] = "head"
+    clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None  # clamp q, k, v (DBRX, OLMoE)
+    scale: Annotated[float, Field(gt=0, le=1e3)] | None = None  # softmax scale; None: 1/sqrt(d_qk)
     bias: bool = False  # bias on the q, k, v projections
     out_bias: bool = False  # bias on the output projection
     sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
@@ -88,6 +104,8 @@ class FFN(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     activation: Activation = "swiglu"
     bias: bool = False
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = 1.702  # swiglu_clamped only
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = 7.0  # swiglu_clamped only
 
 
 class Router(Strict):
@@ -122,6 +140,8 @@ class MoE(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     activation: Activation = "swiglu"
     bias: bool = False
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = 1.702  # swiglu_clamped only
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = 7.0  # swiglu_clamped only
     n_shared_experts: Annotated[int, Field(ge=0, le=1024)] = 0
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None  # None: = (resolved) d_ff
     shared_gate: bool = False  # sigmoid gate on the shared expert output (Qwen2-MoE)

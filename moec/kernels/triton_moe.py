@@ -7,6 +7,8 @@ which is for correctness tests, never for speed. Kernels live in :mod:`moec.kern
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from moec.kernels import ACTIVATIONS, GATED
@@ -28,8 +30,14 @@ _TUNED: dict[str, KernelConfig] = {}  # in-process memo over the on-disk autotun
 
 
 def _config(
-    x: torch.Tensor, top_k: int, n_experts: int, d: int, f: int, activation: str, tune: callable | None = None
-) -> KernelConfig:  # type: ignore[valid-type]
+    x: torch.Tensor,
+    top_k: int,
+    n_experts: int,
+    d: int,
+    f: int,
+    activation: str,
+    tune: Callable[[KernelConfig], float] | None = None,
+) -> KernelConfig:
     if not x.is_cuda:
         return INTERPRETER_CONFIG
     n_rows = x.shape[0] * top_k

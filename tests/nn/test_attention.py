@@ -21,6 +21,15 @@ ROPE = PositionsPlan("rope", 10000.0, None)
 D = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core machine: one intra-op thread is ~50x faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def gqa_plan(h=4, kv=2, hd=8, *, qk_norm=False, bias=False, out_bias=False, sinks=False, window=None, rope=True):
     return AttentionPlan("gqa", h, kv, hd, qk_norm, bias, out_bias, sinks, window, rope)
 
@@ -189,15 +198,27 @@ HF_ROPE = {
         100,
     ),
     "yarn, deepseek mscale": (
-        {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
-         "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 1.0},
+        {
+            "rope_type": "yarn",
+            "factor": 40.0,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 0.707,
+            "mscale_all_dim": 1.0,
+        },
         RopeScalingPlan("yarn", 40.0, 4096, beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=1.0),
         163840,
         100,
     ),  # fmt: skip
     "llama3": (
-        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-         "original_max_position_embeddings": 8192},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
         RopeScalingPlan("llama3", 8.0, 8192, low_freq_factor=1.0, high_freq_factor=4.0),
         131072,
         100,

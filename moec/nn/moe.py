@@ -125,7 +125,8 @@ class MoE(nn.Module):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.plan, self.d_model, self.backend = plan, d_model, backend
+        self.plan, self.d_model, self.backend = plan, d_model, backend  # backend may be changed later
+        self._kernel_cache: dict[tuple[str, str], ModuleType] = {}
         kw = {"device": device, "dtype": dtype}
         self.router = Router(plan, d_model, **kw)
         if plan.expert_kind == "lora":
@@ -141,6 +142,7 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
         if self.shared_gate is not None and not self.shared_gate.weight.is_meta:
             _normal_(self.shared_gate.weight, d_model)
+        self._kernels(self.router.weight.device)  # resolved here, so a compiled forward finds it cached
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
         """x (B, S, d) or (T, d) → (y of the same shape, MoEAux)."""
@@ -155,7 +157,7 @@ class MoE(nn.Module):
         seq_len = x.shape[1] if x.dim() == 3 else None
         xt = x.reshape(-1, self.d_model)  # (T, d)
         r = self.router(xt, seq_len=seq_len or None)
-        kernels = get_backend(self.backend, device=str(x.device))
+        kernels = self._kernels(x.device)
         topk_w = r.topk_w.to(x.dtype)
         if self.base is not None:
             y = self.experts(xt, r.topk_idx, topk_w, kernels, self.base)  # (T, d)
@@ -168,6 +170,14 @@ class MoE(nn.Module):
             y = y + s
         aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, r.tokens_per_expert, r.dropped)
         return y.view(x.shape), aux
+
+    def _kernels(self, device: torch.device) -> ModuleType:
+        """The backend for ``self.backend`` on ``device``, looked up once per pair: ``get_backend``
+        imports modules, which torch.compile cannot trace."""
+        key = (self.backend, device.type)
+        if key not in self._kernel_cache:
+            self._kernel_cache[key] = get_backend(self.backend, device=str(device))
+        return self._kernel_cache[key]
 
     def update_bias(self) -> None:
         """Aux-loss-free balancing step; see :meth:`Router.update_bias`."""

@@ -24,6 +24,8 @@ from moec.nn.ffn import DenseFFN
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan
 
+_KERNELS: dict[tuple[str, str], ModuleType] = {}  # (backend, device type) → backend module
+
 
 @dataclass
 class MoEAux:
@@ -126,7 +128,6 @@ class MoE(nn.Module):
     ):
         super().__init__()
         self.plan, self.d_model, self.backend = plan, d_model, backend  # backend may be changed later
-        self._kernel_cache: dict[tuple[str, str], ModuleType] = {}
         kw = {"device": device, "dtype": dtype}
         self.router = Router(plan, d_model, **kw)
         if plan.expert_kind == "lora":
@@ -172,12 +173,11 @@ class MoE(nn.Module):
         return y.view(x.shape), aux
 
     def _kernels(self, device: torch.device) -> ModuleType:
-        """The backend for ``self.backend`` on ``device``, looked up once per pair: ``get_backend``
-        imports modules, which torch.compile cannot trace."""
+        """The backend module for ``self.backend`` on ``device``."""
         key = (self.backend, device.type)
-        if key not in self._kernel_cache:
-            self._kernel_cache[key] = get_backend(self.backend, device=str(device))
-        return self._kernel_cache[key]
+        if key not in _KERNELS:  # get_backend imports modules, which torch.compile cannot trace
+            _KERNELS[key] = get_backend(self.backend, device=str(device))
+        return _KERNELS[key]
 
     def update_bias(self) -> None:
         """Aux-loss-free balancing step; see :meth:`Router.update_bias`."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moec.nn.norms import make_norm
-from moec.nn.rope import apply_rope, softmax_scale_factor
+from moec.nn.rope import apply_rope
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
 
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa arrived in 2.5
@@ -105,7 +105,7 @@ class Attention(nn.Module):
         d_model: int,
         *,
         norm: NormPlan,
-        positions: PositionsPlan,
+        positions: PositionsPlan | None = None,  # unused: YaRN reaches GQA through cos/sin only
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -119,11 +119,13 @@ class Attention(nn.Module):
         self.k_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
         self.v_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
         self.o_proj = Linear(h * hd, d_model, bias=plan.out_bias, **kw)
-        # Qwen3: one norm over head_dim, shared by the heads; the model's norm kind (the analyzer counts it so)
-        self.q_norm = make_norm(norm, hd, **kw) if plan.qk_norm else None
-        self.k_norm = make_norm(norm, hd, **kw) if plan.qk_norm else None
+        # the model's norm kind (the analyzer counts it so); scope "head": one norm over head_dim shared by
+        # the heads (Qwen3); "projection": one norm over the whole q and k projections (OLMoE)
+        per_head = plan.qk_norm_scope == "head"
+        self.q_norm = make_norm(norm, hd if per_head else h * hd, **kw) if plan.qk_norm else None
+        self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if plan.qk_norm else None
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        self.scale = softmax_scale_factor(positions) / math.sqrt(hd)
+        self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -134,18 +136,22 @@ class Attention(nn.Module):
         """x (B, S, d); rope: (cos, sin), each (S, head_dim), or None without rotary positions."""
         check_input(x, self.d_model, "attention")
         B, S, _ = x.shape
-        h, kv, hd = self.plan.n_heads, self.plan.n_kv_heads, self.plan.head_dim
-        q = self.q_proj(x).view(B, S, h, hd)
-        k = self.k_proj(x).view(B, S, kv, hd)
-        v = self.v_proj(x).view(B, S, kv, hd).transpose(1, 2)  # (B, kv, S, hd)
-        if self.q_norm is not None and self.k_norm is not None:
+        p = self.plan
+        h, kv, hd = p.n_heads, p.n_kv_heads, p.head_dim
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, S, h·hd), (B, S, kv·hd) ×2
+        if p.qk_norm and p.qk_norm_scope == "projection":
+            q, k = self.q_norm(q), self.k_norm(k)  # OLMoE
+        if p.clip_qkv is not None:  # DBRX, OLMoE: after any projection norm
+            q, k, v = (t.clamp(-p.clip_qkv, p.clip_qkv) for t in (q, k, v))
+        q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, hd)
+        if p.qk_norm and p.qk_norm_scope == "head":
             q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, h, S, hd), (B, kv, S, hd)
-        if self.plan.rope:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, S, hd), (B, kv, S, hd) ×2
+        if p.rope:
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, hd)
+        y = attend(q, k, v, scale=self.scale, window=p.window, sinks=self.sinks)  # (B, h, S, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, h * hd))
 
     def extra_repr(self) -> str:

@@ -3,6 +3,8 @@
     pre-norm  (GPT-2, Llama):            x = x + attn(attn_norm(x));  x = x + ffn(ffn_norm(x))
     post-norm (original Transformer):    x = attn_norm(x + attn(x));  x = ffn_norm(x + ffn(x))
 
+Granite scales each branch by ``residual_multiplier`` before it joins the residual (1 elsewhere).
+
 Names (``attn_norm``, ``attn``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader.
 """
 
@@ -43,6 +45,7 @@ class Block(nn.Module):
     ):
         super().__init__()
         self.index, self.pre_norm = layer.index, model.norm.placement == "pre"
+        self.residual_multiplier = model.residual_multiplier
         kw = {"device": device, "dtype": dtype}
         self.attn_norm = make_norm(model.norm, model.d_model, **kw)
         self.attn = make_attention(layer, model, **kw)
@@ -53,13 +56,14 @@ class Block(nn.Module):
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, MoEAux | None]:
         """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN)."""
+        m = self.residual_multiplier
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), rope)
+            x = x + m * self.attn(self.attn_norm(x), rope)
             y, aux = self._ffn(self.ffn_norm(x))
-            return x + y, aux
-        x = self.attn_norm(x + self.attn(x, rope))
+            return x + m * y, aux
+        x = self.attn_norm(x + m * self.attn(x, rope))
         y, aux = self._ffn(x)
-        return self.ffn_norm(x + y), aux
+        return self.ffn_norm(x + m * y), aux
 
     def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
         if isinstance(self.ffn, MoE):

@@ -41,8 +41,8 @@ class MLA(nn.Module):
         super().__init__()
         if plan.kind != "mla":
             raise ValueError(f"MLA builds mla layers, not {plan.kind!r}")
-        if plan.qk_norm or plan.bias or plan.out_bias:
-            raise ValueError("MLA has no qk_norm or projection biases (DeepSeek-V2/V3 layout)")
+        if plan.qk_norm or plan.bias or plan.out_bias or plan.clip_qkv is not None:
+            raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
         assert plan.kv_lora_rank and plan.qk_nope_head_dim and plan.v_head_dim and plan.qk_rope_head_dim is not None
         self.plan, self.d_model = plan, d_model
         h, nope, rope, dv = plan.n_heads, plan.qk_nope_head_dim, plan.qk_rope_head_dim, plan.v_head_dim
@@ -62,7 +62,7 @@ class MLA(nn.Module):
         self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        self.scale = softmax_scale_factor(positions) / math.sqrt(qk)
+        self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

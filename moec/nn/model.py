@@ -6,6 +6,9 @@ Module names are a contract with codegen and the HF weight loader:
 (pre-norm only: a post-norm stack ends normalised), ``lm_head`` (its weight *is* ``embed.weight`` when
 tied), ``mtp.{j}.{enorm,hnorm,eh_proj,block,norm}``. :func:`component_of` maps every parameter name to
 the analyzer's component, which is how frozen components are applied and how the tests compare counts.
+
+Granite's scalings are plan fields: embeddings × ``embedding_multiplier``, logits ÷ ``logits_scaling``
+(and each residual branch × ``residual_multiplier``, in the block).
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ class MoecModel(nn.Module):
             self.rotary = RotaryEmbedding(plan.positions, rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.placement == "pre" else None
-        self.lm_head = Linear(d, V, bias=False, **kw)
+        self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
         if plan.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one tensor, counted once
         self.mtp = nn.ModuleList(MTPModule(lp, plan, backend=backend, **kw) for lp in plan.mtp)
@@ -134,7 +137,7 @@ class MoecModel(nn.Module):
         """tokens (B, S) int64/int32 → (logits (B, S, V), ModelAux). Causal LM, no padding mask."""
         self._check(tokens)
         B, S = tokens.shape
-        x = self.embed(tokens)  # (B, S, d)
+        x = self._embed(tokens)  # (B, S, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(S, device=tokens.device))
         rope = self.rotary(S, x.device, x.dtype) if self.rotary is not None else None  # (S, rope_dim) ×2
@@ -144,20 +147,28 @@ class MoecModel(nn.Module):
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)
-        logits = self.lm_head(x)  # (B, S, V)
+        logits = self._head(x)  # (B, S, V)
 
         mtp_logits = []
         h = x
         for k, m in enumerate(self.mtp, start=1):
             # token i+k at position i; past the end there is none: 0, and those positions have no target
             ahead = F.pad(tokens[:, k:], (0, min(k, S)))[:, :S]  # (B, S)
-            h, aux = m(h, self.embed(ahead), rope)
+            h, aux = m(h, self._embed(ahead), rope)
             auxes.append(aux)
-            mtp_logits.append(self.lm_head(m.norm(h)))  # (B, S, V)
+            mtp_logits.append(self._head(m.norm(h)))  # (B, S, V)
 
         losses = [a.loss for a in auxes if a is not None]
         total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
         return logits, ModelAux(total, auxes, mtp_logits)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)  # (B, S, d)
+        return x if self.plan.embedding_multiplier == 1.0 else x * self.plan.embedding_multiplier
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)  # (B, S, V)
+        return logits if self.plan.logits_scaling == 1.0 else logits / self.plan.logits_scaling
 
     def _check(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor):

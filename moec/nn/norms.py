@@ -32,15 +32,16 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, *, device=None, dtype=None):
+    def __init__(self, dim: int, eps: float, *, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype)) if bias else None  # DBRX: none
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
@@ -51,5 +52,6 @@ class LayerNorm(nn.Module):
 
 def make_norm(plan: NormPlan, dim: int, *, device=None, dtype=None) -> RMSNorm | LayerNorm:
     """The model's norm kind and eps over a vector of width ``dim`` (placement is the block's business)."""
-    cls = RMSNorm if plan.kind == "rmsnorm" else LayerNorm
-    return cls(dim, plan.eps, device=device, dtype=dtype)
+    if plan.kind == "rmsnorm":
+        return RMSNorm(dim, plan.eps, device=device, dtype=dtype)
+    return LayerNorm(dim, plan.eps, bias=plan.bias, device=device, dtype=dtype)

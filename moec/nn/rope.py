@@ -29,8 +29,9 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 def softmax_scale_factor(positions: PositionsPlan) -> float:
-    """Multiplier on 1/√d_qk. DeepSeek-V2/V3 fold YaRN's temperature into the softmax scale as
-    mscale(s, mscale_all_dim)² (transformers' ``yarn_apply_mscale``); 1 for every other scaling."""
+    """Multiplier on MLA's 1/√d_qk. DeepSeek-V2/V3 fold YaRN's temperature into the softmax scale as
+    mscale(s, mscale_all_dim)² (transformers' ``yarn_apply_mscale``); 1 for every other scaling. GQA
+    models take YaRN's temperature through cos/sin only, as in transformers."""
     sc = positions.scaling
     if positions.kind != "rope" or sc is None or sc.kind != "yarn" or not sc.mscale_all_dim:
         return 1.0
@@ -66,7 +67,9 @@ def _yarn(sc: RopeScalingPlan, base: float, dim: int, exponents: torch.Tensor) -
     wavelength falls between beta_fast and beta_slow rotations of the original context."""
     assert sc.original_max_seq_len is not None, "checked by the spec"
     factor = sc.factor
-    if sc.mscale and sc.mscale_all_dim:  # DeepSeek: the ratio; 1 when the two are equal
+    if sc.attention_factor is not None:  # stated outright (gpt-oss)
+        attention_factor = sc.attention_factor
+    elif sc.mscale and sc.mscale_all_dim:  # DeepSeek: the ratio; 1 when the two are equal
         attention_factor = yarn_mscale(factor, sc.mscale) / yarn_mscale(factor, sc.mscale_all_dim)
     else:
         attention_factor = yarn_mscale(factor)
@@ -75,8 +78,10 @@ def _yarn(sc: RopeScalingPlan, base: float, dim: int, exponents: torch.Tensor) -
     def correction_dim(rotations: float) -> float:
         return dim * math.log(sc.original_max_seq_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if sc.truncate:  # round the ramp to whole dims (gpt-oss keeps it fractional)
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=exponents.device) - low) / (high - low)).clamp(0, 1)

@@ -211,6 +211,20 @@ HF_ROPE = {
         163840,
         100,
     ),  # fmt: skip
+    "yarn, gpt-oss (untruncated, stated factor)": (
+        {
+            "rope_type": "yarn",
+            "factor": 32.0,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "truncate": False,
+            "attention_factor": 1.2,
+        },
+        RopeScalingPlan("yarn", 32.0, 4096, beta_fast=32, beta_slow=1, truncate=False, attention_factor=1.2),
+        131072,
+        100,
+    ),  # fmt: skip
     "llama3": (
         {
             "rope_type": "llama3",

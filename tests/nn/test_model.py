@@ -65,6 +65,26 @@ layers:
   overrides: [{select: {first: 0, last: 0}, ffn: dense}]
 mtp: {n_layers: 1, ffn: moe}
 """
+OLMOE = """
+name: tiny-olmoe
+model: {vocab_size: 128, d_model: 64, n_layers: 2, max_seq_len: 64, norm: {kind: rmsnorm, eps: 1e-5},
+        positions: {kind: rope, theta: 10000.0}}
+attention: {n_heads: 4, n_kv_heads: 2, qk_norm: true, qk_norm_scope: projection, clip_qkv: 0.5}
+moe:
+  n_experts: 8
+  d_ff: 32
+  router: {top_k: 2, score: softmax}
+  balance: {load_balance_coeff: 0.01}
+layers: {default: {ffn: moe}}
+"""
+GRANITE = """
+name: tiny-granite
+model: {vocab_size: 128, d_model: 64, n_layers: 2, max_seq_len: 64, norm: {kind: rmsnorm, eps: 1e-6},
+        positions: {kind: rope, theta: 10000.0}, embedding_multiplier: 12.0, residual_multiplier: 0.22,
+        logits_scaling: 8.0}
+attention: {n_heads: 4, n_kv_heads: 2, scale: 0.05}
+ffn: {d_ff: 96}
+"""
 SMALL_MOE = """
 name: small-moe
 model: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 32, norm: {kind: layernorm, eps: 1e-5}}
@@ -180,6 +200,25 @@ def hf_deepseek():
     return DeepseekV3ForCausalLM(cfg)
 
 
+def hf_olmoe():
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    cfg = OlmoeConfig(**hf_common(intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                  num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, clip_qkv=0.5,
+                                  rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1e4}))  # fmt: skip
+    return OlmoeForCausalLM(cfg)
+
+
+def hf_granite():
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    cfg = GraniteConfig(**hf_common(intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                                    rms_norm_eps=1e-6, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                    logits_scaling=8.0, attention_multiplier=0.05,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 1e4}))  # fmt: skip
+    return GraniteForCausalLM(cfg)
+
+
 HF_CASES = {
     "llama": (lambda: plan_of(LLAMA, SCALING=""), lambda: hf_llama(None)),
     "llama, llama3 rope": (
@@ -202,6 +241,8 @@ HF_CASES = {
     "mixtral, sliding window": (lambda: plan_of(MIXTRAL, WINDOW="window: 5"), lambda: hf_mixtral(5)),
     "qwen3-moe": (lambda: plan_of(QWEN3), hf_qwen3),
     "deepseek-v3": (lambda: plan_of(DEEPSEEK), hf_deepseek),
+    "olmoe (projection qk-norm, clip_qkv)": (lambda: plan_of(OLMOE), hf_olmoe),
+    "granite (multipliers, scale)": (lambda: plan_of(GRANITE), hf_granite),
 }
 
 

@@ -128,6 +128,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -254,10 +261,14 @@ def run_bench(shape: BenchShape, opts: BenchOptions) -> dict[str, Any]:
         notes.append(f"{opts.dtype} matmuls on a CPU without native support are emulated (~100x slower than fp32)")
     weights = _make_weights(shape, dtype, device, opts.seed, opts.backward, opts.weight_layout)
     results: list[Result] = []
+    load_before = _loadavg()
     for T in opts.tokens:
         results += _bench_tokens(shape, opts, T, weights, device, dtype)
+    machine = machine_info(device)
+    # other processes on a shared CPU distort every timing: keep the evidence with the numbers
+    machine["loadavg_1min_before_after"] = [load_before, _loadavg()]
     return {
-        "machine": machine_info(device),
+        "machine": machine,
         "config": {
             **asdict(shape),
             **{k: v for k, v in asdict(opts).items() if k != "device"},
@@ -456,6 +467,7 @@ def render_table(report: dict[str, Any]) -> str:
         f"moec bench: d_model={c['d_model']} d_ff={c['d_ff']} n_experts={c['n_experts']} top_k={c['top_k']} "
         f"{c['activation']} {c['dtype']} {mode} | {m['device']} {m.get('gpu') or m['cpu']} "
         f"({m['torch_threads']} threads) torch {m['torch']} | median of {c['repeats']}, interleaved"
+        f" | load avg {m['loadavg_1min_before_after'][0]} -> {m['loadavg_1min_before_after'][1]}"
     )
     cols = [
         "tokens",

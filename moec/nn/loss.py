@@ -18,6 +18,8 @@ from moec.nn.model import ModelAux
 
 @dataclass
 class LossParts:
+    """Detached, for logging: backpropagate ``total``."""
+
     ce: torch.Tensor  # () next-token cross-entropy
     aux: torch.Tensor  # () Σ weighted MoE aux losses
     mtp: torch.Tensor | None = None  # () mean MTP cross-entropy over depths (None without MTP)
@@ -40,7 +42,7 @@ def lm_loss(
         mtp = torch.stack([_shifted_ce(lg, tokens, k + 1) for k, lg in depths]).mean()
         if mtp_weight:
             total = total + mtp_weight * mtp
-    return total, LossParts(ce=ce, aux=aux.loss, mtp=mtp)
+    return total, LossParts(ce.detach(), aux.loss.detach(), None if mtp is None else mtp.detach())
 
 
 def _shifted_ce(logits: torch.Tensor, tokens: torch.Tensor, shift: int) -> torch.Tensor:

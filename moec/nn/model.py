@@ -182,11 +182,11 @@ class MoecModel(nn.Module):
             raise ValueError(f"tokens must be non-empty; got shape {tuple(tokens.shape)}")
         if S > self.plan.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds the model's max_seq_len {self.plan.max_seq_len}")
-        # a host sync; skipped while compiling (and impossible on meta)
+        # one host sync per call; skipped while compiling (and impossible on meta)
         if not tokens.is_meta and not torch.compiler.is_compiling():
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.plan.vocab_size:
-                bad = lo if lo < 0 else hi
+            outside = (tokens < 0) | (tokens >= self.plan.vocab_size)
+            if outside.any():
+                bad = int(tokens[outside][0])
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.plan.vocab_size})")
 
     @torch.no_grad()

@@ -1,9 +1,10 @@
-"""Causal self-attention: MHA, GQA and MQA (one module; n_kv_heads says which), qk-norm, biases,
-sliding windows and attention sinks.
+"""Causal self-attention: MHA, GQA and MQA (one module; n_kv_heads says which), qk-norm, qkv clipping,
+biases, sliding windows and attention sinks.
 
-Parameter names follow Hugging Face Llama/Qwen3/gpt-oss so a weight loader maps one to one:
+Parameter names follow Hugging Face Llama/Qwen3/OLMoE/gpt-oss so a weight loader maps one to one:
 ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (``nn.Linear``, weight ``[out, in]``), ``q_norm``,
-``k_norm`` (over head_dim, shared by every head, as Qwen3), ``sinks`` (one logit per head, gpt-oss).
+``k_norm`` (over head_dim, shared by every head, as Qwen3; or over the whole projection, as OLMoE),
+``sinks`` (one logit per head, gpt-oss).
 The parameter count equals :func:`moec.analyze.counts.attention_part` exactly.
 
 :func:`attend` is the one place scores are computed, also for MLA: ``scaled_dot_product_attention``

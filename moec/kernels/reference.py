@@ -96,7 +96,7 @@ def _check(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, w_in: 
 def _gather_rows(x: torch.Tensor, disp: Dispatch, k: int) -> torch.Tensor:
     """x rows in sorted order: (N, d)."""
     if disp.valid is None:
-        return x[disp.tok]  # backward is index_add_, deterministic on CPU
+        return x.index_select(0, disp.tok)  # backward is index_add_, deterministic on CPU
     T, d = x.shape
     # Expanding then permuting keeps the backward free of atomics: the permutation's scatter hits each
     # row once and the expand's backward is a plain sum over k.

@@ -176,6 +176,14 @@ def test_lora_mix_matches_oracle(how: str, grouped: bool, monkeypatch):
         torch.testing.assert_close(a.double(), b, **BF16)
 
 
+def test_cpu_results_are_bitwise_reproducible():
+    T, d, f, E, k = 64, 16, 8, 4, 2
+    ts, idx = tensors(T, d, f, E, k, "swiglu", True), routing(T, E, k)
+    grad_out = torch.randn(T, d, dtype=torch.float64)
+    (y1, g1), (y2, g2) = (run_ffn(reference, ts, idx, "swiglu", torch.float32, grad_out) for _ in range(2))
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
 def test_reference_is_the_cpu_backend():
     assert get_backend("auto", device="cpu") is reference
 

@@ -2,7 +2,8 @@
 
 Every backend implements the same two functions (house style 6: the fast path beside its oracle):
 
-``expert_ffn(x, topk_idx, topk_w, w_gate_up, w_down, *, activation, b_gate_up=None, b_down=None)``
+``expert_ffn(x, topk_idx, topk_w, w_gate_up, w_down, *, activation, b_gate_up=None, b_down=None,
+alpha=None, limit=None)``
     x          (T, d)        token activations
     topk_idx   (T, k) int64  expert of each routing slot; -1 marks a dropped slot (contributes zero)
     topk_w     (T, k)        gate weight of each slot (differentiable)
@@ -10,6 +11,7 @@ Every backend implements the same two functions (house style 6: the fast path be
                (E, d, f) otherwise (gelu, relu, silu)
     w_down     (E, f, d)
     b_gate_up  (E, 2f) or (E, f), optional;  b_down (E, d), optional
+    alpha, limit   parameters of ``swiglu_clamped`` (gpt-oss); None = gpt-oss's 1.702 and 7.0
     returns    (T, d) = Σ_j topk_w[t, j] · FFN_{topk_idx[t, j]}(x[t])
 
 ``lora_mix(x, topk_idx, topk_w, lora_a, lora_b, scale)``
@@ -27,8 +29,8 @@ import importlib
 from types import ModuleType
 
 BACKENDS = ("naive", "reference", "triton")
-ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu")
-GATED = ("swiglu", "geglu")
+ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
+GATED = ("swiglu", "geglu", "swiglu_clamped")
 
 
 def get_backend(name: str = "auto", *, device: str | None = None) -> ModuleType:

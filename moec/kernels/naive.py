@@ -11,8 +11,21 @@ import torch.nn.functional as F
 from moec.kernels import GATED
 
 
-def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+# gpt-oss's defaults for swiglu_clamped (the spec's activation_alpha / activation_limit)
+CLAMPED_ALPHA = 1.702
+CLAMPED_LIMIT = 7.0
+
+
+def activate(h: torch.Tensor, activation: str, *, alpha: float | None = None, limit: float | None = None) -> torch.Tensor:
     """Apply the expert activation to the first projection's output h (gated: h = [gate | up])."""
+    if activation == "swiglu_clamped":
+        # gpt-oss: gate clamped from above, up clamped both ways, sigmoid(alpha·g)·g, and (up + 1)
+        gate, up = h.chunk(2, dim=-1)
+        a = CLAMPED_ALPHA if alpha is None else alpha
+        lim = CLAMPED_LIMIT if limit is None else limit
+        gate = gate.clamp(max=lim)
+        up = up.clamp(min=-lim, max=lim)
+        return (up + 1) * (gate * torch.sigmoid(a * gate))
     if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
         return (F.silu(gate) if activation == "swiglu" else F.gelu(gate, approximate="tanh")) * up
@@ -35,6 +48,8 @@ def expert_ffn(
     activation: str,
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float | None = None,
+    limit: float | None = None,
 ) -> torch.Tensor:
     out = torch.zeros_like(x)
     for e in range(w_gate_up.shape[0]):
@@ -44,7 +59,7 @@ def expert_ffn(
         h = x[tok] @ w_gate_up[e]  # (n, 2f) or (n, f)
         if b_gate_up is not None:
             h = h + b_gate_up[e]
-        y = activate(h, activation) @ w_down[e]  # (n, d)
+        y = activate(h, activation, alpha=alpha, limit=limit) @ w_down[e]  # (n, d)
         if b_down is not None:
             y = y + b_down[e]
         out = out.index_add(0, tok, y * topk_w[tok, slot].unsqueeze(-1).to(y.dtype))

@@ -29,7 +29,10 @@ def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype
 def make_ffn(layer: LayerPlan, d_model: int, *, backend: str = "auto", device=None, dtype=None) -> DenseFFN | MoE:
     f = layer.ffn
     if isinstance(f, DenseFFNPlan):
-        return DenseFFN(d_model, f.d_ff, f.activation, bias=f.bias, device=device, dtype=dtype)
+        return DenseFFN(
+            d_model, f.d_ff, f.activation, bias=f.bias, alpha=f.activation_alpha, limit=f.activation_limit,
+            device=device, dtype=dtype,
+        )  # fmt: skip
     return MoE(f, d_model, backend=backend, device=device, dtype=dtype)
 
 

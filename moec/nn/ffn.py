@@ -24,11 +24,14 @@ class DenseFFN(nn.Module):
         activation: str,
         *,
         bias: bool = False,
+        alpha: float | None = None,
+        limit: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
+        self.alpha, self.limit = alpha, limit  # swiglu_clamped only
         width = 2 * d_ff if activation in GATED else d_ff
         kw = {"device": device, "dtype": dtype}
         self.w_gate_up = nn.Parameter(torch.empty(d_model, width, **kw))  # (d, 2f) or (d, f)
@@ -50,7 +53,7 @@ class DenseFFN(nn.Module):
         h = x @ self.w_gate_up  # (..., 2f) or (..., f)
         if self.b_gate_up is not None:
             h = h + self.b_gate_up
-        y = activate(h, self.activation) @ self.w_down  # (..., d)
+        y = activate(h, self.activation, alpha=self.alpha, limit=self.limit) @ self.w_down  # (..., d)
         if self.b_down is not None:
             y = y + self.b_down
         return y

@@ -92,7 +92,8 @@ def smoke_run(
     if tamper is not None:
         tamper(model)
     moe_layers = [(i, m) for i, m in enumerate(model.modules()) if isinstance(m, MoE)]
-    moe_index = [lp.index for lp in small.layers if lp.ffn.kind == "moe"]
+    # ModelAux.layers is indexed by LayerPlan.index: main layers, then MTP blocks (n_layers + j)
+    moe_index = [lp.index for lp in (*small.layers, *small.mtp) if lp.ffn.kind == "moe"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
@@ -133,8 +134,7 @@ def smoke_run(
             for j, la in enumerate(_moe_aux(aux)):
                 load[j] += la.tokens_per_expert.to(load[j].device)
                 dropped[j] += la.dropped.to(dropped[j].device)
-            ce = float(parts["ce"] if isinstance(parts, dict) else parts.ce)
-            ax = float(parts["aux"] if isinstance(parts, dict) else parts.aux)
+            ce, ax = float(parts.ce), float(parts.aux)
             losses.append(ce)
             auxes.append(ax)
             if not math.isfinite(ce) or not math.isfinite(ax):

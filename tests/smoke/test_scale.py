@@ -24,7 +24,9 @@ def test_tiny_keeps_the_layer_pattern(name: str, expect: str):
     assert pattern(f.plan) == expect
 
 
-@pytest.mark.parametrize("name", ["deepseek-v3", "qwen3-30b-a3b", "mixtral-8x7b", "switch-base-8", "lora-moe", "glam-style"])
+@pytest.mark.parametrize(
+    "name", ["deepseek-v3", "qwen3-30b-a3b", "mixtral-8x7b", "switch-base-8", "lora-moe", "glam-style"]
+)
 def test_tiny_keeps_experts_topk_shared_router_and_attention_kind(name: str):
     plan = load_model(str(SPECS / f"{name}.yaml"))
     small = fit(plan, scale="tiny", budget_bytes=None, batch=4, seq=32).plan

@@ -24,18 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
-from moec.hf.families import (
-    EXPORTERS_DENSE,
-    EXPORTERS_MOE,
-    FAMILIES,
-    INERT,
-    CannotExport,
-    Draft,
-    Family,
-    Gap,
-    HFConfig,
-    layer_pattern,
-)
+from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
+from moec.hf.families import FAMILIES, INERT, Draft, Family, Gap, HFConfig, layer_pattern
 from moec.spec.load import LoadedSpec, load_spec
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -282,6 +272,12 @@ def render_yaml(t: Translation) -> str:
     ]
     if ignored:
         head.append("# Ignored (no effect on the architecture): " + ", ".join(ignored) + ".")
+    if t.draft.training_only:
+        head.append(
+            "# Not represented (dropout: training only, identity at inference, no parameters): "
+            + ", ".join(t.draft.training_only)
+            + "."
+        )
     out = head + [
         "moec: 1",
         f"name: {_scalar(t.name)}",

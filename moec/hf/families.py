@@ -9,7 +9,7 @@ config with gaps, naming the field and the schema addition that would carry it, 
 approximates. (The draft still holds the nearest spec, and ``param_delta`` says by how much
 transformers' parameter count differs from it; the parity tests use that to pin each gap down.)
 
-Exporters (``export_*``) go the other way for the families a resolved plan can map onto exactly.
+Exporters (``export.py``) go the other way for the families a resolved plan can map onto exactly.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 
 # Fields that change neither the architecture nor its forward math at inference (token ids, init,
 # caching, output switches, provenance). Present or absent, they never affect the spec.
@@ -185,6 +183,9 @@ class Draft:
     rope: list[bool] = field(default_factory=list)
     rope_note: str = ""
     gaps: list[Gap] = field(default_factory=list)
+    # config fields that only act in training and that a moec spec has no field for (dropout): the written
+    # YAML names them in its header, so that leaving them out is never silent
+    training_only: list[str] = field(default_factory=list)
 
     def put(self, path: str, value: Any, note: str = "") -> None:
         self.fields[path] = (value, note)
@@ -249,16 +250,27 @@ def _activation(c: HFConfig, d: Draft, key: str = "hidden_act") -> str:
 
 
 def _dropout(c: HFConfig, d: Draft, *keys: str) -> None:
+    """Dropout is identity at inference and changes no parameter count; a moec spec has no field for it, so
+    a non-zero rate is named in the written spec's header (training only) instead of refusing the model."""
     for k in keys:
         p = c.float(k, optional=True)
         if p:
-            d.gap(c.prefix + k, p, "dropout is not part of a moec spec", "dropout")
+            d.training_only.append(f"{c.prefix}{k} {p!r}")
 
 
 _ROPE_KEYS = {
     "linear": {"factor"},
     "dynamic": {"factor"},
-    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"},
+    "yarn": {
+        "factor",
+        "original_max_position_embeddings",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "attention_factor",
+        "truncate",
+    },
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
 }
 _ROPE_FIELDS = {
@@ -270,6 +282,8 @@ _ROPE_FIELDS = {
     "mscale_all_dim": "mscale_all_dim",
     "low_freq_factor": "low_freq_factor",
     "high_freq_factor": "high_freq_factor",
+    "attention_factor": "attention_factor",
+    "truncate": "truncate",
 }
 
 
@@ -278,6 +292,10 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
     params, scaling = c.value("rope_parameters"), c.value("rope_scaling")
     where = "rope_scaling" if scaling else "rope_parameters"  # HF: rope_scaling, if given, wins
     given = scaling or params or {}
+    if not given and c.defaults.get("default_rope_parameters"):
+        # gpt-oss: a config without rope parameters gets the family's YaRN (GptOssConfig.__post_init__)
+        given = dict(c.defaults["default_rope_parameters"])
+        where = "rope_parameters (transformers default)"
     if not isinstance(given, dict) or any(isinstance(v, dict) for v in given.values()):
         c.bad(where, "expected one flat mapping of rope parameters")
         given = {}
@@ -289,13 +307,21 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
         c.bad("rope_theta", f"{top!r} disagrees with {where}.rope_theta ({theta!r}), which transformers uses")
     if theta is None:
         theta, theta_src = c.value("rope_theta"), c.src("rope_theta")
-        if theta is None:
-            theta, theta_src = theta_fallback, "attn_config.rope_theta"
+        if theta is None and theta_fallback is not None:
+            # DBRX: its own code (and the released config) put the base in attn_config; transformers 5.23
+            # reads only rope_parameters and would fall back to default_theta, which is not the model
+            theta, theta_src = theta_fallback, "attn_config.rope_theta (transformers 5.23 ignores it)"
         if theta is None:
             theta, theta_src = c.defaults["default_theta"], "rope_theta (transformers default_theta)"
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
         c.bad("rope_theta", f"{theta!r}: expected a positive number")
         theta = 10000.0
+    if theta_fallback is not None and theta != theta_fallback:
+        c.bad(
+            "rope_theta",
+            f"{theta!r} ({theta_src}, which transformers uses) disagrees with attn_config.rope_theta "
+            f"({theta_fallback!r}, which DBRX's own code uses): ambiguous",
+        )
     d.put("model.positions.theta", float(theta), theta_src)
     kind = rp.pop("rope_type", None) or rp.pop("type", None) or "default"
     rp.pop("type", None)
@@ -314,13 +340,6 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
     if kind not in _ROPE_KEYS:
         d.gap(f"{where}.rope_type", kind, f"rope_type {kind!r} has no moec equivalent", "rope_extra")
         return
-    if kind == "yarn":
-        if rp.get("attention_factor") is not None:
-            d.gap(f"{where}.attention_factor", rp["attention_factor"], "explicit yarn attention factor", "rope_extra")
-        if rp.get("truncate", True) is not True:
-            d.gap(f"{where}.truncate", rp["truncate"], "yarn without truncating the correction range", "rope_extra")
-        rp.pop("attention_factor", None)
-        rp.pop("truncate", None)
     if kind in ("yarn", "llama3"):
         # HF: a top-level original_max_position_embeddings wins (Phi-3), else the dict's, else max_position
         if c.given("original_max_position_embeddings"):
@@ -336,6 +355,11 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
             continue
         if k == "original_max_position_embeddings":
             d.put("model.positions.scaling.original_max_seq_len", v, f"{where}.{k}")
+        elif k == "truncate":  # gpt-oss keeps the yarn correction range unrounded
+            if isinstance(v, bool):
+                d.put("model.positions.scaling.truncate", v, f"{where}.{k}")
+            else:
+                c.bad(f"{where}.{k}", f"{v!r}: expected true or false")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             d.put(f"model.positions.scaling.{_ROPE_FIELDS[k]}", float(v), f"{where}.{k}")
         else:
@@ -561,23 +585,25 @@ def _olmoe(c: HFConfig, d: Draft) -> None:
     _base(c, d, "OLMoE")
     b = c.bool("attention_bias")
     _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias"), qk_norm=True)
-    h, kv, hd = d.get("attention.n_heads"), d.get("attention.n_kv_heads"), d.get("attention.head_dim")
-    d.gap(
-        "model_type olmoe (q_norm, k_norm)",
-        "RMSNorm(hidden_size), RMSNorm(kv·head_dim)",
-        "OLMoE normalises the whole q and k projections, not each head",
-        "qk_norm_scope",
-        param_delta=d.n_layers * ((h + kv) * hd - 2 * hd),
-    )
-    clip = c.float("clip_qkv", optional=True)
-    if clip is not None:
-        d.gap("clip_qkv", clip, "q, k, v are clamped after the projection", "clip_qkv")
-    _uniform_window(c, d)  # OlmoeAttention reads getattr(config, "sliding_window", None)
+    d.put("attention.qk_norm", True, "OlmoeAttention: q_norm, k_norm")
+    d.put("attention.qk_norm_scope", "projection", "RMSNorm(hidden_size) on q, RMSNorm(kv·head_dim) on k, whole")
+    _clip_qkv(c, d, "clip_qkv")
+    # OlmoeModel builds one full causal mask and its attention passes no window: a window in the config
+    # does nothing in transformers, and would in a model that honours it, so it is refused as ambiguous
+    w = c.value("sliding_window")
+    if w is not None:
+        d.gap("sliding_window", w, "transformers' OLMoE ignores sliding_window (full causal attention)", "layers")
     _moe_core(c, d, experts_key="num_experts", width_key="intermediate_size")
     _router(d, "OlmoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
     _aux(c, d)
     d.ffn_note = "every OLMoE layer is MoE"
+
+
+def _clip_qkv(c: HFConfig, d: Draft, key: str) -> None:
+    clip = c.float(key, optional=True)
+    if clip is not None:
+        d.put("attention.clip_qkv", clip, c.src(key) + " (q, k, v clamped after the projection)")
 
 
 def _gpt_oss(c: HFConfig, d: Draft) -> None:
@@ -593,13 +619,10 @@ def _gpt_oss(c: HFConfig, d: Draft) -> None:
         c.bad("experts_per_token", "disagrees with num_experts_per_tok")
     c.value("initial_context_length")  # gpt-oss's own name for yarn's original length
     c.value("hidden_act")  # GptOssExperts ignores it: the activation is fixed in code
+    d.put("moe.activation", "swiglu_clamped", "GptOssExperts._apply_gate: (clamp(up) + 1)·g·sigmoid(alpha·g)")
+    d.put("moe.activation_alpha", c.float("swiglu_alpha"), c.src("swiglu_alpha"))
+    d.put("moe.activation_limit", c.float("swiglu_limit"), c.src("swiglu_limit"))
     d.put("moe.bias", True, "GptOssExperts: gate_up_proj_bias and down_proj_bias")
-    d.gap(
-        "swiglu_alpha, swiglu_limit",
-        (c.float("swiglu_alpha"), c.float("swiglu_limit")),
-        "gpt-oss experts use a clamped SwiGLU with (up + 1) and sigmoid(alpha·gate)",
-        "swiglu_clamped",
-    )
     _router(
         d,
         "GptOssTopKRouter: top-k of the logits, softmax over the k",
@@ -623,8 +646,7 @@ def _phimoe(c: HFConfig, d: Draft) -> None:
     c.float("router_jitter_noise")  # SparseMixer's threshold eps, part of the gap above
     _jitter_on_hidden(c, d, "input_jitter_noise")
     _router(d, "nearest moec router (see the gap)", score="softmax", softmax_after_topk=False)
-    if c.bool("lm_head_bias"):
-        d.gap("lm_head_bias", True, "a bias on the lm_head", "head_bias", param_delta=d.get("model.vocab_size"))
+    d.put("model.head_bias", c.bool("lm_head_bias"), c.src("lm_head_bias"))
     _aux(c, d)
     d.ffn_note = "every Phi-MoE layer is MoE"
 
@@ -635,17 +657,13 @@ def _granitemoe(c: HFConfig, d: Draft) -> None:
     _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
     for k in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
         v = c.float(k)
-        if v != 1.0:
-            d.gap(k, v, f"Granite scales by {k}", "multipliers")
+        if v != 1.0:  # GraniteMoeModel / DecoderLayer / ForCausalLM (μP scalars)
+            d.put(f"model.{k}", v, c.src(k))
     am = c.float("attention_multiplier")
     hd = d.get("attention.head_dim")
-    if not math.isclose(am, hd**-0.5, rel_tol=1e-12):  # GraniteMoeAttention.scaling = attention_multiplier
-        d.gap(
-            "attention_multiplier",
-            am,
-            "the softmax scale is attention_multiplier, not 1/sqrt(head_dim)",
-            "attention_scale",
-        )
+    # GraniteMoeAttention.scaling = attention_multiplier; the standard 1/sqrt(head_dim) stays implicit
+    if not math.isclose(am, hd**-0.5, rel_tol=1e-12):
+        d.put("attention.scale", am, c.src("attention_multiplier") + " (softmax scale)")
     _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
     _router(
         d,
@@ -674,13 +692,7 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     d.put("model.tie_embeddings", False, c.src("tie_word_embeddings"))
     d.put("model.norm.kind", "layernorm", "DbrxBlock: nn.LayerNorm(d_model, bias=False)")
     d.put("model.norm.eps", 1e-5, "nn.LayerNorm default eps (DBRX has no eps field)")
-    d.gap(
-        "model_type dbrx (norm_1, norm_2, norm_f)",
-        "LayerNorm(bias=False)",
-        "DBRX layernorms have no bias",
-        "norm_bias",
-        param_delta=-(2 * d.n_layers + 1) * d_model,
-    )
+    d.put("model.norm.bias", False, "DbrxBlock norm_1, norm_2 and norm_f: LayerNorm(bias=False)")
     d.put("model.positions.kind", "rope", "DBRX uses rotary positions")
     _rope(c, d, theta_fallback=attn.value("rope_theta"))
     _dropout(c, d, "resid_pdrop", "emb_pdrop")
@@ -697,9 +709,7 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
         out_bias=(False, ""),
     )
     _derived(c, "num_key_value_heads", d.get("attention.n_kv_heads"))
-    clip = attn.float("clip_qkv", optional=True)
-    if clip is not None:
-        d.gap("attn_config.clip_qkv", clip, "q, k, v are clamped after the projection", "clip_qkv")
+    _clip_qkv(attn, d, "clip_qkv")
     act = ffn.value("ffn_act_fn") or {"name": "silu"}
     if not isinstance(act, dict) or set(act) - {"name"} or act.get("name") not in _ACTIVATIONS:
         d.gap("ffn_config.ffn_act_fn", act, "an expert activation moec does not map", "activation")
@@ -1014,7 +1024,11 @@ _GPT_OSS = _defaults(150000.0, num_hidden_layers=36, num_local_experts=128, voca
                      intermediate_size=2880, head_dim=64, num_attention_heads=64, num_key_value_heads=8,
                      sliding_window=128, max_position_embeddings=131072, rms_norm_eps=1e-5, num_experts_per_tok=4,
                      swiglu_alpha=1.702, swiglu_limit=7.0, router_aux_loss_coef=0.001, layer_types=None,
-                     attention_bias=True)
+                     attention_bias=True,
+                     # GptOssConfig.__post_init__ when the config gives no rope parameters
+                     default_rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                              "beta_slow": 1.0, "truncate": False,
+                                              "original_max_position_embeddings": 4096})
 _PHIMOE = _defaults(1e6, vocab_size=32064, hidden_size=4096, intermediate_size=6400, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
                     sliding_window=None, num_experts_per_tok=2, num_local_experts=16, router_aux_loss_coef=0.001,
@@ -1132,262 +1146,3 @@ def _selector(idx: list[int], n: int) -> dict[str, Any]:
             sel["last"] = idx[-1]
         return sel
     return {"layers": idx}
-
-
-# ---------------------------------------------------------------------------------------------
-# export: a resolved plan → one family's config.json (config.py verifies by importing it again)
-
-
-class CannotExport(Exception):
-    """This family cannot express the plan (the message says why)."""
-
-
-def _one(values: list[Any], what: str) -> Any:
-    distinct = set(values)
-    if len(distinct) != 1:
-        raise CannotExport(f"{what} differs between layers")
-    return distinct.pop()
-
-
-def _export_base(m: ResolvedModel, model_type: str) -> dict[str, Any]:
-    fam = FAMILIES[model_type]
-    if m.norm.kind != "rmsnorm" or m.norm.placement != "pre":
-        raise CannotExport(f"needs pre-norm RMSNorm (spec: {m.norm.placement} {m.norm.kind})")
-    if m.positions.kind != "rope":
-        raise CannotExport(f"needs rotary positions (spec: {m.positions.kind})")
-    if m.frozen:
-        raise CannotExport("config.json has no frozen components")
-    if m.mtp and model_type != "deepseek_v3":
-        raise CannotExport("has no multi-token-prediction layers")
-    attn = m.layers[0].attention
-    cfg: dict[str, Any] = {
-        "architectures": [fam.architecture],
-        "model_type": model_type,
-        "vocab_size": m.vocab_size,
-        "hidden_size": m.d_model,
-        "num_hidden_layers": m.n_layers,
-        "num_attention_heads": attn.n_heads,
-        "max_position_embeddings": m.max_seq_len,
-        "rms_norm_eps": m.norm.eps,
-        "tie_word_embeddings": m.tie_embeddings,
-        "rope_theta": m.positions.theta,
-        "rope_scaling": _export_rope(m),
-    }
-    acts = {lp.ffn.activation for lp in m.layers}
-    act = _one(list(acts), "the activation")
-    cfg["hidden_act"] = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh"}.get(act)
-    if cfg["hidden_act"] is None:
-        raise CannotExport(f"needs a gated activation (swiglu or geglu), not {act}")
-    if attn.kind == "gqa":
-        cfg["num_key_value_heads"] = attn.n_kv_heads
-        cfg["head_dim"] = attn.head_dim
-    if any(not lp.attention.rope for lp in m.layers):
-        raise CannotExport("has no NoPE layers")
-    return cfg
-
-
-def _export_rope(m: ResolvedModel) -> dict[str, Any] | None:
-    s = m.positions.scaling
-    if s is None:
-        return None
-    out: dict[str, Any] = {"rope_type": s.kind, "factor": s.factor}
-    if s.original_max_seq_len is not None:
-        out["original_max_position_embeddings"] = s.original_max_seq_len
-    for k in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor"):
-        if getattr(s, k) is not None:
-            out[k] = getattr(s, k)
-    return out
-
-
-def _moe_plan(m: ResolvedModel, *, all_layers: bool = False) -> MoEPlan:
-    plans = [lp.ffn for lp in m.layers if isinstance(lp.ffn, MoEPlan)]
-    if not plans:
-        raise CannotExport("is an MoE family and the spec has no MoE layer")
-    if all_layers and len(plans) != len(m.layers):
-        raise CannotExport("makes every layer MoE (the spec has dense layers)")
-    return plans[0]
-
-
-def _dense_plan(m: ResolvedModel) -> DenseFFNPlan | None:
-    plans = [lp.ffn for lp in m.layers if isinstance(lp.ffn, DenseFFNPlan)]
-    return plans[0] if plans else None
-
-
-def _uniform_window_of(m: ResolvedModel) -> int | None:
-    return _one([lp.attention.window for lp in m.layers], "the sliding window")
-
-
-def _layer_types(m: ResolvedModel) -> tuple[int | None, list[str]]:
-    ws = {lp.attention.window for lp in m.layers} - {None}
-    if len(ws) > 1:
-        raise CannotExport("layers slide over different windows")
-    types = ["sliding_attention" if lp.attention.window else "full_attention" for lp in m.layers]
-    return (ws.pop() if ws else None), types
-
-
-def _export_llama(m: ResolvedModel) -> dict[str, Any]:
-    cfg = _export_base(m, "llama")
-    a, f = m.layers[0].attention, _dense_plan(m)
-    if f is None:
-        raise CannotExport("is a dense family and the spec has MoE layers")
-    cfg.update(intermediate_size=f.d_ff, attention_bias=a.bias, mlp_bias=f.bias)
-    return cfg
-
-
-def _export_mistral(m: ResolvedModel) -> dict[str, Any]:
-    cfg = _export_base(m, "mistral")
-    f = _dense_plan(m)
-    if f is None:
-        raise CannotExport("is a dense family and the spec has MoE layers")
-    cfg.update(intermediate_size=f.d_ff, sliding_window=_uniform_window_of(m))
-    return cfg
-
-
-def _export_qwen_dense(m: ResolvedModel, model_type: str) -> dict[str, Any]:
-    cfg = _export_base(m, model_type)
-    f = _dense_plan(m)
-    if f is None:
-        raise CannotExport("is a dense family and the spec has MoE layers")
-    w, types = _layer_types(m)
-    cfg.update(
-        intermediate_size=f.d_ff,
-        use_sliding_window=w is not None,
-        sliding_window=w,
-        max_window_layers=m.n_layers,
-        layer_types=types,
-    )
-    if model_type == "qwen3":
-        cfg["attention_bias"] = m.layers[0].attention.bias
-    else:
-        cfg.pop("head_dim")  # Qwen2Config has no head_dim (the model derives hidden_size / heads)
-    return cfg
-
-
-def _export_moe_common(cfg: dict[str, Any], e: MoEPlan) -> None:
-    cfg["num_experts_per_tok"] = e.router.top_k
-    cfg["router_aux_loss_coef"] = e.load_balance_coeff
-
-
-def _export_mixtral(m: ResolvedModel) -> dict[str, Any]:
-    cfg = _export_base(m, "mixtral")
-    e = _moe_plan(m, all_layers=True)
-    cfg.update(
-        intermediate_size=e.d_ff,
-        num_local_experts=e.n_experts,
-        sliding_window=_uniform_window_of(m),
-        router_jitter_noise=0.0,
-    )
-    _export_moe_common(cfg, e)
-    return cfg
-
-
-def _export_qwen_moe(m: ResolvedModel, model_type: str) -> dict[str, Any]:
-    cfg = _export_base(m, model_type)
-    e, f = _moe_plan(m), _dense_plan(m)
-    dense = [lp.index for lp in m.layers if not isinstance(lp.ffn, MoEPlan)]
-    cfg.update(
-        num_experts=e.n_experts,
-        moe_intermediate_size=e.d_ff,
-        norm_topk_prob=e.router.normalize_topk,
-        decoder_sparse_step=1,
-        mlp_only_layers=dense,
-        intermediate_size=f.d_ff if f else FAMILIES[model_type].defaults["intermediate_size"],
-    )
-    _export_moe_common(cfg, e)
-    if model_type == "qwen2_moe":
-        w, types = _layer_types(m)
-        cfg.update(
-            use_sliding_window=w is not None,
-            sliding_window=w,
-            max_window_layers=m.n_layers,
-            layer_types=types,
-            shared_expert_intermediate_size=e.d_ff_shared,
-            qkv_bias=m.layers[0].attention.bias,
-        )
-    else:
-        w = _uniform_window_of(m)
-        cfg.update(use_sliding_window=w is not None, sliding_window=w, attention_bias=m.layers[0].attention.bias)
-    return cfg
-
-
-def _export_deepseek(m: ResolvedModel, model_type: str) -> dict[str, Any]:
-    cfg = _export_base(m, model_type)
-    a, e, f = m.layers[0].attention, _moe_plan(m), _dense_plan(m)
-    if a.kind != "mla":
-        raise CannotExport("needs MLA attention")
-    kinds = [lp.ffn.kind for lp in m.layers]
-    k_dense = kinds.index("moe")
-    if "dense" in kinds[k_dense:]:
-        raise CannotExport("puts dense layers only before the first MoE layer (first_k_dense_replace)")
-    r = e.router
-    cfg.update(
-        num_key_value_heads=a.n_heads,
-        q_lora_rank=a.q_lora_rank,
-        kv_lora_rank=a.kv_lora_rank,
-        qk_nope_head_dim=a.qk_nope_head_dim,
-        qk_rope_head_dim=a.qk_rope_head_dim,
-        v_head_dim=a.v_head_dim,
-        attention_bias=False,
-        intermediate_size=f.d_ff if f else e.d_ff * 4,
-        moe_intermediate_size=e.d_ff,
-        n_routed_experts=e.n_experts,
-        n_shared_experts=e.n_shared_experts,
-        num_experts_per_tok=r.top_k,
-        first_k_dense_replace=k_dense,
-        moe_layer_freq=1,
-        routed_scaling_factor=r.scale,
-        aux_loss_alpha=e.load_balance_coeff,
-        seq_aux=e.load_balance_granularity == "sequence",
-    )
-    if model_type == "deepseek_v3":
-        cfg.update(
-            n_group=r.n_groups,
-            topk_group=r.topk_groups,
-            norm_topk_prob=r.normalize_topk,
-            scoring_func="sigmoid",
-            topk_method="noaux_tc",
-            num_nextn_predict_layers=len(m.mtp),
-        )
-    else:
-        grouped = r.n_groups is not None
-        cfg.update(
-            n_group=r.n_groups or 1,
-            topk_group=r.topk_groups or 1,
-            norm_topk_prob=False,
-            scoring_func="softmax",
-            topk_method="group_limited_greedy" if grouped else "greedy",
-        )
-    return cfg
-
-
-def _export_granitemoe(m: ResolvedModel) -> dict[str, Any]:
-    cfg = _export_base(m, "granitemoe")
-    e = _moe_plan(m, all_layers=True)
-    cfg.update(
-        intermediate_size=e.d_ff,
-        num_local_experts=e.n_experts,
-        attention_bias=m.layers[0].attention.bias,
-        embedding_multiplier=1.0,
-        residual_multiplier=1.0,
-        logits_scaling=1.0,
-        attention_multiplier=1.0 / m.layers[0].attention.head_dim ** 0.5,
-    )
-    _export_moe_common(cfg, e)
-    return cfg
-
-
-# Tried in this order; the first whose config re-imports to the identical plan wins.
-EXPORTERS_DENSE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
-    ("llama", _export_llama),
-    ("mistral", _export_mistral),
-    ("qwen2", lambda m: _export_qwen_dense(m, "qwen2")),
-    ("qwen3", lambda m: _export_qwen_dense(m, "qwen3")),
-]
-EXPORTERS_MOE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
-    ("mixtral", _export_mixtral),
-    ("qwen3_moe", lambda m: _export_qwen_moe(m, "qwen3_moe")),
-    ("qwen2_moe", lambda m: _export_qwen_moe(m, "qwen2_moe")),
-    ("deepseek_v3", lambda m: _export_deepseek(m, "deepseek_v3")),
-    ("deepseek_v2", lambda m: _export_deepseek(m, "deepseek_v2")),
-    ("granitemoe", _export_granitemoe),
-]

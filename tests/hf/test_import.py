@@ -26,12 +26,7 @@ transformers = pytest.importorskip("transformers")
 # For the families whose release config the schema cannot express in full (EXACT are the others):
 # the config.json fields the importer names as unrepresentable, each with a proposed schema addition.
 GAPS = {
-    "olmoe": ["q_norm"],
-    "gpt_oss": ["swiglu_alpha", "truncate"],
-    "phimoe": ["longrope", "sparsemixer", "input_jitter_noise", "lm_head_bias"],
-    "granitemoe": ["embedding_multiplier", "residual_multiplier", "logits_scaling", "attention_multiplier",
-                   "attention_dropout"],
-    "dbrx": ["LayerNorm(bias=False)", "clip_qkv"],
+    "phimoe": ["longrope", "sparsemixer", "input_jitter_noise"],
     "llama4_text": ["attention_chunk_size", "use_qk_norm", "attn_temperature_tuning", "router_scores"],
 }  # fmt: skip
 
@@ -102,8 +97,19 @@ def test_deepseek_v3_spec_and_config_differ_only_in_training_coefficients():
 def test_configs_as_transformers_saves_them_import_to_the_same_plan(model_type):
     """save_pretrained writes the transformers 5 spelling: rope_parameters, layer_types, derived fields."""
     cfg = RELEASES[model_type]
-    saved = hf_model_on_meta(cfg).config.to_dict()
+    # DBRX: transformers 5.23 reads the rope base from rope_parameters only (attn_config.rope_theta, where
+    # DBRX keeps it, is ignored); a config built with the same base in both places saves consistently
+    built = {**cfg, "rope_theta": cfg["attn_config"]["rope_theta"]} if model_type == "dbrx" else cfg
+    saved = hf_model_on_meta(built).config.to_dict()
     assert plan_differences(hf_to_model(saved), hf_to_model(cfg)) == []
+
+
+def test_dbrx_rope_base_in_two_disagreeing_places_is_refused():
+    """What transformers 5.23 saves for the released DBRX config: rope_parameters with the default base
+    (what transformers runs) beside attn_config.rope_theta 500000 (what DBRX was trained with)."""
+    saved = hf_model_on_meta(RELEASES["dbrx"]).config.to_dict()
+    with pytest.raises(SpecError, match="attn_config.rope_theta .*ambiguous"):
+        hf_to_model(saved)
 
 
 @pytest.mark.parametrize("model_type", EXACT)

@@ -1,0 +1,8 @@
+"""Code generation: a resolved model → one readable, standalone ``model.py`` (and ``moec build``'s output folder).
+
+No torch at import: rendering is text; only writing weights builds a model.
+"""
+
+from moec.codegen.render import render_model_source
+
+__all__ = ["render_model_source"]

@@ -108,8 +108,12 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
     per_expert = mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
     parts["routed_experts"] = Part(E * per_expert, k * per_expert, 2 * k * mm)
     if f.n_shared_experts:
-        s_mm = f.n_shared_experts * ffn_weights(d, f.d_ff_shared, f.gated)
-        s_p = s_mm + (f.n_shared_experts * ffn_biases(d, f.d_ff_shared, f.gated) if f.bias else 0)
+        # s shared experts of width f_s are one FFN of width s·f_s (every token passes all of them and
+        # their outputs add); that is how DeepSeek and Hugging Face build them, so with biases there is
+        # one down-projection bias, not s
+        width = f.n_shared_experts * f.d_ff_shared
+        s_mm = ffn_weights(d, width, f.gated)
+        s_p = s_mm + (ffn_biases(d, width, f.gated) if f.bias else 0)
         gate = d if f.shared_gate else 0
         parts["shared_experts"] = Part(s_p + gate, s_p + gate, 2 * (s_mm + gate))
     return parts

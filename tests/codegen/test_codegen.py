@@ -1,0 +1,399 @@
+"""Generated model.py against the library model (moec.nn) on identical weights, for every feature a spec can
+express, at tiny sizes in fp32: identical logits, aux loss, MTP logits, parameter names, shapes and frozen
+flags. Plus: every shipped spec renders to tidy, compilable source importing only torch and moec.kernels,
+specialised to what the plan uses, and nothing from the spec but checked numbers and names reaches it."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import inspect
+import itertools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from moec.codegen import render_model_source
+from moec.kernels import reference
+from moec.nn import build_model
+from moec.spec import load_model, load_spec, resolve
+from moec.spec.paths import shipped_specs
+
+# a Llama-like dense model; each variant below is this text with some fields replaced
+BASE = """
+name: tiny
+model: {vocab_size: 64, d_model: 32, n_layers: 3, max_seq_len: 32, MODEL}
+attention: {n_heads: 4, ATTN}
+ffn: {d_ff: 48, FFN}
+"""
+MOE = """
+moe:
+  n_experts: N_EXPERTS
+  d_ff: 16
+  MOEX
+  router: {top_k: TOP_K, ROUTER}
+  BALANCE
+layers: {default: {ffn: moe}, overrides: [OVERRIDES]}
+"""
+DEEPSEEK = """
+name: tiny-deepseek-v3
+model: {vocab_size: 64, d_model: 32, n_layers: 3, max_seq_len: 32, norm: {kind: rmsnorm, eps: 1.0e-6},
+  positions: {kind: rope, theta: 10000.0, scaling: {kind: yarn, factor: 4.0, original_max_seq_len: 8,
+              beta_fast: 32.0, beta_slow: 1.0, mscale: 1.0, mscale_all_dim: 1.0}}}
+attention: {kind: mla, n_heads: 4, q_lora_rank: 24, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
+            v_head_dim: 8}
+ffn: {d_ff: 48}
+moe:
+  n_experts: 8
+  d_ff: 16
+  n_shared_experts: 1
+  router: {top_k: 2, score: sigmoid, normalize_topk: true, scale: 2.5, selection_bias: true, n_groups: 4,
+           topk_groups: 2, group_score: top2_sum}
+  balance: {bias_update_rate: 0.001, load_balance_coeff: 0.0001, load_balance_granularity: sequence}
+layers:
+  default: {ffn: moe}
+  overrides: [{select: {first: 0, last: 0}, ffn: dense}]
+mtp: {n_layers: 1, ffn: moe}
+"""
+
+
+def variant(
+    *, model="positions: {kind: rope}", attn="", ffn="", moe=False, moex="", router="", balance="", overrides="",
+    extra="", top_k=2, n_experts=4,
+) -> str:  # fmt: skip
+    """BASE (and MOE) with the placeholders filled in."""
+    text = BASE + (MOE if moe else "") + extra
+    subs = {"MODEL": model, "ATTN": attn, "FFN": ffn, "MOEX": moex, "ROUTER": router, "BALANCE": balance,
+            "OVERRIDES": overrides, "TOP_K": str(top_k), "N_EXPERTS": str(n_experts)}  # fmt: skip
+    for key, value in subs.items():
+        text = text.replace(key, value)
+    return text
+
+
+CASES = {
+    "llama": variant(attn="n_kv_heads: 2"),
+    "mixtral-window": variant(
+        attn="n_kv_heads: 2, window: 5",
+        moe=True,
+        router="normalize_topk: true",
+        balance="balance: {load_balance_coeff: 0.02}",
+    ),
+    "deepseek-v3": DEEPSEEK,
+    "qwen3-moe": variant(
+        attn="n_kv_heads: 2, head_dim: 12, qk_norm: true",
+        moe=True,
+        moex="n_shared_experts: 2\n  shared_gate: true",
+        router="normalize_topk: true",
+        balance="balance: {load_balance_coeff: 0.001}",
+    ),
+    "switch": variant(
+        model="tie_embeddings: true, norm: {kind: layernorm, eps: 1.0e-5, placement: post}, positions: {kind: none}",
+        ffn="activation: relu",
+        moe=True,
+        moex="activation: relu\n  capacity_factor: 1.0\n  drop_policy: position",
+        balance="balance: {load_balance_coeff: 0.01, z_loss_coeff: 0.001}",
+        overrides="{select: {every: 2, start: 0}, ffn: dense}",
+    ),
+    "capacity-by-probs-learned-positions": variant(
+        model="norm: {kind: layernorm, eps: 1.0e-5, bias: false}, positions: {kind: learned}",
+        moe=True,
+        moex="activation: gelu\n  capacity_factor: 0.5",
+        balance="balance: {z_loss_coeff: 0.001}",
+    ),
+    "lora-moe-frozen": variant(
+        model="tie_embeddings: true, positions: {kind: rope}",
+        moe=True,
+        moex="expert_kind: lora\n  lora: {rank: 4, alpha: 8}",
+        router="normalize_topk: true",
+        balance="balance: {load_balance_coeff: 0.01}",
+        extra="frozen: [embedding, attention, norms, head]\n",
+    ),
+    "sinks-window-mqa-nope-layer": variant(
+        attn="n_kv_heads: 1, sinks: true, window: 4, bias: true, out_bias: true",
+        moe=True,
+        moex="bias: true",
+        router="softmax_after_topk: true, bias: true",
+        overrides="{select: [1], attention: {window: null}}, {select: [2], attention: {rope: false}}",
+    ),
+    "dense-routing-geglu": variant(
+        moe=True,
+        moex="activation: geglu\n  n_shared_experts: 1",
+        router="dense: true",
+        top_k=4,
+        balance="balance: {load_balance_coeff: 0.01, load_balance_granularity: sequence}",
+    ),
+    "groups-max-jitter": variant(
+        moe=True,
+        n_experts=8,
+        router="score: sigmoid, selection_bias: true, n_groups: 4, topk_groups: 2, jitter: 0.1",
+        balance="balance: {bias_update_rate: 0.01}",
+    ),
+    "granite-olmoe-attention": variant(
+        model="positions: {kind: rope}, embedding_multiplier: 12.0, residual_multiplier: 0.22, logits_scaling: 8.0, "
+        "head_bias: true",
+        attn="n_kv_heads: 2, scale: 0.05, qk_norm: true, qk_norm_scope: projection, clip_qkv: 0.5",
+        ffn="activation: silu, bias: true",
+    ),
+    "rope-linear": variant(model="positions: {kind: rope, scaling: {kind: linear, factor: 2.0}}"),
+    "rope-dynamic": variant(
+        model="positions: {kind: rope, scaling: {kind: dynamic, factor: 2.0, original_max_seq_len: 8}}"
+    ),
+    "rope-llama3": variant(
+        model="positions: {kind: rope, theta: 500000.0, scaling: {kind: llama3, factor: 8.0, original_max_seq_len: 16}}"
+    ),
+    "rope-yarn-gpt-oss": variant(
+        model="positions: {kind: rope, scaling: {kind: yarn, factor: 4.0, original_max_seq_len: 8, truncate: false, "
+        "attention_factor: 1.2}}",
+        ffn="activation: swiglu_clamped, activation_alpha: 1.5, activation_limit: 3.0",
+    ),
+}
+# gpt-oss experts: the generated Experts pass alpha/limit to moec.kernels, as its interface documents
+CLAMPED_MOE = variant(moe=True, moex="activation: swiglu_clamped", router="softmax_after_topk: true")
+KERNEL_CLAMPED = "alpha" in inspect.signature(reference.expert_ffn).parameters
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core machine: one intra-op thread is much faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+_counter = itertools.count()
+
+
+def import_source(src: str, folder: Path) -> ModuleType:
+    path = folder / "model.py"
+    path.write_text(src)
+    name = f"moec_generated_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and typing look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter and the selection bias nonzero (fresh zeros would hide a mis-mapped bias or LoRA B)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in model.state_dict(keep_vars=True).values():
+            noise = torch.randn(t.shape, generator=g)
+            t.copy_(1.0 + 0.1 * noise if t.dim() == 1 else 0.1 * noise)  # norms ≠ 1 too
+
+
+def plan_of(text: str):
+    return resolve(load_spec("tiny.yaml", text=text))
+
+
+def library_and_generated(text: str, tmp_path: Path):
+    plan = plan_of(text)
+    lib = build_model(plan, device="cpu", dtype=torch.float32, seed=0)
+    randomize(lib)
+    module = import_source(render_model_source(plan), tmp_path)
+    gen = module.Model()
+    gen.load_state_dict(lib.state_dict(), strict=True)
+    return plan, lib, gen, module
+
+
+def run_both(lib, gen, tokens, *, train: bool):
+    lib.train(train)
+    gen.train(train)
+    torch.manual_seed(7)  # router jitter draws from the global RNG in both
+    logits, aux = lib(tokens)
+    torch.manual_seed(7)
+    out = gen(tokens, return_mtp=True) if lib.plan.mtp else gen(tokens)
+    return logits, aux, out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generated_model_gives_the_library_logits_and_aux_loss(case, tmp_path):
+    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, aux, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
+    assert torch.equal(out[1], aux.loss)
+    if plan.mtp:
+        assert len(out[2]) == len(aux.mtp_logits) == len(plan.mtp)
+        for a, b in zip(out[2], aux.mtp_logits, strict=True):
+            assert torch.equal(a, b)
+    lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
+    gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
+    assert gen_params == lib_params  # names, shapes, and which are frozen
+
+
+@pytest.mark.skipif(not KERNEL_CLAMPED, reason="moec.kernels.reference does not take swiglu_clamped's alpha yet")
+def test_generated_gpt_oss_experts_match(tmp_path):
+    plan, lib, gen, _ = library_and_generated(CLAMPED_MOE, tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, aux, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits) and torch.equal(out[1], aux.loss)
+
+
+@pytest.mark.parametrize("case", ["groups-max-jitter", "deepseek-v3", "switch"])
+def test_training_forward_backward_and_bias_update_match(case, tmp_path):
+    """Train mode (jitter, load counting), gradients, and the aux-loss-free bias step."""
+    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
+    logits, aux, out = run_both(lib, gen, tokens, train=True)
+    assert torch.equal(out[0], logits) and torch.equal(out[1], aux.loss)
+    (logits.square().mean() + aux.loss).backward()
+    (out[0].square().mean() + out[1]).backward()
+    lib_grads = dict(lib.named_parameters())
+    for name, p in gen.named_parameters():
+        q = lib_grads[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    if hasattr(gen, "update_bias"):
+        lib.update_bias()
+        gen.update_bias()
+        lib_state = lib.state_dict()
+        for name, t in gen.state_dict().items():
+            if name.endswith("expert_bias"):
+                assert torch.equal(t, lib_state[name]) and t.abs().sum() > 0, name
+
+
+def test_meta_build_then_assign_and_load_back_into_the_library(tmp_path):
+    """The docstring's recipe (meta + assign=True), and the other direction: generated weights → MoecModel."""
+    plan, lib, gen, module = library_and_generated(CASES["deepseek-v3"], tmp_path)
+    with torch.device("meta"):
+        fast = module.Model()
+    fast.load_state_dict(lib.state_dict(), assign=True)
+    tokens = torch.randint(0, plan.vocab_size, (1, 9), generator=torch.Generator().manual_seed(3))
+    fresh = module.Model()  # its own initialisation
+    lib2 = build_model(plan, device="cpu", seed=1)
+    lib2.load_state_dict(fresh.state_dict(), strict=True)
+    with torch.no_grad():
+        lib.eval(), fast.eval(), fresh.eval(), lib2.eval()
+        assert torch.equal(fast(tokens)[0], lib(tokens)[0])
+        assert torch.equal(fresh(tokens)[0], lib2(tokens)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped specs: render, compile, imports, tidiness, specialisation
+
+ALLOWED_IMPORTS = {"__future__", "math", "dataclasses", "torch", "torch.nn.functional", "torch.nn", "moec.kernels"}
+
+
+def imported_modules(src: str) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            mods.add(node.module or "")
+            if node.module == "torch":
+                mods |= {f"torch.{a.name}" for a in node.names}
+    return mods
+
+
+def defined_classes(src: str) -> set[str]:
+    return {n.name for n in ast.parse(src).body if isinstance(n, ast.ClassDef)}
+
+
+@pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
+def test_every_shipped_spec_renders_tidy_standalone_source(path):
+    plan = load_model(str(path))
+    src = render_model_source(plan)
+    compile(src, "model.py", "exec")
+    assert imported_modules(src) <= ALLOWED_IMPORTS
+    assert max(len(line) for line in src.splitlines()) <= 120
+    assert "\n\n\n\n" not in src and src.endswith("\n") and not src.endswith("\n\n")
+    assert not any(line != line.rstrip() for line in src.splitlines())
+    assert src.count("self.layers.append(Block(") == plan.n_layers  # unrolled, one block per layer
+    classes = defined_classes(src)
+    mla = plan.layers[0].attention.kind == "mla"
+    assert ("MLA" in classes) == mla and ("Attention" in classes) == (not mla)
+    assert ("Router" in classes) == bool(plan.moe_layers)
+    assert ("LoRAExperts" in classes) == (path.stem == "lora-moe")
+    assert ("MTPModule" in classes) == bool(plan.mtp)
+    assert (plan.description or "\0") not in src  # the description never reaches the code
+
+
+def test_source_names_only_what_the_plan_uses():
+    dense = render_model_source(plan_of(CASES["llama"]))
+    assert "Router" not in dense and "moec.kernels" not in dense and "sinks" not in dense and "window" not in dense
+    assert "ROPE_SCALING_FACTOR" not in dense and "LayerNorm" not in dense
+    ds = render_model_source(plan_of(DEEPSEEK))
+    assert "softmax(-1)  # (T, E)" not in ds and "probs = logits.sigmoid()" in ds  # specialised routing
+    assert "capacity" not in ds and "z_loss" not in ds and "apply_rope(" not in ds
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing from the spec reaches the code except checked numbers and names
+
+HOSTILE = '"""\nimport os\nos.system("echo pwned")\n"""'
+
+
+def test_hostile_description_is_not_pasted(tmp_path):
+    text = CASES["llama"].replace("name: tiny", f"name: tiny\ndescription: {HOSTILE!r}")
+    plan = plan_of(text)
+    assert "os.system" in plan.description
+    src = render_model_source(plan)
+    assert "os.system" not in src and "pwned" not in src
+    assert imported_modules(src) <= ALLOWED_IMPORTS
+    import_source(src, tmp_path).Model()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p.replace(name=HOSTILE),
+        lambda p: p.replace(name="ok\nimport os"),
+        lambda p: p.replace(d_model="32); import os; (1"),
+        lambda p: p.replace(vocab_size=True),
+        lambda p: p.replace(norm=dataclasses.replace(p.norm, eps=float("inf"))),
+        lambda p: p.replace(norm=dataclasses.replace(p.norm, kind="rmsnorm'; import os; '")),
+        lambda p: p.replace(frozen=("attention\nimport os",)),
+        lambda p: p.replace(
+            layers=tuple(
+                dataclasses.replace(lp, ffn=dataclasses.replace(lp.ffn, activation='swiglu"); import os; ("'))
+                for lp in p.layers
+            )
+        ),
+        lambda p: p.replace(
+            layers=tuple(
+                dataclasses.replace(lp, attention=dataclasses.replace(lp.attention, window="4); import os; (1"))
+                for lp in p.layers
+            )
+        ),
+    ],
+    ids=[
+        "name-quotes",
+        "name-newline",
+        "d_model-str",
+        "bool-for-int",
+        "inf",
+        "norm-kind",
+        "frozen",
+        "activation",
+        "window",
+    ],
+)
+def test_hostile_plan_values_are_refused(change):
+    plan = change(plan_of(CASES["llama"]))
+    with pytest.raises(ValueError):
+        render_model_source(plan)
+
+
+def test_plans_no_spec_produces_are_refused_not_mis_rendered():
+    mixed = plan_of(CASES["mixtral-window"])
+    moe_layers = [lp for lp in mixed.layers if lp.index in mixed.moe_layers]
+    other = dataclasses.replace(moe_layers[0].ffn, n_experts=8)
+    layers = tuple(dataclasses.replace(lp, ffn=other) if lp is moe_layers[0] else lp for lp in mixed.layers)
+    with pytest.raises(ValueError, match="one MoE configuration"):
+        render_model_source(mixed.replace(layers=layers))
+    ds = plan_of(DEEPSEEK)
+    gqa = plan_of(CASES["llama"]).layers[0].attention
+    layers = (dataclasses.replace(ds.layers[0], attention=gqa), *ds.layers[1:])
+    with pytest.raises(ValueError, match="attention"):
+        render_model_source(ds.replace(layers=layers))

@@ -792,6 +792,16 @@ def _deepseek(c: HFConfig, d: Draft, v3: bool) -> None:
         v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
     )
     c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
+    eps = d.get("model.norm.eps")
+    if eps != 1e-6:  # q_a_layernorm and kv_a_layernorm are built without eps: RMSNorm's default 1e-6
+        d.gap(
+            "rms_norm_eps",
+            eps,
+            f"{name}Attention's latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps "
+            "says, and a moec spec has one norm eps",
+            "attention.latent_norm_eps: float | None — eps of MLA's q_a/kv_a norms (None: model.norm.eps). "
+            "No count change",
+        )
     _derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
     if v3:
         c.bool("rope_interleave")  # a rotary weight layout, not an architecture (the loader permutes)

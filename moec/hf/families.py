@@ -56,28 +56,13 @@ class Gap:
 
 # The schema additions gaps point to (the report lists them; keep the wording precise).
 PROPOSE = {
-    "qk_norm_scope": "attention.qk_norm_scope: 'head' | 'projection' (default 'head'); 'projection' is one "
-    "RMSNorm over the whole q projection (h·hd) and one over k (kv·hd). Count: (h + kv)·hd·norm_params "
-    "instead of 2·hd·norm_params per layer",
     "qk_norm_l2": "attention.qk_norm: false | true | 'l2' ('l2': weightless L2 norm of q and k per head, "
     "Llama-4). Count: 0 parameters",
-    "clip_qkv": "attention.clip_qkv: float | None — clamp q, k and v to ±clip_qkv after the projection. "
-    "No count change",
     "chunk": "attention.chunk: int | None, also per layer in layers.*.attention — block-diagonal causal "
     "attention in chunks of this many tokens (Llama-4). No param change; attention FLOPs and KV cache cap "
     "at the chunk like a window",
     "temperature": "attention.temperature_tuning: {floor_scale: int, scale: float} | None on NoPE layers "
     "(Llama-4: q · (1 + scale·log1p(floor((pos+1)/floor_scale)))). No count change",
-    "attention_scale": "attention.scale: float | None — softmax scale replacing 1/sqrt(head_dim) "
-    "(Granite attention_multiplier). No count change",
-    "multipliers": "model.embedding_multiplier, model.residual_multiplier, model.logits_scaling: float = 1.0 "
-    "(Granite μP scalars). No count change",
-    "norm_bias": "model.norm.bias: bool = true — layernorm without the bias vector (DBRX). Count: "
-    "layernorm norms hold d instead of 2·d parameters",
-    "head_bias": "model.head_bias: bool = false — a bias on the lm_head (Phi-3.5-MoE). Count: +vocab_size",
-    "swiglu_clamped": "moe.activation (and ffn.activation): new value 'swiglu_clamped' with "
-    "activation_alpha: float (1.702) and activation_limit: float (7.0): "
-    "out = (clamp(up, ±limit) + 1) · g·sigmoid(alpha·g), g = min(gate, limit) (gpt-oss). No count change",
     "sparsemixer": "moe.router.kind: 'topk' | 'sparsemixer' (Phi-3.5-MoE's SparseMixer top-2 with "
     "router_jitter_noise as its threshold eps). No count change",
     "router_input": "moe.router.apply_to: 'output' | 'input' (default 'output'); 'input' multiplies each "
@@ -86,11 +71,8 @@ PROPOSE = {
     "hidden state fed to the experts too). Training only; no count change",
     "longrope": "model.positions.scaling.kind 'longrope' with short_factor, long_factor: list[float] and "
     "short_mscale, long_mscale: float. No count change",
-    "rope_extra": "model.positions.scaling: the named rope parameter (yarn attention_factor / truncate, "
-    "partial_rotary_factor). No count change",
-    "dropout": "model.dropout: {attention: float, residual: float, embedding: float} (training only). No count change",
-    "interleaved_rope": "none needed: the interleaved rotary layout is a weight permutation (the weight "
-    "loader handles it)",
+    "rope_extra": "model.positions.scaling: the named rope parameter (partial_rotary_factor, or one a "
+    "rope_type does not define). No count change",
     "activation": "a new activation value (see the message)",
     "mla_bias": "attention.bias with kind mla (biases on q_a_proj, kv_a_proj_with_mqa and o_proj). Count: "
     "+q_lora_rank + kv_lora_rank + qk_rope_head_dim + d",
@@ -592,7 +574,12 @@ def _olmoe(c: HFConfig, d: Draft) -> None:
     # does nothing in transformers, and would in a model that honours it, so it is refused as ambiguous
     w = c.value("sliding_window")
     if w is not None:
-        d.gap("sliding_window", w, "transformers' OLMoE ignores sliding_window (full causal attention)", "layers")
+        d.gap(
+            "sliding_window",
+            w,
+            "transformers' OLMoE ignores sliding_window (full causal attention)",
+            "none: remove sliding_window (what transformers runs), or name the window in the moec spec",
+        )
     _moe_core(c, d, experts_key="num_experts", width_key="intermediate_size")
     _router(d, "OlmoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))

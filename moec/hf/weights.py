@@ -6,37 +6,30 @@
 **safetensors only.** ``pytorch_model.bin``, ``*.pt`` and the like are pickles, and unpickling can run
 arbitrary code; they are refused without being opened.
 
-**Names and layouts**, as transformers 5.23 saves them and as older releases were published
-(``{L}`` = ``model.layers.{i}.``; moec's names are in :mod:`moec.nn.model`):
+**Names and layouts** — what transformers 5.23's save_pretrained writes, what older releases hold, and
+transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names are in :mod:`moec.nn.model`):
 
-=========================================  ==============================================================
-checkpoint                                 moec
-=========================================  ==============================================================
-model.embed_tokens / norm / lm_head        embed / norm / lm_head
-{L}input_layernorm, post_attention_l…      layers.{i}.attn_norm, ffn_norm
-{L}self_attn.*                             layers.{i}.attn.* (same names, GQA and MLA; no permutation:
-                                           moec's rotary conventions are transformers')
-{L}mlp.{gate,up,down}_proj.weight [o, i]   layers.{i}.ffn.w_gate_up (d, 2f) = [gate.T | up.T], w_down = down.T
-router: {L}mlp.gate (Mixtral, Qwen,        ffn.router.weight (E, d), nn.Linear layout: no transpose;
-DeepSeek, OLMoE), mlp.router (gpt-oss),    gate.e_score_correction_bias → ffn.router.expert_bias
-block_sparse_moe.router[.layer] (Granite)
-experts, per-expert Linear: {L}mlp.        ffn.experts.w_gate_up (E, d, 2f): stacked [gate.T | up.T];
-experts.{e}.{gate,up,down}_proj.weight     w_down (E, f, d): stacked down.T. Mixtral's w1 (gate),
-(Mixtral: block_sparse_moe.…w1/w3/w2)      w3 (up), w2 (down) alike — what save_pretrained writes
-experts, stacked: mlp.experts.gate_up_proj (E, 2f, d) [gate | up] rows → transposed; down_proj (E, d, f)
-                                           → transposed (transformers' in-memory layout)
-gpt-oss: mlp.experts.gate_up_proj          (E, d, 2f) with gate and up in *alternate* columns (0::2, 1::2),
-(+ _bias), down_proj (+ _bias)             re-split into [gate | up]; down_proj (E, f, d) as is
-Granite: block_sparse_moe.input_linear /   (E, 2f, d) / (E, d, f) → transposed
-output_linear.weight
-DBRX: transformer.blocks.{i}.…             Wqkv split into q, k, v; w1, v1 (E·f, d) = gate, up; w2
-                                           (E·f, d) is already [in, out]
-shared experts: mlp.shared_expert[s].*     ffn.shared.* (one FFN of width n_shared·f_s, as transformers);
-(+ shared_expert_gate)                     ffn.shared_gate.weight
-DeepSeek-V3 MTP: {L} with i = n_layers+j   mtp.{j}.{enorm, hnorm, eh_proj, block.*}; shared_head.norm →
-                                           mtp.{j}.norm; its embed_tokens and shared_head.head must equal
-                                           the model's (moec shares them)
-=========================================  ==============================================================
+- ``model.embed_tokens``, ``model.norm``, ``lm_head`` → ``embed``, ``norm``, ``lm_head``;
+  ``L.input_layernorm`` / ``L.post_attention_layernorm`` → ``layers.{i}.attn_norm`` / ``ffn_norm``.
+- ``L.self_attn.*`` → ``layers.{i}.attn.*``: the same names and [out, in] layout, GQA and MLA alike; no
+  permutation (moec's rotary conventions, DeepSeek's interleaved one included, are transformers').
+- a dense MLP ``L.mlp.{gate,up,down}_proj`` (nn.Linear, [out, in]) → ``ffn.w_gate_up`` (d, 2f) =
+  [gate.T | up.T], ``ffn.w_down`` (f, d) = down.T; shared experts (``mlp.shared_expert[s]``) alike.
+- the router ``L.mlp.gate`` (Mixtral, Qwen, DeepSeek, OLMoE), ``mlp.router`` (gpt-oss, with a bias),
+  ``block_sparse_moe.router[.layer]`` (Granite) → ``ffn.router.weight`` (E, d), no transpose;
+  ``gate.e_score_correction_bias`` → the ``ffn.router.expert_bias`` buffer.
+- routed experts → ``ffn.experts.w_gate_up`` (E, d, 2f) [gate | up] and ``w_down`` (E, f, d), from
+  * per-expert Linear (what save_pretrained writes): ``mlp.experts.{e}.{gate,up,down}_proj.weight``, or
+    Mixtral's ``block_sparse_moe.experts.{e}.{w1,w3,w2}.weight``: stacked and transposed;
+  * stacked (transformers' in-memory layout): ``mlp.experts.gate_up_proj`` (E, 2f, d) and ``down_proj``
+    (E, d, f): transposed; Granite's released ``input_linear`` / ``output_linear`` alike;
+  * gpt-oss: ``gate_up_proj`` (E, d, 2f) with gate and up in *alternate* columns (0::2, 1::2), re-split
+    into halves; ``down_proj`` (E, f, d) as is; their ``_bias`` vectors alike;
+  * DBRX: ``w1``, ``v1`` (E·f, d), [out, in] per expert, are gate and up; ``w2`` (E·f, d) is [in, out].
+- DBRX's attention: ``Wqkv`` split by rows into q, k, v; ``out_proj`` → ``o_proj``.
+- DeepSeek-V3's MTP depth j is decoder layer n_layers + j: ``enorm``, ``hnorm``, ``eh_proj``, the block
+  and ``shared_head.norm`` → ``mtp.{j}.*``; its ``embed_tokens`` and ``shared_head.head`` must equal the
+  model's (moec shares them).
 
 Every parameter and persistent buffer of the moec model must be found, and every tensor of the
 checkpoint must be used (only rotary ``inv_freq`` caches, a tied model's duplicate ``lm_head.weight`` and
@@ -117,7 +110,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
             raise _fail(index, f"not a safetensors index (a JSON object with a weight_map): {e}") from None
         if not isinstance(weight_map, dict):
             raise _fail(index, "weight_map must map tensor names to shard file names")
-        names = sorted(set(weight_map.values()))
+        names = sorted(set(weight_map.values()), key=str)
         for name in names:
             # a shard is a plain file in this folder: no paths (nothing outside the folder is read)
             if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):

@@ -28,13 +28,29 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 @dataclass(frozen=True)
 class KernelConfig:
     block_m: int  # routed rows per tile (one expert per tile)
-    block_n: int  # output columns per tile
+    block_n: int  # output columns per tile of the plain grouped GEMMs, and the dW tile edge
     block_k: int  # reduction step
     num_warps: int = 4
     num_stages: int = 3
+    # output columns per tile of the two fused kernels (gated up-projection: two fp32 accumulators;
+    # down-projection backward: accumulator plus g, u, act, act' in the epilogue). They need about
+    # half the tile of a plain GEMM to stay in registers; 0 = derive it (``fused_n``).
+    fused_block_n: int = 0
+
+    @property
+    def fused_n(self) -> int:
+        """≤ 16 fp32 accumulator elements per thread: BM·BN ≤ 512·num_warps (no spills in ptxas -v, sm_90a)."""
+        if self.fused_block_n:
+            return self.fused_block_n
+        return max(16, min(self.block_n, (512 * self.num_warps) // self.block_m))
+
+    @property
+    def dw_n(self) -> int:
+        """Edge of the square dW tiles (one fp32 accumulator; 128x128 needs 8 warps to stay in registers)."""
+        return self.block_n if INTERPRET else min(self.block_n, 16 * self.num_warps)
 
     def as_list(self) -> list[int]:
-        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages]
+        return [self.block_m, self.block_n, self.block_k, self.num_warps, self.num_stages, self.fused_block_n]
 
     @classmethod
     def from_list(cls, v: list[int] | tuple[int, ...]) -> KernelConfig:
@@ -43,16 +59,17 @@ class KernelConfig:
 
 # The interpreter runs every program in Python (~10 ms each), so wide tiles keep tests fast; the
 # tests pin narrower blocks where they need several N- and K-tiles.
-INTERPRETER_CONFIG = KernelConfig(16, 64, 64, 1, 1)
+INTERPRETER_CONFIG = KernelConfig(16, 64, 64, 1, 1, fused_block_n=64)
 
 # (max tokens per expert, config): BM follows the expert's row count (vLLM's tuned H100 tables use
 # BM=16 up to ~128 tokens, 64 around 512-1024, 128 beyond); 4 warps / 3 stages is the default vLLM
-# PR 24700 found best; 8 warps only for the 128x128 tiles.
+# PR 24700 found best. Every kernel at every entry (with its derived fused_n and dw_n tiles) compiles
+# for sm_90a without register spills (ptxas -v, Triton 3.9); their speed is unmeasured (no GPU yet).
 _TABLE: tuple[tuple[float, KernelConfig], ...] = (
     (16, KernelConfig(16, 64, 64, 4, 4)),
     (64, KernelConfig(32, 64, 64, 4, 4)),
-    (256, KernelConfig(64, 128, 64, 4, 3)),
-    (float("inf"), KernelConfig(128, 128, 64, 8, 3)),
+    (256, KernelConfig(64, 128, 32, 4, 3)),
+    (float("inf"), KernelConfig(128, 64, 32, 8, 3)),
 )
 
 # The autotune search space (GPU only).

@@ -53,29 +53,31 @@ def _up_act_kernel(
     cols = pid_n * BN + tl.arange(0, BN)  # gate columns n; the up column is n + F
     cmask = cols < F
     ks = tl.arange(0, BK)
-    x_ptrs = x_ptr + tok[:, None] * stride_xt + ks[None, :] * stride_xd  # (BM, BK) gathered on load
-    wg_ptrs = w_ptr + e * stride_we + ks[:, None] * stride_wd + cols[None, :] * stride_wn  # (BK, BN)
+    # 1-D bases (int64 row offsets) + in-loop int32 column offsets: loop-carried 2-D int64 pointer
+    # tiles would cost two registers per element and spill on the GPU
+    x_rows = x_ptr + tok * stride_xt  # (BM,) pointers to the gathered token rows
+    w_e = w_ptr + e * stride_we  # this expert's (D, W) matrix
     acc_g = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, D, BK):
-        kmask = (k0 + ks) < D
-        xt = tl.load(x_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        kk = k0 + ks
+        kmask = kk < D
+        xt = tl.load(x_rows[:, None] + kk[None, :] * stride_xd, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w_off = kk[:, None] * stride_wd + cols[None, :] * stride_wn  # (BK, BN)
         wmask = kmask[:, None] & cmask[None, :]
-        acc_g = _mma(xt, tl.load(wg_ptrs, mask=wmask, other=0.0), acc_g, UPCAST, IEEE)
+        acc_g = _mma(xt, tl.load(w_e + w_off, mask=wmask, other=0.0), acc_g, UPCAST, IEEE)
         if GATED:
-            acc_u = _mma(xt, tl.load(wg_ptrs + F * stride_wn, mask=wmask, other=0.0), acc_u, UPCAST, IEEE)
-        x_ptrs += BK * stride_xd
-        wg_ptrs += BK * stride_wd
+            acc_u = _mma(xt, tl.load(w_e + F * stride_wn + w_off, mask=wmask, other=0.0), acc_u, UPCAST, IEEE)
     if HAS_BIAS:
         acc_g += tl.load(b_ptr + e * stride_be + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if GATED:
             acc_u += tl.load(b_ptr + e * stride_be + F + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     omask = rmask[:, None] & cmask[None, :]
-    h_ptrs = h1_ptr + rows[:, None] * stride_hm + cols[None, :] * stride_hn
     if SAVE_H1:
-        tl.store(h_ptrs, acc_g.to(h1_ptr.dtype.element_ty), mask=omask)
+        h_rows = h1_ptr + rows * stride_hm  # (BM,)
+        tl.store(h_rows[:, None] + cols[None, :] * stride_hn, acc_g.to(h1_ptr.dtype.element_ty), mask=omask)
         if GATED:
-            tl.store(h_ptrs + F * stride_hn, acc_u.to(h1_ptr.dtype.element_ty), mask=omask)
+            tl.store(h_rows[:, None] + (F + cols[None, :]) * stride_hn, acc_u.to(h1_ptr.dtype.element_ty), mask=omask)
     a = _act(acc_g, ACT)
     if GATED:
         a = a * acc_u
@@ -102,9 +104,7 @@ def up_act(
     if n_rows == 0 or route.max_tiles == 0:
         return h1, a
     upcast, ieee = dot_flags(x.dtype)
-    # two accumulators (gate, up): at BN=128 they would hold 2·128·128 fp32 per program and spill
-    # registers, so the gated kernel takes half the width and covers 2·BN/2 = BN weight columns
-    bn = cfg.block_n // 2 if gated and cfg.block_n >= 128 else cfg.block_n
+    bn = cfg.fused_n  # narrower than a plain GEMM tile: two accumulators (gate, up)
     grid = (route.max_tiles, triton.cdiv(f, bn))
     _up_act_kernel[grid](
         x, w_gate_up, b_gate_up if b_gate_up is not None else _empty_arg(x), h1 if save_h1 else _empty_arg(x), a,
@@ -145,25 +145,27 @@ def _down_bwd_kernel(
     cols = pid_n * BN + tl.arange(0, BN)  # columns of f
     cmask = cols < F
     ks = tl.arange(0, BK)  # over d
-    do_ptrs = do_ptr + tok[:, None] * stride_ot + ks[None, :] * stride_od  # (BM, BK) gathered dO
-    wt_ptrs = wd_ptr + e * stride_we + ks[:, None] * stride_wd + cols[None, :] * stride_wf  # W_downᵀ (BK, BN)
+    do_rows = do_ptr + tok * stride_ot  # (BM,) gathered dO rows (1-D int64 bases, see _up_act_kernel)
+    w_e = wd_ptr + e * stride_we
     acc = tl.zeros((BM, BN), dtype=tl.float32)  # dA' = dO · W_downᵀ, before the gate weight
     bias_dot = tl.zeros((BM,), dtype=tl.float32)  # <dO, b_down[e]>: the bias part of <dO, Y>
     for k0 in range(0, D, BK):
-        kmask = (k0 + ks) < D
-        dot_ = tl.load(do_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        acc = _mma(dot_, tl.load(wt_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0), acc, UPCAST, IEEE)
+        kk = k0 + ks
+        kmask = kk < D
+        dot_ = tl.load(do_rows[:, None] + kk[None, :] * stride_od, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(
+            w_e + kk[:, None] * stride_wd + cols[None, :] * stride_wf, mask=kmask[:, None] & cmask[None, :], other=0.0
+        )
+        acc = _mma(dot_, wt, acc, UPCAST, IEEE)  # W_downᵀ tile (BK, BN)
         if HAS_BIAS:
-            bd = tl.load(bd_ptr + e * stride_be + k0 + ks, mask=kmask, other=0.0).to(tl.float32)
+            bd = tl.load(bd_ptr + e * stride_be + kk, mask=kmask, other=0.0).to(tl.float32)
             bias_dot += tl.sum(dot_.to(tl.float32) * bd[None, :], axis=1)
-        do_ptrs += BK * stride_od
-        wt_ptrs += BK * stride_wd
     omask = rmask[:, None] & cmask[None, :]
-    h_ptrs = h1_ptr + rows[:, None] * stride_hm + cols[None, :] * stride_hn
-    g = tl.load(h_ptrs, mask=omask, other=0.0).to(tl.float32)
+    h_rows = h1_ptr + rows * stride_hm  # (BM,)
+    g = tl.load(h_rows[:, None] + cols[None, :] * stride_hn, mask=omask, other=0.0).to(tl.float32)
     act_g, dact_g = _act_and_grad(g, ACT)
     if GATED:
-        u = tl.load(h_ptrs + F * stride_hn, mask=omask, other=0.0).to(tl.float32)
+        u = tl.load(h_rows[:, None] + (F + cols[None, :]) * stride_hn, mask=omask, other=0.0).to(tl.float32)
         a = act_g * u
     else:
         a = act_g
@@ -174,13 +176,17 @@ def _down_bwd_kernel(
     tl.store(ds_ptr + rows * stride_sm + pid_n, ds, mask=rmask)
     tw = tl.load(tw_ptr + slot, mask=rmask, other=0.0).to(tl.float32)
     da = acc * tw[:, None]  # dA = w · dA'
-    g_ptrs = dh1_ptr + rows[:, None] * stride_gm + cols[None, :] * stride_gn
+    tl.store(a_ptr + (rows * stride_am)[:, None] + cols[None, :] * stride_an, a.to(a_ptr.dtype.element_ty), mask=omask)
+    g_rows = dh1_ptr + rows * stride_gm  # (BM,)
     if GATED:
-        tl.store(g_ptrs, (da * u * dact_g).to(dh1_ptr.dtype.element_ty), mask=omask)
-        tl.store(g_ptrs + F * stride_gn, (da * act_g).to(dh1_ptr.dtype.element_ty), mask=omask)
+        tl.store(
+            g_rows[:, None] + cols[None, :] * stride_gn, (da * u * dact_g).to(dh1_ptr.dtype.element_ty), mask=omask
+        )
+        tl.store(
+            g_rows[:, None] + (F + cols[None, :]) * stride_gn, (da * act_g).to(dh1_ptr.dtype.element_ty), mask=omask
+        )
     else:
-        tl.store(g_ptrs, (da * dact_g).to(dh1_ptr.dtype.element_ty), mask=omask)
-    tl.store(a_ptr + rows[:, None] * stride_am + cols[None, :] * stride_an, a.to(a_ptr.dtype.element_ty), mask=omask)
+        tl.store(g_rows[:, None] + cols[None, :] * stride_gn, (da * dact_g).to(dh1_ptr.dtype.element_ty), mask=omask)
 
 
 def down_backward(
@@ -197,7 +203,8 @@ def down_backward(
     code, gated = ACTIVATION_CODES[activation]
     n_rows = route.order.shape[0]
     f, d = w_down.shape[1], w_down.shape[2]
-    n_tiles = triton.cdiv(f, cfg.block_n)
+    bn = cfg.fused_n  # the epilogue holds g, u, act, act' and dA for the whole tile
+    n_tiles = triton.cdiv(f, bn)
     dh1 = h1.new_empty(n_rows, h1.shape[1])
     a = h1.new_empty(n_rows, f)
     # zeros: rows of dropped slots are never written and must read back as dS = 0
@@ -213,7 +220,7 @@ def down_backward(
         b_down.stride(0) if b_down is not None else 0,
         h1.stride(0), h1.stride(1), dh1.stride(0), dh1.stride(1), a.stride(0), a.stride(1), ds.stride(0),
         ACT=code, GATED=gated, HAS_BIAS=b_down is not None,
-        BM=route.block_m, BN=cfg.block_n, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
+        BM=route.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return dh1, a, ds.sum(1)  # fixed-order reduction over N-tiles: deterministic

@@ -203,7 +203,7 @@ def grouped_xty(
     if E == 0 or KA == 0 or NB == 0:
         return out, sums
     upcast, ieee = dot_flags(a.dtype)
-    ba = bb = cfg.block_n
+    ba = bb = cfg.dw_n
     br = max(cfg.block_k, 16)
     grid = (E, triton.cdiv(KA, ba), triton.cdiv(NB, bb))
     _grouped_xty_kernel[grid](

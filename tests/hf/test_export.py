@@ -60,7 +60,16 @@ FEATURES = {
                     "qk_rope_head_dim": 8, "v_head_dim": 8, "topk_method": "group_limited_greedy", "n_group": 4,
                     "topk_group": 2, "routed_scaling_factor": 16.0},
     "granitemoe": {**TINY, "model_type": "granitemoe", "num_hidden_layers": 2, "num_local_experts": 4,
-                   "attention_multiplier": 0.25},  # = 1/sqrt(head_dim 16): the standard softmax scale
+                   "attention_multiplier": 0.05, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                   "logits_scaling": 6.0},  # μP scalars and a softmax scale of its own
+    "olmoe": {**TINY, "model_type": "olmoe", "num_hidden_layers": 2, "num_experts": 4, "num_experts_per_tok": 2,
+              "clip_qkv": 8.0},  # q/k norms over whole projections
+    "gpt_oss": {**TINY, "model_type": "gpt_oss", "num_hidden_layers": 3, "num_local_experts": 4, "num_experts_per_tok": 2,
+                "head_dim": 16, "sliding_window": 8, "swiglu_limit": 5.0,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},  # sinks, clamped SwiGLU
+    "dbrx": {"model_type": "dbrx", "vocab_size": 128, "d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 512,
+             "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 1e4},
+             "ffn_config": {"ffn_hidden_size": 96, "moe_num_experts": 4, "moe_top_k": 2}},  # bias-free layernorm
 }  # fmt: skip
 
 
@@ -70,6 +79,15 @@ def test_the_family_is_chosen_from_the_plans_features(model_type):
     cfg = export_hf_config(plan)
     assert cfg["model_type"] == model_type
     assert hf_params(cfg) == analyze(plan).params.total
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+
+
+def test_gpt_oss_without_rope_scaling_is_exported_with_explicit_default_rope():
+    """GptOssConfig fills in YaRN when a config has no rope parameters, so 'none' must be written out."""
+    plan = hf_to_model(FEATURES["gpt_oss"])
+    assert plan.positions.scaling is None
+    cfg = export_hf_config(plan)
+    assert cfg["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e4}
 
 
 @pytest.mark.parametrize(

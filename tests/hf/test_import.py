@@ -211,13 +211,28 @@ def test_layer_pattern_matches_transformers_modules(case):
         ("gpt_oss", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8, "head_dim": 16}),
     ],
 )  # fmt: skip
-def test_layer_pattern_of_refused_families_matches_transformers(model_type, extra):
-    """Interleaved MoE, NoPE layers (Llama-4) and alternating windows (gpt-oss) are mapped right even
-    though the families are refused for other reasons."""
+def test_layer_pattern_of_interleaved_families_matches_transformers(model_type, extra):
+    """Interleaved MoE, NoPE layers (Llama-4, mapped right though refused for other reasons) and
+    alternating windows (gpt-oss)."""
     cfg = {**TINY, "model_type": model_type, "num_hidden_layers": 6, **extra}
     t = translate(cfg)
     plan = resolve(load_spec("draft", text=render_yaml(t)))
     assert _moec_layers(plan) == _hf_layers(cfg)
+
+
+def test_gpt_oss_config_without_rope_parameters_gets_transformers_default_yarn():
+    cfg = {**TINY, "model_type": "gpt_oss", "num_hidden_layers": 2, "num_local_experts": 4, "head_dim": 16}
+    sc = hf_to_model(cfg).positions.scaling
+    hf = hf_model_on_meta(cfg).config.rope_parameters
+    assert (sc.kind, sc.factor, sc.original_max_seq_len, sc.beta_fast, sc.beta_slow, sc.truncate) == (
+        hf["rope_type"], hf["factor"], hf["original_max_position_embeddings"], hf["beta_fast"], hf["beta_slow"],
+        hf["truncate"],
+    )  # fmt: skip
+
+
+def test_dropout_is_named_in_the_header_as_training_only():
+    text = import_hf_config(RELEASES["granitemoe"])  # attention_dropout 0.1
+    assert "# Not represented (dropout: training only" in text and "attention_dropout 0.1" in text
 
 
 def test_transformers_class_defaults_are_the_importers_defaults():

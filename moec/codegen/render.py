@@ -466,15 +466,18 @@ def render_model_source(plan: ResolvedModel) -> str:
     if len(plan.layers) != plan.n_layers:
         raise ValueError(f"the plan lists {len(plan.layers)} layers but n_layers is {plan.n_layers!r}")
 
-    f, c = _features(plan, [*plan.layers, *plan.mtp])
-    layer_lines: list[str] = []
-    for i, lp in enumerate(plan.layers):
-        layer_lines.append(f"{INDENT}# layer {i}: {_layer_comment(lp)}")
-        layer_lines += _block_lines(lp, f, "self.layers.append(Block(", "))")
-    mtp_lines: list[str] = []
-    for k, lp in enumerate(plan.mtp, start=1):
-        mtp_lines.append(f"{INDENT}# MTP depth {k}: position i predicts token i+{k + 1}")
-        mtp_lines += _block_lines(lp, f, "self.mtp.append(MTPModule(Block(", ")))")
+    try:
+        f, c = _features(plan, [*plan.layers, *plan.mtp])
+        layer_lines: list[str] = []
+        for i, lp in enumerate(plan.layers):
+            layer_lines.append(f"{INDENT}# layer {i}: {_layer_comment(lp)}")
+            layer_lines += _block_lines(lp, f, "self.layers.append(Block(", "))")
+        mtp_lines: list[str] = []
+        for k, lp in enumerate(plan.mtp, start=1):
+            mtp_lines.append(f"{INDENT}# MTP depth {k}: position i predicts token i+{k + 1}")
+            mtp_lines += _block_lines(lp, f, "self.mtp.append(MTPModule(Block(", ")))")
+    except (TypeError, AttributeError) as e:  # a hand-built plan with a value of the wrong type
+        raise ValueError(f"the plan holds a value codegen cannot use: {e}") from None
 
     src = (
         _environment()

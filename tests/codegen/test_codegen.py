@@ -354,6 +354,7 @@ def test_hostile_description_is_not_pasted(tmp_path):
         lambda p: p.replace(norm=dataclasses.replace(p.norm, eps=float("inf"))),
         lambda p: p.replace(norm=dataclasses.replace(p.norm, kind="rmsnorm'; import os; '")),
         lambda p: p.replace(frozen=("attention\nimport os",)),
+        lambda p: p.replace(embedding_multiplier="2.0; import os"),
         lambda p: p.replace(
             layers=tuple(
                 dataclasses.replace(lp, ffn=dataclasses.replace(lp.ffn, activation='swiglu"); import os; ("'))
@@ -375,6 +376,7 @@ def test_hostile_description_is_not_pasted(tmp_path):
         "inf",
         "norm-kind",
         "frozen",
+        "multiplier",
         "activation",
         "window",
     ],

@@ -126,8 +126,11 @@ def expert_ffn(
     activation: str,
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float | None = None,
+    limit: float | None = None,
 ) -> torch.Tensor:
-    """(T, d) = Σ_j topk_w[t, j] · FFN_{topk_idx[t, j]}(x[t]); see :mod:`moec.kernels` for layouts."""
+    """(T, d) = Σ_j topk_w[t, j] · FFN_{topk_idx[t, j]}(x[t]); see :mod:`moec.kernels` for layouts.
+    ``alpha``, ``limit``: parameters of ``swiglu_clamped`` (gpt-oss)."""
     _check(x, topk_idx, topk_w, w_gate_up, w_down)
     out_dtype, cdt = x.dtype, _compute_dtype(x)
     x, topk_w, w_gate_up, w_down = (t.to(cdt) for t in (x, topk_w, w_gate_up, w_down))
@@ -144,7 +147,7 @@ def expert_ffn(
         if b_gate_up is not None:
             # masked so the tail rows' uninitialised gradient cannot reach expert E-1's bias
             h = h + torch.where(disp.valid, b_gate_up[disp.expert], 0)
-        y = _grouped_mm(activate(h, activation), w_down, offs=disp.offs)  # (N, d)
+        y = _grouped_mm(activate(h, activation, alpha=alpha, limit=limit), w_down, offs=disp.offs)  # (N, d)
         if b_down is not None:
             y = y + b_down[disp.expert]
     else:
@@ -159,7 +162,7 @@ def expert_ffn(
             h = xe @ w1  # (n_e, 2f) or (n_e, f)
             if c1 is not None:
                 h = h + c1
-            ye = activate(h, activation) @ w2  # (n_e, d)
+            ye = activate(h, activation, alpha=alpha, limit=limit) @ w2  # (n_e, d)
             ys.append(ye if c2 is None else ye + c2)
         y = torch.cat(ys)  # (N, d)
     return _combine(y, topk_w, disp, T).to(out_dtype)

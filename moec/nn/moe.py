@@ -51,6 +51,7 @@ class Experts(nn.Module):
         width = 2 * f if plan.activation in GATED else f
         kw = {"device": device, "dtype": dtype}
         self.activation, self.d_model, self.d_ff = plan.activation, d_model, f
+        self.alpha, self.limit = plan.activation_alpha, plan.activation_limit  # swiglu_clamped only
         self.w_gate_up = nn.Parameter(torch.empty(E, d_model, width, **kw))
         self.w_down = nn.Parameter(torch.empty(E, f, d_model, **kw))
         self.b_gate_up = nn.Parameter(torch.empty(E, width, **kw)) if plan.bias else None
@@ -70,6 +71,7 @@ class Experts(nn.Module):
         return kernels.expert_ffn(
             x, topk_idx, topk_w, self.w_gate_up, self.w_down,
             activation=self.activation, b_gate_up=self.b_gate_up, b_down=self.b_down,
+            alpha=self.alpha, limit=self.limit,
         )  # fmt: skip
 
 
@@ -111,7 +113,7 @@ class LoRAExperts(nn.Module):
             h = h + base.b_gate_up
         ups = [self.mix(n, x, topk_idx, topk_w, kernels) for n in self.names if n != "down"]
         h = h + torch.cat(ups, -1)  # [gate | up] updates side by side, like the base columns
-        a = activate(h, self.activation)  # (T, f)
+        a = activate(h, self.activation, alpha=base.alpha, limit=base.limit)  # (T, f)
         y = a @ base.w_down + self.mix("down", a, topk_idx, topk_w, kernels)  # (T, d)
         return y if base.b_down is None else y + base.b_down
 
@@ -129,9 +131,10 @@ class MoE(nn.Module):
         super().__init__()
         self.plan, self.d_model, self.backend = plan, d_model, backend  # backend may be changed later
         kw = {"device": device, "dtype": dtype}
+        clamp = {"alpha": plan.activation_alpha, "limit": plan.activation_limit}  # swiglu_clamped only
         self.router = Router(plan, d_model, **kw)
         if plan.expert_kind == "lora":
-            self.base = DenseFFN(d_model, plan.d_ff, plan.activation, bias=plan.bias, **kw)
+            self.base = DenseFFN(d_model, plan.d_ff, plan.activation, bias=plan.bias, **clamp, **kw)
             self.base.requires_grad_(False)  # only the adapters and the router train
             self.experts: nn.Module = LoRAExperts(plan, d_model, **kw)
         else:
@@ -139,7 +142,9 @@ class MoE(nn.Module):
             self.experts = Experts(plan, d_model, **kw)
         # s shared experts of width f_s are one FFN of width s·f_s (their outputs are summed)
         s = plan.n_shared_experts
-        self.shared = DenseFFN(d_model, s * plan.d_ff_shared, plan.activation, bias=plan.bias, **kw) if s else None
+        self.shared = (
+            DenseFFN(d_model, s * plan.d_ff_shared, plan.activation, bias=plan.bias, **clamp, **kw) if s else None
+        )
         self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
         if self.shared_gate is not None and not self.shared_gate.weight.is_meta:
             _normal_(self.shared_gate.weight, d_model)

@@ -35,12 +35,12 @@ def tensors(T, d, f, E, k, activation, bias, seed=0):
     return [torch.randn(s, generator=g, dtype=torch.float64) * c for s, c in zip(shapes, scales, strict=False)]
 
 
-def run_ffn(backend, ts, idx, activation, dtype, grad_out):
+def run_ffn(backend, ts, idx, activation, dtype, grad_out, **act_kw):
     """Output and gradients of every tensor in ts, computed in dtype."""
     leaves = [t.to(dtype).requires_grad_() for t in ts]
     x, w, w1, w2, *b = leaves
     y = backend.expert_ffn(
-        x, idx, w, w1, w2, activation=activation, b_gate_up=b[0] if b else None, b_down=b[1] if b else None
+        x, idx, w, w1, w2, activation=activation, b_gate_up=b[0] if b else None, b_down=b[1] if b else None, **act_kw
     )
     # the naive loop runs no expert at all when T = 0, so its output has no graph
     grads = torch.autograd.grad(y, leaves, grad_out.to(dtype), allow_unused=True) if y.requires_grad else leaves
@@ -49,15 +49,17 @@ def run_ffn(backend, ts, idx, activation, dtype, grad_out):
     return y.double(), [g.double() for g in grads]
 
 
-def assert_matches_oracle(ts, idx, activation, dtype=torch.float32, tol=FP32, grouped=False, monkeypatch=None):
+def assert_matches_oracle(
+    ts, idx, activation, dtype=torch.float32, tol=FP32, grouped=False, monkeypatch=None, **act_kw
+):
     # The oracle sees the same inputs, rounded to dtype, so only the kernel's own error is measured.
     ts = [t.to(dtype).double() for t in ts]
     g = torch.Generator().manual_seed(1)
     grad_out = torch.randn(ts[0].shape, generator=g, dtype=torch.float64).to(dtype).double()
-    y0, g0 = run_ffn(naive, ts, idx, activation, torch.float64, grad_out)
+    y0, g0 = run_ffn(naive, ts, idx, activation, torch.float64, grad_out, **act_kw)
     if grouped:
         monkeypatch.setattr(reference, "_can_group", lambda *a: True)
-    y1, g1 = run_ffn(reference, ts, idx, activation, dtype, grad_out)
+    y1, g1 = run_ffn(reference, ts, idx, activation, dtype, grad_out, **act_kw)
     torch.testing.assert_close(y1, y0, **tol)
     for name, a, b in zip(["x", "topk_w", "w_gate_up", "w_down", "b_gate_up", "b_down"], g1, g0, strict=False):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, n=name: f"grad of {n}: {m}")
@@ -89,6 +91,20 @@ def test_matches_naive_oracle_fp32(case: str, bias: bool):
 def test_every_activation_matches_oracle(activation: str):
     T, d, f, E, k = 20, 16, 8, 6, 2
     assert_matches_oracle(tensors(T, d, f, E, k, activation, True), routing(T, E, k, how="drop"), activation)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_clamped_swiglu_passes_alpha_and_limit(grouped: bool, monkeypatch):
+    """gpt-oss's swiglu_clamped with a limit that bites (|h| ~ 1 > 0.3) and a non-default alpha."""
+    T, d, f, E, k = 20, 16, 8, 6, 2
+    ts = tensors(T, d, f, E, k, "swiglu_clamped", True)
+    idx = routing(T, E, k, how="drop")
+    kw = {"alpha": 1.0, "limit": 0.3}
+    assert_matches_oracle(ts, idx, "swiglu_clamped", grouped=grouped, monkeypatch=monkeypatch, **kw)
+    # and the parameters matter: the defaults (1.702, 7.0) give a different result
+    y_default, _ = run_ffn(reference, ts, idx, "swiglu_clamped", torch.float32, torch.zeros(T, d))
+    y_biting, _ = run_ffn(reference, ts, idx, "swiglu_clamped", torch.float32, torch.zeros(T, d), **kw)
+    assert not torch.allclose(y_default, y_biting)
 
 
 @pytest.mark.parametrize("case", ["top2", "top8_of_128", "dropped_slots", "empty_expert", "T1"])

@@ -46,6 +46,14 @@ VARIANTS = {
     "capacity": "{n_experts: 4, d_ff: 8, activation: relu, router: {top_k: 1}, capacity_factor: 0.5}",
     "capacity_top2": "{n_experts: 4, d_ff: 8, router: {top_k: 2}, capacity_factor: 0.75, drop_policy: position}",
     "lora": "{n_experts: 4, d_ff: 32, expert_kind: lora, lora: {rank: 4, alpha: 8}, router: {top_k: 2}}",
+    "swiglu_clamped": (
+        "{n_experts: 4, d_ff: 8, activation: swiglu_clamped, activation_alpha: 1.0, activation_limit: 0.3,"
+        " bias: true, n_shared_experts: 1, router: {top_k: 2, bias: true, softmax_after_topk: true}}"
+    ),
+    "lora_clamped": (
+        "{n_experts: 4, d_ff: 32, activation: swiglu_clamped, activation_limit: 0.3, expert_kind: lora,"
+        " lora: {rank: 4}, router: {top_k: 2}}"
+    ),
     "lora_gelu_bias": "{n_experts: 4, d_ff: 32, activation: gelu, bias: true, expert_kind: lora, lora: {rank: 2}, router: {top_k: 1}}",
 }
 
@@ -92,23 +100,15 @@ def test_deepseek_v3_moe_layer_size_by_hand():
     assert "router.expert_bias" in dict(moe.named_buffers())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analyzer counts s separate down-projection biases for s shared experts; the layer (like HF) "
-    "runs them as one FFN of width s·f_s with one bias: a difference of (s-1)·d",
-)
-def test_shared_experts_with_biases_match_analyzer():
-    plan = (
-        resolve(
-            load_spec(
-                "t.yaml",
-                text=BASE + "moe: {n_experts: 4, d_ff: 8, bias: true, n_shared_experts: 2, router: {top_k: 1}}",
-            )
-        )
-        .layers[0]
-        .ffn
-    )
-    assert module_counts(MoE(plan, D, device="meta")) == analyzer_counts(plan, D)
+def test_shared_experts_with_biases_count_one_down_bias():
+    """s shared experts run as one FFN of width s·f_s, so they carry one down-projection bias (as in
+    DeepSeek/HF), and the analyzer counts it that way."""
+    text = BASE + "moe: {n_experts: 4, d_ff: 8, bias: true, n_shared_experts: 2, router: {top_k: 1}}"
+    plan = resolve(load_spec("t.yaml", text=text)).layers[0].ffn
+    moe = MoE(plan, D, device="meta")
+    assert module_counts(moe) == analyzer_counts(plan, D)
+    s, f = 2, 8
+    assert sum(p.numel() for p in moe.shared.parameters()) == 3 * D * s * f + 2 * s * f + D
 
 
 def test_parameter_names_are_the_loader_contract():

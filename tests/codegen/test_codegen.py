@@ -152,7 +152,18 @@ CASES = {
     ),
 }
 # gpt-oss experts: the generated Experts pass alpha/limit to moec.kernels, as its interface documents
-CLAMPED_MOE = variant(moe=True, moex="activation: swiglu_clamped", router="softmax_after_topk: true")
+CLAMPED_MOE = {
+    "default": variant(moe=True, moex="activation: swiglu_clamped", router="softmax_after_topk: true"),
+    "biting-limit-shared": variant(
+        moe=True,
+        moex="activation: swiglu_clamped\n  activation_alpha: 1.2\n  activation_limit: 0.5\n  n_shared_experts: 1",
+        router="softmax_after_topk: true",
+    ),
+    "biting-limit-lora": variant(
+        moe=True,
+        moex="activation: swiglu_clamped\n  activation_limit: 0.5\n  expert_kind: lora\n  lora: {rank: 4, alpha: 8}",
+    ),
+}
 KERNEL_CLAMPED = "alpha" in inspect.signature(reference.expert_ffn).parameters
 
 
@@ -230,8 +241,9 @@ def test_generated_model_gives_the_library_logits_and_aux_loss(case, tmp_path):
 
 
 @pytest.mark.skipif(not KERNEL_CLAMPED, reason="moec.kernels.reference does not take swiglu_clamped's alpha yet")
-def test_generated_gpt_oss_experts_match(tmp_path):
-    plan, lib, gen, _ = library_and_generated(CLAMPED_MOE, tmp_path)
+@pytest.mark.parametrize("case", list(CLAMPED_MOE))
+def test_generated_gpt_oss_experts_match(case, tmp_path):
+    plan, lib, gen, _ = library_and_generated(CLAMPED_MOE[case], tmp_path)
     tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, aux, out = run_both(lib, gen, tokens, train=False)

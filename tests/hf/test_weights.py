@@ -39,11 +39,18 @@ CONFIGS = {
     "deepseek_v3": {**TINY, "num_hidden_layers": 3, "num_key_value_heads": 4, "intermediate_size": 96,
                     "first_k_dense_replace": 1, "n_routed_experts": 8, "n_group": 4, "topk_group": 2,
                     "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 32,
-                    "rms_norm_eps": 1e-6, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 32, "kv_lora_rank": 16,
-                    "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8, "num_nextn_predict_layers": 1,
+                    "rms_norm_eps": 1e-6, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 32,
+                    "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8,
+                    "num_nextn_predict_layers": 1,
                     "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
                                         "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1,
                                         "mscale": 1.0, "mscale_all_dim": 1.0}},
+    # MLA without a query bottleneck (a plain q_proj), softmax routing limited to the best groups
+    "deepseek_v2": {**TINY, "num_hidden_layers": 3, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
+                    "first_k_dense_replace": 1, "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+                    "moe_intermediate_size": 16, "q_lora_rank": None, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
+                    "qk_rope_head_dim": 8, "v_head_dim": 8, "topk_method": "group_limited_greedy", "n_group": 4,
+                    "topk_group": 2, "routed_scaling_factor": 16.0},
     # q_norm/k_norm over the whole projections, clip_qkv
     "olmoe": {**TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2,
               "clip_qkv": 1.5},
@@ -51,6 +58,10 @@ CONFIGS = {
     # at its defaults, and gpt-oss's default YaRN (no rope parameters in the config)
     "gpt_oss": {**TINY, "num_hidden_layers": 2, "head_dim": 16, "intermediate_size": 32, "num_local_experts": 4,
                 "num_experts_per_tok": 2, "sliding_window": 4},
+    # a swiglu limit that bites (it clamps a good share of gate and up values) and another alpha
+    "gpt_oss, swiglu_limit 1": {**TINY, "num_hidden_layers": 2, "head_dim": 16, "intermediate_size": 32,
+                                "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4,
+                                "swiglu_limit": 1.0, "swiglu_alpha": 1.5},
     # tied embeddings, μP multipliers, attention_multiplier as the softmax scale
     "granitemoe": {**TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_local_experts": 4,
                    "num_experts_per_tok": 2, "tie_word_embeddings": True, "embedding_multiplier": 6.0,
@@ -186,35 +197,7 @@ def assert_same(hf, model) -> float:
     return diff
 
 
-def _limit_reaches_the_experts() -> bool:
-    """Whether moec's MoE layer passes swiglu_clamped's alpha and limit to its kernels (work in progress in
-    moec.nn.moe and moec.kernels when this was written; until then the gpt-oss defaults apply)."""
-    import inspect
-
-    from moec.kernels import reference
-    from moec.nn import moe
-
-    return "limit" in inspect.signature(reference.expert_ffn).parameters and "activation_limit" in inspect.getsource(
-        moe
-    )
-
-
-# gpt-oss with a limit that bites (clamps a good share of gate and up values)
-CONFIGS["gpt_oss, swiglu_limit 1"] = {**CONFIGS["gpt_oss"], "swiglu_limit": 1.0, "swiglu_alpha": 1.5}
-CASES = [
-    pytest.param(
-        m,
-        marks=pytest.mark.xfail(
-            not _limit_reaches_the_experts(), strict=True, reason="moec's MoE kernels ignore swiglu_clamped's limit"
-        ),
-    )
-    if m == "gpt_oss, swiglu_limit 1"
-    else m
-    for m in CONFIGS
-]
-
-
-@pytest.mark.parametrize("model_type", CASES)
+@pytest.mark.parametrize("model_type", list(CONFIGS))
 def test_saved_checkpoint_gives_transformers_logits_and_router_choices(model_type, saved):
     hf, folder = saved(model_type)
     model = moec.from_hf(folder)

@@ -1,7 +1,7 @@
 """Load a Hugging Face safetensors checkpoint into a moec model: :func:`from_hf` (``moec.from_hf``).
 
-    config.json ──hf_to_model──▶ plan ──build on meta──▶ MoecModel ◀── every tensor read, renamed,
-                                                                        re-laid-out, put on the device
+    config.json ──hf_to_model──▶ plan ──build on meta──▶ MoecModel
+    safetensors ──read, renamed, re-laid-out, cast, put on the device──▶ its parameters
 
 **safetensors only.** ``pytorch_model.bin``, ``*.pt`` and the like are pickles, and unpickling can run
 arbitrary code; they are refused without being opened.

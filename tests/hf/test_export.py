@@ -64,8 +64,8 @@ FEATURES = {
                    "logits_scaling": 6.0},  # μP scalars and a softmax scale of its own
     "olmoe": {**TINY, "model_type": "olmoe", "num_hidden_layers": 2, "num_experts": 4, "num_experts_per_tok": 2,
               "clip_qkv": 8.0},  # q/k norms over whole projections
-    "gpt_oss": {**TINY, "model_type": "gpt_oss", "num_hidden_layers": 3, "num_local_experts": 4, "num_experts_per_tok": 2,
-                "head_dim": 16, "sliding_window": 8, "swiglu_limit": 5.0,
+    "gpt_oss": {**TINY, "model_type": "gpt_oss", "num_hidden_layers": 3, "num_local_experts": 4,
+                "num_experts_per_tok": 2, "head_dim": 16, "sliding_window": 8, "swiglu_limit": 5.0,
                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},  # sinks, clamped SwiGLU
     "dbrx": {"model_type": "dbrx", "vocab_size": 128, "d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 512,
              "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 1e4},

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
+from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig
 from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
-from moec.hf.families import FAMILIES, INERT, Draft, Family, Gap, HFConfig, layer_pattern
+from moec.hf.families import FAMILIES, layer_pattern
 from moec.spec.load import LoadedSpec, load_spec
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve

@@ -1,0 +1,182 @@
+"""The machinery every family translator shares: a config.json read field by field (:class:`HFConfig`,
+which supplies transformers' class defaults and remembers what was read), the spec being drafted from it
+(:class:`Draft`), what the schema cannot say (:class:`Gap`, with the schema addition it would take), and
+the fields that never matter (:data:`INERT`). The translators themselves are in ``families.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields that change neither the architecture nor its forward math at inference (token ids, init,
+# caching, output switches, provenance). Present or absent, they never affect the spec.
+# fmt: off
+INERT = frozenset(
+    {
+        "_name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
+        "torch_dtype", "dtype", "use_cache", "initializer_range", "initializer_factor",
+        "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+        "output_router_logits", "output_attentions", "output_hidden_states", "return_dict",
+        "use_return_dict", "torchscript", "id2label", "label2id", "problem_type", "tokenizer_class",
+        "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+        "tie_encoder_decoder", "prefix", "task_specific_params", "finetuning_task", "pruned_heads",
+        "use_bfloat16", "tf_legacy_loss", "_attn_implementation", "_experts_implementation",
+        "attn_implementation", "experts_implementation",
+        # numerically equivalent sharding of the projections (Llama-2's slow path)
+        "pretraining_tp",
+        # a storage format for the same weights (fp8 blocks, mxfp4): not the architecture
+        "quantization_config",
+    }
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Something a config.json says that the moec schema cannot express (yet)."""
+
+    field: str  # the config.json field(s)
+    value: Any
+    message: str  # what it means
+    proposal: str  # the schema addition that would carry it
+    param_delta: int = 0  # transformers' parameter count minus the count of the spec as emitted
+
+
+# The schema additions gaps point to (the report lists them; keep the wording precise).
+PROPOSE = {
+    "qk_norm_l2": "attention.qk_norm: false | true | 'l2' ('l2': weightless L2 norm of q and k per head, "
+    "Llama-4). Count: 0 parameters",
+    "chunk": "attention.chunk: int | None, also per layer in layers.*.attention — block-diagonal causal "
+    "attention in chunks of this many tokens (Llama-4). No param change; attention FLOPs and KV cache cap "
+    "at the chunk like a window",
+    "temperature": "attention.temperature_tuning: {floor_scale: int, scale: float} | None on NoPE layers "
+    "(Llama-4: q · (1 + scale·log1p(floor((pos+1)/floor_scale)))). No count change",
+    "sparsemixer": "moe.router.kind: 'topk' | 'sparsemixer' (Phi-3.5-MoE's SparseMixer top-2 with "
+    "router_jitter_noise as its threshold eps). No count change",
+    "router_input": "moe.router.apply_to: 'output' | 'input' (default 'output'); 'input' multiplies each "
+    "chosen expert's input by its gate weight instead of its output (Llama-4). No count change",
+    "moe_jitter": "moe.router.jitter_target: 'router' | 'router_and_experts' (Mixtral and Phi-MoE scale the "
+    "hidden state fed to the experts too). Training only; no count change",
+    "longrope": "model.positions.scaling.kind 'longrope' with short_factor, long_factor: list[float] and "
+    "short_mscale, long_mscale: float. No count change",
+    "rope_extra": "model.positions.scaling: the named rope parameter (partial_rotary_factor, or one a "
+    "rope_type does not define). No count change",
+    "activation": "a new activation value (see the message)",
+    "mla_bias": "attention.bias with kind mla (biases on q_a_proj, kv_a_proj_with_mqa and o_proj). Count: "
+    "+q_lora_rank + kv_lora_rank + qk_rope_head_dim + d",
+}
+
+
+class HFConfig:
+    """A config.json mapping plus the transformers class defaults; remembers each field read."""
+
+    def __init__(self, raw: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = ""):
+        self.raw, self.defaults, self.prefix = dict(raw), defaults, prefix
+        self.read: set[str] = set()
+        self.issues: list[tuple[str, str]] = []  # (field, message): invalid values
+        self.children: list[HFConfig] = []  # nested configs (DBRX attn_config, ffn_config)
+
+    def given(self, key: str) -> bool:
+        return key in self.raw
+
+    def value(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        if key in self.raw:
+            return self.raw[key]
+        return self.defaults.get(key, default)
+
+    def src(self, key: str) -> str:
+        """How a comment names the field: ``hidden_size`` or ``sliding_window (default)``."""
+        name = self.prefix + key
+        return name if key in self.raw else f"{name} (transformers default)"
+
+    def bad(self, key: str, message: str) -> None:
+        self.issues.append((self.prefix + key, message))
+
+    def int(self, key: str, *, minimum: int = 1, optional: bool = False) -> Any:
+        v = self.value(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            self.bad(key, f"{v!r}: expected an integer ≥ {minimum}")
+            return max(minimum, 1)
+        return v
+
+    def float(self, key: str, *, optional: bool = False) -> Any:
+        v = self.value(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            self.bad(key, f"{v!r}: expected a number")
+            return 1.0
+        return float(v)
+
+    def bool(self, key: str) -> bool:
+        v = self.value(key)
+        if not isinstance(v, bool):
+            self.bad(key, f"{v!r}: expected true or false")
+            return False
+        return v
+
+    def int_list(self, key: str) -> list[int]:
+        v = self.value(key)
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            self.bad(key, f"{v!r}: expected a list of integers")
+            return []
+        return v
+
+    def unread(self) -> list[str]:
+        """Given fields nobody read that are neither inert nor at their transformers default."""
+        out = []
+        for k, v in self.raw.items():
+            if k in self.read or k in INERT:
+                continue
+            if k in self.defaults and self.defaults[k] == v:
+                continue
+            out.append(k)
+        return out
+
+
+@dataclass
+class Draft:
+    """A spec under construction: dotted field → (value, note), per-layer lists, and the gaps."""
+
+    model_type: str
+    fields: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    n_layers: int = 1
+    ffn: list[str] = field(default_factory=list)
+    ffn_note: str = ""
+    window: list[int | None] = field(default_factory=list)
+    window_note: str = ""
+    rope: list[bool] = field(default_factory=list)
+    rope_note: str = ""
+    gaps: list[Gap] = field(default_factory=list)
+    # config fields that only act in training and that a moec spec has no field for (dropout): the written
+    # YAML names them in its header, so that leaving them out is never silent
+    training_only: list[str] = field(default_factory=list)
+
+    def put(self, path: str, value: Any, note: str = "") -> None:
+        self.fields[path] = (value, note)
+
+    def section(self, prefix: str, **values: tuple[Any, str]) -> None:
+        for k, (v, note) in values.items():
+            self.put(f"{prefix}.{k}", v, note)
+
+    def gap(self, hf_field: str, value: Any, message: str, proposal: str, param_delta: int = 0) -> None:
+        self.gaps.append(Gap(hf_field, value, message, PROPOSE.get(proposal, proposal), param_delta))
+
+    def get(self, path: str) -> Any:
+        return self.fields[path][0]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    architecture: str  # the *ForCausalLM class transformers builds
+    defaults: Mapping[str, Any]  # transformers 5.23 class defaults of the fields the translator reads
+    translate: Callable[[HFConfig, Draft], None]
+    aliases: Mapping[str, str] = field(default_factory=dict)  # attribute_map: alias → canonical

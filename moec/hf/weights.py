@@ -443,6 +443,9 @@ def read_weights(
         except _Missing as e:
             missing.update({n: name for n in e.names})
             continue
+        except (IndexError, RuntimeError) as e:  # a tensor of the wrong rank or size for its re-layout
+            mismatched[name] = f"the checkpoint's tensors cannot be laid out as the config's model needs ({e})"
+            continue
         if tuple(t.shape) != tuple(want.shape):
             mismatched[name] = f"the checkpoint gives shape {tuple(t.shape)}, the config's model {tuple(want.shape)}"
             continue

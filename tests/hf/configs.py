@@ -606,8 +606,21 @@ RELEASES: dict[str, dict[str, Any]] = {
 
 # The families whose release config the moec schema expresses in full (the rest are refused, naming
 # the fields it cannot represent).
-EXACT = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "gpt_oss", "granitemoe", "dbrx",
-         "llama", "mistral", "qwen2", "qwen3"]
+EXACT = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "olmoe",
+    "gpt_oss",
+    "granitemoe",
+    "dbrx",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+]
 
 # The shape of the tiny configs the semantics tests build (sizes only; each test adds its family's fields).
 TINY: dict[str, Any] = {

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 
 from moec.kernels import GATED
 
-
 # gpt-oss's defaults for swiglu_clamped (the spec's activation_alpha / activation_limit)
 CLAMPED_ALPHA = 1.702
 CLAMPED_LIMIT = 7.0
 
 
-def activate(h: torch.Tensor, activation: str, *, alpha: float | None = None, limit: float | None = None) -> torch.Tensor:
+def activate(
+    h: torch.Tensor, activation: str, *, alpha: float | None = None, limit: float | None = None
+) -> torch.Tensor:
     """Apply the expert activation to the first projection's output h (gated: h = [gate | up])."""
     if activation == "swiglu_clamped":
         # gpt-oss: gate clamped from above, up clamped both ways, sigmoid(alpha·g)·g, and (up + 1)

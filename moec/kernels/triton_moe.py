@@ -72,13 +72,23 @@ def expert_ffn(
     activation: str,
     b_gate_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
+    alpha: float | None = None,
+    limit: float | None = None,
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
     """(T, d) = Σ_j topk_w[t, j] · FFN_{topk_idx[t, j]}(x[t]); differentiable in x, topk_w, weights, biases.
 
     ``config`` pins the block sizes (tests); otherwise the heuristic table, or the autotune cache
-    with ``MOEC_AUTOTUNE=1`` on a GPU.
+    with ``MOEC_AUTOTUNE=1`` on a GPU. ``swiglu_clamped`` (gpt-oss; ``alpha``, ``limit``) has no fused
+    epilogue yet and runs on the reference backend.
     """
+    if activation == "swiglu_clamped":
+        from moec.kernels import reference
+
+        return reference.expert_ffn(
+            x, topk_idx, topk_w, w_gate_up, w_down, activation=activation,
+            b_gate_up=b_gate_up, b_down=b_down, alpha=alpha, limit=limit,
+        )  # fmt: skip
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
     check_device(x)

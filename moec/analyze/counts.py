@@ -67,7 +67,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim
         mm = d * hd * (h + 2 * kv) + h * hd * d
         extra = (hd * (h + 2 * kv) if a.bias else 0) + (d if a.out_bias else 0)
-        if a.qk_norm:  # per-head norms share one head_dim weight; OLMoE normalises whole projections
+        if a.qk_norm and a.qk_norm_kind == "model":  # l2 (Llama-4) is weightless: 0 parameters
+            # per-head norms share one head_dim weight; OLMoE normalises whole projections
             extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
@@ -78,13 +79,21 @@ def attention_score_flops(a: AttentionPlan, kv_len: Fraction) -> Fraction:
     return 2 * a.n_heads * kv_len * (a.qk_dim + a.v_dim)
 
 
-def kv_len(seq: int, window: int | None, mode: str) -> Fraction:
-    """Average number of keys a query attends to. full: S (or W); causal: mean over positions 1..S."""
+def kv_len(seq: int, window: int | None, mode: str, chunk: int | None = None) -> Fraction:
+    """Average number of keys a query attends to. full: S, capped at the window and the chunk; causal:
+    the mean over positions i = 0..S-1 of min(i + 1, W, (i mod C) + 1)."""
+    caps = [c for c in (window, chunk) if c]
     if mode == "full":
-        return Fraction(min(seq, window) if window else seq)
-    if window is None or window >= seq:
-        return Fraction(seq + 1, 2)
-    return Fraction(window * (window + 1) // 2 + (seq - window) * window, seq)
+        return Fraction(min([seq, *caps]))
+
+    def keys(n: int) -> int:  # Σ_{j=1..n} min(j, W): the keys of the first n queries of one chunk
+        if window is None or window >= n:
+            return n * (n + 1) // 2
+        return window * (window + 1) // 2 + (n - window) * window
+
+    c = min(chunk, seq) if chunk else seq
+    full_chunks, rest = divmod(seq, c)
+    return Fraction(full_chunks * keys(c) + keys(rest), seq)
 
 
 def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:

@@ -17,7 +17,7 @@ class Memory:
     weights_bytes: int
     weights_bytes_by_dtype: dict[str, int]
     kv_cache_bytes_per_token: int  # per token of context, all layers, uncapped by windows
-    kv_cache_bytes: int  # at seq × batch, sliding-window layers capped at their window
+    kv_cache_bytes: int  # at seq × batch, sliding-window and chunked layers capped
     training_state_bytes: int  # mixed-precision AdamW
     activation_bytes_estimate: int  # at seq × batch; an estimate, see conventions
 
@@ -63,7 +63,11 @@ def memory(
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     nb = DTYPE_BYTES[dtype]
     per_token = sum(kv_bytes_per_token(lp.attention, nb) for lp in model.layers)
-    at_seq = sum(kv_bytes_per_token(lp.attention, nb) * min(seq, lp.attention.window or seq) for lp in model.layers)
+    # a sliding-window or chunked layer keeps at most W (or C) tokens of cache
+    at_seq = sum(
+        kv_bytes_per_token(lp.attention, nb) * min(seq, lp.attention.window or seq, lp.attention.chunk or seq)
+        for lp in model.layers
+    )
     return Memory(
         dtype=dtype,
         weights_bytes=total * nb,

@@ -171,7 +171,7 @@ def analyze(
     for lp in model.layers:
         parts = layer_parts(lp, model)
         add(parts)
-        score = attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention))
+        score = attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention, lp.attention.chunk))
         attn_total += score
         training += train_flops(parts) + 3 * score
         layers.append(
@@ -229,7 +229,9 @@ def analyze(
             m_params += sum(p.params for p in parts.values())
             m_active += sum(p.active for p in parts.values())
             m_flops += sum(p.flops for p in parts.values())
-            m_flops += attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention))
+            m_flops += attention_score_flops(
+                lp.attention, kv_len(S, lp.attention.window, attention, lp.attention.chunk)
+            )
         mtp = MTPSummary(len(model.mtp), m_params, m_active, _num(m_flops))
 
     return Analysis(

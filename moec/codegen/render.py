@@ -172,8 +172,21 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
     if not layers:
         raise ValueError("the plan has no layers")
 
-    # attention: one configuration, except the window and RoPE of each layer
+    # features the templates do not render yet: refuse rather than emit code that disagrees with the library
     attns = [lp.attention for lp in layers]
+    unsupported = {
+        "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
+        "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
+        "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
+        "moe.router.apply_to 'input'": any(
+            isinstance(lp.ffn, MoEPlan) and lp.ffn.router.apply_to == "input" for lp in layers
+        ),
+    }
+    for what, used in unsupported.items():
+        if used:
+            raise ValueError(f"codegen does not support {what} yet; use the library model (moec.nn)")
+
+    # attention: one configuration, except the window and RoPE of each layer
     a = _one([dataclasses.replace(x, window=None, rope=True) for x in attns], "attention (besides window and rope)")
     kind = _choice(a.kind, ("gqa", "mla"), "attention.kind")
     ropes = [_bool(x.rope, "attention.rope") for x in attns]

@@ -215,6 +215,14 @@ def _tree(t: Translation) -> dict[str, Any]:
         r_default, r_over = layer_pattern(d.rope)
         layers["default"].setdefault("attention", {})["rope"] = (r_default, d.rope_note)
         overrides += [({"select": sel, "attention": {"rope": v}}, d.rope_note) for sel, v in r_over]
+    for name, (values, note) in d.layer_attention.items():
+        if len(set(values)) == 1:
+            if name != "temperature_tuning" and values[0] not in (None, False):
+                tree["attention"][name] = (values[0], note)
+            continue
+        v_default, v_over = layer_pattern(values)
+        layers["default"].setdefault("attention", {})[name] = (v_default, note)
+        overrides += [({"select": sel, "attention": {name: v}}, note) for sel, v in v_over]
     if overrides:
         layers["overrides"] = overrides
     tree["layers"] = layers

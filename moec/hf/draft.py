@@ -46,17 +46,8 @@ class Gap:
 
 # The schema additions gaps point to (the report lists them; keep the wording precise).
 PROPOSE = {
-    "qk_norm_l2": "attention.qk_norm: false | true | 'l2' ('l2': weightless L2 norm of q and k per head, "
-    "Llama-4). Count: 0 parameters",
-    "chunk": "attention.chunk: int | None, also per layer in layers.*.attention — block-diagonal causal "
-    "attention in chunks of this many tokens (Llama-4). No param change; attention FLOPs and KV cache cap "
-    "at the chunk like a window",
-    "temperature": "attention.temperature_tuning: {floor_scale: int, scale: float} | None on NoPE layers "
-    "(Llama-4: q · (1 + scale·log1p(floor((pos+1)/floor_scale)))). No count change",
     "sparsemixer": "moe.router.kind: 'topk' | 'sparsemixer' (Phi-3.5-MoE's SparseMixer top-2 with "
     "router_jitter_noise as its threshold eps). No count change",
-    "router_input": "moe.router.apply_to: 'output' | 'input' (default 'output'); 'input' multiplies each "
-    "chosen expert's input by its gate weight instead of its output (Llama-4). No count change",
     "moe_jitter": "moe.router.jitter_target: 'router' | 'router_and_experts' (Mixtral and Phi-MoE scale the "
     "hidden state fed to the experts too). Training only; no count change",
     "longrope": "model.positions.scaling.kind 'longrope' with short_factor, long_factor: list[float] and "
@@ -154,6 +145,10 @@ class Draft:
     window_note: str = ""
     rope: list[bool] = field(default_factory=list)
     rope_note: str = ""
+    # other per-layer attention fields (chunk, qk_norm, temperature_tuning): name → (per-layer values, note);
+    # a uniform list goes to the attention section (temperature_tuning: the section's own value decides),
+    # a mixed one to layers.default and overrides
+    layer_attention: dict[str, tuple[list[Any], str]] = field(default_factory=dict)
     gaps: list[Gap] = field(default_factory=list)
     # config fields that only act in training and that a moec spec has no field for (dropout): the written
     # YAML names them in its header, so that leaving them out is never silent

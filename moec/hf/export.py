@@ -26,7 +26,7 @@ def _one(values: list[Any], what: str) -> Any:
     return distinct.pop()
 
 
-def _export_base(m: ResolvedModel, model_type: str) -> dict[str, Any]:
+def _export_base(m: ResolvedModel, model_type: str, *, nope: bool = False) -> dict[str, Any]:
     fam = FAMILIES[model_type]
     if m.norm.kind != "rmsnorm" or m.norm.placement != "pre":
         raise CannotExport(f"needs pre-norm RMSNorm (spec: {m.norm.placement} {m.norm.kind})")
@@ -62,7 +62,7 @@ def _export_base(m: ResolvedModel, model_type: str) -> dict[str, Any]:
     if attn.kind == "gqa":
         cfg["num_key_value_heads"] = attn.n_kv_heads
         cfg["head_dim"] = attn.head_dim
-    if any(not lp.attention.rope for lp in m.layers):
+    if not nope and any(not lp.attention.rope for lp in m.layers):
         raise CannotExport("has no NoPE layers")
     return cfg
 
@@ -302,6 +302,35 @@ def _export_gpt_oss(m: ResolvedModel) -> dict[str, Any]:
     return cfg
 
 
+def _export_llama4_text(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "llama4_text", nope=True)
+    attns = [lp.attention for lp in m.layers]
+    a, e, f = attns[0], _moe_plan(m), _dense_plan(m)
+    chunks = {x.chunk for x in attns} - {None}
+    if len(chunks) > 1:
+        raise CannotExport("layers attend in chunks of different sizes")
+    if any(x.qk_norm and x.qk_norm_kind != "l2" for x in attns):
+        raise CannotExport("has only the weightless l2 qk-norm")
+    tuned = [x for x in attns if x.temperature_floor_scale is not None]
+    cfg.update(
+        intermediate_size=e.d_ff,
+        intermediate_size_mlp=f.d_ff if f else FAMILIES["llama4_text"].defaults["intermediate_size_mlp"],
+        num_local_experts=e.n_experts,
+        moe_layers=[lp.index for lp in m.layers if isinstance(lp.ffn, MoEPlan)],
+        attention_bias=a.bias,
+        no_rope_layers=[int(x.rope) for x in attns],
+        attention_chunk_size=chunks.pop() if chunks else None,
+        layer_types=["chunked_attention" if x.chunk else "full_attention" for x in attns],
+        use_qk_norm=any(x.qk_norm for x in attns),
+        attn_temperature_tuning=bool(tuned),
+        router_jitter_noise=0.0,
+    )
+    if tuned:
+        cfg.update(floor_scale=tuned[0].temperature_floor_scale, attn_scale=tuned[0].temperature_scale)
+    _export_moe_common(cfg, e)
+    return cfg
+
+
 def _export_dbrx(m: ResolvedModel) -> dict[str, Any]:
     n = m.norm
     if (n.kind, n.placement, n.bias, n.eps) != ("layernorm", "pre", False, 1e-5):
@@ -357,4 +386,5 @@ EXPORTERS_MOE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
     ("olmoe", _export_olmoe),
     ("gpt_oss", _export_gpt_oss),
     ("dbrx", _export_dbrx),
+    ("llama4_text", _export_llama4_text),
 ]

@@ -750,34 +750,36 @@ def _llama4_text(c: HFConfig, d: Draft) -> None:
         c.bad("layer_types", f"expected {n} entries, each chunked_attention or full_attention")
         types = []
     chunk = c.int("attention_chunk_size", optional=True)
-    if chunk is not None and "chunked_attention" in types:
-        d.gap("attention_chunk_size", chunk, "chunked attention on the layer_types 'chunked_attention' layers", "chunk")
-    if c.bool("use_qk_norm"):
-        d.gap("use_qk_norm", True, "weightless L2 norm of q and k on the rope layers", "qk_norm_l2")
-    if c.bool("attn_temperature_tuning"):
-        d.gap(
-            "attn_temperature_tuning",
-            True,
-            "query temperature tuning on the NoPE layers "
-            f"(floor_scale {c.value('floor_scale')}, attn_scale {c.value('attn_scale')})",
-            "temperature",
-        )
-    else:
-        c.value("floor_scale")
-        c.value("attn_scale")
-    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
-    d.gap(
-        "model_type llama4_text (Llama4TextMoe)",
-        "router_scores * hidden_states",
-        "Llama-4 multiplies each expert's input, not its output, by the sigmoid gate",
-        "router_input",
+    chunked = [t == "chunked_attention" for t in types] if types else [False] * n
+    d.layer_attention["chunk"] = (
+        [chunk if ch else None for ch in chunked],
+        "attention_chunk_size on the layer_types 'chunked_attention' layers",
     )
+    if c.bool("use_qk_norm"):
+        d.put("attention.qk_norm_kind", "l2", "use_qk_norm: Llama4TextL2Norm (weightless, eps rms_norm_eps)")
+    d.layer_attention["qk_norm"] = (
+        [c.bool("use_qk_norm") and r for r in d.rope],
+        "use_qk_norm: Llama4TextAttention builds its qk_norm on the rope layers only",
+    )
+    floor_scale, attn_scale = c.value("floor_scale"), c.value("attn_scale")
+    tuned = [c.bool("attn_temperature_tuning") and not r for r in d.rope]
+    if any(tuned):
+        if not isinstance(floor_scale, (int, float)) or isinstance(floor_scale, bool) or floor_scale <= 0:
+            c.bad("floor_scale", f"{floor_scale!r}: expected a positive number")
+        elif not isinstance(attn_scale, (int, float)) or isinstance(attn_scale, bool) or attn_scale < 0:
+            c.bad("attn_scale", f"{attn_scale!r}: expected a non-negative number")
+        else:
+            d.put("attention.temperature_tuning.floor_scale", float(floor_scale), c.src("floor_scale"))
+            d.put("attention.temperature_tuning.scale", float(attn_scale), c.src("attn_scale"))
+    d.layer_attention["temperature_tuning"] = (tuned, "attn_temperature_tuning: on the NoPE layers only")
+    _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
     _router(
         d,
-        "Llama4Router: top-k of the logits, sigmoid of the chosen",
+        "Llama4Router: top-k of the logits, sigmoid of the chosen; Llama4TextMoe scales the expert input",
         score="sigmoid",
         softmax_after_topk=False,
         normalize_topk=False,
+        apply_to="input",
     )
     _jitter_on_hidden(c, d, "router_jitter_noise")
     d.section(

@@ -12,7 +12,8 @@ transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names ar
 - ``model.embed_tokens``, ``model.norm``, ``lm_head`` → ``embed``, ``norm``, ``lm_head``;
   ``L.input_layernorm`` / ``L.post_attention_layernorm`` → ``layers.{i}.attn_norm`` / ``ffn_norm``.
 - ``L.self_attn.*`` → ``layers.{i}.attn.*``: the same names and [out, in] layout, GQA and MLA alike; no
-  permutation (moec's rotary conventions, DeepSeek's interleaved one included, are transformers').
+  permutation (moec's rotary conventions, DeepSeek's interleaved one included, are transformers'), except
+  Llama-4's (below).
 - a dense MLP ``L.mlp.{gate,up,down}_proj`` (nn.Linear, [out, in]) → ``ffn.w_gate_up`` (d, 2f) =
   [gate.T | up.T], ``ffn.w_down`` (f, d) = down.T; shared experts (``mlp.shared_expert[s]``) alike.
 - the router ``L.mlp.gate`` (Mixtral, Qwen, DeepSeek, OLMoE), ``mlp.router`` (gpt-oss, with a bias),
@@ -26,6 +27,9 @@ transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names ar
   * gpt-oss: ``gate_up_proj`` (E, d, 2f) with gate and up in *alternate* columns (0::2, 1::2), re-split
     into halves; ``down_proj`` (E, f, d) as is; their ``_bias`` vectors alike;
   * DBRX: ``w1``, ``v1`` (E·f, d), [out, in] per expert, are gate and up; ``w2`` (E·f, d) is [in, out].
+- Llama-4: ``feed_forward.`` for both MLP and MoE, ``router``, ``shared_expert``; stacked experts
+  ``gate_up_proj`` (E, d, 2f) and ``down_proj`` (E, f, d) are moec's layout already; its rotary pairs
+  adjacent dims, so q_proj and k_proj rows are permuted per head into moec's half layout.
 - DBRX's attention: ``Wqkv`` split by rows into q, k, v; ``out_proj`` → ``o_proj``.
 - DeepSeek-V3's MTP depth j is decoder layer n_layers + j: ``enorm``, ``hnorm``, ``eh_proj``, the block
   and ``shared_head.norm`` → ``mtp.{j}.*``; its ``embed_tokens`` and ``shared_head.head`` must equal the
@@ -358,6 +362,40 @@ class GptOssMapper(Mapper):
     interleaved = True
 
 
+def _half_layout(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q or k projection (h·hd, ...) with rotary pairs (2i, 2i+1) per head → pairs (i, i + hd/2):
+    [0, 2, 4, ..., 1, 3, 5, ...] within each head. q and k get the same permutation, so q·k is unchanged;
+    moec's half-layout rotary on the permuted rows is Llama-4's interleaved rotary on the original ones."""
+    hd = w.shape[0] // n_heads
+    order = torch.cat((torch.arange(0, hd, 2), torch.arange(1, hd, 2)))  # (hd,)
+    return w.view(n_heads, hd, *w.shape[1:])[:, order].reshape(w.shape)
+
+
+class Llama4Mapper(Mapper):
+    """Llama-4: ``feed_forward.`` blocks (dense MLP or MoE), ``router``, ``shared_expert``, stacked experts
+    already in moec's layout, and interleaved rotary pairs re-laid out by permuting q and k rows."""
+
+    moe_blocks = ("feed_forward.",)
+    routers = ("router.",)
+    shared = "shared_expert."
+
+    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        t = super().attention(p, lp, leaf)
+        heads = {"q_proj": lp.attention.n_heads, "k_proj": lp.attention.n_kv_heads}.get(leaf.split(".")[0])
+        return _half_layout(t, heads) if heads else t
+
+    def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
+        if part == "ffn" and isinstance(lp.ffn, DenseFFNPlan):
+            return self.dense(self.layer(i) + "feed_forward.", leaf)
+        return super().block(lp, i, part, leaf)
+
+    def experts(self, blk: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
+        src = {"w_gate_up": "gate_up_proj", "w_down": "down_proj"}.get(leaf)  # (E, d, 2f) [gate | up], (E, f, d)
+        if src is None:
+            raise _Missing([f"{blk}experts.{leaf}"])
+        return self.ck.get(f"{blk}experts.{src}")
+
+
 class DbrxMapper(Mapper):
     """DBRX's own names: a fused Wqkv, norms inside norm_attn_norm, experts as (E·f, d) matrices."""
 
@@ -401,6 +439,7 @@ MAPPERS: dict[str, type[Mapper]] = {
     "granitemoe": GraniteMoeMapper,
     "gpt_oss": GptOssMapper,
     "dbrx": DbrxMapper,
+    "llama4_text": Llama4Mapper,
     # the rest share transformers' common names
     **{mt: Mapper for mt in ("qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "llama", "mistral", "qwen2", "qwen3")},
 }

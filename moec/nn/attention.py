@@ -1,5 +1,6 @@
 """Causal self-attention: MHA, GQA and MQA (one module; n_kv_heads says which), qk-norm, qkv clipping,
-biases, sliding windows and attention sinks.
+biases, sliding windows, chunked attention, Llama-4's weightless L2 qk-norm and NoPE temperature tuning,
+and attention sinks.
 
 Parameter names follow Hugging Face Llama/Qwen3/OLMoE/gpt-oss so a weight loader maps one to one:
 ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (``nn.Linear``, weight ``[out, in]``), ``q_norm``,
@@ -57,14 +58,30 @@ def check_input(x: torch.Tensor, d_model: int, what: str) -> None:
         raise ValueError(f"{what} input must be a floating-point tensor; got {x.dtype}")
 
 
-def causal_mask(seq_len: int, window: int | None, device: torch.device) -> torch.Tensor:
-    """(S, S) bool, True where query i may attend key j: j ≤ i, and j > i − window with a window."""
+def causal_mask(seq_len: int, window: int | None, device: torch.device, chunk: int | None = None) -> torch.Tensor:
+    """(S, S) bool, True where query i may attend key j: j ≤ i, and j > i − window with a window, and
+    j ≥ floor(i/chunk)·chunk with chunked attention (Llama-4)."""
     i = torch.arange(seq_len, device=device)[:, None]
     j = torch.arange(seq_len, device=device)[None, :]
     allowed = j <= i
     if window is not None:
         allowed = allowed & (j > i - window)
+    if chunk is not None:
+        allowed = allowed & (j // chunk == i // chunk)
     return allowed
+
+
+def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless x / rms(x) over the last dim in fp32 (Llama-4's ``L2Norm``)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+def temperature(seq_len: int, floor_scale: float, scale: float, device: torch.device) -> torch.Tensor:
+    """(S,) fp32 query multipliers 1 + scale·log1p(floor((pos + 1)/floor_scale)) (Llama-4's NoPE layers,
+    arXiv 2501.19399): long-range queries sharpen as the context grows."""
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    return torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * scale + 1.0
 
 
 def attend(
@@ -75,23 +92,26 @@ def attend(
     scale: float,
     window: int | None = None,
     sinks: torch.Tensor | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Causal attention. q (B, h, S, d_qk), k (B, kv, S, d_qk), v (B, kv, S, d_v) → (B, h, S, d_v)."""
     h, kv, S = q.shape[1], k.shape[1], q.shape[2]
     if window is not None and window >= S:
         window = None  # a window as long as the sequence is plain causal: keep the fast path
+    if chunk is not None and chunk >= S:
+        chunk = None  # likewise one chunk
     if sinks is None:
         if not _SDPA_GQA and kv != h:
             k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
         gqa = {"enable_gqa": kv != h} if _SDPA_GQA else {}
-        if window is None:
+        if window is None and chunk is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
-        mask = causal_mask(S, window, q.device)
+        mask = causal_mask(S, window, q.device, chunk)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
     # gpt-oss: each head's learned sink logit joins the softmax denominator and takes no value
     k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, S)
-    scores = scores.masked_fill(~causal_mask(S, window, q.device), float("-inf"))
+    scores = scores.masked_fill(~causal_mask(S, window, q.device, chunk), float("-inf"))
     sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(q.shape[0], h, S, 1)  # (B, h, S, 1)
     probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, S)
     return probs.to(v.dtype) @ v
@@ -122,9 +142,12 @@ class Attention(nn.Module):
         self.o_proj = Linear(h * hd, d_model, bias=plan.out_bias, **kw)
         # the model's norm kind (the analyzer counts it so); scope "head": one norm over head_dim shared by
         # the heads (Qwen3); "projection": one norm over the whole q and k projections (OLMoE)
+        # "l2" (Llama-4) is weightless: no module, see forward
         per_head = plan.qk_norm_scope == "head"
-        self.q_norm = make_norm(norm, hd if per_head else h * hd, **kw) if plan.qk_norm else None
-        self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if plan.qk_norm else None
+        learned = plan.qk_norm and plan.qk_norm_kind == "model"
+        self.q_norm = make_norm(norm, hd if per_head else h * hd, **kw) if learned else None
+        self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
+        self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
@@ -145,16 +168,21 @@ class Attention(nn.Module):
         if p.clip_qkv is not None:  # DBRX, OLMoE: after any projection norm
             q, k, v = (t.clamp(-p.clip_qkv, p.clip_qkv) for t in (q, k, v))
         q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, hd)
-        if p.qk_norm and p.qk_norm_scope == "head":
+        if p.qk_norm and p.qk_norm_scope == "head" and p.qk_norm_kind == "model":
             q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, S, hd), (B, kv, S, hd) ×2
         if p.rope:
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = attend(q, k, v, scale=self.scale, window=p.window, sinks=self.sinks)  # (B, h, S, hd)
+        if p.qk_norm and p.qk_norm_kind == "l2":  # after rotation, as Llama-4 (rotation keeps the rms anyway)
+            q, k = l2_norm(q, self.norm_eps), l2_norm(k, self.norm_eps)
+        if p.temperature_floor_scale is not None and p.temperature_scale is not None:
+            t = temperature(S, p.temperature_floor_scale, p.temperature_scale, q.device)  # (S,)
+            q = (q * t[:, None]).to(q.dtype)
+        y = attend(q, k, v, scale=self.scale, window=p.window, sinks=self.sinks, chunk=p.chunk)  # (B, h, S, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, h * hd))
 
     def extra_repr(self) -> str:
         p = self.plan
-        return f"heads={p.n_heads}, kv_heads={p.n_kv_heads}, head_dim={p.head_dim}, window={p.window}, rope={p.rope}"
+        return f"heads={p.n_heads}, kv_heads={p.n_kv_heads}, head_dim={p.head_dim}, window={p.window}, chunk={p.chunk}, rope={p.rope}"

@@ -2,6 +2,8 @@
 
     y = Σ_j g_j(x) · Expert_{e_j}(x)  [+ shared FFN(x) · (sigmoid(x·w_gate) if shared_gate)]
 
+(router.apply_to "input", Llama-4: Σ_j Expert_{e_j}(g_j(x) · x) instead.)
+
 Routed experts are stacked tensors ``[E, in, out]`` run through a backend of :mod:`moec.kernels`
 chosen at forward time from the input's device. Parameter names are a contract: the Hugging Face
 weight loader and the code generator address ``router.weight``, ``experts.w_gate_up``,
@@ -167,6 +169,13 @@ class MoE(nn.Module):
         topk_w = r.topk_w.to(x.dtype)
         if self.base is not None:
             y = self.experts(xt, r.topk_idx, topk_w, kernels, self.base)  # (T, d)
+        elif self.plan.router.apply_to == "input":
+            # Llama-4: Σ_j Expert_{e_j}(g_j·x). Each (token, slot) becomes its own row with weight 1
+            T, k = r.topk_idx.shape
+            xs = (xt[:, None, :] * topk_w[..., None]).reshape(T * k, self.d_model)  # (T·k, d)
+            ones = torch.ones(T * k, 1, dtype=x.dtype, device=x.device)
+            ys = self.experts(xs, r.topk_idx.reshape(T * k, 1), ones, kernels)  # (T·k, d)
+            y = ys.view(T, k, self.d_model).sum(1)  # (T, d)
         else:
             y = self.experts(xt, r.topk_idx, topk_w, kernels)  # (T, d)
         if self.shared is not None:

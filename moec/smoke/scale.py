@@ -48,8 +48,9 @@ def compress_layers(layers: tuple[LayerPlan, ...], max_layers: int) -> list[Laye
     return out
 
 
-def _kind(lp: LayerPlan) -> tuple[str, int | None, bool]:
-    return (lp.ffn.kind, lp.attention.window, lp.attention.rope)
+def _kind(lp: LayerPlan) -> tuple[str, int | None, int | None, bool, bool, bool]:
+    a = lp.attention
+    return (lp.ffn.kind, a.window, a.chunk, a.rope, a.qk_norm, a.temperature_floor_scale is not None)
 
 
 def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, seq: int) -> ResolvedModel:
@@ -58,6 +59,8 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
 
     def attention(a: AttentionPlan) -> AttentionPlan:
         window = min(a.window, max(2, seq // 2)) if a.window else None
+        if a.chunk:  # a chunk, like a window, shrinks to fit the run's sequence (and still bites)
+            a = dataclasses.replace(a, chunk=min(a.chunk, max(2, seq // 2)))
         if a.kind == "mla":
             assert a.kv_lora_rank and a.qk_nope_head_dim and a.v_head_dim and a.qk_rope_head_dim is not None
             heads = max(2, min(a.n_heads, d_model // 16))

@@ -52,10 +52,22 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
     if a.qk_norm_scope != "head" and not a.qk_norm:
         bad(("attention", "qk_norm_scope"), "only meaningful with qk_norm: true")
-    if a.kind == "mla" and a.qk_norm:
+    if a.kind == "mla":
+        for f in ("chunk", "temperature_tuning"):
+            if getattr(a, f) is not None or _written_anywhere(spec, f):
+                bad(("attention", f), "not supported with MLA")
+    if a.kind == "mla" and (a.qk_norm or _written_anywhere(spec, "qk_norm", value=True)):
         bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
     if a.window is not None and a.window > m.max_seq_len:
         bad(("attention", "window"), f"{a.window} exceeds model.max_seq_len ({m.max_seq_len})")
+    if a.chunk is not None and a.chunk > m.max_seq_len:
+        bad(("attention", "chunk"), f"{a.chunk} exceeds model.max_seq_len ({m.max_seq_len})")
+    if a.qk_norm_kind == "l2" and a.qk_norm_scope != "head":
+        bad(("attention", "qk_norm_kind"), "the weightless l2 norm is per head: needs qk_norm_scope head")
+    if a.qk_norm_kind != "model" and not a.qk_norm and not _written_anywhere(spec, "qk_norm"):
+        bad(("attention", "qk_norm_kind"), "only meaningful with qk_norm: true (here or in layers.*.attention)")
+    if a.temperature_tuning is None and _written_anywhere(spec, "temperature_tuning", value=True):
+        bad(("attention", "temperature_tuning"), "layers turn temperature_tuning on but attention has none")
     sc = m.positions.scaling
     if sc is not None:
         if m.positions.kind != "rope":
@@ -68,9 +80,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
 
     # --- layers ----------------------------------------------------------------------------
     kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
-    d_win = spec.layers.default.attention.window
-    if d_win is not None and d_win > m.max_seq_len:
-        bad(("layers", "default", "attention", "window"), f"{d_win} exceeds model.max_seq_len ({m.max_seq_len})")
+    for f in ("window", "chunk"):
+        d_v = getattr(spec.layers.default.attention, f)
+        if d_v is not None and d_v > m.max_seq_len:
+            bad(("layers", "default", "attention", f), f"{d_v} exceeds model.max_seq_len ({m.max_seq_len})")
     for j, ov in enumerate(spec.layers.overrides):
         base: Path = ("layers", "overrides", j, "select")
         s = ov.select
@@ -91,11 +104,10 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             bad(base + ("last",), f"last ({s.last}) is before first ({s.first})")
         if ov.ffn is not None:
             kinds.add(ov.ffn)
-        if ov.attention is not None and ov.attention.window is not None and ov.attention.window > m.max_seq_len:
-            bad(
-                ("layers", "overrides", j, "attention", "window"),
-                f"{ov.attention.window} exceeds model.max_seq_len ({m.max_seq_len})",
-            )
+        for f in ("window", "chunk"):
+            v = getattr(ov.attention, f) if ov.attention is not None else None
+            if v is not None and v > m.max_seq_len:
+                bad(("layers", "overrides", j, "attention", f), f"{v} exceeds model.max_seq_len ({m.max_seq_len})")
     if spec.mtp is not None:
         kinds.add(spec.mtp.ffn)
     if "dense" in kinds and spec.ffn is None:
@@ -159,6 +171,8 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             bad(("moe", "expert_kind"), "lora experts need a moe.lora section (rank, alpha)")
         if e.expert_kind != "lora" and e.lora is not None:
             bad(("moe", "lora"), "only meaningful with expert_kind: lora")
+        if r.apply_to == "input" and e.expert_kind == "lora":
+            bad(("moe", "router", "apply_to"), "input gating is not supported with lora experts")
         if e.expert_kind == "lora" and (e.n_shared_experts or g != 1):
             bad(("moe", "expert_kind"), "lora experts cannot be combined with shared experts or granularity")
     return out
@@ -173,3 +187,9 @@ def _default_reaches_a_layer(spec: Spec) -> bool:
         if ov.ffn is not None:
             covered.update(selected_layers(ov.select, n))
     return len(covered) < n
+
+
+def _written_anywhere(spec: Spec, field: str, value: bool | None = None) -> bool:
+    """Whether layers.default or an override writes attention.<field> (with ``value``, if given)."""
+    written = [spec.layers.default.attention] + [ov.attention for ov in spec.layers.overrides if ov.attention]
+    return any(field in o.model_fields_set and (value is None or getattr(o, field) == value) for o in written)

@@ -68,6 +68,11 @@ class AttentionPlan:
     qk_norm_scope: Literal["head", "projection"] = "head"
     clip_qkv: float | None = None
     scale: float | None = None  # softmax scale; None: 1/sqrt(qk_dim) (and yarn's mscale for MLA)
+    chunk: int | None = None  # chunked attention: query i sees keys [floor(i/chunk)·chunk, i]; None = off
+    qk_norm_kind: Literal["model", "l2"] = "model"  # l2: weightless x/rms(x) per head (Llama-4), 0 params
+    # query temperature 1 + temperature_scale·log1p(floor((pos+1)/temperature_floor_scale)); None = off
+    temperature_floor_scale: float | None = None
+    temperature_scale: float | None = None
 
     @property
     def qk_dim(self) -> int:
@@ -108,6 +113,7 @@ class RouterPlan:
     group_score: Literal["max", "top2_sum"]
     dense: bool
     jitter: float
+    apply_to: Literal["output", "input"] = "output"  # input: the gate scales each expert's input (Llama-4)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,15 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     default_attn = spec.layers.default.attention
     window = [default_attn.window if "window" in default_attn.model_fields_set else a.window] * n
     rope = [m.positions.kind == "rope" and default_attn.rope] * n
+    # per-layer attention fields: the attention section's value unless layers.default or an override writes it
+    per_layer = {
+        "chunk": a.chunk,
+        "qk_norm": a.qk_norm,
+        "temperature_tuning": a.temperature_tuning is not None,
+    }
+    attn_fields = {
+        f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in per_layer.items()
+    }
     for ov in spec.layers.overrides:
         for i in selected_layers(ov.select, n):
             if ov.ffn is not None:
@@ -50,11 +59,24 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                     window[i] = ov.attention.window
                 if "rope" in ov.attention.model_fields_set:
                     rope[i] = m.positions.kind == "rope" and ov.attention.rope
+                for f in per_layer:
+                    if f in ov.attention.model_fields_set:
+                        attn_fields[f][i] = getattr(ov.attention, f)
 
     dense = _dense(spec)
     moe = _moe(spec)
 
-    def attention(window_i: int | None, rope_i: bool) -> AttentionPlan:
+    def attention(window_i: int | None, rope_i: bool, i: int | None = None) -> AttentionPlan:
+        """Layer i's attention (None: the attention section's own values, as MTP blocks use)."""
+        chunk_i = a.chunk if i is None else attn_fields["chunk"][i]
+        qk_norm_i = a.qk_norm if i is None else attn_fields["qk_norm"][i]
+        tt = a.temperature_tuning if (i is None or attn_fields["temperature_tuning"][i]) else None
+        extra = {
+            "chunk": chunk_i,
+            "qk_norm_kind": a.qk_norm_kind,
+            "temperature_floor_scale": tt.floor_scale if tt else None,
+            "temperature_scale": tt.scale if tt else None,
+        }
         if a.kind == "mla":
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None
             return AttentionPlan(
@@ -62,7 +84,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 n_heads=a.n_heads,
                 n_kv_heads=a.n_heads,
                 head_dim=a.qk_nope_head_dim + a.qk_rope_head_dim,
-                qk_norm=a.qk_norm,
+                qk_norm=qk_norm_i,
                 bias=a.bias,
                 out_bias=a.out_bias,
                 sinks=a.sinks,
@@ -76,13 +98,14 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 qk_nope_head_dim=a.qk_nope_head_dim,
                 qk_rope_head_dim=a.qk_rope_head_dim,
                 v_head_dim=a.v_head_dim,
+                **extra,
             )
         return AttentionPlan(
             kind="gqa",
             n_heads=a.n_heads,
             n_kv_heads=a.n_kv_heads or a.n_heads,
             head_dim=a.head_dim or m.d_model // a.n_heads,
-            qk_norm=a.qk_norm,
+            qk_norm=qk_norm_i,
             bias=a.bias,
             out_bias=a.out_bias,
             sinks=a.sinks,
@@ -91,10 +114,11 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             qk_norm_scope=a.qk_norm_scope,
             clip_qkv=a.clip_qkv,
             scale=a.scale,
+            **extra,
         )
 
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i]), moe if ffn_kind[i] == "moe" else dense)  # type: ignore[arg-type]
+        LayerPlan(i, attention(window[i], rope[i], i), moe if ffn_kind[i] == "moe" else dense)  # type: ignore[arg-type]
         for i in range(n)
     )
     mtp: tuple[LayerPlan, ...] = ()
@@ -179,6 +203,7 @@ def _moe(spec: Spec) -> MoEPlan | None:
             group_score=r.group_score,
             dense=r.dense,
             jitter=r.jitter,
+            apply_to=r.apply_to,
         ),
         capacity_factor=e.capacity_factor,
         drop_policy=e.drop_policy,

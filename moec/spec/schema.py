@@ -77,6 +77,13 @@ class Model(Strict):
     logits_scaling: Annotated[float, Field(gt=0, le=1e4)] = 1.0
 
 
+class TemperatureTuning(Strict):
+    """q · (1 + scale · log1p(floor((pos + 1) / floor_scale))) on the layers that use it."""
+
+    floor_scale: Annotated[float, Field(gt=0, le=MAX_SEQ)]
+    scale: Annotated[float, Field(ge=0, le=100)]
+
+
 class Attention(Strict):
     kind: Literal["gqa", "mla"] = "gqa"
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
@@ -86,12 +93,19 @@ class Attention(Strict):
     # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole
     # q (h·head_dim) and k (kv·head_dim) projections (OLMoE)
     qk_norm_scope: Literal["head", "projection"] = "head"
+    # model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim, eps
+    # model.norm.eps (Llama-4's L2Norm, 0 parameters; scope head only)
+    qk_norm_kind: Literal["model", "l2"] = "model"
     clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None  # clamp q, k, v (DBRX, OLMoE)
     scale: Annotated[float, Field(gt=0, le=1e3)] | None = None  # softmax scale; None: 1/sqrt(d_qk)
     bias: bool = False  # bias on the q, k, v projections
     out_bias: bool = False  # bias on the output projection
     sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
     window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None  # sliding window, tokens
+    # chunked attention (Llama-4): query i attends keys [floor(i/chunk)·chunk, i] only
+    chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    # query temperature on layers without rope (Llama-4, arXiv 2501.19399); per layer in layers.*.attention
+    temperature_tuning: TemperatureTuning | None = None
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
     kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
@@ -121,6 +135,8 @@ class Router(Strict):
     group_score: Literal["max", "top2_sum"] = "max"
     dense: bool = False  # soft MoE: every expert gets a weight
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
+    apply_to: Literal["output", "input"] = "output"
 
 
 class Balance(Strict):
@@ -192,8 +208,12 @@ class Select(Strict):
 
 
 class AttentionOverride(Strict):
+    # each applies only when written (an unwritten field keeps the attention section's value)
     window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     rope: bool = True
+    qk_norm: bool = False  # per-layer on/off of attention.qk_norm (Llama-4: rope layers only)
+    temperature_tuning: bool = False  # per-layer on/off of attention.temperature_tuning (Llama-4: NoPE layers)
 
 
 class LayerDefault(Strict):

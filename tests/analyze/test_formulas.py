@@ -187,3 +187,45 @@ def test_per_layer_rows_sum_to_the_totals():
     layer_params = sum(r.params for r in a.layers)
     assert layer_params + edges["embedding"].params + edges["head"].params + 64 == a.params.total
     assert sum(r.flops_attention for r in a.layers) == a.flops.forward_attention
+
+
+def _keys_by_enumeration(S: int, window: int | None, chunk: int | None) -> Fraction:
+    """Mean over queries i of the keys j ≤ i it may attend, counted one by one."""
+    total = 0
+    for i in range(S):
+        for j in range(i + 1):
+            in_window = window is None or j > i - window
+            in_chunk = chunk is None or j // chunk == i // chunk
+            total += in_window and in_chunk
+    return Fraction(total, S)
+
+
+@pytest.mark.parametrize("S,window,chunk", [(10, None, 4), (12, None, 4), (3, None, 4), (11, 3, 5), (9, 6, 4)])
+def test_chunked_attention_kv_len_by_hand(S, window, chunk):
+    from moec.analyze.counts import kv_len
+
+    # causal: query i sees (i mod C) + 1 keys, capped at W; S = 10, C = 4: (10 + 10 + 3) / 10
+    if (S, window, chunk) == (10, None, 4):
+        assert kv_len(S, window, "causal", chunk) == Fraction(1 + 2 + 3 + 4 + 1 + 2 + 3 + 4 + 1 + 2, 10)
+    assert kv_len(S, window, "causal", chunk) == _keys_by_enumeration(S, window, chunk)
+    assert kv_len(S, window, "full", chunk) == min([S, chunk] + ([window] if window else []))
+
+
+def test_chunked_layers_cap_attention_flops_and_kv_cache_but_not_params():
+    h, hd, S, C = 8, 8, 512, 64
+    chunked = plan("\nlayers:\n  overrides:\n    - {select: [1, 3], attention: {chunk: 64}}\n")
+    assert [lp.attention.chunk for lp in chunked.layers] == [None, C, None, C]
+    a, b = analyze(chunked, seq=S), analyze(plan(), seq=S)
+    assert a.params.total == b.params.total
+    # full mode: S_kv = S on two layers, C on two
+    assert a.flops.forward_attention == 2 * (2 * h * S * 2 * hd) + 2 * (2 * h * C * 2 * hd)
+    per_layer_token = 2 * 2 * hd * 2  # K and V, kv heads 2, bf16
+    assert a.memory.kv_cache_bytes == per_layer_token * (2 * S + 2 * C)
+
+
+def test_weightless_l2_qk_norm_adds_no_parameters():
+    with_norm = analyze(plan("", sets=("attention.qk_norm=true",)))
+    l2 = analyze(plan("", sets=("attention.qk_norm=true", "attention.qk_norm_kind=l2")))
+    base = analyze(plan())
+    assert with_norm.params.total - base.params.total == 4 * 2 * 8  # q and k weights of head_dim, 4 layers
+    assert l2.params.total == base.params.total

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import inspect
 import itertools
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -411,3 +412,31 @@ def test_plans_no_spec_produces_are_refused_not_mis_rendered():
     layers = (dataclasses.replace(ds.layers[0], attention=gqa), *ds.layers[1:])
     with pytest.raises(ValueError, match="attention"):
         render_model_source(ds.replace(layers=layers))
+
+
+LLAMA4_LIKE = """
+moec: 1
+name: l4
+model: {vocab_size: 100, d_model: 32, n_layers: 2, max_seq_len: 64}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 48}
+moe: {n_experts: 4, d_ff: 16, n_shared_experts: 1, router: {top_k: 1, score: sigmoid}}
+layers: {default: {ffn: moe}}
+"""
+
+
+@pytest.mark.parametrize(
+    "change,feature",
+    [
+        ("attention.chunk=8", "attention.chunk"),
+        ("attention.qk_norm=true", "attention.qk_norm_kind 'l2'"),
+        ("attention.temperature_tuning={floor_scale: 8, scale: 0.1}", "attention.temperature_tuning"),
+        ("moe.router.apply_to=input", "moe.router.apply_to 'input'"),
+    ],
+)
+def test_llama4_features_codegen_does_not_render_are_refused_by_name(change, feature):
+    sets = [change] + (["attention.qk_norm_kind=l2"] if "qk_norm" in change else [])
+    plan = resolve(load_spec("l4.yaml", text=LLAMA4_LIKE, sets=sets))
+    render_model_source(resolve(load_spec("l4.yaml", text=LLAMA4_LIKE)))  # the plain plan renders
+    with pytest.raises(ValueError, match=f"codegen does not support {re.escape(feature)}"):
+        render_model_source(plan)

@@ -616,6 +616,7 @@ EXACT = [
     "gpt_oss",
     "granitemoe",
     "dbrx",
+    "llama4_text",
     "llama",
     "mistral",
     "qwen2",

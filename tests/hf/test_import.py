@@ -27,7 +27,6 @@ transformers = pytest.importorskip("transformers")
 # the config.json fields the importer names as unrepresentable, each with a proposed schema addition.
 GAPS = {
     "phimoe": ["longrope", "sparsemixer", "input_jitter_noise"],
-    "llama4_text": ["attention_chunk_size", "use_qk_norm", "attn_temperature_tuning", "router_scores"],
 }  # fmt: skip
 
 # Published totals, independent of both moec and transformers (CONVENTIONS.md reference figures;
@@ -207,13 +206,12 @@ def test_layer_pattern_matches_transformers_modules(case):
     "model_type,extra",
     [
         ("llama4_text", {"interleave_moe_layer_step": 2, "no_rope_layer_interval": 3, "intermediate_size_mlp": 80,
-                         "num_local_experts": 4, "head_dim": 16}),
+                         "num_local_experts": 4, "head_dim": 16, "attention_chunk_size": 16}),
         ("gpt_oss", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8, "head_dim": 16}),
     ],
 )  # fmt: skip
 def test_layer_pattern_of_interleaved_families_matches_transformers(model_type, extra):
-    """Interleaved MoE, NoPE layers (Llama-4, mapped right though refused for other reasons) and
-    alternating windows (gpt-oss)."""
+    """Interleaved MoE, NoPE layers (Llama-4) and alternating windows (gpt-oss)."""
     cfg = {**TINY, "model_type": model_type, "num_hidden_layers": 6, **extra}
     t = translate(cfg)
     plan = resolve(load_spec("draft", text=render_yaml(t)))
@@ -343,3 +341,19 @@ def test_importing_and_analyzing_a_config_never_imports_torch(tmp_path):
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_llama4_per_layer_attention_features_match_transformers_modules():
+    """Chunked masks on layer_types 'chunked_attention', the L2 qk-norm where transformers builds it (rope
+    layers), temperature tuning where it applies it (NoPE layers)."""
+    cfg = {**TINY, "model_type": "llama4_text", "num_hidden_layers": 6, "no_rope_layer_interval": 3,
+           "num_local_experts": 4, "head_dim": 16, "attention_chunk_size": 16, "floor_scale": 32}  # fmt: skip
+    hf = hf_model_on_meta(cfg)
+    plan = hf_to_model(cfg)
+    for lp, layer, kind in zip(plan.layers, hf.model.layers, hf.config.layer_types, strict=True):
+        a, attn = lp.attention, layer.self_attn
+        assert a.chunk == (16 if kind == "chunked_attention" else None)
+        assert a.rope == bool(attn.use_rope)
+        assert a.qk_norm == hasattr(attn, "qk_norm") and a.qk_norm_kind == "l2"
+        tuned = attn.attn_temperature_tuning and not attn.use_rope
+        assert (a.temperature_floor_scale, a.temperature_scale) == ((32.0, 0.1) if tuned else (None, None))

@@ -70,6 +70,16 @@ CONFIGS = {
     "dbrx": {"vocab_size": 128, "d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 64, "rope_theta": 1e4,
              "attn_config": {"kv_n_heads": 2, "clip_qkv": 1.5, "rope_theta": 1e4},
              "ffn_config": {"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2}},
+    # Llama-4: MoE every 2nd layer with a shared expert and top-1 sigmoid gates on the expert input,
+    # chunked attention (chunk 4 < the 12 test tokens) and the weightless L2 qk-norm on the rope layers,
+    # temperature tuning on the NoPE layers (floor_scale 2: it varies within 12 tokens), llama3 rope scaling,
+    # interleaved rotary pairs
+    "llama4_text": {**TINY, "num_hidden_layers": 4, "head_dim": 16, "intermediate_size": 32,
+                    "intermediate_size_mlp": 48, "num_local_experts": 4, "num_experts_per_tok": 1,
+                    "interleave_moe_layer_step": 2, "no_rope_layer_interval": 2, "attention_chunk_size": 4,
+                    "floor_scale": 2, "attn_scale": 0.5,
+                    "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
     # dense: biases on every projection and on the MLP
     "llama": {**TINY, "num_hidden_layers": 2, "intermediate_size": 96, "attention_bias": True, "mlp_bias": True},
 }  # fmt: skip
@@ -145,6 +155,9 @@ def _record(modules, pick) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _hf_pick(out, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(out, tuple) and len(out) == 2:  # Llama4Router → (sigmoid scores, 0 off the top-k; logits)
+        idx = out[1].topk(k, dim=-1).indices
+        return idx, out[0].gather(-1, idx)
     if isinstance(out, tuple):  # the *TopKRouter modules → (logits, top-k weights, top-k indices)
         return out[2], out[1]
     w, idx = out.softmax(-1).topk(k, dim=-1)  # DbrxRouter → logits; DbrxFFN takes the renormalised top-k
@@ -154,9 +167,16 @@ def _hf_pick(out, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def run_hf(hf) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """transformers' logits and, per MoE layer, its router's (top-k experts, weights), from forward hooks."""
     routers = [
-        (n, m) for n, m in hf.named_modules() if type(m).__name__.endswith(("TopKRouter", "TopkRouter", "DbrxRouter"))
+        (n, m)
+        for n, m in hf.named_modules()
+        if type(m).__name__.endswith(("TopKRouter", "TopkRouter", "DbrxRouter", "Llama4Router"))
     ]
-    k = hf.config.ffn_config.moe_top_k if hf.config.model_type == "dbrx" else None  # DBRX's is in its FFN config
+    # DBRX's top-k is in its FFN config; Llama-4's router returns all E scores
+    k = (
+        hf.config.ffn_config.moe_top_k
+        if hf.config.model_type == "dbrx"
+        else getattr(hf.config, "num_experts_per_tok", None)
+    )
     choices, hooks = _record(routers, lambda out: _hf_pick(out, k))
     with torch.no_grad():
         logits = hf(TOKENS).logits

@@ -327,3 +327,42 @@ def test_bad_inputs_raise_clear_errors(cls, plan, x, message):
     mod = cls(plan, D, norm=RMS, positions=ROPE)
     with pytest.raises(ValueError, match=message):
         mod(x, rope_tables(4 if cls is MLA else 8, 7))
+
+
+# --- Llama-4: chunked attention, weightless L2 qk-norm, NoPE temperature tuning ---------------------
+
+
+def test_chunked_attention_sees_only_its_own_chunk():
+    torch.manual_seed(0)
+    plan = AttentionPlan("gqa", 4, 2, 8, False, False, False, False, None, True, chunk=3)
+    mod = Attention(plan, D, norm=RMS, positions=ROPE)
+    x = torch.randn(1, 8, D)
+    x2 = x.clone()
+    x2[:, 3] += 1.0  # the first token of chunk [3, 6)
+    rope = rope_tables(8, 8)
+    y, y2 = mod(x, rope), mod(x2, rope)
+    torch.testing.assert_close(y2[:, :3], y[:, :3], atol=1e-6, rtol=0)  # earlier chunk: causal
+    assert all(not torch.allclose(y2[:, i], y[:, i]) for i in (3, 4, 5))
+    torch.testing.assert_close(y2[:, 6:], y[:, 6:], atol=1e-6, rtol=0)  # later chunk: out of reach
+
+
+def test_l2_qk_norm_is_weightless_and_normalises_each_head():
+    from moec.nn.attention import l2_norm
+
+    plan = AttentionPlan("gqa", 4, 2, 8, True, False, False, False, None, True, qk_norm_kind="l2")
+    mod = Attention(plan, D, norm=RMS, positions=ROPE, device="meta")
+    assert (
+        sum(p.numel() for p in mod.parameters()) == attention_part(plan, D, 1).params == 4 * D * 8 * 2 + 2 * D * 8 * 2
+    )
+    x = torch.randn(3, 8) * 5
+    y = l2_norm(x, 1e-5)
+    torch.testing.assert_close(y.pow(2).mean(-1), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_temperature_tuning_is_llama4_formula():
+    from moec.nn.attention import temperature
+
+    t = temperature(10, 4.0, 0.5, torch.device("cpu"))
+    want = torch.tensor([1 + 0.5 * math.log1p(math.floor((p + 1) / 4)) for p in range(10)])
+    torch.testing.assert_close(t, want)
+    assert t[2] == 1.0 and t[3] > 1.0  # position 3 is the first with floor((pos+1)/4) = 1

@@ -54,6 +54,11 @@ VARIANTS = {
         "{n_experts: 4, d_ff: 32, activation: swiglu_clamped, activation_limit: 0.3, expert_kind: lora,"
         " lora: {rank: 4}, router: {top_k: 2}}"
     ),
+    # Llama-4: the sigmoid gate scales each chosen expert's input, not its output
+    "input_gate": "{n_experts: 4, d_ff: 8, n_shared_experts: 1, router: {top_k: 1, score: sigmoid, apply_to: input}}",
+    "input_gate_top2_capacity": (
+        "{n_experts: 4, d_ff: 8, router: {top_k: 2, score: sigmoid, apply_to: input}, capacity_factor: 0.5}"
+    ),
     "lora_gelu_bias": "{n_experts: 4, d_ff: 32, activation: gelu, bias: true, expert_kind: lora, lora: {rank: 2}, router: {top_k: 1}}",
 }
 
@@ -366,3 +371,25 @@ def test_meta_build_skips_initialisation_and_runs_no_kernel():
 def test_bad_inputs_raise_value_error(x: torch.Tensor, message: str):
     with pytest.raises(ValueError, match=message):
         MoE(make_plan("top2"), D)(x)
+
+
+@pytest.mark.parametrize("variant", ["input_gate", "input_gate_top2_capacity"])
+def test_input_gating_scales_each_expert_input_by_its_gate(variant: str):
+    """y_t = Σ_j Expert_{e_j}(g_j·x_t) [+ shared(x_t)], token by token, against the layer."""
+    moe = randomize_(MoE(make_plan(variant), D))
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        y, _ = moe(x)
+        xt = x.reshape(-1, D)
+        r = moe.router(xt)
+        want = torch.zeros_like(xt)
+        for t in range(xt.shape[0]):
+            for e, g in zip(r.topk_idx[t].tolist(), r.topk_w[t].tolist(), strict=True):
+                if e < 0:  # dropped slot
+                    continue
+                h = (g * xt[t]) @ moe.experts.w_gate_up[e]  # (2f,)
+                gate, up = h.chunk(2)
+                want[t] += (torch.nn.functional.silu(gate) * up) @ moe.experts.w_down[e]
+        if moe.shared is not None:
+            want += moe.shared(xt)
+    torch.testing.assert_close(y.reshape(-1, D), want, atol=1e-5, rtol=1e-5)

@@ -62,3 +62,18 @@ def test_compress_layers_caps_runs_and_keeps_an_moe_layer():
     plan = load_model(str(SPECS / "deepseek-v3.yaml"))
     kept = compress_layers(plan.layers, 2)
     assert [l.ffn.kind for l in kept] == ["dense", "moe"]
+
+
+def test_llama4_chunks_shrink_like_windows_and_nope_layers_survive():
+    from moec.hf import hf_to_model
+    from tests.hf.configs import RELEASES
+
+    plan = hf_to_model(RELEASES["llama4_text"])
+    small = fit(plan, scale="tiny", budget_bytes=None, batch=4, seq=32).plan
+    attns = [lp.attention for lp in small.layers]
+    assert any(not a.rope for a in attns) and any(a.rope for a in attns)  # rope and NoPE layers both kept
+    for a in attns:
+        assert (a.chunk is not None) == a.rope == a.qk_norm  # chunked, l2-normed rope layers
+        assert (a.temperature_floor_scale is not None) == (not a.rope)  # tuned NoPE layers
+        assert a.chunk is None or a.chunk <= 16  # capped below the run's sequence, so it still bites
+    assert small.layers[0].ffn.router.apply_to == "input"

@@ -208,3 +208,58 @@ def test_documents_that_are_not_mappings(text: str):
 def test_missing_file_is_a_clean_error(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         load_spec(tmp_path / "absent.yaml")
+
+
+def test_chunk_longer_than_the_context_is_rejected_where_it_is_written():
+    errs = errors(GOOD.replace("n_kv_heads: 2", "n_kv_heads: 2\n  chunk: 4096"))
+    assert any("x.yaml:11:" in e and "attention.chunk: 4096 exceeds model.max_seq_len (512)" in e for e in errs)
+    over = GOOD + "  overrides:\n    - {select: [1], attention: {chunk: 1024}}\n"
+    errs = errors(over)
+    assert any("x.yaml:19:40 layers.overrides[0].attention.chunk: 1024 exceeds" in e for e in errs)
+
+
+def test_chunk_qk_norm_and_temperature_resolve_per_layer():
+    text = GOOD.replace(
+        "n_kv_heads: 2",
+        "n_kv_heads: 2\n  chunk: 16\n  qk_norm: true\n  qk_norm_kind: l2\n"
+        "  temperature_tuning: {floor_scale: 8192, scale: 0.1}",
+    )
+    text = text.replace(
+        "  default: {ffn: moe}",
+        "  default: {ffn: moe, attention: {temperature_tuning: false}}\n"
+        "  overrides:\n"
+        "    - {select: {every: 2, start: 1}, attention: {rope: false, chunk: null, qk_norm: false,"
+        " temperature_tuning: true}}",
+    )
+    layers = resolve(load_spec("x.yaml", text=text)).layers
+    assert [lp.attention.chunk for lp in layers] == [16, None, 16, None]
+    assert [lp.attention.qk_norm for lp in layers] == [True, False, True, False]
+    assert [lp.attention.temperature_floor_scale for lp in layers] == [None, 8192.0, None, 8192.0]
+    assert {lp.attention.qk_norm_kind for lp in layers} == {"l2"}
+
+
+@pytest.mark.parametrize(
+    "attention,expect",
+    [
+        ("qk_norm: true\n  qk_norm_kind: l2\n  qk_norm_scope: projection", "needs qk_norm_scope head"),
+        ("qk_norm_kind: l2", "only meaningful with qk_norm"),
+        ("chunk: 0", "greater than 0"),
+        ("temperature_tuning: {floor_scale: 0, scale: 0.1}", "greater than 0"),
+    ],
+)
+def test_new_attention_fields_are_checked(attention: str, expect: str):
+    errs = errors(GOOD.replace("n_kv_heads: 2", "n_kv_heads: 2\n  " + attention))
+    assert any(expect in e for e in errs), errs
+
+
+def test_a_layer_turning_on_temperature_tuning_needs_its_parameters():
+    errs = errors(GOOD + "  overrides:\n    - {select: [1], attention: {temperature_tuning: true}}\n")
+    assert any("attention.temperature_tuning" in e and "has none" in e for e in errs)
+
+
+def test_input_gating_is_refused_with_lora_experts():
+    text = GOOD.replace("    top_k: 2", "    top_k: 2\n    apply_to: input").replace(
+        "  d_ff: 32", "  d_ff: 32\n  expert_kind: lora\n  lora: {rank: 4}"
+    )
+    errs = errors(text)
+    assert any("moe.router.apply_to" in e and "lora" in e for e in errs)

@@ -178,6 +178,12 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
+        "model.positions.scaling kind 'longrope'": bool(
+            plan.positions.scaling is not None and plan.positions.scaling.kind == "longrope"
+        ),
+        "moe.router.kind 'sparsemixer'": any(
+            isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind == "sparsemixer" for lp in layers
+        ),
         "moe.router.apply_to 'input'": any(
             isinstance(lp.ffn, MoEPlan) and lp.ffn.router.apply_to == "input" for lp in layers
         ),

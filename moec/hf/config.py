@@ -283,7 +283,7 @@ def render_yaml(t: Translation) -> str:
         head.append("# Ignored (no effect on the architecture): " + ", ".join(ignored) + ".")
     if t.draft.training_only:
         head.append(
-            "# Not represented (dropout: training only, identity at inference, no parameters): "
+            "# Not represented (training only: dropout and noise, identity at inference, no parameters): "
             + ", ".join(t.draft.training_only)
             + "."
         )

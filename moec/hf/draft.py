@@ -50,8 +50,8 @@ PROPOSE = {
     "router_jitter_noise as its threshold eps). No count change",
     "moe_jitter": "moe.router.jitter_target: 'router' | 'router_and_experts' (Mixtral and Phi-MoE scale the "
     "hidden state fed to the experts too). Training only; no count change",
-    "longrope": "model.positions.scaling.kind 'longrope' with short_factor, long_factor: list[float] and "
-    "short_mscale, long_mscale: float. No count change",
+    "longrope": "model.positions.scaling.kind 'longrope' with an attention_factor in place of "
+    "short_mscale / long_mscale (Llama and Phi-3's LongRoPE). No count change",
     "rope_extra": "model.positions.scaling: the named rope parameter (partial_rotary_factor, or one a "
     "rope_type does not define). No count change",
     "activation": "a new activation value (see the message)",

@@ -26,10 +26,11 @@ def _one(values: list[Any], what: str) -> Any:
     return distinct.pop()
 
 
-def _export_base(m: ResolvedModel, model_type: str, *, nope: bool = False) -> dict[str, Any]:
+def _export_base(m: ResolvedModel, model_type: str, *, nope: bool = False, norm: str = "rmsnorm") -> dict[str, Any]:
     fam = FAMILIES[model_type]
-    if m.norm.kind != "rmsnorm" or m.norm.placement != "pre":
-        raise CannotExport(f"needs pre-norm RMSNorm (spec: {m.norm.placement} {m.norm.kind})")
+    if m.norm.kind != norm or m.norm.placement != "pre" or (norm == "layernorm" and not m.norm.bias):
+        want = "RMSNorm" if norm == "rmsnorm" else "LayerNorm with bias"
+        raise CannotExport(f"needs pre-norm {want} (spec: {m.norm.placement} {m.norm.kind})")
     if m.positions.kind != "rope":
         raise CannotExport(f"needs rotary positions (spec: {m.positions.kind})")
     if m.frozen:
@@ -79,6 +80,10 @@ def _export_rope(m: ResolvedModel) -> dict[str, Any] | None:
             out[k] = getattr(s, k)
     if s.attention_factor is not None:
         out["attention_factor"] = s.attention_factor
+    for k in ("short_factor", "long_factor", "short_mscale", "long_mscale"):  # longrope
+        v = getattr(s, k)
+        if v is not None:
+            out[k] = list(v) if isinstance(v, tuple) else v
     if not s.truncate:
         out["truncate"] = False
     return out
@@ -302,6 +307,22 @@ def _export_gpt_oss(m: ResolvedModel) -> dict[str, Any]:
     return cfg
 
 
+def _export_phimoe(m: ResolvedModel) -> dict[str, Any]:
+    cfg = _export_base(m, "phimoe", norm="layernorm")
+    a, e = m.layers[0].attention, _moe_plan(m, all_layers=True)
+    cfg.update(
+        intermediate_size=e.d_ff,
+        num_local_experts=e.n_experts,
+        sliding_window=_uniform_window_of(m),
+        attention_bias=a.bias,
+        lm_head_bias=m.head_bias,
+        router_jitter_noise=e.router.sparsemixer_eps,
+        input_jitter_noise=0.0,
+    )
+    _export_moe_common(cfg, e)
+    return cfg
+
+
 def _export_llama4_text(m: ResolvedModel) -> dict[str, Any]:
     cfg = _export_base(m, "llama4_text", nope=True)
     attns = [lp.attention for lp in m.layers]
@@ -387,4 +408,5 @@ EXPORTERS_MOE: list[tuple[str, Callable[[ResolvedModel], dict[str, Any]]]] = [
     ("gpt_oss", _export_gpt_oss),
     ("dbrx", _export_dbrx),
     ("llama4_text", _export_llama4_text),
+    ("phimoe", _export_phimoe),
 ]

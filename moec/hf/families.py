@@ -83,6 +83,14 @@ _ROPE_KEYS = {
         "truncate",
     },
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+    "longrope": {
+        "factor",
+        "original_max_position_embeddings",
+        "short_factor",
+        "long_factor",
+        "short_mscale",
+        "long_mscale",
+    },
 }
 _ROPE_FIELDS = {
     "factor": "factor",
@@ -95,6 +103,10 @@ _ROPE_FIELDS = {
     "high_freq_factor": "high_freq_factor",
     "attention_factor": "attention_factor",
     "truncate": "truncate",
+    "short_factor": "short_factor",
+    "long_factor": "long_factor",
+    "short_mscale": "short_mscale",
+    "long_mscale": "long_mscale",
 }
 
 
@@ -145,18 +157,25 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
         for k in rp:
             d.gap(f"{where}.{k}", rp[k], "a rope parameter moec does not read", "rope_extra")
         return
-    if kind == "longrope":
-        d.gap(f"{where}.rope_type", kind, "LongRoPE (per-dimension short/long factors)", "longrope")
-        return
     if kind not in _ROPE_KEYS:
         d.gap(f"{where}.rope_type", kind, f"rope_type {kind!r} has no moec equivalent", "rope_extra")
         return
-    if kind in ("yarn", "llama3"):
+    if kind == "longrope" and d.model_type != "phimoe":
+        # moec's longrope is Phi-MoE's (cos/sin times short/long_mscale); Llama/Phi-3 scale by attention_factor
+        d.gap(f"{where}.rope_type", kind, "LongRoPE outside Phi-MoE (attention_factor scaling)", "longrope")
+        return
+    if kind in ("yarn", "llama3", "longrope"):
         # HF: a top-level original_max_position_embeddings wins (Phi-3), else the dict's, else max_position
         if c.given("original_max_position_embeddings"):
             rp["original_max_position_embeddings"] = c.value("original_max_position_embeddings")
         else:
             rp.setdefault("original_max_position_embeddings", c.value("max_position_embeddings"))
+    if kind == "longrope" and rp.get("factor") is None:
+        # transformers: max_position_embeddings / original_max_position_embeddings (informational here: the
+        # per-frequency factors and mscales carry LongRoPE)
+        original = rp["original_max_position_embeddings"]
+        if isinstance(original, int) and not isinstance(original, bool) and original > 0:
+            rp["factor"] = c.int("max_position_embeddings") / original
     d.put("model.positions.scaling.kind", kind, f"{where}.rope_type")
     for k, v in rp.items():
         if k not in _ROPE_KEYS[kind]:
@@ -171,6 +190,11 @@ def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
                 d.put("model.positions.scaling.truncate", v, f"{where}.{k}")
             else:
                 c.bad(f"{where}.{k}", f"{v!r}: expected true or false")
+        elif k in ("short_factor", "long_factor"):
+            if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                d.put(f"model.positions.scaling.{k}", [float(x) for x in v], f"{where}.{k}")
+            else:
+                c.bad(f"{where}.{k}", "expected a list of numbers")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             d.put(f"model.positions.scaling.{_ROPE_FIELDS[k]}", float(v), f"{where}.{k}")
         else:
@@ -458,10 +482,23 @@ def _phimoe(c: HFConfig, d: Draft) -> None:
     _uniform_window(c, d)
     _dropout(c, d, "hidden_dropout")
     _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
-    d.gap("model_type phimoe (router)", "sparsemixer", "Phi-MoE routes with SparseMixer", "sparsemixer")
-    c.float("router_jitter_noise")  # SparseMixer's threshold eps, part of the gap above
-    _jitter_on_hidden(c, d, "input_jitter_noise")
-    _router(d, "nearest moec router (see the gap)", score="softmax", softmax_after_topk=False)
+    _router(
+        d,
+        "PhimoeTopKRouter: sparsemixer top-2",
+        kind="sparsemixer",
+        score="softmax",
+        softmax_after_topk=False,
+        normalize_topk=False,
+    )
+    d.put("moe.router.sparsemixer_eps", c.float("router_jitter_noise"), c.src("router_jitter_noise") + " (its eps)")
+    if c.value("num_experts_per_tok") != 2:
+        c.bad("num_experts_per_tok", "PhimoeTopKRouter's sparsemixer always picks 2 experts")
+    # multiplicative U(1±j) noise on the hidden state, in training only; SparseMixer's own training path
+    # (Gumbel sampling, Heun's gradient estimator) is not implemented: moec trains with the inference routing
+    j = c.float("input_jitter_noise", optional=True)
+    if j:
+        d.training_only.append(f"input_jitter_noise {j!r}")
+    d.training_only.append("SparseMixer's training-time sampling (moec routes as at inference)")
     d.put("model.head_bias", c.bool("lm_head_bias"), c.src("lm_head_bias"))
     _aux(c, d)
     d.ffn_note = "every Phi-MoE layer is MoE"

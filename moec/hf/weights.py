@@ -435,6 +435,7 @@ class DbrxMapper(Mapper):
 
 MAPPERS: dict[str, type[Mapper]] = {
     "mixtral": MixtralMapper,
+    "phimoe": MixtralMapper,  # block_sparse_moe.gate and experts.{e}.w1/w2/w3, as Mixtral
     "qwen2_moe": Qwen2MoeMapper,
     "granitemoe": GraniteMoeMapper,
     "gpt_oss": GptOssMapper,

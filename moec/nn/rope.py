@@ -1,6 +1,6 @@
 """Rotary position embeddings (RoFormer, arXiv 2104.09864) with the context-extension scalings a spec
 can name: linear (position interpolation), dynamic NTK, YaRN (arXiv 2309.00071, with DeepSeek-V3's
-mscale) and Llama 3.1's frequency-band scaling.
+mscale), Llama 3.1's frequency-band scaling and LongRoPE (Phi-3.5-MoE).
 
 Conventions are Hugging Face's, so that checkpoints load without permuting weights:
 - cos/sin are laid out ``cat(freqs, freqs)`` and applied with ``rotate_half`` (dims i and i + dim/2
@@ -59,6 +59,16 @@ def inv_frequencies(
         return _yarn(sc, base, dim, exponents)
     if sc.kind == "llama3":
         return _llama3(sc, 1.0 / base**exponents), 1.0
+    if sc.kind == "longrope":
+        # LongRoPE (arXiv 2402.13753), as Phi-3.5-MoE's own code: the long factors and mscale once the live
+        # sequence exceeds the trained length. (transformers 5.23's Phimoe keeps the short factors even
+        # then and switches only the mscale; the two agree up to original_max_seq_len tokens.)
+        assert sc.original_max_seq_len is not None and sc.short_factor and sc.long_factor, "checked by the spec"
+        long = seq_len > sc.original_max_seq_len
+        ext = torch.tensor(sc.long_factor if long else sc.short_factor, dtype=torch.float32, device=device)
+        mscale = sc.long_mscale if long else sc.short_mscale
+        assert mscale is not None, "checked by the spec"
+        return 1.0 / (ext * base**exponents), mscale
     raise ValueError(f"unknown rope scaling {sc.kind!r}")
 
 

@@ -72,7 +72,22 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     if sc is not None:
         if m.positions.kind != "rope":
             bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
-        if sc.kind in ("yarn", "llama3") and sc.original_max_seq_len is None:
+        if sc.kind == "longrope":
+            rot = a.qk_rope_head_dim if a.kind == "mla" else (a.head_dim or m.d_model // a.n_heads)
+            for f in ("short_factor", "long_factor"):
+                v = getattr(sc, f)
+                if v is None:
+                    bad(("model", "positions", "scaling"), f"longrope scaling needs {f}")
+                elif rot and len(v) != rot // 2:
+                    bad(("model", "positions", "scaling", f), f"needs rotary dim / 2 = {rot // 2} values, got {len(v)}")
+            for f in ("short_mscale", "long_mscale"):
+                if getattr(sc, f) is None:
+                    bad(("model", "positions", "scaling"), f"longrope scaling needs {f}")
+        else:
+            for f in ("short_factor", "long_factor", "short_mscale", "long_mscale"):
+                if getattr(sc, f) is not None:
+                    bad(("model", "positions", "scaling", f), "only meaningful with kind: longrope")
+        if sc.kind in ("yarn", "llama3", "longrope") and sc.original_max_seq_len is None:
             bad(
                 ("model", "positions", "scaling", "original_max_seq_len"),
                 f"{sc.kind} scaling needs original_max_seq_len",
@@ -137,6 +152,18 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
             bad(("moe", "router"), "router.top_k is required (or set router.dense: true)")
         elif r.top_k > e.n_experts:
             bad(("moe", "router", "top_k"), f"{r.top_k} exceeds moe.n_experts ({e.n_experts})")
+        if r.kind == "sparsemixer":
+            if r.top_k != 2 or r.dense:
+                bad(("moe", "router", "kind"), "SparseMixer routes exactly top_k: 2")
+            wrong = [f for f in ("softmax_after_topk", "normalize_topk", "selection_bias") if getattr(r, f)]
+            if r.score != "softmax" or r.n_groups is not None or wrong:
+                bad(
+                    ("moe", "router", "kind"),
+                    "SparseMixer weighs by its own masked softmax: it takes score softmax and no "
+                    "softmax_after_topk, normalize_topk, selection_bias or groups",
+                )
+        elif r.sparsemixer_eps:
+            bad(("moe", "router", "sparsemixer_eps"), "only meaningful with kind: sparsemixer")
         if r.softmax_after_topk and r.score != "softmax":
             bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
         if (r.n_groups is None) != (r.topk_groups is None):

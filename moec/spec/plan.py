@@ -39,6 +39,16 @@ class RopeScalingPlan:
     high_freq_factor: float | None = None
     truncate: bool = True
     attention_factor: float | None = None
+    short_factor: tuple[float, ...] | None = None  # longrope
+    long_factor: tuple[float, ...] | None = None
+    short_mscale: float | None = None
+    long_mscale: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in ("short_factor", "long_factor"):  # tuples, also when reloaded from YAML lists
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, tuple(float(x) for x in v))
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class RouterPlan:
     group_score: Literal["max", "top2_sum"]
     dense: bool
     jitter: float
+    kind: Literal["topk", "sparsemixer"] = "topk"  # sparsemixer: Phi-3.5-MoE's top-2 (see moec.nn.router)
+    sparsemixer_eps: float = 0.0
     apply_to: Literal["output", "input"] = "output"  # input: the gate scales each expert's input (Llama-4)
 
 

@@ -203,6 +203,8 @@ def _moe(spec: Spec) -> MoEPlan | None:
             group_score=r.group_score,
             dense=r.dense,
             jitter=r.jitter,
+            kind=r.kind,
+            sparsemixer_eps=r.sparsemixer_eps,
             apply_to=r.apply_to,
         ),
         capacity_factor=e.capacity_factor,

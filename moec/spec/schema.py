@@ -39,7 +39,7 @@ class Norm(Strict):
 
 
 class RopeScaling(Strict):
-    kind: Literal["linear", "dynamic", "yarn", "llama3"]
+    kind: Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
     factor: Annotated[float, Field(gt=0, le=1e6)]
     original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     # yarn
@@ -53,6 +53,12 @@ class RopeScaling(Strict):
     # yarn: gpt-oss keeps the correction range unrounded (truncate false) and states the attention factor
     truncate: bool = True
     attention_factor: Annotated[float, Field(gt=0, le=100)] | None = None
+    # longrope (Phi-3.5-MoE): per-frequency divisors (head_dim/2 each) and cos/sin multipliers, the short
+    # ones up to original_max_seq_len tokens, the long ones beyond (chosen by the live sequence length)
+    short_factor: list[Annotated[float, Field(gt=0, le=1e6)]] | None = None
+    long_factor: list[Annotated[float, Field(gt=0, le=1e6)]] | None = None
+    short_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
+    long_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
 
 
 class Positions(Strict):
@@ -135,6 +141,10 @@ class Router(Strict):
     group_score: Literal["max", "top2_sum"] = "max"
     dense: bool = False  # soft MoE: every expert gets a weight
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2 (inference path: the best logit,
+    # then the best of the rest, each weighted by a softmax over the logits within sparsemixer_eps of it)
+    kind: Literal["topk", "sparsemixer"] = "topk"
+    sparsemixer_eps: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
     apply_to: Literal["output", "input"] = "output"
 

@@ -432,10 +432,21 @@ layers: {default: {ffn: moe}}
         ("attention.qk_norm=true", "attention.qk_norm_kind 'l2'"),
         ("attention.temperature_tuning={floor_scale: 8, scale: 0.1}", "attention.temperature_tuning"),
         ("moe.router.apply_to=input", "moe.router.apply_to 'input'"),
+        ("moe.router.kind=sparsemixer", "moe.router.kind 'sparsemixer'"),
+        (
+            "model.positions.scaling={kind: longrope, factor: 4.0, original_max_seq_len: 16, short_factor: [1, 1, 1, 1],"
+            " long_factor: [2, 2, 2, 2], short_mscale: 1.0, long_mscale: 1.2}",
+            "model.positions.scaling kind 'longrope'",
+        ),
     ],
 )
-def test_llama4_features_codegen_does_not_render_are_refused_by_name(change, feature):
-    sets = [change] + (["attention.qk_norm_kind=l2"] if "qk_norm" in change else [])
+def test_llama4_and_phimoe_features_codegen_does_not_render_are_refused_by_name(change, feature):
+    extra = {
+        "qk_norm": ["attention.qk_norm_kind=l2"],
+        "sparsemixer": ["moe.router.top_k=2", "moe.router.score=softmax"],
+        "longrope": [],
+    }
+    sets = [change] + next((v for k, v in extra.items() if k in change), [])
     plan = resolve(load_spec("l4.yaml", text=LLAMA4_LIKE, sets=sets))
     render_model_source(resolve(load_spec("l4.yaml", text=LLAMA4_LIKE)))  # the plain plan renders
     with pytest.raises(ValueError, match=f"codegen does not support {re.escape(feature)}"):

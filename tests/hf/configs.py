@@ -617,6 +617,7 @@ EXACT = [
     "granitemoe",
     "dbrx",
     "llama4_text",
+    "phimoe",
     "llama",
     "mistral",
     "qwen2",

@@ -23,10 +23,14 @@ from tests.hf.configs import EXACT, RELEASES, SHIPPED, TINY, hf_model_on_meta, h
 
 transformers = pytest.importorskip("transformers")
 
-# For the families whose release config the schema cannot express in full (EXACT are the others):
-# the config.json fields the importer names as unrepresentable, each with a proposed schema addition.
+# Every release config imports exactly (EXACT). Configs with a field moec cannot represent, and the fields
+# the importer names, each with a proposed schema addition:
 GAPS = {
-    "phimoe": ["longrope", "sparsemixer", "input_jitter_noise"],
+    "mixtral, router_jitter_noise 0.1": ({**RELEASES["mixtral"], "router_jitter_noise": 0.1}, ["router_jitter_noise"]),
+    "phimoe, attention_factor in longrope": (
+        {**RELEASES["phimoe"], "rope_scaling": {**RELEASES["phimoe"]["rope_scaling"], "attention_factor": 1.1}},
+        ["rope_scaling.attention_factor"],
+    ),
 }  # fmt: skip
 
 # Published totals, independent of both moec and transformers (CONVENTIONS.md reference figures;
@@ -35,7 +39,7 @@ PUBLISHED_TOTAL = {"mixtral": 46_702_792_704, "deepseek_v3": 671_026_404_352, "l
 
 
 def test_every_supported_model_type_has_a_release_config():
-    assert set(RELEASES) == set(SUPPORTED_MODEL_TYPES) == set(EXACT) | set(GAPS)
+    assert set(RELEASES) == set(SUPPORTED_MODEL_TYPES) == set(EXACT)
 
 
 @pytest.mark.parametrize("model_type", EXACT)
@@ -54,21 +58,22 @@ def test_deepseek_v3_mtp_is_reported_apart_because_transformers_builds_none():
     assert result.params.total == PUBLISHED_TOTAL["deepseek_v3"]
 
 
-@pytest.mark.parametrize("model_type", sorted(GAPS))
-def test_unrepresentable_families_are_refused_naming_each_field(model_type):
+@pytest.mark.parametrize("case", sorted(GAPS))
+def test_unrepresentable_fields_are_refused_naming_each_field(case):
+    cfg, fields = GAPS[case]
     with pytest.raises(SpecError) as e:
-        import_hf_config(RELEASES[model_type])
+        import_hf_config(cfg)
     text = str(e.value)
-    for field in GAPS[model_type]:
+    for field in fields:
         assert field in text
     assert "proposed schema addition" in text
 
 
-@pytest.mark.parametrize("model_type", sorted(GAPS))
-def test_refused_families_differ_from_transformers_exactly_by_their_gaps(model_type):
+@pytest.mark.parametrize("case", sorted(GAPS))
+def test_refused_configs_differ_from_transformers_exactly_by_their_gaps(case):
     """The nearest spec the importer drafts, plus each gap's stated parameter delta, is transformers'
     count: the mapping is right everywhere else and each proposed schema addition is sized."""
-    cfg = RELEASES[model_type]
+    cfg = GAPS[case][0]
     t = translate(cfg)
     assert not t.problems(gaps=False)
     nearest = analyze(resolve(load_spec("draft", text=render_yaml(t)))).params.total
@@ -230,7 +235,13 @@ def test_gpt_oss_config_without_rope_parameters_gets_transformers_default_yarn()
 
 def test_dropout_is_named_in_the_header_as_training_only():
     text = import_hf_config(RELEASES["granitemoe"])  # attention_dropout 0.1
-    assert "# Not represented (dropout: training only" in text and "attention_dropout 0.1" in text
+    assert "# Not represented (training only: dropout" in text and "attention_dropout 0.1" in text
+
+
+def test_phimoe_training_only_noise_and_sampling_are_named_in_the_header():
+    text = import_hf_config(RELEASES["phimoe"])  # input_jitter_noise 0.01
+    head = next(line for line in text.splitlines() if line.startswith("# Not represented"))
+    assert "input_jitter_noise 0.01" in head and "SparseMixer's training-time sampling" in head
 
 
 def test_transformers_class_defaults_are_the_importers_defaults():

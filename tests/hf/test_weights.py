@@ -80,6 +80,15 @@ CONFIGS = {
                     "floor_scale": 2, "attn_scale": 0.5,
                     "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+    # Phi-3.5-MoE: SparseMixer top-2 (router_jitter_noise 0.3 as its eps, so that the masks bite), LongRoPE
+    # (short factors and mscale at 12 tokens), layernorms with bias, q/k/v/o biases, a biased lm_head
+    "phimoe": {**TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_local_experts": 4,
+               "num_experts_per_tok": 2, "attention_bias": True, "lm_head_bias": True, "router_jitter_noise": 0.3,
+               "original_max_position_embeddings": 16,
+               "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4,
+                                   "short_factor": [1.0 + i / 4 for i in range(8)],
+                                   "long_factor": [2.0 + i for i in range(8)], "short_mscale": 1.2,
+                                   "long_mscale": 1.5, "original_max_position_embeddings": 16}},
     # dense: biases on every projection and on the MLP
     "llama": {**TINY, "num_hidden_layers": 2, "intermediate_size": 96, "attention_bias": True, "mlp_bias": True},
 }  # fmt: skip

@@ -366,3 +366,23 @@ def test_temperature_tuning_is_llama4_formula():
     want = torch.tensor([1 + 0.5 * math.log1p(math.floor((p + 1) / 4)) for p in range(10)])
     torch.testing.assert_close(t, want)
     assert t[2] == 1.0 and t[3] > 1.0  # position 3 is the first with floor((pos+1)/4) = 1
+
+
+@pytest.mark.parametrize("seq_len", [12, 40])
+def test_longrope_uses_short_factors_then_long_ones_past_the_trained_length(seq_len):
+    """LongRoPE against transformers' own frequencies (its longrope function picks long factors past
+    original_max_position_embeddings) and Phi-MoE's mscale."""
+    rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import PhimoeConfig
+
+    short, long = [1.0 + i / 4 for i in range(8)], [2.0 + i for i in range(8)]
+    cfg = PhimoeConfig(
+        hidden_size=64, num_attention_heads=4, max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "short_factor": short, "long_factor": long,
+                         "short_mscale": 1.2, "long_mscale": 1.5, "original_max_position_embeddings": 16},
+    )  # fmt: skip
+    want, _ = rope_utils.ROPE_INIT_FUNCTIONS["longrope"](cfg, "cpu", seq_len=seq_len)
+    sc = RopeScalingPlan("longrope", 4.0, 16, short_factor=short, long_factor=long, short_mscale=1.2, long_mscale=1.5)
+    inv, mscale = inv_frequencies(PositionsPlan("rope", 1e4, sc), 16, 64, seq_len)
+    torch.testing.assert_close(inv, want)
+    assert mscale == (1.5 if seq_len > 16 else 1.2)

@@ -312,3 +312,19 @@ def test_bad_inputs_raise_value_error(x: torch.Tensor, message: str):
 def test_seq_len_must_divide_tokens():
     with pytest.raises(ValueError, match="does not divide"):
         Router(make_plan(load_balance_granularity="sequence"), 8)(torch.randn(6, 8), seq_len=4)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.3, 0.9])
+def test_sparsemixer_equals_transformers_phimoe_at_inference(eps):
+    """Expert 1 the best logit, expert 2 the best of the rest, each weighted by a softmax over the
+    logits within its eps band: against transformers' own ``sparsemixer`` (training off)."""
+    modeling = pytest.importorskip("transformers.models.phimoe.modeling_phimoe")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 8, generator=g) * 2
+    want_w, want_idx = modeling.sparsemixer(logits, jitter_eps=eps, training=False, top_k=2)
+    router, x = router_with_logits(make_plan(8, 2, kind="sparsemixer", sparsemixer_eps=eps), logits.tolist())
+    out = router(x)
+    assert torch.equal(out.topk_idx, want_idx)
+    torch.testing.assert_close(out.topk_w, want_w)
+    if eps in (0.0, 0.3):  # the band matters: eps 0 keeps one logit (weight 1), a wide one several
+        assert torch.all(out.topk_w == 1.0) if eps == 0.0 else bool((out.topk_w < 0.99).any())

@@ -263,3 +263,46 @@ def test_input_gating_is_refused_with_lora_experts():
     )
     errs = errors(text)
     assert any("moe.router.apply_to" in e and "lora" in e for e in errs)
+
+
+LONGROPE = (
+    "  positions:\n    kind: rope\n    scaling: {kind: longrope, factor: 4.0, original_max_seq_len: 128,"
+    " short_factor: [1.0, 1.0, 1.0, 1.0], long_factor: [1.0, 2.0, 3.0, 4.0], short_mscale: 1.2, long_mscale: 1.2}\n"
+)
+
+
+def test_longrope_resolves_with_its_factor_lists():
+    text = GOOD.replace("  max_seq_len: 512\n", "  max_seq_len: 512\n" + LONGROPE)
+    sc = resolve(load_spec("x.yaml", text=text)).positions.scaling
+    assert sc.kind == "longrope" and sc.long_factor == (1.0, 2.0, 3.0, 4.0) and sc.short_mscale == 1.2
+
+
+@pytest.mark.parametrize(
+    "old,new,expect",
+    [
+        ("long_factor: [1.0, 2.0, 3.0, 4.0]", "long_factor: [1.0, 2.0]", "needs rotary dim / 2 = 4 values, got 2"),
+        (", long_mscale: 1.2", "", "longrope scaling needs long_mscale"),
+        ("original_max_seq_len: 128,", "", "longrope scaling needs original_max_seq_len"),
+        ("kind: longrope", "kind: linear", "only meaningful with kind: longrope"),
+    ],
+)
+def test_longrope_fields_are_checked(old: str, new: str, expect: str):
+    text = GOOD.replace("  max_seq_len: 512\n", "  max_seq_len: 512\n" + LONGROPE.replace(old, new))
+    assert any(expect in e for e in errors(text)), errors(text)
+
+
+@pytest.mark.parametrize(
+    "router,expect",
+    [
+        ("{top_k: 2, kind: sparsemixer, sparsemixer_eps: 0.01}", None),
+        ("{top_k: 1, kind: sparsemixer}", "SparseMixer routes exactly top_k: 2"),
+        ("{top_k: 2, kind: sparsemixer, normalize_topk: true}", "its own masked softmax"),
+        ("{top_k: 2, sparsemixer_eps: 0.01}", "only meaningful with kind: sparsemixer"),
+    ],
+)
+def test_sparsemixer_router_is_checked(router: str, expect: str | None):
+    text = GOOD.replace("  router:\n    top_k: 2", f"  router: {router}")
+    if expect is None:
+        assert resolve(load_spec("x.yaml", text=text)).layers[0].ffn.router.kind == "sparsemixer"
+    else:
+        assert any("moe.router" in e and expect in e for e in errors(text)), errors(text)

@@ -1,6 +1,6 @@
 """Wall time of `moec analyze SPEC` as a user runs it (a fresh process each time, median of N).
 
-    python bench/analyze_startup.py [SPEC] [--runs 11]
+python bench/analyze_startup.py [SPEC] [--runs 11]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
-    print(f"moec analyze {args.spec}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, max {max(times):.3f} s over {args.runs} runs")
+    print(
+        f"moec analyze {args.spec}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, max {max(times):.3f} s over {args.runs} runs"
+    )
 
 
 if __name__ == "__main__":

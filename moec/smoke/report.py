@@ -114,6 +114,11 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
             f"out {n.max_abs_diff_output:.2e}, grad {n.max_abs_diff_grad:.2e} (tol {n.tolerance:.0e}) {mark}",
         )
     con.print(t)
+    if not r.layers:
+        con.print("no MoE layers: nothing to balance")
+        for f in r.failures:
+            con.print(f"[red]failure:[/red] {f}")
+        return
     lt = Table(
         title=f"expert load per MoE layer (one bar per expert; imbalanced above max/mean {r.imbalance_threshold:g})"
     )

@@ -27,7 +27,7 @@ from moec.errors import Problem, SpecError
 from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig
 from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
 from moec.hf.families import FAMILIES, layer_pattern
-from moec.spec.load import LoadedSpec, load_spec
+from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
 
@@ -49,16 +49,7 @@ def read_hf_config(source: Source) -> tuple[dict[str, Any], str, str]:
     if p.is_dir():
         p = p / "config.json"
     file = str(p)
-    try:
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise SpecError([Problem(file, None, None, "", "larger than 8 MiB; not a config.json")])
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([Problem(file, None, None, "", "no such file")]) from None
-    except UnicodeDecodeError:
-        raise SpecError([Problem(file, None, None, "", "not UTF-8 text")]) from None
-    except OSError as e:
-        raise SpecError([Problem(file, None, None, "", f"cannot read: {e.strerror}")]) from None
+    text = read_text_file(file, max_bytes=MAX_CONFIG_BYTES, kind="config.json")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

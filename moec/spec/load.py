@@ -47,13 +47,14 @@ def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), t
     return LoadedSpec(spec, file, located, hashlib.sha256(canon.encode()).hexdigest()[:16])
 
 
-def _read(file: str) -> str:
+def read_text_file(file: str, *, max_bytes: int = 1 << 20, kind: str = "spec") -> str:
+    """A small UTF-8 file, or a SpecError naming the file (missing, a directory, too large, binary)."""
     p = FsPath(file)
     try:
         if p.is_dir():
-            raise SpecError([Problem(file, None, None, "", "is a directory, not a spec file")])
-        if p.stat().st_size > (1 << 20):
-            raise SpecError([Problem(file, None, None, "", "file is larger than 1 MiB; not a spec")])
+            raise SpecError([Problem(file, None, None, "", f"is a directory, not a {kind} file")])
+        if p.stat().st_size > max_bytes:
+            raise SpecError([Problem(file, None, None, "", f"larger than {max_bytes >> 20} MiB; not a {kind}")])
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([Problem(file, None, None, "", "no such file")]) from None
@@ -74,7 +75,7 @@ def resolve_spec_path(name: str) -> str:
 
 def _load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> Located:
     if text is None:
-        text = _read(file)
+        text = read_text_file(file)
     loc = parse_yaml(text, file)
     if not isinstance(loc.value, dict):
         m = loc.mark_for(())

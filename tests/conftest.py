@@ -20,3 +20,15 @@ def write_spec(tmp_path: Path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny torch ops on a 2-core machine: one intra-op thread is much faster than two contending.
+    (torch is imported here, not at the top, so the analyzer's tests stay torch-free.)"""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -35,12 +35,7 @@ layers: {default: {ffn: moe}}
 OUTPUTS = {"model.py", "spec.resolved.yaml", "analysis.json"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(*args: str):

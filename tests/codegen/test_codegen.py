@@ -168,13 +168,7 @@ CLAMPED_MOE = {
 KERNEL_CLAMPED = "alpha" in inspect.signature(reference.expert_ffn).parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one intra-op thread is much faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _counter = itertools.count()

@@ -21,13 +21,7 @@ ROPE = PositionsPlan("rope", 10000.0, None)
 D = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one intra-op thread is ~50x faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gqa_plan(h=4, kv=2, hd=8, *, qk_norm=False, bias=False, out_bias=False, sinks=False, window=None, rope=True):

@@ -117,8 +117,9 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
     lines = [f"<!-- {SCHEMA} -->", "", f"_{convention_line(analyses[0].conventions)}_", ""]
     lines.append("| metric | " + " | ".join(a.name for a in analyses) + " |")
     lines.append("|---|" + "---:|" * len(analyses))
-    for i, (label, _) in enumerate(headline_rows(analyses[0])):
-        vals = [headline_rows(a)[i][1] if i < len(headline_rows(a)) else "" for a in analyses]
+    per = [headline_rows(a) for a in analyses]
+    for i, (label, _) in enumerate(per[0]):
+        vals = [p[i][1] if i < len(p) else "" for p in per]
         lines.append(f"| {label.strip()} | " + " | ".join(_fmt(label, v) for v in vals) + " |")
     for a in analyses:
         lines += [

@@ -6,6 +6,7 @@ file, line and column it points at and the dotted field path.  The CLI prints th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -33,3 +34,31 @@ class SpecError(ValueError):
     def __init__(self, problems: list[Problem]):
         self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0, p.path, p.message))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class CommandError(ValueError):
+    """A problem with a command's arguments or surroundings rather than with a spec's text: an output path
+    moec will not write, a model that will not fit in memory, a device that does not exist. The CLI prints
+    ``error: <message>`` and exits 2; the message names the path, the estimate and the limit it refers to."""
+
+
+def _layer_free(text: str) -> str:
+    """``layers[17].attention`` and ``layers.17`` → the same key, so per-layer repeats fold together."""
+    return re.sub(r"\[\d+\]|(?<=\.)\d+(?=\.|$)|(?<=layer )\d+", "#", text)
+
+
+def fold_problems(problems: list[Problem]) -> list[str]:
+    """One line per distinct problem. Problems at the same place with the same message that differ only in
+    a layer index (one bad config field read once per layer) print once, with how many more there were."""
+    groups: dict[tuple, list[Problem]] = {}
+    for p in problems:
+        key = (p.file, p.line, p.column, _layer_free(p.path), _layer_free(p.message))
+        groups.setdefault(key, []).append(p)
+    lines = []
+    for same in groups.values():
+        line = str(same[0])
+        if len(same) > 1:
+            what = "layers" if len({q.path for q in same}) == len(same) and "layer" in same[0].path else "times"
+            line += f" (and {len(same) - 1} more {what})"
+        lines.append(line)
+    return lines

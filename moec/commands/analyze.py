@@ -6,7 +6,7 @@ import json
 
 import click
 
-from moec.commands.common import EXIT_BAD_INPUT, load_plan, report_errors, set_option
+from moec.commands.common import EXIT_BAD_INPUT, load_plan, print_problems, report_errors, set_option
 
 DTYPES = ("fp32", "bf16", "fp16", "fp8")
 
@@ -148,6 +148,7 @@ def diff(spec_a: str, spec_b: str, seq: int, fmt: str) -> None:
 @click.command()
 @click.argument("specs", nargs=-1, required=True)
 @set_option
+@report_errors
 def validate(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check specs; print every problem with file:line:column and field. Exit 2 if any is invalid."""
     from moec.errors import SpecError
@@ -158,8 +159,7 @@ def validate(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
             m = load_plan(s, sets)
         except SpecError as e:
             bad += 1
-            for p in e.problems:
-                click.echo(f"error: {p}", err=True)
+            print_problems(e.problems)
             continue
         pattern = "".join("M" if l.ffn.kind == "moe" else "D" for l in m.layers)
         click.echo(f"ok {s}: {m.name}, {m.n_layers} layers [{pattern}]")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from moec.errors import SpecError
+from moec.errors import CommandError, SpecError, fold_problems
 
 EXIT_BAD_INPUT = 2
 
@@ -29,18 +29,53 @@ def load_plan(source: str, sets: tuple[str, ...] = ()):  # -> ResolvedModel
     return load_model(source, sets=sets)
 
 
+def print_problems(problems: list) -> None:
+    """Each distinct spec problem on its own ``error: file:line:col field: message`` line, repeats folded."""
+    for line in fold_problems(problems):
+        click.echo(f"error: {line}", err=True)
+
+
+def _describe_os_error(e: OSError) -> str:
+    """``path: No space left on device``: the file it concerns and the system's words, no traceback."""
+    where = e.filename if e.filename is not None else ""
+    reason = e.strerror or str(e)
+    return f"{where}: {reason}" if where else reason
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    # torch's allocators raise torch.OutOfMemoryError (CUDA) or a plain RuntimeError (CPU); torch is not
+    # imported here, so both are recognised by name and by the allocator's words.
+    text = str(e)
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or (isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
+    )
+
+
 def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print every spec problem (file:line:col field: message) to stderr and exit 2."""
+    """Turn every expected failure into clean ``error:`` lines and exit 2: located spec problems (folded),
+    command problems, operating-system errors (disk full, permission denied) and allocation failures."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except SpecError as e:
-            for p in e.problems:
-                click.echo(f"error: {p}", err=True)
+            print_problems(e.problems)
             n = len(e.problems)
             click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except CommandError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except OSError as e:
+            click.echo(f"error: {_describe_os_error(e)}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except (MemoryError, RuntimeError) as e:
+            if not _is_out_of_memory(e):
+                raise
+            click.echo(f"error: out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper

@@ -109,6 +109,26 @@ def test_moe_active_params_and_flops_by_hand():
     assert a.params.active == a.params.total - L * (E - k) * 3 * d * f
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["plain", "biased"])
+@pytest.mark.parametrize("shared_gate", [False, True], ids=["no-gate", "gated-shared"])
+def test_active_counts_include_expert_biases_and_the_shared_gate(bias: bool, shared_gate: bool):
+    """gpt-oss's experts carry biases (each token touches k experts' weights and biases); Qwen2-MoE's
+    shared expert has a d→1 sigmoid gate that every token passes. Swiglu expert of width f: gate and up
+    biases of f each, a down bias of d; one shared expert of width 16 with the same layout."""
+    moe = MOE.replace("d_ff: 32", f"d_ff: 32\n  bias: {str(bias).lower()}\n  n_shared_experts: 1\n  d_ff_shared: 16")
+    a = analyze(plan(moe.replace("router:", f"shared_gate: {str(shared_gate).lower()}\n  router:")))
+    d, E, k, f, fs, L = 64, 8, 2, 32, 16, 4
+    expert = 3 * d * f + (2 * f + d if bias else 0)
+    shared = 3 * d * fs + (2 * fs + d if bias else 0) + (d if shared_gate else 0)
+    comp = {c.name: c for c in a.components}
+    assert (comp["routed_experts"].params, comp["routed_experts"].active) == (L * E * expert, L * k * expert)
+    assert comp["shared_experts"].params == comp["shared_experts"].active == L * shared
+    # biases are elementwise (0 FLOPs); the gate is a d→1 matmul
+    assert comp["routed_experts"].flops == L * k * 6 * d * f
+    assert comp["shared_experts"].flops == L * 2 * (3 * d * fs + (d if shared_gate else 0))
+    assert a.params.active == a.params.total - L * (E - k) * expert
+
+
 def test_dense_routing_makes_every_expert_active():
     a = analyze(plan(MOE.replace("router: {top_k: 2}", "router: {dense: true}")))
     assert a.params.active == a.params.total
@@ -152,9 +172,16 @@ def test_lora_experts_frozen_base_and_training_flops():
 
 
 def test_training_memory_is_16_bytes_per_trainable_and_2_per_frozen():
-    a = analyze(plan())
-    assert a.memory.training_state_bytes == 16 * a.params.total
-    assert a.memory.weights_bytes_by_dtype["fp32"] == 4 * a.params.total
+    """A frozen embedding: V·d = 64,000 parameters at 2 bytes, the rest at 16 (the dense total is derived
+    in test_dense_gqa_counts_by_hand)."""
+    d, L, V, h, kv, hd, F = 64, 4, 1000, 8, 2, 8, 128
+    total = V * d + L * (d * hd * (h + 2 * kv) + h * hd * d + 3 * d * F) + 2 * d * L + d + V * d
+    a = analyze(plan("frozen: [embedding]\n"))
+    assert (a.params.total, a.params.frozen, a.params.trainable) == (total, V * d, total - V * d)
+    assert a.memory.training_state_bytes == 16 * (total - V * d) + 2 * V * d
+    assert analyze(plan()).memory.training_state_bytes == 16 * total
+    assert a.memory.weights_bytes_by_dtype["fp32"] == 4 * total
+    assert a.memory.weights_bytes == 2 * total  # bf16, the default
 
 
 def test_layer_patterns_name_their_start():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import EXIT_BAD_INPUT, load_plan, report_errors, set_option
+from moec.commands.common import load_plan, report_errors, set_option
+from moec.errors import CommandError, SpecError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -32,7 +33,11 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
     default=None,
     help="Weight dtype (default fp32; with --from-hf, the checkpoint's).",
 )
-@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the output folder if an earlier moec build wrote it (and nothing in it changed since).",
+)
 @click.option(
     "--from-hf",
     "hf_dir",
@@ -65,10 +70,11 @@ def build(
         raise click.UsageError("--set and --seed apply to a SPEC; --from-hf takes the checkpoint as it is")
 
     from moec.codegen import render_model_source
-    from moec.codegen.output import check_output_dir, write_build
+    from moec.codegen.output import check_output_dir, clear_leftovers, write_build
 
+    _notify(clear_leftovers(out))
+    check_output_dir(out, force=force)  # before any work: the cheap refusal first
     try:
-        check_output_dir(out, force=force)  # before any work: the cheap refusal first
         if hf_dir is not None:
             plan, model = _from_hf(hf_dir, dtype)
         else:
@@ -76,13 +82,18 @@ def build(
         source = render_model_source(plan)  # before allocating: a plan codegen refuses costs nothing
         if model is None and weights:
             model = _initialised(plan, dtype, seed or 0)
-        files = write_build(out, plan, source, model=model, force=force)
-    except (ValueError, OSError) as e:
-        if type(e).__name__ == "SpecError":
-            raise  # report_errors prints each located problem
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(EXIT_BAD_INPUT) from None
+    except ValueError as e:  # codegen's refusals, a checkpoint that does not match, weights that do not fit
+        if isinstance(e, (SpecError, CommandError)):
+            raise
+        raise CommandError(str(e)) from None
+    files, notes = write_build(out, plan, source, model=model, force=force)
+    _notify(notes)
     click.echo(f"wrote {out}/: {', '.join(files)}", err=True)
+
+
+def _notify(notes: list[str]) -> None:
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _initialised(plan, dtype: str | None, seed: int):  # -> (MoecModel)
@@ -98,7 +109,7 @@ def _from_hf(hf_dir: str, dtype: str | None):  # -> (ResolvedModel, MoecModel)
     try:
         from moec.hf.weights import from_hf
     except ImportError as e:
-        raise ValueError(f"--from-hf is not available in this installation ({e})") from None
+        raise CommandError(f"--from-hf is not available in this installation ({e})") from None
     import torch
 
     model = from_hf(hf_dir, device="cpu", dtype=getattr(torch, DTYPES[dtype]) if dtype else None)

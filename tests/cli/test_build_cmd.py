@@ -32,7 +32,7 @@ moe:
   balance: {load_balance_coeff: 0.01, bias_update_rate: 0.001}
 layers: {default: {ffn: moe}}
 """
-OUTPUTS = {"model.py", "spec.resolved.yaml", "analysis.json"}
+OUTPUTS = {"model.py", "spec.resolved.yaml", "analysis.json", "moec-manifest.json"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -111,17 +111,19 @@ def test_bf16_weights(spec, tmp_path):
     assert stored["layers.0.ffn.router.expert_bias"].dtype == torch.float32  # routing state stays fp32
 
 
-def test_existing_folder_is_kept_without_force_and_replaced_with_it(spec, tmp_path):
+def test_an_earlier_build_is_kept_without_force_and_replaced_with_it(write_spec, spec, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
-    r = run(spec, "-o", out)
+    assert run(spec, "-o", out).exit_code == 0
+    first = (out / "model.py").read_text()
+    other = write_spec(TINY.replace("TIED", "true").replace("n_layers: 2", "n_layers: 3"))
+    r = run(other, "-o", out)
     assert r.exit_code == 2
     assert "--force" in r.output and "Traceback" not in r.output
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    r = run(spec, "-o", out, "--force")
+    assert (out / "model.py").read_text() == first
+    r = run(other, "-o", out, "--force")
     assert r.exit_code == 0, r.output
     assert {p.name for p in out.iterdir()} == OUTPUTS
+    assert (out / "model.py").read_text() == render_model_source(load_model(str(other)))
     assert leftovers(tmp_path) == []
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from moec import __version__
@@ -22,8 +25,23 @@ for _cmd in (analyze, diff, validate, schema, list_specs, build, smoke_run, benc
     cli.add_command(_cmd)
 
 
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: moec itself failed, not the input
+
+
 def main() -> None:
-    cli()
+    """The installed ``moec`` command. Every expected failure is already an ``error:`` line and exit 2 (see
+    moec/commands/common.py); anything else is a moec bug, reported in one line unless MOEC_TRACEBACK=1."""
+    try:
+        cli(standalone_mode=True)
+    except Exception as e:  # click's own exits are SystemExit, which passes through
+        if os.environ.get("MOEC_TRACEBACK") == "1":
+            raise
+        click.echo(
+            f"error: internal error in moec ({type(e).__name__}: {e}); please report it, with the command, "
+            "and rerun with MOEC_TRACEBACK=1 for the traceback",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def fold_problems(problems: list[Problem]) -> list[str]:
     for same in groups.values():
         line = str(same[0])
         if len(same) > 1:
-            what = "layers" if len({q.path for q in same}) == len(same) and "layer" in same[0].path else "times"
-            line += f" (and {len(same) - 1} more {what})"
+            what = "layer" if len({q.path for q in same}) == len(same) and "layer" in same[0].path else "time"
+            more = len(same) - 1
+            line += f" (and {more} more {what}{'s' if more > 1 else ''})"
         lines.append(line)
     return lines

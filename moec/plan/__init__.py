@@ -1,0 +1,5 @@
+"""The parallelism planner: per-rank memory and communication of a layout. Pure Python; never imports torch."""
+
+from moec.plan.layout import AUTO, Layout, LayoutError
+
+__all__ = ["AUTO", "Layout", "LayoutError"]

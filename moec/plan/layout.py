@@ -1,0 +1,130 @@
+"""A parallel layout: how many ranks shard the data (FSDP), the experts (EP), the matmuls (TP) and the layers (PP).
+
+The mesh convention is torchtitan's (docs/scaling.md §1): the world is pp × dp_shard × tp ranks, and expert
+parallelism borrows ranks from the dp_shard × tp block rather than adding a dimension of its own. The routed
+experts then see that block as ep × efsdp: ep ranks split the experts between them, and each expert shard is
+FSDP-sharded over the efsdp ranks that hold it. Everything else is FSDP-sharded over dp_shard (and split by
+tp). Pure Python; never imports torch (moec.dist imports this module to build its meshes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
+
+AUTO = -1  # dp_shard: every rank left over after tp and pp
+
+
+class LayoutError(ValueError):
+    """A layout that cannot be placed on the world or the model; the message quotes every problem."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp_shard: int = AUTO
+    ep: int = 1
+    tp: int = 1
+    pp: int = 1
+
+    def resolved(self, world: int) -> Layout:
+        """This layout with dp_shard filled in so that dp_shard·tp·pp == world. Raises LayoutError when the
+        world cannot be split that way (see :meth:`problems` for every reason at once)."""
+        problems = self._world_problems(world)
+        if problems:
+            raise LayoutError("; ".join(problems))
+        if self.dp_shard != AUTO:
+            return self
+        return replace(self, dp_shard=world // (self.tp * self.pp))
+
+    @property
+    def world(self) -> int:
+        """pp·dp_shard·tp, the number of ranks (a resolved layout only)."""
+        self._require_resolved("world")
+        return self.pp * self.dp_shard * self.tp
+
+    @property
+    def efsdp(self) -> int:
+        """The FSDP degree of the routed experts: ep·efsdp = dp_shard·tp (torchtitan's convention)."""
+        self._require_resolved("efsdp")
+        return self.dp_shard * self.tp // self.ep
+
+    def problems(self, plan: ResolvedModel, world: int) -> list[str]:
+        """Every reason this layout is invalid for ``plan`` on ``world`` ranks, each quoting the values; [] if
+        none."""
+        problems = self._world_problems(world)
+        if problems:  # without a dp_shard, the checks of the model alone still apply
+            return problems + _model_problems(plan, self, check_ep_block=False)
+        return _model_problems(plan, self.resolved(world), check_ep_block=True)
+
+    def _require_resolved(self, what: str) -> None:
+        if self.dp_shard == AUTO:
+            raise LayoutError(f"{what} needs a resolved layout (dp_shard is -1); call resolved(world) first")
+
+    def _world_problems(self, world: int) -> list[str]:
+        problems = [
+            f"{name} must be a positive integer, got {value}"
+            for name, value in (("ep", self.ep), ("tp", self.tp), ("pp", self.pp))
+            if value < 1
+        ]
+        if self.dp_shard < 1 and self.dp_shard != AUTO:
+            problems.append(f"dp_shard must be a positive integer or -1 (all ranks left over), got {self.dp_shard}")
+        if world < 1:
+            problems.append(f"the number of ranks must be positive, got {world}")
+        if problems:
+            return problems
+        if self.dp_shard == AUTO:
+            if world % (self.tp * self.pp):
+                problems.append(f"{world} ranks do not divide by tp·pp = {self.tp}·{self.pp} = {self.tp * self.pp}")
+        elif self.dp_shard * self.tp * self.pp != world:
+            problems.append(
+                f"dp_shard·tp·pp = {self.dp_shard}·{self.tp}·{self.pp} = {self.dp_shard * self.tp * self.pp}, "
+                f"not the {world} ranks"
+            )
+        return problems
+
+
+def _model_problems(plan: ResolvedModel, layout: Layout, *, check_ep_block: bool) -> list[str]:
+    problems: list[str] = []
+    problems += _expert_problems(plan, layout, check_ep_block)
+    problems += _tensor_parallel_problems(plan, layout.tp)
+    if layout.pp > plan.n_layers:
+        problems.append(f"pp = {layout.pp} exceeds the {plan.n_layers} layers (every stage needs a layer)")
+    return problems
+
+
+def _expert_problems(plan: ResolvedModel, layout: Layout, check_ep_block: bool) -> list[str]:
+    ep = layout.ep
+    if ep == 1:
+        return []
+    experts = sorted({lp.ffn.n_experts for lp in plan.layers if isinstance(lp.ffn, MoEPlan)})
+    if not experts:
+        return [f"ep = {ep} needs MoE layers, and {plan.name} has none"]
+    problems = [f"n_experts = {E} does not divide by ep = {ep}" for E in experts if E % ep]
+    # EP borrows its ranks from the dp_shard × tp block, so it must tile that block exactly
+    if check_ep_block and (layout.dp_shard * layout.tp) % ep:
+        problems.append(
+            f"dp_shard·tp = {layout.dp_shard}·{layout.tp} = {layout.dp_shard * layout.tp} does not divide by "
+            f"ep = {ep} (EP borrows its ranks from the FSDP and TP ranks)"
+        )
+    return problems
+
+
+def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[str]:
+    """TP splits attention heads and FFN columns across ranks, so each must divide evenly."""
+    if tp == 1:
+        return []
+    widths: dict[str, set[int]] = {"n_heads": set(), "n_kv_heads": set(), "d_ff": set(), "shared experts' width": set()}
+    for lp in (*plan.layers, *plan.mtp):
+        widths["n_heads"].add(lp.attention.n_heads)
+        widths["n_kv_heads"].add(lp.attention.n_kv_heads)
+        if isinstance(lp.ffn, DenseFFNPlan):
+            widths["d_ff"].add(lp.ffn.d_ff)
+        elif lp.ffn.n_shared_experts:
+            widths["shared experts' width"].add(lp.ffn.n_shared_experts * lp.ffn.d_ff_shared)
+    return [
+        f"{name} = {value} does not divide by tp = {tp}"
+        for name, values in widths.items()
+        for value in sorted(values)
+        if value % tp
+    ]

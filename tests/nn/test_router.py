@@ -168,6 +168,20 @@ def test_probs_policy_keeps_each_experts_highest_weight_slots():
     assert router(x).topk_idx[:, 0].tolist() == [0, 0, 0, -1, -1, 1]  # the earliest three instead
 
 
+@pytest.mark.parametrize(
+    ("T", "cf", "kept"),
+    [(5, 1.0, 3), (7, 0.5, 2), (3, 1.0, 2), (4, 1.0, 2)],  # cf·T·k/E = 2.5, 1.75, 1.5, and 2 (whole)
+)
+def test_capacity_rounds_up_a_fractional_slot_count(T: int, cf: float, kept: int):
+    """Top-1 over E = 2, every token prefers expert 0: expert 0 keeps ceil(cf·T/2) slots, the earliest
+    ones, and the rest are dropped (GShard rounds the capacity up, so a fractional slot is a whole one)."""
+    plan = make_plan(E=2, k=1, capacity_factor=cf, drop_policy="position")
+    router, x = router_with_logits(plan, [[1.0, 0.0]] * T)
+    out = router(x)
+    assert out.topk_idx[:, 0].tolist() == [0] * kept + [-1] * (T - kept)
+    assert out.tokens_per_expert.tolist() == [kept, 0] and int(out.dropped) == T - kept
+
+
 # ---- aux losses -------------------------------------------------------------------------------------
 
 

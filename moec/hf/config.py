@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
-from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig
+from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig, shown
 from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
 from moec.hf.families import FAMILIES, layer_pattern
+from moec.hf.jsontext import KeyLocator, parse_config
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
 
-MAX_CONFIG_BYTES = 8 << 20  # a config.json is a few KiB; this is not one
+# Released config.json files are a few KiB (Phi-3.5-MoE's LongRoPE factor lists included); at 1 MiB even a
+# text of nothing but empty lists parses in well under 100 MB.
+MAX_CONFIG_BYTES = 1 << 20
 TRAINING_ONLY = ("load_balance_coeff", "load_balance_granularity", "z_loss_coeff", "bias_update_rate")
 
 Source = dict[str, Any] | str | PathLike[str]
@@ -50,26 +53,7 @@ def read_hf_config(source: Source) -> tuple[dict[str, Any], str, str]:
         p = p / "config.json"
     file = str(p)
     text = read_text_file(file, max_bytes=MAX_CONFIG_BYTES, kind="config.json")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError([Problem(file, e.lineno, e.colno, "", f"not valid JSON: {e.msg}")]) from None
-    if not isinstance(raw, dict):
-        raise SpecError([Problem(file, 1, 1, "", "a config.json must be a JSON object")])
-    return raw, file, text
-
-
-def _locate(text: str, hf_field: str) -> tuple[int | None, int | None]:
-    """Line and column of a field's key in the JSON text (the last dotted part of its name)."""
-    m = re.match(r"[A-Za-z_][\w.]*", hf_field)
-    if not m:
-        return None, None
-    key = m.group(0).split(".")[-1]
-    hit = re.search(r'"' + re.escape(key) + r'"\s*:', text)
-    if hit is None:
-        return None, None
-    line = text.count("\n", 0, hit.start()) + 1
-    return line, hit.start() - (text.rfind("\n", 0, hit.start()) + 1) + 1
+    return parse_config(text, file), file, text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,13 +68,18 @@ class Translation:
     file: str
     text: str
     name: str
+    locator: KeyLocator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.locator = KeyLocator(self.text)
 
     @property
     def gaps(self) -> list[Gap]:
         return self.draft.gaps
 
     def problem(self, hf_field: str, message: str) -> Problem:
-        line, col = _locate(self.text, hf_field)
+        """A problem at a config field's key (no line for a config given as a mapping: it has no text)."""
+        line, col = self.locator.locate(hf_field) if self.text else (None, None)
         return Problem(self.file, line, col, hf_field, message)
 
     def problems(self, *, gaps: bool = True) -> list[Problem]:
@@ -101,7 +90,7 @@ class Translation:
                 out.append(
                     self.problem(
                         c.prefix + k,
-                        f"{c.raw[k]!r}: moec's {self.family.model_type} importer does not map this field and it is "
+                        f"{shown(c.raw[k])}: moec's {self.family.model_type} importer does not map this field and it is "
                         "not at its transformers default, so it may change the model; refusing to guess",
                     )
                 )
@@ -110,7 +99,7 @@ class Translation:
                 out.append(
                     self.problem(
                         g.field,
-                        f"{g.value!r}: {g.message}; the moec spec cannot represent this "
+                        f"{shown(g.value)}: {g.message}; the moec spec cannot represent this "
                         f"(proposed schema addition: {g.proposal})",
                     )
                 )
@@ -123,23 +112,11 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
     raw, file, text = read_hf_config(source)
     mt = raw.get("model_type")
     if mt == "llama4" and isinstance(raw.get("text_config"), dict):
-        line, col = _locate(text, "model_type")
-        raise SpecError(
-            [
-                Problem(
-                    file,
-                    line,
-                    col,
-                    "model_type",
-                    "'llama4' is the multimodal wrapper (vision tower "
-                    "included); import its text_config, model_type 'llama4_text'",
-                )
-            ]
-        )
-    if mt not in FAMILIES:
-        line, col = _locate(text, "model_type")
+        message = "'llama4' is the multimodal wrapper (vision tower included); import its text_config, model_type "
+        raise SpecError([_at_key(file, text, "model_type", message + "'llama4_text'")])
+    if not isinstance(mt, str) or mt not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
-        raise SpecError([Problem(file, line, col, "model_type", f"{mt!r} is not a supported model_type ({known})")])
+        raise SpecError([_at_key(file, text, "model_type", f"{shown(mt)} is not a supported model_type ({known})")])
     fam = FAMILIES[mt]
     raw, alias_problems = _canonical(raw, fam)
     c = HFConfig(raw, fam.defaults)
@@ -150,12 +127,17 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
     return t
 
 
+def _at_key(file: str, text: str, hf_field: str, message: str) -> Problem:
+    line, col = KeyLocator(text).locate(hf_field) if text else (None, None)
+    return Problem(file, line, col, hf_field, message)
+
+
 def _canonical(raw: dict[str, Any], fam: Family) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     out, problems = dict(raw), []
     for alias, canon in fam.aliases.items():
         if alias in out:
             if canon in out and out[canon] != out[alias]:
-                problems.append((alias, f"disagrees with {canon} ({out[canon]!r}); they name one field"))
+                problems.append((alias, f"disagrees with {canon} ({shown(out[canon])}); they name one field"))
             out.setdefault(canon, out.pop(alias))
     return out, problems
 
@@ -265,7 +247,7 @@ def render_yaml(t: Translation) -> str:
     ignored = sorted(k for c in (t.config, *t.config.children) for k in c.raw if k in INERT and k != "model_type")
     where = "a config mapping" if t.file == "<config>" else t.file
     head = [
-        f"# Imported by `moec import-hf` from {where}",
+        f"# Imported by `moec import-hf` from {' '.join(where.splitlines())}",  # a comment is one line
         f"# (model_type {fam.model_type}: {fam.architecture} as transformers 5.23 builds it).",
         '# Each comment names the config.json field a value comes from; "(transformers default)" marks a field',
         "# the config omits, filled in with the transformers class default.",
@@ -321,8 +303,8 @@ def _back_to_config(t: Translation, p: Problem) -> Problem:
     if p.path.startswith("layers"):
         note = t.draft.window_note if "window" in p.path else t.draft.ffn_note
     m = re.match(r"[A-Za-z_][\w.]*", note or "")
-    if m is None:
-        return Problem(t.file, None, None, p.path, f"{p.message} (in the imported spec)")
+    if m is None:  # a value the family fixes in code: located at the config as a whole
+        return t.problem("", f"{p.message} (spec field {p.path} of the imported spec)")
     return t.problem(m.group(0), f"{p.message} (spec field {p.path})")
 
 
@@ -358,15 +340,10 @@ def plan_differences(a: ResolvedModel, b: ResolvedModel, *, training: bool = Tru
                 walk(p, q, f"{path}[{i}]")
         elif x != y:
             key = re.sub(r"\[\d+\]", "[*]", path)
-            out.setdefault(key, f"{key}: {_short(x)} vs {_short(y)}")
+            out.setdefault(key, f"{key}: {shown(x)} vs {shown(y)}")
 
     walk(plan_fields(a, training=training), plan_fields(b, training=training), "")
     return sorted(out.values())
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def export_hf_config(model: ResolvedModel | str | PathLike[str], *, drop_training: bool = False) -> dict[str, Any]:

@@ -6,6 +6,7 @@ the fields that never matter (:data:`INERT`). The translators themselves are in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,8 +61,33 @@ PROPOSE = {
 }
 
 
+# The longest list a config.json field may hold: per-layer lists (≤ the schema's layer bound) and LongRoPE
+# factor lists (head_dim / 2). Longer ones are refused before anything iterates over them.
+MAX_LIST = 4096
+
+
+def is_int(v: Any) -> bool:
+    """A JSON integer (not a bool, which Python counts as one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite JSON number (JSON has no NaN or infinity; a float literal of 1e999 reads as one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def shown(v: Any, limit: int = 60) -> str:
+    """A value as a message quotes it: its repr, cut short (a config can hold a list of thousands)."""
+    s = repr(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
 class HFConfig:
-    """A config.json mapping plus the transformers class defaults; remembers each field read."""
+    """A config.json mapping plus the transformers class defaults; remembers each field read.
+
+    Every value a translator uses goes through a typed reader (int, float, bool, str, int_list, str_list,
+    mapping). A reader records a wrong value once as an issue (same field, same message: once, however often
+    it is read) and returns a harmless stand-in, so translation goes on and every problem is reported."""
 
     def __init__(self, raw: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = ""):
         self.raw, self.defaults, self.prefix = dict(raw), defaults, prefix
@@ -84,40 +110,74 @@ class HFConfig:
         return name if key in self.raw else f"{name} (transformers default)"
 
     def bad(self, key: str, message: str) -> None:
-        self.issues.append((self.prefix + key, message))
+        issue = (self.prefix + key, message)
+        if issue not in self.issues:
+            self.issues.append(issue)
 
-    def int(self, key: str, *, minimum: int = 1, optional: bool = False) -> Any:
+    def failed(self, key: str) -> bool:
+        """Whether a reader has refused this field's value."""
+        return any(f == self.prefix + key for f, _ in self.issues)
+
+    def int(self, key: str, *, minimum: int = 1, maximum: int | None = None, optional: bool = False) -> Any:
         v = self.value(key)
         if v is None and optional:
             return None
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            self.bad(key, f"{v!r}: expected an integer ≥ {minimum}")
+        if not is_int(v) or v < minimum or (maximum is not None and v > maximum):
+            bound = f"≥ {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            self.bad(key, f"{shown(v)}: expected an integer {bound}")
             return max(minimum, 1)
         return v
 
-    def float(self, key: str, *, optional: bool = False) -> Any:
-        v = self.value(key)
+    def float(self, key: str, *, optional: bool = False, default: Any = None) -> Any:
+        v = self.value(key, default)
         if v is None and optional:
             return None
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            self.bad(key, f"{v!r}: expected a number")
+        if not is_number(v):
+            self.bad(key, f"{shown(v)}: expected a finite number")
             return 1.0
         return float(v)
 
-    def bool(self, key: str) -> bool:
-        v = self.value(key)
+    def bool(self, key: str, *, default: Any = None) -> bool:
+        v = self.value(key, default)
         if not isinstance(v, bool):
-            self.bad(key, f"{v!r}: expected true or false")
+            self.bad(key, f"{shown(v)}: expected true or false")
             return False
         return v
 
-    def int_list(self, key: str) -> list[int]:
+    def str(self, key: str, *, default: Any = None, optional: bool = False) -> Any:
+        """A string, or None: absent and optional, or refused (then already reported)."""
+        v = self.value(key, default)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str):
+            self.bad(key, f"{shown(v)}: expected a string")
+            return None
+        return v
+
+    def _list(self, key: str, ok: Callable[[Any], bool], what: str) -> list[Any] | None:
         v = self.value(key)
         if v is None:
-            return []
-        if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-            self.bad(key, f"{v!r}: expected a list of integers")
-            return []
+            return None
+        if not isinstance(v, list) or len(v) > MAX_LIST or not all(ok(x) for x in v):
+            self.bad(key, f"{shown(v)}: expected a list of at most {MAX_LIST} {what}")
+            return None
+        return v
+
+    def int_list(self, key: str) -> list[int]:
+        return self._list(key, is_int, "integers") or []
+
+    def str_list(self, key: str) -> list[str] | None:
+        """A list of strings; None when absent or refused (then already reported)."""
+        return self._list(key, lambda x: isinstance(x, str), "strings")
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A JSON object; {} when absent (null) or refused (then already reported)."""
+        v = self.value(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            self.bad(key, f"{shown(v)}: expected a mapping")
+            return {}
         return v
 
     def unread(self) -> list[str]:
@@ -139,6 +199,8 @@ class Draft:
     model_type: str
     fields: dict[str, tuple[Any, str]] = field(default_factory=dict)
     n_layers: int = 1
+    # False when the layer count was refused: per-layer lists are then not checked against the stand-in
+    layers_known: bool = True
     ffn: list[str] = field(default_factory=list)
     ffn_note: str = ""
     window: list[int | None] = field(default_factory=list)
@@ -162,7 +224,9 @@ class Draft:
             self.put(f"{prefix}.{k}", v, note)
 
     def gap(self, hf_field: str, value: Any, message: str, proposal: str, param_delta: int = 0) -> None:
-        self.gaps.append(Gap(hf_field, value, message, PROPOSE.get(proposal, proposal), param_delta))
+        gap = Gap(hf_field, value, message, PROPOSE.get(proposal, proposal), param_delta)
+        if gap not in self.gaps:  # one field read by two translator steps (hidden_act) is one problem
+            self.gaps.append(gap)
 
     def get(self, path: str) -> Any:
         return self.fields[path][0]

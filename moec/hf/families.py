@@ -19,7 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.rope import read_rope
+from moec.spec.schema import MAX_LAYERS
 
 # ---------------------------------------------------------------------------------------------
 # shared pieces
@@ -28,15 +30,14 @@ from moec.hf.draft import Draft, Family, HFConfig
 def _base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
     d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
     d.put("model.d_model", c.int("hidden_size"), c.src("hidden_size"))
-    d.n_layers = c.int("num_hidden_layers")
-    d.put("model.n_layers", d.n_layers, c.src("num_hidden_layers"))
+    _layer_count(c, d, "num_hidden_layers")
     d.put("model.max_seq_len", c.int("max_position_embeddings"), c.src("max_position_embeddings"))
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings"))
     kind_note = "nn.LayerNorm with bias in every" if norm == "layernorm" else "RMSNorm in every"
     d.put("model.norm.kind", norm, f"{kind_note} {family} layer, pre-norm, plus a final norm")
     d.put("model.norm.eps", c.float("rms_norm_eps"), c.src("rms_norm_eps"))
     d.put("model.positions.kind", "rope", f"{family} uses rotary positions")
-    _rope(c, d)
+    read_rope(c, d)
     _dropout(c, d, "attention_dropout")
     d.ffn = ["moe"] * d.n_layers
     d.window = [None] * d.n_layers
@@ -46,8 +47,17 @@ def _base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
 
 
+def _layer_count(c: HFConfig, d: Draft, key: str) -> None:
+    """Bounded before any per-layer list is built: a config asking for 10^8 layers is refused at once."""
+    d.n_layers = c.int(key, maximum=MAX_LAYERS)
+    d.layers_known = not c.failed(key)
+    d.put("model.n_layers", d.n_layers, c.src(key))
+
+
 def _activation(c: HFConfig, d: Draft, key: str = "hidden_act") -> str:
-    act = c.value(key)
+    act = c.str(key)
+    if act is None:
+        return "swiglu"  # refused and reported
     if act not in _ACTIVATIONS:
         d.gap(
             c.prefix + key,
@@ -67,138 +77,6 @@ def _dropout(c: HFConfig, d: Draft, *keys: str) -> None:
         p = c.float(k, optional=True)
         if p:
             d.training_only.append(f"{c.prefix}{k} {p!r}")
-
-
-_ROPE_KEYS = {
-    "linear": {"factor"},
-    "dynamic": {"factor"},
-    "yarn": {
-        "factor",
-        "original_max_position_embeddings",
-        "beta_fast",
-        "beta_slow",
-        "mscale",
-        "mscale_all_dim",
-        "attention_factor",
-        "truncate",
-    },
-    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
-    "longrope": {
-        "factor",
-        "original_max_position_embeddings",
-        "short_factor",
-        "long_factor",
-        "short_mscale",
-        "long_mscale",
-    },
-}
-_ROPE_FIELDS = {
-    "factor": "factor",
-    "original_max_position_embeddings": "original_max_seq_len",
-    "beta_fast": "beta_fast",
-    "beta_slow": "beta_slow",
-    "mscale": "mscale",
-    "mscale_all_dim": "mscale_all_dim",
-    "low_freq_factor": "low_freq_factor",
-    "high_freq_factor": "high_freq_factor",
-    "attention_factor": "attention_factor",
-    "truncate": "truncate",
-    "short_factor": "short_factor",
-    "long_factor": "long_factor",
-    "short_mscale": "short_mscale",
-    "long_mscale": "long_mscale",
-}
-
-
-def _rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
-    """rope_parameters (transformers 5) or the legacy rope_theta + rope_scaling, with HF's precedence."""
-    params, scaling = c.value("rope_parameters"), c.value("rope_scaling")
-    where = "rope_scaling" if scaling else "rope_parameters"  # HF: rope_scaling, if given, wins
-    given = scaling or params or {}
-    if not given and c.defaults.get("default_rope_parameters"):
-        # gpt-oss: a config without rope parameters gets the family's YaRN (GptOssConfig.__post_init__)
-        given = dict(c.defaults["default_rope_parameters"])
-        where = "rope_parameters (transformers default)"
-    if not isinstance(given, dict) or any(isinstance(v, dict) for v in given.values()):
-        c.bad(where, "expected one flat mapping of rope parameters")
-        given = {}
-    rp = dict(given)
-    theta = rp.pop("rope_theta", None)
-    theta_src = f"{where}.rope_theta"
-    top = c.value("rope_theta")
-    if theta is not None and top is not None and top != theta:
-        c.bad("rope_theta", f"{top!r} disagrees with {where}.rope_theta ({theta!r}), which transformers uses")
-    if theta is None:
-        theta, theta_src = c.value("rope_theta"), c.src("rope_theta")
-        if theta is None and theta_fallback is not None:
-            # DBRX: its own code (and the released config) put the base in attn_config; transformers 5.23
-            # reads only rope_parameters and would fall back to default_theta, which is not the model
-            theta, theta_src = theta_fallback, "attn_config.rope_theta (transformers 5.23 ignores it)"
-        if theta is None:
-            theta, theta_src = c.defaults["default_theta"], "rope_theta (transformers default_theta)"
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
-        c.bad("rope_theta", f"{theta!r}: expected a positive number")
-        theta = 10000.0
-    if theta_fallback is not None and theta != theta_fallback:
-        c.bad(
-            "rope_theta",
-            f"{theta!r} ({theta_src}, which transformers uses) disagrees with attn_config.rope_theta "
-            f"({theta_fallback!r}, which DBRX's own code uses): ambiguous",
-        )
-    d.put("model.positions.theta", float(theta), theta_src)
-    kind = rp.pop("rope_type", None) or rp.pop("type", None) or "default"
-    rp.pop("type", None)
-    if c.given("original_max_position_embeddings"):
-        c.value("original_max_position_embeddings")  # Phi-3 spells the pre-scaling length at the top level
-    prf = rp.pop("partial_rotary_factor", None) or c.value("partial_rotary_factor")
-    if prf is not None and prf != 1.0:
-        d.gap("partial_rotary_factor", prf, "rotary on part of the head dim only", "rope_extra")
-    if kind == "default":
-        for k in rp:
-            d.gap(f"{where}.{k}", rp[k], "a rope parameter moec does not read", "rope_extra")
-        return
-    if kind not in _ROPE_KEYS:
-        d.gap(f"{where}.rope_type", kind, f"rope_type {kind!r} has no moec equivalent", "rope_extra")
-        return
-    if kind == "longrope" and d.model_type != "phimoe":
-        # moec's longrope is Phi-MoE's (cos/sin times short/long_mscale); Llama/Phi-3 scale by attention_factor
-        d.gap(f"{where}.rope_type", kind, "LongRoPE outside Phi-MoE (attention_factor scaling)", "longrope")
-        return
-    if kind in ("yarn", "llama3", "longrope"):
-        # HF: a top-level original_max_position_embeddings wins (Phi-3), else the dict's, else max_position
-        if c.given("original_max_position_embeddings"):
-            rp["original_max_position_embeddings"] = c.value("original_max_position_embeddings")
-        else:
-            rp.setdefault("original_max_position_embeddings", c.value("max_position_embeddings"))
-    if kind == "longrope" and rp.get("factor") is None:
-        # transformers: max_position_embeddings / original_max_position_embeddings (informational here: the
-        # per-frequency factors and mscales carry LongRoPE)
-        original = rp["original_max_position_embeddings"]
-        if isinstance(original, int) and not isinstance(original, bool) and original > 0:
-            rp["factor"] = c.int("max_position_embeddings") / original
-    d.put("model.positions.scaling.kind", kind, f"{where}.rope_type")
-    for k, v in rp.items():
-        if k not in _ROPE_KEYS[kind]:
-            d.gap(f"{where}.{k}", v, f"a {kind} rope parameter moec does not read", "rope_extra")
-            continue
-        if v is None:
-            continue
-        if k == "original_max_position_embeddings":
-            d.put("model.positions.scaling.original_max_seq_len", v, f"{where}.{k}")
-        elif k == "truncate":  # gpt-oss keeps the yarn correction range unrounded
-            if isinstance(v, bool):
-                d.put("model.positions.scaling.truncate", v, f"{where}.{k}")
-            else:
-                c.bad(f"{where}.{k}", f"{v!r}: expected true or false")
-        elif k in ("short_factor", "long_factor"):
-            if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                d.put(f"model.positions.scaling.{k}", [float(x) for x in v], f"{where}.{k}")
-            else:
-                c.bad(f"{where}.{k}", "expected a list of numbers")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            d.put(f"model.positions.scaling.{_ROPE_FIELDS[k]}", float(v), f"{where}.{k}")
-        else:
-            c.bad(f"{where}.{k}", f"{v!r}: expected a number")
 
 
 def _gqa(c: HFConfig, d: Draft, *, bias: bool, out_bias: bool, bias_src: str, qk_norm: bool = False) -> None:
@@ -223,17 +101,31 @@ def _uniform_window(c: HFConfig, d: Draft, key: str = "sliding_window", enabled:
 
 def _typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list[str], why: str) -> None:
     """layer_types (given, or the family's default list) decide which layers slide."""
-    types = c.value("layer_types") if c.given("layer_types") else default_types
-    if not isinstance(types, list) or len(types) != d.n_layers:
-        c.bad("layer_types", f"expected a list of {d.n_layers} layer types")
+    given = c.value("layer_types") is not None  # null: the family's default, as transformers computes it
+    types = c.str_list("layer_types") if given else default_types
+    if types is None or not d.layers_known:
+        return
+    if len(types) != d.n_layers:
+        c.bad("layer_types", f"{len(types)} entries for {d.n_layers} layers")
         return
     types = ["full_attention" if t == "attention" else t for t in types]
-    for i, t in enumerate(types):
-        if t not in ("full_attention", "sliding_attention"):
-            c.bad("layer_types", f"layer {i}: {t!r} is not full_attention or sliding_attention")
+    if not _all_known(c, "layer_types", types, ("full_attention", "sliding_attention")):
+        return
     d.window = [window if t == "sliding_attention" else None for t in types]
-    src = "layer_types" if c.given("layer_types") else f"layer_types unset: {why}"
+    src = "layer_types" if given else f"layer_types unset: {why}"
     d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""
+
+
+def _all_known(c: HFConfig, key: str, values: list[str], known: tuple[str, ...]) -> bool:
+    """Each unknown value of a per-layer list reported once, with the layers that hold it."""
+    layers: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        if v not in known:
+            layers.setdefault(v, []).append(i)
+    for v, idx in layers.items():
+        more = f" (and {len(idx) - 5} more)" if len(idx) > 5 else ""
+        c.bad(key, f"{shown(v)} on layers {idx[:5]}{more} is not one of {', '.join(known)}")
+    return not layers
 
 
 def _moe_core(
@@ -362,13 +254,13 @@ def _jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
 
 def _qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
     step = c.int("decoder_sparse_step")
-    dense_only = c.int_list("mlp_only_layers")
+    dense_only = set(c.int_list("mlp_only_layers"))
     E = c.value(experts_key)
     d.ffn = [
         "moe" if i not in dense_only and isinstance(E, int) and E > 0 and (i + 1) % step == 0 else "dense"
         for i in range(d.n_layers)
     ]
-    d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers {dense_only}"
+    d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers"
 
 
 def _qwen2_moe(c: HFConfig, d: Draft) -> None:
@@ -515,7 +407,7 @@ def _granitemoe(c: HFConfig, d: Draft) -> None:
     am = c.float("attention_multiplier")
     hd = d.get("attention.head_dim")
     # GraniteMoeAttention.scaling = attention_multiplier; the standard 1/sqrt(head_dim) stays implicit
-    if not math.isclose(am, hd**-0.5, rel_tol=1e-12):
+    if hd < 1 or not math.isclose(am, hd**-0.5, rel_tol=1e-12):  # hd 0: d_model < heads, refused later
         d.put("attention.scale", am, c.src("attention_multiplier") + " (softmax scale)")
     _moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
     _router(
@@ -537,8 +429,7 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
     d_model = c.int("d_model")
     d.put("model.d_model", d_model, c.src("d_model"))
-    d.n_layers = c.int("n_layers")
-    d.put("model.n_layers", d.n_layers, c.src("n_layers"))
+    _layer_count(c, d, "n_layers")
     d.put("model.max_seq_len", c.int("max_seq_len"), c.src("max_seq_len"))
     if c.bool("tie_word_embeddings"):
         c.bad("tie_word_embeddings", "DBRX does not support tied embeddings (DbrxConfig.validate_architecture)")
@@ -547,7 +438,7 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     d.put("model.norm.eps", 1e-5, "nn.LayerNorm default eps (DBRX has no eps field)")
     d.put("model.norm.bias", False, "DbrxBlock norm_1, norm_2 and norm_f: LayerNorm(bias=False)")
     d.put("model.positions.kind", "rope", "DBRX uses rotary positions")
-    _rope(c, d, theta_fallback=attn.value("rope_theta"))
+    read_rope(c, d, theta_fallback=attn.value("rope_theta"))
     _dropout(c, d, "resid_pdrop", "emb_pdrop")
     _dropout(attn, d, "attn_pdrop")
     h = c.int("n_heads")
@@ -563,17 +454,11 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     )
     _derived(c, "num_key_value_heads", d.get("attention.n_kv_heads"))
     _clip_qkv(attn, d, "clip_qkv")
-    act = ffn.value("ffn_act_fn") or {"name": "silu"}
-    if not isinstance(act, dict) or set(act) - {"name"} or act.get("name") not in _ACTIVATIONS:
-        d.gap("ffn_config.ffn_act_fn", act, "an expert activation moec does not map", "activation")
     d.section(
         "moe",
         n_experts=(ffn.int("moe_num_experts"), ffn.src("moe_num_experts")),
         d_ff=(ffn.int("ffn_hidden_size"), ffn.src("ffn_hidden_size")),
-        activation=(
-            _ACTIVATIONS.get(act.get("name") if isinstance(act, dict) else None, "swiglu"),
-            ffn.src("ffn_act_fn") + " (gated: w1, v1, w2)",
-        ),
+        activation=(_dbrx_activation(ffn, d), ffn.src("ffn_act_fn") + " (gated: w1, v1, w2)"),
     )
     d.put("moe.router.top_k", ffn.int("moe_top_k"), ffn.src("moe_top_k"))
     p = ffn.float("moe_normalize_expert_weights", optional=True)
@@ -602,60 +487,31 @@ def _dbrx(c: HFConfig, d: Draft) -> None:
     d.rope = [True] * d.n_layers
 
 
+def _dbrx_activation(ffn: HFConfig, d: Draft) -> str:
+    """ffn_act_fn: {"name": <a transformers activation>} (DbrxFFNConfig); absent means silu."""
+    act = ffn.value("ffn_act_fn") or {"name": "silu"}
+    name = act.get("name") if isinstance(act, dict) and set(act) <= {"name"} else None
+    if not isinstance(name, str) or name not in _ACTIVATIONS:
+        d.gap("ffn_config.ffn_act_fn", act, "an expert activation moec does not map", "activation")
+        return "swiglu"
+    return _ACTIVATIONS[name]
+
+
 def _derived(c: HFConfig, key: str, expected: Any) -> None:
     """A field transformers derives from others and save_pretrained writes out: it must agree."""
     if c.given(key) and c.value(key) != expected:
-        c.bad(key, f"{c.value(key)!r}: transformers derives it as {expected!r} from the other fields")
+        c.bad(key, f"{shown(c.value(key))}: transformers derives it as {expected!r} from the other fields")
     c.value(key)
 
 
 def _dict(c: HFConfig, key: str) -> dict[str, Any]:
-    v = c.value(key) or {}
-    if not isinstance(v, dict):
-        c.bad(key, "expected a mapping")
-        return {}
-    return {k: x for k, x in v.items() if k != "model_type"}
+    return {k: x for k, x in c.mapping(key).items() if k != "model_type"}
 
 
 def _deepseek(c: HFConfig, d: Draft, v3: bool) -> None:
     name = "DeepseekV3" if v3 else "DeepseekV2"
     _base(c, d, name)
-    if c.bool("attention_bias"):
-        r = c.value("q_lora_rank") or 0
-        d.gap(
-            "attention_bias",
-            True,
-            "MLA with biases",
-            "mla_bias",
-            param_delta=d.n_layers
-            * (r + c.value("kv_lora_rank") + c.value("qk_rope_head_dim") + d.get("model.d_model")),
-        )
-    h = c.int("num_attention_heads")
-    kv = c.int("num_key_value_heads", optional=True)
-    if kv not in (None, h):
-        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
-    d.section(
-        "attention",
-        kind=("mla", f"{name}Attention (multi-head latent attention)"),
-        n_heads=(h, c.src("num_attention_heads")),
-        q_lora_rank=(c.int("q_lora_rank", optional=True), c.src("q_lora_rank") + " (null: a plain q_proj)"),
-        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
-        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
-        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
-        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
-    )
-    c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
-    eps = d.get("model.norm.eps")
-    if eps != 1e-6:  # q_a_layernorm and kv_a_layernorm are built without eps: RMSNorm's default 1e-6
-        d.gap(
-            "rms_norm_eps",
-            eps,
-            f"{name}Attention's latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps "
-            "says, and a moec spec has one norm eps",
-            "attention.latent_norm_eps: float | None — eps of MLA's q_a/kv_a norms (None: model.norm.eps). "
-            "No count change",
-        )
-    _derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
+    _mla(c, d, name)
     if v3:
         c.bool("rope_interleave")  # a rotary weight layout, not an architecture (the loader permutes)
     n_shared = c.int("n_shared_experts", minimum=0)
@@ -690,72 +546,114 @@ def _deepseek(c: HFConfig, d: Draft, v3: bool) -> None:
         )
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"MoE from layer first_k_dense_replace ({k_dense}) on"
-    scale = c.float("routed_scaling_factor")
+    d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
     if v3:
-        score = c.value("scoring_func", "sigmoid")
-        method = c.value("topk_method", "noaux_tc")
-        if score != "sigmoid":
-            d.gap("scoring_func", score, "DeepseekV3TopkRouter always scores with sigmoid", "moe.router.score")
-        if method != "noaux_tc":
-            d.gap("topk_method", method, "DeepseekV3TopkRouter always routes noaux_tc", "moe.router")
-        _router(
-            d,
-            "DeepseekV3TopkRouter: sigmoid, + e_score_correction_bias for selection, groups by top-2 sum",
-            score="sigmoid",
-            softmax_after_topk=False,
-            selection_bias=True,
-            group_score="top2_sum",
-        )
-        d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
-        d.put("moe.router.scale", scale, c.src("routed_scaling_factor"))
-        d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
-        d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
-        n_mtp = c.int("num_nextn_predict_layers", minimum=0)
-        if n_mtp:
-            mtp_kind = "moe" if d.n_layers >= k_dense else "dense"
-            d.section(
-                "mtp",
-                n_layers=(n_mtp, c.src("num_nextn_predict_layers") + " (transformers builds none)"),
-                ffn=(mtp_kind, "an MTP block is a layer past the last, so MoE"),
-            )
+        _deepseek_v3_router(c, d, k_dense)
     else:
-        score = c.value("scoring_func", "softmax")
-        method = c.value("topk_method")
-        if score != "softmax":
-            d.gap("scoring_func", score, "DeepseekV2TopkRouter always scores with softmax", "moe.router.score")
-        if method not in ("greedy", "group_limited_greedy"):
-            c.bad("topk_method", f"{method!r}: DeepseekV2TopkRouter knows greedy and group_limited_greedy")
-        if c.bool("norm_topk_prob"):
-            d.gap(
-                "norm_topk_prob",
-                True,
-                "transformers' DeepseekV2TopkRouter ignores it while DeepSeek's own code renormalises: ambiguous",
-                "moe.router.normalize_topk",
-            )
-        _router(
-            d,
-            "DeepseekV2TopkRouter: softmax over all experts, top-k, no renormalisation",
-            score="softmax",
-            softmax_after_topk=False,
-            normalize_topk=False,
-        )
-        d.put("moe.router.scale", scale, c.src("routed_scaling_factor"))
-        if method == "group_limited_greedy":
-            d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
-            d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
-            d.put("moe.router.group_score", "max", "group_limited_greedy: a group scores its best expert")
-        else:
-            c.value("n_group")
-            c.value("topk_group")
-        n_mtp = c.value("num_nextn_predict_layers")
-        if n_mtp:
-            d.gap("num_nextn_predict_layers", n_mtp, "MTP on deepseek_v2 (only deepseek_v3 maps it)", "mtp")
+        _deepseek_v2_router(c, d)
     alpha = c.float("aux_loss_alpha", optional=True)
     if alpha is not None:
-        seq = c.value("seq_aux", True)
+        seq = c.bool("seq_aux", default=True)
         d.put("moe.balance.load_balance_coeff", alpha, c.src("aux_loss_alpha") + " (training only)")
         d.put("moe.balance.load_balance_granularity", "sequence" if seq else "batch", c.src("seq_aux"))
     c.value("ep_size")  # expert-parallel degree of DeepSeek's own code: a deployment choice
+
+
+def _mla(c: HFConfig, d: Draft, name: str) -> None:
+    """Multi-head latent attention: one KV latent for all heads, the ranks and per-part head dims."""
+    h = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", optional=True)
+    if kv not in (None, h):
+        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
+    q_rank = c.int("q_lora_rank", optional=True)
+    d.section(
+        "attention",
+        kind=("mla", f"{name}Attention (multi-head latent attention)"),
+        n_heads=(h, c.src("num_attention_heads")),
+        q_lora_rank=(q_rank, c.src("q_lora_rank") + " (null: a plain q_proj)"),
+        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
+        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
+        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
+        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
+    )
+    if c.bool("attention_bias"):
+        latent = (q_rank or 0) + d.get("attention.kv_lora_rank") + d.get("attention.qk_rope_head_dim")
+        d.gap("attention_bias", True, "MLA with biases", "mla_bias", d.n_layers * (latent + d.get("model.d_model")))
+    c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
+    eps = d.get("model.norm.eps")
+    if eps != 1e-6 and not c.failed(
+        "rms_norm_eps"
+    ):  # q_a_layernorm and kv_a_layernorm are built without eps: RMSNorm's default 1e-6
+        d.gap(
+            "rms_norm_eps",
+            eps,
+            f"{name}Attention's latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps "
+            "says, and a moec spec has one norm eps",
+            "attention.latent_norm_eps: float | None — eps of MLA's q_a/kv_a norms (None: model.norm.eps). "
+            "No count change",
+        )
+    _derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
+
+
+def _deepseek_v3_router(c: HFConfig, d: Draft, k_dense: int) -> None:
+    score = c.str("scoring_func", default="sigmoid")
+    method = c.str("topk_method", default="noaux_tc")
+    if score not in (None, "sigmoid"):
+        d.gap("scoring_func", score, "DeepseekV3TopkRouter always scores with sigmoid", "moe.router.score")
+    if method not in (None, "noaux_tc"):
+        d.gap("topk_method", method, "DeepseekV3TopkRouter always routes noaux_tc", "moe.router")
+    _router(
+        d,
+        "DeepseekV3TopkRouter: sigmoid, + e_score_correction_bias for selection, groups by top-2 sum",
+        score="sigmoid",
+        softmax_after_topk=False,
+        selection_bias=True,
+        group_score="top2_sum",
+    )
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+    d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+    n_mtp = c.int("num_nextn_predict_layers", minimum=0)
+    if n_mtp:
+        mtp_kind = "moe" if d.n_layers >= k_dense else "dense"
+        d.section(
+            "mtp",
+            n_layers=(n_mtp, c.src("num_nextn_predict_layers") + " (transformers builds none)"),
+            ffn=(mtp_kind, "an MTP block is a layer past the last, so MoE"),
+        )
+
+
+def _deepseek_v2_router(c: HFConfig, d: Draft) -> None:
+    score = c.str("scoring_func", default="softmax")
+    method = c.str("topk_method")
+    if score not in (None, "softmax"):
+        d.gap("scoring_func", score, "DeepseekV2TopkRouter always scores with softmax", "moe.router.score")
+    if method is not None and method not in ("greedy", "group_limited_greedy"):
+        c.bad("topk_method", f"{shown(method)}: DeepseekV2TopkRouter knows greedy and group_limited_greedy")
+    if c.bool("norm_topk_prob"):
+        d.gap(
+            "norm_topk_prob",
+            True,
+            "transformers' DeepseekV2TopkRouter ignores it while DeepSeek's own code renormalises: ambiguous",
+            "moe.router.normalize_topk",
+        )
+    _router(
+        d,
+        "DeepseekV2TopkRouter: softmax over all experts, top-k, no renormalisation",
+        score="softmax",
+        softmax_after_topk=False,
+        normalize_topk=False,
+    )
+    if method == "group_limited_greedy":
+        d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+        d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+        d.put("moe.router.group_score", "max", "group_limited_greedy: a group scores its best expert")
+    else:
+        c.value("n_group")
+        c.value("topk_group")
+    n_mtp = c.value("num_nextn_predict_layers")
+    if n_mtp:
+        d.gap("num_nextn_predict_layers", n_mtp, "MTP on deepseek_v2 (only deepseek_v3 maps it)", "mtp")
 
 
 def _deepseek_v2(c: HFConfig, d: Draft) -> None:
@@ -770,41 +668,26 @@ def _llama4_text(c: HFConfig, d: Draft) -> None:
     _base(c, d, "Llama-4")
     b = c.bool("attention_bias")
     _gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
-    n = d.n_layers
-    interval = c.int("no_rope_layer_interval")
-    use_rope = c.int_list("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
-    if len(use_rope) != n:
-        c.bad("no_rope_layers", f"expected {n} entries (1 = this layer uses rope)")
-        use_rope = [1] * n
-    d.rope = [bool(u) for u in use_rope]
-    d.rope_note = (
-        "no_rope_layers (1 = rope)"
-        if c.given("no_rope_layers") and c.value("no_rope_layers")
-        else f"NoPE where (i+1) % no_rope_layer_interval ({interval}) == 0"
-    )
-    types = c.value("layer_types") or ["chunked_attention" if u else "full_attention" for u in use_rope]
-    if not isinstance(types, list) or len(types) != n or set(types) - {"chunked_attention", "full_attention"}:
-        c.bad("layer_types", f"expected {n} entries, each chunked_attention or full_attention")
-        types = []
-    chunk = c.int("attention_chunk_size", optional=True)
-    chunked = [t == "chunked_attention" for t in types] if types else [False] * n
+    _llama4_rope_layers(c, d)
     d.layer_attention["chunk"] = (
-        [chunk if ch else None for ch in chunked],
+        _llama4_chunks(c, d),
         "attention_chunk_size on the layer_types 'chunked_attention' layers",
     )
-    if c.bool("use_qk_norm"):
+    qk_norm = c.bool("use_qk_norm")
+    if qk_norm:
         d.put("attention.qk_norm_kind", "l2", "use_qk_norm: Llama4TextL2Norm (weightless, eps rms_norm_eps)")
     d.layer_attention["qk_norm"] = (
-        [c.bool("use_qk_norm") and r for r in d.rope],
+        [qk_norm and r for r in d.rope],
         "use_qk_norm: Llama4TextAttention builds its qk_norm on the rope layers only",
     )
-    floor_scale, attn_scale = c.value("floor_scale"), c.value("attn_scale")
-    tuned = [c.bool("attn_temperature_tuning") and not r for r in d.rope]
+    tuning = c.bool("attn_temperature_tuning")
+    tuned = [tuning and not r for r in d.rope]
     if any(tuned):
-        if not isinstance(floor_scale, (int, float)) or isinstance(floor_scale, bool) or floor_scale <= 0:
-            c.bad("floor_scale", f"{floor_scale!r}: expected a positive number")
-        elif not isinstance(attn_scale, (int, float)) or isinstance(attn_scale, bool) or attn_scale < 0:
-            c.bad("attn_scale", f"{attn_scale!r}: expected a non-negative number")
+        floor_scale, attn_scale = c.value("floor_scale"), c.value("attn_scale")
+        if not is_number(floor_scale) or floor_scale <= 0:
+            c.bad("floor_scale", f"{shown(floor_scale)}: expected a positive number")
+        elif not is_number(attn_scale) or attn_scale < 0:
+            c.bad("attn_scale", f"{shown(attn_scale)}: expected a non-negative number")
         else:
             d.put("attention.temperature_tuning.floor_scale", float(floor_scale), c.src("floor_scale"))
             d.put("attention.temperature_tuning.scale", float(attn_scale), c.src("attn_scale"))
@@ -825,14 +708,52 @@ def _llama4_text(c: HFConfig, d: Draft) -> None:
         d_ff_shared=(c.int("intermediate_size"), c.src("intermediate_size")),
     )
     _aux(c, d)
-    moe_layers = c.int_list("moe_layers") if c.value("moe_layers") is not None else None
+    _llama4_moe_layers(c, d)
+
+
+def _llama4_rope_layers(c: HFConfig, d: Draft) -> None:
+    """no_rope_layers (1 = rope), else NoPE on every no_rope_layer_interval-th layer."""
+    n = d.n_layers
+    interval = c.int("no_rope_layer_interval")
+    use_rope = c.int_list("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if len(use_rope) != n:
+        if d.layers_known:
+            c.bad("no_rope_layers", f"{len(use_rope)} entries for {n} layers (1 = this layer uses rope)")
+        use_rope = [1] * n
+    d.rope = [bool(u) for u in use_rope]
+    d.rope_note = (
+        "no_rope_layers (1 = rope)"
+        if c.given("no_rope_layers") and c.value("no_rope_layers")
+        else f"NoPE where (i+1) % no_rope_layer_interval ({interval}) == 0"
+    )
+
+
+def _llama4_chunks(c: HFConfig, d: Draft) -> list[int | None]:
+    """Per layer: attention_chunk_size on the layer_types 'chunked_attention' layers (default: the rope ones)."""
+    n = d.n_layers
+    chunk = c.int("attention_chunk_size", optional=True)
+    default = ["chunked_attention" if r else "full_attention" for r in d.rope]
+    types = c.str_list("layer_types") if c.value("layer_types") else default
+    if types is not None and len(types) != n and d.layers_known:
+        c.bad("layer_types", f"{len(types)} entries for {n} layers")
+    if types is None or len(types) != n or not _all_known(c, "layer_types", types, _LLAMA4_LAYER_TYPES):
+        return [None] * n
+    return [chunk if t == "chunked_attention" else None for t in types]
+
+
+_LLAMA4_LAYER_TYPES = ("chunked_attention", "full_attention")
+
+
+def _llama4_moe_layers(c: HFConfig, d: Draft) -> None:
+    """moe_layers, else every interleave_moe_layer_step-th layer; the others are dense MLPs."""
     step = c.int("interleave_moe_layer_step")
-    if moe_layers is None:
-        moe_layers = list(range(step - 1, n, step))
-        d.ffn_note = f"MoE on layers range(interleave_moe_layer_step - 1, n, {step}) (HF: (i+1) % step == 0)"
-    else:
+    if c.value("moe_layers") is not None:
+        moe_layers = set(c.int_list("moe_layers"))
         d.ffn_note = "moe_layers"
-    d.ffn = ["moe" if i in moe_layers else "dense" for i in range(n)]
+    else:
+        moe_layers = set(range(step - 1, d.n_layers, step))
+        d.ffn_note = f"MoE on layers range(interleave_moe_layer_step - 1, n, {step}) (HF: (i+1) % step == 0)"
+    d.ffn = ["moe" if i in moe_layers else "dense" for i in range(d.n_layers)]
     if "dense" in d.ffn:
         _dense_ffn(c, d, key="intermediate_size_mlp", bias_src="Llama4TextMLP has no biases")
     else:

@@ -34,7 +34,8 @@ class RankParams:
     other: int  # every other tensor, unpadded local numel
     experts_padded: int  # what FSDP2 allocates: each tensor's FSDP dim 0 padded to a multiple of its shard count
     other_padded: int
-    frozen_padded: int  # the frozen share of experts_padded + other_padded (no gradient, no optimizer state)
+    frozen_experts_padded: int  # the frozen share of experts_padded (no gradient, no optimizer state)
+    frozen_other_padded: int  # the frozen share of other_padded
 
     @property
     def total(self) -> int:
@@ -43,6 +44,10 @@ class RankParams:
     @property
     def total_padded(self) -> int:
         return self.experts_padded + self.other_padded
+
+    @property
+    def frozen_padded(self) -> int:
+        return self.frozen_experts_padded + self.frozen_other_padded
 
 
 def chunk_rows(n: int, parts: int, index: int) -> int:
@@ -103,11 +108,12 @@ def rank_params(plan: ResolvedModel, layout: Layout, rank: int = 0) -> RankParam
     stage, j = divmod(rank, layout.dp_shard * layout.tp)
     dp, tp_index = divmod(j, layout.tp)
     frozen = frozen_components(plan)
-    counts = {"experts": 0, "other": 0, "experts_padded": 0, "other_padded": 0, "frozen_padded": 0}
+    counts = dict.fromkeys(("experts", "other", "experts_padded", "other_padded"), 0)
+    counts |= {"frozen_experts_padded": 0, "frozen_other_padded": 0}
     for t in stage_tensors(plan, layout.pp, stage):
         unpadded, padded = local_numel(t, layout, dp, tp_index)
         group = "experts" if t.expert else "other"
         counts[group] += unpadded
         counts[f"{group}_padded"] += padded
-        counts["frozen_padded"] += padded if t.component in frozen else 0
+        counts[f"frozen_{group}_padded"] += padded if t.component in frozen else 0
     return RankParams(**counts)

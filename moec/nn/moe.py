@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -40,6 +41,14 @@ class MoEAux:
     dropped: torch.Tensor  # () int64, dropped slots
 
 
+class ExpertDispatch(Protocol):
+    """What :attr:`Experts.dispatcher` must be: the same contract as ``Experts.forward``, given the module."""
+
+    def __call__(
+        self, experts: Experts, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType
+    ) -> torch.Tensor: ...
+
+
 def _normal_(t: torch.Tensor, fan_in: int) -> None:
     nn.init.normal_(t, std=1 / math.sqrt(fan_in))
 
@@ -58,6 +67,9 @@ class Experts(nn.Module):
         self.w_down = nn.Parameter(torch.empty(E, f, d_model, **kw))
         self.b_gate_up = nn.Parameter(torch.empty(E, width, **kw)) if plan.bias else None
         self.b_down = nn.Parameter(torch.empty(E, d_model, **kw)) if plan.bias else None
+        # expert parallelism installs an object here (moec.dist.ExpertDispatcher, docs/scaling.md "Running
+        # distributed") that moves the routed rows to the rank holding their expert and back; None: all local
+        self.dispatcher: ExpertDispatch | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -70,6 +82,9 @@ class Experts(nn.Module):
                 nn.init.zeros_(b)
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType):
+        """x (T, d), topk_idx / topk_w (T, k) → (T, d) = Σ_j topk_w · FFN_{topk_idx}(x)."""
+        if self.dispatcher is not None:
+            return self.dispatcher(self, x, topk_idx, topk_w, kernels)
         return kernels.expert_ffn(
             x, topk_idx, topk_w, self.w_gate_up, self.w_down,
             activation=self.activation, b_gate_up=self.b_gate_up, b_down=self.b_down,
@@ -193,6 +208,7 @@ class MoE(nn.Module):
             _KERNELS[key] = get_backend(self.backend, device=str(device))
         return _KERNELS[key]
 
-    def update_bias(self) -> None:
-        """Aux-loss-free balancing step; see :meth:`Router.update_bias`."""
-        self.router.update_bias()
+    def update_bias(self, group: torch.distributed.ProcessGroup | None = None) -> None:
+        """Aux-loss-free balancing step; see :meth:`Router.update_bias` (``group``: the data-parallel
+        process group whose loads are summed first, so every rank takes the same step)."""
+        self.router.update_bias(group)

@@ -221,11 +221,17 @@ class Router(nn.Module):
         return (E * (f * P).sum(-1)).mean()
 
     @torch.no_grad()
-    def update_bias(self) -> None:
+    def update_bias(self, group: torch.distributed.ProcessGroup | None = None) -> None:
         """Aux-loss-free balancing (DeepSeek-V3): nudge each expert's selection bias by ±rate toward the
-        mean load, then reset the counts. Call once per optimizer step (torchtitan: a pre-step hook)."""
+        mean load, then reset the counts. Call once per optimizer step (torchtitan: a pre-step hook).
+        ``group``: a torch.distributed process group (the data-parallel ranks): the loads are summed over
+        it first, so every rank takes the same step and the biases stay identical (docs/scaling.md)."""
         rate = self.plan.bias_update_rate
         if rate is None or self.expert_load is None or self.expert_bias is None:
             return
+        if group is not None:
+            import torch.distributed as dist  # only distributed callers pass a group
+
+            dist.all_reduce(self.expert_load, group=group)
         self.expert_bias += rate * torch.sign(self.expert_load.mean() - self.expert_load)
         self.expert_load.zero_()

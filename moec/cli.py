@@ -12,6 +12,7 @@ from moec.commands.analyze import analyze, diff, list_specs, schema, validate
 from moec.commands.bench import bench
 from moec.commands.build import build
 from moec.commands.hf import export_hf, import_hf
+from moec.commands.plan import plan
 from moec.commands.smoke import smoke_run
 
 
@@ -21,7 +22,7 @@ def cli() -> None:
     """moec: Mixture-of-Experts architecture compiler and analyzer."""
 
 
-for _cmd in (analyze, diff, validate, schema, list_specs, build, smoke_run, bench, import_hf, export_hf):
+for _cmd in (analyze, diff, validate, schema, list_specs, build, smoke_run, bench, import_hf, export_hf, plan):
     cli.add_command(_cmd)
 
 

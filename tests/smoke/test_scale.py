@@ -57,7 +57,7 @@ def test_auto_shrinks_until_the_analyzer_says_it_fits():
     n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("mtp."))
     activations = analyze(f.plan, seq=1024, batch=4).memory.activation_bytes_estimate
     assert f.bytes_needed == 16 * n + activations
-    # the largest power-of-two width that fits: twice as wide would not
+    # a power-of-two width, chosen by the budget: a larger budget fits a wider model
     d = f.plan.d_model
     assert d & (d - 1) == 0
     wider = fit(plan, scale="auto", budget_bytes=budget * 64, batch=4, seq=1024)

@@ -161,12 +161,14 @@ class Attention(nn.Module):
         check_input(x, self.d_model, "attention")
         B, S, _ = x.shape
         p = self.plan
-        h, kv, hd = p.n_heads, p.n_kv_heads, p.head_dim
+        hd = p.head_dim
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, S, h·hd), (B, S, kv·hd) ×2
         if p.qk_norm and p.qk_norm_scope == "projection":
             q, k = self.q_norm(q), self.k_norm(k)  # OLMoE
         if p.clip_qkv is not None:  # DBRX, OLMoE: after any projection norm
             q, k, v = (t.clamp(-p.clip_qkv, p.clip_qkv) for t in (q, k, v))
+        # head counts from the widths, not the plan: under tensor parallelism this rank holds only its own heads
+        h, kv = q.shape[-1] // hd, k.shape[-1] // hd
         q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, hd)
         if p.qk_norm and p.qk_norm_scope == "head" and p.qk_norm_kind == "model":
             q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3

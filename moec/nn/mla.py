@@ -73,11 +73,12 @@ class MLA(nn.Module):
         """x (B, S, d); rope: (cos, sin), each (S, qk_rope_head_dim), or None without rotary positions."""
         check_input(x, self.d_model, "MLA")
         B, S, _ = x.shape
-        h, nope, r, dv = self.n_heads, self.nope, self.rope_dim, self.v_dim
+        nope, r, dv = self.nope, self.rope_dim, self.v_dim  # head counts come from the shapes (TP: local heads)
         if self.q_proj is not None:
             q = self.q_proj(x)
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
+        h = q.shape[-1] // (nope + r)
         q = q.view(B, S, h, nope + r).transpose(1, 2)  # (B, h, S, nope + r)
         q_nope, q_rot = q.split([nope, r], dim=-1)
 

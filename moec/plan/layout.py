@@ -102,7 +102,7 @@ def _model_problems(plan: ResolvedModel, layout: Layout, *, check_ep_block: bool
 
 def _expert_problems(plan: ResolvedModel, layout: Layout, check_ep_block: bool) -> list[FieldProblem]:
     ep = layout.ep
-    if ep == 1:
+    if ep <= 1:  # a non-positive ep is already reported
         return []
     experts = sorted({lp.ffn.n_experts for lp in (*plan.layers, *plan.mtp) if isinstance(lp.ffn, MoEPlan)})
     if not experts:
@@ -124,7 +124,7 @@ def _expert_problems(plan: ResolvedModel, layout: Layout, check_ep_block: bool) 
 def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem]:
     """TP splits attention heads and FFN columns across ranks, so each must divide evenly; a norm over a
     whole projection (OLMoE's qk-norm) would need every head on one rank."""
-    if tp == 1:
+    if tp <= 1:  # a non-positive tp is already reported
         return []
     widths: dict[str, set[int]] = {"n_heads": set(), "n_kv_heads": set(), "d_ff": set(), "shared experts' width": set()}
     projection_norm = False

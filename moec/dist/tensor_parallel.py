@@ -1,0 +1,150 @@
+"""Tensor parallelism (Megatron-style) for attention and the dense FFNs (docs/scaling.md, "Running
+distributed").
+
+Attention: q/k/v column-parallel (each rank computes its own heads; the modules read their local head count
+from the tensor shapes), o row-parallel (the partial outputs are summed). A per-head qk-norm runs on each
+rank's heads, its weight replicated. MLA: the query and key/value up-projections column-parallel, the latent
+down-projections replicated (every head needs the whole latent).
+
+Dense FFNs (the dense layers and the shared experts): ``w_gate_up`` column-parallel, ``w_down`` row-parallel.
+For gated activations the fused ``[gate | up]`` columns cannot simply be cut in tp pieces (rank 0 would get
+only gate columns): they are stored in *rank order* ``[gate_0 | up_0 | gate_1 | up_1 | …]``, so each rank's
+shard is its own ``[gate_r | up_r]``. moec.dist.state translates to and from the single-process order.
+
+Routed experts are not tensor-parallel here: with tp > 1 they are replicated over the tp ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from moec.kernels import GATED
+from moec.kernels.naive import activate
+from moec.nn.attention import Attention
+from moec.nn.ffn import DenseFFN
+from moec.nn.mla import MLA
+from moec.nn.moe import MoE
+
+
+class TensorParallelError(ValueError):
+    """A module tensor parallelism cannot split, naming the feature."""
+
+
+def to_rank_order(t: torch.Tensor, dim: int, parts: int) -> torch.Tensor:
+    """[gate | up] along ``dim`` → [gate_0 | up_0 | … | gate_{p-1} | up_{p-1}] (each half cut in ``parts``)."""
+    gate, up = t.chunk(2, dim)
+    pieces = [c for pair in zip(gate.chunk(parts, dim), up.chunk(parts, dim), strict=True) for c in pair]
+    return torch.cat(pieces, dim)
+
+
+def from_rank_order(t: torch.Tensor, dim: int, parts: int) -> torch.Tensor:
+    """The inverse of :func:`to_rank_order`."""
+    pieces = t.chunk(2 * parts, dim)
+    return torch.cat([*pieces[0::2], *pieces[1::2]], dim)
+
+
+def local(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+class TensorParallelFFN(nn.Module):
+    """A :class:`moec.nn.ffn.DenseFFN` split over a TP mesh, with the same parameter names and full shapes.
+
+    x (…, d), replicated → (…, d), replicated: the local columns, the activation on them, the local rows of
+    ``w_down``, then one all-reduce of the partial sums (and its mirror on the input gradient)."""
+
+    def __init__(self, ffn: DenseFFN, mesh: DeviceMesh):
+        super().__init__()
+        self.mesh, self.d_model, self.d_ff, self.activation = mesh, ffn.d_model, ffn.d_ff, ffn.activation
+        self.alpha, self.limit = ffn.alpha, ffn.limit
+        tp = mesh.size()
+        if ffn.d_ff % tp:
+            raise TensorParallelError(f"d_ff = {ffn.d_ff} does not divide by tp = {tp}")
+        # columns kept in rank order for gated activations (parts = tp); 1 = the plain order
+        self.gate_up_parts = tp if ffn.activation in GATED else 1
+
+        def shard(p: torch.Tensor | None, dim: int | None, reorder: bool = False) -> nn.Parameter | None:
+            if p is None:
+                return None
+            data = to_rank_order(p.data, dim, tp) if reorder and self.gate_up_parts > 1 else p.data
+            placement = Replicate() if dim is None else Shard(dim)
+            return nn.Parameter(distribute_tensor(data, mesh, [placement]), requires_grad=p.requires_grad)
+
+        self.w_gate_up = shard(ffn.w_gate_up, 1, reorder=True)  # (d, 2f): shard (d, 2f/tp)
+        self.w_down = shard(ffn.w_down, 0)  # (f, d): shard (f/tp, d)
+        self.b_gate_up = shard(ffn.b_gate_up, 0, reorder=True)
+        self.b_down = shard(ffn.b_down, None)  # added once, after the sum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # identity forward; the backward sums the input gradient's per-rank parts
+        x = DTensor.from_local(x, self.mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+        h = x @ local(self.w_gate_up)  # (…, 2f/tp): this rank's [gate_r | up_r]
+        if self.b_gate_up is not None:
+            h = h + local(self.b_gate_up)
+        y = activate(h, self.activation, alpha=self.alpha, limit=self.limit) @ local(self.w_down)  # (…, d) partial
+        y = DTensor.from_local(y, self.mesh, [Partial()], run_check=False).redistribute(self.mesh, [Replicate()])
+        y = y.to_local()
+        return y if self.b_down is None else y + local(self.b_down)
+
+
+def gate_up_orders(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{state-dict name: (dim, parts)} of every parameter kept in rank order."""
+    orders = {}
+    for name, m in model.named_modules():
+        if isinstance(m, TensorParallelFFN) and m.gate_up_parts > 1:
+            prefix = _fqn(name)
+            orders[f"{prefix}w_gate_up"] = (1, m.gate_up_parts)
+            if m.b_gate_up is not None:
+                orders[f"{prefix}b_gate_up"] = (0, m.gate_up_parts)
+    return orders
+
+
+def _fqn(module_name: str) -> str:
+    """The state-dict prefix of a submodule: FSDP and checkpoint wrappers add no names of their own here."""
+    return f"{module_name}." if module_name else ""
+
+
+def _attention_plan(attn: Attention | MLA) -> dict[str, object]:
+    p = attn.plan
+    if p.sinks:
+        raise TensorParallelError("attention sinks are not split by tensor parallelism yet")
+    if isinstance(attn, MLA):
+        up = {"q_proj": ColwiseParallel()} if attn.q_proj is not None else {"q_b_proj": ColwiseParallel()}
+        return up | {"kv_b_proj": ColwiseParallel(), "o_proj": RowwiseParallel()}
+    if p.qk_norm and p.qk_norm_kind == "model" and p.qk_norm_scope == "projection":
+        raise TensorParallelError("a qk-norm over the whole projection (qk_norm_scope: projection) spans every head")
+    plan: dict[str, object] = {name: ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj")}
+    plan["o_proj"] = RowwiseParallel()
+    if attn.q_norm is not None:  # per head, on (B, S, heads, head_dim): this rank's heads are dim 2
+        plan |= {"q_norm": SequenceParallel(sequence_dim=2), "k_norm": SequenceParallel(sequence_dim=2)}
+    return plan
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Split every attention module and dense FFN of ``model`` over ``tp_mesh`` in place (works on ``meta``)."""
+    _check_heads(model, tp_mesh.size())
+    for name, m in list(model.named_modules()):
+        if isinstance(m, MoE) and m.base is not None:
+            raise TensorParallelError(f"{name}: LoRA experts (expert_kind: lora) are not split by TP yet")
+        if isinstance(m, (Attention, MLA)):
+            parallelize_module(m, tp_mesh, _attention_plan(m))
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, DenseFFN):
+                setattr(m, child_name, TensorParallelFFN(child, tp_mesh))
+
+
+def _check_heads(model: nn.Module, tp: int) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, (Attention, MLA)):
+            heads = (m.plan.n_heads, m.plan.n_kv_heads) if isinstance(m, Attention) else (m.plan.n_heads,)
+            if any(h % tp for h in heads):
+                raise TensorParallelError(f"{name}: head counts {heads} do not divide by tp = {tp}")

@@ -1,4 +1,5 @@
-"""Accelerators the planner knows: memory, bandwidths and peak dense bf16 throughput, each with its source.
+"""Accelerators the planner knows: memory, bandwidths and peak dense bf16 throughput, each with its source
+(docs/scaling.md §7).
 
 Figures are the vendors' headline numbers (decimal units: 1 GB = 1e9 B, 1 TB/s = 1e12 B/s). Peak FLOP/s are
 the *dense* bf16 tensor-core figures: NVIDIA's tables lead with the 2:4-sparsity figure, which is twice the

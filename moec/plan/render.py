@@ -13,10 +13,11 @@ from moec.analyze.render import exact, human
 from moec.plan.accelerators import ACCELERATORS
 from moec.plan.report import SCHEMA, LayoutPlan
 
-CONVENTIONS = (
-    "states 16 B/trainable param (fp32 master, grad, 2 moments), FSDP-padded · a2a uniform routing · "
-    "activations: analyzer estimate, 1F1B in flight · estimate: peak FLOP/s, no overlap, for ranking only"
-)
+SHOWN_CONVENTIONS = ("states", "activations", "a2a", "step_estimate")  # the rest are in JSON's "conventions"
+
+
+def convention_line(p: LayoutPlan) -> str:
+    return " · ".join(f"{key}: {p.conventions[key]}" for key in SHOWN_CONVENTIONS)
 
 
 def layout_label(p: LayoutPlan) -> str:
@@ -93,7 +94,7 @@ def to_json(plans: list[LayoutPlan], *, searched: bool) -> str:
 
 def to_markdown(plans: list[LayoutPlan], *, searched: bool) -> str:
     best = plans[0]
-    lines = [f"<!-- {SCHEMA} -->", "", f"_{CONVENTIONS}_", ""]
+    lines = [f"<!-- {SCHEMA} -->", "", f"_{convention_line(best)}_", ""]
     if searched:
         lines += [f"### {best.name}: layouts ranked", "", _md_row(RANK_COLUMNS), "|" + "---:|" * len(RANK_COLUMNS)]
         lines += [_md_row(rank_row(i, p)) for i, p in enumerate(plans, 1)]
@@ -116,7 +117,7 @@ def print_tables(plans: list[LayoutPlan], *, searched: bool, console: Any = None
 
     con = console or Console()
     best = plans[0]
-    con.print(f"[dim]{CONVENTIONS}[/dim]")
+    con.print(f"[dim]{convention_line(best)}[/dim]")
     if searched:
         ranked = Table(title=f"{best.name}: layouts on {best.world} × {best.gpu}, ranked")
         for col in RANK_COLUMNS:

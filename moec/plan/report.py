@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from fractions import Fraction
+from math import isqrt
 from typing import Any
 
 from moec.analyze import analyze
@@ -91,17 +92,17 @@ class LayoutPlan:
 def conventions(w: Workload, micro_batches: int) -> dict[str, Any]:
     return {
         "mesh": "world = pp·dp_shard·tp; routed experts: ep·efsdp = dp_shard·tp (torchtitan)",
-        "states": "fp32 master + fp32 grad + 2 fp32 AdamW moments = 16 B per trainable param; frozen: dtype bytes",
+        "states": "16 B per trainable param (fp32 master, grad, 2 AdamW moments), dtype bytes per frozen one",
         "fsdp_padding": "each tensor's dim 0 padded to a multiple of its shard count",
         "fsdp_transient": "unsharded dtype params + fp32 grads of the two largest FSDP units",
-        "activations": "the analyzer's bf16 estimate × tokens/tp (sequence parallel) × micro-batches in flight (1F1B)",
+        "activations": "the analyzer's bf16 estimate × tokens/tp × micro-batches in flight (1F1B)",
         "kv_cache": f"inference, S={w.seq} × micro-batch {w.micro_batch}; GQA heads split by tp, MLA latent whole",
         "a2a": "2·k·d·b·(ep−1)/ep per token per MoE layer forward, uniform routing; ×2 for the backward",
         "fsdp_comms": "all-gather twice per micro-batch (reshard after forward), reduce-scatter once, fp32",
         "tp_comms": "8·(tp−1)/tp·tokens·d·b per block per micro-batch (sequence parallel)",
         "pp_comms": "tokens/tp·d·b per stage boundary per direction per micro-batch",
         "micro_batches": micro_batches,
-        "step_estimate": "peak dense FLOP/s, one-direction link (NIC beyond a node), no overlap; for ranking only",
+        "step_estimate": "peak FLOP/s, link or NIC bandwidth, no overlap; for ranking only",
         "dtype": w.dtype,
     }
 
@@ -206,12 +207,9 @@ def _estimate(
 def candidate_layouts(plan: ResolvedModel, world: int, max_tp: int) -> list[Layout]:
     """Every valid layout of ``world`` ranks with tp ≤ max_tp (TP stays inside a node)."""
     out = []
-    for tp in _divisors(world):
-        for pp in _divisors(world // tp):
-            if tp > max_tp:
-                continue
-            block = world // pp  # dp_shard·tp
-            for ep in _divisors(block):
+    for tp in (t for t in _divisors(world) if t <= max_tp):
+        for pp in (p for p in _divisors(world // tp) if p <= plan.n_layers):
+            for ep in _divisors(world // pp):  # ep tiles the dp_shard·tp block
                 layout = Layout(ep=ep, tp=tp, pp=pp)
                 if not layout.problems(plan, world):
                     out.append(layout.resolved(world))
@@ -231,7 +229,8 @@ def search(plan: ResolvedModel, world: int, gpu: str, workload: Workload) -> lis
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def _number(x: Fraction) -> int | float:

@@ -1,1 +1,158 @@
-CASES: dict = {}
+"""Worker checks of distributed training (run by moec.dist._selftest; asserted in tests/dist).
+
+Each rank trains the single-process model on the whole batch itself (the reference), then the same model
+under a layout, fed its share of the batch, for the same steps: AdamW, gradient clipping that bites, and the
+aux-loss-free bias step. The balance loss is per sequence, so the global batch's aux loss is the mean of the
+ranks' (a batch-level one is per local batch, GShard's groups, and would differ from one process by design).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+import moec.dist as md
+from moec.dist.expert_parallel import local
+from moec.nn import build_model
+from moec.nn import lm_loss as single_lm_loss
+from moec.nn.moe import Experts
+from moec.plan import Layout, rank_params
+from moec.spec import load_spec, resolve
+from moec.spec.plan import ResolvedModel
+
+SPEC = """
+moec: 1
+name: dist-train
+model: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 32, tie_embeddings: true}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 64}
+moe:
+  n_experts: 4
+  d_ff: 16
+  n_shared_experts: 1
+  bias: true
+  router: {top_k: 2, score: sigmoid, normalize_topk: true, selection_bias: true}
+  balance: {load_balance_coeff: 0.01, load_balance_granularity: sequence, z_loss_coeff: 0.001,
+            bias_update_rate: 0.01}
+layers:
+  default: {ffn: moe}
+  overrides: [{select: [0], ffn: dense}]
+"""
+BATCH, SEQ, STEPS, LR, MAX_NORM = 4, 16, 3, 1e-2, 0.5
+ADAM_EPS = 1e-6
+
+
+def train_plan() -> ResolvedModel:
+    return resolve(load_spec("dist-train.yaml", text=SPEC))
+
+
+def batches() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(0, 64, (BATCH, SEQ), generator=g) for _ in range(STEPS)]
+
+
+def reference_run(plan: ResolvedModel) -> dict:
+    """The single-process run: losses, gradient norms, final weights and selection biases."""
+    model = build_model(plan, device="cpu", seed=0, backend="reference")
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, eps=ADAM_EPS)
+    losses, norms = [], []
+    for tokens in batches():
+        logits, aux = model(tokens)
+        loss, _ = single_lm_loss(logits, tokens, aux)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM).item())
+        opt.step()
+        opt.zero_grad()
+        model.update_bias()
+        losses.append(loss.item())
+    return {"initial": initial, "final": model.state_dict(), "losses": losses, "norms": norms}
+
+
+def _expert_bias(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([m.expert_bias for n, m in model.named_modules() if n.endswith("router")])
+
+
+def _numel(model: torch.nn.Module) -> dict[str, int]:
+    experts = {id(p) for m in model.modules() if isinstance(m, Experts) for p in m.parameters()}
+    counts = {"experts": 0, "other": 0}
+    for p in model.parameters():
+        counts["experts" if id(p) in experts else "other"] += local(p).numel()
+    return counts
+
+
+def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: bool, wrong_scaling: bool = False):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    meshes = md.build_mesh(layout, plan)
+    model = build_model(plan, device="meta", backend="reference")
+    md.parallelize(model, meshes, fsdp=fsdp)
+    if wrong_scaling:  # FSDP's default: the mean over each unit's group, and a loss left per rank
+        for m in model.modules():
+            if hasattr(m, "set_gradient_divide_factor"):
+                m.set_gradient_divide_factor(float((meshes.efsdp if isinstance(m, Experts) else meshes.dp).size()))
+    md.load_full_state_dict(model, ref["initial"] if rank == 0 else None)
+    numel = _numel(model)
+    tied = model.lm_head.weight is model.embed.weight
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, eps=ADAM_EPS)
+    share = BATCH // meshes.dp.size()
+    mine = slice(meshes.dp.get_local_rank() * share, (meshes.dp.get_local_rank() + 1) * share)
+    losses, norms = [], []
+    for tokens in batches():
+        tokens = tokens[mine]
+        logits, aux = model(tokens)
+        loss, _ = md.lm_loss(logits, tokens, aux, meshes.batch_group)
+        if wrong_scaling:
+            loss, _ = single_lm_loss(logits, tokens, aux)
+        loss.backward()
+        if not fsdp:
+            md.sync_gradients(model, meshes)
+        norms.append(md.clip_grad_norm_(model.parameters(), MAX_NORM).item())
+        opt.step()
+        opt.zero_grad()
+        md.update_bias(model, meshes.batch_group)
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss, group=meshes.batch_group)
+        losses.append(global_loss.item() / (meshes.dp.size() if wrong_scaling else 1))
+    final = md.full_state_dict(model)
+    biases = [torch.empty_like(_expert_bias(model)) for _ in range(world)]
+    dist.all_gather(biases, _expert_bias(model))
+    out = {
+        "loss_diff": max(abs(a - b) for a, b in zip(losses, ref["losses"], strict=True)),
+        "norm_diff": max(abs(a - b) for a, b in zip(norms, ref["norms"], strict=True)),
+        "norms": norms,
+        "bias_spread_across_ranks": max((b - biases[0]).abs().max().item() for b in biases),
+        "bias_diff_vs_reference": (biases[rank] - _expert_bias_of(ref["final"])).abs().max().item(),
+        "numel": numel,
+        "tied_after_load": tied,
+        "planned_numel": _planned(plan, layout, rank),
+    }
+    if rank == 0:
+        out["param_diff"] = max((final[k] - v).abs().max().item() for k, v in ref["final"].items())
+        out["worst"] = max(ref["final"], key=lambda k: (final[k] - ref["final"][k]).abs().max().item())
+        out["names_equal"] = sorted(final) == sorted(ref["final"])
+    return out
+
+
+def _expert_bias_of(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v for k, v in state.items() if k.endswith("router.expert_bias")])
+
+
+def _planned(plan: ResolvedModel, layout: Layout, rank: int) -> dict[str, int]:
+    counts = rank_params(plan, layout.resolved(dist.get_world_size()), rank)
+    return {"experts": counts.experts, "other": counts.other}
+
+
+def train_case() -> dict:
+    plan = train_plan()
+    ref = reference_run(plan)
+    world = dist.get_world_size()
+    return {
+        "reference_norms": ref["norms"],
+        "fsdp": distributed_run(plan, ref, Layout(), fsdp=True),
+        "ep": distributed_run(plan, ref, Layout(ep=world), fsdp=False),
+        "ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True),
+        "ep_fsdp_default_division": distributed_run(plan, ref, Layout(ep=world), fsdp=True, wrong_scaling=True),
+    }
+
+
+CASES = {"train": train_case}

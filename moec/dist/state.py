@@ -26,7 +26,13 @@ def load_full_state_dict(
     (running counts, such as the routers' expert loads) start at zero."""
     if dist.get_rank() == 0 and full is None:
         raise ValueError("rank 0 must pass the full state dict to load_full_state_dict")
+    owners = _shared_parameters(model)
     model.to_empty(device=device)
+    for group in owners:  # to_empty gives each owner its own new tensor: tie them again (tied embeddings)
+        first = getattr(*group[0])
+        for module, name in group[1:]:
+            if getattr(module, name) is not first:
+                setattr(module, name, first)
     with torch.no_grad():
         for m in model.modules():
             for name in m._non_persistent_buffers_set:
@@ -38,6 +44,15 @@ def load_full_state_dict(
         orders = gate_up_orders(model)
         sd = {k: to_rank_order(v, *orders[k]) if k in orders else v for k, v in full.items()}
     set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """(module, name) of every owner of each parameter that more than one module holds."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append((m, name))
+    return [group for group in owners.values() if len(group) > 1]
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -56,6 +56,13 @@ def local(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+def sum_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """Identity forward; the backward sums the gradient over ``mesh`` (Megatron's "f"): for a replicated
+    activation that each rank feeds only to its own heads or columns, so each rank holds one part of its
+    gradient."""
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
 class TensorParallelFFN(nn.Module):
     """A :class:`moec.nn.ffn.DenseFFN` split over a TP mesh, with the same parameter names and full shapes.
 
@@ -85,8 +92,7 @@ class TensorParallelFFN(nn.Module):
         self.b_down = shard(ffn.b_down, None)  # added once, after the sum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # identity forward; the backward sums the input gradient's per-rank parts
-        x = DTensor.from_local(x, self.mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+        x = sum_grad(x, self.mesh)
         h = x @ local(self.w_gate_up)  # (…, 2f/tp): this rank's [gate_r | up_r]
         if self.b_gate_up is not None:
             h = h + local(self.b_gate_up)
@@ -113,6 +119,12 @@ def _fqn(module_name: str) -> str:
     return f"{module_name}." if module_name else ""
 
 
+def _head_norm() -> SequenceParallel:
+    """A norm over head_dim on (B, S, heads, head_dim) whose dim 2 holds this rank's heads: the weight stays
+    whole on every rank and its gradient is summed over the ranks (SequenceParallel on the heads dim)."""
+    return SequenceParallel(sequence_dim=2, use_local_output=True)
+
+
 def _attention_plan(attn: Attention | MLA) -> dict[str, object]:
     p = attn.plan
     if p.sinks:
@@ -125,7 +137,7 @@ def _attention_plan(attn: Attention | MLA) -> dict[str, object]:
     plan: dict[str, object] = {name: ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj")}
     plan["o_proj"] = RowwiseParallel()
     if attn.q_norm is not None:  # per head, on (B, S, heads, head_dim): this rank's heads are dim 2
-        plan |= {"q_norm": SequenceParallel(sequence_dim=2), "k_norm": SequenceParallel(sequence_dim=2)}
+        plan |= {"q_norm": _head_norm(), "k_norm": _head_norm()}
     return plan
 
 
@@ -137,9 +149,24 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
             raise TensorParallelError(f"{name}: LoRA experts (expert_kind: lora) are not split by TP yet")
         if isinstance(m, (Attention, MLA)):
             parallelize_module(m, tp_mesh, _attention_plan(m))
+        if isinstance(m, MLA):
+            m.kv_a_proj_with_mqa.register_forward_hook(_RotaryKeyGrad(m.plan.kv_lora_rank, tp_mesh))
         for child_name, child in list(m.named_children()):
             if isinstance(child, DenseFFN):
                 setattr(m, child_name, TensorParallelFFN(child, tp_mesh))
+
+
+class _RotaryKeyGrad:
+    """A forward hook on MLA's kv_a_proj_with_mqa. Its latent columns reach every head through the column-
+    parallel kv_b_proj, whose backward already sums their gradient; the rotary key columns go straight to this
+    rank's heads, so their gradient is summed here."""
+
+    def __init__(self, kv_lora_rank: int, mesh: DeviceMesh):
+        self.kv_lora_rank, self.mesh = kv_lora_rank, mesh
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        latent, k_rot = out.split([self.kv_lora_rank, out.shape[-1] - self.kv_lora_rank], dim=-1)
+        return torch.cat((latent, sum_grad(k_rot, self.mesh)), dim=-1)
 
 
 def _check_heads(model: nn.Module, tp: int) -> None:

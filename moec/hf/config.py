@@ -27,7 +27,7 @@ from moec.errors import Problem, SpecError
 from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig, shown
 from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
 from moec.hf.families import FAMILIES, layer_pattern
-from moec.hf.jsontext import KeyLocator, parse_config
+from moec.hf.jsontext import KeyLocator, parse_object
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -53,7 +53,7 @@ def read_hf_config(source: Source) -> tuple[dict[str, Any], str, str]:
         p = p / "config.json"
     file = str(p)
     text = read_text_file(file, max_bytes=MAX_CONFIG_BYTES, kind="config.json")
-    return parse_config(text, file), file, text
+    return parse_object(text, file), file, text
 
 
 # ---------------------------------------------------------------------------------------------

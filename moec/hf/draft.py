@@ -7,6 +7,7 @@ the fields that never matter (:data:`INERT`). The translators themselves are in 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,9 +77,14 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlist = _SHORT.maxdict = 8
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
 def shown(v: Any, limit: int = 60) -> str:
-    """A value as a message quotes it: its repr, cut short (a config can hold a list of thousands)."""
-    s = repr(v)
+    """A value as a message quotes it: its repr, cut short without first writing out a list of thousands."""
+    s = _SHORT.repr(v)
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 

@@ -3,8 +3,8 @@
     config.json ──hf_to_model──▶ plan ──build on meta──▶ MoecModel
     safetensors ──read, renamed, re-laid-out, cast, put on the device──▶ its parameters
 
-**safetensors only.** ``pytorch_model.bin``, ``*.pt`` and the like are pickles, and unpickling can run
-arbitrary code; they are refused without being opened.
+The files are read by ``checkpoint.py``: safetensors only (pickles are refused unopened), and only tensors of
+a floating-point dtype.
 
 **Names and layouts** — what transformers 5.23's save_pretrained writes, what older releases hold, and
 transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names are in :mod:`moec.nn.model`):
@@ -35,165 +35,36 @@ transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names ar
   and ``shared_head.norm`` → ``mtp.{j}.*``; its ``embed_tokens`` and ``shared_head.head`` must equal the
   model's (moec shares them).
 
-Every parameter and persistent buffer of the moec model must be found, and every tensor of the
-checkpoint must be used (only rotary ``inv_freq`` caches, a tied model's duplicate ``lm_head.weight`` and
-unwanted MTP layers are let go); otherwise :class:`CheckpointError` lists them all.
+Every parameter and persistent buffer of the moec model must be found, of a floating-point dtype, and every
+tensor of the checkpoint must be used (only rotary ``inv_freq`` caches, a tied model's duplicate
+``lm_head.weight`` and unwanted MTP layers are let go); otherwise :class:`CheckpointError` lists them all.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable
 from os import PathLike
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from moec.errors import Problem, SpecError
-from moec.hf.config import hf_to_model, read_hf_config
+from moec.errors import Problem
+from moec.hf.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Missing,
+    NotFloat,
+    checkpoint_folder,
+    fail,
+    unquantized_model_type,
+)
+from moec.hf.config import hf_to_model
 from moec.nn.build import EXPLICIT_FRACTION, DoesNotFitError, available_bytes, build_model, weight_bytes
 from moec.nn.model import MoecModel
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
 # Tensors a checkpoint may hold that no moec parameter takes: rotary caches (old Llama-style saves)
 IGNORABLE = re.compile(r"(^|\.)rotary_emb\.(inv_freq|original_inv_freq)$")
-
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
-
-
-class CheckpointError(SpecError):
-    """A checkpoint that does not fit the model its config.json describes (or cannot be read safely).
-    A :class:`SpecError`, so the CLI prints every problem and exits 2; the lists are kept apart too."""
-
-    def __init__(
-        self,
-        problems: list[Problem],
-        *,
-        missing: Iterable[str] = (),
-        unexpected: Iterable[str] = (),
-        mismatched: Iterable[str] = (),
-    ):
-        super().__init__(problems)
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-
-
-def _fail(where: Path | str, message: str, path: str = "") -> CheckpointError:
-    return CheckpointError([Problem(str(where), None, None, path, message)])
-
-
-class _Missing(Exception):
-    def __init__(self, names: list[str]):
-        self.names = names
-
-
-# ---------------------------------------------------------------------------------------------
-# the checkpoint files
-
-
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: ``model.safetensors``, else the shards that
-    ``model.safetensors.index.json`` names (transformers' order of preference)."""
-    if (folder / SINGLE).is_file():
-        return [folder / SINGLE]
-    index = folder / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise _fail(index, f"not a safetensors index (a JSON object with a weight_map): {e}") from None
-        if not isinstance(weight_map, dict):
-            raise _fail(index, "weight_map must map tensor names to shard file names")
-        names = sorted(set(weight_map.values()), key=str)
-        for name in names:
-            # a shard is a plain file in this folder: no paths (nothing outside the folder is read)
-            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-                raise _fail(index, f"{name!r} is not a file name in the checkpoint folder", "weight_map")
-            if not name.endswith(".safetensors"):
-                raise _fail(index, f"{name!r} is not a safetensors file; only safetensors are loaded", "weight_map")
-            if not (folder / name).is_file():
-                raise _fail(index, f"names the shard {name!r}, which is not in {folder}", "weight_map")
-        return [folder / n for n in names]
-    pickles = sorted(
-        p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES or p.name.endswith(".bin.index.json")
-    )
-    if pickles:
-        raise _fail(
-            folder,
-            f"holds only pickle checkpoints ({', '.join(pickles)}), which moec refuses to open: unpickling can run "
-            "arbitrary code. Convert them to safetensors with a tool you trust (e.g. transformers' "
-            "save_pretrained), then load model.safetensors",
-        )
-    raise _fail(folder, f"holds no {SINGLE} and no {INDEX}")
-
-
-class Checkpoint:
-    """The tensors of a safetensors checkpoint, read on demand; remembers which ones were used."""
-
-    def __init__(self, folder: Path):
-        from safetensors import safe_open
-
-        self.folder = folder
-        self.file_of: dict[str, Path] = {}
-        self._files: dict[Path, Any] = {}
-        for path in checkpoint_files(folder):
-            try:
-                f = safe_open(str(path), framework="pt")
-            except Exception as e:  # safetensors raises its own error types for malformed headers
-                raise _fail(path, f"not a readable safetensors file: {e}") from None
-            self._files[path] = f
-            for name in f.keys():
-                if name in self.file_of:
-                    raise _fail(path, f"also in {self.file_of[name].name}: a tensor must be stored once", name)
-                self.file_of[name] = path
-        self.used: set[str] = set()
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.file_of
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self.file_of:
-            raise _Missing([name])
-        self.used.add(name)
-        return self._files[self.file_of[name]].get_tensor(name)
-
-    def get_all(self, names: list[str]) -> list[torch.Tensor]:
-        """Several tensors, reporting every absent one at once (a stack of per-expert weights)."""
-        absent = [n for n in names if n not in self.file_of]
-        if absent:
-            self.used.update(n for n in names if n in self.file_of)  # not unexpected: only incomplete
-            raise _Missing(absent)
-        return [self.get(n) for n in names]
-
-    def dtype_of(self, name: str) -> torch.dtype | None:
-        f = self._files[self.file_of[name]]
-        return _DTYPES.get(f.get_slice(name).get_dtype())
-
-    def numel_of(self, name: str) -> int:
-        n = 1
-        for s in self._files[self.file_of[name]].get_slice(name).get_shape():
-            n *= s
-        return n
-
-    def main_dtype(self) -> torch.dtype:
-        """The floating dtype holding most of the checkpoint's elements (fp32 if it has none)."""
-        by_dtype: dict[torch.dtype, int] = {}
-        for name in self.file_of:
-            dt = self.dtype_of(name)
-            if dt is not None and dt.is_floating_point:
-                by_dtype[dt] = by_dtype.get(dt, 0) + self.numel_of(name)
-        return max(by_dtype, key=by_dtype.__getitem__) if by_dtype else torch.float32
-
 
 # ---------------------------------------------------------------------------------------------
 # names: moec parameter → checkpoint tensor(s), per family
@@ -255,7 +126,7 @@ class Mapper:
             if rest.startswith("norm."):
                 return ck.get(self.layer(hf) + "shared_head." + rest)
             return ck.get(self.layer(hf) + rest)  # enorm, hnorm, eh_proj
-        raise _Missing([f"<no checkpoint name known for moec's {name}>"])
+        raise Missing([f"<no checkpoint name known for moec's {name}>"])
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
         """One decoder layer's ``part`` (attn_norm, attn, ffn_norm, ffn) parameter ``leaf``."""
@@ -270,7 +141,7 @@ class Mapper:
             if isinstance(lp.ffn, DenseFFNPlan):
                 return self.dense(p + "mlp.", leaf)
             return self.moe(p, lp.ffn, leaf)
-        raise _Missing([f"<no checkpoint name known for moec's layer part {part}.{leaf}>"])
+        raise Missing([f"<no checkpoint name known for moec's layer part {part}.{leaf}>"])
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         return self.ck.get(p + self.attn + leaf)  # moec keeps transformers' names, GQA and MLA alike
@@ -286,7 +157,7 @@ class Mapper:
             return torch.cat((ck.get(p + "gate_proj.bias"), ck.get(p + "up_proj.bias")))  # (2f,)
         if leaf == "b_down":
             return ck.get(p + "down_proj.bias")
-        raise _Missing([f"<no checkpoint name known for moec's FFN {leaf}>"])
+        raise Missing([f"<no checkpoint name known for moec's FFN {leaf}>"])
 
     # -- the MoE block ----------------------------------------------------------------------------
 
@@ -309,7 +180,7 @@ class Mapper:
             return self.dense(blk + self.shared, rest)
         if part == "shared_gate":  # Qwen2-MoE: sigmoid(Linear(d, 1)) on the shared expert's output
             return ck.get(blk + "shared_expert_gate." + rest)
-        raise _Missing([f"<no checkpoint name known for moec's MoE {leaf}>"])
+        raise Missing([f"<no checkpoint name known for moec's MoE {leaf}>"])
 
     def experts(self, blk: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         """Stacked routed experts in moec's layout: w_gate_up (E, d, 2f), w_down (E, f, d), b_* (E, ·)."""
@@ -329,7 +200,7 @@ class Mapper:
         if f"{blk}input_linear.weight" in ck:  # Granite as released: (E, 2f, d) [gate | up], (E, d, f)
             name = {"w_gate_up": "input_linear.weight", "w_down": "output_linear.weight"}.get(leaf)
             if name is None:
-                raise _Missing([f"{blk}{leaf}"])
+                raise Missing([f"{blk}{leaf}"])
             return ck.get(blk + name).transpose(1, 2)
         # stacked, as transformers holds them in memory
         if self.interleaved:  # gpt-oss: (E, d, 2f) alternate gate/up columns; (E, f, d); biases alike
@@ -341,7 +212,7 @@ class Mapper:
             return ck.get(e + "gate_up_proj").transpose(1, 2)  # (E, 2f, d) → (E, d, 2f)
         if leaf == "w_down":
             return ck.get(e + "down_proj").transpose(1, 2)  # (E, d, f) → (E, f, d)
-        raise _Missing([f"{e}{leaf}"])
+        raise Missing([f"{e}{leaf}"])
 
 
 class MixtralMapper(Mapper):
@@ -392,7 +263,7 @@ class Llama4Mapper(Mapper):
     def experts(self, blk: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         src = {"w_gate_up": "gate_up_proj", "w_down": "down_proj"}.get(leaf)  # (E, d, 2f) [gate | up], (E, f, d)
         if src is None:
-            raise _Missing([f"{blk}experts.{leaf}"])
+            raise Missing([f"{blk}experts.{leaf}"])
         return self.ck.get(f"{blk}experts.{src}")
 
 
@@ -412,7 +283,7 @@ class DbrxMapper(Mapper):
         q, kv = lp.attention.n_heads * lp.attention.head_dim, lp.attention.n_kv_heads * lp.attention.head_dim
         rows = {"q_proj.weight": (0, q), "k_proj.weight": (q, q + kv), "v_proj.weight": (q + kv, q + 2 * kv)}
         if leaf not in rows:
-            raise _Missing([f"{a}{leaf}"])
+            raise Missing([f"{a}{leaf}"])
         start, stop = rows[leaf]
         return self.ck.get(a + "Wqkv.weight")[start:stop]  # (q + 2·kv, d) rows [q | k | v]
 
@@ -430,7 +301,7 @@ class DbrxMapper(Mapper):
             return torch.cat((per_expert("w1").transpose(1, 2), per_expert("v1").transpose(1, 2)), dim=2)
         if leaf == "experts.w_down":  # DbrxExpertGLU: intermediate @ w2, so w2 is already [in, out]
             return per_expert("w2")
-        raise _Missing([f"{f}{leaf}"])
+        raise Missing([f"{f}{leaf}"])
 
 
 MAPPERS: dict[str, type[Mapper]] = {
@@ -480,8 +351,11 @@ def read_weights(
     for name, want in _targets(model).items():
         try:
             t = mapper.load(name)
-        except _Missing as e:
+        except Missing as e:
             missing.update({n: name for n in e.names})
+            continue
+        except NotFloat as e:
+            mismatched[e.name] = e.message(needed_by=name)
             continue
         except (IndexError, RuntimeError) as e:  # a tensor of the wrong rank or size for its re-layout
             mismatched[name] = f"the checkpoint's tensors cannot be laid out as the config's model needs ({e})"
@@ -528,7 +402,11 @@ def _shared_copies(ck: Checkpoint, mapper: Mapper, out: dict[str, torch.Tensor])
         for copy, own in ((p + "embed_tokens.weight", "embed.weight"), (p + "shared_head.head.weight", head)):
             if copy not in ck or own not in out:
                 continue
-            t = ck.get(copy)
+            try:
+                t = ck.get(copy)
+            except NotFloat as e:
+                problems.append(Problem(str(ck.folder), None, None, copy, e.message(needed_by=own)))
+                continue
             if t.shape != out[own].shape or not torch.equal(t.to(out[own]), out[own]):
                 msg = f"differs from the model's {own}, which moec's MTP module shares"
                 problems.append(Problem(str(ck.folder), None, None, copy, msg))
@@ -537,28 +415,6 @@ def _shared_copies(ck: Checkpoint, mapper: Mapper, out: dict[str, torch.Tensor])
 
 # ---------------------------------------------------------------------------------------------
 # public entry points
-
-
-def _folder(path: str | PathLike[str]) -> Path:
-    folder = Path(path)
-    if folder.is_file():  # a config.json or a weights file: its folder holds the checkpoint
-        folder = folder.parent
-    if not folder.is_dir():
-        raise _fail(folder, "no such checkpoint folder")
-    return folder
-
-
-def _model_type(folder: Path) -> str:
-    raw, file, _ = read_hf_config(folder)
-    q = raw.get("quantization_config")
-    if q:
-        method = q.get("quant_method", "?") if isinstance(q, dict) else "?"
-        raise _fail(
-            file,
-            f"a quantized checkpoint ({method}); moec loads unquantized safetensors only (dequantize it first)",
-            "quantization_config",
-        )
-    return raw["model_type"]
 
 
 def from_hf(
@@ -576,11 +432,9 @@ def from_hf(
     checkpoint holds them and leaves them out when it does not (transformers saves none); True requires
     them; False leaves them out. The model is returned in eval mode, as transformers' from_pretrained does.
     """
-    folder = _folder(path)
+    folder = checkpoint_folder(path)
     plan = hf_to_model(folder)
-    model_type = _model_type(folder)
-    if model_type not in MAPPERS:
-        raise _fail(folder, f"no weight mapping for model_type {model_type!r}", "model_type")
+    model_type = unquantized_model_type(folder, mapped=MAPPERS)
     ck = Checkpoint(folder)
     skip_mtp = False
     if plan.mtp:
@@ -589,7 +443,7 @@ def from_hf(
         if mtp is False or (mtp is None and not held):
             plan, skip_mtp = plan.replace(mtp=()), True
     elif mtp:
-        raise _fail(folder, "mtp=True, but the config has no MTP layers (num_nextn_predict_layers)", "mtp")
+        raise fail(folder, "mtp=True, but the config has no MTP layers (num_nextn_predict_layers)", "mtp")
     dtype = dtype or ck.main_dtype()
     device = torch.device(device)
     if device.type != "meta":
@@ -610,10 +464,8 @@ def from_hf(
 def load_hf_state_dict(model: MoecModel, path: str | PathLike[str]) -> None:
     """Load a Hugging Face checkpoint folder into an existing moec model of the same architecture: copied
     into its tensors (same device and dtypes), or, for a model on ``meta``, materialised on the CPU."""
-    folder = _folder(path)
-    model_type = _model_type(folder)
-    if model_type not in MAPPERS:
-        raise _fail(folder, f"no weight mapping for model_type {model_type!r}", "model_type")
+    folder = checkpoint_folder(path)
+    model_type = unquantized_model_type(folder, mapped=MAPPERS)
     targets = _targets(model)
     device = next(iter(targets.values())).device
     on_meta = device.type == "meta"

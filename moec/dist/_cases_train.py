@@ -96,7 +96,7 @@ def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: boo
     opt = torch.optim.AdamW(model.parameters(), lr=LR, eps=ADAM_EPS)
     share = BATCH // meshes.dp.size()
     mine = slice(meshes.dp.get_local_rank() * share, (meshes.dp.get_local_rank() + 1) * share)
-    losses, norms = [], []
+    losses, norms, signs = [], [], []
     for tokens in batches():
         tokens = tokens[mine]
         logits, aux = model(tokens)
@@ -109,6 +109,7 @@ def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: boo
         norms.append(md.clip_grad_norm_(model.parameters(), MAX_NORM).item())
         opt.step()
         opt.zero_grad()
+        signs.append(_local_load_signs(model, world))
         md.update_bias(model, meshes.batch_group)
         global_loss = loss.detach().clone()
         dist.all_reduce(global_loss, group=meshes.batch_group)
@@ -122,6 +123,7 @@ def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: boo
         "norms": norms,
         "bias_spread_across_ranks": max((b - biases[0]).abs().max().item() for b in biases),
         "bias_diff_vs_reference": (biases[rank] - _expert_bias_of(ref["final"])).abs().max().item(),
+        "local_bias_steps_differ": any(signs),
         "numel": numel,
         "tied_after_load": tied,
         "planned_numel": _planned(plan, layout, rank),
@@ -131,6 +133,16 @@ def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: boo
         out["worst"] = max(ref["final"], key=lambda k: (final[k] - ref["final"][k]).abs().max().item())
         out["names_equal"] = sorted(final) == sorted(ref["final"])
     return out
+
+
+def _local_load_signs(model: torch.nn.Module, world: int) -> bool:
+    """Whether a bias step on each rank's own loads would differ between ranks (so that the check of the
+    biases' agreement can fail)."""
+    loads = [m.expert_load for n, m in model.named_modules() if n.endswith("router")]
+    steps = torch.cat([torch.sign(load.mean() - load) for load in loads])
+    gathered = [torch.empty_like(steps) for _ in range(world)]
+    dist.all_gather(gathered, steps)
+    return any(not torch.equal(g, gathered[0]) for g in gathered)
 
 
 def _expert_bias_of(state: dict[str, torch.Tensor]) -> torch.Tensor:

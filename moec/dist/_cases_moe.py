@@ -10,6 +10,7 @@ and shared experts' gradients against this rank's tokens alone (they stay local 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from moec.dist.expert_parallel import apply_ep, local
 from moec.dist.mesh import build_mesh
+from moec.dist.tensor_parallel import apply_tp
+from moec.nn import build_model
 from moec.nn.moe import MoE
 from moec.plan.layout import Layout
 from moec.spec import load_spec, resolve
@@ -43,11 +46,13 @@ VARIANTS = {
     ),
     "input_gate": "{n_experts: 4, d_ff: 8, router: {top_k: 1, score: sigmoid, apply_to: input}}",
 }
+REFUSED = {"lora": "{n_experts: 4, d_ff: 8, expert_kind: lora, lora: {rank: 2}, router: {top_k: 2}}"}
 EXPERT_PARAMS = ("w_gate_up", "w_down", "b_gate_up", "b_down")
 
 
 def moe_plan(variant: str) -> MoEPlan:
-    plan = resolve(load_spec("dispatch.yaml", text=BASE + f"moe: {VARIANTS[variant]}\n")).layers[0].ffn
+    moe = VARIANTS.get(variant) or REFUSED[variant]
+    plan = resolve(load_spec("dispatch.yaml", text=BASE + f"moe: {moe}\n")).layers[0].ffn
     assert isinstance(plan, MoEPlan)
     return plan
 
@@ -174,11 +179,37 @@ def check_traffic(ep_mesh) -> dict:
     }
 
 
+def _message(call: Callable[[], object]) -> str | None:
+    try:
+        call()
+    except ValueError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def refusals(ep_mesh) -> dict[str, str | None]:
+    """What moec.dist says to layouts and models it cannot run (each message names the feature)."""
+    holder = nn.Module()
+    holder.moe = MoE(moe_plan("lora"), D, backend="reference")
+    sinks = BASE.replace("{n_heads: 2}", "{n_heads: 2, sinks: true}") + f"moe: {VARIANTS['dropless']}\n"
+    with_sinks = build_model(resolve(load_spec("sinks.yaml", text=sinks)), device="meta")
+    plan = resolve(load_spec("dispatch.yaml", text=BASE + f"moe: {VARIANTS['dropless']}\n"))
+    two = BASE.replace("n_layers: 1", "n_layers: 2") + f"moe: {VARIANTS['dropless']}\n"
+    two_layers = resolve(load_spec("two.yaml", text=two))
+    return {
+        "lora_ep": _message(lambda: apply_ep(holder, ep_mesh)),
+        "sinks_tp": _message(lambda: apply_tp(with_sinks, ep_mesh)),
+        "ep_3_of_4_experts": _message(lambda: build_mesh(Layout(ep=3), plan)),
+        "pp_2": _message(lambda: build_mesh(Layout(pp=2), two_layers)),
+    }
+
+
 def dispatcher_case() -> dict:
     world = dist.get_world_size()
     meshes = build_mesh(Layout(ep=world))
     out = {variant: check_variant(variant, meshes.ep) for variant in VARIANTS}
     out["traffic"] = check_traffic(meshes.ep)
+    out["refusals"] = refusals(meshes.ep)
     return out
 
 

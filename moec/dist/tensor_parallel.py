@@ -125,15 +125,17 @@ def _head_norm() -> SequenceParallel:
     return SequenceParallel(sequence_dim=2, use_local_output=True)
 
 
-def _attention_plan(attn: Attention | MLA) -> dict[str, object]:
+def _attention_plan(name: str, attn: Attention | MLA) -> dict[str, object]:
     p = attn.plan
     if p.sinks:
-        raise TensorParallelError("attention sinks are not split by tensor parallelism yet")
+        raise TensorParallelError(f"{name}: attention sinks (attention.sinks) are not split by tensor parallelism yet")
     if isinstance(attn, MLA):
         up = {"q_proj": ColwiseParallel()} if attn.q_proj is not None else {"q_b_proj": ColwiseParallel()}
         return up | {"kv_b_proj": ColwiseParallel(), "o_proj": RowwiseParallel()}
     if p.qk_norm and p.qk_norm_kind == "model" and p.qk_norm_scope == "projection":
-        raise TensorParallelError("a qk-norm over the whole projection (qk_norm_scope: projection) spans every head")
+        raise TensorParallelError(
+            f"{name}: a qk-norm over the whole projection (qk_norm_scope: projection) spans every head"
+        )
     plan: dict[str, object] = {name: ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj")}
     plan["o_proj"] = RowwiseParallel()
     if attn.q_norm is not None:  # per head, on (B, S, heads, head_dim): this rank's heads are dim 2
@@ -148,7 +150,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         if isinstance(m, MoE) and m.base is not None:
             raise TensorParallelError(f"{name}: LoRA experts (expert_kind: lora) are not split by TP yet")
         if isinstance(m, (Attention, MLA)):
-            parallelize_module(m, tp_mesh, _attention_plan(m))
+            parallelize_module(m, tp_mesh, _attention_plan(name, m))
         if isinstance(m, MLA):
             m.kv_a_proj_with_mqa.register_forward_hook(_RotaryKeyGrad(m.plan.kv_lora_rank, tp_mesh))
         for child_name, child in list(m.named_children()):

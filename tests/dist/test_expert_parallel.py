@@ -67,3 +67,15 @@ def test_all_to_all_bytes_equal_the_formula_on_the_actual_routing(ranks):
         # the count exchange: E/P int64 to each other rank
         per_rank = len(t["tokens_per_expert"]) // len(ranks)
         assert t["measured_count_exchange"] == t["counted_count_exchange"] == 8 * per_rank * (len(ranks) - 1)
+
+
+def test_what_cannot_run_is_refused_naming_the_feature(ranks):
+    said = ranks[0]["refusals"]
+    assert said["lora_ep"] == (
+        "ExpertParallelError: moe.experts: LoRA experts (expert_kind: lora) do not support expert parallelism"
+    )
+    assert said["sinks_tp"].startswith("TensorParallelError: layers.0.attn: attention sinks (attention.sinks)")
+    # every problem of the layout at once, before any process group is made
+    assert said["ep_3_of_4_experts"].startswith("LayoutError: n_experts = 4 does not divide by ep = 3; ")
+    assert "dp_shard·tp = 2·1 = 2 does not divide by ep = 3" in said["ep_3_of_4_experts"]
+    assert said["pp_2"] == "LayoutError: pp = 2: pipeline parallelism is not implemented in moec.dist yet"

@@ -27,7 +27,7 @@ from moec.errors import Problem, SpecError
 from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig, shown
 from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
 from moec.hf.families import FAMILIES, layer_pattern
-from moec.hf.jsontext import KeyLocator, parse_object
+from moec.hf.jsontext import KeyLocator, parse_object, printable
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -80,7 +80,7 @@ class Translation:
     def problem(self, hf_field: str, message: str) -> Problem:
         """A problem at a config field's key (no line for a config given as a mapping: it has no text)."""
         line, col = self.locator.locate(hf_field) if self.text else (None, None)
-        return Problem(self.file, line, col, hf_field, message)
+        return Problem(self.file, line, col, printable(hf_field), message)
 
     def problems(self, *, gaps: bool = True) -> list[Problem]:
         out = []
@@ -129,7 +129,7 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
 
 def _at_key(file: str, text: str, hf_field: str, message: str) -> Problem:
     line, col = KeyLocator(text).locate(hf_field) if text else (None, None)
-    return Problem(file, line, col, hf_field, message)
+    return Problem(file, line, col, printable(hf_field), message)
 
 
 def _canonical(raw: dict[str, Any], fam: Family) -> tuple[dict[str, Any], list[tuple[str, str]]]:

@@ -53,9 +53,15 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
+def printable(key: str) -> str:
+    """A field name as an error line shows it: as written, or JSON-escaped when it holds a line break, a
+    control character or an unpaired surrogate (which would split the line or fail to print)."""
+    return key if key.isprintable() else json.dumps(key)
+
+
 def _problem(file: str, text: str, offset: int | None, path: str, message: str) -> Problem:
     line, col = _line_col(text, _start(text) if offset is None else offset)
-    return Problem(file, line, col, path, message)
+    return Problem(file, line, col, printable(path), message)
 
 
 def _too_deep(text: str) -> int | None:

@@ -1,5 +1,6 @@
-"""Fuzzing the Hugging Face config.json importer: every input either translates or is refused with a
-SpecError whose every problem names the file and a line, within 2 s and 200 MB (tracemalloc peak).
+"""Fuzzing the Hugging Face config.json importer: every input either translates (and analyzes) or is
+refused with a SpecError whose every problem names the file and a line and prints as one line, within 2 s
+and 200 MB (tracemalloc peak).
 
 Inputs are the real release configs of ``tests/hf/configs.py`` mutated two ways, from fixed seeds:
 
@@ -9,8 +10,9 @@ Inputs are the real release configs of ``tests/hf/configs.py`` mutated two ways,
 - in their JSON text: deleted and inserted characters, duplicated and swapped lines, truncation, numbers
   of hundreds of digits, brackets nested 40 deep, duplicate keys, a byte-order mark.
 
-Plus Hypothesis properties: random JSON values in random fields, and a size field of the wrong type,
-which must be refused at that field's own line (located independently, from the indented text).
+Plus Hypothesis properties: random JSON values in random fields; random integers in the integer fields
+(judged by the spec's bounds and rules, their problems pointed back at the config); and a size field of
+the wrong type, which must be refused at that field's own line (located independently, from the text).
 
 ``MOEC_FUZZ_N`` sets how many seeded inputs to run (default 1,000, about 10 s on a 2-core machine; the
 Hypothesis properties run a tenth of that, at least 100 each). A long run, with the figures printed::
@@ -29,6 +31,7 @@ import os
 import random
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf.config import hf_to_model
 from moec.hf.families import FAMILIES
@@ -46,11 +50,12 @@ N = int(os.environ.get("MOEC_FUZZ_N", "1000"))
 N_HYPOTHESIS = max(100, N // 10)
 MAX_SECONDS = 2.0
 MAX_PEAK_BYTES = 200 << 20
+FAILURE_KINDS = ("uncaught", "unlocated", "not one line", "too slow", "too large")
 
 BASES = sorted(RELEASES)
 # field names a mutation may add: every family's own (so a field of another family turns up) and junk
 KNOWN_FIELDS = sorted({k for f in FAMILIES.values() for k in f.defaults} | {"text_config", "layer_types"})
-JUNK_FIELDS = ["x", "", "model_type ", "a.b", "rope_scaling.factor", "ünïcode", "line\nbreak", "\\u0000", "__class__"]
+JUNK_FIELDS = ["x", "", "model_type ", "a.b", "rope_scaling.factor", "ünïcode", "line\nbreak", "\ud800", "__class__"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,14 +69,18 @@ class Tally:
     refused: int = 0
     max_seconds: float = 0.0
     max_peak: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (kind, what happened)
 
     def summary(self) -> str:
+        count = Counter(kind for kind, _ in self.failures)
+        kinds = ", ".join(f"{count[k]} {k}" for k in FAILURE_KINDS)
         return (
-            f"{self.inputs} inputs: {self.translated} translated, {self.refused} refused, "
-            f"{len(self.failures)} failures; slowest {self.max_seconds * 1000:.0f} ms, "
-            f"largest tracemalloc peak {self.max_peak / 2**20:.1f} MiB"
+            f"{self.inputs} inputs: {self.translated} translated, {self.refused} refused; {kinds}; slowest "
+            f"{self.max_seconds * 1000:.0f} ms, largest tracemalloc peak {self.max_peak / 2**20:.1f} MiB"
         )
+
+    def report(self) -> str:
+        return "\n".join(f"{kind}: {text}" for kind, text in self.failures[:20])
 
 
 def check(path: Path, text: str, what: str, tally: Tally) -> None:
@@ -80,26 +89,37 @@ def check(path: Path, text: str, what: str, tally: Tally) -> None:
     tally.inputs += 1
     tracemalloc.reset_peak()
     start = time.perf_counter()
-    failure = None
+    failure: tuple[str, str] | None = None
     try:
-        hf_to_model(path)
+        analyze(hf_to_model(path))  # what `moec analyze config.json` does with a config that translates
         tally.translated += 1
     except SpecError as e:
         tally.refused += 1
         unlocated = [p for p in e.problems if p.file != str(path) or p.line is None]
         if unlocated or not e.problems:
-            failure = f"unlocated: {unlocated[:2] or 'no problems'}"
+            failure = "unlocated", f"{unlocated[:2] or 'no problems'}"
+        elif not all(_one_printable_line(str(p)) for p in e.problems):
+            failure = "not one line", f"{[str(p) for p in e.problems][:2]}"
     except Exception as e:  # noqa: BLE001 - anything else is the defect being hunted
-        failure = f"uncaught {type(e).__name__}: {str(e)[:200]}"
+        failure = "uncaught", f"{type(e).__name__}: {str(e)[:200]}"
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tally.max_seconds, tally.max_peak = max(tally.max_seconds, seconds), max(tally.max_peak, peak)
     if failure is None and seconds > MAX_SECONDS:
-        failure = f"took {seconds:.1f} s"
+        failure = "too slow", f"{seconds:.1f} s"
     if failure is None and peak > MAX_PEAK_BYTES:
-        failure = f"tracemalloc peak {peak / 2**20:.0f} MiB"
+        failure = "too large", f"tracemalloc peak {peak / 2**20:.0f} MiB"
     if failure is not None:
-        tally.failures.append(f"{what}: {failure}")
+        tally.failures.append((failure[0], f"{what}: {failure[1]}"))
+
+
+def _one_printable_line(line: str) -> bool:
+    """What the CLI prints as ``error: <line>`` stays one line and encodes (no unpaired surrogate)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return len(line.splitlines()) == 1
 
 
 @pytest.fixture
@@ -120,6 +140,10 @@ def _deep(depth: int) -> Any:
     return v
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def weird_value(rng: random.Random, old: Any) -> Any:
     """A value of the wrong type or size for a config field, often derived from the one it replaces."""
     pool = [
@@ -129,6 +153,11 @@ def weird_value(rng: random.Random, old: Any) -> Any:
         lambda: None,
         lambda: not old if isinstance(old, bool) else True,
         lambda: rng.choice([-1, 0, 1, 2, 3]),
+        # plausible integers: they pass the importer's type checks and meet the spec's bounds and rules
+        lambda: rng.choice([1, 2, 3, 5, 7, 12, 100, 4095, 4097, 10**6, 2**31, 2**40]),
+        lambda: old + rng.choice([-1, 1]) if _is_int(old) else 4097,
+        lambda: old * rng.choice([2, 3, 1024]) if _is_int(old) else 2**20,
+        lambda: old // rng.choice([2, 3, 7]) if _is_int(old) else 0,
         lambda: 10 ** rng.randint(3, 60),
         lambda: -(10 ** rng.randint(1, 30)),
         lambda: rng.choice([0.5, -0.0, 1e300, 1e-320, 2.5, -7.25]),
@@ -247,7 +276,7 @@ def test_release_configs_translate(tmp_path, tracing):
     tally = Tally()
     for name in BASES:
         check(tmp_path / "config.json", json.dumps(RELEASES[name], indent=2), name, tally)
-    assert tally.failures == []
+    assert tally.failures == [], tally.report()
     assert tally.translated == len(BASES)
 
 
@@ -257,7 +286,7 @@ def test_seeded_mutations_translate_or_give_located_errors(tmp_path, tracing):
         text, what = seeded_input(seed)
         check(tmp_path / "config.json", text, what, tally)
     print("\nhf config fuzz:", tally.summary())
-    assert tally.failures == [], "\n".join(tally.failures[:20])
+    assert tally.failures == [], tally.report()
     # the mutations reach both outcomes in earnest, not only the JSON parser's refusals
     assert tally.translated > N // 20 and tally.refused > N // 2
 
@@ -277,7 +306,35 @@ json_values = st.recursive(
 def test_random_values_in_random_fields_translate_or_give_located_errors(tmp_path, tracing, base, changes):
     tally = Tally()
     check(tmp_path / "config.json", json.dumps({**RELEASES[base], **changes}, indent=2), f"{base} + {changes}", tally)
-    assert tally.failures == []
+    assert tally.failures == [], tally.report()
+
+
+def _int_fields(cfg: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Key paths of the integer values of a config, nested mappings included."""
+    out: list[tuple[str, ...]] = []
+    for k, v in cfg.items():
+        if _is_int(v):
+            out.append((k,))
+        elif isinstance(v, dict):
+            out += [(k, *sub) for sub in _int_fields(v)]
+    return out
+
+
+@settings(max_examples=N_HYPOTHESIS, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(BASES), data=st.data())
+def test_random_sizes_translate_or_give_located_errors(tmp_path, tracing, base, data):
+    """Integers where the config has integers: they pass the importer's type checks, so the spec's bounds and
+    rules (divisibility, top_k ≤ experts, ...) judge them, and their problems are pointed back at the config."""
+    cfg = copy.deepcopy(RELEASES[base])
+    paths = data.draw(st.lists(st.sampled_from(_int_fields(cfg)), min_size=1, max_size=3, unique=True))
+    for keys in paths:
+        node = cfg
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = data.draw(st.one_of(st.integers(0, 64), st.integers(0, 2**45)))
+    tally = Tally()
+    check(tmp_path / "config.json", json.dumps(cfg, indent=2), f"{base}: {paths}", tally)
+    assert tally.failures == [], tally.report()
 
 
 # Fields every translator reads as a positive integer (DBRX spells them its own way).

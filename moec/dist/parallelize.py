@@ -62,8 +62,11 @@ def apply_fsdp(
         units.append(fully_shard(block, mesh=meshes.dp, **kw))
     units.append(fully_shard(model, mesh=meshes.dp, **kw))
     gloo = dist.get_backend(meshes.dp.get_group()) == "gloo"
+    tp = meshes.layout.tp
     for unit in units:
-        unit.set_gradient_divide_factor(1.0)
+        # the efsdp ranks of an expert unit include the tp ranks, which all compute the same tokens' gradient
+        # (routed experts are not tensor-parallel): their sum is tp copies of it
+        unit.set_gradient_divide_factor(float(tp) if isinstance(unit, Experts) else 1.0)
         if gloo:  # a factor other than the group size becomes PREMUL_SUM, which gloo lacks: SUM, then divide
             unit.set_force_sum_reduction_for_comms(True)
     return units

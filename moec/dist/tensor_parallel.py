@@ -32,6 +32,7 @@ from moec.kernels.naive import activate
 from moec.nn.attention import Attention
 from moec.nn.ffn import DenseFFN
 from moec.nn.mla import MLA
+from moec.nn.model import MoecModel
 from moec.nn.moe import MoE
 
 
@@ -143,9 +144,11 @@ def _attention_plan(name: str, attn: Attention | MLA) -> dict[str, object]:
     return plan
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
-    """Split every attention module and dense FFN of ``model`` over ``tp_mesh`` in place (works on ``meta``)."""
+def apply_tp(model: MoecModel, tp_mesh: DeviceMesh) -> None:
+    """Split the embedding and head by vocabulary, and every attention module and dense FFN of ``model``, over
+    ``tp_mesh`` in place (works on ``meta``)."""
     _check_heads(model, tp_mesh.size())
+    _split_vocabulary(model, tp_mesh)
     for name, m in list(model.named_modules()):
         if isinstance(m, MoE) and m.base is not None:
             raise TensorParallelError(f"{name}: LoRA experts (expert_kind: lora) are not split by TP yet")
@@ -156,6 +159,16 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         for child_name, child in list(m.named_children()):
             if isinstance(child, DenseFFN):
                 setattr(m, child_name, TensorParallelFFN(child, tp_mesh))
+
+
+def _split_vocabulary(model: MoecModel, mesh: DeviceMesh) -> None:
+    """Embedding rows and head rows by vocabulary (both (V, d), Shard(0)): the embedding's per-rank lookups are
+    summed, the head's logits gathered whole (the loss needs every logit). A tied head is the same tensor with
+    the same placement, so it is tied again to the embedding's shard."""
+    plan = {"embed": RowwiseParallel(input_layouts=Replicate()), "lm_head": ColwiseParallel(output_layouts=Replicate())}
+    parallelize_module(model, mesh, plan)
+    if model.plan.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
 
 
 class _RotaryKeyGrad:

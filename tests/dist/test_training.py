@@ -1,6 +1,6 @@
-"""FSDP-only, EP-only and EP×FSDP training on 2 processes equal one process over 3 AdamW steps (with clipping
-and the aux-loss-free bias step); the wrong gradient scaling is caught; each rank holds the parameter count
-moec.plan predicts; the selection biases stay identical on every rank."""
+"""FSDP-only, EP-only, EP×FSDP and TP×FSDP training on 2 processes equal one process over 3 AdamW steps (with
+clipping and the aux-loss-free bias step; float64, the router fp32); the wrong gradient scaling is caught; each
+rank holds the parameter count moec.plan predicts; the selection biases stay identical on every rank."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 TOL = 1e-5
-LAYOUTS = ("fsdp", "ep", "ep_fsdp")
+LAYOUTS = ("fsdp", "ep", "ep_fsdp", "tp_fsdp")
+DATA_PARALLEL = ("fsdp", "ep", "ep_fsdp")  # the ranks see different tokens
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +33,16 @@ def test_fsdp_default_gradient_division_with_ep_is_caught(ranks):
     # FSDP's mean over the group on an unscaled per-rank loss: the experts' gradients come out ep× too large
     run = ranks[0]["ep_fsdp_default_division"]
     assert run["norm_diff"] > 1e-2
-    assert run["param_diff"] > 1e-3
+    assert run["param_diff"] > 10 * TOL
 
 
-@pytest.mark.parametrize("layout", ("fsdp", "ep_fsdp"))
+@pytest.mark.parametrize("layout", ("fsdp", "ep_fsdp", "tp_fsdp"))
 def test_local_parameter_numel_equals_the_planner(ranks, layout):
     for result in ranks:
         assert result[layout]["numel"] == result[layout]["planned_numel"]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", DATA_PARALLEL)
 def test_selection_bias_stays_in_sync_across_ranks(ranks, layout):
     # the check can fail: a step on each rank's own loads would differ between the ranks
     assert any(result[layout]["local_bias_steps_differ"] for result in ranks)

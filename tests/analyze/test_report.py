@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-from moec.analyze import analyze
+from moec.analyze import analyze, convention_line
 from tests.analyze.test_formulas import MOE, plan
 
 ATTN, NORMS, DENSE, ROUTER, EXPERT = 10_240, 128, 24_576, 512, 6_144
@@ -284,3 +284,9 @@ def test_fractional_flops_are_floats_and_whole_ones_ints():
     assert whole == 1536 and isinstance(whole, int)
     frac = analyze(plan(sets=("attention.window=2",)), seq=3, attention="causal").flops.forward_attention
     assert isinstance(frac, float) and frac == pytest.approx(4 * 256 * 5 / 3, rel=1e-15)
+
+
+def test_the_table_header_line_names_the_run_settings():
+    line = convention_line(analyze(plan(), seq=77, attention="causal", dtype="fp8").conventions)
+    assert "attention causal (S_kv = (S+1)/2 average (causal), windows capped) · S=77 · " in line
+    assert line.endswith(" · memory in fp8")

@@ -1,0 +1,132 @@
+"""Mutation testing of the modules where a wrong number is silent (docs/testing.md says why and what the
+last run found).
+
+    pip install mutmut==3.8.1          # not a test dependency: CI does not run this
+    python3 tools/mutation.py analyze router
+    python3 tools/mutation.py hf-weights yamlio --keep
+
+For each target it copies the committed tree (``git archive HEAD``, so edits in the working tree are not
+measured) to a fresh folder under /tmp, writes mutmut's ``[tool.mutmut]`` section into the copy's
+pyproject.toml (the repository's own has none: running ``mutmut`` in the repository would leave a
+``mutants/`` folder there), runs ``mutmut run`` with one worker against the target's test subset, and
+prints the kill rate of each module with the mutants that were not killed. ``--keep`` leaves the copy, so
+that ``mutmut show NAME`` and ``mutmut results`` can be run in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# target -> (modules to mutate, tests that judge them). The tests are the fast, hand-derived ones for that
+# module plus the invariants that hold it against an independent count (the meta-device model for the
+# analyzer, the float64 oracle for the router, transformers for the weight mapping).
+TARGETS: dict[str, tuple[list[str], list[str]]] = {
+    "analyze": (
+        ["moec/analyze/counts.py", "moec/analyze/memory.py", "moec/analyze/report.py"],
+        ["tests/analyze", "tests/nn/test_build.py"],
+    ),
+    "router": (["moec/nn/router.py"], ["tests/nn/test_router.py", "tests/nn/test_moe.py"]),
+    "hf-weights": (["moec/hf/weights.py"], ["tests/hf/test_weights.py"]),
+    "yamlio": (["moec/spec/yamlio.py"], ["tests/spec"]),
+}
+
+# Lines mutmut must leave alone, each a regular expression over one source line. Only wording: the prose
+# values of the conventions every output carries (report.conventions). Their keys, numbers and the values
+# that depend on the run (seq, attention, dtype, the kv length) are mutated and tested.
+DO_NOT_MUTATE_LINES = [
+    r'^        "\w+": "[^"]*",$',  # a conventions entry whose value is a plain string literal
+]
+
+
+def mutmut_section(modules: list[str], tests: list[str]) -> str:
+    def toml_list(items: list[str]) -> str:
+        return "[" + ", ".join(f"'{x}'" for x in items) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        "source_paths = ['moec']\n"
+        f"only_mutate = {toml_list(modules)}\n"
+        "also_copy = ['specs', 'templates']\n"
+        "pytest_add_cli_args = ['-p', 'no:cacheprovider', '-x']\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
+        f"do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE_LINES)}\n"
+    )
+
+
+def commit_of(root: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def copy_committed_tree(root: Path, dest: Path) -> None:
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=root, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def kill_rates(results: str) -> dict[str, tuple[int, int, list[str]]]:
+    """mutmut's ``results --all true`` lines (``name: status``) → module → (killed, tested, not killed).
+    Killed and timed-out mutants count as killed, as mutmut's own score does; skipped ones are not tested."""
+    out: dict[str, list] = defaultdict(lambda: [0, 0, []])
+    for line in results.splitlines():
+        m = re.match(r"\s*([\w.ǁ]+)\.x[_ǁ].*?__mutmut_\d+: (.+)$", line)
+        if not m:
+            continue
+        module, status = m.group(1), m.group(2).strip()
+        name = line.split(":")[0].strip()
+        if status == "skipped":
+            continue
+        row = out[module]
+        row[1] += 1
+        if status in ("killed", "timeout"):
+            row[0] += 1
+        else:
+            row[2].append(f"{name} ({status})")
+    return {k: (v[0], v[1], v[2]) for k, v in sorted(out.items())}
+
+
+def run_target(name: str, keep: bool) -> int:
+    modules, tests = TARGETS[name]
+    work = Path(tempfile.mkdtemp(prefix=f"moec-mutation-{name}-"))
+    copy_committed_tree(ROOT, work)
+    with open(work / "pyproject.toml", "a") as f:
+        f.write(mutmut_section(modules, tests))
+    print(f"== {name}: commit {commit_of(ROOT)}, copy in {work}", flush=True)
+    run = subprocess.run(["mutmut", "run", "--max-children", "1"], cwd=work, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
+        return run.returncode
+    results = subprocess.run(
+        ["mutmut", "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True
+    ).stdout
+    for module, (killed, tested, missed) in kill_rates(results).items():
+        print(f"{module}: {killed}/{tested} killed ({100 * killed / max(tested, 1):.1f}%)")
+        for m in missed:
+            print(f"    not killed: {m}")
+    if not keep:
+        shutil.rmtree(work)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="+", choices=sorted(TARGETS))
+    parser.add_argument("--keep", action="store_true", help="leave the copy for `mutmut show` and `mutmut results`")
+    args = parser.parse_args()
+    if shutil.which("mutmut") is None:
+        print("mutmut is not installed: pip install mutmut==3.8.1", file=sys.stderr)
+        return 2
+    return max(run_target(t, args.keep) for t in args.targets)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

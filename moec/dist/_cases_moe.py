@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from moec.dist.expert_parallel import apply_ep, local
-from moec.dist.mesh import build_mesh
+from moec.dist.expert_parallel import apply_ep
+from moec.dist.mesh import build_mesh, local
 from moec.dist.tensor_parallel import apply_tp
 from moec.nn import build_model
 from moec.nn.moe import MoE

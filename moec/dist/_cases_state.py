@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import moec.dist as md
-from moec.dist.expert_parallel import local
+from moec.dist.mesh import local
 from moec.nn import build_model
 from moec.nn import lm_loss as single_lm_loss
 from moec.plan import Layout

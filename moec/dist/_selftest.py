@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
     except Exception:  # the test prints it: a worker's traceback is the only clue to a failed launch
         result = {"ok": False, "error": traceback.format_exc()}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    if result["ok"]:  # after a failure the other rank may be stuck in a collective: leave without waiting
+        dist.destroy_process_group()
     return 0 if result["ok"] else 1
 
 

@@ -23,18 +23,14 @@ import torch
 from torch import nn
 from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor import Shard, distribute_tensor
 
+from moec.dist.mesh import local
 from moec.nn.moe import Experts, LoRAExperts
 
 
 class ExpertParallelError(ValueError):
     """A model or mesh that expert parallelism cannot take, naming the feature."""
-
-
-def local(t: torch.Tensor | None) -> torch.Tensor | None:
-    """The local shard of a DTensor (the tensor itself otherwise)."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 @dataclass
@@ -52,6 +48,10 @@ class A2ATraffic:
 
     def reset(self) -> None:
         self.sent = self.received = self.counts = self.calls = 0
+
+    def add(self, other: A2ATraffic) -> None:
+        self.sent, self.received = self.sent + other.sent, self.received + other.received
+        self.counts, self.calls = self.counts + other.counts, self.calls + other.calls
 
 
 class ExpertDispatcher:

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from moec.plan.layout import Layout, LayoutError
 from moec.spec.plan import ResolvedModel
+
+
+def local(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The local shard of a DTensor (the tensor itself otherwise): what a kernel computes with."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def init(init_method: str | None = None) -> torch.device:
@@ -28,9 +34,15 @@ def init(init_method: str | None = None) -> torch.device:
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        kw = {} if init_method is None else {"init_method": init_method}
+        kw = {}
         if init_method is not None:
-            kw |= {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
+            if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+                raise ValueError(f"init_method {init_method!r} needs RANK and WORLD_SIZE in the environment")
+            kw = {
+                "init_method": init_method,
+                "rank": int(os.environ["RANK"]),
+                "world_size": int(os.environ["WORLD_SIZE"]),
+            }
         dist.init_process_group("nccl" if cuda else "gloo", **kw)
     return device
 

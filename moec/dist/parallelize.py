@@ -90,10 +90,8 @@ def a2a_traffic(model: nn.Module) -> A2ATraffic:
     """The all-to-all bytes of every expert-parallel layer of ``model``, added up."""
     total = A2ATraffic()
     for m in model.modules():
-        t = m.dispatcher.traffic if isinstance(m, Experts) and m.dispatcher is not None else None
-        if t is not None:
-            total.sent, total.received = total.sent + t.sent, total.received + t.received
-            total.counts, total.calls = total.counts + t.counts, total.calls + t.calls
+        if isinstance(m, Experts) and m.dispatcher is not None:
+            total.add(m.dispatcher.traffic)
     return total
 
 

@@ -27,6 +27,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from moec.dist.mesh import local
 from moec.kernels import GATED
 from moec.kernels.naive import activate
 from moec.nn.attention import Attention
@@ -51,10 +52,6 @@ def from_rank_order(t: torch.Tensor, dim: int, parts: int) -> torch.Tensor:
     """The inverse of :func:`to_rank_order`."""
     pieces = t.chunk(2 * parts, dim)
     return torch.cat([*pieces[0::2], *pieces[1::2]], dim)
-
-
-def local(t: torch.Tensor | None) -> torch.Tensor | None:
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def sum_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:

@@ -107,10 +107,16 @@ def rank_params(plan: ResolvedModel, layout: Layout, rank: int = 0) -> RankParam
         raise ValueError(f"rank {rank} is outside the {layout.world} ranks of {layout}")
     stage, j = divmod(rank, layout.dp_shard * layout.tp)
     dp, tp_index = divmod(j, layout.tp)
-    frozen = frozen_components(plan)
+    held = stage_tensors(plan, layout.pp, stage)
+    return count_params(held, frozen_components(plan), layout, dp, tp_index)
+
+
+def count_params(held: list[ParamTensor], frozen: set[str], layout: Layout, dp: int, tp_index: int) -> RankParams:
+    """:func:`rank_params` over the tensors ``held`` by one stage, at data-parallel index dp and tensor-parallel
+    index tp_index; ``frozen`` names the frozen components."""
     counts = dict.fromkeys(("experts", "other", "experts_padded", "other_padded"), 0)
     counts |= {"frozen_experts_padded": 0, "frozen_other_padded": 0}
-    for t in stage_tensors(plan, layout.pp, stage):
+    for t in held:
         unpadded, padded = local_numel(t, layout, dp, tp_index)
         group = "experts" if t.expert else "other"
         counts[group] += unpadded

@@ -206,14 +206,13 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
 
 
 def _default_reaches_a_layer(spec: Spec) -> bool:
-    from moec.spec.resolve import selected_layers
+    from moec.spec.resolve import assign_selected
 
-    n = spec.model.n_layers
-    covered: set[int] = set()
+    covered = bytearray(spec.model.n_layers)
     for ov in spec.layers.overrides:
         if ov.ffn is not None:
-            covered.update(selected_layers(ov.select, n))
-    return len(covered) < n
+            assign_selected(covered, ov.select, 1)
+    return 0 in covered
 
 
 def _written_anywhere(spec: Spec, field: str, value: bool | None = None) -> bool:

@@ -5,10 +5,11 @@ All problems are collected and raised together as one :class:`SpecError`.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -19,8 +20,12 @@ from moec.errors import Problem, SpecError
 from moec.spec.paths import shipped_spec_path
 from moec.spec.schema import Spec
 from moec.spec.yamlio import Located, Mark, Path, dotted, parse_scalar, parse_yaml
+from moec.spec.yamlio import short_repr as _short
 
 MAX_EXTENDS_DEPTH = 8
+MAX_SUGGESTIONS = 100  # unknown fields for which a "did you mean" is looked up
+SPEC_SUFFIXES = (".yaml", ".yml")
+_BASE_RULE = "extends takes a shipped spec name or a .yaml/.yml file in this spec's folder"
 
 
 @dataclass(frozen=True)
@@ -48,27 +53,85 @@ def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), t
 
 
 def read_text_file(file: str, *, max_bytes: int = 1 << 20, kind: str = "spec") -> str:
-    """A small UTF-8 file, or a SpecError naming the file (missing, a directory, too large, binary)."""
-    p = FsPath(file)
+    """A small UTF-8 regular file, or a SpecError naming the file and what is wrong with it.
+
+    Never blocks and never reads more than ``max_bytes + 1`` bytes: a directory, FIFO, device or socket is
+    refused from its ``stat`` before it is opened, the file is opened non-blocking (a FIFO swapped in after
+    the stat would otherwise wait for a writer) and checked again on the open descriptor."""
     try:
-        if p.is_dir():
-            raise SpecError([Problem(file, None, None, "", f"is a directory, not a {kind} file")])
-        if p.stat().st_size > max_bytes:
-            raise SpecError([Problem(file, None, None, "", f"larger than {max_bytes >> 20} MiB; not a {kind}")])
-        return p.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        data = _read_regular(file, max_bytes, kind)
+    except (FileNotFoundError, NotADirectoryError):
         raise SpecError([Problem(file, None, None, "", "no such file")]) from None
-    except UnicodeDecodeError:
-        raise SpecError([Problem(file, None, None, "", "not UTF-8 text")]) from None
+    except PermissionError:
+        raise SpecError([Problem(file, None, None, "", "permission denied")]) from None
     except OSError as e:
-        raise SpecError([Problem(file, None, None, "", f"cannot read: {e.strerror}")]) from None
+        raise SpecError([Problem(file, None, None, "", f"cannot read: {e.strerror or e}")]) from None
+    except ValueError:  # a NUL in the name
+        raise SpecError([Problem(file, None, None, "", "not a valid file name")]) from None
+    if isinstance(data, str):
+        raise SpecError([Problem(file, None, None, "", data)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line, column = data.count(b"\n", 0, e.start) + 1, len(data[line_start : e.start].decode("utf-8")) + 1
+        raise SpecError([Problem(file, line, column, "", f"not UTF-8 text (byte 0x{data[e.start]:02x})")]) from None
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file is when it is not a regular file ("a FIFO (named pipe)"), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
+def _read_regular(file: str, max_bytes: int, kind: str) -> bytes | str:
+    """The bytes of a regular file of at most ``max_bytes``, or why not (a str)."""
+    what = _not_regular(os.stat(file).st_mode)
+    if what is not None:
+        return f"is {what}, not a {kind} file"
+    too_large = f"larger than {_size(max_bytes)}; not a {kind}"
+    fd = os.open(file, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        what = _not_regular(st.st_mode)  # replaced between the stat and the open
+        if what is not None:
+            return f"is {what}, not a {kind} file"
+        if st.st_size > max_bytes:
+            return too_large
+        chunks, left = [], max_bytes + 1  # the size can grow after the fstat
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    return too_large if left <= 0 else b"".join(chunks)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
 
 
 def resolve_spec_path(name: str) -> str:
     """A path as given if it exists; otherwise a shipped spec by name (``mixtral-8x7b``)."""
-    p = FsPath(name)
-    if p.exists():
-        return str(p)
+    try:
+        if FsPath(name).exists():
+            return name
+    except (OSError, ValueError):  # a name too long to stat, or holding a NUL
+        return name
     shipped = shipped_spec_path(name)
     return str(shipped) if shipped is not None else name
 
@@ -79,71 +142,110 @@ def _load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> L
     loc = parse_yaml(text, file)
     if not isinstance(loc.value, dict):
         m = loc.mark_for(())
-        raise SpecError([Problem(file, m.line, m.column, "", "a spec must be a YAML mapping")])
-    base_ref = loc.value.get("extends")
-    if base_ref is None:
+        what = "an empty document" if loc.value is None else f"a {type(loc.value).__name__}"
+        raise SpecError([Problem(file, m.line, m.column, "", f"a spec must be a YAML mapping, not {what}")])
+    ref = loc.value.get("extends")
+    if ref is None:
         return loc
     m = loc.mark_for(("extends",))
-    if not isinstance(base_ref, str):
-        raise SpecError([Problem(file, m.line, m.column, "extends", "must be a spec name or a relative path")])
-    base_file = _find_base(base_ref, file)
-    if base_file is None:
-        raise SpecError([Problem(file, m.line, m.column, "extends", f"no spec named or at {base_ref!r}")])
-    key = str(FsPath(base_file).resolve())
-    if key in chain or key == str(FsPath(file).resolve()):
-        raise SpecError([Problem(file, m.line, m.column, "extends", f"cycle: {base_ref!r} extends this spec again")])
+    base_file = _find_base(ref, file, m)
+    here = _real(file)
+    if base_file in chain or base_file == here:
+        raise SpecError([_at(m, f"cycle: {_short(ref)} extends this spec again")])
     if len(chain) >= MAX_EXTENDS_DEPTH:
-        raise SpecError(
-            [Problem(file, m.line, m.column, "extends", f"more than {MAX_EXTENDS_DEPTH} levels of extends")]
-        )
-    base = _load_with_extends(base_file, None, chain + (str(FsPath(file).resolve()),))
-    merged = Located(copy.deepcopy(base.value), dict(base.marks), dict(base.key_marks))
-    own = dict(loc.value)
-    own.pop("extends")
-    _merge_into(merged, own, loc, ())
-    merged.value.pop("extends", None)
-    return merged
+        raise SpecError([_at(m, f"more than {MAX_EXTENDS_DEPTH} levels of extends")])
+    try:
+        base_text = read_text_file(base_file)
+    except SpecError as e:  # the base as a file (a FIFO, too large): reported where extends names it
+        raise SpecError([_at(m, f"{_short(ref)}: {p.message}") for p in e.problems]) from None
+    base = _load_with_extends(base_file, base_text, chain + (here,))
+    own = {k: v for k, v in loc.value.items() if k != "extends"}
+    return _merged(base, own, loc)
 
 
-def _find_base(ref: str, from_file: str) -> str | None:
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        cand = (FsPath(from_file).parent / ref) if not FsPath(ref).is_absolute() else FsPath(ref)
-        return str(cand) if cand.is_file() else None
-    shipped = shipped_spec_path(ref)
-    return str(shipped) if shipped is not None else None
+def _at(m: Mark, message: str) -> Problem:
+    return Problem(m.file, m.line, m.column, "extends", message)
 
 
-def _merge_into(dst: Located, src: Any, src_loc: Located, path: Path) -> None:
-    """Deep-merge mapping ``src`` (from ``src_loc``) into ``dst.value`` at ``path``. Lists replace."""
-    target = dst.value
-    for p in path:
-        target = target[p]
-    for k, v in src.items():
-        sub = path + (k,)
-        if isinstance(v, dict) and isinstance(target.get(k), dict):
-            _merge_into(dst, v, src_loc, sub)
-            dst.marks[sub] = src_loc.mark_for(sub)
-        else:
-            target[k] = copy.deepcopy(v)
-            for table, src_table in ((dst.marks, src_loc.marks), (dst.key_marks, src_loc.key_marks)):
-                for old in [q for q in table if q[: len(sub)] == sub]:
-                    del table[old]
-                for q, mk in src_table.items():
-                    if q[: len(sub)] == sub:
-                        table[q] = mk
-        if sub in src_loc.key_marks:
-            dst.key_marks[sub] = src_loc.key_marks[sub]
+def _real(file: str) -> str:
+    try:
+        return str(FsPath(file).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return file
+
+
+def _find_base(ref: Any, from_file: str, m: Mark) -> str:
+    """The file ``extends: ref`` names: a shipped spec, or a .yaml/.yml file inside the folder of the spec
+    that names it (after resolving symbolic links). Anything else is refused before it is opened, so that
+    no error can quote a line of a file that is not a spec (``extends: /etc/shadow``)."""
+    if not isinstance(ref, str):
+        raise SpecError([_at(m, "must be a spec name or a relative path")])
+    if not (ref.endswith(SPEC_SUFFIXES) or "/" in ref or "\\" in ref):
+        shipped = shipped_spec_path(ref)
+        if shipped is None:
+            raise SpecError([_at(m, f"no spec named or at {_short(ref)}")])
+        return str(shipped.resolve())
+    if "\0" in ref or FsPath(ref).is_absolute() or ref.startswith("~"):
+        raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}, not an absolute path")])
+    if not ref.endswith(SPEC_SUFFIXES):
+        raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}")])
+    try:
+        folder = FsPath(from_file).parent.resolve()
+        target = (folder / ref).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        raise SpecError([_at(m, f"{_short(ref)} cannot be resolved (a symbolic link loop?)")]) from None
+    if not target.is_relative_to(folder) or target.suffix not in SPEC_SUFFIXES:
+        raise SpecError([_at(m, f"{_short(ref)} leaves the folder of this spec; {_BASE_RULE}")])
+    if not target.exists():
+        raise SpecError([_at(m, f"no spec named or at {_short(ref)}")])
+    return str(target)
+
+
+def _merged(base: Located, own: dict[str, Any], child: Located) -> Located:
+    """``own`` (the child's keys) deep-merged over ``base``: mappings merge, everything else replaces.
+    Each path keeps the mark of the file whose value it holds. Linear in the size of both."""
+    out = Located(_deep_merge(base.value, own))
+    stack: list[tuple[Path, Any]] = [((), out.value)]
+    while stack:
+        path, value = stack.pop()
+        mark = child.marks.get(path) or base.marks.get(path)
+        if mark is not None:
+            out.marks[path] = mark
+        key_mark = child.key_marks.get(path) or base.key_marks.get(path)
+        if key_mark is not None:
+            out.key_marks[path] = key_mark
+        if isinstance(value, dict):
+            stack += [(path + (k,), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(path + (i,), v) for i, v in enumerate(value)]
+    return out
+
+
+def _deep_merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in own.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _apply_set(loc: Located, assignment: str) -> None:
-    mark = Mark("--set", None, None)
+    """``--set a.b=value``: the value read as YAML, written at ``a.b``; problems name the option."""
     if "=" not in assignment:
-        raise SpecError([Problem("--set", None, None, "", f"expected key=value, got {assignment!r}")])
+        raise SpecError([Problem("--set", None, None, "", f"expected key=value, got {_short(assignment)}")])
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
-    if not all(parts):
-        raise SpecError([Problem("--set", None, None, key, "empty field name in path")])
-    value = parse_scalar(raw)
+    if not all(p and p.isprintable() for p in parts):
+        raise SpecError([Problem("--set", None, None, "", f"{_short(key)}: empty or unprintable field name")])
+    field = dotted(tuple(parts))
+    if parts[0] == "extends":
+        raise SpecError(
+            [Problem("--set", None, None, field, "extends is read before --set applies; write it in the spec")]
+        )
+    try:
+        value = parse_scalar(raw)
+    except SpecError as e:
+        raise SpecError([Problem("--set", None, None, field, p.message) for p in e.problems]) from None
+    mark = Mark("--set", None, None)
     target = loc.value
     path: Path = ()
     for p in parts[:-1]:
@@ -164,23 +266,20 @@ def validate(loc: Located, file: str) -> Spec:
     try:
         return Spec.model_validate(loc.value)
     except ValidationError as e:
-        raise SpecError([_problem_from_pydantic(err, loc) for err in e.errors()]) from None
+        errors = e.errors()
+        # "did you mean" is for typos; a file of thousands of unknown keys is not one, and difflib would
+        # spend most of the time of its errors on them
+        suggest = sum(err["type"] == "extra_forbidden" for err in errors) <= MAX_SUGGESTIONS
+        raise SpecError([_problem_from_pydantic(err, loc, suggest) for err in errors]) from None
 
 
-def _problem_from_pydantic(err: dict[str, Any], loc: Located) -> Problem:
+def _problem_from_pydantic(err: dict[str, Any], loc: Located, suggest: bool = True) -> Problem:
     path: Path = tuple(p for p in err["loc"] if not _is_union_tag(p))
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
         m = loc.mark_for(path, key=True)
-        parent_model = _model_at(Spec, path[:-1])
-        msg = f"unknown field {path[-1]!r}"
-        if parent_model is not None:
-            close = difflib.get_close_matches(str(path[-1]), list(parent_model.model_fields), n=1, cutoff=0.6)
-            if close:
-                msg += f"; did you mean {close[0]!r}?"
-            else:
-                msg += f" (known: {', '.join(parent_model.model_fields)})"
+        msg = _unknown_field(path, suggest)
     elif kind == "missing":
         m = loc.mark_for(path[:-1])
         msg = "required field is missing"
@@ -192,6 +291,18 @@ def _problem_from_pydantic(err: dict[str, Any], loc: Located) -> Problem:
             msg = msg[len("Value error, ") :]
         msg = msg.replace("Value error, ", "")
     return Problem(m.file, m.line, m.column, dotted(path), msg)
+
+
+def _unknown_field(path: Path, suggest: bool) -> str:
+    """ "unknown field 'x'", with the closest known name or the list of known names of its section."""
+    msg = f"unknown field {path[-1]!r}"
+    parent_model = _model_at(Spec, path[:-1])
+    if parent_model is None:
+        return msg
+    close = suggest and difflib.get_close_matches(str(path[-1]), list(parent_model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return msg + f"; did you mean {close[0]!r}?"
+    return msg + f" (known: {', '.join(parent_model.model_fields)})"
 
 
 def _is_union_tag(p: Any) -> bool:
@@ -223,8 +334,3 @@ def _first_model(ann: Any, typing: Any) -> Any:
         if found is not None:
             return found
     return None
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 40 else s[:37] + "..."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from moec.spec.load import LoadedSpec
 from moec.spec.plan import (
     AttentionPlan,
@@ -19,14 +21,30 @@ from moec.spec.schema import Select, Spec
 
 def selected_layers(sel: Select, n_layers: int) -> list[int]:
     """The layer indices a selector names (indices ≥ n_layers are dropped; checks report them)."""
+    where = _selection(sel, n_layers)
+    return list(range(n_layers))[where] if isinstance(where, slice) else where
+
+
+def assign_selected(per_layer: list[Any] | bytearray, sel: Select, value: Any) -> None:
+    """``per_layer[i] = value`` for every layer the selector names. A range is one slice assignment, so
+    a thousand overrides of a thousand layers each cost milliseconds, not seconds."""
+    where = _selection(sel, len(per_layer))
+    if isinstance(where, slice):
+        per_layer[where] = [value] * len(range(*where.indices(len(per_layer))))
+    else:
+        for i in where:
+            per_layer[i] = value
+
+
+def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     if sel.layers is not None:
         return sorted({i for i in sel.layers if i < n_layers})
     if sel.every is not None:
         assert sel.start is not None
         stop = n_layers - 1 if sel.last is None else min(sel.last, n_layers - 1)
-        return list(range(sel.start, stop + 1, sel.every))
+        return slice(sel.start, max(stop + 1, sel.start), sel.every)
     assert sel.first is not None and sel.last is not None
-    return list(range(sel.first, min(sel.last, n_layers - 1) + 1))
+    return slice(sel.first, max(min(sel.last, n_layers - 1) + 1, sel.first))
 
 
 def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
@@ -51,17 +69,16 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in per_layer.items()
     }
     for ov in spec.layers.overrides:
-        for i in selected_layers(ov.select, n):
-            if ov.ffn is not None:
-                ffn_kind[i] = ov.ffn
-            if ov.attention is not None:
-                if "window" in ov.attention.model_fields_set:
-                    window[i] = ov.attention.window
-                if "rope" in ov.attention.model_fields_set:
-                    rope[i] = m.positions.kind == "rope" and ov.attention.rope
-                for f in per_layer:
-                    if f in ov.attention.model_fields_set:
-                        attn_fields[f][i] = getattr(ov.attention, f)
+        if ov.ffn is not None:
+            assign_selected(ffn_kind, ov.select, ov.ffn)
+        written = ov.attention.model_fields_set if ov.attention is not None else set()
+        if "window" in written:
+            assign_selected(window, ov.select, ov.attention.window)  # type: ignore[union-attr]
+        if "rope" in written:
+            assign_selected(rope, ov.select, m.positions.kind == "rope" and ov.attention.rope)  # type: ignore[union-attr]
+        for f in per_layer:
+            if f in written:
+                assign_selected(attn_fields[f], ov.select, getattr(ov.attention, f))
 
     dense = _dense(spec)
     moe = _moe(spec)

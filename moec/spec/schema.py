@@ -20,6 +20,9 @@ MAX_SEQ = 1 << 27  # 134M tokens
 MAX_HEADS = 1 << 12
 MAX_EXPERTS = 1 << 16
 MAX_FF = 1 << 21
+# list lengths: a layer index at most once per layer; overrides cost resolve O(overrides · layers)
+MAX_OVERRIDES = 1024
+MAX_HEAD_DIM = 4096
 
 Pos = Annotated[int, Field(gt=0)]
 # swiglu_clamped: gpt-oss's gated unit, (clamp(up, ±limit) + 1) · g·σ(alpha·g) with g = min(gate, limit)
@@ -55,8 +58,12 @@ class RopeScaling(Strict):
     attention_factor: Annotated[float, Field(gt=0, le=100)] | None = None
     # longrope (Phi-3.5-MoE): per-frequency divisors (head_dim/2 each) and cos/sin multipliers, the short
     # ones up to original_max_seq_len tokens, the long ones beyond (chosen by the live sequence length)
-    short_factor: list[Annotated[float, Field(gt=0, le=1e6)]] | None = None
-    long_factor: list[Annotated[float, Field(gt=0, le=1e6)]] | None = None
+    short_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
+        None
+    )
+    long_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
+        None
+    )
     short_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
     long_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
 
@@ -94,7 +101,7 @@ class Attention(Strict):
     kind: Literal["gqa", "mla"] = "gqa"
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
     n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None  # None: = n_heads (MHA)
-    head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None  # None: d_model / n_heads
+    head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None  # None: d_model / n_heads
     qk_norm: bool = False
     # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole
     # q (h·head_dim) and k (kv·head_dim) projections (OLMoE)
@@ -115,9 +122,9 @@ class Attention(Strict):
     # MLA (DeepSeek-V2/V3)
     q_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
     kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
-    qk_nope_head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None
-    qk_rope_head_dim: Annotated[int, Field(ge=0, le=4096)] | None = None
-    v_head_dim: Annotated[int, Field(gt=0, le=4096)] | None = None
+    qk_nope_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    qk_rope_head_dim: Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)] | None = None
+    v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
 
 
 class FFN(Strict):
@@ -180,6 +187,10 @@ class MoE(Strict):
     lora: Lora | None = None
 
 
+# an index past n_layers is reported by checks.py, which knows n_layers; this bound only keeps it finite
+LayerIndex = Annotated[int, Field(ge=0, lt=MAX_LAYERS)]
+
+
 def _selector_shorthand(v: Any) -> Any:
     # `select: [0, 5, 7]` is shorthand for `select: {layers: [0, 5, 7]}`
     return {"layers": v} if isinstance(v, list) else v
@@ -188,11 +199,11 @@ def _selector_shorthand(v: Any) -> Any:
 class Select(Strict):
     """Which layers an override applies to: a list, an inclusive range, or every N from a start."""
 
-    layers: list[Annotated[int, Field(ge=0)]] | None = None
-    first: Annotated[int, Field(ge=0)] | None = None
-    last: Annotated[int, Field(ge=0)] | None = None  # inclusive
-    every: Annotated[int, Field(gt=0)] | None = None
-    start: Annotated[int, Field(ge=0)] | None = None
+    layers: Annotated[list[LayerIndex], Field(max_length=MAX_LAYERS)] | None = None
+    first: LayerIndex | None = None
+    last: LayerIndex | None = None  # inclusive
+    every: Annotated[int, Field(gt=0, le=MAX_LAYERS)] | None = None
+    start: LayerIndex | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Select:
@@ -244,7 +255,7 @@ class Override(Strict):
 
 class Layers(Strict):
     default: LayerDefault = LayerDefault()
-    overrides: list[Override] = []
+    overrides: Annotated[list[Override], Field(max_length=MAX_OVERRIDES)] = []
 
 
 class MTP(Strict):
@@ -270,4 +281,4 @@ class Spec(Strict):
     layers: Layers = Layers()
     mtp: MTP | None = None
     # components whose weights are frozen (PEFT); a LoRA expert's base FFN is always frozen
-    frozen: list[Component] = []
+    frozen: Annotated[list[Component], Field(max_length=64)] = []

@@ -98,7 +98,8 @@ def unquantized_model_type(folder: Path, mapped: Container[str]) -> str:
     raw, file, text = read_hf_config(folder)
     q = raw.get("quantization_config")
     if q:
-        method = shown(q.get("quant_method", "?")) if isinstance(q, dict) else "?"
+        method = q.get("quant_method", "?") if isinstance(q, dict) else "?"
+        method = method if isinstance(method, str) and method.isprintable() and len(method) <= 60 else shown(method)
         line, col = KeyLocator(text).locate("quantization_config")
         message = f"a quantized checkpoint ({method}); moec loads unquantized safetensors only (dequantize it first)"
         raise CheckpointError([Problem(file, line, col, "quantization_config", message)])

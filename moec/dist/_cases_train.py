@@ -171,4 +171,16 @@ def train_case() -> dict:
     }
 
 
-CASES = {"train": train_case}
+def train4_case() -> dict:
+    """4 ranks: experts FSDP-sharded over efsdp = 2 under ep = 2, one expert per rank, and a 2-D FSDP × TP."""
+    torch.set_default_dtype(torch.float64)  # as in train_case
+    plan = train_plan()
+    ref = reference_run(plan)
+    return {
+        "ep2_fsdp": distributed_run(plan, ref, Layout(ep=2), fsdp=True),
+        "ep4_fsdp": distributed_run(plan, ref, Layout(ep=4), fsdp=True),
+        "tp2_fsdp": distributed_run(plan, ref, Layout(tp=2), fsdp=True),
+    }
+
+
+CASES = {"train": train_case, "train4": train4_case}

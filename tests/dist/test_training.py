@@ -54,3 +54,17 @@ def test_selection_bias_stays_in_sync_across_ranks(ranks, layout):
 def test_tied_embedding_stays_tied_after_the_meta_load(ranks):
     for result in ranks:
         assert all(result[layout]["tied_after_load"] for layout in LAYOUTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ("ep2_fsdp", "ep4_fsdp", "tp2_fsdp"))
+def test_four_ranks_train_like_one_process(dist_case, layout):
+    # ep = 2 leaves efsdp = 2: each expert shard is FSDP-sharded over 2 ranks; tp2_fsdp is a 2-D (dp, tp) mesh
+    ranks = dist_case("train4", world=4)
+    for result in ranks:
+        run = result[layout]
+        assert run["loss_diff"] <= TOL
+        assert run["norm_diff"] <= TOL
+        assert run["numel"] == run["planned_numel"]
+        assert run["bias_spread_across_ranks"] == 0.0
+    assert ranks[0][layout]["param_diff"] <= TOL, ranks[0][layout]["worst"]

@@ -4,7 +4,8 @@ distributed"; the all-to-all pattern of torchtitan and GShard).
 
 Per MoE forward on a rank with T tokens, k slots each, E experts, P = ep ranks, E/P experts per rank:
 
-1. sort the kept slots by expert (stable; dropped slots, -1, are left out), so the rows are rank-major;
+1. sort the kept slots by expert (stable; dropped slots, -1, are left out) with the reference backend's
+   one sort-and-count routine, so the rows are grouped by destination rank;
 2. exchange the per-expert counts (an even all-to-all of E int64), which gives both split lists;
 3. send the rows (an all-to-all with autograd: its backward is the reverse all-to-all);
 4. run the backend's own ``kernels.expert_ffn`` on the received rows with weight 1 and the *local* expert
@@ -26,6 +27,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from moec.dist.mesh import local
+from moec.kernels.reference import dispatch
 from moec.nn.moe import Experts, LoRAExperts
 
 
@@ -72,19 +74,14 @@ class ExpertDispatcher:
         w_gate_up, w_down = local(experts.w_gate_up), local(experts.w_down)
         n_local = w_gate_up.shape[0]
         n_experts = n_local * self.size
-        T, k = topk_idx.shape
-        flat = topk_idx.reshape(-1)  # (T·k,)
-        key = torch.where(flat < 0, n_experts, flat)  # dropped slots sort after every expert
-        order = torch.argsort(key, stable=True)  # (T·k,) rank-major, since experts are numbered rank by rank
-        counts = torch.zeros(n_experts + 1, dtype=torch.long, device=x.device).scatter_add_(
-            0, key, torch.ones_like(key)
-        )
-        send_counts = counts[:n_experts].contiguous()  # (E,) rows for each global expert
+        T = topk_idx.shape[0]
+        # kept slots sorted by expert, hence by destination rank (experts are numbered rank by rank)
+        sort = dispatch(topk_idx, n_experts, grouped=False)
+        send_counts = torch.tensor(sort.counts, dtype=torch.long, device=x.device)  # (E,) rows per global expert
         recv_counts = self._exchange_counts(send_counts)  # (P, E/P): rows from each rank for each local expert
-        in_splits = send_counts.view(self.size, n_local).sum(1).tolist()  # the host sync EP needs
+        in_splits = send_counts.view(self.size, n_local).sum(1).tolist()
         out_splits = recv_counts.sum(1).tolist()
-        order = order[: sum(in_splits)]  # (N,) kept slots only
-        tok = order // k  # (N,) token of each row
+        order, tok = sort.order, sort.tok  # (N,) slot and token of each row
 
         rows = all_to_all_single_autograd(x.index_select(0, tok), out_splits, in_splits, self.mesh)  # (R, d)
         ids = torch.arange(n_local, device=x.device).repeat(self.size)

@@ -134,6 +134,7 @@ class KeyLocator:
     def __init__(self, text: str):
         self.text = text
         self._offsets: dict[str, list[int]] | None = None  # built on the first problem, not before
+        self._line_starts: list[int] | None = None  # likewise: offsets where lines begin
 
     def offsets(self, key: str) -> list[int]:
         """Where ``key`` appears as an object key, in text order."""
@@ -174,4 +175,8 @@ class KeyLocator:
         if hit is None:  # a field named in words ("num_key_value_heads unset: = heads"): its leading name
             m = _IDENTIFIER.match(field)
             hit = self._walk(m.group(0)) if m else None
-        return _line_col(self.text, _start(self.text) if hit is None else hit)
+        offset = _start(self.text) if hit is None else hit
+        if self._line_starts is None:  # thousands of problems: one pass over the text, not one each
+            self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        line = bisect.bisect_right(self._line_starts, offset)
+        return line, offset - self._line_starts[line - 1] + 1

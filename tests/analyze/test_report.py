@@ -100,11 +100,22 @@ def test_mtp_modules_by_hand(setting: str, keys: int):
     assert (a.mtp.n_layers, a.mtp.params, a.mtp.active) == (2, 2 * (MOE_PARAMS + extra), 2 * (MOE_ACTIVE + extra))
     assert a.mtp.forward_flops == 2 * one_flops
     assert a.params.total == 4 * MOE_PARAMS + EMB + HEAD + FINAL_NORM  # not in the headline
+    assert analyze(plan(MOE)).mtp is None
     causal = analyze(plan(MOE + "mtp: {n_layers: 1}\n", sets=(setting,)), seq=100, attention="causal").mtp
     mean_keys = Fraction(
         sum(min(i, keys) if setting != "attention.chunk=10" else (i - 1) % 10 + 1 for i in range(1, 101)), 100
     )
     assert causal.forward_flops == pytest.approx(float(one_flops - score_flops(keys) + score_flops(mean_keys)))
+
+
+def test_mtp_norms_under_layernorm_by_hand():
+    """LayerNorm doubles every norm: the block's two (4·64) and the module's three (6·64)."""
+    mtp = analyze(plan(MOE + "mtp: {n_layers: 1}\n", sets=("model.norm.kind=layernorm",))).mtp
+    block = ATTN + 2 * NORMS + ROUTER
+    assert (mtp.params, mtp.active) == (
+        block + 8 * EXPERT + 6 * 64 + 2 * 64 * 64,
+        block + 2 * EXPERT + 6 * 64 + 2 * 64 * 64,
+    )
 
 
 def test_layernorm_and_learned_positions_and_head_bias_by_hand():
@@ -121,7 +132,7 @@ def test_layernorm_and_learned_positions_and_head_bias_by_hand():
     )
     a = analyze(p)
     comp = {c.name: c for c in a.components}
-    assert comp["norms"].params == 4 * 2 * 2 * 64  # two per layer, no final norm
+    assert comp["norms"].params == comp["norms"].active == 4 * 2 * 2 * 64  # two per layer, no final norm
     assert comp["embedding"].params == 1000 * 64 + 512 * 64
     assert comp["head"].params == 1000 * 64 + 1000
     assert comp["head"].flops == 2 * 64 * 1000
@@ -193,6 +204,9 @@ def test_kv_cache_by_hand():
     a = analyze(plan(sets=("attention.window=16",)), seq=8, batch=3, dtype="fp32")
     assert a.memory.kv_cache_bytes_per_token == 4 * 32 * 4
     assert a.memory.kv_cache_bytes == 4 * 32 * 4 * 8 * 3  # the window (16) is longer than the context (8)
+    # a window and a chunk both longer than the context: the context caps the cache
+    a = analyze(plan(sets=("attention.window=16", "attention.chunk=12")), seq=8, batch=3)
+    assert a.memory.kv_cache_bytes == 4 * 32 * 2 * 8 * 3
     a = analyze(plan(sets=("attention.window=16",)), seq=100, batch=3)
     assert a.memory.kv_cache_bytes == 4 * 32 * 2 * 16 * 3
     assert a.memory.dtype == "bf16" and a.memory.weights_bytes == 2 * a.params.total

@@ -313,9 +313,9 @@ def test_zero_tokens_give_finite_zero_losses():
 @pytest.mark.parametrize(
     ("x", "message"),
     [
-        (torch.randn(2, 3, 8), "must be \\(tokens, d_model\\)"),
-        (torch.randn(4, 7), "d_model 7, expected 8"),
-        (torch.ones(4, 8, dtype=torch.long), "floating-point"),
+        (torch.randn(2, 3, 8), r"^router input must be \(tokens, d_model\); got shape \(2, 3, 8\)$"),
+        (torch.randn(4, 7), r"^router input has d_model 7, expected 8$"),
+        (torch.ones(4, 8, dtype=torch.long), r"^router input must be a floating-point tensor; got torch\.int64$"),
     ],
 )
 def test_bad_inputs_raise_value_error(x: torch.Tensor, message: str):
@@ -324,8 +324,10 @@ def test_bad_inputs_raise_value_error(x: torch.Tensor, message: str):
 
 
 def test_seq_len_must_divide_tokens():
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(ValueError, match=r"^seq_len 4 does not divide the 6 tokens$"):
         Router(make_plan(load_balance_granularity="sequence"), 8)(torch.randn(6, 8), seq_len=4)
+    with pytest.raises(ValueError, match=r"^seq_len 0 does not divide the 6 tokens$"):
+        Router(make_plan(load_balance_granularity="sequence"), 8)(torch.randn(6, 8), seq_len=0)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.01, 0.3, 0.9])

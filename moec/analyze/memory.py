@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from moec.errors import CommandError
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -76,4 +78,138 @@ def memory(
         kv_cache_bytes=at_seq * batch,
         training_state_bytes=ADAMW_BYTES_TRAINABLE * trainable + ADAMW_BYTES_FROZEN * frozen,
         activation_bytes_estimate=activation_bytes_per_token(model) * seq * batch,
+    )
+
+
+# --- What a command that runs a model will allocate (smoke-run, analyze --verify, build) --------------
+# The analyzer's activation figure above describes an ideal bf16 step (flash attention, no temporaries).
+# A real run also holds the gradients flowing back through the saved tensors, the implementation's own
+# copies (gathered expert rows, fp32 router and loss temporaries) and allocator slack; measured on the
+# CPU (peak RSS of smoke-run on every shipped spec family, tests/cli/test_run_limits.py) these stayed
+# within 3.3× the saved tensors, so the saved tensors are counted four times.
+RUN_ACTIVATION_FACTOR = 4
+RUNTIME_BYTES = 64 << 20  # allocator caches, thread pools, kernel workspaces: ~25 MiB measured on CPU
+ADAMW_STATE_COPIES = 4  # two moments, and the step's and the backward's full-size temporaries
+LOSS_FP32_COPIES = 3  # cross-entropy in fp32: the upcast logits, log-softmax, its gradient
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+@dataclass(frozen=True)
+class RunMemory:
+    """An upper estimate of what a run allocates, by part, in print order (parts of 0 bytes are left out
+    of the description). ``at`` says at what shape the activations were counted."""
+
+    dtype: str
+    parts: tuple[tuple[str, int], ...]
+    at: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.parts)
+
+    def describe(self) -> str:
+        """``about 41.2 GiB in fp32 (weights 2.1 GiB, ..., activations 30.7 GiB at batch 8 × seq 64)``."""
+        head = f"about {gib(self.total)} in {self.dtype}"
+        shown = [(name, n) for name, n in self.parts if n]
+        if len(shown) <= 1 and not self.at:
+            return head
+        listed = ", ".join(
+            f"{name} {gib(n)}" + (f" {self.at}" if name == "activations" and self.at else "") for name, n in shown
+        )
+        return f"{head} ({listed})"
+
+
+class DoesNotFitError(CommandError):
+    """A run or an allocation asked for more memory than the device has free; raised before allocating."""
+
+
+def refuse_unless_fits(need: RunMemory, available: int | None, *, lead: str, where: str, hint: str = "") -> None:
+    """Raise :class:`DoesNotFitError` ``"{lead} {need} but {where} has N GiB free{hint}"`` when ``need``
+    exceeds ``available`` (None: unknown, nothing is refused)."""
+    if available is not None and need.total > available:
+        raise DoesNotFitError(f"{lead} {need.describe()} but {where} has {gib(available)} free{hint}")
+
+
+def _with_mtp(model: ResolvedModel) -> ResolvedModel:
+    """The main layers and the MTP blocks in one list: the run computes and saves both."""
+    return dataclasses.replace(model, layers=model.layers + model.mtp) if model.mtp else model
+
+
+def _materialised_scores_bytes(a: AttentionPlan, *, batch: int, seq: int, nbytes: int) -> int:
+    """Attention scores a layer keeps in memory. With sinks moec computes them explicitly (fp32 softmax
+    and its cast, per head); a window or chunk shorter than the sequence adds an (S, S) mask."""
+    if a.sinks:
+        return batch * a.n_heads * seq * (seq + 1) * (4 + nbytes)
+    if (a.window is not None and a.window < seq) or (a.chunk is not None and a.chunk < seq):
+        return seq * seq * (1 + nbytes)
+    return 0
+
+
+def _lora_rows_per_token(model: ResolvedModel) -> int:
+    """Elements a LoRA-MoE layer adds per token over the analyzer's count: each adapted matrix gathers its
+    k input rows, and keeps their rank-r products and k output rows (moec.kernels' ``lora_mix``)."""
+    total = 0
+    for lp in model.layers:
+        f = lp.ffn
+        if isinstance(f, MoEPlan) and f.expert_kind == "lora":
+            d, r = model.d_model, f.lora_rank or 0
+            matrices = 3 if f.gated else 2
+            total += f.top_k * matrices * (d + r + f.d_ff)
+    return total
+
+
+def run_activation_bytes(model: ResolvedModel, *, batch: int, seq: int, dtype: str) -> int:
+    """An upper estimate of the activation memory of one step of moec's own modules at ``batch × seq``
+    in ``dtype``: the analyzer's saved tensors of every layer and MTP block (scaled from bf16) and the
+    materialised scores, times :data:`RUN_ACTIVATION_FACTOR`; plus, per output head, the logits and their
+    gradient in ``dtype`` and the loss's fp32 copies. A forward pass without gradients holds less."""
+    nb = DTYPE_BYTES[dtype]
+    layers = dataclasses.replace(_with_mtp(model), vocab_size=0)  # the heads are counted below
+    per_token = -(-activation_bytes_per_token(layers) * max(nb, 2) // 2) + nb * _lora_rows_per_token(layers)
+    scores = sum(_materialised_scores_bytes(lp.attention, batch=batch, seq=seq, nbytes=nb) for lp in layers.layers)
+    heads = (1 + len(model.mtp)) * model.vocab_size * (2 * nb + 4 * LOSS_FP32_COPIES)
+    return RUN_ACTIVATION_FACTOR * (per_token * batch * seq + scores) + heads * batch * seq
+
+
+def training_run_memory(
+    model: ResolvedModel,
+    *,
+    params: int,
+    trainable: int,
+    batch: int,
+    seq: int,
+    dtype: str,
+    data_bytes: int = 0,
+) -> RunMemory:
+    """Training with AdamW in ``dtype`` (weights, gradients and moments all in it, as torch keeps them):
+    ``params`` and ``trainable`` count the MTP blocks too."""
+    nb = DTYPE_BYTES[dtype]
+    return RunMemory(
+        dtype,
+        (
+            ("weights", params * nb),
+            ("gradients", trainable * nb),
+            ("optimizer", ADAMW_STATE_COPIES * trainable * nb),
+            ("activations", run_activation_bytes(model, batch=batch, seq=seq, dtype=dtype)),
+            ("data", data_bytes),
+            ("runtime", RUNTIME_BYTES),
+        ),
+        at=f"at batch {batch} × seq {seq}",
+    )
+
+
+def forward_run_memory(model: ResolvedModel, *, params: int, batch: int, seq: int, dtype: str) -> RunMemory:
+    """A forward pass without gradients: the weights, and the activations bound of a training step."""
+    nb = DTYPE_BYTES[dtype]
+    return RunMemory(
+        dtype,
+        (
+            ("weights", params * nb),
+            ("activations", run_activation_bytes(model, batch=batch, seq=seq, dtype=dtype)),
+            ("runtime", RUNTIME_BYTES),
+        ),
+        at=f"at batch {batch} × seq {seq}",
     )

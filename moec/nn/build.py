@@ -7,6 +7,13 @@ weights would not fit, :class:`DoesNotFitError` is raised before anything is all
 
 Initialisation is seeded and reproducible: the same seed, device and dtype give identical weights,
 and the caller's global RNG state is left as it was.
+
+Every command that runs a model asks this module, before it allocates, how much memory is free
+(:func:`available_bytes`: ``MemAvailable`` of /proc/meminfo and the cgroup's room on the CPU,
+``torch.cuda.mem_get_info`` on a GPU) and refuses through :func:`require_memory` with its estimate,
+the parts of it and the limit. ``MOEC_MEMORY_LIMIT=<bytes>`` in the environment caps the free memory
+every check sees (it never raises it), so the refusals can be tried on any machine.
+:func:`resolve_device` turns a ``--device`` string into a device that exists, or a clear error.
 """
 
 from __future__ import annotations
@@ -17,15 +24,17 @@ from pathlib import Path
 import torch
 
 from moec.analyze import analyze
+from moec.analyze.memory import DoesNotFitError, RunMemory, refuse_unless_fits
+from moec.errors import CommandError
 from moec.nn.model import MoecModel
 from moec.spec import ResolvedModel, load_model
 
 AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and the rest of the process
-EXPLICIT_FRACTION = 0.9  # an explicit request is refused only when it surely cannot fit
+# moec.hf.weights' own weights check still reads this; build_model refuses through require_memory
+EXPLICIT_FRACTION = 0.9
+MEMORY_LIMIT_ENV = "MOEC_MEMORY_LIMIT"
 
-
-class DoesNotFitError(ValueError):
-    """The weights asked for do not fit in the memory of the requested device."""
+__all__ = ["DoesNotFitError", "available_bytes", "build_model", "require_memory", "resolve_device", "weight_bytes"]
 
 
 def weight_bytes(plan: ResolvedModel, dtype: torch.dtype) -> int:
@@ -35,15 +44,67 @@ def weight_bytes(plan: ResolvedModel, dtype: torch.dtype) -> int:
     return params * dtype.itemsize
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (None where it cannot be known, e.g. MPS)."""
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (the GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` → a device
+    that exists here; anything else is a :class:`CommandError` naming what is available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CommandError(f"unknown device {name!r}: moec runs on auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was asked for, but torch sees no CUDA device")
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        return _cpu_available()
-    return None
+            raise CommandError(f"device {name} was asked for, but torch sees no CUDA device")
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise CommandError(f"device {name} does not exist: torch sees {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return device
+
+
+def _memory_limit() -> int | None:
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        limit = int(text.replace("_", ""))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise CommandError(f"{MEMORY_LIMIT_ENV}={text!r} is not a whole number of bytes")
+    return limit
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``, capped by ``MOEC_MEMORY_LIMIT`` (None where it cannot be known, e.g. MPS)."""
+    free = None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"device {device} was asked for, but torch sees no CUDA device")
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        free = _cpu_available()
+    limit = _memory_limit()
+    if limit is None:
+        return free
+    return limit if free is None else min(free, limit)
+
+
+def require_memory(need: RunMemory, device: torch.device, *, lead: str, hint: str = "") -> None:
+    """Refuse, before anything is allocated, a run whose upper estimate ``need`` exceeds the free memory of
+    ``device``: :class:`DoesNotFitError` (a CommandError) ``"{lead} about X GiB in fp32 (parts) but cpu has
+    Y GiB free{hint}"``."""
+    refuse_unless_fits(need, available_bytes(device), lead=lead, where=str(device), hint=hint)
+
+
+def weights_memory(plan: ResolvedModel, dtype: torch.dtype, *, serialized: bool = False) -> RunMemory:
+    """Initialised weights, and with ``serialized`` the byte copy safetensors makes of every tensor while it
+    writes them (``moec build --weights``)."""
+    need = weight_bytes(plan, dtype)
+    parts = (("weights", need), ("serialized copy", need if serialized else 0))
+    return RunMemory(str(dtype).removeprefix("torch."), parts)
 
 
 def _cpu_available() -> int | None:
@@ -86,20 +147,19 @@ def build_model(
     plan = spec_or_plan if isinstance(spec_or_plan, ResolvedModel) else load_model(str(spec_or_plan))
     dtype = dtype or torch.get_default_dtype()
     if device is None:
-        free = _cpu_available()
+        free = available_bytes(torch.device("cpu"))
         fits = free is None or weight_bytes(plan, dtype) <= AUTO_FRACTION * free
         device = "cpu" if fits else "meta"
     device = torch.device(device)
     if device.type == "meta":
         return MoecModel(plan, backend=backend, device=device, dtype=dtype)
 
-    need, free = weight_bytes(plan, dtype), available_bytes(device)
-    if free is not None and need > EXPLICIT_FRACTION * free:
-        raise DoesNotFitError(
-            f"{plan.name}: its weights need {need / 2**30:,.1f} GiB in {str(dtype).removeprefix('torch.')}, "
-            f"but {device} has {free / 2**30:,.1f} GiB free; build on device='meta', use a smaller dtype, "
-            f"or shrink the spec (moec smoke-run fits a scaled-down copy)"
-        )
+    require_memory(
+        weights_memory(plan, dtype),
+        device,
+        lead=f"{plan.name}: its weights need",
+        hint="; build on device='meta', use a smaller dtype, or shrink the spec (moec smoke-run fits a scaled-down copy)",
+    )
     rng_devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     )

@@ -24,7 +24,12 @@ class MarkovData:
     def make(cls, vocab: int, *, branch: int = 4, seed: int = 0) -> MarkovData:
         g = torch.Generator().manual_seed(seed)
         branch = max(1, min(branch, vocab))
-        succ = torch.stack([torch.randperm(vocab, generator=g)[:branch] for _ in range(vocab)])  # (V, branch)
+        # one (V,) buffer refilled per row: a fresh permutation per row fragmented the heap to ~V² int64
+        # (7.7 GB at V = 32768) even though only its first ``branch`` entries are kept
+        perm = torch.empty(vocab, dtype=torch.long)
+        succ = torch.empty(vocab, branch, dtype=torch.long)  # (V, branch)
+        for row in succ:
+            row.copy_(torch.randperm(vocab, generator=g, out=perm)[:branch])
         # peaked (Dirichlet-like) probabilities: learnable but not deterministic
         w = -(torch.log(torch.rand(vocab, branch, generator=g, dtype=torch.float64)) ** 2)
         p = w / w.sum(-1, keepdim=True)

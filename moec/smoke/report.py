@@ -67,6 +67,7 @@ class SmokeResult:
     flops_per_token: float  # analyzer training FLOPs per token of the scaled model (full attention)
     ok: bool
     failures: list[str] = field(default_factory=list)
+    memory_estimate_bytes: int | None = None  # the upper estimate checked before the run started
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA}
@@ -105,6 +106,8 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
     t.add_row("achieved TFLOP/s", f"{r.achieved_tflops:.3f}  (analyzer: {r.flops_per_token:.4g} training FLOPs/token)")
     t.add_row("MFU", f"{100 * r.mfu:.1f}% of {r.peak_tflops:.3g} TFLOP/s ({r.peak_source})")
     t.add_row("peak memory", "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:,.0f} MiB")
+    if r.memory_estimate_bytes is not None:
+        t.add_row("memory estimate (checked first)", f"{r.memory_estimate_bytes / 2**20:,.0f} MiB")
     t.add_row("dropped routing slots", f"{r.dropped_tokens:,}")
     if r.numerics:
         n = r.numerics

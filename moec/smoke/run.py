@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from moec.analyze import analyze
+from moec.errors import CommandError
+from moec.nn.build import available_bytes, resolve_device
 from moec.smoke.data import MarkovData
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
 from moec.smoke.scale import fit
@@ -28,6 +30,7 @@ PEAKS = {
     "A100": {"bf16": 312.0, "fp32": 156.0},
 }
 IMBALANCE_THRESHOLD = 3.0
+DISTINCT_BATCHES = 64  # token batches generated up front and cycled through (int64, on the CPU)
 NUMERICS_TOL = {"fp32": 1e-4, "bf16": 5e-2}
 
 
@@ -42,14 +45,6 @@ class SmokeConfig:
     scale: str = "auto"
     seed: int = 0
     lr: float = 3e-3
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def smoke_run(
@@ -68,22 +63,29 @@ def smoke_run(
     device = resolve_device(cfg.device)
     dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if dtype_name == "bf16" and device.type == "cpu":
-        raise ValueError("bf16 on the CPU runs ~100x slower than fp32 here; use --dtype fp32 on CPU")
+        raise CommandError("bf16 on the CPU runs ~100x slower than fp32 here; use --dtype fp32 on CPU")
     dtype = DTYPES[dtype_name]
     backend = cfg.backend
     if backend == "auto":
         backend = "triton" if device.type == "cuda" and _triton_ok() else "reference"
     if backend == "triton" and device.type != "cuda":
-        raise ValueError("the triton backend needs a CUDA device (use --backend reference on CPU)")
+        raise CommandError("the triton backend needs a CUDA device (use --backend reference on CPU)")
 
     scale = cfg.scale
     if scale == "auto" and device.type == "cpu":
         scale = "tiny"
-    budget = None
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * 0.7)  # headroom for allocator fragmentation and kernels' workspaces
-    fitted = fit(plan, scale=scale, budget_bytes=budget, batch=cfg.batch, seq=cfg.seq)
+    n_batches = min(cfg.steps, DISTINCT_BATCHES)
+    # refused here, before any tensor exists, when even the fitted copy would not fit
+    fitted = fit(
+        plan,
+        scale=scale,
+        budget_bytes=available_bytes(device),
+        batch=cfg.batch,
+        seq=cfg.seq,
+        dtype=dtype_name,
+        data_bytes=n_batches * cfg.batch * cfg.seq * torch.long.itemsize,
+        where=str(device),
+    )
     small = fitted.plan
 
     torch.manual_seed(cfg.seed)
@@ -98,7 +100,7 @@ def smoke_run(
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     data = MarkovData.make(small.vocab_size, seed=cfg.seed)
-    batches = [data.batch(cfg.batch, cfg.seq) for _ in range(min(cfg.steps, 64))]
+    batches = [data.batch(cfg.batch, cfg.seq) for _ in range(n_batches)]
 
     E = [m.router.weight.shape[0] for _, m in moe_layers]
     load = [torch.zeros(e, dtype=torch.long, device=device) for e in E]
@@ -217,6 +219,7 @@ def smoke_run(
         peak_source=source,
         mfu=achieved / peak if peak else 0.0,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        memory_estimate_bytes=fitted.memory.total,
         numerics=numerics,
         flops_per_token=float(a.flops.training),
         ok=not failures,

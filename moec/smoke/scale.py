@@ -4,7 +4,8 @@ Kept: number of experts, top-k, shared experts, router kind, attention kind (GQA
 norms, positions, and the layer pattern (first-k dense, every-N MoE: runs of identical layers are
 shortened, never reordered). Shrunk: d_model, FFN/expert widths, head counts and dims, MLA ranks,
 vocabulary, number of layers, windows (capped at the run's sequence length).
-Pure arithmetic over plans: the analyzer's memory model decides what fits.
+Pure arithmetic over plans: the analyzer's memory model decides what fits
+(:func:`moec.analyze.memory.training_run_memory`, an upper estimate of what the run allocates).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from moec.analyze import analyze
+from moec.analyze.memory import RunMemory, refuse_unless_fits, training_run_memory
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 TINY_D = 64
@@ -23,7 +25,8 @@ TINY_VOCAB = 256
 class Fitted:
     plan: ResolvedModel
     changes: list[str]  # human-readable "field: old → new"
-    bytes_needed: int  # training state + activation estimate at the run's batch × seq
+    bytes_needed: int  # the analyzer's headline: mixed-precision training state + activation estimate
+    memory: RunMemory  # what the run allocates (upper estimate, the run's dtype): decides what fits
 
 
 def _r(x: float, mult: int, lo: int) -> int:
@@ -116,6 +119,21 @@ def bytes_needed(plan: ResolvedModel, *, batch: int, seq: int) -> int:
     return a.memory.training_state_bytes + a.memory.activation_bytes_estimate
 
 
+def run_memory(plan: ResolvedModel, *, batch: int, seq: int, dtype: str, data_bytes: int = 0) -> RunMemory:
+    """A smoke-run's upper estimate: AdamW training of every parameter, the MTP blocks included."""
+    a = analyze(plan)
+    mtp = a.mtp.params if a.mtp else 0
+    return training_run_memory(
+        plan,
+        params=a.params.total + mtp,
+        trainable=a.params.trainable + mtp,
+        batch=batch,
+        seq=seq,
+        dtype=dtype,
+        data_bytes=data_bytes,
+    )
+
+
 def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     out = []
     for name in ("d_model", "n_layers", "vocab_size", "max_seq_len"):
@@ -143,25 +161,38 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     return out
 
 
-def fit(plan: ResolvedModel, *, scale: str, budget_bytes: int | None, batch: int, seq: int) -> Fitted:
-    """``tiny``: a CPU-sized copy. ``full``: the model as specified (an error if it does not fit).
-    ``auto``: the largest power-of-two width ≤ d_model (and ≤ 4096) whose training state and
-    activations fit ``budget_bytes``."""
+def fit(
+    plan: ResolvedModel,
+    *,
+    scale: str,
+    budget_bytes: int | None,
+    batch: int,
+    seq: int,
+    dtype: str = "bf16",
+    data_bytes: int = 0,
+    where: str = "the device",
+) -> Fitted:
+    """``tiny``: a CPU-sized copy. ``full``: the model as specified. ``auto``: the largest power-of-two
+    width ≤ d_model (and ≤ 4096) whose run fits ``budget_bytes``. With a budget, a run that does not fit
+    even so is refused (DoesNotFitError, naming ``where`` the budget is)."""
     if scale == "full":
-        need = bytes_needed(plan, batch=batch, seq=seq)
-        if budget_bytes is not None and need > budget_bytes:
-            raise ValueError(
-                f"{plan.name} needs ~{need / 2**30:.1f} GiB for training state and activations at batch {batch} × seq {seq}, "
-                f"but the device has {budget_bytes / 2**30:.1f} GiB free; use --scale auto"
-            )
-        return Fitted(plan, [], need)
-    if scale == "tiny" or budget_bytes is None:
+        new = plan
+    elif scale == "tiny" or budget_bytes is None:
         new = shrink(plan, min(TINY_D, plan.d_model), vocab=TINY_VOCAB, max_layers=4, seq=seq)
-        return Fitted(new, describe_changes(plan, new), bytes_needed(new, batch=batch, seq=seq))
+    else:
+        new = _widest_that_fits(plan, budget_bytes, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
+    need = run_memory(new, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
+    hint = "; use --scale auto, or lower --batch or --seq" if scale == "full" else "; lower --batch or --seq"
+    refuse_unless_fits(need, budget_bytes, lead=f"smoke-run of {new.name} needs", where=where, hint=hint)
+    return Fitted(new, describe_changes(plan, new), bytes_needed(new, batch=batch, seq=seq), need)
+
+
+def _widest_that_fits(
+    plan: ResolvedModel, budget: int, *, batch: int, seq: int, dtype: str, data_bytes: int
+) -> ResolvedModel:
     d = 1 << min(plan.d_model, 4096).bit_length() - 1
     while True:
         new = shrink(plan, d, vocab=32768, max_layers=8, seq=seq) if d < plan.d_model or plan.n_layers > 8 else plan
-        need = bytes_needed(new, batch=batch, seq=seq)
-        if need <= budget_bytes or d <= TINY_D:
-            return Fitted(new, describe_changes(plan, new), need)
+        if d <= TINY_D or run_memory(new, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes).total <= budget:
+            return new
         d //= 2

@@ -116,6 +116,23 @@ def test_a_section_in_the_middle_of_the_file_points_at_its_own_start():
     assert located(text) == ["x.yaml:13:16 moe.expert_kind: lora experts need a moe.lora section (rank, alpha)"]
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ("name: t", "name: !!python/object/apply:os.system ['echo hi']", "x.yaml:2:7 name"),  # on a sequence
+        ("model:\n", "model: !!python/object:os.system\n", "x.yaml:3:8 model"),  # on a block mapping
+        ("n_heads: 8", "n_heads: !!python/name:os.system 8", "x.yaml:9:12 attention.n_heads"),  # on a scalar
+        ("default: {ffn: moe}", "default: !custom {ffn: moe}", "x.yaml:17:12 layers.default"),  # a local tag
+    ],
+    ids=["sequence", "mapping", "scalar", "local"],
+)
+def test_tags_are_refused_at_the_tag_whatever_node_carries_them(old: str, new: str, want: str):
+    """A spec is data: a tag that would construct an object is an error at the tag, also on a mapping or
+    a sequence (whose tags a loader that reads only the children would ignore)."""
+    tag = new.split("!", 1)[1].split()[0]
+    assert located(edit(old, new)) == [f"{want}: unsupported tag !{tag} (a spec holds only core YAML)"]
+
+
 def test_errors_in_an_extended_spec_point_into_the_file_that_wrote_them(write_spec):
     base = write_spec(SPEC, "base.yaml")
     child = write_spec("extends: base.yaml\nname: child\nmoe:\n  router: {top_k: 12}\n", "child.yaml")

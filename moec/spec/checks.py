@@ -1,10 +1,18 @@
-"""Semantic (cross-field) checks. Each returns problems with locations; none stops at the first."""
+"""Semantic (cross-field) checks. Each returns problems with locations; none stops at the first.
+
+``check_spec`` runs a list of small named steps (attention, positions, layers, FFN sections, router,
+experts); each reports through the same ``bad(path, message)``, which locates the path in the YAML.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from moec.errors import Problem
-from moec.spec.schema import Spec
+from moec.spec.schema import Override, Spec
 from moec.spec.yamlio import Located, Path, dotted
+
+Bad = Callable[[Path, str], None]
 
 
 def check_spec(spec: Spec, loc: Located) -> list[Problem]:
@@ -14,115 +22,151 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         m = loc.mark_for(path)
         out.append(Problem(m.file, m.line, m.column, dotted(path), msg))
 
-    m, a = spec.model, spec.attention
-    n = m.n_layers
-
-    # --- attention -------------------------------------------------------------------------
-    if a.kind == "gqa":
-        kv = a.n_kv_heads or a.n_heads
-        if a.n_heads % kv:
-            bad(("attention", "n_kv_heads"), f"n_heads ({a.n_heads}) is not divisible by n_kv_heads ({kv})")
-        if a.head_dim is None and m.d_model % a.n_heads:
-            bad(
-                ("attention", "n_heads"),
-                f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim",
-            )
-        hd = a.head_dim or m.d_model // a.n_heads
-        if m.positions.kind == "rope" and hd % 2:
-            bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
-        for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            if getattr(a, f) is not None:
-                bad(("attention", f), "only meaningful with attention.kind: mla")
+    if spec.attention.kind == "gqa":
+        _check_gqa(spec, bad)
     else:
-        for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            if getattr(a, f) is None:
-                bad(("attention",), f"attention.kind mla needs {f}")
-        if a.n_kv_heads is not None and a.n_kv_heads != a.n_heads:
-            bad(("attention", "n_kv_heads"), "MLA has no separate KV heads (leave n_kv_heads unset)")
-        if a.head_dim is not None:
-            bad(("attention", "head_dim"), "MLA head dims are qk_nope_head_dim + qk_rope_head_dim and v_head_dim")
-        if a.bias or a.out_bias:
-            bad(("attention", "bias"), "biases are not supported with MLA")
-        if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
-            bad(
-                ("attention", "qk_rope_head_dim"),
-                f"rotary positions need an even qk_rope_head_dim, got {a.qk_rope_head_dim}",
-            )
-        if m.positions.kind == "rope" and a.qk_rope_head_dim == 0:
-            bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
+        _check_mla(spec, bad)
+    _check_attention_features(spec, bad)
+    _check_rope_scaling(spec, bad)
+    _check_layers(spec, loc, bad)
+    _check_ffn_sections(spec, bad)
+    if spec.moe is not None:
+        _check_router(spec, bad)
+        _check_groups(spec, bad)
+        _check_experts(spec, bad)
+    return out
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+
+def _check_gqa(spec: Spec, bad: Bad) -> None:
+    m, a = spec.model, spec.attention
+    kv = a.n_kv_heads or a.n_heads
+    if a.n_heads % kv:
+        bad(("attention", "n_kv_heads"), f"n_heads ({a.n_heads}) is not divisible by n_kv_heads ({kv})")
+    if a.head_dim is None and m.d_model % a.n_heads:
+        bad(
+            ("attention", "n_heads"),
+            f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim",
+        )
+    hd = a.head_dim or m.d_model // a.n_heads
+    if m.positions.kind == "rope" and hd % 2:
+        bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
+    for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        if getattr(a, f) is not None:
+            bad(("attention", f), "only meaningful with attention.kind: mla")
+
+
+def _check_mla(spec: Spec, bad: Bad) -> None:
+    m, a = spec.model, spec.attention
+    for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        if getattr(a, f) is None:
+            bad(("attention",), f"attention.kind mla needs {f}")
+    if a.n_kv_heads is not None and a.n_kv_heads != a.n_heads:
+        bad(("attention", "n_kv_heads"), "MLA has no separate KV heads (leave n_kv_heads unset)")
+    if a.head_dim is not None:
+        bad(("attention", "head_dim"), "MLA head dims are qk_nope_head_dim + qk_rope_head_dim and v_head_dim")
+    if a.bias or a.out_bias:
+        bad(("attention", "bias"), "biases are not supported with MLA")
+    if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
+        bad(
+            ("attention", "qk_rope_head_dim"),
+            f"rotary positions need an even qk_rope_head_dim, got {a.qk_rope_head_dim}",
+        )
+    if m.positions.kind == "rope" and a.qk_rope_head_dim == 0:
+        bad(("attention", "qk_rope_head_dim"), "MLA with rope positions needs qk_rope_head_dim > 0")
+    for f in ("chunk", "temperature_tuning"):
+        if getattr(a, f) is not None or _written_anywhere(spec, f):
+            bad(("attention", f), "not supported with MLA")
+    if a.qk_norm or _written_anywhere(spec, "qk_norm", value=True):
+        bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
+
+
+def _check_attention_features(spec: Spec, bad: Bad) -> None:
+    m, a = spec.model, spec.attention
     if a.qk_norm_scope != "head" and not a.qk_norm:
         bad(("attention", "qk_norm_scope"), "only meaningful with qk_norm: true")
-    if a.kind == "mla":
-        for f in ("chunk", "temperature_tuning"):
-            if getattr(a, f) is not None or _written_anywhere(spec, f):
-                bad(("attention", f), "not supported with MLA")
-    if a.kind == "mla" and (a.qk_norm or _written_anywhere(spec, "qk_norm", value=True)):
-        bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
-    if a.window is not None and a.window > m.max_seq_len:
-        bad(("attention", "window"), f"{a.window} exceeds model.max_seq_len ({m.max_seq_len})")
-    if a.chunk is not None and a.chunk > m.max_seq_len:
-        bad(("attention", "chunk"), f"{a.chunk} exceeds model.max_seq_len ({m.max_seq_len})")
+    for f in ("window", "chunk"):
+        v = getattr(a, f)
+        if v is not None and v > m.max_seq_len:
+            bad(("attention", f), f"{v} exceeds model.max_seq_len ({m.max_seq_len})")
     if a.qk_norm_kind == "l2" and a.qk_norm_scope != "head":
         bad(("attention", "qk_norm_kind"), "the weightless l2 norm is per head: needs qk_norm_scope head")
     if a.qk_norm_kind != "model" and not a.qk_norm and not _written_anywhere(spec, "qk_norm"):
         bad(("attention", "qk_norm_kind"), "only meaningful with qk_norm: true (here or in layers.*.attention)")
     if a.temperature_tuning is None and _written_anywhere(spec, "temperature_tuning", value=True):
         bad(("attention", "temperature_tuning"), "layers turn temperature_tuning on but attention has none")
-    sc = m.positions.scaling
-    if sc is not None:
-        if m.positions.kind != "rope":
-            bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
-        if sc.kind == "longrope":
-            rot = a.qk_rope_head_dim if a.kind == "mla" else (a.head_dim or m.d_model // a.n_heads)
-            for f in ("short_factor", "long_factor"):
-                v = getattr(sc, f)
-                if v is None:
-                    bad(("model", "positions", "scaling"), f"longrope scaling needs {f}")
-                elif rot and len(v) != rot // 2:
-                    bad(("model", "positions", "scaling", f), f"needs rotary dim / 2 = {rot // 2} values, got {len(v)}")
-            for f in ("short_mscale", "long_mscale"):
-                if getattr(sc, f) is None:
-                    bad(("model", "positions", "scaling"), f"longrope scaling needs {f}")
-        else:
-            for f in ("short_factor", "long_factor", "short_mscale", "long_mscale"):
-                if getattr(sc, f) is not None:
-                    bad(("model", "positions", "scaling", f), "only meaningful with kind: longrope")
-        if sc.kind in ("yarn", "llama3", "longrope") and sc.original_max_seq_len is None:
-            bad(
-                ("model", "positions", "scaling", "original_max_seq_len"),
-                f"{sc.kind} scaling needs original_max_seq_len",
-            )
 
-    # --- layers ----------------------------------------------------------------------------
-    kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
+
+def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
+    m, a = spec.model, spec.attention
+    sc = m.positions.scaling
+    if sc is None:
+        return
+    here: Path = ("model", "positions", "scaling")
+    if m.positions.kind != "rope":
+        bad(here, "scaling applies to rope positions only")
+    if sc.kind == "longrope":
+        rot = a.qk_rope_head_dim if a.kind == "mla" else (a.head_dim or m.d_model // a.n_heads)
+        for f in ("short_factor", "long_factor"):
+            v = getattr(sc, f)
+            if v is None:
+                bad(here, f"longrope scaling needs {f}")
+            elif rot and len(v) != rot // 2:
+                bad(here + (f,), f"needs rotary dim / 2 = {rot // 2} values, got {len(v)}")
+        for f in ("short_mscale", "long_mscale"):
+            if getattr(sc, f) is None:
+                bad(here, f"longrope scaling needs {f}")
+    else:
+        for f in ("short_factor", "long_factor", "short_mscale", "long_mscale"):
+            if getattr(sc, f) is not None:
+                bad(here + (f,), "only meaningful with kind: longrope")
+    if sc.kind in ("yarn", "llama3", "longrope") and sc.original_max_seq_len is None:
+        bad(here + ("original_max_seq_len",), f"{sc.kind} scaling needs original_max_seq_len")
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def _check_layers(spec: Spec, loc: Located, bad: Bad) -> None:
+    max_seq = spec.model.max_seq_len
     for f in ("window", "chunk"):
         d_v = getattr(spec.layers.default.attention, f)
-        if d_v is not None and d_v > m.max_seq_len:
-            bad(("layers", "default", "attention", f), f"{d_v} exceeds model.max_seq_len ({m.max_seq_len})")
+        if d_v is not None and d_v > max_seq:
+            bad(("layers", "default", "attention", f), f"{d_v} exceeds model.max_seq_len ({max_seq})")
     for j, ov in enumerate(spec.layers.overrides):
-        base: Path = ("layers", "overrides", j, "select")
-        s = ov.select
-        if s.layers is not None:
-            # `select: [..]` is shorthand for `select: {layers: [..]}`; point at whichever was written
-            written_as_list = (base + (0,)) in loc.marks
-            for i, idx in enumerate(s.layers):
-                if idx >= n:
-                    bad(
-                        base + ((i,) if written_as_list else ("layers", i)),
-                        f"layer {idx} does not exist (model.n_layers is {n})",
-                    )
-        for f in ("first", "last", "start"):
-            v = getattr(s, f)
-            if v is not None and v >= n:
-                bad(base + (f,), f"layer {v} does not exist (model.n_layers is {n})")
-        if s.first is not None and s.last is not None and s.last < s.first:
-            bad(base + ("last",), f"last ({s.last}) is before first ({s.first})")
-        if ov.ffn is not None:
-            kinds.add(ov.ffn)
-        for f in ("window", "chunk"):
-            v = getattr(ov.attention, f) if ov.attention is not None else None
-            if v is not None and v > m.max_seq_len:
-                bad(("layers", "overrides", j, "attention", f), f"{v} exceeds model.max_seq_len ({m.max_seq_len})")
+        _check_override(j, ov, spec.model.n_layers, max_seq, loc, bad)
+
+
+def _check_override(j: int, ov: Override, n: int, max_seq: int, loc: Located, bad: Bad) -> None:
+    base: Path = ("layers", "overrides", j, "select")
+    s = ov.select
+    if s.layers is not None:
+        # `select: [..]` is shorthand for `select: {layers: [..]}`; point at whichever was written
+        written_as_list = (base + (0,)) in loc.marks
+        for i, idx in enumerate(s.layers):
+            if idx >= n:
+                bad(
+                    base + ((i,) if written_as_list else ("layers", i)),
+                    f"layer {idx} does not exist (model.n_layers is {n})",
+                )
+    for f in ("first", "last", "start"):
+        v = getattr(s, f)
+        if v is not None and v >= n:
+            bad(base + (f,), f"layer {v} does not exist (model.n_layers is {n})")
+    if s.first is not None and s.last is not None and s.last < s.first:
+        bad(base + ("last",), f"last ({s.last}) is before first ({s.first})")
+    for f in ("window", "chunk"):
+        v = getattr(ov.attention, f) if ov.attention is not None else None
+        if v is not None and v > max_seq:
+            bad(("layers", "overrides", j, "attention", f), f"{v} exceeds model.max_seq_len ({max_seq})")
+
+
+def _check_ffn_sections(spec: Spec, bad: Bad) -> None:
+    """Every FFN kind some layer (or MTP block) uses has its section."""
+    kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
+    kinds |= {ov.ffn for ov in spec.layers.overrides if ov.ffn is not None}
     if spec.mtp is not None:
         kinds.add(spec.mtp.ffn)
     if "dense" in kinds and spec.ffn is None:
@@ -130,79 +174,96 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     if "moe" in kinds and spec.moe is None:
         bad((), "some layers use an MoE FFN but the spec has no moe section")
 
-    # --- moe -------------------------------------------------------------------------------
+
+# --- moe ---------------------------------------------------------------------------------------
+
+
+def _check_router(spec: Spec, bad: Bad) -> None:
     e = spec.moe
-    if e is not None:
-        r = e.router
-        g = e.granularity
-        E = e.n_experts * g
-        if e.d_ff % g:
-            bad(("moe", "granularity"), f"moe.d_ff ({e.d_ff}) is not divisible by granularity ({g})")
-        if r.dense:
-            if r.top_k is not None and r.top_k * g != E:
-                bad(
-                    ("moe", "router", "top_k"),
-                    f"dense routing gives every expert a weight; top_k must be omitted or equal n_experts ({e.n_experts})",
-                )
-            if e.capacity_factor is not None:
-                bad(("moe", "capacity_factor"), "dense routing drops no tokens; remove capacity_factor")
-            if r.n_groups is not None:
-                bad(("moe", "router", "n_groups"), "group-limited routing does not apply to dense routing")
-        elif r.top_k is None:
-            bad(("moe", "router"), "router.top_k is required (or set router.dense: true)")
-        elif r.top_k > e.n_experts:
-            bad(("moe", "router", "top_k"), f"{r.top_k} exceeds moe.n_experts ({e.n_experts})")
-        if r.kind == "sparsemixer":
-            if r.top_k != 2 or r.dense:
-                bad(("moe", "router", "kind"), "SparseMixer routes exactly top_k: 2")
-            wrong = [f for f in ("softmax_after_topk", "normalize_topk", "selection_bias") if getattr(r, f)]
-            if r.score != "softmax" or r.n_groups is not None or wrong:
-                bad(
-                    ("moe", "router", "kind"),
-                    "SparseMixer weighs by its own masked softmax: it takes score softmax and no "
-                    "softmax_after_topk, normalize_topk, selection_bias or groups",
-                )
-        elif r.sparsemixer_eps:
-            bad(("moe", "router", "sparsemixer_eps"), "only meaningful with kind: sparsemixer")
-        if r.softmax_after_topk and r.score != "softmax":
-            bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
-        if (r.n_groups is None) != (r.topk_groups is None):
+    assert e is not None
+    r, g = e.router, e.granularity
+    if r.dense:
+        if r.top_k is not None and r.top_k * g != e.n_experts * g:
             bad(
-                ("moe", "router", "n_groups" if r.n_groups is None else "topk_groups"),
-                "n_groups and topk_groups go together",
+                ("moe", "router", "top_k"),
+                f"dense routing gives every expert a weight; top_k must be omitted or equal n_experts ({e.n_experts})",
             )
-        elif r.n_groups is not None and r.topk_groups is not None:
-            if E % r.n_groups:
-                bad(("moe", "router", "n_groups"), f"{r.n_groups} does not divide the number of experts ({E})")
-            elif r.topk_groups > r.n_groups:
-                bad(("moe", "router", "topk_groups"), f"{r.topk_groups} exceeds n_groups ({r.n_groups})")
-            else:
-                per_group = E // r.n_groups
-                if r.top_k is not None and r.top_k * g > r.topk_groups * per_group:
-                    bad(
-                        ("moe", "router", "top_k"),
-                        f"{r.top_k * g} experts cannot be reached within {r.topk_groups} groups of {per_group}",
-                    )
-                if r.group_score == "top2_sum" and per_group < 2:
-                    bad(("moe", "router", "group_score"), "top2_sum needs at least 2 experts per group")
-        if e.balance.bias_update_rate is not None and not r.selection_bias:
+        if e.capacity_factor is not None:
+            bad(("moe", "capacity_factor"), "dense routing drops no tokens; remove capacity_factor")
+        if r.n_groups is not None:
+            bad(("moe", "router", "n_groups"), "group-limited routing does not apply to dense routing")
+    elif r.top_k is None:
+        bad(("moe", "router"), "router.top_k is required (or set router.dense: true)")
+    elif r.top_k > e.n_experts:
+        bad(("moe", "router", "top_k"), f"{r.top_k} exceeds moe.n_experts ({e.n_experts})")
+    if r.kind == "sparsemixer":
+        if r.top_k != 2 or r.dense:
+            bad(("moe", "router", "kind"), "SparseMixer routes exactly top_k: 2")
+        wrong = [f for f in ("softmax_after_topk", "normalize_topk", "selection_bias") if getattr(r, f)]
+        if r.score != "softmax" or r.n_groups is not None or wrong:
             bad(
-                ("moe", "balance", "bias_update_rate"),
-                "aux-loss-free balancing updates router.selection_bias; set it to true",
+                ("moe", "router", "kind"),
+                "SparseMixer weighs by its own masked softmax: it takes score softmax and no "
+                "softmax_after_topk, normalize_topk, selection_bias or groups",
             )
-        if e.d_ff_shared is not None and e.n_shared_experts == 0:
-            bad(("moe", "d_ff_shared"), "given but n_shared_experts is 0")
-        if e.shared_gate and e.n_shared_experts == 0:
-            bad(("moe", "shared_gate"), "needs n_shared_experts > 0")
-        if e.expert_kind == "lora" and e.lora is None:
-            bad(("moe", "expert_kind"), "lora experts need a moe.lora section (rank, alpha)")
-        if e.expert_kind != "lora" and e.lora is not None:
-            bad(("moe", "lora"), "only meaningful with expert_kind: lora")
-        if r.apply_to == "input" and e.expert_kind == "lora":
-            bad(("moe", "router", "apply_to"), "input gating is not supported with lora experts")
-        if e.expert_kind == "lora" and (e.n_shared_experts or g != 1):
-            bad(("moe", "expert_kind"), "lora experts cannot be combined with shared experts or granularity")
-    return out
+    elif r.sparsemixer_eps:
+        bad(("moe", "router", "sparsemixer_eps"), "only meaningful with kind: sparsemixer")
+    if r.softmax_after_topk and r.score != "softmax":
+        bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
+
+
+def _check_groups(spec: Spec, bad: Bad) -> None:
+    """Group-limited routing (DeepSeek-V3): groups divide the experts and can reach top_k of them."""
+    e = spec.moe
+    assert e is not None
+    r, g = e.router, e.granularity
+    n_experts = e.n_experts * g
+    if (r.n_groups is None) != (r.topk_groups is None):
+        bad(
+            ("moe", "router", "n_groups" if r.n_groups is None else "topk_groups"),
+            "n_groups and topk_groups go together",
+        )
+        return
+    if r.n_groups is None or r.topk_groups is None:
+        return
+    if n_experts % r.n_groups:
+        bad(("moe", "router", "n_groups"), f"{r.n_groups} does not divide the number of experts ({n_experts})")
+    elif r.topk_groups > r.n_groups:
+        bad(("moe", "router", "topk_groups"), f"{r.topk_groups} exceeds n_groups ({r.n_groups})")
+    else:
+        per_group = n_experts // r.n_groups
+        if r.top_k is not None and r.top_k * g > r.topk_groups * per_group:
+            bad(
+                ("moe", "router", "top_k"),
+                f"{r.top_k * g} experts cannot be reached within {r.topk_groups} groups of {per_group}",
+            )
+        if r.group_score == "top2_sum" and per_group < 2:
+            bad(("moe", "router", "group_score"), "top2_sum needs at least 2 experts per group")
+
+
+def _check_experts(spec: Spec, bad: Bad) -> None:
+    e = spec.moe
+    assert e is not None
+    r, g = e.router, e.granularity
+    if e.d_ff % g:
+        bad(("moe", "granularity"), f"moe.d_ff ({e.d_ff}) is not divisible by granularity ({g})")
+    if e.balance.bias_update_rate is not None and not r.selection_bias:
+        bad(
+            ("moe", "balance", "bias_update_rate"),
+            "aux-loss-free balancing updates router.selection_bias; set it to true",
+        )
+    if e.d_ff_shared is not None and e.n_shared_experts == 0:
+        bad(("moe", "d_ff_shared"), "given but n_shared_experts is 0")
+    if e.shared_gate and e.n_shared_experts == 0:
+        bad(("moe", "shared_gate"), "needs n_shared_experts > 0")
+    if e.expert_kind == "lora" and e.lora is None:
+        bad(("moe", "expert_kind"), "lora experts need a moe.lora section (rank, alpha)")
+    if e.expert_kind != "lora" and e.lora is not None:
+        bad(("moe", "lora"), "only meaningful with expert_kind: lora")
+    if r.apply_to == "input" and e.expert_kind == "lora":
+        bad(("moe", "router", "apply_to"), "input gating is not supported with lora experts")
+    if e.expert_kind == "lora" and (e.n_shared_experts or g != 1):
+        bad(("moe", "expert_kind"), "lora experts cannot be combined with shared experts or granularity")
 
 
 def _default_reaches_a_layer(spec: Spec) -> bool:

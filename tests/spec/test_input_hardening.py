@@ -138,6 +138,14 @@ def test_a_fifo_is_refused_at_once(tmp_path, command: str):
     assert code == 2 and f"error: {fifo} is a FIFO (named pipe), not a spec file" in out, out
 
 
+def test_a_fifo_named_config_json_is_refused_at_once(tmp_path):
+    """Hugging Face config.json files are read by the same reader."""
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    code, out = run_process("analyze", str(fifo))
+    assert code == 2 and f"error: {fifo} is a FIFO (named pipe), not a config.json file" in out, out
+
+
 def test_a_directory_and_a_file_too_large_are_named(tmp_path):
     code, out = run("validate", str(tmp_path))
     assert code == 2 and f"{tmp_path} is a directory, not a spec file" in out, out

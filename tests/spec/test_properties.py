@@ -1,8 +1,10 @@
 """Property tests: random valid specs never crash the analyzer; random garbage always gives a clean,
-located SpecError, never a traceback."""
+located SpecError, never a traceback; YAML integers, merge keys and layer selectors mean what their
+definitions say."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -150,3 +152,77 @@ def test_random_wrong_values_give_a_located_error(field: tuple[str, str], value)
             assert p.file == "w.yaml" and p.line is not None, str(p)
         return
     analyze(m)  # the value happened to be valid: it must then analyze
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML reading and layer selection, each against an independent definition
+
+SPEC_WITH_LAYERS = "moec: 1\nname: y\nmodel: {{vocab_size: 8, d_model: 8, n_layers: {}, max_seq_len: 8}}\n"
+SPEC_WITH_LAYERS += "attention: {{n_heads: 2}}\nffn: {{d_ff: 8}}\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4096), st.sampled_from(["{:d}", "{:05d}", "+{:d}", "0o{:o}", "0x{:x}", "0x{:X}"]))
+def test_integers_are_read_as_yaml_1_2_core_says(n: int, form: str):
+    """A leading zero is decimal (YAML 1.1 read it as octal); 0o and 0x are the only other bases."""
+    written = form.format(n)
+    assert resolve(load_spec("y.yaml", text=SPEC_WITH_LAYERS.format(written))).n_layers == n
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(KEYS, st.integers(0, 9)),
+    st.lists(st.tuples(KEYS, st.integers(10, 19)), max_size=4),
+    st.integers(0, 4),
+)
+def test_merge_keys_are_defaults_that_explicit_keys_override(base: dict, explicit: list, merge_at: int):
+    """``{<<: *base, k: v}`` is ``{**base, k: v}`` wherever the ``<<`` stands; a key written twice is an error."""
+    from moec.spec.yamlio import parse_yaml
+
+    entries = [f"{k}: {v}" for k, v in explicit]
+    entries.insert(min(merge_at, len(entries)), "<<: *base")
+    text = "base: &base {" + ", ".join(f"{k}: {v}" for k, v in base.items()) + "}\nout: {" + ", ".join(entries) + "}\n"
+    keys = [k for k, _ in explicit]
+    if len(set(keys)) < len(keys):
+        with pytest.raises(SpecError, match="duplicate key"):
+            parse_yaml(text, "m.yaml")
+        return
+    assert parse_yaml(text, "m.yaml").value["out"] == {**base, **dict(explicit)}
+
+
+@st.composite
+def selectors(draw) -> dict:
+    form = draw(st.sampled_from(["list", "range", "every"]))
+    if form == "list":
+        return {"layers": draw(st.lists(st.integers(0, 40), max_size=8))}
+    if form == "range":
+        return {"first": draw(st.integers(0, 40)), "last": draw(st.integers(0, 40))}
+    sel = {"every": draw(st.integers(1, 7)), "start": draw(st.integers(0, 40))}
+    if draw(st.booleans()):
+        sel["last"] = draw(st.integers(0, 40))
+    return sel
+
+
+@settings(max_examples=300, deadline=None)
+@given(selectors(), st.integers(1, 32))
+def test_a_selector_names_exactly_the_layers_its_definition_says(sel: dict, n_layers: int):
+    """README: a list of indices, an inclusive range first..last, or every N from start (up to last)."""
+    from moec.spec.resolve import assign_selected, selected_layers
+    from moec.spec.schema import Select
+
+    def named(i: int) -> bool:
+        if "layers" in sel:
+            return i in sel["layers"]
+        if "every" in sel:
+            return i >= sel["start"] and (i - sel["start"]) % sel["every"] == 0 and i <= sel.get("last", i)
+        return sel["first"] <= i <= sel["last"]
+
+    expected = [i for i in range(n_layers) if named(i)]
+    select = Select(**sel)
+    assert selected_layers(select, n_layers) == expected
+    marks = ["-"] * n_layers
+    assign_selected(marks, select, "x")
+    assert [i for i, v in enumerate(marks) if v == "x"] == expected

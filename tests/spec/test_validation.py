@@ -306,3 +306,46 @@ def test_sparsemixer_router_is_checked(router: str, expect: str | None):
         assert resolve(load_spec("x.yaml", text=text)).layers[0].ffn.router.kind == "sparsemixer"
     else:
         assert any("moe.router" in e and expect in e for e in errors(text)), errors(text)
+
+
+def test_set_values_follow_the_yaml_rules_of_a_spec_and_their_problems_name_the_option():
+    assert resolve(load_spec("x.yaml", text=GOOD, sets=("model.n_layers=010",))).n_layers == 10  # not octal 8
+    assert errors(GOOD, sets=("model.n_layers=[",)) == [
+        "--set model.n_layers: invalid YAML: did not find expected node content"
+    ]
+    assert errors(GOOD, sets=("model.n_layers=&a [*a]",)) == [
+        "--set model.n_layers: alias *a refers to a node that contains it (recursive)"
+    ]
+    assert errors(GOOD, sets=("model.a\nb=1",)) == ["--set 'model.a\\nb': empty or unprintable field name"]
+    assert errors(GOOD, sets=("extends=mixtral-8x7b",)) == [
+        "--set extends: extends is read before --set applies; write it in the spec"
+    ]
+
+
+def test_a_file_that_is_not_a_spec_yaml_is_refused_as_an_extends_target_without_reading_it(write_spec):
+    write_spec("secret: SECRET\n", "notes.txt")
+    child = write_spec("extends: ./notes.txt\nname: c\n", "c.yaml")
+    with pytest.raises(SpecError) as ei:
+        load_spec(child)
+    (p,) = ei.value.problems
+    assert (p.line, p.column, p.path) == (1, 10, "extends") and "SECRET" not in str(p)
+    assert "a .yaml/.yml file in this spec's folder" in p.message
+
+
+def test_an_empty_document_is_not_a_spec():
+    with pytest.raises(SpecError) as ei:
+        load_spec("x.yaml", text="# only a comment\n")
+    assert [str(p) for p in ei.value.problems] == ["x.yaml:1:1 a spec must be a YAML mapping, not an empty document"]
+
+
+@pytest.mark.parametrize(
+    "extra, path",
+    [
+        ("  overrides: [" + ", ".join(["{select: [0], ffn: moe}"] * 1025) + "]", "layers.overrides"),
+        ("  overrides: [{select: [4096], ffn: moe}]", "layers.overrides[0].select.layers[0]"),
+        ("  overrides: [{select: {every: 5000, start: 0}, ffn: moe}]", "layers.overrides[0].select.every"),
+    ],
+)
+def test_lists_and_layer_indices_are_bounded_in_the_schema(extra: str, path: str):
+    errs = errors(GOOD + extra + "\n")
+    assert len(errs) == 1 and f" {path}: " in errs[0], errs

@@ -22,12 +22,15 @@ MAX_DEPTH = 32
 # No config number needs more digits than this; Python's own limit (4300) raises an unlocated ValueError.
 MAX_INT_DIGITS = 100
 
-# One JSON string (skipped whole, so nothing inside it is mistaken for structure) or one token of interest.
-_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # the unrolled loop: no backtracking state per character
+# One JSON string, skipped whole so that nothing inside it is mistaken for structure. Every attempt that
+# starts at a quote succeeds (an unterminated string runs to the end of the text, a lone trailing backslash
+# included), so no scan restarts inside a string: a value of 200,000 escaped quotes is one match, not
+# 200,000 rescans of the rest of the text.
+_STRING = r'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:\\?(?:"|\Z))'
 _STRING_RE = re.compile(_STRING)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-_KEY = re.compile(_STRING + r"(?=\s*:)")
+_KEY = re.compile(_STRING + r"(?P<colon>\s*:)?")  # every string; keys are those followed by a colon
 _BRACKET = re.compile(_STRING + r"|(?P<hit>[\[\]{}])")
 _LONG_INT = re.compile(_STRING + r"|(?P<hit>-?\d{" + str(MAX_INT_DIGITS + 1) + ",})")
 _CONSTANT = re.compile(_STRING + r"|(?P<hit>NaN|-?Infinity)")
@@ -53,10 +56,11 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
-def printable(key: str) -> str:
+def printable(key: str, limit: int = 100) -> str:
     """A field name as an error line shows it: as written, or JSON-escaped when it holds a line break, a
-    control character or an unpaired surrogate (which would split the line or fail to print)."""
-    return key if key.isprintable() else json.dumps(key)
+    control character or an unpaired surrogate (which would split the line or fail to print); cut short."""
+    shown = key if key.isprintable() else json.dumps(key)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _problem(file: str, text: str, offset: int | None, path: str, message: str) -> Problem:
@@ -144,7 +148,9 @@ class KeyLocator:
         if self._offsets is None:
             self._offsets = {}
             for m in _KEY.finditer(self.text):
-                raw = m.group(0)
+                if m.group("colon") is None:
+                    continue  # a value
+                raw = m.group(0)[: m.start("colon") - m.start()]
                 try:
                     key = json.loads(raw) if "\\" in raw else raw[1:-1]
                 except ValueError:
@@ -158,8 +164,9 @@ class KeyLocator:
         return found[i] if i < len(found) else None
 
     def _walk(self, field: str) -> int | None:
-        """The deepest key of the dotted field found in order; a part can hold dots itself (longest first)."""
-        parts, best, i = field.split("."), None, 0
+        """The deepest key of the dotted field found in order; a part can hold dots itself (longest first).
+        Field paths are a few parts deep; a key of 100,000 dots stays whole in the last of at most nine."""
+        parts, best, i = field.split(".", 8), None, 0
         while i < len(parts):
             for j in range(len(parts), i, -1):
                 hit = self._after(".".join(parts[i:j]), best if best is not None else 0)

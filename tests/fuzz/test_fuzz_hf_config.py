@@ -280,6 +280,25 @@ def test_release_configs_translate(tmp_path, tracing):
     assert tally.translated == len(BASES)
 
 
+# Texts whose cost grows with the square of their length if any scan restarts inside a string or a key name.
+PATHOLOGICAL = {
+    "a value of escaped quotes": '{"model_type": "mixtral", "x": "' + '\\"' * 200_000 + '"}',
+    "an unterminated string of escaped quotes": '{"model_type": "mixtral", "x": ' + "[" * 40 + '"' + '\\"' * 200_000,
+    "a lone trailing backslash": '{"model_type": "mixtral", "x": ' + "[" * 40 + '"' + "\\\n" * 100_000 + "\\",
+    "a key of 100,000 dots": '{"model_type": "mixtral", "' + "a." * 100_000 + 'b": 1}',
+    "a nested key of 100,000 dots": '{"model_type": "dbrx", "attn_config": {"' + "a." * 100_000 + 'b": 1}}',
+    "100,000 empty lists": '{"model_type": "mixtral", "x": [' + ",".join(["[]"] * 100_000) + "]}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATHOLOGICAL))
+def test_pathological_texts_are_refused_within_bounds(tmp_path, tracing, case):
+    tally = Tally()
+    check(tmp_path / "config.json", PATHOLOGICAL[case], case, tally)
+    assert tally.failures == [], tally.report()
+    assert tally.refused == 1
+
+
 @pytest.mark.parametrize("indent", [None, 2])
 def test_thirty_thousand_unknown_keys_are_located_within_bounds(tmp_path, indent):
     """One problem per unknown key, each located (all on one line, or one key a line): locating must not

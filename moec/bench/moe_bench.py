@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
+from moec.bench.memory import bench_memory
 from moec.bench.peers import ALL_PEERS, Peer, Unavailable, Weights, build_peer
 from moec.kernels import ACTIVATIONS, GATED
 from moec.kernels.naive import activate
+from moec.nn.build import require_memory, resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BACKENDS = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense")
@@ -248,14 +250,12 @@ def run_bench(shape: BenchShape, opts: BenchOptions) -> dict[str, Any]:
     for b in opts.backends:
         if b not in ALL_PEERS:
             raise ValueError(f"unknown bench backend {b!r}; choose from {', '.join(ALL_PEERS)}")
-    device = torch.device(
-        "cuda"
-        if opts.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if opts.device == "auto" else opts.device)
-    )
+    device = resolve_device(opts.device)
+    dtype = DTYPES[opts.dtype]
+    need = bench_memory(shape, opts, nbytes=dtype.itemsize, host=device.type == "cpu")
+    require_memory(need, device, lead="bench needs", hint="; lower --tokens or the expert shape")
     if device.type == "cpu":
         torch.set_num_threads(opts.threads or os.cpu_count() or 1)
-    dtype = DTYPES[opts.dtype]
     notes = []
     if device.type == "cpu" and dtype != torch.float32:
         notes.append(f"{opts.dtype} matmuls on a CPU without native support are emulated (~100x slower than fp32)")

@@ -16,6 +16,7 @@ that ``mutmut show NAME`` and ``mutmut results`` can be run in it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -101,7 +102,11 @@ def run_target(name: str, keep: bool) -> int:
     with open(work / "pyproject.toml", "a") as f:
         f.write(mutmut_section(modules, tests))
     print(f"== {name}: commit {commit_of(ROOT)}, copy in {work}", flush=True)
-    run = subprocess.run(["mutmut", "run", "--max-children", "1"], cwd=work, capture_output=True, text=True)
+    # mutmut forks a worker per mutant from a process that has already run torch: with an OpenMP thread pool
+    # alive in the parent, a forked child that reaches a parallel op (printing a tensor in a failed assert)
+    # deadlocks and is reported as a timeout, i.e. killed. One thread keeps forked children honest.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run(["mutmut", "run", "--max-children", "1"], cwd=work, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
         return run.returncode

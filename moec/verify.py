@@ -95,11 +95,23 @@ def verify(
     from torch.utils.flop_counter import FlopCounterMode
 
     from moec.analyze import analyze
+    from moec.analyze.memory import forward_run_memory
     from moec.nn import build_model
+    from moec.nn.build import require_memory
     from moec.smoke.scale import fit
 
     small = fit(plan, scale="tiny", budget_bytes=None, batch=batch, seq=seq).plan if shrink_first else plan
     small, notes = comparable_plan(small)
+    counts = analyze(small)
+    need = forward_run_memory(
+        small, params=counts.params.total + (counts.mtp.params if counts.mtp else 0), batch=batch, seq=seq, dtype="fp32"
+    )
+    require_memory(
+        need,
+        torch.device("cpu"),
+        lead=f"analyze --verify of {plan.name} builds {small.name}, which needs",
+        hint="; the scaled-down copy keeps every expert and layer kind of the spec",
+    )
     model = build_model(small, device="cpu", dtype=torch.float32, backend="reference", seed=0)
     model.eval()
     tokens = torch.randint(small.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))

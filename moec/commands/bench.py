@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -66,9 +67,13 @@ def _ints(values: tuple[str, ...]) -> tuple[int, ...]:
     show_default=True,
     help="Tokens re-run for the error check vs the oracle (0: skip).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: every core).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, os.cpu_count() or 1),  # torch crashes on absurd counts; more than the cores never helps
+    help="CPU threads (default: every core).",
+)
 @click.option(
     "--weight-layout",
     type=click.Choice(["moec", "hf"]),

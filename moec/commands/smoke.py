@@ -11,7 +11,7 @@ from moec.commands.common import load_plan, report_errors, set_option
 
 @click.command(name="smoke-run")
 @click.argument("spec")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda or cuda:N.")
 @click.option(
     "--backend", type=click.Choice(["auto", "triton", "reference", "naive"]), default="auto", show_default=True
 )

@@ -182,9 +182,21 @@ def fit(
     else:
         new = _widest_that_fits(plan, budget_bytes, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
     need = run_memory(new, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
-    hint = "; use --scale auto, or lower --batch or --seq" if scale == "full" else "; lower --batch or --seq"
+    hint = _what_to_lower(need, scale)
     refuse_unless_fits(need, budget_bytes, lead=f"smoke-run of {new.name} needs", where=where, hint=hint)
     return Fitted(new, describe_changes(plan, new), bytes_needed(new, batch=batch, seq=seq), need)
+
+
+def _what_to_lower(need: RunMemory, scale: str) -> str:
+    """The advice that goes with a refusal: what grows with batch × seq, or what grows with the model."""
+    parts = dict(need.parts)
+    per_step = parts.get("activations", 0) + parts.get("data", 0)
+    model = sum(parts.get(name, 0) for name in ("weights", "gradients", "optimizer"))
+    if per_step >= model:
+        return "; lower --batch or --seq"
+    if scale == "full":
+        return "; use --scale auto"
+    return "; the scaled-down copy still holds every expert of the spec"
 
 
 def _widest_that_fits(

@@ -109,7 +109,8 @@ def bench(
 
     With SPEC, the shape is its first MoE layer's (explicit options override single fields).
     """
-    from moec.bench.moe_bench import BenchOptions, BenchShape, render_table, run_bench, shape_from_spec
+    from moec.bench.moe_bench import BenchOptions, BenchShape, run_bench, shape_from_spec
+    from moec.bench.render import render_table
 
     if sets and not spec:
         raise click.UsageError("--set needs a SPEC")

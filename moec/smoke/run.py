@@ -60,20 +60,8 @@ def smoke_run(
     from moec.nn.loss import lm_loss
     from moec.nn.moe import MoE
 
-    device = resolve_device(cfg.device)
-    dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if dtype_name == "bf16" and device.type == "cpu":
-        raise CommandError("bf16 on the CPU runs ~100x slower than fp32 here; use --dtype fp32 on CPU")
+    device, dtype_name, backend, scale = _choices(cfg)
     dtype = DTYPES[dtype_name]
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" and _triton_ok() else "reference"
-    if backend == "triton" and device.type != "cuda":
-        raise CommandError("the triton backend needs a CUDA device (use --backend reference on CPU)")
-
-    scale = cfg.scale
-    if scale == "auto" and device.type == "cpu":
-        scale = "tiny"
     n_batches = min(cfg.steps, DISTINCT_BATCHES)
     # refused here, before any tensor exists, when even the fitted copy would not fit
     fitted = fit(
@@ -225,6 +213,21 @@ def smoke_run(
         ok=not failures,
         failures=failures,
     )
+
+
+def _choices(cfg: SmokeConfig) -> tuple[torch.device, str, str, str]:
+    """The device, dtype, backend and scale ``auto`` stands for here; refusals for what cannot run."""
+    device = resolve_device(cfg.device)
+    dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if dtype_name == "bf16" and device.type == "cpu":
+        raise CommandError("bf16 on the CPU runs ~100x slower than fp32 here; use --dtype fp32 on CPU")
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" and _triton_ok() else "reference"
+    if backend == "triton" and device.type != "cuda":
+        raise CommandError("the triton backend needs a CUDA device (use --backend reference on CPU)")
+    scale = "tiny" if cfg.scale == "auto" and device.type == "cpu" else cfg.scale
+    return device, dtype_name, backend, scale
 
 
 def check_numerics(

@@ -1,0 +1,64 @@
+"""``moec bench``'s plain-text table: one row per (tokens, backend), then the notes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """A plain-text table: one row per (tokens, backend)."""
+    c = report["config"]
+    m = report["machine"]
+    mode = "fwd+bwd" if c["backward"] else "fwd"
+    head = (
+        f"moec bench: d_model={c['d_model']} d_ff={c['d_ff']} n_experts={c['n_experts']} top_k={c['top_k']} "
+        f"{c['activation']} {c['dtype']} {mode} | {m['device']} {m.get('gpu') or m['cpu']} "
+        f"({m['torch_threads']} threads) torch {m['torch']} | median of {c['repeats']}, interleaved"
+        f" | load avg {m['loadavg_1min_before_after'][0]} -> {m['loadavg_1min_before_after'][1]}"
+    )
+    cols = [
+        "tokens",
+        "backend",
+        "ms",
+        "TFLOP/s",
+        "GB/s",
+        "vs naive",
+        "vs ref",
+        "/ ideal",
+        "max err",
+        "grad err (rel)",
+        "peak MB",
+    ]
+    rows, notes = [], []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append([str(r["tokens"]), r["backend"], r["status"]] + [""] * (len(cols) - 3))
+            notes.append(f"{r['backend']} {r['status']}: {r['note']}")
+            continue
+        if r["note"]:
+            notes.append(f"{r['backend']} (T={r['tokens']}): {r['note']}")
+        rows.append(
+            [
+                str(r["tokens"]),
+                r["backend"],
+                f"{r['ms']:.2f}",
+                _fmt(r["tflops"], "{:.3f}"),
+                _fmt(r["gbps"], "{:.0f}"),
+                _fmt(r["speedup_vs_naive"], "{:.2f}x"),
+                _fmt(r["speedup_vs_reference"], "{:.2f}x"),
+                _fmt(r["ratio_to_ideal"], "{:.2f}"),
+                _fmt(r["max_abs_err"], "{:.1e}"),
+                _fmt(r["max_rel_err_grad"], "{:.1e}"),
+                _fmt(r["peak_mem_mb"], "{:.0f}"),
+            ]
+        )
+    widths = [max(len(col), *(len(row[i]) for row in rows)) if rows else len(col) for i, col in enumerate(cols)]
+    lines = [head, "  ".join(col.rjust(w) for col, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [f"note: {n}" for n in [*report["notes"], *dict.fromkeys(notes)]]
+    lines.append("/ ideal: time over dense matmuls of the same FLOPs and shapes; errors vs the naive oracle (float64).")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else spec.format(v)

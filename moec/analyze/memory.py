@@ -111,13 +111,16 @@ class RunMemory:
         return sum(n for _, n in self.parts)
 
     def describe(self) -> str:
-        """``about 41.2 GiB in fp32 (weights 2.1 GiB, ..., activations 30.7 GiB at batch 8 × seq 64)``."""
+        """``about 41.2 GiB in fp32 (weights 2.10 GiB, ..., activations 30.70 GiB at batch 8 × seq 64)``."""
+        from moec.analyze.render import human  # imported here: render → report → this module at import time
+
         head = f"about {gib(self.total)} in {self.dtype}"
         shown = [(name, n) for name, n in self.parts if n]
         if len(shown) <= 1 and not self.at:
             return head
         listed = ", ".join(
-            f"{name} {gib(n)}" + (f" {self.at}" if name == "activations" and self.at else "") for name, n in shown
+            f"{name} {human(n, 'B')}" + (f" {self.at}" if name == "activations" and self.at else "")
+            for name, n in shown
         )
         return f"{head} ({listed})"
 

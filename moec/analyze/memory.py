@@ -84,9 +84,10 @@ def memory(
 # --- What a command that runs a model will allocate (smoke-run, analyze --verify, build) --------------
 # The analyzer's activation figure above describes an ideal bf16 step (flash attention, no temporaries).
 # A real run also holds the gradients flowing back through the saved tensors, the implementation's own
-# copies (gathered expert rows, fp32 router and loss temporaries) and allocator slack; measured on the
-# CPU (peak RSS of smoke-run on every shipped spec family, tests/cli/test_run_limits.py) these stayed
-# within 3.3× the saved tensors, so the saved tensors are counted four times.
+# copies (gathered expert rows, fp32 router temporaries) and allocator slack, so the saved tensors are
+# counted four times. So counted, the whole estimate was 1.3 to 3.6 times the measured peak-RSS growth
+# of CPU smoke-runs of every shipped spec family, LoRA experts, attention sinks, windows and a 32k
+# vocabulary (tests/cli/test_run_limits.py holds four of them to it). Not yet measured on a GPU.
 RUN_ACTIVATION_FACTOR = 4
 RUNTIME_BYTES = 64 << 20  # allocator caches, thread pools, kernel workspaces: ~25 MiB measured on CPU
 ADAMW_STATE_COPIES = 4  # two moments, and the step's and the backward's full-size temporaries

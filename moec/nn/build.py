@@ -34,7 +34,15 @@ AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and 
 EXPLICIT_FRACTION = 0.9
 MEMORY_LIMIT_ENV = "MOEC_MEMORY_LIMIT"
 
-__all__ = ["DoesNotFitError", "available_bytes", "build_model", "require_memory", "resolve_device", "weight_bytes"]
+__all__ = [
+    "DoesNotFitError",
+    "available_bytes",
+    "build_model",
+    "require_memory",
+    "resolve_device",
+    "weight_bytes",
+    "weights_memory",
+]
 
 
 def weight_bytes(plan: ResolvedModel, dtype: torch.dtype) -> int:

@@ -185,7 +185,9 @@ def _find_base(ref: Any, from_file: str, m: Mark) -> str:
         if shipped is None:
             raise SpecError([_at(m, f"no spec named or at {_short(ref)}")])
         return str(shipped.resolve())
-    if "\0" in ref or FsPath(ref).is_absolute() or ref.startswith("~"):
+    if "\0" in ref:
+        raise SpecError([_at(m, f"{_short(ref)} holds a NUL character")])
+    if FsPath(ref).is_absolute() or ref.startswith("~"):
         raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}, not an absolute path")])
     if not ref.endswith(SPEC_SUFFIXES):
         raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}")])
@@ -196,7 +198,11 @@ def _find_base(ref: Any, from_file: str, m: Mark) -> str:
         raise SpecError([_at(m, f"{_short(ref)} cannot be resolved (a symbolic link loop?)")]) from None
     if not target.is_relative_to(folder) or target.suffix not in SPEC_SUFFIXES:
         raise SpecError([_at(m, f"{_short(ref)} leaves the folder of this spec; {_BASE_RULE}")])
-    if not target.exists():
+    try:
+        found = target.exists()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
         raise SpecError([_at(m, f"no spec named or at {_short(ref)}")])
     return str(target)
 

@@ -21,8 +21,13 @@ def shipped_specs() -> list[Path]:
 
 
 def shipped_spec_path(name: str) -> Path | None:
+    """The shipped spec of that name (``mixtral-8x7b`` or ``mixtral-8x7b.yaml``), or None. Only a plain
+    file name is looked up: nothing with a path separator, a leading dot or a NUL ever leaves ``specs/``."""
     stem = name[:-5] if name.endswith(".yaml") else name
-    if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+    if not stem or len(stem) > 200 or any(c in stem for c in "/\\\0") or stem.startswith("."):
         return None
     p = data_dir("specs") / f"{stem}.yaml"
-    return p if p.is_file() else None
+    try:
+        return p if p.is_file() else None
+    except OSError:  # a name the file system refuses (too long for it)
+        return None

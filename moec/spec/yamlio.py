@@ -152,6 +152,16 @@ def _tag_name(tag: str) -> str:
     return name if len(name) <= 40 else name[:37] + "..."
 
 
+def _tag_problem(node: _Node) -> str:
+    name = _tag_name(node.tag)
+    if node.tag.startswith(_CORE_TAG) and node.tag[len(_CORE_TAG) :] in (*_SCALAR_TAGS, "seq", "map"):
+        return f"{name} cannot tag a {_KIND_WORDS[node.kind]}"
+    return f"unsupported tag {name} (a spec holds only core YAML)"
+
+
+_KIND_WORDS = {"scalar": "plain value", "seq": "list", "map": "mapping"}
+
+
 # ---------------------------------------------------------------------------------------------
 # events → nodes
 
@@ -310,7 +320,7 @@ class _Builder:
             )
         self.out.marks[path] = node.mark
         if node.tag not in (node.kind, *_SCALAR_TAGS):
-            self.problem(node.mark, path, f"unsupported tag {_tag_name(node.tag)} (a spec holds only core YAML)")
+            self.problem(node.mark, path, _tag_problem(node))
             return None
         if node.kind == "map":
             result: dict[str, Any] = {}

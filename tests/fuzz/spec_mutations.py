@@ -233,7 +233,7 @@ def extends(rng: random.Random, text: str) -> str:
 
 def many_keys(rng: random.Random, text: str) -> str:
     """Hundreds of unknown keys, a long list or a long flow mapping (sizes the loader must take in stride)."""
-    n = rng.choice([200, 1000, 4000])
+    n = rng.choice([200, 1000, 2000])
     kind = rng.randrange(3)
     if kind == 0:
         return text + "".join(f"junk{i}: {i}\n" for i in range(n))

@@ -228,6 +228,12 @@ def test_sigmoid_scores_are_normalized_for_the_balance_loss():
     s = [1 / (1 + math.exp(-v)) for v in row]
     # one token, top-1 = expert 0: f = (1, 0, 0, 0), P = s / Σs
     assert router(x).load_balance.item() == pytest.approx(4 * s[0] / sum(s), rel=1e-6)
+    # two tokens: each token's scores are normalized on their own before the mean
+    other = [-1.0, 3.0, 0.5, 0.0]
+    router, x = router_with_logits(plan, [row, other])
+    o = [1 / (1 + math.exp(-v)) for v in other]
+    P = [(s[e] / sum(s) + o[e] / sum(o)) / 2 for e in range(4)]
+    assert router(x).load_balance.item() == pytest.approx(4 * (0.5 * P[0] + 0.5 * P[1]), rel=1e-6)
 
 
 def test_z_loss_matches_hand_computation():
@@ -294,8 +300,13 @@ def test_jitter_perturbs_only_in_training():
     router, x = router_with_logits(plan, TOKENS)
     torch.testing.assert_close(router.eval()(x).logits, x)
     noisy = router.train()(x).logits
-    assert not torch.equal(noisy, x)
-    assert ((noisy - x).abs() <= 0.1 * x.abs() + 1e-6).all()  # x·U(1-ε, 1+ε) with W = I
+    ratio = noisy / x  # with W = I each logit is x·u, u ~ U(1-ε, 1+ε): 40 draws fall on both sides of 1
+    assert ((ratio >= 0.9 - 1e-6) & (ratio <= 1.1 + 1e-6)).all()
+    assert ratio.min() < 0.98 and ratio.max() > 1.02
+    router, x = router_with_logits(make_plan(jitter=0.0), TOKENS)
+    state = torch.get_rng_state()
+    assert torch.equal(router.train()(x).logits, x)
+    assert torch.equal(torch.get_rng_state(), state)  # no jitter, no draw from the global generator
 
 
 def test_routing_is_computed_in_fp32_for_bf16_inputs():

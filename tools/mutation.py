@@ -35,7 +35,10 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["moec/analyze/counts.py", "moec/analyze/memory.py", "moec/analyze/report.py"],
         ["tests/analyze", "tests/nn/test_build.py"],
     ),
-    "router": (["moec/nn/router.py"], ["tests/nn/test_router.py", "tests/nn/test_moe.py"]),
+    "router": (
+        ["moec/nn/router.py"],
+        ["tests/nn/test_router.py", "tests/nn/test_router_edges.py", "tests/nn/test_moe.py"],
+    ),
     "hf-weights": (["moec/hf/weights.py"], ["tests/hf/test_weights.py"]),
     "yamlio": (["moec/spec/yamlio.py"], ["tests/spec"]),
 }

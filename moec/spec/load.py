@@ -280,7 +280,7 @@ def validate(loc: Located, file: str) -> Spec:
 
 
 def _problem_from_pydantic(err: dict[str, Any], loc: Located, suggest: bool = True) -> Problem:
-    path: Path = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    path = _data_path(err["loc"], loc.value)
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
@@ -309,6 +309,20 @@ def _unknown_field(path: Path, suggest: bool) -> str:
     if close:
         return msg + f"; did you mean {close[0]!r}?"
     return msg + f" (known: {', '.join(parent_model.model_fields)})"
+
+
+def _data_path(pydantic_loc: tuple[Any, ...], value: Any) -> Path:
+    """The path in the spec's data of an error's loc, without the union member names pydantic adds. An item
+    the data holds is always kept: a key may be spelt like a member name (a top-level ``none:``)."""
+    path: list[str | int] = []
+    for p in pydantic_loc:
+        held = isinstance(value, dict) and p in value
+        held = held or (isinstance(value, list) and isinstance(p, int) and 0 <= p < len(value))
+        if not held and _is_union_tag(p):
+            continue
+        path.append(p)
+        value = value[p] if held else None
+    return tuple(path)
 
 
 def _is_union_tag(p: Any) -> bool:

@@ -357,3 +357,13 @@ def test_extends_names_the_file_system_cannot_take_are_located(ref: str):
     with pytest.raises(SpecError) as ei:
         load_spec("x.yaml", text=f"extends: {ref}\nname: x\n")
     assert [(p.line, p.column, p.path) for p in ei.value.problems] == [(1, 10, "extends")]
+
+
+@pytest.mark.parametrize("key", ["none", "int", "Select", "constrained-int", "list[int]"])
+def test_keys_spelt_like_pydantic_union_members_are_still_unknown_fields(key: str):
+    """Found by the fuzz suite: a top-level ``none:`` lost its name with pydantic's union member names."""
+    (err,) = errors(GOOD + f"{key}: 1\n")
+    assert err.startswith(f"x.yaml:18:1 {key}: unknown field {key!r}"), err
+    assert errors(GOOD.replace("  max_seq_len: 512\n", f"  max_seq_len: 512\n  {key}: 1\n"))[0].startswith(
+        f"x.yaml:8:3 model.{key}: unknown field {key!r}"
+    )

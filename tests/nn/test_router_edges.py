@@ -122,3 +122,11 @@ def test_capacity_on_many_ties_keeps_the_documented_slots(policy: str):
     choice = [max(range(4), key=lambda e: p[e]) for p in probs]
     want = _capacity_reference(choice, [p[c] for p, c in zip(probs, choice, strict=True)], 4, 375, policy)
     assert out.topk_idx[:, 0].tolist() == want  # capacity ceil(0.5·3000·1/4) = 375
+
+
+def test_tiny_sigmoid_weights_are_normalized_with_deepseeks_guard():
+    """DeepSeek-V3 (and transformers' port) divide by Σw + 1e-20. With sigmoid(-50) ≈ 1.9e-22 per expert the
+    guard dominates: each weight is s / (2s + 1e-20) ≈ 0.0186, not 0.5, and never negative."""
+    router, x = router_with_logits(make_plan(E=4, k=2, score="sigmoid", normalize_topk=True), [[-50.0] * 4])
+    s = 1 / (1 + math.exp(50.0))
+    assert router(x).topk_w[0].tolist() == pytest.approx([s / (2 * s + 1e-20)] * 2, rel=1e-5)

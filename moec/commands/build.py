@@ -97,12 +97,17 @@ def _notify(notes: list[str]) -> None:
 
 
 def _initialised(plan, dtype: str | None, seed: int):  # -> (MoecModel)
-    """Seeded weights on the CPU; DoesNotFitError (a ValueError) before allocating when they would not fit."""
+    """Seeded weights on the CPU; DoesNotFitError before allocating when they, and the byte copy safetensors
+    makes of them while writing, would not fit."""
     import torch
 
     from moec.nn import build_model
+    from moec.nn.build import require_memory, weights_memory
 
-    return build_model(plan, device="cpu", dtype=getattr(torch, DTYPES[dtype or "fp32"]), seed=seed)
+    torch_dtype = getattr(torch, DTYPES[dtype or "fp32"])
+    need = weights_memory(plan, torch_dtype, serialized=True)
+    require_memory(need, torch.device("cpu"), lead=f"{plan.name}: its weights need")
+    return build_model(plan, device="cpu", dtype=torch_dtype, seed=seed)
 
 
 def _from_hf(hf_dir: str, dtype: str | None):  # -> (ResolvedModel, MoecModel)

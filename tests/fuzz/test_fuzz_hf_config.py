@@ -14,8 +14,8 @@ Plus Hypothesis properties: random JSON values in random fields; random integers
 (judged by the spec's bounds and rules, their problems pointed back at the config); and a size field of
 the wrong type, which must be refused at that field's own line (located independently, from the text).
 
-``MOEC_FUZZ_N`` sets how many seeded inputs to run (default 1,000: the module takes 14 s of CPU, 24 s on a
-Hypothesis properties run a tenth of that, at least 100 each). A long run, with the figures printed::
+``MOEC_FUZZ_N``: how many seeded inputs to run (default 1,000: 14 s of CPU, 24 s on a busy 2-core machine);
+the Hypothesis properties run a tenth of that, at least 100 each. A long run, with the figures printed::
 
     MOEC_FUZZ_N=20000 python3 -m pytest -s -p no:cacheprovider tests/fuzz/test_fuzz_hf_config.py
 

@@ -187,7 +187,7 @@ def _find_base(ref: Any, from_file: str, m: Mark) -> str:
         return str(shipped.resolve())
     if "\0" in ref:
         raise SpecError([_at(m, f"{_short(ref)} holds a NUL character")])
-    if FsPath(ref).is_absolute() or ref.startswith("~"):
+    if FsPath(ref).is_absolute():  # (pathlib never expands "~": "~/x.yaml" is a folder named "~" here)
         raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}, not an absolute path")])
     if not ref.endswith(SPEC_SUFFIXES):
         raise SpecError([_at(m, f"{_short(ref)}: {_BASE_RULE}")])

@@ -59,7 +59,7 @@ from moec.hf.checkpoint import (
     unquantized_model_type,
 )
 from moec.hf.config import hf_to_model
-from moec.nn.build import EXPLICIT_FRACTION, DoesNotFitError, available_bytes, build_model, weight_bytes
+from moec.nn.build import build_model, require_memory, weights_memory
 from moec.nn.model import MoecModel
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
@@ -447,12 +447,7 @@ def from_hf(
     dtype = dtype or ck.main_dtype()
     device = torch.device(device)
     if device.type != "meta":
-        need, free = weight_bytes(plan, dtype), available_bytes(device)
-        if free is not None and need > EXPLICIT_FRACTION * free:
-            raise DoesNotFitError(
-                f"{plan.name}: its weights need {need / 2**30:,.1f} GiB in {str(dtype).removeprefix('torch.')}, "
-                f"but {device} has {free / 2**30:,.1f} GiB free"
-            )
+        require_memory(weights_memory(plan, dtype), device, lead=f"{plan.name}: its weights need")
     model = build_model(plan, device="meta", dtype=dtype, backend=backend)
     if device.type == "meta":
         return model.eval()

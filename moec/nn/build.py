@@ -31,7 +31,6 @@ from moec.spec import ResolvedModel, load_model
 
 AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and the rest of the process
 # moec.hf.weights' own weights check still reads this; build_model refuses through require_memory
-EXPLICIT_FRACTION = 0.9
 MEMORY_LIMIT_ENV = "MOEC_MEMORY_LIMIT"
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""`moec smoke-run`."""
+"""`moec smoke-run`, on one process or several (``--nproc``, or under torchrun)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
+from moec.errors import CommandError
 
 
 @click.command(name="smoke-run")
@@ -35,6 +36,20 @@ from moec.commands.common import load_plan, report_errors, set_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=3e-3, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Run on N processes: re-executes under torch.distributed.run (gloo on CPU, NCCL on GPU).",
+)
+@click.option("--ep", type=click.IntRange(1, 1 << 16), default=1, show_default=True, help="Expert-parallel degree.")
+@click.option("--tp", type=click.IntRange(1, 1 << 16), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option(
+    "--fsdp/--no-fsdp",
+    default=True,
+    show_default=True,
+    help="Shard over the data-parallel ranks with FSDP2 (else replicate and all-reduce the gradients).",
+)
 @set_option
 @report_errors
 def smoke_run(
@@ -49,22 +64,69 @@ def smoke_run(
     seed: int,
     lr: float,
     fmt: str,
+    nproc: int | None,
+    ep: int,
+    tp: int,
+    fsdp: bool,
     sets: tuple[str, ...],
 ) -> None:
-    """Train a spec's model for a few steps: does it learn, balance and run fast? Exit 1 on failure."""
-    from moec.smoke.report import print_report
-    from moec.smoke.run import SmokeConfig
-    from moec.smoke.run import smoke_run as run
+    """Train a spec's model for a few steps: does it learn, balance and run fast? Exit 1 on failure.
 
-    plan = load_plan(spec, sets)
+    With --nproc N (or under `torchrun --standalone --nproc-per-node N -m moec smoke-run ...`) the model is
+    built on meta and sharded over the processes (FSDP2, --ep experts, --tp attention and dense FFNs), and the
+    report adds the layout, per-rank figures and a check of the step-0 loss against one process."""
+    from moec.smoke.launch import in_worker, launch, run_worker
+    from moec.smoke.run import SmokeConfig
+
     cfg = SmokeConfig(
         device=device, backend=backend, steps=steps, batch=batch, seq=seq, dtype=dtype, scale=scale, seed=seed, lr=lr
     )
+    parallel = {"ep": ep, "tp": tp, "fsdp": fsdp}
+    if in_worker():
+        run_worker(lambda: _worker(spec, sets, cfg, parallel, fmt, nproc))
+    if nproc is not None:
+        args = [spec, "--device", device, "--backend", backend, "--steps", str(steps), "--batch", str(batch)]
+        args += ["--seq", str(seq), "--dtype", dtype, "--scale", scale, "--seed", str(seed), "--lr", repr(lr)]
+        args += ["--format", fmt, "--ep", str(ep), "--tp", str(tp), "--fsdp" if fsdp else "--no-fsdp"]
+        args += [a for s in sets for a in ("--set", s)]
+        raise SystemExit(launch(args, nproc, device))
+    if ep > 1 or tp > 1 or not fsdp:
+        raise CommandError("--ep, --tp and --no-fsdp need several processes: add --nproc N, or run under torchrun")
+    _single(spec, sets, cfg, fmt)
+
+
+def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str) -> None:
+    from moec.smoke.run import smoke_run as run
+
+    plan = load_plan(spec, sets)
     try:
         result = run(plan, cfg, spec_name=spec, progress=fmt == "table")
     except ValueError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+        raise CommandError(str(e)) from None
+    _show(result, fmt)
+
+
+@report_errors
+def _worker(spec: str, sets: tuple[str, ...], cfg, parallel: dict, fmt: str, nproc: int | None) -> None:
+    """One torchrun worker: rank 0 prints; every rank exits with the run's code (moec.smoke.launch)."""
+    import torch.distributed as dist
+
+    from moec.smoke.distributed import Parallel, smoke_run_distributed
+
+    if nproc is not None:
+        raise CommandError("--nproc starts the processes itself: leave it out under torchrun")
+    plan = load_plan(spec, sets)
+    try:
+        result = smoke_run_distributed(plan, cfg, Parallel(**parallel), spec_name=spec)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    if dist.get_rank() == 0:
+        _show(result, fmt)
+
+
+def _show(result, fmt: str) -> None:
+    from moec.smoke.report import print_report
+
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

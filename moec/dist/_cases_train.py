@@ -2,20 +2,28 @@
 
 Each rank trains the single-process model on the whole batch itself (the reference), then the same model
 under a layout, fed its share of the batch, for the same steps: AdamW, gradient clipping that bites, and the
-aux-loss-free bias step. The balance loss is per sequence, so the global batch's aux loss is the mean of the
+aux-loss-free bias step. The generated model.py of the same spec, through its own parallelize(), is held to the
+same reference. The balance loss is per sequence, so the global batch's aux loss is the mean of the
 ranks' (a batch-level one is per local batch, GShard's groups, and would differ from one process by design).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
 import torch
 import torch.distributed as dist
 
 import moec.dist as md
+from moec.codegen import render_model_source
 from moec.dist.mesh import local
+from moec.dist.parts import routed_experts
 from moec.nn import build_model
 from moec.nn import lm_loss as single_lm_loss
-from moec.nn.moe import Experts
 from moec.plan import Layout, rank_params
 from moec.spec import load_spec, resolve
 from moec.spec.plan import ResolvedModel
@@ -73,22 +81,37 @@ def _expert_bias(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _numel(model: torch.nn.Module) -> dict[str, int]:
-    experts = {id(p) for m in model.modules() if isinstance(m, Experts) for p in m.parameters()}
+    experts = {id(p) for _, m in routed_experts(model) for p in m.parameters()}
     counts = {"experts": 0, "other": 0}
     for p in model.parameters():
         counts["experts" if id(p) in experts else "other"] += local(p).numel()
     return counts
 
 
-def distributed_run(plan: ResolvedModel, ref: dict, layout: Layout, *, fsdp: bool, wrong_scaling: bool = False):
+def distributed_run(
+    plan: ResolvedModel,
+    ref: dict,
+    layout: Layout,
+    *,
+    fsdp: bool,
+    wrong_scaling: bool = False,
+    generated: ModuleType | None = None,
+):
+    """``generated``: a generated model.py module, whose Model and parallelize() stand in for moec.nn's."""
     rank, world = dist.get_rank(), dist.get_world_size()
     meshes = md.build_mesh(layout, plan)
-    model = build_model(plan, device="meta", backend="reference")
-    md.parallelize(model, meshes, fsdp=fsdp)
+    if generated is None:
+        model = build_model(plan, device="meta", backend="reference")
+        md.parallelize(model, meshes, fsdp=fsdp)
+    else:
+        with torch.device("meta"):
+            model = generated.Model(backend="reference")
+        generated.parallelize(model, meshes)
     if wrong_scaling:  # FSDP's default: the mean over each unit's group, and a loss left per rank
+        experts = {id(m) for _, m in routed_experts(model)}
         for m in model.modules():
             if hasattr(m, "set_gradient_divide_factor"):
-                m.set_gradient_divide_factor(float((meshes.efsdp if isinstance(m, Experts) else meshes.dp).size()))
+                m.set_gradient_divide_factor(float((meshes.efsdp if id(m) in experts else meshes.dp).size()))
     md.load_full_state_dict(model, ref["initial"] if rank == 0 else None)
     numel = _numel(model)
     tied = model.lm_head.weight is model.embed.weight
@@ -168,7 +191,20 @@ def train_case() -> dict:
         "ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True),
         "tp_fsdp": distributed_run(plan, ref, Layout(tp=world), fsdp=True),
         "ep_fsdp_default_division": distributed_run(plan, ref, Layout(ep=world), fsdp=True, wrong_scaling=True),
+        "generated_ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True, generated=generated_module(plan)),
     }
+
+
+def generated_module(plan: ResolvedModel) -> ModuleType:
+    """The model.py `moec build` writes for ``plan``, imported (each rank writes its own copy)."""
+    path = Path(tempfile.mkdtemp(prefix="moec-generated-")) / "model.py"
+    path.write_text(render_model_source(plan))
+    name = f"moec_generated_rank{dist.get_rank()}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def train4_case() -> dict:

@@ -27,8 +27,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from moec.dist.mesh import local
+from moec.dist.parts import is_lora_experts, is_routed_experts
 from moec.kernels.reference import dispatch
-from moec.nn.moe import Experts, LoRAExperts
 
 
 class ExpertParallelError(ValueError):
@@ -57,7 +57,8 @@ class A2ATraffic:
 
 
 class ExpertDispatcher:
-    """The object :class:`moec.nn.moe.Experts` calls instead of its local kernel when expert parallel."""
+    """The object :class:`moec.nn.moe.Experts` (and a generated model.py's Experts) calls instead of its local
+    kernel when expert parallel."""
 
     def __init__(self, ep_mesh: DeviceMesh):
         if ep_mesh.ndim != 1:
@@ -68,7 +69,7 @@ class ExpertDispatcher:
         self.traffic = A2ATraffic()
 
     def __call__(
-        self, experts: Experts, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType
+        self, experts: nn.Module, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, kernels: ModuleType
     ) -> torch.Tensor:
         """x (T, d), topk_idx / topk_w (T, k) → (T, d), equal to the single-process ``Experts.forward``."""
         w_gate_up, w_down = local(experts.w_gate_up), local(experts.w_down)
@@ -90,7 +91,8 @@ class ExpertDispatcher:
         out = kernels.expert_ffn(
             rows, ids, ones, w_gate_up, w_down,
             activation=experts.activation, b_gate_up=local(experts.b_gate_up), b_down=local(experts.b_down),
-            alpha=experts.alpha, limit=experts.limit,
+            # a generated model.py has them only for swiglu_clamped
+            alpha=getattr(experts, "alpha", None), limit=getattr(experts, "limit", None),
         )  # fmt: skip
         back = all_to_all_single_autograd(out, in_splits, out_splits, self.mesh)  # (N, d), in send order
         self._count(in_splits, out_splits, x.shape[1] * x.element_size(), n_experts)
@@ -120,9 +122,9 @@ def apply_ep(model: nn.Module, ep_mesh: DeviceMesh) -> list[ExpertDispatcher]:
     built on ``meta`` (nothing is allocated until ``to_empty``)."""
     dispatchers = []
     for name, module in model.named_modules():
-        if isinstance(module, LoRAExperts):
+        if is_lora_experts(module):
             raise ExpertParallelError(f"{name}: LoRA experts (expert_kind: lora) do not support expert parallelism")
-        if isinstance(module, Experts):
+        if is_routed_experts(module):
             n_experts = module.w_gate_up.shape[0]
             if n_experts % ep_mesh.size():
                 raise ExpertParallelError(f"{name}: {n_experts} experts do not divide by ep = {ep_mesh.size()}")

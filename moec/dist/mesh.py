@@ -26,10 +26,11 @@ def local(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def init(init_method: str | None = None) -> torch.device:
+def init(init_method: str | None = None, device_type: str | None = None) -> torch.device:
     """Start the default process group once (gloo on CPU, nccl with CUDA) from torchrun's environment, or
-    from ``init_method`` with RANK and WORLD_SIZE set; returns this rank's device."""
-    cuda = torch.cuda.is_available()
+    from ``init_method`` with RANK and WORLD_SIZE set; returns this rank's device (``device_type`` "cpu" or
+    "cuda"; None: cuda when torch sees one)."""
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -90,7 +91,7 @@ def build_mesh(layout: Layout, plan: ResolvedModel | None = None, device_type: s
         except LayoutError as e:
             problems = [str(e)]
     if not problems:
-        problems = _unsupported(layout)
+        problems = unsupported(layout)
     if problems:
         raise LayoutError("; ".join(problems))
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +101,7 @@ def build_mesh(layout: Layout, plan: ResolvedModel | None = None, device_type: s
     return Meshes(layout, dense, sparse)
 
 
-def _unsupported(layout: Layout) -> list[str]:
+def unsupported(layout: Layout) -> list[str]:
     """What this version of moec.dist does not run yet, each named."""
     problems = []
     if layout.pp > 1:

@@ -17,24 +17,29 @@ from torch.distributed.tensor import DTensor
 
 from moec.dist.expert_parallel import A2ATraffic, apply_ep
 from moec.dist.mesh import Meshes
-from moec.dist.tensor_parallel import apply_tp
+from moec.dist.parts import blocks, is_routed_experts, routed_experts
+from moec.dist.tensor_parallel import TensorParallelError, apply_tp
 from moec.nn.model import MoecModel
-from moec.nn.moe import Experts
 
 
 def parallelize(
-    model: MoecModel,
+    model: nn.Module,
     meshes: Meshes,
     *,
     fsdp: bool = True,
     reshard_after_forward: bool = True,
     mp_policy: MixedPrecisionPolicy | None = None,
-) -> MoecModel:
-    """TP (tp > 1), EP (ep > 1) and FSDP2 (``fsdp``) in place, in that order; returns the model."""
-    if not isinstance(model, MoecModel):
-        raise TypeError(f"parallelize takes a moec MoecModel, got {type(model).__name__}")
+) -> nn.Module:
+    """TP (tp > 1), EP (ep > 1) and FSDP2 (``fsdp``) in place, in that order; returns the model. ``model`` is a
+    moec.nn MoecModel or the Model of a generated model.py (EP and FSDP only: TP needs moec.nn's modules)."""
+    blocks(model)  # a TypeError for anything that is not a moec model, before any change
     layout = meshes.layout
     if layout.tp > 1:
+        if not isinstance(model, MoecModel):
+            raise TensorParallelError(
+                f"tp = {layout.tp}: tensor parallelism needs a model built by moec.build_model; a generated "
+                "model.py takes FSDP and expert parallelism only for now"
+            )
         apply_tp(model, meshes.tp)
     if layout.ep > 1:
         apply_ep(model, meshes.ep)
@@ -44,7 +49,7 @@ def parallelize(
 
 
 def apply_fsdp(
-    model: MoecModel,
+    model: nn.Module,
     meshes: Meshes,
     *,
     reshard_after_forward: bool = True,
@@ -54,11 +59,10 @@ def apply_fsdp(
     the efsdp mesh (the ranks that hold the same experts). Returns every FSDP module."""
     kw = {"reshard_after_forward": reshard_after_forward, "mp_policy": mp_policy or MixedPrecisionPolicy()}
     units: list[nn.Module] = []
-    for block in [*model.layers, *model.mtp]:
-        for m in block.modules():
-            if isinstance(m, Experts):
-                # a nested unit, not shard_placement_fn: torch 2.11 cannot place one parameter on another mesh
-                units.append(fully_shard(m, mesh=meshes.efsdp, **kw))
+    for block in blocks(model):
+        for _, m in routed_experts(block):
+            # a nested unit, not shard_placement_fn: torch 2.11 cannot place one parameter on another mesh
+            units.append(fully_shard(m, mesh=meshes.efsdp, **kw))
         units.append(fully_shard(block, mesh=meshes.dp, **kw))
     units.append(fully_shard(model, mesh=meshes.dp, **kw))
     gloo = dist.get_backend(meshes.dp.get_group()) == "gloo"
@@ -66,7 +70,7 @@ def apply_fsdp(
     for unit in units:
         # the efsdp ranks of an expert unit include the tp ranks, which all compute the same tokens' gradient
         # (routed experts are not tensor-parallel): their sum is tp copies of it
-        unit.set_gradient_divide_factor(float(tp) if isinstance(unit, Experts) else 1.0)
+        unit.set_gradient_divide_factor(float(tp) if is_routed_experts(unit) else 1.0)
         if gloo:  # a factor other than the group size becomes PREMUL_SUM, which gloo lacks: SUM, then divide
             unit.set_force_sum_reduction_for_comms(True)
     return units
@@ -89,13 +93,13 @@ def sync_gradients(model: nn.Module, meshes: Meshes) -> None:
 def a2a_traffic(model: nn.Module) -> A2ATraffic:
     """The all-to-all bytes of every expert-parallel layer of ``model``, added up."""
     total = A2ATraffic()
-    for m in model.modules():
-        if isinstance(m, Experts) and m.dispatcher is not None:
+    for _, m in routed_experts(model):
+        if m.dispatcher is not None:
             total.add(m.dispatcher.traffic)
     return total
 
 
 def reset_a2a_traffic(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, Experts) and m.dispatcher is not None:
+    for _, m in routed_experts(model):
+        if m.dispatcher is not None:
             m.dispatcher.traffic.reset()

@@ -12,21 +12,29 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
+from moec.dist.parts import routers
 from moec.nn.loss import LossParts
 from moec.nn.loss import lm_loss as local_lm_loss
 from moec.nn.model import ModelAux
-from moec.nn.moe import MoE
 
 
 def lm_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, aux: ModelAux, group: dist.ProcessGroup, *, mtp_weight: float = 0.3
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    aux: ModelAux | torch.Tensor,
+    group: dist.ProcessGroup,
+    *,
+    mtp_weight: float = 0.3,
 ) -> tuple[torch.Tensor, LossParts]:
     """:func:`moec.nn.lm_loss` of this rank's batch, weighted by its share of the predicted tokens of the
     whole data-parallel ``group``: (scaled total to backpropagate, this rank's unscaled parts). With gradients
-    *summed* over the group (moec.dist.parallelize), the result is the gradient of the global mean.
+    *summed* over the group (moec.dist.parallelize), the result is the gradient of the global mean. ``aux``:
+    a moec.nn model's ModelAux, or the aux-loss tensor a generated model.py returns.
 
     The cross-entropy comes out exactly the global token mean. The aux losses are per local batch (capacity and
     the batch balance loss count this rank's tokens, GShard's groups), weighted by the same share."""
+    if isinstance(aux, torch.Tensor):
+        aux = ModelAux(aux)
     total, parts = local_lm_loss(logits, tokens, aux, mtp_weight=mtp_weight)
     predicted = tokens.shape[0] * (tokens.shape[1] - 1)
     count = torch.tensor(predicted, dtype=torch.float64, device=tokens.device)
@@ -62,6 +70,5 @@ def clip_grad_norm_(
 def update_bias(model: torch.nn.Module, group: dist.ProcessGroup) -> None:
     """Aux-loss-free balancing for every MoE layer, on expert loads summed over ``group`` (the data-parallel
     ranks) so that every rank takes the same step: call once per optimizer step."""
-    for m in model.modules():
-        if isinstance(m, MoE):
-            m.update_bias(group)
+    for router in routers(model):
+        router.update_bias(group)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from moec.smoke.dist_report import DistributedReport, print_distributed
+
 SCHEMA = "moec.smoke/1"
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -68,6 +70,7 @@ class SmokeResult:
     ok: bool
     failures: list[str] = field(default_factory=list)
     memory_estimate_bytes: int | None = None  # the upper estimate checked before the run started
+    distributed: DistributedReport | None = None  # several processes: layout, per-rank figures, step-0 check
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA}
@@ -117,6 +120,8 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
             f"out {n.max_abs_diff_output:.2e}, grad {n.max_abs_diff_grad:.2e} (tol {n.tolerance:.0e}) {mark}",
         )
     con.print(t)
+    if r.distributed is not None:
+        print_distributed(r.distributed, r.steps, con)
     if not r.layers:
         con.print("no MoE layers: nothing to balance")
         for f in r.failures:

@@ -19,7 +19,7 @@ from moec.errors import CommandError
 from moec.nn.build import available_bytes, resolve_device
 from moec.smoke.data import MarkovData
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
-from moec.smoke.scale import fit
+from moec.smoke.scale import Fitted, fit
 from moec.spec.plan import ResolvedModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -32,6 +32,7 @@ PEAKS = {
 IMBALANCE_THRESHOLD = 3.0
 DISTINCT_BATCHES = 64  # token batches generated up front and cycled through (int64, on the CPU)
 NUMERICS_TOL = {"fp32": 1e-4, "bf16": 5e-2}
+BETAS = (0.9, 0.95)  # AdamW
 
 
 @dataclass
@@ -58,131 +59,197 @@ def smoke_run(
     """Run the smoke test. ``tamper`` lets tests modify the built model (e.g. force a router collapse)."""
     from moec.nn import build_model
     from moec.nn.loss import lm_loss
-    from moec.nn.moe import MoE
 
-    device, dtype_name, backend, scale = _choices(cfg)
-    dtype = DTYPES[dtype_name]
+    run = choices(cfg)
     n_batches = min(cfg.steps, DISTINCT_BATCHES)
     # refused here, before any tensor exists, when even the fitted copy would not fit
     fitted = fit(
         plan,
-        scale=scale,
-        budget_bytes=available_bytes(device),
+        scale=run.scale,
+        budget_bytes=available_bytes(run.device),
         batch=cfg.batch,
         seq=cfg.seq,
-        dtype=dtype_name,
+        dtype=run.dtype_name,
         data_bytes=n_batches * cfg.batch * cfg.seq * torch.long.itemsize,
-        where=str(device),
+        where=str(run.device),
     )
     small = fitted.plan
 
     torch.manual_seed(cfg.seed)
-    model = build_model(small, device=device, dtype=dtype, backend=backend, seed=cfg.seed)
+    model = build_model(small, device=run.device, dtype=run.dtype, backend=run.backend, seed=cfg.seed)
     model.train()
     if tamper is not None:
         tamper(model)
-    moe_layers = [(i, m) for i, m in enumerate(model.modules()) if isinstance(m, MoE)]
-    # ModelAux.layers is indexed by LayerPlan.index: main layers, then MTP blocks (n_layers + j)
-    moe_index = [lp.index for lp in (*small.layers, *small.mtp) if lp.ffn.kind == "moe"]
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=BETAS, weight_decay=0.0)
+
+    def step(tokens: torch.Tensor) -> tuple[float, float, list]:
+        logits, aux = model(tokens)
+        loss, parts = lm_loss(logits, tokens, aux)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        model.update_bias()
+        return float(parts.ce), float(parts.aux), moe_aux(aux)
 
     data = MarkovData.make(small.vocab_size, seed=cfg.seed)
     batches = [data.batch(cfg.batch, cfg.seq) for _ in range(n_batches)]
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    log = train(step, batches, cfg.steps, run.device, moe_experts(model), progress=progress)
+    moe = moe_layers(model)
+    numerics = None
+    if moe:
+        numerics = check_numerics(moe[0], run.backend, run.dtype, run.device, small.d_model, cfg, moe_index(small)[0])
+    peak_memory = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
+    return summarize(plan, fitted, cfg, run, log, data, numerics=numerics, peak_memory=peak_memory, spec_name=spec_name)
 
-    E = [m.router.weight.shape[0] for _, m in moe_layers]
-    load = [torch.zeros(e, dtype=torch.long, device=device) for e in E]
-    dropped = [torch.zeros((), dtype=torch.long, device=device) for _ in E]
-    losses: list[float] = []
-    auxes: list[float] = []
-    failures: list[str] = []
-    timed_tokens, timed_s = 0, 0.0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
+@dataclass(frozen=True)
+class RunChoices:
+    """What ``auto`` stands for in one run: device, dtype, kernel backend and scale."""
+
+    device: torch.device
+    dtype_name: str
+    backend: str
+    scale: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+
+@dataclass
+class TrainLog:
+    """What a training loop saw: per-step losses, and per MoE layer the kept slots per expert and the dropped
+    slots, summed over the steps (this process's tokens)."""
+
+    losses: list[float]
+    auxes: list[float]
+    load: list[torch.Tensor]  # per MoE layer: (E,) int64
+    dropped: list[torch.Tensor]  # per MoE layer: () int64
+    timed_tokens: int
+    timed_s: float
+    failures: list[str]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.timed_tokens / self.timed_s if self.timed_s else 0.0
+
+
+def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from moec.nn.moe import MoE
+
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+def moe_experts(model: torch.nn.Module) -> list[int]:
+    """The routed-expert count of each MoE layer, in module order (the order of ModelAux.layers)."""
+    return [m.router.weight.shape[0] for m in moe_layers(model)]
+
+
+def moe_index(plan: ResolvedModel) -> list[int]:
+    """The LayerPlan index of each MoE layer: ModelAux.layers is indexed by it (main layers, then MTP blocks)."""
+    return [lp.index for lp in (*plan.layers, *plan.mtp) if lp.ffn.kind == "moe"]
+
+
+def train(
+    step: Callable[[torch.Tensor], tuple[float, float, list]],
+    batches: list[torch.Tensor],
+    steps: int,
+    device: torch.device,
+    experts: list[int],
+    *,
+    progress: bool,
+) -> TrainLog:
+    """Run ``step`` (forward, backward, optimizer; returns the cross-entropy, the aux loss and each MoE layer's
+    MoEAux) over ``batches`` cycled for ``steps`` steps; stops at the first non-finite loss."""
+    log = TrainLog([], [], [torch.zeros(e, dtype=torch.long, device=device) for e in experts], [], 0, 0.0, [])
+    log.dropped = [torch.zeros((), dtype=torch.long, device=device) for _ in experts]
     bar = _progress(progress)
-    task = bar.add_task("training", total=cfg.steps) if bar else None
+    task = bar.add_task("training", total=steps) if bar else None
     if bar:
         bar.start()
     try:
-        for step in range(cfg.steps):
-            tokens = batches[step % len(batches)].to(device, non_blocking=True)
+        for i in range(steps):
+            tokens = batches[i % len(batches)].to(device, non_blocking=True)
             _sync(device)
             t0 = time.perf_counter()
-            logits, aux = model(tokens)
-            loss, parts = lm_loss(logits, tokens, aux)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            model.update_bias()
+            ce, ax, layers = step(tokens)
             _sync(device)
-            dt = time.perf_counter() - t0
-            if step >= min(2, cfg.steps - 1):  # the first steps compile kernels and warm caches
-                timed_tokens += tokens.numel()
-                timed_s += dt
-            for j, la in enumerate(_moe_aux(aux)):
-                load[j] += la.tokens_per_expert.to(load[j].device)
-                dropped[j] += la.dropped.to(dropped[j].device)
-            ce, ax = float(parts.ce), float(parts.aux)
-            losses.append(ce)
-            auxes.append(ax)
+            if i >= min(2, steps - 1):  # the first steps compile kernels and warm caches
+                log.timed_tokens += tokens.numel()
+                log.timed_s += time.perf_counter() - t0
+            for j, la in enumerate(layers):
+                log.load[j] += la.tokens_per_expert.to(device)
+                log.dropped[j] += la.dropped.to(device)
+            log.losses.append(ce)
+            log.auxes.append(ax)
             if not math.isfinite(ce) or not math.isfinite(ax):
-                failures.append(f"loss became {ce} at step {step}")
+                log.failures.append(f"loss became {ce} at step {i}")
                 break
             if bar:
-                bar.update(
-                    task,
-                    advance=1,
-                    description=f"loss {ce:.3f} aux {ax:.3g} {timed_tokens / max(timed_s, 1e-9):,.0f} tok/s",
-                )
+                bar.update(task, advance=1, description=f"loss {ce:.3f} aux {ax:.3g} {log.tokens_per_s:,.0f} tok/s")
     finally:
         if bar:
             bar.stop()
+    return log
 
-    k = max(1, min(5, len(losses) // 4))
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    fell = math.isfinite(last) and last < first - 0.05 * max(first - data.floor, 0.1)
-    if not fell and not failures:
-        failures.append(f"loss did not fall: {first:.3f} → {last:.3f}")
 
-    layers = []
-    for j, (c, d) in enumerate(zip(load, dropped, strict=False)):
+def layer_loads(log: TrainLog, index: list[int]) -> list[LayerLoad]:
+    out = []
+    for j, (c, d) in enumerate(zip(log.load, log.dropped, strict=True)):
         counts = c.tolist()
         mean = sum(counts) / len(counts) if counts else 0.0
-        layers.append(
+        out.append(
             LayerLoad(
-                layer=moe_index[j] if j < len(moe_index) else j,
+                layer=index[j] if j < len(index) else j,
                 tokens_per_expert=counts,
                 max_mean_ratio=(max(counts) / mean) if mean else 0.0,
                 starved=[e for e, n in enumerate(counts) if n == 0],
                 dropped=int(d),
             )
         )
-    imbalanced = any(l.max_mean_ratio > IMBALANCE_THRESHOLD or l.starved for l in layers)
+    return out
 
+
+def summarize(
+    plan: ResolvedModel,
+    fitted: Fitted,
+    cfg: SmokeConfig,
+    run: RunChoices,
+    log: TrainLog,
+    data: MarkovData,
+    *,
+    numerics: Numerics | None,
+    peak_memory: int | None,
+    spec_name: str = "",
+    devices: int = 1,
+) -> SmokeResult:
+    """The verdict and the figures of a finished run: did the loss fall, balance, FLOP/s and MFU (over
+    ``devices`` devices of one kind)."""
+    small, losses, failures = fitted.plan, log.losses, list(log.failures)
+    k = max(1, min(5, len(losses) // 4))
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    fell = math.isfinite(last) and last < first - 0.05 * max(first - data.floor, 0.1)
+    if not fell and not failures:
+        failures.append(f"loss did not fall: {first:.3f} → {last:.3f}")
+    if numerics is not None and not numerics.ok:
+        worst = max(numerics.max_abs_diff_output, numerics.max_abs_diff_grad)
+        failures.append(f"numerics: {numerics.backend} differs from {numerics.against} by {worst:.2e}")
+    layers = layer_loads(log, moe_index(small))
     a = analyze(small, seq=cfg.seq, batch=cfg.batch)
-    tps = timed_tokens / timed_s if timed_s else 0.0
-    achieved = tps * a.flops.training / 1e12
-    peak, source = _peak(device, dtype_name)
-    numerics = None
-    if moe_layers:
-        numerics = check_numerics(
-            moe_layers[0][1], backend, dtype, device, small.d_model, cfg, moe_index[0] if moe_index else 0
-        )
-        if not numerics.ok:
-            failures.append(
-                f"numerics: {numerics.backend} differs from {numerics.against} by {max(numerics.max_abs_diff_output, numerics.max_abs_diff_grad):.2e}"
-            )
-
+    achieved = log.tokens_per_s * a.flops.training / 1e12
+    peak, source = _peak(run.device, run.dtype_name)
     return SmokeResult(
         spec=spec_name or plan.name,
         model=small.name,
-        device=device.type,
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        backend=backend,
-        dtype=dtype_name,
-        scale=scale,
+        device=run.device.type,
+        device_name=torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
+        backend=run.backend,
+        dtype=run.dtype_name,
+        scale=run.scale,
         changes=fitted.changes,
         params_total=a.params.total,
         params_active=a.params.active,
@@ -195,18 +262,18 @@ def smoke_run(
         loss_fell=fell,
         loss_floor=data.floor,
         loss_noise=data.noise_loss,
-        aux_first=auxes[0] if auxes else 0.0,
-        aux_last=auxes[-1] if auxes else 0.0,
+        aux_first=log.auxes[0] if log.auxes else 0.0,
+        aux_last=log.auxes[-1] if log.auxes else 0.0,
         layers=layers,
-        imbalanced=imbalanced,
+        imbalanced=any(l.max_mean_ratio > IMBALANCE_THRESHOLD or l.starved for l in layers),
         imbalance_threshold=IMBALANCE_THRESHOLD,
         dropped_tokens=sum(l.dropped for l in layers),
-        tokens_per_s=tps,
+        tokens_per_s=log.tokens_per_s,
         achieved_tflops=achieved,
         peak_tflops=peak,
         peak_source=source,
-        mfu=achieved / peak if peak else 0.0,
-        peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        mfu=achieved / (peak * devices) if peak else 0.0,
+        peak_memory_bytes=peak_memory,
         memory_estimate_bytes=fitted.memory.total,
         numerics=numerics,
         flops_per_token=float(a.flops.training),
@@ -215,9 +282,10 @@ def smoke_run(
     )
 
 
-def _choices(cfg: SmokeConfig) -> tuple[torch.device, str, str, str]:
-    """The device, dtype, backend and scale ``auto`` stands for here; refusals for what cannot run."""
-    device = resolve_device(cfg.device)
+def choices(cfg: SmokeConfig, device: torch.device | None = None) -> RunChoices:
+    """What ``auto`` stands for here (on ``device`` when given, else ``cfg.device``); refusals for what
+    cannot run."""
+    device = device if device is not None else resolve_device(cfg.device)
     dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if dtype_name == "bf16" and device.type == "cpu":
         raise CommandError("bf16 on the CPU runs ~100x slower than fp32 here; use --dtype fp32 on CPU")
@@ -227,7 +295,7 @@ def _choices(cfg: SmokeConfig) -> tuple[torch.device, str, str, str]:
     if backend == "triton" and device.type != "cuda":
         raise CommandError("the triton backend needs a CUDA device (use --backend reference on CPU)")
     scale = "tiny" if cfg.scale == "auto" and device.type == "cpu" else cfg.scale
-    return device, dtype_name, backend, scale
+    return RunChoices(device, dtype_name, backend, scale)
 
 
 def check_numerics(
@@ -266,7 +334,7 @@ def check_numerics(
     return Numerics(backend, against, layer, out, grad, tol, out <= tol and grad <= tol)
 
 
-def _moe_aux(aux: object) -> list:
+def moe_aux(aux: object) -> list:
     layers = getattr(aux, "layers", None) or getattr(aux, "moe", None) or []
     return [la for la in layers if la is not None]
 

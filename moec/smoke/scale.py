@@ -11,6 +11,7 @@ Pure arithmetic over plans: the analyzer's memory model decides what fits
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from moec.analyze import analyze
@@ -171,17 +172,24 @@ def fit(
     dtype: str = "bf16",
     data_bytes: int = 0,
     where: str = "the device",
+    memory_of: Callable[[ResolvedModel], RunMemory] | None = None,
 ) -> Fitted:
     """``tiny``: a CPU-sized copy. ``full``: the model as specified. ``auto``: the largest power-of-two
     width ≤ d_model (and ≤ 4096) whose run fits ``budget_bytes``. With a budget, a run that does not fit
-    even so is refused (DoesNotFitError, naming ``where`` the budget is)."""
+    even so is refused (DoesNotFitError, naming ``where`` the budget is). ``memory_of``: what a run of a plan
+    needs (default: one process, :func:`run_memory`; a distributed run passes its busiest rank's)."""
+    if memory_of is None:
+
+        def memory_of(p: ResolvedModel) -> RunMemory:
+            return run_memory(p, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
+
     if scale == "full":
         new = plan
     elif scale == "tiny" or budget_bytes is None:
         new = shrink(plan, min(TINY_D, plan.d_model), vocab=TINY_VOCAB, max_layers=4, seq=seq)
     else:
-        new = _widest_that_fits(plan, budget_bytes, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
-    need = run_memory(new, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes)
+        new = _widest_that_fits(plan, budget_bytes, seq=seq, memory_of=memory_of)
+    need = memory_of(new)
     hint = _what_to_lower(need, scale)
     refuse_unless_fits(need, budget_bytes, lead=f"smoke-run of {new.name} needs", where=where, hint=hint)
     return Fitted(new, describe_changes(plan, new), bytes_needed(new, batch=batch, seq=seq), need)
@@ -200,11 +208,11 @@ def _what_to_lower(need: RunMemory, scale: str) -> str:
 
 
 def _widest_that_fits(
-    plan: ResolvedModel, budget: int, *, batch: int, seq: int, dtype: str, data_bytes: int
+    plan: ResolvedModel, budget: int, *, seq: int, memory_of: Callable[[ResolvedModel], RunMemory]
 ) -> ResolvedModel:
     d = 1 << min(plan.d_model, 4096).bit_length() - 1
     while True:
         new = shrink(plan, d, vocab=32768, max_layers=8, seq=seq) if d < plan.d_model or plan.n_layers > 8 else plan
-        if d <= TINY_D or run_memory(new, batch=batch, seq=seq, dtype=dtype, data_bytes=data_bytes).total <= budget:
+        if d <= TINY_D or memory_of(new).total <= budget:
             return new
         d //= 2

@@ -1,6 +1,7 @@
 """FSDP-only, EP-only, EP×FSDP and TP×FSDP training on 2 processes equal one process over 3 AdamW steps (with
-clipping and the aux-loss-free bias step; float64, the router fp32); the wrong gradient scaling is caught; each
-rank holds the parameter count moec.plan predicts; the selection biases stay identical on every rank."""
+clipping and the aux-loss-free bias step; float64, the router fp32), and so does the generated model.py under EP×FSDP
+through its own parallelize(); the wrong gradient scaling is caught; each rank holds the parameter count moec.plan
+predicts; the selection biases stay identical on every rank."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 TOL = 1e-5
-LAYOUTS = ("fsdp", "ep", "ep_fsdp", "tp_fsdp")
-DATA_PARALLEL = ("fsdp", "ep", "ep_fsdp")  # the ranks see different tokens
+# generated_ep_fsdp: the generated model.py of the same spec, through its own parallelize()
+LAYOUTS = ("fsdp", "ep", "ep_fsdp", "tp_fsdp", "generated_ep_fsdp")
+DATA_PARALLEL = ("fsdp", "ep", "ep_fsdp", "generated_ep_fsdp")  # the ranks see different tokens
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_fsdp_default_gradient_division_with_ep_is_caught(ranks):
     assert run["param_diff"] > 10 * TOL
 
 
-@pytest.mark.parametrize("layout", ("fsdp", "ep_fsdp", "tp_fsdp"))
+@pytest.mark.parametrize("layout", ("fsdp", "ep_fsdp", "tp_fsdp", "generated_ep_fsdp"))
 def test_local_parameter_numel_equals_the_planner(ranks, layout):
     for result in ranks:
         assert result[layout]["numel"] == result[layout]["planned_numel"]

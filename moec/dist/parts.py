@@ -1,0 +1,40 @@
+"""How moec.dist finds the parts of a model it splits: by attribute names, not classes. A moec.nn model and a
+generated ``model.py`` (``moec build``) share their parameter and attribute names, so the same code
+parallelizes both (docs/scaling.md, "Running distributed")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def is_routed_experts(module: nn.Module) -> bool:
+    """Stacked routed experts (w_gate_up (E, d, 2f) or (E, d, f), w_down (E, f, d)) with a ``dispatcher`` slot."""
+    w = getattr(module, "w_gate_up", None)
+    return hasattr(module, "dispatcher") and isinstance(w, torch.Tensor) and w.dim() == 3
+
+
+def is_lora_experts(module: nn.Module) -> bool:
+    """LoRA experts: per-expert adapters ``lora_a_*`` / ``lora_b_*`` over a frozen base FFN."""
+    return any(name.startswith("lora_a_") for name, _ in module.named_parameters(recurse=False))
+
+
+def routed_experts(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every routed-experts module of ``model``, in module order."""
+    return ((name, m) for name, m in model.named_modules() if is_routed_experts(m))
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks, then the MTP modules: the FSDP units below the root."""
+    if not isinstance(getattr(model, "layers", None), nn.ModuleList):
+        raise TypeError(
+            f"moec.dist takes a moec model (its blocks in a `layers` ModuleList), got {type(model).__name__}"
+        )
+    return [*model.layers, *getattr(model, "mtp", ())]
+
+
+def routers(model: nn.Module) -> list[nn.Module]:
+    """The routers that keep running expert loads for the aux-loss-free bias step."""
+    return [m for m in model.modules() if hasattr(m, "expert_load") and callable(getattr(m, "update_bias", None))]

@@ -1,7 +1,9 @@
-"""The Hugging Face bridge: ``config.json`` ↔ moec spec (weights come later, in ``weights.py``).
+"""The Hugging Face bridge: ``config.json`` ↔ moec spec, and checkpoint weights (``weights.py``, which needs
+torch).
 
 Importing this package never imports torch or transformers: a config is read as JSON and translated
-with tables written from transformers 5.23's own configuration and modeling code (``families.py``).
+with tables written from transformers 5.23's own configuration and modeling code, one module per family
+(``families/``).
 """
 
 from moec.hf.config import (

@@ -1,6 +1,7 @@
 """A safetensors checkpoint folder, read safely: which files hold it (:func:`checkpoint_files`), and its
 tensors on demand (:class:`Checkpoint`), each checked to be of a floating-point dtype before it is used as a
-weight. The mapping onto moec's parameters is in ``weights.py``.
+weight. The mapping onto moec's parameters is in ``mapper.py`` and each family's module, the loading in
+``weights.py``.
 
 **safetensors only.** ``pytorch_model.bin``, ``*.pt`` and the like are pickles, and unpickling can run
 arbitrary code; they are refused without being opened.
@@ -19,6 +20,7 @@ from moec.errors import Problem, SpecError
 from moec.hf.config import read_hf_config
 from moec.hf.draft import shown
 from moec.hf.jsontext import KeyLocator, parse_object
+from moec.hf.mapper import Missing, NotFloat
 from moec.spec.load import read_text_file
 
 SINGLE = "model.safetensors"
@@ -55,27 +57,6 @@ class CheckpointError(SpecError):
 
 def fail(where: Path | str, message: str, path: str = "") -> CheckpointError:
     return CheckpointError([Problem(str(where), None, None, path, message)])
-
-
-class NotFloat(Exception):
-    """A checkpoint tensor stored as integers, booleans or complex numbers where a float weight is needed:
-    cast, it would give weights of the integers' size (a quantized or damaged checkpoint), so it is refused."""
-
-    def __init__(self, name: str, stored: str, file: Path):
-        self.name, self.stored, self.file = name, stored, file
-
-    def message(self, needed_by: str) -> str:
-        return (
-            f"stored as {self.stored} in {self.file.name}, not a floating-point dtype, but moec's {needed_by} is a "
-            "float weight (casting integers would make weights of their size: a quantized or damaged checkpoint?)"
-        )
-
-
-class Missing(Exception):
-    """Checkpoint tensors a moec parameter needs that the checkpoint does not hold."""
-
-    def __init__(self, names: list[str]):
-        self.names = names
 
 
 # ---------------------------------------------------------------------------------------------

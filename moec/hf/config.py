@@ -2,7 +2,7 @@
 
 Import: a config (a dict, a config.json, or a directory holding one) → spec YAML whose comments name
 the config.json field behind every value (:func:`import_hf_config`), or straight to the resolved
-plan (:func:`hf_to_model`). The per-family semantics live in ``families.py``. Every field of the
+plan (:func:`hf_to_model`). The per-family semantics live in ``families/``, a module per family. Every field of the
 config is accounted for: read by the family's translator, inert (token ids, init, caching), or at
 its transformers default; anything else, and anything the schema cannot express, is a SpecError
 naming the field. Nothing is approximated.
@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
-from moec.hf.draft import INERT, Draft, Family, Gap, HFConfig, shown
-from moec.hf.export import EXPORTERS_DENSE, EXPORTERS_MOE, CannotExport
-from moec.hf.families import FAMILIES, layer_pattern
+from moec.hf.draft import INERT, CannotExport, Draft, Family, Gap, HFConfig, shown
+from moec.hf.families import FAMILIES, export_order, layer_pattern
 from moec.hf.jsontext import KeyLocator, parse_object, printable
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
@@ -361,9 +360,10 @@ def export_hf_config(model: ResolvedModel | str | PathLike[str], *, drop_trainin
         m = load_model(str(model))
     where = m.source_file or m.name
     why: dict[str, list[str]] = {}  # reason → the families it rules out
-    for model_type, export in EXPORTERS_MOE if m.moe_layers else EXPORTERS_DENSE:
+    for fam in export_order(moe=bool(m.moe_layers)):
+        model_type = fam.model_type
         try:
-            cfg = export(m)
+            cfg = fam.export(m)
             back = hf_to_model(cfg)
             diff = plan_differences(m, back, training=not drop_training)
         except CannotExport as e:

@@ -1,16 +1,21 @@
 """The machinery every family translator shares: a config.json read field by field (:class:`HFConfig`,
 which supplies transformers' class defaults and remembers what was read), the spec being drafted from it
 (:class:`Draft`), what the schema cannot say (:class:`Gap`, with the schema addition it would take), and
-the fields that never matter (:data:`INERT`). The translators themselves are in ``families.py``.
+the fields that never matter (:data:`INERT`), and what a family is (:class:`Family`: its translator, exporter
+and weight mapping). The families themselves are the modules of ``moec/hf/families/``.
 """
 
 from __future__ import annotations
 
 import math
 import reprlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from moec.hf.mapper import Mapper
+from moec.spec.plan import ResolvedModel
 
 # Fields that change neither the architecture nor its forward math at inference (token ids, init,
 # caching, output switches, provenance). Present or absent, they never affect the spec.
@@ -238,10 +243,51 @@ class Draft:
         return self.fields[path][0]
 
 
+class CannotExport(Exception):
+    """This family cannot express the plan (the message says why)."""
+
+
 @dataclass(frozen=True)
 class Family:
+    """Everything moec knows about one Hugging Face ``model_type``, defined by its module in
+    ``moec/hf/families/``."""
+
     model_type: str
     architecture: str  # the *ForCausalLM class transformers builds
     defaults: Mapping[str, Any]  # transformers 5.23 class defaults of the fields the translator reads
     translate: Callable[[HFConfig, Draft], None]
     aliases: Mapping[str, str] = field(default_factory=dict)  # attribute_map: alias → canonical
+    # a plan → this family's config.json, raising CannotExport for what the family cannot say; None: import only
+    export: Callable[[ResolvedModel], dict[str, Any]] | None = None
+    # export tries the families in ascending rank (ties by model_type) and keeps the first that expresses the
+    # plan exactly, so the commoner, plainer family of two that both fit goes first
+    export_rank: int = 1000
+    # a dense family is tried only for specs without MoE layers, an MoE family only for specs with some
+    dense: bool = False
+    mapper: type[Mapper] = Mapper  # checkpoint tensor names and layouts (moec.hf.mapper)
+
+
+def layer_pattern(values: list[Any]) -> tuple[Any, list[tuple[dict[str, Any], Any]]]:
+    """A per-layer list as (default, [(select, value), ...]): the commonest value is the default and
+    each other value gets the most readable selector (a range, every N from a start, or a list)."""
+    counts = Counter(values)
+    default = max(counts, key=lambda v: (counts[v], -values.index(v)))
+    out = []
+    for v in sorted({v for v in values if v != default}, key=values.index):
+        idx = [i for i, x in enumerate(values) if x == v]
+        out.append((_selector(idx, len(values)), v))
+    return default, out
+
+
+def _selector(idx: list[int], n: int) -> dict[str, Any]:
+    if len(idx) == 1:
+        return {"layers": idx}
+    step = idx[1] - idx[0]
+    if all(b - a == step for a, b in zip(idx, idx[1:], strict=False)):
+        if step == 1:
+            return {"first": idx[0], "last": idx[-1]}
+        sel: dict[str, Any] = {"every": step, "start": idx[0]}
+        if idx[-1] + step <= n - 1:
+            sel["last"] = idx[-1]
+        return sel
+    return {"layers": idx}

@@ -18,7 +18,9 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from moec.hf.weights import MAPPERS, CheckpointError, Mapper, load_hf_state_dict  # noqa: E402
+from moec.hf.families import FAMILIES  # noqa: E402
+from moec.hf.mapper import Mapper  # noqa: E402
+from moec.hf.weights import CheckpointError, load_hf_state_dict  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.nn.router import Router  # noqa: E402
 
@@ -229,13 +231,13 @@ def test_saved_checkpoint_gives_transformers_logits_and_router_choices(model_typ
 
 
 def test_every_model_type_the_loader_maps_has_a_logits_parity_case():
-    """Against the loader's own table: a family added to MAPPERS without a case above fails here. Dense
+    """Against the family registry: a family added without a case above fails here. Dense
     mistral, qwen2 and qwen3 are left to the llama case: the same generic Mapper and the same tensor names
     (their biases and qk-norms are covered by qwen2_moe's and qwen3_moe's cases)."""
     tested = {t.split(",")[0] for t in CONFIGS}
-    assert set(MAPPERS) - tested == {"mistral", "qwen2", "qwen3"}
-    assert {MAPPERS[t] for t in ("mistral", "qwen2", "qwen3", "llama")} == {Mapper}
-    assert tested <= set(MAPPERS)
+    assert set(FAMILIES) - tested == {"mistral", "qwen2", "qwen3"}
+    assert {FAMILIES[t].mapper for t in ("mistral", "qwen2", "qwen3", "llama")} == {Mapper}
+    assert tested <= set(FAMILIES)
 
 
 # --- layouts ---------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""The translator steps families share: each reads a few config.json fields (through :class:`HFConfig`, which
+supplies the family's transformers defaults) and puts spec fields on the :class:`Draft`, with a note naming
+the field behind each value. A family module composes its translator from these and its own steps; what
+only one family does stays in its module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moec.hf.draft import Draft, HFConfig, shown
+from moec.hf.rope import read_rope
+from moec.spec.schema import MAX_LAYERS
+
+
+def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
+    d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
+    d.put("model.d_model", c.int("hidden_size"), c.src("hidden_size"))
+    layer_count(c, d, "num_hidden_layers")
+    d.put("model.max_seq_len", c.int("max_position_embeddings"), c.src("max_position_embeddings"))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings"))
+    kind_note = "nn.LayerNorm with bias in every" if norm == "layernorm" else "RMSNorm in every"
+    d.put("model.norm.kind", norm, f"{kind_note} {family} layer, pre-norm, plus a final norm")
+    d.put("model.norm.eps", c.float("rms_norm_eps"), c.src("rms_norm_eps"))
+    d.put("model.positions.kind", "rope", f"{family} uses rotary positions")
+    read_rope(c, d)
+    dropout(c, d, "attention_dropout")
+    d.ffn = ["moe"] * d.n_layers
+    d.window = [None] * d.n_layers
+    d.rope = [True] * d.n_layers
+
+
+ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+
+
+def layer_count(c: HFConfig, d: Draft, key: str) -> None:
+    """Bounded before any per-layer list is built: a config asking for 10^8 layers is refused at once."""
+    d.n_layers = c.int(key, maximum=MAX_LAYERS)
+    d.layers_known = not c.failed(key)
+    d.put("model.n_layers", d.n_layers, c.src(key))
+
+
+def activation(c: HFConfig, d: Draft, key: str = "hidden_act") -> str:
+    act = c.str(key)
+    if act is None:
+        return "swiglu"  # refused and reported
+    if act not in ACTIVATIONS:
+        d.gap(
+            c.prefix + key,
+            act,
+            f"hidden_act {act!r} in a gated MLP: moec maps silu → swiglu and the tanh GELUs "
+            "(gelu_pytorch_tanh, gelu_new) → geglu; exact-erf 'gelu' and others have no moec activation",
+            "activation",
+        )
+        return "swiglu"
+    return ACTIVATIONS[act]
+
+
+def dropout(c: HFConfig, d: Draft, *keys: str) -> None:
+    """Dropout is identity at inference and changes no parameter count; a moec spec has no field for it, so
+    a non-zero rate is named in the written spec's header (training only) instead of refusing the model."""
+    for k in keys:
+        p = c.float(k, optional=True)
+        if p:
+            d.training_only.append(f"{c.prefix}{k} {p!r}")
+
+
+def gqa(c: HFConfig, d: Draft, *, bias: bool, out_bias: bool, bias_src: str, qk_norm: bool = False) -> None:
+    h = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", optional=True)
+    hd = c.int("head_dim", optional=True)
+    d_model = d.get("model.d_model")
+    d.put("attention.kind", "gqa", "")
+    d.put("attention.n_heads", h, c.src("num_attention_heads"))
+    d.put("attention.n_kv_heads", kv or h, c.src("num_key_value_heads") if kv else "num_key_value_heads unset: = heads")
+    d.put("attention.head_dim", hd or d_model // h, c.src("head_dim") if hd else "hidden_size / num_attention_heads")
+    d.put("attention.qk_norm", qk_norm, "")
+    d.put("attention.bias", bias, bias_src)
+    d.put("attention.out_bias", out_bias, bias_src)
+
+
+def uniform_window(c: HFConfig, d: Draft, key: str = "sliding_window", enabled: bool = True) -> None:
+    w = c.int(key, optional=True) if enabled else None
+    d.window = [w] * d.n_layers
+    d.window_note = f"{c.src(key)} on every layer" if w else ""
+
+
+def typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list[str], why: str) -> None:
+    """layer_types (given, or the family's default list) decide which layers slide."""
+    given = c.value("layer_types") is not None  # null: the family's default, as transformers computes it
+    types = c.str_list("layer_types") if given else default_types
+    if types is None or not d.layers_known:
+        return
+    if len(types) != d.n_layers:
+        c.bad("layer_types", f"{len(types)} entries for {d.n_layers} layers")
+        return
+    types = ["full_attention" if t == "attention" else t for t in types]
+    if not all_known(c, "layer_types", types, ("full_attention", "sliding_attention")):
+        return
+    d.window = [window if t == "sliding_attention" else None for t in types]
+    src = "layer_types" if given else f"layer_types unset: {why}"
+    d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""
+
+
+def all_known(c: HFConfig, key: str, values: list[str], known: tuple[str, ...]) -> bool:
+    """Each unknown value of a per-layer list reported once, with the layers that hold it."""
+    layers: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        if v not in known:
+            layers.setdefault(v, []).append(i)
+    for v, idx in layers.items():
+        more = f" (and {len(idx) - 5} more)" if len(idx) > 5 else ""
+        c.bad(key, f"{shown(v)} on layers {idx[:5]}{more} is not one of {', '.join(known)}")
+    return not layers
+
+
+def moe_core(
+    c: HFConfig, d: Draft, *, experts_key: str, width_key: str, top_k_key: str = "num_experts_per_tok"
+) -> None:
+    d.section(
+        "moe",
+        n_experts=(c.int(experts_key, minimum=0), c.src(experts_key)),  # 0: no MoE layer (Qwen), else checked
+        d_ff=(c.int(width_key), c.src(width_key)),
+        activation=(activation(c, d), c.src("hidden_act") + " (gated)"),
+    )
+    d.put("moe.router.top_k", c.int(top_k_key), c.src(top_k_key))
+
+
+def router(d: Draft, note: str, **values: Any) -> None:
+    """Router fields a family fixes in code (not in config.json); ``note`` names the modeling class."""
+    for k, v in values.items():
+        d.put(f"moe.router.{k}", v, note)
+        note = ""
+
+
+def aux(c: HFConfig, d: Draft, key: str = "router_aux_loss_coef", granularity: str = "batch") -> None:
+    coeff = c.float(key, optional=True)
+    if coeff is not None:
+        d.put("moe.balance.load_balance_coeff", coeff, c.src(key) + " (training only)")
+        d.put("moe.balance.load_balance_granularity", granularity, "")
+
+
+def dense_ffn(c: HFConfig, d: Draft, key: str = "intermediate_size", bias: bool = False, bias_src: str = "") -> None:
+    d.section(
+        "ffn",
+        d_ff=(c.int(key), c.src(key)),
+        activation=(activation(c, d), c.src("hidden_act") + " (gated)"),
+        bias=(bias, bias_src),
+    )
+
+
+def jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
+    j = c.float(key, optional=True)
+    if j:
+        d.gap(
+            key,
+            j,
+            "this family multiplies the hidden state fed to router and experts by U(1±j); moec's "
+            "router.jitter perturbs the router input only",
+            "moe_jitter",
+        )
+
+
+def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
+    step = c.int("decoder_sparse_step")
+    dense_only = set(c.int_list("mlp_only_layers"))
+    E = c.value(experts_key)
+    d.ffn = [
+        "moe" if i not in dense_only and isinstance(E, int) and E > 0 and (i + 1) % step == 0 else "dense"
+        for i in range(d.n_layers)
+    ]
+    d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers"
+
+
+def clip_qkv(c: HFConfig, d: Draft, key: str) -> None:
+    clip = c.float(key, optional=True)
+    if clip is not None:
+        d.put("attention.clip_qkv", clip, c.src(key) + " (q, k, v clamped after the projection)")
+
+
+def derived(c: HFConfig, key: str, expected: Any) -> None:
+    """A field transformers derives from others and save_pretrained writes out: it must agree."""
+    if c.given(key) and c.value(key) != expected:
+        c.bad(key, f"{shown(c.value(key))}: transformers derives it as {expected!r} from the other fields")
+    c.value(key)
+
+
+# transformers 5.23 class defaults every family shares; a family module adds its own with :func:`defaults`
+# (the tests hold each family's table to its configuration class)
+
+
+# fmt: off
+COMMON_DEFAULTS = {
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "rope_parameters": None,
+    "attention_dropout": 0.0,
+    "num_experts_per_tok": None,
+}
+
+
+
+def defaults(default_theta: float, **kw: Any) -> dict[str, Any]:
+    return {**COMMON_DEFAULTS, "default_theta": default_theta, **kw}

@@ -29,6 +29,8 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "embedding_lookup_flops": 0,
         "lm_head_flops": "2·d·V per token, also when tied",
         "elementwise_flops": 0,
+        "rope_variants": "partial rotary (rotary_dim < head_dim): 0 FLOPs, 0 parameters, KV bytes unchanged "
+        "(the cache holds whole k heads)",
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

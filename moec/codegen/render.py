@@ -122,6 +122,7 @@ class Features:
     learned_positions: bool
     rope_any: bool  # some layer rotates q and k
     rope_param: bool  # some do, some don't: Attention takes `rope`
+    partial_rotary: bool  # GQA heads rotate only their first ROPE_DIM dims
     scaling: str | None
     yarn_truncate: bool
     yarn_attention: str  # "stated", "ratio" or "default"
@@ -223,9 +224,8 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
     if mla_scale_factor and not any(ropes):
         raise ValueError("MLA with YaRN scaling but no layer applying RoPE is not supported by codegen")
     if any(ropes):
-        rope_dim = a.qk_rope_head_dim if kind == "mla" else a.head_dim
         c["rope_theta"] = _float(plan.positions.theta, "positions.theta")
-        c["rope_dim"] = _int(rope_dim, "rope dim")
+        c["rope_dim"] = _int(plan.rope_dim, "rope dim")
     if sc is not None and any(ropes):
         c["rope_factor"] = _float(sc.factor, "scaling.factor")
         if scaling in ("dynamic", "yarn", "llama3"):
@@ -291,6 +291,7 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         learned_positions=pos == "learned",
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),
+        partial_rotary=any(ropes) and kind == "gqa" and plan.rope_dim != a.head_dim,
         scaling=scaling,
         yarn_truncate=scaling == "yarn" and _bool(sc.truncate, "scaling.truncate"),
         yarn_attention=yarn_attention,

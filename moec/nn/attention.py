@@ -157,7 +157,7 @@ class Attention(nn.Module):
             nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (B, S, d); rope: (cos, sin), each (S, head_dim), or None without rotary positions."""
+        """x (B, S, d); rope: (cos, sin), each (S, rotary dim ≤ head_dim), or None without rotary positions."""
         check_input(x, self.d_model, "attention")
         B, S, _ = x.shape
         p = self.plan

@@ -116,9 +116,7 @@ class MoecModel(nn.Module):
         self.pos_embed = Embedding(plan.max_seq_len, d, **kw) if plan.positions.kind == "learned" else None
         self.rotary = None
         if plan.positions.kind == "rope":
-            a = plan.layers[0].attention  # one attention kind per model
-            rope_dim = a.qk_rope_head_dim if a.kind == "mla" else a.head_dim
-            self.rotary = RotaryEmbedding(plan.positions, rope_dim, plan.max_seq_len)
+            self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.placement == "pre" else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)

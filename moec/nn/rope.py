@@ -140,8 +140,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, h, S, dim); cos, sin (S, dim). Pairs (i, i + dim/2), HF Llama convention."""
-    return x * cos + rotate_half(x) * sin
+    """x (B, h, S, hd); cos, sin (S, rot), rot ≤ hd. Pairs (i, i + rot/2), HF Llama convention. With rot < hd
+    (partial rotary) the first rot dims rotate and the rest pass through, as transformers' GLM-4.5-MoE and
+    MiniMax-M2 ``apply_rotary_pos_emb``."""
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]  # (B, h, S, rot), (B, h, S, hd − rot)
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
 
 
 def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

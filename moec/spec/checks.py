@@ -27,6 +27,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     else:
         _check_mla(spec, bad)
     _check_attention_features(spec, bad)
+    _check_partial_rotary(spec, bad)
     _check_rope_scaling(spec, bad)
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
@@ -51,7 +52,8 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
             f"d_model ({m.d_model}) is not divisible by n_heads ({a.n_heads}); give attention.head_dim",
         )
     hd = a.head_dim or m.d_model // a.n_heads
-    if m.positions.kind == "rope" and hd % 2:
+    partial = m.positions.rotary_dim is not None or m.positions.partial_rotary_factor is not None
+    if m.positions.kind == "rope" and hd % 2 and not partial:
         bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
     for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
         if getattr(a, f) is not None:
@@ -99,16 +101,54 @@ def _check_attention_features(spec: Spec, bad: Bad) -> None:
         bad(("attention", "temperature_tuning"), "layers turn temperature_tuning on but attention has none")
 
 
-def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
+def _check_partial_rotary(spec: Spec, bad: Bad) -> None:
     m, a = spec.model, spec.attention
+    pos = m.positions
+    given = [f for f in ("rotary_dim", "partial_rotary_factor") if getattr(pos, f) is not None]
+    if not given:
+        return
+    here: Path = ("model", "positions", given[-1])
+    if len(given) == 2:
+        bad(here, "give rotary_dim or partial_rotary_factor, not both")
+    if pos.kind != "rope":
+        bad(here, "only meaningful with kind: rope")
+    if a.kind == "mla":
+        bad(here, "MLA rotates its own qk_rope_head_dim dims; set that instead")
+        return
+    hd = a.head_dim or m.d_model // a.n_heads
+    rot = pos.rotary_width(hd)
+    if rot > hd:
+        bad(here, f"{rot} rotated dims exceed the head dim ({hd})")
+    elif rot < 2 or rot % 2:
+        how = (
+            f"head_dim {hd} × {pos.partial_rotary_factor} gives {rot}"
+            if given[-1] == "partial_rotary_factor"
+            else f"got {rot}"
+        )
+        bad(here, f"rotary positions need an even number (≥ 2) of rotated dims; {how}")
+
+
+def _rotated_dims(spec: Spec) -> int | None:
+    """The rotated dims per q/k head (None when MLA leaves qk_rope_head_dim unset: reported elsewhere)."""
+    m, a = spec.model, spec.attention
+    if a.kind == "mla":
+        return a.qk_rope_head_dim
+    return m.positions.rotary_width(a.head_dim or m.d_model // a.n_heads)
+
+
+def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
+    m = spec.model
     sc = m.positions.scaling
     if sc is None:
         return
     here: Path = ("model", "positions", "scaling")
     if m.positions.kind != "rope":
         bad(here, "scaling applies to rope positions only")
+    rot = _rotated_dims(spec)
+    if sc.kind == "dynamic" and rot == 2:
+        # NTK's base stretch has the exponent dim / (dim - 2)
+        bad(here + ("kind",), "dynamic scaling needs more than 2 rotated dims per head")
     if sc.kind == "longrope":
-        rot = a.qk_rope_head_dim if a.kind == "mla" else (a.head_dim or m.d_model // a.n_heads)
         for f in ("short_factor", "long_factor"):
             v = getattr(sc, f)
             if v is None:

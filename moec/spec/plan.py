@@ -56,6 +56,8 @@ class PositionsPlan:
     kind: Literal["rope", "learned", "none"]
     theta: float
     scaling: RopeScalingPlan | None
+    # partial rotary: the first rotary_dim dims of each GQA q/k head rotate, the rest pass through; None: all
+    rotary_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,16 @@ class ResolvedModel:
         return d
 
     @property
+    def rope_dim(self) -> int:
+        """Dims per q/k head that rotate (the width of the cos/sin tables): MLA's qk_rope_head_dim; for GQA
+        positions.rotary_dim, or the whole head_dim without partial rotary."""
+        a = self.layers[0].attention  # one attention kind and head shape per model
+        if a.kind == "mla":
+            assert a.qk_rope_head_dim is not None
+            return a.qk_rope_head_dim
+        return self.positions.rotary_dim or a.head_dim
+
+    @property
     def moe_layers(self) -> list[int]:
         return [p.index for p in self.layers if isinstance(p.ffn, MoEPlan)]
 
@@ -231,7 +243,10 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         tie_embeddings=d["tie_embeddings"],
         norm=NormPlan(**d["norm"]),
         positions=PositionsPlan(
-            pos["kind"], pos["theta"], RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None
+            pos["kind"],
+            pos["theta"],
+            RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None,
+            pos.get("rotary_dim"),
         ),
         layers=tuple(layer(l) for l in d["layers"]),
         mtp=tuple(layer(l) for l in d.get("mtp", ())),

@@ -149,6 +149,8 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             for j in range(spec.mtp.n_layers)
         )
     sc = m.positions.scaling
+    partial = m.positions.rotary_dim is not None or m.positions.partial_rotary_factor is not None
+    rotary_dim = m.positions.rotary_width(layers[0].attention.head_dim) if partial else None
     return ResolvedModel(
         name=spec.name,
         vocab_size=m.vocab_size,
@@ -161,6 +163,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             m.positions.kind,
             m.positions.theta,
             RopeScalingPlan(**sc.model_dump()) if sc is not None else None,
+            rotary_dim,
         ),
         layers=layers,
         mtp=mtp,

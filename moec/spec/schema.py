@@ -72,6 +72,19 @@ class Positions(Strict):
     kind: Literal["rope", "learned", "none"] = "rope"
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
     scaling: RopeScaling | None = None
+    # partial rotary (GLM-4.5, MiniMax-M2, MiMo-V2-Flash): only the first rotary_dim dims of each q and k head
+    # rotate, paired (i, i + rotary_dim/2) as transformers' apply_rotary_pos_emb; the rest pass through. Give
+    # one of the two: partial_rotary_factor resolves to int(head_dim · factor), transformers' truncation. GQA only
+    rotary_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    partial_rotary_factor: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    def rotary_width(self, head_dim: int) -> int:
+        """How many of a head_dim-wide q or k head's dims rotate."""
+        if self.rotary_dim is not None:
+            return self.rotary_dim
+        if self.partial_rotary_factor is not None:
+            return int(head_dim * self.partial_rotary_factor)
+        return head_dim
 
 
 class Model(Strict):

@@ -1,0 +1,55 @@
+"""The analyzer on the 2025–26 MoE features (issue 11): the count-neutral ones leave every parameter, FLOP and
+KV byte where the hand formulas of CONVENTIONS.md put them, and the conventions say so; the ones that count
+are counted by hand here."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.analyze import analyze
+from moec.spec import load_spec, resolve
+
+BASE = """
+moec: 1
+name: t
+model: {vocab_size: 1000, d_model: 64, n_layers: 4, max_seq_len: 512, positions: {kind: rope}}
+attention: {n_heads: 8, n_kv_heads: 2}
+ffn: {d_ff: 128, activation: swiglu}
+"""
+D, L, V, H, KV, HD, F = 64, 4, 1000, 8, 2, 8, 128
+
+
+def analysis(text: str = BASE, *sets: str, seq: int = 64):
+    return analyze(resolve(load_spec("t.yaml", text=text, sets=sets)), seq=seq)
+
+
+def hand_counted_dense() -> tuple[int, int, int]:
+    """(params, forward linear FLOPs, KV bytes per token in bf16) of BASE from the conventions' formulas."""
+    attn = D * HD * (H + 2 * KV) + H * HD * D
+    ffn = 3 * D * F
+    norms = 2 * D * L + D  # two per layer and the final one
+    params = V * D + L * (attn + ffn) + norms + V * D
+    flops = L * 2 * (attn + ffn) + 2 * D * V
+    kv_bytes = L * 2 * KV * HD * 2
+    return params, flops, kv_bytes
+
+
+COUNT_NEUTRAL = {
+    "partial rotary": ("model.positions.rotary_dim=4",),
+    "partial rotary factor": ("model.positions.partial_rotary_factor=0.5",),
+}
+
+
+@pytest.mark.parametrize("sets", COUNT_NEUTRAL.values(), ids=COUNT_NEUTRAL.keys())
+def test_count_neutral_features_leave_the_hand_counts(sets):
+    a = analysis(BASE, *sets)
+    params, flops, kv_bytes = hand_counted_dense()
+    assert a.params.total == a.params.active == a.params.trainable == params
+    assert a.flops.forward_linear == flops
+    assert a.flops.forward_attention == L * 2 * H * 64 * (2 * HD)  # full mode, S = 64
+    assert a.memory.kv_cache_bytes_per_token == kv_bytes
+
+
+@pytest.mark.parametrize("key", ["rope_variants"])
+def test_the_conventions_state_what_each_feature_changes(key):
+    assert "0 FLOPs" in analysis().conventions[key]

@@ -1,0 +1,73 @@
+"""moec.nn's 2025–26 MoE features against transformers' own modules on identical weights (issue 11): partial
+rotary (GLM-4.5-MoE), ... Each test builds the transformers module of a family that has the feature."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moec.nn.attention import Attention
+from moec.nn.rope import RotaryEmbedding
+from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RMS = NormPlan("rmsnorm", 1e-6, "pre")
+D = 32
+
+
+def randomize(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial values everywhere (norm weights included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 1.0))
+
+
+def causal_additive_mask(S: int) -> torch.Tensor:
+    return torch.full((S, S), float("-inf")).triu(1)[None, None]  # eager attention adds it to the scores
+
+
+# --- partial rotary ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("factor", [0.5, 0.25])
+def test_partial_rotary_matches_transformers_glm4_moe_attention(factor, qk_norm):
+    from transformers import Glm4MoeConfig
+    from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeAttention, Glm4MoeRotaryEmbedding
+
+    h, kv, hd = 4, 2, 16
+    cfg = Glm4MoeConfig(
+        hidden_size=D, num_attention_heads=h, num_key_value_heads=kv, head_dim=hd, attention_bias=True,
+        use_qk_norm=qk_norm, rms_norm_eps=RMS.eps, max_position_embeddings=64, attn_implementation="eager",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": factor},
+    )  # fmt: skip
+    ref = Glm4MoeAttention(cfg, layer_idx=0).eval()
+    rotary_dim = int(hd * factor)
+    positions = PositionsPlan("rope", 10000.0, None, rotary_dim)
+    plan = AttentionPlan("gqa", h, kv, hd, qk_norm, True, False, False, None, True)
+    ours = Attention(plan, D, norm=RMS, positions=positions)
+    randomize(ours)
+    ref.load_state_dict(ours.state_dict())  # the same names and layouts (GLM's o_proj has no bias, nor ours)
+
+    S = 9
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(1))
+    cos_sin = Glm4MoeRotaryEmbedding(cfg)(x, torch.arange(S)[None])
+    assert cos_sin[0].shape[-1] == rotary_dim  # transformers' tables are as narrow as ours
+    want, _ = ref(x, position_embeddings=cos_sin, attention_mask=causal_additive_mask(S))
+    got = ours(x, RotaryEmbedding(positions, rotary_dim, 64)(S, x.device, x.dtype))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_partial_rotary_leaves_the_unrotated_dims_alone():
+    """Dims past rotary_dim carry no position: shifting every position changes only the rotated part."""
+    from moec.nn.rope import apply_rope
+
+    positions = PositionsPlan("rope", 10000.0, None, 4)
+    cos, sin = RotaryEmbedding(positions, 4, 64)(6, torch.device("cpu"), torch.float32)
+    x = torch.randn(1, 2, 6, 10, generator=torch.Generator().manual_seed(2))
+    y = apply_rope(x, cos, sin)
+    assert torch.equal(y[..., 4:], x[..., 4:])
+    assert not torch.allclose(y[..., 1:, :4], x[..., 1:, :4])  # position 0 is the identity rotation
+    torch.testing.assert_close(y[..., 0, :], x[..., 0, :])

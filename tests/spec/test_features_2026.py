@@ -1,0 +1,128 @@
+"""Spec fields for the 2025–26 MoE releases (issue 11): what each resolves to in the plan, and the located
+error each misuse gives. Expected values are worked out by hand from the families' transformers configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.errors import SpecError
+from moec.spec import load_spec, plan_from_dict, resolve
+
+GQA = """\
+moec: 1
+name: t
+model:
+  vocab_size: 100
+  d_model: 64
+  n_layers: 2
+  max_seq_len: 64
+  positions: {kind: rope}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 16}
+ffn: {d_ff: 32}
+"""
+MLA = """\
+moec: 1
+name: t
+model: {vocab_size: 100, d_model: 64, n_layers: 2, max_seq_len: 64}
+attention: {kind: mla, n_heads: 4, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4, v_head_dim: 8}
+ffn: {d_ff: 32}
+"""
+
+
+def plan(text: str = GQA, *sets: str):
+    return resolve(load_spec("t.yaml", text=text, sets=sets))
+
+
+def errors(text: str, *sets: str) -> list[str]:
+    with pytest.raises(SpecError) as ei:
+        load_spec("t.yaml", text=text, sets=sets)
+    return [str(p) for p in ei.value.problems]
+
+
+# --- partial rotary ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head_dim,setting,rotary_dim",
+    [
+        (16, "rotary_dim=6", 6),
+        (128, "partial_rotary_factor=0.5", 64),  # GLM-4.5-Air: head_dim 128, factor 0.5
+        (192, "partial_rotary_factor=0.334", 64),  # MiMo-V2-Flash: int(192 · 0.334) = int(64.128)
+        (128, "partial_rotary_factor=1.0", 128),
+    ],
+)
+def test_partial_rotary_resolves_to_the_rotated_dims(head_dim, setting, rotary_dim):
+    p = plan(GQA, f"attention.head_dim={head_dim}", f"model.positions.{setting}")
+    assert p.positions.rotary_dim == rotary_dim
+    assert p.rope_dim == rotary_dim
+    assert plan_from_dict(p.to_dict()) == p  # survives spec.resolved.yaml
+
+
+def test_without_partial_rotary_the_whole_head_rotates_and_the_plan_is_unchanged():
+    p = plan()
+    assert p.positions.rotary_dim is None and p.rope_dim == 16
+    assert "rotary_dim" not in load_spec("t.yaml", text=GQA).spec.model.positions.model_fields_set
+
+
+def with_positions(extra: str, text: str = GQA) -> str:
+    """The spec with more keys in model.positions (so errors point into the file)."""
+    return text.replace("positions: {kind: rope}", "positions: {kind: rope, " + extra + "}")
+
+
+def test_an_odd_head_dim_may_rotate_an_even_part():
+    assert plan(with_positions("rotary_dim: 4"), "attention.head_dim=9").rope_dim == 4
+    assert errors(GQA, "attention.head_dim=9") == [
+        "--set attention.head_dim: rotary positions need an even head_dim, got 9"
+    ]
+
+
+def test_a_factor_that_truncates_to_an_even_width_loads():
+    assert plan(with_positions("partial_rotary_factor: 0.3")).rope_dim == 4  # int(16 · 0.3) = int(4.8)
+
+
+def located(text: str, line_no: int, value: str) -> str:
+    """file:line:column of ``value`` (the first on that line): where the error must point."""
+    return f"t.yaml:{line_no}:{text.splitlines()[line_no - 1].index(value) + 1}"
+
+
+@pytest.mark.parametrize(
+    "extra,at,message",
+    [
+        ("rotary_dim: 18", "18", "model.positions.rotary_dim: 18 rotated dims exceed the head dim (16)"),
+        ("rotary_dim: 5", "5", "model.positions.rotary_dim: rotary positions need an even number (≥ 2) of rotated "
+         "dims; got 5"),
+        ("partial_rotary_factor: 0.45", "0.45", "model.positions.partial_rotary_factor: rotary positions need an "
+         "even number (≥ 2) of rotated dims; head_dim 16 × 0.45 gives 7"),
+        ("partial_rotary_factor: 0.05", "0.05", "model.positions.partial_rotary_factor: rotary positions need an "
+         "even number (≥ 2) of rotated dims; head_dim 16 × 0.05 gives 0"),
+        ("rotary_dim: 8, partial_rotary_factor: 0.5", "0.5", "model.positions.partial_rotary_factor: give "
+         "rotary_dim or partial_rotary_factor, not both"),
+        ("partial_rotary_factor: 1.5", "1.5", "model.positions.partial_rotary_factor: 1.5: input should be less "
+         "than or equal to 1"),
+        ("rotary_dim: 2, scaling: {kind: dynamic, factor: 2.0}", "dynamic", "model.positions.scaling.kind: dynamic "
+         "scaling needs more than 2 rotated dims per head"),
+    ],
+)  # fmt: skip
+def test_partial_rotary_misuse_is_located(extra, at, message):
+    text = with_positions(extra)
+    assert errors(text) == [f"{located(text, 8, at)} {message}"]
+
+
+def test_partial_rotary_needs_rope_positions():
+    text = with_positions("rotary_dim: 8").replace("kind: rope", "kind: learned")
+    assert errors(text) == [f"{located(text, 8, '8}')} model.positions.rotary_dim: only meaningful with kind: rope"]
+
+
+def test_partial_rotary_with_mla_points_at_qk_rope_head_dim():
+    text = MLA.replace("max_seq_len: 64}", "max_seq_len: 64, positions: {rotary_dim: 2}}")
+    assert errors(text) == [
+        f"{located(text, 3, '2}')} model.positions.rotary_dim: MLA rotates its own qk_rope_head_dim dims; set that instead"
+    ]
+
+
+def test_longrope_factors_count_the_rotated_dims():
+    sc = ("scaling: {kind: longrope, factor: 4.0, original_max_seq_len: 16, short_factor: [1, 1], "
+          "long_factor: [2, 2], short_mscale: 1.0, long_mscale: 1.1}")  # fmt: skip
+    assert plan(with_positions("rotary_dim: 4, " + sc)).rope_dim == 4
+    errs = errors(with_positions(sc))
+    assert len(errs) == 2 and "short_factor: needs rotary dim / 2 = 8 values, got 2" in errs[0]

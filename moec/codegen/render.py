@@ -212,6 +212,8 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         "max_seq_len": _int(plan.max_seq_len, "max_seq_len"),
         "norm_eps": _float(plan.norm.eps, "norm.eps"),
     }
+    latent_eps = a.latent_norm_eps if kind == "mla" else None
+    c["latent_norm_eps"] = None if latent_eps is None else _float(latent_eps, "attention.latent_norm_eps")
     for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
         v = getattr(plan, key)
         c[key] = None if v == 1.0 else _float(v, key)

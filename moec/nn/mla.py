@@ -11,11 +11,13 @@ rotary key of width qk_rope_head_dim:
 
 Names and layouts are transformers' DeepseekV3Attention, and the rotary dims use DeepSeek's adjacent-pair
 convention (``rope_interleave``), so HF checkpoints load without permutation. The softmax scale carries
-YaRN's mscale² correction. Parameter count = :func:`moec.analyze.counts.attention_part`.
+YaRN's mscale² correction. The latent norms take ``plan.latent_norm_eps`` when set. Parameter count =
+:func:`moec.analyze.counts.attention_part`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -49,6 +51,8 @@ class MLA(nn.Module):
         self.n_heads, self.nope, self.rope_dim, self.v_dim = h, nope, rope, dv
         qk = nope + rope
         kw = {"device": device, "dtype": dtype}
+        if plan.latent_norm_eps is not None:  # transformers' DeepSeek/LongCat latent norms keep 1e-6
+            norm = dataclasses.replace(norm, eps=plan.latent_norm_eps)
         if plan.q_lora_rank:
             self.q_a_proj = Linear(d_model, plan.q_lora_rank, bias=False, **kw)
             self.q_a_layernorm = make_norm(norm, plan.q_lora_rank, **kw)

@@ -85,6 +85,7 @@ class AttentionPlan:
     # query temperature 1 + temperature_scale·log1p(floor((pos+1)/temperature_floor_scale)); None = off
     temperature_floor_scale: float | None = None
     temperature_scale: float | None = None
+    latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
 
     @property
     def qk_dim(self) -> int:

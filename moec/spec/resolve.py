@@ -115,6 +115,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 qk_nope_head_dim=a.qk_nope_head_dim,
                 qk_rope_head_dim=a.qk_rope_head_dim,
                 v_head_dim=a.v_head_dim,
+                latent_norm_eps=a.latent_norm_eps,
                 **extra,
             )
         return AttentionPlan(

@@ -138,6 +138,9 @@ class Attention(Strict):
     qk_nope_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
     qk_rope_head_dim: Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)] | None = None
     v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    # eps of MLA's q and kv latent norms (q_a_layernorm, kv_a_layernorm); None: model.norm.eps. transformers
+    # builds them with its RMSNorm default 1e-6 whatever rms_norm_eps says (DeepSeek-V2/V3, LongCat-Flash)
+    latent_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 class FFN(Strict):

@@ -50,6 +50,26 @@ def test_count_neutral_features_leave_the_hand_counts(sets):
     assert a.memory.kv_cache_bytes_per_token == kv_bytes
 
 
-@pytest.mark.parametrize("key", ["rope_variants"])
+@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps"])
 def test_the_conventions_state_what_each_feature_changes(key):
     assert "0 FLOPs" in analysis().conventions[key]
+
+
+MLA = """
+moec: 1
+name: t
+model: {vocab_size: 1000, d_model: 64, n_layers: 4, max_seq_len: 512, norm: {eps: 1.0e-5}}
+attention: {kind: mla, n_heads: 8, q_lora_rank: 32, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
+            v_head_dim: 8, latent_norm_eps: 1.0e-6}
+ffn: {d_ff: 128, activation: swiglu}
+"""
+
+
+def test_mla_latent_norm_eps_leaves_the_conventions_formula():
+    q_r, kv_r, nope, rope, v = 32, 16, 8, 4, 8
+    attn_mm = D * q_r + q_r * H * (nope + rope) + D * (kv_r + rope) + kv_r * H * (nope + v) + H * v * D
+    latent_norms = q_r + kv_r
+    a = analysis(MLA)
+    assert a.params.total == V * D + L * (attn_mm + latent_norms + 3 * D * F) + (2 * D * L + D) + V * D
+    assert a.flops.forward_linear == L * 2 * (attn_mm + 3 * D * F) + 2 * D * V
+    assert a.memory.kv_cache_bytes_per_token == L * (kv_r + rope) * 2  # the latent and the rope key, bf16

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
-from tests.codegen.test_codegen import library_and_generated, plan_of, run_both, variant
+from tests.codegen.test_codegen import DEEPSEEK, library_and_generated, plan_of, run_both, variant
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,6 +20,7 @@ CASES = {
         moe=True,
         overrides="{select: [1], attention: {window: 4}}, {select: [2], attention: {rope: false}}",
     ),
+    "mla latent norm eps": DEEPSEEK.replace("v_head_dim: 8}", "v_head_dim: 8, latent_norm_eps: 1.0e-3}"),
 }
 
 
@@ -40,6 +41,7 @@ def test_generated_model_matches_the_library(case, tmp_path):
     "case,words",
     [
         ("partial rotary", ["x[..., :ROPE_DIM]", "ROPE_DIM = 4"]),
+        ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):

@@ -71,3 +71,41 @@ def test_partial_rotary_leaves_the_unrotated_dims_alone():
     assert torch.equal(y[..., 4:], x[..., 4:])
     assert not torch.allclose(y[..., 1:, :4], x[..., 1:, :4])  # position 0 is the identity rotation
     torch.testing.assert_close(y[..., 0, :], x[..., 0, :])
+
+
+# --- MLA latent norm eps -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("latent_norm_eps,matches", [(1e-6, True), (None, False)])
+def test_latent_norm_eps_matches_transformers_deepseek_v3_attention(latent_norm_eps, matches):
+    """transformers' DeepSeek-V3 latent norms keep eps 1e-6 while the model's is 1e-2 here; with latent_norm_eps
+    moec agrees, without it (the model's eps) it does not: the test can tell the two apart."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
+
+    from moec.nn.mla import MLA
+
+    cfg = DeepseekV3Config(
+        hidden_size=D, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=8,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, max_position_embeddings=64, rms_norm_eps=1e-2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attn_implementation="eager",
+    )  # fmt: skip
+    ref = DeepseekV3Attention(cfg, layer_idx=0).eval()
+    plan = AttentionPlan(
+        "mla", 4, 4, 12, False, False, False, False, None, True, q_lora_rank=16, kv_lora_rank=8,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, latent_norm_eps=latent_norm_eps,
+    )  # fmt: skip
+    positions = PositionsPlan("rope", 10000.0, None)
+    ours = MLA(plan, D, norm=NormPlan("rmsnorm", 1e-2, "pre"), positions=positions)
+    randomize(ours)
+    with torch.no_grad():  # small latents, so that an eps of 1e-2 against 1e-6 shows
+        ours.q_a_proj.weight.mul_(0.05)
+        ours.kv_a_proj_with_mqa.weight.mul_(0.05)
+    ref.load_state_dict(ours.state_dict())
+
+    S = 7
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(3))
+    cos_sin = DeepseekV3RotaryEmbedding(cfg)(x, torch.arange(S)[None])
+    want, _ = ref(x, position_embeddings=cos_sin, attention_mask=causal_additive_mask(S))
+    got = ours(x, RotaryEmbedding(positions, 4, 64)(S, x.device, x.dtype))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4) == matches, (got - want).abs().max()

@@ -126,3 +126,19 @@ def test_longrope_factors_count_the_rotated_dims():
     assert plan(with_positions("rotary_dim: 4, " + sc)).rope_dim == 4
     errs = errors(with_positions(sc))
     assert len(errs) == 2 and "short_factor: needs rotary dim / 2 = 8 values, got 2" in errs[0]
+
+
+# --- MLA latent norm eps -------------------------------------------------------------------------------
+
+
+def test_latent_norm_eps_reaches_every_mla_layer_and_defaults_to_none():
+    written = MLA.replace("v_head_dim: 8}", "v_head_dim: 8, latent_norm_eps: 1.0e-6}")
+    assert {lp.attention.latent_norm_eps for lp in plan(written).layers} == {1e-6}
+    assert {lp.attention.latent_norm_eps for lp in plan(MLA).layers} == {None}  # the model's eps: unchanged plans
+
+
+def test_latent_norm_eps_without_mla_is_located():
+    text = GQA.replace("head_dim: 16}", "head_dim: 16, latent_norm_eps: 1.0e-6}")
+    assert errors(text) == [
+        f"{located(text, 9, '1.0e-6')} attention.latent_norm_eps: only meaningful with attention.kind: mla"
+    ]

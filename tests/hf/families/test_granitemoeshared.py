@@ -1,0 +1,115 @@
+"""Granite-MoE with shared experts (model_type granitemoeshared): the analyzer's counts equal transformers' model
+on meta; a tiny random checkpoint saved by transformers loads with moec.from_hf to transformers' logits and
+router choices; the generated model.py gives moec.nn's logits; shared_intermediate_size 0 is plain Granite-MoE.
+
+The helpers below (counts on meta, a tiny saved checkpoint, codegen parity) serve the other family files of
+issue 11 too (granitemoe_swa, flint, ernie4_5_moe)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moec.analyze import analyze
+from moec.hf import hf_to_model, import_hf_config
+from moec.hf.config import plan_differences
+from tests.hf.configs import hf_model_on_meta
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+import tests.hf.test_weights as weights  # noqa: E402
+from tests.codegen.test_codegen import library_and_generated, run_both  # noqa: E402
+
+# No release config of this family could be obtained (the Hub is out of reach; its one public checkpoint,
+# ibm-research/moe-7b-1b-active-shared-experts, is a test model whose config no public copy holds). So: the
+# transformers class defaults, with the shared MLP width GraniteMoeSharedConfig's docstring gives (1024; the
+# field's default is 0, which builds no shared MLP at all), and a tied embedding.
+CLASS_DEFAULTS = {"model_type": "granitemoeshared", "shared_intermediate_size": 1024, "tie_word_embeddings": True}
+
+# Tied embeddings, the μP multipliers, attention_multiplier as the softmax scale, and the shared MLP.
+TINY = {**weights.TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_local_experts": 4,
+        "num_experts_per_tok": 2, "shared_intermediate_size": 48, "tie_word_embeddings": True,
+        "embedding_multiplier": 6.0, "residual_multiplier": 0.5, "logits_scaling": 4.0,
+        "attention_multiplier": 0.1}  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- helpers shared by the issue-11 family files ------------------------------------------------------
+
+
+def hf_counts(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(total, active) of transformers' model on meta: parameters() (a tied weight once), and the total less
+    (E−k)/E of the routed experts (the tensors under ``.experts.``; shared experts are named otherwise)."""
+    model = hf_model_on_meta(cfg)
+    c = model.config
+    total = sum(p.numel() for p in model.parameters())
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    E = getattr(c, "num_local_experts", None) or c.num_experts
+    k = c.num_experts_per_tok
+    assert routed % E == 0
+    return total, total - routed // E * (E - k)
+
+
+def saved_tiny(model_type: str, cfg: dict[str, Any], folder: Path) -> Any:
+    """transformers' model of a tiny config, every weight random and away from its init (test_weights.make_hf),
+    saved with save_pretrained into ``folder``; returns the model."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(weights.CONFIGS, model_type, copy.deepcopy(cfg))
+        hf = weights.make_hf(model_type)
+    hf.save_pretrained(folder)
+    return hf
+
+
+def assert_generated_source_matches_the_library(cfg: dict[str, Any], tmp_path: Path) -> None:
+    """The imported spec's generated model.py, given moec.nn's (random) weights, gives moec.nn's logits."""
+    plan, lib, gen, _ = library_and_generated(import_hf_config(cfg), tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits)
+
+
+# --- granitemoeshared ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared", [1024, 0])
+def test_class_default_counts_equal_transformers_model_on_meta(shared):
+    cfg = {**CLASS_DEFAULTS, "shared_intermediate_size": shared}
+    params = analyze(hf_to_model(cfg)).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_config_as_transformers_saves_it_imports_to_the_same_plan():
+    saved = hf_model_on_meta(CLASS_DEFAULTS).config.to_dict()
+    assert plan_differences(hf_to_model(saved), hf_to_model(CLASS_DEFAULTS)) == []
+
+
+def test_shared_mlp_is_one_ungated_shared_expert_and_width_0_is_none():
+    moe = hf_to_model(CLASS_DEFAULTS).layers[0].ffn
+    assert (moe.n_shared_experts, moe.d_ff_shared, moe.shared_gate) == (1, 1024, False)
+    none = hf_to_model({**CLASS_DEFAULTS, "shared_intermediate_size": 0})
+    granite = hf_to_model({"model_type": "granitemoe", "tie_word_embeddings": True})
+    assert none.layers[0].ffn.n_shared_experts == 0
+    assert plan_differences(none, granite) == []
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("granitemoeshared")
+    return saved_tiny("granitemoeshared", TINY, folder), folder
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    weights.assert_same(hf, model)
+
+
+def test_generated_model_gives_the_library_logits(tmp_path):
+    assert_generated_source_matches_the_library({**TINY, "model_type": "granitemoeshared"}, tmp_path)

@@ -1,0 +1,142 @@
+"""EXAONE-MoE (``model_type`` exaone_moe, ExaoneMoeForCausalLM; K-EXAONE): GQA with RMSNorm over each head's q and
+k before the rotation and no biases; a hybrid of sliding-window layers, which alone use rotary positions, and
+global layers without positions (NoPE); DeepSeek-V3's MoE (sigmoid scores, a selection-only bias, top-2-sum
+groups, renormalised and scaled weights, shared experts fused into one MLP) on the ``sparse`` layers of
+mlp_layer_types (default: dense before first_k_dense_replace). Checkpoints use transformers' common names,
+except that the selection bias is saved beside the router (``mlp.e_score_correction_bias``).
+
+K-EXAONE's multi-token-prediction layer (``mtp.*`` tensors, ``num_nextn_predict_layers``) is not part of the
+model transformers builds, which drops those tensors on load; moec leaves it out the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.mapper import Mapper
+from moec.spec.plan import MoEPlan
+
+if TYPE_CHECKING:
+    import torch
+
+    from moec.hf.checkpoint import Checkpoint
+    from moec.spec.plan import ResolvedModel
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=102400, hidden_size=4096, intermediate_size=16384, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                    sliding_window=4096, sliding_window_pattern=4, layer_types=None, mlp_layer_types=None,
+                    first_k_dense_replace=1, moe_intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
+                    num_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1)
+# fmt: on
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    base(c, d, "EXAONE-MoE")
+    gqa(c, d, bias=False, out_bias=False, bias_src="ExaoneMoeAttention has no biases", qk_norm=True)
+    d.put("attention.qk_norm", True, "ExaoneMoeAttention: RMSNorm(head_dim) on q and k, before the rotation")
+    _windows(c, d)
+    moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
+    _router(c, d)
+    n_shared = c.int("num_shared_experts", minimum=0)
+    if n_shared:
+        d.section(
+            "moe",
+            n_shared_experts=(n_shared, c.src("num_shared_experts") + " (one MLP of n·moe_intermediate_size)"),
+            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
+        )
+    _mlp_layers(c, d)
+    if "dense" in d.ffn:
+        dense_ffn(c, d, bias_src="ExaoneMoeMLP has no biases")
+    c.value("intermediate_size")  # the dense layers' width, unused without them
+    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
+    if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
+        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
+              "transformers builds none (ignored)")  # fmt: skip
+
+
+def _windows(c: HFConfig, d: Draft) -> None:
+    """layer_types, else sliding except every sliding_window_pattern-th layer; rotary on the sliding layers only
+    (ExaoneMoeAttention rotates when sliding_window is None or the layer slides, and transformers requires an
+    integer sliding_window)."""
+    w = c.int("sliding_window")
+    pattern = c.value("sliding_window_pattern")
+    given = c.value("layer_types") is not None
+    if not given and not (isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 1):
+        c.bad(
+            "sliding_window_pattern",
+            f"{shown(pattern)}: without layer_types, ExaoneMoeConfig derives them as (i+1) % pattern, which needs "
+            "an integer ≥ 1; give layer_types",
+        )
+        return
+    default = ["full_attention" if given or (i + 1) % pattern == 0 else "sliding_attention" for i in range(d.n_layers)]
+    typed_windows(c, d, w, default, f"global on every sliding_window_pattern-th ({shown(pattern)}) layer")
+    if given:  # transformers derives nothing from the pattern then
+        d.window_note += f" (sliding_window_pattern {shown(pattern)}: transformers ignores it given layer_types)"
+    d.rope = [win is not None for win in d.window]
+    d.rope_note = "ExaoneMoeAttention rotates q and k on the sliding layers only; the global layers are NoPE"
+
+
+def _router(c: HFConfig, d: Draft) -> None:
+    """DeepSeek-V3's router as ExaoneMoeTopkRouter computes it; scoring_func and topk_method, which it does not
+    read, must say the same."""
+    agrees = []
+    for key, what in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
+        v = c.value(key)
+        if v is None:
+            continue
+        if v != what:
+            d.gap(
+                key,
+                v,
+                f"transformers' ExaoneMoeTopkRouter ignores {key} and always routes as {what!r}: ambiguous",
+                f"none: remove {key} (what transformers runs) or set it to {what!r}",
+            )
+        else:
+            agrees.append(f"{key} {v!r}")
+    note = "ExaoneMoeTopkRouter: sigmoid, + e_score_correction_bias for selection only, groups by top-2 sum"
+    if agrees:
+        note += f" ({', '.join(agrees)}: {'agree' if len(agrees) > 1 else 'agrees'}; transformers ignores it)"
+    router(d, note, score="sigmoid", softmax_after_topk=False, selection_bias=True, group_score="top2_sum")
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob") + " (sum + 1e-20)")
+    d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
+    d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+    d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+
+
+def _mlp_layers(c: HFConfig, d: Draft) -> None:
+    """mlp_layer_types ('dense' / 'sparse'), else dense before first_k_dense_replace."""
+    k = c.int("first_k_dense_replace", minimum=0)
+    types = c.str_list("mlp_layer_types") if c.value("mlp_layer_types") is not None else None
+    if types is None:
+        if not c.failed("mlp_layer_types"):
+            d.ffn = ["dense" if i < k else "moe" for i in range(d.n_layers)]
+            d.ffn_note = f"mlp_layer_types unset: dense before first_k_dense_replace ({k})"
+        return
+    if d.layers_known and len(types) != d.n_layers:
+        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
+        return
+    if d.layers_known and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
+        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
+        d.ffn_note = "mlp_layer_types (first_k_dense_replace is not read when it is given)"
+
+
+class ExaoneMoeMapper(Mapper):
+    """The selection bias as save_pretrained writes it (``mlp.e_score_correction_bias``, K-EXAONE's name) or as
+    transformers holds it in memory (``mlp.gate.e_score_correction_bias``)."""
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        # K-EXAONE's MTP layer: transformers lets these tensors go on load (_keys_to_ignore_on_load_unexpected),
+        # and so does moec, whose model leaves the layer out too
+        ck.used.update(n for n in ck.file_of if n.startswith("mtp."))
+
+    def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
+        if leaf == "router.expert_bias":
+            return self.ck.get(self._first([p + "mlp.e_score_correction_bias", p + "mlp.gate.e_score_correction_bias"]))
+        return super().moe(p, plan, leaf)
+
+
+FAMILY = Family("exaone_moe", "ExaoneMoeForCausalLM", DEFAULTS, translate, mapper=ExaoneMoeMapper)

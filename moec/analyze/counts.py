@@ -140,7 +140,7 @@ def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:
     """Embedding, final norm and head: the parts outside the layers."""
     d, V = model.d_model, model.vocab_size
     emb = V * d + (model.max_seq_len * d if model.positions.kind == "learned" else 0)
-    final_norm = d * model.norm.params_per_dim if model.norm.placement == "pre" else 0
+    final_norm = d * model.norm.params_per_dim if model.norm.final_norm else 0
     head = (0 if model.tie_embeddings else V * d) + (V if model.head_bias else 0)
     parts = {
         "embedding": Part(emb, emb, 0),

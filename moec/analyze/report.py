@@ -32,6 +32,8 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "rope_variants": "partial rotary (rotary_dim < head_dim): 0 FLOPs, 0 parameters, KV bytes unchanged "
         "(the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
+        "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
+        "except with post",
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

@@ -119,6 +119,7 @@ class Features:
     norm: str
     norm_bias: bool
     pre_norm: bool
+    norm_placement: str  # pre, post or after_sublayer
     learned_positions: bool
     rope_any: bool  # some layer rotates q and k
     rope_param: bool  # some do, some don't: Attention takes `rope`
@@ -168,7 +169,7 @@ def _one(values: list[Any], what: str) -> Any:
 
 def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, dict[str, str | None]]:
     norm = _choice(plan.norm.kind, ("rmsnorm", "layernorm"), "norm.kind")
-    placement = _choice(plan.norm.placement, ("pre", "post"), "norm.placement")
+    placement = _choice(plan.norm.placement, ("pre", "post", "after_sublayer"), "norm.placement")
     pos = _choice(plan.positions.kind, ("rope", "learned", "none"), "positions.kind")
     if not layers:
         raise ValueError("the plan has no layers")
@@ -290,6 +291,7 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         norm=norm,
         norm_bias=norm == "layernorm" and _bool(plan.norm.bias, "norm.bias"),
         pre_norm=placement == "pre",
+        norm_placement=placement,
         learned_positions=pos == "learned",
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),

@@ -2,10 +2,12 @@
 
     pre-norm  (GPT-2, Llama):            x = x + attn(attn_norm(x));  x = x + ffn(ffn_norm(x))
     post-norm (original Transformer):    x = attn_norm(x + attn(x));  x = ffn_norm(x + ffn(x))
+    after_sublayer (OLMo 2, FlexOlmo):   x = x + attn_norm(attn(x));  x = x + ffn_norm(ffn(x))
 
 Granite scales each branch by ``residual_multiplier`` before it joins the residual (1 elsewhere).
 
-Names (``attn_norm``, ``attn``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader.
+Names (``attn_norm``, ``attn``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader; with
+after_sublayer they hold transformers' ``post_attention_layernorm`` and ``post_feedforward_layernorm``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Block(nn.Module):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.index, self.pre_norm = layer.index, model.norm.placement == "pre"
+        self.index, self.placement = layer.index, model.norm.placement
         self.residual_multiplier = model.residual_multiplier
         kw = {"device": device, "dtype": dtype}
         self.attn_norm = make_norm(model.norm, model.d_model, **kw)
@@ -60,10 +62,14 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, MoEAux | None]:
         """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN)."""
         m = self.residual_multiplier
-        if self.pre_norm:
+        if self.placement == "pre":
             x = x + m * self.attn(self.attn_norm(x), rope)
             y, aux = self._ffn(self.ffn_norm(x))
             return x + m * y, aux
+        if self.placement == "after_sublayer":
+            x = x + m * self.attn_norm(self.attn(x, rope))
+            y, aux = self._ffn(x)
+            return x + m * self.ffn_norm(y), aux
         x = self.attn_norm(x + m * self.attn(x, rope))
         y, aux = self._ffn(x)
         return self.ffn_norm(x + m * y), aux

@@ -3,7 +3,7 @@ multi-token-prediction (MTP) modules when the plan has them.
 
 Module names are a contract with codegen and the HF weight loader:
 ``embed``, ``pos_embed`` (learned positions), ``layers.{i}.{attn_norm,attn,ffn_norm,ffn}``, ``norm``
-(pre-norm only: a post-norm stack ends normalised), ``lm_head`` (its weight *is* ``embed.weight`` when
+(absent with post-norm: that stack ends normalised), ``lm_head`` (its weight *is* ``embed.weight`` when
 tied), ``mtp.{j}.{enorm,hnorm,eh_proj,block,norm}``. :func:`component_of` maps every parameter name to
 the analyzer's component, which is how frozen components are applied and how the tests compare counts.
 
@@ -118,7 +118,7 @@ class MoecModel(nn.Module):
         if plan.positions.kind == "rope":
             self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
-        self.norm = make_norm(plan.norm, d, **kw) if plan.norm.placement == "pre" else None
+        self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
         if plan.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one tensor, counted once

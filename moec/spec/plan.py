@@ -18,12 +18,18 @@ from moec.spec.schema import GATED_ACTIVATIONS
 class NormPlan:
     kind: Literal["rmsnorm", "layernorm"]
     eps: float
-    placement: Literal["pre", "post"]
+    placement: Literal["pre", "post", "after_sublayer"]
     bias: bool = True  # layernorm only
 
     @property
     def params_per_dim(self) -> int:
         return 2 if self.kind == "layernorm" and self.bias else 1  # layernorm: weight and bias
+
+    @property
+    def final_norm(self) -> bool:
+        """Whether the stack ends with a norm before the head: a post-norm stack's last output is normalised
+        already; pre and after_sublayer leave the residual stream unnormalised."""
+        return self.placement != "post"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ class Strict(BaseModel):
 class Norm(Strict):
     kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    placement: Literal["pre", "post"] = "pre"
+    # pre: x + f(norm(x)) (Llama); post: norm(x + f(x)) (the original Transformer); after_sublayer: x + norm(f(x))
+    # (OLMo 2, FlexOlmo: each sublayer's output is normalised before it joins the residual)
+    placement: Literal["pre", "post", "after_sublayer"] = "pre"
     bias: bool = True  # layernorm only: DBRX's layernorms have no bias
 
 

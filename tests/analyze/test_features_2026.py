@@ -37,6 +37,7 @@ def hand_counted_dense() -> tuple[int, int, int]:
 COUNT_NEUTRAL = {
     "partial rotary": ("model.positions.rotary_dim=4",),
     "partial rotary factor": ("model.positions.partial_rotary_factor=0.5",),
+    "norms after each sublayer": ("model.norm.placement=after_sublayer",),  # two per layer and a final one
 }
 
 
@@ -50,7 +51,12 @@ def test_count_neutral_features_leave_the_hand_counts(sets):
     assert a.memory.kv_cache_bytes_per_token == kv_bytes
 
 
-@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps"])
+def test_post_norm_alone_drops_the_final_norm():
+    params, _, _ = hand_counted_dense()
+    assert analysis(BASE, "model.norm.placement=post").params.total == params - D
+
+
+@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement"])
 def test_the_conventions_state_what_each_feature_changes(key):
     assert "0 FLOPs" in analysis().conventions[key]
 

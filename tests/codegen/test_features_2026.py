@@ -21,6 +21,13 @@ CASES = {
         overrides="{select: [1], attention: {window: 4}}, {select: [2], attention: {rope: false}}",
     ),
     "mla latent norm eps": DEEPSEEK.replace("v_head_dim: 8}", "v_head_dim: 8, latent_norm_eps: 1.0e-3}"),
+    "norms after sublayers, moe and dense": variant(
+        model="positions: {kind: rope}, norm: {placement: after_sublayer}, residual_multiplier: 0.5",
+        attn="qk_norm: true, qk_norm_scope: projection",
+        moe=True,
+        overrides="{select: [0], ffn: dense}",
+    ),
+    "norms after sublayers, mla and mtp": DEEPSEEK.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: after_sublayer}"),
 }
 
 
@@ -42,6 +49,7 @@ def test_generated_model_matches_the_library(case, tmp_path):
     [
         ("partial rotary", ["x[..., :ROPE_DIM]", "ROPE_DIM = 4"]),
         ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
+        ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):

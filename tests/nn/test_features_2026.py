@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moec.nn import build_model
 from moec.nn.attention import Attention
 from moec.nn.rope import RotaryEmbedding
+from moec.spec import load_spec, resolve
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,6 +24,32 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 1.0))
+
+
+def hf_into_moec(hf: torch.nn.Module, ours: torch.nn.Module, block_renames: dict[str, str]) -> None:
+    """Copy a transformers causal LM (Llama-style names, MoE experts as (E, 2f, d) and (E, d, f)) into moec's
+    names and layouts: linears stay [out, in]; moec's FFNs are [in, out] with [gate | up] side by side."""
+    src = hf.state_dict()
+    sd = {"embed.weight": src["model.embed_tokens.weight"], "norm.weight": src["model.norm.weight"],
+          "lm_head.weight": src["lm_head.weight"]}  # fmt: skip
+    renames = {"self_attn.": "attn.", "mlp.gate.weight": "ffn.router.weight", **block_renames}
+    layouts = {"mlp.experts.gate_up_proj": "ffn.experts.w_gate_up", "mlp.experts.down_proj": "ffn.experts.w_down"}
+    for key, value in src.items():
+        if not key.startswith("model.layers."):
+            continue
+        i, rest = key[len("model.layers.") :].split(".", 1)
+        for a, b in renames.items():
+            if rest.startswith(a):
+                sd[f"layers.{i}.{b}{rest[len(a) :]}"] = value
+        if rest in layouts:
+            sd[f"layers.{i}.{layouts[rest]}"] = value.transpose(1, 2)
+    ours.load_state_dict(sd, strict=True)
+
+
+def logits_of_both(hf: torch.nn.Module, ours: torch.nn.Module, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(vocab, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return ours(tokens)[0], hf(tokens).logits
 
 
 def causal_additive_mask(S: int) -> torch.Tensor:
@@ -109,3 +137,34 @@ def test_latent_norm_eps_matches_transformers_deepseek_v3_attention(latent_norm_
     want, _ = ref(x, position_embeddings=cos_sin, attention_mask=causal_additive_mask(S))
     got = ours(x, RotaryEmbedding(positions, 4, 64)(S, x.device, x.dtype))
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4) == matches, (got - want).abs().max()
+
+
+# --- norms after each sublayer ---------------------------------------------------------------------------
+
+FLEX_OLMO = """
+name: tiny-flex-olmo
+model: {vocab_size: 128, d_model: 64, n_layers: 2, max_seq_len: 64,
+        norm: {kind: rmsnorm, eps: 1.0e-6, placement: after_sublayer}, positions: {kind: rope, theta: 10000.0}}
+attention: {n_heads: 4, n_kv_heads: 2, qk_norm: true, qk_norm_scope: projection}
+moe: {n_experts: 4, d_ff: 32, router: {top_k: 2, score: softmax}}
+layers: {default: {ffn: moe}}
+"""
+
+
+def test_norms_after_each_sublayer_match_transformers_flex_olmo():
+    from transformers import FlexOlmoConfig, FlexOlmoForCausalLM
+
+    cfg = FlexOlmoConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, rms_norm_eps=1e-6,
+        max_position_embeddings=64, tie_word_embeddings=False, attn_implementation="eager", pad_token_id=None,
+        eos_token_id=None, bos_token_id=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = FlexOlmoForCausalLM(cfg).eval()
+    randomize(hf)
+    ours = build_model(resolve(load_spec("t.yaml", text=FLEX_OLMO)), device="cpu", dtype=torch.float32, seed=0)
+    renames = {"post_attention_layernorm.": "attn_norm.", "post_feedforward_layernorm.": "ffn_norm."}
+    hf_into_moec(hf, ours.eval(), renames)
+    got, want = logits_of_both(hf, ours, 128)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -142,3 +142,19 @@ def test_latent_norm_eps_without_mla_is_located():
     assert errors(text) == [
         f"{located(text, 9, '1.0e-6')} attention.latent_norm_eps: only meaningful with attention.kind: mla"
     ]
+
+
+# --- norm placement ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("placement,final_norm", [("pre", True), ("post", False), ("after_sublayer", True)])
+def test_norm_placement_resolves_and_says_whether_the_stack_ends_with_a_norm(placement, final_norm):
+    p = plan(GQA, f"model.norm.placement={placement}")
+    assert p.norm.placement == placement and p.norm.final_norm is final_norm
+
+
+def test_an_unknown_norm_placement_names_the_choices():
+    text = GQA.replace("positions: {kind: rope}", "positions: {kind: rope}\n  norm: {placement: sandwich}")
+    (err,) = errors(text)
+    assert err.startswith(f"{located(text, 9, 'sandwich')} model.norm.placement:")
+    assert "'pre', 'post' or 'after_sublayer'" in err

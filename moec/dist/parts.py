@@ -27,12 +27,14 @@ def routed_experts(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks, then the MTP modules: the FSDP units below the root."""
+    """The FSDP units below the root: the transformer blocks, then the block of each MTP module. An MTP module's
+    norms and projection stay in the root's unit: the model applies its final norm outside its forward, where a
+    unit of its own would already have resharded it."""
     if not isinstance(getattr(model, "layers", None), nn.ModuleList):
         raise TypeError(
             f"moec.dist takes a moec model (its blocks in a `layers` ModuleList), got {type(model).__name__}"
         )
-    return [*model.layers, *getattr(model, "mtp", ())]
+    return [*model.layers, *(m.block for m in getattr(model, "mtp", ()))]
 
 
 def routers(model: nn.Module) -> list[nn.Module]:

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TextIO
@@ -121,6 +122,8 @@ def run_worker(body: Callable[[], None]) -> NoReturn:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_FAILED)
     except Exception as e:  # a moec bug: one line, as `moec` itself reports one (moec/cli.py)
         code = EXIT_INTERNAL
+        if os.environ.get("MOEC_TRACEBACK") == "1":
+            traceback.print_exc(file=real_err)
         line = f"error: internal error in moec on rank {rank} ({type(e).__name__}: {e}); please report it"
         err.write(line + "\n")
         if rank != 0:

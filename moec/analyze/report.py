@@ -34,6 +34,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
         "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
         "except with post",
+        "logits": "logits_scaling and logit_softcap (cap·tanh(x/cap)) are elementwise: 0 FLOPs, 0 parameters",
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

@@ -218,6 +218,7 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
     for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
         v = getattr(plan, key)
         c[key] = None if v == 1.0 else _float(v, key)
+    c["logit_softcap"] = None if plan.logit_softcap is None else _float(plan.logit_softcap, "logit_softcap")
 
     # rotary positions and their scaling
     sc = plan.positions.scaling if pos == "rope" else None

@@ -8,7 +8,8 @@ tied), ``mtp.{j}.{enorm,hnorm,eh_proj,block,norm}``. :func:`component_of` maps e
 the analyzer's component, which is how frozen components are applied and how the tests compare counts.
 
 Granite's scalings are plan fields: embeddings × ``embedding_multiplier``, logits ÷ ``logits_scaling``
-(and each residual branch × ``residual_multiplier``, in the block).
+(and each residual branch × ``residual_multiplier``, in the block). ``logit_softcap`` then bounds the logits
+to (−cap, cap) by cap·tanh(logits/cap) (Gemma 2's final_logit_softcapping), the MTP heads' too.
 """
 
 from __future__ import annotations
@@ -166,7 +167,10 @@ class MoecModel(nn.Module):
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(x)  # (B, S, V)
-        return logits if self.plan.logits_scaling == 1.0 else logits / self.plan.logits_scaling
+        if self.plan.logits_scaling != 1.0:
+            logits = logits / self.plan.logits_scaling
+        cap = self.plan.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _check(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor):

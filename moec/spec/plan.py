@@ -197,6 +197,7 @@ class ResolvedModel:
     embedding_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    logit_softcap: float | None = None  # logits → cap·tanh(logits/cap) after logits_scaling; None: off
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -262,6 +263,7 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         embedding_multiplier=d.get("embedding_multiplier", 1.0),
         residual_multiplier=d.get("residual_multiplier", 1.0),
         logits_scaling=d.get("logits_scaling", 1.0),
+        logit_softcap=d.get("logit_softcap"),
         spec_hash=d.get("spec_hash", ""),
         source_file=d.get("source_file", ""),
         description=d.get("description", ""),

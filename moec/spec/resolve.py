@@ -173,6 +173,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         embedding_multiplier=m.embedding_multiplier,
         residual_multiplier=m.residual_multiplier,
         logits_scaling=m.logits_scaling,
+        logit_softcap=m.logit_softcap,
         spec_hash=spec_hash,
         source_file=file,
         description=spec.description,

@@ -103,6 +103,8 @@ class Model(Strict):
     embedding_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
     residual_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
     logits_scaling: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    # final logit soft-capping (Gemma 2-4, Grok): logits → cap·tanh(logits/cap), after logits_scaling; null: off
+    logit_softcap: Annotated[float, Field(gt=0, le=1e4)] | None = None
 
 
 class TemperatureTuning(Strict):

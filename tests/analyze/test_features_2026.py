@@ -38,6 +38,7 @@ COUNT_NEUTRAL = {
     "partial rotary": ("model.positions.rotary_dim=4",),
     "partial rotary factor": ("model.positions.partial_rotary_factor=0.5",),
     "norms after each sublayer": ("model.norm.placement=after_sublayer",),  # two per layer and a final one
+    "logit softcap and scaling": ("model.logit_softcap=30.0", "model.logits_scaling=8.0"),
 }
 
 
@@ -56,7 +57,7 @@ def test_post_norm_alone_drops_the_final_norm():
     assert analysis(BASE, "model.norm.placement=post").params.total == params - D
 
 
-@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement"])
+@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement", "logits"])
 def test_the_conventions_state_what_each_feature_changes(key):
     assert "0 FLOPs" in analysis().conventions[key]
 

@@ -28,6 +28,10 @@ CASES = {
         overrides="{select: [0], ffn: dense}",
     ),
     "norms after sublayers, mla and mtp": DEEPSEEK.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: after_sublayer}"),
+    "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
+    "logit softcap after scaling, mtp": DEEPSEEK.replace(
+        "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"
+    ),
 }
 
 
@@ -50,6 +54,7 @@ def test_generated_model_matches_the_library(case, tmp_path):
         ("partial rotary", ["x[..., :ROPE_DIM]", "ROPE_DIM = 4"]),
         ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
         ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
+        ("logit softcap", ["LOGIT_SOFTCAP = 0.5", "torch.tanh(logits / LOGIT_SOFTCAP) * LOGIT_SOFTCAP"]),
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):

@@ -168,3 +168,34 @@ def test_norms_after_each_sublayer_match_transformers_flex_olmo():
     hf_into_moec(hf, ours.eval(), renames)
     got, want = logits_of_both(hf, ours, 128)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+# --- final logit soft-capping ------------------------------------------------------------------------------
+
+TINY = """
+name: tiny
+model: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 32, positions: {kind: rope} MODEL}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 48}
+mtp: {n_layers: 1, ffn: dense}
+"""
+
+
+@pytest.mark.parametrize("logits_scaling", [1.0, 4.0])
+def test_logit_softcap_is_gemmas_cap_tanh_after_the_scaling(logits_scaling):
+    """Against the uncapped model's logits through Gemma 2's formula cap·tanh(z/cap), in float64: the head
+    (and the MTP head) of the capped model, with Granite's division by logits_scaling first."""
+    cap = 3.0
+    capped = resolve(load_spec("t.yaml", text=TINY.replace("MODEL", f", logit_softcap: {cap}")))
+    plain = capped.replace(logit_softcap=None, logits_scaling=1.0)
+    capped = capped.replace(logits_scaling=logits_scaling)
+    ours = build_model(capped, device="cpu", dtype=torch.float32, seed=0).eval()
+    ref = build_model(plain, device="cpu", dtype=torch.float32, seed=0).eval()
+    ref.load_state_dict(ours.state_dict())
+    tokens = torch.randint(64, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        (got, got_aux), (raw, raw_aux) = ours(tokens), ref(tokens)
+    for g, r in [(got, raw), (got_aux.mtp_logits[0], raw_aux.mtp_logits[0])]:
+        want = cap * torch.tanh(r.double() / logits_scaling / cap)
+        torch.testing.assert_close(g.double(), want, atol=1e-6, rtol=1e-6)
+        assert g.abs().max() < cap and raw.abs().max() > cap  # the cap bites somewhere

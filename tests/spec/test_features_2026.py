@@ -158,3 +158,20 @@ def test_an_unknown_norm_placement_names_the_choices():
     (err,) = errors(text)
     assert err.startswith(f"{located(text, 9, 'sandwich')} model.norm.placement:")
     assert "'pre', 'post' or 'after_sublayer'" in err
+
+
+# --- logits ----------------------------------------------------------------------------------------------
+
+
+def test_logit_softcap_resolves_and_defaults_to_off():
+    assert plan(GQA, "model.logit_softcap=30.0").logit_softcap == 30.0
+    assert plan().logit_softcap is None
+    p = plan(GQA, "model.logit_softcap=30.0")
+    assert plan_from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("value,message", [("0", "input should be greater than 0"), ("-1.5", "greater than 0")])
+def test_logit_softcap_must_be_positive(value, message):
+    text = GQA.replace("positions: {kind: rope}", f"positions: {{kind: rope}}\n  logit_softcap: {value}")
+    (err,) = errors(text)
+    assert err.startswith(f"{located(text, 9, value)} model.logit_softcap: {value}: ") and message in err

@@ -31,8 +31,9 @@ DEFAULTS = defaults(500000.0, vocab_size=103424, hidden_size=2560, intermediate_
 # fmt: on
 
 # moec renormalises the top-k weights by their sum; ERNIE by max(sum, moe_norm_min). The two differ only when
-# the chosen probabilities sum below moe_norm_min, which at transformers' 1e-12 takes a selection bias that
-# overrules probability gaps of order one; a larger floor changes ordinary tokens and is refused.
+# the chosen probabilities sum below moe_norm_min: at transformers' 1e-12, only where the selection bias keeps
+# every expert of probability above 1e-12 (the best has at least 1/E) out of the top-k. A larger floor can
+# change ordinary tokens and is refused.
 NORM_MIN_EXACT = 1e-12
 
 

@@ -23,6 +23,9 @@ def translate(c: HFConfig, d: Draft) -> None:
     w = c.int("sliding_window", optional=True)
     default = ["full_attention" if i % 4 == 0 else "sliding_attention" for i in range(d.n_layers)]
     typed_windows(c, d, w, default, "full attention on layers i % 4 == 0, sliding elsewhere")
+    types = c.value("layer_types")
+    if w is None and "sliding_attention" in (types if isinstance(types, list) else default):
+        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
     _layer_rope(c, d)
     d.ffn_note = "every Granite-MoE-SWA layer is MoE"
 

@@ -114,6 +114,15 @@ def test_a_malformed_layer_rope_theta_is_refused(thetas, message):
     assert [p.path for p in e.value.problems] == ["layer_rope_theta"]
 
 
+def test_a_null_window_is_refused_while_layers_slide():
+    """transformers cannot build a null window's mask (its forward fails); with no sliding layer it is unused."""
+    with pytest.raises(SpecError) as e:
+        hf_to_model({**GRANITE_SWASH_3B_A600M, "sliding_window": None})
+    assert [p.path for p in e.value.problems] == ["sliding_window"]
+    full = hf_to_model({**GRANITE_SWASH_3B_A600M, "sliding_window": None, "layer_types": ["full_attention"] * 28})
+    assert {lp.attention.window for lp in full.layers} == {None}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("granitemoe_swa")

@@ -17,10 +17,12 @@ from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router
 from moec.hf.families.llama4 import _half_layout
 from moec.hf.mapper import Mapper
-from moec.spec.plan import LayerPlan, MoEPlan
+from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
+
+    from moec.hf.checkpoint import Checkpoint
 
 # fmt: off
 DEFAULTS = defaults(500000.0, vocab_size=103424, hidden_size=2560, intermediate_size=12288, num_hidden_layers=28,
@@ -149,6 +151,12 @@ def _all_at_least(v: object, bound: int) -> bool:
 class Ernie45MoeMapper(Mapper):
     """transformers' common names; the correction bias (1, E) under ``mlp.moe_statics`` (as saved) or
     ``mlp.gate.moe_statics`` (in memory); q and k rows permuted from interleaved rotary pairs to halves."""
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        # ERNIE's MTP head (mtp_block, mtp_emb_norm, mtp_hidden_norm, mtp_linear_proj): transformers lets every
+        # tensor whose name holds "mtp" go on load (_keys_to_ignore_on_load_unexpected), and so does moec
+        ck.used.update(n for n in ck.file_of if "mtp" in n)
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         t = super().attention(p, lp, leaf)

@@ -197,6 +197,19 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(name, chec
     weights.assert_same(hf, moec.from_hf(folder))
 
 
+def test_the_in_memory_layout_and_the_mtp_head_load(checkpoint, tmp_path):
+    """transformers' in-memory names (stacked experts, mlp.gate.moe_statics) load to the same logits, and the
+    release's MTP tensors, which transformers lets go on load, are let go; any other extra tensor is refused."""
+    hf, _ = checkpoint("shared experts")
+    state = {k: v for k, v in hf.state_dict().items() if k != "lm_head.weight" or not hf.config.tie_word_embeddings}
+    assert "model.layers.1.mlp.gate.moe_statics.e_score_correction_bias" in state
+    mtp = {"model.mtp_linear_proj.0.weight": torch.zeros(64, 128), "model.mtp_emb_norm.0.weight": torch.ones(64)}
+    weights.assert_same(hf, moec.from_hf(weights._write_state_dict(hf, tmp_path / "a", {**state, **mtp})))
+    with pytest.raises(weights.CheckpointError) as e:
+        moec.from_hf(weights._write_state_dict(hf, tmp_path / "b", {**state, "model.extra.weight": torch.ones(4)}))
+    assert e.value.unexpected == ["model.extra.weight"]
+
+
 def test_the_selection_bias_is_loaded_and_moves_choices(checkpoint):
     """Zeroed, moec's routers choose differently from transformers': the parity test above would catch a bias
     that failed to load."""

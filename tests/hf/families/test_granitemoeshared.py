@@ -111,5 +111,11 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     weights.assert_same(hf, model)
 
 
+def test_the_in_memory_layout_loads_to_the_same_logits(checkpoint, tmp_path):
+    """transformers' names in memory (stacked block_sparse_moe.experts.gate_up_proj, router.weight), not the ones save_pretrained writes."""
+    hf, _ = checkpoint
+    weights.assert_same(hf, moec.from_hf(weights._write_state_dict(hf, tmp_path / "in_memory")))
+
+
 def test_generated_model_gives_the_library_logits(tmp_path):
     assert_generated_source_matches_the_library({**TINY, "model_type": "granitemoeshared"}, tmp_path)

@@ -103,7 +103,9 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
         return {"dense_ffn": Part(p, p, 2 * mm)}
     r = f.router
     E, k = f.n_experts, r.top_k
-    router_p = d * E + (E if r.bias else 0)
+    # a learned logit bias (gpt-oss) and a selection bias stored as a parameter (ERNIE-4.5) count; DeepSeek-V3's
+    # selection bias is a buffer and does not
+    router_p = d * E + (E if r.bias else 0) + (E if r.selection_bias and r.selection_bias_parameter else 0)
     parts = {"router": Part(router_p, router_p, 2 * d * E)}
     if f.expert_kind == "lora":
         assert f.lora_rank is not None

@@ -35,6 +35,8 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
         "except with post",
         "logits": "logits_scaling and logit_softcap (cap·tanh(x/cap)) are elementwise: 0 FLOPs, 0 parameters",
+        "selection_bias": "a buffer (DeepSeek-V3): not counted; with selection_bias_parameter (ERNIE-4.5): E router "
+        "parameters per MoE layer, in total, active and trainable; 0 FLOPs either way",
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

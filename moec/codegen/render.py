@@ -82,6 +82,7 @@ class RouterFeatures:
     scale: bool
     bias: bool
     selection_bias: bool
+    selection_bias_parameter: bool
     groups: bool
     group_score: str
     dense: bool
@@ -271,6 +272,8 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
             scale=r.scale != 1.0,
             bias=_bool(r.bias, "router.bias"),
             selection_bias=_bool(r.selection_bias, "router.selection_bias"),
+            selection_bias_parameter=bool(r.selection_bias)
+            and _bool(r.selection_bias_parameter, "router.selection_bias_parameter"),
             groups=r.n_groups is not None and r.topk_groups is not None and r.topk_groups < r.n_groups,
             group_score=_choice(r.group_score, ("max", "top2_sum"), "router.group_score"),
             dense=_bool(r.dense, "router.dense"),

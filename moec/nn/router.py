@@ -6,7 +6,8 @@ flip on ties and the softmax loses the small probabilities the aux loss needs):
 - score: ``softmax`` (Switch, Mixtral, Qwen) or ``sigmoid`` (DeepSeek-V3); ``softmax_after_topk``
   (gpt-oss: top-k of the logits, softmax over the chosen k); ``normalize_topk``; ``scale``.
 - ``selection_bias``: a non-gradient per-expert bias added to the scores only to *choose* experts,
-  never to weight them (DeepSeek-V3's aux-loss-free balancing, updated by :meth:`Router.update_bias`).
+  never to weight them (DeepSeek-V3's aux-loss-free balancing, updated by :meth:`Router.update_bias`); a
+  buffer, or with ``selection_bias_parameter`` a parameter (ERNIE-4.5), which the loss leaves untouched too.
 - group-limited routing (DeepSeek-V2/V3): keep the ``topk_groups`` best of ``n_groups`` expert groups.
 - dense (soft) routing: every expert, weighted by its probability.
 - ``kind: sparsemixer``: Phi-3.5-MoE's SparseMixer top-2 (:func:`sparsemixer`).
@@ -74,7 +75,11 @@ class Router(nn.Module):
         # nn.Linear layout (E, d): Hugging Face router checkpoints load without a transpose
         self.weight = nn.Parameter(torch.empty(E, d_model, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(E, device=device, dtype=dtype)) if plan.router.bias else None
-        if plan.router.selection_bias:
+        if plan.router.selection_bias and plan.router.selection_bias_parameter:
+            # ERNIE-4.5 keeps it as a parameter (counted); fp32 like the buffer, as transformers keeps
+            # e_score_correction_bias, so that small bias_update_rate steps are not rounded away
+            self.expert_bias = nn.Parameter(torch.zeros(E, device=device, dtype=torch.float32))
+        elif plan.router.selection_bias:
             # a buffer, not a parameter: it gets no gradient and the analyzer does not count it
             self.register_buffer("expert_bias", torch.zeros(E, device=device, dtype=torch.float32))
         else:
@@ -93,6 +98,8 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        if isinstance(self.expert_bias, nn.Parameter):
+            nn.init.zeros_(self.expert_bias)
 
     def forward(self, x: torch.Tensor, seq_len: int | None = None) -> Routing:
         """x (T, d). ``seq_len``: tokens per sequence, for the sequence-level balance loss (default: T)."""

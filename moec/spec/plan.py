@@ -135,6 +135,7 @@ class RouterPlan:
     kind: Literal["topk", "sparsemixer"] = "topk"  # sparsemixer: Phi-3.5-MoE's top-2 (see moec.nn.router)
     sparsemixer_eps: float = 0.0
     apply_to: Literal["output", "input"] = "output"  # input: the gate scales each expert's input (Llama-4)
+    selection_bias_parameter: bool = False  # the selection bias is a counted parameter (ERNIE-4.5), not a buffer
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,7 @@ def _moe(spec: Spec) -> MoEPlan | None:
             kind=r.kind,
             sparsemixer_eps=r.sparsemixer_eps,
             apply_to=r.apply_to,
+            selection_bias_parameter=r.selection_bias_parameter,
         ),
         capacity_factor=e.capacity_factor,
         drop_policy=e.drop_policy,

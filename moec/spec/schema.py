@@ -162,6 +162,10 @@ class Router(Strict):
     normalize_topk: bool = False  # renormalise the k weights to sum to 1
     scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
     selection_bias: bool = False  # a non-gradient bias added for selection only (DeepSeek-V3)
+    # the selection bias as a model parameter, not a buffer (ERNIE-4.5's e_score_correction_bias): counted in
+    # total, active and trainable parameters; the loss still gives it no gradient (choosing is not
+    # differentiable): it moves by balance.bias_update_rate or stays as loaded
+    selection_bias_parameter: bool = False
     bias: bool = False  # a learned bias on the router logits (gpt-oss)
     n_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
     topk_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None

@@ -57,7 +57,35 @@ def test_post_norm_alone_drops_the_final_norm():
     assert analysis(BASE, "model.norm.placement=post").params.total == params - D
 
 
-@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement", "logits"])
+MOE = (
+    BASE
+    + """moe:
+  n_experts: 8
+  d_ff: 32
+  router: {top_k: 2, score: sigmoid, selection_bias: true, selection_bias_parameter: true}
+layers: {default: {ffn: moe}, overrides: [{select: [0], ffn: dense}]}
+"""
+)
+
+
+@pytest.mark.parametrize("as_parameter", [True, False])
+def test_a_selection_bias_counts_only_as_a_parameter(as_parameter):
+    E, k, f, moe_layers = 8, 2, 32, 3
+    attn = D * HD * (H + 2 * KV) + H * HD * D
+    router = D * E + (E if as_parameter else 0)  # the bias: E per MoE layer, always active
+    experts = E * 3 * D * f
+    norms = 2 * D * L + D
+    total = V * D + L * attn + (3 * D * F) + moe_layers * (router + experts) + norms + V * D
+    a = analysis(MOE if as_parameter else MOE.replace(", selection_bias_parameter: true", ""))
+    assert a.params.total == a.params.trainable == total
+    assert a.params.active == total - moe_layers * (experts - k * 3 * D * f)
+    router_row = next(c for c in a.components if c.name == "router")
+    assert (router_row.params, router_row.active, router_row.flops) == (moe_layers * router,) * 2 + (
+        moe_layers * 2 * D * E,
+    )
+
+
+@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement", "logits", "selection_bias"])
 def test_the_conventions_state_what_each_feature_changes(key):
     assert "0 FLOPs" in analysis().conventions[key]
 

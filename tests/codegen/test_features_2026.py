@@ -28,6 +28,11 @@ CASES = {
         overrides="{select: [0], ffn: dense}",
     ),
     "norms after sublayers, mla and mtp": DEEPSEEK.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: after_sublayer}"),
+    "selection bias parameter": variant(
+        moe=True,
+        router="score: sigmoid, normalize_topk: true, selection_bias: true, selection_bias_parameter: true",
+        balance="balance: {bias_update_rate: 0.01}",
+    ),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
     "logit softcap after scaling, mtp": DEEPSEEK.replace(
         "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"
@@ -48,12 +53,28 @@ def test_generated_model_matches_the_library(case, tmp_path):
     assert gen_params == lib_params
 
 
+def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
+    plan, lib, gen, _ = library_and_generated(CASES["selection bias parameter"], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    logits, aux, out = run_both(lib, gen, tokens, train=True)
+    (logits.square().mean() + aux.loss).backward()
+    (out[0].square().mean() + out[1]).backward()
+    lib.update_bias()
+    gen.update_bias()
+    for name, p in lib.named_parameters():
+        q = gen.get_parameter(name)
+        assert torch.equal(p, q), name
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+    assert lib.layers[0].ffn.router.expert_bias.grad is None
+
+
 @pytest.mark.parametrize(
     "case,words",
     [
         ("partial rotary", ["x[..., :ROPE_DIM]", "ROPE_DIM = 4"]),
         ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
         ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
+        ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
         ("logit softcap", ["LOGIT_SOFTCAP = 0.5", "torch.tanh(logits / LOGIT_SOFTCAP) * LOGIT_SOFTCAP"]),
     ],
 )

@@ -3,6 +3,8 @@ rotary (GLM-4.5-MoE), ... Each test builds the transformers module of a family t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -26,24 +28,40 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 1.0))
 
 
-def hf_into_moec(hf: torch.nn.Module, ours: torch.nn.Module, block_renames: dict[str, str]) -> None:
-    """Copy a transformers causal LM (Llama-style names, MoE experts as (E, 2f, d) and (E, d, f)) into moec's
-    names and layouts: linears stay [out, in]; moec's FFNs are [in, out] with [gate | up] side by side."""
+def hf_into_moec(
+    hf: torch.nn.Module, ours: torch.nn.Module, block_renames: dict[str, str], family: Callable | None = None
+) -> None:
+    """Copy a transformers causal LM with Llama-style names into moec's names and layouts: attention linears
+    stay [out, in]; moec's FFNs are [in, out] with [gate | up] side by side; stacked experts (E, 2f, d) and
+    (E, d, f) are transposed. ``family(rest, value)`` first maps what is particular to one family (returning
+    (moec name within the layer, tensor), or None for the common rules)."""
     src = hf.state_dict()
     sd = {"embed.weight": src["model.embed_tokens.weight"], "norm.weight": src["model.norm.weight"],
           "lm_head.weight": src["lm_head.weight"]}  # fmt: skip
     renames = {"self_attn.": "attn.", "mlp.gate.weight": "ffn.router.weight", **block_renames}
-    layouts = {"mlp.experts.gate_up_proj": "ffn.experts.w_gate_up", "mlp.experts.down_proj": "ffn.experts.w_down"}
     for key, value in src.items():
         if not key.startswith("model.layers."):
             continue
         i, rest = key[len("model.layers.") :].split(".", 1)
-        for a, b in renames.items():
-            if rest.startswith(a):
-                sd[f"layers.{i}.{b}{rest[len(a) :]}"] = value
-        if rest in layouts:
-            sd[f"layers.{i}.{layouts[rest]}"] = value.transpose(1, 2)
+        mapped = (family(rest, value) if family else None) or _common_rules(rest, value, src, key, renames)
+        if mapped is not None:
+            sd[f"layers.{i}.{mapped[0]}"] = mapped[1]
     ours.load_state_dict(sd, strict=True)
+
+
+def _common_rules(rest: str, value: torch.Tensor, src: dict, key: str, renames: dict[str, str]):
+    for a, b in renames.items():
+        if rest.startswith(a):
+            return b + rest[len(a) :], value
+    if rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+        return "ffn.experts.w_" + rest.split(".")[-1].removesuffix("_proj"), value.transpose(1, 2)
+    for hf_mlp, mlp in (("mlp.shared_experts.", "ffn.shared."), ("mlp.", "ffn.")):
+        if rest == hf_mlp + "down_proj.weight":
+            return mlp + "w_down", value.T
+        if rest == hf_mlp + "gate_proj.weight":
+            up = src[key.replace("gate_proj", "up_proj")]
+            return mlp + "w_gate_up", torch.cat((value.T, up.T), 1)
+    return None  # up_proj (taken with gate_proj)
 
 
 def logits_of_both(hf: torch.nn.Module, ours: torch.nn.Module, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,3 +217,93 @@ def test_logit_softcap_is_gemmas_cap_tanh_after_the_scaling(logits_scaling):
         want = cap * torch.tanh(r.double() / logits_scaling / cap)
         torch.testing.assert_close(g.double(), want, atol=1e-6, rtol=1e-6)
         assert g.abs().max() < cap and raw.abs().max() > cap  # the cap bites somewhere
+
+
+# --- the selection bias as a parameter ----------------------------------------------------------------------
+
+ERNIE = """
+name: tiny-ernie-4.5-moe
+model: {vocab_size: 128, d_model: 64, n_layers: 3, max_seq_len: 64, norm: {kind: rmsnorm, eps: 1.0e-5},
+        positions: {kind: rope, theta: 500000.0}}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 96}
+moe:
+  n_experts: 8
+  d_ff: 32
+  n_shared_experts: 1
+  router: {top_k: 2, score: softmax, normalize_topk: true, selection_bias: true, selection_bias_parameter: true}
+layers: {default: {ffn: moe}, overrides: [{select: [0], ffn: dense}]}
+"""
+
+
+def hf_ernie():
+    from transformers import Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM
+
+    cfg = Ernie4_5_MoeConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, moe_intermediate_size=32, moe_k=2, moe_num_experts=8, moe_num_shared_experts=1,
+        moe_layer_start_index=1, rms_norm_eps=1e-5, max_position_embeddings=64, tie_word_embeddings=False,
+        use_bias=False, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        attn_implementation="eager", pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    return Ernie4_5_MoeForCausalLM(cfg)
+
+
+def test_the_selection_bias_parameter_is_counted_as_transformers_counts_ernie():
+    from moec.analyze import analyze
+
+    plan = resolve(load_spec("t.yaml", text=ERNIE))
+    with torch.device("meta"):
+        hf = hf_ernie()
+    hf_total = sum(p.numel() for p in hf.parameters())
+    a = analyze(plan)
+    assert a.params.total == hf_total
+    ours = build_model(plan, device="meta")
+    assert sum(p.numel() for p in ours.parameters()) == hf_total
+    as_buffer = analyze(resolve(load_spec("t.yaml", text=ERNIE.replace(", selection_bias_parameter: true", ""))))
+    assert a.params.total - as_buffer.params.total == 2 * 8  # E per MoE layer, in the router
+    assert a.params.active - as_buffer.params.active == 2 * 8
+
+
+def half_layout_rows(w: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """q/k projection rows of each head from ERNIE's rotary pairs (2i, 2i+1) to moec's (i, i + hd/2)."""
+    order = torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
+    return w.view(-1, head_dim, w.shape[-1])[:, order].reshape(w.shape)
+
+
+def test_a_selection_bias_parameter_chooses_experts_as_transformers_ernie():
+    torch.manual_seed(0)
+    hf = hf_ernie().eval()
+    randomize(hf)
+    with torch.no_grad():  # a bias large enough to change choices against the softmax scores
+        for layer in hf.model.layers[1:]:
+            layer.mlp.gate.moe_statics.e_score_correction_bias.copy_(torch.randn(1, 8) * 0.2)
+    ours = build_model(resolve(load_spec("t.yaml", text=ERNIE)), device="cpu", dtype=torch.float32, seed=0)
+    renames = {"input_layernorm.": "attn_norm.", "post_attention_layernorm.": "ffn_norm."}
+    hf_into_moec(hf, ours.eval(), renames, ernie_rules)
+    got, want = logits_of_both(hf, ours, 128)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert isinstance(ours.layers[1].ffn.router.expert_bias, torch.nn.Parameter)
+
+
+def ernie_rules(rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """ERNIE's rotary pairs and its correction bias; the rest follows the common rules."""
+    if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
+        return "attn." + rest.removeprefix("self_attn."), half_layout_rows(value, 16)
+    if rest == "mlp.gate.moe_statics.e_score_correction_bias":
+        return "ffn.router.expert_bias", value.view(-1)
+    return None
+
+
+def test_the_loss_gives_the_selection_bias_parameter_no_gradient_and_update_bias_moves_it():
+    text = ERNIE.replace("n_shared_experts: 1", "n_shared_experts: 1\n  balance: {bias_update_rate: 0.01}")
+    model = build_model(resolve(load_spec("t.yaml", text=text)), device="cpu", dtype=torch.float32, seed=0)
+    bias = model.layers[1].ffn.router.expert_bias
+    assert bias.requires_grad and bias.dtype == torch.float32
+    logits, aux = model(torch.randint(128, (2, 12), generator=torch.Generator().manual_seed(1)))
+    (logits.square().mean() + aux.loss).backward()
+    assert bias.grad is None  # top-k choice is not differentiable
+    model.update_bias()
+    # 24 slots over 8 experts: each bias moved by ±0.01 toward the mean load, or stayed where the load is the mean
+    moved = bias.detach().abs()
+    assert torch.all((moved == 0) | (moved == torch.tensor(0.01))) and moved.sum() > 0  # fp32's 0.01

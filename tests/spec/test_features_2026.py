@@ -175,3 +175,30 @@ def test_logit_softcap_must_be_positive(value, message):
     text = GQA.replace("positions: {kind: rope}", f"positions: {{kind: rope}}\n  logit_softcap: {value}")
     (err,) = errors(text)
     assert err.startswith(f"{located(text, 9, value)} model.logit_softcap: {value}: ") and message in err
+
+
+# --- the selection bias as a parameter ----------------------------------------------------------------------
+
+MOE = (
+    GQA
+    + """moe:
+  n_experts: 8
+  d_ff: 16
+  router: {top_k: 2, selection_bias: true, selection_bias_parameter: true}
+layers: {default: {ffn: moe}}
+"""
+)
+
+
+def test_selection_bias_parameter_reaches_the_router_plan():
+    r = plan(MOE).layers[0].ffn.router
+    assert r.selection_bias and r.selection_bias_parameter
+    assert not plan(MOE.replace(", selection_bias_parameter: true", "")).layers[0].ffn.router.selection_bias_parameter
+
+
+def test_selection_bias_parameter_without_a_selection_bias_is_located():
+    text = MOE.replace("selection_bias: true", "selection_bias: false")
+    assert errors(text) == [
+        f"{located(text, 14, 'true}')} moe.router.selection_bias_parameter: needs router.selection_bias: true "
+        "(the bias it stores)"
+    ]

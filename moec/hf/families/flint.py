@@ -51,7 +51,10 @@ def translate(c: HFConfig, d: Draft) -> None:
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     router(d, "FlintTopKRouter: sigmoid of the logits, the top-k, no selection bias", score="sigmoid",
            softmax_after_topk=False)  # fmt: skip
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    # FlintTopKRouter divides by the plain sum, moec's sigmoid renormalisation by sum + 1e-20 (DeepSeek-V3's):
+    # in fp32 the two agree unless the chosen scores sum below ~1e-13, every top-k logit below -30
+    norm_note = " (sum; moec adds 1e-20, felt only below a sum of ~1e-13)"
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob") + norm_note)
     d.section(
         "moe",
         n_shared_experts=(1, "FlintSparseMoeBlock.shared_expert, added in full (no gate)"),

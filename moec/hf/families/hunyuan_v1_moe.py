@@ -1,0 +1,167 @@
+"""HunYuan-MoE V1 (``model_type`` hunyuan_v1_moe, HunYuanMoEV1ForCausalLM; Hunyuan-A13B): GQA whose q and k are
+RMS-normalised per head *after* the rotation (query_layernorm, key_layernorm), every layer MoE: softmax over all
+experts, top-k, renormalised, experts and one ungated shared MLP all intermediate_size wide. Rotary "dynamic"
+with an ``alpha`` is NTK-alpha: a fixed base θ·α^(d/(d−2)) (HunYuanMoEV1RotaryEmbedding's ntk_alpha), which
+moec writes as that base. Checkpoints name the router ``mlp.gate.wg``, the shared MLP ``mlp.shared_mlp`` and
+the q/k norms ``self_attn.query_layernorm`` / ``key_layernorm``.
+
+moec normalises q and k before the rotation (Qwen3, OLMoE); a learned per-dimension weight does not commute
+with the rotation, so every config of this family is refused, naming that feature, until the schema has it.
+Hunyuan-A13B's release carries fields of Tencent's own code transformers does not read (use_qk_norm,
+use_mixed_mlp_moe, num_shared_expert, moe_intermediate_size lists, ...): each is accepted when it says what
+transformers builds, and refused as ambiguous when it does not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
+from moec.hf.families._common import activation, base, defaults, gqa, moe_core, router
+from moec.hf.mapper import Mapper
+from moec.spec.plan import LayerPlan
+
+if TYPE_CHECKING:
+    import torch
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=290943, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                    eod_token_id=3, attention_bias=False, num_experts=1, moe_topk=1, head_dim=None)
+# fmt: on
+
+QK_NORM_AFTER_ROPE = (
+    "attention.qk_norm_after_rope: bool — RMSNorm(head_dim) on q and k after the rotation instead of before "
+    "(HunYuan-V1). No count change"
+)
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    base(c, d, "HunYuan-MoE-V1")
+    if c.value("head_dim") is None:
+        c.bad("head_dim", "null: HunYuanMoEV1Attention and its rotary read head_dim and do not derive it")
+    b = c.bool("attention_bias")
+    gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
+    d.put("attention.qk_norm", True, "HunYuanMoEV1Attention: query_layernorm, key_layernorm (RMSNorm(head_dim))")
+    d.gap(
+        "model_type",
+        "hunyuan_v1_moe",
+        "HunYuanMoEV1Attention normalises q and k (query_layernorm, key_layernorm, learned weights) after the "
+        "rotation; moec normalises before it, which differs unless each weight pair (i, i + head_dim/2) is equal",
+        QK_NORM_AFTER_ROPE,
+    )
+    _ntk_alpha(c, d)
+    _experts(c, d)
+    router(
+        d,
+        "HunYuanMoEV1Gate: softmax over all experts, top-k, renormalised",
+        score="softmax",
+        softmax_after_topk=False,
+        normalize_topk=True,
+    )
+    d.section(
+        "moe",
+        n_shared_experts=(1, "HunYuanMoEV1Moe.shared_mlp (always on, no gate)"),
+        d_ff_shared=(d.get("moe.d_ff"), c.src("intermediate_size")),
+    )
+    d.ffn_note = "every HunYuan-MoE-V1 layer is MoE"
+    c.value("eod_token_id")  # a token id
+    _release_fields(c, d)
+
+
+def _ntk_alpha(c: HFConfig, d: Draft) -> None:
+    """rope type "dynamic" with an alpha: HunYuanMoEV1RotaryEmbedding's ntk_alpha, a fixed base θ·α^(d/(d−2))
+    whatever the sequence length (its dynamic update applies to "dynamic" only, not to ntk_alpha)."""
+    where = "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
+    params = c.value(where)
+    if not isinstance(params, dict) or (params.get("rope_type") or params.get("type")) != "dynamic":
+        return
+    alpha, hd = params.get("alpha"), c.value("head_dim")
+    if not alpha:
+        return
+    if not is_number(alpha) or alpha <= 0:
+        c.bad(f"{where}.alpha", f"{shown(alpha)}: expected a positive number")
+        return
+    # what read_rope made of the dynamic type: its scaling, and the alpha it does not know, give way to the base
+    d.gaps = [g for g in d.gaps if g.field != f"{where}.alpha"]
+    for k in [k for k in d.fields if k.startswith("model.positions.scaling.")]:
+        del d.fields[k]
+    if not is_int(hd) or hd <= 2:
+        return  # reported by the head_dim check
+    theta, src = d.fields["model.positions.theta"]
+    factor = f"; its factor {shown(params['factor'])} unused" if "factor" in params else ""
+    note = f"{src} · {where}.alpha^(head_dim/(head_dim-2)) (ntk_alpha{factor})"
+    d.put("model.positions.theta", theta * alpha ** (hd / (hd - 2)), note)
+
+
+def _experts(c: HFConfig, d: Draft) -> None:
+    """Experts intermediate_size wide; moe_topk one int, or one per layer (HunYuanMoEV1Gate takes
+    moe_topk[layer]), which moec's single top_k can say only when they are all equal."""
+    k = c.value("moe_topk")
+    if not isinstance(k, list):
+        moe_core(c, d, experts_key="num_experts", width_key="intermediate_size", top_k_key="moe_topk")
+        return
+    d.section(
+        "moe",
+        n_experts=(c.int("num_experts"), c.src("num_experts")),
+        d_ff=(c.int("intermediate_size"), c.src("intermediate_size")),
+        activation=(activation(c, d), c.src("hidden_act") + " (gated)"),
+    )
+    if not k or not all(is_int(x) and x >= 1 for x in k):
+        c.bad("moe_topk", f"{shown(k)}: expected an integer ≥ 1 or a list of them, one per layer")
+    elif d.layers_known and len(k) != d.n_layers:
+        c.bad("moe_topk", f"{len(k)} entries for {d.n_layers} layers")
+    elif len(set(k)) > 1:
+        d.gap("moe_topk", k, "a different top-k per layer", "moe.router.top_k per layer (in layers.overrides)")
+    d.put("moe.router.top_k", k[0] if k and is_int(k[0]) else 1, "moe_topk (one per layer, all equal)")
+
+
+def _release_fields(c: HFConfig, d: Draft) -> None:
+    """Fields of Tencent's Hunyuan code transformers does not read: each must say what transformers builds (one
+    ungated shared MLP and q/k norms in every layer, every width intermediate_size, no cross-layer attention)."""
+    f, hd = d.get("moe.d_ff"), d.get("attention.head_dim")
+    for key, want in (("use_qk_norm", True), ("use_mixed_mlp_moe", True), ("use_cla", False),
+                      ("attention_head_dim", hd)):  # fmt: skip
+        _agrees(c, d, key, lambda v, want=want: v == want and type(v) is type(want))
+    _agrees(c, d, "moe_intermediate_size", lambda v: _each(v, lambda x: x == f))
+    _agrees(c, d, "num_shared_expert", lambda v: _each(v, lambda x: x == 1))
+    c.value("cla_share_factor")  # how many layers share a KV cache under use_cla (refused above when on)
+
+
+def _each(v: Any, ok: Any) -> bool:
+    """An int, or a per-layer list of them, every one ``ok``."""
+    values = v if isinstance(v, list) and v else [v]
+    return all(is_int(x) and ok(x) for x in values)
+
+
+def _agrees(c: HFConfig, d: Draft, key: str, ok: Any) -> None:
+    v = c.value(key)
+    if v is not None and not ok(v):
+        d.gap(
+            key,
+            v,
+            f"transformers' HunYuan-MoE-V1 ignores {key}, and what it builds disagrees with it: ambiguous",
+            f"none: remove {key} (what transformers runs) or make it agree",
+        )
+
+
+class HunYuanMoEV1Mapper(Mapper):
+    """HunYuan's names: the router ``mlp.gate.wg``, the shared MLP ``mlp.shared_mlp``, the q/k norms
+    ``query_layernorm`` / ``key_layernorm``."""
+
+    routers = ("gate.wg.",)
+    shared = "shared_mlp."
+
+    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        names = {"q_norm.weight": "query_layernorm.weight", "k_norm.weight": "key_layernorm.weight"}
+        return super().attention(p, lp, names.get(leaf, leaf))
+
+
+FAMILY = Family(
+    "hunyuan_v1_moe",
+    "HunYuanMoEV1ForCausalLM",
+    DEFAULTS,
+    translate,
+    aliases={"num_experts_per_tok": "moe_topk", "num_local_experts": "num_experts"},
+    mapper=HunYuanMoEV1Mapper,
+)

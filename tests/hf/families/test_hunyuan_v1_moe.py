@@ -1,0 +1,180 @@
+"""HunYuan-MoE V1 (model_type hunyuan_v1_moe, Hunyuan-A13B): refused, naming the feature moec lacks (q/k norms
+after the rotation). The rest of the mapping is held to transformers all the same: the nearest spec's counts equal
+transformers' model on meta, and on a tiny checkpoint whose q/k norm weights make the order of norm and rotation
+immaterial, the nearest spec with the checkpoint's weights gives transformers' logits and router choices; with
+ordinary weights it does not, which is why the import is refused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from moec.analyze import analyze
+from moec.errors import SpecError
+from moec.hf import hf_to_model
+from moec.hf.config import plan_differences, render_yaml, translate
+from moec.spec import load_spec, resolve
+from tests.hf.configs import hf_model_on_meta
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from moec.hf.checkpoint import Checkpoint  # noqa: E402
+from moec.hf.weights import read_weights  # noqa: E402
+from moec.nn import build_model  # noqa: E402
+from moec.nn.router import Router  # noqa: E402
+from tests.hf.families.test_dots1 import tiny_hf  # noqa: E402
+from tests.hf.test_weights import TOKENS, by_expert  # noqa: E402
+
+# tencent/Hunyuan-A13B-Instruct config.json: the fields two public copies hold (a Swift port's fixture of the
+# release, with model_type "hunyuan" of Tencent's remote code, and a profiler's test copy spelt for transformers:
+# model_type hunyuan_v1_moe, head_dim 128); max_position_embeddings 32768 from the model card's 32K context.
+# Published: 80B total, 13B activated parameters.
+HUNYUAN_A13B = {
+    "architectures": ["HunYuanMoEV1ForCausalLM"],
+    "model_type": "hunyuan_v1_moe",
+    "attention_bias": False,
+    "attention_head_dim": 128,
+    "head_dim": 128,
+    "hidden_size": 4096,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 32768,
+    "moe_intermediate_size": [3072] * 32,
+    "moe_topk": [8] * 32,
+    "num_attention_heads": 32,
+    "num_experts": 64,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "num_shared_expert": [1] * 32,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"alpha": 1000.0, "factor": 1.0, "type": "dynamic"},
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+    "use_cla": False,
+    "use_mixed_mlp_moe": True,
+    "use_qk_norm": True,
+    "vocab_size": 128167,
+}
+
+# NTK-alpha rotary, a per-layer moe_topk list, tied embeddings, the ungated shared MLP.
+TINY = {
+    "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "num_hidden_layers": 2, "intermediate_size": 32,
+    "num_experts": 8, "moe_topk": [2, 2], "tie_word_embeddings": True, "rope_theta": 1e4,
+    "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
+}  # fmt: skip
+
+FEATURE = "attention.qk_norm_after_rope"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def nearest_plan(cfg: dict):
+    """The spec the importer drafts (every problem but the named gaps must be absent) and its gaps."""
+    t = translate({"model_type": "hunyuan_v1_moe", **cfg})
+    assert not t.problems(gaps=False)
+    return resolve(load_spec("draft", text=render_yaml(t))), t.gaps
+
+
+def test_release_is_refused_naming_the_feature_at_model_type():
+    with pytest.raises(SpecError) as e:
+        hf_to_model(HUNYUAN_A13B)
+    (problem,) = e.value.problems
+    assert problem.path == "model_type" and FEATURE in problem.message and "after the rotation" in problem.message
+
+
+def test_nearest_spec_counts_equal_transformers_model_on_meta():
+    """The refusal costs no parameter (the gap's delta is 0): the nearest spec's total and active are
+    transformers'."""
+    plan, gaps = nearest_plan(HUNYUAN_A13B)
+    assert [g.param_delta for g in gaps] == [0]
+    model = hf_model_on_meta(HUNYUAN_A13B)
+    total = sum(p.numel() for p in model.parameters())
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
+    params = analyze(plan).params
+    assert (params.total, params.active) == (total, total - routed * (64 - 8) // 64)
+    assert round(params.total / 1e9) == 80 and round(params.active / 1e9) == 13  # 80.4B, 12.7B
+
+
+def test_release_config_as_transformers_saves_it_drafts_the_same_spec():
+    """save_pretrained's spelling: rope_parameters holding the alpha and the base, the class defaults written."""
+    saved, _ = nearest_plan(hf_model_on_meta(HUNYUAN_A13B).config.to_dict())
+    assert plan_differences(saved, nearest_plan(HUNYUAN_A13B)[0]) == []
+
+
+def test_ntk_alpha_becomes_the_base_transformers_rotates_with():
+    plan, _ = nearest_plan(TINY)
+    hf = tiny_hf("hunyuan_v1_moe", TINY)
+    theta = plan.positions.theta
+    assert plan.positions.scaling is None and theta == pytest.approx(1e4 * 1000.0 ** (16 / 14), rel=1e-15)
+    ours = 1.0 / theta ** (torch.arange(0, 16, 2, dtype=torch.float) / 16)
+    assert torch.equal(ours, hf.model.rotary_emb.inv_freq)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"use_qk_norm": False}, "use_qk_norm"),  # transformers builds the norms whatever it says
+        ({"use_mixed_mlp_moe": False}, "use_mixed_mlp_moe"),  # ... and the shared MLP
+        ({"use_cla": True}, "use_cla"),  # ... and no cross-layer KV sharing
+        ({"num_shared_expert": [2] * 32}, "num_shared_expert"),
+        ({"moe_intermediate_size": [1536] * 32}, "moe_intermediate_size"),  # the experts are intermediate_size
+        ({"attention_head_dim": 64}, "attention_head_dim"),
+        ({"moe_topk": [8] * 16 + [4] * 16}, "moe_topk"),  # one top-k per layer
+        ({"head_dim": None}, "head_dim"),  # transformers does not derive it
+    ],
+)
+def test_fields_that_disagree_with_what_transformers_builds_are_refused_too(change, field):
+    with pytest.raises(SpecError) as e:
+        hf_to_model({**HUNYUAN_A13B, **change})
+    assert sorted(p.path for p in e.value.problems) == sorted(["model_type", field])
+
+
+def _hooked(modules, pick):
+    choices, hooks = {}, []
+    for name, mod in modules:
+        i = int(re.search(r"layers\.(\d+)\.", name).group(1))
+        hooks.append(mod.register_forward_hook(lambda m, a, out, i=i: choices.__setitem__(i, pick(out))))
+    return choices, hooks
+
+
+def run(hf, model):
+    """(transformers' logits, moec's logits, transformers' and moec's per-layer (experts, weights))."""
+    hf_choices, h1 = _hooked([(n, m) for n, m in hf.named_modules() if n.endswith("mlp.gate")], lambda o: (o[2], o[1]))
+    routers = [(n, m) for n, m in model.named_modules() if isinstance(m, Router)]
+    our_choices, h2 = _hooked(routers, lambda o: (o.topk_idx, o.topk_w))
+    with torch.no_grad():
+        want, got = hf(TOKENS).logits, model(TOKENS)[0]
+    for h in h1 + h2:
+        h.remove()
+    return want, got, hf_choices, our_choices
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_nearest_spec_gives_transformers_logits_exactly_when_norm_order_is_immaterial(symmetric, tmp_path):
+    """q/k norm weights with w[i] == w[i + head_dim/2] commute with the rotation (each rotated pair scales alike):
+    then the nearest spec, loaded through the family's Mapper, is transformers' model; with ordinary weights the
+    logits differ, so importing it would approximate."""
+    hf = tiny_hf("hunyuan_v1_moe", TINY)
+    if symmetric:
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith(("query_layernorm.weight", "key_layernorm.weight")):
+                    p.copy_(p[:8].repeat(2))
+    hf.save_pretrained(tmp_path)
+    plan, _ = nearest_plan(TINY)
+    model = build_model(plan, device="cpu", dtype=torch.float32, seed=0).eval()
+    weights = read_weights(Checkpoint(tmp_path), "hunyuan_v1_moe", model, device=torch.device("cpu"))
+    model.load_state_dict({**weights, "lm_head.weight": weights["embed.weight"]})  # tied: read once
+    want, got, hf_choices, our_choices = run(hf, model)
+    diff = (got - want).abs().max().item()
+    if not symmetric:
+        assert diff > 1e-2
+        return
+    assert diff <= 1e-4 and sorted(hf_choices) == sorted(our_choices) == [0, 1]
+    for i in hf_choices:
+        hf_idx, hf_w = by_expert(*hf_choices[i])
+        our_idx, our_w = by_expert(*our_choices[i])
+        assert torch.equal(our_idx, hf_idx)
+        torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)

@@ -56,6 +56,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         selection_bias=True,
         normalize_topk=True,
     )
+    d.put("moe.router.selection_bias_parameter", True, "Ernie4_5_MoeStatics: an nn.Parameter (no gradient), counted")
     _norm_min(c, d)
     n_shared = c.int("moe_num_shared_experts", minimum=0)
     if n_shared:

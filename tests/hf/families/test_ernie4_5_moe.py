@@ -1,9 +1,8 @@
-"""ERNIE-4.5 MoE (model_type ernie4_5_moe): the release's counts equal transformers' model on meta (less the
-correction bias, which transformers keeps as a frozen parameter and moec as a buffer); which layers are MoE
-follows transformers' modules; the shipped spec is the release; a tiny random checkpoint saved by transformers
-loads with moec.from_hf to transformers' logits and router choices (interleaved rotary pairs, the selection
-bias, biases); the generated model.py gives moec.nn's logits; Baidu's own fields are named where they agree
-with what transformers builds and refused where they do not."""
+"""ERNIE-4.5 MoE (model_type ernie4_5_moe): the release's counts equal transformers' model on meta; which layers
+are MoE follows transformers' modules; the shipped spec is the release; a tiny random checkpoint saved by
+transformers loads with moec.from_hf to transformers' logits and router choices (interleaved rotary pairs, the
+selection bias, biases); the generated model.py gives moec.nn's logits; Baidu's own fields are named where they
+agree with what transformers builds and refused where they do not."""
 
 from __future__ import annotations
 
@@ -87,22 +86,12 @@ BIASED = {**TINY, "use_bias": True, "moe_num_shared_experts": 0, "tie_word_embed
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def correction_biases(cfg: dict) -> int:
-    """Elements of transformers' frozen parameters: they are the correction biases, (1, E) per MoE layer."""
-    model = hf_model_on_meta(cfg)
-    frozen = {n: p.numel() for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen and all(n.endswith("moe_statics.e_score_correction_bias") for n in frozen)
-    return sum(frozen.values())
-
-
-def test_release_counts_equal_transformers_model_on_meta_less_the_correction_bias():
-    """transformers holds the correction bias as a frozen nn.Parameter, moec (as for DeepSeek-V3, whose
-    transformers model holds it as a buffer) as a buffer the analyzer does not count: 27 MoE layers × 64."""
+def test_release_counts_equal_transformers_model_on_meta():
+    """The correction bias counts, as transformers' frozen nn.Parameter does: 27 MoE layers × 64 in the router."""
     params = analyze(hf_to_model(ERNIE_45_21B_A3B_PT)).params
-    total, active = hf_counts(ERNIE_45_21B_A3B_PT)
-    bias = correction_biases(ERNIE_45_21B_A3B_PT)
-    assert bias == 27 * 64
-    assert (params.total, params.active) == (total - bias, active - bias)
+    assert (params.total, params.active) == hf_counts(ERNIE_45_21B_A3B_PT)
+    frozen = {n: p.numel() for n, p in hf_model_on_meta(ERNIE_45_21B_A3B_PT).named_parameters() if not p.requires_grad}
+    assert all(n.endswith("moe_statics.e_score_correction_bias") for n in frozen) and sum(frozen.values()) == 27 * 64
     assert round(params.total / 1e8) == 218 and round(params.active / 1e8) == 34  # 21.8B, 3.4B with embeddings
 
 
@@ -155,8 +144,7 @@ def test_biases_on_shared_but_not_routed_experts_are_refused_by_exactly_their_co
     assert [p.path for p in e.value.problems] == ["use_bias"]
     t = translate(cfg)
     nearest = analyze(resolve(load_spec("draft", text=render_yaml(t)))).params.total
-    total, _ = hf_counts(cfg)
-    assert nearest + sum(g.param_delta for g in t.gaps) == total - correction_biases(cfg)
+    assert nearest + sum(g.param_delta for g in t.gaps) == hf_counts(cfg)[0]
 
 
 @pytest.mark.parametrize(
@@ -216,10 +204,11 @@ def test_the_selection_bias_is_loaded_and_moves_choices(checkpoint):
     hf, folder = checkpoint("shared experts")
     model = moec.from_hf(folder)
     _, hf_choices = weights.run_hf(hf)
-    biases = [b for n, b in model.named_buffers() if n.endswith("expert_bias")]
+    biases = [b for n, b in model.state_dict(keep_vars=True).items() if n.endswith("expert_bias")]
     assert len(biases) == 2 and all(b.abs().max() > 0 for b in biases)
-    for b in biases:
-        b.zero_()
+    with torch.no_grad():
+        for b in biases:
+            b.zero_()
     _, ours = weights.run_moec(model)
     assert any(not torch.equal(ours[i][0].sort(-1)[0], hf_choices[i][0].sort(-1)[0]) for i in hf_choices)
 

@@ -125,6 +125,7 @@ class Features:
     rope_any: bool  # some layer rotates q and k
     rope_param: bool  # some do, some don't: Attention takes `rope`
     partial_rotary: bool  # GQA heads rotate only their first ROPE_DIM dims
+    layer_rope_theta: bool  # some rotating layer has a RoPE base of its own: Attention takes `rope_theta`
     scaling: str | None
     yarn_truncate: bool
     yarn_attention: str  # "stated", "ratio" or "default"
@@ -196,7 +197,10 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
             raise ValueError(f"codegen does not support {what} yet; use the library model (moec.nn)")
 
     # attention: one configuration, except the window and RoPE of each layer
-    a = _one([dataclasses.replace(x, window=None, rope=True) for x in attns], "attention (besides window and rope)")
+    a = _one(
+        [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns],
+        "attention (besides window, rope and rope_theta)",
+    )
     kind = _choice(a.kind, ("gqa", "mla"), "attention.kind")
     ropes = [_bool(x.rope, "attention.rope") for x in attns]
     for x in attns:
@@ -231,6 +235,9 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
     if any(ropes):
         c["rope_theta"] = _float(plan.positions.theta, "positions.theta")
         c["rope_dim"] = _int(plan.rope_dim, "rope dim")
+        thetas = [plan.positions.theta] + [x.rope_theta for x in attns if x.rope and x.rope_theta is not None]
+        bases = [_float(t, "rope_theta") for t in dict.fromkeys(thetas)]
+        c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
     if sc is not None and any(ropes):
         c["rope_factor"] = _float(sc.factor, "scaling.factor")
         if scaling in ("dynamic", "yarn", "llama3"):
@@ -300,6 +307,7 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),
         partial_rotary=any(ropes) and kind == "gqa" and plan.rope_dim != a.head_dim,
+        layer_rope_theta=any(x.rope and x.rope_theta is not None for x in attns),
         scaling=scaling,
         yarn_truncate=scaling == "yarn" and _bool(sc.truncate, "scaling.truncate"),
         yarn_attention=yarn_attention,
@@ -377,6 +385,8 @@ def _attention_args(a: AttentionPlan, f: Features) -> tuple[str, list[str]]:
         args.append(f"window={_int(a.window, 'window')}")
     if f.rope_param and not a.rope:
         args.append("rope=False")
+    if a.rope and a.rope_theta is not None:
+        args.append(f"rope_theta={_float(a.rope_theta, 'rope_theta')}")
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={_float(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:

@@ -14,6 +14,7 @@ to (−cap, cap) by cap·tanh(logits/cap) (Gemma 2's final_logit_softcapping), t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -116,8 +117,14 @@ class MoecModel(nn.Module):
         self.embed = Embedding(V, d, **kw)
         self.pos_embed = Embedding(plan.max_seq_len, d, **kw) if plan.positions.kind == "learned" else None
         self.rotary = None
+        # layers with their own rope_theta (MiMo-V2-Flash's sliding layers) get tables of their own; no
+        # parameters or buffers, so a plain dict: the state_dict is the same with or without them
+        self.layer_rotary: dict[float, RotaryEmbedding] = {}
         if plan.positions.kind == "rope":
             self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
+            for theta in {lp.attention.rope_theta for lp in plan.layers} - {None}:
+                positions = dataclasses.replace(plan.positions, theta=theta)
+                self.layer_rotary[theta] = RotaryEmbedding(positions, plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
@@ -140,9 +147,10 @@ class MoecModel(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(S, device=tokens.device))
         rope = self.rotary(S, x.device, x.dtype) if self.rotary is not None else None  # (S, rope_dim) ×2
+        ropes = {None: rope} | {theta: r(S, x.device, x.dtype) for theta, r in self.layer_rotary.items()}
         auxes: list[MoEAux | None] = []
-        for block in self.layers:
-            x, aux = block(x, rope)
+        for block, lp in zip(self.layers, self.plan.layers, strict=True):
+            x, aux = block(x, ropes[lp.attention.rope_theta])
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)

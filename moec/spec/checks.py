@@ -97,6 +97,8 @@ def _check_attention_features(spec: Spec, bad: Bad) -> None:
         bad(("attention", "qk_norm_kind"), "the weightless l2 norm is per head: needs qk_norm_scope head")
     if a.qk_norm_kind != "model" and not a.qk_norm and not _written_anywhere(spec, "qk_norm"):
         bad(("attention", "qk_norm_kind"), "only meaningful with qk_norm: true (here or in layers.*.attention)")
+    if m.positions.kind != "rope" and _written_anywhere(spec, "rope_theta"):
+        bad(_where_written(spec, "rope_theta"), "a layer's rope_theta needs model.positions.kind: rope")
     if a.temperature_tuning is None and _written_anywhere(spec, "temperature_tuning", value=True):
         bad(("attention", "temperature_tuning"), "layers turn temperature_tuning on but attention has none")
 
@@ -316,6 +318,14 @@ def _default_reaches_a_layer(spec: Spec) -> bool:
         if ov.ffn is not None:
             assign_selected(covered, ov.select, 1)
     return 0 in covered
+
+
+def _where_written(spec: Spec, field: str) -> Path:
+    """The first place layers.default or an override writes attention.<field>."""
+    if field in spec.layers.default.attention.model_fields_set:
+        return ("layers", "default", "attention", field)
+    j = next(j for j, ov in enumerate(spec.layers.overrides) if ov.attention and field in ov.attention.model_fields_set)
+    return ("layers", "overrides", j, "attention", field)
 
 
 def _written_anywhere(spec: Spec, field: str, value: bool | None = None) -> bool:

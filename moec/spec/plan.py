@@ -92,6 +92,7 @@ class AttentionPlan:
     temperature_floor_scale: float | None = None
     temperature_scale: float | None = None
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
+    rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
 
     @property
     def qk_dim(self) -> int:

@@ -64,6 +64,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         "chunk": a.chunk,
         "qk_norm": a.qk_norm,
         "temperature_tuning": a.temperature_tuning is not None,
+        "rope_theta": None,  # model.positions.theta
     }
     attn_fields = {
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in per_layer.items()
@@ -93,6 +94,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "qk_norm_kind": a.qk_norm_kind,
             "temperature_floor_scale": tt.floor_scale if tt else None,
             "temperature_scale": tt.scale if tt else None,
+            "rope_theta": None if i is None else attn_fields["rope_theta"][i],
         }
         if a.kind == "mla":
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None

@@ -259,6 +259,9 @@ class AttentionOverride(Strict):
     rope: bool = True
     qk_norm: bool = False  # per-layer on/off of attention.qk_norm (Llama-4: rope layers only)
     temperature_tuning: bool = False  # per-layer on/off of attention.temperature_tuning (Llama-4: NoPE layers)
+    # this layer's RoPE base instead of model.positions.theta (MiMo-V2-Flash, Mellum: 10^4 on sliding layers,
+    # 5·10^6 on full ones); the model's scaling and rotary_dim apply to it alike
+    rope_theta: Annotated[float, Field(gt=0, le=1e12)] | None = None
 
 
 class LayerDefault(Strict):

@@ -39,6 +39,7 @@ COUNT_NEUTRAL = {
     "partial rotary factor": ("model.positions.partial_rotary_factor=0.5",),
     "norms after each sublayer": ("model.norm.placement=after_sublayer",),  # two per layer and a final one
     "logit softcap and scaling": ("model.logit_softcap=30.0", "model.logits_scaling=8.0"),
+    "per-layer rope theta": ("layers.default.attention.rope_theta=1.0e6",),
 }
 
 

@@ -33,6 +33,15 @@ CASES = {
         router="score: sigmoid, normalize_topk: true, selection_bias: true, selection_bias_parameter: true",
         balance="balance: {bias_update_rate: 0.01}",
     ),
+    "per-layer rope theta": variant(
+        model="positions: {kind: rope, theta: 500000.0}",
+        attn="n_kv_heads: 2",
+        moe=True,
+        overrides="{select: [0, 2], attention: {window: 4, rope_theta: 10000.0}}",
+    ),
+    "per-layer rope theta, yarn, mla, mtp": DEEPSEEK.replace(
+        "ffn: dense}]", "ffn: dense}, {select: [1], attention: {rope_theta: 50000.0}}]"
+    ),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
     "logit softcap after scaling, mtp": DEEPSEEK.replace(
         "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"
@@ -75,6 +84,7 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
         ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
         ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
         ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
+        ("per-layer rope theta", ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta])"]),
         ("logit softcap", ["LOGIT_SOFTCAP = 0.5", "torch.tanh(logits / LOGIT_SOFTCAP) * LOGIT_SOFTCAP"]),
     ],
 )

@@ -307,3 +307,52 @@ def test_the_loss_gives_the_selection_bias_parameter_no_gradient_and_update_bias
     # 24 slots over 8 experts: each bias moved by ±0.01 toward the mean load, or stayed where the load is the mean
     moved = bias.detach().abs()
     assert torch.all((moved == 0) | (moved == torch.tensor(0.01))) and moved.sum() > 0  # fp32's 0.01
+
+
+# --- per-layer RoPE theta --------------------------------------------------------------------------------
+
+MELLUM = """
+name: tiny-mellum
+model: {vocab_size: 128, d_model: 64, n_layers: 3, max_seq_len: 64, norm: {kind: rmsnorm, eps: 1.0e-6},
+        positions: {kind: rope, theta: 500000.0}}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 16, qk_norm: true}
+ffn: {d_ff: 96}
+moe: {n_experts: 4, d_ff: 32, router: {top_k: 2, score: softmax, normalize_topk: true}}
+layers:
+  default: {ffn: moe}
+  overrides:
+    - {select: [0], ffn: dense}
+    - {select: [0, 2], attention: {window: 5, rope_theta: 10000.0}}
+"""
+
+
+def hf_mellum():
+    from transformers import MellumConfig, MellumForCausalLM
+
+    cfg = MellumConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=True, rms_norm_eps=1e-6, max_position_embeddings=64, sliding_window=5,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        mlp_layer_types=["dense", "sparse", "sparse"], tie_word_embeddings=False, attn_implementation="eager",
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    return MellumForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("theta_on_sliding_layers", [10000.0, None])
+def test_per_layer_rope_theta_matches_transformers_mellum(theta_on_sliding_layers):
+    """With the sliding layers' own base moec gives Mellum's logits; with the model's base everywhere it does
+    not (the test sees the difference)."""
+    torch.manual_seed(0)
+    hf = hf_mellum().eval()
+    randomize(hf)
+    text = MELLUM if theta_on_sliding_layers else MELLUM.replace(", rope_theta: 10000.0", "")
+    plan = resolve(load_spec("t.yaml", text=text))
+    assert [lp.attention.rope_theta for lp in plan.layers] == [theta_on_sliding_layers, None, theta_on_sliding_layers]
+    ours = build_model(plan, device="cpu", dtype=torch.float32, seed=0)
+    hf_into_moec(hf, ours.eval(), {"input_layernorm.": "attn_norm.", "post_attention_layernorm.": "ffn_norm."})
+    got, want = logits_of_both(hf, ours, 128)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4) == (theta_on_sliding_layers is not None)

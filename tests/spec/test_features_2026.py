@@ -202,3 +202,27 @@ def test_selection_bias_parameter_without_a_selection_bias_is_located():
         f"{located(text, 14, 'true}')} moe.router.selection_bias_parameter: needs router.selection_bias: true "
         "(the bias it stores)"
     ]
+
+
+# --- per-layer RoPE theta --------------------------------------------------------------------------------
+
+
+def test_rope_theta_per_layer_follows_the_overrides():
+    text = GQA.replace("ffn: {d_ff: 32}", "ffn: {d_ff: 32}\nlayers:\n  default: {attention: {rope_theta: 1.0e6}}\n"
+                       "  overrides: [{select: [1], attention: {window: 8, rope_theta: 10000.0}}]")  # fmt: skip
+    p = plan(text)
+    assert [(lp.attention.rope_theta, lp.attention.window) for lp in p.layers] == [(1e6, None), (1e4, 8)]
+    assert p.positions.theta == 10000.0  # the model's own base is untouched (MTP blocks use it)
+    assert [lp.attention.rope_theta for lp in plan().layers] == [None, None]
+    assert plan_from_dict(p.to_dict()) == p
+
+
+def test_rope_theta_without_rope_positions_is_located():
+    text = (
+        GQA.replace("kind: rope}", "kind: learned}")
+        + "layers: {overrides: [{select: [1], attention: {rope_theta: 1.0e4}}]}\n"
+    )
+    assert errors(text) == [
+        f"{located(text, 11, '1.0e4')} layers.overrides[0].attention.rope_theta: a layer's rope_theta needs "
+        "model.positions.kind: rope"
+    ]

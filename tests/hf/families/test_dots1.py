@@ -13,6 +13,7 @@ from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf import hf_to_model, import_hf_config
 from moec.hf.config import plan_differences
+from moec.spec import load_model
 from tests.hf.configs import hf_model_on_meta
 
 torch = pytest.importorskip("torch")
@@ -79,6 +80,10 @@ def test_release_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model(DOTS_LLM1_INST)).params
     assert (params.total, params.active) == hf_counts(DOTS_LLM1_INST)
     assert round(params.total / 1e9) == 143 and round(params.active / 1e9) == 14  # 142.8B, 14.0B
+
+
+def test_shipped_spec_is_the_import_of_the_release_config():
+    assert plan_differences(load_model("dots-llm1"), hf_to_model(DOTS_LLM1_INST)) == []
 
 
 def test_release_config_as_transformers_saves_it_imports_to_the_same_plan():

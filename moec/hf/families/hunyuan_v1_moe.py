@@ -14,6 +14,7 @@ transformers builds, and refused as ambiguous when it does not.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
@@ -91,7 +92,14 @@ def _ntk_alpha(c: HFConfig, d: Draft) -> None:
     theta, src = d.fields["model.positions.theta"]
     factor = f"; its factor {shown(params['factor'])} unused" if "factor" in params else ""
     note = f"{src} · {where}.alpha^(head_dim/(head_dim-2)) (ntk_alpha{factor})"
-    d.put("model.positions.theta", theta * alpha ** (hd / (hd - 2)), note)
+    try:
+        stretched = theta * alpha ** (hd / (hd - 2))
+    except OverflowError:  # alpha near the float maximum: past any base the spec allows anyway
+        stretched = math.inf
+    if not math.isfinite(stretched):
+        c.bad(f"{where}.alpha", f"{shown(alpha)}: stretches the rotary base past any finite number")
+        return
+    d.put("model.positions.theta", stretched, note)
 
 
 def _experts(c: HFConfig, d: Draft) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from types import ModuleType
 
 from moec.hf.draft import CannotExport, Family, layer_pattern
 
-__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "CannotExport", "Family", "export_order", "layer_pattern"]
+__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "CannotExport", "Family", "discover", "export_order", "layer_pattern"]
 
 
 def _families_of(module: ModuleType) -> tuple[Family, ...]:
@@ -31,13 +32,15 @@ def _families_of(module: ModuleType) -> tuple[Family, ...]:
     return families
 
 
-def _discover() -> dict[str, Family]:
+def discover(path: Iterable[str], package: str) -> dict[str, Family]:
+    """Every family the modules of ``package`` (found on ``path``) define, by model_type; modules whose
+    names start with ``_`` hold shared helpers and are not read."""
     found: dict[str, Family] = {}
     where: dict[str, str] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")  # a broken module raises here
+        module = importlib.import_module(f"{package}.{info.name}")  # a broken module raises here
         for fam in _families_of(module):
             if fam.model_type in found:
                 raise ImportError(
@@ -47,7 +50,7 @@ def _discover() -> dict[str, Family]:
     return dict(sorted(found.items()))
 
 
-FAMILIES: dict[str, Family] = _discover()
+FAMILIES: dict[str, Family] = discover(__path__, __name__)
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import ACTIVATIONS, clip_qkv, defaults, derived, dropout, layer_count, router
-from moec.hf.families._export_common import CannotExport, gated_hidden_act, moe_plan
+from moec.hf.families._export_common import gated_hidden_act, moe_plan
 from moec.hf.mapper import Mapper, Missing
 from moec.hf.rope import read_rope
 from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel

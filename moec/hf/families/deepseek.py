@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, dense_ffn, derived, moe_core, router
-from moec.hf.families._export_common import CannotExport, dense_plan, export_base, moe_plan
+from moec.hf.families._export_common import dense_plan, export_base, moe_plan
 from moec.spec.plan import ResolvedModel
 
 # fmt: off

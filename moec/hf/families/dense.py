@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import base, defaults, dense_ffn, gqa, typed_windows, uniform_window
-from moec.hf.families._export_common import CannotExport, dense_plan, export_base, layer_types, uniform_window_of
+from moec.hf.families._export_common import dense_plan, export_base, layer_types, uniform_window_of
 from moec.spec.plan import ResolvedModel
 
 # fmt: off

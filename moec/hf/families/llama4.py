@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import all_known, aux, base, defaults, dense_ffn, gqa, jitter_on_hidden, moe_core, router
-from moec.hf.families._export_common import CannotExport, dense_plan, export_base, export_moe_common, moe_plan
+from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import aux, base, clip_qkv, defaults, gqa, moe_core, router
-from moec.hf.families._export_common import CannotExport, export_base, export_moe_common, moe_plan, uniform_window_of
+from moec.hf.families._export_common import export_base, export_moe_common, moe_plan, uniform_window_of
 from moec.spec.plan import ResolvedModel
 
 # fmt: off

@@ -4,7 +4,34 @@ for what its checkpoints name or lay out differently, and names the subclass in 
 
 Importing this module never imports torch (``moec analyze config.json`` loads every family module): torch is
 imported inside the methods that build tensors, and only the annotations name it. The checkpoint reading and
-the whole-model loop are in ``checkpoint.py`` and ``weights.py``; the names and layouts are listed there.
+the whole-model loop are in ``checkpoint.py`` and ``weights.py``.
+
+**Names and layouts** the base Mapper knows: what transformers 5.23's save_pretrained writes, what older
+releases hold, and transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names are in
+:mod:`moec.nn.model`).
+
+- ``model.embed_tokens``, ``model.norm``, ``lm_head`` → ``embed``, ``norm``, ``lm_head``;
+  ``L.input_layernorm`` / ``L.post_attention_layernorm`` → ``layers.{i}.attn_norm`` / ``ffn_norm``.
+- ``L.self_attn.*`` → ``layers.{i}.attn.*``: the same names and [out, in] layout, GQA and MLA alike; no
+  permutation (moec's rotary conventions, DeepSeek's interleaved one included, are transformers').
+- a dense MLP ``L.mlp.{gate,up,down}_proj`` (nn.Linear, [out, in]) → ``ffn.w_gate_up`` (d, 2f) =
+  [gate.T | up.T], ``ffn.w_down`` (f, d) = down.T; shared experts (``mlp.shared_expert[s]``) alike.
+- the router ``L.mlp.gate`` (Mixtral, Qwen, DeepSeek, OLMoE), ``mlp.router`` (gpt-oss, with a bias),
+  ``block_sparse_moe.router[.layer]`` (Granite) → ``ffn.router.weight`` (E, d), no transpose;
+  ``gate.e_score_correction_bias`` → the ``ffn.router.expert_bias`` buffer.
+- routed experts → ``ffn.experts.w_gate_up`` (E, d, 2f) [gate | up] and ``w_down`` (E, f, d), from
+  * per-expert Linear (what save_pretrained writes): ``mlp.experts.{e}.{gate,up,down}_proj.weight``, or
+    Mixtral's ``block_sparse_moe.experts.{e}.{w1,w3,w2}.weight``: stacked and transposed;
+  * stacked (transformers' in-memory layout): ``mlp.experts.gate_up_proj`` (E, 2f, d) and ``down_proj``
+    (E, d, f): transposed; Granite's released ``input_linear`` / ``output_linear`` alike;
+  * gpt-oss: ``gate_up_proj`` (E, d, 2f) with gate and up in *alternate* columns (0::2, 1::2), re-split
+    into halves; ``down_proj`` (E, f, d) as is; their ``_bias`` vectors alike.
+- DeepSeek-V3's MTP depth j is decoder layer n_layers + j: ``enorm``, ``hnorm``, ``eh_proj``, the block
+  and ``shared_head.norm`` → ``mtp.{j}.*``; its ``embed_tokens`` and ``shared_head.head`` must equal the
+  model's (moec shares them).
+
+Other names and layouts (DBRX's fused Wqkv, Llama-4's rotary pairs, ...) are described by the Mapper subclass
+in their family's module.
 """
 
 from __future__ import annotations

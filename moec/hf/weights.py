@@ -6,35 +6,9 @@
 The files are read by ``checkpoint.py``: safetensors only (pickles are refused unopened), and only tensors of
 a floating-point dtype.
 
-**Names and layouts** — what transformers 5.23's save_pretrained writes, what older releases hold, and
-transformers' in-memory layout (``L.`` is ``model.layers.{i}.``; moec's names are in :mod:`moec.nn.model`). The
-common names are :class:`moec.hf.mapper.Mapper`'s, each family's own in its module's Mapper subclass:
-
-- ``model.embed_tokens``, ``model.norm``, ``lm_head`` → ``embed``, ``norm``, ``lm_head``;
-  ``L.input_layernorm`` / ``L.post_attention_layernorm`` → ``layers.{i}.attn_norm`` / ``ffn_norm``.
-- ``L.self_attn.*`` → ``layers.{i}.attn.*``: the same names and [out, in] layout, GQA and MLA alike; no
-  permutation (moec's rotary conventions, DeepSeek's interleaved one included, are transformers'), except
-  Llama-4's (below).
-- a dense MLP ``L.mlp.{gate,up,down}_proj`` (nn.Linear, [out, in]) → ``ffn.w_gate_up`` (d, 2f) =
-  [gate.T | up.T], ``ffn.w_down`` (f, d) = down.T; shared experts (``mlp.shared_expert[s]``) alike.
-- the router ``L.mlp.gate`` (Mixtral, Qwen, DeepSeek, OLMoE), ``mlp.router`` (gpt-oss, with a bias),
-  ``block_sparse_moe.router[.layer]`` (Granite) → ``ffn.router.weight`` (E, d), no transpose;
-  ``gate.e_score_correction_bias`` → the ``ffn.router.expert_bias`` buffer.
-- routed experts → ``ffn.experts.w_gate_up`` (E, d, 2f) [gate | up] and ``w_down`` (E, f, d), from
-  * per-expert Linear (what save_pretrained writes): ``mlp.experts.{e}.{gate,up,down}_proj.weight``, or
-    Mixtral's ``block_sparse_moe.experts.{e}.{w1,w3,w2}.weight``: stacked and transposed;
-  * stacked (transformers' in-memory layout): ``mlp.experts.gate_up_proj`` (E, 2f, d) and ``down_proj``
-    (E, d, f): transposed; Granite's released ``input_linear`` / ``output_linear`` alike;
-  * gpt-oss: ``gate_up_proj`` (E, d, 2f) with gate and up in *alternate* columns (0::2, 1::2), re-split
-    into halves; ``down_proj`` (E, f, d) as is; their ``_bias`` vectors alike;
-  * DBRX: ``w1``, ``v1`` (E·f, d), [out, in] per expert, are gate and up; ``w2`` (E·f, d) is [in, out].
-- Llama-4: ``feed_forward.`` for both MLP and MoE, ``router``, ``shared_expert``; stacked experts
-  ``gate_up_proj`` (E, d, 2f) and ``down_proj`` (E, f, d) are moec's layout already; its rotary pairs
-  adjacent dims, so q_proj and k_proj rows are permuted per head into moec's half layout.
-- DBRX's attention: ``Wqkv`` split by rows into q, k, v; ``out_proj`` → ``o_proj``.
-- DeepSeek-V3's MTP depth j is decoder layer n_layers + j: ``enorm``, ``hnorm``, ``eh_proj``, the block
-  and ``shared_head.norm`` → ``mtp.{j}.*``; its ``embed_tokens`` and ``shared_head.head`` must equal the
-  model's (moec shares them).
+Which checkpoint tensor gives which moec parameter, and how it is re-laid out, is the family's Mapper
+(:class:`moec.hf.mapper.Mapper` for transformers' common names, a subclass in the family's module of
+``moec/hf/families/`` for the rest), named by the registry.
 
 Every parameter and persistent buffer of the moec model must be found, of a floating-point dtype, and every
 tensor of the checkpoint must be used (only rotary ``inv_freq`` caches, a tied model's duplicate

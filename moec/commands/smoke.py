@@ -122,6 +122,8 @@ def _worker(spec: str, sets: tuple[str, ...], cfg, parallel: dict, fmt: str, npr
         raise CommandError(str(e)) from None
     if dist.get_rank() == 0:
         _show(result, fmt)
+    if not result.ok:  # every rank agrees on the step-0 check; rank 0 alone runs the kernel check
+        raise SystemExit(1)
 
 
 def _show(result, fmt: str) -> None:

@@ -17,6 +17,7 @@ import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,7 @@ from moec.smoke.dist_plan import (
     row_bytes,
 )
 from moec.smoke.dist_report import DistributedReport, RankReport, Step0Check
-from moec.smoke.report import SmokeResult
+from moec.smoke.report import Numerics, SmokeResult
 from moec.smoke.run import (
     BETAS,
     DISTINCT_BATCHES,
@@ -53,6 +54,9 @@ from moec.smoke.run import (
 )
 from moec.smoke.scale import Fitted, fit
 from moec.spec.plan import ResolvedModel
+
+if TYPE_CHECKING:
+    from moec.dist.mesh import Meshes
 
 UNKNOWN_BUDGET = 1 << 62  # a rank that cannot know its free memory (all-reduced with MIN)
 
@@ -92,6 +96,8 @@ def smoke_run_distributed(plan: ResolvedModel, cfg: SmokeConfig, par: Parallel, 
     batches = [data.batch(cfg.batch, cfg.seq) for _ in range(min(cfg.steps, DISTINCT_BATCHES))]
     mine = slice(s.dp_index * s.local_batch, (s.dp_index + 1) * s.local_batch)
     reference = _reference(small, cfg, s, batches[0]) if dist.get_rank() == 0 else None
+    single_step0 = torch.tensor([reference.step0 if reference else 0.0], dtype=torch.float64, device=device)
+    dist.broadcast(single_step0, src=0)  # every rank reaches the same verdict
 
     model = _parallel_model(small, s.run, meshes, par)
     memory = _PeakMemory(device)
@@ -104,7 +110,7 @@ def smoke_run_distributed(plan: ResolvedModel, cfg: SmokeConfig, par: Parallel, 
     for t in (*log.load, *log.dropped):  # the histograms of the whole batch
         dist.all_reduce(t, group=meshes.batch_group)
     ranks = _gather(model, s, log, peak, local_loads, par)
-    step0_check = _step0_check(step0, reference, s.run.dtype_name)
+    step0_check = _step0_check(step0, single_step0.item(), s.run.dtype_name)
     total = _total_log(log, ranks, s.layout.tp)
     result = summarize(
         plan,
@@ -190,7 +196,7 @@ def _agreed_budget(device: torch.device) -> int | None:
 class _Reference:
     state: dict[str, torch.Tensor]  # the initial weights, broadcast from here
     step0: float
-    numerics: object
+    numerics: Numerics | None
 
 
 def _reference(small: ResolvedModel, cfg: SmokeConfig, s: _Setup, first: torch.Tensor) -> _Reference:
@@ -220,7 +226,7 @@ def _reference(small: ResolvedModel, cfg: SmokeConfig, s: _Setup, first: torch.T
     return _Reference(model.state_dict(), total, numerics)
 
 
-def _parallel_model(small: ResolvedModel, run: RunChoices, meshes, par: Parallel) -> torch.nn.Module:
+def _parallel_model(small: ResolvedModel, run: RunChoices, meshes: Meshes, par: Parallel) -> torch.nn.Module:
     """On meta, parallelized. In bf16 with FSDP, the shards stay fp32 and FSDP2 computes in bf16 (the planner's
     mixed precision: 16 B of state per parameter)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -236,7 +242,7 @@ def _parallel_model(small: ResolvedModel, run: RunChoices, meshes, par: Parallel
 
 
 def _train(
-    model: torch.nn.Module, batches: list[torch.Tensor], cfg: SmokeConfig, s: _Setup, meshes, par: Parallel
+    model: torch.nn.Module, batches: list[torch.Tensor], cfg: SmokeConfig, s: _Setup, meshes: Meshes, par: Parallel
 ) -> tuple[TrainLog, float]:
     """The training loop on this rank's shares; the logged losses are those of the whole batch. Returns the log
     and the step-0 loss as backpropagated (cross-entropy and aux, summed over the ranks)."""
@@ -269,9 +275,8 @@ def _train(
     return log, totals[0] if totals else float("nan")
 
 
-def _step0_check(step0: float, reference: _Reference | None, dtype_name: str) -> Step0Check:
+def _step0_check(step0: float, single: float, dtype_name: str) -> Step0Check:
     tol = NUMERICS_TOL[dtype_name]
-    single = reference.step0 if reference else float("nan")
     rel = abs(step0 - single) / max(abs(single), 1e-12)
     return Step0Check(step0, single, rel, tol, rel <= tol)
 

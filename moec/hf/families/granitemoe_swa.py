@@ -32,7 +32,9 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 def _layer_rope(c: HFConfig, d: Draft) -> None:
     """layer_rope_theta: a rope base per layer, 0 for a layer without positions; unset, every layer rotates
-    with rope_parameters' base (GraniteMoeSWAConfig.__post_init__). moec has one base per model."""
+    with rope_parameters' base (GraniteMoeSWAConfig.__post_init__). The largest base becomes the model's and
+    the others the layers' own, so that a base out of the spec's range is refused at this field, by the check of
+    the model's base."""
     key = "layer_rope_theta"
     thetas = c.value(key)
     if thetas is None:
@@ -46,18 +48,15 @@ def _layer_rope(c: HFConfig, d: Draft) -> None:
             c.bad(key, f"{len(thetas)} entries for {d.n_layers} layers")
         return
     d.rope = [t > 0 for t in thetas]
-    d.rope_note = "layer_rope_theta (0: the layer has no rotary positions)"
-    bases = sorted({float(t) for t in thetas if t > 0})
-    if len(bases) > 1:
-        d.gap(
-            key,
-            thetas,
-            f"layers rotate with {len(bases)} different rope bases ({', '.join(map(repr, bases[:4]))})",
-            "a rope base per layer: layers.overrides[].attention.rope_theta (float). No count change",
-        )
-    elif bases:
-        # the layers' base wins over rope_parameters' (GraniteMoeSWAModel builds one rotary table per base)
-        d.put("model.positions.theta", bases[0], f"{key} (the base of every rotating layer)")
+    d.rope_note = f"{key} (0: the layer has no rotary positions)"
+    bases = [float(t) for t in thetas if t > 0]
+    if not bases:
+        return
+    # GraniteMoeSWAModel builds one rotary table per base; rope_parameters' own base rotates no layer then
+    model = max(bases)
+    d.put("model.positions.theta", model, f"{key} (its largest base)")
+    own = [float(t) if 0 < t < model else None for t in thetas]
+    d.layer_attention["rope_theta"] = (own, f"{key} (a layer's own base)")
 
 
 FAMILY = Family(

@@ -1,7 +1,7 @@
 """Granite-MoE-SWA (model_type granitemoe_swa): the release's counts equal transformers' model on meta; which
-layers slide and which rotate follow transformers' modules; a tiny random checkpoint saved by transformers
-loads with moec.from_hf to transformers' logits and router choices (sinks, windows, a NoPE layer, the shared
-MLP); the generated model.py gives moec.nn's logits; several rope bases are refused, naming the field."""
+layers slide and which rotate with which base follow transformers' modules; a tiny random checkpoint saved by
+transformers loads with moec.from_hf to transformers' logits and router choices (sinks, windows, a layer's own
+rope base, a NoPE layer, the shared MLP); the generated model.py gives moec.nn's logits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf import hf_to_model
-from moec.hf.config import plan_differences, translate
+from moec.hf.config import plan_differences
 from tests.hf.configs import hf_model_on_meta
 
 torch = pytest.importorskip("torch")
@@ -53,11 +53,11 @@ GRANITE_SWASH_3B_A600M = {
     "layer_types": ["full_attention" if i in FULL else "sliding_attention" for i in range(28)],
 }
 
-# Sinks, a window of 4 (< the 12 test tokens) on the default layer_types (full on i % 4 == 0), a NoPE layer
-# (layer_rope_theta 0), the shared MLP and the μP multipliers.
+# Sinks, a window of 4 (< the 12 test tokens) on the default layer_types (full on i % 4 == 0), a layer of its own
+# rope base and a NoPE layer (layer_rope_theta 500 and 0), the shared MLP and the μP multipliers.
 TINY = {**weights.TINY, "num_hidden_layers": 4, "intermediate_size": 32, "num_local_experts": 4,
         "num_experts_per_tok": 2, "shared_intermediate_size": 48, "sliding_window": 4,
-        "layer_rope_theta": [1e4, 1e4, 0, 1e4], "embedding_multiplier": 6.0, "residual_multiplier": 0.5,
+        "layer_rope_theta": [1e4, 500.0, 0, 1e4], "embedding_multiplier": 6.0, "residual_multiplier": 0.5,
         "logits_scaling": 4.0, "attention_multiplier": 0.1}  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -82,33 +82,30 @@ def test_release_config_as_transformers_saves_it_imports_to_the_same_plan():
         {},  # the release's layer_types
         {"layer_types": None, "num_hidden_layers": 6},  # the default: full attention where i % 4 == 0
         {"layer_rope_theta": [0 if i in FULL else 5e4 for i in range(28)]},  # NoPE on the full layers
+        {"layer_rope_theta": [1e6 if i in FULL else 1e4 for i in range(28)]},  # a base per kind of layer
+        {"layer_rope_theta": [0, 1e4, 2e4, 3e4] * 7},  # three bases and NoPE
     ],
 )
-def test_windows_and_rotation_per_layer_follow_transformers_modules(change):
+def test_windows_and_rope_bases_per_layer_follow_transformers_modules(change):
     cfg = {**GRANITE_SWASH_3B_A600M, **change}
     hf = hf_model_on_meta(cfg)
     thetas = hf.config.layer_rope_theta
-    want = [(a.self_attn.sliding_window, thetas[i] != 0) for i, a in enumerate(hf.model.layers)]
+    want = [(a.self_attn.sliding_window, thetas[i] or None) for i, a in enumerate(hf.model.layers)]
     plan = hf_to_model(cfg)
-    assert [(lp.attention.window, lp.attention.rope) for lp in plan.layers] == want
-    assert plan.positions.theta == max(thetas)  # the one base of the rotating layers
-
-
-def test_several_rope_bases_are_refused_naming_the_field():
-    cfg = {**GRANITE_SWASH_3B_A600M, "layer_rope_theta": [1e4 if i % 2 else 1e6 for i in range(28)]}
-    with pytest.raises(SpecError) as e:
-        hf_to_model(cfg)
-    (problem,) = e.value.problems
-    assert problem.path == "layer_rope_theta" and "proposed schema addition" in problem.message
-    t = translate(cfg)  # the gap changes no count: the nearest spec is transformers' model
-    assert not t.problems(gaps=False) and sum(g.param_delta for g in t.gaps) == 0
+    ours = [(lp.attention.window, (lp.attention.rope_theta or plan.positions.theta) if lp.attention.rope else None)
+            for lp in plan.layers]  # fmt: skip
+    assert ours == want
 
 
 @pytest.mark.parametrize(
     "thetas,message",
-    [([1e4] * 27, "27 entries for 28 layers"), ([1e4] * 27 + [-1.0], "non-negative numbers")],
+    [
+        ([1e4] * 27, "27 entries for 28 layers"),
+        ([1e4] * 27 + [-1.0], "non-negative numbers"),
+        ([1e13] * 3 + [1e4] * 25, "less than or equal to"),  # a base out of the spec's range, on a few layers
+    ],
 )
-def test_a_malformed_layer_rope_theta_is_refused(thetas, message):
+def test_a_malformed_layer_rope_theta_is_refused_at_that_field(thetas, message):
     with pytest.raises(SpecError, match=message) as e:
         hf_to_model({**GRANITE_SWASH_3B_A600M, "layer_rope_theta": thetas})
     assert [p.path for p in e.value.problems] == ["layer_rope_theta"]
@@ -132,8 +129,8 @@ def checkpoint(tmp_path_factory):
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
     model = moec.from_hf(folder)
-    plan = [(lp.attention.window, lp.attention.rope, lp.attention.sinks) for lp in model.plan.layers]
-    assert plan == [(None, True, True), (4, True, True), (4, False, True), (4, True, True)]
+    plan = [(lp.attention.window, lp.attention.rope, lp.attention.rope_theta) for lp in model.plan.layers]
+    assert plan == [(None, True, None), (4, True, 500.0), (4, False, None), (4, True, None)]
     weights.assert_same(hf, model)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
@@ -48,6 +48,8 @@ def translate(c: HFConfig, d: Draft) -> None:
             d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
         )
     _mlp_layers(c, d)
+    if not c.failed("mlp_layer_types"):
+        _release_layer_fields(c, d)
     if "dense" in d.ffn:
         dense_ffn(c, d, bias_src="ExaoneMoeMLP has no biases")
     c.value("intermediate_size")  # the dense layers' width, unused without them
@@ -120,7 +122,33 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         return
     if d.layers_known and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
         d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types (first_k_dense_replace is not read when it is given)"
+        d.ffn_note = "mlp_layer_types (first_k_dense_replace is not used when it is given)"
+
+
+def _release_layer_fields(c: HFConfig, d: Draft) -> None:
+    """is_moe_layer and first_last_k_dense_replace, which K-EXAONE's pre-transformers configs carry and
+    transformers does not read: accepted when they describe the layers it builds, refused otherwise."""
+    flags, k = c.value("is_moe_layer"), c.value("first_last_k_dense_replace")
+    described = {
+        "is_moe_layer": ["moe" if f else "dense" for f in flags] if isinstance(flags, list) else None,
+        "first_last_k_dense_replace": (
+            ["dense"] * k + ["moe"] * (d.n_layers - k) if is_int(k) and 0 <= k <= d.n_layers else None
+        ),
+    }
+    for key, layers in described.items():
+        v = c.value(key)
+        if v is None:
+            continue
+        if layers != d.ffn or (key == "is_moe_layer" and not all(isinstance(f, bool) for f in v)):
+            d.gap(
+                key,
+                v,
+                "transformers' ExaoneMoe ignores it and builds its MLPs by mlp_layer_types (else "
+                "first_k_dense_replace), which say otherwise: ambiguous",
+                f"none: remove {key} (what transformers runs) or make it agree",
+            )
+        else:
+            d.ffn_note += f" ({key}: agrees; transformers ignores it)"
 
 
 class ExaoneMoeMapper(Mapper):

@@ -110,7 +110,7 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
         _agrees(c, d, key, want, path)
     k = c.int("first_k_dense_replace", minimum=0, optional=True)
     if k is not None and not c.failed("mlp_layer_types"):  # compared with the layers transformers builds
-        want = ["dense"] * k + ["moe"] * (d.n_layers - k)
+        want = ["dense"] * k + ["moe"] * (d.n_layers - k) if k <= d.n_layers else None
         _agrees(c, d, "first_k_dense_replace", k if d.ffn == want else None, "layers")
     # no effect on the model transformers builds: its MTP layer (dropped on load), fp32 logits, a kernel choice
     for key, path in (("num_nextn_predict_layers", "model.n_layers"), ("enable_lm_head_fp32", "model.tie_embeddings"),

@@ -8,7 +8,7 @@ import pytest
 
 from moec.analyze import analyze
 from moec.errors import SpecError
-from moec.hf import hf_to_model
+from moec.hf import hf_to_model, import_hf_config
 from moec.hf.config import plan_differences
 from tests.hf.configs import hf_model_on_meta
 
@@ -97,6 +97,14 @@ def test_global_layers_have_no_window_and_no_rope():
     assert [lp.ffn.kind for lp in layers[:2]] == ["dense", "moe"]
 
 
+def test_pre_transformers_layer_fields_that_agree_are_named_and_change_nothing():
+    """is_moe_layer and first_last_k_dense_replace, as the TensorRT-LLM copy of the config spells the layers."""
+    older = {**K_EXAONE, "is_moe_layer": [False] + [True] * 47, "first_last_k_dense_replace": 1}
+    assert plan_differences(hf_to_model(older), hf_to_model(K_EXAONE)) == []
+    note = next(line for line in import_hf_config(older).splitlines() if "ffn: moe" in line)
+    assert "is_moe_layer: agrees; transformers ignores it" in note and "first_last_k_dense_replace: agrees" in note
+
+
 @pytest.mark.parametrize(
     "change,field",
     [
@@ -105,6 +113,8 @@ def test_global_layers_have_no_window_and_no_rope():
         ({"mlp_layer_types": ["dense"] + ["moe"] * 47}, "mlp_layer_types"),  # transformers builds a dense MLP
         ({"scoring_func": "softmax"}, "scoring_func"),
         ({"attention_bias": True}, "attention_bias"),  # ExaoneMoeAttention has none; not read, so not guessed
+        ({"is_moe_layer": [True] * 48}, "is_moe_layer"),  # layer 0 is a dense MLP in transformers
+        ({"first_last_k_dense_replace": 2}, "first_last_k_dense_replace"),
     ],
 )
 def test_fields_transformers_cannot_build_or_would_build_otherwise_are_refused(change, field):

@@ -43,7 +43,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Dots1DecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
     freq = c.value("moe_layer_freq")
-    if freq not in (None, 1):
+    if freq is not None and (freq != 1 or isinstance(freq, bool)):
         d.gap(
             "moe_layer_freq",
             freq,
@@ -62,7 +62,8 @@ def _windows(c: HFConfig, d: Draft) -> None:
     first = c.int("max_window_layers", minimum=0)
     default = ["sliding_attention" if w is not None and i >= first else "full_attention" for i in range(d.n_layers)]
     typed_windows(c, d, w, default, f"sliding from layer max_window_layers ({first}) on when sliding_window is set")
-    use = c.value("use_sliding_window")  # Qwen's switch; transformers' Dots1 has none
+    # Qwen's switch, which transformers' Dots1 does not have
+    use = c.bool("use_sliding_window") if c.given("use_sliding_window") else None
     slides = any(d.window)
     if use is not None and use != slides:
         d.gap(
@@ -77,28 +78,8 @@ def _windows(c: HFConfig, d: Draft) -> None:
 
 
 def _router(c: HFConfig, d: Draft) -> None:
-    """DeepSeek-V3's router as Dots1TopkRouter computes it; scoring_func and topk_method, which it does not read,
-    must say the same."""
-    agrees = []
-    for key, what in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
-        v = c.value(key)
-        if v is None:
-            continue
-        if v != what:
-            d.gap(
-                key,
-                v,
-                f"transformers' Dots1TopkRouter ignores {key} and always routes as {what!r}: ambiguous",
-                f"none: remove {key} (what transformers runs) or set it to {what!r}",
-            )
-        else:
-            agrees.append(f"{key} {v!r}")
-    note = "Dots1TopkRouter: sigmoid, + e_score_correction_bias for selection only, groups by top-2 sum"
-    if agrees:
-        note += f" ({', '.join(agrees)}: {'agree' if len(agrees) > 1 else 'agrees'}; transformers ignores it)"
-    router(d, note, score="sigmoid", softmax_after_topk=False, selection_bias=True, group_score="top2_sum")
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob") + " (sum + 1e-20)")
-    d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
+    """DeepSeek-V3's router; n_group and topk_group may both be null."""
+    deepseek_v3_router(c, d, "Dots1TopkRouter")
     groups, best = c.int("n_group", optional=True), c.int("topk_group", optional=True)
     if (groups is None) != (best is None):
         null = "n_group" if groups is None else "topk_group"
@@ -109,6 +90,33 @@ def _router(c: HFConfig, d: Draft) -> None:
     note = "" if groups is not None else " (null: one group, no group limit)"
     d.put("moe.router.n_groups", groups or 1, c.src("n_group") + note)
     d.put("moe.router.topk_groups", best or 1, c.src("topk_group") + note)
+
+
+def deepseek_v3_router(c: HFConfig, d: Draft, cls: str) -> None:
+    """The router of DeepSeek-V3, which transformers copies into Dots1 and EXAONE-MoE (``cls``): sigmoid scores,
+    a selection-only bias, top-2-sum groups (their counts are the caller's), optional renormalisation, a scale.
+    scoring_func and topk_method, which the copies do not read, must say the same; they are named in the score's
+    note when they do, refused as ambiguous when they do not."""
+    agrees = []
+    for key, what in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
+        v = c.value(key)
+        if v is None:
+            continue
+        if v != what:
+            d.gap(
+                key,
+                v,
+                f"transformers' {cls} ignores {key} and always routes as {what!r}: ambiguous",
+                f"none: remove {key} (what transformers runs) or set it to {what!r}",
+            )
+        else:
+            agrees.append(f"{key} {v!r}")
+    note = f"{cls}: sigmoid, + e_score_correction_bias for selection only, groups by top-2 sum"
+    if agrees:
+        note += f" ({', '.join(agrees)}: {'agree' if len(agrees) > 1 else 'agrees'}; transformers ignores it)"
+    router(d, note, score="sigmoid", softmax_after_topk=False, selection_bias=True, group_score="top2_sum")
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob") + " (sum + 1e-20)")
+    d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
 
 
 FAMILY = Family(

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, typed_windows
+from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
 
@@ -82,28 +83,9 @@ def _windows(c: HFConfig, d: Draft) -> None:
 
 
 def _router(c: HFConfig, d: Draft) -> None:
-    """DeepSeek-V3's router as ExaoneMoeTopkRouter computes it; scoring_func and topk_method, which it does not
-    read, must say the same."""
-    agrees = []
-    for key, what in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
-        v = c.value(key)
-        if v is None:
-            continue
-        if v != what:
-            d.gap(
-                key,
-                v,
-                f"transformers' ExaoneMoeTopkRouter ignores {key} and always routes as {what!r}: ambiguous",
-                f"none: remove {key} (what transformers runs) or set it to {what!r}",
-            )
-        else:
-            agrees.append(f"{key} {v!r}")
-    note = "ExaoneMoeTopkRouter: sigmoid, + e_score_correction_bias for selection only, groups by top-2 sum"
-    if agrees:
-        note += f" ({', '.join(agrees)}: {'agree' if len(agrees) > 1 else 'agrees'}; transformers ignores it)"
-    router(d, note, score="sigmoid", softmax_after_topk=False, selection_bias=True, group_score="top2_sum")
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob") + " (sum + 1e-20)")
-    d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
+    """DeepSeek-V3's router (transformers copies it, as it does into Dots1); ExaoneMoeConfig requires the group
+    counts to be integers."""
+    deepseek_v3_router(c, d, "ExaoneMoeTopkRouter")
     d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
     d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
 

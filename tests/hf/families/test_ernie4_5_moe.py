@@ -27,11 +27,12 @@ from tests.hf.families.test_granitemoeshared import (  # noqa: E402
 )
 
 # baidu/ERNIE-4.5-21B-A3B-PT config.json, recalled (the Hub is out of reach and no public copy of the file was
-# found). Its architectural numbers agree with the copies public test suites hold (FastDeploy's and MindIE's
-# ERNIE-MoE fixtures: d 2560, 28 layers, 20 / 4 heads, 64 experts of 1536 top-6, 2 shared, dense width 12288,
-# vocabulary 103424, moe_layer_start_index 1, end 27) and with the published totals (21B total, 3B active).
-# The Baidu fields transformers ignores (use_rmsnorm, moe_gate, moe_capacity, moe_use_aux_free, the MTP head)
-# are as ERNIE's releases spell them.
+# found). Its architectural numbers agree with the copies public test suites hold (MindIE's ERNIE-MoE fixture and
+# an LLM memory calculator's ERNIE-4.5-21B-A3B fixture: d 2560, 28 layers, 20 / 4 heads of 128, 64 experts of
+# 1536 top-6, 2 shared, dense width 12288, vocabulary 103424, moe_layer_start_index 1, end 27, tied embeddings)
+# and with the published totals (21B total, 3B active). The Baidu fields transformers ignores are spelt as in
+# FastDeploy's ERNIE-4.5 MoE fixture (use_rmsnorm, moe_capacity, moe_gate, moe_use_aux_free,
+# num_nextn_predict_layers); multi_token_pred_lambda is recalled only.
 ERNIE_45_21B_A3B_PT = {
     "architectures": ["Ernie4_5_MoeForCausalLM"],
     "bos_token_id": 1,

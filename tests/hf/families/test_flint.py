@@ -1,14 +1,14 @@
 """Flint (model_type flint): the counts equal transformers' model on meta; which layers are MoE, which slide and
 which rotate follow transformers' modules; a tiny random checkpoint saved by transformers (sinks written as
 softmax_offset) loads with moec.from_hf to transformers' logits and router choices; the generated model.py
-gives moec.nn's logits."""
+gives moec.nn's logits; the Qwen2-MoE fields FlintConfig deletes are named, not refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from moec.analyze import analyze
-from moec.hf import hf_to_model
+from moec.hf import hf_to_model, import_hf_config
 from moec.hf.config import plan_differences
 from tests.hf.configs import hf_model_on_meta
 
@@ -72,6 +72,17 @@ def test_moe_windows_and_rotation_per_layer_follow_transformers_modules(change):
     plan = hf_to_model(cfg)
     ours = [(lp.ffn.kind == "moe", lp.attention.window, lp.attention.rope) for lp in plan.layers]
     assert ours == _hf_layers(cfg)
+
+
+def test_qwen2_moe_fields_flint_deletes_are_named_and_change_nothing():
+    """use_sliding_window, max_window_layers and qkv_bias: FlintConfig deletes them; transformers builds the same
+    model with them as without (same parameters, same windows), and so does moec, naming them."""
+    cfg = {**TINY, "model_type": "flint", "num_hidden_layers": 7}
+    extra = {**cfg, "use_sliding_window": False, "max_window_layers": 1, "qkv_bias": True}
+    assert _hf_layers(extra) == _hf_layers(cfg) and hf_counts(extra) == hf_counts(cfg)
+    assert plan_differences(hf_to_model(extra), hf_to_model(cfg)) == []
+    kind = next(line for line in import_hf_config(extra).splitlines() if line.strip().startswith("kind: gqa"))
+    assert "use_sliding_window false, max_window_layers 1, qkv_bias true: FlintConfig deletes them" in kind
 
 
 @pytest.fixture(scope="module")

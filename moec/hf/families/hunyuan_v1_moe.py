@@ -15,10 +15,12 @@ transformers builds, and refused as ambiguous when it does not.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import activation, base, defaults, gqa, moe_core, router
+from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.mapper import Mapper
 from moec.spec.plan import LayerPlan
 
@@ -31,6 +33,7 @@ DEFAULTS = defaults(10000.0, vocab_size=290943, hidden_size=4096, intermediate_s
                     eod_token_id=3, attention_bias=False, num_experts=1, moe_topk=1, head_dim=None)
 # fmt: on
 
+FAMILY_NAME = "HunYuan-MoE-V1"
 QK_NORM_AFTER_ROPE = (
     "attention.qk_norm_after_rope: bool — RMSNorm(head_dim) on q and k after the rotation instead of before "
     "(HunYuan-V1). No count change"
@@ -38,7 +41,7 @@ QK_NORM_AFTER_ROPE = (
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    base(c, d, "HunYuan-MoE-V1")
+    base(c, d, FAMILY_NAME)
     if c.value("head_dim") is None:
         c.bad("head_dim", "null: HunYuanMoEV1Attention and its rotary read head_dim and do not derive it")
     b = c.bool("attention_bias")
@@ -65,7 +68,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         n_shared_experts=(1, "HunYuanMoEV1Moe.shared_mlp (always on, no gate)"),
         d_ff_shared=(d.get("moe.d_ff"), c.src("intermediate_size")),
     )
-    d.ffn_note = "every HunYuan-MoE-V1 layer is MoE"
+    d.ffn_note = f"every {FAMILY_NAME} layer is MoE"
     c.value("eod_token_id")  # a token id
     _release_fields(c, d)
 
@@ -128,29 +131,23 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
     """Fields of Tencent's Hunyuan code transformers does not read: each must say what transformers builds (one
     ungated shared MLP and q/k norms in every layer, every width intermediate_size, no cross-layer attention)."""
     f, hd = d.get("moe.d_ff"), d.get("attention.head_dim")
-    for key, want in (("use_qk_norm", True), ("use_mixed_mlp_moe", True), ("use_cla", False),
-                      ("attention_head_dim", hd)):  # fmt: skip
-        _agrees(c, d, key, lambda v, want=want: v == want and type(v) is type(want))
-    _agrees(c, d, "moe_intermediate_size", lambda v: _each(v, lambda x: x == f))
-    _agrees(c, d, "num_shared_expert", lambda v: _each(v, lambda x: x == 1))
+    agree = {
+        "use_qk_norm": (True, "attention.qk_norm"),
+        "use_mixed_mlp_moe": (True, "moe.n_shared_experts"),
+        "use_cla": (False, "attention.kind"),
+        "attention_head_dim": (hd, "attention.head_dim"),
+    }
+    for key, (want, path) in agree.items():
+        ignored(c, d, FAMILY_NAME, key, equals(want), path)
+    ignored(c, d, FAMILY_NAME, "moe_intermediate_size", lambda v: _each(v, lambda x: x == f), "moe.d_ff")
+    ignored(c, d, FAMILY_NAME, "num_shared_expert", lambda v: _each(v, lambda x: x == 1), "moe.n_shared_experts")
     c.value("cla_share_factor")  # how many layers share a KV cache under use_cla (refused above when on)
 
 
-def _each(v: Any, ok: Any) -> bool:
+def _each(v: Any, ok: Callable[[int], bool]) -> bool:
     """An int, or a per-layer list of them, every one ``ok``."""
     values = v if isinstance(v, list) and v else [v]
     return all(is_int(x) and ok(x) for x in values)
-
-
-def _agrees(c: HFConfig, d: Draft, key: str, ok: Any) -> None:
-    v = c.value(key)
-    if v is not None and not ok(v):
-        d.gap(
-            key,
-            v,
-            f"transformers' HunYuan-MoE-V1 ignores {key}, and what it builds disagrees with it: ambiguous",
-            f"none: remove {key} (what transformers runs) or make it agree",
-        )
 
 
 class HunYuanMoEV1Mapper(Mapper):

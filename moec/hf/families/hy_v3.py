@@ -13,6 +13,7 @@ the note of the spec field it concerns; a value that says otherwise is refused a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
@@ -107,34 +108,38 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
         "expert_hidden_dim": (d.get("moe.d_ff"), "moe.d_ff"),
     }
     for key, (want, path) in agree.items():
-        _agrees(c, d, key, want, path)
+        ignored(c, d, "HYV3", key, equals(want), path)
     k = c.int("first_k_dense_replace", minimum=0, optional=True)
     if k is not None and not c.failed("mlp_layer_types"):  # compared with the layers transformers builds
         want = ["dense"] * k + ["moe"] * (d.n_layers - k) if k <= d.n_layers else None
-        _agrees(c, d, "first_k_dense_replace", k if d.ffn == want else None, "layers")
+        ignored(c, d, "HYV3", "first_k_dense_replace", lambda _: d.ffn == want, "layers")
     # no effect on the model transformers builds: its MTP layer (dropped on load), fp32 logits, a kernel choice
     for key, path in (("num_nextn_predict_layers", "model.n_layers"), ("enable_lm_head_fp32", "model.tie_embeddings"),
                       ("use_grouped_mm", "moe.n_experts")):  # fmt: skip
-        _agrees(c, d, key, c.value(key), path)
+        ignored(c, d, "HYV3", key, lambda _: True, path)
 
 
-def _agrees(c: HFConfig, d: Draft, key: str, want: Any, path: str) -> None:
-    """A field transformers ignores: named in ``path``'s note when it agrees with the model built (``want``),
-    refused as ambiguous when it does not."""
+def equals(want: Any) -> Callable[[Any], bool]:
+    """Equal to ``want`` and of its JSON type (true is not 1)."""
+    return lambda v: v == want and isinstance(v, bool) == isinstance(want, bool)
+
+
+def ignored(c: HFConfig, d: Draft, family: str, key: str, agrees: Callable[[Any], bool], path: str) -> None:
+    """A field of a release config that transformers' ``family`` does not read (Tencent's Hy3 and HunYuan
+    releases carry their own code's): named in the note of spec field ``path`` (``layers``: the MoE layers')
+    when it ``agrees`` with the model transformers builds, refused as ambiguous when it does not."""
     v = c.value(key)
     if v is None:
         return
-    if v != want or isinstance(v, bool) != isinstance(want, bool):
+    if not agrees(v):
         d.gap(
             key,
             v,
-            f"transformers' HYV3 ignores {key}, and what it builds disagrees with it"
-            + (f" ({key} {shown(want)})" if want is not None else "")
-            + ": ambiguous",
+            f"transformers' {family} ignores {key}, and the model it builds disagrees with it: ambiguous",
             f"none: remove {key} (what transformers runs) or make it agree",
         )
         return
-    said = f"{key} {shown(v).lower() if isinstance(v, bool) else shown(v)}: transformers ignores it"
+    said = f"{key} {str(v).lower() if isinstance(v, bool) else shown(v)}: transformers ignores it"
     if path == "layers":
         d.ffn_note += f" ({said}; agrees)"
         return

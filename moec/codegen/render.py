@@ -227,7 +227,9 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
 
     # rotary positions and their scaling
     sc = plan.positions.scaling if pos == "rope" else None
-    scaling = _choice(sc.kind, ("linear", "dynamic", "yarn", "llama3"), "rope scaling kind") if sc else None
+    scaling = (
+        _choice(sc.kind, ("linear", "dynamic", "yarn", "llama3", "ntk_alpha"), "rope scaling kind") if sc else None
+    )
     yarn_attention = "default"
     mla_scale_factor = kind == "mla" and scaling == "yarn" and bool(sc.mscale_all_dim)
     if mla_scale_factor and not any(ropes):
@@ -239,7 +241,10 @@ def _features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, d
         bases = [_float(t, "rope_theta") for t in dict.fromkeys(thetas)]
         c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
     if sc is not None and any(ropes):
-        c["rope_factor"] = _float(sc.factor, "scaling.factor")
+        if scaling == "ntk_alpha":
+            c["rope_ntk_alpha"] = _float(sc.alpha, "scaling.alpha")
+        else:
+            c["rope_factor"] = _float(sc.factor, "scaling.factor")
         if scaling in ("dynamic", "yarn", "llama3"):
             trained = sc.original_max_seq_len or (plan.max_seq_len if scaling == "dynamic" else None)
             c["rope_original_max_seq_len"] = _int(trained, "scaling.original_max_seq_len")

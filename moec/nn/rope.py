@@ -1,6 +1,6 @@
 """Rotary position embeddings (RoFormer, arXiv 2104.09864) with the context-extension scalings a spec
-can name: linear (position interpolation), dynamic NTK, YaRN (arXiv 2309.00071, with DeepSeek-V3's
-mscale), Llama 3.1's frequency-band scaling and LongRoPE (Phi-3.5-MoE).
+can name: linear (position interpolation), dynamic NTK, NTK with a fixed alpha (Hunyuan), YaRN (arXiv
+2309.00071, with DeepSeek-V3's mscale), Llama 3.1's frequency-band scaling and LongRoPE (Phi-3.5-MoE).
 
 Conventions are Hugging Face's, so that checkpoints load without permuting weights:
 - cos/sin are laid out ``cat(freqs, freqs)`` and applied with ``rotate_half`` (dims i and i + dim/2
@@ -55,6 +55,10 @@ def inv_frequencies(
         length = max(seq_len, trained)
         base = base * ((sc.factor * length / trained) - (sc.factor - 1)) ** (dim / (dim - 2))
         return 1.0 / base**exponents, 1.0
+    if sc.kind == "ntk_alpha":
+        # Hunyuan's fixed NTK stretch of the base (transformers' compute_ntk_alpha_rope_parameters): static
+        assert sc.alpha is not None, "checked by the spec"
+        return 1.0 / (base * sc.alpha ** (dim / (dim - 2))) ** exponents, 1.0
     if sc.kind == "yarn":
         return _yarn(sc, base, dim, exponents)
     if sc.kind == "llama3":

@@ -147,9 +147,19 @@ def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
     if m.positions.kind != "rope":
         bad(here, "scaling applies to rope positions only")
     rot = _rotated_dims(spec)
-    if sc.kind == "dynamic" and rot == 2:
+    if sc.kind in ("dynamic", "ntk_alpha") and rot == 2:
         # NTK's base stretch has the exponent dim / (dim - 2)
-        bad(here + ("kind",), "dynamic scaling needs more than 2 rotated dims per head")
+        bad(here + ("kind",), f"{sc.kind} scaling needs more than 2 rotated dims per head")
+    if sc.kind == "ntk_alpha":
+        if sc.alpha is None:
+            bad(here, "ntk_alpha scaling needs alpha")
+        if sc.factor is not None:
+            bad(here + ("factor",), "ntk_alpha stretches the base by alpha; it takes no factor")
+    else:
+        if sc.factor is None:
+            bad(here, f"{sc.kind} scaling needs factor")
+        if sc.alpha is not None:
+            bad(here + ("alpha",), "only meaningful with kind: ntk_alpha")
     if sc.kind == "longrope":
         for f in ("short_factor", "long_factor"):
             v = getattr(sc, f)

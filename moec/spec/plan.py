@@ -35,7 +35,7 @@ class NormPlan:
 @dataclass(frozen=True)
 class RopeScalingPlan:
     kind: str
-    factor: float
+    factor: float | None = None  # every kind but ntk_alpha
     original_max_seq_len: int | None = None
     beta_fast: float | None = None
     beta_slow: float | None = None
@@ -49,6 +49,7 @@ class RopeScalingPlan:
     long_factor: tuple[float, ...] | None = None
     short_mscale: float | None = None
     long_mscale: float | None = None
+    alpha: float | None = None  # ntk_alpha: the base stretch theta · alpha^(dim/(dim−2))
 
     def __post_init__(self) -> None:
         for f in ("short_factor", "long_factor"):  # tuples, also when reloaded from YAML lists

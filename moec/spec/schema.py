@@ -44,8 +44,8 @@ class Norm(Strict):
 
 
 class RopeScaling(Strict):
-    kind: Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
-    factor: Annotated[float, Field(gt=0, le=1e6)]
+    kind: Literal["linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha"]
+    factor: Annotated[float, Field(gt=0, le=1e6)] | None = None  # every kind but ntk_alpha
     original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     # yarn
     beta_fast: float | None = None
@@ -68,6 +68,9 @@ class RopeScaling(Strict):
     )
     short_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
     long_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
+    # ntk_alpha (Hunyuan-A13B, "dynamic" with an alpha in its config): the base becomes
+    # theta · alpha^(dim/(dim−2)) at every length (dim: the rotated dims), unlike dynamic's growth with the length
+    alpha: Annotated[float, Field(gt=0, le=1e6)] | None = None
 
 
 class Positions(Strict):

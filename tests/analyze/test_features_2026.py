@@ -40,6 +40,7 @@ COUNT_NEUTRAL = {
     "norms after each sublayer": ("model.norm.placement=after_sublayer",),  # two per layer and a final one
     "logit softcap and scaling": ("model.logit_softcap=30.0", "model.logits_scaling=8.0"),
     "per-layer rope theta": ("layers.default.attention.rope_theta=1.0e6",),
+    "ntk alpha": ("model.positions.scaling={kind: ntk_alpha, alpha: 1000.0}",),
 }
 
 

@@ -42,6 +42,11 @@ CASES = {
     "per-layer rope theta, yarn, mla, mtp": DEEPSEEK.replace(
         "ffn: dense}]", "ffn: dense}, {select: [1], attention: {rope_theta: 50000.0}}]"
     ),
+    "ntk alpha, partial rotary, per-layer theta": variant(
+        model="positions: {kind: rope, rotary_dim: 4, scaling: {kind: ntk_alpha, alpha: 1000.0}}",
+        attn="n_kv_heads: 2",
+        extra="layers: {overrides: [{select: [1], attention: {rope_theta: 500.0}}]}\n",
+    ),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
     "logit softcap after scaling, mtp": DEEPSEEK.replace(
         "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"
@@ -85,6 +90,7 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
         ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
         ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
         ("per-layer rope theta", ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta])"]),
+        ("ntk alpha, partial rotary, per-layer theta", ["ROPE_NTK_ALPHA = 1000.0"]),
         ("logit softcap", ["LOGIT_SOFTCAP = 0.5", "torch.tanh(logits / LOGIT_SOFTCAP) * LOGIT_SOFTCAP"]),
     ],
 )

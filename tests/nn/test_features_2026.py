@@ -356,3 +356,27 @@ def test_per_layer_rope_theta_matches_transformers_mellum(theta_on_sliding_layer
     hf_into_moec(hf, ours.eval(), {"input_layernorm.": "attn_norm.", "post_attention_layernorm.": "ffn_norm."})
     got, want = logits_of_both(hf, ours, 128)
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4) == (theta_on_sliding_layers is not None)
+
+
+# --- NTK with a fixed alpha ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len", [8, 200])  # below and above max_position_embeddings: static either way
+def test_ntk_alpha_tables_match_transformers_hunyuan(seq_len):
+    from transformers import HunYuanMoEV1Config
+    from transformers.models.hunyuan_v1_moe.modeling_hunyuan_v1_moe import HunYuanMoEV1RotaryEmbedding
+
+    from moec.spec.plan import RopeScalingPlan
+
+    cfg = HunYuanMoEV1Config(
+        hidden_size=64, num_attention_heads=4, head_dim=16, max_position_embeddings=64,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 1000.0, "factor": 1.0},  # as released
+    )  # fmt: skip
+    ref = HunYuanMoEV1RotaryEmbedding(cfg)
+    assert ref.rope_type == "ntk_alpha"
+    x = torch.zeros(1, seq_len, 64)
+    want = ref(x, torch.arange(seq_len)[None])
+    positions = PositionsPlan("rope", 10000.0, RopeScalingPlan("ntk_alpha", alpha=1000.0))
+    got = RotaryEmbedding(positions, 16, 64)(seq_len, x.device, x.dtype)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w[0], atol=1e-6, rtol=1e-5)

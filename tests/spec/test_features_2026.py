@@ -226,3 +226,27 @@ def test_rope_theta_without_rope_positions_is_located():
         f"{located(text, 11, '1.0e4')} layers.overrides[0].attention.rope_theta: a layer's rope_theta needs "
         "model.positions.kind: rope"
     ]
+
+
+# --- NTK with a fixed alpha ----------------------------------------------------------------------------------
+
+
+def test_ntk_alpha_resolves_without_a_factor():
+    sc = plan(with_positions("scaling: {kind: ntk_alpha, alpha: 1000.0}")).positions.scaling
+    assert (sc.kind, sc.alpha, sc.factor) == ("ntk_alpha", 1000.0, None)
+
+
+@pytest.mark.parametrize(
+    "scaling,at,message",
+    [
+        ("{kind: ntk_alpha}", "{kind: ntk", "model.positions.scaling: ntk_alpha scaling needs alpha"),
+        ("{kind: ntk_alpha, alpha: 8.0, factor: 1.0}", "1.0}", "model.positions.scaling.factor: ntk_alpha "
+         "stretches the base by alpha; it takes no factor"),
+        ("{kind: dynamic, factor: 2.0, alpha: 8.0}", "8.0}", "model.positions.scaling.alpha: only meaningful with "
+         "kind: ntk_alpha"),
+        ("{kind: linear}", "{kind: linear", "model.positions.scaling: linear scaling needs factor"),
+    ],
+)  # fmt: skip
+def test_ntk_alpha_and_factor_misuse_is_located(scaling, at, message):
+    text = with_positions(f"scaling: {scaling}")
+    assert errors(text) == [f"{located(text, 8, at)} {message}"]

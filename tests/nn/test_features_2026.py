@@ -380,3 +380,32 @@ def test_ntk_alpha_tables_match_transformers_hunyuan(seq_len):
     got = RotaryEmbedding(positions, 16, 64)(seq_len, x.device, x.dtype)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w[0], atol=1e-6, rtol=1e-5)
+
+
+# --- the analyzer's counts are the built model's -------------------------------------------------------------
+
+PARTIAL = MELLUM.replace(
+    "theta: 500000.0}", "theta: 500000.0, partial_rotary_factor: 0.5, scaling: {kind: ntk_alpha, alpha: 8.0}}"
+)
+SPECS = {
+    "partial rotary, ntk alpha, per-layer theta": PARTIAL,
+    "norms after sublayers": FLEX_OLMO,
+    "selection bias parameter": ERNIE,
+    "selection bias parameter, router frozen": ERNIE + "frozen: [router]\n",
+    "logit softcap": TINY.replace("MODEL", ", logit_softcap: 30.0"),
+}
+
+
+@pytest.mark.parametrize("text", SPECS.values(), ids=SPECS.keys())
+def test_the_built_model_has_the_analyzers_parameters(text):
+    """Invariant 1 of ARCHITECTURE.md on the new features: total, trainable and frozen of the model built on meta
+    are the analyzer's (MTP modules aside, as the analyzer reports them separately)."""
+    from moec.analyze import analyze
+
+    plan = resolve(load_spec("t.yaml", text=text))
+    model = build_model(plan, device="meta")
+    counts = model.param_counts()
+    a = analyze(plan)
+    assert sum(t + f for t, f in counts.values()) == a.params.total
+    assert sum(t for t, _ in counts.values()) == a.params.trainable
+    assert {c.name: (c.trainable, c.frozen) for c in a.components} == {k: v for k, v in counts.items() if any(v)}

@@ -29,6 +29,29 @@ ffn: {d_ff: 32}
 """
 
 
+def test_the_cli_reports_each_misused_new_field_located_with_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    text = GQA.replace("positions: {kind: rope}", "positions: {kind: rope, rotary_dim: 5}").replace(
+        "head_dim: 16}", "head_dim: 16, latent_norm_eps: 1.0e-6}"
+    )
+    (tmp_path / "t.yaml").write_text(text)
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2, result.output
+    assert lines[0].endswith(
+        f"{located(text, 8, '5}')[len('t.yaml') :]} model.positions.rotary_dim: rotary positions "
+        "need an even number (≥ 2) of rotated dims; got 5"
+    )
+    assert lines[1].endswith(
+        f"{located(text, 9, '1.0e-6')[len('t.yaml') :]} attention.latent_norm_eps: only "
+        "meaningful with attention.kind: mla"
+    )
+
+
 def plan(text: str = GQA, *sets: str):
     return resolve(load_spec("t.yaml", text=text, sets=sets))
 

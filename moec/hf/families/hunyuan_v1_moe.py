@@ -1,8 +1,8 @@
 """HunYuan-MoE V1 (``model_type`` hunyuan_v1_moe, HunYuanMoEV1ForCausalLM; Hunyuan-A13B): GQA whose q and k are
 RMS-normalised per head *after* the rotation (query_layernorm, key_layernorm), every layer MoE: softmax over all
 experts, top-k, renormalised, experts and one ungated shared MLP all intermediate_size wide. Rotary "dynamic"
-with an ``alpha`` is NTK-alpha: a fixed base θ·α^(d/(d−2)) (HunYuanMoEV1RotaryEmbedding's ntk_alpha), which
-moec writes as that base. Checkpoints name the router ``mlp.gate.wg``, the shared MLP ``mlp.shared_mlp`` and
+with an ``alpha`` is NTK-alpha: a fixed base θ·α^(d/(d−2)) (HunYuanMoEV1RotaryEmbedding's ntk_alpha, moec's
+rope scaling kind ntk_alpha). Checkpoints name the router ``mlp.gate.wg``, the shared MLP ``mlp.shared_mlp`` and
 the q/k norms ``self_attn.query_layernorm`` / ``key_layernorm``.
 
 moec normalises q and k before the rotation (Qwen3, OLMoE); a learned per-dimension weight does not commute
@@ -14,7 +14,6 @@ transformers builds, and refused as ambiguous when it does not.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -75,34 +74,24 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 def _ntk_alpha(c: HFConfig, d: Draft) -> None:
     """rope type "dynamic" with an alpha: HunYuanMoEV1RotaryEmbedding's ntk_alpha, a fixed base θ·α^(d/(d−2))
-    whatever the sequence length (its dynamic update applies to "dynamic" only, not to ntk_alpha)."""
+    whatever the sequence length (its dynamic update applies to "dynamic" only), which is moec's ntk_alpha."""
     where = "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
     params = c.value(where)
     if not isinstance(params, dict) or (params.get("rope_type") or params.get("type")) != "dynamic":
         return
-    alpha, hd = params.get("alpha"), c.value("head_dim")
+    alpha = params.get("alpha")
     if not alpha:
         return
-    if not is_number(alpha) or alpha <= 0:
-        c.bad(f"{where}.alpha", f"{shown(alpha)}: expected a positive number")
-        return
-    # what read_rope made of the dynamic type: its scaling, and the alpha it does not know, give way to the base
+    # what read_rope made of the dynamic type (its factor, and the alpha it does not know) gives way to ntk_alpha
     d.gaps = [g for g in d.gaps if g.field != f"{where}.alpha"]
     for k in [k for k in d.fields if k.startswith("model.positions.scaling.")]:
         del d.fields[k]
-    if not is_int(hd) or hd <= 2:
-        return  # reported by the head_dim check
-    theta, src = d.fields["model.positions.theta"]
-    factor = f"; its factor {shown(params['factor'])} unused" if "factor" in params else ""
-    note = f"{src} · {where}.alpha^(head_dim/(head_dim-2)) (ntk_alpha{factor})"
-    try:
-        stretched = theta * alpha ** (hd / (hd - 2))
-    except OverflowError:  # alpha near the float maximum: past any base the spec allows anyway
-        stretched = math.inf
-    if not math.isfinite(stretched):
-        c.bad(f"{where}.alpha", f"{shown(alpha)}: stretches the rotary base past any finite number")
+    if not is_number(alpha):
+        c.bad(f"{where}.alpha", f"{shown(alpha)}: expected a number")
         return
-    d.put("model.positions.theta", stretched, note)
+    factor = f"; its factor {shown(params['factor'])} unused" if "factor" in params else ""
+    d.put("model.positions.scaling.kind", "ntk_alpha", f"{where}: type dynamic with an alpha (ntk_alpha{factor})")
+    d.put("model.positions.scaling.alpha", float(alpha), f"{where}.alpha")
 
 
 def _experts(c: HFConfig, d: Draft) -> None:

@@ -23,6 +23,7 @@ transformers = pytest.importorskip("transformers")
 from moec.hf.checkpoint import Checkpoint  # noqa: E402
 from moec.hf.weights import read_weights  # noqa: E402
 from moec.nn import build_model  # noqa: E402
+from moec.nn.rope import inv_frequencies  # noqa: E402
 from moec.nn.router import Router  # noqa: E402
 from tests.hf.families.test_dots1 import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, by_expert  # noqa: E402
@@ -103,13 +104,13 @@ def test_release_config_as_transformers_saves_it_drafts_the_same_spec():
     assert plan_differences(saved, nearest_plan(HUNYUAN_A13B)[0]) == []
 
 
-def test_ntk_alpha_becomes_the_base_transformers_rotates_with():
+def test_ntk_alpha_rotates_with_transformers_frequencies():
     plan, _ = nearest_plan(TINY)
     hf = tiny_hf("hunyuan_v1_moe", TINY)
-    theta = plan.positions.theta
-    assert plan.positions.scaling is None and theta == pytest.approx(1e4 * 1000.0 ** (16 / 14), rel=1e-15)
-    ours = 1.0 / theta ** (torch.arange(0, 16, 2, dtype=torch.float) / 16)
-    assert torch.equal(ours, hf.model.rotary_emb.inv_freq)
+    sc = plan.positions.scaling
+    assert (plan.positions.theta, sc.kind, sc.alpha, sc.factor) == (1e4, "ntk_alpha", 1000.0, None)
+    ours, scale = inv_frequencies(plan.positions, 16, plan.max_seq_len, seq_len=12)
+    assert torch.equal(ours, hf.model.rotary_emb.inv_freq) and scale == 1.0
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
-from moec.spec.schema import Override, Spec
+from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.yamlio import Located, Path, dotted
 
 Bad = Callable[[Path, str], None]
@@ -150,16 +150,7 @@ def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
     if sc.kind in ("dynamic", "ntk_alpha") and rot == 2:
         # NTK's base stretch has the exponent dim / (dim - 2)
         bad(here + ("kind",), f"{sc.kind} scaling needs more than 2 rotated dims per head")
-    if sc.kind == "ntk_alpha":
-        if sc.alpha is None:
-            bad(here, "ntk_alpha scaling needs alpha")
-        if sc.factor is not None:
-            bad(here + ("factor",), "ntk_alpha stretches the base by alpha; it takes no factor")
-    else:
-        if sc.factor is None:
-            bad(here, f"{sc.kind} scaling needs factor")
-        if sc.alpha is not None:
-            bad(here + ("alpha",), "only meaningful with kind: ntk_alpha")
+    _check_factor_or_alpha(sc, here, bad)
     if sc.kind == "longrope":
         for f in ("short_factor", "long_factor"):
             v = getattr(sc, f)
@@ -176,6 +167,20 @@ def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
                 bad(here + (f,), "only meaningful with kind: longrope")
     if sc.kind in ("yarn", "llama3", "longrope") and sc.original_max_seq_len is None:
         bad(here + ("original_max_seq_len",), f"{sc.kind} scaling needs original_max_seq_len")
+
+
+def _check_factor_or_alpha(sc: RopeScaling, here: Path, bad: Bad) -> None:
+    """ntk_alpha stretches the base by alpha; every other kind scales by factor."""
+    if sc.kind == "ntk_alpha":
+        if sc.alpha is None:
+            bad(here, "ntk_alpha scaling needs alpha")
+        if sc.factor is not None:
+            bad(here + ("factor",), "ntk_alpha stretches the base by alpha; it takes no factor")
+        return
+    if sc.factor is None:
+        bad(here, f"{sc.kind} scaling needs factor")
+    if sc.alpha is not None:
+        bad(here + ("alpha",), "only meaningful with kind: ntk_alpha")
 
 
 # --- layers ------------------------------------------------------------------------------------

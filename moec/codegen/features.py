@@ -1,0 +1,370 @@
+"""What a resolved plan asks of the generated ``model.py``: the features its templates specialise on and the
+checked text of every number they print (for ``moec.codegen.render``).
+
+Security: nothing from the spec is pasted into code as text. Every value that reaches a template passes one of
+the checks below first: integers and floats are type-checked and emitted with ``repr``, strings must be members
+of a fixed set, flags must be bools. (The model's name, the only free text, is checked by the renderer.)
+
+Every feature a plan can express is rendered except plans that no spec resolves to (layers whose attention
+differs in more than window, RoPE and RoPE base, several different MoE or dense-FFN configurations in one model,
+mixed attention kinds) and the features listed in :func:`_refuse_unsupported`; those raise ``ValueError`` naming
+the problem rather than emitting code that would disagree with the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
+
+ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
+COMPONENTS = ("embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts")
+SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
+
+
+# ---------------------------------------------------------------------------------------------
+# the only ways a plan value becomes text
+
+
+def int_text(v: Any, what: str, *, minimum: int = 1) -> str:
+    if type(v) is not int or v < minimum:
+        raise ValueError(f"{what} must be an integer ≥ {minimum}; got {v!r}")
+    return repr(v)
+
+
+def float_text(v: Any, what: str) -> str:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number; got {v!r}")
+    return repr(float(v))
+
+
+def checked_bool(v: Any, what: str) -> bool:
+    if type(v) is not bool:
+        raise ValueError(f"{what} must be true or false; got {v!r}")
+    return v
+
+
+def checked_choice(v: Any, allowed: tuple[str, ...], what: str) -> str:
+    if type(v) is not str or v not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {v!r}")
+    return v
+
+
+def str_literal(v: Any, allowed: tuple[str, ...], what: str) -> str:
+    """A string literal for the generated code (a member of a fixed set, so repr is plain)."""
+    return repr(checked_choice(v, allowed, what)).replace("'", '"')
+
+
+# ---------------------------------------------------------------------------------------------
+# what the plan uses
+
+
+@dataclass(frozen=True)
+class RouterFeatures:
+    score: str
+    softmax_after_topk: bool
+    normalize: bool
+    scale: bool
+    bias: bool
+    selection_bias: bool
+    selection_bias_parameter: bool
+    groups: bool
+    group_score: str
+    dense: bool
+    jitter: bool
+    capacity: bool
+    drop_policy: str
+    load_balance: bool
+    sequence: bool  # load balance per sequence
+    z_loss: bool
+    bias_update: bool
+
+    @property
+    def summary(self) -> str:
+        """One docstring line naming this model's routing (fixed words only)."""
+        parts = ["sigmoid scores" if self.score == "sigmoid" else "softmax scores"]
+        if self.dense:
+            parts.append("dense (every expert, weighted by its score)")
+        else:
+            if self.selection_bias:
+                parts.append("a selection bias")
+            if self.groups:
+                parts.append(f"group-limited choice ({self.group_score})")
+            parts.append("top-k, softmax over the k chosen logits" if self.softmax_after_topk else "top-k")
+        if self.normalize:
+            parts.append("weights renormalized")
+        if self.scale:
+            parts.append("scaled")
+        if self.capacity:
+            parts.append(f"capacity-limited (drop by {self.drop_policy})")
+        return "This model routes with " + ", ".join(parts) + "."
+
+
+@dataclass(frozen=True)
+class Features:
+    norm: str
+    norm_bias: bool
+    pre_norm: bool
+    norm_placement: str  # pre, post or after_sublayer
+    learned_positions: bool
+    rope_any: bool  # some layer rotates q and k
+    rope_param: bool  # some do, some don't: Attention takes `rope`
+    partial_rotary: bool  # GQA heads rotate only their first ROPE_DIM dims
+    layer_rope_theta: bool  # some rotating layer has a RoPE base of its own: Attention takes `rope_theta`
+    scaling: str | None
+    yarn_truncate: bool
+    yarn_attention: str  # "stated", "ratio" or "default"
+    yarn_mscale: bool
+    mla_scale_factor: bool
+    gqa: bool
+    mla: bool
+    window: bool
+    sinks: bool
+    attn_bias: bool
+    attn_out_bias: bool
+    qk_norm: str | None
+    clip_qkv: bool
+    attn_scale: bool
+    activations: tuple[str, ...]
+    clamped: bool
+    clamped_experts: bool
+    moe: bool
+    dense: bool
+    ffn_types: str
+    ffn_experts: bool
+    lora: bool
+    shared: bool
+    shared_gate: bool
+    router: RouterFeatures | None
+    mtp: bool
+    tie_embeddings: bool
+    head_bias: bool
+    frozen: tuple[str, ...]
+
+    @property
+    def rope(self) -> bool:
+        return self.rope_any
+
+
+def _one(values: list[Any], what: str) -> Any:
+    """The single configuration every layer shares (a spec has one `moe` and one `ffn` section)."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) > 1:
+        raise ValueError(f"codegen supports one {what} configuration per model; this plan has {len(distinct)}")
+    return distinct[0] if distinct else None
+
+
+def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, dict[str, str | None]]:
+    """(the features the templates specialise on, the checked text of the constants they print)."""
+    norm = checked_choice(plan.norm.kind, ("rmsnorm", "layernorm"), "norm.kind")
+    placement = checked_choice(plan.norm.placement, ("pre", "post", "after_sublayer"), "norm.placement")
+    pos = checked_choice(plan.positions.kind, ("rope", "learned", "none"), "positions.kind")
+    if not layers:
+        raise ValueError("the plan has no layers")
+    _refuse_unsupported(plan, layers)
+
+    # attention: one configuration, except the window, RoPE and RoPE base of each layer
+    attns = [lp.attention for lp in layers]
+    a = _one(
+        [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns],
+        "attention (besides window, rope and rope_theta)",
+    )
+    kind = checked_choice(a.kind, ("gqa", "mla"), "attention.kind")
+    ropes = [checked_bool(x.rope, "attention.rope") for x in attns]
+    for x in attns:
+        if x.window is not None:
+            int_text(x.window, "attention.window")
+    if any(ropes) and pos != "rope":
+        raise ValueError("a layer applies RoPE but the model's positions are not rope")
+    if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
+        raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
+    qk_norm = (
+        checked_choice(a.qk_norm_scope, ("head", "projection"), "qk_norm_scope")
+        if checked_bool(a.qk_norm, "qk_norm")
+        else None
+    )
+
+    c = _model_constants(plan, a)
+    sc = plan.positions.scaling
+    if not any(ropes) and kind == "mla" and sc is not None and sc.kind == "yarn" and sc.mscale_all_dim:
+        raise ValueError("MLA with YaRN scaling but no layer applying RoPE is not supported by codegen")
+    rope = _rope_features(plan, a, attns, c) if any(ropes) else RopeFeatures()  # no rotation: nothing to scale
+
+    # FFNs: one dense configuration and one MoE configuration
+    dense = _one([lp.ffn for lp in layers if isinstance(lp.ffn, DenseFFNPlan)], "dense FFN")
+    moe = _one([lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)], "MoE")
+    for lp in layers:
+        if not isinstance(lp.ffn, (DenseFFNPlan, MoEPlan)):
+            raise ValueError(f"layer {lp.index}: unknown FFN plan {type(lp.ffn).__name__}")
+    acts = [checked_choice(x.activation, ACTIVATIONS, "activation") for x in (dense, moe) if x is not None]
+    expert_kind = checked_choice(moe.expert_kind, ("ffn", "lora"), "expert_kind") if moe else None
+    has_dense, has_moe = dense is not None, moe is not None
+    frozen = tuple(checked_choice(x, COMPONENTS, "frozen component") for x in plan.frozen)
+
+    f = Features(
+        norm=norm,
+        norm_bias=norm == "layernorm" and checked_bool(plan.norm.bias, "norm.bias"),
+        pre_norm=placement == "pre",
+        norm_placement=placement,
+        learned_positions=pos == "learned",
+        rope_any=any(ropes),
+        rope_param=any(ropes) and not all(ropes),
+        partial_rotary=any(ropes) and kind == "gqa" and plan.rope_dim != a.head_dim,
+        layer_rope_theta=any(x.rope and x.rope_theta is not None for x in attns),
+        scaling=rope.scaling,
+        yarn_truncate=rope.yarn_truncate,
+        yarn_attention=rope.yarn_attention,
+        yarn_mscale=(rope.scaling == "yarn" and rope.yarn_attention != "stated") or rope.mla_scale_factor,
+        mla_scale_factor=rope.mla_scale_factor,
+        gqa=kind == "gqa",
+        mla=kind == "mla",
+        window=any(x.window is not None for x in attns),
+        sinks=checked_bool(a.sinks, "sinks"),
+        attn_bias=checked_bool(a.bias, "attention.bias"),
+        attn_out_bias=checked_bool(a.out_bias, "attention.out_bias"),
+        qk_norm=qk_norm,
+        clip_qkv=a.clip_qkv is not None,
+        attn_scale=a.scale is not None,
+        activations=tuple(dict.fromkeys(acts)),
+        clamped="swiglu_clamped" in acts,
+        clamped_experts=has_moe and moe.activation == "swiglu_clamped" and expert_kind == "ffn",
+        moe=has_moe,
+        dense=has_dense,
+        ffn_types=" | ".join(t for t, on in (("DenseFFN", has_dense), ("MoE", has_moe)) if on),
+        ffn_experts=expert_kind == "ffn",
+        lora=expert_kind == "lora",
+        shared=has_moe and int_text(moe.n_shared_experts, "n_shared_experts", minimum=0) != "0",
+        shared_gate=has_moe and moe.n_shared_experts > 0 and checked_bool(moe.shared_gate, "shared_gate"),
+        router=_router_features(moe) if moe is not None else None,
+        mtp=bool(plan.mtp),
+        tie_embeddings=checked_bool(plan.tie_embeddings, "tie_embeddings"),
+        head_bias=checked_bool(plan.head_bias, "head_bias"),
+        frozen=frozen,
+    )
+    return f, c
+
+
+def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
+    """Features the templates do not render yet: refuse rather than emit code that disagrees with the library."""
+    attns = [lp.attention for lp in layers]
+    routers = [lp.ffn.router for lp in layers if isinstance(lp.ffn, MoEPlan)]
+    sc = plan.positions.scaling
+    unsupported = {
+        "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
+        "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
+        "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
+        "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
+        "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
+        "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
+    }
+    for what, used in unsupported.items():
+        if used:
+            raise ValueError(f"codegen does not support {what} yet; use the library model (moec.nn)")
+
+
+def _model_constants(plan: ResolvedModel, a: AttentionPlan) -> dict[str, str | None]:
+    """The module-level numbers every model prints, and the optional ones (None: not printed)."""
+    c: dict[str, str | None] = {
+        "vocab_size": int_text(plan.vocab_size, "vocab_size"),
+        "d_model": int_text(plan.d_model, "d_model"),
+        "max_seq_len": int_text(plan.max_seq_len, "max_seq_len"),
+        "norm_eps": float_text(plan.norm.eps, "norm.eps"),
+    }
+    latent_eps = a.latent_norm_eps if a.kind == "mla" else None
+    c["latent_norm_eps"] = None if latent_eps is None else float_text(latent_eps, "attention.latent_norm_eps")
+    for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+        v = getattr(plan, key)
+        c[key] = None if v == 1.0 else float_text(v, key)
+    c["logit_softcap"] = None if plan.logit_softcap is None else float_text(plan.logit_softcap, "logit_softcap")
+    return c
+
+
+@dataclass(frozen=True)
+class RopeFeatures:
+    """How the rotating layers' cos/sin are made (all off when no layer rotates)."""
+
+    scaling: str | None = None
+    yarn_truncate: bool = False
+    yarn_attention: str = "default"  # "stated", "ratio" or "default"
+    mla_scale_factor: bool = False
+
+
+def _rope_features(
+    plan: ResolvedModel, a: AttentionPlan, attns: list[AttentionPlan], c: dict[str, str | None]
+) -> RopeFeatures:
+    """Some layer rotates: its constants into ``c``, and the scaling's shape."""
+    pos = plan.positions
+    c["rope_theta"] = float_text(pos.theta, "positions.theta")
+    c["rope_dim"] = int_text(plan.rope_dim, "rope dim")
+    thetas = [pos.theta] + [x.rope_theta for x in attns if x.rope and x.rope_theta is not None]
+    bases = [float_text(t, "rope_theta") for t in dict.fromkeys(thetas)]
+    c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
+    sc = pos.scaling
+    if sc is None:
+        return RopeFeatures()
+    scaling = checked_choice(sc.kind, SCALINGS, "rope scaling kind")
+    mla_scale_factor = a.kind == "mla" and scaling == "yarn" and bool(sc.mscale_all_dim)
+    yarn_attention = _scaling_constants(pos, plan.max_seq_len, c)
+    if mla_scale_factor or yarn_attention == "ratio":
+        c["rope_mscale_all_dim"] = float_text(sc.mscale_all_dim, "scaling.mscale_all_dim")
+    truncate = scaling == "yarn" and checked_bool(sc.truncate, "scaling.truncate")
+    return RopeFeatures(scaling, truncate, yarn_attention, mla_scale_factor)
+
+
+def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | None]) -> str:
+    """The scaling's numbers into ``c``; returns how YaRN states its attention factor ("default" otherwise)."""
+    sc = pos.scaling
+    assert sc is not None
+    if sc.kind == "ntk_alpha":
+        c["rope_ntk_alpha"] = float_text(sc.alpha, "scaling.alpha")
+    else:
+        c["rope_factor"] = float_text(sc.factor, "scaling.factor")
+    if sc.kind in ("dynamic", "yarn", "llama3"):
+        trained = sc.original_max_seq_len or (max_seq_len if sc.kind == "dynamic" else None)
+        c["rope_original_max_seq_len"] = int_text(trained, "scaling.original_max_seq_len")
+    if sc.kind == "llama3":
+        low, high = sc.low_freq_factor, sc.high_freq_factor
+        c["rope_low_freq_factor"] = float_text(1.0 if low is None else low, "scaling.low_freq_factor")
+        c["rope_high_freq_factor"] = float_text(4.0 if high is None else high, "scaling.high_freq_factor")
+    if sc.kind != "yarn":
+        return "default"
+    c["rope_beta_fast"] = float_text(sc.beta_fast or 32.0, "scaling.beta_fast")
+    c["rope_beta_slow"] = float_text(sc.beta_slow or 1.0, "scaling.beta_slow")
+    if sc.attention_factor is not None:
+        c["rope_attention_factor"] = float_text(sc.attention_factor, "scaling.attention_factor")
+        return "stated"
+    if sc.mscale and sc.mscale_all_dim:
+        c["rope_mscale"] = float_text(sc.mscale, "scaling.mscale")
+        return "ratio"
+    return "default"
+
+
+def _router_features(moe: MoEPlan) -> RouterFeatures:
+    r = moe.router
+    load_balance = moe.load_balance_coeff > 0
+    return RouterFeatures(
+        score=checked_choice(r.score, ("softmax", "sigmoid"), "router.score"),
+        softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
+        normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),
+        scale=r.scale != 1.0,
+        bias=checked_bool(r.bias, "router.bias"),
+        selection_bias=checked_bool(r.selection_bias, "router.selection_bias"),
+        selection_bias_parameter=bool(r.selection_bias)
+        and checked_bool(r.selection_bias_parameter, "router.selection_bias_parameter"),
+        groups=r.n_groups is not None and r.topk_groups is not None and r.topk_groups < r.n_groups,
+        group_score=checked_choice(r.group_score, ("max", "top2_sum"), "router.group_score"),
+        dense=checked_bool(r.dense, "router.dense"),
+        jitter=r.jitter > 0,
+        capacity=moe.capacity_factor is not None,
+        drop_policy=checked_choice(moe.drop_policy, ("probs", "position"), "drop_policy"),
+        load_balance=load_balance,
+        sequence=load_balance
+        and checked_choice(moe.load_balance_granularity, ("batch", "sequence"), "load_balance_granularity")
+        == "sequence",
+        z_loss=moe.z_loss_coeff > 0,
+        # the update moves the selection bias; without one it has nothing to move (as in moec.nn)
+        bias_update=moe.bias_update_rate is not None and bool(r.selection_bias),
+    )

@@ -29,8 +29,8 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "embedding_lookup_flops": 0,
         "lm_head_flops": "2·d·V per token, also when tied",
         "elementwise_flops": 0,
-        "rope_variants": "partial rotary (rotary_dim < head_dim), per-layer rope_theta, ntk_alpha scaling: 0 FLOPs, "
-        "0 parameters, KV bytes unchanged (the cache holds whole k heads)",
+        "rope_variants": "partial rotary (rotary_dim < head_dim), per-layer rope_theta, ntk_alpha scaling, mrope "
+        "sections (plain RoPE on text): 0 FLOPs, 0 parameters, KV bytes unchanged (the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
         "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
         "except with post",

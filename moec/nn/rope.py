@@ -9,6 +9,10 @@ Conventions are Hugging Face's, so that checkpoints load without permuting weigh
   rotates those pairs and writes the result in the half layout, exactly like transformers'
   ``apply_rotary_pos_emb_interleave`` (q and k are both re-laid out, so q·k is unchanged).
 
+Multimodal RoPE (``positions.mrope_sections``, Qwen-VL) shares the frequencies among temporal, height and width
+position ids; on text the three ids are the token's position, and every section's angle is then the plain one:
+moec, which runs text, needs no table of its own for it.
+
 Frequencies are recomputed in every forward (a few tiny ops, once per model call): no buffer can be left
 uninitialised after building on ``meta`` and materialising, and dynamic NTK needs the live length anyway.
 """

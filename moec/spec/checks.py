@@ -28,6 +28,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         _check_mla(spec, bad)
     _check_attention_features(spec, bad)
     _check_partial_rotary(spec, bad)
+    _check_mrope(spec, bad)
     _check_rope_scaling(spec, bad)
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
@@ -128,6 +129,25 @@ def _check_partial_rotary(spec: Spec, bad: Bad) -> None:
             else f"got {rot}"
         )
         bad(here, f"rotary positions need an even number (≥ 2) of rotated dims; {how}")
+
+
+def _check_mrope(spec: Spec, bad: Bad) -> None:
+    pos = spec.model.positions
+    here: Path = ("model", "positions")
+    if pos.mrope_sections is None:
+        if pos.mrope_interleaved:
+            bad(here + ("mrope_interleaved",), "only meaningful with mrope_sections")
+        return
+    if pos.kind != "rope":
+        bad(here + ("mrope_sections",), "only meaningful with kind: rope")
+        return
+    rot = _rotated_dims(spec)
+    if rot and sum(pos.mrope_sections) != rot // 2:
+        bad(
+            here + ("mrope_sections",),
+            f"the sections share the {rot // 2} rotary frequencies (rotated dims / 2); they sum to "
+            f"{sum(pos.mrope_sections)}",
+        )
 
 
 def _rotated_dims(spec: Spec) -> int | None:

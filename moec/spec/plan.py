@@ -65,6 +65,13 @@ class PositionsPlan:
     scaling: RopeScalingPlan | None
     # partial rotary: the first rotary_dim dims of each GQA q/k head rotate, the rest pass through; None: all
     rotary_dim: int | None = None
+    # multimodal RoPE's [t, h, w] frequency sections (None: plain RoPE); on text positions it is plain RoPE
+    mrope_sections: tuple[int, ...] | None = None
+    mrope_interleaved: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mrope_sections is not None:  # a tuple, also when reloaded from a YAML list
+            object.__setattr__(self, "mrope_sections", tuple(int(x) for x in self.mrope_sections))
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,8 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
             pos["theta"],
             RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None,
             pos.get("rotary_dim"),
+            pos.get("mrope_sections"),
+            pos.get("mrope_interleaved", False),
         ),
         layers=tuple(layer(l) for l in d["layers"]),
         mtp=tuple(layer(l) for l in d.get("mtp", ())),

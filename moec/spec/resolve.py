@@ -167,6 +167,8 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             m.positions.theta,
             RopeScalingPlan(**sc.model_dump()) if sc is not None else None,
             rotary_dim,
+            tuple(m.positions.mrope_sections) if m.positions.mrope_sections is not None else None,
+            m.positions.mrope_interleaved,
         ),
         layers=layers,
         mtp=mtp,

@@ -82,6 +82,13 @@ class Positions(Strict):
     # one of the two: partial_rotary_factor resolves to int(head_dim · factor), transformers' truncation. GQA only
     rotary_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
     partial_rotary_factor: Annotated[float, Field(gt=0, le=1)] | None = None
+    # multimodal RoPE (Qwen2/2.5-VL; Qwen3-VL with mrope_interleaved): the rotated dims' frequencies are shared
+    # among temporal, height and width position ids, [t, h, w] of them (summing to rotated dims / 2). moec runs
+    # text, whose three ids are all the token's position: there it is plain RoPE, exactly
+    mrope_sections: (
+        Annotated[list[Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)]], Field(min_length=3, max_length=3)] | None
+    ) = None
+    mrope_interleaved: bool = False
 
     def rotary_width(self, head_dim: int) -> int:
         """How many of a head_dim-wide q or k head's dims rotate."""

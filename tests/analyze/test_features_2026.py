@@ -41,6 +41,7 @@ COUNT_NEUTRAL = {
     "logit softcap and scaling": ("model.logit_softcap=30.0", "model.logits_scaling=8.0"),
     "per-layer rope theta": ("layers.default.attention.rope_theta=1.0e6",),
     "ntk alpha": ("model.positions.scaling={kind: ntk_alpha, alpha: 1000.0}",),
+    "mrope sections": ("model.positions.mrope_sections=[2, 1, 1]", "model.positions.mrope_interleaved=true"),
 }
 
 

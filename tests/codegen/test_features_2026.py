@@ -47,6 +47,7 @@ CASES = {
         attn="n_kv_heads: 2",
         extra="layers: {overrides: [{select: [1], attention: {rope_theta: 500.0}}]}\n",
     ),
+    "mrope on text": variant(model="positions: {kind: rope, mrope_sections: [2, 1, 1], mrope_interleaved: true}"),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
     "logit softcap after scaling, mtp": DEEPSEEK.replace(
         "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"

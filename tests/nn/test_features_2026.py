@@ -409,3 +409,36 @@ def test_the_built_model_has_the_analyzers_parameters(text):
     assert sum(t + f for t, f in counts.values()) == a.params.total
     assert sum(t for t, _ in counts.values()) == a.params.trainable
     assert {c.name: (c.trainable, c.frozen) for c in a.components} == {k: v for k, v in counts.items() if any(v)}
+
+
+# --- multimodal RoPE on text -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl_moe"])
+def test_mrope_on_text_positions_is_transformers_multimodal_rope(family):
+    """Qwen2-VL's sectioned and Qwen3-VL-MoE's interleaved multimodal RoPE, fed text position ids (the same id for
+    time, height and width), give moec's plain tables: the mrope fields need no table of their own."""
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLTextConfig as Config
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding as Rotary
+
+        sections, interleaved = [4, 6, 6], False
+    else:
+        from transformers import Qwen3VLMoeTextConfig as Config
+        from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextRotaryEmbedding as Rotary
+
+        sections, interleaved = [8, 4, 4], True
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections, "mrope_interleaved": interleaved}
+    cfg = Config(hidden_size=64, num_attention_heads=2, head_dim=32, rope_parameters=rope)
+    S = 40
+    x = torch.zeros(1, S, 64)
+    want = Rotary(cfg)(x, torch.arange(S)[None])
+    spec = MELLUM.replace(
+        "theta: 500000.0}",
+        f"theta: 10000.0, mrope_sections: {sections}, mrope_interleaved: {str(interleaved).lower()}}}",
+    )
+    plan = resolve(load_spec("t.yaml", text=spec.replace("head_dim: 16", "head_dim: 32")))
+    assert plan.positions.mrope_sections == tuple(sections)
+    got = build_model(plan, device="cpu", seed=0).rotary(S, x.device, x.dtype)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w[0], atol=1e-6, rtol=1e-5)

@@ -273,3 +273,30 @@ def test_ntk_alpha_resolves_without_a_factor():
 def test_ntk_alpha_and_factor_misuse_is_located(scaling, at, message):
     text = with_positions(f"scaling: {scaling}")
     assert errors(text) == [f"{located(text, 8, at)} {message}"]
+
+
+# --- multimodal RoPE -----------------------------------------------------------------------------------------
+
+
+def test_mrope_sections_resolve_to_a_tuple_and_survive_the_resolved_yaml():
+    p = plan(with_positions("mrope_sections: [4, 2, 2], mrope_interleaved: true"))
+    assert (p.positions.mrope_sections, p.positions.mrope_interleaved) == ((4, 2, 2), True)
+    assert plan_from_dict(p.to_dict()) == p
+    assert plan().positions.mrope_sections is None
+
+
+@pytest.mark.parametrize(
+    "extra,at,message",
+    [
+        ("mrope_sections: [4, 2, 4]", "[4, 2, 4]", "model.positions.mrope_sections: the sections share the 8 rotary "
+         "frequencies (rotated dims / 2); they sum to 10"),
+        ("rotary_dim: 8, mrope_sections: [4, 2, 2]", "[4, 2, 2]", "model.positions.mrope_sections: the sections "
+         "share the 4 rotary frequencies (rotated dims / 2); they sum to 8"),
+        ("mrope_interleaved: true", "true", "model.positions.mrope_interleaved: only meaningful with mrope_sections"),
+        ("mrope_sections: [4, 4]", "[4, 4]", "model.positions.mrope_sections: [4, 4]: list should have at least 3 "
+         "items after validation, not 2"),
+    ],
+)  # fmt: skip
+def test_mrope_misuse_is_located(extra, at, message):
+    text = with_positions(extra)
+    assert errors(text) == [f"{located(text, 8, at)} {message}"]

@@ -48,7 +48,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
 # values of the conventions every output carries (report.conventions). Their keys, numbers and the values
 # that depend on the run (seq, attention, dtype, the kv length) are mutated and tested.
 DO_NOT_MUTATE_LINES = [
-    r'^        "\w+": "[^"]*",$',  # a conventions entry whose value is a plain string literal
+    r'^        ("\w+": )?"[^"]*",?$',  # a conventions entry, or a continuation line, that is only string literals
 ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,9 @@ def launch(args: list[str], nproc: int, device: str) -> int:
         env = os.environ | {STATUS_ENV: tmp}
         if kind == "cpu":
             env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process unless asked: they share the cores
+        if sys.stdout.isatty():  # rank 0 writes into a pipe: render its tables for this terminal all the same
+            env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
+            env.setdefault("FORCE_COLOR", "1")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         cmd += ["-m", "moec", "smoke-run", *args]
         with open(Path(tmp) / "torchrun.log", "w+") as log:

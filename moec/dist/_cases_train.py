@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -104,9 +105,7 @@ def distributed_run(
         model = build_model(plan, device="meta", backend="reference")
         md.parallelize(model, meshes, fsdp=fsdp)
     else:
-        with torch.device("meta"):
-            model = generated.Model(backend="reference")
-        generated.parallelize(model, meshes)
+        model = generated.parallelize(_meta_model(generated), meshes)
     if wrong_scaling:  # FSDP's default: the mean over each unit's group, and a loss left per rank
         experts = {id(m) for _, m in routed_experts(model)}
         for m in model.modules():
@@ -184,6 +183,7 @@ def train_case() -> dict:
     plan = train_plan()
     ref = reference_run(plan)
     world = dist.get_world_size()
+    module, tp = generated_module(plan), Layout(tp=world)
     return {
         "reference_norms": ref["norms"],
         "fsdp": distributed_run(plan, ref, Layout(), fsdp=True),
@@ -191,8 +191,22 @@ def train_case() -> dict:
         "ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True),
         "tp_fsdp": distributed_run(plan, ref, Layout(tp=world), fsdp=True),
         "ep_fsdp_default_division": distributed_run(plan, ref, Layout(ep=world), fsdp=True, wrong_scaling=True),
-        "generated_ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True, generated=generated_module(plan)),
+        "generated_ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True, generated=module),
+        "generated_tp_refusal": _refusal(lambda: module.parallelize(_meta_model(module), md.build_mesh(tp, plan))),
     }
+
+
+def _meta_model(module: ModuleType) -> torch.nn.Module:
+    with torch.device("meta"):
+        return module.Model(backend="reference")
+
+
+def _refusal(call: Callable[[], object]) -> str | None:
+    try:
+        call()
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def generated_module(plan: ResolvedModel) -> ModuleType:

@@ -70,3 +70,9 @@ def test_four_ranks_train_like_one_process(dist_case, layout):
         assert run["numel"] == run["planned_numel"]
         assert run["bias_spread_across_ranks"] == 0.0
     assert ranks[0][layout]["param_diff"] <= TOL, ranks[0][layout]["worst"]
+
+
+def test_tensor_parallelism_of_a_generated_model_is_refused_by_name(ranks):
+    for result in ranks:
+        message = result["generated_tp_refusal"]
+        assert message is not None and "tp = 2" in message and "generated model.py" in message

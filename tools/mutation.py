@@ -4,6 +4,7 @@ last run found).
     pip install mutmut==3.8.1          # not a test dependency: CI does not run this
     python3 tools/mutation.py analyze router
     python3 tools/mutation.py hf-weights yamlio --keep
+    python3 tools/mutation.py --planted      # the six bugs of issue 21, each must fail its tests
 
 For each target it copies the committed tree (``git archive HEAD``, so edits in the working tree are not
 measured) to a fresh folder under /tmp, writes mutmut's ``[tool.mutmut]`` section into the copy's
@@ -50,6 +51,51 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
 DO_NOT_MUTATE_LINES = [
     r'^        ("\w+": )?"[^"]*",?$',  # a conventions entry, or a continuation line, that is only string literals
 ]
+
+
+# The six bugs of issue 21 that once passed the whole suite: (what, file, text, planted text, tests that
+# must now fail). ``--planted`` plants each in its own copy of HEAD and runs those tests there.
+PLANTED = [
+    ("routed experts' active count without their biases", "moec/analyze/counts.py",
+     "Part(E * per_expert, k * per_expert, 2 * k * mm)", "Part(E * per_expert, k * mm, 2 * k * mm)",
+     "tests/analyze/test_formulas.py"),
+    ("the shared-expert gate left out of the active count", "moec/analyze/counts.py",
+     "Part(s_p + gate, s_p + gate, 2 * (s_mm + gate))", "Part(s_p + gate, s_p, 2 * (s_mm + gate))",
+     "tests/analyze/test_formulas.py"),
+    ("capacity with floor instead of ceil", "moec/nn/router.py",
+     "capacity = math.ceil(", "capacity = math.floor(", "tests/nn/test_router.py"),
+    ("the MTP target one position short", "moec/nn/loss.py",
+     "_shifted_ce(lg, tokens, k + 1)", "_shifted_ce(lg, tokens, k)", "tests/nn/test_model.py"),
+    ("16 bytes of optimizer state per frozen parameter", "moec/analyze/memory.py",
+     "ADAMW_BYTES_FROZEN = 2", "ADAMW_BYTES_FROZEN = 16", "tests/analyze/test_formulas.py"),
+    ("a section's errors located at its end", "moec/spec/yamlio.py",
+     "            self.stack.pop()\n", "            self.stack.pop().mark = _mark_at(self.file, event.end_mark)\n",
+     "tests/spec/test_error_locations.py"),
+]  # fmt: skip
+
+
+def check_planted() -> int:
+    """Plant each bug of PLANTED in a fresh copy of HEAD; its tests must fail there. Returns the misses."""
+    missed = 0
+    for what, path, text, planted, tests in PLANTED:
+        with tempfile.TemporaryDirectory(prefix="moec-planted-") as tmp:
+            work = Path(tmp)
+            copy_committed_tree(ROOT, work)
+            source = (work / path).read_text()
+            if source.count(text) != 1:
+                print(f"cannot plant {what!r}: {path} no longer holds its text once")
+                missed += 1
+                continue
+            (work / path).write_text(source.replace(text, planted))
+            env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
+            run = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests],
+                cwd=work, env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            caught = run.returncode == 1
+            missed += not caught
+            print(f"{'caught' if caught else 'MISSED'}: {what} ({tests}, exit {run.returncode})", flush=True)
+    return missed
 
 
 def mutmut_section(modules: list[str], tests: list[str]) -> str:
@@ -128,9 +174,15 @@ def run_target(name: str, keep: bool) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("targets", nargs="+", choices=sorted(TARGETS))
+    parser.add_argument("targets", nargs="*", help=", ".join(sorted(TARGETS)))
+    parser.add_argument("--planted", action="store_true", help="check that each bug of issue 21 fails its tests")
     parser.add_argument("--keep", action="store_true", help="leave the copy for `mutmut show` and `mutmut results`")
     args = parser.parse_args()
+    if args.planted:
+        return min(check_planted(), 1)
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown or not args.targets:
+        parser.error(f"name targets from {', '.join(sorted(TARGETS))}, or --planted (got {args.targets})")
     if shutil.which("mutmut") is None:
         print("mutmut is not installed: pip install mutmut==3.8.1", file=sys.stderr)
         return 2

@@ -152,6 +152,8 @@ def _ffn(prefix: str, f: DenseFFNPlan | MoEPlan, d: int, unit: str) -> list[Para
     out = [ParamTensor(f"{prefix}.router.weight", (E, d), "router", unit, None)]
     if f.router.bias:
         out.append(ParamTensor(f"{prefix}.router.bias", (E,), "router", unit, None))
+    if f.router.selection_bias and f.router.selection_bias_parameter:  # ERNIE-4.5: a counted parameter
+        out.append(ParamTensor(f"{prefix}.router.expert_bias", (E,), "router", unit, None))
     if f.expert_kind == "lora":
         out += _dense(f"{prefix}.base", d, f.d_ff, f.gated, f.bias, "base_ffn", unit)
         out += _lora_experts(f"{prefix}.experts", f, d, unit)

@@ -42,8 +42,10 @@ STEPS, BATCH, SEQ = 6, 4, 16
 RUN = ["--device", "cpu", "--steps", str(STEPS), "--batch", str(BATCH), "--seq", str(SEQ), "--format", "json"]
 
 
-def _moec(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+def _moec(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")} | (
+        env or {}
+    )
     cmd = [sys.executable, "-m", "moec", "smoke-run", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=ROOT, check=False)
 
@@ -135,3 +137,12 @@ def test_a_layout_the_model_refuses_is_one_error_line_and_exit_2(spec):
         "error: n_experts = 4 does not divide by ep = 3; dp_shard·tp = 2·1 = 2 does not divide by ep = 3 "
         "(EP borrows its ranks from the FSDP and TP ranks)"
     ]
+
+
+def test_a_run_that_does_not_fit_each_ranks_share_is_refused_before_allocating(spec):
+    # 2 MB for the host, 1 MB per process: below the runtime allowance alone; every rank refuses alike
+    done = _moec(spec, *RUN, "--nproc", "2", "--ep", "2", env={"MOEC_MEMORY_LIMIT": "2000000"})
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: smoke-run of dist-smoke-scaled needs about ")
+    assert "per rank" in line and "but each of the 2 ranks (cpu) has 0.0 GiB free" in line

@@ -83,6 +83,18 @@ def deinterleave(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
 
 
+def half_layout(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q or k projection (h·hd, ...) with rotary pairs (2i, 2i+1) per head → pairs (i, i + hd/2):
+    [0, 2, 4, ..., 1, 3, 5, ...] within each head. q and k get the same permutation, so q·k is unchanged;
+    moec's half-layout rotary on the permuted rows is an interleaved rotary (Llama-4, ERNIE-4.5) on the original
+    ones."""
+    import torch
+
+    hd = w.shape[0] // n_heads
+    order = torch.cat((torch.arange(0, hd, 2), torch.arange(1, hd, 2)))  # (hd,)
+    return w.view(n_heads, hd, *w.shape[1:])[:, order].reshape(w.shape)
+
+
 class Mapper:
     """The transformers naming most families share (Llama, Mixtral, Qwen, DeepSeek, OLMoE, gpt-oss, Granite).
     Family differences are the class attributes; DBRX, which names everything its own way, subclasses."""

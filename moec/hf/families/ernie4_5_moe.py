@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router
-from moec.hf.families.llama4 import _half_layout
-from moec.hf.mapper import Mapper
+from moec.hf.mapper import Mapper, half_layout
 from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -162,7 +161,7 @@ class Ernie45MoeMapper(Mapper):
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         t = super().attention(p, lp, leaf)
         heads = {"q_proj": lp.attention.n_heads, "k_proj": lp.attention.n_kv_heads}.get(leaf.split(".")[0])
-        return _half_layout(t, heads) if heads else t
+        return half_layout(t, heads) if heads else t
 
     def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         if leaf != "router.expert_bias":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import all_known, aux, base, defaults, dense_ffn, gqa, jitter_on_hidden, moe_core, router
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan
-from moec.hf.mapper import Mapper, Missing
+from moec.hf.mapper import Mapper, Missing, half_layout
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -155,17 +155,6 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     return cfg
 
 
-def _half_layout(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rows of a q or k projection (h·hd, ...) with rotary pairs (2i, 2i+1) per head → pairs (i, i + hd/2):
-    [0, 2, 4, ..., 1, 3, 5, ...] within each head. q and k get the same permutation, so q·k is unchanged;
-    moec's half-layout rotary on the permuted rows is Llama-4's interleaved rotary on the original ones."""
-    import torch
-
-    hd = w.shape[0] // n_heads
-    order = torch.cat((torch.arange(0, hd, 2), torch.arange(1, hd, 2)))  # (hd,)
-    return w.view(n_heads, hd, *w.shape[1:])[:, order].reshape(w.shape)
-
-
 class Llama4Mapper(Mapper):
     """Llama-4: ``feed_forward.`` blocks (dense MLP or MoE), ``router``, ``shared_expert``, stacked experts
     already in moec's layout, and interleaved rotary pairs re-laid out by permuting q and k rows."""
@@ -177,7 +166,7 @@ class Llama4Mapper(Mapper):
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         t = super().attention(p, lp, leaf)
         heads = {"q_proj": lp.attention.n_heads, "k_proj": lp.attention.n_kv_heads}.get(leaf.split(".")[0])
-        return _half_layout(t, heads) if heads else t
+        return half_layout(t, heads) if heads else t
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
         if part == "ffn" and isinstance(lp.ffn, DenseFFNPlan):

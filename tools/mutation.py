@@ -74,27 +74,39 @@ PLANTED = [
 ]  # fmt: skip
 
 
-def check_planted() -> int:
-    """Plant each bug of PLANTED in a fresh copy of HEAD; its tests must fail there. Returns the misses."""
-    missed = 0
-    for what, path, text, planted, tests in PLANTED:
-        with tempfile.TemporaryDirectory(prefix="moec-planted-") as tmp:
-            work = Path(tmp)
-            copy_committed_tree(ROOT, work)
+def _pytest_in_copy(tests: str, plant: tuple[str, str, str] | None) -> int:
+    """Exit code of pytest on ``tests`` in a fresh copy of HEAD, with ``(path, text, planted)`` applied
+    (``text`` must occur exactly once; -1 when it does not)."""
+    with tempfile.TemporaryDirectory(prefix="moec-planted-") as tmp:
+        work = Path(tmp)
+        copy_committed_tree(ROOT, work)
+        if plant is not None:
+            path, text, planted = plant
             source = (work / path).read_text()
             if source.count(text) != 1:
-                print(f"cannot plant {what!r}: {path} no longer holds its text once")
-                missed += 1
-                continue
+                return -1
             (work / path).write_text(source.replace(text, planted))
-            env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
-            run = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests],
-                cwd=work, env=env, capture_output=True, text=True,
-            )  # fmt: skip
-            caught = run.returncode == 1
-            missed += not caught
-            print(f"{'caught' if caught else 'MISSED'}: {what} ({tests}, exit {run.returncode})", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests],
+            cwd=work, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        return run.returncode
+
+
+def check_planted() -> int:
+    """Each bug of PLANTED, planted alone in a fresh copy of HEAD, must fail tests that pass without it.
+    Returns the number missed."""
+    missed = 0
+    for tests in sorted({p[-1] for p in PLANTED}):
+        clean = _pytest_in_copy(tests, None)
+        print(f"without a bug: {tests} exits {clean}", flush=True)
+        missed += clean != 0
+    for what, path, text, planted, tests in PLANTED:
+        code = _pytest_in_copy(tests, (path, text, planted))
+        verdict = "caught" if code == 1 else ("CANNOT PLANT (text changed)" if code == -1 else "MISSED")
+        print(f"{verdict}: {what} ({tests}, exit {code})", flush=True)
+        missed += code != 1
     return missed
 
 

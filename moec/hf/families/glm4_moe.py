@@ -35,7 +35,9 @@ _PARTIAL = "partial_rotary_factor"
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    factor, factor_src = _take_partial_rotary(c)
+    factor, factor_src = take_partial_rotary(
+        c, DEFAULT_PARTIAL_ROTARY, f"{_PARTIAL} unset: {DEFAULT_PARTIAL_ROTARY} (Glm4MoeConfig's default)"
+    )
     base(c, d, "Glm4Moe")
     if factor is not None:
         d.put("model.positions.partial_rotary_factor", factor, factor_src)
@@ -70,10 +72,11 @@ def translate(c: HFConfig, d: Draft) -> None:
               "transformers builds none (ignored)")  # fmt: skip
 
 
-def _take_partial_rotary(c: HFConfig) -> tuple[Any, str]:
-    """The rotated fraction of each head, taken out of the rope fields before the shared rope reader sees them
-    (it refuses the factor for families whose attention rotates whole heads). Glm4MoeRotaryEmbedding reads it
-    from rope_parameters, where transformers moves a top-level one; when both are given they must agree."""
+def take_partial_rotary(c: HFConfig, default: float | None, default_src: str = "") -> tuple[Any, str]:
+    """The rotated fraction of each head and its source, taken out of the rope fields before the shared rope
+    reader sees them (it refuses the factor for families whose attention rotates whole heads). The rotary
+    embeddings of GLM-4.5 and the families built on it read it from rope_parameters, where transformers moves a
+    top-level one; when both are given they must agree. Neither given: ``default`` (None: none given)."""
     nested_key = "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
     nested = c.raw.get(nested_key)
     inner = None
@@ -87,7 +90,7 @@ def _take_partial_rotary(c: HFConfig) -> tuple[Any, str]:
         return None, ""
     factor, src = (inner, f"{nested_key}.{_PARTIAL}") if inner is not None else (top, _PARTIAL)
     if factor is None:
-        return DEFAULT_PARTIAL_ROTARY, f"{_PARTIAL} unset: {DEFAULT_PARTIAL_ROTARY} (Glm4MoeConfig's default)"
+        return default, default_src
     if not is_number(factor) or not 0 < factor <= 1:
         c.bad(src.split(" ")[0], f"{shown(factor)}: expected a number in (0, 1]")
         return None, ""

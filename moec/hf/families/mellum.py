@@ -1,0 +1,218 @@
+"""Mellum (``model_type`` mellum, MellumForCausalLM; JetBrains Mellum 2): Qwen3-MoE's attention (GQA, RMSNorm
+over each head's q and k before the rotation) and MoE (softmax over all experts, top-k, optionally
+renormalised, no shared expert), with sliding windows on the ``layer_types`` layers, dense MLPs on the
+``mlp_layer_types`` "dense" layers, and rotary parameters per attention type: ``rope_parameters`` maps
+full_attention and sliding_attention to their own mapping (base and scaling).
+
+moec gives a layer its own RoPE base (``layers.*.attention.rope_theta``) but one scaling for the whole model:
+layer types whose rope_type or scaling parameters differ (Mellum 2.1's release: YaRN on the full layers, none on
+the sliding ones) are refused, naming the sliding type's mapping. The MTP layer the config may describe
+(``num_mtp_layers``) is built by neither transformers nor moec; its ``mtp.*`` tensors are let go on load, as
+transformers does. Checkpoints use transformers' common names (the base Mapper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families.flint import _spelt  # JSON's spelling of true and false
+from moec.hf.mapper import Mapper
+from moec.spec.plan import ResolvedModel
+
+if TYPE_CHECKING:
+    from moec.hf.checkpoint import Checkpoint
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=98304, hidden_size=2304, intermediate_size=7168, num_hidden_layers=28,
+                    num_attention_heads=32, num_key_value_heads=4, head_dim=128, max_position_embeddings=131072,
+                    rms_norm_eps=1e-6, attention_bias=False, sliding_window=1024, moe_intermediate_size=896,
+                    num_experts_per_tok=8, num_local_experts=64, norm_topk_prob=True, router_aux_loss_coef=0.001,
+                    layer_types=None, mlp_layer_types=None, num_nextn_predict_layers=None, mtp_layer_types=None,
+                    mtp_mlp_layer_types=None)
+# fmt: on
+
+TYPES = ("full_attention", "sliding_attention")
+# MellumConfig.__post_init__ when rope_parameters is unset
+DEFAULT_ROPE = {
+    "full_attention": {"rope_type": "default", "rope_theta": 500000.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+}
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    per_type = _rope_per_type(c)
+    _base_with_rope_of(c, d, per_type)
+    b = c.bool("attention_bias")
+    gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
+    d.put("attention.qk_norm", True, "MellumAttention: RMSNorm(head_dim) on q and k, before the rotation")
+    w = c.int("sliding_window", optional=True)
+    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (MellumConfig)")
+    if w is None and any(t == "sliding_attention" for t in _listed_types(c)):
+        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    _qwen_fields_mellum_deletes(c, d)
+    if per_type is not None and not c.failed("layer_types"):
+        _layer_rope(c, d, per_type)
+    moe_core(c, d, experts_key="num_local_experts", width_key="moe_intermediate_size")
+    router(d, "MellumTopKRouter (Qwen3-MoE's): softmax over all experts, top-k", score="softmax",
+           softmax_after_topk=False)  # fmt: skip
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    aux(c, d)
+    _mlp_layers(c, d)
+    if "dense" in d.ffn:
+        dense_ffn(c, d, bias_src="MellumMLP has no biases")
+    c.value("intermediate_size")  # the dense layers' width, unused without them
+    _mtp(c, d)
+
+
+def _listed_types(c: HFConfig) -> list[Any]:
+    types = c.value("layer_types")
+    return types if isinstance(types, list) else ["full_attention"]
+
+
+def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:
+    """rope_parameters as MellumRotaryEmbedding reads it: one mapping per attention type a layer uses, each
+    with its own rope_theta (transformers has no fallback for a missing one)."""
+    given = c.value("rope_parameters")
+    if given is None:
+        return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(TYPES)})")
+        return None
+    ok = True
+    if "attention" in _listed_types(c):
+        c.bad("layer_types", "'attention' has no rope_parameters mapping in Mellum; write full_attention")
+        ok = False
+    for t in sorted({t for t in _listed_types(c) if t in TYPES}):
+        p = given.get(t)
+        if p is None:
+            c.bad("rope_parameters", f"no mapping for {t}, which layers use")
+            ok = False
+        elif not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
+            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
+            ok = False
+    for t in given:
+        if t not in TYPES:
+            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(TYPES)}")
+            ok = False
+    return {t: dict(p) for t, p in given.items()} if ok else None
+
+
+def _reference_type(c: HFConfig, per_type: dict[str, dict[str, Any]]) -> str:
+    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope."""
+    used = [t for t in TYPES if t in set(_listed_types(c)) and t in per_type] or [t for t in TYPES if t in per_type]
+    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention"))
+
+
+def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None) -> None:
+    """The common base, its rope read from one attention type's flat mapping; what it notes or refuses under
+    ``rope_parameters.<key>`` is renamed ``rope_parameters.<type>.<key>``, where the config holds it."""
+    if per_type is None:
+        saved = c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
+        base(c, d, "Mellum")
+        c.raw["rope_parameters"] = saved
+        return
+    ref = _reference_type(c, per_type)
+    given = "rope_parameters" in c.raw
+    saved = c.raw.get("rope_parameters")
+    c.raw["rope_parameters"] = per_type[ref]
+    base(c, d, "Mellum")
+    if given:
+        c.raw["rope_parameters"] = saved
+    else:
+        del c.raw["rope_parameters"]
+    old, default = "rope_parameters", "" if given else " (MellumConfig default)"
+    for path, (value, note) in list(d.fields.items()):
+        if path.startswith("model.positions.") and note.startswith(old):
+            d.fields[path] = (value, f"{old}.{ref}{note.removeprefix(old)}{default}")
+    flat = per_type[ref]
+
+    def located(field: str) -> str:  # where the config holds what the flat mapping held
+        if field.startswith(old + "."):
+            return field.replace(old, f"{old}.{ref}", 1)
+        return f"{old}.{ref}.{field}" if field in flat and not c.given(field) else field
+
+    c.issues = [(located(f), m) for f, m in c.issues]
+    d.gaps = [dataclasses.replace(g, field=located(g.field)) for g in d.gaps]
+
+
+def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]]) -> None:
+    """Each layer's base from its type's mapping; the model's is the largest used, the others a layer's own.
+    The types' scalings must be one: moec has one scaling per model."""
+    types = _listed_types(c)
+    ref = _reference_type(c, per_type)
+    scaling = {k: v for k, v in per_type[ref].items() if k != "rope_theta"}
+    for t in sorted(set(types) & set(TYPES) - {ref}):
+        other = {k: v for k, v in per_type[t].items() if k != "rope_theta"}
+        if other != scaling:
+            d.gap(
+                f"rope_parameters.{t}",
+                other,
+                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
+                "layer its own base but one scaling per model",
+                "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Mellum 2.1: YaRN "
+                "on full-attention layers, none on sliding ones). No count change",
+            )
+    model = float(per_type[ref]["rope_theta"])
+    own = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model else None for t in types]
+    if any(own):
+        d.layer_attention["rope_theta"] = (own, "rope_parameters.<layer type>.rope_theta (a layer's own base)")
+
+
+def _qwen_fields_mellum_deletes(c: HFConfig, d: Draft) -> None:
+    """Qwen's fields MellumConfig deletes (layer_types and mlp_layer_types decide): transformers ignores them,
+    and Mellum has no other implementation that reads them, so they are named, never refused."""
+    keys = ("use_sliding_window", "max_window_layers", "decoder_sparse_step", "mlp_only_layers")
+    ignored = [f"{k} {_spelt(c.value(k))}" for k in keys if c.given(k)]
+    if ignored:
+        d.put("attention.kind", "gqa", f"{', '.join(ignored)}: MellumConfig deletes them (transformers ignores them)")
+
+
+def _mlp_layers(c: HFConfig, d: Draft) -> None:
+    """mlp_layer_types: 'sparse' is MoE, 'dense' MellumMLP(intermediate_size); unset, every layer is MoE."""
+    d.ffn_note = "mlp_layer_types unset: every layer sparse (MellumConfig)"
+    if c.value("mlp_layer_types") is None:
+        return
+    types = c.str_list("mlp_layer_types")
+    if types is None or not d.layers_known:
+        return
+    if len(types) != d.n_layers:
+        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
+        return
+    known = [t in ("dense", "sparse") for t in types]
+    if not all(known):
+        bad = [i for i, k in enumerate(known) if not k]
+        c.bad("mlp_layer_types", f"{shown(types[bad[0]])} on layers {bad[:5]} is not one of dense, sparse")
+        return
+    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
+    d.ffn_note = "mlp_layer_types"
+
+
+def _mtp(c: HFConfig, d: Draft) -> None:
+    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
+    extra = [f"{k} {shown(c.value(k))}" for k in ("mtp_layer_types", "mtp_mlp_layer_types") if c.given(k)]
+    if mtp or extra:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
+        what = ", ".join([f"num_mtp_layers {mtp}"] * bool(mtp) + extra)
+        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; {what}: transformers builds none (ignored)")
+
+
+class MellumMapper(Mapper):
+    """transformers' common names; the MTP layer's ``mtp.*`` tensors are let go."""
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        # MellumPreTrainedModel lets them go on load (_keys_to_ignore_on_load_unexpected), and so does moec,
+        # whose model leaves the MTP layer out too
+        ck.used.update(n for n in ck.file_of if n.startswith("mtp."))
+
+
+FAMILY = Family(
+    "mellum",
+    "MellumForCausalLM",
+    DEFAULTS,
+    translate,
+    aliases={"num_experts": "num_local_experts", "num_mtp_layers": "num_nextn_predict_layers"},
+    mapper=MellumMapper,
+)

@@ -49,17 +49,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         qk,
         c.src("use_qk_norm") + (" (RMSNorm(head_dim) on q and k, before the rotation)" if qk else ""),
     )
-    moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
-    deepseek_v3_router(c, d, "Glm4MoeTopkRouter")
-    d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
-    d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
-    n_shared = c.int("n_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, c.src("n_shared_experts") + " (Glm4MoeMoE fuses them into one MLP of n·width)"),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    glm4_moe_block(c, d, "Glm4Moe")
     k_dense = c.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Glm4MoeDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
@@ -70,6 +60,22 @@ def translate(c: HFConfig, d: Draft) -> None:
     if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
         d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
               "transformers builds none (ignored)")  # fmt: skip
+
+
+def glm4_moe_block(c: HFConfig, d: Draft, cls: str) -> None:
+    """Glm4MoeMoE (which SolarOpen reuses; ``cls`` names the family's classes): the routed experts, DeepSeek-V3's
+    router with the config's group counts, and the shared experts fused into one MLP."""
+    moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
+    deepseek_v3_router(c, d, f"{cls}TopkRouter")
+    d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
+    d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
+    n_shared = c.int("n_shared_experts", minimum=0)
+    if n_shared:
+        d.section(
+            "moe",
+            n_shared_experts=(n_shared, c.src("n_shared_experts") + f" ({cls}MoE fuses them into one MLP of n·width)"),
+            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
+        )
 
 
 def take_partial_rotary(c: HFConfig, default: float | None, default_src: str = "") -> tuple[Any, str]:

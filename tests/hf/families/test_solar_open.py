@@ -1,0 +1,161 @@
+"""Solar Open (model_type solar_open): the release config's counts equal transformers' model on meta; a tiny
+random checkpoint saved by transformers (q/k/v biases, YaRN rotary, group-limited sigmoid routing with a selection
+bias, fused shared experts) loads with moec.from_hf to transformers' logits and router choices; the generated
+model.py gives moec.nn's logits; the GLM-4.5 fields SolarOpenConfig drops are accepted when they agree with what
+transformers builds and refused when they do not."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from moec.analyze import analyze
+from moec.errors import SpecError
+from moec.hf import hf_to_model, import_hf_config
+from moec.hf.config import plan_differences
+from tests.hf.configs import hf_model_on_meta
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from moec.codegen import render_model_source  # noqa: E402
+from tests.codegen.test_codegen import import_source  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
+
+# upstage/Solar-Open-100B config.json: the slice a public MLX port's tests copy as "a faithful slice of the real
+# config.json" (n_group, topk_group, use_qk_norm and attention_bias absent, as there), with architectures and
+# hidden_act as a Neuron port's test config "matching actual upstage/Solar-Open-100B config" gives them.
+SOLAR_OPEN_100B = {
+    "architectures": ["SolarOpenForCausalLM"],
+    "model_type": "solar_open",
+    "partial_rotary_factor": 1.0,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 64,
+    "head_dim": 128,
+    "num_key_value_heads": 8,
+    "vocab_size": 196608,
+    "intermediate_size": 10240,
+    "moe_intermediate_size": 1280,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000,
+    "max_position_embeddings": 131072,
+    "n_routed_experts": 128,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.0,
+    "num_experts_per_tok": 8,
+    "tie_word_embeddings": False,
+    "first_k_dense_replace": 0,
+    "rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 65536},
+}
+
+# q/k/v biases, YaRN (factor 2 over 32 positions), 8 experts in 4 groups (the best 2), a selection bias that
+# moves choices, renormalised weights scaled by 2.5, two shared experts fused into one MLP.
+TINY = {
+    "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "num_hidden_layers": 2, "n_routed_experts": 8,
+    "n_shared_experts": 2, "moe_intermediate_size": 16, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
+    "norm_topk_prob": True, "routed_scaling_factor": 2.5, "attention_bias": True,
+    "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0, "original_max_position_embeddings": 32},
+}  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def hf_counts(cfg: dict) -> tuple[int, int]:
+    """(total, active) of transformers' model on meta; active = total − (E−k)/E of the routed experts."""
+    model = hf_model_on_meta(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
+    E, k = model.config.n_routed_experts, model.config.num_experts_per_tok
+    return total, total - routed * (E - k) // E
+
+
+def test_release_counts_equal_transformers_model_on_meta():
+    params = analyze(hf_to_model(SOLAR_OPEN_100B)).params
+    assert (params.total, params.active) == hf_counts(SOLAR_OPEN_100B)
+    # 102.7B total (the card's "100B"); 12.1B active counting the input embedding and the untied head
+    assert round(params.total / 1e8) == 1027 and round(params.active / 1e8) == 121
+
+
+def test_tiny_counts_equal_transformers_model_on_meta():
+    cfg = {**TINY, "model_type": "solar_open"}
+    params = analyze(hf_to_model(cfg)).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_release_config_as_transformers_saves_it_imports_to_the_same_plan():
+    """save_pretrained's spelling: rope_parameters, the dropped GLM-4.5 fields kept as given."""
+    saved = hf_model_on_meta(SOLAR_OPEN_100B).config.to_dict()
+    assert saved["rope_parameters"]["rope_type"] == "yarn"
+    assert plan_differences(hf_to_model(saved), hf_to_model(SOLAR_OPEN_100B)) == []
+
+
+def test_fields_transformers_ignores_are_named():
+    text = import_hf_config({**SOLAR_OPEN_100B, "use_qk_norm": False})
+    assert "intermediate_size 10240: SolarOpenConfig drops it, nothing has that width; ignored" in text
+    assert "first_k_dense_replace 0: agrees; transformers ignores it" in text
+    assert "use_qk_norm false: agrees (transformers ignores it)" in text
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"first_k_dense_replace": 1}, "first_k_dense_replace"),  # GLM-4.5's code would build a dense layer
+        ({"use_qk_norm": True}, "use_qk_norm"),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),  # transformers' forward fails on it
+        ({"scoring_func": "softmax"}, "scoring_func"),
+    ],
+)
+def test_fields_that_disagree_with_what_transformers_runs_are_refused(change, field):
+    with pytest.raises(SpecError) as e:
+        hf_to_model({**SOLAR_OPEN_100B, **change})
+    assert [p.path for p in e.value.problems] == [field]
+
+
+def tiny_hf(cfg: dict):
+    """transformers' model of a tiny config with every weight random and away from its init: norms and biases
+    around 1, routers with logits of order 1, the selection bias large enough to change choices."""
+    c = transformers.AutoConfig.for_model("solar_open", **copy.deepcopy(cfg))
+    c._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(c).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate.weight"):  # the router, (E, d)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            else:
+                vector = p.dim() == 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    hf = tiny_hf(TINY)
+    folder = tmp_path_factory.mktemp("solar_open")
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    assert model.plan.positions.scaling.kind == "yarn"
+    assert assert_same(hf, model) <= 1e-4
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
+    gen.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])

@@ -88,9 +88,28 @@ def test_a_selection_bias_counts_only_as_a_parameter(as_parameter):
     )
 
 
-@pytest.mark.parametrize("key", ["rope_variants", "mla_latent_norm_eps", "norm_placement", "logits", "selection_bias"])
-def test_the_conventions_state_what_each_feature_changes(key):
-    assert "0 FLOPs" in analysis().conventions[key]
+CONVENTIONS = {
+    "rope_variants": [
+        "partial rotary",
+        "rope_theta",
+        "ntk_alpha",
+        "mrope",
+        "0 FLOPs",
+        "0 parameters",
+        "KV bytes unchanged",
+    ],
+    "mla_latent_norm_eps": ["0 FLOPs", "0 parameters", "KV bytes unchanged"],
+    "norm_placement": ["after_sublayer", "two norms of d per layer", "a final norm of d except with post"],
+    "logits": ["logit_softcap", "logits_scaling", "0 FLOPs", "0 parameters"],
+    "selection_bias": ["not counted", "selection_bias_parameter", "E router parameters per MoE layer"],
+}
+
+
+@pytest.mark.parametrize("key,says", CONVENTIONS.items(), ids=CONVENTIONS.keys())
+def test_the_conventions_state_what_each_feature_changes(key, says):
+    """The JSON's conventions name each feature and what it changes; the tests above hold the numbers to it."""
+    text = analysis().to_dict()["conventions"][key]
+    assert all(phrase in text for phrase in says), text
 
 
 MLA = """

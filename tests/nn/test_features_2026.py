@@ -1,5 +1,7 @@
 """moec.nn's 2025–26 MoE features against transformers' own modules on identical weights (issue 11): partial
-rotary (GLM-4.5-MoE), ... Each test builds the transformers module of a family that has the feature."""
+rotary (GLM-4.5-MoE attention), MLA latent norm eps (DeepSeek-V3 attention), norms after each sublayer (FlexOlmo),
+the selection bias as a parameter (ERNIE-4.5-MoE), per-layer RoPE bases (Mellum), NTK-alpha (Hunyuan) and
+multimodal RoPE on text (Qwen2-VL, Qwen3-VL-MoE); logit soft-capping against Gemma 2's formula."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def model_tensors(plan: ResolvedModel) -> list[ParamTensor]:
         tensors.append(ParamTensor("pos_embed.weight", (plan.max_seq_len, d), "embedding", ROOT, None))
     for lp in plan.layers:
         tensors += block_tensors(f"layers.{lp.index}", lp, plan)
-    if plan.norm.placement == "pre":
+    if plan.norm.final_norm:
         tensors += _norm("norm", d, plan.norm, "norms", ROOT)
     if not plan.tie_embeddings:
         tensors.append(ParamTensor("lm_head.weight", (V, d), "head", ROOT, 0))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from moec.analyze import analyze
 from moec.analyze.memory import RunMemory, refuse_unless_fits, training_run_memory
-from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
+from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
 
 TINY_D = 64
 TINY_VOCAB = 256
@@ -105,6 +105,7 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
     mtp = tuple(LayerPlan(len(layers) + j, attention(lp.attention), ffn(lp.ffn)) for j, lp in enumerate(plan.mtp[:1]))
     return dataclasses.replace(
         plan,
+        positions=_shrunk_positions(plan, layers[0].attention.head_dim),
         name=f"{plan.name}-scaled",
         d_model=d_model,
         vocab_size=min(plan.vocab_size, vocab),
@@ -113,6 +114,20 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         layers=layers,
         mtp=mtp,
     )
+
+
+def _shrunk_positions(plan: ResolvedModel, new_head_dim: int) -> PositionsPlan:
+    """A partial rotary width shrinks with the head (even, at least 2, at most the head). The multimodal
+    sections are dropped: on text positions every section rotates by the same position, which is plain RoPE
+    (docs in README's spec section), so the copy computes the same function of text tokens."""
+    pos = plan.positions
+    if pos.rotary_dim is None and not pos.mrope_sections:
+        return pos
+    rotary_dim = pos.rotary_dim
+    if rotary_dim is not None:
+        old_head_dim = plan.layers[0].attention.head_dim
+        rotary_dim = min(new_head_dim, max(2, 2 * round(rotary_dim * new_head_dim / old_head_dim / 2)))
+    return dataclasses.replace(pos, rotary_dim=rotary_dim, mrope_sections=None, mrope_interleaved=False)
 
 
 def bytes_needed(plan: ResolvedModel, *, batch: int, seq: int) -> int:

@@ -22,6 +22,10 @@ from moec.dist.tensor_parallel import TensorParallelError, apply_tp
 from moec.nn.model import MoecModel
 
 
+class ShardingError(ValueError):
+    """A model FSDP cannot shard as moec.dist applies it, naming the feature."""
+
+
 def parallelize(
     model: nn.Module,
     meshes: Meshes,
@@ -44,8 +48,21 @@ def parallelize(
     if layout.ep > 1:
         apply_ep(model, meshes.ep)
     if fsdp:
+        _refuse_sharded_selection_bias(model)
         apply_fsdp(model, meshes, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy)
     return model
+
+
+def _refuse_sharded_selection_bias(model: nn.Module) -> None:
+    """ERNIE-4.5 keeps its selection bias as a parameter (``selection_bias_parameter``). FSDP would shard it,
+    and the aux-loss-free step updates it in place from the summed loads, which a shard cannot do. Until it
+    is kept replicated, refuse by name rather than train a bias that drifts between ranks."""
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "expert_bias", None), nn.Parameter):
+            raise ShardingError(
+                f"{name}.expert_bias: a trainable selection bias (moe.router.selection_bias_parameter, "
+                "ERNIE-4.5) is not supported under FSDP yet; run without FSDP (--no-fsdp)"
+            )
 
 
 def apply_fsdp(

@@ -2,7 +2,7 @@
 
     python bench/moe_cpu.py [--repeats 5] [--json out.json]
 
-Shape (kernels.md §7, issue 4): d=512, f=1024, E=8, k=2, SwiGLU, T=4096 tokens, fp32 (bf16 on an
+Shape (docs/kernels.md, "CPU measurements"; issue 4): d=512, f=1024, E=8, k=2, SwiGLU, T=4096 tokens, fp32 (bf16 on an
 AVX2-only CPU measures emulation), all cores. Forward and forward+backward, each in one process with
 every backend interleaved round-robin, as ``moec bench`` does (this script wraps the same library).
 Acceptance (issue 4): the reference backend is at least as fast as the naive loop and the

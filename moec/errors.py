@@ -1,4 +1,4 @@
-"""Spec problems as values with locations (house style 7).
+"""Spec problems as values with locations (docs/architecture.md, "House style, in brief").
 
 Everything below the CLI raises :class:`SpecError`, which carries every problem found, each with the
 file, line and column it points at and the dotted field path.  The CLI prints them and exits 2.

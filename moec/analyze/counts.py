@@ -1,6 +1,6 @@
 """Parameters and forward FLOPs per component, per layer: pure arithmetic over layer plans.
 
-Conventions (CONVENTIONS.md): 1 multiply-add = 2 FLOPs; linear FLOPs per token = 2 × active matmul
+Conventions (docs/conventions.md): 1 multiply-add = 2 FLOPs; linear FLOPs per token = 2 × active matmul
 weights; elementwise work (norms, activations, softmax, RoPE, biases) = 0; the embedding lookup = 0;
 the lm_head = 2·d·V also when tied. Attention-score FLOPs (QKᵀ and AV) depend on the context length and
 are computed separately in :func:`attention_score_flops`.

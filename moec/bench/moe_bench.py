@@ -1,6 +1,6 @@
 """Time MoE expert implementations side by side, in one process, on the same tensors and routing.
 
-Method (kernels.md §6-7):
+Method (docs/kernels.md, "How the benchmark measures"):
 * Inputs: seeded normal activations and weights (std 1/sqrt(fan-in)); routing is seeded uniform
   top-k (k distinct experts per token, gate weights a softmax over the chosen k).
 * Every peer is warmed up (Triton compilation, allocator), then timed ``repeats`` times

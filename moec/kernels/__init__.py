@@ -1,6 +1,7 @@
 """The expert computation behind one small interface, with interchangeable backends.
 
-Every backend implements the same two functions (house style 6: the fast path beside its oracle):
+Every backend implements the same two functions (the fast path beside its oracle;
+docs/kernels.md, "Backends and the interface"):
 
 ``expert_ffn(x, topk_idx, topk_w, w_gate_up, w_down, *, activation, b_gate_up=None, b_down=None,
 alpha=None, limit=None)``

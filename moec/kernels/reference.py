@@ -1,12 +1,14 @@
 """The pure-PyTorch expert computation: sort routing slots by expert once, run each expert on a
 contiguous slice of rows, weight and un-permute.
 
-Two ways to run the per-expert matmuls over the sorted rows (kernels.md §4.7):
+Two ways to run the per-expert matmuls over the sorted rows (docs/kernels.md,
+"Grouped matmul on CPU"):
 
 - **loop** (CPU, and any case the grouped kernel cannot take): one host sync for the per-expert row
   counts, then a Python loop over ``w.unbind(0)``. Selecting ``W[e]`` under autograd would make the
   backward allocate E full-size weight gradients; ``unbind`` yields views whose gradients are stacked
-  once. On a 2-core CPU this measured fastest for fwd and fwd+bwd at E ≤ 64 (kernels.md §3).
+  once. On a 2-core CPU this measured fastest for fwd and fwd+bwd at E ≤ 64 (docs/kernels.md,
+  "Grouped matmul on CPU").
   Dropped slots (-1) sort last and are sliced off, so every row is real.
 - **grouped** (CUDA bf16, SM ≥ 80, 16-byte aligned rows): ``grouped_mm`` with int32 cumulative ``offs``;
   no host sync, so the row count stays T·k and the dropped slots stay at the tail. ``grouped_mm``
@@ -16,7 +18,7 @@ Two ways to run the per-expert matmuls over the sorted rows (kernels.md §4.7):
   atomics; index_add_ on CUDA is not).
 
 On CPU, bf16/fp16 matmuls run ~100x slower than fp32, so low-precision inputs are computed in fp32
-and the result is cast back (kernels.md §3, exp7).
+and the result is cast back (docs/kernels.md, "Low precision on CPU").
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ forward and the backward of one call must agree on it.
 
 * Default: the heuristic table below, keyed by tokens per expert (the M of each expert's GEMM).
   Fine-grained shapes (few rows per expert) want small BM: at T=4096 with DeepSeek-V3's 256
-  experts, BM=128 pads the tile space by ~1.47x against ~1.24x at BM=64 (kernels.md, 4.2).
+  experts, BM=128 pads the tile space by ~1.47x against ~1.24x at BM=64 (docs/kernels.md,
+  "Block sizes and autotune").
 * ``MOEC_AUTOTUNE=1`` on a GPU times a few candidates once per shape key and stores the winner in a
   JSON cache (``$MOEC_CACHE_DIR`` or ``~/.cache/moec``), so a second run does not re-tune.
 * Never under the interpreter: there a fixed small config keeps the test suite fast.

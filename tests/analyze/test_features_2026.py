@@ -1,5 +1,5 @@
 """The analyzer on the 2025–26 MoE features (issue 11): the count-neutral ones leave every parameter, FLOP and
-KV byte where the hand formulas of CONVENTIONS.md put them, and the conventions say so; the ones that count
+KV byte where the hand formulas of docs/conventions.md put them, and the conventions say so; the ones that count
 are counted by hand here."""
 
 from __future__ import annotations

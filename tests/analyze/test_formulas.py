@@ -1,4 +1,4 @@
-"""The analyzer against formulas derived by hand from CONVENTIONS.md, on small specs."""
+"""The analyzer against formulas derived by hand from docs/conventions.md, on small specs."""
 
 from __future__ import annotations
 

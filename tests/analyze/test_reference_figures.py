@@ -1,7 +1,7 @@
-"""The analyzer against published and independently measured figures (CONVENTIONS.md table).
+"""The analyzer against published and independently measured figures (docs/conventions.md, "Reference figures").
 
 The Mixtral and DeepSeek-V3 numbers were measured with torch's FlopCounterMode on full-size meta-device
-models and with transformers' parameter counts (shared/research/analyzers-and-configs.md); the others
+models and with transformers' parameter counts (docs/conventions.md, "Reference figures"); the others
 are the vendors' published totals.
 """
 

@@ -34,7 +34,7 @@ GAPS = {
     ),
 }  # fmt: skip
 
-# Published totals, independent of both moec and transformers (CONVENTIONS.md reference figures;
+# Published totals, independent of both moec and transformers (docs/conventions.md, "Reference figures";
 # Llama-2-7B's model card).
 PUBLISHED_TOTAL = {"mixtral": 46_702_792_704, "deepseek_v3": 671_026_404_352, "llama": 6_738_415_616}
 

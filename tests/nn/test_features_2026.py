@@ -401,7 +401,8 @@ SPECS = {
 @pytest.mark.parametrize("text", SPECS.values(), ids=SPECS.keys())
 def test_the_built_model_has_the_analyzers_parameters(text):
     """Invariant 1 of docs/architecture.md, "Invariants the tests hold", on the new features: total, trainable and
-    frozen of the model built on meta are the analyzer's (MTP modules aside, as the analyzer reports them separately)."""
+    frozen of the model built on meta are the analyzer's (MTP modules aside, as the analyzer reports them
+    separately)."""
     from moec.analyze import analyze
 
     plan = resolve(load_spec("t.yaml", text=text))

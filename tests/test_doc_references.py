@@ -162,3 +162,28 @@ def test_a_name_a_file_writes_is_not_taken_for_a_citation_only_where_that_file_w
     assert found == [
         "moec/other.py:3: cites moe_gpu.md, which is not a file of the repository (paths are from its root)"
     ]
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_every_link_between_documents_lands_on_a_file_and_heading(doc: str):
+    path = ROOT / "docs" / doc
+    broken = []
+    for m in re.finditer(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]+))?\)", path.read_text(encoding="utf-8")):
+        target = (path.parent / m[1]).resolve() if m[1] else path
+        if not target.is_file():
+            broken.append(m[0])
+        elif m[2] and target.suffix == ".md":
+            headings = re.findall(r"^#+\s+(.+?)\s*$", target.read_text(encoding="utf-8"), flags=re.M)
+            broken += [] if m[2] in {github_anchor(h) for h in headings} else [m[0]]
+    assert broken == []
+
+
+def test_the_docs_index_lists_every_document():
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"\]\(([\w-]+\.md)\)", index))
+    assert {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"} <= listed

@@ -68,8 +68,9 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 
 def _listed_types(c: HFConfig) -> list[Any]:
+    """layer_types if a list of names (anything else is reported by typed_windows' reader), else all full."""
     types = c.value("layer_types")
-    return types if isinstance(types, list) else ["full_attention"]
+    return types if isinstance(types, list) and all(isinstance(t, str) for t in types) else ["full_attention"]
 
 
 def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:

@@ -2,8 +2,9 @@
 
 Each rank trains the single-process model on the whole batch itself (the reference), then the same model
 under a layout, fed its share of the batch, for the same steps: AdamW, gradient clipping that bites, and the
-aux-loss-free bias step. The generated model.py of the same spec, through its own parallelize(), is held to the
-same reference. The balance loss is per sequence, so the global batch's aux loss is the mean of the
+aux-loss-free bias step. The generated model.py of the same spec, through its own parallelize() (EP × FSDP and
+TP × FSDP), is held to the same reference; what tensor parallelism cannot split (attention sinks) is refused for it
+by name, as for moec.nn. The balance loss is per sequence, so the global batch's aux loss is the mean of the
 ranks' (a batch-level one is per local batch, GShard's groups, and would differ from one process by design).
 """
 
@@ -183,7 +184,9 @@ def train_case() -> dict:
     plan = train_plan()
     ref = reference_run(plan)
     world = dist.get_world_size()
-    module, tp = generated_module(plan), Layout(tp=world)
+    module = generated_module(plan)
+    sinks = resolve(load_spec("dist-sinks.yaml", text=SPEC.replace("n_kv_heads: 2}", "n_kv_heads: 2, sinks: true}")))
+    with_sinks, tp = generated_module(sinks), Layout(tp=world)
     return {
         "reference_norms": ref["norms"],
         "fsdp": distributed_run(plan, ref, Layout(), fsdp=True),
@@ -192,7 +195,10 @@ def train_case() -> dict:
         "tp_fsdp": distributed_run(plan, ref, Layout(tp=world), fsdp=True),
         "ep_fsdp_default_division": distributed_run(plan, ref, Layout(ep=world), fsdp=True, wrong_scaling=True),
         "generated_ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True, generated=module),
-        "generated_tp_refusal": _refusal(lambda: module.parallelize(_meta_model(module), md.build_mesh(tp, plan))),
+        "generated_tp_fsdp": distributed_run(plan, ref, tp, fsdp=True, generated=module),
+        "generated_tp_sinks_refusal": _refusal(
+            lambda: with_sinks.parallelize(_meta_model(with_sinks), md.build_mesh(tp, sinks))
+        ),
     }
 
 

@@ -18,8 +18,7 @@ from torch.distributed.tensor import DTensor
 from moec.dist.expert_parallel import A2ATraffic, apply_ep
 from moec.dist.mesh import Meshes
 from moec.dist.parts import blocks, is_routed_experts, routed_experts
-from moec.dist.tensor_parallel import TensorParallelError, apply_tp
-from moec.nn.model import MoecModel
+from moec.dist.tensor_parallel import apply_tp
 
 
 class ShardingError(ValueError):
@@ -35,15 +34,10 @@ def parallelize(
     mp_policy: MixedPrecisionPolicy | None = None,
 ) -> nn.Module:
     """TP (tp > 1), EP (ep > 1) and FSDP2 (``fsdp``) in place, in that order; returns the model. ``model`` is a
-    moec.nn MoecModel or the Model of a generated model.py (EP and FSDP only: TP needs moec.nn's modules)."""
+    moec.nn MoecModel or the Model of a generated model.py (moec.dist.parts finds the parts of either)."""
     blocks(model)  # a TypeError for anything that is not a moec model, before any change
     layout = meshes.layout
     if layout.tp > 1:
-        if not isinstance(model, MoecModel):
-            raise TensorParallelError(
-                f"tp = {layout.tp}: tensor parallelism needs a model built by moec.build_model; a generated "
-                "model.py takes FSDP and expert parallelism only for now"
-            )
         apply_tp(model, meshes.tp)
     if layout.ep > 1:
         apply_ep(model, meshes.ep)

@@ -21,6 +21,28 @@ def is_lora_experts(module: nn.Module) -> bool:
     return any(name.startswith("lora_a_") for name, _ in module.named_parameters(recurse=False))
 
 
+def attention_kind(module: nn.Module) -> str | None:
+    """The attention kind of ``module`` ("mla", "gqa", or None for no attention), by the projections' names,
+    which moec.nn and a generated model.py share with transformers."""
+    if isinstance(getattr(module, "kv_b_proj", None), nn.Linear):
+        return "mla"
+    if all(isinstance(getattr(module, name, None), nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return "gqa"
+    return None
+
+
+def attention_heads(module: nn.Module) -> tuple[int, ...]:
+    """(n_heads, n_kv_heads) of a GQA module, (n_heads,) of an MLA module."""
+    numbers = getattr(module, "plan", module)  # moec.nn keeps them in the module's plan, a generated module on itself
+    return (numbers.n_heads,) if attention_kind(module) == "mla" else (numbers.n_heads, numbers.n_kv_heads)
+
+
+def is_dense_ffn(module: nn.Module) -> bool:
+    """A dense FFN: w_gate_up (d, 2f) or (d, f), w_down (f, d), and its ``activation``."""
+    w = getattr(module, "w_gate_up", None)
+    return hasattr(module, "activation") and isinstance(w, torch.Tensor) and w.dim() == 2
+
+
 def routed_experts(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(name, module) of every routed-experts module of ``model``, in module order."""
     return ((name, m) for name, m in model.named_modules() if is_routed_experts(m))

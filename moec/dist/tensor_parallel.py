@@ -12,6 +12,9 @@ only gate columns): they are stored in *rank order* ``[gate_0 | up_0 | gate_1 | 
 shard is its own ``[gate_r | up_r]``. moec.dist.state translates to and from the single-process order.
 
 Routed experts are not tensor-parallel here: with tp > 1 they are replicated over the tp ranks.
+
+The modules are found by attribute names (moec.dist.parts), and the numbers read from their attributes and
+shapes, so a generated model.py splits as a moec.nn model does.
 """
 
 from __future__ import annotations
@@ -28,13 +31,9 @@ from torch.distributed.tensor.parallel import (
 )
 
 from moec.dist.mesh import local
+from moec.dist.parts import attention_heads, attention_kind, is_dense_ffn
 from moec.kernels import GATED
 from moec.kernels.naive import activate
-from moec.nn.attention import Attention
-from moec.nn.ffn import DenseFFN
-from moec.nn.mla import MLA
-from moec.nn.model import MoecModel
-from moec.nn.moe import MoE
 
 
 class TensorParallelError(ValueError):
@@ -62,18 +61,21 @@ def sum_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
 
 
 class TensorParallelFFN(nn.Module):
-    """A :class:`moec.nn.ffn.DenseFFN` split over a TP mesh, with the same parameter names and full shapes.
+    """A dense FFN (:class:`moec.nn.ffn.DenseFFN` or a generated model.py's) split over a TP mesh, with the same
+    parameter names and full shapes.
 
     x (…, d), replicated → (…, d), replicated: the local columns, the activation on them, the local rows of
     ``w_down``, then one all-reduce of the partial sums (and its mirror on the input gradient)."""
 
-    def __init__(self, ffn: DenseFFN, mesh: DeviceMesh):
+    def __init__(self, ffn: nn.Module, mesh: DeviceMesh):
         super().__init__()
-        self.mesh, self.d_model, self.d_ff, self.activation = mesh, ffn.d_model, ffn.d_ff, ffn.activation
-        self.alpha, self.limit = ffn.alpha, ffn.limit
+        self.d_ff, self.d_model = ffn.w_down.shape  # (f, d)
+        self.mesh, self.activation = mesh, ffn.activation
+        # swiglu_clamped only; a generated FFN without that activation has neither attribute
+        self.alpha, self.limit = getattr(ffn, "alpha", None), getattr(ffn, "limit", None)
         tp = mesh.size()
-        if ffn.d_ff % tp:
-            raise TensorParallelError(f"d_ff = {ffn.d_ff} does not divide by tp = {tp}")
+        if self.d_ff % tp:
+            raise TensorParallelError(f"d_ff = {self.d_ff} does not divide by tp = {tp}")
         # columns kept in rank order for gated activations (parts = tp); 1 = the plain order
         self.gate_up_parts = tp if ffn.activation in GATED else 1
 
@@ -123,48 +125,50 @@ def _head_norm() -> SequenceParallel:
     return SequenceParallel(sequence_dim=2, use_local_output=True)
 
 
-def _attention_plan(name: str, attn: Attention | MLA) -> dict[str, object]:
-    p = attn.plan
-    if p.sinks:
+def _attention_plan(name: str, attn: nn.Module) -> dict[str, object]:
+    if getattr(attn, "sinks", None) is not None:
         raise TensorParallelError(f"{name}: attention sinks (attention.sinks) are not split by tensor parallelism yet")
-    if isinstance(attn, MLA):
+    if attention_kind(attn) == "mla":
         up = {"q_proj": ColwiseParallel()} if attn.q_proj is not None else {"q_b_proj": ColwiseParallel()}
         return up | {"kv_b_proj": ColwiseParallel(), "o_proj": RowwiseParallel()}
-    if p.qk_norm and p.qk_norm_kind == "model" and p.qk_norm_scope == "projection":
+    q_norm = getattr(attn, "q_norm", None)
+    if q_norm is not None and q_norm.weight.shape[-1] != getattr(attn, "plan", attn).head_dim:
         raise TensorParallelError(
             f"{name}: a qk-norm over the whole projection (qk_norm_scope: projection) spans every head"
         )
     plan: dict[str, object] = {name: ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj")}
     plan["o_proj"] = RowwiseParallel()
-    if attn.q_norm is not None:  # per head, on (B, S, heads, head_dim): this rank's heads are dim 2
+    if q_norm is not None:  # per head, on (B, S, heads, head_dim): this rank's heads are dim 2
         plan |= {"q_norm": _head_norm(), "k_norm": _head_norm()}
     return plan
 
 
-def apply_tp(model: MoecModel, tp_mesh: DeviceMesh) -> None:
-    """Split the embedding and head by vocabulary, and every attention module and dense FFN of ``model``, over
-    ``tp_mesh`` in place (works on ``meta``)."""
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Split the embedding and head by vocabulary, and every attention module and dense FFN of ``model`` (a moec.nn
+    MoecModel or a generated model.py's Model), over ``tp_mesh`` in place (works on ``meta``)."""
     _check_heads(model, tp_mesh.size())
     _split_vocabulary(model, tp_mesh)
     for name, m in list(model.named_modules()):
-        if isinstance(m, MoE) and m.base is not None:
+        if isinstance(getattr(m, "base", None), nn.Module):  # the frozen FFN under LoRA experts
             raise TensorParallelError(f"{name}: LoRA experts (expert_kind: lora) are not split by TP yet")
-        if isinstance(m, (Attention, MLA)):
+        kind = attention_kind(m)
+        if kind is not None:
             parallelize_module(m, tp_mesh, _attention_plan(name, m))
-        if isinstance(m, MLA):
-            m.kv_a_proj_with_mqa.register_forward_hook(_RotaryKeyGrad(m.plan.kv_lora_rank, tp_mesh))
+        if kind == "mla":  # kv_b_proj's input is the latent
+            m.kv_a_proj_with_mqa.register_forward_hook(_RotaryKeyGrad(m.kv_b_proj.in_features, tp_mesh))
         for child_name, child in list(m.named_children()):
-            if isinstance(child, DenseFFN):
+            if is_dense_ffn(child):
                 setattr(m, child_name, TensorParallelFFN(child, tp_mesh))
 
 
-def _split_vocabulary(model: MoecModel, mesh: DeviceMesh) -> None:
+def _split_vocabulary(model: nn.Module, mesh: DeviceMesh) -> None:
     """Embedding rows and head rows by vocabulary (both (V, d), Shard(0)): the embedding's per-rank lookups are
     summed, the head's logits gathered whole (the loss needs every logit). A tied head is the same tensor with
     the same placement, so it is tied again to the embedding's shard."""
+    tied = model.lm_head.weight is model.embed.weight
     plan = {"embed": RowwiseParallel(input_layouts=Replicate()), "lm_head": ColwiseParallel(output_layouts=Replicate())}
     parallelize_module(model, mesh, plan)
-    if model.plan.tie_embeddings:
+    if tied:
         model.lm_head.weight = model.embed.weight
 
 
@@ -183,7 +187,7 @@ class _RotaryKeyGrad:
 
 def _check_heads(model: nn.Module, tp: int) -> None:
     for name, m in model.named_modules():
-        if isinstance(m, (Attention, MLA)):
-            heads = (m.plan.n_heads, m.plan.n_kv_heads) if isinstance(m, Attention) else (m.plan.n_heads,)
+        if attention_kind(m) is not None:
+            heads = attention_heads(m)
             if any(h % tp for h in heads):
                 raise TensorParallelError(f"{name}: head counts {heads} do not divide by tp = {tp}")

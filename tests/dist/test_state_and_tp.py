@@ -1,6 +1,7 @@
 """A meta-built model loaded by broadcast from rank 0 exports exactly the single-process state dict, under
 EP×FSDP, TP and TP×FSDP; tensor-parallel attention (GQA with a per-head qk-norm, and MLA) and dense FFNs
-(fused [gate | up] in rank order) equal the unsharded model in logits and in one SGD step."""
+(fused [gate | up] in rank order) equal the unsharded model in logits and in one SGD step, and so does the
+generated model.py of the same specs through its own parallelize() (TP × FSDP), against moec.nn's single process."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_meta_build_broadcast_load_and_export_round_trip(ranks, layout):
     assert ranks[1][layout]["exported"] == 0  # the full state dict lands on rank 0 only
 
 
-@pytest.mark.parametrize("attention", ("tp_gqa", "tp_mla"))
+@pytest.mark.parametrize("attention", ("tp_gqa", "tp_mla", "generated_tp_gqa", "generated_tp_mla"))
 def test_tensor_parallel_equals_the_unsharded_model(ranks, attention):
     for result in ranks:
         run = result[attention]

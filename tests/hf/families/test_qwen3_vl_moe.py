@@ -15,6 +15,7 @@ from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf import hf_to_model, import_hf_config
 from moec.hf.config import plan_differences
+from moec.spec import load_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -88,6 +89,10 @@ def test_release_counts_equal_transformers_model_on_meta():
     assert (params.total, params.active) == (total, active)
     assert round(params.total / 1e9, 1) == 30.5 and round(params.active / 1e9, 2) == 3.35  # 30B-A3B
     assert f"left out: the vision tower (vision_config: {vision:,} parameters)" in import_hf_config(QWEN3_VL_30B_A3B)
+
+
+def test_shipped_spec_is_the_import_of_the_release_config():
+    assert plan_differences(load_model("qwen3-vl-30b-a3b"), hf_to_model(QWEN3_VL_30B_A3B)) == []
 
 
 def test_release_config_as_transformers_saves_it_imports_to_the_same_plan():

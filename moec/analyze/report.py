@@ -32,6 +32,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "rope_variants": "partial rotary (rotary_dim < head_dim), per-layer rope_theta, ntk_alpha scaling, mrope "
         "sections (plain RoPE on text): 0 FLOPs, 0 parameters, KV bytes unchanged (the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
+        "qk_norm_after_rope": "the q/k norm's place (before or after the rotation): 0 FLOPs, the same parameters",
         "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
         "except with post",
         "logits": "logits_scaling and logit_softcap (cap·tanh(x/cap)) are elementwise: 0 FLOPs, 0 parameters",

@@ -255,6 +255,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
+        "attention.qk_norm_after_rope": any(x.qk_norm and x.qk_norm_after_rope for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),

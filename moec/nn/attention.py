@@ -170,13 +170,16 @@ class Attention(nn.Module):
         # head counts from the widths, not the plan: under tensor parallelism this rank holds only its own heads
         h, kv = q.shape[-1] // hd, k.shape[-1] // hd
         q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, hd)
-        if p.qk_norm and p.qk_norm_scope == "head" and p.qk_norm_kind == "model":
+        head_norm = p.qk_norm and p.qk_norm_scope == "head" and p.qk_norm_kind == "model"
+        if head_norm and not p.qk_norm_after_rope:
             q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, S, hd), (B, kv, S, hd) ×2
         if p.rope:
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if head_norm and p.qk_norm_after_rope:
+            q, k = self.q_norm(q), self.k_norm(k)  # after rotation, as Hunyuan-A13B (norm over the last dim)
         if p.qk_norm and p.qk_norm_kind == "l2":  # after rotation, as Llama-4 (rotation keeps the rms anyway)
             q, k = l2_norm(q, self.norm_eps), l2_norm(k, self.norm_eps)
         if p.temperature_floor_scale is not None and p.temperature_scale is not None:

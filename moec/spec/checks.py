@@ -94,6 +94,10 @@ def _check_attention_features(spec: Spec, bad: Bad) -> None:
         v = getattr(a, f)
         if v is not None and v > m.max_seq_len:
             bad(("attention", f), f"{v} exceeds model.max_seq_len ({m.max_seq_len})")
+    if a.qk_norm_after_rope and (a.qk_norm_kind != "model" or a.qk_norm_scope != "head"):
+        bad(("attention", "qk_norm_after_rope"), "needs the learned per-head qk-norm (qk_norm_kind model, scope head)")
+    if a.qk_norm_after_rope and not a.qk_norm and not _written_anywhere(spec, "qk_norm", value=True):
+        bad(("attention", "qk_norm_after_rope"), "only meaningful with qk_norm: true (here or in layers.*.attention)")
     if a.qk_norm_kind == "l2" and a.qk_norm_scope != "head":
         bad(("attention", "qk_norm_kind"), "the weightless l2 norm is per head: needs qk_norm_scope head")
     if a.qk_norm_kind != "model" and not a.qk_norm and not _written_anywhere(spec, "qk_norm"):

@@ -96,6 +96,7 @@ class AttentionPlan:
     scale: float | None = None  # softmax scale; None: 1/sqrt(qk_dim) (and yarn's mscale for MLA)
     chunk: int | None = None  # chunked attention: query i sees keys [floor(i/chunk)·chunk, i]; None = off
     qk_norm_kind: Literal["model", "l2"] = "model"  # l2: weightless x/rms(x) per head (Llama-4), 0 params
+    qk_norm_after_rope: bool = False  # the learned per-head qk-norm after the rotation (Hunyuan-A13B)
     # query temperature 1 + temperature_scale·log1p(floor((pos+1)/temperature_floor_scale)); None = off
     temperature_floor_scale: float | None = None
     temperature_scale: float | None = None

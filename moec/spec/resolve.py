@@ -92,6 +92,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         extra = {
             "chunk": chunk_i,
             "qk_norm_kind": a.qk_norm_kind,
+            "qk_norm_after_rope": a.qk_norm_after_rope,
             "temperature_floor_scale": tt.floor_scale if tt else None,
             "temperature_scale": tt.scale if tt else None,
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],

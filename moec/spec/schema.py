@@ -136,6 +136,8 @@ class Attention(Strict):
     # model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim, eps
     # model.norm.eps (Llama-4's L2Norm, 0 parameters; scope head only)
     qk_norm_kind: Literal["model", "l2"] = "model"
+    # a learned per-head qk-norm applied after the rotation instead of before it (Hunyuan-A13B); 0 parameters
+    qk_norm_after_rope: bool = False
     clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None  # clamp q, k, v (DBRX, OLMoE)
     scale: Annotated[float, Field(gt=0, le=1e3)] | None = None  # softmax scale; None: 1/sqrt(d_qk)
     bias: bool = False  # bias on the q, k, v projections

@@ -300,3 +300,28 @@ def test_mrope_sections_resolve_to_a_tuple_and_survive_the_resolved_yaml():
 def test_mrope_misuse_is_located(extra, at, message):
     text = with_positions(extra)
     assert errors(text) == [f"{located(text, 8, at)} {message}"]
+
+
+# --- q/k norm after the rotation (Hunyuan-A13B) -----------------------------------------------------------
+
+
+def test_qk_norm_after_rope_reaches_every_layer_and_defaults_to_before():
+    written = GQA.replace("head_dim: 16}", "head_dim: 16, qk_norm: true, qk_norm_after_rope: true}")
+    assert {lp.attention.qk_norm_after_rope for lp in plan(written).layers} == {True}
+    normed = GQA.replace("head_dim: 16}", "head_dim: 16, qk_norm: true}")
+    assert {lp.attention.qk_norm_after_rope for lp in plan(normed).layers} == {False}
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("qk_norm_after_rope: true", "only meaningful with qk_norm: true (here or in layers.*.attention)"),
+        (
+            "qk_norm: true, qk_norm_kind: l2, qk_norm_after_rope: true",
+            "needs the learned per-head qk-norm (qk_norm_kind model, scope head)",
+        ),
+    ],
+)
+def test_qk_norm_after_rope_misuse_is_located(extra, message):
+    text = GQA.replace("head_dim: 16}", f"head_dim: 16, {extra}}}")
+    assert errors(text) == [f"{located(text, 9, 'true}')} attention.qk_norm_after_rope: {message}"]

@@ -5,8 +5,8 @@ with an ``alpha`` is NTK-alpha: a fixed base θ·α^(d/(d−2)) (HunYuanMoEV1Rot
 rope scaling kind ntk_alpha). Checkpoints name the router ``mlp.gate.wg``, the shared MLP ``mlp.shared_mlp`` and
 the q/k norms ``self_attn.query_layernorm`` / ``key_layernorm``.
 
-moec normalises q and k before the rotation (Qwen3, OLMoE); a learned per-dimension weight does not commute
-with the rotation, so every config of this family is refused, naming that feature, until the schema has it.
+A learned per-dimension norm weight does not commute with the rotation, so the order matters: the spec says it
+with ``attention.qk_norm_after_rope: true`` (Qwen3 and OLMoE normalise before the rotation).
 Hunyuan-A13B's release carries fields of Tencent's own code transformers does not read (use_qk_norm,
 use_mixed_mlp_moe, num_shared_expert, moe_intermediate_size lists, ...): each is accepted when it says what
 transformers builds, and refused as ambiguous when it does not.
@@ -33,10 +33,6 @@ DEFAULTS = defaults(10000.0, vocab_size=290943, hidden_size=4096, intermediate_s
 # fmt: on
 
 FAMILY_NAME = "HunYuan-MoE-V1"
-QK_NORM_AFTER_ROPE = (
-    "attention.qk_norm_after_rope: bool — RMSNorm(head_dim) on q and k after the rotation instead of before "
-    "(HunYuan-V1). No count change"
-)
 
 
 def translate(c: HFConfig, d: Draft) -> None:
@@ -46,13 +42,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "HunYuanMoEV1Attention: query_layernorm, key_layernorm (RMSNorm(head_dim))")
-    d.gap(
-        "model_type",
-        "hunyuan_v1_moe",
-        "HunYuanMoEV1Attention normalises q and k (query_layernorm, key_layernorm, learned weights) after the "
-        "rotation; moec normalises before it, which differs unless each weight pair (i, i + head_dim/2) is equal",
-        QK_NORM_AFTER_ROPE,
-    )
+    d.put("attention.qk_norm_after_rope", True, "HunYuanMoEV1Attention: the q/k norms act after the rotation")
     _ntk_alpha(c, d)
     _experts(c, d)
     router(

@@ -1,11 +1,11 @@
-"""HunYuan-MoE V1 (model_type hunyuan_v1_moe, Hunyuan-A13B): refused, naming the feature moec lacks (q/k norms
-after the rotation). The rest of the mapping is held to transformers all the same: the nearest spec's counts equal
-transformers' model on meta, and on a tiny checkpoint whose q/k norm weights make the order of norm and rotation
-immaterial, the nearest spec with the checkpoint's weights gives transformers' logits and router choices; with
-ordinary weights it does not, which is why the import is refused."""
+"""HunYuan-MoE V1 (model_type hunyuan_v1_moe, Hunyuan-A13B) against transformers: the release config's total and
+active counts equal transformers' model on meta; a tiny checkpoint saved by transformers loads with moec.from_hf
+to transformers' logits and router choices. Its q/k norms act after the rotation (attention.qk_norm_after_rope):
+with ordinary norm weights the order matters, and the test shows the other order would not match."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -66,30 +66,23 @@ TINY = {
     "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
 }  # fmt: skip
 
-FEATURE = "attention.qk_norm_after_rope"
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def nearest_plan(cfg: dict):
-    """The spec the importer drafts (every problem but the named gaps must be absent) and its gaps."""
+    """The spec the importer drafts, with no problem at all."""
     t = translate({"model_type": "hunyuan_v1_moe", **cfg})
-    assert not t.problems(gaps=False)
+    assert not t.problems()
     return resolve(load_spec("draft", text=render_yaml(t))), t.gaps
 
 
-def test_release_is_refused_naming_the_feature_at_model_type():
-    with pytest.raises(SpecError) as e:
-        hf_to_model(HUNYUAN_A13B)
-    (problem,) = e.value.problems
-    assert problem.path == "model_type" and FEATURE in problem.message and "after the rotation" in problem.message
+def test_release_imports_with_the_qk_norm_after_the_rotation():
+    plan = hf_to_model(HUNYUAN_A13B)
+    assert all(lp.attention.qk_norm and lp.attention.qk_norm_after_rope for lp in plan.layers)
 
 
-def test_nearest_spec_counts_equal_transformers_model_on_meta():
-    """The refusal costs no parameter (the gap's delta is 0): the nearest spec's total and active are
-    transformers'."""
-    plan, gaps = nearest_plan(HUNYUAN_A13B)
-    assert [g.param_delta for g in gaps] == [0]
+def test_release_counts_equal_transformers_model_on_meta():
+    plan = hf_to_model(HUNYUAN_A13B)
     model = hf_model_on_meta(HUNYUAN_A13B)
     total = sum(p.numel() for p in model.parameters())
     routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
@@ -126,10 +119,10 @@ def test_ntk_alpha_rotates_with_transformers_frequencies():
         ({"head_dim": None}, "head_dim"),  # transformers does not derive it
     ],
 )
-def test_fields_that_disagree_with_what_transformers_builds_are_refused_too(change, field):
+def test_fields_that_disagree_with_what_transformers_builds_are_refused(change, field):
     with pytest.raises(SpecError) as e:
         hf_to_model({**HUNYUAN_A13B, **change})
-    assert sorted(p.path for p in e.value.problems) == sorted(["model_type", field])
+    assert [p.path for p in e.value.problems] == [field]
 
 
 def _hooked(modules, pick):
@@ -152,25 +145,28 @@ def run(hf, model):
     return want, got, hf_choices, our_choices
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_nearest_spec_gives_transformers_logits_exactly_when_norm_order_is_immaterial(symmetric, tmp_path):
-    """q/k norm weights with w[i] == w[i + head_dim/2] commute with the rotation (each rotated pair scales alike):
-    then the nearest spec, loaded through the family's Mapper, is transformers' model; with ordinary weights the
-    logits differ, so importing it would approximate."""
+@pytest.mark.parametrize("after_rope", [True, False])
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(after_rope, tmp_path):
+    """Ordinary (random) q/k norm weights, so the order of norm and rotation matters: the import (norm after the
+    rotation) gives transformers' logits; the same weights with the norm before the rotation do not."""
     hf = tiny_hf("hunyuan_v1_moe", TINY)
-    if symmetric:
-        with torch.no_grad():
-            for name, p in hf.named_parameters():
-                if name.endswith(("query_layernorm.weight", "key_layernorm.weight")):
-                    p.copy_(p[:8].repeat(2))
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(("query_layernorm.weight", "key_layernorm.weight")):
+                p.copy_(torch.rand_like(p) + 0.5)
     hf.save_pretrained(tmp_path)
     plan, _ = nearest_plan(TINY)
+    if not after_rope:
+        before = [dataclasses.replace(lp.attention, qk_norm_after_rope=False) for lp in plan.layers]
+        plan = plan.replace(
+            layers=tuple(dataclasses.replace(lp, attention=a) for lp, a in zip(plan.layers, before, strict=True))
+        )
     model = build_model(plan, device="cpu", dtype=torch.float32, seed=0).eval()
     weights = read_weights(Checkpoint(tmp_path), "hunyuan_v1_moe", model, device=torch.device("cpu"))
     model.load_state_dict({**weights, "lm_head.weight": weights["embed.weight"]})  # tied: read once
     want, got, hf_choices, our_choices = run(hf, model)
     diff = (got - want).abs().max().item()
-    if not symmetric:
+    if not after_rope:
         assert diff > 1e-2
         return
     assert diff <= 1e-4 and sorted(hf_choices) == sorted(our_choices) == [0, 1]
@@ -179,3 +175,11 @@ def test_nearest_spec_gives_transformers_logits_exactly_when_norm_order_is_immat
         our_idx, our_w = by_expert(*our_choices[i])
         assert torch.equal(our_idx, hf_idx)
         torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
+
+
+def test_the_code_generator_refuses_the_norm_after_the_rotation_by_name():
+    from moec.codegen import render_model_source
+
+    plan, _ = nearest_plan(TINY)
+    with pytest.raises(ValueError, match="attention.qk_norm_after_rope"):
+        render_model_source(plan)

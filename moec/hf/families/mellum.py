@@ -101,21 +101,23 @@ def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:
     return {t: dict(p) for t, p in given.items()} if ok else None
 
 
-def _reference_type(c: HFConfig, per_type: dict[str, dict[str, Any]]) -> str:
-    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope."""
-    used = [t for t in TYPES if t in set(_listed_types(c)) and t in per_type] or [t for t in TYPES if t in per_type]
-    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention"))
+def _reference_type(c: HFConfig, per_type: dict[str, dict[str, Any]]) -> str | None:
+    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope.
+    None when no layer uses a type (layer_types is refused then)."""
+    used = [t for t in TYPES if t in set(_listed_types(c)) and t in per_type]
+    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
 
 
 def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None) -> None:
     """The common base, its rope read from one attention type's flat mapping; what it notes or refuses under
     ``rope_parameters.<key>`` is renamed ``rope_parameters.<type>.<key>``, where the config holds it."""
-    if per_type is None:
+    ref = _reference_type(c, per_type) if per_type is not None else None
+    if per_type is None or ref is None:
         saved = c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
         base(c, d, "Mellum")
-        c.raw["rope_parameters"] = saved
+        if saved is not None:
+            c.raw["rope_parameters"] = saved
         return
-    ref = _reference_type(c, per_type)
     given = "rope_parameters" in c.raw
     saved = c.raw.get("rope_parameters")
     c.raw["rope_parameters"] = per_type[ref]
@@ -144,6 +146,8 @@ def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]]) -> N
     The types' scalings must be one: moec has one scaling per model."""
     types = _listed_types(c)
     ref = _reference_type(c, per_type)
+    if ref is None or any(t not in per_type for t in types):
+        return  # layer_types refused (or not checked, the layer count being refused)
     scaling = {k: v for k, v in per_type[ref].items() if k != "rope_theta"}
     for t in sorted(set(types) & set(TYPES) - {ref}):
         other = {k: v for k, v in per_type[t].items() if k != "rope_theta"}

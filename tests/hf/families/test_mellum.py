@@ -117,6 +117,7 @@ def test_qwen_fields_mellum_deletes_are_named_not_refused():
         ({"mlp_layer_types": ["sparse"] * 27 + ["shared"]}, "mlp_layer_types"),
         ({"sliding_window": None}, "sliding_window"),  # null while layers slide
         ({"layer_types": [["full_attention"]] * 28}, "layer_types"),  # not names (found by fuzzing: no TypeError)
+        ({"layer_types": ["chunked_attention"] * 28}, "layer_types"),  # a type no rope mapping is read for
     ],
 )  # fmt: skip
 def test_configs_transformers_cannot_build_are_refused_located(change, field):

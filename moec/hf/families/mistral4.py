@@ -91,6 +91,8 @@ def _base(c: HFConfig, d: Draft) -> None:
     factor = view.pop("partial_rotary_factor", None)
     unread = view.pop("max_position_embeddings", None)
     beta = view.pop("llama_4_scaling_beta", None)
+    if (view.get("rope_type") or view.get("type") or "default") == "default":
+        view.pop("original_max_position_embeddings", None)  # the query scaling's length only, without YaRN
     saved = c.raw.get("rope_parameters")
     c.raw["rope_parameters"] = view
     base(c, d, "Mistral4")

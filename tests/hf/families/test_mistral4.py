@@ -83,6 +83,16 @@ def test_config_json_spellings_import_to_the_same_plan():
     assert plan_differences(hf_to_model(short), hf_to_model(NEAREST)) == []
 
 
+def test_default_rope_with_the_query_scaling_length_imports():
+    """Without YaRN, original_max_position_embeddings is read by the query scaling only (here β 0: none)."""
+    rope = {"rope_type": "default", "rope_theta": 1e6, "original_max_position_embeddings": 8192,
+            "llama_4_scaling_beta": 0.0}  # fmt: skip
+    model = hf_to_model({**NEAREST, "rope_parameters": rope})
+    assert model.positions.theta == 1e6 and model.positions.scaling is None
+    params = analyze(model).params
+    assert (params.total, params.active) == hf_counts({**NEAREST, "rope_parameters": rope})
+
+
 @pytest.mark.parametrize(
     "change,field",
     [

@@ -133,6 +133,31 @@ def test_tags_are_refused_at_the_tag_whatever_node_carries_them(old: str, new: s
     assert located(edit(old, new)) == [f"{want}: unsupported tag !{tag} (a spec holds only core YAML)"]
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        # the parser stops at the ':' after n_layers, the first token a flow sequence cannot hold
+        ("  d_model: 64", "  d_model: [64", "x.yaml:6:11 invalid YAML: did not find expected ',' or ']'"),
+        ("n_heads: 8", "n_heads: 8\x07", "x.yaml:9:13 character U+0007 is not allowed in YAML"),  # after '8'
+        ("name: t", "name: t\x00x", "x.yaml:2:8 character U+0000 is not allowed in YAML"),
+        (
+            "  n_layers: 4\n",
+            "  n_layers: 4\n\tbad: 1\n",
+            "x.yaml:7:1 invalid YAML: found a tab character that violates indentation",
+        ),
+        (
+            "moe:\n",
+            "moe:\n  n_experts: 8: 9\n",
+            "x.yaml:12:15 invalid YAML: mapping values are not allowed in this context",
+        ),
+        ("layers:\n", "---\nlayers:\n", "x.yaml:16:1 a spec is one YAML document; this starts a second one"),
+    ],
+    ids=["unclosed-flow", "bell", "nul", "tab", "second-colon", "second-document"],
+)
+def test_unreadable_yaml_points_at_the_offending_character(old: str, new: str, want: str):
+    assert located(edit(old, new)) == [want]
+
+
 def test_errors_in_an_extended_spec_point_into_the_file_that_wrote_them(write_spec):
     base = write_spec(SPEC, "base.yaml")
     child = write_spec("extends: base.yaml\nname: child\nmoe:\n  router: {top_k: 12}\n", "child.yaml")

@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
+from moec.hf.checkpoint import CheckpointError  # noqa: E402
 from tests.codegen.test_codegen import import_source  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -182,7 +183,7 @@ def test_a_release_style_mtp_layer_in_the_checkpoint_is_let_go(checkpoint, tmp_p
     save_file({**weights, "model.layers.47.enorm.weight": torch.ones(64)}, tmp_path / "model.safetensors")
     assert assert_same(hf, moec.from_hf(tmp_path)) <= 1e-4
     save_file({**weights, "model.layers.46.enorm.weight": torch.ones(64)}, tmp_path / "model.safetensors")
-    with pytest.raises(Exception, match="model.layers.46.enorm.weight"):
+    with pytest.raises(CheckpointError, match="model.layers.46.enorm.weight"):
         moec.from_hf(tmp_path)
 
 

@@ -279,7 +279,6 @@ def test_unknown_model_type_is_refused_with_its_location(tmp_path):
         ("qwen3_moe", {"hidden_act": "gelu"}, "hidden_act"),  # exact-erf GELU has no moec activation
         ("deepseek_v3", {"topk_method": "greedy"}, "topk_method"),  # DeepseekV3TopkRouter ignores it
         ("deepseek_v3", {"moe_layer_freq": 2}, "moe_layer_freq"),  # HF and DeepSeek's code disagree
-        ("deepseek_v3", {"rms_norm_eps": 1e-5}, "rms_norm_eps"),  # MLA's latent norms keep eps 1e-6
         ("olmoe", {"sliding_window": 64}, "sliding_window"),  # transformers' OLMoE ignores it
         ("deepseek_v2", {"norm_topk_prob": True}, "norm_topk_prob"),  # HF ignores it, DeepSeek renormalises
         ("llama", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0]}}, "rope_scaling.rope_type"),

@@ -105,18 +105,10 @@ def _mla(c: HFConfig, d: Draft, name: str) -> None:
         latent = (q_rank or 0) + d.get("attention.kv_lora_rank") + d.get("attention.qk_rope_head_dim")
         d.gap("attention_bias", True, "MLA with biases", "mla_bias", d.n_layers * (latent + d.get("model.d_model")))
     c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
-    eps = d.get("model.norm.eps")
-    if eps != 1e-6 and not c.failed(
-        "rms_norm_eps"
-    ):  # q_a_layernorm and kv_a_layernorm are built without eps: RMSNorm's default 1e-6
-        d.gap(
-            "rms_norm_eps",
-            eps,
-            f"{name}Attention's latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps "
-            "says, and a moec spec has one norm eps",
-            "attention.latent_norm_eps: float | None — eps of MLA's q_a/kv_a norms (None: model.norm.eps). "
-            "No count change",
-        )
+    if d.get("model.norm.eps") != 1e-6 and not c.failed("rms_norm_eps"):
+        # q_a_layernorm and kv_a_layernorm are built without an eps: RMSNorm's default 1e-6, whatever
+        # rms_norm_eps says (Moonlight and GLM-4.7-Flash-like releases use 1e-5)
+        d.put("attention.latent_norm_eps", 1e-6, f"{name}Attention's q_a/kv_a norms: RMSNorm's default eps")
     derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
 
 

@@ -101,7 +101,6 @@ def test_default_rope_with_the_query_scaling_length_imports():
         ({"rope_parameters": {k: v for k, v in ROPE.items() if k != "llama_4_scaling_beta"}}, "rope_parameters"),
         ({"n_group": None}, "n_group"),  # Mistral4TopkRouter cannot split experts into None groups
         ({"first_k_dense_replace": None}, "first_k_dense_replace"),
-        ({"rms_norm_eps": 1e-5}, "rms_norm_eps"),  # MLA's latent norms keep 1e-6 (DeepSeek's step)
     ],
 )
 def test_what_moec_or_transformers_cannot_build_is_refused_located(change, field):

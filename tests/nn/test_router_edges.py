@@ -20,6 +20,7 @@ VARIANTS = {
     "sequence": {"load_balance_granularity": "sequence"},
     "groups": {"score": "sigmoid", "n_groups": 4, "topk_groups": 2, "group_score": "top2_sum"},
     "biases": {"bias": True, "selection_bias": True, "bias_update_rate": 0.1},
+    "bias-parameter": {"selection_bias": True, "selection_bias_parameter": True, "bias_update_rate": 0.1},
 }
 
 
@@ -39,12 +40,17 @@ def test_parameters_take_the_model_dtype_and_balancing_state_stays_fp32():
     try:
         plan = make_plan(bias=True, selection_bias=True, bias_update_rate=0.1)
         router = Router(plan, 8, dtype=torch.bfloat16)
+        as_parameter = Router(
+            make_plan(bias=True, selection_bias=True, selection_bias_parameter=True), 8, dtype=torch.bfloat16
+        )
     finally:
         torch.set_default_dtype(default)
     assert router.weight.dtype == router.bias.dtype == torch.bfloat16
     assert router.expert_bias.dtype == router.expert_load.dtype == torch.float32
+    assert as_parameter.expert_bias.dtype == torch.float32  # ERNIE-4.5 keeps it in fp32 too
     # the selection bias is state to keep with a checkpoint; the load counter is per step
     assert set(router.state_dict()) == {"weight", "bias", "expert_bias"}
+    assert set(as_parameter.state_dict()) == {"weight", "bias", "expert_bias"}
 
 
 def test_initial_weights_are_small_and_biases_zero():

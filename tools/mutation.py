@@ -41,7 +41,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["moec/nn/router.py"],
         ["tests/nn"],
     ),
-    "hf-weights": (["moec/hf/weights.py"], ["tests/hf/test_weights.py"]),
+    "hf-weights": (["moec/hf/mapper.py", "moec/hf/weights.py"], ["tests/hf/test_weights.py", "tests/hf/families"]),
     "yamlio": (["moec/spec/yamlio.py"], ["tests/spec"]),
 }
 

@@ -126,6 +126,7 @@ class Features:
     attn_bias: bool
     attn_out_bias: bool
     qk_norm: str | None
+    qk_norm_after_rope: bool  # the per-head q/k norm after the rotation (Hunyuan-A13B)
     clip_qkv: bool
     attn_scale: bool
     activations: tuple[str, ...]
@@ -226,6 +227,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         attn_bias=checked_bool(a.bias, "attention.bias"),
         attn_out_bias=checked_bool(a.out_bias, "attention.out_bias"),
         qk_norm=qk_norm,
+        qk_norm_after_rope=qk_norm == "head" and checked_bool(a.qk_norm_after_rope, "qk_norm_after_rope"),
         clip_qkv=a.clip_qkv is not None,
         attn_scale=a.scale is not None,
         activations=tuple(dict.fromkeys(acts)),
@@ -255,7 +257,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
-        "attention.qk_norm_after_rope": any(x.qk_norm and x.qk_norm_after_rope for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),

@@ -14,7 +14,7 @@ from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf import hf_to_model
 from moec.hf.config import plan_differences, render_yaml, translate
-from moec.spec import load_spec, resolve
+from moec.spec import load_model, load_spec, resolve
 from tests.hf.configs import hf_model_on_meta
 
 torch = pytest.importorskip("torch")
@@ -79,6 +79,10 @@ def nearest_plan(cfg: dict):
 def test_release_imports_with_the_qk_norm_after_the_rotation():
     plan = hf_to_model(HUNYUAN_A13B)
     assert all(lp.attention.qk_norm and lp.attention.qk_norm_after_rope for lp in plan.layers)
+
+
+def test_shipped_spec_is_the_import_of_the_release_config():
+    assert plan_differences(load_model("hunyuan-a13b"), hf_to_model(HUNYUAN_A13B)) == []
 
 
 def test_release_counts_equal_transformers_model_on_meta():
@@ -177,9 +181,19 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(after_rope
         torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
 
 
-def test_the_code_generator_refuses_the_norm_after_the_rotation_by_name():
+def test_generated_model_py_gives_the_library_logits(tmp_path):
+    """The code generator renders the norm after the rotation: the same logits as moec.nn, bit for bit, with
+    norm weights that make the order matter."""
     from moec.codegen import render_model_source
+    from tests.codegen.test_codegen import import_source
 
     plan, _ = nearest_plan(TINY)
-    with pytest.raises(ValueError, match="attention.qk_norm_after_rope"):
-        render_model_source(plan)
+    model = build_model(plan, device="cpu", dtype=torch.float32, seed=0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(torch.rand_like(p) + 0.5)
+    gen = import_source(render_model_source(plan), tmp_path).Model().eval()
+    gen.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])

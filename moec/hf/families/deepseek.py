@@ -37,8 +37,16 @@ def _translate(c: HFConfig, d: Draft, v3: bool) -> None:
     name = "DeepseekV3" if v3 else "DeepseekV2"
     base(c, d, name)
     _mla(c, d, name)
-    if v3:
-        c.bool("rope_interleave")  # a rotary weight layout, not an architecture (the loader permutes)
+    if v3 and not c.bool("rope_interleave"):
+        # moec's MLA rotates DeepSeek's adjacent pairs; rotate_half pairs (i, i + dim/2) would need the loader to
+        # permute the rotary rows of q_b_proj and kv_a_proj_with_mqa, which it does not: refuse, never approximate
+        d.gap(
+            "rope_interleave",
+            False,
+            "rotate_half pairs (i, i + dim/2) on MLA's rotary dims: moec's MLA rotates DeepSeek's adjacent pairs",
+            "attention.rope_interleave: bool for kind mla (or the loader permuting q_b_proj's and kv_a_proj's "
+            "rotary rows). No count change",
+        )
     n_shared = c.int("n_shared_experts", minimum=0)
     f = c.int("moe_intermediate_size")
     mlp_bias = not v3 and c.bool("mlp_bias")

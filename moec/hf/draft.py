@@ -93,6 +93,11 @@ def shown(v: Any, limit: int = 60) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def spelt(v: Any) -> str:
+    """A config value as config.json spells it in a note: true/false for booleans, else as :func:`shown`."""
+    return str(v).lower() if isinstance(v, bool) else shown(v)
+
+
 class HFConfig:
     """A config.json mapping plus the transformers class defaults; remembers each field read.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import Draft, Family, HFConfig, spelt
 from moec.hf.families._common import (
     aux,
     base,
@@ -78,14 +78,10 @@ def _windows(c: HFConfig, d: Draft) -> None:
     # Qwen2-MoE's fields FlintConfig deletes (layer_types and attention_bias decide): transformers ignores them,
     # and Flint has no other implementation that reads them, so they are named, never refused
     ignored = [
-        f"{k} {_spelt(c.value(k))}" for k in ("use_sliding_window", "max_window_layers", "qkv_bias") if c.given(k)
+        f"{k} {spelt(c.value(k))}" for k in ("use_sliding_window", "max_window_layers", "qkv_bias") if c.given(k)
     ]
     if ignored:
         d.put("attention.kind", "gqa", f"{', '.join(ignored)}: FlintConfig deletes them (transformers ignores them)")
-
-
-def _spelt(v: object) -> str:
-    return str(v).lower() if isinstance(v, bool) else shown(v)  # JSON's spelling of true and false
 
 
 def _moe_layers(c: HFConfig, d: Draft) -> None:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import Draft, Family, HFConfig, is_number, shown, spelt
 from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
-from moec.hf.families.flint import _spelt  # JSON's spelling of true and false
 from moec.hf.mapper import Mapper
 from moec.spec.plan import ResolvedModel
 
@@ -170,7 +169,7 @@ def _qwen_fields_mellum_deletes(c: HFConfig, d: Draft) -> None:
     """Qwen's fields MellumConfig deletes (layer_types and mlp_layer_types decide): transformers ignores them,
     and Mellum has no other implementation that reads them, so they are named, never refused."""
     keys = ("use_sliding_window", "max_window_layers", "decoder_sparse_step", "mlp_only_layers")
-    ignored = [f"{k} {_spelt(c.value(k))}" for k in keys if c.given(k)]
+    ignored = [f"{k} {spelt(c.value(k))}" for k in keys if c.given(k)]
     if ignored:
         d.put("attention.kind", "gqa", f"{', '.join(ignored)}: MellumConfig deletes them (transformers ignores them)")
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
+from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
 from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, qwen_moe_layers, router
-from moec.hf.families.flint import _spelt  # JSON's spelling of true and false
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.plan import MoEPlan, ResolvedModel
 
@@ -131,7 +130,7 @@ def _mrope(t: HFConfig, d: Draft, key: str, given: dict[str, Any]) -> None:
 def _text_tie_note(t: HFConfig) -> str:
     tie = t.value("tie_word_embeddings")
     return (
-        f"; text_config.tie_word_embeddings {_spelt(tie)}: transformers ignores it"
+        f"; text_config.tie_word_embeddings {spelt(tie)}: transformers ignores it"
         if t.given("tie_word_embeddings")
         else ""
     )

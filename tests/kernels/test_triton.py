@@ -44,22 +44,19 @@ kernel_case = pytest.mark.skipif(
 TOL = {torch.float32: (2e-5, 2e-4), torch.float16: (3e-3, 1.5e-2), torch.bfloat16: (2e-2, 5e-2)}
 
 
+NAME_OF_THIS_TEST = "test_kernel_cases_under_the_interpreter"
+
+
 @pytest.mark.skipif(RUN_KERNELS, reason="the kernel cases run directly in this process")
 def test_kernel_cases_under_the_interpreter() -> None:
     """The child runs every test of this file but this one and the CUDA-only ones (deselected, by marker),
     and every one of them must pass: a skip there (triton imported before TRITON_INTERPRET was set, a
     guard gone stale) fails here instead of hiding in a count."""
+    this, t0 = Path(__file__).relative_to(ROOT).as_posix(), time.perf_counter()
+    args = ["-p", "no:cacheprovider", "-rs", "-m", "not cuda", "--deselect", f"{this}::{NAME_OF_THIS_TEST}"]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    this = Path(__file__).relative_to(ROOT).as_posix()
-    t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", this, "-p", "no:cacheprovider", "-rs", "-m", "not cuda"]
-        + ["--deselect", f"{this}::test_kernel_cases_under_the_interpreter"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [sys.executable, "-m", "pytest", this, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     tail = (proc.stdout[-8000:] + "\n" + proc.stderr[-3000:]).strip()
     assert proc.returncode == 0, f"interpreter suite failed:\n{tail}"

@@ -110,9 +110,6 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
     (:func:`import_hf_config` raises them); the parity tests use the gaps' ``param_delta``."""
     raw, file, text = read_hf_config(source)
     mt = raw.get("model_type")
-    if mt == "llama4" and isinstance(raw.get("text_config"), dict):
-        message = "'llama4' is the multimodal wrapper (vision tower included); import its text_config, model_type "
-        raise SpecError([_at_key(file, text, "model_type", message + "'llama4_text'")])
     if not isinstance(mt, str) or mt not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise SpecError([_at_key(file, text, "model_type", f"{shown(mt)} is not a supported model_type ({known})")])

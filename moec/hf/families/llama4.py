@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import all_known, aux, base, defaults, dense_ffn, gqa, jitter_on_hidden, moe_core, router
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan
+from moec.hf.families.hy_v3 import ignored  # a release field transformers does not read, named
 from moec.hf.mapper import Mapper, Missing, half_layout
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
+
+    from moec.hf.checkpoint import Checkpoint
 
 
 # fmt: off
@@ -46,7 +49,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         [qk_norm and r for r in d.rope],
         "use_qk_norm: Llama4TextAttention builds its qk_norm on the rope layers only",
     )
-    tuning = c.bool("attn_temperature_tuning")
+    tuning, tuning_note = _truthy(c, "attn_temperature_tuning")
     tuned = [tuning and not r for r in d.rope]
     if any(tuned):
         floor_scale, attn_scale = c.value("floor_scale"), c.value("attn_scale")
@@ -57,7 +60,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         else:
             d.put("attention.temperature_tuning.floor_scale", float(floor_scale), c.src("floor_scale"))
             d.put("attention.temperature_tuning.scale", float(attn_scale), c.src("attn_scale"))
-    d.layer_attention["temperature_tuning"] = (tuned, "attn_temperature_tuning: on the NoPE layers only")
+    d.layer_attention["temperature_tuning"] = (tuned, f"{tuning_note}: on the NoPE layers only")
     moe_core(c, d, experts_key="num_local_experts", width_key="intermediate_size")
     router(
         d,
@@ -75,6 +78,19 @@ def translate(c: HFConfig, d: Draft) -> None:
     )
     aux(c, d)
     _moe_layers(c, d)
+    if c.given("for_llm_compressor"):  # a flag of Meta's quantisation tooling that no transformers code reads
+        ignored(c, d, "Llama4", "for_llm_compressor", lambda _: True, "model.n_layers")
+
+
+def _truthy(c: HFConfig, key: str) -> tuple[bool, str]:
+    """A flag Llama4TextAttention tests only for truth (``if self.attn_temperature_tuning``): an integer is
+    accepted (Llama-4-Scout's release, written with transformers 4.51, says ``4``; 5.x's strict config wants a
+    bool, so the release no longer loads there as published) with a note saying how it is read; anything else
+    must be a bool."""
+    v = c.value(key)
+    if is_int(v):
+        return bool(v), f"{key} {v}: Llama4TextAttention tests it for truth, so {str(bool(v)).lower()}"
+    return c.bool(key), c.src(key)
 
 
 def _rope_layers(c: HFConfig, d: Draft) -> None:
@@ -127,7 +143,7 @@ def _moe_layers(c: HFConfig, d: Draft) -> None:
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:
-    cfg = export_base(m, FAMILY, nope=True)
+    cfg = export_base(m, FAMILIES[0], nope=True)
     attns = [lp.attention for lp in m.layers]
     a, e, f = attns[0], moe_plan(m), dense_plan(m)
     chunks = {x.chunk for x in attns} - {None}
@@ -180,6 +196,85 @@ class Llama4Mapper(Mapper):
         return self.ck.get(f"{blk}experts.{src}")
 
 
-FAMILY = Family(
-    "llama4_text", "Llama4ForCausalLM", DEFAULTS, translate, export=export, export_rank=100, mapper=Llama4Mapper
+class Llama4WrapperMapper(Llama4Mapper):
+    """Llama4ForConditionalGeneration: the text model under ``language_model.`` (its head too); the vision
+    model's and the projector's tensors are let go, as the spec's notes say."""
+
+    layer_fmt = "language_model.model.layers.{i}."
+    embed = "language_model.model.embed_tokens.weight"
+    final_norm = "language_model.model.norm."
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        ck.used.update(n for n in ck.file_of if n.startswith(("vision_model.", "multi_modal_projector.")))
+
+    def load(self, name: str) -> torch.Tensor:
+        if name.startswith("lm_head."):
+            return self.ck.get("language_model." + name)
+        return super().load(name)
+
+
+# Llama4Config, the multimodal wrapper (its text_config is read with DEFAULTS; its default_theta is unused), and
+# Llama4VisionConfig
+WRAPPER_DEFAULTS = {"default_theta": 10000.0, "text_config": None, "vision_config": None, "boi_token_index": 200080,
+                    "eoi_token_index": 200081, "image_token_index": 200092, "tie_word_embeddings": False}  # fmt: skip
+VISION_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 34, "num_attention_heads": 16, "num_channels": 3,
+                   "intermediate_size": 5632, "vision_output_dim": 7680, "image_size": 448, "patch_size": 14,
+                   "projector_input_dim": 4096, "projector_output_dim": 4096}  # fmt: skip
+
+
+def translate_wrapper(c: HFConfig, d: Draft) -> None:
+    """``model_type`` llama4 (Llama4ForConditionalGeneration): its language_model is Llama4ForCausalLM of
+    text_config, imported as llama4_text is; the vision model and the projector are left out, and named."""
+    raw = c.mapping("text_config")
+    t = HFConfig(raw, DEFAULTS, prefix="text_config.")
+    c.children.append(t)
+    if raw.get("model_type") not in (None, "llama4_text"):
+        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of llama4 is llama4_text")
+    translate(t, d)
+    tie = c.value("tie_word_embeddings")
+    if c.given("tie_word_embeddings") and tie != d.get("model.tie_embeddings"):
+        c.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with text_config.tie_word_embeddings, which ties "
+              "Llama4ForCausalLM's head; ambiguous")  # fmt: skip
+    for key in ("boi_token_index", "eoi_token_index", "image_token_index"):
+        c.value(key)  # token ids of the image inputs moec leaves out
+    tower = vision_params(c.mapping("vision_config"), d.get("model.d_model"))
+    count = f": {tower:,} parameters with the projector" if tower is not None else ""
+    note = d.fields["model.n_layers"][1]
+    d.put("model.n_layers", d.n_layers, f"{note}; left out: the vision model and multi_modal_projector "
+          f"(vision_config{count}), which act on image inputs only")  # fmt: skip
+
+
+def vision_params(vision: dict[str, Any], d_text: int) -> int | None:
+    """Parameters of Llama4VisionModel plus Llama4MultiModalProjector (bias-free linear to the text width);
+    None where the config gives a field a count cannot use (a non-square image or patch, a non-integer)."""
+    v = {**VISION_DEFAULTS, **vision}
+    keys = list(VISION_DEFAULTS)
+    if not all(is_int(v[k]) and v[k] > 0 for k in keys):
+        return None
+    h, inner, layers = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    attn_width = v["num_attention_heads"] * (h // v["num_attention_heads"])
+    patches = (v["image_size"] // v["patch_size"]) ** 2 + 1  # plus the class token's position
+    embeddings = h + patches * h + v["num_channels"] * v["patch_size"] ** 2 * h  # class token, positions, patches
+    layer = 4 * attn_width * h + 3 * attn_width + h + 2 * h * inner + inner + h + 4 * h  # biased q,k,v,o; MLP; 2 LNs
+    adapter = inner * v["projector_input_dim"] + v["projector_output_dim"] ** 2  # Llama4VisionMLP2, no biases
+    return embeddings + 4 * h + layers * layer + adapter + v["vision_output_dim"] * d_text
+
+
+FAMILIES = (
+    Family(
+        "llama4_text", "Llama4ForCausalLM", DEFAULTS, translate, export=export, export_rank=100, mapper=Llama4Mapper
+    ),
+    Family(
+        "llama4",
+        "Llama4ForConditionalGeneration's language_model (Llama4ForCausalLM)",
+        WRAPPER_DEFAULTS,
+        translate_wrapper,
+        mapper=Llama4WrapperMapper,
+        aliases={
+            "image_token_id": "image_token_index",
+            "boi_token_id": "boi_token_index",
+            "eoi_token_id": "eoi_token_index",
+        },  # fmt: skip
+    ),
 )

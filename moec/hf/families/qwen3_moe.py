@@ -20,6 +20,7 @@ from moec.hf.families._common import (
     uniform_window,
 )
 from moec.hf.families._export_common import export_qwen_moe, uniform_window_of
+from moec.hf.families.hy_v3 import equals, ignored
 from moec.spec.plan import ResolvedModel
 
 # fmt: off
@@ -47,6 +48,11 @@ def translate(c: HFConfig, d: Draft) -> None:
     if "dense" in d.ffn:
         dense_ffn(c, d, bias_src="Qwen3MoeMLP has no biases")
     c.value("intermediate_size")  # the dense layers' width, unused without them
+    # Qwen's own release fields (Qwen3-Coder-480B-A35B carries them) that Qwen3MoeConfig keeps and no
+    # transformers code reads: named where they agree with the model it builds, refused where they do not
+    ignored(c, d, "Qwen3Moe", "qkv_bias", equals(b), "attention.bias")
+    ignored(c, d, "Qwen3Moe", "use_qk_norm", equals(True), "attention.qk_norm")
+    ignored(c, d, "Qwen3Moe", "shared_expert_intermediate_size", equals(0), "moe.n_experts")
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

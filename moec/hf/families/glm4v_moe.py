@@ -1,0 +1,175 @@
+"""GLM-4.5V (``model_type`` glm4v_moe, Glm4vMoeForConditionalGeneration): the multimodal wrapper; moec imports its
+``text_config`` (Glm4vMoeTextModel and the LM head) and leaves out the vision tower (Glm4vMoeVisionModel: patch
+embedding, ViT blocks, downsampling and the patch merger), whose parameters the spec's notes count.
+
+The text model is GLM-4.5-Air's (glm4_moe) without the optional qk-norm: GQA with biases on q, k and v (o_proj has
+none), rotary positions on the first partial_rotary_factor of each head (0.5 unless the config says otherwise), and
+DeepSeek-V3's MoE from first_k_dense_replace on. Its rotary embedding is multimodal: the rotated dimensions'
+frequencies are split into contiguous temporal, height and width sections (``mrope_section``, [8, 12, 12] unless
+given; ``model.positions.mrope_sections`` with ``mrope_interleaved`` false); text positions rotate as plain RoPE.
+
+Checkpoints hold the text model under ``model.language_model.`` and the tower under ``model.visual.``, which is
+let go; the head is ``lm_head.weight``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
+from moec.hf.families._common import base, defaults, dense_ffn, gqa
+from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
+from moec.hf.mapper import Mapper
+
+if TYPE_CHECKING:
+    from moec.hf.checkpoint import Checkpoint
+    from moec.spec.plan import ResolvedModel
+
+# Glm4vMoeConfig (the wrapper; its default_theta is unused: the text config holds the rope), Glm4vMoeTextConfig
+# and Glm4vMoeVisionConfig (its parts)
+DEFAULTS = {"default_theta": 10000.0, "tie_word_embeddings": False, "text_config": None, "vision_config": None,
+            "image_token_id": 151363, "video_token_id": 151364, "image_start_token_id": 151339,
+            "image_end_token_id": 151340, "video_start_token_id": 151341, "video_end_token_id": 151342}  # fmt: skip
+# fmt: off
+TEXT_DEFAULTS = defaults(10000.0, vocab_size=151424, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46,
+                         num_attention_heads=96, num_key_value_heads=8, max_position_embeddings=65536,
+                         rms_norm_eps=1e-5, attention_bias=True, moe_intermediate_size=1408, num_experts_per_tok=8,
+                         n_shared_experts=1, n_routed_experts=128, routed_scaling_factor=1.0, n_group=1, topk_group=1,
+                         first_k_dense_replace=1, norm_topk_prob=True, router_aux_loss_coef=0.0001)
+VISION_DEFAULTS = {"depth": 24, "hidden_size": 1536, "attention_bias": False, "in_channels": 3, "image_size": 336,
+                   "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 4096,
+                   "intermediate_size": 13696}
+# fmt: on
+MROPE_DEFAULT = [8, 12, 12]  # Glm4vMoeTextRotaryEmbedding when the rope parameters give no mrope_section
+# token ids of the image and video inputs moec leaves out (the release repeats some inside text_config)
+_TOKENS = ("image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id", "video_start_token_id",
+           "video_end_token_id")  # fmt: skip
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    t = _text_config(c)
+    sections, sections_src = _take_mrope(t)
+    factor, factor_src = take_partial_rotary(
+        t,
+        DEFAULT_PARTIAL_ROTARY,
+        f"partial_rotary_factor unset: {DEFAULT_PARTIAL_ROTARY} (Glm4vMoeTextConfig's default)",
+    )
+    base(t, d, "Glm4vMoeText")
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(c, t))
+    if factor is not None:
+        d.put("model.positions.partial_rotary_factor", factor, factor_src)
+    if sections is not None:
+        d.put("model.positions.mrope_sections", sections, sections_src + " (T, H, W, contiguous)")
+        d.put("model.positions.mrope_interleaved", False, "Glm4vMoeTextRotaryEmbedding: sections m[i % 3] in turn")
+    b = t.bool("attention_bias")
+    gqa(t, d, bias=b, out_bias=False, bias_src=t.src("attention_bias") + " (q, k and v; o_proj has none)")
+    d.put("attention.qk_norm", False, "Glm4vMoeTextAttention has no qk-norm")
+    _no_qk_norm(t, d)
+    glm4_moe_block(t, d, "Glm4vMoeText")
+    k_dense = t.int("first_k_dense_replace", minimum=0)
+    d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
+    d.ffn_note = f"Glm4vMoeTextDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
+    if "dense" in d.ffn:
+        dense_ffn(t, d, bias_src="Glm4vMoeTextMLP has no biases")
+    t.value("intermediate_size")  # the dense layers' width, unused without them
+    for key in _TOKENS:
+        c.value(key)
+        t.value(key)
+    tower = vision_params(c.mapping("vision_config"))
+    left_out = "the vision tower (vision_config" + (f": {tower:,} parameters" if tower is not None else "") + ")"
+    note = d.fields["model.n_layers"][1]
+    d.put("model.n_layers", d.n_layers, f"{note}; left out: {left_out}, which acts on image and video inputs only")
+
+
+def _no_qk_norm(t: HFConfig, d: Draft) -> None:
+    """use_qk_norm, which Glm4vMoeTextConfig removes from GLM-4.5's fields and its attention never reads."""
+    if not t.given("use_qk_norm"):
+        return
+    v = t.value("use_qk_norm")
+    if v is not False:
+        d.gap(
+            t.prefix + "use_qk_norm",
+            v,
+            "transformers' Glm4vMoeText builds no qk-norm whatever it says: ambiguous",
+            "none: remove use_qk_norm (what transformers runs) or set it false",
+        )
+        return
+    d.put(
+        "attention.qk_norm", False, "Glm4vMoeTextAttention has no qk-norm (use_qk_norm false: transformers ignores it)"
+    )
+
+
+def _text_config(c: HFConfig) -> HFConfig:
+    """text_config as a nested config located under ``text_config.``; num_local_experts is n_routed_experts."""
+    raw = dict(c.mapping("text_config"))
+    conflict = (
+        "num_local_experts" in raw and "n_routed_experts" in raw and raw["num_local_experts"] != raw["n_routed_experts"]
+    )
+    if "num_local_experts" in raw:
+        raw.setdefault("n_routed_experts", raw.pop("num_local_experts"))
+    t = HFConfig(raw, TEXT_DEFAULTS, prefix="text_config.")
+    c.children.append(t)
+    if conflict:
+        t.bad("num_local_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])}); one field")
+    if raw.get("model_type") not in (None, "glm4v_moe_text"):
+        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of glm4v_moe is glm4v_moe_text")
+    return t
+
+
+def _take_mrope(t: HFConfig) -> tuple[list[int] | None, str]:
+    """mrope_section out of the rope mapping (the common reader refuses keys it does not know) and checked."""
+    key = "rope_scaling" if t.raw.get("rope_scaling") else "rope_parameters"
+    given = t.raw.get(key)
+    if not isinstance(given, dict) or "mrope_section" not in given:
+        return MROPE_DEFAULT, f"mrope_section unset: {MROPE_DEFAULT}"
+    t.raw[key] = {k: v for k, v in given.items() if k != "mrope_section"}  # a copy: the caller's stays
+    sections = given["mrope_section"]
+    if not (isinstance(sections, list) and len(sections) == 3 and all(is_int(s) and s >= 0 for s in sections)):
+        t.bad(f"{key}.mrope_section", f"{shown(sections)}: expected three non-negative integers (T, H, W)")
+        return None, ""
+    return sections, f"{t.prefix}{key}.mrope_section"
+
+
+def _text_tie_note(c: HFConfig, t: HFConfig) -> str:
+    """The text config's own tie_word_embeddings: named where it agrees with the wrapper's, refused where not
+    (which of the two ties the head then depends on how transformers resolves the nested configs)."""
+    if not t.given("tie_word_embeddings"):
+        return ""
+    tie = t.value("tie_word_embeddings")
+    if tie != c.value("tie_word_embeddings") or not isinstance(tie, bool):
+        t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
+        return ""
+    return f" (text_config.tie_word_embeddings {str(tie).lower()}: agrees)"
+
+
+def vision_params(vision: dict[str, Any]) -> int | None:
+    """Parameters of Glm4vMoeVisionModel (None where a size is not a positive integer): the learned position
+    table, the Conv3d patch embedding (biased), depth blocks (two RMSNorms, qkv with attention_bias, proj, a
+    bias-free SwiGLU MLP of width out_hidden_size), the post-conv RMSNorm, the Conv2d downsampling (biased), the
+    post RMSNorm and the patch merger (proj, a LayerNorm with bias, a SwiGLU of width intermediate_size)."""
+    v = {**VISION_DEFAULTS, **vision}
+    sizes = [k for k in VISION_DEFAULTS if k != "attention_bias"]
+    if not all(is_int(v[k]) and v[k] > 0 for k in sizes):
+        return None
+    h, out, inner = v["hidden_size"], v["out_hidden_size"], v["intermediate_size"]
+    positions = (v["image_size"] // v["patch_size"]) ** 2 * h
+    patch = v["in_channels"] * v["temporal_patch_size"] * v["patch_size"] ** 2 * h + h
+    block = 2 * h + 3 * h * h + (3 * h if v["attention_bias"] is True else 0) + h * h + 3 * h * out
+    downsample = h * out * v["spatial_merge_size"] ** 2 + out
+    merger = out * out + 2 * out + 3 * out * inner
+    return positions + patch + v["depth"] * block + 2 * h + downsample + merger
+
+
+class Glm4vMoeMapper(Mapper):
+    """The text model under ``model.language_model.``; the vision tower's tensors are let go."""
+
+    layer_fmt = "model.language_model.layers.{i}."
+    embed = "model.language_model.embed_tokens.weight"
+    final_norm = "model.language_model.norm."
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))
+
+
+FAMILY = Family("glm4v_moe", "Glm4vMoeForConditionalGeneration", DEFAULTS, translate, mapper=Glm4vMoeMapper)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import base, defaults, dense_ffn, gqa
+from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import Mapper
 
@@ -66,6 +66,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("attention.qk_norm", False, "Glm4vMoeTextAttention has no qk-norm")
     _no_qk_norm(t, d)
     glm4_moe_block(t, d, "Glm4vMoeText")
+    aux(t, d)  # Glm4vMoeForConditionalGeneration adds Qwen3-VL-MoE's balance loss when it returns router logits
     k_dense = t.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Glm4vMoeTextDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"

@@ -12,6 +12,8 @@ import pytest
 from moec.analyze import analyze
 from moec.errors import SpecError
 from moec.hf import hf_to_model, import_hf_config
+from moec.hf.config import plan_differences
+from moec.spec import load_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -170,3 +172,7 @@ def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     gen.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+
+
+def test_shipped_spec_is_the_import_of_the_release_config():
+    assert plan_differences(load_model("glm-4.5v"), hf_to_model(GLM_45V)) == []

@@ -1,0 +1,86 @@
+"""Aria's text model (``model_type`` aria_text, AriaTextForCausalLM). No release config of Aria's text model was
+found to copy (rhymes-ai/Aria is not reachable from here), so the realistic config is AriaTextConfig's class
+defaults. Oracles: transformers' model on the meta device (counts) and a tiny checkpoint saved with
+save_pretrained (logits and router choices)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from moec.analyze import analyze
+from moec.errors import SpecError
+from moec.hf import hf_to_model
+from tests.hf.configs import hf_model_on_meta
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from moec.codegen import render_model_source  # noqa: E402
+from tests.codegen.test_codegen import import_source  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
+
+CLASS_DEFAULTS = {"model_type": "aria_text"}  # AriaTextConfig(): 32 layers, 8 experts top-2, 2 shared
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_release_counts_equal_transformers_model_on_meta():
+    hf = hf_model_on_meta(CLASS_DEFAULTS)
+    total = sum(p.numel() for p in hf.parameters())
+    routed = sum(p.numel() for n, p in hf.named_parameters() if ".mlp.experts." in n)
+    params = analyze(hf_to_model(CLASS_DEFAULTS)).params
+    assert (params.total, params.active) == (total, total - routed * (8 - 2) // 8)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act"), ({"mlp_bias": True}, "mlp_bias")],
+)
+def test_what_moec_cannot_express_is_refused_by_name(change, field):
+    with pytest.raises(SpecError) as e:
+        hf_to_model({**CLASS_DEFAULTS, **change})
+    assert [p.path for p in e.value.problems] == [field]
+
+
+# tiny: GQA with biases on q, k, v and o, 8 experts top-2 with 2 shared experts of width 16 each
+TINY = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 16, "num_hidden_layers": 2, "moe_num_experts": 8, "moe_topk": 2,
+        "moe_num_shared_experts": 2, "max_position_embeddings": 64, "attention_bias": True}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    cfg = transformers.AriaTextConfig(**copy.deepcopy(TINY))
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.AriaTextForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("router.weight"):  # logits of order 1
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("bias"):  # small: a shared offset would route every token alike
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                vector = p.dim() == 1  # norm weights around 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    folder = tmp_path_factory.mktemp("aria_text")
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    hf.config.num_experts_per_tok = hf.config.moe_topk  # the name assert_same reads the top-k under
+    assert assert_same(hf, moec.from_hf(folder)) <= 1e-4
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
+    gen.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])

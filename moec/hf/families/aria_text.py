@@ -36,7 +36,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     act = c.value("hidden_act")
     if act not in ("silu", "swish"):  # AriaExperts is SiLU whatever the config says; the shared MLP follows it
         d.gap(
-            "hidden_act",
+            c.prefix + "hidden_act",
             act,
             f"{shown(act)} gates the shared experts while AriaExperts stays SiLU: moec has one activation per MoE",
             "moe.shared_activation: the shared experts' own activation. No count change",
@@ -60,7 +60,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         )
     if c.bool("mlp_bias"):
         d.gap(
-            "mlp_bias",
+            c.prefix + "mlp_bias",
             True,
             "biases on the shared experts' projections only (AriaExperts has none)",
             "moe.shared_bias: biases on the shared MLP (width W = n·width). Count: +2W + d_model per MoE layer",

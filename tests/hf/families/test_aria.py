@@ -1,0 +1,98 @@
+"""Aria's multimodal wrapper (``model_type`` aria, AriaForConditionalGeneration): moec imports its text model as
+aria_text does and names the vision tower and projector it leaves out. No release config was reachable, so the
+realistic config is AriaConfig's class defaults (AriaTextConfig's text model, an Idefics3 tower). Oracles:
+transformers' wrapper on the meta device (its text part for the counts) and a tiny wrapper checkpoint saved with
+save_pretrained (logits and router choices)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from moec.analyze import analyze
+from moec.errors import SpecError
+from moec.hf import hf_to_model, import_hf_config
+from moec.hf.config import plan_differences
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from tests.hf.families.test_aria_text import TINY  # noqa: E402
+from tests.hf.test_weights import assert_same  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+LEFT_OUT = ("model.vision_tower.", "model.multi_modal_projector.")
+TINY_VISION = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
+               "image_size": 28, "patch_size": 14}  # fmt: skip
+
+
+def test_release_counts_equal_transformers_model_on_meta():
+    with torch.device("meta"):
+        hf = transformers.AriaForConditionalGeneration(transformers.AriaConfig())
+    text = [(n, p) for n, p in hf.named_parameters() if not n.startswith(LEFT_OUT)]
+    assert len(text) < len(list(hf.parameters()))  # the tower and projector exist, and are left out
+    total = sum(p.numel() for _, p in text)
+    routed = sum(p.numel() for n, p in text if ".mlp.experts." in n)
+    params = analyze(hf_to_model({"model_type": "aria"})).params
+    assert (params.total, params.active) == (total, total - routed * (8 - 2) // 8)
+
+
+def test_wrapper_is_its_text_config_imported_alone_and_names_what_it_leaves_out():
+    cfg = {"model_type": "aria", "text_config": {**TINY, "model_type": "aria_text"}, "vision_config": TINY_VISION}
+    assert plan_differences(hf_to_model(cfg), hf_to_model(cfg["text_config"])) == []
+    assert "left out, not counted: the vision tower (vision_config) and multi_modal_projector" in import_hf_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"model_type": "mixtral"}, "text_config.model_type"), ({"tie_word_embeddings": True},
+     "text_config.tie_word_embeddings"), ({"mlp_bias": True}, "text_config.mlp_bias")],
+)  # fmt: skip
+def test_text_fields_that_would_change_the_model_are_refused(change, field):
+    with pytest.raises(SpecError) as e:
+        hf_to_model({"model_type": "aria", "text_config": {**TINY, **change}})
+    assert [p.path for p in e.value.problems] == [field]
+
+
+class _TextView(torch.nn.Module):
+    """The wrapper on token ids alone, with the top-k under the name assert_same reads."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf, self.config = hf, copy.copy(hf.config.text_config)
+        self.config.num_experts_per_tok = self.config.moe_topk
+
+    def forward(self, ids):
+        return self.hf(input_ids=ids)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    cfg = transformers.AriaConfig(text_config=copy.deepcopy(TINY), vision_config=TINY_VISION,
+                                  projector_patch_to_query_dict={4: 4})  # fmt: skip
+    cfg.text_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.AriaForConditionalGeneration(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.startswith(LEFT_OUT):
+                continue
+            if name.endswith("router.weight"):  # logits of order 1
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("bias"):  # small: a shared offset would route every token alike
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                vector = p.dim() == 1  # norm weights around 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    folder = tmp_path_factory.mktemp("aria")
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def test_tiny_wrapper_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    assert assert_same(_TextView(hf), moec.from_hf(folder)) <= 1e-4

@@ -305,11 +305,6 @@ def test_unmapped_fields_at_their_transformers_default_are_accepted():
     assert plan_differences(hf_to_model(cfg), hf_to_model(RELEASES["qwen3_moe"])) == []
 
 
-def test_multimodal_llama4_wrapper_points_to_its_text_config():
-    with pytest.raises(SpecError, match="text_config"):
-        hf_to_model({"model_type": "llama4", "text_config": RELEASES["llama4_text"], "vision_config": {}})
-
-
 def test_invalid_json_reports_line_and_column(tmp_path):
     p = tmp_path / "config.json"
     p.write_text('{\n  "model_type": "llama",\n  "hidden_size": 40,,\n}')

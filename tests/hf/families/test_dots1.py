@@ -5,8 +5,6 @@ accepted when they agree with it and refused when they do not."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from moec.analyze import analyze
@@ -22,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
 from tests.codegen.test_codegen import import_source  # noqa: E402
+from tests.hf.families._tiny import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # rednote-hilab/dots.llm1.inst config.json: the fields of the copy a public port's tests hold (a Rust port of
@@ -119,27 +118,6 @@ def test_null_groups_route_as_one_group():
     """The release's null n_group / topk_group: no group limit, the plan of transformers' default (1, 1)."""
     null = hf_to_model({**DOTS_LLM1_INST, "n_group": None, "topk_group": None})
     assert plan_differences(null, hf_to_model({**DOTS_LLM1_INST, "n_group": 1, "topk_group": 1})) == []
-
-
-def tiny_hf(model_type: str, cfg: dict):
-    """transformers' model of a tiny config with every weight random and away from its init: norms around 1,
-    routers with logits of order 1, the selection bias large enough to change choices."""
-    c = transformers.AutoConfig.for_model(model_type, **copy.deepcopy(cfg))
-    c._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(c).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, Linear(d, E)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1  # norm weights (and biases) around 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

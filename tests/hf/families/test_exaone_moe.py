@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import moec  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
 from tests.codegen.test_codegen import import_source  # noqa: E402
-from tests.hf.families.test_dots1 import tiny_hf  # noqa: E402
+from tests.hf.families._tiny import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # LGAI-EXAONE/K-EXAONE-236B-A23B config.json, assembled from two public copies: the sizes of the TensorRT-LLM

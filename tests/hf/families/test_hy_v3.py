@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import moec  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
 from tests.codegen.test_codegen import import_source  # noqa: E402
-from tests.hf.families.test_dots1 import tiny_hf  # noqa: E402
+from tests.hf.families._tiny import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # tencent/Hy3-preview config.json as a public port's test (mistral.rs) holds it. Published: 295B total, 21B

@@ -6,8 +6,6 @@ transformers builds and refused when they do not."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from moec.analyze import analyze
@@ -22,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
 from tests.codegen.test_codegen import import_source  # noqa: E402
+from tests.hf.families._tiny import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # upstage/Solar-Open-100B config.json: the slice a public MLX port's tests copy as "a faithful slice of the real
@@ -117,30 +116,9 @@ def test_fields_that_disagree_with_what_transformers_runs_are_refused(change, fi
     assert [p.path for p in e.value.problems] == [field]
 
 
-def tiny_hf(cfg: dict):
-    """transformers' model of a tiny config with every weight random and away from its init: norms and biases
-    around 1, routers with logits of order 1, the selection bias large enough to change choices."""
-    c = transformers.AutoConfig.for_model("solar_open", **copy.deepcopy(cfg))
-    c._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(c).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, (E, d)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    hf = tiny_hf(TINY)
+    hf = tiny_hf("solar_open", TINY)
     folder = tmp_path_factory.mktemp("solar_open")
     hf.save_pretrained(folder)
     return hf, folder

@@ -1,0 +1,31 @@
+"""Shared by the family tests: transformers' model of a tiny config with random weights away from their init, the
+model every tiny-checkpoint parity test saves and loads. Not a test module (no ``test_`` prefix), so the registry's
+coverage checks do not read it as a family."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import transformers
+
+
+def tiny_hf(model_type: str, cfg: dict):
+    """transformers' model of a tiny config with every weight random and away from its init: norms around 1,
+    routers with logits of order 1, the selection bias large enough to change choices."""
+    c = transformers.AutoConfig.for_model(model_type, **copy.deepcopy(cfg))
+    c._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(c).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate.weight"):  # the router, Linear(d, E)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            else:
+                vector = p.dim() == 1  # norm weights (and biases) around 1
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    return model

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._tiny import tiny_hf  # noqa: E402
+from tests.hf.families._harness import tiny_hf  # noqa: E402
 from tests.hf.test_weights import CONFIGS, assert_same, run_hf, run_moec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,9 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
-from tests.codegen.test_codegen import import_source  # noqa: E402
-from tests.hf.families._tiny import tiny_hf  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # rednote-hilab/dots.llm1.inst config.json: the fields of the copy a public port's tests hold (a Rust port of
@@ -137,7 +135,4 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
-    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
-    gen.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

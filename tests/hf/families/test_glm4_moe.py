@@ -19,10 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
 from moec.hf.checkpoint import CheckpointError  # noqa: E402
-from tests.codegen.test_codegen import import_source  # noqa: E402
-from tests.hf.families._tiny import tiny_hf  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # zai-org/GLM-4.5-Air config.json, as a public ms-swift conversion log prints it (Glm4MoeConfig of
@@ -179,7 +177,4 @@ def test_a_release_style_mtp_layer_in_the_checkpoint_is_let_go(checkpoint, tmp_p
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
-    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
-    gen.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

@@ -25,7 +25,7 @@ from moec.hf.weights import read_weights  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.nn.rope import inv_frequencies  # noqa: E402
 from moec.nn.router import Router  # noqa: E402
-from tests.hf.families._tiny import tiny_hf  # noqa: E402
+from tests.hf.families._harness import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, by_expert  # noqa: E402
 
 # tencent/Hunyuan-A13B-Instruct config.json: the fields two public copies hold (a Swift port's fixture of the

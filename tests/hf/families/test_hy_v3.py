@@ -20,9 +20,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
-from tests.codegen.test_codegen import import_source  # noqa: E402
-from tests.hf.families._tiny import tiny_hf  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # tencent/Hy3-preview config.json as a public port's test (mistral.rs) holds it. Published: 295B total, 21B
@@ -151,7 +149,4 @@ def test_in_memory_names_and_an_mtp_layer_load_to_the_same_logits(checkpoint, tm
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
-    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
-    gen.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

@@ -19,12 +19,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
-from tests.codegen.test_codegen import import_source  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 Mistral4Config = transformers.Mistral4Config
 from transformers.models.mistral4.modeling_mistral4 import Mistral4ForCausalLM  # noqa: E402
+
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
 
 # Mistral4Config's class defaults, which its docstring ties to mistralai/Mistral-Small-4-119B-2603 (the release
 # is a multimodal wrapper holding this text model as text_config; its config.json is out of reach here): 36
@@ -144,7 +144,4 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
-    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
-    gen.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

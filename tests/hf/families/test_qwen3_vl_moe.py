@@ -23,8 +23,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
-from tests.codegen.test_codegen import import_source  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # Qwen/Qwen3-VL-30B-A3B-Instruct config.json (commit 1fc78ad), the fields a public Rust port transcribes from the
@@ -170,10 +169,7 @@ def test_release_expert_layout_gives_the_same_logits(checkpoint, tmp_path):
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
-    gen = import_source(render_model_source(model.plan), tmp_path).Model().eval()
-    gen.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(gen(TOKENS)[0], model(TOKENS)[0])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)
 
 
 def test_text_and_vision_defaults_are_transformers_class_defaults():

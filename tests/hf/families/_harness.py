@@ -1,6 +1,6 @@
-"""Shared by the family tests: transformers' model of a tiny config with random weights away from their init, the
-model every tiny-checkpoint parity test saves and loads. Not a test module (no ``test_`` prefix), so the registry's
-coverage checks do not read it as a family."""
+"""Shared by the family tests: transformers' model of a tiny config with random weights away from their init (what
+every tiny-checkpoint parity test saves and loads), and the generated-model.py check. Not a test module (no
+``test_`` prefix), so the registry's coverage checks do not read it as a family."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def tiny_hf(model_type: str, cfg: dict):
             if name.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
     return model
+
+
+def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:
+    """The model.py ``moec build`` renders for ``model``'s plan, holding ``model``'s weights, gives its logits bit
+    for bit."""
+    from moec.codegen import render_model_source
+    from tests.codegen.test_codegen import import_source
+
+    gen = import_source(render_model_source(model.plan), folder).Model().eval()
+    gen.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(gen(tokens)[0], model(tokens)[0])

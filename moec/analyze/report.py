@@ -227,7 +227,7 @@ def analyze(
             n_shared_experts=f.n_shared_experts,
             granularity=f.granularity,
             active_expert_fraction=f.top_k / f.n_experts,
-            routed_expert_params_share=totals["routed_experts"][0] / total if total else 0.0,
+            routed_expert_params_share=totals["routed_experts"][0] / total,  # a MoE layer: total > 0
         )
     mtp = None
     if model.mtp:

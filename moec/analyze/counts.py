@@ -13,18 +13,6 @@ from fractions import Fraction
 
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
-COMPONENTS = (
-    "embedding",
-    "attention",
-    "norms",
-    "router",
-    "routed_experts",
-    "shared_experts",
-    "dense_ffn",
-    "base_ffn",  # the frozen FFN under LoRA experts
-    "head",
-)
-
 
 @dataclass(frozen=True)
 class Part:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from moec.errors import CommandError
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
+from moec.vocab import DTYPE_BYTES
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 ADAMW_BYTES_TRAINABLE = 16  # bf16 weight + bf16 grad + fp32 master + 2 fp32 moments
 ADAMW_BYTES_FROZEN = 2  # bf16 weight only
 

@@ -8,7 +8,6 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from moec.analyze.counts import (
-    COMPONENTS,
     Part,
     attention_score_flops,
     kv_len,
@@ -18,6 +17,7 @@ from moec.analyze.counts import (
 )
 from moec.analyze.memory import Memory, memory
 from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.vocab import COMPONENTS
 
 SCHEMA = "moec.analysis/1"
 AttentionMode = Literal["full", "causal"]

@@ -7,8 +7,7 @@ import json
 import click
 
 from moec.commands.common import EXIT_BAD_INPUT, load_plan, print_problems, report_errors, set_option
-
-DTYPES = ("fp32", "bf16", "fp16", "fp8")
+from moec.vocab import DTYPES
 
 
 @click.command()

@@ -8,6 +8,7 @@ import os
 import click
 
 from moec.commands.common import report_errors, set_option
+from moec.vocab import TORCH_DTYPE_NAMES
 
 BACKEND_NAMES = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense", "hf_grouped_mm", "liger")
 DEFAULT_SHAPE = {"d_model": 512, "d_ff": 1024, "n_experts": 8, "top_k": 2, "activation": "swiglu"}
@@ -48,7 +49,7 @@ def _ints(values: tuple[str, ...]) -> tuple[int, ...]:
     show_default=True,
     help=f"Comma-separated, from: {', '.join(BACKEND_NAMES)}.",
 )
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(TORCH_DTYPE_NAMES)), default="fp32", show_default=True)
 @click.option(
     "--backward", is_flag=True, help="Time forward+backward (grads for x, gate weights and every expert weight)."
 )

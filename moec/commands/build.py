@@ -6,8 +6,9 @@ import click
 
 from moec.commands.common import load_plan, report_errors, set_option
 from moec.errors import CommandError, SpecError
+from moec.vocab import MODEL_DTYPES, TORCH_DTYPE_NAMES
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+DTYPES = {name: TORCH_DTYPE_NAMES[name] for name in MODEL_DTYPES}
 
 
 @click.command()

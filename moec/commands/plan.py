@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
+from moec.vocab import DTYPES
 
-DTYPES = ("fp32", "bf16", "fp16", "fp8")
 GPUS = ("h100", "h200", "b200", "mi300x")
 # Layout fields and the command-line options that set them, so each problem names the option to change
 OPTION_OF = {"dp_shard": "--dp-shard", "ep": "--ep", "tp": "--tp", "pp": "--pp", "world": "--gpus"}

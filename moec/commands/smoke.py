@@ -8,6 +8,7 @@ import click
 
 from moec.commands.common import load_plan, report_errors, set_option
 from moec.errors import CommandError
+from moec.vocab import MODEL_DTYPES
 
 
 @click.command(name="smoke-run")
@@ -21,7 +22,7 @@ from moec.errors import CommandError
 @click.option("--seq", type=click.IntRange(2, 1 << 20), default=64, show_default=True)
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "bf16", "fp32"]),
+    type=click.Choice(["auto", *MODEL_DTYPES]),
     default="auto",
     show_default=True,
     help="auto: bf16 on GPU, fp32 on CPU.",

@@ -29,9 +29,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from moec.vocab import ACTIVATIONS, GATED
+
+__all__ = ["ACTIVATIONS", "BACKENDS", "GATED", "get_backend"]
+
 BACKENDS = ("naive", "reference", "triton")
-ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
-GATED = ("swiglu", "geglu", "swiglu_clamped")
 
 
 def get_backend(name: str = "auto", *, device: str | None = None) -> ModuleType:

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from moec.kernels import GATED
 from moec.kernels.naive import activate
+from moec.vocab import GATED
 
 
 class DenseFFN(nn.Module):

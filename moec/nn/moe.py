@@ -21,11 +21,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from moec.kernels import GATED, get_backend
+from moec.kernels import get_backend
 from moec.kernels.naive import activate  # the one definition of each activation
 from moec.nn.ffn import DenseFFN
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan
+from moec.vocab import GATED
 
 _KERNELS: dict[tuple[str, str], ModuleType] = {}  # (backend, device type) → backend module
 

@@ -5,13 +5,14 @@ actually saw (docs/scaling.md, "Running distributed"). Pure arithmetic; never im
 
 from __future__ import annotations
 
-from moec.analyze.memory import DTYPE_BYTES, RUNTIME_BYTES, RunMemory, run_activation_bytes
+from moec.analyze.memory import RUNTIME_BYTES, RunMemory, run_activation_bytes
 from moec.plan.budget import RankMemory, activation_bytes, fsdp_transient_bytes, state_bytes
 from moec.plan.layout import Layout
 from moec.plan.shard import rank_params, stage_tensors
 from moec.plan.tensors import frozen_components
 from moec.plan.traffic import rank_traffic
 from moec.spec.plan import ResolvedModel
+from moec.vocab import DTYPE_BYTES
 
 
 def rank_memory(plan: ResolvedModel, layout: Layout, rank: int, *, tokens: int, dtype: str) -> RankMemory:

@@ -11,14 +11,29 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from moec.spec.schema import GATED_ACTIVATIONS
+from moec.vocab import (
+    ATTENTION_KINDS,
+    BALANCE_GRANULARITIES,
+    DROP_POLICIES,
+    EXPERT_KINDS,
+    GATED,
+    GROUP_SCORES,
+    NORM_KINDS,
+    NORM_PLACEMENTS,
+    POSITION_KINDS,
+    QK_NORM_KINDS,
+    QK_NORM_SCOPES,
+    ROUTER_APPLY_TO,
+    ROUTER_KINDS,
+    ROUTER_SCORES,
+)
 
 
 @dataclass(frozen=True)
 class NormPlan:
-    kind: Literal["rmsnorm", "layernorm"]
+    kind: Literal[NORM_KINDS]
     eps: float
-    placement: Literal["pre", "post", "after_sublayer"]
+    placement: Literal[NORM_PLACEMENTS]
     bias: bool = True  # layernorm only
 
     @property
@@ -60,7 +75,7 @@ class RopeScalingPlan:
 
 @dataclass(frozen=True)
 class PositionsPlan:
-    kind: Literal["rope", "learned", "none"]
+    kind: Literal[POSITION_KINDS]
     theta: float
     scaling: RopeScalingPlan | None
     # partial rotary: the first rotary_dim dims of each GQA q/k head rotate, the rest pass through; None: all
@@ -76,7 +91,7 @@ class PositionsPlan:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    kind: Literal["gqa", "mla"]
+    kind: Literal[ATTENTION_KINDS]
     n_heads: int
     n_kv_heads: int  # MLA: = n_heads
     head_dim: int  # GQA head dim; MLA: qk_nope + qk_rope
@@ -91,11 +106,11 @@ class AttentionPlan:
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
-    qk_norm_scope: Literal["head", "projection"] = "head"
+    qk_norm_scope: Literal[QK_NORM_SCOPES] = "head"
     clip_qkv: float | None = None
     scale: float | None = None  # softmax scale; None: 1/sqrt(qk_dim) (and yarn's mscale for MLA)
     chunk: int | None = None  # chunked attention: query i sees keys [floor(i/chunk)·chunk, i]; None = off
-    qk_norm_kind: Literal["model", "l2"] = "model"  # l2: weightless x/rms(x) per head (Llama-4), 0 params
+    qk_norm_kind: Literal[QK_NORM_KINDS] = "model"  # l2: weightless x/rms(x) per head (Llama-4), 0 params
     qk_norm_after_rope: bool = False  # the learned per-head qk-norm after the rotation (Hunyuan-A13B)
     # query temperature 1 + temperature_scale·log1p(floor((pos+1)/temperature_floor_scale)); None = off
     temperature_floor_scale: float | None = None
@@ -125,13 +140,13 @@ class DenseFFNPlan:
 
     @property
     def gated(self) -> bool:
-        return self.activation in GATED_ACTIVATIONS
+        return self.activation in GATED
 
 
 @dataclass(frozen=True)
 class RouterPlan:
     top_k: int  # dense routing: = n_experts
-    score: Literal["softmax", "sigmoid"]
+    score: Literal[ROUTER_SCORES]
     softmax_after_topk: bool
     normalize_topk: bool
     scale: float
@@ -139,12 +154,12 @@ class RouterPlan:
     bias: bool
     n_groups: int | None
     topk_groups: int | None
-    group_score: Literal["max", "top2_sum"]
+    group_score: Literal[GROUP_SCORES]
     dense: bool
     jitter: float
-    kind: Literal["topk", "sparsemixer"] = "topk"  # sparsemixer: Phi-3.5-MoE's top-2 (see moec.nn.router)
+    kind: Literal[ROUTER_KINDS] = "topk"  # sparsemixer: Phi-3.5-MoE's top-2 (see moec.nn.router)
     sparsemixer_eps: float = 0.0
-    apply_to: Literal["output", "input"] = "output"  # input: the gate scales each expert's input (Llama-4)
+    apply_to: Literal[ROUTER_APPLY_TO] = "output"  # input: the gate scales each expert's input (Llama-4)
     selection_bias_parameter: bool = False  # the selection bias is a counted parameter (ERNIE-4.5), not a buffer
 
 
@@ -160,12 +175,12 @@ class MoEPlan:
     granularity: int  # the m that produced n_experts and d_ff (informational)
     router: RouterPlan
     capacity_factor: float | None
-    drop_policy: Literal["probs", "position"]
+    drop_policy: Literal[DROP_POLICIES]
     load_balance_coeff: float
-    load_balance_granularity: Literal["batch", "sequence"]
+    load_balance_granularity: Literal[BALANCE_GRANULARITIES]
     z_loss_coeff: float
     bias_update_rate: float | None
-    expert_kind: Literal["ffn", "lora"]
+    expert_kind: Literal[EXPERT_KINDS]
     lora_rank: int | None
     lora_alpha: float | None
     kind: Literal["moe"] = "moe"
@@ -174,7 +189,7 @@ class MoEPlan:
 
     @property
     def gated(self) -> bool:
-        return self.activation in GATED_ACTIVATIONS
+        return self.activation in GATED
 
     @property
     def top_k(self) -> int:

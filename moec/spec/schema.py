@@ -12,6 +12,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moec.vocab import (
+    ACTIVATIONS,
+    ATTENTION_KINDS,
+    BALANCE_GRANULARITIES,
+    DROP_POLICIES,
+    EXPERT_KINDS,
+    FFN_KINDS,
+    FREEZABLE_COMPONENTS,
+    GROUP_SCORES,
+    NORM_KINDS,
+    NORM_PLACEMENTS,
+    POSITION_KINDS,
+    QK_NORM_KINDS,
+    QK_NORM_SCOPES,
+    ROPE_SCALINGS,
+    ROUTER_APPLY_TO,
+    ROUTER_KINDS,
+    ROUTER_SCORES,
+)
+
 # Sane upper bounds: far above any published model, far below anything that would hang.
 MAX_VOCAB = 1 << 24  # 16.7M
 MAX_D = 1 << 18  # 262,144
@@ -25,9 +45,7 @@ MAX_OVERRIDES = 1024
 MAX_HEAD_DIM = 4096
 
 Pos = Annotated[int, Field(gt=0)]
-# swiglu_clamped: gpt-oss's gated unit, (clamp(up, ±limit) + 1) · g·σ(alpha·g) with g = min(gate, limit)
-Activation = Literal["swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped"]
-GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
+Activation = Literal[ACTIVATIONS]  # swiglu_clamped: gpt-oss's gated unit (moec.vocab)
 
 
 class Strict(BaseModel):
@@ -35,16 +53,14 @@ class Strict(BaseModel):
 
 
 class Norm(Strict):
-    kind: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    kind: Literal[NORM_KINDS] = "rmsnorm"
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    # pre: x + f(norm(x)) (Llama); post: norm(x + f(x)) (the original Transformer); after_sublayer: x + norm(f(x))
-    # (OLMo 2, FlexOlmo: each sublayer's output is normalised before it joins the residual)
-    placement: Literal["pre", "post", "after_sublayer"] = "pre"
+    placement: Literal[NORM_PLACEMENTS] = "pre"  # what each means: moec.vocab
     bias: bool = True  # layernorm only: DBRX's layernorms have no bias
 
 
 class RopeScaling(Strict):
-    kind: Literal["linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha"]
+    kind: Literal[ROPE_SCALINGS]
     factor: Annotated[float, Field(gt=0, le=1e6)] | None = None  # every kind but ntk_alpha
     original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     # yarn
@@ -74,7 +90,7 @@ class RopeScaling(Strict):
 
 
 class Positions(Strict):
-    kind: Literal["rope", "learned", "none"] = "rope"
+    kind: Literal[POSITION_KINDS] = "rope"
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
     scaling: RopeScaling | None = None
     # partial rotary (GLM-4.5, MiniMax-M2, MiMo-V2-Flash): only the first rotary_dim dims of each q and k head
@@ -125,17 +141,15 @@ class TemperatureTuning(Strict):
 
 
 class Attention(Strict):
-    kind: Literal["gqa", "mla"] = "gqa"
+    kind: Literal[ATTENTION_KINDS] = "gqa"
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
     n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None  # None: = n_heads (MHA)
     head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None  # None: d_model / n_heads
     qk_norm: bool = False
-    # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole
-    # q (h·head_dim) and k (kv·head_dim) projections (OLMoE)
-    qk_norm_scope: Literal["head", "projection"] = "head"
+    qk_norm_scope: Literal[QK_NORM_SCOPES] = "head"  # what each means: moec.vocab
     # model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim, eps
     # model.norm.eps (Llama-4's L2Norm, 0 parameters; scope head only)
-    qk_norm_kind: Literal["model", "l2"] = "model"
+    qk_norm_kind: Literal[QK_NORM_KINDS] = "model"
     # a learned per-head qk-norm applied after the rotation instead of before it (Hunyuan-A13B); 0 parameters
     qk_norm_after_rope: bool = False
     clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None  # clamp q, k, v (DBRX, OLMoE)
@@ -169,7 +183,7 @@ class FFN(Strict):
 
 class Router(Strict):
     top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None  # None only with dense
-    score: Literal["softmax", "sigmoid"] = "softmax"
+    score: Literal[ROUTER_SCORES] = "softmax"
     softmax_after_topk: bool = False  # softmax over the k chosen logits (else over all E)
     normalize_topk: bool = False  # renormalise the k weights to sum to 1
     scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
@@ -181,20 +195,20 @@ class Router(Strict):
     bias: bool = False  # a learned bias on the router logits (gpt-oss)
     n_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
     topk_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
-    group_score: Literal["max", "top2_sum"] = "max"
+    group_score: Literal[GROUP_SCORES] = "max"
     dense: bool = False  # soft MoE: every expert gets a weight
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2 (inference path: the best logit,
     # then the best of the rest, each weighted by a softmax over the logits within sparsemixer_eps of it)
-    kind: Literal["topk", "sparsemixer"] = "topk"
+    kind: Literal[ROUTER_KINDS] = "topk"
     sparsemixer_eps: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
-    apply_to: Literal["output", "input"] = "output"
+    apply_to: Literal[ROUTER_APPLY_TO] = "output"
 
 
 class Balance(Strict):
     load_balance_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
-    load_balance_granularity: Literal["batch", "sequence"] = "batch"
+    load_balance_granularity: Literal[BALANCE_GRANULARITIES] = "batch"
     z_loss_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
     bias_update_rate: Annotated[float, Field(gt=0, le=1)] | None = None  # aux-loss-free balancing
 
@@ -217,9 +231,9 @@ class MoE(Strict):
     granularity: Annotated[int, Field(gt=0, le=1024)] = 1  # DeepSeekMoE fine-grained segmentation m
     router: Router
     capacity_factor: Annotated[float, Field(gt=0, le=1024)] | None = None  # None: dropless
-    drop_policy: Literal["probs", "position"] = "probs"
+    drop_policy: Literal[DROP_POLICIES] = "probs"
     balance: Balance = Balance()
-    expert_kind: Literal["ffn", "lora"] = "ffn"
+    expert_kind: Literal[EXPERT_KINDS] = "ffn"
     lora: Lora | None = None
 
 
@@ -277,13 +291,13 @@ class AttentionOverride(Strict):
 
 
 class LayerDefault(Strict):
-    ffn: Literal["dense", "moe"] = "dense"
+    ffn: Literal[FFN_KINDS] = "dense"
     attention: AttentionOverride = AttentionOverride()
 
 
 class Override(Strict):
     select: Annotated[Select, Field()]
-    ffn: Literal["dense", "moe"] | None = None
+    ffn: Literal[FFN_KINDS] | None = None
     attention: AttentionOverride | None = None
 
     @field_validator("select", mode="before")
@@ -299,12 +313,10 @@ class Layers(Strict):
 
 class MTP(Strict):
     n_layers: Annotated[int, Field(gt=0, le=64)]
-    ffn: Literal["dense", "moe"] = "moe"
+    ffn: Literal[FFN_KINDS] = "moe"
 
 
-Component = Literal[
-    "embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts"
-]
+Component = Literal[FREEZABLE_COMPONENTS]
 
 
 class Spec(Strict):

@@ -1,0 +1,66 @@
+"""The closed sets of names that a spec, a plan and the code reading them share: each defined here once.
+
+Torch-free and import-free, so that the schema, the analyzer, the planner, the commands, the kernels, the
+modules and the code generator all read the same tuples. Where a tuple's order is shown to users (the
+analyzer's component table, a CLI choice list, a schema error), that order is the one below.
+"""
+
+from __future__ import annotations
+
+# FFN activations. The gated ones multiply a gate column by an up column, so their first matrix is
+# (d, 2f) [gate | up]; swiglu_clamped is gpt-oss's gated unit, (clamp(up, ±limit) + 1) · g·σ(alpha·g) with
+# g = min(gate, limit)
+ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
+GATED = ("swiglu", "geglu", "swiglu_clamped")
+
+# the analyzer's parameter components, in the order its tables and JSON list them; base_ffn is the frozen
+# FFN under LoRA experts
+COMPONENTS = (
+    "embedding",
+    "attention",
+    "norms",
+    "router",
+    "routed_experts",
+    "shared_experts",
+    "dense_ffn",
+    "base_ffn",
+    "head",
+)
+# the components a spec's ``frozen:`` may name (a LoRA expert's base FFN is always frozen, so it is not one)
+FREEZABLE_COMPONENTS = tuple(c for c in COMPONENTS if c != "base_ffn")
+
+# bytes per element of each dtype name the analyzer and planner accept
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+DTYPES = tuple(DTYPE_BYTES)
+# the dtypes moec computes in, as torch spells them (fp8 is a storage width the analyzer counts, not one)
+TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# the dtypes a built model is written in and smoke-run trains in
+MODEL_DTYPES = ("fp32", "bf16")
+
+# model-wide choices
+NORM_KINDS = ("rmsnorm", "layernorm")
+# pre: x + f(norm(x)) (Llama); post: norm(x + f(x)) (the original Transformer); after_sublayer: x + norm(f(x))
+# (OLMo 2, FlexOlmo: each sublayer's output is normalised before it joins the residual)
+NORM_PLACEMENTS = ("pre", "post", "after_sublayer")
+POSITION_KINDS = ("rope", "learned", "none")
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha")
+
+# attention
+ATTENTION_KINDS = ("gqa", "mla")
+# head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole q (h·head_dim)
+# and k (kv·head_dim) projections (OLMoE)
+QK_NORM_SCOPES = ("head", "projection")
+# model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim (Llama-4)
+QK_NORM_KINDS = ("model", "l2")
+
+# feed-forward layers and routing
+FFN_KINDS = ("dense", "moe")
+EXPERT_KINDS = ("ffn", "lora")
+ROUTER_SCORES = ("softmax", "sigmoid")
+# topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2
+ROUTER_KINDS = ("topk", "sparsemixer")
+GROUP_SCORES = ("max", "top2_sum")
+# output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
+ROUTER_APPLY_TO = ("output", "input")
+DROP_POLICIES = ("probs", "position")
+BALANCE_GRANULARITIES = ("batch", "sequence")

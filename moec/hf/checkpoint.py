@@ -9,7 +9,7 @@ arbitrary code; they are refused without being opened.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -183,3 +183,30 @@ class Checkpoint:
             if dt is not None and dt.is_floating_point:
                 by_dtype[dt] = by_dtype.get(dt, 0) + self.numel_of(name)
         return max(by_dtype, key=by_dtype.__getitem__) if by_dtype else torch.float32
+
+
+class MemoryCheckpoint(Checkpoint):
+    """Tensors held in memory under checkpoint names, read as a folder's would be (what ``export_weights.py``
+    traces the import with, and reads its own output back with). ``tensors`` may make each tensor when read."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], folder: Path):
+        self.folder = folder
+        self.file_of = dict.fromkeys(tensors, folder)
+        self._tensors = tensors
+        self._files = {}
+        self.used = set()
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.file_of:
+            raise Missing([name])
+        self.used.add(name)
+        t = self._tensors[name]
+        if not t.dtype.is_floating_point:
+            raise NotFloat(name, str(t.dtype), self.folder)
+        return t
+
+    def dtype_of(self, name: str) -> torch.dtype | None:
+        return self._tensors[name].dtype
+
+    def numel_of(self, name: str) -> int:
+        return self._tensors[name].numel()

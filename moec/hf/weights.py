@@ -25,7 +25,7 @@ from torch import nn
 
 from moec.errors import Problem
 from moec.hf.checkpoint import Checkpoint, CheckpointError, checkpoint_folder, fail, unquantized_model_type
-from moec.hf.config import hf_to_model
+from moec.hf.config import hf_to_model, read_hf_config
 from moec.hf.families import FAMILIES
 from moec.hf.mapper import Mapper, Missing, NotFloat
 from moec.nn.build import build_model, require_memory, weights_memory
@@ -38,7 +38,7 @@ IGNORABLE = re.compile(r"(^|\.)rotary_emb\.(inv_freq|original_inv_freq)$")
 # reading a whole checkpoint
 
 
-def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
+def model_targets(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer by its first name (a tied weight once)."""
     seen: set[int] = set()
     out = {}
@@ -65,7 +65,7 @@ def read_weights(
     out: dict[str, torch.Tensor] = {}
     missing: dict[str, str] = {}  # checkpoint name → the moec tensor that needs it
     mismatched: dict[str, str] = {}
-    for name, want in _targets(model).items():
+    for name, want in model_targets(model).items():
         try:
             t = mapper.load(name)
         except Missing as e:
@@ -170,6 +170,7 @@ def from_hf(
         return model.eval()
     tensors = read_weights(ck, model_type, model, device=device, skip_mtp=skip_mtp)
     _install(model, tensors, device)
+    model.hf_config = read_hf_config(folder)[0]  # what moec.export_hf writes back while the plan is unchanged
     return model.eval()
 
 
@@ -178,7 +179,7 @@ def load_hf_state_dict(model: MoecModel, path: str | PathLike[str]) -> None:
     into its tensors (same device and dtypes), or, for a model on ``meta``, materialised on the CPU."""
     folder = checkpoint_folder(path)
     model_type = unquantized_model_type(folder, mapped=FAMILIES)
-    targets = _targets(model)
+    targets = model_targets(model)
     device = next(iter(targets.values())).device
     on_meta = device.type == "meta"
     skip_mtp = bool(hf_to_model(folder).mtp) and not model.plan.mtp

@@ -1,0 +1,324 @@
+"""A moec model → a Hugging Face checkpoint folder: :func:`export_hf` (``moec.export_hf``, ``moec export-hf -o DIR``).
+
+    DIR/config.json                    the family's config (moec.hf.config.export_hf_config, or the config the
+                                       model was imported from)
+    DIR/generation_config.json         only where the family's config class sets generation defaults
+    DIR/model.safetensors              one file, or shards model-0000i-of-0000n.safetensors with
+    DIR/model.safetensors.index.json   the index transformers and moec.from_hf read
+    DIR/moec-manifest.json             written last, as for ``moec build`` (docs/output-safety.md)
+
+**The names and layouts are the import's, inverted; there is no export table.** Which tensors the checkpoint
+holds, and their shapes, is what transformers' ``save_pretrained`` writes for the config (its model built on
+``meta``: its state_dict less the tied and ignored keys, through ``revert_weight_conversion``): the layout its
+``from_pretrained`` reads. Where each of their elements comes from is found by running the family's import
+:class:`~moec.hf.mapper.Mapper` over a checkpoint of those names whose every element holds its own index
+(float64, exact below 2**53): each moec tensor the Mapper builds is then a map from its elements to checkpoint
+elements (stacked or per-expert experts, gate/up fused or split or interleaved, rotary rows permuted, fused
+q/k/v sliced), and exporting scatters the moec values through it. A Mapper step that is not a pure re-layout
+shows as an element that is not an index, and is refused. Every checkpoint element must be written exactly by
+this, and the written checkpoint is read back through the import before anything is written to disk: it
+must give every moec tensor bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moec.errors import CommandError, Problem, SpecError
+from moec.hf.checkpoint import INDEX, SINGLE, MemoryCheckpoint
+from moec.hf.config import export_hf_config, hf_to_model, plan_differences
+from moec.hf.draft import CannotExport
+from moec.hf.families import FAMILIES
+from moec.hf.mapper import Missing, NotFloat
+from moec.nn.model import MoecModel
+from moec.spec.plan import ResolvedModel
+
+DEFAULT_MAX_SHARD = 5 * 10**9  # transformers' save_pretrained default, "5GB"
+_EXACT_BELOW = 2**53  # float64 holds every integer below this exactly
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``"5GB"``, ``"500MB"``, ``"2GiB"`` or a byte count → bytes (decimal units, as transformers reads them)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
+    if not m or m.group(2) not in _UNITS or float(m.group(1)) <= 0:
+        raise CommandError(f"--max-shard-size: {text!r} is not a size (e.g. 5GB, 500MB, 2GiB or a byte count)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+# ---------------------------------------------------------------------------------------------
+# the config
+
+
+def family_config(plan: ResolvedModel, model_type: str) -> dict[str, Any]:
+    """``model_type``'s config.json for ``plan``, refused unless it imports back to the identical plan."""
+    fam = FAMILIES.get(model_type)
+    where = plan.source_file or plan.name
+    if fam is None or fam.export is None:
+        known = ", ".join(f.model_type for f in FAMILIES.values() if f.export is not None)
+        raise SpecError([Problem(where, None, None, "family", f"{model_type!r} has no exporter (these do: {known})")])
+    try:
+        cfg = fam.export(plan)
+    except CannotExport as e:
+        raise SpecError([Problem(where, None, None, model_type, str(e))]) from None
+    diff = plan_differences(plan, hf_to_model(cfg))
+    if diff:
+        raise SpecError([Problem(where, None, None, model_type, "cannot express " + "; ".join(diff[:3]))])
+    return cfg
+
+
+def model_config(model: MoecModel, family: str | None = None) -> dict[str, Any]:
+    """The config.json to write for ``model``: the given family's, else the config it was imported from (if its
+    plan is still the model's), else the first family that expresses the plan exactly."""
+    if family is not None:
+        return family_config(model.plan, family)
+    source = getattr(model, "hf_config", None)
+    if source is not None and not plan_differences(model.plan, hf_to_model(source)):
+        return dict(source)
+    return export_hf_config(model.plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpoint's names and shapes: what transformers saves
+
+
+def saved_layout(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], Any]:
+    """The tensor names and shapes transformers' save_pretrained writes for ``config`` (its model built on
+    ``meta``), and its config object."""
+    try:
+        import transformers
+        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError as e:
+        raise CommandError(f"exporting weights needs transformers, to lay them out as it saves them ({e})") from None
+    model_type = config["model_type"]
+    hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
+    arch = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    with torch.device("meta"):
+        hf_model = cls._from_config(hf_config) if cls else transformers.AutoModelForCausalLM.from_config(hf_config)
+    state = hf_model.state_dict()
+    for key in hf_model._keys_to_ignore_on_save or ():
+        state.pop(key, None)
+    state = revert_weight_conversion(hf_model, remove_tied_weights_from_state_dict(state, hf_model))
+    return {name: tuple(t.shape) for name, t in state.items()}, hf_config
+
+
+# ---------------------------------------------------------------------------------------------
+# the inverse of the import
+
+
+class _Indices(Mapping[str, torch.Tensor]):
+    """Checkpoint tensors whose elements are their own global indices (float64), made when read."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes, self.offsets, total = shapes, {}, 0
+        for name, shape in shapes.items():
+            self.offsets[name] = total
+            total += _numel(shape)
+        if total >= _EXACT_BELOW:
+            raise CommandError(f"{total:,} checkpoint elements are too many to trace exactly (at most 2**53)")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        n = _numel(self.shapes[name])
+        return torch.arange(self.offsets[name], self.offsets[name] + n, dtype=torch.float64).view(self.shapes[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def moec_tensors(model: MoecModel) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer once, by its first name (a tied head is the embedding)."""
+    from moec.hf.weights import model_targets
+
+    return {name: t.detach() for name, t in model_targets(model).items()}
+
+
+def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``model``'s tensors under the checkpoint names and shapes ``shapes`` (see the module's docstring)."""
+    index = _Indices(shapes)
+    names = list(shapes)
+    starts = torch.tensor([index.offsets[n] for n in names], dtype=torch.int64)  # (n_tensors,)
+    mapper = FAMILIES[model_type].mapper(MemoryCheckpoint(index, Path(f"<{model_type} checkpoint>")), model.plan)
+    out: dict[str, torch.Tensor] = {}
+    written = {n: torch.zeros(_numel(s), dtype=torch.bool) for n, s in shapes.items()}
+    problems: list[str] = []
+    for name, value in moec_tensors(model).items():
+        try:
+            ids = mapper.load(name)
+        except Missing as e:
+            problems.append(f"{name}: transformers saves no {', '.join(e.names[:3])} for it")
+            continue
+        except (NotFloat, IndexError, RuntimeError) as e:
+            problems.append(f"{name}: its import cannot be traced ({e})")
+            continue
+        flat = ids.reshape(-1)
+        if tuple(ids.shape) != tuple(value.shape) or not torch.equal(flat, flat.round()) or (flat < 0).any():
+            problems.append(f"{name}: its import is not a re-layout of checkpoint tensors, so it cannot be inverted")
+            continue
+        _scatter(flat.long(), value.reshape(-1), names, starts, shapes, out, written)
+    problems += [f"{n}: no moec tensor gives it" for n, w in written.items() if not bool(w.all())]
+    if problems:
+        raise CommandError(
+            f"cannot export to {model_type}: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+    return {n: out[n] for n in names}
+
+
+def _scatter(
+    ids: torch.Tensor,
+    values: torch.Tensor,
+    names: list[str],
+    starts: torch.Tensor,
+    shapes: dict[str, tuple[int, ...]],
+    out: dict[str, torch.Tensor],
+    written: dict[str, torch.Tensor],
+) -> None:
+    """Put each value at the checkpoint element its index names."""
+    which = torch.searchsorted(starts, ids, right=True) - 1  # (numel,) the checkpoint tensor of each element
+    for t in which.unique().tolist():
+        sel = which == t
+        name = names[t]
+        if name not in out:
+            out[name] = torch.empty(_numel(shapes[name]), dtype=values.dtype, device=values.device)
+        local = ids[sel] - starts[t]
+        out[name][local] = values[sel]
+        written[name][local] = True
+
+
+def shaped(flat: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {n: t.view(shapes[n]).contiguous() for n, t in flat.items()}
+
+
+def check_reads_back(model: MoecModel, model_type: str, tensors: dict[str, torch.Tensor]) -> None:
+    """The import of ``tensors`` must give every tensor of ``model`` bit for bit (the export's own check)."""
+    from moec.hf.weights import read_weights
+
+    got = read_weights(MemoryCheckpoint(tensors, Path("<export>")), model_type, model, device=torch.device("cpu"))
+    bad = [n for n, t in moec_tensors(model).items() if not torch.equal(got[n], t.to("cpu"))]
+    if bad:
+        raise CommandError(
+            f"the exported checkpoint does not read back as the model ({', '.join(bad[:5])}); not written"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the folder
+
+
+def shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive tensors in shards of at most ``max_bytes`` (a larger tensor alone in its shard)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    return shards
+
+
+def checkpoint_files(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, Any]:
+    """File name → its tensors (a dict) or its JSON text: one model.safetensors, or shards and their index."""
+    shards = shard(tensors, max_bytes)
+    if len(shards) == 1:
+        return {SINGLE: shards[0]}
+    files: dict[str, Any] = {}
+    weight_map = {}
+    for i, part in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        files[fname] = part
+        weight_map.update({n: fname for n in part})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    files[INDEX] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    return files
+
+
+def generation_config_text(hf_config: Any) -> str | None:
+    """generation_config.json as save_pretrained writes it, or None when the config sets no generation default."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_model_config(hf_config)
+    diff = {k: v for k, v in gen.to_diff_dict().items() if k != "transformers_version"}
+    return gen.to_json_string(use_diff=True) if diff else None
+
+
+def export_hf(
+    model: MoecModel,
+    out: str | os.PathLike[str],
+    *,
+    family: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD,
+    force: bool = False,
+) -> list[str]:
+    """Write ``model`` as a Hugging Face checkpoint folder ``out`` (see the module's docstring) that
+    transformers' from_pretrained and moec.from_hf load; return the file names written. ``family``: the
+    model_type to write (default: the config the model was imported from, else the first family that
+    expresses its plan exactly). ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
+    from moec.codegen.output import check_output_dir, clear_leftovers
+
+    max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    clear_leftovers(out)
+    check_output_dir(out, force=force)
+    config = model_config(model, family)
+    model_type = config["model_type"]
+    shapes, hf_config = saved_layout(config)
+    tensors = shaped(export_state_dict(model, model_type, shapes), shapes)
+    check_reads_back(model, model_type, tensors)
+    files: dict[str, Any] = {"config.json": json.dumps(config, indent=2) + "\n"}
+    gen = generation_config_text(hf_config)
+    if gen is not None:
+        files["generation_config.json"] = gen
+    files.update(checkpoint_files(tensors, max_bytes))
+    return write_folder(out, files, force=force)
+
+
+def write_folder(out: str | os.PathLike[str], files: dict[str, Any], *, force: bool) -> list[str]:
+    """``files`` (name → text or a dict of tensors for safetensors) as the folder ``out``, with the build
+    folder's rules (moec/codegen/output.py): a temporary sibling renamed into place, a manifest written last."""
+    from safetensors.torch import save_file
+
+    from moec.codegen.output import _move_into_place, _write_manifest
+    from moec.output_files import interrupts_raise, remove_tree, temporary_sibling, write_new_file
+
+    out = Path(out)
+    tmp = temporary_sibling(out)
+    with interrupts_raise():
+        try:
+            tmp.mkdir()
+            for name, content in files.items():
+                if isinstance(content, str):
+                    write_new_file(tmp / name, content.encode("utf-8"))
+                else:
+                    write_new_file(tmp / name, b"")  # created with the umask's mode, then filled
+                    mode = (tmp / name).stat().st_mode & 0o777
+                    save_file(content, str(tmp / name), metadata={"format": "pt"})
+                    os.chmod(tmp / name, mode)  # safetensors makes its files private
+            _write_manifest(tmp)
+            _move_into_place(tmp, out, force=force)
+        except OSError as e:
+            raise CommandError(f"{out}: cannot write: {e.strerror or e}; nothing was written") from None
+        finally:
+            remove_tree(tmp)
+    return [*files, "moec-manifest.json"]

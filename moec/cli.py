@@ -13,6 +13,7 @@ from moec.commands.bench import bench
 from moec.commands.build import build
 from moec.commands.hf import export_hf, import_hf
 from moec.commands.plan import plan
+from moec.commands.roofline import roofline
 from moec.commands.smoke import smoke_run
 
 
@@ -22,7 +23,20 @@ def cli() -> None:
     """moec: Mixture-of-Experts architecture compiler and analyzer."""
 
 
-for _cmd in (analyze, diff, validate, schema, list_specs, build, smoke_run, bench, import_hf, export_hf, plan):
+for _cmd in (
+    analyze,
+    diff,
+    validate,
+    schema,
+    list_specs,
+    build,
+    smoke_run,
+    bench,
+    import_hf,
+    export_hf,
+    plan,
+    roofline,
+):
     cli.add_command(_cmd)
 
 

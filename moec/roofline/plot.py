@@ -1,0 +1,79 @@
+"""`--plot FILE.png`: matplotlib, imported only here and only when a plot is asked for, drawn on a bare
+Figure (no pyplot, so no global state and no display). The PNG goes through moec's output rules."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from moec.errors import CommandError
+from moec.output_files import (
+    _publish_file,
+    check_file_target,
+    interrupts_raise,
+    lstat_or_none,
+    sweep_partials,
+    temporary_sibling,
+    write_new_file,
+)
+from moec.roofline.render import LABELS
+from moec.roofline.report import RooflineReport
+
+
+def new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list[Any]]:
+    """A matplotlib Figure and its axes, or a CommandError when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CommandError("--plot needs matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, columns, squeeze=False)[0])
+
+
+def save_png(fig: Any, path: str, *, force: bool) -> list[str]:
+    """Write ``fig`` as a PNG at ``path`` atomically under moec/output_files.py's rules (the same steps as
+    its ``write_file``, which takes text only); return notes about swept leftovers."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    target = Path(path)
+    notes = sweep_partials(target)
+    check_file_target(target, force=force)
+    tmp = temporary_sibling(target)
+    with interrupts_raise():
+        try:
+            write_new_file(tmp, buffer.getvalue())
+            _publish_file(tmp, target, force=force)
+        except OSError as e:
+            raise CommandError(f"{target}: cannot write: {e.strerror or e}; nothing was written") from None
+        finally:
+            if lstat_or_none(tmp) is not None:
+                os.unlink(tmp)
+    return notes
+
+
+def plot_roofline(report: RooflineReport) -> Any:
+    """Left: the roofline (attainable FLOP/s against intensity) with each component at the rate its
+    lower-bound time gives. Right: tokens/s against batch."""
+    s = report.step
+    fig, (roof, curve) = new_figure(11, 4.5, columns=2)
+    points = [c for c in s.costs if c.intensity and c.time_s]
+    lo = min([c.intensity for c in points] + [s.ridge]) / 10
+    hi = max([c.intensity for c in points] + [s.ridge]) * 10
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    bandwidth = s.accelerator.hbm_bytes_per_s
+    roof.plot(xs, [min(s.peak_flops, bandwidth * x) for x in xs], color="black", label="roofline")
+    for c in points:
+        roof.scatter([c.intensity], [c.flops / c.time_s], label=LABELS[c.name], zorder=3)
+    roof.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/B)", ylabel="FLOP/s")
+    w = s.workload
+    roof.set_title(f"{s.model}: {w.phase}, batch {w.batch}, {s.accelerator.name}", fontsize=9)
+    roof.legend(fontsize=7)
+    batches = [p.workload.batch for p in report.curve]
+    curve.plot(batches, [p.tokens_per_s for p in report.curve], marker="o")
+    curve.set(xscale="log", yscale="log", xlabel="batch", ylabel="tokens/s (upper bound)")
+    curve.set_title(f"{w.phase} tokens/s against batch, context {w.seq}", fontsize=9)
+    return fig

@@ -1,0 +1,143 @@
+"""The roofline report as text (80 columns), Markdown and JSON; the plain table helpers `moec sweep` shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from moec.roofline.report import RooflineReport, to_dict
+
+LABELS = {
+    "embedding": "embedding",
+    "attention": "attention proj.",
+    "attention_scores": "attention + KV",
+    "router": "router",
+    "routed_experts": "routed experts",
+    "shared_experts": "shared experts",
+    "dense_ffn": "dense FFN",
+    "base_ffn": "base FFN (LoRA)",
+    "lm_head": "lm_head",
+}
+COLUMNS = ("component", "GFLOP", "GB", "FLOP/B", "bound", "time µs", "compute-bound")
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = str(cells[0]).ljust(widths[0])
+        return "  ".join([first, *(str(c).rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]).rstrip()
+
+    return [line(header), *(line(r) for r in rows)]
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    cells = [header, *rows]
+    out = ["| " + " | ".join(str(c) for c in r) + " |" for r in cells]
+    out.insert(1, "|---|" + "---:|" * (len(header) - 1))
+    return out
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _from(b: int | None) -> str:
+    return "never" if b is None else f"batch {b:,}"
+
+
+def component_rows(report: RooflineReport) -> list[tuple[str, ...]]:
+    rows = [
+        (
+            LABELS[c.name],
+            _num(c.flops / 1e9),
+            _num(c.bytes / 1e9),
+            _num(c.intensity, 1),
+            c.bound,
+            _num(c.time_s * 1e6, 1),
+            _from(report.crossovers[c.name]),
+        )
+        for c in report.step.costs
+    ]
+    s = report.step
+    total_flops, total_bytes = sum(c.flops for c in s.costs), sum(c.bytes for c in s.costs)
+    compute = sum(c.compute_s for c in s.costs) >= sum(c.memory_s for c in s.costs)
+    rows.append(
+        (
+            "step",
+            _num(total_flops / 1e9),
+            _num(total_bytes / 1e9),
+            _num(total_flops / total_bytes, 1),
+            "compute" if compute else "memory",
+            _num(s.step_s * 1e6, 1),
+            _from(report.step_crossover),
+        )
+    )
+    return rows
+
+
+def curve_rows(report: RooflineReport) -> list[tuple[str, ...]]:
+    return [
+        (
+            f"{p.workload.batch:,}",
+            f"{p.tokens_per_s:,.0f}",
+            f"{p.step_s * 1e3:,.3f}",
+            "compute" if sum(c.compute_s for c in p.costs) >= sum(c.memory_s for c in p.costs) else "memory",
+            "yes" if p.fits else "no",
+        )
+        for p in report.curve
+    ]
+
+
+CURVE_COLUMNS = ("batch", "tokens/s", "step ms", "bound", "fits")
+
+
+def summary_lines(report: RooflineReport) -> list[str]:
+    s, w, acc = report.step, report.step.workload, report.step.accelerator
+    ranks = f"{w.ranks} × " if w.ranks > 1 else ""
+    lines = [
+        f"{s.model} · {w.phase} · batch {w.batch:,} · context {w.seq:,} · weights {w.dtype}, KV {w.kv_dtype}",
+        f"{ranks}{acc.name} (tp {w.tp}, ep {w.ep}): {s.peak_flops / 1e12:,.0f} TFLOP/s {w.dtype}, "
+        f"{acc.hbm_bytes_per_s / 1e12:,.2f} TB/s, ridge {s.ridge:,.0f} FLOP/B",
+        f"source: {acc.source}",
+    ]
+    return lines
+
+
+def result_lines(report: RooflineReport) -> list[str]:
+    s, w = report.step, report.step.workload
+    if w.phase == "decode":
+        lines = [f"decode: at most {s.tokens_per_s:,.1f} tokens/s; at least {s.step_s * 1e3:,.3f} ms per output token"]
+    else:
+        lines = [
+            f"prefill: at most {s.tokens_per_s:,.0f} tokens/s; at least {s.step_s * 1e3:,.3f} ms to the first token"
+        ]
+    if s.distinct_experts is not None:
+        lines.append(
+            f"routed experts read per MoE layer and rank: {s.distinct_experts:,.2f} (expected, {report.routing} routing)"
+        )
+    held = s.weights_bytes + s.kv_cache_bytes
+    verdict = "fits" if s.fits else "does not fit"
+    lines.append(
+        f"per rank: weights {s.weights_bytes / 1e9:,.2f} GB + KV cache {s.kv_cache_bytes / 1e9:,.2f} GB = "
+        f"{held / 1e9:,.2f} GB of {s.accelerator.hbm_bytes / 1e9:,.0f} GB: {verdict}"
+    )
+    return lines
+
+
+def to_text(report: RooflineReport) -> str:
+    lines = summary_lines(report) + [""] + text_table(COLUMNS, component_rows(report)) + [""]
+    lines += result_lines(report) + ["", "tokens/s against batch:"] + text_table(CURVE_COLUMNS, curve_rows(report))
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(report: RooflineReport) -> str:
+    lines = [f"<!-- {to_dict(report)['schema']} -->", "", *(f"_{line}_  " for line in summary_lines(report)), ""]
+    lines += md_table(COLUMNS, component_rows(report)) + [""] + [f"- {line}" for line in result_lines(report)] + [""]
+    lines += md_table(CURVE_COLUMNS, curve_rows(report))
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: RooflineReport) -> str:
+    return json.dumps(to_dict(report), indent=2) + "\n"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
 from moec.errors import CommandError
+from moec.smoke.outputs import PLOT_FILES, STEPS_FILE
 from moec.vocab import MODEL_DTYPES
 
 
@@ -51,6 +53,25 @@ from moec.vocab import MODEL_DTYPES
     show_default=True,
     help="Shard over the data-parallel ranks with FSDP2 (else replicate and all-reduce the gradients).",
 )
+@click.option(
+    "--threads", type=click.IntRange(1, 4096), default=None, help="CPU threads for torch (default: torch's choice)."
+)
+@click.option(
+    "--log",
+    "log_dir",
+    metavar="DIR",
+    default=None,
+    help=f"Write every step's loss and per-layer routing figures to DIR/{STEPS_FILE} (TensorBoard files too, "
+    "when tensorboard is installed).",
+)
+@click.option(
+    "--plot",
+    "plot_dir",
+    metavar="DIR",
+    default=None,
+    help="Draw " + ", ".join(PLOT_FILES) + " into DIR (needs matplotlib: pip install 'moec[plot]').",
+)
+@click.option("--force", is_flag=True, help="Replace existing --log/--plot files.")
 @set_option
 @report_errors
 def smoke_run(
@@ -69,19 +90,38 @@ def smoke_run(
     ep: int,
     tp: int,
     fsdp: bool,
+    threads: int | None,
+    log_dir: str | None,
+    plot_dir: str | None,
+    force: bool,
     sets: tuple[str, ...],
 ) -> None:
     """Train a spec's model for a few steps: does it learn, balance and run fast? Exit 1 on failure.
 
     With --nproc N (or under `torchrun --standalone --nproc-per-node N -m moec smoke-run ...`) the model is
     built on meta and sharded over the processes (FSDP2, --ep experts, --tp attention and dense FFNs), and the
-    report adds the layout, per-rank figures and a check of the step-0 loss against one process."""
+    report adds the layout, per-rank figures and a check of the step-0 loss against one process.
+
+    --log and --plot record every step: the loss, the aux loss and, per MoE layer, the expert load, its
+    entropy and max/mean, the dropped fraction, router z and the selection-bias drift (docs/smoke-run.md)."""
     from moec.smoke.launch import in_worker, launch, run_worker
     from moec.smoke.run import SmokeConfig
 
     cfg = SmokeConfig(
-        device=device, backend=backend, steps=steps, batch=batch, seq=seq, dtype=dtype, scale=scale, seed=seed, lr=lr
+        device=device,
+        backend=backend,
+        steps=steps,
+        batch=batch,
+        seq=seq,
+        dtype=dtype,
+        scale=scale,
+        seed=seed,
+        lr=lr,
+        threads=threads,
     )
+    outputs = Outputs(log_dir, plot_dir, force)
+    if outputs.asked and (in_worker() or nproc is not None):
+        raise CommandError("--log and --plot record one process's steps: leave them out with --nproc or torchrun")
     parallel = {"ep": ep, "tp": tp, "fsdp": fsdp}
     if in_worker():
         run_worker(lambda: _worker(spec, sets, cfg, parallel, fmt, nproc))
@@ -89,21 +129,58 @@ def smoke_run(
         args = [spec, "--device", device, "--backend", backend, "--steps", str(steps), "--batch", str(batch)]
         args += ["--seq", str(seq), "--dtype", dtype, "--scale", scale, "--seed", str(seed), "--lr", repr(lr)]
         args += ["--format", fmt, "--ep", str(ep), "--tp", str(tp), "--fsdp" if fsdp else "--no-fsdp"]
+        args += [] if threads is None else ["--threads", str(threads)]
         args += [a for s in sets for a in ("--set", s)]
         raise SystemExit(launch(args, nproc, device))
     if ep > 1 or tp > 1 or not fsdp:
         raise CommandError("--ep, --tp and --no-fsdp need several processes: add --nproc N, or run under torchrun")
-    _single(spec, sets, cfg, fmt)
+    _single(spec, sets, cfg, fmt, outputs)
 
 
-def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str) -> None:
+@dataclass(frozen=True)
+class Outputs:
+    """Where --log and --plot go (None: not asked), and whether existing files may be replaced."""
+
+    log_dir: str | None
+    plot_dir: str | None
+    force: bool
+
+    @property
+    def asked(self) -> bool:
+        return self.log_dir is not None or self.plot_dir is not None
+
+    def prepare(self) -> None:
+        """Refuse a bad folder or an existing file, and a missing matplotlib, before any training."""
+        from moec.smoke import outputs as out
+
+        if self.plot_dir is not None:
+            out.require_matplotlib()
+            out.prepare(self.plot_dir, out.plot_targets(self.plot_dir), force=self.force)
+        if self.log_dir is not None:
+            out.prepare(self.log_dir, out.log_targets(self.log_dir), force=self.force)
+
+    def write(self, result) -> None:
+        from moec.smoke import outputs as out
+
+        notes = []
+        if self.log_dir is not None:
+            notes += out.write_log(result, self.log_dir, force=self.force)
+        if self.plot_dir is not None:
+            notes += out.write_plots(result, self.plot_dir, force=self.force)
+        for note in notes:
+            click.echo(note, err=True)
+
+
+def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -> None:
     from moec.smoke.run import smoke_run as run
 
     plan = load_plan(spec, sets)
+    outputs.prepare()
     try:
         result = run(plan, cfg, spec_name=spec, progress=fmt == "table")
     except ValueError as e:
         raise CommandError(str(e)) from None
+    outputs.write(result)  # before the verdict's exit code: a failed run's steps are the interesting ones
     _show(result, fmt)
 
 

@@ -85,6 +85,8 @@ def smoke_run_distributed(plan: ResolvedModel, cfg: SmokeConfig, par: Parallel, 
     Refusals come before any allocation and are the same on every rank."""
     import moec.dist as md
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = md.init(device_type=device_type(cfg.device))
     s = _setup(plan, cfg, par, device)
     small = s.fitted.plan

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec.smoke.dist_report import DistributedReport, print_distributed
+from moec.smoke.metrics import Dynamics, StepRecord
 
 SCHEMA = "moec.smoke/1"
 BARS = " ▁▂▃▄▅▆▇█"
+STARVED = "·"
 
 
 @dataclass
@@ -71,47 +73,80 @@ class SmokeResult:
     failures: list[str] = field(default_factory=list)
     memory_estimate_bytes: int | None = None  # the upper estimate checked before the run started
     distributed: DistributedReport | None = None  # several processes: layout, per-rank figures, step-0 check
+    params_trainable: int | None = None
+    params_frozen: int | None = None  # the base FFN under LoRA experts, or what the spec lists as frozen
+    threads: int | None = None  # torch CPU threads (on a CPU run)
+    loss_window: int = 1  # loss_first / loss_last are means over this many first / last steps
+    aux_coefficients: dict[str, float] = field(default_factory=dict)  # largest per MoE layer; 0 = that part off
+    dynamics: Dynamics | None = None  # per-layer averages of the per-step record over the last window
+    step_records: list[StepRecord] = field(default_factory=list)  # every step (to --log / --plot, not JSON)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA}
-        d.update(dataclasses.asdict(self))
+        d.update(dataclasses.asdict(dataclasses.replace(self, step_records=[])))
+        d.pop("step_records")
         return d
 
 
-def sparkline(values: list[int], width: int = 64) -> list[str]:
-    """Per-expert load as one bar character each, wrapped at ``width`` experts per line."""
+def load_lines(values: list[int], per_line: int) -> list[tuple[int, str]]:
+    """Per-expert load as one bar each (█ the busiest expert, · an expert that got nothing), wrapped every
+    ``per_line`` experts: (first expert of the line, bars)."""
     top = max(values) if values else 0
-    chars = [BARS[0] if top == 0 else BARS[max(1 if v else 0, round(8 * v / top))] for v in values]
-    return ["".join(chars[i : i + width]) for i in range(0, len(chars), width)] or [""]
+    chars = [STARVED if v == 0 else BARS[max(1, round(8 * v / top))] for v in values]
+    return [(i, "".join(chars[i : i + per_line])) for i in range(0, len(chars), per_line)] or [(0, "")]
+
+
+def bars_per_line(n_experts: int, width: int, prefix: int) -> int:
+    """The largest power of two of experts that fits on a line after ``prefix`` columns (8 at least), so
+    that every line starts at a round expert number."""
+    room, n = max(8, width - prefix), 8
+    while n * 2 <= room and n < n_experts:
+        n *= 2
+    return n
 
 
 def print_report(r: SmokeResult, console: Any = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     con = console or Console()
     status = "[green]PASS[/green]" if r.ok else "[red]FAIL[/red]"
     con.print(f"moec smoke-run {r.spec} → {status}  ({r.device_name}, backend {r.backend}, {r.dtype}, scale {r.scale})")
     if r.changes:
         con.print("[dim]scaled to fit: " + "; ".join(r.changes) + "[/dim]")
+    con.print(training_table(r))
+    if r.distributed is not None:
+        print_distributed(r.distributed, r.steps, con)
+    if r.layers:
+        con.print(layer_table(r))
+        print_loads(r, con)
+    else:
+        con.print("no MoE layers: nothing to balance")
+    print_legend(r, con)
+    print_warnings(r, con)
+
+
+def training_table(r: SmokeResult) -> Any:
+    from rich.table import Table
+
     t = Table(show_header=False, title="training")
     t.add_column("metric")
     t.add_column("value", justify="right")
     fell = "[green]fell[/green]" if r.loss_fell else "[red]did not fall[/red]"
-    t.add_row("params (total / active)", f"{r.params_total:,} / {r.params_active:,}")
+    t.add_row("params total / active", f"{r.params_total:,} / {r.params_active:,}")
+    if r.params_trainable is not None and r.params_frozen is not None:
+        t.add_row("params trainable / frozen", f"{r.params_trainable:,} / {r.params_frozen:,}")
     t.add_row("steps × batch × seq", f"{r.steps} × {r.batch} × {r.seq}")
-    t.add_row(
-        "loss first → last",
-        f"{r.loss_first:.3f} → {r.loss_last:.3f} ({fell}; noise {r.loss_noise:.2f}, floor ≈ {r.loss_floor:.2f})",
-    )
-    t.add_row("aux loss first → last", f"{r.aux_first:.4g} → {r.aux_last:.4g}")
-    t.add_row("tokens/s", f"{r.tokens_per_s:,.0f}")
-    t.add_row("achieved TFLOP/s", f"{r.achieved_tflops:.3f}  (analyzer: {r.flops_per_token:.4g} training FLOPs/token)")
+    t.add_row(f"loss first → last ({_window(r.loss_window)})", f"{r.loss_first:.3f} → {r.loss_last:.3f} ({fell})")
+    t.add_row("loss noise / floor", f"{r.loss_noise:.2f} / {r.loss_floor:.2f}")
+    t.add_row("aux loss first → last", aux_text(r))
+    t.add_row("tokens/s", f"{r.tokens_per_s:,.0f}" + (f" ({r.threads} threads)" if r.threads else ""))
+    t.add_row("achieved TFLOP/s", f"{r.achieved_tflops:.3f}")
+    t.add_row("training FLOPs/token", f"{r.flops_per_token:,.0f} (analyzer)")
     t.add_row("MFU", f"{100 * r.mfu:.1f}% of {r.peak_tflops:.3g} TFLOP/s ({r.peak_source})")
     t.add_row("peak memory", "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:,.0f} MiB")
     if r.memory_estimate_bytes is not None:
         t.add_row("memory estimate (checked first)", f"{r.memory_estimate_bytes / 2**20:,.0f} MiB")
-    t.add_row("dropped routing slots", f"{r.dropped_tokens:,}")
+    t.add_row("dropped routing slots", dropped_text(r.dropped_tokens, _all_slots(r)))
     if r.numerics:
         n = r.numerics
         mark = "[green]ok[/green]" if n.ok else "[red]FAILED[/red]"
@@ -119,29 +154,97 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
             f"numerics {n.backend} vs {n.against} (layer {n.layer})",
             f"out {n.max_abs_diff_output:.2e}, grad {n.max_abs_diff_grad:.2e} (tol {n.tolerance:.0e}) {mark}",
         )
-    con.print(t)
-    if r.distributed is not None:
-        print_distributed(r.distributed, r.steps, con)
-    if not r.layers:
-        con.print("no MoE layers: nothing to balance")
-        for f in r.failures:
-            con.print(f"[red]failure:[/red] {f}")
-        return
-    lt = Table(
-        title=f"expert load per MoE layer (one bar per expert; imbalanced above max/mean {r.imbalance_threshold:g})"
-    )
-    lt.add_column("layer", justify="right")
-    lt.add_column("load")
-    lt.add_column("max/mean", justify="right")
-    lt.add_column("starved", justify="right")
+    return t
+
+
+def aux_text(r: SmokeResult) -> str:
+    """ "off" when no layer has a load-balance or z-loss coefficient (the loss is then 0 by construction)."""
+    c = r.aux_coefficients
+    if c and not c.get("load_balance_coeff") and not c.get("z_loss_coeff"):
+        free = c.get("bias_update_rate")
+        return "off" + (f" (aux-free bias, rate {free:g})" if free else " (coefficients 0)")
+    return f"{r.aux_first:.4g} → {r.aux_last:.4g}"
+
+
+def dropped_text(dropped: int, slots: int) -> str:
+    if not slots:
+        return f"{dropped:,}"
+    return f"{100 * dropped / slots:.1f}% ({dropped:,} of {slots:,})"
+
+
+def _all_slots(r: SmokeResult) -> int:
+    return sum(sum(l.tokens_per_expert) + l.dropped for l in r.layers)
+
+
+def _window(k: int) -> str:
+    return "each one step" if k == 1 else f"means of {k} steps"
+
+
+def layer_table(r: SmokeResult) -> Any:
+    from rich.table import Table
+
+    d = r.dynamics
+    last = f"last {d.window} step{'s' if d.window > 1 else ''}" if d else "the run"
+    t = Table(title=f"routing per MoE layer ({last})")
+    show_drift = d is not None and any(ld.bias_drift is not None for ld in d.layers)
+    for name in ("layer", "H/ln E", "max/mean", "starved", "dropped", "router z", *(("drift",) if show_drift else ())):
+        t.add_column(name, justify="right", no_wrap=True)
+    by_layer = {ld.layer: ld for ld in d.layers} if d else {}
     for l in r.layers:
-        ratio = f"{l.max_mean_ratio:.2f}"
-        if l.max_mean_ratio > r.imbalance_threshold:
+        ld = by_layer.get(l.layer)
+        ratio = f"{ld.max_mean if ld else l.max_mean_ratio:.2f}"
+        if (ld.max_mean if ld else l.max_mean_ratio) > r.imbalance_threshold:
             ratio = f"[red]{ratio}[/red]"
-        starved = ",".join(map(str, l.starved[:8])) + ("…" if len(l.starved) > 8 else "") if l.starved else "-"
-        lt.add_row(str(l.layer), "\n".join(sparkline(l.tokens_per_expert)), ratio, starved)
-    con.print(lt)
-    if r.imbalanced:
-        con.print("[yellow]routing is imbalanced: some experts are overloaded or starved[/yellow]")
+        entropy = "-" if ld is None else f"{ld.entropy_norm:.2f}"
+        if ld is not None and ld.collapsed:
+            entropy = f"[red]{entropy}[/red]"
+        slots = sum(l.tokens_per_expert) + l.dropped
+        row = [str(l.layer), entropy, ratio, f"{len(l.starved)}/{len(l.tokens_per_expert)}"]
+        row += [dropped_text(l.dropped, slots) if l.dropped else "0", "-" if ld is None else f"{ld.router_z:.3g}"]
+        if show_drift:
+            row.append("-" if ld is None or ld.bias_drift is None else f"{ld.bias_drift:.3g}")
+        t.add_row(*row)
+    return t
+
+
+def print_loads(r: SmokeResult, con: Any) -> None:
+    """The whole run's load per expert, one bar per expert, wrapped at a power of two that fits the width."""
+    layer_w = max(len(f"L{l.layer}") for l in r.layers) + 1
+    expert_w = max(len(f"e{len(l.tokens_per_expert)}") for l in r.layers) + 1
+    con.print(f"expert load over the run ({STARVED} no slot, {BARS[-1]} the busiest expert of the layer)")
+    for l in r.layers:
+        per_line = bars_per_line(len(l.tokens_per_expert), con.width, layer_w + expert_w)
+        for n, (first, bars) in enumerate(load_lines(l.tokens_per_expert, per_line)):
+            name = f"L{l.layer}" if n == 0 else ""
+            con.print(f"{name:<{layer_w}}{f'e{first}':<{expert_w}}{bars}", highlight=False, soft_wrap=True)
+
+
+LEGEND = (
+    "loss first/last: mean cross-entropy of the first/last steps; noise: ln V, the loss of a model that learned "
+    "nothing; floor: the entropy rate of the synthetic data, the best loss possible. "
+    "H/ln E: entropy of the expert load over its maximum (1 even, 0 all on one expert); "
+    "max/mean: busiest expert's load over the mean; starved: experts with no slot; dropped: slots over an "
+    "expert's capacity, share of all slots (count); router z: mean logsumexp(logits)² before its coefficient; "
+    "drift: the largest move of a selection bias (aux-free balancing). L = layer, e = first expert of the line."
+)
+
+
+def print_legend(r: SmokeResult, con: Any) -> None:
+    con.print(f"[dim]{LEGEND}[/dim]")
+
+
+def print_warnings(r: SmokeResult, con: Any) -> None:
+    d = r.dynamics
+    if d is not None and d.collapsed:
+        layers = ", ".join(map(str, d.collapsed))
+        con.print(
+            f"[yellow]warning: routing collapsed in layer {layers}: H/ln E below {d.collapse_entropy:g} over the "
+            f"last {d.window} steps (docs/smoke-run.md)[/yellow]"
+        )
+    elif r.imbalanced:
+        con.print(
+            f"[yellow]routing is imbalanced: some expert's load is above {r.imbalance_threshold:g}× the mean, "
+            "or some expert got no slot[/yellow]"
+        )
     for f in r.failures:
         con.print(f"[red]failure:[/red] {f}")

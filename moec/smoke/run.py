@@ -7,6 +7,8 @@ fast it runs (tokens/s, TFLOP/s from the analyzer's FLOPs, MFU against a stated 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +20,9 @@ from moec.analyze import analyze
 from moec.errors import CommandError
 from moec.nn.build import available_bytes, resolve_device
 from moec.smoke.data import MarkovData
+from moec.smoke.metrics import dynamics, last_window
+from moec.smoke.progress import progress_display
+from moec.smoke.record import StepRecorder
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
 from moec.smoke.scale import Fitted, fit
 from moec.spec.plan import ResolvedModel
@@ -47,6 +52,7 @@ class SmokeConfig:
     scale: str = "auto"
     seed: int = 0
     lr: float = 3e-3
+    threads: int | None = None  # torch CPU threads (torch.set_num_threads); None: torch's default
 
 
 def smoke_run(
@@ -57,7 +63,8 @@ def smoke_run(
     progress: bool = True,
     tamper: Callable[[torch.nn.Module], None] | None = None,
 ) -> SmokeResult:
-    """Run the smoke test. ``tamper`` lets tests modify the built model (e.g. force a router collapse)."""
+    """Run the smoke test. ``tamper`` lets tests modify the built model (e.g. force a router collapse).
+    ``progress``: show progress (a rich bar on a terminal, plain lines on stderr otherwise)."""
     from moec.nn import build_model
     from moec.nn.loss import lm_loss
 
@@ -76,6 +83,8 @@ def smoke_run(
     )
     small = fitted.plan
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(small, device=run.device, dtype=run.dtype, backend=run.backend, seed=cfg.seed)
     model.train()
@@ -98,8 +107,9 @@ def smoke_run(
     batches = [data.batch(cfg.batch, cfg.seq) for _ in range(n_batches)]
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
-    log = train(step, batches, cfg.steps, run.device, moe_experts(model), progress=progress)
     moe = moe_layers(model)
+    recorder = StepRecorder(moe)
+    log = train(step, batches, cfg.steps, run.device, moe_experts(model), progress=progress, recorder=recorder)
     numerics = None
     if moe:
         numerics = check_numerics(moe[0], run.backend, run.dtype, run.device, small.d_model, cfg, moe_index(small)[0])
@@ -133,6 +143,7 @@ class TrainLog:
     timed_tokens: int
     timed_s: float
     failures: list[str]
+    steps: list = dataclasses.field(default_factory=list)  # StepRecord per step, when a recorder ran
 
     @property
     def tokens_per_s(self) -> float:
@@ -163,16 +174,15 @@ def train(
     experts: list[int],
     *,
     progress: bool,
+    recorder: StepRecorder | None = None,
 ) -> TrainLog:
     """Run ``step`` (forward, backward, optimizer; returns the cross-entropy, the aux loss and each MoE layer's
-    MoEAux) over ``batches`` cycled for ``steps`` steps; stops at the first non-finite loss."""
+    MoEAux) over ``batches`` cycled for ``steps`` steps; stops at the first non-finite loss. ``recorder``
+    keeps each step's routing figures (after the step, so a selection bias has taken its update)."""
     log = TrainLog([], [], [torch.zeros(e, dtype=torch.long, device=device) for e in experts], [], 0, 0.0, [])
     log.dropped = [torch.zeros((), dtype=torch.long, device=device) for _ in experts]
-    bar = _progress(progress)
-    task = bar.add_task("training", total=steps) if bar else None
-    if bar:
-        bar.start()
-    try:
+    bar = progress_display(steps) if progress else None
+    with bar if bar is not None else contextlib.nullcontext():
         for i in range(steps):
             tokens = batches[i % len(batches)].to(device, non_blocking=True)
             _sync(device)
@@ -187,14 +197,15 @@ def train(
                 log.dropped[j] += la.dropped.to(device)
             log.losses.append(ce)
             log.auxes.append(ax)
+            if recorder is not None:
+                recorder(i, ce, ax, layers)
             if not math.isfinite(ce) or not math.isfinite(ax):
                 log.failures.append(f"loss became {ce} at step {i}")
                 break
-            if bar:
-                bar.update(task, advance=1, description=f"loss {ce:.3f} aux {ax:.3g} {log.tokens_per_s:,.0f} tok/s")
-    finally:
-        if bar:
-            bar.stop()
+            if bar is not None:
+                bar.update(i + 1, ce, ax, log.tokens_per_s)
+    if recorder is not None:
+        log.steps = recorder.steps
     return log
 
 
@@ -231,7 +242,7 @@ def summarize(
     """The verdict and the figures of a finished run: did the loss fall, balance, FLOP/s and MFU (over
     ``devices`` devices of one kind)."""
     small, losses, failures = fitted.plan, log.losses, list(log.failures)
-    k = max(1, min(5, len(losses) // 4))
+    k = last_window(len(losses))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     fell = math.isfinite(last) and last < first - 0.05 * max(first - data.floor, 0.1)
     if not fell and not failures:
@@ -254,6 +265,13 @@ def summarize(
         changes=fitted.changes,
         params_total=a.params.total,
         params_active=a.params.active,
+        params_trainable=a.params.trainable,
+        params_frozen=a.params.frozen,
+        threads=torch.get_num_threads() if run.device.type == "cpu" else None,
+        loss_window=k,
+        aux_coefficients=aux_coefficients(small),
+        dynamics=dynamics(log.steps, [l.layer for l in layers]) if log.steps else None,
+        step_records=log.steps,
         steps=len(losses),
         batch=cfg.batch,
         seq=cfg.seq,
@@ -281,6 +299,17 @@ def summarize(
         ok=not failures,
         failures=failures,
     )
+
+
+def aux_coefficients(plan: ResolvedModel) -> dict[str, float]:
+    """The largest load-balance and z-loss coefficients (and selection-bias update rate) over the MoE layers:
+    0 means that part of the aux loss is off in every layer."""
+    moe = [lp.ffn for lp in (*plan.layers, *plan.mtp) if lp.ffn.kind == "moe"]
+    return {
+        "load_balance_coeff": max((m.load_balance_coeff for m in moe), default=0.0),
+        "z_loss_coeff": max((m.z_loss_coeff for m in moe), default=0.0),
+        "bias_update_rate": max((m.bias_update_rate or 0.0 for m in moe), default=0.0),
+    }
 
 
 def choices(cfg: SmokeConfig, device: torch.device | None = None) -> RunChoices:
@@ -372,13 +401,3 @@ def _peak(device: torch.device, dtype: str) -> tuple[float, str]:
         a @ b
     dt = time.perf_counter() - t0
     return 2 * n**3 * reps / dt / 1e12, "fp32 512³ matmul measured in this run"
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    )

@@ -179,7 +179,9 @@ class Router(nn.Module):
             else:  # "top2_sum" (DeepSeek-V3)
                 group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # (T, G)
             best = group_scores.topk(r.topk_groups, dim=-1).indices  # (T, topk_groups)
-            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)  # (T, G)
+            # a tensor source, not the scalar True, which a jit trace (fvcore, analyze --verify) cannot record
+            chosen_groups = torch.ones_like(best, dtype=torch.bool)
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, chosen_groups)  # (T, G)
             # -inf, not 0: with a selection bias the scores of allowed experts can be negative
             scores = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(T, E)
         return scores.topk(r.top_k, dim=-1).indices

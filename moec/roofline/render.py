@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 
 from moec.roofline.report import RooflineReport, to_dict
@@ -96,13 +97,13 @@ CURVE_COLUMNS = ("batch", "tokens/s", "step ms", "bound", "fits")
 def summary_lines(report: RooflineReport) -> list[str]:
     s, w, acc = report.step, report.step.workload, report.step.accelerator
     ranks = f"{w.ranks} × " if w.ranks > 1 else ""
-    lines = [
+    return [
         f"{s.model} · {w.phase} · batch {w.batch:,} · context {w.seq:,} · weights {w.dtype}, KV {w.kv_dtype}",
-        f"{ranks}{acc.name} (tp {w.tp}, ep {w.ep}): {s.peak_flops / 1e12:,.0f} TFLOP/s {w.dtype}, "
-        f"{acc.hbm_bytes_per_s / 1e12:,.2f} TB/s, ridge {s.ridge:,.0f} FLOP/B",
-        f"source: {acc.source}",
+        f"{ranks}{acc.name}, tp {w.tp}, ep {w.ep}",
+        f"{s.peak_flops / 1e12:,.0f} TFLOP/s {w.dtype} · {acc.hbm_bytes_per_s / 1e12:,.2f} TB/s · "
+        f"ridge {s.ridge:,.0f} FLOP/B",
+        *textwrap.wrap(f"source: {acc.source}", 80, subsequent_indent="  "),
     ]
-    return lines
 
 
 def result_lines(report: RooflineReport) -> list[str]:
@@ -120,7 +121,7 @@ def result_lines(report: RooflineReport) -> list[str]:
     held = s.weights_bytes + s.kv_cache_bytes
     verdict = "fits" if s.fits else "does not fit"
     lines.append(
-        f"per rank: weights {s.weights_bytes / 1e9:,.2f} GB + KV cache {s.kv_cache_bytes / 1e9:,.2f} GB = "
+        f"per rank: weights {s.weights_bytes / 1e9:,.2f} GB + KV {s.kv_cache_bytes / 1e9:,.2f} GB = "
         f"{held / 1e9:,.2f} GB of {s.accelerator.hbm_bytes / 1e9:,.0f} GB: {verdict}"
     )
     return lines

@@ -10,7 +10,8 @@ The parameter count equals :func:`moec.analyze.counts.attention_part` exactly.
 
 :func:`attend` is the one place scores are computed, also for MLA: ``scaled_dot_product_attention``
 (flash/fused kernels, causal) unless the layer has sinks, which SDPA cannot express; then an explicit
-softmax with the sink logit in the denominator.
+softmax with the sink logit in the denominator. :func:`attend_masked` is its counterpart for a cached
+decode (``moec.nn.cache``): the queries see the cache's keys through a mask built from positions.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moec.nn.cache import LayerCache, new_layer_cache
 from moec.nn.norms import make_norm
 from moec.nn.rope import apply_rope
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
@@ -80,7 +82,12 @@ def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 def temperature(seq_len: int, floor_scale: float, scale: float, device: torch.device) -> torch.Tensor:
     """(S,) fp32 query multipliers 1 + scale·log1p(floor((pos + 1)/floor_scale)) (Llama-4's NoPE layers,
     arXiv 2501.19399): long-range queries sharpen as the context grows."""
-    pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    return temperature_at(torch.arange(seq_len, device=device), floor_scale, scale)
+
+
+def temperature_at(positions: torch.Tensor, floor_scale: float, scale: float) -> torch.Tensor:
+    """:func:`temperature` at the given (S,) positions (a cached decode starts past 0)."""
+    pos = positions.to(torch.float32)
     return torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * scale + 1.0
 
 
@@ -114,6 +121,32 @@ def attend(
     scores = scores.masked_fill(~causal_mask(S, window, q.device, chunk), float("-inf"))
     sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(q.shape[0], h, S, 1)  # (B, h, S, 1)
     probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, S)
+    return probs.to(v.dtype) @ v
+
+
+def attend_masked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention through an explicit mask, for a cached decode. q (B, h, S, d_qk), k (B, kv, T, d_qk),
+    v (B, kv, T, d_v), mask (S, T) bool (True: may attend; every row has a True) → (B, h, S, d_v)."""
+    h, kv = q.shape[1], k.shape[1]
+    if sinks is None:
+        if not _SDPA_GQA and kv != h:
+            k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
+        gqa = {"enable_gqa": kv != h} if _SDPA_GQA else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
+    k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    B, S = q.shape[0], q.shape[2]
+    sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(B, h, S, 1)  # (B, h, S, 1)
+    probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, T)
     return probs.to(v.dtype) @ v
 
 
@@ -156,9 +189,32 @@ class Attention(nn.Module):
         if self.sinks is not None and not self.sinks.is_meta:
             nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (B, S, d); rope: (cos, sin), each (S, rotary dim ≤ head_dim), or None without rotary positions."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, S, d); rope: (cos, sin), each (S, rotary dim ≤ head_dim), or None without rotary positions.
+        With ``cache``: the S new tokens sit at ``positions`` (S,), their keys and values are stored, and they
+        attend over everything the cache holds."""
         check_input(x, self.d_model, "attention")
+        B, S, _ = x.shape
+        q, k, v = self._qkv(x, rope, positions)  # (B, h, S, hd), (B, kv, S, hd) ×2
+        if cache is None:
+            y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks, chunk=self.plan.chunk)
+        else:
+            assert positions is not None, "a cached call passes the positions of its tokens"
+            keys, values, key_positions = cache.update(k, v, positions)
+            assert values is not None
+            y = attend_masked(q, keys, values, cache.mask(positions, key_positions), scale=self.scale, sinks=self.sinks)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))  # (B, h, S, hd) → (B, S, d)
+
+    def _qkv(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, positions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as attention takes them: normed, clipped, rotated and tempered."""
         B, S, _ = x.shape
         p = self.plan
         hd = p.head_dim
@@ -183,10 +239,27 @@ class Attention(nn.Module):
         if p.qk_norm and p.qk_norm_kind == "l2":  # after rotation, as Llama-4 (rotation keeps the rms anyway)
             q, k = l2_norm(q, self.norm_eps), l2_norm(k, self.norm_eps)
         if p.temperature_floor_scale is not None and p.temperature_scale is not None:
-            t = temperature(S, p.temperature_floor_scale, p.temperature_scale, q.device)  # (S,)
+            if positions is None:
+                t = temperature(S, p.temperature_floor_scale, p.temperature_scale, q.device)  # (S,)
+            else:
+                t = temperature_at(positions, p.temperature_floor_scale, p.temperature_scale)  # (S,)
             q = (q * t[:, None]).to(q.dtype)
-        y = attend(q, k, v, scale=self.scale, window=p.window, sinks=self.sinks, chunk=p.chunk)  # (B, h, S, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * hd))
+        return q, k, v
+
+    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """Empty keys and values for this layer's own KV heads (under tensor parallelism: this rank's)."""
+        hd = self.plan.head_dim
+        kv = self.k_proj.out_features // hd
+        return new_layer_cache(
+            self.plan,
+            batch=batch,
+            max_len=max_len,
+            kv_heads=kv,
+            key_width=hd,
+            value_width=hd,
+            device=device,
+            dtype=dtype,
+        )
 
     def extra_repr(self) -> str:
         p = self.plan

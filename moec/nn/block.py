@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from moec.nn.attention import Attention
+from moec.nn.cache import LayerCache
 from moec.nn.ffn import DenseFFN
 from moec.nn.mla import MLA
 from moec.nn.moe import MoE, MoEAux
@@ -58,19 +59,24 @@ class Block(nn.Module):
         self.ffn = make_ffn(layer, model.d_model, backend=backend, **kw)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
-        """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN)."""
+        """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN). With ``cache``, the
+        attention's (the tokens sit at ``positions`` (S,)); see moec.nn.cache."""
         m = self.residual_multiplier
         if self.placement == "pre":
-            x = x + m * self.attn(self.attn_norm(x), rope)
+            x = x + m * self.attn(self.attn_norm(x), rope, cache, positions)
             y, aux = self._ffn(self.ffn_norm(x))
             return x + m * y, aux
         if self.placement == "after_sublayer":
-            x = x + m * self.attn_norm(self.attn(x, rope))
+            x = x + m * self.attn_norm(self.attn(x, rope, cache, positions))
             y, aux = self._ffn(x)
             return x + m * self.ffn_norm(y), aux
-        x = self.attn_norm(x + m * self.attn(x, rope))
+        x = self.attn_norm(x + m * self.attn(x, rope, cache, positions))
         y, aux = self._ffn(x)
         return self.ffn_norm(x + m * y), aux
 

@@ -13,6 +13,13 @@ Names and layouts are transformers' DeepseekV3Attention, and the rotary dims use
 convention (``rope_interleave``), so HF checkpoints load without permutation. The softmax scale carries
 YaRN's mscale² correction. The latent norms take ``plan.latent_norm_eps`` when set. Parameter count =
 :func:`moec.analyze.counts.attention_part`.
+
+A cached call (``moec.nn.cache``) stores only [norm(c) | rope(k_r)] per token and absorbs kv_b_proj into the
+query and the output, as DeepSeek's inference does (docs/decode.md, "MLA"): with W_uk, W_uv the key and
+value rows of kv_b_proj for head i,
+
+    q·k_n = q_n·(W_uk c) = (W_ukᵀ q_n)·c          scores against the latent itself
+    Σ_j p_j v_j = W_uv Σ_j p_j c_j                  the values' up-projection after the softmax
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import math
 import torch
 from torch import nn
 
-from moec.nn.attention import Linear, attend, check_input
+from moec.nn.attention import Linear, attend, attend_masked, check_input
+from moec.nn.cache import LayerCache, new_layer_cache
 from moec.nn.norms import make_norm
 from moec.nn.rope import apply_rope_interleaved, softmax_scale_factor
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
@@ -73,8 +81,18 @@ class MLA(nn.Module):
         if self.sinks is not None and not self.sinks.is_meta:
             nn.init.zeros_(self.sinks)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (B, S, d); rope: (cos, sin), each (S, qk_rope_head_dim), or None without rotary positions."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, S, d); rope: (cos, sin), each (S, qk_rope_head_dim), or None without rotary positions.
+        With ``cache``: the S new tokens sit at ``positions`` (S,); see :meth:`decode`."""
+        if cache is not None:
+            assert positions is not None, "a cached call passes the positions of its tokens"
+            return self.decode(x, rope, cache, positions)
         check_input(x, self.d_model, "MLA")
         B, S, _ = x.shape
         nope, r, dv = self.nope, self.rope_dim, self.v_dim  # head counts come from the shapes (TP: local heads)
@@ -99,6 +117,54 @@ class MLA(nn.Module):
         k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
         y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: LayerCache,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """The absorbed form over the latent cache: the same output as :meth:`forward` on the whole sequence."""
+        check_input(x, self.d_model, "MLA")
+        B, S, _ = x.shape
+        nope, r, dv, kv_r = self.nope, self.rope_dim, self.v_dim, self.plan.kv_lora_rank
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
+        h = q.shape[-1] // (nope + r)
+        q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([kv_r, r], dim=-1)  # (B, S, kv_r), (B, S, r)
+        k_rot = k_rot.view(B, 1, S, r)
+        if self.plan.rope:
+            if rope is None:
+                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
+            q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
+        w = self.kv_b_proj.weight.view(h, nope + dv, kv_r)  # per head: [W_uk (nope, kv_r) | W_uv (dv, kv_r)]
+        w_uk, w_uv = w[:, :nope], w[:, nope:]
+        q_latent = torch.einsum("bhsn,hnc->bhsc", q_nope, w_uk)  # (B, h, S, kv_r)
+        entry = torch.cat((self.kv_a_layernorm(latent).view(B, 1, S, kv_r), k_rot), dim=-1)  # (B, 1, S, kv_r + r)
+        keys, _, key_positions = cache.update(entry, None, positions)  # (B, 1, T, kv_r + r)
+        mask = cache.mask(positions, key_positions)  # (S, T)
+        q_abs = torch.cat((q_latent, q_rot), dim=-1)  # (B, h, S, kv_r + r)
+        y = attend_masked(q_abs, keys, keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)  # (B, h, S, kv_r)
+        y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+
+    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """Empty [latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads."""
+        width = self.plan.kv_lora_rank + self.rope_dim
+        return new_layer_cache(
+            self.plan,
+            batch=batch,
+            max_len=max_len,
+            kv_heads=1,
+            key_width=width,
+            value_width=None,
+            device=device,
+            dtype=dtype,
+        )
 
     def extra_repr(self) -> str:
         p = self.plan

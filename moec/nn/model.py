@@ -10,6 +10,11 @@ the analyzer's component, which is how frozen components are applied and how the
 Granite's scalings are plan fields: embeddings × ``embedding_multiplier``, logits ÷ ``logits_scaling``
 (and each residual branch × ``residual_multiplier``, in the block). ``logit_softcap`` then bounds the logits
 to (−cap, cap) by cap·tanh(logits/cap) (Gemma 2's final_logit_softcapping), the MTP heads' too.
+
+Incremental decoding: :meth:`MoecModel.new_cache` allocates a :class:`moec.nn.cache.KVCache`, and
+``model(tokens, cache=cache, start=pos)`` runs the tokens at positions pos, pos+1, … against it and returns
+their logits, equal to the full forward's at those positions (docs/decode.md). The MTP modules are not run
+then (they train the model, and a speculative decoder is not built here).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import nn
 
 from moec.nn.attention import Linear
 from moec.nn.block import Block
+from moec.nn.cache import KVCache, capacity_layers
 from moec.nn.moe import MoE, MoEAux
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
@@ -139,8 +145,15 @@ class MoecModel(nn.Module):
             if component_of(name) in frozen:
                 p.requires_grad_(False)
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ModelAux]:
-        """tokens (B, S) int64/int32 → (logits (B, S, V), ModelAux). Causal LM, no padding mask."""
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0
+    ) -> tuple[torch.Tensor, ModelAux]:
+        """tokens (B, S) int64/int32 → (logits (B, S, V), ModelAux). Causal LM, no padding mask.
+
+        With ``cache`` (from :meth:`new_cache`): the tokens are positions start … start+S−1 of sequences whose
+        earlier positions the cache holds; their keys join the cache, and the logits are theirs alone."""
+        if cache is not None:
+            return self._decode(tokens, cache, start)
         self._check(tokens)
         B, S = tokens.shape
         x = self._embed(tokens)  # (B, S, d)
@@ -168,6 +181,50 @@ class MoecModel(nn.Module):
         losses = [a.loss for a in auxes if a is not None]
         total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
         return logits, ModelAux(total, auxes, mtp_logits)
+
+    def new_cache(
+        self, batch: int, max_len: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty cache for ``batch`` sequences of at most ``max_len`` tokens, on the model's device and in
+        its dtype unless told otherwise. Refused (ValueError, naming the feature) where a cached decode could
+        not give the full forward's logits."""
+        problems = decode_refusals(self.plan, max_len)
+        if batch < 1:
+            problems.append(f"batch must be at least 1, got {batch}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        weight = self.lm_head.weight
+        device = torch.device(device) if device is not None else weight.device
+        dtype = dtype or weight.dtype
+        rope = {}
+        if self.rotary is not None:
+            tables = {None: self.rotary} | dict(self.layer_rotary)
+            rope = {theta: r(max_len, device, dtype) for theta, r in tables.items()}  # (max_len, rot) ×2
+        layers = [block.attn.new_cache(batch, max_len, device=device, dtype=dtype) for block in self.layers]
+        return KVCache(layers, batch, max_len, rope)
+
+    def _decode(self, tokens: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> tuple[torch.Tensor, ModelAux]:
+        self._check(tokens)
+        B, S = tokens.shape
+        if B != cache.batch:
+            raise ValueError(f"the cache holds {cache.batch} sequences; tokens has {B}")
+        if isinstance(start, int) and not 0 <= start <= cache.max_len - S:
+            raise ValueError(f"positions {start}..{start + S - 1} do not fit a cache of {cache.max_len} positions")
+        positions = torch.arange(S, device=tokens.device) + start  # (S,)
+        x = self._embed(tokens)  # (B, S, d)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        ropes = {theta: (cos[positions], sin[positions]) for theta, (cos, sin) in cache.rope.items()}  # (S, rot) ×2
+        auxes: list[MoEAux | None] = []
+        for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
+            x, aux = block(x, ropes.get(lp.attention.rope_theta), layer_cache, positions)
+            auxes.append(aux)
+        if self.norm is not None:
+            x = self.norm(x)
+        logits = self._head(x)  # (B, S, V)
+        losses = [a.loss for a in auxes if a is not None]
+        total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
+        return logits, ModelAux(total, auxes)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # (B, S, d)
@@ -216,3 +273,26 @@ class MoecModel(nn.Module):
             t, f = out.get(component_of(name), (0, 0))
             out[component_of(name)] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
         return out
+
+
+def decode_refusals(plan: ResolvedModel, max_len: int) -> list[str]:
+    """Why a cache of ``max_len`` positions cannot decode this model exactly (empty: it can)."""
+    problems = []
+    if not 1 <= max_len <= plan.max_seq_len:
+        problems.append(f"max_len must be between 1 and the model's max_seq_len {plan.max_seq_len}, got {max_len}")
+    moe = capacity_layers(plan)
+    if moe:
+        problems.append(
+            f"capacity_factor (layers {', '.join(map(str, moe))}): capacity-limited routing drops tokens by how "
+            "many share a call, so a decode would not equal the full forward; decode the same weights built from "
+            "moec.nn.cache.without_capacity(plan), which routes every token (docs/decode.md, Capacity)"
+        )
+    sc = plan.positions.scaling
+    if plan.positions.kind == "rope" and sc is not None and sc.kind in ("dynamic", "longrope"):
+        trained = sc.original_max_seq_len or plan.max_seq_len
+        if max_len > trained:
+            problems.append(
+                f"rope scaling {sc.kind}: its frequencies change once a sequence passes {trained} tokens, and "
+                f"the cached keys keep the old ones; use max_len <= {trained} (asked {max_len})"
+            )
+    return problems

@@ -35,6 +35,16 @@ INERT = frozenset(
         "pretraining_tp",
         # a storage format for the same weights (fp8 blocks, mxfp4): not the architecture
         "quantization_config",
+        # the width of cross-attention to an encoder, which a decoder-only model never builds (add_cross_attention)
+        "cross_attention_hidden_size",
+        # generation settings older transformers wrote into every (sub-)config (Qwen3-Omni's release carries them);
+        # transformers 5 pops them on load (GenerationConfig._get_default_generation_params)
+        "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+        "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "encoder_repetition_penalty", "bad_words_ids",
+        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+        "begin_suppress_tokens", "epsilon_cutoff", "eta_cutoff",
     }
 )
 # fmt: on

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import Draft, Family, HFConfig, spelt
 from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
@@ -131,15 +131,16 @@ def ignored(c: HFConfig, d: Draft, family: str, key: str, agrees: Callable[[Any]
     v = c.value(key)
     if v is None:
         return
+    where = c.prefix + key  # a nested config's field by its full name (text_config.use_qk_norm)
     if not agrees(v):
         d.gap(
-            key,
+            where,
             v,
             f"transformers' {family} ignores {key}, and the model it builds disagrees with it: ambiguous",
-            f"none: remove {key} (what transformers runs) or make it agree",
+            f"none: remove {where} (what transformers runs) or make it agree",
         )
         return
-    said = f"{key} {str(v).lower() if isinstance(v, bool) else shown(v)}: transformers ignores it"
+    said = f"{where} {spelt(v)}: transformers ignores it"
     if path == "layers":
         d.ffn_note += f" ({said}; agrees)"
         return

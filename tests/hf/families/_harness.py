@@ -1,25 +1,36 @@
 """Shared by the family tests: transformers' model of a tiny config with random weights away from their init (what
-every tiny-checkpoint parity test saves and loads), and the generated-model.py check. Not a test module (no
-``test_`` prefix), so the registry's coverage checks do not read it as a family."""
+every tiny-checkpoint parity test saves and loads), transformers' parameter counts (total and active) of a model
+built on meta, and the generated-model.py check. Not a test module (no ``test_`` prefix), so the registry's
+coverage checks do not read it as a family."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import transformers
 
 
 def tiny_hf(model_type: str, cfg: dict):
-    """transformers' model of a tiny config with every weight random and away from its init: norms around 1,
-    routers with logits of order 1, the selection bias large enough to change choices."""
+    """transformers' model of a tiny config with every weight random and away from its init (:func:`away_from_init`)."""
     c = transformers.AutoConfig.for_model(model_type, **copy.deepcopy(cfg))
     c._attn_implementation = "eager"
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(c).eval()
+    away_from_init(model)
+    return model
+
+
+def away_from_init(model, keep: Callable[[str], bool] = lambda name: True) -> None:
+    """Every weight of ``model`` whose name ``keep`` accepts made random and away from its init: norms around 1,
+    routers with logits of order 1, the selection bias large enough to change choices (a wrapper's tests keep its
+    text model's weights only: the towers they leave out need not be random)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if not keep(name):
+                continue
             if name.endswith("gate.weight"):  # the router, Linear(d, E)
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             else:
@@ -28,7 +39,24 @@ def tiny_hf(model_type: str, cfg: dict):
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-    return model
+
+
+def hf_counts(
+    model,
+    n_experts: int,
+    top_k: int,
+    *,
+    keep: Callable[[str], bool] = lambda name: True,
+    experts: str = ".mlp.experts.",
+) -> tuple[int, int]:
+    """(total, active) of transformers' ``model`` over the parameters whose names ``keep`` accepts (a wrapper's text
+    model), a tied weight once: active is the total less (E−k)/E of the routed experts, the tensors whose names hold
+    ``experts``."""
+    params = [(n, p) for n, p in model.named_parameters() if keep(n)]
+    total = sum(p.numel() for _, p in params)
+    routed = sum(p.numel() for n, p in params if experts in n)
+    assert routed % n_experts == 0, "the routed tensors are not E experts' worth"
+    return total, total - routed // n_experts * (n_experts - top_k)
 
 
 def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:

@@ -150,3 +150,21 @@ def test_in_memory_names_and_an_mtp_layer_load_to_the_same_logits(checkpoint, tm
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
     assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)
+
+
+@pytest.mark.parametrize("value,agrees", [(True, True), (False, False)])
+def test_an_ignored_field_of_a_nested_config_is_named_by_its_full_key(value, agrees):
+    """A wrapper's text config (Qwen3-Omni's thinker_config.text_config) holds such fields too: the note and the
+    refusal name them under the nested config's prefix, where the config.json holds them."""
+    from moec.hf.draft import Draft, HFConfig
+    from moec.hf.families.hy_v3 import equals, ignored
+
+    nested = HFConfig({"qk_norm": value}, {}, prefix="text_config.")
+    d = Draft("hy_v3")
+    d.put("attention.qk_norm", True, "HYV3Attention")
+    ignored(nested, d, "HYV3", "qk_norm", equals(True), "attention.qk_norm")
+    if agrees:
+        assert d.gaps == [] and "text_config.qk_norm true: transformers ignores it" in d.fields["attention.qk_norm"][1]
+    else:
+        assert [g.field for g in d.gaps] == ["text_config.qk_norm"]
+        assert "remove text_config.qk_norm" in d.gaps[0].proposal

@@ -149,103 +149,154 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
 
 
 # --- rich tables ------------------------------------------------------------------------------
+#
+# Every table fits the console (COLUMNS=80 and up) without breaking a number: number columns never wrap,
+# and each table has leaner forms (exact counts on a second line, human-readable units only, specs split
+# over several tables) tried in turn until one fits. Only text labels wrap. Wider terminals get the
+# richest form that fits (tests/cli/test_columns.py).
+
+UNLIMITED = 100_000  # a console width at which nothing wraps: a table's natural width
+
+
+def natural_width(table: Any, *, wrapping: int | None = None) -> int:
+    """Columns ``table`` needs with every cell on one line; with ``wrapping`` (a column index), that text
+    column may wrap down to its longest word."""
+    from rich.console import Console
+
+    con = Console(width=UNLIMITED)
+    width = con.measure(table).maximum
+    if wrapping is not None:
+        col = table.columns[wrapping]
+        cells = [str(c) for c in col.cells] + [str(col.header)]
+        longest = max((len(c) for c in cells), default=0)
+        word = max((len(w) for c in cells for w in c.split()), default=0)
+        width -= longest - word
+    return width
+
+
+def first_fitting(console: Any, tables: list[Any], *, wrapping: int | None = None) -> Any:
+    """The first of ``tables`` (richest first) that fits ``console``; the last one otherwise."""
+    for t in tables[:-1]:
+        if natural_width(t, wrapping=wrapping) <= console.width:
+            return t
+    return tables[-1]
+
+
+def _fmt_stacked(label: str, v: Any) -> str:
+    """_fmt with the exact count under the rounded one instead of beside it."""
+    return _fmt(label, v).replace("  (", "\n(")
+
+
+def side_by_side(analyses: list[Analysis], fmt: Any = None) -> Any:
+    from rich.table import Table
+
+    fmt = fmt or _fmt
+    t = Table(title="moec analyze", show_lines=fmt is _fmt_stacked)
+    t.add_column("metric", overflow="fold")
+    for a in analyses:
+        t.add_column(a.name, justify="right", no_wrap=True)
+    per = [headline_rows(a) for a in analyses]
+    for i, (label, _) in enumerate(per[0]):
+        t.add_row(label, *[fmt(label, p[i][1]) if i < len(p) else "" for p in per])
+    return t
+
+
+def print_side_by_side(analyses: list[Analysis], con: Any) -> None:
+    """All specs in one table if it fits, exact counts stacked under the rounded ones if that fits, else
+    the specs in groups of as many as fit."""
+    for fmt in (_fmt, _fmt_stacked):
+        t = side_by_side(analyses, fmt)
+        if natural_width(t, wrapping=0) <= con.width:
+            con.print(t)
+            return
+    group = len(analyses) - 1
+    while group > 1 and natural_width(side_by_side(analyses[:group], _fmt_stacked), wrapping=0) > con.width:
+        group -= 1
+    for start in range(0, len(analyses), group):
+        con.print(side_by_side(analyses[start : start + group], _fmt_stacked))
+
+
+def headline_table(a: Analysis) -> Any:
+    from rich.table import Table
+
+    head = Table(title=f"{a.name}", show_header=False)
+    head.add_column("metric", overflow="fold")
+    head.add_column("value", justify="right", no_wrap=True)
+    rows = [(label, _fmt(label, v)) for label, v in headline_rows(a)]
+    share = 100 * a.flops.six_n_active / a.flops.training
+    rows.append(("6·N_active shortcut (for comparison)", f"{human(a.flops.six_n_active)}  ({share:.1f}% of training)"))
+    extra = a.flops.training - 3 * a.flops.forward
+    if extra:
+        rows.append(("  of which frozen weights save", human(-extra)))
+    rows.append(("activations at S, batch (estimate)", human(a.memory.activation_bytes_estimate, "B")))
+    for label, value in rows:
+        head.add_row(label, value)
+    return head
+
+
+def components_table(a: Analysis) -> Any:
+    from rich.table import Table
+
+    comp = Table(title="components")
+    comp.add_column("component", overflow="fold")
+    for col in ("params", "% total", "active", "frozen", "fwd FLOPs", "% FLOPs"):
+        comp.add_column(col, justify="right", no_wrap=True)
+    fwd = a.flops.forward or 1
+    for c in a.components:
+        comp.add_row(
+            COMPONENT_LABELS.get(c.name, c.name),
+            human(c.params),
+            f"{100 * c.params / a.params.total:.1f}%",
+            human(c.active),
+            human(c.frozen) if c.frozen else "-",
+            human(c.flops),
+            f"{100 * c.flops / fwd:.1f}%",
+        )
+    attn = a.flops.forward_attention
+    comp.add_row("attention scores", "-", "-", "-", "-", human(attn), f"{100 * attn / fwd:.1f}%")
+    return comp
+
+
+def layers_table(a: Analysis, *, number: Any = exact, bar: bool = True) -> Any:
+    """One row per layer; ``number`` formats the counts (exact, or human for narrow consoles)."""
+    from rich import box
+    from rich.table import Table
+
+    lean = number is not exact
+    lt = Table(title=f"{a.name}: layers", box=box.SIMPLE_HEAD if lean else box.HEAVY_HEAD, pad_edge=not lean)
+    heads = ("layer", "ffn", "attention", "window", "params", "active", "linear\nFLOPs", "attention\nFLOPs")
+    for col in heads:
+        lt.add_column(col, justify="left" if col in ("ffn", "attention") else "right", no_wrap=True)
+    if bar:
+        lt.add_column("", no_wrap=True)
+    peak = max((r.params for r in a.layers), default=1)
+    for r in a.layers:
+        cells = [str(r.index), r.ffn, r.attention, str(r.window or "-")]
+        cells += [number(x) for x in (r.params, r.active, r.flops_linear, r.flops_attention)]
+        if bar:
+            cells.append(f"[cyan]{'█' * max(1, round(20 * r.params / peak))}[/cyan]")
+        lt.add_row(*cells)
+    return lt
 
 
 def print_tables(analyses: list[Analysis], *, layers: bool = False, console: Any = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     con = console or Console()
     con.print(f"[dim]{convention_line(analyses[0].conventions)}[/dim]")
     if len(analyses) > 1:
-        t = Table(title="moec analyze", show_lines=False)
-        t.add_column("metric")
-        for a in analyses:
-            t.add_column(a.name, justify="right")
-        per = [headline_rows(a) for a in analyses]
-        for i, (label, _) in enumerate(per[0]):
-            t.add_row(label, *[_fmt(label, p[i][1]) if i < len(p) else "" for p in per])
-        con.print(t)
+        print_side_by_side(analyses, con)
         if not layers:
             return
     for a in analyses:
         if len(analyses) == 1:
-            head = Table(title=f"{a.name}", show_header=False)
-            head.add_column("metric")
-            head.add_column("value", justify="right")
-            for label, v in headline_rows(a):
-                head.add_row(label, _fmt(label, v))
-            extra = a.flops.training - 3 * a.flops.forward
-            head.add_row(
-                "6·N_active shortcut (for comparison)",
-                f"{human(a.flops.six_n_active)}  ({100 * a.flops.six_n_active / a.flops.training:.1f}% of training)",
-            )
-            if extra:
-                head.add_row("  of which frozen weights save", human(-extra))
-            head.add_row("activations at S, batch (estimate)", human(a.memory.activation_bytes_estimate, "B"))
-            con.print(head)
-            comp = Table(title="components")
-            for col, just in (
-                ("component", "left"),
-                ("params", "right"),
-                ("% total", "right"),
-                ("active", "right"),
-                ("frozen", "right"),
-                ("fwd FLOPs", "right"),
-                ("% FLOPs", "right"),
-            ):
-                comp.add_column(col, justify=just, no_wrap=col == "component")  # type: ignore[arg-type]
-            fwd = a.flops.forward or 1
-            for c in a.components:
-                comp.add_row(
-                    COMPONENT_LABELS.get(c.name, c.name),
-                    human(c.params),
-                    f"{100 * c.params / a.params.total:.1f}%",
-                    human(c.active),
-                    human(c.frozen) if c.frozen else "-",
-                    human(c.flops),
-                    f"{100 * c.flops / fwd:.1f}%",
-                )
-            comp.add_row(
-                "attention scores",
-                "-",
-                "-",
-                "-",
-                "-",
-                human(a.flops.forward_attention),
-                f"{100 * a.flops.forward_attention / fwd:.1f}%",
-            )
-            con.print(comp)
+            con.print(first_fitting(con, [headline_table(a)], wrapping=0))
+            con.print(components_table(a))
             if a.mtp:
                 con.print(
-                    f"MTP ({a.mtp.n_layers} layer(s), not in the totals above): {human(a.mtp.params)} params, {human(a.mtp.forward_flops)} fwd FLOPs/token"
+                    f"MTP ({a.mtp.n_layers} layer(s), not in the totals above): {human(a.mtp.params)} params, "
+                    f"{human(a.mtp.forward_flops)} fwd FLOPs/token"
                 )
         if layers:
-            lt = Table(title=f"{a.name}: layers")
-            for col in (
-                "layer",
-                "ffn",
-                "attention",
-                "window",
-                "params",
-                "active",
-                "linear FLOPs",
-                "attention FLOPs",
-                "",
-            ):
-                lt.add_column(col, justify="left" if col in ("ffn", "attention", "") else "right")
-            peak = max((r.params for r in a.layers), default=1)
-            for r in a.layers:
-                bar = "█" * max(1, round(20 * r.params / peak))
-                lt.add_row(
-                    str(r.index),
-                    r.ffn,
-                    r.attention,
-                    str(r.window or "-"),
-                    exact(r.params),
-                    exact(r.active),
-                    exact(r.flops_linear),
-                    exact(r.flops_attention),
-                    f"[cyan]{bar}[/cyan]",
-                )
-            con.print(lt)
+            variants = [layers_table(a), layers_table(a, bar=False), layers_table(a, number=human, bar=False)]
+            con.print(first_fitting(con, variants))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from typing import Any
 
+KEY_COLUMNS = 2  # tokens and backend: repeated in every block when the columns are split to fit the width
 
-def render_table(report: dict[str, Any]) -> str:
-    """A plain-text table: one row per (tokens, backend)."""
+
+def render_table(report: dict[str, Any], width: int | None = None) -> str:
+    """A plain-text table: one row per (tokens, backend), at most ``width`` columns wide (default: the
+    terminal's): the heading and notes wrap at spaces, and the columns go into as many blocks as needed,
+    each repeating tokens and backend, so that no number is ever broken."""
+    width = width or shutil.get_terminal_size().columns
     c = report["config"]
     m = report["machine"]
     mode = "fwd+bwd" if c["backward"] else "fwd"
@@ -53,11 +60,27 @@ def render_table(report: dict[str, Any]) -> str:
             ]
         )
     widths = [max(len(col), *(len(row[i]) for row in rows)) if rows else len(col) for i, col in enumerate(cols)]
-    lines = [head, "  ".join(col.rjust(w) for col, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
-    lines += [f"note: {n}" for n in [*report["notes"], *dict.fromkeys(notes)]]
-    lines.append("/ ideal: time over dense matmuls of the same FLOPs and shapes; errors vs the naive oracle (float64).")
+    lines = textwrap.wrap(head, width, break_long_words=False, break_on_hyphens=False)
+    for block in column_blocks(widths, width):
+        lines.append("  ".join(cols[i].rjust(widths[i]) for i in block))
+        lines += ["  ".join(row[i].rjust(widths[i]) for i in block) for row in rows]
+    legend = "/ ideal: time over dense matmuls of the same FLOPs and shapes; errors vs the naive oracle (float64)."
+    for text in [*(f"note: {n}" for n in [*report["notes"], *dict.fromkeys(notes)]), legend]:
+        lines += textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def column_blocks(widths: list[int], width: int) -> list[list[int]]:
+    """Column indices in blocks no wider than ``width`` (two spaces between columns), each block starting
+    with the key columns."""
+    key = list(range(KEY_COLUMNS))
+    blocks, block = [], list(key)
+    for i in range(KEY_COLUMNS, len(widths)):
+        if len(block) > KEY_COLUMNS and sum(widths[j] + 2 for j in [*block, i]) - 2 > width:
+            blocks.append(block)
+            block = list(key)
+        block.append(i)
+    return [*blocks, block]
 
 
 def _fmt(v: float | None, spec: str) -> str:

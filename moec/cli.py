@@ -17,7 +17,22 @@ from moec.commands.roofline import roofline
 from moec.commands.smoke import smoke_run
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WholeSummaries(click.Group):
+    """Lists each command with its whole first sentence, wrapped to the terminal: click's default cuts the
+    summaries at the width (with "...") so that they fit one line."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1 << 16)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=WholeSummaries, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="moec")
 def cli() -> None:
     """moec: Mixture-of-Experts architecture compiler and analyzer."""

@@ -116,7 +116,8 @@ class Features:
     layer_rope_theta: bool  # some rotating layer has a RoPE base of its own: Attention takes `rope_theta`
     scaling: str | None
     yarn_truncate: bool
-    yarn_attention: str  # "stated", "ratio" or "default"
+    yarn_attention: str  # "stated", "ratio", "default" or "one"
+    rope_attention_factor: bool  # cos and sin are multiplied by a YaRN attention factor other than 1
     yarn_mscale: bool
     mla_scale_factor: bool
     gqa: bool
@@ -218,7 +219,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         scaling=rope.scaling,
         yarn_truncate=rope.yarn_truncate,
         yarn_attention=rope.yarn_attention,
-        yarn_mscale=(rope.scaling == "yarn" and rope.yarn_attention != "stated") or rope.mla_scale_factor,
+        rope_attention_factor=rope.scaling == "yarn" and rope.yarn_attention != "one",
+        yarn_mscale=(rope.scaling == "yarn" and rope.yarn_attention in ("ratio", "default")) or rope.mla_scale_factor,
         mla_scale_factor=rope.mla_scale_factor,
         gqa=kind == "gqa",
         mla=kind == "mla",
@@ -290,7 +292,7 @@ class RopeFeatures:
 
     scaling: str | None = None
     yarn_truncate: bool = False
-    yarn_attention: str = "default"  # "stated", "ratio" or "default"
+    yarn_attention: str = "default"  # "stated", "ratio", "default" or "one"
     mla_scale_factor: bool = False
 
 
@@ -317,7 +319,8 @@ def _rope_features(
 
 
 def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | None]) -> str:
-    """The scaling's numbers into ``c``; returns how YaRN states its attention factor ("default" otherwise)."""
+    """The scaling's numbers into ``c``; returns how YaRN states its attention factor ("default" otherwise, "one"
+    when it is a ratio of equal temperatures)."""
     sc = pos.scaling
     assert sc is not None
     if sc.kind == "ntk_alpha":
@@ -339,6 +342,8 @@ def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | 
         c["rope_attention_factor"] = float_text(sc.attention_factor, "scaling.attention_factor")
         return "stated"
     if sc.mscale and sc.mscale_all_dim:
+        if float_text(sc.mscale, "scaling.mscale") == float_text(sc.mscale_all_dim, "scaling.mscale_all_dim"):
+            return "one"  # a ratio of equal temperatures is exactly 1: cos and sin are left as they are
         c["rope_mscale"] = float_text(sc.mscale, "scaling.mscale")
         return "ratio"
     return "default"

@@ -14,8 +14,18 @@ description is not used.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from moec.codegen.features import ACTIVATIONS, Features, checked_bool, float_text, int_text, plan_features, str_literal
+from moec.codegen.features import (
+    ACTIVATIONS,
+    Features,
+    RouterFeatures,
+    checked_bool,
+    float_text,
+    int_text,
+    plan_features,
+    str_literal,
+)
 from moec.spec.paths import data_dir
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
@@ -28,27 +38,89 @@ CLAMPED_ALPHA, CLAMPED_LIMIT = 1.702, 7.0  # gpt-oss's defaults when a plan leav
 
 
 # ---------------------------------------------------------------------------------------------
-# the unrolled layers
+# calls and tables, laid out as `ruff format` lays them out (so the generated file is stable under it)
 
 
-def _call(func: str, args: list[str], indent: str, prefix: str = "", suffix: str = "") -> list[str]:
-    """``prefix func(args)suffix`` on one line when it fits; otherwise the arguments filled across lines."""
-    one = f"{indent}{prefix}{func}({', '.join(args)}){suffix}"
+@dataclass(frozen=True)
+class Call:
+    """``keyword=func(args)`` to print; each argument is checked text or a nested call."""
+
+    func: str
+    args: tuple[str | Call, ...]
+    keyword: str = ""
+
+    def flat(self) -> str:
+        inner = ", ".join(a if isinstance(a, str) else a.flat() for a in self.args)
+        return f"{self.keyword}{self.func}({inner})"
+
+
+def call_lines(call: Call, indent: str, prefix: str = "", suffix: str = "") -> list[str]:
+    """The call on one line when it fits; else its arguments on one indented line when they fit; else one
+    argument per line with a trailing comma, nested calls laid out the same way (ruff's order of attempts)."""
+    one = f"{indent}{prefix}{call.flat()}{suffix}"
     if len(one) <= WIDTH:
         return [one]
     inner = indent + "    "
-    lines, cur = [f"{indent}{prefix}{func}("], inner
-    for arg in args:
-        piece = arg + ","
-        if cur != inner and len(cur) + 1 + len(piece) > WIDTH:
-            lines.append(cur)
-            cur = inner
-        cur = cur + piece if cur == inner else f"{cur} {piece}"
-    lines += [cur, f"{indent}){suffix}"]
-    return lines
+    head, tail = f"{indent}{prefix}{call.keyword}{call.func}(", f"{indent}){suffix}"
+    hugged = inner + ", ".join(a if isinstance(a, str) else a.flat() for a in call.args)
+    if len(hugged) <= WIDTH:
+        return [head, hugged, tail]
+    lines = [head]
+    for a in call.args:
+        lines += [f"{inner}{a},"] if isinstance(a, str) else call_lines(a, inner, suffix=",")
+    return [*lines, tail]
 
 
-def _attention_args(a: AttentionPlan, f: Features) -> tuple[str, list[str]]:
+def runs(items: list[str], longest: int = 8) -> list[tuple[int, list[str]]]:
+    """``items`` as (repeats, block) pairs: at each point the block of up to ``longest`` items that repeats over
+    the most items (the shortest on a tie); items that repeat nothing are gathered into blocks of 1 repeat."""
+    out: list[tuple[int, list[str]]] = []
+    i = 0
+    while i < len(items):
+        repeats, size = 1, 1
+        for n in range(1, min(longest, len(items) - i) + 1):
+            r = 1
+            while items[i + r * n : i + (r + 1) * n] == items[i : i + n]:
+                r += 1
+            if r > 1 and r * n > repeats * size:
+                repeats, size = r, n
+        if repeats == 1 and out and out[-1][0] == 1:
+            out[-1][1].append(items[i])
+        else:
+            out.append((repeats, items[i : i + size]))
+        i += repeats * size
+    return out
+
+
+def table_lines(name: str, items: list[str]) -> list[str]:
+    """``NAME = 3 * [a] + 58 * [b]``: a per-layer list written as its repeats, one operand per line if long."""
+    operands: list[str] = []
+    for repeats, block in runs(items):
+        times = f"{repeats} * " if repeats > 1 else ""
+        listed = f"{times}[{', '.join(block)}]"
+        if len(listed) <= WIDTH - 8:
+            operands.append(listed)
+            continue
+        for item in block * repeats:  # a long irregular stretch: lists of what fits on a line
+            if operands and operands[-1].startswith("[") and len(operands[-1]) + len(item) + 2 <= WIDTH - 8:
+                operands[-1] = f"{operands[-1][:-1]}, {item}]"
+            else:
+                operands.append(f"[{item}]")
+    one = f"{name} = {' + '.join(operands)}"
+    if len(one) <= WIDTH:
+        return [one]
+    if len("    " + " + ".join(operands)) <= WIDTH:
+        return [f"{name} = (", "    " + " + ".join(operands), ")"]
+    return [f"{name} = (", *(f"    {'+ ' if i else ''}{op}" for i, op in enumerate(operands)), ")"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the layers: one factory, and a table of what tells the layers apart
+
+
+def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) -> Call:
+    """The attention module; ``per_layer`` holds the arguments that tell layers apart (window, rope, rope_theta)
+    as text: a name when they vary (the factory's parameter), a number when every layer shares one."""
     if f.mla:
         args = [
             "D_MODEL",
@@ -67,20 +139,15 @@ def _attention_args(a: AttentionPlan, f: Features) -> tuple[str, list[str]]:
             f"n_kv_heads={int_text(a.n_kv_heads, 'n_kv_heads')}",
             f"head_dim={int_text(a.head_dim, 'head_dim')}",
         ]
-    if a.window is not None:
-        args.append(f"window={int_text(a.window, 'window')}")
-    if f.rope_param and not a.rope:
-        args.append("rope=False")
-    if a.rope and a.rope_theta is not None:
-        args.append(f"rope_theta={float_text(a.rope_theta, 'rope_theta')}")
+    args += [f"{key}={value}" for key, value in per_layer.items()]
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={float_text(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:
         args.append(f"scale={float_text(a.scale, 'attention.scale')}")
-    return ("MLA" if f.mla else "Attention"), args
+    return Call("MLA" if f.mla else "Attention", tuple(args), "attn=")
 
 
-def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str, f: Features) -> list[str]:
+def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
     """The arguments an FFN-shaped module (DenseFFN, Experts, LoRAExperts) shares."""
     args = [f"d_ff={d_ff}", f"activation={str_literal(x.activation, ACTIVATIONS, 'activation')}"]
     if checked_bool(x.bias, "ffn.bias"):
@@ -93,69 +160,152 @@ def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str, f: Features) -> list[str]:
     return args
 
 
-def _ffn_lines(x: DenseFFNPlan | MoEPlan, f: Features, indent: str) -> list[str]:
-    if isinstance(x, DenseFFNPlan):
-        return _call("DenseFFN", ["D_MODEL", *_ffn_args(x, int_text(x.d_ff, "d_ff"), f)], indent, "ffn=", ",")
-    E, d_ff = int_text(x.n_experts, "n_experts"), int_text(x.d_ff, "d_ff")
-    r, inner = x.router, indent + "    "
-    rf = f.router
-    assert rf is not None
-    router = ["D_MODEL", f"n_experts={E}", f"top_k={int_text(r.top_k, 'top_k')}"]
+def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
+    r = x.router
+    args = ["D_MODEL", f"n_experts={int_text(x.n_experts, 'n_experts')}", f"top_k={int_text(r.top_k, 'top_k')}"]
     if rf.scale:
-        router.append(f"scale={float_text(r.scale, 'router.scale')}")
+        args.append(f"scale={float_text(r.scale, 'router.scale')}")
     if rf.groups:
-        router += [
+        args += [
             f"n_groups={int_text(r.n_groups, 'n_groups')}",
             f"topk_groups={int_text(r.topk_groups, 'topk_groups')}",
         ]
     if rf.jitter:
-        router.append(f"jitter={float_text(r.jitter, 'jitter')}")
+        args.append(f"jitter={float_text(r.jitter, 'jitter')}")
     if rf.capacity:
-        router.append(f"capacity_factor={float_text(x.capacity_factor, 'capacity_factor')}")
+        args.append(f"capacity_factor={float_text(x.capacity_factor, 'capacity_factor')}")
     if rf.load_balance:
-        router.append(f"load_balance_coeff={float_text(x.load_balance_coeff, 'load_balance_coeff')}")
+        args.append(f"load_balance_coeff={float_text(x.load_balance_coeff, 'load_balance_coeff')}")
     if rf.z_loss:
-        router.append(f"z_loss_coeff={float_text(x.z_loss_coeff, 'z_loss_coeff')}")
+        args.append(f"z_loss_coeff={float_text(x.z_loss_coeff, 'z_loss_coeff')}")
     if rf.bias_update:
-        router.append(f"bias_update_rate={float_text(x.bias_update_rate, 'bias_update_rate')}")
-    lines = [f"{indent}ffn=MoE("]
-    lines += _call("Router", router, inner, "router=", ",")
+        args.append(f"bias_update_rate={float_text(x.bias_update_rate, 'bias_update_rate')}")
+    return Call("Router", tuple(args), "router=")
+
+
+def _ffn_call(x: DenseFFNPlan | MoEPlan, f: Features) -> Call:
+    if isinstance(x, DenseFFNPlan):
+        return Call("DenseFFN", ("D_MODEL", *_ffn_args(x, int_text(x.d_ff, "d_ff"))), "ffn=")
+    assert f.router is not None
+    E, d_ff = int_text(x.n_experts, "n_experts"), int_text(x.d_ff, "d_ff")
+    parts: list[str | Call] = [_router_call(x, f.router)]
     if f.lora:
         lora = [
             f"lora_rank={int_text(x.lora_rank, 'lora_rank')}",
             f"lora_alpha={float_text(x.lora_alpha, 'lora_alpha')}",
         ]
-        experts = _ffn_args(x, d_ff, f)
-        experts = [a for a in experts if a != "bias=True"]  # the adapters have no biases; the base may
-        lines += _call("LoRAExperts", ["D_MODEL", f"n_experts={E}", *experts, *lora], inner, "experts=", ",")
-        lines += _call("DenseFFN", ["D_MODEL", *_ffn_args(x, d_ff, f)], inner, "base=", ",")
+        experts = [a for a in _ffn_args(x, d_ff) if a != "bias=True"]  # the adapters have no biases; the base may
+        parts.append(Call("LoRAExperts", ("D_MODEL", f"n_experts={E}", *experts, *lora), "experts="))
+        parts.append(Call("DenseFFN", ("D_MODEL", *_ffn_args(x, d_ff)), "base="))
     else:
-        lines += _call("Experts", ["D_MODEL", f"n_experts={E}", *_ffn_args(x, d_ff, f)], inner, "experts=", ",")
+        parts.append(Call("Experts", ("D_MODEL", f"n_experts={E}", *_ffn_args(x, d_ff)), "experts="))
     if f.shared:
         s, f_s = int_text(x.n_shared_experts, "n_shared_experts"), int_text(x.d_ff_shared, "d_ff_shared")
         width = f_s if s == "1" else f"{s} * {f_s}"  # s experts of width f_s run as one FFN of width s·f_s
-        lines += _call("DenseFFN", ["D_MODEL", *_ffn_args(x, width, f)], inner, "shared=", ",")
+        parts.append(Call("DenseFFN", ("D_MODEL", *_ffn_args(x, width)), "shared="))
     if f.shared_gate:
-        lines.append(f"{inner}shared_gate=Linear(D_MODEL, 1, bias=False),")
-    lines.append(f"{indent}),")
-    return lines
+        parts.append("shared_gate=Linear(D_MODEL, 1, bias=False)")
+    parts.append("backend=backend")
+    return Call("MoE", tuple(parts), "ffn=")
 
 
-def _block_lines(lp: LayerPlan, f: Features, open_: str, close: str) -> list[str]:
-    inner = INDENT + "    "
-    func, args = _attention_args(lp.attention, f)
-    lines = [f"{INDENT}{open_}"]
-    lines += _call(func, args, inner, "attn=", ",")
-    lines += _ffn_lines(lp.ffn, f, inner)
-    lines.append(f"{INDENT}{close}")
-    return lines
+# What tells one layer from another, in the order of the factory's parameters: (name, type, the text that means
+# "as the attention module's default", what the docstring says of it).
+COLUMNS = (
+    ("ffn", "str", None, '"dense" or "moe"'),
+    ("window", "int | None", "None", "the sliding window in tokens (None: the whole causal context)"),
+    ("rope", "bool", "True", "whether the layer rotates q and k"),
+    ("rope_theta", "float", "ROPE_THETA", "its RoPE base"),
+)
 
 
-def _layer_comment(lp: LayerPlan) -> str:
-    notes = ["MoE" if isinstance(lp.ffn, MoEPlan) else "dense FFN"]
-    if lp.attention.window is not None:
-        notes.append(f"sliding window {int_text(lp.attention.window, 'window')}")
-    return ", ".join(notes)
+def _layer_row(lp: LayerPlan, f: Features) -> dict[str, str]:
+    """The checked text of each column for one layer."""
+    a = lp.attention
+    rotates = checked_bool(a.rope, "attention.rope")
+    own_base = f.layer_rope_theta and rotates and a.rope_theta is not None
+    return {
+        "ffn": '"moe"' if isinstance(lp.ffn, MoEPlan) else '"dense"',
+        "window": "None" if a.window is None else int_text(a.window, "window"),
+        "rope": repr(rotates) if f.rope_param else "True",  # Attention takes `rope` only when some layer does not
+        "rope_theta": float_text(a.rope_theta, "rope_theta") if own_base else "ROPE_THETA",
+    }
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """The generated code that builds the layers."""
+
+    factory: list[str]  # the table (or N_LAYERS) and ``def make_block``
+    layers: Call  # the ModuleList of Model.__init__
+    mtp: Call | None  # the MTP blocks' ModuleList
+
+
+def layer_source(plan: ResolvedModel, f: Features) -> LayerSource:
+    """One ``make_block`` taking what varies between layers, and a table holding each layer's values of it."""
+    rows = [_layer_row(lp, f) for lp in (*plan.layers, *plan.mtp)]
+    varying = [c for c in COLUMNS if len({row[c[0]] for row in rows}) > 1]
+    names = [c[0] for c in varying]
+    per_layer = {
+        name: name if name in names else rows[0][name]
+        for name, _, default, _ in COLUMNS[1:]
+        if name in names or rows[0][name] != default
+    }
+    attn = _attention_call(plan.layers[0].attention, f, per_layer)
+    ffns = {type(lp.ffn): lp.ffn for lp in (*plan.layers, *plan.mtp)}  # one configuration of each kind
+    params = [f"{name}: {kind}" for name, kind, _, _ in varying] + (["backend: str"] if f.moe else [])
+    body = [f"def make_block({', '.join(params)}) -> Block:", *_factory_docstring(varying, len(plan.layers))]
+    if "ffn" in names:
+        body += call_lines(Call(attn.func, attn.args), "    ", "attn = ")
+        body += ['    if ffn == "dense":']
+        body += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
+        body += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[MoEPlan], f))), "    ", "return ")
+    else:
+        (ffn,) = ffns.values()
+        body += call_lines(Call("Block", (attn, _ffn_call(ffn, f))), "    ", "return ")
+    arguments = ", ".join(names + (["backend"] if f.moe else []))
+    cells = [row[n] for row in rows for n in names]
+    if not names:
+        header = [f"N_LAYERS = {int_text(plan.n_layers, 'n_layers')}  # all alike", "", ""]
+        loop = "for _ in range(N_LAYERS)"
+    else:
+        width = len(names)
+        items = [", ".join(cells[i : i + width]) for i in range(0, len(plan.layers) * width, width)]
+        items = [f"({item})" if width > 1 else item for item in items]
+        header = [f"# each decoder layer's {_column_words(names)}", *table_lines("LAYERS", items), "", ""]
+        loop = f"for {', '.join(names)} in LAYERS"
+    return LayerSource(
+        factory=[*header, *body],
+        layers=Call("nn.ModuleList", (f"make_block({arguments}) {loop}",)),
+        mtp=_mtp_expression(rows[len(plan.layers) :], names, f) if plan.mtp else None,
+    )
+
+
+def _column_words(names: list[str]) -> str:
+    words = {"ffn": "FFN", "window": "sliding window", "rope": "rope (rotates q and k)", "rope_theta": "RoPE base"}
+    return words[names[0]] if len(names) == 1 else f"({', '.join(words[n] for n in names)})"
+
+
+def _factory_docstring(varying: list[tuple[str, str, str | None, str]], n_layers: int) -> list[str]:
+    if not varying:
+        return ['    """One decoder layer (the model\'s layers are alike)."""']
+    text = "One decoder layer, from its entry in LAYERS. " + "; ".join(f"{n}: {words}" for n, _, _, words in varying)
+    return _wrapped_docstring(text + ".", "    ")
+
+
+def _wrapped_docstring(text: str, indent: str) -> list[str]:
+    import textwrap
+
+    lines = textwrap.wrap(f'"""{text}"""', WIDTH - len(indent), break_long_words=False, break_on_hyphens=False)
+    return [indent + line for line in lines]
+
+
+def _mtp_expression(rows: list[dict[str, str]], names: list[str], f: Features) -> Call:
+    """The MTP blocks: the same factory, with the MTP layers' values of the columns."""
+    arguments = [", ".join([*(row[n] for n in names), *(["backend"] if f.moe else [])]) for row in rows]
+    if len(set(arguments)) == 1:
+        return Call("nn.ModuleList", (f"MTPModule(make_block({arguments[0]})) for _ in range({len(rows)})",))
+    return Call("nn.ModuleList", (f"[{', '.join(f'MTPModule(make_block({a}))' for a in arguments)}]",))
 
 
 def _summary(plan: ResolvedModel, f: Features) -> str:
@@ -198,14 +348,7 @@ def render_model_source(plan: ResolvedModel) -> str:
 
     try:
         f, c = plan_features(plan, [*plan.layers, *plan.mtp])
-        layer_lines: list[str] = []
-        for i, lp in enumerate(plan.layers):
-            layer_lines.append(f"{INDENT}# layer {i}: {_layer_comment(lp)}")
-            layer_lines += _block_lines(lp, f, "self.layers.append(Block(", "))")
-        mtp_lines: list[str] = []
-        for k, lp in enumerate(plan.mtp, start=1):
-            mtp_lines.append(f"{INDENT}# MTP depth {k}: position i predicts token i+{k + 1}")
-            mtp_lines += _block_lines(lp, f, "self.mtp.append(MTPModule(Block(", ")))")
+        layers = layer_source(plan, f)
     except (TypeError, AttributeError) as e:  # a hand-built plan with a value of the wrong type
         raise ValueError(f"the plan holds a value codegen cannot use: {e}") from None
 
@@ -219,8 +362,9 @@ def render_model_source(plan: ResolvedModel) -> str:
             tie_embeddings=f.tie_embeddings,
             f=f,
             c=c,
-            layer_lines=layer_lines,
-            mtp_lines=mtp_lines,
+            factory=layers.factory,
+            layer_lines=call_lines(layers.layers, INDENT, "self.layers = "),
+            mtp_lines=call_lines(layers.mtp, INDENT, "self.mtp = ") if layers.mtp else [],
         )
     )
     return _tidy(src)

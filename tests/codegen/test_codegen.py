@@ -10,6 +10,8 @@ import dataclasses
 import importlib.util
 import itertools
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +23,7 @@ from moec.codegen import render_model_source
 from moec.nn import build_model
 from moec.spec import load_model, load_spec, resolve
 from moec.spec.paths import shipped_specs
+from moec.spec.plan import MoEPlan
 
 # a Llama-like dense model; each variant below is this text with some fields replaced
 BASE = """
@@ -304,11 +307,48 @@ def defined_classes(src: str) -> set[str]:
     return {n.name for n in ast.parse(src).body if isinstance(n, ast.ClassDef)}
 
 
+ROOT = Path(__file__).resolve().parents[2]
+# the repository's ruff configuration, plus: moec is a third-party package to a generated file (as it is in a build
+# folder), and unused arguments and unpacked variables are generator residue too
+RUFF_CONFIG = ["--config", str(ROOT / "pyproject.toml"), "--config", "lint.isort.known-third-party = ['moec']"]
+RUFF_CHECK = ["check", *RUFF_CONFIG, "--extend-select", "ARG,RUF059", "--output-format", "concise", "--no-cache"]
+
+
+def ruff(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [shutil.which("ruff")] if shutil.which("ruff") else [sys.executable, "-m", "ruff"]
+    return subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_ruff_clean(folder: Path) -> None:
+    """Every .py file under ``folder`` passes ``ruff check`` and is left as it is by ``ruff format``."""
+    checked = ruff(*RUFF_CHECK, str(folder))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    formatted = ruff("format", *RUFF_CONFIG, "--no-cache", "--diff", str(folder))
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+
+
+def layer_table(src: str) -> list:
+    """Each layer's row of the generated LAYERS table (or an empty row per layer when the layers are alike), read
+    by running the module's constant assignments alone."""
+    namespace: dict = {}
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
+            try:
+                exec(compile(ast.Module([node], []), "model.py", "exec"), namespace)
+            except NameError:  # a constant computed by a function of the file (YaRN's factors)
+                pass
+    if "LAYERS" in namespace:
+        return [row if isinstance(row, tuple) else (row,) for row in namespace["LAYERS"]]
+    return [()] * namespace["N_LAYERS"]
+
+
 @pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
-def test_every_shipped_spec_renders_tidy_standalone_source(path):
+def test_every_shipped_spec_renders_tidy_standalone_source(path, tmp_path):
     plan = load_model(str(path))
     src = render_model_source(plan)
     compile(src, "model.py", "exec")
+    (tmp_path / "model.py").write_text(src)
+    assert_ruff_clean(tmp_path)
     body = ast.parse(src).body
     parallelize = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == "parallelize")
     # moec.dist only inside parallelize(): the model itself needs no more than torch and moec.kernels
@@ -317,7 +357,13 @@ def test_every_shipped_spec_renders_tidy_standalone_source(path):
     assert max(len(line) for line in src.splitlines()) <= 120
     assert "\n\n\n\n" not in src and src.endswith("\n") and not src.endswith("\n\n")
     assert not any(line != line.rstrip() for line in src.splitlines())
-    assert src.count("self.layers.append(Block(") == plan.n_layers  # unrolled, one block per layer
+    # one factory builds every layer; the table says which layer is dense and which MoE
+    assert src.count("def make_block(") == 1 and "self.layers.append" not in src
+    rows = layer_table(src)
+    assert len(rows) == plan.n_layers
+    kinds = ["moe" if isinstance(lp.ffn, MoEPlan) else "dense" for lp in plan.layers]
+    if len(set(kinds)) > 1:  # the FFN is the table's first column when layers differ in it
+        assert [row[0] for row in rows] == kinds
     classes = defined_classes(src)
     mla = plan.layers[0].attention.kind == "mla"
     assert ("MLA" in classes) == mla and ("Attention" in classes) == (not mla)

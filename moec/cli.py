@@ -15,6 +15,7 @@ from moec.commands.hf import export_hf, import_hf
 from moec.commands.plan import plan
 from moec.commands.roofline import roofline
 from moec.commands.smoke import smoke_run
+from moec.commands.sweep import sweep
 
 
 class WholeSummaries(click.Group):
@@ -51,6 +52,7 @@ for _cmd in (
     export_hf,
     plan,
     roofline,
+    sweep,
 ):
     cli.add_command(_cmd)
 

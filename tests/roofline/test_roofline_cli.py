@@ -112,11 +112,12 @@ def test_bad_options_are_one_clear_error(args, words):
     assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
 
 
-def test_roofline_never_imports_torch():
+def test_roofline_and_sweep_never_import_torch():
     code = (
         "import sys\nfrom moec.cli import cli\n"
-        "try:\n    cli(['roofline', 'deepseek-v3', '--batch', '32', '--format', 'json'])\nexcept SystemExit as e:\n"
-        "    assert not e.code, e.code\nassert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
+        "for args in (['roofline', 'deepseek-v3', '--batch', '32'], ['sweep', 'textbook-moe', '--grid', 'moe.n_experts=4,8']):\n"
+        "    try:\n        cli(args)\n    except SystemExit as e:\n        assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

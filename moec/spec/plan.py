@@ -11,21 +11,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from moec.spec.schema import FFN, Balance, Lora, MoE, Router
 from moec.vocab import (
     ATTENTION_KINDS,
-    BALANCE_GRANULARITIES,
-    DROP_POLICIES,
-    EXPERT_KINDS,
     GATED,
-    GROUP_SCORES,
     NORM_KINDS,
     NORM_PLACEMENTS,
     POSITION_KINDS,
     QK_NORM_KINDS,
     QK_NORM_SCOPES,
-    ROUTER_APPLY_TO,
-    ROUTER_KINDS,
-    ROUTER_SCORES,
 )
 
 
@@ -129,71 +126,114 @@ class AttentionPlan:
         return self.v_head_dim if self.kind == "mla" else self.head_dim
 
 
-@dataclass(frozen=True)
-class DenseFFNPlan:
-    d_ff: int
+def _mirrored_plan(
+    name: str,
+    schema: type[BaseModel],
+    *,
+    doc: str,
+    base: type,
+    resolved: dict[str, Any] | None = None,
+    flatten: dict[str, tuple[type[BaseModel], str]] | None = None,
+    only_with: dict[str, str] | None = None,
+    kind: str | None = None,
+) -> type:
+    """A frozen plan dataclass with the schema model's fields: same names, order, types and defaults, so that a
+    field added to the schema reaches the plan (and :func:`schema_values`) without a second declaration.
+
+    ``resolved``: fields the resolver computes, with their plan type (required, no default). ``flatten``: a
+    sub-model field whose fields join the plan at its place, each named prefix + field (optional: None when
+    the sub-model is absent). ``only_with``: fields that hold a value only with one activation (else None).
+    ``kind``: a constant ``kind`` field last, telling dense and MoE plans apart in plain data."""
+    resolved, flatten, only_with = resolved or {}, flatten or {}, only_with or {}
+    fields: list[tuple[str, Any, Any]] = []
+    paths: dict[str, tuple[str, ...]] = {}
+    for f, info in schema.model_fields.items():
+        if f in flatten:
+            sub, prefix = flatten[f]
+            sub_default = schema.model_fields[f].default
+            for g, sub_info in sub.model_fields.items():
+                plain = sub_default is not None and not sub_info.is_required()
+                default = sub_info.default if plain else None
+                fields.append((prefix + g, sub_info.annotation if plain else Any, dataclasses.field(default=default)))
+                paths[prefix + g] = (f, g)
+            continue
+        if f in resolved:
+            fields.append((f, resolved[f], dataclasses.field()))
+        elif f in only_with:
+            fields.append((f, info.annotation | None, dataclasses.field(default=None)))
+        else:
+            fields.append((f, info.annotation, _default(info)))
+        paths[f] = (f,)
+    if kind is not None:
+        fields.append(("kind", Literal[kind], dataclasses.field(default=kind)))
+    cls = dataclasses.make_dataclass(
+        name, fields, bases=(base,), frozen=True, kw_only=True, namespace={"__doc__": doc, "__module__": __name__}
+    )
+    cls.schema_paths = paths  # plan field → attribute path in the schema object
+    cls.only_with = only_with  # plan field → the activation it holds a value with
+    return cls
+
+
+def _default(info: FieldInfo) -> Any:
+    return dataclasses.field() if info.is_required() else dataclasses.field(default=info.default)
+
+
+def schema_values(plan_cls: type, obj: BaseModel) -> dict[str, Any]:
+    """The plan fields ``plan_cls`` copies from the schema object ``obj`` (see :func:`_mirrored_plan`), by their
+    schema path; a field of an absent sub-model, or one that holds a value only with another activation, is
+    None."""
+    values: dict[str, Any] = {}
+    for f, path in plan_cls.schema_paths.items():
+        v: Any = obj
+        for step in path:
+            v = getattr(v, step) if v is not None else None
+        activation = plan_cls.only_with.get(f)
+        values[f] = v if activation is None or obj.activation == activation else None  # type: ignore[attr-defined]
+    return values
+
+
+class _FFNBase:
     activation: str
-    bias: bool
-    kind: Literal["dense"] = "dense"
-    activation_alpha: float | None = None  # swiglu_clamped only
-    activation_limit: float | None = None  # swiglu_clamped only
 
     @property
     def gated(self) -> bool:
+        """Whether the first matrix is [gate | up] (moec.vocab.GATED)."""
         return self.activation in GATED
 
 
-@dataclass(frozen=True)
-class RouterPlan:
-    top_k: int  # dense routing: = n_experts
-    score: Literal[ROUTER_SCORES]
-    softmax_after_topk: bool
-    normalize_topk: bool
-    scale: float
-    selection_bias: bool
-    bias: bool
-    n_groups: int | None
-    topk_groups: int | None
-    group_score: Literal[GROUP_SCORES]
-    dense: bool
-    jitter: float
-    kind: Literal[ROUTER_KINDS] = "topk"  # sparsemixer: Phi-3.5-MoE's top-2 (see moec.nn.router)
-    sparsemixer_eps: float = 0.0
-    apply_to: Literal[ROUTER_APPLY_TO] = "output"  # input: the gate scales each expert's input (Llama-4)
-    selection_bias_parameter: bool = False  # the selection bias is a counted parameter (ERNIE-4.5), not a buffer
-
-
-@dataclass(frozen=True)
-class MoEPlan:
-    n_experts: int  # after fine-grained segmentation
-    d_ff: int  # per routed expert, after segmentation
-    activation: str
-    bias: bool
-    n_shared_experts: int
-    d_ff_shared: int
-    shared_gate: bool
-    granularity: int  # the m that produced n_experts and d_ff (informational)
+class _MoEBase(_FFNBase):
     router: RouterPlan
-    capacity_factor: float | None
-    drop_policy: Literal[DROP_POLICIES]
-    load_balance_coeff: float
-    load_balance_granularity: Literal[BALANCE_GRANULARITIES]
-    z_loss_coeff: float
-    bias_update_rate: float | None
-    expert_kind: Literal[EXPERT_KINDS]
-    lora_rank: int | None
-    lora_alpha: float | None
-    kind: Literal["moe"] = "moe"
-    activation_alpha: float | None = None  # swiglu_clamped only
-    activation_limit: float | None = None  # swiglu_clamped only
-
-    @property
-    def gated(self) -> bool:
-        return self.activation in GATED
 
     @property
     def top_k(self) -> int:
         return self.router.top_k
+
+
+_CLAMPED = {"activation_alpha": "swiglu_clamped", "activation_limit": "swiglu_clamped"}
+
+DenseFFNPlan = _mirrored_plan(
+    "DenseFFNPlan", FFN, doc="A dense FFN layer: schema.FFN's fields.", base=_FFNBase, only_with=_CLAMPED, kind="dense"
+)
+RouterPlan = _mirrored_plan(
+    "RouterPlan",
+    Router,
+    doc="A MoE layer's router: schema.Router's fields, top_k resolved (multiplied by the granularity; = "
+    "n_experts for dense routing).",
+    base=object,
+    resolved={"top_k": int},
+)
+MoEPlan = _mirrored_plan(
+    "MoEPlan",
+    MoE,
+    doc="A MoE layer: schema.MoE's fields with balance's flattened in and lora's as lora_rank and lora_alpha; "
+    "n_experts and d_ff after fine-grained segmentation (granularity, informational, is the m that produced "
+    "them), d_ff_shared resolved, the router planned.",
+    base=_MoEBase,
+    resolved={"n_experts": int, "d_ff": int, "d_ff_shared": int, "router": RouterPlan},
+    flatten={"balance": (Balance, ""), "lora": (Lora, "lora_")},
+    only_with=_CLAMPED,
+    kind="moe",
+)
 
 
 FFNPlan = DenseFFNPlan | MoEPlan

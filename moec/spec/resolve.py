@@ -15,6 +15,7 @@ from moec.spec.plan import (
     ResolvedModel,
     RopeScalingPlan,
     RouterPlan,
+    schema_values,
 )
 from moec.spec.schema import Select, Spec
 
@@ -186,64 +187,24 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
 
 
 def _dense(spec: Spec) -> DenseFFNPlan | None:
-    f = spec.ffn
-    if f is None:
-        return None
-    clamped = f.activation == "swiglu_clamped"
-    return DenseFFNPlan(
-        f.d_ff,
-        f.activation,
-        f.bias,
-        activation_alpha=f.activation_alpha if clamped else None,
-        activation_limit=f.activation_limit if clamped else None,
-    )
+    return DenseFFNPlan(**schema_values(DenseFFNPlan, spec.ffn)) if spec.ffn is not None else None
 
 
 def _moe(spec: Spec) -> MoEPlan | None:
+    """The MoE section's plan: every field as written, the segmented sizes and the router's k resolved."""
     e = spec.moe
     if e is None:
         return None
     g = e.granularity
-    r = e.router
     n_experts = e.n_experts * g
-    top_k = n_experts if r.dense else (r.top_k or 0) * g
     d_ff = e.d_ff // g
+    top_k = n_experts if e.router.dense else (e.router.top_k or 0) * g
     return MoEPlan(
-        n_experts=n_experts,
-        d_ff=d_ff,
-        activation=e.activation,
-        bias=e.bias,
-        n_shared_experts=e.n_shared_experts,
-        d_ff_shared=e.d_ff_shared or d_ff,
-        shared_gate=e.shared_gate,
-        granularity=g,
-        router=RouterPlan(
-            top_k=top_k,
-            score=r.score,
-            softmax_after_topk=r.softmax_after_topk,
-            normalize_topk=r.normalize_topk,
-            scale=r.scale,
-            selection_bias=r.selection_bias,
-            bias=r.bias,
-            n_groups=r.n_groups,
-            topk_groups=r.topk_groups,
-            group_score=r.group_score,
-            dense=r.dense,
-            jitter=r.jitter,
-            kind=r.kind,
-            sparsemixer_eps=r.sparsemixer_eps,
-            apply_to=r.apply_to,
-            selection_bias_parameter=r.selection_bias_parameter,
-        ),
-        capacity_factor=e.capacity_factor,
-        drop_policy=e.drop_policy,
-        load_balance_coeff=e.balance.load_balance_coeff,
-        load_balance_granularity=e.balance.load_balance_granularity,
-        z_loss_coeff=e.balance.z_loss_coeff,
-        bias_update_rate=e.balance.bias_update_rate,
-        expert_kind=e.expert_kind,
-        lora_rank=e.lora.rank if e.lora else None,
-        lora_alpha=e.lora.alpha if e.lora else None,
-        activation_alpha=e.activation_alpha if e.activation == "swiglu_clamped" else None,
-        activation_limit=e.activation_limit if e.activation == "swiglu_clamped" else None,
+        **{
+            **schema_values(MoEPlan, e),
+            "n_experts": n_experts,
+            "d_ff": d_ff,
+            "d_ff_shared": e.d_ff_shared or d_ff,
+            "router": RouterPlan(**{**schema_values(RouterPlan, e.router), "top_k": top_k}),
+        }
     )

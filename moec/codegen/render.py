@@ -272,18 +272,19 @@ def layer_source(plan: ResolvedModel, f: Features) -> LayerSource:
         width = len(names)
         items = [", ".join(cells[i : i + width]) for i in range(0, len(plan.layers) * width, width)]
         items = [f"({item})" if width > 1 else item for item in items]
-        header = [f"# each decoder layer's {_column_words(names)}", *table_lines("LAYERS", items), "", ""]
+        listed = names[0] if width == 1 else f"({', '.join(names)})"
+        header = [
+            f"# each decoder layer's {listed}, the arguments of make_block",
+            *table_lines("LAYERS", items),
+            "",
+            "",
+        ]
         loop = f"for {', '.join(names)} in LAYERS"
     return LayerSource(
         factory=[*header, *body],
         layers=Call("nn.ModuleList", (f"make_block({arguments}) {loop}",)),
         mtp=_mtp_expression(rows[len(plan.layers) :], names, f) if plan.mtp else None,
     )
-
-
-def _column_words(names: list[str]) -> str:
-    words = {"ffn": "FFN", "window": "sliding window", "rope": "rope (rotates q and k)", "rope_theta": "RoPE base"}
-    return words[names[0]] if len(names) == 1 else f"({', '.join(words[n] for n in names)})"
 
 
 def _factory_docstring(varying: list[tuple[str, str, str | None, str]], n_layers: int) -> list[str]:

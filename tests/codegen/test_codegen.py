@@ -380,6 +380,8 @@ def test_source_names_only_what_the_plan_uses():
     ds = render_model_source(plan_of(DEEPSEEK))
     assert "softmax(-1)  # (T, E)" not in ds and "probs = logits.sigmoid()" in ds  # specialised routing
     assert "capacity" not in ds and "z_loss" not in ds and "apply_rope(" not in ds
+    # YaRN's attention factor is a ratio of two equal mscales here: exactly 1, so cos and sin are left alone
+    assert "ROPE_ATTENTION_FACTOR" not in ds and "mscale_all_dim: 1.0" in DEEPSEEK and "mscale: 1.0" in DEEPSEEK
 
 
 # ---------------------------------------------------------------------------------------------

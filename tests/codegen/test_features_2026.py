@@ -47,6 +47,7 @@ CASES = {
         attn="n_kv_heads: 2",
         extra="layers: {overrides: [{select: [1], attention: {rope_theta: 500.0}}]}\n",
     ),
+    "yarn attention factor as a ratio, mla": DEEPSEEK.replace("mscale: 1.0,", "mscale: 0.707,"),
     "mrope on text": variant(model="positions: {kind: rope, mrope_sections: [2, 1, 1], mrope_interleaved: true}"),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
     "logit softcap after scaling, mtp": DEEPSEEK.replace(
@@ -92,6 +93,10 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
         ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
         ("per-layer rope theta", ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta])"]),
         ("ntk alpha, partial rotary, per-layer theta", ["ROPE_NTK_ALPHA = 1000.0"]),
+        (
+            "yarn attention factor as a ratio, mla",
+            ["ROPE_ATTENTION_FACTOR = yarn_mscale(ROPE_SCALING_FACTOR, 0.707) / yarn_mscale(ROPE_SCALING_FACTOR, 1.0)"],
+        ),
         ("logit softcap", ["LOGIT_SOFTCAP = 0.5", "torch.tanh(logits / LOGIT_SOFTCAP) * LOGIT_SOFTCAP"]),
     ],
 )

@@ -17,6 +17,7 @@ from moec.plan.accelerators import Accelerator
 from moec.roofline.model import Workload, roofline
 from moec.spec.plan import MoEPlan, ResolvedModel
 from moec.sweep.grid import Axis, Budget, Keep, Objective, combinations
+from moec.sweep.load import BaseSpec
 from moec.sweep.pareto import pareto_front
 
 FFN_COMPONENTS = ("dense_ffn", "routed_experts", "shared_experts", "base_ffn")
@@ -70,17 +71,11 @@ class Evaluator:
     """Loads combinations of one base spec, read once, and counts them."""
 
     def __init__(self, source: str, base_sets: Sequence[str], settings: Settings) -> None:
-        from moec.spec.load import read_text_file, resolve_spec_path
-
-        self.file = resolve_spec_path(source)
-        self.text = read_text_file(self.file)
-        self.base_sets = tuple(base_sets)
+        self.base = BaseSpec(source, base_sets)
         self.settings = settings
 
     def model(self, sets: Sequence[str]) -> ResolvedModel:
-        from moec.spec import load_spec, resolve
-
-        return resolve(load_spec(self.file, sets=(*self.base_sets, *sets), text=self.text))
+        return self.base.model(sets)
 
     def analysis(self, model: ResolvedModel) -> Analysis:
         s = self.settings

@@ -13,7 +13,7 @@ vision side under ``model.`` prefixes of its own, which are let go.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core
@@ -39,16 +39,46 @@ _KINDS = {"dense": "dense", "sparse": "moe"}
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    t = _text_config(c)
-    base(t, d, "DeepseekOcr2Text")
+    t = text_config(c, dict(c.mapping("text_config")), TEXT_DEFAULTS, "deepseek_ocr2")
+    text_model(c, t, d, "DeepseekOcr2Text")
+    types = t.str_list("mlp_layer_types")
+    if types is None and not t.failed("mlp_layer_types"):
+        t.bad("mlp_layer_types", "null: DeepseekOcr2TextDecoderLayer reads one 'dense' or 'sparse' per layer")
+    mlp_layers(t, d, types, "mlp_layer_types")
+    left_out(c, d)
+
+
+# The steps unlimited_ocr shares: the same text model under another wrapper.
+
+
+def text_config(
+    c: HFConfig, raw: dict[str, Any], table: dict[str, Any], wrapper: str, prefix: str = "text_config."
+) -> HFConfig:
+    """The wrapper's text config ``raw`` as a nested config located under ``prefix``; num_experts is
+    n_routed_experts (the text config's attribute_map)."""
+    if "num_experts" in raw:
+        if "n_routed_experts" in raw and raw["n_routed_experts"] != raw["num_experts"]:
+            c.bad(prefix + "num_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])})")
+        raw.setdefault("n_routed_experts", raw.pop("num_experts"))
+    t = HFConfig(raw, table, prefix=prefix)
+    c.children.append(t)
+    if raw.get("model_type") not in (None, f"{wrapper}_text"):
+        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of {wrapper} is {wrapper}_text")
+    return t
+
+
+def text_model(c: HFConfig, t: HFConfig, d: Draft, name: str) -> None:
+    """Everything but the per-layer MLP kinds: Llama attention, DeepSeek-V2's router, the fused shared experts.
+    ``name`` is the text model's class prefix in transformers (DeepseekOcr2Text)."""
+    base(t, d, name)
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _tie_note(c, t))
     b = t.bool("attention_bias")
     gqa(t, d, bias=b, out_bias=b, bias_src=t.src("attention_bias") + " (q, k, v and o)")
     heads, width = d.get("attention.n_heads"), d.get("model.d_model")
     if t.given("head_dim") and t.value("head_dim") != width // heads:
-        t.bad("head_dim", f"{shown(t.value('head_dim'))}: DeepseekOcr2TextConfig sets hidden_size / heads "
+        t.bad("head_dim", f"{shown(t.value('head_dim'))}: {name}Config sets hidden_size / heads "
               f"({width // heads}) whatever is given: ambiguous")  # fmt: skip
-    d.put("attention.head_dim", width // heads, "DeepseekOcr2TextConfig: hidden_size / num_attention_heads")
+    d.put("attention.head_dim", width // heads, f"{name}Config: hidden_size / num_attention_heads")
     moe_core(t, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
     deepseek_v2_router(t, d)
     d.put("moe.router.scale", t.float("routed_scaling_factor"), t.src("routed_scaling_factor"))
@@ -56,31 +86,34 @@ def translate(c: HFConfig, d: Draft) -> None:
     if n_shared:
         d.section(
             "moe",
-            n_shared_experts=(n_shared, t.src("n_shared_experts") + " (DeepseekOcr2TextMoe: one MLP of n·width)"),
+            n_shared_experts=(n_shared, t.src("n_shared_experts") + f" ({name}Moe: one MLP of n·width)"),
             d_ff_shared=(d.get("moe.d_ff"), t.src("moe_intermediate_size")),
         )
     if t.bool("mlp_bias"):
         d.gap(t.prefix + "mlp_bias", True, "biases on the dense and shared MLPs only (the stacked experts have none)",
               "moe.shared_bias and ffn.bias. Count: per layer, the MLP's 2·width + d_model")  # fmt: skip
-    _layers(t, d)
+    t.value("intermediate_size")  # the dense layers' width: read here whether or not any layer is dense
+
+
+def mlp_layers(t: HFConfig, d: Draft, types: list[str] | None, note: str) -> None:
+    """One 'dense' or 'sparse' per layer (transformers indexes the list per layer); None: already refused."""
+    if types is None:
+        return
+    if len(types) != d.n_layers or any(x not in _KINDS for x in types):
+        t.bad("mlp_layer_types", f"{shown(types)}: expected {d.n_layers} entries of 'dense' or 'sparse'")
+        return
+    d.ffn = [_KINDS[x] for x in types]
+    d.ffn_note = note
+    if "dense" in d.ffn:
+        dense_ffn(t, d, bias_src="mlp_bias false")
+
+
+def left_out(c: HFConfig, d: Draft) -> None:
     c.value("image_token_id")
     c.mapping("vision_config")  # the vision side, left out
     note = d.fields["model.n_layers"][1]
     d.put("model.n_layers", d.n_layers, f"{note}; left out, not counted: the vision encoders and projector "
           "(vision_config), which act on image inputs only")  # fmt: skip
-
-
-def _text_config(c: HFConfig) -> HFConfig:
-    raw = dict(c.mapping("text_config"))
-    if "num_experts" in raw:  # DeepseekOcr2TextConfig.attribute_map
-        if "n_routed_experts" in raw and raw["n_routed_experts"] != raw["num_experts"]:
-            c.bad("text_config.num_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])})")
-        raw.setdefault("n_routed_experts", raw.pop("num_experts"))
-    t = HFConfig(raw, TEXT_DEFAULTS, prefix="text_config.")
-    c.children.append(t)
-    if raw.get("model_type") not in (None, "deepseek_ocr2_text"):
-        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of deepseek_ocr2 is deepseek_ocr2_text")
-    return t
 
 
 def _tie_note(c: HFConfig, t: HFConfig) -> str:
@@ -90,24 +123,7 @@ def _tie_note(c: HFConfig, t: HFConfig) -> str:
     if tie != c.value("tie_word_embeddings"):
         t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
         return ""
-    return f" (text_config.tie_word_embeddings {str(tie).lower()}: agrees)"
-
-
-def _layers(t: HFConfig, d: Draft) -> None:
-    """mlp_layer_types: one 'dense' or 'sparse' per layer (transformers indexes it per layer: it must be given)."""
-    t.value("intermediate_size")  # the dense layers' width: read here whether or not any layer is dense
-    types = t.str_list("mlp_layer_types")
-    if types is None:
-        if not t.failed("mlp_layer_types"):
-            t.bad("mlp_layer_types", "null: DeepseekOcr2TextDecoderLayer reads one 'dense' or 'sparse' per layer")
-        return
-    if len(types) != d.n_layers or any(x not in _KINDS for x in types):
-        t.bad("mlp_layer_types", f"{shown(types)}: expected {d.n_layers} entries of 'dense' or 'sparse'")
-        return
-    d.ffn = [_KINDS[x] for x in types]
-    d.ffn_note = "mlp_layer_types"
-    if "dense" in d.ffn:
-        dense_ffn(t, d, bias_src="mlp_bias false")
+    return f" ({t.prefix}tie_word_embeddings {str(tie).lower()}: agrees)"
 
 
 class DeepseekOcr2Mapper(Mapper):

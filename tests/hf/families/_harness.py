@@ -69,3 +69,15 @@ def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor,
     gen.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(gen(tokens)[0], model(tokens)[0])
+
+
+class TextView(torch.nn.Module):
+    """A multimodal wrapper seen as its text model: called with token ids, its config the text config (what
+    test_weights.assert_same reads); the wrapper runs whole, its towers idle without image inputs."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf, self.config = hf, hf.config.text_config
+
+    def forward(self, ids):
+        return self.hf(input_ids=ids)

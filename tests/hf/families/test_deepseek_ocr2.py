@@ -17,7 +17,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    TextView,
+    assert_generated_model_gives_the_library_logits,
+    away_from_init,
+    hf_counts,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,6 +43,10 @@ OCR2: dict = {
 }  # fmt: skip
 
 
+def is_text(name: str) -> bool:
+    return "language_model." in name or name == "lm_head.weight"
+
+
 def on_meta(cfg: dict):
     kw = {k: v for k, v in copy.deepcopy(cfg).items() if k != "model_type"}
     with torch.device("meta"):
@@ -46,12 +55,9 @@ def on_meta(cfg: dict):
 
 def test_release_counts_equal_transformers_model_on_meta():
     hf = on_meta(OCR2)
-    text = [(n, p) for n, p in hf.named_parameters() if "language_model." in n or n == "lm_head.weight"]
-    assert len(text) < len(list(hf.parameters()))  # the vision side exists, and is left out
-    total = sum(p.numel() for _, p in text)
-    routed = sum(p.numel() for n, p in text if ".mlp.experts." in n)
+    assert not all(is_text(n) for n, _ in hf.named_parameters())  # the vision side exists, and is left out
     params = analyze(hf_to_model(OCR2)).params
-    assert (params.total, params.active) == (total, total - routed * (64 - 6) // 64)
+    assert (params.total, params.active) == hf_counts(hf, 64, 6, keep=is_text)
     assert "left out, not counted: the vision encoders and projector" in import_hf_config(OCR2)
 
 
@@ -95,15 +101,6 @@ TINY = {
 }  # fmt: skip
 
 
-class _TextView(torch.nn.Module):
-    def __init__(self, hf):
-        super().__init__()
-        self.hf, self.config = hf, hf.config.text_config
-
-    def forward(self, ids):
-        return self.hf(input_ids=ids)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     kw = {k: v for k, v in copy.deepcopy(TINY).items() if k != "model_type"}
@@ -111,16 +108,7 @@ def checkpoint(tmp_path_factory):
     cfg.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = transformers.DeepseekOcr2ForConditionalGeneration(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "language_model." not in name and name != "lm_head.weight":
-                continue
-            if name.endswith("gate.weight"):  # the router: logits of order 1
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1  # norm weights around 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    away_from_init(hf, keep=is_text)
     folder = tmp_path_factory.mktemp("deepseek_ocr2")
     hf.save_pretrained(folder)
     return hf, folder
@@ -128,7 +116,7 @@ def checkpoint(tmp_path_factory):
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
-    assert assert_same(_TextView(hf), moec.from_hf(folder)) <= 1e-4
+    assert assert_same(TextView(hf), moec.from_hf(folder)) <= 1e-4
 
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):

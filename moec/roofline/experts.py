@@ -1,4 +1,4 @@
-"""How many distinct routed experts a step reads (docs/roofline.md, "Routed experts").
+"""How many distinct routed experts a step reads (docs/roofline.md, "Routed experts: the expected distinct experts").
 
 A token picks k of E experts. If every token picks expert i with probability p_i (Σ p_i = k) independently
 of the other tokens, expert i escapes all T tokens of a step with probability (1 − p_i)^T, so the expected

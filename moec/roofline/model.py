@@ -20,7 +20,7 @@ from moec.roofline.experts import expected_distinct, expected_distinct_loaded
 from moec.spec.plan import AttentionPlan, LayerPlan, MoEPlan, ResolvedModel
 
 Phase = Literal["prefill", "decode"]
-# print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md, "What is counted")
+# print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md, "The model of a step")
 COMPONENTS = (
     "embedding",
     "attention",
@@ -50,7 +50,7 @@ class Workload:
 
     @property
     def ranks(self) -> int:
-        """The group serving one copy of the model: the larger of tp and ep (docs/roofline.md, "Ranks")."""
+        """The group serving one copy of the model: the larger of tp and ep (docs/roofline.md, "Ranks: tp and ep")."""
         return max(self.tp, self.ep)
 
     @property

@@ -66,8 +66,13 @@ def plot_roofline(report: RooflineReport) -> Any:
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     bandwidth = s.accelerator.hbm_bytes_per_s
     roof.plot(xs, [min(s.peak_flops, bandwidth * x) for x in xs], color="black", label="roofline")
-    for c in points:
-        roof.scatter([c.intensity], [c.flops / c.time_s], label=LABELS[c.name], zorder=3)
+    # parts of one intensity sit on one point (projections, router and head at decode): shrinking markers
+    # of different shapes keep each one visible
+    for i, c in enumerate(points):
+        marker = "os^Dv<>ph"[i % 9]
+        roof.scatter(
+            [c.intensity], [c.flops / c.time_s], label=LABELS[c.name], zorder=3 + i, marker=marker, s=110 - 12 * i
+        )
     roof.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/B)", ylabel="FLOP/s")
     w = s.workload
     roof.set_title(f"{s.model}: {w.phase}, batch {w.batch}, {s.accelerator.name}", fontsize=9)

@@ -172,6 +172,56 @@ def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
     d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers"
 
 
+def mla(c: HFConfig, d: Draft, name: str) -> None:
+    """Multi-head latent attention (DeepSeek-V2/V3's, and the families that copy it: GLM-4.7-Flash, Mistral 4):
+    one KV latent for all heads, the ranks and per-part head dims; ``name`` is the modeling class prefix."""
+    h = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", optional=True)
+    if kv not in (None, h):
+        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
+    q_rank = c.int("q_lora_rank", optional=True)
+    d.section(
+        "attention",
+        kind=("mla", f"{name}Attention (multi-head latent attention)"),
+        n_heads=(h, c.src("num_attention_heads")),
+        q_lora_rank=(q_rank, c.src("q_lora_rank") + " (null: a plain q_proj)"),
+        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
+        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
+        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
+        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
+    )
+    if c.bool("attention_bias"):
+        latent = (q_rank or 0) + d.get("attention.kv_lora_rank") + d.get("attention.qk_rope_head_dim")
+        d.gap(
+            c.prefix + "attention_bias",
+            True,
+            "MLA with biases",
+            "mla_bias",
+            d.n_layers * (latent + d.get("model.d_model")),
+        )
+    c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
+    if d.get("model.norm.eps") != 1e-6 and not c.failed("rms_norm_eps"):
+        # q_a_layernorm and kv_a_layernorm are built without an eps: RMSNorm's default 1e-6, whatever
+        # rms_norm_eps says (Moonlight and GLM-4.7-Flash-like releases use 1e-5)
+        d.put("attention.latent_norm_eps", 1e-6, f"{name}Attention's q_a/kv_a norms: RMSNorm's default eps")
+    derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
+
+
+def mla_rope_interleave(c: HFConfig, d: Draft) -> None:
+    """rope_interleave (DeepSeek-V3's and GLM-4.7-Flash's field): true pairs MLA's rotary dims adjacently, as moec's
+    MLA does; false (rotate_half pairs (i, i + dim/2)) would need the loader to permute the rotary rows of q_b_proj
+    and kv_a_proj_with_mqa, which it does not: refused, never approximated."""
+    if c.bool("rope_interleave"):
+        return
+    d.gap(
+        c.prefix + "rope_interleave",
+        False,
+        "rotate_half pairs (i, i + dim/2) on MLA's rotary dims: moec's MLA rotates DeepSeek's adjacent pairs",
+        "attention.rope_interleave: bool for kind mla (or the loader permuting q_b_proj's and kv_a_proj's "
+        "rotary rows). No count change",
+    )
+
+
 def clip_qkv(c: HFConfig, d: Draft, key: str) -> None:
     clip = c.float(key, optional=True)
     if clip is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, dense_ffn, derived, moe_core, router
+from moec.hf.families._common import base, defaults, dense_ffn, mla_rope_interleave, moe_core, router
+from moec.hf.families._common import mla as _mla  # mistral4 imports it from here too
 from moec.hf.families._export_common import dense_plan, export_base, moe_plan
 from moec.spec.plan import ResolvedModel
 
@@ -37,16 +38,8 @@ def _translate(c: HFConfig, d: Draft, v3: bool) -> None:
     name = "DeepseekV3" if v3 else "DeepseekV2"
     base(c, d, name)
     _mla(c, d, name)
-    if v3 and not c.bool("rope_interleave"):
-        # moec's MLA rotates DeepSeek's adjacent pairs; rotate_half pairs (i, i + dim/2) would need the loader to
-        # permute the rotary rows of q_b_proj and kv_a_proj_with_mqa, which it does not: refuse, never approximate
-        d.gap(
-            "rope_interleave",
-            False,
-            "rotate_half pairs (i, i + dim/2) on MLA's rotary dims: moec's MLA rotates DeepSeek's adjacent pairs",
-            "attention.rope_interleave: bool for kind mla (or the loader permuting q_b_proj's and kv_a_proj's "
-            "rotary rows). No count change",
-        )
+    if v3:
+        mla_rope_interleave(c, d)
     n_shared = c.int("n_shared_experts", minimum=0)
     f = c.int("moe_intermediate_size")
     mlp_bias = not v3 and c.bool("mlp_bias")
@@ -90,34 +83,6 @@ def _translate(c: HFConfig, d: Draft, v3: bool) -> None:
         d.put("moe.balance.load_balance_coeff", alpha, c.src("aux_loss_alpha") + " (training only)")
         d.put("moe.balance.load_balance_granularity", "sequence" if seq else "batch", c.src("seq_aux"))
     c.value("ep_size")  # expert-parallel degree of DeepSeek's own code: a deployment choice
-
-
-def _mla(c: HFConfig, d: Draft, name: str) -> None:
-    """Multi-head latent attention: one KV latent for all heads, the ranks and per-part head dims."""
-    h = c.int("num_attention_heads")
-    kv = c.int("num_key_value_heads", optional=True)
-    if kv not in (None, h):
-        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
-    q_rank = c.int("q_lora_rank", optional=True)
-    d.section(
-        "attention",
-        kind=("mla", f"{name}Attention (multi-head latent attention)"),
-        n_heads=(h, c.src("num_attention_heads")),
-        q_lora_rank=(q_rank, c.src("q_lora_rank") + " (null: a plain q_proj)"),
-        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
-        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
-        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
-        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
-    )
-    if c.bool("attention_bias"):
-        latent = (q_rank or 0) + d.get("attention.kv_lora_rank") + d.get("attention.qk_rope_head_dim")
-        d.gap("attention_bias", True, "MLA with biases", "mla_bias", d.n_layers * (latent + d.get("model.d_model")))
-    c.value("head_dim")  # derived in __post_init__ (= qk_rope_head_dim)
-    if d.get("model.norm.eps") != 1e-6 and not c.failed("rms_norm_eps"):
-        # q_a_layernorm and kv_a_layernorm are built without an eps: RMSNorm's default 1e-6, whatever
-        # rms_norm_eps says (Moonlight and GLM-4.7-Flash-like releases use 1e-5)
-        d.put("attention.latent_norm_eps", 1e-6, f"{name}Attention's q_a/kv_a norms: RMSNorm's default eps")
-    derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
 
 
 def _v3_router(c: HFConfig, d: Draft, k_dense: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int
-from moec.hf.families._common import all_known, base, defaults, dense_ffn, derived
+from moec.hf.families._common import all_known, base, defaults, dense_ffn, mla, mla_rope_interleave
 from moec.hf.families.glm4_moe import glm4_moe_block
 from moec.hf.mapper import Mapper
 
@@ -31,9 +31,6 @@ DEFAULTS = defaults(10000.0, vocab_size=154880, hidden_size=2048, intermediate_s
                     num_experts_per_tok=4, norm_topk_prob=True, max_position_embeddings=202752, rms_norm_eps=1e-5,
                     rope_interleave=True, mlp_layer_types=None, attention_bias=False)
 # fmt: on
-
-# Glm4MoeLiteRMSNorm(q_lora_rank) and (kv_lora_rank) are built without an eps: the class default
-LATENT_NORM_EPS = 1e-6
 
 
 def translate(c: HFConfig, d: Draft) -> None:
@@ -51,39 +48,9 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 
 def _mla(c: HFConfig, d: Draft) -> None:
-    """Glm4MoeLiteAttention (DeepSeek-V3's): one KV latent for all heads, an optional q latent."""
-    h = c.int("num_attention_heads")
-    kv = c.int("num_key_value_heads", optional=True)
-    if kv not in (None, h):
-        c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
-    q_rank = c.int("q_lora_rank", optional=True)
-    d.section(
-        "attention",
-        kind=("mla", "Glm4MoeLiteAttention (DeepSeek-V3's multi-head latent attention)"),
-        n_heads=(h, c.src("num_attention_heads")),
-        q_lora_rank=(q_rank, c.src("q_lora_rank") + " (null: a plain q_proj)"),
-        kv_lora_rank=(c.int("kv_lora_rank"), c.src("kv_lora_rank")),
-        qk_nope_head_dim=(c.int("qk_nope_head_dim"), c.src("qk_nope_head_dim")),
-        qk_rope_head_dim=(c.int("qk_rope_head_dim"), c.src("qk_rope_head_dim")),
-        v_head_dim=(c.int("v_head_dim"), c.src("v_head_dim")),
-        latent_norm_eps=(LATENT_NORM_EPS, "Glm4MoeLiteRMSNorm's default: q_a/kv_a_layernorm are built without eps"),
-    )
-    # derived in __post_init__ (and written out by save_pretrained)
-    derived(c, "qk_head_dim", d.get("attention.qk_nope_head_dim") + d.get("attention.qk_rope_head_dim"))
-    if c.bool("attention_bias"):
-        latent = (q_rank or 0) + d.get("attention.kv_lora_rank") + d.get("attention.qk_rope_head_dim")
-        d.gap("attention_bias", True, "MLA with biases", "mla_bias", d.n_layers * (latent + d.get("model.d_model")))
-    if c.bool("rope_interleave"):
-        d.put("attention.qk_rope_head_dim", d.get("attention.qk_rope_head_dim"),
-              c.src("qk_rope_head_dim") + f" ({c.src('rope_interleave')} true: DeepSeek's adjacent pairs, as moec's MLA)")  # fmt: skip
-    else:
-        d.gap(
-            "rope_interleave",
-            False,
-            "rotate_half pairs (i, i + dim/2) on MLA's rotary dims: moec's MLA rotates DeepSeek's adjacent pairs",
-            "attention.rope_interleave: bool for kind mla (or the loader permuting q_b_proj's and kv_a_proj's "
-            "rotary rows). No count change",
-        )
+    """Glm4MoeLiteAttention: DeepSeek-V3's MLA, its rotary dims interleaved when rope_interleave says so."""
+    mla(c, d, "Glm4MoeLite")
+    mla_rope_interleave(c, d)
 
 
 def _mlp_layers(c: HFConfig, d: Draft) -> None:

@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from moec.hf.weights import from_hf
 
         return from_hf
+    if name == "export_hf":
+        from moec.hf.export_weights import export_hf
+
+        return export_hf
     if name in ("load_model", "load_spec", "resolve", "SpecError"):
         import moec.spec as s
 

@@ -95,6 +95,9 @@ def check_targets(spec: str, output: str | None, plot: str | None, force: bool) 
     help="Expert loads from `moec smoke-run --format json` instead of uniform routing.",
 )
 @click.option(
+    "--load-pool", is_flag=True, help="Sum --load's histograms over its layers; use the sum for every MoE layer."
+)
+@click.option(
     "--max-batch",
     type=click.IntRange(1, 1 << 24),
     default=1024,
@@ -119,6 +122,7 @@ def roofline(
     tp: int,
     ep: int,
     load_file: str | None,
+    load_pool: bool,
     max_batch: int,
     fmt: str,
     output: str | None,
@@ -142,8 +146,10 @@ def roofline(
     picks = None
     if load_file is not None:
         moe = {lp.index: (lp.ffn.n_experts, lp.ffn.top_k) for lp in model.layers if isinstance(lp.ffn, MoEPlan)}
-        picks = layer_picks(read_load_file(load_file), moe, load_file)
-    routing = f"measured ({load_file})" if load_file else "uniform"
+        picks = layer_picks(read_load_file(load_file), moe, load_file, pool=load_pool)
+    routing = "uniform routing"
+    if load_file is not None:
+        routing = f"loads measured in {load_file}" + (", summed over its layers" if load_pool else "")
     report = build_report(model, acc, gpu, w, batches=default_batches(max_batch), picks=picks, routing=routing)
     text = {"json": render.to_json, "md": render.to_markdown, "table": render.to_text}[fmt](report)
     figure = None

@@ -73,12 +73,26 @@ def _count(c: Any) -> bool:
     return isinstance(c, int) and not isinstance(c, bool) and c >= 0
 
 
+def pooled(loads: dict[int, list[int]], file: str) -> list[int]:
+    """The histograms of every layer summed expert by expert (they must have one length)."""
+    sizes = {len(c) for c in loads.values()}
+    if len(sizes) != 1:
+        raise SpecError(
+            [Problem(file, None, None, "layers", f"histograms of {sorted(sizes)} experts cannot be pooled")]
+        )
+    return [sum(column) for column in zip(*loads.values(), strict=True)]
+
+
 def layer_picks(
-    loads: dict[int, list[int]], moe_layers: dict[int, tuple[int, int]], file: str
+    loads: dict[int, list[int]], moe_layers: dict[int, tuple[int, int]], file: str, *, pool: bool = False
 ) -> dict[int, list[float]]:
     """Pick probabilities per MoE layer of the model (``moe_layers``: index → (E, k)); every MoE layer needs
-    its histogram, of E experts, and no expert may take more slots than there were tokens (c_i ≤ Σc / k)."""
+    its histogram, of E experts, and no expert may take more slots than there were tokens (c_i ≤ Σc / k).
+    With ``pool``, every MoE layer takes the file's histograms summed over its layers (a smoke-run at a
+    reduced scale has fewer layers, with the same experts)."""
     problems = []
+    if pool:
+        loads = dict.fromkeys(moe_layers, pooled(loads, file))
     if sorted(loads) != sorted(moe_layers):
         problems.append(
             Problem(
@@ -86,7 +100,7 @@ def layer_picks(
                 None,
                 None,
                 "layers",
-                f"histograms for layers {sorted(loads)}, but the model's MoE layers are {sorted(moe_layers)} (a smoke-run at --scale full of the same spec has them all)",
+                f"histograms for layers {sorted(loads)}, but the model's MoE layers are {sorted(moe_layers)} (a smoke-run at --scale full has them all; --load-pool applies their sum to every layer)",
             )
         )
         raise SpecError(problems)

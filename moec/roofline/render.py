@@ -116,7 +116,7 @@ def result_lines(report: RooflineReport) -> list[str]:
         ]
     if s.distinct_experts is not None:
         lines.append(
-            f"routed experts read per MoE layer and rank: {s.distinct_experts:,.2f} (expected, {report.routing} routing)"
+            f"routed experts read per MoE layer and rank: {s.distinct_experts:,.2f} (expected; {report.routing})"
         )
     held = s.weights_bytes + s.kv_cache_bytes
     verdict = "fits" if s.fits else "does not fit"
@@ -129,7 +129,8 @@ def result_lines(report: RooflineReport) -> list[str]:
 
 def to_text(report: RooflineReport) -> str:
     lines = summary_lines(report) + [""] + text_table(COLUMNS, component_rows(report)) + [""]
-    lines += result_lines(report) + ["", "tokens/s against batch:"] + text_table(CURVE_COLUMNS, curve_rows(report))
+    lines += [w for line in result_lines(report) for w in textwrap.wrap(line, 80, subsequent_indent="  ")]
+    lines += ["", "tokens/s against batch:"] + text_table(CURVE_COLUMNS, curve_rows(report))
     return "\n".join(lines) + "\n"
 
 

@@ -41,7 +41,7 @@ class RooflineReport:
     crossovers: dict[str, int | None]  # component → the smallest compute-bound batch (None: never)
     step_crossover: int | None
     curve: list[Roofline]
-    routing: str  # "uniform" or the load file
+    routing: str  # "uniform routing", or the loads' file
 
 
 def build_report(
@@ -52,7 +52,7 @@ def build_report(
     *,
     batches: Sequence[int],
     picks: dict[int, Sequence[float]] | None = None,
-    routing: str = "uniform",
+    routing: str = "uniform routing",
 ) -> RooflineReport:
     step = roofline(model, acc, gpu, w, picks=picks)
     crossovers = {c.name: crossover_batch(model, acc, gpu, w, c.name, picks=picks) for c in step.costs}

@@ -83,9 +83,17 @@ def test_a_measured_load_changes_the_experts_read(tmp_path):
     assert r.exit_code == 0, r.output
     # p = (1/2, 1/2, 0, …): two tokens touch 2·(1 − (1/2)²) = 1.5 experts, uniform routing 8·(1 − (7/8)²)
     assert json.loads(r.output)["distinct_experts_per_moe_layer"] == pytest.approx(1.5)
-    f.write_text(json.dumps({"schema": "moec.smoke/1", "layers": loads[:3]}))
+    # a smoke-run at a reduced scale has fewer layers: refused, unless summed over them with --load-pool
+    two = [
+        {"layer": 0, "tokens_per_expert": [50, 50, 0, 0, 0, 0, 0, 0]},
+        {"layer": 1, "tokens_per_expert": [0, 0, 50, 50, 0, 0, 0, 0]},
+    ]
+    f.write_text(json.dumps({"schema": "moec.smoke/1", "layers": two}))
     short = run("textbook-moe", "--load", str(f))
-    assert short.exit_code == 2 and "histograms for layers [0, 1, 2], but the model's MoE layers are" in short.output
+    assert short.exit_code == 2 and "histograms for layers [0, 1], but the model's MoE layers are" in short.output
+    pool = run("textbook-moe", "--batch", "2", "--load", str(f), "--load-pool", "--format", "json")
+    # summed: 4 experts of 8 at p = 1/4 each: 4·(1 − (3/4)²)
+    assert json.loads(pool.output)["distinct_experts_per_moe_layer"] == pytest.approx(4 * (1 - 0.75**2))
 
 
 def test_the_plot_is_a_png_and_existing_outputs_need_force(tmp_path):

@@ -19,7 +19,7 @@ LABELS = {
     "base_ffn": "base FFN (LoRA)",
     "lm_head": "lm_head",
 }
-COLUMNS = ("component", "GFLOP", "GB", "FLOP/B", "bound", "time µs", "compute-bound")
+COLUMNS = ("component", "FLOPs", "bytes", "FLOP/B", "bound", "time", "compute-bound")
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -40,8 +40,26 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def _num(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
+def _si(x: float, unit: str = "") -> str:
+    """Three significant digits and an SI prefix (``2.68 GB``, ``191 PFLOP``): one width from a decode step at
+    batch 1 to a prefill of many long prompts."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _seconds(t: float) -> str:
+    if t >= 1000:
+        return f"{t:,.0f} s"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t * 1e9:.3g} ns"
+
+
+def _intensity(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f}" if x < 1e4 else _si(x)
 
 
 def _from(b: int | None) -> str:
@@ -52,11 +70,11 @@ def component_rows(report: RooflineReport) -> list[tuple[str, ...]]:
     rows = [
         (
             LABELS[c.name],
-            _num(c.flops / 1e9),
-            _num(c.bytes / 1e9),
-            _num(c.intensity, 1),
+            _si(c.flops),
+            _si(c.bytes, "B"),
+            _intensity(c.intensity),
             c.bound,
-            _num(c.time_s * 1e6, 1),
+            _seconds(c.time_s),
             _from(report.crossovers[c.name]),
         )
         for c in report.step.costs
@@ -67,11 +85,11 @@ def component_rows(report: RooflineReport) -> list[tuple[str, ...]]:
     rows.append(
         (
             "step",
-            _num(total_flops / 1e9),
-            _num(total_bytes / 1e9),
-            _num(total_flops / total_bytes, 1),
+            _si(total_flops),
+            _si(total_bytes, "B"),
+            _intensity(total_flops / total_bytes),
             "compute" if compute else "memory",
-            _num(s.step_s * 1e6, 1),
+            _seconds(s.step_s),
             _from(report.step_crossover),
         )
     )

@@ -12,6 +12,9 @@ from __future__ import annotations
 # g = min(gate, limit)
 ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
 GATED = ("swiglu", "geglu", "swiglu_clamped")
+# swiglu_clamped's alpha and limit where a spec leaves them unset: gpt-oss's values
+CLAMPED_ALPHA = 1.702
+CLAMPED_LIMIT = 7.0
 
 # the analyzer's parameter components, in the order its tables and JSON list them; base_ffn is the frozen
 # FFN under LoRA experts

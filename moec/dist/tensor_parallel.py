@@ -32,7 +32,7 @@ from torch.distributed.tensor.parallel import (
 
 from moec.dist.mesh import local
 from moec.dist.parts import attention_heads, attention_kind, is_dense_ffn
-from moec.kernels.naive import activate
+from moec.kernels.activations import activate
 from moec.vocab import GATED
 
 

@@ -21,7 +21,9 @@ alpha=None, limit=None)``
     = scale · Σ_j topk_w[t, j] · (x[t] @ lora_a[e]) @ lora_b[e],  e = topk_idx[t, j]
 
 Backends: ``naive`` (the textbook per-expert mask loop; the test oracle), ``reference`` (sort tokens
-by expert, grouped matmul over contiguous slices; the CPU path), ``triton`` (fused GPU kernels).
+by expert, grouped matmul over contiguous slices; the CPU path), ``triton`` (the package of fused GPU
+kernels). Beside them: ``activations`` (the torch activations all of them apply) and ``slots`` (the sort
+of routing slots by expert that the reference and triton backends, and expert parallelism, start from).
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ def get_backend(name: str = "auto", *, device: str | None = None) -> ModuleType:
         name = "reference"
         if device is not None and str(device).startswith("cuda"):
             try:
-                importlib.import_module("moec.kernels.triton_moe")
+                importlib.import_module("moec.kernels.triton")
                 name = "triton"
             except ImportError:
                 pass
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
-    return importlib.import_module(f"moec.kernels.{'triton_moe' if name == 'triton' else name}")
+    return importlib.import_module(f"moec.kernels.{name}")

@@ -6,37 +6,8 @@ Slow by design and obviously correct; kept as the oracle every other backend is 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from moec.kernels import GATED
-
-# gpt-oss's defaults for swiglu_clamped (the spec's activation_alpha / activation_limit)
-CLAMPED_ALPHA = 1.702
-CLAMPED_LIMIT = 7.0
-
-
-def activate(
-    h: torch.Tensor, activation: str, *, alpha: float | None = None, limit: float | None = None
-) -> torch.Tensor:
-    """Apply the expert activation to the first projection's output h (gated: h = [gate | up])."""
-    if activation == "swiglu_clamped":
-        # gpt-oss: gate clamped from above, up clamped both ways, sigmoid(alpha·g)·g, and (up + 1)
-        gate, up = h.chunk(2, dim=-1)
-        a = CLAMPED_ALPHA if alpha is None else alpha
-        lim = CLAMPED_LIMIT if limit is None else limit
-        gate = gate.clamp(max=lim)
-        up = up.clamp(min=-lim, max=lim)
-        return (up + 1) * (gate * torch.sigmoid(a * gate))
-    if activation in GATED:
-        gate, up = h.chunk(2, dim=-1)
-        return (F.silu(gate) if activation == "swiglu" else F.gelu(gate, approximate="tanh")) * up
-    if activation == "gelu":
-        return F.gelu(h, approximate="tanh")
-    if activation == "relu":
-        return F.relu(h)
-    if activation == "silu":
-        return F.silu(h)
-    raise ValueError(f"unknown activation {activation!r}")
+from moec.kernels.activations import activate
 
 
 def expert_ffn(

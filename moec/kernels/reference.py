@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from moec.kernels.naive import activate
+from moec.kernels.activations import activate
+from moec.kernels.slots import inverse_permutation, sort_slots
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
@@ -46,25 +47,21 @@ class Dispatch:
 
 
 def dispatch(topk_idx: torch.Tensor, n_experts: int, *, grouped: bool) -> Dispatch:
-    """Stable sort of the T·k routing slots by expert; dropped slots (-1) go last."""
+    """The slots sorted by expert (:func:`moec.kernels.slots.sort_slots`), laid out for the grouped path or
+    the loop; dropped slots (-1) go last."""
     T, k = topk_idx.shape
-    flat = topk_idx.reshape(-1).long()  # (T·k,)
-    key = torch.where(flat < 0, n_experts, flat)  # dropped slots sort after every expert
-    order = torch.argsort(key, stable=True)  # (T·k,)
-    # scatter_add_, not bincount: bincount reads the max back to the host on CUDA
-    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=flat.device).scatter_add_(0, key, torch.ones_like(key))
+    s = sort_slots(topk_idx, n_experts)
     if grouped:
-        key_sorted = key[order]
         return Dispatch(
-            order=order,
-            tok=order // k,
+            order=s.order,
+            tok=s.tok,
             counts=None,
-            offs=counts[:n_experts].cumsum(0).to(torch.int32),
-            expert=key_sorted.clamp(max=n_experts - 1),
-            valid=(key_sorted < n_experts).unsqueeze(-1),
+            offs=s.counts[:n_experts].cumsum(0).to(torch.int32),
+            expert=s.expert.clamp(max=n_experts - 1),
+            valid=(s.expert < n_experts).unsqueeze(-1),
         )
-    c = counts.tolist()  # the one host sync
-    order = order[: T * k - c[n_experts]]  # (N,) kept slots only
+    c = s.counts.tolist()  # the one host sync
+    order = s.order[: T * k - c[n_experts]]  # (N,) kept slots only
     return Dispatch(order=order, tok=order // k, counts=c[:n_experts], offs=None, expert=None, valid=None)
 
 
@@ -113,8 +110,7 @@ def _combine(y: torch.Tensor, topk_w: torch.Tensor, disp: Dispatch, T: int) -> t
         w = topk_w.reshape(-1)[disp.order].unsqueeze(-1)  # (N, 1)
         return y.new_zeros(T, y.shape[1]).index_add_(0, disp.tok, y * w)
     y = torch.where(disp.valid, y, 0)  # rows past offs[-1] are uninitialised
-    rev = torch.empty_like(disp.order).scatter_(0, disp.order, torch.arange(disp.order.numel(), device=y.device))
-    per_slot = y[rev].view(T, k, y.shape[1])  # (T, k, n), back in slot order
+    per_slot = y[inverse_permutation(disp.order)].view(T, k, y.shape[1])  # (T, k, n), back in slot order
     return torch.bmm(topk_w.unsqueeze(1), per_slot).squeeze(1)  # (T, n)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from moec.kernels.naive import activate
+from moec.kernels.activations import activate
 from moec.vocab import GATED
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from moec.kernels import get_backend
-from moec.kernels.naive import activate  # the one definition of each activation
+from moec.kernels.activations import activate  # the one definition of each activation
 from moec.nn.ffn import DenseFFN
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan

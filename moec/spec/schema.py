@@ -16,6 +16,8 @@ from moec.vocab import (
     ACTIVATIONS,
     ATTENTION_KINDS,
     BALANCE_GRANULARITIES,
+    CLAMPED_ALPHA,
+    CLAMPED_LIMIT,
     DROP_POLICIES,
     EXPERT_KINDS,
     FFN_KINDS,
@@ -177,8 +179,8 @@ class FFN(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     activation: Activation = "swiglu"
     bias: bool = False
-    activation_alpha: Annotated[float, Field(gt=0, le=100)] = 1.702  # swiglu_clamped only
-    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = 7.0  # swiglu_clamped only
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA  # swiglu_clamped only
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT  # swiglu_clamped only
 
 
 class Router(Strict):
@@ -223,8 +225,8 @@ class MoE(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     activation: Activation = "swiglu"
     bias: bool = False
-    activation_alpha: Annotated[float, Field(gt=0, le=100)] = 1.702  # swiglu_clamped only
-    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = 7.0  # swiglu_clamped only
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA  # swiglu_clamped only
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT  # swiglu_clamped only
     n_shared_experts: Annotated[int, Field(ge=0, le=1024)] = 0
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None  # None: = (resolved) d_ff
     shared_gate: bool = False  # sigmoid gate on the shared expert output (Qwen2-MoE)

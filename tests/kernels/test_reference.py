@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from moec.kernels import ACTIVATIONS, GATED, get_backend, naive, reference
+from moec.kernels.slots import inverse_permutation, sort_slots
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
 BF16 = {"rtol": 1.6e-2, "atol": 1e-2}  # one bf16 rounding of the result; the inputs are exact in bf16
@@ -212,3 +213,18 @@ def test_mismatched_shapes_raise_value_error():
         reference.expert_ffn(
             ts[0], torch.zeros(4, 2, dtype=torch.long), ts[1], ts[2][:, :8], ts[3], activation="swiglu"
         )
+
+
+def test_the_slot_sort_is_the_stable_sort_by_expert_with_dropped_slots_last():
+    """sort_slots (which the reference and triton backends share) against Python's sorted() over the flat
+    slots, keyed (expert, slot) with a dropped slot's key past every expert."""
+    E, k = 4, 3
+    idx = routing(9, E, k, seed=3, how="drop")
+    flat = idx.reshape(-1).tolist()
+    expect = sorted(range(len(flat)), key=lambda s: (flat[s] if flat[s] >= 0 else E, s))
+    got = sort_slots(idx, E)
+    assert got.order.tolist() == expect
+    assert got.tok.tolist() == [s // k for s in expect]
+    assert got.expert.tolist() == [flat[s] if flat[s] >= 0 else E for s in expect]
+    assert got.counts.tolist() == [flat.count(e) for e in range(E)] + [flat.count(-1)]
+    assert inverse_permutation(got.order)[got.order].tolist() == list(range(len(flat)))

@@ -1,7 +1,7 @@
 """The triton MoE backend against the float64 naive oracle, on outputs and every gradient.
 
 How the CPU run works: ``TRITON_INTERPRET`` is read when ``@triton.jit`` decorates a kernel, i.e.
-when ``moec.kernels.triton_moe`` is first imported, and other test modules in the same pytest
+when ``moec.kernels.triton`` is first imported, and other test modules in the same pytest
 process may import torch/triton/moec first. So without CUDA this module does not run the kernel
 cases in the pytest process at all: ``test_kernel_cases_under_the_interpreter`` re-runs this very
 file in a fresh ``python -m pytest`` child with ``TRITON_INTERPRET=1`` in its environment from the
@@ -28,7 +28,7 @@ import torch
 
 from moec.kernels import GATED, naive
 from moec.kernels.triton.configs import KernelConfig, autotune
-from moec.kernels.triton.routing import build_routing, max_tiles
+from moec.kernels.triton.tiles import max_tiles, tile_slots
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -140,9 +140,9 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def assert_matches_oracle(case: dict, dtype: torch.dtype = torch.float32, **kw) -> dict[str, torch.Tensor]:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
-    out, grads = run(triton_moe.expert_ffn, case, dtype, **kw)
+    out, grads = run(triton_backend.expert_ffn, case, dtype, **kw)
     ref_out, ref_grads = oracle(case, dtype)
     tol_out, tol_grad = TOL[dtype]
     assert out.dtype == dtype and out.shape == ref_out.shape
@@ -246,10 +246,10 @@ def test_one_token() -> None:
 
 @kernel_case
 def test_zero_tokens_give_an_empty_output_and_zero_weight_gradients() -> None:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     case = make_case(T=0, E=8, k=2, bias=True)
-    out, grads = run(triton_moe.expert_ffn, case, torch.float32)
+    out, grads = run(triton_backend.expert_ffn, case, torch.float32)
     assert out.shape == (0, 40)
     assert grads["x"].shape == (0, 40) and grads["topk_w"].shape == (0, 2)
     for name in ("w_gate_up", "w_down", "b_gate_up", "b_down"):
@@ -259,7 +259,7 @@ def test_zero_tokens_give_an_empty_output_and_zero_weight_gradients() -> None:
 @kernel_case
 def test_leading_dims_strided_inputs_and_hf_weight_layout() -> None:
     """(B, S, d) input, a non-contiguous x, and weights stored (E, out, in) as HF does, used transposed."""
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     case = make_case(T=24, E=8, k=2, seed=4)
     t = {n: v.float() for n, v in case["tensors"].items()}
@@ -269,7 +269,7 @@ def test_leading_dims_strided_inputs_and_hf_weight_layout() -> None:
     assert not x_strided.is_contiguous() and torch.equal(x_strided, t["x"])
     w1_hf = t["w_gate_up"].transpose(1, 2).contiguous().transpose(1, 2)  # (E, d, 2f) view of (E, 2f, d) storage
     w2_hf = t["w_down"].transpose(1, 2).contiguous().transpose(1, 2)
-    out = triton_moe.expert_ffn(
+    out = triton_backend.expert_ffn(
         x_strided.to(DEVICE).view(2, 12, 40),
         case["topk_idx"].view(2, 12, 2).to(DEVICE),
         t["topk_w"].view(2, 12, 2).to(DEVICE),
@@ -283,11 +283,11 @@ def test_leading_dims_strided_inputs_and_hf_weight_layout() -> None:
 
 @kernel_case
 def test_two_runs_are_bitwise_identical() -> None:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     case = make_case(T=64, E=8, k=2, bias=True, seed=8)
-    out1, g1 = run(triton_moe.expert_ffn, case, torch.float32)
-    out2, g2 = run(triton_moe.expert_ffn, case, torch.float32)
+    out1, g1 = run(triton_backend.expert_ffn, case, torch.float32)
+    out2, g2 = run(triton_backend.expert_ffn, case, torch.float32)
     assert torch.equal(out1, out2)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
 
@@ -299,7 +299,7 @@ def test_flop_counter_counts_the_analyzer_flops(frozen: bool) -> None:
     """2 FLOPs per multiply-add: forward T·k·6·d·f for SwiGLU; training 3×, frozen experts 2×."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     T, d, f, E, k = 32, 40, 36, 8, 2
     case = make_case(T=T, d=d, f=f, E=E, k=k)
@@ -307,7 +307,7 @@ def test_flop_counter_counts_the_analyzer_flops(frozen: bool) -> None:
         n: v.float().to(DEVICE).requires_grad_(not (frozen and n.startswith("w_"))) for n, v in case["tensors"].items()
     }
     with FlopCounterMode(display=False) as counter:
-        out = triton_moe.expert_ffn(
+        out = triton_backend.expert_ffn(
             t["x"], case["topk_idx"].to(DEVICE), t["topk_w"], t["w_gate_up"], t["w_down"], activation="swiglu"
         )
         forward = counter.get_total_flops()
@@ -320,12 +320,12 @@ def test_flop_counter_counts_the_analyzer_flops(frozen: bool) -> None:
 
 @kernel_case
 def test_torch_compile_traces_the_op_without_graph_breaks() -> None:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     case = make_case(T=16, E=4, k=2, seed=6)
 
     def fn(x, topk_idx, topk_w, w1, w2, *, activation, b_gate_up=None, b_down=None):
-        return triton_moe.expert_ffn(x, topk_idx, topk_w, w1, w2, activation=activation)
+        return triton_backend.expert_ffn(x, topk_idx, topk_w, w1, w2, activation=activation)
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
@@ -338,8 +338,8 @@ def test_torch_compile_traces_the_op_without_graph_breaks() -> None:
 @kernel_case
 def test_opcheck_registration() -> None:
     """torch.library's own consistency checks: schema, fake tensor, autograd registration."""
-    from moec.kernels import triton_moe  # noqa: F401  (registers the op)
-    from moec.kernels.triton.routing import build_routing as route_of
+    import moec.kernels.triton  # noqa: F401  (registers the op)
+    from moec.kernels.triton.tiles import tile_slots as route_of
 
     case = make_case(T=8, E=4, k=2, seed=12)
     t = {n: v.float().to(DEVICE).requires_grad_() for n, v in case["tensors"].items()}
@@ -374,7 +374,7 @@ def test_opcheck_registration() -> None:
 @kernel_case
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_lora_mix_matches_the_oracle_with_dropped_slots_and_an_empty_expert(dtype: torch.dtype) -> None:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     g = torch.Generator().manual_seed(21)
     T, n_in, r, n_out, E, k = 24, 40, 8, 36, 6, 2
@@ -395,7 +395,7 @@ def test_lora_mix_matches_the_oracle_with_dropped_slots_and_an_empty_expert(dtyp
         out.backward(grad_out.to(device=device, dtype=dt))
         return out.detach(), {n: v.grad for n, v in lv.items()}
 
-    out, grads = go(triton_moe.lora_mix, dtype, DEVICE)
+    out, grads = go(triton_backend.lora_mix, dtype, DEVICE)
     ref, ref_grads = go(naive.lora_mix, torch.float64, "cpu")
     tol_out, tol_grad = TOL[dtype]
     assert rel_err(out, ref) <= tol_out
@@ -415,7 +415,7 @@ def test_routing_tiles_cover_each_experts_rows_exactly_once(T: int, E: int, k: i
     if T > 4:
         idx[0, 0] = -1
         idx[idx == 1] = -1  # expert 1 empty, plus dropped slots
-    r = build_routing(idx, E, bm)
+    r = tile_slots(idx, E, bm)
     flat = idx.reshape(-1)
     counts = torch.bincount(flat[flat >= 0], minlength=E)
     assert torch.equal(r.expert_end - r.expert_start, counts)
@@ -465,14 +465,14 @@ def test_bf16_on_gpu_matches_the_oracle(activation: str, E: int, k: int) -> None
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="needs a CUDA GPU")
 def test_no_host_sync_in_forward_and_backward() -> None:
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     case = make_case(T=256, d=128, f=96, E=16, k=4, seed=13)
-    run(triton_moe.expert_ffn, case, torch.bfloat16)  # compile the kernels outside the checked region
+    run(triton_backend.expert_ffn, case, torch.bfloat16)  # compile the kernels outside the checked region
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        run(triton_moe.expert_ffn, case, torch.bfloat16)
+        run(triton_backend.expert_ffn, case, torch.bfloat16)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -482,7 +482,7 @@ def test_no_host_sync_in_forward_and_backward() -> None:
 @pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="needs a CUDA GPU")
 def test_row_offsets_past_2_to_the_31_do_not_overflow() -> None:
     """T·k·d > 2³¹ elements in the sorted (TK, d) buffer: int32 row × stride would wrap."""
-    from moec.kernels import triton_moe
+    from moec.kernels import triton as triton_backend
 
     T, d, f, E, k = 140_000, 2048, 64, 8, 8
     if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
@@ -494,7 +494,7 @@ def test_row_offsets_past_2_to_the_31_do_not_overflow() -> None:
     w1 = torch.randn(E, d, 2 * f, device="cuda", dtype=torch.bfloat16, generator=g) / d**0.5
     w2 = torch.randn(E, f, d, device="cuda", dtype=torch.bfloat16, generator=g) / f**0.5
     with torch.no_grad():
-        out = triton_moe.expert_ffn(x, idx, w, w1, w2, activation="swiglu")
+        out = triton_backend.expert_ffn(x, idx, w, w1, w2, activation="swiglu")
         last = slice(T - 64, T)  # the rows whose offsets are past 2³¹
         ref = naive.expert_ffn(x[last].float(), idx[last], w[last], w1.float(), w2.float(), activation="swiglu")
     assert rel_err(out[last].float(), ref.double().cpu()) < 2e-2

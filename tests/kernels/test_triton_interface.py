@@ -13,7 +13,8 @@ pytest.importorskip("triton")
 
 CHILD = r"""
 import torch
-from moec.kernels import naive, triton_moe
+from moec.kernels import naive
+from moec.kernels import triton as triton_backend
 torch.manual_seed(0)
 T, d, f, E, k = 16, 32, 24, 4, 2
 x = torch.randn(T, d, dtype=torch.float64)
@@ -23,10 +24,10 @@ w1 = torch.randn(E, d, 2 * f, dtype=torch.float64)
 w2 = torch.randn(E, f, d, dtype=torch.float64)
 ref = naive.expert_ffn(x, idx, w, w1, w2, activation="swiglu_clamped", alpha=1.2, limit=0.5)
 for kw in ({"alpha": 1.2, "limit": 0.5},):
-    got = triton_moe.expert_ffn(x.float(), idx, w.float(), w1.float(), w2.float(), activation="swiglu_clamped", **kw)
+    got = triton_backend.expert_ffn(x.float(), idx, w.float(), w1.float(), w2.float(), activation="swiglu_clamped", **kw)
     assert (got.double() - ref).abs().max() < 1e-4 * ref.abs().max(), (got.double() - ref).abs().max()
 # the other activations accept alpha/limit=None too (MoE always passes them)
-got = triton_moe.expert_ffn(x.float(), idx, w.float(), w1.float(), w2.float(), activation="swiglu", alpha=None, limit=None)
+got = triton_backend.expert_ffn(x.float(), idx, w.float(), w1.float(), w2.float(), activation="swiglu", alpha=None, limit=None)
 ref = naive.expert_ffn(x, idx, w, w1, w2, activation="swiglu")
 assert (got.double() - ref).abs().max() < 1e-4 * ref.abs().max()
 print("OK")

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # TRITON_INTERPRET is read by ``triton.jit`` when the kernels are decorated (at import of this
-# package), so it is read once here too: launchers and kernels agree on the mode. This module does
-# not import triton, so routing/config code and its tests work in any process.
+# package), so it is read once here too: launchers and kernels agree on the mode.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -26,7 +26,7 @@ import triton.language as tl
 from moec.kernels.triton._common import ACTIVATION_CODES, _act, _act_and_grad, _mma, dot_flags
 from moec.kernels.triton.configs import KernelConfig
 from moec.kernels.triton.grouped import _empty_arg, combine, grouped_matmul, grouped_xty
-from moec.kernels.triton.routing import Routing
+from moec.kernels.triton.tiles import SlotTiles
 
 
 # ------------------------------------------------------------------ GEMM1: gather + gate/up + act
@@ -88,7 +88,7 @@ def up_act(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,
     b_gate_up: torch.Tensor | None,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,
@@ -195,7 +195,7 @@ def down_backward(
     b_down: torch.Tensor | None,
     h1: torch.Tensor,
     topk_w: torch.Tensor,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -235,7 +235,7 @@ def ffn_forward(
     w_down: torch.Tensor,
     b_gate_up: torch.Tensor | None,
     b_down: torch.Tensor | None,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,
@@ -256,7 +256,7 @@ def ffn_backward(
     w_down: torch.Tensor,
     b_down: torch.Tensor | None,
     h1: torch.Tensor,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,

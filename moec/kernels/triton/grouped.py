@@ -23,7 +23,7 @@ import triton.language as tl
 
 from moec.kernels.triton._common import INTERPRET, _mma, dot_flags
 from moec.kernels.triton.configs import KernelConfig
-from moec.kernels.triton.routing import Routing
+from moec.kernels.triton.tiles import SlotTiles
 
 
 def _empty_arg(like: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ def _grouped_matmul_kernel(
 def grouped_matmul(
     a: torch.Tensor,
     w: torch.Tensor,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     *,
     gather: bool,
@@ -181,7 +181,7 @@ def _grouped_xty_kernel(
 def grouped_xty(
     a: torch.Tensor,
     b: torch.Tensor,
-    route: Routing,
+    route: SlotTiles,
     cfg: KernelConfig,
     *,
     gather_a: bool,
@@ -249,7 +249,7 @@ def _combine_kernel(
 
 def combine(
     y: torch.Tensor,
-    route: Routing,
+    route: SlotTiles,
     topk_idx: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,

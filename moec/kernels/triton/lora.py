@@ -19,7 +19,7 @@ import torch
 
 from moec.kernels.triton.configs import KernelConfig
 from moec.kernels.triton.grouped import combine, grouped_matmul, grouped_xty
-from moec.kernels.triton.routing import Routing
+from moec.kernels.triton.tiles import SlotTiles
 
 
 class LoraMix(torch.autograd.Function):
@@ -36,7 +36,7 @@ class LoraMix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[no-untyped-def, override]
         x, topk_idx, topk_w, lora_a, lora_b, h = ctx.saved_tensors
-        route: Routing = ctx.route
+        route: SlotTiles = ctx.route
         cfg: KernelConfig = ctx.cfg
         scale = ctx.scale
         sw_flat = (topk_w * scale).reshape(-1).contiguous()  # (TK,) per flat slot

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from moec.kernels.triton.configs import KernelConfig
 from moec.kernels.triton.ffn import ffn_backward, ffn_forward
-from moec.kernels.triton.routing import Routing
+from moec.kernels.triton.tiles import SlotTiles
 
 _ROUTE = "Tensor order, Tensor rev, Tensor expert_start, Tensor expert_end, Tensor tile_expert, Tensor tile_row"
 _FWD_SCHEMA = (
@@ -34,9 +34,9 @@ _BWD_SCHEMA = (
 )
 
 
-def _routing(topk_idx: torch.Tensor, n_experts: int, config: list[int], *tables: torch.Tensor) -> Routing:
+def _routing(topk_idx: torch.Tensor, n_experts: int, config: list[int], *tables: torch.Tensor) -> SlotTiles:
     order, rev, start, end, tile_expert, tile_row = tables
-    return Routing(order, rev, start, end, tile_expert, tile_row, config[0], n_experts, topk_idx.shape[1])
+    return SlotTiles(order, rev, start, end, tile_expert, tile_row, config[0], n_experts, topk_idx.shape[1])
 
 
 @torch.library.custom_op("moec::triton_expert_ffn", mutates_args=(), schema=_FWD_SCHEMA)

@@ -1,13 +1,9 @@
-"""Routing metadata for the grouped kernels, built with torch ops and no host synchronisation.
+"""The per-tile tables of the grouped kernels, over the slots sorted by expert (:mod:`moec.kernels.slots`).
 
-Routing slots are flattened to ``s = t·k + j`` (token t, slot j). Sorting them by expert gives the
-"sorted rows" every grouped kernel works in: rows ``[expert_start[e], expert_end[e])`` belong to
-expert e. Only indices are sorted; activations are never copied into a padded buffer.
-
-The GEMM grids are launched over a *static upper bound* of M-tiles (vLLM's trick): each tile
-belongs to exactly one expert, and tiles past the real count carry ``tile_expert == E`` and exit at
-once. So nothing here calls ``.item()``, ``.cpu()``, ``.tolist()`` or ``nonzero`` (CUDA-graph safe),
-and ``torch.bincount`` is avoided too (it reads the maximum back to the host on CUDA).
+The sorted rows ``[expert_start[e], expert_end[e])`` belong to expert e. The GEMM grids are launched over a
+*static upper bound* of M-tiles (vLLM's trick): each tile belongs to exactly one expert, and tiles past the real
+count carry ``tile_expert == E`` and exit at once. So nothing here calls ``.item()``, ``.cpu()``, ``.tolist()``
+or ``nonzero`` (CUDA-graph safe).
 """
 
 from __future__ import annotations
@@ -16,9 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from moec.kernels.slots import inverse_permutation, sort_slots
+
 
 @dataclass(frozen=True)
-class Routing:
+class SlotTiles:
+    """The sorted slots of one call and the M-tile each grouped-kernel program works on."""
+
     order: torch.Tensor  # (TK,) int64: sorted row -> flat slot t·k+j (dropped slots sort last)
     rev: torch.Tensor  # (TK,) int64: flat slot -> sorted row
     expert_start: torch.Tensor  # (E,) int64: first sorted row of each expert
@@ -43,19 +43,11 @@ def max_tiles(n_rows: int, n_experts: int, block_m: int) -> int:
     return min(n_rows, n_rows // block_m + min(n_experts, n_rows))
 
 
-def build_routing(topk_idx: torch.Tensor, n_experts: int, block_m: int) -> Routing:
-    """Sort the routing slots of ``topk_idx`` (T, k) by expert; ``-1`` marks a dropped slot."""
-    T, k = topk_idx.shape
-    flat = topk_idx.reshape(-1).long()  # (TK,)
-    n_rows = flat.numel()
-    dev = flat.device
-    key = torch.where(flat < 0, n_experts, flat)  # dropped slots get the bucket past the last expert
-    # stable: within an expert, rows keep token order, so results do not depend on the sort algorithm
-    order = torch.argsort(key, stable=True)  # (TK,)
-    rev = torch.empty_like(order).scatter_(0, order, torch.arange(n_rows, device=dev))
-    counts = torch.zeros(n_experts + 1, dtype=torch.int64, device=dev)
-    counts.scatter_add_(0, key, torch.ones_like(key))  # integer adds: deterministic
-    counts = counts[:n_experts]  # (E,)
+def tile_slots(topk_idx: torch.Tensor, n_experts: int, block_m: int) -> SlotTiles:
+    """Sort the routing slots of ``topk_idx`` (T, k) by expert (``-1``: dropped) and tile each expert's rows."""
+    s = sort_slots(topk_idx, n_experts)
+    n_rows, dev = s.order.numel(), s.order.device
+    counts = s.counts[:n_experts]  # (E,)
     expert_end = torch.cumsum(counts, 0)
     expert_start = expert_end - counts
 
@@ -67,4 +59,14 @@ def build_routing(topk_idx: torch.Tensor, n_experts: int, block_m: int) -> Routi
     tile_expert = torch.searchsorted(tile_end, t, right=True)
     e = tile_expert.clamp(max=n_experts - 1)
     tile_row = expert_start[e] + (t - tile_first[e]) * block_m
-    return Routing(order, rev, expert_start, expert_end, tile_expert, tile_row, block_m, n_experts, k)
+    return SlotTiles(
+        s.order,
+        inverse_permutation(s.order),
+        expert_start,
+        expert_end,
+        tile_expert,
+        tile_row,
+        block_m,
+        n_experts,
+        s.top_k,
+    )

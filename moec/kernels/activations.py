@@ -1,0 +1,36 @@
+"""The expert activations, in torch: the one definition every torch backend, module and the oracle applies.
+
+The Triton kernels compute the same functions in their epilogues (:mod:`moec.kernels.triton._common`) and are
+tested against these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moec.vocab import CLAMPED_ALPHA, CLAMPED_LIMIT, GATED
+
+
+def activate(
+    h: torch.Tensor, activation: str, *, alpha: float | None = None, limit: float | None = None
+) -> torch.Tensor:
+    """Apply the expert activation to the first projection's output h (gated: h = [gate | up])."""
+    if activation == "swiglu_clamped":
+        # gpt-oss: gate clamped from above, up clamped both ways, sigmoid(alpha·g)·g, and (up + 1)
+        gate, up = h.chunk(2, dim=-1)
+        a = CLAMPED_ALPHA if alpha is None else alpha
+        lim = CLAMPED_LIMIT if limit is None else limit
+        gate = gate.clamp(max=lim)
+        up = up.clamp(min=-lim, max=lim)
+        return (up + 1) * (gate * torch.sigmoid(a * gate))
+    if activation in GATED:
+        gate, up = h.chunk(2, dim=-1)
+        return (F.silu(gate) if activation == "swiglu" else F.gelu(gate, approximate="tanh")) * up
+    if activation == "gelu":
+        return F.gelu(h, approximate="tanh")
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "silu":
+        return F.silu(h)
+    raise ValueError(f"unknown activation {activation!r}")

@@ -6,11 +6,17 @@ No torch: the roofline is the analyzer's counts over an accelerator's peaks (doc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
+from moec.plan.accelerators import ACCELERATORS  # plain data: cheap to import with the command line
+
+if TYPE_CHECKING:
+    from moec.plan.accelerators import Accelerator
+    from moec.roofline.model import Workload
+    from moec.spec.plan import ResolvedModel
 
 DTYPES = ("fp32", "bf16", "fp16", "fp8")
 _DEGREE = click.IntRange(1, 1 << 16)
@@ -28,11 +34,11 @@ def gpu_options(fn: Any) -> Any:
         "--gpu",
         default="h100",
         show_default=True,
-        help="Accelerator: a100, h100, h200, b200, l40s, mi300x, mi325x, or one from --gpu-file.",
+        help=f"Accelerator: {', '.join(ACCELERATORS)}, or one from --gpu-file.",
     )(fn)
 
 
-def pick_accelerator(gpu: str, gpu_file: str | None):  # -> Accelerator
+def pick_accelerator(gpu: str, gpu_file: str | None) -> Accelerator:
     from moec.errors import CommandError
     from moec.plan.accelerators import accelerator_table
 
@@ -44,7 +50,7 @@ def pick_accelerator(gpu: str, gpu_file: str | None):  # -> Accelerator
     return table[gpu]
 
 
-def check_layout(spec: str, model: Any, workload: Any) -> None:
+def check_layout(spec: str, model: ResolvedModel, workload: Workload) -> None:
     from moec.errors import Problem, SpecError
     from moec.roofline.model import layout_problems
 

@@ -113,7 +113,9 @@ def _width_field(model: ResolvedModel) -> tuple[str, int, int]:
     return "ffn.d_ff", 1, dense.d_ff
 
 
-def solve_width(ev: Evaluator, sets: tuple[str, ...], model: ResolvedModel, metric: str, target: Fraction):
+def solve_width(
+    ev: Evaluator, sets: tuple[str, ...], model: ResolvedModel, metric: str, target: Fraction
+) -> tuple[ResolvedModel, Analysis, int]:
     """The width x at which ``metric`` equals ``target`` exactly. The metric is affine in x (every count is
     linear in the FFN width, and the shared experts' width follows it unless set), so two counts give the
     line, and a third at the solution confirms it. Raises Skip when no whole width fits."""
@@ -128,25 +130,25 @@ def solve_width(ev: Evaluator, sets: tuple[str, ...], model: ResolvedModel, metr
         raise Skip(
             f"no whole {path} gives {metric} = {float(target):,.0f} exactly ({path} = {float(g * x):,.2f} would)"
         )
-    solved = (*sets, f"{path}={g * int(x)}")
-    model = ev.model(solved)
+    model = ev.model((*sets, f"{path}={g * int(x)}"))
     a = ev.analysis(model)
     if budget_value(metric, a) != target:  # not affine after all: refuse rather than approximate
         raise Skip(f"{metric} is not linear in {path} here")
-    return solved, model, a, g * int(x)
+    return model, a, g * int(x)
 
 
 def _dedupe_key(model: ResolvedModel) -> ResolvedModel:
     return dataclasses.replace(model, name="", spec_hash="", source_file="", description="")
 
 
-def _evaluate(ev: Evaluator, sets: tuple[str, ...], budget: Budget | None, target: Fraction | None):
+def _evaluate(
+    ev: Evaluator, sets: tuple[str, ...], budget: Budget | None, target: Fraction | None
+) -> tuple[ResolvedModel, Analysis, int | None]:
     model = ev.model(sets)
     if budget is None:
         return model, ev.analysis(model), None
     assert target is not None
-    _, model, a, width = solve_width(ev, sets, model, budget.metric, target)
-    return model, a, width
+    return solve_width(ev, sets, model, budget.metric, target)
 
 
 def sweep(

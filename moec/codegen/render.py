@@ -1,9 +1,12 @@
 """Render a resolved model into one readable, standalone ``model.py`` (templates in ``templates/*.j2``).
 
 The generated module imports torch and, for the expert computation, ``moec.kernels`` only. It defines just
-the components the plan uses, specialised to the plan's choices (a softmax router has no sigmoid branch),
-and ``Model.__init__`` unrolls the layers with their concrete numbers. Parameter names and shapes are
-``moec.nn.MoecModel``'s, so a library state_dict loads with ``strict=True`` and gives identical logits.
+the components the plan uses, specialised to the plan's choices (a softmax router has no sigmoid branch).
+One function, ``make_block``, builds a layer with the plan's numbers; what tells layers apart (their FFN, window,
+rotation, RoPE base) are its parameters, and a ``LAYERS`` table holds each layer's values of them. Parameter
+names and shapes are ``moec.nn.MoecModel``'s, so a library state_dict loads with ``strict=True`` and gives
+identical logits. The output is laid out as ``ruff format`` would lay it out (``call_lines``, ``table_lines``),
+and passes ``ruff check`` (tests/codegen).
 
 Security: nothing from the spec is pasted into code as text. Every number reaching a template is checked
 text from :mod:`moec.codegen.features` (which also says which plans are refused, and why), and the model's name

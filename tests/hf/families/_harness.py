@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import transformers
 
+from tests.hf.configs import hf_model_on_meta
+
 
 def tiny_hf(model_type: str, cfg: dict):
     """transformers' model of a tiny config with every weight random and away from its init (:func:`away_from_init`)."""
@@ -41,7 +43,7 @@ def away_from_init(model, keep: Callable[[str], bool] = lambda name: True) -> No
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
 
 
-def hf_counts(
+def model_counts(
     model,
     n_experts: int,
     top_k: int,
@@ -57,6 +59,17 @@ def hf_counts(
     routed = sum(p.numel() for n, p in params if experts in n)
     assert routed % n_experts == 0, "the routed tensors are not E experts' worth"
     return total, total - routed // n_experts * (n_experts - top_k)
+
+
+def hf_counts(cfg: dict, experts: str = ".mlp.experts.") -> tuple[int, int]:
+    """:func:`model_counts` of transformers' causal LM for the config.json dict ``cfg``, built on meta, E and k from
+    its config (under whichever name its family gives E)."""
+    model = hf_model_on_meta(cfg)
+    c = model.config
+    n_experts = next(
+        getattr(c, n) for n in ("n_routed_experts", "num_local_experts", "num_experts") if getattr(c, n, None)
+    )
+    return model_counts(model, n_experts, c.num_experts_per_tok, experts=experts)
 
 
 def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 CLASS_DEFAULTS = {"model_type": "aria_text"}  # AriaTextConfig(): 32 layers, 8 experts top-2, 2 shared
@@ -27,11 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_release_counts_equal_transformers_model_on_meta():
-    hf = hf_model_on_meta(CLASS_DEFAULTS)
-    total = sum(p.numel() for p in hf.parameters())
-    routed = sum(p.numel() for n, p in hf.named_parameters() if ".mlp.experts." in n)
     params = analyze(hf_to_model(CLASS_DEFAULTS)).params
-    assert (params.total, params.active) == (total, total - routed * (8 - 2) // 8)
+    hf = hf_model_on_meta(CLASS_DEFAULTS)  # its E and k: moe_num_experts, moe_topk
+    assert (params.total, params.active) == model_counts(hf, 8, 2)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from tests.hf.families._harness import (  # noqa: E402
     TextView,
     assert_generated_model_gives_the_library_logits,
     away_from_init,
-    hf_counts,
+    model_counts,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_release_counts_equal_transformers_model_on_meta():
     hf = on_meta(OCR2)
     assert not all(is_text(n) for n, _ in hf.named_parameters())  # the vision side exists, and is left out
     params = analyze(hf_to_model(OCR2)).params
-    assert (params.total, params.active) == hf_counts(hf, 64, 6, keep=is_text)
+    assert (params.total, params.active) == model_counts(hf, 64, 6, keep=is_text)
     assert "left out, not counted: the vision encoders and projector" in import_hf_config(OCR2)
 
 

@@ -22,7 +22,6 @@ import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
 from tests.hf.families.test_granitemoeshared import (  # noqa: E402
     assert_generated_source_matches_the_library,
-    hf_counts,
     saved_tiny,
 )
 
@@ -83,6 +82,8 @@ TINY = {
 # use_bias on attention, the dense MLP and the (tied) lm_head; no shared experts, so the routed experts, which
 # never have biases, are the whole MoE block
 BIASED = {**TINY, "use_bias": True, "moe_num_shared_experts": 0, "tie_word_embeddings": True}  # fmt: skip
+
+from tests.hf.families._harness import hf_counts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,7 +19,6 @@ import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
 from tests.hf.families.test_granitemoeshared import (  # noqa: E402
     assert_generated_source_matches_the_library,
-    hf_counts,
     saved_tiny,
 )
 
@@ -34,6 +33,8 @@ CLASS_DEFAULTS = {"model_type": "flint"}
 TINY = {**weights.TINY, "num_hidden_layers": 5, "head_dim": 16, "intermediate_size": 96, "num_experts": 8,
         "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
         "sliding_window": 4}  # fmt: skip
+
+from tests.hf.families._harness import hf_counts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

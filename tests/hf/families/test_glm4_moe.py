@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from moec.hf.checkpoint import CheckpointError  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, tiny_hf  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, hf_counts, tiny_hf  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # zai-org/GLM-4.5-Air config.json, as a public ms-swift conversion log prints it (Glm4MoeConfig of
@@ -76,15 +76,6 @@ TINY = {
 }  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def hf_counts(cfg: dict) -> tuple[int, int]:
-    """(total, active) of transformers' model on meta; active = total − (E−k)/E of the routed experts."""
-    model = hf_model_on_meta(cfg)
-    total = sum(p.numel() for p in model.parameters())
-    routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
-    E, k = model.config.n_routed_experts, model.config.num_experts_per_tok
-    return total, total - routed * (E - k) // E
 
 
 def test_release_counts_equal_transformers_model_on_meta():

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # zai-org/GLM-4.5V: the configuration as transformers 5.7 prints it after loading the release config.json (a
@@ -62,19 +62,14 @@ def on_meta(cfg: dict):
         return transformers.Glm4vMoeForConditionalGeneration(transformers.Glm4vMoeConfig(**kw))
 
 
-def hf_text_counts(model) -> tuple[int, int]:
-    """(total, active) of the language_model and lm_head; active = total − (E−k)/E of the routed experts."""
-    text = [(n, p) for n, p in model.named_parameters() if not n.startswith("model.visual.")]
-    total = sum(p.numel() for _, p in text)
-    routed = sum(p.numel() for n, p in text if ".mlp.experts." in n)
-    E, k = model.config.text_config.n_routed_experts, model.config.text_config.num_experts_per_tok
-    return total, total - routed * (E - k) // E
-
-
 def test_release_counts_equal_transformers_model_on_meta():
     hf = on_meta(GLM_45V)
     params = analyze(hf_to_model(GLM_45V)).params
-    assert (params.total, params.active) == hf_text_counts(hf)
+    tc = hf.config.text_config
+    text = model_counts(
+        hf, tc.n_routed_experts, tc.num_experts_per_tok, keep=lambda n: not n.startswith("model.visual.")
+    )
+    assert (params.total, params.active) == text
     tower = sum(p.numel() for p in hf.model.visual.parameters())
     # the release's own count: the tower included, and the 45 MoE layers' selection bias (128 each), which
     # transformers holds as buffers, not parameters

@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
 from tests.hf.families.test_granitemoeshared import (  # noqa: E402
+    GRANITE_EXPERTS,
     assert_generated_source_matches_the_library,
-    hf_counts,
     saved_tiny,
 )
 
@@ -60,12 +60,14 @@ TINY = {**weights.TINY, "num_hidden_layers": 4, "intermediate_size": 32, "num_lo
         "layer_rope_theta": [1e4, 500.0, 0, 1e4], "embedding_multiplier": 6.0, "residual_multiplier": 0.5,
         "logits_scaling": 4.0, "attention_multiplier": 0.1}  # fmt: skip
 
+from tests.hf.families._harness import hf_counts  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_release_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model(GRANITE_SWASH_3B_A600M)).params
-    assert (params.total, params.active) == hf_counts(GRANITE_SWASH_3B_A600M)
+    assert (params.total, params.active) == hf_counts(GRANITE_SWASH_3B_A600M, experts=GRANITE_EXPERTS)
     assert round(params.total / 1e7) == 302 and round(params.active / 1e6) == 598  # 3.02B, 0.598B
 
 

@@ -2,8 +2,8 @@
 on meta; a tiny random checkpoint saved by transformers loads with moec.from_hf to transformers' logits and
 router choices; the generated model.py gives moec.nn's logits; shared_intermediate_size 0 is plain Granite-MoE.
 
-The helpers below (counts on meta, a tiny saved checkpoint, codegen parity) serve the other family files of
-issue 11 too (granitemoe_swa, flint, ernie4_5_moe)."""
+The helpers below (a tiny saved checkpoint, codegen parity) serve the other family files of issue 11 too
+(granitemoe_swa, flint, ernie4_5_moe); the counts on meta are the harness's (_harness.hf_counts)."""
 
 from __future__ import annotations
 
@@ -37,23 +37,15 @@ TINY = {**weights.TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_lo
         "embedding_multiplier": 6.0, "residual_multiplier": 0.5, "logits_scaling": 4.0,
         "attention_multiplier": 0.1}  # fmt: skip
 
+from tests.hf.families._harness import hf_counts  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- helpers shared by the issue-11 family files ------------------------------------------------------
 
-
-def hf_counts(cfg: dict[str, Any]) -> tuple[int, int]:
-    """(total, active) of transformers' model on meta: parameters() (a tied weight once), and the total less
-    (E−k)/E of the routed experts (the tensors under ``.experts.``; shared experts are named otherwise)."""
-    model = hf_model_on_meta(cfg)
-    c = model.config
-    total = sum(p.numel() for p in model.parameters())
-    routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
-    E = getattr(c, "num_local_experts", None) or c.num_experts
-    k = c.num_experts_per_tok
-    assert routed % E == 0
-    return total, total - routed // E * (E - k)
+# Granite's routed experts are block_sparse_moe.experts.* (its shared MLP is shared_mlp.*)
+GRANITE_EXPERTS = ".experts."
 
 
 def saved_tiny(model_type: str, cfg: dict[str, Any], folder: Path) -> Any:
@@ -82,7 +74,7 @@ def assert_generated_source_matches_the_library(cfg: dict[str, Any], tmp_path: P
 def test_class_default_counts_equal_transformers_model_on_meta(shared):
     cfg = {**CLASS_DEFAULTS, "shared_intermediate_size": shared}
     params = analyze(hf_to_model(cfg)).params
-    assert (params.total, params.active) == hf_counts(cfg)
+    assert (params.total, params.active) == hf_counts(cfg, experts=GRANITE_EXPERTS)
 
 
 def test_config_as_transformers_saves_it_imports_to_the_same_plan():

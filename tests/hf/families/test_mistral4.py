@@ -24,7 +24,7 @@ from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 Mistral4Config = transformers.Mistral4Config
 from transformers.models.mistral4.modeling_mistral4 import Mistral4ForCausalLM  # noqa: E402
 
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
 
 # Mistral4Config's class defaults, which its docstring ties to mistralai/Mistral-Small-4-119B-2603 (the release
 # is a multimodal wrapper holding this text model as text_config; its config.json is out of reach here): 36
@@ -54,10 +54,7 @@ def hf_counts(cfg: dict) -> tuple[int, int]:
     kw = {k: v for k, v in copy.deepcopy(cfg).items() if k != "model_type"}
     with torch.device("meta"):
         model = Mistral4ForCausalLM(Mistral4Config(**kw))
-    total = sum(p.numel() for p in model.parameters())
-    routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
-    E, k = model.config.n_routed_experts, model.config.num_experts_per_tok
-    return total, total - routed * (E - k) // E
+    return model_counts(model, model.config.n_routed_experts, model.config.num_experts_per_tok)
 
 
 def test_release_is_refused_naming_the_query_scaling():

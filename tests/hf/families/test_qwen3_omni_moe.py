@@ -27,7 +27,7 @@ import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     away_from_init,
-    hf_counts,
+    model_counts,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -112,7 +112,7 @@ def is_text(name: str) -> bool:
 def test_release_counts_equal_transformers_model_on_meta():
     thinker, _ = thinker_on_meta(QWEN3_OMNI_30B_A3B)
     params = analyze(hf_to_model(QWEN3_OMNI_30B_A3B)).params
-    assert (params.total, params.active) == hf_counts(thinker, 128, 8, keep=is_text)
+    assert (params.total, params.active) == model_counts(thinker, 128, 8, keep=is_text)
     assert round(params.total / 1e9, 1) == 30.5 and round(params.active / 1e9, 2) == 3.35  # 30B-A3B
     audio = sum(p.numel() for p in thinker.model.audio_tower.parameters())
     vision = sum(p.numel() for p in thinker.model.visual.parameters())

@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits  # noqa: E402
+from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # Qwen/Qwen3-VL-30B-A3B-Instruct config.json (commit 1fc78ad), the fields a public Rust port transcribes from the
@@ -71,21 +71,11 @@ def hf_model(cfg: dict, device: str = "meta"):
         return transformers.Qwen3VLMoeForConditionalGeneration(transformers.Qwen3VLMoeConfig(**kw))
 
 
-def hf_counts(model) -> tuple[int, int, int]:
-    """(text total, text active, vision tower) of transformers' model; active = total − (E−k)/E of the routed
-    experts."""
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    total = sum(p.numel() for p in model.parameters()) - vision
-    routed = sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n)
-    tc = model.config.text_config
-    E, k = tc.num_experts, tc.num_experts_per_tok
-    return total, total - routed * (E - k) // E, vision
-
-
 def test_release_counts_equal_transformers_model_on_meta():
-    total, active, vision = hf_counts(hf_model(QWEN3_VL_30B_A3B))
+    hf = hf_model(QWEN3_VL_30B_A3B)
+    vision = sum(p.numel() for p in hf.model.visual.parameters())
     params = analyze(hf_to_model(QWEN3_VL_30B_A3B)).params
-    assert (params.total, params.active) == (total, active)
+    assert (params.total, params.active) == model_counts(hf, 128, 8, keep=lambda n: not n.startswith("model.visual."))
     assert round(params.total / 1e9, 1) == 30.5 and round(params.active / 1e9, 2) == 3.35  # 30B-A3B
     assert f"left out: the vision tower (vision_config: {vision:,} parameters)" in import_hf_config(QWEN3_VL_30B_A3B)
 

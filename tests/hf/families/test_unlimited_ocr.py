@@ -24,7 +24,7 @@ from tests.hf.families._harness import (  # noqa: E402
     TextView,
     assert_generated_model_gives_the_library_logits,
     away_from_init,
-    hf_counts,
+    model_counts,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -63,7 +63,7 @@ def test_release_counts_equal_transformers_model_on_meta():
     layer_types of full_attention both count as transformers' text model and head."""
     hf = on_meta(RELEASE)
     assert hf.config.text_config.layer_types == ["reference_sliding_attention"] * 12
-    total, active = hf_counts(hf, 64, 6, keep=is_text)
+    total, active = model_counts(hf, 64, 6, keep=is_text)
     t = translate(RELEASE)
     assert [g.param_delta for g in t.gaps] == [0]
     assert analyze(resolve(load_spec("draft", text=render_yaml(t)))).params.total == total

@@ -23,7 +23,11 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    away_from_init,
+    model_counts,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # Qwen/Qwen3-VL-30B-A3B-Instruct config.json (commit 1fc78ad), the fields a public Rust port transcribes from the
@@ -120,14 +124,7 @@ def tiny_hf():
     model = hf_model(TINY, device="cpu").eval()
     model.config._attn_implementation = "eager"
     model.config.text_config._attn_implementation = "eager"
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, (E, d)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    away_from_init(model)
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import click
 
@@ -43,9 +44,23 @@ from moec.vocab import DTYPES
 @click.option("--layers", is_flag=True, help="Also print the per-layer table.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md"]), default="table", show_default=True)
 @click.option(
+    "--convention",
+    type=click.Choice(["moec", "fvcore"]),
+    default="moec",
+    show_default=True,
+    help="FLOP unit: moec counts a multiply-add as 2 FLOPs; fvcore (and papers quoting it) as 1.",
+)
+@click.option(
     "--verify",
     is_flag=True,
-    help="Also build a scaled-down copy and check the FLOPs against torch's FlopCounterMode (imports torch).",
+    help="Also count a scaled-down copy at --batch × --seq with torch's FlopCounterMode (forward and "
+    "forward+backward) and fvcore (forward), and require exact agreement (imports torch).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="CPU threads for torch in --verify (default: torch's).",
 )
 @set_option
 @report_errors
@@ -57,51 +72,122 @@ def analyze(
     dtype: str,
     layers: bool,
     fmt: str,
+    convention: str,
     verify: bool,
+    threads: int | None,
     sets: tuple[str, ...],
 ) -> None:
-    """Parameters, FLOPs and memory of one or more specs (several print side by side)."""
+    """Parameters, FLOPs and memory of one or more specs (several print side by side).
+
+    JSON output is a list with one object per spec, also for one spec."""
     from moec.analyze import analyze as run
     from moec.analyze import render
 
-    if verify:
-        _verify([load_plan(s, sets) for s in specs], fmt)
-        return
-    results = [run(load_plan(s, sets), seq=seq, batch=batch, attention=attention, dtype=dtype) for s in specs]  # type: ignore[arg-type]
+    if verify and fmt == "csv":
+        raise click.UsageError(
+            "--verify adds a section that a CSV table has no room for: use --format table, json or md"
+        )
+    if threads is not None and not verify:
+        raise click.UsageError("--threads sets torch's CPU threads, which only --verify uses")
+    plans = [load_plan(s, sets) for s in specs]
+    results = [run(p, seq=seq, batch=batch, attention=attention, dtype=dtype) for p in plans]  # type: ignore[arg-type]
+    if convention == "fvcore":
+        results = [in_fvcore_convention(r) for r in results]
+    checks = _verify(plans, seq=seq, batch=batch, threads=threads) if verify else []
     if fmt == "json":
-        click.echo(render.to_json(results))
+        docs = [r.to_dict() for r in results]
+        for doc, check in zip(docs, checks, strict=False):
+            doc["verify"] = _verify_dict(check)
+        click.echo(json.dumps(docs, indent=2))
     elif fmt == "csv":
         click.echo(render.to_csv(results, layers=layers), nl=False)
     elif fmt == "md":
         click.echo(render.to_markdown(results, layers=layers), nl=False)
     else:
         render.print_tables(results, layers=layers)
+    if convention == "fvcore" and fmt != "json":
+        click.echo(f"FLOPs above in fvcore's convention: {FVCORE_UNIT} (moec's own counts 2)")
+    if fmt != "json":
+        for check in checks:
+            _print_verify(check, md=fmt == "md")
+    if not all(c.ok for c in checks):
+        raise SystemExit(1)
 
 
-def _verify(plans: list, fmt: str) -> None:
+FVCORE_UNIT = "1 multiply-add = 1 FLOP"
+
+
+def in_fvcore_convention(a):  # (Analysis) -> Analysis
+    """The same analysis with every FLOP figure in fvcore's unit, 1 multiply-add = 1 "flop": moec's figures
+    halved (exact: every moec FLOP count is a sum of 2-FLOP multiply-adds)."""
     import dataclasses
+
+    def half(x: int | float) -> int | float:
+        return x // 2 if isinstance(x, int) and x % 2 == 0 else x / 2
+
+    f = a.flops
+    return dataclasses.replace(
+        a,
+        flops=dataclasses.replace(
+            f,
+            forward_linear=half(f.forward_linear),
+            forward_attention=half(f.forward_attention),
+            forward=half(f.forward),
+            training=half(f.training),
+            six_n_active=half(f.six_n_active),
+        ),
+        components=[dataclasses.replace(c, flops=half(c.flops)) for c in a.components],
+        layers=[
+            dataclasses.replace(l, flops_linear=half(l.flops_linear), flops_attention=half(l.flops_attention))
+            for l in a.layers
+        ],
+        mtp=a.mtp and dataclasses.replace(a.mtp, forward_flops=half(a.mtp.forward_flops)),
+        conventions={**a.conventions, "flop_unit": f"{FVCORE_UNIT} (fvcore's convention)"},
+    )
+
+
+def _verify(plans: list, *, seq: int, batch: int, threads: int | None) -> list:
+    """Each plan's VerifyResult (moec.verify), counted at the analysis's batch and sequence length."""
+    import torch
 
     from moec.verify import verify
 
-    results = [verify(p) for p in plans]
-    if fmt == "json":
-        click.echo(json.dumps([{**dataclasses.asdict(r), "ok": r.ok} for r in results], indent=2))
-    else:
-        for r in results:
-            mark = "ok" if r.ok else "MISMATCH"
-            click.echo(
-                f"{mark} {r.model}: analyzer {r.expected:,} FLOPs vs FlopCounterMode {r.measured:,} (batch {r.batch} × seq {r.seq}, full attention)"
-            )
-            for note in r.adjustments:
-                click.echo(f"    note: {note}")
-            for op, n in sorted(r.by_op.items(), key=lambda kv: -kv[1]):
-                click.echo(f"    {op}: {n:,}")
-            if r.unformulated_ops:
-                click.echo(f"    ops with no FLOP formula: {', '.join(r.unformulated_ops)}")
-            if r.fvcore_macs is not None:
-                click.echo(f"    fvcore (counts multiply-adds): {r.fvcore_macs:,} MACs = {2 * r.fvcore_macs:,} FLOPs")
-    if not all(r.ok for r in results):
-        raise SystemExit(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return [verify(p, seq=seq, batch=batch) for p in plans]
+
+
+def _verify_dict(r) -> dict:  # (VerifyResult) -> dict
+    import dataclasses
+
+    d = dataclasses.asdict(r)
+    d["ok"] = r.ok
+    for c, out in zip(r.checks, d["checks"], strict=True):
+        out["ok"] = c.ok
+    return d
+
+
+def _print_verify(r, *, md: bool) -> None:  # (VerifyResult) -> None
+    """The verify section: what was built, each count against the analyzer's claim, what was adjusted."""
+    bullet = "- " if md else "  "
+    click.echo("")
+    click.echo(f"{'## ' if md else ''}verify {r.model}: {'ok' if r.ok else 'MISMATCH'}, counted on {r.scaled}")
+    click.echo(f"{bullet}at batch {r.batch} × seq {r.seq}, full attention; scaled down from the spec:")
+    for change in r.sizes:
+        click.echo(f"{bullet}  {change}")
+    for c in r.checks:
+        mark = "ok" if c.ok else "MISMATCH"
+        click.echo(f"{bullet}{mark}: {c.tool} {c.passes}: {c.measured:,} {c.unit}")
+        click.echo(f"{bullet}  {c.claim}: {c.expected:,}")
+        if c.rule:
+            click.echo(f"{bullet}  ({c.rule})")
+        if c.expected != c.measured:
+            for op, n in sorted(c.by_op.items(), key=lambda kv: -kv[1]):
+                click.echo(f"{bullet}    {op}: {n:,}")
+        if c.uncounted_ops:
+            click.echo(f"{bullet}  ops it counted as nothing: {', '.join(c.uncounted_ops)}")
+    for note in r.adjustments:
+        click.echo(textwrap.fill(note, 78, initial_indent=f"{bullet}note: ", subsequent_indent=" " * 8))
 
 
 @click.command()

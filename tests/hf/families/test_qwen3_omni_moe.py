@@ -166,6 +166,21 @@ def test_fields_transformers_would_not_run_as_said_are_refused_located(cfg, fiel
     assert [p.path for p in e.value.problems] == [field]
 
 
+def test_through_the_cli_a_field_nested_twice_is_one_located_error(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from moec.commands.hf import import_hf
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(with_text(use_qk_norm=False), indent=2))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if '"use_qk_norm"' in text)
+    r = CliRunner().invoke(import_hf, [str(path), "-o", str(tmp_path / "spec.yaml")])
+    assert r.exit_code == 2 and not (tmp_path / "spec.yaml").exists()
+    assert f"{path}:{line}:" in r.output and f"{_T}use_qk_norm: False" in r.output and "Traceback" not in r.output
+
+
 def test_a_norm_topk_prob_false_is_imported_as_transformers_runs_it():
     """Qwen3-Omni's router reads the switch (Qwen3-VL-MoE's does not)."""
     assert not hf_to_model(with_text(norm_topk_prob=False)).layers[0].ffn.router.normalize_topk

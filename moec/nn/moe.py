@@ -40,6 +40,9 @@ class MoEAux:
     z_loss: torch.Tensor  # ()
     tokens_per_expert: torch.Tensor  # (E,) int64, kept slots
     dropped: torch.Tensor  # () int64, dropped slots
+    # the router's raw scores and their softmax/sigmoid, for balancing losses of one's own
+    router_logits: torch.Tensor | None = None  # (T, E) fp32, T = every token of the input, flattened
+    router_probs: torch.Tensor | None = None  # (T, E) fp32
 
 
 class ExpertDispatch(Protocol):
@@ -199,7 +202,7 @@ class MoE(nn.Module):
             if self.shared_gate is not None:  # Qwen2-MoE
                 s = s * torch.sigmoid(self.shared_gate(xt))
             y = y + s
-        aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, r.tokens_per_expert, r.dropped)
+        aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, r.tokens_per_expert, r.dropped, r.logits, r.probs)
         return y.view(x.shape), aux
 
     def _kernels(self, device: torch.device) -> ModuleType:

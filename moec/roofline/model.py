@@ -143,14 +143,47 @@ def _score_bytes(a: AttentionPlan, w: Workload, sequences: float) -> float:
     return float(sequences * cached * kv_bytes_per_token(a, DTYPE_BYTES[w.kv_dtype]) / split)
 
 
-def _layer_groups(model: ResolvedModel, per_layer: bool) -> list[tuple[LayerPlan, int]]:
-    """Layers with the same attention and FFN plans cost the same: one representative and a count each."""
+@dataclass(frozen=True)
+class LayerGroups:
+    """The distinct (attention, FFN) plans of a model's layers in order of first use, how many layers use
+    each, and which one each layer uses."""
+
+    plans: tuple[LayerPlan, ...]  # the first layer of each group
+    counts: tuple[int, ...]
+    of_layer: tuple[int, ...]
+
+
+_last_grouped: list = [None, None]  # (layers, LayerGroups): a sweep row asks for one model's groups 3 times
+
+
+def group_layers(model: ResolvedModel) -> LayerGroups:
+    """Layers with the same attention and FFN plans cost the same, so each group is counted once. Plans are
+    compared by value (hashing every layer's plans is most of the work, so the last model's groups are kept)."""
+    if _last_grouped[0] is model.layers:
+        return _last_grouped[1]
+    index: dict[tuple, int] = {}
+    plans: list[LayerPlan] = []
+    counts: list[int] = []
+    of_layer = []
+    for lp in model.layers:
+        i = index.setdefault((lp.attention, lp.ffn), len(plans))
+        if i == len(plans):
+            plans.append(lp)
+            counts.append(0)
+        counts[i] += 1
+        of_layer.append(i)
+    groups = LayerGroups(tuple(plans), tuple(counts), tuple(of_layer))
+    _last_grouped[:] = [model.layers, groups]
+    return groups
+
+
+def layer_groups(model: ResolvedModel, per_layer: bool) -> list[tuple[LayerPlan, int]]:
+    """One representative layer and a count per group, or every layer alone (``per_layer``: measured loads
+    differ from layer to layer)."""
     if per_layer:
         return [(lp, 1) for lp in model.layers]
-    groups: dict[tuple, list] = {}
-    for lp in model.layers:
-        groups.setdefault((lp.attention, lp.ffn), [lp, 0])[1] += 1
-    return [(lp, n) for lp, n in groups.values()]
+    g = group_layers(model)
+    return list(zip(g.plans, g.counts, strict=True))
 
 
 def _routed(
@@ -206,7 +239,7 @@ def roofline(
     mode = "full" if w.phase == "decode" else "causal"
     distinct: list[float] = []
     weights = kv = 0.0
-    for lp, n in _layer_groups(model, per_layer=picks is not None):
+    for lp, n in layer_groups(model, per_layer=picks is not None):
         parts = layer_parts(lp, model)
         a = lp.attention
         score = attention_score_flops(a, kv_len(w.seq, a.window, mode, a.chunk))

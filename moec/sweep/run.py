@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from moec.analyze.report import Analysis, analyze
 from moec.errors import SpecError
 from moec.plan.accelerators import Accelerator
-from moec.roofline.model import Workload, roofline
+from moec.roofline.model import Workload, group_layers, roofline
 from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.sweep.counts import Headline, headline
 from moec.sweep.grid import Axis, Budget, Keep, Objective, combinations
 from moec.sweep.load import BaseSpec
 from moec.sweep.pareto import pareto_front
-
-FFN_COMPONENTS = ("dense_ffn", "routed_experts", "shared_experts", "base_ffn")
 
 
 @dataclass(frozen=True)
@@ -77,31 +75,18 @@ class Evaluator:
     def model(self, sets: Sequence[str]) -> ResolvedModel:
         return self.base.model(sets)
 
-    def analysis(self, model: ResolvedModel) -> Analysis:
+    def analysis(self, model: ResolvedModel) -> Headline:
         s = self.settings
-        return analyze(model, seq=s.seq, dtype=s.kv_dtype)  # KV bytes in kv_dtype; weights per dtype below
+        return headline(model, seq=s.seq, dtype=s.dtype, kv_dtype=s.kv_dtype)
 
-    def metrics(self, model: ResolvedModel, a: Analysis) -> dict[str, Any]:
+    def metrics(self, model: ResolvedModel, h: Headline) -> dict[str, Any]:
         s = self.settings
         step = roofline(model, s.accelerator, s.gpu, Workload("decode", s.batch, s.seq, s.dtype, s.kv_dtype))
-        return {
-            "total_params": a.params.total,
-            "active_params": a.params.active,
-            "forward_flops": a.flops.forward,
-            "ffn_flops": ffn_flops(a),
-            "kv_bytes_per_token": a.memory.kv_cache_bytes_per_token,
-            "weights_bytes": a.memory.weights_bytes_by_dtype[s.dtype],
-            "decode_tokens_per_s": step.tokens_per_s,
-        }
+        return {**dataclasses.asdict(h), "decode_tokens_per_s": step.tokens_per_s}
 
 
-def ffn_flops(a: Analysis) -> int:
-    return sum(c.flops for c in a.components if c.name in FFN_COMPONENTS)
-
-
-def budget_value(metric: str, a: Analysis) -> Fraction:
-    value = {"forward_flops": a.flops.forward, "ffn_flops": ffn_flops(a), "active_params": a.params.active}[metric]
-    return Fraction(value)
+def budget_value(metric: str, h: Headline) -> Fraction:
+    return Fraction(getattr(h, metric))
 
 
 def _width_field(model: ResolvedModel) -> tuple[str, int, int]:
@@ -115,7 +100,7 @@ def _width_field(model: ResolvedModel) -> tuple[str, int, int]:
 
 def solve_width(
     ev: Evaluator, sets: tuple[str, ...], model: ResolvedModel, metric: str, target: Fraction
-) -> tuple[ResolvedModel, Analysis, int]:
+) -> tuple[ResolvedModel, Headline, int]:
     """The width x at which ``metric`` equals ``target`` exactly. The metric is affine in x (every count is
     linear in the FFN width, and the shared experts' width follows it unless set), so two counts give the
     line, and a third at the solution confirms it. Raises Skip when no whole width fits."""
@@ -137,13 +122,17 @@ def solve_width(
     return model, a, g * int(x)
 
 
-def _dedupe_key(model: ResolvedModel) -> ResolvedModel:
-    return dataclasses.replace(model, name="", spec_hash="", source_file="", description="")
+def _dedupe_key(model: ResolvedModel) -> tuple:
+    """Equal for equal models whatever their names: the model-wide fields, the distinct layer plans and
+    which one each layer uses (hashing each distinct plan once rather than every layer's)."""
+    g = group_layers(model)
+    rest = dataclasses.replace(model, layers=(), name="", spec_hash="", source_file="", description="")
+    return rest, tuple((lp.attention, lp.ffn) for lp in g.plans), g.of_layer
 
 
 def _evaluate(
     ev: Evaluator, sets: tuple[str, ...], budget: Budget | None, target: Fraction | None
-) -> tuple[ResolvedModel, Analysis, int | None]:
+) -> tuple[ResolvedModel, Headline, int | None]:
     model = ev.model(sets)
     if budget is None:
         return model, ev.analysis(model), None

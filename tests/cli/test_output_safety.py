@@ -20,14 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from moec.cli import cli
+from tests.tiny_specs import TINY_MOE
 
-TINY = """
-name: tiny-out
-model: {vocab_size: 64, d_model: 32, n_layers: 1, max_seq_len: 32}
-attention: {n_heads: 4, n_kv_heads: 2}
-moe: {n_experts: 4, d_ff: 16, router: {top_k: 2, normalize_topk: true}}  # mixtral's router
-layers: {default: {ffn: moe}}
-"""
 CONFIG = {
     "model_type": "mixtral",
     "vocab_size": 64,
@@ -60,7 +54,7 @@ def snapshot(path: Path) -> object:
 @pytest.fixture
 def spec(tmp_path) -> Path:
     p = tmp_path / "tiny.yaml"
-    p.write_text(TINY)
+    p.write_text(TINY_MOE)
     return p
 
 
@@ -247,6 +241,7 @@ def killed(tensors, path, metadata=None):
     os.kill(os.getpid(), signal.SIGKILL)
 safetensors.torch.save_file = killed
 from moec.cli import cli
+from tests.tiny_specs import TINY_MOE
 cli(sys.argv[1:])
 """
 

@@ -13,6 +13,7 @@ from moec.nn import build_model, lm_loss
 from moec.nn.model import MoecModel
 from moec.nn.moe import MoE
 from moec.spec import load_spec, resolve
+from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 LLAMA = """
 name: tiny-llama
@@ -44,26 +45,6 @@ moe:
   router: {top_k: 2, score: softmax, normalize_topk: true}
   balance: {load_balance_coeff: 0.001}
 layers: {default: {ffn: moe}}
-"""
-DEEPSEEK = """
-name: tiny-deepseek-v3
-model: {vocab_size: 128, d_model: 64, n_layers: 3, max_seq_len: 64, norm: {kind: rmsnorm, eps: 1e-6},
-  positions: {kind: rope, theta: 10000.0, scaling: {kind: yarn, factor: 4.0, original_max_seq_len: 16,
-              beta_fast: 32.0, beta_slow: 1.0, mscale: 1.0, mscale_all_dim: 1.0}}}
-attention: {kind: mla, n_heads: 4, q_lora_rank: 32, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 8,
-            v_head_dim: 8}
-ffn: {d_ff: 96}
-moe:
-  n_experts: 8
-  d_ff: 32
-  n_shared_experts: 1
-  router: {top_k: 2, score: sigmoid, normalize_topk: true, scale: 2.5, selection_bias: true, n_groups: 4,
-           topk_groups: 2, group_score: top2_sum}
-  balance: {bias_update_rate: 0.001, load_balance_coeff: 0.0001, load_balance_granularity: sequence}
-layers:
-  default: {ffn: moe}
-  overrides: [{select: {first: 0, last: 0}, ffn: dense}]
-mtp: {n_layers: 1, ffn: moe}
 """
 OLMOE = """
 name: tiny-olmoe
@@ -184,11 +165,13 @@ def hf_qwen3():
 def hf_deepseek():
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8,
             "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}  # fmt: skip
-    cfg = DeepseekV3Config(**{**hf_common(), "num_hidden_layers": 3}, intermediate_size=96, moe_intermediate_size=32,
+    # tests.tiny_specs.TINY_DEEPSEEK_V3
+    size = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3, "max_position_embeddings": 32}
+    cfg = DeepseekV3Config(**{**hf_common(), **size}, intermediate_size=48, moe_intermediate_size=16,
                            num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
-                           routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+                           routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=4,
                            qk_nope_head_dim=8, v_head_dim=8, n_group=4, topk_group=2, num_experts_per_tok=2,
                            first_k_dense_replace=1, norm_topk_prob=True, rms_norm_eps=1e-6, rope_parameters=rope)  # fmt: skip
     return DeepseekV3ForCausalLM(cfg)
@@ -234,7 +217,7 @@ HF_CASES = {
     "mixtral": (lambda: plan_of(MIXTRAL, WINDOW="qk_norm: false"), lambda: hf_mixtral(None)),
     "mixtral, sliding window": (lambda: plan_of(MIXTRAL, WINDOW="window: 5"), lambda: hf_mixtral(5)),
     "qwen3-moe": (lambda: plan_of(QWEN3), hf_qwen3),
-    "deepseek-v3": (lambda: plan_of(DEEPSEEK), hf_deepseek),
+    "deepseek-v3": (lambda: plan_of(TINY_DEEPSEEK_V3), hf_deepseek),
     "olmoe (projection qk-norm, clip_qkv)": (lambda: plan_of(OLMOE), hf_olmoe),
     "granite (multipliers, scale)": (lambda: plan_of(GRANITE), hf_granite),
 }
@@ -250,7 +233,7 @@ def test_logits_match_transformers_on_identical_weights(make_plan, make_hf):
             layer.mlp.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.1)
     ours = build_model(make_plan(), device="cpu", dtype=torch.float32, backend="reference", seed=0).eval()
     hf_to_moec(hf, ours)
-    tokens = torch.randint(128, (2, 12), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(hf.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(tokens).logits
         got, _ = ours(tokens)
@@ -263,15 +246,15 @@ def test_logits_match_transformers_on_identical_weights(make_plan, make_hf):
 
 
 def test_total_aux_is_the_sum_of_the_layers_and_mtp_logits_are_reported():
-    plan = plan_of(DEEPSEEK)
+    plan = plan_of(TINY_DEEPSEEK_V3)
     model = build_model(plan, device="cpu", seed=0)
-    tokens = torch.randint(128, (2, 10))
+    tokens = torch.randint(64, (2, 10))
     logits, aux = model(tokens)
-    assert logits.shape == (2, 10, 128)
+    assert logits.shape == (2, 10, 64)
     assert len(aux.layers) == plan.n_layers + len(plan.mtp)  # indexed by LayerPlan.index, MTP blocks last
     assert aux.layers[0] is None  # the dense first layer
     torch.testing.assert_close(aux.loss, sum(a.loss for a in aux.layers if a is not None), atol=0, rtol=0)
-    assert len(aux.mtp_logits) == 1 and aux.mtp_logits[0].shape == (2, 10, 128)
+    assert len(aux.mtp_logits) == 1 and aux.mtp_logits[0].shape == (2, 10, 64)
     total, parts = lm_loss(logits, tokens, aux, mtp_weight=0.3)
     # MTP depth 1 at position i predicts token i + 2 (DeepSeek-V3, section 2.2): 8 targets per sequence
     logp = aux.mtp_logits[0].log_softmax(-1)
@@ -296,8 +279,8 @@ def test_lm_loss_is_shifted_cross_entropy_plus_aux():
 
 
 def test_update_bias_moves_the_selection_bias_of_every_moe_layer():
-    model = build_model(plan_of(DEEPSEEK), device="cpu", seed=0).train()
-    model(torch.randint(128, (2, 16)))
+    model = build_model(plan_of(TINY_DEEPSEEK_V3), device="cpu", seed=0).train()
+    model(torch.randint(64, (2, 16)))
     model.update_bias()
     biases = [m.router.expert_bias for m in model.modules() if isinstance(m, MoE)]
     assert len(biases) == 3  # two main MoE layers and the MTP block

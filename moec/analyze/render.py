@@ -264,9 +264,10 @@ def layers_table(a: Analysis, *, number: Any = exact, bar: bool = True) -> Any:
 
     lean = number is not exact
     lt = Table(title=f"{a.name}: layers", box=box.SIMPLE_HEAD if lean else box.HEAVY_HEAD, pad_edge=not lean)
-    heads = ("layer", "ffn", "attention", "window", "params", "active", "linear\nFLOPs", "attention\nFLOPs")
+    attention = "attn" if lean else "attention"
+    heads = ("layer", "ffn", attention, "window", "params", "active", "linear\nFLOPs", f"{attention}\nFLOPs")
     for col in heads:
-        lt.add_column(col, justify="left" if col in ("ffn", "attention") else "right", no_wrap=True)
+        lt.add_column(col, justify="left" if col in ("ffn", attention) else "right", no_wrap=True)
     if bar:
         lt.add_column("", no_wrap=True)
     peak = max((r.params for r in a.layers), default=1)

@@ -110,7 +110,7 @@ def load_entropy(load: list[int]) -> float:
     total = sum(load)
     if not total:
         return 0.0
-    return -sum(n / total * math.log(n / total) for n in load if n)
+    return max(0.0, -sum(n / total * math.log(n / total) for n in load if n))  # never -0.0
 
 
 def max_mean(load: list[int]) -> float:

@@ -139,7 +139,9 @@ def training_table(r: SmokeResult) -> Any:
     t.add_row(f"loss first → last ({_window(r.loss_window)})", f"{r.loss_first:.3f} → {r.loss_last:.3f} ({fell})")
     t.add_row("loss noise / floor", f"{r.loss_noise:.2f} / {r.loss_floor:.2f}")
     t.add_row("aux loss first → last", aux_text(r))
-    t.add_row("tokens/s", f"{r.tokens_per_s:,.0f}" + (f" ({r.threads} threads)" if r.threads else ""))
+    t.add_row(
+        "tokens/s", f"{r.tokens_per_s:,.0f}" + (f" ({r.threads} thread{'s' * (r.threads > 1)})" if r.threads else "")
+    )
     t.add_row("achieved TFLOP/s", f"{r.achieved_tflops:.3f}")
     t.add_row("training FLOPs/token", f"{r.flops_per_token:,.0f} (analyzer)")
     t.add_row("MFU", f"{100 * r.mfu:.1f}% of {r.peak_tflops:.3g} TFLOP/s ({r.peak_source})")

@@ -1,0 +1,138 @@
+"""smoke-run's per-step record: its arithmetic against hand-derived values, the JSONL and PNGs of --log and
+--plot through the CLI against the run's own whole-run totals and the spec's shape, the refusals, and the
+trainable / frozen counts against the built model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from moec.cli import cli
+from moec.smoke.metrics import LayerStep, StepRecord, dynamics, load_entropy, max_mean
+from tests.conftest import SPECS
+
+TINY = ["--device", "cpu", "--steps", "4", "--batch", "2", "--seq", "16"]
+
+
+@pytest.mark.parametrize(
+    "load, entropy, ratio",
+    [
+        ([4, 0, 0, 0], 0.0, 4.0),
+        ([1, 1, 1, 1], math.log(4), 1.0),
+        ([2, 1, 1, 0], -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)), 2.0),
+        ([0, 0], 0.0, 0.0),
+    ],
+)
+def test_load_entropy_and_max_mean_by_hand(load: list[int], entropy: float, ratio: float):
+    assert load_entropy(load) == pytest.approx(entropy)
+    assert max_mean(load) == pytest.approx(ratio)
+
+
+def test_dynamics_average_the_last_window_and_judge_collapse():
+    """8 steps: the window is 2 (a quarter); layer 0 even, layer 1 all on one expert in the last 2 steps."""
+    even, one = [2, 2, 2, 2], [8, 0, 0, 0]
+    steps = [
+        StepRecord(
+            i, 1.0, 0.0, [LayerStep(even, 0, 1.0, 0.5, None), LayerStep(even if i < 6 else one, 8, 1.0, 0.5, 0.1)]
+        )
+        for i in range(8)
+    ]
+    d = dynamics(steps, [3, 5])
+    assert d.window == 2 and d.collapsed == [5]
+    assert d.layers[0].entropy_norm == pytest.approx(1.0) and d.layers[1].entropy_norm == 0.0
+    assert d.layers[1].max_mean == 4.0 and d.layers[1].dropped_fraction == pytest.approx(8 / 16)
+    assert d.layers[0].bias_drift is None and d.layers[1].bias_drift == 0.1
+
+
+def smoke(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, ["smoke-run", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_log_and_plot_write_jsonl_and_pngs(tmp_path, one_torch_thread):
+    """The acceptance command at a small size: every step's loads plus drops are batch × seq × top-k, the
+    steps add up to the whole-run loads of --format json, and the PNGs are PNGs."""
+    out = tmp_path / "out"
+    code, stdout, stderr = smoke(
+        str(SPECS / "textbook-moe.yaml"), *TINY, "--format", "json", "--log", str(out), "--plot", str(out)
+    )
+    assert code == 0, stdout + stderr
+    report = json.loads(stdout)
+    lines = (out / "steps.jsonl").read_text().splitlines()
+    header, steps = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    assert header["schema"] == "moec.smoke.steps/1" and header["n_experts"] == [8, 8]  # textbook-moe: 8 experts
+    assert [s["step"] for s in steps] == [0, 1, 2, 3]
+    slots = 2 * 16 * 1  # batch × seq × top-1
+    for s in steps:
+        for layer in s["layers"]:
+            assert sum(layer["load"]) == slots - layer["dropped"] and layer["dropped"] == 0  # dropless
+    for j, layer in enumerate(report["layers"]):
+        summed = [sum(s["layers"][j]["load"][e] for s in steps) for e in range(8)]
+        assert summed == layer["tokens_per_expert"]
+    for name in ("loss.png", "expert-load.png", "balance.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["dynamics"]["collapse_entropy"] == 0.5 and "params_trainable" in report
+
+
+def test_capacity_drops_are_logged_per_step(tmp_path, one_torch_thread):
+    """switch-base-8 (top-1, capacity factor 1.25): per step, kept + dropped = the slots, and no expert keeps more
+    than its capacity ceil(1.25 · T · k / E)."""
+    code, stdout, stderr = smoke(str(SPECS / "switch-base-8.yaml"), *TINY, "--log", str(tmp_path))
+    assert code in (0, 1), stdout + stderr
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()[1:]]
+    cap = math.ceil(1.25 * 2 * 16 * 1 / 8)
+    for s in steps:
+        for layer in s["layers"]:
+            assert sum(layer["load"]) + layer["dropped"] == 2 * 16
+            assert max(layer["load"]) <= cap
+            assert layer["dropped_fraction"] == pytest.approx(layer["dropped"] / 32)
+    assert "dropped routing slots" in stdout and "% (" in stdout  # a share with its count
+
+
+def test_existing_files_are_refused_before_training(tmp_path):
+    (tmp_path / "steps.jsonl").write_text("mine\n")
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--log", str(tmp_path))
+    assert code == 2 and "steps.jsonl: exists; pass --force" in stdout + stderr
+    assert "step " not in stderr  # no training started
+    assert (tmp_path / "steps.jsonl").read_text() == "mine\n"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--plot", str(afile))
+    assert code == 2 and "is not a folder" in stdout + stderr
+
+
+def test_plot_without_matplotlib_names_the_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--plot", str(tmp_path / "p"))
+    assert code == 2 and "needs matplotlib" in stdout + stderr and "Traceback" not in stdout + stderr
+
+
+def test_log_is_refused_with_several_processes(tmp_path):
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), "--nproc", "2", "--log", str(tmp_path))
+    assert code == 2 and "--log and --plot" in stdout + stderr
+
+
+def test_lora_run_shows_trainable_and_frozen_counts_of_the_built_model(one_torch_thread):
+    from moec.smoke.run import SmokeConfig, smoke_run
+    from moec.spec import load_model
+
+    seen: list[torch.nn.Module] = []
+    cfg = SmokeConfig(device="cpu", steps=2, batch=1, seq=8)
+    r = smoke_run(load_model(str(SPECS / "lora-moe.yaml")), cfg, progress=False, tamper=seen.append)
+    params = list(seen[0].parameters())
+    assert r.params_trainable == sum(p.numel() for p in params if p.requires_grad)
+    assert r.params_frozen == sum(p.numel() for p in params if not p.requires_grad) > 0
+
+
+def test_threads_and_plain_progress(one_torch_thread):
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--threads", "1")
+    assert code == 0, stdout + stderr
+    assert "(1 thread)" in stdout
+    assert "step 4/4" in stderr and "\x1b[" not in stderr  # not a terminal: plain lines, no cursor codes

@@ -1,4 +1,4 @@
-"""`build_model`: a spec (path, shipped name or resolved plan) → a :class:`MoecModel`.
+"""`build_model`: a spec (path, shipped name, loaded spec, resolved plan or dict) → a :class:`MoecModel`.
 
 Weights are only allocated when they fit. The size comes from the analyzer's arithmetic (no tensor is
 created to find out): with no device given, the model is built on the CPU when its weights take at most
@@ -18,8 +18,11 @@ every check sees (it never raises it), so the refusals can be tried on any machi
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +30,7 @@ from moec.analyze import analyze
 from moec.analyze.memory import DoesNotFitError, RunMemory, refuse_unless_fits
 from moec.errors import CommandError
 from moec.nn.model import MoecModel
-from moec.spec import ResolvedModel, load_model
+from moec.spec import LoadedSpec, ResolvedModel, Spec, load_model, load_spec, resolve
 
 AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and the rest of the process
 # moec.hf.weights' own weights check still reads this; build_model refuses through require_memory
@@ -35,6 +38,8 @@ MEMORY_LIMIT_ENV = "MOEC_MEMORY_LIMIT"
 
 __all__ = [
     "DoesNotFitError",
+    "SpecLike",
+    "as_plan",
     "available_bytes",
     "build_model",
     "require_memory",
@@ -42,6 +47,28 @@ __all__ = [
     "weight_bytes",
     "weights_memory",
 ]
+
+
+SpecLike = ResolvedModel | LoadedSpec | Spec | Mapping[str, Any] | str | os.PathLike[str]
+DICT_SOURCE = "<dict>"  # the file name errors in a spec given as a dict are located in
+
+
+def as_plan(spec: SpecLike) -> ResolvedModel:
+    """The resolved model of a spec given in any form a user holds one: a path, a shipped spec name, a loaded
+    spec (:func:`moec.load_spec`), a validated :class:`moec.spec.Spec`, a resolved plan, or a dict shaped like
+    the YAML (its problems are located in the dict's JSON form, named ``<dict>``)."""
+    if isinstance(spec, ResolvedModel):
+        return spec
+    if isinstance(spec, (LoadedSpec, Spec)):
+        return resolve(spec)
+    if isinstance(spec, Mapping):
+        # JSON is YAML 1.2, so the dict goes through the same loader, checks and defaults as a file
+        return resolve(load_spec(DICT_SOURCE, text=json.dumps(spec, indent=2, default=str)))
+    if isinstance(spec, (str, os.PathLike)):
+        return load_model(os.fspath(spec))
+    raise TypeError(
+        f"a spec is a path, a shipped spec name, a loaded spec, a resolved plan or a dict; got {type(spec).__name__}"
+    )
 
 
 def weight_bytes(plan: ResolvedModel, dtype: torch.dtype) -> int:
@@ -138,20 +165,20 @@ def _cpu_available() -> int | None:
 
 
 def build_model(
-    spec_or_plan: ResolvedModel | str | os.PathLike[str],
+    spec_or_plan: SpecLike,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     backend: str = "auto",
     seed: int | None = None,
 ) -> MoecModel:
-    """Build the model a spec describes.
+    """Build the model a spec describes (in any form :func:`as_plan` takes).
 
     device: None = the CPU if the weights fit comfortably, else ``meta``; "meta" = shapes only, instant.
     dtype: parameter dtype (default: torch's default dtype). backend: MoE kernel backend (moec.kernels).
     seed: seeds the initialisation (same seed, device and dtype → identical weights).
     """
-    plan = spec_or_plan if isinstance(spec_or_plan, ResolvedModel) else load_model(str(spec_or_plan))
+    plan = as_plan(spec_or_plan)
     dtype = dtype or torch.get_default_dtype()
     if device is None:
         free = available_bytes(torch.device("cpu"))

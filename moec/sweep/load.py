@@ -38,12 +38,26 @@ class BaseSpec:
         self.located = _load_with_extends(self.file, read_text_file(self.file), ())
         for assignment in base_sets:
             _apply_set(self.located, assignment)
+        self._prefix: tuple[tuple[str, ...] | None, Located] = (None, self.located)
+
+    def _applied(self, sets: tuple[str, ...]) -> Located:
+        """The base with ``sets`` applied, on a copy. A grid's combinations come in product order, all values
+        of the last axis after one another, so the base with all but the last assignment is kept and reused
+        (each value is then read as YAML once per run of the last axis rather than once per combination)."""
+        prefix, last = sets[:-1], sets[-1:]
+        if self._prefix[0] != prefix:
+            loc = _copy_for(self.located, prefix)
+            for assignment in prefix:
+                _apply_set(loc, assignment)
+            self._prefix = (prefix, loc)
+        loc = _copy_for(self._prefix[1], last)
+        for assignment in last:
+            _apply_set(loc, assignment)
+        return loc
 
     def model(self, sets: Sequence[str]) -> ResolvedModel:
         """The base with ``sets`` applied, checked and resolved; a SpecError as `--set` would give."""
-        loc = _copy_for(self.located, sets)
-        for assignment in sets:
-            _apply_set(loc, assignment)
+        loc = self._applied(tuple(sets))
         spec = validate(loc, self.file)
         problems = check_spec(spec, loc)
         if problems:

@@ -82,7 +82,7 @@ class Evaluator:
     def metrics(self, model: ResolvedModel, h: Headline) -> dict[str, Any]:
         s = self.settings
         step = roofline(model, s.accelerator, s.gpu, Workload("decode", s.batch, s.seq, s.dtype, s.kv_dtype))
-        return {**dataclasses.asdict(h), "decode_tokens_per_s": step.tokens_per_s}
+        return {**vars(h), "decode_tokens_per_s": step.tokens_per_s}
 
 
 def budget_value(metric: str, h: Headline) -> Fraction:

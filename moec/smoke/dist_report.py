@@ -74,7 +74,7 @@ def _planned(r: RankReport) -> str:
 
 
 def print_distributed(d: DistributedReport, steps: int, con: Any) -> None:
-    from rich.table import Table
+    from moec.analyze.render import natural_width
 
     s = d.step0
     mark = "[green]ok[/green]" if s.ok else "[red]FAILED[/red]"
@@ -83,15 +83,13 @@ def print_distributed(d: DistributedReport, steps: int, con: Any) -> None:
         f"step-0 loss {s.loss:.6f}, one process {s.single_process:.6f}: relative difference {s.rel_diff:.1e} "
         f"(tol {s.tolerance:.0e}) {mark}"
     )
-    t = Table(
-        title=f"per rank: parameters held (moec.plan.rank_params), all-to-all bytes sent per step, forward and "
+    title = (
+        f"per rank: parameters held (moec.plan.rank_params), all-to-all bytes sent per step, forward and "
         f"backward (planner, uniform routing: {d.planned_a2a_bytes_per_step:,}), peak memory ({d.memory_measure})"
     )
     headers = ("rank", "tokens/s", "params", "planned", "a2a counted", "a2a routing", "peak MiB", "planned MiB")
-    for name in headers:
-        t.add_column(name, justify="right")
-    for r in d.ranks:
-        t.add_row(
+    rows = [
+        (
             str(r.rank),
             f"{r.tokens_per_s:,.0f}",
             f"{r.params_experts + r.params_other:,}",
@@ -101,4 +99,23 @@ def print_distributed(d: DistributedReport, steps: int, con: Any) -> None:
             _mib(r.peak_memory_bytes),
             _mib(r.predicted_peak_bytes),
         )
-    con.print(t)
+        for r in d.ranks
+    ]
+    whole = _rank_table(title, headers, rows, range(len(headers)))
+    if natural_width(whole) <= con.width:
+        con.print(whole)
+        return
+    # too wide for the console: parameters and memory, then traffic, each keyed by rank
+    con.print(_rank_table(title, headers, rows, (0, 1, 2, 3, 6, 7)))
+    con.print(_rank_table("", headers, rows, (0, 4, 5)))
+
+
+def _rank_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]], cols: Any) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title or None)
+    for i in cols:
+        t.add_column(headers[i], justify="right", no_wrap=True)
+    for row in rows:
+        t.add_row(*(row[i] for i in cols))
+    return t

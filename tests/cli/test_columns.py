@@ -145,3 +145,24 @@ def test_smoke_run_report_at_80_columns(name: str, one_torch_thread):
 def test_smoke_run_cli_follows_columns(tmp_path):
     text = invoke(["smoke-run", str(SPECS / "textbook-moe.yaml"), "--steps", "2", "--batch", "1", "--seq", "8"], 80)
     assert "H/ln E" in text and not width_problems(text), "\n".join(width_problems(text))
+
+
+def test_distributed_rank_table_at_80_columns():
+    """Per-rank figures of a large run (a distributed smoke-run's table) split into two tables at 80 columns."""
+    from rich.console import Console
+
+    from moec.smoke.dist_report import DistributedReport, RankReport, Step0Check, print_distributed
+
+    big = {"params_experts": 3_700_000_000, "params_other": 1_200_000_000, "planned_params_experts": 3_700_000_001}
+    big |= {"planned_params_other": 1_200_000_000, "peak_memory_bytes": 123_456_789_012}
+    big |= {"predicted_peak_bytes": 234_567_890_123, "a2a_sent_bytes": 98_765_432_100}
+    big |= {"a2a_sent_bytes_on_routing": 98_765_432_100, "a2a_count_bytes": 4096}
+    ranks = [RankReport(rank=r, tokens_per_s=12345.6, timed_tokens=1000, timed_s=1.0, **big) for r in range(4)]
+    report = DistributedReport(4, "nccl", 2, 2, 2, 1, True, 49382.4, Step0Check(5.1, 5.1, 0.0, 1e-4, True), 1, "cuda")
+    report.ranks = ranks
+    out = {}
+    for width in (NARROW, WIDE):
+        buf = io.StringIO()
+        print_distributed(report, 10, Console(file=buf, width=width, color_system=None))
+        out[width] = buf.getvalue()
+    assert_readable(out[NARROW], out[WIDE])

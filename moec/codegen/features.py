@@ -38,7 +38,7 @@ def int_text(v: Any, what: str, *, minimum: int = 1) -> str:
 def float_text(v: Any, what: str) -> str:
     if type(v) not in (int, float) or not math.isfinite(v):
         raise ValueError(f"{what} must be a finite number; got {v!r}")
-    return repr(float(v))
+    return repr(float(v)).replace("e+", "e")  # 1e20, not 1e+20: as ruff format writes it (the same float)
 
 
 def checked_bool(v: Any, what: str) -> bool:

@@ -35,6 +35,7 @@ from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, Reso
 
 WIDTH = 120  # the generated file's line length (the project's ruff setting)
 INDENT = " " * 8  # statements inside Model.__init__
+OPERAND = 50  # the longest operand of a layer table (table_lines)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # the schema's pattern for `name`
 SPEC_HASH = re.compile(r"^[0-9a-f]{0,64}$")
@@ -75,9 +76,10 @@ def call_lines(call: Call, indent: str, prefix: str = "", suffix: str = "") -> l
     return [*lines, tail]
 
 
-def runs(items: list[str], longest: int = 8) -> list[tuple[int, list[str]]]:
+def runs(items: list[str], longest: int = 8, fewest: int = 4) -> list[tuple[int, list[str]]]:
     """``items`` as (repeats, block) pairs: at each point the block of up to ``longest`` items that repeats over
-    the most items (the shortest on a tie); items that repeat nothing are gathered into blocks of 1 repeat."""
+    the most items (the shortest on a tie), if it repeats 3 times or over ``fewest`` items; the other items are
+    gathered into blocks of 1 repeat (``[a, b, b]`` reads better than ``[a] + 2 * [b]``)."""
     out: list[tuple[int, list[str]]] = []
     i = 0
     while i < len(items):
@@ -86,7 +88,7 @@ def runs(items: list[str], longest: int = 8) -> list[tuple[int, list[str]]]:
             r = 1
             while items[i + r * n : i + (r + 1) * n] == items[i : i + n]:
                 r += 1
-            if r > 1 and r * n > repeats * size:
+            if r > 1 and (r > 2 or r * n >= fewest) and r * n > repeats * size:
                 repeats, size = r, n
         if repeats == 1 and out and out[-1][0] == 1:
             out[-1][1].append(items[i])
@@ -97,16 +99,17 @@ def runs(items: list[str], longest: int = 8) -> list[tuple[int, list[str]]]:
 
 
 def table_lines(name: str, items: list[str]) -> list[str]:
-    """``NAME = 3 * [a] + 58 * [b]``: a per-layer list written as its repeats, one operand per line if long."""
+    """``NAME = 3 * [a] + 58 * [b]``: a per-layer list written as its repeats. Each operand is kept under
+    ``OPERAND`` characters (a longer repeat is listed item by item), so a table too long for one line has three
+    operands or more, which ruff lays out one per line inside parentheses (it splits two differently)."""
     operands: list[str] = []
     for repeats, block in runs(items):
-        times = f"{repeats} * " if repeats > 1 else ""
-        listed = f"{times}[{', '.join(block)}]"
-        if len(listed) <= WIDTH - 8:
+        listed = f"{repeats} * [{', '.join(block)}]" if repeats > 1 else f"[{', '.join(block)}]"
+        if len(listed) <= OPERAND:
             operands.append(listed)
             continue
-        for item in block * repeats:  # a long irregular stretch: lists of what fits on a line
-            if operands and operands[-1].startswith("[") and len(operands[-1]) + len(item) + 2 <= WIDTH - 8:
+        for item in block * repeats:
+            if operands and operands[-1].startswith("[") and len(operands[-1]) + len(item) + 2 <= OPERAND:
                 operands[-1] = f"{operands[-1][:-1]}, {item}]"
             else:
                 operands.append(f"[{item}]")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# A layer has collapsed when, over the last window of steps (the window of "loss last"), the normalized
-# entropy H/ln E of its expert load averages below this: an even load is 1; all slots on k of E experts
-# is ln k / ln E (0 for top-1, 0.33 for 2 of 8, 0.38 for 8 of 256).
+# A layer has collapsed when the normalized entropy H/ln E of its expert load, summed over the last window
+# of steps (the window of "loss last"), is below this: an even load is 1; all slots on k of E experts is
+# ln k / ln E (0 for top-1, 0.33 for 2 of 8, 0.38 for 8 of 256). Summed, not averaged per step: one step of a
+# small batch is a noisy sample of the router (32 slots over 8 experts uniformly at random give 0.94 on average).
 COLLAPSE_ENTROPY = 0.5
 STEPS_SCHEMA = "moec.smoke.steps/1"
 
@@ -82,7 +83,8 @@ class StepRecord:
 
 @dataclass
 class LayerDynamics:
-    """One MoE layer's summary over the run: averages of the per-step figures over the last window."""
+    """One MoE layer over the last window of steps: the load summed over it (entropy, max/mean, dropped),
+    router z averaged, the bias drift at its end."""
 
     layer: int
     entropy_norm: float
@@ -124,8 +126,7 @@ def last_window(n_steps: int) -> int:
 
 
 def dynamics(steps: list[StepRecord], layer_index: list[int]) -> Dynamics:
-    """Average each layer's per-step figures over the last window, and judge collapse against
-    COLLAPSE_ENTROPY."""
+    """Each layer over the last window of steps, judged against COLLAPSE_ENTROPY."""
     k = last_window(len(steps))
     out = Dynamics(window=k, collapse_entropy=COLLAPSE_ENTROPY)
     tail = steps[-k:]
@@ -133,17 +134,22 @@ def dynamics(steps: list[StepRecord], layer_index: list[int]) -> Dynamics:
         return out
     for j, layer in enumerate(layer_index):
         rows = [s.layers[j] for s in tail]
-        drift = rows[-1].bias_drift
-        ent = _mean([r.entropy_norm for r in rows])
+        pooled = LayerStep(
+            load=[sum(col) for col in zip(*(r.load for r in rows), strict=True)],
+            dropped=sum(r.dropped for r in rows),
+            load_balance=_mean([r.load_balance for r in rows]),
+            router_z=_mean([r.router_z for r in rows]),
+            bias_drift=rows[-1].bias_drift,
+        )
         out.layers.append(
             LayerDynamics(
                 layer=layer,
-                entropy_norm=ent,
-                max_mean=_mean([r.max_mean for r in rows]),
-                dropped_fraction=_mean([r.dropped_fraction for r in rows]),
-                router_z=_mean([r.router_z for r in rows]),
-                bias_drift=drift,
-                collapsed=ent < COLLAPSE_ENTROPY,
+                entropy_norm=pooled.entropy_norm,
+                max_mean=pooled.max_mean,
+                dropped_fraction=pooled.dropped_fraction,
+                router_z=pooled.router_z,
+                bias_drift=pooled.bias_drift,
+                collapsed=pooled.entropy_norm < COLLAPSE_ENTROPY,
             )
         )
     return out

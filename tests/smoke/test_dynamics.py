@@ -32,20 +32,30 @@ def test_load_entropy_and_max_mean_by_hand(load: list[int], entropy: float, rati
     assert max_mean(load) == pytest.approx(ratio)
 
 
-def test_dynamics_average_the_last_window_and_judge_collapse():
-    """8 steps: the window is 2 (a quarter); layer 0 even, layer 1 all on one expert in the last 2 steps."""
+def test_dynamics_pool_the_last_window_and_judge_collapse():
+    """8 steps: the window is 2 (a quarter). Layer 3 is even; layer 5 puts every slot on expert 0 in the last
+    2 steps (collapsed); layer 7 alternates between two experts, so each step alone has entropy 0 but the
+    window's summed load [8, 8, 0, 0] has H/ln E = ln 2 / ln 4 = 0.5, not below the threshold."""
     even, one = [2, 2, 2, 2], [8, 0, 0, 0]
     steps = [
         StepRecord(
-            i, 1.0, 0.0, [LayerStep(even, 0, 1.0, 0.5, None), LayerStep(even if i < 6 else one, 8, 1.0, 0.5, 0.1)]
+            i,
+            1.0,
+            0.0,
+            [
+                LayerStep(even, 0, 1.0, 0.5, None),
+                LayerStep(even if i < 6 else one, 8, 1.0, 0.5 + i, 0.1 * i),
+                LayerStep([8, 0, 0, 0] if i % 2 else [0, 8, 0, 0], 0, 1.0, 0.5, None),
+            ],
         )
         for i in range(8)
     ]
-    d = dynamics(steps, [3, 5])
+    d = dynamics(steps, [3, 5, 7])
     assert d.window == 2 and d.collapsed == [5]
     assert d.layers[0].entropy_norm == pytest.approx(1.0) and d.layers[1].entropy_norm == 0.0
-    assert d.layers[1].max_mean == 4.0 and d.layers[1].dropped_fraction == pytest.approx(8 / 16)
-    assert d.layers[0].bias_drift is None and d.layers[1].bias_drift == 0.1
+    assert d.layers[1].max_mean == 4.0 and d.layers[1].dropped_fraction == pytest.approx(16 / 32)
+    assert d.layers[1].router_z == pytest.approx((6.5 + 7.5) / 2) and d.layers[1].bias_drift == pytest.approx(0.7)
+    assert d.layers[2].entropy_norm == pytest.approx(0.5) and d.layers[0].bias_drift is None
 
 
 def smoke(*args: str) -> tuple[int, str, str]:

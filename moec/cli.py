@@ -11,6 +11,7 @@ from moec import __version__
 from moec.commands.analyze import analyze, diff, list_specs, schema, validate
 from moec.commands.bench import bench
 from moec.commands.build import build
+from moec.commands.generate import generate
 from moec.commands.hf import export_hf, import_hf
 from moec.commands.plan import plan
 from moec.commands.roofline import roofline
@@ -53,6 +54,7 @@ for _cmd in (
     plan,
     roofline,
     sweep,
+    generate,
 ):
     cli.add_command(_cmd)
 

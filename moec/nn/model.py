@@ -214,7 +214,10 @@ class MoecModel(nn.Module):
         x = self._embed(tokens)  # (B, S, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
-        ropes = {theta: (cos[positions], sin[positions]) for theta, (cos, sin) in cache.rope.items()}  # (S, rot) ×2
+        ropes = {}  # base → the tables at the new positions, (S, rot) ×2 (a loop: dynamo cannot iterate .items())
+        for theta in cache.rope:
+            cos, sin = cache.rope[theta]
+            ropes[theta] = (cos[positions], sin[positions])
         auxes: list[MoEAux | None] = []
         for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
             x, aux = block(x, ropes.get(lp.attention.rope_theta), layer_cache, positions)

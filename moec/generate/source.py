@@ -1,0 +1,162 @@
+"""What `moec generate` runs: a model from a spec, a ``moec build`` folder or a Hugging Face checkpoint
+folder, ready to decode, and the tokenizer.json beside it when there is one.
+
+- SPEC (a path or a shipped name, with ``--set``): the model with seeded random weights;
+- BUILD_DIR (``spec.resolved.yaml``, ``model.safetensors`` when built with ``--weights``): its plan and weights;
+- HF_DIR (``config.json`` and safetensors): :func:`moec.from_hf`.
+
+A model whose routing has a capacity factor is decoded with the same weights and no capacity
+(:func:`moec.nn.cache.without_capacity`; docs/decode.md, "Capacity"), and a note says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from moec.errors import CommandError
+from moec.nn.build import build_model
+from moec.nn.cache import capacity_layers, without_capacity
+from moec.nn.model import MoecModel
+
+TOKENIZER = "tokenizer.json"
+RESOLVED = "spec.resolved.yaml"  # moec.codegen.output's names for a build folder's files
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Loaded:
+    model: MoecModel  # in eval mode
+    kind: str  # "spec", "build" or "hf"
+    tokenizer_file: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_source(
+    source: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    sets: tuple[str, ...] = (),
+) -> Loaded:
+    """The model ``source`` names, on ``device``; ``dtype`` None: the checkpoint's (HF), else fp32."""
+    folder = Path(source)
+    if folder.is_dir() and (folder / "config.json").is_file():
+        if sets:
+            raise CommandError("--set applies to moec specs; a Hugging Face folder's config is read as it is")
+        from moec.hf.weights import from_hf
+
+        loaded = Loaded(from_hf(folder, device=device, dtype=dtype), "hf", _tokenizer(folder))
+    elif folder.is_dir() and (folder / RESOLVED).is_file():
+        if sets:
+            raise CommandError("--set applies to moec specs; a build folder's plan is read as it is")
+        loaded = _build_folder(folder, device, dtype or torch.float32, seed)
+    elif folder.is_dir():
+        raise CommandError(f"{source}: a folder holding neither config.json (Hugging Face) nor {RESOLVED} (moec build)")
+    else:
+        plan = _spec_plan(source, sets)
+        model = build_model(without_capacity(plan), device=device, dtype=dtype or torch.float32, seed=seed)
+        loaded = Loaded(model, "spec", None, [f"random weights (seed {seed})"])
+        _note_capacity(loaded, plan)
+        return _eval(loaded)
+    if capacity_layers(loaded.model.plan):
+        _note_capacity(loaded, loaded.model.plan)
+        loaded.model = _same_weights(loaded.model, without_capacity(loaded.model.plan))
+    return _eval(loaded)
+
+
+def _spec_plan(source: str, sets: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """A moec spec (path or shipped name), or a lone Hugging Face config.json (random weights too)."""
+    if source.endswith(".json"):
+        if sets:
+            raise CommandError("--set applies to moec specs; import the config with `moec import-hf` first")
+        from moec.hf.config import hf_to_model
+
+        return hf_to_model(source)
+    from moec.spec import load_model
+
+    return load_model(source, sets=sets)
+
+
+def _eval(loaded: Loaded) -> Loaded:
+    loaded.model.eval()
+    return loaded
+
+
+def _note_capacity(loaded: Loaded, plan) -> None:  # type: ignore[no-untyped-def]
+    layers = capacity_layers(plan)
+    if layers:
+        loaded.notes.append(f"capacity_factor of {len(layers)} MoE layer(s) left out: decode routes every token")
+
+
+def _same_weights(model: MoecModel, plan) -> MoecModel:  # type: ignore[no-untyped-def]
+    """A model of ``plan`` (the same parameters) holding ``model``'s tensors, without a copy."""
+    weight = model.lm_head.weight
+    other = MoecModel(plan, device="meta", dtype=weight.dtype)
+    other.load_state_dict(model.state_dict(), assign=True)
+    if plan.tie_embeddings:
+        other.lm_head.weight = other.embed.weight
+    return other
+
+
+def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: int) -> Loaded:
+    import yaml
+
+    from moec.spec import plan_from_dict
+
+    try:
+        plan = plan_from_dict(yaml.safe_load((folder / RESOLVED).read_text()))
+    except (yaml.YAMLError, TypeError, KeyError, ValueError) as e:
+        raise CommandError(f"{folder / RESOLVED}: not a plan moec build wrote ({type(e).__name__}: {e})") from None
+    weights = folder / WEIGHTS
+    model = build_model(plan, device=device, dtype=dtype, seed=seed)
+    if not weights.is_file():
+        return Loaded(
+            model, "build", _tokenizer(folder), [f"{folder} holds no {WEIGHTS}: random weights (seed {seed})"]
+        )
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise CommandError(f"{weights}: does not hold this plan's weights ({str(e).splitlines()[0]})") from None
+    return Loaded(model, "build", _tokenizer(folder))
+
+
+def _tokenizer(folder: Path) -> Path | None:
+    path = folder / TOKENIZER
+    return path if path.is_file() else None
+
+
+def encode(tokenizer_file: Path | None, text: str) -> list[int]:
+    """``text`` → token ids with the tokenizer.json beside the model (the ``tokenizers`` package)."""
+    tok = _tokenizer_of(tokenizer_file)
+    ids = tok.encode(text).ids
+    if not ids:
+        raise CommandError(f"--prompt {text!r} encodes to no tokens")
+    return ids
+
+
+def decode(tokenizer_file: Path | None, ids: list[int]) -> str:
+    return _tokenizer_of(tokenizer_file).decode(ids)
+
+
+def _tokenizer_of(tokenizer_file: Path | None):  # type: ignore[no-untyped-def]
+    if tokenizer_file is None:
+        raise CommandError(
+            f"--prompt needs a {TOKENIZER} beside the model (in the Hugging Face or build folder); "
+            "give --prompt-tokens instead"
+        )
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise CommandError(
+            "--prompt needs the tokenizers package: pip install 'moec[generate]' (or give --prompt-tokens)"
+        ) from None
+    try:
+        return Tokenizer.from_file(str(tokenizer_file))
+    except Exception as e:  # the tokenizers package raises its own exception type for a bad file
+        raise CommandError(f"{tokenizer_file}: not a tokenizer the tokenizers package reads ({e})") from None

@@ -1,0 +1,157 @@
+"""`moec generate`: greedy output equals transformers' ``generate`` token for token on tiny random checkpoints
+of four families; the CLI's prompts, sources and refusals; sampling against its definition."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from click.testing import CliRunner  # noqa: E402
+
+import moec  # noqa: E402
+from moec.cli import cli  # noqa: E402
+from moec.generate import generate, next_tokens  # noqa: E402
+from tests.hf.test_weights import CONFIGS, make_hf  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPT = [[5, 17, 99, 3, 64, 8, 120, 33], [1, 2, 3, 4, 5, 6, 7, 8]]
+NEW = 20  # 8 + 20 positions: past gpt-oss's window of 4 and DeepSeek-V3's YaRN original length of 16
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """model_type → (transformers model, the folder save_pretrained wrote), built once per module."""
+    saved = {}
+
+    def get(model_type: str):
+        if model_type not in saved:
+            hf = make_hf(model_type)  # every weight random, routers with logits of order 1
+            folder = tmp_path_factory.mktemp(model_type)
+            hf.save_pretrained(folder)
+            saved[model_type] = (hf, folder)
+        return saved[model_type]
+
+    return get
+
+
+def hf_greedy(hf, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """transformers' own generate, greedy, exactly ``new`` tokens (no end-of-sequence stop)."""
+    with torch.no_grad():
+        out = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+    return out[:, prompt.shape[1] :]
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_greedy_generate_equals_transformers_generate(checkpoints, model_type):
+    hf, folder = checkpoints(model_type)
+    prompt = torch.tensor(PROMPT)
+    want = hf_greedy(hf, prompt, NEW)
+    gen = generate(moec.from_hf(folder), prompt, NEW)
+    assert gen.new_tokens.tolist() == want.tolist()
+    assert len(set(want[0].tolist())) > 3  # the continuation is not one token repeated: the test has teeth
+    # every MoE layer reads between k and the batch's k·B experts per step
+    k = CONFIGS[model_type]["num_experts_per_tok"]
+    assert all(k <= n <= 2 * k for counts in gen.experts.values() for n in counts)
+
+
+def test_the_cli_prints_transformers_tokens_and_the_rates(checkpoints):
+    hf, folder = checkpoints("mixtral")
+    prompt = torch.tensor(PROMPT[:1])
+    want = hf_greedy(hf, prompt, 6)[0].tolist()
+    r = run("generate", str(folder), "--prompt-tokens", ",".join(map(str, PROMPT[0])), "--max-new-tokens", "6")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert " | " + " ".join(map(str, want)) in r.output
+    assert any(line.startswith("prefill  1×8 tokens in") and "tokens/s" in line for line in lines)
+    assert any(line.startswith("decode   1×5 tokens in") and "ms per output token" in line for line in lines)
+    assert "experts touched per decode step" in r.output
+    assert max(len(line) for line in lines) <= 80
+    r = run(
+        "generate", str(folder), "--prompt-tokens", "1 2 3", "--max-new-tokens", "4", "--batch", "3", "--format", "json"
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert len(data["new_tokens"]) == 3 and data["new_tokens"][0] == data["new_tokens"][2]  # greedy: rows agree
+    assert data["decode_steps"] == 3 and set(data["experts_touched_per_step"]) == {"0", "1"}
+
+
+def test_prompt_text_goes_through_the_tokenizer_json(checkpoints, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    hf, folder = checkpoints("qwen3_moe")
+    words = [f"w{i}" for i in range(CONFIGS["qwen3_moe"]["vocab_size"])]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    try:
+        want = hf_greedy(hf, torch.tensor([[7, 9, 11]]), 5)[0].tolist()
+        r = run("generate", str(folder), "--prompt", "w7 w9 w11", "--max-new-tokens", "5")
+    finally:
+        (folder / "tokenizer.json").unlink()
+    assert r.exit_code == 0, r.output
+    assert "[0] w7 w9 w11‖" + " ".join(words[i] for i in want) in r.output
+
+
+TINY_SPEC = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.vocab_size=128",
+             "--set", "moe.d_ff=32", "--set", "model.max_seq_len=16")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--max-new-tokens", "2"), "give exactly one of --prompt-tokens and --prompt"),
+        (("--prompt-tokens", "1,x"), "expected token ids like 1,2,3"),
+        (("--prompt-tokens", "1,200"), "prompt token 200 is outside the vocabulary [0, 128)"),
+        (("--prompt-tokens", "1,2,3", "--max-new-tokens", "15"), "need 17 positions; textbook-moe has max_seq_len 16"),
+        (("--prompt", "hello"), "--prompt needs a tokenizer.json beside the model"),
+    ],
+)
+def test_bad_requests_are_one_error_line_and_exit_2(args, message):
+    r = run("generate", *TINY_SPEC, *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_a_spec_with_capacity_is_decoded_without_it_and_says_so():
+    r = run("generate", "switch-base-8", "--set", "model.d_model=48", "--set", "model.n_layers=2", "--set",
+            "model.vocab_size=128", "--set", "ffn.d_ff=32", "--set", "moe.d_ff=32", "--prompt-tokens", "1,2,3",
+            "--max-new-tokens", "3")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "note: capacity_factor of 1 MoE layer(s) left out: decode routes every token" in r.output
+
+
+def test_a_build_folder_with_weights_generates_what_its_spec_does(tmp_path):
+    """`moec build --weights` writes the seeded weights; generating from the folder and from the spec (same seed)
+    gives the same tokens, and a different seed does not."""
+    out = tmp_path / "built"
+    assert run("build", *TINY_SPEC, "-o", str(out), "--weights", "--seed", "3").exit_code == 0
+    common = ("--prompt-tokens", "1,2,3", "--max-new-tokens", "8", "--format", "json")
+    tokens = [json.loads(run("generate", *src, *common).output)["new_tokens"] for src in
+              ((str(out),), (*TINY_SPEC, "--seed", "3"), (*TINY_SPEC, "--seed", "4"))]  # fmt: skip
+    assert tokens[0] == tokens[1] != tokens[2]
+
+
+def test_sampling_follows_its_definition():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).expand(400, 3)
+    g = torch.Generator().manual_seed(0)
+    assert next_tokens(logits, temperature=0.0, top_p=1.0, generator=None).unique().tolist() == [0]
+    # top-p 0.5: the first token alone already holds 0.6 ≥ 0.5; top-p 0.8: the first two (0.9), never the third
+    assert next_tokens(logits, temperature=1.0, top_p=0.5, generator=g).unique().tolist() == [0]
+    drawn = next_tokens(logits, temperature=1.0, top_p=0.8, generator=g)
+    assert set(drawn.tolist()) == {0, 1}
+    assert abs((drawn == 0).float().mean().item() - 0.6 / 0.9) < 0.1  # renormalised over the nucleus
+    # seeded: the same seed draws the same tokens
+    a = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
+    b = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and set(a.tolist()) == {0, 1, 2}

@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from moec.analyze.report import Analysis
 from moec.spec.plan import ResolvedModel
 
-IGNORED = {"name", "spec_hash", "source_file", "description"}
+IGNORED = {"name", "spec_hash", "source_file", "description", "extra"}
 
 
-def _flatten(prefix: str, v: Any, out: dict[str, Any]) -> None:
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if not prefix and k in IGNORED:
+def _flatten(prefix: str, v: Any, out: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """``out``: every leaf of a plan by dotted path; ``defaults``: the declared default of each leaf that has
+    one (the plan dataclasses carry the schema's defaults)."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        for f in dataclasses.fields(v):
+            if not prefix and f.name in IGNORED:
                 continue
-            _flatten(f"{prefix}.{k}" if prefix else k, x, out)
-    elif isinstance(v, (list, tuple)) and v and isinstance(v[0], dict):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            if f.default is not dataclasses.MISSING:
+                defaults[key] = list(f.default) if isinstance(f.default, tuple) else f.default
+            _flatten(key, getattr(v, f.name), out, defaults)
+    elif isinstance(v, (list, tuple)) and v and dataclasses.is_dataclass(v[0]):
         for i, x in enumerate(v):
-            _flatten(f"{prefix}[{i}]", x, out)
+            _flatten(f"{prefix}[{i}]", x, out, defaults)
     else:
         out[prefix] = list(v) if isinstance(v, tuple) else v
 
 
-def _layer_groups(m: ResolvedModel) -> dict[str, Any]:
+def _layer_groups(m: ResolvedModel, defaults: dict[str, Any]) -> dict[str, Any]:
     """Per-layer plans collapsed to `field: value` for the layers that share it, so a diff of a 61-layer
     model reads as a few lines ("layers 3..60 ffn.n_experts: 256") instead of 61."""
     out: dict[str, Any] = {}
     per_layer: list[dict[str, Any]] = []
     for lp in m.layers:
         flat: dict[str, Any] = {}
-        _flatten(
-            "",
-            {
-                "attention": lp.attention.__dict__,
-                "ffn": {**lp.ffn.__dict__, **({"router": lp.ffn.router.__dict__} if lp.ffn.kind == "moe" else {})},
-            },
-            flat,
-        )
+        _flatten("attention", lp.attention, flat, defaults)
+        _flatten("ffn", lp.ffn, flat, defaults)
         per_layer.append(flat)
     keys = sorted({k for f in per_layer for k in f})
     for k in keys:
@@ -52,23 +52,43 @@ def _layer_groups(m: ResolvedModel) -> dict[str, Any]:
     return out
 
 
+def _changed(fa: dict[str, Any], fb: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """The fields whose values differ, leaving out a field only one side has that holds its default there
+    (a MoE's default router options against a dense model's nothing are not changes anyone made)."""
+
+    def leaf(k: str) -> str:
+        return k.split(" ", 2)[2] if k.startswith("layers ") else k
+
+    def defaulted(k: str, f: dict[str, Any]) -> bool:
+        return leaf(k) in defaults and f[k] == defaults[leaf(k)]
+
+    out = []
+    for k in sorted(set(fa) | set(fb)):
+        if fa.get(k) == fb.get(k):
+            continue
+        if (k not in fb and defaulted(k, fa)) or (k not in fa and defaulted(k, fb)):
+            continue
+        out.append(k)
+    return out
+
+
 def diff_models(a: ResolvedModel, b: ResolvedModel, ra: Analysis, rb: Analysis) -> dict[str, Any]:
+    """Fields that differ (a field one side lacks and the other holds at its default is no difference) and
+    the change in every headline metric."""
     fa: dict[str, Any] = {}
     fb: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for m, f in ((a, fa), (b, fb)):
-        d = m.to_dict()
-        d.pop("layers")
-        d.pop("mtp")
-        _flatten("", d, f)
+        _flatten("", dataclasses.replace(m, layers=(), mtp=()), f, defaults)
+        f.pop("layers")
+        f.pop("mtp")
         f["layer pattern"] = "".join("M" if l.ffn.kind == "moe" else "D" for l in m.layers)
         f["mtp layers"] = len(m.mtp)
-    fields = [{"field": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-    ga, gb = _layer_groups(a), _layer_groups(b)
+    fields = [{"field": k, "a": fa.get(k), "b": fb.get(k)} for k in _changed(fa, fb, defaults)]
+    ga, gb = _layer_groups(a, defaults), _layer_groups(b, defaults)
     if a.n_layers == b.n_layers:
         fields += [
-            {"field": k, "a": ga.get(k), "b": gb.get(k)}
-            for k in sorted(set(ga) | set(gb), key=_layer_key)
-            if ga.get(k) != gb.get(k)
+            {"field": k, "a": ga.get(k), "b": gb.get(k)} for k in sorted(_changed(ga, gb, defaults), key=_layer_key)
         ]
 
     def metric(name: str, x: float, y: float, unit: str = "") -> dict[str, Any]:

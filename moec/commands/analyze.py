@@ -195,13 +195,33 @@ def _print_verify(r, *, md: bool) -> None:  # (VerifyResult) -> None
 @click.argument("spec_b")
 @click.option("--seq", type=click.IntRange(1, 1 << 27), default=1, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@set_option
+@click.option("--set-a", "sets_a", multiple=True, metavar="KEY=VALUE", help="Override a field of SPEC_A only.")
+@click.option(
+    "--set-b",
+    "sets_b",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a field of SPEC_B only: `diff X X --set-b moe.router.top_k=1` shows one change.",
+)
 @report_errors
-def diff(spec_a: str, spec_b: str, seq: int, fmt: str) -> None:
-    """Field-level differences between two specs, and the change in every headline metric."""
+def diff(
+    spec_a: str,
+    spec_b: str,
+    seq: int,
+    fmt: str,
+    sets: tuple[str, ...],
+    sets_a: tuple[str, ...],
+    sets_b: tuple[str, ...],
+) -> None:
+    """Field-level differences between two specs, and the change in every headline metric.
+
+    A field only one spec has, at its default value, is not listed (a MoE's default router options
+    against a dense model). --set applies to both specs."""
     from moec.analyze import analyze as run
     from moec.analyze.diff import diff_models
 
-    a, b = load_plan(spec_a), load_plan(spec_b)
+    a, b = load_plan(spec_a, sets + sets_a), load_plan(spec_b, sets + sets_b)
     d = diff_models(a, b, run(a, seq=seq), run(b, seq=seq))
     if fmt == "json":
         click.echo(json.dumps(d, indent=2))
@@ -212,8 +232,9 @@ def diff(spec_a: str, spec_b: str, seq: int, fmt: str) -> None:
     from moec.analyze.render import human
 
     con = Console()
-    t = Table(title=f"fields: {a.name} → {b.name}")
-    for c in ("field", a.name, b.name):
+    name_a, name_b = (a.name, b.name) if a.name != b.name else (f"{a.name} (A)", f"{b.name} (B)")
+    t = Table(title=f"fields: {name_a} → {name_b}")
+    for c in ("field", name_a, name_b):
         t.add_column(c)
     for f in d["fields"]:
         t.add_row(f["field"], str(f["a"]), str(f["b"]))
@@ -221,7 +242,7 @@ def diff(spec_a: str, spec_b: str, seq: int, fmt: str) -> None:
         t.add_row("(no differences)", "", "")
     con.print(t)
     m = Table(title="metrics")
-    for c, j in (("metric", "left"), (a.name, "right"), (b.name, "right"), ("Δ", "right"), ("Δ%", "right")):
+    for c, j in (("metric", "left"), (name_a, "right"), (name_b, "right"), ("Δ", "right"), ("Δ%", "right")):
         m.add_column(c, justify=j)  # type: ignore[arg-type]
     for r in d["metrics"]:
         pct = "-" if r["pct"] is None else f"{r['pct']:+.1f}%"

@@ -14,14 +14,23 @@ BACKEND_NAMES = ("naive", "reference", "triton", "hf_loop", "all_experts", "idea
 DEFAULT_SHAPE = {"d_model": 512, "d_ff": 1024, "n_experts": 8, "top_k": 2, "activation": "swiglu"}
 
 
-def _ints(values: tuple[str, ...]) -> tuple[int, ...]:
+def _decode(spec: str, batches: tuple[int, ...], opts: dict, gpu: str | None, fmt: str, sets: tuple[str, ...]) -> None:
+    from moec.bench.decode import DecodeOptions, render_decode, run_decode_bench
+
+    if not batches or min(batches) < 1:
+        raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
+    report = run_decode_bench(spec, DecodeOptions(batches=batches, gpu=gpu, **opts), sets)
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else render_decode(report))
+
+
+def _ints(values: tuple[str, ...], hint: str = "--tokens") -> tuple[int, ...]:
     """--tokens 1024 --tokens 4096, or --tokens 1024,4096."""
     try:
         out = tuple(int(v) for chunk in values for v in chunk.split(",") if v.strip())
     except ValueError as e:
-        raise click.BadParameter(f"token counts must be integers: {e}", param_hint="--tokens") from e
+        raise click.BadParameter(f"token counts must be integers: {e}", param_hint=hint) from e
     if any(t < 0 for t in out):
-        raise click.BadParameter("token counts must be >= 0", param_hint="--tokens")
+        raise click.BadParameter("token counts must be >= 0", param_hint=hint)
     return out
 
 
@@ -83,6 +92,16 @@ def _ints(values: tuple[str, ...]) -> tuple[int, ...]:
     help="Store expert weights (E, in, out) as moec does, or (E, out, in) as HF/Liger do (others read views).",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--decode",
+    is_flag=True,
+    help="Instead: time SPEC's cached decode (a spec, build folder or HF folder) at each --batch-sizes, beside "
+    "moec roofline's prediction for this device (docs/decode.md).",
+)
+@click.option("--batch-sizes", default="1,8,64", show_default=True, help="--decode: comma-separated batch sizes.")
+@click.option("--context", type=click.IntRange(1), default=128, show_default=True, help="--decode: prompt tokens.")
+@click.option("--steps", type=click.IntRange(1), default=16, show_default=True, help="--decode: timed decode steps.")
+@click.option("--gpu", help="--decode: predict with this entry of moec's accelerator table, not measured yardsticks.")
 @set_option
 @report_errors
 def bench(
@@ -104,12 +123,24 @@ def bench(
     threads: int | None,
     weight_layout: str,
     fmt: str,
+    decode: bool,
+    batch_sizes: str,
+    context: int,
+    steps: int,
+    gpu: str | None,
     sets: tuple[str, ...],
 ) -> None:
     """Time MoE expert backends in one process: median ms, TFLOP/s, speedups, ratio to ideal, error vs oracle.
 
-    With SPEC, the shape is its first MoE layer's (explicit options override single fields).
+    With SPEC, the shape is its first MoE layer's (explicit options override single fields). With --decode,
+    SPEC's decode tokens/s at each batch size beside the roofline's prediction.
     """
+    if decode:
+        if not spec:
+            raise click.UsageError("--decode needs a SPEC, build folder or Hugging Face folder")
+        opts = dict(context=context, steps=steps, warmup=warmup, dtype=dtype, device=device, threads=threads, seed=seed)
+        _decode(spec, _ints((batch_sizes,), "--batch-sizes"), opts, gpu, fmt, sets)
+        return
     from moec.bench.moe_bench import BenchOptions, BenchShape, run_bench, shape_from_spec
     from moec.bench.render import render_table
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from moec.spec.schema import FFN, Balance, Lora, MoE, Router
+from moec.spec.schema import FFN, Balance, Lora, MoE, RopeScaling, Router
 from moec.vocab import (
     ATTENTION_KINDS,
     GATED,
@@ -44,30 +44,94 @@ class NormPlan:
         return self.placement != "post"
 
 
-@dataclass(frozen=True)
-class RopeScalingPlan:
-    kind: str
-    factor: float | None = None  # every kind but ntk_alpha
-    original_max_seq_len: int | None = None
-    beta_fast: float | None = None
-    beta_slow: float | None = None
-    mscale: float | None = None
-    mscale_all_dim: float | None = None
-    low_freq_factor: float | None = None
-    high_freq_factor: float | None = None
-    truncate: bool = True
-    attention_factor: float | None = None
-    short_factor: tuple[float, ...] | None = None  # longrope
-    long_factor: tuple[float, ...] | None = None
-    short_mscale: float | None = None
-    long_mscale: float | None = None
-    alpha: float | None = None  # ntk_alpha: the base stretch theta · alpha^(dim/(dim−2))
+def _mirrored_plan(
+    name: str,
+    schema: type[BaseModel],
+    *,
+    doc: str,
+    base: type,
+    resolved: dict[str, Any] | None = None,
+    flatten: dict[str, tuple[type[BaseModel], str]] | None = None,
+    only_with: dict[str, str] | None = None,
+    kind: str | None = None,
+    positional: bool = False,
+) -> type:
+    """A frozen plan dataclass with the schema model's fields: same names, order, types and defaults, so that a
+    field added to the schema reaches the plan (and :func:`schema_values`) without a second declaration.
 
+    ``resolved``: fields the resolver computes, with their plan type (required, no default). ``flatten``: a
+    sub-model field whose fields join the plan at its place, each named prefix + field (optional: None when
+    the sub-model is absent). ``only_with``: fields that hold a value only with one activation (else None).
+    ``kind``: a constant ``kind`` field last, telling dense and MoE plans apart in plain data. Fields are
+    keyword-only unless ``positional``."""
+    resolved, flatten, only_with = resolved or {}, flatten or {}, only_with or {}
+    fields: list[tuple[str, Any, Any]] = []
+    paths: dict[str, tuple[str, ...]] = {}
+    for f, info in schema.model_fields.items():
+        if f in flatten:
+            sub, prefix = flatten[f]
+            sub_default = schema.model_fields[f].default
+            for g, sub_info in sub.model_fields.items():
+                plain = sub_default is not None and not sub_info.is_required()
+                default = sub_info.default if plain else None
+                fields.append((prefix + g, sub_info.annotation if plain else Any, dataclasses.field(default=default)))
+                paths[prefix + g] = (f, g)
+            continue
+        if f in resolved:
+            fields.append((f, resolved[f], dataclasses.field()))
+        elif f in only_with:
+            fields.append((f, info.annotation | None, dataclasses.field(default=None)))
+        else:
+            fields.append((f, info.annotation, _default(info)))
+        paths[f] = (f,)
+    if kind is not None:
+        fields.append(("kind", Literal[kind], dataclasses.field(default=kind)))
+    cls = dataclasses.make_dataclass(
+        name,
+        fields,
+        bases=(base,),
+        frozen=True,
+        kw_only=not positional,
+        namespace={"__doc__": doc, "__module__": __name__},
+    )
+    cls.schema_paths = paths  # plan field → attribute path in the schema object
+    cls.only_with = only_with  # plan field → the activation it holds a value with
+    return cls
+
+
+def _default(info: FieldInfo) -> Any:
+    return dataclasses.field() if info.is_required() else dataclasses.field(default=info.default)
+
+
+def schema_values(plan_cls: type, obj: BaseModel) -> dict[str, Any]:
+    """The plan fields ``plan_cls`` copies from the schema object ``obj`` (see :func:`_mirrored_plan`), by their
+    schema path; a field of an absent sub-model, or one that holds a value only with another activation, is
+    None."""
+    values: dict[str, Any] = {}
+    for f, path in plan_cls.schema_paths.items():
+        v: Any = obj
+        for step in path:
+            v = getattr(v, step) if v is not None else None
+        activation = plan_cls.only_with.get(f)
+        values[f] = v if activation is None or obj.activation == activation else None  # type: ignore[attr-defined]
+    return values
+
+
+class _RopeScalingBase:
     def __post_init__(self) -> None:
         for f in ("short_factor", "long_factor"):  # tuples, also when reloaded from YAML lists
             v = getattr(self, f)
             if v is not None:
                 object.__setattr__(self, f, tuple(float(x) for x in v))
+
+
+RopeScalingPlan = _mirrored_plan(
+    "RopeScalingPlan",
+    RopeScaling,
+    doc="RoPE scaling: schema.RopeScaling's fields (longrope's factors as tuples).",
+    base=_RopeScalingBase,
+    positional=True,
+)
 
 
 @dataclass(frozen=True)
@@ -124,72 +188,6 @@ class AttentionPlan:
     def v_dim(self) -> int:
         """Per-head width of values."""
         return self.v_head_dim if self.kind == "mla" else self.head_dim
-
-
-def _mirrored_plan(
-    name: str,
-    schema: type[BaseModel],
-    *,
-    doc: str,
-    base: type,
-    resolved: dict[str, Any] | None = None,
-    flatten: dict[str, tuple[type[BaseModel], str]] | None = None,
-    only_with: dict[str, str] | None = None,
-    kind: str | None = None,
-) -> type:
-    """A frozen plan dataclass with the schema model's fields: same names, order, types and defaults, so that a
-    field added to the schema reaches the plan (and :func:`schema_values`) without a second declaration.
-
-    ``resolved``: fields the resolver computes, with their plan type (required, no default). ``flatten``: a
-    sub-model field whose fields join the plan at its place, each named prefix + field (optional: None when
-    the sub-model is absent). ``only_with``: fields that hold a value only with one activation (else None).
-    ``kind``: a constant ``kind`` field last, telling dense and MoE plans apart in plain data."""
-    resolved, flatten, only_with = resolved or {}, flatten or {}, only_with or {}
-    fields: list[tuple[str, Any, Any]] = []
-    paths: dict[str, tuple[str, ...]] = {}
-    for f, info in schema.model_fields.items():
-        if f in flatten:
-            sub, prefix = flatten[f]
-            sub_default = schema.model_fields[f].default
-            for g, sub_info in sub.model_fields.items():
-                plain = sub_default is not None and not sub_info.is_required()
-                default = sub_info.default if plain else None
-                fields.append((prefix + g, sub_info.annotation if plain else Any, dataclasses.field(default=default)))
-                paths[prefix + g] = (f, g)
-            continue
-        if f in resolved:
-            fields.append((f, resolved[f], dataclasses.field()))
-        elif f in only_with:
-            fields.append((f, info.annotation | None, dataclasses.field(default=None)))
-        else:
-            fields.append((f, info.annotation, _default(info)))
-        paths[f] = (f,)
-    if kind is not None:
-        fields.append(("kind", Literal[kind], dataclasses.field(default=kind)))
-    cls = dataclasses.make_dataclass(
-        name, fields, bases=(base,), frozen=True, kw_only=True, namespace={"__doc__": doc, "__module__": __name__}
-    )
-    cls.schema_paths = paths  # plan field → attribute path in the schema object
-    cls.only_with = only_with  # plan field → the activation it holds a value with
-    return cls
-
-
-def _default(info: FieldInfo) -> Any:
-    return dataclasses.field() if info.is_required() else dataclasses.field(default=info.default)
-
-
-def schema_values(plan_cls: type, obj: BaseModel) -> dict[str, Any]:
-    """The plan fields ``plan_cls`` copies from the schema object ``obj`` (see :func:`_mirrored_plan`), by their
-    schema path; a field of an absent sub-model, or one that holds a value only with another activation, is
-    None."""
-    values: dict[str, Any] = {}
-    for f, path in plan_cls.schema_paths.items():
-        v: Any = obj
-        for step in path:
-            v = getattr(v, step) if v is not None else None
-        activation = plan_cls.only_with.get(f)
-        values[f] = v if activation is None or obj.activation == activation else None  # type: ignore[attr-defined]
-    return values
 
 
 class _FFNBase:

@@ -48,6 +48,28 @@ def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     return slice(sel.first, max(min(sel.last, n_layers - 1) + 1, sel.first))
 
 
+# attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
+_ATTENTION_AS_WRITTEN = (
+    "n_heads",
+    "bias",
+    "out_bias",
+    "sinks",
+    "qk_norm_scope",
+    "qk_norm_kind",
+    "qk_norm_after_rope",
+    "clip_qkv",
+    "scale",
+)
+_MLA_AS_WRITTEN = (
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "latent_norm_eps",
+)
+
+
 def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
     if isinstance(loaded, LoadedSpec):
         spec, file, spec_hash = loaded.spec, loaded.file, loaded.spec_hash
@@ -90,10 +112,12 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         chunk_i = a.chunk if i is None else attn_fields["chunk"][i]
         qk_norm_i = a.qk_norm if i is None else attn_fields["qk_norm"][i]
         tt = a.temperature_tuning if (i is None or attn_fields["temperature_tuning"][i]) else None
-        extra = {
+        planned = {
+            **{f: getattr(a, f) for f in _ATTENTION_AS_WRITTEN},
+            "qk_norm": qk_norm_i,
+            "window": window_i,
+            "rope": rope_i,
             "chunk": chunk_i,
-            "qk_norm_kind": a.qk_norm_kind,
-            "qk_norm_after_rope": a.qk_norm_after_rope,
             "temperature_floor_scale": tt.floor_scale if tt else None,
             "temperature_scale": tt.scale if tt else None,
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],
@@ -102,41 +126,13 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None
             return AttentionPlan(
                 kind="mla",
-                n_heads=a.n_heads,
                 n_kv_heads=a.n_heads,
                 head_dim=a.qk_nope_head_dim + a.qk_rope_head_dim,
-                qk_norm=qk_norm_i,
-                bias=a.bias,
-                out_bias=a.out_bias,
-                sinks=a.sinks,
-                window=window_i,
-                rope=rope_i,
-                qk_norm_scope=a.qk_norm_scope,
-                clip_qkv=a.clip_qkv,
-                scale=a.scale,
-                q_lora_rank=a.q_lora_rank,
-                kv_lora_rank=a.kv_lora_rank,
-                qk_nope_head_dim=a.qk_nope_head_dim,
-                qk_rope_head_dim=a.qk_rope_head_dim,
-                v_head_dim=a.v_head_dim,
-                latent_norm_eps=a.latent_norm_eps,
-                **extra,
+                **{f: getattr(a, f) for f in _MLA_AS_WRITTEN},
+                **planned,
             )
         return AttentionPlan(
-            kind="gqa",
-            n_heads=a.n_heads,
-            n_kv_heads=a.n_kv_heads or a.n_heads,
-            head_dim=a.head_dim or m.d_model // a.n_heads,
-            qk_norm=qk_norm_i,
-            bias=a.bias,
-            out_bias=a.out_bias,
-            sinks=a.sinks,
-            window=window_i,
-            rope=rope_i,
-            qk_norm_scope=a.qk_norm_scope,
-            clip_qkv=a.clip_qkv,
-            scale=a.scale,
-            **extra,
+            kind="gqa", n_kv_heads=a.n_kv_heads or a.n_heads, head_dim=a.head_dim or m.d_model // a.n_heads, **planned
         )
 
     layers = tuple(

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import torch
 
-from moec.vocab import ACTIVATIONS, GATED
 from moec.kernels.triton import op as _op  # noqa: F401  (registers torch.ops.moec.triton_expert_ffn)
 from moec.kernels.triton._common import check_device
 from moec.kernels.triton.configs import (
@@ -34,6 +33,7 @@ from moec.kernels.triton.configs import (
 from moec.kernels.triton.ffn import ffn_forward
 from moec.kernels.triton.lora import LoraMix
 from moec.kernels.triton.tiles import SlotTiles, tile_slots
+from moec.vocab import ACTIVATIONS, GATED
 
 _TUNED: dict[str, KernelConfig] = {}  # in-process memo over the on-disk autotune cache
 

@@ -48,6 +48,19 @@ def check_device(t: torch.Tensor) -> None:
 
 
 @triton.jit
+def tile_rows(tile_expert_ptr, tile_row_ptr, expert_end_ptr, n_experts, BM: tl.constexpr):
+    """(expert, sorted rows (BM,) int64, row mask) of this program's M-tile (moec.kernels.triton.tiles). An
+    expert ≥ n_experts marks a tile past the real tile count (the grid is a static bound): the caller returns at
+    once. Its loads stay in bounds: the tile tables have one entry per program and the expert is clamped."""
+    pid_m = tl.program_id(0)
+    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    row0 = tl.load(tile_row_ptr + pid_m).to(tl.int64)
+    row_end = tl.load(expert_end_ptr + tl.minimum(e, n_experts - 1)).to(tl.int64)
+    rows = row0 + tl.arange(0, BM)
+    return e, rows, rows < row_end
+
+
+@triton.jit
 def _mma(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """acc += a @ b with fp32 accumulation."""
     if UPCAST:

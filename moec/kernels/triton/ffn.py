@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moec.kernels.triton._common import ACTIVATION_CODES, _act, _act_and_grad, _mma, dot_flags
+from moec.kernels.triton._common import ACTIVATION_CODES, _act, _act_and_grad, _mma, dot_flags, tile_rows
 from moec.kernels.triton.configs import KernelConfig
 from moec.kernels.triton.grouped import _empty_arg, combine, grouped_matmul, grouped_xty
 from moec.kernels.triton.tiles import SlotTiles
@@ -40,15 +40,10 @@ def _up_act_kernel(
     ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_H1: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    e, rows, rmask = tile_rows(tile_expert_ptr, tile_row_ptr, expert_end_ptr, n_experts, BM)  # (BM,) sorted rows
     if e >= n_experts:
         return
-    row0 = tl.load(tile_row_ptr + pid_m).to(tl.int64)
-    row_end = tl.load(expert_end_ptr + e).to(tl.int64)
-    rows = row0 + tl.arange(0, BM)  # (BM,) int64 sorted rows
-    rmask = rows < row_end
+    pid_n = tl.program_id(1)
     tok = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64) // top_k  # (BM,) token of each row
     cols = pid_n * BN + tl.arange(0, BN)  # gate columns n; the up column is n + F
     cmask = cols < F
@@ -131,15 +126,10 @@ def _down_bwd_kernel(
     ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    e, rows, rmask = tile_rows(tile_expert_ptr, tile_row_ptr, expert_end_ptr, n_experts, BM)  # (BM,) sorted rows
     if e >= n_experts:
         return
-    row0 = tl.load(tile_row_ptr + pid_m).to(tl.int64)
-    row_end = tl.load(expert_end_ptr + e).to(tl.int64)
-    rows = row0 + tl.arange(0, BM)
-    rmask = rows < row_end
+    pid_n = tl.program_id(1)
     slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
     tok = slot // top_k
     cols = pid_n * BN + tl.arange(0, BN)  # columns of f

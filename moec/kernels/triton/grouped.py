@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moec.kernels.triton._common import INTERPRET, _mma, dot_flags
+from moec.kernels.triton._common import INTERPRET, _mma, dot_flags, tile_rows
 from moec.kernels.triton.configs import KernelConfig
 from moec.kernels.triton.tiles import SlotTiles
 
@@ -41,15 +41,10 @@ def _grouped_matmul_kernel(
     GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    e, rows, rmask = tile_rows(tile_expert_ptr, tile_row_ptr, expert_end_ptr, n_experts, BM)  # (BM,) sorted rows
     if e >= n_experts:  # a tile past the real tile count (static grid bound): nothing to do
         return
-    row0 = tl.load(tile_row_ptr + pid_m).to(tl.int64)
-    row_end = tl.load(expert_end_ptr + e).to(tl.int64)
-    rows = row0 + tl.arange(0, BM)  # (BM,) int64 sorted rows of this tile
-    rmask = rows < row_end
+    pid_n = tl.program_id(1)
     if GATHER_A or HAS_SCALE:
         slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)  # flat t·k + j
     if GATHER_A:

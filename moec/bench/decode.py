@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -154,24 +155,25 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
 
 
 def render_decode(report: dict[str, Any]) -> str:
-    """The table: batch, measured and predicted tokens/s, their ratio, the bound, the experts read per step."""
+    """The table (80 columns): batch, measured and predicted tokens/s, their ratio, the predicted bound, and the
+    distinct experts each MoE layer read per step, measured and expected."""
     acc, cfg, m = report["accelerator"], report["config"], report["machine"]
-    lines = [
+    where = m.get("cpu") if m["device"] == "cpu" else m["device"]
+    head = [
         f"decode: {report['model']} ({report['source']}), {cfg['dtype']}, context {cfg['context']}, "
         f"{cfg['steps']} timed steps per batch",
-        f"on {m.get('cpu') if m['device'] == 'cpu' else m['device']}, {m['torch_threads']} threads, "
-        f"load {m['loadavg_1min_before_after']}",
-        f"roofline of {acc['name']}: {acc['peak_flops'] / 1e9:,.1f} GFLOP/s, {acc['hbm_bytes_per_s'] / 1e9:,.1f} GB/s",
-        f"  ({acc['source']})",
+        f"on {where}, {m['torch_threads']} threads, load {m['loadavg_1min_before_after']}",
+        f"roofline of {acc['name']}: {acc['peak_flops'] / 1e9:,.1f} GFLOP/s, {acc['hbm_bytes_per_s'] / 1e9:,.1f} GB/s "
+        f"({acc['source']})",
         *(f"note: {n}" for n in report["notes"]),
-        "",
-        "batch  measured tok/s  predicted tok/s  meas/pred  bound    experts/layer meas|pred",
     ]
+    lines = [w for text in head for w in textwrap.wrap(text, 80, subsequent_indent="  ", break_on_hyphens=False)]
+    lines += ["", "batch  measured tok/s  roofline tok/s  ratio  bound    experts read: meas | pred"]
     for r in report["rows"]:
         pred = r["distinct_experts_predicted"]
         experts = f"{r['distinct_experts_measured']:.1f} | {pred:.1f}" if pred is not None else "–"
         lines.append(
-            f"{r['batch']:>5}  {r['measured_tokens_per_s']:>14,.1f}  {r['predicted_tokens_per_s']:>15,.1f}  "
-            f"{r['ratio']:>9.3f}  {r['predicted_bound']:<7}  {experts}"
+            f"{r['batch']:>5}  {r['measured_tokens_per_s']:>14,.1f}  {r['predicted_tokens_per_s']:>14,.1f}  "
+            f"{r['ratio']:>5.3f}  {r['predicted_bound']:<7}  {experts:>16}"
         )
     return "\n".join(lines)

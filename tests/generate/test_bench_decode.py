@@ -1,0 +1,54 @@
+"""`moec bench --decode`: the prediction beside each measurement is `moec roofline`'s own for the same step, the
+ratio is measured over predicted, and the experts counted at batch 1 are the router's k. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from moec.cli import cli  # noqa: E402
+
+TINY = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.vocab_size=128",
+        "--set", "moe.d_ff=32", "--set", "moe.router.top_k=2")  # fmt: skip
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_decode_bench_sits_beside_the_roofline_of_the_same_step():
+    r = run("bench", *TINY, "--decode", "--batch-sizes", "1,4", "--context", "6", "--steps", "3", "--warmup", "1",
+            "--gpu", "h100", "--dtype", "fp32", "--threads", "1", "--format", "json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    rows = {row["batch"]: row for row in report["rows"]}
+    assert set(rows) == {1, 4}
+    for batch, row in rows.items():
+        # the timed steps sit at positions 7..9: the roofline's context is their middle, 6 + 1 + 3 // 2
+        roof = run("roofline", *TINY, "--gpu", "h100", "--batch", str(batch), "--seq", "8", "--dtype", "fp32",
+                   "--format", "json")  # fmt: skip
+        assert roof.exit_code == 0, roof.output
+        assert row["predicted_tokens_per_s"] == pytest.approx(json.loads(roof.output)["tokens_per_s"], rel=1e-12)
+        assert row["ratio"] == pytest.approx(row["measured_tokens_per_s"] / row["predicted_tokens_per_s"])
+        assert row["measured_tokens_per_s"] == pytest.approx(batch / row["step_s_median"])
+    assert rows[1]["distinct_experts_measured"] == 2.0  # one token reads its k = 2 experts
+    assert 2.0 <= rows[4]["distinct_experts_measured"] <= 8.0
+
+
+def test_decode_bench_table_and_refusals():
+    r = run("bench", *TINY, "--decode", "--batch-sizes", "2", "--context", "4", "--steps", "2", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    assert "roofline of cpu (measured)" in r.output and "roofline tok/s" in r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    r = run("bench", "--decode")
+    assert r.exit_code == 2 and "--decode needs a SPEC" in r.output
+    r = run("bench", *TINY, "--decode", "--batch-sizes", "0")
+    assert r.exit_code == 2 and "batch sizes must be >= 1" in r.output
+    r = run("bench", *TINY, "--decode", "--gpu", "tpu9")
+    assert r.exit_code == 2 and "--gpu tpu9: not an accelerator moec knows" in r.output

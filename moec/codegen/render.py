@@ -253,52 +253,49 @@ def layer_source(plan: ResolvedModel, f: Features) -> LayerSource:
     rows = [_layer_row(lp, f) for lp in (*plan.layers, *plan.mtp)]
     varying = [c for c in COLUMNS if len({row[c[0]] for row in rows}) > 1]
     names = [c[0] for c in varying]
-    per_layer = {
-        name: name if name in names else rows[0][name]
-        for name, _, default, _ in COLUMNS[1:]
-        if name in names or rows[0][name] != default
-    }
-    attn = _attention_call(plan.layers[0].attention, f, per_layer)
-    ffns = {type(lp.ffn): lp.ffn for lp in (*plan.layers, *plan.mtp)}  # one configuration of each kind
-    params = [f"{name}: {kind}" for name, kind, _, _ in varying] + (["backend: str"] if f.moe else [])
-    body = [f"def make_block({', '.join(params)}) -> Block:", *_factory_docstring(varying, len(plan.layers))]
-    if "ffn" in names:
-        body += call_lines(Call(attn.func, attn.args), "    ", "attn = ")
-        body += ['    if ffn == "dense":']
-        body += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
-        body += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[MoEPlan], f))), "    ", "return ")
-    else:
-        (ffn,) = ffns.values()
-        body += call_lines(Call("Block", (attn, _ffn_call(ffn, f))), "    ", "return ")
     arguments = ", ".join(names + (["backend"] if f.moe else []))
-    cells = [row[n] for row in rows for n in names]
-    if not names:
-        header = [f"N_LAYERS = {int_text(plan.n_layers, 'n_layers')}  # all alike", "", ""]
-        loop = "for _ in range(N_LAYERS)"
-    else:
-        width = len(names)
-        items = [", ".join(cells[i : i + width]) for i in range(0, len(plan.layers) * width, width)]
-        items = [f"({item})" if width > 1 else item for item in items]
-        listed = names[0] if width == 1 else f"({', '.join(names)})"
-        header = [
-            f"# each decoder layer's {listed}, the arguments of make_block",
-            *table_lines("LAYERS", items),
-            "",
-            "",
-        ]
+    if names:
+        items = [", ".join(row[n] for n in names) for row in rows[: len(plan.layers)]]
+        items = [f"({item})" if len(names) > 1 else item for item in items]
+        listed = names[0] if len(names) == 1 else f"({', '.join(names)})"
+        header = [f"# each decoder layer's {listed}, the arguments of make_block", *table_lines("LAYERS", items)]
         loop = f"for {', '.join(names)} in LAYERS"
+    else:
+        header = [f"N_LAYERS = {int_text(plan.n_layers, 'n_layers')}  # all alike"]
+        loop = "for _ in range(N_LAYERS)"
     return LayerSource(
-        factory=[*header, *body],
+        factory=[*header, "", "", *_make_block(plan, f, rows[0], varying)],
         layers=Call("nn.ModuleList", (f"make_block({arguments}) {loop}",)),
         mtp=_mtp_expression(rows[len(plan.layers) :], names, f) if plan.mtp else None,
     )
 
 
-def _factory_docstring(varying: list[tuple[str, str, str | None, str]], n_layers: int) -> list[str]:
-    if not varying:
-        return ['    """One decoder layer (the model\'s layers are alike)."""']
-    text = "One decoder layer, from its entry in LAYERS. " + "; ".join(f"{n}: {words}" for n, _, _, words in varying)
-    return _wrapped_docstring(text + ".", "    ")
+def _make_block(
+    plan: ResolvedModel, f: Features, first: dict[str, str], varying: list[tuple[str, str, str | None, str]]
+) -> list[str]:
+    """``def make_block``: the numbers every layer shares written in, the varying columns as parameters."""
+    names = [c[0] for c in varying]
+    per_layer = {  # the attention's per-layer arguments: a parameter, or the value all layers share if not default
+        name: name if name in names else first[name]
+        for name, _, default, _ in COLUMNS[1:]
+        if name in names or first[name] != default
+    }
+    attn = _attention_call(plan.layers[0].attention, f, per_layer)
+    ffns = {type(lp.ffn): lp.ffn for lp in (*plan.layers, *plan.mtp)}  # one configuration of each kind
+    params = [f"{name}: {kind}" for name, kind, _, _ in varying] + (["backend: str"] if f.moe else [])
+    if varying:
+        words = "; ".join(f"{name}: {words}" for name, _, _, words in varying)
+        doc = _wrapped_docstring(f"One decoder layer, from its entry in LAYERS. {words}.", "    ")
+    else:
+        doc = ['    """One decoder layer (the model\'s layers are alike)."""']
+    lines = [f"def make_block({', '.join(params)}) -> Block:", *doc]
+    if "ffn" not in names:
+        (ffn,) = ffns.values()
+        return lines + call_lines(Call("Block", (attn, _ffn_call(ffn, f))), "    ", "return ")
+    lines += call_lines(Call(attn.func, attn.args), "    ", "attn = ")
+    lines += ['    if ffn == "dense":']
+    lines += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
+    return lines + call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[MoEPlan], f))), "    ", "return ")
 
 
 def _wrapped_docstring(text: str, indent: str) -> list[str]:

@@ -423,6 +423,14 @@ def test_hostile_description_is_not_pasted(tmp_path):
                 for lp in p.layers
             )
         ),
+        lambda p: p.replace(
+            layers=tuple(
+                dataclasses.replace(
+                    lp, attention=dataclasses.replace(lp.attention, rope_theta="1.0) or __import__('os")
+                )
+                for lp in p.layers
+            )
+        ),
     ],
     ids=[
         "name-quotes",
@@ -435,6 +443,7 @@ def test_hostile_description_is_not_pasted(tmp_path):
         "multiplier",
         "activation",
         "window",
+        "layer-rope-theta",
     ],
 )
 def test_hostile_plan_values_are_refused(change):

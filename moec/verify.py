@@ -239,7 +239,7 @@ def _flop_counter_checks(model: Any, tokens: Any, forward: int, training: int, c
     missing = sorted(
         str(op) for op in seen if op not in registry and any(w in str(op).split(".")[-1] for w in MATMUL_LIKE)
     )
-    unit = "FLOPs (1 multiply-add = 2)"
+    unit = "FLOPs, 1 multiply-add = 2"
     fwd_ops, bwd_ops = _by_op(fwd_counter), _by_op(bwd_counter)
     total = {k: fwd_ops.get(k, 0) + bwd_ops.get(k, 0) for k in fwd_ops.keys() | bwd_ops.keys()}
     fwd = Check("FlopCounterMode", "forward", unit, claim, forward, fwd_counter.get_total_flops(), fwd_ops, missing)
@@ -337,4 +337,4 @@ def _fvcore_check(model: Any, tokens: Any, forward: int, claim: str) -> Check:
     model.eval()
     with torch.no_grad():
         macs, by_op, uncounted = fvcore_count(Outputs(model), (tokens,))
-    return Check("fvcore", "forward", "fvcore flops (1 multiply-add = 1)", claim, forward // 2, macs, by_op, uncounted)
+    return Check("fvcore", "forward", "fvcore flops, 1 multiply-add = 1", claim, forward // 2, macs, by_op, uncounted)

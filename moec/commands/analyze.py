@@ -177,7 +177,8 @@ def _print_verify(r, *, md: bool) -> None:  # (VerifyResult) -> None
         click.echo(f"{bullet}  {change}")
     for c in r.checks:
         mark = "ok" if c.ok else "MISMATCH"
-        click.echo(f"{bullet}{mark}: {c.tool} {c.passes}: {c.measured:,} {c.unit}")
+        click.echo(f"{bullet}{mark}: {c.tool} {c.passes} ({c.unit})")
+        click.echo(f"{bullet}  measured: {c.measured:,}")
         click.echo(f"{bullet}  {c.claim}: {c.expected:,}")
         if c.rule:
             click.echo(f"{bullet}  ({c.rule})")

@@ -114,7 +114,7 @@ def test_cli_adds_the_verify_section_at_the_asked_length():
     assert "total" in head and "routed" in head  # the normal analysis is still printed
     assert "at batch 2 × seq 12" in section
     assert "d_model: 4096 → 64" in section  # the scaled-down sizes
-    for tool in ("FlopCounterMode forward:", "FlopCounterMode forward+backward:", "fvcore forward:"):
+    for tool in ("FlopCounterMode forward (", "FlopCounterMode forward+backward (", "fvcore forward ("):
         assert f"ok: {tool}" in section, section
     assert "24 tokens" in section
     assert max(len(line) for line in res.output.splitlines()) <= 80

@@ -94,6 +94,9 @@ def analyze(
     if convention == "fvcore":
         results = [in_fvcore_convention(r) for r in results]
     checks = _verify(plans, seq=seq, batch=batch, threads=threads) if verify else []
+    if convention == "fvcore" and fmt in ("table", "md"):
+        # the header below names moec's unit; every FLOP figure under it is halved
+        click.echo(f"FLOPs below in fvcore's unit ({FVCORE_UNIT}), half of moec's 2·MAC")
     if fmt == "json":
         docs = [r.to_dict() for r in results]
         for doc, check in zip(docs, checks, strict=False):
@@ -105,8 +108,6 @@ def analyze(
         click.echo(render.to_markdown(results, layers=layers), nl=False)
     else:
         render.print_tables(results, layers=layers)
-    if convention == "fvcore" and fmt != "json":
-        click.echo(f"FLOPs above in fvcore's convention: {FVCORE_UNIT} (moec's own counts 2)")
     if fmt != "json":
         for check in checks:
             _print_verify(check, md=fmt == "md")

@@ -150,3 +150,16 @@ def test_cli_refuses_what_it_cannot_do(args, words):
     res = CliRunner().invoke(cli, ["analyze", "textbook-moe", *args])
     assert res.exit_code == 2, res.output
     assert words in res.output
+
+
+def test_fvcore_convention_is_said_above_tables_and_carried_in_csv():
+    table = CliRunner().invoke(cli, ["analyze", "textbook-moe", "--convention", "fvcore"]).output
+    assert table.startswith("FLOPs below in fvcore's unit (1 multiply-add = 1 FLOP), half of moec's 2·MAC\n")
+
+    def csv_rows(*extra):
+        out = CliRunner().invoke(cli, ["analyze", "textbook-moe", "--format", "csv", *extra]).output
+        return dict(line.split(",", 2)[1:] for line in out.splitlines()[1:])
+
+    moec_rows, fvcore_rows = csv_rows(), csv_rows("--convention", "fvcore")
+    assert int(moec_rows["flops.forward"]) == 2 * int(fvcore_rows["flops.forward"])
+    assert moec_rows["params.total"] == fvcore_rows["params.total"]  # parameters are no FLOPs

@@ -163,3 +163,10 @@ def test_fvcore_convention_is_said_above_tables_and_carried_in_csv():
     moec_rows, fvcore_rows = csv_rows(), csv_rows("--convention", "fvcore")
     assert int(moec_rows["flops.forward"]) == 2 * int(fvcore_rows["flops.forward"])
     assert moec_rows["params.total"] == fvcore_rows["params.total"]  # parameters are no FLOPs
+
+
+def test_an_op_fvcore_cannot_count_is_named(monkeypatch):
+    monkeypatch.setattr("moec.verify._fvcore_handles", dict)
+    q = torch.randn(1, 2, 5, 8)
+    macs, _, uncounted = fvcore_count(_Attention(), (q, q, q))
+    assert macs == 0 and uncounted == ["aten::scaled_dot_product_attention"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from moec.spec.load import LoadedSpec
@@ -17,7 +18,7 @@ from moec.spec.plan import (
     RouterPlan,
     schema_values,
 )
-from moec.spec.schema import Select, Spec
+from moec.spec.schema import Model, Select, Spec
 
 
 def selected_layers(sel: Select, n_layers: int) -> list[int]:
@@ -48,6 +49,12 @@ def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     return slice(sel.first, max(min(sel.last, n_layers - 1) + 1, sel.first))
 
 
+# the model section's fields the plan holds as written (norm and positions are planned below)
+_MODEL_AS_WRITTEN = tuple(
+    f.name
+    for f in dataclasses.fields(ResolvedModel)
+    if f.name in Model.model_fields and f.name not in ("norm", "positions")
+)
 # attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
 _ATTENTION_AS_WRITTEN = (
     "n_heads",
@@ -153,12 +160,8 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     partial = m.positions.rotary_dim is not None or m.positions.partial_rotary_factor is not None
     rotary_dim = m.positions.rotary_width(layers[0].attention.head_dim) if partial else None
     return ResolvedModel(
+        **{f: getattr(m, f) for f in _MODEL_AS_WRITTEN},
         name=spec.name,
-        vocab_size=m.vocab_size,
-        d_model=m.d_model,
-        n_layers=n,
-        max_seq_len=m.max_seq_len,
-        tie_embeddings=m.tie_embeddings,
         norm=NormPlan(m.norm.kind, m.norm.eps, m.norm.placement, m.norm.bias if m.norm.kind == "layernorm" else False),
         positions=PositionsPlan(
             m.positions.kind,
@@ -171,11 +174,6 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         layers=layers,
         mtp=mtp,
         frozen=tuple(sorted(set(spec.frozen))),
-        head_bias=m.head_bias,
-        embedding_multiplier=m.embedding_multiplier,
-        residual_multiplier=m.residual_multiplier,
-        logits_scaling=m.logits_scaling,
-        logit_softcap=m.logit_softcap,
         spec_hash=spec_hash,
         source_file=file,
         description=spec.description,

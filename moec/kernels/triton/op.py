@@ -41,38 +41,15 @@ def _routing(topk_idx: torch.Tensor, n_experts: int, config: list[int], *tables:
 
 @torch.library.custom_op("moec::triton_expert_ffn", mutates_args=(), schema=_FWD_SCHEMA)
 def triton_expert_ffn(
-    x,
-    topk_idx,
-    topk_w,
-    w_gate_up,
-    w_down,
-    b_gate_up,
-    b_down,
-    order,
-    rev,
-    expert_start,
-    expert_end,
-    tile_expert,
-    tile_row,
-    activation,
-    config,
-    save_h1,
-):  # type: ignore[no-untyped-def]
+    x, topk_idx, topk_w, w_gate_up, w_down, b_gate_up, b_down,
+    order, rev, expert_start, expert_end, tile_expert, tile_row,  # the SlotTiles tensors
+    activation, config, save_h1,
+):  # type: ignore[no-untyped-def]  # fmt: skip
     route = _routing(topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row)
-    out, h1 = ffn_forward(
-        x,
-        topk_idx,
-        topk_w,
-        w_gate_up,
-        w_down,
-        b_gate_up,
-        b_down,
-        route,
-        KernelConfig.from_list(config),
-        activation,
-        save_h1=save_h1,
+    cfg = KernelConfig.from_list(config)
+    return ffn_forward(
+        x, topk_idx, topk_w, w_gate_up, w_down, b_gate_up, b_down, route, cfg, activation, save_h1=save_h1
     )
-    return out, h1
 
 
 # The fake implementations take the ops' arguments in schema order and read only the few that shape the outputs.
@@ -85,25 +62,10 @@ def _(x, topk_idx, topk_w, w_gate_up, w_down, *args):  # type: ignore[no-untyped
 
 @torch.library.custom_op("moec::triton_expert_ffn_backward", mutates_args=(), schema=_BWD_SCHEMA)
 def triton_expert_ffn_backward(
-    grad_out,
-    x,
-    topk_idx,
-    topk_w,
-    w_gate_up,
-    w_down,
-    b_down,
-    h1,
-    order,
-    rev,
-    expert_start,
-    expert_end,
-    tile_expert,
-    tile_row,
-    activation,
-    config,
-    weight_grads,
-    bias_grads,
-):  # type: ignore[no-untyped-def]
+    grad_out, x, topk_idx, topk_w, w_gate_up, w_down, b_down, h1,
+    order, rev, expert_start, expert_end, tile_expert, tile_row,  # the SlotTiles tensors
+    activation, config, weight_grads, bias_grads,
+):  # type: ignore[no-untyped-def]  # fmt: skip
     route = _routing(topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row)
     grads = ffn_backward(
         grad_out, x, topk_idx, topk_w, w_gate_up, w_down, b_down, h1, route, KernelConfig.from_list(config), activation,

@@ -12,13 +12,13 @@ import click
 
 from moec.commands.common import load_plan, report_errors, set_option
 from moec.plan.accelerators import ACCELERATORS  # plain data: cheap to import with the command line
+from moec.vocab import DTYPES
 
 if TYPE_CHECKING:
     from moec.plan.accelerators import Accelerator
     from moec.roofline.model import Workload
     from moec.spec.plan import ResolvedModel
 
-DTYPES = ("fp32", "bf16", "fp16", "fp8")
 _DEGREE = click.IntRange(1, 1 << 16)
 FORMATS = ("table", "json", "md")
 

@@ -70,7 +70,7 @@ def test_log_and_plot_write_jsonl_and_pngs(tmp_path, one_torch_thread):
     code, stdout, stderr = smoke(
         str(SPECS / "textbook-moe.yaml"), *TINY, "--format", "json", "--log", str(out), "--plot", str(out)
     )
-    assert code == 0, stdout + stderr
+    assert code in (0, 1), stdout + stderr  # 4 steps may be too few for the loss to fall: written either way
     report = json.loads(stdout)
     lines = (out / "steps.jsonl").read_text().splitlines()
     header, steps = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
@@ -143,6 +143,37 @@ def test_lora_run_shows_trainable_and_frozen_counts_of_the_built_model(one_torch
 
 def test_threads_and_plain_progress(one_torch_thread):
     code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--threads", "1")
-    assert code == 0, stdout + stderr
+    assert code in (0, 1), stdout + stderr
     assert "(1 thread)" in stdout
     assert "step 4/4" in stderr and "\x1b[" not in stderr  # not a terminal: plain lines, no cursor codes
+
+
+def pooled_entropy(steps: list[dict], window: int) -> list[float]:
+    """H/ln E of each layer's load summed over the last ``window`` steps, from the JSONL alone."""
+    out = []
+    for j in range(len(steps[0]["layers"])):
+        load = [sum(col) for col in zip(*(s["layers"][j]["load"] for s in steps[-window:]), strict=True)]
+        total = sum(load)
+        out.append(-sum(n / total * math.log(n / total) for n in load if n) / math.log(len(load)))
+    return out
+
+
+@pytest.mark.parametrize("coeff, collapses", [("0", True), ("1", False)])
+def test_balancing_off_collapses_and_on_does_not(coeff: str, collapses: bool, tmp_path, one_torch_thread):
+    """textbook-moe at a high learning rate (0.05, 48 steps of 4 × 16 tokens, seed 0, one thread): with its
+    load-balance loss off the routing collapses (measured: H/ln E 0.47 and 0.13 over the last 5 steps); with
+    the loss at coefficient 1 it does not (0.97 and 0.93). The threshold is 0.5; the margins asked here are
+    0.1 either side of it, judged from the JSONL, independently of the report. (Seeds 1, 2, 3 gave 0.21, 0.41
+    and 0.54 off, 0.92, 0.88 and 0.95 on: collapse is likely without balancing, not certain; docs/smoke-run.md.)"""
+    args = ["--device", "cpu", "--steps", "48", "--batch", "4", "--seq", "16", "--lr", "0.05", "--threads", "1"]
+    sets = ["--set", f"moe.balance.load_balance_coeff={coeff}", "--log", str(tmp_path)]
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *args, *sets)
+    assert code in (0, 1), stdout + stderr
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()[1:]]
+    entropy = pooled_entropy(steps, 5)  # a quarter of 48 steps, at most 5
+    assert ("warning: routing collapsed" in stdout) is collapses, stdout
+    if collapses:
+        assert min(entropy) < 0.4, entropy
+        assert "aux loss first → last" in stdout and "off (coefficients 0)" in stdout
+    else:
+        assert min(entropy) > 0.6, entropy

@@ -1,6 +1,7 @@
-"""`moec import-hf` and `moec export-hf`: Hugging Face config.json ↔ moec spec.
+"""`moec import-hf` and `moec export-hf`: Hugging Face config.json ↔ moec spec, and a checkpoint folder with
+weights (moec/hf/export_weights.py).
 
-No torch here: both commands read and write text only.
+Torch is imported only to export weights: config.json alone is text in, text out.
 """
 
 from __future__ import annotations
@@ -37,25 +38,102 @@ def import_hf(config: str, output: str | None, force: bool, name: str | None) ->
 
 @click.command(name="export-hf")
 @click.argument("spec")
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Write config.json here (default: stdout).")
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    help="Write config.json here (default: stdout); with weights, the checkpoint folder to write.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists (a folder: only one moec wrote).")
 @click.option(
     "--drop-training",
     is_flag=True,
     help="Export even if a training-only balance coefficient has no config.json field (it is left out).",
 )
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="A moec weights file (moec build's model.safetensors): write a whole checkpoint folder to -o.",
+)
+@click.option("--family", help="The Hugging Face model_type to write (default: the first that expresses the spec).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="The largest safetensors shard.")
 @set_option
 @report_errors
-def export_hf(spec: str, output: str | None, force: bool, drop_training: bool, sets: tuple[str, ...]) -> None:
-    """A moec SPEC → the config.json of the Hugging Face family that expresses it exactly."""
+def export_hf(
+    spec: str,
+    output: str | None,
+    force: bool,
+    drop_training: bool,
+    weights: str | None,
+    family: str | None,
+    max_shard_size: str,
+    sets: tuple[str, ...],
+) -> None:
+    """A moec SPEC → the config.json of the Hugging Face family that expresses it exactly; with --weights, or
+    given a moec build folder (BUILD_DIR/model.safetensors), a checkpoint folder -o DIR that transformers'
+    from_pretrained loads: config.json, generation_config.json, safetensors shards and their index."""
     from moec.hf.config import export_hf_config
 
+    build_dir = Path(spec) / "spec.resolved.yaml"
+    if weights is not None or build_dir.is_file():
+        _export_checkpoint(spec, output, force, weights, family, max_shard_size, sets, drop_training)
+        return
     if output is not None:
         check_file_target(Path(output), force=force, inputs=(spec,))
-    text = json.dumps(export_hf_config(load_plan(spec, sets), drop_training=drop_training), indent=2) + "\n"
+    if family is not None:
+        from moec.hf.export_weights import family_config
+
+        cfg = family_config(load_plan(spec, sets), family)
+    else:
+        cfg = export_hf_config(load_plan(spec, sets), drop_training=drop_training)
+    text = json.dumps(cfg, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return
     for note in write_file(output, text, force=force):
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {output}", err=True)
+
+
+def _export_checkpoint(
+    spec: str,
+    output: str | None,
+    force: bool,
+    weights: str | None,
+    family: str | None,
+    max_shard_size: str,
+    sets: tuple[str, ...],
+    drop_training: bool,
+) -> None:
+    """SPEC with --weights, or a build folder, → a checkpoint folder."""
+    from moec.codegen.output import WEIGHTS
+    from moec.hf.export_weights import export_hf as write_checkpoint
+    from moec.hf.export_weights import load_moec_weights, parse_size
+
+    if output is None:
+        raise click.UsageError("a checkpoint with weights is a folder: give -o DIR")
+    folder = Path(spec)
+    if folder.is_dir():
+        if sets:
+            raise click.UsageError("--set applies to a SPEC, not to a build folder")
+        import yaml
+
+        from moec.spec import plan_from_dict
+
+        plan = plan_from_dict(yaml.safe_load((folder / "spec.resolved.yaml").read_text(encoding="utf-8")))
+        weights = weights or str(folder / WEIGHTS)
+        if not Path(weights).is_file():
+            raise click.UsageError(f"{folder} holds no {WEIGHTS} (build it with --weights), and no --weights was given")
+    else:
+        plan = load_plan(spec, sets)
+    assert weights is not None
+    max_bytes = parse_size(max_shard_size)
+    model = load_moec_weights(plan, weights)
+    files = write_checkpoint(
+        model, output, family=family, max_shard_size=max_bytes, force=force, drop_training=drop_training
+    )
+    shards = [f for f in files if f.startswith("model-")]
+    shown = [f for f in files if f not in shards]
+    if shards:
+        shown.insert(shown.index("model.safetensors.index.json"), f"{len(shards)} shards")
+    click.echo(f"wrote {output}/: {', '.join(shown)}", err=True)

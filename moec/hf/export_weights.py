@@ -74,15 +74,36 @@ def family_config(plan: ResolvedModel, model_type: str) -> dict[str, Any]:
     return cfg
 
 
-def model_config(model: MoecModel, family: str | None = None) -> dict[str, Any]:
-    """The config.json to write for ``model``: the given family's, else the config it was imported from (if its
-    plan is still the model's), else the first family that expresses the plan exactly."""
+def model_config(
+    model: MoecModel,
+    *,
+    family: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    drop_training: bool = False,
+) -> dict[str, Any]:
+    """The config.json to write for ``model``: ``config`` as given, else ``family``'s, else the config it was
+    imported from, else the first family that expresses the plan exactly. A given or remembered config must
+    import to the model's plan."""
     if family is not None:
         return family_config(model.plan, family)
-    source = getattr(model, "hf_config", None)
-    if source is not None and not plan_differences(model.plan, hf_to_model(source)):
-        return dict(source)
-    return export_hf_config(model.plan)
+    if model.plan.mtp:
+        where = model.plan.source_file or model.plan.name
+        message = (
+            f"the model has {len(model.plan.mtp)} multi-token-prediction module(s), which transformers neither "
+            "builds nor saves; export a model without them (moec.from_hf(..., mtp=False))"
+        )
+        raise SpecError([Problem(where, None, None, "mtp", message)])
+    given = config if config is not None else getattr(model, "hf_config", None)
+    if given is not None:
+        diff = plan_differences(model.plan, hf_to_model(dict(given)).replace(mtp=()))
+        if not diff and config is None:
+            return dict(given)
+        if diff and config is not None:
+            where = model.plan.source_file or model.plan.name
+            raise SpecError([Problem(where, None, None, "config", "is not the model's: " + "; ".join(diff[:3]))])
+        if config is not None:
+            return dict(config)
+    return export_hf_config(model.plan, drop_training=drop_training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,8 +121,10 @@ def saved_layout(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]],
         raise CommandError(f"exporting weights needs transformers, to lay them out as it saves them ({e})") from None
     model_type = config["model_type"]
     hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
-    arch = (config.get("architectures") or [None])[0]
-    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    # the class the config names, else the family's (a wrapper's config.json made by its config class names none)
+    arch = (config.get("architectures") or [FAMILIES[model_type].architecture])[0]
+    first = re.match(r"\w+", arch) if isinstance(arch, str) else None
+    cls = getattr(transformers, first.group(), None) if first else None
     with torch.device("meta"):
         hf_model = cls._from_config(hf_config) if cls else transformers.AutoModelForCausalLM.from_config(hf_config)
     state = hf_model.state_dict()
@@ -174,7 +197,7 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
             problems.append(f"{name}: its import is not a re-layout of checkpoint tensors, so it cannot be inverted")
             continue
         _scatter(flat.long(), value.reshape(-1), names, starts, shapes, out, written)
-    problems += [f"{n}: no moec tensor gives it" for n, w in written.items() if not bool(w.all())]
+    problems += _unwritten(written, model_type)
     if problems:
         raise CommandError(
             f"cannot export to {model_type}: "
@@ -182,6 +205,20 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         )
     return {n: out[n] for n in names}
+
+
+def _unwritten(written: dict[str, torch.Tensor], model_type: str) -> list[str]:
+    """Checkpoint tensors no moec tensor fills, grouped by their first two name parts (a vision tower's
+    hundreds of tensors are one line)."""
+    groups: dict[str, list[str]] = {}
+    for n, w in written.items():
+        if not bool(w.all()):
+            groups.setdefault(".".join(n.split(".")[:2]), []).append(n)
+    return [
+        f"transformers' {model_type} model saves {', '.join(ns[:2])}{f' and {len(ns) - 2} more' if len(ns) > 2 else ''}"
+        ", which no moec tensor gives (a part moec does not model)"
+        for ns in groups.values()
+    ]
 
 
 def _scatter(
@@ -269,19 +306,22 @@ def export_hf(
     out: str | os.PathLike[str],
     *,
     family: str | None = None,
+    config: Mapping[str, Any] | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD,
     force: bool = False,
+    drop_training: bool = False,
 ) -> list[str]:
     """Write ``model`` as a Hugging Face checkpoint folder ``out`` (see the module's docstring) that
     transformers' from_pretrained and moec.from_hf load; return the file names written. ``family``: the
     model_type to write (default: the config the model was imported from, else the first family that
-    expresses its plan exactly). ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
+    expresses its plan exactly); ``config``: the config.json to write, which must import to the model's plan
+    (a family without an exporter); ``drop_training``: as for export_hf_config. ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
     from moec.codegen.output import check_output_dir, clear_leftovers
 
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     clear_leftovers(out)
     check_output_dir(out, force=force)
-    config = model_config(model, family)
+    config = model_config(model, family=family, config=config, drop_training=drop_training)
     model_type = config["model_type"]
     shapes, hf_config = saved_layout(config)
     tensors = shaped(export_state_dict(model, model_type, shapes), shapes)
@@ -322,3 +362,38 @@ def write_folder(out: str | os.PathLike[str], files: dict[str, Any], *, force: b
         finally:
             remove_tree(tmp)
     return [*files, "moec-manifest.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a moec weights file
+
+
+def load_moec_weights(plan: ResolvedModel, path: str | os.PathLike[str]) -> MoecModel:
+    """The model of ``plan`` holding a moec state_dict saved as safetensors (``moec build --weights``'s
+    model.safetensors: moec's names, a tied head stored once as embed.weight), in the file's dtype."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from moec.hf.weights import install, model_targets
+    from moec.nn.build import build_model
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise CommandError(f"{path}: not a readable safetensors file ({e})") from None
+    floats = [t.dtype for t in tensors.values() if t.dtype.is_floating_point]
+    dtype = max(set(floats), key=floats.count) if floats else torch.float32
+    model = build_model(plan, device="meta", dtype=dtype)
+    targets = model_targets(model)
+    problems = [f"{n}: missing" for n in targets if n not in tensors]
+    problems += [f"{n}: not a tensor of {plan.name}" for n in tensors if n not in targets]
+    problems += [
+        f"{n}: shape {tuple(t.shape)}, the spec's model needs {tuple(targets[n].shape)}"
+        for n, t in tensors.items()
+        if n in targets and tuple(t.shape) != tuple(targets[n].shape)
+    ]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CommandError(f"{path}: does not hold the spec's weights: " + "; ".join(problems[:5]) + more)
+    install(model, tensors, torch.device("cpu"))
+    return model.eval()

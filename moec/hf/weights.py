@@ -169,7 +169,7 @@ def from_hf(
     if device.type == "meta":
         return model.eval()
     tensors = read_weights(ck, model_type, model, device=device, skip_mtp=skip_mtp)
-    _install(model, tensors, device)
+    install(model, tensors, device)
     model.hf_config = read_hf_config(folder)[0]  # what moec.export_hf writes back while the plan is unchanged
     return model.eval()
 
@@ -186,14 +186,14 @@ def load_hf_state_dict(model: MoecModel, path: str | PathLike[str]) -> None:
     ck = Checkpoint(folder)
     tensors = read_weights(ck, model_type, model, device=torch.device("cpu") if on_meta else device, skip_mtp=skip_mtp)
     if on_meta:
-        _install(model, tensors, torch.device("cpu"))
+        install(model, tensors, torch.device("cpu"))
         return
     with torch.no_grad():
         for name, t in targets.items():
             t.copy_(tensors[name])
 
 
-def _install(model: nn.Module, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+def install(model: nn.Module, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
     """Swap every meta tensor of ``model`` for its loaded one; a tied weight stays one Parameter."""
     names = {id(t): n for n, t in reversed(list(model.state_dict(keep_vars=True).items()))}  # first name wins
     new: dict[int, torch.Tensor] = {}

@@ -17,6 +17,7 @@ from moec.commands.plan import plan
 from moec.commands.roofline import roofline
 from moec.commands.smoke import smoke_run
 from moec.commands.sweep import sweep
+from moec.commands.upcycle import upcycle
 
 
 class WholeSummaries(click.Group):
@@ -55,6 +56,7 @@ for _cmd in (
     roofline,
     sweep,
     generate,
+    upcycle,
 ):
     cli.add_command(_cmd)
 

@@ -310,12 +310,14 @@ def export_hf(
     max_shard_size: int | str = DEFAULT_MAX_SHARD,
     force: bool = False,
     drop_training: bool = False,
+    readme: str | None = None,
 ) -> list[str]:
     """Write ``model`` as a Hugging Face checkpoint folder ``out`` (see the module's docstring) that
     transformers' from_pretrained and moec.from_hf load; return the file names written. ``family``: the
     model_type to write (default: the config the model was imported from, else the first family that
     expresses its plan exactly); ``config``: the config.json to write, which must import to the model's plan
-    (a family without an exporter); ``drop_training``: as for export_hf_config. ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
+    (a family without an exporter); ``drop_training``: as for export_hf_config; ``readme``: the text of a
+    README.md written beside them (how the weights were made). ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
     from moec.codegen.output import check_output_dir, clear_leftovers
 
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
@@ -331,6 +333,8 @@ def export_hf(
     if gen is not None:
         files["generation_config.json"] = gen
     files.update(checkpoint_files(tensors, max_bytes))
+    if readme is not None:
+        files["README.md"] = readme
     return write_folder(out, files, force=force)
 
 

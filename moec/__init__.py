@@ -28,6 +28,7 @@ _ENTRY_POINTS = {
     "lm_loss": "moec.nn.loss",
     "from_hf": "moec.hf.weights",
     "export_hf": "moec.hf.export_weights",
+    "upcycle": "moec.hf.upcycle",  # dense HF checkpoint → upcycled MoE model (docs/upcycling.md)
 }
 
 __all__ = sorted(_ENTRY_POINTS)

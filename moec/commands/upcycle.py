@@ -1,4 +1,4 @@
-"""`moec upcycle`: a dense Hugging Face checkpoint → an MoE (or LoRA-MoE) with its weights (moec/upcycle)."""
+"""`moec upcycle`: a dense Hugging Face checkpoint → an MoE (or LoRA-MoE) with its weights (moec/hf/upcycle)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
     and after."""
     from moec.analyze import analyze
     from moec.codegen.output import check_output_dir, clear_leftovers
-    from moec.upcycle import dense_source, upcycle, write_upcycled
+    from moec.hf.upcycle import dense_source, upcycle, write_upcycled
 
     if options["lora"] is not None and fmt == "hf":
         raise click.UsageError("--lora builds LoRA experts, which no Hugging Face family has: use --format moec")

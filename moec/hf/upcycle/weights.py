@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from moec.hf.upcycle.recipe import Recipe
 from moec.nn.model import MoecModel
-from moec.upcycle.recipe import Recipe
 
 
 def segment(w_gate_up: torch.Tensor, w_down: torch.Tensor, s: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moec.errors import CommandError
-from moec.upcycle.recipe import ROUTERS, SOURCES, Recipe, moe_spec_text
+from moec.hf.upcycle.recipe import ROUTERS, SOURCES, Recipe, moe_spec_text
 
 if TYPE_CHECKING:
     from moec.nn.model import MoecModel
@@ -69,7 +69,7 @@ def upcycle(
     plan = resolve(load_spec(f"{dense.plan.name}-upcycled.yaml", text=text))
     dtype = dense.embed.weight.dtype
     moe = build_model(plan, device="cpu", dtype=dtype, seed=seed)
-    from moec.upcycle.weights import upcycled_state
+    from moec.hf.upcycle.weights import upcycled_state
 
     with torch.no_grad():
         moe.load_state_dict(upcycled_state(dense, moe, recipe), strict=True)

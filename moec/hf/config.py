@@ -30,11 +30,13 @@ from moec.hf.jsontext import KeyLocator, parse_object, printable
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
+from moec.spec.schema import Balance
 
 # Released config.json files are a few KiB (Phi-3.5-MoE's LongRoPE factor lists included); at 1 MiB even a
 # text of nothing but empty lists parses in well under 100 MB.
 MAX_CONFIG_BYTES = 1 << 20
-TRAINING_ONLY = ("load_balance_coeff", "load_balance_granularity", "z_loss_coeff", "bias_update_rate")
+# the balance section's fields (flattened into the MoE plan): they shape training only
+TRAINING_ONLY = tuple(Balance.model_fields)
 
 Source = dict[str, Any] | str | PathLike[str]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
+from moec.plan.accelerators import ACCELERATORS
 from moec.vocab import DTYPES
 
-GPUS = ("h100", "h200", "b200", "mi300x")
 # Layout fields and the command-line options that set them, so each problem names the option to change
 OPTION_OF = {"dp_shard": "--dp-shard", "ep": "--ep", "tp": "--tp", "pp": "--pp", "world": "--gpus"}
 _DEGREE = click.IntRange(1, 1 << 20)
@@ -16,7 +16,9 @@ _DEGREE = click.IntRange(1, 1 << 20)
 @click.command()
 @click.argument("spec")
 @click.option("--gpus", type=_DEGREE, default=8, show_default=True, help="Number of accelerators (ranks).")
-@click.option("--gpu", type=click.Choice(GPUS), default="h100", show_default=True, help="Accelerator kind.")
+@click.option(
+    "--gpu", type=click.Choice(tuple(ACCELERATORS)), default="h100", show_default=True, help="Accelerator kind."
+)
 @click.option("--ep", type=_DEGREE, help="Expert-parallel degree (fixes the layout; the rest default to 1).")
 @click.option("--tp", type=_DEGREE, help="Tensor-parallel degree (fixes the layout).")
 @click.option("--pp", type=_DEGREE, help="Pipeline stages (fixes the layout).")

@@ -187,15 +187,16 @@ def _refuse_overwriting_an_input(path: Path, st: os.stat_result, inputs: tuple[s
             raise CommandError(f"{path}: is the input {source} itself; write the output somewhere else")
 
 
-def write_file(path: str | os.PathLike[str], text: str, *, force: bool) -> list[str]:
-    """Write one text output atomically under the rules above; return notes about swept leftovers."""
+def write_file(path: str | os.PathLike[str], content: str | bytes, *, force: bool) -> list[str]:
+    """Write one output (text as UTF-8, or bytes as they are) atomically under the rules above; return notes
+    about swept leftovers."""
     target = Path(path)
     notes = sweep_partials(target)
     check_file_target(target, force=force)
     tmp = temporary_sibling(target)
     with interrupts_raise():
         try:
-            write_new_file(tmp, text.encode("utf-8"))
+            write_new_file(tmp, content.encode("utf-8") if isinstance(content, str) else content)
             _publish_file(tmp, target, force=force)
         except OSError as e:
             raise CommandError(f"{target}: cannot write: {e.strerror or e}; nothing was written") from None

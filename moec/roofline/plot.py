@@ -4,20 +4,10 @@ Figure (no pyplot, so no global state and no display). The PNG goes through moec
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 from typing import Any
 
 from moec.errors import CommandError
-from moec.output_files import (
-    _publish_file,
-    check_file_target,
-    interrupts_raise,
-    lstat_or_none,
-    sweep_partials,
-    temporary_sibling,
-    write_new_file,
-)
+from moec.output_files import write_file
 from moec.roofline.render import LABELS
 from moec.roofline.report import RooflineReport
 
@@ -35,24 +25,11 @@ def new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list
 
 
 def save_png(fig: Any, path: str, *, force: bool) -> list[str]:
-    """Write ``fig`` as a PNG at ``path`` atomically under moec/output_files.py's rules (the same steps as
-    its ``write_file``, which takes text only); return notes about swept leftovers."""
+    """Write ``fig`` as a PNG at ``path`` under moec/output_files.py's rules; return notes about swept
+    leftovers."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    target = Path(path)
-    notes = sweep_partials(target)
-    check_file_target(target, force=force)
-    tmp = temporary_sibling(target)
-    with interrupts_raise():
-        try:
-            write_new_file(tmp, buffer.getvalue())
-            _publish_file(tmp, target, force=force)
-        except OSError as e:
-            raise CommandError(f"{target}: cannot write: {e.strerror or e}; nothing was written") from None
-        finally:
-            if lstat_or_none(tmp) is not None:
-                os.unlink(tmp)
-    return notes
+    return write_file(path, buffer.getvalue(), force=force)
 
 
 def plot_roofline(report: RooflineReport) -> Any:

@@ -179,16 +179,19 @@ def test_refusals_are_one_line_and_exit_2(dense, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
-def test_readme_walkthrough_runs(dense, tmp_path, monkeypatch):
-    """README, "Upcycle a dense model": its commands, on the tiny llama checkpoint this module makes."""
+def test_readme_walkthrough_runs(tmp_path, monkeypatch):
+    """README, "Upcycle a dense model": its Python block makes the tiny checkpoint, then its commands run."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Upcycle a dense model", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    section = text.split("### Upcycle a dense model", 1)[1].split("\n## ", 1)[0]
+    (make,) = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
     commands = re.findall(r"^\$ (moec .+)$", section, flags=re.M)
-    assert len(commands) >= 3
-    _, folder = dense["llama"]
+    assert len(commands) == 6
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny-llama").symlink_to(folder)
+    exec(compile(make, "README.md, upcycle example", "exec"), {})  # noqa: S102
     for line in commands:
-        args = line.split()[1:]
-        done = CliRunner().invoke(cli, args)
+        done = CliRunner().invoke(cli, line.split()[1:])
         assert done.exit_code == 0, (line, done.output)
+    dense = transformers.AutoModelForCausalLM.from_pretrained("tiny-llama").eval()
+    for folder in ("tiny-moe", "tiny-moe-hf"):
+        moe = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        assert torch.allclose(logits_of(moe), logits_of(dense), atol=1e-5, rtol=0)

@@ -3,11 +3,14 @@
 Times are wall clock around each call, after a device synchronise: the prefill (the prompt, and the first
 new token's logits), and the decode steps (one token per sequence each). With ``compile`` the decode steps
 run through ``torch.compile``; the first of them compiles, so its time is reported apart and left out of the
-decode rate.
+decode rate. The median step is kept beside the total: on the CPU the MoE reference backend's host-side
+split recompiles a compiled step when a new pattern of expert counts appears (docs/decode.md), which
+lengthens a few steps by the compilation and leaves the others alone.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +30,11 @@ class Generation:
     # MoE layer index → distinct experts the step touched (the union over the batch), one entry per decode step
     experts: dict[int, list[int]] = field(default_factory=dict)
     n_experts: dict[int, int] = field(default_factory=dict)  # MoE layer index → E
+    step_s: list[float] = field(default_factory=list)  # each timed decode step
+
+    @property
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_s) if self.step_s else None
 
     @property
     def batch(self) -> int:
@@ -107,7 +115,7 @@ def generate(
     prefill_s = _now(device) - t0
     out, counts = [token], []
     step = torch.compile(model, dynamic=False) if compile else model
-    compile_s, decode_s, timed = None, 0.0, 0
+    compile_s, step_s = None, []
     for i in range(max_new_tokens - 1):
         start = torch.tensor(P + i, device=device) if compile else P + i  # a tensor: one compiled graph
         t0 = _now(device)
@@ -117,11 +125,12 @@ def generate(
         if compile and compile_s is None:
             compile_s = elapsed
         else:
-            decode_s, timed = decode_s + elapsed, timed + 1
+            step_s.append(elapsed)
         out.append(token)
         if count_experts and moe:
             counts.append(_distinct(aux.layers, moe))
-    gen = Generation(torch.cat((prompt, torch.stack(out, 1)), 1), P, prefill_s, decode_s, timed, compile_s)
+    tokens = torch.cat((prompt, torch.stack(out, 1)), 1)
+    gen = Generation(tokens, P, prefill_s, sum(step_s), len(step_s), compile_s, step_s=step_s)
     if counts:
         per_step = torch.stack(counts).tolist()  # (steps, n MoE layers), one host copy at the end
         gen.experts = {layer: [row[j] for row in per_step] for j, layer in enumerate(moe)}

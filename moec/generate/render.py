@@ -60,9 +60,9 @@ def render(
         lines.append("decode   no step timed (one new token comes from the prefill)")
     else:
         lines.append(
-            f"decode   {B}×{gen.decode_steps} tokens in {gen.decode_s * 1e3:,.1f} ms: "
-            f"{_rate(gen.decode_tokens_per_s)}, {tpot * 1e3:,.2f} ms per output token"
+            f"decode   {B}×{gen.decode_steps} tokens in {gen.decode_s * 1e3:,.1f} ms: {_rate(gen.decode_tokens_per_s)}"
         )
+        lines.append(f"         {tpot * 1e3:,.2f} ms per output token; median step {gen.median_step_s * 1e3:,.2f} ms")
     lines += experts_lines(gen)
     return "\n".join(lines)
 
@@ -81,6 +81,7 @@ def to_dict(gen: Generation, *, notes: list[str]) -> dict[str, Any]:
         "decode_s": gen.decode_s,
         "decode_tokens_per_s": gen.decode_tokens_per_s,
         "time_per_output_token_s": gen.time_per_output_token_s,
+        "median_step_s": gen.median_step_s,
         "experts_touched_per_step": {str(k): v for k, v in gen.experts.items()},
         "n_experts": {str(k): v for k, v in gen.n_experts.items()},
     }

@@ -75,7 +75,8 @@ def test_the_cli_prints_transformers_tokens_and_the_rates(checkpoints):
     lines = r.output.splitlines()
     assert " | " + " ".join(map(str, want)) in r.output
     assert any(line.startswith("prefill  1×8 tokens in") and "tokens/s" in line for line in lines)
-    assert any(line.startswith("decode   1×5 tokens in") and "ms per output token" in line for line in lines)
+    assert any(line.startswith("decode   1×5 tokens in") and "tokens/s" in line for line in lines)
+    assert any("ms per output token; median step" in line for line in lines)
     assert "experts touched per decode step" in r.output
     assert max(len(line) for line in lines) <= 80
     r = run(

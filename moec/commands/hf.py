@@ -81,7 +81,7 @@ def export_hf(
     if output is not None:
         check_file_target(Path(output), force=force, inputs=(spec,))
     if family is not None:
-        from moec.hf.export_weights import family_config
+        from moec.hf.export_config import family_config
 
         cfg = family_config(load_plan(spec, sets), family)
     else:
@@ -107,8 +107,9 @@ def _export_checkpoint(
 ) -> None:
     """SPEC with --weights, or a build folder, → a checkpoint folder."""
     from moec.codegen.output import WEIGHTS
+    from moec.hf.export_config import parse_size
     from moec.hf.export_weights import export_hf as write_checkpoint
-    from moec.hf.export_weights import load_moec_weights, parse_size
+    from moec.hf.export_weights import load_moec_weights
 
     if output is None:
         raise click.UsageError("a checkpoint with weights is a folder: give -o DIR")

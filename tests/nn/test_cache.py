@@ -205,3 +205,25 @@ def test_the_cache_holds_what_the_analyzer_counts():
         assert cache.nbytes() == analyze(plan, seq=SEQ, batch=3, dtype="fp32").memory.kv_cache_bytes
     cache = build_model(windowed, device="meta").new_cache(1, SEQ, device="cpu")
     assert [c.size for c in cache.layers] == [4 if i % 2 == 0 else SEQ for i in range(len(cache.layers))]
+
+
+def test_torch_compile_captures_a_decode_step_in_one_graph_for_every_position():
+    """Static shapes: a decode step of a dense model with rings and sinks traces as one graph (fullgraph) and is
+    not recompiled as the position moves (start as a tensor); its logits are the full forward's. (The MoE layer
+    is left out: its CPU backend splits on host-side counts, docs/decode.md.) Dynamo's eager backend: the trace,
+    not inductor's code generation, is what is being checked."""
+    import torch._dynamo
+
+    plan = with_attention(tiny("specs/textbook-dense.yaml"), _gqa(window=_even(4), sinks=True))
+    model = model_of(plan)
+    tokens = TOKENS % plan.vocab_size
+    step = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        cache = model.new_cache(BATCH, SEQ)
+        outs = [model(tokens[:, :5], cache=cache, start=0)[0]]
+        outs.append(step(tokens[:, 5:6], cache=cache, start=torch.tensor(5))[0])
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for i in range(6, SEQ):
+                outs.append(step(tokens[:, i : i + 1], cache=cache, start=torch.tensor(i))[0])
+    torch.testing.assert_close(torch.cat(outs, dim=1), full(model, tokens), atol=1e-5, rtol=0)

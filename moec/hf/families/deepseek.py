@@ -89,9 +89,9 @@ def _v3_router(c: HFConfig, d: Draft, k_dense: int) -> None:
     score = c.str("scoring_func", default="sigmoid")
     method = c.str("topk_method", default="noaux_tc")
     if score not in (None, "sigmoid"):
-        d.gap("scoring_func", score, "DeepseekV3TopkRouter always scores with sigmoid", "moe.router.score")
+        d.gap(c.prefix + "scoring_func", score, "DeepseekV3TopkRouter always scores with sigmoid", "moe.router.score")
     if method not in (None, "noaux_tc"):
-        d.gap("topk_method", method, "DeepseekV3TopkRouter always routes noaux_tc", "moe.router")
+        d.gap(c.prefix + "topk_method", method, "DeepseekV3TopkRouter always routes noaux_tc", "moe.router")
     router(
         d,
         "DeepseekV3TopkRouter: sigmoid, + e_score_correction_bias for selection, groups by top-2 sum",
@@ -117,12 +117,12 @@ def _v2_router(c: HFConfig, d: Draft) -> None:
     score = c.str("scoring_func", default="softmax")
     method = c.str("topk_method")
     if score not in (None, "softmax"):
-        d.gap("scoring_func", score, "DeepseekV2TopkRouter always scores with softmax", "moe.router.score")
+        d.gap(c.prefix + "scoring_func", score, "DeepseekV2TopkRouter always scores with softmax", "moe.router.score")
     if method is not None and method not in ("greedy", "group_limited_greedy"):
         c.bad("topk_method", f"{shown(method)}: DeepseekV2TopkRouter knows greedy and group_limited_greedy")
     if c.bool("norm_topk_prob"):
         d.gap(
-            "norm_topk_prob",
+            c.prefix + "norm_topk_prob",
             True,
             "transformers' DeepseekV2TopkRouter ignores it while DeepSeek's own code renormalises: ambiguous",
             "moe.router.normalize_topk",
@@ -143,7 +143,7 @@ def _v2_router(c: HFConfig, d: Draft) -> None:
         c.value("topk_group")
     n_mtp = c.value("num_nextn_predict_layers")
     if n_mtp:
-        d.gap("num_nextn_predict_layers", n_mtp, "MTP on deepseek_v2 (only deepseek_v3 maps it)", "mtp")
+        d.gap(c.prefix + "num_nextn_predict_layers", n_mtp, "MTP on deepseek_v2 (only deepseek_v3 maps it)", "mtp")
 
 
 def translate_v2(c: HFConfig, d: Draft) -> None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import base, defaults, dense_ffn, moe_core, router
-from moec.hf.families.deepseek import _mla
+from moec.hf.families._common import base, defaults, dense_ffn, mla, mla_rope_interleave, moe_core, router
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=131072, hidden_size=4096, intermediate_size=12288, moe_intermediate_size=2048,
@@ -38,16 +37,8 @@ def default_rope(c: HFConfig) -> dict[str, Any]:
 
 def translate(c: HFConfig, d: Draft) -> None:
     _base(c, d)
-    _mla(c, d, "Mistral4")
-    if not c.bool("rope_interleave"):
-        d.gap(
-            "rope_interleave",
-            False,
-            "MLA rotary dims paired by halves (apply_rotary_pos_emb); moec's MLA pairs adjacent dims, as "
-            "DeepSeek's checkpoints (rope_interleave true)",
-            "attention.rope_pairs: 'adjacent' | 'halves' on MLA (or a Mapper permuting the rotary rows of q_b_proj "
-            "and kv_a_proj_with_mqa). No count change",
-        )
+    mla(c, d, "Mistral4")
+    mla_rope_interleave(c, d)
     dense_ffn(c, d, bias_src="Mistral4MLP has no biases")
     moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
     n_shared = c.int("n_shared_experts", minimum=0)

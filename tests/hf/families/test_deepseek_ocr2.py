@@ -70,6 +70,10 @@ def test_release_counts_equal_transformers_model_on_meta():
         ({"mlp_bias": True}, "text_config.mlp_bias"),
         ({"model_type": "deepseek_v2"}, "text_config.model_type"),
         ({"tie_word_embeddings": True}, "text_config.tie_word_embeddings"),
+        # the router's refusals name the nested key too, not a top-level one
+        ({"scoring_func": "sigmoid"}, "text_config.scoring_func"),
+        ({"norm_topk_prob": True}, "text_config.norm_topk_prob"),
+        ({"num_nextn_predict_layers": 1}, "text_config.num_nextn_predict_layers"),
     ],
 )
 def test_text_fields_that_would_change_the_model_are_refused(change, field):

@@ -166,3 +166,9 @@ def test_distributed_rank_table_at_80_columns():
         print_distributed(report, 10, Console(file=buf, width=width, color_system=None))
         out[width] = buf.getvalue()
     assert_readable(out[NARROW], out[WIDE])
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "mixtral-8x7b", "lora-moe"])
+def test_plan_at_80_columns(name: str):
+    path = str(SPECS / f"{name}.yaml")
+    assert_readable(invoke(["plan", path], NARROW), invoke(["plan", path], WIDE))

@@ -339,12 +339,12 @@ def test_torch_compile_traces_the_op_without_graph_breaks() -> None:
 def test_opcheck_registration() -> None:
     """torch.library's own consistency checks: schema, fake tensor, autograd registration."""
     import moec.kernels.triton  # noqa: F401  (registers the op)
-    from moec.kernels.triton.tiles import tile_slots as route_of
+    from moec.kernels.triton.tiles import tile_slots as tiles_of
 
     case = make_case(T=8, E=4, k=2, seed=12)
     t = {n: v.float().to(DEVICE).requires_grad_() for n, v in case["tensors"].items()}
     idx = case["topk_idx"].to(DEVICE)
-    r = route_of(idx, 4, 16)
+    r = tiles_of(idx, 4, 16)
     args = (
         t["x"],
         idx,

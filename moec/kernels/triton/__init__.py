@@ -67,8 +67,8 @@ def _config(
     return heuristic_config(n_rows, n_experts)
 
 
-def _route_args(route: SlotTiles) -> tuple[torch.Tensor, ...]:
-    return route.order, route.rev, route.expert_start, route.expert_end, route.tile_expert, route.tile_row
+def _tile_args(tiles: SlotTiles) -> tuple[torch.Tensor, ...]:
+    return tiles.order, tiles.rev, tiles.expert_start, tiles.expert_end, tiles.tile_expert, tiles.tile_row
 
 
 def expert_ffn(
@@ -130,12 +130,12 @@ def expert_ffn(
             )
 
     cfg = config or _config(x2, k, E, d, f, activation, tune)
-    route = tile_slots(idx, E, cfg.block_m)
+    tiles = tile_slots(idx, E, cfg.block_m)
     grad_wanted = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x2, tw, w_gate_up, w_down, b_gate_up, b_down)
     )
     out, _ = torch.ops.moec.triton_expert_ffn(
-        x2, idx, tw, w_gate_up, w_down, b_gate_up, b_down, *_route_args(route), activation, cfg.as_list(), grad_wanted
+        x2, idx, tw, w_gate_up, w_down, b_gate_up, b_down, *_tile_args(tiles), activation, cfg.as_list(), grad_wanted
     )
     return out.view(*lead, d)
 
@@ -156,7 +156,7 @@ def lora_mix(
     E = lora_a.shape[0]
     idx = topk_idx.reshape(-1, k).long().contiguous()
     cfg = config or (heuristic_config(idx.numel(), E) if x.is_cuda else INTERPRETER_CONFIG)
-    route = tile_slots(idx, E, cfg.block_m)
+    tiles = tile_slots(idx, E, cfg.block_m)
     return LoraMix.apply(
-        x, idx, topk_w.reshape(-1, k).contiguous(), lora_a.to(x.dtype), lora_b.to(x.dtype), float(scale), route, cfg
+        x, idx, topk_w.reshape(-1, k).contiguous(), lora_a.to(x.dtype), lora_b.to(x.dtype), float(scale), tiles, cfg
     )

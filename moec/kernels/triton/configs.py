@@ -1,6 +1,6 @@
 """Block sizes for the MoE kernels: a small heuristic table, and an opt-in autotune with a disk cache.
 
-One config serves every kernel of a call: the routing tiles are built for its ``block_m``, so the
+One config serves every kernel of a call: the slot tiles are built for its ``block_m``, so the
 forward and the backward of one call must agree on it.
 
 * Default: the heuristic table below, keyed by tokens per expert (the M of each expert's GEMM).

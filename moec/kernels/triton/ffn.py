@@ -83,7 +83,7 @@ def up_act(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,
     b_gate_up: torch.Tensor | None,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,
@@ -91,25 +91,25 @@ def up_act(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(h1 (TK, 2f|f) pre-activation or an empty tensor, a (TK, f)) in sorted rows."""
     code, gated = ACTIVATION_CODES[activation]
-    n_rows = route.order.shape[0]
+    n_rows = tiles.order.shape[0]
     W = w_gate_up.shape[2]
     f = W // 2 if gated else W
     h1 = x.new_empty(n_rows, W) if save_h1 else x.new_empty(0, W)
     a = x.new_empty(n_rows, f)
-    if n_rows == 0 or route.max_tiles == 0:
+    if n_rows == 0 or tiles.max_tiles == 0:
         return h1, a
     upcast, ieee = dot_flags(x.dtype)
     bn = cfg.fused_n  # narrower than a plain GEMM tile: two accumulators (gate, up)
-    grid = (route.max_tiles, triton.cdiv(f, bn))
+    grid = (tiles.max_tiles, triton.cdiv(f, bn))
     _up_act_kernel[grid](
         x, w_gate_up, b_gate_up if b_gate_up is not None else _empty_arg(x), h1 if save_h1 else _empty_arg(x), a,
-        route.order, route.tile_expert, route.tile_row, route.expert_end,
-        f, x.shape[1], route.n_experts, route.top_k,
+        tiles.order, tiles.tile_expert, tiles.tile_row, tiles.expert_end,
+        f, x.shape[1], tiles.n_experts, tiles.top_k,
         x.stride(0), x.stride(1), w_gate_up.stride(0), w_gate_up.stride(1), w_gate_up.stride(2),
         b_gate_up.stride(0) if b_gate_up is not None else 0,
         h1.stride(0) if save_h1 else 0, h1.stride(1) if save_h1 else 0, a.stride(0), a.stride(1),
         ACT=code, GATED=gated, HAS_BIAS=b_gate_up is not None, SAVE_H1=save_h1,
-        BM=route.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
+        BM=tiles.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return h1, a
@@ -185,13 +185,13 @@ def down_backward(
     b_down: torch.Tensor | None,
     h1: torch.Tensor,
     topk_w: torch.Tensor,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dH1 (TK, 2f|f), a (TK, f), dS (TK,) fp32 per sorted row, 0 for dropped slots' rows)."""
     code, gated = ACTIVATION_CODES[activation]
-    n_rows = route.order.shape[0]
+    n_rows = tiles.order.shape[0]
     f, d = w_down.shape[1], w_down.shape[2]
     bn = cfg.fused_n  # the epilogue holds g, u, act, act' and dA for the whole tile
     n_tiles = triton.cdiv(f, bn)
@@ -199,18 +199,18 @@ def down_backward(
     a = h1.new_empty(n_rows, f)
     # zeros: rows of dropped slots are never written and must read back as dS = 0
     ds = torch.zeros(n_rows, max(n_tiles, 1), dtype=torch.float32, device=h1.device)
-    if n_rows == 0 or route.max_tiles == 0 or f == 0:
+    if n_rows == 0 or tiles.max_tiles == 0 or f == 0:
         return dh1, a, ds.sum(1)
     upcast, ieee = dot_flags(h1.dtype)
-    _down_bwd_kernel[(route.max_tiles, n_tiles)](
+    _down_bwd_kernel[(tiles.max_tiles, n_tiles)](
         grad_out, w_down, b_down if b_down is not None else _empty_arg(h1), h1, topk_w, dh1, a, ds,
-        route.order, route.tile_expert, route.tile_row, route.expert_end,
-        f, d, route.n_experts, route.top_k,
+        tiles.order, tiles.tile_expert, tiles.tile_row, tiles.expert_end,
+        f, d, tiles.n_experts, tiles.top_k,
         grad_out.stride(0), grad_out.stride(1), w_down.stride(0), w_down.stride(1), w_down.stride(2),
         b_down.stride(0) if b_down is not None else 0,
         h1.stride(0), h1.stride(1), dh1.stride(0), dh1.stride(1), a.stride(0), a.stride(1), ds.stride(0),
         ACT=code, GATED=gated, HAS_BIAS=b_down is not None,
-        BM=route.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
+        BM=tiles.block_m, BN=bn, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return dh1, a, ds.sum(1)  # fixed-order reduction over N-tiles: deterministic
@@ -225,16 +225,16 @@ def ffn_forward(
     w_down: torch.Tensor,
     b_gate_up: torch.Tensor | None,
     b_down: torch.Tensor | None,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,
     save_h1: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (T, d), h1 (TK, 2f|f) or empty). topk_idx/topk_w must be contiguous (T, k)."""
-    h1, a = up_act(x, w_gate_up, b_gate_up, route, cfg, activation, save_h1=save_h1)
-    y = grouped_matmul(a, w_down, route, cfg, gather=False, bias=b_down)  # (TK, d) sorted rows
-    return combine(y, route, topk_idx, topk_w, out_dtype=x.dtype), h1
+    h1, a = up_act(x, w_gate_up, b_gate_up, tiles, cfg, activation, save_h1=save_h1)
+    y = grouped_matmul(a, w_down, tiles, cfg, gather=False, bias=b_down)  # (TK, d) sorted rows
+    return combine(y, tiles, topk_idx, topk_w, out_dtype=x.dtype), h1
 
 
 def ffn_backward(
@@ -246,7 +246,7 @@ def ffn_backward(
     w_down: torch.Tensor,
     b_down: torch.Tensor | None,
     h1: torch.Tensor,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     activation: str,
     *,
@@ -256,19 +256,19 @@ def ffn_backward(
     torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor
 ]:
     """(dx, dW_gate_up, dW_down, db_gate_up, db_down, d_topk_w); weight/bias grads None when not asked."""
-    dh1, a, ds_rows = down_backward(grad_out, w_down, b_down, h1, topk_w, route, cfg, activation)
-    dxs = grouped_matmul(dh1, w_gate_up, route, cfg, gather=False, transpose_w=True)  # (TK, d) sorted rows
-    dx = combine(dxs, route, topk_idx, None, out_dtype=x.dtype)
-    d_topk_w = ds_rows.index_select(0, route.rev).view(topk_w.shape).to(topk_w.dtype)
+    dh1, a, ds_rows = down_backward(grad_out, w_down, b_down, h1, topk_w, tiles, cfg, activation)
+    dxs = grouped_matmul(dh1, w_gate_up, tiles, cfg, gather=False, transpose_w=True)  # (TK, d) sorted rows
+    dx = combine(dxs, tiles, topk_idx, None, out_dtype=x.dtype)
+    d_topk_w = ds_rows.index_select(0, tiles.rev).view(topk_w.shape).to(topk_w.dtype)
     dw1 = dw2 = db1 = db2 = None
     if weight_grads or bias_grads:
         dw1, db1 = grouped_xty(
-            x, dh1, route, cfg, gather_a=True, gather_b=False, colsum=bias_grads, out_dtype=w_gate_up.dtype
+            x, dh1, tiles, cfg, gather_a=True, gather_b=False, colsum=bias_grads, out_dtype=w_gate_up.dtype
         )
         dw2, db2 = grouped_xty(
             a,
             grad_out,
-            route,
+            tiles,
             cfg,
             gather_a=False,
             gather_b=True,

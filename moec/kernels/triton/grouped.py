@@ -75,7 +75,7 @@ def _grouped_matmul_kernel(
 def grouped_matmul(
     a: torch.Tensor,
     w: torch.Tensor,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     *,
     gather: bool,
@@ -91,7 +91,7 @@ def grouped_matmul(
     row_scale: (TK,) per flat slot, optional.  Returns (TK, N) in sorted rows; rows of dropped
     slots (past the last expert's end) are left unwritten.
     """
-    n_rows = route.order.shape[0]
+    n_rows = tiles.order.shape[0]
     if transpose_w:
         N, K = w.shape[1], w.shape[2]
         s_we, s_wk, s_wn = w.stride(0), w.stride(2), w.stride(1)
@@ -99,17 +99,17 @@ def grouped_matmul(
         K, N = w.shape[1], w.shape[2]
         s_we, s_wk, s_wn = w.stride(0), w.stride(1), w.stride(2)
     out = a.new_empty(n_rows, N, dtype=out_dtype or a.dtype)
-    if n_rows == 0 or route.max_tiles == 0 or N == 0:
+    if n_rows == 0 or tiles.max_tiles == 0 or N == 0:
         return out
     upcast, ieee = dot_flags(a.dtype)
-    grid = (route.max_tiles, triton.cdiv(N, cfg.block_n))
+    grid = (tiles.max_tiles, triton.cdiv(N, cfg.block_n))
     _grouped_matmul_kernel[grid](
         a, w, bias if bias is not None else _empty_arg(a), row_scale if row_scale is not None else _empty_arg(a), out,
-        route.order, route.tile_expert, route.tile_row, route.expert_end,
-        N, K, route.n_experts, route.top_k,
+        tiles.order, tiles.tile_expert, tiles.tile_row, tiles.expert_end,
+        N, K, tiles.n_experts, tiles.top_k,
         a.stride(0), a.stride(1), s_we, s_wk, s_wn, bias.stride(0) if bias is not None else 0, out.stride(0), out.stride(1),
         GATHER_A=gather, HAS_BIAS=bias is not None, HAS_SCALE=row_scale is not None,
-        BM=route.block_m, BN=cfg.block_n, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
+        BM=tiles.block_m, BN=cfg.block_n, BK=cfg.block_k, UPCAST=upcast, IEEE=ieee,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out
@@ -176,7 +176,7 @@ def _grouped_xty_kernel(
 def grouped_xty(
     a: torch.Tensor,
     b: torch.Tensor,
-    route: SlotTiles,
+    tiles: SlotTiles,
     cfg: KernelConfig,
     *,
     gather_a: bool,
@@ -190,7 +190,7 @@ def grouped_xty(
     a: (T, KA) token rows when ``gather_a`` else (TK, KA) sorted rows; b likewise with NB columns.
     b_row_scale: (TK,) per flat slot.  Returns out (E, KA, NB) and colsum (E, NB) or None.
     """
-    E = route.n_experts
+    E = tiles.n_experts
     KA, NB = a.shape[1], b.shape[1]
     dtype = out_dtype or a.dtype
     out = a.new_empty(E, KA, NB, dtype=dtype)
@@ -203,8 +203,8 @@ def grouped_xty(
     grid = (E, triton.cdiv(KA, ba), triton.cdiv(NB, bb))
     _grouped_xty_kernel[grid](
         a, b, b_row_scale if b_row_scale is not None else _empty_arg(a), out, sums if sums is not None else _empty_arg(out),
-        route.order, route.expert_start, route.expert_end,
-        KA, NB, route.top_k,
+        tiles.order, tiles.expert_start, tiles.expert_end,
+        KA, NB, tiles.top_k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
         sums.stride(0) if sums is not None else 0,
         GATHER_A=gather_a, GATHER_B=gather_b, HAS_SCALE=b_row_scale is not None, HAS_COLSUM=colsum,
@@ -244,7 +244,7 @@ def _combine_kernel(
 
 def combine(
     y: torch.Tensor,
-    route: SlotTiles,
+    tiles: SlotTiles,
     topk_idx: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
@@ -262,7 +262,7 @@ def combine(
     bt, bn = (64, 64) if INTERPRET else (16, 128)
     grid = (triton.cdiv(T, bt), triton.cdiv(N, bn))
     _combine_kernel[grid](
-        y, weights if weights is not None else _empty_arg(y), topk_idx, route.rev, out,
+        y, weights if weights is not None else _empty_arg(y), topk_idx, tiles.rev, out,
         T, N, y.stride(0), y.stride(1), out.stride(0), out.stride(1),
         TOP_K=k, HAS_W=weights is not None, BT=bt, BN=bn, num_warps=4,
     )  # fmt: skip

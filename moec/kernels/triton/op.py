@@ -9,7 +9,7 @@ the kernels report the model FLOPs of the analyzer's convention (2 FLOPs per mul
     backward  the same for dX (dA' = dO·W_downᵀ and dH1·W_gate_upᵀ), and the same again for the
               weight gradients when any weight needs one (training = 3 × forward; frozen = 2 ×).
 
-The routing metadata is computed outside the op (plain torch ops, traceable) and passed in, so the
+The slot tiles are computed outside the op (plain torch ops, traceable) and passed in, so the
 forward and backward share one sort.
 """
 
@@ -34,7 +34,7 @@ _BWD_SCHEMA = (
 )
 
 
-def _routing(topk_idx: torch.Tensor, n_experts: int, config: list[int], *tables: torch.Tensor) -> SlotTiles:
+def _slot_tiles(topk_idx: torch.Tensor, n_experts: int, config: list[int], *tables: torch.Tensor) -> SlotTiles:
     order, rev, start, end, tile_expert, tile_row = tables
     return SlotTiles(order, rev, start, end, tile_expert, tile_row, config[0], n_experts, topk_idx.shape[1])
 
@@ -45,10 +45,12 @@ def triton_expert_ffn(
     order, rev, expert_start, expert_end, tile_expert, tile_row,  # the SlotTiles tensors
     activation, config, save_h1,
 ):  # type: ignore[no-untyped-def]  # fmt: skip
-    route = _routing(topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row)
+    tiles = _slot_tiles(
+        topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row
+    )
     cfg = KernelConfig.from_list(config)
     return ffn_forward(
-        x, topk_idx, topk_w, w_gate_up, w_down, b_gate_up, b_down, route, cfg, activation, save_h1=save_h1
+        x, topk_idx, topk_w, w_gate_up, w_down, b_gate_up, b_down, tiles, cfg, activation, save_h1=save_h1
     )
 
 
@@ -66,9 +68,11 @@ def triton_expert_ffn_backward(
     order, rev, expert_start, expert_end, tile_expert, tile_row,  # the SlotTiles tensors
     activation, config, weight_grads, bias_grads,
 ):  # type: ignore[no-untyped-def]  # fmt: skip
-    route = _routing(topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row)
+    tiles = _slot_tiles(
+        topk_idx, w_gate_up.shape[0], config, order, rev, expert_start, expert_end, tile_expert, tile_row
+    )
     grads = ffn_backward(
-        grad_out, x, topk_idx, topk_w, w_gate_up, w_down, b_down, h1, route, KernelConfig.from_list(config), activation,
+        grad_out, x, topk_idx, topk_w, w_gate_up, w_down, b_down, h1, tiles, KernelConfig.from_list(config), activation,
         weight_grads=weight_grads, bias_grads=bias_grads,
     )  # fmt: skip
     # a custom op cannot return None: absent gradients come back as empty tensors
@@ -130,7 +134,7 @@ def _backward(ctx, grad_out, grad_h1):  # type: ignore[no-untyped-def]
         dw2 if need[_W2] else None,
         db1 if ctx.has_b1 and need[_B1] else None,
         db2 if ctx.has_b2 and need[_B2] else None,
-        *([None] * 9),  # routing tables, activation, config, save_h1
+        *([None] * 9),  # the SlotTiles tensors, activation, config, save_h1
     )
 
 

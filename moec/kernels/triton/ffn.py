@@ -80,15 +80,9 @@ def _up_act_kernel(
 
 
 def up_act(
-    x: torch.Tensor,
-    w_gate_up: torch.Tensor,
-    b_gate_up: torch.Tensor | None,
-    tiles: SlotTiles,
-    cfg: KernelConfig,
-    activation: str,
-    *,
-    save_h1: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None,
+    tiles: SlotTiles, cfg: KernelConfig, activation: str, *, save_h1: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(h1 (TK, 2f|f) pre-activation or an empty tensor, a (TK, f)) in sorted rows."""
     code, gated = ACTIVATION_CODES[activation]
     n_rows = tiles.order.shape[0]
@@ -218,19 +212,10 @@ def down_backward(
 
 # ------------------------------------------------------------------------------------ drivers
 def ffn_forward(
-    x: torch.Tensor,
-    topk_idx: torch.Tensor,
-    topk_w: torch.Tensor,
-    w_gate_up: torch.Tensor,
-    w_down: torch.Tensor,
-    b_gate_up: torch.Tensor | None,
-    b_down: torch.Tensor | None,
-    tiles: SlotTiles,
-    cfg: KernelConfig,
-    activation: str,
-    *,
-    save_h1: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    w_gate_up: torch.Tensor, w_down: torch.Tensor, b_gate_up: torch.Tensor | None, b_down: torch.Tensor | None,
+    tiles: SlotTiles, cfg: KernelConfig, activation: str, *, save_h1: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(out (T, d), h1 (TK, 2f|f) or empty). topk_idx/topk_w must be contiguous (T, k)."""
     h1, a = up_act(x, w_gate_up, b_gate_up, tiles, cfg, activation, save_h1=save_h1)
     y = grouped_matmul(a, w_down, tiles, cfg, gather=False, bias=b_down)  # (TK, d) sorted rows

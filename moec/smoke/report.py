@@ -225,7 +225,7 @@ LEGEND = (
     "loss first/last: mean cross-entropy of the first/last steps; noise: ln V, the loss of a model that learned "
     "nothing; floor: the entropy rate of the synthetic data, the best loss possible. "
     "H/ln E: entropy of the expert load over its maximum (1 even, 0 all on one expert); "
-    "max/mean: busiest expert's load over the mean; starved: experts with no slot; dropped: slots over an "
+    "max/mean: busiest expert's load over the mean; starved: experts with no slot in the whole run; dropped: slots over an "
     "expert's capacity, share of all slots (count); router z: mean logsumexp(logits)² before its coefficient; "
     "drift: the largest move of a selection bias (aux-free balancing). L = layer, e = first expert of the line."
 )

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DENSE = {
     "llama": {**TINY, "num_hidden_layers": 2, "intermediate_size": 48},
     "qwen3": {**TINY, "num_hidden_layers": 2, "intermediate_size": 48, "head_dim": 16},
+    "qwen2": {**TINY, "num_hidden_layers": 2, "intermediate_size": 48},
 }
 TOKENS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -72,6 +73,17 @@ def test_copies_give_the_dense_logits_in_transformers(dense, model_type, family,
     after = before + 2 * (3 * 3 * d * f + 4 * d)
     assert f"parameters before: {before:,} total" in said and f"parameters after:  {after:,} total" in said
     assert "router zero; seed 0" in (out / "README.md").read_text()
+
+
+def test_copies_beside_a_gated_shared_expert_give_the_dense_logits_in_transformers(dense, tmp_path):
+    """Qwen2-MoE: the routed copies give half, the shared expert (the FFN, down × 1) behind sigmoid(0) = ½ the
+    other half."""
+    hf, folder = dense["qwen2"]
+    out = tmp_path / "moe"
+    upcycle_cli(str(folder), "-o", str(out), "--experts", "4", "--top-k", "2", "--shared", "1", "--family", "qwen2_moe")
+    moe = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert moe.config.shared_expert_intermediate_size == 48
+    assert torch.allclose(logits_of(moe), logits_of(hf), atol=1e-5, rtol=0)
 
 
 def test_lora_experts_with_zero_b_give_the_dense_logits(dense, tmp_path):

@@ -96,9 +96,12 @@ def moe_spec_text(dense_spec: str, recipe: Recipe, dense: ResolvedModel, source:
         "granularity": recipe.granularity,
         "router": {"top_k": recipe.top_k, "score": recipe.router, "normalize_topk": True},
     }
-    if recipe.shared:
+    if recipe.shared and recipe.shared_gate:
+        # Qwen2-MoE has one gated shared expert: s shared experts of width F/m are one FFN of width s·F/m
+        # (docs/conventions.md, "Parameters"), the same tensors under another count
+        moe.update(n_shared_experts=1, d_ff_shared=recipe.shared * width // recipe.granularity, shared_gate=True)
+    elif recipe.shared:
         moe.update(n_shared_experts=recipe.shared, d_ff_shared=width // recipe.granularity)
-        moe["shared_gate"] = recipe.shared_gate
     if recipe.lora is not None:
         alpha = recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora
         moe.update(expert_kind="lora", lora={"rank": recipe.lora, "alpha": alpha})

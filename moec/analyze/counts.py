@@ -93,8 +93,9 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
     E, k = f.n_experts, r.top_k
     # a learned logit bias (gpt-oss) and a selection bias stored as a parameter (ERNIE-4.5) count; DeepSeek-V3's
     # selection bias is a buffer and does not
-    router_p = d * E + (E if r.bias else 0) + (E if r.selection_bias and r.selection_bias_parameter else 0)
-    parts = {"router": Part(router_p, router_p, 2 * d * E)}
+    router_mm = router_matrices(f, d)
+    router_p = router_mm + (E if r.bias else 0) + (E if r.selection_bias and r.selection_bias_parameter else 0)
+    parts = {"router": Part(router_p, router_p, 2 * router_mm)}
     if f.expert_kind == "lora":
         assert f.lora_rank is not None
         base_mm = ffn_weights(d, f.d_ff, f.gated)
@@ -116,6 +117,44 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
         gate = d if f.shared_gate else 0
         parts["shared_experts"] = Part(s_p + gate, s_p + gate, 2 * (s_mm + gate))
     return parts
+
+
+# how each routing algorithm of docs/routing.md is counted; printed under "routing" in analyze's conventions
+ROUTING_CONVENTIONS = {
+    "gshard": "top-2 with the second expert dispatched with probability 2·g2: counted as k = 2, the upper bound "
+    "(the expected count is 1 + mean 2·g2, which depends on the weights)",
+    "expert_choice": "each expert takes ceil(k·T/E) of a call's T tokens; active parameters and FLOPs per token "
+    "are the average over tokens, (k/E)·routed experts, exact when E divides k·T (a token may get 0 to E "
+    "experts)",
+    "hash": "a fixed token-id hash picks k experts: no router parameters, 0 router FLOPs",
+    "router_mlp": "mlp_hidden h: d·h + h·E router parameters, 2·(d·h + h·E) FLOPs per token (the activation: 0)",
+    "sqrt_softplus": "elementwise: 0 FLOPs, 0 parameters",
+}
+
+
+def router_matrices(f: MoEPlan, d: int) -> int:
+    """The router's matrix parameters: d·E for one linear layer, d·h + h·E for a router MLP, 0 for hash
+    routing (ROUTING_CONVENTIONS)."""
+    r, E = f.router, f.n_experts
+    if r.kind == "hash":
+        return 0
+    if r.mlp_hidden:
+        return d * r.mlp_hidden + r.mlp_hidden * E
+    return d * E
+
+
+def expert_choice_capacity(n_tokens: int, top_k: int, n_experts: int) -> int:
+    """Tokens each expert takes under expert choice: ceil(k·T/E), k the average experts per token (Zhou et
+    al. 2022's capacity factor c), so that E·capacity ≥ k·T."""
+    return min(n_tokens, -(-top_k * n_tokens // n_experts))
+
+
+def expert_choice_flops_per_token(f: MoEPlan, d: int, tokens: int) -> Fraction:
+    """Expert choice's routed-expert FLOPs per token for a call of ``tokens`` tokens, from the capacity:
+    E experts × ceil(k·T/E) tokens × 2·(expert matrices), over T (= k·2·matrices when E divides k·T)."""
+    E = f.n_experts
+    capacity = expert_choice_capacity(tokens, f.router.top_k, E)
+    return Fraction(E * capacity * 2 * ffn_weights(d, f.d_ff, f.gated), tokens)
 
 
 def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:

@@ -169,10 +169,12 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
         if self.shared_gate is not None and not self.shared_gate.weight.is_meta:
             _normal_(self.shared_gate.weight, d_model)
-        self._kernels(self.router.weight.device)  # resolved here, so a compiled forward finds it cached
+        # resolved here, so a compiled forward finds it cached (a hash router has no weight: ask the experts)
+        self._kernels(next(self.experts.parameters()).device)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
-        """x (B, S, d) or (T, d) → (y of the same shape, MoEAux)."""
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
+        """x (B, S, d) or (T, d) → (y of the same shape, MoEAux). ``token_ids`` ((B, S) or (T,)): the ids of
+        the tokens x holds, which hash routing needs (docs/routing.md)."""
         if x.dim() not in (2, 3):
             raise ValueError(
                 f"MoE input must be (batch, seq, d_model) or (tokens, d_model); got shape {tuple(x.shape)}"
@@ -183,7 +185,8 @@ class MoE(nn.Module):
             raise ValueError(f"MoE input must be a floating-point tensor; got {x.dtype}")
         seq_len = x.shape[1] if x.dim() == 3 else None
         xt = x.reshape(-1, self.d_model)  # (T, d)
-        r = self.router(xt, seq_len=seq_len or None)
+        ids = token_ids.reshape(-1) if token_ids is not None else None  # (T,)
+        r = self.router(xt, seq_len=seq_len or None, token_ids=ids)
         kernels = self._kernels(x.device)
         topk_w = r.topk_w.to(x.dtype)
         if self.base is not None:

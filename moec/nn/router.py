@@ -12,7 +12,14 @@ flip on ties and the softmax loses the small probabilities the aux loss needs):
 - dense (soft) routing: every expert, weighted by its probability.
 - ``kind: sparsemixer``: Phi-3.5-MoE's SparseMixer top-2 (:func:`sparsemixer`).
 - capacity (Switch/GShard): at most ceil(capacity_factor·T·k/E) slots per expert; the rest are
-  dropped (index -1, weight 0) and their tokens ride the residual.
+  dropped (index -1, weight 0) and their tokens ride the residual. With ``capacity_group_size`` (GShard)
+  the tokens split into local groups of that many, each with its own capacity.
+- the algorithms of docs/routing.md: ``kind: gshard`` (GShard's random top-2, :func:`gshard_top2`),
+  ``expert_choice`` (each expert takes its top tokens, :func:`expert_choice`), ``hash`` (a fixed token-id
+  hash, no router parameters, :func:`hash_experts`); ``score: sqrt_softplus`` (DeepSeek-V4) and
+  ``mlp_hidden`` (a router MLP instead of one linear layer).
+
+Float64 inputs are routed in float64 (the oracles' tests); every other dtype in fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moec.analyze.counts import expert_choice_capacity
 from moec.spec.plan import MoEPlan
 
 
@@ -61,6 +69,54 @@ def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     return torch.cat((idx1, idx2), -1), torch.cat((w1, w2), -1)
 
 
+def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """(T, E) scores: softmax over the experts, or each logit's sigmoid or sqrt(softplus) (DeepSeek-V4)."""
+    if score == "softmax":
+        return logits.softmax(-1)
+    if score == "sigmoid":
+        return logits.sigmoid()
+    return F.softplus(logits).sqrt()
+
+
+def gshard_top2(probs: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GShard's top-2 (Lepikhin et al. 2020, Algorithm 1): the two best experts' gates renormalised to sum to 1,
+    g1 + g2 = 1; the first is always dispatched, the second only where uniform < 2·g2 (probability 2·g2 ≤ 1,
+    proportional to its gate), else it is index -1 with weight 0. probs (T, E), uniform (T,) in [0, 1)."""
+    top, idx = probs.topk(2, dim=-1)  # (T, 2) ×2
+    g = top / top.sum(-1, keepdim=True)  # (T, 2)
+    second = uniform < 2 * g[:, 1].detach()  # (T,)
+    keep = torch.stack((torch.ones_like(second), second), -1)  # (T, 2)
+    return torch.where(keep, idx, -1), torch.where(keep, g, 0.0)
+
+
+def expert_choice(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert choice (Zhou et al. 2022): every expert takes the ``capacity`` tokens with its highest scores, so
+    each expert gets exactly its capacity and a token gets anywhere from 0 to E experts. Token-major result:
+    (T, E) with column e = e where expert e took the token (weight: its score), -1 and 0 elsewhere. It sees
+    every token of the call at once, so a token's experts depend on later tokens (docs/routing.md)."""
+    T, E = probs.shape
+    cap = expert_choice_capacity(T, top_k, E)
+    taken = probs.detach().t().topk(cap, dim=-1).indices  # (E, cap) token ids
+    chosen = torch.zeros(E, T, dtype=torch.bool, device=probs.device)
+    chosen.scatter_(1, taken, torch.ones_like(taken, dtype=torch.bool))
+    chosen = chosen.t()  # (T, E)
+    experts = torch.arange(E, device=probs.device).expand(T, E)
+    return torch.where(chosen, experts, -1), torch.where(chosen, probs, 0.0)
+
+
+# Knuth's multiplicative constant ⌊2^32/φ⌋: the high bits of id·A mod 2^32 spread consecutive ids evenly
+_HASH_MULTIPLIER = 2654435761
+
+
+def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
+    """Hash routing (Roller et al. 2021): a fixed function of the token id, no learned router. Expert 1 is
+    ⌊((id·A) mod 2^32)·E / 2^32⌋ (multiplicative hashing), experts 2..k the next ones cyclically (distinct
+    while k ≤ E). token_ids (T,) → (T, k) int64."""
+    h = (token_ids.long() * _HASH_MULTIPLIER) % (1 << 32)  # (T,) < 2^32; id < 2^24 keeps id·A < 2^63
+    first = h * n_experts // (1 << 32)  # (T,)
+    return (first[:, None] + torch.arange(top_k, device=token_ids.device)) % n_experts  # (T, k)
+
+
 class Router(nn.Module):
     def __init__(
         self,
@@ -73,8 +129,17 @@ class Router(nn.Module):
         self.plan, self.d_model = plan, d_model
         E = plan.n_experts
         # nn.Linear layout (E, d): Hugging Face router checkpoints load without a transpose
-        self.weight = nn.Parameter(torch.empty(E, d_model, device=device, dtype=dtype))
+        r = plan.router
+        if r.kind == "hash":  # no learned router: a token's experts are a function of its id
+            self.register_parameter("weight", None)
+        else:
+            width = r.mlp_hidden or d_model  # a router MLP's output layer reads its hidden layer
+            self.weight = nn.Parameter(torch.empty(E, width, device=device, dtype=dtype))
+        # the router MLP's first layer, d → mlp_hidden (no bias)
+        self.hidden = nn.Linear(d_model, r.mlp_hidden, bias=False, device=device, dtype=dtype) if r.mlp_hidden else None
         self.bias = nn.Parameter(torch.empty(E, device=device, dtype=dtype)) if plan.router.bias else None
+        # GShard's random second choice draws from this generator when set (else torch's global one)
+        self.generator: torch.Generator | None = None
         if plan.router.selection_bias and plan.router.selection_bias_parameter:
             # ERNIE-4.5 keeps it as a parameter (counted); fp32 like the buffer, as transformers keeps
             # e_score_correction_bias, so that small bias_update_rate steps are not rounded away
@@ -92,56 +157,43 @@ class Router(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.weight.is_meta:
+        if self.weight is None or self.weight.is_meta:
             return
         # small, so that routing starts near uniform and no expert wins by initialisation
         nn.init.normal_(self.weight, std=0.02)
+        if self.hidden is not None:
+            nn.init.normal_(self.hidden.weight, std=1 / math.sqrt(self.d_model))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
         if isinstance(self.expert_bias, nn.Parameter):
             nn.init.zeros_(self.expert_bias)
 
-    def forward(self, x: torch.Tensor, seq_len: int | None = None) -> Routing:
-        """x (T, d). ``seq_len``: tokens per sequence, for the sequence-level balance loss (default: T)."""
-        if x.dim() != 2:
-            raise ValueError(f"router input must be (tokens, d_model); got shape {tuple(x.shape)}")
-        if x.shape[1] != self.d_model:
-            raise ValueError(f"router input has d_model {x.shape[1]}, expected {self.d_model}")
-        if not x.is_floating_point():
-            raise ValueError(f"router input must be a floating-point tensor; got {x.dtype}")
+    def forward(self, x: torch.Tensor, seq_len: int | None = None, token_ids: torch.Tensor | None = None) -> Routing:
+        """x (T, d). ``seq_len``: tokens per sequence, for the sequence-level balance loss (default: T).
+        ``token_ids`` (T,): the tokens' ids, which hash routing needs (and every other kind ignores)."""
+        self._check_input(x, seq_len, token_ids)
         T = x.shape[0]
-        if seq_len is not None and (seq_len <= 0 or T % seq_len):
-            raise ValueError(f"seq_len {seq_len} does not divide the {T} tokens")
         r, E = self.plan.router, self.plan.n_experts
-
-        xf = x.float()
+        # float64 stays float64 (the oracles' tests); every other dtype routes in fp32
+        xf = x.double() if x.dtype == torch.float64 else x.float()
         if self.training and r.jitter > 0:  # Switch Transformer: multiplicative input noise
             xf = xf * torch.empty_like(xf).uniform_(1 - r.jitter, 1 + r.jitter)
-        logits = F.linear(xf, self.weight.float(), None if self.bias is None else self.bias.float())  # (T, E)
-        probs = logits.softmax(-1) if r.score == "softmax" else logits.sigmoid()  # (T, E)
-
-        if r.dense:
-            idx = torch.arange(E, device=x.device).expand(T, E).contiguous()  # (T, E)
-            w = probs
-        elif r.kind == "sparsemixer":
-            idx, w = sparsemixer(logits, r.sparsemixer_eps)  # (T, 2) ×2
-        else:
-            idx = self._select(probs.detach())  # (T, k)
-            if r.softmax_after_topk:
-                w = logits.gather(1, idx).softmax(-1)
-            else:
-                w = probs.gather(1, idx)  # (T, k)
+        logits = self._logits(xf)  # (T, E)
+        probs = scores_of(logits, r.score)  # (T, E)
+        idx, w = self._choose(logits, probs, token_ids)  # (T, k') ×2; -1 marks a slot not dispatched
         if r.normalize_topk:
-            w = w / (w.sum(-1, keepdim=True) + (1e-20 if r.score == "sigmoid" else 0.0))
+            w = w / (w.sum(-1, keepdim=True) + (1e-20 if r.score != "softmax" else 0.0))
         w = w * r.scale
 
+        valid = idx >= 0
         chosen = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(
-            0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.long, device=x.device)
+            0, idx.clamp(min=0).reshape(-1), valid.reshape(-1).long()
         )  # (E,) slots per expert before dropping
-        load_balance = self._load_balance(idx, probs, seq_len)
+        # GShard's balance loss counts first choices only (its c_e); the others every dispatched slot
+        load_balance = self._load_balance(idx[:, :1] if r.kind == "gshard" else idx, probs, seq_len)
         z_loss = torch.logsumexp(logits, -1).square().sum() / max(T, 1)
         if self.plan.capacity_factor is not None:
-            keep = self._capacity_mask(idx, w)  # (T, k) bool
+            keep = self._capacity_mask(idx, w) & valid  # (T, k) bool
             idx = torch.where(keep, idx, -1)
             w = torch.where(keep, w, 0.0)
             tokens_per_expert = torch.zeros_like(chosen).scatter_add_(
@@ -149,7 +201,10 @@ class Router(nn.Module):
             )
         else:
             tokens_per_expert = chosen
-        dropped = idx.numel() - tokens_per_expert.sum()
+        if r.kind == "expert_choice":  # no slot is dropped; a token no expert took rides the residual
+            dropped = (~valid.any(-1)).sum()
+        else:
+            dropped = chosen.sum() - tokens_per_expert.sum()
 
         if self.training and self.expert_load is not None:
             self.expert_load += tokens_per_expert.float()
@@ -165,6 +220,56 @@ class Router(nn.Module):
             z_loss=z_loss,
             aux_loss=p.load_balance_coeff * load_balance + p.z_loss_coeff * z_loss,
         )
+
+    def _check_input(self, x: torch.Tensor, seq_len: int | None, token_ids: torch.Tensor | None) -> None:
+        if x.dim() != 2:
+            raise ValueError(f"router input must be (tokens, d_model); got shape {tuple(x.shape)}")
+        if x.shape[1] != self.d_model:
+            raise ValueError(f"router input has d_model {x.shape[1]}, expected {self.d_model}")
+        if not x.is_floating_point():
+            raise ValueError(f"router input must be a floating-point tensor; got {x.dtype}")
+        T = x.shape[0]
+        if seq_len is not None and (seq_len <= 0 or T % seq_len):
+            raise ValueError(f"seq_len {seq_len} does not divide the {T} tokens")
+        if self.plan.router.kind != "hash":
+            return
+        if token_ids is None:
+            raise ValueError("hash routing needs the token ids of the routed tokens (token_ids=...)")
+        if tuple(token_ids.shape) != (T,) or token_ids.is_floating_point():
+            raise ValueError(f"token_ids must be ({T},) integer ids; got {token_ids.dtype} {tuple(token_ids.shape)}")
+
+    def _logits(self, xf: torch.Tensor) -> torch.Tensor:
+        """(T, E) router logits in xf's dtype: one linear layer, or the router MLP; zeros for hash routing (no
+        learned router: its probabilities are uniform and carry no gradient)."""
+        if self.weight is None:
+            return xf.new_zeros(xf.shape[0], self.plan.n_experts)
+        dt = xf.dtype
+        h = xf if self.hidden is None else F.gelu(F.linear(xf, self.hidden.weight.to(dt)))  # (T, d | h)
+        return F.linear(h, self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
+
+    def _choose(
+        self, logits: torch.Tensor, probs: torch.Tensor, token_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expert ids, gate weights) per token before capacity, by the plan's routing kind."""
+        r, E = self.plan.router, self.plan.n_experts
+        T = logits.shape[0]
+        if r.dense:
+            return torch.arange(E, device=logits.device).expand(T, E).contiguous(), probs  # (T, E)
+        if r.kind == "sparsemixer":
+            return sparsemixer(logits, r.sparsemixer_eps)  # (T, 2) ×2
+        if r.kind == "gshard":
+            u = torch.rand(T, generator=self.generator, device=logits.device, dtype=probs.dtype)  # (T,)
+            return gshard_top2(probs, u)
+        if r.kind == "expert_choice":
+            return expert_choice(probs, r.top_k)  # (T, E)
+        if r.kind == "hash":
+            assert token_ids is not None
+            idx = hash_experts(token_ids.to(logits.device), E, r.top_k)  # (T, k)
+            return idx, probs.new_full(idx.shape, 1.0 / r.top_k)
+        idx = self._select(probs.detach())  # (T, k)
+        if r.softmax_after_topk:
+            return idx, logits.gather(1, idx).softmax(-1)
+        return idx, probs.gather(1, idx)  # (T, k)
 
     def _select(self, scores: torch.Tensor) -> torch.Tensor:
         """Top-k expert ids (T, k) by selection score (scores + expert_bias), within the best groups."""
@@ -187,45 +292,58 @@ class Router(nn.Module):
         return scores.topk(r.top_k, dim=-1).indices
 
     def _capacity_mask(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """(T, k) bool: which slots fit in their expert's capacity ceil(cf·T·k/E).
+        """(T, k) bool: which slots fit in their expert's capacity ceil(cf·G·k/E) within their local group of
+        G = capacity_group_size tokens (GShard; default: G = T, one group). Slots marked -1 are never kept.
 
         ``position`` keeps the earliest slots, all first choices before any second choice (Switch,
         GShard); ``probs`` keeps each expert's highest-weight slots (Megatron's drop policy).
         """
+        T = idx.shape[0]
+        G = self.plan.capacity_group_size or max(T, 1)
+        if T % G:
+            raise ValueError(f"capacity_group_size {G} does not divide the {T} routed tokens")
+        groups = [self._group_capacity_mask(idx[i : i + G], w[i : i + G]) for i in range(0, T, G)]
+        return torch.cat(groups) if groups else torch.zeros_like(idx, dtype=torch.bool)
+
+    def _group_capacity_mask(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         T, k = idx.shape
         E = self.plan.n_experts
         capacity = math.ceil(self.plan.capacity_factor * T * k / E)
-        expert = idx.t().reshape(-1)  # (k·T,) slot-major: every first choice, then every second
+        # slot-major: every first choice, then every second; a slot not dispatched (-1) queues as expert E
+        expert = torch.where(idx < 0, E, idx).t().reshape(-1)  # (k·T,)
         if self.plan.drop_policy == "position":
             order = torch.argsort(expert, stable=True)
         else:
             by_weight = torch.argsort(w.detach().t().reshape(-1), descending=True, stable=True)
             order = by_weight[torch.argsort(expert[by_weight], stable=True)]
         # rank of each slot within its expert = sorted position − where that expert's run starts
-        counts = torch.zeros(E, dtype=torch.long, device=idx.device).scatter_add_(0, expert, torch.ones_like(expert))
-        starts = counts.cumsum(0) - counts  # (E,)
+        counts = torch.zeros(E + 1, dtype=torch.long, device=idx.device)
+        counts.scatter_add_(0, expert, torch.ones_like(expert))
+        starts = counts.cumsum(0) - counts  # (E + 1,)
         rank_sorted = torch.arange(order.numel(), device=idx.device) - starts[expert[order]]
         rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)  # (k·T,) slot-major
-        return (rank < capacity).view(k, T).t()
+        return ((rank < capacity) & (expert < E)).view(k, T).t()
 
     def _load_balance(self, idx: torch.Tensor, probs: torch.Tensor, seq_len: int | None) -> torch.Tensor:
         """Switch's E·Σ_i f_i·P_i, per sequence and averaged when load_balance_granularity is sequence.
 
-        f_i: fraction of routing slots (before dropping) that chose expert i; P_i: mean normalized score
-        (sigmoid scores are normalized per token to sum to 1, as DeepSeek-V3's sequence-wise loss does).
+        f_i: fraction of dispatched routing slots (before dropping) that chose expert i; P_i: mean normalized
+        score (sigmoid and sqrt_softplus scores are normalized per token to sum to 1, as DeepSeek-V3's
+        sequence-wise loss does).
         """
         T, k = idx.shape
         E = self.plan.n_experts
         if T == 0:
             return probs.new_zeros(())
-        if self.plan.router.score == "sigmoid":
+        if self.plan.router.score != "softmax":
             probs = probs / probs.sum(-1, keepdim=True)
         S = seq_len if self.plan.load_balance_granularity == "sequence" and seq_len else T
         B = T // S
-        chosen = torch.zeros(B, E, device=idx.device).scatter_add_(
-            1, idx.reshape(B, S * k), torch.ones(B, S * k, device=idx.device)
+        valid = (idx >= 0).reshape(B, S * k).to(probs.dtype)  # GShard and expert choice leave slots empty
+        chosen = torch.zeros(B, E, device=idx.device, dtype=probs.dtype).scatter_add_(
+            1, idx.clamp(min=0).reshape(B, S * k), valid
         )  # (B, E) slots per expert per sequence
-        f = chosen / (S * k)
+        f = chosen / valid.sum(-1, keepdim=True).clamp(min=1)
         P = probs.view(B, S, E).mean(1)  # (B, E)
         return (E * (f * P).sum(-1)).mean()
 

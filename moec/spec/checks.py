@@ -34,6 +34,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_ffn_sections(spec, bad)
     if spec.moe is not None:
         _check_router(spec, bad)
+        _check_routing_algorithm(spec, bad)
         _check_groups(spec, bad)
         _check_experts(spec, bad)
     return out
@@ -291,6 +292,84 @@ def _check_router(spec: Spec, bad: Bad) -> None:
         bad(("moe", "router", "sparsemixer_eps"), "only meaningful with kind: sparsemixer")
     if r.softmax_after_topk and r.score != "softmax":
         bad(("moe", "router", "softmax_after_topk"), "only meaningful with score: softmax")
+
+
+# what each routing algorithm of docs/routing.md decides for itself, so a spec may not also write it
+_GSHARD_OWNS = ("softmax_after_topk", "normalize_topk", "selection_bias", "dense")
+_EXPERT_CHOICE_OWNS = ("softmax_after_topk", "normalize_topk", "selection_bias", "dense")
+_HASH_OWNS = ("softmax_after_topk", "normalize_topk", "selection_bias", "bias", "dense", "mlp_hidden")
+
+
+def _check_routing_algorithm(spec: Spec, bad: Bad) -> None:
+    """GShard top-2, expert choice and hash routing (docs/routing.md): the fields each one fixes itself."""
+    e = spec.moe
+    assert e is not None
+    r = e.router
+    here: Path = ("moe", "router", "kind")
+    owns = {"gshard": _GSHARD_OWNS, "expert_choice": _EXPERT_CHOICE_OWNS, "hash": _HASH_OWNS}.get(r.kind, ())
+    wrong = [f for f in owns if getattr(r, f)]
+    if wrong:
+        bad(here, f"{r.kind} routing decides these itself; remove {', '.join(wrong)}")
+    if r.kind != "topk" and r.kind != "sparsemixer" and r.n_groups is not None:
+        bad(("moe", "router", "n_groups"), f"group-limited routing does not apply to {r.kind} routing")
+    if r.kind == "gshard":
+        _check_gshard(spec, bad)
+    elif r.kind == "expert_choice":
+        _check_expert_choice(spec, bad)
+    elif r.kind == "hash":
+        _check_hash(spec, bad)
+    if e.capacity_group_size is not None:
+        if e.capacity_factor is None:
+            bad(("moe", "capacity_group_size"), "a capacity group needs capacity_factor (dropless routing has none)")
+        if r.kind in ("expert_choice", "hash"):
+            bad(("moe", "capacity_group_size"), f"capacity groups apply to token-choice routing, not {r.kind}")
+
+
+def _check_gshard(spec: Spec, bad: Bad) -> None:
+    e = spec.moe
+    assert e is not None
+    r = e.router
+    if r.top_k is not None and r.top_k * e.granularity != 2:
+        bad(("moe", "router", "top_k"), "GShard routing is top-2: top_k must be 2 (after granularity)")
+    if r.score != "softmax":
+        bad(("moe", "router", "score"), "GShard's gates are a softmax over the experts: score must be softmax")
+    if e.capacity_factor is not None and e.drop_policy != "position":
+        bad(
+            ("moe", "drop_policy"),
+            "GShard fills each expert's capacity in token order, first choices before second: drop_policy position",
+        )
+
+
+def _check_expert_choice(spec: Spec, bad: Bad) -> None:
+    e = spec.moe
+    assert e is not None
+    if e.capacity_factor is not None:
+        bad(
+            ("moe", "capacity_factor"),
+            "expert choice's capacity is top_k·T/E tokens per expert by construction (top_k: the average "
+            "experts per token); remove capacity_factor",
+        )
+    if e.balance.load_balance_coeff:
+        bad(("moe", "balance", "load_balance_coeff"), "expert choice is balanced by construction; set it to 0")
+    if e.balance.bias_update_rate is not None:
+        bad(("moe", "balance", "bias_update_rate"), "expert choice is balanced by construction; remove it")
+
+
+def _check_hash(spec: Spec, bad: Bad) -> None:
+    e = spec.moe
+    assert e is not None
+    r, b = e.router, e.balance
+    for f in ("load_balance_coeff", "z_loss_coeff"):
+        if getattr(b, f):
+            bad(("moe", "balance", f), "hash routing has no learned router to balance; set it to 0")
+    if b.bias_update_rate is not None:
+        bad(("moe", "balance", "bias_update_rate"), "hash routing has no learned router to balance; remove it")
+    if r.jitter:
+        bad(("moe", "router", "jitter"), "hash routing reads token ids, not the hidden state: remove jitter")
+    if r.score != "softmax":
+        bad(("moe", "router", "score"), "hash routing scores nothing: leave score unset")
+    if r.apply_to != "output":
+        bad(("moe", "router", "apply_to"), "hash routing weighs each chosen expert 1/k on the output only")
 
 
 def _check_groups(spec: Spec, bad: Bad) -> None:

@@ -34,6 +34,13 @@ from moec.vocab import (
     ROUTER_SCORES,
 )
 
+# routing algorithms and score functions beyond moec.vocab's ROUTER_KINDS and ROUTER_SCORES (docs/routing.md):
+# gshard: GShard's top-2 (the second expert dispatched with probability 2·g2); expert_choice: each expert takes
+# its top-capacity tokens (Zhou et al. 2022); hash: a fixed token-id hash picks the experts (Roller et al. 2021).
+# sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4)
+ROUTING_KINDS = (*ROUTER_KINDS, "gshard", "expert_choice", "hash")
+SCORE_FUNCTIONS = (*ROUTER_SCORES, "sqrt_softplus")
+
 # Sane upper bounds: far above any published model, far below anything that would hang.
 MAX_VOCAB = 1 << 24  # 16.7M
 MAX_D = 1 << 18  # 262,144
@@ -185,7 +192,7 @@ class FFN(Strict):
 
 class Router(Strict):
     top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None  # None only with dense
-    score: Literal[ROUTER_SCORES] = "softmax"
+    score: Literal[SCORE_FUNCTIONS] = "softmax"
     softmax_after_topk: bool = False  # softmax over the k chosen logits (else over all E)
     normalize_topk: bool = False  # renormalise the k weights to sum to 1
     scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
@@ -202,10 +209,12 @@ class Router(Strict):
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2 (inference path: the best logit,
     # then the best of the rest, each weighted by a softmax over the logits within sparsemixer_eps of it)
-    kind: Literal[ROUTER_KINDS] = "topk"
+    kind: Literal[ROUTING_KINDS] = "topk"
     sparsemixer_eps: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
     apply_to: Literal[ROUTER_APPLY_TO] = "output"
+    # a router MLP instead of one linear layer: logits = W_out·gelu(W_in·x), W_in (mlp_hidden, d); None: linear
+    mlp_hidden: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
 
 
 class Balance(Strict):
@@ -234,6 +243,9 @@ class MoE(Strict):
     router: Router
     capacity_factor: Annotated[float, Field(gt=0, le=1024)] | None = None  # None: dropless
     drop_policy: Literal[DROP_POLICIES] = "probs"
+    # GShard: capacity enforced per local group of this many tokens (a call's tokens in order), each group's
+    # capacity ceil(capacity_factor·group·k/E); None: the whole call is one group
+    capacity_group_size: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     balance: Balance = Balance()
     expert_kind: Literal[EXPERT_KINDS] = "ffn"
     lora: Lora | None = None

@@ -1,0 +1,64 @@
+"""The routing fields' validation: each wrong combination is one located error naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.errors import SpecError
+from moec.spec import load_spec
+from tests.tiny_specs import TINY_MOE, tiny_plan
+
+
+def errors(*sets: str) -> list[str]:
+    with pytest.raises(SpecError) as ei:
+        load_spec("tiny.yaml", text=TINY_MOE, sets=sets)
+    return [str(p) for p in ei.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("sets", "expect"),
+    [
+        (("moe.router.kind=gshard", "moe.router.top_k=1", "moe.router.normalize_topk=false"), "moe.router.top_k"),
+        (("moe.router.kind=gshard",), "remove normalize_topk"),
+        (
+            ("moe.router.kind=gshard", "moe.router.normalize_topk=false", "moe.capacity_factor=1.0"),
+            "drop_policy position",
+        ),
+        (("moe.router.kind=gshard", "moe.router.normalize_topk=false", "moe.router.score=sigmoid"), "score"),
+        (
+            ("moe.router.kind=expert_choice", "moe.router.normalize_topk=false", "moe.capacity_factor=1.0"),
+            "moe.capacity_factor",
+        ),
+        (
+            ("moe.router.kind=expert_choice", "moe.router.normalize_topk=false", "moe.balance.load_balance_coeff=0.01"),
+            "balanced by construction",
+        ),
+        (("moe.router.kind=hash", "moe.router.normalize_topk=false", "moe.router.mlp_hidden=4"), "mlp_hidden"),
+        (
+            ("moe.router.kind=hash", "moe.router.normalize_topk=false", "moe.balance.z_loss_coeff=0.1"),
+            "moe.balance.z_loss_coeff",
+        ),
+        (("moe.capacity_group_size=4",), "needs capacity_factor"),
+        (("moe.router.score=sqrt_softmax",), "moe.router.score"),
+        (("moe.router.mlp_hidden=0",), "moe.router.mlp_hidden"),
+    ],
+)
+def test_each_wrong_routing_combination_is_one_located_error(sets: tuple[str, ...], expect: str):
+    problems = errors(*sets)
+    assert len(problems) == 1, problems
+    assert expect in problems[0]
+
+
+def test_the_new_fields_reach_the_plan():
+    plan = (
+        tiny_plan(
+            TINY_MOE,
+            "moe.router.mlp_hidden=6",
+            "moe.router.score=sqrt_softplus",
+            "moe.capacity_factor=1.25",
+            "moe.capacity_group_size=8",
+        )
+        .layers[0]
+        .ffn
+    )
+    assert (plan.router.mlp_hidden, plan.router.score, plan.capacity_group_size) == (6, "sqrt_softplus", 8)

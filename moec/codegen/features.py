@@ -263,6 +263,13 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
+        # docs/routing.md: the library routes these; the templates do not yet
+        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice", "hash")},
+        "moe.router.score 'sqrt_softplus'": any(r.score == "sqrt_softplus" for r in routers),
+        "moe.router.mlp_hidden (a router MLP)": any(r.mlp_hidden is not None for r in routers),
+        "moe.capacity_group_size (GShard's local groups)": any(
+            isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
+        ),
     }
     for what, used in unsupported.items():
         if used:

@@ -41,7 +41,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ENTRY_POINTS))
+    # the API and the module's own dunders, not the helpers this file imports
+    return sorted(set(_ENTRY_POINTS) | {n for n in globals() if n.startswith("__")})
 
 
 class _Package(types.ModuleType):

@@ -258,7 +258,8 @@ def layer_source(plan: ResolvedModel, f: Features) -> LayerSource:
         items = [", ".join(row[n] for n in names) for row in rows[: len(plan.layers)]]
         items = [f"({item})" if len(names) > 1 else item for item in items]
         listed = names[0] if len(names) == 1 else f"({', '.join(names)})"
-        header = [f"# each decoder layer's {listed}, the arguments of make_block", *table_lines("LAYERS", items)]
+        said = f"argument: {listed}" if len(names) == 1 else f"arguments: {listed}"
+        header = [f"# each decoder layer's make_block {said}", *table_lines("LAYERS", items)]
         loop = f"for {', '.join(names)} in LAYERS"
     else:
         header = [f"N_LAYERS = {int_text(plan.n_layers, 'n_layers')}  # all alike"]

@@ -166,14 +166,15 @@ def _scatter(
     written: dict[str, torch.Tensor],
 ) -> None:
     """Put each value at the checkpoint element its index names."""
-    which = torch.searchsorted(starts, ids, right=True) - 1  # (numel,) the checkpoint tensor of each element
-    for t in which.unique().tolist():
-        sel = which == t
-        name = names[t]
+    order = torch.argsort(ids)  # the elements by checkpoint position: each checkpoint tensor's are one run
+    ids, values = ids[order], values.reshape(-1)[order]
+    bounds = torch.searchsorted(ids, starts).tolist() + [ids.numel()]  # (n_tensors + 1,) run starts
+    for t in (i for i in range(len(names)) if bounds[i] < bounds[i + 1]):
+        a, b, name = bounds[t], bounds[t + 1], names[t]
         if name not in out:
             out[name] = torch.empty(_numel(shapes[name]), dtype=values.dtype, device=values.device)
-        local = ids[sel] - starts[t]
-        out[name][local] = values[sel]
+        local = ids[a:b] - starts[t]
+        out[name][local] = values[a:b]
         written[name][local] = True
 
 

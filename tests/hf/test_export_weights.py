@@ -134,7 +134,7 @@ def test_cli_exports_a_build_folder_in_shards_that_load_back_and_refuses_to_over
 
     run = CliRunner().invoke
     sets = ["--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.vocab_size=128"]
-    sets += ["--set", "moe.d_ff=96"]
+    sets += ["--set", "moe.d_ff=96", "--set", "attention.n_heads=4", "--set", "attention.n_kv_heads=2"]
     build, out = tmp_path / "build", tmp_path / "ck"
     assert run(cli, ["build", "mixtral-8x7b", *sets, "-o", str(build), "--weights"]).exit_code == 0
     done = run(cli, ["export-hf", str(build), "-o", str(out), "--max-shard-size", "400KB"])

@@ -122,7 +122,7 @@ def test_moe_aux_exposes_the_router():
     ("options", "error", "words"),
     [
         ({"top_k": 9}, SpecError, "moec.MoE top_k: 9 exceeds moe.n_experts (4)"),
-        ({"top_k": 2, "score": "cosine"}, SpecError, "moec.MoE score: 'cosine': input should be 'softmax' or"),
+        ({"top_k": 2, "score": "cosine"}, SpecError, "moec.MoE score: 'cosine': input should be 'softmax'"),
         ({"top_k": 2, "colour": "red"}, TypeError, "moec.MoE got unknown option(s) colour; the options are:"),
     ],
 )

@@ -36,7 +36,8 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
     and after."""
     from moec.analyze import analyze
     from moec.codegen.output import check_output_dir, clear_leftovers
-    from moec.hf.upcycle import dense_source, upcycle, write_upcycled
+    from moec.hf.config import hf_to_model
+    from moec.hf.upcycle import upcycle, write_upcycled
 
     if options["lora"] is not None and fmt == "hf":
         raise click.UsageError("--lora builds LoRA experts, which no Hugging Face family has: use --format moec")
@@ -44,7 +45,7 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
         click.echo(f"note: {note}", err=True)
     check_output_dir(out, force=force)  # the cheap refusal before any work
     model = upcycle(dense, family=family, **options)
-    before, after = analyze(dense_source(dense).plan).params, analyze(model.plan).params
+    before, after = analyze(hf_to_model(dense)).params, analyze(model.plan).params
     files = write_upcycled(model, out, format=fmt, family=family, force=force)
     click.echo(f"parameters before: {before.total:,} total, {before.active:,} active", err=True)
     click.echo(f"parameters after:  {after.total:,} total, {after.active:,} active", err=True)

@@ -32,6 +32,9 @@ releases hold, and transformers' in-memory layout (``L.`` is ``model.layers.{i}.
 
 Other names and layouts (DBRX's fused Wqkv, Llama-4's rotary pairs, ...) are described by the Mapper subclass
 in their family's module.
+
+Exporting weights (``export_weights.py``) runs this same mapping over a checkpoint of element indices and
+inverts it, so a name or layout written here is exported too: there is no second table.
 """
 
 from __future__ import annotations

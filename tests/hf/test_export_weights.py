@@ -153,3 +153,14 @@ def test_cli_exports_a_build_folder_in_shards_that_load_back_and_refuses_to_over
     replaced = run(cli, ["export-hf", str(build), "-o", str(out), "--force"])
     assert replaced.exit_code == 0, replaced.output
     assert (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").exists()
+    # a SPEC with --weights is the same export; weights of another spec are refused in one line
+    spec_out = tmp_path / "from-spec"
+    weights = str(build / "model.safetensors")
+    done = run(cli, ["export-hf", "mixtral-8x7b", *sets, "--weights", weights, "-o", str(spec_out)])
+    assert done.exit_code == 0, done.output
+    assert (spec_out / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    other = run(
+        cli,
+        ["export-hf", "mixtral-8x7b", *sets, "--set", "moe.d_ff=64", "--weights", weights, "-o", str(tmp_path / "x")],
+    )
+    assert other.exit_code == 2 and "does not hold the spec's weights" in other.output, other.output

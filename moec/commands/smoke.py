@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -72,6 +74,15 @@ from moec.vocab import MODEL_DTYPES
     help="Draw " + ", ".join(PLOT_FILES) + " into DIR (needs matplotlib: pip install 'moec[plot]').",
 )
 @click.option("--force", is_flag=True, help="Replace existing --log/--plot files.")
+@click.option(
+    "--compare",
+    "compares",
+    metavar="SETTING",
+    multiple=True,
+    help="Train once per SETTING on the same data and seed and print one table (loss, max/mean load, starved "
+    "experts, dropped fraction, tokens/s); with --plot, compare-load.png. SETTING: a preset (top1, "
+    "top1-balanced, expert-choice, gshard) or KEY=VALUE[,KEY=VALUE...] as --set reads them (docs/routing.md).",
+)
 @set_option
 @report_errors
 def smoke_run(
@@ -94,6 +105,7 @@ def smoke_run(
     log_dir: str | None,
     plot_dir: str | None,
     force: bool,
+    compares: tuple[str, ...],
     sets: tuple[str, ...],
 ) -> None:
     """Train a spec's model for a few steps: does it learn, balance and run fast? Exit 1 on failure.
@@ -123,6 +135,14 @@ def smoke_run(
     if outputs.asked and (in_worker() or nproc is not None):
         raise CommandError("--log and --plot record one process's steps: leave them out with --nproc or torchrun")
     parallel = {"ep": ep, "tp": tp, "fsdp": fsdp}
+    if compares:
+        if in_worker() or nproc is not None or ep > 1 or tp > 1 or not fsdp or log_dir is not None:
+            raise CommandError(
+                "--compare runs on one process and prints its own table: leave out --nproc, --ep, "
+                "--tp, --no-fsdp and --log"
+            )
+        _compare(spec, sets, compares, cfg, fmt, outputs)
+        return
     if in_worker():
         run_worker(lambda: _worker(spec, sets, cfg, parallel, fmt, nproc))
     if nproc is not None:
@@ -182,6 +202,39 @@ def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -
         raise CommandError(str(e)) from None
     outputs.write(result)  # before the verdict's exit code: a failed run's steps are the interesting ones
     _show(result, fmt)
+
+
+def _compare(spec: str, sets: tuple[str, ...], compares: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -> None:
+    """Every setting's spec is loaded and checked first: a bad one stops the command before any training."""
+    from moec.smoke import compare as cmp
+    from moec.smoke import outputs as out
+    from moec.smoke.run import smoke_run as run
+
+    settings = [cmp.parse_setting(c) for c in compares]
+    plans = [(s, load_plan(spec, (*sets, *s.sets))) for s in settings]
+    if outputs.plot_dir is not None:
+        out.require_matplotlib()
+        out.prepare(outputs.plot_dir, [Path(outputs.plot_dir) / cmp.COMPARE_PLOT], force=outputs.force)
+    try:
+        results = cmp.compare(plans, lambda plan: run(plan, cfg, spec_name=spec, progress=False))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    rows = [cmp.row_of(s.name, r) for s, r in results]
+    if outputs.plot_dir is not None:
+        for note in cmp.write_compare_plot(results, outputs.plot_dir, force=outputs.force):
+            click.echo(note, err=True)
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [{**dataclasses.asdict(r), "sets": list(s.sets)} for r, (s, _) in zip(rows, results, strict=True)],
+                indent=2,
+            )
+        )
+    else:
+        click.echo(cmp.compare_table(rows))
+    for s, r in results:
+        for failure in r.failures:
+            click.echo(f"note: {s.name}: {failure}", err=True)
 
 
 @report_errors

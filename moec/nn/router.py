@@ -257,9 +257,9 @@ class Router(nn.Module):
             return torch.arange(E, device=logits.device).expand(T, E).contiguous(), probs  # (T, E)
         if r.kind == "sparsemixer":
             return sparsemixer(logits, r.sparsemixer_eps)  # (T, 2) ×2
-        if r.kind == "gshard":
+        if r.kind == "gshard":  # random in training; in eval every second choice goes (deterministic)
             u = torch.rand(T, generator=self.generator, device=logits.device, dtype=probs.dtype)  # (T,)
-            return gshard_top2(probs, u)
+            return gshard_top2(probs, u if self.training else torch.zeros_like(u))
         if r.kind == "expert_choice":
             return expert_choice(probs, r.top_k)  # (T, E)
         if r.kind == "hash":

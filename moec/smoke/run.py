@@ -158,7 +158,7 @@ def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def moe_experts(model: torch.nn.Module) -> list[int]:
     """The routed-expert count of each MoE layer, in module order (the order of ModelAux.layers)."""
-    return [m.router.weight.shape[0] for m in moe_layers(model)]
+    return [m.plan.n_experts for m in moe_layers(model)]
 
 
 def moe_index(plan: ResolvedModel) -> list[int]:

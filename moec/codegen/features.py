@@ -85,7 +85,7 @@ class RouterFeatures:
     @property
     def summary(self) -> str:
         """One docstring line naming this model's routing (fixed words only)."""
-        parts = ["sigmoid scores" if self.score == "sigmoid" else "softmax scores"]
+        parts = [f"{self.score.replace('_', '-')} scores"]
         if self.dense:
             parts.append("dense (every expert, weighted by its score)")
         else:
@@ -265,7 +265,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         # docs/routing.md: the library routes these; the templates do not yet
         **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice", "hash")},
-        "moe.router.score 'sqrt_softplus'": any(r.score == "sqrt_softplus" for r in routers),
         "moe.router.mlp_hidden (a router MLP)": any(r.mlp_hidden is not None for r in routers),
         "moe.capacity_group_size (GShard's local groups)": any(
             isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
@@ -360,7 +359,7 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
     r = moe.router
     load_balance = moe.load_balance_coeff > 0
     return RouterFeatures(
-        score=checked_choice(r.score, ("softmax", "sigmoid"), "router.score"),
+        score=checked_choice(r.score, ("softmax", "sigmoid", "sqrt_softplus"), "router.score"),
         softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
         normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),
         scale=r.scale != 1.0,

@@ -16,7 +16,6 @@ from tests.tiny_specs import TINY_MOE
         (("moe.router.kind=gshard", "moe.router.normalize_topk=false"), "moe.router.kind 'gshard'"),
         (("moe.router.kind=expert_choice", "moe.router.normalize_topk=false"), "moe.router.kind 'expert_choice'"),
         (("moe.router.kind=hash", "moe.router.normalize_topk=false"), "moe.router.kind 'hash'"),
-        (("moe.router.score=sqrt_softplus",), "moe.router.score 'sqrt_softplus'"),
         (("moe.router.mlp_hidden=4",), "moe.router.mlp_hidden"),
         (("moe.capacity_factor=1.0", "moe.capacity_group_size=4"), "moe.capacity_group_size"),
     ],

@@ -5,11 +5,12 @@ fixed function of the token id with no router parameters."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
-from moec.analyze.counts import ffn_parts
+from moec.analyze.counts import expert_choice_flops_per_token, ffn_parts
 from moec.nn.moe import MoE
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan
@@ -125,3 +126,19 @@ def test_router_parameters_counted_equal_built(sets: tuple[str, ...], router_par
     built = sum(p.numel() for p in MoE(plan, 32, device="meta").router.parameters())
     assert part.params == built == router_params
     assert part.flops == 2 * (router_params - (4 if plan.router.bias else 0))
+
+
+def test_gshard_in_eval_sends_every_second_choice():
+    router = gshard_router(5).eval()
+    r = router(torch.randn(200, 32))
+    assert bool((r.topk_idx >= 0).all())
+    top = r.probs.topk(2, dim=-1).values
+    torch.testing.assert_close(r.topk_w, top / top.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize(("tokens", "experts_per_token"), [(8, 1), (6, Fraction(4, 3)), (5, Fraction(8, 5))])
+def test_expert_choice_flops_follow_the_capacity(tokens: int, experts_per_token: Fraction):
+    """E = 4, k = 1: ceil(T/4) tokens per expert, so E·ceil(T/4)/T experts per token on average (by hand:
+    8 → 1, 6 → 4·2/6, 5 → 4·2/5); each expert costs 2·3·d·f FLOPs per token (gated, d 32, f 16)."""
+    plan = moe_plan(*EXPERT_CHOICE, "moe.router.top_k=1")
+    assert expert_choice_flops_per_token(plan, 32, tokens) == experts_per_token * 2 * 3 * 32 * 16

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from moec.hf.families._export_common import HIDDEN_ACT
 from moec.kernels import GATED
 from moec.kernels.naive import activate
 
@@ -134,14 +135,16 @@ def _hf_layout(t: torch.Tensor) -> torch.Tensor:
 
 def _hf_grouped_mm(w: Weights, *, backward: bool) -> Peer:
     if w.activation not in GATED:
-        raise Unavailable("transformers' MixtralExperts is gated (swiglu/geglu) only")
+        raise Unavailable("transformers' MixtralExperts is gated (swiglu, geglu, geglu_tanh) only")
     try:
         from transformers import MixtralConfig
         from transformers.models.mixtral.modeling_mixtral import MixtralExperts
     except ImportError as e:
         raise Unavailable(f"transformers MixtralExperts not importable: {e}") from e
     E, d, W = w.w_gate_up.shape
-    hidden_act = "silu" if w.activation == "swiglu" else "gelu_pytorch_tanh"
+    hidden_act = HIDDEN_ACT.get(w.activation)
+    if hidden_act is None:
+        raise Unavailable(f"transformers' MixtralExperts has no hidden_act for {w.activation}")
     cfg = MixtralConfig(hidden_size=d, intermediate_size=W // 2, num_local_experts=E, hidden_act=hidden_act)
     try:
         cfg._experts_implementation = "grouped_mm"

@@ -20,7 +20,7 @@ from typing import Any
 
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
 
-ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu", "silu", "swiglu_clamped")
+ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu", "swiglu_clamped")
 COMPONENTS = ("embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts")
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
 
@@ -374,8 +374,8 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
         capacity=moe.capacity_factor is not None,
         drop_policy=checked_choice(moe.drop_policy, ("probs", "position"), "drop_policy"),
         load_balance=load_balance,
-        sequence=load_balance
-        and checked_choice(moe.load_balance_granularity, ("batch", "sequence"), "load_balance_granularity")
+        # the balance loss is reported (MoEAux) even when its coefficient is 0, so its granularity always counts
+        sequence=checked_choice(moe.load_balance_granularity, ("batch", "sequence"), "load_balance_granularity")
         == "sequence",
         z_loss=moe.z_loss_coeff > 0,
         # the update moves the selection bias; without one it has nothing to move (as in moec.nn)

@@ -26,11 +26,18 @@ def activate(
         return (up + 1) * (gate * torch.sigmoid(a * gate))
     if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
-        return (F.silu(gate) if activation == "swiglu" else F.gelu(gate, approximate="tanh")) * up
-    if activation == "gelu":
-        return F.gelu(h, approximate="tanh")
-    if activation == "relu":
-        return F.relu(h)
-    if activation == "silu":
-        return F.silu(h)
+        return _NONLINEARITY[_GATE_NONLINEARITY[activation]](gate) * up
+    if activation in _NONLINEARITY:
+        return _NONLINEARITY[activation](h)
     raise ValueError(f"unknown activation {activation!r}")
+
+
+# gelu is the exact erf GELU (nn.GELU()); gelu_tanh its tanh approximation (moec.vocab)
+_NONLINEARITY = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+# each gated activation's nonlinearity on the gate column
+_GATE_NONLINEARITY = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}

@@ -30,7 +30,15 @@ def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
     d.rope = [True] * d.n_layers
 
 
-ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+# config.json's hidden_act on a gated MLP → moec's activation: transformers' "gelu" is the exact erf GELU,
+# "gelu_pytorch_tanh" and "gelu_new" the tanh approximation (moec.vocab)
+ACTIVATIONS = {
+    "silu": "swiglu",
+    "swish": "swiglu",
+    "gelu": "geglu",
+    "gelu_pytorch_tanh": "geglu_tanh",
+    "gelu_new": "geglu_tanh",
+}
 
 
 def layer_count(c: HFConfig, d: Draft, key: str) -> None:
@@ -48,8 +56,8 @@ def activation(c: HFConfig, d: Draft, key: str = "hidden_act") -> str:
         d.gap(
             c.prefix + key,
             act,
-            f"hidden_act {act!r} in a gated MLP: moec maps silu → swiglu and the tanh GELUs "
-            "(gelu_pytorch_tanh, gelu_new) → geglu; exact-erf 'gelu' and others have no moec activation",
+            f"hidden_act {act!r} in a gated MLP: moec maps silu and swish → swiglu, the exact-erf gelu → "
+            "geglu and the tanh GELUs (gelu_pytorch_tanh, gelu_new) → geglu_tanh; others have no moec activation",
             "activation",
         )
         return "swiglu"

@@ -14,7 +14,7 @@ from moec.hf.draft import CannotExport, Family
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 
 # moec's gated activations → config.json's hidden_act (the nonlinearity on the gate)
-HIDDEN_ACT = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh"}
+HIDDEN_ACT = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh"}
 
 
 def one(values: list[Any], what: str) -> Any:
@@ -28,7 +28,7 @@ def gated_hidden_act(activation: str) -> str:
     """config.json's hidden_act for a moec activation, which must be one of the gated ones."""
     act = HIDDEN_ACT.get(activation)
     if act is None:
-        raise CannotExport(f"needs a gated activation (swiglu or geglu), not {activation}")
+        raise CannotExport(f"needs a gated activation (swiglu, geglu or geglu_tanh), not {activation}")
     return act
 
 

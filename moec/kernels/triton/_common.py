@@ -1,8 +1,8 @@
 """Pieces every MoE kernel shares: the interpreter switch, the dot helper and the activations.
 
-The activations are written with ``tl.sigmoid`` only (no ``tanh``): the tanh-approximate GELU is
-``0.5·h·(1 + tanh(z)) = h·sigmoid(2z)``, which keeps one code path that the interpreter, Triton 3.6
-and Triton 3.9 all compile the same way.
+The activations are written with ``tl.sigmoid``, ``tl.exp`` and ``tl.math.erf`` only (no ``tanh``): the
+tanh-approximate GELU is ``0.5·h·(1 + tanh(z)) = h·sigmoid(2z)``, which keeps one code path that the
+interpreter, Triton 3.6 and Triton 3.9 all compile the same way; the exact GELU is ``0.5·h·(1 + erf(h/√2))``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import triton.language as tl
 from moec.kernels.triton.configs import INTERPRET
 
 # Activation codes (constexpr): the first projection's nonlinearity. Gated variants multiply by `up`.
-ACT_SILU, ACT_GELU, ACT_RELU = 0, 1, 2
+# gelu is the exact erf GELU, gelu_tanh its tanh approximation (moec.vocab)
+ACT_SILU, ACT_GELU_TANH, ACT_RELU, ACT_GELU = 0, 1, 2, 3
 ACTIVATION_CODES: dict[str, tuple[int, bool]] = {  # name -> (code, gated)
     "swiglu": (ACT_SILU, True),
     "geglu": (ACT_GELU, True),
+    "geglu_tanh": (ACT_GELU_TANH, True),
     "silu": (ACT_SILU, False),
     "gelu": (ACT_GELU, False),
+    "gelu_tanh": (ACT_GELU_TANH, False),
     "relu": (ACT_RELU, False),
 }
 
@@ -78,8 +81,10 @@ def _act(h, ACT: tl.constexpr):
     """act(h) for fp32 h."""
     if ACT == 0:  # silu
         out = h * tl.sigmoid(h)
-    elif ACT == 1:  # gelu, tanh approximation: h·sigmoid(2·sqrt(2/π)·(h + 0.044715·h³))
+    elif ACT == 1:  # gelu_tanh: h·sigmoid(2·sqrt(2/π)·(h + 0.044715·h³))
         out = h * tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
+    elif ACT == 3:  # gelu, exact: h·Φ(h) = 0.5·h·(1 + erf(h/√2))
+        out = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
     else:  # relu
         out = tl.maximum(h, 0.0)
     return out
@@ -96,6 +101,10 @@ def _act_and_grad(h, ACT: tl.constexpr):
         s = tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
         out = h * s
         grad = s + h * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * h * h)
+    elif ACT == 3:  # d/dh h·Φ(h) = Φ(h) + h·φ(h), φ the standard normal density
+        cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+        out = h * cdf
+        grad = cdf + h * 0.3989422804014327 * tl.exp(-0.5 * h * h)
     else:
         out = tl.maximum(h, 0.0)
         grad = tl.where(h > 0.0, 1.0, 0.0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
 from moec.analyze.report import SCHEMA, Analysis, convention_line
@@ -78,12 +77,6 @@ def _fmt(label: str, v: Any) -> str:
 
 
 # --- JSON / CSV / Markdown --------------------------------------------------------------------
-
-
-def to_json(analyses: list[Analysis]) -> str:
-    if len(analyses) == 1:
-        return json.dumps(analyses[0].to_dict(), indent=2)
-    return json.dumps([a.to_dict() for a in analyses], indent=2)
 
 
 def _flat(prefix: str, v: Any, out: list[tuple[str, Any]]) -> None:

@@ -54,7 +54,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
 
 def convention_line(c: dict[str, Any]) -> str:
     return (
-        f"FLOPs = 2·MAC · embedding lookup 0 · lm_head counted · elementwise 0 · "
+        f"FLOPs: {c['flop_unit']} · embedding lookup 0 · lm_head counted · elementwise 0 · "
         f"attention {c['attention']} (S_kv = {c['attention_kv_len']}, windows capped) · S={c['seq']} · "
         f"training = 3× trainable / 2× frozen · MTP separate · memory in {c['dtype']}"
     )
@@ -258,4 +258,35 @@ def analyze(
         moe=moe,
         mtp=mtp,
         conventions=conventions(S, attention, dtype),
+    )
+
+
+FVCORE_UNIT = "1 multiply-add = 1 FLOP"
+
+
+def in_fvcore_convention(a: Analysis) -> Analysis:
+    """The same analysis with every FLOP figure in fvcore's unit, 1 multiply-add = 1 "flop": moec's figures
+    halved (exact: every moec FLOP count is a sum of 2-FLOP multiply-adds)."""
+
+    def half(x: int | float) -> int | float:
+        return x // 2 if isinstance(x, int) and x % 2 == 0 else x / 2
+
+    f = a.flops
+    return dataclasses.replace(
+        a,
+        flops=dataclasses.replace(
+            f,
+            forward_linear=half(f.forward_linear),
+            forward_attention=half(f.forward_attention),
+            forward=half(f.forward),
+            training=half(f.training),
+            six_n_active=half(f.six_n_active),
+        ),
+        components=[dataclasses.replace(c, flops=half(c.flops)) for c in a.components],
+        layers=[
+            dataclasses.replace(l, flops_linear=half(l.flops_linear), flops_attention=half(l.flops_attention))
+            for l in a.layers
+        ],
+        mtp=a.mtp and dataclasses.replace(a.mtp, forward_flops=half(a.mtp.forward_flops)),
+        conventions={**a.conventions, "flop_unit": f"{FVCORE_UNIT} (fvcore's convention)"},
     )

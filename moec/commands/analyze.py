@@ -82,6 +82,7 @@ def analyze(
     JSON output is a list with one object per spec, also for one spec."""
     from moec.analyze import analyze as run
     from moec.analyze import render
+    from moec.analyze.report import in_fvcore_convention
 
     if verify and fmt == "csv":
         raise click.UsageError(
@@ -94,9 +95,6 @@ def analyze(
     if convention == "fvcore":
         results = [in_fvcore_convention(r) for r in results]
     checks = _verify(plans, seq=seq, batch=batch, threads=threads) if verify else []
-    if convention == "fvcore" and fmt in ("table", "md"):
-        # the header below names moec's unit; every FLOP figure under it is halved
-        click.echo(f"FLOPs below in fvcore's unit ({FVCORE_UNIT}), half of moec's 2·MAC")
     if fmt == "json":
         docs = [r.to_dict() for r in results]
         for doc, check in zip(docs, checks, strict=False):
@@ -113,38 +111,6 @@ def analyze(
             _print_verify(check, md=fmt == "md")
     if not all(c.ok for c in checks):
         raise SystemExit(1)
-
-
-FVCORE_UNIT = "1 multiply-add = 1 FLOP"
-
-
-def in_fvcore_convention(a):  # (Analysis) -> Analysis
-    """The same analysis with every FLOP figure in fvcore's unit, 1 multiply-add = 1 "flop": moec's figures
-    halved (exact: every moec FLOP count is a sum of 2-FLOP multiply-adds)."""
-    import dataclasses
-
-    def half(x: int | float) -> int | float:
-        return x // 2 if isinstance(x, int) and x % 2 == 0 else x / 2
-
-    f = a.flops
-    return dataclasses.replace(
-        a,
-        flops=dataclasses.replace(
-            f,
-            forward_linear=half(f.forward_linear),
-            forward_attention=half(f.forward_attention),
-            forward=half(f.forward),
-            training=half(f.training),
-            six_n_active=half(f.six_n_active),
-        ),
-        components=[dataclasses.replace(c, flops=half(c.flops)) for c in a.components],
-        layers=[
-            dataclasses.replace(l, flops_linear=half(l.flops_linear), flops_attention=half(l.flops_attention))
-            for l in a.layers
-        ],
-        mtp=a.mtp and dataclasses.replace(a.mtp, forward_flops=half(a.mtp.forward_flops)),
-        conventions={**a.conventions, "flop_unit": f"{FVCORE_UNIT} (fvcore's convention)"},
-    )
 
 
 def _verify(plans: list, *, seq: int, batch: int, threads: int | None) -> list:

@@ -172,7 +172,7 @@ def test_integers_are_read_as_yaml_1_2(tmp_path, written: str, layers: int):
     path.write_text(edit("n_layers: 4", f"n_layers: {written}"))
     code, out = run("analyze", str(path), "--format", "json")
     assert code == 0, out
-    assert len(json.loads(out)["layers"]) == layers
+    assert len(json.loads(out)[0]["layers"]) == layers
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -310,7 +310,7 @@ def test_merge_keys_give_defaults_that_explicit_keys_override_in_any_order(tmp_p
     assert code == 0, out
     if command == "analyze":
         # layer 3 merges two mappings: the first listed wins (YAML merge-key spec)
-        assert [layer["window"] for layer in json.loads(out)["layers"]] == [64, 128, 256, 32]
+        assert [layer["window"] for layer in json.loads(out)[0]["layers"]] == [64, 128, 256, 32]
 
 
 def test_two_explicit_equal_keys_beside_a_merge_are_still_duplicates(tmp_path):

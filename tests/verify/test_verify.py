@@ -154,7 +154,7 @@ def test_cli_refuses_what_it_cannot_do(args, words):
 
 def test_fvcore_convention_is_said_above_tables_and_carried_in_csv():
     table = CliRunner().invoke(cli, ["analyze", "textbook-moe", "--convention", "fvcore"]).output
-    assert table.startswith("FLOPs below in fvcore's unit (1 multiply-add = 1 FLOP), half of moec's 2·MAC\n")
+    assert table.startswith("FLOPs: 1 multiply-add = 1 FLOP (fvcore's convention) · ")
 
     def csv_rows(*extra):
         out = CliRunner().invoke(cli, ["analyze", "textbook-moe", "--format", "csv", *extra]).output

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moec.analyze.counts import expert_choice_capacity
-from moec.spec.plan import MoEPlan
+from moec.spec.plan import MoEPlan, ResolvedModel
 
 
 @dataclass
@@ -115,6 +115,23 @@ def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.T
     h = (token_ids.long() * _HASH_MULTIPLIER) % (1 << 32)  # (T,) < 2^32; id < 2^24 keeps id·A < 2^63
     first = h * n_experts // (1 << 32)  # (T,)
     return (first[:, None] + torch.arange(top_k, device=token_ids.device)) % n_experts  # (T, k)
+
+
+def routing_decode_refusals(plan: ResolvedModel) -> list[str]:
+    """Why a cached decode (moec.nn.cache, moec generate) cannot run this model's routing: expert choice sees every
+    token of a call, later positions included (docs/routing.md, "Expert choice"); hash routing needs token ids,
+    which the decode path does not pass. Empty: it can."""
+    where: dict[str, list[int]] = {}
+    for lp in (*plan.layers, *plan.mtp):
+        if isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind in ("expert_choice", "hash"):
+            where.setdefault(lp.ffn.router.kind, []).append(lp.index)
+    why = {
+        "expert_choice": "each expert picks its tokens among every token of a call, later positions included, so "
+        "a decode step cannot route as the full forward did and training on it leaks the future; decode a "
+        "token-choice model (docs/routing.md, Expert choice)",
+        "hash": "hash routing needs the token ids at the MoE layer, which the cached decode does not pass",
+    }
+    return [f"moe.router.kind {k} (layers {', '.join(map(str, v))}): {why[k]}" for k, v in where.items()]
 
 
 class Router(nn.Module):

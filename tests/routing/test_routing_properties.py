@@ -142,3 +142,13 @@ def test_expert_choice_flops_follow_the_capacity(tokens: int, experts_per_token:
     8 → 1, 6 → 4·2/6, 5 → 4·2/5); each expert costs 2·3·d·f FLOPs per token (gated, d 32, f 16)."""
     plan = moe_plan(*EXPERT_CHOICE, "moe.router.top_k=1")
     assert expert_choice_flops_per_token(plan, 32, tokens) == experts_per_token * 2 * 3 * 32 * 16
+
+
+def test_decode_refusals_name_expert_choice_and_hash_routing():
+    from moec.nn.router import routing_decode_refusals
+
+    assert routing_decode_refusals(tiny_plan(TINY_MOE)) == []
+    (ec,) = routing_decode_refusals(tiny_plan(TINY_MOE, *EXPERT_CHOICE))
+    assert ec.startswith("moe.router.kind expert_choice (layers 0, 1):") and "leaks the future" in ec
+    (hashed,) = routing_decode_refusals(tiny_plan(TINY_MOE, *HASH))
+    assert hashed.startswith("moe.router.kind hash (layers 0, 1):")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moec.analyze.counts import expert_choice_capacity
+from moec.errors import CommandError
 from moec.spec.plan import MoEPlan, ResolvedModel
 
 
@@ -250,8 +251,11 @@ class Router(nn.Module):
             raise ValueError(f"seq_len {seq_len} does not divide the {T} tokens")
         if self.plan.router.kind != "hash":
             return
-        if token_ids is None:
-            raise ValueError("hash routing needs the token ids of the routed tokens (token_ids=...)")
+        if token_ids is None:  # a CommandError (a ValueError), so that the CLI reports it as a plain error
+            raise CommandError(
+                "hash routing needs the token ids of the routed tokens (MoE(x, token_ids=...)); the model's blocks "
+                "do not pass them yet (docs/routing.md, Hash routing)"
+            )
         if tuple(token_ids.shape) != (T,) or token_ids.is_floating_point():
             raise ValueError(f"token_ids must be ({T},) integer ids; got {token_ids.dtype} {tuple(token_ids.shape)}")
 

@@ -63,3 +63,9 @@ def test_the_plot_is_a_png(tmp_path):
     result = smoke("--compare", "top1", "--compare", "expert-choice", "--plot", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "compare-load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hash_routing_in_a_whole_model_is_a_clear_error_until_the_blocks_pass_token_ids():
+    result = smoke("--set", "moe.router.kind=hash", "--set", "moe.balance.load_balance_coeff=0")
+    assert result.exit_code == 2, result.output
+    assert "hash routing needs the token ids" in result.output and "Traceback" not in result.output

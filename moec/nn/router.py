@@ -38,14 +38,16 @@ from moec.spec.plan import MoEPlan, ResolvedModel
 
 @dataclass
 class Routing:
-    """One router call. T tokens, k slots per token, E experts."""
+    """One router call. T tokens, k slots per token (E under expert choice), E experts. fp32 (float64 for a
+    float64 input)."""
 
-    topk_idx: torch.Tensor  # (T, k) int64; -1 marks a dropped slot
-    topk_w: torch.Tensor  # (T, k) fp32 gate weights (0 for dropped slots)
-    probs: torch.Tensor  # (T, E) fp32 scores: softmax or sigmoid of the logits
-    logits: torch.Tensor  # (T, E) fp32
+    # (T, k) int64; -1 marks a slot with no expert: dropped, GShard's unsent second, expert choice's untaken
+    topk_idx: torch.Tensor
+    topk_w: torch.Tensor  # (T, k) fp32 gate weights (0 where the index is -1)
+    probs: torch.Tensor  # (T, E) fp32 scores: softmax, sigmoid or sqrt-softplus of the logits (hash: 1/E)
+    logits: torch.Tensor  # (T, E) fp32 (hash routing: zeros)
     tokens_per_expert: torch.Tensor  # (E,) int64, kept slots
-    dropped: torch.Tensor  # () int64, dropped slots
+    dropped: torch.Tensor  # () int64, slots over capacity (expert choice: tokens no expert took)
     load_balance: torch.Tensor  # () fp32, Switch form E·Σ f_i·P_i (1 when perfectly balanced)
     z_loss: torch.Tensor  # () fp32, mean logsumexp(logits)²
     aux_loss: torch.Tensor  # () fp32, load_balance_coeff·load_balance + z_loss_coeff·z_loss

@@ -10,6 +10,25 @@ import click
 from moec.commands.common import EXIT_BAD_INPUT, load_plan, print_problems, report_errors, set_option
 from moec.vocab import DTYPES
 
+NO_WARNINGS = click.option(
+    "--no-warnings",
+    "-q",
+    "no_warnings",
+    is_flag=True,
+    help="Do not print warnings (valid settings that are probably not meant: no load balancing, an unused "
+    "section, a capacity that must drop tokens).",
+)
+
+
+def print_warnings(plans: list) -> None:  # list[ResolvedModel]
+    """Each spec's warnings (moec.spec.traps), one ``warning: file:line:col field: message`` line each, on
+    stderr so that JSON and CSV output stay clean."""
+    from moec.errors import fold_problems
+
+    for plan in plans:
+        for line in fold_problems(list(plan.extra.get("warnings", ()))):
+            click.echo(f"warning: {line}", err=True)
+
 
 @click.command()
 @click.argument("specs", nargs=-1, required=True)
@@ -62,6 +81,7 @@ from moec.vocab import DTYPES
     default=None,
     help="CPU threads for torch in --verify (default: torch's).",
 )
+@NO_WARNINGS
 @set_option
 @report_errors
 def analyze(
@@ -75,6 +95,7 @@ def analyze(
     convention: str,
     verify: bool,
     threads: int | None,
+    no_warnings: bool,
     sets: tuple[str, ...],
 ) -> None:
     """Parameters, FLOPs and memory of one or more specs (several print side by side).
@@ -91,6 +112,8 @@ def analyze(
     if threads is not None and not verify:
         raise click.UsageError("--threads sets torch's CPU threads, which only --verify uses")
     plans = [load_plan(s, sets) for s in specs]
+    if not no_warnings:
+        print_warnings(plans)
     results = [run(p, seq=seq, batch=batch, attention=attention, dtype=dtype) for p in plans]  # type: ignore[arg-type]
     if convention == "fvcore":
         results = [in_fvcore_convention(r) for r in results]
@@ -221,10 +244,13 @@ def diff(
 
 @click.command()
 @click.argument("specs", nargs=-1, required=True)
+@NO_WARNINGS
 @set_option
 @report_errors
-def validate(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
-    """Check specs; print every problem with file:line:column and field. Exit 2 if any is invalid."""
+def validate(specs: tuple[str, ...], no_warnings: bool, sets: tuple[str, ...]) -> None:
+    """Check specs; print every problem with file:line:column and field. Exit 2 if any is invalid.
+
+    Warnings (valid, but probably not meant) go to stderr too and leave the exit code 0."""
     from moec.errors import SpecError
 
     bad = 0
@@ -235,6 +261,8 @@ def validate(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
             bad += 1
             print_problems(e.problems)
             continue
+        if not no_warnings:
+            print_warnings([m])
         pattern = "".join("M" if l.ffn.kind == "moe" else "D" for l in m.layers)
         click.echo(f"ok {s}: {m.name}, {m.n_layers} layers [{pattern}]")
     if bad:

@@ -34,6 +34,7 @@ class LoadedSpec:
     file: str  # the file the user named (or "<string>")
     located: Located  # merged raw data with marks, for later error reporting
     spec_hash: str
+    warnings: tuple[Problem, ...] = ()  # valid but probably not meant (moec.spec.traps)
 
 
 def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), text: str | None = None) -> LoadedSpec:
@@ -48,8 +49,11 @@ def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), t
     problems = check_spec(spec, located)
     if problems:
         raise SpecError(problems)
+    from moec.spec.traps import spec_warnings
+
     canon = json.dumps(spec.model_dump(mode="json", exclude={"extends"}), sort_keys=True)
-    return LoadedSpec(spec, file, located, hashlib.sha256(canon.encode()).hexdigest()[:16])
+    spec_hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return LoadedSpec(spec, file, located, spec_hash, tuple(spec_warnings(spec, located)))
 
 
 def read_text_file(file: str, *, max_bytes: int = 1 << 20, kind: str = "spec") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from moec.errors import Problem
 from moec.spec.load import LoadedSpec
 from moec.spec.plan import (
     AttentionPlan,
@@ -78,8 +79,9 @@ _MLA_AS_WRITTEN = (
 
 
 def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
+    warnings: tuple[Problem, ...] = ()
     if isinstance(loaded, LoadedSpec):
-        spec, file, spec_hash = loaded.spec, loaded.file, loaded.spec_hash
+        spec, file, spec_hash, warnings = loaded.spec, loaded.file, loaded.spec_hash, loaded.warnings
     else:
         spec = loaded
     m, a = spec.model, spec.attention
@@ -177,6 +179,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         spec_hash=spec_hash,
         source_file=file,
         description=spec.description,
+        extra={"warnings": warnings} if warnings else {},
     )
 
 

@@ -347,3 +347,27 @@ class Spec(Strict):
     mtp: MTP | None = None
     # components whose weights are frozen (PEFT); a LoRA expert's base FFN is always frozen
     frozen: Annotated[list[Component], Field(max_length=64)] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moe_activation_from_ffn(cls, data: Any) -> Any:
+        return inherit_moe_activation(data)
+
+
+# what an MoE section without its own activation takes from the ffn section (docs/conventions.md, "Activations")
+_INHERITED = ("activation", "activation_alpha", "activation_limit")
+
+
+def inherit_moe_activation(data: Any) -> Any:
+    """The spec's data with moe.activation (and swiglu_clamped's alpha and limit) taken from the ffn section
+    when the moe section leaves it unset, so experts are never silently gated where the dense FFN is not.
+    Without an ffn section (or with one that leaves its activation unset) the default, swiglu, stands."""
+    if not isinstance(data, dict):
+        return data
+    moe, ffn = data.get("moe"), data.get("ffn")
+    if not (isinstance(moe, dict) and isinstance(ffn, dict)) or "activation" in moe:
+        return data
+    if ffn.get("activation") not in ACTIVATIONS:  # unset, or wrong and reported at ffn.activation
+        return data
+    inherited = {k: ffn[k] for k in _INHERITED if k in ffn and k not in moe}
+    return {**data, "moe": {**moe, **inherited}}

@@ -1,0 +1,125 @@
+"""Warnings: a valid spec whose defaults or settings probably do not do what its author meant.
+
+Unlike ``checks.py`` these never refuse a spec: ``moec validate`` and ``moec analyze`` print them to stderr,
+one located line each, and still exit 0. Each trap is one small named step reporting through ``warn(path,
+message)``; what each one means is in docs/conventions.md ("Warnings").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from moec.errors import Problem
+from moec.spec.schema import MoE, Spec
+from moec.spec.yamlio import Located, Path, dotted
+
+Warn = Callable[[Path, str], None]
+
+# routing that needs a balancing term: a learned router choosing k of E (dense, hash and expert-choice
+# routing cannot collapse: every expert gets a weight, the hash is fixed, each expert fills its own capacity)
+_NEEDS_BALANCING = ("topk", "sparsemixer", "gshard")
+
+
+def spec_warnings(spec: Spec, loc: Located) -> list[Problem]:
+    """Every warning for a loaded (valid) spec, located in its YAML."""
+    out: list[Problem] = []
+
+    def warn(path: Path, msg: str) -> None:
+        m = loc.mark_for(path, key=True)
+        out.append(Problem(m.file, m.line, m.column, dotted(path), msg))
+
+    kinds = ffn_kinds_used(spec)
+    # a section a base spec (extends) brings along is that spec's business: textbook-moe keeps
+    # textbook-dense's ffn section without using it
+    if spec.moe is not None and "moe" not in kinds and _written_here(loc, ("moe",)):
+        warn(("moe",), "no layer uses this moe section (layers.default.ffn and the overrides are all dense)")
+    if spec.ffn is not None and "dense" not in kinds and _written_here(loc, ("ffn",)):
+        inherited = spec.moe is not None and ("moe", "activation") not in loc.marks
+        inherited = inherited and ("ffn", "activation") in loc.marks
+        why = "; it still gives the experts its activation, since moe.activation is unset" if inherited else ""
+        warn(("ffn",), f"no layer uses this ffn section (every layer is an MoE layer){why}")
+    if spec.moe is not None and "moe" in kinds:
+        _no_balancing(spec.moe, loc, warn)
+        _capacity_must_drop(spec.moe, warn)
+    return out
+
+
+def _written_here(loc: Located, path: Path) -> bool:
+    """Whether the spec's own file (not a base it extends) writes ``path``."""
+    return path in loc.marks and loc.marks[path].file == loc.mark_for(()).file
+
+
+def ffn_kinds_used(spec: Spec) -> set[str]:
+    """The FFN kinds ("dense", "moe") some layer or MTP block of the spec uses."""
+    from moec.spec.resolve import assign_selected
+
+    per_layer = [spec.layers.default.ffn] * spec.model.n_layers
+    for ov in spec.layers.overrides:
+        if ov.ffn is not None:
+            assign_selected(per_layer, ov.select, ov.ffn)
+    return set(per_layer) | ({spec.mtp.ffn} if spec.mtp is not None else set())
+
+
+def _no_balancing(moe: MoE, loc: Located, warn: Warn) -> None:
+    """A learned top-k router with neither an auxiliary loss nor aux-loss-free bias updates, left so by
+    default: nothing pushes back when a few experts take most tokens. Writing load_balance_coeff: 0 says it
+    is meant (an inference-only import, a balancing study) and silences this."""
+    r, b = moe.router, moe.balance
+    if r.dense or r.kind not in _NEEDS_BALANCING:
+        return
+    if b.load_balance_coeff or b.bias_update_rate is not None:
+        return
+    if ("moe", "balance", "load_balance_coeff") in loc.marks:
+        return
+    warn(
+        ("moe", "balance") if ("moe", "balance") in loc.marks else ("moe",),
+        "no load balancing: load_balance_coeff is 0 by default and there is no bias_update_rate, so routing "
+        "can collapse onto a few experts; set moe.balance.load_balance_coeff (0.01 is common), or write it "
+        "as 0 to say none is meant",
+    )
+
+
+def forced_drop_tokens(capacity_factor: float, n_experts: int, top_k: int) -> int | None:
+    """The fewest tokens T at which the capacity ceil(cf·T·k/E) per expert holds fewer than the T·k
+    assignments even when every expert gets an equal share, so some must drop; None if no T does (cf ≥ 1).
+
+    Dropping is forced at T exactly when E·ceil(cf·T·k/E) < T·k. For cf ≥ 1 the left side is at least T·k.
+    For cf < 1 it holds for every T ≥ E / (k·(1 − cf)), since ceil(c·x) < c·x + 1 ≤ x there (x = T·k/E);
+    the smallest T can be below that bound (ceil rounds up to whole slots), so it is searched for."""
+    if capacity_factor >= 1:
+        return None
+    bound = math.ceil(n_experts / (top_k * (1 - capacity_factor)))
+    for tokens in range(1, bound + 1):
+        if n_experts * math.ceil(capacity_factor * tokens * top_k / n_experts) < tokens * top_k:
+            return tokens
+    return bound  # not reached: the bound itself always drops
+
+
+def _capacity_must_drop(moe: MoE, warn: Warn) -> None:
+    cf = moe.capacity_factor
+    if cf is None or moe.router.dense or moe.router.kind in ("expert_choice", "hash"):
+        return
+    n_experts, top_k = moe.n_experts * moe.granularity, (moe.router.top_k or 0) * moe.granularity
+    first = forced_drop_tokens(cf, n_experts, top_k)
+    if first is None:
+        return
+    group = moe.capacity_group_size
+    if group is not None:
+        c = math.ceil(cf * group * top_k / n_experts)
+        dropped = group * top_k - n_experts * c
+        if dropped > 0:
+            warn(
+                ("moe", "capacity_factor"),
+                f"capacity_factor {cf} < 1 drops tokens on every batch: each group of {group} tokens makes "
+                f"{group * top_k} expert assignments but the {n_experts} experts hold {c} each, so at least "
+                f"{dropped} ({dropped / (group * top_k):.0%}) drop even when routing is perfectly balanced",
+            )
+        return
+    warn(
+        ("moe", "capacity_factor"),
+        f"capacity_factor {cf} < 1 must drop tokens: with T tokens the {n_experts} experts hold "
+        f"ceil({cf}·T·{top_k}/{n_experts}) slots each, fewer than the T·{top_k} assignments at T = {first} "
+        f"and at every T ≥ {math.ceil(n_experts / (top_k * (1 - cf)))}: about {1 - cf:.0%} of them drop "
+        "even when routing is perfectly balanced",
+    )

@@ -214,22 +214,38 @@ def run_both(lib, gen, tokens, *, train: bool):
     torch.manual_seed(7)  # router jitter draws from the global RNG in both
     logits, aux = lib(tokens)
     torch.manual_seed(7)
-    out = gen(tokens, return_mtp=True) if lib.plan.mtp else gen(tokens)
-    return logits, aux, out
+    return logits, aux, gen(tokens)
+
+
+AUX_FIELDS = ("loss", "load_balance", "z_loss", "tokens_per_expert", "dropped", "router_logits", "router_probs")
+
+
+def assert_same_aux(gen_aux, lib_aux) -> None:
+    """The generated ModelAux holds the library's, field for field and layer for layer: the total, each MoE
+    layer's MoEAux (None where the library has None), the MTP logits; every tensor equal, dtype included."""
+    assert type(gen_aux).__name__ == "ModelAux" and torch.equal(gen_aux.loss, lib_aux.loss)
+    assert len(gen_aux.layers) == len(lib_aux.layers) and len(gen_aux.mtp_logits) == len(lib_aux.mtp_logits)
+    for i, (g, lib_layer) in enumerate(zip(gen_aux.layers, lib_aux.layers, strict=True)):
+        assert (g is None) == (lib_layer is None), i
+        if lib_layer is None:
+            continue
+        assert type(g).__name__ == "MoEAux"
+        for name in AUX_FIELDS:
+            a, b = getattr(g, name), getattr(lib_layer, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), (i, name)
+    for a, b in zip(gen_aux.mtp_logits, lib_aux.mtp_logits, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_generated_model_gives_the_library_logits_and_aux_loss(case, tmp_path):
+def test_generated_model_gives_the_library_logits_and_aux(case, tmp_path):
     plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
     tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, aux, out = run_both(lib, gen, tokens, train=False)
     assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
-    assert torch.equal(out[1], aux.loss)
-    if plan.mtp:
-        assert len(out[2]) == len(aux.mtp_logits) == len(plan.mtp)
-        for a, b in zip(out[2], aux.mtp_logits, strict=True):
-            assert torch.equal(a, b)
+    assert_same_aux(out[1], aux)
+    assert len(out[1].mtp_logits) == len(plan.mtp)
     lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
     gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
     assert gen_params == lib_params  # names, shapes, and which are frozen
@@ -241,7 +257,8 @@ def test_generated_gpt_oss_experts_match(case, tmp_path):
     tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, aux, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits) and torch.equal(out[1], aux.loss)
+    assert torch.equal(out[0], logits)
+    assert_same_aux(out[1], aux)
 
 
 @pytest.mark.parametrize("case", ["groups-max-jitter", "deepseek-v3", "switch"])
@@ -250,9 +267,10 @@ def test_training_forward_backward_and_bias_update_match(case, tmp_path):
     plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
     tokens = torch.randint(0, plan.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
     logits, aux, out = run_both(lib, gen, tokens, train=True)
-    assert torch.equal(out[0], logits) and torch.equal(out[1], aux.loss)
+    assert torch.equal(out[0], logits)
+    assert_same_aux(out[1], aux)
     (logits.square().mean() + aux.loss).backward()
-    (out[0].square().mean() + out[1]).backward()
+    (out[0].square().mean() + out[1].loss).backward()
     lib_grads = dict(lib.named_parameters())
     for name, p in gen.named_parameters():
         q = lib_grads[name]
@@ -379,7 +397,7 @@ def test_source_names_only_what_the_plan_uses():
     assert "ROPE_SCALING_FACTOR" not in dense and "LayerNorm" not in dense
     ds = render_model_source(plan_of(DEEPSEEK))
     assert "softmax(-1)  # (T, E)" not in ds and "probs = logits.sigmoid()" in ds  # specialised routing
-    assert "capacity" not in ds and "z_loss" not in ds and "apply_rope(" not in ds
+    assert "capacity" not in ds and "self.z_loss_coeff" not in ds and "apply_rope(" not in ds
     # YaRN's attention factor is a ratio of two equal mscales here: exactly 1, so cos and sin are left alone
     assert "ROPE_ATTENTION_FACTOR" not in ds and "mscale_all_dim: 1.0" in DEEPSEEK and "mscale: 1.0" in DEEPSEEK
 

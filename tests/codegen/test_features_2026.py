@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
-from tests.codegen.test_codegen import DEEPSEEK, library_and_generated, plan_of, run_both, variant
+from tests.codegen.test_codegen import DEEPSEEK, assert_same_aux, library_and_generated, plan_of, run_both, variant
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +63,7 @@ def test_generated_model_matches_the_library(case, tmp_path):
     with torch.no_grad():
         logits, aux, out = run_both(lib, gen, tokens, train=False)
     assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
-    assert torch.equal(out[1], aux.loss)
+    assert_same_aux(out[1], aux)
     lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
     gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
     assert gen_params == lib_params
@@ -74,7 +74,7 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
     tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     logits, aux, out = run_both(lib, gen, tokens, train=True)
     (logits.square().mean() + aux.loss).backward()
-    (out[0].square().mean() + out[1]).backward()
+    (out[0].square().mean() + out[1].loss).backward()
     lib.update_bias()
     gen.update_bias()
     for name, p in lib.named_parameters():
@@ -89,9 +89,15 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
     [
         ("partial rotary", ["x[..., :ROPE_DIM]", "ROPE_DIM = 4"]),
         ("mla latent norm eps", ["LATENT_NORM_EPS = 0.001", "make_norm(kv_lora_rank, LATENT_NORM_EPS)"]),
-        ("norms after sublayers, moe and dense", ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope))"]),
+        (
+            "norms after sublayers, moe and dense",
+            ["x + RESIDUAL_MULTIPLIER * self.attn_norm(self.attn(x, rope, cache, positions))"],
+        ),
         ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
-        ("per-layer rope theta", ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta])"]),
+        (
+            "per-layer rope theta",
+            ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta], layer_cache, positions)"],
+        ),
         ("ntk alpha, partial rotary, per-layer theta", ["ROPE_NTK_ALPHA = 1000.0"]),
         (
             "yarn attention factor as a ratio, mla",

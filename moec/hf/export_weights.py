@@ -77,12 +77,12 @@ class _Indices(Mapping[str, torch.Tensor]):
     """Checkpoint tensors whose elements are their own global indices (float64), made when read."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        self.shapes, self.offsets, total = shapes, {}, 0
+        self.shapes, self.offsets, self.total = shapes, {}, 0
         for name, shape in shapes.items():
-            self.offsets[name] = total
-            total += _numel(shape)
-        if total >= _EXACT_BELOW:
-            raise CommandError(f"{total:,} checkpoint elements are too many to trace exactly (at most 2**53)")
+            self.offsets[name] = self.total
+            self.total += _numel(shape)
+        if self.total >= _EXACT_BELOW:
+            raise CommandError(f"{self.total:,} checkpoint elements are too many to trace exactly (at most 2**53)")
 
     def __getitem__(self, name: str) -> torch.Tensor:
         n = _numel(self.shapes[name])
@@ -128,10 +128,13 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
             problems.append(f"{name}: its import cannot be traced ({e})")
             continue
         flat = ids.reshape(-1)
-        if tuple(ids.shape) != tuple(value.shape) or not torch.equal(flat, flat.round()) or (flat < 0).any():
+        exact = torch.equal(flat, flat.round()) and bool(((flat >= 0) & (flat < index.total)).all())
+        exact = exact and flat.unique().numel() == flat.numel()  # no element read twice (a broadcast)
+        if tuple(ids.shape) != tuple(value.shape) or not exact:
             problems.append(f"{name}: its import is not a re-layout of checkpoint tensors, so it cannot be inverted")
             continue
-        _scatter(flat.long(), value.reshape(-1), names, starts, shapes, out, written)
+        twice = _scatter(flat.long(), value.reshape(-1), names, starts, shapes, out, written)
+        problems += [f"{name}: its import reads {n} elements another moec tensor reads too" for n in twice]
     problems += _unwritten(written, model_type)
     if problems:
         raise CommandError(
@@ -164,18 +167,23 @@ def _scatter(
     shapes: dict[str, tuple[int, ...]],
     out: dict[str, torch.Tensor],
     written: dict[str, torch.Tensor],
-) -> None:
-    """Put each value at the checkpoint element its index names."""
+) -> list[str]:
+    """Put each value at the checkpoint element its index names; the checkpoint tensors some of whose elements
+    were written already (two moec tensors cannot both come from one element)."""
     order = torch.argsort(ids)  # the elements by checkpoint position: each checkpoint tensor's are one run
     ids, values = ids[order], values.reshape(-1)[order]
     bounds = torch.searchsorted(ids, starts).tolist() + [ids.numel()]  # (n_tensors + 1,) run starts
+    twice = []
     for t in (i for i in range(len(names)) if bounds[i] < bounds[i + 1]):
         a, b, name = bounds[t], bounds[t + 1], names[t]
         if name not in out:
             out[name] = torch.empty(_numel(shapes[name]), dtype=values.dtype, device=values.device)
         local = ids[a:b] - starts[t]
+        if bool(written[name][local].any()):
+            twice.append(name)
         out[name][local] = values[a:b]
         written[name][local] = True
+    return twice
 
 
 def shaped(flat: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

@@ -164,3 +164,22 @@ def test_cli_exports_a_build_folder_in_shards_that_load_back_and_refuses_to_over
         ["export-hf", "mixtral-8x7b", *sets, "--set", "moe.d_ff=64", "--weights", weights, "-o", str(tmp_path / "x")],
     )
     assert other.exit_code == 2 and "does not hold the spec's weights" in other.output, other.output
+
+
+def test_an_import_step_that_is_not_a_re_layout_is_refused_not_inverted(tmp_path, monkeypatch):
+    """A Mapper that scaled a tensor on import (× 2) cannot be exported by index tracing: refused by name."""
+    import dataclasses
+
+    from moec.hf.mapper import Mapper
+
+    class Doubling(Mapper):
+        def load(self, name):
+            t = super().load(name)
+            return t * 2 if name == "norm.weight" else t
+
+    monkeypatch.setitem(FAMILIES, "llama", dataclasses.replace(FAMILIES["llama"], mapper=Doubling))
+    cfg = tiny_config("llama")
+    model = build_model(hf_to_model(cfg), device="cpu", dtype=torch.float32, seed=0)
+    with pytest.raises(CommandError, match=r"norm\.weight: its import is not a re-layout"):
+        moec.export_hf(model, tmp_path / "out", config=cfg)
+    assert not (tmp_path / "out").exists()

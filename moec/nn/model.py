@@ -33,6 +33,7 @@ from moec.nn.cache import KVCache, capacity_layers
 from moec.nn.moe import MoE, MoEAux
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
+from moec.nn.router import routing_decode_refusals
 from moec.spec.plan import LayerPlan, ResolvedModel
 
 _MOE_PARTS = {"router": "router", "experts": "routed_experts", "shared": "shared_experts",
@@ -283,6 +284,7 @@ def decode_refusals(plan: ResolvedModel, max_len: int) -> list[str]:
     problems = []
     if not 1 <= max_len <= plan.max_seq_len:
         problems.append(f"max_len must be between 1 and the model's max_seq_len {plan.max_seq_len}, got {max_len}")
+    problems += routing_decode_refusals(plan)
     moe = capacity_layers(plan)
     if moe:
         problems.append(

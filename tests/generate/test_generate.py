@@ -108,6 +108,11 @@ TINY_SPEC = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_laye
              "--set", "moe.d_ff=32", "--set", "model.max_seq_len=16")  # fmt: skip
 
 
+def router_sets(kind: str) -> tuple[str, ...]:
+    sets = (f"moe.router.kind={kind}", "moe.router.normalize_topk=false", "moe.balance.load_balance_coeff=0")
+    return tuple(a for s in sets for a in ("--set", s))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -116,6 +121,15 @@ TINY_SPEC = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_laye
         (("--prompt-tokens", "1,200"), "prompt token 200 is outside the vocabulary [0, 128)"),
         (("--prompt-tokens", "1,2,3", "--max-new-tokens", "15"), "need 17 positions; textbook-moe has max_seq_len 16"),
         (("--prompt", "hello"), "--prompt needs a tokenizer.json beside the model"),
+        # routings a cached decode cannot reproduce, refused by name (moec.nn.router.routing_decode_refusals)
+        (
+            ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("expert_choice")),
+            "textbook-moe: moe.router.kind expert_choice (layers 0, 1): each expert picks its tokens",
+        ),
+        (
+            ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("hash")),
+            "textbook-moe: moe.router.kind hash (layers 0, 1): hash routing needs the token ids",
+        ),
     ],
 )
 def test_bad_requests_are_one_error_line_and_exit_2(args, message):

@@ -22,7 +22,6 @@ from moec.dist._cases_train import generated_module
 from moec.dist.mesh import local
 from moec.nn import build_model
 from moec.nn import lm_loss as single_lm_loss
-from moec.nn.model import ModelAux
 from moec.plan import Layout
 from moec.spec import load_spec, resolve
 from moec.spec.plan import ResolvedModel
@@ -102,7 +101,7 @@ def tensor_parallel(plan: ResolvedModel, generated: ModuleType | None = None) ->
     results = {}
     for name, m in (("reference", ref), ("tp", model)):
         logits, aux = m(tokens)
-        loss, _ = single_lm_loss(logits, tokens, ModelAux(aux) if isinstance(aux, torch.Tensor) else aux)
+        loss, _ = single_lm_loss(logits, tokens, aux)  # moec.nn's ModelAux or the generated one: the same fields
         loss.backward()
         _sgd_step(m)
         results[name] = (logits.detach(), loss.item())

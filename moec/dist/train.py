@@ -21,7 +21,7 @@ from moec.nn.model import ModelAux
 def lm_loss(
     logits: torch.Tensor,
     tokens: torch.Tensor,
-    aux: ModelAux | torch.Tensor,
+    aux: ModelAux,
     group: dist.ProcessGroup,
     *,
     mtp_weight: float = 0.3,
@@ -29,12 +29,10 @@ def lm_loss(
     """:func:`moec.nn.lm_loss` of this rank's batch, weighted by its share of the predicted tokens of the
     whole data-parallel ``group``: (scaled total to backpropagate, this rank's unscaled parts). With gradients
     *summed* over the group (moec.dist.parallelize), the result is the gradient of the global mean. ``aux``:
-    a moec.nn model's ModelAux, or the aux-loss tensor a generated model.py returns.
+    a moec.nn model's ModelAux, or the generated model.py's (the same fields: ``loss``, ``mtp_logits``).
 
     The cross-entropy comes out exactly the global token mean. The aux losses are per local batch (capacity and
     the batch balance loss count this rank's tokens, GShard's groups), weighted by the same share."""
-    if isinstance(aux, torch.Tensor):
-        aux = ModelAux(aux)
     total, parts = local_lm_loss(logits, tokens, aux, mtp_weight=mtp_weight)
     predicted = tokens.shape[0] * (tokens.shape[1] - 1)
     count = torch.tensor(predicted, dtype=torch.float64, device=tokens.device)

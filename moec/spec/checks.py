@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
-from moec.spec.schema import Override, RopeScaling, Spec
+from moec.spec.schema import Override, RopeScaling, Spec, segmentation_problems
 from moec.spec.yamlio import Located, Path, dotted
 
 Bad = Callable[[Path, str], None]
@@ -32,7 +32,8 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_rope_scaling(spec, bad)
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
-    if spec.moe is not None:
+    segmentation = _check_segmentation(spec, loc, bad)
+    if spec.moe is not None and not segmentation:
         _check_router(spec, bad)
         _check_routing_algorithm(spec, bad)
         _check_groups(spec, bad)
@@ -258,6 +259,17 @@ def _check_ffn_sections(spec: Spec, bad: Bad) -> None:
 
 
 # --- moe ---------------------------------------------------------------------------------------
+
+
+def _check_segmentation(spec: Spec, loc: Located, bad: Bad) -> bool:
+    """DeepSeekMoE's segmentation that the schema could not resolve; whether there was any problem (the other
+    expert checks would only see its stand-in counts then)."""
+    if spec.moe is None or spec.moe.segmentation is None:
+        return False
+    problems = segmentation_problems(spec.moe.segmentation, loc.value["moe"])
+    for path, msg in problems:
+        bad(("moe", *path), msg)
+    return bool(problems)
 
 
 def _check_router(spec: Spec, bad: Bad) -> None:

@@ -68,6 +68,8 @@ def _mirrored_plan(
     fields: list[tuple[str, Any, Any]] = []
     paths: dict[str, tuple[str, ...]] = {}
     for f, info in schema.model_fields.items():
+        if info.exclude:  # resolved into other fields by the schema itself (MoE.segmentation)
+            continue
         if f in flatten:
             sub, prefix = flatten[f]
             sub_default = schema.model_fields[f].default

@@ -29,9 +29,7 @@ What the measurement cannot see, and how the expectation is adjusted (stated in 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,30 +271,6 @@ def _fvcore_handles() -> dict[str, Any]:
     return {"aten::scaled_dot_product_attention": sdpa, "aten::_grouped_mm": grouped_mm, **ignored}
 
 
-@contextlib.contextmanager
-def _traceable_attention() -> Iterator[None]:
-    """Under a jit trace tensor sizes are 0-dim tensors, so ``moec.nn.attention.attend`` hands SDPA
-    ``enable_gqa=kv != h`` as a tensor, which SDPA refuses. Until attend passes a Python bool, the traced
-    module sees an SDPA that turns it into one (the same call, the same recorded op)."""
-    import torch.nn.functional
-
-    import moec.nn.attention as attention
-
-    class Functional:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(torch.nn.functional, name)
-
-        @staticmethod
-        def scaled_dot_product_attention(*args: Any, enable_gqa: Any = False, **kwargs: Any) -> Any:
-            return torch.nn.functional.scaled_dot_product_attention(*args, enable_gqa=bool(enable_gqa), **kwargs)
-
-    attention.F = Functional()  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        attention.F = torch.nn.functional
-
-
 def fvcore_count(module: Any, inputs: tuple) -> tuple[int, dict[str, int], list[str]]:
     """fvcore's count of ``module(*inputs)`` with moec's handles: (multiply-adds, by op, matmul-like ops it
     left uncounted)."""
@@ -308,8 +282,7 @@ def fvcore_count(module: Any, inputs: tuple) -> tuple[int, dict[str, int], list[
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     fca.tracer_warnings("none")
-    with _traceable_attention():
-        total = int(fca.total())
+    total = int(fca.total())
     uncounted = sorted(op for op in fca.unsupported_ops() if any(w in op.split("::")[-1] for w in MATMUL_LIKE))
     return total, {k: int(v) for k, v in fca.by_operator().items() if v}, uncounted
 

@@ -110,7 +110,7 @@ def attend(
     if sinks is None:
         if not _SDPA_GQA and kv != h:
             k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
-        gqa = {"enable_gqa": kv != h} if _SDPA_GQA else {}
+        gqa = {"enable_gqa": bool(kv != h)} if _SDPA_GQA else {}  # a Python bool even under a jit trace
         if window is None and chunk is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
         mask = causal_mask(S, window, q.device, chunk)
@@ -139,7 +139,7 @@ def attend_masked(
     if sinks is None:
         if not _SDPA_GQA and kv != h:
             k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
-        gqa = {"enable_gqa": kv != h} if _SDPA_GQA else {}
+        gqa = {"enable_gqa": bool(kv != h)} if _SDPA_GQA else {}  # a Python bool even under a jit trace
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
     k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, T)

@@ -121,7 +121,7 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
         print_loads(r, con)
     else:
         con.print("no MoE layers: nothing to balance")
-    print_legend(r, con)
+    print_legend(con)
     print_warnings(r, con)
 
 
@@ -179,15 +179,15 @@ def _all_slots(r: SmokeResult) -> int:
 
 
 def _window(k: int) -> str:
-    return "each one step" if k == 1 else f"means of {k} steps"
+    return "one step each" if k == 1 else f"means of {k} steps"
 
 
 def layer_table(r: SmokeResult) -> Any:
     from rich.table import Table
 
     d = r.dynamics
-    last = f"last {d.window} step{'s' if d.window > 1 else ''}" if d else "the run"
-    t = Table(title=f"routing per MoE layer ({last})")
+    last = f"the last {d.window} step{'s' if d.window > 1 else ''}" if d else "the run"
+    t = Table(title=f"routing per MoE layer (H/ln E, max/mean, router z: {last}; starved, dropped: the run)")
     show_drift = d is not None and any(ld.bias_drift is not None for ld in d.layers)
     for name in ("layer", "H/ln E", "max/mean", "starved", "dropped", "router z", *(("drift",) if show_drift else ())):
         t.add_column(name, justify="right", no_wrap=True)
@@ -222,16 +222,16 @@ def print_loads(r: SmokeResult, con: Any) -> None:
 
 
 LEGEND = (
-    "loss first/last: mean cross-entropy of the first/last steps; noise: ln V, the loss of a model that learned "
-    "nothing; floor: the entropy rate of the synthetic data, the best loss possible. "
-    "H/ln E: entropy of the expert load over its maximum (1 even, 0 all on one expert); "
-    "max/mean: busiest expert's load over the mean; starved: experts with no slot in the whole run; dropped: slots over an "
-    "expert's capacity, share of all slots (count); router z: mean logsumexp(logits)² before its coefficient; "
-    "drift: the largest move of a selection bias (aux-free balancing). L = layer, e = first expert of the line."
+    "loss first/last: mean cross-entropy of the first/last steps; noise: ln V, the loss of a model that "
+    "learned nothing; floor: the entropy rate of the synthetic data, the best loss possible. H/ln E: entropy "
+    "of the expert load over its maximum (1 even, 0 all on one expert); max/mean: busiest expert's load over "
+    "the mean; starved: experts with no slot; dropped: slots over an expert's capacity, share of all slots "
+    "(count); router z: mean logsumexp(logits)² before its coefficient; drift: the largest move of a "
+    "selection bias (aux-free balancing). L = layer, e = first expert of the line."
 )
 
 
-def print_legend(r: SmokeResult, con: Any) -> None:
+def print_legend(con: Any) -> None:
     con.print(f"[dim]{LEGEND}[/dim]")
 
 

@@ -2,11 +2,13 @@
 folder, ready to decode, and the tokenizer.json beside it when there is one.
 
 - SPEC (a path or a shipped name, with ``--set``): the model with seeded random weights;
-- BUILD_DIR (``spec.resolved.yaml``, ``model.safetensors`` when built with ``--weights``): its plan and weights;
+- BUILD_DIR (``spec.resolved.yaml``, ``model.safetensors`` when built with ``--weights``, ``model.py``): its own
+  ``model.py`` (edits included) holding its weights, which decodes as moec.nn does (tests/codegen), and its plan;
 - HF_DIR (``config.json`` and safetensors): :func:`moec.from_hf`.
 
 A model whose routing has a capacity factor is decoded with the same weights and no capacity
-(:func:`moec.nn.cache.without_capacity`; docs/decode.md, "Capacity"), and a note says so.
+(:func:`moec.nn.cache.without_capacity`; docs/decode.md, "Capacity"), and a note says so; for a build folder that
+means moec.nn's model of its plan, since its model.py refuses to decode capacity.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from moec.nn.model import MoecModel
 TOKENIZER = "tokenizer.json"
 RESOLVED = "spec.resolved.yaml"  # moec.codegen.output's names for a build folder's files
 WEIGHTS = "model.safetensors"
+MODEL_PY = "model.py"
 
 
 @dataclass
 class Loaded:
-    model: MoecModel  # in eval mode
+    model: MoecModel | torch.nn.Module  # in eval mode; a build folder's model.py Model carries its ``plan`` too
     kind: str  # "spec", "build" or "hf"
     tokenizer_file: Path | None
     notes: list[str] = field(default_factory=list)
@@ -112,18 +115,46 @@ def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: 
     except (yaml.YAMLError, TypeError, KeyError, ValueError) as e:
         raise CommandError(f"{folder / RESOLVED}: not a plan moec build wrote ({type(e).__name__}: {e})") from None
     weights = folder / WEIGHTS
+    # moec.nn's seeded weights: what the folder holds replaces them, and a model.py without weights takes them
     model = build_model(plan, device=device, dtype=dtype, seed=seed)
+    notes = []
+    if (folder / MODEL_PY).is_file() and not capacity_layers(plan):  # its model.py refuses to decode capacity
+        generated = _generated_model(folder / MODEL_PY, device, dtype)
+        generated.load_state_dict(model.state_dict(), strict=True)
+        generated.plan, model = plan, generated  # `moec generate` reads the layers and sizes from the plan
+        notes.append(f"decoded by {folder / MODEL_PY}")
     if not weights.is_file():
-        return Loaded(
-            model, "build", _tokenizer(folder), [f"{folder} holds no {WEIGHTS}: random weights (seed {seed})"]
-        )
+        notes.append(f"{folder} holds no {WEIGHTS}: random weights (seed {seed})")
+        return Loaded(model, "build", _tokenizer(folder), notes)
     from safetensors.torch import load_model
 
     try:
         load_model(model, str(weights), strict=True, device=str(device))
     except (RuntimeError, ValueError, OSError) as e:
         raise CommandError(f"{weights}: does not hold this plan's weights ({str(e).splitlines()[0]})") from None
-    return Loaded(model, "build", _tokenizer(folder))
+    return Loaded(model, "build", _tokenizer(folder), notes)
+
+
+def _generated_model(path: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The ``Model`` of a build folder's model.py, on ``device`` in ``dtype``. Importing it runs the file, which is
+    what naming the folder asks for: moec build wrote it to be read and edited."""
+    import importlib.util
+    import sys
+
+    name = f"moec_build_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CommandError(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+        with torch.device(device):
+            model = module.Model()
+    except Exception as e:  # the file is the user's to edit: any error it raises is reported, not a traceback
+        sys.modules.pop(name, None)
+        raise CommandError(f"{path}: does not run ({type(e).__name__}: {e})") from None
+    return model.to(dtype)
 
 
 def _tokenizer(folder: Path) -> Path | None:

@@ -108,3 +108,39 @@ def test_a_cached_call_reports_its_routing_as_the_library_does(tmp_path):
             ours, theirs = gen(step, cache=gen_cache, start=start)[1], lib(step, cache=lib_cache, start=start)[1]
             assert_same_aux(ours, theirs)
             assert sum(a.tokens_per_expert.sum() for a in ours.layers) == 3 * 2 * n * 2  # 3 layers, B·n tokens, top-2
+
+
+# `moec generate BUILD_DIR` decodes with the folder's own model.py
+BUILD = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.vocab_size=128",
+         "--set", "moe.d_ff=32", "--set", "model.max_seq_len=16")  # fmt: skip
+GENERATE = ("--prompt-tokens", "1,2,3", "--max-new-tokens", "8", "--format", "json")
+
+
+def cli(*args: str):  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from moec.cli import cli as moec_cli
+
+    return CliRunner().invoke(moec_cli, list(args))
+
+
+def test_generate_from_a_build_folder_runs_its_model_py(tmp_path):
+    """Its tokens are the spec's (the same seeded weights, decoded alike); an edit to model.py changes them (the
+    head made to negate its logits: greedy then picks the least likely token); a model.py that does not run is one
+    error line, exit 2."""
+    import json
+
+    out = tmp_path / "built"
+    assert cli("build", *BUILD, "-o", str(out), "--weights", "--seed", "3").exit_code == 0
+    built = json.loads(cli("generate", str(out), *GENERATE).output)
+    spec = json.loads(cli("generate", *BUILD, "--seed", "3", *GENERATE).output)
+    assert built["new_tokens"] == spec["new_tokens"] and f"decoded by {out / 'model.py'}" in built["notes"]
+    source = (out / "model.py").read_text()
+    head = "        return self.lm_head(x)  # (B, S, V)\n"
+    assert source.count(head) == 1
+    (out / "model.py").write_text(source.replace(head, "        return -self.lm_head(x)  # edited\n"))
+    assert json.loads(cli("generate", str(out), *GENERATE).output)["new_tokens"] != built["new_tokens"]
+    (out / "model.py").write_text(source + "\nraise RuntimeError('edited badly')\n")
+    broken = cli("generate", str(out), *GENERATE)
+    assert broken.exit_code == 2 and "model.py: does not run (RuntimeError: edited badly)" in broken.output
+    assert "Traceback" not in broken.output

@@ -26,9 +26,10 @@ import torch
 from moec.bench.device import copy_gbps, dense_matmul_tflops
 from moec.bench.moe_bench import _loadavg, machine_info
 from moec.plan.accelerators import Accelerator
+from moec.vocab import TORCH_DTYPE_NAMES
 
 YARDSTICK = {"cpu": (1024, 256 << 20), "cuda": (8192, 1 << 30)}  # matmul n, copy bytes
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {name: getattr(torch, torch_name) for name, torch_name in TORCH_DTYPE_NAMES.items()}
 
 
 @dataclass(frozen=True)

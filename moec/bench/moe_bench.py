@@ -31,10 +31,11 @@ import torch
 from moec.bench.memory import bench_memory
 from moec.bench.peers import ALL_PEERS, Peer, Unavailable, Weights, build_peer
 from moec.kernels import ACTIVATIONS, GATED
-from moec.kernels.naive import activate
+from moec.kernels.activations import activate
 from moec.nn.build import require_memory, resolve_device
+from moec.vocab import TORCH_DTYPE_NAMES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in TORCH_DTYPE_NAMES.items()}
 DEFAULT_BACKENDS = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense")
 
 

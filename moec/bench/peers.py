@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from moec.hf.families._export_common import HIDDEN_ACT
 from moec.kernels import GATED
-from moec.kernels.naive import activate
+from moec.kernels.activations import activate
 
 ExpertFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -104,9 +104,9 @@ def build_peer(name: str, w: Weights, *, backward: bool) -> Peer:
     if name == "triton":
         if dev.type != "cuda":
             raise Unavailable("GPU only (on CPU the Triton interpreter is for correctness tests, never timed)")
-        from moec.kernels import triton_moe
+        from moec.kernels import triton as triton_backend
 
-        return Peer(name, lambda x, i, g: triton_moe.expert_ffn(x, i, g, w.w_gate_up, w.w_down, activation=act))
+        return Peer(name, lambda x, i, g: triton_backend.expert_ffn(x, i, g, w.w_gate_up, w.w_down, activation=act))
     if name == "hf_loop":
         return Peer(name, lambda x, i, g: hf_loop(x, i, g, w))
     if name == "all_experts":

@@ -8,8 +8,9 @@ import click
 
 from moec.commands.common import report_errors, set_option
 from moec.errors import CommandError
+from moec.vocab import TORCH_DTYPE_NAMES
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = tuple(TORCH_DTYPE_NAMES)
 
 
 def _prompt_ids(text: str) -> list[int]:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
+from moec.vocab import DTYPES
 
 GB = 10**9
 TB = 10**12
-DTYPES = ("fp32", "bf16", "fp16", "fp8")
 
 
 @dataclass(frozen=True)

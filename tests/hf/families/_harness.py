@@ -73,15 +73,17 @@ def hf_counts(cfg: dict, experts: str = ".mlp.experts.") -> tuple[int, int]:
 
 
 def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:
-    """The model.py ``moec build`` renders for ``model``'s plan, holding ``model``'s weights, gives its logits bit
-    for bit."""
+    """The model.py ``moec build`` renders for ``model``'s plan, holding ``model``'s weights, gives its logits and
+    its aux (every MoE layer's loss, loads and router scores) bit for bit."""
     from moec.codegen import render_model_source
-    from tests.codegen.test_codegen import import_source
+    from tests.codegen.test_codegen import assert_same_aux, import_source
 
     gen = import_source(render_model_source(model.plan), folder).Model().eval()
     gen.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(gen(tokens)[0], model(tokens)[0])
+        (logits, aux), (lib_logits, lib_aux) = gen(tokens), model(tokens)
+    assert torch.equal(logits, lib_logits)
+    assert_same_aux(aux, lib_aux)
 
 
 class TextView(torch.nn.Module):

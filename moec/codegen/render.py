@@ -5,7 +5,8 @@ the components the plan uses, specialised to the plan's choices (a softmax route
 One function, ``make_block``, builds a layer with the plan's numbers; what tells layers apart (their FFN, window,
 rotation, RoPE base) are its parameters, and a ``LAYERS`` table holds each layer's values of them. Parameter
 names and shapes are ``moec.nn.MoecModel``'s, so a library state_dict loads with ``strict=True`` and gives
-identical logits. The output is laid out as ``ruff format`` would lay it out (``call_lines``, ``table_lines``),
+identical logits; ``Model.forward`` returns moec.nn's ``(logits, ModelAux)`` (each MoE layer's ``MoEAux``), and
+``new_cache`` with ``model(tokens, cache=, start=)`` is moec.nn's KV-cache decode (templates/cache.j2). The output is laid out as ``ruff format`` would lay it out (``call_lines``, ``table_lines``),
 and passes ``ruff check`` (tests/codegen).
 
 Security: nothing from the spec is pasted into code as text. Every number reaching a template is checked

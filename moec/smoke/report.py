@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec.smoke.dist_report import DistributedReport, print_distributed
-from moec.smoke.metrics import Dynamics, StepRecord
+from moec.smoke.metrics import Dynamics, LayerStep, StepRecord
 
 SCHEMA = "moec.smoke/1"
 BARS = " ▁▂▃▄▅▆▇█"
@@ -168,6 +168,11 @@ def aux_text(r: SmokeResult) -> str:
     return f"{r.aux_first:.4g} → {r.aux_last:.4g}"
 
 
+def load_entropy_norm(load: list[int]) -> float:
+    """H/ln E of a whole-run load (a distributed run keeps no per-step record)."""
+    return LayerStep(load, 0, 0.0, 0.0, None).entropy_norm
+
+
 def dropped_text(dropped: int, slots: int) -> str:
     if not slots:
         return f"{dropped:,}"
@@ -197,7 +202,7 @@ def layer_table(r: SmokeResult) -> Any:
         ratio = f"{ld.max_mean if ld else l.max_mean_ratio:.2f}"
         if (ld.max_mean if ld else l.max_mean_ratio) > r.imbalance_threshold:
             ratio = f"[red]{ratio}[/red]"
-        entropy = "-" if ld is None else f"{ld.entropy_norm:.2f}"
+        entropy = f"{ld.entropy_norm if ld else load_entropy_norm(l.tokens_per_expert):.2f}"
         if ld is not None and ld.collapsed:
             entropy = f"[red]{entropy}[/red]"
         slots = sum(l.tokens_per_expert) + l.dropped

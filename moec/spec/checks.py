@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
-from moec.spec.schema import Override, RopeScaling, Spec, segmentation_problems
+from moec.spec.schema import Override, RopeScaling, Spec
+from moec.spec.segmentation import segmentation_problems
 from moec.spec.yamlio import Located, Path, dotted
 
 Bad = Callable[[Path, str], None]

@@ -59,62 +59,77 @@ Activation = Literal[ACTIVATIONS]  # swiglu_clamped: gpt-oss's gated unit (moec.
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # each field's docstring is its description in the JSON Schema (`moec schema`, editors' help)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 class Norm(Strict):
     kind: Literal[NORM_KINDS] = "rmsnorm"
+    """rmsnorm or layernorm, for every norm of the model."""
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    placement: Literal[NORM_PLACEMENTS] = "pre"  # what each means: moec.vocab
-    bias: bool = True  # layernorm only: DBRX's layernorms have no bias
+    """The epsilon added inside every norm."""
+    placement: Literal[NORM_PLACEMENTS] = "pre"
+    """pre: x + f(norm(x)); post: norm(x + f(x)); after_sublayer: x + norm(f(x)) (OLMo 2)."""
+    bias: bool = True
+    """Whether a layernorm has a bias (DBRX's have none); rmsnorm never has one."""
 
 
 class RopeScaling(Strict):
     kind: Literal[ROPE_SCALINGS]
-    factor: Annotated[float, Field(gt=0, le=1e6)] | None = None  # every kind but ntk_alpha
+    """How RoPE is stretched past its training length: linear, dynamic (NTK), yarn, llama3, longrope or ntk_alpha."""
+    factor: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    """The context extension factor; every kind but ntk_alpha needs it."""
     original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
-    # yarn
+    """The context the model was trained at before scaling (yarn, llama3, longrope)."""
     beta_fast: float | None = None
+    """yarn: the fast boundary of the corrected frequency range, in rotations (null: 32)."""
     beta_slow: float | None = None
+    """yarn: the slow boundary of the corrected frequency range, in rotations (null: 1)."""
     mscale: float | None = None
+    """yarn: the attention-temperature multiplier's scale (DeepSeek-V2/V3)."""
     mscale_all_dim: float | None = None
-    # llama3
+    """yarn: the mscale applied to all dimensions (DeepSeek-V2/V3)."""
     low_freq_factor: float | None = None
+    """llama3: the low-frequency wavelength factor."""
     high_freq_factor: float | None = None
-    # yarn: gpt-oss keeps the correction range unrounded (truncate false) and states the attention factor
+    """llama3: the high-frequency wavelength factor."""
     truncate: bool = True
+    """yarn: round the correction range to whole dims (false keeps it unrounded, as gpt-oss)."""
     attention_factor: Annotated[float, Field(gt=0, le=100)] | None = None
-    # longrope (Phi-3.5-MoE): per-frequency divisors (head_dim/2 each) and cos/sin multipliers, the short
-    # ones up to original_max_seq_len tokens, the long ones beyond (chosen by the live sequence length)
+    """yarn: the attention scaling factor as stated, instead of the one derived from factor."""
     short_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
         None
     )
+    """longrope (Phi-3.5-MoE): per-frequency divisors (rotary dims / 2) up to original_max_seq_len."""
     long_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
         None
     )
+    """longrope: per-frequency divisors (rotary dims / 2) beyond original_max_seq_len."""
     short_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
+    """longrope: the cos/sin multiplier up to original_max_seq_len."""
     long_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
-    # ntk_alpha (Hunyuan-A13B, "dynamic" with an alpha in its config): the base becomes
-    # theta · alpha^(dim/(dim−2)) at every length (dim: the rotated dims), unlike dynamic's growth with the length
+    """longrope: the cos/sin multiplier beyond original_max_seq_len."""
     alpha: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    """ntk_alpha (Hunyuan-A13B): the base becomes theta·alpha^(dim/(dim−2)) at every length."""
 
 
 class Positions(Strict):
     kind: Literal[POSITION_KINDS] = "rope"
+    """rope, learned (an absolute position table) or none."""
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
+    """The RoPE base."""
     scaling: RopeScaling | None = None
-    # partial rotary (GLM-4.5, MiniMax-M2, MiMo-V2-Flash): only the first rotary_dim dims of each q and k head
-    # rotate, paired (i, i + rotary_dim/2) as transformers' apply_rotary_pos_emb; the rest pass through. Give
-    # one of the two: partial_rotary_factor resolves to int(head_dim · factor), transformers' truncation. GQA only
+    """RoPE scaling for contexts past the training length; null: none."""
     rotary_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """Partial rotary: only the first rotary_dim dims of each q/k head rotate (GQA; give this or the factor)."""
     partial_rotary_factor: Annotated[float, Field(gt=0, le=1)] | None = None
-    # multimodal RoPE (Qwen2/2.5-VL; Qwen3-VL with mrope_interleaved): the rotated dims' frequencies are shared
-    # among temporal, height and width position ids, [t, h, w] of them (summing to rotated dims / 2). moec runs
-    # text, whose three ids are all the token's position: there it is plain RoPE, exactly
+    """Partial rotary as a fraction: rotary_dim = int(head_dim · factor), as transformers truncates."""
     mrope_sections: (
         Annotated[list[Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)]], Field(min_length=3, max_length=3)] | None
     ) = None
+    """Multimodal RoPE (Qwen-VL): [t, h, w] shares of the rotary frequencies; on text it is plain RoPE."""
     mrope_interleaved: bool = False
+    """Multimodal RoPE with the three sections interleaved (Qwen3-VL)."""
 
     def rotary_width(self, head_dim: int) -> int:
         """How many of a head_dim-wide q or k head's dims rotate."""
@@ -127,131 +142,192 @@ class Positions(Strict):
 
 class Model(Strict):
     vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)]
+    """Tokens in the vocabulary: rows of the embedding and of the output head."""
     d_model: Annotated[int, Field(gt=0, le=MAX_D)]
+    """The model (residual stream) width d."""
     n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    """Transformer blocks L."""
     max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)]
+    """The longest context the model is built for (position tables, windows, caches)."""
     tie_embeddings: bool = False
-    head_bias: bool = False  # a bias on the lm_head (Phi-3.5-MoE)
+    """Whether the output head reuses the input embedding (counted once)."""
+    head_bias: bool = False
+    """A bias on the output head (Phi-3.5-MoE)."""
     norm: Norm = Norm()
+    """The norm every block and the final norm use."""
     positions: Positions = Positions()
-    # Granite's scalings: x = embed·embedding_multiplier; residual adds scaled by residual_multiplier;
-    # logits divided by logits_scaling
+    """How positions enter: RoPE and its options, learned, or none."""
     embedding_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    """Granite: the embedding output is multiplied by this."""
     residual_multiplier: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    """Granite: each sublayer's output is scaled by this before the residual add."""
     logits_scaling: Annotated[float, Field(gt=0, le=1e4)] = 1.0
-    # final logit soft-capping (Gemma 2-4, Grok): logits → cap·tanh(logits/cap), after logits_scaling; null: off
+    """Granite: the logits are divided by this."""
     logit_softcap: Annotated[float, Field(gt=0, le=1e4)] | None = None
+    """Final logit soft-capping cap·tanh(logits/cap) after logits_scaling (Gemma, Grok); null: off."""
 
 
 class TemperatureTuning(Strict):
     """q · (1 + scale · log1p(floor((pos + 1) / floor_scale))) on the layers that use it."""
 
     floor_scale: Annotated[float, Field(gt=0, le=MAX_SEQ)]
+    """Positions per step of the query temperature 1 + scale·log1p(floor((pos + 1)/floor_scale))."""
     scale: Annotated[float, Field(ge=0, le=100)]
+    """The strength of the query temperature's log growth."""
 
 
 class Attention(Strict):
     kind: Literal[ATTENTION_KINDS] = "gqa"
+    """gqa (multi-head, grouped-query or multi-query) or mla (DeepSeek's multi-head latent attention)."""
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
-    n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None  # None: = n_heads (MHA)
-    head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None  # None: d_model / n_heads
+    """Query heads h."""
+    n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None
+    """Key/value heads for GQA (1: MQA); null: n_heads (MHA)."""
+    head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """Width of one GQA head; null: d_model / n_heads. h·head_dim may differ from d_model."""
     qk_norm: bool = False
-    qk_norm_scope: Literal[QK_NORM_SCOPES] = "head"  # what each means: moec.vocab
-    # model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim, eps
-    # model.norm.eps (Llama-4's L2Norm, 0 parameters; scope head only)
+    """A norm on queries and keys before the rotation (Qwen3, OLMoE)."""
+    qk_norm_scope: Literal[QK_NORM_SCOPES] = "head"
+    """head: one norm of head_dim shared by all heads; projection: one over the whole q and k (OLMoE)."""
     qk_norm_kind: Literal[QK_NORM_KINDS] = "model"
-    # a learned per-head qk-norm applied after the rotation instead of before it (Hunyuan-A13B); 0 parameters
+    """model: the model's norm kind with a weight; l2: weightless x/rms(x) per head (Llama-4)."""
     qk_norm_after_rope: bool = False
-    clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None  # clamp q, k, v (DBRX, OLMoE)
-    scale: Annotated[float, Field(gt=0, le=1e3)] | None = None  # softmax scale; None: 1/sqrt(d_qk)
-    bias: bool = False  # bias on the q, k, v projections
-    out_bias: bool = False  # bias on the output projection
-    sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
-    window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None  # sliding window, tokens
-    # chunked attention (Llama-4): query i attends keys [floor(i/chunk)·chunk, i] only
+    """Apply the learned per-head q/k norm after the rotation instead of before (Hunyuan-A13B)."""
+    clip_qkv: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    """Clamp q, k and v to ±clip_qkv (DBRX, OLMoE); null: off."""
+    scale: Annotated[float, Field(gt=0, le=1e3)] | None = None
+    """The softmax scale; null: 1/sqrt(query-key width) (and yarn's mscale for MLA)."""
+    bias: bool = False
+    """Biases on the q, k and v projections."""
+    out_bias: bool = False
+    """A bias on the output projection."""
+    sinks: bool = False
+    """One learned attention-sink logit per head (gpt-oss)."""
+    window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """Sliding-window attention over this many tokens on every layer; null: full context."""
     chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
-    # query temperature on layers without rope (Llama-4, arXiv 2501.19399); per layer in layers.*.attention
+    """Chunked attention (Llama-4): query i attends keys [floor(i/chunk)·chunk, i] only; null: off."""
     temperature_tuning: TemperatureTuning | None = None
-    # MLA (DeepSeek-V2/V3)
+    """Query temperature on layers without rope (Llama-4); layers.*.attention turn it on per layer."""
     q_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
+    """MLA: the query's low-rank bottleneck; null: a plain query projection."""
     kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
+    """MLA: the compressed key/value latent width (what the KV cache holds)."""
     qk_nope_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """MLA: the non-rotary part of each query/key head."""
     qk_rope_head_dim: Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)] | None = None
+    """MLA: the rotary part of each query/key head (one shared rotary key)."""
     v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
-    # eps of MLA's q and kv latent norms (q_a_layernorm, kv_a_layernorm); None: model.norm.eps. transformers
-    # builds them with its RMSNorm default 1e-6 whatever rms_norm_eps says (DeepSeek-V2/V3, LongCat-Flash)
+    """MLA: the width of each value head."""
     latent_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
 
 
 class FFN(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
+    """The dense FFN's hidden width F."""
     activation: Activation = "swiglu"
+    """swiglu, geglu (exact GELU gate), geglu_tanh, gelu (exact erf), gelu_tanh, relu, silu or swiglu_clamped."""
     bias: bool = False
-    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA  # swiglu_clamped only
-    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT  # swiglu_clamped only
+    """Biases on the FFN's projections."""
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA
+    """swiglu_clamped only: the sigmoid's slope alpha (gpt-oss: 1.702)."""
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT
+    """swiglu_clamped only: the clamp limit on gate and up (gpt-oss: 7)."""
 
 
 class Router(Strict):
-    top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None  # None only with dense
+    top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    """Experts per token k (multiplied by moe.granularity); omit only with dense routing."""
     score: Literal[SCORE_FUNCTIONS] = "softmax"
-    softmax_after_topk: bool = False  # softmax over the k chosen logits (else over all E)
-    normalize_topk: bool = False  # renormalise the k weights to sum to 1
+    """How logits become scores: softmax, sigmoid (DeepSeek-V3) or sqrt_softplus (DeepSeek-V4)."""
+    softmax_after_topk: bool = False
+    """Softmax over the k chosen logits instead of over all experts (Mixtral)."""
+    normalize_topk: bool = False
+    """Renormalise the k weights to sum to 1."""
     scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
-    selection_bias: bool = False  # a non-gradient bias added for selection only (DeepSeek-V3)
-    # the selection bias as a model parameter, not a buffer (ERNIE-4.5's e_score_correction_bias): counted in
-    # total, active and trainable parameters; the loss still gives it no gradient (choosing is not
-    # differentiable): it moves by balance.bias_update_rate or stays as loaded
+    """A constant multiplier on the k weights (DeepSeek-V3's routed_scaling_factor)."""
+    selection_bias: bool = False
+    """A non-gradient bias added to the scores for choosing only (DeepSeek-V3's aux-loss-free balancing)."""
     selection_bias_parameter: bool = False
-    bias: bool = False  # a learned bias on the router logits (gpt-oss)
+    """Store the selection bias as a parameter, counted, not a buffer (ERNIE-4.5); it gets no gradient."""
+    bias: bool = False
+    """A learned bias on the router logits (gpt-oss)."""
     n_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    """Group-limited routing (DeepSeek-V3): the experts form this many groups."""
     topk_groups: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
+    """Group-limited routing: experts are chosen only within this many best groups."""
     group_score: Literal[GROUP_SCORES] = "max"
-    dense: bool = False  # soft MoE: every expert gets a weight
+    """How a group is ranked: its best score (max) or the sum of its best two (top2_sum)."""
+    dense: bool = False
+    """Soft MoE: every expert gets a weight (active = total); top_k is omitted."""
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2 (inference path: the best logit,
-    # then the best of the rest, each weighted by a softmax over the logits within sparsemixer_eps of it)
+    """Multiplicative uniform noise 1 ± jitter on the router input in training (Switch)."""
     kind: Literal[ROUTING_KINDS] = "topk"
+    """topk, sparsemixer (Phi-3.5-MoE), gshard (random second expert), expert_choice or hash routing."""
     sparsemixer_eps: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
+    """sparsemixer: the logit distance within which the masked softmax weighs experts."""
     apply_to: Literal[ROUTER_APPLY_TO] = "output"
-    # a router MLP instead of one linear layer: logits = W_out·gelu(W_in·x), W_in (mlp_hidden, d); None: linear
+    """output: y = Σ g·Expert(x); input: y = Σ Expert(g·x) (Llama-4 scales each expert's input)."""
     mlp_hidden: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
+    """A router MLP W_out·gelu(W_in·x) of this hidden width instead of one linear layer; null: linear."""
 
 
 class Balance(Strict):
     load_balance_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
+    """Weight of the auxiliary load-balancing loss (Switch's); 0 by default: write it to say so."""
     load_balance_granularity: Literal[BALANCE_GRANULARITIES] = "batch"
+    """Balance the load over the whole batch or per sequence (DeepSeek-V3's sequence loss)."""
     z_loss_coeff: Annotated[float, Field(ge=0, le=1e3)] = 0.0
-    bias_update_rate: Annotated[float, Field(gt=0, le=1)] | None = None  # aux-loss-free balancing
+    """Weight of the router z-loss on the logits' log-sum-exp (ST-MoE)."""
+    bias_update_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Aux-loss-free balancing: the selection bias moves by this per step (needs router.selection_bias)."""
 
 
 class Lora(Strict):
     rank: Annotated[int, Field(gt=0, le=MAX_D)]
+    """Rank r of each LoRA expert's low-rank matrices."""
     alpha: Annotated[float, Field(gt=0, le=1e6)] = 16.0
+    """LoRA's alpha: the low-rank update is scaled by alpha / rank."""
 
 
 class MoE(Strict):
     n_experts: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    """Routed experts E before segmentation (resolved: n_experts · granularity)."""
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
+    """Width of one routed expert before segmentation (resolved: d_ff / granularity)."""
     activation: Activation = "swiglu"
+    """The experts' activation (as ffn.activation); unset: the ffn section's, or swiglu without one."""
     bias: bool = False
-    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA  # swiglu_clamped only
-    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT  # swiglu_clamped only
+    """Biases on the experts' projections."""
+    activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA
+    """swiglu_clamped only: the sigmoid's slope alpha (gpt-oss: 1.702)."""
+    activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT
+    """swiglu_clamped only: the clamp limit on gate and up (gpt-oss: 7)."""
     n_shared_experts: Annotated[int, Field(ge=0, le=1024)] = 0
-    d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None  # None: = (resolved) d_ff
-    shared_gate: bool = False  # sigmoid gate on the shared expert output (Qwen2-MoE)
-    granularity: Annotated[int, Field(gt=0, le=1024)] = 1  # DeepSeekMoE fine-grained segmentation m
+    """Shared experts every token passes, beside the routed ones (DeepSeek, Qwen2-MoE)."""
+    d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
+    """Width of one shared expert; null: the resolved (segmented) d_ff."""
+    shared_gate: bool = False
+    """A sigmoid gate on the shared experts' output (Qwen2-MoE)."""
+    granularity: Annotated[int, Field(gt=0, le=1024)] = 1
+    """Fine-grained segmentation m: each expert splits into m of width d_ff/m and top_k becomes k·m."""
     router: Router
-    capacity_factor: Annotated[float, Field(gt=0, le=1024)] | None = None  # None: dropless
+    """How tokens choose experts."""
+    capacity_factor: Annotated[float, Field(gt=0, le=1024)] | None = None
+    """Slots per expert ceil(cf·T·k/E); tokens past it are dropped. null: dropless."""
     drop_policy: Literal[DROP_POLICIES] = "probs"
-    # GShard: capacity enforced per local group of this many tokens (a call's tokens in order), each group's
-    # capacity ceil(capacity_factor·group·k/E); None: the whole call is one group
+    """Which slots a full expert keeps: probs, its highest-weight ones (Megatron); position, the earliest, first choices before second (Switch, GShard)."""
     capacity_group_size: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """GShard: capacity enforced per group of this many tokens (in order); null: one group per call."""
     balance: Balance = Balance()
+    """Load-balancing losses and aux-loss-free bias updates."""
     expert_kind: Literal[EXPERT_KINDS] = "ffn"
+    """ffn: independent FFN experts; lora: LoRA adapters over one frozen base FFN."""
     lora: Lora | None = None
-    # resolved into the fields above before they are checked, and left out of dumps and hashes
-    segmentation: Segmentation | None = Field(default=None, exclude=True)
+    """The LoRA experts' rank and alpha (expert_kind lora only)."""
+    segmentation: Segmentation | None = Field(default=None, exclude=True)  # left out of dumps and hashes
+    """DeepSeekMoE's rule written the paper's way: N, K, m and K_s, resolved into the fields above."""
 
     @model_validator(mode="before")
     @classmethod
@@ -272,10 +348,15 @@ class Select(Strict):
     """Which layers an override applies to: a list, an inclusive range, or every N from a start."""
 
     layers: Annotated[list[LayerIndex], Field(max_length=MAX_LAYERS)] | None = None
+    """These layer indices."""
     first: LayerIndex | None = None
-    last: LayerIndex | None = None  # inclusive
+    """The first layer of an inclusive range (with last)."""
+    last: LayerIndex | None = None
+    """The last layer, inclusive: of a range, or where every N stops."""
     every: Annotated[int, Field(gt=0, le=MAX_LAYERS)] | None = None
+    """Every N-th layer from start (start is required: Megatron and Hugging Face disagree)."""
     start: LayerIndex | None = None
+    """The first layer of every N."""
 
     @model_validator(mode="after")
     def _one_form(self) -> Select:
@@ -301,26 +382,36 @@ class Select(Strict):
 
 
 class AttentionOverride(Strict):
-    # each applies only when written (an unwritten field keeps the attention section's value)
+    """One layer's attention settings; each applies only when written (unwritten: the attention section's)."""
+
     window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """This layer's sliding window, in tokens (unwritten: the attention section's)."""
     chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """This layer's attention chunk, in tokens (unwritten: the attention section's)."""
     rope: bool = True
-    qk_norm: bool = False  # per-layer on/off of attention.qk_norm (Llama-4: rope layers only)
-    temperature_tuning: bool = False  # per-layer on/off of attention.temperature_tuning (Llama-4: NoPE layers)
-    # this layer's RoPE base instead of model.positions.theta (MiMo-V2-Flash, Mellum: 10^4 on sliding layers,
-    # 5·10^6 on full ones); the model's scaling and rotary_dim apply to it alike
+    """Whether this layer rotates q and k (false: a NoPE layer, Llama-4)."""
+    qk_norm: bool = False
+    """Turn attention.qk_norm on or off for this layer (Llama-4: rope layers only)."""
+    temperature_tuning: bool = False
+    """Turn attention.temperature_tuning on for this layer (Llama-4: NoPE layers)."""
     rope_theta: Annotated[float, Field(gt=0, le=1e12)] | None = None
+    """This layer's RoPE base instead of model.positions.theta (MiMo-V2-Flash)."""
 
 
 class LayerDefault(Strict):
     ffn: Literal[FFN_KINDS] = "dense"
+    """The FFN of every layer no override names: dense or moe."""
     attention: AttentionOverride = AttentionOverride()
+    """Attention settings of every layer no override names."""
 
 
 class Override(Strict):
     select: Annotated[Select, Field()]
+    """Which layers: a list, {first, last} or {every, start}."""
     ffn: Literal[FFN_KINDS] | None = None
+    """The FFN of the selected layers: dense or moe."""
     attention: AttentionOverride | None = None
+    """Attention settings of the selected layers."""
 
     @field_validator("select", mode="before")
     @classmethod
@@ -330,31 +421,46 @@ class Override(Strict):
 
 class Layers(Strict):
     default: LayerDefault = LayerDefault()
+    """What every layer has unless an override says otherwise."""
     overrides: Annotated[list[Override], Field(max_length=MAX_OVERRIDES)] = []
+    """Per-layer changes, applied in order (a later one wins)."""
 
 
 class MTP(Strict):
     n_layers: Annotated[int, Field(gt=0, le=64)]
+    """Multi-token-prediction modules (DeepSeek-V3), reported apart from the main model."""
     ffn: Literal[FFN_KINDS] = "moe"
+    """The FFN of each MTP block: dense or moe."""
 
 
 Component = Literal[FREEZABLE_COMPONENTS]
 
 
 class Spec(Strict):
-    moec: Literal[1] = 1  # schema version
+    moec: Literal[1] = 1
+    """The spec format's version: 1."""
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    """The model's name (letters, digits, '.', '_', '-')."""
     description: Annotated[str, Field(max_length=2000)] = ""
+    """One line on what the model is."""
     source: Annotated[str, Field(max_length=2000)] = ""
+    """Where the numbers come from: a paper, a config.json."""
     extends: str | None = None
+    """A shipped spec name or a .yaml file in this folder whose fields this spec starts from."""
     model: Model
+    """Model-wide sizes, norm and positions."""
     attention: Attention
+    """The attention of every layer."""
     ffn: FFN | None = None
+    """The dense FFN, for layers whose ffn is dense."""
     moe: MoE | None = None
+    """The MoE layer, for layers whose ffn is moe."""
     layers: Layers = Layers()
+    """Which layers are dense or MoE, and per-layer attention changes."""
     mtp: MTP | None = None
-    # components whose weights are frozen (PEFT); a LoRA expert's base FFN is always frozen
+    """Multi-token-prediction modules (DeepSeek-V3)."""
     frozen: Annotated[list[Component], Field(max_length=64)] = []
+    """Components whose weights are frozen (PEFT); a LoRA expert's base FFN always is."""
 
     @model_validator(mode="before")
     @classmethod

@@ -52,7 +52,10 @@ def spec_with(moe: MoE, ffn: FFN | None = None) -> Spec:
 
 
 ROUTER = written(Router, skip=("top_k",))
-MOE = written(MoE, skip=("n_experts", "d_ff", "d_ff_shared", "granularity", "router", "lora", "activation"))
+# segmentation is resolved into n_experts, d_ff, top_k and n_shared_experts by the schema (tests/defaults)
+MOE = written(
+    MoE, skip=("n_experts", "d_ff", "d_ff_shared", "granularity", "router", "lora", "activation", "segmentation")
+)
 BALANCE = written(Balance)
 
 

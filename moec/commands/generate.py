@@ -6,7 +6,7 @@ import json
 
 import click
 
-from moec.commands.common import report_errors, set_option
+from moec.commands.common import FiniteFloatRange, report_errors, set_option
 from moec.errors import CommandError
 from moec.vocab import TORCH_DTYPE_NAMES
 
@@ -30,9 +30,9 @@ def _prompt_ids(text: str) -> list[int]:
 @click.option("--prompt-tokens", help="Prompt token ids, comma- or space-separated.")
 @click.option("--prompt", "prompt_text", help="Prompt text, encoded with the tokenizer.json beside the model.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0: greedy (the argmax).")
+@click.option("--temperature", type=FiniteFloatRange(0), default=0.0, show_default=True, help="0: greedy (the argmax).")
 @click.option(
-    "--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Nucleus sampling."
+    "--top-p", type=FiniteFloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Nucleus sampling."
 )
 @click.option("--seed", type=click.IntRange(0, (1 << 63) - 1), default=0, show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="Run the decode steps through torch.compile.")
@@ -71,7 +71,6 @@ def generate(
     from moec.generate.render import render, to_dict
     from moec.generate.source import decode, encode
     from moec.nn.build import resolve_device
-    from moec.vocab import TORCH_DTYPE_NAMES
 
     dev = resolve_device(device)
     torch_dtype = getattr(torch, TORCH_DTYPE_NAMES[dtype]) if dtype else None

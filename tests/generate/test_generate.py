@@ -121,6 +121,10 @@ def router_sets(kind: str) -> tuple[str, ...]:
         (("--prompt-tokens", "1,200"), "prompt token 200 is outside the vocabulary [0, 128)"),
         (("--prompt-tokens", "1,2,3", "--max-new-tokens", "15"), "need 17 positions; textbook-moe has max_seq_len 16"),
         (("--prompt", "hello"), "--prompt needs a tokenizer.json beside the model"),
+        # nan passes click's range comparisons; the sampler would meet it as an internal error
+        (("--prompt-tokens", "1", "--temperature", "nan"), "'--temperature': 'nan' is not a finite number"),
+        (("--prompt-tokens", "1", "--temperature", "inf"), "'--temperature': 'inf' is not a finite number"),
+        (("--prompt-tokens", "1", "--top-p", "nan"), "'--top-p': 'nan' is not a finite number"),
         # routings a cached decode cannot reproduce, refused by name (moec.nn.router.routing_decode_refusals)
         (
             ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("expert_choice")),

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
+from moec.vocab import ACTIVATIONS  # templates/ffn.j2 renders every one
 
-ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu", "swiglu_clamped")
 COMPONENTS = ("embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts")
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
 

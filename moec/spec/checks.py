@@ -249,10 +249,9 @@ def _check_override(j: int, ov: Override, n: int, max_seq: int, loc: Located, ba
 
 def _check_ffn_sections(spec: Spec, bad: Bad) -> None:
     """Every FFN kind some layer (or MTP block) uses has its section."""
-    kinds = {spec.layers.default.ffn} if _default_reaches_a_layer(spec) else set()
-    kinds |= {ov.ffn for ov in spec.layers.overrides if ov.ffn is not None}
-    if spec.mtp is not None:
-        kinds.add(spec.mtp.ffn)
+    from moec.spec.traps import ffn_kinds_used
+
+    kinds = ffn_kinds_used(spec)
     if "dense" in kinds and spec.ffn is None:
         bad((), "some layers use a dense FFN but the spec has no ffn section")
     if "moe" in kinds and spec.moe is None:
@@ -439,16 +438,6 @@ def _check_experts(spec: Spec, bad: Bad) -> None:
         bad(("moe", "router", "apply_to"), "input gating is not supported with lora experts")
     if e.expert_kind == "lora" and (e.n_shared_experts or g != 1):
         bad(("moe", "expert_kind"), "lora experts cannot be combined with shared experts or granularity")
-
-
-def _default_reaches_a_layer(spec: Spec) -> bool:
-    from moec.spec.resolve import assign_selected
-
-    covered = bytearray(spec.model.n_layers)
-    for ov in spec.layers.overrides:
-        if ov.ffn is not None:
-            assign_selected(covered, ov.select, 1)
-    return 0 in covered
 
 
 def _where_written(spec: Spec, field: str) -> Path:

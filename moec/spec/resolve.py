@@ -39,6 +39,16 @@ def assign_selected(per_layer: list[Any] | bytearray, sel: Select, value: Any) -
             per_layer[i] = value
 
 
+def ffn_kind_per_layer(spec: Spec) -> list[str]:
+    """Each layer's FFN kind ("dense" or "moe"): layers.default's, unless an override (a later one winning) names
+    the layer."""
+    per_layer = [spec.layers.default.ffn] * spec.model.n_layers
+    for ov in spec.layers.overrides:
+        if ov.ffn is not None:
+            assign_selected(per_layer, ov.select, ov.ffn)
+    return per_layer
+
+
 def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     if sel.layers is not None:
         return sorted({i for i in sel.layers if i < n_layers})
@@ -87,7 +97,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     m, a = spec.model, spec.attention
     n = m.n_layers
 
-    ffn_kind = [spec.layers.default.ffn] * n
+    ffn_kind = ffn_kind_per_layer(spec)
     default_attn = spec.layers.default.attention
     window = [default_attn.window if "window" in default_attn.model_fields_set else a.window] * n
     rope = [m.positions.kind == "rope" and default_attn.rope] * n
@@ -102,8 +112,6 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in per_layer.items()
     }
     for ov in spec.layers.overrides:
-        if ov.ffn is not None:
-            assign_selected(ffn_kind, ov.select, ov.ffn)
         written = ov.attention.model_fields_set if ov.attention is not None else set()
         if "window" in written:
             assign_selected(window, ov.select, ov.attention.window)  # type: ignore[union-attr]

@@ -52,13 +52,9 @@ def _written_here(loc: Located, path: Path) -> bool:
 
 def ffn_kinds_used(spec: Spec) -> set[str]:
     """The FFN kinds ("dense", "moe") some layer or MTP block of the spec uses."""
-    from moec.spec.resolve import assign_selected
+    from moec.spec.resolve import ffn_kind_per_layer
 
-    per_layer = [spec.layers.default.ffn] * spec.model.n_layers
-    for ov in spec.layers.overrides:
-        if ov.ffn is not None:
-            assign_selected(per_layer, ov.select, ov.ffn)
-    return set(per_layer) | ({spec.mtp.ffn} if spec.mtp is not None else set())
+    return set(ffn_kind_per_layer(spec)) | ({spec.mtp.ffn} if spec.mtp is not None else set())
 
 
 def _no_balancing(moe: MoE, loc: Located, warn: Warn) -> None:

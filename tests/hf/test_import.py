@@ -276,7 +276,7 @@ def test_unknown_model_type_is_refused_with_its_location(tmp_path):
     [
         ("mixtral", {"foo_scale": 2.0}, "foo_scale"),  # unknown field: may change the model
         ("mixtral", {"router_jitter_noise": 0.1}, "router_jitter_noise"),  # jitter on the experts too
-        ("qwen3_moe", {"hidden_act": "gelu"}, "hidden_act"),  # exact-erf GELU has no moec activation
+        ("qwen3_moe", {"hidden_act": "relu"}, "hidden_act"),  # a gated ReLU has no moec activation
         ("deepseek_v3", {"topk_method": "greedy"}, "topk_method"),  # DeepseekV3TopkRouter ignores it
         ("deepseek_v3", {"moe_layer_freq": 2}, "moe_layer_freq"),  # HF and DeepSeek's code disagree
         ("olmoe", {"sliding_window": 64}, "sliding_window"),  # transformers' OLMoE ignores it

@@ -122,7 +122,7 @@ def test_partial_rotary_factor_is_read_where_transformers_reads_it():
         ({"partial_rotary_factor": 1.5}, "partial_rotary_factor"),
         ({"rope_parameters": {"rope_theta": 1e6, "partial_rotary_factor": 0.25}}, "partial_rotary_factor"),
         ({"num_nextn_predict_layers": -1}, "num_nextn_predict_layers"),
-        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"hidden_act": "relu"}, "hidden_act"),  # a gated ReLU has no moec activation
     ],
 )
 def test_wrong_or_ambiguous_fields_are_refused_naming_them(change, field):

@@ -156,7 +156,7 @@ _T = "thinker_config.text_config."
          _T + "rope_scaling.interleaved"),  # the sections are interleaved whatever it says
         (with_text(rope_scaling={"type": "default", "mrope_section": [24, 20]}), _T + "rope_scaling.mrope_section"),
         (with_text(model_type="qwen3_moe"), _T + "model_type"),
-        (with_text(hidden_act="gelu"), _T + "hidden_act"),
+        (with_text(hidden_act="relu"), _T + "hidden_act"),  # no gated ReLU in moec
         (with_text(lora_rank=8), _T + "lora_rank"),  # a field nobody maps, inside the nested config
     ],
 )  # fmt: skip

@@ -42,6 +42,7 @@ def spec_warnings(spec: Spec, loc: Located) -> list[Problem]:
     if spec.moe is not None and "moe" in kinds:
         _no_balancing(spec.moe, loc, warn)
         _capacity_must_drop(spec.moe, warn)
+        _constant_top1_weight(spec.moe, warn)
     return out
 
 
@@ -119,3 +120,20 @@ def _capacity_must_drop(moe: MoE, warn: Warn) -> None:
         f"and at every T ≥ {math.ceil(n_experts / (top_k * (1 - cf)))}: about {1 - cf:.0%} of them drop "
         "even when routing is perfectly balanced",
     )
+
+
+def _constant_top1_weight(moe: MoE, warn: Warn) -> None:
+    """One expert per token with its weight renormalised over the chosen one (normalize_topk, or a softmax over
+    the k chosen logits): the weight is always 1 (times router.scale), so the task loss gives the router no
+    gradient and it learns from the balancing terms alone (Switch keeps the unnormalised probability)."""
+    r = moe.router
+    if r.dense or r.kind != "topk" or (r.top_k or 0) * moe.granularity != 1:
+        return
+    field = "normalize_topk" if r.normalize_topk else "softmax_after_topk" if r.softmax_after_topk else None
+    if field is not None:
+        warn(
+            ("moe", "router", field),
+            f"top-1 routing with {field}: the one weight is always {r.scale:g}, so the router gets no gradient "
+            "from the loss and learns only from the balancing terms; Switch Transformer keeps the softmax "
+            "probability (drop this field)",
+        )

@@ -161,3 +161,34 @@ def test_capacity_one_or_more_is_quiet(write_spec) -> None:
     moe = "moe: {n_experts: 4, d_ff: 32, router: {top_k: 2}, balance: {load_balance_coeff: 0.01}, capacity_factor: 1.0}"
     path = write_spec(HEAD + moe + "\nlayers: {default: {ffn: moe}}\n")
     assert warnings_of(run("validate", str(path))) == []
+
+
+# --- a top-1 weight that is always 1 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["normalize_topk", "softmax_after_topk"])
+def test_top1_with_a_renormalised_weight_warns_that_the_router_gets_no_gradient(write_spec, field: str) -> None:
+    moe = f"moe: {{n_experts: 4, d_ff: 32, router: {{top_k: 1, {field}: true}}, balance: {{load_balance_coeff: 0.01}}}}"
+    path = write_spec(HEAD + moe + "\nlayers: {default: {ffn: moe}}\n")
+    (line,) = warnings_of(run("validate", str(path)))
+    assert line.startswith(f"warning: {path}:5:{moe.index(field) + 1} moe.router.{field}: top-1 routing")
+
+
+@pytest.mark.parametrize("normalize,constant", [("true", True), ("false", False)])
+def test_the_top1_weight_really_is_constant_and_gives_the_router_no_gradient(normalize: str, constant: bool) -> None:
+    """What the warning claims, seen in moec's router (and not without normalize_topk, where Switch's softmax
+    probability carries the gradient)."""
+    torch = pytest.importorskip("torch")
+    from moec.nn.router import Router
+    from moec.spec import load_spec, resolve
+
+    router = f"{{top_k: 1, normalize_topk: {normalize}}}"
+    moe = f"moe: {{n_experts: 4, d_ff: 32, router: {router}, balance: {{load_balance_coeff: 0}}}}"
+    plan = resolve(load_spec("x.yaml", text=HEAD + moe + "\nlayers: {default: {ffn: moe}}\n")).layers[0].ffn
+    torch.manual_seed(0)
+    router = Router(plan, 64)
+    torch.nn.init.normal_(router.weight)
+    w = router(torch.randn(16, 64)).topk_w  # (16, 1)
+    (grad,) = torch.autograd.grad((w * torch.randn(16, 1)).sum(), [router.weight])
+    assert torch.allclose(w, torch.ones(16, 1)) == constant
+    assert bool(grad.abs().max() < 1e-6) == constant  # p/p: 0 but for rounding (about 1e-8)

@@ -77,17 +77,21 @@ def _no_balancing(moe: MoE, loc: Located, warn: Warn) -> None:
     )
 
 
+MAX_DROP_SEARCH = 1 << 16  # tokens; a capacity factor just below 1 puts the bound at billions
+
+
 def forced_drop_tokens(capacity_factor: float, n_experts: int, top_k: int) -> int | None:
     """The fewest tokens T at which the capacity ceil(cf·T·k/E) per expert holds fewer than the T·k
     assignments even when every expert gets an equal share, so some must drop; None if no T does (cf ≥ 1).
 
     Dropping is forced at T exactly when E·ceil(cf·T·k/E) < T·k. For cf ≥ 1 the left side is at least T·k.
     For cf < 1 it holds for every T ≥ E / (k·(1 − cf)), since ceil(c·x) < c·x + 1 ≤ x there (x = T·k/E);
-    the smallest T can be below that bound (ceil rounds up to whole slots), so it is searched for."""
+    the smallest T can be below that bound (ceil rounds up to whole slots), so it is searched for, up to
+    MAX_DROP_SEARCH tokens (past that, the bound is returned: dropping is certain there)."""
     if capacity_factor >= 1:
         return None
     bound = math.ceil(n_experts / (top_k * (1 - capacity_factor)))
-    for tokens in range(1, bound + 1):
+    for tokens in range(1, min(bound, MAX_DROP_SEARCH) + 1):
         if n_experts * math.ceil(capacity_factor * tokens * top_k / n_experts) < tokens * top_k:
             return tokens
     return bound  # not reached: the bound itself always drops
@@ -117,7 +121,7 @@ def _capacity_must_drop(moe: MoE, warn: Warn) -> None:
         ("moe", "capacity_factor"),
         f"capacity_factor {cf} < 1 must drop tokens: with T tokens the {n_experts} experts hold "
         f"ceil({cf}·T·{top_k}/{n_experts}) slots each, fewer than the T·{top_k} assignments at T = {first} "
-        f"and at every T ≥ {math.ceil(n_experts / (top_k * (1 - cf)))}: about {1 - cf:.0%} of them drop "
+        f"and at every T ≥ {math.ceil(n_experts / (top_k * (1 - cf)))}: about {(1 - cf) * 100:.2g}% of them drop "
         "even when routing is perfectly balanced",
     )
 

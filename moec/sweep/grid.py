@@ -4,6 +4,7 @@ line into plain values; every problem names the option it came from."""
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -129,7 +130,7 @@ def _number(text: str, option: str) -> float:
         value = float(text.replace("_", ""))
     except ValueError:
         raise CommandError(f"{option}: {text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise CommandError(f"{option}: {text!r} is not a finite number")
     return value
 
@@ -161,4 +162,6 @@ def parse_budget(text: str) -> Budget:
     if name.strip() not in BUDGET_METRICS:
         raise CommandError(f"{option}: a budget holds one of {', '.join(BUDGET_METRICS)} fixed")
     target = None if value.strip() == "base" else _number(value.strip(), option)
+    if target is not None and target <= 0:  # no width gives it; said here, not once per combination
+        raise CommandError(f"{option}: a budget is a number > 0 (or base)")
     return Budget(name.strip(), target)

@@ -17,7 +17,7 @@ def run(*args: str):
 def diff_json(*args: str) -> dict:
     r = run("diff", *args, "--format", "json")
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 def test_diff_leaves_out_fields_only_one_side_has_at_their_default():
@@ -62,8 +62,8 @@ def test_diff_bad_set_is_a_located_error():
 
 
 def test_analyze_json_is_a_list_for_one_spec_and_for_several():
-    one = json.loads(run("analyze", "textbook-moe", "--format", "json").output)
-    two = json.loads(run("analyze", "textbook-moe", "textbook-dense", "--format", "json").output)
+    one = json.loads(run("analyze", "textbook-moe", "--format", "json").stdout)
+    two = json.loads(run("analyze", "textbook-moe", "textbook-dense", "--format", "json").stdout)
     assert isinstance(one, list) and [a["name"] for a in one] == ["textbook-moe"]
     assert [a["name"] for a in two] == ["textbook-moe", "textbook-dense"]
     assert one[0] == two[0]

@@ -26,7 +26,7 @@ def test_decode_bench_sits_beside_the_roofline_of_the_same_step():
     r = run("bench", *TINY, "--decode", "--batch-sizes", "1,4", "--context", "6", "--steps", "3", "--warmup", "1",
             "--gpu", "h100", "--dtype", "fp32", "--threads", "1", "--format", "json")  # fmt: skip
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)
     rows = {row["batch"]: row for row in report["rows"]}
     assert set(rows) == {1, 4}
     for batch, row in rows.items():
@@ -34,7 +34,7 @@ def test_decode_bench_sits_beside_the_roofline_of_the_same_step():
         roof = run("roofline", *TINY, "--gpu", "h100", "--batch", str(batch), "--seq", "8", "--dtype", "fp32",
                    "--format", "json")  # fmt: skip
         assert roof.exit_code == 0, roof.output
-        assert row["predicted_tokens_per_s"] == pytest.approx(json.loads(roof.output)["tokens_per_s"], rel=1e-12)
+        assert row["predicted_tokens_per_s"] == pytest.approx(json.loads(roof.stdout)["tokens_per_s"], rel=1e-12)
         assert row["ratio"] == pytest.approx(row["measured_tokens_per_s"] / row["predicted_tokens_per_s"])
         assert row["measured_tokens_per_s"] == pytest.approx(batch / row["step_s_median"])
     assert rows[1]["distinct_experts_measured"] == 2.0  # one token reads its k = 2 experts

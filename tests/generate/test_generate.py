@@ -83,7 +83,7 @@ def test_the_cli_prints_transformers_tokens_and_the_rates(checkpoints):
         "generate", str(folder), "--prompt-tokens", "1 2 3", "--max-new-tokens", "4", "--batch", "3", "--format", "json"
     )
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     assert len(data["new_tokens"]) == 3 and data["new_tokens"][0] == data["new_tokens"][2]  # greedy: rows agree
     assert data["decode_steps"] == 3 and set(data["experts_touched_per_step"]) == {"0", "1"}
 
@@ -156,7 +156,7 @@ def test_a_build_folder_with_weights_generates_what_its_spec_does(tmp_path):
     out = tmp_path / "built"
     assert run("build", *TINY_SPEC, "-o", str(out), "--weights", "--seed", "3").exit_code == 0
     common = ("--prompt-tokens", "1,2,3", "--max-new-tokens", "8", "--format", "json")
-    tokens = [json.loads(run("generate", *src, *common).output)["new_tokens"] for src in
+    tokens = [json.loads(run("generate", *src, *common).stdout)["new_tokens"] for src in
               ((str(out),), (*TINY_SPEC, "--seed", "3"), (*TINY_SPEC, "--seed", "4"))]  # fmt: skip
     assert tokens[0] == tokens[1] != tokens[2]
 

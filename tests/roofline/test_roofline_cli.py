@@ -32,7 +32,7 @@ accelerators:
 def test_json_states_the_step_the_crossovers_and_the_curve():
     r = run("mixtral-8x7b", "--batch", "64", "--max-batch", "8", "--format", "json")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["schema"] == "moec.roofline/1" and d["workload"]["batch"] == 64
     names = [c["name"] for c in d["components"]]
     assert names == ["embedding", "attention", "attention_scores", "router", "routed_experts", "lm_head"]
@@ -54,7 +54,7 @@ def test_a_users_accelerator_file_adds_a_gpu(tmp_path):
     f.write_text(GPU_FILE)
     r = run("mixtral-8x7b", "--gpu", "x1", "--gpu-file", str(f), "--format", "json")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["accelerator"]["name"] == "Acme X1" and d["ridge_flops_per_byte"] == 250
     refused = run("mixtral-8x7b", "--gpu", "x1", "--gpu-file", str(f), "--dtype", "fp8")
     assert refused.exit_code == 2 and "x1 (Acme X1) has no fp8 tensor-core peak" in refused.output
@@ -82,7 +82,7 @@ def test_a_measured_load_changes_the_experts_read(tmp_path):
     r = run("textbook-moe", "--batch", "2", "--load", str(f), "--format", "json")
     assert r.exit_code == 0, r.output
     # p = (1/2, 1/2, 0, …): two tokens touch 2·(1 − (1/2)²) = 1.5 experts, uniform routing 8·(1 − (7/8)²)
-    assert json.loads(r.output)["distinct_experts_per_moe_layer"] == pytest.approx(1.5)
+    assert json.loads(r.stdout)["distinct_experts_per_moe_layer"] == pytest.approx(1.5)
     # a smoke-run at a reduced scale has fewer layers: refused, unless summed over them with --load-pool
     two = [
         {"layer": 0, "tokens_per_expert": [50, 50, 0, 0, 0, 0, 0, 0]},
@@ -93,7 +93,7 @@ def test_a_measured_load_changes_the_experts_read(tmp_path):
     assert short.exit_code == 2 and "histograms for layers [0, 1], but the model's MoE layers are" in short.output
     pool = run("textbook-moe", "--batch", "2", "--load", str(f), "--load-pool", "--format", "json")
     # summed: 4 experts of 8 at p = 1/4 each: 4·(1 − (3/4)²)
-    assert json.loads(pool.output)["distinct_experts_per_moe_layer"] == pytest.approx(4 * (1 - 0.75**2))
+    assert json.loads(pool.stdout)["distinct_experts_per_moe_layer"] == pytest.approx(4 * (1 - 0.75**2))
 
 
 def test_the_plot_is_a_png_and_existing_outputs_need_force(tmp_path):

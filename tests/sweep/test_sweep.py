@@ -22,7 +22,7 @@ def run(*args: str):
 def sweep_json(*args: str) -> dict:
     r = run("sweep", *args, "--format", "json")
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 GRID = ("--grid", "moe.n_experts=8,16", "--grid", "moe.router.top_k=1,2", "--grid", "moe.n_shared_experts=0,1")
@@ -33,8 +33,7 @@ def test_rows_equal_moec_analyze_and_moec_roofline_on_the_same_spec():
     assert d["kept"] == 8
     for row in d["rows"][::3]:  # a sample
         sets = [f"--set={path}={row[path]}" for path in d["grid"]]
-        a = json.loads(run("analyze", "mixtral-8x7b", *sets, "--seq", "1024", "--format", "json").output)
-        a = a[0] if isinstance(a, list) else a  # one spec: one analysis, alone or in a list
+        [a] = json.loads(run("analyze", "mixtral-8x7b", *sets, "--seq", "1024", "--format", "json").stdout)
         assert row["total_params"] == a["params"]["total"]
         assert row["active_params"] == a["params"]["active"]
         assert row["forward_flops"] == a["flops"]["forward"]
@@ -55,7 +54,7 @@ def test_rows_equal_moec_analyze_and_moec_roofline_on_the_same_spec():
             "--format",
             "json",
         )
-        assert row["decode_tokens_per_s"] == json.loads(roof.output)["tokens_per_s"]
+        assert row["decode_tokens_per_s"] == json.loads(roof.stdout)["tokens_per_s"]
 
 
 def brute_force_front(points: list[tuple[float, ...]]) -> list[int]:
@@ -161,6 +160,7 @@ def test_keep_filters_and_csv_carries_every_metric():
             "no combination of the grid is a valid model: --set moe.n_expert: unknown field",
         ),
         (("--grid", "moe.d_ff=8,16", "--budget", "ffn_flops=base"), "--budget solves for d_ff; do not also --grid it"),
+        (("--grid", "moe.n_experts=8", "--budget", "ffn_flops=-5"), "--budget ffn_flops=-5: a budget is a number > 0"),
         (("--grid", "moe.n_experts=8", "--plot", "p.png", "--objective", "total_params"), "--plot draws the first two"),
     ],
 )

@@ -93,7 +93,7 @@ def test_fvcore_convention_equals_fvcore_on_the_full_model():
         cli, ["analyze", "textbook-dense", "--seq", "6", "--convention", "fvcore", "--format", "json"]
     )
     assert res.exit_code == 0, res.output
-    [doc] = json.loads(res.output)
+    [doc] = json.loads(res.stdout)
     model = __import__("moec").build_model("textbook-dense", device="cpu", seed=0).eval()
 
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_fvcore_convention_equals_fvcore_on_the_full_model():
     assert doc["flops"]["forward"] * 6 == macs
     assert doc["conventions"]["flop_unit"].startswith("1 multiply-add = 1 FLOP")
     moec_json = json.loads(
-        CliRunner().invoke(cli, ["analyze", "textbook-dense", "--seq", "6", "--format", "json"]).output
+        CliRunner().invoke(cli, ["analyze", "textbook-dense", "--seq", "6", "--format", "json"]).stdout
     )
     assert moec_json[0]["flops"]["training"] == 2 * doc["flops"]["training"]
 
@@ -123,7 +123,7 @@ def test_cli_adds_the_verify_section_at_the_asked_length():
 def test_cli_json_is_a_list_with_the_verify_result():
     res = CliRunner().invoke(cli, ["analyze", "--verify", "textbook-moe", "--seq", "4", "--format", "json"])
     assert res.exit_code == 0, res.output
-    [doc] = json.loads(res.output)
+    [doc] = json.loads(res.stdout)
     v = doc["verify"]
     assert v["ok"] and v["seq"] == 4 and v["batch"] == 1
     assert [c["ok"] for c in v["checks"]] == [True, True, True]

@@ -144,6 +144,6 @@ def render_compare_png(results: list[tuple[Setting, SmokeResult]]) -> bytes:
 
 
 def write_compare_plot(results: list[tuple[Setting, SmokeResult]], folder: str, *, force: bool) -> list[str]:
-    from moec.smoke.outputs import write_bytes
+    from moec.output_files import write_file
 
-    return write_bytes(Path(folder) / COMPARE_PLOT, render_compare_png(results), force=force)
+    return write_file(Path(folder) / COMPARE_PLOT, render_compare_png(results), force=force)

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 from moec.errors import CommandError
 from moec.output_files import (
-    _publish_file,
     check_file_target,
-    interrupts_raise,
     lstat_or_none,
     refuse_special,
-    sweep_partials,
-    temporary_sibling,
     write_file,
-    write_new_file,
 )
 from moec.smoke.metrics import STEPS_SCHEMA
 from moec.smoke.report import SmokeResult
@@ -107,23 +101,5 @@ def write_plots(result: SmokeResult, folder: str, *, force: bool) -> list[str]:
 
     notes: list[str] = []
     for name, data in zip(PLOT_FILES, render_pngs(result), strict=True):
-        notes += write_bytes(Path(folder) / name, data, force=force)
-    return notes
-
-
-def write_bytes(target: Path, data: bytes, *, force: bool) -> list[str]:
-    """moec.output_files.write_file for binary content (it takes text): the same steps, with its publishing
-    step, so the rules stay in one place."""
-    notes = sweep_partials(target)
-    check_file_target(target, force=force)
-    tmp = temporary_sibling(target)
-    with interrupts_raise():
-        try:
-            write_new_file(tmp, data)
-            _publish_file(tmp, target, force=force)
-        except OSError as e:
-            raise CommandError(f"{target}: cannot write: {e.strerror or e}; nothing was written") from None
-        finally:
-            if lstat_or_none(tmp) is not None:
-                os.unlink(tmp)
+        notes += write_file(Path(folder) / name, data, force=force)
     return notes

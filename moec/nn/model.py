@@ -21,16 +21,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moec.kernels.runtime import (  # shared with the generated model.py; ModelAux is re-exported from here
+    ModelAux,
+    MoEAux,
+    capacity_refusal,
+    check_cache_call,
+    refuse_cache_request,
+    rope_scaling_refusal,
+)
 from moec.nn.attention import Linear
 from moec.nn.block import Block
 from moec.nn.cache import KVCache, capacity_layers
-from moec.nn.moe import MoE, MoEAux
+from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
 from moec.nn.router import routing_decode_refusals
@@ -38,15 +45,6 @@ from moec.spec.plan import LayerPlan, ResolvedModel
 
 _MOE_PARTS = {"router": "router", "experts": "routed_experts", "shared": "shared_experts",
               "shared_gate": "shared_experts", "base": "base_ffn"}  # fmt: skip
-
-
-@dataclass
-class ModelAux:
-    """Everything a training loop needs besides the logits."""
-
-    loss: torch.Tensor  # () fp32: Σ of every MoE layer's weighted aux loss (main layers and MTP blocks)
-    layers: list[MoEAux | None] = field(default_factory=list)  # by LayerPlan.index: 0..L-1, then MTP blocks
-    mtp_logits: list[torch.Tensor] = field(default_factory=list)  # depth k: (B, S, V), position i → token i+1+k
 
 
 def component_of(name: str) -> str:
@@ -189,11 +187,7 @@ class MoecModel(nn.Module):
         """An empty cache for ``batch`` sequences of at most ``max_len`` tokens, on the model's device and in
         its dtype unless told otherwise. Refused (ValueError, naming the feature) where a cached decode could
         not give the full forward's logits."""
-        problems = decode_refusals(self.plan, max_len)
-        if batch < 1:
-            problems.append(f"batch must be at least 1, got {batch}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        refuse_cache_request(batch, max_len, self.plan.max_seq_len, decode_refusals(self.plan, max_len))
         weight = self.lm_head.weight
         device = torch.device(device) if device is not None else weight.device
         dtype = dtype or weight.dtype
@@ -207,10 +201,7 @@ class MoecModel(nn.Module):
     def _decode(self, tokens: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> tuple[torch.Tensor, ModelAux]:
         self._check(tokens)
         B, S = tokens.shape
-        if B != cache.batch:
-            raise ValueError(f"the cache holds {cache.batch} sequences; tokens has {B}")
-        if isinstance(start, int) and not 0 <= start <= cache.max_len - S:
-            raise ValueError(f"positions {start}..{start + S - 1} do not fit a cache of {cache.max_len} positions")
+        check_cache_call(cache, B, S, start)
         positions = torch.arange(S, device=tokens.device) + start  # (S,)
         x = self._embed(tokens)  # (B, S, d)
         if self.pos_embed is not None:
@@ -280,24 +271,15 @@ class MoecModel(nn.Module):
 
 
 def decode_refusals(plan: ResolvedModel, max_len: int) -> list[str]:
-    """Why a cache of ``max_len`` positions cannot decode this model exactly (empty: it can)."""
-    problems = []
-    if not 1 <= max_len <= plan.max_seq_len:
-        problems.append(f"max_len must be between 1 and the model's max_seq_len {plan.max_seq_len}, got {max_len}")
-    problems += routing_decode_refusals(plan)
+    """Why a cache of ``max_len`` positions cannot decode this model exactly, besides its size (empty: it can)."""
+    problems = routing_decode_refusals(plan)
     moe = capacity_layers(plan)
     if moe:
-        problems.append(
-            f"capacity_factor (layers {', '.join(map(str, moe))}): capacity-limited routing drops tokens by how "
-            "many share a call, so a decode would not equal the full forward; decode the same weights built from "
-            "moec.nn.cache.without_capacity(plan), which routes every token (docs/decode.md, Capacity)"
-        )
+        remedy = "decode the same weights built from moec.nn.cache.without_capacity(plan), which routes every token"
+        problems.append(capacity_refusal(moe, f"{remedy} (docs/decode.md, Capacity)"))
     sc = plan.positions.scaling
     if plan.positions.kind == "rope" and sc is not None and sc.kind in ("dynamic", "longrope"):
         trained = sc.original_max_seq_len or plan.max_seq_len
         if max_len > trained:
-            problems.append(
-                f"rope scaling {sc.kind}: its frequencies change once a sequence passes {trained} tokens, and "
-                f"the cached keys keep the old ones; use max_len <= {trained} (asked {max_len})"
-            )
+            problems.append(rope_scaling_refusal(sc.kind, trained, max_len))
     return problems

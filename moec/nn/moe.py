@@ -14,7 +14,6 @@ Parameter counts equal :func:`moec.analyze.counts.ffn_parts` exactly (tested for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
 
@@ -23,26 +22,13 @@ from torch import nn
 
 from moec.kernels import get_backend
 from moec.kernels.activations import activate  # the one definition of each activation
+from moec.kernels.runtime import MoEAux  # shared with the generated model.py; re-exported from here
 from moec.nn.ffn import DenseFFN
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan
 from moec.vocab import GATED
 
 _KERNELS: dict[tuple[str, str], ModuleType] = {}  # (backend, device type) → backend module
-
-
-@dataclass
-class MoEAux:
-    """What a training loop needs from one MoE layer besides its output."""
-
-    loss: torch.Tensor  # () weighted aux total: load_balance_coeff·load_balance + z_loss_coeff·z_loss
-    load_balance: torch.Tensor  # ()
-    z_loss: torch.Tensor  # ()
-    tokens_per_expert: torch.Tensor  # (E,) int64, kept slots
-    dropped: torch.Tensor  # () int64, dropped slots
-    # the router's raw scores and their softmax/sigmoid, for balancing losses of one's own
-    router_logits: torch.Tensor | None = None  # (T, E) fp32, T = every token of the input, flattened
-    router_probs: torch.Tensor | None = None  # (T, E) fp32
 
 
 class ExpertDispatch(Protocol):

@@ -1,6 +1,6 @@
 """Decode speed of a tiny-but-not-trivial Mixtral-shaped model: moec's cached decode against transformers'
 `generate` on the same checkpoint, and `moec bench --decode`'s measured tokens/s against the roofline's
-prediction on this machine (BENCHMARKS.md, "Decode").
+prediction on this machine (BENCHMARKS.md, "Decode (`python bench/decode.py`, issue 19)").
 
 python bench/decode.py [--batches 1,8,64] [--prompt 32] [--new 32] [--threads 1] [--runs 3]
 

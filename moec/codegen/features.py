@@ -150,6 +150,16 @@ class Features:
     def rope(self) -> bool:
         return self.rope_any
 
+    @property
+    def dense_ffn(self) -> bool:
+        """The file needs DenseFFN: a dense layer, the shared experts, or the frozen base of LoRA experts."""
+        return self.dense or self.shared or self.lora
+
+    @property
+    def cache_refusals(self) -> bool:
+        """new_cache refuses some requests besides their size: capacity, or a dynamic scaling past its length."""
+        return bool(self.router and self.router.capacity) or self.scaling == "dynamic"
+
 
 def _one(values: list[Any], what: str) -> Any:
     """The single configuration every layer shares (a spec has one `moe` and one `ffn` section)."""

@@ -1,12 +1,14 @@
 """Render a resolved model into one readable, standalone ``model.py`` (templates in ``templates/*.j2``).
 
-The generated module imports torch and, for the expert computation, ``moec.kernels`` only. It defines just
+The generated module imports torch and ``moec.kernels`` only: the expert computation, the activations, and the
+runtime pieces it shares with moec.nn (``moec.kernels.runtime``: the KV cache, MoEAux, ModelAux). It defines just
 the components the plan uses, specialised to the plan's choices (a softmax router has no sigmoid branch).
 One function, ``make_block``, builds a layer with the plan's numbers; what tells layers apart (their FFN, window,
 rotation, RoPE base) are its parameters, and a ``LAYERS`` table holds each layer's values of them. Parameter
 names and shapes are ``moec.nn.MoecModel``'s, so a library state_dict loads with ``strict=True`` and gives
 identical logits; ``Model.forward`` returns moec.nn's ``(logits, ModelAux)`` (each MoE layer's ``MoEAux``), and
-``new_cache`` with ``model(tokens, cache=, start=)`` is moec.nn's KV-cache decode (templates/cache.j2). The output is laid out as ``ruff format`` would lay it out (``call_lines``, ``table_lines``),
+``new_cache`` with ``model(tokens, cache=, start=)`` is moec.nn's KV-cache decode, on the same cache classes. The
+output is laid out as ``ruff format`` would lay it out (``call_lines``, ``table_lines``, ``import_lines``),
 and passes ``ruff check`` (tests/codegen).
 
 Security: nothing from the spec is pasted into code as text. Every number reaching a template is checked
@@ -75,6 +77,37 @@ def call_lines(call: Call, indent: str, prefix: str = "", suffix: str = "") -> l
     for a in call.args:
         lines += [f"{inner}{a},"] if isinstance(a, str) else call_lines(a, inner, suffix=",")
     return [*lines, tail]
+
+
+def import_lines(module: str, names: list[str], comment: str = "") -> list[str]:
+    """``from module import names``, the names in ruff's order (constants, classes, then the rest, each
+    alphabetically regardless of case), on one line when it fits, else one per line (ruff format's layout)."""
+    names = sorted(names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n.lower(), n))
+    one = f"from {module} import {', '.join(names)}{comment}"
+    if len(one) <= WIDTH:
+        return [one]
+    return [f"from {module} import ({comment}", *(f"    {n}," for n in names), ")"]
+
+
+def runtime_imports(f: Features) -> list[str]:
+    """What the file takes from moec.kernels: the runtime pieces it shares with moec.nn (moec.kernels.runtime),
+    and, when it has a dense FFN or gated experts, the activations."""
+    first = "  # (isort order: moec is a third-party package to this file)"
+    lines = []
+    if f.dense_ffn or f.ffn_experts:
+        lines += import_lines("moec.kernels", ["GATED"], first)
+        first = ""
+    if f.dense_ffn:
+        lines += import_lines("moec.kernels.activations", ["activate"])
+    names = ["KVCache", "LayerCache", "ModelAux", "check_cache_call", "empty_layer_cache", "refuse_cache_request"]
+    names += ["with_cache"]
+    if f.moe:
+        names += ["MoEAux", "kernels_for"]
+    if f.router and f.router.capacity:
+        names.append("capacity_refusal")
+    if f.scaling == "dynamic":
+        names.append("rope_scaling_refusal")
+    return lines + import_lines("moec.kernels.runtime", names, first)
 
 
 def runs(items: list[str], longest: int = 8, fewest: int = 4) -> list[tuple[int, list[str]]]:
@@ -373,6 +406,7 @@ def render_model_source(plan: ResolvedModel) -> str:
             factory=layers.factory,
             layer_lines=call_lines(layers.layers, INDENT, "self.layers = "),
             mtp_lines=call_lines(layers.mtp, INDENT, "self.mtp = ") if layers.mtp else [],
+            imports=runtime_imports(f),
         )
     )
     return _tidy(src)

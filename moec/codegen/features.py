@@ -19,9 +19,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
-from moec.vocab import ACTIVATIONS  # templates/ffn.j2 renders every one
+from moec.vocab import (
+    ACTIVATIONS,
+    ATTENTION_KINDS,
+    BALANCE_GRANULARITIES,
+    DROP_POLICIES,
+    EXPERT_KINDS,
+    FREEZABLE_COMPONENTS,
+    GROUP_SCORES,
+    NORM_KINDS,
+    NORM_PLACEMENTS,
+    POSITION_KINDS,
+    QK_NORM_SCOPES,
+)
 
-COMPONENTS = ("embedding", "attention", "norms", "head", "dense_ffn", "router", "routed_experts", "shared_experts")
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
 
 
@@ -130,7 +141,6 @@ class Features:
     qk_norm_after_rope: bool  # the per-head q/k norm after the rotation (Hunyuan-A13B)
     clip_qkv: bool
     attn_scale: bool
-    activations: tuple[str, ...]
     clamped: bool
     clamped_experts: bool
     moe: bool
@@ -171,9 +181,9 @@ def _one(values: list[Any], what: str) -> Any:
 
 def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Features, dict[str, str | None]]:
     """(the features the templates specialise on, the checked text of the constants they print)."""
-    norm = checked_choice(plan.norm.kind, ("rmsnorm", "layernorm"), "norm.kind")
-    placement = checked_choice(plan.norm.placement, ("pre", "post", "after_sublayer"), "norm.placement")
-    pos = checked_choice(plan.positions.kind, ("rope", "learned", "none"), "positions.kind")
+    norm = checked_choice(plan.norm.kind, NORM_KINDS, "norm.kind")
+    placement = checked_choice(plan.norm.placement, NORM_PLACEMENTS, "norm.placement")
+    pos = checked_choice(plan.positions.kind, POSITION_KINDS, "positions.kind")
     if not layers:
         raise ValueError("the plan has no layers")
     _refuse_unsupported(plan, layers)
@@ -184,7 +194,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns],
         "attention (besides window, rope and rope_theta)",
     )
-    kind = checked_choice(a.kind, ("gqa", "mla"), "attention.kind")
+    kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
     ropes = [checked_bool(x.rope, "attention.rope") for x in attns]
     for x in attns:
         if x.window is not None:
@@ -194,9 +204,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
         raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (
-        checked_choice(a.qk_norm_scope, ("head", "projection"), "qk_norm_scope")
-        if checked_bool(a.qk_norm, "qk_norm")
-        else None
+        checked_choice(a.qk_norm_scope, QK_NORM_SCOPES, "qk_norm_scope") if checked_bool(a.qk_norm, "qk_norm") else None
     )
 
     c = _model_constants(plan, a)
@@ -212,9 +220,9 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         if not isinstance(lp.ffn, (DenseFFNPlan, MoEPlan)):
             raise ValueError(f"layer {lp.index}: unknown FFN plan {type(lp.ffn).__name__}")
     acts = [checked_choice(x.activation, ACTIVATIONS, "activation") for x in (dense, moe) if x is not None]
-    expert_kind = checked_choice(moe.expert_kind, ("ffn", "lora"), "expert_kind") if moe else None
+    expert_kind = checked_choice(moe.expert_kind, EXPERT_KINDS, "expert_kind") if moe else None
     has_dense, has_moe = dense is not None, moe is not None
-    frozen = tuple(checked_choice(x, COMPONENTS, "frozen component") for x in plan.frozen)
+    frozen = tuple(checked_choice(x, FREEZABLE_COMPONENTS, "frozen component") for x in plan.frozen)
 
     f = Features(
         norm=norm,
@@ -242,7 +250,6 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         qk_norm_after_rope=qk_norm == "head" and checked_bool(a.qk_norm_after_rope, "qk_norm_after_rope"),
         clip_qkv=a.clip_qkv is not None,
         attn_scale=a.scale is not None,
-        activations=tuple(dict.fromkeys(acts)),
         clamped="swiglu_clamped" in acts,
         clamped_experts=has_moe and moe.activation == "swiglu_clamped" and expert_kind == "ffn",
         moe=has_moe,
@@ -378,14 +385,14 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
         selection_bias_parameter=bool(r.selection_bias)
         and checked_bool(r.selection_bias_parameter, "router.selection_bias_parameter"),
         groups=r.n_groups is not None and r.topk_groups is not None and r.topk_groups < r.n_groups,
-        group_score=checked_choice(r.group_score, ("max", "top2_sum"), "router.group_score"),
+        group_score=checked_choice(r.group_score, GROUP_SCORES, "router.group_score"),
         dense=checked_bool(r.dense, "router.dense"),
         jitter=r.jitter > 0,
         capacity=moe.capacity_factor is not None,
-        drop_policy=checked_choice(moe.drop_policy, ("probs", "position"), "drop_policy"),
+        drop_policy=checked_choice(moe.drop_policy, DROP_POLICIES, "drop_policy"),
         load_balance=load_balance,
         # the balance loss is reported (MoEAux) even when its coefficient is 0, so its granularity always counts
-        sequence=checked_choice(moe.load_balance_granularity, ("batch", "sequence"), "load_balance_granularity")
+        sequence=checked_choice(moe.load_balance_granularity, BALANCE_GRANULARITIES, "load_balance_granularity")
         == "sequence",
         z_loss=moe.z_loss_coeff > 0,
         # the update moves the selection bias; without one it has nothing to move (as in moec.nn)

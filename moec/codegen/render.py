@@ -24,7 +24,6 @@ import re
 from dataclasses import dataclass
 
 from moec.codegen.features import (
-    ACTIVATIONS,
     Features,
     RouterFeatures,
     checked_bool,
@@ -35,6 +34,7 @@ from moec.codegen.features import (
 )
 from moec.spec.paths import data_dir
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
+from moec.vocab import ACTIVATIONS, CLAMPED_ALPHA, CLAMPED_LIMIT  # gpt-oss's defaults when a plan leaves them unset
 
 WIDTH = 120  # the generated file's line length (the project's ruff setting)
 INDENT = " " * 8  # statements inside Model.__init__
@@ -42,7 +42,6 @@ OPERAND = 50  # the longest operand of a layer table (table_lines)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # the schema's pattern for `name`
 SPEC_HASH = re.compile(r"^[0-9a-f]{0,64}$")
-CLAMPED_ALPHA, CLAMPED_LIMIT = 1.702, 7.0  # gpt-oss's defaults when a plan leaves them unset (as moec.kernels)
 
 
 # ---------------------------------------------------------------------------------------------

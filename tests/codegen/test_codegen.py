@@ -24,6 +24,7 @@ from moec.nn import build_model
 from moec.spec import load_model, load_spec, resolve
 from moec.spec.paths import shipped_specs
 from moec.spec.plan import MoEPlan
+from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 # a Llama-like dense model; each variant below is this text with some fields replaced
 BASE = """
@@ -40,26 +41,6 @@ moe:
   router: {top_k: TOP_K, ROUTER}
   BALANCE
 layers: {default: {ffn: moe}, overrides: [OVERRIDES]}
-"""
-DEEPSEEK = """
-name: tiny-deepseek-v3
-model: {vocab_size: 64, d_model: 32, n_layers: 3, max_seq_len: 32, norm: {kind: rmsnorm, eps: 1.0e-6},
-  positions: {kind: rope, theta: 10000.0, scaling: {kind: yarn, factor: 4.0, original_max_seq_len: 8,
-              beta_fast: 32.0, beta_slow: 1.0, mscale: 1.0, mscale_all_dim: 1.0}}}
-attention: {kind: mla, n_heads: 4, q_lora_rank: 24, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
-            v_head_dim: 8}
-ffn: {d_ff: 48}
-moe:
-  n_experts: 8
-  d_ff: 16
-  n_shared_experts: 1
-  router: {top_k: 2, score: sigmoid, normalize_topk: true, scale: 2.5, selection_bias: true, n_groups: 4,
-           topk_groups: 2, group_score: top2_sum}
-  balance: {bias_update_rate: 0.001, load_balance_coeff: 0.0001, load_balance_granularity: sequence}
-layers:
-  default: {ffn: moe}
-  overrides: [{select: {first: 0, last: 0}, ffn: dense}]
-mtp: {n_layers: 1, ffn: moe}
 """
 
 
@@ -84,7 +65,7 @@ CASES = {
         router="normalize_topk: true",
         balance="balance: {load_balance_coeff: 0.02}",
     ),
-    "deepseek-v3": DEEPSEEK,
+    "deepseek-v3": TINY_DEEPSEEK_V3,
     "qwen3-moe": variant(
         attn="n_kv_heads: 2, head_dim: 12, qk_norm: true",
         moe=True,
@@ -399,11 +380,15 @@ def test_source_names_only_what_the_plan_uses():
     # a dense model takes the cache and the aux records from moec.kernels, not the expert computation
     assert "get_backend" not in dense and "kernels_for" not in dense and "expert_ffn" not in dense
     assert "ROPE_SCALING_FACTOR" not in dense and "LayerNorm" not in dense
-    ds = render_model_source(plan_of(DEEPSEEK))
+    ds = render_model_source(plan_of(TINY_DEEPSEEK_V3))
     assert "softmax(-1)  # (T, E)" not in ds and "probs = logits.sigmoid()" in ds  # specialised routing
     assert "capacity" not in ds and "self.z_loss_coeff" not in ds and "apply_rope(" not in ds
     # YaRN's attention factor is a ratio of two equal mscales here: exactly 1, so cos and sin are left alone
-    assert "ROPE_ATTENTION_FACTOR" not in ds and "mscale_all_dim: 1.0" in DEEPSEEK and "mscale: 1.0" in DEEPSEEK
+    assert (
+        "ROPE_ATTENTION_FACTOR" not in ds
+        and "mscale_all_dim: 1.0" in TINY_DEEPSEEK_V3
+        and "mscale: 1.0" in TINY_DEEPSEEK_V3
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +466,7 @@ def test_plans_no_spec_produces_are_refused_not_mis_rendered():
     layers = tuple(dataclasses.replace(lp, ffn=other) if lp is moe_layers[0] else lp for lp in mixed.layers)
     with pytest.raises(ValueError, match="one MoE configuration"):
         render_model_source(mixed.replace(layers=layers))
-    ds = plan_of(DEEPSEEK)
+    ds = plan_of(TINY_DEEPSEEK_V3)
     gqa = plan_of(CASES["llama"]).layers[0].attention
     layers = (dataclasses.replace(ds.layers[0], attention=gqa), *ds.layers[1:])
     with pytest.raises(ValueError, match="attention"):

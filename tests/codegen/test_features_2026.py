@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
-from tests.codegen.test_codegen import DEEPSEEK, assert_same_aux, library_and_generated, plan_of, run_both, variant
+from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both, variant
+from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,14 +21,16 @@ CASES = {
         moe=True,
         overrides="{select: [1], attention: {window: 4}}, {select: [2], attention: {rope: false}}",
     ),
-    "mla latent norm eps": DEEPSEEK.replace("v_head_dim: 8}", "v_head_dim: 8, latent_norm_eps: 1.0e-3}"),
+    "mla latent norm eps": TINY_DEEPSEEK_V3.replace("v_head_dim: 8}", "v_head_dim: 8, latent_norm_eps: 1.0e-3}"),
     "norms after sublayers, moe and dense": variant(
         model="positions: {kind: rope}, norm: {placement: after_sublayer}, residual_multiplier: 0.5",
         attn="qk_norm: true, qk_norm_scope: projection",
         moe=True,
         overrides="{select: [0], ffn: dense}",
     ),
-    "norms after sublayers, mla and mtp": DEEPSEEK.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: after_sublayer}"),
+    "norms after sublayers, mla and mtp": TINY_DEEPSEEK_V3.replace(
+        "eps: 1.0e-6}", "eps: 1.0e-6, placement: after_sublayer}"
+    ),
     "selection bias parameter": variant(
         moe=True,
         router="score: sigmoid, normalize_topk: true, selection_bias: true, selection_bias_parameter: true",
@@ -39,7 +42,7 @@ CASES = {
         moe=True,
         overrides="{select: [0, 2], attention: {window: 4, rope_theta: 10000.0}}",
     ),
-    "per-layer rope theta, yarn, mla, mtp": DEEPSEEK.replace(
+    "per-layer rope theta, yarn, mla, mtp": TINY_DEEPSEEK_V3.replace(
         "ffn: dense}]", "ffn: dense}, {select: [1], attention: {rope_theta: 50000.0}}]"
     ),
     "ntk alpha, partial rotary, per-layer theta": variant(
@@ -47,10 +50,10 @@ CASES = {
         attn="n_kv_heads: 2",
         extra="layers: {overrides: [{select: [1], attention: {rope_theta: 500.0}}]}\n",
     ),
-    "yarn attention factor as a ratio, mla": DEEPSEEK.replace("mscale: 1.0,", "mscale: 0.707,"),
+    "yarn attention factor as a ratio, mla": TINY_DEEPSEEK_V3.replace("mscale: 1.0,", "mscale: 0.707,"),
     "mrope on text": variant(model="positions: {kind: rope, mrope_sections: [2, 1, 1], mrope_interleaved: true}"),
     "logit softcap": variant(model="positions: {kind: rope}, logit_softcap: 0.5", moe=True),
-    "logit softcap after scaling, mtp": DEEPSEEK.replace(
+    "logit softcap after scaling, mtp": TINY_DEEPSEEK_V3.replace(
         "vocab_size: 64,", "vocab_size: 64, logit_softcap: 0.5, logits_scaling: 2.0,"
     ),
 }

@@ -95,21 +95,17 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
     """Measured and predicted decode tokens/s for each batch size, as plain data."""
     from moec.generate import load_source
     from moec.nn.build import resolve_device
-    from moec.plan.accelerators import accelerator_table
+    from moec.plan.accelerators import pick_accelerator
     from moec.roofline.model import Workload, roofline
 
+    named = pick_accelerator(opts.gpu, opts.gpu_file) if opts.gpu is not None else None  # before any loading
     device = resolve_device(opts.device)
     if device.type == "cpu":
         torch.set_num_threads(opts.threads or os.cpu_count() or 1)
     loaded = load_source(source, device=device, dtype=TORCH_DTYPES[opts.dtype], seed=opts.seed, sets=sets)
     model, plan = loaded.model, loaded.model.plan
-    if opts.gpu is not None:
-        table = accelerator_table(opts.gpu_file)
-        if opts.gpu not in table:
-            from moec.errors import CommandError
-
-            raise CommandError(f"--gpu {opts.gpu}: not an accelerator moec knows; choose from {', '.join(table)}")
-        acc, gpu = table[opts.gpu], opts.gpu
+    if named is not None:
+        acc, gpu = named, opts.gpu
     else:
         acc, gpu = measured_accelerator(device, opts.dtype), "measured"
     load_before = _loadavg()

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option
-from moec.plan.accelerators import ACCELERATORS  # plain data: cheap to import with the command line
+from moec.plan.accelerators import ACCELERATORS, pick_accelerator  # plain data: cheap to import with the command line
 from moec.vocab import DTYPES
 
 if TYPE_CHECKING:
-    from moec.plan.accelerators import Accelerator
     from moec.roofline.model import Workload
     from moec.spec.plan import ResolvedModel
 
@@ -36,18 +35,6 @@ def gpu_options(fn: Any) -> Any:
         show_default=True,
         help=f"Accelerator: {', '.join(ACCELERATORS)}, or one from --gpu-file.",
     )(fn)
-
-
-def pick_accelerator(gpu: str, gpu_file: str | None) -> Accelerator:
-    from moec.errors import CommandError
-    from moec.plan.accelerators import accelerator_table
-
-    table = accelerator_table(gpu_file)
-    if gpu not in table:
-        raise CommandError(
-            f"--gpu {gpu}: unknown accelerator; choose from {', '.join(table)} or add it with --gpu-file"
-        )
-    return table[gpu]
 
 
 def check_layout(spec: str, model: ResolvedModel, workload: Workload) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moec.errors import Problem, SpecError
+from moec.errors import CommandError, Problem, SpecError
 from moec.vocab import DTYPES
 
 GB = 10**9
@@ -241,3 +241,13 @@ def _peaks(value: Any, path: tuple[str, ...], problem: Any) -> dict[str, int | N
 def accelerator_table(gpu_file: str | Path | None = None) -> dict[str, Accelerator]:
     """The built-in accelerators, plus those of a user's file."""
     return {**ACCELERATORS, **(load_accelerator_file(str(gpu_file)) if gpu_file else {})}
+
+
+def pick_accelerator(gpu: str, gpu_file: str | Path | None = None) -> Accelerator:
+    """``--gpu NAME`` (with ``--gpu-file``): the accelerator of that name, or a CommandError listing the names."""
+    table = accelerator_table(gpu_file)
+    if gpu not in table:
+        raise CommandError(
+            f"--gpu {gpu}: unknown accelerator; choose from {', '.join(table)} or add it with --gpu-file"
+        )
+    return table[gpu]

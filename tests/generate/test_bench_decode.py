@@ -51,4 +51,4 @@ def test_decode_bench_table_and_refusals():
     r = run("bench", *TINY, "--decode", "--batch-sizes", "0")
     assert r.exit_code == 2 and "batch sizes must be >= 1" in r.output
     r = run("bench", *TINY, "--decode", "--gpu", "tpu9")
-    assert r.exit_code == 2 and "--gpu tpu9: not an accelerator moec knows" in r.output
+    assert r.exit_code == 2 and "--gpu tpu9: unknown accelerator; choose from a100, h100" in r.output

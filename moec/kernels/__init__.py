@@ -23,7 +23,8 @@ alpha=None, limit=None)``
 Backends: ``naive`` (the textbook per-expert mask loop; the test oracle), ``reference`` (sort tokens
 by expert, grouped matmul over contiguous slices; the CPU path), ``triton`` (the package of fused GPU
 kernels). Beside them: ``activations`` (the torch activations all of them apply) and ``slots`` (the sort
-of routing slots by expert that the reference and triton backends, and expert parallelism, start from).
+of routing slots by expert that the reference and triton backends, and expert parallelism, start from), and
+``runtime`` (the aux records, KV cache and cache checks that moec.nn and every generated model.py share).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ RESOLVED = "spec.resolved.yaml"
 ANALYSIS = "analysis.json"
 WEIGHTS = "model.safetensors"
 MANIFEST = "moec-manifest.json"
-MAX_MANIFEST_BYTES = 1 << 16
+MAX_MANIFEST_BYTES = 1 << 20  # ~100 bytes an entry: room for thousands of checkpoint shards
 _SHOWN = 5  # entries named when a folder is refused
 
 
@@ -168,39 +168,55 @@ def write_build(
 ) -> tuple[list[str], list[str]]:
     """Write ``source`` (the rendered model.py), the resolved plan, its analysis and, given a ``model``, its
     weights into ``out``; return the file names written and notes about an earlier run's leftovers."""
-    out = Path(out)
     notes = clear_leftovers(out)
     check_output_dir(out, force=force)
-    files = {MODEL_PY: source, RESOLVED: resolved_yaml(plan), ANALYSIS: analysis_json(plan)}
+    files: dict[str, str | dict[str, torch.Tensor]] = {
+        MODEL_PY: source,
+        RESOLVED: resolved_yaml(plan),
+        ANALYSIS: analysis_json(plan),
+    }
+    if model is not None:
+        files[WEIGHTS] = unique_state_dict(model)
+    return write_folder(out, files, force=force, written_by="moec build"), notes
+
+
+def write_folder(out: str | os.PathLike[str], files: dict[str, Any], *, force: bool, written_by: str) -> list[str]:
+    """``files`` (name → text, or a dict of tensors stored as safetensors) as the folder ``out`` under the rules
+    above: a temporary sibling renamed into place, the manifest written last. The caller has checked ``out``
+    (check_output_dir) and swept leftovers (clear_leftovers). Returns the names written, the manifest last."""
+    out = Path(out)
     tmp = temporary_sibling(out)
     with interrupts_raise():
         try:
             tmp.mkdir()  # the caller's umask applies (mkdtemp would make it private)
-            for name, text in files.items():
-                write_new_file(tmp / name, text.encode("utf-8"))
-            if model is not None:
-                _write_weights(tmp, model)
-            _write_manifest(tmp)
+            for name, content in files.items():
+                if isinstance(content, str):
+                    write_new_file(tmp / name, content.encode("utf-8"))
+                else:
+                    _write_tensors(tmp / name, content)
+            _write_manifest(tmp, written_by)
             _move_into_place(tmp, out, force=force)
         except OSError as e:
             raise CommandError(f"{out}: cannot write: {e.strerror or e}; nothing was written") from None
         finally:
             remove_tree(tmp)
-    return [*files, *([WEIGHTS] if model is not None else []), MANIFEST], notes
+    return [*files, MANIFEST]
 
 
-def _write_weights(folder: Path, model: torch.nn.Module) -> None:
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    save_file(unique_state_dict(model), str(folder / WEIGHTS), metadata={"format": "pt"})
-    os.chmod(folder / WEIGHTS, (folder / MODEL_PY).stat().st_mode & 0o777)  # safetensors makes it private
+    write_new_file(path, b"")  # created with the umask's mode, then filled
+    mode = path.stat().st_mode & 0o777
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, mode)  # safetensors makes its files private
 
 
-def _write_manifest(folder: Path) -> None:
+def _write_manifest(folder: Path, written_by: str) -> None:
     files = {
         name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in _entries(folder)
     }
-    text = json.dumps({"written_by": "moec build", "files": files}, indent=2) + "\n"
+    text = json.dumps({"written_by": written_by, "files": files}, indent=2) + "\n"
     write_new_file(folder / MANIFEST, text.encode("utf-8"))
 
 

@@ -262,7 +262,7 @@ def export_hf(
     expresses its plan exactly); ``config``: the config.json to write, which must import to the model's plan
     (a family without an exporter); ``drop_training``: as for export_hf_config; ``readme``: the text of a
     README.md written beside them (how the weights were made). ``out`` must not exist, be empty, or (with ``force``) be a folder moec wrote."""
-    from moec.codegen.output import check_output_dir, clear_leftovers
+    from moec.codegen.output import check_output_dir, clear_leftovers, write_folder
 
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     clear_leftovers(out)
@@ -279,37 +279,7 @@ def export_hf(
     files.update(checkpoint_files(tensors, max_bytes))
     if readme is not None:
         files["README.md"] = readme
-    return write_folder(out, files, force=force)
-
-
-def write_folder(out: str | os.PathLike[str], files: dict[str, Any], *, force: bool) -> list[str]:
-    """``files`` (name → text or a dict of tensors for safetensors) as the folder ``out``, with the build
-    folder's rules (moec/codegen/output.py): a temporary sibling renamed into place, a manifest written last."""
-    from safetensors.torch import save_file
-
-    from moec.codegen.output import _move_into_place, _write_manifest
-    from moec.output_files import interrupts_raise, remove_tree, temporary_sibling, write_new_file
-
-    out = Path(out)
-    tmp = temporary_sibling(out)
-    with interrupts_raise():
-        try:
-            tmp.mkdir()
-            for name, content in files.items():
-                if isinstance(content, str):
-                    write_new_file(tmp / name, content.encode("utf-8"))
-                else:
-                    write_new_file(tmp / name, b"")  # created with the umask's mode, then filled
-                    mode = (tmp / name).stat().st_mode & 0o777
-                    save_file(content, str(tmp / name), metadata={"format": "pt"})
-                    os.chmod(tmp / name, mode)  # safetensors makes its files private
-            _write_manifest(tmp)
-            _move_into_place(tmp, out, force=force)
-        except OSError as e:
-            raise CommandError(f"{out}: cannot write: {e.strerror or e}; nothing was written") from None
-        finally:
-            remove_tree(tmp)
-    return [*files, "moec-manifest.json"]
+    return write_folder(out, files, force=force, written_by="moec export-hf")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,25 @@ def test_a_cached_call_reports_its_routing_as_the_library_does(tmp_path):
             assert sum(a.tokens_per_expert.sum() for a in ours.layers) == 3 * 2 * n * 2  # 3 layers, B·n tokens, top-2
 
 
+def test_the_generated_model_and_moec_nn_share_one_cache_and_one_set_of_aux_records(tmp_path):
+    """The generated file imports these from moec.kernels.runtime instead of defining copies, and moec.nn's old
+    import paths name the same classes."""
+    from moec.kernels import runtime
+    from moec.nn.cache import KVCache, LayerCache
+    from moec.nn.model import ModelAux
+    from moec.nn.moe import MoEAux
+
+    assert (KVCache, LayerCache, ModelAux, MoEAux) == (runtime.KVCache, runtime.LayerCache, runtime.ModelAux,
+                                                       runtime.MoEAux)  # fmt: skip
+    lib, gen = both_models(plan_of(CASES["mixtral-window"]), tmp_path)
+    cache = gen.new_cache(2, 8)
+    assert type(cache) is runtime.KVCache and all(type(c) is runtime.LayerCache for c in cache.layers)
+    assert [c.size for c in cache.layers] == [c.size for c in lib.new_cache(2, 8).layers] == [5, 5, 5]  # window 5
+    with torch.no_grad():
+        aux = gen(TOKENS[:, :4] % 64, cache=cache, start=0)[1]
+    assert type(aux) is runtime.ModelAux and all(type(a) is runtime.MoEAux for a in aux.layers)
+
+
 # `moec generate BUILD_DIR` decodes with the folder's own model.py
 BUILD = ("textbook-moe", "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.vocab_size=128",
          "--set", "moe.d_ff=32", "--set", "model.max_seq_len=16")  # fmt: skip

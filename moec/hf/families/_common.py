@@ -157,6 +157,14 @@ def dense_ffn(c: HFConfig, d: Draft, key: str = "intermediate_size", bias: bool 
     )
 
 
+def dense_layers_ffn(c: HFConfig, d: Draft, bias: bool = False, bias_src: str = "") -> None:
+    """The FFN of the dense layers, where the draft has any; ``intermediate_size`` is their width, read
+    (so never reported unknown) whether or not a layer uses it."""
+    if "dense" in d.ffn:
+        dense_ffn(c, d, bias=bias, bias_src=bias_src)
+    c.value("intermediate_size")
+
+
 def jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
     j = c.float(key, optional=True)
     if j:
@@ -178,6 +186,14 @@ def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
         for i in range(d.n_layers)
     ]
     d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers"
+
+
+def qwen_moe_ffn(c: HFConfig, d: Draft, experts_key: str, bias_src: str) -> None:
+    """Qwen-MoE's FFN fields, shared by its descendants: the aux loss, MoE layers by decoder_sparse_step and
+    mlp_only_layers, and the dense layers' FFN (``bias_src`` says it has no biases)."""
+    aux(c, d)
+    qwen_moe_layers(c, d, experts_key)
+    dense_layers_ffn(c, d, bias_src=bias_src)
 
 
 def mla(c: HFConfig, d: Draft, name: str) -> None:

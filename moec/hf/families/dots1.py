@@ -12,7 +12,7 @@ named in the note of the spec field they concern; a value that says otherwise is
 from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=152064, hidden_size=4608, intermediate_size=10944, moe_intermediate_size=1408,
@@ -51,9 +51,7 @@ def translate(c: HFConfig, d: Draft) -> None:
             "DeepSeek-style code puts MoE on layer % moe_layer_freq == 0 only: ambiguous",
             "layers.overrides",
         )
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="Dots1MLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias_src="Dots1MLP has no biases")
 
 
 def _windows(c: HFConfig, d: Draft) -> None:

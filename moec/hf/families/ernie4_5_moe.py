@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router
 from moec.hf.mapper import Mapper, half_layout
 from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel
 
@@ -66,9 +66,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         )
     aux(c, d)
     _moe_layers(c, d)
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias=bias, bias_src=c.src("use_bias"))
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias=bias, bias_src=c.src("use_bias"))
     _shared_bias(c, d, bias, n_shared)
     _baidu_fields(c, d)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, typed_windows
+from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, typed_windows
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
@@ -51,9 +51,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     _mlp_layers(c, d)
     if not c.failed("mlp_layer_types"):
         _release_layer_fields(c, d)
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="ExaoneMoeMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias_src="ExaoneMoeMLP has no biases")
     mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
     if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
         d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "

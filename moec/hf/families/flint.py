@@ -15,7 +15,7 @@ from moec.hf.families._common import (
     aux,
     base,
     defaults,
-    dense_ffn,
+    dense_layers_ffn,
     gqa,
     moe_core,
     qwen_moe_layers,
@@ -62,9 +62,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     )
     aux(c, d)
     _moe_layers(c, d)
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="FlintMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias_src="FlintMLP has no biases")
 
 
 def _windows(c: HFConfig, d: Draft) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core
+from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 
@@ -53,9 +53,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     k_dense = c.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Glm4MoeDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="Glm4MoeMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias_src="Glm4MoeMLP has no biases")
     mtp = c.int("num_nextn_predict_layers", minimum=0)
     if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
         d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import Mapper
 
@@ -70,9 +70,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     k_dense = t.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Glm4vMoeTextDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
-    if "dense" in d.ffn:
-        dense_ffn(t, d, bias_src="Glm4vMoeTextMLP has no biases")
-    t.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(t, d, bias_src="Glm4vMoeTextMLP has no biases")
     for key in _TOKENS:
         c.value(key)
         t.value(key)

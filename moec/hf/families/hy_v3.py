@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, spelt
-from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router
+from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
 
@@ -83,9 +83,7 @@ def _shared(c: HFConfig, d: Draft) -> None:
         d.put("moe.n_shared_experts", 1, f"num_shared_experts 0: HYV3MLP(0) falls back to intermediate_size; {combine}")
         d.put("moe.d_ff_shared", c.int("intermediate_size"), c.src("intermediate_size"))
     bias = c.bool("mlp_bias")
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias=bias, bias_src=c.src("mlp_bias") + " (gate, up and down)")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias=bias, bias_src=c.src("mlp_bias") + " (gate, up and down)")
     if bias and "moe" in d.ffn:
         width = d.get("moe.n_shared_experts") * d.get("moe.d_ff_shared")
         d.gap(

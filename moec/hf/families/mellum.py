@@ -17,7 +17,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown, spelt
-from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
 from moec.hf.mapper import Mapper
 from moec.spec.plan import ResolvedModel
 
@@ -60,9 +60,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
     aux(c, d)
     _mlp_layers(c, d)
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="MellumMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    dense_layers_ffn(c, d, bias_src="MellumMLP has no biases")
     _mtp(c, d)
 
 

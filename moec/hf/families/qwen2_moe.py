@@ -8,17 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig
-from moec.hf.families._common import (
-    aux,
-    base,
-    defaults,
-    dense_ffn,
-    gqa,
-    moe_core,
-    qwen_moe_layers,
-    router,
-    typed_windows,
-)
+from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router, typed_windows
 from moec.hf.families._export_common import export_qwen_moe, layer_types
 from moec.hf.mapper import Mapper
 from moec.spec.plan import ResolvedModel
@@ -53,11 +43,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         d_ff_shared=(c.int("shared_expert_intermediate_size"), c.src("shared_expert_intermediate_size")),
         shared_gate=(True, "shared_expert_gate: sigmoid(Linear(d, 1)) scales the shared expert"),
     )
-    aux(c, d)
-    qwen_moe_layers(c, d, "num_experts")
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="Qwen2MoeMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    qwen_moe_ffn(c, d, "num_experts", bias_src="Qwen2MoeMLP has no biases")
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

@@ -8,17 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig
-from moec.hf.families._common import (
-    aux,
-    base,
-    defaults,
-    dense_ffn,
-    gqa,
-    moe_core,
-    qwen_moe_layers,
-    router,
-    uniform_window,
-)
+from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router, uniform_window
 from moec.hf.families._export_common import export_qwen_moe, uniform_window_of
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.spec.plan import ResolvedModel
@@ -43,11 +33,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     router(d, "Qwen3MoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
-    aux(c, d)
-    qwen_moe_layers(c, d, "num_experts")
-    if "dense" in d.ffn:
-        dense_ffn(c, d, bias_src="Qwen3MoeMLP has no biases")
-    c.value("intermediate_size")  # the dense layers' width, unused without them
+    qwen_moe_ffn(c, d, "num_experts", bias_src="Qwen3MoeMLP has no biases")
     # Qwen's own release fields (Qwen3-Coder-480B-A35B carries them) that Qwen3MoeConfig keeps and no
     # transformers code reads: named where they agree with the model it builds, refused where they do not
     ignored(c, d, "Qwen3Moe", "qkv_bias", equals(b), "attention.bias")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
-from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, qwen_moe_layers, router
+from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.families.qwen3_vl_moe import vision_tower_params
 from moec.hf.mapper import Mapper
@@ -83,11 +83,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     router(d, "Qwen3OmniMoeThinkerTextTopKRouter: softmax over all experts, top-k", score="softmax",
            softmax_after_topk=False)  # fmt: skip
     d.put("moe.router.normalize_topk", t.bool("norm_topk_prob"), t.src("norm_topk_prob"))
-    aux(t, d)
-    qwen_moe_layers(t, d, "num_experts")
-    if "dense" in d.ffn:
-        dense_ffn(t, d, bias_src="Qwen3OmniMoeThinkerTextMLP has no biases")
-    t.value("intermediate_size")  # the dense layers' width, unused without them
+    qwen_moe_ffn(t, d, "num_experts", bias_src="Qwen3OmniMoeThinkerTextMLP has no biases")
     # Qwen's own release fields (the thinker's text config carries them) that no transformers code reads
     ignored(t, d, "Qwen3OmniMoeThinkerText", "use_qk_norm", equals(True), "attention.qk_norm")
     ignored(t, d, "Qwen3OmniMoeThinkerText", "shared_expert_intermediate_size", equals(0), "moe.n_experts")

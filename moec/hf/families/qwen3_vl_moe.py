@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
-from moec.hf.families._common import aux, base, defaults, dense_ffn, gqa, moe_core, qwen_moe_layers, router
+from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.plan import MoEPlan, ResolvedModel
 
@@ -59,11 +59,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     moe_core(t, d, experts_key="num_local_experts", width_key="moe_intermediate_size")
     router(d, "Qwen3VLMoeTextTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
     d.put("moe.router.normalize_topk", True, "Qwen3VLMoeTextTopKRouter always renormalises" + _norm_note(t, d))
-    aux(t, d)
-    qwen_moe_layers(t, d, "num_local_experts")
-    if "dense" in d.ffn:
-        dense_ffn(t, d, bias_src="Qwen3VLMoeTextMLP has no biases")
-    t.value("intermediate_size")  # the dense layers' width, unused without them
+    qwen_moe_ffn(t, d, "num_local_experts", bias_src="Qwen3VLMoeTextMLP has no biases")
     for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         c.value(key)  # token ids of the image and video inputs moec leaves out
     tower = vision_tower_params(c, d.get("model.d_model"))

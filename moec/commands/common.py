@@ -100,3 +100,15 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a spec field, e.g. --set moe.router.top_k=4 (repeatable).",
 )
+
+
+def write_or_echo(text: str, output: str | None, force: bool) -> None:
+    """``text`` to stdout, or to the file ``output`` (through moec.output_files, with its notes on stderr)."""
+    from moec.output_files import write_file
+
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    for note in write_file(output, text, force=force):
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {output}", err=True)

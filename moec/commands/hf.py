@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option
-from moec.output_files import check_file_target, write_file
+from moec.commands.common import load_plan, report_errors, set_option, write_or_echo
+from moec.output_files import check_file_target
 
 
 @click.command(name="import-hf")
@@ -28,12 +28,7 @@ def import_hf(config: str, output: str | None, force: bool, name: str | None) ->
     if output is not None:
         check_file_target(Path(output), force=force, inputs=(config, str(Path(config) / "config.json")))
     text = import_hf_config(config, name=name)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    for note in write_file(output, text, force=force):
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {output}", err=True)
+    write_or_echo(text, output, force)
 
 
 @click.command(name="export-hf")
@@ -87,12 +82,7 @@ def export_hf(
     else:
         cfg = export_hf_config(load_plan(spec, sets), drop_training=drop_training)
     text = json.dumps(cfg, indent=2) + "\n"
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    for note in write_file(output, text, force=force):
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {output}", err=True)
+    write_or_echo(text, output, force)
 
 
 def _export_checkpoint(

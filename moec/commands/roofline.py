@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option
+from moec.commands.common import load_plan, report_errors, set_option, write_or_echo
 from moec.plan.accelerators import ACCELERATORS, pick_accelerator  # plain data: cheap to import with the command line
 from moec.vocab import DTYPES
 
@@ -44,17 +44,6 @@ def check_layout(spec: str, model: ResolvedModel, workload: Workload) -> None:
     problems = layout_problems(model, workload)
     if problems:
         raise SpecError([Problem(spec, None, None, option, message) for option, message in problems])
-
-
-def write_or_echo(text: str, output: str | None, force: bool) -> None:
-    from moec.output_files import write_file
-
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    for note in write_file(output, text, force=force):
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {output}", err=True)
 
 
 def check_targets(spec: str, output: str | None, plot: str | None, force: bool) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import report_errors, set_option
-from moec.commands.roofline import DTYPES, check_targets, gpu_options, pick_accelerator, write_or_echo, write_plot
+from moec.commands.common import report_errors, set_option, write_or_echo
+from moec.commands.roofline import DTYPES, check_targets, gpu_options, pick_accelerator, write_plot
 
 DEFAULT_OBJECTIVES = ("active_params:min", "decode_tokens_per_s:max")
 

@@ -108,29 +108,13 @@ def layer_picks(
     for index, (n_experts, top_k) in moe_layers.items():
         counts = loads[index]
         if len(counts) != n_experts:
-            problems.append(
-                Problem(
-                    file,
-                    None,
-                    None,
-                    f"layer {index}",
-                    f"{len(counts)} experts in the histogram, {n_experts} in the model",
-                )
-            )
+            wrong = f"{len(counts)} experts in the histogram, {n_experts} in the model"
+        elif max(p := pick_probabilities(counts, top_k)) > 1 + 1e-9:
+            wrong = f"an expert took more than one slot per token: the histogram was not routed top-{top_k}"
+        else:
+            picks[index] = p
             continue
-        p = pick_probabilities(counts, top_k)
-        if max(p) > 1 + 1e-9:
-            problems.append(
-                Problem(
-                    file,
-                    None,
-                    None,
-                    f"layer {index}",
-                    f"an expert took more than one slot per token: the histogram was not routed top-{top_k}",
-                )
-            )
-            continue
-        picks[index] = p
+        problems.append(Problem(file, None, None, f"layer {index}", wrong))
     if problems:
         raise SpecError(problems)
     return picks

@@ -8,7 +8,7 @@ import os
 import click
 
 from moec.commands.common import report_errors, set_option
-from moec.vocab import TORCH_DTYPE_NAMES
+from moec.vocab import ACTIVATIONS, TORCH_DTYPE_NAMES
 
 BACKEND_NAMES = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense", "hf_grouped_mm", "liger")
 DEFAULT_SHAPE = {"d_model": 512, "d_ff": 1024, "n_experts": 8, "top_k": 2, "activation": "swiglu"}
@@ -42,7 +42,7 @@ def _ints(values: tuple[str, ...], hint: str = "--tokens") -> tuple[int, ...]:
 @click.option("--top-k", type=click.IntRange(1), help="Experts per token k (default 2, or the spec's).")
 @click.option(
     "--activation",
-    type=click.Choice(["swiglu", "geglu", "gelu", "relu", "silu"]),
+    type=click.Choice(ACTIVATIONS),
     help="Expert activation (default swiglu, or the spec's).",
 )
 @click.option(

@@ -98,3 +98,13 @@ def test_bench_with_a_spec_and_overrides_and_table_output() -> None:
 def test_unknown_backend_is_a_usage_error() -> None:
     res = CliRunner().invoke(bench, ["--backends", "naive,cutlass", "--tokens", "4"])
     assert res.exit_code == 2 and "cutlass" in res.output
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "geglu_tanh", "swiglu_clamped"])
+def test_every_activation_of_the_vocabulary_is_benched_against_the_oracle(activation: str) -> None:
+    # --activation offers moec.vocab.ACTIVATIONS; these three were missing from a hand-written copy
+    args = ["--d-model", "16", "--d-ff", "16", "--experts", "4", "--top-k", "2", "--tokens", "8", "--repeats", "1"]
+    report = invoke(*args, "--activation", activation, "--backends", "naive,reference,all_experts")
+    assert report["config"]["activation"] == activation
+    for r in report["results"]:
+        assert r["status"] == "ok" and r["max_abs_err"] < 1e-5, r

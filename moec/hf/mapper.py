@@ -235,3 +235,16 @@ class Mapper:
         if leaf == "w_down":
             return ck.get(e + "down_proj").transpose(1, 2)  # (E, d, f) → (E, f, d)
         raise Missing([f"{e}{leaf}"])
+
+
+class LanguageModelMapper(Mapper):
+    """A multimodal wrapper's text model under ``model.language_model.``; the vision tower's tensors
+    (``model.visual.``) are let go (the spec's notes count them)."""
+
+    layer_fmt = "model.language_model.layers.{i}."
+    embed = "model.language_model.embed_tokens.weight"
+    final_norm = "model.language_model.norm."
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
-from moec.hf.mapper import Mapper
+from moec.hf.mapper import LanguageModelMapper
 
 if TYPE_CHECKING:
-    from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import ResolvedModel
+    pass
 
 # Glm4vMoeConfig (the wrapper; its default_theta is unused: the text config holds the rope), Glm4vMoeTextConfig
 # and Glm4vMoeVisionConfig (its parts)
@@ -159,16 +158,4 @@ def vision_params(vision: dict[str, Any]) -> int | None:
     return positions + patch + v["depth"] * block + 2 * h + downsample + merger
 
 
-class Glm4vMoeMapper(Mapper):
-    """The text model under ``model.language_model.``; the vision tower's tensors are let go."""
-
-    layer_fmt = "model.language_model.layers.{i}."
-    embed = "model.language_model.embed_tokens.weight"
-    final_norm = "model.language_model.norm."
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))
-
-
-FAMILY = Family("glm4v_moe", "Glm4vMoeForConditionalGeneration", DEFAULTS, translate, mapper=Glm4vMoeMapper)
+FAMILY = Family("glm4v_moe", "Glm4vMoeForConditionalGeneration", DEFAULTS, translate, mapper=LanguageModelMapper)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
 from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
 from moec.hf.families.hy_v3 import equals, ignored
-from moec.hf.families.qwen3_vl_moe import vision_tower_params
+from moec.hf.families.qwen3_vl_moe import put_mrope_sections, rope_view, vision_tower_params
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ _MROPE_KEYS = ("mrope_section", "mrope_interleaved", "interleaved")  # Qwen3Omni
 def translate(c: HFConfig, d: Draft) -> None:
     th = _sub(c, c, "thinker_config", THINKER_DEFAULTS, "qwen3_omni_moe_thinker")
     t = _sub(c, th, "text_config", TEXT_DEFAULTS, "qwen3_omni_moe_text")
-    rope_key, rope_given = _rope_view(t)
+    rope_key, rope_given = rope_view(t, _MROPE_KEYS)
     base(t, d, "Qwen3-Omni-MoE thinker text")
     tie_note = th.src("tie_word_embeddings") + _text_tie_note(t)
     d.put("model.tie_embeddings", th.bool("tie_word_embeddings"), tie_note)
@@ -101,29 +101,10 @@ def _sub(c: HFConfig, parent: HFConfig, key: str, table: dict[str, Any], model_t
     return sub
 
 
-def _rope_view(t: HFConfig) -> tuple[str, dict[str, Any]]:
-    """The rope mapping without its multimodal keys (read by :func:`_mrope`) and with the legacy type 'mrope' read
-    as transformers reads it, 'default'; the common reader then takes it. Returns (its key, as given)."""
-    key = "rope_scaling" if t.raw.get("rope_scaling") else "rope_parameters"
-    given = t.raw.get(key)
-    if not isinstance(given, dict):
-        return key, {}  # absent, or refused by the common reader
-    view = {k: v for k, v in given.items() if k not in _MROPE_KEYS}
-    for k in ("type", "rope_type"):
-        if view.get(k) == "mrope":
-            view[k] = "default"
-    t.raw[key] = view
-    return key, given
-
-
 def _mrope(t: HFConfig, d: Draft, key: str, given: dict[str, Any]) -> None:
-    where = t.prefix + key
-    sections = given.get("mrope_section", MROPE_DEFAULT)
-    src = f"{where}.mrope_section" if "mrope_section" in given else "mrope_section unset: [24, 20, 20]"
-    if not (isinstance(sections, list) and len(sections) == 3 and all(is_int(s) and s >= 0 for s in sections)):
-        t.bad(f"{key}.mrope_section", f"{shown(sections)}: expected three non-negative integers (T, H, W)")
+    if not put_mrope_sections(t, d, key, given, MROPE_DEFAULT):
         return
-    d.put("model.positions.mrope_sections", sections, src + " (T, H, W)")
+    where = t.prefix + key
     notes = ["Qwen3OmniMoeThinkerTextRotaryEmbedding interleaves T, H, W always"]
     for flag in ("mrope_interleaved", "interleaved"):
         v = given.get(flag)

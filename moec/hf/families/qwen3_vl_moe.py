@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
 from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
-from moec.hf.mapper import Mapper, Missing
-from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.hf.mapper import LanguageModelMapper, Missing
+from moec.spec.plan import MoEPlan
 
 if TYPE_CHECKING:
     import torch
 
-    from moec.hf.checkpoint import Checkpoint
 
 # Qwen3VLMoeConfig (the wrapper; its default_theta is unused: the text config holds the rope) and
 # Qwen3VLMoeTextConfig / Qwen3VLMoeVisionConfig (its parts)
@@ -44,11 +43,12 @@ VISION_DEFAULTS = {"depth": 27, "hidden_size": 1152, "hidden_act": "gelu_pytorch
                    "deepstack_visual_indexes": [8, 16, 24], "rope_parameters": None}
 # fmt: on
 MROPE_DEFAULT = [24, 20, 20]  # Qwen3VLMoeTextRotaryEmbedding when rope parameters give no mrope_section
+_MROPE_KEYS = ("mrope_section", "mrope_interleaved")  # what Qwen3VLMoeTextConfig's rope validation skips
 
 
 def translate(c: HFConfig, d: Draft) -> None:
     t = _text_config(c)
-    rope_key, rope_given = _rope_view(t)
+    rope_key, rope_given = rope_view(t)
     base(t, d, "Qwen3-VL-MoE text")
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(t))
     _mrope(t, d, rope_key, rope_given)
@@ -85,14 +85,15 @@ def _text_config(c: HFConfig) -> HFConfig:
     return t
 
 
-def _rope_view(t: HFConfig) -> tuple[str, dict[str, Any]]:
-    """The rope mapping without its multimodal keys (read by :func:`_mrope`) and with the legacy type 'mrope'
-    read as transformers reads it, 'default'; the common reader then takes it. Returns (its key, as given)."""
+def rope_view(t: HFConfig, mrope_keys: tuple[str, ...] = _MROPE_KEYS) -> tuple[str, dict[str, Any]]:
+    """The rope mapping without its multimodal keys ``mrope_keys`` (read by :func:`put_mrope_sections` and the
+    family's interleave check) and with the legacy type 'mrope' read as transformers reads it, 'default'; the
+    common reader then takes it. Returns (its key, as given)."""
     key = "rope_scaling" if t.raw.get("rope_scaling") else "rope_parameters"
     given = t.raw.get(key)
     if not isinstance(given, dict):
         return key, {}  # absent, or refused by the common reader
-    view = {k: v for k, v in given.items() if k not in ("mrope_section", "mrope_interleaved")}
+    view = {k: v for k, v in given.items() if k not in mrope_keys}
     for k in ("type", "rope_type"):
         if view.get(k) == "mrope":
             view[k] = "default"
@@ -100,13 +101,21 @@ def _rope_view(t: HFConfig) -> tuple[str, dict[str, Any]]:
     return key, given
 
 
-def _mrope(t: HFConfig, d: Draft, key: str, given: dict[str, Any]) -> None:
-    sections = given.get("mrope_section", MROPE_DEFAULT)
-    src = f"{t.prefix}{key}.mrope_section" if "mrope_section" in given else "mrope_section unset: [24, 20, 20]"
+def put_mrope_sections(t: HFConfig, d: Draft, key: str, given: dict[str, Any], default: list[int]) -> bool:
+    """``mrope_section`` of the rope mapping ``given`` (``default`` when unset) as the spec's sections;
+    False, with the problem reported, when it is not three non-negative integers."""
+    sections = given.get("mrope_section", default)
+    src = f"{t.prefix}{key}.mrope_section" if "mrope_section" in given else f"mrope_section unset: {default}"
     if not (isinstance(sections, list) and len(sections) == 3 and all(is_int(s) and s >= 0 for s in sections)):
         t.bad(f"{key}.mrope_section", f"{shown(sections)}: expected three non-negative integers (T, H, W)")
-        return
+        return False
     d.put("model.positions.mrope_sections", sections, src + " (T, H, W)")
+    return True
+
+
+def _mrope(t: HFConfig, d: Draft, key: str, given: dict[str, Any]) -> None:
+    if not put_mrope_sections(t, d, key, given, MROPE_DEFAULT):
+        return
     flag = given.get("mrope_interleaved")
     note = "Qwen3VLMoeTextRotaryEmbedding interleaves T, H, W always"
     key = t.prefix + key
@@ -199,17 +208,8 @@ def vision_tower_params(c: HFConfig, d_text: Any) -> int | None:
     )
 
 
-class Qwen3VLMoeMapper(Mapper):
-    """The text model under ``model.language_model.``; the vision tower's tensors are let go."""
-
-    layer_fmt = "model.language_model.layers.{i}."
-    embed = "model.language_model.embed_tokens.weight"
-    final_norm = "model.language_model.norm."
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        # the vision tower and its mergers: moec imports the text model only (the spec's notes say so)
-        ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))
+class Qwen3VLMoeMapper(LanguageModelMapper):
+    """The text model under ``model.language_model.``; the vision tower and its mergers are let go."""
 
     def experts(self, blk: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         """Stacked experts in either layout, told apart by down_proj: (E, d, f) transformers', (E, f, d) the

@@ -62,6 +62,8 @@ def read_load_file(file: str) -> dict[int, list[int]]:
             problems.append(Problem(file, None, None, f"{where}.tokens_per_expert", "expected a list of token counts"))
         elif not sum(counts):
             problems.append(Problem(file, None, None, f"{where}.tokens_per_expert", "every count is 0"))
+        elif index in loads:  # a second histogram would silently replace the first
+            problems.append(Problem(file, None, None, f"{where}.layer", f"layer {index} is given twice"))
         else:
             loads[index] = counts
     if problems:

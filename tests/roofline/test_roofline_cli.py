@@ -134,3 +134,23 @@ def test_roofline_and_sweep_never_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_each_problem_of_a_load_file_is_one_error(tmp_path):
+    layers = [
+        {"layer": 0, "tokens_per_expert": [50, 50, 0, 0, 0, 0, 0, 0]},
+        {"layer": 0, "tokens_per_expert": [0, 0, 50, 50, 0, 0, 0, 0]},  # would replace the first unseen
+        {"layer": 1, "tokens_per_expert": [0] * 8},
+        {"layer": -1, "tokens_per_expert": [1] * 8},
+        {"layer": 2, "tokens_per_expert": [1, 2.5]},
+    ]
+    f = tmp_path / "smoke.json"
+    f.write_text(json.dumps({"schema": "moec.smoke/1", "layers": layers}))
+    r = run("textbook-moe", "--load", str(f))
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert [line for line in r.output.splitlines() if line.startswith("error:")] == [
+        f"error: {f} layers[1].layer: layer 0 is given twice",
+        f"error: {f} layers[2].tokens_per_expert: every count is 0",
+        f"error: {f} layers[3].layer: expected a layer index",
+        f"error: {f} layers[4].tokens_per_expert: expected a list of token counts",
+    ]

@@ -276,3 +276,16 @@ COMMON_DEFAULTS = {
 
 def defaults(default_theta: float, **kw: Any) -> dict[str, Any]:
     return {**COMMON_DEFAULTS, "default_theta": default_theta, **kw}
+
+
+def ignored_field_agrees(c: HFConfig, d: Draft, key: str, want: Any, ambiguity: str) -> bool:
+    """A release config's field that transformers ignores, building what ``want`` says: True when it is given
+    and equal to ``want`` (and of its JSON type: true is not 1); a gap with the reason ``ambiguity`` when it
+    is given and differs; False when absent."""
+    v = c.value(key)
+    if v is None:
+        return False
+    if v == want and type(v) is type(want):
+        return True
+    d.gap(key, v, ambiguity, f"none: remove {key} (what transformers runs) or set it to {shown(want)}")
+    return False

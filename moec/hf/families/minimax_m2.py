@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import aux, base, defaults, gqa, jitter_on_hidden, moe_core, router
+from moec.hf.families._common import aux, base, defaults, gqa, ignored_field_agrees, jitter_on_hidden, moe_core, router
 from moec.hf.families.glm4_moe import take_partial_rotary
 from moec.hf.families.mixtral import MixtralMapper
 from moec.spec.plan import MoEPlan
@@ -87,17 +87,8 @@ def _rotary(c: HFConfig, d: Draft, factor: Any, factor_src: str) -> None:
 
 def _release_fields(c: HFConfig, d: Draft) -> None:
     for key, (what, field) in _AGREEING.items():
-        v = c.value(key)
-        if v is None:
-            continue
-        if v != what or type(v) is not type(what):
-            d.gap(
-                key,
-                v,
-                f"transformers' MiniMaxM2 ignores {key} and always builds what {shown(what)} says: ambiguous",
-                f"none: remove {key} (what transformers runs) or set it to {shown(what)}",
-            )
-        else:
+        ambiguity = f"transformers' MiniMaxM2 ignores {key} and always builds what {shown(what)} says: ambiguous"
+        if ignored_field_agrees(c, d, key, what, ambiguity):
             d.put(field, d.get(field), _noted(d, field, f"{key} {shown(what)}: agrees (transformers ignores it)"))
     _attn_types(c, d)
     given = [f"{k} {shown(c.value(k))}" for k in _MTP if c.value(k) is not None]

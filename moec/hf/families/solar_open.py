@@ -14,7 +14,7 @@ obey them.
 from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, gqa
+from moec.hf.families._common import base, defaults, gqa, ignored_field_agrees
 from moec.hf.families.glm4_moe import glm4_moe_block, take_partial_rotary
 
 # fmt: off
@@ -54,18 +54,13 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 def _glm_fields(c: HFConfig, d: Draft) -> None:
     for key, what in _GLM_FIELDS.items():
-        v = c.value(key)
-        if v is None:
+        ambiguity = (
+            f"transformers' SolarOpen ignores {key} and builds what {shown(what)} says, while GLM-4.5's code "
+            "obeys it: ambiguous"
+        )
+        if not ignored_field_agrees(c, d, key, what, ambiguity):
             continue
-        if v != what or type(v) is not type(what):
-            d.gap(
-                key,
-                v,
-                f"transformers' SolarOpen ignores {key} and builds what {shown(what)} says, while GLM-4.5's code "
-                "obeys it: ambiguous",
-                f"none: remove {key} (what transformers runs) or set it to {shown(what)}",
-            )
-        elif key == "use_qk_norm":
+        if key == "use_qk_norm":
             d.put("attention.qk_norm", False, "use_qk_norm false: agrees (transformers ignores it)")
         else:
             d.ffn_note += " (first_k_dense_replace 0: agrees; transformers ignores it)"

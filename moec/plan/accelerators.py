@@ -208,7 +208,7 @@ def _accelerator(entry: dict[str, Any], path: tuple[str, ...], problem: Any) -> 
 def _figure(value: Any, path: tuple[str | int, ...], problem: Any, *, positive: bool = True) -> bool:
     """A finite number, > 0 (or ≥ 0 for the optional fabric figures), below :data:`_MAX_FIGURE`, and whole."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        problem(path, f"{value!r}: expected a number")
+        problem(path, f"{value!r}: expected a finite number")
         return False
     if value < 0 or (positive and value == 0) or value > _MAX_FIGURE:
         problem(path, f"{value!r}: expected a number {'>' if positive else '≥'} 0 and at most {_MAX_FIGURE:g}")

@@ -47,6 +47,13 @@ def test_a_users_file_adds_to_the_table(tmp_path):
                 "gpus.yaml:2:49 accelerators.x.hbm_bytes_per_s: 1.5: expected a whole number",
             ],
         ),
+        (  # YAML's .nan and .inf are floats that every comparison with a bound lets through
+            "accelerators:\n  x: {name: X, hbm_bytes: .nan, hbm_bytes_per_s: .inf, peak_flops: {bf16: 1e15}, source: s}\n",
+            [
+                "gpus.yaml:2:27 accelerators.x.hbm_bytes: nan: expected a finite number",
+                "gpus.yaml:2:50 accelerators.x.hbm_bytes_per_s: inf: expected a finite number",
+            ],
+        ),
     ],
 )
 def test_each_problem_of_a_users_file_is_one_located_error(tmp_path, text, expected):

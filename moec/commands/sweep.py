@@ -98,7 +98,7 @@ def sweep(
         axes,
         settings,
         keeps=[g.parse_keep(k) for k in keeps],
-        objectives=[g.parse_objective(o) for o in objectives or DEFAULT_OBJECTIVES],
+        objectives=g.parse_objectives(objectives or DEFAULT_OBJECTIVES),
         budget=parsed_budget,
     )
     if not result.rows and not result.filtered and not result.duplicates:

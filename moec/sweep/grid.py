@@ -153,6 +153,16 @@ def parse_objective(text: str) -> Objective:
     return Objective(_metric(name, option), sense or "min")
 
 
+def parse_objectives(texts: Sequence[str]) -> list[Objective]:
+    """The Pareto axes, each metric once (a repeated axis adds nothing, or contradicts itself)."""
+    objectives = [parse_objective(t) for t in texts]
+    metrics = [o.metric for o in objectives]
+    for metric in metrics:
+        if metrics.count(metric) > 1:
+            raise CommandError(f"--objective {metric}: given twice; give each metric one axis")
+    return objectives
+
+
 def parse_budget(text: str) -> Budget:
     """``ffn_flops=base`` (the base spec's value) or ``forward_flops=7.2e9``."""
     name, eq, value = text.partition("=")

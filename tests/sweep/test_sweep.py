@@ -156,6 +156,10 @@ def test_keep_filters_and_csv_carries_every_metric():
         (("--grid", "moe.n_experts=8", "--keep", "speed>3"), "--keep speed>3: unknown metric 'speed'"),
         (("--grid", "moe.n_experts=8", "--objective", "total_params:most"), "the sense is min or max"),
         (
+            ("--grid", "moe.n_experts=8", "--objective", "total_params", "--objective", "total_params:max"),
+            "--objective total_params: given twice",
+        ),
+        (
             ("--grid", "moe.n_expert=8,16"),
             "no combination of the grid is a valid model: --set moe.n_expert: unknown field",
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -23,6 +24,23 @@ def _prompt_ids(text: str) -> list[int]:
     if not ids:
         raise click.BadParameter("no token ids given", param_hint="--prompt-tokens")
     return ids
+
+
+def _require_cache_memory(plan: Any, dtype: Any, *, batch: int, positions: int, device: Any) -> None:
+    """Refuse, before it is allocated, a KV cache that does not fit in what the loaded weights left free: a
+    cache of --batch 4096 is allocated whole, and a CPU that overcommits would crawl instead of failing."""
+    from moec.analyze import analyze
+    from moec.analyze.memory import RunMemory
+    from moec.nn.build import require_memory
+
+    name = next(k for k, v in TORCH_DTYPE_NAMES.items() if f"torch.{v}" == str(dtype))
+    kv = analyze(plan, seq=positions, batch=batch, dtype=name).memory.kv_cache_bytes
+    require_memory(
+        RunMemory(name, (("KV cache", kv),)),
+        device,
+        lead=f"{plan.name}: its KV cache at batch {batch} × {positions} positions needs",
+        hint="; lower --batch or --max-new-tokens",
+    )
 
 
 @click.command()
@@ -86,6 +104,8 @@ def generate(
             f"{len(ids)} prompt tokens and {max_new_tokens} new ones need {len(ids) + max_new_tokens - 1} positions; "
             f"{plan.name} has max_seq_len {plan.max_seq_len}"
         )
+    positions = len(ids) + max_new_tokens - 1  # the last new token is never fed back
+    _require_cache_memory(plan, next(model.parameters()).dtype, batch=batch, positions=positions, device=dev)
     prompt = torch.tensor([ids] * batch, device=dev)
     try:
         gen = run_generate(

@@ -130,10 +130,6 @@ def router_sets(kind: str) -> tuple[str, ...]:
             ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("expert_choice")),
             "textbook-moe: moe.router.kind expert_choice (layers 0, 1): each expert picks its tokens",
         ),
-        (
-            ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("hash")),
-            "textbook-moe: moe.router.kind hash (layers 0, 1): hash routing needs the token ids",
-        ),
     ],
 )
 def test_bad_requests_are_one_error_line_and_exit_2(args, message):
@@ -174,3 +170,13 @@ def test_sampling_follows_its_definition():
     a = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
     b = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and set(a.tolist()) == {0, 1, 2}
+
+
+def test_a_kv_cache_that_does_not_fit_is_refused_before_it_is_allocated(monkeypatch):
+    # TINY_SPEC: 2 layers of 8 KV heads of width 8 in fp32, so K and V take 2·8·8·4 = 512 B per layer and position;
+    # 4,096 copies × 15 positions (1 prompt + 15 new − 1) × 2 layers × 512 B = 60 MiB, over the 32 MiB said free
+    monkeypatch.setattr("moec.nn.build.available_bytes", lambda device: 32 << 20)
+    r = run("generate", *TINY_SPEC, "--prompt-tokens", "1", "--max-new-tokens", "15", "--batch", "4096")
+    assert r.exit_code == 2, r.output
+    assert f"its KV cache at batch 4096 × 15 positions needs about {60 / 1024:.1f} GiB in fp32" in r.output
+    assert "lower --batch or --max-new-tokens" in r.output and "Traceback" not in r.output

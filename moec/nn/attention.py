@@ -150,7 +150,37 @@ def attend_masked(
     return probs.to(v.dtype) @ v
 
 
-class Attention(nn.Module):
+class AttentionLayer(nn.Module):
+    """What GQA and MLA layers share: the optional learned sink logit per head (``self.sinks``), zero to start,
+    and an empty cache whose per-token widths each kind gives in :meth:`cache_widths`."""
+
+    plan: AttentionPlan
+    sinks: nn.Parameter | None
+
+    def reset_parameters(self) -> None:
+        if self.sinks is not None and not self.sinks.is_meta:
+            nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
+
+    def cache_widths(self) -> tuple[int, int, int | None]:
+        """(cached heads, key width, value width or None when the values live inside the keys) per token."""
+        raise NotImplementedError
+
+    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """Empty cache slots for this layer, :meth:`cache_widths` wide."""
+        kv_heads, key_width, value_width = self.cache_widths()
+        return new_layer_cache(
+            self.plan,
+            batch=batch,
+            max_len=max_len,
+            kv_heads=kv_heads,
+            key_width=key_width,
+            value_width=value_width,
+            device=device,
+            dtype=dtype,
+        )
+
+
+class Attention(AttentionLayer):
     """GQA (MHA when n_kv_heads = n_heads, MQA when 1). x (B, S, d) → (B, S, d)."""
 
     def __init__(
@@ -184,10 +214,6 @@ class Attention(nn.Module):
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.sinks is not None and not self.sinks.is_meta:
-            nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
 
     def forward(
         self,
@@ -246,20 +272,10 @@ class Attention(nn.Module):
             q = (q * t[:, None]).to(q.dtype)
         return q, k, v
 
-    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> LayerCache:
-        """Empty keys and values for this layer's own KV heads (under tensor parallelism: this rank's)."""
+    def cache_widths(self) -> tuple[int, int, int]:
+        """Keys and values for this layer's own KV heads (under tensor parallelism: this rank's)."""
         hd = self.plan.head_dim
-        kv = self.k_proj.out_features // hd
-        return new_layer_cache(
-            self.plan,
-            batch=batch,
-            max_len=max_len,
-            kv_heads=kv,
-            key_width=hd,
-            value_width=hd,
-            device=device,
-            dtype=dtype,
-        )
+        return self.k_proj.out_features // hd, hd, hd
 
     def extra_repr(self) -> str:
         p = self.plan

@@ -30,14 +30,14 @@ import math
 import torch
 from torch import nn
 
-from moec.nn.attention import Linear, attend, attend_masked, check_input
-from moec.nn.cache import LayerCache, new_layer_cache
+from moec.nn.attention import AttentionLayer, Linear, attend, attend_masked, check_input
+from moec.nn.cache import LayerCache
 from moec.nn.norms import make_norm
 from moec.nn.rope import apply_rope_interleaved, softmax_scale_factor
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
 
 
-class MLA(nn.Module):
+class MLA(AttentionLayer):
     def __init__(
         self,
         plan: AttentionPlan,
@@ -76,10 +76,6 @@ class MLA(nn.Module):
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.sinks is not None and not self.sinks.is_meta:
-            nn.init.zeros_(self.sinks)
 
     def forward(
         self,
@@ -152,19 +148,9 @@ class MLA(nn.Module):
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
 
-    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> LayerCache:
-        """Empty [latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads."""
-        width = self.plan.kv_lora_rank + self.rope_dim
-        return new_layer_cache(
-            self.plan,
-            batch=batch,
-            max_len=max_len,
-            kv_heads=1,
-            key_width=width,
-            value_width=None,
-            device=device,
-            dtype=dtype,
-        )
+    def cache_widths(self) -> tuple[int, int, None]:
+        """[latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads."""
+        return 1, self.plan.kv_lora_rank + self.rope_dim, None
 
     def extra_repr(self) -> str:
         p = self.plan

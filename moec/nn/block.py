@@ -64,23 +64,25 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: LayerCache | None = None,
         positions: torch.Tensor | None = None,
+        token_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
         """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN). With ``cache``, the
-        attention's (the tokens sit at ``positions`` (S,)); see moec.nn.cache."""
+        attention's (the tokens sit at ``positions`` (S,)); see moec.nn.cache. ``token_ids`` (B, S): the ids of
+        the tokens at each position, which a hash router routes by (docs/routing.md)."""
         m = self.residual_multiplier
         if self.placement == "pre":
             x = x + m * self.attn(self.attn_norm(x), rope, cache, positions)
-            y, aux = self._ffn(self.ffn_norm(x))
+            y, aux = self._ffn(self.ffn_norm(x), token_ids)
             return x + m * y, aux
         if self.placement == "after_sublayer":
             x = x + m * self.attn_norm(self.attn(x, rope, cache, positions))
-            y, aux = self._ffn(x)
+            y, aux = self._ffn(x, token_ids)
             return x + m * self.ffn_norm(y), aux
         x = self.attn_norm(x + m * self.attn(x, rope, cache, positions))
-        y, aux = self._ffn(x)
+        y, aux = self._ffn(x, token_ids)
         return self.ffn_norm(x + m * y), aux
 
-    def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
+    def _ffn(self, x: torch.Tensor, token_ids: torch.Tensor | None) -> tuple[torch.Tensor, MoEAux | None]:
         if isinstance(self.ffn, MoE):
-            return self.ffn(x)
+            return self.ffn(x, token_ids=token_ids)
         return self.ffn(x), None

@@ -99,11 +99,16 @@ class MTPModule(nn.Module):
         self.norm = make_norm(model.norm, d, **kw)  # the analyzer counts it for either placement
 
     def forward(
-        self, h: torch.Tensor, emb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        h: torch.Tensor,
+        emb: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        token_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
-        """h (B, S, d) previous depth; emb (B, S, d) embeddings of tokens i+k → (new h (B, S, d), aux)."""
+        """h (B, S, d) previous depth; emb (B, S, d) embeddings of tokens i+k, whose ids are ``token_ids``
+        → (new h (B, S, d), aux)."""
         x = self.eh_proj(torch.cat((self.enorm(emb), self.hnorm(h)), dim=-1))  # (B, S, 2d) → (B, S, d)
-        return self.block(x, rope)
+        return self.block(x, rope, token_ids=token_ids)
 
 
 class MoecModel(nn.Module):
@@ -162,7 +167,7 @@ class MoecModel(nn.Module):
         ropes = {None: rope} | {theta: r(S, x.device, x.dtype) for theta, r in self.layer_rotary.items()}
         auxes: list[MoEAux | None] = []
         for block, lp in zip(self.layers, self.plan.layers, strict=True):
-            x, aux = block(x, ropes[lp.attention.rope_theta])
+            x, aux = block(x, ropes[lp.attention.rope_theta], token_ids=tokens)
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)
@@ -173,7 +178,7 @@ class MoecModel(nn.Module):
         for k, m in enumerate(self.mtp, start=1):
             # token i+k at position i; past the end there is none: 0, and those positions have no target
             ahead = F.pad(tokens[:, k:], (0, min(k, S)))[:, :S]  # (B, S)
-            h, aux = m(h, self._embed(ahead), rope)
+            h, aux = m(h, self._embed(ahead), rope, ahead)
             auxes.append(aux)
             mtp_logits.append(self._head(m.norm(h)))  # (B, S, V)
 
@@ -212,7 +217,7 @@ class MoecModel(nn.Module):
             ropes[theta] = (cos[positions], sin[positions])
         auxes: list[MoEAux | None] = []
         for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
-            x, aux = block(x, ropes.get(lp.attention.rope_theta), layer_cache, positions)
+            x, aux = block(x, ropes.get(lp.attention.rope_theta), layer_cache, positions, tokens)
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)

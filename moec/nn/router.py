@@ -122,17 +122,16 @@ def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.T
 
 def routing_decode_refusals(plan: ResolvedModel) -> list[str]:
     """Why a cached decode (moec.nn.cache, moec generate) cannot run this model's routing: expert choice sees every
-    token of a call, later positions included (docs/routing.md, "Expert choice"); hash routing needs token ids,
-    which the decode path does not pass. Empty: it can."""
+    token of a call, later positions included (docs/routing.md, "Expert choice"). Hash routing decodes: a token's
+    experts depend on its own id alone, which the blocks pass down. Empty: it can."""
     where: dict[str, list[int]] = {}
     for lp in (*plan.layers, *plan.mtp):
-        if isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind in ("expert_choice", "hash"):
+        if isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind == "expert_choice":
             where.setdefault(lp.ffn.router.kind, []).append(lp.index)
     why = {
         "expert_choice": "each expert picks its tokens among every token of a call, later positions included, so "
         "a decode step cannot route as the full forward did and training on it leaks the future; decode a "
         "token-choice model (docs/routing.md, Expert choice)",
-        "hash": "hash routing needs the token ids at the MoE layer, which the cached decode does not pass",
     }
     return [f"moe.router.kind {k} (layers {', '.join(map(str, v))}): {why[k]}" for k, v in where.items()]
 
@@ -255,8 +254,8 @@ class Router(nn.Module):
             return
         if token_ids is None:  # a CommandError (a ValueError), so that the CLI reports it as a plain error
             raise CommandError(
-                "hash routing needs the token ids of the routed tokens (MoE(x, token_ids=...)); the model's blocks "
-                "do not pass them yet (docs/routing.md, Hash routing)"
+                "hash routing needs the token ids of the routed tokens (MoE(x, token_ids=...)), as the model's "
+                "blocks pass them (docs/routing.md, Hash routing)"
             )
         if tuple(token_ids.shape) != (T,) or token_ids.is_floating_point():
             raise ValueError(f"token_ids must be ({T},) integer ids; got {token_ids.dtype} {tuple(token_ids.shape)}")

@@ -336,6 +336,7 @@ def check_numerics(
     against = "reference" if backend != "reference" else "naive"
     g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     x0 = torch.randn(cfg.batch, cfg.seq, d, generator=g).to(device=device, dtype=dtype)
+    ids = torch.randint(0, 1 << 15, (cfg.batch, cfg.seq), generator=g).to(device)  # what a hash router routes by
     results = []
     saved = moe.backend
     was_training = moe.training
@@ -345,7 +346,7 @@ def check_numerics(
             moe.backend = b
             moe.zero_grad(set_to_none=True)
             x = x0.clone().requires_grad_(True)
-            y, aux = moe(x)
+            y, aux = moe(x, token_ids=ids)
             (y.float().square().mean() + aux.loss).backward()
             grads = [x.grad] + [p.grad for p in moe.parameters() if p.grad is not None]
             results.append((y.detach().float(), [t.detach().float() for t in grads]))

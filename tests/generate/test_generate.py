@@ -130,10 +130,6 @@ def router_sets(kind: str) -> tuple[str, ...]:
             ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("expert_choice")),
             "textbook-moe: moe.router.kind expert_choice (layers 0, 1): each expert picks its tokens",
         ),
-        (
-            ("--prompt-tokens", "1,2", "--max-new-tokens", "4", *router_sets("hash")),
-            "textbook-moe: moe.router.kind hash (layers 0, 1): hash routing needs the token ids",
-        ),
     ],
 )
 def test_bad_requests_are_one_error_line_and_exit_2(args, message):

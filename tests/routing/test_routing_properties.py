@@ -144,11 +144,36 @@ def test_expert_choice_flops_follow_the_capacity(tokens: int, experts_per_token:
     assert expert_choice_flops_per_token(plan, 32, tokens) == experts_per_token * 2 * 3 * 32 * 16
 
 
-def test_decode_refusals_name_expert_choice_and_hash_routing():
+def test_decode_refuses_expert_choice_by_name_and_decodes_hash_routing():
     from moec.nn.router import routing_decode_refusals
 
     assert routing_decode_refusals(tiny_plan(TINY_MOE)) == []
     (ec,) = routing_decode_refusals(tiny_plan(TINY_MOE, *EXPERT_CHOICE))
     assert ec.startswith("moe.router.kind expert_choice (layers 0, 1):") and "leaks the future" in ec
-    (hashed,) = routing_decode_refusals(tiny_plan(TINY_MOE, *HASH))
-    assert hashed.startswith("moe.router.kind hash (layers 0, 1):")
+    assert routing_decode_refusals(tiny_plan(TINY_MOE, *HASH)) == []  # a token's experts: its own id alone
+
+
+def hashed_by_hand(token_id: int, n_experts: int, top_k: int) -> list[int]:
+    """The formula of docs/routing.md, in plain integers: expert 1 = ⌊((id·2654435761) mod 2^32)·E / 2^32⌋,
+    the next k−1 following it cyclically."""
+    first = (token_id * 2654435761) % 2**32 * n_experts // 2**32
+    return [(first + j) % n_experts for j in range(top_k)]
+
+
+def test_a_whole_hash_routed_model_routes_each_token_by_its_own_id_in_every_layer_and_in_decode():
+    from moec.nn import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_plan(TINY_MOE, *HASH)).eval()
+    tokens = torch.randint(0, 64, (2, 12))
+    logits, aux = model(tokens)
+    expected = torch.zeros(4, dtype=torch.int64)
+    for t in tokens.flatten().tolist():
+        for e in hashed_by_hand(t, 4, 2):
+            expected[e] += 1
+    assert [a.tokens_per_expert.tolist() for a in aux.layers] == [expected.tolist()] * 2
+    # the cached decode passes the ids too, so prefill then single steps give the full forward's logits
+    cache = model.new_cache(2, 12)
+    steps = [model(tokens[:, :5], cache=cache, start=0)[0]]
+    steps += [model(tokens[:, i : i + 1], cache=cache, start=i)[0] for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), logits, rtol=0, atol=1e-5)

@@ -145,7 +145,7 @@ def load_accelerator_file(file: str) -> dict[str, Accelerator]:
     from moec.spec.load import read_text_file
     from moec.spec.yamlio import dotted, parse_yaml
 
-    loc = parse_yaml(read_text_file(file, kind="accelerator file"), file)
+    loc = parse_yaml(read_text_file(file, kind="YAML accelerator"), file)
     problems: list[Problem] = []
 
     def problem(path: tuple[str | int, ...], message: str, *, key: bool = False) -> None:

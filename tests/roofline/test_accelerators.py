@@ -62,3 +62,11 @@ def test_each_problem_of_a_users_file_is_one_located_error(tmp_path, text, expec
     with pytest.raises(SpecError) as e:
         load_accelerator_file(str(f))
     assert sorted(str(p).replace(f"{tmp_path}/", "") for p in e.value.problems) == sorted(expected)
+
+
+def test_a_file_that_is_not_regular_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(SpecError) as e:
+        load_accelerator_file(str(tmp_path))
+    assert [(p.file, p.message) for p in e.value.problems] == [
+        (str(tmp_path), "is a directory, not a YAML accelerator file")
+    ]

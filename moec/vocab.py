@@ -61,9 +61,12 @@ QK_NORM_KINDS = ("model", "l2")
 # feed-forward layers and routing
 FFN_KINDS = ("dense", "moe")
 EXPERT_KINDS = ("ffn", "lora")
-ROUTER_SCORES = ("softmax", "sigmoid")
-# topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2
-ROUTER_KINDS = ("topk", "sparsemixer")
+# sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4; docs/routing.md)
+ROUTER_SCORES = ("softmax", "sigmoid", "sqrt_softplus")
+# topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2; the routing algorithms of
+# docs/routing.md: gshard (GShard's top-2, the second expert dispatched with probability 2·g2), expert_choice
+# (each expert takes its top-capacity tokens, Zhou et al. 2022), hash (a fixed token-id hash, Roller et al. 2021)
+ROUTER_KINDS = ("topk", "sparsemixer", "gshard", "expert_choice", "hash")
 GROUP_SCORES = ("max", "top2_sum")
 # output: y = Σ g_j·Expert_j(x); input: y = Σ Expert_j(g_j·x) (Llama-4 scales each expert's input)
 ROUTER_APPLY_TO = ("output", "input")

@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from moec.analyze.counts import (
+    ROUTING_CONVENTIONS,
     Part,
     attention_score_flops,
     kv_len,
@@ -38,6 +39,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "logits": "logits_scaling and logit_softcap (cap·tanh(x/cap)) are elementwise: 0 FLOPs, 0 parameters",
         "selection_bias": "a buffer (DeepSeek-V3): not counted; with selection_bias_parameter (ERNIE-4.5): E router "
         "parameters per MoE layer, in total, active and trainable; 0 FLOPs either way",
+        "routing": ROUTING_CONVENTIONS,
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

@@ -35,13 +35,6 @@ from moec.vocab import (
     ROUTER_SCORES,
 )
 
-# routing algorithms and score functions beyond moec.vocab's ROUTER_KINDS and ROUTER_SCORES (docs/routing.md):
-# gshard: GShard's top-2 (the second expert dispatched with probability 2·g2); expert_choice: each expert takes
-# its top-capacity tokens (Zhou et al. 2022); hash: a fixed token-id hash picks the experts (Roller et al. 2021).
-# sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4)
-ROUTING_KINDS = (*ROUTER_KINDS, "gshard", "expert_choice", "hash")
-SCORE_FUNCTIONS = (*ROUTER_SCORES, "sqrt_softplus")
-
 # Sane upper bounds: far above any published model, far below anything that would hang.
 MAX_VOCAB = 1 << 24  # 16.7M
 MAX_D = 1 << 18  # 262,144
@@ -239,7 +232,7 @@ class FFN(Strict):
 class Router(Strict):
     top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)] | None = None
     """Experts per token k (multiplied by moe.granularity); omit only with dense routing."""
-    score: Literal[SCORE_FUNCTIONS] = "softmax"
+    score: Literal[ROUTER_SCORES] = "softmax"
     """How logits become scores: softmax, sigmoid (DeepSeek-V3) or sqrt_softplus (DeepSeek-V4)."""
     softmax_after_topk: bool = False
     """Softmax over the k chosen logits instead of over all experts (Mixtral)."""
@@ -263,7 +256,7 @@ class Router(Strict):
     """Soft MoE: every expert gets a weight (active = total); top_k is omitted."""
     jitter: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """Multiplicative uniform noise 1 ± jitter on the router input in training (Switch)."""
-    kind: Literal[ROUTING_KINDS] = "topk"
+    kind: Literal[ROUTER_KINDS] = "topk"
     """topk, sparsemixer (Phi-3.5-MoE), gshard (random second expert), expert_choice or hash routing."""
     sparsemixer_eps: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """sparsemixer: the logit distance within which the masked softmax weighs experts."""

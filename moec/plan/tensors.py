@@ -145,11 +145,25 @@ def _dense(prefix: str, d: int, f: int, gated: bool, bias: bool, component: str,
     return out
 
 
+def _router(prefix: str, f: MoEPlan, d: int, unit: str) -> list[ParamTensor]:
+    """The router's weights: none for hash routing (a fixed token-id hash), one (E, d) matrix, or a router MLP's
+    (h, d) and (E, h) (docs/routing.md)."""
+    E, hidden = f.n_experts, f.router.mlp_hidden
+    if f.router.kind == "hash":
+        return []
+    if hidden:
+        return [
+            ParamTensor(f"{prefix}.router.hidden.weight", (hidden, d), "router", unit, None),
+            ParamTensor(f"{prefix}.router.weight", (E, hidden), "router", unit, None),
+        ]
+    return [ParamTensor(f"{prefix}.router.weight", (E, d), "router", unit, None)]
+
+
 def _ffn(prefix: str, f: DenseFFNPlan | MoEPlan, d: int, unit: str) -> list[ParamTensor]:
     if isinstance(f, DenseFFNPlan):
         return _dense(prefix, d, f.d_ff, f.gated, f.bias, "dense_ffn", unit)
     E = f.n_experts
-    out = [ParamTensor(f"{prefix}.router.weight", (E, d), "router", unit, None)]
+    out = _router(prefix, f, d, unit)
     if f.router.bias:
         out.append(ParamTensor(f"{prefix}.router.bias", (E,), "router", unit, None))
     if f.router.selection_bias and f.router.selection_bias_parameter:  # ERNIE-4.5: a counted parameter

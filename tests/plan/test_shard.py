@@ -36,6 +36,12 @@ VARIANTS = {  # every optional tensor of moec.nn, on the tiny spec
         "model.norm.placement=post",
     ),
     "LoRA experts over a frozen base": ("moe.expert_kind=lora", "moe.lora.rank=2"),
+    "a router MLP": ("moe.router.mlp_hidden=5",),
+    "hash routing (no router weights)": (
+        "moe.router.kind=hash",
+        "moe.router.normalize_topk=false",
+        "moe.balance.load_balance_coeff=0",
+    ),
 }
 MLA_VARIANTS = {
     "MLA without a query latent": (),

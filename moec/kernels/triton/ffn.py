@@ -29,6 +29,13 @@ from moec.kernels.triton.grouped import _empty_arg, combine, grouped_matmul, gro
 from moec.kernels.triton.tiles import SlotTiles
 
 
+@triton.jit
+def _column_tile(F, BN: tl.constexpr):
+    """This program's BN columns of an F-wide output (grid axis 1) and their mask, (BN,) each."""
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    return cols, cols < F
+
+
 # ------------------------------------------------------------------ GEMM1: gather + gate/up + act
 @triton.jit
 def _up_act_kernel(
@@ -43,10 +50,8 @@ def _up_act_kernel(
     e, rows, rmask = tile_rows(tile_expert_ptr, tile_row_ptr, expert_end_ptr, n_experts, BM)  # (BM,) sorted rows
     if e >= n_experts:
         return
-    pid_n = tl.program_id(1)
     tok = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64) // top_k  # (BM,) token of each row
-    cols = pid_n * BN + tl.arange(0, BN)  # gate columns n; the up column is n + F
-    cmask = cols < F
+    cols, cmask = _column_tile(F, BN)  # gate columns n; the up column is n + F
     ks = tl.arange(0, BK)
     # 1-D bases (int64 row offsets) + in-loop int32 column offsets: loop-carried 2-D int64 pointer
     # tiles would cost two registers per element and spill on the GPU
@@ -126,8 +131,7 @@ def _down_bwd_kernel(
     pid_n = tl.program_id(1)
     slot = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
     tok = slot // top_k
-    cols = pid_n * BN + tl.arange(0, BN)  # columns of f
-    cmask = cols < F
+    cols, cmask = _column_tile(F, BN)  # columns of f
     ks = tl.arange(0, BK)  # over d
     do_rows = do_ptr + tok * stride_ot  # (BM,) gathered dO rows (1-D int64 bases, see _up_act_kernel)
     w_e = wd_ptr + e * stride_we

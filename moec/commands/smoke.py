@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option
+from moec.commands.common import FiniteFloatRange, load_plan, report_errors, set_option
 from moec.errors import CommandError
 from moec.smoke.outputs import PLOT_FILES, STEPS_FILE
 from moec.vocab import MODEL_DTYPES
@@ -39,7 +39,7 @@ from moec.vocab import MODEL_DTYPES
     help="auto: shrink width and depth to fit the device (tiny on CPU).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=3e-3, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(0, 1, min_open=True), default=3e-3, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option(
     "--nproc",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import report_errors
+from moec.commands.common import FiniteFloatRange, report_errors
+from moec.hf.upcycle.recipe import ROUTERS
 
 
 @click.command()
@@ -16,15 +17,15 @@ from moec.commands.common import report_errors
               help="m: each copy cut in m segments of the FFN's hidden units (E·m experts, top k·m).")  # fmt: skip
 @click.option("--shared", type=click.IntRange(0, 1024), default=0, show_default=True,
               help="Shared experts, made of the FFN's segments (a multiple of m).")  # fmt: skip
-@click.option("--router", type=click.Choice(["softmax", "sigmoid"]), default="softmax", show_default=True)
-@click.option("--router-std", type=click.FloatRange(0), default=0.0, show_default=True,
+@click.option("--router", type=click.Choice(ROUTERS), default="softmax", show_default=True)
+@click.option("--router-std", type=FiniteFloatRange(0), default=0.0, show_default=True,
               help="Standard deviation of the router's initial weights (0: zero, every expert alike).")  # fmt: skip
-@click.option("--noise", type=click.FloatRange(0), default=0.0, show_default=True,
+@click.option("--noise", type=FiniteFloatRange(0), default=0.0, show_default=True,
               help="Gaussian noise on the routed experts, as a fraction of each matrix's standard deviation.")  # fmt: skip
 @click.option("--seed", type=click.IntRange(0, (1 << 63) - 1), default=0, show_default=True)
 @click.option("--lora", type=click.IntRange(1, 4096), default=None,
               help="RANK: LoRA experts over the frozen pretrained FFN instead of copies (--format moec).")  # fmt: skip
-@click.option("--lora-alpha", type=click.FloatRange(0, min_open=True), default=None, help="Default 2·RANK.")
+@click.option("--lora-alpha", type=FiniteFloatRange(0, min_open=True), default=None, help="Default 2·RANK.")
 @click.option("--family", default=None, help="The Hugging Face MoE family to write (default: the first that fits).")
 @click.option("--format", "fmt", type=click.Choice(["hf", "moec"]), default="hf", show_default=True)
 @click.option("--force", is_flag=True, help="Replace the output folder if moec wrote it.")

@@ -471,10 +471,19 @@ def inherit_moe_activation(data: Any) -> Any:
     Without an ffn section (or with one that leaves its activation unset) the default, swiglu, stands."""
     if not isinstance(data, dict):
         return data
-    moe, ffn = data.get("moe"), data.get("ffn")
-    if not (isinstance(moe, dict) and isinstance(ffn, dict)) or "activation" in moe:
+    moe, ffn = _written(data.get("moe")), _written(data.get("ffn"))
+    if moe is None or ffn is None or "activation" in moe:
         return data
     if ffn.get("activation") not in ACTIVATIONS:  # unset, or wrong and reported at ffn.activation
         return data
     inherited = {k: ffn[k] for k in _INHERITED if k in ffn and k not in moe}
+    if isinstance(data["moe"], MoE):  # built in Python: Spec(ffn=FFN(...), moe=MoE(...))
+        return {**data, "moe": data["moe"].model_copy(update=inherited)}
     return {**data, "moe": {**moe, **inherited}}
+
+
+def _written(section: Any) -> dict[str, Any] | None:
+    """A section's written fields: the YAML mapping itself, or a built model's explicitly set fields."""
+    if isinstance(section, BaseModel):
+        return {k: getattr(section, k) for k in section.model_fields_set}
+    return section if isinstance(section, dict) else None

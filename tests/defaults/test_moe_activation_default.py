@@ -64,3 +64,20 @@ def test_set_on_the_ffn_reaches_the_experts() -> None:
     text = spec("ffn: {d_ff: 256}")
     plan = resolve(load_spec("x.yaml", text=text, sets=["ffn.activation=relu"]))
     assert [lp.ffn.activation for lp in plan.layers] == ["relu", "relu"]
+
+
+def test_a_spec_built_in_python_follows_the_same_rule() -> None:
+    from moec.spec.schema import FFN, Attention, LayerDefault, Layers, Model, MoE, Router, Spec
+
+    def moe_activation(**moe: str) -> str:
+        spec = Spec(
+            name="t",
+            model=Model(vocab_size=64, d_model=32, n_layers=2, max_seq_len=16),
+            attention=Attention(n_heads=4),
+            ffn=FFN(d_ff=64, activation="gelu"),
+            moe=MoE(n_experts=4, d_ff=32, router=Router(top_k=2), **moe),
+            layers=Layers(default=LayerDefault(ffn="moe")),
+        )
+        return resolve(spec).layers[0].ffn.activation
+
+    assert (moe_activation(), moe_activation(activation="relu")) == ("gelu", "relu")

@@ -96,4 +96,5 @@ def test_a_moe_without_lora_and_a_dense_ffn_plan_their_defaults():
     assert (dense.kind, dense.d_ff, dense.activation, dense.bias, dense.gated) == ("dense", 24, "relu", True, False)
     assert (dense.activation_alpha, dense.activation_limit) == (None, None)
     moe = resolve(spec.model_copy(update={"layers": Layers(default=LayerDefault(ffn="moe"))})).layers[0].ffn
-    assert (moe.lora_rank, moe.lora_alpha, moe.d_ff_shared, moe.top_k, moe.gated) == (None, None, 16, 1, True)
+    # moe.activation unset: the dense FFN's relu, so the experts are not gated (docs/conventions.md, "Activations")
+    assert (moe.lora_rank, moe.lora_alpha, moe.d_ff_shared, moe.top_k, moe.gated) == (None, None, 16, 1, False)

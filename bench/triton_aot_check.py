@@ -25,6 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from moec.kernels.triton import ffn, grouped
+from moec.kernels.triton._common import ACTIVATION_CODES
 from moec.kernels.triton.configs import _TABLE, KernelConfig
 
 INT64_PTRS = {
@@ -82,7 +83,9 @@ def variants(cfg: KernelConfig, ieee: bool) -> list[tuple[str, object, dict]]:
     common = {"UPCAST": False, "IEEE": ieee}
     bm, bk, fn, dn = cfg.block_m, cfg.block_k, cfg.fused_n, cfg.dw_n
     out: list[tuple[str, object, dict]] = []
-    for name, act, gated in (("swiglu", 0, True), ("geglu", 1, True), ("relu", 2, False)):
+    # every epilogue: silu, tanh GELU, relu and the exact (erf) GELU (moec.kernels.triton._common)
+    epilogues = [(name, *ACTIVATION_CODES[name]) for name in ("swiglu", "geglu_tanh", "relu", "geglu")]
+    for name, act, gated in epilogues:
         out.append(
             (
                 f"up_act[{name}]",

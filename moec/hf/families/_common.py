@@ -177,7 +177,9 @@ def jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
         )
 
 
-def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
+def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str, unset_dense: tuple[int, ...] = ()) -> None:
+    """MoE where (i+1) % decoder_sparse_step == 0 and i is not in mlp_only_layers; ``unset_dense``: the layers
+    a family's config makes dense when mlp_only_layers is unset (Flint's first two)."""
     step = c.int("decoder_sparse_step")
     dense_only = set(c.int_list("mlp_only_layers"))
     E = c.value(experts_key)
@@ -186,13 +188,17 @@ def qwen_moe_layers(c: HFConfig, d: Draft, experts_key: str) -> None:
         for i in range(d.n_layers)
     ]
     d.ffn_note = f"MoE where (i+1) % decoder_sparse_step ({step}) == 0 and i not in mlp_only_layers"
+    if unset_dense and c.value("mlp_only_layers") is None:
+        for i in unset_dense[: d.n_layers]:
+            d.ffn[i] = "dense"
+        d.ffn_note += f" (mlp_only_layers unset: {list(unset_dense)})"
 
 
-def qwen_moe_ffn(c: HFConfig, d: Draft, experts_key: str, bias_src: str) -> None:
+def qwen_moe_ffn(c: HFConfig, d: Draft, experts_key: str, bias_src: str, unset_dense: tuple[int, ...] = ()) -> None:
     """Qwen-MoE's FFN fields, shared by its descendants: the aux loss, MoE layers by decoder_sparse_step and
-    mlp_only_layers, and the dense layers' FFN (``bias_src`` says it has no biases)."""
+    mlp_only_layers (see :func:`qwen_moe_layers`), and the dense layers' FFN (``bias_src`` says it has no biases)."""
     aux(c, d)
-    qwen_moe_layers(c, d, experts_key)
+    qwen_moe_layers(c, d, experts_key, unset_dense)
     dense_layers_ffn(c, d, bias_src=bias_src)
 
 
@@ -289,3 +295,38 @@ def ignored_field_agrees(c: HFConfig, d: Draft, key: str, want: Any, ambiguity: 
         return True
     d.gap(key, v, ambiguity, f"none: remove {key} (what transformers runs) or set it to {shown(want)}")
     return False
+
+
+def shared_experts(c: HFConfig, d: Draft, key: str, note: str, width_key: str = "moe_intermediate_size") -> int | None:
+    """``key`` shared experts, each as wide as a routed one (``width_key``), which the family runs as one MLP of
+    n·width; ``note`` (its words for that) follows the count's source. Returns the count (0 or None: none)."""
+    n = c.int(key, minimum=0)
+    if n:
+        d.section(
+            "moe",
+            n_shared_experts=(n, c.src(key) + note),
+            d_ff_shared=(d.get("moe.d_ff"), c.src(width_key)),
+        )
+    return n
+
+
+def mtp_not_built(c: HFConfig, d: Draft, optional: bool = True) -> None:
+    """num_nextn_predict_layers, reported beside the layer count: transformers builds no MTP layer (and drops
+    its tensors), so moec imports none."""
+    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=optional)
+    if mtp:
+        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
+              "transformers builds none (ignored)")  # fmt: skip
+
+
+def window_ignored(c: HFConfig, d: Draft, family: str) -> None:
+    """A sliding_window in the config of a family whose model builds one full causal mask: it does nothing in
+    transformers' ``family`` and would in a model that honours it, so it is refused as ambiguous."""
+    w = c.value("sliding_window")
+    if w is not None:
+        d.gap(
+            "sliding_window",
+            w,
+            f"transformers' {family} ignores sliding_window (full causal attention)",
+            "none: remove sliding_window (what transformers runs), or name the window in the moec spec",
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, gqa, moe_core, router
+from moec.hf.families._common import base, defaults, gqa, moe_core, router, shared_experts
 from moec.hf.mapper import Mapper, Missing
 
 if TYPE_CHECKING:
@@ -48,16 +48,9 @@ def translate(c: HFConfig, d: Draft) -> None:
         softmax_after_topk=True,
         normalize_topk=False,
     )
-    n_shared = c.int("moe_num_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(
-                n_shared,
-                c.src("moe_num_shared_experts") + " (AriaSharedExpertsMLP: one MLP of n·width)",
-            ),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("intermediate_size")),
-        )
+    shared_experts(
+        c, d, "moe_num_shared_experts", " (AriaSharedExpertsMLP: one MLP of n·width)", width_key="intermediate_size"
+    )
     if c.bool("mlp_bias"):
         d.gap(
             c.prefix + "mlp_bias",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core
+from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core, shared_experts
 from moec.hf.families.deepseek import _v2_router as deepseek_v2_router
 from moec.hf.mapper import Mapper
 
@@ -82,13 +82,7 @@ def text_model(c: HFConfig, t: HFConfig, d: Draft, name: str) -> None:
     moe_core(t, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
     deepseek_v2_router(t, d)
     d.put("moe.router.scale", t.float("routed_scaling_factor"), t.src("routed_scaling_factor"))
-    n_shared = t.int("n_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, t.src("n_shared_experts") + f" ({name}Moe: one MLP of n·width)"),
-            d_ff_shared=(d.get("moe.d_ff"), t.src("moe_intermediate_size")),
-        )
+    shared_experts(t, d, "n_shared_experts", f" ({name}Moe: one MLP of n·width)")
     if t.bool("mlp_bias"):
         d.gap(t.prefix + "mlp_bias", True, "biases on the dense and shared MLPs only (the stacked experts have none)",
               "moe.shared_bias and ffn.bias. Count: per layer, the MLP's 2·width + d_model")  # fmt: skip

@@ -12,7 +12,16 @@ named in the note of the spec field they concern; a value that says otherwise is
 from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import (
+    base,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    moe_core,
+    router,
+    shared_experts,
+    typed_windows,
+)
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=152064, hidden_size=4608, intermediate_size=10944, moe_intermediate_size=1408,
@@ -32,13 +41,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     _windows(c, d)
     moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
     _router(c, d)
-    n_shared = c.int("n_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, c.src("n_shared_experts") + " (Dots1MoE fuses them into one MLP of n·width)"),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    shared_experts(c, d, "n_shared_experts", " (Dots1MoE fuses them into one MLP of n·width)")
     k_dense = c.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Dots1DecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"

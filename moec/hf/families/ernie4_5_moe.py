@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, shared_experts
 from moec.hf.mapper import Mapper, half_layout
 from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel
 
@@ -57,13 +57,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     )
     d.put("moe.router.selection_bias_parameter", True, "Ernie4_5_MoeStatics: an nn.Parameter (no gradient), counted")
     _norm_min(c, d)
-    n_shared = c.int("moe_num_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, c.src("moe_num_shared_experts") + " (HF fuses them into one MLP of n·width)"),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    n_shared = shared_experts(c, d, "moe_num_shared_experts", " (HF fuses them into one MLP of n·width)")
     aux(c, d)
     _moe_layers(c, d)
     dense_layers_ffn(c, d, bias=bias, bias_src=c.src("use_bias"))

@@ -14,7 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, typed_windows
+from moec.hf.families._common import (
+    all_known,
+    base,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    moe_core,
+    mtp_not_built,
+    shared_experts,
+    typed_windows,
+)
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
@@ -41,21 +51,12 @@ def translate(c: HFConfig, d: Draft) -> None:
     _windows(c, d)
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     _router(c, d)
-    n_shared = c.int("num_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, c.src("num_shared_experts") + " (one MLP of n·moe_intermediate_size)"),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    shared_experts(c, d, "num_shared_experts", " (one MLP of n·moe_intermediate_size)")
     _mlp_layers(c, d)
     if not c.failed("mlp_layer_types"):
         _release_layer_fields(c, d)
     dense_layers_ffn(c, d, bias_src="ExaoneMoeMLP has no biases")
-    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
-    if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
-        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
-              "transformers builds none (ignored)")  # fmt: skip
+    mtp_not_built(c, d)
 
 
 def _windows(c: HFConfig, d: Draft) -> None:

@@ -8,7 +8,8 @@ the whole q and k projections. Its checkpoints use transformers' common names, t
 from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig
-from moec.hf.families._common import aux, base, defaults, gqa, moe_core, router
+from moec.hf.families._common import base, defaults, gqa, window_ignored
+from moec.hf.families.olmoe import olmoe_moe
 from moec.hf.mapper import Mapper
 
 # fmt: off
@@ -33,19 +34,8 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("attention.qk_norm_scope", "projection", "RMSNorm(heads·head_dim) on q, RMSNorm(kv·head_dim) on k, whole")
     # FlexOlmoModel builds one full causal mask: a window in the config does nothing in transformers and would
     # in a model that honours it, so it is refused as ambiguous (as OLMoE's)
-    w = c.value("sliding_window")
-    if w is not None:
-        d.gap(
-            "sliding_window",
-            w,
-            "transformers' FlexOlmo ignores sliding_window (full causal attention)",
-            "none: remove sliding_window (what transformers runs), or name the window in the moec spec",
-        )
-    moe_core(c, d, experts_key="num_experts", width_key="intermediate_size")
-    router(d, "FlexOlmoTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
-    aux(c, d)
-    d.ffn_note = "every FlexOlmo layer is MoE"
+    window_ignored(c, d, "FlexOlmo")
+    olmoe_moe(c, d, "FlexOlmo", "FlexOlmo")
 
 
 class FlexOlmoMapper(Mapper):

@@ -11,17 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, spelt
-from moec.hf.families._common import (
-    aux,
-    base,
-    defaults,
-    dense_layers_ffn,
-    gqa,
-    moe_core,
-    qwen_moe_layers,
-    router,
-    typed_windows,
-)
+from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router, typed_windows
 from moec.hf.families.qwen2_moe import Qwen2MoeMapper
 from moec.spec.plan import LayerPlan
 
@@ -60,9 +50,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         n_shared_experts=(1, "FlintSparseMoeBlock.shared_expert, added in full (no gate)"),
         d_ff_shared=(c.int("shared_expert_intermediate_size"), c.src("shared_expert_intermediate_size")),
     )
-    aux(c, d)
-    _moe_layers(c, d)
-    dense_layers_ffn(c, d, bias_src="FlintMLP has no biases")
+    qwen_moe_ffn(c, d, "num_experts", bias_src="FlintMLP has no biases", unset_dense=DENSE_LAYERS)
 
 
 def _windows(c: HFConfig, d: Draft) -> None:
@@ -80,14 +68,6 @@ def _windows(c: HFConfig, d: Draft) -> None:
     ]
     if ignored:
         d.put("attention.kind", "gqa", f"{', '.join(ignored)}: FlintConfig deletes them (transformers ignores them)")
-
-
-def _moe_layers(c: HFConfig, d: Draft) -> None:
-    qwen_moe_layers(c, d, "num_experts")
-    if c.value("mlp_only_layers") is None:
-        for i in DENSE_LAYERS[: d.n_layers]:
-            d.ffn[i] = "dense"
-        d.ffn_note += f" (mlp_only_layers unset: {list(DENSE_LAYERS)})"
 
 
 class FlintMapper(Qwen2MoeMapper):

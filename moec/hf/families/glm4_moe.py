@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core
+from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, mtp_not_built, shared_experts
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 
@@ -54,10 +54,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Glm4MoeDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
     dense_layers_ffn(c, d, bias_src="Glm4MoeMLP has no biases")
-    mtp = c.int("num_nextn_predict_layers", minimum=0)
-    if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
-        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
-              "transformers builds none (ignored)")  # fmt: skip
+    mtp_not_built(c, d, optional=False)
 
 
 def glm4_moe_block(c: HFConfig, d: Draft, cls: str) -> None:
@@ -67,13 +64,7 @@ def glm4_moe_block(c: HFConfig, d: Draft, cls: str) -> None:
     deepseek_v3_router(c, d, f"{cls}TopkRouter")
     d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
     d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
-    n_shared = c.int("n_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(n_shared, c.src("n_shared_experts") + f" ({cls}MoE fuses them into one MLP of n·width)"),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    shared_experts(c, d, "n_shared_experts", f" ({cls}MoE fuses them into one MLP of n·width)")
 
 
 def take_partial_rotary(c: HFConfig, default: float | None, default_src: str = "") -> tuple[Any, str]:

@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla, mla_rope_interleave
+from moec.hf.families._common import (
+    all_known,
+    base,
+    defaults,
+    dense_layers_ffn,
+    mla,
+    mla_rope_interleave,
+    mtp_not_built,
+)
 from moec.hf.families.glm4_moe import glm4_moe_block
 from moec.hf.mapper import Mapper
 
@@ -39,10 +47,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     glm4_moe_block(c, d, "Glm4MoeLite")
     _mlp_layers(c, d)
     dense_layers_ffn(c, d, bias_src="Glm4MoeLiteMLP has no biases")
-    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
-    if mtp:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
-        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
-              "transformers builds none (ignored)")  # fmt: skip
+    mtp_not_built(c, d)
 
 
 def _mla(c: HFConfig, d: Draft) -> None:

@@ -15,7 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import base, defaults, dense_ffn, mla, mla_rope_interleave, moe_core, router
+from moec.hf.families._common import (
+    base,
+    defaults,
+    dense_ffn,
+    mla,
+    mla_rope_interleave,
+    moe_core,
+    router,
+    shared_experts,
+)
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=131072, hidden_size=4096, intermediate_size=12288, moe_intermediate_size=2048,
@@ -41,16 +50,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     mla_rope_interleave(c, d)
     dense_ffn(c, d, bias_src="Mistral4MLP has no biases")
     moe_core(c, d, experts_key="n_routed_experts", width_key="moe_intermediate_size")
-    n_shared = c.int("n_shared_experts", minimum=0)
-    if n_shared:
-        d.section(
-            "moe",
-            n_shared_experts=(
-                n_shared,
-                c.src("n_shared_experts") + " (Mistral4MoE fuses them into one MLP of n·width)",
-            ),
-            d_ff_shared=(d.get("moe.d_ff"), c.src("moe_intermediate_size")),
-        )
+    shared_experts(c, d, "n_shared_experts", " (Mistral4MoE fuses them into one MLP of n·width)")
     k_dense = c.int("first_k_dense_replace", minimum=0)
     d.ffn = ["dense" if i < k_dense else "moe" for i in range(d.n_layers)]
     d.ffn_note = f"Mistral4DecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
-from moec.hf.families._common import aux, base, clip_qkv, defaults, gqa, moe_core, router
+from moec.hf.families._common import aux, base, clip_qkv, defaults, gqa, moe_core, router, window_ignored
 from moec.hf.families._export_common import export_base, export_moe_common, moe_plan, uniform_window_of
 from moec.spec.plan import ResolvedModel
 
@@ -29,19 +29,18 @@ def translate(c: HFConfig, d: Draft) -> None:
     clip_qkv(c, d, "clip_qkv")
     # OlmoeModel builds one full causal mask and its attention passes no window: a window in the config
     # does nothing in transformers, and would in a model that honours it, so it is refused as ambiguous
-    w = c.value("sliding_window")
-    if w is not None:
-        d.gap(
-            "sliding_window",
-            w,
-            "transformers' OLMoE ignores sliding_window (full causal attention)",
-            "none: remove sliding_window (what transformers runs), or name the window in the moec spec",
-        )
+    window_ignored(c, d, "OLMoE")
+    olmoe_moe(c, d, "Olmoe", "OLMoE")
+
+
+def olmoe_moe(c: HFConfig, d: Draft, cls: str, family: str) -> None:
+    """OLMoE's MoE on every layer, FlexOlmo's too (``cls`` names the router class, ``family`` the model):
+    softmax over all experts, top-k, renormalised when norm_topk_prob says so."""
     moe_core(c, d, experts_key="num_experts", width_key="intermediate_size")
-    router(d, "OlmoeTopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
+    router(d, f"{cls}TopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
     aux(c, d)
-    d.ffn_note = "every OLMoE layer is MoE"
+    d.ffn_note = f"every {family} layer is MoE"
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from moec.vocab import (
     NORM_PLACEMENTS,
     POSITION_KINDS,
     QK_NORM_SCOPES,
+    ROUTER_SCORES,
 )
 
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
@@ -376,7 +377,7 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
     r = moe.router
     load_balance = moe.load_balance_coeff > 0
     return RouterFeatures(
-        score=checked_choice(r.score, ("softmax", "sigmoid", "sqrt_softplus"), "router.score"),
+        score=checked_choice(r.score, ROUTER_SCORES, "router.score"),
         softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
         normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),
         scale=r.scale != 1.0,

@@ -310,15 +310,6 @@ def shared_experts(c: HFConfig, d: Draft, key: str, note: str, width_key: str = 
     return n
 
 
-def mtp_not_built(c: HFConfig, d: Draft, optional: bool = True) -> None:
-    """num_nextn_predict_layers, reported beside the layer count: transformers builds no MTP layer (and drops
-    its tensors), so moec imports none."""
-    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=optional)
-    if mtp:
-        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
-              "transformers builds none (ignored)")  # fmt: skip
-
-
 def window_ignored(c: HFConfig, d: Draft, family: str) -> None:
     """A sliding_window in the config of a family whose model builds one full causal mask: it does nothing in
     transformers' ``family`` and would in a model that honours it, so it is refused as ambiguous."""

@@ -21,11 +21,11 @@ from moec.hf.families._common import (
     dense_layers_ffn,
     gqa,
     moe_core,
-    mtp_not_built,
     shared_experts,
     typed_windows,
 )
 from moec.hf.families.dots1 import deepseek_v3_router
+from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
 

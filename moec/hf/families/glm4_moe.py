@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, mtp_not_built, shared_experts
+from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, shared_experts
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 
@@ -55,6 +55,15 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.ffn_note = f"Glm4MoeDecoderLayer: MoE from layer first_k_dense_replace ({k_dense}) on"
     dense_layers_ffn(c, d, bias_src="Glm4MoeMLP has no biases")
     mtp_not_built(c, d, optional=False)
+
+
+def mtp_not_built(c: HFConfig, d: Draft, optional: bool = True) -> None:
+    """num_nextn_predict_layers (GLM-4.5's, GLM-4.7-Flash's and K-EXAONE's), reported beside the layer count:
+    transformers builds no MTP layer (and drops its tensors), so moec imports none."""
+    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=optional)
+    if mtp:
+        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {mtp}: "
+              "transformers builds none (ignored)")  # fmt: skip
 
 
 def glm4_moe_block(c: HFConfig, d: Draft, cls: str) -> None:

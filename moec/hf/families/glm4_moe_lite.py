@@ -15,16 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int
-from moec.hf.families._common import (
-    all_known,
-    base,
-    defaults,
-    dense_layers_ffn,
-    mla,
-    mla_rope_interleave,
-    mtp_not_built,
-)
-from moec.hf.families.glm4_moe import glm4_moe_block
+from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla, mla_rope_interleave
+from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:

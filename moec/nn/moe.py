@@ -20,15 +20,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from moec.kernels import get_backend
 from moec.kernels.activations import activate  # the one definition of each activation
-from moec.kernels.runtime import MoEAux  # shared with the generated model.py; re-exported from here
+from moec.kernels.runtime import MoEAux, kernels_for  # shared with the generated model.py; re-exported from here
 from moec.nn.ffn import DenseFFN
 from moec.nn.router import Router
 from moec.spec.plan import MoEPlan
 from moec.vocab import GATED
-
-_KERNELS: dict[tuple[str, str], ModuleType] = {}  # (backend, device type) → backend module
 
 
 class ExpertDispatch(Protocol):
@@ -196,10 +193,7 @@ class MoE(nn.Module):
 
     def _kernels(self, device: torch.device) -> ModuleType:
         """The backend module for ``self.backend`` on ``device``."""
-        key = (self.backend, device.type)
-        if key not in _KERNELS:  # get_backend imports modules, which torch.compile cannot trace
-            _KERNELS[key] = get_backend(self.backend, device=str(device))
-        return _KERNELS[key]
+        return kernels_for(self.backend, device)
 
     def update_bias(self, group: torch.distributed.ProcessGroup | None = None) -> None:
         """Aux-loss-free balancing step; see :meth:`Router.update_bias` (``group``: the data-parallel

@@ -248,3 +248,23 @@ class LanguageModelMapper(Mapper):
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
         ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))
+
+
+class WrappedCausalLMMapper(Mapper):
+    """A ForConditionalGeneration wrapper holding the whole causal LM, its head too, under ``language_model.``
+    (Aria's and Llama-4's); the tensors under ``dropped`` (the vision tower, the projector) are let go. Listed
+    before the family's own Mapper among the bases, so that its names win."""
+
+    layer_fmt = "language_model.model.layers.{i}."
+    embed = "language_model.model.embed_tokens.weight"
+    final_norm = "language_model.model.norm."
+    dropped: tuple[str, ...] = ()
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        ck.used.update(n for n in ck.file_of if n.startswith(self.dropped))
+
+    def load(self, name: str) -> torch.Tensor:
+        if name.startswith("lm_head."):
+            return self.ck.get("language_model." + name)
+        return super().load(name)

@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
 from moec.hf.families import aria_text
+from moec.hf.mapper import WrappedCausalLMMapper
 
 if TYPE_CHECKING:
-    import torch
-
-    from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import ResolvedModel
+    pass
 
 # AriaConfig (its default_theta is unused: the text config holds the rope)
 DEFAULTS = {"default_theta": 10000.0, "tie_word_embeddings": False, "text_config": None, "vision_config": None,
@@ -50,22 +48,11 @@ def translate(c: HFConfig, d: Draft) -> None:
           "multi_modal_projector, which act on image inputs only")  # fmt: skip
 
 
-class AriaMapper(aria_text.AriaTextMapper):
+class AriaMapper(WrappedCausalLMMapper, aria_text.AriaTextMapper):
     """The text model under ``language_model.`` (its head too), as Aria's checkpoints and save_pretrained name
     it; the tower's and the projector's tensors are let go."""
 
-    layer_fmt = "language_model.model.layers.{i}."
-    embed = "language_model.model.embed_tokens.weight"
-    final_norm = "language_model.model.norm."
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        ck.used.update(n for n in ck.file_of if n.startswith(("vision_tower.", "multi_modal_projector.")))
-
-    def load(self, name: str) -> torch.Tensor:
-        if name.startswith("lm_head."):
-            return self.ck.get("language_model." + name)
-        return super().load(name)
+    dropped = ("vision_tower.", "multi_modal_projector.")
 
 
 FAMILY = Family(

@@ -13,13 +13,11 @@ from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_numb
 from moec.hf.families._common import all_known, aux, base, defaults, dense_ffn, gqa, jitter_on_hidden, moe_core, router
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan
 from moec.hf.families.hy_v3 import ignored  # a release field transformers does not read, named
-from moec.hf.mapper import Mapper, Missing, half_layout
+from moec.hf.mapper import Mapper, Missing, WrappedCausalLMMapper, half_layout
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
-
-    from moec.hf.checkpoint import Checkpoint
 
 
 # fmt: off
@@ -196,22 +194,11 @@ class Llama4Mapper(Mapper):
         return self.ck.get(f"{blk}experts.{src}")
 
 
-class Llama4WrapperMapper(Llama4Mapper):
+class Llama4WrapperMapper(WrappedCausalLMMapper, Llama4Mapper):
     """Llama4ForConditionalGeneration: the text model under ``language_model.`` (its head too); the vision
     model's and the projector's tensors are let go, as the spec's notes say."""
 
-    layer_fmt = "language_model.model.layers.{i}."
-    embed = "language_model.model.embed_tokens.weight"
-    final_norm = "language_model.model.norm."
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        ck.used.update(n for n in ck.file_of if n.startswith(("vision_model.", "multi_modal_projector.")))
-
-    def load(self, name: str) -> torch.Tensor:
-        if name.startswith("lm_head."):
-            return self.ck.get("language_model." + name)
-        return super().load(name)
+    dropped = ("vision_model.", "multi_modal_projector.")
 
 
 # Llama4Config, the multimodal wrapper (its text_config is read with DEFAULTS; its default_theta is unused), and

@@ -9,14 +9,9 @@ and the tower and projector under ``vision_tower.`` and ``multi_modal_projector.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from moec.hf.draft import Draft, Family, HFConfig, shown
 from moec.hf.families import aria_text
 from moec.hf.mapper import WrappedCausalLMMapper
-
-if TYPE_CHECKING:
-    pass
 
 # AriaConfig (its default_theta is unused: the text config holds the rope)
 DEFAULTS = {"default_theta": 10000.0, "tie_word_embeddings": False, "text_config": None, "vision_config": None,

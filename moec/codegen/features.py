@@ -93,11 +93,12 @@ class RouterFeatures:
     sequence: bool  # load balance per sequence
     z_loss: bool
     bias_update: bool
+    mlp: bool  # a router MLP: logits = W_out·gelu(W_in·x)
 
     @property
     def summary(self) -> str:
         """One docstring line naming this model's routing (fixed words only)."""
-        parts = [f"{self.score.replace('_', '-')} scores"]
+        parts = [f"{self.score.replace('_', '-')} scores" + (" of a router MLP" if self.mlp else "")]
         if self.dense:
             parts.append("dense (every expert, weighted by its score)")
         else:
@@ -283,7 +284,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         # docs/routing.md: the library routes these; the templates do not yet
         **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice", "hash")},
-        "moe.router.mlp_hidden (a router MLP)": any(r.mlp_hidden is not None for r in routers),
         "moe.capacity_group_size (GShard's local groups)": any(
             isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
         ),
@@ -398,4 +398,5 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
         z_loss=moe.z_loss_coeff > 0,
         # the update moves the selection bias; without one it has nothing to move (as in moec.nn)
         bias_update=moe.bias_update_rate is not None and bool(r.selection_bias),
+        mlp=r.mlp_hidden is not None,
     )

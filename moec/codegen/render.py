@@ -203,6 +203,8 @@ def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
 def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     r = x.router
     args = ["D_MODEL", f"n_experts={int_text(x.n_experts, 'n_experts')}", f"top_k={int_text(r.top_k, 'top_k')}"]
+    if rf.mlp:
+        args.append(f"mlp_hidden={int_text(r.mlp_hidden, 'router.mlp_hidden')}")
     if rf.scale:
         args.append(f"scale={float_text(r.scale, 'router.scale')}")
     if rf.groups:

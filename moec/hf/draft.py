@@ -254,6 +254,16 @@ class Draft:
         if gap not in self.gaps:  # one field read by two translator steps (hidden_act) is one problem
             self.gaps.append(gap)
 
+    def fits_layers(self, c: HFConfig, key: str, values: list[Any] | None) -> bool:
+        """Whether the per-layer list ``values`` of ``c``'s field ``key`` can be judged: read (not None, which
+        was reported), the layer count known, and one entry per layer (a count that differs is reported)."""
+        if values is None or not self.layers_known:
+            return False
+        if len(values) != self.n_layers:
+            c.bad(key, f"{len(values)} entries for {self.n_layers} layers")
+            return False
+        return True
+
     def get(self, path: str) -> Any:
         return self.fields[path][0]
 

@@ -97,10 +97,7 @@ def typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list
     """layer_types (given, or the family's default list) decide which layers slide."""
     given = c.value("layer_types") is not None  # null: the family's default, as transformers computes it
     types = c.str_list("layer_types") if given else default_types
-    if types is None or not d.layers_known:
-        return
-    if len(types) != d.n_layers:
-        c.bad("layer_types", f"{len(types)} entries for {d.n_layers} layers")
+    if not d.fits_layers(c, "layer_types", types):
         return
     types = ["full_attention" if t == "attention" else t for t in types]
     if not all_known(c, "layer_types", types, ("full_attention", "sliding_attention")):

@@ -98,10 +98,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
             d.ffn = ["dense" if i < k else "moe" for i in range(d.n_layers)]
             d.ffn_note = f"mlp_layer_types unset: dense before first_k_dense_replace ({k})"
         return
-    if d.layers_known and len(types) != d.n_layers:
-        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
-        return
-    if d.layers_known and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
+    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
         d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
         d.ffn_note = "mlp_layer_types (first_k_dense_replace is not used when it is given)"
 

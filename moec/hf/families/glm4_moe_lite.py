@@ -60,10 +60,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         d.ffn_note = "mlp_layer_types unset: Glm4MoeLiteConfig's default, the first layer dense"
     else:
         d.ffn_note = "mlp_layer_types"
-    if d.layers_known and len(types) != d.n_layers:
-        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
-        return
-    if not (d.layers_known and all_known(c, "mlp_layer_types", types, ("dense", "sparse"))):
+    if not (d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse"))):
         return
     d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
     if k is None:

@@ -60,10 +60,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
     """mlp_layer_types ('dense' / 'sparse'); HYV3Config's default: the first layer dense, the rest sparse."""
     given = c.value("mlp_layer_types") is not None
     types = c.str_list("mlp_layer_types") if given else ["dense"] + ["sparse"] * (d.n_layers - 1)
-    if types is None or not d.layers_known:
-        return
-    if len(types) != d.n_layers:
-        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
+    if not d.fits_layers(c, "mlp_layer_types", types):
         return
     if all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
         d.ffn = ["moe" if t == "sparse" else "dense" for t in types]

@@ -178,10 +178,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
     if c.value("mlp_layer_types") is None:
         return
     types = c.str_list("mlp_layer_types")
-    if types is None or not d.layers_known:
-        return
-    if len(types) != d.n_layers:
-        c.bad("mlp_layer_types", f"{len(types)} entries for {d.n_layers} layers")
+    if not d.fits_layers(c, "mlp_layer_types", types):
         return
     known = [t in ("dense", "sparse") for t in types]
     if not all(known):

@@ -86,12 +86,7 @@ def _attention_types(t: HFConfig, d: Draft) -> None:
     given = t.value("layer_types") is not None
     if given:
         types = t.str_list("layer_types")
-        if types is None or not d.layers_known:
-            return
-        if len(types) != d.n_layers:
-            t.bad("layer_types", f"{len(types)} entries for {d.n_layers} layers")
-            return
-        if not all_known(t, "layer_types", types, _ATTENTION_KINDS):
+        if not (d.fits_layers(t, "layer_types", types) and all_known(t, "layer_types", types, _ATTENTION_KINDS)):
             return
     else:
         types = ["full_attention" if window is None else "reference_sliding_attention"] * d.n_layers

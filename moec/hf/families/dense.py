@@ -26,19 +26,23 @@ QWEN3_DEFAULTS = {**QWEN2_DEFAULTS, "head_dim": 128, "attention_bias": False}
 # fmt: on
 
 
+def _every_layer_dense(c: HFConfig, d: Draft, bias: bool = False, bias_src: str = "") -> None:
+    """A dense model: the one FFN (``bias``, said by ``bias_src``) on every layer."""
+    dense_ffn(c, d, bias=bias, bias_src=bias_src)
+    d.ffn = ["dense"] * d.n_layers
+
+
 def translate_llama(c: HFConfig, d: Draft) -> None:
     base(c, d, "Llama")
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
-    dense_ffn(c, d, bias=c.bool("mlp_bias"), bias_src=c.src("mlp_bias"))
-    d.ffn = ["dense"] * d.n_layers
+    _every_layer_dense(c, d, bias=c.bool("mlp_bias"), bias_src=c.src("mlp_bias"))
 
 
 def translate_mistral(c: HFConfig, d: Draft) -> None:
     base(c, d, "Mistral")
     gqa(c, d, bias=False, out_bias=False, bias_src="MistralAttention has no biases")
-    dense_ffn(c, d, bias_src="MistralMLP has no biases")
-    d.ffn = ["dense"] * d.n_layers
+    _every_layer_dense(c, d, bias_src="MistralMLP has no biases")
     uniform_window(c, d)
     if c.given("layer_types"):
         d.gap(
@@ -63,8 +67,7 @@ def _qwen_windows(c: HFConfig, d: Draft) -> None:
 def translate_qwen2(c: HFConfig, d: Draft) -> None:
     base(c, d, "Qwen2")
     gqa(c, d, bias=True, out_bias=False, bias_src="Qwen2Attention: bias on q, k, v, none on o")
-    dense_ffn(c, d, bias_src="Qwen2MLP has no biases")
-    d.ffn = ["dense"] * d.n_layers
+    _every_layer_dense(c, d, bias_src="Qwen2MLP has no biases")
     _qwen_windows(c, d)
 
 
@@ -73,8 +76,7 @@ def translate_qwen3(c: HFConfig, d: Draft) -> None:
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias"), qk_norm=True)
     d.put("attention.qk_norm", True, "Qwen3Attention: RMSNorm(head_dim) on q and k")
-    dense_ffn(c, d, bias_src="Qwen3MLP has no biases")
-    d.ffn = ["dense"] * d.n_layers
+    _every_layer_dense(c, d, bias_src="Qwen3MLP has no biases")
     _qwen_windows(c, d)
 
 

@@ -33,18 +33,19 @@ NEW_FILE_MODE = 0o666  # less the umask, applied by the kernel at creation
 _CHUNK = 1 << 20
 
 
+# the kinds of path that are neither a regular file, a folder nor a link, in words (spec/load.py names them too)
+SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def kind_of(mode: int) -> str:
     """What a path is, in words, from its ``lstat`` mode."""
-    kinds = (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((words for test, words in kinds if test(mode)), "a special file")
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"))
+    return next((words for test, words in (*kinds, *SPECIAL_KINDS) if test(mode)), "a special file")
 
 
 def lstat_or_none(path: Path) -> os.stat_result | None:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from moec.errors import Problem, SpecError
+from moec.output_files import SPECIAL_KINDS
 from moec.spec.paths import shipped_spec_path
 from moec.spec.schema import Spec
 from moec.spec.yamlio import Located, Mark, Path, dotted, parse_scalar, parse_yaml
@@ -82,13 +83,7 @@ def read_text_file(file: str, *, max_bytes: int = 1 << 20, kind: str = "spec") -
         raise SpecError([Problem(file, line, column, "", f"not UTF-8 text (byte 0x{data[e.start]:02x})")]) from None
 
 
-_NOT_REGULAR = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), *SPECIAL_KINDS)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 

@@ -31,6 +31,7 @@ from moec.vocab import (
     NORM_PLACEMENTS,
     POSITION_KINDS,
     QK_NORM_SCOPES,
+    ROUTER_KINDS,
     ROUTER_SCORES,
 )
 
@@ -76,6 +77,7 @@ def str_literal(v: Any, allowed: tuple[str, ...], what: str) -> str:
 
 @dataclass(frozen=True)
 class RouterFeatures:
+    kind: str  # moe.router.kind: topk, or an algorithm of docs/routing.md
     score: str
     softmax_after_topk: bool
     normalize: bool
@@ -96,10 +98,22 @@ class RouterFeatures:
     mlp: bool  # a router MLP: logits = W_out·gelu(W_in·x)
 
     @property
+    def learned(self) -> bool:
+        """The router has weights (hash routing has none)."""
+        return self.kind != "hash"
+
+    @property
+    def chooses_top_k(self) -> bool:
+        """Experts are chosen by the top-k of the scores (the Router has ``select``)."""
+        return self.kind == "topk" and not self.dense
+
+    @property
     def summary(self) -> str:
         """One docstring line naming this model's routing (fixed words only)."""
         parts = [f"{self.score.replace('_', '-')} scores" + (" of a router MLP" if self.mlp else "")]
-        if self.dense:
+        if self.kind == "hash":
+            parts = ["a hash of each token's id (no learned router), each chosen expert weighted 1/k"]
+        elif self.dense:
             parts.append("dense (every expert, weighted by its score)")
         else:
             if self.selection_bias:
@@ -161,6 +175,11 @@ class Features:
     @property
     def rope(self) -> bool:
         return self.rope_any
+
+    @property
+    def token_ids(self) -> bool:
+        """The blocks pass each call's token ids down to the MoE layers: a hash router routes by them."""
+        return bool(self.router and self.router.kind == "hash")
 
     @property
     def dense_ffn(self) -> bool:
@@ -283,7 +302,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         # docs/routing.md: the library routes these; the templates do not yet
-        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice", "hash")},
+        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice")},
         "moe.capacity_group_size (GShard's local groups)": any(
             isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
         ),
@@ -377,6 +396,7 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
     r = moe.router
     load_balance = moe.load_balance_coeff > 0
     return RouterFeatures(
+        kind=checked_choice(r.kind, ROUTER_KINDS, "router.kind"),
         score=checked_choice(r.score, ROUTER_SCORES, "router.score"),
         softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
         normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),

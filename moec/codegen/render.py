@@ -102,6 +102,8 @@ def runtime_imports(f: Features) -> list[str]:
     names += ["with_cache"]
     if f.moe:
         names += ["MoEAux", "kernels_for"]
+    if f.token_ids:
+        names.append("hash_experts")
     if f.router and f.router.capacity:
         names.append("capacity_refusal")
     if f.scaling == "dynamic":
@@ -202,7 +204,9 @@ def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
 
 def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     r = x.router
-    args = ["D_MODEL", f"n_experts={int_text(x.n_experts, 'n_experts')}", f"top_k={int_text(r.top_k, 'top_k')}"]
+    args = [f"n_experts={int_text(x.n_experts, 'n_experts')}", f"top_k={int_text(r.top_k, 'top_k')}"]
+    if rf.learned:  # a hash router reads token ids, not the hidden state
+        args.insert(0, "D_MODEL")
     if rf.mlp:
         args.append(f"mlp_hidden={int_text(r.mlp_hidden, 'router.mlp_hidden')}")
     if rf.scale:

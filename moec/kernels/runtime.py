@@ -213,3 +213,18 @@ def rope_scaling_refusal(kind: str, trained: int, max_len: int) -> str:
         f"rope scaling {kind}: its frequencies change once a sequence passes {trained} tokens, and the cached keys "
         f"keep the old ones; use max_len <= {trained} (asked {max_len})"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# routing algorithms a generated router calls (docs/routing.md), in torch alone
+
+# Knuth's multiplicative constant ⌊2^32/φ⌋: the high bits of id·A mod 2^32 spread consecutive ids evenly
+HASH_MULTIPLIER = 2654435761
+
+
+def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
+    """Hash routing (Roller et al. 2021): expert 1 of a token is ⌊((id·A) mod 2^32)·E / 2^32⌋, experts 2..k the next
+    ones cyclically (distinct while k ≤ E). token_ids (T,) → (T, k) int64. Ids below 2^24 keep id·A below 2^63."""
+    spread = (token_ids.long() * HASH_MULTIPLIER) % (1 << 32)  # (T,)
+    first = spread * n_experts // (1 << 32)  # (T,)
+    return (first[:, None] + torch.arange(top_k, device=token_ids.device)) % n_experts  # (T, k)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from moec.cli import cli
 from moec.codegen import render_model_source
 from tests.codegen.test_codegen import assert_ruff_clean, assert_same_aux, library_and_generated, plan_of, run_both
+from tests.nn.test_cache import decoded
 from tests.tiny_specs import TINY_MOE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +40,17 @@ RENDERED = {
         ),
         "self.hidden = Linear(d_model, mlp_hidden, bias=False)",
     ),
+    "hash": (routed("kind: hash, top_k: 2"), "idx = hash_experts(token_ids.to(x.device), E, self.top_k)"),
+    "hash-top1-capacity-scaled": (
+        routed("kind: hash, top_k: 1, scale: 1.5", "capacity_factor: 1.0"),
+        "hash_experts(token_ids",
+    ),
 }
+# the ids reach every hash-routed layer: the dense layers between them, the MTP blocks and the cached decode
+HASH_MTP = routed("kind: hash, top_k: 2", "n_shared_experts: 1").replace(
+    "layers: {default: {ffn: moe}}",
+    "ffn: {d_ff: 24}\nlayers: {default: {ffn: moe}, overrides: [{select: [0], ffn: dense}]}\nmtp: {n_layers: 2, ffn: moe}",
+)
 
 
 def assert_same_gradients(gen, lib) -> None:
@@ -65,14 +76,49 @@ def test_the_generated_router_equals_the_library_in_eval_and_in_training(case, t
     logits, aux, out = run_both(lib, gen, tokens, train=True)
     assert torch.equal(out[0], logits)
     assert_same_aux(out[1], aux)
-    assert all(float(a.loss.detach()) > 0 for a in aux.layers)  # the router losses are in the gradients compared below
+    if "hash" not in case:  # a hash router has no losses (and no weights) to train
+        assert all(float(a.loss.detach()) > 0 for a in aux.layers)  # the router losses are in the gradients below
     (logits.square().mean() + aux.loss).backward()
     (out[0].square().mean() + out[1].loss).backward()
     assert_same_gradients(gen, lib)
 
 
+def hash_loads(ids: list[int], n_experts: int, top_k: int) -> list[int]:
+    """Slots per expert of docs/routing.md's hash, by hand in Python integers: expert 1 ⌊((id·2654435761) mod 2^32)·E
+    / 2^32⌋, then the next k − 1 cyclically."""
+    loads = [0] * n_experts
+    for i in ids:
+        first = (i * 2654435761 % 2**32) * n_experts // 2**32
+        for j in range(top_k):
+            loads[(first + j) % n_experts] += 1
+    return loads
+
+
+def test_the_generated_model_passes_the_token_ids_to_every_hash_layer_mtp_and_decode_included(tmp_path):
+    plan, lib, gen, _ = library_and_generated(HASH_MTP, tmp_path)
+    assert [lp.ffn.kind for lp in plan.layers] == ["dense", "moe"] and len(plan.mtp) == 2
+    tokens = torch.randint(0, plan.vocab_size, (2, 8), generator=torch.Generator().manual_seed(3))
+    logits, aux, out = run_both(lib, gen, tokens, train=True)
+    assert torch.equal(out[0], logits)
+    assert_same_aux(out[1], aux)
+    # layer 1 routes the tokens; MTP depth k the tokens k ahead (0 past the end), as moec.nn's MTPModule does
+    ahead = [torch.cat((tokens[:, k:], torch.zeros(2, k, dtype=tokens.dtype)), 1) for k in (1, 2)]
+    for layer, ids in zip(out[1].layers[1:], (tokens, *ahead), strict=True):
+        assert layer.tokens_per_expert.tolist() == hash_loads(ids.reshape(-1).tolist(), 4, 2)
+    (logits.square().mean() + sum(m.square().mean() for m in aux.mtp_logits)).backward()
+    (out[0].square().mean() + sum(m.square().mean() for m in out[1].mtp_logits)).backward()
+    assert_same_gradients(gen, lib)
+    # the cached decode: a prefill, then token by token, equals the library's decode and the full forward
+    lib.eval(), gen.eval()
+    steps = [3, 1, 1, 2, 1]
+    ours = decoded(gen, tokens, steps)
+    assert torch.equal(ours, decoded(lib, tokens, steps))
+    with torch.no_grad():
+        torch.testing.assert_close(ours, gen(tokens)[0], atol=1e-5, rtol=0)
+
+
 def test_every_rendered_router_is_ruff_clean(tmp_path):
-    for case, (text, _) in RENDERED.items():
+    for case, (text, _) in {**RENDERED, "hash-mtp": (HASH_MTP, "")}.items():
         (tmp_path / case).mkdir()
         (tmp_path / case / "model.py").write_text(render_model_source(plan_of(text)))
     assert_ruff_clean(tmp_path)
@@ -83,7 +129,6 @@ def test_every_rendered_router_is_ruff_clean(tmp_path):
     [
         (("moe.router.kind=gshard", "moe.router.normalize_topk=false"), "moe.router.kind 'gshard'"),
         (("moe.router.kind=expert_choice", "moe.router.normalize_topk=false"), "moe.router.kind 'expert_choice'"),
-        (("moe.router.kind=hash", "moe.router.normalize_topk=false"), "moe.router.kind 'hash'"),
         (("moe.capacity_factor=1.0", "moe.capacity_group_size=4"), "moe.capacity_group_size"),
     ],
 )

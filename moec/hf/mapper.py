@@ -112,9 +112,12 @@ class Mapper:
     routers = ("gate.",)  # the router's prefix inside the block; the one present wins
     shared = "shared_experts."  # Qwen2-MoE: shared_expert.
     interleaved = False  # gpt-oss: stacked experts are (E, d, 2f) with gate and up in alternate columns
+    dropped: tuple[str, ...] = ()  # prefixes of the tensors moec lets go (an MTP layer, a vision tower)
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         self.ck, self.plan = ck, plan
+        if self.dropped:
+            ck.used.update(n for n in ck.file_of if n.startswith(self.dropped))
 
     def layer(self, i: int) -> str:
         return self.layer_fmt.format(i=i)
@@ -244,10 +247,7 @@ class LanguageModelMapper(Mapper):
     layer_fmt = "model.language_model.layers.{i}."
     embed = "model.language_model.embed_tokens.weight"
     final_norm = "model.language_model.norm."
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        ck.used.update(n for n in ck.file_of if n.startswith("model.visual."))
+    dropped = ("model.visual.",)
 
 
 class WrappedCausalLMMapper(Mapper):
@@ -258,11 +258,6 @@ class WrappedCausalLMMapper(Mapper):
     layer_fmt = "language_model.model.layers.{i}."
     embed = "language_model.model.embed_tokens.weight"
     final_norm = "language_model.model.norm."
-    dropped: tuple[str, ...] = ()
-
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        ck.used.update(n for n in ck.file_of if n.startswith(self.dropped))
 
     def load(self, name: str) -> torch.Tensor:
         if name.startswith("lm_head."):

@@ -32,8 +32,6 @@ from moec.spec.plan import MoEPlan
 if TYPE_CHECKING:
     import torch
 
-    from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=102400, hidden_size=4096, intermediate_size=16384, num_hidden_layers=32,
@@ -133,11 +131,9 @@ class ExaoneMoeMapper(Mapper):
     """The selection bias as save_pretrained writes it (``mlp.e_score_correction_bias``, K-EXAONE's name) or as
     transformers holds it in memory (``mlp.gate.e_score_correction_bias``)."""
 
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        # K-EXAONE's MTP layer: transformers lets these tensors go on load (_keys_to_ignore_on_load_unexpected),
-        # and so does moec, whose model leaves the layer out too
-        ck.used.update(n for n in ck.file_of if n.startswith("mtp."))
+    # K-EXAONE's MTP layer: transformers lets these tensors go on load (_keys_to_ignore_on_load_unexpected),
+    # and so does moec, whose model leaves the layer out too
+    dropped = ("mtp.",)
 
     def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         if leaf == "router.expert_bias":

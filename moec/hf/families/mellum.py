@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown, spelt
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
 from moec.hf.mapper import Mapper
-from moec.spec.plan import ResolvedModel
 
 if TYPE_CHECKING:
-    from moec.hf.checkpoint import Checkpoint
+    pass
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=98304, hidden_size=2304, intermediate_size=7168, num_hidden_layers=28,
@@ -200,11 +199,9 @@ def _mtp(c: HFConfig, d: Draft) -> None:
 class MellumMapper(Mapper):
     """transformers' common names; the MTP layer's ``mtp.*`` tensors are let go."""
 
-    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
-        super().__init__(ck, plan)
-        # MellumPreTrainedModel lets them go on load (_keys_to_ignore_on_load_unexpected), and so does moec,
-        # whose model leaves the MTP layer out too
-        ck.used.update(n for n in ck.file_of if n.startswith("mtp."))
+    # MellumPreTrainedModel lets them go on load (_keys_to_ignore_on_load_unexpected), and so does moec,
+    # whose model leaves the MTP layer out too
+    dropped = ("mtp.",)
 
 
 FAMILY = Family(

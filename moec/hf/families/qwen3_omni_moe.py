@@ -197,11 +197,10 @@ class Qwen3OmniMoeMapper(Mapper):
     embed = "thinker.model.embed_tokens.weight"
     final_norm = "thinker.model.norm."
     head = "thinker.lm_head.weight"
+    dropped = ("thinker.audio_tower.", "thinker.visual.", "talker.", "code2wav.")
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
-        left_out = ("thinker.audio_tower.", "thinker.visual.", "talker.", "code2wav.")
-        ck.used.update(n for n in ck.file_of if n.startswith(left_out))
         if plan.tie_embeddings and self.head in ck.file_of:
             ck.used.add(self.head)  # a tied head saved as well: transformers uses the embedding
 

@@ -103,6 +103,11 @@ class RouterFeatures:
         return self.kind != "hash"
 
     @property
+    def empty_slots(self) -> bool:
+        """Slots can hold no expert before any capacity drop (expert choice's untaken tokens), -1 in ``idx``."""
+        return self.kind == "expert_choice"
+
+    @property
     def chooses_top_k(self) -> bool:
         """Experts are chosen by the top-k of the scores (the Router has ``select``)."""
         return self.kind == "topk" and not self.dense
@@ -113,6 +118,8 @@ class RouterFeatures:
         parts = [f"{self.score.replace('_', '-')} scores" + (" of a router MLP" if self.mlp else "")]
         if self.kind == "hash":
             parts = ["a hash of each token's id (no learned router), each chosen expert weighted 1/k"]
+        elif self.kind == "expert_choice":
+            parts.append("expert choice (each expert takes its top ceil(k·T/E) tokens of the call)")
         elif self.dense:
             parts.append("dense (every expert, weighted by its score)")
         else:
@@ -189,7 +196,9 @@ class Features:
     @property
     def cache_refusals(self) -> bool:
         """new_cache refuses some requests besides their size: capacity, or a dynamic scaling past its length."""
-        return bool(self.router and self.router.capacity) or self.scaling == "dynamic"
+        return bool(self.router and (self.router.capacity or self.router.kind == "expert_choice")) or (
+            self.scaling == "dynamic"
+        )
 
 
 def _one(values: list[Any], what: str) -> Any:
@@ -302,7 +311,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         # docs/routing.md: the library routes these; the templates do not yet
-        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard", "expert_choice")},
+        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard",)},
         "moe.capacity_group_size (GShard's local groups)": any(
             isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
         ),

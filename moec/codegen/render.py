@@ -104,6 +104,8 @@ def runtime_imports(f: Features) -> list[str]:
         names += ["MoEAux", "kernels_for"]
     if f.token_ids:
         names.append("hash_experts")
+    if f.router and f.router.kind == "expert_choice":
+        names += ["expert_choice", "expert_choice_refusal"]
     if f.router and f.router.capacity:
         names.append("capacity_refusal")
     if f.scaling == "dynamic":

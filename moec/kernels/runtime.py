@@ -228,3 +228,25 @@ def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.T
     spread = (token_ids.long() * HASH_MULTIPLIER) % (1 << 32)  # (T,)
     first = spread * n_experts // (1 << 32)  # (T,)
     return (first[:, None] + torch.arange(top_k, device=token_ids.device)) % n_experts  # (T, k)
+
+
+def expert_choice(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert choice (Zhou et al. 2022): each expert takes the ceil(k·T/E) tokens of the call it scores highest (at most
+    T). probs (T, E) → token-major (experts (T, E), weights (T, E)): column e holds e and the token's score where expert
+    e took the token, -1 and 0 elsewhere. It sees every token of the call, later ones included (docs/routing.md)."""
+    T, E = probs.shape
+    capacity = min(T, -(-top_k * T // E))  # the count moec.analyze.counts.expert_choice_capacity gives
+    taken = probs.detach().t().topk(capacity, dim=-1).indices  # (E, capacity) token ids
+    chosen = torch.zeros(E, T, dtype=torch.bool, device=probs.device)
+    chosen = chosen.scatter_(1, taken, torch.ones_like(taken, dtype=torch.bool)).t()  # (T, E)
+    experts = torch.arange(E, device=probs.device).expand(T, E)
+    return torch.where(chosen, experts, -1), torch.where(chosen, probs, 0.0)
+
+
+def expert_choice_refusal(layers: list[int]) -> str:
+    """Why expert-choice layers cannot be decoded with a cache (docs/routing.md, "Expert choice")."""
+    return (
+        f"moe.router.kind expert_choice (layers {', '.join(map(str, layers))}): each expert picks its tokens among "
+        "every token of a call, later positions included, so a decode step cannot route as the full forward did and "
+        "training on it leaks the future; decode a token-choice model (docs/routing.md, Expert choice)"
+    )

@@ -45,6 +45,14 @@ RENDERED = {
         routed("kind: hash, top_k: 1, scale: 1.5", "capacity_factor: 1.0"),
         "hash_experts(token_ids",
     ),
+    "expert-choice": (routed("kind: expert_choice, top_k: 1", "balance: {z_loss_coeff: 0.001}"), "expert_choice(probs"),
+    "expert-choice-sigmoid-mlp-sequence": (
+        routed(
+            "kind: expert_choice, top_k: 2, score: sigmoid, mlp_hidden: 6, scale: 2.0",
+            "balance: {z_loss_coeff: 0.001, load_balance_granularity: sequence}",
+        ),
+        "dropped = (idx < 0).all(-1).sum()",
+    ),
 }
 # the ids reach every hash-routed layer: the dense layers between them, the MTP blocks and the cached decode
 HASH_MTP = routed("kind: hash, top_k: 2", "n_shared_experts: 1").replace(
@@ -117,6 +125,25 @@ def test_the_generated_model_passes_the_token_ids_to_every_hash_layer_mtp_and_de
         torch.testing.assert_close(ours, gen(tokens)[0], atol=1e-5, rtol=0)
 
 
+def test_expert_choice_fills_every_expert_and_its_cached_decode_is_refused_in_the_library_words(tmp_path):
+    text = HASH_MTP.replace("kind: hash, top_k: 2", "kind: expert_choice, top_k: 1")
+    plan, lib, gen, _ = library_and_generated(text, tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits, aux, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits)
+    assert_same_aux(out[1], aux)
+    for layer in out[1].layers[1:]:  # layer 1 and both MTP blocks: 14 tokens, each expert takes ceil(1·14/4) = 4
+        assert layer.tokens_per_expert.tolist() == [4, 4, 4, 4]
+    refusals = []
+    for model in (gen, lib):
+        with pytest.raises(ValueError) as caught:
+            model.new_cache(2, 8)
+        refusals.append(str(caught.value))
+    assert refusals[0] == refusals[1]
+    assert refusals[0].startswith("moe.router.kind expert_choice (layers 1, 2, 3): each expert picks its tokens")
+
+
 def test_every_rendered_router_is_ruff_clean(tmp_path):
     for case, (text, _) in {**RENDERED, "hash-mtp": (HASH_MTP, "")}.items():
         (tmp_path / case).mkdir()
@@ -128,7 +155,6 @@ def test_every_rendered_router_is_ruff_clean(tmp_path):
     ("sets", "named"),
     [
         (("moe.router.kind=gshard", "moe.router.normalize_topk=false"), "moe.router.kind 'gshard'"),
-        (("moe.router.kind=expert_choice", "moe.router.normalize_topk=false"), "moe.router.kind 'expert_choice'"),
         (("moe.capacity_factor=1.0", "moe.capacity_group_size=4"), "moe.capacity_group_size"),
     ],
 )

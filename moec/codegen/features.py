@@ -96,6 +96,7 @@ class RouterFeatures:
     z_loss: bool
     bias_update: bool
     mlp: bool  # a router MLP: logits = W_out·gelu(W_in·x)
+    capacity_groups: bool  # capacity per local group of tokens (GShard)
 
     @property
     def learned(self) -> bool:
@@ -104,8 +105,9 @@ class RouterFeatures:
 
     @property
     def empty_slots(self) -> bool:
-        """Slots can hold no expert before any capacity drop (expert choice's untaken tokens), -1 in ``idx``."""
-        return self.kind == "expert_choice"
+        """Slots can hold no expert before any capacity drop (GShard's unsent second choices, expert choice's untaken
+        tokens): -1 in ``idx``."""
+        return self.kind in ("expert_choice", "gshard")
 
     @property
     def chooses_top_k(self) -> bool:
@@ -118,6 +120,8 @@ class RouterFeatures:
         parts = [f"{self.score.replace('_', '-')} scores" + (" of a router MLP" if self.mlp else "")]
         if self.kind == "hash":
             parts = ["a hash of each token's id (no learned router), each chosen expert weighted 1/k"]
+        elif self.kind == "gshard":
+            parts.append("GShard top-2 (in training the second expert is sent with probability 2·g2)")
         elif self.kind == "expert_choice":
             parts.append("expert choice (each expert takes its top ceil(k·T/E) tokens of the call)")
         elif self.dense:
@@ -134,6 +138,8 @@ class RouterFeatures:
             parts.append("scaled")
         if self.capacity:
             parts.append(f"capacity-limited (drop by {self.drop_policy})")
+        if self.capacity_groups:
+            parts.append("per local group of tokens")
         return "This model routes with " + ", ".join(parts) + "."
 
 
@@ -310,11 +316,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
-        # docs/routing.md: the library routes these; the templates do not yet
-        **{f"moe.router.kind '{k}'": any(r.kind == k for r in routers) for k in ("gshard",)},
-        "moe.capacity_group_size (GShard's local groups)": any(
-            isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_group_size is not None for lp in layers
-        ),
     }
     for what, used in unsupported.items():
         if used:
@@ -428,4 +429,5 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
         # the update moves the selection bias; without one it has nothing to move (as in moec.nn)
         bias_update=moe.bias_update_rate is not None and bool(r.selection_bias),
         mlp=r.mlp_hidden is not None,
+        capacity_groups=moe.capacity_factor is not None and moe.capacity_group_size is not None,
     )

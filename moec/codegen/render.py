@@ -104,6 +104,8 @@ def runtime_imports(f: Features) -> list[str]:
         names += ["MoEAux", "kernels_for"]
     if f.token_ids:
         names.append("hash_experts")
+    if f.router and f.router.kind == "gshard":
+        names.append("gshard_top2")
     if f.router and f.router.kind == "expert_choice":
         names += ["expert_choice", "expert_choice_refusal"]
     if f.router and f.router.capacity:
@@ -211,6 +213,8 @@ def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
         args.insert(0, "D_MODEL")
     if rf.mlp:
         args.append(f"mlp_hidden={int_text(r.mlp_hidden, 'router.mlp_hidden')}")
+    if rf.capacity_groups:
+        args.append(f"capacity_group_size={int_text(x.capacity_group_size, 'capacity_group_size')}")
     if rf.scale:
         args.append(f"scale={float_text(r.scale, 'router.scale')}")
     if rf.groups:

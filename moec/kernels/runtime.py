@@ -1,7 +1,8 @@
 """What a built model needs at run time besides its modules, in torch alone: the records a forward returns
 (:class:`MoEAux`, :class:`ModelAux`), the KV cache of incremental decoding (:class:`LayerCache`,
 :class:`KVCache`, :func:`empty_layer_cache`, :func:`with_cache`), the checks a cached call and a cache request
-pass, and the kernel backend lookup a compiled forward can call.
+pass, the kernel backend lookup a compiled forward can call, and the routing algorithms of docs/routing.md that a
+generated router calls (:func:`hash_experts`, :func:`expert_choice`, :func:`gshard_top2`).
 
 One copy serves both the library model (``moec.nn``, which re-exports these names where they used to live) and
 every generated ``model.py`` (``moec build``), which imports them from here: the two can only agree. No plan
@@ -250,3 +251,13 @@ def expert_choice_refusal(layers: list[int]) -> str:
         "every token of a call, later positions included, so a decode step cannot route as the full forward did and "
         "training on it leaks the future; decode a token-choice model (docs/routing.md, Expert choice)"
     )
+
+
+def gshard_top2(probs: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GShard's top-2 (Lepikhin et al. 2020, Algorithm 1): the two best experts' gates renormalised, g1 + g2 = 1. The
+    first is always sent; the second only where uniform < 2·g2, else it is index -1 with weight 0. probs (T, E),
+    uniform (T,) in [0, 1) → (experts (T, 2), weights (T, 2))."""
+    top, idx = probs.topk(2, dim=-1)  # (T, 2) ×2
+    gates = top / top.sum(-1, keepdim=True)  # (T, 2)
+    sent = torch.stack((torch.ones_like(uniform, dtype=torch.bool), uniform < 2 * gates[:, 1].detach()), -1)  # (T, 2)
+    return torch.where(sent, idx, -1), torch.where(sent, gates, 0.0)

@@ -115,6 +115,13 @@ CASES = {
         router="score: sigmoid, selection_bias: true, n_groups: 4, topk_groups: 2, jitter: 0.1",
         balance="balance: {bias_update_rate: 0.01}",
     ),
+    # docs/routing.md's algorithms (tests/routing/test_routing_codegen.py holds them in training too)
+    "gshard-router-mlp": variant(
+        moe=True, router="kind: gshard, mlp_hidden: 8", balance="balance: {z_loss_coeff: 0.001}"
+    ),
+    "hash-between-dense-layers": variant(
+        moe=True, router="kind: hash", top_k=1, overrides="{select: {every: 2, start: 0}, ffn: dense}"
+    ),
     "granite-olmoe-attention": variant(
         model="positions: {kind: rope}, embedding_multiplier: 12.0, residual_multiplier: 0.22, logits_scaling: 8.0, "
         "head_bias: true",

@@ -1,6 +1,6 @@
 """The code generator renders the routing algorithms of docs/routing.md, and the generated model.py equals moec.nn
-on the same weights: logits, every MoEAux field and every gradient, bit for bit, in training and in eval (docs/
-architecture.md, invariant 4); `moec build` writes them."""
+on the same weights: logits, every MoEAux field and every gradient, bit for bit, in training and in eval
+(docs/architecture.md, invariant 4); `moec build` writes them."""
 
 from __future__ import annotations
 

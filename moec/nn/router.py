@@ -31,8 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.analyze.counts import expert_choice_capacity
 from moec.errors import CommandError
+from moec.kernels.runtime import (  # the one copy of each, shared with the generated model.py
+    expert_choice,
+    expert_choice_refusal,
+    gshard_top2,
+    hash_experts,
+)
 from moec.spec.plan import MoEPlan, ResolvedModel
 
 
@@ -81,59 +86,16 @@ def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
     return F.softplus(logits).sqrt()
 
 
-def gshard_top2(probs: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GShard's top-2 (Lepikhin et al. 2020, Algorithm 1): the two best experts' gates renormalised to sum to 1,
-    g1 + g2 = 1; the first is always dispatched, the second only where uniform < 2·g2 (probability 2·g2 ≤ 1,
-    proportional to its gate), else it is index -1 with weight 0. probs (T, E), uniform (T,) in [0, 1)."""
-    top, idx = probs.topk(2, dim=-1)  # (T, 2) ×2
-    g = top / top.sum(-1, keepdim=True)  # (T, 2)
-    second = uniform < 2 * g[:, 1].detach()  # (T,)
-    keep = torch.stack((torch.ones_like(second), second), -1)  # (T, 2)
-    return torch.where(keep, idx, -1), torch.where(keep, g, 0.0)
-
-
-def expert_choice(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expert choice (Zhou et al. 2022): every expert takes the ``capacity`` tokens with its highest scores, so
-    each expert gets exactly its capacity and a token gets anywhere from 0 to E experts. Token-major result:
-    (T, E) with column e = e where expert e took the token (weight: its score), -1 and 0 elsewhere. It sees
-    every token of the call at once, so a token's experts depend on later tokens (docs/routing.md)."""
-    T, E = probs.shape
-    cap = expert_choice_capacity(T, top_k, E)
-    taken = probs.detach().t().topk(cap, dim=-1).indices  # (E, cap) token ids
-    chosen = torch.zeros(E, T, dtype=torch.bool, device=probs.device)
-    chosen.scatter_(1, taken, torch.ones_like(taken, dtype=torch.bool))
-    chosen = chosen.t()  # (T, E)
-    experts = torch.arange(E, device=probs.device).expand(T, E)
-    return torch.where(chosen, experts, -1), torch.where(chosen, probs, 0.0)
-
-
-# Knuth's multiplicative constant ⌊2^32/φ⌋: the high bits of id·A mod 2^32 spread consecutive ids evenly
-_HASH_MULTIPLIER = 2654435761
-
-
-def hash_experts(token_ids: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
-    """Hash routing (Roller et al. 2021): a fixed function of the token id, no learned router. Expert 1 is
-    ⌊((id·A) mod 2^32)·E / 2^32⌋ (multiplicative hashing), experts 2..k the next ones cyclically (distinct
-    while k ≤ E). token_ids (T,) → (T, k) int64."""
-    h = (token_ids.long() * _HASH_MULTIPLIER) % (1 << 32)  # (T,) < 2^32; id < 2^24 keeps id·A < 2^63
-    first = h * n_experts // (1 << 32)  # (T,)
-    return (first[:, None] + torch.arange(top_k, device=token_ids.device)) % n_experts  # (T, k)
-
-
 def routing_decode_refusals(plan: ResolvedModel) -> list[str]:
     """Why a cached decode (moec.nn.cache, moec generate) cannot run this model's routing: expert choice sees every
     token of a call, later positions included (docs/routing.md, "Expert choice"). Hash routing decodes: a token's
     experts depend on its own id alone, which the blocks pass down. Empty: it can."""
-    where: dict[str, list[int]] = {}
-    for lp in (*plan.layers, *plan.mtp):
-        if isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind == "expert_choice":
-            where.setdefault(lp.ffn.router.kind, []).append(lp.index)
-    why = {
-        "expert_choice": "each expert picks its tokens among every token of a call, later positions included, so "
-        "a decode step cannot route as the full forward did and training on it leaks the future; decode a "
-        "token-choice model (docs/routing.md, Expert choice)",
-    }
-    return [f"moe.router.kind {k} (layers {', '.join(map(str, v))}): {why[k]}" for k, v in where.items()]
+    layers = [
+        lp.index
+        for lp in (*plan.layers, *plan.mtp)
+        if isinstance(lp.ffn, MoEPlan) and lp.ffn.router.kind == "expert_choice"
+    ]
+    return [expert_choice_refusal(layers)] if layers else []
 
 
 class Router(nn.Module):

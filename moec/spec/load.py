@@ -41,9 +41,9 @@ class LoadedSpec:
 def load_spec(source: str | FsPath, *, sets: list[str] | tuple[str, ...] = (), text: str | None = None) -> LoadedSpec:
     """Load and validate a spec from a path (or from ``text``, named ``source``)."""
     file = str(source)
-    located = _load_with_extends(file, text, chain=())
+    located = load_with_extends(file, text, chain=())
     for s in sets:
-        _apply_set(located, s)
+        apply_set(located, s)
     spec = validate(located, file)
     from moec.spec.checks import check_spec
 
@@ -135,7 +135,9 @@ def resolve_spec_path(name: str) -> str:
     return str(shipped) if shipped is not None else name
 
 
-def _load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> Located:
+def load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> Located:
+    """``file``'s YAML (``text``, or read from it) with its ``extends:`` chain merged in, every node located;
+    ``chain``: the files already being read, so that a cycle is refused rather than followed."""
     if text is None:
         text = read_text_file(file)
     loc = parse_yaml(text, file)
@@ -157,7 +159,7 @@ def _load_with_extends(file: str, text: str | None, chain: tuple[str, ...]) -> L
         base_text = read_text_file(base_file)
     except SpecError as e:  # the base as a file (a FIFO, too large): reported where extends names it
         raise SpecError([_at(m, f"{_short(ref)}: {p.message}") for p in e.problems]) from None
-    base = _load_with_extends(base_file, base_text, chain + (here,))
+    base = load_with_extends(base_file, base_text, chain + (here,))
     own = {k: v for k, v in loc.value.items() if k != "extends"}
     return _merged(base, own, loc)
 
@@ -233,7 +235,7 @@ def _deep_merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply_set(loc: Located, assignment: str) -> None:
+def apply_set(loc: Located, assignment: str) -> None:
     """``--set a.b=value``: the value read as YAML, written at ``a.b``; problems name the option."""
     if "=" not in assignment:
         raise SpecError([Problem("--set", None, None, "", f"expected key=value, got {_short(assignment)}")])

@@ -1,7 +1,7 @@
 """The base spec of a sweep, read and parsed once; each combination is the same checks and resolution as
 ``moec.spec.load_model(spec, sets=...)`` on a copy of it, without reading and parsing the YAML again.
 
-This uses moec/spec/load.py's own steps (``_load_with_extends``, ``_apply_set``, ``validate``) rather than a
+This uses moec/spec/load.py's own steps (``load_with_extends``, ``apply_set``, ``validate``) rather than a
 copy of them, so a combination is accepted or refused exactly as `moec analyze --set` would; tests/sweep
 holds the two to the same counts."""
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from moec.errors import SpecError
 from moec.spec.checks import check_spec
-from moec.spec.load import _apply_set, _load_with_extends, read_text_file, resolve_spec_path, validate
+from moec.spec.load import apply_set, load_with_extends, read_text_file, resolve_spec_path, validate
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
 from moec.spec.yamlio import Located
@@ -35,9 +35,9 @@ def _copy_for(base: Located, sets: Sequence[str]) -> Located:
 class BaseSpec:
     def __init__(self, source: str, base_sets: Sequence[str] = ()) -> None:
         self.file = resolve_spec_path(source)
-        self.located = _load_with_extends(self.file, read_text_file(self.file), ())
+        self.located = load_with_extends(self.file, read_text_file(self.file), ())
         for assignment in base_sets:
-            _apply_set(self.located, assignment)
+            apply_set(self.located, assignment)
         self._prefix: tuple[tuple[str, ...] | None, Located] = (None, self.located)
 
     def _applied(self, sets: tuple[str, ...]) -> Located:
@@ -48,11 +48,11 @@ class BaseSpec:
         if self._prefix[0] != prefix:
             loc = _copy_for(self.located, prefix)
             for assignment in prefix:
-                _apply_set(loc, assignment)
+                apply_set(loc, assignment)
             self._prefix = (prefix, loc)
         loc = _copy_for(self._prefix[1], last)
         for assignment in last:
-            _apply_set(loc, assignment)
+            apply_set(loc, assignment)
         return loc
 
     def model(self, sets: Sequence[str]) -> ResolvedModel:

@@ -113,6 +113,12 @@ def generate(
         )
     except ValueError as e:  # the cache's refusals name the feature
         raise CommandError(f"{plan.name}: {e}") from None
+    except (CommandError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # a build folder's model.py is the user's to edit: what it raises is the file's error
+        if loaded.user_code is None:
+            raise
+        raise CommandError(f"{loaded.user_code}: fails while decoding ({type(e).__name__}: {e})") from None
     if fmt == "json":
         click.echo(json.dumps(to_dict(gen, notes=loaded.notes), indent=2))
         return

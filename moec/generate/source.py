@@ -35,6 +35,7 @@ class Loaded:
     kind: str  # "spec", "build" or "hf"
     tokenizer_file: Path | None
     notes: list[str] = field(default_factory=list)
+    user_code: Path | None = None  # a build folder's model.py, when it decodes: its errors are the file's, not moec's
 
 
 def load_source(
@@ -120,19 +121,35 @@ def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: 
     notes = []
     if (folder / MODEL_PY).is_file() and not capacity_layers(plan):  # its model.py refuses to decode capacity
         generated = _generated_model(folder / MODEL_PY, device, dtype)
-        generated.load_state_dict(model.state_dict(), strict=True)
+        try:  # an edited model.py may name or shape its parameters otherwise than the plan's
+            generated.load_state_dict(model.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise CommandError(
+                f"{folder / MODEL_PY}: its parameters are not the plan's ({_first_problem(e)})"
+            ) from None
         generated.plan, model = plan, generated  # `moec generate` reads the layers and sizes from the plan
-        notes.append(f"decoded by {folder / MODEL_PY}")
+        user_code = folder / MODEL_PY
+        notes.append(f"decoded by {user_code}")
+    else:
+        user_code = None
+        if not (folder / MODEL_PY).is_file():  # say which code decodes: not the folder's own, which is gone
+            notes.append(f"{folder} holds no {MODEL_PY}: decoded by moec.nn's model of its plan")
     if not weights.is_file():
         notes.append(f"{folder} holds no {WEIGHTS}: random weights (seed {seed})")
-        return Loaded(model, "build", _tokenizer(folder), notes)
+        return Loaded(model, "build", _tokenizer(folder), notes, user_code)
     from safetensors.torch import load_model
 
     try:
         load_model(model, str(weights), strict=True, device=str(device))
     except (RuntimeError, ValueError, OSError) as e:
         raise CommandError(f"{weights}: does not hold this plan's weights ({str(e).splitlines()[0]})") from None
-    return Loaded(model, "build", _tokenizer(folder), notes)
+    return Loaded(model, "build", _tokenizer(folder), notes, user_code)
+
+
+def _first_problem(error: Exception) -> str:
+    """torch's load_state_dict message without its header line: the missing, unexpected or mis-shaped names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines[1:3] or lines[:1])
 
 
 def _generated_model(path: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

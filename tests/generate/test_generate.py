@@ -157,6 +157,32 @@ def test_a_build_folder_with_weights_generates_what_its_spec_does(tmp_path):
     assert tokens[0] == tokens[1] != tokens[2]
 
 
+def test_a_build_folder_whose_model_py_was_edited_or_deleted_says_so(tmp_path):
+    """The folder's model.py is the user's to edit: renamed parameters, or an error raised while decoding, are
+    one error naming the file (exit 2, not an internal error), and a deleted model.py is a note that moec.nn
+    decodes instead."""
+    out = tmp_path / "built"
+    assert run("build", *TINY_SPEC, "-o", str(out)).exit_code == 0
+    model_py = out / "model.py"
+    original = model_py.read_text()
+    common = ("--prompt-tokens", "1,2,3", "--max-new-tokens", "2")
+    model_py.write_text(original.replace("self.lm_head", "self.out_head"))
+    r = run("generate", str(out), *common)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: {model_py}: its parameters are not the plan's" in r.output and '"out_head.weight"' in r.output
+    header = "    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None"
+    assert original.count(header) == 1
+    broken = "    def forward(self, tokens, cache=None, start=0):\n        raise KeyError('edited')\n\n"
+    model_py.write_text(original.replace(header, broken + header.replace("def forward", "def unused_forward")))
+    r = run("generate", str(out), *common)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: {model_py}: fails while decoding (KeyError: 'edited')" in r.output
+    model_py.unlink()
+    r = run("generate", str(out), *common)
+    assert r.exit_code == 0, r.output
+    assert f"note: {out} holds no model.py: decoded by moec.nn's model of its plan" in " ".join(r.output.split())
+
+
 def test_sampling_follows_its_definition():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).expand(400, 3)
     g = torch.Generator().manual_seed(0)

@@ -165,6 +165,11 @@ class Outputs:
     plot_dir: str | None
     force: bool
 
+    def __post_init__(self) -> None:
+        for option, folder in (("--log", self.log_dir), ("--plot", self.plot_dir)):
+            if folder is not None and not folder.strip():  # Path("") is the current folder: never a silent choice
+                raise CommandError(f"{option}: an empty folder name; name the folder (. for the current one)")
+
     @property
     def asked(self) -> bool:
         return self.log_dir is not None or self.plot_dir is not None

@@ -113,6 +113,9 @@ def test_existing_files_are_refused_before_training(tmp_path):
     afile.write_text("")
     code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--plot", str(afile))
     assert code == 2 and "is not a folder" in stdout + stderr
+    for option in ("--log", "--plot"):  # "" would have been the current folder, written into unasked
+        code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, option, "")
+        assert code == 2 and f"{option}: an empty folder name" in stdout + stderr and "step " not in stderr
 
 
 def test_plot_without_matplotlib_names_the_package(tmp_path, monkeypatch):

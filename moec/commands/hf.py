@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from moec.commands.common import load_plan, report_errors, set_option, write_or_echo
+from moec.errors import CommandError
 from moec.output_files import check_file_target
 
 
@@ -111,7 +112,12 @@ def _export_checkpoint(
 
         from moec.spec import plan_from_dict
 
-        plan = plan_from_dict(yaml.safe_load((folder / "spec.resolved.yaml").read_text(encoding="utf-8")))
+        resolved = folder / "spec.resolved.yaml"
+        try:  # a hand-edited or truncated file is the user's to fix: one line, not an internal error
+            plan = plan_from_dict(yaml.safe_load(resolved.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as e:
+            reason = " ".join(str(e).split())  # YAML's messages span lines
+            raise CommandError(f"{resolved}: not a plan moec build wrote ({type(e).__name__}: {reason})") from None
         weights = weights or str(folder / WEIGHTS)
         if not Path(weights).is_file():
             raise click.UsageError(f"{folder} holds no {WEIGHTS} (build it with --weights), and no --weights was given")

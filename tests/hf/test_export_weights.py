@@ -183,3 +183,21 @@ def test_an_import_step_that_is_not_a_re_layout_is_refused_not_inverted(tmp_path
     with pytest.raises(CommandError, match=r"norm\.weight: its import is not a re-layout"):
         moec.export_hf(model, tmp_path / "out", config=cfg)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("resolved", [": [", "a", "a: 1", "[1]", b"\xff\xfe"])
+def test_a_build_folder_whose_resolved_spec_is_not_a_plan_is_one_located_error(resolved, tmp_path):
+    """A hand-edited or truncated spec.resolved.yaml is the user's to fix: exit 2 naming the file, no output."""
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    build, out = tmp_path / "build", tmp_path / "ck"
+    build.mkdir()
+    data = resolved if isinstance(resolved, bytes) else resolved.encode()
+    (build / "spec.resolved.yaml").write_bytes(data)
+    done = CliRunner().invoke(cli, ["export-hf", str(build), "-o", str(out)])
+    lines = done.output.strip().splitlines()
+    assert done.exit_code == 2 and len(lines) == 1, done.output
+    assert lines[0].startswith(f"error: {build / 'spec.resolved.yaml'}: not a plan moec build wrote"), done.output
+    assert not out.exists()

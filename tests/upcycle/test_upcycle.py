@@ -191,6 +191,13 @@ def test_refusals_are_one_line_and_exit_2(dense, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
+def test_a_weights_file_names_its_checkpoint_folder(dense, tmp_path):
+    """DENSE may be the folder's model.safetensors: every step reads the folder, none the weights as config."""
+    hf, folder = dense["llama"]
+    said = upcycle_cli(str(folder / "model.safetensors"), "-o", str(tmp_path / "moe"), "--experts", "2", "--top-k", "1")
+    assert f"parameters before: {sum(p.numel() for p in hf.parameters()):,} total" in said
+
+
 def test_readme_walkthrough_runs(tmp_path, monkeypatch):
     """README, "Upcycle a dense model": its Python block makes the tiny checkpoint, then its commands run."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")

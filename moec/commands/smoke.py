@@ -217,6 +217,9 @@ def _compare(spec: str, sets: tuple[str, ...], compares: tuple[str, ...], cfg, f
 
     settings = [cmp.parse_setting(c) for c in compares]
     plans = [(s, load_plan(spec, (*sets, *s.sets))) for s in settings]
+    for setting, plan in plans:  # its table would read max/mean 0.00 and 0/0 starved: no routing to compare
+        if not plan.moe_layers:
+            raise CommandError(f"--compare {setting.name}: {plan.name} has no MoE layer, so no routing to compare")
     if outputs.plot_dir is not None:
         out.require_matplotlib()
         out.prepare(outputs.plot_dir, [Path(outputs.plot_dir) / cmp.COMPARE_PLOT], force=outputs.force)

@@ -127,6 +127,14 @@ def test_plot_without_matplotlib_names_the_package(tmp_path, monkeypatch):
     assert code == 2 and "needs matplotlib" in stdout + stderr and "Traceback" not in stdout + stderr
 
 
+def test_compare_refuses_a_spec_without_moe_layers():
+    """Every layer dense: there is no routing to compare (its table would read max/mean 0.00, 0/0 starved)."""
+    spec = str(SPECS / "textbook-moe.yaml")
+    code, stdout, stderr = smoke(spec, *TINY, "--set", "layers.default.ffn=dense", "--compare", "top1")
+    assert code == 2 and "--compare top1: textbook-moe has no MoE layer" in stdout + stderr
+    assert "step " not in stderr  # refused before any training
+
+
 def test_log_is_refused_with_several_processes(tmp_path):
     code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), "--nproc", "2", "--log", str(tmp_path))
     assert code == 2 and "--log and --plot" in stdout + stderr

@@ -100,6 +100,9 @@ def write_plots(result: SmokeResult, folder: str, *, force: bool) -> list[str]:
     from moec.smoke.plots import render_pngs
 
     notes: list[str] = []
-    for name, data in zip(PLOT_FILES, render_pngs(result), strict=True):
+    pngs = render_pngs(result)
+    for name, data in zip(PLOT_FILES, pngs, strict=False):
         notes += write_file(Path(folder) / name, data, force=force)
+    if len(pngs) < len(PLOT_FILES):
+        notes.append(f"note: no MoE layers: {' and '.join(PLOT_FILES[len(pngs) :])} not drawn (no routing)")
     return notes

@@ -18,13 +18,16 @@ DPI = 100
 
 
 def render_pngs(result: SmokeResult) -> list[bytes]:
-    """loss.png, expert-load.png and balance.png, as PNG bytes."""
+    """loss.png, expert-load.png and balance.png, as PNG bytes; the loss curve alone for a run without MoE layers,
+    whose routing figures would be empty axes."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    figures = [loss_figure(plt, result), load_figure(plt, result), balance_figure(plt, result)]
+    figures = [loss_figure(plt, result)]
+    if result.layers:
+        figures += [load_figure(plt, result), balance_figure(plt, result)]
     out = []
     for fig in figures:
         buf = io.BytesIO()

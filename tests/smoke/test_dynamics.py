@@ -88,6 +88,14 @@ def test_log_and_plot_write_jsonl_and_pngs(tmp_path, one_torch_thread):
     assert report["dynamics"]["collapse_entropy"] == 0.5 and "params_trainable" in report
 
 
+def test_a_run_without_moe_layers_plots_its_loss_alone(tmp_path, one_torch_thread):
+    """textbook-dense has no router: the load and balance figures would be empty axes, so they are not drawn."""
+    code, stdout, stderr = smoke(str(SPECS / "textbook-dense.yaml"), *TINY, "--plot", str(tmp_path))
+    assert code in (0, 1), stdout + stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png"]
+    assert "no MoE layers: expert-load.png and balance.png not drawn" in stderr
+
+
 def test_capacity_drops_are_logged_per_step(tmp_path, one_torch_thread):
     """switch-base-8 (top-1, capacity factor 1.25): per step, kept + dropped = the slots, and no expert keeps more
     than its capacity ceil(1.25 · T · k / E)."""

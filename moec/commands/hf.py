@@ -7,6 +7,7 @@ Torch is imported only to export weights: config.json alone is text in, text out
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -86,6 +87,25 @@ def export_hf(
     write_or_echo(text, output, force)
 
 
+def refuse_replacing_an_input(out: str, inputs: tuple[str | None, ...]) -> None:
+    """--force replaces a folder moec wrote, never the folder the command reads from (``export-hf BUILD -o BUILD``,
+    or -o the folder holding --weights): as output_files' rule for a single file, the input is not the output."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return  # nothing there yet: nothing to lose
+    for source in inputs:
+        if source is None:
+            continue
+        path = Path(source)
+        try:
+            same = os.path.samestat(st, os.stat(path if path.is_dir() else path.parent))
+        except OSError:
+            continue  # a shipped spec's name, not a path
+        if same:
+            raise CommandError(f"{out}: holds the input {source}; write the output somewhere else")
+
+
 def _export_checkpoint(
     spec: str,
     output: str | None,
@@ -104,6 +124,7 @@ def _export_checkpoint(
 
     if output is None:
         raise click.UsageError("a checkpoint with weights is a folder: give -o DIR")
+    refuse_replacing_an_input(output, (spec, weights))
     folder = Path(spec)
     if folder.is_dir():
         if sets:

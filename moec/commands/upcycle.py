@@ -37,11 +37,13 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
     and after."""
     from moec.analyze import analyze
     from moec.codegen.output import check_output_dir, clear_leftovers
+    from moec.commands.hf import refuse_replacing_an_input
     from moec.hf.checkpoint import checkpoint_folder
     from moec.hf.config import hf_to_model
     from moec.hf.upcycle import upcycle, write_upcycled
 
     dense = str(checkpoint_folder(dense))  # a weights file or config.json names its folder, for every step below
+    refuse_replacing_an_input(out, (dense,))
 
     if options["lora"] is not None and fmt == "hf":
         raise click.UsageError("--lora builds LoRA experts, which no Hugging Face family has: use --format moec")

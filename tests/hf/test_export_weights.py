@@ -153,6 +153,10 @@ def test_cli_exports_a_build_folder_in_shards_that_load_back_and_refuses_to_over
     replaced = run(cli, ["export-hf", str(build), "-o", str(out), "--force"])
     assert replaced.exit_code == 0, replaced.output
     assert (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").exists()
+    # --force replaces a folder moec wrote, but never the build folder it reads
+    onto_itself = run(cli, ["export-hf", str(build), "-o", str(build), "--force"])
+    assert onto_itself.exit_code == 2 and "holds the input" in onto_itself.output, onto_itself.output
+    assert (build / "spec.resolved.yaml").is_file() and (build / "model.py").is_file()
     # a SPEC with --weights is the same export; weights of another spec are refused in one line
     spec_out = tmp_path / "from-spec"
     weights = str(build / "model.safetensors")

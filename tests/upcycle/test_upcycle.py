@@ -189,6 +189,9 @@ def test_refusals_are_one_line_and_exit_2(dense, tmp_path):
         done = run(cli, ["upcycle", str(folder), "-o", str(tmp_path / "x"), *args])
         assert done.exit_code == 2 and said in done.output and "Traceback" not in done.output, done.output
         assert not (tmp_path / "x").exists()
+    onto_itself = run(cli, ["upcycle", str(folder), "-o", str(folder), "--experts", "2", "--top-k", "1", "--force"])
+    assert onto_itself.exit_code == 2 and "holds the input" in onto_itself.output, onto_itself.output
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_a_weights_file_names_its_checkpoint_folder(dense, tmp_path):

@@ -25,6 +25,7 @@ import torch
 
 from moec.bench.device import copy_gbps, dense_matmul_tflops
 from moec.bench.moe_bench import _loadavg, machine_info
+from moec.errors import CommandError
 from moec.plan.accelerators import Accelerator
 from moec.vocab import TORCH_DTYPE_NAMES
 
@@ -94,6 +95,7 @@ def time_decode(model: Any, batch: int, opts: DecodeOptions, device: torch.devic
 def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """Measured and predicted decode tokens/s for each batch size, as plain data."""
     from moec.generate import load_source
+    from moec.generate.source import decode_errors
     from moec.nn.build import resolve_device
     from moec.plan.accelerators import pick_accelerator
     from moec.roofline.model import Workload, roofline
@@ -104,6 +106,12 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
         torch.set_num_threads(opts.threads or os.cpu_count() or 1)
     loaded = load_source(source, device=device, dtype=TORCH_DTYPES[opts.dtype], seed=opts.seed, sets=sets)
     model, plan = loaded.model, loaded.model.plan
+    positions = opts.context + opts.warmup + opts.steps
+    if positions > plan.max_seq_len:
+        raise CommandError(
+            f"--context {opts.context} + --warmup {opts.warmup} + --steps {opts.steps} need {positions} positions; "
+            f"{plan.name} has max_seq_len {plan.max_seq_len}: lower --context or --steps"
+        )
     if named is not None:
         acc, gpu = named, opts.gpu
     else:
@@ -111,7 +119,8 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
     load_before = _loadavg()
     rows = []
     for batch in opts.batches:
-        times, distinct = time_decode(model, batch, opts, device)
+        with decode_errors(loaded):
+            times, distinct = time_decode(model, batch, opts, device)
         step = statistics.median(times)
         seq = opts.context + opts.warmup + opts.steps // 2
         w = Workload(phase="decode", batch=batch, seq=seq, dtype=opts.dtype, kv_dtype=opts.dtype)

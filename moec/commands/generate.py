@@ -87,7 +87,7 @@ def generate(
     from moec.generate import generate as run_generate
     from moec.generate import load_source
     from moec.generate.render import render, to_dict
-    from moec.generate.source import decode, encode
+    from moec.generate.source import decode, decode_errors, encode
     from moec.nn.build import resolve_device
 
     dev = resolve_device(device)
@@ -107,18 +107,10 @@ def generate(
     positions = len(ids) + max_new_tokens - 1  # the last new token is never fed back
     _require_cache_memory(plan, next(model.parameters()).dtype, batch=batch, positions=positions, device=dev)
     prompt = torch.tensor([ids] * batch, device=dev)
-    try:
+    with decode_errors(loaded):
         gen = run_generate(
             model, prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, compile=compile_
         )
-    except ValueError as e:  # the cache's refusals name the feature
-        raise CommandError(f"{plan.name}: {e}") from None
-    except (CommandError, MemoryError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:  # a build folder's model.py is the user's to edit: what it raises is the file's error
-        if loaded.user_code is None:
-            raise
-        raise CommandError(f"{loaded.user_code}: fails while decoding ({type(e).__name__}: {e})") from None
     if fmt == "json":
         click.echo(json.dumps(to_dict(gen, notes=loaded.notes), indent=2))
         return

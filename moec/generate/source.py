@@ -13,6 +13,8 @@ means moec.nn's model of its plan, since its model.py refuses to decode capacity
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,22 @@ def load_source(
         _note_capacity(loaded, loaded.model.plan)
         loaded.model = _same_weights(loaded.model, without_capacity(loaded.model.plan))
     return _eval(loaded)
+
+
+@contextmanager
+def decode_errors(loaded: Loaded) -> Iterator[None]:
+    """Around a decode of ``loaded``: the cache's refusals (ValueErrors naming the feature) and, for a build
+    folder's model.py, whatever that file raises, as one CommandError: the user's input, not moec's fault."""
+    try:
+        yield
+    except ValueError as e:
+        raise CommandError(f"{loaded.model.plan.name}: {e}") from None
+    except (CommandError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # the file is the user's to edit
+        if loaded.user_code is None:
+            raise
+        raise CommandError(f"{loaded.user_code}: fails while decoding ({type(e).__name__}: {e})") from None
 
 
 def _spec_plan(source: str, sets: tuple[str, ...]):  # type: ignore[no-untyped-def]

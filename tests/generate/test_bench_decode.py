@@ -52,3 +52,24 @@ def test_decode_bench_table_and_refusals():
     assert r.exit_code == 2 and "batch sizes must be >= 1" in r.output
     r = run("bench", *TINY, "--decode", "--gpu", "tpu9")
     assert r.exit_code == 2 and "--gpu tpu9: unknown accelerator; choose from a100, h100" in r.output
+    # these three were internal errors (exit 70): positions past max_seq_len, a routing decode cannot
+    # reproduce, and a build folder's model.py that raises
+    r = run("bench", *TINY, "--set", "model.max_seq_len=16", "--decode", "--context", "8", "--steps", "8")
+    assert r.exit_code == 2, r.output
+    assert "--context 8 + --warmup 1 + --steps 8 need 17 positions; textbook-moe has max_seq_len 16" in r.output
+    r = run("bench", *TINY, "--set", "moe.router.kind=expert_choice", "--set", "moe.balance.load_balance_coeff=0",
+            "--decode", "--batch-sizes", "1", "--context", "4", "--steps", "2")  # fmt: skip
+    assert r.exit_code == 2 and "textbook-moe: moe.router.kind expert_choice (layers 0, 1)" in r.output, r.output
+
+
+def test_decode_bench_reports_a_build_folders_failing_model_py(tmp_path):
+    out = tmp_path / "built"
+    assert run("build", *TINY, "-o", str(out)).exit_code == 0
+    header = "    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None"
+    broken = "    def forward(self, tokens, cache=None, start=0):\n        raise KeyError('edited')\n\n"
+    original = (out / "model.py").read_text()
+    assert original.count(header) == 1
+    (out / "model.py").write_text(original.replace(header, broken + header.replace("def forward", "def unused")))
+    r = run("bench", str(out), "--decode", "--batch-sizes", "1", "--context", "4", "--steps", "2")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: {out / 'model.py'}: fails while decoding (KeyError: 'edited')" in r.output

@@ -317,11 +317,10 @@ def _check_routing_algorithm(spec: Spec, bad: Bad) -> None:
     e = spec.moe
     assert e is not None
     r = e.router
-    here: Path = ("moe", "router", "kind")
     owns = {"gshard": _GSHARD_OWNS, "expert_choice": _EXPERT_CHOICE_OWNS, "hash": _HASH_OWNS}.get(r.kind, ())
-    wrong = [f for f in owns if getattr(r, f)]
-    if wrong:
-        bad(here, f"{r.kind} routing decides these itself; remove {', '.join(wrong)}")
+    for field in owns:
+        if getattr(r, field):  # located at the line to remove, one error each
+            bad(("moe", "router", field), f"remove {field}: {r.kind} routing decides it itself")
     if r.kind != "topk" and r.kind != "sparsemixer" and r.n_groups is not None:
         bad(("moe", "router", "n_groups"), f"group-limited routing does not apply to {r.kind} routing")
     if r.kind == "gshard":

@@ -62,3 +62,17 @@ def test_the_new_fields_reach_the_plan():
         .ffn
     )
     assert (plan.router.mlp_hidden, plan.router.score, plan.capacity_group_size) == (6, "sqrt_softplus", 8)
+
+
+def test_each_field_an_algorithm_decides_is_its_own_error_at_its_own_line():
+    """TINY_MOE writes normalize_topk: true on its router line; a hash router decides that and the MLP itself."""
+    line = next(i for i, text in enumerate(TINY_MOE.splitlines(), 1) if "normalize_topk: true" in text)
+    column = TINY_MOE.splitlines()[line - 1].index("normalize_topk: true") + len("normalize_topk: ") + 1  # the value
+    problems = errors("moe.router.kind=hash", "moe.router.mlp_hidden=4")
+    assert sorted(problems) == sorted(
+        [
+            f"tiny.yaml:{line}:{column} moe.router.normalize_topk:"
+            " remove normalize_topk: hash routing decides it itself",
+            "--set moe.router.mlp_hidden: remove mlp_hidden: hash routing decides it itself",
+        ]
+    ), problems

@@ -183,6 +183,8 @@ class Outputs:
             out.prepare(self.plot_dir, out.plot_targets(self.plot_dir), force=self.force)
         if self.log_dir is not None:
             out.prepare(self.log_dir, out.log_targets(self.log_dir), force=self.force)
+            if out.tensorboard_installed():  # its SummaryWriter writes the files itself: check the folder here
+                out.prepare(str(Path(self.log_dir) / out.TENSORBOARD_DIR), [], force=self.force)
 
     def write(self, result) -> None:
         from moec.smoke import outputs as out

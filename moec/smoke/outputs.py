@@ -49,6 +49,10 @@ def prepare(folder: str, targets: list[Path], *, force: bool) -> None:
         check_file_target(target, force=force)
 
 
+def tensorboard_installed() -> bool:  # optional: not a dependency of moec
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def require_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is None:
         raise CommandError("--plot needs matplotlib, which is not installed: pip install 'moec[plot]'")
@@ -73,7 +77,7 @@ def steps_jsonl(result: SmokeResult) -> str:
 
 def write_log(result: SmokeResult, folder: str, *, force: bool) -> list[str]:
     notes = write_file(Path(folder) / STEPS_FILE, steps_jsonl(result), force=force)
-    if importlib.util.find_spec("tensorboard") is not None:  # optional: not a dependency of moec
+    if tensorboard_installed():
         notes += write_tensorboard(result, Path(folder) / TENSORBOARD_DIR)
     return notes
 

@@ -143,6 +143,23 @@ def test_compare_refuses_a_spec_without_moe_layers():
     assert "step " not in stderr  # refused before any training
 
 
+def test_a_linked_tensorboard_folder_is_refused_before_training(tmp_path, monkeypatch):
+    """TensorBoard's writer creates its files itself, outside moec/output_files.py: with tensorboard installed,
+    DIR/tensorboard is checked like DIR before the run (a link is neither followed nor replaced)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: real("json") if name == "tensorboard" else
+                        real(name, *a))  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "tensorboard").symlink_to(elsewhere)
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--log", str(tmp_path / "log"))
+    assert code == 2 and "tensorboard: is a symbolic link" in stdout + stderr, stdout + stderr
+    assert "step " not in stderr and list(elsewhere.iterdir()) == []
+
+
 def test_log_is_refused_with_several_processes(tmp_path):
     code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), "--nproc", "2", "--log", str(tmp_path))
     assert code == 2 and "--log and --plot" in stdout + stderr

@@ -47,6 +47,11 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
 
     if options["lora"] is not None and fmt == "hf":
         raise click.UsageError("--lora builds LoRA experts, which no Hugging Face family has: use --format moec")
+    if fmt == "hf" and options["shared"] and family is None:
+        # the one family whose shared expert sits beside grouped-query attention; the recipe differs for it (a
+        # sigmoid gate on the shared expert), so it is chosen before upcycling, not searched for after
+        family = "qwen2_moe"
+        click.echo("note: --shared with --format hf writes Qwen2-MoE (--family qwen2_moe)", err=True)
     for note in clear_leftovers(out):
         click.echo(f"note: {note}", err=True)
     check_output_dir(out, force=force)  # the cheap refusal before any work

@@ -75,14 +75,15 @@ def test_copies_give_the_dense_logits_in_transformers(dense, model_type, family,
     assert "router zero; seed 0" in (out / "README.md").read_text()
 
 
-def test_copies_beside_a_gated_shared_expert_give_the_dense_logits_in_transformers(dense, tmp_path):
-    """Qwen2-MoE: the routed copies give half, the shared expert (the FFN, down × 1) behind sigmoid(0) = ½ the
-    other half."""
+@pytest.mark.parametrize(("shared", "family"), [(1, ("--family", "qwen2_moe")), (2, ())])
+def test_copies_beside_a_gated_shared_expert_give_the_dense_logits_in_transformers(dense, tmp_path, shared, family):
+    """Qwen2-MoE (named, or the default for --shared in HF format): the routed copies give half, the shared expert
+    (s FFN copies, down × 1/s) behind sigmoid(0) = ½ the other half."""
     hf, folder = dense["qwen2"]
     out = tmp_path / "moe"
-    upcycle_cli(str(folder), "-o", str(out), "--experts", "4", "--top-k", "2", "--shared", "1", "--family", "qwen2_moe")
+    upcycle_cli(str(folder), "-o", str(out), "--experts", "4", "--top-k", "2", "--shared", str(shared), *family)
     moe = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    assert moe.config.shared_expert_intermediate_size == 48
+    assert moe.config.model_type == "qwen2_moe" and moe.config.shared_expert_intermediate_size == 48 * shared
     assert torch.allclose(logits_of(moe), logits_of(hf), atol=1e-5, rtol=0)
 
 

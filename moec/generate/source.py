@@ -134,6 +134,8 @@ def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: 
     except (yaml.YAMLError, TypeError, KeyError, ValueError) as e:
         raise CommandError(f"{folder / RESOLVED}: not a plan moec build wrote ({type(e).__name__}: {e})") from None
     weights = folder / WEIGHTS
+    if weights.exists() and not weights.is_file():  # not "no weights": random ones would pass for the folder's
+        raise CommandError(f"{weights}: is not a file")
     # moec.nn's seeded weights: what the folder holds replaces them, and a model.py without weights takes them
     model = build_model(plan, device=device, dtype=dtype, seed=seed)
     notes = []
@@ -155,11 +157,12 @@ def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: 
     if not weights.is_file():
         notes.append(f"{folder} holds no {WEIGHTS}: random weights (seed {seed})")
         return Loaded(model, "build", _tokenizer(folder), notes, user_code)
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     try:
         load_model(model, str(weights), strict=True, device=str(device))
-    except (RuntimeError, ValueError, OSError) as e:
+    except (RuntimeError, ValueError, OSError, SafetensorError) as e:  # the last: a damaged file
         raise CommandError(f"{weights}: does not hold this plan's weights ({str(e).splitlines()[0]})") from None
     return Loaded(model, "build", _tokenizer(folder), notes, user_code)
 

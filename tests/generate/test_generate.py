@@ -157,6 +157,22 @@ def test_a_build_folder_with_weights_generates_what_its_spec_does(tmp_path):
     assert tokens[0] == tokens[1] != tokens[2]
 
 
+def test_a_build_folder_with_damaged_weights_is_one_error(tmp_path):
+    """A truncated model.safetensors was an internal error (safetensors' own exception type); a folder in its place
+    read as "no weights" and decoded random ones."""
+    out = tmp_path / "built"
+    assert run("build", *TINY_SPEC, "-o", str(out), "--weights").exit_code == 0
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    r = run("generate", str(out), "--prompt-tokens", "1,2")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: {weights}: does not hold this plan's weights (" in r.output
+    weights.unlink()
+    weights.mkdir()
+    r = run("generate", str(out), "--prompt-tokens", "1,2")
+    assert r.exit_code == 2 and f"error: {weights}: is not a file" in r.output, r.output
+
+
 def test_a_build_folder_whose_model_py_was_edited_or_deleted_says_so(tmp_path):
     """The folder's model.py is the user's to edit: renamed parameters, or an error raised while decoding, are
     one error naming the file (exit 2, not an internal error), and a deleted model.py is a note that moec.nn

@@ -58,4 +58,6 @@ def progress_display(steps: int) -> PlainProgress | BarProgress:
 
 
 def _figures(ce: float, aux: float, tokens_per_s: float) -> str:
-    return f"loss {ce:.3f}  aux {aux:.3g}  {tokens_per_s:,.0f} tok/s"
+    # the first steps warm up untimed (moec.smoke.run.train): no rate yet, rather than "0 tok/s"
+    rate = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s else "tok/s after warm-up"
+    return f"loss {ce:.3f}  aux {aux:.3g}  {rate}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -182,6 +183,9 @@ def test_threads_and_plain_progress(one_torch_thread):
     assert code in (0, 1), stdout + stderr
     assert "(1 thread)" in stdout
     assert "step 4/4" in stderr and "\x1b[" not in stderr  # not a terminal: plain lines, no cursor codes
+    first, last = (line for line in stderr.splitlines() if line.startswith(("step 1/", "step 4/")))
+    assert first.endswith("tok/s after warm-up")  # step 1 is untimed: no rate, not "0 tok/s"
+    assert re.search(r"  [1-9][\d,]* tok/s$", last), last
 
 
 def pooled_entropy(steps: list[dict], window: int) -> list[float]:

@@ -23,6 +23,7 @@ from click.testing import CliRunner  # noqa: E402
 
 import moec  # noqa: E402
 from moec.cli import cli  # noqa: E402
+from moec.errors import CommandError  # noqa: E402
 from tests.hf.families._harness import tiny_hf  # noqa: E402
 from tests.hf.test_weights import TINY  # noqa: E402
 
@@ -193,6 +194,15 @@ def test_refusals_are_one_line_and_exit_2(dense, tmp_path):
     onto_itself = run(cli, ["upcycle", str(folder), "-o", str(folder), "--experts", "2", "--top-k", "1", "--force"])
     assert onto_itself.exit_code == 2 and "holds the input" in onto_itself.output, onto_itself.output
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "option", [{"noise": math.nan}, {"noise": math.inf}, {"router_std": -0.1}, {"lora": 4, "lora_alpha": math.nan}]
+)
+def test_the_python_api_refuses_what_the_cli_options_cannot_say(dense, option):
+    """moec.upcycle takes plain floats: a NaN or infinite standard deviation would write NaN weights silently."""
+    with pytest.raises(CommandError, match="finite"):
+        moec.upcycle(dense["llama"][1], experts=2, top_k=1, **option)
 
 
 def test_a_weights_file_names_its_checkpoint_folder(dense, tmp_path):

@@ -3,6 +3,7 @@ of the options' shape, and the recipe written into its description (docs/upcycli
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,10 @@ class Recipe:
             problems.append(f"--router {self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.lora is not None and (self.granularity != 1 or self.shared or self.noise):
             problems.append("--lora keeps the whole FFN as the frozen base: no --granularity, --shared or --noise")
-        if self.noise < 0 or self.router_std < 0:
-            problems.append("--noise and --router-std are standard deviations, at least 0")
+        if not (0 <= self.noise < math.inf and 0 <= self.router_std < math.inf):  # NaN fails both comparisons
+            problems.append("--noise and --router-std are standard deviations: finite and at least 0")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            problems.append("--lora-alpha must be finite and above 0")
         if problems:
             raise CommandError("; ".join(problems))
 

@@ -65,7 +65,10 @@ def next_tokens(
     reach ``top_p`` (nucleus sampling, arXiv 1904.09751)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = (logits.float() / temperature).softmax(-1)  # (B, V)
+    # shifted to ≤ 0, a tiny temperature sends every other token to −inf (never inf − inf = nan); one below
+    # float32's smallest normal, which float32 would round to 0, divides as that smallest normal does
+    shifted = logits.float() - logits.float().amax(-1, keepdim=True)
+    probs = (shifted / max(temperature, torch.finfo(torch.float32).tiny)).softmax(-1)  # (B, V)
     if top_p < 1:
         sorted_p, order = probs.sort(-1, descending=True)
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # the mass before a token already reaches top_p

@@ -212,6 +212,10 @@ def test_sampling_follows_its_definition():
     a = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
     b = next_tokens(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and set(a.tolist()) == {0, 1, 2}
+    # a temperature float32 rounds to 0 (1e-320) and one that overflows logits / T (1e-40) draw the argmax; the
+    # first was nan probabilities, an internal error through the CLI
+    for tiny in (1e-320, 1e-40):
+        assert next_tokens(logits * 100, temperature=tiny, top_p=1.0, generator=g).unique().tolist() == [0]
 
 
 def test_a_kv_cache_that_does_not_fit_is_refused_before_it_is_allocated(monkeypatch):

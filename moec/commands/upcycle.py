@@ -47,6 +47,12 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
 
     if options["lora"] is not None and fmt == "hf":
         raise click.UsageError("--lora builds LoRA experts, which no Hugging Face family has: use --format moec")
+    if family is not None:
+        from moec.hf.families import FAMILIES
+
+        exporters = sorted(m for m, f in FAMILIES.items() if f.export is not None)
+        if family not in exporters:  # refused before the upcycling's work, naming the option
+            raise click.BadParameter(f"{family!r}: moec writes {', '.join(exporters)}", param_hint="--family")
     if fmt == "hf" and options["shared"] and family is None:
         # the one family whose shared expert sits beside grouped-query attention; the recipe differs for it (a
         # sigmoid gate on the shared expert), so it is chosen before upcycling, not searched for after
@@ -56,6 +62,10 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
         click.echo(f"note: {note}", err=True)
     check_output_dir(out, force=force)  # the cheap refusal before any work
     model = upcycle(dense, family=family, **options)
+    if family is not None and fmt == "moec":  # --family means the same in both formats: the model fits it
+        from moec.hf.export_config import family_config
+
+        family_config(model.plan, family)
     before, after = analyze(hf_to_model(dense)).params, analyze(model.plan).params
     files = write_upcycled(model, out, format=fmt, family=family, force=force)
     click.echo(f"parameters before: {before.total:,} total, {before.active:,} active", err=True)

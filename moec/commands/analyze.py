@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import click
@@ -77,7 +78,7 @@ def print_warnings(plans: list) -> None:  # list[ResolvedModel]
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(1, os.cpu_count() or 1),  # torch segfaults at 4096; more than the cores never helps
     default=None,
     help="CPU threads for torch in --verify (default: torch's).",
 )

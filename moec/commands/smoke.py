@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,10 @@ from moec.vocab import MODEL_DTYPES
     help="Shard over the data-parallel ranks with FSDP2 (else replicate and all-reduce the gradients).",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, 4096), default=None, help="CPU threads for torch (default: torch's choice)."
+    "--threads",
+    type=click.IntRange(1, os.cpu_count() or 1),  # torch segfaults in training at 4096; more than the cores never helps
+    default=None,
+    help="CPU threads for torch (default: torch's choice).",
 )
 @click.option(
     "--log",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import pytest
@@ -159,6 +160,12 @@ def test_a_linked_tensorboard_folder_is_refused_before_training(tmp_path, monkey
     code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--log", str(tmp_path / "log"))
     assert code == 2 and "tensorboard: is a symbolic link" in stdout + stderr, stdout + stderr
     assert "step " not in stderr and list(elsewhere.iterdir()) == []
+
+
+def test_threads_stop_at_the_machines_cores():
+    """--threads 4096 was a segfault (exit 139) in torch's training threads."""
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, "--threads", str((os.cpu_count() or 1) + 1))
+    assert code == 2 and "is not in the range 1<=x<=" in stdout + stderr
 
 
 def test_log_is_refused_with_several_processes(tmp_path):

@@ -95,7 +95,7 @@ def time_decode(model: Any, batch: int, opts: DecodeOptions, device: torch.devic
 def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """Measured and predicted decode tokens/s for each batch size, as plain data."""
     from moec.generate import load_source
-    from moec.generate.source import decode_errors
+    from moec.generate.source import decode_errors, require_cache_memory
     from moec.nn.build import resolve_device
     from moec.plan.accelerators import pick_accelerator
     from moec.roofline.model import Workload, roofline
@@ -112,6 +112,9 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
             f"--context {opts.context} + --warmup {opts.warmup} + --steps {opts.steps} need {positions} positions; "
             f"{plan.name} has max_seq_len {plan.max_seq_len}: lower --context or --steps"
         )
+    hint = "; lower --batch-sizes or --context"  # the largest batch's cache, before any timing
+    kv_dtype = TORCH_DTYPES[opts.dtype]
+    require_cache_memory(plan, kv_dtype, batch=max(opts.batches), positions=positions, device=device, hint=hint)
     if named is not None:
         acc, gpu = named, opts.gpu
     else:

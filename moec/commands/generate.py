@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
@@ -24,23 +23,6 @@ def _prompt_ids(text: str) -> list[int]:
     if not ids:
         raise click.BadParameter("no token ids given", param_hint="--prompt-tokens")
     return ids
-
-
-def _require_cache_memory(plan: Any, dtype: Any, *, batch: int, positions: int, device: Any) -> None:
-    """Refuse, before it is allocated, a KV cache that does not fit in what the loaded weights left free: a
-    cache of --batch 4096 is allocated whole, and a CPU that overcommits would crawl instead of failing."""
-    from moec.analyze import analyze
-    from moec.analyze.memory import RunMemory
-    from moec.nn.build import require_memory
-
-    name = next(k for k, v in TORCH_DTYPE_NAMES.items() if f"torch.{v}" == str(dtype))
-    kv = analyze(plan, seq=positions, batch=batch, dtype=name).memory.kv_cache_bytes
-    require_memory(
-        RunMemory(name, (("KV cache", kv),)),
-        device,
-        lead=f"{plan.name}: its KV cache at batch {batch} × {positions} positions needs",
-        hint="; lower --batch or --max-new-tokens",
-    )
 
 
 @click.command()
@@ -87,7 +69,7 @@ def generate(
     from moec.generate import generate as run_generate
     from moec.generate import load_source
     from moec.generate.render import render, to_dict
-    from moec.generate.source import decode, decode_errors, encode
+    from moec.generate.source import decode, decode_errors, encode, require_cache_memory
     from moec.nn.build import resolve_device
 
     dev = resolve_device(device)
@@ -105,7 +87,9 @@ def generate(
             f"{plan.name} has max_seq_len {plan.max_seq_len}"
         )
     positions = len(ids) + max_new_tokens - 1  # the last new token is never fed back
-    _require_cache_memory(plan, next(model.parameters()).dtype, batch=batch, positions=positions, device=dev)
+    dtype_of = next(model.parameters()).dtype
+    hint = "; lower --batch or --max-new-tokens"
+    require_cache_memory(plan, dtype_of, batch=batch, positions=positions, device=dev, hint=hint)
     prompt = torch.tensor([ids] * batch, device=dev)
     with decode_errors(loaded):
         gen = run_generate(

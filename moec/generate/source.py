@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,6 +89,24 @@ def decode_errors(loaded: Loaded) -> Iterator[None]:
         if loaded.user_code is None:
             raise
         raise CommandError(f"{loaded.user_code}: fails while decoding ({type(e).__name__}: {e})") from None
+
+
+def require_cache_memory(plan: Any, dtype: torch.dtype, *, batch: int, positions: int, device: Any, hint: str) -> None:
+    """Refuse, before it is allocated, a KV cache that does not fit in what the loaded weights left free: a
+    cache of --batch 4096 is allocated whole, and a CPU that overcommits would crawl instead of failing."""
+    from moec.analyze import analyze
+    from moec.analyze.memory import RunMemory
+    from moec.nn.build import require_memory
+    from moec.vocab import TORCH_DTYPE_NAMES
+
+    name = next(k for k, v in TORCH_DTYPE_NAMES.items() if f"torch.{v}" == str(dtype))
+    kv = analyze(plan, seq=positions, batch=batch, dtype=name).memory.kv_cache_bytes
+    require_memory(
+        RunMemory(name, (("KV cache", kv),)),
+        device,
+        lead=f"{plan.name}: its KV cache at batch {batch} × {positions} positions needs",
+        hint=hint,
+    )
 
 
 def _spec_plan(source: str, sets: tuple[str, ...]):  # type: ignore[no-untyped-def]

@@ -62,6 +62,17 @@ def test_decode_bench_table_and_refusals():
     assert r.exit_code == 2 and "textbook-moe: moe.router.kind expert_choice (layers 0, 1)" in r.output, r.output
 
 
+def test_a_decode_cache_that_does_not_fit_is_refused_before_any_timing(monkeypatch):
+    """--batch-sizes 4096 was allocated whole (an out-of-memory error at best, a crawl where the CPU overcommits):
+    the largest batch's cache is checked first, as moec generate checks its own. TINY: 2 layers, 8 KV heads of
+    width 8, fp32: 2·8·8·4 B = 512 B per layer and position; 4096 × (4 + 1 + 2) positions × 2 layers = 28 MiB."""
+    monkeypatch.setattr("moec.nn.build.available_bytes", lambda device: 16 << 20)
+    r = run("bench", *TINY, "--decode", "--batch-sizes", "1,4096", "--context", "4", "--steps", "2", "--warmup", "1")
+    assert r.exit_code == 2, r.output
+    assert "its KV cache at batch 4096 × 7 positions needs about" in r.output
+    assert "lower --batch-sizes or --context" in r.output and "roofline of cpu" not in r.output
+
+
 def test_decode_bench_reports_a_build_folders_failing_model_py(tmp_path):
     out = tmp_path / "built"
     assert run("build", *TINY, "-o", str(out)).exit_code == 0

@@ -98,6 +98,23 @@ def test_a_run_without_moe_layers_plots_its_loss_alone(tmp_path, one_torch_threa
     assert "no MoE layers: expert-load.png and balance.png not drawn" in stderr
 
 
+def test_bias_drift_follows_the_sign_rule(tmp_path, one_torch_thread):
+    """Aux-loss-free balancing (DeepSeek-V3, arXiv 2412.19437, section 2.1.2) moves every selection bias by ±rate
+    (0 for an expert exactly at the mean) once per step, so after step s the largest move from the start is a
+    whole multiple of the rate, at most s + 1 of them, and exactly one after the first step (32 top-1 slots
+    over 8 experts are never all at the mean of 4 here)."""
+    rate = 0.001
+    sets = ["--set", "moe.router.selection_bias=true", "--set", f"moe.balance.bias_update_rate={rate}"]
+    code, stdout, stderr = smoke(str(SPECS / "textbook-moe.yaml"), *TINY, *sets, "--log", str(tmp_path))
+    assert code in (0, 1), stdout + stderr
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()[1:]]
+    for s in steps:
+        for layer in s["layers"]:
+            moves = layer["bias_drift"] / rate
+            assert abs(moves - round(moves)) < 1e-4 and 0 <= round(moves) <= s["step"] + 1, (s["step"], moves)
+    assert [round(layer["bias_drift"] / rate) for layer in steps[0]["layers"]] == [1, 1]
+
+
 def test_capacity_drops_are_logged_per_step(tmp_path, one_torch_thread):
     """switch-base-8 (top-1, capacity factor 1.25): per step, kept + dropped = the slots, and no expert keeps more
     than its capacity ceil(1.25 · T · k / E)."""

@@ -139,6 +139,21 @@ def resolved_yaml(plan: ResolvedModel) -> str:
     return head + yaml.safe_dump(_plain(plan.to_dict()), sort_keys=False, allow_unicode=True)
 
 
+def read_build_plan(folder: str | os.PathLike[str]) -> ResolvedModel:
+    """The plan a build folder's spec.resolved.yaml holds (the inverse of resolved_yaml). A hand-edited,
+    truncated or foreign file is the user's to fix: one CommandError naming it, never an internal error."""
+    import yaml
+
+    from moec.spec import plan_from_dict
+
+    path = Path(folder) / RESOLVED
+    try:
+        return plan_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as e:
+        reason = " ".join(str(e).split())  # YAML's messages span lines
+        raise CommandError(f"{path}: not a plan moec build wrote ({type(e).__name__}: {reason})") from None
+
+
 def analysis_json(plan: ResolvedModel) -> str:
     from moec.analyze import analyze
 

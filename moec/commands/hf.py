@@ -117,7 +117,7 @@ def _export_checkpoint(
     drop_training: bool,
 ) -> None:
     """SPEC with --weights, or a build folder, → a checkpoint folder."""
-    from moec.codegen.output import WEIGHTS
+    from moec.codegen.output import WEIGHTS, read_build_plan
     from moec.hf.export_config import parse_size
     from moec.hf.export_weights import export_hf as write_checkpoint
     from moec.hf.export_weights import load_moec_weights
@@ -129,16 +129,7 @@ def _export_checkpoint(
     if folder.is_dir():
         if sets:
             raise click.UsageError("--set applies to a SPEC, not to a build folder")
-        import yaml
-
-        from moec.spec import plan_from_dict
-
-        resolved = folder / "spec.resolved.yaml"
-        try:  # a hand-edited or truncated file is the user's to fix: one line, not an internal error
-            plan = plan_from_dict(yaml.safe_load(resolved.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as e:
-            reason = " ".join(str(e).split())  # YAML's messages span lines
-            raise CommandError(f"{resolved}: not a plan moec build wrote ({type(e).__name__}: {reason})") from None
+        plan = read_build_plan(folder)
         weights = weights or str(folder / WEIGHTS)
         if not Path(weights).is_file():
             raise click.UsageError(f"{folder} holds no {WEIGHTS} (build it with --weights), and no --weights was given")

@@ -21,15 +21,13 @@ from typing import Any
 
 import torch
 
+from moec.codegen.output import MODEL_PY, RESOLVED, WEIGHTS
 from moec.errors import CommandError
 from moec.nn.build import build_model
 from moec.nn.cache import capacity_layers, without_capacity
 from moec.nn.model import MoecModel
 
 TOKENIZER = "tokenizer.json"
-RESOLVED = "spec.resolved.yaml"  # moec.codegen.output's names for a build folder's files
-WEIGHTS = "model.safetensors"
-MODEL_PY = "model.py"
 
 
 @dataclass
@@ -144,14 +142,9 @@ def _same_weights(model: MoecModel, plan) -> MoecModel:  # type: ignore[no-untyp
 
 
 def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: int) -> Loaded:
-    import yaml
+    from moec.codegen.output import read_build_plan
 
-    from moec.spec import plan_from_dict
-
-    try:
-        plan = plan_from_dict(yaml.safe_load((folder / RESOLVED).read_text()))
-    except (yaml.YAMLError, TypeError, KeyError, ValueError) as e:
-        raise CommandError(f"{folder / RESOLVED}: not a plan moec build wrote ({type(e).__name__}: {e})") from None
+    plan = read_build_plan(folder)
     weights = folder / WEIGHTS
     if weights.exists() and not weights.is_file():  # not "no weights": random ones would pass for the folder's
         raise CommandError(f"{weights}: is not a file")

@@ -59,6 +59,7 @@ def convention_line(c: dict[str, Any]) -> str:
         f"FLOPs: {c['flop_unit']} · embedding lookup 0 · lm_head counted · elementwise 0 · "
         f"attention {c['attention']} (S_kv = {c['attention_kv_len']}, windows capped) · S={c['seq']} · "
         f"training = 3× trainable / 2× frozen · MTP separate · memory in {c['dtype']}"
+        + (" · expert choice: active = average over tokens" if "active_average" in c else "")
     )
 
 
@@ -259,8 +260,17 @@ def analyze(
         layers=layers,
         moe=moe,
         mtp=mtp,
-        conventions=conventions(S, attention, dtype),
+        conventions=conventions(S, attention, dtype) | _averaged_active(model),
     )
+
+
+def _averaged_active(model: ResolvedModel) -> dict[str, str]:
+    """Expert choice gives a token 0 to E experts: its active counts are an average over tokens, said wherever
+    the headline is shown (docs/routing.md, "Expert choice")."""
+    plans = (lp.ffn for lp in (*model.layers, *model.mtp))
+    if any(isinstance(f, MoEPlan) and f.router.kind == "expert_choice" for f in plans):
+        return {"active_average": "expert choice: active parameters and FLOPs per token are averages over tokens"}
+    return {}
 
 
 FVCORE_UNIT = "1 multiply-add = 1 FLOP"

@@ -76,3 +76,14 @@ def test_each_field_an_algorithm_decides_is_its_own_error_at_its_own_line():
             "--set moe.router.mlp_hidden: remove mlp_hidden: hash routing decides it itself",
         ]
     ), problems
+
+
+def test_the_headline_says_expert_choice_active_counts_are_averages_and_only_then():
+    from moec.analyze import analyze
+    from moec.analyze.report import convention_line
+
+    chosen = analyze(tiny_plan(TINY_MOE, "moe.router.kind=expert_choice", "moe.router.normalize_topk=false"))
+    plain = analyze(tiny_plan(TINY_MOE))
+    assert "averages over tokens" in chosen.conventions["active_average"]
+    assert convention_line(chosen.conventions).endswith("· expert choice: active = average over tokens")
+    assert "active_average" not in plain.conventions and "expert choice" not in convention_line(plain.conventions)

@@ -74,10 +74,10 @@ class Recipe:
             )
         m = self.granularity
         text = (
-            f"upcycled from {source} by moec (docs/upcycling.md): {self.experts} copies of each FFN"
+            f"upcycled from {source} by moec (docs/upcycling.md): {_count(self.experts, 'copy', 'copies')} of each FFN"
             + (f" cut in {m} segments of its hidden units, down projections scaled by {m}" if m > 1 else "")
             + f", top-{self.top_k * m} {self.router} normalised"
-            + (f", {self.shared} shared experts from the segments" if self.shared else "")
+            + (f", {_count(self.shared, 'shared expert', 'shared experts')} from the segments" if self.shared else "")
             + (f", Gaussian noise {self.noise:g} x each matrix's std on the routed experts" if self.noise else "")
             + f"; router {self._router_init()}; seed {self.seed}"
         )
@@ -85,6 +85,10 @@ class Recipe:
 
     def _router_init(self) -> str:
         return "zero" if self.router_std == 0 else f"normal(0, {self.router_std:g})"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def moe_spec_text(dense_spec: str, recipe: Recipe, dense: ResolvedModel, source: str) -> str:

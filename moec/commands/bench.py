@@ -28,9 +28,9 @@ def _ints(values: tuple[str, ...], hint: str = "--tokens") -> tuple[int, ...]:
     try:
         out = tuple(int(v) for chunk in values for v in chunk.split(",") if v.strip())
     except ValueError as e:
-        raise click.BadParameter(f"token counts must be integers: {e}", param_hint=hint) from e
+        raise click.BadParameter(f"expected whole numbers: {e}", param_hint=hint) from e
     if any(t < 0 for t in out):
-        raise click.BadParameter("token counts must be >= 0", param_hint=hint)
+        raise click.BadParameter("expected numbers >= 0", param_hint=hint)
     return out
 
 

@@ -26,3 +26,16 @@ def test_non_finite_numbers_are_refused_as_bad_input(args, value, tmp_path):
     assert r.exit_code == 2, r.output
     assert "is not a finite number" in r.output or "not in the range" in r.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "textbook-moe", "--decode", "--batch-sizes", "1,x"], "--batch-sizes: expected whole numbers"),
+        (["bench", "textbook-moe", "--tokens", "-3"], "--tokens: expected numbers >= 0"),
+    ],
+)
+def test_list_options_say_what_they_expect(args, message):
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output

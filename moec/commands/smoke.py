@@ -215,6 +215,18 @@ def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -
     _show(result, fmt)
 
 
+def _compare_plan(spec: str, sets: tuple[str, ...], setting):  # (Setting) -> ResolvedModel
+    """The plan of one --compare setting; its problems say which setting they come from, since several
+    settings may set the same field."""
+    from moec.errors import Problem, SpecError
+
+    try:
+        return load_plan(spec, (*sets, *setting.sets))
+    except SpecError as e:
+        label = f"(--compare {setting.name}) "
+        raise SpecError([Problem(p.file, p.line, p.column, p.path, label + p.message) for p in e.problems]) from None
+
+
 def _compare(spec: str, sets: tuple[str, ...], compares: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -> None:
     """Every setting's spec is loaded and checked first: a bad one stops the command before any training."""
     from moec.smoke import compare as cmp
@@ -222,7 +234,11 @@ def _compare(spec: str, sets: tuple[str, ...], compares: tuple[str, ...], cfg, f
     from moec.smoke.run import smoke_run as run
 
     settings = [cmp.parse_setting(c) for c in compares]
-    plans = [(s, load_plan(spec, (*sets, *s.sets))) for s in settings]
+    names = [s.name for s in settings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CommandError(f"--compare {twice[0]!r} is given twice: the table has one row for each")
+    plans = [(s, _compare_plan(spec, sets, s)) for s in settings]
     for setting, plan in plans:  # its table would read max/mean 0.00 and 0/0 starved: no routing to compare
         if not plan.moe_layers:
             raise CommandError(f"--compare {setting.name}: {plan.name} has no MoE layer, so no routing to compare")

@@ -46,7 +46,9 @@ def test_the_table_has_one_row_per_setting_within_80_columns_cutting_long_names(
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("moe.router.top_k=9", "moe.router.top_k"),  # 9 > 8 experts: the spec's own located error
+        # 9 > 8 experts: the spec's own located error, saying which setting it comes from
+        ("moe.router.top_k=9", "moe.router.top_k: (--compare moe.router.top_k=9) 9 exceeds"),
+        ("top1", "--compare 'top1' is given twice"),  # one row per setting
         ("no-such-preset", "expected a preset"),
         ("moe.router.kind=expert_choice,moe.capacity_factor=1.0", "moe.capacity_factor"),
     ],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moec.errors import CommandError
@@ -56,6 +55,7 @@ def upcycle(
     (Qwen2-MoE gates its shared experts, which the recipe's scaling accounts for)."""
     import torch
 
+    from moec.hf.checkpoint import checkpoint_folder
     from moec.hf.config import import_hf_config
     from moec.nn.build import build_model
     from moec.spec import load_spec, resolve
@@ -64,7 +64,7 @@ def upcycle(
     recipe = dataclasses.replace(recipe, shared_gate=bool(shared) and family == "qwen2_moe")
     dense = dense_source(source)
     recipe.check(dense.plan)
-    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    folder = checkpoint_folder(source)
     text = moe_spec_text(import_hf_config(folder), recipe, dense.plan, folder.name)
     plan = resolve(load_spec(f"{dense.plan.name}-upcycled.yaml", text=text))
     dtype = dense.embed.weight.dtype

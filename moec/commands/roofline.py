@@ -125,12 +125,10 @@ def roofline(
     model = load_plan(spec, sets)
     w = Workload(phase, batch, seq, dtype, kv_dtype or dtype, tp, ep)  # type: ignore[arg-type]
     check_layout(spec, model, w)
-    picks = None
+    picks, routing = None, "uniform routing"
     if load_file is not None:
         moe = {lp.index: (lp.ffn.n_experts, lp.ffn.top_k) for lp in model.layers if isinstance(lp.ffn, MoEPlan)}
         picks = layer_picks(read_load_file(load_file), moe, load_file, pool=load_pool)
-    routing = "uniform routing"
-    if load_file is not None:
         routing = f"loads measured in {load_file}" + (", summed over its layers" if load_pool else "")
     report = build_report(model, acc, gpu, w, batches=default_batches(max_batch), picks=picks, routing=routing)
     text = {"json": render.to_json, "md": render.to_markdown, "table": render.to_text}[fmt](report)

@@ -5,8 +5,6 @@ which transformers' FlexOlmo ignores, is refused."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from moec.analyze import analyze
@@ -19,7 +17,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, hf_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    hf_counts,
+    tiny_hf,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # allenai/FlexOlmo-7x7B-1T config.json, the architectural fields as a public analysis of the release reports them
@@ -82,26 +84,9 @@ def test_sliding_window_transformers_ignores_is_refused_as_ambiguous():
     assert [p.path for p in e.value.problems] == ["sliding_window"]
 
 
-def tiny_hf(cfg: dict):
-    """transformers' tiny model with every weight random and away from its init (norms around 1)."""
-    c = transformers.AutoConfig.for_model("flex_olmo", **copy.deepcopy(cfg))
-    c._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(c).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, (E, d)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    hf = tiny_hf(TINY)
+    hf = tiny_hf("flex_olmo", TINY)
     folder = tmp_path_factory.mktemp("flex_olmo")
     hf.save_pretrained(folder)
     return hf, folder

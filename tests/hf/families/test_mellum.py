@@ -6,8 +6,6 @@ fields MellumConfig deletes are named, not refused."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from moec.analyze import analyze
@@ -22,7 +20,11 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, hf_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    hf_counts,
+    tiny_hf,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 YARN = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 16.0, "original_max_position_embeddings": 8192,
@@ -116,26 +118,9 @@ def test_configs_transformers_cannot_build_are_refused_located(change, field):
     assert [p.path for p in e.value.problems] == [field]
 
 
-def tiny_hf(cfg: dict):
-    """transformers' tiny model with every weight random and away from its init (norms around 1)."""
-    c = transformers.AutoConfig.for_model("mellum", **copy.deepcopy(cfg))
-    c._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(c).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, (E, d)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    hf = tiny_hf(TINY)
+    hf = tiny_hf("mellum", TINY)
     folder = tmp_path_factory.mktemp("mellum")
     hf.save_pretrained(folder)
     # a released MTP layer's tensor, which MellumPreTrainedModel lets go on load

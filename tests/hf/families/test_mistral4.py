@@ -24,7 +24,11 @@ from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 Mistral4Config = transformers.Mistral4Config
 from transformers.models.mistral4.modeling_mistral4 import Mistral4ForCausalLM  # noqa: E402
 
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    away_from_init,
+    model_counts,
+)
 
 # Mistral4Config's class defaults, which its docstring ties to mistralai/Mistral-Small-4-119B-2603 (the release
 # is a multimodal wrapper holding this text model as text_config; its config.json is out of reach here): 36
@@ -113,14 +117,7 @@ def tiny_hf(cfg: dict):
     c._attn_implementation = "eager"
     torch.manual_seed(0)
     model = Mistral4ForCausalLM(c).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):  # the router, (E, d)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    away_from_init(model)
     return model
 
 

@@ -24,13 +24,11 @@ from typing import Any
 import torch
 
 from moec.bench.device import copy_gbps, dense_matmul_tflops
-from moec.bench.moe_bench import _loadavg, machine_info
+from moec.bench.moe_bench import DTYPES, _loadavg, _sync, machine_info
 from moec.errors import CommandError
 from moec.plan.accelerators import Accelerator
-from moec.vocab import TORCH_DTYPE_NAMES
 
 YARDSTICK = {"cpu": (1024, 256 << 20), "cuda": (8192, 1 << 30)}  # matmul n, copy bytes
-TORCH_DTYPES = {name: getattr(torch, torch_name) for name, torch_name in TORCH_DTYPE_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ def measured_accelerator(device: torch.device, dtype: str) -> Accelerator:
     from moec.nn.build import available_bytes
 
     n, copy_bytes = YARDSTICK["cuda" if device.type == "cuda" else "cpu"]
-    flops = dense_matmul_tflops(device, TORCH_DTYPES[dtype], n=n, repeats=5) * 1e12
+    flops = dense_matmul_tflops(device, DTYPES[dtype], n=n, repeats=5) * 1e12
     bandwidth = copy_gbps(device, n_bytes=copy_bytes, repeats=5) * 1e9
     return Accelerator(
         name=f"{device.type} (measured)",
@@ -64,11 +62,6 @@ def measured_accelerator(device: torch.device, dtype: str) -> Accelerator:
         gpus_per_node=1,
         source=f"measured in this run: {n}×{n} {dtype} matmul, {copy_bytes >> 20} MiB copy (read + write)",
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -104,7 +97,7 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
     device = resolve_device(opts.device)
     if device.type == "cpu":
         torch.set_num_threads(opts.threads or os.cpu_count() or 1)
-    loaded = load_source(source, device=device, dtype=TORCH_DTYPES[opts.dtype], seed=opts.seed, sets=sets)
+    loaded = load_source(source, device=device, dtype=DTYPES[opts.dtype], seed=opts.seed, sets=sets)
     model, plan = loaded.model, loaded.model.plan
     positions = opts.context + opts.warmup + opts.steps
     if positions > plan.max_seq_len:
@@ -113,7 +106,7 @@ def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = (
             f"{plan.name} has max_seq_len {plan.max_seq_len}: lower --context or --steps"
         )
     hint = "; lower --batch-sizes or --context"  # the largest batch's cache, before any timing
-    kv_dtype = TORCH_DTYPES[opts.dtype]
+    kv_dtype = DTYPES[opts.dtype]
     require_cache_memory(plan, kv_dtype, batch=max(opts.batches), positions=positions, device=device, hint=hint)
     if named is not None:
         acc, gpu = named, opts.gpu

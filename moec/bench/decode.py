@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import statistics
 import textwrap
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from moec.bench.device import copy_gbps, dense_matmul_tflops
-from moec.bench.moe_bench import DTYPES, _loadavg, _sync, machine_info
+from moec.bench.moe_bench import DTYPES, _loadavg, machine_info
 from moec.errors import CommandError
 from moec.plan.accelerators import Accelerator
 
@@ -64,25 +63,16 @@ def measured_accelerator(device: torch.device, dtype: str) -> Accelerator:
     )
 
 
-@torch.no_grad()
 def time_decode(model: Any, batch: int, opts: DecodeOptions, device: torch.device) -> tuple[list[float], float]:
-    """(seconds of each timed step, mean distinct experts per MoE layer per timed step)."""
+    """(seconds of each timed step, mean distinct experts per MoE layer per timed step): the generation loop's
+    greedy decode of ``warmup + steps`` tokens after a random prompt, its first ``warmup`` steps left out."""
+    from moec.generate import generate
+
     g = torch.Generator(device="cpu").manual_seed(opts.seed)
     prompt = torch.randint(model.plan.vocab_size, (batch, opts.context), generator=g).to(device)
-    cache = model.new_cache(batch, opts.context + opts.warmup + opts.steps)
-    logits, _ = model(prompt, cache=cache, start=0)
-    moe = [lp.index for lp in model.plan.layers if lp.ffn.kind == "moe"]
-    times, distinct = [], []
-    for i in range(opts.warmup + opts.steps):
-        token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        _sync(device)
-        t0 = time.perf_counter()
-        logits, aux = model(token, cache=cache, start=opts.context + i)
-        _sync(device)
-        if i >= opts.warmup:
-            times.append(time.perf_counter() - t0)
-            distinct += [int((aux.layers[j].tokens_per_expert > 0).sum()) for j in moe]
-    return times, (sum(distinct) / len(distinct) if distinct else 0.0)
+    gen = generate(model, prompt, opts.warmup + opts.steps + 1)  # the first new token comes from the prefill
+    distinct = [n for per_step in gen.experts.values() for n in per_step[opts.warmup :]]
+    return gen.step_s[opts.warmup :], (sum(distinct) / len(distinct) if distinct else 0.0)
 
 
 def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -24,17 +24,27 @@ def tiny_hf(model_type: str, cfg: dict):
     return model
 
 
-def away_from_init(model, keep: Callable[[str], bool] = lambda name: True) -> None:
+def away_from_init(
+    model,
+    keep: Callable[[str], bool] = lambda name: True,
+    *,
+    router: str = "gate.weight",
+    small_biases: bool = False,
+) -> None:
     """Every weight of ``model`` whose name ``keep`` accepts made random and away from its init: norms around 1,
-    routers with logits of order 1, the selection bias large enough to change choices (a wrapper's tests keep its
-    text model's weights only: the towers they leave out need not be random)."""
+    routers (the weights whose names end in ``router``) with logits of order 1, the selection bias large enough to
+    change choices (a wrapper's tests keep its text model's weights only: the towers they leave out need not be
+    random). ``small_biases``: biases small and around 0 instead (where a shared offset would route every token
+    alike)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not keep(name):
                 continue
-            if name.endswith("gate.weight"):  # the router, Linear(d, E)
+            if name.endswith(router):  # the router, Linear(d, E)
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif small_biases and name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
             else:
                 vector = p.dim() == 1  # norm weights (and biases) around 1
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))

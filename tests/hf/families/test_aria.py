@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import model_counts  # noqa: E402
+from tests.hf.families._harness import away_from_init, model_counts  # noqa: E402
 from tests.hf.families.test_aria_text import TINY  # noqa: E402
 from tests.hf.test_weights import assert_same  # noqa: E402
 
@@ -74,18 +74,7 @@ def checkpoint(tmp_path_factory):
     cfg.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = transformers.AriaForConditionalGeneration(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.startswith(LEFT_OUT):
-                continue
-            if name.endswith("router.weight"):  # logits of order 1
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith("bias"):  # small: a shared offset would route every token alike
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                vector = p.dim() == 1  # norm weights around 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    away_from_init(hf, keep=lambda name: not name.startswith(LEFT_OUT), router="router.weight", small_biases=True)
     folder = tmp_path_factory.mktemp("aria")
     hf.save_pretrained(folder)
     return hf, folder

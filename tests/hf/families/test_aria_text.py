@@ -18,7 +18,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    away_from_init,
+    model_counts,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 CLASS_DEFAULTS = {"model_type": "aria_text"}  # AriaTextConfig(): 32 layers, 8 experts top-2, 2 shared
@@ -54,16 +58,7 @@ def checkpoint(tmp_path_factory):
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = transformers.AriaTextForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("router.weight"):  # logits of order 1
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith("bias"):  # small: a shared offset would route every token alike
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                vector = p.dim() == 1  # norm weights around 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
+    away_from_init(hf, router="router.weight", small_biases=True)
     folder = tmp_path_factory.mktemp("aria_text")
     hf.save_pretrained(folder)
     return hf, folder

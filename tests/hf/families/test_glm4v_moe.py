@@ -19,7 +19,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, model_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    away_from_init,
+    model_counts,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # zai-org/GLM-4.5V: the configuration as transformers 5.7 prints it after loading the release config.json (a
@@ -126,17 +130,7 @@ def checkpoint(tmp_path_factory):
     cfg.text_config._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = transformers.Glm4vMoeForConditionalGeneration(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("gate.weight"):  # the router, Linear(d, E)
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                vector = p.dim() == 1  # norm weights and biases around 1
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if vector else 0.1) + (1.0 if vector else 0.0))
-        for name, b in hf.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    away_from_init(hf)
     folder = tmp_path_factory.mktemp("glm4v_moe")
     hf.save_pretrained(folder)
     return hf, folder

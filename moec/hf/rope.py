@@ -64,10 +64,15 @@ def read_rope(c: HFConfig, d: Draft, theta_fallback: Any = None) -> None:
         _scaling_field(c, d, f"{where}.{k}", kind, k, v)
 
 
+def rope_field(c: HFConfig) -> str:
+    """The field that holds the rope mapping: a non-empty legacy rope_scaling wins over rope_parameters."""
+    return "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
+
+
 def _rope_parameters(c: HFConfig) -> tuple[str, dict[str, Any]]:
     """(the field they come from, a copy of the flat rope-parameter mapping)."""
     params, scaling = c.value("rope_parameters"), c.value("rope_scaling")
-    where = "rope_scaling" if scaling else "rope_parameters"
+    where = rope_field(c)
     given = scaling or params or {}
     if not given and c.defaults.get("default_rope_parameters"):
         # gpt-oss: a config without rope parameters gets the family's YaRN (GptOssConfig.__post_init__)

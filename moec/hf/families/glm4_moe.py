@@ -16,6 +16,7 @@ from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, moe_core, shared_experts
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
+from moec.hf.rope import rope_field
 
 if TYPE_CHECKING:
     from moec.hf.checkpoint import Checkpoint
@@ -81,7 +82,7 @@ def take_partial_rotary(c: HFConfig, default: float | None, default_src: str = "
     reader sees them (it refuses the factor for families whose attention rotates whole heads). The rotary
     embeddings of GLM-4.5 and the families built on it read it from rope_parameters, where transformers moves a
     top-level one; when both are given they must agree. Neither given: ``default`` (None: none given)."""
-    nested_key = "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
+    nested_key = rope_field(c)
     nested = c.raw.get(nested_key)
     inner = None
     if isinstance(nested, dict) and _PARTIAL in nested:

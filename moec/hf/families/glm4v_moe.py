@@ -20,6 +20,7 @@ from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import LanguageModelMapper
+from moec.hf.rope import rope_field
 
 if TYPE_CHECKING:
     pass
@@ -116,7 +117,7 @@ def _text_config(c: HFConfig) -> HFConfig:
 
 def _take_mrope(t: HFConfig) -> tuple[list[int] | None, str]:
     """mrope_section out of the rope mapping (the common reader refuses keys it does not know) and checked."""
-    key = "rope_scaling" if t.raw.get("rope_scaling") else "rope_parameters"
+    key = rope_field(t)
     given = t.raw.get(key)
     if not isinstance(given, dict) or "mrope_section" not in given:
         return MROPE_DEFAULT, f"mrope_section unset: {MROPE_DEFAULT}"

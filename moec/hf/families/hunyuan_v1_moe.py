@@ -21,6 +21,7 @@ from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import activation, base, defaults, gqa, moe_core, router
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.mapper import Mapper
+from moec.hf.rope import rope_field
 from moec.spec.plan import LayerPlan
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def translate(c: HFConfig, d: Draft) -> None:
 def _ntk_alpha(c: HFConfig, d: Draft) -> None:
     """rope type "dynamic" with an alpha: HunYuanMoEV1RotaryEmbedding's ntk_alpha, a fixed base θ·α^(d/(d−2))
     whatever the sequence length (its dynamic update applies to "dynamic" only), which is moec's ntk_alpha."""
-    where = "rope_scaling" if c.value("rope_scaling") else "rope_parameters"
+    where = rope_field(c)
     params = c.value(where)
     if not isinstance(params, dict) or (params.get("rope_type") or params.get("type")) != "dynamic":
         return

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown, spelt
 from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
 from moec.hf.mapper import LanguageModelMapper, Missing
+from moec.hf.rope import rope_field
 from moec.spec.plan import MoEPlan
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def rope_view(t: HFConfig, mrope_keys: tuple[str, ...] = _MROPE_KEYS) -> tuple[s
     """The rope mapping without its multimodal keys ``mrope_keys`` (read by :func:`put_mrope_sections` and the
     family's interleave check) and with the legacy type 'mrope' read as transformers reads it, 'default'; the
     common reader then takes it. Returns (its key, as given)."""
-    key = "rope_scaling" if t.raw.get("rope_scaling") else "rope_parameters"
+    key = rope_field(t)
     given = t.raw.get(key)
     if not isinstance(given, dict):
         return key, {}  # absent, or refused by the common reader

@@ -162,7 +162,7 @@ def load_accelerator_file(file: str) -> dict[str, Accelerator]:
         if key in ACCELERATORS:
             problem(path, f"{key} is a built-in accelerator; give yours another name", key=True)
         elif not isinstance(entry, dict):
-            problem(path, "expected a mapping of name, hbm_bytes, hbm_bytes_per_s, peak_flops, source")
+            problem(path, f"expected a mapping of {', '.join(_REQUIRED)}")
         else:
             accelerator = _accelerator(entry, path, problem)
             if accelerator is not None:

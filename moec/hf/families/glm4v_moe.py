@@ -14,16 +14,13 @@ let go; the head is ``lm_head.weight``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import LanguageModelMapper
 from moec.hf.rope import rope_field
-
-if TYPE_CHECKING:
-    pass
 
 # Glm4vMoeConfig (the wrapper; its default_theta is unused: the text config holds the rope), Glm4vMoeTextConfig
 # and Glm4vMoeVisionConfig (its parts)

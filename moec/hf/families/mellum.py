@@ -14,14 +14,11 @@ transformers does. Checkpoints use transformers' common names (the base Mapper).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_number, shown, spelt
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
 from moec.hf.mapper import Mapper
-
-if TYPE_CHECKING:
-    pass
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=98304, hidden_size=2304, intermediate_size=7168, num_hidden_layers=28,

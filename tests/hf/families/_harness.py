@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import pytest
 import torch
 import transformers
 
@@ -94,6 +95,28 @@ def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor,
         (logits, aux), (lib_logits, lib_aux) = gen(tokens), model(tokens)
     assert torch.equal(logits, lib_logits)
     assert_same_aux(aux, lib_aux)
+
+
+def assert_a_release_mtp_layer_is_let_go(hf, folder, tmp_path, mtp_layer: int) -> None:
+    """A copy (in ``tmp_path``) of transformers' ``hf`` checkpoint in ``folder`` with a tensor of layer
+    ``mtp_layer`` added, where the release stores its MTP layer (model.layers.{mtp_layer}.*), gives ``hf``'s logits
+    and router choices: transformers ignores that layer on load, so does moec. A tensor of any other unknown layer
+    (the one before it) is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    import moec
+    from moec.hf.checkpoint import CheckpointError
+    from tests.hf.test_weights import assert_same
+
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({**weights, f"model.layers.{mtp_layer}.enorm.weight": torch.ones(64)}, tmp_path / "model.safetensors")
+    assert assert_same(hf, moec.from_hf(tmp_path)) <= 1e-4
+    unknown = f"model.layers.{mtp_layer - 1}.enorm.weight"
+    save_file({**weights, unknown: torch.ones(64)}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=unknown):
+        moec.from_hf(tmp_path)
 
 
 class TextView(torch.nn.Module):

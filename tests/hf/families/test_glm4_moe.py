@@ -19,8 +19,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.hf.checkpoint import CheckpointError  # noqa: E402
-from tests.hf.families._harness import assert_generated_model_gives_the_library_logits, hf_counts, tiny_hf  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_a_release_mtp_layer_is_let_go,
+    assert_generated_model_gives_the_library_logits,
+    hf_counts,
+    tiny_hf,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # zai-org/GLM-4.5-Air config.json, as a public ms-swift conversion log prints it (Glm4MoeConfig of
@@ -153,17 +157,7 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
 def test_a_release_style_mtp_layer_in_the_checkpoint_is_let_go(checkpoint, tmp_path):
     """GLM-4.5-Air stores its MTP layer as model.layers.46.*; transformers ignores it on load, so does moec.
     A tensor of any other unknown layer is still refused."""
-    from safetensors.torch import load_file, save_file
-
-    hf, folder = checkpoint
-    for f in folder.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
-    weights = load_file(tmp_path / "model.safetensors")
-    save_file({**weights, "model.layers.46.enorm.weight": torch.ones(64)}, tmp_path / "model.safetensors")
-    assert assert_same(hf, moec.from_hf(tmp_path)) <= 1e-4
-    save_file({**weights, "model.layers.45.enorm.weight": torch.ones(64)}, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="model.layers.45.enorm.weight"):
-        moec.from_hf(tmp_path)
+    assert_a_release_mtp_layer_is_let_go(*checkpoint, tmp_path, mtp_layer=46)
 
 
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):

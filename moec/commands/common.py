@@ -102,13 +102,18 @@ set_option = click.option(
 )
 
 
-def write_or_echo(text: str, output: str | None, force: bool) -> None:
-    """``text`` to stdout, or to the file ``output`` (through moec.output_files, with its notes on stderr)."""
+def write_output(output: str, content: str | bytes, force: bool) -> None:
+    """``content`` to the file ``output`` through moec.output_files, its notes and a ``wrote`` line on stderr."""
     from moec.output_files import write_file
 
+    for note in write_file(output, content, force=force):
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {output}", err=True)
+
+
+def write_or_echo(text: str, output: str | None, force: bool) -> None:
+    """``text`` to stdout, or to the file ``output`` (:func:`write_output`)."""
     if output is None:
         click.echo(text, nl=False)
         return
-    for note in write_file(output, text, force=force):
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {output}", err=True)
+    write_output(output, text, force)

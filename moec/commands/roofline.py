@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option, write_or_echo
+from moec.commands.common import load_plan, report_errors, set_option, write_or_echo, write_output
 from moec.plan.accelerators import ACCELERATORS, pick_accelerator  # plain data: cheap to import with the command line
 from moec.vocab import DTYPES
 
@@ -144,8 +144,6 @@ def roofline(
 def write_plot(figure: Any, plot: str | None, force: bool) -> None:
     if figure is None or plot is None:
         return
-    from moec.roofline.plot import save_png
+    from moec.roofline.plot import png_bytes
 
-    for note in save_png(figure, plot, force=force):
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {plot}", err=True)
+    write_output(plot, png_bytes(figure), force)

@@ -7,7 +7,6 @@ import io
 from typing import Any
 
 from moec.errors import CommandError
-from moec.output_files import write_file
 from moec.roofline.render import LABELS
 from moec.roofline.report import RooflineReport
 
@@ -24,12 +23,11 @@ def new_figure(width: float, height: float, columns: int = 1) -> tuple[Any, list
     return fig, list(fig.subplots(1, columns, squeeze=False)[0])
 
 
-def save_png(fig: Any, path: str, *, force: bool) -> list[str]:
-    """Write ``fig`` as a PNG at ``path`` under moec/output_files.py's rules; return notes about swept
-    leftovers."""
+def png_bytes(fig: Any) -> bytes:
+    """``fig`` as a PNG, for moec.commands.common.write_output (moec/output_files.py's rules)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    return write_file(path, buffer.getvalue(), force=force)
+    return buffer.getvalue()
 
 
 def plot_roofline(report: RooflineReport) -> Any:

@@ -83,6 +83,19 @@ def hf_counts(cfg: dict, experts: str = ".mlp.experts.") -> tuple[int, int]:
     return model_counts(model, n_experts, c.num_experts_per_tok, experts=experts)
 
 
+def assert_table_holds_class_defaults(table: dict, cls, at_least: int) -> None:
+    """Every key of a family's defaults ``table`` that transformers' config class ``cls`` gives a default holds that
+    default (a tuple as the list a config.json holds), and at least ``at_least`` keys are so checked."""
+    import dataclasses
+
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    checked = [k for k in table if k in fields and fields[k] is not dataclasses.MISSING]
+    assert len(checked) >= at_least
+    for key in checked:
+        want = list(fields[key]) if isinstance(fields[key], tuple) else fields[key]
+        assert table[key] == want, key
+
+
 def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:
     """The model.py ``moec build`` renders for ``model``'s plan, holding ``model``'s weights, gives its logits and
     its aux (every MoE layer's loss, loads and router scores) bit for bit."""

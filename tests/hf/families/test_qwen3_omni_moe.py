@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
+    assert_table_holds_class_defaults,
     away_from_init,
     model_counts,
 )
@@ -246,8 +247,6 @@ def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
 
 def test_text_defaults_are_transformers_class_defaults():
     """The registry-wide test holds the wrapper's table to Qwen3OmniMoeConfig; these hold its parts'."""
-    import dataclasses
-
     from moec.hf.families.qwen3_omni_moe import AUDIO_DEFAULTS, TEXT_DEFAULTS, THINKER_DEFAULTS
 
     for table, cls in (
@@ -255,9 +254,5 @@ def test_text_defaults_are_transformers_class_defaults():
         (THINKER_DEFAULTS, transformers.Qwen3OmniMoeThinkerConfig),
         (AUDIO_DEFAULTS, transformers.Qwen3OmniMoeAudioEncoderConfig),
     ):
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        checked = [k for k in table if k in fields and fields[k] is not dataclasses.MISSING]
-        assert len(checked) >= 6
-        for key in checked:
-            assert table[key] == fields[key], key
+        assert_table_holds_class_defaults(table, cls, at_least=6)
     assert TEXT_DEFAULTS["default_theta"] == transformers.Qwen3OmniMoeTextConfig.default_theta

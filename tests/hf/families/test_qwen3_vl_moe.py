@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
+    assert_table_holds_class_defaults,
     away_from_init,
     model_counts,
 )
@@ -169,12 +170,7 @@ def test_text_and_vision_defaults_are_transformers_class_defaults():
         (TEXT_DEFAULTS, transformers.Qwen3VLMoeTextConfig),
         (VISION_DEFAULTS, transformers.Qwen3VLMoeVisionConfig),
     ):
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        checked = [k for k in table if k in fields and fields[k] is not dataclasses.MISSING]
-        assert len(checked) >= 10
-        for key in checked:
-            want = list(fields[key]) if isinstance(fields[key], tuple) else fields[key]
-            assert table[key] == want, key
+        assert_table_holds_class_defaults(table, cls, at_least=10)
     assert TEXT_DEFAULTS["default_theta"] == transformers.Qwen3VLMoeTextConfig.default_theta
     assert (
         TEXT_DEFAULTS["num_local_experts"]

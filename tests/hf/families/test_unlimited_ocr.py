@@ -23,6 +23,7 @@ import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     TextView,
     assert_generated_model_gives_the_library_logits,
+    assert_table_holds_class_defaults,
     away_from_init,
     model_counts,
 )
@@ -147,12 +148,6 @@ def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
 
 
 def test_text_defaults_are_transformers_class_defaults():
-    import dataclasses
-
     from moec.hf.families.unlimited_ocr import TEXT_DEFAULTS
 
-    fields = {f.name: f.default for f in dataclasses.fields(transformers.UnlimitedOcrTextConfig)}
-    checked = [k for k in TEXT_DEFAULTS if k in fields and fields[k] is not dataclasses.MISSING]
-    assert len(checked) >= 20
-    for key in checked:
-        assert TEXT_DEFAULTS[key] == fields[key], key
+    assert_table_holds_class_defaults(TEXT_DEFAULTS, transformers.UnlimitedOcrTextConfig, at_least=20)

@@ -20,7 +20,7 @@ from moec.analyze import analyze
 from moec.errors import CommandError
 from moec.nn.build import available_bytes, resolve_device
 from moec.smoke.data import MarkovData
-from moec.smoke.metrics import dynamics, last_window
+from moec.smoke.metrics import dynamics, last_window, max_mean
 from moec.smoke.progress import progress_display
 from moec.smoke.record import StepRecorder
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
@@ -213,12 +213,11 @@ def layer_loads(log: TrainLog, index: list[int]) -> list[LayerLoad]:
     out = []
     for j, (c, d) in enumerate(zip(log.load, log.dropped, strict=True)):
         counts = c.tolist()
-        mean = sum(counts) / len(counts) if counts else 0.0
         out.append(
             LayerLoad(
                 layer=index[j] if j < len(index) else j,
                 tokens_per_expert=counts,
-                max_mean_ratio=(max(counts) / mean) if mean else 0.0,
+                max_mean_ratio=max_mean(counts),
                 starved=[e for e, n in enumerate(counts) if n == 0],
                 dropped=int(d),
             )

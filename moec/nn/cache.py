@@ -32,7 +32,7 @@ import dataclasses
 import torch
 
 # the cache itself is torch-only and shared with every generated model.py: moec.kernels.runtime holds it
-from moec.kernels.runtime import KVCache, LayerCache, cache_slots, empty_layer_cache
+from moec.kernels.runtime import KVCache, LayerCache, empty_layer_cache
 from moec.spec.plan import AttentionPlan, MoEPlan, ResolvedModel
 
 __all__ = [
@@ -40,15 +40,8 @@ __all__ = [
     "LayerCache",
     "capacity_layers",
     "new_layer_cache",
-    "slots_for",
     "without_capacity",
 ]
-
-
-def slots_for(plan: AttentionPlan, max_len: int) -> int:
-    """How many positions a layer must keep: all of them, or the most a query can see through its window or
-    chunk."""
-    return cache_slots(max_len, plan.window, plan.chunk)
 
 
 def new_layer_cache(

@@ -83,6 +83,17 @@ def hf_counts(cfg: dict, experts: str = ".mlp.experts.") -> tuple[int, int]:
     return model_counts(model, n_experts, c.num_experts_per_tok, experts=experts)
 
 
+def refused_fields(cfg) -> list[str]:
+    """The fields (paths) of the problems that ``hf_to_model`` refuses the config.json ``cfg`` with; it must refuse
+    it with a SpecError."""
+    from moec.errors import SpecError
+    from moec.hf import hf_to_model
+
+    with pytest.raises(SpecError) as e:
+        hf_to_model(cfg)
+    return [p.path for p in e.value.problems]
+
+
 def assert_table_holds_class_defaults(table: dict, cls, at_least: int) -> None:
     """Every key of a family's defaults ``table`` that transformers' config class ``cls`` gives a default holds that
     default (a tuple as the list a config.json holds), and at least ``at_least`` keys are so checked."""

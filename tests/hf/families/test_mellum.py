@@ -23,6 +23,7 @@ import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
+    refused_fields,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -113,9 +114,7 @@ def test_qwen_fields_mellum_deletes_are_named_not_refused():
     ],
 )  # fmt: skip
 def test_configs_transformers_cannot_build_are_refused_located(change, field):
-    with pytest.raises(SpecError) as e:
-        hf_to_model({**NEAREST, **change})
-    assert [p.path for p in e.value.problems] == [field]
+    assert refused_fields({**NEAREST, **change}) == [field]
 
 
 @pytest.fixture(scope="module")

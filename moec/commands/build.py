@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option
+from moec.commands.common import load_plan, print_notes, report_errors, set_option
 from moec.errors import CommandError, SpecError
 from moec.vocab import MODEL_DTYPES, TORCH_DTYPE_NAMES
 
@@ -73,7 +73,7 @@ def build(
     from moec.codegen import render_model_source
     from moec.codegen.output import check_output_dir, clear_leftovers, write_build
 
-    _notify(clear_leftovers(out))
+    print_notes(clear_leftovers(out))
     check_output_dir(out, force=force)  # before any work: the cheap refusal first
     try:
         if hf_dir is not None:
@@ -88,13 +88,8 @@ def build(
             raise
         raise CommandError(str(e)) from None
     files, notes = write_build(out, plan, source, model=model, force=force)
-    _notify(notes)
+    print_notes(notes)
     click.echo(f"wrote {out}/: {', '.join(files)}", err=True)
-
-
-def _notify(notes: list[str]) -> None:
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
 
 
 def _initialised(plan, dtype: str | None, seed: int):  # -> (MoecModel)

@@ -102,12 +102,17 @@ set_option = click.option(
 )
 
 
+def print_notes(notes: list[str]) -> None:
+    """Each note of moec's output rules (a swept leftover, a kept file) as a ``note:`` line on stderr."""
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
 def write_output(output: str, content: str | bytes, force: bool) -> None:
     """``content`` to the file ``output`` through moec.output_files, its notes and a ``wrote`` line on stderr."""
     from moec.output_files import write_file
 
-    for note in write_file(output, content, force=force):
-        click.echo(f"note: {note}", err=True)
+    print_notes(write_file(output, content, force=force))
     click.echo(f"wrote {output}", err=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import FiniteFloatRange, report_errors
+from moec.commands.common import FiniteFloatRange, print_notes, report_errors
 from moec.hf.upcycle.recipe import ROUTERS
 
 
@@ -58,8 +58,7 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
         # sigmoid gate on the shared expert), so it is chosen before upcycling, not searched for after
         family = "qwen2_moe"
         click.echo("note: --shared with --format hf writes Qwen2-MoE (--family qwen2_moe)", err=True)
-    for note in clear_leftovers(out):
-        click.echo(f"note: {note}", err=True)
+    print_notes(clear_leftovers(out))
     check_output_dir(out, force=force)  # the cheap refusal before any work
     model = upcycle(dense, family=family, **options)
     if family is not None and fmt == "moec":  # --family means the same in both formats: the model fits it

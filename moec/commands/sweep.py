@@ -6,7 +6,9 @@ from __future__ import annotations
 import click
 
 from moec.commands.common import report_errors, set_option, write_or_echo
-from moec.commands.roofline import DTYPES, check_targets, gpu_options, pick_accelerator, write_plot
+from moec.commands.roofline import check_targets, gpu_options, write_plot
+from moec.plan.accelerators import pick_accelerator
+from moec.vocab import DTYPES
 
 DEFAULT_OBJECTIVES = ("active_params:min", "decode_tokens_per_s:max")
 

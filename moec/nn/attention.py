@@ -102,26 +102,14 @@ def attend(
     chunk: int | None = None,
 ) -> torch.Tensor:
     """Causal attention. q (B, h, S, d_qk), k (B, kv, S, d_qk), v (B, kv, S, d_v) → (B, h, S, d_v)."""
-    h, kv, S = q.shape[1], k.shape[1], q.shape[2]
+    S = q.shape[2]
     if window is not None and window >= S:
         window = None  # a window as long as the sequence is plain causal: keep the fast path
     if chunk is not None and chunk >= S:
         chunk = None  # likewise one chunk
-    if sinks is None:
-        if not _SDPA_GQA and kv != h:
-            k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
-        gqa = {"enable_gqa": bool(kv != h)} if _SDPA_GQA else {}  # a Python bool even under a jit trace
-        if window is None and chunk is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
-        mask = causal_mask(S, window, q.device, chunk)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
-    # gpt-oss: each head's learned sink logit joins the softmax denominator and takes no value
-    k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, S)
-    scores = scores.masked_fill(~causal_mask(S, window, q.device, chunk), float("-inf"))
-    sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(q.shape[0], h, S, 1)  # (B, h, S, 1)
-    probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, S)
-    return probs.to(v.dtype) @ v
+    if sinks is None and window is None and chunk is None:
+        return _sdpa(q, k, v, scale=scale, is_causal=True)
+    return attend_masked(q, k, v, causal_mask(S, window, q.device, chunk), scale=scale, sinks=sinks)
 
 
 def attend_masked(
@@ -135,12 +123,10 @@ def attend_masked(
 ) -> torch.Tensor:
     """Attention through an explicit mask, for a cached decode. q (B, h, S, d_qk), k (B, kv, T, d_qk),
     v (B, kv, T, d_v), mask (S, T) bool (True: may attend; every row has a True) → (B, h, S, d_v)."""
-    h, kv = q.shape[1], k.shape[1]
     if sinks is None:
-        if not _SDPA_GQA and kv != h:
-            k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
-        gqa = {"enable_gqa": bool(kv != h)} if _SDPA_GQA else {}  # a Python bool even under a jit trace
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
+        return _sdpa(q, k, v, scale=scale, attn_mask=mask)
+    # gpt-oss: each head's learned sink logit joins the softmax denominator and takes no value
+    h, kv = q.shape[1], k.shape[1]
     k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, h, S, T)
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -148,6 +134,24 @@ def attend_masked(
     sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(B, h, S, 1)  # (B, h, S, 1)
     probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, T)
     return probs.to(v.dtype) @ v
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    is_causal: bool = False,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """torch's fused attention, the kv heads shared by groups of query heads (repeated where torch is too old
+    to do it itself)."""
+    h, kv = q.shape[1], k.shape[1]
+    if not _SDPA_GQA and kv != h:
+        k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
+    gqa = {"enable_gqa": bool(kv != h)} if _SDPA_GQA else {}  # a Python bool even under a jit trace
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **gqa)
 
 
 class AttentionLayer(nn.Module):

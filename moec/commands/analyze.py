@@ -8,7 +8,7 @@ import textwrap
 
 import click
 
-from moec.commands.common import EXIT_BAD_INPUT, load_plan, print_problems, report_errors, set_option
+from moec.commands.common import EXIT_BAD_INPUT, SEQ_LEN, load_plan, print_problems, report_errors, set_option
 from moec.vocab import DTYPES
 
 NO_WARNINGS = click.option(
@@ -35,7 +35,7 @@ def print_warnings(plans: list) -> None:  # list[ResolvedModel]
 @click.argument("specs", nargs=-1, required=True)
 @click.option(
     "--seq",
-    type=click.IntRange(1, 1 << 27),
+    type=SEQ_LEN,
     default=1,
     show_default=True,
     help="Context length S for attention FLOPs and KV cache.",
@@ -185,7 +185,7 @@ def _print_verify(r, *, md: bool) -> None:  # (VerifyResult) -> None
 @click.command()
 @click.argument("spec_a")
 @click.argument("spec_b")
-@click.option("--seq", type=click.IntRange(1, 1 << 27), default=1, show_default=True)
+@click.option("--seq", type=SEQ_LEN, default=1, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @set_option
 @click.option("--set-a", "sets_a", multiple=True, metavar="KEY=VALUE", help="Override a field of SPEC_A only.")

@@ -93,6 +93,10 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+# --seq of the counting commands: the schema's MAX_SEQ (moec.spec.schema, not imported here: it loads pydantic
+# at start-up; tests/cli holds the two equal)
+SEQ_LEN = click.IntRange(1, 1 << 27)
+
 set_option = click.option(
     "--set",
     "sets",

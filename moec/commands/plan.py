@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option
+from moec.commands.common import SEQ_LEN, load_plan, report_errors, set_option
 from moec.plan.accelerators import ACCELERATORS
 from moec.vocab import DTYPES
 
@@ -23,7 +23,7 @@ _DEGREE = click.IntRange(1, 1 << 20)
 @click.option("--tp", type=_DEGREE, help="Tensor-parallel degree (fixes the layout).")
 @click.option("--pp", type=_DEGREE, help="Pipeline stages (fixes the layout).")
 @click.option("--dp-shard", type=_DEGREE, help="FSDP degree (fixes the layout; default: every rank left over).")
-@click.option("--seq", type=click.IntRange(1, 1 << 27), default=4096, show_default=True, help="Sequence length.")
+@click.option("--seq", type=SEQ_LEN, default=4096, show_default=True, help="Sequence length.")
 @click.option("--micro-batch", type=_DEGREE, default=1, show_default=True, help="Sequences per rank per micro-batch.")
 @click.option("--micro-batches", type=_DEGREE, help="Micro-batches per step (default: pp).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="Compute dtype.")

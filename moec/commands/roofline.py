@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option, write_or_echo, write_output
+from moec.commands.common import SEQ_LEN, load_plan, report_errors, set_option, write_or_echo, write_output
 from moec.plan.accelerators import ACCELERATORS, pick_accelerator  # plain data: cheap to import with the command line
 from moec.vocab import DTYPES
 
@@ -65,7 +65,7 @@ def check_targets(spec: str, output: str | None, plot: str | None, force: bool) 
 @gpu_options
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 1 << 24), default=1, show_default=True, help="Sequences per step.")
-@click.option("--seq", type=click.IntRange(1, 1 << 27), default=4096, show_default=True, help="Context length.")
+@click.option("--seq", type=SEQ_LEN, default=4096, show_default=True, help="Context length.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="Weights and compute.")
 @click.option("--kv-dtype", type=click.Choice(DTYPES), help="KV cache dtype (default: --dtype).")
 @click.option("--tp", type=_DEGREE, default=1, show_default=True, help="Tensor-parallel degree.")

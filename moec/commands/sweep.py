@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import report_errors, set_option, write_or_echo
+from moec.commands.common import SEQ_LEN, report_errors, set_option, write_or_echo
 from moec.commands.roofline import check_targets, gpu_options, write_plot
 from moec.plan.accelerators import pick_accelerator
 from moec.vocab import DTYPES
@@ -40,7 +40,7 @@ DEFAULT_OBJECTIVES = ("active_params:min", "decode_tokens_per_s:max")
 @click.option(
     "--batch", type=click.IntRange(1, 1 << 24), default=1, show_default=True, help="Decode batch for tokens/s."
 )
-@click.option("--seq", type=click.IntRange(1, 1 << 27), default=4096, show_default=True, help="Context length.")
+@click.option("--seq", type=SEQ_LEN, default=4096, show_default=True, help="Context length.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True)
 @click.option("--kv-dtype", type=click.Choice(DTYPES), help="KV cache dtype (default: --dtype).")
 @click.option("--max-combinations", type=click.IntRange(1, 10**7), default=100_000, show_default=True)

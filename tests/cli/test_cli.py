@@ -102,3 +102,12 @@ def test_analysis_commands_never_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_commands_seq_bound_is_the_schemas_max_seq():
+    from moec.commands.common import SEQ_LEN
+    from moec.spec.schema import MAX_SEQ
+
+    assert (SEQ_LEN.min, SEQ_LEN.max) == (1, MAX_SEQ)
+    r = run("analyze", "mixtral-8x7b", "--seq", str(MAX_SEQ + 1))
+    assert r.exit_code == 2 and "--seq" in r.output

@@ -22,6 +22,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -57,9 +58,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.AriaTextForCausalLM(cfg).eval()
     away_from_init(hf, router="router.weight", small_biases=True)
-    folder = tmp_path_factory.mktemp("aria_text")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "aria_text")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

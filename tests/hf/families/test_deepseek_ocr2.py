@@ -22,6 +22,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -111,9 +112,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.DeepseekOcr2ForConditionalGeneration(cfg).eval()
     away_from_init(hf, keep=is_text)
-    folder = tmp_path_factory.mktemp("deepseek_ocr2")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "deepseek_ocr2")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

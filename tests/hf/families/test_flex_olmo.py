@@ -20,6 +20,7 @@ import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
+    saved,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -87,9 +88,7 @@ def test_sliding_window_transformers_ignores_is_refused_as_ambiguous():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("flex_olmo", TINY)
-    folder = tmp_path_factory.mktemp("flex_olmo")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "flex_olmo")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

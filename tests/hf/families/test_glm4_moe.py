@@ -23,6 +23,7 @@ from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
     refused_fields,
+    saved,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -140,9 +141,7 @@ def test_mtp_layers_are_named_as_ignored():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("glm4_moe", TINY)
-    folder = tmp_path_factory.mktemp("glm4_moe")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "glm4_moe")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -23,6 +23,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -129,9 +130,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.Glm4vMoeForConditionalGeneration(cfg).eval()
     away_from_init(hf)
-    folder = tmp_path_factory.mktemp("glm4v_moe")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "glm4v_moe")
 
 
 class _TextView(torch.nn.Module):

@@ -29,6 +29,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved,
 )
 
 # Mistral4Config's class defaults, which its docstring ties to mistralai/Mistral-Small-4-119B-2603 (the release
@@ -123,9 +124,7 @@ def tiny_hf(cfg: dict):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf(TINY)
-    folder = tmp_path_factory.mktemp("mistral4")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "mistral4")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -27,6 +27,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -129,9 +130,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.UnlimitedOcrForConditionalGeneration(cfg).eval()
     away_from_init(hf, keep=is_text)
-    folder = tmp_path_factory.mktemp("unlimited_ocr")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return saved(hf, tmp_path_factory, "unlimited_ocr")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -25,7 +25,7 @@ def tiny_hf(model_type: str, cfg: dict):
     return model
 
 
-def saved(hf, tmp_path_factory, name: str) -> tuple:
+def saved_checkpoint(hf, tmp_path_factory, name: str) -> tuple:
     """``hf`` saved with save_pretrained into a fresh temporary folder named ``name``: (``hf``, the folder), what a
     family's module-scoped ``checkpoint`` fixture gives its tests."""
     folder = tmp_path_factory.mktemp(name)

@@ -22,7 +22,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 from tests.hf.families.test_aria_text import TINY  # noqa: E402
 from tests.hf.test_weights import assert_same  # noqa: E402
@@ -77,7 +77,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.AriaForConditionalGeneration(cfg).eval()
     away_from_init(hf, keep=lambda name: not name.startswith(LEFT_OUT), router="router.weight", small_biases=True)
-    return saved(hf, tmp_path_factory, "aria")
+    return saved_checkpoint(hf, tmp_path_factory, "aria")
 
 
 def test_tiny_wrapper_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

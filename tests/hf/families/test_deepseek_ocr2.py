@@ -22,7 +22,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -112,7 +112,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.DeepseekOcr2ForConditionalGeneration(cfg).eval()
     away_from_init(hf, keep=is_text)
-    return saved(hf, tmp_path_factory, "deepseek_ocr2")
+    return saved_checkpoint(hf, tmp_path_factory, "deepseek_ocr2")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -21,7 +21,7 @@ from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -115,7 +115,7 @@ def test_null_groups_route_as_one_group():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("dots1", TINY)
-    return saved(hf, tmp_path_factory, "dots1")
+    return saved_checkpoint(hf, tmp_path_factory, "dots1")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -21,7 +21,7 @@ from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -124,7 +124,7 @@ def test_fields_transformers_cannot_build_or_would_build_otherwise_are_refused(c
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("exaone_moe", TINY)
-    return saved(hf, tmp_path_factory, "exaone_moe")
+    return saved_checkpoint(hf, tmp_path_factory, "exaone_moe")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

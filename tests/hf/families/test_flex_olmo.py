@@ -20,7 +20,7 @@ import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
-    saved,
+    saved_checkpoint,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -88,7 +88,7 @@ def test_sliding_window_transformers_ignores_is_refused_as_ambiguous():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("flex_olmo", TINY)
-    return saved(hf, tmp_path_factory, "flex_olmo")
+    return saved_checkpoint(hf, tmp_path_factory, "flex_olmo")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -23,7 +23,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -130,7 +130,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.Glm4vMoeForConditionalGeneration(cfg).eval()
     away_from_init(hf)
-    return saved(hf, tmp_path_factory, "glm4v_moe")
+    return saved_checkpoint(hf, tmp_path_factory, "glm4v_moe")
 
 
 class _TextView(torch.nn.Module):

@@ -24,7 +24,7 @@ from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -122,7 +122,7 @@ def test_biased_shared_experts_are_refused_and_their_count_is_the_gap():
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     hf = tiny_hf("hy_v3", CASES[request.param])
-    return saved(hf, tmp_path_factory, "hy_v3")
+    return saved_checkpoint(hf, tmp_path_factory, "hy_v3")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec as moec_lib  # noqa: E402
 from moec.codegen import render_model_source  # noqa: E402
-from tests.hf.families._harness import refused_fields, saved  # noqa: E402
+from tests.hf.families._harness import refused_fields, saved_checkpoint  # noqa: E402
 from tests.hf.test_weights import CONFIGS, assert_same, make_hf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,7 +116,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.Llama4ForConditionalGeneration(cfg).eval()
     hf.language_model.load_state_dict(text.state_dict())
-    return saved(hf, tmp_path_factory, "llama4")
+    return saved_checkpoint(hf, tmp_path_factory, "llama4")
 
 
 def test_tiny_wrapper_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

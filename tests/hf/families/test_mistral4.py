@@ -29,7 +29,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 
 # Mistral4Config's class defaults, which its docstring ties to mistralai/Mistral-Small-4-119B-2603 (the release
@@ -124,7 +124,7 @@ def tiny_hf(cfg: dict):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf(TINY)
-    return saved(hf, tmp_path_factory, "mistral4")
+    return saved_checkpoint(hf, tmp_path_factory, "mistral4")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

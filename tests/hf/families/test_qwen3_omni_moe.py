@@ -29,7 +29,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -213,7 +213,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     hf = transformers.Qwen3OmniMoeForConditionalGeneration(cfg).eval()
     away_from_init(hf, keep=lambda name: name.startswith(("thinker.model.language_model.", "thinker.lm_head.")))
-    return saved(hf, tmp_path_factory, "qwen3_omni_moe")
+    return saved_checkpoint(hf, tmp_path_factory, "qwen3_omni_moe")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

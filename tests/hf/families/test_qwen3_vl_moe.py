@@ -28,7 +28,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
@@ -131,7 +131,7 @@ def tiny_hf():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf()
-    return saved(hf, tmp_path_factory, "qwen3_vl_moe")
+    return saved_checkpoint(hf, tmp_path_factory, "qwen3_vl_moe")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

@@ -21,7 +21,7 @@ from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     hf_counts,
     refused_fields,
-    saved,
+    saved_checkpoint,
     tiny_hf,
 )
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
@@ -111,7 +111,7 @@ def test_fields_that_disagree_with_what_transformers_runs_are_refused(change, fi
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     hf = tiny_hf("solar_open", TINY)
-    return saved(hf, tmp_path_factory, "solar_open")
+    return saved_checkpoint(hf, tmp_path_factory, "solar_open")
 
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):

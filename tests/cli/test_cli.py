@@ -111,3 +111,13 @@ def test_the_commands_seq_bound_is_the_schemas_max_seq():
     assert (SEQ_LEN.min, SEQ_LEN.max) == (1, MAX_SEQ)
     r = run("analyze", "mixtral-8x7b", "--seq", str(MAX_SEQ + 1))
     assert r.exit_code == 2 and "--seq" in r.output
+
+
+def test_the_planning_commands_load_no_spec_schema_while_the_command_line_is_built():
+    # their --gpu options read the accelerator table; moec.plan must not load pydantic for every `moec` run
+    code = (
+        "import sys\nimport moec.commands.plan, moec.commands.roofline, moec.commands.sweep\n"
+        "heavy = {'pydantic', 'moec.spec.schema', 'torch'} & set(sys.modules)\nassert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

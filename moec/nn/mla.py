@@ -89,24 +89,8 @@ class MLA(AttentionLayer):
         if cache is not None:
             assert positions is not None, "a cached call passes the positions of its tokens"
             return self.decode(x, rope, cache, positions)
-        check_input(x, self.d_model, "MLA")
-        B, S, _ = x.shape
-        nope, r, dv = self.nope, self.rope_dim, self.v_dim  # head counts come from the shapes (TP: local heads)
-        if self.q_proj is not None:
-            q = self.q_proj(x)
-        else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
-        h = q.shape[-1] // (nope + r)
-        q = q.view(B, S, h, nope + r).transpose(1, 2)  # (B, h, S, nope + r)
-        q_nope, q_rot = q.split([nope, r], dim=-1)
-
-        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
-        k_rot = k_rot.view(B, 1, S, r)  # one rotary key shared by every head
-        if self.plan.rope:
-            if rope is None:
-                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
-            q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
-
+        q_nope, q_rot, latent, k_rot = self._project(x, rope)  # checks x first
+        (B, h, S, nope), r, dv = q_nope.shape, self.rope_dim, self.v_dim
         kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
         k_nope, v = kv.split([nope, dv], dim=-1)
         q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
@@ -122,21 +106,8 @@ class MLA(AttentionLayer):
         positions: torch.Tensor,
     ) -> torch.Tensor:
         """The absorbed form over the latent cache: the same output as :meth:`forward` on the whole sequence."""
-        check_input(x, self.d_model, "MLA")
-        B, S, _ = x.shape
-        nope, r, dv, kv_r = self.nope, self.rope_dim, self.v_dim, self.plan.kv_lora_rank
-        if self.q_proj is not None:
-            q = self.q_proj(x)
-        else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
-        h = q.shape[-1] // (nope + r)
-        q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
-        latent, k_rot = self.kv_a_proj_with_mqa(x).split([kv_r, r], dim=-1)  # (B, S, kv_r), (B, S, r)
-        k_rot = k_rot.view(B, 1, S, r)
-        if self.plan.rope:
-            if rope is None:
-                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
-            q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
+        q_nope, q_rot, latent, k_rot = self._project(x, rope)  # checks x first
+        (B, h, S, nope), dv, kv_r = q_nope.shape, self.v_dim, self.plan.kv_lora_rank
         w = self.kv_b_proj.weight.view(h, nope + dv, kv_r)  # per head: [W_uk (nope, kv_r) | W_uv (dv, kv_r)]
         w_uk, w_uv = w[:, :nope], w[:, nope:]
         q_latent = torch.einsum("bhsn,hnc->bhsc", q_nope, w_uk)  # (B, h, S, kv_r)
@@ -147,6 +118,28 @@ class MLA(AttentionLayer):
         y = attend_masked(q_abs, keys, keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)  # (B, h, S, kv_r)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
         return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+
+    def _project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What forward and decode share: the query's two parts (B, h, S, nope) and (B, h, S, r), the latent
+        (B, S, kv_r) before its norm and the rotary key (B, 1, S, r), both rotary parts rotated."""
+        check_input(x, self.d_model, "MLA")
+        B, S, _ = x.shape
+        nope, r = self.nope, self.rope_dim  # head counts come from the shapes (TP: local heads)
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
+        h = q.shape[-1] // (nope + r)
+        q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
+        k_rot = k_rot.view(B, 1, S, r)  # one rotary key shared by every head
+        if self.plan.rope:
+            if rope is None:
+                raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
+            q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
+        return q_nope, q_rot, latent, k_rot
 
     def cache_widths(self) -> tuple[int, int, None]:
         """[latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads."""

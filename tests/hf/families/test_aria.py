@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    TextView,
     away_from_init,
     model_counts,
     refused_fields,
@@ -57,18 +58,6 @@ def test_text_fields_that_would_change_the_model_are_refused(change, field):
     assert refused_fields({"model_type": "aria", "text_config": {**TINY, **change}}) == [field]
 
 
-class _TextView(torch.nn.Module):
-    """The wrapper on token ids alone, with the top-k under the name assert_same reads."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.hf, self.config = hf, copy.copy(hf.config.text_config)
-        self.config.num_experts_per_tok = self.config.moe_topk
-
-    def forward(self, ids):
-        return self.hf(input_ids=ids)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     cfg = transformers.AriaConfig(text_config=copy.deepcopy(TINY), vision_config=TINY_VISION,
@@ -82,4 +71,4 @@ def checkpoint(tmp_path_factory):
 
 def test_tiny_wrapper_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
-    assert assert_same(_TextView(hf), moec.from_hf(folder)) <= 1e-4
+    assert assert_same(TextView(hf), moec.from_hf(folder)) <= 1e-4

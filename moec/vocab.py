@@ -63,6 +63,8 @@ FFN_KINDS = ("dense", "moe")
 EXPERT_KINDS = ("ffn", "lora")
 # sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4; docs/routing.md)
 ROUTER_SCORES = ("softmax", "sigmoid", "sqrt_softplus")
+# the scores `moec upcycle` initialises a router for (docs/upcycling.md)
+UPCYCLE_ROUTERS = ("softmax", "sigmoid")
 # topk: the k best scores; sparsemixer: Phi-3.5-MoE's SparseMixer top-2; the routing algorithms of
 # docs/routing.md: gshard (GShard's top-2, the second expert dispatched with probability 2·g2), expert_choice
 # (each expert takes its top-capacity tokens, Zhou et al. 2022), hash (a fixed token-id hash, Roller et al. 2021)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from moec.commands.common import FiniteFloatRange, print_notes, report_errors
-from moec.hf.upcycle.recipe import ROUTERS
+from moec.vocab import UPCYCLE_ROUTERS
 
 
 @click.command()
@@ -17,7 +17,7 @@ from moec.hf.upcycle.recipe import ROUTERS
               help="m: each copy cut in m segments of the FFN's hidden units (E·m experts, top k·m).")  # fmt: skip
 @click.option("--shared", type=click.IntRange(0, 1024), default=0, show_default=True,
               help="Shared experts, made of the FFN's segments (a multiple of m).")  # fmt: skip
-@click.option("--router", type=click.Choice(ROUTERS), default="softmax", show_default=True)
+@click.option("--router", type=click.Choice(UPCYCLE_ROUTERS), default="softmax", show_default=True)
 @click.option("--router-std", type=FiniteFloatRange(0), default=0.0, show_default=True,
               help="Standard deviation of the router's initial weights (0: zero, every expert alike).")  # fmt: skip
 @click.option("--noise", type=FiniteFloatRange(0), default=0.0, show_default=True,

@@ -11,9 +11,10 @@ import yaml
 
 from moec.errors import CommandError
 from moec.spec.plan import DenseFFNPlan, ResolvedModel
+from moec.vocab import UPCYCLE_ROUTERS
 
 SOURCES = ("llama", "mistral", "qwen2", "qwen3")  # dense families moec/hf/families/dense.py translates
-ROUTERS = ("softmax", "sigmoid")
+ROUTERS = UPCYCLE_ROUTERS
 
 
 @dataclass(frozen=True)

@@ -113,11 +113,13 @@ def test_the_commands_seq_bound_is_the_schemas_max_seq():
     assert r.exit_code == 2 and "--seq" in r.output
 
 
-def test_the_planning_commands_load_no_spec_schema_while_the_command_line_is_built():
-    # their --gpu options read the accelerator table; moec.plan must not load pydantic for every `moec` run
+def test_building_the_command_line_loads_no_spec_schema_hf_reader_or_torch():
+    # every `moec` run builds every command's options: the planning commands read the accelerator table, upcycle
+    # its router choices; none of that may load pydantic, the HF families or torch
     code = (
-        "import sys\nimport moec.commands.plan, moec.commands.roofline, moec.commands.sweep\n"
-        "heavy = {'pydantic', 'moec.spec.schema', 'torch'} & set(sys.modules)\nassert not heavy, heavy\n"
+        "import sys\nimport moec.cli, moec.commands.plan, moec.commands.roofline, moec.commands.sweep\n"
+        "heavy = {'pydantic', 'moec.spec.schema', 'moec.hf.config', 'moec.hf.upcycle', 'torch'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -151,6 +151,31 @@ def assert_a_release_mtp_layer_is_let_go(hf, folder, tmp_path, mtp_layer: int) -
         moec.from_hf(tmp_path)
 
 
+def saved_tiny(model_type: str, cfg: dict, folder) -> object:
+    """transformers' model of a tiny config, every weight random and away from its init (test_weights.make_hf,
+    whose rule differs from :func:`away_from_init`'s: router biases and ``_bias`` tensors small), saved with
+    save_pretrained into ``folder``; returns the model."""
+    import tests.hf.test_weights as weights
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(weights.CONFIGS, model_type, copy.deepcopy(cfg))
+        hf = weights.make_hf(model_type)
+    hf.save_pretrained(folder)
+    return hf
+
+
+def assert_generated_source_matches_the_library(cfg: dict, tmp_path) -> None:
+    """The imported spec's generated model.py, given moec.nn's (random) weights, gives moec.nn's logits."""
+    from moec.hf import import_hf_config
+    from tests.codegen.test_codegen import library_and_generated, run_both
+
+    plan, lib, gen, _ = library_and_generated(import_hf_config(cfg), tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits)
+
+
 class TextView(torch.nn.Module):
     """A multimodal wrapper seen as its text model: called with token ids, its config the text config (what
     test_weights.assert_same reads); the wrapper runs whole, its towers idle without image inputs."""

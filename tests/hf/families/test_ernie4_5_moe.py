@@ -20,9 +20,9 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
-from tests.hf.families._harness import refused_fields  # noqa: E402
-from tests.hf.families.test_granitemoeshared import (  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
     assert_generated_source_matches_the_library,
+    refused_fields,  # noqa: E402
     saved_tiny,
 )
 

@@ -17,10 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
-from tests.hf.families.test_granitemoeshared import (  # noqa: E402
-    assert_generated_source_matches_the_library,
-    saved_tiny,
-)
+from tests.hf.families._harness import assert_generated_source_matches_the_library, saved_tiny  # noqa: E402
 
 # No release config could be obtained (RecursiveSI/flint is on the Hub only, out of reach here, and no public
 # copy of its config.json was found): the transformers class defaults, which FlintConfig documents as that

@@ -18,11 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
-from tests.hf.families.test_granitemoeshared import (  # noqa: E402
-    GRANITE_EXPERTS,
-    assert_generated_source_matches_the_library,
-    saved_tiny,
-)
+from tests.hf.families._harness import assert_generated_source_matches_the_library, saved_tiny  # noqa: E402
+from tests.hf.families.test_granitemoeshared import GRANITE_EXPERTS  # noqa: E402
 
 FULL = (0, 3, 7, 11, 15, 19, 23, 27)
 

@@ -2,19 +2,15 @@
 on meta; a tiny random checkpoint saved by transformers loads with moec.from_hf to transformers' logits and
 router choices; the generated model.py gives moec.nn's logits; shared_intermediate_size 0 is plain Granite-MoE.
 
-The helpers below (a tiny saved checkpoint, codegen parity) serve the other family files of issue 11 too
-(granitemoe_swa, flint, ernie4_5_moe); the counts on meta are the harness's (_harness.hf_counts)."""
+Its tiny checkpoint (test_weights.make_hf's weights) and codegen parity are the harness's (saved_tiny,
+assert_generated_source_matches_the_library), shared with granitemoe_swa, flint and ernie4_5_moe."""
 
 from __future__ import annotations
-
-import copy
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from moec.analyze import analyze
-from moec.hf import hf_to_model, import_hf_config
+from moec.hf import hf_to_model
 from moec.hf.config import plan_differences
 from tests.hf.configs import hf_model_on_meta
 
@@ -23,7 +19,6 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 import tests.hf.test_weights as weights  # noqa: E402
-from tests.codegen.test_codegen import library_and_generated, run_both  # noqa: E402
 
 # No release config of this family could be obtained (the Hub is out of reach; its one public checkpoint,
 # ibm-research/moe-7b-1b-active-shared-experts, is a test model whose config no public copy holds). So: the
@@ -37,34 +32,17 @@ TINY = {**weights.TINY, "num_hidden_layers": 2, "intermediate_size": 32, "num_lo
         "embedding_multiplier": 6.0, "residual_multiplier": 0.5, "logits_scaling": 4.0,
         "attention_multiplier": 0.1}  # fmt: skip
 
-from tests.hf.families._harness import hf_counts  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_source_matches_the_library,
+    hf_counts,
+    saved_tiny,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# --- helpers shared by the issue-11 family files ------------------------------------------------------
-
-# Granite's routed experts are block_sparse_moe.experts.* (its shared MLP is shared_mlp.*)
+# Granite's routed experts are block_sparse_moe.experts.* (its shared MLP is shared_mlp.*); granitemoe_swa's too
 GRANITE_EXPERTS = ".experts."
-
-
-def saved_tiny(model_type: str, cfg: dict[str, Any], folder: Path) -> Any:
-    """transformers' model of a tiny config, every weight random and away from its init (test_weights.make_hf),
-    saved with save_pretrained into ``folder``; returns the model."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(weights.CONFIGS, model_type, copy.deepcopy(cfg))
-        hf = weights.make_hf(model_type)
-    hf.save_pretrained(folder)
-    return hf
-
-
-def assert_generated_source_matches_the_library(cfg: dict[str, Any], tmp_path: Path) -> None:
-    """The imported spec's generated model.py, given moec.nn's (random) weights, gives moec.nn's logits."""
-    plan, lib, gen, _ = library_and_generated(import_hf_config(cfg), tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, _, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits)
 
 
 # --- granitemoeshared ------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Mapper:
     ffn_norm = "post_attention_layernorm."
     moe_blocks = ("mlp.",)  # the MoE block's prefix (Mixtral: also block_sparse_moe.); the one present wins
     routers = ("gate.",)  # the router's prefix inside the block; the one present wins
+    # DeepSeek-V3's selection bias inside the block (EXAONE-MoE, MiniMax-M2: beside the router); the one present wins
+    expert_biases = ("gate.e_score_correction_bias",)
     shared = "shared_experts."  # Qwen2-MoE: shared_expert.
     interleaved = False  # gpt-oss: stacked experts are (E, d, 2f) with gate and up in alternate columns
     dropped: tuple[str, ...] = ()  # prefixes of the tensors moec lets go (an MTP layer, a vision tower)
@@ -195,7 +197,7 @@ class Mapper:
         part, _, rest = leaf.partition(".")
         if part == "router":
             if rest == "expert_bias":  # DeepSeek-V3's selection bias, a buffer in both
-                return ck.get(blk + "gate.e_score_correction_bias")
+                return ck.get(self._first([blk + x for x in self.expert_biases]))
             return ck.get(self._first([blk + r + rest for r in self.routers]))
         if part == "experts":
             return self.experts(blk, plan, rest)

@@ -144,6 +144,8 @@ class Ernie45MoeMapper(Mapper):
     """transformers' common names; the correction bias (1, E) under ``mlp.moe_statics`` (as saved) or
     ``mlp.gate.moe_statics`` (in memory); q and k rows permuted from interleaved rotary pairs to halves."""
 
+    expert_biases = ("moe_statics.e_score_correction_bias", "gate.moe_statics.e_score_correction_bias")
+
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
         # ERNIE's MTP head (mtp_block, mtp_emb_norm, mtp_hidden_norm, mtp_linear_proj): transformers lets every
@@ -156,10 +158,8 @@ class Ernie45MoeMapper(Mapper):
         return half_layout(t, heads) if heads else t
 
     def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
-        if leaf != "router.expert_bias":
-            return super().moe(p, plan, leaf)
-        names = [f"{p}mlp.moe_statics.e_score_correction_bias", f"{p}mlp.gate.moe_statics.e_score_correction_bias"]
-        return self.ck.get(self._first(names)).reshape(-1)  # (1, E) → (E,)
+        t = super().moe(p, plan, leaf)
+        return t.reshape(-1) if leaf == "router.expert_bias" else t  # (1, E) → (E,)
 
 
 FAMILY = Family(

@@ -11,8 +11,6 @@ model transformers builds, which drops those tensors on load; moec leaves it out
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import (
     all_known,
@@ -27,11 +25,6 @@ from moec.hf.families._common import (
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
-from moec.spec.plan import MoEPlan
-
-if TYPE_CHECKING:
-    import torch
-
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=102400, hidden_size=4096, intermediate_size=16384, num_hidden_layers=32,
@@ -134,11 +127,7 @@ class ExaoneMoeMapper(Mapper):
     # K-EXAONE's MTP layer: transformers lets these tensors go on load (_keys_to_ignore_on_load_unexpected),
     # and so does moec, whose model leaves the layer out too
     dropped = ("mtp.",)
-
-    def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
-        if leaf == "router.expert_bias":
-            return self.ck.get(self._first([p + "mlp.e_score_correction_bias", p + "mlp.gate.e_score_correction_bias"]))
-        return super().moe(p, plan, leaf)
+    expert_biases = ("e_score_correction_bias", "gate.e_score_correction_bias")
 
 
 FAMILY = Family("exaone_moe", "ExaoneMoeForCausalLM", DEFAULTS, translate, mapper=ExaoneMoeMapper)

@@ -149,6 +149,7 @@ class HYV3Mapper(Mapper):
     ``mlp.shared_mlp`` (``mlp.shared_experts``)."""
 
     routers = ("router.gate.", "gate.")
+    expert_biases = ("expert_bias", "e_score_correction_bias")
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
@@ -160,8 +161,6 @@ class HYV3Mapper(Mapper):
 
     def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         blk = p + "mlp."
-        if leaf == "router.expert_bias":
-            return self.ck.get(self._first([blk + "expert_bias", blk + "e_score_correction_bias"]))
         if leaf.startswith("shared."):
             held = blk + "shared_mlp.gate_proj.weight" in self.ck
             return self.dense(blk + ("shared_mlp." if held else "shared_experts."), leaf.removeprefix("shared."))

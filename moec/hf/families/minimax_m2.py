@@ -14,16 +14,12 @@ of the spec field they concern; a value that says otherwise is refused as ambigu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import aux, base, defaults, gqa, ignored_field_agrees, jitter_on_hidden, moe_core, router
 from moec.hf.families.glm4_moe import take_partial_rotary
 from moec.hf.families.mixtral import MixtralMapper
-from moec.spec.plan import MoEPlan
-
-if TYPE_CHECKING:
-    import torch
 
 # fmt: off
 DEFAULTS = defaults(5000000.0, vocab_size=200064, hidden_size=3072, intermediate_size=1536, num_hidden_layers=62,
@@ -125,10 +121,7 @@ def _noted(d: Draft, field: str, more: str) -> str:
 class MiniMaxM2Mapper(MixtralMapper):
     """Mixtral's names, and the selection bias in the MoE block beside the router."""
 
-    def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
-        if leaf == "router.expert_bias":
-            return self.ck.get(self._first([p + block + "e_score_correction_bias" for block in self.moe_blocks]))
-        return super().moe(p, plan, leaf)
+    expert_biases = ("e_score_correction_bias",)
 
 
 FAMILY = Family(

@@ -45,7 +45,7 @@ class LayerStep:
     @property
     def entropy_norm(self) -> float:
         """H / ln E: 1 for an even load, 0 when one expert takes every slot."""
-        return self.entropy / math.log(len(self.load)) if len(self.load) > 1 else 1.0
+        return load_entropy_norm(self.load)
 
     @property
     def max_mean(self) -> float:
@@ -113,6 +113,11 @@ def load_entropy(load: list[int]) -> float:
     if not total:
         return 0.0
     return max(0.0, -sum(n / total * math.log(n / total) for n in load if n))  # never -0.0
+
+
+def load_entropy_norm(load: list[int]) -> float:
+    """H / ln E: 1 for an even load, 0 when one expert takes every slot."""
+    return load_entropy(load) / math.log(len(load)) if len(load) > 1 else 1.0
 
 
 def max_mean(load: list[int]) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec.smoke.dist_report import DistributedReport, print_distributed
-from moec.smoke.metrics import Dynamics, LayerStep, StepRecord
+from moec.smoke.metrics import Dynamics, StepRecord, load_entropy_norm
 
 SCHEMA = "moec.smoke/1"
 BARS = " ▁▂▃▄▅▆▇█"
@@ -166,11 +166,6 @@ def aux_text(r: SmokeResult) -> str:
         free = c.get("bias_update_rate")
         return "off" + (f" (aux-free bias, rate {free:g})" if free else " (coefficients 0)")
     return f"{r.aux_first:.4g} → {r.aux_last:.4g}"
-
-
-def load_entropy_norm(load: list[int]) -> float:
-    """H/ln E of a whole-run load (a distributed run keeps no per-step record)."""
-    return LayerStep(load, 0, 0.0, 0.0, None).entropy_norm
 
 
 def dropped_text(dropped: int, slots: int) -> str:

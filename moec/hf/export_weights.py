@@ -23,6 +23,7 @@ must give every moec tensor bit for bit.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -80,12 +81,12 @@ class _Indices(Mapping[str, torch.Tensor]):
         self.shapes, self.offsets, self.total = shapes, {}, 0
         for name, shape in shapes.items():
             self.offsets[name] = self.total
-            self.total += _numel(shape)
+            self.total += math.prod(shape)
         if self.total >= _EXACT_BELOW:
             raise CommandError(f"{self.total:,} checkpoint elements are too many to trace exactly (at most 2**53)")
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        n = _numel(self.shapes[name])
+        n = math.prod(self.shapes[name])
         return torch.arange(self.offsets[name], self.offsets[name] + n, dtype=torch.float64).view(self.shapes[name])
 
     def __iter__(self) -> Iterator[str]:
@@ -93,13 +94,6 @@ class _Indices(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self.shapes)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def moec_tensors(model: MoecModel) -> dict[str, torch.Tensor]:
@@ -116,7 +110,7 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
     starts = torch.tensor([index.offsets[n] for n in names], dtype=torch.int64)  # (n_tensors,)
     mapper = FAMILIES[model_type].mapper(MemoryCheckpoint(index, Path(f"<{model_type} checkpoint>")), model.plan)
     out: dict[str, torch.Tensor] = {}
-    written = {n: torch.zeros(_numel(s), dtype=torch.bool) for n, s in shapes.items()}
+    written = {n: torch.zeros(math.prod(s), dtype=torch.bool) for n, s in shapes.items()}
     problems: list[str] = []
     for name, value in moec_tensors(model).items():
         try:
@@ -177,7 +171,7 @@ def _scatter(
     for t in (i for i in range(len(names)) if bounds[i] < bounds[i + 1]):
         a, b, name = bounds[t], bounds[t + 1], names[t]
         if name not in out:
-            out[name] = torch.empty(_numel(shapes[name]), dtype=values.dtype, device=values.device)
+            out[name] = torch.empty(math.prod(shapes[name]), dtype=values.dtype, device=values.device)
         local = ids[a:b] - starts[t]
         if bool(written[name][local].any()):
             twice.append(name)

@@ -35,6 +35,13 @@ class Recipe:
     lora_alpha: float | None = None
     shared_gate: bool = False
 
+    @property
+    def alpha(self) -> float | None:
+        """The LoRA scale's alpha: ``lora_alpha``, else twice the rank (None without LoRA)."""
+        if self.lora is None:
+            return None
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora
+
     def check(self, dense: ResolvedModel) -> None:
         """Refuse, naming the option, what the recipe cannot build from this dense model."""
         ffn = [lp.ffn for lp in dense.layers]
@@ -67,10 +74,9 @@ class Recipe:
     def describe(self, source: str) -> str:
         """The recipe in one sentence: the spec's description, so the build records it."""
         if self.lora is not None:
-            alpha = self.lora_alpha if self.lora_alpha is not None else 2 * self.lora
             return (
                 f"LoRA-MoE upcycled from {source} by moec: the pretrained FFN frozen as the base, {self.experts} "
-                f"rank-{self.lora} adapters (alpha {alpha:g}) top-{self.top_k}, B zero and A seeded (seed {self.seed}), "
+                f"rank-{self.lora} adapters (alpha {self.alpha:g}) top-{self.top_k}, B zero and A seeded (seed {self.seed}), "
                 f"{self.router} router {self._router_init()}"
             )
         m = self.granularity
@@ -111,8 +117,7 @@ def moe_spec_text(dense_spec: str, recipe: Recipe, dense: ResolvedModel, source:
     elif recipe.shared:
         moe.update(n_shared_experts=recipe.shared, d_ff_shared=width // recipe.granularity)
     if recipe.lora is not None:
-        alpha = recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora
-        moe.update(expert_kind="lora", lora={"rank": recipe.lora, "alpha": alpha})
+        moe.update(expert_kind="lora", lora={"rank": recipe.lora, "alpha": recipe.alpha})
         spec["frozen"] = ["embedding", "attention", "norms", "head"]  # PEFT: the adapters and routers train
     spec["moe"] = moe
     spec["layers"] = {"default": {"ffn": "moe"}}

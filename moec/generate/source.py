@@ -97,7 +97,10 @@ def require_cache_memory(plan: Any, dtype: torch.dtype, *, batch: int, positions
     from moec.nn.build import require_memory
     from moec.vocab import TORCH_DTYPE_NAMES
 
-    name = next(k for k, v in TORCH_DTYPE_NAMES.items() if f"torch.{v}" == str(dtype))
+    names = [k for k, v in TORCH_DTYPE_NAMES.items() if f"torch.{v}" == str(dtype)]
+    if not names:  # a model loaded in a dtype moec does not decode in (float64, say)
+        raise CommandError(f"{plan.name}: decoding runs in {', '.join(TORCH_DTYPE_NAMES)}; the model is {dtype}")
+    name = names[0]
     kv = analyze(plan, seq=positions, batch=batch, dtype=name).memory.kv_cache_bytes
     require_memory(
         RunMemory(name, (("KV cache", kv),)),

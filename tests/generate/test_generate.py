@@ -226,3 +226,14 @@ def test_a_kv_cache_that_does_not_fit_is_refused_before_it_is_allocated(monkeypa
     assert r.exit_code == 2, r.output
     assert f"its KV cache at batch 4096 × 15 positions needs about {60 / 1024:.1f} GiB in fp32" in r.output
     assert "lower --batch or --max-new-tokens" in r.output and "Traceback" not in r.output
+
+
+def test_a_model_in_a_dtype_decoding_does_not_run_in_is_one_clear_error():
+    import torch
+
+    from moec.errors import CommandError
+    from moec.generate.source import require_cache_memory
+    from tests.tiny_specs import TINY_MOE, tiny_plan
+
+    with pytest.raises(CommandError, match=r"tiny-moe: decoding runs in fp32, bf16, fp16; the model is torch.float64"):
+        require_cache_memory(tiny_plan(TINY_MOE), torch.float64, batch=1, positions=4, device="cpu", hint="")

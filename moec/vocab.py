@@ -58,8 +58,15 @@ QK_NORM_SCOPES = ("head", "projection")
 # model: the model's norm kind, with a learned weight; l2: weightless x / rms(x) over head_dim (Llama-4)
 QK_NORM_KINDS = ("model", "l2")
 
-# feed-forward layers and routing
-FFN_KINDS = ("dense", "moe")
+# token mixers (docs/mixers.md): attention, or a linear-attention, state-space or short-convolution layer
+# (moec.mixers has one module per kind), or none (a layer with an FFN only: Nemotron-H)
+LINEAR_MIXERS = ("gated_deltanet", "kda", "lightning", "mamba", "mamba2", "short_conv")
+MIXER_KINDS = ("attention", *LINEAR_MIXERS, "none")
+# the attention output gate (Qwen3-Next): none, one sigmoid per head, or one per element of each head
+OUTPUT_GATES = ("none", "head", "element")
+
+# feed-forward layers and routing; none: a layer with a token mixer only (Nemotron-H)
+FFN_KINDS = ("dense", "moe", "none")
 EXPERT_KINDS = ("ffn", "lora")
 # sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4; docs/routing.md)
 ROUTER_SCORES = ("softmax", "sigmoid", "sqrt_softplus")

@@ -10,8 +10,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from moec.spec.base import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
+    MAX_D,
+    MAX_EXPERTS,
+    MAX_FF,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_OVERRIDES,
+    MAX_SEQ,
+    MAX_VOCAB,
+    Strict,
+)
 from moec.spec.segmentation import Segmentation, segmented_moe
 from moec.vocab import (
     ACTIVATIONS,
@@ -35,25 +47,8 @@ from moec.vocab import (
     ROUTER_SCORES,
 )
 
-# Sane upper bounds: far above any published model, far below anything that would hang.
-MAX_VOCAB = 1 << 24  # 16.7M
-MAX_D = 1 << 18  # 262,144
-MAX_LAYERS = 4096
-MAX_SEQ = 1 << 27  # 134M tokens
-MAX_HEADS = 1 << 12
-MAX_EXPERTS = 1 << 16
-MAX_FF = 1 << 21
-# list lengths: a layer index at most once per layer; overrides cost resolve O(overrides · layers)
-MAX_OVERRIDES = 1024
-MAX_HEAD_DIM = 4096
-
 Pos = Annotated[int, Field(gt=0)]
 Activation = Literal[ACTIVATIONS]  # swiglu_clamped: gpt-oss's gated unit (moec.vocab)
-
-
-class Strict(BaseModel):
-    # each field's docstring is its description in the JSON Schema (`moec schema`, editors' help)
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 class Norm(Strict):

@@ -1,0 +1,45 @@
+"""A linear or state-space mixer's decode state: what it keeps of a sequence instead of a KV cache.
+
+Named tensors, allocated zeroed once and updated in place, so that a decode step has the same shapes every
+call. Their size does not depend on the context: a state mixer reads its tokens strictly in order, so a
+cached call must continue where the last one stopped (position 0 after :meth:`MixerState.reset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MixerState:
+    """One layer's state for ``batch`` sequences: ``tensors`` by name (``conv``, ``ssm``, …)."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def reset(self) -> None:
+        """Forget every sequence."""
+        for t in self.tensors.values():
+            t.zero_()
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def causal_conv_with_state(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None
+) -> torch.Tensor:
+    """A causal depthwise convolution over time. x (B, C, S), weight (C, K), state (B, C, K−1): the K−1 inputs
+    before x (zeros for a fresh sequence), overwritten with the last K−1 inputs of ``[state, x]``. Without
+    ``state`` the sequence starts from zeros. Returns (B, C, S), before any activation."""
+    K = weight.shape[-1]
+    past = state if state is not None else x.new_zeros(x.shape[0], x.shape[1], K - 1)
+    full = torch.cat([past.to(x.dtype), x], dim=-1)  # (B, C, K−1+S)
+    if state is not None:
+        state.copy_(full[:, :, full.shape[-1] - (K - 1) :])
+    y = torch.nn.functional.conv1d(full, weight.unsqueeze(1), bias, groups=x.shape[1])
+    return y  # (B, C, S): the valid outputs of the padded input

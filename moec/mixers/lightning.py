@@ -1,0 +1,12 @@
+"""PLACEHOLDER: the lightning mixer kind (being written; see moec/mixers/__init__.py for the contract)."""
+
+from __future__ import annotations
+
+from moec.spec.base import Strict
+
+KIND = "lightning"
+MODULE = ""
+
+
+class Section(Strict):
+    pass

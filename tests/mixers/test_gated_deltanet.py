@@ -194,3 +194,14 @@ def test_problems_and_bounds():
 def test_plan_takes_the_model_eps_unless_the_section_sets_one():
     assert gdn.plan(SMALL, D, 1e-5).norm_eps == 1e-5
     assert gdn.plan(SMALL.model_copy(update={"norm_eps": 1e-3}), D, 1e-5).norm_eps == 1e-3
+
+
+def test_init_decays_as_transformers_and_nothing_on_meta():
+    torch.manual_seed(0)
+    kwargs = gdn.module_kwargs(gdn.plan(gdn.Section(n_value_heads=256), D, 1e-6))
+    m = GatedDeltaNet(D, **kwargs)
+    A = m.A_log.exp()
+    assert A.min() >= 0.01 and A.max() <= 16 and A.max() > 8 and A.min() < 1  # spread over [0.01, 16]
+    assert torch.equal(m.dt_bias, torch.ones(256)) and torch.equal(m.norm.weight, torch.ones(128))
+    meta = GatedDeltaNet(D, **kwargs, device="meta")
+    assert all(p.is_meta for p in meta.parameters())

@@ -158,11 +158,17 @@ class GatedDeltaNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The decay's init (transformers' Qwen3-Next and Qwen3.5): dt_bias 1, A = exp(A_log) uniform in
-        [0.01, 16] per head. The projections keep torch's defaults. No init work on meta."""
+        """moec's convention for the weights (as its Linear): N(0, 1/fan_in), d_model for the input projections,
+        Hv·dv for out_proj, conv_kernel taps for each channel of the convolution; the gated norm's weight 1.
+        The decay's is transformers' (Qwen3-Next, Qwen3.5): dt_bias 1 and A = exp(A_log) uniform in [0.01, 16]
+        per head. No init work on meta."""
         if self.A_log.is_meta:
             return
         with torch.no_grad():
+            for proj in (self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a, self.out_proj):
+                nn.init.normal_(proj.weight, std=1 / math.sqrt(proj.in_features))
+            nn.init.normal_(self.conv1d.weight, std=1 / math.sqrt(self.conv_kernel))
+            self.norm.weight.fill_(1.0)
             self.dt_bias.fill_(1.0)
             self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log())
 

@@ -1,7 +1,7 @@
 """What every section of the schema shares: the strict base model and the sane upper bounds on sizes.
 
-A module of its own so that the mixer sections of :mod:`moec.mixers` can build on it without importing the
-schema that gathers them.
+Outside moec.spec so that the token-mixer sections of :mod:`moec.mixers` can build on it without starting the
+spec package, whose schema gathers those sections (importing moec.spec.anything runs moec.spec's __init__).
 """
 
 from __future__ import annotations

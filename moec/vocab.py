@@ -18,11 +18,12 @@ GATED = ("swiglu", "geglu", "geglu_tanh", "swiglu_clamped")
 CLAMPED_ALPHA = 1.702
 CLAMPED_LIMIT = 7.0
 
-# the analyzer's parameter components, in the order its tables and JSON list them; base_ffn is the frozen
-# FFN under LoRA experts
+# the analyzer's parameter components, in the order its tables and JSON list them; mixers are the token mixers
+# other than attention (docs/mixers.md); base_ffn is the frozen FFN under LoRA experts
 COMPONENTS = (
     "embedding",
     "attention",
+    "mixers",
     "norms",
     "router",
     "routed_experts",
@@ -46,7 +47,8 @@ MODEL_DTYPES = ("fp32", "bf16")
 NORM_KINDS = ("rmsnorm", "layernorm")
 # pre: x + f(norm(x)) (Llama); post: norm(x + f(x)) (the original Transformer); after_sublayer: x + norm(f(x))
 # (OLMo 2, FlexOlmo: each sublayer's output is normalised before it joins the residual)
-NORM_PLACEMENTS = ("pre", "post", "after_sublayer")
+# normed_residual (MiniMax-Text-01): h = norm(x); x = alpha·h + beta·f(h), the residual carrying the normed input
+NORM_PLACEMENTS = ("pre", "post", "after_sublayer", "normed_residual")
 POSITION_KINDS = ("rope", "learned", "none")
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha")
 
@@ -67,6 +69,7 @@ OUTPUT_GATES = ("none", "head", "element")
 
 # feed-forward layers and routing; none: a layer with a token mixer only (Nemotron-H)
 FFN_KINDS = ("dense", "moe", "none")
+MTP_FFN_KINDS = ("dense", "moe")
 EXPERT_KINDS = ("ffn", "lora")
 # sqrt_softplus: sqrt(softplus(logit)) (DeepSeek-V4; docs/routing.md)
 ROUTER_SCORES = ("softmax", "sigmoid", "sqrt_softplus")

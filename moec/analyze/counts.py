@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
-from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
+from moec.mixers import KINDS
+from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         if a.qk_norm and a.qk_norm_kind == "model":  # l2 (Llama-4) is weightless: 0 parameters
             # per-head norms share one head_dim weight; OLMoE normalises whole projections
             extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
+        if a.output_gate != "none":  # its own projection of the layer input: per element or per head
+            gate = h * hd if a.output_gate == "element" else h
+            mm += d * gate
+            extra += gate if a.bias else 0
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
 
@@ -157,12 +163,42 @@ def expert_choice_flops_per_token(f: MoEPlan, d: int, tokens: int) -> Fraction:
     return Fraction(E * capacity * 2 * ffn_weights(d, f.d_ff, f.gated), tokens)
 
 
+def mixer_part(plan: Any, d: int) -> Part:
+    """A linear-attention, state-space or convolution mixer (docs/mixers.md): its kind's exact count."""
+    kind = KINDS[plan.kind]
+    p = kind.params(plan, d)
+    return Part(p, p, 2 * kind.matmul_weights(plan, d))
+
+
 def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
+    """One layer's parts: its token mixer (attention or another kind), one norm per sublayer it has, its FFN."""
     d = model.d_model
     npd = model.norm.params_per_dim
-    parts = {"attention": attention_part(layer.attention, d, npd), "norms": Part(2 * d * npd, 2 * d * npd, 0)}
-    parts.update(ffn_parts(layer.ffn, d))
+    parts: dict[str, Part] = {}
+    if layer.has_attention:
+        parts["attention"] = attention_part(layer.attention, d, npd)
+    elif not isinstance(layer.mixer, AbsentPlan):
+        parts["mixers"] = mixer_part(layer.mixer, d)
+    sublayers = (not isinstance(layer.mixer, AbsentPlan)) + layer.has_ffn
+    parts["norms"] = Part(sublayers * d * npd, sublayers * d * npd, 0)
+    if layer.has_ffn:
+        parts.update(ffn_parts(layer.ffn, d))  # type: ignore[arg-type]
     return _apply_frozen(parts, model.frozen)
+
+
+def sequence_flops(layer: LayerPlan, d: int, seq: int, mode: str) -> tuple[Fraction, Fraction]:
+    """A layer's FLOPs per token beyond its linear layers at context ``seq``: (the training and prefill form,
+    one decode step after ``seq`` tokens). Attention: the scores (QKᵀ and AV) over the keys a query sees, its
+    average under ``mode`` for training, ``seq`` keys (capped by window and chunk) for the step; another
+    mixer: its kind's chunked and recurrent forms (docs/mixers.md); none: 0."""
+    if layer.has_attention:
+        a = layer.attention
+        train = attention_score_flops(a, kv_len(seq, a.window, mode, a.chunk))
+        return train, attention_score_flops(a, kv_len(seq, a.window, "full", a.chunk))
+    if isinstance(layer.mixer, AbsentPlan):
+        return Fraction(0), Fraction(0)
+    forms = KINDS[layer.mixer.kind].mixing_flops(layer.mixer, d, seq)
+    return Fraction(forms["chunked"]), Fraction(forms["recurrent"])
 
 
 def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:

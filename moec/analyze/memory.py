@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from moec.errors import CommandError
-from moec.spec.plan import AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
+from moec.mixers import KINDS
+from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
 from moec.vocab import DTYPE_BYTES
 
 ADAMW_BYTES_TRAINABLE = 16  # bf16 weight + bf16 grad + fp32 master + 2 fp32 moments
@@ -22,6 +23,13 @@ class Memory:
     kv_cache_bytes: int  # at seq × batch, sliding-window and chunked layers capped
     training_state_bytes: int  # mixed-precision AdamW
     activation_bytes_estimate: int  # at seq × batch; an estimate, see conventions
+    state_bytes_per_sequence: int = 0  # the other mixers' decode state, all layers: constant in S (docs/mixers.md)
+    state_bytes: int = 0  # × batch
+
+    @property
+    def cache_and_state_bytes(self) -> int:
+        """What decoding keeps at seq × batch: the attention layers' KV cache and the other mixers' state."""
+        return self.kv_cache_bytes + self.state_bytes
 
 
 def kv_bytes_per_token(a: AttentionPlan, nbytes: int) -> int:
@@ -39,12 +47,17 @@ def activation_bytes_per_token(model: ResolvedModel) -> int:
     total = 0
     for lp in model.layers:
         a, f = lp.attention, lp.ffn
-        total += b * (2 * d)  # residual input and normed input of attention
-        total += b * (a.n_heads * a.qk_dim + a.n_kv_heads * (a.qk_dim + a.v_dim))  # q, k, v
-        total += b * a.n_heads * a.v_dim + 4 * a.n_heads  # attention output + fp32 logsumexp
-        total += b * (2 * d)  # residual input and normed input of the FFN
+        if lp.has_attention:
+            total += b * (2 * d)  # residual input and normed input of attention
+            total += b * (a.n_heads * a.qk_dim + a.n_kv_heads * (a.qk_dim + a.v_dim))  # q, k, v
+            total += b * a.n_heads * a.v_dim + 4 * a.n_heads  # attention output + fp32 logsumexp
+        elif not isinstance(lp.mixer, AbsentPlan):
+            # the inputs, and the projections' outputs (their weights over d: the widths they write)
+            total += b * (2 * d + KINDS[lp.mixer.kind].matmul_weights(lp.mixer, d) // d)
+        if lp.has_ffn:
+            total += b * (2 * d)  # residual input and normed input of the FFN
         if isinstance(f, DenseFFNPlan):
-            total += b * f.d_ff * (3 if f.gated else 2)
+            total += b * f.d_ff * (3 if f.gated else 2)  # (a layer without an FFN adds nothing here)
         elif isinstance(f, MoEPlan):
             widths = (2 if f.gated else 1) * f.d_ff + f.d_ff
             total += 4 * f.n_experts  # fp32 router probabilities
@@ -64,12 +77,11 @@ def memory(
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     nb = DTYPE_BYTES[dtype]
-    per_token = sum(kv_bytes_per_token(lp.attention, nb) for lp in model.layers)
+    attention = [lp.attention for lp in model.layers if lp.has_attention]
+    per_token = sum(kv_bytes_per_token(a, nb) for a in attention)
     # a sliding-window or chunked layer keeps at most W (or C) tokens of cache
-    at_seq = sum(
-        kv_bytes_per_token(lp.attention, nb) * min(seq, lp.attention.window or seq, lp.attention.chunk or seq)
-        for lp in model.layers
-    )
+    at_seq = sum(kv_bytes_per_token(a, nb) * min(seq, a.window or seq, a.chunk or seq) for a in attention)
+    state = state_bytes_per_sequence(model, nb)
     return Memory(
         dtype=dtype,
         weights_bytes=total * nb,
@@ -78,7 +90,16 @@ def memory(
         kv_cache_bytes=at_seq * batch,
         training_state_bytes=ADAMW_BYTES_TRAINABLE * trainable + ADAMW_BYTES_FROZEN * frozen,
         activation_bytes_estimate=activation_bytes_per_token(model) * seq * batch,
+        state_bytes_per_sequence=state,
+        state_bytes=state * batch,
     )
+
+
+def state_bytes_per_sequence(model: ResolvedModel, nbytes: int) -> int:
+    """The decode state of every non-attention mixer layer for one sequence, in ``nbytes`` per element: each
+    kind's convolution and recurrent state (docs/mixers.md), whatever the context."""
+    mixers = [lp.mixer for lp in model.layers if lp.mixer is not None and not isinstance(lp.mixer, AbsentPlan)]
+    return sum(sum(KINDS[m.kind].state_elements(m, model.d_model).values()) for m in mixers) * nbytes
 
 
 # --- What a command that runs a model will allocate (smoke-run, analyze --verify, build) --------------
@@ -173,7 +194,11 @@ def run_activation_bytes(model: ResolvedModel, *, batch: int, seq: int, dtype: s
     nb = DTYPE_BYTES[dtype]
     layers = dataclasses.replace(_with_mtp(model), vocab_size=0)  # the heads are counted below
     per_token = -(-activation_bytes_per_token(layers) * max(nb, 2) // 2) + nb * _lora_rows_per_token(layers)
-    scores = sum(_materialised_scores_bytes(lp.attention, batch=batch, seq=seq, nbytes=nb) for lp in layers.layers)
+    scores = sum(
+        _materialised_scores_bytes(lp.attention, batch=batch, seq=seq, nbytes=nb)
+        for lp in layers.layers
+        if lp.has_attention
+    )
     heads = (1 + len(model.mtp)) * model.vocab_size * (2 * nb + 4 * LOSS_FP32_COPIES)
     return RUN_ACTIVATION_FACTOR * (per_token * batch * seq + scores) + heads * batch * seq
 

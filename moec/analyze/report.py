@@ -15,9 +15,10 @@ from moec.analyze.counts import (
     layer_parts,
     model_edge_parts,
     mtp_parts,
+    sequence_flops,
 )
 from moec.analyze.memory import Memory, memory
-from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 from moec.vocab import COMPONENTS
 
 SCHEMA = "moec.analysis/1"
@@ -34,8 +35,13 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "sections (plain RoPE on text): 0 FLOPs, 0 parameters, KV bytes unchanged (the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
         "qk_norm_after_rope": "the q/k norm's place (before or after the rotation): 0 FLOPs, the same parameters",
-        "norm_placement": "pre, post and after_sublayer: two norms of d per layer (0 FLOPs); a final norm of d "
-        "except with post",
+        "norm_placement": "pre, post, after_sublayer and normed_residual: one norm of d per sublayer a layer has "
+        "(0 FLOPs); a final norm of d except with post",
+        "mixers": "linear-attention, state-space and convolution mixers (docs/mixers.md): their projections are "
+        "linear FLOPs; their sequence mixing is counted in its chunked training form at S (attention column) and "
+        "its recurrent form for a decode step; their state replaces a KV cache and is constant in S",
+        "decode_step": "one token after S: linear FLOPs + attention over S cached keys (capped by windows and "
+        "chunks) + each other mixer's recurrent step",
         "logits": "logits_scaling and logit_softcap (cap·tanh(x/cap)) are elementwise: 0 FLOPs, 0 parameters",
         "selection_bias": "a buffer (DeepSeek-V3): not counted; with selection_bias_parameter (ERNIE-4.5): E router "
         "parameters per MoE layer, in total, active and trainable; 0 FLOPs either way",
@@ -76,13 +82,15 @@ class ComponentRow:
 @dataclass(frozen=True)
 class LayerRow:
     index: int
-    ffn: str  # dense | moe
-    attention: str  # gqa | mla
+    ffn: str  # dense | moe | none
+    attention: str  # gqa | mla (the attention section's kind, also on layers whose mixer is another)
     window: int | None
     params: int
     active: int
     flops_linear: int
-    flops_attention: int | float
+    flops_attention: int | float  # sequence mixing at S: attention scores, or another mixer's chunked form
+    mixer: str = "attention"  # moec.vocab.MIXER_KINDS
+    flops_decode_mixing: int | float = 0  # sequence mixing of one decode step after S tokens
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,11 @@ class Params:
 @dataclass(frozen=True)
 class Flops:
     forward_linear: int
-    forward_attention: int | float
+    forward_attention: int | float  # sequence mixing at S: attention scores and other mixers' chunked forms
     forward: int | float
     training: int | float
     six_n_active: int  # the popular 6·N_active (non-embedding) shortcut, for comparison
+    decode_step: int | float = 0  # one token generated after S: linear + every layer's recurrent/cached step
 
 
 @dataclass(frozen=True)
@@ -178,24 +187,27 @@ def analyze(
         return sum((2 if p.frozen else 3) * p.flops for p in parts.values())
 
     layers: list[LayerRow] = []
-    attn_total = Fraction(0)
+    attn_total = decode_mixing = Fraction(0)
     training = Fraction(0)
     for lp in model.layers:
         parts = layer_parts(lp, model)
         add(parts)
-        score = attention_score_flops(lp.attention, kv_len(S, lp.attention.window, attention, lp.attention.chunk))
+        score, step = sequence_flops(lp, model.d_model, S, attention)
         attn_total += score
+        decode_mixing += step
         training += train_flops(parts) + 3 * score
         layers.append(
             LayerRow(
                 index=lp.index,
                 ffn=lp.ffn.kind,
                 attention=lp.attention.kind,
-                window=lp.attention.window,
+                window=lp.attention.window if lp.has_attention else None,
                 params=sum(p.params for p in parts.values()),
                 active=sum(p.active for p in parts.values()),
                 flops_linear=sum(p.flops for p in parts.values()),
                 flops_attention=_num(score),
+                mixer=lp.mixer_kind,
+                flops_decode_mixing=_num(step),
             )
         )
     edges = model_edge_parts(model)
@@ -216,6 +228,7 @@ def analyze(
         forward=_num(linear + attn_total),
         training=_num(training),
         six_n_active=6 * non_emb_active,
+        decode_step=_num(linear + decode_mixing),
     )
 
     moe_plans = [lp.ffn for lp in model.layers if isinstance(lp.ffn, MoEPlan)]
@@ -224,7 +237,7 @@ def analyze(
         f = moe_plans[0]
         moe = MoESummary(
             moe_layers=len(moe_plans),
-            dense_layers=model.n_layers - len(moe_plans),
+            dense_layers=sum(isinstance(lp.ffn, DenseFFNPlan) for lp in model.layers),
             n_experts=f.n_experts,
             top_k=f.top_k,
             n_shared_experts=f.n_shared_experts,
@@ -293,10 +306,16 @@ def in_fvcore_convention(a: Analysis) -> Analysis:
             forward=half(f.forward),
             training=half(f.training),
             six_n_active=half(f.six_n_active),
+            decode_step=half(f.decode_step),
         ),
         components=[dataclasses.replace(c, flops=half(c.flops)) for c in a.components],
         layers=[
-            dataclasses.replace(l, flops_linear=half(l.flops_linear), flops_attention=half(l.flops_attention))
+            dataclasses.replace(
+                l,
+                flops_linear=half(l.flops_linear),
+                flops_attention=half(l.flops_attention),
+                flops_decode_mixing=half(l.flops_decode_mixing),
+            )
             for l in a.layers
         ],
         mtp=a.mtp and dataclasses.replace(a.mtp, forward_flops=half(a.mtp.forward_flops)),

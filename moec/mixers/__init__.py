@@ -5,7 +5,7 @@ everything the spec, the resolver and the analyzer know of that kind:
 ``KIND``
     the kind's name (``moec.vocab.MIXER_KINDS``), also the spec's ``mixers.<KIND>`` section name.
 ``Section``
-    the pydantic model (``moec.spec.base.Strict``) of the spec's ``mixers.<KIND>`` section: every field with
+    the pydantic model (``moec.strict.Strict``) of the spec's ``mixers.<KIND>`` section: every field with
     bounds and a docstring, as the rest of the schema.
 ``Plan``
     a frozen, keyword-only dataclass: the section's values with every default resolved (no field left None that
@@ -51,9 +51,7 @@ from types import ModuleType
 from moec.mixers import gated_deltanet, kda, lightning, mamba, mamba2, short_conv
 from moec.vocab import LINEAR_MIXERS
 
-KINDS: dict[str, ModuleType] = {
-    m.KIND: m for m in (gated_deltanet, kda, lightning, mamba, mamba2, short_conv)
-}
+KINDS: dict[str, ModuleType] = {m.KIND: m for m in (gated_deltanet, kda, lightning, mamba, mamba2, short_conv)}
 assert tuple(KINDS) == LINEAR_MIXERS, "moec.vocab.LINEAR_MIXERS and moec.mixers.KINDS list the same kinds in order"
 
 

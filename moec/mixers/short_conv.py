@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from moec.spec.base import Strict
+from moec.strict import Strict
 
 KIND = "short_conv"
 MODULE = "ShortConv"

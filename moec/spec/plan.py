@@ -20,6 +20,7 @@ from moec.vocab import (
     GATED,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_KINDS,
     QK_NORM_SCOPES,
@@ -32,6 +33,7 @@ class NormPlan:
     eps: float
     placement: Literal[NORM_PLACEMENTS]
     bias: bool = True  # layernorm only
+    unit_offset: bool = False  # weights stored as w, applied as 1 + w (Gemma, Qwen3-Next)
 
     @property
     def params_per_dim(self) -> int:
@@ -180,6 +182,7 @@ class AttentionPlan:
     temperature_scale: float | None = None
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
+    output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
 
     @property
     def qk_dim(self) -> int:
@@ -236,14 +239,49 @@ MoEPlan = _mirrored_plan(
 )
 
 
+@dataclass(frozen=True)
+class AbsentPlan:
+    """A sublayer the layer does not have: Nemotron-H's layers hold a token mixer or an FFN, not both."""
+
+    kind: Literal["none"] = "none"
+
+
 FFNPlan = DenseFFNPlan | MoEPlan
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     index: int
-    attention: AttentionPlan
-    ffn: FFNPlan
+    attention: AttentionPlan  # the attention section as planned for this layer (used where mixer is None)
+    ffn: FFNPlan | AbsentPlan
+    # the token mixer: None for attention, AbsentPlan for none, else the Plan of a moec.mixers kind
+    mixer: Any = None
+
+    @property
+    def mixer_kind(self) -> str:
+        """attention, a moec.mixers kind, or none (moec.vocab.MIXER_KINDS)."""
+        return "attention" if self.mixer is None else self.mixer.kind
+
+    @property
+    def has_attention(self) -> bool:
+        return self.mixer is None
+
+    @property
+    def has_ffn(self) -> bool:
+        return not isinstance(self.ffn, AbsentPlan)
+
+
+@dataclass(frozen=True)
+class ResidualScalesPlan:
+    """normed_residual's (alpha, beta) per sublayer kind: x = alpha·norm(x) + beta·f(norm(x))."""
+
+    attention: tuple[float, float] = (1.0, 1.0)
+    mixer: tuple[float, float] = (1.0, 1.0)
+    ffn: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        for f in ("attention", "mixer", "ffn"):  # tuples, also when reloaded from YAML lists
+            object.__setattr__(self, f, tuple(float(x) for x in getattr(self, f)))
 
 
 @dataclass(frozen=True)
@@ -264,6 +302,7 @@ class ResolvedModel:
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
     logit_softcap: float | None = None  # logits → cap·tanh(logits/cap) after logits_scaling; None: off
+    residual_scales: ResidualScalesPlan | None = None  # normed_residual placement only
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -279,11 +318,16 @@ class ResolvedModel:
     def rope_dim(self) -> int:
         """Dims per q/k head that rotate (the width of the cos/sin tables): MLA's qk_rope_head_dim; for GQA
         positions.rotary_dim, or the whole head_dim without partial rotary."""
-        a = self.layers[0].attention  # one attention kind and head shape per model
+        a = self.layers[0].attention  # one attention kind and head shape per model (planned on every layer)
         if a.kind == "mla":
             assert a.qk_rope_head_dim is not None
             return a.qk_rope_head_dim
         return self.positions.rotary_dim or a.head_dim
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether some layer's token mixer is not attention, or some layer lacks its mixer or its FFN."""
+        return any(lp.mixer is not None or not lp.has_ffn for lp in (*self.layers, *self.mtp))
 
     @property
     def moe_layers(self) -> list[int]:
@@ -299,13 +343,15 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
     def attn(a: dict[str, Any]) -> AttentionPlan:
         return AttentionPlan(**a)
 
-    def ffn(f: dict[str, Any]) -> FFNPlan:
+    def ffn(f: dict[str, Any]) -> FFNPlan | AbsentPlan:
         if f["kind"] == "moe":
             return MoEPlan(**{**f, "router": RouterPlan(**f["router"])})
+        if f["kind"] == "none":
+            return AbsentPlan()
         return DenseFFNPlan(**f)
 
     def layer(l: dict[str, Any]) -> LayerPlan:
-        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]))
+        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")))
 
     pos = d["positions"]
     return ResolvedModel(
@@ -332,7 +378,20 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         residual_multiplier=d.get("residual_multiplier", 1.0),
         logits_scaling=d.get("logits_scaling", 1.0),
         logit_softcap=d.get("logit_softcap"),
+        residual_scales=ResidualScalesPlan(**d["residual_scales"]) if d.get("residual_scales") else None,
         spec_hash=d.get("spec_hash", ""),
         source_file=d.get("source_file", ""),
         description=d.get("description", ""),
     )
+
+
+def mixer_from_dict(m: dict[str, Any] | None) -> Any:
+    """A layer's mixer plan from plain data: None (attention), AbsentPlan, or a moec.mixers kind's Plan."""
+    from moec.mixers import KINDS  # the kinds' modules import the schema's base, not this module
+
+    if m is None:
+        return None
+    if m["kind"] == "none":
+        return AbsentPlan()
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
+    return KINDS[m["kind"]].Plan(**fields)

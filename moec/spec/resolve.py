@@ -6,20 +6,23 @@ import dataclasses
 from typing import Any
 
 from moec.errors import Problem
+from moec.mixers import KINDS
 from moec.spec.load import LoadedSpec
 from moec.spec.plan import (
+    AbsentPlan,
     AttentionPlan,
     DenseFFNPlan,
     LayerPlan,
     MoEPlan,
     NormPlan,
     PositionsPlan,
+    ResidualScalesPlan,
     ResolvedModel,
     RopeScalingPlan,
     RouterPlan,
     schema_values,
 )
-from moec.spec.schema import Model, Select, Spec
+from moec.spec.schema import Model, ResidualScales, Select, Spec
 
 
 def selected_layers(sel: Select, n_layers: int) -> list[int]:
@@ -49,6 +52,26 @@ def ffn_kind_per_layer(spec: Spec) -> list[str]:
     return per_layer
 
 
+def mixer_kind_per_layer(spec: Spec) -> list[str]:
+    """Each layer's token mixer (moec.vocab.MIXER_KINDS): layers.default's, unless an override names the layer."""
+    per_layer = [spec.layers.default.mixer] * spec.model.n_layers
+    for ov in spec.layers.overrides:
+        if ov.mixer is not None:
+            assign_selected(per_layer, ov.select, ov.mixer)
+    return per_layer
+
+
+def _mixer_plans(spec: Spec) -> dict[str, Any]:
+    """The plan of each token mixer a layer may hold: attention → None (the layer's AttentionPlan is read),
+    none → AbsentPlan, a moec.mixers kind → its section's Plan (absent sections are reported by checks)."""
+    plans: dict[str, Any] = {"attention": None, "none": AbsentPlan()}
+    for kind, module in KINDS.items():
+        section = getattr(spec.mixers, kind)
+        if section is not None:
+            plans[kind] = module.plan(section, spec.model.d_model, spec.model.norm.eps)
+    return plans
+
+
 def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     if sel.layers is not None:
         return sorted({i for i in sel.layers if i < n_layers})
@@ -64,7 +87,7 @@ def _selection(sel: Select, n_layers: int) -> slice | list[int]:
 _MODEL_AS_WRITTEN = tuple(
     f.name
     for f in dataclasses.fields(ResolvedModel)
-    if f.name in Model.model_fields and f.name not in ("norm", "positions")
+    if f.name in Model.model_fields and f.name not in ("norm", "positions", "residual_scales")
 )
 # attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
 _ATTENTION_AS_WRITTEN = (
@@ -77,6 +100,7 @@ _ATTENTION_AS_WRITTEN = (
     "qk_norm_after_rope",
     "clip_qkv",
     "scale",
+    "output_gate",
 )
 _MLA_AS_WRITTEN = (
     "q_lora_rank",
@@ -152,8 +176,11 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             kind="gqa", n_kv_heads=a.n_kv_heads or a.n_heads, head_dim=a.head_dim or m.d_model // a.n_heads, **planned
         )
 
+    mixer_kind = mixer_kind_per_layer(spec)
+    mixers = _mixer_plans(spec)
+    ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i], i), moe if ffn_kind[i] == "moe" else dense)  # type: ignore[arg-type]
+        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[mixer_kind[i]])  # type: ignore[arg-type]
         for i in range(n)
     )
     mtp: tuple[LayerPlan, ...] = ()
@@ -172,7 +199,14 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     return ResolvedModel(
         **{f: getattr(m, f) for f in _MODEL_AS_WRITTEN},
         name=spec.name,
-        norm=NormPlan(m.norm.kind, m.norm.eps, m.norm.placement, m.norm.bias if m.norm.kind == "layernorm" else False),
+        norm=NormPlan(
+            m.norm.kind,
+            m.norm.eps,
+            m.norm.placement,
+            m.norm.bias if m.norm.kind == "layernorm" else False,
+            m.norm.unit_offset,
+        ),
+        residual_scales=_residual_scales(m),
         positions=PositionsPlan(
             m.positions.kind,
             m.positions.theta,
@@ -189,6 +223,14 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         description=spec.description,
         extra={"warnings": warnings} if warnings else {},
     )
+
+
+def _residual_scales(m: Model) -> ResidualScalesPlan | None:
+    """normed_residual's factors (all 1 unless written); None for every other placement."""
+    if m.norm.placement != "normed_residual":
+        return None
+    r = m.residual_scales or ResidualScales()
+    return ResidualScalesPlan(**{k: (getattr(r, k).alpha, getattr(r, k).beta) for k in ("attention", "mixer", "ffn")})
 
 
 def _dense(spec: Spec) -> DenseFFNPlan | None:

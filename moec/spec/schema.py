@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from moec.spec.base import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
+from moec.mixers import gated_deltanet as _gated_deltanet
+from moec.mixers import kda as _kda
+from moec.mixers import lightning as _lightning
+from moec.mixers import mamba as _mamba
+from moec.mixers import mamba2 as _mamba2
+from moec.mixers import short_conv as _short_conv
+from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
+    AttentionOverride,
+    LayerDefault,
+    LayerIndex,
+    Layers,
+    Override,
+    Select,
+)
+from moec.spec.segmentation import Segmentation, segmented_moe
+from moec.strict import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
     MAX_D,
     MAX_EXPERTS,
     MAX_FF,
@@ -24,7 +39,6 @@ from moec.spec.base import (  # noqa: F401  (re-exported: the bounds are part of
     MAX_VOCAB,
     Strict,
 )
-from moec.spec.segmentation import Segmentation, segmented_moe
 from moec.vocab import (
     ACTIVATIONS,
     ATTENTION_KINDS,
@@ -33,11 +47,12 @@ from moec.vocab import (
     CLAMPED_LIMIT,
     DROP_POLICIES,
     EXPERT_KINDS,
-    FFN_KINDS,
     FREEZABLE_COMPONENTS,
     GROUP_SCORES,
+    MTP_FFN_KINDS,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_KINDS,
     QK_NORM_SCOPES,
@@ -60,6 +75,8 @@ class Norm(Strict):
     """pre: x + f(norm(x)); post: norm(x + f(x)); after_sublayer: x + norm(f(x)) (OLMo 2)."""
     bias: bool = True
     """Whether a layernorm has a bias (DBRX's have none); rmsnorm never has one."""
+    unit_offset: bool = False
+    """Every model norm (q/k and latent norms too) stores w, initialised 0, and scales by 1 + w (Qwen3-Next)."""
 
 
 class RopeScaling(Strict):
@@ -128,6 +145,24 @@ class Positions(Strict):
         return head_dim
 
 
+class ResidualScale(Strict):
+    alpha: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    """The factor on the normed input that the residual carries on."""
+    beta: Annotated[float, Field(gt=0, le=1e4)] = 1.0
+    """The factor on the sublayer's output."""
+
+
+class ResidualScales(Strict):
+    """normed_residual's factors per sublayer kind (MiniMax-Text-01's layernorm_*_alpha / _beta)."""
+
+    attention: ResidualScale = ResidualScale()
+    """Around an attention sublayer."""
+    mixer: ResidualScale = ResidualScale()
+    """Around a linear-attention, state-space or convolution sublayer (docs/mixers.md)."""
+    ffn: ResidualScale = ResidualScale()
+    """Around a dense or MoE FFN."""
+
+
 class Model(Strict):
     vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)]
     """Tokens in the vocabulary: rows of the embedding and of the output head."""
@@ -153,6 +188,8 @@ class Model(Strict):
     """Granite: the logits are divided by this."""
     logit_softcap: Annotated[float, Field(gt=0, le=1e4)] | None = None
     """Final logit soft-capping cap·tanh(logits/cap) after logits_scaling (Gemma, Grok); null: off."""
+    residual_scales: ResidualScales | None = None
+    """normed_residual placement only: each sublayer's x = alpha·norm(x) + beta·f(norm(x)) (MiniMax-Text-01)."""
 
 
 class TemperatureTuning(Strict):
@@ -209,6 +246,8 @@ class Attention(Strict):
     """MLA: the width of each value head."""
     latent_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
+    output_gate: Literal[OUTPUT_GATES] = "none"
+    """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
 
 
 class FFN(Strict):
@@ -323,101 +362,28 @@ class MoE(Strict):
         return segmented_moe(data)
 
 
-# an index past n_layers is reported by checks.py, which knows n_layers; this bound only keeps it finite
-LayerIndex = Annotated[int, Field(ge=0, lt=MAX_LAYERS)]
+class Mixers(Strict):
+    """The sections of the token mixers besides attention (docs/mixers.md); a layer uses one through
+    layers.*.mixer."""
 
-
-def _selector_shorthand(v: Any) -> Any:
-    # `select: [0, 5, 7]` is shorthand for `select: {layers: [0, 5, 7]}`
-    return {"layers": v} if isinstance(v, list) else v
-
-
-class Select(Strict):
-    """Which layers an override applies to: a list, an inclusive range, or every N from a start."""
-
-    layers: Annotated[list[LayerIndex], Field(max_length=MAX_LAYERS)] | None = None
-    """These layer indices."""
-    first: LayerIndex | None = None
-    """The first layer of an inclusive range (with last)."""
-    last: LayerIndex | None = None
-    """The last layer, inclusive: of a range, or where every N stops."""
-    every: Annotated[int, Field(gt=0, le=MAX_LAYERS)] | None = None
-    """Every N-th layer from start (start is required: Megatron and Hugging Face disagree)."""
-    start: LayerIndex | None = None
-    """The first layer of every N."""
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Select:
-        forms = [
-            self.layers is not None,
-            self.every is not None or self.start is not None,
-            self.first is not None and self.every is None and self.start is None,
-        ]
-        if sum(forms) != 1:
-            raise ValueError(
-                "select must be one of: a list of layer indices, {first: A, last: B} (inclusive), "
-                "or {every: N, start: S} (optionally with last)"
-            )
-        if self.every is not None and self.start is None:
-            raise ValueError("every N needs an explicit start (Megatron and Hugging Face disagree on the default)")
-        if self.start is not None and self.every is None:
-            raise ValueError("start needs every")
-        if self.layers is not None and (self.first is not None or self.last is not None):
-            raise ValueError("a list of layers cannot be combined with first/last")
-        if self.first is not None and self.last is None:
-            raise ValueError("first needs last (inclusive)")
-        return self
-
-
-class AttentionOverride(Strict):
-    """One layer's attention settings; each applies only when written (unwritten: the attention section's)."""
-
-    window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
-    """This layer's sliding window, in tokens (unwritten: the attention section's)."""
-    chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
-    """This layer's attention chunk, in tokens (unwritten: the attention section's)."""
-    rope: bool = True
-    """Whether this layer rotates q and k (false: a NoPE layer, Llama-4)."""
-    qk_norm: bool = False
-    """Turn attention.qk_norm on or off for this layer (Llama-4: rope layers only)."""
-    temperature_tuning: bool = False
-    """Turn attention.temperature_tuning on for this layer (Llama-4: NoPE layers)."""
-    rope_theta: Annotated[float, Field(gt=0, le=1e12)] | None = None
-    """This layer's RoPE base instead of model.positions.theta (MiMo-V2-Flash)."""
-
-
-class LayerDefault(Strict):
-    ffn: Literal[FFN_KINDS] = "dense"
-    """The FFN of every layer no override names: dense or moe."""
-    attention: AttentionOverride = AttentionOverride()
-    """Attention settings of every layer no override names."""
-
-
-class Override(Strict):
-    select: Annotated[Select, Field()]
-    """Which layers: a list, {first, last} or {every, start}."""
-    ffn: Literal[FFN_KINDS] | None = None
-    """The FFN of the selected layers: dense or moe."""
-    attention: AttentionOverride | None = None
-    """Attention settings of the selected layers."""
-
-    @field_validator("select", mode="before")
-    @classmethod
-    def _short(cls, v: Any) -> Any:
-        return _selector_shorthand(v)
-
-
-class Layers(Strict):
-    default: LayerDefault = LayerDefault()
-    """What every layer has unless an override says otherwise."""
-    overrides: Annotated[list[Override], Field(max_length=MAX_OVERRIDES)] = []
-    """Per-layer changes, applied in order (a later one wins)."""
+    gated_deltanet: _gated_deltanet.Section | None = None
+    """Gated DeltaNet (Qwen3-Next)."""
+    kda: _kda.Section | None = None
+    """Kimi Delta Attention (Kimi-Linear)."""
+    lightning: _lightning.Section | None = None
+    """Lightning attention (MiniMax-Text-01)."""
+    mamba: _mamba.Section | None = None
+    """Mamba's selective scan (Jamba)."""
+    mamba2: _mamba2.Section | None = None
+    """Mamba2's state-space duality (Granite-4.0-H, Nemotron-H)."""
+    short_conv: _short_conv.Section | None = None
+    """The gated short convolution (LFM2)."""
 
 
 class MTP(Strict):
     n_layers: Annotated[int, Field(gt=0, le=64)]
     """Multi-token-prediction modules (DeepSeek-V3), reported apart from the main model."""
-    ffn: Literal[FFN_KINDS] = "moe"
+    ffn: Literal[MTP_FFN_KINDS] = "moe"
     """The FFN of each MTP block: dense or moe."""
 
 
@@ -443,8 +409,10 @@ class Spec(Strict):
     """The dense FFN, for layers whose ffn is dense."""
     moe: MoE | None = None
     """The MoE layer, for layers whose ffn is moe."""
+    mixers: Mixers = Mixers()
+    """Token mixers besides attention that layers.*.mixer chooses (docs/mixers.md)."""
     layers: Layers = Layers()
-    """Which layers are dense or MoE, and per-layer attention changes."""
+    """Which layers are dense or MoE, which token mixer each has, and per-layer attention changes."""
     mtp: MTP | None = None
     """Multi-token-prediction modules (DeepSeek-V3)."""
     frozen: Annotated[list[Component], Field(max_length=64)] = []

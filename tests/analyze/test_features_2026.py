@@ -99,7 +99,7 @@ CONVENTIONS = {
         "KV bytes unchanged",
     ],
     "mla_latent_norm_eps": ["0 FLOPs", "0 parameters", "KV bytes unchanged"],
-    "norm_placement": ["after_sublayer", "two norms of d per layer", "a final norm of d except with post"],
+    "norm_placement": ["after_sublayer", "one norm of d per sublayer", "a final norm of d except with post"],
     "logits": ["logit_softcap", "logits_scaling", "0 FLOPs", "0 parameters"],
     "selection_bias": ["not counted", "selection_bias_parameter", "E router parameters per MoE layer"],
 }

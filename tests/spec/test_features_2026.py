@@ -180,7 +180,7 @@ def test_an_unknown_norm_placement_names_the_choices():
     text = GQA.replace("positions: {kind: rope}", "positions: {kind: rope}\n  norm: {placement: sandwich}")
     (err,) = errors(text)
     assert err.startswith(f"{located(text, 9, 'sandwich')} model.norm.placement:")
-    assert "'pre', 'post' or 'after_sublayer'" in err
+    assert "'pre', 'post', 'after_sublayer' or 'normed_residual'" in err
 
 
 # --- logits ----------------------------------------------------------------------------------------------

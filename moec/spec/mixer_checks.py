@@ -1,0 +1,67 @@
+"""Checks of the token mixers (docs/mixers.md): every mixer kind a layer uses has its section, every section
+is used, each section's own cross-field rules, layers that keep at least one sublayer, and the block options
+that only some mixers or placements take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from moec.mixers import KINDS
+from moec.spec.resolve import ffn_kind_per_layer, mixer_kind_per_layer
+from moec.spec.schema import Spec
+from moec.spec.yamlio import Path
+
+Bad = Callable[[Path, str], None]
+
+
+def check_mixers(spec: Spec, bad: Bad) -> None:
+    kinds = mixer_kind_per_layer(spec)
+    used = set(kinds)
+    for kind, module in KINDS.items():
+        section = getattr(spec.mixers, kind)
+        if kind in used and section is None:
+            bad(_where_chosen(spec, kind), f"layers {_spans(kinds, kind)} use mixer {kind} but the spec has no "
+                f"mixers.{kind} section")  # fmt: skip
+        elif section is not None and kind not in used:
+            bad(("mixers", kind), f"mixers.{kind} is given but no layer's mixer is {kind} (layers.*.mixer)")
+        if section is not None:
+            for path, message in module.problems(section, spec.model.d_model):
+                bad(("mixers", kind, *path), message)
+    ffns = ffn_kind_per_layer(spec)
+    empty = [i for i, (m, f) in enumerate(zip(kinds, ffns, strict=True)) if m == "none" and f == "none"]
+    if empty:
+        bad(("layers",), f"layers {_spans(empty)} have neither a token mixer nor an FFN (mixer: none, ffn: none)")
+    _check_block_options(spec, used, bad)
+
+
+def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
+    m, a = spec.model, spec.attention
+    if m.residual_scales is not None and m.norm.placement != "normed_residual":
+        bad(("model", "residual_scales"), "only meaningful with model.norm.placement: normed_residual")
+    if a.output_gate != "none" and a.kind == "mla":
+        bad(("attention", "output_gate"), "the attention output gate is supported with GQA attention, not MLA")
+    if spec.mtp is not None and mixers_used != {"attention"}:
+        bad(("mtp",), "MTP blocks are supported in attention-only models (they would need a mixer of their own)")
+
+
+def _where_chosen(spec: Spec, kind: str) -> Path:
+    """Where a mixer kind is written: the last override that names it, else layers.default.mixer."""
+    for j in reversed(range(len(spec.layers.overrides))):
+        if spec.layers.overrides[j].mixer == kind:
+            return ("layers", "overrides", j, "mixer")
+    return ("layers", "default", "mixer")
+
+
+def _spans(values: list[str] | list[int], kind: str | None = None) -> str:
+    """The layer indices (those whose value is ``kind``, or the given ints) as ranges: '0-2, 4, 6-7'."""
+    idx = [i for i, v in enumerate(values) if v == kind] if kind is not None else list(values)
+    out: list[str] = []
+    start = prev = None
+    for i in [*idx, None]:
+        if i is not None and prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = i
+    return ", ".join(out)

@@ -1,0 +1,216 @@
+"""Mamba's selective state-space mixer (moec.mixers.mamba; docs/mixers.md, "mamba"), with Jamba's optional RMSNorms
+on the time step, B and C. Parameter names and shapes follow transformers' JambaMambaMixer (in_proj, conv1d,
+x_proj, dt_proj, A_log, D, out_proj, dt_layernorm, b_layernorm, c_layernorm), so a checkpoint loads by name.
+
+Per inner channel ``i`` and state element ``n`` the state follows ``s ← exp(Δᵢ·Aᵢₙ)·s + Δᵢ·uᵢ·Bₙ`` and the
+channel reads ``yᵢ = Σₙ Cₙ·sᵢₙ + Dᵢ·uᵢ``. :func:`chunked_scan` computes every token's state at once, chunk by
+chunk; :meth:`Mamba.recurrent` is the token-by-token oracle. The scan runs in float32 at least (float64 stays
+float64), as the state accumulates over the whole sequence.
+
+No fused kernel (mamba-ssm's selective scan) is used: the chunked scan is plain PyTorch and holds every token's
+state, ``B·S·inner·N`` elements, as transformers' own fallback does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+
+# The Mamba paper's time-step initialisation (arXiv 2312.00752, section 3.6): Δ log-uniform in [0.001, 0.1].
+_DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
+
+
+def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The state accumulates over the sequence: float32 at least."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class InnerRMSNorm(nn.Module):
+    """Jamba's weight-only RMSNorm on Δ, B and C: normalised in float32 at least, cast back, then scaled."""
+
+    def __init__(self, width: int, eps: float, *, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(_scan_dtype(x.dtype))
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def _scan_from_zero(decay: torch.Tensor, feed: torch.Tensor) -> torch.Tensor:
+    """Every chunk at once, token by token from a zero state: decay, feed (B, chunks, T, I, N) → the same shape."""
+    state = feed[:, :, 0]
+    local = [state]
+    for t in range(1, feed.shape[2]):
+        state = decay[:, :, t] * state + feed[:, :, t]
+        local.append(state)
+    return torch.stack(local, dim=2)
+
+
+def _carry_across_chunks(
+    chunk_decay: torch.Tensor, chunk_local_end: torch.Tensor, initial: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each chunk's starting state, one chunk after another: chunk_decay and chunk_local_end (B, chunks, I, N),
+    initial (B, I, N) → the starts (B, chunks, I, N) and the state after the last chunk (B, I, N)."""
+    start = initial
+    starts = []
+    for j in range(chunk_decay.shape[1]):
+        starts.append(start)
+        start = chunk_decay[:, j] * start + chunk_local_end[:, j]
+    return torch.stack(starts, dim=1), start
+
+
+def chunked_scan(
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    rates: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    initial: torch.Tensor | None,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selective scan in chunks of ``chunk`` tokens: u, dt (B, S, I); rates A (I, N), negative; b, c (B, S, N);
+    initial (B, I, N) or None for zeros. Returns ``Σₙ Cₙ·sᵢₙ`` per token (B, S, I) and the final state (B, I, N).
+
+    Within a chunk each token's state is its local state (the chunk's own inputs, scanned from zero, every
+    chunk at once) plus the chunk's starting state decayed by ``exp(Σ Δ·A)`` since the chunk began, a factor in
+    (0, 1] that never overflows. The starting states are carried across chunks one after another, so a sequence
+    takes T + S/T steps instead of S. The last chunk is padded with Δ = 0: decay 1 and no input, which carries
+    the state through unchanged."""
+    batch, seq, inner = u.shape
+    T = min(chunk, seq)
+    pad = -seq % T
+    log_decay = dt.unsqueeze(-1) * rates  # (B, S, I, N), ≤ 0
+    feed = (dt * u).unsqueeze(-1) * b.unsqueeze(2)  # (B, S, I, N)
+    log_decay, feed = (F.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (-1, T)) for t in (log_decay, feed))
+    c = F.pad(c, (0, 0, 0, pad)).unflatten(1, (-1, T))  # (B, chunks, T, N)
+    local = _scan_from_zero(log_decay.exp(), feed)  # (B, chunks, T, I, N)
+    since_start = log_decay.cumsum(dim=2).exp()  # (B, chunks, T, I, N): decay from the chunk's start
+    if initial is None:
+        initial = feed.new_zeros(batch, inner, feed.shape[-1])
+    starts, final = _carry_across_chunks(since_start[:, :, -1], local[:, :, -1], initial.to(feed.dtype, copy=True))
+    states = local + since_start * starts.unsqueeze(2)
+    y = torch.einsum("bctin,bctn->bcti", states, c)  # (B, chunks, T, I)
+    return y.flatten(1, 2)[:, :seq], final
+
+
+class Mamba(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        inner_dim: int,
+        state_size: int,
+        conv_kernel: int,
+        dt_rank: int,
+        conv_bias: bool,
+        proj_bias: bool,
+        inner_norms: bool,
+        norm_eps: float,
+        chunk: int,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.d_model, self.inner_dim, self.state_size = d_model, inner_dim, state_size
+        self.conv_kernel, self.dt_rank, self.inner_norms, self.chunk = conv_kernel, dt_rank, inner_norms, chunk
+        self.in_proj = nn.Linear(d_model, 2 * inner_dim, bias=proj_bias, **kw)
+        self.conv1d = nn.Conv1d(
+            inner_dim, inner_dim, conv_kernel, groups=inner_dim, bias=conv_bias, padding=conv_kernel - 1, **kw
+        )
+        self.x_proj = nn.Linear(inner_dim, dt_rank + 2 * state_size, bias=False, **kw)
+        self.dt_proj = nn.Linear(dt_rank, inner_dim, bias=True, **kw)
+        self.A_log = nn.Parameter(torch.empty(inner_dim, state_size, **kw))
+        self.D = nn.Parameter(torch.empty(inner_dim, **kw))
+        self.out_proj = nn.Linear(inner_dim, d_model, bias=proj_bias, **kw)
+        if inner_norms:
+            self.dt_layernorm = InnerRMSNorm(dt_rank, norm_eps, **kw)
+            self.b_layernorm = InnerRMSNorm(state_size, norm_eps, **kw)
+            self.c_layernorm = InnerRMSNorm(state_size, norm_eps, **kw)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation (arXiv 2312.00752, section 3.6 and appendix): A = −(1, 2, …, N) per channel (S4D
+        real), D = 1, and dt_proj so that Δ = softplus(bias) starts log-uniform in [0.001, 0.1]. The
+        projections keep torch's default. Nothing to do on ``meta``."""
+        if self.A_log.is_meta:
+            return
+        with torch.no_grad():
+            rates = torch.arange(1, self.state_size + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(rates.log().expand(self.inner_dim, -1))
+            self.D.fill_(1.0)
+            bound = self.dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            span = math.log(_DT_MAX) - math.log(_DT_MIN)
+            dt = torch.rand(self.inner_dim, device=self.D.device).mul(span).add(math.log(_DT_MIN)).exp()
+            dt = dt.clamp(min=_DT_FLOOR)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(Δ)
+
+    def decay_rates(self, dtype: torch.dtype) -> torch.Tensor:
+        """A = −exp(A_log), (I, N): every channel's state elements decay at their own rate."""
+        return -torch.exp(self.A_log.to(dtype))
+
+    def _selective(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input-dependent parameters from the convolved input u (…, I): Δ (…, I), B and C (…, N), in the scan
+        dtype."""
+        dt, b, c = self.x_proj(u).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if self.inner_norms:
+            dt, b, c = self.dt_layernorm(dt), self.b_layernorm(b), self.c_layernorm(c)
+        ssm = _scan_dtype(u.dtype)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).to(ssm) + self.dt_proj.bias.to(ssm))
+        return dt, b.to(ssm), c.to(ssm)
+
+    def _output(self, y: torch.Tensor, u: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The D skip, the silu(z) gate and out_proj: y, u, z (…, I) → (…, d)."""
+        y = (y + u.to(y.dtype) * self.D.to(y.dtype)) * F.silu(z.to(y.dtype))
+        return self.out_proj(y.to(dtype))
+
+    def forward(self, x: torch.Tensor, rope=None, cache: MixerState | None = None, positions=None) -> torch.Tensor:
+        """x (B, S, d) → (B, S, d), the chunked scan. With ``cache`` it starts from the cached convolution inputs and
+        state and leaves the new ones in it."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, S, I) each
+        conv_state = cache["conv"] if cache is not None else None
+        w = self.conv1d.weight.squeeze(1)  # (I, K)
+        u = F.silu(causal_conv_with_state(u.transpose(1, 2), w, self.conv1d.bias, conv_state)).transpose(1, 2)
+        dt, b, c = self._selective(u)
+        initial = cache["ssm"] if cache is not None else None
+        y, final = chunked_scan(u, dt, self.decay_rates(dt.dtype), b, c, initial, self.chunk)
+        if cache is not None:
+            cache["ssm"].copy_(final)
+        return self._output(y, u, z, x.dtype)
+
+    def recurrent(self, x: torch.Tensor, state: MixerState | None = None) -> tuple[torch.Tensor, MixerState]:
+        """The oracle: token by token, the convolution from an explicit window of the last ``conv_kernel`` inputs
+        and the state updated once per token."""
+        state = state or self.new_cache(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        w = self.conv1d.weight.squeeze(1)  # (I, K)
+        bias = self.conv1d.bias if self.conv1d.bias is not None else 0
+        past, ssm = state["conv"].clone(), state["ssm"].to(_scan_dtype(x.dtype), copy=True)
+        outs = []
+        for t in range(x.shape[1]):
+            u, z = self.in_proj(x[:, t]).chunk(2, dim=-1)  # (B, I) each
+            window = torch.cat([past, u.unsqueeze(-1)], dim=-1)  # (B, I, K)
+            past = window[:, :, 1:]
+            u = F.silu((window * w).sum(-1) + bias)
+            dt, b, c = self._selective(u)  # (B, I), (B, N), (B, N)
+            decay = torch.exp(dt.unsqueeze(-1) * self.decay_rates(dt.dtype))  # (B, I, N)
+            ssm = decay * ssm + (dt * u).unsqueeze(-1) * b.unsqueeze(1)
+            y = (ssm * c.unsqueeze(1)).sum(-1)  # (B, I)
+            outs.append(self._output(y, u, z, x.dtype))
+        state["conv"].copy_(past)
+        state["ssm"].copy_(ssm)
+        return torch.stack(outs, dim=1), state
+
+    def new_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> MixerState:
+        """The last conv_kernel − 1 convolution inputs (B, I, K − 1) and the state (B, I, N), whatever max_len."""
+        conv = torch.zeros(batch, self.inner_dim, self.conv_kernel - 1, device=device, dtype=dtype)
+        ssm = torch.zeros(batch, self.inner_dim, self.state_size, device=device, dtype=dtype)
+        return MixerState({"conv": conv, "ssm": ssm})

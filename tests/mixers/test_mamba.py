@@ -175,7 +175,11 @@ def test_jamba_v0_1_mixer_counts_by_hand():
 
 
 def test_initial_decay_and_time_step_follow_mamba():
-    m = Mamba(D_MODEL, **mamba.module_kwargs(mamba.plan(mamba.Section(state_size=4), D_MODEL, 1e-6)))
+    section = mamba.Section(state_size=4, inner_norms=True, proj_bias=True)
+    m = Mamba(D_MODEL, **mamba.module_kwargs(mamba.plan(section, D_MODEL, 1e-6)))
+    for bias in (m.in_proj.bias, m.out_proj.bias, m.conv1d.bias):
+        assert not bias.any()
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) for n in (m.dt_layernorm, m.b_layernorm, m.c_layernorm))
     assert torch.equal(m.decay_rates(torch.float32), -torch.arange(1.0, 5.0).expand(2 * D_MODEL, 4))
     assert torch.equal(m.D.detach(), torch.ones(2 * D_MODEL))
     dt = torch.nn.functional.softplus(m.dt_proj.bias.detach())

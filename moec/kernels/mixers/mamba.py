@@ -138,12 +138,21 @@ class Mamba(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Mamba's initialisation (arXiv 2312.00752, section 3.6 and appendix): A = −(1, 2, …, N) per channel (S4D
-        real), D = 1, and dt_proj so that Δ = softplus(bias) starts log-uniform in [0.001, 0.1]. The
-        projections keep torch's default. Nothing to do on ``meta``."""
+        """moec's convention for the matrices (as its Linear): N(0, 1/fan_in), d_model for in_proj, the inner width
+        for x_proj and out_proj, conv_kernel taps for each channel of the convolution; biases zero; the inner norms'
+        weights 1. Mamba's for the dynamics (arXiv 2312.00752, section 3.6): A = −(1, 2, …, N) in every channel
+        (S4D-real), D = 1, dt_proj's weight uniform in ±dt_rank^−½ and its bias softplus⁻¹ of a Δ log-uniform in
+        [0.001, 0.1]. No init work on ``meta``."""
         if self.A_log.is_meta:
             return
         with torch.no_grad():
+            for layer, fan_in in ((self.in_proj, self.d_model), (self.x_proj, self.inner_dim),
+                                  (self.out_proj, self.inner_dim), (self.conv1d, self.conv_kernel)):  # fmt: skip
+                nn.init.normal_(layer.weight, std=1 / math.sqrt(fan_in))
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+            for norm in ("dt_layernorm", "b_layernorm", "c_layernorm") if self.inner_norms else ():
+                getattr(self, norm).weight.fill_(1.0)
             rates = torch.arange(1, self.state_size + 1, dtype=torch.float32, device=self.A_log.device)
             self.A_log.copy_(rates.log().expand(self.inner_dim, -1))
             self.D.fill_(1.0)

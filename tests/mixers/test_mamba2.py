@@ -239,7 +239,11 @@ def test_problems_are_all_reported_and_a_good_section_has_none():
 
 
 def test_fresh_parameters_follow_mamba2_initialisation():
-    m = Mamba2(D_MODEL, **mamba2.module_kwargs(mamba2.plan(section(), D_MODEL, 1e-5)))
+    torch.manual_seed(0)
+    m = Mamba2(D_MODEL, **mamba2.module_kwargs(mamba2.plan(section(bias=True), D_MODEL, 1e-5)))
+    for layer, fan_in in ((m.in_proj, D_MODEL), (m.out_proj, 16), (m.conv1d, 3)):
+        assert abs(layer.weight.std().item() * math.sqrt(fan_in) - 1) < 0.2
+        assert not layer.bias.any()
     assert torch.allclose(m.A_log.exp(), torch.arange(1.0, 5.0))
     assert torch.equal(m.D, torch.ones(4))
     step = torch.nn.functional.softplus(m.dt_bias)

@@ -175,7 +175,20 @@ class Mamba2(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Mamba2's: decay rates 1 … n_heads (A_log = log h), D = 1, a log-uniform initial step."""
+        """moec's convention for the matrices (as its Linear): N(0, 1/fan_in), d_model for in_proj, the inner width
+        for out_proj, conv_kernel taps for each channel of the convolution; biases zero; the norm's weight 1.
+        Mamba2's for the dynamics: decay rates 1 … n_heads (A_log = log h, as transformers), D = 1, dt_bias
+        softplus⁻¹ of a Δ log-uniform in [0.001, 0.1] floored at 1e-4. No init work on ``meta``."""
+        if self.A_log.is_meta:
+            return
+        for layer, fan_in in (
+            (self.in_proj, self.d_model),
+            (self.out_proj, self.inner),
+            (self.conv1d, self.conv_kernel),
+        ):
+            nn.init.normal_(layer.weight, std=1 / math.sqrt(fan_in))
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
         self.A_log.copy_(torch.log(torch.arange(1, self.n_heads + 1, dtype=torch.float32)))
         nn.init.ones_(self.D)
         span = math.log(STEP_INIT_MAX) - math.log(STEP_INIT_MIN)

@@ -316,6 +316,14 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
+        # docs/mixers.md: the token mixers besides attention, and the block forms that came with them
+        "layers.*.mixer other than attention (linear-attention, state-space and convolution mixers)": any(
+            lp.mixer is not None for lp in layers
+        ),
+        "layers.*.ffn none": any(not lp.has_ffn for lp in layers),
+        "attention.output_gate": any(x.output_gate != "none" for x in attns),
+        "model.norm.unit_offset": plan.norm.unit_offset,
+        "model.norm.placement 'normed_residual'": plan.norm.placement == "normed_residual",
     }
     for what, used in unsupported.items():
         if used:

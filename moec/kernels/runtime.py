@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -114,13 +115,17 @@ class LayerCache:
     def reset(self) -> None:
         self.positions.fill_(-1)
 
+    def nbytes(self) -> int:
+        """Bytes the keys and values take."""
+        return self.keys.nbytes + (self.values.nbytes if self.values is not None else 0)
+
 
 @dataclass
 class KVCache:
     """The whole model's cache: one :class:`LayerCache` per main layer (MTP blocks are not decoded), and the
     rotary tables of every position, per RoPE base, computed once."""
 
-    layers: list[LayerCache]
+    layers: list[Any]  # per layer: a LayerCache, a mixer's MixerState (docs/mixers.md), or None
     batch: int
     max_len: int
     rope: dict[float | None, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (max_len, rot) ×2
@@ -128,11 +133,13 @@ class KVCache:
     def reset(self) -> None:
         """Forget every sequence: the next call must start at position 0."""
         for layer in self.layers:
-            layer.reset()
+            if layer is not None:  # a layer without a token mixer keeps nothing
+                layer.reset()
 
     def nbytes(self) -> int:
-        """Bytes the keys and values take (the positions and rotary tables left out)."""
-        return sum(c.keys.nbytes + (c.values.nbytes if c.values is not None else 0) for c in self.layers)
+        """Bytes the keys and values take, and the other mixers' states (the positions and rotary tables left
+        out)."""
+        return sum(c.nbytes() for c in self.layers if c is not None)
 
 
 def cache_slots(max_len: int, window: int | None = None, chunk: int | None = None) -> int:

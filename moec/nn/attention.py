@@ -216,6 +216,9 @@ class Attention(AttentionLayer):
         self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
         self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
+        # the output gate (Qwen3-Next): sigmoid(gate_proj(x)) per element of each head, or one per head
+        gate_width = {"none": 0, "element": h * hd, "head": h}[plan.output_gate]
+        self.gate_proj = Linear(d_model, gate_width, bias=plan.bias, **kw) if gate_width else None
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 
@@ -239,7 +242,11 @@ class Attention(AttentionLayer):
             keys, values, key_positions = cache.update(k, v, positions)
             assert values is not None
             y = attend_masked(q, keys, values, cache.mask(positions, key_positions), scale=self.scale, sinks=self.sinks)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))  # (B, h, S, hd) → (B, S, d)
+        y = y.transpose(1, 2)  # (B, S, h, hd)
+        if self.gate_proj is not None:
+            gate = torch.sigmoid(self.gate_proj(x)).view(B, S, y.shape[2], -1)  # (B, S, h, hd or 1)
+            y = y * gate.to(y.dtype)
+        return self.o_proj(y.reshape(B, S, -1))  # (B, S, h·hd) → (B, S, d)
 
     def _qkv(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, positions: torch.Tensor | None

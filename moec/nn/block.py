@@ -1,27 +1,36 @@
-"""One decoder layer: attention then FFN (dense or MoE), each with a residual and a norm.
+"""One decoder layer: a token mixer then an FFN (dense or MoE), each with a residual and a norm.
 
     pre-norm  (GPT-2, Llama):            x = x + attn(attn_norm(x));  x = x + ffn(ffn_norm(x))
     post-norm (original Transformer):    x = attn_norm(x + attn(x));  x = ffn_norm(x + ffn(x))
     after_sublayer (OLMo 2, FlexOlmo):   x = x + attn_norm(attn(x));  x = x + ffn_norm(ffn(x))
+    normed_residual (MiniMax-Text-01):   h = attn_norm(x); x = α·h + β·attn(h);  h = ffn_norm(x); x = α'·h + β'·ffn(h)
 
-Granite scales each branch by ``residual_multiplier`` before it joins the residual (1 elsewhere).
+The token mixer is attention (GQA or MLA) or another kind of docs/mixers.md (Gated DeltaNet, Mamba, ...); a
+layer may also lack its mixer or its FFN (Nemotron-H's layers hold one sublayer each), and then it has neither
+that sublayer nor its norm. Granite scales each branch by ``residual_multiplier`` before it joins the residual
+(1 elsewhere).
 
-Names (``attn_norm``, ``attn``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader; with
-after_sublayer they hold transformers' ``post_attention_layernorm`` and ``post_feedforward_layernorm``.
+Names (``attn_norm``, ``attn``, ``mixer``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader:
+``attn`` holds attention, ``mixer`` any other token mixer (one of them is None), ``attn_norm`` the norm before
+either; with after_sublayer the norms hold transformers' ``post_attention_layernorm`` and
+``post_feedforward_layernorm``.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
+from moec.mixers import KINDS
 from moec.nn.attention import Attention
 from moec.nn.cache import LayerCache
 from moec.nn.ffn import DenseFFN
 from moec.nn.mla import MLA
 from moec.nn.moe import MoE, MoEAux
 from moec.nn.norms import make_norm
-from moec.spec.plan import DenseFFNPlan, LayerPlan, ResolvedModel
+from moec.spec.plan import AbsentPlan, DenseFFNPlan, LayerPlan, ResolvedModel
 
 
 def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype=None) -> Attention | MLA:
@@ -29,8 +38,22 @@ def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype
     return cls(layer.attention, model.d_model, norm=model.norm, positions=model.positions, device=device, dtype=dtype)
 
 
-def make_ffn(layer: LayerPlan, d_model: int, *, backend: str = "auto", device=None, dtype=None) -> DenseFFN | MoE:
+def make_mixer(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype=None) -> nn.Module | None:
+    """The layer's token mixer when it is not attention: its kind's module from moec.kernels.mixers, built from
+    the plain values its kind's ``module_kwargs`` gives (as the generated model.py builds it); else None."""
+    if layer.mixer is None or isinstance(layer.mixer, AbsentPlan):
+        return None
+    kind = KINDS[layer.mixer.kind]
+    cls = getattr(importlib.import_module(f"moec.kernels.mixers.{kind.KIND}"), kind.MODULE)
+    return cls(model.d_model, **kind.module_kwargs(layer.mixer), device=device, dtype=dtype)
+
+
+def make_ffn(
+    layer: LayerPlan, d_model: int, *, backend: str = "auto", device=None, dtype=None
+) -> DenseFFN | MoE | None:
     f = layer.ffn
+    if isinstance(f, AbsentPlan):
+        return None
     if isinstance(f, DenseFFNPlan):
         return DenseFFN(
             d_model, f.d_ff, f.activation, bias=f.bias, alpha=f.activation_alpha, limit=f.activation_limit,
@@ -53,10 +76,15 @@ class Block(nn.Module):
         self.index, self.placement = layer.index, model.norm.placement
         self.residual_multiplier = model.residual_multiplier
         kw = {"device": device, "dtype": dtype}
-        self.attn_norm = make_norm(model.norm, model.d_model, **kw)
-        self.attn = make_attention(layer, model, **kw)
-        self.ffn_norm = make_norm(model.norm, model.d_model, **kw)
+        self.attn = make_attention(layer, model, **kw) if layer.has_attention else None
+        self.mixer = make_mixer(layer, model, **kw)
+        mixes = self.attn is not None or self.mixer is not None
+        self.attn_norm = make_norm(model.norm, model.d_model, **kw) if mixes else None
         self.ffn = make_ffn(layer, model.d_model, backend=backend, **kw)
+        self.ffn_norm = make_norm(model.norm, model.d_model, **kw) if self.ffn is not None else None
+        scales = model.residual_scales
+        self.mixer_scale = (scales.attention if layer.has_attention else scales.mixer) if scales else (1.0, 1.0)
+        self.ffn_scale = scales.ffn if scales else (1.0, 1.0)
 
     def forward(
         self,
@@ -66,23 +94,37 @@ class Block(nn.Module):
         positions: torch.Tensor | None = None,
         token_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
-        """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN). With ``cache``, the
-        attention's (the tokens sit at ``positions`` (S,)); see moec.nn.cache. ``token_ids`` (B, S): the ids of
+        """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN or none). With ``cache``, the
+        token mixer's (the tokens sit at ``positions`` (S,)); see moec.nn.cache. ``token_ids`` (B, S): the ids of
         the tokens at each position, which a hash router routes by (docs/routing.md)."""
+        mixer = self.attn if self.attn is not None else self.mixer
+        if mixer is not None:
+            x = self._residual(x, self.attn_norm, lambda h: mixer(h, rope, cache, positions), self.mixer_scale)
+        aux: list[MoEAux | None] = [None]
+        if self.ffn is not None:
+            x = self._residual(x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale)
+        return x, aux[0]
+
+    def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> object:
+        """The token mixer's decode cache: attention's KV slots, another mixer's state (docs/mixers.md), or None
+        for a layer without a mixer."""
+        mixer = self.attn if self.attn is not None else self.mixer
+        return mixer.new_cache(batch, max_len, device=device, dtype=dtype) if mixer is not None else None
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """One sublayer f with its norm and residual, as the model's placement says (the module docstring)."""
         m = self.residual_multiplier
         if self.placement == "pre":
-            x = x + m * self.attn(self.attn_norm(x), rope, cache, positions)
-            y, aux = self._ffn(self.ffn_norm(x), token_ids)
-            return x + m * y, aux
+            return x + m * f(norm(x))
         if self.placement == "after_sublayer":
-            x = x + m * self.attn_norm(self.attn(x, rope, cache, positions))
-            y, aux = self._ffn(x, token_ids)
-            return x + m * self.ffn_norm(y), aux
-        x = self.attn_norm(x + m * self.attn(x, rope, cache, positions))
-        y, aux = self._ffn(x, token_ids)
-        return self.ffn_norm(x + m * y), aux
+            return x + m * norm(f(x))
+        if self.placement == "normed_residual":
+            h = norm(x)
+            return scale[0] * h + scale[1] * f(h)
+        return norm(x + m * f(x))
 
-    def _ffn(self, x: torch.Tensor, token_ids: torch.Tensor | None) -> tuple[torch.Tensor, MoEAux | None]:
+    def _ffn(self, x: torch.Tensor, token_ids: torch.Tensor | None, aux: list[MoEAux | None]) -> torch.Tensor:
         if isinstance(self.ffn, MoE):
-            return self.ffn(x, token_ids=token_ids)
-        return self.ffn(x), None
+            y, aux[0] = self.ffn(x, token_ids=token_ids)
+            return y
+        return self.ffn(x)

@@ -62,13 +62,15 @@ def component_of(name: str) -> str:
         if parts[2] == "eh_proj":
             return "projection"
         parts = parts[2:]  # mtp.{j}.block.<block param> → block.<...>
-    # (layers.{i} | block).<attn_norm | ffn_norm | attn | ffn>.…
+    # (layers.{i} | block).<attn_norm | ffn_norm | attn | mixer | ffn>.…
     sub = parts[2] if parts[0] == "layers" else parts[1]
     rest = parts[3:] if parts[0] == "layers" else parts[2:]
     if sub in ("attn_norm", "ffn_norm"):
         return "norms"
     if sub == "attn":
         return "attention"
+    if sub == "mixer":
+        return "mixers"
     if sub == "ffn":
         return _MOE_PARTS.get(rest[0], "dense_ffn")
     raise ValueError(f"parameter {name!r} belongs to no known component")
@@ -200,7 +202,7 @@ class MoecModel(nn.Module):
         if self.rotary is not None:
             tables = {None: self.rotary} | dict(self.layer_rotary)
             rope = {theta: r(max_len, device, dtype) for theta, r in tables.items()}  # (max_len, rot) ×2
-        layers = [block.attn.new_cache(batch, max_len, device=device, dtype=dtype) for block in self.layers]
+        layers = [block.new_cache(batch, max_len, device=device, dtype=dtype) for block in self.layers]
         return KVCache(layers, batch, max_len, rope)
 
     def _decode(self, tokens: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> tuple[torch.Tensor, ModelAux]:

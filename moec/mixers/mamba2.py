@@ -138,20 +138,17 @@ def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
     ``recurrent`` (one decode step): per head, the rank-one update ``S += (Δ·x)·Bᵀ`` and the read-out ``S·C``,
     head_dim·state_dim multiply-adds each: 4·n_heads·head_dim·state_dim.
 
-    ``chunked`` (the SSD form, over ``seq`` tokens cut into chunks of q = min(chunk, seq), the last one padded):
-    per chunk, per group ``C·Bᵀ`` (q × q over state_dim: 2·q²·state_dim); per head the masked scores times
-    ``Δ·x`` (2·q²·head_dim), the chunk's contribution to the state (2·q·head_dim·state_dim) and the chunk's
-    start state read by C (2·q·head_dim·state_dim). The state passing from chunk to chunk is a decay and an
-    add: 0. Averaged over the ``seq`` tokens."""
+    ``chunked`` (the SSD form, the ``seq`` tokens in chunks of ``chunk``, the last one ``seq mod chunk`` long):
+    a chunk of c tokens forms per group its c × c scores ``C·Bᵀ`` (2·c²·state_dim) and per head multiplies the
+    decay-masked scores by ``Δ·x`` (2·c²·head_dim), adds its tokens to the state (2·c·head_dim·state_dim) and
+    reads the state it received (2·c·head_dim·state_dim). Passing the state on is a decay and an add: 0.
+    Summed over the chunks and divided by ``seq``: it grows with ``seq`` up to ``chunk`` and stays there."""
     channels, heads, p, n = conv_channels(plan), plan.n_heads, plan.head_dim, plan.state_dim
     conv = 2 * plan.conv_kernel * channels
-    q = min(plan.chunk, seq)
-    chunks = -(-seq // q)
-    per_chunk = 2 * plan.n_groups * q * q * n + heads * (2 * q * q * p + 4 * q * p * n)
-    return {
-        "chunked": conv + Fraction(chunks * per_chunk, seq),
-        "recurrent": Fraction(conv + 4 * heads * p * n),
-    }
+    whole, tail = divmod(seq, plan.chunk)
+    squares = whole * plan.chunk**2 + tail**2  # Σ c² over the chunks
+    chunked = Fraction(squares * 2 * (plan.n_groups * n + heads * p), seq) + 4 * heads * p * n
+    return {"chunked": conv + chunked, "recurrent": Fraction(conv + 4 * heads * p * n)}
 
 
 def state_elements(plan: Plan, d_model: int) -> dict[str, int]:

@@ -187,20 +187,20 @@ def test_state_elements_are_the_cache():
     assert mamba2.state_elements(plan, D_MODEL) == {"conv": 80, "ssm": 96}
 
 
-@pytest.mark.parametrize("seq", [1, 3, 4, 10, 4096])
+@pytest.mark.parametrize("seq", [1, 3, 4, 10, 4097])
 def test_mixing_flops_by_hand(seq):
     plan = mamba2.plan(section(), D_MODEL, 1e-5)
     conv = 2 * 3 * (16 + 2 * 2 * 6)  # 2·K per channel of x, B, C
-    q = min(4, seq)
-    n_chunks = math.ceil(seq / q)
-    per_chunk = 2 * 2 * q * q * 6 + 4 * (2 * q * q * 4 + 2 * q * 4 * 6 + 2 * q * 4 * 6)  # CBᵀ per group; per head
+    sizes = [4] * (seq // 4) + ([seq % 4] if seq % 4 else [])  # chunks of 4, the last one shorter
+    # per chunk of c: C·Bᵀ per group (2 groups, N = 6); per head (4, P = 4): scores·x, state in, state out
+    per_chunk = [2 * 2 * c * c * 6 + 4 * (2 * c * c * 4 + 2 * c * 4 * 6 + 2 * c * 4 * 6) for c in sizes]
     got = mamba2.mixing_flops(plan, D_MODEL, seq)
-    assert got["chunked"] == conv + Fraction(n_chunks * per_chunk, seq)
+    assert got["chunked"] == conv + Fraction(sum(per_chunk), seq)
     assert got["recurrent"] == conv + 4 * (2 * 4 * 6 + 2 * 4 * 6)  # per head: update and read-out, 2·P·N each
 
 
 @pytest.mark.parametrize("seq", [1, 7, 12])
-@pytest.mark.parametrize("fields", [{}, {"head_dim": 1, "state_dim": 1, "n_groups": 1, "conv_kernel": 1}])
+@pytest.mark.parametrize("fields", [{}, {"chunk": 5, "head_dim": 1, "state_dim": 1, "n_groups": 1, "conv_kernel": 1}])
 def test_mixing_flops_are_what_torch_counts(seq, fields):
     """FlopCounterMode counts the matmuls and the convolution the module runs (not elementwise work), also where
     a size of 1 could turn a product into an elementwise one."""

@@ -57,15 +57,6 @@ def segment_log_decays(log_decay: torch.Tensor) -> torch.Tensor:
     return sums.masked_fill(~upto.tril(), -math.inf)
 
 
-def _chunks(t: torch.Tensor, q: int) -> torch.Tensor:
-    """(b, S, ...) → (b, S/q, q, ...), zero-padded at the end to whole chunks (a padded token has Δ = 0: it
-    neither decays nor feeds the state)."""
-    pad = -t.shape[1] % q
-    if pad:
-        t = torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
-    return t.unflatten(1, (-1, q))
-
-
 def ssd_chunked(
     x: torch.Tensor,
     step: torch.Tensor,
@@ -79,16 +70,31 @@ def ssd_chunked(
     B and C (b, S, G, N), state (b, H, P, N) before the first token (zeros if None).
     Returns y (b, S, H, P) and the state after the last token.
 
-    Within a chunk the output is attention-like, ``y_l = Σ_{s≤l} (C_l·B_s) · exp(Σ_{s<t≤l} log a_t) · Δ_s x_s``;
-    across chunks only the state travels: each chunk adds its tokens' contributions, decayed to its end, to
-    the state it received, decayed through the whole chunk."""
+    Chunks of ``chunk`` tokens, the last one ``S mod chunk`` long when that is not 0 (no padding). Within a chunk
+    the output is attention-like, ``y_l = Σ_{s≤l} (C_l·B_s) · exp(Σ_{s<t≤l} log a_t) · Δ_s x_s``, plus the state
+    the chunk received, decayed to l and read by C_l; across chunks only the state travels."""
     b, S, H, P = x.shape
-    G, N = B.shape[-2:]
+    state = state if state is not None else x.new_zeros(b, H, P, B.shape[-1])
     q = min(chunk, S)
+    whole = S - S % q
+    y, state = _ssd_equal_chunks(x[:, :whole], step[:, :whole], decay_rate, B[:, :whole], C[:, :whole], q, state)
+    if whole == S:
+        return y, state
+    tail, state = _ssd_equal_chunks(
+        x[:, whole:], step[:, whole:], decay_rate, B[:, whole:], C[:, whole:], S - whole, state
+    )
+    return torch.cat([y, tail], dim=1), state
+
+
+def _ssd_equal_chunks(x, step, decay_rate, B, C, q: int, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ssd_chunked` on a length that is a multiple of ``q``; r = H/G heads per group."""
+    H, P = x.shape[-2:]
+    G = B.shape[-2]
     # Every product below is a matmul, so that its multiply-adds are what a FLOP counter sees whatever the sizes.
-    log_decay = _chunks(step * decay_rate, q).transpose(2, 3)  # (b, c, H, q), ≤ 0
-    inputs = _chunks(x * step.unsqueeze(-1), q).transpose(2, 3).unflatten(2, (G, H // G))  # (b, c, G, r, q, P)
-    B, C = (_chunks(t, q).transpose(2, 3) for t in (B, C))  # (b, c, G, q, N)
+    log_decay = step.mul(decay_rate).unflatten(1, (-1, q)).transpose(2, 3)  # (b, c, H, q), ≤ 0
+    inputs = (x * step.unsqueeze(-1)).unflatten(1, (-1, q)).transpose(2, 3)  # (b, c, H, q, P): Δ·x
+    inputs = inputs.unflatten(2, (G, H // G))  # (b, c, G, r, q, P)
+    B, C = (t.unflatten(1, (-1, q)).transpose(2, 3) for t in (B, C))  # (b, c, G, q, N)
 
     segments = segment_log_decays(log_decay).unflatten(2, (G, H // G))  # (b, c, G, r, l, s)
     scores = (C @ B.transpose(-1, -2)).unsqueeze(3)  # (b, c, G, 1, l, s): C·Bᵀ once per group
@@ -96,11 +102,8 @@ def ssd_chunked(
 
     to_end = segments[..., -1, :].exp()  # (b, c, G, r, s): the decay from each token to its chunk's end
     weighted = (inputs * to_end.unsqueeze(-1)).transpose(-1, -2).flatten(3, 4)  # (b, c, G, r·P, s)
-    added = (
-        (weighted @ B).unflatten(3, (H // G, P)).flatten(2, 3)
-    )  # (b, c, H, P, N): each chunk's own contribution to the state
+    added = (weighted @ B).unflatten(3, (H // G, P)).flatten(2, 3)  # (b, c, H, P, N): each chunk's own part
     through = log_decay.sum(-1).exp()  # (b, c, H): the decay across a whole chunk
-    state = state if state is not None else x.new_zeros(b, H, P, N)
     starts = []
     for c in range(added.shape[1]):  # only a decay and an add per chunk: cheap to run in order
         starts.append(state)
@@ -109,7 +112,7 @@ def ssd_chunked(
     from_start = log_decay.cumsum(-1).exp().unflatten(2, (G, H // G))  # (b, c, G, r, l): chunk start → l
     carried = (C @ start.transpose(-1, -2)).unflatten(-1, (H // G, P)).transpose(3, 4)  # (b, c, G, r, l, P)
     y = y + carried * from_start.unsqueeze(-1)
-    return y.flatten(2, 3).transpose(2, 3).flatten(1, 2)[:, :S], state
+    return y.flatten(2, 3).transpose(2, 3).flatten(1, 2), state
 
 
 def recurrence_step(

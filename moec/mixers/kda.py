@@ -129,22 +129,22 @@ def params(plan: Plan, d_model: int) -> int:
 
 
 def _chunk_macs_per_head(c: int, hd: int) -> int:
-    """Multiply-adds of one chunk of c tokens in one head (keys and values both hd wide), each product counted
-    over the triangle it needs:
+    """Multiply-adds of one chunk of c tokens in one head (keys and values both hd wide), as the chunked form
+    executes them (the same convention as gated_deltanet's, docs/mixers.md):
 
-    - the decayed key–key products βkₛ·Diag(e^{Γₜ−Γₛ})·kᵣ below the diagonal, c(c−1)/2 pairs of hd;
-    - the decayed query–key scores qₜ·Diag(e^{Γₜ−Γₛ})·kₛ on and below it, c(c+1)/2 pairs of hd;
-    - the unit lower-triangular solve for the chunk's corrected values U, c(c−1)/2·hd;
-    - the intra-chunk output, the scores times U, c(c+1)/2·hd;
+    - the decayed key–key products kₜ·Diag(e^{Γₜ−Γₛ})·kₛ and query–key scores qₜ·Diag(e^{Γₜ−Γₛ})·kₛ, each a
+      dense c × c block of hd-wide products (masked afterwards): c²·hd each;
+    - the unit lower-triangular solve for the chunk's corrected values U by forward substitution, c(c−1)/2
+      products per column, hd columns;
+    - the intra-chunk output, the c × c scores times U: c²·hd;
     - three products with the chunk's incoming state (hd × hd): the keys' and queries' reads of it and the
-      state's update by the chunk, c·hd² each.
-
-    The triangles add up to c²·hd for the keys and c²·hd for the values."""
-    return c * c * 2 * hd + 3 * c * hd * hd
+      state's update by the chunk, c·hd² each."""
+    return 3 * c * c * hd + c * (c - 1) // 2 * hd + 3 * c * hd * hd
 
 
 def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
-    """Per token, beyond the projections; elementwise work (decays, gates, norms, SiLU) counts 0.
+    """Per token, beyond the projections; elementwise work (decays, gates, norms, SiLU, the L2 normalisation)
+    counts 0.
 
     The convolution: 2·conv_kernel per channel of q, k and v, in both forms.
 
@@ -153,8 +153,8 @@ def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
 
     ``chunked`` (training and prefill): the sequence in chunks of ``chunk`` tokens, the last one shorter when
     ``seq`` is not a multiple (no padding is computed); each chunk costs :func:`_chunk_macs_per_head`
-    multiply-adds per head, and the total is averaged over the ``seq`` tokens: 4·c̄·hd + 6·hd² FLOPs per head,
-    c̄ the mean of the chunk lengths weighted by the tokens in them."""
+    multiply-adds per head, and the total is averaged over the ``seq`` tokens, so it grows with ``seq`` up to
+    one full chunk and stays there."""
     H, hd, C = plan.n_heads, plan.head_dim, plan.chunk
     conv = Fraction(2 * plan.conv_kernel * 3 * H * hd)
     full, rest = divmod(seq, C)

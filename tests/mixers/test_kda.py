@@ -204,13 +204,12 @@ def test_state_elements_are_the_caches_numel(fields):
 
 
 def hand_chunk_macs(c: int, hd: int) -> int:
-    """One chunk of c tokens in one head, term by term (docs/conventions.md: a multiply-add is 2 FLOPs)."""
-    below = c * (c - 1) // 2  # pairs s < t
-    on_or_below = c * (c + 1) // 2  # pairs s ≤ t
-    key_key = below * hd  # βkₜ·Diag(decay)·kₛ, s < t
-    query_key = on_or_below * hd  # qₜ·Diag(decay)·kₛ, s ≤ t
-    solve = below * hd  # forward substitution of the unit lower-triangular system, hd columns
-    intra_out = on_or_below * hd  # scores · U
+    """One chunk of c tokens in one head, term by term, as the chunked form executes them (docs/conventions.md:
+    a multiply-add is 2 FLOPs)."""
+    key_key = c * c * hd  # kₜ·Diag(decay)·kₛ for every pair of the chunk (a dense block, masked afterwards)
+    query_key = c * c * hd  # qₜ·Diag(decay)·kₛ, likewise
+    solve = sum(row for row in range(c)) * hd  # forward substitution: row t subtracts t solved rows, hd columns
+    intra_out = c * c * hd  # scores (c × c) · U (c × hd)
     with_state = 3 * c * hd * hd  # K̂·S₀, Q̂·S₀, K̃ᵀ·U
     return key_key + query_key + solve + intra_out + with_state
 
@@ -226,9 +225,10 @@ def test_flops_by_hand(seq, chunk):
 
 
 def test_flops_by_hand_worked_example():
-    # seq 10 in chunks 4, 4, 2 of 2 heads of width 4, kernel 3: per head 320 + 320 + 128 multiply-adds
+    # seq 10 in chunks 4, 4, 2 of 2 heads of width 4, kernel 3: per head 408 + 408 + 148 multiply-adds; the
+    # convolution 3 taps × 24 channels; a decode step 3 · 16 per head
     plan = kda.plan(kda.Section(**KIMI), D, 1e-5)
-    assert kda.mixing_flops(plan, D, 10) == {"chunked": 144 + Fraction(3072, 10), "recurrent": 144 + 192}
+    assert kda.mixing_flops(plan, D, 10) == {"chunked": 144 + Fraction(2 * 2 * 964, 10), "recurrent": 144 + 192}
 
 
 def test_chunked_flops_are_constant_over_whole_chunks():

@@ -96,10 +96,18 @@ def memory(
 
 
 def state_bytes_per_sequence(model: ResolvedModel, nbytes: int) -> int:
-    """The decode state of every non-attention mixer layer for one sequence, in ``nbytes`` per element: each
-    kind's convolution and recurrent state (docs/mixers.md), whatever the context."""
-    mixers = [lp.mixer for lp in model.layers if lp.mixer is not None and not isinstance(lp.mixer, AbsentPlan)]
-    return sum(sum(KINDS[m.kind].state_elements(m, model.d_model).values()) for m in mixers) * nbytes
+    """The decode state of every non-attention mixer layer for one sequence: each kind's convolution and
+    recurrent state (docs/mixers.md), whatever the context; ``nbytes`` per element, at least 4 for the parts
+    a kind keeps in float32 (its ``FP32_STATE``)."""
+    total = 0
+    for lp in model.layers:
+        if lp.mixer is None or isinstance(lp.mixer, AbsentPlan):
+            continue
+        kind = KINDS[lp.mixer.kind]
+        wide = getattr(kind, "FP32_STATE", ())  # parts kept in float32 at least, whatever the model's dtype
+        for part, n in kind.state_elements(lp.mixer, model.d_model).items():
+            total += n * (max(nbytes, 4) if part in wide else nbytes)
+    return total
 
 
 # --- What a command that runs a model will allocate (smoke-run, analyze --verify, build) --------------

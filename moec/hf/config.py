@@ -175,6 +175,10 @@ def _tree(t: Translation) -> dict[str, Any]:
     ffn_default, ffn_over = layer_pattern(d.ffn)
     layers["default"]["ffn"] = (ffn_default, d.ffn_note)
     overrides += [({"select": sel, "ffn": v}, d.ffn_note) for sel, v in ffn_over]
+    if any(m != "attention" for m in d.mixer):  # an attention-only model's spec says nothing of mixers
+        mixer_default, mixer_over = layer_pattern(d.mixer)
+        layers["default"]["mixer"] = (mixer_default, d.mixer_note)
+        overrides += [({"select": sel, "mixer": v}, d.mixer_note) for sel, v in mixer_over]
     if len(set(d.window)) == 1:
         if d.window[0] is not None:
             tree["attention"]["window"] = (d.window[0], d.window_note)
@@ -197,7 +201,7 @@ def _tree(t: Translation) -> dict[str, Any]:
     if overrides:
         layers["overrides"] = overrides
     tree["layers"] = layers
-    order = ("model", "attention", "ffn", "moe", "layers", "mtp")
+    order = ("model", "attention", "mixers", "ffn", "moe", "layers", "mtp")
     return {k: tree[k] for k in order if k in tree}
 
 
@@ -300,6 +304,7 @@ def _back_to_config(t: Translation, p: Problem) -> Problem:
     note = leaf[1] if leaf else ""
     if p.path.startswith("layers"):
         note = t.draft.window_note if "window" in p.path else t.draft.ffn_note
+        note = t.draft.mixer_note if p.path.endswith(".mixer") else note
     m = re.match(r"[A-Za-z_][\w.]*", note or "")
     if m is None:  # a value the family fixes in code: located at the config as a whole
         return t.problem("", f"{p.message} (spec field {p.path} of the imported spec)")

@@ -229,6 +229,9 @@ class Draft:
     layers_known: bool = True
     ffn: list[str] = field(default_factory=list)
     ffn_note: str = ""
+    # each layer's token mixer (moec.vocab.MIXER_KINDS; docs/mixers.md): attention unless a hybrid family says
+    mixer: list[str] = field(default_factory=list)
+    mixer_note: str = ""
     window: list[int | None] = field(default_factory=list)
     window_note: str = ""
     rope: list[bool] = field(default_factory=list)

@@ -152,7 +152,7 @@ class Mapper:
         raise Missing([f"<no checkpoint name known for moec's {name}>"])
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
-        """One decoder layer's ``part`` (attn_norm, attn, ffn_norm, ffn) parameter ``leaf``."""
+        """One decoder layer's ``part`` (attn_norm, attn, mixer, ffn_norm, ffn) parameter ``leaf``."""
         p = self.layer(i)
         if part == "attn_norm":
             return self.ck.get(p + self.attn_norm + leaf)
@@ -160,6 +160,8 @@ class Mapper:
             return self.ck.get(p + self.ffn_norm + leaf)
         if part == "attn":
             return self.attention(p, lp, leaf)
+        if part == "mixer":
+            return self.mixer(p, lp, leaf)
         if part == "ffn":
             if isinstance(lp.ffn, DenseFFNPlan):
                 return self.dense(p + "mlp.", leaf)
@@ -168,6 +170,12 @@ class Mapper:
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         return self.ck.get(p + self.attn + leaf)  # moec keeps transformers' names, GQA and MLA alike
+
+    def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        """A token mixer other than attention (docs/mixers.md): moec.kernels.mixers keeps transformers' names
+        below the mixer, which families keep under ``linear_attn.`` or ``self_attn.`` or ``mamba.``: the first the
+        checkpoint holds. A family whose names differ overrides this."""
+        return self.ck.get(self._first([p + m + leaf for m in ("linear_attn.", self.attn, "mamba.", "mixer.")]))
 
     def dense(self, p: str, leaf: str) -> torch.Tensor:
         """A gated FFN stored as three nn.Linear: gate_proj, up_proj (f, d), down_proj (d, f)."""

@@ -27,6 +27,12 @@ everything the spec, the resolver and the analyzer know of that kind:
 ``state_elements(plan, d_model) -> dict[str, int]``
     the elements one sequence's decode state holds for one layer, by part (``{"conv": …, "ssm": …}``): a constant
     in the context length, in place of a KV cache.
+``FP32_STATE`` (optional)
+    the parts of ``state_elements`` kept in float32 at least whatever the model's dtype (a delta rule's state,
+    as transformers keeps it); the analyzer counts them at ``max(dtype bytes, 4)``.
+``PER_LAYER`` (optional, default False)
+    True when the plan depends on the layer's depth: the resolver then calls
+    ``plan(section, d_model, norm_eps, layer=i, n_layers=L)`` for each layer instead of once.
 ``MODULE``
     the name of the torch module class in ``moec.kernels.mixers.<KIND>``.
 ``module_kwargs(plan) -> dict[str, int | float | bool | str]``

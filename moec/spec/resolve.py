@@ -61,15 +61,23 @@ def mixer_kind_per_layer(spec: Spec) -> list[str]:
     return per_layer
 
 
-def _mixer_plans(spec: Spec) -> dict[str, Any]:
-    """The plan of each token mixer a layer may hold: attention → None (the layer's AttentionPlan is read),
-    none → AbsentPlan, a moec.mixers kind → its section's Plan (absent sections are reported by checks)."""
-    plans: dict[str, Any] = {"attention": None, "none": AbsentPlan()}
+def _mixer_plans(spec: Spec, kinds: list[str]) -> list[Any]:
+    """Each layer's token-mixer plan: attention → None (the layer's AttentionPlan is read), none → AbsentPlan,
+    a moec.mixers kind → its section's Plan, one shared by the layers unless the kind says PER_LAYER (its plan
+    then depends on the layer's depth: Lightning's decays) and is planned with ``layer`` and ``n_layers``."""
+    m = spec.model
+    shared: dict[str, Any] = {"attention": None, "none": AbsentPlan()}
     for kind, module in KINDS.items():
         section = getattr(spec.mixers, kind)
-        if section is not None:
-            plans[kind] = module.plan(section, spec.model.d_model, spec.model.norm.eps)
-    return plans
+        if section is not None and not getattr(module, "PER_LAYER", False):
+            shared[kind] = module.plan(section, m.d_model, m.norm.eps)
+
+    def planned(i: int, kind: str) -> Any:
+        if kind in shared:
+            return shared[kind]
+        return KINDS[kind].plan(getattr(spec.mixers, kind), m.d_model, m.norm.eps, layer=i, n_layers=m.n_layers)
+
+    return [planned(i, kind) for i, kind in enumerate(kinds)]
 
 
 def _selection(sel: Select, n_layers: int) -> slice | list[int]:
@@ -176,11 +184,10 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             kind="gqa", n_kv_heads=a.n_kv_heads or a.n_heads, head_dim=a.head_dim or m.d_model // a.n_heads, **planned
         )
 
-    mixer_kind = mixer_kind_per_layer(spec)
-    mixers = _mixer_plans(spec)
+    mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[mixer_kind[i]])  # type: ignore[arg-type]
+        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[i])  # type: ignore[arg-type]
         for i in range(n)
     )
     mtp: tuple[LayerPlan, ...] = ()

@@ -13,7 +13,7 @@ from moec.hf.rope import read_rope
 from moec.spec.schema import MAX_LAYERS
 
 
-def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
+def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm", eps_key: str = "rms_norm_eps") -> None:
     d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
     d.put("model.d_model", c.int("hidden_size"), c.src("hidden_size"))
     layer_count(c, d, "num_hidden_layers")
@@ -21,11 +21,12 @@ def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm") -> None:
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings"))
     kind_note = "nn.LayerNorm with bias in every" if norm == "layernorm" else "RMSNorm in every"
     d.put("model.norm.kind", norm, f"{kind_note} {family} layer, pre-norm, plus a final norm")
-    d.put("model.norm.eps", c.float("rms_norm_eps"), c.src("rms_norm_eps"))
+    d.put("model.norm.eps", c.float(eps_key), c.src(eps_key))
     d.put("model.positions.kind", "rope", f"{family} uses rotary positions")
     read_rope(c, d)
     dropout(c, d, "attention_dropout")
     d.ffn = ["moe"] * d.n_layers
+    d.mixer = ["attention"] * d.n_layers
     d.window = [None] * d.n_layers
     d.rope = [True] * d.n_layers
 

@@ -122,8 +122,8 @@ def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
       state (every chunk at once), one multiply-add per state element for each token but a chunk's first,
       ``T − 1`` per chunk; carrying the chunk-start states across chunks, one per chunk, the last giving the
       final state: together one per token, ``2·I·N``. Then adding each token's decayed chunk-start state,
-      ``2·I·N``, and the readout, ``2·I·N``: ``6·I·N`` per token, whatever ``S`` and ``T``. (The last chunk's
-      padding to ``T`` tokens is an implementation convenience and is not counted.)
+      ``2·I·N``, and the readout, ``2·I·N``: ``6·I·N`` per token, whatever ``S`` and ``T`` (the last chunk
+      runs at its own length, ``S mod T``).
     """
     inner, n = plan.inner_dim, plan.state_size
     conv = 2 * plan.conv_kernel * inner

@@ -67,6 +67,16 @@ def _carry_across_chunks(
     return torch.stack(starts, dim=1), start
 
 
+def _chunks(t: torch.Tensor, T: int) -> list[torch.Tensor]:
+    """(B, S, …) → the whole chunks as one (B, S // T, T, …) and, when T does not divide S, the last S mod T
+    tokens as one more chunk (B, 1, S mod T, …): the last chunk runs at its own length, nothing is padded."""
+    whole = t.shape[1] // T * T
+    groups = [t[:, :whole].unflatten(1, (-1, T))] if whole else []
+    if whole < t.shape[1]:
+        groups.append(t[:, whole:].unsqueeze(1))
+    return groups
+
+
 def chunked_scan(
     u: torch.Tensor,
     dt: torch.Tensor,
@@ -82,23 +92,25 @@ def chunked_scan(
     Within a chunk each token's state is its local state (the chunk's own inputs, scanned from zero, every
     chunk at once) plus the chunk's starting state decayed by ``exp(Σ Δ·A)`` since the chunk began, a factor in
     (0, 1] that never overflows. The starting states are carried across chunks one after another, so a sequence
-    takes T + S/T steps instead of S. The last chunk is padded with Δ = 0: decay 1 and no input, which carries
-    the state through unchanged."""
+    takes T + S/T steps instead of S."""
     batch, seq, inner = u.shape
     T = min(chunk, seq)
-    pad = -seq % T
     log_decay = dt.unsqueeze(-1) * rates  # (B, S, I, N), ≤ 0
     feed = (dt * u).unsqueeze(-1) * b.unsqueeze(2)  # (B, S, I, N)
-    log_decay, feed = (F.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (-1, T)) for t in (log_decay, feed))
-    c = F.pad(c, (0, 0, 0, pad)).unflatten(1, (-1, T))  # (B, chunks, T, N)
-    local = _scan_from_zero(log_decay.exp(), feed)  # (B, chunks, T, I, N)
-    since_start = log_decay.cumsum(dim=2).exp()  # (B, chunks, T, I, N): decay from the chunk's start
+    groups = list(zip(_chunks(log_decay, T), _chunks(feed, T), _chunks(c, T), strict=True))
+    local = [_scan_from_zero(ld.exp(), f) for ld, f, _ in groups]  # (B, chunks, T, I, N) each
+    since_start = [ld.cumsum(dim=2).exp() for ld, _, _ in groups]  # the same: decay from the chunk's start
     if initial is None:
         initial = feed.new_zeros(batch, inner, feed.shape[-1])
-    starts, final = _carry_across_chunks(since_start[:, :, -1], local[:, :, -1], initial.to(feed.dtype, copy=True))
-    states = local + since_start * starts.unsqueeze(2)
-    y = torch.einsum("bctin,bctn->bcti", states, c)  # (B, chunks, T, I)
-    return y.flatten(1, 2)[:, :seq], final
+    chunk_decay = torch.cat([s[:, :, -1] for s in since_start], dim=1)  # (B, chunks, I, N)
+    chunk_end = torch.cat([lo[:, :, -1] for lo in local], dim=1)
+    starts, final = _carry_across_chunks(chunk_decay, chunk_end, initial.to(feed.dtype, copy=True))
+    per_group = starts.split([g[0].shape[1] for g in groups], dim=1)
+    ys = []
+    for (_, _, cg), lo, since, start in zip(groups, local, since_start, per_group, strict=True):
+        states = lo + since * start.unsqueeze(2)  # (B, chunks, T, I, N)
+        ys.append(torch.einsum("bctin,bctn->bcti", states, cg).flatten(1, 2))  # (B, chunks·T, I)
+    return torch.cat(ys, dim=1), final
 
 
 class Mamba(nn.Module):

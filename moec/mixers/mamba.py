@@ -25,6 +25,7 @@ from moec.strict import MAX_D, Strict
 
 KIND = "mamba"
 MODULE = "Mamba"
+FP32_STATE = ("ssm",)  # the scan's state accumulates over the sequence: float32 at least, as transformers keeps it
 
 
 class Section(Strict):

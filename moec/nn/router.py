@@ -163,7 +163,7 @@ class Router(nn.Module):
         probs = scores_of(logits, r.score)  # (T, E)
         idx, w = self._choose(logits, probs, token_ids)  # (T, k') ×2; -1 marks a slot not dispatched
         if r.normalize_topk:
-            w = w / (w.sum(-1, keepdim=True) + (1e-20 if r.score != "softmax" else 0.0))
+            w = w / (w.sum(-1, keepdim=True) + normalize_eps(r))
         w = w * r.scale
 
         valid = idx >= 0

@@ -272,6 +272,8 @@ class Router(Strict):
     """Softmax over the k chosen logits instead of over all experts (Mixtral)."""
     normalize_topk: bool = False
     """Renormalise the k weights to sum to 1."""
+    normalize_eps: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The epsilon added to the k weights' sum when renormalising (LFM2: 1e-6); null: 1e-20 for sigmoid scores, 0 else."""
     scale: Annotated[float, Field(gt=0, le=1e4)] = 1.0
     """A constant multiplier on the k weights (DeepSeek-V3's routed_scaling_factor)."""
     selection_bias: bool = False

@@ -146,8 +146,10 @@ def test_counts_equal_the_module(fields):
     assert mamba.params(plan, D_MODEL) == sum(p.numel() for p in m.parameters())
     linears = (m.in_proj, m.x_proj, m.dt_proj, m.out_proj)
     assert mamba.matmul_weights(plan, D_MODEL) == sum(lin.weight.numel() for lin in linears)
-    cache = m.new_cache(1, 4096, device="meta")
+    cache = m.new_cache(1, 4096, device="meta", dtype=torch.bfloat16)
     assert mamba.state_elements(plan, D_MODEL) == {name: t.numel() for name, t in cache.tensors.items()}
+    # the parts the analyzer counts in float32 are the ones the cache keeps so
+    assert {name for name, t in cache.tensors.items() if t.dtype == torch.float32} == set(mamba.FP32_STATE)
 
 
 def test_default_time_step_rank_is_transformers_auto():

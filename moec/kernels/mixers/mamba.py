@@ -231,7 +231,9 @@ class Mamba(nn.Module):
         return torch.stack(outs, dim=1), state
 
     def new_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> MixerState:
-        """The last conv_kernel − 1 convolution inputs (B, I, K − 1) and the state (B, I, N), whatever max_len."""
+        """The last conv_kernel − 1 convolution inputs (B, I, K − 1) in ``dtype`` and the state (B, I, N) in float32
+        at least (it accumulates over the whole sequence, as transformers keeps it), whatever max_len."""
         conv = torch.zeros(batch, self.inner_dim, self.conv_kernel - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(batch, self.inner_dim, self.state_size, device=device, dtype=dtype)
+        ssm_dtype = _scan_dtype(dtype or torch.get_default_dtype())
+        ssm = torch.zeros(batch, self.inner_dim, self.state_size, device=device, dtype=ssm_dtype)
         return MixerState({"conv": conv, "ssm": ssm})

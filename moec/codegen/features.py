@@ -81,6 +81,7 @@ class RouterFeatures:
     score: str
     softmax_after_topk: bool
     normalize: bool
+    normalize_eps: str | None  # the spec's epsilon on the renormalised sum, printed; None: the default of router.j2
     scale: bool
     bias: bool
     selection_bias: bool
@@ -418,6 +419,7 @@ def _router_features(moe: MoEPlan) -> RouterFeatures:
         score=checked_choice(r.score, ROUTER_SCORES, "router.score"),
         softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
         normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),
+        normalize_eps=None if r.normalize_eps is None else float_text(r.normalize_eps, "router.normalize_eps"),
         scale=r.scale != 1.0,
         bias=checked_bool(r.bias, "router.bias"),
         selection_bias=checked_bool(r.selection_bias, "router.selection_bias"),

@@ -38,7 +38,7 @@ from moec.kernels.runtime import (  # the one copy of each, shared with the gene
     gshard_top2,
     hash_experts,
 )
-from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.spec.plan import MoEPlan, ResolvedModel, RouterPlan
 
 
 @dataclass
@@ -75,6 +75,14 @@ def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     idx1, w1 = one(logits)
     idx2, w2 = one(logits.scatter(-1, idx1, float("-inf")))
     return torch.cat((idx1, idx2), -1), torch.cat((w1, w2), -1)
+
+
+def normalize_eps(r: RouterPlan) -> float:
+    """The epsilon added to the k weights' sum when they are renormalised: the spec's, else 1e-20 for sigmoid
+    and sqrt-softplus scores (whose sum can underflow to 0) and 0 for softmax (whose top-k sum cannot)."""
+    if r.normalize_eps is not None:
+        return r.normalize_eps
+    return 1e-20 if r.score != "softmax" else 0.0
 
 
 def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:

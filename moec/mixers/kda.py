@@ -26,6 +26,7 @@ from moec.strict import MAX_D, MAX_HEAD_DIM, MAX_HEADS, Strict
 
 KIND = "kda"
 MODULE = "KimiDeltaAttention"
+FP32_STATE = ("recurrent",)  # the delta rule's state, float32 at least whatever the model's dtype (as transformers)
 
 # transformers' default kda_lower_bound for Ling 3.0's bounded decay
 DEFAULT_DECAY_LOWER_BOUND = -5.0

@@ -200,6 +200,7 @@ def test_state_elements_are_the_caches_numel(fields):
     assert kda.state_elements(plan, D) == {n: t.numel() for n, t in cache.tensors.items()}
     assert kda.state_elements(plan, D) == {"conv": 3 * H * HD * (plan.conv_kernel - 1), "recurrent": H * HD * HD}
     assert cache["recurrent"].dtype == torch.float32  # the delta rule's state never below float32
+    assert kda.FP32_STATE == ("recurrent",)  # which the analyzer counts at 4 bytes an element
     assert make(fields).new_cache(1, 1, dtype=torch.bfloat16)["recurrent"].dtype == torch.float32
 
 

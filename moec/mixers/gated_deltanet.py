@@ -29,6 +29,7 @@ from moec.strict import MAX_HEAD_DIM, MAX_HEADS, Strict
 
 KIND = "gated_deltanet"
 MODULE = "GatedDeltaNet"
+FP32_STATE = ("recurrent",)  # the delta rule's state, float32 at least whatever the model's dtype (as transformers)
 
 
 class Section(Strict):

@@ -205,3 +205,21 @@ def test_init_decays_as_transformers_and_nothing_on_meta():
     assert torch.equal(m.dt_bias, torch.ones(256)) and torch.equal(m.norm.weight, torch.ones(128))
     meta = GatedDeltaNet(D, **kwargs, device="meta")
     assert all(p.is_meta for p in meta.parameters())
+
+
+def test_the_analyzer_counts_the_state_bytes_the_module_allocates_in_bf16():
+    from moec.analyze.memory import state_bytes_per_sequence
+    from moec.spec import load_spec, resolve
+
+    spec = f"""
+moec: 1
+name: t
+model: {{vocab_size: 64, d_model: {D}, n_layers: 2, max_seq_len: 64}}
+attention: {{n_heads: 2}}
+mixers: {{gated_deltanet: {{n_key_heads: 2, n_value_heads: 4, key_head_dim: 8, value_head_dim: 6, conv_kernel: 3}}}}
+layers: {{default: {{mixer: gated_deltanet, ffn: none}}}}
+"""
+    plan = resolve(load_spec("t.yaml", text=spec))
+    cache = _module(dtype=torch.bfloat16).new_cache(1, 64, dtype=torch.bfloat16)
+    assert cache["recurrent"].dtype == torch.float32 and cache["conv"].dtype == torch.bfloat16
+    assert state_bytes_per_sequence(plan, 2) == 2 * cache.nbytes()

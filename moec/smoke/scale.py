@@ -1,8 +1,9 @@
 """Fit a resolved model to a device by shrinking width and depth, keeping its MoE structure.
 
 Kept: number of experts, top-k, shared experts, router kind, attention kind (GQA group shape, MLA),
-norms, positions, and the layer pattern (first-k dense, every-N MoE: runs of identical layers are
-shortened, never reordered). Shrunk: d_model, FFN/expert widths, head counts and dims, MLA ranks,
+norms, positions, and the layer pattern (first-k dense, every-N MoE, each layer's token mixer and FFN kind:
+runs of identical layers are shortened, never reordered; every mixer kind keeps a layer). Other token mixers
+shrink as moec/smoke/mixers.py says. Shrunk: d_model, FFN/expert widths, head counts and dims, MLA ranks,
 vocabulary, number of layers, windows (capped at the run's sequence length).
 Pure arithmetic over plans: the analyzer's memory model decides what fits
 (:func:`moec.analyze.memory.training_run_memory`, an upper estimate of what the run allocates).
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 from moec.analyze import analyze
 from moec.analyze.memory import RunMemory, refuse_unless_fits, training_run_memory
-from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
+from moec.smoke.mixers import scale_mixer
+from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
 
 TINY_D = 64
 TINY_VOCAB = 256
@@ -35,26 +37,50 @@ def _r(x: float, mult: int, lo: int) -> int:
 
 
 def compress_layers(layers: tuple[LayerPlan, ...], max_layers: int) -> list[LayerPlan]:
-    """Keep the pattern: each run of identical layer kinds shortened to ≤ 2, then the first max_layers.
+    """Keep the pattern: each run of identical layer kinds shortened to ≤ 2, then the first max_layers, with at
+    least one layer of every token-mixer kind the model has and one MoE layer if it has any (each the first of
+    its kind, in its place; more than max_layers only when the kinds outnumber it).
     DeepSeek-V3 (3 dense, 58 MoE) → D D M M; a Switch-style D M D M ... → D M D M."""
-    out: list[LayerPlan] = []
+    kept: list[LayerPlan] = []
     run = 0
     for i, lp in enumerate(layers):
         same = i > 0 and _kind(lp) == _kind(layers[i - 1])
         run = run + 1 if same else 1
         if run <= 2:
-            out.append(lp)
-    out = out[:max_layers]
-    if not any(isinstance(l.ffn, MoEPlan) for l in out):  # keep at least one MoE layer
-        first_moe = next((l for l in layers if isinstance(l.ffn, MoEPlan)), None)
-        if first_moe is not None:
-            out = out[: max_layers - 1] + [first_moe]
+            kept.append(lp)
+    out = kept[:max_layers]
+    needs = _kinds_to_keep(layers)
+    for need in needs:
+        if not any(need(l) for l in out):
+            out = _make_room(out, needs, max_layers)
+            out = sorted([*out, next(l for l in kept if need(l))], key=lambda l: l.index)
     return out
 
 
-def _kind(lp: LayerPlan) -> tuple[str, int | None, int | None, bool, bool, bool]:
+def _kinds_to_keep(layers: tuple[LayerPlan, ...]) -> list[Callable[[LayerPlan], bool]]:
+    """One test per kind a scaled-down copy must keep: each token mixer the model has, and MoE."""
+    mixers = dict.fromkeys(lp.mixer_kind for lp in layers)
+    needs: list[Callable[[LayerPlan], bool]] = [lambda l, k=kind: l.mixer_kind == k for kind in mixers]
+    if any(isinstance(lp.ffn, MoEPlan) for lp in layers):
+        needs.append(lambda l: isinstance(l.ffn, MoEPlan))
+    return needs
+
+
+def _make_room(out: list[LayerPlan], needs: list[Callable[[LayerPlan], bool]], max_layers: int) -> list[LayerPlan]:
+    """``out`` less its last layer that is not the only one of a kind it keeps, when it is full."""
+    if len(out) < max_layers:
+        return out
+    met = [n for n in needs if any(n(l) for l in out)]
+    for j in reversed(range(len(out))):
+        rest = out[:j] + out[j + 1 :]
+        if all(any(n(l) for l in rest) for n in met):
+            return rest
+    return out
+
+
+def _kind(lp: LayerPlan) -> tuple[str, str, int | None, int | None, bool, bool, bool]:
     a = lp.attention
-    return (lp.ffn.kind, a.window, a.chunk, a.rope, a.qk_norm, a.temperature_floor_scale is not None)
+    return (lp.mixer_kind, lp.ffn.kind, a.window, a.chunk, a.rope, a.qk_norm, a.temperature_floor_scale is not None)
 
 
 def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, seq: int) -> ResolvedModel:
@@ -90,7 +116,9 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         kv = max(1, min(a.n_kv_heads, (d_model // head_dim) // group))
         return dataclasses.replace(a, n_heads=kv * group, n_kv_heads=kv, head_dim=head_dim, window=window)
 
-    def ffn(f: DenseFFNPlan | MoEPlan) -> DenseFFNPlan | MoEPlan:
+    def ffn(f: DenseFFNPlan | MoEPlan | AbsentPlan) -> DenseFFNPlan | MoEPlan | AbsentPlan:
+        if isinstance(f, AbsentPlan):
+            return f
         if isinstance(f, DenseFFNPlan):
             return dataclasses.replace(f, d_ff=_r(f.d_ff * s, 8, 8))
         lora = _r(f.lora_rank * s, 2, 2) if f.lora_rank else None
@@ -98,11 +126,11 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
             f, d_ff=_r(f.d_ff * s, 8, 8), d_ff_shared=_r(f.d_ff_shared * s, 8, 8), lora_rank=lora
         )
 
-    layers = tuple(
-        LayerPlan(i, attention(lp.attention), ffn(lp.ffn))
-        for i, lp in enumerate(compress_layers(plan.layers, max_layers))
-    )
-    mtp = tuple(LayerPlan(len(layers) + j, attention(lp.attention), ffn(lp.ffn)) for j, lp in enumerate(plan.mtp[:1]))
+    def layer(i: int, lp: LayerPlan) -> LayerPlan:
+        return LayerPlan(i, attention(lp.attention), ffn(lp.ffn), scale_mixer(lp.mixer, plan.d_model, d_model, seq))
+
+    layers = tuple(layer(i, lp) for i, lp in enumerate(compress_layers(plan.layers, max_layers)))
+    mtp = tuple(layer(len(layers) + j, lp) for j, lp in enumerate(plan.mtp[:1]))
     return dataclasses.replace(
         plan,
         positions=_shrunk_positions(plan, layers[0].attention.head_dim),
@@ -174,7 +202,21 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     pat1 = "".join("M" if l.ffn.kind == "moe" else "D" for l in new.layers)
     if pat0 != pat1:
         out.append(f"layer pattern: {pat0 if len(pat0) <= 16 else pat0[:16] + '…'} → {pat1}")
+    if old.hybrid:
+        out.append(f"layer mixers: {_mixer_runs(old.layers)} → {_mixer_runs(new.layers)}")
     return out
+
+
+def _mixer_runs(layers: tuple[LayerPlan, ...], most: int = 6) -> str:
+    """Each layer's token mixer, runs written once with their length: gated_deltanet×3, attention, …"""
+    runs: list[list] = []
+    for lp in layers:
+        if runs and runs[-1][0] == lp.mixer_kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([lp.mixer_kind, 1])
+    text = [kind if n == 1 else f"{kind}×{n}" for kind, n in runs[:most]]
+    return ", ".join(text) + (", …" if len(runs) > most else "")
 
 
 def fit(

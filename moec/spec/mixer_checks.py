@@ -20,7 +20,8 @@ def check_mixers(spec: Spec, bad: Bad) -> None:
     for kind, module in KINDS.items():
         section = getattr(spec.mixers, kind)
         if kind in used and section is None:
-            bad(_where_chosen(spec, kind), f"layers {_spans(kinds, kind)} use mixer {kind} but the spec has no "
+            chosen = [i for i, k in enumerate(kinds) if k == kind]
+            bad(_where_chosen(spec, kind), f"{_layers(chosen, 'uses', 'use')} mixer {kind} but the spec has no "
                 f"mixers.{kind} section")  # fmt: skip
         elif section is not None and kind not in used:
             bad(("mixers", kind), f"mixers.{kind} is given but no layer's mixer is {kind} (layers.*.mixer)")
@@ -30,7 +31,7 @@ def check_mixers(spec: Spec, bad: Bad) -> None:
     ffns = ffn_kind_per_layer(spec)
     empty = [i for i, (m, f) in enumerate(zip(kinds, ffns, strict=True)) if m == "none" and f == "none"]
     if empty:
-        bad(("layers",), f"layers {_spans(empty)} have neither a token mixer nor an FFN (mixer: none, ffn: none)")
+        bad(("layers",), f"{_layers(empty, 'has', 'have')} neither a token mixer nor an FFN (mixer: none, ffn: none)")
     _check_block_options(spec, used, bad)
 
 
@@ -56,9 +57,13 @@ def _where_chosen(spec: Spec, kind: str) -> Path:
     return ("layers", "default", "mixer")
 
 
-def _spans(values: list[str] | list[int], kind: str | None = None) -> str:
-    """The layer indices (those whose value is ``kind``, or the given ints) as ranges: '0-2, 4, 6-7'."""
-    idx = [i for i, v in enumerate(values) if v == kind] if kind is not None else list(values)
+def _layers(idx: list[int], one: str, many: str) -> str:
+    """'layer 5 has' or 'layers 0-2, 4, 6-7 have': the indices as ranges, and the verb agreeing."""
+    return f"layer {idx[0]} {one}" if len(idx) == 1 else f"layers {_spans(idx)} {many}"
+
+
+def _spans(idx: list[int]) -> str:
+    """Sorted layer indices as ranges: '0-2, 4, 6-7'."""
     out: list[str] = []
     start = prev = None
     for i in [*idx, None]:

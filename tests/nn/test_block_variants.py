@@ -1,0 +1,113 @@
+"""The block features the hybrid releases brought (docs/mixers.md), each against a plain oracle written here:
+the attention output gate, the unit-offset RMSNorm, normed_residual with its factors, and layers without a
+token mixer or without an FFN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moec.analyze.report import analyze  # noqa: E402
+from moec.nn import build_model  # noqa: E402
+from moec.nn.norms import RMSNorm  # noqa: E402
+from moec.spec import load_spec, resolve  # noqa: E402
+
+SPEC = """\
+name: t
+model: {vocab_size: 64, d_model: 16, n_layers: 2, max_seq_len: 16MODEL}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 4ATTN}
+ffn: {d_ff: 24}
+LAYERS
+"""
+
+
+def plan_of(model: str = "", attn: str = "", layers: str = ""):  # type: ignore[no-untyped-def]
+    text = SPEC.replace("MODEL", model).replace("ATTN", attn).replace("LAYERS", layers)
+    return resolve(load_spec("t.yaml", text=text))
+
+
+def built(plan):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    m = build_model(plan, dtype=torch.float64, seed=0)
+    with torch.no_grad():
+        for p in m.parameters():  # away from init: gates, offsets and biases all matter
+            p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+def naive_attention(att, x):  # type: ignore[no-untyped-def]
+    """Causal GQA with rotary positions off: softmax(q·kᵀ/√d) v per head, written out."""
+    B, S, _ = x.shape
+    h, kv, hd = 4, 2, 4
+    q = att.q_proj(x).view(B, S, h, hd)
+    k = att.k_proj(x).view(B, S, kv, hd).repeat_interleave(h // kv, dim=2)
+    v = att.v_proj(x).view(B, S, kv, hd).repeat_interleave(h // kv, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)  # (B, S, h, hd)
+
+
+@pytest.mark.parametrize("gate", ["element", "head"])
+def test_the_output_gate_scales_each_head_or_element_by_a_sigmoid_of_its_own_projection(gate):
+    plan = plan_of(model=", positions: {kind: none}", attn=f", output_gate: {gate}, bias: true")
+    att = built(plan).layers[0].attn
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    y = naive_attention(att, x)
+    g = torch.sigmoid(x @ att.gate_proj.weight.T + att.gate_proj.bias)  # (B, S, h·hd) or (B, S, h)
+    gated = y * (g.view(2, 5, 4, 4) if gate == "element" else g.view(2, 5, 4, 1))
+    want = gated.reshape(2, 5, 16) @ att.o_proj.weight.T
+    torch.testing.assert_close(att(x), want, rtol=1e-12, atol=1e-12)
+    # its parameters: the gate's projection and bias, d·h·hd + h·hd (element) or d·h + h (head)
+    width = 16 if gate == "element" else 4
+    plain = analyze(plan_of(model=", positions: {kind: none}", attn=", bias: true")).params.total
+    assert analyze(plan).params.total - plain == 2 * (16 * width + width)
+
+
+def test_a_unit_offset_rmsnorm_scales_by_one_plus_its_weight_which_starts_at_zero():
+    norm = RMSNorm(6, 1e-6, unit_offset=True, dtype=torch.float64)
+    assert torch.equal(norm.weight, torch.zeros(6, dtype=torch.float64))
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, -0.25, 0.0, 1.0, 2.0, -1.0]))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    rms = (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(
+        norm(x), x / rms * torch.tensor([1.5, 0.75, 1.0, 2.0, 3.0, 0.0]), rtol=1e-6, atol=1e-7
+    )  # normed in fp32
+
+
+def test_unit_offset_reaches_every_model_norm():
+    model = built(plan_of(model=", norm: {unit_offset: true}", attn=", qk_norm: true"))
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == 2 * 4 + 1 and all(n.unit_offset for n in norms)  # per layer: 2 block + q/k norms
+
+
+def test_normed_residual_carries_the_normed_input_and_scales_both_branches():
+    scales = "residual_scales: {attention: {alpha: 2.0, beta: 0.5}, ffn: {alpha: 1.5, beta: 3.0}}"
+    plan = plan_of(model=f", norm: {{placement: normed_residual}}, {scales}, positions: {{kind: none}}")
+    block = built(plan).layers[0]
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    h = block.attn_norm(x)
+    x1 = 2.0 * h + 0.5 * block.attn(h)
+    h1 = block.ffn_norm(x1)
+    want = 1.5 * h1 + 3.0 * block.ffn(h1)
+    torch.testing.assert_close(block(x)[0], want, rtol=1e-13, atol=1e-13)
+
+
+def test_layers_without_a_mixer_or_an_ffn_hold_only_the_other_sublayer_and_its_norm():
+    layers = "layers: {overrides: [{select: [0], mixer: none}, {select: [1], ffn: none}]}"
+    plan = plan_of(model=", positions: {kind: none}", layers=layers)
+    model = built(plan)
+    ffn_only, mixer_only = model.layers
+    assert ffn_only.attn is None and ffn_only.attn_norm is None and ffn_only.mixer is None
+    assert mixer_only.ffn is None and mixer_only.ffn_norm is None
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(ffn_only(x)[0], x + ffn_only.ffn(ffn_only.ffn_norm(x)), rtol=0, atol=0)
+    torch.testing.assert_close(mixer_only(x)[0], x + mixer_only.attn(mixer_only.attn_norm(x)), rtol=0, atol=0)
+    # the analyzer counts what was built: one norm per sublayer, nothing of the missing ones
+    counts = analyze(plan)
+    assert counts.params.total == sum(p.numel() for p in model.parameters())
+    d, F = 16, 24
+    assert counts.params.total == 64 * d * 2 + d + (d + 3 * d * F) + (d + d * 4 * 4 + 2 * d * 2 * 4 + 4 * 4 * d)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from moec.analyze.render import has_other_mixers, layer_pattern, mixer_runs
 from moec.analyze.report import Analysis
 from moec.spec.plan import ResolvedModel
 
@@ -38,6 +39,7 @@ def _layer_groups(m: ResolvedModel, defaults: dict[str, Any]) -> dict[str, Any]:
         flat: dict[str, Any] = {}
         _flatten("attention", lp.attention, flat, defaults)
         _flatten("ffn", lp.ffn, flat, defaults)
+        _flatten("mixer", lp.mixer, flat, defaults)  # None (attention) is left out as a missing value
         per_layer.append(flat)
     keys = sorted({k for f in per_layer for k in f})
     for k in keys:
@@ -82,7 +84,8 @@ def diff_models(a: ResolvedModel, b: ResolvedModel, ra: Analysis, rb: Analysis) 
         _flatten("", dataclasses.replace(m, layers=(), mtp=()), f, defaults)
         f.pop("layers")
         f.pop("mtp")
-        f["layer pattern"] = "".join("M" if l.ffn.kind == "moe" else "D" for l in m.layers)
+        f["layer pattern"] = layer_pattern([l.ffn.kind for l in m.layers])
+        f["layer mixers"] = mixer_runs([l.mixer_kind for l in m.layers], most=len(m.layers))
         f["mtp layers"] = len(m.mtp)
     fields = [{"field": k, "a": fa.get(k), "b": fb.get(k)} for k in _changed(fa, fb, defaults)]
     ga, gb = _layer_groups(a, defaults), _layer_groups(b, defaults)
@@ -111,6 +114,13 @@ def diff_models(a: ResolvedModel, b: ResolvedModel, ra: Analysis, rb: Analysis) 
         metric("KV cache/token", ra.memory.kv_cache_bytes_per_token, rb.memory.kv_cache_bytes_per_token, "bytes"),
         metric("AdamW training state", ra.memory.training_state_bytes, rb.memory.training_state_bytes, "bytes"),
     ]
+    if has_other_mixers(ra) or has_other_mixers(rb):  # the decode step and the state of other token mixers
+        metrics[4:4] = [metric(f"decode FLOPs/token (after S={ra.seq})", ra.flops.decode_step, rb.flops.decode_step)]
+        metrics.append(
+            metric(
+                "mixer state/sequence", ra.memory.state_bytes_per_sequence, rb.memory.state_bytes_per_sequence, "bytes"
+            )
+        )
     return {"a": a.name, "b": b.name, "fields": fields, "metrics": metrics}
 
 

@@ -9,7 +9,7 @@ import csv
 import io
 from typing import Any
 
-from moec.analyze.report import SCHEMA, Analysis, convention_line
+from moec.analyze.report import SCHEMA, Analysis, LayerRow, convention_line
 
 COMPONENT_LABELS = {
     "embedding": "embedding",
@@ -41,8 +41,18 @@ def exact(n: int | float) -> str:
     return f"{n:,}" if isinstance(n, int) else f"{n:,.1f}"
 
 
-def headline_rows(a: Analysis) -> list[tuple[str, Any]]:
-    """The metrics shown side by side when several specs are compared (and in `moec diff`)."""
+def has_other_mixers(a: Analysis) -> bool:
+    """Whether some layer mixes tokens with something other than attention (docs/mixers.md): then the tables
+    say "sequence mixing" for attention's scores and show the decode step and the mixers' state."""
+    return any(r.mixer not in ("attention", "none") for r in a.layers)
+
+
+def headline_rows(a: Analysis, *, hybrid: bool | None = None) -> list[tuple[str, Any]]:
+    """The metrics shown side by side when several specs are compared (and in `moec diff`); ``hybrid``: with
+    the rows of models with other token mixers (default: when ``a`` has one), so that specs compared side by
+    side share their rows."""
+    hybrid = has_other_mixers(a) if hybrid is None else hybrid
+    m = a.memory
     rows: list[tuple[str, Any]] = [
         ("total params", a.params.total),
         ("active params", a.params.active),
@@ -56,16 +66,40 @@ def headline_rows(a: Analysis) -> list[tuple[str, Any]]:
         ),
         (f"fwd FLOPs/token (S={a.seq})", a.flops.forward),
         ("  linear", a.flops.forward_linear),
-        ("  attention scores", a.flops.forward_attention),
-        ("training FLOPs/token", a.flops.training),
-        (f"weights ({a.memory.dtype})", a.memory.weights_bytes),
-        (f"KV cache/token ({a.memory.dtype})", a.memory.kv_cache_bytes_per_token),
-        (f"KV cache at S={a.seq}, batch {a.batch}", a.memory.kv_cache_bytes),
-        ("AdamW training state", a.memory.training_state_bytes),
+        ("  sequence mixing" if hybrid else "  attention scores", a.flops.forward_attention),
     ]
+    if hybrid:
+        rows.append((f"decode FLOPs/token (after S={a.seq})", a.flops.decode_step))
+    rows += [
+        ("training FLOPs/token", a.flops.training),
+        (f"weights ({m.dtype})", m.weights_bytes),
+        (f"KV cache/token ({m.dtype})", m.kv_cache_bytes_per_token),
+        (f"KV cache at S={a.seq}, batch {a.batch}", m.kv_cache_bytes),
+    ]
+    if hybrid:
+        rows.append((f"mixer state/sequence ({m.dtype})", m.state_bytes_per_sequence))
+        rows.append((f"KV cache and state at S={a.seq}, batch {a.batch}", m.cache_and_state_bytes))
+    rows.append(("AdamW training state", m.training_state_bytes))
     if a.mtp:
         rows.append(("MTP params (separate)", a.mtp.params))
     return rows
+
+
+def layer_pattern(ffn_kinds: list[str]) -> str:
+    """Each layer's FFN as a letter: M (MoE), D (dense), - (none)."""
+    return "".join({"moe": "M", "dense": "D"}.get(k, "-") for k in ffn_kinds)
+
+
+def mixer_runs(kinds: list[str], most: int = 6) -> str:
+    """Each layer's token mixer, a run written once with its length: ``gated_deltanet×3, attention, …``."""
+    runs: list[tuple[str, int]] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    text = [kind if n == 1 else f"{kind}×{n}" for kind, n in runs[:most]]
+    return ", ".join(text) + (", …" if len(runs) > most else "")
 
 
 def _fmt(label: str, v: Any) -> str:
@@ -110,7 +144,8 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
     lines = [f"<!-- {SCHEMA} -->", "", f"_{convention_line(analyses[0].conventions)}_", ""]
     lines.append("| metric | " + " | ".join(a.name for a in analyses) + " |")
     lines.append("|---|" + "---:|" * len(analyses))
-    per = [headline_rows(a) for a in analyses]
+    hybrid = any(has_other_mixers(a) for a in analyses)
+    per = [headline_rows(a, hybrid=hybrid) for a in analyses]
     for i, (label, _) in enumerate(per[0]):
         vals = [p[i][1] if i < len(p) else "" for p in per]
         lines.append(f"| {label.strip()} | " + " | ".join(_fmt(label, v) for v in vals) + " |")
@@ -127,18 +162,39 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
                 f"| {COMPONENT_LABELS.get(c.name, c.name)} | {exact(c.params)} | {exact(c.active)} | {exact(c.frozen)} | {exact(c.flops)} |"
             )
         if layers:
-            lines += [
-                "",
-                f"### {a.name}: layers",
-                "",
-                "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |",
-                "|---:|---|---|---:|---:|---:|---:|---:|",
-            ]
-            for r in a.layers:
-                lines.append(
-                    f"| {r.index} | {r.ffn} | {r.attention} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} | {exact(r.flops_linear)} | {exact(r.flops_attention)} |"
-                )
+            lines += ["", f"### {a.name}: layers", "", *_markdown_layers(a)]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_layers(a: Analysis) -> list[str]:
+    """The layer table in Markdown; a model with other token mixers gets a mixer column (attention's kind, gqa
+    or mla, on attention layers) in place of the attention one, and its sequence-mixing FLOPs."""
+    if not has_other_mixers(a):
+        out = [
+            "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |",
+            "|---:|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in a.layers:
+            out.append(
+                f"| {r.index} | {r.ffn} | {r.attention} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} "
+                f"| {exact(r.flops_linear)} | {exact(r.flops_attention)} |"
+            )
+        return out
+    out = [
+        "| layer | ffn | mixer | window | params | active | linear FLOPs | mixing FLOPs | decode mixing FLOPs |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in a.layers:
+        out.append(
+            f"| {r.index} | {r.ffn} | {layer_mixer(r)} | {r.window or '-'} | {exact(r.params)} | {exact(r.active)} "
+            f"| {exact(r.flops_linear)} | {exact(r.flops_attention)} | {exact(r.flops_decode_mixing)} |"
+        )
+    return out
+
+
+def layer_mixer(r: LayerRow) -> str:
+    """A layer's token mixer as the layer tables show it: attention's kind (gqa, mla), or the mixer's kind."""
+    return r.attention if r.mixer == "attention" else r.mixer
 
 
 # --- rich tables ------------------------------------------------------------------------------
@@ -188,7 +244,8 @@ def side_by_side(analyses: list[Analysis], fmt: Any = None) -> Any:
     t.add_column("metric", overflow="fold")
     for a in analyses:
         t.add_column(a.name, justify="right", no_wrap=True)
-    per = [headline_rows(a) for a in analyses]
+    hybrid = any(has_other_mixers(a) for a in analyses)
+    per = [headline_rows(a, hybrid=hybrid) for a in analyses]
     for i, (label, _) in enumerate(per[0]):
         t.add_row(label, *[fmt(label, p[i][1]) if i < len(p) else "" for p in per])
     return t
@@ -246,7 +303,8 @@ def components_table(a: Analysis) -> Any:
             f"{100 * c.flops / fwd:.1f}%",
         )
     attn = a.flops.forward_attention
-    comp.add_row("attention scores", "-", "-", "-", "-", human(attn), f"{100 * attn / fwd:.1f}%")
+    mixing = "sequence mixing" if has_other_mixers(a) else "attention scores"
+    comp.add_row(mixing, "-", "-", "-", "-", human(attn), f"{100 * attn / fwd:.1f}%")
     return comp
 
 
@@ -257,15 +315,18 @@ def layers_table(a: Analysis, *, number: Any = exact, bar: bool = True) -> Any:
 
     lean = number is not exact
     lt = Table(title=f"{a.name}: layers", box=box.SIMPLE_HEAD if lean else box.HEAVY_HEAD, pad_edge=not lean)
-    attention = "attn" if lean else "attention"
-    heads = ("layer", "ffn", attention, "window", "params", "active", "linear\nFLOPs", f"{attention}\nFLOPs")
+    hybrid = has_other_mixers(a)
+    # a hybrid's mixer column names attention's kind on attention layers and the other mixers' elsewhere
+    mixer = "mixer" if hybrid else "attn" if lean else "attention"
+    mixing = "mixing" if hybrid else mixer
+    heads = ("layer", "ffn", mixer, "window", "params", "active", "linear\nFLOPs", f"{mixing}\nFLOPs")
     for col in heads:
-        lt.add_column(col, justify="left" if col in ("ffn", attention) else "right", no_wrap=True)
+        lt.add_column(col, justify="left" if col in ("ffn", mixer) else "right", no_wrap=True)
     if bar:
         lt.add_column("", no_wrap=True)
     peak = max((r.params for r in a.layers), default=1)
     for r in a.layers:
-        cells = [str(r.index), r.ffn, r.attention, str(r.window or "-")]
+        cells = [str(r.index), r.ffn, layer_mixer(r) if hybrid else r.attention, str(r.window or "-")]
         cells += [number(x) for x in (r.params, r.active, r.flops_linear, r.flops_attention)]
         if bar:
             cells.append(f"[cyan]{'█' * max(1, round(20 * r.params / peak))}[/cyan]")

@@ -252,6 +252,7 @@ def validate(specs: tuple[str, ...], no_warnings: bool, sets: tuple[str, ...]) -
     """Check specs; print every problem with file:line:column and field. Exit 2 if any is invalid.
 
     Warnings (valid, but probably not meant) go to stderr too and leave the exit code 0."""
+    from moec.analyze.render import layer_pattern, mixer_runs
     from moec.errors import SpecError
 
     bad = 0
@@ -264,8 +265,9 @@ def validate(specs: tuple[str, ...], no_warnings: bool, sets: tuple[str, ...]) -
             continue
         if not no_warnings:
             print_warnings([m])
-        pattern = "".join("M" if l.ffn.kind == "moe" else "D" for l in m.layers)
-        click.echo(f"ok {s}: {m.name}, {m.n_layers} layers [{pattern}]")
+        pattern = layer_pattern([l.ffn.kind for l in m.layers])
+        mixers = f", mixers {mixer_runs([l.mixer_kind for l in m.layers])}" if m.hybrid else ""
+        click.echo(f"ok {s}: {m.name}, {m.n_layers} layers [{pattern}]{mixers}")
     if bad:
         click.echo(f"{bad} of {len(specs)} spec(s) invalid", err=True)
         raise SystemExit(EXIT_BAD_INPUT)

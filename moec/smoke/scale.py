@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from moec.analyze import analyze
 from moec.analyze.memory import RunMemory, refuse_unless_fits, training_run_memory
+from moec.analyze.render import layer_pattern, mixer_runs
 from moec.smoke.mixers import scale_mixer
 from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
 
@@ -198,25 +199,14 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     d1 = next((l.ffn for l in new.layers if isinstance(l.ffn, DenseFFNPlan)), None)
     if d0 and d1 and d0.d_ff != d1.d_ff:
         out.append(f"dense d_ff: {d0.d_ff} → {d1.d_ff}")
-    pat0 = "".join("M" if l.ffn.kind == "moe" else "D" for l in old.layers)
-    pat1 = "".join("M" if l.ffn.kind == "moe" else "D" for l in new.layers)
+    pat0 = layer_pattern([l.ffn.kind for l in old.layers])
+    pat1 = layer_pattern([l.ffn.kind for l in new.layers])
     if pat0 != pat1:
         out.append(f"layer pattern: {pat0 if len(pat0) <= 16 else pat0[:16] + '…'} → {pat1}")
     if old.hybrid:
-        out.append(f"layer mixers: {_mixer_runs(old.layers)} → {_mixer_runs(new.layers)}")
+        before, after = ([lp.mixer_kind for lp in m.layers] for m in (old, new))
+        out.append(f"layer mixers: {mixer_runs(before)} → {mixer_runs(after)}")
     return out
-
-
-def _mixer_runs(layers: tuple[LayerPlan, ...], most: int = 6) -> str:
-    """Each layer's token mixer, runs written once with their length: gated_deltanet×3, attention, …"""
-    runs: list[list] = []
-    for lp in layers:
-        if runs and runs[-1][0] == lp.mixer_kind:
-            runs[-1][1] += 1
-        else:
-            runs.append([lp.mixer_kind, 1])
-    text = [kind if n == 1 else f"{kind}×{n}" for kind, n in runs[:most]]
-    return ", ".join(text) + (", …" if len(runs) > most else "")
 
 
 def fit(

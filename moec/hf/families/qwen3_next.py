@@ -59,31 +59,37 @@ def translate(c: HFConfig, d: Draft) -> None:
     base(c, d, "Qwen3-Next")
     if factor is not None:
         d.put("model.positions.partial_rotary_factor", factor, factor_src)
-    qwen3_next_layers(c, d, "Qwen3Next")
-    c.value("full_attention_interval")
+    gated_attention(c, d, "Qwen3Next")
+    layer_mixers(c, d, "Qwen3NextGatedDeltaNet")
+    deltanet_section(c, d)
+    shared_expert_moe(c, d, "Qwen3Next", gated=True)
+    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    qwen_moe_ffn(c, d, "num_experts", bias_src="Qwen3NextMLP has no biases")
+    ignored(c, d, "Qwen3Next", "use_sliding_window", equals(False), "attention.kind")  # the release's; never slides
 
 
-def qwen3_next_layers(c: HFConfig, d: Draft, cls: str) -> None:
-    """What Qwen3-Next and its descendants (Qwen3.5-MoE's text decoder) share after base(): the norms, the gated
-    attention, the delta net on the linear_attention layers and the MoE block. ``cls`` names their classes."""
+def gated_attention(c: HFConfig, d: Draft, cls: str) -> None:
+    """Qwen3-Next's attention and norms, which Qwen3.5 keeps: zero-centred norms, GQA with RMSNorm(head_dim) on q
+    and k, a sigmoid gate per element of each head from q_proj. ``cls`` names the family's classes."""
     d.put("model.norm.unit_offset", True, f"{cls}RMSNorm: w initialised 0, scales by 1 + w (every norm, q/k too)")
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, f"{cls}Attention: RMSNorm(head_dim) on q and k, before the rotation")
     d.put("attention.output_gate", "element", f"{cls}Attention: q_proj also gives a sigmoid gate on each output")
-    layer_mixers(c, d, f"{cls}GatedDeltaNet")
-    deltanet_section(c, d)
+
+
+def shared_expert_moe(c: HFConfig, d: Draft, cls: str, *, gated: bool) -> None:
+    """The MoE block of Qwen3-Next and its descendants: softmax top-k over num_experts and one shared expert of
+    shared_expert_intermediate_size, its output scaled by a sigmoid gate where ``gated``."""
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     router(d, f"{cls}TopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    gate_note = "shared_expert_gate: sigmoid(Linear(d, 1)) scales it" if gated else "added in full, no gate"
     d.section(
         "moe",
         n_shared_experts=(1, f"{cls}SparseMoeBlock.shared_expert"),
         d_ff_shared=(c.int("shared_expert_intermediate_size"), c.src("shared_expert_intermediate_size")),
-        shared_gate=(True, "shared_expert_gate: sigmoid(Linear(d, 1)) scales the shared expert"),
+        shared_gate=(gated, f"{cls}SparseMoeBlock: the shared expert {gate_note}"),
     )
-    qwen_moe_ffn(c, d, "num_experts", bias_src=f"{cls}MLP has no biases")
-    ignored(c, d, cls, "use_sliding_window", equals(False), "attention.kind")  # the release's; never slides
 
 
 def layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, str]:
@@ -135,13 +141,13 @@ def deltanet_section(c: HFConfig, d: Draft) -> None:
         d.section("mixers.gated_deltanet", **values)
 
 
-class Qwen3NextMapper(Mapper):
-    """Qwen2-MoE's ``shared_expert`` names; the fused q_proj, in_proj_qkvz and in_proj_ba split into moec's
-    parameters (the module docstring); the release's ``mtp.*`` tensors let go."""
+class GatedAttentionMapper(Mapper):
+    """Qwen3-Next's and Qwen3.5's shared names: Qwen2-MoE's ``shared_expert``, the attention's q_proj holding each
+    head's query rows then its gate rows, split into moec's q_proj and gate_proj; the releases' ``mtp.*`` tensors
+    let go (transformers builds no module for them)."""
 
     shared = "shared_expert."
-    dropped = ("mtp.",)
-    mixer_prefix = "linear_attn."
+    dropped: tuple[str, ...] = ("mtp.",)
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         name, _, kind = leaf.partition(".")
@@ -151,6 +157,13 @@ class Qwen3NextMapper(Mapper):
         h, hd = lp.attention.n_heads, lp.attention.head_dim
         per_head = fused.reshape(h, 2, hd, *fused.shape[1:])
         return per_head[:, 0 if name == "q_proj" else 1].reshape(h * hd, *fused.shape[1:])
+
+
+class Qwen3NextMapper(GatedAttentionMapper):
+    """The gated attention's names, and the delta net's fused in_proj_qkvz and in_proj_ba split into moec's
+    projections (the module docstring)."""
+
+    mixer_prefix = "linear_attn."
 
     def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         where = p + self.mixer_prefix

@@ -187,6 +187,15 @@ def test_state_elements_are_the_cache():
     assert mamba2.state_elements(plan, D_MODEL) == {"conv": 80, "ssm": 96}
 
 
+def test_a_bfloat16_cache_keeps_the_state_in_float32():
+    m = module(dtype=torch.bfloat16)
+    cache = m.new_cache(2, 8, dtype=torch.bfloat16)
+    assert (cache["conv"].dtype, cache["ssm"].dtype) == (torch.bfloat16, torch.float32)
+    x = torch.randn(2, 8, D_MODEL, dtype=torch.bfloat16)
+    steps = torch.cat([m(x[:, t : t + 1], cache=cache) for t in range(8)], dim=1)
+    assert (steps.float() - m(x).float()).abs().max().item() <= 0.05 * m(x).float().abs().max().item()
+
+
 @pytest.mark.parametrize("seq", [1, 3, 4, 10, 4097])
 def test_mixing_flops_by_hand(seq):
     plan = mamba2.plan(section(), D_MODEL, 1e-5)

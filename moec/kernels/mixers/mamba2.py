@@ -264,7 +264,9 @@ class Mamba2(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, *, device=None, dtype=None) -> MixerState:
         """The convolution's last conv_kernel − 1 inputs (B, channels, K − 1) and every head's state
-        (B, H, head_dim, state_dim), whatever max_len."""
+        (B, H, head_dim, state_dim), whatever max_len. The state is kept in float32 at least (the scan's dtype;
+        Nemotron-H keeps it so too): in bfloat16 a decode would round it anew at every token."""
         conv = torch.zeros(batch, self.conv_channels, self.conv_kernel - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.state_dim, device=device, dtype=dtype)
+        scan = _scan_dtype(dtype or torch.get_default_dtype())
+        ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.state_dim, device=device, dtype=scan)
         return MixerState({"conv": conv, "ssm": ssm})

@@ -83,12 +83,12 @@ def shared_expert_moe(c: HFConfig, d: Draft, cls: str, *, gated: bool) -> None:
     shared_expert_intermediate_size, its output scaled by a sigmoid gate where ``gated``."""
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     router(d, f"{cls}TopKRouter: softmax over all experts, top-k", score="softmax", softmax_after_topk=False)
-    gate_note = "shared_expert_gate: sigmoid(Linear(d, 1)) scales it" if gated else "added in full, no gate"
+    gate_note = "scaled by sigmoid(shared_expert_gate(x)), a Linear(d, 1)" if gated else "added in full, no gate"
     d.section(
         "moe",
         n_shared_experts=(1, f"{cls}SparseMoeBlock.shared_expert"),
         d_ff_shared=(c.int("shared_expert_intermediate_size"), c.src("shared_expert_intermediate_size")),
-        shared_gate=(gated, f"{cls}SparseMoeBlock: the shared expert {gate_note}"),
+        shared_gate=(gated, f"{cls}SparseMoeBlock: the shared expert's output {gate_note}"),
     )
 
 

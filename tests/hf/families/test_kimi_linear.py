@@ -27,7 +27,7 @@ from tests.hf.families._harness import (  # noqa: E402
     saved_checkpoint,
     tiny_hf,
 )
-from tests.hf.test_weights import assert_same  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # moonshotai/Kimi-Linear-48B-A3B-Instruct config.json, as public copies of it hold it (NVIDIA-NeMo Megatron-Bridge's
 # Kimi-Linear bridge test fixture, other engines' config fixtures): Moonshot's field names (num_experts,
@@ -204,3 +204,17 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
 def test_tiny_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model({**TINY, "model_type": "kimi_linear"})).params
     assert (params.total, params.active) == hf_counts({**TINY, "model_type": "kimi_linear"})
+
+
+def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoint):
+    """KDA's convolution and delta-rule state and MLA's latent cache carried through a prefill and one-token steps
+    give transformers' logits of the whole sequence at once."""
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    cache, outs, start = model.new_cache(2, TOKENS.shape[1]), [], 0
+    with torch.no_grad():
+        for n in [5] + [1] * (TOKENS.shape[1] - 5):
+            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
+            start += n
+        want = hf(TOKENS).logits
+    assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4

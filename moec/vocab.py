@@ -11,8 +11,9 @@ from __future__ import annotations
 # (d, 2f) [gate | up]; swiglu_clamped is gpt-oss's gated unit, (clamp(up, ±limit) + 1) · g·σ(alpha·g) with
 # g = min(gate, limit). gelu and geglu are the exact GELU, x·Φ(x) with the erf (torch's nn.GELU(),
 # transformers' "gelu"); gelu_tanh and geglu_tanh its tanh approximation (F.gelu(approximate="tanh"),
-# transformers' "gelu_pytorch_tanh" and "gelu_new"). The two differ by up to about 5e-4 (docs/conventions.md)
-ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu", "swiglu_clamped")
+# transformers' "gelu_pytorch_tanh" and "gelu_new"). The two differ by up to about 5e-4 (docs/conventions.md).
+# relu2 is the squared ReLU, relu(x)², ungated (Nemotron-H's "relu2"; So et al. 2021, Primer)
+ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu", "swiglu_clamped", "relu2")
 GATED = ("swiglu", "geglu", "geglu_tanh", "swiglu_clamped")
 # swiglu_clamped's alpha and limit where a spec leaves them unset: gpt-oss's values
 CLAMPED_ALPHA = 1.702

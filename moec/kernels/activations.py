@@ -38,6 +38,7 @@ _NONLINEARITY = {
     "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
+    "relu2": lambda h: F.relu(h).square(),
 }
 # each gated activation's nonlinearity on the gate column
 _GATE_NONLINEARITY = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}

@@ -228,3 +228,14 @@ def test_the_slot_sort_is_the_stable_sort_by_expert_with_dropped_slots_last():
     assert got.expert.tolist() == [flat[s] if flat[s] >= 0 else E for s in expect]
     assert got.counts.tolist() == [flat.count(e) for e in range(E)] + [flat.count(-1)]
     assert inverse_permutation(got.order)[got.order].tolist() == list(range(len(flat)))
+
+
+def test_relu2_is_the_square_of_the_relu_and_its_gradient_twice_the_relu():
+    # Nemotron-H's squared ReLU, written out by hand: h² where h > 0, else 0; d/dh = 2h where h > 0
+    from moec.kernels.activations import activate
+
+    h = torch.tensor([-2.0, -0.5, 0.0, 0.25, 3.0], dtype=torch.float64, requires_grad=True)
+    y = activate(h, "relu2")
+    assert y.tolist() == [0.0, 0.0, 0.0, 0.0625, 9.0]
+    y.sum().backward()
+    assert h.grad.tolist() == [0.0, 0.0, 0.0, 0.5, 6.0]

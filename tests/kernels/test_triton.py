@@ -171,6 +171,7 @@ NARROW = KernelConfig(16, 32, 32, 1, 1)
         (2, 8, "geglu", torch.float32),
         (2, 8, "gelu", torch.float32),
         (1, 8, "relu", torch.float32),
+        (1, 8, "relu2", torch.float32),
         (2, 8, "silu", torch.float32),
         (2, 8, "swiglu", torch.float16),
         (8, 64, "swiglu", torch.float16),

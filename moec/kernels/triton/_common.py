@@ -17,7 +17,7 @@ from moec.kernels.triton.configs import INTERPRET
 
 # Activation codes (constexpr): the first projection's nonlinearity. Gated variants multiply by `up`.
 # gelu is the exact erf GELU, gelu_tanh its tanh approximation (moec.vocab)
-ACT_SILU, ACT_GELU_TANH, ACT_RELU, ACT_GELU = 0, 1, 2, 3
+ACT_SILU, ACT_GELU_TANH, ACT_RELU, ACT_GELU, ACT_RELU2 = 0, 1, 2, 3, 4
 ACTIVATION_CODES: dict[str, tuple[int, bool]] = {  # name -> (code, gated)
     "swiglu": (ACT_SILU, True),
     "geglu": (ACT_GELU, True),
@@ -26,6 +26,7 @@ ACTIVATION_CODES: dict[str, tuple[int, bool]] = {  # name -> (code, gated)
     "gelu": (ACT_GELU, False),
     "gelu_tanh": (ACT_GELU_TANH, False),
     "relu": (ACT_RELU, False),
+    "relu2": (ACT_RELU2, False),
 }
 
 
@@ -85,6 +86,9 @@ def _act(h, ACT: tl.constexpr):
         out = h * tl.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))
     elif ACT == 3:  # gelu, exact: h·Φ(h) = 0.5·h·(1 + erf(h/√2))
         out = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+    elif ACT == 4:  # relu2: relu(h)²
+        r = tl.maximum(h, 0.0)
+        out = r * r
     else:  # relu
         out = tl.maximum(h, 0.0)
     return out
@@ -105,6 +109,10 @@ def _act_and_grad(h, ACT: tl.constexpr):
         cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
         out = h * cdf
         grad = cdf + h * 0.3989422804014327 * tl.exp(-0.5 * h * h)
+    elif ACT == 4:  # d/dh relu(h)² = 2·relu(h)
+        r = tl.maximum(h, 0.0)
+        out = r * r
+        grad = 2.0 * r
     else:
         out = tl.maximum(h, 0.0)
         grad = tl.where(h > 0.0, 1.0, 0.0)

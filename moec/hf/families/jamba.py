@@ -5,18 +5,21 @@ experts, top-k, the weights kept as they are) and a dense SwiGLU MLP of the same
 
 Its checkpoints name the mixer ``mamba``, the FFN block ``feed_forward`` (dense and MoE alike, the router
 ``feed_forward.router``), the second norm ``pre_ff_layernorm`` and the final one ``final_layernorm``
-(:class:`JambaMapper`). No exporter: moec writes no Jamba config.json (import only).
+(:class:`JambaMapper`). The exporter writes a plan whose attention and MoE layers each fall every N layers from a
+start back as the two periods and offsets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import activation, aux, base, defaults, gqa, moe_core, router
+from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan, one
 from moec.hf.mapper import Mapper
-from moec.spec.plan import DenseFFNPlan, LayerPlan
+from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=65536, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -144,6 +147,65 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
         )
 
 
+def _period_of(layers: list[int], n_layers: int, what: str) -> tuple[int, int]:
+    """The (period, offset) that selects exactly ``layers`` as ``i % period == offset``; none: a period past the
+    last layer."""
+    if not layers:
+        return n_layers + 1, n_layers
+    offset = layers[0]
+    period = layers[1] - offset if len(layers) > 1 else n_layers
+    if layers != list(range(offset, n_layers, period)):
+        raise CannotExport(f"puts its {what} where i % period == offset (spec: layers {layers})")
+    return period, offset
+
+
+def _export_mamba(m: ResolvedModel, cfg: dict[str, Any]) -> None:
+    plans = [lp.mixer for lp in m.layers if lp.mixer_kind == "mamba"]
+    if not plans:
+        return
+    mp = one(plans, "the Mamba mixer")
+    if not mp.inner_norms or mp.norm_eps != m.norm.eps:
+        raise CannotExport("norms Mamba's time step, B and C with the model's eps (mixers.mamba.inner_norms)")
+    if mp.inner_dim % m.d_model:
+        raise CannotExport(f"needs a Mamba inner width a multiple of d_model (spec: {mp.inner_dim})")
+    cfg.update(
+        mamba_d_state=mp.state_size,
+        mamba_d_conv=mp.conv_kernel,
+        mamba_expand=mp.inner_dim // m.d_model,
+        mamba_dt_rank=mp.dt_rank,
+        mamba_conv_bias=mp.conv_bias,
+        mamba_proj_bias=mp.proj_bias,
+    )
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    if m.positions.kind != "none":
+        raise CannotExport(f"has no position encoding (spec: {m.positions.kind})")
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if set(kinds) - {"attention", "mamba"}:
+        raise CannotExport(f"has Mamba and attention layers only (spec: {sorted(set(kinds))})")
+    # export_base writes the fields every family shares but refuses a model without rotary positions
+    as_rotary = dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
+    cfg = export_base(as_rotary, FAMILY, nope=True)
+    del cfg["rope_theta"], cfg["rope_scaling"]
+    e, f = moe_plan(m), dense_plan(m)
+    if f is not None and f.d_ff != e.d_ff:
+        raise CannotExport(f"has one intermediate_size for its MLPs and experts (spec: {f.d_ff} and {e.d_ff})")
+    attn = _period_of([i for i, k in enumerate(kinds) if k == "attention"], m.n_layers, "attention layers")
+    moe = _period_of([lp.index for lp in m.layers if isinstance(lp.ffn, MoEPlan)], m.n_layers, "MoE layers")
+    cfg.update(
+        attn_layer_period=attn[0],
+        attn_layer_offset=attn[1],
+        expert_layer_period=moe[0],
+        expert_layer_offset=moe[1],
+        intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+    )
+    _export_mamba(m, cfg)
+    export_moe_common(cfg, e)
+    return cfg
+
+
 class JambaMapper(Mapper):
     """Jamba's names: the FFN block ``feed_forward.`` for the dense MLP and the MoE block alike (router
     ``feed_forward.router``), ``pre_ff_layernorm`` before it and ``model.final_layernorm`` at the end. The mixer's,
@@ -160,4 +222,4 @@ class JambaMapper(Mapper):
         return super().block(lp, i, part, leaf)
 
 
-FAMILY = Family("jamba", "JambaForCausalLM", DEFAULTS, translate, mapper=JambaMapper)
+FAMILY = Family("jamba", "JambaForCausalLM", DEFAULTS, translate, export=export, mapper=JambaMapper)

@@ -10,7 +10,7 @@ import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model
-from moec.hf.config import plan_differences
+from moec.hf.config import export_hf_config, plan_differences
 from moec.spec import load_model
 from moec.spec.plan import MoEPlan
 
@@ -18,7 +18,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.hf.families.jamba import DEFAULTS  # noqa: E402
+from moec.hf.draft import CannotExport  # noqa: E402
+from moec.hf.families.jamba import DEFAULTS, FAMILY  # noqa: E402
+from tests.conftest import SPECS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
@@ -116,6 +118,38 @@ def test_what_moec_cannot_say_is_refused(change, field):
     assert field in refused_fields({**RELEASE, **change})
 
 
+def test_export_round_trip_of_the_shipped_spec():
+    """import(export(spec)) is the spec, and transformers builds the exported config.json with the spec's counts."""
+    shipped = load_model("jamba-v0.1")
+    cfg = export_hf_config(shipped)
+    assert cfg["model_type"] == "jamba" and (cfg["attn_layer_period"], cfg["attn_layer_offset"]) == (8, 4)
+    assert plan_differences(hf_to_model(cfg), shipped) == []
+    assert (analyze(shipped).params.total, analyze(shipped).params.active) == hf_counts(cfg, experts=EXPERTS)
+
+
+@pytest.mark.parametrize(
+    "old,new,reason",
+    [
+        ("positions: {kind: none}", "positions: {kind: rope}", "no position encoding"),
+        ("inner_norms: true", "inner_norms: false", "inner_norms"),
+        ("ffn: {d_ff: 14336,", "ffn: {d_ff: 1024,", "one intermediate_size"),
+        ("select: {every: 8, start: 4}", "select: {layers: [4, 12, 28]}", "attention layers"),
+        ("ffn: dense, mixer: mamba", "ffn: dense, mixer: short_conv", "Mamba and attention layers only"),
+    ],
+)
+def test_export_refuses_what_a_jamba_config_cannot_say(old, new, reason, tmp_path):
+    text = (SPECS / "jamba-v0.1.yaml").read_text()
+    assert old in text
+    text = text.replace(old, new)
+    if "short_conv" in new:  # its section, and layer 0 kept Mamba so that mixers.mamba is still used
+        text = text.replace("mixers:\n  mamba:", "mixers:\n  short_conv: {}\n  mamba:").replace(
+            "    - select: {every: 8", "    - {select: {layers: [0]}, mixer: mamba}\n    - select: {every: 8"
+        )
+    (tmp_path / "spec.yaml").write_text(text)
+    with pytest.raises(CannotExport, match=reason):
+        FAMILY.export(load_model(str(tmp_path / "spec.yaml")))
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.JambaConfig, at_least=25)
 
@@ -138,9 +172,6 @@ def test_tiny_counts_equal_transformers_model_on_meta():
     assert (params.total, params.active) == hf_counts({**TINY, "model_type": "jamba"}, experts=EXPERTS)
 
 
-@pytest.mark.xfail(
-    raises=ValueError, strict=True, reason="codegen refuses layers.*.mixer other than attention for now (features.py)"
-)
 def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     model = moec.from_hf(checkpoint[1])
     assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

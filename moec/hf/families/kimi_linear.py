@@ -18,14 +18,19 @@ Checkpoints, the releases and what transformers' save_pretrained writes alike, k
 as ``experts.{e}.w1/w3/w2``, the KDA decay's parameters directly under ``self_attn.`` (``f_a_proj``, ``f_b_proj``,
 ``dt_bias``, ``A_log``) and three convolutions ``q_conv1d``, ``k_conv1d``, ``v_conv1d`` (D, 1, K), which moec
 stacks into its one ``conv1d`` (3D, 1, K) as transformers does; transformers' in-memory names (``mlp.``,
-``forget_gate.``, one ``conv1d``) load too. No exporter: moec writes no Kimi-Linear config.json (import only).
+``forget_gate.``, one ``conv1d``) load too.
+
+The exporter writes a release-style config.json (Moonshot's field names, ``linear_attn_config`` with 1-based
+layer lists) for a plan of KDA layers as transformers builds them (ranks head_dim, the softplus decay, the model's
+eps, the chunk the import takes) and NoPE MLA, the dense layers first, DeepSeek-V3's router.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import (
     base,
     defaults,
@@ -35,10 +40,12 @@ from moec.hf.families._common import (
     moe_core,
     shared_experts,
 )
+from moec.hf.families._export_common import dense_plan, export_base, moe_plan, one
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
-from moec.spec.plan import DenseFFNPlan, LayerPlan
+from moec.mixers.kda import Section as KDASection
+from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
@@ -226,6 +233,82 @@ def _router(c: HFConfig, d: Draft) -> None:
         )
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    if m.positions.kind != "none":
+        raise CannotExport(f"has no position encoding (NoPE MLA; spec: {m.positions.kind})")
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if set(kinds) - {"attention", "kda"}:
+        raise CannotExport(f"has KDA and attention layers only (spec: {sorted(set(kinds))})")
+    attn = m.layers[kinds.index("attention")].attention if "attention" in kinds else m.layers[0].attention
+    if attn.kind != "mla":
+        raise CannotExport("has MLA attention only")
+    # export_base writes the fields every family shares but refuses a model without rotary positions
+    as_rotary = dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
+    cfg = export_base(as_rotary, FAMILY, nope=True)
+    del cfg["rope_theta"], cfg["rope_scaling"]
+    cfg["model_max_length"] = cfg.pop("max_position_embeddings")
+    cfg.update(
+        num_key_value_heads=attn.n_heads,
+        q_lora_rank=attn.q_lora_rank,
+        kv_lora_rank=attn.kv_lora_rank,
+        qk_nope_head_dim=attn.qk_nope_head_dim,
+        qk_rope_head_dim=attn.qk_rope_head_dim,
+        v_head_dim=attn.v_head_dim,
+        attention_bias=False,
+        mla_use_nope=True,
+        linear_attn_config=_export_kda(m, kinds),
+    )
+    _export_moe(m, cfg)
+    return cfg
+
+
+def _export_kda(m: ResolvedModel, kinds: list[str]) -> dict[str, Any]:
+    """linear_attn_config: the layer lists (1-based) and the sizes of KDA as KimiLinearDeltaAttention builds it."""
+    out: dict[str, Any] = {
+        "kda_layers": [i + 1 for i, k in enumerate(kinds) if k == "kda"],
+        "full_attn_layers": [i + 1 for i, k in enumerate(kinds) if k == "attention"],
+    }
+    if "kda" not in kinds:
+        return out
+    p = one([lp.mixer for lp in m.layers if lp.mixer_kind == "kda"], "the KDA section")
+    if p.decay != "softplus":
+        raise CannotExport(f"has KDA's softplus decay only (spec: {p.decay})")
+    if p.decay_rank != p.head_dim or p.gate_rank != p.head_dim:
+        raise CannotExport("builds KDA's decay and output-gate projections of rank head_dim")
+    if p.norm_eps != m.norm.eps:
+        raise CannotExport(f"uses rms_norm_eps for KDA's output norm (spec: {p.norm_eps} and {m.norm.eps})")
+    if p.chunk != KDASection.model_fields["chunk"].default:
+        raise CannotExport("has no field for KDA's chunk (a compute choice: its import takes the default)")
+    return out | {"num_heads": p.n_heads, "head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel}
+
+
+def _export_moe(m: ResolvedModel, cfg: dict[str, Any]) -> None:
+    """The dense layers first (first_k_dense_replace), then KimiLinearMoE with DeepSeek-V3's router."""
+    e, f = moe_plan(m), dense_plan(m)
+    moe = [isinstance(lp.ffn, MoEPlan) for lp in m.layers]
+    k_dense = moe.index(True)
+    if not all(moe[k_dense:]):
+        raise CannotExport("puts dense layers only before the first MoE layer (first_k_dense_replace)")
+    r = e.router
+    if (r.score, r.softmax_after_topk, r.selection_bias, r.group_score) != ("sigmoid", False, True, "top2_sum"):
+        raise CannotExport("routes as DeepSeek-V3 only (sigmoid scores, a selection bias, top-2-sum groups)")
+    if e.n_shared_experts and e.d_ff_shared != e.d_ff:
+        raise CannotExport("has shared experts as wide as the routed ones")
+    cfg.update(
+        intermediate_size=f.d_ff if f else DEFAULTS["intermediate_size"],
+        moe_intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+        num_experts_per_token=r.top_k,
+        num_shared_experts=e.n_shared_experts,
+        first_k_dense_replace=k_dense,
+        moe_renormalize=r.normalize_topk,
+        routed_scaling_factor=r.scale,
+        num_expert_group=r.n_groups or 1,
+        topk_group=r.topk_groups or 1,
+        moe_router_activation_func="sigmoid",
+    )
+
+
 class KimiLinearMapper(Mapper):
     moe_blocks = ("block_sparse_moe.", "mlp.")  # Moonshot's name (dense layers too), transformers' in memory
 
@@ -261,5 +344,6 @@ FAMILY = Family(
         "num_shared_experts": "n_shared_experts",
         "model_max_length": "max_position_embeddings",
     },
+    export=export,
     mapper=KimiLinearMapper,
 )

@@ -1,8 +1,9 @@
 """Kimi-Linear (model_type kimi_linear): the release config's counts equal transformers' model on meta, and the
 shipped spec is its import; a tiny random checkpoint saved by transformers (Kimi Delta Attention and NoPE MLA
 layers, a dense first layer, DeepSeek-V3's router with two expert groups, under Moonshot's checkpoint names) loads
-with moec.from_hf to transformers' logits and router choices; the fields of Moonshot's code that transformers does
-not read are accepted where they agree with what it builds and refused where they do not."""
+with moec.from_hf to transformers' logits and router choices, also decoding token by token; the fields of
+Moonshot's code that transformers does not read are accepted where they agree with what it builds and refused where
+they do not; the shipped spec exports to a config.json transformers builds with its counts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model, import_hf_config
-from moec.hf.config import plan_differences
+from moec.hf.config import export_hf_config, plan_differences
 from moec.spec import load_model
+from tests.conftest import SPECS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -218,3 +220,39 @@ def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoin
             start += n
         want = hf(TOKENS).logits
     assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4
+
+
+def test_export_round_trip_of_the_shipped_spec():
+    """import(export(spec)) is the spec, and transformers builds the exported config.json with the spec's counts."""
+    shipped = load_model("kimi-linear-48b-a3b")
+    cfg = export_hf_config(shipped)
+    assert (cfg["model_type"], cfg["linear_attn_config"]["full_attn_layers"]) == (
+        "kimi_linear",
+        [4, 8, 12, 16, 20, 24, 27],
+    )
+    assert plan_differences(shipped, hf_to_model(cfg)) == []
+    assert hf_counts(cfg) == (analyze(shipped).params.total, analyze(shipped).params.active)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("kda: {n_heads: 32, head_dim: 128, conv_kernel: 4}", "kda: {n_heads: 32, head_dim: 128, decay_rank: 0}",
+         "rank head_dim"),
+        ("kda: {n_heads: 32, head_dim: 128, conv_kernel: 4}", "kda: {n_heads: 32, head_dim: 128, decay: bounded_sigmoid}",
+         "softplus decay"),
+        ("kda: {n_heads: 32, head_dim: 128, conv_kernel: 4}", "kda: {n_heads: 32, head_dim: 128, chunk: 128}", "chunk"),
+        ("kda: {n_heads: 32, head_dim: 128, conv_kernel: 4}", "kda: {n_heads: 32, head_dim: 128, norm_eps: 1.0e-6}",
+         "rms_norm_eps"),
+        ("positions: {kind: none}", "positions: {kind: rope}", "no position encoding"),
+    ],
+)  # fmt: skip
+def test_export_refuses_what_a_kimi_linear_config_cannot_say(old, new, reason, tmp_path):
+    from moec.hf.draft import CannotExport
+    from moec.hf.families.kimi_linear import FAMILY
+
+    text = (SPECS / "kimi-linear-48b-a3b.yaml").read_text()
+    assert old in text
+    (tmp_path / "spec.yaml").write_text(text.replace(old, new))
+    with pytest.raises(CannotExport, match=reason):
+        FAMILY.export(load_model(str(tmp_path / "spec.yaml")))

@@ -98,7 +98,7 @@ def _moe(c: HFConfig, d: Draft) -> None:
     if renormalise:
         d.put("moe.router.normalize_eps", NORMALIZE_EPS, "Lfm2MoeTopKRouter divides by the sum + 1e-6")
     d.put("moe.router.scale", scale, c.src("routed_scaling_factor"))
-    # transformers' model never updates expert_bias and has no auxiliary loss: none is written, and saying so
+    # transformers' model has no auxiliary loss and never updates expert_bias: the spec says no balancing is meant
     d.put("moe.balance.load_balance_coeff", 0.0, "Lfm2MoeConfig has no auxiliary loss")
 
 
@@ -106,7 +106,8 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     """The plan as an lfm2_moe config.json: every layer's mixer short_conv or attention, dense layers first."""
     cfg = export_base(m, FAMILY)
     cfg["norm_eps"] = cfg.pop("rms_norm_eps")
-    del cfg["hidden_act"]  # fixed to silu in code; export_base has refused any other activation
+    if cfg.pop("hidden_act") != "silu":  # fixed in code: Lfm2MoeConfig has no hidden_act
+        raise CannotExport("computes SwiGLU only")
     types = [_layer_type(lp) for lp in m.layers]
     cfg["layer_types"] = types
     convs = [lp.mixer for lp in m.layers if lp.mixer is not None]

@@ -22,6 +22,8 @@ from moec.strict import MAX_HEAD_DIM, MAX_HEADS, MAX_SEQ, Strict
 
 KIND = "lightning"
 MODULE = "LightningAttention"
+# the decays depend on the layer's depth (decay_scale): the resolver plans each layer with its index
+PER_LAYER = True
 
 QKV_ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh")
 # MiniMax's depth factor: 1 − l/(L − 1 + ε) + ε for layer l of L, so the last layer's decays are near (not at) 0

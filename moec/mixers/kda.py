@@ -32,32 +32,28 @@ FP32_STATE = ("recurrent",)  # the delta rule's state, float32 at least whatever
 DEFAULT_DECAY_LOWER_BOUND = -5.0
 
 
-class Section(Strict):
+class KDASection(Strict):
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
     """Heads of the delta rule, each with its own state (Kimi-Linear's linear_attn_config.num_heads)."""
     head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)]
-    """Width of each head's queries, keys and values, one width for all three (linear_attn_config.head_dim)."""
+    """Width of each head's queries, keys and values alike (linear_attn_config.head_dim)."""
     conv_kernel: Annotated[int, Field(gt=0, le=64)] = 4
     """Tokens the causal depthwise convolution on q, k and v spans (short_conv_kernel_size)."""
     decay_rank: Annotated[int, Field(ge=0, le=MAX_D)] | None = None
-    """Inner width r of the low-rank decay projection d → r → n_heads·head_dim (Kimi-Linear's f_a_proj and
-    f_b_proj, r = head_dim, the default when unset); 0: one full-rank d → n_heads·head_dim projection
-    (Ling 3.0's f_proj)."""
+    """Inner width of the low-rank decay projection d → r → n_heads·head_dim (unset: head_dim, Kimi's; 0: full rank)."""
     gate_rank: Annotated[int, Field(ge=0, le=MAX_D)] | None = None
-    """Inner width of the low-rank output-gate projection (Kimi-Linear's g_a_proj and g_b_proj, head_dim, the
-    default when unset); 0: one full-rank projection (Ling 3.0's g_proj)."""
+    """Inner width of the low-rank output-gate projection (unset: head_dim, Kimi's; 0: one full-rank projection)."""
     decay: Literal["softplus", "bounded_sigmoid"] = "softplus"
-    """The per-channel log decay from its projection f: softplus is −exp(A)·softplus(f + dt_bias), unbounded
-    below (Kimi-Linear); bounded_sigmoid is decay_lower_bound·sigmoid(exp(A)·(f + dt_bias)), within
-    [decay_lower_bound, 0] (Ling 3.0's kda_safe_gate)."""
+    """Log decay per channel: softplus −exp(A)·softplus(f + dt_bias) (Kimi), or lower·sigmoid(exp(A)·(f + dt_bias))."""
     decay_lower_bound: Annotated[float, Field(lt=0, ge=-1e4)] | None = None
-    """The bounded_sigmoid decay's lowest log decay per token (kda_lower_bound; −5 when unset). Only with
-    decay: bounded_sigmoid."""
+    """The bounded_sigmoid decay's lowest log decay per token (Ling's kda_lower_bound; unset: −5); that decay only."""
     norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Epsilon of the per-head RMS norm on the output; unset: the model norm's."""
     chunk: Annotated[int, Field(gt=0, le=4096)] = 64
-    """Tokens per chunk of the chunked (training and prefill) form: it changes the FLOPs that form costs,
-    never its result."""
+    """Tokens per chunk of the chunked (training and prefill) form: it changes that form's FLOPs, never its result."""
+
+
+Section = KDASection  # the contract's name (moec/mixers/__init__.py)
 
 
 @dataclass(frozen=True, kw_only=True)

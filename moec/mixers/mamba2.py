@@ -25,6 +25,7 @@ KIND = "mamba2"
 MODULE = "Mamba2"
 
 EXPAND = 2  # Mamba2's default inner width is twice the model width (n_heads left unset)
+FP32_STATE = ("ssm",)  # the scan's state accumulates over the sequence: float32 at least (Nemotron-H keeps it so)
 
 
 class Section(Strict):

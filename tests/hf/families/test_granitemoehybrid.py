@@ -75,6 +75,13 @@ def test_shipped_spec_is_the_release_import():
     assert (params.total, params.active) == hf_counts(SMALL, experts=EXPERTS)
 
 
+def test_the_decode_state_is_the_mamba2_layers_convolution_inputs_and_float32_scan_state():
+    """By hand, per Mamba2 layer: 3 past inputs of the x, B, C channels (8192 + 2·128) in bf16, and 128 heads of
+    64 × 128 state entries in float32; 36 such layers; the 4 attention layers keep a KV cache instead."""
+    per_layer = 3 * (8192 + 2 * 128) * 2 + 128 * 64 * 128 * 4
+    assert analyze(load_model("granite-4.0-h-small")).memory.state_bytes_per_sequence == 36 * per_layer
+
+
 def test_layer_types_and_the_mamba2_fields():
     plan = hf_to_model(SMALL)
     assert [i for i, lp in enumerate(plan.layers) if lp.has_attention] == [5, 15, 25, 35]

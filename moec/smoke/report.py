@@ -80,6 +80,8 @@ class SmokeResult:
     aux_coefficients: dict[str, float] = field(default_factory=dict)  # largest per MoE layer; 0 = that part off
     dynamics: Dynamics | None = None  # per-layer averages of the per-step record over the last window
     step_records: list[StepRecord] = field(default_factory=list)  # every step (to --log / --plot, not JSON)
+    # each sublayer kind's share of forward+backward time (attention, other mixers, ffn, moe), a few passes
+    time_shares: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema": SCHEMA}
@@ -114,6 +116,8 @@ def print_report(r: SmokeResult, console: Any = None) -> None:
     if r.changes:
         con.print("[dim]scaled to fit: " + "; ".join(r.changes) + "[/dim]")
     con.print(training_table(r))
+    if r.time_shares:
+        con.print(time_shares_text(r.time_shares))
     if r.distributed is not None:
         print_distributed(r.distributed, r.steps, con)
     if r.layers:
@@ -157,6 +161,14 @@ def training_table(r: SmokeResult) -> Any:
             f"out {n.max_abs_diff_output:.2e}, grad {n.max_abs_diff_grad:.2e} (tol {n.tolerance:.0e}) {mark}",
         )
     return t
+
+
+def time_shares_text(shares: dict[str, float]) -> str:
+    """One line: each sublayer kind's share of the forward+backward time, and the rest (embedding, norms,
+    head, loss)."""
+    parts = [f"{kind} {100 * share:.1f}%" for kind, share in shares.items()]
+    rest = max(0.0, 1 - sum(shares.values()))
+    return "time in forward+backward: " + " · ".join([*parts, f"rest {100 * rest:.1f}%"])
 
 
 def aux_text(r: SmokeResult) -> str:

@@ -25,6 +25,7 @@ from moec.smoke.progress import progress_display
 from moec.smoke.record import StepRecorder
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
 from moec.smoke.scale import Fitted, fit
+from moec.smoke.sublayer_time import PASSES, sublayer_time_shares
 from moec.spec.plan import ResolvedModel
 from moec.vocab import MODEL_DTYPES, TORCH_DTYPE_NAMES
 
@@ -110,11 +111,22 @@ def smoke_run(
     moe = moe_layers(model)
     recorder = StepRecorder(moe)
     log = train(step, batches, cfg.steps, run.device, moe_experts(model), progress=progress, recorder=recorder)
+    shares = {}
+    if not log.failures:  # a few more forward+backward passes, timed by sublayer kind (no optimizer step)
+
+        def forward_backward(tokens: torch.Tensor) -> None:
+            logits, aux = model(tokens)
+            lm_loss(logits, tokens, aux)[0].backward()
+
+        shares = sublayer_time_shares(model, forward_backward, batches[:PASSES], run.device)
     numerics = None
     if moe:
         numerics = check_numerics(moe[0], run.backend, run.dtype, run.device, small.d_model, cfg, moe_index(small)[0])
     peak_memory = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
-    return summarize(plan, fitted, cfg, run, log, data, numerics=numerics, peak_memory=peak_memory, spec_name=spec_name)
+    return summarize(
+        plan, fitted, cfg, run, log, data, numerics=numerics, peak_memory=peak_memory, spec_name=spec_name,
+        time_shares=shares,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -237,6 +249,7 @@ def summarize(
     peak_memory: int | None,
     spec_name: str = "",
     devices: int = 1,
+    time_shares: dict[str, float] | None = None,
 ) -> SmokeResult:
     """The verdict and the figures of a finished run: did the loss fall, balance, FLOP/s and MFU (over
     ``devices`` devices of one kind)."""
@@ -297,6 +310,7 @@ def summarize(
         flops_per_token=float(a.flops.training),
         ok=not failures,
         failures=failures,
+        time_shares=time_shares or {},
     )
 
 

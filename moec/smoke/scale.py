@@ -203,10 +203,34 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     pat1 = layer_pattern([l.ffn.kind for l in new.layers])
     if pat0 != pat1:
         out.append(f"layer pattern: {pat0 if len(pat0) <= 16 else pat0[:16] + '…'} → {pat1}")
+    out += _mixer_changes(old, new)
     if old.hybrid:
         before, after = ([lp.mixer_kind for lp in m.layers] for m in (old, new))
         out.append(f"layer mixers: {mixer_runs(before)} → {mixer_runs(after)}")
     return out
+
+
+def _mixer_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
+    """Per token-mixer kind, the fields its scaled plan changed (the first layer of the kind in each model)."""
+    out = []
+    for kind, plan in _first_mixer_plans(new).items():
+        before = _first_mixer_plans(old).get(kind)
+        changed = [
+            f"{f.name} {getattr(before, f.name)} → {getattr(plan, f.name)}"
+            for f in dataclasses.fields(plan)
+            if before is not None and getattr(before, f.name) != getattr(plan, f.name)
+        ]
+        if changed:
+            out.append(f"{kind}: {', '.join(changed)}")
+    return out
+
+
+def _first_mixer_plans(plan: ResolvedModel) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for lp in plan.layers:
+        if lp.mixer_kind not in ("attention", "none"):
+            found.setdefault(lp.mixer_kind, lp.mixer)
+    return found
 
 
 def fit(

@@ -9,7 +9,8 @@ transformers holds it (``mlp``); the lightning layers keep transformers' names u
 
 MiniMax's release configs carry fields of their own code that transformers' MiniMax does not read (postnorm,
 rotary_dim, attn_type_list, shared_intermediate_size, shared_moe_mode, the layernorm_*_alpha/_beta spellings of the
-factors): accepted when they say what transformers builds, and refused as ambiguous when they do not. In
+factors): accepted when they say what transformers builds, and refused as ambiguous when they do not. Export
+writes transformers' fields only. In
 particular transformers rotates every dim of each head whatever rotary_dim says, where MiniMax's code rotates
 rotary_dim of them (MiniMax-Text-01: 64 of 128), so a release config with rotary_dim 64 is refused; moec's shipped
 spec ``minimax-text-01`` follows MiniMax's code there.
@@ -17,9 +18,10 @@ spec ``minimax-text-01`` follows MiniMax's code there.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import (
     aux,
     base,
@@ -30,9 +32,11 @@ from moec.hf.families._common import (
     moe_core,
     router,
 )
+from moec.hf.families._export_common import export_base, export_moe_common, moe_plan, one
 from moec.hf.families.glm4_moe import take_partial_rotary
 from moec.hf.families.mixtral import MixtralMapper
 from moec.hf.mapper import Missing
+from moec.spec.plan import ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(1e6, vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -184,6 +188,38 @@ def _attn_types(c: HFConfig, d: Draft) -> None:
               "says otherwise: ambiguous", "none: remove attn_type_list or make it agree with layer_types")  # fmt: skip
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """A plan of Lightning and softmax attention layers, every one MoE, with normed residuals → MiniMax's config.
+    What transformers' MiniMax fixes in code (the lightning heads are the attention's, its norm's eps 1e-6, the
+    decays scaled by depth, whole-head rotary) is checked by importing the config again (moec.hf.config)."""
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if "lightning" not in kinds or set(kinds) - {"lightning", "attention"}:
+        raise CannotExport("needs Lightning attention layers and softmax attention on the others")
+    if m.norm.placement != "normed_residual" or m.residual_scales is None:
+        raise CannotExport(f"needs normed residuals (spec: {m.norm.placement})")
+    # export_base refuses every placement but pre-norm; MiniMax's normed residuals are written below
+    cfg = export_base(dataclasses.replace(m, norm=dataclasses.replace(m.norm, placement="pre")), FAMILY)
+    lightning = next(lp.mixer for lp in m.layers if lp.mixer_kind == "lightning")  # each layer's decay_scale differs
+    if QKV_ACTIVATIONS.get(cfg["hidden_act"]) != lightning.activation:
+        raise CannotExport(f"uses hidden_act ({cfg['hidden_act']}) on the lightning q, k, v too")
+    e = moe_plan(m, all_layers=True)
+    attention_windows = [lp.attention.window for lp in m.layers if lp.mixer_kind == "attention"]
+    scales = m.residual_scales
+    cfg.update(
+        intermediate_size=e.d_ff,
+        num_local_experts=e.n_experts,
+        router_jitter_noise=0.0,
+        sliding_window=one(attention_windows, "the sliding window") if attention_windows else None,
+        layer_types=[_LINEAR if k == "lightning" else _FULL for k in kinds],
+        block_size=lightning.chunk,
+    )
+    for kind, (hf, _) in _FACTORS.items():
+        alpha, beta = getattr(scales, kind)
+        cfg[f"{hf}_alpha_factor"], cfg[f"{hf}_beta_factor"] = alpha, beta
+    export_moe_common(cfg, e)
+    return cfg
+
+
 class MiniMaxMapper(MixtralMapper):
     """Mixtral's MoE names; the lightning layers under ``self_attn`` with transformers' parameter names. The decay
     buffers transformers saves beside them (slope_rate, query_decay, key_decay, diagonal_decay) follow from the plan:
@@ -224,5 +260,6 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"num_experts": "num_local_experts"},
+    export=export,
     mapper=MiniMaxMapper,
 )

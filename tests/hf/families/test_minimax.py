@@ -11,13 +11,14 @@ import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model, import_hf_config
-from moec.hf.config import plan_differences
+from moec.hf.config import export_hf_config, plan_differences
 from moec.spec import load_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
+from moec.errors import SpecError  # noqa: E402
 from moec.hf.checkpoint import CheckpointError  # noqa: E402
 from moec.hf.families.minimax import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
@@ -140,6 +141,21 @@ def test_fields_that_disagree_with_what_transformers_runs_are_refused(change, fi
     if "attn_type_list" in change:
         cfg["attn_type_list"] = [0] * 80
     assert field in refused_fields(cfg)
+
+
+@pytest.mark.parametrize("cfg", [AS_TRANSFORMERS_RUNS, {**TINY, "model_type": "minimax"}], ids=["release", "tiny"])
+def test_export_writes_a_config_that_imports_to_the_same_plan(cfg):
+    plan = hf_to_model(cfg)
+    exported = export_hf_config(plan)
+    assert exported["model_type"] == "minimax" and exported["layer_types"] == cfg["layer_types"]
+    assert exported["block_size"] == cfg.get("block_size", 256)
+    assert plan_differences(hf_to_model(exported), plan) == []
+
+
+def test_the_shipped_spec_is_not_exported_because_transformers_would_rotate_whole_heads():
+    with pytest.raises(SpecError) as e:
+        export_hf_config("minimax-text-01")
+    assert "minimax: cannot express (spec vs family) positions.rotary_dim: 64 vs None" in str(e.value)
 
 
 def test_defaults_table_holds_transformers_class_defaults():

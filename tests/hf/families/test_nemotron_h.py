@@ -27,7 +27,7 @@ from tests.hf.families._harness import (  # noqa: E402
     saved_checkpoint,
     tiny_hf,
 )
-from tests.hf.test_weights import assert_same  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -146,3 +146,17 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     model = moec.from_hf(folder)
     assert [lp.mixer_kind for lp in model.plan.layers] == ["mamba2", "none", "attention", "none", "mamba2", "none"]
     assert assert_same(hf, model) <= 1e-4
+
+
+def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoint):
+    """The Mamba2 layers' convolution inputs and float32 scan state and the attention layers' KV cache carried
+    through a prefill and one-token steps give transformers' logits of the whole sequence at once."""
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    cache, outs, start = model.new_cache(2, TOKENS.shape[1]), [], 0
+    with torch.no_grad():
+        for n in [7] + [1] * (TOKENS.shape[1] - 7):
+            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
+            start += n
+        want = hf(TOKENS).logits
+    assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4

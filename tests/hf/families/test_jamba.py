@@ -167,6 +167,20 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert assert_same(hf, model) <= 1e-4
 
 
+def test_tiny_checkpoint_decodes_to_transformers_logits(checkpoint):
+    """The Mamba layers' convolution inputs and state, and the attention layer's KV cache, carried through a prefill
+    of 5 tokens, one token, then 6 at once, give transformers' logits of the whole sequence at once."""
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    cache, outs, start = model.new_cache(2, TOKENS.shape[1]), [], 0
+    with torch.no_grad():
+        for n in (5, 1, 6):
+            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
+            start += n
+        want = hf(TOKENS).logits
+    assert (torch.cat(outs, dim=1) - want).abs().max().item() <= 1e-4
+
+
 def test_tiny_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model({**TINY, "model_type": "jamba"})).params
     assert (params.total, params.active) == hf_counts({**TINY, "model_type": "jamba"}, experts=EXPERTS)

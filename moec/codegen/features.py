@@ -2,23 +2,35 @@
 checked text of every number they print (for ``moec.codegen.render``).
 
 Security: nothing from the spec is pasted into code as text. Every value that reaches a template passes one of
-the checks below first: integers and floats are type-checked and emitted with ``repr``, strings must be members
-of a fixed set, flags must be bools. (The model's name, the only free text, is checked by the renderer.)
+the checks of :mod:`moec.codegen.checks` first: integers and floats are type-checked and emitted with ``repr``,
+strings must be members of a fixed set, flags must be bools. (The model's name, the only free text, is checked by
+the renderer.)
 
 Every feature a plan can express is rendered except plans that no spec resolves to (layers whose attention
 differs in more than window, RoPE and RoPE base, several different MoE or dense-FFN configurations in one model,
 mixed attention kinds) and the features listed in :func:`_refuse_unsupported`; those raise ``ValueError`` naming
-the problem rather than emitting code that would disagree with the library.
+the problem rather than emitting code that would disagree with the library. Hybrid models (docs/mixers.md) are
+rendered: their other token mixers come from moec.kernels.mixers (:mod:`moec.codegen.mixers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from moec.spec.plan import AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, PositionsPlan, ResolvedModel
+from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
+from moec.codegen.mixers import class_name, used_kinds
+from moec.spec.plan import (
+    AbsentPlan,
+    AttentionPlan,
+    DenseFFNPlan,
+    LayerPlan,
+    MoEPlan,
+    PositionsPlan,
+    ResidualScalesPlan,
+    ResolvedModel,
+)
 from moec.vocab import (
     ACTIVATIONS,
     ATTENTION_KINDS,
@@ -29,6 +41,7 @@ from moec.vocab import (
     GROUP_SCORES,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_SCOPES,
     ROUTER_KINDS,
@@ -36,39 +49,6 @@ from moec.vocab import (
 )
 
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
-
-
-# ---------------------------------------------------------------------------------------------
-# the only ways a plan value becomes text
-
-
-def int_text(v: Any, what: str, *, minimum: int = 1) -> str:
-    if type(v) is not int or v < minimum:
-        raise ValueError(f"{what} must be an integer ≥ {minimum}; got {v!r}")
-    return repr(v)
-
-
-def float_text(v: Any, what: str) -> str:
-    if type(v) not in (int, float) or not math.isfinite(v):
-        raise ValueError(f"{what} must be a finite number; got {v!r}")
-    return repr(float(v)).replace("e+", "e")  # 1e20, not 1e+20: as ruff format writes it (the same float)
-
-
-def checked_bool(v: Any, what: str) -> bool:
-    if type(v) is not bool:
-        raise ValueError(f"{what} must be true or false; got {v!r}")
-    return v
-
-
-def checked_choice(v: Any, allowed: tuple[str, ...], what: str) -> str:
-    if type(v) is not str or v not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {v!r}")
-    return v
-
-
-def str_literal(v: Any, allowed: tuple[str, ...], what: str) -> str:
-    """A string literal for the generated code (a member of a fixed set, so repr is plain)."""
-    return repr(checked_choice(v, allowed, what)).replace("'", '"')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +129,8 @@ class Features:
     norm: str
     norm_bias: bool
     pre_norm: bool
-    norm_placement: str  # pre, post or after_sublayer
+    norm_placement: str  # pre, post, after_sublayer or normed_residual
+    unit_offset: bool  # RMSNorm scales by 1 + w in fp32, w starting at 0 (Qwen3-Next)
     learned_positions: bool
     rope_any: bool  # some layer rotates q and k
     rope_param: bool  # some do, some don't: Attention takes `rope`
@@ -185,10 +166,42 @@ class Features:
     tie_embeddings: bool
     head_bias: bool
     frozen: tuple[str, ...]
+    # hybrid models (docs/mixers.md): which layers have what
+    attention: bool  # some layer's token mixer is attention
+    output_gate: str  # attention's sigmoid output gate: none, head or element (Qwen3-Next)
+    mixer_kinds: tuple[str, ...] = ()  # the other token mixers some layer has (moec.vocab.LINEAR_MIXERS)
+    mixer_classes: tuple[str, ...] = ()  # their classes, from moec.kernels.mixers.<kind>
+    mixer_none: bool = False  # some layer has no token mixer
+    ffn_none: bool = False  # some layer has no FFN
 
     @property
     def rope(self) -> bool:
         return self.rope_any
+
+    @property
+    def hybrid(self) -> bool:
+        """Layers differ in their sublayers: a token mixer besides attention, or a layer without its mixer or FFN."""
+        return bool(self.mixer_kinds) or self.mixer_none or self.ffn_none
+
+    @property
+    def sublayer_block(self) -> bool:
+        """The Block is written sublayer by sublayer (each optional, each joined as the placement says): hybrids,
+        and normed_residual's scaled joins."""
+        return self.hybrid or self.norm_placement == "normed_residual"
+
+    @property
+    def attention_class(self) -> str:
+        return "MLA" if self.mla else "Attention"
+
+    @property
+    def block_mixer_types(self) -> str:
+        """The annotation of the hybrid Block's token mixer."""
+        types = ([self.attention_class] if self.attention else []) + list(self.mixer_classes)
+        return " | ".join(types + (["None"] if self.mixer_none else []))
+
+    @property
+    def block_ffn_types(self) -> str:
+        return " | ".join([t for t in (self.ffn_types,) if t] + (["None"] if self.ffn_none else []))
 
     @property
     def token_ids(self) -> bool:
@@ -224,13 +237,18 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     if not layers:
         raise ValueError("the plan has no layers")
     _refuse_unsupported(plan, layers)
+    if plan.norm.unit_offset and norm != "rmsnorm":
+        raise ValueError("a unit-offset norm weight is supported on rmsnorm")
 
-    # attention: one configuration, except the window, RoPE and RoPE base of each layer
-    attns = [lp.attention for lp in layers]
+    # attention: one configuration, except the window, RoPE and RoPE base of each layer; the layers with another
+    # token mixer (or none) still carry an attention plan, which nothing reads (a model without attention layers
+    # takes the first one's shape for the constants it prints, and defines no attention)
+    attns = [lp.attention for lp in layers if lp.has_attention]
     a = _one(
-        [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns],
+        [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns or [layers[0].attention]],
         "attention (besides window, rope and rope_theta)",
     )
+    output_gate = checked_choice(a.output_gate, OUTPUT_GATES, "attention.output_gate") if attns else "none"
     kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
     ropes = [checked_bool(x.rope, "attention.rope") for x in attns]
     for x in attns:
@@ -238,8 +256,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
             int_text(x.window, "attention.window")
     if any(ropes) and pos != "rope":
         raise ValueError("a layer applies RoPE but the model's positions are not rope")
-    if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
-        raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
+    if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None or output_gate != "none"):
+        raise ValueError("MLA has no qk_norm, clip_qkv, output gate or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (
         checked_choice(a.qk_norm_scope, QK_NORM_SCOPES, "qk_norm_scope") if checked_bool(a.qk_norm, "qk_norm") else None
     )
@@ -254,8 +272,11 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     dense = _one([lp.ffn for lp in layers if isinstance(lp.ffn, DenseFFNPlan)], "dense FFN")
     moe = _one([lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)], "MoE")
     for lp in layers:
-        if not isinstance(lp.ffn, (DenseFFNPlan, MoEPlan)):
+        if not isinstance(lp.ffn, (DenseFFNPlan, MoEPlan, AbsentPlan)):
             raise ValueError(f"layer {lp.index}: unknown FFN plan {type(lp.ffn).__name__}")
+    kinds = used_kinds(layers)  # checks each layer's mixer kind
+    if placement == "normed_residual":
+        _residual_scales(plan.residual_scales or ResidualScalesPlan(), bool(attns), bool(kinds), c)
     acts = [checked_choice(x.activation, ACTIVATIONS, "activation") for x in (dense, moe) if x is not None]
     expert_kind = checked_choice(moe.expert_kind, EXPERT_KINDS, "expert_kind") if moe else None
     has_dense, has_moe = dense is not None, moe is not None
@@ -266,6 +287,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         norm_bias=norm == "layernorm" and checked_bool(plan.norm.bias, "norm.bias"),
         pre_norm=placement == "pre",
         norm_placement=placement,
+        unit_offset=norm == "rmsnorm" and checked_bool(plan.norm.unit_offset, "norm.unit_offset"),
         learned_positions=pos == "learned",
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),
@@ -301,13 +323,28 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         tie_embeddings=checked_bool(plan.tie_embeddings, "tie_embeddings"),
         head_bias=checked_bool(plan.head_bias, "head_bias"),
         frozen=frozen,
+        attention=bool(attns),
+        output_gate=output_gate,
+        mixer_kinds=kinds,
+        mixer_classes=tuple(class_name(k) for k in kinds),
+        mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
+        ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
     )
     return f, c
 
 
+def _residual_scales(scales: ResidualScalesPlan, attention: bool, mixers: bool, c: dict[str, str | None]) -> None:
+    """normed_residual's (α, β) of each sublayer kind the model has, into ``c`` (ATTENTION_ALPHA, ...)."""
+    for kind, used in (("attention", attention), ("mixer", mixers), ("ffn", True)):
+        if used:
+            alpha, beta = getattr(scales, kind)
+            c[f"{kind}_alpha"] = float_text(alpha, f"residual_scales.{kind}.alpha")
+            c[f"{kind}_beta"] = float_text(beta, f"residual_scales.{kind}.beta")
+
+
 def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     """Features the templates do not render yet: refuse rather than emit code that disagrees with the library."""
-    attns = [lp.attention for lp in layers]
+    attns = [lp.attention for lp in layers if lp.has_attention]
     routers = [lp.ffn.router for lp in layers if isinstance(lp.ffn, MoEPlan)]
     sc = plan.positions.scaling
     unsupported = {
@@ -317,14 +354,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
-        # docs/mixers.md: the token mixers besides attention, and the block forms that came with them
-        "layers.*.mixer other than attention (linear-attention, state-space and convolution mixers)": any(
-            lp.mixer is not None for lp in layers
-        ),
-        "layers.*.ffn none": any(not lp.has_ffn for lp in layers),
-        "attention.output_gate": any(x.output_gate != "none" for x in attns),
-        "model.norm.unit_offset": plan.norm.unit_offset,
-        "model.norm.placement 'normed_residual'": plan.norm.placement == "normed_residual",
     }
     for what, used in unsupported.items():
         if used:

@@ -23,7 +23,8 @@ from moec.codegen import render_model_source
 from moec.nn import build_model
 from moec.spec import load_model, load_spec, resolve
 from moec.spec.paths import shipped_specs
-from moec.spec.plan import MoEPlan
+from moec.spec.plan import AbsentPlan, MoEPlan
+from moec.vocab import LINEAR_MIXERS
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 # a Llama-like dense model; each variant below is this text with some fields replaced
@@ -293,8 +294,10 @@ def test_meta_build_then_assign_and_load_back_into_the_library(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # shipped specs: render, compile, imports, tidiness, specialisation
 
-# moec.kernels: the expert computation, the activations, and the runtime pieces shared with moec.nn
+# moec.kernels: the expert computation, the activations, the runtime pieces shared with moec.nn, and the token
+# mixers besides attention (one module per kind, docs/mixers.md), which moec.nn builds from the same classes
 KERNEL_MODULES = {"moec.kernels", "moec.kernels.activations", "moec.kernels.runtime"}
+KERNEL_MODULES |= {f"moec.kernels.mixers.{kind}" for kind in LINEAR_MIXERS}
 ALLOWED_IMPORTS = {"__future__", "math", "torch", "torch.nn.functional", "torch.nn", *KERNEL_MODULES}
 PARALLELIZE_IMPORTS = {"moec.dist"}  # inside parallelize() only
 
@@ -369,12 +372,22 @@ def test_every_shipped_spec_renders_tidy_standalone_source(path, tmp_path):
     assert src.count("def make_block(") == 1 and "self.layers.append" not in src
     rows = layer_table(src)
     assert len(rows) == plan.n_layers
-    kinds = ["moe" if isinstance(lp.ffn, MoEPlan) else "dense" for lp in plan.layers]
+    kinds = ["moe" if isinstance(lp.ffn, MoEPlan) else "none" if isinstance(lp.ffn, AbsentPlan) else "dense"
+             for lp in plan.layers]  # fmt: skip
     if len(set(kinds)) > 1:  # the FFN is the table's first column when layers differ in it
         assert [row[0] for row in rows] == kinds
+    mixers = [lp.mixer_kind for lp in plan.layers]
+    if len(set(mixers)) > 1:  # then the token mixer, named by its kind
+        assert [row[int(len(set(kinds)) > 1)] for row in rows] == mixers
     classes = defined_classes(src)
     mla = plan.layers[0].attention.kind == "mla"
-    assert ("MLA" in classes) == mla and ("Attention" in classes) == (not mla)
+    attention = any(lp.has_attention for lp in plan.layers)
+    assert ("MLA" in classes) == (mla and attention) and ("Attention" in classes) == (not mla and attention)
+    # the other token mixers are imported from moec.kernels.mixers, one import per kind used, not defined here
+    used = {lp.mixer_kind for lp in plan.layers} & set(LINEAR_MIXERS)
+    assert {m for m in imported_modules(src) if m.startswith("moec.kernels.mixers.")} == {
+        f"moec.kernels.mixers.{kind}" for kind in used
+    }
     assert ("Router" in classes) == bool(plan.moe_layers)
     assert ("LoRAExperts" in classes) == (path.stem == "lora-moe")
     assert ("MTPModule" in classes) == bool(plan.mtp)

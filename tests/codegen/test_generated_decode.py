@@ -32,9 +32,11 @@ ALL_CASES = {
 
 def both_models(plan, folder):  # type: ignore[no-untyped-def]
     """moec.nn's model with random weights (tests/nn/test_cache.py's: logits of order 1) and the generated model.py
-    holding the same weights, both in eval mode."""
-    lib = randomised(build_model(plan, device="cpu", dtype=torch.float32, seed=0))
-    gen = import_source(render_model_source(plan), folder).Model()
+    holding the same weights, both in eval mode. A hybrid's chunked mixers (docs/mixers.md) sum in another order than
+    their token-by-token decode, ~1e-5 apart in float32: hybrids run in float64, as tests/nn/test_cache.py runs them."""
+    dtype = torch.float64 if plan.hybrid else torch.float32
+    lib = randomised(build_model(plan, device="cpu", dtype=dtype, seed=0))
+    gen = import_source(render_model_source(plan), folder).Model().to(dtype)
     gen.load_state_dict(lib.state_dict(), strict=True)
     return lib, gen.eval()
 

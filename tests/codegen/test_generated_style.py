@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from moec.codegen import render_model_source
 from moec.codegen.features import float_text
-from moec.codegen.render import table_lines
+from moec.codegen.layout import table_lines
 from moec.spec import load_model
 from moec.spec.paths import shipped_spec_path
 from tests.codegen import test_features_2026

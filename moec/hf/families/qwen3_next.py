@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, gqa, moe_core, qwen_moe_ffn, router
+from moec.hf.families._export_common import export_qwen_moe, one
 from moec.hf.families.glm4_moe import take_partial_rotary
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.mapper import Mapper
@@ -27,7 +28,7 @@ from moec.hf.mapper import Mapper
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import LayerPlan
+    from moec.spec.plan import LayerPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=48,
@@ -141,6 +142,31 @@ def deltanet_section(c: HFConfig, d: Draft) -> None:
         d.section("mixers.gated_deltanet", **values)
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a qwen3_next config.json: zero-centred norms, every layer Gated DeltaNet or gated attention,
+    one sigmoid-gated shared expert; what else differs comes back changed from the re-import and is refused."""
+    if not m.norm.unit_offset:
+        raise CannotExport("needs zero-centred norms (model.norm.unit_offset)")
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if not set(kinds) <= {"attention", "gated_deltanet"}:
+        raise CannotExport("has Gated DeltaNet and attention layers only")
+    cfg, e = export_qwen_moe(m, FAMILY)
+    if e.n_shared_experts != 1 or not e.shared_gate:
+        raise CannotExport("has one shared expert, with a sigmoid gate")
+    attn = m.layers[0].attention
+    cfg.update(
+        layer_types=[LINEAR if k == "gated_deltanet" else FULL for k in kinds],
+        shared_expert_intermediate_size=e.d_ff_shared,
+        attention_bias=attn.bias,
+        partial_rotary_factor=(m.positions.rotary_dim or attn.head_dim) / attn.head_dim,
+    )
+    nets = [lp.mixer for lp in m.layers if lp.mixer is not None]
+    if nets:
+        net = one(nets, "the Gated DeltaNet")
+        cfg.update({key: getattr(net, name) for name, key in DELTANET_FIELDS.items()})
+    return cfg
+
+
 class GatedAttentionMapper(Mapper):
     """Qwen3-Next's and Qwen3.5's shared names: Qwen2-MoE's ``shared_expert``, the attention's q_proj holding each
     head's query rows then its gate rows, split into moec's q_proj and gate_proj; the releases' ``mtp.*`` tensors
@@ -190,4 +216,6 @@ class Qwen3NextMapper(GatedAttentionMapper):
         return torch.cat([q.reshape(hk * dk, -1), k.reshape(hk * dk, -1), v.reshape(hk * r * dv, -1)])
 
 
-FAMILY = Family("qwen3_next", "Qwen3NextForCausalLM", DEFAULTS, translate, mapper=Qwen3NextMapper)
+FAMILY = Family(
+    "qwen3_next", "Qwen3NextForCausalLM", DEFAULTS, translate, export=export, export_rank=310, mapper=Qwen3NextMapper
+)

@@ -158,3 +158,38 @@ def test_defaults_are_transformers_class_defaults():
 
     assert_table_holds_class_defaults(DEFAULTS, transformers.Qwen3NextConfig, at_least=20)
     assert DEFAULTS["default_theta"] == transformers.Qwen3NextConfig.default_theta
+
+
+def test_shipped_spec_exports_as_qwen3_next_with_the_analyzers_count():
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = load_model(SPECS / "qwen3-next-80b-a3b.yaml")
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "qwen3_next" and cfg["partial_rotary_factor"] == 0.25
+    assert hf_params(cfg) == analyze(plan).params.total
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ("model.norm.unit_offset=false", "needs zero-centred norms"),
+        ("moe.shared_gate=false", "one shared expert, with a sigmoid gate"),
+    ],
+)
+def test_what_qwen3_next_cannot_say_is_not_exported_as_it(change, reason):
+    from moec.errors import SpecError
+    from moec.hf import export_hf_config
+
+    with pytest.raises(SpecError, match=reason):
+        export_hf_config(load_model(str(SPECS / "qwen3-next-80b-a3b.yaml"), sets=[change]))
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    """Config (by qwen3_next's exporter, not the one the model was imported from) and weights written by moec:
+    transformers' model of them gives moec's logits."""
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="qwen3_next")
+    hf = transformers.Qwen3NextForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert assert_same(hf, model) <= 1e-4

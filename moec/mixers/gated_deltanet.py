@@ -32,12 +32,11 @@ MODULE = "GatedDeltaNet"
 FP32_STATE = ("recurrent",)  # the delta rule's state, float32 at least whatever the model's dtype (as transformers)
 
 
-class Section(Strict):
+class GatedDeltaNetSection(Strict):
     n_key_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] = 16
     """Query and key heads (transformers' linear_num_key_heads)."""
     n_value_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] = 32
-    """Value heads, each with its own state, decay and β; a multiple of n_key_heads, each key head serving
-    n_value_heads / n_key_heads consecutive value heads (linear_num_value_heads)."""
+    """Value heads, each with its own state, decay and β; a multiple of n_key_heads (linear_num_value_heads)."""
     key_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = 128
     """Width of a query and key head: the rows of each head's state (linear_key_head_dim)."""
     value_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = 128
@@ -45,10 +44,12 @@ class Section(Strict):
     conv_kernel: Annotated[int, Field(gt=0, le=64)] = 4
     """Tokens the causal depthwise convolution over q, k and v spans (linear_conv_kernel_dim)."""
     chunk: Annotated[int, Field(gt=0, le=4096)] = 64
-    """Tokens per chunk of the chunked (parallel) form used for training and prefill: a compute choice that
-    changes the chunked FLOPs, never the values beyond rounding (transformers and fla use 64)."""
+    """Tokens per chunk of the chunked form (training, prefill): changes its FLOPs, not its values (fla: 64)."""
     norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Eps of the gated output norm; null: model.norm.eps (transformers uses rms_norm_eps)."""
+
+
+Section = GatedDeltaNetSection  # the contract's name (moec/mixers/__init__.py)
 
 
 @dataclass(frozen=True, kw_only=True)

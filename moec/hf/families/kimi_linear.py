@@ -73,10 +73,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     c.children.append(linear)
     _mixers(c, linear, d)
     _kda(c, linear, d)
-    _ffn(c, d)
-    moe_core(c, d, experts_key="num_local_experts", width_key="moe_intermediate_size")
-    shared_experts(c, d, "n_shared_experts", " (KimiLinearMoE fuses them into one MLP of n·width)")
-    _router(c, d)
+    moe_block(c, d, "KimiLinear")
     mtp_not_built(c, d)
 
 
@@ -182,7 +179,17 @@ def _kda(c: HFConfig, linear: HFConfig, d: Draft) -> None:
     )
 
 
-def _ffn(c: HFConfig, d: Draft) -> None:
+def moe_block(c: HFConfig, d: Draft, cls: str) -> None:
+    """The MLP and MoE layers Kimi-Linear and Ling 3.0 share (``cls``: the modeling classes' prefix): which layers
+    are MoE, the dense MLP, the routed and shared experts and DeepSeek-V3's router."""
+    _ffn_kinds(c, d, cls)
+    dense_layers_ffn(c, d, bias_src=f"{cls}MLP has no biases")
+    moe_core(c, d, experts_key="num_local_experts", width_key="moe_intermediate_size")
+    shared_experts(c, d, "n_shared_experts", f" ({cls}MoE fuses them into one MLP of n·width)")
+    _router(c, d, f"{cls}TopkRouter")
+
+
+def _ffn_kinds(c: HFConfig, d: Draft, cls: str) -> None:
     """mlp_layer_types when given (dense / sparse), else dense before first_k_dense_replace."""
     given = c.value("mlp_layer_types") is not None
     if given:
@@ -191,7 +198,7 @@ def _ffn(c: HFConfig, d: Draft) -> None:
             for t in sorted({t for t in types if t not in ("dense", "sparse")}):
                 c.bad("mlp_layer_types", f"{shown(t)} is not dense or sparse")
             d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-            d.ffn_note = "mlp_layer_types: sparse is KimiLinearMoE"
+            d.ffn_note = f"mlp_layer_types: sparse is {cls}MoE"
         c.value("first_k_dense_replace")  # what mlp_layer_types was derived from
     else:
         k_dense = c.int("first_k_dense_replace", minimum=0)
@@ -202,14 +209,13 @@ def _ffn(c: HFConfig, d: Draft) -> None:
         d,
         "moe_layer_freq",
         1,
-        "transformers' KimiLinear makes every layer from first_k_dense_replace on MoE, whatever moe_layer_freq says",
+        f"transformers' {cls} makes every layer from first_k_dense_replace on MoE, whatever moe_layer_freq says",
     )
-    dense_layers_ffn(c, d, bias_src="KimiLinearMLP has no biases")
 
 
-def _router(c: HFConfig, d: Draft) -> None:
-    """KimiLinearTopkRouter is DeepSeek-V3's; one expert group (the releases') is no grouping at all."""
-    deepseek_v3_router(c, d, "KimiLinearTopkRouter")
+def _router(c: HFConfig, d: Draft, cls: str) -> None:
+    """``cls`` is DeepSeek-V3's router; one expert group (Kimi-Linear's releases) is no grouping at all."""
+    deepseek_v3_router(c, d, cls)
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
     d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
     groups, top_groups = c.int("n_group"), c.int("topk_group")
@@ -221,14 +227,14 @@ def _router(c: HFConfig, d: Draft) -> None:
         d,
         "moe_router_activation_func",
         "sigmoid",
-        "transformers' KimiLinearTopkRouter always scores with sigmoid: ambiguous",
+        f"transformers' {cls} always scores with sigmoid: ambiguous",
     )
     grouped = c.value("use_grouped_topk")
     if grouped is not None and grouped is not True and groups > 1:
         d.gap(
             "use_grouped_topk",
             grouped,
-            f"transformers' KimiLinearTopkRouter always limits the choice to topk_group of the {groups} groups",
+            f"transformers' {cls} always limits the choice to topk_group of the {groups} groups",
             "none: remove use_grouped_topk (what transformers runs) or set it to true",
         )
 

@@ -1,0 +1,178 @@
+"""Ling 3.0 (``model_type`` bailing_hybrid, BailingHybridForCausalLM; inclusionAI): Kimi Delta Attention (moec's
+``kda`` mixer with full-rank decay and output-gate projections and, with ``kda_safe_gate``, the bounded decay
+``kda_lower_bound·sigmoid(exp(A)·(f + dt_bias))``; docs/mixers.md, "kda") on most layers, and on the last layer of
+every ``layer_group_size`` multi-head latent attention with rotary positions and a sigmoid gate per head on its
+output; a dense SwiGLU MLP before ``first_k_dense_replace``, then DeepSeek-V3's MoE (Kimi-Linear's block).
+
+moec's MLA has no output gate (``attention.output_gate`` is GQA's only), so every config with an attention layer
+is refused naming that feature, with the parameters it would add; the KDA layers, the MoE and the rest translate.
+The multi-token-prediction layers the releases store after the decoder (``num_nextn_predict_layers``) are not built
+by transformers and are not imported. No exporter.
+
+Checkpoints keep Ling's names (:class:`BailingHybridMapper`), which transformers' save_pretrained writes back:
+``model.word_embeddings``, each layer's mixer under ``attention.`` with its output projection ``dense``, the decay's
+``f_proj``, ``dt_bias`` and ``A_log`` (H,) beside it, three convolutions ``q_conv1d``, ``k_conv1d``, ``v_conv1d``
+(D, 1, K) that moec stacks into one, and the selection bias ``gate.expert_bias``; transformers' in-memory names
+(``embed_tokens``, ``self_attn.``, ``o_proj``, ``forget_gate.``, one ``conv1d``) load too. Only a config without
+attention layers imports today, so only KDA layers are mapped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.families._common import base, defaults, mla
+from moec.hf.families.kimi_linear import moe_block
+from moec.hf.mapper import Mapper
+from moec.spec.plan import LayerPlan
+
+if TYPE_CHECKING:
+    import torch
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=157184, hidden_size=2560, intermediate_size=6144, moe_intermediate_size=768,
+                    num_hidden_layers=42, num_attention_heads=32, num_key_value_heads=32, n_shared_experts=1,
+                    routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, v_head_dim=128,
+                    qk_nope_head_dim=128, n_group=8, topk_group=4, num_experts_per_tok=8, first_k_dense_replace=2,
+                    norm_topk_prob=True, max_position_embeddings=262144, rms_norm_eps=1e-6, attention_bias=False,
+                    num_mtp_layers=1, num_local_experts=512, rope_theta=6_000_000.0, head_dim=128,
+                    short_conv_kernel_size=4, layer_group_size=6, kda_safe_gate=True, kda_lower_bound=-5.0,
+                    layer_types=None, mlp_layer_types=None, mtp_loss_scaling_factor=0.0)
+# fmt: on
+
+_LINEAR, _FULL = "linear_attention", "full_attention"
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    base(c, d, "BailingHybrid")
+    mla(c, d, "BailingHybrid")
+    _mixers(c, d)
+    _kda(c, d)
+    moe_block(c, d, "BailingHybrid")
+    _mtp(c, d)
+    _output_gate(d)
+
+
+def _mixers(c: HFConfig, d: Draft) -> None:
+    """layer_types when given, else full attention on the last layer of every layer_group_size."""
+    if c.value("layer_types") is None:
+        group = c.int("layer_group_size")
+        d.mixer = ["attention" if (i + 1) % group == 0 else "kda" for i in range(d.n_layers)]
+        d.mixer_note = f"full attention where (i + 1) % layer_group_size ({group}) == 0, else KDA"
+        return
+    c.value("layer_group_size")  # what layer_types was derived from
+    types = c.str_list("layer_types")
+    if not d.fits_layers(c, "layer_types", types):
+        return
+    unknown = sorted({t for t in types if t not in (_FULL, _LINEAR)})
+    for t in unknown:
+        c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
+    if not unknown:
+        d.mixer = ["kda" if t == _LINEAR else "attention" for t in types]
+        d.mixer_note = "layer_types: linear_attention is BailingHybridDeltaAttention"
+
+
+def _size(c: HFConfig, derived: str, key: str) -> tuple[int, str]:
+    """A KDA size: the field BailingHybridConfig derives (what save_pretrained writes, and what it reads back
+    first), else the one it derives it from."""
+    if c.given(derived):
+        c.value(key)
+        return c.int(derived), c.src(derived)
+    return c.int(key), c.src(key)
+
+
+def _kda(c: HFConfig, d: Draft) -> None:
+    heads, heads_src = _size(c, "linear_num_heads", "num_attention_heads")
+    head_dim, head_dim_src = _size(c, "linear_head_dim", "head_dim")
+    kernel, kernel_src = _size(c, "linear_conv_kernel_dim", "short_conv_kernel_size")
+    bounded = c.bool("kda_safe_gate")
+    lower = c.float("kda_lower_bound")
+    act = c.str("hidden_act")
+    if act is not None and act not in ("silu", "swish"):
+        d.gap("hidden_act", act, f"{act!r} after KDA's convolution (moec's kda applies SiLU)", "activation")
+    if "kda" not in d.mixer:
+        return
+    d.section(
+        "mixers.kda",
+        n_heads=(heads, heads_src),
+        head_dim=(head_dim, head_dim_src),
+        conv_kernel=(kernel, kernel_src),
+        decay_rank=(0, "BailingHybridForgetGate: one full-rank f_proj"),
+        gate_rank=(0, "BailingHybridDeltaAttention: one full-rank g_proj"),
+        decay=("bounded_sigmoid" if bounded else "softplus", c.src("kda_safe_gate")),
+        norm_eps=(d.get("model.norm.eps"), c.src("rms_norm_eps") + " (o_norm's too)"),
+    )
+    if bounded:
+        d.put("mixers.kda.decay_lower_bound", lower, c.src("kda_lower_bound"))
+
+
+def _mtp(c: HFConfig, d: Draft) -> None:
+    """The releases' multi-token-prediction layers: transformers builds none and lets their tensors go."""
+    n = c.int("num_mtp_layers", minimum=0)
+    if n:
+        d.put("model.n_layers", d.n_layers, f"{c.src('num_hidden_layers')}; num_nextn_predict_layers {n}: "
+              "transformers builds none (ignored)")  # fmt: skip
+    scale = c.float("mtp_loss_scaling_factor")
+    if scale:
+        d.training_only.append(f"mtp_loss_scaling_factor {scale!r}")
+
+
+def _output_gate(d: Draft) -> None:
+    """BailingHybridAttention gates each head's output by sigmoid(g_proj(x)), g_proj: Linear(d, heads) without a
+    bias: a feature of moec's GQA attention (output_gate: head) that its MLA does not have."""
+    full = d.mixer.count("attention")
+    if not full:
+        return
+    h, width = d.get("attention.n_heads"), d.get("model.d_model")
+    d.gap(
+        "layer_types",
+        _FULL,
+        f"on {full} of {d.n_layers} layers BailingHybridAttention is MLA with a sigmoid gate per head on its output "
+        "(g_proj), which moec's MLA does not have",
+        f"attention.output_gate: head with kind mla (Linear(d, n_heads), no bias). Count: +d·n_heads = {width * h} "
+        "per attention layer",
+        param_delta=full * width * h,
+    )
+
+
+class BailingHybridMapper(Mapper):
+    expert_biases = ("gate.expert_bias", "gate.e_score_correction_bias")
+
+    def load(self, name: str) -> torch.Tensor:
+        if name == "embed.weight":
+            return self.ck.get(self._first(["model.word_embeddings.weight", "model.embed_tokens.weight"]))
+        return super().load(name)
+
+    def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        """moec's KDA names → Ling's: under attention. (or self_attn.), the decay one level up with A_log (H,)
+        as (1, 1, H, 1), o_proj as dense, the convolution in three."""
+        import torch
+
+        attn = self._first([p + "attention.q_proj.weight", p + "self_attn.q_proj.weight"]).removesuffix("q_proj.weight")
+        if leaf.startswith("forget_gate.") and attn + leaf not in self.ck:
+            t = self.ck.get(attn + leaf.removeprefix("forget_gate."))
+            return t.view(1, 1, -1, 1) if leaf.endswith("A_log") else t
+        if leaf == "conv1d.weight" and attn + leaf not in self.ck:
+            return torch.cat(self.ck.get_all([f"{attn}{x}_conv1d.weight" for x in "qkv"]), dim=0)  # (3D, 1, K)
+        if leaf.startswith("o_proj.") and attn + leaf not in self.ck:
+            return self.ck.get(attn + "dense." + leaf.removeprefix("o_proj."))
+        return self.ck.get(attn + leaf)
+
+
+FAMILY = Family(
+    "bailing_hybrid",
+    "BailingHybridForCausalLM",
+    DEFAULTS,
+    translate,
+    aliases={
+        "num_experts": "num_local_experts",
+        "num_experts_per_token": "num_experts_per_tok",
+        "moe_renormalize": "norm_topk_prob",
+        "num_expert_group": "n_group",
+        "num_shared_experts": "n_shared_experts",
+        "model_max_length": "max_position_embeddings",
+        "num_nextn_predict_layers": "num_mtp_layers",
+    },
+    mapper=BailingHybridMapper,
+)

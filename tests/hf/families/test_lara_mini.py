@@ -92,3 +92,10 @@ def test_defaults_are_transformers_class_defaults():
 
     assert_table_holds_class_defaults(DEFAULTS, transformers.LaraMiniConfig, at_least=20)
     assert DEFAULTS["default_theta"] == transformers.LaraMiniConfig.default_theta
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
+    from tests.hf.test_weights import TOKENS
+
+    assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), TOKENS, tmp_path)

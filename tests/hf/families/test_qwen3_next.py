@@ -193,3 +193,9 @@ def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(chec
     moec.export_hf(model, tmp_path / "out", family="qwen3_next")
     hf = transformers.Qwen3NextForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert assert_same(hf, model) <= 1e-4
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
+
+    assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), TOKENS, tmp_path)

@@ -30,6 +30,35 @@ def load_plan(source: str, sets: tuple[str, ...] = ()):  # -> ResolvedModel
     return load_model(source, sets=sets)
 
 
+def refuse_hybrid(plan: Any, command: str, feature: str) -> None:
+    """Refuse a hybrid model (``plan.hybrid``: a token mixer other than attention, or a layer without its mixer
+    or its FFN; docs/mixers.md) in a command that cannot count or run one yet: one CommandError naming the
+    command, the model's mixers and the ``feature`` that is missing (exit 2), never a wrong number."""
+    if not plan.hybrid:
+        return
+    kinds = sorted({lp.mixer_kind for lp in plan.layers} - {"attention", "none"})
+    what = [f"token mixers {', '.join(kinds)}"] if kinds else []
+    no_mixer = [lp.index for lp in plan.layers if lp.mixer_kind == "none"]
+    no_ffn = [lp.index for lp in plan.layers if not lp.has_ffn]
+    what += [f"no token mixer in layer{'s' * (len(no_mixer) > 1)} {_spans(no_mixer)}"] if no_mixer else []
+    what += [f"no FFN in layer{'s' * (len(no_ffn) > 1)} {_spans(no_ffn)}"] if no_ffn else []
+    raise CommandError(
+        f"{command} does not support hybrid models yet ({feature}): {plan.name} has {'; '.join(what)} "
+        '(docs/mixers.md, "Analyzer and commands")'
+    )
+
+
+def _spans(indices: list[int]) -> str:
+    """[0, 1, 2, 5] → '0-2, 5'."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def print_problems(problems: list) -> None:
     """Each distinct spec problem on its own ``error: file:line:col field: message`` line, repeats folded."""
     for line in fold_problems(problems):

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from moec.commands.common import SEQ_LEN, load_plan, report_errors, set_option, write_or_echo, write_output
+from moec.commands.common import (
+    SEQ_LEN,
+    load_plan,
+    refuse_hybrid,
+    report_errors,
+    set_option,
+    write_or_echo,
+    write_output,
+)
 from moec.plan.accelerators import ACCELERATORS, pick_accelerator  # plain data: cheap to import with the command line
 from moec.vocab import DTYPES
 
@@ -123,6 +131,9 @@ def roofline(
     check_targets(spec, output, plot, force)
     acc = pick_accelerator(gpu, gpu_file)
     model = load_plan(spec, sets)
+    refuse_hybrid(
+        model, "moec roofline", "the roofline's per-component costs (attention scores and KV reads per layer)"
+    )
     w = Workload(phase, batch, seq, dtype, kv_dtype or dtype, tp, ep)  # type: ignore[arg-type]
     check_layout(spec, model, w)
     picks, routing = None, "uniform routing"

@@ -157,7 +157,7 @@ _last_grouped: list = [None, None]  # (layers, LayerGroups): a sweep row asks fo
 
 
 def group_layers(model: ResolvedModel) -> LayerGroups:
-    """Layers with the same attention and FFN plans cost the same, so each group is counted once. Plans are
+    """Layers with the same attention, FFN and token-mixer plans cost the same, so each group is counted once. Plans are
     compared by value (hashing every layer's plans is most of the work, so the last model's groups are kept)."""
     if _last_grouped[0] is model.layers:
         return _last_grouped[1]
@@ -166,7 +166,7 @@ def group_layers(model: ResolvedModel) -> LayerGroups:
     counts: list[int] = []
     of_layer = []
     for lp in model.layers:
-        i = index.setdefault((lp.attention, lp.ffn), len(plans))
+        i = index.setdefault((lp.attention, lp.ffn, lp.mixer), len(plans))
         if i == len(plans):
             plans.append(lp)
             counts.append(0)

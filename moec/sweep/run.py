@@ -127,13 +127,17 @@ def _dedupe_key(model: ResolvedModel) -> tuple:
     which one each layer uses (hashing each distinct plan once rather than every layer's)."""
     g = group_layers(model)
     rest = dataclasses.replace(model, layers=(), name="", spec_hash="", source_file="", description="")
-    return rest, tuple((lp.attention, lp.ffn) for lp in g.plans), g.of_layer
+    return rest, tuple((lp.attention, lp.ffn, lp.mixer) for lp in g.plans), g.of_layer
 
 
 def _evaluate(
     ev: Evaluator, sets: tuple[str, ...], budget: Budget | None, target: Fraction | None
 ) -> tuple[ResolvedModel, Headline, int | None]:
     model = ev.model(sets)
+    if model.hybrid:  # a grid value made it one; the base spec is refused by name before the sweep
+        raise Skip(
+            "a hybrid model (a token mixer other than attention, or a layer without one or its FFN): sweep counts attention-only models"
+        )
     if budget is None:
         return model, ev.analysis(model), None
     assert target is not None

@@ -2,7 +2,7 @@
 refused naming that feature, and the spec drafted without the gate plus the parameters the refusal names is
 transformers' count on meta; its KDA layers (full-rank projections, the bounded decay) and MoE translate; a tiny
 checkpoint of KDA layers only, saved by transformers under Ling's names, loads with moec.from_hf to transformers'
-logits and router choices, also decoding token by token."""
+logits and router choices, also decoding token by token; the generated model.py gives moec.nn's logits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.hf.families.bailing_hybrid import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -115,3 +116,8 @@ def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoin
             start += n
         want = hf(TOKENS).logits
     assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

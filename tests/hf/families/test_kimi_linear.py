@@ -3,7 +3,8 @@ shipped spec is its import; a tiny random checkpoint saved by transformers (Kimi
 layers, a dense first layer, DeepSeek-V3's router with two expert groups, under Moonshot's checkpoint names) loads
 with moec.from_hf to transformers' logits and router choices, also decoding token by token; the fields of
 Moonshot's code that transformers does not read are accepted where they agree with what it builds and refused where
-they do not; the shipped spec exports to a config.json transformers builds with its counts."""
+they do not; the shipped spec exports to a config.json transformers builds with its counts; the generated model.py
+gives moec.nn's logits."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.hf.families.kimi_linear import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -256,3 +258,8 @@ def test_export_refuses_what_a_kimi_linear_config_cannot_say(old, new, reason, t
     (tmp_path / "spec.yaml").write_text(text.replace(old, new))
     with pytest.raises(CannotExport, match=reason):
         FAMILY.export(load_model(str(tmp_path / "spec.yaml")))
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

@@ -53,7 +53,7 @@ def _no_positions(d: Draft) -> None:
     d.put("model.positions.kind", "none", "JambaAttention has no position encoding (the Mamba layers carry order)")
 
 
-def _period(c: HFConfig, d: Draft, period_key: str, offset_key: str) -> tuple[int, int] | None:
+def _period(c: HFConfig, period_key: str, offset_key: str) -> tuple[int, int] | None:
     """A layer pattern's period and offset, which transformers requires to be offset < period."""
     period, offset = c.int(period_key), c.int(offset_key, minimum=0)
     if c.failed(period_key) or c.failed(offset_key):
@@ -65,11 +65,11 @@ def _period(c: HFConfig, d: Draft, period_key: str, offset_key: str) -> tuple[in
 
 
 def _layer_kinds(c: HFConfig, d: Draft) -> None:
-    attn = _period(c, d, "attn_layer_period", "attn_layer_offset")
+    attn = _period(c, "attn_layer_period", "attn_layer_offset")
     if attn is not None:
         d.mixer = ["attention" if i % attn[0] == attn[1] else "mamba" for i in range(d.n_layers)]
         d.mixer_note = f"attention where i % attn_layer_period ({attn[0]}) == attn_layer_offset ({attn[1]})"
-    experts = _period(c, d, "expert_layer_period", "expert_layer_offset")
+    experts = _period(c, "expert_layer_period", "expert_layer_offset")
     n_experts = c.int("num_experts")
     if experts is not None:
         moe = n_experts > 1  # JambaSparseMoeBlock only with more than one expert, else JambaMLP everywhere
@@ -87,10 +87,16 @@ def _dt_rank(c: HFConfig) -> tuple[int, str]:
 
 
 def _mamba(c: HFConfig, d: Draft) -> None:
-    if "mamba" not in d.mixer:
-        for key in ("mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_dt_rank", "mamba_conv_bias"):
+    if "mamba" not in d.mixer:  # every layer attention: the Mamba fields describe nothing
+        for key in (
+            "mamba_d_state",
+            "mamba_d_conv",
+            "mamba_expand",
+            "mamba_dt_rank",
+            "mamba_conv_bias",
+            "mamba_proj_bias",
+        ):
             c.value(key)
-        c.value("mamba_proj_bias")
         return
     rank, rank_src = _dt_rank(c)
     d.section(

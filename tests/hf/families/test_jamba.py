@@ -93,9 +93,18 @@ def test_the_layer_pattern_and_the_mamba_fields():
     assert auto.layers[0].mixer.dt_rank == 63  # ⌈1000 / 16⌉, transformers' "auto"
 
 
-def test_one_expert_means_every_layer_dense():
-    params = analyze(hf_to_model({**TINY, "model_type": "jamba", "num_experts": 1})).params
-    assert (params.total, params.active) == hf_counts({**TINY, "model_type": "jamba", "num_experts": 1})
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_experts": 1},  # JambaMLP on every layer
+        {"attn_layer_period": 1, "attn_layer_offset": 0},  # attention on every layer, no Mamba at all
+        {"attn_layer_period": 9, "attn_layer_offset": 7},  # no layer reaches the offset: Mamba on every layer
+    ],
+)
+def test_tiny_variants_count_as_transformers_builds_them(change):
+    cfg = {**TINY, "model_type": "jamba", **change}
+    params = analyze(hf_to_model(cfg)).params
+    assert (params.total, params.active) == hf_counts(cfg, experts=EXPERTS)
 
 
 def test_the_scan_choices_change_nothing():

@@ -229,3 +229,13 @@ def test_heads_that_do_not_divide_the_width_need_a_head_dim():
     ]
     assert lightning.problems(lightning.Section(n_heads=5, head_dim=3), 12) == []
     assert lightning.problems(lightning.Section(n_heads=4), 12) == []
+
+
+def test_bf16_follows_float32_with_decays_computed_in_float32():
+    module = make(make_plan(chunk=4, layer=1, n_layers=3), dtype=torch.float32)
+    x = torch.randn(2, 11, D)
+    with torch.no_grad():
+        want = module(x)
+        got = module.to(torch.bfloat16)(x.bfloat16())
+    assert module.slopes("cpu", torch.bfloat16).dtype == torch.float32
+    assert got.dtype == torch.bfloat16 and relative(got.float(), want) <= 3e-2

@@ -46,6 +46,24 @@ class JointRMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
+def block_decays(slopes: torch.Tensor, c: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """A block of c tokens' decay factors for slopes (H,), computed in the slopes' dtype (float32 at least) and
+    cast to ``dtype``: (within the block (H, c, c): e^(−s(i−j)) for j ≤ i, else 0; on the memory carried in
+    (H, c, 1): e^(−s·i); on each token's kᵀv carried out (H, c, 1): e^(−s(c−j)); on the memory carried through
+    (H, 1, 1): e^(−s·c)), positions i, j = 1…c."""
+    s = slopes[:, None]  # (H, 1)
+    pos = torch.arange(1, c + 1, device=slopes.device, dtype=slopes.dtype)
+    gap = pos[:, None] - pos[None, :]  # i − j
+    within = torch.where(gap >= 0, torch.exp(-s[..., None] * gap.clamp(min=0)), 0)
+    tables = (
+        within,
+        torch.exp(-s * pos)[..., None],
+        torch.exp(-s * (c - pos))[..., None],
+        torch.exp(-s * c)[..., None],
+    )
+    return tuple(t.to(dtype) for t in tables)
+
+
 def chunked_decay_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, state: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,19 +73,13 @@ def chunked_decay_attention(
     Within a block of c tokens (positions 1…c), token i sees the memory carried in decayed i times and each
     earlier token j ≤ i of the block decayed i − j times; the memory carried out is the one carried in decayed
     c times plus each token's kᵀv decayed c − j times."""
-    s = slopes[:, None]  # (H, 1)
     outputs = []
     for start in range(0, q.shape[2], chunk):
         qc, kc, vc = (t[:, :, start : start + chunk] for t in (q, k, v))
-        c = qc.shape[2]
-        pos = torch.arange(1, c + 1, device=q.device, dtype=q.dtype)
-        gap = pos[:, None] - pos[None, :]  # i − j
-        intra_decay = torch.where(gap >= 0, torch.exp(-s[..., None] * gap.clamp(min=0)), 0)  # (H, c, c)
-        intra = ((qc @ kc.transpose(-1, -2)) * intra_decay) @ vc
-        inter = (qc * torch.exp(-s * pos)[..., None]) @ state
-        outputs.append(intra + inter)
-        carried = (kc * torch.exp(-s * (c - pos))[..., None]).transpose(-1, -2) @ vc
-        state = state * torch.exp(-s * c)[..., None] + carried
+        within, on_memory, on_carried, through = block_decays(slopes, qc.shape[2], q.dtype)
+        intra = ((qc @ kc.transpose(-1, -2)) * within) @ vc
+        outputs.append(intra + (qc * on_memory) @ state)
+        state = state * through + (kc * on_carried).transpose(-1, -2) @ vc
     return torch.cat(outputs, dim=2), state
 
 
@@ -106,7 +118,9 @@ class LightningAttention(nn.Module):
         nn.init.ones_(self.norm.weight)
 
     def slopes(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(H,): computed in float64, then cast, so that a float64 model's decays are exact to float64."""
+        """(H,) in ``dtype``, float32 at least (the decays are computed from them before any cast to a 16-bit
+        model dtype); computed in float64 first, so that a float64 model's decays are exact to float64."""
+        dtype = torch.promote_types(dtype, torch.float32)
         return torch.tensor(lightning_slopes(self.n_heads, self.decay_scale), dtype=torch.float64).to(device, dtype)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,7 +153,7 @@ class LightningAttention(nn.Module):
         if state is None:
             state = self.new_cache(x.shape[0], 1, device=x.device, dtype=x.dtype)
         q, k, v = self._qkv(x)
-        decay = torch.exp(-self.slopes(x.device, q.dtype))[:, None, None]  # (H, 1, 1)
+        decay = torch.exp(-self.slopes(x.device, q.dtype))[:, None, None].to(q.dtype)  # (H, 1, 1)
         memory = state["ssm"].to(q.dtype)
         outs = []
         for t in range(x.shape[1]):

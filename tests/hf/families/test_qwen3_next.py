@@ -199,3 +199,12 @@ def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
 
     assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), TOKENS, tmp_path)
+
+
+def test_attention_biases_split_as_their_rows(tmp_path):
+    """With attention_bias, q_proj's bias holds each head's query then gate entries too."""
+    hf = tiny_hf("qwen3_next", {**TINY, "attention_bias": True})
+    hf.save_pretrained(tmp_path)
+    model = moec.from_hf(tmp_path)
+    assert model.layers[3].attn.gate_proj.bias is not None
+    assert assert_same(hf, model) <= 1e-4

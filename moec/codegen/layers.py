@@ -161,11 +161,15 @@ def _ffn_literal(lp: LayerPlan) -> str:
 
 
 def _rows(layers: list[LayerPlan], f: Features) -> tuple[list[dict[str, str]], list[Column]]:
-    """Each layer's checked text of every column, and the columns. A layer without attention takes the first
-    attention layer's attention columns (it has no attention to tell apart); a mixer keyword's column holds its
-    kind's layers' values and None in the others."""
+    """Each layer's checked text of every column, and the columns. A layer without attention has no attention to
+    tell apart: its attention columns add no variation; a mixer keyword's column holds its kind's layers' values and
+    None in the others."""
     attention_rows = [_attention_row(lp, f) for lp in layers if lp.has_attention]
-    shared = attention_rows[0] if attention_rows else {c.name: str(c.default) for c in ATTENTION_COLUMNS}
+    # a layer without attention: the value every attention layer shares, else the attention module's default
+    shared = {c.name: str(c.default) for c in ATTENTION_COLUMNS}
+    for c in ATTENTION_COLUMNS:
+        if len({row[c.name] for row in attention_rows}) == 1:
+            shared[c.name] = attention_rows[0][c.name]
     rows = []
     for lp in layers:
         row = {"ffn": _ffn_literal(lp), "mixer": mixer_literal(mixer_kind(lp))}

@@ -93,6 +93,13 @@ CASES = {
         n_layers=5,
         moe=True,
     ),
+    # attention layers told apart by window and RoPE base between the mixer layers; the mixers frozen
+    "gated_deltanet, per-layer window and rope base, frozen mixers": hybrid(
+        "gated_deltanet: {n_key_heads: 2, n_value_heads: 2, key_head_dim: 8, value_head_dim: 8, chunk: 4}",
+        "{default: {mixer: gated_deltanet}, overrides: [{select: [1, 3], mixer: attention}, "
+        "{select: [1], attention: {window: 4, rope_theta: 1000.0}}]}\nfrozen: [mixers, norms]",
+        n_layers=4,
+    ),
     # no attention at all: every layer a short convolution, post-norm
     "short_conv only, post-norm": hybrid(
         "short_conv: {kernel: 4}",
@@ -131,8 +138,8 @@ def both(text: str, folder, dtype: torch.dtype):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("case", list(CASES))
 def test_generated_hybrid_gives_the_library_logits_and_decode(case, tmp_path):
     plan, lib, gen, _ = both(CASES[case], tmp_path, torch.float64)
-    params = {n: tuple(p.shape) for n, p in gen.named_parameters()}
-    assert params == {n: tuple(p.shape) for n, p in lib.named_parameters()}  # names and shapes: moec.nn's
+    params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
+    assert params == {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}  # names, shapes, frozen
     with torch.no_grad():
         ours, theirs = gen(TOKENS), lib(TOKENS)
     assert torch.equal(ours[0], theirs[0]), (ours[0] - theirs[0]).abs().max()

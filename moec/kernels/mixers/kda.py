@@ -43,7 +43,9 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 class ForgetGate(nn.Module):
     """The per-channel log decay g (B, S, H, hd) of each token, ≤ 0, computed in float32 at least."""
 
-    def __init__(self, d_model: int, n_heads: int, head_dim: int, rank: int, decay: str, lower_bound, kw: dict):
+    def __init__(
+        self, d_model: int, n_heads: int, head_dim: int, rank: int, decay: str, lower_bound: float | None, kw: dict
+    ):
         super().__init__()
         inner = n_heads * head_dim
         self.head_dim, self.decay, self.lower_bound = head_dim, decay, lower_bound
@@ -72,7 +74,15 @@ class ForgetGate(nn.Module):
         return self.lower_bound * torch.sigmoid(rate * f)
 
 
-def delta_rule_chunked(q, k, v, g, beta, state: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def delta_rule_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v, g (B, H, S, hd), beta (B, H, S), state (B, H, hd, hd) → outputs (B, H, S, hd) and the state
     after the last token. q is already scaled; the last chunk is shorter when S is not a multiple of chunk."""
     outs = []
@@ -84,6 +94,8 @@ def delta_rule_chunked(q, k, v, g, beta, state: torch.Tensor, chunk: int) -> tup
 
 
 def _one_chunk(q, k, v, g, beta, s0):
+    """One chunk of c tokens from the state s0: its outputs and the state after it (the module docstring's
+    equations)."""
     c = q.shape[2]
     cum = g.cumsum(2)  # Γ (B, H, c, hd)
     on_or_below = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
@@ -100,7 +112,9 @@ def _one_chunk(q, k, v, g, beta, s0):
     return out, state
 
 
-def delta_rule_recurrent(q, k, v, g, beta, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def delta_rule_recurrent(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same as :func:`delta_rule_chunked`, one token at a time: the oracle."""
     outs = []
     for t in range(q.shape[2]):

@@ -25,6 +25,10 @@ What the measurement cannot see, and how the expectation is adjusted (stated in 
   them (the same training rule; the analyzer reports MTP forward only) to the training one;
 - with a frozen embedding, autograd forms no input gradients below the first trainable weight, which the
   training rule counts; the embedding's output is made to require a gradient so that they are formed.
+
+A hybrid model (token mixers other than attention, docs/mixers.md) is not FLOP-checked: its mixers' scans and
+state updates are elementwise multiply-adds, which the analyzer counts and neither tool sees. Its built
+parameters are held to the analyzer's count instead, and the result says why the FLOPs were not checked.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def comparable_plan(plan: ResolvedModel) -> tuple[ResolvedModel, list[str]]:
             a = dataclasses.replace(a, window=None)
         if isinstance(f, MoEPlan) and f.capacity_factor is not None:
             f = dataclasses.replace(f, capacity_factor=None)
-        return LayerPlan(lp.index, a, f)
+        return dataclasses.replace(lp, attention=a, ffn=f)  # the token mixer stays
 
     if any(lp.attention.window for lp in plan.layers):
         notes.append("sliding windows removed: the measured kernel computes every score and masks")
@@ -167,10 +171,27 @@ def verify(plan: ResolvedModel, *, seq: int = 32, batch: int = 1, shrink_first: 
         )
     if small.norm.kind == "layernorm":
         notes.append("fvcore's LayerNorm handle turned off: moec counts a norm's elementwise work as 0")
+    if small.hybrid:  # the counters see the mixers' matmuls but not the multiply-adds of their scans
+        notes.append(HYBRID_FLOPS_REFUSED)
+        return VerifyResult(plan.name, small.name, sizes, seq, batch, [_params_check(model, a)], notes)
     claim = f"analyzer: fwd FLOPs/token × {n:,} tokens"
     fwd, train = _flop_counter_checks(model, tokens, forward, training, claim)
     fv = _fvcore_check(model, tokens, forward, claim + " ÷ 2")
     return VerifyResult(plan.name, small.name, sizes, seq, batch, [fwd, train, fv], notes)
+
+
+HYBRID_FLOPS_REFUSED = (
+    "FLOPs not checked: a hybrid's token mixers (docs/mixers.md) do multiply-adds outside matmuls (the scans' and "
+    "state updates' elementwise products, which moec counts and FlopCounterMode and fvcore do not), so neither "
+    "counter can verify them; the built model's parameters are checked instead"
+)
+
+
+def _params_check(model: Any, a: Any) -> Check:
+    """The built model's parameters (each tensor once) against the analyzer's total, MTP included."""
+    measured = sum(p.numel() for p in model.parameters())
+    expected = a.params.total + (a.mtp.params if a.mtp else 0)
+    return Check("moec.nn build", "parameters", "parameters", "analyzer: total params", expected, measured, {})
 
 
 def _require_memory(plan: ResolvedModel, small: ResolvedModel, *, batch: int, seq: int) -> None:

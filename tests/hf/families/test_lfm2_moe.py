@@ -1,7 +1,8 @@
 """LFM2-MoE (model_type lfm2_moe, LFM2-8B-A1B): the release config's counts equal transformers' model on meta, and so
 do the shipped spec's; a tiny random checkpoint (short convolutions with biases, GQA with q/k norms, a dense layer,
 sigmoid routing with a selection bias) loads with moec.from_hf to transformers' logits and router choices, a cached
-decode included; import → export → import is the identity; what transformers cannot build is refused by field."""
+decode included, and the generated model.py gives moec.nn's logits; import → export → import is the identity; what
+transformers cannot build is refused by field."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     away_from_init,
     hf_counts,
     refused_fields,
@@ -185,3 +187,8 @@ def test_cached_decode_gives_transformers_logits(checkpoint):
         steps = [model(TOKENS[:, :8], cache=cache, start=0)[0]]
         steps += [model(TOKENS[:, t : t + 1], cache=cache, start=t)[0] for t in range(8, TOKENS.shape[1])]
     assert (torch.cat(steps, dim=1) - want).abs().max().item() <= 1e-4
+
+
+def test_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    assert_generated_model_gives_the_library_logits(model, TOKENS, tmp_path)

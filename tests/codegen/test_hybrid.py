@@ -246,3 +246,19 @@ def test_a_hand_built_plan_with_an_unknown_mixer_kind_is_refused():
     bad = dataclasses.replace(plan.layers[0].mixer, kind='kda"; import os; "')
     with pytest.raises(ValueError, match="mixer kind"):
         render_model_source(plan.replace(layers=(dataclasses.replace(plan.layers[0], mixer=bad), *plan.layers[1:])))
+
+
+def test_a_built_hybrid_folder_generates_the_specs_tokens(tmp_path):
+    """Through the CLI: `moec build --weights` of a hybrid, then `moec generate` with the folder's own model.py (its
+    mixers' states carried from the prompt through each new token), gives the tokens the spec decodes to."""
+    import json
+
+    from tests.codegen.test_generated_decode import GENERATE, cli
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("moec: 1\n" + CASES["gated_deltanet, output gate, unit offset"])
+    out = tmp_path / "built"
+    assert cli("build", str(spec), "-o", str(out), "--weights", "--seed", "3").exit_code == 0
+    built = json.loads(cli("generate", str(out), *GENERATE).output)
+    assert f"decoded by {out / 'model.py'}" in built["notes"]
+    assert built["new_tokens"] == json.loads(cli("generate", str(spec), "--seed", "3", *GENERATE).output)["new_tokens"]

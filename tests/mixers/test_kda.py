@@ -286,3 +286,20 @@ def test_problems_name_the_field():
     assert where == ("decay_lower_bound",) and "bounded_sigmoid" in message
     assert kda.problems(kda.Section(**LING), D) == []
     assert kda.problems(kda.Section(**KIMI), D) == []
+
+
+def test_a_bad_kda_section_is_one_located_error_through_the_cli(write_spec):
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    spec = write_spec(
+        "moec: 1\nname: t\nmodel: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 64}\n"
+        "attention: {n_heads: 4}\nffn: {d_ff: 48}\n"
+        "mixers:\n  kda: {n_heads: 2, head_dim: 8, decay_lower_bound: -3.0}\n"
+        "layers: {default: {mixer: kda}}\n"
+    )
+    r = CliRunner().invoke(cli, ["validate", str(spec)])
+    assert r.exit_code == 2
+    [line] = [x for x in r.output.splitlines() if "decay_lower_bound" in x]
+    assert line.startswith(f"error: {spec}:7:") and "mixers.kda.decay_lower_bound" in line and "bounded_sigmoid" in line

@@ -30,8 +30,7 @@ FP32_STATE = ("ssm",)  # the scan's state accumulates over the sequence: float32
 
 class Section(Strict):
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None
-    """SSM heads, each with its own step size, decay and state; null: 2·d_model / head_dim (Mamba2's
-    expand = 2). The inner width is n_heads·head_dim."""
+    """SSM heads, each with its own step, decay and state (inner width n_heads·head_dim); null: 2·d_model/head_dim."""
     head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = 64
     """Channels per head (the width of x per head; Nemotron-H's mamba_head_dim)."""
     state_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = 128

@@ -53,6 +53,8 @@ def export_base(
         raise CannotExport("config.json has no frozen components")
     if m.mtp and not mtp:
         raise CannotExport("has no multi-token-prediction layers")
+    if any(not lp.has_ffn for lp in m.layers):  # a layer with one sublayer (Nemotron-H): docs/mixers.md
+        raise CannotExport("has an FFN in every layer (the spec has layers with ffn: none)")
     attn = m.layers[0].attention
     cfg: dict[str, Any] = {
         "architectures": [family.architecture],

@@ -19,7 +19,15 @@ from moec.spec.paths import shipped_specs
 from moec.verify import fvcore_count, verify
 
 
-@pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
+def _hybrid(path) -> bool:  # type: ignore[no-untyped-def]
+    return load_model(str(path)).hybrid
+
+
+ATTENTION_ONLY = [p for p in shipped_specs() if not _hybrid(p)]
+HYBRIDS = [p for p in shipped_specs() if _hybrid(p)]
+
+
+@pytest.mark.parametrize("path", ATTENTION_ONLY, ids=lambda p: p.stem)
 def test_every_count_equals_the_analyzer(path):
     r = verify(load_model(str(path)), seq=8, batch=1)
     assert [(c.tool, c.passes) for c in r.checks] == [
@@ -32,6 +40,21 @@ def test_every_count_equals_the_analyzer(path):
         assert c.measured == c.expected, (c.tool, c.passes, c.by_op, r.adjustments)
         assert c.measured > 0
     assert r.ok
+
+
+@pytest.mark.parametrize("path", HYBRIDS, ids=lambda p: p.stem)
+def test_a_hybrid_is_held_to_its_parameters_and_its_flops_are_refused_by_name(path):
+    """The counters see a mixer's matmuls, not its scan's elementwise multiply-adds (docs/mixers.md): a hybrid's
+    check is the built copy's parameters, each mixer kind kept in it, and the result says why."""
+    plan = load_model(str(path))
+    r = verify(plan, seq=8, batch=1)
+    [check] = r.checks
+    assert (check.tool, check.passes) == ("moec.nn build", "parameters")
+    assert check.measured == check.expected > 0 and r.ok
+    assert any(note.startswith("FLOPs not checked: a hybrid's token mixers") for note in r.adjustments)
+    [mixers] = [change for change in r.sizes if change.startswith("layer mixers:")]
+    for kind in {lp.mixer_kind for lp in plan.layers}:  # every kind is in the counted copy
+        assert kind in mixers.split("→")[1]
 
 
 def test_training_is_three_times_forward_without_frozen_weights():

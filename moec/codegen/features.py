@@ -256,8 +256,10 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
             int_text(x.window, "attention.window")
     if any(ropes) and pos != "rope":
         raise ValueError("a layer applies RoPE but the model's positions are not rope")
-    if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None or output_gate != "none"):
-        raise ValueError("MLA has no qk_norm, clip_qkv, output gate or projection biases (DeepSeek-V2/V3 layout)")
+    if kind == "mla" and output_gate != "none":  # a spec can ask for it (Ling 3); moec.nn runs it
+        raise ValueError("codegen does not support attention.output_gate with MLA yet; use the library model (moec.nn)")
+    if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
+        raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (
         checked_choice(a.qk_norm_scope, QK_NORM_SCOPES, "qk_norm_scope") if checked_bool(a.qk_norm, "qk_norm") else None
     )

@@ -262,3 +262,23 @@ def test_a_built_hybrid_folder_generates_the_specs_tokens(tmp_path):
     built = json.loads(cli("generate", str(out), *GENERATE).output)
     assert f"decoded by {out / 'model.py'}" in built["notes"]
     assert built["new_tokens"] == json.loads(cli("generate", str(spec), "--seed", "3", *GENERATE).output)["new_tokens"]
+
+
+@pytest.mark.parametrize(
+    "feature,case,used",
+    [
+        ("layers.*.mixer other than attention", "kda, bounded decay", lambda p: p.layers[0].mixer_kind == "kda"),
+        ("layers.*.ffn none", "mamba2, mixer none, ffn none", lambda p: not p.layers[0].has_ffn),
+        ("attention.output_gate", "gated_deltanet, output gate, unit offset",
+         lambda p: p.layers[3].attention.output_gate == "element"),
+        ("model.norm.unit_offset", "output gate per head, biases, unit offset", lambda p: p.norm.unit_offset),
+        ("model.norm.placement normed_residual", "normed_residual, attention only",
+         lambda p: p.norm.placement == "normed_residual"),
+    ],
+)  # fmt: skip
+def test_what_codegen_refused_before_hybrids_renders(feature, case, used):
+    """The five features codegen refused by name until it rendered them: each case uses its feature and renders (its
+    parity with moec.nn is held above)."""
+    plan = plan_of(CASES[case])
+    assert used(plan), feature
+    assert "class Model(nn.Module):" in render_model_source(plan)

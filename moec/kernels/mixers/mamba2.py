@@ -160,6 +160,7 @@ class Mamba2(nn.Module):
         self.inner = n_heads * head_dim
         self.conv_channels = self.inner + 2 * n_groups * state_dim
         self.in_proj = nn.Linear(d_model, self.inner + self.conv_channels + n_heads, bias=bias, **kw)
+        # padding is unused by forward (it pads with the cached inputs itself); kept so the module prints as transformers'
         self.conv1d = nn.Conv1d(
             self.conv_channels,
             self.conv_channels,

@@ -122,9 +122,9 @@ def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
     - **chunked** (training and prefill, ``S`` tokens in chunks of ``T``): scanning each chunk from a zero
       state (every chunk at once), one multiply-add per state element for each token but a chunk's first,
       ``T − 1`` per chunk; carrying the chunk-start states across chunks, one per chunk, the last giving the
-      final state: together one per token, ``2·I·N``. Then adding each token's decayed chunk-start state,
-      ``2·I·N``, and the readout, ``2·I·N``: ``6·I·N`` per token, whatever ``S`` and ``T`` (the last chunk
-      runs at its own length, ``S mod T``).
+      final state: together one per token, ``2·I·N``. Each token reads out its local state, ``2·I·N``, and its
+      chunk's start times the decay since (a product, elementwise), ``2·I·N``: ``6·I·N`` per token, whatever
+      ``S`` and ``T`` (the last chunk runs at its own length, ``S mod T``).
     """
     inner, n = plan.inner_dim, plan.state_size
     conv = 2 * plan.conv_kernel * inner

@@ -3,12 +3,12 @@ on the time step, B and C. Parameter names and shapes follow transformers' Jamba
 x_proj, dt_proj, A_log, D, out_proj, dt_layernorm, b_layernorm, c_layernorm), so a checkpoint loads by name.
 
 Per inner channel ``i`` and state element ``n`` the state follows ``s ← exp(Δᵢ·Aᵢₙ)·s + Δᵢ·uᵢ·Bₙ`` and the
-channel reads ``yᵢ = Σₙ Cₙ·sᵢₙ + Dᵢ·uᵢ``. :func:`chunked_scan` computes every token's state at once, chunk by
-chunk; :meth:`Mamba.recurrent` is the token-by-token oracle. The scan runs in float32 at least (float64 stays
-float64), as the state accumulates over the whole sequence.
+channel reads ``yᵢ = Σₙ Cₙ·sᵢₙ + Dᵢ·uᵢ``. :func:`chunked_scan` scans every chunk of the sequence at once and
+then carries the chunks' starting states; :meth:`Mamba.recurrent` is the token-by-token oracle. The scan runs in
+float32 at least (float64 stays float64), as the state accumulates over the whole sequence.
 
-No fused kernel (mamba-ssm's selective scan) is used: the chunked scan is plain PyTorch and holds every token's
-state, ``B·S·inner·N`` elements, as transformers' own fallback does.
+No fused kernel (mamba-ssm's selective scan) is used: the chunked scan is plain PyTorch and holds each token's
+decay and input, ``B·S·inner·N`` elements each, as transformers' own fallback does.
 """
 
 from __future__ import annotations
@@ -44,14 +44,21 @@ class InnerRMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def _scan_from_zero(decay: torch.Tensor, feed: torch.Tensor) -> torch.Tensor:
-    """Every chunk at once, token by token from a zero state: decay, feed (B, chunks, T, I, N) → the same shape."""
-    state = feed[:, :, 0]
-    local = [state]
+def _scan_from_zero(
+    decay: torch.Tensor, feed: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every chunk at once, token by token from a zero state: decay, feed (B, chunks, T, I, N), c (B, chunks, T, N)
+    → each token's readout of its local state (B, chunks, T, I), each token's decay since the chunk began (the
+    running product of the chunk's decays, (B, chunks, T, I, N)) and each chunk's last local state (B, chunks, I,
+    N). The local states themselves are read out as they come and never stored."""
+    state, since = feed[:, :, 0], decay[:, :, 0]
+    read, decayed = [torch.einsum("bkin,bkn->bki", state, c[:, :, 0])], [since]
     for t in range(1, feed.shape[2]):
         state = decay[:, :, t] * state + feed[:, :, t]
-        local.append(state)
-    return torch.stack(local, dim=2)
+        since = since * decay[:, :, t]
+        read.append(torch.einsum("bkin,bkn->bki", state, c[:, :, t]))
+        decayed.append(since)
+    return torch.stack(read, dim=2), torch.stack(decayed, dim=2), state
 
 
 def _carry_across_chunks(
@@ -90,26 +97,24 @@ def chunked_scan(
     initial (B, I, N) or None for zeros. Returns ``Σₙ Cₙ·sᵢₙ`` per token (B, S, I) and the final state (B, I, N).
 
     Within a chunk each token's state is its local state (the chunk's own inputs, scanned from zero, every
-    chunk at once) plus the chunk's starting state decayed by ``exp(Σ Δ·A)`` since the chunk began, a factor in
-    (0, 1] that never overflows. The starting states are carried across chunks one after another, so a sequence
-    takes T + S/T steps instead of S."""
+    chunk at once) plus the chunk's starting state times the product of the decays since the chunk began, a
+    factor in (0, 1] that never overflows. The starting states are carried across chunks one after another, so a
+    sequence takes T + S/T steps instead of S."""
     batch, seq, inner = u.shape
     T = min(chunk, seq)
-    log_decay = dt.unsqueeze(-1) * rates  # (B, S, I, N), ≤ 0
+    decay = torch.exp(dt.unsqueeze(-1) * rates)  # (B, S, I, N), in (0, 1]
     feed = (dt * u).unsqueeze(-1) * b.unsqueeze(2)  # (B, S, I, N)
-    groups = list(zip(_chunks(log_decay, T), _chunks(feed, T), _chunks(c, T), strict=True))
-    local = [_scan_from_zero(ld.exp(), f) for ld, f, _ in groups]  # (B, chunks, T, I, N) each
-    since_start = [ld.cumsum(dim=2).exp() for ld, _, _ in groups]  # the same: decay from the chunk's start
+    groups = list(zip(_chunks(decay, T), _chunks(feed, T), _chunks(c, T), strict=True))
+    local_read, since_start, local_end = zip(*(_scan_from_zero(a, f, cg) for a, f, cg in groups), strict=True)
     if initial is None:
         initial = feed.new_zeros(batch, inner, feed.shape[-1])
     chunk_decay = torch.cat([s[:, :, -1] for s in since_start], dim=1)  # (B, chunks, I, N)
-    chunk_end = torch.cat([lo[:, :, -1] for lo in local], dim=1)
-    starts, final = _carry_across_chunks(chunk_decay, chunk_end, initial.to(feed.dtype, copy=True))
+    starts, final = _carry_across_chunks(chunk_decay, torch.cat(local_end, dim=1), initial.to(feed.dtype, copy=True))
     per_group = starts.split([g[0].shape[1] for g in groups], dim=1)
     ys = []
-    for (_, _, cg), lo, since, start in zip(groups, local, since_start, per_group, strict=True):
-        states = lo + since * start.unsqueeze(2)  # (B, chunks, T, I, N)
-        ys.append(torch.einsum("bctin,bctn->bcti", states, cg).flatten(1, 2))  # (B, chunks·T, I)
+    for (_, _, cg), read, since, start in zip(groups, local_read, since_start, per_group, strict=True):
+        carried = torch.einsum("bctin,bcin,bctn->bcti", since, start, cg)  # the chunk's start, decayed, read out
+        ys.append((read + carried).flatten(1, 2))  # (B, chunks·T, I)
     return torch.cat(ys, dim=1), final
 
 

@@ -90,8 +90,9 @@ def decode_errors(loaded: Loaded) -> Iterator[None]:
 
 
 def require_cache_memory(plan: Any, dtype: torch.dtype, *, batch: int, positions: int, device: Any, hint: str) -> None:
-    """Refuse, before it is allocated, a KV cache that does not fit in what the loaded weights left free: a
-    cache of --batch 4096 is allocated whole, and a CPU that overcommits would crawl instead of failing."""
+    """Refuse, before it is allocated, a KV cache (and a hybrid's mixer state) that does not fit in what the
+    loaded weights left free: a cache of --batch 4096 is allocated whole, and a CPU that overcommits would crawl
+    instead of failing."""
     from moec.analyze import analyze
     from moec.analyze.memory import RunMemory
     from moec.nn.build import require_memory
@@ -101,11 +102,15 @@ def require_cache_memory(plan: Any, dtype: torch.dtype, *, batch: int, positions
     if not names:  # a model loaded in a dtype moec does not decode in (float64, say)
         raise CommandError(f"{plan.name}: decoding runs in {', '.join(TORCH_DTYPE_NAMES)}; the model is {dtype}")
     name = names[0]
-    kv = analyze(plan, seq=positions, batch=batch, dtype=name).memory.kv_cache_bytes
+    memory = analyze(plan, seq=positions, batch=batch, dtype=name).memory
+    parts = (("KV cache", memory.kv_cache_bytes),)
+    if memory.state_bytes:  # a hybrid's other token mixers keep a state of constant size instead (docs/mixers.md)
+        parts += (("mixer state", memory.state_bytes),)
+    held = " and ".join(part.replace("mixer", "its mixers'") for part, _ in parts)
     require_memory(
-        RunMemory(name, (("KV cache", kv),)),
+        RunMemory(name, parts),
         device,
-        lead=f"{plan.name}: its KV cache at batch {batch} × {positions} positions needs",
+        lead=f"{plan.name}: its {held} at batch {batch} × {positions} positions needs",
         hint=hint,
     )
 

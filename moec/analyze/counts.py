@@ -51,7 +51,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         kv_mm = d * (a.kv_lora_rank + r) + a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
         norms += a.kv_lora_rank * norm_dim_params
         o_mm = h * a.v_head_dim * d
-        mm = q_mm + kv_mm + o_mm
+        gate_mm = d * {"none": 0, "head": h, "element": h * a.v_head_dim}[a.output_gate]  # no bias in MLA
+        mm = q_mm + kv_mm + o_mm + gate_mm
         extra = norms
     else:
         h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim

@@ -160,6 +160,24 @@ class AttentionLayer(nn.Module):
 
     plan: AttentionPlan
     sinks: nn.Parameter | None
+    gate_proj: nn.Linear | None
+    o_proj: nn.Linear
+
+    def make_output_gate(self, d_model: int, head_width: int, *, bias: bool, device=None, dtype=None) -> None:
+        """``self.gate_proj``: the output gate's projection of the layer input (Qwen3-Next, Ling 3), one sigmoid
+        per element of each head's output (h·head_width) or per head (h); None without a gate."""
+        h = self.plan.n_heads
+        width = {"none": 0, "element": h * head_width, "head": h}[self.plan.output_gate]
+        self.gate_proj = Linear(d_model, width, bias=bias, device=device, dtype=dtype) if width else None
+
+    def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs y (B, h, S, dv) → o_proj, through the output gate σ(gate_proj(x)) when there is one."""
+        B, S = x.shape[0], x.shape[1]
+        y = y.transpose(1, 2)  # (B, S, h, dv)
+        if self.gate_proj is not None:
+            gate = torch.sigmoid(self.gate_proj(x)).view(B, S, y.shape[2], -1)  # (B, S, h, dv or 1)
+            y = y * gate.to(y.dtype)
+        return self.o_proj(y.reshape(B, S, -1))  # (B, S, h·dv) → (B, S, d)
 
     def reset_parameters(self) -> None:
         if self.sinks is not None and not self.sinks.is_meta:
@@ -216,9 +234,7 @@ class Attention(AttentionLayer):
         self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
         self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        # the output gate (Qwen3-Next): sigmoid(gate_proj(x)) per element of each head, or one per head
-        gate_width = {"none": 0, "element": h * hd, "head": h}[plan.output_gate]
-        self.gate_proj = Linear(d_model, gate_width, bias=plan.bias, **kw) if gate_width else None
+        self.make_output_gate(d_model, hd, bias=plan.bias, **kw)
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 
@@ -242,11 +258,7 @@ class Attention(AttentionLayer):
             keys, values, key_positions = cache.update(k, v, positions)
             assert values is not None
             y = attend_masked(q, keys, values, cache.mask(positions, key_positions), scale=self.scale, sinks=self.sinks)
-        y = y.transpose(1, 2)  # (B, S, h, hd)
-        if self.gate_proj is not None:
-            gate = torch.sigmoid(self.gate_proj(x)).view(B, S, y.shape[2], -1)  # (B, S, h, hd or 1)
-            y = y * gate.to(y.dtype)
-        return self.o_proj(y.reshape(B, S, -1))  # (B, S, h·hd) → (B, S, d)
+        return self.output(x, y)
 
     def _qkv(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, positions: torch.Tensor | None

@@ -73,6 +73,7 @@ class MLA(AttentionLayer):
         self.kv_a_layernorm = make_norm(norm, plan.kv_lora_rank, **kw)
         self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
+        self.make_output_gate(d_model, dv, bias=False, **kw)  # Ling 3's per-head gate
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
         self.reset_parameters()
@@ -96,7 +97,7 @@ class MLA(AttentionLayer):
         q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
         k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
         y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+        return self.output(x, y)
 
     def decode(
         self,
@@ -117,7 +118,7 @@ class MLA(AttentionLayer):
         q_abs = torch.cat((q_latent, q_rot), dim=-1)  # (B, h, S, kv_r + r)
         y = attend_masked(q_abs, keys, keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)  # (B, h, S, kv_r)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, h * dv))
+        return self.output(x, y)
 
     def _project(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None

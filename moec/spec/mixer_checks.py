@@ -36,15 +36,13 @@ def check_mixers(spec: Spec, bad: Bad) -> None:
 
 
 def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
-    m, a = spec.model, spec.attention
+    m = spec.model
     if m.residual_scales is not None and m.norm.placement != "normed_residual":
         bad(("model", "residual_scales"), "only meaningful with model.norm.placement: normed_residual")
     if m.norm.placement == "normed_residual" and m.residual_multiplier != 1:
         bad(("model", "residual_multiplier"), "normed_residual scales its branches with model.residual_scales")
     if m.norm.unit_offset and m.norm.kind != "rmsnorm":
         bad(("model", "norm", "unit_offset"), "a unit-offset weight is supported on rmsnorm")
-    if a.output_gate != "none" and a.kind == "mla":
-        bad(("attention", "output_gate"), "the attention output gate is supported with GQA attention, not MLA")
     if spec.mtp is not None and mixers_used != {"attention"}:
         bad(("mtp",), "MTP blocks are supported in attention-only models (they would need a mixer of their own)")
 

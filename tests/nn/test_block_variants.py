@@ -111,3 +111,34 @@ def test_layers_without_a_mixer_or_an_ffn_hold_only_the_other_sublayer_and_its_n
     assert counts.params.total == sum(p.numel() for p in model.parameters())
     d, F = 16, 24
     assert counts.params.total == 64 * d * 2 + d + (d + 3 * d * F) + (d + d * 4 * 4 + 2 * d * 2 * 4 + 4 * 4 * d)
+
+
+def test_mla_takes_a_per_head_output_gate_in_its_full_and_its_absorbed_decode_form():
+    text = """\
+name: t
+model: {vocab_size: 64, d_model: 16, n_layers: 1, max_seq_len: 16}
+attention: {kind: mla, n_heads: 4, kv_lora_rank: 8, qk_nope_head_dim: 4, qk_rope_head_dim: 2, v_head_dim: 4,
+            output_gate: head}
+ffn: {d_ff: 24}
+"""
+    plan = resolve(load_spec("t.yaml", text=text))
+    model = built(plan)
+    att = model.layers[0].attn
+    assert tuple(att.gate_proj.weight.shape) == (4, 16) and att.gate_proj.bias is None
+    assert analyze(plan).params.total == sum(p.numel() for p in model.parameters())
+    tokens = torch.randint(64, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(tokens)[0]
+        cache = model.new_cache(2, 7)
+        steps = [model(tokens[:, :3], cache=cache, start=0)[0]]
+        steps += [model(tokens[:, i : i + 1], cache=cache, start=i)[0] for i in range(3, 7)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-10, atol=1e-10)
+    # the gate changes the output: with gate_proj zeroed every head is halved (σ(0) = 1/2) before o_proj,
+    # which is linear and bias-free, so the layer's output halves
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    rope = model.rotary(5, x.device, x.dtype)
+    with torch.no_grad():
+        att.gate_proj.weight.zero_()
+        gated = att(x, rope)
+        att.gate_proj = None
+        torch.testing.assert_close(gated, 0.5 * att(x, rope), rtol=1e-12, atol=1e-12)

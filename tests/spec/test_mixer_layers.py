@@ -113,18 +113,6 @@ def test_block_options_that_do_not_apply_are_refused_by_name(change, where, mess
     assert f" {where}: {message}" in msg
 
 
-def test_the_output_gate_is_refused_with_mla():
-    text = """\
-name: t
-model: {vocab_size: 64, d_model: 32, n_layers: 1, max_seq_len: 64}
-attention: {kind: mla, n_heads: 4, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 4, v_head_dim: 8,
-            output_gate: head}
-ffn: {d_ff: 48}
-"""
-    (msg,) = errors(text)
-    assert "attention.output_gate: the attention output gate is supported with GQA attention, not MLA" in msg
-
-
 def test_an_mtp_block_cannot_drop_its_ffn():
     (msg,) = errors(HYBRID.replace("ffn: {d_ff: 48}", "ffn: {d_ff: 48}\nmtp: {n_layers: 1, ffn: none}"))
     assert "mtp.ffn: 'none': input should be 'dense' or 'moe'" in msg

@@ -356,6 +356,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
+        "model.norm.placement 'sandwich'": plan.norm.placement == "sandwich",
+        "model.norm.placement 'parallel'": plan.norm.placement == "parallel",
     }
     for what, used in unsupported.items():
         if used:

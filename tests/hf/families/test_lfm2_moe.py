@@ -87,6 +87,10 @@ def test_release_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model(LFM2_8B_A1B)).params
     assert (params.total, params.active) == hf_counts(LFM2_8B_A1B, experts=".feed_forward.experts.")
     assert round(params.total / 1e8) == 83 and round(params.active / 1e8) == 16  # 8.34B, 1.56B (card: 8.3B, 1.5B)
+    # a head_dim the config gives is the attention's (Lfm2MoeConfig has no such field; its attention reads it)
+    wide = {**LFM2_8B_A1B, "head_dim": 128}
+    params = analyze(hf_to_model(wide)).params
+    assert (params.total, params.active) == hf_counts(wide, experts=".feed_forward.experts.")
 
 
 def test_shipped_spec_is_the_release_config():

@@ -48,8 +48,10 @@ MODEL_DTYPES = ("fp32", "bf16")
 NORM_KINDS = ("rmsnorm", "layernorm")
 # pre: x + f(norm(x)) (Llama); post: norm(x + f(x)) (the original Transformer); after_sublayer: x + norm(f(x))
 # (OLMo 2, FlexOlmo: each sublayer's output is normalised before it joins the residual)
-# normed_residual (MiniMax-Text-01): h = norm(x); x = alpha·h + beta·f(h), the residual carrying the normed input
-NORM_PLACEMENTS = ("pre", "post", "after_sublayer", "normed_residual")
+# normed_residual (MiniMax-Text-01): h = norm(x); x = alpha·h + beta·f(h), the residual carrying the normed input;
+# sandwich (Kolibri, AFMoE, Gemma): x + post_norm(f(pre_norm(x))), two norms per sublayer; parallel (Cohere2-MoE):
+# h = norm(x); x + attn(h) + ffn(h), one norm per layer
+NORM_PLACEMENTS = ("pre", "post", "after_sublayer", "normed_residual", "sandwich", "parallel")
 POSITION_KINDS = ("rope", "learned", "none")
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha")
 

@@ -181,7 +181,8 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     elif not isinstance(layer.mixer, AbsentPlan):
         parts["mixers"] = mixer_part(layer.mixer, d)
     sublayers = (not isinstance(layer.mixer, AbsentPlan)) + layer.has_ffn
-    parts["norms"] = Part(sublayers * d * npd, sublayers * d * npd, 0)
+    norms = {"sandwich": 2 * sublayers, "parallel": 1}.get(model.norm.placement, sublayers)  # of d each
+    parts["norms"] = Part(norms * d * npd, norms * d * npd, 0)
     if layer.has_ffn:
         parts.update(ffn_parts(layer.ffn, d))  # type: ignore[arg-type]
     return _apply_frozen(parts, model.frozen)

@@ -35,8 +35,8 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "sections (plain RoPE on text): 0 FLOPs, 0 parameters, KV bytes unchanged (the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
         "qk_norm_after_rope": "the q/k norm's place (before or after the rotation): 0 FLOPs, the same parameters",
-        "norm_placement": "pre, post, after_sublayer and normed_residual: one norm of d per sublayer a layer has "
-        "(0 FLOPs); a final norm of d except with post",
+        "norm_placement": "pre, post, after_sublayer and normed_residual: one norm of d per sublayer a layer has, "
+        "sandwich two, parallel one per layer (0 FLOPs); a final norm of d except with post",
         "mixers": "linear-attention, state-space and convolution mixers (docs/mixers.md): their projections are "
         "linear FLOPs; their sequence mixing is counted in its chunked training form at S (attention column) and "
         "its recurrent form for a decode step; their state replaces a KV cache and is constant in S",

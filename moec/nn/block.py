@@ -4,6 +4,8 @@
     post-norm (original Transformer):    x = attn_norm(x + attn(x));  x = ffn_norm(x + ffn(x))
     after_sublayer (OLMo 2, FlexOlmo):   x = x + attn_norm(attn(x));  x = x + ffn_norm(ffn(x))
     normed_residual (MiniMax-Text-01):   h = attn_norm(x); x = α·h + β·attn(h);  h = ffn_norm(x); x = α'·h + β'·ffn(h)
+    sandwich (Kolibri, AFMoE, Gemma):    x = x + attn_post_norm(attn(attn_norm(x)));  likewise the FFN
+    parallel (Cohere2-MoE):              h = attn_norm(x);  x = x + attn(h) + ffn(h)  (one norm)
 
 The token mixer is attention (GQA or MLA) or another kind of docs/mixers.md (Gated DeltaNet, Mamba, ...); a
 layer may also lack its mixer or its FFN (Nemotron-H's layers hold one sublayer each), and then it has neither
@@ -81,7 +83,11 @@ class Block(nn.Module):
         mixes = self.attn is not None or self.mixer is not None
         self.attn_norm = make_norm(model.norm, model.d_model, **kw) if mixes else None
         self.ffn = make_ffn(layer, model.d_model, backend=backend, **kw)
-        self.ffn_norm = make_norm(model.norm, model.d_model, **kw) if self.ffn is not None else None
+        own_norm = self.ffn is not None and self.placement != "parallel"  # parallel: the FFN reads attn_norm's h
+        self.ffn_norm = make_norm(model.norm, model.d_model, **kw) if own_norm else None
+        sandwich = self.placement == "sandwich"
+        self.attn_post_norm = make_norm(model.norm, model.d_model, **kw) if sandwich and mixes else None
+        self.ffn_post_norm = make_norm(model.norm, model.d_model, **kw) if sandwich and self.ffn is not None else None
         scales = model.residual_scales
         self.mixer_scale = (scales.attention if layer.has_attention else scales.mixer) if scales else (1.0, 1.0)
         self.ffn_scale = scales.ffn if scales else (1.0, 1.0)
@@ -98,11 +104,17 @@ class Block(nn.Module):
         token mixer's (the tokens sit at ``positions`` (S,)); see moec.nn.cache. ``token_ids`` (B, S): the ids of
         the tokens at each position, which a hash router routes by (docs/routing.md)."""
         mixer = self.attn if self.attn is not None else self.mixer
-        if mixer is not None:
-            x = self._residual(x, self.attn_norm, lambda h: mixer(h, rope, cache, positions), self.mixer_scale)
         aux: list[MoEAux | None] = [None]
+        if self.placement == "parallel":  # both sublayers read one norm of the same input (checks: both exist)
+            h = self.attn_norm(x)
+            m = self.residual_multiplier
+            return x + m * mixer(h, rope, cache, positions) + m * self._ffn(h, token_ids, aux), aux[0]
+        if mixer is not None:
+            post = self.attn_post_norm
+            x = self._residual(x, self.attn_norm, lambda h: mixer(h, rope, cache, positions), self.mixer_scale, post)
         if self.ffn is not None:
-            x = self._residual(x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale)
+            post = self.ffn_post_norm
+            x = self._residual(x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale, post)
         return x, aux[0]
 
     def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> object:
@@ -111,11 +123,14 @@ class Block(nn.Module):
         mixer = self.attn if self.attn is not None else self.mixer
         return mixer.new_cache(batch, max_len, device=device, dtype=dtype) if mixer is not None else None
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float]) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        """One sublayer f with its norm and residual, as the model's placement says (the module docstring)."""
+    def _residual(self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float], post=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """One sublayer f with its norm (and its post-norm, sandwich) and residual, as the model's placement says
+        (the module docstring)."""
         m = self.residual_multiplier
         if self.placement == "pre":
             return x + m * f(norm(x))
+        if self.placement == "sandwich":
+            return x + m * post(f(norm(x)))
         if self.placement == "after_sublayer":
             return x + m * norm(f(x))
         if self.placement == "normed_residual":

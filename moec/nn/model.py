@@ -65,7 +65,7 @@ def component_of(name: str) -> str:
     # (layers.{i} | block).<attn_norm | ffn_norm | attn | mixer | ffn>.…
     sub = parts[2] if parts[0] == "layers" else parts[1]
     rest = parts[3:] if parts[0] == "layers" else parts[2:]
-    if sub in ("attn_norm", "ffn_norm"):
+    if sub in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm"):
         return "norms"
     if sub == "attn":
         return "attention"

@@ -41,10 +41,16 @@ def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
         bad(("model", "residual_scales"), "only meaningful with model.norm.placement: normed_residual")
     if m.norm.placement == "normed_residual" and m.residual_multiplier != 1:
         bad(("model", "residual_multiplier"), "normed_residual scales its branches with model.residual_scales")
+    if m.norm.placement == "parallel" and _one_sublayer_layers(spec):
+        bad(("model", "norm", "placement"), "parallel needs a token mixer and an FFN in every layer")
     if m.norm.unit_offset and m.norm.kind != "rmsnorm":
         bad(("model", "norm", "unit_offset"), "a unit-offset weight is supported on rmsnorm")
     if spec.mtp is not None and mixers_used != {"attention"}:
         bad(("mtp",), "MTP blocks are supported in attention-only models (they would need a mixer of their own)")
+
+
+def _one_sublayer_layers(spec: Spec) -> bool:
+    return "none" in mixer_kind_per_layer(spec) or "none" in ffn_kind_per_layer(spec)
 
 
 def _where_chosen(spec: Spec, kind: str) -> Path:

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from moec.analyze.report import analyze  # noqa: E402
+from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.nn.norms import RMSNorm  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
@@ -142,3 +143,34 @@ ffn: {d_ff: 24}
         gated = att(x, rope)
         att.gate_proj = None
         torch.testing.assert_close(gated, 0.5 * att(x, rope), rtol=1e-12, atol=1e-12)
+
+
+def test_sandwich_norms_wrap_each_sublayer_and_count_two_norms_per_sublayer():
+    plan = plan_of(model=", norm: {placement: sandwich}, positions: {kind: none}")
+    model = built(plan)
+    block = model.layers[0]
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    x1 = x + block.attn_post_norm(block.attn(block.attn_norm(x)))
+    want = x1 + block.ffn_post_norm(block.ffn(block.ffn_norm(x1)))
+    torch.testing.assert_close(block(x)[0], want, rtol=1e-13, atol=1e-13)
+    counts = analyze(plan)
+    assert counts.params.total == sum(p.numel() for p in model.parameters())
+    assert next(c for c in counts.components if c.name == "norms").params == 2 * 4 * 16 + 16  # 4 per layer + final
+
+
+def test_a_parallel_block_feeds_one_norm_to_attention_and_ffn_and_adds_both():
+    plan = plan_of(model=", norm: {placement: parallel}, positions: {kind: none}")
+    model = built(plan)
+    block = model.layers[0]
+    assert block.ffn_norm is None and block.attn_post_norm is None
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    h = block.attn_norm(x)
+    torch.testing.assert_close(block(x)[0], x + block.attn(h) + block.ffn(h), rtol=1e-13, atol=1e-13)
+    counts = analyze(plan)
+    assert counts.params.total == sum(p.numel() for p in model.parameters())
+    assert next(c for c in counts.components if c.name == "norms").params == 2 * 16 + 16  # 1 per layer + final
+
+
+def test_a_parallel_block_needs_both_sublayers():
+    with pytest.raises(SpecError, match="parallel needs a token mixer and an FFN in every layer"):
+        plan_of(model=", norm: {placement: parallel}", layers="layers: {overrides: [{select: [0], ffn: none}]}")

@@ -177,10 +177,10 @@ def test_norm_placement_resolves_and_says_whether_the_stack_ends_with_a_norm(pla
 
 
 def test_an_unknown_norm_placement_names_the_choices():
-    text = GQA.replace("positions: {kind: rope}", "positions: {kind: rope}\n  norm: {placement: sandwich}")
+    text = GQA.replace("positions: {kind: rope}", "positions: {kind: rope}\n  norm: {placement: peri}")
     (err,) = errors(text)
-    assert err.startswith(f"{located(text, 9, 'sandwich')} model.norm.placement:")
-    assert "'pre', 'post', 'after_sublayer' or 'normed_residual'" in err
+    assert err.startswith(f"{located(text, 9, 'peri')} model.norm.placement:")
+    assert "'pre', 'post', 'after_sublayer', 'normed_residual', 'sandwich' or 'parallel'" in err
 
 
 # --- logits ----------------------------------------------------------------------------------------------

@@ -167,9 +167,10 @@ def to_markdown(analyses: list[Analysis], *, layers: bool = False) -> str:
 
 
 def _markdown_layers(a: Analysis) -> list[str]:
-    """The layer table in Markdown; a model with other token mixers gets a mixer column (attention's kind, gqa
-    or mla, on attention layers) in place of the attention one, and its sequence-mixing FLOPs."""
-    if not has_other_mixers(a):
+    """The layer table in Markdown; a model with a layer whose mixer is not attention gets a mixer column
+    (attention's kind, gqa or mla, on attention layers) in place of the attention one, and its sequence-mixing
+    FLOPs in both forms."""
+    if not _mixer_column(a):
         out = [
             "| layer | ffn | attention | window | params | active | linear FLOPs | attention FLOPs |",
             "|---:|---|---|---:|---:|---:|---:|---:|",
@@ -190,6 +191,11 @@ def _markdown_layers(a: Analysis) -> list[str]:
             f"| {exact(r.flops_linear)} | {exact(r.flops_attention)} | {exact(r.flops_decode_mixing)} |"
         )
     return out
+
+
+def _mixer_column(a: Analysis) -> bool:
+    """Whether the layer tables name each layer's mixer: some layer's is not attention (another kind, or none)."""
+    return any(r.mixer != "attention" for r in a.layers)
 
 
 def layer_mixer(r: LayerRow) -> str:
@@ -315,7 +321,7 @@ def layers_table(a: Analysis, *, number: Any = exact, bar: bool = True) -> Any:
 
     lean = number is not exact
     lt = Table(title=f"{a.name}: layers", box=box.SIMPLE_HEAD if lean else box.HEAVY_HEAD, pad_edge=not lean)
-    hybrid = has_other_mixers(a)
+    hybrid = _mixer_column(a)
     # a hybrid's mixer column names attention's kind on attention layers and the other mixers' elsewhere
     mixer = "mixer" if hybrid else "attn" if lean else "attention"
     mixing = "mixing" if hybrid else mixer

@@ -358,6 +358,11 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         "model.norm.placement 'sandwich'": plan.norm.placement == "sandwich",
         "model.norm.placement 'parallel'": plan.norm.placement == "parallel",
+        "per-layer attention shapes (layers.*.attention.n_heads, n_kv_heads)": len(
+            {(x.n_heads, x.n_kv_heads) for x in attns}
+        )
+        > 1,
+        "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
     }
     for what, used in unsupported.items():
         if used:

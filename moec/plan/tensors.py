@@ -59,11 +59,15 @@ def frozen_components(plan: ResolvedModel) -> set[str]:
 def block_tensors(prefix: str, layer: LayerPlan, plan: ResolvedModel) -> list[ParamTensor]:
     unit = prefix.removesuffix(".block")
     d = plan.d_model
+    sandwich = plan.norm.placement == "sandwich"  # a norm after each sublayer too
     return [
         *_norm(f"{prefix}.attn_norm", d, plan.norm, "norms", unit),
         *_attention(f"{prefix}.attn", layer.attention, d, plan.norm, unit),
-        *_norm(f"{prefix}.ffn_norm", d, plan.norm, "norms", unit),
+        *(_norm(f"{prefix}.attn_post_norm", d, plan.norm, "norms", unit) if sandwich else []),
+        # parallel: the FFN reads attn_norm's output (Cohere2-MoE)
+        *(_norm(f"{prefix}.ffn_norm", d, plan.norm, "norms", unit) if plan.norm.placement != "parallel" else []),
         *_ffn(f"{prefix}.ffn", layer.ffn, d, unit),
+        *(_norm(f"{prefix}.ffn_post_norm", d, plan.norm, "norms", unit) if sandwich else []),
     ]
 
 
@@ -95,13 +99,15 @@ def _linear(prefix: str, n_in: int, n_out: int, bias: bool, unit: str, tp_dim: i
 def _attention(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str) -> list[ParamTensor]:
     if a.kind == "mla":
         return _mla(prefix, a, d, norm, unit)
-    h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim
+    h, kv, hd, vd = a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim
     out = [
         *_linear(f"{prefix}.q_proj", d, h * hd, a.bias, unit, 0),
         *_linear(f"{prefix}.k_proj", d, kv * hd, a.bias, unit, 0),
-        *_linear(f"{prefix}.v_proj", d, kv * hd, a.bias, unit, 0),
-        *_linear(f"{prefix}.o_proj", h * hd, d, a.out_bias, unit, 1),
+        *_linear(f"{prefix}.v_proj", d, kv * vd, a.bias, unit, 0),
+        *_linear(f"{prefix}.o_proj", h * vd, d, a.out_bias, unit, 1),
     ]
+    if a.output_gate != "none":  # split by heads like q_proj under tensor parallelism
+        out += _linear(f"{prefix}.gate_proj", d, h * vd if a.output_gate == "element" else h, a.bias, unit, 0)
     if a.qk_norm and a.qk_norm_kind == "model":  # the l2 kind is weightless
         per_head = a.qk_norm_scope == "head"
         out += _norm(f"{prefix}.q_norm", hd if per_head else h * hd, norm, "attention", unit)
@@ -125,6 +131,8 @@ def _mla(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str) -> li
     out += _norm(f"{prefix}.kv_a_layernorm", a.kv_lora_rank, norm, "attention", unit)
     out += _linear(f"{prefix}.kv_b_proj", a.kv_lora_rank, h * (nope + dv), False, unit, 0)
     out += _linear(f"{prefix}.o_proj", h * dv, d, False, unit, 1)
+    if a.output_gate != "none":  # Ling 3's per-head gate, no bias
+        out += _linear(f"{prefix}.gate_proj", d, h * dv if a.output_gate == "element" else h, False, unit, 0)
     return out + _sinks(prefix, a, unit)
 
 

@@ -123,8 +123,8 @@ SCALERS: dict[str, Callable[[Any, int, int, int], Any]] = {
 
 
 def scale_mixer(plan: Any, old_d_model: int, d_model: int, seq: int) -> Any:
-    """A layer's mixer plan at width ``d_model`` (from ``old_d_model``): None (attention) and AbsentPlan (none) as they are, a kind's
-    Plan through its scaler."""
+    """A layer's mixer plan at width ``d_model`` (from ``old_d_model``): None (attention) and AbsentPlan (none)
+    as they are, a kind's Plan through its scaler."""
     kind = getattr(plan, "kind", "none")
     if plan is None or kind == "none":
         return plan

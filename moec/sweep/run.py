@@ -136,7 +136,8 @@ def _evaluate(
     model = ev.model(sets)
     if model.hybrid:  # a grid value made it one; the base spec is refused by name before the sweep
         raise Skip(
-            "a hybrid model (a token mixer other than attention, or a layer without one or its FFN): sweep counts attention-only models"
+            "a hybrid model (a token mixer other than attention, or a layer without one or its FFN): "
+            "sweep counts attention-only models"
         )
     if budget is None:
         return model, ev.analysis(model), None

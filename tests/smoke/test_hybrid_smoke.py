@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from moec.cli import cli
 from moec.mixers import KINDS
 from moec.smoke.mixers import SCALERS, scale_mixer
-from moec.smoke.scale import fit
+from moec.smoke.scale import compress_layers, fit
 from moec.spec import load_model
 from moec.vocab import LINEAR_MIXERS
 from tests.conftest import SPECS
@@ -43,6 +43,39 @@ EXPECTED_PATTERNS = {
 @pytest.mark.parametrize("name", sorted(EXPECTED_PATTERNS))
 def test_the_scaled_copy_keeps_each_layers_mixer_and_ffn(name: str):
     assert tiny_pattern(name) == EXPECTED_PATTERNS[name]
+
+
+# mamba on 0, 2, 4; attention on 1, 3, 5; a short convolution on 6 alone; MoE on layer 5 alone
+LATE_KINDS = """\
+moec: 1
+name: late-kinds
+model: {vocab_size: 64, d_model: 32, n_layers: 7, max_seq_len: 64}
+attention: {n_heads: 4}
+mixers: {mamba: {}, short_conv: {}}
+ffn: {d_ff: 64}
+moe: {n_experts: 4, d_ff: 16, router: {top_k: 2}, balance: {load_balance_coeff: 0.01}}
+layers:
+  default: {ffn: dense, mixer: mamba}
+  overrides:
+    - {select: {layers: [1, 3, 5]}, mixer: attention}
+    - {select: {layers: [6]}, mixer: short_conv}
+    - {select: {layers: [5]}, ffn: moe}
+"""
+
+
+def test_kinds_past_the_first_layers_take_the_place_of_repeated_ones(write_spec):
+    """The first four layers hold mamba and attention only: the short convolution (layer 6) replaces layer 3 (an
+    attention layer, one more is kept), then the MoE layer 5 replaces layer 2 (a mamba layer, layer 0 is kept),
+    never the only layer of a kind."""
+    plan = load_model(str(write_spec(LATE_KINDS)))
+    kept = compress_layers(plan.layers, 4)
+    assert [lp.index for lp in kept] == [0, 1, 5, 6]
+    assert [(lp.mixer_kind, lp.ffn.kind) for lp in kept] == [
+        ("mamba", "dense"),
+        ("attention", "dense"),
+        ("attention", "moe"),
+        ("short_conv", "dense"),
+    ]
 
 
 def test_every_mixer_kind_has_a_scaler():

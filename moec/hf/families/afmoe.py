@@ -1,0 +1,157 @@
+"""AFMoE (``model_type`` afmoe, AfmoeForCausalLM; Arcee's Trinity): GQA with RMSNorm(head_dim) on q and k and a
+sigmoid gate per element of each head on the attention output (``gate_proj``, no bias: ``attention.output_gate:
+element``); sliding-window layers, which alone rotate q and k, and global layers without positions (NoPE), by
+``layer_types`` (unset: global every ``global_attn_every_n_layers``-th layer); sandwich norms, four RMSNorms a layer
+(``model.norm.placement: sandwich``); a dense MLP on the first ``num_dense_layers`` layers, then MoE: sigmoid scores,
+a selection-only ``expert_bias``, the top-k weights always renormalised (sum + 1e-20) and scaled by ``route_scale``,
+``num_shared_experts`` shared experts run as one MLP; with ``mup_enabled`` the embeddings are scaled by √d.
+
+Checkpoints keep transformers' names, with AFMoE's own for the sandwich norms (``post_attention_layernorm`` is the
+norm *after* attention, ``pre_mlp_layernorm`` the one before the FFN), the router (``mlp.router.gate``) and the
+selection bias beside it (``mlp.expert_bias``). Trinity's release configs carry fields of Arcee's own code that
+transformers does not read (route_norm, score_func, n_group, ...): named where they agree with the model transformers
+builds, refused where they do not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router, shared_experts
+from moec.hf.families.hy_v3 import equals, ignored
+from moec.hf.mapper import Mapper
+
+if TYPE_CHECKING:
+    import torch
+
+    from moec.spec.plan import LayerPlan
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=200192, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=1408,
+                    num_hidden_layers=32, num_dense_layers=1, num_attention_heads=16, num_key_value_heads=None,
+                    head_dim=128, max_position_embeddings=16384, rms_norm_eps=1e-5, num_experts=64,
+                    num_experts_per_tok=6, num_shared_experts=2, route_scale=1.0, global_attn_every_n_layers=4,
+                    sliding_window=1024, layer_types=None, mup_enabled=False, attention_bias=False)
+# fmt: on
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+# AfmoeTokenChoiceRouter divides the top-k scores by their sum + 1e-20
+NORMALIZE_EPS = 1e-20
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    base(c, d, "AFMoE")
+    d.put("model.norm.placement", "sandwich", "AfmoeDecoderLayer: x + post_norm(f(pre_norm(x))) for attention and MLP")
+    if c.bool("mup_enabled"):
+        d.put("model.embedding_multiplier", math.sqrt(c.int("hidden_size")), "mup_enabled: embeddings × √hidden_size")
+    _attention(c, d)
+    _layer_types(c, d)
+    moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
+    router(
+        d,
+        "AfmoeTokenChoiceRouter: sigmoid, + expert_bias for selection only, top-k weights renormalised",
+        score="sigmoid",
+        softmax_after_topk=False,
+        selection_bias=True,
+        selection_bias_parameter=True,  # AfmoeSparseMoeBlock.expert_bias: an nn.Parameter without gradient
+        normalize_topk=True,
+        normalize_eps=NORMALIZE_EPS,
+    )
+    d.put("moe.router.scale", c.float("route_scale"), c.src("route_scale"))
+    shared_experts(c, d, "num_shared_experts", " (one MLP of n·moe_intermediate_size)")
+    k = c.int("num_dense_layers", minimum=0)
+    d.ffn = ["dense" if i < k else "moe" for i in range(d.n_layers)]
+    d.ffn_note = f"AfmoeDecoderLayer: a dense MLP on the first {c.src('num_dense_layers')} ({k}) layers"
+    if "dense" in d.ffn:
+        dense_ffn(c, d, bias_src="AfmoeMLP has no biases")
+    c.value("intermediate_size")
+    _release_fields(c, d)
+
+
+def _attention(c: HFConfig, d: Draft) -> None:
+    b = c.bool("attention_bias")
+    gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
+    d.put("attention.qk_norm", True, "AfmoeAttention: RMSNorm(head_dim) on q and k, before the rotation")
+    d.put("attention.output_gate", "element", "AfmoeAttention: o_proj(attn · sigmoid(gate_proj(x))), per element")
+    if b:
+        h, hd = d.get("attention.n_heads"), d.get("attention.head_dim")
+        d.gap(
+            "attention_bias",
+            True,
+            "AFMoE's gate_proj has no bias while q, k, v and o_proj have one; moec's output gate takes attention.bias",
+            "attention.output_gate_bias: bool (a gate bias apart from the q/k/v biases). Count: −h·head_dim a layer",
+            -d.n_layers * h * hd,
+        )
+
+
+def _layer_types(c: HFConfig, d: Draft) -> None:
+    """layer_types (unset: global on every global_attn_every_n_layers-th layer); the sliding layers use
+    sliding_window and alone rotate q and k (AfmoeAttention.is_local_attention), the global ones are NoPE."""
+    n = c.int("global_attn_every_n_layers")
+    pattern = [SLIDING if (i + 1) % n else FULL for i in range(d.n_layers)]
+    if c.value("layer_types") is None:
+        types, src = pattern, f"layer_types unset: global every {c.src('global_attn_every_n_layers')} ({n}) layers"
+    else:
+        types, src = c.str_list("layer_types"), "layer_types"
+    if not d.fits_layers(c, "layer_types", types) or not all_known(c, "layer_types", types, (FULL, SLIDING)):
+        return
+    if types != pattern and c.given("global_attn_every_n_layers"):
+        d.gap(
+            "global_attn_every_n_layers",
+            n,
+            "layer_types (which transformers reads) places the global layers otherwise: ambiguous",
+            "none: remove global_attn_every_n_layers or make it agree with layer_types",
+        )
+    w = c.int("sliding_window", optional=True)
+    d.window = [w if t == SLIDING else None for t in types]
+    d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""
+    d.rope = [t == SLIDING for t in types]
+    d.rope_note = f"{src}: AfmoeAttention rotates q and k on the sliding layers only; the global layers are NoPE"
+
+
+# Trinity's release fields (Arcee's own code) that AfmoeConfig does not define and transformers does not read:
+# each agrees with the model transformers builds (one expert group, sigmoid scores always renormalised) or is refused
+RELEASE_FIELDS = {
+    "route_norm": (equals(True), "moe.router.normalize_topk"),
+    "score_func": (equals("sigmoid"), "moe.router.score"),
+    "n_group": (equals(1), "moe.router.top_k"),
+    "topk_group": (equals(1), "moe.router.top_k"),
+    "num_expert_groups": (equals(1), "moe.router.top_k"),
+    "num_limited_groups": (equals(1), "moe.router.top_k"),
+    # grouped matrix products in Arcee's code: how the experts run, not what they compute
+    "use_grouped_mm": (lambda v: isinstance(v, bool), "moe.n_experts"),
+}
+
+
+def _release_fields(c: HFConfig, d: Draft) -> None:
+    for key, (agrees, path) in RELEASE_FIELDS.items():
+        ignored(c, d, "Afmoe", key, agrees, path)
+
+
+class SandwichMapper(Mapper):
+    """Sandwich norms under transformers' names for them: ``attn_post_norm`` after attention, ``ffn_post_norm``
+    after the FFN (the pre norms keep the base names; a family sets ``ffn_norm`` when its pre-FFN norm differs)."""
+
+    attn_post_norm = "post_attention_layernorm."
+    ffn_post_norm = "post_mlp_layernorm."
+
+    def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
+        if part == "attn_post_norm":
+            return self.ck.get(self.layer(i) + self.attn_post_norm + leaf)
+        if part == "ffn_post_norm":
+            return self.ck.get(self.layer(i) + self.ffn_post_norm + leaf)
+        return super().block(lp, i, part, leaf)
+
+
+class AfmoeMapper(SandwichMapper):
+    """AFMoE's names: ``pre_mlp_layernorm`` before the FFN, the router under ``mlp.router.gate`` and its selection
+    bias at ``mlp.expert_bias``."""
+
+    ffn_norm = "pre_mlp_layernorm."
+    routers = ("router.gate.",)
+    expert_biases = ("expert_bias",)
+
+
+FAMILY = Family("afmoe", "AfmoeForCausalLM", DEFAULTS, translate, mapper=AfmoeMapper)

@@ -55,14 +55,14 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         mm = q_mm + kv_mm + o_mm + gate_mm
         extra = norms
     else:
-        h, kv, hd = a.n_heads, a.n_kv_heads, a.head_dim
-        mm = d * hd * (h + 2 * kv) + h * hd * d
-        extra = (hd * (h + 2 * kv) if a.bias else 0) + (d if a.out_bias else 0)
+        h, kv, hd, vd = a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim
+        mm = d * (hd * (h + kv) + vd * kv) + h * vd * d  # q, k (head_dim wide), v (v_dim wide); o from h·v_dim
+        extra = (hd * (h + kv) + vd * kv if a.bias else 0) + (d if a.out_bias else 0)
         if a.qk_norm and a.qk_norm_kind == "model":  # l2 (Llama-4) is weightless: 0 parameters
             # per-head norms share one head_dim weight; OLMoE normalises whole projections
             extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
         if a.output_gate != "none":  # its own projection of the layer input: per element or per head
-            gate = h * hd if a.output_gate == "element" else h
+            gate = h * vd if a.output_gate == "element" else h
             mm += d * gate
             extra += gate if a.bias else 0
     extra += a.n_heads if a.sinks else 0

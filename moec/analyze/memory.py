@@ -37,7 +37,7 @@ def kv_bytes_per_token(a: AttentionPlan, nbytes: int) -> int:
     if a.kind == "mla":
         assert a.kv_lora_rank is not None and a.qk_rope_head_dim is not None
         return (a.kv_lora_rank + a.qk_rope_head_dim) * nbytes
-    return 2 * a.n_kv_heads * a.head_dim * nbytes
+    return a.n_kv_heads * (a.head_dim + a.v_dim) * nbytes
 
 
 def activation_bytes_per_token(model: ResolvedModel) -> int:

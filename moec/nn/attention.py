@@ -219,12 +219,12 @@ class Attention(AttentionLayer):
         if plan.kind != "gqa":
             raise ValueError(f"Attention builds gqa layers; use MLA for {plan.kind!r}")
         self.plan, self.d_model = plan, d_model
-        h, kv, hd = plan.n_heads, plan.n_kv_heads, plan.head_dim
+        h, kv, hd, vd = plan.n_heads, plan.n_kv_heads, plan.head_dim, plan.v_dim  # vd: MiMo-V2-Flash's v ≠ q/k
         kw = {"device": device, "dtype": dtype}
         self.q_proj = Linear(d_model, h * hd, bias=plan.bias, **kw)
         self.k_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
-        self.v_proj = Linear(d_model, kv * hd, bias=plan.bias, **kw)
-        self.o_proj = Linear(h * hd, d_model, bias=plan.out_bias, **kw)
+        self.v_proj = Linear(d_model, kv * vd, bias=plan.bias, **kw)
+        self.o_proj = Linear(h * vd, d_model, bias=plan.out_bias, **kw)
         # the model's norm kind (the analyzer counts it so); scope "head": one norm over head_dim shared by
         # the heads (Qwen3); "projection": one norm over the whole q and k projections (OLMoE)
         # "l2" (Llama-4) is weightless: no module, see forward
@@ -234,7 +234,7 @@ class Attention(AttentionLayer):
         self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
         self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        self.make_output_gate(d_model, hd, bias=plan.bias, **kw)
+        self.make_output_gate(d_model, vd, bias=plan.bias, **kw)
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 
@@ -274,7 +274,7 @@ class Attention(AttentionLayer):
             q, k, v = (t.clamp(-p.clip_qkv, p.clip_qkv) for t in (q, k, v))
         # head counts from the widths, not the plan: under tensor parallelism this rank holds only its own heads
         h, kv = q.shape[-1] // hd, k.shape[-1] // hd
-        q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, hd)
+        q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, -1)
         head_norm = p.qk_norm and p.qk_norm_scope == "head" and p.qk_norm_kind == "model"
         if head_norm and not p.qk_norm_after_rope:
             q, k = self.q_norm(q), self.k_norm(k)  # before rotation, as Qwen3
@@ -298,7 +298,7 @@ class Attention(AttentionLayer):
     def cache_widths(self) -> tuple[int, int, int]:
         """Keys and values for this layer's own KV heads (under tensor parallelism: this rank's)."""
         hd = self.plan.head_dim
-        return self.k_proj.out_features // hd, hd, hd
+        return self.k_proj.out_features // hd, hd, self.plan.v_dim
 
     def extra_repr(self) -> str:
         p = self.plan

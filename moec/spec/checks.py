@@ -61,7 +61,7 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
     partial = m.positions.rotary_dim is not None or m.positions.partial_rotary_factor is not None
     if m.positions.kind == "rope" and hd % 2 and not partial:
         bad(("attention", "head_dim"), f"rotary positions need an even head_dim, got {hd}")
-    for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "latent_norm_eps"):
+    for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "latent_norm_eps"):
         if getattr(a, f) is not None:
             bad(("attention", f), "only meaningful with attention.kind: mla")
 

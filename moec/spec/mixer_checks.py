@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.mixers import KINDS
-from moec.spec.resolve import ffn_kind_per_layer, mixer_kind_per_layer
+from moec.spec.resolve import attention_fields_per_layer, ffn_kind_per_layer, mixer_kind_per_layer
 from moec.spec.schema import Spec
 from moec.spec.yamlio import Path
 
@@ -33,6 +33,7 @@ def check_mixers(spec: Spec, bad: Bad) -> None:
     if empty:
         bad(("layers",), f"{_layers(empty, 'has', 'have')} neither a token mixer nor an FFN (mixer: none, ffn: none)")
     _check_block_options(spec, used, bad)
+    _check_layer_heads(spec, bad)
 
 
 def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
@@ -47,6 +48,37 @@ def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
         bad(("model", "norm", "unit_offset"), "a unit-offset weight is supported on rmsnorm")
     if spec.mtp is not None and mixers_used != {"attention"}:
         bad(("mtp",), "MTP blocks are supported in attention-only models (they would need a mixer of their own)")
+
+
+def _check_layer_heads(spec: Spec, bad: Bad) -> None:
+    """Per-layer head counts (layers.*.attention.n_heads, n_kv_heads): GQA's KV heads divide each layer's query
+    heads; MLA has no KV heads to change."""
+    written = _attention_paths(spec, "n_kv_heads")
+    if spec.attention.kind == "mla":
+        for path in written:
+            bad(path, "MLA has no separate KV heads (leave n_kv_heads unset)")
+        return
+    fields = attention_fields_per_layer(spec)
+    section = (spec.attention.n_heads, spec.attention.n_kv_heads or spec.attention.n_heads)  # checked as such
+    pairs = zip(fields["n_heads"], fields["n_kv_heads"], strict=True)
+    uneven = [i for i, (h, kv) in enumerate(pairs) if h % kv and (h, kv) != section]
+    if uneven:
+        i = uneven[0]
+        where = (_attention_paths(spec, "n_heads") + written)[-1:] or [("attention", "n_kv_heads")]
+        heads = f"n_heads {fields['n_heads'][i]} is not divisible by n_kv_heads {fields['n_kv_heads'][i]}"
+        others = f" (and in layers {_spans(uneven[1:])})" if len(uneven) > 1 else ""
+        bad(where[0], f"layer {i}: {heads}{others}")
+
+
+def _attention_paths(spec: Spec, field: str) -> list[Path]:
+    """Where layers.default.attention and the overrides write ``field``, in order."""
+    paths: list[Path] = []
+    if field in spec.layers.default.attention.model_fields_set:
+        paths.append(("layers", "default", "attention", field))
+    for j, ov in enumerate(spec.layers.overrides):
+        if ov.attention is not None and field in ov.attention.model_fields_set:
+            paths.append(("layers", "overrides", j, "attention", field))
+    return paths
 
 
 def _one_sublayer_layers(spec: Spec) -> bool:

@@ -191,8 +191,8 @@ class AttentionPlan:
 
     @property
     def v_dim(self) -> int:
-        """Per-head width of values."""
-        return self.v_head_dim if self.kind == "mla" else self.head_dim
+        """Per-head width of values: MLA's v_head_dim; GQA's v_head_dim where given, else head_dim."""
+        return self.v_head_dim if self.v_head_dim is not None else self.head_dim
 
 
 class _FFNBase:

@@ -80,6 +80,32 @@ def _mixer_plans(spec: Spec, kinds: list[str]) -> list[Any]:
     return [planned(i, kind) for i, kind in enumerate(kinds)]
 
 
+def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
+    """Each layer's value of the attention fields a layer may change besides its window and rope: the attention
+    section's unless layers.default or an override (a later one winning) writes it. n_kv_heads defaults to the
+    layer's n_heads where neither the section nor the layer gives it (MHA)."""
+    a, n = spec.attention, spec.model.n_layers
+    default_attn = spec.layers.default.attention
+    section = {
+        "chunk": a.chunk,
+        "qk_norm": a.qk_norm,
+        "temperature_tuning": a.temperature_tuning is not None,
+        "rope_theta": None,  # model.positions.theta
+        "n_heads": a.n_heads,
+        "n_kv_heads": a.n_kv_heads,
+    }
+    fields = {
+        f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in section.items()
+    }
+    for ov in spec.layers.overrides:
+        written = ov.attention.model_fields_set if ov.attention is not None else set()
+        for f in section:
+            if f in written:
+                assign_selected(fields[f], ov.select, getattr(ov.attention, f))
+    fields["n_kv_heads"] = [kv or h for kv, h in zip(fields["n_kv_heads"], fields["n_heads"], strict=True)]
+    return fields
+
+
 def _selection(sel: Select, n_layers: int) -> slice | list[int]:
     if sel.layers is not None:
         return sorted({i for i in sel.layers if i < n_layers})
@@ -99,7 +125,6 @@ _MODEL_AS_WRITTEN = tuple(
 )
 # attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
 _ATTENTION_AS_WRITTEN = (
-    "n_heads",
     "bias",
     "out_bias",
     "sinks",
@@ -133,25 +158,13 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     default_attn = spec.layers.default.attention
     window = [default_attn.window if "window" in default_attn.model_fields_set else a.window] * n
     rope = [m.positions.kind == "rope" and default_attn.rope] * n
-    # per-layer attention fields: the attention section's value unless layers.default or an override writes it
-    per_layer = {
-        "chunk": a.chunk,
-        "qk_norm": a.qk_norm,
-        "temperature_tuning": a.temperature_tuning is not None,
-        "rope_theta": None,  # model.positions.theta
-    }
-    attn_fields = {
-        f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in per_layer.items()
-    }
+    attn_fields = attention_fields_per_layer(spec)
     for ov in spec.layers.overrides:
         written = ov.attention.model_fields_set if ov.attention is not None else set()
         if "window" in written:
             assign_selected(window, ov.select, ov.attention.window)  # type: ignore[union-attr]
         if "rope" in written:
             assign_selected(rope, ov.select, m.positions.kind == "rope" and ov.attention.rope)  # type: ignore[union-attr]
-        for f in per_layer:
-            if f in written:
-                assign_selected(attn_fields[f], ov.select, getattr(ov.attention, f))
 
     dense = _dense(spec)
     moe = _moe(spec)
@@ -170,6 +183,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "temperature_floor_scale": tt.floor_scale if tt else None,
             "temperature_scale": tt.scale if tt else None,
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],
+            "n_heads": a.n_heads if i is None else attn_fields["n_heads"][i],
         }
         if a.kind == "mla":
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None
@@ -180,9 +194,9 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 **{f: getattr(a, f) for f in _MLA_AS_WRITTEN},
                 **planned,
             )
-        return AttentionPlan(
-            kind="gqa", n_kv_heads=a.n_kv_heads or a.n_heads, head_dim=a.head_dim or m.d_model // a.n_heads, **planned
-        )
+        kv = (a.n_kv_heads or a.n_heads) if i is None else attn_fields["n_kv_heads"][i]
+        head_dim = a.head_dim or m.d_model // a.n_heads  # the section's, also on layers with other head counts
+        return AttentionPlan(kind="gqa", n_kv_heads=kv, head_dim=head_dim, v_head_dim=a.v_head_dim, **planned)
 
     mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}

@@ -243,7 +243,7 @@ class Attention(Strict):
     qk_rope_head_dim: Annotated[int, Field(ge=0, le=MAX_HEAD_DIM)] | None = None
     """MLA: the rotary part of each query/key head (one shared rotary key)."""
     v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
-    """MLA: the width of each value head."""
+    """The width of each value head: MLA's; for GQA when it differs from head_dim (MiMo-V2-Flash), null: head_dim."""
     latent_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
     output_gate: Literal[OUTPUT_GATES] = "none"

@@ -174,3 +174,57 @@ def test_a_parallel_block_feeds_one_norm_to_attention_and_ffn_and_adds_both():
 def test_a_parallel_block_needs_both_sublayers():
     with pytest.raises(SpecError, match="parallel needs a token mixer and an FFN in every layer"):
         plan_of(model=", norm: {placement: parallel}", layers="layers: {overrides: [{select: [0], ffn: none}]}")
+
+
+def test_layers_may_have_their_own_head_counts_and_gqa_its_own_value_width():
+    # MiMo-V2-Flash's shape: q/k heads of 6, values of 4; layer 1 (its sliding layers) with twice the KV heads
+    layers = "layers: {overrides: [{select: [1], attention: {n_kv_heads: 4}}]}"
+    text = SPEC.replace("head_dim: 4ATTN", "head_dim: 6, v_head_dim: 4").replace(
+        "16MODEL", "16, positions: {kind: none}"
+    )
+    plan = resolve(load_spec("t.yaml", text=text.replace("LAYERS", layers)))
+    assert [(lp.attention.n_heads, lp.attention.n_kv_heads, lp.attention.v_dim) for lp in plan.layers] == [
+        (4, 2, 4),
+        (4, 4, 4),
+    ]
+    model = built(plan)
+    att = model.layers[1].attn
+    assert [tuple(getattr(att, p).weight.shape) for p in ("q_proj", "k_proj", "v_proj", "o_proj")] == [
+        (24, 16), (24, 16), (16, 16), (16, 16),
+    ]  # fmt: skip
+    d = 16
+    per_layer = [d * (6 * (4 + kv) + 4 * kv) + 4 * 4 * d for kv in (2, 4)]  # q, k: 6 wide; v: 4; o: h·4 → d
+    norms, ffn = 2 * d, 3 * d * 24
+    assert analyze(plan).params.total == 64 * d * 2 + d + sum(per_layer) + 2 * (norms + ffn)
+    assert analyze(plan).params.total == sum(p.numel() for p in model.parameters())
+    assert analyze(plan).memory.kv_cache_bytes_per_token == 2 * (
+        2 * (6 + 4) + 4 * (6 + 4)
+    )  # bf16, per layer kv·(hd+vd)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    want = naive_attention_shapes(att, x, h=4, kv=4, hd=6)
+    torch.testing.assert_close(att(x), want, rtol=1e-12, atol=1e-12)
+    tokens = torch.randint(64, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = model.new_cache(2, 6)
+        steps = [model(tokens[:, :2], cache=cache, start=0)[0]]
+        steps += [model(tokens[:, i : i + 1], cache=cache, start=i)[0] for i in range(2, 6)]
+        torch.testing.assert_close(torch.cat(steps, 1), model(tokens)[0], rtol=1e-10, atol=1e-10)
+
+
+def naive_attention_shapes(att, x, *, h, kv, hd):  # type: ignore[no-untyped-def]
+    B, S, _ = x.shape
+    q = att.q_proj(x).view(B, S, h, hd)
+    k = att.k_proj(x).view(B, S, kv, hd).repeat_interleave(h // kv, dim=2)
+    v = att.v_proj(x).view(B, S, kv, -1).repeat_interleave(h // kv, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(B, S, -1) @ att.o_proj.weight.T
+
+
+def test_uneven_per_layer_heads_are_reported_where_they_are_written():
+    layers = "layers: {overrides: [{select: [1], attention: {n_heads: 3}}]}"
+    with pytest.raises(
+        SpecError,
+        match=r"layers\.overrides\[0\]\.attention\.n_heads: layer 1: n_heads 3 is not divisible by n_kv_heads 2$",
+    ):
+        plan_of(layers=layers)

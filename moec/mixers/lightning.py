@@ -36,15 +36,13 @@ class Section(Strict):
     head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
     """Width of each head's query, key and value; unset: d_model / n_heads (MiniMax's head_dim)."""
     chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] = 256
-    """Tokens per block of the chunked (training and prefill) form; changes the FLOPs, never the result
-    (MiniMax's block_size)."""
+    """Tokens per block of the chunked form (training, prefill): changes the FLOPs, never the result (block_size)."""
     activation: Literal[QKV_ACTIVATIONS] = "silu"
     """The nonlinearity applied to the query, key and value projections (MiniMax's hidden_act)."""
     norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Epsilon of the RMSNorm over the heads' joined outputs; unset: the model norm's (MiniMax-Text-01: 1e-6)."""
     depth_scaled_decay: bool = True
-    """Scale every head's slope by 1 − l/(L − 1 + 1e-5) + 1e-5 at layer l of L, so deeper layers forget more
-    slowly (MiniMax-Text-01); false: the same slopes in every layer."""
+    """Scale the slopes by 1 − l/(L − 1 + 1e-5) + 1e-5 at layer l of L (MiniMax); false: the same in every layer."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -233,6 +233,28 @@ class MiniMaxMapper(MixtralMapper):
             self._check_decays(p, lp.mixer)
         return weight
 
+    def derived(self) -> dict[str, Any]:
+        """The decay buffers transformers saves for each lightning layer, as it computes them from the slopes
+        (float32): slope_rate (H, 1, 1); query_decay and key_decay (H, B, 1) for block positions i = 1…B,
+        e^(−s·i) and e^(−s(B − i)); diagonal_decay (1, H, B, B), e^(−s(i − j)) for j ≤ i, else 0; B the block
+        size. What an export writes besides the moec tensors (the import checks the slopes and lets them go)."""
+        import torch
+
+        from moec.kernels.mixers.lightning import block_decays, lightning_slopes
+
+        out = {}
+        for lp in self.plan.layers:
+            if lp.mixer_kind != "lightning":
+                continue
+            plan, p = lp.mixer, self.layer(lp.index) + self.attn
+            slopes = torch.tensor(lightning_slopes(plan.n_heads, plan.decay_scale), dtype=torch.float64)
+            within, on_memory, on_carried, _ = block_decays(slopes, plan.chunk, torch.float32)
+            # transformers' key_decay runs over B − i for i = 1…B: the carried-out factors of a whole block
+            out[p + "slope_rate"] = slopes.float()[:, None, None]
+            out[p + "query_decay"], out[p + "key_decay"] = on_memory, on_carried
+            out[p + "diagonal_decay"] = within[None]
+        return out
+
     def _check_decays(self, p: str, plan: Any) -> None:
         import torch
 

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.errors import SpecError  # noqa: E402
 from moec.hf.checkpoint import CheckpointError  # noqa: E402
-from moec.hf.families.minimax import DEFAULTS  # noqa: E402
+from moec.hf.families.minimax import DEFAULTS, MiniMaxMapper  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
@@ -222,3 +222,19 @@ def test_a_checkpoint_whose_decays_are_not_minimaxs_is_refused_naming_them(check
         moec.from_hf(tmp_path)
     assert [p.path for p in e.value.problems] == ["layers.2.mixer.qkv_proj.weight"]
     assert "model.layers.2.self_attn.slope_rate holds decays" in e.value.problems[0].message
+
+
+def test_the_decay_buffers_an_export_writes_are_transformers(checkpoint):
+    """MiniMaxMapper.derived: what transformers saves beside each lightning layer's weights, from the plan alone."""
+    from safetensors.torch import load_file
+
+    from moec.hf.checkpoint import MemoryCheckpoint
+
+    hf, folder = checkpoint
+    saved = load_file(folder / "model.safetensors")
+    model = moec.from_hf(folder)
+    derived = MiniMaxMapper(MemoryCheckpoint(saved, folder), model.plan).derived()
+    assert sorted(derived) == sorted(n for n in saved if n.endswith(MiniMaxMapper.decay_buffers))
+    for name, t in derived.items():
+        assert t.dtype == torch.float32 and t.shape == saved[name].shape
+        torch.testing.assert_close(t, saved[name], rtol=0, atol=1e-7)

@@ -47,7 +47,8 @@ def _ints(values: tuple[str, ...], hint: str = "--tokens") -> tuple[int, ...]:
 @click.option(
     "--activation",
     type=click.Choice(ACTIVATIONS),
-    help="Expert activation (default swiglu, or the spec's).",
+    metavar="NAME",  # the choices, listed in the help, no longer fit one line of 80 columns
+    help=f"Expert activation: {', '.join(ACTIVATIONS)} (default swiglu, or the spec's).",
 )
 @click.option(
     "--tokens",

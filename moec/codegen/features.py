@@ -363,6 +363,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         )
         > 1,
         "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
+        "moe.router.selection_bias_on 'logits'": any(r.selection_bias_on == "logits" for r in routers),
+        "moe.output_norm": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_norm for lp in layers),
     }
     for what, used in unsupported.items():
         if used:

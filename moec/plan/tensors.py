@@ -60,6 +60,7 @@ def block_tensors(prefix: str, layer: LayerPlan, plan: ResolvedModel) -> list[Pa
     unit = prefix.removesuffix(".block")
     d = plan.d_model
     sandwich = plan.norm.placement == "sandwich"  # a norm after each sublayer too
+    moe_norm = isinstance(layer.ffn, MoEPlan) and layer.ffn.output_norm  # the MoE block's own (A.X-K1)
     return [
         *_norm(f"{prefix}.attn_norm", d, plan.norm, "norms", unit),
         *_attention(f"{prefix}.attn", layer.attention, d, plan.norm, unit),
@@ -67,7 +68,7 @@ def block_tensors(prefix: str, layer: LayerPlan, plan: ResolvedModel) -> list[Pa
         # parallel: the FFN reads attn_norm's output (Cohere2-MoE)
         *(_norm(f"{prefix}.ffn_norm", d, plan.norm, "norms", unit) if plan.norm.placement != "parallel" else []),
         *_ffn(f"{prefix}.ffn", layer.ffn, d, unit),
-        *(_norm(f"{prefix}.ffn_post_norm", d, plan.norm, "norms", unit) if sandwich else []),
+        *(_norm(f"{prefix}.ffn_post_norm", d, plan.norm, "norms", unit) if sandwich or moe_norm else []),
     ]
 
 

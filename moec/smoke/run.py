@@ -25,7 +25,7 @@ from moec.smoke.progress import progress_display
 from moec.smoke.record import StepRecorder
 from moec.smoke.report import LayerLoad, Numerics, SmokeResult
 from moec.smoke.scale import Fitted, fit
-from moec.smoke.sublayer_time import PASSES, sublayer_time_shares
+from moec.smoke.sublayer_time import sublayer_time_shares, timed_passes
 from moec.spec.plan import ResolvedModel
 from moec.vocab import MODEL_DTYPES, TORCH_DTYPE_NAMES
 
@@ -118,7 +118,7 @@ def smoke_run(
             logits, aux = model(tokens)
             lm_loss(logits, tokens, aux)[0].backward()
 
-        shares = sublayer_time_shares(model, forward_backward, batches[:PASSES], run.device)
+        shares = sublayer_time_shares(model, forward_backward, batches[: timed_passes(cfg.steps)], run.device)
     numerics = None
     if moe:
         numerics = check_numerics(moe[0], run.backend, run.dtype, run.device, small.d_model, cfg, moe_index(small)[0])

@@ -2,7 +2,7 @@
 (docs/mixers.md: gated_deltanet, mamba, ...), the dense FFN (``ffn``) and the MoE layer (``moe``).
 
 Measured with torch hooks on each block's sublayers over a few extra forward+backward passes after the training
-steps (no optimizer step, so the run's losses and tokens/s are untouched): a sublayer's forward is the time from
+steps (one per 8 of them, 1 to 3; no optimizer step, so the run's losses and tokens/s are untouched): a sublayer's forward is the time from
 its forward pre-hook to its forward hook; its backward the time from the gradient reaching its output to the
 gradient leaving its input (tensor hooks on both). The intervals are disjoint parts of the pass, so the shares
 of the pass's time sum to at most 1; what is left is the embedding, the norms, the residual adds, the head and
@@ -24,7 +24,13 @@ from torch import nn
 
 from moec.mixers import KINDS
 
-PASSES = 3  # forward+backward passes timed after the training steps
+PASSES = 3  # forward+backward passes timed after the training steps, at most
+STEPS_PER_PASS = 8  # and one per this many training steps, at least one: a 2-step run adds one pass, not three
+
+
+def timed_passes(steps: int) -> int:
+    return max(1, min(PASSES, steps // STEPS_PER_PASS))
+
 
 _KIND_OF_CLASS = {m.MODULE: m.KIND for m in KINDS.values()}
 

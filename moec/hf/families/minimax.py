@@ -120,6 +120,7 @@ def _lightning(c: HFConfig, d: Draft) -> None:
 
 
 def _residuals(c: HFConfig, d: Draft) -> None:
+    d.put("model.norm.kind", "rmsnorm", "RMSNorm before each sublayer of every MiniMax layer, plus a final norm")
     d.put("model.norm.placement", "normed_residual", "MiniMaxDecoderLayer: residual = the normed input")
     for kind, (hf, _) in _FACTORS.items():
         for part in ("alpha", "beta"):

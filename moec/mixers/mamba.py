@@ -46,8 +46,7 @@ class Section(Strict):
     norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Epsilon of the inner norms; null: model.norm.eps."""
     chunk: Annotated[int, Field(gt=0, le=4096)] = 64
-    """Tokens per chunk of the chunked scan (training and prefill). Changes the order of work, never a value
-    beyond rounding, nor a parameter."""
+    """Tokens per chunk of the chunked scan (training, prefill): the order of work, not a value or a count."""
 
 
 @dataclass(frozen=True, kw_only=True)

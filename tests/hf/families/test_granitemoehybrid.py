@@ -21,6 +21,7 @@ import moec  # noqa: E402
 from moec.hf.families.granitemoehybrid import DEFAULTS  # noqa: E402
 from tests.hf.configs import hf_model_on_meta  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_source_matches_the_library,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -174,3 +175,7 @@ def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoin
             start += n
         want = hf(TOKENS).logits
     assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4
+
+
+def test_generated_model_gives_the_library_logits(tmp_path):
+    assert_generated_source_matches_the_library({**TINY, "model_type": "granitemoehybrid"}, tmp_path)

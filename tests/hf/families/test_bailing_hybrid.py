@@ -73,7 +73,7 @@ def test_the_kda_layers_translate():
     assert plain["mixers.kda.decay"][0] == "softplus" and "mixers.kda.decay_lower_bound" not in plain
 
 
-def test_a_config_without_attention_layers_counts_as_transformers():
+def test_tiny_counts_equal_transformers_model_on_meta():
     cfg = {**TINY, "model_type": "bailing_hybrid"}
     (total, active), gate = nearest_counts(cfg)
     assert gate == 0 and (total, active) == hf_counts(cfg)

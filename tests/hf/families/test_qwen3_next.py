@@ -111,7 +111,7 @@ TINY = {
     "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 128, "moe_intermediate_size": 16,
     "shared_expert_intermediate_size": 24, "num_experts": 8, "num_experts_per_tok": 2, "mlp_only_layers": [1],
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 8,
-    "linear_conv_kernel_dim": 4, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+    "linear_conv_kernel_dim": 4, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25},
 }  # fmt: skip
 
@@ -208,3 +208,12 @@ def test_attention_biases_split_as_their_rows(tmp_path):
     model = moec.from_hf(tmp_path)
     assert model.layers[3].attn.gate_proj.bias is not None
     assert assert_same(hf, model) <= 1e-4
+
+
+def test_a_sequence_over_two_chunks_gives_transformers_logits(checkpoint):
+    """70 tokens: the delta net's chunked form carries its state from one 64-token chunk into a shorter one."""
+    hf, folder = checkpoint
+    tokens = torch.randint(0, 128, (1, 70), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs, ours = hf(tokens).logits, moec.from_hf(folder)(tokens)[0]
+    assert (theirs - ours).abs().max() <= 1e-4

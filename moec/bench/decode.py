@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import statistics
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +75,8 @@ def time_decode(model: Any, batch: int, opts: DecodeOptions, device: torch.devic
     return gen.step_s[opts.warmup :], (sum(distinct) / len(distinct) if distinct else 0.0)
 
 
-def run_decode_bench(
-    source: str, opts: DecodeOptions, sets: tuple[str, ...] = (), refuse: Callable[[Any], None] | None = None
-) -> dict[str, Any]:
-    """Measured and predicted decode tokens/s for each batch size, as plain data. ``refuse``: called with the
-    loaded model's plan before any timing, to raise for a model the prediction cannot describe."""
+def run_decode_bench(source: str, opts: DecodeOptions, sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Measured and predicted decode tokens/s for each batch size, as plain data."""
     from moec.generate import load_source
     from moec.generate.source import decode_errors, require_cache_memory
     from moec.nn.build import resolve_device
@@ -93,8 +89,6 @@ def run_decode_bench(
         torch.set_num_threads(opts.threads or os.cpu_count() or 1)
     loaded = load_source(source, device=device, dtype=DTYPES[opts.dtype], seed=opts.seed, sets=sets)
     model, plan = loaded.model, loaded.model.plan
-    if refuse is not None:
-        refuse(plan)
     positions = opts.context + opts.warmup + opts.steps
     if positions > plan.max_seq_len:
         raise CommandError(

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from moec.commands.common import refuse_hybrid, report_errors, set_option
+from moec.commands.common import report_errors, set_option
 from moec.vocab import ACTIVATIONS, TORCH_DTYPE_NAMES
 
 BACKEND_NAMES = ("naive", "reference", "triton", "hf_loop", "all_experts", "ideal_dense", "hf_grouped_mm", "liger")
@@ -20,10 +20,7 @@ def _decode(spec: str, batches: tuple[int, ...], opts: dict, gpu: str | None, fm
     if not batches or min(batches) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
 
-    def refuse(plan: object) -> None:
-        refuse_hybrid(plan, "moec bench --decode", "the roofline prediction beside the measured speed")
-
-    report = run_decode_bench(spec, DecodeOptions(batches=batches, gpu=gpu, **opts), sets, refuse)
+    report = run_decode_bench(spec, DecodeOptions(batches=batches, gpu=gpu, **opts), sets)
     click.echo(json.dumps(report, indent=2) if fmt == "json" else render_decode(report))
 
 

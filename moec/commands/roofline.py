@@ -13,7 +13,6 @@ import click
 from moec.commands.common import (
     SEQ_LEN,
     load_plan,
-    refuse_hybrid,
     report_errors,
     set_option,
     write_or_echo,
@@ -131,9 +130,6 @@ def roofline(
     check_targets(spec, output, plot, force)
     acc = pick_accelerator(gpu, gpu_file)
     model = load_plan(spec, sets)
-    refuse_hybrid(
-        model, "moec roofline", "the roofline's per-component costs (attention scores and KV reads per layer)"
-    )
     w = Workload(phase, batch, seq, dtype, kv_dtype or dtype, tp, ep)  # type: ignore[arg-type]
     check_layout(spec, model, w)
     picks, routing = None, "uniform routing"

@@ -135,7 +135,7 @@ def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem
         projection_norm |= a.qk_norm and a.qk_norm_kind == "model" and a.qk_norm_scope == "projection"
         if isinstance(lp.ffn, DenseFFNPlan):
             widths["d_ff"].add(lp.ffn.d_ff)
-        elif lp.ffn.n_shared_experts:
+        elif isinstance(lp.ffn, MoEPlan) and lp.ffn.n_shared_experts:
             widths["shared experts' width"].add(lp.ffn.n_shared_experts * lp.ffn.d_ff_shared)
     problems = [
         ("tp", f"{name} = {value} does not divide by tp = {tp}")
@@ -143,6 +143,9 @@ def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem
         for value in sorted(values)
         if value % tp
     ]
+    mixers = sorted({lp.mixer_kind for lp in plan.layers} - {"attention", "none"})
+    if mixers:  # moec.dist splits attention and FFNs only (docs/mixers.md, "Analyzer and commands")
+        problems.append(("tp", f"tp = {tp} splits attention and FFNs, not the token mixers {', '.join(mixers)}"))
     if projection_norm:
         problems.append(
             ("tp", f"tp = {tp} splits the heads, but the qk-norm spans the whole projection (scope projection)")

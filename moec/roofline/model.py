@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from moec.analyze.counts import Part, attention_score_flops, kv_len, layer_parts, model_edge_parts
-from moec.analyze.memory import DTYPE_BYTES, kv_bytes_per_token
+from moec.analyze.counts import Part, attention_score_flops, kv_len, layer_parts, model_edge_parts, sequence_flops
+from moec.analyze.memory import DTYPE_BYTES, kv_bytes_per_token, state_bytes_per_sequence
 from moec.errors import CommandError
 from moec.plan.accelerators import Accelerator
 from moec.roofline.experts import expected_distinct, expected_distinct_loaded
@@ -25,6 +25,8 @@ COMPONENTS = (
     "embedding",
     "attention",
     "attention_scores",
+    "mixers",
+    "mixer_state",
     "router",
     "routed_experts",
     "shared_experts",
@@ -143,6 +145,28 @@ def _score_bytes(a: AttentionPlan, w: Workload, sequences: float) -> float:
     return float(sequences * cached * kv_bytes_per_token(a, DTYPE_BYTES[w.kv_dtype]) / split)
 
 
+def _sequence_mixing(
+    tally: _Tally, lp: LayerPlan, model: ResolvedModel, w: Workload, tokens: float, sequences: float, mode: str, n: int
+) -> float:
+    """Add a layer's sequence mixing to ``tally`` (``n`` layers alike); return the cache it keeps on the rank.
+    Attention: its scores and the KV cache it reads (decode) or writes (prefill). Another token mixer
+    (docs/mixers.md): its chunked form per prefill token or its recurrent step per decode token, and its state,
+    of a size that does not grow with the context, read and written back by a decode step, written by a prefill."""
+    if lp.has_attention:
+        a = lp.attention
+        score = attention_score_flops(a, kv_len(w.seq, a.window, mode, a.chunk))
+        kv_bytes = _score_bytes(a, w, sequences)
+        tally.add("attention_scores", float(tokens * score / w.tp), kv_bytes, n)
+        return kv_bytes
+    chunked, step = sequence_flops(lp, model.d_model, w.seq, mode)
+    if not chunked and not step:  # a layer without a token mixer
+        return 0.0
+    state = sequences * state_bytes_per_sequence(replace(model, layers=(lp,)), DTYPE_BYTES[w.kv_dtype])
+    decode = w.phase == "decode"
+    tally.add("mixer_state", float(tokens * (step if decode else chunked)), (2 if decode else 1) * state, n)
+    return state
+
+
 @dataclass(frozen=True)
 class LayerGroups:
     """The distinct (attention, FFN) plans of a model's layers in order of first use, how many layers use
@@ -241,11 +265,7 @@ def roofline(
     weights = kv = 0.0
     for lp, n in layer_groups(model, per_layer=picks is not None):
         parts = layer_parts(lp, model)
-        a = lp.attention
-        score = attention_score_flops(a, kv_len(w.seq, a.window, mode, a.chunk))
-        kv_bytes = _score_bytes(a, w, sequences)
-        tally.add("attention_scores", float(tokens * score / w.tp), kv_bytes, n)
-        kv += n * kv_bytes
+        kv += n * _sequence_mixing(tally, lp, model, w, tokens, sequences, mode, n)
         weights += n * _weights_on_rank(parts, w, nb)
         for name, p in parts.items():
             if name == "routed_experts":
@@ -256,6 +276,8 @@ def roofline(
                 tally.add(name, tokens * p.flops, p.params * nb, n)
             elif name in _SPLIT_BY_TP:
                 tally.add(name, tokens * p.flops / w.tp, p.params * nb / w.tp, n)
+            elif name == "mixers":  # whole on every rank: tp > 1 is refused for them (moec.plan.layout)
+                tally.add(name, tokens * p.flops, p.params * nb, n)
     edges = model_edge_parts(model)
     weights += _weights_on_rank(edges, w, nb)
     rows = 2 if model.positions.kind == "learned" else 1  # a token's row of each embedding table

@@ -12,6 +12,8 @@ LABELS = {
     "embedding": "embedding",
     "attention": "attention proj.",
     "attention_scores": "attention + KV",
+    "mixers": "mixer proj.",
+    "mixer_state": "mixer scan + state",
     "router": "router",
     "routed_experts": "routed experts",
     "shared_experts": "shared experts",
@@ -138,8 +140,9 @@ def result_lines(report: RooflineReport) -> list[str]:
         )
     held = s.weights_bytes + s.kv_cache_bytes
     verdict = "fits" if s.fits else "does not fit"
+    cache = "KV + mixer state" if any(c.name == "mixer_state" for c in s.costs) else "KV"
     lines.append(
-        f"per rank: weights {s.weights_bytes / 1e9:,.2f} GB + KV {s.kv_cache_bytes / 1e9:,.2f} GB = "
+        f"per rank: weights {s.weights_bytes / 1e9:,.2f} GB + {cache} {s.kv_cache_bytes / 1e9:,.2f} GB = "
         f"{held / 1e9:,.2f} GB of {s.accelerator.hbm_bytes / 1e9:,.0f} GB: {verdict}"
     )
     return lines

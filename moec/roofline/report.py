@@ -23,6 +23,10 @@ CONVENTIONS = {
     "ranks": "max(tp, ep) ranks: tp splits attention, shared experts, dense FFN, embedding and head; ep splits "
     "the routed experts; figures are for the busiest rank, tokens/s for the whole group",
     "mtp": "not counted (the main model's step only)",
+    "mixers": "another token mixer (docs/mixers.md): its projections as weights read once per step, whole on every "
+    "rank (tp 1 only); its chunked form per prefill token or recurrent step per decode token, and its state, "
+    "constant in the context, in --kv-dtype (float32 parts at 4 B), read and written by a decode step, written by "
+    "a prefill",
 }
 
 

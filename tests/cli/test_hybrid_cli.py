@@ -45,14 +45,25 @@ def assert_refused(args: list[str], command: str, feature: str) -> None:
     [
         (["plan"], "moec plan", "the planner's"),
         (["plan", "--ep", "2", "--gpus", "2"], "moec plan", "the planner's"),
-        (["roofline"], "moec roofline", "the roofline's"),
         (["sweep", "--grid", "moe.router.top_k=1,2"], "moec sweep", "the sweep's"),
-        (["bench", "--decode", "--device", "cpu", "--batch-sizes", "1", "--context", "4"], "moec bench --decode", "the roofline prediction"),
         (["smoke-run", "--nproc", "2", "--device", "cpu"], "moec smoke-run --nproc / torchrun", "the distributed smoke-run"),
     ],
 )  # fmt: skip
 def test_commands_without_hybrid_support_refuse_by_name(hybrid, args, command, feature):
     assert_refused([args[0], hybrid, *args[1:]], command, feature)
+
+
+def test_roofline_and_the_decode_bench_count_each_mixer(hybrid):
+    """The roofline charges the mixers' projections and their state (tests/roofline/test_hybrid_roofline.py holds
+    the figures); the decode bench measures beside it."""
+    code, out, err = run("roofline", hybrid, "--format", "json")
+    assert code == 0, err
+    assert {"mixers", "mixer_state", "attention_scores"} <= {c["name"] for c in json.loads(out)["components"]}
+    code, out, err = run(
+        "bench", hybrid, "--decode", "--device", "cpu", "--batch-sizes", "1", "--context", "4", "--steps", "2"
+    )
+    assert code == 0, err
+    assert re.search(r"^\s+1\s+[\d,.]+\s+[\d,.]+", out, flags=re.M), out  # measured and predicted tokens/s
 
 
 def test_analyze_formats_and_layer_tables_name_each_mixer(hybrid):

@@ -182,6 +182,8 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
         parts["mixers"] = mixer_part(layer.mixer, d)
     sublayers = (not isinstance(layer.mixer, AbsentPlan)) + layer.has_ffn
     norms = {"sandwich": 2 * sublayers, "parallel": 1}.get(model.norm.placement, sublayers)  # of d each
+    if isinstance(layer.ffn, MoEPlan) and layer.ffn.output_norm and model.norm.placement != "sandwich":
+        norms += 1  # the MoE block's own output norm (A.X-K1)
     parts["norms"] = Part(norms * d * npd, norms * d * npd, 0)
     if layer.has_ffn:
         parts.update(ffn_parts(layer.ffn, d))  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from moec.nn.ffn import DenseFFN
 from moec.nn.mla import MLA
 from moec.nn.moe import MoE, MoEAux
 from moec.nn.norms import make_norm
-from moec.spec.plan import AbsentPlan, DenseFFNPlan, LayerPlan, ResolvedModel
+from moec.spec.plan import AbsentPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 
 def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype=None) -> Attention | MLA:
@@ -87,7 +87,10 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(model.norm, model.d_model, **kw) if own_norm else None
         sandwich = self.placement == "sandwich"
         self.attn_post_norm = make_norm(model.norm, model.d_model, **kw) if sandwich and mixes else None
-        self.ffn_post_norm = make_norm(model.norm, model.d_model, **kw) if sandwich and self.ffn is not None else None
+        # sandwich's, or an MoE block's own output norm (moe.output_norm, A.X-K1): x + post(moe(ffn_norm(x)))
+        moe_norm = isinstance(layer.ffn, MoEPlan) and layer.ffn.output_norm
+        post_ffn = (sandwich and self.ffn is not None) or moe_norm
+        self.ffn_post_norm = make_norm(model.norm, model.d_model, **kw) if post_ffn else None
         scales = model.residual_scales
         self.mixer_scale = (scales.attention if layer.has_attention else scales.mixer) if scales else (1.0, 1.0)
         self.ffn_scale = scales.ffn if scales else (1.0, 1.0)
@@ -127,10 +130,10 @@ class Block(nn.Module):
         """One sublayer f with its norm (and its post-norm, sandwich) and residual, as the model's placement says
         (the module docstring)."""
         m = self.residual_multiplier
+        if self.placement in ("pre", "sandwich") and post is not None:  # sandwich, or an MoE output norm
+            return x + m * post(f(norm(x)))
         if self.placement == "pre":
             return x + m * f(norm(x))
-        if self.placement == "sandwich":
-            return x + m * post(f(norm(x)))
         if self.placement == "after_sublayer":
             return x + m * norm(f(x))
         if self.placement == "normed_residual":

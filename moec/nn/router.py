@@ -258,7 +258,8 @@ class Router(nn.Module):
             assert token_ids is not None
             idx = hash_experts(token_ids.to(logits.device), E, r.top_k)  # (T, k)
             return idx, probs.new_full(idx.shape, 1.0 / r.top_k)
-        idx = self._select(probs.detach())  # (T, k)
+        # the selection bias joins the scores (DeepSeek-V3) or the logits (Kolibri): the top-k differ once it is not 0
+        idx = self._select((logits if r.selection_bias_on == "logits" else probs).detach())  # (T, k)
         if r.softmax_after_topk:
             return idx, logits.gather(1, idx).softmax(-1)
         return idx, probs.gather(1, idx)  # (T, k)

@@ -425,6 +425,8 @@ def _check_experts(spec: Spec, bad: Bad) -> None:
             ("moe", "balance", "bias_update_rate"),
             "aux-loss-free balancing updates router.selection_bias; set it to true",
         )
+    if r.selection_bias_on != "scores" and not r.selection_bias:
+        bad(("moe", "router", "selection_bias_on"), "needs router.selection_bias: true (the bias it places)")
     if r.selection_bias_parameter and not r.selection_bias:
         bad(("moe", "router", "selection_bias_parameter"), "needs router.selection_bias: true (the bias it stores)")
     if e.d_ff_shared is not None and e.n_shared_experts == 0:

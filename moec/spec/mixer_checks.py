@@ -44,6 +44,8 @@ def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
         bad(("model", "residual_multiplier"), "normed_residual scales its branches with model.residual_scales")
     if m.norm.placement == "parallel" and _one_sublayer_layers(spec):
         bad(("model", "norm", "placement"), "parallel needs a token mixer and an FFN in every layer")
+    if spec.moe is not None and spec.moe.output_norm and m.norm.placement != "pre":
+        bad(("moe", "output_norm"), "an MoE output norm is supported with model.norm.placement: pre")
     if m.norm.unit_offset and m.norm.kind != "rmsnorm":
         bad(("model", "norm", "unit_offset"), "a unit-offset weight is supported on rmsnorm")
     if spec.mtp is not None and mixers_used != {"attention"}:

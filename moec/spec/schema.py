@@ -60,6 +60,7 @@ from moec.vocab import (
     ROUTER_APPLY_TO,
     ROUTER_KINDS,
     ROUTER_SCORES,
+    SELECTION_BIAS_ON,
 )
 
 Pos = Annotated[int, Field(gt=0)]
@@ -278,6 +279,8 @@ class Router(Strict):
     """A constant multiplier on the k weights (DeepSeek-V3's routed_scaling_factor)."""
     selection_bias: bool = False
     """A non-gradient bias added to the scores for choosing only (DeepSeek-V3's aux-loss-free balancing)."""
+    selection_bias_on: Literal[SELECTION_BIAS_ON] = "scores"
+    """The selection bias joins the scores (DeepSeek-V3) or the raw logits before the score (Kolibri) to choose."""
     selection_bias_parameter: bool = False
     """Store the selection bias as a parameter, counted, not a buffer (ERNIE-4.5); it gets no gradient."""
     bias: bool = False
@@ -337,6 +340,8 @@ class MoE(Strict):
     """Shared experts every token passes, beside the routed ones (DeepSeek, Qwen2-MoE)."""
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
     """Width of one shared expert; null: the resolved (segmented) d_ff."""
+    output_norm: bool = False
+    """A norm of d on the MoE block's output before the residual add, on MoE layers only (A.X-K1)."""
     shared_gate: bool = False
     """A sigmoid gate on the shared experts' output (Qwen2-MoE)."""
     granularity: Annotated[int, Field(gt=0, le=1024)] = 1

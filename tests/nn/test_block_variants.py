@@ -228,3 +228,49 @@ def test_uneven_per_layer_heads_are_reported_where_they_are_written():
         match=r"layers\.overrides\[0\]\.attention\.n_heads: layer 1: n_heads 3 is not divisible by n_kv_heads 2$",
     ):
         plan_of(layers=layers)
+
+
+MOE_SPEC = """\
+name: t
+model: {vocab_size: 64, d_model: 16, n_layers: 2, max_seq_len: 16, positions: {kind: none}}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 24}
+moe: {n_experts: 4, d_ff: 8, router: {top_k: 2, score: sigmoid, selection_bias: trueROUTER}MOE}
+layers: {overrides: [{select: [1], ffn: moe}]}
+"""
+
+
+def moe_plan(router: str = "", moe: str = ""):  # type: ignore[no-untyped-def]
+    return resolve(load_spec("t.yaml", text=MOE_SPEC.replace("ROUTER", router).replace("MOE", moe)))
+
+
+def test_an_moe_output_norm_follows_the_moe_block_on_moe_layers_only():
+    plan = moe_plan(moe=", output_norm: true")
+    model = built(plan)
+    dense_layer, moe_layer = model.layers
+    assert dense_layer.ffn_post_norm is None and moe_layer.ffn_post_norm is not None
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        h = moe_layer.attn_norm(x)
+        x1 = x + moe_layer.attn(h)
+        want = x1 + moe_layer.ffn_post_norm(moe_layer.ffn(moe_layer.ffn_norm(x1))[0])
+        torch.testing.assert_close(moe_layer(x)[0], want, rtol=1e-13, atol=1e-13)
+    counts = analyze(plan)
+    assert counts.params.total == sum(p.numel() for p in model.parameters())
+    assert counts.params.total - analyze(moe_plan()).params.total == 16  # one norm of d, on the one MoE layer
+
+
+def test_a_selection_bias_on_the_logits_chooses_by_logits_plus_bias_and_weighs_by_the_scores():
+    plan = moe_plan(router=", selection_bias_on: logits")
+    router = built(plan).layers[1].ffn.router
+    with torch.no_grad():
+        router.expert_bias.copy_(torch.tensor([0.0, 3.0, -3.0, 0.5], dtype=torch.float64))
+    x = torch.randn(6, 16, dtype=torch.float64)
+    logits = x @ router.weight.T
+    want_idx = (logits + router.expert_bias).topk(2, dim=-1).indices
+    out = router(x)
+    assert torch.equal(out.topk_idx.sort(-1).values, want_idx.sort(-1).values)
+    torch.testing.assert_close(out.topk_w, torch.sigmoid(logits).gather(1, out.topk_idx), rtol=1e-12, atol=1e-12)
+    # on the scores, sigmoid squashes the logits before the bias joins them: other experts win for some token
+    on_scores = (torch.sigmoid(logits) + router.expert_bias).topk(2, dim=-1).indices
+    assert not torch.equal(on_scores.sort(-1).values, want_idx.sort(-1).values)

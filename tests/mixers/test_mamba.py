@@ -4,8 +4,6 @@ counts against the module and hand-derived formulas."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -152,6 +150,23 @@ def test_counts_equal_the_module(fields):
     assert {name for name, t in cache.tensors.items() if t.dtype == torch.float32} == set(mamba.FP32_STATE)
 
 
+@pytest.mark.parametrize("seq", [7, 16])
+def test_flop_counter_sees_the_projections_the_convolution_and_the_readouts(seq):
+    """torch's FlopCounterMode on the chunked forward: the projections (2 per matrix weight), the convolution and
+    the two readouts (local states, decayed chunk starts) are the chunked count less the state updates, one
+    multiply-add per state element per token, which are elementwise multiply and add ops it counts 0."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    plan = mamba.plan(mamba.Section(state_size=4, dt_rank=3, chunk=4, inner_norms=True), D_MODEL, 1e-6)
+    m = Mamba(D_MODEL, **mamba.module_kwargs(plan))
+    with FlopCounterMode(display=False) as counter:
+        m(torch.randn(1, seq, D_MODEL))
+    inner, n = plan.inner_dim, plan.state_size
+    state_updates = 2 * inner * n
+    per_token = 2 * mamba.matmul_weights(plan, D_MODEL) + mamba.mixing_flops(plan, D_MODEL, seq)["chunked"]
+    assert counter.get_total_flops() == seq * (per_token - state_updates)
+
+
 def test_default_time_step_rank_is_transformers_auto():
     transformers = pytest.importorskip("transformers")
     for d in (16, 100, 4096):
@@ -219,6 +234,6 @@ def test_out_of_bounds_fields_are_refused(field, value):
         mamba.Section(**{field: value})
 
 
-def test_section_fields_all_have_descriptions():
-    assert all(f.description for f in mamba.Section.model_fields.values())
-    assert math.isclose(mamba.plan(mamba.Section(), 16, 1e-5).norm_eps, 1e-5)
+def test_unset_norm_eps_is_the_model_norms():
+    assert mamba.plan(mamba.Section(), 16, 1e-5).norm_eps == 1e-5
+    assert mamba.plan(mamba.Section(inner_norms=True, norm_eps=1e-3), 16, 1e-5).norm_eps == 1e-3

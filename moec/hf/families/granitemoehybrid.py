@@ -5,19 +5,22 @@ calls ``attention``; attention rotates nothing unless ``position_embedding_type`
 ``num_local_experts`` 0 the shared MLP alone is each layer's FFN (Granite-4.0-H-Micro).
 
 Checkpoints name the mixer ``mamba.*`` with the module's own names (in_proj, conv1d, dt_bias, A_log, D,
-norm.weight, out_proj: moec's are the same, :class:`GraniteMoeHybridMapper`). No exporter (import only).
+norm.weight, out_proj: moec's are the same, :class:`GraniteMoeHybridMapper`). The exporter writes a spec of Mamba2
+and attention layers whose inner width is a multiple of d_model; export_hf_config re-imports it to check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families import granitemoe, granitemoeshared
 from moec.hf.families._common import all_known
+from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan, one
 from moec.hf.mapper import Missing
-from moec.spec.plan import DenseFFNPlan, LayerPlan
+from moec.spec.plan import DenseFFNPlan, LayerPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
@@ -165,6 +168,75 @@ def _ffn(c: HFConfig, d: Draft) -> None:
         c.value(key)
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if set(kinds) - {"attention", "mamba2"}:
+        raise CannotExport(f"has Mamba2 and attention layers only (spec: {sorted(set(kinds))})")
+    rope = m.positions.kind == "rope"
+    # export_base writes the fields every family shares but refuses a model without rotary positions
+    as_rotary = (
+        m if rope else dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
+    )
+    cfg = export_base(as_rotary, FAMILY, nope=not rope)
+    if not rope:
+        del cfg["rope_theta"], cfg["rope_scaling"]
+    a = one([lp.attention for lp in m.layers if lp.has_attention] or [m.layers[0].attention], "the attention")
+    cfg.update(
+        position_embedding_type="rope" if rope else "nope",
+        layer_types=["mamba" if k == "mamba2" else "attention" for k in kinds],
+        attention_bias=a.bias,
+        embedding_multiplier=m.embedding_multiplier,
+        residual_multiplier=m.residual_multiplier,
+        logits_scaling=m.logits_scaling,
+        attention_multiplier=a.scale if a.scale is not None else 1.0 / a.head_dim**0.5,
+    )
+    _export_ffn(m, cfg)
+    _export_mamba2(m, cfg)
+    return cfg
+
+
+def _export_ffn(m: ResolvedModel, cfg: dict[str, Any]) -> None:
+    """Every layer MoE with one shared MLP, or every layer the shared MLP alone (num_local_experts 0)."""
+    f = dense_plan(m)
+    if f is not None:
+        if any(not isinstance(lp.ffn, DenseFFNPlan) for lp in m.layers):
+            raise CannotExport("makes every layer MoE, or none (the spec mixes dense and MoE layers)")
+        cfg.update(num_local_experts=0, shared_intermediate_size=f.d_ff)
+        return
+    e = moe_plan(m, all_layers=True)
+    if e.n_shared_experts != 1:
+        raise CannotExport(f"has one shared MLP beside the experts (spec: {e.n_shared_experts} shared experts)")
+    cfg.update(intermediate_size=e.d_ff, num_local_experts=e.n_experts, shared_intermediate_size=e.d_ff_shared)
+    export_moe_common(cfg, e)
+
+
+def _export_mamba2(m: ResolvedModel, cfg: dict[str, Any]) -> None:
+    plans = [lp.mixer for lp in m.layers if lp.mixer_kind == "mamba2"]
+    if not plans:
+        return
+    mp = one(plans, "the Mamba2 mixer")
+    inner = mp.n_heads * mp.head_dim
+    if inner % m.d_model:
+        raise CannotExport(f"needs a Mamba2 inner width (n_heads × head_dim) a multiple of d_model (spec: {inner})")
+    if mp.norm_eps != m.norm.eps:
+        raise CannotExport("norms the Mamba2 output with the model's eps (mixers.mamba2.norm_eps)")
+    if mp.step_max is None and mp.step_min:
+        raise CannotExport("clamps Δ from below only with an upper clamp too (JSON has no infinity)")
+    cfg.update(
+        mamba_n_heads=mp.n_heads,
+        mamba_d_head=mp.head_dim,
+        mamba_d_state=mp.state_dim,
+        mamba_n_groups=mp.n_groups,
+        mamba_d_conv=mp.conv_kernel,
+        mamba_expand=inner // m.d_model,
+        mamba_chunk_size=mp.chunk,
+        mamba_conv_bias=mp.conv_bias,
+        mamba_proj_bias=mp.bias,
+    )
+    if mp.step_max is not None:
+        cfg["time_step_limit"] = [mp.step_min, mp.step_max]
+
+
 class GraniteMoeHybridMapper(granitemoeshared.GraniteMoeSharedMapper):
     """Granite-MoE's names with the shared MLP; the mixer ``mamba.*`` under the module's own names; without
     experts the dense FFN is the ``shared_mlp`` (input_linear [gate | up], output_linear)."""
@@ -190,5 +262,7 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"layers_block_type": "layer_types"},
+    export=export,
+    export_rank=70,
     mapper=GraniteMoeHybridMapper,
 )

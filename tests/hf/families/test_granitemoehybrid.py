@@ -6,11 +6,14 @@ experts the shared MLP is a dense FFN; what moec cannot say is refused, naming t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model
-from moec.hf.config import plan_differences
+from moec.hf.config import export_hf_config, plan_differences
+from moec.hf.draft import CannotExport
 from moec.spec import load_model
 from moec.spec.plan import DenseFFNPlan
 
@@ -18,7 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from moec.hf.families.granitemoehybrid import DEFAULTS  # noqa: E402
+from moec.hf.families.granitemoehybrid import DEFAULTS, FAMILY  # noqa: E402
 from tests.hf.configs import hf_model_on_meta  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_source_matches_the_library,
@@ -121,6 +124,35 @@ def test_without_experts_the_shared_mlp_is_a_dense_ffn():
 )
 def test_what_moec_cannot_say_is_refused(change, field):
     assert field in refused_fields({**SMALL, **change})
+
+
+def test_export_round_trip_of_the_shipped_spec():
+    """import(export(spec)) is the spec, and transformers builds the exported config.json with the spec's counts."""
+    shipped = load_model("granite-4.0-h-small")
+    cfg = export_hf_config(shipped)
+    assert cfg["model_type"] == "granitemoehybrid" and cfg["position_embedding_type"] == "nope"
+    assert [i for i, t in enumerate(cfg["layer_types"]) if t == "attention"] == [5, 15, 25, 35]
+    assert (cfg["mamba_n_heads"], cfg["mamba_d_head"], cfg["mamba_expand"]) == (128, 64, 2)
+    assert plan_differences(hf_to_model(cfg), shipped) == []
+    params = analyze(shipped).params
+    assert (params.total, params.active) == hf_counts(cfg, experts=EXPERTS)
+
+
+@pytest.mark.parametrize(
+    "old,new,reason",
+    [
+        ("head_dim: 64,", "head_dim: 48,", "a multiple of d_model"),  # 128 × 48 = 1.5 × 4096
+        ("n_shared_experts: 1 ", "n_shared_experts: 2 ", "one shared MLP"),
+        ("bias: false, chunk: 256}", "bias: false, chunk: 256, step_min: 0.01}", "upper clamp"),
+        ("bias: false, chunk: 256}", "bias: false, chunk: 256, norm_eps: 1.0e-6}", "model's eps"),
+    ],
+)
+def test_export_refuses_what_a_granite_hybrid_config_cannot_say(old, new, reason, tmp_path):
+    text = (Path(__file__).parents[3] / "specs" / "granite-4.0-h-small.yaml").read_text()
+    assert old in text
+    (tmp_path / "spec.yaml").write_text(text.replace(old, new))
+    with pytest.raises(CannotExport, match=reason):
+        FAMILY.export(load_model(str(tmp_path / "spec.yaml")))
 
 
 def test_defaults_table_holds_transformers_class_defaults():

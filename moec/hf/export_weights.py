@@ -129,6 +129,7 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
             continue
         twice = _scatter(flat.long(), value.reshape(-1), names, starts, shapes, out, written)
         problems += [f"{name}: its import reads {n} elements another moec tensor reads too" for n in twice]
+    problems += _write_derived(mapper.derived(), shapes, out, written)
     problems += _unwritten(written, model_type)
     if problems:
         raise CommandError(
@@ -137,6 +138,24 @@ def export_state_dict(model: MoecModel, model_type: str, shapes: dict[str, tuple
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         )
     return {n: out[n] for n in names}
+
+
+def _write_derived(
+    derived: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, ...]],
+    out: dict[str, torch.Tensor],
+    written: dict[str, torch.Tensor],
+) -> list[str]:
+    """The tensors a family computes from the plan (MiniMax's decay buffers), written as given: the import
+    checks them against the plan when the checkpoint is read back."""
+    problems = []
+    for n, t in derived.items():
+        if n not in shapes or tuple(t.shape) != tuple(shapes[n]):
+            problems.append(f"{n}: the family derives a tensor transformers does not save in that shape")
+            continue
+        out[n] = t.reshape(-1).to(torch.float64)
+        written[n][:] = True
+    return problems
 
 
 def _unwritten(written: dict[str, torch.Tensor], model_type: str) -> list[str]:

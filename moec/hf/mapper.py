@@ -171,6 +171,11 @@ class Mapper:
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         return self.ck.get(p + self.attn + leaf)  # moec keeps transformers' names, GQA and MLA alike
 
+    def derived(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors the family computes from the plan and no moec tensor holds (MiniMax's decay
+        buffers), by checkpoint name: what an export writes besides the moec tensors. None by default."""
+        return {}
+
     def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         """A token mixer other than attention (docs/mixers.md): moec.kernels.mixers keeps transformers' names
         below the mixer, which families keep under ``linear_attn.`` or ``self_attn.`` or ``mamba.``: the first the

@@ -104,6 +104,11 @@ def _layer_types(c: HFConfig, linear: HFConfig, d: Draft) -> tuple[list[str] | N
             c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
         return (None, "") if unknown else (types, "layer_types")
     kda, full = linear.value("kda_layers"), linear.value("full_attn_layers")
+    if (kda is None) != (full is None):
+        lone, other = ("kda_layers", "full_attn_layers") if full is None else ("full_attn_layers", "kda_layers")
+        linear.bad(lone, f"given without {other}: transformers then ignores it (full attention on layers 4, 8, …), "
+                   "Moonshot's code requires both: ambiguous")  # fmt: skip
+        return None, ""
     if kda is None or full is None:
         types = [_FULL if i and i % 4 == 0 else _LINEAR for i in range(d.n_layers)]
         return types, "layer_types and linear_attn_config's layer lists unset: full attention on layers 4, 8, …"

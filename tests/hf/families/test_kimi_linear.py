@@ -177,10 +177,12 @@ def test_fields_that_disagree_with_what_transformers_runs_are_refused(change, fi
         ({"kda_layers": list(range(1, 27))}, "linear_attn_config.full_attn_layers"),  # 4, 8, ... in both lists
         ({"kda_layers": [1, 2, 3]}, "linear_attn_config.kda_layers"),  # most layers in neither list
         ({"full_attn_layers": [4, 8, 12, 16, 20, 24, 28]}, "linear_attn_config.full_attn_layers"),  # no layer 28
+        ({"full_attn_layers": None}, "linear_attn_config.kda_layers"),  # transformers ignores a lone list
     ],
 )
 def test_bad_layer_lists_and_unknown_kda_fields_are_refused_naming_them(linear, field):
-    cfg = with_changes(RELEASE, linear_attn_config={**RELEASE["linear_attn_config"], **linear})
+    lists = {k: v for k, v in {**RELEASE["linear_attn_config"], **linear}.items() if v is not None}
+    cfg = with_changes(RELEASE, linear_attn_config=lists)
     assert field in refused_fields(cfg)
 
 

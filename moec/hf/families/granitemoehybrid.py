@@ -238,15 +238,12 @@ def _export_mamba2(m: ResolvedModel, cfg: dict[str, Any]) -> None:
 
 
 class GraniteMoeHybridMapper(granitemoeshared.GraniteMoeSharedMapper):
-    """Granite-MoE's names with the shared MLP; the mixer ``mamba.*`` under the module's own names; without
-    experts the dense FFN is the ``shared_mlp`` (input_linear [gate | up], output_linear)."""
+    """Granite-MoE's names with the shared MLP (the mixer's, ``mamba.*``, are the module's own: the base Mapper's
+    ``mixer``); without experts the dense FFN is the ``shared_mlp`` (input_linear [gate | up], output_linear)."""
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> Any:
-        p = self.layer(i)
-        if part == "mixer":
-            return self.ck.get(p + "mamba." + leaf)
         if part == "ffn" and isinstance(lp.ffn, DenseFFNPlan):
-            return self._shared_mlp(p, leaf)
+            return self._shared_mlp(self.layer(i), leaf)
         return super().block(lp, i, part, leaf)
 
     def _shared_mlp(self, p: str, leaf: str) -> torch.Tensor:

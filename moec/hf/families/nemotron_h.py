@@ -251,11 +251,8 @@ class NemotronHMapper(Mapper):
         super().__init__(ck, plan)
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> Any:
-        p = self.layer(i)
-        if part == "mixer":
-            return self.ck.get(p + "mixer." + leaf)
         if part == "ffn" and not isinstance(lp.ffn, MoEPlan):
-            return self.dense(p + "mixer.", leaf)
+            return self.dense(self.layer(i) + "mixer.", leaf)
         return super().block(lp, i, part, leaf)
 
     def dense(self, p: str, leaf: str) -> torch.Tensor:

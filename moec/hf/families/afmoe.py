@@ -132,16 +132,16 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
 
 class SandwichMapper(Mapper):
     """Sandwich norms under transformers' names for them: ``attn_post_norm`` after attention, ``ffn_post_norm``
-    after the FFN (the pre norms keep the base names; a family sets ``ffn_norm`` when its pre-FFN norm differs)."""
+    after the FFN, each the first of its names the checkpoint holds (the pre norms keep the base names; a family sets
+    ``ffn_norm`` when its pre-FFN norm differs)."""
 
-    attn_post_norm = "post_attention_layernorm."
-    ffn_post_norm = "post_mlp_layernorm."
+    attn_post_norms: tuple[str, ...] = ("post_attention_layernorm.",)
+    ffn_post_norms: tuple[str, ...] = ("post_mlp_layernorm.",)
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
-        if part == "attn_post_norm":
-            return self.ck.get(self.layer(i) + self.attn_post_norm + leaf)
-        if part == "ffn_post_norm":
-            return self.ck.get(self.layer(i) + self.ffn_post_norm + leaf)
+        names = {"attn_post_norm": self.attn_post_norms, "ffn_post_norm": self.ffn_post_norms}.get(part)
+        if names:
+            return self.ck.get(self._first([self.layer(i) + n + leaf for n in names]))
         return super().block(lp, i, part, leaf)
 
 

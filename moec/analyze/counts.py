@@ -52,8 +52,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         norms += a.kv_lora_rank * norm_dim_params
         o_mm = h * a.v_head_dim * d
         gate_mm = d * {"none": 0, "head": h, "element": h * a.v_head_dim}[a.output_gate]  # no bias in MLA
-        mm = q_mm + kv_mm + o_mm + gate_mm
-        extra = norms
+        mm = q_mm + kv_mm + o_mm + gate_mm + indexer_matrices(a, d)
+        extra = norms + (2 * a.indexer_head_dim if a.indexer_head_dim else 0)  # its key's LayerNorm: weight, bias
     else:
         h, kv, hd, vd = a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim
         mm = d * (hd * (h + kv) + vd * kv) + h * vd * d  # q, k (head_dim wide), v (v_dim wide); o from h·v_dim
@@ -67,6 +67,48 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
             extra += gate if a.bias else 0
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
+
+
+def indexer_matrices(a: AttentionPlan, d: int) -> int:
+    """The sparse-attention indexer's matrix weights (docs/conventions.md, "Sparse attention indexer"): wq_b from
+    the query latent (q_lora_rank·H_I·d_I), wk (d·d_I) and the head weights' weights_proj (d·H_I); 0 without one."""
+    if not a.has_indexer:
+        return 0
+    assert a.q_lora_rank and a.indexer_head_dim and a.indexer_n_heads
+    H, D = a.indexer_n_heads, a.indexer_head_dim
+    return a.q_lora_rank * H * D + d * D + d * H
+
+
+def indexer_score_flops(a: AttentionPlan, kv_len: Fraction) -> Fraction:
+    """The indexer's scores per token over the kv_len keys it ranks: q·k for each of H_I heads (2·H_I·d_I per key)
+    and the head-weighted sum (2·H_I per key); the ReLU and the top-k selection are elementwise (0)."""
+    if not a.has_indexer:
+        return Fraction(0)
+    assert a.indexer_n_heads and a.indexer_head_dim
+    return 2 * a.indexer_n_heads * kv_len * (a.indexer_head_dim + 1)
+
+
+def attended_keys(a: AttentionPlan, seq: int, mode: str) -> Fraction:
+    """The keys a query's scores and values run over on average: every key it may see (capped by the window and
+    the chunk), and with an indexer at most its top_k of them (a cap that acts as a window does: min(i+1, k))."""
+    cap = a.window
+    if a.has_indexer:
+        assert a.indexer_top_k is not None
+        cap = min(a.indexer_top_k, a.window or a.indexer_top_k)
+    return kv_len(seq, cap, mode, a.chunk)
+
+
+def attention_sequence_flops(a: AttentionPlan, seq: int, mode: str) -> dict[str, Fraction]:
+    """An attention layer's FLOPs per token beyond its linear layers at context ``seq``, in the training form
+    (``mode``) and for one decode step after ``seq`` tokens: ``sparse`` (what the layer computes: the indexer over
+    every visible key, the attention over at most top_k of them; the headline) and ``dense`` (the dense-equivalent:
+    the attention over every visible key, no indexer). Equal without an indexer."""
+    out: dict[str, Fraction] = {}
+    for form, m in (("train", mode), ("step", "full")):
+        visible = kv_len(seq, a.window, m, a.chunk)
+        out[f"dense_{form}"] = attention_score_flops(a, visible)
+        out[f"sparse_{form}"] = attention_score_flops(a, attended_keys(a, seq, m)) + indexer_score_flops(a, visible)
+    return out
 
 
 def attention_score_flops(a: AttentionPlan, kv_len: Fraction) -> Fraction:
@@ -195,10 +237,9 @@ def sequence_flops(layer: LayerPlan, d: int, seq: int, mode: str) -> tuple[Fract
     one decode step after ``seq`` tokens). Attention: the scores (QKᵀ and AV) over the keys a query sees, its
     average under ``mode`` for training, ``seq`` keys (capped by window and chunk) for the step; another
     mixer: its kind's chunked and recurrent forms (docs/mixers.md); none: 0."""
-    if layer.has_attention:
-        a = layer.attention
-        train = attention_score_flops(a, kv_len(seq, a.window, mode, a.chunk))
-        return train, attention_score_flops(a, kv_len(seq, a.window, "full", a.chunk))
+    if layer.has_attention:  # with an indexer: the sparse form (attention_sequence_flops)
+        forms = attention_sequence_flops(layer.attention, seq, mode)
+        return forms["sparse_train"], forms["sparse_step"]
     if isinstance(layer.mixer, AbsentPlan):
         return Fraction(0), Fraction(0)
     forms = KINDS[layer.mixer.kind].mixing_flops(layer.mixer, d, seq)

@@ -33,10 +33,11 @@ class Memory:
 
 
 def kv_bytes_per_token(a: AttentionPlan, nbytes: int) -> int:
-    """MLA caches the compressed latent and the shared rope key; GQA caches K and V per KV head."""
+    """MLA caches the compressed latent and the shared rope key, and with a sparse-attention indexer its one key of
+    d_I per token; GQA caches K and V per KV head."""
     if a.kind == "mla":
         assert a.kv_lora_rank is not None and a.qk_rope_head_dim is not None
-        return (a.kv_lora_rank + a.qk_rope_head_dim) * nbytes
+        return (a.kv_lora_rank + a.qk_rope_head_dim + (a.indexer_head_dim or 0)) * nbytes
     return a.n_kv_heads * (a.head_dim + a.v_dim) * nbytes
 
 

@@ -11,6 +11,7 @@ from moec.analyze.counts import (
     ROUTING_CONVENTIONS,
     Part,
     attention_score_flops,
+    attention_sequence_flops,
     kv_len,
     layer_parts,
     model_edge_parts,
@@ -66,6 +67,7 @@ def convention_line(c: dict[str, Any]) -> str:
         f"attention {c['attention']} (S_kv = {c['attention_kv_len']}, windows capped) · S={c['seq']} · "
         f"training = 3× trainable / 2× frozen · MTP separate · memory in {c['dtype']}"
         + (" · expert choice: active = average over tokens" if "active_average" in c else "")
+        + (" · sparse attention: headline at top-k keys (dense-equivalent in JSON)" if "sparse_attention" in c else "")
     )
 
 
@@ -273,7 +275,7 @@ def analyze(
         layers=layers,
         moe=moe,
         mtp=mtp,
-        conventions=conventions(S, attention, dtype) | _averaged_active(model),
+        conventions=conventions(S, attention, dtype) | _averaged_active(model) | _sparse_attention(model, S, attention),
     )
 
 
@@ -284,6 +286,39 @@ def _averaged_active(model: ResolvedModel) -> dict[str, str]:
     if any(isinstance(f, MoEPlan) and f.router.kind == "expert_choice" for f in plans):
         return {"active_average": "expert choice: active parameters and FLOPs per token are averages over tokens"}
     return {}
+
+
+def _sparse_attention(model: ResolvedModel, seq: int, attention: AttentionMode) -> dict[str, Any]:
+    """With a sparse-attention indexer (docs/conventions.md, "Sparse attention indexer"): which attention figure the
+    headline uses (sparse: what the model computes) and the dense-equivalent beside it, per forward token and for a
+    decode step, all layers."""
+    layers = [lp.attention for lp in model.layers if lp.has_attention and lp.attention.has_indexer]
+    if not layers:
+        return {}
+    total = {
+        "dense_train": Fraction(0),
+        "sparse_train": Fraction(0),
+        "dense_step": Fraction(0),
+        "sparse_step": Fraction(0),
+    }
+    for a in layers:
+        for form, v in attention_sequence_flops(a, seq, attention).items():
+            total[form] += v
+    top_k = sorted({a.indexer_top_k for a in layers})
+    return {
+        "sparse_attention": {
+            "headline": "sparse",
+            "rule": f"attention over min(S_kv, top_k = {', '.join(map(str, top_k))}) keys chosen by the indexer, plus "
+            "the indexer's scores over all S_kv keys (2·H_I·(d_I + 1) per key) and its projections (linear); the "
+            "dense-equivalent: attention over all S_kv keys, no indexer scores",
+            "flop_unit": "1 multiply-add = 2 FLOPs (these four figures also under --fvcore)",
+            "layers": len(layers),
+            "forward_attention_sparse": _num(total["sparse_train"]),
+            "forward_attention_dense_equivalent": _num(total["dense_train"]),
+            "decode_attention_sparse": _num(total["sparse_step"]),
+            "decode_attention_dense_equivalent": _num(total["dense_step"]),
+        }
+    }
 
 
 FVCORE_UNIT = "1 multiply-add = 1 FLOP"

@@ -183,6 +183,17 @@ class AttentionPlan:
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
+    # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention
+    indexer_n_heads: int | None = None
+    indexer_head_dim: int | None = None
+    indexer_top_k: int | None = None
+    indexer_rope_layout: str = "halves"  # halves | interleaved: the rotary pairs of its first qk_rope_head_dim dims
+    indexer_key_norm_eps: float = 1e-6  # its key's LayerNorm (weight and bias)
+
+    @property
+    def has_indexer(self) -> bool:
+        """Whether this layer attends only the top-k keys its indexer chooses."""
+        return self.indexer_n_heads is not None
 
     @property
     def qk_dim(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from moec.errors import Problem
 from moec.mixers import KINDS
+from moec.spec.indexer import IndexerSection
 from moec.spec.load import LoadedSpec
 from moec.spec.plan import (
     AbsentPlan,
@@ -145,6 +146,19 @@ _MLA_AS_WRITTEN = (
 )
 
 
+def _indexer_fields(ix: IndexerSection | None) -> dict[str, Any]:
+    """attention.indexer as AttentionPlan's flat indexer_* fields (none without an indexer: the defaults)."""
+    if ix is None:
+        return {}
+    return {
+        "indexer_n_heads": ix.n_heads,
+        "indexer_head_dim": ix.head_dim,
+        "indexer_top_k": ix.top_k,
+        "indexer_rope_layout": ix.rope_layout,
+        "indexer_key_norm_eps": ix.key_norm_eps,
+    }
+
+
 def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
     warnings: tuple[Problem, ...] = ()
     if isinstance(loaded, LoadedSpec):
@@ -192,6 +206,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 n_kv_heads=a.n_heads,
                 head_dim=a.qk_nope_head_dim + a.qk_rope_head_dim,
                 **{f: getattr(a, f) for f in _MLA_AS_WRITTEN},
+                **_indexer_fields(a.indexer),
                 **planned,
             )
         kv = (a.n_kv_heads or a.n_heads) if i is None else attn_fields["n_kv_heads"][i]

@@ -18,6 +18,7 @@ from moec.mixers import lightning as _lightning
 from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
+from moec.spec.indexer import IndexerSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     AttentionOverride,
     LayerDefault,
@@ -249,6 +250,8 @@ class Attention(Strict):
     """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
+    indexer: IndexerSection | None = None
+    """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""
 
 
 class FFN(Strict):

@@ -1,0 +1,61 @@
+"""The sparse-attention indexer (DeepSeek-V3.2's lightning indexer, DeepSeek Sparse Attention; GLM-5): the spec's
+``attention.indexer`` section and its cross-field checks. docs/conventions.md, "Sparse attention indexer", says
+how it is counted; moec/nn/indexer.py runs it.
+
+Each query scores every key it may see with a few small heads of its own,
+
+    I(t, s) = Σ_j w_j(x_t) · ReLU(q_j(t) · k(s) / √d_I),      w(x) = weights_proj(x) / √H_I
+
+(q_j from the query latent of MLA through ``wq_b``, one key k = LayerNorm(wk(x)) per token shared by the heads,
+the first qk_rope_head_dim dims of both rotated), keeps the ``top_k`` best keys, and the attention then runs over
+those keys only. With at most ``top_k`` keys visible the attention is exactly the dense one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+from moec.strict import MAX_HEAD_DIM, MAX_HEADS, MAX_SEQ, Strict
+
+if TYPE_CHECKING:
+    from moec.spec.schema import Spec
+
+ROPE_LAYOUTS = ("halves", "interleaved")
+
+
+class IndexerSection(Strict):
+    n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
+    """The indexer's query heads H_I (DeepSeek-V3.2: 64, GLM-5: 32)."""
+    head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)]
+    """Width d_I of each indexer query head and of the one indexer key per token (DeepSeek-V3.2: 128)."""
+    top_k: Annotated[int, Field(gt=0, le=MAX_SEQ)]
+    """Keys each query attends: the top_k its indexer scores best among those it may see (DeepSeek-V3.2: 2048)."""
+    rope_layout: Literal[ROPE_LAYOUTS] = "halves"
+    """Rotary pairs of the indexer's first qk_rope_head_dim dims: halves (DeepSeek-V3.2) or interleaved (GLM-5)."""
+    key_norm_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
+    """Eps of the LayerNorm (a weight and a bias of d_I) on the indexer's key."""
+
+
+Section = IndexerSection  # the contract name, as the mixers' sections
+
+
+def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
+    """Cross-field problems of ``attention.indexer``: (path, message), every one."""
+    a = spec.attention
+    ix = a.indexer
+    if ix is None:
+        return []
+    here = ("attention", "indexer")
+    out: list[tuple[tuple[str, ...], str]] = []
+    if a.kind != "mla" or a.q_lora_rank is None:
+        out.append((here, "the indexer reads MLA's query latent: it needs attention.kind mla with q_lora_rank"))
+    rope = a.qk_rope_head_dim or 0
+    if spec.model.positions.kind == "rope" and rope > ix.head_dim:
+        out.append(
+            ((*here, "head_dim"), f"must be at least attention.qk_rope_head_dim ({rope}): those dims of it rotate")
+        )
+    if spec.model.positions.kind != "rope" and "rope_layout" in ix.model_fields_set:
+        out.append(((*here, "rope_layout"), "only meaningful with rotary positions"))
+    return out

@@ -116,7 +116,7 @@ def mixing_flops(plan: Plan, d_model: int, seq: int) -> dict[str, Fraction]:
     the state size, ``K`` the kernel, ``T`` the chunk:
 
     - both forms: the depthwise convolution, ``2·K·I``;
-    - **recurrent** (one decode step): the state update ``s ← a ⊙ s + v``, one multiply-add per state element,
+    - **recurrent** (one decode step, one token with a cache): the state update ``s ← a ⊙ s + v``, one multiply-add per state element,
       and the readout ``C·s``, one per state element: ``4·I·N``;
     - **chunked** (training and prefill, ``S`` tokens in chunks of ``T``): scanning each chunk from a zero
       state (every chunk at once), one multiply-add per state element for each token but a chunk's first,

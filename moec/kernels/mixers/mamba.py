@@ -201,15 +201,22 @@ class Mamba(nn.Module):
 
     def forward(self, x: torch.Tensor, rope=None, cache: MixerState | None = None, positions=None) -> torch.Tensor:
         """x (B, S, d) → (B, S, d), the chunked scan. With ``cache`` it starts from the cached convolution inputs and
-        state and leaves the new ones in it."""
+        state and leaves the new ones in it; one token with a cache (a decode step) updates the state once."""
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, S, I) each
         conv_state = cache["conv"] if cache is not None else None
         w = self.conv1d.weight.squeeze(1)  # (I, K)
         u = F.silu(causal_conv_with_state(u.transpose(1, 2), w, self.conv1d.bias, conv_state)).transpose(1, 2)
         dt, b, c = self._selective(u)
-        initial = cache["ssm"] if cache is not None else None
-        y, final = chunked_scan(u, dt, self.decay_rates(dt.dtype), b, c, initial, self.chunk)
-        if cache is not None:
+        rates = self.decay_rates(dt.dtype)
+        if cache is None:
+            y, _ = chunked_scan(u, dt, rates, b, c, None, self.chunk)
+        elif x.shape[1] == 1:  # s ← exp(Δ·A)·s + Δ·u·B, then C·s: the count's recurrent form
+            decay = torch.exp(dt.unsqueeze(-1) * rates)  # (B, 1, I, N)
+            ssm = decay * cache["ssm"].unsqueeze(1) + (dt * u).unsqueeze(-1) * b.unsqueeze(2)
+            y = torch.einsum("bsin,bsn->bsi", ssm, c)  # (B, 1, I)
+            cache["ssm"].copy_(ssm[:, 0])
+        else:
+            y, final = chunked_scan(u, dt, rates, b, c, cache["ssm"], self.chunk)
             cache["ssm"].copy_(final)
         return self._output(y, u, z, x.dtype)
 

@@ -113,3 +113,10 @@ def test_in_memory_names_and_the_releases_dense_layer_norm_load_to_the_same_logi
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="layers.3.post_mlp_layernorm"):
         moec.from_hf(tmp_path)
+
+
+def test_moec_build_refuses_the_moe_output_norm_by_name():
+    from moec.codegen import render_model_source
+
+    with pytest.raises(ValueError, match="moe.output_norm"):
+        render_model_source(hf_to_model(A_X_K1))

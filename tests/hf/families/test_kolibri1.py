@@ -120,3 +120,10 @@ def test_in_memory_names_load_to_the_same_logits(checkpoint, tmp_path):
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     save_file(tensors, tmp_path / "model.safetensors")
     assert assert_same(hf, moec.from_hf(tmp_path)) <= 1e-4
+
+
+def test_moec_build_refuses_what_codegen_cannot_render_yet_by_name():
+    from moec.codegen import render_model_source
+
+    with pytest.raises(ValueError, match="model.norm.placement 'sandwich'|selection_bias_on 'logits'"):
+        render_model_source(hf_to_model(KOLIBRI_1))

@@ -44,10 +44,10 @@ LEGACY = {"mamba_n_groups": "n_groups", "mamba_d_conv": "conv_kernel", "mamba_ex
           "mamba_dt_init_floor": "time_step_floor", "mamba_conv_bias": "use_conv_bias",
           "mamba_chunk_size": "chunk_size"}  # fmt: skip
 
-# a layer's type (either spelling) → (mixer, ffn)
+# a layer's type (transformers 5's name, the pattern's character, or the legacy name transformers remaps) → (mixer, ffn)
 LAYER_KINDS = {
-    "linear_attention": ("mamba2", "none"), "M": ("mamba2", "none"),
-    "full_attention": ("attention", "none"), "*": ("attention", "none"),
+    "linear_attention": ("mamba2", "none"), "M": ("mamba2", "none"), "mamba": ("mamba2", "none"),
+    "full_attention": ("attention", "none"), "*": ("attention", "none"), "attention": ("attention", "none"),
     "mlp": ("none", "dense"), "-": ("none", "dense"),
     "moe": ("none", "moe"), "E": ("none", "moe"),
 }  # fmt: skip
@@ -103,7 +103,9 @@ def _pattern(c: HFConfig) -> tuple[str, list[str]] | None:
     """The layer types: layers_block_type, else hybrid_override_pattern's characters, else the class default."""
     if c.value("layers_block_type") is not None:
         types = c.str_list("layers_block_type")
-        return ("layers_block_type", types) if types is not None else None
+        if types == []:
+            c.bad("layers_block_type", "[]: a model needs at least one layer")
+        return ("layers_block_type", types) if types else None
     pattern = c.value("hybrid_override_pattern")
     if pattern is not None:
         if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_LAYERS:
@@ -118,8 +120,10 @@ def _layer_kinds(c: HFConfig, d: Draft) -> None:
     key, types = found if found is not None else ("layers_block_type", ["mlp"])
     d.put("model.n_layers", len(types), c.src(key) + " (its length)")
     d.n_layers, d.layers_known = len(types), found is not None
-    given = c.value("num_hidden_layers")
-    if given is not None and given != len(types):
+    given = c.value(
+        "num_hidden_layers"
+    )  # transformers builds the pattern's layers; a count that differs is a broken config
+    if found is not None and given is not None and given != len(types):
         c.bad("num_hidden_layers", f"{shown(given)}: {key} has {len(types)} layers")
     if found is None or not all_known(c, key, types, tuple(LAYER_KINDS)):
         d.mixer, d.ffn = ["none"] * d.n_layers, ["dense"] * d.n_layers

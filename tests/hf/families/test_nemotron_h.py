@@ -94,6 +94,9 @@ def test_one_sublayer_per_layer_and_the_mamba2_fields():
                "full_attention" for ch in NANO["hybrid_override_pattern"]]}  # fmt: skip
     del current["hybrid_override_pattern"]
     assert plan_differences(hf_to_model(current), plan) == []  # transformers 5's spelling, the same layers
+    legacy = {**current, "layers_block_type": [{"linear_attention": "mamba", "full_attention": "attention"}.get(t, t)
+              for t in current["layers_block_type"]]}  # fmt: skip
+    assert plan_differences(hf_to_model(legacy), plan) == []  # the names transformers remaps
 
 
 def test_class_defaults_count_as_transformers():
@@ -114,6 +117,7 @@ def test_class_defaults_count_as_transformers():
         ({"sliding_window": 4096}, "sliding_window"),
         ({"norm_eps": 1e-6}, "norm_eps"),
         ({"hybrid_override_pattern": "MEX"}, "hybrid_override_pattern"),
+        ({"layers_block_type": []}, "layers_block_type"),
         ({"num_hidden_layers": 50}, "num_hidden_layers"),  # the pattern has 52
     ],
 )

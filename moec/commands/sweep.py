@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import SEQ_LEN, load_plan, refuse_hybrid, report_errors, set_option, write_or_echo
+from moec.commands.common import SEQ_LEN, report_errors, set_option, write_or_echo
 from moec.commands.roofline import check_targets, gpu_options, write_plot
 from moec.plan.accelerators import pick_accelerator
 from moec.vocab import DTYPES
@@ -83,7 +83,6 @@ def sweep(
     from moec.sweep.run import Settings
     from moec.sweep.run import sweep as run_sweep
 
-    refuse_hybrid(load_plan(spec, sets), "moec sweep", "the sweep's counts and roofline")
     check_targets(spec, output, plot, force)
     axes = g.parse_axes(grids)
     n = prod(len(a.values) for a in axes)

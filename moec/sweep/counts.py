@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from moec.analyze.counts import attention_score_flops, kv_len, layer_parts, model_edge_parts
+from moec.analyze.counts import layer_parts, model_edge_parts, sequence_flops
 from moec.analyze.memory import DTYPE_BYTES, kv_bytes_per_token
 from moec.roofline.model import layer_groups
 from moec.spec.plan import ResolvedModel
@@ -39,9 +39,9 @@ def headline(model: ResolvedModel, *, seq: int, dtype: str, kv_dtype: str) -> He
             active += n * part.active
             linear += n * part.flops
             ffn += n * part.flops if name in FFN_COMPONENTS else 0
-        a = lp.attention
-        scores += n * attention_score_flops(a, kv_len(seq, a.window, "full", a.chunk))
-        kv += n * kv_bytes_per_token(a, DTYPE_BYTES[kv_dtype])
+        scores += n * sequence_flops(lp, model.d_model, seq, "full")[0]  # attention's scores or a mixer's chunks
+        if lp.has_attention:  # another token mixer keeps a state of constant size, not a KV cache
+            kv += n * kv_bytes_per_token(lp.attention, DTYPE_BYTES[kv_dtype])
     for part in model_edge_parts(model).values():
         total += part.params
         active += part.active

@@ -14,7 +14,7 @@ from typing import Any
 from moec.errors import SpecError
 from moec.plan.accelerators import Accelerator
 from moec.roofline.model import Workload, group_layers, roofline
-from moec.spec.plan import MoEPlan, ResolvedModel
+from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 from moec.sweep.counts import Headline, headline
 from moec.sweep.grid import Axis, Budget, Keep, Objective, combinations
 from moec.sweep.load import BaseSpec
@@ -94,7 +94,7 @@ def _width_field(model: ResolvedModel) -> tuple[str, int, int]:
     moe = [lp.ffn for lp in model.layers if isinstance(lp.ffn, MoEPlan)]
     if moe:
         return "moe.d_ff", moe[0].granularity, moe[0].d_ff
-    dense = model.layers[0].ffn
+    dense = next(lp.ffn for lp in model.layers if isinstance(lp.ffn, DenseFFNPlan))  # a layer may have none
     return "ffn.d_ff", 1, dense.d_ff
 
 
@@ -134,11 +134,6 @@ def _evaluate(
     ev: Evaluator, sets: tuple[str, ...], budget: Budget | None, target: Fraction | None
 ) -> tuple[ResolvedModel, Headline, int | None]:
     model = ev.model(sets)
-    if model.hybrid:  # a grid value made it one; the base spec is refused by name before the sweep
-        raise Skip(
-            "a hybrid model (a token mixer other than attention, or a layer without one or its FFN): "
-            "sweep counts attention-only models"
-        )
     if budget is None:
         return model, ev.analysis(model), None
     assert target is not None

@@ -45,7 +45,6 @@ def assert_refused(args: list[str], command: str, feature: str) -> None:
     [
         (["plan"], "moec plan", "the planner's"),
         (["plan", "--ep", "2", "--gpus", "2"], "moec plan", "the planner's"),
-        (["sweep", "--grid", "moe.router.top_k=1,2"], "moec sweep", "the sweep's"),
         (["smoke-run", "--nproc", "2", "--device", "cpu"], "moec smoke-run --nproc / torchrun", "the distributed smoke-run"),
     ],
 )  # fmt: skip
@@ -53,12 +52,19 @@ def test_commands_without_hybrid_support_refuse_by_name(hybrid, args, command, f
     assert_refused([args[0], hybrid, *args[1:]], command, feature)
 
 
-def test_roofline_and_the_decode_bench_count_each_mixer(hybrid):
+def test_roofline_sweep_and_the_decode_bench_count_each_mixer(hybrid):
     """The roofline charges the mixers' projections and their state (tests/roofline/test_hybrid_roofline.py holds
-    the figures); the decode bench measures beside it."""
+    the figures); a sweep's rows count as the analyzer does (tests/sweep/test_counts.py); the decode bench
+    measures beside the roofline."""
     code, out, err = run("roofline", hybrid, "--format", "json")
     assert code == 0, err
     assert {"mixers", "mixer_state", "attention_scores"} <= {c["name"] for c in json.loads(out)["components"]}
+    code, out, err = run("sweep", hybrid, "--grid", "mixers.mamba.state_size=4,16", "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    params = {r["mixers.mamba.state_size"]: r["total_params"] for r in rows}
+    # Mamba's x_proj writes 2·N more columns (B and C) from the inner width 64, and A_log holds N per channel
+    assert params["16"] - params["4"] == (16 - 4) * (2 * 64 + 64)
     code, out, err = run(
         "bench", hybrid, "--decode", "--device", "cpu", "--batch-sizes", "1", "--context", "4", "--steps", "2"
     )

@@ -77,7 +77,15 @@ def test_tensor_inventory_equals_moec_nn_on_mixtral():
     _inventory_matches_the_built_model(load_model("mixtral-8x7b"))
 
 
-@pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
+def _attention_only(path) -> bool:  # type: ignore[no-untyped-def]
+    from moec.spec import load_model
+
+    return not load_model(str(path)).hybrid
+
+
+# the planner refuses hybrids by name (moec plan; tests/cli/test_hybrid_cli.py): their mixers' tensors are not in
+# its inventory
+@pytest.mark.parametrize("path", [p for p in shipped_specs() if _attention_only(p)], ids=lambda p: p.stem)
 def test_inventory_counts_equal_the_analyzer_per_component(path):
     from moec.spec import load_model
 

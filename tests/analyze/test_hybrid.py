@@ -141,3 +141,13 @@ def test_tiny_short_conv_hybrid_layer_table_names_each_mixer(write_spec):
     md = CliRunner().invoke(cli, ["analyze", str(write_spec(TINY_SHORT_CONV)), "--layers", "--format", "md", "-q"])
     layer0 = SHORT_CONV_MATRICES + D * KERNEL + 2 * D + FFN_MATRICES  # the mixer, its norm and the FFN's
     assert md.exit_code == 0 and f"| 0 | dense | short_conv | - | {layer0:,} |" in md.output
+
+
+def test_side_by_side_rows_line_up_when_one_spec_is_a_hybrid():
+    """The attention-only spec gets the hybrid rows too, with no state: one row per metric for both."""
+    text = analyze_table(QWEN3_NEXT, str(SPECS / "qwen3-30b-a3b.yaml"), "--seq", "4096")
+    row = re.search(r"mixer state/sequence \(bf16\)\s*│\s*73\.69 MiB\s*│\s*0 B", text)
+    assert row, text
+    # Qwen3-30B-A3B: 48 attention layers × K and V of 4 KV heads of 128 × 2 bytes × 4096 tokens, no state
+    assert re.search(r"KV cache and state at S=4096, batch 1\s*│\s*[\d.]+ MiB\s*│\s*384\.00 MiB", text)
+    assert 48 * 2 * 4 * 128 * 2 * 4096 == 384 << 20

@@ -1,20 +1,17 @@
 """Ling 3.0 (``model_type`` bailing_hybrid, BailingHybridForCausalLM; inclusionAI): Kimi Delta Attention (moec's
 ``kda`` mixer with full-rank decay and output-gate projections and, with ``kda_safe_gate``, the bounded decay
 ``kda_lower_bound·sigmoid(exp(A)·(f + dt_bias))``; docs/mixers.md, "kda") on most layers, and on the last layer of
-every ``layer_group_size`` multi-head latent attention with rotary positions and a sigmoid gate per head on its
-output; a dense SwiGLU MLP before ``first_k_dense_replace``, then DeepSeek-V3's MoE (Kimi-Linear's block).
-
-moec's MLA has no output gate (``attention.output_gate`` is GQA's only), so every config with an attention layer
-is refused naming that feature, with the parameters it would add; the KDA layers, the MoE and the rest translate.
-The multi-token-prediction layers the releases store after the decoder (``num_nextn_predict_layers``) are not built
-by transformers and are not imported. No exporter.
+every ``layer_group_size`` multi-head latent attention with DeepSeek's interleaved rotary positions and a sigmoid
+gate per head on its output (``attention.output_gate: head``); a dense SwiGLU MLP before ``first_k_dense_replace``,
+then DeepSeek-V3's MoE (Kimi-Linear's block). The multi-token-prediction layers the releases store after the decoder
+(``num_nextn_predict_layers``) are not built by transformers and are not imported. No exporter.
 
 Checkpoints keep Ling's names (:class:`BailingHybridMapper`), which transformers' save_pretrained writes back:
-``model.word_embeddings``, each layer's mixer under ``attention.`` with its output projection ``dense``, the decay's
-``f_proj``, ``dt_bias`` and ``A_log`` (H,) beside it, three convolutions ``q_conv1d``, ``k_conv1d``, ``v_conv1d``
-(D, 1, K) that moec stacks into one, and the selection bias ``gate.expert_bias``; transformers' in-memory names
-(``embed_tokens``, ``self_attn.``, ``o_proj``, ``forget_gate.``, one ``conv1d``) load too. Only a config without
-attention layers imports today, so only KDA layers are mapped.
+``model.word_embeddings``, each layer's mixer or attention under ``attention.`` with its output projection ``dense``
+and the attention's gate ``g_proj``; KDA's ``f_proj``, ``dt_bias`` and ``A_log`` (H,) beside the rest, its three
+convolutions ``q_conv1d``, ``k_conv1d``, ``v_conv1d`` (D, 1, K) that moec stacks into one; the selection bias
+``gate.expert_bias``. transformers' in-memory names (``embed_tokens``, ``self_attn.``, ``o_proj``, ``forget_gate.``,
+one ``conv1d``) load too.
 """
 
 from __future__ import annotations
@@ -51,7 +48,9 @@ def translate(c: HFConfig, d: Draft) -> None:
     _kda(c, d)
     moe_block(c, d, "BailingHybrid")
     _mtp(c, d)
-    _output_gate(d)
+    d.put(
+        "attention.output_gate", "head", "BailingHybridAttention: o_proj(attn · sigmoid(g_proj(x))), one gate per head"
+    )
 
 
 def _mixers(c: HFConfig, d: Draft) -> None:
@@ -118,24 +117,6 @@ def _mtp(c: HFConfig, d: Draft) -> None:
         d.training_only.append(f"mtp_loss_scaling_factor {scale!r}")
 
 
-def _output_gate(d: Draft) -> None:
-    """BailingHybridAttention gates each head's output by sigmoid(g_proj(x)), g_proj: Linear(d, heads) without a
-    bias: a feature of moec's GQA attention (output_gate: head) that its MLA does not have."""
-    full = d.mixer.count("attention")
-    if not full:
-        return
-    h, width = d.get("attention.n_heads"), d.get("model.d_model")
-    d.gap(
-        "layer_types",
-        _FULL,
-        f"on {full} of {d.n_layers} layers BailingHybridAttention is MLA with a sigmoid gate per head on its output "
-        "(g_proj), which moec's MLA does not have",
-        f"attention.output_gate: head with kind mla (Linear(d, n_heads), no bias). Count: +d·n_heads = {width * h} "
-        "per attention layer",
-        param_delta=full * width * h,
-    )
-
-
 class BailingHybridMapper(Mapper):
     expert_biases = ("gate.expert_bias", "gate.e_score_correction_bias")
 
@@ -144,19 +125,30 @@ class BailingHybridMapper(Mapper):
             return self.ck.get(self._first(["model.word_embeddings.weight", "model.embed_tokens.weight"]))
         return super().load(name)
 
+    def _sublayer(self, p: str, leaf: str) -> tuple[str, str]:
+        """The prefix of a layer's attention or mixer (Ling's attention., transformers' self_attn.) and the leaf
+        renamed where Ling's name differs: o_proj is dense, the attention's gate_proj g_proj."""
+        attn = self._first([p + "attention.o_proj.weight", p + "attention.dense.weight", p + "self_attn.o_proj.weight"])
+        attn = attn.removesuffix("o_proj.weight").removesuffix("dense.weight")
+        for ours, ling in (("o_proj.", "dense."), ("gate_proj.", "g_proj.")):
+            if leaf.startswith(ours) and attn + leaf not in self.ck:
+                return attn, ling + leaf.removeprefix(ours)
+        return attn, leaf
+
+    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        return self.ck.get("".join(self._sublayer(p, leaf)))
+
     def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
-        """moec's KDA names → Ling's: under attention. (or self_attn.), the decay one level up with A_log (H,)
-        as (1, 1, H, 1), o_proj as dense, the convolution in three."""
+        """moec's KDA names → Ling's: the decay one level up with A_log (H,) as (1, 1, H, 1), the convolution in
+        three; the rest as :meth:`_sublayer` names it."""
         import torch
 
-        attn = self._first([p + "attention.q_proj.weight", p + "self_attn.q_proj.weight"]).removesuffix("q_proj.weight")
+        attn, leaf = self._sublayer(p, leaf)
         if leaf.startswith("forget_gate.") and attn + leaf not in self.ck:
             t = self.ck.get(attn + leaf.removeprefix("forget_gate."))
             return t.view(1, 1, -1, 1) if leaf.endswith("A_log") else t
         if leaf == "conv1d.weight" and attn + leaf not in self.ck:
             return torch.cat(self.ck.get_all([f"{attn}{x}_conv1d.weight" for x in "qkv"]), dim=0)  # (3D, 1, K)
-        if leaf.startswith("o_proj.") and attn + leaf not in self.ck:
-            return self.ck.get(attn + "dense." + leaf.removeprefix("o_proj."))
         return self.ck.get(attn + leaf)
 
 

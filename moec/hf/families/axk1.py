@@ -12,9 +12,9 @@ dense layers too, which transformers, and moec, let go.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import (
     all_known,
     base,
@@ -25,15 +25,16 @@ from moec.hf.families._common import (
     moe_core,
     shared_experts,
 )
+from moec.hf.families._export_common import dense_plan, export_base, moe_plan
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
-from moec.spec.plan import DenseFFNPlan
+from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
 
     from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import LayerPlan, ResolvedModel
+    from moec.spec.plan import LayerPlan
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=163840, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
@@ -77,6 +78,41 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         d.ffn_note = "mlp_layer_types"
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as an axk1 config.json: MLA with a query bottleneck, DeepSeek-V3's router and a norm on every MoE
+    block's output; mlp_layer_types places the MoE layers. What else differs comes back changed from the re-import
+    and is refused."""
+    moe = [lp.ffn for lp in m.layers if isinstance(lp.ffn, MoEPlan)]
+    if not all(e.output_norm for e in moe):
+        raise CannotExport("normalises every MoE block's output (moe.output_norm)")
+    cfg = export_base(m, FAMILY)
+    a, e, f = m.layers[0].attention, moe_plan(m), dense_plan(m)
+    if a.kind != "mla" or a.q_lora_rank is None:
+        raise CannotExport("needs MLA with a query bottleneck (q_lora_rank)")
+    r = e.router
+    cfg.update(
+        num_key_value_heads=a.n_heads,
+        q_lora_rank=a.q_lora_rank,
+        kv_lora_rank=a.kv_lora_rank,
+        qk_nope_head_dim=a.qk_nope_head_dim,
+        qk_rope_head_dim=a.qk_rope_head_dim,
+        v_head_dim=a.v_head_dim,
+        rope_interleave=True,
+        attention_bias=False,
+        intermediate_size=f.d_ff if f else e.d_ff,
+        moe_intermediate_size=e.d_ff,
+        n_routed_experts=e.n_experts,
+        n_shared_experts=e.n_shared_experts,
+        num_experts_per_tok=r.top_k,
+        mlp_layer_types=["sparse" if isinstance(lp.ffn, MoEPlan) else "dense" for lp in m.layers],
+        routed_scaling_factor=r.scale,
+        n_group=r.n_groups or 1,
+        topk_group=r.topk_groups or 1,
+        norm_topk_prob=r.normalize_topk,
+    )
+    return cfg
+
+
 class AXK1Mapper(Mapper):
     """The MoE block's output norm (moec's ``ffn_post_norm``) at the layer level, as the releases and save_pretrained
     keep it (``post_mlp_layernorm``), or inside the block, as transformers holds it in memory
@@ -103,5 +139,7 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"num_local_experts": "n_routed_experts"},
+    export=export,
+    export_rank=55,
     mapper=AXK1Mapper,
 )

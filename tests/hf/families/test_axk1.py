@@ -120,3 +120,34 @@ def test_moec_build_refuses_the_moe_output_norm_by_name():
 
     with pytest.raises(ValueError, match="moe.output_norm"):
         render_model_source(hf_to_model(A_X_K1))
+
+
+def test_the_release_exports_as_axk1_with_transformers_count():
+    """A.X-K1's plan is DeepSeek-V3's with the MoE output norm, which deepseek_v3's config cannot say: export tries
+    the families in order and writes axk1's, which imports back to the identical plan."""
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(A_X_K1)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "axk1" and cfg["mlp_layer_types"][:2] == ["dense", "sparse"]
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_a_plan_without_the_moe_output_norm_is_not_exported_as_axk1():
+    from moec.hf.draft import CannotExport
+    from moec.hf.families.axk1 import FAMILY
+
+    deepseek_like = hf_to_model({**A_X_K1, "model_type": "deepseek_v3", "num_nextn_predict_layers": 0})
+    with pytest.raises(CannotExport, match="moe.output_norm"):
+        FAMILY.export(deepseek_like)
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    """Config and weights written by moec (the norm on the MoE output under the name save_pretrained uses):
+    transformers' AXK1ForCausalLM of them gives moec's logits and router choices."""
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="axk1")
+    hf = transformers.AXK1ForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert assert_same(hf, model) <= 1e-4

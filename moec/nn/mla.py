@@ -11,8 +11,9 @@ rotary key of width qk_rope_head_dim:
 
 Names and layouts are transformers' DeepseekV3Attention, and the rotary dims use DeepSeek's adjacent-pair
 convention (``rope_interleave``), so HF checkpoints load without permutation. The softmax scale carries
-YaRN's mscale² correction. The latent norms take ``plan.latent_norm_eps`` when set. Parameter count =
-:func:`moec.analyze.counts.attention_part`.
+YaRN's mscale² correction. The latent norms take ``plan.latent_norm_eps`` when set. With ``attention.indexer``
+(DeepSeek-V3.2) an :class:`moec.nn.indexer.Indexer` picks the top_k keys each query attends, in the full forward and
+in a cached decode alike. Parameter count = :func:`moec.analyze.counts.attention_part`.
 
 A cached call (``moec.nn.cache``) stores only [norm(c) | rope(k_r)] per token and absorbs kv_b_proj into the
 query and the output, as DeepSeek's inference does (docs/decode.md, "MLA"): with W_uk, W_uv the key and
@@ -30,8 +31,9 @@ import math
 import torch
 from torch import nn
 
-from moec.nn.attention import AttentionLayer, Linear, attend, attend_masked, check_input
+from moec.nn.attention import AttentionLayer, Linear, attend, attend_masked, causal_mask, check_input
 from moec.nn.cache import LayerCache
+from moec.nn.indexer import Indexer
 from moec.nn.norms import make_norm
 from moec.nn.rope import apply_rope_interleaved, softmax_scale_factor
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
@@ -75,6 +77,7 @@ class MLA(AttentionLayer):
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
         self.make_output_gate(d_model, dv, bias=False, **kw)  # Ling 3's per-head gate
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
+        self.indexer = Indexer(plan, d_model, **kw) if plan.has_indexer else None  # DeepSeek-V3.2's sparse attention
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
         self.reset_parameters()
 
@@ -90,13 +93,20 @@ class MLA(AttentionLayer):
         if cache is not None:
             assert positions is not None, "a cached call passes the positions of its tokens"
             return self.decode(x, rope, cache, positions)
-        q_nope, q_rot, latent, k_rot = self._project(x, rope)  # checks x first
+        q_nope, q_rot, latent, k_rot, q_latent = self._project(x, rope)  # checks x first
         (B, h, S, nope), r, dv = q_nope.shape, self.rope_dim, self.v_dim
         kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
         k_nope, v = kv.split([nope, dv], dim=-1)
         q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
         k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
-        y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
+        if self.indexer is not None and S > self.indexer.top_k:  # else every query sees at most top_k keys: dense
+            allowed = causal_mask(S, self.plan.window, x.device)
+            ix_rope = rope if self.plan.rope else None
+            index_keys = self.indexer.keys(x, ix_rope)
+            chosen = self.indexer.select(self.indexer.scores(x, q_latent, index_keys, ix_rope), allowed)
+            y = attend_masked(q, k, v, chosen[:, None], scale=self.scale, sinks=self.sinks)  # (B, h, S, dv)
+        else:
+            y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
         return self.output(x, y)
 
     def decode(
@@ -107,31 +117,39 @@ class MLA(AttentionLayer):
         positions: torch.Tensor,
     ) -> torch.Tensor:
         """The absorbed form over the latent cache: the same output as :meth:`forward` on the whole sequence."""
-        q_nope, q_rot, latent, k_rot = self._project(x, rope)  # checks x first
+        q_nope, q_rot, latent, k_rot, q_latent = self._project(x, rope)  # checks x first
         (B, h, S, nope), dv, kv_r = q_nope.shape, self.v_dim, self.plan.kv_lora_rank
+        width = kv_r + self.rope_dim  # the attention's part of a cache entry; the indexer's key follows it
         w = self.kv_b_proj.weight.view(h, nope + dv, kv_r)  # per head: [W_uk (nope, kv_r) | W_uv (dv, kv_r)]
         w_uk, w_uv = w[:, :nope], w[:, nope:]
-        q_latent = torch.einsum("bhsn,hnc->bhsc", q_nope, w_uk)  # (B, h, S, kv_r)
-        entry = torch.cat((self.kv_a_layernorm(latent).view(B, 1, S, kv_r), k_rot), dim=-1)  # (B, 1, S, kv_r + r)
-        keys, _, key_positions = cache.update(entry, None, positions)  # (B, 1, T, kv_r + r)
+        q_lat = torch.einsum("bhsn,hnc->bhsc", q_nope, w_uk)  # (B, h, S, kv_r)
+        parts = [self.kv_a_layernorm(latent).view(B, 1, S, kv_r), k_rot]
+        if self.indexer is not None:
+            parts.append(self.indexer.keys(x, rope if self.plan.rope else None))  # (B, 1, S, d_I)
+        keys, _, key_positions = cache.update(torch.cat(parts, dim=-1), None, positions)  # (B, 1, T, width [+ d_I])
         mask = cache.mask(positions, key_positions)  # (S, T)
-        q_abs = torch.cat((q_latent, q_rot), dim=-1)  # (B, h, S, kv_r + r)
-        y = attend_masked(q_abs, keys, keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)  # (B, h, S, kv_r)
+        if self.indexer is not None:  # the top_k of the visible keys, by the indexer's scores against its cached keys
+            scores = self.indexer.scores(x, q_latent, keys[..., width:], rope if self.plan.rope else None)  # (B, S, T)
+            mask = self.indexer.select(scores, mask)[:, None]  # (B, 1, S, T)
+        q_abs = torch.cat((q_lat, q_rot), dim=-1)  # (B, h, S, kv_r + r)
+        y = attend_masked(q_abs, keys[..., :width], keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
         return self.output(x, y)
 
     def _project(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What forward and decode share: the query's two parts (B, h, S, nope) and (B, h, S, r), the latent
-        (B, S, kv_r) before its norm and the rotary key (B, 1, S, r), both rotary parts rotated."""
+        (B, S, kv_r) before its norm and the rotary key (B, 1, S, r), both rotary parts rotated, and the normed
+        query latent (B, S, q_lora_rank) the indexer reads (None without q_lora_rank)."""
         check_input(x, self.d_model, "MLA")
         B, S, _ = x.shape
         nope, r = self.nope, self.rope_dim  # head counts come from the shapes (TP: local heads)
         if self.q_proj is not None:
-            q = self.q_proj(x)
+            q, q_latent = self.q_proj(x), None
         else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))  # (B, S, h·(nope + r))
+            q_latent = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora_rank)
+            q = self.q_b_proj(q_latent)  # (B, S, h·(nope + r))
         h = q.shape[-1] // (nope + r)
         q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
@@ -140,11 +158,13 @@ class MLA(AttentionLayer):
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
-        return q_nope, q_rot, latent, k_rot
+        return q_nope, q_rot, latent, k_rot, q_latent
 
     def cache_widths(self) -> tuple[int, int, None]:
-        """[latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads."""
-        return 1, self.plan.kv_lora_rank + self.rope_dim, None
+        """[latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads; with an
+        indexer, its key of d_I follows in the same entry (moec.analyze.memory.kv_bytes_per_token counts it)."""
+        index_width = self.indexer.head_dim if self.indexer is not None else 0
+        return 1, self.plan.kv_lora_rank + self.rope_dim + index_width, None
 
     def extra_repr(self) -> str:
         p = self.plan

@@ -1,0 +1,192 @@
+"""The sparse-attention indexer in MLA (moec/nn/indexer.py): against a naive oracle that builds the attention mask
+from the indexer's scores by hand, against dense MLA where no query sees more than top_k keys, and its cached
+decode against the full forward."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from moec.analyze import analyze
+from moec.analyze.counts import attention_part
+from moec.nn import build_model
+from moec.nn.mla import MLA
+from moec.nn.rope import RotaryEmbedding
+from moec.smoke.scale import fit
+from moec.spec import load_model
+from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RMS = NormPlan("rmsnorm", 1e-6, "pre")
+ROPE = PositionsPlan("rope", 10000.0, None)
+D, S = 32, 10
+NOPE, R, V, Q_R, KV_R, H = 8, 4, 6, 16, 8, 4
+
+
+def plan(*, top_k=3, layout="halves", window=None, heads=4, index_dim=8) -> AttentionPlan:
+    return AttentionPlan(
+        "mla", H, H, NOPE + R, False, False, False, False, window, True,
+        q_lora_rank=Q_R, kv_lora_rank=KV_R, qk_nope_head_dim=NOPE, qk_rope_head_dim=R, v_head_dim=V,
+        indexer_n_heads=heads, indexer_head_dim=index_dim, indexer_top_k=top_k, indexer_rope_layout=layout,
+    )  # fmt: skip
+
+
+def randomized(mod: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.4 if p.dim() > 1 else 1.0))
+    return mod
+
+
+def rotate(x: torch.Tensor, *, interleaved: bool) -> torch.Tensor:
+    """x (..., S, R) rotated by position·θ_j as complex numbers, θ_j = 10000^(−2j/R); output in the half layout."""
+    half = x.shape[-1] // 2
+    re, im = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., :half], x[..., half:])
+    theta = torch.tensor([10000.0 ** (-2 * j / x.shape[-1]) for j in range(half)], dtype=torch.float64)
+    angle = torch.arange(x.shape[-2], dtype=torch.float64)[:, None] * theta[None, :]
+    z = torch.complex(re.double(), im.double()) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat((z.real, z.imag), dim=-1).to(x.dtype)
+
+
+def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + RMS.eps) * w
+
+
+def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
+    """MLA written out (one batch row, one head, one query at a time), the keys each query attends picked by sorting
+    the indexer's scores by hand: I(t, s) = Σ_j w_j·ReLU(q_j·k_s/√d_I), w = weights_proj(x)/√H_I."""
+    ix = mod.indexer
+    B, n = x.shape[0], x.shape[1]
+    H_I, d_I, interleaved = p.indexer_n_heads, p.indexer_head_dim, p.indexer_rope_layout == "interleaved"
+    c_q = rms(x @ mod.q_a_proj.weight.T, mod.q_a_layernorm.weight)  # (B, n, Q_R)
+    q = (c_q @ mod.q_b_proj.weight.T).view(B, n, H, NOPE + R).transpose(1, 2)  # (B, H, n, NOPE+R)
+    q = torch.cat((q[..., :NOPE], rotate(q[..., NOPE:], interleaved=True)), -1)
+    kv_a = x @ mod.kv_a_proj_with_mqa.weight.T
+    latent, k_rot = rms(kv_a[..., :KV_R], mod.kv_a_layernorm.weight), rotate(kv_a[..., KV_R:], interleaved=True)
+    kv = (latent @ mod.kv_b_proj.weight.T).view(B, n, H, NOPE + V).transpose(1, 2)  # (B, H, n, NOPE+V)
+    k = torch.cat((kv[..., :NOPE], k_rot[:, None].expand(B, H, n, R)), -1)
+    v = kv[..., NOPE:]
+    # the indexer
+    iq = (c_q @ ix.wq_b.weight.T).view(B, n, H_I, d_I).transpose(1, 2)  # (B, H_I, n, d_I)
+    iq = torch.cat((rotate(iq[..., :R], interleaved=interleaved), iq[..., R:]), -1)
+    ik = x @ ix.wk.weight.T  # (B, n, d_I)
+    ik = (ik - ik.mean(-1, keepdim=True)) / torch.sqrt(ik.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    ik = ik * ix.k_norm.weight + ix.k_norm.bias
+    ik = torch.cat((rotate(ik[..., :R], interleaved=interleaved), ik[..., R:]), -1)
+    w = (x @ ix.weights_proj.weight.T) / math.sqrt(H_I)  # (B, n, H_I)
+    out = torch.zeros(B, n, H, V)
+    for b in range(B):
+        for t in range(n):
+            visible = [s for s in range(t + 1) if p.window is None or s > t - p.window]
+            score = {
+                s: sum(w[b, t, j] * torch.relu(iq[b, j, t] @ ik[b, s] / math.sqrt(d_I)) for j in range(H_I))
+                for s in visible
+            }
+            ranked = sorted(visible, key=lambda s: -score[s])
+            if len(ranked) > p.indexer_top_k:  # the choice must not hang on a tie
+                assert score[ranked[p.indexer_top_k - 1]] > score[ranked[p.indexer_top_k]]
+            keys = ranked[: p.indexer_top_k]
+            for h in range(H):
+                logits = torch.stack([q[b, h, t] @ k[b, h, s] for s in keys]) / math.sqrt(NOPE + R)
+                out[b, t, h] = logits.softmax(-1) @ v[b, h, keys]
+    return out.reshape(B, n, H * V) @ mod.o_proj.weight.T
+
+
+def rope_tables(n: int):
+    return RotaryEmbedding(ROPE, R, 64)(n, torch.device("cpu"), torch.float32)
+
+
+CASES = {
+    "halves (DeepSeek-V3.2)": plan(),
+    "interleaved (GLM-5)": plan(layout="interleaved"),
+    "window and top_k": plan(top_k=3, window=5),
+    "top_k 1, d_I = the rotary width": plan(top_k=1, heads=8, index_dim=4),
+}
+
+
+@pytest.mark.parametrize("p", CASES.values(), ids=CASES.keys())
+def test_mla_attends_the_top_k_keys_the_indexer_scores_best(p):
+    mod = randomized(MLA(p, D, norm=RMS, positions=ROPE))
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(mod(x, rope_tables(S)), oracle(mod, x, p), atol=2e-5, rtol=1e-5)
+
+
+def test_with_at_most_top_k_keys_the_output_is_dense_mla_exactly():
+    sparse = randomized(MLA(plan(top_k=S), D, norm=RMS, positions=ROPE))
+    dense = MLA(dataclasses.replace(plan(), indexer_n_heads=None), D, norm=RMS, positions=ROPE)
+    dense.load_state_dict({k: v for k, v in sparse.state_dict().items() if not k.startswith("indexer.")})
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(sparse(x, rope_tables(S)), dense(x, rope_tables(S)))
+        sparse.indexer.top_k = 3  # and fewer keys than it sees changes it: the choice is real
+        assert not torch.allclose(sparse(x, rope_tables(S)), dense(x, rope_tables(S)), atol=1e-3)
+
+
+def test_parameter_count_equals_the_analyzer():
+    p = plan()
+    mod = MLA(p, D, norm=RMS, positions=ROPE, device="meta")
+    assert sum(t.numel() for t in mod.parameters()) == attention_part(p, D, 1).params
+    # by hand: wq_b 16·4·8, wk 32·8, k_norm 2·8, weights_proj 32·4
+    bare = MLA(dataclasses.replace(p, indexer_n_heads=None), D, norm=RMS, positions=ROPE, device="meta")
+    extra = sum(t.numel() for t in mod.parameters()) - sum(t.numel() for t in bare.parameters())
+    assert extra == 16 * 4 * 8 + 32 * 8 + 2 * 8 + 32 * 4
+
+
+# --- the whole model: DeepSeek-V3's tiny copy with an indexer, decoded through the cache -------------------------
+
+SEQ, BATCH = 12, 2
+
+
+def indexed_tiny(top_k: int, window: int | None = None):  # type: ignore[no-untyped-def]
+    """16 indexer heads: a key's score is exactly 0 when every head's ReLU is (2^-16 here), and two such keys at
+    the top-k boundary would make the choice a tie that the full forward and the decode may break differently."""
+    base = fit(load_model("specs/deepseek-v3.yaml"), scale="tiny", budget_bytes=None, batch=BATCH, seq=SEQ).plan
+    extra = {"indexer_n_heads": 16, "indexer_head_dim": 8, "indexer_top_k": top_k, "window": window}
+    layers = tuple(dataclasses.replace(lp, attention=dataclasses.replace(lp.attention, **extra)) for lp in base.layers)
+    return base.replace(layers=layers, mtp=())
+
+
+def model_of(plan):  # type: ignore[no-untyped-def]
+    model = build_model(plan, device="cpu", dtype=torch.float32, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p.shape[-1] if p.dim() == 2 else (p.shape[1] if p.dim() == 3 else 1)
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(noise * 0.3 + 1.0 if p.dim() == 1 else noise / fan_in**0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("steps", [[5] + [1] * (SEQ - 5), [3, 2, 3, 1, 3]], ids=["5+1s", "mixed"])
+def test_cached_decode_gives_the_full_forward_logits(steps, window):
+    torch.manual_seed(0)
+    plan = indexed_tiny(top_k=3, window=window)
+    model = model_of(plan)
+    tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(BATCH, SEQ)
+    outs, start = [], 0
+    with torch.no_grad():
+        full = model(tokens)[0]
+        for n in steps:
+            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
+            start += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the indexer matters here: all the keys give other logits
+        dense = model_of(indexed_tiny(top_k=SEQ, window=window))
+        assert not torch.allclose(dense(tokens)[0], full, atol=1e-3)
+
+
+def test_the_cache_holds_what_the_analyzer_counts():
+    """MLA's entry per token and layer: kv_lora_rank + qk_rope_head_dim, and the indexer's key of d_I."""
+    plan = indexed_tiny(top_k=3)
+    cache = build_model(plan, device="meta").new_cache(3, SEQ, device="cpu")
+    a = plan.layers[0].attention
+    assert cache.nbytes() == 3 * SEQ * len(plan.layers) * 4 * (a.kv_lora_rank + a.qk_rope_head_dim + 8)
+    assert cache.nbytes() == analyze(plan, seq=SEQ, batch=3, dtype="fp32").memory.kv_cache_bytes

@@ -4,7 +4,9 @@
 every ``layer_group_size`` multi-head latent attention with DeepSeek's interleaved rotary positions and a sigmoid
 gate per head on its output (``attention.output_gate: head``); a dense SwiGLU MLP before ``first_k_dense_replace``,
 then DeepSeek-V3's MoE (Kimi-Linear's block). The multi-token-prediction layers the releases store after the decoder
-(``num_nextn_predict_layers``) are not built by transformers and are not imported. No exporter.
+(``num_nextn_predict_layers``) are not built by transformers and are not imported. The exporter writes
+``layer_types`` and the KDA fields for a plan of KDA as Ling builds it (full rank, KDA heads = MLA heads) and gated
+MLA.
 
 Checkpoints keep Ling's names (:class:`BailingHybridMapper`), which transformers' save_pretrained writes back:
 ``model.word_embeddings``, each layer's mixer or attention under ``attention.`` with its output projection ``dense``
@@ -16,13 +18,15 @@ one ``conv1d``) load too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, mla
-from moec.hf.families.kimi_linear import moe_block
+from moec.hf.families._export_common import export_base, one
+from moec.hf.families.kimi_linear import export_moe_block, moe_block
 from moec.hf.mapper import Mapper
-from moec.spec.plan import LayerPlan
+from moec.mixers.kda import KDASection
+from moec.spec.plan import LayerPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +121,47 @@ def _mtp(c: HFConfig, d: Draft) -> None:
         d.training_only.append(f"mtp_loss_scaling_factor {scale!r}")
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    kinds = [lp.mixer_kind for lp in m.layers]
+    if set(kinds) - {"attention", "kda"}:
+        raise CannotExport(f"has KDA and attention layers only (spec: {sorted(set(kinds))})")
+    attn = m.layers[0].attention
+    if (attn.kind, attn.output_gate) != ("mla", "head"):
+        raise CannotExport("has MLA with a sigmoid gate per head only (attention.output_gate: head)")
+    cfg = export_base(m, FAMILY, nope=False)
+    cfg.update(
+        num_key_value_heads=attn.n_heads,
+        q_lora_rank=attn.q_lora_rank,
+        kv_lora_rank=attn.kv_lora_rank,
+        qk_nope_head_dim=attn.qk_nope_head_dim,
+        qk_rope_head_dim=attn.qk_rope_head_dim,
+        v_head_dim=attn.v_head_dim,
+        attention_bias=False,
+        layer_types=["linear_attention" if k == "kda" else "full_attention" for k in kinds],
+        num_nextn_predict_layers=0,
+    )
+    if "kda" in kinds:
+        cfg.update(_export_kda(m, attn.n_heads))
+    export_moe_block(m, cfg)
+    return cfg
+
+
+def _export_kda(m: ResolvedModel, heads: int) -> dict[str, Any]:
+    """head_dim, short_conv_kernel_size and the gate of KDA as BailingHybridDeltaAttention builds it."""
+    p = one([lp.mixer for lp in m.layers if lp.mixer_kind == "kda"], "the KDA section")
+    if p.n_heads != heads:
+        raise CannotExport(f"has as many KDA heads as attention heads (spec: {p.n_heads} and {heads})")
+    if p.decay_rank or p.gate_rank:
+        raise CannotExport("builds KDA's decay and output-gate projections at full rank (decay_rank, gate_rank 0)")
+    if p.norm_eps != m.norm.eps:
+        raise CannotExport(f"uses rms_norm_eps for KDA's output norm (spec: {p.norm_eps} and {m.norm.eps})")
+    if p.chunk != KDASection.model_fields["chunk"].default:
+        raise CannotExport("has no field for KDA's chunk (a compute choice: its import takes the default)")
+    bounded = p.decay == "bounded_sigmoid"
+    out = {"head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel, "kda_safe_gate": bounded}
+    return out | ({"kda_lower_bound": p.decay_lower_bound} if bounded else {})
+
+
 class BailingHybridMapper(Mapper):
     expert_biases = ("gate.expert_bias", "gate.e_score_correction_bias")
 
@@ -166,5 +211,6 @@ FAMILY = Family(
         "model_max_length": "max_position_embeddings",
         "num_nextn_predict_layers": "num_mtp_layers",
     },
+    export=export,
     mapper=BailingHybridMapper,
 )

@@ -44,7 +44,7 @@ from moec.hf.families._export_common import dense_plan, export_base, moe_plan, o
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
-from moec.mixers.kda import Section as KDASection
+from moec.mixers.kda import KDASection
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -269,7 +269,8 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         mla_use_nope=True,
         linear_attn_config=_export_kda(m, kinds),
     )
-    _export_moe(m, cfg)
+    export_moe_block(m, cfg)
+    cfg["moe_router_activation_func"] = "sigmoid"
     return cfg
 
 
@@ -293,8 +294,9 @@ def _export_kda(m: ResolvedModel, kinds: list[str]) -> dict[str, Any]:
     return out | {"num_heads": p.n_heads, "head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel}
 
 
-def _export_moe(m: ResolvedModel, cfg: dict[str, Any]) -> None:
-    """The dense layers first (first_k_dense_replace), then KimiLinearMoE with DeepSeek-V3's router."""
+def export_moe_block(m: ResolvedModel, cfg: dict[str, Any]) -> None:
+    """What :func:`moe_block` reads: the dense layers first (first_k_dense_replace), then the MoE block with
+    DeepSeek-V3's router (Kimi-Linear's and Ling 3.0's)."""
     e, f = moe_plan(m), dense_plan(m)
     moe = [isinstance(lp.ffn, MoEPlan) for lp in m.layers]
     k_dense = moe.index(True)
@@ -316,7 +318,6 @@ def _export_moe(m: ResolvedModel, cfg: dict[str, Any]) -> None:
         routed_scaling_factor=r.scale,
         num_expert_group=r.n_groups or 1,
         topk_group=r.topk_groups or 1,
-        moe_router_activation_func="sigmoid",
     )
 
 

@@ -2,14 +2,17 @@
 on meta; its KDA layers (full-rank projections, the bounded decay) and its MLA layers with a sigmoid gate per head
 translate; a tiny checkpoint of both, saved by transformers under Ling's names, loads with moec.from_hf to
 transformers' logits and router choices, also decoding token by token; the generated model.py refuses the MLA output
-gate by name (codegen does not render it yet)."""
+gate by name (codegen does not render it yet); plans export to a config.json transformers builds with their counts."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model
+from moec.hf.config import export_hf_config, plan_differences
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -112,3 +115,29 @@ def test_generated_model_py_refuses_the_mla_output_gate_by_name(checkpoint):
 
     with pytest.raises(ValueError, match="output_gate with MLA"):
         render_model_source(moec.from_hf(checkpoint[1]).plan)
+
+
+@pytest.mark.parametrize("safe_gate", [True, False], ids=["bounded", "softplus"])
+def test_export_round_trip_counts_as_transformers(safe_gate):
+    plan = hf_to_model({**DEFAULT_CONFIG, "kda_safe_gate": safe_gate})
+    cfg = export_hf_config(plan)
+    assert (cfg["model_type"], cfg["kda_safe_gate"]) == ("bailing_hybrid", safe_gate)
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_counts(cfg) == (analyze(plan).params.total, analyze(plan).params.active)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"n_heads": 16}, "as many KDA heads"), ({"decay_rank": 128}, "full rank"), ({"chunk": 32}, "chunk")],
+)
+def test_export_refuses_kda_that_ling_cannot_say(change, reason):
+    from moec.hf.draft import CannotExport
+    from moec.hf.families.bailing_hybrid import FAMILY
+
+    plan = hf_to_model(DEFAULT_CONFIG)
+    layers = tuple(
+        dataclasses.replace(lp, mixer=dataclasses.replace(lp.mixer, **change)) if lp.mixer_kind == "kda" else lp
+        for lp in plan.layers
+    )
+    with pytest.raises(CannotExport, match=reason):
+        FAMILY.export(plan.replace(layers=layers))

@@ -18,6 +18,7 @@ one ``conv1d``) load too.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
@@ -30,6 +31,8 @@ from moec.spec.plan import LayerPlan, ResolvedModel
 
 if TYPE_CHECKING:
     import torch
+
+    from moec.hf.checkpoint import Checkpoint
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=157184, hidden_size=2560, intermediate_size=6144, moe_intermediate_size=768,
@@ -163,7 +166,20 @@ def _export_kda(m: ResolvedModel, heads: int) -> dict[str, Any]:
 
 
 class BailingHybridMapper(Mapper):
+    """Ling's names (the module docstring), and the release's MTP layers let go as transformers does
+    (BailingHybridModel._keys_to_ignore_on_load_unexpected: ``model.layers.{i}.*`` for the
+    ``num_nextn_predict_layers`` layers after the last)."""
+
     expert_biases = ("gate.expert_bias", "gate.e_score_correction_bias")
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        config = ck.folder / "config.json"
+        raw = json.loads(config.read_text()) if config.is_file() else {}
+        n_mtp = next((raw[k] for k in ("num_nextn_predict_layers", "num_mtp_layers") if k in raw), 0)
+        n = len(plan.layers)
+        extra = tuple(f"model.layers.{i}." for i in range(n, n + n_mtp)) if isinstance(n_mtp, int) else ()
+        ck.used.update(name for name in ck.file_of if name.startswith(extra))
 
     def load(self, name: str) -> torch.Tensor:
         if name == "embed.weight":

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from moec.hf.families.bailing_hybrid import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_a_release_mtp_layer_is_let_go,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -33,13 +34,13 @@ from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 DEFAULT_CONFIG = {"model_type": "bailing_hybrid", "architectures": ["BailingHybridForCausalLM"]}
 
 # KDA on layers 0 and 2, gated MLA on 1 and 3 (layer_group_size 2); the first layer dense; 8 experts top-2 in two
-# groups of which one is chosen
+# groups of which one is chosen; one MTP layer, which transformers builds none of
 TINY = {
     "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 4, "layer_group_size": 2, "num_attention_heads": 2,
     "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 48, "moe_intermediate_size": 16, "num_experts": 8,
     "num_experts_per_token": 2, "num_shared_experts": 1, "num_expert_group": 2, "topk_group": 1,
     "first_k_dense_replace": 1, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
-    "short_conv_kernel_size": 3, "kda_lower_bound": -3.0, "num_nextn_predict_layers": 0, "model_max_length": 64,
+    "short_conv_kernel_size": 3, "kda_lower_bound": -3.0, "num_nextn_predict_layers": 1, "model_max_length": 64,
     "rope_theta": 1e4, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
 }  # fmt: skip
 
@@ -108,6 +109,10 @@ def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoin
             start += n
         want = hf(TOKENS).logits
     assert (torch.cat(outs, dim=1) - want).abs().max() <= 1e-4
+
+
+def test_the_release_mtp_layer_is_let_go(checkpoint, tmp_path):
+    assert_a_release_mtp_layer_is_let_go(*checkpoint, tmp_path, mtp_layer=4)
 
 
 def test_generated_model_py_refuses_the_mla_output_gate_by_name(checkpoint):

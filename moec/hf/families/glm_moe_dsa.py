@@ -1,0 +1,95 @@
+"""GLM-5 (``model_type`` glm_moe_dsa, GlmMoeDsaForCausalLM): DeepSeek-V3.2's sparse attention on GLM's sizes,
+translated by moec/hf/families/deepseek_v32.py's steps. Two differences, both from transformers' GlmMoeDsa
+classes: the indexer rotates its first qk_rope_head_dim dims in adjacent pairs (``rope_layout: interleaved``), and
+each layer either runs its own indexer (``full``) or reuses the top-k of the last full layer (``shared``:
+GLM-5.2's cross-layer sharing), by indexer_types or the schedule index_topk_pattern / index_topk_freq /
+index_skip_topk_offset give. moec's layers each run their own indexer: a config with shared layers is refused,
+naming the feature. The release's MTP layer (``model.layers.78.*``) is let go as transformers does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moec.hf.draft import Draft, Family, HFConfig, is_int
+from moec.hf.families._common import all_known, defaults
+from moec.hf.families.deepseek_v32 import DsaMapper, dsa_model, export_dsa, indexer
+from moec.spec.plan import ResolvedModel
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=154880, hidden_size=6144, intermediate_size=12288, moe_intermediate_size=2048,
+                    num_hidden_layers=78, num_attention_heads=64, num_key_value_heads=64, n_shared_experts=1,
+                    n_routed_experts=256, routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=2048,
+                    qk_rope_head_dim=64, v_head_dim=256, qk_nope_head_dim=192, n_group=1, topk_group=1,
+                    num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=202752, rms_norm_eps=1e-5,
+                    mlp_layer_types=None, attention_bias=False, index_topk=2048, index_head_dim=128, index_n_heads=32,
+                    first_k_dense_replace=3, layer_types=None, mlp_bias=False, hidden_act="silu",
+                    indexer_types=None)
+# fmt: on
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    dsa_model(c, d, "GlmMoeDsa")
+    indexer(c, d, "GlmMoeDsa", "interleaved")
+    _indexer_types(c, d)
+
+
+def _schedule(c: HFConfig, n: int) -> list[str] | None:
+    """GlmMoeDsaConfig's indexer_types when the config leaves them out: index_topk_pattern ('F'/'S' per layer, or a
+    list), else 'full' where max(i − offset + 1, 0) is a multiple of index_topk_freq (default 1, offset 2)."""
+    pattern = c.value("index_topk_pattern")
+    if pattern is not None:
+        if isinstance(pattern, str) and set(pattern) <= {"F", "S"}:
+            return [{"F": "full", "S": "shared"}[ch] for ch in pattern]
+        return c.str_list("index_topk_pattern")
+    freq, offset = c.value("index_topk_freq", 1), c.value("index_skip_topk_offset", 2)
+    if not (is_int(freq) and is_int(offset)):
+        c.bad("index_topk_freq", f"{freq} / index_skip_topk_offset {offset}: expected integers")
+        return None
+    freq = max(freq, 1)
+    return ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(n)]
+
+
+def _indexer_types(c: HFConfig, d: Draft) -> None:
+    """Every layer must run its own indexer: 'shared' layers (the top-k of an earlier layer) are refused by name."""
+    if not d.layers_known:
+        return
+    schedule = _schedule(c, d.n_layers)  # read also beside indexer_types, which transformers then follows
+    if c.value("indexer_types") is not None:
+        key, types = "indexer_types", c.str_list("indexer_types")
+    else:
+        key = "index_topk_pattern" if c.value("index_topk_pattern") is not None else "index_topk_freq"
+        types = schedule
+    if not (d.fits_layers(c, key, types) and all_known(c, key, types, ("full", "shared"))):
+        return
+    shared = [i for i, t in enumerate(types) if t == "shared"]  # type: ignore[union-attr]
+    if shared:
+        d.gap(
+            key,
+            f"{len(shared)} shared layers ({', '.join(map(str, shared[:6]))}{', …' if len(shared) > 6 else ''})",
+            "cross-layer top-k sharing (GLM-5.2's IndexShare): these layers reuse an earlier layer's indexer choice; "
+            "moec runs an indexer in every layer",
+            "attention.indexer.shared per layer (a layer reusing the last full layer's top-k)",
+        )
+
+
+class GlmMoeDsaMapper(DsaMapper):
+    release_layers = 78  # GlmMoeDsaPreTrainedModel._keys_to_ignore_on_load_unexpected: model.layers.78.*
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    cfg = export_dsa(m, FAMILY, "interleaved")
+    cfg["indexer_types"] = ["full"] * m.n_layers
+    return cfg
+
+
+FAMILY = Family(
+    "glm_moe_dsa",
+    "GlmMoeDsaForCausalLM",
+    DEFAULTS,
+    translate,
+    aliases={"num_local_experts": "n_routed_experts"},
+    export=export,
+    export_rank=36,
+    mapper=GlmMoeDsaMapper,
+)

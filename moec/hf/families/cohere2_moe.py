@@ -56,8 +56,13 @@ def translate(c: HFConfig, d: Draft) -> None:
     scale = c.float("logit_scale")
     if scale > 0:
         d.put("model.logits_scaling", 1 / scale, f"{c.src('logit_scale')} ({shown(scale)}): logits ÷ 1/logit_scale")
-    else:
-        c.bad("logit_scale", f"{shown(scale)}: moec divides the logits by a positive logits_scaling")
+    elif not c.failed("logit_scale"):
+        d.gap(
+            "logit_scale",
+            scale,
+            "logits multiplied by zero or a negative number; moec divides them by a positive logits_scaling",
+            "model.logits_scaling of either sign (or a logit multiplier). No count change",
+        )
     k = c.int("first_k_dense_replace", minimum=0)
     _mlp_layers(c, d, k)
     _layer_types(c, d, k)

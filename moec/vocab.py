@@ -57,6 +57,8 @@ ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha")
 
 # attention
 ATTENTION_KINDS = ("gqa", "mla")
+# a layer's shape: mixer then FFN, or LongCat-Flash's two (attention, dense FFN) pairs with a shortcut MoE
+BLOCK_KINDS = ("standard", "shortcut_moe_pair")
 # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole q (h·head_dim)
 # and k (kv·head_dim) projections (OLMoE)
 QK_NORM_SCOPES = ("head", "projection")

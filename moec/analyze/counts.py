@@ -140,10 +140,13 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
         return {"dense_ffn": Part(p, p, 2 * mm)}
     r = f.router
     E, k = f.n_experts, r.top_k
+    scored = E + f.n_zero_experts  # zero experts take router rows and bias entries, no expert weights
     # a learned logit bias (gpt-oss) and a selection bias stored as a parameter (ERNIE-4.5) count; DeepSeek-V3's
     # selection bias is a buffer and does not
     router_mm = router_matrices(f, d)
-    router_p = router_mm + (E if r.bias else 0) + (E if r.selection_bias and r.selection_bias_parameter else 0)
+    router_p = (
+        router_mm + (scored if r.bias else 0) + (scored if r.selection_bias and r.selection_bias_parameter else 0)
+    )
     parts = {"router": Part(router_p, router_p, 2 * router_mm)}
     if f.expert_kind == "lora":
         assert f.lora_rank is not None
@@ -155,6 +158,7 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
         return parts
     mm = ffn_weights(d, f.d_ff, f.gated)
     per_expert = mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
+    # with zero experts k·per_expert is the upper bound: a slot on a zero expert touches nothing (ZERO_EXPERTS)
     parts["routed_experts"] = Part(E * per_expert, k * per_expert, 2 * k * mm)
     if f.n_shared_experts:
         # s shared experts of width f_s are one FFN of width s·f_s (every token passes all of them and
@@ -180,11 +184,18 @@ ROUTING_CONVENTIONS = {
     "sqrt_softplus": "elementwise: 0 FLOPs, 0 parameters",
 }
 
+# how moe.n_zero_experts is counted; printed under "zero_experts" in analyze's conventions
+ZERO_EXPERTS = (
+    "Z zero experts (LongCat-Flash): d·(E+Z) router parameters, 0 expert parameters, 0 FLOPs (a slot on one adds "
+    "its weight × the input: elementwise); active and FLOPs count all k slots on FFN experts, the upper bound "
+    "(how many land on zero experts depends on the tokens)"
+)
+
 
 def router_matrices(f: MoEPlan, d: int) -> int:
     """The router's matrix parameters: d·E for one linear layer, d·h + h·E for a router MLP, 0 for hash
-    routing (ROUTING_CONVENTIONS)."""
-    r, E = f.router, f.n_experts
+    routing (ROUTING_CONVENTIONS); E counts the zero experts too, which the router scores."""
+    r, E = f.router, f.n_experts + f.n_zero_experts
     if r.kind == "hash":
         return 0
     if r.mlp_hidden:
@@ -217,6 +228,8 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     """One layer's parts: its token mixer (attention or another kind), one norm per sublayer it has, its FFN."""
     d = model.d_model
     npd = model.norm.params_per_dim
+    if layer.pair_ffn is not None:
+        return _apply_frozen(pair_layer_parts(layer, d, npd), model.frozen)
     parts: dict[str, Part] = {}
     if layer.has_attention:
         parts["attention"] = attention_part(layer.attention, d, npd)
@@ -232,6 +245,21 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     return _apply_frozen(parts, model.frozen)
 
 
+def pair_layer_parts(layer: LayerPlan, d: int, npd: int) -> dict[str, Part]:
+    """A shortcut-MoE pair layer (LongCat-Flash): two attentions and two dense FFNs of the same plans, four norms
+    of d (one before each sublayer), and the MoE (docs/conventions.md, "Shortcut-MoE pair layers")."""
+    assert layer.pair_ffn is not None and isinstance(layer.ffn, MoEPlan)
+    attn = attention_part(layer.attention, d, npd)
+    dense = ffn_parts(layer.pair_ffn, d)["dense_ffn"]
+    parts = {
+        "attention": Part(2 * attn.params, 2 * attn.active, 2 * attn.flops),
+        "norms": Part(4 * d * npd, 4 * d * npd, 0),
+        "dense_ffn": Part(2 * dense.params, 2 * dense.active, 2 * dense.flops),
+    }
+    parts.update(ffn_parts(layer.ffn, d))
+    return parts
+
+
 def sequence_flops(layer: LayerPlan, d: int, seq: int, mode: str) -> tuple[Fraction, Fraction]:
     """A layer's FLOPs per token beyond its linear layers at context ``seq``: (the training and prefill form,
     one decode step after ``seq`` tokens). Attention: the scores (QKᵀ and AV) over the keys a query sees, its
@@ -239,7 +267,8 @@ def sequence_flops(layer: LayerPlan, d: int, seq: int, mode: str) -> tuple[Fract
     mixer: its kind's chunked and recurrent forms (docs/mixers.md); none: 0."""
     if layer.has_attention:  # with an indexer: the sparse form (attention_sequence_flops)
         forms = attention_sequence_flops(layer.attention, seq, mode)
-        return forms["sparse_train"], forms["sparse_step"]
+        n = 2 if layer.pair_ffn is not None else 1  # a shortcut-MoE pair layer attends twice
+        return n * forms["sparse_train"], n * forms["sparse_step"]
     if isinstance(layer.mixer, AbsentPlan):
         return Fraction(0), Fraction(0)
     forms = KINDS[layer.mixer.kind].mixing_flops(layer.mixer, d, seq)

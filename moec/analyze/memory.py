@@ -55,6 +55,9 @@ def activation_bytes_per_token(model: ResolvedModel) -> int:
         elif not isinstance(lp.mixer, AbsentPlan):
             # the inputs, and the projections' outputs (their weights over d: the widths they write)
             total += b * (2 * d + KINDS[lp.mixer.kind].matmul_weights(lp.mixer, d) // d)
+        if lp.pair_ffn is not None:  # its second attention, and both dense FFNs with their inputs
+            total += b * (2 * d + a.n_heads * a.qk_dim + a.n_kv_heads * (a.qk_dim + a.v_dim) + a.n_heads * a.v_dim)
+            total += 4 * a.n_heads + 2 * b * (2 * d + lp.pair_ffn.d_ff * (3 if lp.pair_ffn.gated else 2))
         if lp.has_ffn:
             total += b * (2 * d)  # residual input and normed input of the FFN
         if isinstance(f, DenseFFNPlan):
@@ -78,7 +81,8 @@ def memory(
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     nb = DTYPE_BYTES[dtype]
-    attention = [lp.attention for lp in model.layers if lp.has_attention]
+    # a shortcut-MoE pair layer (LongCat-Flash) caches keys for each of its two attentions
+    attention = [lp.attention for lp in model.layers if lp.has_attention for _ in range(1 + (lp.pair_ffn is not None))]
     per_token = sum(kv_bytes_per_token(a, nb) for a in attention)
     # a sliding-window or chunked layer keeps at most W (or C) tokens of cache
     at_seq = sum(kv_bytes_per_token(a, nb) * min(seq, a.window or seq, a.chunk or seq) for a in attention)

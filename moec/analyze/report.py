@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from moec.analyze.counts import (
     ROUTING_CONVENTIONS,
+    ZERO_EXPERTS,
     Part,
     attention_score_flops,
     attention_sequence_flops,
@@ -47,6 +48,9 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "selection_bias": "a buffer (DeepSeek-V3): not counted; with selection_bias_parameter (ERNIE-4.5): E router "
         "parameters per MoE layer, in total, active and trainable; 0 FLOPs either way",
         "routing": ROUTING_CONVENTIONS,
+        "zero_experts": ZERO_EXPERTS,
+        "shortcut_moe_pair": "a LongCat-Flash layer: two attentions, two dense FFNs and four norms of d, one MoE; "
+        "a KV cache per attention (two per layer)",
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

@@ -73,6 +73,8 @@ def component_of(name: str) -> str:
         return "mixers"
     if sub == "ffn":
         return _MOE_PARTS.get(rest[0], "dense_ffn")
+    if sub == "pair_ffn":  # a shortcut-MoE pair layer's two dense FFNs (moec.nn.longcat)
+        return "dense_ffn"
     raise ValueError(f"parameter {name!r} belongs to no known component")
 
 
@@ -137,7 +139,7 @@ class MoecModel(nn.Module):
             for theta in {lp.attention.rope_theta for lp in plan.layers} - {None}:
                 positions = dataclasses.replace(plan.positions, theta=theta)
                 self.layer_rotary[theta] = RotaryEmbedding(positions, plan.rope_dim, plan.max_seq_len)
-        self.layers = nn.ModuleList(Block(lp, plan, backend=backend, **kw) for lp in plan.layers)
+        self.layers = nn.ModuleList(make_block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
         if plan.tie_embeddings:
@@ -275,6 +277,15 @@ class MoecModel(nn.Module):
             t, f = out.get(component_of(name), (0, 0))
             out[component_of(name)] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
         return out
+
+
+def make_block(layer: LayerPlan, model: ResolvedModel, *, backend: str = "auto", device=None, dtype=None) -> nn.Module:
+    """A layer's module: a shortcut-MoE pair layer (moec.nn.longcat) where its plan has one, else a Block."""
+    if layer.pair_ffn is not None:
+        from moec.nn.longcat import PairBlock  # it builds on moec.nn.block
+
+        return PairBlock(layer, model, backend=backend, device=device, dtype=dtype)
+    return Block(layer, model, backend=backend, device=device, dtype=dtype)
 
 
 def decode_refusals(plan: ResolvedModel, max_len: int) -> list[str]:

@@ -122,6 +122,18 @@ class LoRAExperts(nn.Module):
         return y if base.b_down is None else y + base.b_down
 
 
+def zero_expert_slots(
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, n_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-computation experts (LongCat-Flash): a slot whose index is ≥ ``n_experts`` names a zero expert, which
+    returns its gate weight × the token. x (T, d), topk_idx / topk_w (T, k) → (the slots the FFN experts still
+    take, those slots marked -1 with weight 0 so that the kernels skip them; (T, d) the zero experts' sum
+    Σ_{zero slots} w · x)."""
+    on_zero = topk_idx >= n_experts  # (T, k)
+    zero = (topk_w * on_zero).sum(-1, keepdim=True) * x  # (T, d)
+    return topk_idx.masked_fill(on_zero, -1), topk_w.masked_fill(on_zero, 0.0), zero
+
+
 class MoE(nn.Module):
     def __init__(
         self,
@@ -171,7 +183,10 @@ class MoE(nn.Module):
         ids = token_ids.reshape(-1) if token_ids is not None else None  # (T,)
         r = self.router(xt, seq_len=seq_len or None, token_ids=ids)
         kernels = self._kernels(x.device)
-        topk_w = r.topk_w.to(x.dtype)
+        topk_idx, topk_w = r.topk_idx, r.topk_w.to(x.dtype)
+        zero = None
+        if self.plan.n_zero_experts:  # checks allow them with output gating on FFN experts only
+            topk_idx, topk_w, zero = zero_expert_slots(xt, topk_idx, topk_w, self.plan.n_experts)
         if self.base is not None:
             y = self.experts(xt, r.topk_idx, topk_w, kernels, self.base)  # (T, d)
         elif self.plan.router.apply_to == "input":
@@ -182,7 +197,9 @@ class MoE(nn.Module):
             ys = self.experts(xs, r.topk_idx.reshape(T * k, 1), ones, kernels)  # (T·k, d)
             y = ys.view(T, k, self.d_model).sum(1)  # (T, d)
         else:
-            y = self.experts(xt, r.topk_idx, topk_w, kernels)  # (T, d)
+            y = self.experts(xt, topk_idx, topk_w, kernels)  # (T, d)
+        if zero is not None:
+            y = y + zero
         if self.shared is not None:
             s = self.shared(xt)  # (T, d)
             if self.shared_gate is not None:  # Qwen2-MoE

@@ -116,7 +116,8 @@ class Router(nn.Module):
     ):
         super().__init__()
         self.plan, self.d_model = plan, d_model
-        E = plan.n_experts
+        # zero experts (LongCat-Flash) are scored and chosen like the others; moec.nn.moe adds their w·x
+        E = self.n_scored = plan.n_experts + plan.n_zero_experts
         # nn.Linear layout (E, d): Hugging Face router checkpoints load without a transpose
         r = plan.router
         if r.kind == "hash":  # no learned router: a token's experts are a function of its id
@@ -162,7 +163,7 @@ class Router(nn.Module):
         ``token_ids`` (T,): the tokens' ids, which hash routing needs (and every other kind ignores)."""
         self._check_input(x, seq_len, token_ids)
         T = x.shape[0]
-        r, E = self.plan.router, self.plan.n_experts
+        r, E = self.plan.router, self.n_scored
         # float64 stays float64 (the oracles' tests); every other dtype routes in fp32
         xf = x.double() if x.dtype == torch.float64 else x.float()
         if self.training and r.jitter > 0:  # Switch Transformer: multiplicative input noise
@@ -234,7 +235,7 @@ class Router(nn.Module):
         """(T, E) router logits in xf's dtype: one linear layer, or the router MLP; zeros for hash routing (no
         learned router: its probabilities are uniform and carry no gradient)."""
         if self.weight is None:
-            return xf.new_zeros(xf.shape[0], self.plan.n_experts)
+            return xf.new_zeros(xf.shape[0], self.n_scored)
         dt = xf.dtype
         h = xf if self.hidden is None else F.gelu(F.linear(xf, self.hidden.weight.to(dt)))  # (T, d | h)
         return F.linear(h, self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
@@ -243,7 +244,7 @@ class Router(nn.Module):
         self, logits: torch.Tensor, probs: torch.Tensor, token_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(expert ids, gate weights) per token before capacity, by the plan's routing kind."""
-        r, E = self.plan.router, self.plan.n_experts
+        r, E = self.plan.router, self.n_scored
         T = logits.shape[0]
         if r.dense:
             return torch.arange(E, device=logits.device).expand(T, E).contiguous(), probs  # (T, E)
@@ -300,7 +301,7 @@ class Router(nn.Module):
 
     def _group_capacity_mask(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         T, k = idx.shape
-        E = self.plan.n_experts
+        E = self.n_scored
         capacity = math.ceil(self.plan.capacity_factor * T * k / E)
         # slot-major: every first choice, then every second; a slot not dispatched (-1) queues as expert E
         expert = torch.where(idx < 0, E, idx).t().reshape(-1)  # (k·T,)
@@ -325,7 +326,7 @@ class Router(nn.Module):
         sequence-wise loss does).
         """
         T, k = idx.shape
-        E = self.plan.n_experts
+        E = self.n_scored
         if T == 0:
             return probs.new_zeros(())
         if self.plan.router.score != "softmax":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
+from moec.spec.block_checks import check_block, check_zero_experts
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
@@ -35,6 +36,8 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
     check_mixers(spec, bad)
+    check_block(spec, bad)
+    check_zero_experts(spec, bad)
     segmentation = _check_segmentation(spec, loc, bad)
     if spec.moe is not None and not segmentation:
         _check_router(spec, bad)

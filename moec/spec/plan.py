@@ -267,6 +267,9 @@ class LayerPlan:
     ffn: FFNPlan | AbsentPlan
     # the token mixer: None for attention, AbsentPlan for none, else the Plan of a moec.mixers kind
     mixer: Any = None
+    # model.block shortcut_moe_pair (LongCat-Flash): the dense FFN of both (attention, FFN) pairs, ffn their shortcut
+    # MoE; None: a standard layer (docs/conventions.md, "Shortcut-MoE pair layers")
+    pair_ffn: DenseFFNPlan | None = None
 
     @property
     def mixer_kind(self) -> str:
@@ -362,7 +365,8 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         return DenseFFNPlan(**f)
 
     def layer(l: dict[str, Any]) -> LayerPlan:
-        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")))
+        pair = DenseFFNPlan(**l["pair_ffn"]) if l.get("pair_ffn") else None
+        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")), pair)
 
     pos = d["positions"]
     return ResolvedModel(

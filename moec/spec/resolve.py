@@ -215,8 +215,9 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
 
     mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}
+    pair = dense if m.block == "shortcut_moe_pair" else None  # LongCat-Flash: every layer (block_checks)
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[i])  # type: ignore[arg-type]
+        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[i], pair)  # type: ignore[arg-type]
         for i in range(n)
     )
     mtp: tuple[LayerPlan, ...] = ()

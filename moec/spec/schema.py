@@ -44,6 +44,7 @@ from moec.vocab import (
     ACTIVATIONS,
     ATTENTION_KINDS,
     BALANCE_GRANULARITIES,
+    BLOCK_KINDS,
     CLAMPED_ALPHA,
     CLAMPED_LIMIT,
     DROP_POLICIES,
@@ -192,6 +193,8 @@ class Model(Strict):
     """Final logit soft-capping cap·tanh(logits/cap) after logits_scaling (Gemma, Grok); null: off."""
     residual_scales: ResidualScales | None = None
     """normed_residual placement only: each sublayer's x = alpha·norm(x) + beta·f(norm(x)) (MiniMax-Text-01)."""
+    block: Literal[BLOCK_KINDS] = "standard"
+    """standard: mixer then FFN; shortcut_moe_pair: two (attention, dense ffn) pairs and one MoE read after the first (LongCat-Flash)."""
 
 
 class TemperatureTuning(Strict):
@@ -343,6 +346,8 @@ class MoE(Strict):
     """Shared experts every token passes, beside the routed ones (DeepSeek, Qwen2-MoE)."""
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
     """Width of one shared expert; null: the resolved (segmented) d_ff."""
+    n_zero_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
+    """Zero-computation experts scored after the E routed ones: a slot on one adds its weight × the input (LongCat-Flash)."""
     output_norm: bool = False
     """A norm of d on the MoE block's output before the residual add, on MoE layers only (A.X-K1)."""
     shared_gate: bool = False

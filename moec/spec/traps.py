@@ -34,7 +34,8 @@ def spec_warnings(spec: Spec, loc: Located) -> list[Problem]:
     # textbook-dense's ffn section without using it
     if spec.moe is not None and "moe" not in kinds and _written_here(loc, ("moe",)):
         warn(("moe",), "no layer uses this moe section (layers.default.ffn and the overrides are all dense)")
-    if spec.ffn is not None and "dense" not in kinds and _written_here(loc, ("ffn",)):
+    pairs = spec.model.block == "shortcut_moe_pair"  # its pairs' dense FFNs read the ffn section
+    if spec.ffn is not None and "dense" not in kinds and not pairs and _written_here(loc, ("ffn",)):
         inherited = spec.moe is not None and ("moe", "activation") not in loc.marks
         inherited = inherited and ("ffn", "activation") in loc.marks
         why = "; it still gives the experts its activation, since moe.activation is unset" if inherited else ""

@@ -132,3 +132,13 @@ def test_a_cached_decode_gives_transformers_logits(checkpoint):
         for start, n in [(0, 5)] + [(s, 1) for s in range(5, 12)]:
             outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
     torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-4, rtol=0)
+
+
+def test_the_shipped_spec_is_the_release_config():
+    """specs/deepseek-v3.2-exp.yaml describes the release: its import, plus the MTP module transformers does not
+    build (balancing coefficients aside: training only)."""
+    from moec.spec import load_model
+
+    shipped = load_model("specs/deepseek-v3.2-exp.yaml")
+    assert plan_differences(shipped.replace(mtp=()), hf_to_model(DEEPSEEK_V3_2_EXP), training=False) == []
+    assert len(shipped.mtp) == DEEPSEEK_V3_2_EXP["num_nextn_predict_layers"]

@@ -127,3 +127,13 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
         for layer in model.layers:
             layer.attn.indexer.rotate = apply_rope
         assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
+
+
+def test_the_shipped_spec_is_the_release_config():
+    """specs/glm-5.yaml describes the release: its import, plus the MTP layer transformers does not build."""
+    from moec.hf.config import plan_differences
+    from moec.spec import load_model
+
+    shipped = load_model("specs/glm-5.yaml")
+    assert plan_differences(shipped.replace(mtp=()), hf_to_model(GLM_5), training=False) == []
+    assert len(shipped.mtp) == GLM_5["num_nextn_predict_layers"]

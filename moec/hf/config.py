@@ -160,6 +160,8 @@ def _tree(t: Translation) -> dict[str, Any]:
     d = t.draft
     tree: dict[str, Any] = {}
     kinds = set(d.ffn) | ({d.get("mtp.ffn")} if "mtp.ffn" in d.fields else set())
+    if "model.block" in d.fields and d.get("model.block") != "standard":  # its pairs' dense FFNs (LongCat-Flash)
+        kinds.add("dense")
     for path, leaf in d.fields.items():
         top = path.split(".", 1)[0]
         if (top == "ffn" and "dense" not in kinds) or (top in ("moe", "mtp") and "moe" not in kinds):

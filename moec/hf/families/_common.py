@@ -13,10 +13,18 @@ from moec.hf.rope import read_rope
 from moec.spec.schema import MAX_LAYERS
 
 
-def base(c: HFConfig, d: Draft, family: str, *, norm: str = "rmsnorm", eps_key: str = "rms_norm_eps") -> None:
+def base(
+    c: HFConfig,
+    d: Draft,
+    family: str,
+    *,
+    norm: str = "rmsnorm",
+    eps_key: str = "rms_norm_eps",
+    layers_key: str = "num_hidden_layers",
+) -> None:
     d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
     d.put("model.d_model", c.int("hidden_size"), c.src("hidden_size"))
-    layer_count(c, d, "num_hidden_layers")
+    layer_count(c, d, layers_key)  # LongCat-Flash: num_layers (its num_hidden_layers counts sublayers)
     d.put("model.max_seq_len", c.int("max_position_embeddings"), c.src("max_position_embeddings"))
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings"))
     kind_note = "nn.LayerNorm with bias in every" if norm == "layernorm" else "RMSNorm in every"

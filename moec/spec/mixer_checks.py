@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.mixers import KINDS
-from moec.spec.resolve import attention_fields_per_layer, ffn_kind_per_layer, mixer_kind_per_layer
+from moec.spec.resolve import attention_fields_per_layer, ffn_kind_per_layer, mixer_kind_per_layer, selected_layers
 from moec.spec.schema import Spec
 from moec.spec.yamlio import Path
 
@@ -33,6 +33,7 @@ def check_mixers(spec: Spec, bad: Bad) -> None:
     if empty:
         bad(("layers",), f"{_layers(empty, 'has', 'have')} neither a token mixer nor an FFN (mixer: none, ffn: none)")
     _check_block_options(spec, used, bad)
+    _check_attention_settings_reach_attention(spec, kinds, bad)
     _check_layer_heads(spec, bad)
 
 
@@ -50,6 +51,22 @@ def _check_block_options(spec: Spec, mixers_used: set[str], bad: Bad) -> None:
         bad(("model", "norm", "unit_offset"), "a unit-offset weight is supported on rmsnorm")
     if spec.mtp is not None and mixers_used != {"attention"}:
         bad(("mtp",), "MTP blocks are supported in attention-only models (they would need a mixer of their own)")
+
+
+def _check_attention_settings_reach_attention(spec: Spec, kinds: list[str], bad: Bad) -> None:
+    """Per-layer attention settings written where no selected layer has attention would be dropped silently (a
+    window on a Gated DeltaNet layer): refused, so that a pattern that moved the attention layers shows."""
+    default = spec.layers.default.attention
+    if default.model_fields_set and "attention" not in kinds:
+        bad(("layers", "default", "attention"), "no layer's mixer is attention, so these settings would apply to none")
+    for j, ov in enumerate(spec.layers.overrides):
+        if ov.attention is None or not ov.attention.model_fields_set:
+            continue
+        chosen = selected_layers(ov.select, len(kinds))
+        if chosen and not any(kinds[i] == "attention" for i in chosen):
+            mixers = ", ".join(sorted({kinds[i] for i in chosen}))
+            bad(("layers", "overrides", j, "attention"), f"{_layers(chosen, 'has', 'have')} no attention (mixer "
+                f"{mixers}), so these settings would apply to none")  # fmt: skip
 
 
 def _check_layer_heads(spec: Spec, bad: Bad) -> None:

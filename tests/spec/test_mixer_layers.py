@@ -116,3 +116,26 @@ def test_block_options_that_do_not_apply_are_refused_by_name(change, where, mess
 def test_an_mtp_block_cannot_drop_its_ffn():
     (msg,) = errors(HYBRID.replace("ffn: {d_ff: 48}", "ffn: {d_ff: 48}\nmtp: {n_layers: 1, ffn: none}"))
     assert "mtp.ffn: 'none': input should be 'dense' or 'moe'" in msg
+
+
+def test_attention_settings_on_layers_without_attention_are_refused_where_written():
+    """A window on the short-convolution layers would be dropped silently; on a selection that holds an attention
+    layer (3) it applies there and is fine."""
+    ignored = HYBRID.replace(
+        "    - select: [5]\n", "    - {select: [0, 1], attention: {window: 8}}\n    - select: [5]\n"
+    )
+    assert errors(ignored) == [
+        "x.yaml:13:35 layers.overrides[1].attention: layers 0-1 have no attention (mixer short_conv), so these "
+        "settings would apply to none"
+    ]
+    applied = HYBRID.replace(
+        "    - select: [5]\n", "    - {select: [2, 3], attention: {window: 8}}\n    - select: [5]\n"
+    )
+    windows = [lp.attention.window for lp in resolve(load_spec("x.yaml", text=applied)).layers if lp.has_attention]
+    assert windows == [8, None]  # layers 3 and 7
+    only_mixers = HYBRID.replace("      mixer: attention\n", "      mixer: short_conv\n").replace(
+        "default: {mixer: short_conv}", "default: {mixer: short_conv, attention: {rope: false}}"
+    )
+    assert errors(only_mixers) == [
+        "x.yaml:9:43 layers.default.attention: no layer's mixer is attention, so these settings would apply to none"
+    ]

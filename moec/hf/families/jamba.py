@@ -12,13 +12,13 @@ start back as the two periods and offsets.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import activation, aux, base, defaults, gqa, moe_core, router
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, moe_plan, one
 from moec.hf.mapper import Mapper
+from moec.mixers.mamba import default_dt_rank
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 # fmt: off
@@ -82,7 +82,7 @@ def _layer_kinds(c: HFConfig, d: Draft) -> None:
 def _dt_rank(c: HFConfig) -> tuple[int, str]:
     v = c.value("mamba_dt_rank")
     if v == "auto":
-        return math.ceil(c.int("hidden_size") / 16), f"{c.src('mamba_dt_rank')} 'auto': ⌈hidden_size / 16⌉"
+        return default_dt_rank(c.int("hidden_size")), f"{c.src('mamba_dt_rank')} 'auto': ⌈hidden_size / 16⌉"
     return c.int("mamba_dt_rank"), c.src("mamba_dt_rank")
 
 

@@ -19,15 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
 
 # The Mamba paper's time-step initialisation (arXiv 2312.00752, section 3.6): Δ log-uniform in [0.001, 0.1].
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
-
-
-def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The state accumulates over the sequence: float32 at least."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class InnerRMSNorm(nn.Module):
@@ -39,7 +34,7 @@ class InnerRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(_scan_dtype(x.dtype))
+        xf = x.to(state_dtype(x.dtype))
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
 
@@ -190,7 +185,7 @@ class Mamba(nn.Module):
         dt, b, c = self.x_proj(u).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
         if self.inner_norms:
             dt, b, c = self.dt_layernorm(dt), self.b_layernorm(b), self.c_layernorm(c)
-        ssm = _scan_dtype(u.dtype)
+        ssm = state_dtype(u.dtype)
         dt = F.softplus(F.linear(dt, self.dt_proj.weight).to(ssm) + self.dt_proj.bias.to(ssm))
         return dt, b.to(ssm), c.to(ssm)
 
@@ -225,14 +220,12 @@ class Mamba(nn.Module):
         and the state updated once per token."""
         state = state or self.new_cache(x.shape[0], 1, device=x.device, dtype=x.dtype)
         w = self.conv1d.weight.squeeze(1)  # (I, K)
-        bias = self.conv1d.bias if self.conv1d.bias is not None else 0
-        past, ssm = state["conv"].clone(), state["ssm"].to(_scan_dtype(x.dtype), copy=True)
+        past, ssm = state["conv"].clone(), state["ssm"].to(state_dtype(x.dtype), copy=True)
         outs = []
         for t in range(x.shape[1]):
             u, z = self.in_proj(x[:, t]).chunk(2, dim=-1)  # (B, I) each
-            window = torch.cat([past, u.unsqueeze(-1)], dim=-1)  # (B, I, K)
-            past = window[:, :, 1:]
-            u = F.silu((window * w).sum(-1) + bias)
+            conv, past = conv_window_step(past, u, w, self.conv1d.bias)
+            u = F.silu(conv)
             dt, b, c = self._selective(u)  # (B, I), (B, N), (B, N)
             decay = torch.exp(dt.unsqueeze(-1) * self.decay_rates(dt.dtype))  # (B, I, N)
             ssm = decay * ssm + (dt * u).unsqueeze(-1) * b.unsqueeze(1)
@@ -246,6 +239,6 @@ class Mamba(nn.Module):
         """The last conv_kernel − 1 convolution inputs (B, I, K − 1) in ``dtype`` and the state (B, I, N) in float32
         at least (it accumulates over the whole sequence, as transformers keeps it), whatever max_len."""
         conv = torch.zeros(batch, self.inner_dim, self.conv_kernel - 1, device=device, dtype=dtype)
-        ssm_dtype = _scan_dtype(dtype or torch.get_default_dtype())
+        ssm_dtype = state_dtype(dtype or torch.get_default_dtype())
         ssm = torch.zeros(batch, self.inner_dim, self.state_size, device=device, dtype=ssm_dtype)
         return MixerState({"conv": conv, "ssm": ssm})

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step
 
 
 class ShortConv(nn.Module):
@@ -53,11 +53,8 @@ class ShortConv(nn.Module):
         outs = []
         for t in range(x.shape[1]):
             b, c, v = self.in_proj(x[:, t]).chunk(3, dim=-1)  # (B, d) each
-            window = torch.cat([state["conv"], (b * v).unsqueeze(-1)], dim=-1)  # (B, d, K), oldest first
-            state["conv"].copy_(window[:, :, 1:])
-            conv = (window * taps).sum(-1)
-            if self.conv.bias is not None:
-                conv = conv + self.conv.bias
+            conv, past = conv_window_step(state["conv"], b * v, taps, self.conv.bias)
+            state["conv"].copy_(past)
             outs.append(self.out_proj(c * conv))
         return torch.stack(outs, dim=1), state
 

@@ -30,6 +30,24 @@ class MixerState:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of a state that accumulates over the whole sequence (a scan's, a delta rule's): the model's,
+    but never below float32 (float64 stays float64), as transformers keeps it; the analyzer counts such parts at
+    4 bytes or more (a kind's ``FP32_STATE``)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def conv_window_step(
+    past: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of a causal depthwise convolution from an explicit window, the recurrent oracles' form of
+    :func:`causal_conv_with_state`: past (B, C, K−1) the inputs before x (B, C), oldest first; weight (C, K).
+    Returns the output (B, C), before any activation, and the new past (B, C, K−1)."""
+    window = torch.cat([past, x.unsqueeze(-1).to(past.dtype)], dim=-1)  # (B, C, K), oldest first
+    y = (window * weight).sum(-1)
+    return (y if bias is None else y + bias), window[:, :, 1:]
+
+
 def causal_conv_with_state(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None
 ) -> torch.Tensor:

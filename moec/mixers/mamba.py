@@ -28,7 +28,9 @@ MODULE = "Mamba"
 FP32_STATE = ("ssm",)  # the scan's state accumulates over the sequence: float32 at least, as transformers keeps it
 
 
-class Section(Strict):
+class MambaSection(Strict):
+    """The spec's ``mixers.mamba``: Mamba's selective state-space mixer, with Jamba's inner norms as an option."""
+
     state_size: Annotated[int, Field(gt=0, le=1024)] = 16
     """State elements per inner channel, N (Mamba's d_state)."""
     conv_kernel: Annotated[int, Field(gt=0, le=64)] = 4
@@ -47,6 +49,9 @@ class Section(Strict):
     """Epsilon of the inner norms; null: model.norm.eps."""
     chunk: Annotated[int, Field(gt=0, le=4096)] = 64
     """Tokens per chunk of the chunked scan (training, prefill): the order of work, not a value or a count."""
+
+
+Section = MambaSection  # the contract's name (moec/mixers/__init__.py)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,13 +20,16 @@ KIND = "short_conv"
 MODULE = "ShortConv"
 
 
-class Section(Strict):
+class ShortConvSection(Strict):
     """The spec's ``mixers.short_conv``: LFM2's gated short convolution, whose every width is the model's ``d``."""
 
     kernel: Annotated[int, Field(gt=0, le=64)] = 3
     """Tokens the causal depthwise convolution spans, the current one included (LFM2's conv_L_cache)."""
     bias: bool = False
     """Biases on the in/out projections and the convolution, all three or none (LFM2's conv_bias)."""
+
+
+Section = ShortConvSection  # the contract's name (moec/mixers/__init__.py)
 
 
 @dataclass(frozen=True, kw_only=True)

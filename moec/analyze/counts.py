@@ -245,6 +245,12 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     return _apply_frozen(parts, model.frozen)
 
 
+def attention_sublayers(layer: LayerPlan) -> int:
+    """The attentions a layer runs, each with its own KV cache: two in a shortcut-MoE pair layer (LongCat-Flash),
+    one in another attention layer, none in a layer with another token mixer or none."""
+    return (2 if layer.pair_ffn is not None else 1) if layer.has_attention else 0
+
+
 def pair_layer_parts(layer: LayerPlan, d: int, npd: int) -> dict[str, Part]:
     """A shortcut-MoE pair layer (LongCat-Flash): two attentions and two dense FFNs of the same plans, four norms
     of d (one before each sublayer), and the MoE (docs/conventions.md, "Shortcut-MoE pair layers")."""
@@ -267,7 +273,7 @@ def sequence_flops(layer: LayerPlan, d: int, seq: int, mode: str) -> tuple[Fract
     mixer: its kind's chunked and recurrent forms (docs/mixers.md); none: 0."""
     if layer.has_attention:  # with an indexer: the sparse form (attention_sequence_flops)
         forms = attention_sequence_flops(layer.attention, seq, mode)
-        n = 2 if layer.pair_ffn is not None else 1  # a shortcut-MoE pair layer attends twice
+        n = attention_sublayers(layer)  # a shortcut-MoE pair layer attends twice
         return n * forms["sparse_train"], n * forms["sparse_step"]
     if isinstance(layer.mixer, AbsentPlan):
         return Fraction(0), Fraction(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from moec.analyze.counts import attention_sublayers
 from moec.errors import CommandError
 from moec.mixers import KINDS
 from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
@@ -82,7 +83,7 @@ def memory(
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     nb = DTYPE_BYTES[dtype]
     # a shortcut-MoE pair layer (LongCat-Flash) caches keys for each of its two attentions
-    attention = [lp.attention for lp in model.layers if lp.has_attention for _ in range(1 + (lp.pair_ffn is not None))]
+    attention = [lp.attention for lp in model.layers for _ in range(attention_sublayers(lp))]
     per_token = sum(kv_bytes_per_token(a, nb) for a in attention)
     # a sliding-window or chunked layer keeps at most W (or C) tokens of cache
     at_seq = sum(kv_bytes_per_token(a, nb) * min(seq, a.window or seq, a.chunk or seq) for a in attention)

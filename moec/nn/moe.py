@@ -205,7 +205,10 @@ class MoE(nn.Module):
             if self.shared_gate is not None:  # Qwen2-MoE
                 s = s * torch.sigmoid(self.shared_gate(xt))
             y = y + s
-        aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, r.tokens_per_expert, r.dropped, r.logits, r.probs)
+        # the FFN experts' loads (the slots on zero experts hold no weights to balance or place); logits and probs
+        # keep every scored expert, E + Z
+        loads = r.tokens_per_expert[: self.plan.n_experts]
+        aux = MoEAux(r.aux_loss, r.load_balance, r.z_loss, loads, r.dropped, r.logits, r.probs)
         return y.view(x.shape), aux
 
     def _kernels(self, device: torch.device) -> ModuleType:

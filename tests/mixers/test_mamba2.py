@@ -224,7 +224,10 @@ def test_mixing_flops_are_what_torch_counts(seq, fields):
     cache = m.new_cache(3, 2)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m(x[:, :1], cache=cache)
-    assert counter.get_total_flops() == 3 * (projections + mamba2.mixing_flops(plan, D_MODEL, 1)["recurrent"])
+    # a cached call convolves by shifted multiply-adds (moec.kernels.mixers.state), elementwise work FlopCounterMode
+    # does not count: 2 FLOPs per channel and tap fewer than the analyzer's step
+    conv = 2 * m.conv1d.weight.shape[0] * m.conv1d.weight.shape[-1]
+    assert counter.get_total_flops() == 3 * (projections + mamba2.mixing_flops(plan, D_MODEL, 1)["recurrent"] - conv)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from moec.errors import Problem
 from moec.spec.block_checks import check_block, check_zero_experts
+from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
@@ -36,6 +37,8 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
     check_mixers(spec, bad)
+    for path, message in indexer_problems(spec):
+        bad(path, message)
     check_block(spec, bad)
     check_zero_experts(spec, bad)
     segmentation = _check_segmentation(spec, loc, bad)

@@ -56,7 +56,7 @@ POSITION_KINDS = ("rope", "learned", "none")
 ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3", "longrope", "ntk_alpha")
 
 # attention
-ATTENTION_KINDS = ("gqa", "mla")
+ATTENTION_KINDS = ("gqa", "mla", "moa")  # moa: mixture of attention heads (JetMoE, moec/spec/moa.py)
 # a layer's shape: mixer then FFN, or LongCat-Flash's two (attention, dense FFN) pairs with a shortcut MoE
 BLOCK_KINDS = ("standard", "shortcut_moe_pair")
 # head: one norm of head_dim shared by all heads (Qwen3); projection: one norm over the whole q (h·head_dim)

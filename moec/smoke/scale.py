@@ -128,7 +128,12 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         )
 
     def layer(i: int, lp: LayerPlan) -> LayerPlan:
-        return LayerPlan(i, attention(lp.attention), ffn(lp.ffn), scale_mixer(lp.mixer, plan.d_model, d_model, seq))
+        # replace, not a new LayerPlan: every other field (a LongCat pair layer's pair_ffn, ...) comes along
+        pair = ffn(lp.pair_ffn) if lp.pair_ffn is not None else None
+        mixer = scale_mixer(lp.mixer, plan.d_model, d_model, seq)
+        return dataclasses.replace(
+            lp, index=i, attention=attention(lp.attention), ffn=ffn(lp.ffn), mixer=mixer, pair_ffn=pair
+        )
 
     layers = tuple(layer(i, lp) for i, lp in enumerate(compress_layers(plan.layers, max_layers)))
     mtp = tuple(layer(len(layers) + j, lp) for j, lp in enumerate(plan.mtp[:1]))

@@ -12,6 +12,7 @@ from moec.errors import Problem
 from moec.spec.block_checks import check_block, check_zero_experts
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
+from moec.spec.moa import problems as moa_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
 from moec.spec.yamlio import Located, Path, dotted
@@ -26,7 +27,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         m = loc.mark_for(path)
         out.append(Problem(m.file, m.line, m.column, dotted(path), msg))
 
-    if spec.attention.kind == "gqa":
+    if spec.attention.kind in ("gqa", "moa"):  # a mixture of attention heads' heads and KV heads are GQA's
         _check_gqa(spec, bad)
     else:
         _check_mla(spec, bad)
@@ -37,7 +38,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
     check_mixers(spec, bad)
-    for path, message in indexer_problems(spec):
+    for path, message in (*indexer_problems(spec), *moa_problems(spec)):
         bad(path, message)
     check_block(spec, bad)
     check_zero_experts(spec, bad)

@@ -189,6 +189,17 @@ class AttentionPlan:
     indexer_top_k: int | None = None
     indexer_rope_layout: str = "halves"  # halves | interleaved: the rotary pairs of its first qk_rope_head_dim dims
     indexer_key_norm_eps: float = 1e-6  # its key's LayerNorm (weight and bias)
+    # kind moa, a mixture of attention heads (moec/spec/moa.py, JetMoE): n_heads are one expert's query heads
+    moa_n_experts: int | None = None
+    moa_top_k: int | None = None
+    moa_score: str = "softmax"  # softmax | sigmoid
+    moa_softmax_after_topk: bool = False
+    moa_normalize_topk: bool = False
+
+    @property
+    def attending_heads(self) -> int:
+        """Query heads that attend per token: n_heads, or with attention experts top_k · n_heads."""
+        return self.n_heads * (self.moa_top_k or 1)
 
     @property
     def has_indexer(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from moec.errors import Problem
 from moec.mixers import KINDS
 from moec.spec.indexer import IndexerSection
+from moec.spec.moa import plan_fields as moa_fields
 from moec.spec.load import LoadedSpec
 from moec.spec.plan import (
     AbsentPlan,
@@ -211,7 +212,9 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             )
         kv = (a.n_kv_heads or a.n_heads) if i is None else attn_fields["n_kv_heads"][i]
         head_dim = a.head_dim or m.d_model // a.n_heads  # the section's, also on layers with other head counts
-        return AttentionPlan(kind="gqa", n_kv_heads=kv, head_dim=head_dim, v_head_dim=a.v_head_dim, **planned)
+        return AttentionPlan(
+            kind=a.kind, n_kv_heads=kv, head_dim=head_dim, v_head_dim=a.v_head_dim, **moa_fields(a.experts), **planned
+        )
 
     mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}

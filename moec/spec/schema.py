@@ -19,6 +19,7 @@ from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
 from moec.spec.indexer import IndexerSection
+from moec.spec.moa import AttentionExpertsSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     AttentionOverride,
     LayerDefault,
@@ -208,7 +209,7 @@ class TemperatureTuning(Strict):
 
 class Attention(Strict):
     kind: Literal[ATTENTION_KINDS] = "gqa"
-    """gqa (multi-head, grouped-query or multi-query) or mla (DeepSeek's multi-head latent attention)."""
+    """gqa (multi-head, grouped-query or multi-query), mla (DeepSeek's latent attention) or moa (attention experts, JetMoE)."""
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
     """Query heads h."""
     n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None
@@ -255,6 +256,8 @@ class Attention(Strict):
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     indexer: IndexerSection | None = None
     """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""
+    experts: AttentionExpertsSection | None = None
+    """kind moa only: the attention experts (own query and output projections, shared keys/values) and their router."""
 
 
 class FFN(Strict):

@@ -40,11 +40,20 @@ def spec_warnings(spec: Spec, loc: Located) -> list[Problem]:
         inherited = inherited and ("ffn", "activation") in loc.marks
         why = "; it still gives the experts its activation, since moe.activation is unset" if inherited else ""
         warn(("ffn",), f"no layer uses this ffn section (every layer is an MoE layer){why}")
+    _no_token_mixing(spec, warn)
     if spec.moe is not None and "moe" in kinds:
         _no_balancing(spec.moe, loc, warn)
         _capacity_must_drop(spec.moe, warn)
         _constant_top1_weight(spec.moe, warn)
     return out
+
+
+def _no_token_mixing(spec: Spec, warn: Warn) -> None:
+    """Every layer's mixer ``none``: no position ever sees another, so the model predicts each token from itself."""
+    from moec.spec.resolve import mixer_kind_per_layer
+
+    if set(mixer_kind_per_layer(spec)) == {"none"}:
+        warn(("layers",), "no layer has a token mixer (every layers.*.mixer is none): no position sees another")
 
 
 def _written_here(loc: Located, path: Path) -> bool:

@@ -139,3 +139,13 @@ def test_attention_settings_on_layers_without_attention_are_refused_where_writte
     assert errors(only_mixers) == [
         "x.yaml:9:43 layers.default.attention: no layer's mixer is attention, so these settings would apply to none"
     ]
+
+
+def test_a_model_whose_every_layer_lacks_a_token_mixer_is_warned_about():
+    """Valid (each layer still has its FFN), but no position sees another: a warning at layers, not an error."""
+    text = HYBRID.split("mixers:")[0] + "ffn: {d_ff: 48}\nlayers: {default: {mixer: none}}\n"
+    warnings = [str(w) for w in load_spec("x.yaml", text=text).warnings]
+    assert warnings == [
+        "x.yaml:6:1 layers: no layer has a token mixer (every layers.*.mixer is none): no position sees another"
+    ]
+    assert not load_spec("x.yaml", text=HYBRID).warnings  # layer 5 alone without one is Nemotron-H's pattern

@@ -10,7 +10,9 @@ own and the MLA layer then attends only the ``top_k`` best (docs/conventions.md,
 Names are transformers' DeepseekV32Indexer's (``wq_b``, ``wk``, ``k_norm``, ``weights_proj``) so checkpoints map
 one to one. The scores are computed in float32 whatever the model's dtype, as transformers does. DeepSeek's own
 kernel quantises q and k to FP8 after a Hadamard rotation; the rotation keeps dot products, the quantisation is a
-precision choice, and neither is modelled.
+precision choice, and neither is modelled. The choice is discrete, so the language-model loss gives the indexer
+no gradient: its keys and scores are computed without autograd (as transformers does). DeepSeek trains it with its
+own objective (a KL divergence to the main attention's distribution), which moec does not model.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ class Indexer(nn.Module):
         r = self.rope_dim
         return torch.cat((self.rotate(x[..., :r], *rope), x[..., r:]), dim=-1)
 
+    @torch.no_grad()
     def keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """x (B, S, d) → the indexer's keys (B, 1, S, d_I), rotated: what its cache keeps per token."""
         B, S, _ = x.shape
         return self._rope(self.k_norm(self.wk(x)).view(B, 1, S, self.head_dim), rope)
 
+    @torch.no_grad()
     def scores(
         self,
         x: torch.Tensor,

@@ -190,3 +190,11 @@ def test_the_cache_holds_what_the_analyzer_counts():
     a = plan.layers[0].attention
     assert cache.nbytes() == 3 * SEQ * len(plan.layers) * 4 * (a.kv_lora_rank + a.qk_rope_head_dim + 8)
     assert cache.nbytes() == analyze(plan, seq=SEQ, batch=3, dtype="fp32").memory.kv_cache_bytes
+
+
+def test_training_reaches_the_attention_and_not_the_indexers_discrete_choice():
+    mod = randomized(MLA(plan(), D, norm=RMS, positions=ROPE))
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(3))
+    mod(x, rope_tables(S)).square().sum().backward()
+    assert mod.q_b_proj.weight.grad is not None and mod.q_b_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in mod.indexer.parameters())

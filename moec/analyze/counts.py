@@ -39,7 +39,21 @@ def ffn_biases(d: int, f: int, gated: bool) -> int:
     return sum(o for _, o in ffn_matrices(d, f, gated))
 
 
+def moa_part(a: AttentionPlan, d: int) -> Part:
+    """A mixture of attention heads (docs/conventions.md, "Mixture of attention heads"): E experts' query
+    (d·h·hd) and output (h·hd·d) projections, the shared key and value projections (2·d·kv·hd), the router (d·E)
+    and the output bias (d); a token touches top_k experts, the shared projections and the router."""
+    assert a.moa_n_experts and a.moa_top_k
+    expert = 2 * d * a.n_heads * a.head_dim
+    shared = 2 * d * a.n_kv_heads * a.head_dim + d * a.moa_n_experts
+    bias = d if a.out_bias else 0
+    active_mm = a.moa_top_k * expert + shared
+    return Part(a.moa_n_experts * expert + shared + bias, active_mm + bias, 2 * active_mm)
+
+
 def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
+    if a.kind == "moa":
+        return moa_part(a, d)
     if a.kind == "mla":
         assert a.kv_lora_rank and a.qk_rope_head_dim is not None and a.qk_nope_head_dim and a.v_head_dim
         h, qk, r = a.n_heads, a.qk_nope_head_dim + a.qk_rope_head_dim, a.qk_rope_head_dim
@@ -112,8 +126,9 @@ def attention_sequence_flops(a: AttentionPlan, seq: int, mode: str) -> dict[str,
 
 
 def attention_score_flops(a: AttentionPlan, kv_len: Fraction) -> Fraction:
-    """QKᵀ and AV per token: 2·h·S_kv·(d_qk + d_v). GQA does not reduce it."""
-    return 2 * a.n_heads * kv_len * (a.qk_dim + a.v_dim)
+    """QKᵀ and AV per token: 2·h·S_kv·(d_qk + d_v), h the heads that attend (attention experts: top_k · n_heads).
+    GQA does not reduce it."""
+    return 2 * a.attending_heads * kv_len * (a.qk_dim + a.v_dim)
 
 
 def kv_len(seq: int, window: int | None, mode: str, chunk: int | None = None) -> Fraction:

@@ -1,0 +1,83 @@
+"""Mixture of attention heads (MoA; JetMoE, arXiv 2404.07413): the spec's ``attention.experts`` section with
+``attention.kind: moa``, and its cross-field checks. docs/conventions.md, "Mixture of attention heads", says how
+it is counted; moec/nn/moa.py runs it.
+
+Each of the E attention experts owns a query projection (d → h·head_dim) and an output projection
+(h·head_dim → d); the keys and values (n_kv_heads heads of head_dim) are one projection shared by every expert.
+A router (d → E, no bias) picks top_k experts per token; each chosen expert's h query heads attend the shared
+keys and values (its query head j reads KV head j // (h / n_kv_heads), as GQA), its output projection maps them
+back to d, and the k outputs are summed weighted by the router's gates, plus ``attention.out_bias`` (one bias of
+d on the combined output).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+from moec.strict import MAX_EXPERTS, Strict
+
+if TYPE_CHECKING:
+    from moec.spec.schema import Spec
+
+MOA_SCORES = ("softmax", "sigmoid")
+
+# the attention section's fields a mixture of attention heads uses (everything else written is refused by name)
+MOA_FIELDS = ("kind", "n_heads", "n_kv_heads", "head_dim", "scale", "out_bias", "window", "experts")
+
+
+class AttentionExpertsSection(Strict):
+    n_experts: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    """Attention experts E, each with its own query and output projection (JetMoE-8B: 8)."""
+    top_k: Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+    """Attention experts each token uses (JetMoE-8B: 2)."""
+    score: Literal[MOA_SCORES] = "softmax"
+    """How the router's logits become gate weights: softmax or sigmoid."""
+    softmax_after_topk: bool = False
+    """Softmax over the k chosen logits only (JetMoE) instead of over all E experts."""
+    normalize_topk: bool = False
+    """Renormalise the k chosen weights to sum to 1."""
+
+
+Section = AttentionExpertsSection  # the contract name, as the mixers' and the indexer's sections
+
+
+def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
+    """Cross-field problems of ``attention.kind: moa`` and ``attention.experts``: (path, message), every one."""
+    a = spec.attention
+    ex = a.experts
+    here = ("attention", "experts")
+    if a.kind != "moa":
+        return [(here, "attention experts need attention.kind moa")] if ex is not None else []
+    if ex is None:
+        return [(("attention", "kind"), "moa (mixture of attention heads) needs an attention.experts section")]
+    out: list[tuple[tuple[str, ...], str]] = []
+    if ex.top_k > ex.n_experts:
+        out.append(((*here, "top_k"), f"must be at most n_experts ({ex.n_experts})"))
+    if ex.softmax_after_topk and ex.score != "softmax":
+        out.append(((*here, "softmax_after_topk"), "only meaningful with score softmax"))
+    for f in sorted(a.model_fields_set - set(MOA_FIELDS)):
+        out.append((("attention", f), "not supported with attention.kind moa (mixture of attention heads)"))
+    default = spec.layers.default.attention
+    layer_sets = [("layers", "default", "attention", f) for f in default.model_fields_set]
+    for i, ov in enumerate(spec.layers.overrides):
+        if ov.attention is not None:
+            layer_sets += [("layers", "overrides", str(i), "attention", f) for f in ov.attention.model_fields_set]
+    for path in layer_sets:
+        if path[-1] not in ("window", "rope", "rope_theta"):
+            out.append((path, "not supported with attention.kind moa (mixture of attention heads)"))
+    return out
+
+
+def plan_fields(ex: AttentionExpertsSection | None) -> dict[str, object]:
+    """attention.experts as AttentionPlan's flat moa_* fields (none without experts: the defaults)."""
+    if ex is None:
+        return {}
+    return {
+        "moa_n_experts": ex.n_experts,
+        "moa_top_k": ex.top_k,
+        "moa_score": ex.score,
+        "moa_softmax_after_topk": ex.softmax_after_topk,
+        "moa_normalize_topk": ex.normalize_topk,
+    }

@@ -8,8 +8,8 @@ from typing import Any
 from moec.errors import Problem
 from moec.mixers import KINDS
 from moec.spec.indexer import IndexerSection
-from moec.spec.moa import plan_fields as moa_fields
 from moec.spec.load import LoadedSpec
+from moec.spec.moa import plan_fields as moa_fields
 from moec.spec.plan import (
     AbsentPlan,
     AttentionPlan,

@@ -19,7 +19,6 @@ from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
 from moec.spec.indexer import IndexerSection
-from moec.spec.moa import AttentionExpertsSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     AttentionOverride,
     LayerDefault,
@@ -28,6 +27,7 @@ from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     Override,
     Select,
 )
+from moec.spec.moa import AttentionExpertsSection
 from moec.spec.segmentation import Segmentation, segmented_moe
 from moec.strict import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
     MAX_D,

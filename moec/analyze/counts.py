@@ -174,7 +174,8 @@ def ffn_parts(f: DenseFFNPlan | MoEPlan, d: int) -> dict[str, Part]:
     mm = ffn_weights(d, f.d_ff, f.gated)
     per_expert = mm + (ffn_biases(d, f.d_ff, f.gated) if f.bias else 0)
     # with zero experts k·per_expert is the upper bound: a slot on a zero expert touches nothing (ZERO_EXPERTS)
-    parts["routed_experts"] = Part(E * per_expert, k * per_expert, 2 * k * mm)
+    out_bias = d if f.output_bias else 0  # one bias on the combined output (JetMoE): counted with the experts
+    parts["routed_experts"] = Part(E * per_expert + out_bias, k * per_expert + out_bias, 2 * k * mm)
     if f.n_shared_experts:
         # s shared experts of width f_s are one FFN of width s·f_s (every token passes all of them and
         # their outputs add); that is how DeepSeek and Hugging Face build them, so with biases there is

@@ -369,6 +369,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
         "moe.n_zero_experts": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in layers),
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
+        "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
     }
     for what, used in unsupported.items():
         if used:

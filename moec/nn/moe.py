@@ -162,6 +162,8 @@ class MoE(nn.Module):
             DenseFFN(d_model, s * plan.d_ff_shared, plan.activation, bias=plan.bias, **clamp, **kw) if s else None
         )
         self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
+        # moe.output_bias (JetMoE): one bias on the combined output, zero to start
+        self.output_bias = nn.Parameter(torch.zeros(d_model, **kw)) if plan.output_bias else None
         if self.shared_gate is not None and not self.shared_gate.weight.is_meta:
             _normal_(self.shared_gate.weight, d_model)
         # resolved here, so a compiled forward finds it cached (a hash router has no weight: ask the experts)
@@ -200,6 +202,8 @@ class MoE(nn.Module):
             y = self.experts(xt, topk_idx, topk_w, kernels)  # (T, d)
         if zero is not None:
             y = y + zero
+        if self.output_bias is not None:
+            y = y + self.output_bias
         if self.shared is not None:
             s = self.shared(xt)  # (T, d)
             if self.shared_gate is not None:  # Qwen2-MoE

@@ -353,6 +353,8 @@ class MoE(Strict):
     """Zero-computation experts scored after the E routed ones: a slot on one adds its weight × the input (LongCat-Flash)."""
     output_norm: bool = False
     """A norm of d on the MoE block's output before the residual add, on MoE layers only (A.X-K1)."""
+    output_bias: bool = False
+    """One learned bias of d added to the MoE block's combined output, not per expert (JetMoE)."""
     shared_gate: bool = False
     """A sigmoid gate on the shared experts' output (Qwen2-MoE)."""
     granularity: Annotated[int, Field(gt=0, le=1024)] = 1

@@ -11,8 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from moec.cli import cli
-from moec.spec import indexer
-from moec.spec.load import load_spec
 
 # d 64, vocabulary 256 (untied), 2 layers, a SwiGLU FFN of 128, RMSNorm; MLA with 4 heads (q latent 32, kv latent
 # 16, 8 nope + 8 rope, v 8) and an indexer of 4 heads of 16 keeping the 8 best keys.
@@ -112,13 +110,23 @@ def test_the_section_is_strict(write_spec, section, where):
     assert res.exit_code == 2 and where in res.output, res.output
 
 
-def _problems(write_spec, text: str) -> list[tuple[tuple[str, ...], str]]:
-    return indexer.problems(load_spec(str(write_spec(text))).spec)
+def validate(write_spec, text: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["validate", str(write_spec(text))])
+    return res.exit_code, res.output
 
 
 def test_cross_field_problems_are_named(write_spec):
-    assert _problems(write_spec, TINY) == []
-    narrow = _problems(write_spec, TINY.replace("head_dim: 16", "head_dim: 4"))
-    assert narrow == [(("attention", "indexer", "head_dim"), narrow[0][1])] and "qk_rope_head_dim (8)" in narrow[0][1]
-    no_q_latent = _problems(write_spec, TINY.replace("  q_lora_rank: 32\n", ""))
-    assert [p for p, _ in no_q_latent] == [("attention", "indexer")] and "q_lora_rank" in no_q_latent[0][1]
+    assert validate(write_spec, TINY)[0] == 0
+    code, out = validate(write_spec, TINY.replace("head_dim: 16", "head_dim: 4"))
+    assert code == 2 and "attention.indexer.head_dim: must be at least attention.qk_rope_head_dim (8)" in out
+    code, out = validate(write_spec, TINY.replace("  q_lora_rank: 32\n", ""))
+    assert code == 2 and "attention.indexer: the indexer reads MLA's query latent" in out and "q_lora_rank" in out
+
+
+def test_moec_validate_reports_them_with_their_line(write_spec):
+    gqa = TINY.replace("  kind: mla\n", "  kind: gqa\n").replace("  q_lora_rank: 32\n", "")
+    for f in ("kv_lora_rank: 16", "qk_nope_head_dim: 8", "qk_rope_head_dim: 8", "v_head_dim: 8"):
+        gqa = gqa.replace(f"  {f}\n", "")
+    res = CliRunner().invoke(cli, ["validate", str(write_spec(gqa))])
+    assert res.exit_code == 2, res.output
+    assert "spec.yaml:" in res.output and "attention.indexer: the indexer reads MLA's query latent" in res.output

@@ -440,6 +440,8 @@ def _check_experts(spec: Spec, bad: Bad) -> None:
         bad(("moe", "d_ff_shared"), "given but n_shared_experts is 0")
     if e.shared_gate and e.n_shared_experts == 0:
         bad(("moe", "shared_gate"), "needs n_shared_experts > 0")
+    if e.expert_kind == "lora" and e.output_bias:
+        bad(("moe", "output_bias"), "not supported with lora experts")
     if e.expert_kind == "lora" and e.lora is None:
         bad(("moe", "expert_kind"), "lora experts need a moe.lora section (rank, alpha)")
     if e.expert_kind != "lora" and e.lora is not None:

@@ -44,7 +44,7 @@ from moec.nn.router import routing_decode_refusals
 from moec.spec.plan import LayerPlan, ResolvedModel
 
 _MOE_PARTS = {"router": "router", "experts": "routed_experts", "shared": "shared_experts",
-              "shared_gate": "shared_experts", "base": "base_ffn"}  # fmt: skip
+              "shared_gate": "shared_experts", "base": "base_ffn", "output_bias": "routed_experts"}  # fmt: skip
 
 
 def component_of(name: str) -> str:

@@ -30,13 +30,14 @@ from moec.nn.attention import Attention
 from moec.nn.cache import LayerCache
 from moec.nn.ffn import DenseFFN
 from moec.nn.mla import MLA
+from moec.nn.moa import MoA
 from moec.nn.moe import MoE, MoEAux
 from moec.nn.norms import make_norm
 from moec.spec.plan import AbsentPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 
-def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype=None) -> Attention | MLA:
-    cls = MLA if layer.attention.kind == "mla" else Attention
+def make_attention(layer: LayerPlan, model: ResolvedModel, *, device=None, dtype=None) -> Attention | MLA | MoA:
+    cls = {"mla": MLA, "moa": MoA}.get(layer.attention.kind, Attention)
     return cls(layer.attention, model.d_model, norm=model.norm, positions=model.positions, device=device, dtype=dtype)
 
 

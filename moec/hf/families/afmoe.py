@@ -15,18 +15,20 @@ builds, refused where they do not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router, shared_experts
+from moec.hf.families._export_common import dense_plan, export_base, layer_types, moe_plan
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import LayerPlan
+    from moec.spec.plan import LayerPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=200192, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=1408,
@@ -130,6 +132,47 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
         ignored(c, d, "Afmoe", key, agrees, path)
 
 
+def export_placed(m: ResolvedModel, family: Family, placement: str, **kw: Any) -> dict[str, Any]:
+    """export_base for a family whose blocks place their norms as ``placement`` (sandwich, parallel), which it
+    checks; export_base, which knows pre-norm families only, checks the rest on the plan read as pre-norm (its
+    placement is the one field it sets aside)."""
+    if m.norm.placement != placement:
+        raise CannotExport(f"needs {placement} norms (spec: {m.norm.placement})")
+    return export_base(m.replace(norm=dataclasses.replace(m.norm, placement="pre")), family, **kw)
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as an afmoe config.json: sandwich norms, gated attention with q/k norms and no biases, rotation on
+    exactly the sliding layers, dense layers before the MoE ones, a sigmoid router with its selection-bias parameter
+    (the rest comes back changed from the re-import and is refused)."""
+    cfg = export_placed(m, FAMILY, "sandwich", nope=True)
+    window, types = layer_types(m)
+    if any(lp.attention.rope != (t == SLIDING) for lp, t in zip(m.layers, types, strict=True)):
+        raise CannotExport("rotates q and k on the sliding layers only")
+    kinds = [lp.ffn.kind for lp in m.layers]
+    k_dense = kinds.index("moe") if "moe" in kinds else len(kinds)
+    if "dense" in kinds[k_dense:]:
+        raise CannotExport("puts dense layers only before the first MoE layer (num_dense_layers)")
+    mup = {1.0: False, math.sqrt(m.d_model): True}.get(m.embedding_multiplier)
+    if mup is None:
+        raise CannotExport("scales the embeddings by 1 or √hidden_size (mup_enabled)")
+    e, f = moe_plan(m), dense_plan(m)
+    cfg.update(
+        layer_types=types,
+        sliding_window=window,
+        num_dense_layers=k_dense,
+        mup_enabled=mup,
+        attention_bias=False,
+        intermediate_size=f.d_ff if f else e.d_ff,
+        moe_intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+        num_experts_per_tok=e.router.top_k,
+        num_shared_experts=e.n_shared_experts,
+        route_scale=e.router.scale,
+    )
+    return cfg
+
+
 class SandwichMapper(Mapper):
     """Sandwich norms under transformers' names for them: ``attn_post_norm`` after attention, ``ffn_post_norm``
     after the FFN, each the first of its names the checkpoint holds (the pre norms keep the base names; a family sets
@@ -154,4 +197,4 @@ class AfmoeMapper(SandwichMapper):
     expert_biases = ("expert_bias",)
 
 
-FAMILY = Family("afmoe", "AfmoeForCausalLM", DEFAULTS, translate, mapper=AfmoeMapper)
+FAMILY = Family("afmoe", "AfmoeForCausalLM", DEFAULTS, translate, export=export, export_rank=320, mapper=AfmoeMapper)

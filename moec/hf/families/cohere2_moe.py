@@ -16,17 +16,19 @@ from interleaved rotary pairs to moec's halves, as for ERNIE-4.5. The shared exp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router
+from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
+from moec.hf.families.afmoe import export_placed
 from moec.hf.families.hy_v3 import equals, ignored
 from moec.hf.mapper import Mapper, half_layout
 
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import LayerPlan
+    from moec.spec.plan import LayerPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=256000, hidden_size=8192, intermediate_size=22528, logit_scale=0.0625,
@@ -145,6 +147,43 @@ def _moe(c: HFConfig, d: Draft) -> None:
         )
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a cohere2_moe config.json: the parallel block with an RMSNorm, rotation on the sliding layers
+    and, all together or not at all, the dense global ones (force_rope), a softmax over the top-k logits or sigmoid
+    scores, shared experts summed (the rest comes back changed from the re-import and is refused)."""
+    cfg = export_placed(m, FAMILY, "parallel", nope=True)
+    window, types = layer_types(m)
+    dense_global = [
+        lp.attention.rope for lp, t in zip(m.layers, types, strict=True) if t == FULL and lp.ffn.kind == "dense"
+    ]
+    forced = any(dense_global)
+    if len(set(dense_global)) > 1 or any(
+        lp.attention.rope != (t == SLIDING or (forced and lp.ffn.kind == "dense"))
+        for lp, t in zip(m.layers, types, strict=True)
+    ):
+        raise CannotExport("rotates q and k on the sliding layers and, all or none, the dense global ones")
+    e, f = moe_plan(m), dense_plan(m)
+    r = e.router
+    a = m.layers[0].attention
+    cfg.update(
+        layer_types=types,
+        sliding_window=window,
+        mlp_layer_types=["sparse" if lp.ffn.kind == "moe" else "dense" for lp in m.layers],
+        prefix_dense_sliding_window_pattern=1 if forced else 2,  # with layer_types given it only forces rotation
+        prefix_dense_intermediate_size=f.d_ff if f else None,
+        intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+        num_experts_per_tok=r.top_k,
+        expert_selection_fn="softmax" if r.softmax_after_topk else "sigmoid",
+        norm_topk_prob=r.normalize_topk,
+        num_shared_experts=e.n_shared_experts,
+        shared_expert_combination_strategy="sum",
+        attention_bias=a.bias,
+        logit_scale=1 / m.logits_scaling,
+    )
+    return cfg
+
+
 class Cohere2MoeMapper(Mapper):
     """transformers' common names; q_proj's and k_proj's rows (and biases) permuted from interleaved rotary pairs
     (2i, 2i+1) to moec's halves (i, i + head_dim/2), the same permutation for q and k, so q·k is unchanged."""
@@ -155,4 +194,6 @@ class Cohere2MoeMapper(Mapper):
         return half_layout(t, heads) if heads else t
 
 
-FAMILY = Family("cohere2_moe", "Cohere2MoeForCausalLM", DEFAULTS, translate, mapper=Cohere2MoeMapper)
+FAMILY = Family(
+    "cohere2_moe", "Cohere2MoeForCausalLM", DEFAULTS, translate, export=export, export_rank=340, mapper=Cohere2MoeMapper
+)

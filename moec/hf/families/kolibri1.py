@@ -13,16 +13,17 @@ it, and the selection bias at ``moe.router.expert_bias`` (``mlp.gate.e_score_cor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import all_known, base, defaults, gqa, moe_core, router
-from moec.hf.families.afmoe import FULL, SLIDING, SandwichMapper
+from moec.hf.families._export_common import layer_types, moe_plan
+from moec.hf.families.afmoe import FULL, SLIDING, SandwichMapper, export_placed
 
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import MoEPlan
+    from moec.spec.plan import MoEPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=128000, hidden_size=2560, num_hidden_layers=50, num_attention_heads=48,
@@ -78,6 +79,30 @@ def _router(c: HFConfig, d: Draft) -> None:
     d.put("moe.router.selection_bias_on", "logits", "Kolibri1TopKRouter: the bias joins the logits, before the sigmoid")
 
 
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a kolibri1 config.json: sandwich norms, q/k norms and no biases, rotation on exactly the sliding
+    layers (on every layer when none slides), every layer MoE with one shared expert and the selection bias on the
+    logits (the rest comes back changed from the re-import and is refused)."""
+    cfg = export_placed(m, FAMILY, "sandwich", nope=True)
+    window, types = layer_types(m)
+    rotating = [t == SLIDING for t in types] if window else [True] * len(types)
+    if [lp.attention.rope for lp in m.layers] != rotating:
+        raise CannotExport("rotates q and k on the sliding layers only (on every layer when none slides)")
+    e = moe_plan(m, all_layers=True)
+    if e.n_shared_experts != 1:
+        raise CannotExport("has one shared expert")
+    cfg.update(
+        layer_types=types,
+        sliding_window=window,
+        moe_intermediate_size=e.d_ff,
+        num_local_experts=e.n_experts,
+        num_experts_per_tok=e.router.top_k,
+        norm_topk_prob=e.router.normalize_topk,
+        shared_expert_intermediate_size=e.d_ff_shared,
+    )
+    return cfg
+
+
 class Kolibri1Mapper(SandwichMapper):
     """Kolibri's names, as released (and as save_pretrained writes them back) or as transformers holds them in memory:
     ``post_attn_norm`` / ``post_self_attn_layernorm`` after attention, ``post_ffn_norm`` / ``post_mlp_layernorm``
@@ -99,5 +124,7 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"num_experts": "num_local_experts"},
+    export=export,
+    export_rank=330,
     mapper=Kolibri1Mapper,
 )

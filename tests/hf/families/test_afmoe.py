@@ -160,3 +160,21 @@ def test_moec_build_refuses_the_sandwich_norms_by_name():
 
     with pytest.raises(ValueError, match="model.norm.placement 'sandwich'"):
         render_model_source(hf_to_model(TRINITY_NANO))
+
+
+def test_the_release_exports_as_afmoe_with_transformers_count():
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(TRINITY_NANO)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "afmoe" and cfg["mup_enabled"] and cfg["num_dense_layers"] == 2
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="afmoe")
+    hf = transformers.AfmoeForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert assert_same_logits_and_choices(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4

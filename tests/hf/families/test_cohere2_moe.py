@@ -144,3 +144,24 @@ def test_moec_build_refuses_the_parallel_block_by_name():
 
     with pytest.raises(ValueError, match="model.norm.placement 'parallel'"):
         render_model_source(hf_to_model(NORTH_MINI_CODE))
+
+
+def test_the_release_exports_as_cohere2_moe_with_transformers_count():
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(NORTH_MINI_CODE)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "cohere2_moe" and cfg["logit_scale"] == 0.0625
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(tmp_path):
+    hf = tiny_hf("cohere2_moe", {**TINY, **VARIANTS["rmsnorm-sigmoid-shared"]})
+    away_from_init(hf, small_biases=True)
+    hf.save_pretrained(tmp_path / "hf")
+    model = moec.from_hf(tmp_path / "hf")
+    moec.export_hf(model, tmp_path / "out", family="cohere2_moe")
+    back = transformers.Cohere2MoeForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert assert_same(back, model) <= 1e-4

@@ -127,3 +127,21 @@ def test_moec_build_refuses_what_codegen_cannot_render_yet_by_name():
 
     with pytest.raises(ValueError, match="model.norm.placement 'sandwich'|selection_bias_on 'logits'"):
         render_model_source(hf_to_model(KOLIBRI_1))
+
+
+def test_the_release_exports_as_kolibri1_with_transformers_count():
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(KOLIBRI_1)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "kolibri1"
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="kolibri1")
+    hf = transformers.Kolibri1ForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert assert_same(hf, model) <= 1e-4

@@ -138,6 +138,8 @@ def export_placed(m: ResolvedModel, family: Family, placement: str, **kw: Any) -
     placement is the one field it sets aside)."""
     if m.norm.placement != placement:
         raise CannotExport(f"needs {placement} norms (spec: {m.norm.placement})")
+    if m.hybrid:
+        raise CannotExport("has attention and an FFN in every layer (the spec has other token mixers or none)")
     return export_base(m.replace(norm=dataclasses.replace(m.norm, placement="pre")), family, **kw)
 
 

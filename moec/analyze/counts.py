@@ -258,6 +258,10 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     parts["norms"] = Part(norms * d * npd, norms * d * npd, 0)
     if layer.has_ffn:
         parts.update(ffn_parts(layer.ffn, d))  # type: ignore[arg-type]
+    if model.encoder:  # an encoder-decoder model's cross-attention and relative-bias tables (moec/analyze/encdec.py)
+        from moec.analyze.encdec import encdec_parts, merged
+
+        parts = merged(parts, encdec_parts(layer, model))
     return _apply_frozen(parts, model.frozen)
 
 
@@ -302,6 +306,7 @@ def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:
     d, V = model.d_model, model.vocab_size
     emb = V * d + (model.max_seq_len * d if model.positions.kind == "learned" else 0)
     final_norm = d * model.norm.params_per_dim if model.norm.final_norm else 0
+    final_norm *= 2 if model.encoder else 1  # an encoder-decoder model: each stack ends with its own
     head = (0 if model.tie_embeddings else V * d) + (V if model.head_bias else 0)
     parts = {
         "embedding": Part(emb, emb, 0),

@@ -47,7 +47,7 @@ def activation_bytes_per_token(model: ResolvedModel) -> int:
     b = 2
     d = model.d_model
     total = 0
-    for lp in model.layers:
+    for lp in (*model.encoder, *model.layers):  # an encoder-decoder model's encoder layers first
         a, f = lp.attention, lp.ffn
         if lp.has_attention:
             total += b * (2 * d)  # residual input and normed input of attention
@@ -84,6 +84,8 @@ def memory(
     nb = DTYPE_BYTES[dtype]
     # a shortcut-MoE pair layer (LongCat-Flash) caches keys for each of its two attentions
     attention = [lp.attention for lp in model.layers for _ in range(attention_sublayers(lp))]
+    # an encoder-decoder model's decoder also keeps each layer's cross-attention K/V of the S source tokens
+    attention += [lp.cross_attention for lp in model.layers if lp.cross_attention is not None]
     per_token = sum(kv_bytes_per_token(a, nb) for a in attention)
     # a sliding-window or chunked layer keeps at most W (or C) tokens of cache
     at_seq = sum(kv_bytes_per_token(a, nb) * min(seq, a.window or seq, a.chunk or seq) for a in attention)

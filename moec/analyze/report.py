@@ -17,8 +17,8 @@ from moec.analyze.counts import (
     layer_parts,
     model_edge_parts,
     mtp_parts,
-    sequence_flops,
 )
+from moec.analyze.encdec import encdec_conventions, not_in_decode_step, stack_layers, stack_sequence_flops
 from moec.analyze.memory import Memory, memory
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 from moec.vocab import COMPONENTS
@@ -72,6 +72,7 @@ def convention_line(c: dict[str, Any]) -> str:
         f"training = 3× trainable / 2× frozen · MTP separate · memory in {c['dtype']}"
         + (" · expert choice: active = average over tokens" if "active_average" in c else "")
         + (" · sparse attention: headline at top-k keys (dense-equivalent in JSON)" if "sparse_attention" in c else "")
+        + (" · encoder-decoder: per (source, target) token pair" if "encoder_decoder" in c else "")
     )
 
 
@@ -195,10 +196,12 @@ def analyze(
     layers: list[LayerRow] = []
     attn_total = decode_mixing = Fraction(0)
     training = Fraction(0)
-    for lp in model.layers:
+    encoder_linear = 0  # an encoder-decoder model's encoder (moec/analyze/encdec.py): not in a decode step
+    for lp, in_encoder in stack_layers(model):
         parts = layer_parts(lp, model)
         add(parts)
-        score, step = sequence_flops(lp, model.d_model, S, attention)
+        score, step = stack_sequence_flops(lp, in_encoder, model.d_model, S, attention)
+        encoder_linear += sum(p.flops for p in parts.values()) if in_encoder else 0
         attn_total += score
         decode_mixing += step
         training += train_flops(parts) + 3 * score
@@ -234,16 +237,16 @@ def analyze(
         forward=_num(linear + attn_total),
         training=_num(training),
         six_n_active=6 * non_emb_active,
-        decode_step=_num(linear + decode_mixing),
+        decode_step=_num(linear - not_in_decode_step(model, encoder_linear) + decode_mixing),
     )
 
-    moe_plans = [lp.ffn for lp in model.layers if isinstance(lp.ffn, MoEPlan)]
+    moe_plans = [lp.ffn for lp, _ in stack_layers(model) if isinstance(lp.ffn, MoEPlan)]
     moe = None
     if moe_plans:
         f = moe_plans[0]
         moe = MoESummary(
             moe_layers=len(moe_plans),
-            dense_layers=sum(isinstance(lp.ffn, DenseFFNPlan) for lp in model.layers),
+            dense_layers=sum(isinstance(lp.ffn, DenseFFNPlan) for lp, _ in stack_layers(model)),
             n_experts=f.n_experts,
             top_k=f.top_k,
             n_shared_experts=f.n_shared_experts,
@@ -279,7 +282,10 @@ def analyze(
         layers=layers,
         moe=moe,
         mtp=mtp,
-        conventions=conventions(S, attention, dtype) | _averaged_active(model) | _sparse_attention(model, S, attention),
+        conventions=conventions(S, attention, dtype)
+        | _averaged_active(model)
+        | _sparse_attention(model, S, attention)
+        | encdec_conventions(model),
     )
 
 

@@ -148,6 +148,9 @@ class PositionsPlan:
     # multimodal RoPE's [t, h, w] frequency sections (None: plain RoPE); on text positions it is plain RoPE
     mrope_sections: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
+    # relative_bucket (T5): the buckets and the distance from which they saturate; None for every other kind
+    n_buckets: int | None = None
+    max_distance: int | None = None
 
     def __post_init__(self) -> None:
         if self.mrope_sections is not None:  # a tuple, also when reloaded from a YAML list
@@ -281,6 +284,8 @@ class LayerPlan:
     # model.block shortcut_moe_pair (LongCat-Flash): the dense FFN of both (attention, FFN) pairs, ffn their shortcut
     # MoE; None: a standard layer (docs/conventions.md, "Shortcut-MoE pair layers")
     pair_ffn: DenseFFNPlan | None = None
+    # an encoder-decoder model's decoder layer: its attention over the encoder's output; None elsewhere
+    cross_attention: AttentionPlan | None = None
 
     @property
     def mixer_kind(self) -> str:
@@ -328,6 +333,9 @@ class ResolvedModel:
     logits_scaling: float = 1.0
     logit_softcap: float | None = None  # logits → cap·tanh(logits/cap) after logits_scaling; None: off
     residual_scales: ResidualScalesPlan | None = None  # normed_residual placement only
+    # an encoder-decoder model (moec/spec/encdec.py): its encoder stack, layers being the decoder's; () else
+    encoder: tuple[LayerPlan, ...] = ()
+    expert_capacity: int | None = None  # both stacks: tokens an expert takes per sequence, earliest first
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -377,7 +385,8 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
 
     def layer(l: dict[str, Any]) -> LayerPlan:
         pair = DenseFFNPlan(**l["pair_ffn"]) if l.get("pair_ffn") else None
-        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")), pair)
+        cross = attn(l["cross_attention"]) if l.get("cross_attention") else None
+        return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")), pair, cross)
 
     pos = d["positions"]
     return ResolvedModel(
@@ -395,8 +404,12 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
             pos.get("rotary_dim"),
             pos.get("mrope_sections"),
             pos.get("mrope_interleaved", False),
+            pos.get("n_buckets"),
+            pos.get("max_distance"),
         ),
         layers=tuple(layer(l) for l in d["layers"]),
+        encoder=tuple(layer(l) for l in d.get("encoder", ())),
+        expert_capacity=d.get("expert_capacity"),
         mtp=tuple(layer(l) for l in d.get("mtp", ())),
         frozen=tuple(d.get("frozen", ())),
         head_bias=d.get("head_bias", False),

@@ -7,6 +7,7 @@ from typing import Any
 
 from moec.errors import Problem
 from moec.mixers import KINDS
+from moec.spec.encdec import stack_plans
 from moec.spec.indexer import IndexerSection
 from moec.spec.load import LoadedSpec
 from moec.spec.moa import plan_fields as moa_fields
@@ -223,6 +224,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[i], pair)  # type: ignore[arg-type]
         for i in range(n)
     )
+    layers, encoder = stack_plans(spec, layers, attention, ffns)  # decoder-only: as they are, no encoder
     mtp: tuple[LayerPlan, ...] = ()
     if spec.mtp is not None:
         mtp = tuple(
@@ -254,8 +256,12 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             rotary_dim,
             tuple(m.positions.mrope_sections) if m.positions.mrope_sections is not None else None,
             m.positions.mrope_interleaved,
+            m.positions.n_buckets,
+            m.positions.max_distance,
         ),
         layers=layers,
+        encoder=encoder,
+        expert_capacity=spec.encoder.expert_capacity if spec.encoder is not None else None,
         mtp=mtp,
         frozen=tuple(sorted(set(spec.frozen))),
         spec_hash=spec_hash,

@@ -18,6 +18,7 @@ from moec.mixers import lightning as _lightning
 from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
+from moec.spec.encdec import RELATIVE_BUCKET, EncoderSection
 from moec.spec.indexer import IndexerSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     AttentionOverride,
@@ -123,8 +124,8 @@ class RopeScaling(Strict):
 
 
 class Positions(Strict):
-    kind: Literal[POSITION_KINDS] = "rope"
-    """rope, learned (an absolute position table) or none."""
+    kind: Literal[(*POSITION_KINDS, RELATIVE_BUCKET)] = "rope"
+    """rope, learned (an absolute position table), none, or relative_bucket (T5's bias; encoder-decoder only)."""
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
     """The RoPE base."""
     scaling: RopeScaling | None = None
@@ -139,6 +140,10 @@ class Positions(Strict):
     """Multimodal RoPE (Qwen-VL): [t, h, w] shares of the rotary frequencies; on text it is plain RoPE."""
     mrope_interleaved: bool = False
     """Multimodal RoPE with the three sections interleaved (Qwen3-VL)."""
+    n_buckets: Annotated[int, Field(ge=2, le=MAX_SEQ)] | None = None
+    """relative_bucket: the buckets of relative distance, each with a learned bias per head (T5: 32)."""
+    max_distance: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """relative_bucket: distances from this one on share the last bucket (T5: 128)."""
 
     def rotary_width(self, head_dim: int) -> int:
         """How many of a head_dim-wide q or k head's dims rotate."""
@@ -437,6 +442,8 @@ class Spec(Strict):
     """Multi-token-prediction modules (DeepSeek-V3)."""
     frozen: Annotated[list[Component], Field(max_length=64)] = []
     """Components whose weights are frozen (PEFT); a LoRA expert's base FFN always is."""
+    encoder: EncoderSection | None = None
+    """An encoder stack: the spec is then an encoder-decoder model, its layers the decoder's (moec/spec/encdec.py)."""
 
     @model_validator(mode="before")
     @classmethod

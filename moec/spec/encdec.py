@@ -1,0 +1,162 @@
+"""Encoder-decoder models (Switch Transformers; docs/conventions.md, "Encoder-decoder"): the spec's ``encoder``
+section, its cross-field checks, its per-layer plans, and the one refusal every command that cannot run one
+uses.
+
+An encoder-decoder spec is a decoder spec (``model``, ``attention``, ``ffn``, ``moe``, ``layers``: the decoder
+stack, ``model.n_layers`` its depth) plus ``encoder: {n_layers, layers}``: a stack of the same attention, dense
+FFN and MoE sections, with bidirectional self-attention and no cross-attention. Every decoder layer then holds
+a cross-attention over the encoder's output (the attention section's shape, no positions) with its own norm;
+the embedding is shared by both stacks. ``model.positions.kind: relative_bucket`` is T5's relative position
+bias: one table of n_buckets × n_heads in the first self-attention of each stack, shared by the stack's layers
+(the encoder's bidirectional, the decoder's causal buckets); cross-attention has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
+
+from moec.errors import CommandError
+from moec.spec.layers import Layers
+from moec.strict import MAX_LAYERS, MAX_SEQ, Strict
+
+if TYPE_CHECKING:
+    from moec.spec.plan import AttentionPlan, LayerPlan, ResolvedModel
+    from moec.spec.schema import Select, Spec
+
+RELATIVE_BUCKET = "relative_bucket"  # model.positions.kind of T5's bucketed relative position bias
+NOT_BUILT = "encoder-decoder models are counted by the analyzer but not built yet"
+
+Path = tuple[str | int, ...]
+
+
+class EncoderSection(Strict):
+    """The encoder stack of an encoder-decoder model; the decoder is the model's own layers."""
+
+    n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    """Encoder blocks (bidirectional self-attention and an FFN each)."""
+    layers: Layers = Layers()
+    """Which encoder layers are dense or MoE (the same form as the decoder's layers section; attention only)."""
+    expert_capacity: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
+    """Both stacks: each expert takes at most this many tokens of a sequence, earliest first (transformers' Switch)."""
+
+
+Section = EncoderSection  # the contract name, as the other sections' modules
+
+
+def encoder_ffn_kinds(enc: EncoderSection) -> list[str]:
+    """Each encoder layer's FFN kind: layers.default's, unless an override (a later one winning) names it."""
+    from moec.spec.resolve import assign_selected
+
+    per_layer = [enc.layers.default.ffn] * enc.n_layers
+    for ov in enc.layers.overrides:
+        if ov.ffn is not None:
+            assign_selected(per_layer, ov.select, ov.ffn)
+    return per_layer
+
+
+def problems(spec: Spec) -> list[tuple[Path, str]]:
+    """Every cross-field problem of an encoder-decoder spec, and of relative_bucket positions: (path, message)."""
+    pos, enc = spec.model.positions, spec.encoder
+    out: list[tuple[Path, str]] = []
+    here: Path = ("model", "positions")
+    if pos.kind == RELATIVE_BUCKET:
+        if enc is None:
+            out.append(((*here, "kind"), "relative_bucket positions are T5's: they need an encoder section"))
+        for f in ("n_buckets", "max_distance"):
+            if getattr(pos, f) is None:
+                out.append((here, f"relative_bucket positions need {f}"))
+    else:
+        out += [((*here, f), "only meaningful with kind: relative_bucket") for f in ("n_buckets", "max_distance")
+                if getattr(pos, f) is not None]  # fmt: skip
+    if enc is None:
+        return out
+    out += _encoder_layer_problems(enc)
+    used = set(encoder_ffn_kinds(enc))
+    for kind, section in (("dense", spec.ffn), ("moe", spec.moe)):
+        if kind in used and section is None:
+            out.append((("encoder", "layers"), f"encoder layers use a {kind} FFN but the spec has no "
+                        f"{'ffn' if kind == 'dense' else 'moe'} section"))  # fmt: skip
+    if enc.expert_capacity is not None and spec.moe is None:
+        out.append((("encoder", "expert_capacity"), "needs a moe section"))
+    out += _decoder_problems(spec)
+    return out
+
+
+def _encoder_layer_problems(enc: EncoderSection) -> list[tuple[Path, str]]:
+    out: list[tuple[Path, str]] = []
+    n = enc.n_layers
+    entries: list[tuple[Path, Any]] = [(("encoder", "layers", "default"), enc.layers.default)]
+    entries += [(("encoder", "layers", "overrides", j), ov) for j, ov in enumerate(enc.layers.overrides)]
+    for path, entry in entries:
+        if entry.mixer not in (None, "attention"):
+            out.append(((*path, "mixer"), "an encoder layer's token mixer is attention (other mixers: not supported)"))
+        if entry.ffn == "none":
+            out.append(((*path, "ffn"), "every encoder layer has an FFN: dense or moe"))
+        if entry.attention is not None and entry.attention.model_fields_set:
+            out.append(
+                ((*path, "attention"), "encoder self-attention is the attention section's, over the whole source")
+            )
+        if hasattr(entry, "select"):
+            out += [((*path, "select"), message) for message in _select_problems(entry.select, n)]
+    return out
+
+
+def _select_problems(s: Select, n: int) -> list[str]:
+    named = [*(s.layers or []), *(v for v in (s.first, s.last, s.start) if v is not None)]
+    return [f"layer {i} does not exist (encoder.n_layers is {n})" for i in sorted(set(named)) if i >= n]
+
+
+def _decoder_problems(spec: Spec) -> list[tuple[Path, str]]:
+    """What an encoder-decoder decoder cannot have yet: each refused by name."""
+    out: list[tuple[Path, str]] = []
+    from moec.spec.resolve import ffn_kind_per_layer, mixer_kind_per_layer
+
+    if set(mixer_kind_per_layer(spec)) != {"attention"}:
+        out.append(
+            (("layers",), "an encoder-decoder model's decoder layers are attention layers (hybrids: not supported)")
+        )
+    if "none" in ffn_kind_per_layer(spec):
+        out.append((("layers",), "every decoder layer of an encoder-decoder model has an FFN"))
+    if spec.mtp is not None:
+        out.append((("mtp",), "multi-token prediction with an encoder-decoder model is not supported"))
+    if spec.model.block != "standard":
+        out.append((("model", "block"), "an encoder-decoder model's blocks are standard ones"))
+    if spec.attention.kind != "gqa":
+        out.append(
+            (("attention", "kind"), "an encoder-decoder model's attention is gqa (MLA cross-attention: not supported)")
+        )
+    return out
+
+
+def stack_plans(
+    spec: Spec, decoder: tuple[LayerPlan, ...], attention: Callable[..., AttentionPlan], ffns: dict[str, Any]
+) -> tuple[tuple[LayerPlan, ...], tuple[LayerPlan, ...]]:
+    """(the decoder layers, each with its cross-attention; the encoder layers) for an encoder-decoder spec;
+    (decoder, ()) unchanged for a decoder-only one. ``attention(window, rope)`` plans the attention section's
+    own values; ``ffns`` maps an FFN kind to its plan."""
+    import dataclasses
+
+    from moec.spec.plan import LayerPlan
+
+    enc = spec.encoder
+    if enc is None:
+        return decoder, ()
+    rope = spec.model.positions.kind == "rope"
+    cross = attention(None, False)  # over the source: no window, no rotation
+    layers = tuple(dataclasses.replace(lp, cross_attention=cross) for lp in decoder)
+    kinds = encoder_ffn_kinds(enc)
+    encoder = tuple(LayerPlan(i, attention(None, rope), ffns[kinds[i]]) for i in range(enc.n_layers))
+    return layers, encoder
+
+
+def refuse_encoder_decoder(plan: ResolvedModel, command: str) -> None:
+    """Refuse an encoder-decoder model in a command that cannot build, run or lay one out yet: one CommandError
+    naming the command and the model (exit 2), never a decoder-only stand-in."""
+    if plan.encoder:
+        raise CommandError(
+            f"{command}: {plan.name} is an encoder-decoder model ({len(plan.encoder)} encoder and "
+            f'{len(plan.layers)} decoder layers); {NOT_BUILT} (docs/conventions.md, "Encoder-decoder")'
+        )

@@ -1,0 +1,64 @@
+"""An encoder-decoder model through the analyzer (docs/conventions.md, "Encoder-decoder"): parameters, FLOPs per
+(source, target) token pair, a decode step and the KV cache, each against a count done by hand on a model small
+enough to write out."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from click.testing import CliRunner
+
+from moec.analyze.report import analyze
+from moec.cli import cli
+from moec.spec import load_model
+from tests.spec.test_encdec import TINY
+
+# TINY: V 64 (tied), d 16, 2 heads of 4 (inner 8), ReLU FFN of 32, 4 experts of 32 top-1, RMSNorm, 8 buckets;
+# encoder 3 layers (MoE on 1), decoder 2 layers (MoE on 1)
+V, D, INNER, F, E, BUCKETS, H = 64, 16, 8, 32, 4, 8, 2
+ATTN = 4 * D * INNER  # q, k, v, o: 512
+FFN = 2 * D * F  # 1024
+ROUTER = D * E
+ENCODER = 3 * (ATTN + 2 * D) + 2 * FFN + ROUTER + E * FFN + H * BUCKETS + D  # 2 norms per layer, table, final norm
+DECODER = 2 * (2 * ATTN + 3 * D) + FFN + ROUTER + E * FFN + H * BUCKETS + D  # self + cross, 3 norms per layer
+EMBEDDING = V * D  # shared by both stacks and the head
+
+
+def test_parameters_count_both_stacks_cross_attention_and_the_bias_tables(write_spec):
+    a = analyze(load_model(str(write_spec(TINY))))
+    assert a.params.total == EMBEDDING + ENCODER + DECODER
+    assert a.params.active == a.params.total - 2 * (E - 1) * FFN  # one expert of four on each MoE layer
+    assert a.params.embedding == EMBEDDING
+    assert a.moe is not None and (a.moe.moe_layers, a.moe.dense_layers) == (2, 3)
+
+
+@pytest.mark.parametrize("seq", [1, 7, 32])
+def test_flops_per_token_pair_and_per_decode_step(write_spec, seq):
+    a = analyze(load_model(str(write_spec(TINY))), seq=seq, attention="causal")
+    scores = 2 * H * (4 + 4)  # QKᵀ and AV per key: 2·h·(d_qk + d_v)
+    encoder_linear = 3 * 2 * ATTN + 2 * 2 * FFN + 2 * ROUTER + 2 * FFN
+    decoder_linear = 2 * 2 * 2 * ATTN + 2 * FFN + 2 * ROUTER + 2 * FFN
+    head = 2 * D * V
+    assert a.flops.forward_linear == encoder_linear + decoder_linear + head
+    encoder_scores = 3 * scores * seq  # bidirectional: every query sees S keys, whatever the mode
+    decoder_scores = 2 * scores * Fraction(seq + 1, 2) + 2 * scores * seq  # causal self + cross over S sources
+    assert Fraction(a.flops.forward_attention) == encoder_scores + decoder_scores
+    cross_kv = 2 * 2 * D * INNER  # the source's K and V projections per decoder layer: cached while decoding
+    step = decoder_linear - 2 * cross_kv + head + 2 * scores * seq + 2 * scores * seq
+    assert a.flops.decode_step == step
+
+
+def test_the_kv_cache_holds_self_and_cross_keys_and_values(write_spec):
+    a = analyze(load_model(str(write_spec(TINY))), seq=20, dtype="bf16")
+    per_token = 2 * (2 * INNER * 2) * 2  # 2 decoder layers × (K, V of 8 each, 2 bytes) × (self, cross)
+    assert a.memory.kv_cache_bytes_per_token == per_token
+    assert a.memory.kv_cache_bytes == per_token * 20
+
+
+def test_the_conventions_say_what_the_unit_is(write_spec):
+    res = CliRunner().invoke(cli, ["analyze", str(write_spec(TINY))], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "encoder-decoder: per (source, target) token pair" in " ".join(res.output.split())  # unwrapped
+    assert "encoder_decoder" in analyze(load_model(str(write_spec(TINY)))).conventions
+    assert "encoder_decoder" not in analyze(load_model("mixtral-8x7b")).conventions

@@ -74,6 +74,7 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 def _attention(c: HFConfig, d: Draft) -> None:
     b = c.bool("attention_bias")
+    c.int("head_dim")  # AfmoeAttention reads it as given: null would build no model
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "AfmoeAttention: RMSNorm(head_dim) on q and k, before the rotation")
     d.put("attention.output_gate", "element", "AfmoeAttention: o_proj(attn · sigmoid(gate_proj(x))), per element")

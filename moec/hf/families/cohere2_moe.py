@@ -54,6 +54,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         d.put("model.norm.bias", False, "Cohere2MoeLayerNorm: mean-centred, a weight and no bias")
     d.put("model.norm.placement", "parallel", "Cohere2MoeDecoderLayer: x + attn(norm(x)) + mlp(norm(x))")
     b = c.bool("attention_bias")
+    c.int("head_dim")  # Cohere2MoeAttention reads it as given: null would build no model
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)")
     scale = c.float("logit_scale")
     if scale > 0:
@@ -123,7 +124,9 @@ def _moe(c: HFConfig, d: Draft) -> None:
         router(
             d, "Cohere2MoeTopKRouter: top-k of the logits, their sigmoids", score="sigmoid", softmax_after_topk=False
         )
-        d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+        if c.bool("norm_topk_prob"):
+            d.put("moe.router.normalize_topk", True, c.src("norm_topk_prob"))
+            d.put("moe.router.normalize_eps", 0.0, "Cohere2MoeTopKRouter divides by the bare sum of the k weights")
     elif fn is not None:
         c.bad("expert_selection_fn", f"{shown(fn)}: Cohere2MoeTopKRouter knows softmax and sigmoid")
     n = c.int("num_shared_experts", minimum=0)

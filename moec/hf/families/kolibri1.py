@@ -35,6 +35,7 @@ DEFAULTS = defaults(10000.0, vocab_size=128000, hidden_size=2560, num_hidden_lay
 
 def translate(c: HFConfig, d: Draft) -> None:
     base(c, d, "Kolibri1")
+    c.int("head_dim")  # Kolibri1Attention reads it as given: null would build no model
     d.put(
         "model.norm.placement", "sandwich", "Kolibri1DecoderLayer: x + post_norm(f(pre_norm(x))) for attention and MLP"
     )
@@ -75,7 +76,9 @@ def _layer_types(c: HFConfig, d: Draft) -> None:
 def _router(c: HFConfig, d: Draft) -> None:
     note = "Kolibri1TopKRouter: top-k of logits + e_score_correction_bias, weighted by the sigmoids of the logits"
     router(d, note, score="sigmoid", softmax_after_topk=False, selection_bias=True)
-    d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
+    if c.bool("norm_topk_prob"):
+        d.put("moe.router.normalize_topk", True, c.src("norm_topk_prob"))
+        d.put("moe.router.normalize_eps", 0.0, "Kolibri1TopKRouter divides by the bare sum of the k weights")
     d.put("moe.router.selection_bias_on", "logits", "Kolibri1TopKRouter: the bias joins the logits, before the sigmoid")
 
 

@@ -79,6 +79,7 @@ def test_layers_slide_and_rotate_three_of_four_and_start_dense():
         ({"attention_bias": True}, "attention_bias"),  # its gate_proj has no bias, q/k/v/o would
         ({"layer_types": ["sliding_attention"] * 55 + ["chunked_attention"]}, "layer_types"),
         ({"num_dense_layers": None}, "num_dense_layers"),
+        ({"head_dim": None}, "head_dim"),  # the attention reads it as given: transformers builds no model
         ({"layer_types": ["sliding_attention", "full_attention"] * 28}, "global_attn_every_n_layers"),  # disagree
         ({"moe_router_bias": True}, "moe_router_bias"),  # a field nobody reads
     ],

@@ -87,6 +87,7 @@ def test_the_average_of_shared_and_routed_experts_is_refused_and_their_sum_impor
         ({"use_qk_norm": True}, "use_qk_norm"),  # Cohere2MoeAttention has no q/k norm
         ({"mlp_layer_types": ["dense"] + ["moe"] * 48}, "mlp_layer_types"),
         ({"logit_scale": 0.0}, "logit_scale"),
+        ({"head_dim": None}, "head_dim"),  # the attention reads it as given: transformers builds no model
         ({"moe_router_bias": True}, "moe_router_bias"),  # a field nobody reads
     ],
 )

@@ -63,6 +63,7 @@ def test_global_layers_are_nope_unless_nothing_slides():
     "change,field",
     [
         ({"sliding_window": None}, "sliding_window"),  # sliding layers without a window: Kolibri1Config refuses
+        ({"head_dim": None}, "head_dim"),  # the attention reads it as given: transformers builds no model
         ({"layer_types": ["sliding_attention"] * 49 + ["chunked_attention"]}, "layer_types"),
         ({"layer_types": ["full_attention"] * 49}, "layer_types"),
         ({"attention_bias": True}, "attention_bias"),  # Kolibri1Attention has none; not read, so not guessed

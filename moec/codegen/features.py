@@ -370,6 +370,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.n_zero_experts": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in layers),
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
         "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
+        "an encoder-decoder model (encoder, cross-attention, relative_bucket positions)": bool(plan.encoder)
+        or plan.positions.kind == "relative_bucket",
     }
     for what, used in unsupported.items():
         if used:

@@ -112,7 +112,7 @@ def analyze(
         )
     if threads is not None and not verify:
         raise click.UsageError("--threads sets torch's CPU threads, which only --verify uses")
-    plans = [load_plan(s, sets) for s in specs]
+    plans = [load_plan(s, sets, encoder_decoder=not verify) for s in specs]  # --verify builds the model
     if not no_warnings:
         print_warnings(plans)
     results = [run(p, seq=seq, batch=batch, attention=attention, dtype=dtype) for p in plans]  # type: ignore[arg-type]
@@ -258,7 +258,7 @@ def validate(specs: tuple[str, ...], no_warnings: bool, sets: tuple[str, ...]) -
     bad = 0
     for s in specs:
         try:
-            m = load_plan(s, sets)
+            m = load_plan(s, sets, encoder_decoder=True)
         except SpecError as e:
             bad += 1
             print_problems(e.problems)

@@ -16,8 +16,19 @@ from moec.errors import CommandError, SpecError, fold_problems
 EXIT_BAD_INPUT = 2
 
 
-def load_plan(source: str, sets: tuple[str, ...] = ()):  # -> ResolvedModel
-    """A spec path, a shipped spec name, or a Hugging Face config.json (or a directory holding one)."""
+def load_plan(source: str, sets: tuple[str, ...] = (), *, encoder_decoder: bool = False):  # -> ResolvedModel
+    """A spec path, a shipped spec name, or a Hugging Face config.json (or a directory holding one). An
+    encoder-decoder model is refused by name (exit 2) unless the command counts one (``encoder_decoder``)."""
+    from moec.spec.encdec import refuse_encoder_decoder
+
+    plan = _load(source, sets)
+    if not encoder_decoder:
+        ctx = click.get_current_context(silent=True)
+        refuse_encoder_decoder(plan, ctx.command_path if ctx is not None else "moec")
+    return plan
+
+
+def _load(source: str, sets: tuple[str, ...]):  # -> ResolvedModel
     p = Path(source)
     if p.suffix == ".json" or (p.is_dir() and (p / "config.json").is_file()):
         from moec.hf.config import hf_to_model

@@ -31,6 +31,7 @@ from moec.analyze.memory import DoesNotFitError, RunMemory, refuse_unless_fits
 from moec.errors import CommandError
 from moec.nn.model import MoecModel
 from moec.spec import LoadedSpec, ResolvedModel, Spec, load_model, load_spec, resolve
+from moec.spec.encdec import refuse_encoder_decoder
 
 AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and the rest of the process
 # moec.hf.weights' own weights check still reads this; build_model refuses through require_memory
@@ -179,6 +180,7 @@ def build_model(
     seed: seeds the initialisation (same seed, device and dtype → identical weights).
     """
     plan = as_plan(spec_or_plan)
+    refuse_encoder_decoder(plan, "moec.build_model")
     dtype = dtype or torch.get_default_dtype()
     if device is None:
         free = available_bytes(torch.device("cpu"))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from moec.errors import SpecError
 from moec.spec.checks import check_spec
+from moec.spec.encdec import refuse_encoder_decoder
 from moec.spec.load import apply_set, load_with_extends, read_text_file, resolve_spec_path, validate
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -62,4 +63,6 @@ class BaseSpec:
         problems = check_spec(spec, loc)
         if problems:
             raise SpecError(problems)
-        return resolve(spec, file=self.file)
+        plan = resolve(spec, file=self.file)
+        refuse_encoder_decoder(plan, "moec sweep")  # its headline sums decoder-only layers
+        return plan

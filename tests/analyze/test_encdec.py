@@ -62,3 +62,43 @@ def test_the_conventions_say_what_the_unit_is(write_spec):
     assert "encoder-decoder: per (source, target) token pair" in " ".join(res.output.split())  # unwrapped
     assert "encoder_decoder" in analyze(load_model(str(write_spec(TINY)))).conventions
     assert "encoder_decoder" not in analyze(load_model("mixtral-8x7b")).conventions
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build", "{spec}", "-o", "{out}"],
+        ["smoke-run", "{spec}"],
+        ["plan", "{spec}"],
+        ["roofline", "{spec}"],
+        ["export-hf", "{spec}"],
+        ["sweep", "{spec}", "--grid", "moe.n_experts=2,4"],
+        ["diff", "{spec}", "{spec}"],
+        ["analyze", "--verify", "{spec}"],
+    ],
+    ids=lambda a: " ".join(a[:2]).replace("{spec}", "").strip(),
+)
+def test_every_command_that_cannot_run_one_refuses_it_by_name(write_spec, tmp_path, args):
+    spec = str(write_spec(TINY))
+    res = CliRunner().invoke(cli, [a.format(spec=spec, out=tmp_path / "out") for a in args])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "tiny-encdec is an encoder-decoder model (3 encoder and 2 decoder layers)" in text
+    assert "encoder-decoder models are counted by the analyzer but not built yet" in text
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_build_model_refuses_it_by_name(write_spec):
+    from moec import build_model
+    from moec.errors import CommandError
+
+    with pytest.raises(CommandError, match="moec.build_model: tiny-encdec is an encoder-decoder model"):
+        build_model(str(write_spec(TINY)), device="meta")
+
+
+def test_codegen_refuses_it_by_name(write_spec):
+    from moec.codegen.features import plan_features
+
+    m = load_model(str(write_spec(TINY.replace("kind: relative_bucket, n_buckets: 8, max_distance: 16", "kind: none"))))
+    with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
+        plan_features(m, list(m.layers))

@@ -84,7 +84,10 @@ class Indexer(nn.Module):
         (all of them where a query sees at most top_k)."""
         k = min(self.top_k, scores.shape[-1])
         ranked = scores.masked_fill(~allowed, float("-inf")).topk(k, dim=-1).indices  # (B, S, k)
-        chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, ranked, True)
+        # a tensor of True, not the scalar: torch.jit's trace (fvcore, analyze --verify) has no bool-scalar scatter_
+        chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(
+            -1, ranked, torch.ones_like(ranked, dtype=torch.bool)
+        )
         return chosen & allowed
 
     def extra_repr(self) -> str:

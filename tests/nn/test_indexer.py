@@ -198,3 +198,23 @@ def test_training_reaches_the_attention_and_not_the_indexers_discrete_choice():
     mod(x, rope_tables(S)).square().sum().backward()
     assert mod.q_b_proj.weight.grad is not None and mod.q_b_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in mod.indexer.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_torch_jit_traces_the_sparse_path():
+    """fvcore (analyze --verify) counts FLOPs through a torch.jit trace, which the top-k scatter must survive."""
+    mod = randomized(MLA(plan(), D, norm=RMS, positions=ROPE)).eval()
+    x = torch.randn(1, S, D, generator=torch.Generator().manual_seed(4))
+    cos, sin = rope_tables(S)
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mla = mod
+
+        def forward(self, x, cos, sin):
+            return self.mla(x, (cos, sin))
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Call(), (x, cos, sin), check_trace=False)
+        torch.testing.assert_close(traced(x, cos, sin), mod(x, (cos, sin)), atol=0, rtol=0)

@@ -25,6 +25,7 @@ from moec.spec import load_model, load_spec, resolve
 from moec.spec.paths import shipped_specs
 from moec.spec.plan import AbsentPlan, MoEPlan
 from moec.vocab import LINEAR_MIXERS
+from tests.codegen.refused import expect_refusal_if_refused
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 # a Llama-like dense model; each variant below is this text with some fields replaced
@@ -356,6 +357,8 @@ def layer_table(src: str) -> list:
 @pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
 def test_every_shipped_spec_renders_tidy_standalone_source(path, tmp_path):
     plan = load_model(str(path))
+    if expect_refusal_if_refused(path, lambda: render_model_source(plan)):
+        return
     src = render_model_source(plan)
     compile(src, "model.py", "exec")
     (tmp_path / "model.py").write_text(src)

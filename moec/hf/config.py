@@ -160,6 +160,9 @@ def _tree(t: Translation) -> dict[str, Any]:
     d = t.draft
     tree: dict[str, Any] = {}
     kinds = set(d.ffn) | ({d.get("mtp.ffn")} if "mtp.ffn" in d.fields else set())
+    if "encoder.layers" in d.fields:  # an encoder-decoder model's encoder layers use their FFN sections too
+        enc = d.get("encoder.layers")
+        kinds |= {enc["default"]["ffn"], *(o["ffn"] for o in enc.get("overrides", []))}
     if "model.block" in d.fields and d.get("model.block") != "standard":  # its pairs' dense FFNs (LongCat-Flash)
         kinds.add("dense")
     for path, leaf in d.fields.items():
@@ -203,7 +206,7 @@ def _tree(t: Translation) -> dict[str, Any]:
     if overrides:
         layers["overrides"] = overrides
     tree["layers"] = layers
-    order = ("model", "attention", "mixers", "ffn", "moe", "layers", "mtp")
+    order = ("model", "attention", "mixers", "ffn", "moe", "layers", "mtp", "encoder")
     return {k: tree[k] for k in order if k in tree}
 
 

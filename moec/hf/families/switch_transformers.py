@@ -1,0 +1,200 @@
+"""Switch Transformers (``model_type`` switch_transformers, SwitchTransformersForConditionalGeneration): a T5
+encoder-decoder (moec/spec/encdec.py) whose sparse layers are top-1 Switch layers. Each stack: T5 blocks of
+self-attention (no biases, softmax scale 1), cross-attention in the decoder, and a non-gated FFN, every sublayer
+behind an RMSNorm without bias; layer i is sparse when i % step == 1 (or step == 1), step = layers // sparse
+layers unless config.json writes encoder_sparse_step / decoder_sparse_step (transformers keeps a written one);
+T5's relative position bias in each stack's first self-attention; the embedding shared by both stacks and the
+head; the decoder's output scaled by d_model^-0.5 when tied (logits_scaling √d). The router: a linear layer in
+float32, softmax over all experts, the top expert weighted by its probability, at most expert_capacity tokens of
+a sequence per expert, earliest first, and input jitter 1 ± router_jitter_noise in training.
+
+Imported for counting: moec does not build encoder-decoder models yet, so there is no exporter and no weight
+mapping (moec.from_hf refuses the model by name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moec.hf.draft import Draft, Family, HFConfig, layer_pattern
+from moec.hf.families._common import dropout, ignored_field_agrees
+from moec.spec.encdec import RELATIVE_BUCKET
+from moec.strict import MAX_LAYERS
+
+# transformers 5.24 SwitchTransformersConfig class defaults of the fields the translator reads
+DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "expert_capacity": 64,
+    "num_layers": 12,
+    "num_sparse_encoder_layers": 3,
+    "num_decoder_layers": 12,  # null: num_layers
+    "num_sparse_decoder_layers": 3,
+    "num_heads": 12,
+    "num_experts": 8,
+    "router_bias": False,
+    "router_jitter_noise": 0.01,
+    "router_dtype": "float32",
+    "router_ignore_padding_tokens": False,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "router_z_loss_coef": 0.001,
+    "router_aux_loss_coef": 0.001,
+    "dense_act_fn": "relu",
+    "add_router_probs": False,
+    "tie_word_embeddings": True,
+}
+# dense_act_fn (transformers' ACT2FN name) → moec's non-gated activation
+ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "silu": "silu",
+}
+# the longest source a spec states: transformers sets none (the relative bias serves any length)
+MAX_SEQ_LEN = 512  # T5's and Switch's pre-training input length
+
+
+def sparse_layers(n_layers: int, step: int) -> list[bool]:
+    """Which of a stack's layers transformers builds sparse (SwitchTransformersStack): i % step == 1, every
+    layer with step 1, none with step 0."""
+    return [step > 0 and (i % step == 1 or step == 1) for i in range(n_layers)]
+
+
+def _stack(c: HFConfig, d: Draft, layers_key: str, sparse_key: str, step_key: str) -> list[str] | None:
+    """One stack's FFN kinds, or None when its layer count was refused (reported)."""
+    n = c.int(layers_key, maximum=MAX_LAYERS)
+    n_sparse = c.int(sparse_key, minimum=0)
+    if c.failed(layers_key) or c.failed(sparse_key):
+        return None
+    computed = n // n_sparse if n_sparse > 0 else n
+    step = c.int(step_key, minimum=0) if c.given(step_key) else computed  # a written step wins in transformers
+    return ["moe" if s else "dense" for s in sparse_layers(n, step)]
+
+
+def _layers_value(kinds: list[str]) -> dict[str, Any]:
+    default, overrides = layer_pattern(kinds)
+    out: dict[str, Any] = {"default": {"ffn": default}}
+    if overrides:
+        out["overrides"] = [{"select": sel, "ffn": v} for sel, v in overrides]
+    return out
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    _model(c, d)
+    _attention(c, d)
+    decoder_key = "num_decoder_layers" if c.value("num_decoder_layers") is not None else "num_layers"
+    encoder = _stack(c, d, "num_layers", "num_sparse_encoder_layers", "encoder_sparse_step")
+    decoder = _stack(c, d, decoder_key, "num_sparse_decoder_layers", "decoder_sparse_step")
+    if decoder is not None:
+        d.n_layers = len(decoder)
+        d.put("model.n_layers", d.n_layers, c.src(decoder_key))
+        d.ffn = decoder
+        d.ffn_note = "i % decoder_sparse_step == 1 is a Switch layer (SwitchTransformersStack)"
+    else:
+        d.layers_known = False
+        d.ffn = ["dense"]
+    d.mixer, d.window, d.rope = ["attention"] * len(d.ffn), [None] * len(d.ffn), [True] * len(d.ffn)
+    if encoder is not None:
+        d.put("encoder.n_layers", len(encoder), c.src("num_layers"))
+        d.put("encoder.expert_capacity", c.int("expert_capacity"), c.src("expert_capacity") + ", in both stacks")
+        d.put("encoder.layers", _layers_value(encoder), "i % encoder_sparse_step == 1 is a Switch layer")
+    _ffn_and_experts(c, d)
+    _release_fields(c, d)
+    dropout(c, d, "dropout_rate")
+
+
+def _model(c: HFConfig, d: Draft) -> None:
+    d_model = c.int("d_model")
+    tied = c.bool("tie_word_embeddings")
+    d.put("model.vocab_size", c.int("vocab_size"), c.src("vocab_size"))
+    d.put("model.d_model", d_model, c.src("d_model"))
+    d.put("model.max_seq_len", MAX_SEQ_LEN, "transformers sets no limit (relative positions); T5's input length")
+    d.put("model.tie_embeddings", tied, c.src("tie_word_embeddings") + ": shared, encoder and decoder embeddings")
+    if tied:  # the decoder's output × d_model^-0.5 before the tied head: the logits ÷ √d_model
+        d.put("model.logits_scaling", float(d_model) ** 0.5, "sequence_output * d_model**-0.5 when tied")
+    else:  # transformers 5.24 then ties nothing: `shared` (unused), the encoder's and the decoder's tables, a head
+        d.gap(
+            "tie_word_embeddings",
+            False,
+            "untied, transformers builds separate encoder and decoder embeddings (and an unused shared one) besides "
+            "the head; moec's encoder-decoder shares one embedding",
+            "encoder.tie_embeddings: false (an encoder embedding of its own). Count: +V·d, and transformers' unused "
+            "shared table another V·d",
+            param_delta=2 * c.int("vocab_size") * d_model,
+        )
+    d.put("model.norm.kind", "rmsnorm", "SwitchTransformersLayerNorm: no mean subtraction, no bias")
+    d.put("model.norm.eps", c.float("layer_norm_epsilon"), c.src("layer_norm_epsilon"))
+    d.put("model.positions.kind", RELATIVE_BUCKET, "T5's relative position bias, first layer of each stack")
+    buckets = c.int("relative_attention_num_buckets", minimum=2)
+    d.put("model.positions.n_buckets", buckets, c.src("relative_attention_num_buckets"))
+    distance = c.int("relative_attention_max_distance")
+    d.put("model.positions.max_distance", distance, c.src("relative_attention_max_distance"))
+
+
+def _attention(c: HFConfig, d: Draft) -> None:
+    d.put("attention.kind", "gqa", "")
+    d.put("attention.n_heads", c.int("num_heads"), c.src("num_heads"))
+    d.put("attention.head_dim", c.int("d_kv"), c.src("d_kv"))
+    d.put("attention.scale", 1.0, "SwitchTransformersAttention: scaling 1.0 (T5 folds it into the init)")
+
+
+def _ffn_and_experts(c: HFConfig, d: Draft) -> None:
+    act = c.str("dense_act_fn")
+    if act is not None and act not in ACTIVATIONS:
+        d.gap("dense_act_fn", act, f"moec maps {', '.join(ACTIVATIONS)} (non-gated)", "activation")
+    activation = ACTIVATIONS.get(act or "", "relu")
+    width = c.int("d_ff")
+    note = c.src("dense_act_fn") + ": wi, act, wo (no biases)"
+    d.section("ffn", d_ff=(width, c.src("d_ff")), activation=(activation, note))
+    d.section(
+        "moe",
+        n_experts=(c.int("num_experts"), c.src("num_experts")),
+        d_ff=(width, c.src("d_ff") + ": every expert a SwitchTransformersDenseActDense"),
+        activation=(activation, note),
+    )
+    d.put("moe.router.top_k", 1, "SwitchTransformersTop1Router: argmax of the softmax over all experts")
+    d.put("moe.router.score", "softmax", "the chosen expert's probability weighs its output")
+    d.put("moe.router.bias", c.bool("router_bias"), c.src("router_bias"))
+    jitter = c.float("router_jitter_noise")
+    d.put("moe.router.jitter", jitter, c.src("router_jitter_noise") + " (training only)")
+    if jitter:  # SwitchTransformersTop1Router: `hidden_states *= noise` after .to(float32), a copy only in other dtypes
+        d.training_only.append(f"router_jitter_noise {jitter!r} (in float32 the experts see the jittered input too)")
+    d.put("moe.drop_policy", "position", "cumsum over the sequence: the earliest tokens keep their expert")
+    d.put("moe.balance.load_balance_coeff", c.float("router_aux_loss_coef"), c.src("router_aux_loss_coef"))
+    d.put("moe.balance.z_loss_coeff", c.float("router_z_loss_coef"), c.src("router_z_loss_coef"))
+    if c.str("router_dtype") not in (None, "float32"):
+        d.gap("router_dtype", c.value("router_dtype"), "moec routes in float32", "none: router_dtype float32")
+    if c.bool("router_ignore_padding_tokens"):
+        d.gap(
+            "router_ignore_padding_tokens",
+            True,
+            "routing that skips padding tokens",
+            "moe.router.ignore_padding (padding tokens take no expert capacity). No count change",
+        )
+    c.value("add_router_probs")  # an output switch
+
+
+def _release_fields(c: HFConfig, d: Draft) -> None:
+    """Fields the google/switch-base-* releases carry that transformers 5.24 no longer reads: each must say what
+    transformers runs (it runs top-1, token-choice routing with a non-gated FFN)."""
+    ignored_field_agrees(c, d, "num_selected_experts", 1, "transformers' Switch routes every token to 1 expert")
+    ignored_field_agrees(c, d, "is_gated_act", False, "transformers' Switch FFN is not gated")
+    ignored_field_agrees(c, d, "batch_prioritized_routing", False, "transformers keeps the earliest tokens")
+    ignored_field_agrees(c, d, "router_type", "tokens_masked", "transformers' router is token choice, masked")
+    act = c.value("dense_act_fn")
+    ignored_field_agrees(c, d, "feed_forward_proj", act, "transformers' Switch FFN runs dense_act_fn")
+
+
+FAMILY = Family(
+    "switch_transformers",
+    "SwitchTransformersForConditionalGeneration",
+    DEFAULTS,
+    translate,
+    aliases={"hidden_size": "d_model", "num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"},
+)

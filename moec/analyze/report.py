@@ -20,6 +20,7 @@ from moec.analyze.counts import (
 )
 from moec.analyze.encdec import encdec_conventions, not_in_decode_step, stack_layers, stack_sequence_flops
 from moec.analyze.memory import Memory, memory
+from moec.spec.moa import conventions as moa_conventions
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
 from moec.vocab import COMPONENTS
 
@@ -285,7 +286,8 @@ def analyze(
         conventions=conventions(S, attention, dtype)
         | _averaged_active(model)
         | _sparse_attention(model, S, attention)
-        | encdec_conventions(model),
+        | encdec_conventions(model)
+        | moa_conventions(model),
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import Field
 from moec.strict import MAX_EXPERTS, Strict
 
 if TYPE_CHECKING:
+    from moec.spec.plan import ResolvedModel
     from moec.spec.schema import Spec
 
 MOA_SCORES = ("softmax", "sigmoid")
@@ -81,3 +82,19 @@ def plan_fields(ex: AttentionExpertsSection | None) -> dict[str, object]:
         "moa_softmax_after_topk": ex.softmax_after_topk,
         "moa_normalize_topk": ex.normalize_topk,
     }
+
+
+# how a mixture of attention heads is counted; analyze prints it under "mixture_of_attention_heads"
+CONVENTION = (
+    "E attention experts, each a query (d·h·hd) and an output (h·hd·d) projection: total counts all E, active top_k; "
+    "both also count the shared key and value projections (2·d·kv·hd), the router (d·E) and the output bias (d); "
+    "linear FLOPs per token 2·(top_k·2·d·h·hd + 2·d·kv·hd + d·E); attention scores over top_k·h query heads; "
+    "the KV cache holds the shared kv heads only"
+)
+
+
+def conventions(model: ResolvedModel) -> dict[str, str]:
+    """analyze's convention line for a model with a mixture of attention heads (none without one)."""
+    if any(lp.has_attention and lp.attention.kind == "moa" for lp in model.layers):
+        return {"mixture_of_attention_heads": CONVENTION}
+    return {}

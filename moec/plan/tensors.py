@@ -100,6 +100,8 @@ def _linear(prefix: str, n_in: int, n_out: int, bias: bool, unit: str, tp_dim: i
 def _attention(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str) -> list[ParamTensor]:
     if a.kind == "mla":
         return _mla(prefix, a, d, norm, unit)
+    if a.kind == "moa":
+        return _moa(prefix, a, d, unit)
     h, kv, hd, vd = a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim
     out = [
         *_linear(f"{prefix}.q_proj", d, h * hd, a.bias, unit, 0),
@@ -135,6 +137,19 @@ def _mla(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str) -> li
     if a.output_gate != "none":  # Ling 3's per-head gate, no bias
         out += _linear(f"{prefix}.gate_proj", d, h * dv if a.output_gate == "element" else h, False, unit, 0)
     return out + _sinks(prefix, a, unit)
+
+
+def _moa(prefix: str, a: AttentionPlan, d: int, unit: str) -> list[ParamTensor]:
+    """A mixture of attention heads (moec.nn.moa): the router, E experts' stacked query and output projections,
+    the shared k/v projections and the output bias; replicated under tensor parallelism (moec.dist does not
+    split it)."""
+    assert a.moa_n_experts
+    E, h, kv, hd = a.moa_n_experts, a.n_heads, a.n_kv_heads, a.head_dim
+    shapes = {"router.weight": (E, d), "q_experts": (E, h * hd, d), "o_experts": (E, d, h * hd),
+              "k_proj.weight": (kv * hd, d), "v_proj.weight": (kv * hd, d)}  # fmt: skip
+    if a.out_bias:
+        shapes["out_bias"] = (d,)
+    return [ParamTensor(f"{prefix}.{n}", s, "attention", unit, None) for n, s in shapes.items()]
 
 
 def _sinks(prefix: str, a: AttentionPlan, unit: str) -> list[ParamTensor]:
@@ -187,6 +202,8 @@ def _ffn(prefix: str, f: DenseFFNPlan | MoEPlan, d: int, unit: str) -> list[Para
         out += _dense(f"{prefix}.shared", d, width, f.gated, f.bias, "shared_experts", unit)
     if f.shared_gate:
         out.append(ParamTensor(f"{prefix}.shared_gate.weight", (1, d), "shared_experts", unit, None))
+    if f.output_bias:  # one bias on the combined output (JetMoE), counted with the routed experts
+        out.append(ParamTensor(f"{prefix}.output_bias", (d,), "routed_experts", unit, None))
     return out
 
 

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from moec.analyze.counts import Part, attention_score_flops, kv_len, layer_parts, model_edge_parts, sequence_flops
+from moec.analyze.counts import (
+    Part,
+    attention_sublayers,
+    kv_len,
+    layer_parts,
+    model_edge_parts,
+    sequence_flops,
+)
 from moec.analyze.memory import DTYPE_BYTES, kv_bytes_per_token, state_bytes_per_sequence
 from moec.errors import CommandError
 from moec.plan.accelerators import Accelerator
@@ -152,17 +159,15 @@ def _sequence_mixing(
     Attention: its scores and the KV cache it reads (decode) or writes (prefill). Another token mixer
     (docs/mixers.md): its chunked form per prefill token or its recurrent step per decode token, and its state,
     of a size that does not grow with the context, read and written back by a decode step, written by a prefill."""
-    if lp.has_attention:
-        a = lp.attention
-        score = attention_score_flops(a, kv_len(w.seq, a.window, mode, a.chunk))
-        kv_bytes = _score_bytes(a, w, sequences)
-        tally.add("attention_scores", float(tokens * score / w.tp), kv_bytes, n)
+    chunked, step = sequence_flops(lp, model.d_model, w.seq, mode)  # a sparse attention's indexer included
+    decode = w.phase == "decode"
+    if lp.has_attention:  # a shortcut-MoE pair layer runs two attentions, each with its KV cache
+        kv_bytes = attention_sublayers(lp) * _score_bytes(lp.attention, w, sequences)
+        tally.add("attention_scores", float(tokens * (step if decode else chunked) / w.tp), kv_bytes, n)
         return kv_bytes
-    chunked, step = sequence_flops(lp, model.d_model, w.seq, mode)
     if not chunked and not step:  # a layer without a token mixer
         return 0.0
     state = sequences * state_bytes_per_sequence(replace(model, layers=(lp,)), DTYPE_BYTES[w.kv_dtype])
-    decode = w.phase == "decode"
     tally.add("mixer_state", float(tokens * (step if decode else chunked)), (2 if decode else 1) * state, n)
     return state
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from moec.analyze.counts import layer_parts, model_edge_parts, sequence_flops
+from moec.analyze.counts import attention_sublayers, layer_parts, model_edge_parts, sequence_flops
 from moec.analyze.memory import DTYPE_BYTES, kv_bytes_per_token
 from moec.roofline.model import layer_groups
 from moec.spec.plan import ResolvedModel
@@ -40,8 +40,8 @@ def headline(model: ResolvedModel, *, seq: int, dtype: str, kv_dtype: str) -> He
             linear += n * part.flops
             ffn += n * part.flops if name in FFN_COMPONENTS else 0
         scores += n * sequence_flops(lp, model.d_model, seq, "full")[0]  # attention's scores or a mixer's chunks
-        if lp.has_attention:  # another token mixer keeps a state of constant size, not a KV cache
-            kv += n * kv_bytes_per_token(lp.attention, DTYPE_BYTES[kv_dtype])
+        # another token mixer keeps a state of constant size, not a KV cache; a shortcut-MoE pair layer two caches
+        kv += n * attention_sublayers(lp) * kv_bytes_per_token(lp.attention, DTYPE_BYTES[kv_dtype])
     for part in model_edge_parts(model).values():
         total += part.params
         active += part.active

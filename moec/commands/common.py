@@ -59,6 +59,21 @@ def refuse_hybrid(plan: Any, command: str, feature: str) -> None:
     )
 
 
+def refuse_block_features(plan: Any, command: str, feature: str) -> None:
+    """Refuse, as :func:`refuse_hybrid` does, a model using a block feature ``feature`` (what the command lacks)
+    does not know yet: DeepSeek Sparse Attention's indexer, LongCat-Flash's shortcut-MoE pair layers and zero
+    experts (docs/conventions.md); one CommandError naming every one the model uses (exit 2)."""
+    layers = (*plan.layers, *plan.mtp)
+    present = {
+        "attention.indexer": any(getattr(lp.attention, "has_indexer", False) for lp in layers),
+        "model.block shortcut_moe_pair": any(getattr(lp, "pair_ffn", None) is not None for lp in layers),
+        "moe.n_zero_experts": any(getattr(lp.ffn, "n_zero_experts", 0) for lp in layers),
+    }
+    found = [name for name, used in present.items() if used]
+    if found:
+        raise CommandError(f"{command} does not support {', '.join(found)} yet ({feature}): {plan.name} uses it")
+
+
 def _spans(indices: list[int]) -> str:
     """[0, 1, 2, 5] → '0-2, 5'."""
     spans: list[list[int]] = []

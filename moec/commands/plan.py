@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import SEQ_LEN, load_plan, refuse_hybrid, report_errors, set_option
+from moec.commands.common import SEQ_LEN, load_plan, refuse_block_features, refuse_hybrid, report_errors, set_option
 from moec.plan.accelerators import ACCELERATORS
 from moec.vocab import DTYPES
 
@@ -56,6 +56,7 @@ def plan(
 
     model = load_plan(spec, sets)
     refuse_hybrid(model, "moec plan", "the planner's per-tensor sharding and traffic")
+    refuse_block_features(model, "moec plan", "the planner's per-tensor sharding and traffic")
     workload = Workload(seq=seq, micro_batch=micro_batch, micro_batches=micro_batches, dtype=dtype)
     searched = ep is None and tp is None and pp is None and dp_shard is None
     if searched:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from moec.commands.common import FiniteFloatRange, load_plan, refuse_hybrid, report_errors, set_option
+from moec.commands.common import (
+    FiniteFloatRange,
+    load_plan,
+    refuse_block_features,
+    refuse_hybrid,
+    report_errors,
+    set_option,
+)
 from moec.errors import CommandError
 from moec.smoke.outputs import PLOT_FILES, STEPS_FILE
 from moec.vocab import MODEL_DTYPES
@@ -149,7 +156,9 @@ def smoke_run(
         return
     if in_worker() or nproc is not None:
         feature = "the distributed smoke-run (FSDP2, expert and tensor parallelism, the per-rank memory plan)"
-        refuse_hybrid(load_plan(spec, sets), "moec smoke-run --nproc / torchrun", feature)
+        model = load_plan(spec, sets)
+        refuse_hybrid(model, "moec smoke-run --nproc / torchrun", feature)
+        refuse_block_features(model, "moec smoke-run --nproc / torchrun", feature)
     if in_worker():
         run_worker(lambda: _worker(spec, sets, cfg, parallel, fmt, nproc))
     if nproc is not None:

@@ -143,6 +143,8 @@ def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem
         for value in sorted(values)
         if value % tp
     ]
+    if any(getattr(lp.attention, "has_indexer", False) for lp in plan.layers):  # DeepSeek replicates the indexer
+        problems.append(("tp", f"tp = {tp} splits the attention heads, not the sparse attention's indexer"))
     mixers = sorted({lp.mixer_kind for lp in plan.layers} - {"attention", "none"})
     if mixers:  # moec.dist splits attention and FFNs only (docs/mixers.md, "Analyzer and commands")
         problems.append(("tp", f"tp = {tp} splits attention and FFNs, not the token mixers {', '.join(mixers)}"))

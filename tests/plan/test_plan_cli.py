@@ -96,3 +96,24 @@ def test_an_invalid_layout_gives_one_error_per_problem_and_exit_2():
 def test_bad_input_exits_2_without_a_traceback(args, message):
     r = run(*args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("deepseek-v3.2-exp", "attention.indexer"),
+        ("longcat-flash", "model.block shortcut_moe_pair, moe.n_zero_experts"),
+    ],
+)
+def test_block_features_outside_the_inventory_are_refused_by_name(spec: str, named: str):
+    """The planner lists every tensor by name and shape; features whose tensors it does not list yet are refused,
+    one line, exit 2, before any figure."""
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    res = CliRunner().invoke(cli, ["plan", spec])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip() == (
+        f"error: moec plan does not support {named} yet (the planner's per-tensor sharding and traffic): {spec} uses it"
+    )

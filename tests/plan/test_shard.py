@@ -77,15 +77,25 @@ def test_tensor_inventory_equals_moec_nn_on_mixtral():
     _inventory_matches_the_built_model(load_model("mixtral-8x7b"))
 
 
-def _attention_only(path) -> bool:  # type: ignore[no-untyped-def]
+def _planned(path) -> bool:  # type: ignore[no-untyped-def]
+    """Whether moec plan takes the spec: it refuses, by name, encoder-decoder models, hybrids and the block
+    features whose tensors are not in its inventory yet (tests/cli/test_hybrid_cli.py, tests/plan/test_plan_cli.py)."""
+    from moec.commands.common import refuse_block_features, refuse_hybrid
+    from moec.errors import CommandError
     from moec.spec import load_model
+    from moec.spec.encdec import refuse_encoder_decoder
 
-    return not load_model(str(path)).hybrid
+    model = load_model(str(path))
+    try:
+        refuse_encoder_decoder(model, "moec plan")
+        refuse_hybrid(model, "moec plan", "")
+        refuse_block_features(model, "moec plan", "")
+    except CommandError:
+        return False
+    return True
 
 
-# the planner refuses hybrids by name (moec plan; tests/cli/test_hybrid_cli.py): their mixers' tensors are not in
-# its inventory
-@pytest.mark.parametrize("path", [p for p in shipped_specs() if _attention_only(p)], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in shipped_specs() if _planned(p)], ids=lambda p: p.stem)
 def test_inventory_counts_equal_the_analyzer_per_component(path):
     from moec.spec import load_model
 

@@ -41,6 +41,7 @@ def spec_warnings(spec: Spec, loc: Located) -> list[Problem]:
         why = "; it still gives the experts its activation, since moe.activation is unset" if inherited else ""
         warn(("ffn",), f"no layer uses this ffn section (every layer is an MoE layer){why}")
     _no_token_mixing(spec, warn)
+    _scales_of_absent_sublayers(spec, warn)
     if spec.moe is not None and "moe" in kinds:
         _no_balancing(spec.moe, loc, warn)
         _capacity_must_drop(spec.moe, warn)
@@ -54,6 +55,25 @@ def _no_token_mixing(spec: Spec, warn: Warn) -> None:
 
     if set(mixer_kind_per_layer(spec)) == {"none"}:
         warn(("layers",), "no layer has a token mixer (every layers.*.mixer is none): no position sees another")
+
+
+def _scales_of_absent_sublayers(spec: Spec, warn: Warn) -> None:
+    """model.residual_scales written for a sublayer kind no layer has: its factors apply to nothing."""
+    from moec.spec.resolve import ffn_kind_per_layer, mixer_kind_per_layer
+
+    scales = spec.model.residual_scales
+    if scales is None or spec.model.norm.placement != "normed_residual":
+        return  # the checks refuse residual_scales without normed_residual
+    mixers = set(mixer_kind_per_layer(spec))
+    has = {
+        "attention": "attention" in mixers,
+        "mixer": bool(mixers - {"attention", "none"}),
+        "ffn": set(ffn_kind_per_layer(spec)) != {"none"},
+    }
+    names = {"attention": "attention", "mixer": "a token mixer besides attention", "ffn": "an FFN"}
+    for sublayer in sorted(scales.model_fields_set):
+        if not has[sublayer]:
+            warn(("model", "residual_scales", sublayer), f"no layer has {names[sublayer]}: these factors apply to none")
 
 
 def _written_here(loc: Located, path: Path) -> bool:

@@ -149,3 +149,15 @@ def test_a_model_whose_every_layer_lacks_a_token_mixer_is_warned_about():
         "x.yaml:6:1 layers: no layer has a token mixer (every layers.*.mixer is none): no position sees another"
     ]
     assert not load_spec("x.yaml", text=HYBRID).warnings  # layer 5 alone without one is Nemotron-H's pattern
+
+
+def test_residual_factors_for_a_sublayer_no_layer_has_are_warned_about():
+    """MiniMax's factors for the lightning layers, written in a model without any: valid, but they apply to none."""
+    text = HYBRID.split("mixers:")[0].replace(
+        "model: {", "model: {norm: {placement: normed_residual}, residual_scales: {mixer: {alpha: 2.0}}, "
+    )
+    warnings = [str(w) for w in load_spec("x.yaml", text=text + "ffn: {d_ff: 48}\n").warnings]
+    assert warnings == [
+        "x.yaml:3:63 model.residual_scales.mixer: no layer has a token mixer besides attention: these factors apply "
+        "to none"
+    ]

@@ -37,6 +37,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "rope_variants": "partial rotary (rotary_dim < head_dim), per-layer rope_theta, ntk_alpha scaling, mrope "
         "sections (plain RoPE on text): 0 FLOPs, 0 parameters, KV bytes unchanged (the cache holds whole k heads)",
         "mla_latent_norm_eps": "an eps only: 0 FLOPs, 0 parameters, KV bytes unchanged",
+        "mla_latent_scales": "constant factors on the query and the kv latent: elementwise, 0 FLOPs, 0 parameters",
         "qk_norm_after_rope": "the q/k norm's place (before or after the rotation): 0 FLOPs, the same parameters",
         "norm_placement": "pre, post, after_sublayer and normed_residual: one norm of d per sublayer a layer has, "
         "sandwich two, parallel one per layer (0 FLOPs); a final norm of d except with post",

@@ -79,6 +79,9 @@ class MLA(AttentionLayer):
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.indexer = Indexer(plan, d_model, **kw) if plan.has_indexer else None  # DeepSeek-V3.2's sparse attention
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
+        # LongCat-Flash's constant factors on the query and the normed kv latent (1: DeepSeek's MLA)
+        self.q_scale = math.sqrt(d_model / plan.q_lora_rank) if plan.latent_scales and plan.q_lora_rank else 1.0
+        self.kv_scale = math.sqrt(d_model / plan.kv_lora_rank) if plan.latent_scales else 1.0
         self.reset_parameters()
 
     def forward(
@@ -95,7 +98,7 @@ class MLA(AttentionLayer):
             return self.decode(x, rope, cache, positions)
         q_nope, q_rot, latent, k_rot, q_latent = self._project(x, rope)  # checks x first
         (B, h, S, nope), r, dv = q_nope.shape, self.rope_dim, self.v_dim
-        kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
+        kv = self.kv_b_proj(self.normed_latent(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
         k_nope, v = kv.split([nope, dv], dim=-1)
         q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
         k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
@@ -123,7 +126,7 @@ class MLA(AttentionLayer):
         w = self.kv_b_proj.weight.view(h, nope + dv, kv_r)  # per head: [W_uk (nope, kv_r) | W_uv (dv, kv_r)]
         w_uk, w_uv = w[:, :nope], w[:, nope:]
         q_lat = torch.einsum("bhsn,hnc->bhsc", q_nope, w_uk)  # (B, h, S, kv_r)
-        parts = [self.kv_a_layernorm(latent).view(B, 1, S, kv_r), k_rot]
+        parts = [self.normed_latent(latent).view(B, 1, S, kv_r), k_rot]
         if self.indexer is not None:
             parts.append(self.indexer.keys(x, rope if self.plan.rope else None))  # (B, 1, S, d_I)
         keys, _, key_positions = cache.update(torch.cat(parts, dim=-1), None, positions)  # (B, 1, T, width [+ d_I])
@@ -150,6 +153,8 @@ class MLA(AttentionLayer):
         else:
             q_latent = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora_rank)
             q = self.q_b_proj(q_latent)  # (B, S, h·(nope + r))
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         h = q.shape[-1] // (nope + r)
         q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
@@ -159,6 +164,12 @@ class MLA(AttentionLayer):
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
         return q_nope, q_rot, latent, k_rot, q_latent
+
+    def normed_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The kv latent (B, S, kv_r) normed (and scaled, attention.latent_scales): what kv_b_proj reads and the
+        cache holds."""
+        c = self.kv_a_layernorm(latent)
+        return c * self.kv_scale if self.kv_scale != 1.0 else c
 
     def cache_widths(self) -> tuple[int, int, None]:
         """[latent | rotated key] slots: one (kv_r + d_rope)-wide entry per token, shared by the heads; with an

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
-from moec.spec.block_checks import check_block, check_zero_experts
+from moec.spec.block_checks import check_block, check_latent_scales, check_zero_experts
 from moec.spec.encdec import problems as encdec_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
@@ -42,6 +42,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     for path, message in (*indexer_problems(spec), *moa_problems(spec), *encdec_problems(spec)):
         bad(path, message)
     check_block(spec, bad)
+    check_latent_scales(spec, bad)
     check_zero_experts(spec, bad)
     segmentation = _check_segmentation(spec, loc, bad)
     if spec.moe is not None and not segmentation:

@@ -184,6 +184,7 @@ class AttentionPlan:
     temperature_floor_scale: float | None = None
     temperature_scale: float | None = None
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
+    latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention

@@ -145,6 +145,7 @@ _MLA_AS_WRITTEN = (
     "qk_rope_head_dim",
     "v_head_dim",
     "latent_norm_eps",
+    "latent_scales",
 )
 
 

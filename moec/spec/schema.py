@@ -257,6 +257,8 @@ class Attention(Strict):
     """The width of each value head: MLA's; for GQA when it differs from head_dim (MiMo-V2-Flash), null: head_dim."""
     latent_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
     """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
+    latent_scales: bool = False
+    """MLA: the query times sqrt(d_model/q_lora_rank), the normed kv latent times sqrt(d_model/kv_lora_rank) (LongCat-Flash)."""
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     indexer: IndexerSection | None = None

@@ -23,7 +23,7 @@ PAIR = f"""
 name: pair
 model: {{vocab_size: 64, d_model: {D}, n_layers: 2, max_seq_len: 32, block: shortcut_moe_pair}}
 attention: {{kind: mla, n_heads: {H}, q_lora_rank: 12, kv_lora_rank: 10, qk_nope_head_dim: 4, qk_rope_head_dim: 4,
-  v_head_dim: 6}}
+  v_head_dim: 6, latent_scales: true}}
 ffn: {{d_ff: 24}}
 moe:
   n_experts: {E}
@@ -115,6 +115,27 @@ def test_analyzer_counts_a_pair_layer_by_hand():
     model = build_model(plan_of(PAIR), device="meta")
     assert sum(p.numel() for p in model.parameters()) == a.params.total
     assert {c.name: (c.trainable, c.frozen) for c in a.components if c.params} == model.param_counts()
+
+
+def test_latent_scales_equal_the_same_factors_folded_into_q_b_proj_and_the_kv_latent_norm():
+    """attention.latent_scales (LongCat-Flash): q · sqrt(d/q_lora_rank) and the normed kv latent · sqrt(d/kv_lora_rank)
+    are what an unscaled MLA computes with q_b_proj and kv_a_layernorm's weight multiplied by those factors, in the
+    full forward and in the absorbed decode alike."""
+    from moec.nn.block import make_attention
+
+    scaled_plan = plan_of(PAIR)
+    plain_plan = plan_of(PAIR.replace(", latent_scales: true", ""))
+    scaled = randomised(make_attention(scaled_plan.layers[0], scaled_plan, dtype=torch.float64))
+    plain = make_attention(plain_plan.layers[0], plain_plan, dtype=torch.float64)
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model = build_model(scaled_plan, device="meta")
+    rope = tuple(t.to(torch.float64) for t in model.rotary(5, torch.device("cpu"), torch.float64))
+    assert not torch.allclose(scaled(x, rope), plain(x, rope))  # the same weights unscaled differ
+    with torch.no_grad():
+        plain.q_b_proj.weight.mul_((D / 12) ** 0.5)
+        plain.kv_a_layernorm.weight.mul_((D / 10) ** 0.5)
+    torch.testing.assert_close(scaled(x, rope), plain(x, rope), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(

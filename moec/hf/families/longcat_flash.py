@@ -5,13 +5,13 @@ experts and ``zero_expert_num`` zero-computation experts (``moe.n_zero_experts``
 input) with a softmax, chooses by the scores plus ``e_score_correction_bias`` (selection only), and scales the chosen
 scores by ``routed_scaling_factor`` without renormalising. MLA always has a query bottleneck and interleaved rotary
 pairs, and scales the query by sqrt(hidden_size / q_lora_rank) and the normed kv latent by
-sqrt(hidden_size / kv_lora_rank): constants, which the weight import folds into ``q_b_proj`` and ``kv_a_layernorm``
-(exact in real arithmetic; no parameter or FLOP changes).
+sqrt(hidden_size / kv_lora_rank) (``attention.latent_scales``: constants, no parameters, no FLOPs).
 
 Counting: transformers allocates ``mlp.experts.gate_up_proj`` for all E + Z experts though only the first E are ever
 read (``down_proj`` has E); moec counts zero experts as 0 parameters (docs/conventions.md, "Zero-computation
 experts"), so transformers' total is moec's plus num_layers · Z · 2 · expert_ffn_hidden_size · hidden_size of unused
-tensors, and save_pretrained writes them as ``experts.{E..E+Z-1}.{gate,up}_proj``, which the import lets go.
+tensors, and save_pretrained writes them as ``experts.{E..E+Z-1}.{gate,up}_proj``, which the import lets go and the
+export writes as zeros.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     c.int("q_lora_rank")  # LongcatFlashMLA always builds q_a_proj: null is refused here, before mla reads it
     mla(c, d, "LongcatFlash")
     _rotary_width(c, d)
+    d.put("attention.latent_scales", True, "LongcatFlashMLA: mla_scale_q_lora and mla_scale_kv_lora, always applied")
     moe_core(c, d, experts_key="n_routed_experts", width_key="expert_ffn_hidden_size", top_k_key="moe_topk")
     zero = c.int("zero_expert_num", minimum=0, optional=True)
     d.put("moe.n_zero_experts", zero or 0, c.src("zero_expert_num") + " (identity experts; null: 0)")
@@ -82,14 +83,6 @@ def _rotary_width(c: HFConfig, d: Draft) -> None:
         c.bad("head_dim", f"{shown(width)}: the rotary tables' width must equal qk_rope_head_dim ({rope})")
 
 
-def _latent_scales(plan: ResolvedModel) -> dict[str, float]:
-    """LongcatFlashMLA's constant factors by the tensor that absorbs them: the query's on q_b_proj's rows, the kv
-    latent's on kv_a_layernorm's weight (the latent feeds keys and values both through kv_b_proj)."""
-    a, d = plan.layers[0].attention, plan.d_model
-    assert a.q_lora_rank and a.kv_lora_rank
-    return {"q_b_proj.weight": (d / a.q_lora_rank) ** 0.5, "kv_a_layernorm.weight": (d / a.kv_lora_rank) ** 0.5}
-
-
 class LongcatFlashMapper(Mapper):
     """Pairs under ``self_attn.{j}``, ``input_layernorm.{j}``, ``post_attention_layernorm.{j}`` and ``mlps.{j}``
     (moec's ``attn.{j}``, ``attn_norm.{j}``, ``ffn_norm.{j}``, ``pair_ffn.{j}``); the MoE under ``mlp.`` with its
@@ -102,22 +95,32 @@ class LongcatFlashMapper(Mapper):
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
-        self.scales = _latent_scales(plan)
-        for i, lp in enumerate(plan.layers):
+        ck.used.update(self._unread())
+
+    def _unread(self) -> list[str]:
+        """The zero experts' gate_proj and up_proj tensors save_pretrained writes (transformers' forward never reads
+        them), where the checkpoint holds them."""
+        names = []
+        for i, lp in enumerate(self.plan.layers):
             if isinstance(lp.ffn, MoEPlan):
                 e, n = self.layer(i) + "mlp.experts.", lp.ffn.n_experts
-                unused = [
-                    f"{e}{x}.{w}.weight" for x in range(n, n + lp.ffn.n_zero_experts) for w in ("gate_proj", "up_proj")
-                ]
-                ck.used.update(name for name in unused if name in ck)
+                zero = range(n, n + lp.ffn.n_zero_experts)
+                names += [f"{e}{x}.{w}.weight" for x in zero for w in ("gate_proj", "up_proj")]
+        return [name for name in names if name in self.ck]
+
+    def derived(self) -> dict[str, torch.Tensor]:
+        """Zeros for the zero experts' unread tensors, so that an export holds every tensor transformers saves."""
+        import torch
+
+        plan, d = self.plan, self.plan.d_model
+        f = next(lp.ffn.d_ff for lp in plan.layers if isinstance(lp.ffn, MoEPlan))
+        return {name: torch.zeros(f, d) for name in self._unread()}
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
         p = self.layer(i)
         j, _, rest = leaf.partition(".")
         if part == "attn":
-            t = self.ck.get(f"{p}self_attn.{j}.{rest}")
-            s = self.scales.get(rest)
-            return t if s is None else (t.float() * s).to(t.dtype)
+            return self.ck.get(f"{p}self_attn.{j}.{rest}")
         names = {"attn_norm": "input_layernorm.", "ffn_norm": "post_attention_layernorm."}
         if part in names:
             return self.ck.get(f"{p}{names[part]}{j}.{rest}")

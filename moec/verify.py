@@ -87,12 +87,16 @@ def comparable_plan(plan: ResolvedModel) -> tuple[ResolvedModel, list[str]]:
             a = dataclasses.replace(a, window=None)
         if isinstance(f, MoEPlan) and f.capacity_factor is not None:
             f = dataclasses.replace(f, capacity_factor=None)
+        if isinstance(f, MoEPlan) and f.n_zero_experts:
+            f = dataclasses.replace(f, n_zero_experts=0)
         return dataclasses.replace(lp, attention=a, ffn=f)  # the token mixer stays
 
     if any(lp.attention.window for lp in plan.layers):
         notes.append("sliding windows removed: the measured kernel computes every score and masks")
     if any(isinstance(lp.ffn, MoEPlan) and lp.ffn.capacity_factor for lp in plan.layers):
         notes.append("capacity factor removed: dropped tokens would execute fewer FLOPs than the model's")
+    if any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in plan.layers):
+        notes.append("zero experts removed: the analyzer counts every slot on an FFN expert (the upper bound)")
     return dataclasses.replace(
         plan, layers=tuple(fix(l) for l in plan.layers), mtp=tuple(fix(l) for l in plan.mtp)
     ), notes
@@ -171,8 +175,9 @@ def verify(plan: ResolvedModel, *, seq: int = 32, batch: int = 1, shrink_first: 
         )
     if small.norm.kind == "layernorm":
         notes.append("fvcore's LayerNorm handle turned off: moec counts a norm's elementwise work as 0")
-    if small.hybrid:  # the counters see the mixers' matmuls but not the multiply-adds of their scans
-        notes.append(HYBRID_FLOPS_REFUSED)
+    refused = _flops_refused(small)
+    if refused:  # the counters cannot see the FLOPs the analyzer states: the parameters are checked instead
+        notes.append(refused)
         return VerifyResult(plan.name, small.name, sizes, seq, batch, [_params_check(model, a)], notes)
     claim = f"analyzer: fwd FLOPs/token × {n:,} tokens"
     fwd, train = _flop_counter_checks(model, tokens, forward, training, claim)
@@ -185,6 +190,22 @@ HYBRID_FLOPS_REFUSED = (
     "state updates' elementwise products, which moec counts and FlopCounterMode and fvcore do not), so neither "
     "counter can verify them; the built model's parameters are checked instead"
 )
+
+
+INDEXER_FLOPS_REFUSED = (
+    "FLOPs not checked: moec.nn computes DeepSeek Sparse Attention as a mask over every visible key and its "
+    "indexer without a gradient, so the counters see neither the sparse figure nor its training rule; the built "
+    "model's parameters are checked instead"
+)
+
+
+def _flops_refused(plan: ResolvedModel) -> str:
+    """Why the FLOP counters cannot verify ``plan`` (empty when they can)."""
+    if plan.hybrid:  # the counters see the mixers' matmuls but not the multiply-adds of their scans
+        return HYBRID_FLOPS_REFUSED
+    if any(lp.attention.has_indexer for lp in plan.layers):
+        return INDEXER_FLOPS_REFUSED
+    return ""
 
 
 def _params_check(model: Any, a: Any) -> Check:

@@ -23,8 +23,17 @@ def _hybrid(path) -> bool:  # type: ignore[no-untyped-def]
     return load_model(str(path)).hybrid
 
 
-ATTENTION_ONLY = [p for p in shipped_specs() if not _hybrid(p)]
+def _sparse(path) -> bool:  # type: ignore[no-untyped-def]
+    return any(lp.attention.has_indexer for lp in load_model(str(path)).layers)
+
+
+def _encoder_decoder(path) -> bool:  # type: ignore[no-untyped-def]
+    return bool(load_model(str(path)).encoder)  # refused by analyze --verify (tests of moec.spec.encdec)
+
+
+ATTENTION_ONLY = [p for p in shipped_specs() if not (_hybrid(p) or _sparse(p) or _encoder_decoder(p))]
 HYBRIDS = [p for p in shipped_specs() if _hybrid(p)]
+SPARSE = [p for p in shipped_specs() if _sparse(p)]
 
 
 @pytest.mark.parametrize("path", ATTENTION_ONLY, ids=lambda p: p.stem)
@@ -55,6 +64,19 @@ def test_a_hybrid_is_held_to_its_parameters_and_its_flops_are_refused_by_name(pa
     [mixers] = [change for change in r.sizes if change.startswith("layer mixers:")]
     for kind in {lp.mixer_kind for lp in plan.layers}:  # every kind is in the counted copy
         assert kind in mixers.split("→")[1]
+
+
+@pytest.mark.parametrize("path", SPARSE, ids=lambda p: p.stem)
+def test_a_sparse_attention_is_held_to_its_parameters_and_its_flops_are_refused_by_name(path):
+    """moec.nn runs DeepSeek Sparse Attention as a mask over every visible key, its indexer without a gradient:
+    the counters would see the dense-equivalent scores, not the sparse figure the analyzer states."""
+    r = verify(load_model(str(path)), seq=8, batch=1)
+    [check] = r.checks
+    assert (check.tool, check.passes) == ("moec.nn build", "parameters")
+    assert check.measured == check.expected > 0 and r.ok
+    assert any(
+        note.startswith("FLOPs not checked: moec.nn computes DeepSeek Sparse Attention") for note in r.adjustments
+    )
 
 
 def test_training_is_three_times_forward_without_frozen_weights():

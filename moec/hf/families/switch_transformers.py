@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "dense_act_fn": "relu",
     "add_router_probs": False,
     "tie_word_embeddings": True,
+    "default_theta": 10000.0,  # PreTrainedConfig's; Switch has no rotary positions
 }
 # dense_act_fn (transformers' ACT2FN name) → moec's non-gated activation
 ACTIVATIONS = {

@@ -368,6 +368,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.indexer (sparse attention, DeepSeek-V3.2's lightning indexer)": any(x.has_indexer for x in attns),
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
         "moe.n_zero_experts": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in layers),
+        "attention.latent_scales": any(x.latent_scales for x in attns),
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
         "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
         "an encoder-decoder model (encoder, cross-attention, relative_bucket positions)": bool(plan.encoder)

@@ -11,6 +11,7 @@ CODEGEN_REFUSES = {
     "deepseek-v3.2-exp": "attention.indexer",
     "glm-5": "attention.indexer",
     "longcat-flash": "model.block 'shortcut_moe_pair'",
+    "jetmoe-8b": "attention.kind 'moa'",
 }
 
 

@@ -259,6 +259,7 @@ class MiniMaxMapper(MixtralMapper):
     def _check_decays(self, p: str, plan: Any) -> None:
         import torch
 
+        from moec.hf.checkpoint import MemoryCheckpoint
         from moec.kernels.mixers.lightning import lightning_slopes
 
         names = [p + self.attn + b for b in self.decay_buffers]
@@ -269,6 +270,9 @@ class MiniMaxMapper(MixtralMapper):
         if slope not in self.ck:
             raise Missing([slope])
         self.ck.used.update(present)  # read here, so never also reported unexpected
+        if isinstance(self.ck, MemoryCheckpoint):
+            # the exporter's own: a trace of element indices, or its read-back of the buffers derived() gave
+            return
         saved = self.ck.get(slope).double().flatten()
         want = torch.tensor(lightning_slopes(plan.n_heads, plan.decay_scale), dtype=torch.float64)
         if saved.shape != want.shape or not torch.allclose(saved, want, rtol=1e-5, atol=0):

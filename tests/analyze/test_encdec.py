@@ -102,3 +102,11 @@ def test_codegen_refuses_it_by_name(write_spec):
     m = load_model(str(write_spec(TINY.replace("kind: relative_bucket, n_buckets: 8, max_distance: 16", "kind: none"))))
     with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
         plan_features(m, list(m.layers))
+
+
+def test_export_hf_refuses_it_by_name(write_spec):
+    from moec.errors import CommandError
+    from moec.hf.config import export_hf_config
+
+    with pytest.raises(CommandError, match="moec.export_hf: tiny-encdec is an encoder-decoder model"):
+        export_hf_config(load_model(str(write_spec(TINY))))

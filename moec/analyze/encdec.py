@@ -71,6 +71,15 @@ def stack_layers(model: ResolvedModel) -> list[tuple[LayerPlan, bool]]:
     return [(lp, True) for lp in model.encoder] + [(lp, False) for lp in model.layers]
 
 
+def attention_label(layer: LayerPlan, in_encoder: bool) -> str:
+    """A layer row's attention: its kind, and in an encoder-decoder model which stack it is in ("gqa (encoder)",
+    "gqa + cross" in the decoder), as the two stacks' rows share their indices. A decoder-only layer: its kind."""
+    kind = layer.attention.kind
+    if in_encoder:
+        return f"{kind} (encoder)"
+    return f"{kind} + cross" if layer.cross_attention is not None else kind
+
+
 def stack_sequence_flops(layer: LayerPlan, in_encoder: bool, d: int, seq: int, mode: str) -> tuple[Fraction, Fraction]:
     """:func:`moec.analyze.counts.sequence_flops` for a layer of either stack: an encoder layer's scores over
     all S keys whatever the mode, and no decode step; a decoder layer's plus its cross-attention over S source

@@ -18,7 +18,13 @@ from moec.analyze.counts import (
     model_edge_parts,
     mtp_parts,
 )
-from moec.analyze.encdec import encdec_conventions, not_in_decode_step, stack_layers, stack_sequence_flops
+from moec.analyze.encdec import (
+    attention_label,
+    encdec_conventions,
+    not_in_decode_step,
+    stack_layers,
+    stack_sequence_flops,
+)
 from moec.analyze.memory import Memory, memory
 from moec.spec.moa import conventions as moa_conventions
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
@@ -211,7 +217,7 @@ def analyze(
             LayerRow(
                 index=lp.index,
                 ffn=lp.ffn.kind,
-                attention=lp.attention.kind,
+                attention=attention_label(lp, in_encoder),
                 window=lp.attention.window if lp.has_attention else None,
                 params=sum(p.params for p in parts.values()),
                 active=sum(p.active for p in parts.values()),

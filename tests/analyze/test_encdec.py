@@ -110,3 +110,15 @@ def test_export_hf_refuses_it_by_name(write_spec):
 
     with pytest.raises(CommandError, match="moec.export_hf: tiny-encdec is an encoder-decoder model"):
         export_hf_config(load_model(str(write_spec(TINY))))
+
+
+def test_layer_rows_say_which_stack_they_are_in(write_spec):
+    rows = analyze(load_model(str(write_spec(TINY)))).layers
+    assert [(r.index, r.attention, r.ffn) for r in rows] == [
+        (0, "gqa (encoder)", "dense"),
+        (1, "gqa (encoder)", "moe"),
+        (2, "gqa (encoder)", "dense"),
+        (0, "gqa + cross", "dense"),
+        (1, "gqa + cross", "moe"),
+    ]
+    assert [r.params for r in rows[3:]] == [2 * ATTN + 3 * D + FFN + H * BUCKETS, 2 * ATTN + 3 * D + ROUTER + E * FFN]

@@ -233,10 +233,10 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     """(the features the templates specialise on, the checked text of the constants they print)."""
     norm = checked_choice(plan.norm.kind, NORM_KINDS, "norm.kind")
     placement = checked_choice(plan.norm.placement, NORM_PLACEMENTS, "norm.placement")
-    pos = checked_choice(plan.positions.kind, POSITION_KINDS, "positions.kind")
     if not layers:
         raise ValueError("the plan has no layers")
-    _refuse_unsupported(plan, layers)
+    _refuse_unsupported(plan, layers)  # before the positions' kind: an encoder-decoder's relative_bucket is named there
+    pos = checked_choice(plan.positions.kind, POSITION_KINDS, "positions.kind")
     if plan.norm.unit_offset and norm != "rmsnorm":
         raise ValueError("a unit-offset norm weight is supported on rmsnorm")
 
@@ -371,8 +371,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.latent_scales": any(x.latent_scales for x in attns),
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
         "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
-        "an encoder-decoder model (encoder, cross-attention, relative_bucket positions)": bool(plan.encoder)
-        or plan.positions.kind == "relative_bucket",
+        "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
     }
     for what, used in unsupported.items():
         if used:

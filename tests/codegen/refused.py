@@ -12,6 +12,7 @@ CODEGEN_REFUSES = {
     "glm-5": "attention.indexer",
     "longcat-flash": "model.block 'shortcut_moe_pair'",
     "jetmoe-8b": "attention.kind 'moa'",
+    "switch-base-8-encdec": "an encoder-decoder model",
 }
 
 

@@ -28,7 +28,7 @@ EXPAND = 2  # Mamba2's default inner width is twice the model width (n_heads lef
 FP32_STATE = ("ssm",)  # the scan's state accumulates over the sequence: float32 at least (Nemotron-H keeps it so)
 
 
-class Section(Strict):
+class Mamba2Section(Strict):
     n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None
     """SSM heads, each with its own step, decay and state (inner width n_heads·head_dim); null: 2·d_model/head_dim."""
     head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = 64
@@ -53,6 +53,9 @@ class Section(Strict):
     """eps of the gated output norm; null: model.norm.eps."""
 
 
+Section = Mamba2Section  # the name moec.mixers' contract reads
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     n_heads: int
@@ -69,11 +72,11 @@ class Plan:
     kind: str = KIND
 
 
-def _heads(section: Section, d_model: int) -> int:
+def _heads(section: Mamba2Section, d_model: int) -> int:
     return section.n_heads if section.n_heads is not None else EXPAND * d_model // section.head_dim
 
 
-def plan(section: Section, d_model: int, norm_eps: float) -> Plan:
+def plan(section: Mamba2Section, d_model: int, norm_eps: float) -> Plan:
     return Plan(
         n_heads=_heads(section, d_model),
         head_dim=section.head_dim,
@@ -89,7 +92,7 @@ def plan(section: Section, d_model: int, norm_eps: float) -> Plan:
     )
 
 
-def problems(section: Section, d_model: int) -> list[tuple[tuple[str, ...], str]]:
+def problems(section: Mamba2Section, d_model: int) -> list[tuple[tuple[str, ...], str]]:
     found: list[tuple[tuple[str, ...], str]] = []
     if section.n_heads is None and (EXPAND * d_model) % section.head_dim:
         found.append(

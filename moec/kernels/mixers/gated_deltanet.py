@@ -23,14 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
 
 _L2_EPS = 1e-6  # inside the q/k L2 normalisation: x / sqrt(Σx² + eps), as transformers and fla
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The delta rule's precision: the model's, but never below float32."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +111,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        wide = _compute_dtype(x.dtype)
+        wide = state_dtype(x.dtype)
         xw = x.to(wide)
         normed = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
         scaled = self.weight * normed.to(x.dtype)
@@ -174,7 +169,7 @@ class GatedDeltaNet(nn.Module):
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, S, d) → z (B, S, Hv, dv) in x's dtype; β and the log-decay g (B, Hv, S) in the rule's dtype."""
-        wide = _compute_dtype(x.dtype)
+        wide = state_dtype(x.dtype)
         z = self.in_proj_z(x).unflatten(-1, (self.n_value_heads, self.value_head_dim))
         beta = torch.sigmoid(self.in_proj_b(x)).to(wide)
         g = -self.A_log.to(wide).exp() * F.softplus(self.in_proj_a(x).to(wide) + self.dt_bias)
@@ -183,7 +178,7 @@ class GatedDeltaNet(nn.Module):
     def _heads(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The convolved channels (B, S, 2·Hk·dk + Hv·dv) → q, k (B, Hv, S, dk) L2-normalised, q also scaled
         by dk^−½, each key head repeated for its value heads; v (B, Hv, S, dv); all in the rule's dtype."""
-        wide = _compute_dtype(mixed.dtype)
+        wide = state_dtype(mixed.dtype)
         q, k, v = mixed.to(wide).split(self.splits, dim=-1)
         group = self.n_value_heads // self.n_key_heads
         q, k = (t.unflatten(-1, (self.n_key_heads, self.key_head_dim)).repeat_interleave(group, 2) for t in (q, k))
@@ -227,9 +222,8 @@ class GatedDeltaNet(nn.Module):
         weight = self.conv1d.weight.squeeze(1)  # (channels, K)
         outs = []
         for t in range(x.shape[1]):
-            window = torch.cat([window, self.in_proj_qkv(x[:, t]).unsqueeze(-1)], dim=-1)  # (B, C, K)
-            mixed = F.silu((window * weight).sum(-1))
-            window = window[:, :, 1:]
+            conv, window = conv_window_step(window, self.in_proj_qkv(x[:, t]), weight, None)  # (B, C), (B, C, K−1)
+            mixed = F.silu(conv)
             q, k, v = self._heads(mixed.unsqueeze(1))
             o, S = delta_rule_step(S, q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[..., t], g[..., t])
             outs.append(self._output(o.unsqueeze(2), z[:, t : t + 1]))
@@ -243,5 +237,5 @@ class GatedDeltaNet(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         conv = torch.zeros(batch, sum(self.splits), self.conv_kernel - 1, device=device, dtype=dtype)
         shape = (batch, self.n_value_heads, self.key_head_dim, self.value_head_dim)
-        recurrent = torch.zeros(shape, device=device, dtype=_compute_dtype(dtype))
+        recurrent = torch.zeros(shape, device=device, dtype=state_dtype(dtype))
         return MixerState({"conv": conv, "recurrent": recurrent})

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
 
 # the q/k L2 norm's epsilon, added under the square root (transformers' and flash-linear-attention's l2norm)
 QK_L2_EPS = 1e-6
@@ -136,7 +136,7 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        work = torch.promote_types(x.dtype, torch.float32)
+        work = state_dtype(x.dtype)
         h = x.to(work)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(work)
         return (h * torch.sigmoid(gate.to(work))).to(x.dtype)
@@ -217,9 +217,8 @@ class KimiDeltaAttention(nn.Module):
         for t in range(x.shape[1]):
             xt = x[:, t : t + 1]
             qkv = torch.cat([self.q_proj(xt), self.k_proj(xt), self.v_proj(xt)], dim=-1)[:, 0]  # (B, 3·H·hd)
-            window = torch.cat([past, qkv.unsqueeze(-1)], dim=-1)  # (B, 3·H·hd, K)
-            past = window[:, :, 1:]
-            q, k, v, g, beta = self._heads(F.silu((window * w).sum(-1)).unsqueeze(1), xt)
+            conv, past = conv_window_step(past, qkv, w, None)  # (B, 3·H·hd), (B, 3·H·hd, K−1)
+            q, k, v, g, beta = self._heads(F.silu(conv).unsqueeze(1), xt)
             out, ssm = delta_rule_recurrent(q, k, v, g, beta, ssm.to(q.dtype))
             outs.append(self._output(out, xt))
         state["conv"].copy_(past)
@@ -231,14 +230,14 @@ class KimiDeltaAttention(nn.Module):
         state (B, H, hd, hd) in float32 at least, whatever max_len."""
         inner = self.n_heads * self.head_dim
         conv = torch.zeros(batch, 3 * inner, self.conv_kernel - 1, device=device, dtype=dtype)
-        work = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
+        work = state_dtype(dtype or torch.get_default_dtype())
         recurrent = torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=work)
         return MixerState({"conv": conv, "recurrent": recurrent})
 
     def _heads(self, qkv: torch.Tensor, x: torch.Tensor):
         """The convolved [q | k | v] (B, S, 3·H·hd) and the block input x → q (normalised, scaled), k
         (normalised), v, g (B, H, S, hd) and beta (B, H, S), in the delta rule's working dtype."""
-        work = torch.promote_types(x.dtype, torch.float32)
+        work = state_dtype(x.dtype)
         q, k, v = (t.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2).to(work) for t in qkv.chunk(3, -1))
         q = l2_normalize(q) / math.sqrt(self.head_dim)
         g = self.forget_gate(x, work).transpose(1, 2)

@@ -19,15 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
 
 # Mamba2's initialisation of the step size: log-uniform in [0.001, 0.1], floored at 1e-4, stored through the
 # inverse softplus so that softplus(dt_bias) is that step (Gu & Dao, arXiv 2312.00752, section 3.6).
 STEP_INIT_MIN, STEP_INIT_MAX, STEP_INIT_FLOOR = 1e-3, 1e-1, 1e-4
-
-
-def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 class GatedGroupRMSNorm(nn.Module):
@@ -39,7 +35,7 @@ class GatedGroupRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        work = _scan_dtype(y.dtype)
+        work = state_dtype(y.dtype)
         gated = y.to(work) * F.silu(z.to(work))
         groups = gated.unflatten(-1, (self.n_groups, -1))
         normed = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -207,7 +203,7 @@ class Mamba2(nn.Module):
 
     def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor):
         """After the convolution and its silu: x (..., H, P), Δ (..., H), B and C (..., G, N), in the scan's dtype."""
-        work = _scan_dtype(xbc.dtype)
+        work = state_dtype(xbc.dtype)
         gn = self.n_groups * self.state_dim
         x, B, C = xbc.to(work).split([self.inner, gn, gn], dim=-1)
         step = F.softplus(dt.to(work) + self.dt_bias.to(work))
@@ -245,17 +241,14 @@ class Mamba2(nn.Module):
     def recurrent(self, x: torch.Tensor, state: MixerState | None = None) -> tuple[torch.Tensor, MixerState]:
         """The oracle: token by token, the convolution from an explicit window of the last conv_kernel inputs
         and the state updated once per token."""
-        state = state or self.new_cache(x.shape[0], 1, device=x.device, dtype=_scan_dtype(x.dtype))
+        state = state or self.new_cache(x.shape[0], 1, device=x.device, dtype=state_dtype(x.dtype))
         weight = self.conv1d.weight.squeeze(1)  # (channels, K)
-        bias = self.conv1d.bias if self.conv1d.bias is not None else 0
         window = state["conv"].clone()  # (b, channels, K − 1); copies, written back once at the end
-        ssm = state["ssm"].to(_scan_dtype(x.dtype), copy=True)
+        ssm = state["ssm"].to(state_dtype(x.dtype), copy=True)
         outs = []
         for t in range(x.shape[1]):
             z, xbc, dt = self._split(self.in_proj(x[:, t]))
-            window = torch.cat([window, xbc.unsqueeze(-1).to(window.dtype)], dim=-1)  # (b, channels, K)
-            conv = (window * weight).sum(-1) + bias
-            window = window[:, :, 1:]
+            conv, window = conv_window_step(window, xbc, weight, self.conv1d.bias)  # (b, channels), (b, channels, K−1)
             xs, step, B, C = self._ssm_inputs(F.silu(conv).to(x.dtype), dt)
             y, ssm = recurrence_step(xs, step, self._decay_rate(xs.dtype), B, C, ssm)
             outs.append(self._finish(y, xs, z))
@@ -268,6 +261,6 @@ class Mamba2(nn.Module):
         (B, H, head_dim, state_dim), whatever max_len. The state is kept in float32 at least (the scan's dtype;
         Nemotron-H keeps it so too): in bfloat16 a decode would round it anew at every token."""
         conv = torch.zeros(batch, self.conv_channels, self.conv_kernel - 1, device=device, dtype=dtype)
-        scan = _scan_dtype(dtype or torch.get_default_dtype())
+        scan = state_dtype(dtype or torch.get_default_dtype())
         ssm = torch.zeros(batch, self.n_heads, self.head_dim, self.state_dim, device=device, dtype=scan)
         return MixerState({"conv": conv, "ssm": ssm})

@@ -73,12 +73,7 @@ def problems(spec: Spec) -> list[tuple[Path, str]]:
                 if getattr(pos, f) is not None]  # fmt: skip
     if enc is None:
         return out
-    out += _encoder_layer_problems(enc)
-    used = set(encoder_ffn_kinds(enc))
-    for kind, section in (("dense", spec.ffn), ("moe", spec.moe)):
-        if kind in used and section is None:
-            out.append((("encoder", "layers"), f"encoder layers use a {kind} FFN but the spec has no "
-                        f"{'ffn' if kind == 'dense' else 'moe'} section"))  # fmt: skip
+    out += _encoder_layer_problems(enc)  # a missing ffn or moe section: checks.py (traps.ffn_kinds_used)
     if enc.expert_capacity is not None and spec.moe is None:
         out.append((("encoder", "expert_capacity"), "needs a moe section"))
     out += _decoder_problems(spec)

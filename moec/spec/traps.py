@@ -82,10 +82,12 @@ def _written_here(loc: Located, path: Path) -> bool:
 
 
 def ffn_kinds_used(spec: Spec) -> set[str]:
-    """The FFN kinds ("dense", "moe") some layer or MTP block of the spec uses."""
+    """The FFN kinds ("dense", "moe") some layer, encoder layer or MTP block of the spec uses."""
+    from moec.spec.encdec import encoder_ffn_kinds
     from moec.spec.resolve import ffn_kind_per_layer
 
-    return set(ffn_kind_per_layer(spec)) | ({spec.mtp.ffn} if spec.mtp is not None else set())
+    encoder = set(encoder_ffn_kinds(spec.encoder)) if spec.encoder is not None else set()
+    return set(ffn_kind_per_layer(spec)) | encoder | ({spec.mtp.ffn} if spec.mtp is not None else set())
 
 
 def _no_balancing(moe: MoE, loc: Located, warn: Warn) -> None:

@@ -112,13 +112,13 @@ def test_relative_bucket_positions_need_an_encoder(write_spec):
     assert code == 2 and "model.positions.kind: relative_bucket positions are T5's: they need an encoder" in out
 
 
-def test_encoder_moe_layers_need_the_moe_section(write_spec):
+def test_encoder_moe_layers_need_the_moe_section_and_use_it(write_spec):
     text = TINY.replace(
         "moe: {n_experts: 4, d_ff: 32, activation: relu, router: {top_k: 1}, drop_policy: position}\n", ""
     )
     text = text.replace("    - {select: [1], ffn: moe}\n", "    - {select: [1], ffn: dense}\n")
     code, out = validate(write_spec, text)
-    assert code == 2 and "encoder layers use a moe FFN but the spec has no moe section" in out, out
+    assert code == 2 and "some layers use an MoE FFN but the spec has no moe section" in out, out
     assert "encoder.expert_capacity: needs a moe section" in out
 
 
@@ -127,3 +127,9 @@ def test_the_encoder_section_is_strict(write_spec):
     assert code == 2 and "encoder.n_heads" in out
     code, out = validate(write_spec, TINY.replace("  n_layers: 3\n", "  n_layers: 0\n"))
     assert code == 2 and "encoder.n_layers" in out
+
+
+def test_a_section_only_the_encoder_uses_is_not_warned_unused(write_spec):
+    decoder_dense = TINY.replace("    - {select: [1], ffn: moe}\n", "    - {select: [1], ffn: dense}\n")
+    res = CliRunner().invoke(cli, ["validate", str(write_spec(decoder_dense))])
+    assert res.exit_code == 0 and "no layer uses this moe section" not in res.output, res.output

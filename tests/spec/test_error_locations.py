@@ -61,7 +61,10 @@ def edit(old: str, new: str) -> str:
             "x.yaml:10:15 attention.n_kv_heads: n_heads (8) is not divisible by n_kv_heads (3)",
         ),
         # a scalar inside a flow mapping
-        (edit("{ffn: moe}", "{ffn: mo}"), "x.yaml:17:18 layers.default.ffn: 'mo': input should be 'dense', 'moe' or 'none'"),
+        (
+            edit("{ffn: moe}", "{ffn: mo}"),
+            "x.yaml:17:18 layers.default.ffn: 'mo': input should be 'dense', 'moe' or 'none'",
+        ),
         # an unknown key: the key, not its value
         (edit("  n_kv_heads: 2\n", "  n_kv_heads: 2\n  n_kv: 3\n"), "x.yaml:11:3 attention.n_kv: unknown field 'n_kv'"),
         # a duplicate key: the second occurrence

@@ -62,7 +62,7 @@ def causal_conv_with_state(
     if state is None:  # a whole sequence: one convolution, which FLOP counters see (analyze --verify)
         return torch.nn.functional.conv1d(full, weight.unsqueeze(1), bias, groups=x.shape[1])  # (B, C, S)
     # a cached call, most often one decode token: K shifted multiply-adds, as torch's CPU depthwise convolution
-    # (mkldnn) costs ~60 ms a call whatever the length on the 2-core machine (BENCHMARKS.md, "Token mixers")
+    # (mkldnn) has a fixed cost per call far above a one-token window's work, which a decode pays at every token
     S = x.shape[-1]
     y = full[:, :, :S] * weight[:, :1]
     for k in range(1, K):

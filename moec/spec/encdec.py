@@ -76,6 +76,11 @@ def problems(spec: Spec) -> list[tuple[Path, str]]:
     out += _encoder_layer_problems(enc)  # a missing ffn or moe section: checks.py (traps.ffn_kinds_used)
     if enc.expert_capacity is not None and spec.moe is None:
         out.append((("encoder", "expert_capacity"), "needs a moe section"))
+    elif enc.expert_capacity is not None and spec.moe is not None:  # Switch's rule: a fixed count, earliest first
+        if spec.moe.capacity_factor is not None:
+            out.append((("moe", "capacity_factor"), "encoder.expert_capacity sets each expert's slots: give one"))
+        if spec.moe.drop_policy != "position":
+            out.append((("moe", "drop_policy"), "encoder.expert_capacity keeps the earliest tokens: position"))
     out += _decoder_problems(spec)
     return out
 

@@ -78,6 +78,8 @@ def validate(write_spec, text: str) -> tuple[int, str]:
     [
         ("n_buckets: 8, ", "", "model.positions", "relative_bucket positions need n_buckets"),
         ("kind: relative_bucket", "kind: none", "model.positions.n_buckets", "only meaningful with kind"),
+        ("drop_policy: position", "drop_policy: probs", "moe.drop_policy", "keeps the earliest tokens: position"),
+        ("drop_policy: position", "drop_policy: position, capacity_factor: 1.0", "moe.capacity_factor", "give one"),
         ("select: {layers: [1]}", "select: {layers: [5]}", "encoder.layers.overrides[0].select", "layer 5 does not"),
         (
             "    default: {ffn: dense}\n    overrides",

@@ -40,13 +40,15 @@ DEFAULTS = defaults(10000000.0, vocab_size=131072, hidden_size=6144, num_layers=
 
 _ROUTER = "LongcatFlashTopkRouter"
 # fields of Meituan's own config.json that transformers' classes do not read: each must say what transformers runs
+# (the values it may hold, the first the one to propose)
 _RELEASE_FIELDS = {
-    "zero_expert_type": ("identity", "a zero expert returns its input (nn.Identity)"),
-    "attention_method": ("mla", "every attention is LongcatFlashMLA"),
-    "router_bias": (False, f"{_ROUTER} builds a classifier bias but never adds it to the logits"),
-    "norm_topk_prob": (False, f"{_ROUTER} does not renormalise the chosen scores"),
-    "mla_scale_q_lora": (True, "LongcatFlashMLA always scales the query by sqrt(hidden_size / q_lora_rank)"),
-    "mla_scale_kv_lora": (True, "LongcatFlashMLA always scales the kv latent by sqrt(hidden_size / kv_lora_rank)"),
+    "zero_expert_type": (("identity",), "a zero expert returns its input (nn.Identity)"),
+    "attention_method": (("MLA", "mla"), "every attention is LongcatFlashMLA"),
+    "use_mla": ((1, True), "every attention is LongcatFlashMLA"),
+    "router_bias": ((False,), f"{_ROUTER} builds a classifier bias but never adds it to the logits"),
+    "norm_topk_prob": ((False,), f"{_ROUTER} does not renormalise the chosen scores"),
+    "mla_scale_q_lora": ((True,), "LongcatFlashMLA always scales the query by sqrt(hidden_size / q_lora_rank)"),
+    "mla_scale_kv_lora": ((True,), "LongcatFlashMLA always scales the kv latent by sqrt(hidden_size / kv_lora_rank)"),
 }
 
 
@@ -68,10 +70,10 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("moe.router.scale", c.float("routed_scaling_factor"), c.src("routed_scaling_factor"))
     d.put("moe.balance.load_balance_coeff", 0.0, "LongcatFlash's training balance is not in its config (inference)")
     dense_ffn(c, d, key="ffn_hidden_size")
-    for key, (want, runs) in _RELEASE_FIELDS.items():
-        if c.given(key) and c.value(key) != want:
-            d.gap(key, c.value(key), f"transformers ignores {key}: {runs}; ambiguous", f"none: set {key} to {want!r}")
-        c.value(key)
+    for key, (agree, runs) in _RELEASE_FIELDS.items():
+        v = c.value(key)
+        if c.given(key) and not any(v == a and type(v) is type(a) for a in agree):
+            d.gap(key, v, f"transformers ignores {key}: {runs}; ambiguous", f"none: set {key} to {agree[0]!r}")
 
 
 def _rotary_width(c: HFConfig, d: Draft) -> None:

@@ -61,6 +61,8 @@ def test_defaults_are_transformers_class_defaults():
         ({"zero_expert_type": "constant"}, "zero_expert_type"),  # transformers' zero experts are identities
         ({"router_bias": True}, "router_bias"),  # built, never added
         ({"norm_topk_prob": True}, "norm_topk_prob"),
+        ({"attention_method": "GQA"}, "attention_method"),
+        ({"mla_scale_kv_lora": False}, "mla_scale_kv_lora"),  # transformers scales whatever it says
         ({"attention_bias": True}, "attention_bias"),
         ({"q_lora_rank": None}, "q_lora_rank"),
     ],
@@ -70,9 +72,8 @@ def test_what_transformers_would_not_run_as_said_is_refused_located(change, fiel
 
 
 def test_release_fields_saying_what_transformers_runs_are_accepted():
-    plan = hf_to_model(
-        {**LONGCAT_FLASH, "num_hidden_layers": 56, "zero_expert_type": "identity", "mla_scale_q_lora": True}
-    )
+    release = {"zero_expert_type": "identity", "attention_method": "MLA", "use_mla": 1, "mla_scale_q_lora": True}
+    plan = hf_to_model({**LONGCAT_FLASH, "num_hidden_layers": 56, **release})
     assert plan.n_layers == 28 and plan.layers[0].pair_ffn is not None and plan.layers[0].ffn.n_zero_experts == 256
 
 

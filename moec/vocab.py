@@ -71,6 +71,7 @@ LINEAR_MIXERS = ("gated_deltanet", "kda", "lightning", "mamba", "mamba2", "short
 MIXER_KINDS = ("attention", *LINEAR_MIXERS, "none")
 # the attention output gate (Qwen3-Next): none, one sigmoid per head, or one per element of each head
 OUTPUT_GATES = ("none", "head", "element")
+OUTPUT_GATE_FNS = ("sigmoid", "softplus")  # the attention output gate's function (softplus: Laguna)
 
 # feed-forward layers and routing; none: a layer with a token mixer only (Nemotron-H)
 FFN_KINDS = ("dense", "moe", "none")

@@ -351,6 +351,9 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     sc = plan.positions.scaling
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
+        "attention.output_gate_fn 'softplus'": any(x.output_gate_fn == "softplus" for x in attns),
+        "a layer's own rotary_dim (layers.*.attention.rotary_dim)": any(x.rotary_dim is not None for x in attns),
+        "moe.router.logit_softcap": any(r.logit_softcap is not None for r in routers),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",

@@ -171,11 +171,15 @@ class AttentionLayer(nn.Module):
         self.gate_proj = Linear(d_model, width, bias=bias, device=device, dtype=dtype) if width else None
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs y (B, h, S, dv) → o_proj, through the output gate σ(gate_proj(x)) when there is one."""
+        """The heads' outputs y (B, h, S, dv) → o_proj, through the output gate σ(gate_proj(x)) when there is one
+        (softplus(gate_proj(x)) with output_gate_fn softplus, Laguna: in fp32 at least, as transformers does)."""
         B, S = x.shape[0], x.shape[1]
         y = y.transpose(1, 2)  # (B, S, h, dv)
         if self.gate_proj is not None:
-            gate = torch.sigmoid(self.gate_proj(x)).view(B, S, y.shape[2], -1)  # (B, S, h, dv or 1)
+            g = self.gate_proj(x)  # (B, S, h·dv or h)
+            wide = torch.promote_types(g.dtype, torch.float32)
+            g = F.softplus(g.to(wide)) if self.plan.output_gate_fn == "softplus" else torch.sigmoid(g)
+            gate = g.view(B, S, y.shape[2], -1)  # (B, S, h, dv or 1)
             y = y * gate.to(y.dtype)
         return self.o_proj(y.reshape(B, S, -1))  # (B, S, h·dv) → (B, S, d)
 

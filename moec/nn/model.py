@@ -41,7 +41,7 @@ from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
 from moec.nn.router import routing_decode_refusals
-from moec.spec.plan import LayerPlan, ResolvedModel
+from moec.spec.plan import AttentionPlan, LayerPlan, ResolvedModel
 
 _MOE_PARTS = {"router": "router", "experts": "routed_experts", "shared": "shared_experts",
               "shared_gate": "shared_experts", "base": "base_ffn", "output_bias": "routed_experts"}  # fmt: skip
@@ -76,6 +76,12 @@ def component_of(name: str) -> str:
     if sub == "pair_ffn":  # a shortcut-MoE pair layer's two dense FFNs (moec.nn.longcat)
         return "dense_ffn"
     raise ValueError(f"parameter {name!r} belongs to no known component")
+
+
+def rotary_table(a: AttentionPlan) -> tuple[float | None, int | None] | None:
+    """The key of the RoPE tables a layer reads: None for the model's, else (its base or None, its rotated dims or
+    None) when it has a base or a rotary width of its own."""
+    return None if a.rope_theta is None and a.rotary_dim is None else (a.rope_theta, a.rotary_dim)
 
 
 class Embedding(nn.Embedding):
@@ -131,14 +137,17 @@ class MoecModel(nn.Module):
         self.embed = Embedding(V, d, **kw)
         self.pos_embed = Embedding(plan.max_seq_len, d, **kw) if plan.positions.kind == "learned" else None
         self.rotary = None
-        # layers with their own rope_theta (MiMo-V2-Flash's sliding layers) get tables of their own; no
-        # parameters or buffers, so a plain dict: the state_dict is the same with or without them
-        self.layer_rotary: dict[float, RotaryEmbedding] = {}
+        # layers with their own rope_theta (MiMo-V2-Flash's sliding layers) or rotary_dim (Laguna's full layers)
+        # get tables of their own, keyed (base, rotated dims); no parameters or buffers, so a plain dict: the
+        # state_dict is the same with or without them
+        self.layer_rotary: dict[tuple[float | None, int | None], RotaryEmbedding] = {}
         if plan.positions.kind == "rope":
             self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
-            for theta in {lp.attention.rope_theta for lp in plan.layers} - {None}:
-                positions = dataclasses.replace(plan.positions, theta=theta)
-                self.layer_rotary[theta] = RotaryEmbedding(positions, plan.rope_dim, plan.max_seq_len)
+            for key in {rotary_table(lp.attention) for lp in plan.layers} - {None}:
+                assert key is not None
+                theta, rot = key
+                positions = dataclasses.replace(plan.positions, theta=plan.positions.theta if theta is None else theta)
+                self.layer_rotary[key] = RotaryEmbedding(positions, rot or plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(make_block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
@@ -171,7 +180,7 @@ class MoecModel(nn.Module):
         ropes = {None: rope} | {theta: r(S, x.device, x.dtype) for theta, r in self.layer_rotary.items()}
         auxes: list[MoEAux | None] = []
         for block, lp in zip(self.layers, self.plan.layers, strict=True):
-            x, aux = block(x, ropes[lp.attention.rope_theta], token_ids=tokens)
+            x, aux = block(x, ropes[rotary_table(lp.attention)], token_ids=tokens)
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)
@@ -215,13 +224,13 @@ class MoecModel(nn.Module):
         x = self._embed(tokens)  # (B, S, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
-        ropes = {}  # base → the tables at the new positions, (S, rot) ×2 (a loop: dynamo cannot iterate .items())
+        ropes = {}  # table key → the tables at the new positions, (S, rot) ×2 (a loop: dynamo cannot iterate .items())
         for theta in cache.rope:
             cos, sin = cache.rope[theta]
             ropes[theta] = (cos[positions], sin[positions])
         auxes: list[MoEAux | None] = []
         for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
-            x, aux = block(x, ropes.get(lp.attention.rope_theta), layer_cache, positions, tokens)
+            x, aux = block(x, ropes.get(rotary_table(lp.attention)), layer_cache, positions, tokens)
             auxes.append(aux)
         if self.norm is not None:
             x = self.norm(x)

@@ -169,6 +169,8 @@ class Router(nn.Module):
         if self.training and r.jitter > 0:  # Switch Transformer: multiplicative input noise
             xf = xf * torch.empty_like(xf).uniform_(1 - r.jitter, 1 + r.jitter)
         logits = self._logits(xf)  # (T, E)
+        if r.logit_softcap is not None:  # Laguna: cap·tanh(logits/cap) before the score, also for choosing
+            logits = r.logit_softcap * torch.tanh(logits / r.logit_softcap)
         probs = scores_of(logits, r.score)  # (T, E)
         idx, w = self._choose(logits, probs, token_ids)  # (T, k') ×2; -1 marks a slot not dispatched
         if r.normalize_topk:

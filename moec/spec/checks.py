@@ -11,6 +11,7 @@ from collections.abc import Callable
 from moec.errors import Problem
 from moec.spec.block_checks import check_block, check_latent_scales, check_zero_experts
 from moec.spec.encdec import problems as encdec_problems
+from moec.spec.gate_rotary import problems as gate_rotary_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
@@ -39,7 +40,12 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     _check_layers(spec, loc, bad)
     _check_ffn_sections(spec, bad)
     check_mixers(spec, bad)
-    for path, message in (*indexer_problems(spec), *moa_problems(spec), *encdec_problems(spec)):
+    for path, message in (
+        *indexer_problems(spec),
+        *moa_problems(spec),
+        *encdec_problems(spec),
+        *gate_rotary_problems(spec),
+    ):
         bad(path, message)
     check_block(spec, bad)
     check_latent_scales(spec, bad)

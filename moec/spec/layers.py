@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from moec.strict import MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
+from moec.strict import MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
 from moec.vocab import FFN_KINDS, MIXER_KINDS
 
 # an index past n_layers is reported by checks.py, which knows n_layers; this bound only keeps it finite
@@ -75,6 +75,8 @@ class AttentionOverride(Strict):
     """This layer's query heads (Step-3.5, Laguna); head_dim stays the attention section's."""
     n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = None
     """This layer's key/value heads, GQA only (MiMo-V2-Flash's sliding layers: twice the full layers')."""
+    rotary_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """This layer's rotated dims per q/k head, GQA (Laguna: half on full layers); unwritten: the model's."""
 
 
 class LayerDefault(Strict):

@@ -20,6 +20,7 @@ from moec.vocab import (
     GATED,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATE_FNS,
     OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_KINDS,
@@ -187,6 +188,8 @@ class AttentionPlan:
     latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
+    output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)
+    rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim
     # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention
     indexer_n_heads: int | None = None
     indexer_head_dim: int | None = None

@@ -96,6 +96,7 @@ def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
         "rope_theta": None,  # model.positions.theta
         "n_heads": a.n_heads,
         "n_kv_heads": a.n_kv_heads,
+        "rotary_dim": None,  # the model's rope_dim
     }
     fields = {
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in section.items()
@@ -137,6 +138,7 @@ _ATTENTION_AS_WRITTEN = (
     "clip_qkv",
     "scale",
     "output_gate",
+    "output_gate_fn",
 )
 _MLA_AS_WRITTEN = (
     "q_lora_rank",
@@ -201,6 +203,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "temperature_scale": tt.scale if tt else None,
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],
             "n_heads": a.n_heads if i is None else attn_fields["n_heads"][i],
+            "rotary_dim": None if i is None else attn_fields["rotary_dim"][i],
         }
         if a.kind == "mla":
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None

@@ -56,6 +56,7 @@ from moec.vocab import (
     MTP_FFN_KINDS,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATE_FNS,
     OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_KINDS,
@@ -261,6 +262,8 @@ class Attention(Strict):
     """MLA: the query times sqrt(d_model/q_lora_rank), the normed kv latent times sqrt(d_model/kv_lora_rank) (LongCat-Flash)."""
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
+    output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"
+    """The output gate's function of its projection: sigmoid (Qwen3-Next) or softplus (Laguna)."""
     indexer: IndexerSection | None = None
     """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""
     experts: AttentionExpertsSection | None = None
@@ -297,6 +300,8 @@ class Router(Strict):
     """A non-gradient bias added to the scores for choosing only (DeepSeek-V3's aux-loss-free balancing)."""
     selection_bias_on: Literal[SELECTION_BIAS_ON] = "scores"
     """The selection bias joins the scores (DeepSeek-V3) or the raw logits before the score (Kolibri) to choose."""
+    logit_softcap: Annotated[float, Field(gt=0, le=1e4)] | None = None
+    """Cap the router logits at cap·tanh(logits/cap) before the score (Laguna's moe_router_logit_softcapping); null: off."""
     selection_bias_parameter: bool = False
     """Store the selection bias as a parameter, counted, not a buffer (ERNIE-4.5); it gets no gradient."""
     bias: bool = False

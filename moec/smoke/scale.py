@@ -209,8 +209,8 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     if pat0 != pat1:
         out.append(f"layer pattern: {pat0 if len(pat0) <= 16 else pat0[:16] + '…'} → {pat1}")
     out += _mixer_changes(old, new)
-    if old.hybrid:
-        before, after = ([lp.mixer_kind for lp in m.layers] for m in (old, new))
+    before, after = ([lp.mixer_kind for lp in m.layers] for m in (old, new))
+    if old.hybrid and before != after:
         out.append(f"layer mixers: {mixer_runs(before)} → {mixer_runs(after)}")
     return out
 

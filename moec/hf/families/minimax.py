@@ -105,7 +105,12 @@ def _mixers(c: HFConfig, d: Draft) -> None:
 
 
 def _lightning(c: HFConfig, d: Draft) -> None:
+    """The lightning layers' section, when some layer is one (a config of full-attention layers only has none;
+    its lightning-only fields are read, so they are not reported unread)."""
     act = c.str("hidden_act")
+    if "lightning" not in d.mixer:
+        c.value("block_size")
+        return
     if act is not None and act not in QKV_ACTIVATIONS:
         d.gap("hidden_act", act, f"{act!r} on the lightning layers' q, k and v", "activation")
     d.section(
@@ -122,7 +127,12 @@ def _lightning(c: HFConfig, d: Draft) -> None:
 def _residuals(c: HFConfig, d: Draft) -> None:
     d.put("model.norm.kind", "rmsnorm", "RMSNorm before each sublayer of every MiniMax layer, plus a final norm")
     d.put("model.norm.placement", "normed_residual", "MiniMaxDecoderLayer: residual = the normed input")
+    present = {"attention": "attention" in d.mixer, "mixer": "lightning" in d.mixer, "ffn": True}
     for kind, (hf, _) in _FACTORS.items():
+        if not present.get(kind, True):  # a sublayer kind no layer has: its factors apply to none
+            for part in ("alpha", "beta"):
+                c.value(f"{hf}_{part}_factor")
+            continue
         for part in ("alpha", "beta"):
             key = f"{hf}_{part}_factor"
             d.put(f"model.residual_scales.{kind}.{part}", c.float(key), c.src(key))
@@ -167,6 +177,9 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
         c.value("shared_moe_mode")  # how a shared expert would be gated: moot without one
     for kind, (hf, release) in _FACTORS.items():
         for part in ("alpha", "beta"):
+            if f"model.residual_scales.{kind}.{part}" not in d.fields:  # a sublayer kind no layer has
+                c.value(f"{release}_{part}")
+                continue
             want = d.get(f"model.residual_scales.{kind}.{part}")
             given = c.value(f"{release}_{part}")
             if given is not None and given != want:

@@ -238,3 +238,14 @@ def test_the_decay_buffers_an_export_writes_are_transformers(checkpoint):
     for name, t in derived.items():
         assert t.dtype == torch.float32 and t.shape == saved[name].shape
         torch.testing.assert_close(t, saved[name], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["full_attention", "linear_attention"])
+def test_a_config_of_one_layer_kind_imports_without_the_other_kinds_fields(kind):
+    """transformers builds a MiniMax whose layers are all softmax attention, or all lightning; the import writes
+    no lightning section (or no attention factors) for a kind no layer has, and counts as transformers."""
+    cfg = {**TINY, "model_type": "minimax", "layer_types": [kind] * 4}
+    plan = hf_to_model(cfg)
+    assert {lp.mixer_kind for lp in plan.layers} == {"attention" if kind == "full_attention" else "lightning"}
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(cfg)

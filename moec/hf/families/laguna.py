@@ -1,0 +1,249 @@
+"""Laguna (``model_type`` laguna, LagunaForCausalLM; Poolside's Laguna XS/S): GQA with RMSNorm(head_dim) on q and
+k before the rotation and a softplus output gate per head (``gating`` true or "per-head") or per element
+("per-element") from its own projection ``g_proj`` (``attention.output_gate_fn: softplus``); each layer's query
+heads from ``num_attention_heads_per_layer``; sliding-window layers by ``layer_types``, and rotary parameters per
+attention type: ``rope_parameters`` maps full_attention and sliding_attention to their own base and
+``partial_rotary_factor`` (class defaults: 500000 and 0.5 on full layers, 10000 and 1.0 on sliding ones), which moec
+gives a layer as its own ``rope_theta`` and ``rotary_dim``. Dense MLPs on the ``mlp_layer_types`` "dense" layers,
+else MoE: sigmoid scores of the (optionally tanh-softcapped) logits, a selection-only ``e_score_correction_bias``,
+the top-k weights renormalised by their bare sum and scaled by ``moe_routed_scaling_factor``, plus one shared MLP
+of ``shared_expert_intermediate_size`` without a gate.
+
+moec has one rope scaling per model: types whose rope_type or scaling parameters differ (Laguna XS 2.1: YaRN on the
+full layers, none on the sliding ones) are refused, naming the type's mapping. Checkpoints keep transformers' names,
+the gate's projection ``g_proj`` (moec's ``gate_proj``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.mapper import Mapper
+
+if TYPE_CHECKING:
+    import torch
+
+    from moec.spec.plan import LayerPlan
+
+# fmt: off
+DEFAULTS = defaults(10000.0, vocab_size=100352, hidden_size=2048, intermediate_size=8192, num_hidden_layers=40,
+                    num_attention_heads=48, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+                    rms_norm_eps=1e-6, attention_bias=False, sliding_window=512, moe_intermediate_size=512,
+                    shared_expert_intermediate_size=512, num_experts_per_tok=8, num_experts=256,
+                    router_aux_loss_coef=0.001, layer_types=None, mlp_layer_types=None, gating=True,
+                    num_attention_heads_per_layer=None, moe_routed_scaling_factor=1.0,
+                    moe_apply_router_weight_on_input=False, moe_router_logit_softcapping=0.0, hidden_act="silu")
+# fmt: on
+
+TYPES = ("full_attention", "sliding_attention")
+# LagunaConfig.__post_init__ when rope_parameters is unset
+DEFAULT_ROPE = {
+    "full_attention": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+}
+# the keys of a type's mapping that moec gives a layer of its own; the rest is the model's one scaling
+PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")
+GATES = {True: "head", "per-head": "head", "per-element": "element"}
+
+
+def translate(c: HFConfig, d: Draft) -> None:
+    types = _layer_types(c)
+    per_type = _rope_per_type(c, types)
+    _base(c, d, per_type, types)
+    b = c.bool("attention_bias")
+    gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
+    d.put("attention.qk_norm", True, "LagunaAttention: RMSNorm(head_dim) on q and k, before the rotation")
+    _gate(c, d)
+    w = c.int("sliding_window", optional=True)
+    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (LagunaConfig)")
+    if w is None and "sliding_attention" in types:
+        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    _heads_per_layer(c, d)
+    if per_type is not None and not c.failed("layer_types") and d.layers_known:
+        _layer_rope(c, d, per_type, types)
+    _moe(c, d)
+    _mlp_layers(c, d)
+    dense_layers_ffn(c, d, bias_src="LagunaMLP has no biases")
+
+
+def _layer_types(c: HFConfig) -> list[str]:
+    """layer_types if a list of names (anything else is reported by typed_windows' reader), else all full."""
+    types = c.value("layer_types")
+    return types if isinstance(types, list) and all(isinstance(t, str) for t in types) else ["full_attention"]
+
+
+def _rope_per_type(c: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | None:
+    """rope_parameters as LagunaRotaryEmbedding reads it: one mapping per attention type a layer uses, each with
+    its own rope_theta (transformers has no fallback for a missing one)."""
+    given = c.value("rope_parameters")
+    if given is None:
+        return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(TYPES)})")
+        return None
+    ok = True
+    for t in sorted(set(types) & set(TYPES)):
+        p = given.get(t)
+        if p is None:
+            c.bad("rope_parameters", f"no mapping for {t}, which layers use")
+            ok = False
+        elif not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
+            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
+            ok = False
+    for t in given:
+        if t not in TYPES:
+            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(TYPES)}")
+            ok = False
+    return {t: dict(p) for t, p in given.items()} if ok else None
+
+
+def _reference_type(per_type: dict[str, dict[str, Any]], types: list[str]) -> str | None:
+    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope."""
+    used = [t for t in TYPES if t in set(types) and t in per_type]
+    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
+
+
+def _base(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str]) -> None:
+    """The common base, its rope read from the reference type's flat mapping (the others are per layer)."""
+    ref = _reference_type(per_type, types) if per_type is not None else None
+    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
+    if per_type is None or ref is None:
+        c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
+    else:  # the partial factor is read here (moec's generic rope reader knows no per-type one)
+        c.raw["rope_parameters"] = {k: v for k, v in per_type[ref].items() if k != "partial_rotary_factor"}
+    base(c, d, "Laguna")
+    if given:
+        c.raw["rope_parameters"] = saved
+    else:
+        c.raw.pop("rope_parameters", None)
+    factor = per_type[ref].get("partial_rotary_factor", 1.0) if per_type is not None and ref is not None else 1.0
+    where = f"rope_parameters.{ref}.partial_rotary_factor" + ("" if given else " (LagunaConfig default)")
+    if not is_number(factor) or not 0 < factor <= 1:
+        c.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
+    elif factor != 1.0:
+        d.put("model.positions.partial_rotary_factor", factor, where)
+
+
+def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:
+    """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
+    reference type's); the types' scalings must be one: moec has one scaling per model."""
+    ref = _reference_type(per_type, types)
+    if ref is None or any(t not in per_type for t in types):
+        return
+    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
+    for t in sorted(set(types) - {ref}):
+        other = {k: v for k, v in per_type[t].items() if k not in PER_LAYER_KEYS}
+        if other != scaling:
+            d.gap(
+                f"rope_parameters.{t}",
+                other,
+                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
+                "layer its own base and rotary width but one scaling per model",
+                "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Laguna XS 2.1: "
+                "YaRN on full-attention layers, none on sliding ones). No count change",
+            )
+    head_dim = c.int("head_dim")
+    if c.failed("head_dim"):
+        return
+
+    def rotated(t: str) -> Any:
+        factor = per_type[t].get("partial_rotary_factor", 1.0)
+        return int(head_dim * factor) if is_number(factor) else None  # a bad factor is reported by the base
+
+    model_theta, model_rot = float(per_type[ref]["rope_theta"]), rotated(ref)
+    own_theta = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model_theta else None for t in types]
+    own_rot = [rotated(t) if rotated(t) != model_rot else None for t in types]
+    note = "rope_parameters.<layer type>"
+    if any(own_theta):
+        d.layer_attention["rope_theta"] = (own_theta, f"{note}.rope_theta (a layer's own base)")
+    if any(own_rot):
+        d.layer_attention["rotary_dim"] = (own_rot, f"{note}.partial_rotary_factor × head_dim (a layer's own width)")
+
+
+def _gate(c: HFConfig, d: Draft) -> None:
+    g = c.value("gating")
+    kind = GATES.get(g) if isinstance(g, (bool, str)) else None
+    if kind is None:
+        c.bad("gating", f"{shown(g)}: expected true, 'per-head' or 'per-element' (LagunaAttention always gates)")
+        kind = "head"
+    d.put("attention.output_gate", kind, f"{c.src('gating')}: o_proj(attn · softplus(g_proj(x))), per {kind}")
+    d.put("attention.output_gate_fn", "softplus", "LagunaAttention: softplus of g_proj, in fp32")
+
+
+def _heads_per_layer(c: HFConfig, d: Draft) -> None:
+    """num_attention_heads_per_layer (unset: num_attention_heads on every layer)."""
+    if c.value("num_attention_heads_per_layer") is None:
+        return
+    heads = c.value("num_attention_heads_per_layer")
+    if not isinstance(heads, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in heads):
+        c.bad("num_attention_heads_per_layer", f"{shown(heads)}: expected a positive head count per layer")
+        return
+    if d.fits_layers(c, "num_attention_heads_per_layer", heads):
+        d.layer_attention["n_heads"] = (list(heads), "num_attention_heads_per_layer")
+
+
+def _moe(c: HFConfig, d: Draft) -> None:
+    moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
+    router(
+        d,
+        "LagunaTopKRouter: sigmoid, + e_score_correction_bias for selection only, top-k renormalised by their sum",
+        score="sigmoid",
+        softmax_after_topk=False,
+        selection_bias=True,
+        selection_bias_parameter=True,  # an nn.Parameter without gradient
+        normalize_topk=True,
+        normalize_eps=0.0,
+    )
+    d.put("moe.router.scale", c.float("moe_routed_scaling_factor"), c.src("moe_routed_scaling_factor"))
+    cap = c.float("moe_router_logit_softcapping")
+    if is_number(cap) and cap > 0:
+        d.put("moe.router.logit_softcap", cap, c.src("moe_router_logit_softcapping"))
+    elif is_number(cap) and cap < 0:
+        c.bad("moe_router_logit_softcapping", f"{shown(cap)}: expected 0 (off) or a positive cap")
+    if c.bool("moe_apply_router_weight_on_input"):
+        c.bad("moe_apply_router_weight_on_input", "true: transformers' Laguna refuses it (NotImplementedError)")
+    shared = c.int("shared_expert_intermediate_size", minimum=0)
+    if shared:
+        d.section(
+            "moe",
+            n_shared_experts=(1, "LagunaSparseMoeBlock: one shared LagunaMLP, no gate, added to the routed sum"),
+            d_ff_shared=(shared, c.src("shared_expert_intermediate_size")),
+        )
+    aux(c, d)
+
+
+def _mlp_layers(c: HFConfig, d: Draft) -> None:
+    """mlp_layer_types: 'sparse' is MoE, 'dense' LagunaMLP(intermediate_size); unset, the first dense."""
+    if c.value("mlp_layer_types") is None:
+        d.ffn = ["dense"] + ["moe"] * (d.n_layers - 1)
+        d.ffn_note = "mlp_layer_types unset: the first layer dense, the rest sparse (LagunaConfig)"
+        return
+    types = c.str_list("mlp_layer_types")
+    if not d.fits_layers(c, "mlp_layer_types", types):
+        return
+    assert types is not None
+    bad = [i for i, t in enumerate(types) if t not in ("dense", "sparse")]
+    if bad:
+        c.bad("mlp_layer_types", f"{shown(types[bad[0]])} on layers {bad[:5]} is not one of dense, sparse")
+        return
+    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
+    d.ffn_note = "mlp_layer_types"
+
+
+class LagunaMapper(Mapper):
+    """The names transformers saves (its conversion mapping for Laguna): the shared MLP ``mlp.shared_expert.``, the
+    selection bias ``mlp.experts.e_score_correction_bias`` (the module's ``mlp.gate.`` name also read); the
+    attention's output gate is ``g_proj`` (moec's ``gate_proj``)."""
+
+    shared = "shared_expert."
+    expert_biases = ("experts.e_score_correction_bias", "gate.e_score_correction_bias")
+
+    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
+        if leaf.startswith("gate_proj."):
+            leaf = "g_proj." + leaf.removeprefix("gate_proj.")
+        return super().attention(p, lp, leaf)
+
+
+FAMILY = Family("laguna", "LagunaForCausalLM", DEFAULTS, translate, mapper=LagunaMapper)

@@ -1,0 +1,166 @@
+"""Laguna (model_type laguna, Poolside): on LagunaConfig's class defaults the analyzer's total and active equal
+transformers' model built on meta; on Laguna XS 2.1's config (as a public loader's test quotes it, trimmed to 8
+layers) the one thing moec cannot say, YaRN on the full layers only, is refused by name at the sliding type's
+rope mapping, with the drafted spec counting as transformers; a tiny save_pretrained checkpoint (per-layer heads,
+partial rotary on the full layers with their own base, the softplus head gate, the softcapped sigmoid router with
+its selection bias, a shared MLP) loads with moec.from_hf to transformers' logits and router choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.analyze import analyze
+from moec.hf import hf_to_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_table_holds_class_defaults,
+    hf_counts,
+    refused_fields,
+    saved_checkpoint,
+    tiny_hf,
+)
+from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASS_DEFAULTS = {"model_type": "laguna", "architectures": ["LagunaForCausalLM"]}
+
+# poolside/Laguna-XS-2.1's config.json as the Lablup mlxcel loader's tests quote it ("trimmed to the fields the
+# loader reads": 8 layers; the quantization block left out, it describes the stored weights)
+XS_2_1 = {
+    "model_type": "laguna", "architectures": ["LagunaForCausalLM"], "vocab_size": 100352, "hidden_size": 2048,
+    "intermediate_size": 8192, "num_hidden_layers": 8, "num_attention_heads": 48,
+    "num_attention_heads_per_layer": [48, 64, 64, 64, 48, 64, 64, 64], "num_key_value_heads": 8, "head_dim": 128,
+    "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+    "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "sliding_attention"] * 2,
+    "sliding_window": 512,
+    "rope_parameters": {
+        "full_attention": {"rope_theta": 500000.0, "rope_type": "yarn", "factor": 32.0,
+                           "original_max_position_embeddings": 8192, "beta_slow": 1.0, "beta_fast": 64.0,
+                           "attention_factor": 1.3465735902799727, "partial_rotary_factor": 0.5},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+    },
+    "gating": "per-head", "num_experts": 256, "num_experts_per_tok": 8, "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512, "mlp_layer_types": ["dense"] + ["sparse"] * 7,
+    "moe_routed_scaling_factor": 2.5, "moe_router_logit_softcapping": 0.0, "tie_word_embeddings": False,
+    "bos_token_id": 2, "eos_token_id": [2, 24],
+}  # fmt: skip
+
+
+def test_class_default_counts_equal_transformers_model_on_meta():
+    plan = hf_to_model(CLASS_DEFAULTS)
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(CLASS_DEFAULTS) == (33_189_975_808, 2_764_494_592)
+    a = plan.layers[0].attention
+    assert (plan.positions.theta, plan.positions.rotary_dim) == (500000.0, 64)  # all full: 0.5 of 128
+    assert (a.output_gate, a.output_gate_fn, a.rotary_dim) == ("head", "softplus", None)
+    assert [lp.ffn.kind for lp in plan.layers[:2]] == ["dense", "moe"]
+
+
+def test_xs_2_1_is_refused_for_yarn_on_the_full_layers_only_and_its_draft_counts_as_transformers():
+    from moec.hf.config import render_yaml, translate
+    from moec.spec import load_spec, resolve
+
+    t = translate(XS_2_1)
+    assert [(g.field, g.param_delta) for g in t.gaps] == [("rope_parameters.sliding_attention", 0)]
+    plan = resolve(load_spec("draft", text=render_yaml(t)))
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(XS_2_1)
+    # per layer: 48 heads, base 500000 and 64 rotated dims on the full layers, 64 heads, 10000 and 128 on the others
+    got = [(lp.attention.n_heads, lp.attention.rope_theta, lp.attention.rotary_dim, lp.attention.window) for lp in
+           plan.layers[:2]]  # fmt: skip
+    assert got == [(48, None, None, None), (64, 10000.0, 128, 512)]
+    assert (plan.positions.theta, plan.positions.rotary_dim) == (500000.0, 64)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"gating": False}, "gating"),  # transformers would still build a per-element gate
+        ({"moe_apply_router_weight_on_input": True}, "moe_apply_router_weight_on_input"),
+        ({"mlp_layer_types": ["dense"] * 39 + ["moe"]}, "mlp_layer_types"),
+        ({"rope_parameters": {"full_attention": {"rope_theta": 1e4}, "chunked": {"rope_theta": 1e4}}},
+         "rope_parameters.chunked"),
+        ({"num_attention_heads_per_layer": [48] * 39}, "num_attention_heads_per_layer"),
+    ],
+)  # fmt: skip
+def test_what_transformers_would_not_run_as_said_is_refused_located(change, field):
+    assert field in refused_fields({**CLASS_DEFAULTS, **change})
+
+
+def test_defaults_are_transformers_class_defaults():
+    from moec.hf.families.laguna import DEFAULTS
+
+    assert_table_holds_class_defaults(DEFAULTS, transformers.LagunaConfig, at_least=20)
+    assert DEFAULTS["default_theta"] == transformers.LagunaConfig.default_theta
+
+
+# 4 layers: full (4 heads, base 500000, 8 of 16 dims rotated) and sliding (8 heads, window 4 < the test's tokens,
+# base 10000, all 16 dims) in turn, a dense first layer, top-2 of 8 experts with the logits softcapped at 1.5 and
+# the weights scaled by 2.5, a shared MLP
+TINY = {
+    "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "num_hidden_layers": 4, "intermediate_size": 96,
+    "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24, "num_experts": 8, "num_experts_per_tok": 2,
+    "layer_types": ["full_attention", "sliding_attention"] * 2, "sliding_window": 4,
+    "num_attention_heads_per_layer": [4, 8, 4, 8], "mlp_layer_types": ["dense", "sparse", "sparse", "sparse"],
+    "moe_routed_scaling_factor": 2.5, "moe_router_logit_softcapping": 1.5, "gating": "per-head",
+}  # fmt: skip
+
+
+def assert_same_logits_and_choices(hf, model, scale: float) -> float:
+    """transformers' logits and each MoE layer's (experts, weights) against moec's; LagunaTopKRouter's weights
+    are before LagunaSparseMoeBlock's moe_routed_scaling_factor (``scale``), moec's router applies it. Returns
+    the largest logits difference."""
+    routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == "LagunaTopKRouter"]
+    hf_choices, hooks = _record(routers, lambda out: (out[2], out[1] * scale))
+    with torch.no_grad():
+        want = hf(TOKENS).logits
+    for h in hooks:
+        h.remove()
+    got, our_choices = run_moec(model)
+    assert sorted(hf_choices) == sorted(our_choices) and hf_choices
+    for i in hf_choices:
+        hf_idx, hf_w = by_expert(*hf_choices[i])
+        our_idx, our_w = by_expert(*our_choices[i])
+        assert torch.equal(our_idx, hf_idx), f"layer {i}: different experts chosen"
+        torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
+    return (got - want).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return saved_checkpoint(tiny_hf("laguna", TINY), tmp_path_factory, "laguna")
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    got = [(lp.attention.n_heads, lp.attention.rotary_dim, lp.attention.window) for lp in model.plan.layers]
+    assert got == [(4, None, None), (8, 16, 4)] * 2 and model.plan.positions.rotary_dim == 8
+    assert model.plan.layers[1].ffn.router.logit_softcap == 1.5
+    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
+    """The decode cache holds each layer type's own RoPE tables (base and width): stepwise == the full forward."""
+    model = moec.from_hf(checkpoint[1]).double()
+    tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(tokens)
+        cache = model.new_cache(2, 9)
+        steps = torch.cat([model(tokens[:, t : t + 1], cache, t)[0] for t in range(9)], 1)
+    torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
+
+
+def test_moec_build_refuses_the_softplus_gate_by_name():
+    """codegen does not render Laguna's features yet: moec build names them rather than write a wrong model.py."""
+    from moec.codegen import render_model_source
+
+    with pytest.raises(ValueError, match="attention.output_gate_fn 'softplus'"):
+        render_model_source(hf_to_model(CLASS_DEFAULTS))

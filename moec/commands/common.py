@@ -68,6 +68,8 @@ def refuse_block_features(plan: Any, command: str, feature: str) -> None:
         "attention.indexer": any(getattr(lp.attention, "has_indexer", False) for lp in layers),
         "model.block shortcut_moe_pair": any(getattr(lp, "pair_ffn", None) is not None for lp in layers),
         "moe.n_zero_experts": any(getattr(lp.ffn, "n_zero_experts", 0) for lp in layers),
+        # moec.dist keeps a mixture of attention heads whole on every TP rank; the planner would split its KV
+        "attention.kind moa": any(getattr(lp.attention, "kind", None) == "moa" for lp in layers),
     }
     found = [name for name, used in present.items() if used]
     if found:

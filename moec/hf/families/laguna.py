@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, layer_types, moe_plan
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import LayerPlan
+    from moec.spec.plan import LayerPlan, ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=100352, hidden_size=2048, intermediate_size=8192, num_hidden_layers=40,
@@ -232,6 +233,53 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
     d.ffn_note = "mlp_layer_types"
 
 
+def _export_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, Any] | None) -> dict[str, Any]:
+    """rope_parameters per layer type: each type's one base and rotated width (refused where layers of a type
+    differ), the model's scaling on every type."""
+    head_dim = m.layers[0].attention.head_dim
+    out: dict[str, Any] = {}
+    for lp, t in zip(m.layers, types, strict=True):
+        a = lp.attention
+        theta = m.positions.theta if a.rope_theta is None else a.rope_theta
+        factor = (a.rotary_dim or m.rope_dim) / head_dim
+        mapping = {"rope_type": "default", **(base_rope or {}), "rope_theta": theta, "partial_rotary_factor": factor}
+        if out.setdefault(t, mapping) != mapping:
+            raise CannotExport(f"gives every {t} layer one rope base and rotary width")
+    return out
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a laguna config.json: per-type rope, per-layer heads, the softplus gate, dense layers by
+    mlp_layer_types, the softcapped sigmoid router with one shared MLP (the rest comes back changed from the
+    re-import and is refused)."""
+    cfg = export_base(m, FAMILY)
+    a = m.layers[0].attention
+    if a.output_gate == "none" or a.output_gate_fn != "softplus":
+        raise CannotExport("gates every attention output with a softplus (spec: no softplus gate)")
+    window, types = layer_types(m)
+    base_rope = cfg.pop("rope_scaling")
+    del cfg["rope_theta"]
+    e, f = moe_plan(m), dense_plan(m)
+    export_moe_common(cfg, e)
+    cfg.update(
+        layer_types=types,
+        rope_parameters=_export_rope(m, types, base_rope),
+        num_attention_heads_per_layer=[lp.attention.n_heads for lp in m.layers],
+        gating={"head": "per-head", "element": "per-element"}[a.output_gate],
+        attention_bias=a.bias,
+        mlp_layer_types=["sparse" if lp.ffn.kind == "moe" else "dense" for lp in m.layers],
+        intermediate_size=f.d_ff if f else e.d_ff,
+        moe_intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+        shared_expert_intermediate_size=e.d_ff_shared if e.n_shared_experts else 0,
+        moe_routed_scaling_factor=e.router.scale,
+        moe_router_logit_softcapping=e.router.logit_softcap or 0.0,
+    )
+    if window is not None:  # LagunaConfig takes an int only: no sliding layer, its default stands (unused)
+        cfg["sliding_window"] = window
+    return cfg
+
+
 class LagunaMapper(Mapper):
     """The names transformers saves (its conversion mapping for Laguna): the shared MLP ``mlp.shared_expert.``, the
     selection bias ``mlp.experts.e_score_correction_bias`` (the module's ``mlp.gate.`` name also read); the
@@ -246,4 +294,4 @@ class LagunaMapper(Mapper):
         return super().attention(p, lp, leaf)
 
 
-FAMILY = Family("laguna", "LagunaForCausalLM", DEFAULTS, translate, mapper=LagunaMapper)
+FAMILY = Family("laguna", "LagunaForCausalLM", DEFAULTS, translate, export=export, export_rank=345, mapper=LagunaMapper)

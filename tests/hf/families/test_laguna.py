@@ -164,3 +164,24 @@ def test_moec_build_refuses_the_softplus_gate_by_name():
 
     with pytest.raises(ValueError, match="attention.output_gate_fn 'softplus'"):
         render_model_source(hf_to_model(CLASS_DEFAULTS))
+
+
+def test_the_class_default_plan_exports_as_laguna_with_transformers_count():
+    from moec.hf import export_hf_config
+    from moec.hf.config import plan_differences
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(CLASS_DEFAULTS)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "laguna" and cfg["gating"] == "per-head"
+    assert cfg["rope_parameters"]["full_attention"]["partial_rotary_factor"] == 0.5
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="laguna")
+    hf = transformers.LagunaForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert hf.config.num_attention_heads_per_layer == [4, 8, 4, 8]
+    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4

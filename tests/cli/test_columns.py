@@ -133,7 +133,10 @@ def test_smoke_run_report_at_80_columns(name: str, one_torch_thread):
     from moec.spec import load_model
 
     cfg = SmokeConfig(device="cpu", steps=2, batch=1, seq=8, seed=0)
-    result = smoke_run(load_model(str(SPECS / f"{name}.yaml")), cfg, progress=False)
+    plan = load_model(str(SPECS / f"{name}.yaml"))
+    if plan.encoder:  # smoke-run refuses an encoder-decoder spec by name (tests/cli: its one-line refusal)
+        pytest.skip("an encoder-decoder model is counted, not built")
+    result = smoke_run(plan, cfg, progress=False)
     out = {}
     for width in (NARROW, WIDE):
         buf = io.StringIO()

@@ -102,6 +102,9 @@ def test_codegen_refuses_it_by_name(write_spec):
     m = load_model(str(write_spec(TINY.replace("kind: relative_bucket, n_buckets: 8, max_distance: 16", "kind: none"))))
     with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
         plan_features(m, list(m.layers))
+    with_bias = load_model(str(write_spec(TINY)))  # relative_bucket positions: named before the positions' kind
+    with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
+        plan_features(with_bias, list(with_bias.layers))
 
 
 def test_export_hf_refuses_it_by_name(write_spec):

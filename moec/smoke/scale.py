@@ -115,7 +115,10 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         group = a.n_heads // a.n_kv_heads
         head_dim = max(8, min(a.head_dim, _r(d_model / 4, 2, 8)))
         kv = max(1, min(a.n_kv_heads, (d_model // head_dim) // group))
-        return dataclasses.replace(a, n_heads=kv * group, n_kv_heads=kv, head_dim=head_dim, window=window)
+        # a layer's own rotated width (Laguna) shrinks with its head, kept even and within it
+        rot = min(head_dim, max(2, 2 * round(a.rotary_dim * head_dim / a.head_dim / 2))) if a.rotary_dim else None
+        scaled = {"n_heads": kv * group, "n_kv_heads": kv, "head_dim": head_dim, "window": window}
+        return dataclasses.replace(a, **scaled, rotary_dim=rot)
 
     def ffn(f: DenseFFNPlan | MoEPlan | AbsentPlan) -> DenseFFNPlan | MoEPlan | AbsentPlan:
         if isinstance(f, AbsentPlan):

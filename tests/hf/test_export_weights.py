@@ -44,7 +44,10 @@ WRAPPER_CONFIGS = {
 }
 
 
-WRAPPERS = [m for m, f in FAMILIES.items() if not f.architecture.endswith("ForCausalLM")]
+# multimodal wrappers (their vision side is named as missing); switch_transformers, an encoder-decoder model moec counts
+# but does not build, is refused by build_model before any export (tests/hf/families/test_switch_transformers.py)
+WRAPPERS = [m for m, f in FAMILIES.items() if not f.architecture.endswith("ForCausalLM") and m != "switch_transformers"]
+BUILT = [m for m in FAMILIES if m != "switch_transformers"]
 
 
 def _family_module(model_type: str):
@@ -89,7 +92,7 @@ def hf_class(cfg: dict):
     return getattr(transformers, cfg["architectures"][0])
 
 
-@pytest.mark.parametrize("model_type", [m for m in FAMILIES if m not in WRAPPERS])
+@pytest.mark.parametrize("model_type", [m for m in BUILT if m not in WRAPPERS])
 def test_exported_checkpoint_gives_the_model_logits_in_transformers_and_reads_back_bit_for_bit(model_type, tmp_path):
     cfg = tiny_config(model_type)
     model = random_model(hf_to_model(cfg).replace(mtp=()))  # transformers saves no MTP layers (DeepSeek-V3)

@@ -144,3 +144,22 @@ def test_a_layer_rotary_dim_needs_rotary_positions_at_its_field():
     assert [(p.path, "positions.kind: rope" in p.message) for p in e.value.problems] == [
         ("layers.default.attention.rotary_dim", True)
     ]
+
+
+def test_a_scaled_down_copy_shrinks_a_layers_own_rotary_width_with_its_head():
+    """smoke-run's tiny copy: a layer's own rotated width shrinks with head_dim (even, within it) and the copy runs."""
+    from moec.smoke.scale import fit
+
+    text = """\
+name: t
+model: {vocab_size: 64, d_model: 256, n_layers: 2, max_seq_len: 16}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 64}
+ffn: {d_ff: 24}
+layers: {overrides: [{select: [1], attention: {rotary_dim: 32}}]}
+"""
+    full = resolve(load_spec("t.yaml", text=text))
+    plan = fit(full, scale="tiny", budget_bytes=None, batch=1, seq=8).plan
+    small = plan.layers[1].attention
+    assert small.head_dim < 64 and small.rotary_dim == small.head_dim // 2  # half its head, as in the full model
+    model = build_model(plan, dtype=torch.float64, seed=0)
+    assert model(torch.randint(plan.vocab_size, (1, 8)))[0].isfinite().all()

@@ -47,6 +47,8 @@ def refuse_hybrid(plan: Any, command: str, feature: str) -> None:
     command, the model's mixers and the ``feature`` that is missing (exit 2), never a wrong number."""
     if not plan.hybrid:
         return
+    from moec.spec.mixer_checks import _spans  # the spec checks' layer ranges: '0-2, 4'
+
     kinds = sorted({lp.mixer_kind for lp in plan.layers} - {"attention", "none"})
     what = [f"token mixers {', '.join(kinds)}"] if kinds else []
     no_mixer = [lp.index for lp in plan.layers if lp.mixer_kind == "none"]
@@ -74,17 +76,6 @@ def refuse_block_features(plan: Any, command: str, feature: str) -> None:
     found = [name for name, used in present.items() if used]
     if found:
         raise CommandError(f"{command} does not support {', '.join(found)} yet ({feature}): {plan.name} uses it")
-
-
-def _spans(indices: list[int]) -> str:
-    """[0, 1, 2, 5] → '0-2, 5'."""
-    spans: list[list[int]] = []
-    for i in indices:
-        if spans and spans[-1][1] == i - 1:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def print_problems(problems: list) -> None:

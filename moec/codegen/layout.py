@@ -77,13 +77,13 @@ def table_lines(name: str, items: list[str]) -> list[str]:
     ``OPERAND`` characters (a longer repeat is listed item by item), so a table too long for one line has three
     operands or more, which ruff lays out one per line inside parentheses (it splits two differently)."""
     # a long repeat that fits on one line stays one (Qwen3-Next: 12 * [three mixers, "attention"])
-    whole = [f"{r} * [{', '.join(block)}]" if r > 1 else f"[{', '.join(block)}]" for r, block in runs(items)]
+    pairs = runs(items)
+    whole = [f"{r} * [{', '.join(block)}]" if r > 1 else f"[{', '.join(block)}]" for r, block in pairs]
     long_repeat = any(op[0].isdigit() and len(op) > OPERAND for op in whole)
     if long_repeat and len(f"{name} = {' + '.join(whole)}") <= WIDTH:
         return [f"{name} = {' + '.join(whole)}"]
     operands: list[str] = []
-    for repeats, block in runs(items):
-        listed = f"{repeats} * [{', '.join(block)}]" if repeats > 1 else f"[{', '.join(block)}]"
+    for (repeats, block), listed in zip(pairs, whole, strict=True):
         if len(listed) <= OPERAND:
             operands.append(listed)
             continue

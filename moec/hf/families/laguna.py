@@ -19,7 +19,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import (
+    ROPE_TYPES,
+    aux,
+    base,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    listed_layer_types,
+    moe_core,
+    reference_rope_type,
+    rope_per_type_ok,
+    router,
+    typed_windows,
+)
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, layer_types, moe_plan
 from moec.hf.mapper import Mapper
 
@@ -38,7 +51,6 @@ DEFAULTS = defaults(10000.0, vocab_size=100352, hidden_size=2048, intermediate_s
                     moe_apply_router_weight_on_input=False, moe_router_logit_softcapping=0.0, hidden_act="silu")
 # fmt: on
 
-TYPES = ("full_attention", "sliding_attention")
 # LagunaConfig.__post_init__ when rope_parameters is unset
 DEFAULT_ROPE = {
     "full_attention": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5},
@@ -50,7 +62,7 @@ GATES = {True: "head", "per-head": "head", "per-element": "element"}
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    types = _layer_types(c)
+    types = listed_layer_types(c)
     per_type = _rope_per_type(c, types)
     _base(c, d, per_type, types)
     b = c.bool("attention_bias")
@@ -69,12 +81,6 @@ def translate(c: HFConfig, d: Draft) -> None:
     dense_layers_ffn(c, d, bias_src="LagunaMLP has no biases")
 
 
-def _layer_types(c: HFConfig) -> list[str]:
-    """layer_types if a list of names (anything else is reported by typed_windows' reader), else all full."""
-    types = c.value("layer_types")
-    return types if isinstance(types, list) and all(isinstance(t, str) for t in types) else ["full_attention"]
-
-
 def _rope_per_type(c: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | None:
     """rope_parameters as LagunaRotaryEmbedding reads it: one mapping per attention type a layer uses, each with
     its own rope_theta (transformers has no fallback for a missing one)."""
@@ -82,33 +88,15 @@ def _rope_per_type(c: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] |
     if given is None:
         return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
     if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
-        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(TYPES)})")
+        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(ROPE_TYPES)})")
         return None
-    ok = True
-    for t in sorted(set(types) & set(TYPES)):
-        p = given.get(t)
-        if p is None:
-            c.bad("rope_parameters", f"no mapping for {t}, which layers use")
-            ok = False
-        elif not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
-            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
-            ok = False
-    for t in given:
-        if t not in TYPES:
-            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(TYPES)}")
-            ok = False
+    ok = rope_per_type_ok(c, given, types)
     return {t: dict(p) for t, p in given.items()} if ok else None
-
-
-def _reference_type(per_type: dict[str, dict[str, Any]], types: list[str]) -> str | None:
-    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope."""
-    used = [t for t in TYPES if t in set(types) and t in per_type]
-    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
 
 
 def _base(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str]) -> None:
     """The common base, its rope read from the reference type's flat mapping (the others are per layer)."""
-    ref = _reference_type(per_type, types) if per_type is not None else None
+    ref = reference_rope_type(per_type, types) if per_type is not None else None
     given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
     if per_type is None or ref is None:
         c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
@@ -130,7 +118,7 @@ def _base(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, typ
 def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:
     """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
     reference type's); the types' scalings must be one: moec has one scaling per model."""
-    ref = _reference_type(per_type, types)
+    ref = reference_rope_type(per_type, types)
     if ref is None or any(t not in per_type for t in types):
         return
     scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}

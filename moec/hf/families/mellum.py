@@ -16,8 +16,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_number, shown, spelt
-from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.draft import Draft, Family, HFConfig, shown, spelt
+from moec.hf.families._common import (
+    ROPE_TYPES,
+    aux,
+    base,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    listed_layer_types,
+    moe_core,
+    reference_rope_type,
+    rope_per_type_ok,
+    router,
+    typed_windows,
+)
 from moec.hf.mapper import Mapper
 
 # fmt: off
@@ -29,7 +42,6 @@ DEFAULTS = defaults(10000.0, vocab_size=98304, hidden_size=2304, intermediate_si
                     mtp_mlp_layer_types=None)
 # fmt: on
 
-TYPES = ("full_attention", "sliding_attention")
 # MellumConfig.__post_init__ when rope_parameters is unset
 DEFAULT_ROPE = {
     "full_attention": {"rope_type": "default", "rope_theta": 500000.0},
@@ -45,7 +57,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("attention.qk_norm", True, "MellumAttention: RMSNorm(head_dim) on q and k, before the rotation")
     w = c.int("sliding_window", optional=True)
     typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (MellumConfig)")
-    if w is None and any(t == "sliding_attention" for t in _listed_types(c)):
+    if w is None and any(t == "sliding_attention" for t in listed_layer_types(c)):
         c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
     _qwen_fields_mellum_deletes(c, d)
     if per_type is not None and not c.failed("layer_types"):
@@ -60,12 +72,6 @@ def translate(c: HFConfig, d: Draft) -> None:
     _mtp(c, d)
 
 
-def _listed_types(c: HFConfig) -> list[Any]:
-    """layer_types if a list of names (anything else is reported by typed_windows' reader), else all full."""
-    types = c.value("layer_types")
-    return types if isinstance(types, list) and all(isinstance(t, str) for t in types) else ["full_attention"]
-
-
 def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:
     """rope_parameters as MellumRotaryEmbedding reads it: one mapping per attention type a layer uses, each
     with its own rope_theta (transformers has no fallback for a missing one)."""
@@ -73,38 +79,20 @@ def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:
     if given is None:
         return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
     if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
-        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(TYPES)})")
+        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(ROPE_TYPES)})")
         return None
     ok = True
-    if "attention" in _listed_types(c):
+    if "attention" in listed_layer_types(c):
         c.bad("layer_types", "'attention' has no rope_parameters mapping in Mellum; write full_attention")
         ok = False
-    for t in sorted({t for t in _listed_types(c) if t in TYPES}):
-        p = given.get(t)
-        if p is None:
-            c.bad("rope_parameters", f"no mapping for {t}, which layers use")
-            ok = False
-        elif not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
-            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
-            ok = False
-    for t in given:
-        if t not in TYPES:
-            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(TYPES)}")
-            ok = False
+    ok = rope_per_type_ok(c, given, listed_layer_types(c)) and ok
     return {t: dict(p) for t, p in given.items()} if ok else None
-
-
-def _reference_type(c: HFConfig, per_type: dict[str, dict[str, Any]]) -> str | None:
-    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope.
-    None when no layer uses a type (layer_types is refused then)."""
-    used = [t for t in TYPES if t in set(_listed_types(c)) and t in per_type]
-    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
 
 
 def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None) -> None:
     """The common base, its rope read from one attention type's flat mapping; what it notes or refuses under
     ``rope_parameters.<key>`` is renamed ``rope_parameters.<type>.<key>``, where the config holds it."""
-    ref = _reference_type(c, per_type) if per_type is not None else None
+    ref = reference_rope_type(per_type, listed_layer_types(c)) if per_type is not None else None
     if per_type is None or ref is None:
         saved = c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
         base(c, d, "Mellum")
@@ -137,12 +125,12 @@ def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]
 def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]]) -> None:
     """Each layer's base from its type's mapping; the model's is the largest used, the others a layer's own.
     The types' scalings must be one: moec has one scaling per model."""
-    types = _listed_types(c)
-    ref = _reference_type(c, per_type)
+    types = listed_layer_types(c)
+    ref = reference_rope_type(per_type, listed_layer_types(c))
     if ref is None or any(t not in per_type for t in types):
         return  # layer_types refused (or not checked, the layer count being refused)
     scaling = {k: v for k, v in per_type[ref].items() if k != "rope_theta"}
-    for t in sorted(set(types) & set(TYPES) - {ref}):
+    for t in sorted(set(types) & set(ROPE_TYPES) - {ref}):
         other = {k: v for k, v in per_type[t].items() if k != "rope_theta"}
         if other != scaling:
             d.gap(

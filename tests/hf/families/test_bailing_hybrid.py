@@ -17,6 +17,8 @@ from moec.hf.config import export_hf_config, plan_differences
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from safetensors.torch import load_file  # noqa: E402
+
 import moec  # noqa: E402
 from moec.hf.families.bailing_hybrid import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
@@ -87,7 +89,7 @@ def checkpoint(tmp_path_factory):
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
-    names = set(__import__("safetensors.torch").torch.load_file(folder / "model.safetensors"))
+    names = set(load_file(folder / "model.safetensors"))
     assert {"model.word_embeddings.weight", "model.layers.0.attention.q_conv1d.weight"} <= names  # Ling's names
     assert {"model.layers.1.attention.g_proj.weight", "model.layers.1.attention.dense.weight"} <= names
     model = moec.from_hf(folder)

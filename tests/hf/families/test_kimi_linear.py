@@ -21,6 +21,8 @@ from tests.conftest import SPECS
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from safetensors.torch import load_file  # noqa: E402
+
 import moec  # noqa: E402
 from moec.hf.families.kimi_linear import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
@@ -197,7 +199,7 @@ def checkpoint(tmp_path_factory):
 
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
-    names = set(__import__("safetensors.torch").torch.load_file(folder / "model.safetensors"))
+    names = set(load_file(folder / "model.safetensors"))
     # Moonshot's names, as transformers writes them: one convolution per q, k, v, the decay beside them
     assert {"model.layers.0.self_attn.q_conv1d.weight", "model.layers.0.self_attn.A_log"} <= names
     assert "model.layers.1.block_sparse_moe.experts.0.w1.weight" in names

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
+import moec  # noqa: E402
 from moec.analyze import analyze  # noqa: E402
 from moec.errors import CommandError  # noqa: E402
 from moec.hf import hf_to_model  # noqa: E402
@@ -121,7 +122,7 @@ def test_from_hf_refuses_it_by_name(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps(TINY))
     with pytest.raises(CommandError, match="moec.from_hf: .* is an encoder-decoder model .* not built yet"):
-        __import__("moec").from_hf(tmp_path)
+        moec.from_hf(tmp_path)
 
 
 def test_defaults_table_holds_transformers_class_defaults():

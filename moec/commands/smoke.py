@@ -13,6 +13,7 @@ import click
 from moec.commands.common import (
     FiniteFloatRange,
     load_plan,
+    print_notes,
     refuse_block_features,
     refuse_hybrid,
     report_errors,
@@ -210,8 +211,7 @@ class Outputs:
             notes += out.write_log(result, self.log_dir, force=self.force)
         if self.plot_dir is not None:
             notes += out.write_plots(result, self.plot_dir, force=self.force)
-        for note in notes:
-            click.echo(note, err=True)
+        print_notes(notes)
 
 
 def _single(spec: str, sets: tuple[str, ...], cfg, fmt: str, outputs: Outputs) -> None:
@@ -263,8 +263,7 @@ def _compare(spec: str, sets: tuple[str, ...], compares: tuple[str, ...], cfg, f
         raise CommandError(str(e)) from None
     rows = [cmp.row_of(s.name, r) for s, r in results]
     if outputs.plot_dir is not None:
-        for note in cmp.write_compare_plot(results, outputs.plot_dir, force=outputs.force):
-            click.echo(note, err=True)
+        print_notes(cmp.write_compare_plot(results, outputs.plot_dir, force=outputs.force))
     if fmt == "json":
         click.echo(
             json.dumps(

@@ -108,5 +108,5 @@ def write_plots(result: SmokeResult, folder: str, *, force: bool) -> list[str]:
     for name, data in zip(PLOT_FILES, pngs, strict=False):
         notes += write_file(Path(folder) / name, data, force=force)
     if len(pngs) < len(PLOT_FILES):
-        notes.append(f"note: no MoE layers: {' and '.join(PLOT_FILES[len(pngs) :])} not drawn (no routing)")
+        notes.append(f"no MoE layers: {' and '.join(PLOT_FILES[len(pngs) :])} not drawn (no routing)")
     return notes

@@ -11,14 +11,8 @@ Where = tuple[str | int, ...]
 
 def _written_rotary(spec: Spec) -> list[tuple[Where, int]]:
     """(where, value) for each rotary_dim that layers.default.attention and the overrides write, in order."""
-    written: list[tuple[Where, int]] = []
-    default = spec.layers.default.attention
-    if default.rotary_dim is not None:
-        written.append((("layers", "default", "attention", "rotary_dim"), default.rotary_dim))
-    for j, ov in enumerate(spec.layers.overrides):
-        if ov.attention is not None and ov.attention.rotary_dim is not None:
-            written.append((("layers", "overrides", j, "attention", "rotary_dim"), ov.attention.rotary_dim))
-    return written
+    sections = spec.layers.attention_sections()
+    return [((*path, "rotary_dim"), a.rotary_dim) for path, a in sections if a.rotary_dim is not None]
 
 
 def _layer_rotary_problems(spec: Spec) -> list[tuple[Where, str]]:

@@ -109,3 +109,14 @@ class Layers(Strict):
     """What every layer has unless an override says otherwise."""
     overrides: Annotated[list[Override], Field(max_length=MAX_OVERRIDES)] = []
     """Per-layer changes, applied in order (a later one wins)."""
+
+    def attention_sections(self) -> list[tuple[tuple[str | int, ...], AttentionOverride]]:
+        """(path, section) of layers.default.attention and of each override's attention section, in order: where
+        a cross-field check finds what the layers write (an override's index an int, as the YAML marks have it)."""
+        sections: list[tuple[tuple[str | int, ...], AttentionOverride]] = [
+            (("layers", "default", "attention"), self.default.attention)
+        ]
+        for j, ov in enumerate(self.overrides):
+            if ov.attention is not None:
+                sections.append((("layers", "overrides", j, "attention"), ov.attention))
+        return sections

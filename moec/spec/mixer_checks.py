@@ -91,13 +91,7 @@ def _check_layer_heads(spec: Spec, bad: Bad) -> None:
 
 def _attention_paths(spec: Spec, field: str) -> list[Path]:
     """Where layers.default.attention and the overrides write ``field``, in order."""
-    paths: list[Path] = []
-    if field in spec.layers.default.attention.model_fields_set:
-        paths.append(("layers", "default", "attention", field))
-    for j, ov in enumerate(spec.layers.overrides):
-        if ov.attention is not None and field in ov.attention.model_fields_set:
-            paths.append(("layers", "overrides", j, "attention", field))
-    return paths
+    return [(*path, field) for path, section in spec.layers.attention_sections() if field in section.model_fields_set]
 
 
 def _one_sublayer_layers(spec: Spec) -> bool:

@@ -44,7 +44,7 @@ class AttentionExpertsSection(Strict):
 Section = AttentionExpertsSection  # the contract name, as the mixers' and the indexer's sections
 
 
-def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
+def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """Cross-field problems of ``attention.kind: moa`` and ``attention.experts``: (path, message), every one."""
     a = spec.attention
     ex = a.experts
@@ -53,18 +53,14 @@ def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
         return [(here, "attention experts need attention.kind moa")] if ex is not None else []
     if ex is None:
         return [(("attention", "kind"), "moa (mixture of attention heads) needs an attention.experts section")]
-    out: list[tuple[tuple[str, ...], str]] = []
+    out: list[tuple[tuple[str | int, ...], str]] = []
     if ex.top_k > ex.n_experts:
         out.append(((*here, "top_k"), f"must be at most n_experts ({ex.n_experts})"))
     if ex.softmax_after_topk and ex.score != "softmax":
         out.append(((*here, "softmax_after_topk"), "only meaningful with score softmax"))
     for f in sorted(a.model_fields_set - set(MOA_FIELDS)):
         out.append((("attention", f), "not supported with attention.kind moa (mixture of attention heads)"))
-    default = spec.layers.default.attention
-    layer_sets = [("layers", "default", "attention", f) for f in default.model_fields_set]
-    for i, ov in enumerate(spec.layers.overrides):
-        if ov.attention is not None:
-            layer_sets += [("layers", "overrides", str(i), "attention", f) for f in ov.attention.model_fields_set]
+    layer_sets = [(*path, f) for path, section in spec.layers.attention_sections() for f in section.model_fields_set]
     for path in layer_sets:
         if path[-1] not in ("window", "rope", "rope_theta"):
             out.append((path, "not supported with attention.kind moa (mixture of attention heads)"))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from moec.hf.draft import CannotExport, Family
-from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
+from moec.spec.plan import AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
 
 # moec's gated activations → config.json's hidden_act (the nonlinearity on the gate)
 HIDDEN_ACT = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh"}
@@ -147,3 +147,22 @@ def export_qwen_moe(m: ResolvedModel, family: Family) -> tuple[dict[str, Any], M
     )
     export_moe_common(cfg, e)
     return cfg, e
+
+
+def deepseek_mla_fields(a: AttentionPlan, e: MoEPlan, f: DenseFFNPlan | None) -> dict[str, Any]:
+    """What DeepSeek-V2/V3 and DeepSeek-V3.2 (GLM-MoE-DSA) write alike: the MLA (every head its own KV head),
+    the dense and MoE widths (with no dense layer, 4 × the expert width) and the experts."""
+    return dict(
+        num_key_value_heads=a.n_heads,
+        q_lora_rank=a.q_lora_rank,
+        kv_lora_rank=a.kv_lora_rank,
+        qk_nope_head_dim=a.qk_nope_head_dim,
+        qk_rope_head_dim=a.qk_rope_head_dim,
+        v_head_dim=a.v_head_dim,
+        attention_bias=False,
+        intermediate_size=f.d_ff if f else e.d_ff * 4,
+        moe_intermediate_size=e.d_ff,
+        n_routed_experts=e.n_experts,
+        n_shared_experts=e.n_shared_experts,
+        num_experts_per_tok=e.router.top_k,
+    )

@@ -12,7 +12,7 @@ from typing import Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, dense_ffn, mla_rope_interleave, moe_core, router
 from moec.hf.families._common import mla as _mla  # mistral4 imports it from here too
-from moec.hf.families._export_common import dense_plan, export_base, moe_plan
+from moec.hf.families._export_common import deepseek_mla_fields, dense_plan, export_base, moe_plan
 from moec.spec.plan import ResolvedModel
 
 # fmt: off
@@ -165,18 +165,7 @@ def _export(m: ResolvedModel, v3: bool) -> dict[str, Any]:
         raise CannotExport("puts dense layers only before the first MoE layer (first_k_dense_replace)")
     r = e.router
     cfg.update(
-        num_key_value_heads=a.n_heads,
-        q_lora_rank=a.q_lora_rank,
-        kv_lora_rank=a.kv_lora_rank,
-        qk_nope_head_dim=a.qk_nope_head_dim,
-        qk_rope_head_dim=a.qk_rope_head_dim,
-        v_head_dim=a.v_head_dim,
-        attention_bias=False,
-        intermediate_size=f.d_ff if f else e.d_ff * 4,
-        moe_intermediate_size=e.d_ff,
-        n_routed_experts=e.n_experts,
-        n_shared_experts=e.n_shared_experts,
-        num_experts_per_tok=r.top_k,
+        deepseek_mla_fields(a, e, f),
         first_k_dense_replace=k_dense,
         moe_layer_freq=1,
         routed_scaling_factor=r.scale,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int
 from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla
-from moec.hf.families._export_common import dense_plan, export_base, moe_plan
+from moec.hf.families._export_common import deepseek_mla_fields, dense_plan, export_base, moe_plan
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
 from moec.hf.mapper import Mapper
 
@@ -141,18 +141,7 @@ def export_dsa(m: ResolvedModel, family: Family, layout: str) -> dict[str, Any]:
         raise CannotExport(f"rotates the indexer in {layout} with a key norm eps of 1e-6")
     r = e.router  # what this config.json cannot say, the import of it shows (export_hf_config's round trip)
     cfg.update(
-        num_key_value_heads=a.n_heads,
-        q_lora_rank=a.q_lora_rank,
-        kv_lora_rank=a.kv_lora_rank,
-        qk_nope_head_dim=a.qk_nope_head_dim,
-        qk_rope_head_dim=a.qk_rope_head_dim,
-        v_head_dim=a.v_head_dim,
-        attention_bias=False,
-        intermediate_size=f.d_ff if f else e.d_ff * 4,
-        moe_intermediate_size=e.d_ff,
-        n_routed_experts=e.n_experts,
-        n_shared_experts=e.n_shared_experts,
-        num_experts_per_tok=r.top_k,
+        deepseek_mla_fields(a, e, f),
         routed_scaling_factor=r.scale,
         n_group=r.n_groups or 1,
         topk_group=r.topk_groups or 1,

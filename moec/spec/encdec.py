@@ -20,6 +20,7 @@ from pydantic import Field
 
 from moec.errors import CommandError
 from moec.spec.layers import Layers
+from moec.spec.yamlio import Path
 from moec.strict import MAX_LAYERS, MAX_SEQ, Strict
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 RELATIVE_BUCKET = "relative_bucket"  # model.positions.kind of T5's bucketed relative position bias
 NOT_BUILT = "encoder-decoder models are counted by the analyzer but not built yet"
-
-Path = tuple[str | int, ...]
 
 
 class EncoderSection(Strict):

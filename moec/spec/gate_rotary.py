@@ -5,17 +5,16 @@ router's logit softcap (moe.router.logit_softcap)."""
 from __future__ import annotations
 
 from moec.spec.schema import Spec
+from moec.spec.yamlio import Path
 
-Where = tuple[str | int, ...]
 
-
-def _written_rotary(spec: Spec) -> list[tuple[Where, int]]:
+def _written_rotary(spec: Spec) -> list[tuple[Path, int]]:
     """(where, value) for each rotary_dim that layers.default.attention and the overrides write, in order."""
     sections = spec.layers.attention_sections()
     return [((*path, "rotary_dim"), a.rotary_dim) for path, a in sections if a.rotary_dim is not None]
 
 
-def _layer_rotary_problems(spec: Spec) -> list[tuple[Where, str]]:
+def _layer_rotary_problems(spec: Spec) -> list[tuple[Path, str]]:
     written = _written_rotary(spec)
     paths = [p for p, _ in written]
     if not paths:
@@ -28,7 +27,7 @@ def _layer_rotary_problems(spec: Spec) -> list[tuple[Where, str]]:
     if pos.mrope_sections:
         return [(p, "a layer's rotary_dim is not supported with model.positions.mrope_sections") for p in paths]
     head_dim = a.head_dim or spec.model.d_model // a.n_heads
-    out: list[tuple[Where, str]] = []
+    out: list[tuple[Path, str]] = []
     for path, rot in written:
         if rot > head_dim:
             out.append((path, f"{rot} rotated dims exceed the head dim ({head_dim})"))
@@ -37,9 +36,9 @@ def _layer_rotary_problems(spec: Spec) -> list[tuple[Where, str]]:
     return out
 
 
-def problems(spec: Spec) -> list[tuple[Where, str]]:
+def problems(spec: Spec) -> list[tuple[Path, str]]:
     """(path, message) for every problem of the three options; [] when none is written."""
-    out: list[tuple[Where, str]] = []
+    out: list[tuple[Path, str]] = []
     a = spec.attention
     if a.output_gate_fn != "sigmoid" and a.output_gate == "none":
         out.append((("attention", "output_gate_fn"), "needs attention.output_gate head or element (the gate it sets)"))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
 
 _L2_EPS = 1e-6  # inside the q/k L2 normalisation: x / sqrt(Σx² + eps), as transformers and fla
 
@@ -112,9 +112,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         wide = state_dtype(x.dtype)
-        xw = x.to(wide)
-        normed = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
-        scaled = self.weight * normed.to(x.dtype)
+        scaled = self.weight * rms_normalize(x, self.eps).to(x.dtype)
         return (scaled.to(wide) * F.silu(gate.to(wide))).to(x.dtype)
 
 

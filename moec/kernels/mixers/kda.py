@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
 
 # the q/k L2 norm's epsilon, added under the square root (transformers' and flash-linear-attention's l2norm)
 QK_L2_EPS = 1e-6
@@ -137,8 +137,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         work = state_dtype(x.dtype)
-        h = x.to(work)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(work)
+        h = rms_normalize(x, self.eps) * self.weight.to(work)
         return (h * torch.sigmoid(gate.to(work))).to(x.dtype)
 
 

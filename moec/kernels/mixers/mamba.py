@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
 
 # The Mamba paper's time-step initialisation (arXiv 2312.00752, section 3.6): Δ log-uniform in [0.001, 0.1].
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
@@ -34,9 +34,7 @@ class InnerRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(state_dtype(x.dtype))
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return self.weight * rms_normalize(x, self.eps).to(x.dtype)
 
 
 def _scan_from_zero(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, state_dtype
+from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
 
 # Mamba2's initialisation of the step size: log-uniform in [0.001, 0.1], floored at 1e-4, stored through the
 # inverse softplus so that softplus(dt_bias) is that step (Gu & Dao, arXiv 2312.00752, section 3.6).
@@ -38,7 +38,7 @@ class GatedGroupRMSNorm(nn.Module):
         work = state_dtype(y.dtype)
         gated = y.to(work) * F.silu(z.to(work))
         groups = gated.unflatten(-1, (self.n_groups, -1))
-        normed = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = rms_normalize(groups, self.eps)
         return (self.weight.to(work) * normed.flatten(-2)).to(z.dtype)
 
 

@@ -37,6 +37,13 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless x / rms(x) over the last dim, in :func:`state_dtype` (float32 at least) and returned in it: the
+    core the mixers' RMS norms share; each applies its own weight, gate and cast around it."""
+    xw = x.to(state_dtype(x.dtype))
+    return xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def conv_window_step(
     past: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from moec.kernels.mixers.gated_deltanet import GatedDeltaNet, chunked_delta_rule  # noqa: E402
+from tests.mixers._compare import relative  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,25 +37,20 @@ def _module(section: gdn.Section = SMALL, dtype=torch.float64, seed: int = 0) ->
     return m
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
-
 def test_chunked_equals_recurrent_in_float64_outputs_and_gradients():
     m = _module()
     x = torch.randn(2, 11, D, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 11, D, dtype=torch.float64)
     chunked = m(x)
     recurrent, _ = m.recurrent(x)
-    assert _rel(chunked, recurrent) <= 1e-10
+    assert relative(chunked, recurrent) <= 1e-10
     inputs = [x, *m.parameters()]
     names = ["x", *(n for n, _ in m.named_parameters())]
     grads_chunked = torch.autograd.grad((chunked * weights).sum(), inputs)
     grads_recurrent = torch.autograd.grad((recurrent * weights).sum(), inputs)
     for name, a, b in zip(names, grads_chunked, grads_recurrent, strict=True):
         assert b.abs().max() > 0, name
-        assert _rel(a, b) <= 1e-10, name
+        assert relative(a, b) <= 1e-10, name
 
 
 def test_chunked_from_a_state_equals_the_recurrence_from_it():
@@ -73,8 +69,8 @@ def test_chunked_from_a_state_equals_the_recurrence_from_it():
         eye = torch.eye(dk, dtype=torch.float64)
         S_ = g[:, :, t, None, None].exp() * (eye - beta[:, :, t, None, None] * kt @ kt.transpose(-1, -2)) @ S_
         S_ = S_ + beta[:, :, t, None, None] * kt @ v[:, :, t, None, :]
-        assert _rel(o[:, :, t], (S_.transpose(-1, -2) @ q[:, :, t, :, None])[..., 0]) <= 1e-10
-    assert _rel(final, S_) <= 1e-10
+        assert relative(o[:, :, t], (S_.transpose(-1, -2) @ q[:, :, t, :, None])[..., 0]) <= 1e-10
+    assert relative(final, S_) <= 1e-10
 
 
 def test_cached_prefill_then_single_tokens_equals_the_full_forward():
@@ -84,10 +80,10 @@ def test_cached_prefill_then_single_tokens_equals_the_full_forward():
     cache = m.new_cache(2, 11, dtype=torch.float64)
     parts = [m(x[:, :6], cache=cache), m(x[:, 6:9], cache=cache)]  # a prefill, then a second one mid-chunk
     parts += [m(x[:, t : t + 1], cache=cache) for t in range(9, 11)]
-    assert _rel(torch.cat(parts, dim=1), full) <= 1e-12
+    assert relative(torch.cat(parts, dim=1), full) <= 1e-12
     _, state = m.recurrent(x)
     for name in ("conv", "recurrent"):
-        assert _rel(cache[name], state[name]) <= 1e-12, name
+        assert relative(cache[name], state[name]) <= 1e-12, name
 
 
 def _transformers_module(section: gdn.Section):

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from moec.kernels.mixers.kda import KimiDeltaAttention
 from moec.mixers import kda
+from tests.mixers._compare import relative
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,11 +38,6 @@ def make(fields: dict, dtype=torch.float64, seed: int = 0) -> KimiDeltaAttention
                 continue
             p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
     return module
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The largest difference relative to the largest of b (0 when both are all zeros)."""
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize(

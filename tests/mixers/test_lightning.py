@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from moec.kernels.mixers.lightning import LightningAttention
 from moec.mixers import lightning
+from tests.mixers._compare import relative
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,10 +39,6 @@ def make(plan: lightning.Plan, dtype=torch.float64, seed: int = 0) -> LightningA
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
     return module
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize(

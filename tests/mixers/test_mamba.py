@@ -9,6 +9,7 @@ import torch
 
 from moec.kernels.mixers.mamba import Mamba
 from moec.mixers import mamba
+from tests.mixers._compare import relative
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,10 +27,6 @@ def _module(dtype=torch.float64, **fields) -> Mamba:
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return m
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 VARIANTS = [
@@ -50,10 +47,10 @@ def test_chunked_scan_equals_the_recurrence_values_and_gradients(fields, seq, ch
 
     y_chunked = m(x)
     y_recurrent, _ = m.recurrent(x)
-    assert _rel(y_chunked, y_recurrent) <= 1e-10
+    assert relative(y_chunked, y_recurrent) <= 1e-10
     names = ["input", *(n for n, _ in m.named_parameters())]
     for name, g_chunked, g_recurrent in zip(names, grads(y_chunked), grads(y_recurrent), strict=True):
-        assert _rel(g_chunked, g_recurrent) <= 1e-10, name
+        assert relative(g_chunked, g_recurrent) <= 1e-10, name
 
 
 @pytest.mark.parametrize("fields", VARIANTS)
@@ -65,7 +62,7 @@ def test_cached_prefill_then_single_tokens_equals_the_full_forward(fields):
         cache = m.new_cache(2, 10, dtype=torch.float64)
         pieces = [m(x[:, :6], cache=cache)] + [m(x[:, t : t + 1], cache=cache) for t in range(6, 10)]
         _, oracle_state = m.recurrent(x)
-    assert _rel(torch.cat(pieces, dim=1), full) <= 1e-10
+    assert relative(torch.cat(pieces, dim=1), full) <= 1e-10
     for name in ("conv", "ssm"):
         assert torch.allclose(cache[name], oracle_state[name], rtol=1e-10, atol=1e-12), name
 
@@ -77,7 +74,7 @@ def test_recurrence_continues_from_a_given_state():
         whole, _ = m.recurrent(x)
         first, state = m.recurrent(x[:, :4])
         rest, _ = m.recurrent(x[:, 4:], state)
-    assert _rel(torch.cat([first, rest], dim=1), whole) <= 1e-12
+    assert relative(torch.cat([first, rest], dim=1), whole) <= 1e-12
 
 
 # --- transformers' own mixer on the same weights -------------------------------------------------------------------

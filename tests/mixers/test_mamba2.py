@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from moec.kernels.mixers.mamba2 import Mamba2
 from moec.mixers import mamba2
+from tests.mixers._compare import relative
 
 D_MODEL = 16
 SMALL = dict(n_heads=4, head_dim=4, state_dim=6, n_groups=2, conv_kernel=3, chunk=4)
@@ -33,10 +34,6 @@ def module(dtype=torch.float64, seed=0, **fields) -> Mamba2:
         m.A_log.copy_(torch.empty_like(m.A_log).uniform_(-1, 1))
         m.dt_bias.copy_(torch.empty_like(m.dt_bias).uniform_(-3, 0.5))
     return m
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
 VARIANTS = [
@@ -60,10 +57,10 @@ def test_chunked_form_equals_the_recurrence_with_gradients(fields):
 
     chunked, chunked_grads = grads(lambda t: m(t))
     recurrent, recurrent_grads = grads(lambda t: m.recurrent(t)[0])
-    assert rel(chunked, recurrent) <= 1e-10
+    assert relative(chunked, recurrent) <= 1e-10
     names = ["x", *(n for n, _ in m.named_parameters())]
     for name, a, b in zip(names, chunked_grads, recurrent_grads, strict=True):
-        assert rel(a, b) <= 1e-10, name
+        assert relative(a, b) <= 1e-10, name
 
 
 def test_the_recurrence_leaves_the_state_the_chunked_form_reaches():
@@ -73,7 +70,7 @@ def test_the_recurrence_leaves_the_state_the_chunked_form_reaches():
     m(x, cache=cache)
     _, state = m.recurrent(x)
     for name in ("conv", "ssm"):
-        assert rel(cache[name], state[name]) <= 1e-10, name
+        assert relative(cache[name], state[name]) <= 1e-10, name
 
 
 @pytest.mark.parametrize("split", [[5, 1, 1, 1, 1, 1], [1, 1, 3, 1, 4], [10]])
@@ -86,9 +83,9 @@ def test_a_cached_prefill_and_decode_steps_equal_the_full_forward(split):
     for n in split:
         pieces.append(m(x[:, start : start + n], cache=cache))
         start += n
-    assert rel(torch.cat(pieces, dim=1), full) <= 1e-12
+    assert relative(torch.cat(pieces, dim=1), full) <= 1e-12
     cache.reset()
-    assert rel(m(x[:, :3], cache=cache), full[:, :3]) <= 1e-12  # reset starts a fresh sequence
+    assert relative(m(x[:, :3], cache=cache), full[:, :3]) <= 1e-12  # reset starts a fresh sequence
 
 
 # transformers' two Mamba2 modules, configured like SMALL (Granite derives head_dim from expand·d / n_heads).

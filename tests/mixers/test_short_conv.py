@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from moec.kernels.mixers.short_conv import ShortConv
 from moec.mixers import short_conv
+from tests.mixers._compare import relative
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,10 +28,6 @@ def make(kernel: int, bias: bool, dtype=torch.float64, seed: int = 0) -> ShortCo
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
     return module
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize(

@@ -462,13 +462,10 @@ def _check_experts(spec: Spec, bad: Bad) -> None:
 
 def _where_written(spec: Spec, field: str) -> Path:
     """The first place layers.default or an override writes attention.<field>."""
-    if field in spec.layers.default.attention.model_fields_set:
-        return ("layers", "default", "attention", field)
-    j = next(j for j, ov in enumerate(spec.layers.overrides) if ov.attention and field in ov.attention.model_fields_set)
-    return ("layers", "overrides", j, "attention", field)
+    return next((*path, field) for path, a in spec.layers.attention_sections() if field in a.model_fields_set)
 
 
 def _written_anywhere(spec: Spec, field: str, value: bool | None = None) -> bool:
     """Whether layers.default or an override writes attention.<field> (with ``value``, if given)."""
-    written = [spec.layers.default.attention] + [ov.attention for ov in spec.layers.overrides if ov.attention]
-    return any(field in o.model_fields_set and (value is None or getattr(o, field) == value) for o in written)
+    written = [a for _, a in spec.layers.attention_sections()]
+    return any(field in a.model_fields_set and (value is None or getattr(a, field) == value) for a in written)

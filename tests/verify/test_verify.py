@@ -18,17 +18,19 @@ from moec.spec import load_model
 from moec.spec.paths import shipped_specs
 from moec.verify import fvcore_count, verify
 
+PLANS = {p: load_model(str(p)) for p in shipped_specs()}  # each shipped spec loaded once, at collection
+
 
 def _hybrid(path) -> bool:  # type: ignore[no-untyped-def]
-    return load_model(str(path)).hybrid
+    return PLANS[path].hybrid
 
 
 def _sparse(path) -> bool:  # type: ignore[no-untyped-def]
-    return any(lp.attention.has_indexer for lp in load_model(str(path)).layers)
+    return any(lp.attention.has_indexer for lp in PLANS[path].layers)
 
 
 def _encoder_decoder(path) -> bool:  # type: ignore[no-untyped-def]
-    return bool(load_model(str(path)).encoder)  # refused by analyze --verify (tests of moec.spec.encdec)
+    return bool(PLANS[path].encoder)  # refused by analyze --verify (tests of moec.spec.encdec)
 
 
 ATTENTION_ONLY = [p for p in shipped_specs() if not (_hybrid(p) or _sparse(p) or _encoder_decoder(p))]

@@ -19,10 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
-
-# The Mamba paper's time-step initialisation (arXiv 2312.00752, section 3.6): Δ log-uniform in [0.001, 0.1].
-_DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4
+from moec.kernels.mixers.state import (
+    MixerState,
+    causal_conv_with_state,
+    conv_window_step,
+    initial_step_bias,
+    rms_normalize,
+    state_dtype,
+)
 
 
 class InnerRMSNorm(nn.Module):
@@ -168,10 +172,7 @@ class Mamba(nn.Module):
             self.D.fill_(1.0)
             bound = self.dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
-            span = math.log(_DT_MAX) - math.log(_DT_MIN)
-            dt = torch.rand(self.inner_dim, device=self.D.device).mul(span).add(math.log(_DT_MIN)).exp()
-            dt = dt.clamp(min=_DT_FLOOR)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(Δ)
+            self.dt_proj.bias.copy_(initial_step_bias(self.inner_dim, self.D.device))
 
     def decay_rates(self, dtype: torch.dtype) -> torch.Tensor:
         """A = −exp(A_log), (I, N): every channel's state elements decay at their own rate."""

@@ -19,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.kernels.mixers.state import MixerState, causal_conv_with_state, conv_window_step, rms_normalize, state_dtype
-
-# Mamba2's initialisation of the step size: log-uniform in [0.001, 0.1], floored at 1e-4, stored through the
-# inverse softplus so that softplus(dt_bias) is that step (Gu & Dao, arXiv 2312.00752, section 3.6).
-STEP_INIT_MIN, STEP_INIT_MAX, STEP_INIT_FLOOR = 1e-3, 1e-1, 1e-4
+from moec.kernels.mixers.state import (
+    MixerState,
+    causal_conv_with_state,
+    conv_window_step,
+    initial_step_bias,
+    rms_normalize,
+    state_dtype,
+)
 
 
 class GatedGroupRMSNorm(nn.Module):
@@ -191,9 +194,7 @@ class Mamba2(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.A_log.copy_(torch.log(torch.arange(1, self.n_heads + 1, dtype=torch.float32)))
         nn.init.ones_(self.D)
-        span = math.log(STEP_INIT_MAX) - math.log(STEP_INIT_MIN)
-        step = torch.exp(torch.rand(self.n_heads) * span + math.log(STEP_INIT_MIN)).clamp(min=STEP_INIT_FLOOR)
-        self.dt_bias.copy_(step + torch.log(-torch.expm1(-step)))  # softplus⁻¹(step)
+        self.dt_bias.copy_(initial_step_bias(self.n_heads))
         nn.init.ones_(self.norm.weight)
 
     def _split(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ cached call must continue where the last one stopped (position 0 after :meth:`Mi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,19 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     but never below float32 (float64 stays float64), as transformers keeps it; the analyzer counts such parts at
     4 bytes or more (a kind's ``FP32_STATE``)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+# Mamba's initialisation of the step size Δ: log-uniform in [0.001, 0.1], floored at 1e-4, stored through the
+# inverse softplus so that softplus(bias) is that step (Gu & Dao, arXiv 2312.00752, section 3.6).
+STEP_INIT_MIN, STEP_INIT_MAX, STEP_INIT_FLOOR = 1e-3, 1e-1, 1e-4
+
+
+def initial_step_bias(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """(n,) float32 biases whose softplus is Mamba's initial step Δ, drawn log-uniform in [0.001, 0.1] and floored
+    at 1e-4 (mamba's dt_proj.bias, mamba2's dt_bias)."""
+    span = math.log(STEP_INIT_MAX) - math.log(STEP_INIT_MIN)
+    step = torch.rand(n, device=device).mul(span).add(math.log(STEP_INIT_MIN)).exp().clamp(min=STEP_INIT_FLOOR)
+    return step + torch.log(-torch.expm1(-step))  # softplus⁻¹(Δ)
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+
+from moec.strict import Strict
 
 
-class Segmentation(BaseModel):
+class Segmentation(Strict):
     """DeepSeekMoE's fine-grained segmentation with shared-expert isolation (arXiv 2401.06066, section 3): N
     experts of width moe.d_ff are each split into m, giving mN experts of width d_ff/m and top mK; K_s of them
     become shared, so mN − K_s are routed with top-k mK − K_s. Resolved into the plain fields (docs/conventions.md,
     "Fine-grained segmentation")."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
     # finite; the counts they resolve to meet moe.n_experts' and router.top_k's own bounds
     experts: Annotated[float, Field(gt=0, allow_inf_nan=False)]

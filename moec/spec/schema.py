@@ -68,7 +68,6 @@ from moec.vocab import (
     SELECTION_BIAS_ON,
 )
 
-Pos = Annotated[int, Field(gt=0)]
 Activation = Literal[ACTIVATIONS]  # swiglu_clamped: gpt-oss's gated unit (moec.vocab)
 
 

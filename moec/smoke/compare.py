@@ -119,13 +119,9 @@ def compare_table(rows: list[CompareRow]) -> str:
 
 def render_compare_png(results: list[tuple[Setting, SmokeResult]]) -> bytes:
     """compare-load.png: per setting, max/mean of the expert load at every step (worst MoE layer)."""
-    import io
+    from moec.smoke.plots import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for setting, r in results:
         steps = [s.step for s in r.step_records]
@@ -137,10 +133,7 @@ def render_compare_png(results: list[tuple[Setting, SmokeResult]]) -> bytes:
     ax.set_title("expert load over time, per router setting")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(plt, fig)
 
 
 def write_compare_plot(results: list[tuple[Setting, SmokeResult]], folder: str, *, force: bool) -> list[str]:

@@ -20,21 +20,29 @@ DPI = 100
 def render_pngs(result: SmokeResult) -> list[bytes]:
     """loss.png, expert-load.png and balance.png, as PNG bytes; the loss curve alone for a run without MoE layers,
     whose routing figures would be empty axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figures = [loss_figure(plt, result)]
     if result.layers:
         figures += [load_figure(plt, result), balance_figure(plt, result)]
-    out = []
-    for fig in figures:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI)
-        plt.close(fig)
-        out.append(buf.getvalue())
-    return out
+    return [png_bytes(plt, fig) for fig in figures]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(plt: Any, fig: Any) -> bytes:
+    """``fig`` as PNG bytes at :data:`DPI`, the figure closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def loss_figure(plt: Any, r: SmokeResult) -> Any:

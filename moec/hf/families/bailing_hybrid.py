@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, mla
 from moec.hf.families._export_common import export_base, one
-from moec.hf.families.kimi_linear import export_moe_block, moe_block
+from moec.hf.families.kimi_linear import export_moe_block, kda_tensor, moe_block
 from moec.hf.mapper import Mapper
 from moec.mixers.kda import KDASection
 from moec.spec.plan import LayerPlan, ResolvedModel
@@ -202,15 +202,10 @@ class BailingHybridMapper(Mapper):
     def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         """moec's KDA names → Ling's: the decay one level up with A_log (H,) as (1, 1, H, 1), the convolution in
         three; the rest as :meth:`_sublayer` names it."""
-        import torch
-
         attn, leaf = self._sublayer(p, leaf)
-        if leaf.startswith("forget_gate.") and attn + leaf not in self.ck:
-            t = self.ck.get(attn + leaf.removeprefix("forget_gate."))
-            return t.view(1, 1, -1, 1) if leaf.endswith("A_log") else t
-        if leaf == "conv1d.weight" and attn + leaf not in self.ck:
-            return torch.cat(self.ck.get_all([f"{attn}{x}_conv1d.weight" for x in "qkv"]), dim=0)  # (3D, 1, K)
-        return self.ck.get(attn + leaf)
+        t = kda_tensor(self.ck, attn, leaf)
+        moved = leaf.startswith("forget_gate.") and attn + leaf not in self.ck
+        return t.view(1, 1, -1, 1) if moved and leaf.endswith("A_log") else t
 
 
 FAMILY = Family(

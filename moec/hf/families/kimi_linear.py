@@ -50,6 +50,8 @@ from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 if TYPE_CHECKING:
     import torch
 
+    from moec.hf.checkpoint import Checkpoint
+
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=163840, hidden_size=2304, intermediate_size=9216, moe_intermediate_size=1024,
                     num_hidden_layers=27, num_attention_heads=32, num_key_value_heads=32, n_shared_experts=1,
@@ -333,14 +335,19 @@ class KimiLinearMapper(Mapper):
 
     def mixer(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         """moec's KDA names → the checkpoint's: the decay's parameters one level up, the convolution in three."""
-        import torch
+        return kda_tensor(self.ck, p + self.attn, leaf)
 
-        attn = p + self.attn
-        if leaf.startswith("forget_gate.") and attn + leaf not in self.ck:
-            return self.ck.get(attn + leaf.removeprefix("forget_gate."))
-        if leaf == "conv1d.weight" and attn + leaf not in self.ck:
-            return torch.cat(self.ck.get_all([f"{attn}{x}_conv1d.weight" for x in "qkv"]), dim=0)  # (3D, 1, K)
-        return self.ck.get(attn + leaf)
+
+def kda_tensor(ck: Checkpoint, attn: str, leaf: str) -> torch.Tensor:
+    """moec's KDA leaf → the checkpoint's tensor under the mixer prefix ``attn`` (Kimi-Linear's, Ling's): the
+    decay's parameters one level up (no forget_gate.), the convolution as q_, k_ and v_conv1d concatenated."""
+    import torch
+
+    if leaf.startswith("forget_gate.") and attn + leaf not in ck:
+        return ck.get(attn + leaf.removeprefix("forget_gate."))
+    if leaf == "conv1d.weight" and attn + leaf not in ck:
+        return torch.cat(ck.get_all([f"{attn}{x}_conv1d.weight" for x in "qkv"]), dim=0)  # (3D, 1, K)
+    return ck.get(attn + leaf)
 
 
 FAMILY = Family(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from itertools import groupby
 from typing import Any
 
 from moec.analyze.report import SCHEMA, Analysis, LayerRow, convention_line
@@ -92,12 +93,7 @@ def layer_pattern(ffn_kinds: list[str]) -> str:
 
 def mixer_runs(kinds: list[str], most: int = 6) -> str:
     """Each layer's token mixer, a run written once with its length: ``gated_deltanet×3, attention, …``."""
-    runs: list[tuple[str, int]] = []
-    for kind in kinds:
-        if runs and runs[-1][0] == kind:
-            runs[-1] = (kind, runs[-1][1] + 1)
-        else:
-            runs.append((kind, 1))
+    runs = [(kind, len(list(run))) for kind, run in groupby(kinds)]
     text = [kind if n == 1 else f"{kind}×{n}" for kind, n in runs[:most]]
     return ", ".join(text) + (", …" if len(runs) > most else "")
 

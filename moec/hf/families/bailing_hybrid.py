@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import base, defaults, mla
 from moec.hf.families._export_common import export_base, one
-from moec.hf.families.kimi_linear import export_moe_block, kda_tensor, moe_block
+from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_tensor, moe_block
 from moec.hf.mapper import Mapper
 from moec.mixers.kda import KDASection
 from moec.spec.plan import LayerPlan, ResolvedModel
@@ -213,15 +213,7 @@ FAMILY = Family(
     "BailingHybridForCausalLM",
     DEFAULTS,
     translate,
-    aliases={
-        "num_experts": "num_local_experts",
-        "num_experts_per_token": "num_experts_per_tok",
-        "moe_renormalize": "norm_topk_prob",
-        "num_expert_group": "n_group",
-        "num_shared_experts": "n_shared_experts",
-        "model_max_length": "max_position_embeddings",
-        "num_nextn_predict_layers": "num_mtp_layers",
-    },
+    aliases={**ALIASES, "num_nextn_predict_layers": "num_mtp_layers"},
     export=export,
     mapper=BailingHybridMapper,
 )

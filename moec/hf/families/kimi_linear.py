@@ -350,19 +350,23 @@ def kda_tensor(ck: Checkpoint, attn: str, leaf: str) -> torch.Tensor:
     return ck.get(attn + leaf)
 
 
+# Kimi-Linear's release config.json names (read as transformers' names); Ling's (bailing_hybrid) adds its own
+ALIASES = {
+    "num_experts": "num_local_experts",
+    "num_experts_per_token": "num_experts_per_tok",
+    "moe_renormalize": "norm_topk_prob",
+    "num_expert_group": "n_group",
+    "num_shared_experts": "n_shared_experts",
+    "model_max_length": "max_position_embeddings",
+}
+
+
 FAMILY = Family(
     "kimi_linear",
     "KimiLinearForCausalLM",
     DEFAULTS,
     translate,
-    aliases={
-        "num_experts": "num_local_experts",
-        "num_experts_per_token": "num_experts_per_tok",
-        "moe_renormalize": "norm_topk_prob",
-        "num_expert_group": "n_group",
-        "num_shared_experts": "n_shared_experts",
-        "model_max_length": "max_position_embeddings",
-    },
+    aliases=ALIASES,
     export=export,
     mapper=KimiLinearMapper,
 )

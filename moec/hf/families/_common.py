@@ -362,3 +362,15 @@ def reference_rope_type(per_type: dict[str, dict[str, Any]], types: list[str]) -
     None when no layer uses a type (layer_types is refused then)."""
     used = [t for t in ROPE_TYPES if t in set(types) and t in per_type]
     return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
+
+
+def linear_full_layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, str]:
+    """A given layer_types of full_attention and linear_attention layers (Kimi-Linear, MiniMax), one per layer,
+    and its source; (None, "") once refused."""
+    types = c.str_list("layer_types")
+    if not d.fits_layers(c, "layer_types", types):
+        return None, ""
+    unknown = sorted({t for t in types if t not in ("full_attention", "linear_attention")})
+    for t in unknown:
+        c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
+    return (None, "") if unknown else (types, "layer_types")

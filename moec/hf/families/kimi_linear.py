@@ -36,6 +36,7 @@ from moec.hf.families._common import (
     defaults,
     dense_layers_ffn,
     ignored_field_agrees,
+    linear_full_layer_types,
     mla,
     moe_core,
     shared_experts,
@@ -98,13 +99,7 @@ def _no_positions(c: HFConfig, d: Draft) -> None:
 def _layer_types(c: HFConfig, linear: HFConfig, d: Draft) -> tuple[list[str] | None, str]:
     """Each layer's kind as KimiLinearConfig decides it, and where that came from."""
     if c.value("layer_types") is not None:
-        types = c.str_list("layer_types")
-        if not d.fits_layers(c, "layer_types", types):
-            return None, ""
-        unknown = sorted({t for t in types if t not in (_FULL, _LINEAR)})
-        for t in unknown:
-            c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
-        return (None, "") if unknown else (types, "layer_types")
+        return linear_full_layer_types(c, d)
     kda, full = linear.value("kda_layers"), linear.value("full_attn_layers")
     if (kda is None) != (full is None):
         lone, other = ("kda_layers", "full_attn_layers") if full is None else ("full_attn_layers", "kda_layers")

@@ -29,6 +29,7 @@ from moec.hf.families._common import (
     gqa,
     ignored_field_agrees,
     jitter_on_hidden,
+    linear_full_layer_types,
     moe_core,
     router,
 )
@@ -87,13 +88,7 @@ def _layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, str]:
     if c.value("layer_types") is None:
         types = [_FULL if i % 2 == 0 else _LINEAR for i in range(d.n_layers)]
         return types, "layer_types unset: full_attention on even layers, linear_attention on odd (MiniMaxConfig)"
-    types = c.str_list("layer_types")
-    if not d.fits_layers(c, "layer_types", types):
-        return None, ""
-    unknown = sorted({t for t in types if t not in (_FULL, _LINEAR)})
-    for t in unknown:
-        c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
-    return (None, "") if unknown else (types, "layer_types")
+    return linear_full_layer_types(c, d)
 
 
 def _mixers(c: HFConfig, d: Draft) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,25 @@ def refuse_block_features(plan: Any, command: str, feature: str) -> None:
     found = [name for name, used in present.items() if used]
     if found:
         raise CommandError(f"{command} does not support {', '.join(found)} yet ({feature}): {plan.name} uses it")
+
+
+def refuse_replacing_an_input(out: str, inputs: tuple[str | None, ...]) -> None:
+    """--force replaces a folder moec wrote, never the folder the command reads from (``export-hf BUILD -o BUILD``,
+    or -o the folder holding --weights): as output_files' rule for a single file, the input is not the output."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return  # nothing there yet: nothing to lose
+    for source in inputs:
+        if source is None:
+            continue
+        path = Path(source)
+        try:
+            same = os.path.samestat(st, os.stat(path if path.is_dir() else path.parent))
+        except OSError:
+            continue  # a shipped spec's name, not a path
+        if same:
+            raise CommandError(f"{out}: holds the input {source}; write the output somewhere else")
 
 
 def print_problems(problems: list) -> None:

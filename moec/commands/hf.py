@@ -7,13 +7,11 @@ Torch is imported only to export weights: config.json alone is text in, text out
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
-from moec.commands.common import load_plan, report_errors, set_option, write_or_echo
-from moec.errors import CommandError
+from moec.commands.common import load_plan, refuse_replacing_an_input, report_errors, set_option, write_or_echo
 from moec.output_files import check_file_target
 
 
@@ -85,25 +83,6 @@ def export_hf(
         cfg = export_hf_config(load_plan(spec, sets), drop_training=drop_training)
     text = json.dumps(cfg, indent=2) + "\n"
     write_or_echo(text, output, force)
-
-
-def refuse_replacing_an_input(out: str, inputs: tuple[str | None, ...]) -> None:
-    """--force replaces a folder moec wrote, never the folder the command reads from (``export-hf BUILD -o BUILD``,
-    or -o the folder holding --weights): as output_files' rule for a single file, the input is not the output."""
-    try:
-        st = os.stat(out)
-    except OSError:
-        return  # nothing there yet: nothing to lose
-    for source in inputs:
-        if source is None:
-            continue
-        path = Path(source)
-        try:
-            same = os.path.samestat(st, os.stat(path if path.is_dir() else path.parent))
-        except OSError:
-            continue  # a shipped spec's name, not a path
-        if same:
-            raise CommandError(f"{out}: holds the input {source}; write the output somewhere else")
 
 
 def _export_checkpoint(

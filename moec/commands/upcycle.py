@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from moec.commands.common import FiniteFloatRange, print_notes, report_errors
+from moec.commands.common import FiniteFloatRange, print_notes, refuse_replacing_an_input, report_errors
 from moec.vocab import UPCYCLE_ROUTERS
 
 
@@ -37,7 +37,6 @@ def upcycle(dense: str, out: str, fmt: str, family: str | None, force: bool, **o
     and after."""
     from moec.analyze import analyze
     from moec.codegen.output import check_output_dir, clear_leftovers
-    from moec.commands.hf import refuse_replacing_an_input
     from moec.hf.checkpoint import checkpoint_folder
     from moec.hf.config import hf_to_model
     from moec.hf.upcycle import upcycle, write_upcycled

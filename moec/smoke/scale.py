@@ -221,8 +221,9 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
 def _mixer_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     """Per token-mixer kind, the fields its scaled plan changed (the first layer of the kind in each model)."""
     out = []
+    old_plans = _first_mixer_plans(old)
     for kind, plan in _first_mixer_plans(new).items():
-        before = _first_mixer_plans(old).get(kind)
+        before = old_plans.get(kind)
         changed = [
             f"{f.name} {getattr(before, f.name)} → {getattr(plan, f.name)}"
             for f in dataclasses.fields(plan)

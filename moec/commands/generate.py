@@ -81,12 +81,12 @@ def generate(
     bad = [i for i in ids if not 0 <= i < plan.vocab_size]
     if bad:
         raise CommandError(f"prompt token {bad[0]} is outside the vocabulary [0, {plan.vocab_size})")
-    if len(ids) + max_new_tokens - 1 > plan.max_seq_len:
+    positions = len(ids) + max_new_tokens - 1  # the last new token is never fed back
+    if positions > plan.max_seq_len:
         raise CommandError(
-            f"{len(ids)} prompt tokens and {max_new_tokens} new ones need {len(ids) + max_new_tokens - 1} positions; "
+            f"{len(ids)} prompt tokens and {max_new_tokens} new ones need {positions} positions; "
             f"{plan.name} has max_seq_len {plan.max_seq_len}"
         )
-    positions = len(ids) + max_new_tokens - 1  # the last new token is never fed back
     dtype_of = next(model.parameters()).dtype
     hint = "; lower --batch or --max-new-tokens"
     require_cache_memory(plan, dtype_of, batch=batch, positions=positions, device=dev, hint=hint)

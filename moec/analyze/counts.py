@@ -65,8 +65,7 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         kv_mm = d * (a.kv_lora_rank + r) + a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
         norms += a.kv_lora_rank * norm_dim_params
         o_mm = h * a.v_head_dim * d
-        gate_mm = d * {"none": 0, "head": h, "element": h * a.v_head_dim}[a.output_gate]  # no bias in MLA
-        mm = q_mm + kv_mm + o_mm + gate_mm + indexer_matrices(a, d)
+        mm = q_mm + kv_mm + o_mm + d * a.gate_width + indexer_matrices(a, d)  # the gate has no bias in MLA
         extra = norms + (2 * a.indexer_head_dim if a.indexer_head_dim else 0)  # its key's LayerNorm: weight, bias
     else:
         h, kv, hd, vd = a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim
@@ -75,10 +74,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         if a.qk_norm and a.qk_norm_kind == "model":  # l2 (Llama-4) is weightless: 0 parameters
             # per-head norms share one head_dim weight; OLMoE normalises whole projections
             extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
-        if a.output_gate != "none":  # its own projection of the layer input: per element or per head
-            gate = h * vd if a.output_gate == "element" else h
-            mm += d * gate
-            extra += gate if a.bias else 0
+        mm += d * a.gate_width  # the output gate's own projection of the layer input, biased like q/k/v
+        extra += a.gate_width if a.bias else 0
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
 

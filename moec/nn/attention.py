@@ -163,11 +163,10 @@ class AttentionLayer(nn.Module):
     gate_proj: nn.Linear | None
     o_proj: nn.Linear
 
-    def make_output_gate(self, d_model: int, head_width: int, *, bias: bool, device=None, dtype=None) -> None:
-        """``self.gate_proj``: the output gate's projection of the layer input (Qwen3-Next, Ling 3), one sigmoid
-        per element of each head's output (h·head_width) or per head (h); None without a gate."""
-        h = self.plan.n_heads
-        width = {"none": 0, "element": h * head_width, "head": h}[self.plan.output_gate]
+    def make_output_gate(self, d_model: int, *, bias: bool, device=None, dtype=None) -> None:
+        """``self.gate_proj``: the output gate's projection of the layer input (Qwen3-Next, Ling 3), one gate per
+        element of each head's values or per head (AttentionPlan.gate_width); None without a gate."""
+        width = self.plan.gate_width
         self.gate_proj = Linear(d_model, width, bias=bias, device=device, dtype=dtype) if width else None
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -238,7 +237,7 @@ class Attention(AttentionLayer):
         self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
         self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        self.make_output_gate(d_model, vd, bias=plan.bias, **kw)
+        self.make_output_gate(d_model, bias=plan.bias, **kw)
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 

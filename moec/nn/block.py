@@ -107,7 +107,7 @@ class Block(nn.Module):
         """x (B, S, d) → (B, S, d), and the MoE layer's aux (None for a dense FFN or none). With ``cache``, the
         token mixer's (the tokens sit at ``positions`` (S,)); see moec.nn.cache. ``token_ids`` (B, S): the ids of
         the tokens at each position, which a hash router routes by (docs/routing.md)."""
-        mixer = self.attn if self.attn is not None else self.mixer
+        mixer = self.token_mixer
         aux: list[MoEAux | None] = [None]
         if self.placement == "parallel":  # both sublayers read one norm of the same input (checks: both exist)
             h = self.attn_norm(x)
@@ -121,10 +121,15 @@ class Block(nn.Module):
             x = self._residual(x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale, post)
         return x, aux[0]
 
+    @property
+    def token_mixer(self) -> nn.Module | None:
+        """The layer's token mixer: its attention, its other mixer, or None."""
+        return self.attn if self.attn is not None else self.mixer
+
     def new_cache(self, batch: int, max_len: int, *, device: torch.device, dtype: torch.dtype) -> object:
         """The token mixer's decode cache: attention's KV slots, another mixer's state (docs/mixers.md), or None
         for a layer without a mixer."""
-        mixer = self.attn if self.attn is not None else self.mixer
+        mixer = self.token_mixer
         return mixer.new_cache(batch, max_len, device=device, dtype=dtype) if mixer is not None else None
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float], post=None) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -75,7 +75,7 @@ class MLA(AttentionLayer):
         self.kv_a_layernorm = make_norm(norm, plan.kv_lora_rank, **kw)
         self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
-        self.make_output_gate(d_model, dv, bias=False, **kw)  # Ling 3's per-head gate
+        self.make_output_gate(d_model, bias=False, **kw)  # Ling 3's per-head gate
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.indexer = Indexer(plan, d_model, **kw) if plan.has_indexer else None  # DeepSeek-V3.2's sparse attention
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)

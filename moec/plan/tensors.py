@@ -109,8 +109,8 @@ def _attention(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str)
         *_linear(f"{prefix}.v_proj", d, kv * vd, a.bias, unit, 0),
         *_linear(f"{prefix}.o_proj", h * vd, d, a.out_bias, unit, 1),
     ]
-    if a.output_gate != "none":  # split by heads like q_proj under tensor parallelism
-        out += _linear(f"{prefix}.gate_proj", d, h * vd if a.output_gate == "element" else h, a.bias, unit, 0)
+    if a.gate_width:  # split by heads like q_proj under tensor parallelism
+        out += _linear(f"{prefix}.gate_proj", d, a.gate_width, a.bias, unit, 0)
     if a.qk_norm and a.qk_norm_kind == "model":  # the l2 kind is weightless
         per_head = a.qk_norm_scope == "head"
         out += _norm(f"{prefix}.q_norm", hd if per_head else h * hd, norm, "attention", unit)
@@ -134,8 +134,8 @@ def _mla(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str) -> li
     out += _norm(f"{prefix}.kv_a_layernorm", a.kv_lora_rank, norm, "attention", unit)
     out += _linear(f"{prefix}.kv_b_proj", a.kv_lora_rank, h * (nope + dv), False, unit, 0)
     out += _linear(f"{prefix}.o_proj", h * dv, d, False, unit, 1)
-    if a.output_gate != "none":  # Ling 3's per-head gate, no bias
-        out += _linear(f"{prefix}.gate_proj", d, h * dv if a.output_gate == "element" else h, False, unit, 0)
+    if a.gate_width:  # Ling 3's per-head gate, no bias
+        out += _linear(f"{prefix}.gate_proj", d, a.gate_width, False, unit, 0)
     return out + _sinks(prefix, a, unit)
 
 

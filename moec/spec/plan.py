@@ -223,6 +223,11 @@ class AttentionPlan:
         """Per-head width of values: MLA's v_head_dim; GQA's v_head_dim where given, else head_dim."""
         return self.v_head_dim if self.v_head_dim is not None else self.head_dim
 
+    @property
+    def gate_width(self) -> int:
+        """Outputs of the output gate's projection: one per element of each head's values, one per head, or 0."""
+        return {"none": 0, "element": self.n_heads * self.v_dim, "head": self.n_heads}[self.output_gate]
+
 
 class _FFNBase:
     activation: str

@@ -21,107 +21,31 @@ from typing import Any
 
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.codegen.mixers import class_name, used_kinds
+from moec.codegen.rope_features import RopeFeatures, rope_features
+from moec.codegen.router_features import RouterFeatures, router_features
 from moec.spec.plan import (
     AbsentPlan,
     AttentionPlan,
     DenseFFNPlan,
     LayerPlan,
     MoEPlan,
-    PositionsPlan,
     ResidualScalesPlan,
     ResolvedModel,
 )
 from moec.vocab import (
     ACTIVATIONS,
     ATTENTION_KINDS,
-    BALANCE_GRANULARITIES,
-    DROP_POLICIES,
     EXPERT_KINDS,
     FREEZABLE_COMPONENTS,
-    GROUP_SCORES,
     NORM_KINDS,
     NORM_PLACEMENTS,
     OUTPUT_GATES,
     POSITION_KINDS,
     QK_NORM_SCOPES,
-    ROUTER_KINDS,
-    ROUTER_SCORES,
 )
-
-SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
-
 
 # ---------------------------------------------------------------------------------------------
 # what the plan uses
-
-
-@dataclass(frozen=True)
-class RouterFeatures:
-    kind: str  # moe.router.kind: topk, or an algorithm of docs/routing.md
-    score: str
-    softmax_after_topk: bool
-    normalize: bool
-    normalize_eps: str | None  # the spec's epsilon on the renormalised sum, printed; None: the default of router.j2
-    scale: bool
-    bias: bool
-    selection_bias: bool
-    selection_bias_parameter: bool
-    groups: bool
-    group_score: str
-    dense: bool
-    jitter: bool
-    capacity: bool
-    drop_policy: str
-    load_balance: bool
-    sequence: bool  # load balance per sequence
-    z_loss: bool
-    bias_update: bool
-    mlp: bool  # a router MLP: logits = W_out·gelu(W_in·x)
-    capacity_groups: bool  # capacity per local group of tokens (GShard)
-
-    @property
-    def learned(self) -> bool:
-        """The router has weights (hash routing has none)."""
-        return self.kind != "hash"
-
-    @property
-    def empty_slots(self) -> bool:
-        """Slots can hold no expert before any capacity drop (GShard's unsent second choices, expert choice's untaken
-        tokens): -1 in ``idx``."""
-        return self.kind in ("expert_choice", "gshard")
-
-    @property
-    def chooses_top_k(self) -> bool:
-        """Experts are chosen by the top-k of the scores (the Router has ``select``)."""
-        return self.kind == "topk" and not self.dense
-
-    @property
-    def summary(self) -> str:
-        """One docstring line naming this model's routing (fixed words only)."""
-        parts = [f"{self.score.replace('_', '-')} scores" + (" of a router MLP" if self.mlp else "")]
-        if self.kind == "hash":
-            parts = ["a hash of each token's id (no learned router), each chosen expert weighted 1/k"]
-        elif self.kind == "gshard":
-            parts.append("GShard top-2 (in training the second expert is sent with probability 2·g2)")
-        elif self.kind == "expert_choice":
-            parts.append("expert choice (each expert takes its top ceil(k·T/E) tokens of the call)")
-        elif self.dense:
-            parts.append("dense (every expert, weighted by its score)")
-        else:
-            if self.selection_bias:
-                parts.append("a selection bias")
-            if self.groups:
-                parts.append(f"group-limited choice ({self.group_score})")
-            parts.append("top-k, softmax over the k chosen logits" if self.softmax_after_topk else "top-k")
-        if self.normalize:
-            parts.append("weights renormalized")
-        if self.scale:
-            parts.append("scaled")
-        if self.capacity:
-            parts.append(f"capacity-limited (drop by {self.drop_policy})")
-        if self.capacity_groups:
-            parts.append("per local group of tokens")
-        return "This model routes with " + ", ".join(parts) + "."
 
 
 @dataclass(frozen=True)
@@ -268,7 +192,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     sc = plan.positions.scaling
     if not any(ropes) and kind == "mla" and sc is not None and sc.kind == "yarn" and sc.mscale_all_dim:
         raise ValueError("MLA with YaRN scaling but no layer applying RoPE is not supported by codegen")
-    rope = _rope_features(plan, a, attns, c) if any(ropes) else RopeFeatures()  # no rotation: nothing to scale
+    rope = rope_features(plan, a, attns, c) if any(ropes) else RopeFeatures()  # no rotation: nothing to scale
 
     # FFNs: one dense configuration and one MoE configuration
     dense = _one([lp.ffn for lp in layers if isinstance(lp.ffn, DenseFFNPlan)], "dense FFN")
@@ -320,7 +244,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         lora=expert_kind == "lora",
         shared=has_moe and int_text(moe.n_shared_experts, "n_shared_experts", minimum=0) != "0",
         shared_gate=has_moe and moe.n_shared_experts > 0 and checked_bool(moe.shared_gate, "shared_gate"),
-        router=_router_features(moe) if moe is not None else None,
+        router=router_features(moe) if moe is not None else None,
         mtp=bool(plan.mtp),
         tie_embeddings=checked_bool(plan.tie_embeddings, "tie_embeddings"),
         head_bias=checked_bool(plan.head_bias, "head_bias"),
@@ -396,98 +320,3 @@ def _model_constants(plan: ResolvedModel, a: AttentionPlan) -> dict[str, str | N
         c[key] = None if v == 1.0 else float_text(v, key)
     c["logit_softcap"] = None if plan.logit_softcap is None else float_text(plan.logit_softcap, "logit_softcap")
     return c
-
-
-@dataclass(frozen=True)
-class RopeFeatures:
-    """How the rotating layers' cos/sin are made (all off when no layer rotates)."""
-
-    scaling: str | None = None
-    yarn_truncate: bool = False
-    yarn_attention: str = "default"  # "stated", "ratio", "default" or "one"
-    mla_scale_factor: bool = False
-
-
-def _rope_features(
-    plan: ResolvedModel, a: AttentionPlan, attns: list[AttentionPlan], c: dict[str, str | None]
-) -> RopeFeatures:
-    """Some layer rotates: its constants into ``c``, and the scaling's shape."""
-    pos = plan.positions
-    c["rope_theta"] = float_text(pos.theta, "positions.theta")
-    c["rope_dim"] = int_text(plan.rope_dim, "rope dim")
-    thetas = [pos.theta] + [x.rope_theta for x in attns if x.rope and x.rope_theta is not None]
-    bases = [float_text(t, "rope_theta") for t in dict.fromkeys(thetas)]
-    c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
-    sc = pos.scaling
-    if sc is None:
-        return RopeFeatures()
-    scaling = checked_choice(sc.kind, SCALINGS, "rope scaling kind")
-    mla_scale_factor = a.kind == "mla" and scaling == "yarn" and bool(sc.mscale_all_dim)
-    yarn_attention = _scaling_constants(pos, plan.max_seq_len, c)
-    if mla_scale_factor or yarn_attention == "ratio":
-        c["rope_mscale_all_dim"] = float_text(sc.mscale_all_dim, "scaling.mscale_all_dim")
-    truncate = scaling == "yarn" and checked_bool(sc.truncate, "scaling.truncate")
-    return RopeFeatures(scaling, truncate, yarn_attention, mla_scale_factor)
-
-
-def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | None]) -> str:
-    """The scaling's numbers into ``c``; returns how YaRN states its attention factor ("default" otherwise, "one"
-    when it is a ratio of equal temperatures)."""
-    sc = pos.scaling
-    assert sc is not None
-    if sc.kind == "ntk_alpha":
-        c["rope_ntk_alpha"] = float_text(sc.alpha, "scaling.alpha")
-    else:
-        c["rope_factor"] = float_text(sc.factor, "scaling.factor")
-    if sc.kind in ("dynamic", "yarn", "llama3"):
-        trained = sc.original_max_seq_len or (max_seq_len if sc.kind == "dynamic" else None)
-        c["rope_original_max_seq_len"] = int_text(trained, "scaling.original_max_seq_len")
-    if sc.kind == "llama3":
-        low, high = sc.low_freq_factor, sc.high_freq_factor
-        c["rope_low_freq_factor"] = float_text(1.0 if low is None else low, "scaling.low_freq_factor")
-        c["rope_high_freq_factor"] = float_text(4.0 if high is None else high, "scaling.high_freq_factor")
-    if sc.kind != "yarn":
-        return "default"
-    c["rope_beta_fast"] = float_text(sc.beta_fast or 32.0, "scaling.beta_fast")
-    c["rope_beta_slow"] = float_text(sc.beta_slow or 1.0, "scaling.beta_slow")
-    if sc.attention_factor is not None:
-        c["rope_attention_factor"] = float_text(sc.attention_factor, "scaling.attention_factor")
-        return "stated"
-    if sc.mscale and sc.mscale_all_dim:
-        if float_text(sc.mscale, "scaling.mscale") == float_text(sc.mscale_all_dim, "scaling.mscale_all_dim"):
-            return "one"  # a ratio of equal temperatures is exactly 1: cos and sin are left as they are
-        c["rope_mscale"] = float_text(sc.mscale, "scaling.mscale")
-        return "ratio"
-    return "default"
-
-
-def _router_features(moe: MoEPlan) -> RouterFeatures:
-    r = moe.router
-    load_balance = moe.load_balance_coeff > 0
-    return RouterFeatures(
-        kind=checked_choice(r.kind, ROUTER_KINDS, "router.kind"),
-        score=checked_choice(r.score, ROUTER_SCORES, "router.score"),
-        softmax_after_topk=checked_bool(r.softmax_after_topk, "router.softmax_after_topk"),
-        normalize=checked_bool(r.normalize_topk, "router.normalize_topk"),
-        normalize_eps=None if r.normalize_eps is None else float_text(r.normalize_eps, "router.normalize_eps"),
-        scale=r.scale != 1.0,
-        bias=checked_bool(r.bias, "router.bias"),
-        selection_bias=checked_bool(r.selection_bias, "router.selection_bias"),
-        selection_bias_parameter=bool(r.selection_bias)
-        and checked_bool(r.selection_bias_parameter, "router.selection_bias_parameter"),
-        groups=r.n_groups is not None and r.topk_groups is not None and r.topk_groups < r.n_groups,
-        group_score=checked_choice(r.group_score, GROUP_SCORES, "router.group_score"),
-        dense=checked_bool(r.dense, "router.dense"),
-        jitter=r.jitter > 0,
-        capacity=moe.capacity_factor is not None,
-        drop_policy=checked_choice(moe.drop_policy, DROP_POLICIES, "drop_policy"),
-        load_balance=load_balance,
-        # the balance loss is reported (MoEAux) even when its coefficient is 0, so its granularity always counts
-        sequence=checked_choice(moe.load_balance_granularity, BALANCE_GRANULARITIES, "load_balance_granularity")
-        == "sequence",
-        z_loss=moe.z_loss_coeff > 0,
-        # the update moves the selection bias; without one it has nothing to move (as in moec.nn)
-        bias_update=moe.bias_update_rate is not None and bool(r.selection_bias),
-        mlp=r.mlp_hidden is not None,
-        capacity_groups=moe.capacity_factor is not None and moe.capacity_group_size is not None,
-    )

@@ -12,6 +12,7 @@ from moec.errors import Problem
 from moec.spec.block_checks import check_block, check_latent_scales, check_zero_experts
 from moec.spec.encdec import problems as encdec_problems
 from moec.spec.gate_rotary import problems as gate_rotary_problems
+from moec.spec.hyper import problems as hyper_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
@@ -45,6 +46,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *moa_problems(spec),
         *encdec_problems(spec),
         *gate_rotary_problems(spec),
+        *hyper_problems(spec),
     ):
         bad(path, message)
     check_block(spec, bad)

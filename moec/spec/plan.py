@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from moec.spec.hyper import HyperConnectionsPlan
 from moec.spec.schema import FFN, Balance, Lora, MoE, RopeScaling, Router
 from moec.vocab import (
     ATTENTION_KINDS,
@@ -345,6 +346,7 @@ class ResolvedModel:
     # an encoder-decoder model (moec/spec/encdec.py): its encoder stack, layers being the decoder's; () else
     encoder: tuple[LayerPlan, ...] = ()
     expert_capacity: int | None = None  # both stacks: tokens an expert takes per sequence, earliest first
+    hyper_connections: HyperConnectionsPlan | None = None  # n residual streams (moec/spec/hyper.py); None: one
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -419,6 +421,7 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         layers=tuple(layer(l) for l in d["layers"]),
         encoder=tuple(layer(l) for l in d.get("encoder", ())),
         expert_capacity=d.get("expert_capacity"),
+        hyper_connections=HyperConnectionsPlan(**d["hyper_connections"]) if d.get("hyper_connections") else None,
         mtp=tuple(layer(l) for l in d.get("mtp", ())),
         frozen=tuple(d.get("frozen", ())),
         head_bias=d.get("head_bias", False),

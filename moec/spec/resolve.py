@@ -8,6 +8,7 @@ from typing import Any
 from moec.errors import Problem
 from moec.mixers import KINDS
 from moec.spec.encdec import stack_plans
+from moec.spec.hyper import plan_of as hyper_plan
 from moec.spec.indexer import IndexerSection
 from moec.spec.load import LoadedSpec
 from moec.spec.moa import plan_fields as moa_fields
@@ -125,7 +126,7 @@ def _selection(sel: Select, n_layers: int) -> slice | list[int]:
 _MODEL_AS_WRITTEN = tuple(
     f.name
     for f in dataclasses.fields(ResolvedModel)
-    if f.name in Model.model_fields and f.name not in ("norm", "positions", "residual_scales")
+    if f.name in Model.model_fields and f.name not in ("norm", "positions", "residual_scales", "hyper_connections")
 )
 # attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
 _ATTENTION_AS_WRITTEN = (
@@ -266,6 +267,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         layers=layers,
         encoder=encoder,
         expert_capacity=spec.encoder.expert_capacity if spec.encoder is not None else None,
+        hyper_connections=hyper_plan(m.hyper_connections),
         mtp=mtp,
         frozen=tuple(sorted(set(spec.frozen))),
         spec_hash=spec_hash,

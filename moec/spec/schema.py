@@ -19,6 +19,7 @@ from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
 from moec.spec.encdec import RELATIVE_BUCKET, EncoderSection
+from moec.spec.hyper import HyperConnectionsSection
 from moec.spec.indexer import IndexerSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     AttentionOverride,
@@ -201,6 +202,8 @@ class Model(Strict):
     """normed_residual placement only: each sublayer's x = alpha·norm(x) + beta·f(norm(x)) (MiniMax-Text-01)."""
     block: Literal[BLOCK_KINDS] = "standard"
     """standard: mixer then FFN; shortcut_moe_pair: two (attention, dense ffn) pairs and one MoE read after the first (LongCat-Flash)."""
+    hyper_connections: HyperConnectionsSection | None = None
+    """n residual streams around every sublayer (mHC: DeepSeek-V4, GLM-5-Next; HY-V4); null: one residual."""
 
 
 class TemperatureTuning(Strict):
@@ -238,7 +241,9 @@ class Attention(Strict):
     out_bias: bool = False
     """A bias on the output projection."""
     sinks: bool = False
-    """One learned attention-sink logit per head (gpt-oss)."""
+    """One learned attention-sink logit per head (gpt-oss); layers.*.attention.sinks turn it on or off per layer."""
+    value_scale: Annotated[float, Field(gt=0, le=1e3)] | None = None
+    """GQA: the values times this constant after v_proj (MiMo-V2-Flash's attention_value_scale); null: off."""
     window: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     """Sliding-window attention over this many tokens on every layer; null: full context."""
     chunk: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None

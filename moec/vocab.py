@@ -26,6 +26,7 @@ COMPONENTS = (
     "attention",
     "mixers",
     "norms",
+    "hyper_connections",
     "router",
     "routed_experts",
     "shared_experts",

@@ -253,6 +253,10 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     if isinstance(layer.ffn, MoEPlan) and layer.ffn.output_norm and model.norm.placement != "sandwich":
         norms += 1  # the MoE block's own output norm (A.X-K1)
     parts["norms"] = Part(norms * d * npd, norms * d * npd, 0)
+    if model.hyper_connections is not None:  # one connection per sublayer (moec/analyze/hyper.py)
+        from moec.analyze.hyper import layer_part
+
+        parts.update(layer_part(layer, model))
     if layer.has_ffn:
         parts.update(ffn_parts(layer.ffn, d))  # type: ignore[arg-type]
     if model.encoder:  # an encoder-decoder model's cross-attention and relative-bias tables (moec/analyze/encdec.py)
@@ -310,6 +314,10 @@ def model_edge_parts(model: ResolvedModel) -> dict[str, Part]:
         "norms": Part(final_norm, final_norm, 0),
         "head": Part(head, head, 2 * d * V),
     }
+    if model.hyper_connections is not None:  # the streams merge before the final norm (moec/analyze/hyper.py)
+        from moec.analyze.hyper import head_part
+
+        parts.update(head_part(model))
     return _apply_frozen(parts, model.frozen)
 
 

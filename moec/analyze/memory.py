@@ -73,6 +73,10 @@ def activation_bytes_per_token(model: ResolvedModel) -> int:
             if f.n_shared_experts:
                 total += b * f.n_shared_experts * ((2 if f.gated else 1) * f.d_ff_shared + f.d_ff_shared)
     total += b * d + 4 * model.vocab_size  # final norm input, fp32 logits for the loss
+    if model.hyper_connections is not None:  # the streams and their coefficients (moec/analyze/hyper.py)
+        from moec.analyze.hyper import activation_bytes_per_token as streams_bytes
+
+        total += streams_bytes(model, b)
     return total
 
 

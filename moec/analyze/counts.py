@@ -63,7 +63,7 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         else:
             q_mm, norms = d * h * qk, 0
         kv_mm = d * (a.kv_lora_rank + r) + a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
-        norms += a.kv_lora_rank * norm_dim_params
+        norms += (a.kv_lora_rank + (r if a.rope_key_norm else 0)) * norm_dim_params  # Dots3 norms the rotary key
         o_mm = h * a.v_head_dim * d
         mm = q_mm + kv_mm + o_mm + d * a.gate_width + indexer_matrices(a, d)  # the gate has no bias in MLA
         extra = norms + (2 * a.indexer_head_dim if a.indexer_head_dim else 0)  # its key's LayerNorm: weight, bias

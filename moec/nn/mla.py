@@ -11,7 +11,8 @@ rotary key of width qk_rope_head_dim:
 
 Names and layouts are transformers' DeepseekV3Attention, and the rotary dims use DeepSeek's adjacent-pair
 convention (``rope_interleave``), so HF checkpoints load without permutation. The softmax scale carries
-YaRN's mscale² correction. The latent norms take ``plan.latent_norm_eps`` when set. With ``attention.indexer``
+YaRN's mscale² correction. The latent norms, and Dots3's norm of the rotary key before its rotation
+(``attention.rope_key_norm``), take ``plan.latent_norm_eps`` when set. With ``attention.indexer``
 (DeepSeek-V3.2) an :class:`moec.nn.indexer.Indexer` picks the top_k keys each query attends, in the full forward and
 in a cached decode alike. Parameter count = :func:`moec.analyze.counts.attention_part`.
 
@@ -73,6 +74,8 @@ class MLA(AttentionLayer):
             self.q_proj = Linear(d_model, h * qk, bias=False, **kw)
         self.kv_a_proj_with_mqa = Linear(d_model, plan.kv_lora_rank + rope, bias=False, **kw)
         self.kv_a_layernorm = make_norm(norm, plan.kv_lora_rank, **kw)
+        # Dots3 norms the shared rotary key before rotating it (attention.rope_key_norm); transformers' name
+        self.k_rope_only_layernorm = make_norm(norm, rope, **kw) if plan.rope_key_norm else None
         self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
         self.make_output_gate(d_model, bias=False, **kw)  # Ling 3's per-head gate
@@ -159,6 +162,8 @@ class MLA(AttentionLayer):
         q_nope, q_rot = q.view(B, S, h, nope + r).transpose(1, 2).split([nope, r], dim=-1)  # (B, h, S, ·)
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.plan.kv_lora_rank, r], dim=-1)  # (B, S, kv_r), (B, S, r)
         k_rot = k_rot.view(B, 1, S, r)  # one rotary key shared by every head
+        if self.k_rope_only_layernorm is not None:
+            k_rot = self.k_rope_only_layernorm(k_rot)
         if self.plan.rope:
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")

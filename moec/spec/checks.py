@@ -81,6 +81,8 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
     for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "latent_norm_eps"):
         if getattr(a, f) is not None:
             bad(("attention", f), "only meaningful with attention.kind: mla")
+    if a.rope_key_norm:
+        bad(("attention", "rope_key_norm"), "only meaningful with attention.kind: mla (it norms MLA's rotary key)")
 
 
 def _check_mla(spec: Spec, bad: Bad) -> None:
@@ -94,6 +96,8 @@ def _check_mla(spec: Spec, bad: Bad) -> None:
         bad(("attention", "head_dim"), "MLA head dims are qk_nope_head_dim + qk_rope_head_dim and v_head_dim")
     if a.bias or a.out_bias:
         bad(("attention", "bias"), "biases are not supported with MLA")
+    if a.rope_key_norm and not a.qk_rope_head_dim:
+        bad(("attention", "rope_key_norm"), "needs a rotary key to norm (qk_rope_head_dim > 0)")
     if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
         bad(
             ("attention", "qk_rope_head_dim"),

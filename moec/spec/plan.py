@@ -188,6 +188,7 @@ class AttentionPlan:
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
+    rope_key_norm: bool = False  # MLA: a norm of qk_rope_head_dim on the rotary key before the rotation (Dots3)
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)
     rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim

@@ -149,6 +149,7 @@ _MLA_AS_WRITTEN = (
     "v_head_dim",
     "latent_norm_eps",
     "latent_scales",
+    "rope_key_norm",
 )
 
 

@@ -267,6 +267,8 @@ class Attention(Strict):
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"
+    rope_key_norm: bool = False
+    """MLA: a norm of qk_rope_head_dim (the latent norms' kind and eps) on the shared rotary key before its rotation (Dots3)."""
     """The output gate's function of its projection: sigmoid (Qwen3-Next) or softplus (Laguna)."""
     indexer: IndexerSection | None = None
     """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""

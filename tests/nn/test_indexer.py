@@ -27,11 +27,12 @@ D, S = 32, 10
 NOPE, R, V, Q_R, KV_R, H = 8, 4, 6, 16, 8, 4
 
 
-def plan(*, top_k=3, layout="halves", window=None, heads=4, index_dim=8) -> AttentionPlan:
+def plan(*, top_k=3, layout="halves", window=None, heads=4, index_dim=8, rope_key_norm=False) -> AttentionPlan:
     return AttentionPlan(
         "mla", H, H, NOPE + R, False, False, False, False, window, True,
         q_lora_rank=Q_R, kv_lora_rank=KV_R, qk_nope_head_dim=NOPE, qk_rope_head_dim=R, v_head_dim=V,
         indexer_n_heads=heads, indexer_head_dim=index_dim, indexer_top_k=top_k, indexer_rope_layout=layout,
+        rope_key_norm=rope_key_norm,
     )  # fmt: skip
 
 
@@ -59,7 +60,8 @@ def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
     """MLA written out (one batch row, one head, one query at a time), the keys each query attends picked by sorting
-    the indexer's scores by hand: I(t, s) = Σ_j w_j·ReLU(q_j·k_s/√d_I), w = weights_proj(x)/√H_I."""
+    the indexer's scores by hand: I(t, s) = Σ_j w_j·ReLU(q_j·k_s/√d_I), w = weights_proj(x)/√H_I. With
+    rope_key_norm (Dots3) the rotary key is RMS-normed before its rotation."""
     ix = mod.indexer
     B, n = x.shape[0], x.shape[1]
     H_I, d_I, interleaved = p.indexer_n_heads, p.indexer_head_dim, p.indexer_rope_layout == "interleaved"
@@ -67,7 +69,8 @@ def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
     q = (c_q @ mod.q_b_proj.weight.T).view(B, n, H, NOPE + R).transpose(1, 2)  # (B, H, n, NOPE+R)
     q = torch.cat((q[..., :NOPE], rotate(q[..., NOPE:], interleaved=True)), -1)
     kv_a = x @ mod.kv_a_proj_with_mqa.weight.T
-    latent, k_rot = rms(kv_a[..., :KV_R], mod.kv_a_layernorm.weight), rotate(kv_a[..., KV_R:], interleaved=True)
+    k_r = rms(kv_a[..., KV_R:], mod.k_rope_only_layernorm.weight) if p.rope_key_norm else kv_a[..., KV_R:]
+    latent, k_rot = rms(kv_a[..., :KV_R], mod.kv_a_layernorm.weight), rotate(k_r, interleaved=True)
     kv = (latent @ mod.kv_b_proj.weight.T).view(B, n, H, NOPE + V).transpose(1, 2)  # (B, H, n, NOPE+V)
     k = torch.cat((kv[..., :NOPE], k_rot[:, None].expand(B, H, n, R)), -1)
     v = kv[..., NOPE:]
@@ -106,6 +109,7 @@ CASES = {
     "interleaved (GLM-5)": plan(layout="interleaved"),
     "window and top_k": plan(top_k=3, window=5),
     "top_k 1, d_I = the rotary width": plan(top_k=1, heads=8, index_dim=4),
+    "interleaved, rotary key normed (Dots3)": plan(layout="interleaved", rope_key_norm=True),
 }
 
 
@@ -136,6 +140,20 @@ def test_parameter_count_equals_the_analyzer():
     bare = MLA(dataclasses.replace(p, indexer_n_heads=None), D, norm=RMS, positions=ROPE, device="meta")
     extra = sum(t.numel() for t in mod.parameters()) - sum(t.numel() for t in bare.parameters())
     assert extra == 16 * 4 * 8 + 32 * 8 + 2 * 8 + 32 * 4
+
+
+def test_the_rotary_key_norm_adds_its_width_and_changes_the_output():
+    """attention.rope_key_norm (Dots3): one weight of qk_rope_head_dim (R = 4), counted by the analyzer; the norm is
+    not a no-op on the same weights (the oracle above checks what it computes)."""
+    normed_plan = plan(rope_key_norm=True)
+    normed = randomized(MLA(normed_plan, D, norm=RMS, positions=ROPE))
+    assert sum(t.numel() for t in normed.parameters()) == attention_part(normed_plan, D, 1).params
+    assert attention_part(normed_plan, D, 1).params - attention_part(plan(), D, 1).params == R
+    plain = MLA(plan(), D, norm=RMS, positions=ROPE)
+    plain.load_state_dict({k: v for k, v in normed.state_dict().items() if "k_rope_only" not in k})
+    x = torch.randn(2, S, D, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert not torch.allclose(normed(x, rope_tables(S)), plain(x, rope_tables(S)), atol=1e-3)
 
 
 # --- the whole model: DeepSeek-V3's tiny copy with an indexer, decoded through the cache -------------------------
@@ -218,3 +236,38 @@ def test_torch_jit_traces_the_sparse_path():
     with torch.no_grad():
         traced = torch.jit.trace(Call(), (x, cos, sin), check_trace=False)
         torch.testing.assert_close(traced(x, cos, sin), mod(x, (cos, sin)), atol=0, rtol=0)
+
+
+RKN = """
+name: rkn
+model: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 32}
+attention: {kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
+  v_head_dim: 6, rope_key_norm: true}
+ffn: {d_ff: 24}
+"""
+
+
+def test_a_spec_with_the_rotary_key_norm_builds_what_the_analyzer_counts():
+    from moec.spec import load_spec, resolve
+
+    plan = resolve(load_spec("rkn.yaml", text=RKN))
+    assert all(lp.attention.rope_key_norm for lp in plan.layers)
+    model = build_model(plan, device="meta")
+    assert sum(t.numel() for t in model.parameters()) == analyze(plan).params.total
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,\n"
+          "  v_head_dim: 6,", "n_heads: 4,"), "only meaningful with attention.kind: mla"),
+        (("qk_rope_head_dim: 4", "qk_rope_head_dim: 0"), "needs a rotary key to norm"),
+    ],
+)  # fmt: skip
+def test_the_rotary_key_norm_is_refused_where_there_is_no_mla_rotary_key(change, message):
+    from moec.errors import SpecError
+    from moec.spec import load_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec("rkn.yaml", text=RKN.replace(*change))
+    assert any(p.path == "attention.rope_key_norm" and message in p.message for p in e.value.problems)

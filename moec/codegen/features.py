@@ -292,6 +292,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
         "moe.router.selection_bias_on 'logits'": any(r.selection_bias_on == "logits" for r in routers),
         "moe.output_norm": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_norm for lp in layers),
+        "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "attention.indexer (sparse attention, DeepSeek-V3.2's lightning indexer)": any(x.has_indexer for x in attns),
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),

@@ -29,6 +29,7 @@ from moec.mixers import KINDS
 from moec.nn.attention import Attention
 from moec.nn.cache import LayerCache
 from moec.nn.ffn import DenseFFN
+from moec.nn.hyper import HyperConnection
 from moec.nn.mla import MLA
 from moec.nn.moa import MoA
 from moec.nn.moe import MoE, MoEAux
@@ -95,6 +96,10 @@ class Block(nn.Module):
         scales = model.residual_scales
         self.mixer_scale = (scales.attention if layer.has_attention else scales.mixer) if scales else (1.0, 1.0)
         self.ffn_scale = scales.ffn if scales else (1.0, 1.0)
+        hc = model.hyper_connections  # n residual streams: one connection around each sublayer (moec/nn/hyper.py)
+        self.streams = hc is not None
+        self.attn_hc = HyperConnection(hc, model.d_model, model.norm.eps, **kw) if hc and mixes else None
+        self.ffn_hc = HyperConnection(hc, model.d_model, model.norm.eps, **kw) if hc and self.ffn is not None else None
 
     def forward(
         self,
@@ -109,6 +114,12 @@ class Block(nn.Module):
         the tokens at each position, which a hash router routes by (docs/routing.md)."""
         mixer = self.token_mixer
         aux: list[MoEAux | None] = [None]
+        if self.streams:  # x (B, S, n, d): each sublayer reads and writes the streams through its connection
+            if self.attn_hc is not None:
+                x = self.attn_hc.around(x, lambda h: mixer(self.attn_norm(h), rope, cache, positions))
+            if self.ffn_hc is not None:
+                x = self.ffn_hc.around(x, lambda h: self._ffn(self.ffn_norm(h), token_ids, aux))
+            return x, aux[0]
         if self.placement == "parallel":  # both sublayers read one norm of the same input (checks: both exist)
             h = self.attn_norm(x)
             m = self.residual_multiplier

@@ -37,6 +37,7 @@ from moec.kernels.runtime import (  # shared with the generated model.py; ModelA
 from moec.nn.attention import Linear
 from moec.nn.block import Block
 from moec.nn.cache import KVCache, capacity_layers
+from moec.nn.hyper import HyperHead, expand_streams
 from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
@@ -56,6 +57,8 @@ def component_of(name: str) -> str:
         return "head"
     if parts[0] == "norm":
         return "norms"
+    if parts[0] == "hc_head":
+        return "hyper_connections"
     if parts[0] == "mtp":
         if parts[2] in ("enorm", "hnorm", "norm"):
             return "norms"
@@ -67,6 +70,8 @@ def component_of(name: str) -> str:
     rest = parts[3:] if parts[0] == "layers" else parts[2:]
     if sub in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm"):
         return "norms"
+    if sub in ("attn_hc", "ffn_hc"):
+        return "hyper_connections"
     if sub == "attn":
         return "attention"
     if sub == "mixer":
@@ -150,6 +155,8 @@ class MoecModel(nn.Module):
                 self.layer_rotary[key] = RotaryEmbedding(positions, rot or plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(make_block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
+        hc = plan.hyper_connections  # n residual streams, merged before the final norm (moec/nn/hyper.py)
+        self.hc_head = HyperHead(hc, d, plan.norm.eps, **kw) if hc is not None else None
         self.lm_head = Linear(d, V, bias=plan.head_bias, **kw)
         if plan.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one tensor, counted once
@@ -179,9 +186,11 @@ class MoecModel(nn.Module):
         rope = self.rotary(S, x.device, x.dtype) if self.rotary is not None else None  # (S, rope_dim) ×2
         ropes = {None: rope} | {theta: r(S, x.device, x.dtype) for theta, r in self.layer_rotary.items()}
         auxes: list[MoEAux | None] = []
+        x = self._streams(x)
         for block, lp in zip(self.layers, self.plan.layers, strict=True):
             x, aux = block(x, ropes[rotary_table(lp.attention)], token_ids=tokens)
             auxes.append(aux)
+        x = self._merge(x)
         if self.norm is not None:
             x = self.norm(x)
         logits = self._head(x)  # (B, S, V)
@@ -229,9 +238,11 @@ class MoecModel(nn.Module):
             cos, sin = cache.rope[theta]
             ropes[theta] = (cos[positions], sin[positions])
         auxes: list[MoEAux | None] = []
+        x = self._streams(x)
         for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
             x, aux = block(x, ropes.get(rotary_table(lp.attention)), layer_cache, positions, tokens)
             auxes.append(aux)
+        x = self._merge(x)
         if self.norm is not None:
             x = self.norm(x)
         logits = self._head(x)  # (B, S, V)
@@ -242,6 +253,15 @@ class MoecModel(nn.Module):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # (B, S, d)
         return x if self.plan.embedding_multiplier == 1.0 else x * self.plan.embedding_multiplier
+
+    def _streams(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding (B, S, d) as the layers read it: itself, or copied into n streams (B, S, n, d)."""
+        hc = self.plan.hyper_connections
+        return x if hc is None else expand_streams(x, hc.n_streams)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output as the final norm reads it: (B, S, d), the streams merged by the head."""
+        return x if self.hc_head is None else self.hc_head(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(x)  # (B, S, V)

@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from moec.codegen.attention_features import MLAFeatures, mla_features
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.codegen.mixers import class_name, used_kinds
 from moec.codegen.rope_features import RopeFeatures, rope_features
@@ -97,6 +98,19 @@ class Features:
     mixer_classes: tuple[str, ...] = ()  # their classes, from moec.kernels.mixers.<kind>
     mixer_none: bool = False  # some layer has no token mixer
     ffn_none: bool = False  # some layer has no FFN
+    mla_parts: MLAFeatures = MLAFeatures()  # MLA's optional parts: the sparse-attention indexer, latent scales
+
+    @property
+    def indexer(self) -> bool:
+        return self.mla_parts.indexer
+
+    @property
+    def indexer_rotate(self) -> str:
+        return self.mla_parts.indexer_rotate
+
+    @property
+    def latent_scales(self) -> bool:
+        return self.mla_parts.latent_scales
 
     @property
     def rope(self) -> bool:
@@ -255,6 +269,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         mixer_classes=tuple(class_name(k) for k in kinds),
         mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
+        mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
     )
     return f, c
 
@@ -294,10 +309,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.output_norm": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_norm for lp in layers),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
-        "attention.indexer (sparse attention, DeepSeek-V3.2's lightning indexer)": any(x.has_indexer for x in attns),
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
         "moe.n_zero_experts": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in layers),
-        "attention.latent_scales": any(x.latent_scales for x in attns),
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
         "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 CODEGEN_REFUSES = {
-    "deepseek-v3.2-exp": "attention.indexer",
-    "glm-5": "attention.indexer",
     "longcat-flash": "model.block 'shortcut_moe_pair'",
     "jetmoe-8b": "attention.kind 'moa'",
     "switch-base-8-encdec": "an encoder-decoder model",

@@ -13,7 +13,7 @@ import torch
 from moec.codegen import render_model_source
 from moec.nn import build_model
 from moec.nn.cache import without_capacity
-from tests.codegen import test_features_2026
+from tests.codegen import test_features_13, test_features_2026
 from tests.codegen.refused import expect_refusal_if_refused
 from tests.codegen.test_codegen import CASES, CLAMPED_MOE, assert_same_aux, import_source, plan_of
 from tests.nn.test_cache import SPECS, decoded, randomised, tiny
@@ -28,6 +28,7 @@ ALL_CASES = {
     **CASES,
     **{f"clamped {k}": v for k, v in CLAMPED_MOE.items()},
     **{f"features {k}": v for k, v in test_features_2026.CASES.items()},
+    **{f"issue 13 {k}": v for k, v in test_features_13.CASES.items()},
 }
 
 

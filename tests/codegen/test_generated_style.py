@@ -16,7 +16,7 @@ from moec.codegen.features import float_text
 from moec.codegen.layout import table_lines
 from moec.spec import load_model
 from moec.spec.paths import shipped_spec_path
-from tests.codegen import test_features_2026, test_hybrid
+from tests.codegen import test_features_13, test_features_2026, test_hybrid
 from tests.codegen.test_codegen import CASES, CLAMPED_MOE, assert_ruff_clean, layer_table, plan_of
 
 ALL_CASES = {
@@ -24,6 +24,7 @@ ALL_CASES = {
     **{f"clamped-{k}": v for k, v in CLAMPED_MOE.items()},
     **{f"features-{k}": v for k, v in test_features_2026.CASES.items()},
     **{f"hybrid-{k}": v for k, v in test_hybrid.CASES.items()},
+    **{f"issue13-{k}": v for k, v in test_features_13.CASES.items()},
 }
 
 

@@ -1,0 +1,36 @@
+"""What the plan's attention asks of the generated ``model.py`` beyond its kind and shapes: the features of MLA
+(DeepSeek-V3.2's sparse-attention indexer, LongCat-Flash's latent scales), each checked, and the checked text of
+the constants they print (for :mod:`moec.codegen.features`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
+from moec.spec.indexer import ROPE_LAYOUTS
+from moec.spec.plan import AttentionPlan
+
+
+@dataclass(frozen=True)
+class MLAFeatures:
+    """MLA's optional parts (all off for GQA)."""
+
+    indexer: bool = False  # DeepSeek Sparse Attention's indexer picks the keys each query attends
+    indexer_rotate: str = ""  # the rotation of its first qk_rope_head_dim dims: apply_rope or apply_rope_interleaved
+    latent_scales: bool = False  # constant factors on the query and the normed kv latent (LongCat-Flash)
+
+
+def mla_features(a: AttentionPlan, rotates: bool, c: dict[str, str | None]) -> MLAFeatures:
+    """MLA's optional parts of ``a`` (every attention layer's configuration), their constants into ``c``."""
+    if a.kind != "mla":
+        return MLAFeatures()
+    latent_scales = checked_bool(a.latent_scales, "attention.latent_scales")
+    if not a.has_indexer:
+        return MLAFeatures(latent_scales=latent_scales)
+    c["indexer_n_heads"] = int_text(a.indexer_n_heads, "attention.indexer.n_heads")
+    c["indexer_head_dim"] = int_text(a.indexer_head_dim, "attention.indexer.head_dim")
+    c["indexer_top_k"] = int_text(a.indexer_top_k, "attention.indexer.top_k")
+    c["indexer_key_norm_eps"] = float_text(a.indexer_key_norm_eps, "attention.indexer.key_norm_eps")
+    layout = checked_choice(a.indexer_rope_layout, ROPE_LAYOUTS, "attention.indexer.rope_layout")
+    rotate = ("apply_rope_interleaved" if layout == "interleaved" else "apply_rope") if rotates else ""
+    return MLAFeatures(indexer=True, indexer_rotate=rotate, latent_scales=latent_scales)

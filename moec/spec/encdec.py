@@ -8,7 +8,10 @@ FFN and MoE sections, with bidirectional self-attention and no cross-attention. 
 a cross-attention over the encoder's output (the attention section's shape, no positions) with its own norm;
 the embedding is shared by both stacks. ``model.positions.kind: relative_bucket`` is T5's relative position
 bias: one table of n_buckets × n_heads in the first self-attention of each stack, shared by the stack's layers
-(the encoder's bidirectional, the decoder's causal buckets); cross-attention has none.
+(the encoder's bidirectional, the decoder's causal buckets); cross-attention has none. ``model.positions.kind:
+sinusoidal`` is fairseq's fixed table (M2M-100, NLLB-MoE; no parameters) added to the scaled embedding of each
+stack: row ``offset + i`` for the i-th token, its first half sin(p·f_j), its second cos(p·f_j), f_j =
+theta^(−j/(d/2 − 1)), a last zero column when d is odd.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from moec.spec.schema import Select, Spec
 
 RELATIVE_BUCKET = "relative_bucket"  # model.positions.kind of T5's bucketed relative position bias
+SINUSOIDAL = "sinusoidal"  # model.positions.kind of fairseq's fixed sinusoidal table (M2M-100, NLLB-MoE)
 NOT_BUILT = "encoder-decoder models are counted by the analyzer but not built yet"
 
 
@@ -70,6 +74,7 @@ def problems(spec: Spec) -> list[tuple[Path, str]]:
     else:
         out += [((*here, f), "only meaningful with kind: relative_bucket") for f in ("n_buckets", "max_distance")
                 if getattr(pos, f) is not None]  # fmt: skip
+    out += _sinusoidal_problems(spec)
     if enc is None:
         return out
     out += _encoder_layer_problems(enc)  # a missing ffn or moe section: checks.py (traps.ffn_kinds_used)
@@ -81,6 +86,25 @@ def problems(spec: Spec) -> list[tuple[Path, str]]:
         if spec.moe.drop_policy != "position":
             out.append((("moe", "drop_policy"), "encoder.expert_capacity keeps the earliest tokens: position"))
     out += _decoder_problems(spec)
+    return out
+
+
+def _sinusoidal_problems(spec: Spec) -> list[tuple[Path, str]]:
+    """sinusoidal positions: an encoder section and an offset; an offset only with them."""
+    pos = spec.model.positions
+    here: Path = ("model", "positions")
+    if pos.kind != SINUSOIDAL:
+        return [((*here, "offset"), "only meaningful with kind: sinusoidal")] if pos.offset is not None else []
+    out: list[tuple[Path, str]] = []
+    if spec.encoder is None:
+        out.append(
+            (
+                (*here, "kind"),
+                "sinusoidal positions are counted for encoder-decoder models: they need an encoder section",
+            )
+        )
+    if pos.offset is None:
+        out.append((here, "sinusoidal positions need offset (the table row of a sequence's first token)"))
     return out
 
 

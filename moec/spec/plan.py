@@ -153,6 +153,7 @@ class PositionsPlan:
     # relative_bucket (T5): the buckets and the distance from which they saturate; None for every other kind
     n_buckets: int | None = None
     max_distance: int | None = None
+    offset: int | None = None  # sinusoidal (fairseq): the table row of a sequence's first token; None otherwise
 
     def __post_init__(self) -> None:
         if self.mrope_sections is not None:  # a tuple, also when reloaded from a YAML list
@@ -187,8 +188,8 @@ class AttentionPlan:
     temperature_scale: float | None = None
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
-    rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     rope_key_norm: bool = False  # MLA: a norm of qk_rope_head_dim on the rotary key before the rotation (Dots3)
+    rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)
     rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim
@@ -418,6 +419,7 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
             pos.get("mrope_interleaved", False),
             pos.get("n_buckets"),
             pos.get("max_distance"),
+            pos.get("offset"),
         ),
         layers=tuple(layer(l) for l in d["layers"]),
         encoder=tuple(layer(l) for l in d.get("encoder", ())),

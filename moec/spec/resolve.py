@@ -264,6 +264,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             m.positions.mrope_interleaved,
             m.positions.n_buckets,
             m.positions.max_distance,
+            m.positions.offset,
         ),
         layers=layers,
         encoder=encoder,

@@ -18,7 +18,7 @@ from moec.mixers import lightning as _lightning
 from moec.mixers import mamba as _mamba
 from moec.mixers import mamba2 as _mamba2
 from moec.mixers import short_conv as _short_conv
-from moec.spec.encdec import RELATIVE_BUCKET, EncoderSection
+from moec.spec.encdec import RELATIVE_BUCKET, SINUSOIDAL, EncoderSection
 from moec.spec.hyper import HyperConnectionsSection
 from moec.spec.indexer import IndexerSection
 from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
@@ -125,8 +125,9 @@ class RopeScaling(Strict):
 
 
 class Positions(Strict):
-    kind: Literal[(*POSITION_KINDS, RELATIVE_BUCKET)] = "rope"
-    """rope, learned (an absolute position table), none, or relative_bucket (T5's bias; encoder-decoder only)."""
+    kind: Literal[(*POSITION_KINDS, RELATIVE_BUCKET, SINUSOIDAL)] = "rope"
+    """rope, learned (an absolute position table), none, relative_bucket (T5's bias) or sinusoidal (fairseq's fixed
+    table); the last two encoder-decoder only."""
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
     """The RoPE base."""
     scaling: RopeScaling | None = None
@@ -145,6 +146,8 @@ class Positions(Strict):
     """relative_bucket: the buckets of relative distance, each with a learned bias per head (T5: 32)."""
     max_distance: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     """relative_bucket: distances from this one on share the last bucket (T5: 128)."""
+    offset: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    """sinusoidal: the table row of a sequence's first token (fairseq, NLLB-MoE: padding_idx + 1 = 2)."""
 
     def rotary_width(self, head_dim: int) -> int:
         """How many of a head_dim-wide q or k head's dims rotate."""
@@ -264,11 +267,11 @@ class Attention(Strict):
     """MLA: eps of the q and kv latent norms; null: model.norm.eps (transformers uses 1e-6)."""
     latent_scales: bool = False
     """MLA: the query times sqrt(d_model/q_lora_rank), the normed kv latent times sqrt(d_model/kv_lora_rank) (LongCat-Flash)."""
+    rope_key_norm: bool = False
+    """MLA: a norm of qk_rope_head_dim (the latent norms' kind and eps) on the shared rotary key before its rotation (Dots3)."""
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"
-    rope_key_norm: bool = False
-    """MLA: a norm of qk_rope_head_dim (the latent norms' kind and eps) on the shared rotary key before its rotation (Dots3)."""
     """The output gate's function of its projection: sigmoid (Qwen3-Next) or softplus (Laguna)."""
     indexer: IndexerSection | None = None
     """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""

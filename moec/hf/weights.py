@@ -30,7 +30,6 @@ from moec.hf.families import FAMILIES
 from moec.hf.mapper import Mapper, Missing, NotFloat
 from moec.nn.build import build_model, require_memory, weights_memory
 from moec.nn.model import MoecModel
-from moec.spec.encdec import refuse_encoder_decoder
 
 # Tensors a checkpoint may hold that no moec parameter takes: rotary caches (old Llama-style saves)
 IGNORABLE = re.compile(r"(^|\.)rotary_emb\.(inv_freq|original_inv_freq)$")
@@ -152,7 +151,6 @@ def from_hf(
     """
     folder = checkpoint_folder(path)
     plan = hf_to_model(folder)
-    refuse_encoder_decoder(plan, "moec.from_hf")
     model_type = unquantized_model_type(folder, mapped=FAMILIES)
     ck = Checkpoint(folder)
     skip_mtp = False

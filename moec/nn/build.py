@@ -29,9 +29,9 @@ import torch
 from moec.analyze import analyze
 from moec.analyze.memory import DoesNotFitError, RunMemory, refuse_unless_fits
 from moec.errors import CommandError
+from moec.nn.encdec import EncoderDecoderModel
 from moec.nn.model import MoecModel
 from moec.spec import LoadedSpec, ResolvedModel, Spec, load_model, load_spec, resolve
-from moec.spec.encdec import refuse_encoder_decoder
 
 AUTO_FRACTION = 0.5  # "comfortably": leave room for activations, gradients and the rest of the process
 # moec.hf.weights' own weights check still reads this; build_model refuses through require_memory
@@ -172,7 +172,7 @@ def build_model(
     dtype: torch.dtype | None = None,
     backend: str = "auto",
     seed: int | None = None,
-) -> MoecModel:
+) -> MoecModel | EncoderDecoderModel:
     """Build the model a spec describes (in any form :func:`as_plan` takes).
 
     device: None = the CPU if the weights fit comfortably, else ``meta``; "meta" = shapes only, instant.
@@ -180,7 +180,6 @@ def build_model(
     seed: seeds the initialisation (same seed, device and dtype → identical weights).
     """
     plan = as_plan(spec_or_plan)
-    refuse_encoder_decoder(plan, "moec.build_model")
     dtype = dtype or torch.get_default_dtype()
     if device is None:
         free = available_bytes(torch.device("cpu"))
@@ -188,7 +187,7 @@ def build_model(
         device = "cpu" if fits else "meta"
     device = torch.device(device)
     if device.type == "meta":
-        return MoecModel(plan, backend=backend, device=device, dtype=dtype)
+        return model_class(plan)(plan, backend=backend, device=device, dtype=dtype)
 
     require_memory(
         weights_memory(plan, dtype),
@@ -202,4 +201,9 @@ def build_model(
     with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None, device_type="cuda"):
         if seed is not None:
             torch.manual_seed(seed)
-        return MoecModel(plan, backend=backend, device=device, dtype=dtype)
+        return model_class(plan)(plan, backend=backend, device=device, dtype=dtype)
+
+
+def model_class(plan: ResolvedModel) -> type[MoecModel] | type[EncoderDecoderModel]:
+    """The module a plan builds into: an encoder-decoder model (moec.nn.encdec) or a decoder-only one."""
+    return EncoderDecoderModel if plan.encoder else MoecModel

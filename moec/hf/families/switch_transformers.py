@@ -8,18 +8,27 @@ head; the decoder's output scaled by d_model^-0.5 when tied (logits_scaling √d
 float32, softmax over all experts, the top expert weighted by its probability, at most expert_capacity tokens of
 a sequence per expert, earliest first, and input jitter 1 ± router_jitter_noise in training.
 
-Imported for counting: moec does not build encoder-decoder models yet, so there is no exporter and no weight
-mapping (moec.from_hf refuses the model by name).
+Weights: :class:`SwitchMapper` names each tensor of moec's encoder-decoder model (moec/nn/encdec.py) in
+transformers' checkpoint; ``moec.from_hf`` loads one. There is no config exporter yet.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, layer_pattern
 from moec.hf.families._common import dropout, ignored_field_agrees
+from moec.hf.mapper import Mapper, Missing
 from moec.spec.encdec import RELATIVE_BUCKET
+from moec.spec.plan import DenseFFNPlan
 from moec.strict import MAX_LAYERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from moec.hf.checkpoint import Checkpoint
+    from moec.spec.plan import ResolvedModel
 
 # transformers 5.24 SwitchTransformersConfig class defaults of the fields the translator reads
 DEFAULTS: dict[str, Any] = {
@@ -192,10 +201,89 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
     ignored_field_agrees(c, d, "feed_forward_proj", act, "transformers' Switch FFN runs dense_act_fn")
 
 
+# moec's part of a layer → transformers' sublayer index in SwitchTransformersBlock.layer (encoder, decoder): self-
+# attention first, the decoder's cross-attention second, the FFN last
+_SUBLAYER = {"attn": (0, 0), "cross_attn": (1, 1), "ffn": (1, 2)}
+_NORMS = {"attn_norm": "attn", "cross_norm": "cross_attn", "ffn_norm": "ffn"}
+_ATTENTION = {"attn": "SelfAttention.", "cross_attn": "EncDecAttention."}
+_PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "relative_bias": "relative_attention_bias"}
+
+
+class SwitchMapper(Mapper):
+    """SwitchTransformersForConditionalGeneration's names: ``shared`` (the embedding of both stacks and the tied
+    head), ``{encoder,decoder}.block.{i}.layer.{j}`` (j: self-attention, the decoder's cross-attention, the FFN;
+    each with its ``layer_norm``), ``{encoder,decoder}.final_layer_norm``. A dense FFN is ``mlp.wi`` (f, d) and
+    ``mlp.wo`` (d, f): moec's w_gate_up (d, f) and w_down (f, d) are their transposes; a sparse one holds
+    ``mlp.router.classifier`` (E, d) and ``mlp.experts.expert_{e}.{wi,wo}``, stacked. A release that also stores
+    the stacks' ``embed_tokens`` copies of ``shared`` has them read, and let go when equal to it."""
+
+    layer_fmt = "decoder.block.{i}."
+    embed = "shared.weight"
+    copies = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+    def __init__(self, ck: Checkpoint, plan: ResolvedModel):
+        super().__init__(ck, plan)
+        import torch
+
+        held = [n for n in self.copies if n in ck and self.embed in ck]
+        if held:
+            shared = ck.get(self.embed)
+            for n in held:
+                if not torch.equal(ck.get(n), shared):
+                    ck.used.discard(n)  # reported unexpected: moec's stacks share one table
+
+    def load(self, name: str) -> torch.Tensor:
+        stack = "encoder" if name.startswith("encoder.") else "decoder"
+        rest = name.removeprefix("encoder.")
+        if rest == "norm.weight":
+            return self.ck.get(f"{stack}.final_layer_norm.weight")
+        m = re.fullmatch(r"layers\.(\d+)\.(\w+)\.(.+)", rest)
+        if m is None:
+            return super().load(name)  # embed, lm_head
+        i, part, leaf = int(m.group(1)), m.group(2), m.group(3)
+        layers = self.plan.encoder if stack == "encoder" else self.plan.layers
+        p = f"{stack}.block.{i}.layer."
+        decoder = int(stack == "decoder")
+        if part in _NORMS:  # each sublayer's own layer_norm
+            return self.ck.get(f"{p}{_SUBLAYER[_NORMS[part]][decoder]}.layer_norm.{leaf}")
+        if part in _ATTENTION:
+            proj, _, kind = leaf.partition(".")
+            if proj not in _PROJECTIONS:
+                raise Missing([f"<no checkpoint name known for moec's {name}>"])
+            return self.ck.get(f"{p}{_SUBLAYER[part][decoder]}.{_ATTENTION[part]}{_PROJECTIONS[proj]}.{kind}")
+        if part == "ffn":
+            mlp = f"{p}{_SUBLAYER['ffn'][decoder]}.mlp."
+            if isinstance(layers[i].ffn, DenseFFNPlan):
+                return self.dense_act_dense(mlp, leaf)
+            return self.switch_layer(mlp, layers[i].ffn.n_experts, leaf)
+        raise Missing([f"<no checkpoint name known for moec's {name}>"])
+
+    def dense_act_dense(self, p: str, leaf: str) -> torch.Tensor:
+        """One SwitchTransformersDenseActDense (no biases): wi (f, d), wo (d, f) → (d, f), (f, d)."""
+        if leaf == "w_gate_up":
+            return self.ck.get(p + "wi.weight").T
+        if leaf == "w_down":
+            return self.ck.get(p + "wo.weight").T
+        raise Missing([f"<no checkpoint name known for moec's FFN {leaf} (Switch's wi and wo have no biases)>"])
+
+    def switch_layer(self, p: str, n_experts: int, leaf: str) -> torch.Tensor:
+        """The router's classifier and the E experts, stacked: (E, d, f) and (E, f, d)."""
+        import torch
+
+        part, _, rest = leaf.partition(".")
+        if part == "router":
+            return self.ck.get(p + "router.classifier." + rest)
+        if part == "experts" and rest in ("w_gate_up", "w_down"):
+            names = [f"{p}experts.expert_{e}.{'wi' if rest == 'w_gate_up' else 'wo'}.weight" for e in range(n_experts)]
+            return torch.stack([t.T for t in self.ck.get_all(names)])
+        raise Missing([f"<no checkpoint name known for moec's MoE {leaf}>"])
+
+
 FAMILY = Family(
     "switch_transformers",
     "SwitchTransformersForConditionalGeneration",
     DEFAULTS,
     translate,
     aliases={"hidden_size": "d_model", "num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"},
+    mapper=SwitchMapper,
 )

@@ -1,7 +1,8 @@
 """switch_transformers (SwitchTransformersForConditionalGeneration): the import counts exactly what transformers
 builds on meta (total, and active as total less (E−1)/E of the experts), on Switch-Base-8 and on small variants
 of the layer pattern, the stack depths, the tying and the router bias; the shipped spec is the import; what moec
-cannot say is refused by field; moec.from_hf refuses the model by name (moec does not build encoder-decoders)."""
+cannot say is refused by field; a tiny save_pretrained checkpoint through moec.from_hf gives transformers' logits
+and router choices (eval, fp32), with an expert capacity that drops tokens too."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import torch  # noqa: E402
 
 import moec  # noqa: E402
 from moec.analyze import analyze  # noqa: E402
-from moec.errors import CommandError  # noqa: E402
 from moec.hf import hf_to_model  # noqa: E402
+from moec.hf.checkpoint import CheckpointError  # noqa: E402
 from moec.hf.config import plan_differences  # noqa: E402
 from moec.hf.families.switch_transformers import DEFAULTS  # noqa: E402
 from moec.spec import load_model  # noqa: E402
 from moec.spec.plan import MoEPlan  # noqa: E402
-from tests.hf.families._harness import assert_table_holds_class_defaults, model_counts, refused_fields  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_table_holds_class_defaults,
+    away_from_init,
+    model_counts,
+    refused_fields,
+)
 
 # google/switch-base-8 as transformers' class defaults plus what Switch-Base differs in (arXiv 2101.03961: d_ff 3072,
 # every other layer sparse: 6 of 12 per stack) and the fields the release configs carry that transformers 5.24 no
@@ -117,11 +123,72 @@ def test_what_moec_cannot_say_is_refused(change, field):
     assert field in refused_fields({**TINY, **change})
 
 
-def test_from_hf_refuses_it_by_name(tmp_path):
-    import json
+@pytest.fixture(scope="module", params=[64, 3], ids=["capacity 64", "capacity 3 drops"])
+def checkpoint(request, tmp_path_factory):
+    """transformers' tiny Switch model, weights away from their init (routers with logits of order 1), saved; with
+    expert_capacity 3 the 20-token sources and 13-token targets overflow experts in every sparse layer."""
+    kw = {k: v for k, v in TINY.items() if k != "model_type"}
+    config = transformers.SwitchTransformersConfig(**kw, expert_capacity=request.param)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.SwitchTransformersForConditionalGeneration(config).eval()
+    away_from_init(hf, router="router.classifier.weight")
+    folder = tmp_path_factory.mktemp("switch")
+    hf.save_pretrained(folder)
+    return hf, folder
 
-    (tmp_path / "config.json").write_text(json.dumps(TINY))
-    with pytest.raises(CommandError, match="moec.from_hf: .* is an encoder-decoder model .* not built yet"):
+
+def routed(model, router_class) -> list[torch.Tensor]:
+    """A hook on each router of ``model`` (encoder's first, in layer order) that records its (T,) expert per token
+    after the capacity, -1 where dropped; call after the forward."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, out):
+        if isinstance(out, tuple):  # transformers: (one-hot kept (B, S, E), probs, logits)
+            kept = out[0].reshape(-1, out[0].shape[-1])
+            seen.append(torch.where(kept.any(-1), kept.argmax(-1), -1))
+        else:  # moec: a Routing, top-1
+            seen.append(out.topk_idx[:, 0])
+
+    for m in model.modules():
+        if isinstance(m, router_class):
+            m.register_forward_hook(hook)
+    return seen
+
+
+def test_a_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersTop1Router
+
+    from moec.nn.router import Router
+
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(0, 96, (2, 20), generator=g), torch.randint(0, 96, (2, 13), generator=g)
+    theirs, ours = routed(hf, SwitchTransformersTop1Router), routed(model, Router)
+    with torch.no_grad():
+        want = hf(input_ids=src, decoder_input_ids=tgt).logits
+        logits, aux = model(src, tgt)
+    assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+    assert len(ours) == len(theirs) == 3  # encoder layers 1 and 3, decoder layer 1
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    dropped = sum(int(a.dropped) for a in aux.layers if a is not None)
+    assert (dropped > 0) == (hf.config.expert_capacity == 3)
+
+
+def test_an_unequal_copy_of_the_shared_embedding_is_refused(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf, folder = checkpoint
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tmp_path / "model.safetensors")
+    shared = weights["shared.weight"]
+    save_file({**weights, "encoder.embed_tokens.weight": shared.clone()}, tmp_path / "model.safetensors")
+    moec.from_hf(tmp_path)  # an equal copy, as older releases store it, is let go
+    save_file({**weights, "decoder.embed_tokens.weight": shared + 1}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="decoder.embed_tokens.weight"):
         moec.from_hf(tmp_path)
 
 

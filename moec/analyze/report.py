@@ -25,6 +25,7 @@ from moec.analyze.encdec import (
     stack_layers,
     stack_sequence_flops,
 )
+from moec.analyze.hyper import CONVENTION as HYPER_CONNECTIONS
 from moec.analyze.memory import Memory, memory
 from moec.spec.moa import conventions as moa_conventions
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
@@ -59,6 +60,7 @@ def conventions(seq: int, attention: AttentionMode, dtype: str) -> dict[str, Any
         "zero_experts": ZERO_EXPERTS,
         "shortcut_moe_pair": "a LongCat-Flash layer: two attentions, two dense FFNs and four norms of d, one MoE; "
         "a KV cache per attention (two per layer)",
+        "hyper_connections": HYPER_CONNECTIONS,
         "attention": attention,
         "attention_kv_len": "S" if attention == "full" else "(S+1)/2 average (causal)",
         "sliding_window": "S_kv capped at the window",

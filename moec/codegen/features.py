@@ -314,6 +314,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
         "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
+        "attention.value_scale": any(x.value_scale is not None for x in attns),
+        "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,
     }
     for what, used in unsupported.items():
         if used:

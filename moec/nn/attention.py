@@ -275,6 +275,8 @@ class Attention(AttentionLayer):
             q, k = self.q_norm(q), self.k_norm(k)  # OLMoE
         if p.clip_qkv is not None:  # DBRX, OLMoE: after any projection norm
             q, k, v = (t.clamp(-p.clip_qkv, p.clip_qkv) for t in (q, k, v))
+        if p.value_scale is not None:  # MiMo-V2-Flash: before the cache, so cached values are scaled too
+            v = v * p.value_scale
         # head counts from the widths, not the plan: under tensor parallelism this rank holds only its own heads
         h, kv = q.shape[-1] // hd, k.shape[-1] // hd
         q, k, v = q.view(B, S, h, hd), k.view(B, S, kv, hd), v.view(B, S, kv, -1)

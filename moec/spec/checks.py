@@ -108,6 +108,8 @@ def _check_mla(spec: Spec, bad: Bad) -> None:
     for f in ("chunk", "temperature_tuning"):
         if getattr(a, f) is not None or _written_anywhere(spec, f):
             bad(("attention", f), "not supported with MLA")
+    if a.value_scale is not None:
+        bad(("attention", "value_scale"), "not supported with MLA (a GQA option: MiMo-V2-Flash)")
     if a.qk_norm or _written_anywhere(spec, "qk_norm", value=True):
         bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
 

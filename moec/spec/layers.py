@@ -77,6 +77,8 @@ class AttentionOverride(Strict):
     """This layer's key/value heads, GQA only (MiMo-V2-Flash's sliding layers: twice the full layers')."""
     rotary_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
     """This layer's rotated dims per q/k head, GQA (Laguna: half on full layers); unwritten: the model's."""
+    sinks: bool = False
+    """Turn attention.sinks on or off for this layer (MiMo-V2-Flash: its sliding layers only)."""
 
 
 class LayerDefault(Strict):

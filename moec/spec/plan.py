@@ -193,6 +193,7 @@ class AttentionPlan:
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)
     rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim
+    value_scale: float | None = None  # GQA values × this after v_proj (MiMo-V2-Flash); None: off
     # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention
     indexer_n_heads: int | None = None
     indexer_head_dim: int | None = None

@@ -98,6 +98,7 @@ def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
         "n_heads": a.n_heads,
         "n_kv_heads": a.n_kv_heads,
         "rotary_dim": None,  # the model's rope_dim
+        "sinks": a.sinks,
     }
     fields = {
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in section.items()
@@ -132,7 +133,7 @@ _MODEL_AS_WRITTEN = tuple(
 _ATTENTION_AS_WRITTEN = (
     "bias",
     "out_bias",
-    "sinks",
+    "value_scale",
     "qk_norm_scope",
     "qk_norm_kind",
     "qk_norm_after_rope",
@@ -206,6 +207,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],
             "n_heads": a.n_heads if i is None else attn_fields["n_heads"][i],
             "rotary_dim": None if i is None else attn_fields["rotary_dim"][i],
+            "sinks": a.sinks if i is None else attn_fields["sinks"][i],
         }
         if a.kind == "mla":
             assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None

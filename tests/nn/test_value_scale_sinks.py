@@ -1,0 +1,133 @@
+"""MiMo-V2-Flash's two attention options against plain oracles written here: the constant on the values
+(attention.value_scale) and a layer's own attention sinks (layers.*.attention.sinks); their counts by hand, their
+validation located, and the code generator's named refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moec.analyze.report import analyze  # noqa: E402
+from moec.codegen.render import render_model_source  # noqa: E402
+from moec.errors import SpecError  # noqa: E402
+from moec.nn import build_model  # noqa: E402
+from moec.spec import load_spec, resolve  # noqa: E402
+
+SPEC = """\
+name: t
+model: {vocab_size: 64, d_model: 16, n_layers: 2, max_seq_len: 16, positions: {kind: none}}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 8ATTN}
+ffn: {d_ff: 24}
+LAYERS
+"""
+
+
+def plan_of(attn: str = "", layers: str = ""):  # type: ignore[no-untyped-def]
+    return resolve(load_spec("t.yaml", text=SPEC.replace("ATTN", attn).replace("LAYERS", layers)))
+
+
+def built(plan):  # type: ignore[no-untyped-def]
+    m = build_model(plan, dtype=torch.float64, seed=0)
+    with torch.no_grad():
+        for p in m.parameters():  # away from init (sinks start at 0), so that every weight matters
+            p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+    return m
+
+
+def naive_attention(att, x, value_scale: float = 1.0, sinks=None):  # type: ignore[no-untyped-def]
+    """Causal GQA, 4 query heads over 2 KV heads of 8 dims: softmax(q·kᵀ/√8) over the keys and, with sinks, one
+    extra logit per head that takes probability mass and contributes no value; values times value_scale."""
+    B, S, _ = x.shape
+    q = att.q_proj(x).view(B, S, 4, 8)
+    k = att.k_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
+    v = att.v_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2) * value_scale
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    e = scores.exp()  # (B, h, S, S)
+    denominator = e.sum(-1, keepdim=True)
+    if sinks is not None:
+        denominator = denominator + sinks.exp().view(1, 4, 1, 1)
+    y = torch.einsum("bhqk,bkhd->bqhd", e / denominator, v)  # (B, S, h, hd)
+    return y.reshape(B, S, 32) @ att.o_proj.weight.T
+
+
+def test_value_scale_multiplies_the_values_and_counts_nothing():
+    plan = plan_of(", value_scale: 0.707")
+    att = built(plan).layers[0].attn
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(att(x), naive_attention(att, x, value_scale=0.707), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(att(x), naive_attention(att, x))  # the scale is applied, not ignored
+    plain = analyze(plan_of())
+    assert analyze(plan).params.total == plain.params.total  # a constant, no parameter
+    assert analyze(plan).flops == plain.flops  # elementwise: 0 FLOPs by the conventions
+
+
+def test_value_scale_reaches_the_cached_values():
+    model = built(plan_of(", value_scale: 0.5"))
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
+    full = model(ids)[0]  # (1, 6, V)
+    cache = model.new_cache(1, 6)
+    steps = [model(ids[:, i : i + 1], cache=cache, start=i)[0] for i in range(6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_a_layer_turns_sinks_on_for_itself_alone():
+    plan = plan_of(layers="layers: {overrides: [{select: [1], attention: {sinks: true}}]}")
+    assert [lp.attention.sinks for lp in plan.layers] == [False, True]
+    model = built(plan)
+    assert model.layers[0].attn.sinks is None
+    att = model.layers[1].attn
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    # the sink softmax runs in float32 (moec.nn.attention.attend_masked), hence float32's tolerance
+    torch.testing.assert_close(att(x), naive_attention(att, x, sinks=att.sinks), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(att(x), naive_attention(att, x), rtol=1e-5, atol=1e-6)  # the sinks take mass
+    # one sink logit per query head, on the one layer that has them
+    assert analyze(plan).params.total == analyze(plan_of()).params.total + 4
+
+
+def test_a_layer_turns_the_sections_sinks_off():
+    plan = plan_of(", sinks: true", "layers: {overrides: [{select: [0], attention: {sinks: false}}]}")
+    assert [lp.attention.sinks for lp in plan.layers] == [False, True]
+    assert analyze(plan).params.total == analyze(plan_of()).params.total + 4
+
+
+MLA = """\
+name: t
+model: {vocab_size: 64, d_model: 16, n_layers: 1, max_seq_len: 16}
+attention: {kind: mla, n_heads: 2, kv_lora_rank: 8, qk_nope_head_dim: 4, qk_rope_head_dim: 4, v_head_dim: 4,
+  value_scale: 0.5}
+ffn: {d_ff: 24}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        (MLA, "attention.value_scale", "not supported with MLA"),
+        (SPEC.replace("ATTN", ", value_scale: 0").replace("LAYERS", ""), "attention.value_scale", "greater than 0"),
+        (
+            SPEC.replace("ATTN", "").replace("LAYERS", "layers: {default: {attention: {sinks: maybe}}}"),
+            "layers.default.attention.sinks",
+            "bool",
+        ),
+    ],
+)
+def test_bad_values_are_refused_where_written(text, path, message):
+    with pytest.raises(SpecError) as e:
+        resolve(load_spec("t.yaml", text=text))
+    assert any(p.path == path and message in p.message and p.line > 0 for p in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize(
+    ("attn", "layers", "feature"),
+    [
+        (", value_scale: 0.5", "", "attention.value_scale"),
+        ("", "layers: {overrides: [{select: [1], attention: {sinks: true}}]}", "a layer's own attention sinks"),
+    ],
+)
+def test_the_code_generator_refuses_them_by_name(attn, layers, feature):
+    with pytest.raises(ValueError, match=f"codegen does not support {feature}"):
+        render_model_source(plan_of(attn, layers))

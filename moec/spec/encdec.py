@@ -71,6 +71,7 @@ def problems(spec: Spec) -> list[tuple[Path, str]]:
         for f in ("n_buckets", "max_distance"):
             if getattr(pos, f) is None:
                 out.append((here, f"relative_bucket positions need {f}"))
+        out += _bucket_problems(pos.n_buckets, pos.max_distance)
     else:
         out += [((*here, f), "only meaningful with kind: relative_bucket") for f in ("n_buckets", "max_distance")
                 if getattr(pos, f) is not None]  # fmt: skip
@@ -106,6 +107,19 @@ def _sinusoidal_problems(spec: Spec) -> list[tuple[Path, str]]:
     if pos.offset is None:
         out.append((here, "sinusoidal positions need offset (the table row of a sequence's first token)"))
     return out
+
+
+def _bucket_problems(n_buckets: int | None, max_distance: int | None) -> list[tuple[Path, str]]:
+    """T5's buckets (moec/nn/relative_bias.py) need an exact bucket in each direction's half and logarithmic bins that
+    widen: the encoder splits the buckets in two, and in each half (the decoder's whole set) half are exact."""
+    here: Path = ("model", "positions")
+    if n_buckets is not None and n_buckets < 4:
+        return [((*here, "n_buckets"), "relative_bucket needs at least 4 buckets (2 per direction, 1 of them exact)")]
+    if n_buckets is not None and max_distance is not None and max_distance <= n_buckets // 2:
+        return [
+            ((*here, "max_distance"), f"must exceed n_buckets // 2 = {n_buckets // 2}, the exact distances' buckets")
+        ]
+    return []
 
 
 def _encoder_layer_problems(enc: EncoderSection) -> list[tuple[Path, str]]:

@@ -62,6 +62,18 @@ def test_buckets_equal_transformers_function_on_every_offset(bidirectional, n_bu
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize(
+    "buckets,field",
+    [("n_buckets: 3, max_distance: 16", "n_buckets"), ("n_buckets: 8, max_distance: 4", "max_distance")],
+)
+def test_buckets_the_arithmetic_cannot_serve_are_refused_at_load(buckets, field):
+    from moec.errors import SpecError
+
+    with pytest.raises(SpecError) as e:  # 3: no exact bucket per direction; 4 ≤ 8 // 2: bins that never widen
+        tiny(TINY.replace("n_buckets: 8, max_distance: 16", buckets))
+    assert [p.path for p in e.value.problems] == [f"model.positions.{field}"]
+
+
 # --- the per-sequence capacity -------------------------------------------------------------------
 
 

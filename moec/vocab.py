@@ -73,6 +73,10 @@ MIXER_KINDS = ("attention", *LINEAR_MIXERS, "none")
 # the attention output gate (Qwen3-Next): none, one sigmoid per head, or one per element of each head
 OUTPUT_GATES = ("none", "head", "element")
 OUTPUT_GATE_FNS = ("sigmoid", "softplus")  # the attention output gate's function (softplus: Laguna)
+# the output gate's own bias: as q/k/v have one (attention.bias), none, or one per head over its elements (Beam)
+OUTPUT_GATE_BIASES = ("qkv", "none", "head")
+# the query temperature on NoPE layers: 1 + s·log1p(floor((pos+1)/F)) (Llama-4) or (1 + (pos+1)/F)^s (Beam)
+TEMPERATURE_FORMS = ("floor_log", "power")
 
 # feed-forward layers and routing; none: a layer with a token mixer only (Nemotron-H)
 FFN_KINDS = ("dense", "moe", "none")

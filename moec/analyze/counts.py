@@ -74,8 +74,8 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
         if a.qk_norm and a.qk_norm_kind == "model":  # l2 (Llama-4) is weightless: 0 parameters
             # per-head norms share one head_dim weight; OLMoE normalises whole projections
             extra += (hd * (h + kv) if a.qk_norm_scope == "projection" else 2 * hd) * norm_dim_params
-        mm += d * a.gate_width  # the output gate's own projection of the layer input, biased like q/k/v
-        extra += a.gate_width if a.bias else 0
+        mm += d * a.gate_width  # the output gate's own projection of the layer input; its bias: gate_bias_width
+        extra += a.gate_bias_width
     extra += a.n_heads if a.sinks else 0
     return Part(mm + extra, mm + extra, 2 * mm)
 

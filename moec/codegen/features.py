@@ -295,6 +295,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.router.logit_softcap": any(r.logit_softcap is not None for r in routers),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
+        "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),
+        "model.depth_scaled_residual": plan.depth_scaled_residual,
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),

@@ -79,15 +79,20 @@ def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
-def temperature(seq_len: int, floor_scale: float, scale: float, device: torch.device) -> torch.Tensor:
+def temperature(
+    seq_len: int, floor_scale: float, scale: float, device: torch.device, form: str = "floor_log"
+) -> torch.Tensor:
     """(S,) fp32 query multipliers 1 + scale·log1p(floor((pos + 1)/floor_scale)) (Llama-4's NoPE layers,
-    arXiv 2501.19399): long-range queries sharpen as the context grows."""
-    return temperature_at(torch.arange(seq_len, device=device), floor_scale, scale)
+    arXiv 2501.19399): long-range queries sharpen as the context grows. form "power": (1 + (pos + 1)/floor_scale)
+    ^ scale, without the floor (Beam's NoPE layers), computed as exp(scale·log1p(·)) as transformers does."""
+    return temperature_at(torch.arange(seq_len, device=device), floor_scale, scale, form)
 
 
-def temperature_at(positions: torch.Tensor, floor_scale: float, scale: float) -> torch.Tensor:
+def temperature_at(positions: torch.Tensor, floor_scale: float, scale: float, form: str = "floor_log") -> torch.Tensor:
     """:func:`temperature` at the given (S,) positions (a cached decode starts past 0)."""
     pos = positions.to(torch.float32)
+    if form == "power":
+        return torch.exp(scale * torch.log1p((pos + 1.0) / floor_scale))
     return torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * scale + 1.0
 
 
@@ -161,13 +166,20 @@ class AttentionLayer(nn.Module):
     plan: AttentionPlan
     sinks: nn.Parameter | None
     gate_proj: nn.Linear | None
+    gate_bias: nn.Parameter | None
     o_proj: nn.Linear
 
     def make_output_gate(self, d_model: int, *, bias: bool, device=None, dtype=None) -> None:
         """``self.gate_proj``: the output gate's projection of the layer input (Qwen3-Next, Ling 3), one gate per
-        element of each head's values or per head (AttentionPlan.gate_width); None without a gate."""
-        width = self.plan.gate_width
-        self.gate_proj = Linear(d_model, width, bias=bias, device=device, dtype=dtype) if width else None
+        element of each head's values or per head (AttentionPlan.gate_width); None without a gate. ``bias``: the
+        projection's own (attention.output_gate_bias qkv); with ``head``, ``self.gate_bias`` holds one per head,
+        added to each of the head's gate logits (Beam), zero to start as transformers initialises it."""
+        p = self.plan
+        width = p.gate_width
+        own_bias = bias and p.output_gate_bias == "qkv"
+        self.gate_proj = Linear(d_model, width, bias=own_bias, device=device, dtype=dtype) if width else None
+        head_bias = width and p.output_gate_bias == "head"
+        self.gate_bias = nn.Parameter(torch.zeros(p.n_heads, device=device, dtype=dtype)) if head_bias else None
 
     def output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The heads' outputs y (B, h, S, dv) → o_proj, through the output gate σ(gate_proj(x)) when there is one
@@ -175,16 +187,19 @@ class AttentionLayer(nn.Module):
         B, S = x.shape[0], x.shape[1]
         y = y.transpose(1, 2)  # (B, S, h, dv)
         if self.gate_proj is not None:
-            g = self.gate_proj(x)  # (B, S, h·dv or h)
+            g = self.gate_proj(x).view(B, S, y.shape[2], -1)  # (B, S, h, dv or 1)
+            if self.gate_bias is not None:
+                g = g + self.gate_bias[:, None]  # one per head, over the head's gates
             wide = torch.promote_types(g.dtype, torch.float32)
-            g = F.softplus(g.to(wide)) if self.plan.output_gate_fn == "softplus" else torch.sigmoid(g)
-            gate = g.view(B, S, y.shape[2], -1)  # (B, S, h, dv or 1)
+            gate = F.softplus(g.to(wide)) if self.plan.output_gate_fn == "softplus" else torch.sigmoid(g)
             y = y * gate.to(y.dtype)
         return self.o_proj(y.reshape(B, S, -1))  # (B, S, h·dv) → (B, S, d)
 
     def reset_parameters(self) -> None:
         if self.sinks is not None and not self.sinks.is_meta:
             nn.init.zeros_(self.sinks)  # a sink logit of 0 to start: it learns how much mass to absorb
+        if self.gate_bias is not None and not self.gate_bias.is_meta:
+            nn.init.zeros_(self.gate_bias)
 
     def cache_widths(self) -> tuple[int, int, int | None]:
         """(cached heads, key width, value width or None when the values live inside the keys) per token."""
@@ -294,9 +309,9 @@ class Attention(AttentionLayer):
             q, k = l2_norm(q, self.norm_eps), l2_norm(k, self.norm_eps)
         if p.temperature_floor_scale is not None and p.temperature_scale is not None:
             if positions is None:
-                t = temperature(S, p.temperature_floor_scale, p.temperature_scale, q.device)  # (S,)
+                t = temperature(S, p.temperature_floor_scale, p.temperature_scale, q.device, p.temperature_form)
             else:
-                t = temperature_at(positions, p.temperature_floor_scale, p.temperature_scale)  # (S,)
+                t = temperature_at(positions, p.temperature_floor_scale, p.temperature_scale, p.temperature_form)
             q = (q * t[:, None]).to(q.dtype)
         return q, k, v
 

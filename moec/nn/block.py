@@ -10,7 +10,8 @@
 The token mixer is attention (GQA or MLA) or another kind of docs/mixers.md (Gated DeltaNet, Mamba, ...); a
 layer may also lack its mixer or its FFN (Nemotron-H's layers hold one sublayer each), and then it has neither
 that sublayer nor its norm. Granite scales each branch by ``residual_multiplier`` before it joins the residual
-(1 elsewhere).
+(1 elsewhere). Beam scales both sides of its n-th residual add (``model.depth_scaled_residual``): the embedding
+is the first, layer i's mixer the (2i+2)-th and its FFN the (2i+3)-th, and x ← x·sqrt((n−1)/n) + f/sqrt(n).
 
 Names (``attn_norm``, ``attn``, ``mixer``, ``ffn_norm``, ``ffn``) are a contract with codegen and the HF loader:
 ``attn`` holds attention, ``mixer`` any other token mixer (one of them is None), ``attn_norm`` the norm before
@@ -21,6 +22,7 @@ either; with after_sublayer the norms hold transformers' ``post_attention_layern
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 from torch import nn
@@ -100,6 +102,8 @@ class Block(nn.Module):
         self.streams = hc is not None
         self.attn_hc = HyperConnection(hc, model.d_model, model.norm.eps, **kw) if hc and mixes else None
         self.ffn_hc = HyperConnection(hc, model.d_model, model.norm.eps, **kw) if hc and self.ffn is not None else None
+        depth = model.depth_scaled_residual  # the n of each sublayer's residual add, counting the embedding as 1
+        self.mixer_add, self.ffn_add = (2 * layer.index + 2, 2 * layer.index + 3) if depth else (None, None)
 
     def forward(
         self,
@@ -126,10 +130,14 @@ class Block(nn.Module):
             return x + m * mixer(h, rope, cache, positions) + m * self._ffn(h, token_ids, aux), aux[0]
         if mixer is not None:
             post = self.attn_post_norm
-            x = self._residual(x, self.attn_norm, lambda h: mixer(h, rope, cache, positions), self.mixer_scale, post)
+            x = self._residual(
+                x, self.attn_norm, lambda h: mixer(h, rope, cache, positions), self.mixer_scale, post, self.mixer_add
+            )
         if self.ffn is not None:
             post = self.ffn_post_norm
-            x = self._residual(x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale, post)
+            x = self._residual(
+                x, self.ffn_norm, lambda h: self._ffn(h, token_ids, aux), self.ffn_scale, post, self.ffn_add
+            )
         return x, aux[0]
 
     @property
@@ -143,20 +151,30 @@ class Block(nn.Module):
         mixer = self.token_mixer
         return mixer.new_cache(batch, max_len, device=device, dtype=dtype) if mixer is not None else None
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float], post=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def _residual(  # type: ignore[no-untyped-def]
+        self, x: torch.Tensor, norm: nn.Module, f, scale: tuple[float, float], post=None, n: int | None = None
+    ) -> torch.Tensor:
         """One sublayer f with its norm (and its post-norm, sandwich) and residual, as the model's placement says
-        (the module docstring)."""
+        (the module docstring); n: the add's index under depth-scaled residual adds (checks: pre, sandwich or
+        after_sublayer placement only)."""
         m = self.residual_multiplier
         if self.placement in ("pre", "sandwich") and post is not None:  # sandwich, or an MoE output norm
-            return x + m * post(f(norm(x)))
+            return self._add(x, m * post(f(norm(x))), n)
         if self.placement == "pre":
-            return x + m * f(norm(x))
+            return self._add(x, m * f(norm(x)), n)
         if self.placement == "after_sublayer":
-            return x + m * norm(f(x))
+            return self._add(x, m * norm(f(x)), n)
         if self.placement == "normed_residual":
             h = norm(x)
             return scale[0] * h + scale[1] * f(h)
         return norm(x + m * f(x))
+
+    @staticmethod
+    def _add(x: torch.Tensor, y: torch.Tensor, n: int | None) -> torch.Tensor:
+        """The residual add x + y, or Beam's n-th depth-scaled one x·sqrt((n−1)/n) + y·(1/sqrt(n))."""
+        if n is None:
+            return x + y
+        return y * (1.0 / math.sqrt(n)) + x * math.sqrt((n - 1) / n)
 
     def _ffn(self, x: torch.Tensor, token_ids: torch.Tensor | None, aux: list[MoEAux | None]) -> torch.Tensor:
         if isinstance(self.ffn, MoE):

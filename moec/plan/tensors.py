@@ -110,7 +110,9 @@ def _attention(prefix: str, a: AttentionPlan, d: int, norm: NormPlan, unit: str)
         *_linear(f"{prefix}.o_proj", h * vd, d, a.out_bias, unit, 1),
     ]
     if a.gate_width:  # split by heads like q_proj under tensor parallelism
-        out += _linear(f"{prefix}.gate_proj", d, a.gate_width, a.bias, unit, 0)
+        out += _linear(f"{prefix}.gate_proj", d, a.gate_width, a.output_gate_bias == "qkv" and a.bias, unit, 0)
+    if a.gate_width and a.output_gate_bias == "head":  # one bias per head (Beam), split by heads too
+        out.append(ParamTensor(f"{prefix}.gate_bias", (h,), "attention", unit, 0))
     if a.qk_norm and a.qk_norm_kind == "model":  # the l2 kind is weightless
         per_head = a.qk_norm_scope == "head"
         out += _norm(f"{prefix}.q_norm", hd if per_head else h * hd, norm, "attention", unit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moec.errors import Problem
+from moec.spec.beam_options import problems as beam_option_problems
 from moec.spec.block_checks import check_block, check_latent_scales, check_zero_experts
 from moec.spec.encdec import problems as encdec_problems
 from moec.spec.gate_rotary import problems as gate_rotary_problems
@@ -46,6 +47,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *moa_problems(spec),
         *encdec_problems(spec),
         *gate_rotary_problems(spec),
+        *beam_option_problems(spec),
         *hyper_problems(spec),
     ):
         bad(path, message)

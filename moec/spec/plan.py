@@ -186,12 +186,14 @@ class AttentionPlan:
     # query temperature 1 + temperature_scale·log1p(floor((pos+1)/temperature_floor_scale)); None = off
     temperature_floor_scale: float | None = None
     temperature_scale: float | None = None
+    temperature_form: str = "floor_log"  # power: (1 + (pos+1)/temperature_floor_scale)^temperature_scale (Beam)
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
     rope_key_norm: bool = False  # MLA: a norm of qk_rope_head_dim on the rotary key before the rotation (Dots3)
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)
+    output_gate_bias: str = "qkv"  # the gate's bias: qkv (as attention.bias), none, or head (one per head, Beam)
     rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim
     value_scale: float | None = None  # GQA values × this after v_proj (MiMo-V2-Flash); None: off
     # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention
@@ -231,6 +233,16 @@ class AttentionPlan:
     def gate_width(self) -> int:
         """Outputs of the output gate's projection: one per element of each head's values, one per head, or 0."""
         return {"none": 0, "element": self.n_heads * self.v_dim, "head": self.n_heads}[self.output_gate]
+
+    @property
+    def gate_bias_width(self) -> int:
+        """Parameters of a GQA output gate's bias: the gate's width when it is biased like q/k/v (``qkv``), one per
+        head (``head``: broadcast over the head's gates, Beam), or 0."""
+        if not self.gate_width or self.output_gate_bias == "none":
+            return 0
+        if self.output_gate_bias == "head":
+            return self.n_heads
+        return self.gate_width if self.bias else 0
 
 
 class _FFNBase:
@@ -346,6 +358,7 @@ class ResolvedModel:
     logits_scaling: float = 1.0
     logit_softcap: float | None = None  # logits → cap·tanh(logits/cap) after logits_scaling; None: off
     residual_scales: ResidualScalesPlan | None = None  # normed_residual placement only
+    depth_scaled_residual: bool = False  # the n-th residual add is x·sqrt((n−1)/n) + f/sqrt(n) (Beam)
     # an encoder-decoder model (moec/spec/encdec.py): its encoder stack, layers being the decoder's; () else
     encoder: tuple[LayerPlan, ...] = ()
     expert_capacity: int | None = None  # both stacks: tokens an expert takes per sequence, earliest first
@@ -434,6 +447,7 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         logits_scaling=d.get("logits_scaling", 1.0),
         logit_softcap=d.get("logit_softcap"),
         residual_scales=ResidualScalesPlan(**d["residual_scales"]) if d.get("residual_scales") else None,
+        depth_scaled_residual=d.get("depth_scaled_residual", False),
         spec_hash=d.get("spec_hash", ""),
         source_file=d.get("source_file", ""),
         description=d.get("description", ""),

@@ -141,6 +141,7 @@ _ATTENTION_AS_WRITTEN = (
     "scale",
     "output_gate",
     "output_gate_fn",
+    "output_gate_bias",
 )
 _MLA_AS_WRITTEN = (
     "q_lora_rank",
@@ -204,6 +205,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "chunk": chunk_i,
             "temperature_floor_scale": tt.floor_scale if tt else None,
             "temperature_scale": tt.scale if tt else None,
+            "temperature_form": tt.form if tt else "floor_log",
             "rope_theta": None if i is None else attn_fields["rope_theta"][i],
             "n_heads": a.n_heads if i is None else attn_fields["n_heads"][i],
             "rotary_dim": None if i is None else attn_fields["rotary_dim"][i],

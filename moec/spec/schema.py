@@ -57,6 +57,7 @@ from moec.vocab import (
     MTP_FFN_KINDS,
     NORM_KINDS,
     NORM_PLACEMENTS,
+    OUTPUT_GATE_BIASES,
     OUTPUT_GATE_FNS,
     OUTPUT_GATES,
     POSITION_KINDS,
@@ -67,6 +68,7 @@ from moec.vocab import (
     ROUTER_KINDS,
     ROUTER_SCORES,
     SELECTION_BIAS_ON,
+    TEMPERATURE_FORMS,
 )
 
 Activation = Literal[ACTIVATIONS]  # swiglu_clamped: gpt-oss's gated unit (moec.vocab)
@@ -203,6 +205,8 @@ class Model(Strict):
     """Final logit soft-capping cap·tanh(logits/cap) after logits_scaling (Gemma, Grok); null: off."""
     residual_scales: ResidualScales | None = None
     """normed_residual placement only: each sublayer's x = alpha·norm(x) + beta·f(norm(x)) (MiniMax-Text-01)."""
+    depth_scaled_residual: bool = False
+    """The n-th residual add (embedding: 1; layer i's mixer 2i+2, FFN 2i+3) is x·sqrt((n−1)/n) + f/sqrt(n) (Beam)."""
     block: Literal[BLOCK_KINDS] = "standard"
     """standard: mixer then FFN; shortcut_moe_pair: two (attention, dense ffn) pairs and one MoE read after the first (LongCat-Flash)."""
     hyper_connections: HyperConnectionsSection | None = None
@@ -216,6 +220,8 @@ class TemperatureTuning(Strict):
     """Positions per step of the query temperature 1 + scale·log1p(floor((pos + 1)/floor_scale))."""
     scale: Annotated[float, Field(ge=0, le=100)]
     """The strength of the query temperature's log growth."""
+    form: Literal[TEMPERATURE_FORMS] = "floor_log"
+    """floor_log: as above (Llama-4); power: q · (1 + (pos + 1)/floor_scale)^scale (Beam's scalable softmax)."""
 
 
 class Attention(Strict):
@@ -273,6 +279,8 @@ class Attention(Strict):
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"
     """The output gate's function of its projection: sigmoid (Qwen3-Next) or softplus (Laguna)."""
+    output_gate_bias: Literal[OUTPUT_GATE_BIASES] = "qkv"
+    """The gate projection's bias: qkv, as attention.bias; none; head, one per head over its elements (Beam)."""
     indexer: IndexerSection | None = None
     """MLA only: a sparse-attention indexer choosing top_k keys per query (DeepSeek-V3.2, GLM-5); null: dense."""
     experts: AttentionExpertsSection | None = None

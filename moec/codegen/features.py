@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moec.codegen.attention_features import MLAFeatures, mla_features
+from moec.codegen.block_features import BlockParts, block_parts
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.codegen.mixers import class_name, used_kinds
 from moec.codegen.rope_features import RopeFeatures, rope_features
@@ -99,6 +100,7 @@ class Features:
     mixer_none: bool = False  # some layer has no token mixer
     ffn_none: bool = False  # some layer has no FFN
     mla_parts: MLAFeatures = MLAFeatures()  # MLA's optional parts: the sparse-attention indexer, latent scales
+    parts: BlockParts = BlockParts()  # the layers' optional parts: MoA, zero experts, the MoE output bias
 
     @property
     def indexer(self) -> bool:
@@ -129,7 +131,7 @@ class Features:
 
     @property
     def attention_class(self) -> str:
-        return "MLA" if self.mla else "Attention"
+        return "MLA" if self.mla else "MoA" if self.parts.moa else "Attention"
 
     @property
     def block_mixer_types(self) -> str:
@@ -231,7 +233,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         learned_positions=pos == "learned",
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),
-        partial_rotary=any(ropes) and kind == "gqa" and plan.rope_dim != a.head_dim,
+        partial_rotary=any(ropes) and kind in ("gqa", "moa") and plan.rope_dim != a.head_dim,
         layer_rope_theta=any(x.rope and x.rope_theta is not None for x in attns),
         scaling=rope.scaling,
         yarn_truncate=rope.yarn_truncate,
@@ -270,6 +272,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
         mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
+        parts=block_parts(a if attns else None, moe),
     )
     return f, c
 
@@ -312,9 +315,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
-        "moe.n_zero_experts": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.n_zero_experts for lp in layers),
-        "attention.kind 'moa' (mixture of attention heads)": any(x.kind == "moa" for x in attns),
-        "moe.output_bias": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_bias for lp in layers),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "attention.value_scale": any(x.value_scale is not None for x in attns),
         "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,

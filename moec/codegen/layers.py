@@ -40,12 +40,17 @@ def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) ->
             f"n_kv_heads={int_text(a.n_kv_heads, 'n_kv_heads')}",
             f"head_dim={int_text(a.head_dim, 'head_dim')}",
         ]
+        if f.parts.moa:
+            args += [
+                f"n_experts={int_text(a.moa_n_experts, 'attention.experts.n_experts')}",
+                f"top_k={int_text(a.moa_top_k, 'attention.experts.top_k')}",
+            ]
     args += [f"{key}={value}" for key, value in per_layer.items()]
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={float_text(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:
         args.append(f"scale={float_text(a.scale, 'attention.scale')}")
-    return Call("MLA" if f.mla else "Attention", tuple(args), "attn=")
+    return Call(f.attention_class, tuple(args), "attn=")
 
 
 def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
@@ -63,7 +68,10 @@ def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
 
 def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     r = x.router
-    args = [f"n_experts={int_text(x.n_experts, 'n_experts')}", f"top_k={int_text(r.top_k, 'top_k')}"]
+    E = int_text(x.n_experts, "n_experts")
+    if x.n_zero_experts:  # scored and chosen like the others: the router's logits cover both
+        E = f"{E} + {int_text(x.n_zero_experts, 'n_zero_experts')}"
+    args = [f"n_experts={E}", f"top_k={int_text(r.top_k, 'top_k')}"]
     if rf.learned:  # a hash router reads token ids, not the hidden state
         args.insert(0, "D_MODEL")
     if rf.mlp:
@@ -112,6 +120,8 @@ def _ffn_call(x: DenseFFNPlan | MoEPlan, f: Features) -> Call:
         parts.append(Call("DenseFFN", ("D_MODEL", *_ffn_args(x, width)), "shared="))
     if f.shared_gate:
         parts.append("shared_gate=Linear(D_MODEL, 1, bias=False)")
+    if f.parts.zero_experts:
+        parts.append(f"n_zero_experts={int_text(x.n_zero_experts, 'n_zero_experts')}")
     parts.append("backend=backend")
     return Call("MoE", tuple(parts), "ffn=")
 

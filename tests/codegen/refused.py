@@ -9,7 +9,6 @@ import pytest
 
 CODEGEN_REFUSES = {
     "longcat-flash": "model.block 'shortcut_moe_pair'",
-    "jetmoe-8b": "attention.kind 'moa'",
     "switch-base-8-encdec": "an encoder-decoder model",
 }
 

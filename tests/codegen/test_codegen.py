@@ -383,9 +383,9 @@ def test_every_shipped_spec_renders_tidy_standalone_source(path, tmp_path):
     if len(set(mixers)) > 1:  # then the token mixer, named by its kind
         assert [row[int(len(set(kinds)) > 1)] for row in rows] == mixers
     classes = defined_classes(src)
-    mla = plan.layers[0].attention.kind == "mla"
+    kind = {"mla": "MLA", "moa": "MoA"}.get(plan.layers[0].attention.kind, "Attention")
     attention = any(lp.has_attention for lp in plan.layers)
-    assert ("MLA" in classes) == (mla and attention) and ("Attention" in classes) == (not mla and attention)
+    assert {"MLA", "MoA", "Attention"} & classes == ({kind} if attention else set())
     # the other token mixers are imported from moec.kernels.mixers, one import per kind used, not defined here
     used = {lp.mixer_kind for lp in plan.layers} & set(LINEAR_MIXERS)
     assert {m for m in imported_modules(src) if m.startswith("moec.kernels.mixers.")} == {

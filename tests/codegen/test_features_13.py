@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
-from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both
+from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both, variant
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,6 +22,22 @@ CASES = {
     "indexer, interleaved, a layer without rope": INDEXED.replace(
         "top_k: 4}", "top_k: 4, rope_layout: interleaved}"
     ).replace("ffn: dense}]", "ffn: dense}, {select: [1], attention: {rope: false}}]"),
+    "mixture of attention heads, moe output bias (JetMoE)": variant(
+        attn="kind: moa, n_kv_heads: 2, head_dim: 8, out_bias: true, "
+        "experts: {n_experts: 3, top_k: 2, softmax_after_topk: true}",
+        moe=True,
+        moex="output_bias: true",
+        router="softmax_after_topk: true",
+        balance="balance: {load_balance_coeff: 0.01}",
+    ),
+    "mixture of attention heads by sigmoid, windows, partial rotary": variant(
+        model="positions: {kind: rope, rotary_dim: 4}",
+        attn="kind: moa, n_kv_heads: 1, head_dim: 8, window: 4, "
+        "experts: {n_experts: 4, top_k: 2, score: sigmoid, normalize_topk: true}",
+        overrides="{select: [1], attention: {window: null, rope: false}}",
+        moe=True,
+    ),
+    "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
 
@@ -49,6 +65,18 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
         assert not torch.equal(gen(tokens)[0], sparse)
 
 
+def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_path):
+    """The zero-experts case routes some slots to them (the router scores 4 + 3 experts), so the comparison above
+    covers that path: the loads reported are the 4 FFN experts' and sum to fewer than the T·k slots."""
+    plan, lib, gen, _ = library_and_generated(CASES["zero experts"], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        aux = gen(tokens)[1]
+    for layer in aux.layers:
+        assert layer.router_logits.shape == (24, 7) and layer.tokens_per_expert.shape == (4,)
+        assert 0 < int(layer.tokens_per_expert.sum()) < 24 * 3
+
+
 @pytest.mark.parametrize(
     "case,words",
     [
@@ -57,6 +85,11 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
             ["INDEXER_N_HEADS, INDEXER_HEAD_DIM, INDEXER_TOP_K = 2, 8, 4", "class Indexer", "apply_rope(x[..., :r]"],
         ),
         ("indexer, interleaved, a layer without rope", ["apply_rope_interleaved(x[..., :r]", "if rope is None"]),
+        (
+            "mixture of attention heads, moe output bias (JetMoE)",
+            ["class MoA", "top.softmax(-1)", "+ self.out_bias", "y = y + self.output_bias"],
+        ),
+        ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):

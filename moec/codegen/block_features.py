@@ -1,0 +1,43 @@
+"""What a plan's layers ask of the generated ``model.py`` beyond attention's shape and one FFN: a mixture of attention
+heads (JetMoE), zero-computation experts (LongCat-Flash), a bias on the MoE output (JetMoE), each checked (for
+:mod:`moec.codegen.features`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moec.codegen.checks import checked_bool, checked_choice
+from moec.spec.moa import MOA_SCORES
+from moec.spec.plan import AttentionPlan, MoEPlan
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The optional parts of the layers (all off by default)."""
+
+    moa: bool = False  # attention.kind moa: a mixture of attention heads
+    moa_choice: str = ""  # how MoA weighs its k experts: "softmax_after_topk", or the score (softmax, sigmoid)
+    moa_normalize: bool = False  # the k weights renormalised
+    zero_experts: bool = False  # moe.n_zero_experts: experts that return their weight times the token
+    moe_output_bias: bool = False  # moe.output_bias: one bias on the combined output
+
+
+def block_parts(a: AttentionPlan | None, moe: MoEPlan | None) -> BlockParts:
+    """The parts of ``a`` (every attention layer's configuration; None without attention) and ``moe`` (the MoE
+    configuration; None without MoE)."""
+    moa = a is not None and a.kind == "moa"
+    choice, normalize = "", False
+    if moa:
+        assert a is not None
+        if a.qk_norm or a.bias or a.sinks or a.clip_qkv is not None or a.output_gate != "none":
+            raise ValueError("a mixture of attention heads has no qk_norm, clip_qkv, sinks, gate or q/k/v biases")
+        after = checked_bool(a.moa_softmax_after_topk, "attention.experts.softmax_after_topk")
+        choice = "softmax_after_topk" if after else checked_choice(a.moa_score, MOA_SCORES, "attention.experts.score")
+        normalize = not after and checked_bool(a.moa_normalize_topk, "attention.experts.normalize_topk")
+    return BlockParts(
+        moa=moa,
+        moa_choice=choice,
+        moa_normalize=normalize,
+        zero_experts=moe is not None and moe.n_zero_experts > 0,
+        moe_output_bias=moe is not None and checked_bool(moe.output_bias, "moe.output_bias"),
+    )

@@ -24,6 +24,11 @@ def activate(
         gate = gate.clamp(max=lim)
         up = up.clamp(min=-lim, max=lim)
         return (up + 1) * (gate * torch.sigmoid(a * gate))
+    if activation == "swiglu_limit":
+        # DeepSeek-V4, HY-V4: silu of the gate clamped from above, times up clamped both ways
+        gate, up = h.chunk(2, dim=-1)
+        lim = CLAMPED_LIMIT if limit is None else limit
+        return F.silu(gate.clamp(max=lim)) * up.clamp(min=-lim, max=lim)
     if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
         return _NONLINEARITY[_GATE_NONLINEARITY[activation]](gate) * up

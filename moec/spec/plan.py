@@ -56,7 +56,7 @@ def _mirrored_plan(
     base: type,
     resolved: dict[str, Any] | None = None,
     flatten: dict[str, tuple[type[BaseModel], str]] | None = None,
-    only_with: dict[str, str] | None = None,
+    only_with: dict[str, tuple[str, ...]] | None = None,
     kind: str | None = None,
     positional: bool = False,
 ) -> type:
@@ -65,7 +65,7 @@ def _mirrored_plan(
 
     ``resolved``: fields the resolver computes, with their plan type (required, no default). ``flatten``: a
     sub-model field whose fields join the plan at its place, each named prefix + field (optional: None when
-    the sub-model is absent). ``only_with``: fields that hold a value only with one activation (else None).
+    the sub-model is absent). ``only_with``: fields that hold a value only with some activations (else None).
     ``kind``: a constant ``kind`` field last, telling dense and MoE plans apart in plain data. Fields are
     keyword-only unless ``positional``."""
     resolved, flatten, only_with = resolved or {}, flatten or {}, only_with or {}
@@ -101,7 +101,7 @@ def _mirrored_plan(
         namespace={"__doc__": doc, "__module__": __name__},
     )
     cls.schema_paths = paths  # plan field → attribute path in the schema object
-    cls.only_with = only_with  # plan field → the activation it holds a value with
+    cls.only_with = only_with  # plan field → the activations it holds a value with
     return cls
 
 
@@ -119,7 +119,7 @@ def schema_values(plan_cls: type, obj: BaseModel) -> dict[str, Any]:
         for step in path:
             v = getattr(v, step) if v is not None else None
         activation = plan_cls.only_with.get(f)
-        values[f] = v if activation is None or obj.activation == activation else None  # type: ignore[attr-defined]
+        values[f] = v if activation is None or obj.activation in activation else None  # type: ignore[attr-defined]
     return values
 
 
@@ -262,7 +262,7 @@ class _MoEBase(_FFNBase):
         return self.router.top_k
 
 
-_CLAMPED = {"activation_alpha": "swiglu_clamped", "activation_limit": "swiglu_clamped"}
+_CLAMPED = {"activation_alpha": ("swiglu_clamped",), "activation_limit": ("swiglu_clamped", "swiglu_limit")}
 
 DenseFFNPlan = _mirrored_plan(
     "DenseFFNPlan", FFN, doc="A dense FFN layer: schema.FFN's fields.", base=_FFNBase, only_with=_CLAMPED, kind="dense"

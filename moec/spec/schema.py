@@ -291,13 +291,14 @@ class FFN(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     """The dense FFN's hidden width F."""
     activation: Activation = "swiglu"
-    """swiglu, geglu (exact GELU gate), geglu_tanh, gelu (exact erf), gelu_tanh, relu, silu or swiglu_clamped."""
+    """swiglu, geglu (exact GELU gate), geglu_tanh, gelu (exact erf), gelu_tanh, relu, silu, swiglu_clamped or
+    swiglu_limit (DeepSeek-V4's silu(min(gate, limit)) · clamp(up, ±limit))."""
     bias: bool = False
     """Biases on the FFN's projections."""
     activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA
     """swiglu_clamped only: the sigmoid's slope alpha (gpt-oss: 1.702)."""
     activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT
-    """swiglu_clamped only: the clamp limit on gate and up (gpt-oss: 7)."""
+    """swiglu_clamped and swiglu_limit only: the clamp limit on gate and up (gpt-oss: 7; DeepSeek-V4: 10)."""
 
 
 class Router(Strict):
@@ -373,7 +374,7 @@ class MoE(Strict):
     activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA
     """swiglu_clamped only: the sigmoid's slope alpha (gpt-oss: 1.702)."""
     activation_limit: Annotated[float, Field(gt=0, le=1e4)] = CLAMPED_LIMIT
-    """swiglu_clamped only: the clamp limit on gate and up (gpt-oss: 7)."""
+    """swiglu_clamped and swiglu_limit only: the clamp limit on gate and up (gpt-oss: 7; DeepSeek-V4: 10)."""
     n_shared_experts: Annotated[int, Field(ge=0, le=1024)] = 0
     """Shared experts every token passes, beside the routed ones (DeepSeek, Qwen2-MoE)."""
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None

@@ -91,7 +91,7 @@ def expert_ffn(
     with ``MOEC_AUTOTUNE=1`` on a GPU. ``swiglu_clamped`` (gpt-oss; ``alpha``, ``limit``) has no fused
     epilogue yet and runs on the reference backend.
     """
-    if activation == "swiglu_clamped":
+    if activation in ("swiglu_clamped", "swiglu_limit"):  # neither has a fused epilogue yet
         from moec.kernels import reference
 
         return reference.expert_ffn(

@@ -314,6 +314,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.output_norm": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_norm for lp in layers),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
+        "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",

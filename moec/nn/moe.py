@@ -159,7 +159,12 @@ class MoE(nn.Module):
         # s shared experts of width f_s are one FFN of width s·f_s (their outputs are summed)
         s = plan.n_shared_experts
         self.shared = (
-            DenseFFN(d_model, s * plan.d_ff_shared, plan.activation, bias=plan.bias, **clamp, **kw) if s else None
+            # moe.shared_activation: the shared experts' own (HY-V4), else the routed experts'
+            DenseFFN(
+                d_model, s * plan.d_ff_shared, plan.shared_activation or plan.activation, bias=plan.bias, **clamp, **kw
+            )
+            if s
+            else None
         )
         self.shared_gate = nn.Linear(d_model, 1, bias=False, **kw) if plan.shared_gate else None
         # moe.output_bias (JetMoE): one bias on the combined output, zero to start

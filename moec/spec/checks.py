@@ -19,6 +19,7 @@ from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
+from moec.spec.shared_activation import problems as shared_activation_problems
 from moec.spec.yamlio import Located, Path, dotted
 
 Bad = Callable[[Path, str], None]
@@ -49,6 +50,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *gate_rotary_problems(spec),
         *beam_option_problems(spec),
         *hyper_problems(spec),
+        *shared_activation_problems(spec),
     ):
         bad(path, message)
     check_block(spec, bad)

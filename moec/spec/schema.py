@@ -379,6 +379,8 @@ class MoE(Strict):
     """Shared experts every token passes, beside the routed ones (DeepSeek, Qwen2-MoE)."""
     d_ff_shared: Annotated[int, Field(gt=0, le=MAX_FF)] | None = None
     """Width of one shared expert; null: the resolved (segmented) d_ff."""
+    shared_activation: Activation | None = None
+    """The shared experts' activation, gated exactly when activation is (HY-V4: swiglu); null: activation."""
     n_zero_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
     """Zero-computation experts scored after the E routed ones: a slot on one adds its weight × the input (LongCat-Flash)."""
     output_norm: bool = False

@@ -112,10 +112,11 @@ def layer_rope(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types
     for x in sorted(set(per_type) - {ref}):
         other = {k: v for k, v in per_type[x].items() if k not in per_layer}
         if other != scaling:
-            where = "rope_scaling" if t.given("rope_scaling") else f"rope_parameters.{x}"
+            scaled = x if len(other) > len(scaling) else ref  # the type whose mapping holds more than rope_type
+            where = "rope_scaling" if t.given("rope_scaling") else f"rope_parameters.{scaled}"
             d.gap(
                 t.prefix + where,
-                t.value("rope_scaling") or other,
+                t.value("rope_scaling") or per_type[scaled],
                 f"{x} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
                 "layer its own base and rotary width but one scaling per model",
                 "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Step-3.7-Flash: "

@@ -252,10 +252,11 @@ def _refused(t: HFConfig, d: Draft) -> None:
     for key, what in (("swiglu_limits", "routed experts"), ("swiglu_limits_shared", "shared expert and dense MLPs")):
         v = t.value(key)
         if v is not None and (not isinstance(v, list) or any(x not in (None, 0, 0.0) for x in v)):
+            clamped = {i: x for i, x in enumerate(v) if x} if isinstance(v, list) else v  # 0 and null: no clamp
             d.gap(
                 t.prefix + key,
-                v,
-                f"a SwiGLU clamp on the {what}: min(silu(gate), L) · clamp(up, −L, L), per layer; moec's "
+                clamped,
+                f"a SwiGLU clamp on the {what} (layer: L above): min(silu(gate), L) · clamp(up, −L, L); moec's "
                 "swiglu_clamped is gpt-oss's (another function), one limit per section",
                 "an activation swiglu_limited (silu(gate) clamped from above, up both ways) with a limit per layer, "
                 "apart for routed and shared experts. No count change",

@@ -105,6 +105,13 @@ def test_release_counts_equal_transformers_model_on_meta():
 
 def test_release_is_refused_naming_the_clamps_and_the_full_layers_rope_scaling():
     assert sorted(refused_fields(STEP_37_FLASH)) == sorted(REFUSED)
+    saved = on_meta(STEP_37_FLASH).config.to_dict()  # the scaling now inside the full_attention mapping
+    assert saved["text_config"]["rope_parameters"]["full_attention"]["rope_type"] == "llama3"
+    assert sorted(refused_fields(saved)) == [
+        "text_config.rope_parameters.full_attention",
+        "text_config.swiglu_limits",
+        "text_config.swiglu_limits_shared",
+    ]
 
 
 def test_release_fields_transformers_ignores_are_named():

@@ -291,8 +291,7 @@ class FFN(Strict):
     d_ff: Annotated[int, Field(gt=0, le=MAX_FF)]
     """The dense FFN's hidden width F."""
     activation: Activation = "swiglu"
-    """swiglu, geglu (exact GELU gate), geglu_tanh, gelu (exact erf), gelu_tanh, relu, silu, swiglu_clamped or
-    swiglu_limit (DeepSeek-V4's silu(min(gate, limit)) · clamp(up, ±limit))."""
+    """swiglu, geglu (exact GELU gate), geglu_tanh, gelu (exact erf), gelu_tanh, relu, silu, swiglu_clamped, swiglu_limit."""
     bias: bool = False
     """Biases on the FFN's projections."""
     activation_alpha: Annotated[float, Field(gt=0, le=100)] = CLAMPED_ALPHA

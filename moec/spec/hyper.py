@@ -37,8 +37,7 @@ class HyperConnectionsSection(Strict):
     n_streams: Annotated[int, Field(ge=2, le=MAX_STREAMS)]
     """Residual streams n (DeepSeek-V4, GLM-5-Next, HY-V4: 4)."""
     residual: Literal[RESIDUALS] = "sinkhorn"
-    """sinkhorn: the streams carry over mixed by a doubly stochastic n×n matrix, computed per token (mHC:
-    DeepSeek-V4, GLM-5-Next); identity: each stream carries over unmixed (HY-V4)."""
+    """sinkhorn: the streams carry over mixed by a per-token doubly stochastic n×n matrix (mHC); identity: unmixed."""
     sinkhorn_iters: Annotated[int, Field(ge=1, le=MAX_SINKHORN_ITERS)] = 20
     """sinkhorn only: Sinkhorn-Knopp iterations (one column normalisation, then iters − 1 row-column pairs)."""
     post_scale: Annotated[float, Field(gt=0, le=1e4)] = 2.0
@@ -48,8 +47,7 @@ class HyperConnectionsSection(Strict):
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
     """Added to pre's sigmoid, to comb's softmax and to each Sinkhorn denominator (hc_eps)."""
     head: Literal[HEADS] = "dynamic"
-    """How the streams merge before the final norm: dynamic, a weighting of their own as pre's (DeepSeek-V4,
-    HY-V4); mean, their mean (GLM-5-Next)."""
+    """The streams' merge before the final norm: dynamic, weighted as pre (DeepSeek-V4, HY-V4); mean (GLM-5-Next)."""
 
 
 @dataclass(frozen=True)

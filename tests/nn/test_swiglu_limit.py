@@ -52,3 +52,27 @@ def test_code_generator_refuses_it_by_name() -> None:
     plan = tiny_plan(TINY_MOE, "moe.activation=swiglu_limit")
     with pytest.raises(ValueError, match="codegen does not support activation 'swiglu_limit'"):
         plan_features(plan, list(plan.layers))
+
+
+def test_shared_experts_take_their_own_activation() -> None:
+    """moe.shared_activation: HY-V4's plain SwiGLU shared experts beside swiglu_limit routed ones; the shared FFN's
+    output is the plain SwiGLU of its weights (computed here by hand), and the counts are unchanged."""
+    from moec.nn import build_model
+
+    sets = ("moe.activation=swiglu_limit", "moe.activation_limit=0.5", "moe.n_shared_experts=1")
+    plan = tiny_plan(TINY_MOE, *sets, "moe.shared_activation=swiglu")
+    assert analyze(plan).params == analyze(tiny_plan(TINY_MOE, *sets)).params
+    shared = build_model(plan, seed=0).layers[0].ffn.shared
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1)) * 4  # large enough for the limit to bind
+    h = x @ shared.w_gate_up
+    gate, up = h.chunk(2, dim=-1)
+    torch.testing.assert_close(shared(x), (torch.nn.functional.silu(gate) * up) @ shared.w_down)
+
+
+def test_shared_activation_misuse_is_located() -> None:
+    from moec.errors import SpecError
+
+    with pytest.raises(SpecError, match="moe.shared_activation: only meaningful with moe.n_shared_experts"):
+        tiny_plan(TINY_MOE, "moe.shared_activation=swiglu")
+    with pytest.raises(SpecError, match=r"must be gated as moe.activation \(swiglu\) is"):
+        tiny_plan(TINY_MOE, "moe.n_shared_experts=1", "moe.shared_activation=gelu")

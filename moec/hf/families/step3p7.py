@@ -257,9 +257,10 @@ def _refused(t: HFConfig, d: Draft) -> None:
                 t.prefix + key,
                 clamped,
                 f"a SwiGLU clamp on the {what} (layer: L above): min(silu(gate), L) · clamp(up, −L, L); moec's "
-                "swiglu_clamped is gpt-oss's (another function), one limit per section",
-                "an activation swiglu_limited (silu(gate) clamped from above, up both ways) with a limit per layer, "
-                "apart for routed and shared experts. No count change",
+                "swiglu_limit clamps the gate before the silu, swiglu_clamped is gpt-oss's, and either has one limit "
+                "per section, not per layer",
+                "an activation clamping silu(gate) from above (transformers' Step3p7 clamps after the activation) "
+                "with a limit per layer, apart for routed and shared experts. No count change",
             )
     if t.bool("mlp_bias"):
         d.gap(t.prefix + "mlp_bias", True, "biases on the dense and shared MLPs but none on the routed experts",

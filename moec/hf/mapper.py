@@ -115,6 +115,7 @@ class Mapper:
     shared = "shared_experts."  # Qwen2-MoE: shared_expert.
     interleaved = False  # gpt-oss: stacked experts are (E, d, 2f) with gate and up in alternate columns
     dropped: tuple[str, ...] = ()  # prefixes of the tensors moec lets go (an MTP layer, a vision tower)
+    hc_head = "model.hc_head."  # hyper-connections' head (DeepSeek-V4, HY-V4): hc_fn, hc_base, hc_scale
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         self.ck, self.plan = ck, plan
@@ -135,6 +136,8 @@ class Mapper:
             return ck.get(name)
         if name.startswith("norm."):
             return ck.get(self.final_norm + name.removeprefix("norm."))
+        if name.startswith("hc_head."):  # moec's fn, base, scale
+            return ck.get(self.hc_head + "hc_" + name.removeprefix("hc_head."))
         m = re.fullmatch(r"layers\.(\d+)\.(\w+)\.(.+)", name)
         if m:
             i = int(m.group(1))
@@ -158,6 +161,8 @@ class Mapper:
             return self.ck.get(p + self.attn_norm + leaf)
         if part == "ffn_norm":
             return self.ck.get(p + self.ffn_norm + leaf)
+        if part in ("attn_hc", "ffn_hc"):  # hyper-connections around each sublayer: the same names (fn, base, scale)
+            return self.ck.get(p + part + "." + leaf)
         if part == "attn":
             return self.attention(p, lp, leaf)
         if part == "mixer":

@@ -128,8 +128,7 @@ class RopeScaling(Strict):
 
 class Positions(Strict):
     kind: Literal[(*POSITION_KINDS, RELATIVE_BUCKET, SINUSOIDAL)] = "rope"
-    """rope, learned (an absolute position table), none, relative_bucket (T5's bias) or sinusoidal (fairseq's fixed
-    table); the last two encoder-decoder only."""
+    """rope, learned (a position table), none, or encoder-decoder only relative_bucket (T5) or sinusoidal (fairseq)."""
     theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
     """The RoPE base."""
     scaling: RopeScaling | None = None

@@ -1,5 +1,6 @@
 """What a plan's layers ask of the generated ``model.py`` beyond attention's shape and one FFN: a mixture of attention
-heads (JetMoE), zero-computation experts (LongCat-Flash), a bias on the MoE output (JetMoE), each checked (for
+heads (JetMoE), zero-computation experts (LongCat-Flash), a bias on the MoE output (JetMoE), LongCat-Flash's
+shortcut-MoE pair layers, each checked (for
 :mod:`moec.codegen.features`)."""
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ class BlockParts:
     moa_normalize: bool = False  # the k weights renormalised
     zero_experts: bool = False  # moe.n_zero_experts: experts that return their weight times the token
     moe_output_bias: bool = False  # moe.output_bias: one bias on the combined output
+    pair: bool = False  # model.block shortcut_moe_pair: every layer two (attention, dense FFN) pairs and one MoE
 
 
-def block_parts(a: AttentionPlan | None, moe: MoEPlan | None) -> BlockParts:
-    """The parts of ``a`` (every attention layer's configuration; None without attention) and ``moe`` (the MoE
-    configuration; None without MoE)."""
+def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool) -> BlockParts:
+    """The parts of ``a`` (every attention layer's configuration; None without attention), ``moe`` (the MoE
+    configuration; None without MoE) and the layers (``pair``: shortcut-MoE pair layers)."""
     moa = a is not None and a.kind == "moa"
     choice, normalize = "", False
     if moa:
@@ -40,4 +42,5 @@ def block_parts(a: AttentionPlan | None, moe: MoEPlan | None) -> BlockParts:
         moa_normalize=normalize,
         zero_experts=moe is not None and moe.n_zero_experts > 0,
         moe_output_bias=moe is not None and checked_bool(moe.output_bias, "moe.output_bias"),
+        pair=pair,
     )

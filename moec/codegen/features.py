@@ -211,7 +211,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     rope = rope_features(plan, a, attns, c) if any(ropes) else RopeFeatures()  # no rotation: nothing to scale
 
     # FFNs: one dense configuration and one MoE configuration
-    dense = _one([lp.ffn for lp in layers if isinstance(lp.ffn, DenseFFNPlan)], "dense FFN")
+    # a shortcut-MoE pair layer's two dense FFNs (LongCat-Flash) are the model's dense FFN configuration
+    dense = _one([x for lp in layers for x in (lp.ffn, lp.pair_ffn) if isinstance(x, DenseFFNPlan)], "dense FFN")
     moe = _one([lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)], "MoE")
     for lp in layers:
         if not isinstance(lp.ffn, (DenseFFNPlan, MoEPlan, AbsentPlan)):
@@ -272,7 +273,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
         mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
-        parts=block_parts(a if attns else None, moe),
+        parts=block_parts(a if attns else None, moe, any(lp.pair_ffn is not None for lp in layers)),
     )
     return f, c
 
@@ -316,7 +317,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
-        "model.block 'shortcut_moe_pair'": any(lp.pair_ffn is not None for lp in layers),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "attention.value_scale": any(x.value_scale is not None for x in attns),
         "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,

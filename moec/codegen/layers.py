@@ -250,7 +250,8 @@ def _signature(f: Features, varying: list[Column]) -> list[str]:
         doc = _wrapped_docstring(f"One decoder layer, from its entry in LAYERS. {words}.", "    ")
     else:
         doc = ['    """One decoder layer (the model\'s layers are alike)."""']
-    return [f"def make_block({', '.join(params)}) -> Block:", *doc]
+    block = "PairBlock" if f.parts.pair else "Block"
+    return [f"def make_block({', '.join(params)}) -> {block}:", *doc]
 
 
 def _attention_of(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], names: list[str]) -> Call:
@@ -273,6 +274,8 @@ def _make_block(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], va
     attn = _attention_of(plan, f, rows, names)
     ffns = {type(lp.ffn): lp.ffn for lp in (*plan.layers, *plan.mtp)}  # one configuration of each kind
     lines = _signature(f, varying)
+    if f.parts.pair:
+        return lines + _pair_block_body(plan, attn, ffns[MoEPlan], f)
     if "ffn" not in names:
         (ffn,) = ffns.values()
         return lines + call_lines(Call("Block", (attn, _ffn_call(ffn, f))), "    ", "return ")
@@ -280,6 +283,23 @@ def _make_block(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], va
     lines += ['    if ffn == "dense":']
     lines += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
     return lines + call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[MoEPlan], f))), "    ", "return ")
+
+
+def _pair_block_body(plan: ResolvedModel, attn: Call, moe: MoEPlan, f: Features) -> list[str]:
+    """make_block's body for shortcut-MoE pair layers: two attentions and two dense FFNs alike, and the MoE."""
+    pair = plan.layers[0].pair_ffn
+    assert isinstance(pair, DenseFFNPlan)
+    dense = Call("DenseFFN", ("D_MODEL", *_ffn_args(pair, int_text(pair.d_ff, "pair d_ff"))))
+    lines = _two(Call(attn.func, attn.args), "attn") + _two(dense, "pair_ffn")
+    return lines + call_lines(Call("PairBlock", ("attn", "pair_ffn", _ffn_call(moe, f))), "    ", "return ")
+
+
+def _two(call: Call, name: str) -> list[str]:
+    """``name = [call for _ in range(2)]``, laid out as ruff lays out a comprehension too long for one line."""
+    one = f"    {name} = [{call.flat()} for _ in range(2)]"
+    if len(one) <= WIDTH:
+        return [one]
+    return [f"    {name} = [", *call_lines(call, " " * 8), "        for _ in range(2)", "    ]"]
 
 
 def _mixer_call(lp: LayerPlan, f: Features, varying: list[Column]) -> Call:

@@ -16,6 +16,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # DeepSeek-V3.2's indexer on TINY_DEEPSEEK_V3's MLA: top 4 of the keys, so 12-token calls are sparse
 INDEXED = TINY_DEEPSEEK_V3.replace("v_head_dim: 8}", "v_head_dim: 8, indexer: {n_heads: 2, head_dim: 8, top_k: 4}}")
 
+# LongCat-Flash in miniature: shortcut-MoE pair layers, MLA with latent scales, zero experts
+LONGCAT = """\
+moec: 1
+name: tiny-longcat
+model: {vocab_size: 64, d_model: 32, n_layers: 2, max_seq_len: 32, block: shortcut_moe_pair,
+  norm: {kind: rmsnorm, eps: 1.0e-5}, positions: {kind: rope, theta: 10000.0}}
+attention: {kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
+            v_head_dim: 8, latent_norm_eps: 1.0e-6, latent_scales: true}
+ffn: {d_ff: 48, activation: swiglu}
+moe:
+  n_experts: 4
+  n_zero_experts: 2
+  d_ff: 16
+  router: {top_k: 3, score: softmax, scale: 6.0, selection_bias: true}
+  balance: {load_balance_coeff: 0.01}
+layers:
+  default: {ffn: moe}
+"""
+
 CASES = {
     "indexer, rotary pairs in halves": INDEXED,
     # (no window: a windowed cache is a ring, where ties among the indexer's ReLU-zero scores fall to other keys)
@@ -36,6 +55,11 @@ CASES = {
         "experts: {n_experts: 4, top_k: 2, score: sigmoid, normalize_topk: true}",
         overrides="{select: [1], attention: {window: null, rope: false}}",
         moe=True,
+    ),
+    "shortcut-moe pairs, latent scales, zero experts (LongCat-Flash)": LONGCAT,
+    "shortcut-moe pairs, a window and a rope base of its own": LONGCAT.replace(
+        "default: {ffn: moe}",
+        "default: {ffn: moe}\n  overrides: [{select: [1], attention: {window: 4, rope_theta: 500.0}}]",
     ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
@@ -88,6 +112,10 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         (
             "mixture of attention heads, moe output bias (JetMoE)",
             ["class MoA", "top.softmax(-1)", "+ self.out_bias", "y = y + self.output_bias"],
+        ),
+        (
+            "shortcut-moe pairs, latent scales, zero experts (LongCat-Flash)",
+            ["class PairBlock", "shortcut, aux = self.ffn(h)", "self.kv_scale = math.sqrt(d_model / kv_lora_rank)"],
         ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],

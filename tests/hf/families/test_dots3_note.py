@@ -1,0 +1,160 @@
+"""dots3-note (model_type dots3_note): the release's DSA geometry on every layer counts as transformers' model on meta;
+a tiny random checkpoint saved by transformers (MLA with latent scales, a normed rotary key, a per-head output gate
+and GLM-5's indexer; DeepSeek-V3's MoE) loads with moec.from_hf to transformers' logits and router choices; the
+config as save_pretrained nests it imports to the same plan; the release's sliding-window layers (MLA of their own
+geometry, no indexer) and what else moec cannot express are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moec.analyze import analyze
+from moec.hf import hf_to_model, import_hf_config
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from moec.hf.config import plan_differences  # noqa: E402
+from tests.hf.families._harness import hf_counts, refused_fields, saved_checkpoint, tiny_hf  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
+
+# rednote's dots3-note release as the vmlx engine's dots3_note config module reads its config.json (text fields at
+# the top level; the constants the file omits are Dots3NoteConfig's defaults, which transformers' class shares):
+# 46 layers of 5120, vocab 152064, eps 1e-5, one dense layer of 13824, then 256 experts of 1536 (top-8, sigmoid,
+# noaux_tc, one group, scale 1) + 1 shared of 1536; DSA layers: MLA with 128 heads (q latent 1024, kv latent 512, nope
+# 128, rope 64, v 128), rope base 8e7, an indexer of 64 heads of 128 keeping 2048 keys; 33 of the 46 layers slide
+# (a window of 513, MLA of 64 heads with a kv latent of 1024 and nope 192, rope base 5e4).
+RELEASE = {
+    "architectures": ["Dots3NoteForCausalLM"],
+    "model_type": "dots3_note",
+    "torch_dtype": "bfloat16",
+    "hidden_size": 5120,
+    "num_hidden_layers": 46,
+    "vocab_size": 152064,
+    "rms_norm_eps": 1e-5,
+    "intermediate_size": 13824,
+    "first_k_dense_replace": 1,
+    "n_routed_experts": 256,
+    "num_experts_per_tok": 8,
+    "moe_intermediate_size": 1536,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.0,
+    "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc",
+    "max_position_embeddings": 524288,
+    "num_attention_heads": 128,
+    "q_lora_rank": 1024,
+    "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+    "rope_theta": 80_000_000.0,
+    "swa_num_attention_heads": 64,
+    "swa_q_lora_rank": 1024,
+    "swa_kv_lora_rank": 1024,
+    "swa_qk_nope_head_dim": 192,
+    "swa_qk_rope_head_dim": 64,
+    "swa_v_head_dim": 128,
+    "swa_rope_theta": 50000.0,
+    "sliding_window_size": 513,
+    "index_n_heads": 64,
+    "index_head_dim": 128,
+    "index_topk": 2048,
+    "tie_word_embeddings": False,
+}
+# the release's DSA geometry on every layer (transformers' use_sliding_window false): what moec imports
+DSA_EVERYWHERE = {**RELEASE, "use_sliding_window": False}
+
+# 3 layers (one dense), MLA of 4 heads, 2 shared experts of 24 beside 8 routed of 16, an indexer of 4 heads keeping 4
+# keys of the 12-token test sequence; head_dim 16 so that transformers rotates 16 · (4/16) = 4 dims, as MLA does
+TINY = {
+    "vocab_size": 128, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+    "shared_experts_intermediate_size": 24, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 2,
+    "routed_scaling_factor": 2.0, "q_lora_rank": 16, "kv_lora_rank": 12, "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 4, "v_head_dim": 8, "head_dim": 16, "index_n_heads": 4, "index_head_dim": 8,
+    "index_topk": 4, "use_sliding_window": False, "max_position_embeddings": 64, "rope_theta": 10000.0,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    "vision_config": {"adapter_out_dim": 32}, "audio_config": {"adapter_out_dim": 32},
+}  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_dsa_geometry_counts_equal_transformers_model_on_meta():
+    params = analyze(hf_to_model(DSA_EVERYWHERE)).params
+    assert (params.total, params.active) == hf_counts(DSA_EVERYWHERE)
+    # per layer beyond DeepSeek-V3.2's MLA and indexer: the rotary key's norm (64) and the head gate (5120·128)
+    plain = {"latent_scales", "rope_key_norm", "output_gate"}
+    assert {k for k in plain if k in import_hf_config(DSA_EVERYWHERE)} == plain
+
+
+@pytest.mark.parametrize("use_dsa", [True, False])
+def test_tiny_counts_equal_transformers_model_on_meta(use_dsa):
+    """use_dsa false: every layer full attention, no indexer (Dots3NoteTextAttention builds none)."""
+    cfg = {**TINY, "model_type": "dots3_note", "use_dsa": use_dsa}
+    plan = hf_to_model(cfg)
+    assert {lp.attention.has_indexer for lp in plan.layers} == {use_dsa}
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_the_config_as_save_pretrained_nests_it_imports_to_the_same_plan():
+    """save_pretrained writes text_config (per-type rope_parameters, layer_types, mlp_layer_types, ...) and the
+    towers' configs in full."""
+    flat = {**TINY, "model_type": "dots3_note"}
+    saved = transformers.AutoConfig.for_model(**flat).to_dict()
+    assert "text_config" in saved and "rope_parameters" in saved["text_config"]
+    assert plan_differences(hf_to_model(saved), hf_to_model(flat), training=False) == []
+    # it keeps the top-level copies too, which transformers does not read: one that disagrees is refused
+    assert refused_fields({**saved, "hidden_size": 64}) == ["hidden_size"]
+
+
+def test_the_release_s_sliding_layers_are_refused_naming_them():
+    from moec.errors import SpecError
+
+    assert refused_fields(RELEASE) == ["layer_types"]
+    with pytest.raises(SpecError, match="33 sliding_attention layers.*own geometry"):
+        hf_to_model(RELEASE)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        # indexed and plain full-attention layers in one model: a per-layer indexer
+        ({"per_layer_config": {}, "layer_types": ["indexed_attention", "full_attention", "indexed_attention"]},
+         "layer_types"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_parameters"),
+        ({"mlp_bias": True}, "mlp_bias"),
+        ({"num_key_value_heads": 2}, "num_key_value_heads"),
+    ],
+)  # fmt: skip
+def test_what_moec_cannot_express_is_refused_by_name(change, field):
+    assert field in refused_fields({**TINY, "model_type": "dots3_note", **change})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """transformers' tiny model saved, its config.json then the release's form: the text fields at the top level of
+    a dots3_note config (save_pretrained writes the text config alone, dots3_note_text: test_dots3_note_text.py)."""
+    hf = tiny_hf("dots3_note", TINY)
+    hf, folder = saved_checkpoint(hf, tmp_path_factory, "dots3_note")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "dots3_note_text"
+    (folder / "config.json").write_text(json.dumps({**TINY, "model_type": "dots3_note"}))
+    return hf, folder
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    assert type(hf).__name__ == "Dots3NoteForCausalLM" and model.plan.layers[0].attention.rope_key_norm
+    assert assert_same(hf, model) <= 1e-4
+    with torch.no_grad():  # the rotary key's norm matters: without it, other logits
+        want = hf(TOKENS).logits
+        for layer in model.layers:
+            layer.attn.k_rope_only_layernorm = torch.nn.Identity()
+        assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)

@@ -41,14 +41,14 @@ class IndexerSection(Strict):
 Section = IndexerSection  # the contract name, as the mixers' sections
 
 
-def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
+def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """Cross-field problems of ``attention.indexer``: (path, message), every one."""
     a = spec.attention
     ix = a.indexer
     if ix is None:
         return []
     here = ("attention", "indexer")
-    out: list[tuple[tuple[str, ...], str]] = []
+    out: list[tuple[tuple[str | int, ...], str]] = []
     if a.kind != "mla" or a.q_lora_rank is None:
         out.append((here, "the indexer reads MLA's query latent: it needs attention.kind mla with q_lora_rank"))
     rope = a.qk_rope_head_dim or 0
@@ -58,4 +58,19 @@ def problems(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
         )
     if spec.model.positions.kind != "rope" and "rope_layout" in ix.model_fields_set:
         out.append(((*here, "rope_layout"), "only meaningful with rotary positions"))
+    out += _window_problems(spec)
+    return out
+
+
+def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
+    """A sliding window with the indexer, refused where it is written: the indexer's scores tie often (a ReLU of
+    every head's q·k can be 0), and a windowed decode ranks its keys in the order of a ring of cache slots, not of
+    positions, so torch's top-k would break those ties towards other keys than the full forward does."""
+    why = "not with attention.indexer: a windowed decode would break the indexer's tied scores differently"
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if spec.attention.window is not None:
+        out.append((("attention", "window"), why))
+    for path, section in spec.layers.attention_sections():
+        if "window" in section.model_fields_set and section.window is not None:
+            out.append(((*path, "window"), why))
     return out

@@ -271,3 +271,28 @@ def test_the_rotary_key_norm_is_refused_where_there_is_no_mla_rotary_key(change,
     with pytest.raises(SpecError) as e:
         load_spec("rkn.yaml", text=RKN.replace(*change))
     assert any(p.path == "attention.rope_key_norm" and message in p.message for p in e.value.problems)
+
+
+@pytest.mark.parametrize(
+    "where,path",
+    [
+        ("  v_head_dim: 6, window: 6,", "attention.window"),
+        ("  v_head_dim: 6,", "layers.overrides[0].attention.window"),
+    ],
+)
+def test_a_sliding_window_beside_the_indexer_is_refused_where_it_is_written(where, path):
+    """A windowed decode ranks its ring of cache slots, whose order is not the keys': the indexer's tied scores
+    would fall to other keys than in the full forward."""
+    from moec.errors import SpecError
+    from moec.spec import load_spec
+
+    text = RKN.replace("  v_head_dim: 6,", where).replace(
+        "rope_key_norm: true}", "indexer: {n_heads: 2, head_dim: 8, top_k: 4}}"
+    )
+    if "overrides" in path:
+        text += "layers: {overrides: [{select: [1], attention: {window: 6}}]}\n"
+    load_spec("ok.yaml", text=RKN.replace("rope_key_norm: true}", "indexer: {n_heads: 2, head_dim: 8, top_k: 4}}"))
+    with pytest.raises(SpecError) as e:
+        load_spec("rkn.yaml", text=text)
+    assert [p.path for p in e.value.problems] == [path]
+    assert "not with attention.indexer" in e.value.problems[0].message

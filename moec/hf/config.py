@@ -27,7 +27,6 @@ from moec.errors import Problem, SpecError
 from moec.hf.draft import INERT, CannotExport, Draft, Family, Gap, HFConfig, shown
 from moec.hf.families import FAMILIES, export_order, layer_pattern
 from moec.hf.jsontext import KeyLocator, parse_object, printable
-from moec.spec.encdec import refuse_encoder_decoder
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -368,7 +367,6 @@ def export_hf_config(model: ResolvedModel | str | PathLike[str], *, drop_trainin
         from moec.spec import load_model
 
         m = load_model(str(model))
-    refuse_encoder_decoder(m, "moec.export_hf")  # no family exports one (switch_transformers imports only)
     where = m.source_file or m.name
     why: dict[str, list[str]] = {}  # reason → the families it rules out
     for fam in export_order(moe=bool(m.moe_layers)):

@@ -9,7 +9,8 @@ float32, softmax over all experts, the top expert weighted by its probability, a
 a sequence per expert, earliest first, and input jitter 1 ± router_jitter_noise in training.
 
 Weights: :class:`SwitchMapper` names each tensor of moec's encoder-decoder model (moec/nn/encdec.py) in
-transformers' checkpoint; ``moec.from_hf`` loads one. There is no config exporter yet.
+transformers' checkpoint; ``moec.from_hf`` loads one, and ``moec.export_hf`` writes one through the same mapping
+with the config :func:`export` writes.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, layer_pattern
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, layer_pattern
 from moec.hf.families._common import dropout, ignored_field_agrees
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.encdec import RELATIVE_BUCKET
-from moec.spec.plan import DenseFFNPlan
+from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 from moec.strict import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
 
     from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import ResolvedModel
 
 # transformers 5.24 SwitchTransformersConfig class defaults of the fields the translator reads
 DEFAULTS: dict[str, Any] = {
@@ -201,6 +201,74 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
     ignored_field_agrees(c, d, "feed_forward_proj", act, "transformers' Switch FFN runs dense_act_fn")
 
 
+def _sparse_fields(layers: tuple[LayerPlan, ...], stack: str) -> dict[str, int]:
+    """A stack's num_sparse_<stack>_layers and <stack>_sparse_step: the step (written, so transformers keeps it)
+    whose pattern i % step == 1 is the stack's MoE layers."""
+    sparse = [isinstance(lp.ffn, MoEPlan) for lp in layers]
+    step = next((s for s in range(len(layers) + 1) if sparse_layers(len(layers), s) == sparse), None)
+    if step is None:
+        raise CannotExport(f"puts a Switch layer where i % step == 1 in each stack (the {stack}'s pattern is not one)")
+    return {f"num_sparse_{stack}_layers": sum(sparse), f"{stack}_sparse_step": step}
+
+
+def _switch_fields(moe: list[MoEPlan], capacity: int | None) -> dict[str, Any]:
+    """The router's and the experts' fields, from the plan's MoE layers (one kind across both stacks)."""
+    r = moe[0].router
+    if capacity is None:
+        raise CannotExport("gives every expert a fixed capacity per sequence (encoder.expert_capacity)")
+    if (r.top_k, r.score, r.kind) != (1, "softmax", "topk"):
+        raise CannotExport(f"routes top-1 by softmax (spec: top-{r.top_k} {r.kind}, {r.score})")
+    return {
+        "num_experts": moe[0].n_experts,
+        "expert_capacity": capacity,
+        "router_bias": r.bias,
+        "router_jitter_noise": r.jitter,
+        "router_aux_loss_coef": moe[0].load_balance_coeff,
+        "router_z_loss_coef": moe[0].z_loss_coeff,
+    }
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """An encoder-decoder plan → SwitchTransformersConfig's config.json; the import of it must give the plan back
+    (moec.hf.config.export_hf_config checks), so what is not refused here by name is caught there."""
+    if not m.encoder:
+        raise CannotExport("is an encoder-decoder model (the spec has no encoder section)")
+    if m.positions.kind != RELATIVE_BUCKET or not m.tie_embeddings:
+        raise CannotExport("needs relative_bucket positions and tied embeddings")
+    if m.logits_scaling != float(m.d_model) ** 0.5:  # SwitchTransformersForConditionalGeneration, tied
+        raise CannotExport(f"scales the tied output by d_model^-0.5: logits_scaling {float(m.d_model) ** 0.5!r}")
+    if m.max_seq_len != MAX_SEQ_LEN:
+        raise CannotExport(f"sets no length; moec reads its configs as T5's max_seq_len {MAX_SEQ_LEN}")
+    layers = (*m.encoder, *m.layers)
+    moe = [lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)]
+    widths = {lp.ffn.d_ff for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
+    activations = {lp.ffn.activation for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
+    act = next((k for k, v in ACTIVATIONS.items() if activations == {v}), None)
+    if len(widths) != 1 or act is None:
+        raise CannotExport(f"has one FFN width and one of {', '.join(sorted(set(ACTIVATIONS.values())))} throughout")
+    a = m.layers[0].attention
+    return {
+        "architectures": [FAMILY.architecture],
+        "model_type": FAMILY.model_type,
+        "vocab_size": m.vocab_size,
+        "d_model": m.d_model,
+        "d_kv": a.head_dim,
+        "num_heads": a.n_heads,
+        "d_ff": widths.pop(),
+        "dense_act_fn": act,
+        "num_layers": len(m.encoder),
+        "num_decoder_layers": len(m.layers),
+        **_sparse_fields(m.encoder, "encoder"),
+        **_sparse_fields(m.layers, "decoder"),
+        **(_switch_fields(moe, m.expert_capacity) if moe else {}),
+        "relative_attention_num_buckets": m.positions.n_buckets,
+        "relative_attention_max_distance": m.positions.max_distance,
+        "layer_norm_epsilon": m.norm.eps,
+        "dropout_rate": 0.0,  # a moec spec has no dropout
+        "tie_word_embeddings": True,
+    }
+
+
 # moec's part of a layer → transformers' sublayer index in SwitchTransformersBlock.layer (encoder, decoder): self-
 # attention first, the decoder's cross-attention second, the FFN last
 _SUBLAYER = {"attn": (0, 0), "cross_attn": (1, 1), "ffn": (1, 2)}
@@ -285,5 +353,6 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"hidden_size": "d_model", "num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"},
+    export=export,
     mapper=SwitchMapper,
 )

@@ -192,5 +192,54 @@ def test_an_unequal_copy_of_the_shared_embedding_is_refused(checkpoint, tmp_path
         moec.from_hf(tmp_path)
 
 
+def test_the_shipped_spec_exports_as_switch_base_8s_config():
+    from moec.hf.config import export_hf_config
+
+    cfg = export_hf_config("switch-base-8-encdec")
+    assert (cfg["encoder_sparse_step"], cfg["decoder_sparse_step"], cfg["expert_capacity"]) == (2, 2, 64)
+    assert plan_differences(load_model("switch-base-8-encdec"), hf_to_model(cfg)) == []  # counted above
+
+
+def test_a_spec_switch_cannot_say_is_refused_naming_why(write_spec):
+    from moec.errors import SpecError
+    from moec.hf.config import export_hf_config
+    from tests.spec.test_encdec import TINY as SPEC  # no logits_scaling: an untied-style head Switch does not have
+
+    with pytest.raises(SpecError, match="switch_transformers: scales the tied output by d_model\\^-0.5"):
+        export_hf_config(load_model(str(write_spec(SPEC))))
+
+
+def test_an_exported_checkpoint_is_the_imported_one_and_gives_its_logits_in_transformers(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    moec.export_hf(model, tmp_path / "out")
+    theirs, ours = load_file(folder / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    back = transformers.SwitchTransformersForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    src, tgt = torch.arange(20).view(2, 10) % 96, torch.arange(8).view(2, 4) + 5
+    with torch.no_grad():
+        assert torch.equal(
+            back(input_ids=src, decoder_input_ids=tgt).logits, hf(input_ids=src, decoder_input_ids=tgt).logits
+        )
+
+
+def test_a_model_built_from_a_spec_exports_to_transformers_logits(tmp_path):
+    from moec.spec import load_spec, resolve
+    from tests.spec.test_encdec import TINY as SPEC
+
+    spec = SPEC.replace("max_seq_len: 32", "max_seq_len: 512\n  logits_scaling: 4.0")
+    model = moec.build_model(resolve(load_spec("tiny.yaml", text=spec)), device="cpu", seed=0).eval()
+    moec.export_hf(model, tmp_path / "out")
+    hf = transformers.SwitchTransformersForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    g = torch.Generator().manual_seed(2)
+    src, tgt = torch.randint(0, 64, (2, 9), generator=g), torch.randint(0, 64, (2, 5), generator=g)
+    with torch.no_grad():
+        want = hf(input_ids=src, decoder_input_ids=tgt).logits
+        logits, _ = model(src, tgt)
+    assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.SwitchTransformersConfig, at_least=20)

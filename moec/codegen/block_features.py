@@ -21,6 +21,7 @@ class BlockParts:
     moa_normalize: bool = False  # the k weights renormalised
     zero_experts: bool = False  # moe.n_zero_experts: experts that return their weight times the token
     moe_output_bias: bool = False  # moe.output_bias: one bias on the combined output
+    moe_output_norm: bool = False  # moe.output_norm: the MoE's output normed before the residual (A.X-K1)
     pair: bool = False  # model.block shortcut_moe_pair: every layer two (attention, dense FFN) pairs and one MoE
 
 
@@ -42,5 +43,6 @@ def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool) -> Blo
         moa_normalize=normalize,
         zero_experts=moe is not None and moe.n_zero_experts > 0,
         moe_output_bias=moe is not None and checked_bool(moe.output_bias, "moe.output_bias"),
+        moe_output_norm=moe is not None and checked_bool(moe.output_norm, "moe.output_norm"),
         pair=pair,
     )

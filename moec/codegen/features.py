@@ -292,6 +292,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     attns = [lp.attention for lp in layers if lp.has_attention]
     routers = [lp.ffn.router for lp in layers if isinstance(lp.ffn, MoEPlan)]
     sc = plan.positions.scaling
+    ffns = [lp.ffn for lp in layers]
+    hybrid = any(not lp.has_attention or isinstance(lp.ffn, AbsentPlan) for lp in layers)  # Block is hybrid_block.j2
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
         "attention.output_gate_fn 'softplus'": any(x.output_gate_fn == "softplus" for x in attns),
@@ -304,15 +306,15 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
         "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
-        "model.norm.placement 'sandwich'": plan.norm.placement == "sandwich",
-        "model.norm.placement 'parallel'": plan.norm.placement == "parallel",
+        "model.norm.placement 'sandwich' or 'parallel' in a hybrid model": hybrid
+        and plan.norm.placement in ("sandwich", "parallel"),
+        "moe.output_norm in a hybrid model": hybrid and any(isinstance(x, MoEPlan) and x.output_norm for x in ffns),
         "per-layer attention shapes (layers.*.attention.n_heads, n_kv_heads)": len(
             {(x.n_heads, x.n_kv_heads) for x in attns}
         )
         > 1,
         "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
         "moe.router.selection_bias_on 'logits'": any(r.selection_bias_on == "logits" for r in routers),
-        "moe.output_norm": any(isinstance(lp.ffn, MoEPlan) and lp.ffn.output_norm for lp in layers),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),

@@ -61,6 +61,18 @@ CASES = {
         "default: {ffn: moe}",
         "default: {ffn: moe}\n  overrides: [{select: [1], attention: {window: 4, rope_theta: 500.0}}]",
     ),
+    "sandwich norms, mla and mtp": TINY_DEEPSEEK_V3.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: sandwich}"),
+    "sandwich norms, moe and dense": variant(
+        model="positions: {kind: rope}, norm: {placement: sandwich}", moe=True, overrides="{select: [0], ffn: dense}"
+    ),
+    "parallel sublayers, layernorm, residual multiplier": variant(
+        model="positions: {kind: rope}, norm: {kind: layernorm, placement: parallel}, residual_multiplier: 0.5",
+        attn="n_kv_heads: 2",
+        moe=True,
+    ),
+    "moe output norm between dense layers, frozen norms": variant(
+        moe=True, moex="output_norm: true", overrides="{select: [0], ffn: dense}", extra="frozen: [norms]\n"
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -117,6 +129,9 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             "shortcut-moe pairs, latent scales, zero experts (LongCat-Flash)",
             ["class PairBlock", "shortcut, aux = self.ffn(h)", "self.kv_scale = math.sqrt(d_model / kv_lora_rank)"],
         ),
+        ("sandwich norms, moe and dense", ["x + self.attn_post_norm(self.attn(", "x + self.ffn_post_norm(y), aux"]),
+        ("parallel sublayers, layernorm, residual multiplier", ["a = self.attn(h, rope, cache, positions)"]),
+        ("moe output norm between dense layers, frozen norms", ["y = self.ffn_post_norm(y)"]),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

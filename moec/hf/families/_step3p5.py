@@ -198,7 +198,12 @@ def _per_layer_heads(t: HFConfig, d: Draft, per_layer: Any, h: Any) -> list[Any]
             return None
         for k, v in over.items():
             if k != "num_attention_heads":
-                d.gap(t.prefix + f"{where}.{k}", v, f"a per-layer {k}: moec reads a layer's head count only", k)
+                d.gap(
+                    t.prefix + f"{where}.{k}",
+                    v,
+                    f"a per-layer {k}: moec reads a layer's head count only",
+                    f"layers.*.attention.{k}, where the schema has no per-layer field of that name",
+                )
             elif not is_int(v) or v < 1:
                 t.bad(f"{where}.{k}", f"{shown(v)}: expected a positive integer")
             else:

@@ -137,7 +137,8 @@ def attend_masked(
     scores = scores.masked_fill(~mask, float("-inf"))
     B, S = q.shape[0], q.shape[2]
     sink = sinks.to(scores.dtype).view(1, h, 1, 1).expand(B, h, S, 1)  # (B, h, S, 1)
-    probs = torch.cat((scores, sink), dim=-1).float().softmax(-1)[..., :-1]  # (B, h, S, T)
+    wide = torch.promote_types(scores.dtype, torch.float32)  # float32 at least; a float64 model stays float64
+    probs = torch.cat((scores, sink), dim=-1).to(wide).softmax(-1)[..., :-1]  # (B, h, S, T)
     return probs.to(v.dtype) @ v
 
 

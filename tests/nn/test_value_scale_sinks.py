@@ -81,9 +81,8 @@ def test_a_layer_turns_sinks_on_for_itself_alone():
     assert model.layers[0].attn.sinks is None
     att = model.layers[1].attn
     x = torch.randn(2, 5, 16, dtype=torch.float64)
-    # the sink softmax runs in float32 (moec.nn.attention.attend_masked), hence float32's tolerance
-    torch.testing.assert_close(att(x), naive_attention(att, x, sinks=att.sinks), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(att(x), naive_attention(att, x), rtol=1e-5, atol=1e-6)  # the sinks take mass
+    torch.testing.assert_close(att(x), naive_attention(att, x, sinks=att.sinks), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(att(x), naive_attention(att, x))  # the sinks take mass
     # one sink logit per query head, on the one layer that has them
     assert analyze(plan).params.total == analyze(plan_of()).params.total + 4
 

@@ -20,20 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import (
-    ROPE_TYPES,
     aux,
-    base,
     defaults,
     dense_layers_ffn,
     gqa,
     listed_layer_types,
     moe_core,
-    reference_rope_type,
-    rope_per_type_ok,
     router,
     typed_windows,
 )
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, layer_types, moe_plan
+from moec.hf.families._typed_rope import TypedRope, export_typed_rope, layer_rope, rope_per_type, typed_base
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
@@ -56,15 +53,20 @@ DEFAULT_ROPE = {
     "full_attention": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5},
     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
 }
-# the keys of a type's mapping that moec gives a layer of its own; the rest is the model's one scaling
-PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")
+LAGUNA_ROPE = TypedRope(
+    "Laguna",
+    DEFAULT_ROPE,
+    lambda mapping: 1.0,  # LagunaRotaryEmbedding: a type without partial_rotary_factor rotates whole heads
+    "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Laguna XS 2.1: YaRN on "
+    "full-attention layers, none on sliding ones). No count change",
+)
 GATES = {True: "head", "per-head": "head", "per-element": "element"}
 
 
 def translate(c: HFConfig, d: Draft) -> None:
     types = listed_layer_types(c)
-    per_type = _rope_per_type(c, types)
-    _base(c, d, per_type, types)
+    per_type = rope_per_type(c, types, LAGUNA_ROPE)
+    typed_base(c, d, per_type, types, LAGUNA_ROPE)
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "LagunaAttention: RMSNorm(head_dim) on q and k, before the rotation")
@@ -75,80 +77,10 @@ def translate(c: HFConfig, d: Draft) -> None:
         c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
     _heads_per_layer(c, d)
     if per_type is not None and not c.failed("layer_types") and d.layers_known:
-        _layer_rope(c, d, per_type, types)
+        layer_rope(c, d, per_type, types, LAGUNA_ROPE)
     _moe(c, d)
-    _mlp_layers(c, d)
+    first_dense_mlp_layers(c, d)
     dense_layers_ffn(c, d, bias_src="LagunaMLP has no biases")
-
-
-def _rope_per_type(c: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | None:
-    """rope_parameters as LagunaRotaryEmbedding reads it: one mapping per attention type a layer uses, each with
-    its own rope_theta (transformers has no fallback for a missing one)."""
-    given = c.value("rope_parameters")
-    if given is None:
-        return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
-    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
-        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(ROPE_TYPES)})")
-        return None
-    ok = rope_per_type_ok(c, given, types)
-    return {t: dict(p) for t, p in given.items()} if ok else None
-
-
-def _base(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str]) -> None:
-    """The common base, its rope read from the reference type's flat mapping (the others are per layer)."""
-    ref = reference_rope_type(per_type, types) if per_type is not None else None
-    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
-    if per_type is None or ref is None:
-        c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
-    else:  # the partial factor is read here (moec's generic rope reader knows no per-type one)
-        c.raw["rope_parameters"] = {k: v for k, v in per_type[ref].items() if k != "partial_rotary_factor"}
-    base(c, d, "Laguna")
-    if given:
-        c.raw["rope_parameters"] = saved
-    else:
-        c.raw.pop("rope_parameters", None)
-    factor = per_type[ref].get("partial_rotary_factor", 1.0) if per_type is not None and ref is not None else 1.0
-    where = f"rope_parameters.{ref}.partial_rotary_factor" + ("" if given else " (LagunaConfig default)")
-    if not is_number(factor) or not 0 < factor <= 1:
-        c.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
-    elif factor != 1.0:
-        d.put("model.positions.partial_rotary_factor", factor, where)
-
-
-def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:
-    """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
-    reference type's); the types' scalings must be one: moec has one scaling per model."""
-    ref = reference_rope_type(per_type, types)
-    if ref is None or any(t not in per_type for t in types):
-        return
-    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
-    for t in sorted(set(types) - {ref}):
-        other = {k: v for k, v in per_type[t].items() if k not in PER_LAYER_KEYS}
-        if other != scaling:
-            d.gap(
-                f"rope_parameters.{t}",
-                other,
-                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
-                "layer its own base and rotary width but one scaling per model",
-                "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Laguna XS 2.1: "
-                "YaRN on full-attention layers, none on sliding ones). No count change",
-            )
-    head_dim = c.int("head_dim")
-    if c.failed("head_dim"):
-        return
-
-    def rotated(t: str) -> Any:
-        factor = per_type[t].get("partial_rotary_factor", 1.0)
-        return int(head_dim * factor) if is_number(factor) else None  # a bad factor is reported by the base
-
-    model_theta, model_rot = float(per_type[ref]["rope_theta"]), rotated(ref)
-    own_theta = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model_theta else None for t in types]
-    own_rot = [rotated(t) if rotated(t) != model_rot else None for t in types]
-    note = "rope_parameters.<layer type>"
-    if any(own_theta):
-        d.layer_attention["rope_theta"] = (own_theta, f"{note}.rope_theta (a layer's own base)")
-    if any(own_rot):
-        d.layer_attention["rotary_dim"] = (own_rot, f"{note}.partial_rotary_factor × head_dim (a layer's own width)")
 
 
 def _gate(c: HFConfig, d: Draft) -> None:
@@ -203,11 +135,12 @@ def _moe(c: HFConfig, d: Draft) -> None:
     aux(c, d)
 
 
-def _mlp_layers(c: HFConfig, d: Draft) -> None:
-    """mlp_layer_types: 'sparse' is MoE, 'dense' LagunaMLP(intermediate_size); unset, the first dense."""
+def first_dense_mlp_layers(c: HFConfig, d: Draft, name: str = "Laguna") -> None:
+    """mlp_layer_types: 'sparse' is MoE, 'dense' the ``name`` family's MLP(intermediate_size); unset, the first
+    dense and the rest sparse, as LagunaConfig and MiMoV2FlashConfig (``name``) fill it in."""
     if c.value("mlp_layer_types") is None:
         d.ffn = ["dense"] + ["moe"] * (d.n_layers - 1)
-        d.ffn_note = "mlp_layer_types unset: the first layer dense, the rest sparse (LagunaConfig)"
+        d.ffn_note = f"mlp_layer_types unset: the first layer dense, the rest sparse ({name}Config)"
         return
     types = c.str_list("mlp_layer_types")
     if not d.fits_layers(c, "mlp_layer_types", types):
@@ -219,21 +152,6 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         return
     d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
     d.ffn_note = "mlp_layer_types"
-
-
-def _export_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, Any] | None) -> dict[str, Any]:
-    """rope_parameters per layer type: each type's one base and rotated width (refused where layers of a type
-    differ), the model's scaling on every type."""
-    head_dim = m.layers[0].attention.head_dim
-    out: dict[str, Any] = {}
-    for lp, t in zip(m.layers, types, strict=True):
-        a = lp.attention
-        theta = m.positions.theta if a.rope_theta is None else a.rope_theta
-        factor = (a.rotary_dim or m.rope_dim) / head_dim
-        mapping = {"rope_type": "default", **(base_rope or {}), "rope_theta": theta, "partial_rotary_factor": factor}
-        if out.setdefault(t, mapping) != mapping:
-            raise CannotExport(f"gives every {t} layer one rope base and rotary width")
-    return out
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:
@@ -251,7 +169,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     export_moe_common(cfg, e)
     cfg.update(
         layer_types=types,
-        rope_parameters=_export_rope(m, types, base_rope),
+        rope_parameters=export_typed_rope(m, types, base_rope),
         num_attention_heads_per_layer=[lp.attention.n_heads for lp in m.layers],
         gating={"head": "per-head", "element": "per-element"}[a.output_gate],
         attention_bias=a.bias,

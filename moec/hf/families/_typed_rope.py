@@ -1,0 +1,125 @@
+"""Rotary parameters per attention type, as Laguna and MiMo-V2-Flash configure them: ``rope_parameters`` maps
+full_attention and sliding_attention to a mapping each, with its own ``rope_theta`` and ``partial_rotary_factor``.
+moec gives the model the mapping of the used type with the largest base (:func:`reference_rope_type`) and a layer
+of another type its own base and rotated width (``layers.*.attention.rope_theta``, ``rotary_dim``); the scalings
+of the types (rope_type and its parameters) must be one, moec having one scaling per model, and are refused by
+name where they differ. The family says what its configuration class does when a mapping or a factor is missing
+(:class:`TypedRope`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from moec.hf.draft import CannotExport, Draft, HFConfig, is_number, shown
+from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type, rope_per_type_ok
+
+if TYPE_CHECKING:
+    from moec.spec.plan import ResolvedModel
+
+# the keys of a type's mapping that moec gives a layer of its own; the rest is the model's one scaling
+PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")
+
+
+@dataclass(frozen=True)
+class TypedRope:
+    """What one family's configuration and rotary classes do: ``name`` prefixes its classes (``Laguna``),
+    ``default_rope`` is the mapping __post_init__ sets when rope_parameters is unset, ``factor_of`` a type's
+    rotated fraction when its mapping gives none, ``proposal`` the schema addition that would carry differing
+    scalings."""
+
+    name: str
+    default_rope: dict[str, dict[str, Any]]
+    factor_of: Callable[[dict[str, Any]], float]
+    proposal: str
+
+    def factor(self, mapping: dict[str, Any]) -> Any:
+        return mapping.get("partial_rotary_factor", self.factor_of(mapping))
+
+
+def rope_per_type(c: HFConfig, types: list[str], fam: TypedRope) -> dict[str, dict[str, Any]] | None:
+    """rope_parameters as the family's rotary embedding reads it: one mapping per attention type a layer uses,
+    each with its own rope_theta (transformers has no fallback for a missing one); None once refused."""
+    given = c.value("rope_parameters")
+    if given is None:
+        return {t: dict(p) for t, p in fam.default_rope.items()}
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(ROPE_TYPES)})")
+        return None
+    ok = rope_per_type_ok(c, given, types)
+    return {t: dict(p) for t, p in given.items()} if ok else None
+
+
+def typed_base(
+    c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str], fam: TypedRope
+) -> None:
+    """The common base, its rope read from the reference type's flat mapping (the others are per layer), and
+    that type's rotated fraction as the model's."""
+    ref = reference_rope_type(per_type, types) if per_type is not None else None
+    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
+    if per_type is None or ref is None:
+        c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
+    else:  # the partial factor is read here (moec's generic rope reader knows no per-type one)
+        c.raw["rope_parameters"] = {k: v for k, v in per_type[ref].items() if k != "partial_rotary_factor"}
+    base(c, d, fam.name)
+    if given:
+        c.raw["rope_parameters"] = saved
+    else:
+        c.raw.pop("rope_parameters", None)
+    factor = fam.factor(per_type[ref]) if per_type is not None and ref is not None else 1.0
+    where = f"rope_parameters.{ref}.partial_rotary_factor" + ("" if given else f" ({fam.name}Config default)")
+    if not is_number(factor) or not 0 < factor <= 1:
+        c.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
+    elif factor != 1.0:
+        d.put("model.positions.partial_rotary_factor", factor, where)
+
+
+def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str], fam: TypedRope) -> None:
+    """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
+    reference type's); the types' scalings must be one: moec has one scaling per model."""
+    ref = reference_rope_type(per_type, types)
+    if ref is None or any(t not in per_type for t in types):
+        return
+    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
+    for t in sorted(set(types) - {ref}):
+        other = {k: v for k, v in per_type[t].items() if k not in PER_LAYER_KEYS}
+        if other != scaling:
+            d.gap(
+                f"rope_parameters.{t}",
+                other,
+                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
+                "layer its own base and rotary width but one scaling per model",
+                fam.proposal,
+            )
+    head_dim = c.int("head_dim")
+    if c.failed("head_dim"):
+        return
+
+    def rotated(t: str) -> Any:
+        factor = fam.factor(per_type[t])
+        return int(head_dim * factor) if is_number(factor) else None  # a bad factor is reported by the base
+
+    model_theta, model_rot = float(per_type[ref]["rope_theta"]), rotated(ref)
+    own_theta = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model_theta else None for t in types]
+    own_rot = [rotated(t) if rotated(t) != model_rot else None for t in types]
+    note = "rope_parameters.<layer type>"
+    if any(own_theta):
+        d.layer_attention["rope_theta"] = (own_theta, f"{note}.rope_theta (a layer's own base)")
+    if any(own_rot):
+        d.layer_attention["rotary_dim"] = (own_rot, f"{note}.partial_rotary_factor × head_dim (a layer's own width)")
+
+
+def export_typed_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, Any] | None) -> dict[str, Any]:
+    """rope_parameters per layer type: each type's one base and rotated width (refused where layers of a type
+    differ), the model's scaling on every type."""
+    head_dim = m.layers[0].attention.head_dim
+    out: dict[str, Any] = {}
+    for lp, t in zip(m.layers, types, strict=True):
+        a = lp.attention
+        theta = m.positions.theta if a.rope_theta is None else a.rope_theta
+        factor = (a.rotary_dim or m.rope_dim) / head_dim
+        mapping = {"rope_type": "default", **(base_rope or {}), "rope_theta": theta, "partial_rotary_factor": factor}
+        if out.setdefault(t, mapping) != mapping:
+            raise CannotExport(f"gives every {t} layer one rope base and rotary width")
+    return out

@@ -319,6 +319,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
+        "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "attention.value_scale": any(x.value_scale is not None for x in attns),
         "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,

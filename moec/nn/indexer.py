@@ -4,7 +4,7 @@ own and the MLA layer then attends only the ``top_k`` best (docs/conventions.md,
 
     q_j(t) = wq_b(c_q(t))_j          c_q: MLA's normed query latent; H_I heads of d_I
     k(s)   = LayerNorm(wk(x_s))       one key of d_I per token, shared by the heads
-    (the first qk_rope_head_dim dims of both rotated: pairs in halves or interleaved, as planned)
+    (the first qk_rope_head_dim dims of both rotated, or the last: pairs in halves or interleaved, as planned)
     I(t, s) = Σ_j w_j(t) · ReLU(q_j(t) · k(s) / √d_I),      w(t) = weights_proj(x_t) / √H_I
 
 Names are transformers' DeepseekV32Indexer's (``wq_b``, ``wk``, ``k_norm``, ``weights_proj``) so checkpoints map
@@ -43,6 +43,7 @@ class Indexer(nn.Module):
         self.n_heads, self.head_dim, self.top_k = plan.indexer_n_heads, plan.indexer_head_dim, plan.indexer_top_k
         self.rope_dim = plan.qk_rope_head_dim or 0
         self.rotate = apply_rope_interleaved if plan.indexer_rope_layout == "interleaved" else apply_rope
+        self.rope_last = plan.indexer_rope_dims == "last"  # HY-V4 rotates the last qk_rope_head_dim dims
         kw = {"device": device, "dtype": dtype}
         self.wq_b = Linear(plan.q_lora_rank, self.n_heads * self.head_dim, bias=False, **kw)
         self.wk = Linear(d_model, self.head_dim, bias=False, **kw)
@@ -50,10 +51,13 @@ class Indexer(nn.Module):
         self.weights_proj = Linear(d_model, self.n_heads, bias=False, **kw)
 
     def _rope(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Rotate the first qk_rope_head_dim dims of x (B, n, S, d_I); the rest pass."""
+        """Rotate the first (or, rope_dims last, the last) qk_rope_head_dim dims of x (B, n, S, d_I); the rest pass."""
         if rope is None:
             return x
         r = self.rope_dim
+        if self.rope_last:
+            cut = x.shape[-1] - r
+            return torch.cat((x[..., :cut], self.rotate(x[..., cut:], *rope)), dim=-1)
         return torch.cat((self.rotate(x[..., :r], *rope), x[..., r:]), dim=-1)
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ Each query scores every key it may see with a few small heads of its own,
     I(t, s) = Σ_j w_j(x_t) · ReLU(q_j(t) · k(s) / √d_I),      w(x) = weights_proj(x) / √H_I
 
 (q_j from the query latent of MLA through ``wq_b``, one key k = LayerNorm(wk(x)) per token shared by the heads,
-the first qk_rope_head_dim dims of both rotated), keeps the ``top_k`` best keys, and the attention then runs over
+the first qk_rope_head_dim dims of both rotated, or the last with ``rope_dims: last``), keeps the ``top_k`` best keys, and the attention then runs over
 those keys only. With at most ``top_k`` keys visible the attention is exactly the dense one.
 """
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from moec.spec.schema import Spec
 
 ROPE_LAYOUTS = ("halves", "interleaved")
+ROPE_DIMS = ("first", "last")
 
 
 class IndexerSection(Strict):
@@ -34,6 +35,8 @@ class IndexerSection(Strict):
     """Keys each query attends: the top_k its indexer scores best among those it may see (DeepSeek-V3.2: 2048)."""
     rope_layout: Literal[ROPE_LAYOUTS] = "halves"
     """Rotary pairs of the indexer's first qk_rope_head_dim dims: halves (DeepSeek-V3.2) or interleaved (GLM-5)."""
+    rope_dims: Literal[ROPE_DIMS] = "first"
+    """Which qk_rope_head_dim dims of its queries and key rotate: the first (DeepSeek-V3.2, GLM-5) or the last (HY-V4)."""
     key_norm_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
     """Eps of the LayerNorm (a weight and a bias of d_I) on the indexer's key."""
 
@@ -56,8 +59,9 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
         out.append(
             ((*here, "head_dim"), f"must be at least attention.qk_rope_head_dim ({rope}): those dims of it rotate")
         )
-    if spec.model.positions.kind != "rope" and "rope_layout" in ix.model_fields_set:
-        out.append(((*here, "rope_layout"), "only meaningful with rotary positions"))
+    for f in ("rope_layout", "rope_dims"):
+        if spec.model.positions.kind != "rope" and f in ix.model_fields_set:
+            out.append(((*here, f), "only meaningful with rotary positions"))
     out += _window_problems(spec)
     return out
 

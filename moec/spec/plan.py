@@ -202,6 +202,7 @@ class AttentionPlan:
     indexer_top_k: int | None = None
     indexer_rope_layout: str = "halves"  # halves | interleaved: the rotary pairs of its first qk_rope_head_dim dims
     indexer_key_norm_eps: float = 1e-6  # its key's LayerNorm (weight and bias)
+    indexer_rope_dims: str = "first"  # first | last: which qk_rope_head_dim dims of its heads rotate (HY-V4: last)
     # kind moa, a mixture of attention heads (moec/spec/moa.py, JetMoE): n_heads are one expert's query heads
     moa_n_experts: int | None = None
     moa_top_k: int | None = None

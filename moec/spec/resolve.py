@@ -165,6 +165,7 @@ def _indexer_fields(ix: IndexerSection | None) -> dict[str, Any]:
         "indexer_top_k": ix.top_k,
         "indexer_rope_layout": ix.rope_layout,
         "indexer_key_norm_eps": ix.key_norm_eps,
+        "indexer_rope_dims": ix.rope_dims,
     }
 
 

@@ -27,12 +27,12 @@ D, S = 32, 10
 NOPE, R, V, Q_R, KV_R, H = 8, 4, 6, 16, 8, 4
 
 
-def plan(*, top_k=3, layout="halves", window=None, heads=4, index_dim=8, rope_key_norm=False) -> AttentionPlan:
+def plan(*, top_k=3, layout="halves", window=None, heads=4, index_dim=8, rope_key_norm=False, dims="first"):
     return AttentionPlan(
         "mla", H, H, NOPE + R, False, False, False, False, window, True,
         q_lora_rank=Q_R, kv_lora_rank=KV_R, qk_nope_head_dim=NOPE, qk_rope_head_dim=R, v_head_dim=V,
         indexer_n_heads=heads, indexer_head_dim=index_dim, indexer_top_k=top_k, indexer_rope_layout=layout,
-        rope_key_norm=rope_key_norm,
+        rope_key_norm=rope_key_norm, indexer_rope_dims=dims,
     )  # fmt: skip
 
 
@@ -76,11 +76,17 @@ def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
     v = kv[..., NOPE:]
     # the indexer
     iq = (c_q @ ix.wq_b.weight.T).view(B, n, H_I, d_I).transpose(1, 2)  # (B, H_I, n, d_I)
-    iq = torch.cat((rotate(iq[..., :R], interleaved=interleaved), iq[..., R:]), -1)
+    if p.indexer_rope_dims == "last":  # HY-V4: the last R dims rotate
+        iq = torch.cat((iq[..., : d_I - R], rotate(iq[..., d_I - R :], interleaved=interleaved)), -1)
+    else:
+        iq = torch.cat((rotate(iq[..., :R], interleaved=interleaved), iq[..., R:]), -1)
     ik = x @ ix.wk.weight.T  # (B, n, d_I)
     ik = (ik - ik.mean(-1, keepdim=True)) / torch.sqrt(ik.var(-1, unbiased=False, keepdim=True) + 1e-6)
     ik = ik * ix.k_norm.weight + ix.k_norm.bias
-    ik = torch.cat((rotate(ik[..., :R], interleaved=interleaved), ik[..., R:]), -1)
+    if p.indexer_rope_dims == "last":
+        ik = torch.cat((ik[..., : d_I - R], rotate(ik[..., d_I - R :], interleaved=interleaved)), -1)
+    else:
+        ik = torch.cat((rotate(ik[..., :R], interleaved=interleaved), ik[..., R:]), -1)
     w = (x @ ix.weights_proj.weight.T) / math.sqrt(H_I)  # (B, n, H_I)
     out = torch.zeros(B, n, H, V)
     for b in range(B):
@@ -110,6 +116,7 @@ CASES = {
     "window and top_k": plan(top_k=3, window=5),
     "top_k 1, d_I = the rotary width": plan(top_k=1, heads=8, index_dim=4),
     "interleaved, rotary key normed (Dots3)": plan(layout="interleaved", rope_key_norm=True),
+    "halves, the last dims rotating (HY-V4)": plan(dims="last"),
 }
 
 
@@ -296,3 +303,19 @@ def test_a_sliding_window_beside_the_indexer_is_refused_where_it_is_written(wher
         load_spec("rkn.yaml", text=text)
     assert [p.path for p in e.value.problems] == [path]
     assert "not with attention.indexer" in e.value.problems[0].message
+
+
+def test_which_dims_rotate_changes_no_count_and_needs_rotary_positions():
+    """attention.indexer.rope_dims (HY-V4: last): planned, 0 parameters and 0 FLOPs more; without rope, refused."""
+    from moec.errors import SpecError
+    from moec.spec import load_spec, resolve
+
+    indexed = RKN.replace("rope_key_norm: true}", "indexer: {n_heads: 2, head_dim: 8, top_k: 4}}")
+    last = indexed.replace("top_k: 4}", "top_k: 4, rope_dims: last}")
+    first_plan, last_plan = (resolve(load_spec("x.yaml", text=t)) for t in (indexed, last))
+    assert {lp.attention.indexer_rope_dims for lp in last_plan.layers} == {"last"}
+    a, b = analyze(first_plan, seq=64), analyze(last_plan, seq=64)
+    assert (a.params.total, a.flops.forward) == (b.params.total, b.flops.forward)
+    with pytest.raises(SpecError) as e:
+        load_spec("x.yaml", text=last.replace("max_seq_len: 32}", "max_seq_len: 32, positions: {kind: none}}"))
+    assert "attention.indexer.rope_dims" in [p.path for p in e.value.problems]

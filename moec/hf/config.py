@@ -27,6 +27,7 @@ from moec.errors import Problem, SpecError
 from moec.hf.draft import INERT, CannotExport, Draft, Family, Gap, HFConfig, shown
 from moec.hf.families import FAMILIES, export_order, layer_pattern
 from moec.hf.jsontext import KeyLocator, parse_object, printable
+from moec.hf.refused import refusal
 from moec.spec.load import LoadedSpec, load_spec, read_text_file
 from moec.spec.plan import ResolvedModel
 from moec.spec.resolve import resolve
@@ -112,6 +113,8 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
     (:func:`import_hf_config` raises them); the parity tests use the gaps' ``param_delta``."""
     raw, file, text = read_hf_config(source)
     mt = raw.get("model_type")
+    if isinstance(mt, str) and (why := refusal(mt)) is not None:
+        raise SpecError([_at_key(file, text, "model_type", why)])
     if not isinstance(mt, str) or mt not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise SpecError([_at_key(file, text, "model_type", f"{shown(mt)} is not a supported model_type ({known})")])

@@ -1,0 +1,156 @@
+"""HY-V4 (model_type hy_v4): hyper-connections without the stream mix, MLA with sinks, an element gate and a
+lightning indexer, clamped SwiGLU routed experts beside plain shared ones. The release config's draft plus its one
+refused feature's stated size equals transformers' model on meta (total and active); a tiny checkpoint saved by
+transformers (every layer running its indexer) loads with moec.from_hf to transformers' logits and router choices,
+the rotary layouts moec re-lays on load included; the cross-layer sharing of the indexer's choice is refused by
+name."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.analyze import analyze
+from moec.hf import hf_to_model, import_hf_config
+from moec.hf.config import render_yaml, translate
+from moec.spec import load_spec, resolve
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import moec  # noqa: E402
+from tests.hf.families._harness import hf_counts, refused_fields, saved_checkpoint, tiny_hf  # noqa: E402
+from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
+
+# tencent/Hy4-preview config.json, its 59 keys (as vLLM's plugin for it lists them) with the values a dataflow page
+# transcribes from the release file: 78 layers of 6144, MLA with 64 heads (q latent 2048, kv latent 512, nope 192,
+# rope 64, v 256) with sinks and an element gate, an indexer of 32 heads of 128 keeping 2048 keys on layers 0, 1,
+# 5, 9, …, 77 (the other 57 share), a dense first layer of 18432, then 256 experts of 2048 (top-8) + 1 shared,
+# 4 hyper-connection streams.
+N = 78
+HY4_PREVIEW = {
+    "architectures": ["HYV4ForCausalLM"], "model_type": "hy_v4", "dtype": "bfloat16", "torch_dtype": "bfloat16",
+    "transformers_version": "5.16.2", "vocab_size": 120832, "hidden_size": 6144, "num_hidden_layers": N,
+    "max_position_embeddings": 1048576, "tie_word_embeddings": False, "num_attention_heads": 64,
+    "num_key_value_heads": 8, "head_dim": 64, "q_lora_rank": 2048, "kv_lora_rank": 512, "qk_nope_head_dim": 192,
+    "qk_rope_head_dim": 64, "qk_head_dim": 256, "v_head_dim": 256, "gated_mla": True, "gating_type": "elementwise",
+    "learnable_sink": True, "learnable_sink_init": 0.0, "attention_bias": False, "attention_dropout": 0.0,
+    "use_mla": True, "use_dsa": True, "index_n_heads": 32, "index_head_dim": 128, "index_topk": 2048,
+    "indexer_types": ["full" if i == 0 or (i - 1) % 4 == 0 else "shared" for i in range(N)],
+    "enable_ihc": True, "hc_mult": 4, "hc_magnitude": 2.0, "hc_eps": 1e-06, "rms_norm_eps": 1e-05,
+    "mlp_layer_types": ["dense"] + ["sparse"] * (N - 1), "intermediate_size": 18432, "moe_intermediate_size": 2048,
+    "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 1, "topk_group": 1,
+    "norm_topk_prob": True, "routed_scaling_factor": 2.827, "swiglu_limit": 10.0, "hidden_act": "silu",
+    "layer_types": ["deepseek_sparse_attention"] * N,
+    "rope_parameters": {"rope_theta": 10000000.0, "rope_type": "default"},
+    "bos_token_id": 120000, "eos_token_id": 120025, "pad_token_id": 120002, "use_cache": True,
+    "num_nextn_predict_layers": 1, "mtp_loss_factor": 0.1, "initializer_range": 0.006,
+    "bitwise_backward_align": False, "enable_lm_head_fp32": True,
+}  # fmt: skip
+EVERY_LAYER_FULL = {**HY4_PREVIEW, "indexer_types": ["full"] * N}
+
+# 3 layers (a dense one, then MoE), 4 streams, an indexer of 4 heads of 8 whose last 4 dims rotate, keeping 4 keys
+# of the 12-token test sequence; a swiglu_limit low enough to bind on random weights
+TINY = {
+    "vocab_size": 128, "hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-5, "num_hidden_layers": 3, "intermediate_size": 48, "q_lora_rank": 24, "kv_lora_rank": 16,
+    "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 8, "n_shared_experts": 1,
+    "moe_intermediate_size": 16, "num_experts_per_tok": 2, "routed_scaling_factor": 2.5, "index_n_heads": 4,
+    "index_head_dim": 8, "index_topk": 4, "indexer_types": ["full"] * 3, "hc_mult": 4, "hc_magnitude": 1.5,
+    "hc_eps": 1e-3, "swiglu_limit": 0.5, "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+}  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def draft_counts(cfg: dict) -> tuple[int, int, int]:
+    """(total, active) of the spec the importer drafts for ``cfg`` with its gaps left aside, and the sum of the
+    gaps' stated parameter deltas."""
+    t = translate(cfg)
+    assert not t.problems(gaps=False)
+    params = analyze(resolve(load_spec("draft", text=render_yaml(t)))).params
+    return params.total, params.active, sum(g.param_delta for g in t.gaps)
+
+
+def test_release_draft_and_its_gap_counts_equal_transformers_model_on_meta():
+    """The one refused feature (57 layers sharing an indexer's choice hold no indexer) sized by its gap: the rest,
+    hyper-connections included, is counted exactly."""
+    total, active, delta = draft_counts(HY4_PREVIEW)
+    # a layer's indexer: 2048·32·128 + 6144·128 + 2·128 + 6144·32 = 9,371,904; 57 of them are not built
+    assert delta == -57 * 9_371_904
+    assert (total + delta, active + delta) == hf_counts(HY4_PREVIEW)
+
+
+def test_release_with_every_layer_indexing_counts_equal_transformers_model_on_meta():
+    params = analyze(hf_to_model(EVERY_LAYER_FULL)).params
+    assert (params.total, params.active) == hf_counts(EVERY_LAYER_FULL)
+    # each of 78·2 connections: (4·6144)·8 + 8 + 2 = 196,618; the head (4·6144)·4 + 4 + 1 = 98,309
+    (row,) = [c for c in analyze(hf_to_model(EVERY_LAYER_FULL)).components if c.name == "hyper_connections"]
+    assert row.params == 156 * 196_618 + 98_309 == 30_770_717
+
+
+def test_release_imports_the_streams_and_names_the_release_fields():
+    text = import_hf_config(EVERY_LAYER_FULL)
+    assert "residual: identity" in text and "post_eps: true" in text and "head: dynamic" in text
+    assert "enable_ihc true: transformers ignores it" in text and "use_dsa true: transformers ignores it" in text
+    hc = hf_to_model(EVERY_LAYER_FULL).hyper_connections
+    assert (hc.n_streams, hc.post_scale, hc.eps) == (4, 2.0, 1e-6)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({}, "indexer_types"),  # the release: 57 shared layers
+        ({"indexer_types": None}, "indexer_types"),  # unset: the class's schedule, the same
+        ({**EVERY_LAYER_FULL, "enable_ihc": False}, "enable_ihc"),
+        ({**EVERY_LAYER_FULL, "gating_type": "headwise"}, "gating_type"),
+        ({**EVERY_LAYER_FULL, "layer_types": ["full_attention"] * N}, "layer_types"),
+    ],
+)
+def test_shared_indexer_layers_and_disagreeing_fields_are_refused_by_name(change, field):
+    cfg = {k: v for k, v in {**HY4_PREVIEW, **change}.items() if v is not None}
+    assert refused_fields(cfg) == [field]
+
+
+def test_the_refusal_names_cross_layer_sharing():
+    from moec.errors import SpecError
+
+    with pytest.raises(SpecError, match="cross-layer top-k sharing"):
+        hf_to_model(HY4_PREVIEW)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return saved_checkpoint(tiny_hf("hy_v4", TINY), tmp_path_factory, "hy_v4")
+
+
+def test_tiny_counts_equal_transformers_model_on_meta():
+    cfg = {**TINY, "model_type": "hy_v4"}
+    params = analyze(hf_to_model(cfg)).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    assert model.plan.hyper_connections.residual == "identity"
+    assert assert_same(hf, model) <= 1e-4
+    with torch.no_grad():  # the re-laid rotary rows matter: MLA's and the indexer's as stored give other logits
+        want = hf(TOKENS).logits
+        for i, layer in enumerate(model.layers):
+            theirs = hf.model.layers[i].self_attn
+            layer.attn.q_b_proj.weight.copy_(theirs.q_b_proj.weight)
+            layer.attn.indexer.wq_b.weight.copy_(theirs.indexer.wq_b.weight)
+        assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
+
+
+def test_a_cached_decode_gives_transformers_logits(checkpoint):
+    """A prefill of 5 tokens, then one token at a time through moec's cache: transformers' full forward."""
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    cache, outs = model.new_cache(2, 12), []
+    with torch.no_grad():
+        want = hf(TOKENS).logits
+        for start, n in [(0, 5)] + [(s, 1) for s in range(5, 12)]:
+            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
+    torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-4, rtol=0)

@@ -11,6 +11,13 @@ Torch-free, like moec.hf.config, which reads it.
 from __future__ import annotations
 
 REFUSED_FAMILIES: dict[str, str] = {
+    # MuseSparkForConditionalGeneration (Meta's Muse Spark): its text model, MuseSparkTextModel
+    "muse_spark": "residual gates (each sublayer joins as alpha·x + beta·f(x), alpha and beta from a learned "
+    "per-channel gate through a temperature), a latent MoE (a pre-expert projection to moe_hidden_size and its norm, "
+    "experts at that width with each expert's output normed, a post-expert projection back), weight-free norms "
+    "after the attention (eps post_norm_eps) and on the embeddings, a post-FFN norm that scales before normalising, "
+    "a weight-free norm of each attention head's output before its element gate, the router logits' "
+    "output_multiplier, and a final norm without the unit offset of the other norms",
     # OpenAIPrivacyFilterForTokenClassification: a token classifier, not a language model
     "openai_privacy_filter": "a bidirectional encoder (attention within a two-sided sliding window) with a "
     "token-classification head instead of a causal LM head",

@@ -73,6 +73,8 @@ def refuse_block_features(plan: Any, command: str, feature: str) -> None:
         "moe.n_zero_experts": any(getattr(lp.ffn, "n_zero_experts", 0) for lp in layers),
         # moec.dist keeps a mixture of attention heads whole on every TP rank; the planner would split its KV
         "attention.kind moa": any(getattr(lp.attention, "kind", None) == "moa" for lp in layers),
+        # the planner lists no connection tensors: it would leave them out of the shards
+        "model.hyper_connections": getattr(plan, "hyper_connections", None) is not None,
     }
     found = [name for name, used in present.items() if used]
     if found:

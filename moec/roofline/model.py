@@ -34,6 +34,7 @@ COMPONENTS = (
     "attention_scores",
     "mixers",
     "mixer_state",
+    "hyper_connections",  # the streams' connection matmuls (docs/hyper-connections.md): whole on every rank
     "router",
     "routed_experts",
     "shared_experts",

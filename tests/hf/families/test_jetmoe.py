@@ -19,6 +19,7 @@ import moec  # noqa: E402
 from moec.nn.moa import MoA  # noqa: E402
 from moec.nn.moe import MoE  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     away_from_init,
     hf_counts,
     refused_fields,
@@ -153,8 +154,6 @@ def test_export_round_trips_the_plan():
     assert plan_differences(hf_to_model(cfg), plan) == []
 
 
-def test_codegen_refuses_the_mixture_of_attention_heads_by_name():
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="attention.kind 'moa'"):
-        render_model_source(hf_to_model({**TINY, "model_type": "jetmoe"}))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    _, folder = checkpoint
+    assert_generated_model_gives_the_library_logits(moec.from_hf(folder), TOKENS, tmp_path)

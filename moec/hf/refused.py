@@ -24,6 +24,63 @@ REFUSED_FAMILIES: dict[str, str] = {
     # VitPoseBackbone (ViTPose+): VitPoseNaiveMoe picks an expert FFN by the caller's dataset_index
     "vitpose_backbone": "a vision backbone whose expert FFNs are chosen by a dataset index given with the input, "
     "not by a router over tokens",
+    # DogeForCausalLM (SmallDoge)
+    "doge": (
+        "dynamic mask attention (a per-key bias exp(A·softplus(dt_proj(v))) added to the scores, only the "
+        "keep_window_size highest keys kept), learned per-channel residual weights and, with is_moe, a cross-domain"
+        " MoE (a gated MLP plus num_experts single-neuron experts chosen by product-key routing)"
+    ),
+    # ZayaForCausalLM (Zyphra's ZAYA1)
+    "zaya": (
+        "compressed convolutional attention (CCA: causal convolutions over the queries and keys, current and "
+        "delayed value projections, a per-head key temperature), a learned scale and bias on each residual add, and"
+        " an MLP router whose hidden state passes from layer to layer"
+    ),
+    # Ernie4_5_VLMoeForConditionalGeneration and its text model
+    **dict.fromkeys(
+        ("ernie4_5_vl_moe", "ernie4_5_vl_moe_text"),
+        (
+            "modality-isolated experts: each MoE layer holds a text expert set and a vision expert set of its own "
+            "width (moe_intermediate_size [text, vision]), the token's modality choosing the set"
+        ),
+    ),
+    # InklingForConditionalGeneration and its text model
+    **dict.fromkeys(
+        ("inkling_mm_model", "inkling_text"),
+        (
+            "short causal convolutions (conv_kernel_size) on the keys, the values and each sublayer's output, "
+            "hidden-state-conditioned relative position logits (d_rel bias profiles over rel_extent distances) and "
+            "a normed embedding"
+        ),
+    ),
+    # Inkling2ForConditionalGeneration and its text model
+    **dict.fromkeys(
+        ("inkling2", "inkling2_text"),
+        (
+            "block attention residuals (every n_layers_per_attn_res_block layers a learned query attends over the "
+            "earlier blocks' outputs), an L2-clipped hidden-state-conditioned relative position bias, dynamic short"
+            " convolutions on the keys and values, per-token attention sinks from a projection, a gated output "
+            "projection and softcapped SwiGLU experts"
+        ),
+    ),
+    # Inkling2LoopForConditionalGeneration and its text model
+    **dict.fromkeys(
+        ("inkling2_loop", "inkling2_loop_text"),
+        (
+            "looped layers (layers loop_layer_index_start to loop_layer_index_end run loop_num_passes times, each "
+            "pass mixed into the queries, keys, values and MLP input through tanh message gates of rank "
+            "loop_gate_rank), besides Inkling2's block attention residuals, L2-clipped relative position bias, "
+            "dynamic short convolutions, attention sinks, gated output projection and softcapped SwiGLU experts"
+        ),
+    ),
+    # DiffusionGemmaForBlockDiffusion and its text model
+    **dict.fromkeys(
+        ("diffusion_gemma", "diffusion_gemma_text"),
+        (
+            "a block-diffusion encoder-decoder (a bidirectional encoder over the context and a decoder that "
+            "denoises a canvas of canvas_length tokens, with self-conditioning on its previous step's logits)"
+        ),
+    ),
 }
 """model_type (as transformers' config.json spells it) → the features moec lacks for it, named."""
 

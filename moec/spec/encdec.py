@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 RELATIVE_BUCKET = "relative_bucket"  # model.positions.kind of T5's bucketed relative position bias
 SINUSOIDAL = "sinusoidal"  # model.positions.kind of fairseq's fixed sinusoidal table (M2M-100, NLLB-MoE)
-NOT_BUILT = "encoder-decoder models are counted by the analyzer but not built yet"
+NOT_BUILT = "moec.build_model and moec.from_hf build encoder-decoder models; this command does not take one yet"
 
 
 class EncoderSection(Strict):
@@ -190,8 +190,9 @@ def stack_plans(
 
 
 def refuse_encoder_decoder(plan: ResolvedModel, command: str) -> None:
-    """Refuse an encoder-decoder model in a command that cannot build, run or lay one out yet: one CommandError
-    naming the command and the model (exit 2), never a decoder-only stand-in."""
+    """Refuse an encoder-decoder model in a command that cannot generate, run, lay out or export one yet (the
+    library builds one: moec/nn/encdec.py): one CommandError naming the command and the model (exit 2), never a
+    decoder-only stand-in."""
     if plan.encoder:
         raise CommandError(
             f"{command}: {plan.name} is an encoder-decoder model ({len(plan.encoder)} encoder and "

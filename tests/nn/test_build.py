@@ -15,7 +15,6 @@ from moec.errors import CommandError
 from moec.nn import build_model
 from moec.nn.build import DoesNotFitError
 from moec.spec import load_model, load_spec, resolve
-from moec.spec.encdec import NOT_BUILT
 from moec.spec.paths import shipped_specs
 
 TINY = """

@@ -11,7 +11,6 @@ import torch
 
 import moec.nn.build as build
 from moec.analyze import analyze
-from moec.errors import CommandError
 from moec.nn import build_model
 from moec.nn.build import DoesNotFitError
 from moec.spec import load_model, load_spec, resolve

@@ -88,14 +88,6 @@ def test_every_command_that_cannot_run_one_refuses_it_by_name(write_spec, tmp_pa
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
 
 
-def test_build_model_refuses_it_by_name(write_spec):
-    from moec import build_model
-    from moec.errors import CommandError
-
-    with pytest.raises(CommandError, match="moec.build_model: tiny-encdec is an encoder-decoder model"):
-        build_model(str(write_spec(TINY)), device="meta")
-
-
 def test_codegen_refuses_it_by_name(write_spec):
     from moec.codegen.features import plan_features
 

@@ -11,8 +11,17 @@ from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type
+from moec.hf.families._typed_rope import PER_LAYER_KEYS, TypedRope
+from moec.hf.families._typed_rope import layer_rope as typed_layer_rope
 
 DEFAULT_THETA = 10000.0  # Step3p7TextConfig.default_theta: rope_theta unset
+STEP_ROPE = TypedRope(
+    "Step3p7Text",
+    {"full_attention": {"rope_type": "default", "rope_theta": DEFAULT_THETA}},  # rope_per_type builds its own
+    lambda mapping: 1.0,  # Step3p7RotaryEmbedding: a type without partial_rotary_factor rotates whole heads
+    "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Step-3.7-Flash: llama3 on "
+    "full-attention layers, none on sliding ones). No count change",
+)
 
 
 def rope_per_type(t: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | None:
@@ -103,14 +112,14 @@ def _rope_src(t: HFConfig, release_key: str) -> str:
 
 def layer_rope(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:
     """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
-    reference type's); the types' scalings must be one: moec has one rope scaling per model."""
+    reference type's; _typed_rope.layer_rope, once the types' scalings are one): a scaling on one type only is
+    refused here, at the field of the nested config that holds it (rope_scaling, or a saved config's mapping)."""
     ref = reference_rope_type(per_type, types)
     if ref is None or t.failed("head_dim"):
         return
-    per_layer = ("rope_theta", "partial_rotary_factor")
-    scaling = {k: v for k, v in per_type[ref].items() if k not in per_layer}
+    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
     for x in sorted(set(per_type) - {ref}):
-        other = {k: v for k, v in per_type[x].items() if k not in per_layer}
+        other = {k: v for k, v in per_type[x].items() if k not in PER_LAYER_KEYS}
         if other != scaling:
             scaled = x if len(other) > len(scaling) else ref  # the type whose mapping holds more than rope_type
             where = "rope_scaling" if t.given("rope_scaling") else f"rope_parameters.{scaled}"
@@ -119,23 +128,10 @@ def layer_rope(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types
                 t.value("rope_scaling") or per_type[scaled],
                 f"{x} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
                 "layer its own base and rotary width but one scaling per model",
-                "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Step-3.7-Flash: "
-                "llama3 on full-attention layers, none on sliding ones). No count change",
+                STEP_ROPE.proposal,
             )
-    head_dim = t.value("head_dim")
-
-    def rotated(x: str) -> Any:
-        factor = per_type[x].get("partial_rotary_factor", 1.0)
-        return int(head_dim * factor) if is_number(factor) else None  # a bad factor is reported by the base
-
-    theta, rot = float(per_type[ref]["rope_theta"]), rotated(ref)
-    own_theta = [float(per_type[x]["rope_theta"]) if per_type[x]["rope_theta"] != theta else None for x in types]
-    own_rot = [rotated(x) if rotated(x) != rot else None for x in types]
-    note = "rope per layer type"
-    if any(own_theta):
-        d.layer_attention["rope_theta"] = (own_theta, f"{note}: rope_theta (a layer's own base)")
-    if any(own_rot):
-        d.layer_attention["rotary_dim"] = (own_rot, f"{note}: partial_rotary_factor × head_dim (a layer's own width)")
+            return
+    typed_layer_rope(t, d, per_type, types, STEP_ROPE)
 
 
 def heads_per_layer(t: HFConfig, d: Draft, types: list[str]) -> None:

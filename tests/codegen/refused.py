@@ -9,6 +9,7 @@ import pytest
 
 CODEGEN_REFUSES = {
     "switch-base-8-encdec": "an encoder-decoder model",
+    "mimo-v2-flash": "per-layer attention shapes",
 }
 
 

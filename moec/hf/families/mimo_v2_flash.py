@@ -221,7 +221,7 @@ def _release_field(c: HFConfig, d: Draft, key: str, want: Any) -> str:
         return ""
     v = c.value(key)
     if _same(v, want):
-        return key if isinstance(v, list) else f"{key} {spelt(v)}"
+        return key if isinstance(v, list) else f"{key} {'null' if v is None else spelt(v)}"
     _ambiguous(d, key, v, want)
     return ""
 

@@ -168,3 +168,13 @@ def test_moec_build_refuses_the_per_layer_shapes_by_name():
 
     with pytest.raises(ValueError, match="codegen does not support per-layer attention shapes"):
         render_model_source(hf_to_model(RELEASE))
+
+
+def test_the_shipped_spec_is_the_release_as_imported():
+    from moec.hf.config import plan_differences
+    from moec.spec import load_model
+
+    shipped = load_model("mimo-v2-flash")
+    assert plan_differences(shipped, hf_to_model(RELEASE), training=False) == []
+    params = analyze(shipped).params
+    assert (params.total, params.active) == (308_778_768_832, 15_445_924_288)

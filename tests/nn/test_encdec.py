@@ -229,3 +229,18 @@ def test_bad_token_ids_are_one_clear_error():
         model(ok, torch.full((1, 3), 64))
     with pytest.raises(ValueError, match="input_ids hold 1 sequences, decoder_input_ids 2"):
         model(ok, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_a_training_step_reaches_every_parameter():
+    """The decoder's cross-entropy plus the routers' aux losses: every weight gets a gradient, both stacks' bias
+    tables and the routers included (a table or a router left out of the forward would get none)."""
+    plan = tiny(TINY.replace("drop_policy: position}", "drop_policy: position, balance: {z_loss_coeff: 0.001}}"))
+    model = build_model(plan, device="cpu", seed=0).train()
+    g = torch.Generator().manual_seed(5)
+    src, tgt = torch.randint(0, 64, (2, 8), generator=g), torch.randint(0, 64, (2, 6), generator=g)
+    logits, aux = model(src, tgt[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten()) + aux.loss
+    loss.backward()
+    # an expert no token reached in this batch gets a zero gradient, never None
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "experts" not in n)

@@ -185,7 +185,7 @@ def _ffn(c: HFConfig, d: Draft) -> None:
     d.section("ffn", d_ff=(width, c.src("decoder_ffn_dim")), activation=(activation, note), bias=(True, "fc1, fc2"))
     d.section(
         "moe",
-        n_experts=(c.int("num_experts"), c.src("num_experts")),
+        n_experts=(c.int("num_experts", minimum=2), c.src("num_experts") + " (top-2: at least 2)"),
         d_ff=(width, c.src("decoder_ffn_dim") + ": every expert an NllbMoeDenseActDense"),
         activation=(activation, note),
         bias=(True, "each expert's fc1, fc2"),

@@ -150,6 +150,7 @@ def test_what_only_training_does_is_named_in_the_header():
         ({"moe_token_dropout": 1.0}, "moe_token_dropout"),
         ({"d_model": 15}, "d_model"),  # not divisible by the heads
         ({"decoder_layers": 0}, "decoder_layers"),
+        ({"num_experts": 1}, "num_experts"),  # a top-2 router needs two experts
     ],
 )
 def test_what_moec_cannot_say_is_refused(change, field):

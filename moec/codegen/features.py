@@ -298,7 +298,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
         "attention.output_gate_fn 'softplus'": any(x.output_gate_fn == "softplus" for x in attns),
         "a layer's own rotary_dim (layers.*.attention.rotary_dim)": any(x.rotary_dim is not None for x in attns),
-        "moe.router.logit_softcap": any(r.logit_softcap is not None for r in routers),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
         "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),
@@ -314,7 +313,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         )
         > 1,
         "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
-        "moe.router.selection_bias_on 'logits'": any(r.selection_bias_on == "logits" for r in routers),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),

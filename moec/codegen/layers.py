@@ -74,6 +74,8 @@ def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     args = [f"n_experts={E}", f"top_k={int_text(r.top_k, 'top_k')}"]
     if rf.learned:  # a hash router reads token ids, not the hidden state
         args.insert(0, "D_MODEL")
+    if rf.logit_softcap:
+        args.append(f"logit_softcap={float_text(r.logit_softcap, 'router.logit_softcap')}")
     if rf.mlp:
         args.append(f"mlp_hidden={int_text(r.mlp_hidden, 'router.mlp_hidden')}")
     if rf.capacity_groups:

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from moec.codegen.checks import checked_bool, checked_choice, float_text
 from moec.spec.plan import MoEPlan
-from moec.vocab import BALANCE_GRANULARITIES, DROP_POLICIES, GROUP_SCORES, ROUTER_KINDS, ROUTER_SCORES
+from moec.vocab import (
+    BALANCE_GRANULARITIES,
+    DROP_POLICIES,
+    GROUP_SCORES,
+    ROUTER_KINDS,
+    ROUTER_SCORES,
+    SELECTION_BIAS_ON,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class RouterFeatures:
     bias_update: bool
     mlp: bool  # a router MLP: logits = W_out·gelu(W_in·x)
     capacity_groups: bool  # capacity per local group of tokens (GShard)
+    logit_softcap: bool = False  # logits capped at cap·tanh(logits/cap) before the score (Laguna)
+    select_on_logits: bool = False  # experts chosen by logits + selection bias, not scores + it (Kolibri)
 
     @property
     def learned(self) -> bool:
@@ -63,8 +72,10 @@ class RouterFeatures:
         elif self.dense:
             parts.append("dense (every expert, weighted by its score)")
         else:
+            if self.logit_softcap:
+                parts.append("soft-capped logits")
             if self.selection_bias:
-                parts.append("a selection bias")
+                parts.append("a selection bias" + (" on the logits" if self.select_on_logits else ""))
             if self.groups:
                 parts.append(f"group-limited choice ({self.group_score})")
             parts.append("top-k, softmax over the k chosen logits" if self.softmax_after_topk else "top-k")
@@ -108,4 +119,6 @@ def router_features(moe: MoEPlan) -> RouterFeatures:
         bias_update=moe.bias_update_rate is not None and bool(r.selection_bias),
         mlp=r.mlp_hidden is not None,
         capacity_groups=moe.capacity_factor is not None and moe.capacity_group_size is not None,
+        logit_softcap=r.logit_softcap is not None,
+        select_on_logits=checked_choice(r.selection_bias_on, SELECTION_BIAS_ON, "router.selection_bias_on") == "logits",
     )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
+from moec.nn import build_model
 from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both, variant
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
@@ -73,6 +74,18 @@ CASES = {
     "moe output norm between dense layers, frozen norms": variant(
         moe=True, moex="output_norm: true", overrides="{select: [0], ffn: dense}", extra="frozen: [norms]\n"
     ),
+    "router logit softcap": variant(
+        moe=True,
+        router="logit_softcap: 0.5, normalize_topk: true",
+        balance="balance: {load_balance_coeff: 0.01, z_loss_coeff: 0.001}",
+    ),
+    "selection bias on the logits, groups, softcap": variant(
+        moe=True,
+        n_experts=8,
+        router="score: sigmoid, selection_bias: true, selection_bias_on: logits, n_groups: 4, topk_groups: 2, "
+        "logit_softcap: 2.0",
+        balance="balance: {bias_update_rate: 0.01}",
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -99,6 +112,25 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
         for block in gen.layers:
             block.attn.indexer.top_k = 12
         assert not torch.equal(gen(tokens)[0], sparse)
+
+
+# each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
+# the comparison above would catch a generated file that ignored it
+WITHOUT = {
+    "router logit softcap": ("logit_softcap: 0.5, ", ""),
+    "selection bias on the logits, groups, softcap": ("selection_bias_on: logits, ", ""),
+}
+
+
+@pytest.mark.parametrize("case", list(WITHOUT))
+def test_the_feature_changes_the_logits(case, tmp_path):
+    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
+    other = build_model(plan_of(CASES[case].replace(*WITHOUT[case])), device="cpu", dtype=torch.float32, seed=0)
+    other.load_state_dict(lib.state_dict(), strict=True)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        lib.eval(), other.eval()
+        assert not torch.equal(lib(tokens)[0], other(tokens)[0])
 
 
 def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_path):
@@ -132,6 +164,8 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         ("sandwich norms, moe and dense", ["x + self.attn_post_norm(self.attn(", "x + self.ffn_post_norm(y), aux"]),
         ("parallel sublayers, layernorm, residual multiplier", ["a = self.attn(h, rope, cache, positions)"]),
         ("moe output norm between dense layers, frozen norms", ["y = self.ffn_post_norm(y)"]),
+        ("router logit softcap", ["logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)"]),
+        ("selection bias on the logits, groups, softcap", ["idx = self.select(logits.detach())"]),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

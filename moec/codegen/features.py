@@ -308,10 +308,11 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.norm.placement 'sandwich' or 'parallel' in a hybrid model": hybrid
         and plan.norm.placement in ("sandwich", "parallel"),
         "moe.output_norm in a hybrid model": hybrid and any(isinstance(x, MoEPlan) and x.output_norm for x in ffns),
-        "per-layer attention shapes (layers.*.attention.n_heads, n_kv_heads)": len(
-            {(x.n_heads, x.n_kv_heads) for x in attns}
+        "per-layer attention shapes (layers.*.attention.n_heads, n_kv_heads, kv_lora_rank, qk_nope_head_dim, ...)": len(
+            {(x.n_heads, x.n_kv_heads, x.kv_lora_rank, x.qk_nope_head_dim, x.v_head_dim) for x in attns}
         )
         > 1,
+        "layers.*.attention.indexer: false": len({x.has_indexer for x in attns}) > 1,
         "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),

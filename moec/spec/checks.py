@@ -87,6 +87,10 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
             bad(("attention", f), "only meaningful with attention.kind: mla")
     if a.rope_key_norm:
         bad(("attention", "rope_key_norm"), "only meaningful with attention.kind: mla (it norms MLA's rotary key)")
+    for path, section in spec.layers.attention_sections():
+        for f in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim"):
+            if f in section.model_fields_set:
+                bad((*path, f), "only meaningful with attention.kind: mla")
 
 
 def _check_mla(spec: Spec, bad: Bad) -> None:

@@ -49,7 +49,7 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     a = spec.attention
     ix = a.indexer
     if ix is None:
-        return []
+        return _layer_problems(spec)
     here = ("attention", "indexer")
     out: list[tuple[tuple[str | int, ...], str]] = []
     if a.kind != "mla" or a.q_lora_rank is None:
@@ -67,14 +67,28 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
-    """A sliding window with the indexer, refused where it is written: the indexer's scores tie often (a ReLU of
-    every head's q·k can be 0), and a windowed decode ranks its keys in the order of a ring of cache slots, not of
-    positions, so torch's top-k would break those ties towards other keys than the full forward does."""
-    why = "not with attention.indexer: a windowed decode would break the indexer's tied scores differently"
-    out: list[tuple[tuple[str | int, ...], str]] = []
-    if spec.attention.window is not None:
-        out.append((("attention", "window"), why))
-    for path, section in spec.layers.attention_sections():
-        if "window" in section.model_fields_set and section.window is not None:
-            out.append(((*path, "window"), why))
-    return out
+    """Layers that run the indexer under a sliding window, refused where the window is written: the indexer's
+    scores tie often (a ReLU of every head's q·k can be 0), and a windowed decode ranks its keys in the order of a
+    ring of cache slots, not of positions, so torch's top-k would break those ties towards other keys than the full
+    forward does. A layer without the indexer (``layers.*.attention.indexer: false``) may slide."""
+    from moec.spec.resolve import attention_fields_per_layer  # resolve reads this module's section
+
+    fields = attention_fields_per_layer(spec)
+    both = [i for i, (w, ix) in enumerate(zip(fields["window"], fields["indexer"], strict=True)) if w and ix]
+    if not both:
+        return []
+    written = [(*path, "window") for path, s in spec.layers.attention_sections() if "window" in s.model_fields_set]
+    layers = ", ".join(map(str, both[:6])) + (", …" if len(both) > 6 else "")
+    why = f"not with attention.indexer (layers {layers}): a windowed decode would break the indexer's ties differently"
+    return [((written or [("attention", "window")])[-1], why)]
+
+
+def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
+    """``layers.*.attention.indexer`` only turns off an indexer the attention section has."""
+    if spec.attention.indexer is not None:
+        return []
+    return [
+        ((*path, "indexer"), "only meaningful with attention.indexer (it turns the indexer off on these layers)")
+        for path, s in spec.layers.attention_sections()
+        if "indexer" in s.model_fields_set
+    ]

@@ -79,6 +79,14 @@ class AttentionOverride(Strict):
     """This layer's rotated dims per q/k head, GQA (Laguna: half on full layers); unwritten: the model's."""
     sinks: bool = False
     """Turn attention.sinks on or off for this layer (MiMo-V2-Flash: its sliding layers only)."""
+    kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
+    """MLA: this layer's kv latent width (Dots3's sliding layers); unwritten: the attention section's."""
+    qk_nope_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """MLA: this layer's non-rotary query/key head width; unwritten: the attention section's."""
+    v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
+    """MLA: this layer's value head width; unwritten: the attention section's."""
+    indexer: bool = True
+    """false: this layer attends every key it may see, without attention.indexer (Dots3's sliding layers)."""
 
 
 class LayerDefault(Strict):

@@ -213,13 +213,16 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "sinks": a.sinks if i is None else attn_fields["sinks"][i],
         }
         if a.kind == "mla":
-            assert a.qk_nope_head_dim is not None and a.qk_rope_head_dim is not None
+            mla = {f: getattr(a, f) for f in _MLA_AS_WRITTEN}
+            if i is not None:  # a layer's own latent and head widths (Dots3's sliding layers)
+                mla.update({f: attn_fields[f][i] for f in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim")})
+            assert mla["qk_nope_head_dim"] is not None and a.qk_rope_head_dim is not None
             return AttentionPlan(
                 kind="mla",
-                n_kv_heads=a.n_heads,
-                head_dim=a.qk_nope_head_dim + a.qk_rope_head_dim,
-                **{f: getattr(a, f) for f in _MLA_AS_WRITTEN},
-                **_indexer_fields(a.indexer),
+                n_kv_heads=planned["n_heads"],  # one latent for all of this layer's heads
+                head_dim=mla["qk_nope_head_dim"] + a.qk_rope_head_dim,
+                **mla,
+                **_indexer_fields(a.indexer if i is None or attn_fields["indexer"][i] else None),
                 **planned,
             )
         kv = (a.n_kv_heads or a.n_heads) if i is None else attn_fields["n_kv_heads"][i]

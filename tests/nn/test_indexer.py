@@ -319,3 +319,66 @@ def test_which_dims_rotate_changes_no_count_and_needs_rotary_positions():
     with pytest.raises(SpecError) as e:
         load_spec("x.yaml", text=last.replace("max_seq_len: 32}", "max_seq_len: 32, positions: {kind: none}}"))
     assert "attention.indexer.rope_dims" in [p.path for p in e.value.problems]
+
+
+# --- a layer of its own MLA geometry and without the indexer (Dots3's sliding layers) ------------------------------
+
+MIXED = (
+    RKN.replace("n_layers: 2", "n_layers: 3").replace(
+        "rope_key_norm: true}", "indexer: {n_heads: 16, head_dim: 8, top_k: 3}}"
+    )
+    + "layers: {overrides: [{select: [1], attention: {n_heads: 2, kv_lora_rank: 12, qk_nope_head_dim: 6, v_head_dim: 4,"
+    + " indexer: false, window: 5, rope_theta: 50000.0}}]}\n"
+)
+
+
+def test_a_layer_of_its_own_geometry_without_the_indexer_builds_what_the_analyzer_counts():
+    from moec.spec import load_spec, resolve
+
+    plan = resolve(load_spec("mixed.yaml", text=MIXED))
+    a0, a1 = plan.layers[0].attention, plan.layers[1].attention
+    assert (a0.has_indexer, a0.kv_lora_rank, a0.n_heads, a0.window) == (True, 8, 4, None)
+    assert (a1.has_indexer, a1.kv_lora_rank, a1.qk_nope_head_dim, a1.v_head_dim, a1.n_heads) == (False, 12, 6, 4, 2)
+    assert a1.head_dim == 6 + 4 and a1.n_kv_heads == 2 and a1.window == 5
+    model = build_model(plan, device="meta")
+    assert sum(t.numel() for t in model.parameters()) == analyze(plan).params.total
+    # by hand, layer 1's MLA: q_a 32·16 + q_a norm 16 + q_b 16·2·10 + kv_a 32·(12+4) + kv_a norm 12 + kv_b 12·2·(6+4)
+    # + o 2·4·32, and no indexer
+    assert sum(t.numel() for t in model.layers[1].attn.parameters()) == 512 + 16 + 320 + 512 + 12 + 240 + 256
+    cache = model.new_cache(1, 16, device="cpu")  # layer 1: its window of 5 tokens' latent 12 + rope 4; the others
+    assert cache.nbytes() == 4 * (5 * (12 + 4) + 2 * 16 * (8 + 4 + 8))  # 16 tokens' latent 8 + rope 4 + d_I 8
+    assert cache.nbytes() == analyze(plan, seq=16, batch=1, dtype="fp32").memory.kv_cache_bytes
+
+
+def test_a_layer_of_its_own_geometry_decodes_to_the_full_forward_logits():
+    from moec.spec import load_spec, resolve
+
+    plan = resolve(load_spec("mixed.yaml", text=MIXED))
+    model = model_of(plan)
+    tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(BATCH, SEQ)
+    with torch.no_grad():
+        full = model(tokens)[0]
+        outs = [model(tokens[:, :5], cache=cache, start=0)[0]]
+        outs += [model(tokens[:, s : s + 1], cache=cache, start=s)[0] for s in range(5, SEQ)]
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "text,path",
+    [
+        (RKN.replace("kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,\n"
+                     "  v_head_dim: 6, rope_key_norm: true}", "n_heads: 4}")
+         + "layers: {overrides: [{select: [1], attention: {kv_lora_rank: 12}}]}\n",
+         "layers.overrides[0].attention.kv_lora_rank"),
+        (RKN + "layers: {overrides: [{select: [1], attention: {indexer: false}}]}\n",
+         "layers.overrides[0].attention.indexer"),
+    ],
+)  # fmt: skip
+def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(text, path):
+    from moec.errors import SpecError
+    from moec.spec import load_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec("x.yaml", text=text)
+    assert path in [p.path for p in e.value.problems]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from moec.strict import MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
+from moec.strict import MAX_D, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
 from moec.vocab import FFN_KINDS, MIXER_KINDS
 
 # an index past n_layers is reported by checks.py, which knows n_layers; this bound only keeps it finite

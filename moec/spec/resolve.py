@@ -99,6 +99,11 @@ def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
         "n_kv_heads": a.n_kv_heads,
         "rotary_dim": None,  # the model's rope_dim
         "sinks": a.sinks,
+        "window": a.window,
+        "kv_lora_rank": a.kv_lora_rank,  # MLA's per-layer geometry (Dots3's sliding layers)
+        "qk_nope_head_dim": a.qk_nope_head_dim,
+        "v_head_dim": a.v_head_dim,
+        "indexer": a.indexer is not None,  # whether a layer runs attention.indexer
     }
     fields = {
         f: [getattr(default_attn, f) if f in default_attn.model_fields_set else v] * n for f, v in section.items()

@@ -185,13 +185,11 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
 
     ffn_kind = ffn_kind_per_layer(spec)
     default_attn = spec.layers.default.attention
-    window = [default_attn.window if "window" in default_attn.model_fields_set else a.window] * n
     rope = [m.positions.kind == "rope" and default_attn.rope] * n
     attn_fields = attention_fields_per_layer(spec)
+    window = attn_fields["window"]
     for ov in spec.layers.overrides:
         written = ov.attention.model_fields_set if ov.attention is not None else set()
-        if "window" in written:
-            assign_selected(window, ov.select, ov.attention.window)  # type: ignore[union-attr]
         if "rope" in written:
             assign_selected(rope, ov.select, m.positions.kind == "rope" and ov.attention.rope)  # type: ignore[union-attr]
 

@@ -17,11 +17,15 @@ gate's per-head bias (moec's ``attn.gate_bias``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, router
-from moec.hf.families.afmoe import SandwichMapper
+from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
+from moec.hf.families.afmoe import SandwichMapper, export_placed
+
+if TYPE_CHECKING:
+    from moec.spec.plan import ResolvedModel
 
 # fmt: off
 DEFAULTS = defaults(10000.0, vocab_size=151936, hidden_size=5120, intermediate_size=20480, num_hidden_layers=52,
@@ -196,6 +200,52 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         d.ffn_note = "mlp_layer_types"
 
 
+def _export_rope(m: ResolvedModel, types: list[str]) -> dict[str, dict[str, Any] | None]:
+    """rope_parameters per layer type: each type's one base, or null where its layers have no positions."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for t in sorted(set(types)):
+        attns = {(lp.attention.rope, lp.attention.rope_theta) for lp, u in zip(m.layers, types, strict=True) if u == t}
+        if len(attns) > 1:
+            raise CannotExport(f"rotates every {t} layer alike (one rope_parameters entry a type)")
+        ((rope, theta),) = attns
+        out[t] = {"rope_type": "default", "rope_theta": theta or m.positions.theta} if rope else None
+    return out
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a beam config.json: sandwich norms with depth-scaled adds, the element gate with its per-head
+    bias, a rope entry or NoPE per layer type, dense and sparse layers by mlp_layer_types, the grouped sigmoid router
+    (the rest comes back changed from the re-import and is refused)."""
+    if not m.depth_scaled_residual:
+        raise CannotExport("scales every residual add by its depth (model.depth_scaled_residual)")
+    cfg = export_placed(m, FAMILY, "sandwich", nope=True)
+    a = m.layers[0].attention
+    if (a.output_gate, a.output_gate_bias) != ("element", "head"):
+        raise CannotExport("gates each attention output element, with one bias per head")
+    if cfg.pop("rope_scaling") is not None:
+        raise CannotExport("has no rope scaling")
+    del cfg["rope_theta"]
+    window, types = layer_types(m)
+    e, f = moe_plan(m), dense_plan(m)
+    cfg.update(
+        layer_types=types,
+        sliding_window=window,
+        rope_parameters=_export_rope(m, types),
+        attention_bias=a.bias,
+        mlp_layer_types=["sparse" if lp.ffn.kind == "moe" else "dense" for lp in m.layers],
+        intermediate_size=f.d_ff if f else e.d_ff,
+        moe_intermediate_size=e.d_ff,
+        num_experts=e.n_experts,
+        num_experts_per_tok=e.router.top_k,
+        norm_topk_prob=e.router.normalize_topk,
+        n_group=e.router.n_groups,
+        topk_group=e.router.topk_groups,
+        routed_scaling_factor=e.router.scale,
+        final_logit_softcapping=m.logit_softcap,
+    )
+    return cfg
+
+
 class BeamMapper(SandwichMapper):
     """Beam's names: ``pre_feedforward_layernorm`` before the MLP, ``post_feedforward_layernorm`` after it."""
 
@@ -203,4 +253,4 @@ class BeamMapper(SandwichMapper):
     ffn_post_norms = ("post_feedforward_layernorm.",)
 
 
-FAMILY = Family("beam", "BeamForCausalLM", DEFAULTS, translate, mapper=BeamMapper)
+FAMILY = Family("beam", "BeamForCausalLM", DEFAULTS, translate, export=export, export_rank=348, mapper=BeamMapper)

@@ -82,12 +82,8 @@ def checkpoint(request, tmp_path_factory):
     return saved_checkpoint(tiny_hf("beam", {**TINY, **VARIANTS[request.param]}), tmp_path_factory, "beam")
 
 
-def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
-    hf, folder = checkpoint
-    model = moec.from_hf(folder)
-    rotating = hf.config.rope_parameters["full_attention"] is not None
-    assert [lp.attention.rope for lp in model.plan.layers] == [True, rotating] * 2
-    assert torch.equal(model.layers[0].attn.gate_bias, hf.model.layers[0].self_attn.gate_bias)
+def assert_same_logits_and_choices(hf, model) -> None:
+    """transformers' logits and each MoE layer's (experts, weights) from its BeamTopKRouter modules against moec's."""
     routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == "BeamTopKRouter"]
     hf_choices, hooks = _record(routers, lambda out: (out[2], out[1]))
     with torch.no_grad():
@@ -103,7 +99,34 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
         torch.testing.assert_close(our_w, hf_w * 2.5, atol=1e-5, rtol=1e-5)  # BeamMoE scales after the sum
     assert (got - want).abs().max().item() <= 1e-4
     assert want.abs().max() < 3.0 and want.abs().max() > 2.0  # the soft-cap bites
+
+
+def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    rotating = hf.config.rope_parameters["full_attention"] is not None
+    assert [lp.attention.rope for lp in model.plan.layers] == [True, rotating] * 2
+    assert torch.equal(model.layers[0].attn.gate_bias, hf.model.layers[0].self_attn.gate_bias)
+    assert_same_logits_and_choices(hf, model)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_the_release_exports_as_beam_with_transformers_count():
+    from moec.hf import export_hf_config
+    from tests.hf.configs import hf_params
+
+    plan = hf_to_model(RELEASE)
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "beam" and cfg["rope_parameters"]["full_attention"] is None
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="beam")
+    hf = transformers.BeamForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert_same_logits_and_choices(hf, model)
 
 
 def test_moec_build_refuses_the_depth_scaled_adds_by_name():

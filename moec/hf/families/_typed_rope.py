@@ -118,8 +118,15 @@ def export_typed_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, A
     for lp, t in zip(m.layers, types, strict=True):
         a = lp.attention
         theta = m.positions.theta if a.rope_theta is None else a.rope_theta
-        factor = (a.rotary_dim or m.rope_dim) / head_dim
+        factor = _factor(a.rotary_dim or m.rope_dim, head_dim)
         mapping = {"rope_type": "default", **(base_rope or {}), "rope_theta": theta, "partial_rotary_factor": factor}
         if out.setdefault(t, mapping) != mapping:
             raise CannotExport(f"gives every {t} layer one rope base and rotary width")
     return out
+
+
+def _factor(rotated: int, head_dim: int) -> float:
+    """A partial_rotary_factor from which transformers' int(head_dim × factor) gives back ``rotated``: their
+    ratio where the product rounds back to it (0.5 for 64 of 128), else half a dim more (44 × 30/44 < 30)."""
+    ratio = rotated / head_dim
+    return ratio if int(head_dim * ratio) == rotated else (rotated + 0.5) / head_dim

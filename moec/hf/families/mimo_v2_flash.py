@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown, spelt
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_number, shown, spelt
 from moec.hf.families._common import defaults, dense_layers_ffn, gqa, moe_core, typed_windows
-from moec.hf.families._typed_rope import TypedRope, layer_rope, rope_per_type, typed_base
+from moec.hf.families._export_common import dense_plan, export_base, layer_types, moe_plan, one
+from moec.hf.families._typed_rope import TypedRope, export_typed_rope, layer_rope, rope_per_type, typed_base
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.families.laguna import first_dense_mlp_layers
@@ -33,7 +34,7 @@ from moec.hf.mapper import Mapper
 if TYPE_CHECKING:
     import torch
 
-    from moec.spec.plan import LayerPlan
+    from moec.spec.plan import LayerPlan, ResolvedModel
 
 NAME = "MiMoV2Flash"
 
@@ -241,6 +242,53 @@ def _noted(d: Draft, path: str, said: list[str]) -> str:
     return f"{note} ({extra})" if note else extra
 
 
+def _full_kv_heads(m: ResolvedModel, types: list[str]) -> int:
+    """num_key_value_heads: the full layers' KV heads, the sliding layers having twice as many and sinks, the full
+    ones none (MiMoV2FlashAttention fixes both in code)."""
+    kv = {t: {lp.attention.n_kv_heads for lp, u in zip(m.layers, types, strict=True) if u == t} for t in set(types)}
+    if any(len(v) > 1 for v in kv.values()):
+        raise CannotExport("gives every layer of an attention type one KV head count")
+    full = kv["full_attention"].pop() if "full_attention" in kv else kv["sliding_attention"].pop() // 2
+    if "sliding_attention" in kv and kv["sliding_attention"] != {2 * full}:
+        raise CannotExport("gives sliding layers twice the full layers' KV heads")
+    if any(lp.attention.sinks != (t == "sliding_attention") for lp, t in zip(m.layers, types, strict=True)):
+        raise CannotExport("has attention sinks on exactly the sliding-window layers")
+    return full
+
+
+def export(m: ResolvedModel) -> dict[str, Any]:
+    """The plan as a mimo_v2_flash config.json in transformers' spelling (layer_types, mlp_layer_types,
+    rope_parameters per type), none of Xiaomi's own fields; what it cannot say comes back changed from the
+    re-import and is refused there."""
+    cfg = export_base(m, FAMILY)
+    a = m.layers[0].attention
+    window, types = layer_types(m)
+    base_rope = cfg.pop("rope_scaling")
+    del cfg["rope_theta"]
+    e, f = moe_plan(m), dense_plan(m)
+    cfg.update(
+        num_attention_heads=one([lp.attention.n_heads for lp in m.layers], "the query head count"),
+        num_key_value_heads=_full_kv_heads(m, types),
+        v_head_dim=a.v_dim,
+        attention_value_scale=a.value_scale,  # null: 1.0 (the class default is 0.707)
+        attention_bias=a.bias,
+        layer_types=types,
+        rope_parameters=export_typed_rope(m, types, base_rope),
+        mlp_layer_types=["sparse" if lp.ffn.kind == "moe" else "dense" for lp in m.layers],
+        intermediate_size=f.d_ff if f else e.d_ff,
+        moe_intermediate_size=e.d_ff,
+        n_routed_experts=e.n_experts,
+        num_experts_per_tok=e.router.top_k,
+        routed_scaling_factor=e.router.scale,
+        n_group=e.router.n_groups or 1,
+        topk_group=e.router.topk_groups or 1,
+        norm_topk_prob=e.router.normalize_topk,
+    )
+    if window is not None:  # no sliding layer: the class default stands, unused
+        cfg["sliding_window"] = window
+    return cfg
+
+
 class MiMoV2FlashMapper(Mapper):
     """transformers' common names but the sinks, which the release and save_pretrained name
     ``self_attn.attention_sink_bias`` (transformers' ``sinks`` also read); the release's multi-token-prediction
@@ -261,5 +309,7 @@ FAMILY = Family(
     DEFAULTS,
     translate,
     aliases={"num_local_experts": "n_routed_experts"},
+    export=export,
+    export_rank=346,
     mapper=MiMoV2FlashMapper,
 )

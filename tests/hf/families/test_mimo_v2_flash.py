@@ -178,3 +178,24 @@ def test_the_shipped_spec_is_the_release_as_imported():
     assert plan_differences(shipped, hf_to_model(RELEASE), training=False) == []
     params = analyze(shipped).params
     assert (params.total, params.active) == (308_778_768_832, 15_445_924_288)
+
+
+def test_the_shipped_spec_exports_as_mimo_v2_flash_with_transformers_count():
+    from moec.hf import export_hf_config
+    from moec.hf.config import plan_differences
+    from moec.spec import load_model
+    from tests.hf.configs import hf_params
+
+    plan = load_model("mimo-v2-flash")
+    cfg = export_hf_config(plan)
+    assert cfg["model_type"] == "mimo_v2_flash" and cfg["sliding_window"] == 129
+    assert plan_differences(plan, hf_to_model(cfg)) == []
+    assert hf_params(cfg) == analyze(plan).params.total
+
+
+def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(checkpoint, tmp_path):
+    model = moec.from_hf(checkpoint[1])
+    moec.export_hf(model, tmp_path / "out", family="mimo_v2_flash")
+    hf = transformers.MiMoV2FlashForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert (hf.config.sliding_window, hf.config.attention_value_scale) == (4, 0.6)
+    assert assert_same(hf, model) <= 1e-4

@@ -15,24 +15,34 @@ The text model, from transformers' Dots3NoteText classes:
   input before o_proj (``g_proj``: ``attention.output_gate: head``).
 - On ``indexed_attention`` layers, GLM-5's lightning indexer (interleaved rotary pairs) reading the scaled q latent:
   a positive constant on the latent scales every index score alike and leaves the top-k as it is, so moec's indexer
-  reads the normed latent. ``full_attention`` layers (the legacy ``use_dsa: false``) have no indexer.
+  reads the normed latent. ``full_attention`` layers (the legacy ``use_dsa: false``) attend every key.
 - DeepSeek-V3's MoE (sigmoid router, a selection-only bias, top-2-sum groups, renormalised and scaled weights) with
   n_shared_experts shared experts of shared_experts_intermediate_size as one MLP, on mlp_layer_types' sparse layers.
+- ``sliding_attention`` layers (the release's 33 of 46: not 0, 1 or every 4th from 1) run MLA of their own sizes
+  (swa_*, or per_layer_config by layer: heads, kv latent, nope and value widths; ``layers.*.attention``), their own
+  rope base (swa_rope_theta, or the layer type's rope_parameters) and a window (sliding_window_size), without the
+  indexer (``layers.*.attention.indexer: false``).
 
-What moec cannot express is refused by name: the ``sliding_attention`` layers (the release's 33 of 46) run MLA of
-their own geometry (swa_*: other heads, kv latent and nope widths), their own rope base and a window, and no
-indexer, while moec's MLA layers share one geometry and one indexer setting; a mixture of indexed and plain
-full-attention layers (a per-layer indexer); rope scaling (Dots' softmax scale ignores YaRN's mscale, moec's MLA
-applies it). Checkpoints use transformers' names but ``g_proj`` (moec's ``gate_proj``); the release's MTP weights
-(``model.layers.46.*``, ``model.mtp.*``), which transformers lets go, are let go.
+Refused by name: a layer's own query latent or rotary width (moec's MLA layers share them) and rope scaling (Dots'
+softmax scale ignores YaRN's mscale, moec's MLA applies it). Checkpoints use transformers' names but ``g_proj``
+(moec's ``gate_proj``); the release's MTP weights (``model.layers.46.*``, ``model.mtp.*``), which transformers lets
+go, are let go.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import INERT, Draft, Family, HFConfig, is_int, is_number, shown
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla, moe_core
+from moec.hf.families._common import (
+    all_known,
+    base,
+    defaults,
+    dense_layers_ffn,
+    ignored_field_agrees,
+    mla,
+    moe_core,
+)
 from moec.hf.families.deepseek_v32 import DsaMapper, indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
@@ -68,6 +78,14 @@ WRAPPER_DEFAULTS = {
 }  # fmt: skip
 DEFAULTS = {**TEXT_DEFAULTS, **WRAPPER_DEFAULTS}
 # the legacy keyword arguments Dots3NoteTextConfig.__post_init__ pops and turns into its fields
+# the sliding layers' MLA sizes when neither swa_* nor per_layer_config gives them (Dots3NoteTextConfig)
+SWA_GEOMETRY = {"num_attention_heads": 64, "num_key_value_heads": 64, "q_lora_rank": 1024, "kv_lora_rank": 1024,
+                "head_dim": 256, "qk_nope_head_dim": 192, "v_head_dim": 128}  # fmt: skip
+SWA_ROPE_THETA = 50000.0
+GEOMETRY = (*SWA_GEOMETRY, "qk_rope_head_dim")
+# config key → the moec field a layer may set itself
+PER_LAYER = {"num_attention_heads": "n_heads", "kv_lora_rank": "kv_lora_rank", "qk_nope_head_dim": "qk_nope_head_dim",
+             "v_head_dim": "v_head_dim"}  # fmt: skip
 SWA_FIELDS = ("swa_num_attention_heads", "swa_num_key_value_heads", "swa_q_lora_rank", "swa_kv_lora_rank",
               "swa_head_dim", "swa_qk_nope_head_dim", "swa_v_head_dim", "swa_qk_rope_head_dim", "swa_rope_theta",
               "swa_attention_gate_type", "sliding_window_size", "per_layer_config")  # fmt: skip
@@ -84,16 +102,15 @@ def translate_text(t: HFConfig, d: Draft) -> None:
     writes, or the text part of a dots3_note config)."""
     _shared_width_alias(t)
     types = _layer_types(t)
-    theta = _rope(t, types)
+    thetas = _rope(t, types)
     base(t, d, CLS)
-    if theta is not None:
-        d.put("model.positions.theta", theta[0], theta[1])
     mla(t, d, CLS)
     d.fields.pop("attention.latent_norm_eps", None)  # Dots3 builds its latent norms with rms_norm_eps
     d.put("attention.latent_scales", True, f"{CLS}Attention: q_lora_scale and kv_lora_scale, always applied")
     d.put("attention.rope_key_norm", True, f"{CLS}Attention.k_rope_only_layernorm (rms_norm_eps)")
     d.put("attention.output_gate", "head", f"{CLS}Attention: o_proj(attn · sigmoid(g_proj(x))), per head")
-    _attention_layers(t, d, types)
+    if thetas is not None:
+        _attention_layers(t, d, types, thetas)
     _moe(t, d)
     _mlp_layers(t, d)
     dense_layers_ffn(t, d, bias_src=f"{CLS}MLP has no biases")
@@ -102,6 +119,8 @@ def translate_text(t: HFConfig, d: Draft) -> None:
             t.prefix + "mlp_bias", True, f"{CLS}MLP is built without biases whatever mlp_bias says: ambiguous", "none"
         )
     mtp_not_built(t, d)
+    for key in ("attention_gate_type", "swa_attention_gate_type"):  # the release's; transformers gates per head
+        ignored_field_agrees(t, d, key, "headwise", f"{CLS}Attention always gates per head (g_proj): ambiguous")
 
 
 def _text_config(c: HFConfig) -> HFConfig:
@@ -167,65 +186,112 @@ def _layer_types(t: HFConfig) -> list[str] | None:
     return types
 
 
-def _rope(t: HFConfig, types: list[str] | None) -> tuple[float, str] | None:
-    """The rope base of the attention layers moec imports (indexed or full), read out of rope_parameters, which
-    transformers keeps per layer type; it rotates qk_rope_head_dim dims (the partial_rotary_factor it stores is
-    qk_rope_head_dim / head_dim, recomputed on load). The base reader then sees no rope mapping."""
-    kind = "full_attention" if types and "indexed_attention" not in types else "indexed_attention"
+def _rope(t: HFConfig, types: list[str] | None) -> dict[str, tuple[float, str]] | None:
+    """Each layer type's rope base, as Dots3NoteTextConfig.convert_rope_params_to_dict gives them: rope_parameters
+    per layer type (or one mapping for all), else rope_theta (8e7) and, for sliding layers, swa_rope_theta (5e4).
+    Every type rotates qk_rope_head_dim dims (the partial_rotary_factor it stores is recomputed on load as
+    qk_rope_head_dim / head_dim). The base reader then sees no rope mapping."""
     key = "rope_scaling" if t.value("rope_scaling") else "rope_parameters"
     given = t.value(key)
     t.raw.pop("rope_parameters", None)
     t.raw.pop("rope_scaling", None)
+    kinds = sorted(set(types or ["indexed_attention"]))
+    t.value("swa_rope_theta")  # popped by the config class, read only without rope parameters (below)
     if given is None:
         theta = t.float("rope_theta", default=TEXT_DEFAULTS["default_theta"])
-        return theta, t.src("rope_theta") if t.given("rope_theta") else f"rope_theta unset: {CLS}Config's {theta:g}"
-    params = given.get(kind) if isinstance(given, dict) and isinstance(given.get(kind), dict) else given
-    where = f"{t.prefix}{key}" + (f".{kind}" if params is not given else "")
-    if not isinstance(params, dict) or not is_number(params.get("rope_theta")):
-        t.bad(key, f"{shown(given)}: expected rope_theta (per layer type or for all)")
-        return None
-    extra = {k: v for k, v in params.items() if k not in ("rope_theta", "rope_type", "partial_rotary_factor")}
-    if params.get("rope_type", "default") != "default" or extra:
-        t.bad(key, f"{shown(params)}: rope scaling; {CLS}Attention's softmax scale ignores YaRN's mscale, moec's MLA "
-              "applies it")  # fmt: skip
-        return None
-    rope, head_dim = t.value("qk_rope_head_dim"), t.value("head_dim")
-    if is_int(rope) and is_int(head_dim) and head_dim > 0 and int(head_dim * (rope / head_dim)) != rope:
-        t.bad("head_dim", f"{head_dim}: {CLS}RotaryEmbedding rotates int(head_dim · qk_rope/head_dim) ≠ {rope} dims")
-    return float(params["rope_theta"]), f"{where}.rope_theta"
+        swa = t.float("swa_rope_theta", default=SWA_ROPE_THETA)
+        return {k: (swa, t.src("swa_rope_theta")) if k == "sliding_attention" else (theta, t.src("rope_theta"))
+                for k in kinds}  # fmt: skip
+    nested = isinstance(given, dict) and all(isinstance(given.get(k), dict) for k in kinds)
+    out = {}
+    for k in kinds:
+        params, where = (given[k], f"{t.prefix}{key}.{k}") if nested else (given, t.prefix + key)
+        if not isinstance(params, dict) or not is_number(params.get("rope_theta")):
+            t.bad(key, f"{shown(given)}: expected rope_theta (per layer type or for all)")
+            return None
+        extra = {x: v for x, v in params.items() if x not in ("rope_theta", "rope_type", "partial_rotary_factor")}
+        if params.get("rope_type", "default") != "default" or extra:
+            t.bad(key, f"{shown(params)}: rope scaling; {CLS}Attention's softmax scale ignores YaRN's mscale, moec's "
+                  "MLA applies it")  # fmt: skip
+            return None
+        out[k] = (float(params["rope_theta"]), f"{where}.rope_theta")
+    return out
 
 
-def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None) -> None:
-    """Every layer indexed (the indexer of GLM-5) or every layer plain full attention; sliding layers and a mixture
-    are refused by name (the swa_* fields and per_layer_config, which only sliding layers use, are named there)."""
-    swa = {k: t.value(k) for k in SWA_FIELDS if t.given(k)}
-    t.value("sliding_window")
+def _geometry(t: HFConfig, types: list[str]) -> list[dict[str, Any]]:
+    """Each layer's MLA sizes where they differ from the top level's: per_layer_config (by layer index) when given,
+    else the swa_* fields on the sliding layers (Dots3NoteTextConfig.__post_init__ builds the one from the other)."""
+    if t.given("per_layer_config"):
+        given = t.mapping("per_layer_config")
+        own: dict[int, dict[str, Any]] = {}
+        for k, v in given.items():
+            if not (str(k).isdigit() and isinstance(v, dict) and set(v) <= set(GEOMETRY)):
+                t.bad(
+                    f"per_layer_config.{k}", f"{shown(v)}: expected a layer index and its sizes ({', '.join(GEOMETRY)})"
+                )
+                continue
+            own[int(k)] = v
+        for k in SWA_FIELDS:
+            t.value(k)  # not read by transformers once per_layer_config is given
+        return [own.get(i, {}) for i in range(len(types))]
+    swa = {name: t.value(f"swa_{name}", default) for name, default in SWA_GEOMETRY.items()}
+    if is_int(swa["head_dim"]) and is_int(swa["qk_nope_head_dim"]):
+        swa["qk_rope_head_dim"] = t.value("swa_qk_rope_head_dim", swa["head_dim"] - swa["qk_nope_head_dim"])
+    return [swa if x == "sliding_attention" else {} for x in types]
+
+
+def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None, thetas: dict[str, tuple[float, str]]) -> None:
+    """Per layer: the indexer (GLM-5's) on indexed_attention layers, a window on sliding ones, and each layer's own
+    MLA sizes and rope base where they differ from the model's."""
     if types is None or not d.fits_layers(t, "layer_types", types):
         return
-    sliding = [i for i, x in enumerate(types) if x == "sliding_attention"]
-    if sliding:
-        d.gap(
-            t.prefix + "layer_types",
-            f"{len(sliding)} sliding_attention layers ({', '.join(map(str, sliding[:6]))}{', …' if len(sliding) > 6 else ''})",
-            f"{CLS}Attention on sliding layers is MLA of its own geometry ({shown(swa) if swa else 'swa_* defaults'}: "
-            "heads, latent and head widths), its own rope base and a window, without the indexer; moec's MLA layers "
-            "share one geometry and one indexer setting",
-            "layers.*.attention: kv_lora_rank, q_lora_rank, qk_nope_head_dim, v_head_dim and indexer per layer",
-        )
-        return
-    if "indexed_attention" in types and "full_attention" in types:
-        d.gap(
-            t.prefix + "layer_types",
-            "indexed_attention and full_attention layers",
-            "some layers run the indexer and others attend every key; moec's layers share one indexer setting",
-            "layers.*.attention.indexer: false (a layer without the sparse-attention indexer)",
-        )
-        return
+    geometry = _geometry(t, types)
+    own = {field: [g.get(key, t.value(key)) for g in geometry] for key, field in PER_LAYER.items()}
+    _same_everywhere(t, d, geometry)
+    for key, field in PER_LAYER.items():
+        if len(set(own[field])) > 1:
+            src = "per_layer_config" if t.given("per_layer_config") else f"swa_{key} on sliding layers"
+            d.layer_attention[field] = (own[field], f"{t.prefix}{src} (a layer's own MLA size)")
+    key = "sliding_window" if t.value("sliding_window") is not None else "sliding_window_size"
+    window = t.int(key) if t.given(key) else 512  # Dots3NoteTextConfig: sliding_window_size, else 512
+    t.value("sliding_window_size")  # beside sliding_window, which transformers then reads
+    d.window = [window if x == "sliding_attention" else None for x in types]
+    if any(d.window):
+        src = t.src(key) if t.given(key) else "sliding_window unset: 512 (Dots3NoteTextConfig)"
+        d.window_note = f"layer_types; sliding layers use {src}"
+    ref = "indexed_attention" if "indexed_attention" in types else types[0]
+    d.put("model.positions.theta", *thetas[ref])
+    layer_theta = [thetas[x][0] if thetas[x][0] != thetas[ref][0] else None for x in types]
+    if any(layer_theta):
+        d.layer_attention["rope_theta"] = (layer_theta, "the layer type's rope_theta (a layer's own base)")
     if "indexed_attention" in types:
         indexer(t, d, CLS, "interleaved")
+        if len(set(types)) > 1:
+            on = [x == "indexed_attention" for x in types]
+            d.layer_attention["indexer"] = (on, f"{CLS}Attention builds its indexer on indexed_attention layers only")
     else:
         for k in ("index_n_heads", "index_head_dim", "index_topk"):
-            t.value(k)  # full_attention layers build no indexer
+            t.value(k)  # no layer builds an indexer
+
+
+def _same_everywhere(t: HFConfig, d: Draft, geometry: list[dict[str, Any]]) -> None:
+    """The sizes a moec layer cannot change: the query latent and the rotary width (refused by name where a layer
+    has its own); KV heads equal to the heads (Dots3NoteTextConfig's check); every layer's rotated dims
+    int(head_dim · qk_rope/head_dim) equal to qk_rope_head_dim, as MLA rotates them."""
+    for key in ("q_lora_rank", "qk_rope_head_dim"):
+        values = sorted({g[key] for g in geometry if key in g and g[key] != t.value(key)}, key=str)
+        if values:
+            d.gap(t.prefix + "per_layer_config", values, f"layers with their own {key}: moec's MLA layers share it",
+                  f"layers.*.attention.{key}")  # fmt: skip
+    for g in geometry:
+        h, kv = g.get("num_attention_heads", t.value("num_attention_heads")), g.get("num_key_value_heads")
+        if kv is not None and kv != h:
+            t.bad("swa_num_key_value_heads", f"{shown(kv)}: MLA has one KV latent shared by all {h} heads")
+        rope, head_dim = g.get("qk_rope_head_dim", t.value("qk_rope_head_dim")), g.get("head_dim", t.value("head_dim"))
+        if is_int(rope) and is_int(head_dim) and head_dim > 0 and int(head_dim * (rope / head_dim)) != rope:
+            t.bad(
+                "head_dim", f"{head_dim}: {CLS}RotaryEmbedding rotates int(head_dim · qk_rope/head_dim) ≠ {rope} dims"
+            )
 
 
 def _moe(t: HFConfig, d: Draft) -> None:

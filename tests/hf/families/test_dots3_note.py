@@ -1,8 +1,9 @@
-"""dots3-note (model_type dots3_note): the release's DSA geometry on every layer counts as transformers' model on meta;
-a tiny random checkpoint saved by transformers (MLA with latent scales, a normed rotary key, a per-head output gate
-and GLM-5's indexer; DeepSeek-V3's MoE) loads with moec.from_hf to transformers' logits and router choices; the
-config as save_pretrained nests it imports to the same plan; the release's sliding-window layers (MLA of their own
-geometry, no indexer) and what else moec cannot express are refused by name."""
+"""dots3-note (model_type dots3_note): the release config counts as transformers' model on meta, its 33 sliding-window
+layers each an MLA of their own geometry without the indexer; a tiny random checkpoint saved by transformers (DSA
+layers: MLA with latent scales, a normed rotary key, a per-head output gate and GLM-5's indexer; sliding layers of
+their own sizes, base and window; DeepSeek-V3's MoE) loads with moec.from_hf to transformers' logits and router
+choices; the config as save_pretrained nests it imports to the same plan; what moec cannot express is refused by
+name."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import pytest
 
 from moec.analyze import analyze
-from moec.hf import hf_to_model, import_hf_config
+from moec.hf import hf_to_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -69,70 +70,93 @@ RELEASE = {
 # the release's DSA geometry on every layer (transformers' use_sliding_window false): what moec imports
 DSA_EVERYWHERE = {**RELEASE, "use_sliding_window": False}
 
-# 3 layers (one dense), MLA of 4 heads, 2 shared experts of 24 beside 8 routed of 16, an indexer of 4 heads keeping 4
-# keys of the 12-token test sequence; head_dim 16 so that transformers rotates 16 · (4/16) = 4 dims, as MLA does
+# 4 layers (one dense): DSA on 0, 1 (MLA of 4 heads, an indexer of 4 heads keeping 4 keys of the 12-token test
+# sequence) and sliding windows of 5 on 2, 3 (MLA of 2 heads with a kv latent of 10, nope 6, v 4, rope base 5000, no
+# indexer); 2 shared experts of 24 beside 8 routed of 16; head widths 16 and 10 so that transformers rotates
+# int(16 · 4/16) = int(10 · 4/10) = 4 dims, as MLA does
 TINY = {
     "vocab_size": 128, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
-    "shared_experts_intermediate_size": 24, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "shared_experts_intermediate_size": 24, "num_hidden_layers": 4, "num_attention_heads": 4,
     "num_key_value_heads": 4, "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 2,
     "routed_scaling_factor": 2.0, "q_lora_rank": 16, "kv_lora_rank": 12, "qk_nope_head_dim": 8,
     "qk_rope_head_dim": 4, "v_head_dim": 8, "head_dim": 16, "index_n_heads": 4, "index_head_dim": 8,
-    "index_topk": 4, "use_sliding_window": False, "max_position_embeddings": 64, "rope_theta": 10000.0,
-    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    "index_topk": 4, "max_position_embeddings": 64, "rope_theta": 10000.0,
+    "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2, "swa_q_lora_rank": 16, "swa_kv_lora_rank": 10,
+    "swa_head_dim": 10, "swa_qk_nope_head_dim": 6, "swa_v_head_dim": 4, "swa_rope_theta": 5000.0,
+    "sliding_window_size": 5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
     "vision_config": {"adapter_out_dim": 32}, "audio_config": {"adapter_out_dim": 32},
 }  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def test_release_counts_equal_transformers_model_on_meta():
+    """279.6B total, 16.3B active (the head and the input embedding included)."""
+    params = analyze(hf_to_model(RELEASE)).params
+    assert (params.total, params.active) == hf_counts(RELEASE) == (279_551_718_016, 16_254_284_416)
+
+
+def test_release_imports_its_sliding_layers_with_their_own_geometry():
+    plan = hf_to_model(RELEASE)
+    sliding = [lp.attention for i, lp in enumerate(plan.layers) if not (i < 2 or i % 4 == 1)]
+    dsa = [lp.attention for i, lp in enumerate(plan.layers) if i < 2 or i % 4 == 1]
+    assert len(sliding) == 33 and len(dsa) == 13
+    assert {
+        (a.n_heads, a.kv_lora_rank, a.qk_nope_head_dim, a.window, a.rope_theta, a.has_indexer) for a in sliding
+    } == {(64, 1024, 192, 513, 50000.0, False)}
+    assert {(a.n_heads, a.kv_lora_rank, a.qk_nope_head_dim, a.window, a.rope_theta, a.indexer_top_k) for a in dsa} == {
+        (128, 512, 128, None, None, 2048)
+    }
+    assert plan.positions.theta == 80_000_000.0
+
+
 def test_dsa_geometry_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model(DSA_EVERYWHERE)).params
     assert (params.total, params.active) == hf_counts(DSA_EVERYWHERE)
-    # per layer beyond DeepSeek-V3.2's MLA and indexer: the rotary key's norm (64) and the head gate (5120·128)
-    plain = {"latent_scales", "rope_key_norm", "output_gate"}
-    assert {k for k in plain if k in import_hf_config(DSA_EVERYWHERE)} == plain
+    assert {lp.attention.has_indexer for lp in hf_to_model(DSA_EVERYWHERE).layers} == {True}
 
 
-@pytest.mark.parametrize("use_dsa", [True, False])
-def test_tiny_counts_equal_transformers_model_on_meta(use_dsa):
-    """use_dsa false: every layer full attention, no indexer (Dots3NoteTextAttention builds none)."""
-    cfg = {**TINY, "model_type": "dots3_note", "use_dsa": use_dsa}
-    plan = hf_to_model(cfg)
-    assert {lp.attention.has_indexer for lp in plan.layers} == {use_dsa}
-    params = analyze(plan).params
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"use_dsa": False},  # full_attention layers: no indexer
+        {"use_sliding_window": False},
+        # indexed and full layers side by side (per_layer_config given: use_dsa renames nothing), layer 2's sizes
+        {"layer_types": ["indexed_attention", "full_attention", "sliding_attention", "full_attention"],
+         "per_layer_config": {"2": {"num_attention_heads": 2, "num_key_value_heads": 2, "q_lora_rank": 16,
+                                    "kv_lora_rank": 10, "head_dim": 10, "qk_nope_head_dim": 6, "v_head_dim": 4,
+                                    "qk_rope_head_dim": 4}}},
+    ],
+    ids=["dsa and sliding", "full and sliding", "dsa only", "dsa, full and sliding"],
+)  # fmt: skip
+def test_tiny_counts_equal_transformers_model_on_meta(change):
+    cfg = {**TINY, "model_type": "dots3_note", **change}
+    params = analyze(hf_to_model(cfg)).params
     assert (params.total, params.active) == hf_counts(cfg)
 
 
 def test_the_config_as_save_pretrained_nests_it_imports_to_the_same_plan():
-    """save_pretrained writes text_config (per-type rope_parameters, layer_types, mlp_layer_types, ...) and the
+    """save_pretrained writes text_config (per-type rope_parameters, per_layer_config, layer_types, ...) and the
     towers' configs in full."""
     flat = {**TINY, "model_type": "dots3_note"}
     saved = transformers.AutoConfig.for_model(**flat).to_dict()
-    assert "text_config" in saved and "rope_parameters" in saved["text_config"]
+    assert saved["text_config"]["per_layer_config"] and "sliding_attention" in saved["text_config"]["rope_parameters"]
     assert plan_differences(hf_to_model(saved), hf_to_model(flat), training=False) == []
     # it keeps the top-level copies too, which transformers does not read: one that disagrees is refused
     assert refused_fields({**saved, "hidden_size": 64}) == ["hidden_size"]
 
 
-def test_the_release_s_sliding_layers_are_refused_naming_them():
-    from moec.errors import SpecError
-
-    assert refused_fields(RELEASE) == ["layer_types"]
-    with pytest.raises(SpecError, match="33 sliding_attention layers.*own geometry"):
-        hf_to_model(RELEASE)
-
-
 @pytest.mark.parametrize(
     "change,field",
     [
-        # indexed and plain full-attention layers in one model: a per-layer indexer
-        ({"per_layer_config": {}, "layer_types": ["indexed_attention", "full_attention", "indexed_attention"]},
-         "layer_types"),
+        ({"swa_q_lora_rank": 8}, "per_layer_config"),  # a layer's own query latent
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_parameters"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"num_key_value_heads": 2}, "num_key_value_heads"),
+        ({"swa_attention_gate_type": "elementwise"}, "swa_attention_gate_type"),
     ],
-)  # fmt: skip
+)
 def test_what_moec_cannot_express_is_refused_by_name(change, field):
     assert field in refused_fields({**TINY, "model_type": "dots3_note", **change})
 
@@ -152,6 +176,7 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     hf, folder = checkpoint
     model = moec.from_hf(folder)
     assert type(hf).__name__ == "Dots3NoteForCausalLM" and model.plan.layers[0].attention.rope_key_norm
+    assert [lp.attention.has_indexer for lp in model.plan.layers] == [True, True, False, False]
     assert assert_same(hf, model) <= 1e-4
     with torch.no_grad():  # the rotary key's norm matters: without it, other logits
         want = hf(TOKENS).logits

@@ -51,12 +51,15 @@ def translate(c: HFConfig, d: Draft) -> None:
     hy_v4_text(c, d, "HYV4")
 
 
-def hy_v4_text(c: HFConfig, d: Draft, cls: str) -> None:
-    """HY-V4's text model (``cls`` names the classes: HYV4, or HYV4VL for the text model of HY-V4-VL)."""
+def hy_v4_text(c: HFConfig, d: Draft, cls: str, rotary: str = "halves") -> None:
+    """HY-V4's text model (``cls`` names the classes: HYV4, or HYV4VL for the text model of HY-V4-VL, whose rotary
+    pairs are adjacent, ``rotary`` interleaved, and whose latent norms take rms_norm_eps)."""
     base(c, d, cls)
-    kv = c.value("num_key_value_heads")
+    kv = c.value("num_key_value_heads") if c.given("num_key_value_heads") else None
     c.raw["num_key_value_heads"] = c.value("num_attention_heads")  # what __post_init__ makes of it, whatever given
     mla(c, d, cls)
+    if rotary == "interleaved":  # HYV4VLAttention builds its latent norms at rms_norm_eps: the model's
+        d.fields.pop("attention.latent_norm_eps", None)
     if kv is not None:
         n_heads, note = d.fields["attention.n_heads"]
         d.put("attention.n_heads", n_heads, f"{note} (num_key_value_heads {kv}: {cls}Config sets it to this)")
@@ -72,7 +75,7 @@ def hy_v4_text(c: HFConfig, d: Draft, cls: str) -> None:
     d.put("moe.activation_limit", limit, c.src("swiglu_limit"))
     d.put("moe.shared_activation", activation(c, d), c.src("hidden_act") + f" ({cls}MLP: unclamped)")
     dense_layers_ffn(c, d, bias_src=f"{cls}MLP has no biases")
-    indexer(c, d, cls)
+    indexer(c, d, cls, rotary)
     hyper_connections(c, d, cls)
     mtp_not_built(c, d)
     release_fields(c, d, cls)
@@ -108,15 +111,16 @@ def _layer_types(c: HFConfig, d: Draft) -> None:
         all_known(c, "layer_types", types, ("indexed_attention", "deepseek_sparse_attention"))
 
 
-def indexer(c: HFConfig, d: Draft, cls: str) -> None:
-    """Every layer's lightning indexer: heads, width, top-k, its key's LayerNorm at rms_norm_eps; the rotary dims in
-    halves, moved first by the loader (the module docstring). Shared layers of indexer_types are refused."""
+def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
+    """Every layer's lightning indexer: heads, width, top-k, its key's LayerNorm at rms_norm_eps; the rotary dims
+    paired as ``rotary`` says, moved first by the loader (the module docstring). Shared layers of indexer_types are
+    refused."""
     d.section(
         "attention.indexer",
         n_heads=(c.int("index_n_heads"), c.src("index_n_heads")),
         head_dim=(c.int("index_head_dim"), c.src("index_head_dim")),
         top_k=(c.int("index_topk"), c.src("index_topk")),
-        rope_layout=("halves", f"{cls}Indexer rotates its last qk_rope_head_dim dims in halves (loaded first)"),
+        rope_layout=(rotary, f"{cls}Indexer rotates its last qk_rope_head_dim dims in {rotary} (loaded first)"),
         key_norm_eps=(c.float("rms_norm_eps"), f"{cls}Indexer's k_norm: nn.LayerNorm(index_head_dim, rms_norm_eps)"),
     )
     if not d.layers_known:
@@ -186,11 +190,14 @@ class HYV4Mapper(Mapper):
     module docstring); the MTP layers let go."""
 
     dropped = ("model.mtp_layers.",)
+    mla_halves = True  # MLA's rotary rows paired in halves (HY-V4; HY-V4-VL pairs them adjacently, as moec)
+
+    release_hc_head = "model.hc_pre.hc_head.hc_head_"  # the release's name of the head's tensors, less the leaf
 
     def load(self, name: str) -> torch.Tensor:
         if name.startswith("hc_head."):
             leaf = name.removeprefix("hc_head.")
-            return self.ck.get(self._first([f"{self.hc_head}hc_{leaf}", f"model.hc_pre.hc_head.hc_head_{leaf}"]))
+            return self.ck.get(self._first([f"{self.hc_head}hc_{leaf}", self.release_hc_head + leaf]))
         return super().load(name)
 
     def block(self, lp: LayerPlan, i: int, part: str, leaf: str) -> torch.Tensor:
@@ -211,11 +218,11 @@ class HYV4Mapper(Mapper):
         w = super().attention(p, lp, leaf)
         a = lp.attention
         r, h = a.qk_rope_head_dim or 0, a.n_heads
-        if leaf == "q_b_proj.weight":  # (h·(nope + r), q_lora): each head's rotary rows
+        if leaf == "q_b_proj.weight" and self.mla_halves:  # (h·(nope + r), q_lora): each head's rotary rows
             heads = w.view(h, -1, w.shape[-1]).clone()
             heads[:, -r:] = _interleave_rows(heads[:, -r:], r)
             return heads.reshape(w.shape)
-        if leaf == "kv_a_proj_with_mqa.weight":  # (kv_lora + r, d): the shared rotary key's rows last
+        if leaf == "kv_a_proj_with_mqa.weight" and self.mla_halves:  # (kv_lora + r, d): the rotary key's rows last
             out = w.clone()
             out[-r:] = _interleave_rows(w[-r:], r)
             return out

@@ -78,15 +78,8 @@ def _attention(c: HFConfig, d: Draft) -> None:
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "AfmoeAttention: RMSNorm(head_dim) on q and k, before the rotation")
     d.put("attention.output_gate", "element", "AfmoeAttention: o_proj(attn · sigmoid(gate_proj(x))), per element")
-    if b:
-        h, hd = d.get("attention.n_heads"), d.get("attention.head_dim")
-        d.gap(
-            "attention_bias",
-            True,
-            "AFMoE's gate_proj has no bias while q, k, v and o_proj have one; moec's output gate takes attention.bias",
-            "attention.output_gate_bias: bool (a gate bias apart from the q/k/v biases). Count: −h·head_dim a layer",
-            -d.n_layers * h * hd,
-        )
+    if b:  # without attention biases the gate has none either way: only then is it said
+        d.put("attention.output_gate_bias", "none", "AfmoeAttention.gate_proj has no bias while q, k, v and o have one")
 
 
 def _layer_types(c: HFConfig, d: Draft) -> None:

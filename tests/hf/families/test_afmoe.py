@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -76,7 +77,6 @@ def test_layers_slide_and_rotate_three_of_four_and_start_dense():
         ({"route_norm": False}, "route_norm"),  # AfmoeTokenChoiceRouter always renormalises
         ({"score_func": "softmax"}, "score_func"),
         ({"n_group": 2, "topk_group": 1}, "n_group"),  # transformers routes without groups
-        ({"attention_bias": True}, "attention_bias"),  # its gate_proj has no bias, q/k/v/o would
         ({"layer_types": ["sliding_attention"] * 55 + ["chunked_attention"]}, "layer_types"),
         ({"num_dense_layers": None}, "num_dense_layers"),
         ({"head_dim": None}, "head_dim"),  # the attention reads it as given: transformers builds no model
@@ -88,18 +88,21 @@ def test_what_transformers_would_not_run_as_said_is_refused_located(change, fiel
     assert field in refused_fields({**TRINITY_NANO, **change})
 
 
-def test_the_gate_bias_refusal_names_exactly_the_count_moec_would_add():
-    """With attention biases, the drafted spec's gate takes a bias of h·head_dim a layer that transformers' has not:
-    the refusal's count is that difference, and the draft plus it is transformers' model."""
-    from moec.hf.config import render_yaml, translate
-    from moec.spec import load_spec, resolve
-
+def test_with_attention_biases_the_gate_has_none_and_counts_equal_transformers():
+    """q, k, v and o_proj take biases and AfmoeAttention.gate_proj does not (attention.output_gate_bias: none)."""
     cfg = {**TRINITY_NANO, "attention_bias": True}
-    t = translate(cfg)
-    (gap,) = t.gaps
-    assert gap.param_delta == -56 * 8 * 128
-    params = analyze(resolve(load_spec("draft", text=render_yaml(t)))).params
-    assert (params.total + gap.param_delta, params.active + gap.param_delta) == hf_counts(cfg)
+    plan = hf_to_model(cfg)
+    assert {lp.attention.output_gate_bias for lp in plan.layers} == {"none"}
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_with_attention_biases_a_tiny_checkpoint_gives_transformers_logits(tmp_path_factory):
+    hf = tiny_hf("afmoe", {**TINY, "attention_bias": True})
+    _, folder = saved_checkpoint(hf, tmp_path_factory, "afmoe_bias")
+    model = moec.from_hf(folder)
+    assert model.layers[0].attn.gate_proj.bias is None and model.layers[0].attn.q_proj.bias is not None
+    assert assert_same_logits_and_choices(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
 
 
 def test_defaults_are_transformers_class_defaults():
@@ -155,12 +158,10 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
-def test_moec_build_refuses_the_sandwich_norms_by_name():
-    """codegen does not render sandwich norms yet: moec build says so, naming them, rather than a wrong model.py."""
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="model.norm.placement 'sandwich'"):
-        render_model_source(hf_to_model(TRINITY_NANO))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """Sandwich norms, the element gate and NoPE global layers as moec build renders them."""
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(3))
+    assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), tokens, tmp_path)
 
 
 def test_the_release_exports_as_afmoe_with_transformers_count():

@@ -1,5 +1,5 @@
 """dots3-note's text config alone (model_type dots3_note_text, what Dots3NoteForCausalLM.save_pretrained writes):
-the release's DSA geometry counts as transformers' model on meta, and the checkpoint transformers saves with it loads
+the release's text fields count as transformers' model on meta, and the checkpoint transformers saves with it loads
 with moec.from_hf to transformers' logits and router choices. The family's other cases are in test_dots3_note.py."""
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import hf_counts, saved_checkpoint, tiny_hf  # noqa: E402
-from tests.hf.families.test_dots3_note import DSA_EVERYWHERE, TINY  # noqa: E402
+from tests.hf.families.test_dots3_note import RELEASE, TINY  # noqa: E402
 from tests.hf.test_weights import assert_same  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # the release's text fields under the text model's own model_type; the towers' configs are the wrapper's
-TEXT = {k: v for k, v in DSA_EVERYWHERE.items() if k != "architectures"} | {"model_type": "dots3_note_text"}
+TEXT = {k: v for k, v in RELEASE.items() if k != "architectures"} | {"model_type": "dots3_note_text"}
 
 
-def test_dsa_geometry_counts_equal_transformers_model_on_meta():
+def test_release_counts_equal_transformers_model_on_meta():
     params = analyze(hf_to_model(TEXT)).params
     assert (params.total, params.active) == hf_counts(TEXT)
 

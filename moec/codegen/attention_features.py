@@ -9,6 +9,28 @@ from dataclasses import dataclass
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.spec.indexer import ROPE_LAYOUTS
 from moec.spec.plan import AttentionPlan
+from moec.vocab import OUTPUT_GATE_FNS
+
+
+@dataclass(frozen=True)
+class GQAFeatures:
+    """GQA's optional shapes and gate function (the defaults for MLA and MoA)."""
+
+    v_head_dim: bool = False  # the values' head width differs from the queries' and keys' (MiMo-V2-Flash)
+    gate_fn: str = "sigmoid"  # the output gate's function: sigmoid, or softplus in fp32 at least (Laguna)
+    layer_heads: bool = False  # layers differ in n_heads or n_kv_heads: Attention takes each layer's
+
+
+def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
+    """GQA's optional parts of ``a`` (every attention layer's configuration but its head counts) and ``attns``
+    (each attention layer's plan)."""
+    if a.kind != "gqa":
+        return GQAFeatures()
+    return GQAFeatures(
+        v_head_dim=int_text(a.v_dim, "attention.v_head_dim") != int_text(a.head_dim, "attention.head_dim"),
+        gate_fn=checked_choice(a.output_gate_fn, OUTPUT_GATE_FNS, "attention.output_gate_fn"),
+        layer_heads=len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1,
+    )
 
 
 @dataclass(frozen=True)

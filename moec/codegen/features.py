@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from moec.codegen.attention_features import MLAFeatures, mla_features
+from moec.codegen.attention_features import GQAFeatures, MLAFeatures, gqa_features, mla_features
 from moec.codegen.block_features import BlockParts, block_parts
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.codegen.mixers import class_name, used_kinds
@@ -101,6 +101,7 @@ class Features:
     ffn_none: bool = False  # some layer has no FFN
     mla_parts: MLAFeatures = MLAFeatures()  # MLA's optional parts: the sparse-attention indexer, latent scales
     parts: BlockParts = BlockParts()  # the layers' optional parts: MoA, zero experts, the MoE output bias
+    gqa_parts: GQAFeatures = GQAFeatures()  # GQA's optional parts: v_head_dim, the gate's function, per-layer heads
 
     @property
     def indexer(self) -> bool:
@@ -180,13 +181,15 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     if plan.norm.unit_offset and norm != "rmsnorm":
         raise ValueError("a unit-offset norm weight is supported on rmsnorm")
 
-    # attention: one configuration, except the window, RoPE and RoPE base of each layer; the layers with another
-    # token mixer (or none) still carry an attention plan, which nothing reads (a model without attention layers
-    # takes the first one's shape for the constants it prints, and defines no attention)
+    # attention: one configuration, except the window, RoPE, RoPE base (and GQA's head counts) of each layer; the
+    # layers with another token mixer (or none) still carry an attention plan, which nothing reads (a model without
+    # attention layers takes the first one's shape for the constants it prints, and defines no attention)
     attns = [lp.attention for lp in layers if lp.has_attention]
+    first = (attns or [layers[0].attention])[0]
+    heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads}  # the first layer's: `a` describes it
     a = _one(
-        [dataclasses.replace(x, window=None, rope=True, rope_theta=None) for x in attns or [layers[0].attention]],
-        "attention (besides window, rope and rope_theta)",
+        [dataclasses.replace(x, window=None, rope=True, rope_theta=None, **heads) for x in attns or [first]],
+        "attention (besides window, rope, rope_theta and head counts)",
     )
     output_gate = checked_choice(a.output_gate, OUTPUT_GATES, "attention.output_gate") if attns else "none"
     kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
@@ -273,6 +276,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
         mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
+        gqa_parts=gqa_features(a, attns) if attns else GQAFeatures(),
         parts=block_parts(a if attns else None, moe, any(lp.pair_ffn is not None for lp in layers)),
     )
     return f, c
@@ -294,9 +298,9 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     sc = plan.positions.scaling
     ffns = [lp.ffn for lp in layers]
     hybrid = any(not lp.has_attention or isinstance(lp.ffn, AbsentPlan) for lp in layers)  # Block is hybrid_block.j2
+    gqa = all(x.kind == "gqa" for x in attns)
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
-        "attention.output_gate_fn 'softplus'": any(x.output_gate_fn == "softplus" for x in attns),
         "a layer's own rotary_dim (layers.*.attention.rotary_dim)": any(x.rotary_dim is not None for x in attns),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
@@ -308,12 +312,12 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.norm.placement 'sandwich' or 'parallel' in a hybrid model": hybrid
         and plan.norm.placement in ("sandwich", "parallel"),
         "moe.output_norm in a hybrid model": hybrid and any(isinstance(x, MoEPlan) and x.output_norm for x in ffns),
-        "per-layer attention shapes (layers.*.attention.n_heads, n_kv_heads, kv_lora_rank, qk_nope_head_dim, ...)": len(
-            {(x.n_heads, x.n_kv_heads, x.kv_lora_rank, x.qk_nope_head_dim, x.v_head_dim) for x in attns}
+        "per-layer attention shapes (layers.*.attention.kv_lora_rank, qk_nope_head_dim, v_head_dim; MLA's heads)": len(
+            {(x.kv_lora_rank, x.qk_nope_head_dim, x.v_head_dim) for x in attns}
         )
-        > 1,
+        > 1
+        or (not gqa and len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1),  # GQA's Attention takes its heads
         "layers.*.attention.indexer: false": len({x.has_indexer for x in attns}) > 1,
-        "attention.v_head_dim with GQA": any(x.kind == "gqa" and x.v_dim != x.head_dim for x in attns),
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),

@@ -34,18 +34,20 @@ def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) ->
         if a.q_lora_rank:
             args.append(f"q_lora_rank={int_text(a.q_lora_rank, 'q_lora_rank')}")
     else:
+        heads = {key: per_layer.get(key) or int_text(getattr(a, key), key) for key in ("n_heads", "n_kv_heads")}
         args = [
             "D_MODEL",
-            f"n_heads={int_text(a.n_heads, 'n_heads')}",
-            f"n_kv_heads={int_text(a.n_kv_heads, 'n_kv_heads')}",
+            *(f"{key}={value}" for key, value in heads.items()),
             f"head_dim={int_text(a.head_dim, 'head_dim')}",
         ]
+        if f.gqa_parts.v_head_dim:
+            args.append(f"v_head_dim={int_text(a.v_dim, 'v_head_dim')}")
         if f.parts.moa:
             args += [
                 f"n_experts={int_text(a.moa_n_experts, 'attention.experts.n_experts')}",
                 f"top_k={int_text(a.moa_top_k, 'attention.experts.top_k')}",
             ]
-    args += [f"{key}={value}" for key, value in per_layer.items()]
+    args += [f"{key}={value}" for key, value in per_layer.items() if key not in ("n_heads", "n_kv_heads")]
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={float_text(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:
@@ -149,6 +151,11 @@ ATTENTION_COLUMNS = (
     Column("rope", "bool", "True", "whether the layer rotates q and k"),
     Column("rope_theta", "float", "ROPE_THETA", "its RoPE base"),
 )
+# GQA layers of their own head counts (MiMo-V2-Flash): columns only when they differ, None in a layer without attention
+HEAD_COLUMNS = (
+    Column("n_heads", "int", "None", "its query heads"),
+    Column("n_kv_heads", "int", "None", "its KV heads"),
+)
 FFN_ORDER = ('"dense"', '"moe"', '"none"')  # the values of the ffn column, in the order the docstring lists them
 
 
@@ -161,11 +168,14 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
     a = lp.attention
     rotates = checked_bool(a.rope, "attention.rope")
     own_base = f.layer_rope_theta and rotates and a.rope_theta is not None
-    return {
+    row = {
         "window": "None" if a.window is None else int_text(a.window, "window"),
         "rope": repr(rotates) if f.rope_param else "True",  # Attention takes `rope` only when some layer does not
         "rope_theta": float_text(a.rope_theta, "rope_theta") if own_base else "ROPE_THETA",
     }
+    if f.gqa_parts.layer_heads:
+        row |= {"n_heads": int_text(a.n_heads, "n_heads"), "n_kv_heads": int_text(a.n_kv_heads, "n_kv_heads")}
+    return row
 
 
 def _ffn_literal(lp: LayerPlan) -> str:
@@ -178,8 +188,9 @@ def _rows(layers: list[LayerPlan], f: Features) -> tuple[list[dict[str, str]], l
     None in the others."""
     attention_rows = [_attention_row(lp, f) for lp in layers if lp.has_attention]
     # a layer without attention: the value every attention layer shares, else the attention module's default
-    shared = {c.name: str(c.default) for c in ATTENTION_COLUMNS}
-    for c in ATTENTION_COLUMNS:
+    attention_columns = ATTENTION_COLUMNS + (HEAD_COLUMNS if f.gqa_parts.layer_heads else ())
+    shared = {c.name: str(c.default) for c in attention_columns}
+    for c in attention_columns:
         if len({row[c.name] for row in attention_rows}) == 1:
             shared[c.name] = attention_rows[0][c.name]
     rows = []
@@ -192,7 +203,7 @@ def _rows(layers: list[LayerPlan], f: Features) -> tuple[list[dict[str, str]], l
     columns = [
         Column("ffn", "str", None, _choices(ffns)),
         Column("mixer", "str", None, _choices(mixers)),
-        *ATTENTION_COLUMNS,
+        *attention_columns,
     ]
     for kind in f.mixer_kinds:
         texts = {i: module_kwargs_text(lp) for i, lp in enumerate(layers) if mixer_kind(lp) == kind}
@@ -266,6 +277,7 @@ def _attention_of(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], 
         for c in ATTENTION_COLUMNS
         if c.name in names or rows[first][c.name] != c.default
     }
+    per_layer |= {c.name: c.name for c in HEAD_COLUMNS if c.name in names}  # else _attention_call prints the plan's
     return _attention_call(layers[first].attention, f, per_layer)
 
 

@@ -86,6 +86,15 @@ CASES = {
         "logit_softcap: 2.0",
         balance="balance: {bias_update_rate: 0.01}",
     ),
+    "per-layer head counts, v_head_dim, windows": variant(
+        attn="n_kv_heads: 2, head_dim: 12, v_head_dim: 8, window: 4",
+        moe=True,
+        overrides="{select: [0, 2], attention: {window: null, n_kv_heads: 1, n_heads: 2}}",
+    ),
+    "softplus output gate per element, v_head_dim": variant(
+        attn="n_kv_heads: 2, output_gate: element, output_gate_fn: softplus, v_head_dim: 4"
+    ),
+    "softplus output gate per head": variant(attn="n_kv_heads: 2, output_gate: head, output_gate_fn: softplus"),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -117,6 +126,7 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
 # each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
 # the comparison above would catch a generated file that ignored it
 WITHOUT = {
+    "softplus output gate per head": ("output_gate_fn: softplus", "output_gate_fn: sigmoid"),
     "router logit softcap": ("logit_softcap: 0.5, ", ""),
     "selection bias on the logits, groups, softcap": ("selection_bias_on: logits, ", ""),
 }
@@ -166,6 +176,15 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         ("moe output norm between dense layers, frozen norms", ["y = self.ffn_post_norm(y)"]),
         ("router logit softcap", ["logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)"]),
         ("selection bias on the logits, groups, softcap", ["idx = self.select(logits.detach())"]),
+        (
+            "per-layer head counts, v_head_dim, windows",
+            [
+                "LAYERS = [(None, 2, 1), (4, 4, 2), (None, 2, 1)]",
+                "n_heads=n_heads, n_kv_heads=n_kv_heads",
+                "head_dim=12, v_head_dim=8",
+            ],
+        ),
+        ("softplus output gate per head", ["gate = F.softplus(g.to(torch.promote_types(g.dtype, torch.float32)))"]),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

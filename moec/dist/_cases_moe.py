@@ -193,12 +193,15 @@ def refusals(ep_mesh) -> dict[str, str | None]:
     holder.moe = MoE(moe_plan("lora"), D, backend="reference")
     sinks = BASE.replace("{n_heads: 2}", "{n_heads: 2, sinks: true}") + f"moe: {VARIANTS['dropless']}\n"
     with_sinks = build_model(resolve(load_spec("sinks.yaml", text=sinks)), device="meta")
+    gated = BASE.replace("{n_heads: 2}", "{n_heads: 2, output_gate: head}") + f"moe: {VARIANTS['dropless']}\n"
+    with_gate = build_model(resolve(load_spec("gate.yaml", text=gated)), device="meta")
     plan = resolve(load_spec("dispatch.yaml", text=BASE + f"moe: {VARIANTS['dropless']}\n"))
     two = BASE.replace("n_layers: 1", "n_layers: 2") + f"moe: {VARIANTS['dropless']}\n"
     two_layers = resolve(load_spec("two.yaml", text=two))
     return {
         "lora_ep": _message(lambda: apply_ep(holder, ep_mesh)),
         "sinks_tp": _message(lambda: apply_tp(with_sinks, ep_mesh)),
+        "gate_tp": _message(lambda: apply_tp(with_gate, ep_mesh)),
         "ep_3_of_4_experts": _message(lambda: build_mesh(Layout(ep=3), plan)),
         "pp_2": _message(lambda: build_mesh(Layout(pp=2), two_layers)),
     }

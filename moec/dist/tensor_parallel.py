@@ -128,6 +128,10 @@ def _head_norm() -> SequenceParallel:
 def _attention_plan(name: str, attn: nn.Module) -> dict[str, object]:
     if getattr(attn, "sinks", None) is not None:
         raise TensorParallelError(f"{name}: attention sinks (attention.sinks) are not split by tensor parallelism yet")
+    if getattr(attn, "gate_proj", None) is not None:  # its heads (and a per-head gate bias) would need splitting too
+        raise TensorParallelError(
+            f"{name}: an attention output gate (attention.output_gate) is not split by tensor parallelism yet"
+        )
     if attention_kind(attn) == "mla":
         up = {"q_proj": ColwiseParallel()} if attn.q_proj is not None else {"q_b_proj": ColwiseParallel()}
         return up | {"kv_b_proj": ColwiseParallel(), "o_proj": RowwiseParallel()}

@@ -75,6 +75,9 @@ def test_what_cannot_run_is_refused_naming_the_feature(ranks):
         "ExpertParallelError: moe.experts: LoRA experts (expert_kind: lora) do not support expert parallelism"
     )
     assert said["sinks_tp"].startswith("TensorParallelError: layers.0.attn: attention sinks (attention.sinks)")
+    assert said["gate_tp"].startswith(
+        "TensorParallelError: layers.0.attn: an attention output gate (attention.output_gate)"
+    )
     # every problem of the layout at once, before any process group is made
     assert said["ep_3_of_4_experts"].startswith("LayoutError: n_experts = 4 does not divide by ep = 3; ")
     assert "dp_shard·tp = 2·1 = 2 does not divide by ep = 3" in said["ep_3_of_4_experts"]

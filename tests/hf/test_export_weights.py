@@ -44,9 +44,9 @@ WRAPPER_CONFIGS = {
 }
 
 
-# every family but switch_transformers, an encoder-decoder model moec counts but does not build (build_model refuses
-# it before any export: tests/hf/families/test_switch_transformers.py); of those, the multimodal wrappers (their vision
-# side is named as missing)
+# every family but switch_transformers, an encoder-decoder model whose export round trip (its own call signature)
+# tests/hf/families/test_switch_transformers.py holds; of those, the multimodal wrappers (their vision side is named
+# as missing)
 BUILT = [m for m in FAMILIES if m != "switch_transformers"]
 WRAPPERS = [m for m in BUILT if not FAMILIES[m].architecture.endswith("ForCausalLM")]
 

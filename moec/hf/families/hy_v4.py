@@ -8,11 +8,11 @@ router (sigmoid, a selection-only bias, one group by default), routed experts wi
 ``swiglu_limit`` (silu(min(gate, L))·clamp(up, ±L), L = swiglu_limit) and plain SwiGLU shared experts fused into
 one MLP (``moe.shared_activation``).
 
-Two rotary layouts differ from moec's and are absorbed by the loader, as pure row permutations of the checkpoint
+MLA's rotary layout differs from moec's and is absorbed by the loader, as a pure row permutation of the checkpoint
 (q·k is unchanged when q and k are permuted alike): HYV4Attention rotates MLA's rotary dims in halves (pairs
 (i, i + r/2)) where moec's MLA rotates adjacent pairs, so the rotary rows of q_b_proj and kv_a_proj_with_mqa are
-interleaved on load; HYV4Indexer rotates the LAST qk_rope_head_dim dims of each indexer head, in halves, where moec's
-indexer rotates the first, so the indexer's wq_b and wk rows (and its key's LayerNorm) move those dims first.
+interleaved on load. HYV4Indexer rotates the LAST qk_rope_head_dim dims of each indexer head, in halves
+(``attention.indexer.rope_dims: last``).
 
 What moec does not run is refused by name: ``indexer_types``' shared layers (the default: layer 0 and every fourth
 from 1 run the indexer, the others reuse the last full layer's choice). The multi-token-prediction layers
@@ -112,15 +112,15 @@ def _layer_types(c: HFConfig, d: Draft) -> None:
 
 
 def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
-    """Every layer's lightning indexer: heads, width, top-k, its key's LayerNorm at rms_norm_eps; the rotary dims
-    paired as ``rotary`` says, moved first by the loader (the module docstring). Shared layers of indexer_types are
-    refused."""
+    """Every layer's lightning indexer: heads, width, top-k, its key's LayerNorm at rms_norm_eps; its last
+    qk_rope_head_dim dims rotated, paired as ``rotary`` says. Shared layers of indexer_types are refused."""
     d.section(
         "attention.indexer",
         n_heads=(c.int("index_n_heads"), c.src("index_n_heads")),
         head_dim=(c.int("index_head_dim"), c.src("index_head_dim")),
         top_k=(c.int("index_topk"), c.src("index_topk")),
-        rope_layout=(rotary, f"{cls}Indexer rotates its last qk_rope_head_dim dims in {rotary} (loaded first)"),
+        rope_layout=(rotary, f"{cls}Indexer rotates its rotary dims in {rotary}"),
+        rope_dims=("last", f"{cls}Indexer: q_pass, q_rot = split([index_head_dim − r, r]); the key alike"),
         key_norm_eps=(c.float("rms_norm_eps"), f"{cls}Indexer's k_norm: nn.LayerNorm(index_head_dim, rms_norm_eps)"),
     )
     if not d.layers_known:
@@ -174,20 +174,11 @@ def _interleave_rows(w: torch.Tensor, r: int) -> torch.Tensor:
     return w[..., order, :] if w.dim() > 1 else w[order]
 
 
-def _last_first(w: torch.Tensor, heads: int, r: int) -> torch.Tensor:
-    """Rows (heads·D, ...) of heads whose last r dims rotate → those r dims first, the order within kept."""
-    import torch
-
-    D = w.shape[0] // heads
-    order = torch.cat((torch.arange(D - r, D), torch.arange(D - r)))  # (D,)
-    return w.view(heads, D, *w.shape[1:])[:, order].reshape(w.shape)
-
-
 class HYV4Mapper(Mapper):
     """transformers' names, or the release's (what save_pretrained writes back: ``hc_pre.hc_attn_layer.hc_fn`` for
     ``attn_hc.fn``, ``hc_pre.hc_head.hc_head_fn`` for ``hc_head.hc_fn``, ``learnable_sink_param`` for ``sinks``,
-    ``linear_gate`` for every ``gate_proj``); MLA's and the indexer's rotary rows re-laid for moec's rotations (the
-    module docstring); the MTP layers let go."""
+    ``linear_gate`` for every ``gate_proj``); MLA's rotary rows re-laid for moec's rotation (the module docstring);
+    the MTP layers let go."""
 
     dropped = ("model.mtp_layers.",)
     mla_halves = True  # MLA's rotary rows paired in halves (HY-V4; HY-V4-VL pairs them adjacently, as moec)
@@ -226,10 +217,6 @@ class HYV4Mapper(Mapper):
             out = w.clone()
             out[-r:] = _interleave_rows(w[-r:], r)
             return out
-        if leaf == "indexer.wq_b.weight":
-            return _last_first(w, a.indexer_n_heads or 1, r)
-        if leaf in ("indexer.wk.weight", "indexer.k_norm.weight", "indexer.k_norm.bias"):
-            return _last_first(w, 1, r)
         return w
 
 

@@ -2,7 +2,7 @@
 ``text_config`` (HYV4VLTextModel and the LM head), which is HY-V4's text model (moec/hf/families/hy_v4.py, whose
 steps translate it), and leaves out the vision tower and its projector (HYV4VLVisionModel), which act on image and
 video inputs only. Two differences from HY-V4's text model: every rotation (MLA's and the indexer's) pairs adjacent
-dims (moec's MLA layout: only the indexer's rows are re-laid on load), and MLA's latent norms take rms_norm_eps.
+dims (moec's MLA layout: nothing is re-laid on load), and MLA's latent norms take rms_norm_eps.
 Its rotary embedding is multimodal: the rotated dimensions' frequencies are interleaved over
 temporal, height and width positions (``mrope_section``, [12, 10, 10] unless given; ``model.positions.mrope_sections``
 with ``mrope_interleaved``); text positions rotate as plain RoPE.

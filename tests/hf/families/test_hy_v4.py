@@ -2,7 +2,7 @@
 lightning indexer, clamped SwiGLU routed experts beside plain shared ones. The release config's draft plus its one
 refused feature's stated size equals transformers' model on meta (total and active); a tiny checkpoint saved by
 transformers (every layer running its indexer) loads with moec.from_hf to transformers' logits and router choices,
-the rotary layouts moec re-lays on load included; the cross-layer sharing of the indexer's choice is refused by
+MLA's rotary rows re-laid on load and the indexer's last rotary dims included; the cross-layer sharing of the indexer's choice is refused by
 name."""
 
 from __future__ import annotations
@@ -135,12 +135,22 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     model = moec.from_hf(folder)
     assert model.plan.hyper_connections.residual == "identity"
     assert assert_same(hf, model) <= 1e-4
-    with torch.no_grad():  # the re-laid rotary rows matter: MLA's and the indexer's as stored give other logits
+    with torch.no_grad():  # the re-laid rotary rows matter: MLA's query rows as stored give other logits
         want = hf(TOKENS).logits
         for i, layer in enumerate(model.layers):
-            theirs = hf.model.layers[i].self_attn
-            layer.attn.q_b_proj.weight.copy_(theirs.q_b_proj.weight)
-            layer.attn.indexer.wq_b.weight.copy_(theirs.indexer.wq_b.weight)
+            layer.attn.q_b_proj.weight.copy_(hf.model.layers[i].self_attn.q_b_proj.weight)
+        assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
+
+
+def test_the_indexer_rotates_its_last_dims(checkpoint):
+    """attention.indexer.rope_dims: last, and it matters: rotating the first dims instead gives other logits."""
+    hf, folder = checkpoint
+    model = moec.from_hf(folder)
+    assert {lp.attention.indexer_rope_dims for lp in model.plan.layers} == {"last"}
+    with torch.no_grad():
+        want = hf(TOKENS).logits
+        for layer in model.layers:
+            layer.attn.indexer.rope_last = False
         assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
 
 

@@ -96,6 +96,37 @@ REFUSED_FAMILIES: dict[str, str] = {
             "denoises a canvas of canvas_length tokens, with self-conditioning on its previous step's logits)"
         ),
     ),
+    # DeepseekV4ForCausalLM (DeepSeek-V4-Flash / -Pro): its mHC hyper-connections are expressible
+    # (model.hyper_connections, residual sinkhorn), the rest is not yet
+    "deepseek_v4": (
+        "compressed sparse attention (per-layer KV compressors at compress_rates, 4 for CSA and 128 for HCA, with "
+        "their own gates and position biases and a rotary base compress_rope_theta, beside a sliding_window branch "
+        "over one shared KV head), a lightning indexer over the compressed entries, a grouped output projection "
+        "(o_groups groups through o_lora_rank), hash-routed MoE layers (mlp_layer_types hash_moe: a learned "
+        "token-id-to-expert table, tid2eid) and clamped SwiGLU shared experts"
+    ),
+    # Glm5NextForConditionalGeneration and its text model: its mHC hyper-connections with a mean head, MLA with the
+    # DSA indexer and swiglu_limit experts are expressible, the rest is not yet
+    **dict.fromkeys(
+        ("glm5_next", "glm5_next_text"),
+        (
+            "the indexer's KPool (it selects groups of index_kpool compressed tokens, the incomplete tail always "
+            "selected), cross-layer sharing of the indexer's choice (indexer_types shared), and its linear-attention "
+            "layers (Glm5NextTextLinearAttention: a forget gate with a lower bound, linear_lower_bound) not yet held "
+            "against moec's KDA"
+        ),
+    ),
+    # Qwen4ExpForConditionalGeneration and its text model
+    **dict.fromkeys(
+        ("qwen4_exp", "qwen4_exp_text"),
+        (
+            "a gated-residual form of hyper-connections (hc_count streams mixed through a low-rank projection, "
+            "hc_lowrank, with per-stream injection weights: not model.hyper_connections' pre/post/comb form), hashed "
+            "n-gram embeddings (ngram_size, heads_per_ngram) injected by per-layer PLE layers (ple_layer_ids) with "
+            "their own convolutions, and a QSA indexer on GQA layers choosing compressed key blocks (indexer_budget, "
+            "indexer_compress_ratio)"
+        ),
+    ),
 }
 """model_type (as transformers' config.json spells it) → the features moec lacks for it, named."""
 

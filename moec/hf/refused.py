@@ -102,8 +102,8 @@ REFUSED_FAMILIES: dict[str, str] = {
         "compressed sparse attention (per-layer KV compressors at compress_rates, 4 for CSA and 128 for HCA, with "
         "their own gates and position biases and a rotary base compress_rope_theta, beside a sliding_window branch "
         "over one shared KV head), a lightning indexer over the compressed entries, a grouped output projection "
-        "(o_groups groups through o_lora_rank), hash-routed MoE layers (mlp_layer_types hash_moe: a learned "
-        "token-id-to-expert table, tid2eid) and clamped SwiGLU shared experts"
+        "(o_groups groups through o_lora_rank) and hash-routed MoE layers (mlp_layer_types hash_moe: a learned "
+        "token-id-to-expert table, tid2eid)"
     ),
     # Glm5NextForConditionalGeneration and its text model: its mHC hyper-connections with a mean head, MLA with the
     # DSA indexer and swiglu_limit experts are expressible, the rest is not yet

@@ -30,7 +30,7 @@ from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import dropout
 from moec.hf.families.switch_transformers import ACTIVATIONS, _layers_value
 from moec.spec.encdec import SINUSOIDAL
-from moec.strict import MAX_LAYERS
+from moec.strict import MAX_LAYERS, MAX_SEQ
 
 # transformers 5.24 NllbMoeConfig class defaults of the fields the translator reads
 DEFAULTS: dict[str, Any] = dict(
@@ -137,13 +137,13 @@ def _model(c: HFConfig, d: Draft) -> None:
     d.put("model.norm.kind", "layernorm", "nn.LayerNorm with bias before every sublayer and after each stack")
     d.put("model.norm.eps", NORM_EPS, "nn.LayerNorm's default (NllbMoe sets none)")
     d.put("model.positions.kind", SINUSOIDAL, "NllbMoeSinusoidalPositionalEmbedding: fixed, no parameters")
-    pad = c.value("pad_token_id")
-    if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0:
+    if c.value("pad_token_id") is not None:  # the table row of the first token is padding_idx + 1
+        pad = c.int("pad_token_id", minimum=0, maximum=MAX_SEQ - 1)
         d.put("model.positions.offset", pad + 1, c.src("pad_token_id") + " + 1: positions count from padding_idx + 1")
     else:
         d.gap(
             "pad_token_id",
-            pad,
+            None,
             "NllbMoe's positions count from padding_idx + 1 and need a padding index (transformers fails without one)",
             "none: a pad_token_id of 0 or more",
         )

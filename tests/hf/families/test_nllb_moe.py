@@ -147,6 +147,7 @@ def test_what_only_training_does_is_named_in_the_header():
         ({"activation_function": "gelu_fast"}, "activation_function"),
         ({"tie_word_embeddings": False}, "tie_word_embeddings"),  # transformers then unties the stacks' tables too
         ({"pad_token_id": None}, "pad_token_id"),  # positions count from padding_idx + 1
+        ({"pad_token_id": -1}, "pad_token_id"),
         ({"moe_token_dropout": 1.0}, "moe_token_dropout"),
         ({"d_model": 15}, "d_model"),  # not divisible by the heads
         ({"decoder_layers": 0}, "decoder_layers"),

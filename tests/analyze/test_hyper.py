@@ -54,3 +54,31 @@ def test_added_flops_are_what_flop_counter_mode_measures(case: str) -> None:
         return counter.get_total_flops()
 
     assert measured(*sets) - measured() == flops * tokens.numel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="moec/roofline/model.py lists hyper_connections in COMPONENTS but its roofline() loop tallies no such "
+    "part (nor the dynamic head among the edges): requested of the lead in /tmp/p13/requests/hc.md",
+)
+def test_the_roofline_counts_the_connections_flops() -> None:
+    """moec roofline's hyper_connections row: a decode step of batch 4 does 4 tokens' worth of the analyzer's
+    hyper-connection FLOPs."""
+    from moec.plan.accelerators import ACCELERATORS
+    from moec.roofline.model import Workload, roofline
+
+    plan = tiny_plan(TINY_MOE, *CASES["sinkhorn"][0])
+    costs = {c.name: c for c in roofline(plan, ACCELERATORS["h100"], "h100", Workload("decode", batch=4, seq=16)).costs}
+    assert costs["hyper_connections"].flops == 4 * CASES["sinkhorn"][2]
+
+
+def test_moec_plan_refuses_hyper_connections_by_name(tmp_path) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    spec = tmp_path / "hc.yaml"
+    spec.write_text(TINY_MOE.replace("max_seq_len: 32}", "max_seq_len: 32, hyper_connections: {n_streams: 4}}"))
+    result = CliRunner().invoke(cli, ["plan", str(spec)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "does not support model.hyper_connections" in result.output

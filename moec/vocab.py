@@ -13,11 +13,15 @@ from __future__ import annotations
 # transformers' "gelu"); gelu_tanh and geglu_tanh its tanh approximation (F.gelu(approximate="tanh"),
 # transformers' "gelu_pytorch_tanh" and "gelu_new"). The two differ by up to about 5e-4 (docs/conventions.md).
 # relu2 is the squared ReLU, relu(x)², ungated (Nemotron-H's "relu2"; So et al. 2021, Primer). swiglu_limit is
-# DeepSeek-V4's and HY-V4's clamped SwiGLU, silu(min(gate, limit)) · clamp(up, ±limit): no alpha, no + 1
+# DeepSeek-V4's and HY-V4's clamped SwiGLU, silu(min(gate, limit)) · clamp(up, ±limit): no alpha, no + 1.
+# swiglu_limit_after is Step-3.7's, which clamps after the silu: min(silu(gate), limit) · clamp(up, ±limit)
 ACTIVATIONS = (
     "swiglu", "geglu", "geglu_tanh", "gelu", "gelu_tanh", "relu", "silu", "swiglu_clamped", "relu2", "swiglu_limit",
+    "swiglu_limit_after",
 )  # fmt: skip
-GATED = ("swiglu", "geglu", "geglu_tanh", "swiglu_clamped", "swiglu_limit")
+GATED = ("swiglu", "geglu", "geglu_tanh", "swiglu_clamped", "swiglu_limit", "swiglu_limit_after")
+# the activations that take a clamp limit (activation_limit)
+LIMITED = ("swiglu_clamped", "swiglu_limit", "swiglu_limit_after")
 # swiglu_clamped's alpha and limit where a spec leaves them unset: gpt-oss's values
 CLAMPED_ALPHA = 1.702
 CLAMPED_LIMIT = 7.0

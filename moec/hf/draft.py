@@ -240,6 +240,9 @@ class Draft:
     # a uniform list goes to the attention section (temperature_tuning: the section's own value decides),
     # a mixed one to layers.default and overrides
     layer_attention: dict[str, tuple[list[Any], str]] = field(default_factory=dict)
+    # per-layer MoE fields (layers.*.moe: activation, activation_limit, shared_*): name → (per-layer values, None
+    # where the layer keeps the moe section's, note); each other value becomes an override (layer_selections)
+    layer_moe: dict[str, tuple[list[Any], str]] = field(default_factory=dict)
     gaps: list[Gap] = field(default_factory=list)
     # config fields that only act in training and that a moec spec has no field for (dropout): the written
     # YAML names them in its header, so that leaving them out is never silent
@@ -305,6 +308,15 @@ def layer_pattern(values: list[Any]) -> tuple[Any, list[tuple[dict[str, Any], An
         idx = [i for i, x in enumerate(values) if x == v]
         out.append((_selector(idx, len(values)), v))
     return default, out
+
+
+def layer_selections(values: list[Any]) -> list[tuple[dict[str, Any], Any]]:
+    """A per-layer list whose None entries keep a section's value: one (select, value) per other value, in the
+    order of its first layer."""
+    return [
+        (_selector([i for i, x in enumerate(values) if x == v], len(values)), v)
+        for v in dict.fromkeys(x for x in values if x is not None)
+    ]
 
 
 def _selector(idx: list[int], n: int) -> dict[str, Any]:

@@ -29,6 +29,11 @@ def activate(
         gate, up = h.chunk(2, dim=-1)
         lim = CLAMPED_LIMIT if limit is None else limit
         return F.silu(gate.clamp(max=lim)) * up.clamp(min=-lim, max=lim)
+    if activation == "swiglu_limit_after":
+        # Step-3.7: the silu of the gate clamped from above (after the silu), times up clamped both ways
+        gate, up = h.chunk(2, dim=-1)
+        lim = CLAMPED_LIMIT if limit is None else limit
+        return F.silu(gate).clamp(max=lim) * up.clamp(min=-lim, max=lim)
     if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
         return _NONLINEARITY[_GATE_NONLINEARITY[activation]](gate) * up

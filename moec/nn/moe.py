@@ -158,6 +158,8 @@ class MoE(nn.Module):
             self.experts = Experts(plan, d_model, **kw)
         # s shared experts of width f_s are one FFN of width s·f_s (their outputs are summed)
         s = plan.n_shared_experts
+        if plan.shared_activation_limit is not None:  # the shared experts' own limit (Step-3.7)
+            clamp = {**clamp, "limit": plan.shared_activation_limit}
         self.shared = (
             # moe.shared_activation: the shared experts' own (HY-V4), else the routed experts'
             DenseFFN(

@@ -17,6 +17,7 @@ from moec.spec.hyper import problems as hyper_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
+from moec.spec.moe_override import problems as moe_override_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
 from moec.spec.shared_activation import problems as shared_activation_problems
@@ -51,6 +52,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *beam_option_problems(spec),
         *hyper_problems(spec),
         *shared_activation_problems(spec),
+        *moe_override_problems(spec),
     ):
         bad(path, message)
     check_block(spec, bad)

@@ -119,6 +119,8 @@ class MoE(Strict):
     """Width of one shared expert; null: the resolved (segmented) d_ff."""
     shared_activation: Activation | None = None
     """The shared experts' activation, gated exactly when activation is (HY-V4: swiglu); null: activation."""
+    shared_activation_limit: Annotated[float, Field(gt=0, le=1e4)] | None = None
+    """The shared experts' clamp limit where their activation takes one (Step-3.7: 16); null: activation_limit."""
     n_zero_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
     """Zero-computation experts scored after the E routed ones: a slot on one adds its weight × the input (LongCat-Flash)."""
     output_norm: bool = False

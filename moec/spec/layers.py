@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from moec.spec.moe_override import MoEOverride
 from moec.strict import MAX_D, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
 from moec.vocab import FFN_KINDS, MIXER_KINDS
 
@@ -107,6 +108,8 @@ class Override(Strict):
     """The token mixer of the selected layers: attention, a kind of the mixers section, or none."""
     attention: AttentionOverride | None = None
     """Attention settings of the selected layers."""
+    moe: MoEOverride | None = None
+    """The selected MoE layers' own activation and clamp limits (Step-3.7-Flash's clamped layers)."""
 
     @field_validator("select", mode="before")
     @classmethod

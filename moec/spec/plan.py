@@ -19,6 +19,7 @@ from moec.spec.schema import FFN, Balance, Lora, MoE, RopeScaling, Router
 from moec.vocab import (
     ATTENTION_KINDS,
     GATED,
+    LIMITED,
     NORM_KINDS,
     NORM_PLACEMENTS,
     OUTPUT_GATE_FNS,
@@ -263,7 +264,7 @@ class _MoEBase(_FFNBase):
         return self.router.top_k
 
 
-_CLAMPED = {"activation_alpha": ("swiglu_clamped",), "activation_limit": ("swiglu_clamped", "swiglu_limit")}
+_CLAMPED = {"activation_alpha": ("swiglu_clamped",), "activation_limit": LIMITED}
 
 DenseFFNPlan = _mirrored_plan(
     "DenseFFNPlan", FFN, doc="A dense FFN layer: schema.FFN's fields.", base=_FFNBase, only_with=_CLAMPED, kind="dense"

@@ -12,6 +12,7 @@ from moec.spec.hyper import plan_of as hyper_plan
 from moec.spec.indexer import IndexerSection
 from moec.spec.load import LoadedSpec
 from moec.spec.moa import plan_fields as moa_fields
+from moec.spec.moe_override import layer_sections as moe_layer_sections
 from moec.spec.plan import (
     AbsentPlan,
     AttentionPlan,
@@ -26,7 +27,7 @@ from moec.spec.plan import (
     RouterPlan,
     schema_values,
 )
-from moec.spec.schema import Model, ResidualScales, Select, Spec
+from moec.spec.schema import Model, MoE, ResidualScales, Select, Spec
 
 
 def selected_layers(sel: Select, n_layers: int) -> list[int]:
@@ -237,8 +238,10 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
     mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}
     pair = dense if m.block == "shortcut_moe_pair" else None  # LongCat-Flash: every layer (block_checks)
+    own_moe = {i: _moe(spec, e) for i, e in moe_layer_sections(spec).items()}  # layers.*.moe (Step-3.7's clamps)
+    ffn_of = [own_moe.get(i) or ffns[kind] for i, kind in enumerate(ffn_kind)]
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i], i), ffns[ffn_kind[i]], mixers[i], pair)  # type: ignore[arg-type]
+        LayerPlan(i, attention(window[i], rope[i], i), ffn_of[i], mixers[i], pair)  # type: ignore[arg-type]
         for i in range(n)
     )
     layers, encoder = stack_plans(spec, layers, attention, ffns)  # decoder-only: as they are, no encoder
@@ -302,9 +305,10 @@ def _dense(spec: Spec) -> DenseFFNPlan | None:
     return DenseFFNPlan(**schema_values(DenseFFNPlan, spec.ffn)) if spec.ffn is not None else None
 
 
-def _moe(spec: Spec) -> MoEPlan | None:
-    """The MoE section's plan: every field as written, the segmented sizes and the router's k resolved."""
-    e = spec.moe
+def _moe(spec: Spec, section: MoE | None = None) -> MoEPlan | None:
+    """The MoE section's plan (``section``: a layer's copy of it with its overrides): every field as written, the
+    segmented sizes and the router's k resolved."""
+    e = spec.moe if section is None else section
     if e is None:
         return None
     g = e.granularity

@@ -33,7 +33,7 @@ from moec.kernels.triton.configs import (
 from moec.kernels.triton.ffn import ffn_forward
 from moec.kernels.triton.lora import LoraMix
 from moec.kernels.triton.tiles import SlotTiles, tile_slots
-from moec.vocab import ACTIVATIONS, GATED
+from moec.vocab import ACTIVATIONS, GATED, LIMITED
 
 _TUNED: dict[str, KernelConfig] = {}  # in-process memo over the on-disk autotune cache
 
@@ -91,7 +91,7 @@ def expert_ffn(
     with ``MOEC_AUTOTUNE=1`` on a GPU. ``swiglu_clamped`` (gpt-oss; ``alpha``, ``limit``) has no fused
     epilogue yet and runs on the reference backend.
     """
-    if activation in ("swiglu_clamped", "swiglu_limit"):  # neither has a fused epilogue yet
+    if activation in LIMITED:  # none of the clamped units has a fused epilogue yet
         from moec.kernels import reference
 
         return reference.expert_ffn(

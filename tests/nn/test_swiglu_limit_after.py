@@ -1,0 +1,148 @@
+"""activation swiglu_limit_after (Step-3.7-Flash): min(silu(gate), L) · clamp(up, ±L), the clamp after the silu,
+against a plain elementwise oracle and transformers' Step3p7 experts and MLP; and ``layers.overrides[].moe``, a
+layer's own MoE activation and limits (routed and shared apart), which change no count, reach moec.nn on the named
+layers only, are checked with located errors and refused by the code generator by name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moec.analyze import analyze
+from moec.errors import SpecError
+from moec.kernels.activations import activate
+from tests.tiny_specs import tiny_plan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _silu(x: float) -> float:
+    return x / (1 + math.exp(-x))
+
+
+def test_equals_the_elementwise_oracle_on_both_sides_of_the_limit() -> None:
+    limit = 1.5
+    gate = torch.linspace(-4, 4, 34, dtype=torch.float64).view(2, 17)  # silu(4) ≈ 3.9: past the limit
+    h = torch.cat((gate, gate.flip(-1)), dim=-1)  # (2, 34): [gate | up]
+    got = activate(h, "swiglu_limit_after", limit=limit)
+    want = torch.empty(2, 17, dtype=torch.float64)
+    for i in range(2):
+        for j in range(17):
+            g, u = min(_silu(float(h[i, j])), limit), max(-limit, min(float(h[i, 17 + j]), limit))
+            want[i, j] = g * u
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    # not swiglu_limit, which clamps before the silu: silu(min(4, 1.5)) ≈ 1.23, not 1.5
+    assert not torch.allclose(got, activate(h, "swiglu_limit", limit=limit))
+
+
+def test_equals_step3p7s_experts_and_mlp() -> None:
+    from transformers import AutoConfig
+    from transformers.models.step3p7.modeling_step3p7 import Step3p7Experts, Step3p7MLP
+
+    cfg = AutoConfig.for_model("step3p7").text_config
+    cfg.hidden_size, cfg.moe_intermediate_size, cfg.share_expert_dim, cfg.num_local_experts = 8, 6, 6, 2
+    cfg.swiglu_limits_shared = [0.0, 0.9]
+    h = torch.randn(5, 12, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(activate(h, "swiglu_limit_after", limit=0.7), Step3p7Experts(cfg, 0.7)._apply_gate(h))
+    mlp = Step3p7MLP(cfg, 1, is_shared_expert=True)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1)) * 3
+    w_gate_up = torch.cat((mlp.gate_proj.weight.T, mlp.up_proj.weight.T), dim=1)  # moec's (d, 2f) [gate | up]
+    with torch.no_grad():
+        want = mlp(x)
+        got = activate(x @ w_gate_up, "swiglu_limit_after", limit=0.9) @ mlp.down_proj.weight.T
+    torch.testing.assert_close(got, want)
+
+
+SPEC = """\
+moec: 1
+name: tiny-clamped
+model: {vocab_size: 64, d_model: 32, n_layers: 3, max_seq_len: 32}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 24}
+moe: {n_experts: 4, d_ff: 16, n_shared_experts: 1, router: {top_k: 2, normalize_topk: true}}
+layers:
+  default: {ffn: moe}
+  overrides:
+    - {select: [0], ffn: dense}
+"""
+CLAMPED = (
+    SPEC
+    + "    - {select: [2], moe: {activation: swiglu_limit_after, activation_limit: 0.5, shared_activation_limit: 0.8}}\n"
+)
+
+
+def test_a_layer_of_its_own_clamps_counts_as_plain_swiglu_and_builds_with_its_limits() -> None:
+    from moec.nn import build_model
+
+    plan = tiny_plan(CLAMPED)
+    plain, clamped = plan.layers[1].ffn, plan.layers[2].ffn
+    assert (plain.activation, plain.activation_limit, plain.shared_activation_limit) == ("swiglu", None, None)
+    assert (clamped.activation, clamped.activation_limit, clamped.shared_activation_limit) == (
+        "swiglu_limit_after",
+        0.5,
+        0.8,
+    )
+    assert analyze(plan).params == analyze(tiny_plan(SPEC)).params
+    model = build_model(plan, seed=0)
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(2)) * 4  # large enough for the limits to bind
+    for layer, limit in ((model.layers[1].ffn, None), (model.layers[2].ffn, 0.8)):
+        shared = layer.shared
+        gate, up = (x @ shared.w_gate_up).chunk(2, dim=-1)
+        act = torch.nn.functional.silu(gate)
+        if limit is not None:
+            act, up = act.clamp(max=limit), up.clamp(-limit, limit)
+        torch.testing.assert_close(shared(x), (act * up) @ shared.w_down)
+    experts = model.layers[2].ffn.experts
+    idx = torch.tensor([[0, 3]] * 6)
+    w = torch.full((6, 2), 0.5)
+    want = torch.zeros(6, 32)
+    for e in (0, 3):  # each expert by hand
+        gate, up = (x @ experts.w_gate_up[e]).chunk(2, dim=-1)
+        want += 0.5 * (torch.nn.functional.silu(gate).clamp(max=0.5) * up.clamp(-0.5, 0.5)) @ experts.w_down[e]
+    with torch.no_grad():
+        got = experts(x, idx, w, model.layers[2].ffn._kernels(x.device))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("{select: [0], moe: {activation: swiglu_limit_after}}", r"layers\.overrides\[1\]\.moe: selects layers that are "
+         r"not MoE layers \(0\)"),
+        ("{select: [2], moe: {activation_limit: 2.0}}", r"layers\.overrides\[1\]\.moe.activation_limit: the routed "
+         r"experts' activation on layer 2 \(swiglu\) takes no limit"),
+        ("{select: [2], moe: {activation: gelu}}", r"layers\.overrides\[1\]\.moe.activation: must be gated as "
+         r"moe.activation \(swiglu\) is"),
+        ("{select: [1, 2], moe: {activation: null}}", r"layers\.overrides\[1\]\.moe.activation: null: leave the field out"),
+        ("{select: [2], moe: {shared_activation: swiglu_limit_after, shared_activation_limit: 0.0}}",
+         r"layers\.overrides\[1\]\.moe.shared_activation_limit"),
+    ],
+)  # fmt: skip
+def test_misuse_is_located(override: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        tiny_plan(SPEC + f"    - {override}\n")
+
+
+def test_shared_limit_needs_shared_experts_and_a_limited_activation() -> None:
+    no_shared = CLAMPED.replace("n_shared_experts: 1, ", "")
+    with pytest.raises(SpecError, match=r"layers\.overrides\[1\]\.moe.shared_activation_limit: only meaningful with "):
+        tiny_plan(no_shared)
+    with pytest.raises(SpecError, match=r"moe.shared_activation_limit: the shared experts' activation \(swiglu\)"):
+        tiny_plan(SPEC, "moe.shared_activation_limit=3")
+
+
+def test_code_generator_refuses_each_by_name() -> None:
+    from moec.codegen.features import plan_features
+
+    for plan, name in (
+        (tiny_plan(CLAMPED), "activation 'swiglu_limit_after'"),
+        (tiny_plan(SPEC, "moe.activation=swiglu_limit_after"), "activation 'swiglu_limit_after'"),
+        (
+            tiny_plan(SPEC.replace("[0], ffn: dense}", "[2], moe: {activation: geglu}}")),
+            r"a layer's own MoE activation or limits \(layers\.\*\.moe\)",
+        ),
+    ):
+        with pytest.raises(ValueError, match=f"codegen does not support {name}"):
+            plan_features(plan, list(plan.layers))

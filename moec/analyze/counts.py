@@ -57,8 +57,9 @@ def attention_part(a: AttentionPlan, d: int, norm_dim_params: int) -> Part:
     if a.kind == "mla":
         assert a.kv_lora_rank and a.qk_rope_head_dim is not None and a.qk_nope_head_dim and a.v_head_dim
         h, qk, r = a.n_heads, a.qk_nope_head_dim + a.qk_rope_head_dim, a.qk_rope_head_dim
-        if a.q_lora_rank:
-            q_mm = d * a.q_lora_rank + a.q_lora_rank * h * qk
+        if a.q_lora_rank:  # A.X-K2's query_gate: one projection of 2·q_lora_rank to each head's query and value gate
+            q_up = 2 * a.q_lora_rank * h * (qk + a.v_head_dim) if a.query_gate else a.q_lora_rank * h * qk
+            q_mm = d * a.q_lora_rank + q_up
             norms = a.q_lora_rank * norm_dim_params
         else:
             q_mm, norms = d * h * qk, 0

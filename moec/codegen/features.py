@@ -328,6 +328,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "moe.shared_activation_limit": any(getattr(x, "shared_activation_limit", None) is not None for x in ffns),
         "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
+        "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "attention.value_scale": any(x.value_scale is not None for x in attns),

@@ -64,10 +64,13 @@ class MLA(AttentionLayer):
         kw = {"device": device, "dtype": dtype}
         if plan.latent_norm_eps is not None:  # transformers' DeepSeek/LongCat latent norms keep 1e-6
             norm = dataclasses.replace(norm, eps=plan.latent_norm_eps)
+        self.q_gate_proj = None
         if plan.q_lora_rank:
             self.q_a_proj = Linear(d_model, plan.q_lora_rank, bias=False, **kw)
             self.q_a_layernorm = make_norm(norm, plan.q_lora_rank, **kw)
-            self.q_b_proj = Linear(plan.q_lora_rank, h * qk, bias=False, **kw)
+            self.q_b_proj = None if plan.query_gate else Linear(plan.q_lora_rank, h * qk, bias=False, **kw)
+            if plan.query_gate:  # A.X-K2: [norm(c_q) | c_q] → per head [query | a gate per value element]
+                self.q_gate_proj = Linear(2 * plan.q_lora_rank, h * (qk + dv), bias=False, **kw)
             self.q_proj = None
         else:
             self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
@@ -99,7 +102,7 @@ class MLA(AttentionLayer):
         if cache is not None:
             assert positions is not None, "a cached call passes the positions of its tokens"
             return self.decode(x, rope, cache, positions)
-        q_nope, q_rot, latent, k_rot, q_latent = self._project(x, rope)  # checks x first
+        q_nope, q_rot, latent, k_rot, q_latent, gate = self._project(x, rope)  # checks x first
         (B, h, S, nope), r, dv = q_nope.shape, self.rope_dim, self.v_dim
         kv = self.kv_b_proj(self.normed_latent(latent)).view(B, S, h, nope + dv).transpose(1, 2)  # (B, h, S, nope+dv)
         k_nope, v = kv.split([nope, dv], dim=-1)
@@ -113,7 +116,7 @@ class MLA(AttentionLayer):
             y = attend_masked(q, k, v, chosen[:, None], scale=self.scale, sinks=self.sinks)  # (B, h, S, dv)
         else:
             y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
-        return self.output(x, y)
+        return self.output(x, gated(y, gate))
 
     def decode(
         self,
@@ -123,7 +126,7 @@ class MLA(AttentionLayer):
         positions: torch.Tensor,
     ) -> torch.Tensor:
         """The absorbed form over the latent cache: the same output as :meth:`forward` on the whole sequence."""
-        q_nope, q_rot, latent, k_rot, q_latent = self._project(x, rope)  # checks x first
+        q_nope, q_rot, latent, k_rot, q_latent, gate = self._project(x, rope)  # checks x first
         (B, h, S, nope), dv, kv_r = q_nope.shape, self.v_dim, self.plan.kv_lora_rank
         width = kv_r + self.rope_dim  # the attention's part of a cache entry; the indexer's key follows it
         w = self.kv_b_proj.weight.view(h, nope + dv, kv_r)  # per head: [W_uk (nope, kv_r) | W_uv (dv, kv_r)]
@@ -140,19 +143,27 @@ class MLA(AttentionLayer):
         q_abs = torch.cat((q_lat, q_rot), dim=-1)  # (B, h, S, kv_r + r)
         y = attend_masked(q_abs, keys[..., :width], keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
-        return self.output(x, y)
+        return self.output(x, gated(y, gate))
 
     def _project(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """What forward and decode share: the query's two parts (B, h, S, nope) and (B, h, S, r), the latent
-        (B, S, kv_r) before its norm and the rotary key (B, 1, S, r), both rotary parts rotated, and the normed
-        query latent (B, S, q_lora_rank) the indexer reads (None without q_lora_rank)."""
+        (B, S, kv_r) before its norm and the rotary key (B, 1, S, r), both rotary parts rotated, the normed
+        query latent (B, S, q_lora_rank) the indexer reads (None without q_lora_rank), and with
+        attention.query_gate the gate logits of the values (B, h, S, dv) (None without)."""
         check_input(x, self.d_model, "MLA")
         B, S, _ = x.shape
         nope, r = self.nope, self.rope_dim  # head counts come from the shapes (TP: local heads)
+        gate = None
         if self.q_proj is not None:
             q, q_latent = self.q_proj(x), None
+        elif self.q_gate_proj is not None:  # A.X-K2: one projection of the normed and the raw latent side by side
+            c_q = self.q_a_proj(x)  # (B, S, q_lora_rank)
+            q_latent = self.q_a_layernorm(c_q)
+            qg = self.q_gate_proj(torch.cat((q_latent, c_q), dim=-1))  # (B, S, h·(nope + r + dv))
+            qg = qg.view(B, S, -1, nope + r + self.v_dim)  # per head [query | gate]
+            q, gate = qg[..., : nope + r].reshape(B, S, -1), qg[..., nope + r :].transpose(1, 2)  # gate (B, h, S, dv)
         else:
             q_latent = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora_rank)
             q = self.q_b_proj(q_latent)  # (B, S, h·(nope + r))
@@ -168,7 +179,7 @@ class MLA(AttentionLayer):
             if rope is None:
                 raise ValueError("this layer applies rotary positions but was given no (cos, sin)")
             q_rot, k_rot = apply_rope_interleaved(q_rot, *rope), apply_rope_interleaved(k_rot, *rope)
-        return q_nope, q_rot, latent, k_rot, q_latent
+        return q_nope, q_rot, latent, k_rot, q_latent, gate
 
     def normed_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """The kv latent (B, S, kv_r) normed (and scaled, attention.latent_scales): what kv_b_proj reads and the
@@ -188,3 +199,11 @@ class MLA(AttentionLayer):
             f"heads={p.n_heads}, q_lora_rank={p.q_lora_rank}, kv_lora_rank={p.kv_lora_rank}, "
             f"qk_nope={p.qk_nope_head_dim}, qk_rope={p.qk_rope_head_dim}, v={p.v_head_dim}, window={p.window}"
         )
+
+
+def gated(y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """The heads' outputs y (B, h, S, dv) times sigmoid(gate) (attention.query_gate, A.X-K2: in float32, as
+    transformers computes it); y itself without a gate."""
+    if gate is None:
+        return y
+    return (y * torch.sigmoid(gate.float())).to(y.dtype)

@@ -89,6 +89,8 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
             bad(("attention", f), "only meaningful with attention.kind: mla")
     if a.rope_key_norm:
         bad(("attention", "rope_key_norm"), "only meaningful with attention.kind: mla (it norms MLA's rotary key)")
+    if a.query_gate:
+        bad(("attention", "query_gate"), "only meaningful with attention.kind: mla (it replaces MLA's q_b_proj)")
     for path, section in spec.layers.attention_sections():
         for f in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim"):
             if f in section.model_fields_set:
@@ -108,6 +110,8 @@ def _check_mla(spec: Spec, bad: Bad) -> None:
         bad(("attention", "bias"), "biases are not supported with MLA")
     if a.rope_key_norm and not a.qk_rope_head_dim:
         bad(("attention", "rope_key_norm"), "needs a rotary key to norm (qk_rope_head_dim > 0)")
+    if a.query_gate and (a.q_lora_rank is None or a.output_gate != "none"):
+        bad(("attention", "query_gate"), "needs q_lora_rank (it reads the query latent) and no attention.output_gate")
     if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
         bad(
             ("attention", "qk_rope_head_dim"),

@@ -191,6 +191,7 @@ class AttentionPlan:
     latent_norm_eps: float | None = None  # MLA's q/kv latent norms; None: the model's norm eps
     latent_scales: bool = False  # MLA: q · sqrt(d/q_lora_rank), normed kv latent · sqrt(d/kv_lora_rank) (LongCat)
     rope_key_norm: bool = False  # MLA: a norm of qk_rope_head_dim on the rotary key before the rotation (Dots3)
+    query_gate: bool = False  # MLA: q_gate_proj of [norm(c_q) | c_q] → queries and a gate of the values (A.X-K2)
     rope_theta: float | None = None  # this layer's RoPE base; None: positions.theta
     output_gate: Literal[OUTPUT_GATES] = "none"  # sigmoid gate on the output per head or element (Qwen3-Next)
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"  # the gate's function: sigmoid, or softplus (Laguna)

@@ -158,6 +158,7 @@ _MLA_AS_WRITTEN = (
     "latent_norm_eps",
     "latent_scales",
     "rope_key_norm",
+    "query_gate",
 )
 
 

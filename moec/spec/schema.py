@@ -262,6 +262,8 @@ class Attention(Strict):
     """MLA: the query times sqrt(d_model/q_lora_rank), the normed kv latent times sqrt(d_model/kv_lora_rank) (LongCat-Flash)."""
     rope_key_norm: bool = False
     """MLA: a norm of qk_rope_head_dim (the latent norms' kind and eps) on the shared rotary key before its rotation (Dots3)."""
+    query_gate: bool = False
+    """MLA: one projection of [norm(q latent) | q latent] gives each head's query and a sigmoid gate of its values (A.X-K2)."""
     output_gate: Literal[OUTPUT_GATES] = "none"
     """A sigmoid gate from its own projection on the output before o_proj, per head or element (Qwen3-Next)."""
     output_gate_fn: Literal[OUTPUT_GATE_FNS] = "sigmoid"

@@ -61,12 +61,19 @@ def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
     """MLA written out (one batch row, one head, one query at a time), the keys each query attends picked by sorting
     the indexer's scores by hand: I(t, s) = Σ_j w_j·ReLU(q_j·k_s/√d_I), w = weights_proj(x)/√H_I. With
-    rope_key_norm (Dots3) the rotary key is RMS-normed before its rotation."""
+    rope_key_norm (Dots3) the rotary key is RMS-normed before its rotation; with query_gate (A.X-K2) the queries and
+    a sigmoid gate of the values come from one projection of the normed and the raw query latent."""
     ix = mod.indexer
     B, n = x.shape[0], x.shape[1]
     H_I, d_I, interleaved = p.indexer_n_heads, p.indexer_head_dim, p.indexer_rope_layout == "interleaved"
-    c_q = rms(x @ mod.q_a_proj.weight.T, mod.q_a_layernorm.weight)  # (B, n, Q_R)
-    q = (c_q @ mod.q_b_proj.weight.T).view(B, n, H, NOPE + R).transpose(1, 2)  # (B, H, n, NOPE+R)
+    raw = x @ mod.q_a_proj.weight.T
+    c_q = rms(raw, mod.q_a_layernorm.weight)  # (B, n, Q_R)
+    gate = torch.ones(B, n, H, V)
+    if p.query_gate:  # A.X-K2: per head [query | a gate per value element] from [norm(c) | c]
+        qg = (torch.cat((c_q, raw), -1) @ mod.q_gate_proj.weight.T).view(B, n, H, NOPE + R + V)
+        q, gate = qg[..., : NOPE + R].transpose(1, 2), torch.sigmoid(qg[..., NOPE + R :])
+    else:
+        q = (c_q @ mod.q_b_proj.weight.T).view(B, n, H, NOPE + R).transpose(1, 2)  # (B, H, n, NOPE+R)
     q = torch.cat((q[..., :NOPE], rotate(q[..., NOPE:], interleaved=True)), -1)
     kv_a = x @ mod.kv_a_proj_with_mqa.weight.T
     k_r = rms(kv_a[..., KV_R:], mod.k_rope_only_layernorm.weight) if p.rope_key_norm else kv_a[..., KV_R:]
@@ -103,7 +110,7 @@ def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
             for h in range(H):
                 logits = torch.stack([q[b, h, t] @ k[b, h, s] for s in keys]) / math.sqrt(NOPE + R)
                 out[b, t, h] = logits.softmax(-1) @ v[b, h, keys]
-    return out.reshape(B, n, H * V) @ mod.o_proj.weight.T
+    return (out * gate).reshape(B, n, H * V) @ mod.o_proj.weight.T
 
 
 def rope_tables(n: int):
@@ -117,6 +124,7 @@ CASES = {
     "top_k 1, d_I = the rotary width": plan(top_k=1, heads=8, index_dim=4),
     "interleaved, rotary key normed (Dots3)": plan(layout="interleaved", rope_key_norm=True),
     "halves, the last dims rotating (HY-V4)": plan(dims="last"),
+    "a fused query and value gate (A.X-K2)": dataclasses.replace(plan(), query_gate=True),
 }
 
 
@@ -382,3 +390,15 @@ def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(
     with pytest.raises(SpecError) as e:
         load_spec("x.yaml", text=text)
     assert path in [p.path for p in e.value.problems]
+
+
+def test_the_query_gate_counts_its_fused_projection():
+    """attention.query_gate (A.X-K2): q_gate_proj (2·q_lora_rank → h·(qk + v)) instead of q_b_proj, no other
+    parameter; the analyzer's count is the module's, and by hand the difference is 2·16·4·(12 + 6) − 16·4·12."""
+    gated_plan = dataclasses.replace(plan(), query_gate=True)
+    mod = MLA(gated_plan, D, norm=RMS, positions=ROPE, device="meta")
+    assert mod.q_gate_proj.weight.shape == (H * (NOPE + R + V), 2 * Q_R) and mod.q_b_proj is None
+    assert sum(t.numel() for t in mod.parameters()) == attention_part(gated_plan, D, 1).params
+    assert (
+        attention_part(gated_plan, D, 1).params - attention_part(plan(), D, 1).params == 2 * 16 * 4 * 18 - 16 * 4 * 12
+    )

@@ -127,6 +127,27 @@ REFUSED_FAMILIES: dict[str, str] = {
             "indexer_compress_ratio)"
         ),
     ),
+    # MistralLarge4ForConditionalGeneration and its text model (DeepSeek-V3.2's indexer on MLA without a q latent)
+    **dict.fromkeys(
+        ("mistral_large4", "mistral_large4_text"),
+        (
+            "learned rope frequency scales (LeRoPE: inv_freq · exp(alpha)), a per-head query scaling by "
+            "log(position + 1) with a learned scale and bias in the attention and in the indexer, indexer queries "
+            "from the LayerNorm-ed hidden state instead of a query latent, layers that reuse an earlier layer's "
+            "indexer choice (indexer_types shared) or latent KV cache (kv_source_layers), and NoPE layers whose MLA "
+            "keys carry no rotary part"
+        ),
+    ),
+    # MiniMaxM3SparseForConditionalGeneration and its text model, MiniMaxM3VLForCausalLM
+    **dict.fromkeys(
+        ("minimax_m3_vl", "minimax_m3_vl_text"),
+        (
+            "a block-sparse indexer on grouped-query attention (minimax_m3_sparse layers: each of index_n_heads "
+            "heads, one per KV group, keeps the index_topk_blocks blocks of index_block_size keys whose max-pooled "
+            "q·k scores are best, plus the index_local_blocks nearest blocks; no head weights, no ReLU), on the "
+            "layers layer_types marks only"
+        ),
+    ),
 }
 """model_type (as transformers' config.json spells it) → the features moec lacks for it, named."""
 

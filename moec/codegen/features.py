@@ -331,6 +331,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
+        "a layer's own rope scaling (layers.*.attention.rope_scaling)": any(x.own_rope_scaling for x in attns),
         "attention.value_scale": any(x.value_scale is not None for x in attns),
         "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,10 +84,12 @@ def component_of(name: str) -> str:
     raise ValueError(f"parameter {name!r} belongs to no known component")
 
 
-def rotary_table(a: AttentionPlan) -> tuple[float | None, int | None] | None:
+def rotary_table(a: AttentionPlan) -> tuple[Any, ...] | None:
     """The key of the RoPE tables a layer reads: None for the model's, else (its base or None, its rotated dims or
-    None) when it has a base or a rotary width of its own."""
-    return None if a.rope_theta is None and a.rotary_dim is None else (a.rope_theta, a.rotary_dim)
+    None) when it has a base or a rotary width of its own, and its scaling third when it has its own."""
+    if a.rope_theta is None and a.rotary_dim is None and not a.own_rope_scaling:
+        return None
+    return (a.rope_theta, a.rotary_dim, a.rope_scaling) if a.own_rope_scaling else (a.rope_theta, a.rotary_dim)
 
 
 class Embedding(nn.Embedding):
@@ -142,16 +145,20 @@ class MoecModel(nn.Module):
         self.embed = Embedding(V, d, **kw)
         self.pos_embed = Embedding(plan.max_seq_len, d, **kw) if plan.positions.kind == "learned" else None
         self.rotary = None
-        # layers with their own rope_theta (MiMo-V2-Flash's sliding layers) or rotary_dim (Laguna's full layers)
-        # get tables of their own, keyed (base, rotated dims); no parameters or buffers, so a plain dict: the
-        # state_dict is the same with or without them
-        self.layer_rotary: dict[tuple[float | None, int | None], RotaryEmbedding] = {}
+        # layers with their own rope_theta (MiMo-V2-Flash's sliding layers), rotary_dim (Laguna's full layers) or
+        # rope scaling (Laguna XS 2.1's full layers) get tables of their own, keyed (base, rotated dims[, scaling]);
+        # no parameters or buffers, so a plain dict: the state_dict is the same with or without them
+        self.layer_rotary: dict[tuple[Any, ...], RotaryEmbedding] = {}
         if plan.positions.kind == "rope":
             self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
             for key in {rotary_table(lp.attention) for lp in plan.layers} - {None}:
                 assert key is not None
-                theta, rot = key
-                positions = dataclasses.replace(plan.positions, theta=plan.positions.theta if theta is None else theta)
+                theta, rot, *own = key
+                positions = dataclasses.replace(
+                    plan.positions,
+                    theta=plan.positions.theta if theta is None else theta,
+                    scaling=own[0] if own else plan.positions.scaling,
+                )
                 self.layer_rotary[key] = RotaryEmbedding(positions, rot or plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(make_block(lp, plan, backend=backend, **kw) for lp in plan.layers)
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None

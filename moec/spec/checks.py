@@ -17,6 +17,7 @@ from moec.spec.hyper import problems as hyper_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
+from moec.spec.rope_scaling import layer_problems as layer_scaling_problems
 from moec.spec.moe_override import problems as moe_override_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
@@ -49,6 +50,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *moa_problems(spec),
         *encdec_problems(spec),
         *gate_rotary_problems(spec),
+        *layer_scaling_problems(spec),
         *beam_option_problems(spec),
         *hyper_problems(spec),
         *shared_activation_problems(spec),
@@ -205,11 +207,15 @@ def _rotated_dims(spec: Spec) -> int | None:
 
 
 def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
+    """The model's scaling and each layer's own (layers.*.attention.rope_scaling), alike."""
+    own = [((*path, "rope_scaling"), a.rope_scaling) for path, a in spec.layers.attention_sections()]
+    for here, sc in [(("model", "positions", "scaling"), spec.model.positions.scaling), *own]:
+        if sc is not None:
+            _check_scaling(spec, sc, here, bad)
+
+
+def _check_scaling(spec: Spec, sc: RopeScaling, here: Path, bad: Bad) -> None:
     m = spec.model
-    sc = m.positions.scaling
-    if sc is None:
-        return
-    here: Path = ("model", "positions", "scaling")
     if m.positions.kind != "rope":
         bad(here, "scaling applies to rope positions only")
     rot = _rotated_dims(spec)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from moec.spec.moe_override import MoEOverride
+from moec.spec.rope_scaling import RopeScaling
 from moec.strict import MAX_D, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_OVERRIDES, MAX_SEQ, Strict
 from moec.vocab import FFN_KINDS, MIXER_KINDS
 
@@ -80,6 +81,8 @@ class AttentionOverride(Strict):
     """This layer's rotated dims per q/k head, GQA (Laguna: half on full layers); unwritten: the model's."""
     sinks: bool = False
     """Turn attention.sinks on or off for this layer (MiMo-V2-Flash: its sliding layers only)."""
+    rope_scaling: RopeScaling | None = None
+    """This layer's own RoPE scaling, GQA (Laguna XS 2.1: YaRN on full layers only); null: none; unwritten: the model's."""
     kv_lora_rank: Annotated[int, Field(gt=0, le=MAX_D)] | None = None
     """MLA: this layer's kv latent width (Dots3's sliding layers); unwritten: the attention section's."""
     qk_nope_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None

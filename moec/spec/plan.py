@@ -198,6 +198,9 @@ class AttentionPlan:
     output_gate_bias: str = "qkv"  # the gate's bias: qkv (as attention.bias), none, or head (one per head, Beam)
     rotary_dim: int | None = None  # this layer's rotated dims per q/k head (Laguna); None: the model's rope_dim
     value_scale: float | None = None  # GQA values × this after v_proj (MiMo-V2-Flash); None: off
+    # this layer scales RoPE its own way (rope_scaling; None: not at all) instead of positions.scaling (Laguna)
+    own_rope_scaling: bool = False
+    rope_scaling: RopeScalingPlan | None = None
     # the sparse-attention indexer (moec/spec/indexer.py, DeepSeek-V3.2); indexer_n_heads None: dense attention
     indexer_n_heads: int | None = None
     indexer_head_dim: int | None = None
@@ -404,7 +407,8 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
     """Inverse of :meth:`ResolvedModel.to_dict` (used to reload spec.resolved.yaml)."""
 
     def attn(a: dict[str, Any]) -> AttentionPlan:
-        return AttentionPlan(**a)
+        sc = a.get("rope_scaling")
+        return AttentionPlan(**{**a, "rope_scaling": RopeScalingPlan(**sc) if sc else None})
 
     def ffn(f: dict[str, Any]) -> FFNPlan | AbsentPlan:
         if f["kind"] == "moe":

@@ -100,6 +100,7 @@ def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
         "n_kv_heads": a.n_kv_heads,
         "rotary_dim": None,  # the model's rope_dim
         "sinks": a.sinks,
+        "rope_scaling": MODEL_SCALING,  # a layer's own: a RopeScaling, or None (unscaled)
         "window": a.window,
         "kv_lora_rank": a.kv_lora_rank,  # MLA's per-layer geometry (Dots3's sliding layers)
         "qk_nope_head_dim": a.qk_nope_head_dim,
@@ -116,6 +117,17 @@ def attention_fields_per_layer(spec: Spec) -> dict[str, list[Any]]:
                 assign_selected(fields[f], ov.select, getattr(ov.attention, f))
     fields["n_kv_heads"] = [kv or h for kv, h in zip(fields["n_kv_heads"], fields["n_heads"], strict=True)]
     return fields
+
+
+# a layer that writes no rope_scaling of its own takes model.positions.scaling
+MODEL_SCALING = "model"
+
+
+def _layer_scaling(value: Any) -> dict[str, Any]:
+    """AttentionPlan's own_rope_scaling and rope_scaling for a layer's attention_fields_per_layer value."""
+    if value == MODEL_SCALING:
+        return {}
+    return {"own_rope_scaling": True, "rope_scaling": RopeScalingPlan(**value.model_dump()) if value else None}
 
 
 def _selection(sel: Select, n_layers: int) -> slice | list[int]:
@@ -216,6 +228,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             "n_heads": a.n_heads if i is None else attn_fields["n_heads"][i],
             "rotary_dim": None if i is None else attn_fields["rotary_dim"][i],
             "sinks": a.sinks if i is None else attn_fields["sinks"][i],
+            **_layer_scaling(MODEL_SCALING if i is None else attn_fields["rope_scaling"][i]),
         }
         if a.kind == "mla":
             mla = {f: getattr(a, f) for f in _MLA_AS_WRITTEN}

@@ -31,6 +31,7 @@ from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     Select,
 )
 from moec.spec.moa import AttentionExpertsSection
+from moec.spec.rope_scaling import RopeScaling
 from moec.strict import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
     MAX_D,
     MAX_EXPERTS,
@@ -57,7 +58,6 @@ from moec.vocab import (
     POSITION_KINDS,
     QK_NORM_KINDS,
     QK_NORM_SCOPES,
-    ROPE_SCALINGS,
     TEMPERATURE_FORMS,
 )
 
@@ -73,45 +73,6 @@ class Norm(Strict):
     """Whether a layernorm has a bias (DBRX's have none); rmsnorm never has one."""
     unit_offset: bool = False
     """Every model norm (q/k and latent norms too) stores w, initialised 0, and scales by 1 + w (Qwen3-Next)."""
-
-
-class RopeScaling(Strict):
-    kind: Literal[ROPE_SCALINGS]
-    """How RoPE is stretched past its training length: linear, dynamic (NTK), yarn, llama3, longrope or ntk_alpha."""
-    factor: Annotated[float, Field(gt=0, le=1e6)] | None = None
-    """The context extension factor; every kind but ntk_alpha needs it."""
-    original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
-    """The context the model was trained at before scaling (yarn, llama3, longrope)."""
-    beta_fast: float | None = None
-    """yarn: the fast boundary of the corrected frequency range, in rotations (null: 32)."""
-    beta_slow: float | None = None
-    """yarn: the slow boundary of the corrected frequency range, in rotations (null: 1)."""
-    mscale: float | None = None
-    """yarn: the attention-temperature multiplier's scale (DeepSeek-V2/V3)."""
-    mscale_all_dim: float | None = None
-    """yarn: the mscale applied to all dimensions (DeepSeek-V2/V3)."""
-    low_freq_factor: float | None = None
-    """llama3: the low-frequency wavelength factor."""
-    high_freq_factor: float | None = None
-    """llama3: the high-frequency wavelength factor."""
-    truncate: bool = True
-    """yarn: round the correction range to whole dims (false keeps it unrounded, as gpt-oss)."""
-    attention_factor: Annotated[float, Field(gt=0, le=100)] | None = None
-    """yarn: the attention scaling factor as stated, instead of the one derived from factor."""
-    short_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
-        None
-    )
-    """longrope (Phi-3.5-MoE): per-frequency divisors (rotary dims / 2) up to original_max_seq_len."""
-    long_factor: Annotated[list[Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=MAX_HEAD_DIM // 2)] | None = (
-        None
-    )
-    """longrope: per-frequency divisors (rotary dims / 2) beyond original_max_seq_len."""
-    short_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
-    """longrope: the cos/sin multiplier up to original_max_seq_len."""
-    long_mscale: Annotated[float, Field(gt=0, le=100)] | None = None
-    """longrope: the cos/sin multiplier beyond original_max_seq_len."""
-    alpha: Annotated[float, Field(gt=0, le=1e6)] | None = None
-    """ntk_alpha (Hunyuan-A13B): the base becomes theta·alpha^(dim/(dim−2)) at every length."""
 
 
 class Positions(Strict):

@@ -19,6 +19,8 @@ class GQAFeatures:
     v_head_dim: bool = False  # the values' head width differs from the queries' and keys' (MiMo-V2-Flash)
     gate_fn: str = "sigmoid"  # the output gate's function: sigmoid, or softplus in fp32 at least (Laguna)
     layer_heads: bool = False  # layers differ in n_heads or n_kv_heads: Attention takes each layer's
+    layer_sinks: bool = False  # some layers have attention sinks, some not: Attention takes `sinks`
+    value_scale: bool = False  # the values are scaled after v_proj (MiMo-V2-Flash)
 
 
 def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
@@ -30,6 +32,8 @@ def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
         v_head_dim=int_text(a.v_dim, "attention.v_head_dim") != int_text(a.head_dim, "attention.head_dim"),
         gate_fn=checked_choice(a.output_gate_fn, OUTPUT_GATE_FNS, "attention.output_gate_fn"),
         layer_heads=len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1,
+        layer_sinks=len({checked_bool(x.sinks, "attention.sinks") for x in attns}) > 1,
+        value_scale=a.value_scale is not None,
     )
 
 

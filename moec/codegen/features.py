@@ -186,10 +186,11 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     # attention layers takes the first one's shape for the constants it prints, and defines no attention)
     attns = [lp.attention for lp in layers if lp.has_attention]
     first = (attns or [layers[0].attention])[0]
-    heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads}  # the first layer's: `a` describes it
+    # the first layer's heads and sinks: `a` describes it
+    heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads, "sinks": first.sinks}
     a = _one(
         [dataclasses.replace(x, window=None, rope=True, rope_theta=None, **heads) for x in attns or [first]],
-        "attention (besides window, rope, rope_theta and head counts)",
+        "attention (besides window, rope, rope_theta, head counts and sinks)",
     )
     output_gate = checked_choice(a.output_gate, OUTPUT_GATES, "attention.output_gate") if attns else "none"
     kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
@@ -248,7 +249,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         gqa=kind == "gqa",
         mla=kind == "mla",
         window=any(x.window is not None for x in attns),
-        sinks=checked_bool(a.sinks, "sinks"),
+        sinks=any(checked_bool(x.sinks, "sinks") for x in attns),
         attn_bias=checked_bool(a.bias, "attention.bias"),
         attn_out_bias=checked_bool(a.out_bias, "attention.out_bias"),
         qk_norm=qk_norm,
@@ -332,8 +333,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "a layer's own rope scaling (layers.*.attention.rope_scaling)": any(x.own_rope_scaling for x in attns),
-        "attention.value_scale": any(x.value_scale is not None for x in attns),
-        "a layer's own attention sinks (layers.*.attention.sinks)": len({x.sinks for x in attns}) > 1,
+        "a layer's own attention sinks (layers.*.attention.sinks) with MLA": not gqa
+        and len({x.sinks for x in attns}) > 1,
     }
     for what, used in unsupported.items():
         if used:

@@ -47,11 +47,15 @@ def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) ->
                 f"n_experts={int_text(a.moa_n_experts, 'attention.experts.n_experts')}",
                 f"top_k={int_text(a.moa_top_k, 'attention.experts.top_k')}",
             ]
-    args += [f"{key}={value}" for key, value in per_layer.items() if key not in ("n_heads", "n_kv_heads")]
+    args += [f"{key}={value}" for key, value in per_layer.items() if key not in ("n_heads", "n_kv_heads", "sinks")]
+    if f.gqa_parts.value_scale:
+        args.append(f"value_scale={float_text(a.value_scale, 'attention.value_scale')}")
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={float_text(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:
         args.append(f"scale={float_text(a.scale, 'attention.scale')}")
+    if "sinks" in per_layer:
+        args.append(f"sinks={per_layer['sinks']}")
     return Call(f.attention_class, tuple(args), "attn=")
 
 
@@ -156,6 +160,7 @@ HEAD_COLUMNS = (
     Column("n_heads", "int", "None", "its query heads"),
     Column("n_kv_heads", "int", "None", "its KV heads"),
 )
+SINK_COLUMN = Column("sinks", "bool", "None", "whether it has attention sinks")  # some GQA layers have them
 FFN_ORDER = ('"dense"', '"moe"', '"none"')  # the values of the ffn column, in the order the docstring lists them
 
 
@@ -175,6 +180,8 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
     }
     if f.gqa_parts.layer_heads:
         row |= {"n_heads": int_text(a.n_heads, "n_heads"), "n_kv_heads": int_text(a.n_kv_heads, "n_kv_heads")}
+    if f.gqa_parts.layer_sinks:
+        row["sinks"] = repr(checked_bool(a.sinks, "attention.sinks"))
     return row
 
 
@@ -189,6 +196,7 @@ def _rows(layers: list[LayerPlan], f: Features) -> tuple[list[dict[str, str]], l
     attention_rows = [_attention_row(lp, f) for lp in layers if lp.has_attention]
     # a layer without attention: the value every attention layer shares, else the attention module's default
     attention_columns = ATTENTION_COLUMNS + (HEAD_COLUMNS if f.gqa_parts.layer_heads else ())
+    attention_columns += (SINK_COLUMN,) if f.gqa_parts.layer_sinks else ()
     shared = {c.name: str(c.default) for c in attention_columns}
     for c in attention_columns:
         if len({row[c.name] for row in attention_rows}) == 1:
@@ -277,7 +285,8 @@ def _attention_of(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], 
         for c in ATTENTION_COLUMNS
         if c.name in names or rows[first][c.name] != c.default
     }
-    per_layer |= {c.name: c.name for c in HEAD_COLUMNS if c.name in names}  # else _attention_call prints the plan's
+    # the heads: else _attention_call prints the plan's; sinks: a column whenever some layer has them and some not
+    per_layer |= {c.name: c.name for c in (*HEAD_COLUMNS, SINK_COLUMN) if c.name in names}
     return _attention_call(layers[first].attention, f, per_layer)
 
 

@@ -34,6 +34,10 @@ def call_lines(call: Call, indent: str, prefix: str = "", suffix: str = "") -> l
     hugged = inner + ", ".join(a if isinstance(a, str) else a.flat() for a in call.args)
     if len(hugged) <= WIDTH:
         return [head, hugged, tail]
+    if len(call.args) == 1 and isinstance(call.args[0], str) and " for " in call.args[0]:
+        # a lone generator: ruff breaks it before its `for`, and it takes no trailing comma
+        element, loop = call.args[0].rsplit(" for ", 1)
+        return [head, f"{inner}{element}", f"{inner}for {loop}", tail]
     lines = [head]
     for a in call.args:
         lines += [f"{inner}{a},"] if isinstance(a, str) else call_lines(a, inner, suffix=",")

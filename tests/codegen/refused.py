@@ -9,7 +9,6 @@ import pytest
 
 CODEGEN_REFUSES = {
     "switch-base-8-encdec": "an encoder-decoder model",
-    "mimo-v2-flash": "attention.value_scale",
 }
 
 

@@ -36,6 +36,21 @@ layers:
   default: {ffn: moe}
 """
 
+# MiMo-V2-Flash in miniature: windowed layers of 4 KV heads with sinks and a RoPE base of their own, full ones of 2
+# KV heads without; values narrower than the queries and keys, and scaled
+MIMO = """\
+name: tiny-mimo
+model: {vocab_size: 64, d_model: 32, n_layers: 3, max_seq_len: 32, positions: {kind: rope, partial_rotary_factor: 0.5}}
+attention: {n_heads: 4, n_kv_heads: 2, head_dim: 12, v_head_dim: 8, value_scale: 0.7}
+ffn: {d_ff: 48}
+moe: {n_experts: 4, d_ff: 16, router: {top_k: 2, score: sigmoid, selection_bias: true, normalize_topk: true}}
+layers:
+  default: {ffn: moe, attention: {window: 4, n_kv_heads: 4, sinks: true, rope_theta: 1000.0}}
+  overrides:
+    - {select: [0], ffn: dense}
+    - {select: [0, 2], attention: {window: null, n_kv_heads: 2, sinks: false, rope_theta: null}}
+"""
+
 CASES = {
     "indexer, rotary pairs in halves": INDEXED,
     # (no window: a windowed cache is a ring, where ties among the indexer's ReLU-zero scores fall to other keys)
@@ -95,6 +110,7 @@ CASES = {
         attn="n_kv_heads: 2, output_gate: element, output_gate_fn: softplus, v_head_dim: 4"
     ),
     "softplus output gate per head": variant(attn="n_kv_heads: 2, output_gate: head, output_gate_fn: softplus"),
+    "layers with and without sinks, value scale (MiMo-V2-Flash)": MIMO,
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -126,6 +142,7 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
 # each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
 # the comparison above would catch a generated file that ignored it
 WITHOUT = {
+    "layers with and without sinks, value scale (MiMo-V2-Flash)": (", value_scale: 0.7", ""),
     "softplus output gate per head": ("output_gate_fn: softplus", "output_gate_fn: sigmoid"),
     "router logit softcap": ("logit_softcap: 0.5, ", ""),
     "selection bias on the logits, groups, softcap": ("selection_bias_on: logits, ", ""),
@@ -185,6 +202,10 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             ],
         ),
         ("softplus output gate per head", ["gate = F.softplus(g.to(torch.promote_types(g.dtype, torch.float32)))"]),
+        (
+            "layers with and without sinks, value scale (MiMo-V2-Flash)",
+            ["v = v * self.value_scale", "if sinks is None:", "value_scale=0.7", "sinks=sinks"],
+        ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

@@ -158,12 +158,13 @@ def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
     torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
 
 
-def test_moec_build_refuses_the_softplus_gate_by_name():
-    """codegen does not render Laguna's features yet: moec build names them rather than write a wrong model.py."""
+def test_moec_build_refuses_a_layers_own_rotary_width_by_name(checkpoint):
+    """codegen renders the softplus gate but not a layer's own rotary width yet: moec build names it rather than
+    write a wrong model.py."""
     from moec.codegen import render_model_source
 
-    with pytest.raises(ValueError, match="attention.output_gate_fn 'softplus'"):
-        render_model_source(hf_to_model(CLASS_DEFAULTS))
+    with pytest.raises(ValueError, match="codegen does not support a layer's own rotary_dim"):
+        render_model_source(moec.from_hf(checkpoint[1]).plan)
 
 
 def test_the_class_default_plan_exports_as_laguna_with_transformers_count():

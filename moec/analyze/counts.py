@@ -253,7 +253,8 @@ def layer_parts(layer: LayerPlan, model: ResolvedModel) -> dict[str, Part]:
     norms = {"sandwich": 2 * sublayers, "parallel": 1}.get(model.norm.placement, sublayers)  # of d each
     if isinstance(layer.ffn, MoEPlan) and layer.ffn.output_norm and model.norm.placement != "sandwich":
         norms += 1  # the MoE block's own output norm (A.X-K1)
-    parts["norms"] = Part(norms * d * npd, norms * d * npd, 0)
+    gated = len(model.norm_gate.gates(layer)) * 2 * d * model.norm_gate.rank if model.norm_gate else 0  # A.X-K2
+    parts["norms"] = Part(norms * d * npd + gated, norms * d * npd + gated, 2 * gated)
     if model.hyper_connections is not None:  # one connection per sublayer (moec/analyze/hyper.py)
         from moec.analyze.hyper import layer_part
 

@@ -320,6 +320,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         or (not gqa and len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1),  # GQA's Attention takes its heads
         "layers.*.attention.indexer: false": len({x.has_indexer for x in attns}) > 1,
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
+        "model.norm_gate (a low-rank gate on the norms, A.X-K2)": plan.norm_gate is not None,
         "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
         "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),
         "activation 'swiglu_limit_after'": any(

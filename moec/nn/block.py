@@ -35,6 +35,7 @@ from moec.nn.hyper import HyperConnection
 from moec.nn.mla import MLA
 from moec.nn.moa import MoA
 from moec.nn.moe import MoE, MoEAux
+from moec.nn.norm_gate import gate_norm
 from moec.nn.norms import make_norm
 from moec.spec.plan import AbsentPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
@@ -85,10 +86,12 @@ class Block(nn.Module):
         self.attn = make_attention(layer, model, **kw) if layer.has_attention else None
         self.mixer = make_mixer(layer, model, **kw)
         mixes = self.attn is not None or self.mixer is not None
-        self.attn_norm = make_norm(model.norm, model.d_model, **kw) if mixes else None
+        gate, d = model.norm_gate, model.d_model  # A.X-K2 gates chosen pre-norms (moec/nn/norm_gate.py)
+        self.attn_norm = gate_norm(make_norm(model.norm, d, **kw), gate, "mixer", d, **kw) if mixes else None
         self.ffn = make_ffn(layer, model.d_model, backend=backend, **kw)
         own_norm = self.ffn is not None and self.placement != "parallel"  # parallel: the FFN reads attn_norm's h
-        self.ffn_norm = make_norm(model.norm, model.d_model, **kw) if own_norm else None
+        site = "moe_ffn" if isinstance(layer.ffn, MoEPlan) else "dense_ffn"
+        self.ffn_norm = gate_norm(make_norm(model.norm, d, **kw), gate, site, d, **kw) if own_norm else None
         sandwich = self.placement == "sandwich"
         self.attn_post_norm = make_norm(model.norm, model.d_model, **kw) if sandwich and mixes else None
         # sandwich's, or an MoE block's own output norm (moe.output_norm, A.X-K1): x + post(moe(ffn_norm(x)))

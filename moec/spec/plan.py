@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from moec.spec.hyper import HyperConnectionsPlan
+from moec.spec.norm_gate import NormGatePlan
 from moec.spec.schema import FFN, Balance, Lora, MoE, RopeScaling, Router
 from moec.vocab import (
     ATTENTION_KINDS,
@@ -369,6 +370,7 @@ class ResolvedModel:
     encoder: tuple[LayerPlan, ...] = ()
     expert_capacity: int | None = None  # both stacks: tokens an expert takes per sequence, earliest first
     hyper_connections: HyperConnectionsPlan | None = None  # n residual streams (moec/spec/hyper.py); None: one
+    norm_gate: NormGatePlan | None = None  # a low-rank sigmoid gate on chosen norms (moec/spec/norm_gate.py, A.X-K2)
     spec_hash: str = ""
     source_file: str = ""
     description: str = ""
@@ -446,6 +448,7 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         encoder=tuple(layer(l) for l in d.get("encoder", ())),
         expert_capacity=d.get("expert_capacity"),
         hyper_connections=HyperConnectionsPlan(**d["hyper_connections"]) if d.get("hyper_connections") else None,
+        norm_gate=NormGatePlan(d["norm_gate"]["rank"], tuple(d["norm_gate"]["sites"])) if d.get("norm_gate") else None,
         mtp=tuple(layer(l) for l in d.get("mtp", ())),
         frozen=tuple(d.get("frozen", ())),
         head_bias=d.get("head_bias", False),

@@ -13,6 +13,7 @@ from moec.spec.indexer import IndexerSection
 from moec.spec.load import LoadedSpec
 from moec.spec.moa import plan_fields as moa_fields
 from moec.spec.moe_override import layer_sections as moe_layer_sections
+from moec.spec.norm_gate import plan as norm_gate_plan
 from moec.spec.plan import (
     AbsentPlan,
     AttentionPlan,
@@ -145,7 +146,8 @@ def _selection(sel: Select, n_layers: int) -> slice | list[int]:
 _MODEL_AS_WRITTEN = tuple(
     f.name
     for f in dataclasses.fields(ResolvedModel)
-    if f.name in Model.model_fields and f.name not in ("norm", "positions", "residual_scales", "hyper_connections")
+    if f.name in Model.model_fields
+    and f.name not in ("norm", "positions", "residual_scales", "hyper_connections", "norm_gate")
 )
 # attention fields every layer plans as the attention section writes them (and MLA's own, for MLA only)
 _ATTENTION_AS_WRITTEN = (
@@ -298,6 +300,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
         encoder=encoder,
         expert_capacity=spec.encoder.expert_capacity if spec.encoder is not None else None,
         hyper_connections=hyper_plan(m.hyper_connections),
+        norm_gate=norm_gate_plan(m.norm_gate),
         mtp=mtp,
         frozen=tuple(sorted(set(spec.frozen))),
         spec_hash=spec_hash,

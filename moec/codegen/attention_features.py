@@ -21,6 +21,7 @@ class GQAFeatures:
     layer_heads: bool = False  # layers differ in n_heads or n_kv_heads: Attention takes each layer's
     layer_sinks: bool = False  # some layers have attention sinks, some not: Attention takes `sinks`
     value_scale: bool = False  # the values are scaled after v_proj (MiMo-V2-Flash)
+    layer_rotary_dim: bool = False  # some rotating layer has rotated dims of its own (Laguna)
 
 
 def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
@@ -34,6 +35,7 @@ def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
         layer_heads=len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1,
         layer_sinks=len({checked_bool(x.sinks, "attention.sinks") for x in attns}) > 1,
         value_scale=a.value_scale is not None,
+        layer_rotary_dim=any(x.rope and x.rotary_dim is not None for x in attns),
     )
 
 

@@ -112,6 +112,10 @@ class Features:
         return self.mla_parts.indexer_rotate
 
     @property
+    def layer_rotary_dim(self) -> bool:
+        return self.gqa_parts.layer_rotary_dim
+
+    @property
     def latent_scales(self) -> bool:
         return self.mla_parts.latent_scales
 
@@ -189,8 +193,11 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     # the first layer's heads and sinks: `a` describes it
     heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads, "sinks": first.sinks}
     a = _one(
-        [dataclasses.replace(x, window=None, rope=True, rope_theta=None, **heads) for x in attns or [first]],
-        "attention (besides window, rope, rope_theta, head counts and sinks)",
+        [
+            dataclasses.replace(x, window=None, rope=True, rope_theta=None, rotary_dim=None, **heads)
+            for x in attns or [first]
+        ],
+        "attention (besides window, rope, rope_theta, rotary_dim, head counts and sinks)",
     )
     output_gate = checked_choice(a.output_gate, OUTPUT_GATES, "attention.output_gate") if attns else "none"
     kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
@@ -239,7 +246,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         rope_any=any(ropes),
         rope_param=any(ropes) and not all(ropes),
         partial_rotary=any(ropes) and kind in ("gqa", "moa") and plan.rope_dim != a.head_dim,
-        layer_rope_theta=any(x.rope and x.rope_theta is not None for x in attns),
+        # a layer's own rotated dims go the way of its own base: tables by (base, dims), Attention told both
+        layer_rope_theta=any(x.rope and (x.rope_theta is not None or x.rotary_dim is not None) for x in attns),
         scaling=rope.scaling,
         yarn_truncate=rope.yarn_truncate,
         yarn_attention=rope.yarn_attention,
@@ -302,7 +310,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     gqa = all(x.kind == "gqa" for x in attns)
     unsupported = {
         "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
-        "a layer's own rotary_dim (layers.*.attention.rotary_dim)": any(x.rotary_dim is not None for x in attns),
         "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
         "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
         "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),

@@ -154,6 +154,7 @@ ATTENTION_COLUMNS = (
     Column("window", "int | None", "None", "the sliding window in tokens (None: the whole causal context)"),
     Column("rope", "bool", "True", "whether the layer rotates q and k"),
     Column("rope_theta", "float", "ROPE_THETA", "its RoPE base"),
+    Column("rotary_dim", "int", "ROPE_DIM", "its rotated dims"),
 )
 # GQA layers of their own head counts (MiMo-V2-Flash): columns only when they differ, None in a layer without attention
 HEAD_COLUMNS = (
@@ -177,6 +178,7 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
         "window": "None" if a.window is None else int_text(a.window, "window"),
         "rope": repr(rotates) if f.rope_param else "True",  # Attention takes `rope` only when some layer does not
         "rope_theta": float_text(a.rope_theta, "rope_theta") if own_base else "ROPE_THETA",
+        "rotary_dim": int_text(a.rotary_dim, "rotary_dim") if rotates and a.rotary_dim is not None else "ROPE_DIM",
     }
     if f.gqa_parts.layer_heads:
         row |= {"n_heads": int_text(a.n_heads, "n_heads"), "n_kv_heads": int_text(a.n_kv_heads, "n_kv_heads")}

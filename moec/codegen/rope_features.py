@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
+from moec.codegen.layout import WIDTH
 from moec.spec.plan import AttentionPlan, PositionsPlan, ResolvedModel
 
 SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
@@ -31,6 +32,7 @@ def rope_features(
     thetas = [pos.theta] + [x.rope_theta for x in attns if x.rope and x.rope_theta is not None]
     bases = [float_text(t, "rope_theta") for t in dict.fromkeys(thetas)]
     c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
+    c["rope_tables"] = _tables(attns)
     sc = pos.scaling
     if sc is None:
         return RopeFeatures()
@@ -41,6 +43,19 @@ def rope_features(
         c["rope_mscale_all_dim"] = float_text(sc.mscale_all_dim, "scaling.mscale_all_dim")
     truncate = scaling == "yarn" and checked_bool(sc.truncate, "scaling.truncate")
     return RopeFeatures(scaling, truncate, yarn_attention, mla_scale_factor)
+
+
+def _tables(attns: list[AttentionPlan]) -> str:
+    """ROPE_TABLES: every (base, rotated dims) a rotating layer reads, the model's first, as text."""
+    keys = {("ROPE_THETA", "ROPE_DIM"): None}
+    for x in attns:
+        if x.rope:
+            theta = "ROPE_THETA" if x.rope_theta is None else float_text(x.rope_theta, "rope_theta")
+            keys[theta, "ROPE_DIM" if x.rotary_dim is None else int_text(x.rotary_dim, "rotary_dim")] = None
+    one = f"({', '.join(f'({t}, {d})' for t, d in keys)}{',' if len(keys) == 1 else ''})"
+    if len(f"ROPE_TABLES = {one}") <= WIDTH:
+        return one
+    return "(\n" + "".join(f"    ({t}, {d}),\n" for t, d in keys) + ")"  # one per line, as ruff splits it
 
 
 def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | None]) -> str:

@@ -111,6 +111,18 @@ CASES = {
     ),
     "softplus output gate per head": variant(attn="n_kv_heads: 2, output_gate: head, output_gate_fn: softplus"),
     "layers with and without sinks, value scale (MiMo-V2-Flash)": MIMO,
+    "layers of their own rotated dims and rope base (Laguna)": variant(
+        model="positions: {kind: rope, rotary_dim: 4}",
+        attn="n_kv_heads: 2",
+        moe=True,
+        overrides="{select: [1], attention: {rotary_dim: 8, window: 4}}, {select: [2], attention: {rope_theta: 500.0}}",
+    ),
+    "a layer's own rotated dims, yarn, a layer without rope": variant(
+        model="positions: {kind: rope, scaling: {kind: yarn, factor: 4.0, original_max_seq_len: 8}}",
+        attn="n_kv_heads: 2",
+        moe=True,
+        overrides="{select: [0], attention: {rotary_dim: 4}}, {select: [2], attention: {rope: false}}",
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -142,6 +154,7 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
 # each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
 # the comparison above would catch a generated file that ignored it
 WITHOUT = {
+    "layers of their own rotated dims and rope base (Laguna)": ("rotary_dim: 8, ", ""),
     "layers with and without sinks, value scale (MiMo-V2-Flash)": (", value_scale: 0.7", ""),
     "softplus output gate per head": ("output_gate_fn: softplus", "output_gate_fn: sigmoid"),
     "router logit softcap": ("logit_softcap: 0.5, ", ""),
@@ -205,6 +218,13 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         (
             "layers with and without sinks, value scale (MiMo-V2-Flash)",
             ["v = v * self.value_scale", "if sinks is None:", "value_scale=0.7", "sinks=sinks"],
+        ),
+        (
+            "layers of their own rotated dims and rope base (Laguna)",
+            [
+                "ROPE_TABLES = ((ROPE_THETA, ROPE_DIM), (ROPE_THETA, 8), (500.0, ROPE_DIM))",
+                "ropes[block.attn.rope_theta, block.attn.rotary_dim]",
+            ],
         ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],

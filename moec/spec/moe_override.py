@@ -20,7 +20,8 @@ from moec.vocab import GATED, LIMITED
 if TYPE_CHECKING:
     from moec.spec.schema import MoE, Spec
 
-Limit = Annotated[float, Field(gt=0, le=1e4)]
+MAX_LIMIT = 1e4  # as moe.activation_limit's bound
+Limit = Annotated[float, Field(gt=0, le=MAX_LIMIT)]
 
 
 class MoEOverride(Strict):

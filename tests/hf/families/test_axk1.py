@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -115,11 +116,12 @@ def test_in_memory_names_and_the_releases_dense_layer_norm_load_to_the_same_logi
         moec.from_hf(tmp_path)
 
 
-def test_moec_build_refuses_the_moe_output_norm_by_name():
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="moe.output_norm"):
-        render_model_source(hf_to_model(A_X_K1))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders the MoE output norm: the generated model.py holding the imported weights gives moec.nn's
+    logits and aux bit for bit."""
+    model = moec.from_hf(checkpoint[1])
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_the_release_exports_as_axk1_with_transformers_count():

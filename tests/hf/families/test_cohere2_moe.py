@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     away_from_init,
     hf_counts,
@@ -139,12 +140,16 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(variant, t
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
-def test_moec_build_refuses_the_parallel_block_by_name():
-    """codegen does not render the parallel block yet: moec build says so, naming it, rather than a wrong model.py."""
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="model.norm.placement 'parallel'"):
-        render_model_source(hf_to_model(NORTH_MINI_CODE))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_generated_model_py_gives_the_library_logits(variant, tmp_path):
+    """moec build renders the parallel block: the generated model.py holding the imported weights gives moec.nn's
+    logits and aux bit for bit."""
+    hf = tiny_hf("cohere2_moe", {**TINY, **VARIANTS[variant]})
+    away_from_init(hf, small_biases=True)
+    hf.save_pretrained(tmp_path / "hf")
+    model = moec.from_hf(tmp_path / "hf")
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_the_release_exports_as_cohere2_moe_with_transformers_count():

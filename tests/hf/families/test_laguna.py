@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -158,13 +159,12 @@ def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
     torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
 
 
-def test_moec_build_refuses_a_layers_own_rotary_width_by_name(checkpoint):
-    """codegen renders the softplus gate but not a layer's own rotary width yet: moec build names it rather than
-    write a wrong model.py."""
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="codegen does not support a layer's own rotary_dim"):
-        render_model_source(moec.from_hf(checkpoint[1]).plan)
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders the softplus gate and each layer's own rotary width: the generated model.py holding the
+    imported weights gives moec.nn's logits and aux bit for bit."""
+    model = moec.from_hf(checkpoint[1])
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_the_class_default_plan_exports_as_laguna_with_transformers_count():

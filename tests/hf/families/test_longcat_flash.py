@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     refused_fields,
     saved_checkpoint,
@@ -117,8 +118,9 @@ def test_in_memory_stacked_names_load_to_the_same_logits(checkpoint, tmp_path):
     assert assert_same(hf, moec.from_hf(tmp_path)) <= 1e-4
 
 
-def test_moec_build_refuses_the_shortcut_moe_pair_by_name():
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="shortcut_moe_pair"):
-        render_model_source(hf_to_model(LONGCAT_FLASH))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders shortcut-MoE pair layers, latent scales and zero experts: the generated model.py holding the
+    imported weights gives moec.nn's logits and aux bit for bit."""
+    model = moec.from_hf(checkpoint[1])
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)

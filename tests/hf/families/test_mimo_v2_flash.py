@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -163,13 +164,12 @@ def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
     torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
 
 
-def test_moec_build_refuses_the_value_scale_by_name():
-    """codegen renders per-layer heads but not the value scale (nor sinks on some layers) yet: moec build names it
-    rather than write a wrong model.py."""
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="codegen does not support attention.value_scale"):
-        render_model_source(hf_to_model(RELEASE))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders per-layer heads and sinks, v_head_dim and the value scale: the generated model.py holding the
+    imported weights gives moec.nn's logits and aux bit for bit."""
+    model = moec.from_hf(checkpoint[1])
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_the_shipped_spec_is_the_release_as_imported():

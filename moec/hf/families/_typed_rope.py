@@ -1,19 +1,23 @@
 """Rotary parameters per attention type, as Laguna and MiMo-V2-Flash configure them: ``rope_parameters`` maps
 full_attention and sliding_attention to a mapping each, with its own ``rope_theta`` and ``partial_rotary_factor``.
 moec gives the model the mapping of the used type with the largest base (:func:`reference_rope_type`) and a layer
-of another type its own base and rotated width (``layers.*.attention.rope_theta``, ``rotary_dim``); the scalings
-of the types (rope_type and its parameters) must be one, moec having one scaling per model, and are refused by
-name where they differ. The family says what its configuration class does when a mapping or a factor is missing
-(:class:`TypedRope`)."""
+of another type its own base and rotated width (``layers.*.attention.rope_theta``, ``rotary_dim``); where the
+types' scalings (rope_type and its parameters) differ, every layer gets its type's (``layers.*.attention.
+rope_scaling``), a length-dependent kind (dynamic, longrope) being refused by name. The family says what its
+configuration class does when a mapping or a factor is missing (:class:`TypedRope`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, HFConfig, is_number, shown
 from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type, rope_per_type_ok
+from moec.hf.families._export_common import export_rope
+from moec.hf.rope import read_rope
+from moec.spec.rope_scaling import LAYER_KINDS
 
 if TYPE_CHECKING:
     from moec.spec.plan import ResolvedModel
@@ -26,13 +30,13 @@ PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")
 class TypedRope:
     """What one family's configuration and rotary classes do: ``name`` prefixes its classes (``Laguna``),
     ``default_rope`` is the mapping __post_init__ sets when rope_parameters is unset, ``factor_of`` a type's
-    rotated fraction when its mapping gives none, ``proposal`` the schema addition that would carry differing
-    scalings."""
+    rotated fraction when its mapping gives none; ``proposal`` what a family that refuses differing scalings
+    itself proposes instead."""
 
     name: str
     default_rope: dict[str, dict[str, Any]]
     factor_of: Callable[[dict[str, Any]], float]
-    proposal: str
+    proposal: str = ""
 
     def factor(self, mapping: dict[str, Any]) -> Any:
         return mapping.get("partial_rotary_factor", self.factor_of(mapping))
@@ -76,22 +80,12 @@ def typed_base(
 
 
 def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str], fam: TypedRope) -> None:
-    """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
-    reference type's); the types' scalings must be one: moec has one scaling per model."""
+    """Each layer's base, rotated dims and scaling from its type's mapping where they differ from the model's (the
+    reference type's)."""
     ref = reference_rope_type(per_type, types)
     if ref is None or any(t not in per_type for t in types):
         return
-    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
-    for t in sorted(set(types) - {ref}):
-        other = {k: v for k, v in per_type[t].items() if k not in PER_LAYER_KEYS}
-        if other != scaling:
-            d.gap(
-                f"rope_parameters.{t}",
-                other,
-                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
-                "layer its own base and rotary width but one scaling per model",
-                fam.proposal,
-            )
+    layer_scalings(c, d, per_type, types, ref)
     head_dim = c.int("head_dim")
     if c.failed("head_dim"):
         return
@@ -110,6 +104,62 @@ def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types
         d.layer_attention["rotary_dim"] = (own_rot, f"{note}.partial_rotary_factor × head_dim (a layer's own width)")
 
 
+class Scaling(dict):
+    """A layer's own scaling as the spec writes it (a mapping), hashable so that the draft can group the layers
+    that share one."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.items())))
+
+
+def scaling_of(c: HFConfig, d: Draft, t: str, mapping: dict[str, Any]) -> Scaling | None:
+    """Type ``t``'s rope mapping, its base and rotated fraction left out, as moec's scaling (None: the default
+    rope, unscaled), read as the model's is (moec.hf.rope); what it notes or refuses is located under
+    ``rope_parameters.<t>``."""
+    scratch = Draft(d.model_type)
+    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
+    c.raw["rope_parameters"] = {k: v for k, v in mapping.items() if k not in PER_LAYER_KEYS}
+    issues = len(c.issues)
+    read_rope(c, scratch)
+    if given:
+        c.raw["rope_parameters"] = saved
+    else:
+        del c.raw["rope_parameters"]
+    old, new = "rope_parameters", f"rope_parameters.{t}"
+    c.issues[issues:] = [(f.replace(old, new, 1), m) for f, m in c.issues[issues:]]
+    d.gaps += [dataclasses.replace(g, field=g.field.replace(old, new, 1)) for g in scratch.gaps]
+    prefix = "model.positions.scaling."
+    fields = {k.removeprefix(prefix): v for k, (v, _) in scratch.fields.items() if k.startswith(prefix)}
+    return Scaling(fields) if fields else None
+
+
+def layer_scalings(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str], ref: str) -> None:
+    """Where the used types scale differently, each layer its own scaling (layers.*.attention.rope_scaling: the
+    reference type's is the model's too, as the base read it), written out on every layer; kinds that depend on the
+    live length cannot be a layer's own and are refused by name."""
+
+    def flat(t: str) -> dict[str, Any]:
+        return {k: v for k, v in per_type[t].items() if k not in PER_LAYER_KEYS}
+
+    prefix = "model.positions.scaling."
+    model = Scaling({k.removeprefix(prefix): v for k, (v, _) in d.fields.items() if k.startswith(prefix)}) or None
+    own = {t: model if flat(t) == flat(ref) else scaling_of(c, d, t, per_type[t]) for t in sorted(set(types))}
+    if len(set(own.values())) == 1:
+        return
+    for t, sc in own.items():
+        if sc is not None and sc.get("kind") not in LAYER_KINDS:
+            d.gap(
+                f"rope_parameters.{t}",
+                dict(sc),
+                f"{t} layers scale rope by {sc.get('kind')}, unlike the others, and a layer's own scaling is one of "
+                f"{', '.join(LAYER_KINDS)} (the others depend on the live sequence length)",
+                "layers.*.attention.rope_scaling of a length-dependent kind (dynamic, longrope)",
+            )
+            return
+    note = "rope_parameters.<layer type>: each type's own scaling (null: none)"
+    d.layer_attention["rope_scaling"] = ([own[t] for t in types], note)
+
+
 def export_typed_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, Any] | None) -> dict[str, Any]:
     """rope_parameters per layer type: each type's one base and rotated width (refused where layers of a type
     differ), the model's scaling on every type."""
@@ -119,7 +169,12 @@ def export_typed_rope(m: ResolvedModel, types: list[str], base_rope: dict[str, A
         a = lp.attention
         theta = m.positions.theta if a.rope_theta is None else a.rope_theta
         factor = _factor(a.rotary_dim or m.rope_dim, head_dim)
-        mapping = {"rope_type": "default", **(base_rope or {}), "rope_theta": theta, "partial_rotary_factor": factor}
+        scaling = base_rope
+        if a.own_rope_scaling:  # the layer's own, spelt as the model's would be
+            scaling = export_rope(
+                dataclasses.replace(m, positions=dataclasses.replace(m.positions, scaling=a.rope_scaling))
+            )
+        mapping = {"rope_type": "default", **(scaling or {}), "rope_theta": theta, "partial_rotary_factor": factor}
         if out.setdefault(t, mapping) != mapping:
             raise CannotExport(f"gives every {t} layer one rope base and rotary width")
     return out

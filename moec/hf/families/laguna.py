@@ -9,9 +9,10 @@ else MoE: sigmoid scores of the (optionally tanh-softcapped) logits, a selection
 the top-k weights renormalised by their bare sum and scaled by ``moe_routed_scaling_factor``, plus one shared MLP
 of ``shared_expert_intermediate_size`` without a gate.
 
-moec has one rope scaling per model: types whose rope_type or scaling parameters differ (Laguna XS 2.1: YaRN on the
-full layers, none on the sliding ones) are refused, naming the type's mapping. Checkpoints keep transformers' names,
-the gate's projection ``g_proj`` (moec's ``gate_proj``).
+Types whose rope_type or scaling parameters differ (Laguna XS 2.1: YaRN on the full layers, none on the sliding
+ones) give each layer its type's scaling (``layers.*.attention.rope_scaling``; dynamic and longrope, which depend on
+the live length, refused by name). Checkpoints keep transformers' names, the gate's projection ``g_proj`` (moec's
+``gate_proj``).
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ LAGUNA_ROPE = TypedRope(
     "Laguna",
     DEFAULT_ROPE,
     lambda mapping: 1.0,  # LagunaRotaryEmbedding: a type without partial_rotary_factor rotates whole heads
-    "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Laguna XS 2.1: YaRN on "
-    "full-attention layers, none on sliding ones). No count change",
 )
 GATES = {True: "head", "per-head": "head", "per-element": "element"}
 

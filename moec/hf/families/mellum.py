@@ -4,9 +4,10 @@ renormalised, no shared expert), with sliding windows on the ``layer_types`` lay
 ``mlp_layer_types`` "dense" layers, and rotary parameters per attention type: ``rope_parameters`` maps
 full_attention and sliding_attention to their own mapping (base and scaling).
 
-moec gives a layer its own RoPE base (``layers.*.attention.rope_theta``) but one scaling for the whole model:
-layer types whose rope_type or scaling parameters differ (Mellum 2.1's release: YaRN on the full layers, none on
-the sliding ones) are refused, naming the sliding type's mapping. The MTP layer the config may describe
+moec gives a layer its own RoPE base (``layers.*.attention.rope_theta``) and, where the layer types' rope_type or
+scaling parameters differ (Mellum 2.1's release: YaRN on the full layers, none on the sliding ones), its own
+scaling (``layers.*.attention.rope_scaling``; dynamic and longrope, which depend on the live length, refused by
+name). The MTP layer the config may describe
 (``num_mtp_layers``) is built by neither transformers nor moec; its ``mtp.*`` tensors are let go on load, as
 transformers does. Checkpoints use transformers' common names (the base Mapper).
 """
@@ -31,6 +32,7 @@ from moec.hf.families._common import (
     router,
     typed_windows,
 )
+from moec.hf.families._typed_rope import layer_scalings
 from moec.hf.mapper import Mapper
 
 # fmt: off
@@ -123,24 +125,13 @@ def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]
 
 
 def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]]) -> None:
-    """Each layer's base from its type's mapping; the model's is the largest used, the others a layer's own.
-    The types' scalings must be one: moec has one scaling per model."""
+    """Each layer's base and scaling from its type's mapping; the model's are the used type's of the largest base,
+    the others a layer's own."""
     types = listed_layer_types(c)
     ref = reference_rope_type(per_type, listed_layer_types(c))
     if ref is None or any(t not in per_type for t in types):
         return  # layer_types refused (or not checked, the layer count being refused)
-    scaling = {k: v for k, v in per_type[ref].items() if k != "rope_theta"}
-    for t in sorted(set(types) & set(ROPE_TYPES) - {ref}):
-        other = {k: v for k, v in per_type[t].items() if k != "rope_theta"}
-        if other != scaling:
-            d.gap(
-                f"rope_parameters.{t}",
-                other,
-                f"{t} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
-                "layer its own base but one scaling per model",
-                "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Mellum 2.1: YaRN "
-                "on full-attention layers, none on sliding ones). No count change",
-            )
+    layer_scalings(c, d, per_type, types, ref)
     model = float(per_type[ref]["rope_theta"])
     own = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model else None for t in types]
     if any(own):

@@ -64,7 +64,6 @@ MIMO_ROPE = TypedRope(
     NAME,
     DEFAULT_ROPE,
     _factor_of,
-    "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters. No count change",
 )
 
 

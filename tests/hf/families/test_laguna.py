@@ -1,7 +1,6 @@
 """Laguna (model_type laguna, Poolside): on LagunaConfig's class defaults the analyzer's total and active equal
 transformers' model built on meta; on Laguna XS 2.1's config (as a public loader's test quotes it, trimmed to 8
-layers) the one thing moec cannot say, YaRN on the full layers only, is refused by name at the sliding type's
-rope mapping, with the drafted spec counting as transformers; a tiny save_pretrained checkpoint (per-layer heads,
+layers), with YaRN on the full layers only (each layer its own scaling), likewise, and it exports back; a tiny save_pretrained checkpoint (per-layer heads,
 partial rotary on the full layers with their own base, the softplus head gate, the softcapped sigmoid router with
 its selection bias, a shared MLP) loads with moec.from_hf to transformers' logits and router choices."""
 
@@ -27,6 +26,9 @@ from tests.hf.families._harness import (  # noqa: E402
 from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# LagunaConfig's rope_parameters when unset
+LAGUNA_ROPE_DEFAULTS = transformers.LagunaConfig().rope_parameters
 
 CLASS_DEFAULTS = {"model_type": "laguna", "architectures": ["LagunaForCausalLM"]}
 
@@ -62,20 +64,22 @@ def test_class_default_counts_equal_transformers_model_on_meta():
     assert [lp.ffn.kind for lp in plan.layers[:2]] == ["dense", "moe"]
 
 
-def test_xs_2_1_is_refused_for_yarn_on_the_full_layers_only_and_its_draft_counts_as_transformers():
-    from moec.hf.config import render_yaml, translate
-    from moec.spec import load_spec, resolve
+def test_xs_2_1_with_yarn_on_its_full_layers_only_counts_as_transformers_and_exports_back():
+    from moec.hf import export_hf_config
+    from moec.hf.config import plan_differences
 
-    t = translate(XS_2_1)
-    assert [(g.field, g.param_delta) for g in t.gaps] == [("rope_parameters.sliding_attention", 0)]
-    plan = resolve(load_spec("draft", text=render_yaml(t)))
+    plan = hf_to_model(XS_2_1)
     params = analyze(plan).params
     assert (params.total, params.active) == hf_counts(XS_2_1)
-    # per layer: 48 heads, base 500000 and 64 rotated dims on the full layers, 64 heads, 10000 and 128 on the others
-    got = [(lp.attention.n_heads, lp.attention.rope_theta, lp.attention.rotary_dim, lp.attention.window) for lp in
-           plan.layers[:2]]  # fmt: skip
-    assert got == [(48, None, None, None), (64, 10000.0, 128, 512)]
+    # per layer: 48 heads, base 500000, 64 rotated dims and YaRN on the full layers, 64 heads, 10000, 128 and no
+    # scaling on the others
+    got = [(lp.attention.n_heads, lp.attention.rope_theta, lp.attention.rotary_dim, lp.attention.window,
+            getattr(lp.attention.rope_scaling, "factor", None)) for lp in plan.layers[:2]]  # fmt: skip
+    assert got == [(48, None, None, None, 32.0), (64, 10000.0, 128, 512, None)]
     assert (plan.positions.theta, plan.positions.rotary_dim) == (500000.0, 64)
+    cfg = export_hf_config(plan)
+    assert cfg["rope_parameters"]["sliding_attention"]["rope_type"] == "default"
+    assert plan_differences(plan, hf_to_model(cfg)) == []
 
 
 @pytest.mark.parametrize(
@@ -146,6 +150,17 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert model.plan.layers[1].ffn.router.logit_softcap == 1.5
     assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_a_tiny_checkpoint_with_yarn_on_its_full_layers_only_gives_transformers_logits(tmp_path):
+    yarn = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 8.0, "beta_slow": 1.0, "partial_rotary_factor": 0.5}  # fmt: skip
+    cfg = {**TINY, "rope_parameters": {**LAGUNA_ROPE_DEFAULTS, "full_attention": yarn}}
+    hf = tiny_hf("laguna", cfg)
+    hf.save_pretrained(tmp_path)
+    model = moec.from_hf(tmp_path)
+    assert [getattr(lp.attention.rope_scaling, "kind", None) for lp in model.plan.layers] == ["yarn", None] * 2
+    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
 
 
 def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):

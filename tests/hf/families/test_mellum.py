@@ -1,5 +1,6 @@
-"""Mellum (model_type mellum): the release config is refused naming the per-layer rope scaling moec lacks, and
-its nearest expressible config counts as transformers' model on meta; a tiny random checkpoint (sliding and full
+"""Mellum (model_type mellum): the release config (YaRN on its full layers only: each layer its own scaling) and
+its nearest one-scaling config count as transformers' model on meta; tiny checkpoints (one with YaRN on its full
+layers only); a tiny random checkpoint (sliding and full
 layers of their own bases, a dense layer among MoE ones, an MTP tensor transformers lets go) loads with
 moec.from_hf to transformers' logits and router choices; the generated model.py gives moec.nn's logits; Qwen's
 fields MellumConfig deletes are named, not refused."""
@@ -9,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from moec.analyze import analyze
-from moec.errors import SpecError
 from moec.hf import hf_to_model, import_hf_config
 from moec.hf.config import plan_differences
 from tests.hf.configs import hf_model_on_meta
@@ -64,12 +64,24 @@ TINY = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_release_config_is_refused_naming_the_per_layer_rope_scaling():
-    with pytest.raises(SpecError) as e:
-        hf_to_model(MELLUM21)
-    (problem,) = e.value.problems
-    assert problem.path == "rope_parameters.sliding_attention"
-    assert "layers.*.attention.rope_scaling" in problem.message
+def test_release_counts_equal_transformers_model_on_meta():
+    """Mellum 2.1 scales its full layers by YaRN and its sliding ones not at all: each layer its own scaling."""
+    plan = hf_to_model(MELLUM21)
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(MELLUM21)
+    own = {(lp.attention.window, lp.attention.own_rope_scaling, getattr(lp.attention.rope_scaling, "factor", None))
+           for lp in plan.layers}  # fmt: skip
+    assert own == {(None, True, 16.0), (1024, True, None)}
+
+
+def test_a_tiny_checkpoint_with_yarn_on_its_full_layers_only_gives_transformers_logits(tmp_path):
+    yarn = {**YARN, "factor": 4.0, "original_max_position_embeddings": 16, "attention_factor": 1.2}
+    cfg = {**TINY, "rope_parameters": {**TINY["rope_parameters"], "full_attention": yarn}}
+    hf = tiny_hf("mellum", cfg)
+    hf.save_pretrained(tmp_path)
+    model = moec.from_hf(tmp_path)
+    assert [lp.attention.rope_scaling is None for lp in model.plan.layers] == [True, False] * 2
+    assert assert_same(hf, model) <= 1e-4
 
 
 def test_nearest_release_counts_equal_transformers_model_on_meta():

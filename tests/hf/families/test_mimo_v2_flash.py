@@ -103,9 +103,10 @@ def test_xiaomis_fields_are_named_where_they_agree():
         ({"scoring_func": "softmax"}, "scoring_func"),
         ({"mlp_layer_types": ["dense"] * 47 + ["moe"]}, "mlp_layer_types"),
         ({"attention_value_scale": -1.0}, "attention_value_scale"),
-        ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 5e6, "factor": 4.0},
+        ({"rope_parameters": {"full_attention": {"rope_type": "dynamic", "rope_theta": 5e6, "factor": 4.0,
+                                                 "partial_rotary_factor": 0.334},
                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
-         "rope_parameters.sliding_attention"),  # one scaling per model
+         "rope_parameters.full_attention"),  # a layer's own scaling cannot depend on the live length
     ],
 )  # fmt: skip
 def test_what_transformers_would_not_run_as_said_is_refused_located(change, field):

@@ -148,6 +148,23 @@ REFUSED_FAMILIES: dict[str, str] = {
             "layers layer_types marks only"
         ),
     ),
+    # Gemma4ForConditionalGeneration (its text model) and Gemma4ForCausalLM: the sandwich norms, the √d embedding
+    # scale, the attention scale 1, the per-type windows and the logit soft-cap are expressible, the rest is not yet
+    **dict.fromkeys(
+        ("gemma4", "gemma4_text"),
+        (
+            "a weightless RMS norm on the values (v_norm), a per-layer output scale kept in the checkpoint "
+            "(layer_scalar), full-attention layers with a head_dim and key/value head count of their own "
+            "(global_head_dim, num_global_key_value_heads), keys reused as values on those layers "
+            "(attention_k_eq_v), proportional RoPE (rope_type proportional: the first partial_rotary_factor of the "
+            "frequency pairs rotate at the whole head_dim's frequencies, the others not at all), and, where the "
+            "config enables them, an MoE block beside the dense MLP (enable_moe_block: its own pre and post norms, "
+            "a router over a weightless norm times a learned scale vector, a learned per-expert scale on the top-k "
+            "weights), per-layer input embeddings (hidden_size_per_layer_input), key/value sharing over the last "
+            "num_kv_shared_layers layers with a double-wide MLP on them (use_double_wide_mlp) and bidirectional "
+            "attention (use_bidirectional_attention: all)"
+        ),
+    ),
 }
 """model_type (as transformers' config.json spells it) → the features moec lacks for it, named."""
 

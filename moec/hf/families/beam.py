@@ -147,7 +147,8 @@ def _base(c: HFConfig, d: Draft, per_type: dict[str, Any] | None, types: list[st
     else:
         c.raw.pop("rope_parameters", None)
     if rotating and per_type is not None:
-        d.put("model.positions.theta", float(per_type[rotating[0]]["rope_theta"]), f"rope_parameters.{rotating[0]}")
+        where = f"rope_parameters.{rotating[0]}" if given else "rope_parameters unset: BeamConfig's default_theta"
+        d.put("model.positions.theta", float(per_type[rotating[0]]["rope_theta"]), where)
 
 
 def _attention(c: HFConfig, d: Draft) -> None:

@@ -73,21 +73,6 @@ REFUSED_FAMILIES: dict[str, str] = {
             "dynamic short convolutions, attention sinks, gated output projection and softcapped SwiGLU experts"
         ),
     ),
-    # Gemma4ForConditionalGeneration (its text model) and Gemma4ForCausalLM: every text config has v_norm and
-    # layer_scalar, and the class defaults give the full-attention layers a head_dim of their own
-    **dict.fromkeys(
-        ("gemma4", "gemma4_text"),
-        (
-            "a weightless RMS norm on the values (v_norm), a per-layer output scale stored in the checkpoint "
-            "(layer_scalar), a head_dim and key/value head count of the full-attention layers' own "
-            "(global_head_dim, num_global_key_value_heads), keys reused as values on the full layers "
-            "(attention_k_eq_v), proportional RoPE (partial rotation that keeps the whole head_dim), and, where "
-            "enabled, an MoE block beside the dense MLP (enable_moe_block: its own pre and post norms, a router over a "
-            "weightless norm times a learned scale vector, a learned per-expert scale on the top-k weights), "
-            "per-layer input embeddings (hidden_size_per_layer_input), key/value sharing across the last "
-            "num_kv_shared_layers layers and a double-wide MLP on them (use_double_wide_mlp)"
-        ),
-    ),
     # DiffusionGemmaForBlockDiffusion and its text model
     **dict.fromkeys(
         ("diffusion_gemma", "diffusion_gemma_text"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.spec.indexer import ROPE_LAYOUTS
 from moec.spec.plan import AttentionPlan
-from moec.vocab import OUTPUT_GATE_FNS
+from moec.vocab import OUTPUT_GATE_FNS, TEMPERATURE_FORMS
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,38 @@ class GQAFeatures:
     layer_sinks: bool = False  # some layers have attention sinks, some not: Attention takes `sinks`
     value_scale: bool = False  # the values are scaled after v_proj (MiMo-V2-Flash)
     layer_rotary_dim: bool = False  # some rotating layer has rotated dims of its own (Laguna)
+    chunk: bool = False  # some layer attends within chunks (Llama-4): Attention takes `chunk`
+    l2_norm: str = ""  # Llama-4's weightless L2 qk-norm: "all" layers, "some" (Attention takes `qk_norm`), or ""
+    temperature: str = ""  # NoPE temperature tuning: "all" layers, "some" (Attention takes `temperature_tuning`)
+    temperature_form: str = "floor_log"  # its form: floor_log (Llama-4) or power (Beam)
 
 
-def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
-    """GQA's optional parts of ``a`` (every attention layer's configuration but its head counts) and ``attns``
-    (each attention layer's plan)."""
+def _which(flags: list[bool]) -> str:
+    """ "all", "some" or "" of the layers have it."""
+    return "all" if flags and all(flags) else "some" if any(flags) else ""
+
+
+def _temperature(attns: list[AttentionPlan], c: dict[str, str | None]) -> tuple[str, str]:
+    """Which layers tune their queries' temperature, and its form; its two numbers into ``c`` (one pair per model)."""
+    tuned = [x for x in attns if x.temperature_floor_scale is not None and x.temperature_scale is not None]
+    if not tuned:
+        return "", "floor_log"
+    pairs = {(x.temperature_floor_scale, x.temperature_scale, x.temperature_form) for x in tuned}
+    if len(pairs) > 1:
+        raise ValueError("codegen supports one temperature tuning (floor scale, scale, form) per model")
+    floor_scale, scale, form = pairs.pop()
+    c["temperature_floor_scale"] = float_text(floor_scale, "attention.temperature_tuning.floor_scale")
+    c["temperature_scale"] = float_text(scale, "attention.temperature_tuning.scale")
+    which = _which([x in tuned for x in attns])
+    return which, checked_choice(form, TEMPERATURE_FORMS, "attention.temperature_tuning.form")
+
+
+def gqa_features(a: AttentionPlan, attns: list[AttentionPlan], c: dict[str, str | None]) -> GQAFeatures:
+    """GQA's optional parts of ``a`` (every attention layer's configuration but what tells layers apart) and
+    ``attns`` (each attention layer's plan); the constants they print into ``c``."""
     if a.kind != "gqa":
         return GQAFeatures()
+    temperature, form = _temperature(attns, c)
     return GQAFeatures(
         v_head_dim=int_text(a.v_dim, "attention.v_head_dim") != int_text(a.head_dim, "attention.head_dim"),
         gate_fn=checked_choice(a.output_gate_fn, OUTPUT_GATE_FNS, "attention.output_gate_fn"),
@@ -36,6 +61,10 @@ def gqa_features(a: AttentionPlan, attns: list[AttentionPlan]) -> GQAFeatures:
         layer_sinks=len({checked_bool(x.sinks, "attention.sinks") for x in attns}) > 1,
         value_scale=a.value_scale is not None,
         layer_rotary_dim=any(x.rope and x.rotary_dim is not None for x in attns),
+        chunk=any(x.chunk is not None for x in attns),
+        l2_norm=_which([checked_bool(x.qk_norm, "qk_norm") and x.qk_norm_kind == "l2" for x in attns]),
+        temperature=temperature,
+        temperature_form=form,
     )
 
 

@@ -192,12 +192,17 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     first = (attns or [layers[0].attention])[0]
     # the first layer's heads and sinks: `a` describes it
     heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads, "sinks": first.sinks}
+    if first.qk_norm_kind == "l2":  # weightless: layers with and without it differ by a flag (Llama-4)
+        heads["qk_norm"] = any(x.qk_norm for x in attns)
+    tuning = {"temperature_floor_scale": None, "temperature_scale": None}  # checked by gqa_features
     a = _one(
         [
-            dataclasses.replace(x, window=None, rope=True, rope_theta=None, rotary_dim=None, **heads)
+            dataclasses.replace(
+                x, window=None, rope=True, rope_theta=None, rotary_dim=None, chunk=None, **heads, **tuning
+            )
             for x in attns or [first]
         ],
-        "attention (besides window, rope, rope_theta, rotary_dim, head counts and sinks)",
+        "attention (besides window, chunk, rope, rope_theta, rotary_dim, head counts, sinks, temperature tuning)",
     )
     output_gate = checked_choice(a.output_gate, OUTPUT_GATES, "attention.output_gate") if attns else "none"
     kind = checked_choice(a.kind, ATTENTION_KINDS, "attention.kind")
@@ -212,7 +217,9 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
         raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (
-        checked_choice(a.qk_norm_scope, QK_NORM_SCOPES, "qk_norm_scope") if checked_bool(a.qk_norm, "qk_norm") else None
+        checked_choice(a.qk_norm_scope, QK_NORM_SCOPES, "qk_norm_scope")
+        if checked_bool(a.qk_norm, "qk_norm") and a.qk_norm_kind == "model"  # l2: weightless, no modules
+        else None
     )
 
     c = _model_constants(plan, a)
@@ -285,7 +292,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         mixer_none=any(isinstance(lp.mixer, AbsentPlan) for lp in layers),
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
         mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
-        gqa_parts=gqa_features(a, attns) if attns else GQAFeatures(),
+        gqa_parts=gqa_features(a, attns, c) if attns else GQAFeatures(),
         parts=block_parts(a if attns else None, moe, any(lp.pair_ffn is not None for lp in layers)),
     )
     return f, c
@@ -309,14 +316,12 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     hybrid = any(not lp.has_attention or isinstance(lp.ffn, AbsentPlan) for lp in layers)  # Block is hybrid_block.j2
     gqa = all(x.kind == "gqa" for x in attns)
     unsupported = {
-        "attention.chunk (chunked attention)": any(x.chunk is not None for x in attns),
-        "attention.qk_norm_kind 'l2'": any(x.qk_norm and x.qk_norm_kind == "l2" for x in attns),
-        "attention.temperature_tuning": any(x.temperature_floor_scale is not None for x in attns),
+        "attention.chunk (chunked attention) with MLA": not gqa and any(x.chunk is not None for x in attns),
+        "attention.temperature_tuning with MLA": not gqa and any(x.temperature_floor_scale is not None for x in attns),
         "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),
         "model.depth_scaled_residual": plan.depth_scaled_residual,
         "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
         "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
-        "moe.router.apply_to 'input'": any(r.apply_to == "input" for r in routers),
         "model.norm.placement 'sandwich' or 'parallel' in a hybrid model": hybrid
         and plan.norm.placement in ("sandwich", "parallel"),
         "moe.output_norm in a hybrid model": hybrid and any(isinstance(x, MoEPlan) and x.output_norm for x in ffns),

@@ -47,15 +47,15 @@ def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) ->
                 f"n_experts={int_text(a.moa_n_experts, 'attention.experts.n_experts')}",
                 f"top_k={int_text(a.moa_top_k, 'attention.experts.top_k')}",
             ]
-    args += [f"{key}={value}" for key, value in per_layer.items() if key not in ("n_heads", "n_kv_heads", "sinks")]
+    late = ("n_heads", "n_kv_heads", "sinks", "qk_norm", "temperature_tuning")  # placed by hand
+    args += [f"{key}={value}" for key, value in per_layer.items() if key not in late]
     if f.gqa_parts.value_scale:
         args.append(f"value_scale={float_text(a.value_scale, 'attention.value_scale')}")
     if f.gqa and a.clip_qkv is not None:
         args.append(f"clip_qkv={float_text(a.clip_qkv, 'clip_qkv')}")
     if a.scale is not None:
         args.append(f"scale={float_text(a.scale, 'attention.scale')}")
-    if "sinks" in per_layer:
-        args.append(f"sinks={per_layer['sinks']}")
+    args += [f"{key}={per_layer[key]}" for key in ("sinks", "qk_norm", "temperature_tuning") if key in per_layer]
     return Call(f.attention_class, tuple(args), "attn=")
 
 
@@ -152,6 +152,7 @@ class Column:
 
 ATTENTION_COLUMNS = (
     Column("window", "int | None", "None", "the sliding window in tokens (None: the whole causal context)"),
+    Column("chunk", "int | None", "None", "its attention chunk in tokens (None: not chunked)"),
     Column("rope", "bool", "True", "whether the layer rotates q and k"),
     Column("rope_theta", "float", "ROPE_THETA", "its RoPE base"),
     Column("rotary_dim", "int", "ROPE_DIM", "its rotated dims"),
@@ -162,6 +163,11 @@ HEAD_COLUMNS = (
     Column("n_kv_heads", "int", "None", "its KV heads"),
 )
 SINK_COLUMN = Column("sinks", "bool", "None", "whether it has attention sinks")  # some GQA layers have them
+# Llama-4's per-layer flags: the weightless L2 qk-norm, the NoPE layers' temperature tuning
+FLAG_COLUMNS = {
+    "l2_norm": Column("qk_norm", "bool", "None", "whether it L2-normalises q and k"),
+    "temperature": Column("temperature_tuning", "bool", "None", "whether it tunes its queries' temperature"),
+}
 FFN_ORDER = ('"dense"', '"moe"', '"none"')  # the values of the ffn column, in the order the docstring lists them
 
 
@@ -176,6 +182,7 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
     own_base = f.layer_rope_theta and rotates and a.rope_theta is not None
     row = {
         "window": "None" if a.window is None else int_text(a.window, "window"),
+        "chunk": "None" if a.chunk is None else int_text(a.chunk, "chunk"),
         "rope": repr(rotates) if f.rope_param else "True",  # Attention takes `rope` only when some layer does not
         "rope_theta": float_text(a.rope_theta, "rope_theta") if own_base else "ROPE_THETA",
         "rotary_dim": int_text(a.rotary_dim, "rotary_dim") if rotates and a.rotary_dim is not None else "ROPE_DIM",
@@ -184,6 +191,10 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
         row |= {"n_heads": int_text(a.n_heads, "n_heads"), "n_kv_heads": int_text(a.n_kv_heads, "n_kv_heads")}
     if f.gqa_parts.layer_sinks:
         row["sinks"] = repr(checked_bool(a.sinks, "attention.sinks"))
+    if f.gqa_parts.l2_norm == "some":
+        row["qk_norm"] = repr(checked_bool(a.qk_norm, "attention.qk_norm"))
+    if f.gqa_parts.temperature == "some":
+        row["temperature_tuning"] = repr(a.temperature_floor_scale is not None and a.temperature_scale is not None)
     return row
 
 
@@ -199,6 +210,7 @@ def _rows(layers: list[LayerPlan], f: Features) -> tuple[list[dict[str, str]], l
     # a layer without attention: the value every attention layer shares, else the attention module's default
     attention_columns = ATTENTION_COLUMNS + (HEAD_COLUMNS if f.gqa_parts.layer_heads else ())
     attention_columns += (SINK_COLUMN,) if f.gqa_parts.layer_sinks else ()
+    attention_columns += tuple(c for key, c in FLAG_COLUMNS.items() if getattr(f.gqa_parts, key) == "some")
     shared = {c.name: str(c.default) for c in attention_columns}
     for c in attention_columns:
         if len({row[c.name] for row in attention_rows}) == 1:
@@ -288,7 +300,7 @@ def _attention_of(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], 
         if c.name in names or rows[first][c.name] != c.default
     }
     # the heads: else _attention_call prints the plan's; sinks: a column whenever some layer has them and some not
-    per_layer |= {c.name: c.name for c in (*HEAD_COLUMNS, SINK_COLUMN) if c.name in names}
+    per_layer |= {c.name: c.name for c in (*HEAD_COLUMNS, SINK_COLUMN, *FLAG_COLUMNS.values()) if c.name in names}
     return _attention_call(layers[first].attention, f, per_layer)
 
 

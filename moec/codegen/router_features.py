@@ -11,6 +11,7 @@ from moec.vocab import (
     BALANCE_GRANULARITIES,
     DROP_POLICIES,
     GROUP_SCORES,
+    ROUTER_APPLY_TO,
     ROUTER_KINDS,
     ROUTER_SCORES,
     SELECTION_BIAS_ON,
@@ -42,6 +43,7 @@ class RouterFeatures:
     capacity_groups: bool  # capacity per local group of tokens (GShard)
     logit_softcap: bool = False  # logits capped at cap·tanh(logits/cap) before the score (Laguna)
     select_on_logits: bool = False  # experts chosen by logits + selection bias, not scores + it (Kolibri)
+    gate_input: bool = False  # router.apply_to input: each expert reads its gate times the token (Llama-4)
 
     @property
     def learned(self) -> bool:
@@ -120,5 +122,6 @@ def router_features(moe: MoEPlan) -> RouterFeatures:
         mlp=r.mlp_hidden is not None,
         capacity_groups=moe.capacity_factor is not None and moe.capacity_group_size is not None,
         logit_softcap=r.logit_softcap is not None,
+        gate_input=checked_choice(r.apply_to, ROUTER_APPLY_TO, "router.apply_to") == "input",
         select_on_logits=checked_choice(r.selection_bias_on, SELECTION_BIAS_ON, "router.selection_bias_on") == "logits",
     )

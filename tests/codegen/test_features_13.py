@@ -51,6 +51,21 @@ layers:
     - {select: [0, 2], attention: {window: null, n_kv_heads: 2, sinks: false, rope_theta: null}}
 """
 
+# Llama-4 in miniature: chunked rope layers with the weightless L2 qk-norm, NoPE layers with temperature tuning,
+# MoE layers whose experts read their gate times the token, a shared expert
+LLAMA4 = """\
+name: tiny-llama4
+model: {vocab_size: 64, d_model: 32, n_layers: 4, max_seq_len: 32, positions: {kind: rope, theta: 500000.0}}
+attention: {n_heads: 4, n_kv_heads: 2, qk_norm_kind: l2, temperature_tuning: {floor_scale: 2.0, scale: 0.5}}
+ffn: {d_ff: 48}
+moe: {n_experts: 4, d_ff: 16, n_shared_experts: 1, router: {top_k: 1, score: sigmoid, apply_to: input}}
+layers:
+  default: {ffn: dense, attention: {chunk: 4, qk_norm: true, temperature_tuning: false}}
+  overrides:
+    - {select: {every: 2, start: 1}, ffn: moe, attention: {rope: false, chunk: null, qk_norm: false,
+       temperature_tuning: true}}
+"""
+
 CASES = {
     "indexer, rotary pairs in halves": INDEXED,
     # (no window: a windowed cache is a ring, where ties among the indexer's ReLU-zero scores fall to other keys)
@@ -122,6 +137,12 @@ CASES = {
         attn="n_kv_heads: 2",
         moe=True,
         overrides="{select: [0], attention: {rotary_dim: 4}}, {select: [2], attention: {rope: false}}",
+    ),
+    "chunks, l2 qk-norm, temperature tuning, gated expert inputs (Llama-4)": LLAMA4,
+    "l2 qk-norm and power temperature on every layer, chunks, windows": variant(
+        attn="n_kv_heads: 2, qk_norm: true, qk_norm_kind: l2, chunk: 6, "
+        "temperature_tuning: {floor_scale: 4.0, scale: 0.3, form: power}",
+        overrides="{select: [1], attention: {window: 3, chunk: null}}",
     ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
@@ -224,6 +245,15 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             [
                 "ROPE_TABLES = ((ROPE_THETA, ROPE_DIM), (ROPE_THETA, 8), (500.0, ROPE_DIM))",
                 "ropes[block.attn.rope_theta, block.attn.rotary_dim]",
+            ],
+        ),
+        (
+            "chunks, l2 qk-norm, temperature tuning, gated expert inputs (Llama-4)",
+            [
+                "def l2_norm(",
+                "if self.temperature_tuning:",
+                "allowed & (j // chunk == i // chunk)",
+                "xs = (xt[:, None, :]",
             ],
         ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),

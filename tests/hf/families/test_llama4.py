@@ -24,8 +24,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec as moec_lib  # noqa: E402
-from moec.codegen import render_model_source  # noqa: E402
-from tests.hf.families._harness import refused_fields, saved_checkpoint  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
+    refused_fields,
+    saved_checkpoint,
+)
 from tests.hf.test_weights import CONFIGS, assert_same, make_hf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -128,9 +131,9 @@ def test_tiny_wrapper_checkpoint_gives_transformers_logits_and_router_choices(ch
     assert {k for k in json.loads((folder / "config.json").read_text())} >= {"text_config", "vision_config"}
 
 
-def test_codegen_refuses_the_plan_naming_the_feature(checkpoint):
-    """codegen renders no chunked attention (nor temperature tuning, the L2 qk-norm, input-side gates) yet:
-    it refuses by name rather than write a model.py that differs from moec.nn."""
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders chunked attention, the NoPE layers' temperature tuning, the L2 qk-norm and the gated
+    expert inputs: the generated model.py holding the imported weights gives moec.nn's logits and aux bit for bit."""
     model = moec_lib.from_hf(checkpoint[1])
-    with pytest.raises(ValueError, match=r"codegen does not support attention\.chunk"):
-        render_model_source(model.plan)
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)

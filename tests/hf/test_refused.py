@@ -49,3 +49,20 @@ def test_the_cli_refuses_it_with_exit_2_and_writes_nothing(tmp_path):
     assert result.exit_code == 2, result.output
     assert "known but not imported yet" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_no_model_type_is_written_twice_in_the_table():
+    """A dict literal keeps the last of two equal keys silently: read the table's source for them."""
+    import ast
+    import inspect
+
+    import moec.hf.refused
+
+    tree = ast.parse(inspect.getsource(moec.hf.refused))
+    (table,) = [n.value for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and n.target.id == "REFUSED_FAMILIES"]
+    written = [k.value for k in table.keys if isinstance(k, ast.Constant)]
+    for spread in (
+        v for k, v in zip(table.keys, table.values, strict=True) if k is None
+    ):  # **dict.fromkeys((...), text)
+        written += [e.value for e in spread.args[0].elts]
+    assert len(written) == len(set(written)) == len(REFUSED_FAMILIES)

@@ -1,8 +1,8 @@
 """The Step-3.5 text model's attention layout as its configs spell it (transformers' Step3p7TextConfig, the text
 model of step3p7): rotary parameters per attention type, from a saved config's ``rope_parameters`` mapping per type
 or from the release's per-layer ``rope_theta`` and ``partial_rotary_factors`` lists and its ``rope_scaling`` (the
-full-attention type's only), given to each layer as its own base and rotary width; and the sliding layers' own
-query-head count (``per_layer_config``, ``num_sliding_attention_heads`` or the release's
+full-attention type's only), given to each layer as its own base, rotary width and scaling; and the sliding
+layers' own query-head count (``per_layer_config``, ``num_sliding_attention_heads`` or the release's
 ``attention_other_setting``). The family module, step3p7.py, composes these with the rest."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type
-from moec.hf.families._typed_rope import PER_LAYER_KEYS, TypedRope
+from moec.hf.families._typed_rope import TypedRope
 from moec.hf.families._typed_rope import layer_rope as typed_layer_rope
 
 DEFAULT_THETA = 10000.0  # Step3p7TextConfig.default_theta: rope_theta unset
@@ -19,8 +19,6 @@ STEP_ROPE = TypedRope(
     "Step3p7Text",
     {"full_attention": {"rope_type": "default", "rope_theta": DEFAULT_THETA}},  # rope_per_type builds its own
     lambda mapping: 1.0,  # Step3p7RotaryEmbedding: a type without partial_rotary_factor rotates whole heads
-    "layers.*.attention.rope_scaling: a layer's own rope scaling kind and parameters (Step-3.7-Flash: llama3 on "
-    "full-attention layers, none on sliding ones). No count change",
 )
 
 
@@ -111,27 +109,15 @@ def _rope_src(t: HFConfig, release_key: str) -> str:
 
 
 def layer_rope(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:
-    """Each layer's base and rotated dims from its type's mapping where they differ from the model's (the
-    reference type's; _typed_rope.layer_rope, once the types' scalings are one): a scaling on one type only is
-    refused here, at the field of the nested config that holds it (rope_scaling, or a saved config's mapping)."""
-    ref = reference_rope_type(per_type, types)
-    if ref is None or t.failed("head_dim"):
+    """Each layer's base, rotated dims and scaling from its type's mapping where they differ from the model's (the
+    reference type's; _typed_rope.layer_rope): the release's llama3 scaling (rope_scaling, the full-attention
+    type's only) stays on its full-attention layers, the sliding ones rotate unscaled."""
+    if reference_rope_type(per_type, types) is None or t.failed("head_dim"):
         return
-    scaling = {k: v for k, v in per_type[ref].items() if k not in PER_LAYER_KEYS}
-    for x in sorted(set(per_type) - {ref}):
-        other = {k: v for k, v in per_type[x].items() if k not in PER_LAYER_KEYS}
-        if other != scaling:
-            scaled = x if len(other) > len(scaling) else ref  # the type whose mapping holds more than rope_type
-            where = "rope_scaling" if t.given("rope_scaling") else f"rope_parameters.{scaled}"
-            d.gap(
-                t.prefix + where,
-                t.value("rope_scaling") or per_type[scaled],
-                f"{x} layers rotate with other rope scaling than the {ref} layers ({shown(scaling)}); moec gives a "
-                "layer its own base and rotary width but one scaling per model",
-                STEP_ROPE.proposal,
-            )
-            return
+    # the release's rope_theta list and rope_scaling are in per_type already: the scaling reader sees the mappings
+    release = {k: t.raw.pop(k) for k in ("rope_theta", "rope_scaling") if k in t.raw}
     typed_layer_rope(t, d, per_type, types, STEP_ROPE)
+    t.raw.update(release)
 
 
 def heads_per_layer(t: HFConfig, d: Draft, types: list[str]) -> None:

@@ -13,12 +13,12 @@ layer's own base and rotary width. Every RMSNorm is Gemma's, 1 + w (``model.norm
 scores, a selection-only ``e_score_correction_bias`` buffer, the top-k renormalised by their bare sum and scaled by
 ``moe_router_scaling_factor``, plus one shared MLP of ``share_expert_dim``.
 
-Refused by name: SwiGLU clamps (``swiglu_limits``, ``swiglu_limits_shared``: silu(gate) clamped from above and up
-clamped both ways, per layer, which no moec activation computes), a rope scaling on one attention type only (the
-release's llama3 scaling of its full-attention layers: moec has one rope scaling per model), bidirectional
-attention. The release's multi-token-prediction layers (``num_nextn_predict_layers``) are not built by transformers
-and are not imported; the per-layer lists the release pads with their entries are cut to the decoder layers, as
-transformers does.
+Each layer rotates with its type's rope scaling (layers.*.attention.rope_scaling: the release's llama3 scaling is
+its full-attention layers' only). Refused by name: SwiGLU clamps (``swiglu_limits``, ``swiglu_limits_shared``:
+min(silu(gate), L) · clamp(up, ±L) per layer, moec's swiglu_limit_after through a layer's own moe override, which
+the importer cannot write yet), bidirectional attention. The release's multi-token-prediction layers
+(``num_nextn_predict_layers``) are not built by transformers and are not imported; the per-layer lists the release
+pads with their entries are cut to the decoder layers, as transformers does.
 
 Checkpoints (what save_pretrained writes: transformers' conversion mapping for step3p7, inverted) hold the text
 model under ``model.``: the experts ``moe.{gate,up,down}_proj.weight`` stacked (E, f, d) and (E, d, f), the router
@@ -256,11 +256,10 @@ def _refused(t: HFConfig, d: Draft) -> None:
             d.gap(
                 t.prefix + key,
                 clamped,
-                f"a SwiGLU clamp on the {what} (layer: L above): min(silu(gate), L) · clamp(up, −L, L); moec's "
-                "swiglu_limit clamps the gate before the silu, swiglu_clamped is gpt-oss's, and either has one limit "
-                "per section, not per layer",
-                "an activation clamping silu(gate) from above (transformers' Step3p7 clamps after the activation) "
-                "with a limit per layer, apart for routed and shared experts. No count change",
+                f"a SwiGLU clamp on the {what} (layer: L above): min(silu(gate), L) · clamp(up, −L, L), which moec "
+                "computes (swiglu_limit_after in a layer's own layers.overrides[].moe) but the importer cannot write "
+                "into a spec yet",
+                "moec.hf.config writing Draft.layer_moe as layers.overrides[].moe. No count change",
             )
     if t.bool("mlp_bias"):
         d.gap(t.prefix + "mlp_bias", True, "biases on the dense and shared MLPs but none on the routed experts",

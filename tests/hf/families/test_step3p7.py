@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 
@@ -63,8 +64,8 @@ STEP_37_FLASH: dict = {
     "vision_config": {"model_type": "perception_encoder", "image_size": 728, "patch_size": 14, "width": 1536,
                       "layers": 47, "heads": 16},
 }  # fmt: skip
-# what moec refuses in it, by name: the clamps and the rope scaling of one layer type (neither changes a count)
-REFUSED = ["text_config.swiglu_limits", "text_config.swiglu_limits_shared", "text_config.rope_scaling"]
+# what moec refuses in it, by name: the SwiGLU clamps (which change no count)
+REFUSED = ["text_config.swiglu_limits", "text_config.swiglu_limits_shared"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,20 +99,26 @@ def test_release_counts_equal_transformers_model_on_meta():
     assert text_counts(release) == text_counts(counted)
     params = analyze(hf_to_model(without_refused(STEP_37_FLASH))).params
     assert (params.total, params.active) == text_counts(counted)
+    assert sorted(refused_fields(STEP_37_FLASH)) == REFUSED
     text = import_hf_config(without_refused(STEP_37_FLASH))
     assert f"left out: the vision tower and its projector (vision_config: {tower(release):,} parameters)" in text
     assert "num_nextn_predict_layers 3: transformers builds none (ignored)" in text
 
 
-def test_release_is_refused_naming_the_clamps_and_the_full_layers_rope_scaling():
-    assert sorted(refused_fields(STEP_37_FLASH)) == sorted(REFUSED)
-    saved = on_meta(STEP_37_FLASH).config.to_dict()  # the scaling now inside the full_attention mapping
+def test_release_scales_rope_on_its_full_attention_layers_only():
+    """rope_scaling (llama3) is the full-attention type's (Step3p7TextConfig): those layers rotate with it, the
+    sliding ones unscaled; the config transformers saves holds it inside the full_attention mapping and imports to
+    the same plan."""
+    release = without_refused(STEP_37_FLASH)
+    plan = hf_to_model(release)
+    kinds = [lp.attention.rope_scaling.kind if lp.attention.rope_scaling else None for lp in plan.layers]
+    assert kinds == ["llama3" if i % 4 == 0 else None for i in range(45)]
+    saved = on_meta(release).config.to_dict()
     assert saved["text_config"]["rope_parameters"]["full_attention"]["rope_type"] == "llama3"
-    assert sorted(refused_fields(saved)) == [
-        "text_config.rope_parameters.full_attention",
-        "text_config.swiglu_limits",
-        "text_config.swiglu_limits_shared",
-    ]
+    assert "rope_type" not in saved["text_config"]["rope_parameters"]["sliding_attention"] or (
+        saved["text_config"]["rope_parameters"]["sliding_attention"]["rope_type"] == "default"
+    )
+    assert plan_differences(plan, hf_to_model(saved)) == []
 
 
 def test_release_fields_transformers_ignores_are_named():
@@ -214,6 +221,33 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert [lp.attention.n_heads for lp in model.plan.layers] == [4, 6, 6, 4]
     assert [lp.attention.rotary_dim for lp in model.plan.layers] == [None, 16, 16, None]
     assert_same_logits_and_choices(hf, model, scale=2.5)
+
+
+# the tiny model with a llama3 rope scaling of its full-attention layers (0 and 3) only, as the release has, past
+# its original length of 4 positions
+RELEASE_LIKE = {
+    "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "original_max_position_embeddings": 4,
+                     "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+}  # fmt: skip
+
+
+def test_tiny_checkpoint_with_full_layer_scaling_gives_transformers_logits(tmp_path_factory, tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["text_config"].update(RELEASE_LIKE)
+    hf, folder = saved_checkpoint(tiny_hf(cfg), tmp_path_factory, "step3p7_release_like")
+    model = moec.from_hf(folder)
+    assert [lp.attention.rope_scaling is not None for lp in model.plan.layers] == [True, False, False, True]
+    assert_same_logits_and_choices(hf, model, scale=2.5)
+    want, _ = run_hf(TextView(hf))
+    # the scaling bites: the same weights without the full layers' scaling give other logits
+    unscaled = tmp_path / "unscaled"
+    shutil.copytree(folder, unscaled)
+    saved = json.loads((unscaled / "config.json").read_text())
+    full = saved["text_config"]["rope_parameters"]["full_attention"]
+    kept = {k: full[k] for k in ("rope_theta", "partial_rotary_factor") if k in full}
+    saved["text_config"]["rope_parameters"]["full_attention"] = {"rope_type": "default", **kept}
+    (unscaled / "config.json").write_text(json.dumps(saved))
+    assert (run_moec(moec.from_hf(unscaled))[0] - want).abs().max().item() > 1e-3
 
 
 def test_a_release_mtp_layer_is_let_go(tmp_path_factory, tmp_path):

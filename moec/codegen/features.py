@@ -162,7 +162,7 @@ class Features:
     def cache_refusals(self) -> bool:
         """new_cache refuses some requests besides their size: capacity, or a dynamic scaling past its length."""
         return bool(self.router and (self.router.capacity or self.router.kind == "expert_choice")) or (
-            self.scaling == "dynamic"
+            self.scaling in ("dynamic", "longrope")
         )
 
 
@@ -310,7 +310,6 @@ def _residual_scales(scales: ResidualScalesPlan, attention: bool, mixers: bool, 
 def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     """Features the templates do not render yet: refuse rather than emit code that disagrees with the library."""
     attns = [lp.attention for lp in layers if lp.has_attention]
-    routers = [lp.ffn.router for lp in layers if isinstance(lp.ffn, MoEPlan)]
     sc = plan.positions.scaling
     ffns = [lp.ffn for lp in layers]
     hybrid = any(not lp.has_attention or isinstance(lp.ffn, AbsentPlan) for lp in layers)  # Block is hybrid_block.j2
@@ -320,8 +319,9 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "attention.temperature_tuning with MLA": not gqa and any(x.temperature_floor_scale is not None for x in attns),
         "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),
         "model.depth_scaled_residual": plan.depth_scaled_residual,
-        "model.positions.scaling kind 'longrope'": sc is not None and sc.kind == "longrope",
-        "moe.router.kind 'sparsemixer'": any(r.kind == "sparsemixer" for r in routers),
+        "model.positions.scaling kind 'longrope' with a layer's own rotary_dim": sc is not None
+        and sc.kind == "longrope"
+        and any(x.rotary_dim is not None for x in attns),
         "model.norm.placement 'sandwich' or 'parallel' in a hybrid model": hybrid
         and plan.norm.placement in ("sandwich", "parallel"),
         "moe.output_norm in a hybrid model": hybrid and any(isinstance(x, MoEPlan) and x.output_norm for x in ffns),

@@ -80,6 +80,8 @@ def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     args = [f"n_experts={E}", f"top_k={int_text(r.top_k, 'top_k')}"]
     if rf.learned:  # a hash router reads token ids, not the hidden state
         args.insert(0, "D_MODEL")
+    if rf.kind == "sparsemixer" and r.sparsemixer_eps:
+        args.append(f"sparsemixer_eps={float_text(r.sparsemixer_eps, 'router.sparsemixer_eps')}")
     if rf.logit_softcap:
         args.append(f"logit_softcap={float_text(r.logit_softcap, 'router.logit_softcap')}")
     if rf.mlp:

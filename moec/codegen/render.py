@@ -62,7 +62,7 @@ def runtime_imports(f: Features) -> list[str]:
         names += ["expert_choice", "expert_choice_refusal"]
     if f.router and f.router.capacity:
         names.append("capacity_refusal")
-    if f.scaling == "dynamic":
+    if f.scaling in ("dynamic", "longrope"):
         names.append("rope_scaling_refusal")
     return lines + import_lines("moec.kernels.runtime", names, first)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
-from moec.codegen.layout import WIDTH
-from moec.spec.plan import AttentionPlan, PositionsPlan, ResolvedModel
+from moec.codegen.layout import WIDTH, Call, call_lines
+from moec.spec.plan import AttentionPlan, PositionsPlan, ResolvedModel, RopeScalingPlan
 
-SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha")  # the RoPE scalings the templates render
+SCALINGS = ("linear", "dynamic", "yarn", "llama3", "ntk_alpha", "longrope")  # the RoPE scalings the templates render
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | 
     when it is a ratio of equal temperatures)."""
     sc = pos.scaling
     assert sc is not None
+    if sc.kind == "longrope":
+        _longrope_constants(sc, c)
+        return "default"
     if sc.kind == "ntk_alpha":
         c["rope_ntk_alpha"] = float_text(sc.alpha, "scaling.alpha")
     else:
@@ -87,3 +90,17 @@ def _scaling_constants(pos: PositionsPlan, max_seq_len: int, c: dict[str, str | 
         c["rope_mscale"] = float_text(sc.mscale, "scaling.mscale")
         return "ratio"
     return "default"
+
+
+def _longrope_constants(sc: RopeScalingPlan, c: dict[str, str | None]) -> None:
+    """LongRoPE's numbers into ``c``: the trained context, both factor tuples (laid out as ruff lays them out) and
+    both factors on cos and sin."""
+    c["rope_original_max_seq_len"] = int_text(sc.original_max_seq_len, "scaling.original_max_seq_len")
+    for kind in ("short", "long"):
+        factors = [float_text(v, f"scaling.{kind}_factor") for v in getattr(sc, f"{kind}_factor") or ()]
+        if not factors:
+            raise ValueError(f"LongRoPE needs scaling.{kind}_factor")
+        name = f"ROPE_{kind.upper()}_FACTOR = "
+        lines = call_lines(Call("", (*factors[:-1], factors[-1] + ("," if len(factors) == 1 else ""))), "", name)
+        c[f"rope_{kind}_factor"] = "\n".join(lines)[len(name) :]
+        c[f"rope_{kind}_mscale"] = float_text(getattr(sc, f"{kind}_mscale"), f"scaling.{kind}_mscale")

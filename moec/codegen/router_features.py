@@ -69,6 +69,8 @@ class RouterFeatures:
             parts = ["a hash of each token's id (no learned router), each chosen expert weighted 1/k"]
         elif self.kind == "gshard":
             parts.append("GShard top-2 (in training the second expert is sent with probability 2·g2)")
+        elif self.kind == "sparsemixer":
+            parts.append("Phi-3.5-MoE's SparseMixer top-2 (each weight a softmax over the logits near its expert's)")
         elif self.kind == "expert_choice":
             parts.append("expert choice (each expert takes its top ceil(k·T/E) tokens of the call)")
         elif self.dense:

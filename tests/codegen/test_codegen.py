@@ -9,7 +9,6 @@ import ast
 import dataclasses
 import importlib.util
 import itertools
-import re
 import shutil
 import subprocess
 import sys
@@ -494,37 +493,3 @@ def test_plans_no_spec_produces_are_refused_not_mis_rendered():
     layers = (dataclasses.replace(ds.layers[0], attention=gqa), *ds.layers[1:])
     with pytest.raises(ValueError, match="attention"):
         render_model_source(ds.replace(layers=layers))
-
-
-LLAMA4_LIKE = """
-moec: 1
-name: l4
-model: {vocab_size: 100, d_model: 32, n_layers: 2, max_seq_len: 64}
-attention: {n_heads: 4, n_kv_heads: 2}
-ffn: {d_ff: 48}
-moe: {n_experts: 4, d_ff: 16, n_shared_experts: 1, router: {top_k: 1, score: sigmoid}}
-layers: {default: {ffn: moe}}
-"""
-
-
-@pytest.mark.parametrize(
-    "change,feature",
-    [
-        ("moe.router.kind=sparsemixer", "moe.router.kind 'sparsemixer'"),
-        (
-            "model.positions.scaling={kind: longrope, factor: 4.0, original_max_seq_len: 16, short_factor: [1, 1, 1, 1],"
-            " long_factor: [2, 2, 2, 2], short_mscale: 1.0, long_mscale: 1.2}",
-            "model.positions.scaling kind 'longrope'",
-        ),
-    ],
-)
-def test_phimoe_features_codegen_does_not_render_are_refused_by_name(change, feature):
-    extra = {
-        "sparsemixer": ["moe.router.top_k=2", "moe.router.score=softmax"],
-        "longrope": [],
-    }
-    sets = [change] + next((v for k, v in extra.items() if k in change), [])
-    plan = resolve(load_spec("l4.yaml", text=LLAMA4_LIKE, sets=sets))
-    render_model_source(resolve(load_spec("l4.yaml", text=LLAMA4_LIKE)))  # the plain plan renders
-    with pytest.raises(ValueError, match=f"codegen does not support {re.escape(feature)}"):
-        render_model_source(plan)

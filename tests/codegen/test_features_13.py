@@ -144,6 +144,14 @@ CASES = {
         "temperature_tuning: {floor_scale: 4.0, scale: 0.3, form: power}",
         overrides="{select: [1], attention: {window: 3, chunk: null}}",
     ),
+    "longrope, sparsemixer (Phi-3.5-MoE)": variant(
+        model="positions: {kind: rope, scaling: {kind: longrope, factor: 4.0, original_max_seq_len: 16, "
+        "short_factor: [1.0, 1.5, 2.0, 2.5], long_factor: [2.0, 3.0, 4.0, 5.0], short_mscale: 1.0, long_mscale: 1.2}}",
+        attn="n_kv_heads: 2",
+        moe=True,
+        router="kind: sparsemixer, sparsemixer_eps: 0.2",
+        n_experts=6,
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -192,6 +200,22 @@ def test_the_feature_changes_the_logits(case, tmp_path):
     with torch.no_grad():
         lib.eval(), other.eval()
         assert not torch.equal(lib(tokens)[0], other(tokens)[0])
+
+
+def test_longrope_past_its_trained_context_and_its_cache_refusal_match_the_library(tmp_path):
+    """20 tokens: the long factors and mscale (12-token calls above stay within the trained 16); a cache past 16
+    positions is refused with moec.nn's words."""
+    plan, lib, gen, _ = library_and_generated(CASES["longrope, sparsemixer (Phi-3.5-MoE)"], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, aux, out = run_both(lib, gen, tokens, train=False)
+    assert torch.equal(out[0], logits)
+    refusals = []
+    for model in (lib, gen):
+        with pytest.raises(ValueError) as caught:
+            model.new_cache(2, 20)
+        refusals.append(str(caught.value))
+    assert refusals[0] == refusals[1] and "longrope" in refusals[0]
 
 
 def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_path):
@@ -255,6 +279,10 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
                 "allowed & (j // chunk == i // chunk)",
                 "xs = (xt[:, None, :]",
             ],
+        ),
+        (
+            "longrope, sparsemixer (Phi-3.5-MoE)",
+            ["ROPE_SHORT_FACTOR = (1.0, 1.5, 2.0, 2.5)", "def sparsemixer(", "sparsemixer_eps=0.2"],
         ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],

@@ -203,7 +203,7 @@ def _flops_refused(plan: ResolvedModel) -> str:
     """Why the FLOP counters cannot verify ``plan`` (empty when they can)."""
     if plan.hybrid:  # the counters see the mixers' matmuls but not the multiply-adds of their scans
         return HYBRID_FLOPS_REFUSED
-    if any(lp.attention.has_indexer for lp in plan.layers):
+    if any(lp.attention.sparse for lp in plan.layers):
         return INDEXER_FLOPS_REFUSED
     return ""
 

@@ -104,7 +104,7 @@ def attended_keys(a: AttentionPlan, seq: int, mode: str) -> Fraction:
     """The keys a query's scores and values run over on average: every key it may see (capped by the window and
     the chunk), and with an indexer at most its top_k of them (a cap that acts as a window does: min(i+1, k))."""
     cap = a.window
-    if a.has_indexer:
+    if a.sparse:  # its own indexer's choice, or an earlier layer's (indexer_shared)
         assert a.indexer_top_k is not None
         cap = min(a.indexer_top_k, a.window or a.indexer_top_k)
     return kv_len(seq, cap, mode, a.chunk)

@@ -313,7 +313,7 @@ def _sparse_attention(model: ResolvedModel, seq: int, attention: AttentionMode) 
     """With a sparse-attention indexer (docs/conventions.md, "Sparse attention indexer"): which attention figure the
     headline uses (sparse: what the model computes) and the dense-equivalent beside it, per forward token and for a
     decode step, all layers."""
-    layers = [lp.attention for lp in model.layers if lp.has_attention and lp.attention.has_indexer]
+    layers = [lp.attention for lp in model.layers if lp.has_attention and lp.attention.sparse]
     if not layers:
         return {}
     total = {

@@ -343,6 +343,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
+        "layers.*.attention.indexer: shared": any(x.indexer_shared for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",
         "a layer's own rope scaling (layers.*.attention.rope_scaling)": any(x.own_rope_scaling for x in attns),

@@ -18,6 +18,7 @@ own objective (a KL divergence to the main attention's distribution), which moec
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -96,3 +97,19 @@ class Indexer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"heads={self.n_heads}, head_dim={self.head_dim}, top_k={self.top_k}"
+
+
+def share_indexer_choices(attentions: Sequence[nn.Module | None]) -> None:
+    """Point each attention layer of ``indexer_shared`` (GLM-5.2, HY-V4: no indexer of its own) at the last layer
+    before it that runs one, whose choice it attends (``choice_of``, a list so that torch registers no submodule);
+    ``attentions`` in layer order, None for the layers of another token mixer."""
+    source = None
+    for a in attentions:
+        if a is None:
+            continue
+        if getattr(a, "indexer", None) is not None:
+            source = a
+        elif getattr(getattr(a, "plan", None), "indexer_shared", False):  # (a LongCat pair's list has no plan)
+            if source is None:
+                raise ValueError("a layer sharing an indexer's choice needs an earlier layer that runs an indexer")
+            a.choice_of = [source]

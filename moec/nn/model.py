@@ -39,6 +39,7 @@ from moec.nn.attention import Linear
 from moec.nn.block import Block
 from moec.nn.cache import KVCache, capacity_layers
 from moec.nn.hyper import HyperHead, expand_streams
+from moec.nn.indexer import share_indexer_choices
 from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.rope import RotaryEmbedding
@@ -161,6 +162,7 @@ class MoecModel(nn.Module):
                 )
                 self.layer_rotary[key] = RotaryEmbedding(positions, rot or plan.rope_dim, plan.max_seq_len)
         self.layers = nn.ModuleList(make_block(lp, plan, backend=backend, **kw) for lp in plan.layers)
+        share_indexer_choices([layer.attn for layer in self.layers])  # GLM-5.2's layers that reuse a choice
         self.norm = make_norm(plan.norm, d, **kw) if plan.norm.final_norm else None
         hc = plan.hyper_connections  # n residual streams, merged before the final norm (moec/nn/hyper.py)
         self.hc_head = HyperHead(hc, d, plan.norm.eps, **kw) if hc is not None else None

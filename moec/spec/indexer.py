@@ -13,7 +13,7 @@ those keys only. With at most ``top_k`` keys visible the attention is exactly th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -48,8 +48,9 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """Cross-field problems of ``attention.indexer``: (path, message), every one."""
     a = spec.attention
     ix = a.indexer
+    out_layers = _layer_problems(spec)
     if ix is None:
-        return _layer_problems(spec)
+        return out_layers
     here = ("attention", "indexer")
     out: list[tuple[tuple[str | int, ...], str]] = []
     if a.kind != "mla" or a.q_lora_rank is None:
@@ -62,8 +63,7 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     for f in ("rope_layout", "rope_dims"):
         if spec.model.positions.kind != "rope" and f in ix.model_fields_set:
             out.append(((*here, f), "only meaningful with rotary positions"))
-    out += _window_problems(spec)
-    return out
+    return out + _window_problems(spec) + out_layers
 
 
 def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
@@ -84,11 +84,36 @@ def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
-    """``layers.*.attention.indexer`` only turns off an indexer the attention section has."""
-    if spec.attention.indexer is not None:
-        return []
-    return [
-        ((*path, "indexer"), "only meaningful with attention.indexer (it turns the indexer off on these layers)")
-        for path, s in spec.layers.attention_sections()
-        if "indexer" in s.model_fields_set
-    ]
+    """``layers.*.attention.indexer`` only turns off (or shares) an indexer the attention section has, and a layer
+    that shares one needs a layer before it that runs its own."""
+    written = [(*path, "indexer") for path, s in spec.layers.attention_sections() if "indexer" in s.model_fields_set]
+    if spec.attention.indexer is None:
+        return [
+            (path, "only meaningful with attention.indexer (it turns the indexer off on these layers)")
+            for path in written
+        ]
+    from moec.spec.resolve import attention_fields_per_layer  # resolve reads this module's section
+
+    modes = attention_fields_per_layer(spec)["indexer"]
+    first = next((i for i, m in enumerate(modes) if m is not False), None)
+    if first is not None and modes[first] == "shared":
+        why = f"layer {first} shares the choice of an earlier layer's indexer, and no layer before it runs one"
+        return [(written[-1] if written else ("attention", "indexer"), why)]
+    return []
+
+
+def plan_fields(ix: IndexerSection | None, mode: bool | str) -> dict[str, Any]:
+    """``attention.indexer`` as a layer's flat indexer_* fields of AttentionPlan: its own (mode true), none (false:
+    the defaults), or the top_k of the choice it reuses (shared)."""
+    if ix is None or mode is False:
+        return {}
+    if mode == "shared":
+        return {"indexer_top_k": ix.top_k, "indexer_shared": True}
+    return {
+        "indexer_n_heads": ix.n_heads,
+        "indexer_head_dim": ix.head_dim,
+        "indexer_top_k": ix.top_k,
+        "indexer_rope_layout": ix.rope_layout,
+        "indexer_key_norm_eps": ix.key_norm_eps,
+        "indexer_rope_dims": ix.rope_dims,
+    }

@@ -89,8 +89,8 @@ class AttentionOverride(Strict):
     """MLA: this layer's non-rotary query/key head width; unwritten: the attention section's."""
     v_head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] | None = None
     """MLA: this layer's value head width; unwritten: the attention section's."""
-    indexer: bool = True
-    """false: this layer attends every key it may see, without attention.indexer (Dots3's sliding layers)."""
+    indexer: bool | Literal["shared"] = True
+    """false: every key it may see, no indexer (Dots3's sliding layers); shared: the keys the last indexer before it chose (GLM-5.2, HY-V4)."""
 
 
 class LayerDefault(Strict):

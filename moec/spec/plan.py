@@ -209,6 +209,7 @@ class AttentionPlan:
     indexer_rope_layout: str = "halves"  # halves | interleaved: the rotary pairs of its first qk_rope_head_dim dims
     indexer_key_norm_eps: float = 1e-6  # its key's LayerNorm (weight and bias)
     indexer_rope_dims: str = "first"  # first | last: which qk_rope_head_dim dims of its heads rotate (HY-V4: last)
+    indexer_shared: bool = False  # no indexer of its own: the top-k the last indexer before it chose (GLM-5.2, HY-V4)
     # kind moa, a mixture of attention heads (moec/spec/moa.py, JetMoE): n_heads are one expert's query heads
     moa_n_experts: int | None = None
     moa_top_k: int | None = None
@@ -225,6 +226,11 @@ class AttentionPlan:
     def has_indexer(self) -> bool:
         """Whether this layer attends only the top-k keys its indexer chooses."""
         return self.indexer_n_heads is not None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether it attends at most indexer_top_k keys: its own indexer's choice, or the last one's before it."""
+        return self.has_indexer or self.indexer_shared
 
     @property
     def qk_dim(self) -> int:

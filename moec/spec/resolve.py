@@ -9,7 +9,7 @@ from moec.errors import Problem
 from moec.mixers import KINDS
 from moec.spec.encdec import stack_plans
 from moec.spec.hyper import plan_of as hyper_plan
-from moec.spec.indexer import IndexerSection
+from moec.spec.indexer import plan_fields as indexer_plan_fields
 from moec.spec.load import LoadedSpec
 from moec.spec.moa import plan_fields as moa_fields
 from moec.spec.moe_override import layer_sections as moe_layer_sections
@@ -176,20 +176,6 @@ _MLA_AS_WRITTEN = (
 )
 
 
-def _indexer_fields(ix: IndexerSection | None) -> dict[str, Any]:
-    """attention.indexer as AttentionPlan's flat indexer_* fields (none without an indexer: the defaults)."""
-    if ix is None:
-        return {}
-    return {
-        "indexer_n_heads": ix.n_heads,
-        "indexer_head_dim": ix.head_dim,
-        "indexer_top_k": ix.top_k,
-        "indexer_rope_layout": ix.rope_layout,
-        "indexer_key_norm_eps": ix.key_norm_eps,
-        "indexer_rope_dims": ix.rope_dims,
-    }
-
-
 def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -> ResolvedModel:
     warnings: tuple[Problem, ...] = ()
     if isinstance(loaded, LoadedSpec):
@@ -242,7 +228,7 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
                 n_kv_heads=planned["n_heads"],  # one latent for all of this layer's heads
                 head_dim=mla["qk_nope_head_dim"] + a.qk_rope_head_dim,
                 **mla,
-                **_indexer_fields(a.indexer if i is None or attn_fields["indexer"][i] else None),
+                **indexer_plan_fields(a.indexer, True if i is None else attn_fields["indexer"][i]),
                 **planned,
             )
         kv = (a.n_kv_heads or a.n_heads) if i is None else attn_fields["n_kv_heads"][i]

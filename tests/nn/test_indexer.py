@@ -58,14 +58,13 @@ def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + RMS.eps) * w
 
 
-def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
+def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan, chooser: tuple[MLA, torch.Tensor, AttentionPlan] | None = None):
     """MLA written out (one batch row, one head, one query at a time), the keys each query attends picked by sorting
     the indexer's scores by hand: I(t, s) = Σ_j w_j·ReLU(q_j·k_s/√d_I), w = weights_proj(x)/√H_I. With
     rope_key_norm (Dots3) the rotary key is RMS-normed before its rotation; with query_gate (A.X-K2) the queries and
-    a sigmoid gate of the values come from one projection of the normed and the raw query latent."""
-    ix = mod.indexer
+    a sigmoid gate of the values come from one projection of the normed and the raw query latent. ``chooser``: the
+    layer, input and plan whose indexer chooses the keys (a layer sharing an earlier one's choice, GLM-5.2)."""
     B, n = x.shape[0], x.shape[1]
-    H_I, d_I, interleaved = p.indexer_n_heads, p.indexer_head_dim, p.indexer_rope_layout == "interleaved"
     raw = x @ mod.q_a_proj.weight.T
     c_q = rms(raw, mod.q_a_layernorm.weight)  # (B, n, Q_R)
     gate = torch.ones(B, n, H, V)
@@ -81,20 +80,23 @@ def oracle(mod: MLA, x: torch.Tensor, p: AttentionPlan) -> torch.Tensor:
     kv = (latent @ mod.kv_b_proj.weight.T).view(B, n, H, NOPE + V).transpose(1, 2)  # (B, H, n, NOPE+V)
     k = torch.cat((kv[..., :NOPE], k_rot[:, None].expand(B, H, n, R)), -1)
     v = kv[..., NOPE:]
-    # the indexer
+    # the indexer: of this layer, or of the one whose choice it shares
+    src, x_ix, p_ix = chooser or (mod, x, p)
+    ix, c_q = src.indexer, rms(x_ix @ src.q_a_proj.weight.T, src.q_a_layernorm.weight)
+    H_I, d_I, interleaved = p_ix.indexer_n_heads, p_ix.indexer_head_dim, p_ix.indexer_rope_layout == "interleaved"
     iq = (c_q @ ix.wq_b.weight.T).view(B, n, H_I, d_I).transpose(1, 2)  # (B, H_I, n, d_I)
-    if p.indexer_rope_dims == "last":  # HY-V4: the last R dims rotate
+    if p_ix.indexer_rope_dims == "last":  # HY-V4: the last R dims rotate
         iq = torch.cat((iq[..., : d_I - R], rotate(iq[..., d_I - R :], interleaved=interleaved)), -1)
     else:
         iq = torch.cat((rotate(iq[..., :R], interleaved=interleaved), iq[..., R:]), -1)
-    ik = x @ ix.wk.weight.T  # (B, n, d_I)
+    ik = x_ix @ ix.wk.weight.T  # (B, n, d_I)
     ik = (ik - ik.mean(-1, keepdim=True)) / torch.sqrt(ik.var(-1, unbiased=False, keepdim=True) + 1e-6)
     ik = ik * ix.k_norm.weight + ix.k_norm.bias
-    if p.indexer_rope_dims == "last":
+    if p_ix.indexer_rope_dims == "last":
         ik = torch.cat((ik[..., : d_I - R], rotate(ik[..., d_I - R :], interleaved=interleaved)), -1)
     else:
         ik = torch.cat((rotate(ik[..., :R], interleaved=interleaved), ik[..., R:]), -1)
-    w = (x @ ix.weights_proj.weight.T) / math.sqrt(H_I)  # (B, n, H_I)
+    w = (x_ix @ ix.weights_proj.weight.T) / math.sqrt(H_I)  # (B, n, H_I)
     out = torch.zeros(B, n, H, V)
     for b in range(B):
         for t in range(n):
@@ -402,3 +404,59 @@ def test_the_query_gate_counts_its_fused_projection():
     assert (
         attention_part(gated_plan, D, 1).params - attention_part(plan(), D, 1).params == 2 * 16 * 4 * 18 - 16 * 4 * 12
     )
+
+
+# --- layers that attend an earlier layer's choice (GLM-5.2's IndexShare, HY-V4) ----------------------------------
+
+
+def test_a_shared_layer_attends_the_keys_the_last_indexer_chose():
+    """Its own MLA over the keys the source layer's indexer chose from the source's input."""
+    from moec.nn.indexer import share_indexer_choices
+
+    source = randomized(MLA(plan(), D, norm=RMS, positions=ROPE), seed=1)
+    shared_plan = dataclasses.replace(plan(), indexer_n_heads=None, indexer_shared=True)
+    shared = randomized(MLA(shared_plan, D, norm=RMS, positions=ROPE), seed=2)
+    assert shared.indexer is None and shared_plan.sparse
+    share_indexer_choices([source, None, shared])
+    x0, x1 = (torch.randn(2, S, D, generator=torch.Generator().manual_seed(s)) for s in (7, 8))
+    with torch.no_grad():
+        source(x0, rope_tables(S))
+        got = shared(x1, rope_tables(S))
+        want = oracle(shared, x1, shared_plan, chooser=(source, x0, plan()))
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+SHARED = MIXED.replace(
+    " indexer: false, window: 5, rope_theta: 50000.0}}",
+    " indexer: shared}}, {select: [2], attention: {indexer: false}}",
+)
+
+
+def test_a_shared_layer_has_no_indexer_and_decodes_to_the_full_forward_logits():
+    from moec.spec import load_spec, resolve
+
+    plan = resolve(load_spec("shared.yaml", text=SHARED))
+    a = [lp.attention for lp in plan.layers]
+    assert [(x.has_indexer, x.indexer_shared, x.sparse) for x in a] == [
+        (True, False, True), (False, True, True), (False, False, False)
+    ]  # fmt: skip
+    model = model_of(plan)
+    assert sum(t.numel() for t in model.parameters()) == analyze(plan).params.total
+    assert model.layers[1].attn.indexer is None and model.layers[1].attn.choice_of == [model.layers[0].attn]
+    tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(BATCH, SEQ)
+    with torch.no_grad():
+        full = model(tokens)[0]
+        outs = [model(tokens[:, :5], cache=cache, start=0)[0]]
+        outs += [model(tokens[:, s : s + 1], cache=cache, start=s)[0] for s in range(5, SEQ)]
+        torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+        dense = model_of(resolve(load_spec("x.yaml", text=SHARED.replace("indexer: shared", "indexer: false"))))
+        assert not torch.allclose(dense(tokens)[0], full, atol=1e-3)  # the shared choice matters
+
+
+def test_a_shared_layer_needs_an_earlier_indexer():
+    from moec.errors import SpecError
+    from moec.spec import load_spec
+
+    with pytest.raises(SpecError, match="no layer before it runs one"):
+        load_spec("x.yaml", text=SHARED.replace("select: [1]", "select: [0]"))

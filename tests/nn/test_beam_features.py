@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from moec.analyze.report import analyze  # noqa: E402
 from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
+from moec.plan.tensors import model_tensors  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
 
 SPEC = """\
@@ -75,13 +76,16 @@ def test_a_head_bias_joins_every_gate_logit_of_its_head_before_the_sigmoid():
         (", output_gate: head, output_gate_bias: head", 16 * 4 + 4),
     ],
 )
-def test_gate_bias_counts_by_hand_and_in_the_built_model(attn, per_layer):
+def test_gate_bias_counts_by_hand_in_the_built_model_and_in_the_planner(attn, per_layer):
     """Attention parameters a layer beyond q, k, v and o (16·32 + 2·16·16 + 32·16): the gate and its bias."""
     plan = plan_of(model=NOPE, attn=attn)
     base = analyze(plan_of(model=NOPE)).params.total
     total = analyze(plan).params.total
     assert total - base == 2 * per_layer
-    assert sum(p.numel() for p in build_model(plan, device="meta").parameters()) == total
+    model = build_model(plan, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == total
+    # the planner's tensor inventory (moec plan) names and shapes the same parameters
+    assert {t.name: t.shape for t in model_tensors(plan)} == {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def test_the_power_temperature_scales_the_queries_of_its_layers_by_a_power_of_the_position():

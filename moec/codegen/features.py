@@ -212,8 +212,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
             int_text(x.window, "attention.window")
     if any(ropes) and pos != "rope":
         raise ValueError("a layer applies RoPE but the model's positions are not rope")
-    if kind == "mla" and output_gate != "none":  # a spec can ask for it (Ling 3); moec.nn runs it
-        raise ValueError("codegen does not support attention.output_gate with MLA yet; use the library model (moec.nn)")
+    if kind == "mla" and output_gate != "none" and a.output_gate_fn != "sigmoid":  # Ling 3's is a sigmoid
+        raise ValueError("codegen does not support attention.output_gate_fn softplus with MLA yet; use moec.nn")
     if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
         raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (

@@ -152,6 +152,10 @@ CASES = {
         router="kind: sparsemixer, sparsemixer_eps: 0.2",
         n_experts=6,
     ),
+    "mla output gate per head (Ling 3)": TINY_DEEPSEEK_V3.replace(
+        "v_head_dim: 8}", "v_head_dim: 8, output_gate: head}"
+    ),
+    "mla output gate per element, indexer": INDEXED.replace("top_k: 4}}", "top_k: 4}, output_gate: element}"),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -284,6 +288,7 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             "longrope, sparsemixer (Phi-3.5-MoE)",
             ["ROPE_SHORT_FACTOR = (1.0, 1.5, 2.0, 2.5)", "def sparsemixer(", "sparsemixer_eps=0.2"],
         ),
+        ("mla output gate per head (Ling 3)", ["self.gate_proj = Linear(d_model, h, bias=False)"]),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

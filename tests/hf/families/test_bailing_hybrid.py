@@ -23,6 +23,7 @@ import moec  # noqa: E402
 from moec.hf.families.bailing_hybrid import DEFAULTS  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_a_release_mtp_layer_is_let_go,
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -117,11 +118,12 @@ def test_the_release_mtp_layer_is_let_go(checkpoint, tmp_path):
     assert_a_release_mtp_layer_is_let_go(*checkpoint, tmp_path, mtp_layer=4)
 
 
-def test_generated_model_py_refuses_the_mla_output_gate_by_name(checkpoint):
-    from moec.codegen import render_model_source
-
-    with pytest.raises(ValueError, match="output_gate with MLA"):
-        render_model_source(moec.from_hf(checkpoint[1]).plan)
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders MLA's output gate and the hybrid's linear mixers: the generated model.py holding the
+    imported weights gives moec.nn's logits and aux bit for bit."""
+    model = moec.from_hf(checkpoint[1])
+    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 @pytest.mark.parametrize("safe_gate", [True, False], ids=["bounded", "softplus"])

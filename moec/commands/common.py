@@ -75,6 +75,10 @@ def refuse_block_features(plan: Any, command: str, feature: str) -> None:
         "attention.kind moa": any(getattr(lp.attention, "kind", None) == "moa" for lp in layers),
         # the planner lists no connection tensors: it would leave them out of the shards
         "model.hyper_connections": getattr(plan, "hyper_connections", None) is not None,
+        # MLA variants whose tensors the planner does not list (and TP would not find q_b_proj for the query gate)
+        "attention.rope_key_norm": any(getattr(lp.attention, "rope_key_norm", False) for lp in layers),
+        "attention.query_gate": any(getattr(lp.attention, "query_gate", False) for lp in layers),
+        "model.norm_gate": getattr(plan, "norm_gate", None) is not None,
     }
     found = [name for name, used in present.items() if used]
     if found:

@@ -49,14 +49,17 @@ def plan(
 ) -> None:
     """Per-rank parameter, gradient, optimizer and activation memory, KV cache, and all-to-all, FSDP, TP
     and PP traffic of a layout (--ep/--tp/--pp/--dp-shard); with none of them, every valid layout ranked."""
-    from moec.errors import Problem, SpecError
+    from moec.errors import CommandError, Problem, SpecError
     from moec.plan import Layout
     from moec.plan import render as out
     from moec.plan.report import Workload, plan_layout, search
+    from moec.plan.tensors import inventory_disagreement
 
     model = load_plan(spec, sets)
     refuse_hybrid(model, "moec plan", "the planner's per-tensor sharding and traffic")
     refuse_block_features(model, "moec plan", "the planner's per-tensor sharding and traffic")
+    if (why := inventory_disagreement(model)) is not None:  # a feature the refusals above do not name yet
+        raise CommandError(f"moec plan does not support {model.name} yet: {why}")
     workload = Workload(seq=seq, micro_batch=micro_batch, micro_batches=micro_batches, dtype=dtype)
     searched = ep is None and tp is None and pp is None and dp_shard is None
     if searched:

@@ -50,6 +50,27 @@ def model_tensors(plan: ResolvedModel) -> list[ParamTensor]:
     return tensors
 
 
+def inventory_disagreement(plan: ResolvedModel) -> str | None:
+    """None when the tensor list holds exactly the analyzer's parameters, component by component (MTP apart, as
+    the analyzer reports it); else what differs. The planner shards and moves these tensors: a block feature
+    it does not list yet would silently leave weights out of every figure, so the command refuses instead."""
+    from moec.analyze import analyze
+
+    main = plan.replace(mtp=())
+    listed: dict[str, int] = {}
+    for t in model_tensors(main):
+        listed[t.component] = listed.get(t.component, 0) + t.numel
+    counted = {c.name: c.params for c in analyze(main).components if c.params}
+    listed = {k: v for k, v in listed.items() if v}
+    if listed == counted:
+        return None
+    differ = sorted(set(listed) | set(counted))
+    shown = ", ".join(
+        f"{k} {listed.get(k, 0):,} vs {counted.get(k, 0):,}" for k in differ if listed.get(k) != counted.get(k)
+    )
+    return f"the planner's tensor list disagrees with the analyzer's parameters ({shown})"
+
+
 def frozen_components(plan: ResolvedModel) -> set[str]:
     """The components whose weights get no gradient, as the analyzer decides it (LoRA bases, `frozen`)."""
     parts = [*(layer_parts(lp, plan) for lp in plan.layers), model_edge_parts(plan)]

@@ -117,3 +117,14 @@ def test_block_features_outside_the_inventory_are_refused_by_name(spec: str, nam
     assert res.output.strip() == (
         f"error: moec plan does not support {named} yet (the planner's per-tensor sharding and traffic): {spec} uses it"
     )
+
+
+def test_a_feature_no_refusal_names_is_still_caught_by_the_inventory_check(monkeypatch):
+    """With the named refusals switched off, a model whose tensors the planner does not list (the indexer's) is
+    refused because its tensor list and the analyzer's parameters differ, naming the component: never planned."""
+    import moec.commands.plan as plan_command
+
+    monkeypatch.setattr(plan_command, "refuse_block_features", lambda *a: None)
+    res = run("deepseek-v3.2-exp", "--ep", "8")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "the planner's tensor list disagrees with the analyzer's parameters (attention " in res.output

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moec.errors import Problem, SpecError
-from moec.hf.draft import INERT, CannotExport, Draft, Family, Gap, HFConfig, shown
+from moec.hf.draft import INERT, CannotExport, Draft, Family, Gap, HFConfig, layer_selections, shown
 from moec.hf.families import FAMILIES, export_order, layer_pattern
 from moec.hf.jsontext import KeyLocator, parse_object, printable
 from moec.hf.refused import refusal
@@ -206,6 +206,8 @@ def _tree(t: Translation) -> dict[str, Any]:
         v_default, v_over = layer_pattern(values)
         layers["default"].setdefault("attention", {})[name] = (v_default, note)
         overrides += [({"select": sel, "attention": {name: v}}, note) for sel, v in v_over]
+    for name, (values, note) in d.layer_moe.items():  # None: the moe section's own value
+        overrides += [({"select": sel, "moe": {name: v}}, note) for sel, v in layer_selections(values)]
     if overrides:
         layers["overrides"] = overrides
     tree["layers"] = layers

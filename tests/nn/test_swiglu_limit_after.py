@@ -146,3 +146,14 @@ def test_code_generator_refuses_each_by_name() -> None:
     ):
         with pytest.raises(ValueError, match=f"codegen does not support {name}"):
             plan_features(plan, list(plan.layers))
+
+
+def test_exporters_refuse_a_layer_of_its_own_moe() -> None:
+    """Every exporter reads one MoE configuration (moe_plan): a plan whose layers differ in it is refused, not
+    written with the first MoE layer's limits."""
+    from moec.hf.draft import CannotExport
+    from moec.hf.families._export_common import moe_plan
+
+    assert moe_plan(tiny_plan(SPEC)).activation == "swiglu"
+    with pytest.raises(CannotExport, match=r"one MoE configuration for every layer \(the spec's layers\.\*\.moe"):
+        moe_plan(tiny_plan(CLAMPED))

@@ -106,6 +106,8 @@ def moe_plan(m: ResolvedModel, *, all_layers: bool = False) -> MoEPlan:
         raise CannotExport("is an MoE family and the spec has no MoE layer")
     if all_layers and len(plans) != len(m.layers):
         raise CannotExport("makes every layer MoE (the spec has dense layers)")
+    if len(set(plans)) > 1:  # layers.*.moe: a layer's own activation or limits
+        raise CannotExport("has one MoE configuration for every layer (the spec's layers.*.moe give some their own)")
     return plans[0]
 
 

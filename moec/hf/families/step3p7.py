@@ -13,12 +13,13 @@ layer's own base and rotary width. Every RMSNorm is Gemma's, 1 + w (``model.norm
 scores, a selection-only ``e_score_correction_bias`` buffer, the top-k renormalised by their bare sum and scaled by
 ``moe_router_scaling_factor``, plus one shared MLP of ``share_expert_dim``.
 
+The SwiGLU clamps (``swiglu_limits``, ``swiglu_limits_shared``: one limit per layer, routed experts and shared MLP
+apart) become the clamped layers' own moe overrides with swiglu_limit_after, min(silu(gate), L) · clamp(up, ±L).
 Each layer rotates with its type's rope scaling (layers.*.attention.rope_scaling: the release's llama3 scaling is
-its full-attention layers' only). Refused by name: SwiGLU clamps (``swiglu_limits``, ``swiglu_limits_shared``:
-min(silu(gate), L) · clamp(up, ±L) per layer, moec's swiglu_limit_after through a layer's own moe override, which
-the importer cannot write yet), bidirectional attention. The release's multi-token-prediction layers
-(``num_nextn_predict_layers``) are not built by transformers and are not imported; the per-layer lists the release
-pads with their entries are cut to the decoder layers, as transformers does.
+its full-attention layers' only). Refused by name: a clamp on a dense layer's MLP, bidirectional attention. The
+release's multi-token-prediction layers (``num_nextn_predict_layers``) are not built by transformers and are not
+imported; the per-layer lists the release pads with their entries are cut to the decoder layers, as transformers
+does.
 
 Checkpoints (what save_pretrained writes: transformers' conversion mapping for step3p7, inverted) hold the text
 model under ``model.``: the experts ``moe.{gate,up,down}_proj.weight`` stacked (E, f, d) and (E, d, f), the router
@@ -44,6 +45,7 @@ from moec.hf.families._common import (
 from moec.hf.families._step3p5 import heads_per_layer, layer_rope, rope_base, rope_per_type
 from moec.hf.families.hy_v3 import ignored
 from moec.hf.mapper import Mapper
+from moec.spec.moe_override import MAX_LIMIT
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +110,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     _moe(t, d)
     _mlp_layers(t, d)
     dense_layers_ffn(t, d, bias_src=t.src("mlp_bias"))
+    _clamps(t, d)
     _refused(t, d)
     _release_fields(t, d)
     c.value("image_token_id")
@@ -247,20 +250,67 @@ def _moe_layers_enum(t: HFConfig) -> set[int] | None:
     return {int(x) for x in items}
 
 
+def _clamps(t: HFConfig, d: Draft) -> None:
+    """swiglu_limits (the routed experts') and swiglu_limits_shared (the shared MLP's, and the dense layers' MLP's):
+    one limit per layer, 0 or null for none. A clamped layer's experts run swiglu_limit_after, min(silu(gate), L) ·
+    clamp(up, ±L), as Step3p7Experts and Step3p7MLP compute it, through the layer's own moe override
+    (layers.overrides[].moe); the section stays plain SwiGLU."""
+    routed, shared = _limits(t, d, "swiglu_limits"), _limits(t, d, "swiglu_limits_shared")
+    if routed is None or shared is None or len(d.ffn) != d.n_layers:  # refused, reported where read
+        return
+    on_dense = {i: x for i, (x, kind) in enumerate(zip(shared, d.ffn, strict=True)) if x and kind == "dense"}
+    if on_dense:
+        d.gap(
+            t.prefix + "swiglu_limits_shared",
+            on_dense,
+            "a SwiGLU clamp on a dense layer's MLP (Step3p7MLP clamps with swiglu_limits_shared there too); moec "
+            "clamps a MoE layer's experts per layer (layers.*.moe) but not a dense layer's FFN",
+            "layers.*.ffn_activation_limit: a dense layer's own activation and limit. No count change",
+        )
+    moe = [kind == "moe" for kind in d.ffn]
+    clamped, after = "swiglu_limit_after", "Step3p7Experts / Step3p7MLP: min(silu(gate), L) · clamp(up, ±L)"
+    per_layer = {
+        "activation": [clamped if r and m else None for r, m in zip(routed, moe, strict=True)],
+        "activation_limit": [r if m else None for r, m in zip(routed, moe, strict=True)],
+        # a layer that clamps one of routed and shared: the other keeps plain SwiGLU
+        "shared_activation": [
+            (clamped if s else "swiglu") if m and bool(r) != bool(s) else None
+            for r, s, m in zip(routed, shared, moe, strict=True)
+        ],
+        "shared_activation_limit": [s if m else None for s, m in zip(shared, moe, strict=True)],
+    }
+    notes = {
+        "activation": f"{t.src('swiglu_limits')}: clamped layers ({after})",
+        "activation_limit": t.src("swiglu_limits"),
+        "shared_activation": f"{t.src('swiglu_limits')} and {t.src('swiglu_limits_shared')}: the shared MLP "
+        "clamped as its layer's entry says",
+        "shared_activation_limit": t.src("swiglu_limits_shared"),
+    }
+    for name, values in per_layer.items():
+        if any(v is not None for v in values):
+            d.layer_moe[name] = (values, notes[name])
+
+
+def _limits(t: HFConfig, d: Draft, key: str) -> list[float | None] | None:
+    """One clamp limit per layer (None: no clamp; Step3p7 reads 0 and null alike), or None when refused."""
+    v = t.value(key)
+    if v is None:
+        return [None] * d.n_layers
+    if not isinstance(v, list) or not all(x is None or (is_number(x) and x >= 0) for x in v):
+        t.bad(key, f"{shown(v)}: expected a list of one limit per layer (0 or null: no clamp)")
+        return None
+    if not d.fits_layers(t, key, v):
+        return None
+    too_large = {i: x for i, x in enumerate(v) if x and x > MAX_LIMIT}
+    if too_large:
+        d.gap(t.prefix + key, too_large, f"a clamp limit above {MAX_LIMIT:g}, past moec's bound on activation_limit",
+              f"a larger bound on moe.activation_limit (at most {MAX_LIMIT:g} today)")  # fmt: skip
+        return None
+    return [float(x) if x else None for x in v]
+
+
 def _refused(t: HFConfig, d: Draft) -> None:
     """What moec cannot express, each named."""
-    for key, what in (("swiglu_limits", "routed experts"), ("swiglu_limits_shared", "shared expert and dense MLPs")):
-        v = t.value(key)
-        if v is not None and (not isinstance(v, list) or any(x not in (None, 0, 0.0) for x in v)):
-            clamped = {i: x for i, x in enumerate(v) if x} if isinstance(v, list) else v  # 0 and null: no clamp
-            d.gap(
-                t.prefix + key,
-                clamped,
-                f"a SwiGLU clamp on the {what} (layer: L above): min(silu(gate), L) · clamp(up, −L, L), which moec "
-                "computes (swiglu_limit_after in a layer's own layers.overrides[].moe) but the importer cannot write "
-                "into a spec yet",
-                "moec.hf.config writing Draft.layer_moe as layers.overrides[].moe. No count change",
-            )
     if t.bool("mlp_bias"):
         d.gap(t.prefix + "mlp_bias", True, "biases on the dense and shared MLPs but none on the routed experts",
               "moe.shared_bias: biases on the shared experts alone. Count: + their biases")  # fmt: skip

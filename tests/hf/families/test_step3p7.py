@@ -64,17 +64,8 @@ STEP_37_FLASH: dict = {
     "vision_config": {"model_type": "perception_encoder", "image_size": 728, "patch_size": 14, "width": 1536,
                       "layers": 47, "heads": 16},
 }  # fmt: skip
-# what moec refuses in it, by name: the SwiGLU clamps (which change no count)
-REFUSED = ["text_config.swiglu_limits", "text_config.swiglu_limits_shared"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def without_refused(cfg: dict) -> dict:
-    out = copy.deepcopy(cfg)
-    for path in REFUSED:
-        out["text_config"].pop(path.removeprefix("text_config."))
-    return out
 
 
 def on_meta(cfg: dict):
@@ -94,13 +85,11 @@ def tower(hf) -> int:
 
 
 def test_release_counts_equal_transformers_model_on_meta():
-    """The release less what moec refuses, whose transformers model has the release's very parameters."""
-    release, counted = on_meta(STEP_37_FLASH), on_meta(without_refused(STEP_37_FLASH))
-    assert text_counts(release) == text_counts(counted)
-    params = analyze(hf_to_model(without_refused(STEP_37_FLASH))).params
-    assert (params.total, params.active) == text_counts(counted)
-    assert sorted(refused_fields(STEP_37_FLASH)) == REFUSED
-    text = import_hf_config(without_refused(STEP_37_FLASH))
+    """The release imports whole (its clamps and the full layers' scaling included) and counts as transformers."""
+    release = on_meta(STEP_37_FLASH)
+    params = analyze(hf_to_model(STEP_37_FLASH)).params
+    assert (params.total, params.active) == text_counts(release)
+    text = import_hf_config(STEP_37_FLASH)
     assert f"left out: the vision tower and its projector (vision_config: {tower(release):,} parameters)" in text
     assert "num_nextn_predict_layers 3: transformers builds none (ignored)" in text
 
@@ -109,11 +98,10 @@ def test_release_scales_rope_on_its_full_attention_layers_only():
     """rope_scaling (llama3) is the full-attention type's (Step3p7TextConfig): those layers rotate with it, the
     sliding ones unscaled; the config transformers saves holds it inside the full_attention mapping and imports to
     the same plan."""
-    release = without_refused(STEP_37_FLASH)
-    plan = hf_to_model(release)
+    plan = hf_to_model(STEP_37_FLASH)
     kinds = [lp.attention.rope_scaling.kind if lp.attention.rope_scaling else None for lp in plan.layers]
     assert kinds == ["llama3" if i % 4 == 0 else None for i in range(45)]
-    saved = on_meta(release).config.to_dict()
+    saved = on_meta(STEP_37_FLASH).config.to_dict()
     assert saved["text_config"]["rope_parameters"]["full_attention"]["rope_type"] == "llama3"
     assert "rope_type" not in saved["text_config"]["rope_parameters"]["sliding_attention"] or (
         saved["text_config"]["rope_parameters"]["sliding_attention"]["rope_type"] == "default"
@@ -121,8 +109,21 @@ def test_release_scales_rope_on_its_full_attention_layers_only():
     assert plan_differences(plan, hf_to_model(saved)) == []
 
 
+def test_release_clamps_layers_43_and_44_only():
+    """swiglu_limits 7 and swiglu_limits_shared 16 on layers 43-44 (Step3p7SparseMoeBlock reads them there):
+    those layers' experts run swiglu_limit_after with their limits, every other MoE layer plain SwiGLU."""
+    plan = hf_to_model(STEP_37_FLASH)
+    clamps = {
+        lp.index: (lp.ffn.activation, lp.ffn.activation_limit, lp.ffn.shared_activation, lp.ffn.shared_activation_limit)
+        for lp in plan.layers[3:]
+    }
+    assert clamps == {i: ("swiglu", None, None, None) for i in range(3, 43)} | {
+        i: ("swiglu_limit_after", 7.0, None, 16.0) for i in (43, 44)
+    }
+
+
 def test_release_fields_transformers_ignores_are_named():
-    text = import_hf_config(without_refused(STEP_37_FLASH))
+    text = import_hf_config(STEP_37_FLASH)
     for said in ("use_head_wise_attn_gate true", "zero_centered true", "moe_router_activation 'sigmoid'",
                  "norm_expert_weight true", "yarn_only_types ['full_attention']", "max_seq_len 262144"):  # fmt: skip
         assert f"text_config.{said}: transformers ignores it" in text
@@ -131,7 +132,7 @@ def test_release_fields_transformers_ignores_are_named():
 def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp_path):
     """The release's fields (aliases, per-layer rope lists, moe_layers_enum, attention_other_setting) and the
     config.json save_pretrained writes for them (rope_parameters per type, mlp_layer_types, per_layer_config)."""
-    release = without_refused(STEP_37_FLASH)
+    release = STEP_37_FLASH
     saved = on_meta(release).config.to_dict()
     assert "per_layer_config" in saved["text_config"]
     assert plan_differences(hf_to_model(release), hf_to_model(saved)) == []
@@ -152,6 +153,11 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
         ({"mlp_bias": True}, "text_config.mlp_bias"),
         ({"gating": False}, "text_config.gating"),
         ({"gating": "per-element"}, "text_config.gating"),
+        ({"swiglu_limits_shared": [16.0] + [0.0] * 44}, "text_config.swiglu_limits_shared"),  # dense layer 0's MLP
+        ({"swiglu_limits": 7.0}, "text_config.swiglu_limits"),
+        ({"swiglu_limits": [-1.0] * 45}, "text_config.swiglu_limits"),
+        ({"swiglu_limits_shared": [0.0] * 44}, "text_config.swiglu_limits_shared"),
+        ({"swiglu_limits": [2e4] * 45}, "text_config.swiglu_limits"),
         ({"moe_top_k": 8, "num_experts_per_tok": 4}, "text_config.moe_top_k"),
         ({"moe_layer_freq": [1] * 45}, "text_config.moe_layer_freq"),
         ({"per_layer_config": {**{str(i): {"num_attention_heads": 96} for i in range(45) if i % 4},
@@ -160,7 +166,7 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
     ],
 )  # fmt: skip
 def test_text_fields_that_would_change_the_model_are_refused(change, field):
-    cfg = without_refused(STEP_37_FLASH)
+    cfg = copy.deepcopy(STEP_37_FLASH)
     cfg["text_config"].update(change)
     assert refused_fields(cfg) == [field]
 
@@ -223,23 +229,31 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert_same_logits_and_choices(hf, model, scale=2.5)
 
 
-# the tiny model with a llama3 rope scaling of its full-attention layers (0 and 3) only, as the release has, past
-# its original length of 4 positions
+# the tiny model as the release is: clamps that bite on some layers (layer 1 its shared MLP's only, layer 2 its
+# experts' only, layer 3 both, each its own limit; layer 0 is dense and unclamped) and a llama3 rope scaling of the
+# full-attention layers (0 and 3) only, past its original length of 4 positions
 RELEASE_LIKE = {
+    "swiglu_limits": [0.0, 0.0, 0.05, 0.08],
+    "swiglu_limits_shared": [0.0, 0.06, 0.0, 0.1],
     "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "original_max_position_embeddings": 4,
                      "low_freq_factor": 1.0, "high_freq_factor": 4.0},
 }  # fmt: skip
 
 
-def test_tiny_checkpoint_with_full_layer_scaling_gives_transformers_logits(tmp_path_factory, tmp_path):
+def test_tiny_checkpoint_with_clamps_and_full_layer_scaling_gives_transformers_logits(tmp_path_factory, tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["text_config"].update(RELEASE_LIKE)
     hf, folder = saved_checkpoint(tiny_hf(cfg), tmp_path_factory, "step3p7_release_like")
     model = moec.from_hf(folder)
+    assert [(lp.ffn.activation, lp.ffn.shared_activation) for lp in model.plan.layers[1:]] == [
+        ("swiglu", "swiglu_limit_after"),
+        ("swiglu_limit_after", "swiglu"),
+        ("swiglu_limit_after", None),
+    ]
     assert [lp.attention.rope_scaling is not None for lp in model.plan.layers] == [True, False, False, True]
     assert_same_logits_and_choices(hf, model, scale=2.5)
     want, _ = run_hf(TextView(hf))
-    # the scaling bites: the same weights without the full layers' scaling give other logits
+    # each part bites: the same weights without the full layers' scaling (moec), or without a clamp (transformers)
     unscaled = tmp_path / "unscaled"
     shutil.copytree(folder, unscaled)
     saved = json.loads((unscaled / "config.json").read_text())
@@ -248,6 +262,10 @@ def test_tiny_checkpoint_with_full_layer_scaling_gives_transformers_logits(tmp_p
     saved["text_config"]["rope_parameters"]["full_attention"] = {"rope_type": "default", **kept}
     (unscaled / "config.json").write_text(json.dumps(saved))
     assert (run_moec(moec.from_hf(unscaled))[0] - want).abs().max().item() > 1e-3
+    for module in hf.modules():
+        if hasattr(module, "limit"):
+            module.limit = float("inf")
+    assert (run_hf(TextView(hf))[0] - want).abs().max().item() > 1e-3
 
 
 def test_a_release_mtp_layer_is_let_go(tmp_path_factory, tmp_path):

@@ -2,9 +2,9 @@
 translated by moec/hf/families/deepseek_v32.py's steps. Two differences, both from transformers' GlmMoeDsa
 classes: the indexer rotates its first qk_rope_head_dim dims in adjacent pairs (``rope_layout: interleaved``), and
 each layer either runs its own indexer (``full``) or reuses the top-k of the last full layer (``shared``:
-GLM-5.2's cross-layer sharing), by indexer_types or the schedule index_topk_pattern / index_topk_freq /
-index_skip_topk_offset give. moec's layers each run their own indexer: a config with shared layers is refused,
-naming the feature. The release's MTP layer (``model.layers.78.*``) is let go as transformers does.
+GLM-5.2's cross-layer sharing, ``layers.*.attention.indexer: shared``), by indexer_types or the schedule
+index_topk_pattern / index_topk_freq / index_skip_topk_offset give. The release's MTP layer (``model.layers.78.*``)
+is let go as transformers does.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _schedule(c: HFConfig, n: int) -> list[str] | None:
 
 
 def _indexer_types(c: HFConfig, d: Draft) -> None:
-    """Every layer must run its own indexer: 'shared' layers (the top-k of an earlier layer) are refused by name."""
+    """Each layer runs its own indexer (``full``) or attends the top-k the last full layer before it chose
+    (``shared``: ``layers.*.attention.indexer: shared``, no indexer of its own); the first layer must be full."""
     if not d.layers_known:
         return
     schedule = _schedule(c, d.n_layers)  # read also beside indexer_types, which transformers then follows
@@ -62,14 +63,16 @@ def _indexer_types(c: HFConfig, d: Draft) -> None:
         types = schedule
     if not (d.fits_layers(c, key, types) and all_known(c, key, types, ("full", "shared"))):
         return
-    shared = [i for i, t in enumerate(types) if t == "shared"]  # type: ignore[union-attr]
-    if shared:
-        d.gap(
+    assert types is not None
+    if types[0] == "shared":
+        c.bad(
             key,
-            f"{len(shared)} shared layers ({', '.join(map(str, shared[:6]))}{', …' if len(shared) > 6 else ''})",
-            "cross-layer top-k sharing (GLM-5.2's IndexShare): these layers reuse an earlier layer's indexer choice; "
-            "moec runs an indexer in every layer",
-            "attention.indexer.shared per layer (a layer reusing the last full layer's top-k)",
+            "layer 0 is shared, but a shared layer reuses the top-k of a full layer before it (transformers: an error)",
+        )
+    elif "shared" in types:
+        d.layer_attention["indexer"] = (
+            ["shared" if t == "shared" else True for t in types],
+            f"{c.src(key)}: shared layers attend the last full layer's top-k, with no indexer of their own",
         )
 
 
@@ -79,7 +82,7 @@ class GlmMoeDsaMapper(DsaMapper):
 
 def export(m: ResolvedModel) -> dict[str, Any]:
     cfg = export_dsa(m, FAMILY, "interleaved")
-    cfg["indexer_types"] = ["full"] * m.n_layers
+    cfg["indexer_types"] = ["shared" if lp.attention.indexer_shared else "full" for lp in m.layers]
     return cfg
 
 

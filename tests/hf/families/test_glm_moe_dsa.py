@@ -1,7 +1,7 @@
 """GLM-5 (model_type glm_moe_dsa): the release config's counts equal transformers' model on meta; a tiny random
 checkpoint saved by transformers (DeepSeek-V3.2's MLA and lightning indexer, the indexer's rotary dims in adjacent
 pairs) loads with moec.from_hf to transformers' logits and router choices; GLM-5.2's cross-layer sharing of the
-indexer's choice is refused by name, never run as a full indexer."""
+indexer's choice (shared layers with no indexer of their own) counts and runs as transformers' does."""
 
 from __future__ import annotations
 
@@ -91,26 +91,41 @@ def test_the_plan_exports_to_a_config_that_imports_back_to_it():
     assert hf_counts(cfg) == hf_counts(GLM_5)
 
 
+# GLM-5.2's cross-layer sharing: every 4th layer from 3 on runs the indexer, the others reuse its choice
+# (transformers' schedule), or as a list or a pattern
+SHARED = {
+    "schedule": {"index_topk_freq": 4, "index_skip_topk_offset": 3},
+    "list": {"indexer_types": ["full"] * 3 + ["shared"] * 75},
+    "pattern": {"index_topk_pattern": "F" * 77 + "S"},
+}
+
+
+@pytest.mark.parametrize("change", SHARED.values(), ids=SHARED.keys())
+def test_shared_indexer_layers_counts_equal_transformers_model_on_meta(change):
+    """A shared layer has no indexer of its own (transformers builds none): the counts still agree."""
+    cfg = {**GLM_5, **change}
+    plan = hf_to_model(cfg)
+    shared = [i for i, lp in enumerate(plan.layers) if lp.attention.indexer_shared]
+    assert shared and all(not plan.layers[i].attention.has_indexer for i in shared)
+    params = analyze(plan).params
+    assert (params.total, params.active) == hf_counts(cfg)
+
+
+def test_a_plan_with_shared_layers_exports_its_indexer_types():
+    cfg = family_config(hf_to_model({**GLM_5, **SHARED["list"]}), "glm_moe_dsa")
+    assert cfg["indexer_types"] == ["full"] * 3 + ["shared"] * 75
+
+
 @pytest.mark.parametrize(
     "change,field",
     [
-        # GLM-5.2: every 4th layer from 3 on runs the indexer, the others reuse its choice (transformers' schedule)
-        ({"index_topk_freq": 4, "index_skip_topk_offset": 3}, "index_topk_freq"),
-        ({"indexer_types": ["full"] * 3 + ["shared"] * 75}, "indexer_types"),
-        ({"index_topk_pattern": "F" * 77 + "S"}, "index_topk_pattern"),
+        ({"indexer_types": ["shared"] * 78}, "indexer_types"),  # nothing before layer 0 to share
         ({"indexer_rope_interleave": False}, "indexer_rope_interleave"),
         ({"indexer_types": ["full"] * 77}, "indexer_types"),
     ],
 )
-def test_shared_indexer_layers_and_disagreeing_fields_are_refused_by_name(change, field):
+def test_disagreeing_fields_are_refused_by_name(change, field):
     assert refused_fields({**GLM_5, **change}) == [field]
-
-
-def test_the_refusal_names_cross_layer_sharing():
-    from moec.errors import SpecError
-
-    with pytest.raises(SpecError, match="cross-layer top-k sharing"):
-        hf_to_model({**GLM_5, "index_topk_freq": 4, "index_skip_topk_offset": 3})
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +146,16 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
         for layer in model.layers:
             layer.attn.indexer.rotate = apply_rope
         assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
+
+
+def test_tiny_checkpoint_with_a_shared_layer_gives_transformers_logits_and_router_choices(tmp_path_factory):
+    """Layer 1 attends layer 0's choice (transformers' prev_topk_indices): moec's MLA of indexer_shared."""
+    hf, folder = saved_checkpoint(
+        tiny_hf("glm_moe_dsa", {**TINY, "indexer_types": ["full", "shared", "full"]}), tmp_path_factory, "glm_shared"
+    )
+    model = moec.from_hf(folder)
+    assert [lp.attention.indexer_shared for lp in model.plan.layers] == [False, True, False]
+    assert assert_same(hf, model) <= 1e-4
 
 
 def test_the_shipped_spec_is_the_release_config():

@@ -14,8 +14,8 @@ MLA's rotary layout differs from moec's and is absorbed by the loader, as a pure
 interleaved on load. HYV4Indexer rotates the LAST qk_rope_head_dim dims of each indexer head, in halves
 (``attention.indexer.rope_dims: last``).
 
-What moec does not run is refused by name: ``indexer_types``' shared layers (the default: layer 0 and every fourth
-from 1 run the indexer, the others reuse the last full layer's choice). The multi-token-prediction layers
+The ``shared`` layers of indexer_types (the default: layer 0 and every fourth from 1 run the indexer, the others
+reuse the last full layer's choice) are ``layers.*.attention.indexer: shared``. The multi-token-prediction layers
 (``model.mtp_layers``) are not part of the model transformers builds, which lets them go on load; so does moec.
 """
 
@@ -113,7 +113,8 @@ def _layer_types(c: HFConfig, d: Draft) -> None:
 
 def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
     """Every layer's lightning indexer: heads, width, top-k, its key's LayerNorm at rms_norm_eps; its last
-    qk_rope_head_dim dims rotated, paired as ``rotary`` says. Shared layers of indexer_types are refused."""
+    qk_rope_head_dim dims rotated, paired as ``rotary`` says; the ``shared`` layers of indexer_types run none and
+    attend the keys the last full layer chose (``layers.*.attention.indexer: shared``)."""
     d.section(
         "attention.indexer",
         n_heads=(c.int("index_n_heads"), c.src("index_n_heads")),
@@ -132,24 +133,17 @@ def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
     )
     if not (d.fits_layers(c, "indexer_types", types) and all_known(c, "indexer_types", types, ("full", "shared"))):
         return
-    shared = [i for i, t in enumerate(types) if t == "shared"]  # type: ignore[union-attr]
-    if shared:
-        delta = -len(shared) * indexer_params(c)  # a shared layer holds no indexer
-        d.gap(
-            "indexer_types",
-            f"{len(shared)} shared layers ({', '.join(map(str, shared[:6]))}{', …' if len(shared) > 6 else ''})",
-            "cross-layer top-k sharing: these layers reuse the last full layer's indexer choice; moec runs an "
-            "indexer in every layer" + ("" if given else " (indexer_types unset: the class's default schedule)"),
-            "attention.indexer.shared per layer (a layer reusing the last full layer's top-k)",
-            param_delta=delta,
+    if types[0] == "shared":  # type: ignore[index]
+        c.bad("indexer_types", f"layer 0 is shared, but no layer before it runs an indexer ({cls}Attention raises)")
+        return
+    if "shared" in types:  # type: ignore[operator]
+        where = (
+            "indexer_types" if given else "indexer_types unset: the class's schedule (layer 0, then every 4th from 1)"
         )
-
-
-def indexer_params(c: HFConfig) -> int:
-    """One layer's indexer parameters as transformers builds them: wq_b, wk, k_norm (weight and bias),
-    weights_proj (docs/conventions.md, "Sparse attention indexer")."""
-    H, D, d = c.value("index_n_heads"), c.value("index_head_dim"), c.value("hidden_size")
-    return c.value("q_lora_rank") * H * D + d * D + 2 * D + d * H
+        d.layer_attention["indexer"] = (
+            [True if t == "full" else "shared" for t in types],  # type: ignore[union-attr]
+            f"{where}: a shared layer attends the top-k the last full layer chose (prev_topk_indices)",
+        )
 
 
 def hyper_connections(c: HFConfig, d: Draft, cls: str) -> None:

@@ -1,9 +1,8 @@
 """HY-V4 (model_type hy_v4): hyper-connections without the stream mix, MLA with sinks, an element gate and a
-lightning indexer, clamped SwiGLU routed experts beside plain shared ones. The release config's draft plus its one
-refused feature's stated size equals transformers' model on meta (total and active); a tiny checkpoint saved by
-transformers (every layer running its indexer) loads with moec.from_hf to transformers' logits and router choices,
-MLA's rotary rows re-laid on load and the indexer's last rotary dims included; the cross-layer sharing of the indexer's choice is refused by
-name."""
+lightning indexer (most layers reusing an earlier layer's choice), clamped SwiGLU routed experts beside plain shared
+ones. The release config's counts equal transformers' model on meta (total and active); a tiny checkpoint saved by
+transformers loads with moec.from_hf to transformers' logits and router choices, MLA's rotary rows re-laid on load,
+the indexer's last rotary dims and a shared indexer layer included; fields that disagree are refused by name."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model, import_hf_config
-from moec.hf.config import render_yaml, translate
-from moec.spec import load_spec, resolve
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,13 +46,13 @@ HY4_PREVIEW = {
 EVERY_LAYER_FULL = {**HY4_PREVIEW, "indexer_types": ["full"] * N}
 
 # 3 layers (a dense one, then MoE), 4 streams, an indexer of 4 heads of 8 whose last 4 dims rotate, keeping 4 keys
-# of the 12-token test sequence; a swiglu_limit low enough to bind on random weights
+# of the 12-token test sequence (the last layer reusing the second's choice); a swiglu_limit low enough to bind
 TINY = {
     "vocab_size": 128, "hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64,
     "rms_norm_eps": 1e-5, "num_hidden_layers": 3, "intermediate_size": 48, "q_lora_rank": 24, "kv_lora_rank": 16,
     "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "n_routed_experts": 8, "n_shared_experts": 1,
     "moe_intermediate_size": 16, "num_experts_per_tok": 2, "routed_scaling_factor": 2.5, "index_n_heads": 4,
-    "index_head_dim": 8, "index_topk": 4, "indexer_types": ["full"] * 3, "hc_mult": 4, "hc_magnitude": 1.5,
+    "index_head_dim": 8, "index_topk": 4, "indexer_types": ["full", "full", "shared"], "hc_mult": 4, "hc_magnitude": 1.5,
     "hc_eps": 1e-3, "swiglu_limit": 0.5, "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
     "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
 }  # fmt: skip
@@ -63,30 +60,20 @@ TINY = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def draft_counts(cfg: dict) -> tuple[int, int, int]:
-    """(total, active) of the spec the importer drafts for ``cfg`` with its gaps left aside, and the sum of the
-    gaps' stated parameter deltas."""
-    t = translate(cfg)
-    assert not t.problems(gaps=False)
-    params = analyze(resolve(load_spec("draft", text=render_yaml(t)))).params
-    return params.total, params.active, sum(g.param_delta for g in t.gaps)
-
-
-def test_release_draft_and_its_gap_counts_equal_transformers_model_on_meta():
-    """The one refused feature (57 layers sharing an indexer's choice hold no indexer) sized by its gap: the rest,
-    hyper-connections included, is counted exactly."""
-    total, active, delta = draft_counts(HY4_PREVIEW)
-    # a layer's indexer: 2048·32·128 + 6144·128 + 2·128 + 6144·32 = 9,371,904; 57 of them are not built
-    assert delta == -57 * 9_371_904
-    assert (total + delta, active + delta) == hf_counts(HY4_PREVIEW)
-
-
-def test_release_with_every_layer_indexing_counts_equal_transformers_model_on_meta():
-    params = analyze(hf_to_model(EVERY_LAYER_FULL)).params
-    assert (params.total, params.active) == hf_counts(EVERY_LAYER_FULL)
+def test_release_counts_equal_transformers_model_on_meta():
+    """The release as transformers builds it: 21 layers run the indexer, 57 reuse their choice and hold none."""
+    params = analyze(hf_to_model(HY4_PREVIEW)).params
+    assert (params.total, params.active) == hf_counts(HY4_PREVIEW)
     # each of 78·2 connections: (4·6144)·8 + 8 + 2 = 196,618; the head (4·6144)·4 + 4 + 1 = 98,309
-    (row,) = [c for c in analyze(hf_to_model(EVERY_LAYER_FULL)).components if c.name == "hyper_connections"]
+    (row,) = [c for c in analyze(hf_to_model(HY4_PREVIEW)).components if c.name == "hyper_connections"]
     assert row.params == 156 * 196_618 + 98_309 == 30_770_717
+
+
+def test_every_layer_indexing_adds_57_indexers():
+    """indexer_types all full: 57 more indexers of 2048·32·128 + 6144·128 + 2·128 + 6144·32 = 9,371,904 each."""
+    full, shared = (analyze(hf_to_model(c)).params.total for c in (EVERY_LAYER_FULL, HY4_PREVIEW))
+    assert full - shared == 57 * 9_371_904
+    assert (full, analyze(hf_to_model(EVERY_LAYER_FULL)).params.active) == hf_counts(EVERY_LAYER_FULL)
 
 
 def test_release_imports_the_streams_and_names_the_release_fields():
@@ -100,23 +87,22 @@ def test_release_imports_the_streams_and_names_the_release_fields():
 @pytest.mark.parametrize(
     "change,field",
     [
-        ({}, "indexer_types"),  # the release: 57 shared layers
-        ({"indexer_types": None}, "indexer_types"),  # unset: the class's schedule, the same
+        ({"indexer_types": ["shared"] + ["full"] * (N - 1)}, "indexer_types"),  # no indexer before layer 0
         ({**EVERY_LAYER_FULL, "enable_ihc": False}, "enable_ihc"),
         ({**EVERY_LAYER_FULL, "gating_type": "headwise"}, "gating_type"),
         ({**EVERY_LAYER_FULL, "layer_types": ["full_attention"] * N}, "layer_types"),
     ],
 )
-def test_shared_indexer_layers_and_disagreeing_fields_are_refused_by_name(change, field):
+def test_disagreeing_fields_are_refused_by_name(change, field):
     cfg = {k: v for k, v in {**HY4_PREVIEW, **change}.items() if v is not None}
     assert refused_fields(cfg) == [field]
 
 
-def test_the_refusal_names_cross_layer_sharing():
-    from moec.errors import SpecError
-
-    with pytest.raises(SpecError, match="cross-layer top-k sharing"):
-        hf_to_model(HY4_PREVIEW)
+def test_the_shared_layers_are_the_class_schedule_when_unset():
+    unset = {k: v for k, v in HY4_PREVIEW.items() if k != "indexer_types"}
+    plan = hf_to_model(unset)
+    assert plan == hf_to_model(HY4_PREVIEW)
+    assert [i for i, lp in enumerate(plan.layers) if not lp.attention.indexer_shared] == [0, *range(1, N, 4)]
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +132,10 @@ def test_the_indexer_rotates_its_last_dims(checkpoint):
     """attention.indexer.rope_dims: last, and it matters: rotating the first dims instead gives other logits."""
     hf, folder = checkpoint
     model = moec.from_hf(folder)
-    assert {lp.attention.indexer_rope_dims for lp in model.plan.layers} == {"last"}
+    assert {lp.attention.indexer_rope_dims for lp in model.plan.layers if lp.attention.has_indexer} == {"last"}
     with torch.no_grad():
         want = hf(TOKENS).logits
-        for layer in model.layers:
+        for layer in model.layers[:2]:  # the third reuses the second's choice
             layer.attn.indexer.rope_last = False
         assert not torch.allclose(model(TOKENS)[0], want, atol=1e-3)
 

@@ -1,7 +1,7 @@
 """HY-V4-VL (model_type hy_v4_vl): the wrapper's text model is HY-V4's (tests/hf/families/test_hy_v4.py), with an
 interleaved multimodal RoPE. No copy of the release config.json (tencent/Hy4) was found: the counts use the
-configuration classes' defaults, which transformers documents as that checkpoint's. The draft plus its one refused
-feature's stated size equals transformers' text model on meta, the vision tower left out; a tiny checkpoint saved by
+configuration classes' defaults, which transformers documents as that checkpoint's. They count as transformers' text
+model on meta, the vision tower left out; a tiny checkpoint saved by
 transformers (the release's names) loads with moec.from_hf to the wrapper's logits and router choices."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from tests.hf.families._harness import TextView, away_from_init, model_counts, saved_checkpoint  # noqa: E402
 from tests.hf.families.test_hy_v4 import TINY as HY_V4_TINY  # noqa: E402
-from tests.hf.families.test_hy_v4 import draft_counts  # noqa: E402
 from tests.hf.test_weights import assert_same  # noqa: E402
 
 CLASS_DEFAULTS = {"model_type": "hy_v4_vl", "architectures": ["HYV4VLForConditionalGeneration"]}
@@ -44,10 +43,11 @@ def text_counts(cfg: dict) -> tuple[int, int]:
     return model_counts(hf, tc.n_routed_experts, tc.num_experts_per_tok, keep=keep)
 
 
-def test_class_defaults_draft_and_its_gap_counts_equal_transformers_model_on_meta():
-    total, active, delta = draft_counts(CLASS_DEFAULTS)
-    assert delta == -57 * (2048 * 32 * 128 + 6144 * 128 + 2 * 128 + 6144 * 32)  # 57 layers hold no indexer
-    assert (total + delta, active + delta) == text_counts(CLASS_DEFAULTS)
+def test_class_defaults_counts_equal_transformers_model_on_meta():
+    """57 of the 78 layers reuse an earlier layer's indexer choice and hold no indexer of their own."""
+    params = analyze(hf_to_model(CLASS_DEFAULTS)).params
+    assert (params.total, params.active) == text_counts(CLASS_DEFAULTS)
+    assert sum(lp.attention.indexer_shared for lp in hf_to_model(CLASS_DEFAULTS).layers) == 57
 
 
 def test_every_layer_indexing_counts_equal_transformers_model_on_meta():
@@ -62,12 +62,12 @@ def test_the_text_model_imports_with_its_multimodal_rope_and_the_tower_named():
     assert hf_to_model(EVERY_LAYER_FULL).hyper_connections.residual == "identity"
 
 
-def test_shared_indexer_layers_are_refused_naming_the_text_field():
+def test_a_shared_first_layer_is_refused_naming_the_text_field():
     from moec.errors import SpecError
 
-    with pytest.raises(SpecError, match="cross-layer top-k sharing") as e:
-        hf_to_model(CLASS_DEFAULTS)
-    assert [p.path for p in e.value.problems] == ["indexer_types"]
+    with pytest.raises(SpecError) as e:
+        hf_to_model({**CLASS_DEFAULTS, "text_config": {"indexer_types": ["shared"] + ["full"] * 77}})
+    assert [p.path for p in e.value.problems] == ["text_config.indexer_types"]
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,9 @@ def export_hf(
     if family is not None:
         from moec.hf.export_config import family_config
 
-        cfg = family_config(load_plan(spec, sets), family)
+        cfg = family_config(load_plan(spec, sets, encoder_decoder=True), family)
     else:
-        cfg = export_hf_config(load_plan(spec, sets), drop_training=drop_training)
+        cfg = export_hf_config(load_plan(spec, sets, encoder_decoder=True), drop_training=drop_training)
     text = json.dumps(cfg, indent=2) + "\n"
     write_or_echo(text, output, force)
 
@@ -113,7 +113,7 @@ def _export_checkpoint(
         if not Path(weights).is_file():
             raise click.UsageError(f"{folder} holds no {WEIGHTS} (build it with --weights), and no --weights was given")
     else:
-        plan = load_plan(spec, sets)
+        plan = load_plan(spec, sets, encoder_decoder=True)
     assert weights is not None
     max_bytes = parse_size(max_shard_size)
     model = load_moec_weights(plan, weights)

@@ -71,7 +71,6 @@ def test_the_conventions_say_what_the_unit_is(write_spec):
         ["smoke-run", "{spec}"],
         ["plan", "{spec}"],
         ["roofline", "{spec}"],
-        ["export-hf", "{spec}"],
         ["sweep", "{spec}", "--grid", "moe.n_experts=2,4"],
         ["diff", "{spec}", "{spec}"],
         ["analyze", "--verify", "{spec}"],
@@ -107,6 +106,28 @@ def test_export_hf_says_why_switch_transformers_cannot_express_it(write_spec):
     # head is not scaled by d_model^-0.5 as Switch's tied head is
     with pytest.raises(SpecError, match="switch_transformers: scales the tied output by d_model\\^-0.5"):
         export_hf_config(load_model(str(write_spec(TINY))))
+
+
+def test_export_hf_writes_the_shipped_switch_spec_as_a_config_transformers_builds_to_its_count(tmp_path):
+    import json
+
+    import torch
+    from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+
+    out = tmp_path / "config.json"
+    res = CliRunner().invoke(cli, ["export-hf", "switch-base-8-encdec", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(out.read_text())
+    assert cfg["model_type"] == "switch_transformers"
+    with torch.device("meta"):
+        hf = SwitchTransformersForConditionalGeneration(SwitchTransformersConfig(**cfg))
+    assert sum(p.numel() for p in hf.parameters()) == analyze(load_model("switch-base-8-encdec")).params.total
+
+
+def test_export_hf_through_the_cli_says_why_no_family_expresses_tiny(write_spec):
+    res = CliRunner().invoke(cli, ["export-hf", str(write_spec(TINY))])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "switch_transformers: scales the tied output by d_model^-0.5" in " ".join(res.output.split())
 
 
 def test_layer_rows_say_which_stack_they_are_in(write_spec):

@@ -43,6 +43,8 @@ COMPONENTS = (
     "lm_head",
 )
 _SPLIT_BY_TP = ("attention", "shared_experts", "dense_ffn", "base_ffn")  # column/row-parallel matmuls
+# whole on every rank: tp > 1 is refused for the mixers (moec.plan.layout); the streams' connections are small
+_WHOLE_ON_EVERY_RANK = ("mixers", "hyper_connections")
 
 
 @dataclass(frozen=True)
@@ -282,10 +284,13 @@ def roofline(
                 tally.add(name, tokens * p.flops, p.params * nb, n)
             elif name in _SPLIT_BY_TP:
                 tally.add(name, tokens * p.flops / w.tp, p.params * nb / w.tp, n)
-            elif name == "mixers":  # whole on every rank: tp > 1 is refused for them (moec.plan.layout)
+            elif name in _WHOLE_ON_EVERY_RANK:
                 tally.add(name, tokens * p.flops, p.params * nb, n)
     edges = model_edge_parts(model)
     weights += _weights_on_rank(edges, w, nb)
+    if "hyper_connections" in edges:  # the dynamic head that merges the streams before the final norm
+        hc = edges["hyper_connections"]
+        tally.add("hyper_connections", tokens * hc.flops, hc.params * nb)
     rows = 2 if model.positions.kind == "learned" else 1  # a token's row of each embedding table
     tally.add("embedding", 0.0, tokens * rows * model.d_model * nb / w.tp)
     # generation needs the logits of each sequence's last position only, in prefill as in decode

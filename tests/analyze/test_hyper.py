@@ -56,11 +56,6 @@ def test_added_flops_are_what_flop_counter_mode_measures(case: str) -> None:
     assert measured(*sets) - measured() == flops * tokens.numel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="moec/roofline/model.py lists hyper_connections in COMPONENTS but its roofline() loop tallies no such "
-    "part (nor the dynamic head among the edges): requested of the lead in /tmp/p13/requests/hc.md",
-)
 def test_the_roofline_counts_the_connections_flops() -> None:
     """moec roofline's hyper_connections row: a decode step of batch 4 does 4 tokens' worth of the analyzer's
     hyper-connection FLOPs."""

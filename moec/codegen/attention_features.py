@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from moec.codegen.checks import checked_bool, checked_choice, float_text, int_text
 from moec.spec.indexer import ROPE_LAYOUTS
 from moec.spec.plan import AttentionPlan
-from moec.vocab import OUTPUT_GATE_FNS, TEMPERATURE_FORMS
+from moec.vocab import OUTPUT_GATE_BIASES, OUTPUT_GATE_FNS, TEMPERATURE_FORMS
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class GQAFeatures:
     l2_norm: str = ""  # Llama-4's weightless L2 qk-norm: "all" layers, "some" (Attention takes `qk_norm`), or ""
     temperature: str = ""  # NoPE temperature tuning: "all" layers, "some" (Attention takes `temperature_tuning`)
     temperature_form: str = "floor_log"  # its form: floor_log (Llama-4) or power (Beam)
+    gate_bias: str = "qkv"  # the output gate's bias: its projection's (as attention.bias), none, or one per head
 
 
 def _which(flags: list[bool]) -> str:
@@ -65,6 +66,7 @@ def gqa_features(a: AttentionPlan, attns: list[AttentionPlan], c: dict[str, str 
         l2_norm=_which([checked_bool(x.qk_norm, "qk_norm") and x.qk_norm_kind == "l2" for x in attns]),
         temperature=temperature,
         temperature_form=form,
+        gate_bias=checked_choice(a.output_gate_bias, OUTPUT_GATE_BIASES, "attention.output_gate_bias"),
     )
 
 

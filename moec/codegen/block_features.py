@@ -22,10 +22,11 @@ class BlockParts:
     zero_experts: bool = False  # moe.n_zero_experts: experts that return their weight times the token
     moe_output_bias: bool = False  # moe.output_bias: one bias on the combined output
     moe_output_norm: bool = False  # moe.output_norm: the MoE's output normed before the residual (A.X-K1)
+    depth_scaled: bool = False  # model.depth_scaled_residual: Beam's scaled residual adds
     pair: bool = False  # model.block shortcut_moe_pair: every layer two (attention, dense FFN) pairs and one MoE
 
 
-def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool) -> BlockParts:
+def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool, depth_scaled: bool = False) -> BlockParts:
     """The parts of ``a`` (every attention layer's configuration; None without attention), ``moe`` (the MoE
     configuration; None without MoE) and the layers (``pair``: shortcut-MoE pair layers)."""
     moa = a is not None and a.kind == "moa"
@@ -45,4 +46,5 @@ def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool) -> Blo
         moe_output_bias=moe is not None and checked_bool(moe.output_bias, "moe.output_bias"),
         moe_output_norm=moe is not None and checked_bool(moe.output_norm, "moe.output_norm"),
         pair=pair,
+        depth_scaled=checked_bool(depth_scaled, "model.depth_scaled_residual"),
     )

@@ -194,7 +194,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     heads = {"n_heads": first.n_heads, "n_kv_heads": first.n_kv_heads, "sinks": first.sinks}
     if first.qk_norm_kind == "l2":  # weightless: layers with and without it differ by a flag (Llama-4)
         heads["qk_norm"] = any(x.qk_norm for x in attns)
-    tuning = {"temperature_floor_scale": None, "temperature_scale": None}  # checked by gqa_features
+    # the tuned layers' temperature, checked by gqa_features (one per model)
+    tuning = {"temperature_floor_scale": None, "temperature_scale": None, "temperature_form": "floor_log"}
     a = _one(
         [
             dataclasses.replace(
@@ -293,7 +294,9 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         ffn_none=any(isinstance(lp.ffn, AbsentPlan) for lp in layers),
         mla_parts=mla_features(a, any(ropes), c) if attns else MLAFeatures(),
         gqa_parts=gqa_features(a, attns, c) if attns else GQAFeatures(),
-        parts=block_parts(a if attns else None, moe, any(lp.pair_ffn is not None for lp in layers)),
+        parts=block_parts(
+            a if attns else None, moe, any(lp.pair_ffn is not None for lp in layers), plan.depth_scaled_residual
+        ),
     )
     return f, c
 
@@ -317,8 +320,7 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     unsupported = {
         "attention.chunk (chunked attention) with MLA": not gqa and any(x.chunk is not None for x in attns),
         "attention.temperature_tuning with MLA": not gqa and any(x.temperature_floor_scale is not None for x in attns),
-        "attention.output_gate_bias 'none' or 'head'": any(x.output_gate_bias != "qkv" for x in attns),
-        "model.depth_scaled_residual": plan.depth_scaled_residual,
+        "model.depth_scaled_residual in a hybrid model": hybrid and plan.depth_scaled_residual,
         "model.positions.scaling kind 'longrope' with a layer's own rotary_dim": sc is not None
         and sc.kind == "longrope"
         and any(x.rotary_dim is not None for x in attns),

@@ -156,6 +156,17 @@ CASES = {
         "v_head_dim: 8}", "v_head_dim: 8, output_gate: head}"
     ),
     "mla output gate per element, indexer": INDEXED.replace("top_k: 4}}", "top_k: 4}, output_gate: element}"),
+    "depth-scaled adds, sandwich norms, a gate bias per head (Beam)": variant(
+        model="positions: {kind: rope}, norm: {placement: sandwich}, depth_scaled_residual: true",
+        attn="n_kv_heads: 2, output_gate: element, output_gate_bias: head, bias: true",
+        moe=True,
+        overrides="{select: [0], ffn: dense}",
+    ),
+    "depth-scaled adds after sublayers, a softplus gate without bias": variant(
+        model="positions: {kind: rope}, norm: {placement: after_sublayer}, depth_scaled_residual: true",
+        attn="n_kv_heads: 2, output_gate: head, output_gate_bias: none, output_gate_fn: softplus, bias: true",
+        moe=True,
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -187,6 +198,7 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
 # each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
 # the comparison above would catch a generated file that ignored it
 WITHOUT = {
+    "depth-scaled adds, sandwich norms, a gate bias per head (Beam)": (", depth_scaled_residual: true", ""),
     "layers of their own rotated dims and rope base (Laguna)": ("rotary_dim: 8, ", ""),
     "layers with and without sinks, value scale (MiMo-V2-Flash)": (", value_scale: 0.7", ""),
     "softplus output gate per head": ("output_gate_fn: softplus", "output_gate_fn: sigmoid"),
@@ -289,6 +301,10 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             ["ROPE_SHORT_FACTOR = (1.0, 1.5, 2.0, 2.5)", "def sparsemixer(", "sparsemixer_eps=0.2"],
         ),
         ("mla output gate per head (Ling 3)", ["self.gate_proj = Linear(d_model, h, bias=False)"]),
+        (
+            "depth-scaled adds, sandwich norms, a gate bias per head (Beam)",
+            ["def residual_add(", "block.mixer_add, block.ffn_add = 2 * i + 2, 2 * i + 3", "+ self.gate_bias[:, None]"],
+        ),
         ("zero experts", ["n_experts=4 + 3", "n_zero_experts=3", "on_zero = topk_idx >= self.n_experts"]),
     ],
 )

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_generated_model_gives_the_library_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -129,13 +130,10 @@ def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(chec
     assert_same_logits_and_choices(hf, model)
 
 
-def test_moec_build_refuses_what_codegen_cannot_render_by_name():
-    """Beam's NoPE query scale, its gate bias and its depth-scaled adds are not rendered yet: one of them is named."""
-    from moec.codegen import render_model_source
-
-    named = r"attention\.temperature_tuning|attention\.output_gate_bias|model\.depth_scaled_residual"
-    with pytest.raises(ValueError, match=f"codegen does not support ({named})"):
-        render_model_source(hf_to_model(RELEASE))
+def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
+    """moec build renders Beam's power-form NoPE query scale, its per-head gate bias and its depth-scaled adds: the
+    generated model.py holding the imported weights gives moec.nn's logits and aux bit for bit."""
+    assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), TOKENS, tmp_path)
 
 
 @pytest.mark.parametrize(

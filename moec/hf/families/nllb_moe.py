@@ -28,7 +28,7 @@ from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import dropout
-from moec.hf.families.switch_transformers import ACTIVATIONS, _layers_value
+from moec.hf.families._encdec_common import non_gated_activation, stack_layers_value
 from moec.spec.encdec import SINUSOIDAL
 from moec.strict import MAX_LAYERS, MAX_SEQ
 
@@ -103,7 +103,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.mixer, d.window, d.rope = ["attention"] * len(d.ffn), [None] * len(d.ffn), [True] * len(d.ffn)
     if encoder is not None:
         d.put("encoder.n_layers", len(encoder), c.src("encoder_layers"))
-        d.put("encoder.layers", _layers_value(encoder), "(i + 1) % encoder_sparse_step == 0 is a sparse layer")
+        d.put("encoder.layers", stack_layers_value(encoder), "(i + 1) % encoder_sparse_step == 0 is a sparse layer")
     _ffn(c, d)
     _router(c, d)
     _capacity(c, d)
@@ -169,10 +169,7 @@ def _attention(c: HFConfig, d: Draft) -> None:
 
 
 def _ffn(c: HFConfig, d: Draft) -> None:
-    act = c.str("activation_function")
-    if act is not None and act not in ACTIVATIONS:
-        d.gap("activation_function", act, f"moec maps {', '.join(ACTIVATIONS)} (non-gated)", "activation")
-    activation = ACTIVATIONS.get(act or "", "relu")
+    activation = non_gated_activation(c, d, "activation_function")
     width = c.int("decoder_ffn_dim")
     if c.int("encoder_ffn_dim") != width:
         d.gap(

@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import CannotExport, Draft, Family, HFConfig, layer_pattern
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import dropout, ignored_field_agrees
+from moec.hf.families._encdec_common import NON_GATED_ACTIVATIONS, non_gated_activation, stack_layers_value
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.encdec import RELATIVE_BUCKET
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
@@ -58,14 +59,6 @@ DEFAULTS: dict[str, Any] = {
     "tie_word_embeddings": True,
     "default_theta": 10000.0,  # PreTrainedConfig's; Switch has no rotary positions
 }
-# dense_act_fn (transformers' ACT2FN name) → moec's non-gated activation
-ACTIVATIONS = {
-    "relu": "relu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "silu": "silu",
-}
 # the longest source a spec states: transformers sets none (the relative bias serves any length)
 MAX_SEQ_LEN = 512  # T5's and Switch's pre-training input length
 
@@ -87,14 +80,6 @@ def _stack(c: HFConfig, d: Draft, layers_key: str, sparse_key: str, step_key: st
     return ["moe" if s else "dense" for s in sparse_layers(n, step)]
 
 
-def _layers_value(kinds: list[str]) -> dict[str, Any]:
-    default, overrides = layer_pattern(kinds)
-    out: dict[str, Any] = {"default": {"ffn": default}}
-    if overrides:
-        out["overrides"] = [{"select": sel, "ffn": v} for sel, v in overrides]
-    return out
-
-
 def translate(c: HFConfig, d: Draft) -> None:
     _model(c, d)
     _attention(c, d)
@@ -113,7 +98,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     if encoder is not None:
         d.put("encoder.n_layers", len(encoder), c.src("num_layers"))
         d.put("encoder.expert_capacity", c.int("expert_capacity"), c.src("expert_capacity") + ", in both stacks")
-        d.put("encoder.layers", _layers_value(encoder), "i % encoder_sparse_step == 1 is a Switch layer")
+        d.put("encoder.layers", stack_layers_value(encoder), "i % encoder_sparse_step == 1 is a Switch layer")
     _ffn_and_experts(c, d)
     _release_fields(c, d)
     dropout(c, d, "dropout_rate")
@@ -155,10 +140,7 @@ def _attention(c: HFConfig, d: Draft) -> None:
 
 
 def _ffn_and_experts(c: HFConfig, d: Draft) -> None:
-    act = c.str("dense_act_fn")
-    if act is not None and act not in ACTIVATIONS:
-        d.gap("dense_act_fn", act, f"moec maps {', '.join(ACTIVATIONS)} (non-gated)", "activation")
-    activation = ACTIVATIONS.get(act or "", "relu")
+    activation = non_gated_activation(c, d, "dense_act_fn")
     width = c.int("d_ff")
     note = c.src("dense_act_fn") + ": wi, act, wo (no biases)"
     d.section("ffn", d_ff=(width, c.src("d_ff")), activation=(activation, note))
@@ -243,9 +225,11 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     moe = [lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)]
     widths = {lp.ffn.d_ff for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
     activations = {lp.ffn.activation for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
-    act = next((k for k, v in ACTIVATIONS.items() if activations == {v}), None)
+    act = next((k for k, v in NON_GATED_ACTIVATIONS.items() if activations == {v}), None)
     if len(widths) != 1 or act is None:
-        raise CannotExport(f"has one FFN width and one of {', '.join(sorted(set(ACTIVATIONS.values())))} throughout")
+        raise CannotExport(
+            f"has one FFN width and one of {', '.join(sorted(set(NON_GATED_ACTIVATIONS.values())))} throughout"
+        )
     a = m.layers[0].attention
     return {
         "architectures": [FAMILY.architecture],

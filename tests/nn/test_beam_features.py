@@ -169,14 +169,14 @@ ffn: {d_ff: 24}
 
 
 @pytest.mark.parametrize(
-    ("model", "attn", "feature"),
-    [
-        ("", ", output_gate: element, output_gate_bias: head", "attention.output_gate_bias 'none' or 'head'"),
-        (", depth_scaled_residual: true", "", "model.depth_scaled_residual"),
-    ],
+    ("model", "attn"),
+    [("", ", output_gate: element, output_gate_bias: head"), (", depth_scaled_residual: true", "")],
+    ids=["gate bias per head", "depth-scaled adds"],
 )
-def test_the_code_generator_refuses_each_by_name(model, attn, feature):
-    from moec.codegen import render_model_source
+def test_the_generated_model_py_gives_the_library_logits(model, attn, tmp_path):
+    """moec build renders both (tests/codegen/test_features_13.py holds them against moec.nn in more variants)."""
+    from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
 
-    with pytest.raises(ValueError, match=f"codegen does not support {feature}"):
-        render_model_source(plan_of(model=model, attn=attn))
+    m = built(plan_of(model=model, attn=attn)).float().eval()
+    tokens = torch.randint(0, m.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(m, tokens, tmp_path)

@@ -37,7 +37,6 @@ class MoEOverride(Strict):
     """The shared experts' clamp limit on these layers (null: the layers' activation_limit)."""
 
 
-FIELDS = tuple(MoEOverride.model_fields)
 # written as null, these would leave the layer without a value: leaving the field out keeps the section's
 _NOT_NULL = ("activation", "activation_limit")
 
@@ -93,11 +92,11 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     if e is not None:
         sections = layer_sections(spec)
         for i, by_field in _writers(spec).items():
-            out += _layer_problems(e, sections[i], i, by_field)
+            out += _layer_problems(e, sections[i], by_field)
     return list(dict.fromkeys(out))  # layers planned alike report a problem once
 
 
-def _layer_problems(section: MoE, e: MoE, i: int, by_field: dict[str, int]) -> list[tuple[tuple[str | int, ...], str]]:
+def _layer_problems(section: MoE, e: MoE, by_field: dict[str, int]) -> list[tuple[tuple[str | int, ...], str]]:
     """One MoE layer's section after its overrides (``e``): its activations gated as the section's, a limit only
     with an activation that takes one, shared fields only with shared experts; located at the last override that
     writes the field on the layer."""
@@ -113,24 +112,23 @@ def _layer_problems(section: MoE, e: MoE, i: int, by_field: dict[str, int]) -> l
             out.append((where(f), f"must be {kind} as moe.activation ({section.activation}) is: the layer keeps "
                         "the section's matrices"))  # fmt: skip
     if "activation_limit" in by_field:
-        out += _limit_problems(where("activation_limit"), e.activation, None, i)
+        out += _limit_problems(where("activation_limit"), e.activation, None)
     if "shared_activation_limit" in by_field:
-        out += _limit_problems(where("shared_activation_limit"), e.shared_activation or e.activation, e, i)
+        out += _limit_problems(where("shared_activation_limit"), e.shared_activation or e.activation, e)
     if "shared_activation" in by_field and not e.n_shared_experts:
         out.append((where("shared_activation"), "only meaningful with moe.n_shared_experts"))
     return out
 
 
 def _limit_problems(
-    here: tuple[str | int, ...], activation: str, shared: MoE | None, layer: int | None = None
+    here: tuple[str | int, ...], activation: str | None, shared: MoE | None
 ) -> list[tuple[tuple[str | int, ...], str]]:
     """A limit needs an activation that takes one; a shared experts' limit (``shared``: the section) shared
-    experts."""
+    experts. The message names no layer, so that the layers of one override that share a problem report it once."""
     out = []
     if activation not in LIMITED:
         whose = "the shared experts'" if shared is not None else "the routed experts'"
-        on = "" if layer is None else f" on layer {layer}"
-        out.append((here, f"{whose} activation{on} ({activation}) takes no limit ({', '.join(LIMITED)} do)"))
+        out.append((here, f"{whose} activation ({activation}) takes no limit ({', '.join(LIMITED)} do)"))
     if shared is not None and not shared.n_shared_experts:
         out.append((here, "only meaningful with moe.n_shared_experts"))
     return out

@@ -111,8 +111,8 @@ def test_a_layer_of_its_own_clamps_counts_as_plain_swiglu_and_builds_with_its_li
     [
         ("{select: [0], moe: {activation: swiglu_limit_after}}", r"layers\.overrides\[1\]\.moe: selects layers that are "
          r"not MoE layers \(0\)"),
-        ("{select: [2], moe: {activation_limit: 2.0}}", r"layers\.overrides\[1\]\.moe.activation_limit: the routed "
-         r"experts' activation on layer 2 \(swiglu\) takes no limit"),
+        ("{select: [1, 2], moe: {activation_limit: 2.0}}", r"layers\.overrides\[1\]\.moe.activation_limit: the routed "
+         r"experts' activation \(swiglu\) takes no limit"),
         ("{select: [2], moe: {activation: gelu}}", r"layers\.overrides\[1\]\.moe.activation: must be gated as "
          r"moe.activation \(swiglu\) is"),
         ("{select: [1, 2], moe: {activation: null}}", r"layers\.overrides\[1\]\.moe.activation: null: leave the field out"),
@@ -121,8 +121,10 @@ def test_a_layer_of_its_own_clamps_counts_as_plain_swiglu_and_builds_with_its_li
     ],
 )  # fmt: skip
 def test_misuse_is_located(override: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
+    """One error per problem, however many layers the override selects."""
+    with pytest.raises(SpecError, match=message) as e:
         tiny_plan(SPEC + f"    - {override}\n")
+    assert len(e.value.problems) == 1
 
 
 def test_shared_limit_needs_shared_experts_and_a_limited_activation() -> None:

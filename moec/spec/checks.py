@@ -17,8 +17,8 @@ from moec.spec.hyper import problems as hyper_problems
 from moec.spec.indexer import problems as indexer_problems
 from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
-from moec.spec.rope_scaling import layer_problems as layer_scaling_problems
 from moec.spec.moe_override import problems as moe_override_problems
+from moec.spec.rope_scaling import layer_problems as layer_scaling_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.segmentation import segmentation_problems
 from moec.spec.shared_activation import problems as shared_activation_problems

@@ -39,6 +39,7 @@ inverts it, so a name or layout written here is exported too: there is no second
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,6 +122,27 @@ class Mapper:
         self.ck, self.plan = ck, plan
         if self.dropped:
             ck.used.update(n for n in ck.file_of if n.startswith(self.dropped))
+
+    def let_go_mtp_layers(self, config_section: str | None = None) -> None:
+        """Marks read the tensors of the multi-token-prediction layers a release stores after the last decoder
+        layer (layers n_layers … n_layers + m − 1, m the checkpoint config.json's ``num_nextn_predict_layers`` or
+        ``num_mtp_layers``, read in ``config_section`` such as a wrapper's ``text_config`` when given), as
+        transformers lets them go on load; with no config.json, or no such count, nothing is let go."""
+        config = self.ck.folder / "config.json"
+        raw = json.loads(config.read_text()) if config.is_file() else {}
+        if config_section is not None:
+            raw = raw.get(config_section) if isinstance(raw, dict) else None
+        raw = raw if isinstance(raw, dict) else {}
+        n_mtp = next((raw[k] for k in ("num_nextn_predict_layers", "num_mtp_layers") if k in raw), 0)
+        if not isinstance(n_mtp, int) or isinstance(n_mtp, bool) or n_mtp <= 0:
+            return
+        first = len(self.plan.layers)
+        head, tail = self.layer_fmt.split("{i}")
+        for name in self.ck.file_of:
+            index, dot, _ = name.removeprefix(head).partition(tail)
+            layer = int(index) if name.startswith(head) and dot and index.isascii() and index.isdigit() else -1
+            if first <= layer < first + n_mtp:
+                self.ck.used.add(name)
 
     def layer(self, i: int) -> str:
         return self.layer_fmt.format(i=i)

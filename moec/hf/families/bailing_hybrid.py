@@ -18,7 +18,6 @@ one ``conv1d``) load too.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
@@ -174,12 +173,7 @@ class BailingHybridMapper(Mapper):
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
-        config = ck.folder / "config.json"
-        raw = json.loads(config.read_text()) if config.is_file() else {}
-        n_mtp = next((raw[k] for k in ("num_nextn_predict_layers", "num_mtp_layers") if k in raw), 0)
-        n = len(plan.layers)
-        extra = tuple(f"model.layers.{i}." for i in range(n, n + n_mtp)) if isinstance(n_mtp, int) else ()
-        ck.used.update(name for name in ck.file_of if name.startswith(extra))
+        self.let_go_mtp_layers()
 
     def load(self, name: str) -> torch.Tensor:
         if name == "embed.weight":

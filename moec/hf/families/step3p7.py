@@ -29,7 +29,6 @@ model under ``model.``: the experts ``moe.{gate,up,down}_proj.weight`` stacked (
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
@@ -389,13 +388,7 @@ class Step3p7Mapper(Mapper):
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
-        config = ck.folder / "config.json"
-        raw = json.loads(config.read_text()) if config.is_file() else {}
-        text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
-        n_mtp = next((text[k] for k in ("num_nextn_predict_layers", "num_mtp_layers") if k in text), 0)
-        n = len(plan.layers)
-        extra = tuple(f"model.layers.{i}." for i in range(n, n + n_mtp)) if is_int(n_mtp) else ()
-        ck.used.update(name for name in ck.file_of if name.startswith(extra))
+        self.let_go_mtp_layers("text_config")
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         if leaf.startswith("gate_proj."):

@@ -114,6 +114,10 @@ def render_model_source(plan: ResolvedModel) -> str:
     spec_hash = plan.spec_hash if type(plan.spec_hash) is str and SPEC_HASH.match(plan.spec_hash) else ""
     if len(plan.layers) != plan.n_layers:
         raise ValueError(f"the plan lists {len(plan.layers)} layers but n_layers is {plan.n_layers!r}")
+    if plan.encoder:  # an encoder-decoder model: its own classes and template (moec.codegen.encdec)
+        from moec.codegen.encdec import render_encdec_source
+
+        return _tidy(render_encdec_source(plan, name=plan.name, spec_hash=spec_hash, environment=_environment()))
 
     try:
         f, c = plan_features(plan, [*plan.layers, *plan.mtp])

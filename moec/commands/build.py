@@ -79,7 +79,7 @@ def build(
         if hf_dir is not None:
             plan, model = _from_hf(hf_dir, dtype)
         else:
-            plan, model = load_plan(spec, sets), None
+            plan, model = load_plan(spec, sets, encoder_decoder=True), None  # codegen renders encoder-decoders
         source = render_model_source(plan)  # before allocating: a plan codegen refuses costs nothing
         if model is None and weights:
             model = _initialised(plan, dtype, seed or 0)

@@ -67,7 +67,6 @@ def test_the_conventions_say_what_the_unit_is(write_spec):
 @pytest.mark.parametrize(
     "args",
     [
-        ["build", "{spec}", "-o", "{out}"],
         ["smoke-run", "{spec}"],
         ["plan", "{spec}"],
         ["roofline", "{spec}"],

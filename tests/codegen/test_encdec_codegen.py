@@ -1,0 +1,126 @@
+"""The generated model.py of an encoder-decoder model (moec/codegen/encdec.py, templates/encdec_model.j2) against the
+library's moec.nn.EncoderDecoderModel: loaded with its state_dict it gives its logits and aux bit for bit, on the
+shipped Switch spec scaled down and on a tiny spec whose experts drop tokens; `moec build` writes the shipped spec's
+folder, and the commands that cannot run one still refuse it by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import moec
+from moec.cli import cli
+from moec.codegen import render_model_source
+from moec.commands.common import load_plan
+from tests.codegen.test_codegen import assert_ruff_clean, assert_same_aux, import_source, randomize
+
+SWITCH = "specs/switch-base-8-encdec.yaml"
+# the shipped Switch-Base-8 at a width and depth a unit test runs in milliseconds; its capacity (64 a sequence) holds
+SMALL = (
+    "model.d_model=32", "attention.n_heads=4", "attention.head_dim=8", "ffn.d_ff=48", "moe.d_ff=48",
+    "model.vocab_size=96", "model.n_layers=4", "encoder.n_layers=3", "model.logits_scaling=5.656854249492381",
+)  # fmt: skip
+# experts of 2 tokens a sequence for 10 source and 7 target tokens, top-2: most slots are dropped
+DROPPING = (*SMALL, "encoder.expert_capacity=2", "moe.router.top_k=2", "moe.n_experts=4")
+# no relative bias (positions none), a gated activation, q/k/v biases, heads shared by two queries, no capacity
+PLAIN = (
+    *SMALL, "model.positions.kind=none", "model.positions.n_buckets=null", "model.positions.max_distance=null",
+    "encoder.expert_capacity=null", "moe.activation=swiglu", "ffn.activation=swiglu", "attention.bias=true",
+    "attention.n_kv_heads=2",
+)  # fmt: skip
+
+
+def _generated_and_library(sets: tuple[str, ...], folder):  # -> (plan, generated Model, library model)
+    plan = load_plan(SWITCH, sets, encoder_decoder=True)
+    lib = moec.build_model(plan, seed=0).eval()
+    randomize(lib)  # every weight away from its init: a misplaced norm or bias shows
+    gen = import_source(render_model_source(plan), folder).Model().eval()
+    gen.load_state_dict(lib.state_dict(), strict=True)
+    return plan, gen, lib
+
+
+def _ids(plan, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, plan.vocab_size, (2, 10), generator=g), torch.randint(
+        0, plan.vocab_size, (2, 7), generator=g
+    )
+
+
+@pytest.mark.parametrize("sets", [SMALL, DROPPING, PLAIN], ids=["switch", "dropping", "plain"])
+def test_generated_model_gives_the_library_logits_and_aux(sets, tmp_path):
+    plan, gen, lib = _generated_and_library(sets, tmp_path)
+    source, target = _ids(plan, 1)
+    with torch.no_grad():
+        (logits, aux), (lib_logits, lib_aux) = gen(source, target), lib(source, target)
+    assert torch.equal(logits, lib_logits)
+    assert_same_aux(aux, lib_aux)
+    dropped = sum(int(a.dropped) for a in lib_aux.layers if a is not None)
+    assert (dropped > 0) == (sets is DROPPING)  # the capacity is exercised where it binds, and only there
+    assert len(lib_aux.layers) == len(plan.encoder) + len(plan.layers)
+    assert_ruff_clean(tmp_path)
+
+
+def test_the_gradients_are_the_library_s(tmp_path):
+    plan, gen, lib = _generated_and_library(DROPPING, tmp_path)
+    source, target = _ids(plan, 2)
+    for model in (gen, lib):
+        logits, aux = model(source, target)
+        (logits.square().mean() + aux.loss).backward()
+    lib_grads = {n: p.grad for n, p in lib.named_parameters()}
+    for name, p in gen.named_parameters():
+        assert torch.equal(p.grad, lib_grads[name]), name
+
+
+def test_the_generated_model_checks_its_ids(tmp_path):
+    plan, gen, _ = _generated_and_library(SMALL, tmp_path)
+    source, target = _ids(plan, 3)
+    with pytest.raises(ValueError, match="input_ids hold 2 sequences, decoder_input_ids 1"):
+        gen(source, target[:1])
+    with pytest.raises(ValueError, match="token id 96 is outside the vocabulary"):
+        gen(source, torch.full_like(target, 96))
+
+
+def test_moec_build_writes_the_shipped_switch_spec(tmp_path):
+    out = tmp_path / "switch"
+    sets = [a for s in DROPPING for a in ("--set", s)]
+    res = CliRunner().invoke(cli, ["build", SWITCH, "-o", str(out), "--weights", "--seed", "3", *sets])
+    assert res.exit_code == 0, res.output
+    plan = load_plan(SWITCH, DROPPING, encoder_decoder=True)
+    from moec.codegen.output import read_build_plan
+
+    assert read_build_plan(out) == plan  # the resolved spec reloads to the plan, both stacks included
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["params"]["total"] == moec.build_model(plan, device="meta").num_params()
+    from safetensors.torch import load_model
+
+    gen = import_source((out / "model.py").read_text(), tmp_path).Model().eval()
+    load_model(gen, out / "model.safetensors")
+    lib = moec.build_model(plan, seed=3).eval()  # the weights --seed 3 draws
+    source, target = _ids(plan, 4)
+    with torch.no_grad():
+        assert torch.equal(gen(source, target)[0], lib(source, target)[0])
+
+
+def test_the_full_size_shipped_spec_builds_through_the_cli(tmp_path):
+    res = CliRunner().invoke(cli, ["build", "switch-base-8-encdec", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    src = (tmp_path / "out" / "model.py").read_text()
+    assert "EXPERT_CAPACITY = 64" in src and "LOGITS_SCALING = 27.712812921102035" in src
+    assert "ENCODER_MOE = 6 * [False, True]" in src and "N_BUCKETS, MAX_DISTANCE = 32, 128" in src
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "1 2"], ["smoke-run"], ["plan"]])
+def test_commands_that_cannot_run_one_still_refuse_it_by_name(command):
+    res = CliRunner().invoke(cli, [command[0], "switch-base-8-encdec", *command[1:]])
+    assert res.exit_code == 2, res.output
+    assert "switch-base-8-encdec is an encoder-decoder model" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_what_the_generated_file_does_not_render_is_refused_by_name(write_spec):
+    plan = load_plan(SWITCH, (*SMALL, "moe.router.kind=hash"), encoder_decoder=True)
+    with pytest.raises(ValueError, match="codegen does not support moe.router.kind 'hash' in an encoder-decoder"):
+        render_model_source(plan)

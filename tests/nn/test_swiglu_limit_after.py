@@ -159,3 +159,20 @@ def test_exporters_refuse_a_layer_of_its_own_moe() -> None:
     assert moe_plan(tiny_plan(SPEC)).activation == "swiglu"
     with pytest.raises(CannotExport, match=r"one MoE configuration for every layer \(the spec's layers\.\*\.moe"):
         moe_plan(tiny_plan(CLAMPED))
+
+
+def test_the_triton_backend_runs_it_on_the_reference_path() -> None:
+    """No fused epilogue clamps after the silu: the Triton backend hands swiglu_limit_after to the reference
+    backend (on any device), which gives each expert's clamped unit, summed by hand here."""
+    pytest.importorskip("triton")
+    from moec.kernels import triton as triton_backend
+
+    g = torch.Generator().manual_seed(3)
+    x, w_gate_up, w_down = torch.randn(5, 8, generator=g), torch.randn(2, 8, 12, generator=g), torch.randn(2, 6, 8)
+    idx, w = torch.tensor([[0, 1]] * 5), torch.full((5, 2), 0.5)
+    got = triton_backend.expert_ffn(x, idx, w, w_gate_up, w_down, activation="swiglu_limit_after", limit=0.3)
+    want = torch.zeros(5, 8)
+    for e in (0, 1):
+        gate, up = (x @ w_gate_up[e]).chunk(2, dim=-1)
+        want += 0.5 * (torch.nn.functional.silu(gate).clamp(max=0.3) * up.clamp(-0.3, 0.3)) @ w_down[e]
+    torch.testing.assert_close(got, want)

@@ -27,9 +27,11 @@ from moec.roofline.experts import expected_distinct, expected_distinct_loaded
 from moec.spec.plan import AttentionPlan, LayerPlan, MoEPlan, ResolvedModel
 
 Phase = Literal["prefill", "decode"]
-# print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md, "The model of a step")
+# print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md, "The model of a step"),
+# except the low-rank gates of model.norm_gate, which the analyzer counts among them
 COMPONENTS = (
     "embedding",
+    "norms",
     "attention",
     "attention_scores",
     "mixers",
@@ -284,7 +286,7 @@ def roofline(
                 tally.add(name, tokens * p.flops, p.params * nb, n)
             elif name in _SPLIT_BY_TP:
                 tally.add(name, tokens * p.flops / w.tp, p.params * nb / w.tp, n)
-            elif name in _WHOLE_ON_EVERY_RANK:
+            elif name in _WHOLE_ON_EVERY_RANK or (name == "norms" and p.flops):  # norms: their gates' matmuls
                 tally.add(name, tokens * p.flops, p.params * nb, n)
     edges = model_edge_parts(model)
     weights += _weights_on_rank(edges, w, nb)

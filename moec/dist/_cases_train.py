@@ -10,8 +10,6 @@ ranks' (a batch-level one is per local batch, GShard's groups, and would differ 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ import moec.dist as md
 from moec.codegen import render_model_source
 from moec.dist.mesh import local
 from moec.dist.parts import routed_experts
+from moec.generated import import_python_file
 from moec.nn import build_model
 from moec.nn import lm_loss as single_lm_loss
 from moec.plan import Layout, rank_params
@@ -219,12 +218,7 @@ def generated_module(plan: ResolvedModel) -> ModuleType:
     """The model.py `moec build` writes for ``plan``, imported (each rank writes its own copy)."""
     path = Path(tempfile.mkdtemp(prefix="moec-generated-")) / "model.py"
     path.write_text(render_model_source(plan))
-    name = f"moec_generated_rank{dist.get_rank()}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return import_python_file(path, f"moec_generated_rank{dist.get_rank()}")
 
 
 def train4_case() -> dict:

@@ -196,19 +196,17 @@ def _first_problem(error: Exception) -> str:
 def _generated_model(path: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The ``Model`` of a build folder's model.py, on ``device`` in ``dtype``. Importing it runs the file, which is
     what naming the folder asks for: moec build wrote it to be read and edited."""
-    import importlib.util
     import sys
 
+    from moec.generated import NotAPythonFile, import_python_file
+
     name = f"moec_build_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise CommandError(f"{path}: not a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up here
     try:
-        spec.loader.exec_module(module)
+        module = import_python_file(path, name)
         with torch.device(device):
             model = module.Model()
+    except NotAPythonFile as e:
+        raise CommandError(str(e)) from None
     except Exception as e:  # the file is the user's to edit: any error it raises is reported, not a traceback
         sys.modules.pop(name, None)
         raise CommandError(f"{path}: does not run ({type(e).__name__}: {e})") from None

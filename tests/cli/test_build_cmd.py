@@ -3,10 +3,8 @@ writes (no overwrite without --force, nothing left behind by a failure), and cle
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from click.testing import CliRunner
 from moec.analyze import analyze
 from moec.codegen import render_model_source
 from moec.commands.build import build
+from moec.generated import import_python_file
 from moec.nn import build_model
 from moec.spec import load_model, plan_from_dict
 
@@ -51,12 +50,7 @@ _counter = itertools.count()
 
 
 def import_model_py(folder: Path):
-    name = f"moec_built_{next(_counter)}"
-    module_spec = importlib.util.spec_from_file_location(name, folder / "model.py")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
+    return import_python_file(folder / "model.py", f"moec_built_{next(_counter)}")
 
 
 def leftovers(parent: Path) -> list[str]:

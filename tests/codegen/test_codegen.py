@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import itertools
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
+from moec.generated import import_python_file
 from moec.nn import build_model
 from moec.spec import load_model, load_spec, resolve
 from moec.spec.paths import shipped_specs
@@ -166,12 +166,7 @@ _counter = itertools.count()
 def import_source(src: str, folder: Path) -> ModuleType:
     path = folder / "model.py"
     path.write_text(src)
-    name = f"moec_generated_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and typing look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return import_python_file(path, f"moec_generated_{next(_counter)}")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:

@@ -4,14 +4,11 @@ that only some mixers or placements take."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from moec.mixers import KINDS
+from moec.spec.block_checks import Bad
 from moec.spec.resolve import attention_fields_per_layer, ffn_kind_per_layer, mixer_kind_per_layer, selected_layers
 from moec.spec.schema import Spec
 from moec.spec.yamlio import Path
-
-Bad = Callable[[Path, str], None]
 
 
 def check_mixers(spec: Spec, bad: Bad) -> None:

@@ -155,3 +155,32 @@ def test_what_the_generated_file_does_not_render_is_refused_by_name(tmp_path):
     )
     assert res.exit_code == 2 and "moe.router.kind 'gshard'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_moec_build_from_a_switch_checkpoint_gives_transformers_logits(tmp_path):
+    """transformers' own tiny Switch model (experts of 3 tokens a sequence: some overflow), saved; the folder `moec
+    build --from-hf` writes gives its logits through the generated model.py and the copied weights."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_model
+
+    from tests.hf.families.test_switch_transformers import TINY, away_from_init
+
+    config = transformers.SwitchTransformersConfig(
+        **{k: v for k, v in TINY.items() if k != "model_type"}, expert_capacity=3
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.SwitchTransformersForConditionalGeneration(config).eval()
+    away_from_init(hf, router="router.classifier.weight")
+    hf.save_pretrained(tmp_path / "hf")
+    res = CliRunner().invoke(cli, ["build", "--from-hf", str(tmp_path / "hf"), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    gen = import_source((tmp_path / "out" / "model.py").read_text(), tmp_path).Model().eval()
+    load_model(gen, tmp_path / "out" / "model.safetensors")
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(0, 96, (2, 20), generator=g), torch.randint(0, 96, (2, 13), generator=g)
+    with torch.no_grad():
+        want = hf(input_ids=src, decoder_input_ids=tgt).logits
+        logits, aux = gen(src, tgt)
+    assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+    assert sum(int(a.dropped) for a in aux.layers if a is not None) > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, is_int, is_number, shown
-from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type
+from moec.hf.families._common import ROPE_TYPES, reference_rope_type
 from moec.hf.families._typed_rope import TypedRope
 from moec.hf.families._typed_rope import layer_rope as typed_layer_rope
 
@@ -19,6 +19,7 @@ STEP_ROPE = TypedRope(
     "Step3p7Text",
     {"full_attention": {"rope_type": "default", "rope_theta": DEFAULT_THETA}},  # rope_per_type builds its own
     lambda mapping: 1.0,  # Step3p7RotaryEmbedding: a type without partial_rotary_factor rotates whole heads
+    release_scaling="rope_scaling",  # the release's llama3 scaling, the full-attention type's (rope_per_type)
 )
 
 
@@ -77,35 +78,6 @@ def _per_type_value(t: HFConfig, key: str, types: list[str], default: Any) -> An
             t.bad(key, f"{x} layers disagree ({shown(out[x])}, {shown(value)}): transformers uses the first's")
             return False
     return out
-
-
-def rope_base(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str]) -> None:
-    """The common base, its rope read from the reference type's flat mapping (the others are per layer), its
-    partial rotary factor the model's."""
-    ref = reference_rope_type(per_type, types) if per_type is not None else None
-    saved = {k: t.raw.pop(k) for k in ("rope_parameters", "rope_theta", "rope_scaling") if k in t.raw}
-    if per_type is not None and ref is not None:
-        t.raw["rope_parameters"] = {k: v for k, v in per_type[ref].items() if k != "partial_rotary_factor"}
-    base(t, d, "Step3p7Text")
-    t.raw.pop("rope_parameters", None)
-    t.raw.update(saved)
-    if ref is not None and "model.positions.theta" in d.fields:
-        d.put(
-            "model.positions.theta",
-            d.get("model.positions.theta"),
-            f"{ref} layers' rope_theta ({_rope_src(t, 'rope_theta')})",
-        )
-    factor = per_type[ref].get("partial_rotary_factor", 1.0) if per_type is not None and ref is not None else 1.0
-    where = f"{ref} layers' partial_rotary_factor ({_rope_src(t, 'partial_rotary_factors')})"
-    if not is_number(factor) or not 0 < factor <= 1:
-        t.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
-    elif factor != 1.0:
-        d.put("model.positions.partial_rotary_factor", factor, where)
-
-
-def _rope_src(t: HFConfig, release_key: str) -> str:
-    """Where the per-type rope comes from: a saved config's mapping per type, or the release's field."""
-    return t.prefix + ("rope_parameters" if isinstance(t.raw.get("rope_parameters"), dict) else release_key)
 
 
 def layer_rope(t: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str]) -> None:

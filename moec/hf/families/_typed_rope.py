@@ -31,12 +31,16 @@ class TypedRope:
     """What one family's configuration and rotary classes do: ``name`` prefixes its classes (``Laguna``),
     ``default_rope`` is the mapping __post_init__ sets when rope_parameters is unset, ``factor_of`` a type's
     rotated fraction when its mapping gives none; ``proposal`` what a family that refuses differing scalings
-    itself proposes instead."""
+    itself proposes instead; ``release_scaling`` the top-level field a release without rope_parameters scales the
+    reference type by (Step's rope_scaling), which the family's rope_per_type folded into the mappings: it and
+    rope_theta (a list per layer there) are kept from the base's rope reader, and the reader's problems with the
+    reference mapping are located at it."""
 
     name: str
     default_rope: dict[str, dict[str, Any]]
     factor_of: Callable[[dict[str, Any]], float]
     proposal: str = ""
+    release_scaling: str = ""
 
     def factor(self, mapping: dict[str, Any]) -> Any:
         return mapping.get("partial_rotary_factor", self.factor_of(mapping))
@@ -59,24 +63,53 @@ def typed_base(
     c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None, types: list[str], fam: TypedRope
 ) -> None:
     """The common base, its rope read from the reference type's flat mapping (the others are per layer), and
-    that type's rotated fraction as the model's."""
+    that type's rotated fraction as the model's. What the rope reader reports about the mapping is located at the
+    field it came from (``rope_parameters.<type>``, under a wrapper's prefix such as ``text_config.``)."""
     ref = reference_rope_type(per_type, types) if per_type is not None else None
-    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
-    if per_type is None or ref is None:
-        c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
-    else:  # the partial factor is read here (moec's generic rope reader knows no per-type one)
+    given = isinstance(c.raw.get("rope_parameters"), dict)
+    set_aside = ("rope_parameters", "rope_theta", fam.release_scaling) if fam.release_scaling else ("rope_parameters",)
+    saved = {k: c.raw.pop(k) for k in set_aside if k in c.raw}
+    if per_type is not None and ref is not None:  # else refused already: the rest is read with the default rope
+        # the partial factor is read below (moec's generic rope reader knows no per-type one)
         c.raw["rope_parameters"] = {k: v for k, v in per_type[ref].items() if k != "partial_rotary_factor"}
+    issues, gaps = len(c.issues), len(d.gaps)
     base(c, d, fam.name)
-    if given:
-        c.raw["rope_parameters"] = saved
-    else:
-        c.raw.pop("rope_parameters", None)
-    factor = fam.factor(per_type[ref]) if per_type is not None and ref is not None else 1.0
-    where = f"rope_parameters.{ref}.partial_rotary_factor" + ("" if given else f" ({fam.name}Config default)")
+    c.raw.pop("rope_parameters", None)
+    c.raw.update(saved)
+    if ref is None:
+        return
+    at = f"rope_parameters.{ref}" if given or not fam.release_scaling else fam.release_scaling
+    relocate(c, d, issues, gaps, at)
+    src = _source(c, fam, ref, given)
+    if "model.positions.theta" in d.fields:
+        d.put("model.positions.theta", d.get("model.positions.theta"), src("rope_theta"))
+    factor = fam.factor(per_type[ref]) if per_type is not None else 1.0
+    where = src("partial_rotary_factor")
     if not is_number(factor) or not 0 < factor <= 1:
         c.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
     elif factor != 1.0:
         d.put("model.positions.partial_rotary_factor", factor, where)
+
+
+def _source(c: HFConfig, fam: TypedRope, ref: str, given: bool) -> Callable[[str], str]:
+    """How a comment names the field a key of the reference type's mapping came from."""
+    if given:
+        return lambda key: f"{c.prefix}rope_parameters.{ref}.{key}"
+    if fam.release_scaling:
+        return lambda key: f"{ref} layers' {key} ({fam.name}Config's mapping, built from the release's fields)"
+    return lambda key: f"{c.prefix}rope_parameters.{ref}.{key} ({fam.name}Config default)"
+
+
+def relocate(c: HFConfig, d: Draft, issues: int, gaps: int, at: str) -> None:
+    """The problems reported since ``c.issues[issues]`` and ``d.gaps[gaps]`` about the flat ``rope_parameters`` a
+    reader was given in place of one type's mapping, moved to the field ``at`` that mapping came from, under the
+    config's prefix (a wrapper's ``text_config.``: the config's issues carry it already, a draft's gaps do not)."""
+
+    def moved(field: str, head: str) -> str:
+        return c.prefix + at + field.removeprefix(head) if field == head or field.startswith(head + ".") else field
+
+    c.issues[issues:] = [(moved(f, c.prefix + "rope_parameters"), m) for f, m in c.issues[issues:]]
+    d.gaps[gaps:] = [dataclasses.replace(g, field=moved(g.field, "rope_parameters")) for g in d.gaps[gaps:]]
 
 
 def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types: list[str], fam: TypedRope) -> None:
@@ -97,7 +130,7 @@ def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types
     model_theta, model_rot = float(per_type[ref]["rope_theta"]), rotated(ref)
     own_theta = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model_theta else None for t in types]
     own_rot = [rotated(t) if rotated(t) != model_rot else None for t in types]
-    note = "rope_parameters.<layer type>"
+    note = f"{c.prefix}rope_parameters.<layer type>"
     if any(own_theta):
         d.layer_attention["rope_theta"] = (own_theta, f"{note}.rope_theta (a layer's own base)")
     if any(own_rot):
@@ -125,9 +158,9 @@ def scaling_of(c: HFConfig, d: Draft, t: str, mapping: dict[str, Any]) -> Scalin
         c.raw["rope_parameters"] = saved
     else:
         del c.raw["rope_parameters"]
-    old, new = "rope_parameters", f"rope_parameters.{t}"
-    c.issues[issues:] = [(f.replace(old, new, 1), m) for f, m in c.issues[issues:]]
-    d.gaps += [dataclasses.replace(g, field=g.field.replace(old, new, 1)) for g in scratch.gaps]
+    gaps = len(d.gaps)
+    d.gaps += scratch.gaps
+    relocate(c, d, issues, gaps, f"rope_parameters.{t}")
     prefix = "model.positions.scaling."
     fields = {k.removeprefix(prefix): v for k, (v, _) in scratch.fields.items() if k.startswith(prefix)}
     return Scaling(fields) if fields else None
@@ -149,14 +182,14 @@ def layer_scalings(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], t
     for t, sc in own.items():
         if sc is not None and sc.get("kind") not in LAYER_KINDS:
             d.gap(
-                f"rope_parameters.{t}",
+                f"{c.prefix}rope_parameters.{t}",
                 dict(sc),
                 f"{t} layers scale rope by {sc.get('kind')}, unlike the others, and a layer's own scaling is one of "
                 f"{', '.join(LAYER_KINDS)} (the others depend on the live sequence length)",
                 "layers.*.attention.rope_scaling of a length-dependent kind (dynamic, longrope)",
             )
             return
-    note = "rope_parameters.<layer type>: each type's own scaling (null: none)"
+    note = f"{c.prefix}rope_parameters.<layer type>: each type's own scaling (null: none)"
     d.layer_attention["rope_scaling"] = ([own[t] for t in types], note)
 
 

@@ -41,7 +41,8 @@ from moec.hf.families._common import (
     router,
     typed_windows,
 )
-from moec.hf.families._step3p5 import heads_per_layer, layer_rope, rope_base, rope_per_type
+from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
+from moec.hf.families._typed_rope import typed_base
 from moec.hf.families.hy_v3 import ignored
 from moec.hf.mapper import Mapper
 from moec.spec.moe_override import MAX_LIMIT
@@ -91,7 +92,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     n_mtp = _cut_mtp_padding(t)
     types = _layer_types(t)
     per_type = rope_per_type(t, types)
-    rope_base(t, d, per_type, types)
+    typed_base(t, d, per_type, types, STEP_ROPE)
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(c, t))
     d.put("model.norm.unit_offset", True, "Step3p7RMSNorm: x/rms(x) · (1 + w), every norm (q/k too)")
     b = t.bool("attention_bias")

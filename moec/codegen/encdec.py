@@ -41,10 +41,8 @@ def _refusals(plan: ResolvedModel, f: Features) -> list[str]:
     out = ["per-layer attention shapes"] if len(shapes) > 1 else []
     if f.router is not None and f.router.kind not in _ROUTER_KINDS:
         out.append(f"moe.router.kind {f.router.kind!r}")
-    if f.frozen:
-        out.append("model.frozen")
-    if not plan.norm.final_norm:
-        out.append("a model without its final norms")
+    if f.parts.moe_output_norm:  # moec.nn's decoder-only Block applies it; its encoder-decoder blocks do not
+        out.append("moe.output_norm")
     return out
 
 

@@ -39,6 +39,7 @@ from moec.vocab import (
     ATTENTION_KINDS,
     EXPERT_KINDS,
     FREEZABLE_COMPONENTS,
+    LIMITED,
     NORM_KINDS,
     NORM_PLACEMENTS,
     OUTPUT_GATES,
@@ -240,6 +241,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
     if placement == "normed_residual":
         _residual_scales(plan.residual_scales or ResidualScalesPlan(), bool(attns), bool(kinds), c)
     acts = [checked_choice(x.activation, ACTIVATIONS, "activation") for x in (dense, moe) if x is not None]
+    if moe is not None and moe.shared_activation:  # the shared experts' own (HY-V4)
+        acts.append(checked_choice(moe.shared_activation, ACTIVATIONS, "moe.shared_activation"))
     expert_kind = checked_choice(moe.expert_kind, EXPERT_KINDS, "expert_kind") if moe else None
     has_dense, has_moe = dense is not None, moe is not None
     frozen = tuple(checked_choice(x, FREEZABLE_COMPONENTS, "frozen component") for x in plan.frozen)
@@ -272,8 +275,8 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         qk_norm_after_rope=qk_norm == "head" and checked_bool(a.qk_norm_after_rope, "qk_norm_after_rope"),
         clip_qkv=a.clip_qkv is not None,
         attn_scale=a.scale is not None,
-        clamped="swiglu_clamped" in acts,
-        clamped_experts=has_moe and moe.activation == "swiglu_clamped" and expert_kind == "ffn",
+        clamped=any(act in LIMITED for act in acts),
+        clamped_experts=has_moe and moe.activation in LIMITED and expert_kind == "ffn",
         moe=has_moe,
         dense=has_dense,
         ffn_types=" | ".join(t for t, on in (("DenseFFN", has_dense), ("MoE", has_moe)) if on),
@@ -335,13 +338,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "layers.*.attention.indexer: false": len({x.has_indexer for x in attns}) > 1,
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "model.norm_gate (a low-rank gate on the norms, A.X-K2)": plan.norm_gate is not None,
-        "activation 'swiglu_limit'": any(getattr(lp.ffn, "activation", None) == "swiglu_limit" for lp in layers),
-        "moe.shared_activation": any(getattr(lp.ffn, "shared_activation", None) for lp in layers),
-        "activation 'swiglu_limit_after'": any(
-            "swiglu_limit_after" in (getattr(x, "activation", None), getattr(x, "shared_activation", None))
-            for x in ffns
-        ),
-        "moe.shared_activation_limit": any(getattr(x, "shared_activation_limit", None) is not None for x in ffns),
         "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,
         "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),

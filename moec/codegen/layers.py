@@ -13,7 +13,12 @@ from moec.codegen.features import Features, RouterFeatures
 from moec.codegen.layout import WIDTH, Call, call_lines, table_lines
 from moec.codegen.mixers import mixer_kind, mixer_literal, module_kwargs_text
 from moec.spec.plan import AbsentPlan, AttentionPlan, DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
-from moec.vocab import ACTIVATIONS, CLAMPED_ALPHA, CLAMPED_LIMIT  # gpt-oss's defaults when a plan leaves them unset
+from moec.vocab import (
+    ACTIVATIONS,
+    CLAMPED_ALPHA,
+    CLAMPED_LIMIT,
+    LIMITED,
+)  # gpt-oss's defaults when a plan leaves them unset
 
 # ---------------------------------------------------------------------------------------------
 # the modules
@@ -59,16 +64,23 @@ def _attention_call(a: AttentionPlan, f: Features, per_layer: dict[str, str]) ->
     return Call(f.attention_class, tuple(args), "attn=")
 
 
-def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str) -> list[str]:
-    """The arguments an FFN-shaped module (DenseFFN, Experts, LoRAExperts) shares."""
-    args = [f"d_ff={d_ff}", f"activation={str_literal(x.activation, ACTIVATIONS, 'activation')}"]
+def _ffn_args(x: DenseFFNPlan | MoEPlan, d_ff: str, *, shared: bool = False) -> list[str]:
+    """The arguments an FFN-shaped module (DenseFFN, Experts, LoRAExperts) shares; ``shared``: the MoE's shared
+    experts, with their own activation and limit where the plan gives them (moe.shared_activation, HY-V4;
+    moe.shared_activation_limit, Step-3.7)."""
+    activation, limit = x.activation, x.activation_limit
+    if shared and isinstance(x, MoEPlan):
+        activation = x.shared_activation or activation
+        limit = limit if x.shared_activation_limit is None else x.shared_activation_limit
+    args = [f"d_ff={d_ff}", f"activation={str_literal(activation, ACTIVATIONS, 'activation')}"]
     if checked_bool(x.bias, "ffn.bias"):
         args.append("bias=True")
-    if x.activation == "swiglu_clamped":
+    if activation == "swiglu_clamped":  # gpt-oss's alpha and limit
         alpha = CLAMPED_ALPHA if x.activation_alpha is None else x.activation_alpha
-        limit = CLAMPED_LIMIT if x.activation_limit is None else x.activation_limit
-        args += [f"activation_alpha={float_text(alpha, 'activation_alpha')}",
-                 f"activation_limit={float_text(limit, 'activation_limit')}"]  # fmt: skip
+        args.append(f"activation_alpha={float_text(alpha, 'activation_alpha')}")
+    if activation in LIMITED:  # the clamp limit of every clamped SwiGLU
+        limit = CLAMPED_LIMIT if limit is None else limit
+        args.append(f"activation_limit={float_text(limit, 'activation_limit')}")
     return args
 
 
@@ -127,7 +139,7 @@ def _ffn_call(x: DenseFFNPlan | MoEPlan, f: Features) -> Call:
     if f.shared:
         s, f_s = int_text(x.n_shared_experts, "n_shared_experts"), int_text(x.d_ff_shared, "d_ff_shared")
         width = f_s if s == "1" else f"{s} * {f_s}"  # s experts of width f_s run as one FFN of width s·f_s
-        parts.append(Call("DenseFFN", ("D_MODEL", *_ffn_args(x, width)), "shared="))
+        parts.append(Call("DenseFFN", ("D_MODEL", *_ffn_args(x, width, shared=True)), "shared="))
     if f.shared_gate:
         parts.append("shared_gate=Linear(D_MODEL, 1, bias=False)")
     if f.parts.zero_experts:

@@ -167,6 +167,17 @@ CASES = {
         attn="n_kv_heads: 2, output_gate: head, output_gate_bias: none, output_gate_fn: softplus, bias: true",
         moe=True,
     ),
+    "swiglu_limit dense and routed, plain shared experts (HY-V4)": variant(
+        ffn="activation: swiglu_limit, activation_limit: 0.05",
+        moe=True,
+        moex="activation: swiglu_limit\n  activation_limit: 0.04\n  n_shared_experts: 1\n  shared_activation: swiglu",
+        overrides="{select: [0], ffn: dense}",
+    ),
+    "swiglu_limit_after, the shared experts' own limit (Step-3.7)": variant(
+        moe=True,
+        moex="activation: swiglu_limit_after\n  activation_limit: 0.03\n  n_shared_experts: 1\n"
+        "  shared_activation_limit: 0.06",
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 
@@ -198,6 +209,7 @@ def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
 # each case whose feature, left out, leaves a spec that loads the same weights: the feature changes the logits, so
 # the comparison above would catch a generated file that ignored it
 WITHOUT = {
+    "swiglu_limit_after, the shared experts' own limit (Step-3.7)": ("\n  shared_activation_limit: 0.06", ""),
     "depth-scaled adds, sandwich norms, a gate bias per head (Beam)": (", depth_scaled_residual: true", ""),
     "layers of their own rotated dims and rope base (Laguna)": ("rotary_dim: 8, ", ""),
     "layers with and without sinks, value scale (MiMo-V2-Flash)": (", value_scale: 0.7", ""),

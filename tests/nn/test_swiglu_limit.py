@@ -46,12 +46,14 @@ def test_the_plan_keeps_the_limit_and_the_counts_are_swiglus() -> None:
     assert analyze(plan).params == analyze(tiny_plan(TINY_MOE)).params
 
 
-def test_code_generator_refuses_it_by_name() -> None:
-    from moec.codegen.features import plan_features
+def test_the_generated_model_py_gives_the_library_logits(tmp_path) -> None:
+    """moec build renders it (tests/codegen/test_features_13.py holds it against moec.nn with shared experts too)."""
+    from moec.nn import build_model
+    from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
 
-    plan = tiny_plan(TINY_MOE, "moe.activation=swiglu_limit")
-    with pytest.raises(ValueError, match="codegen does not support activation 'swiglu_limit'"):
-        plan_features(plan, list(plan.layers))
+    model = build_model(tiny_plan(TINY_MOE, "moe.activation=swiglu_limit", "moe.activation_limit=0.5"), seed=0).eval()
+    tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_shared_experts_take_their_own_activation() -> None:

@@ -135,19 +135,23 @@ def test_shared_limit_needs_shared_experts_and_a_limited_activation() -> None:
         tiny_plan(SPEC, "moe.shared_activation_limit=3")
 
 
-def test_code_generator_refuses_each_by_name() -> None:
+def test_code_generator_refuses_a_layer_of_its_own_moe_by_name() -> None:
     from moec.codegen.features import plan_features
 
-    for plan, name in (
-        (tiny_plan(CLAMPED), "activation 'swiglu_limit_after'"),
-        (tiny_plan(SPEC, "moe.activation=swiglu_limit_after"), "activation 'swiglu_limit_after'"),
-        (
-            tiny_plan(SPEC.replace("[0], ffn: dense}", "[2], moe: {activation: geglu}}")),
-            r"a layer's own MoE activation or limits \(layers\.\*\.moe\)",
-        ),
-    ):
-        with pytest.raises(ValueError, match=f"codegen does not support {name}"):
+    for plan in (tiny_plan(CLAMPED), tiny_plan(SPEC.replace("[0], ffn: dense}", "[2], moe: {activation: geglu}}"))):
+        with pytest.raises(ValueError, match=r"codegen does not support a layer's own MoE activation or limits"):
             plan_features(plan, list(plan.layers))
+
+
+def test_the_generated_model_py_gives_the_library_logits(tmp_path) -> None:
+    """moec build renders the clamp after the silu and the shared experts' own limit."""
+    from moec.nn import build_model
+    from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
+
+    sets = ("moe.activation=swiglu_limit_after", "moe.activation_limit=0.3", "moe.shared_activation_limit=0.6")
+    model = build_model(tiny_plan(SPEC, *sets), seed=0).eval()
+    tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
 
 
 def test_exporters_refuse_a_layer_of_its_own_moe() -> None:

@@ -102,7 +102,8 @@ def _moe_table(name: str, layers: tuple[LayerPlan, ...]) -> list[str]:
 def _stack_lines(f: Features, relative: bool, decoder: bool, n_layers: str) -> list[str]:
     """``self.layers = nn.ModuleList(Block(...) for ...)``: a stack's layers, each told whether it is MoE (its
     stack's table) and, with relative positions, whether it holds the stack's bias table (the first)."""
-    args = ["moe"] if f.moe else []
+    mixed = f.moe and f.dense  # the tables say which layers are MoE
+    args = ["moe"] if mixed else []
     args.append(f"decoder={decoder}")
     if relative:
         args.append("table=i == 0")
@@ -114,12 +115,12 @@ def _stack_lines(f: Features, relative: bool, decoder: bool, n_layers: str) -> l
         (True, False): f"moe in {table}",
         (False, True): f"i in range({n_layers})",
         (False, False): f"_ in range({n_layers})",
-    }[(f.moe, relative)]
+    }[(mixed, relative)]
     call = Call("nn.ModuleList", (f"Block({', '.join(args)}) for {loop}",))
     return call_lines(call, INDENT, "self.layers = ")
 
 
-def runtime_names(f: Features) -> list[str]:
+def _runtime_names(f: Features) -> list[str]:
     """What the file takes from moec.kernels.runtime: the aux records, and the experts' kernels."""
     names = ["ModelAux"]
     if f.moe:
@@ -135,7 +136,7 @@ def _imports(f: Features) -> list[str]:
         first = ""
     if f.dense_ffn:
         lines += import_lines("moec.kernels.activations", ["activate"])
-    return lines + import_lines("moec.kernels.runtime", runtime_names(f), first)
+    return lines + import_lines("moec.kernels.runtime", _runtime_names(f), first)
 
 
 def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, environment: jinja2.Environment) -> str:
@@ -156,7 +157,10 @@ def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, envi
     if refused:
         raise ValueError(f"codegen does not support {'; '.join(refused)} in an encoder-decoder model yet")
     relative = plan.positions.kind == RELATIVE_BUCKET
-    n_moe = [sum(isinstance(lp.ffn, MoEPlan) for lp in stack) for stack in (plan.encoder, plan.layers)]
+    n_moe = [
+        int_text(sum(isinstance(lp.ffn, MoEPlan) for lp in s), "MoE layers", minimum=0)
+        for s in (plan.encoder, plan.layers)
+    ]
     return environment.get_template("encdec_model.j2").render(
         name=name,
         spec_hash=spec_hash,

@@ -335,7 +335,8 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         )
         > 1
         or (not gqa and len({(x.n_heads, x.n_kv_heads) for x in attns}) > 1),  # GQA's Attention takes its heads
-        "layers.*.attention.indexer: false": len({x.has_indexer for x in attns}) > 1,
+        # a shared layer has no indexer of its own: it is named by the `shared` entry, not this one
+        "layers.*.attention.indexer: false": len({x.has_indexer for x in attns if not x.indexer_shared}) > 1,
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "model.norm_gate (a low-rank gate on the norms, A.X-K2)": plan.norm_gate is not None,
         "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,

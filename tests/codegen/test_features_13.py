@@ -4,6 +4,8 @@ test_generated_decode.py decodes every case too), and source that mentions a fea
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -325,3 +327,17 @@ def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):
     without = render_model_source(plan_of(TINY_DEEPSEEK_V3))
     for w in words:
         assert w in with_it and w not in without, w
+
+
+@pytest.mark.parametrize(
+    "override,feature",
+    [
+        ("indexer: shared", "layers.*.attention.indexer: shared"),
+        ("indexer: false", "layers.*.attention.indexer: false"),
+    ],
+)
+def test_a_layer_without_its_own_indexer_is_refused_naming_what_the_spec_wrote(override, feature):
+    """A shared layer has no indexer of its own either: it must not be reported as `indexer: false`."""
+    text = INDEXED.replace("ffn: dense}]", "ffn: dense}, {select: [1], attention: {" + override + "}}]")
+    with pytest.raises(ValueError, match=f"codegen does not support {re.escape(feature)}"):
+        render_model_source(plan_of(text))

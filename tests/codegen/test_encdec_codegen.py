@@ -32,6 +32,12 @@ PLAIN = (
     "attention.n_kv_heads=2",
 )  # fmt: skip
 
+# every layer of both stacks MoE: no dense FFN, no per-layer table
+ALL_MOE = (
+    *SMALL, "layers.overrides=[]", "layers.default.ffn=moe", "encoder.layers.overrides=[]",
+    "encoder.layers.default.ffn=moe",
+)  # fmt: skip
+
 
 def _generated_and_library(sets: tuple[str, ...], folder):  # -> (plan, generated Model, library model)
     plan = load_plan(SWITCH, sets, encoder_decoder=True)
@@ -49,7 +55,7 @@ def _ids(plan, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-@pytest.mark.parametrize("sets", [SMALL, DROPPING, PLAIN], ids=["switch", "dropping", "plain"])
+@pytest.mark.parametrize("sets", [SMALL, DROPPING, PLAIN, ALL_MOE], ids=["switch", "dropping", "plain", "all-moe"])
 def test_generated_model_gives_the_library_logits_and_aux(sets, tmp_path):
     plan, gen, lib = _generated_and_library(sets, tmp_path)
     source, target = _ids(plan, 1)

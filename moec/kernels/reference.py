@@ -166,6 +166,29 @@ def expert_ffn(
     return _combine(y, topk_w, disp, T).to(out_dtype)
 
 
+def slot_linear(rows: torch.Tensor, expert: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, out): each row through its own expert's matrix, ``rows[i] @ weights[expert[i]]`` (``weights`` (E, in,
+    out), ``expert`` (N,) with no dropped slot), neither weighted nor summed: the mixture of attention heads'
+    per-slot query and output projections. The rows are sorted by expert once (:func:`dispatch`): grouped_mm
+    with no host sync where it runs, else the loop with its one sync; gathered back in row order."""
+    if rows.dim() != 2 or expert.shape != rows.shape[:1] or weights.dim() != 3 or weights.shape[1] != rows.shape[1]:
+        raise ValueError(
+            f"expected rows (N, in), expert (N,) and weights (E, in, out); got {tuple(rows.shape)}, "
+            f"{tuple(expert.shape)} and {tuple(weights.shape)}"
+        )
+    out_dtype, cdt = rows.dtype, _compute_dtype(rows)
+    rows, weights = rows.to(cdt), weights.to(cdt)
+    E = weights.shape[0]
+    grouped = rows.shape[0] > 0 and _can_group(rows, rows.shape[1], weights.shape[2])
+    disp = dispatch(expert.unsqueeze(1), E, grouped=grouped)
+    xs = _gather_rows(rows, disp, 1)  # (N, in) sorted by expert
+    if grouped:
+        y = torch.where(disp.valid, _grouped_mm(xs, weights, offs=disp.offs), 0)  # (N, out)
+    else:
+        y = torch.cat([xe @ w for xe, w in zip(xs.split(disp.counts), weights.unbind(0), strict=True)])
+    return y[inverse_permutation(disp.order)].to(out_dtype)
+
+
 def lora_mix(
     x: torch.Tensor,
     topk_idx: torch.Tensor,

@@ -18,10 +18,11 @@ import math
 import torch
 from torch import nn
 
+from moec.kernels.reference import slot_linear
 from moec.nn.attention import AttentionLayer, Linear, attend, attend_masked, check_input
 from moec.nn.cache import LayerCache
 from moec.nn.rope import apply_rope
-from moec.nn.router import scores_of
+from moec.nn.router import gates_of, score_eps, scores_of
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
 
 
@@ -69,21 +70,18 @@ class MoA(AttentionLayer):
         logits = self.router(x)
         logits = logits.double() if x.dtype == torch.float64 else logits.float()
         assert p.moa_top_k is not None
-        if p.moa_softmax_after_topk:  # JetMoE: the k best logits, softmax over those k
-            top, idx = logits.topk(p.moa_top_k, dim=-1)
-            return idx, top.softmax(-1), logits
-        w, idx = scores_of(logits, p.moa_score).topk(p.moa_top_k, dim=-1)
-        if p.moa_normalize_topk:
-            w = w / (w.sum(-1, keepdim=True) + (1e-20 if p.moa_score == "sigmoid" else 0.0))
+        after = p.moa_softmax_after_topk  # JetMoE: the k best logits, softmax over those k
+        scores = scores_of(logits, p.moa_score)
+        idx = (logits if after else scores).topk(p.moa_top_k, dim=-1).indices
+        w = gates_of(logits, scores, idx, after)
+        if p.moa_normalize_topk and not after:
+            w = w / (w.sum(-1, keepdim=True) + score_eps(p.moa_score))
         return idx, w, logits
 
-    def _per_slot(self, weights: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, width: int) -> torch.Tensor:
-        """rows (T·k, in) through each slot's own expert matrix weights[idx] ([out, in]) → (T·k, width)."""
-        out = rows.new_zeros(rows.shape[0], width)
-        for e in idx.unique().tolist():
-            sel = (idx == e).nonzero().squeeze(1)
-            out = out.index_copy(0, sel, rows[sel] @ weights[e].t())
-        return out
+    def _per_slot(self, weights: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """rows (T·k, in) through each slot's own expert matrix weights[idx] ([out, in]) → (T·k, out), sorted by
+        expert rather than looped over the experts present (which read them back to the host)."""
+        return slot_linear(rows, idx, weights.transpose(1, 2))
 
     def forward(
         self,
@@ -103,7 +101,7 @@ class MoA(AttentionLayer):
         idx, w, _ = self.route(x)  # (B, S, k) ×2
         slots = idx.reshape(-1)  # (T·k,) token-major
         xs = x.reshape(B * S, 1, d).expand(B * S, k, d).reshape(-1, d)  # each token once per slot
-        q = self._per_slot(self.q_experts, xs, slots, p.n_heads * hd)  # (T·k, h·hd)
+        q = self._per_slot(self.q_experts, xs, slots)  # (T·k, h·hd)
         q = q.view(B, S, k, kv, r, hd).permute(0, 3, 2, 4, 1, 5).reshape(B, kv * k * r, S, hd)
         keys = self.k_proj(x).view(B, S, kv, hd).transpose(1, 2)  # (B, kv, S, hd)
         values = self.v_proj(x).view(B, S, kv, hd).transpose(1, 2)
@@ -119,7 +117,7 @@ class MoA(AttentionLayer):
             assert values_c is not None
             y = attend_masked(q, keys, values_c, cache.mask(positions, key_positions), scale=self.scale)
         y = y.view(B, kv, k, r, S, hd).permute(0, 4, 2, 1, 3, 5).reshape(-1, p.n_heads * hd)  # (T·k, h·hd)
-        out = self._per_slot(self.o_experts, y, slots, d).view(B, S, k, d)
+        out = self._per_slot(self.o_experts, y, slots).view(B, S, k, d)
         out = (out * w.to(out.dtype)[..., None]).sum(2)
         return out if self.out_bias is None else out + self.out_bias
 

@@ -82,7 +82,20 @@ def normalize_eps(r: RouterPlan) -> float:
     and sqrt-softplus scores (whose sum can underflow to 0) and 0 for softmax (whose top-k sum cannot)."""
     if r.normalize_eps is not None:
         return r.normalize_eps
-    return 1e-20 if r.score != "softmax" else 0.0
+    return score_eps(r.score)
+
+
+def score_eps(score: str) -> float:
+    """:func:`normalize_eps` where the spec gives none, by score (the mixture of attention heads' router too)."""
+    return 1e-20 if score != "softmax" else 0.0
+
+
+def gates_of(logits: torch.Tensor, probs: torch.Tensor, idx: torch.Tensor, softmax_after_topk: bool) -> torch.Tensor:
+    """The chosen experts' gate weights (..., k) for ``idx`` (..., k): their scores ``probs``, or with
+    ``softmax_after_topk`` (gpt-oss, JetMoE's attention experts) a softmax over their ``logits`` alone."""
+    if softmax_after_topk:
+        return logits.gather(-1, idx).softmax(-1)
+    return probs.gather(-1, idx)
 
 
 def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -263,9 +276,7 @@ class Router(nn.Module):
             return idx, probs.new_full(idx.shape, 1.0 / r.top_k)
         # the selection bias joins the scores (DeepSeek-V3) or the logits (Kolibri): the top-k differ once it is not 0
         idx = self._select((logits if r.selection_bias_on == "logits" else probs).detach())  # (T, k)
-        if r.softmax_after_topk:
-            return idx, logits.gather(1, idx).softmax(-1)
-        return idx, probs.gather(1, idx)  # (T, k)
+        return idx, gates_of(logits, probs, idx, r.softmax_after_topk)  # (T, k)
 
     def _select(self, scores: torch.Tensor) -> torch.Tensor:
         """Top-k expert ids (T, k) by selection score (scores + expert_bias), within the best groups."""

@@ -86,15 +86,19 @@ def test_every_command_that_cannot_run_one_refuses_it_by_name(write_spec, tmp_pa
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
 
 
-def test_codegen_refuses_it_by_name(write_spec):
+def test_codegen_renders_it_with_its_own_template_only(write_spec):
+    """render_model_source renders an encoder-decoder with moec/codegen/encdec.py (tests/codegen/test_encdec_codegen.py
+    compares it with the library); the decoder-only features alone still refuse one by name."""
+    from moec.codegen import render_model_source
     from moec.codegen.features import plan_features
 
     m = load_model(str(write_spec(TINY.replace("kind: relative_bucket, n_buckets: 8, max_distance: 16", "kind: none"))))
-    with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
-        plan_features(m, list(m.layers))
     with_bias = load_model(str(write_spec(TINY)))  # relative_bucket positions: named before the positions' kind
-    with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
-        plan_features(with_bias, list(with_bias.layers))
+    for plan in (m, with_bias):
+        src = render_model_source(plan)
+        assert "def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor)" in src
+        with pytest.raises(ValueError, match="codegen does not support an encoder-decoder model"):
+            plan_features(plan, list(plan.layers))
 
 
 def test_export_hf_says_why_switch_transformers_cannot_express_it(write_spec):

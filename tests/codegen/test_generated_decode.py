@@ -28,7 +28,7 @@ ALL_CASES = {
     **CASES,
     **{f"clamped {k}": v for k, v in CLAMPED_MOE.items()},
     **{f"features {k}": v for k, v in test_features_2026.CASES.items()},
-    **{f"issue 13 {k}": v for k, v in test_features_13.CASES.items()},
+    **{f"issue 13 {k}": v for k, v in test_features_13.DECODE_CASES.items()},
 }
 
 

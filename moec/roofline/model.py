@@ -27,23 +27,24 @@ from moec.roofline.experts import expected_distinct, expected_distinct_loaded
 from moec.spec.plan import AttentionPlan, LayerPlan, MoEPlan, ResolvedModel
 
 Phase = Literal["prefill", "decode"]
-# print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md, "The model of a step"),
-# except the low-rank gates of model.norm_gate, which the analyzer counts among them
-COMPONENTS = (
-    "embedding",
-    "norms",
-    "attention",
-    "attention_scores",
-    "mixers",
-    "mixer_state",
-    "hyper_connections",  # the streams' connection matmuls (docs/hyper-connections.md): whole on every rank
-    "router",
-    "routed_experts",
-    "shared_experts",
-    "dense_ffn",
-    "base_ffn",
-    "lm_head",
-)
+# each component's label, in print order; the analyzer's "norms" move no matmul and are left out (docs/roofline.md,
+# "The model of a step"), except the low-rank gates of model.norm_gate, which the analyzer counts among them
+COMPONENT_LABELS = {
+    "embedding": "embedding",
+    "norms": "norm gates",
+    "attention": "attention proj.",
+    "attention_scores": "attention + KV",
+    "mixers": "mixer proj.",
+    "mixer_state": "mixer scan + state",
+    "hyper_connections": "hyper-connections",  # the streams' connection matmuls (docs/hyper-connections.md)
+    "router": "router",
+    "routed_experts": "routed experts",
+    "shared_experts": "shared experts",
+    "dense_ffn": "dense FFN",
+    "base_ffn": "base FFN (LoRA)",
+    "lm_head": "lm_head",
+}
+COMPONENTS = tuple(COMPONENT_LABELS)
 _SPLIT_BY_TP = ("attention", "shared_experts", "dense_ffn", "base_ffn")  # column/row-parallel matmuls
 # whole on every rank: tp > 1 is refused for the mixers (moec.plan.layout); the streams' connections are small
 _WHOLE_ON_EVERY_RANK = ("mixers", "hyper_connections")

@@ -6,21 +6,10 @@ import json
 import textwrap
 from collections.abc import Sequence
 
+from moec.roofline.model import COMPONENT_LABELS
 from moec.roofline.report import RooflineReport, to_dict
 
-LABELS = {
-    "embedding": "embedding",
-    "attention": "attention proj.",
-    "attention_scores": "attention + KV",
-    "mixers": "mixer proj.",
-    "mixer_state": "mixer scan + state",
-    "router": "router",
-    "routed_experts": "routed experts",
-    "shared_experts": "shared experts",
-    "dense_ffn": "dense FFN",
-    "base_ffn": "base FFN (LoRA)",
-    "lm_head": "lm_head",
-}
+LABELS = COMPONENT_LABELS  # one list: moec.roofline.model
 COLUMNS = ("component", "FLOPs", "bytes", "FLOP/B", "bound", "time", "compute-bound")
 
 

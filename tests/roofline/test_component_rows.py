@@ -1,7 +1,9 @@
-"""moec roofline with model.norm_gate (A.X-K2's gated norms): the gates' matmuls, which the analyzer counts in its
-"norms" part, are in the step; plain norms still add no row."""
+"""moec roofline's rows for this session's components: model.norm_gate (A.X-K2's gated norms: their matmuls, which
+the analyzer counts in its "norms" part, are in the step; plain norms still add no row) and hyper-connections."""
 
 from __future__ import annotations
+
+import pytest
 
 from moec.analyze.counts import layer_parts
 from moec.plan.accelerators import ACCELERATORS
@@ -34,3 +36,24 @@ def test_the_norm_gates_flops_are_in_the_step_and_plain_norms_add_no_row():
     plan = resolve(load_spec("gated.yaml", text=SPEC))
     assert gated["norms"].flops == 4 * sum(layer_parts(lp, plan)["norms"].flops for lp in plan.layers)
     assert {k: c.flops for k, c in gated.items() if k != "norms"} == {k: c.flops for k, c in plain.items()}
+
+
+HYPER = PLAIN.replace("max_seq_len: 32}", "max_seq_len: 32, hyper_connections: {n_streams: 4}}")
+
+
+@pytest.mark.parametrize(("text", "label"), [(SPEC, "norm gates"), (HYPER, "hyper-connections")])
+def test_moec_roofline_prints_and_plots_every_component_it_counts(tmp_path, text, label):
+    """Every row the model tallies has its label: the table, JSON and plot of a model with norm gates or
+    hyper-connections run (exit 0) and name the row."""
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    outputs = []
+    for args in ([], ["--format", "json"], ["--plot", str(tmp_path / "r.png")]):
+        res = CliRunner(env={"COLUMNS": "80"}).invoke(cli, ["roofline", str(spec), *args])
+        assert res.exit_code == 0, res.output
+        outputs.append(res.output)
+    assert label in outputs[0]

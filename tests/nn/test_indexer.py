@@ -198,21 +198,30 @@ def model_of(plan):  # type: ignore[no-untyped-def]
     return model.eval()
 
 
+PREFILL_THEN_ONES = [5] + [1] * (SEQ - 5)  # a 5-token prompt, then one token a step
+
+
+def decoded(model, tokens: torch.Tensor, steps: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The logits of a cached decode fed ``steps[i]`` tokens at its i-th call (the steps sum to the sequence)."""
+    cache = model.new_cache(*tokens.shape)
+    outs, start = [], 0
+    with torch.no_grad():
+        for n in steps:
+            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
+            start += n
+    return torch.cat(outs, dim=1)
+
+
 @pytest.mark.parametrize("window", [None, 6])
-@pytest.mark.parametrize("steps", [[5] + [1] * (SEQ - 5), [3, 2, 3, 1, 3]], ids=["5+1s", "mixed"])
+@pytest.mark.parametrize("steps", [PREFILL_THEN_ONES, [3, 2, 3, 1, 3]], ids=["5+1s", "mixed"])
 def test_cached_decode_gives_the_full_forward_logits(steps, window):
     torch.manual_seed(0)
     plan = indexed_tiny(top_k=3, window=window)
     model = model_of(plan)
     tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    cache = model.new_cache(BATCH, SEQ)
-    outs, start = [], 0
     with torch.no_grad():
         full = model(tokens)[0]
-        for n in steps:
-            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
-            start += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded(model, tokens, steps), full, atol=1e-5, rtol=0)
     with torch.no_grad():  # the indexer matters here: all the keys give other logits
         dense = model_of(indexed_tiny(top_k=SEQ, window=window))
         assert not torch.allclose(dense(tokens)[0], full, atol=1e-3)
@@ -366,12 +375,9 @@ def test_a_layer_of_its_own_geometry_decodes_to_the_full_forward_logits():
     plan = resolve(load_spec("mixed.yaml", text=MIXED))
     model = model_of(plan)
     tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    cache = model.new_cache(BATCH, SEQ)
     with torch.no_grad():
         full = model(tokens)[0]
-        outs = [model(tokens[:, :5], cache=cache, start=0)[0]]
-        outs += [model(tokens[:, s : s + 1], cache=cache, start=s)[0] for s in range(5, SEQ)]
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded(model, tokens, PREFILL_THEN_ONES), full, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -444,12 +450,9 @@ def test_a_shared_layer_has_no_indexer_and_decodes_to_the_full_forward_logits():
     assert sum(t.numel() for t in model.parameters()) == analyze(plan).params.total
     assert model.layers[1].attn.indexer is None and model.layers[1].attn.choice_of == [model.layers[0].attn]
     tokens = torch.randint(plan.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    cache = model.new_cache(BATCH, SEQ)
     with torch.no_grad():
         full = model(tokens)[0]
-        outs = [model(tokens[:, :5], cache=cache, start=0)[0]]
-        outs += [model(tokens[:, s : s + 1], cache=cache, start=s)[0] for s in range(5, SEQ)]
-        torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(decoded(model, tokens, PREFILL_THEN_ONES), full, atol=1e-5, rtol=0)
         dense = model_of(resolve(load_spec("x.yaml", text=SHARED.replace("indexer: shared", "indexer: false"))))
         assert not torch.allclose(dense(tokens)[0], full, atol=1e-3)  # the shared choice matters
 

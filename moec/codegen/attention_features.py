@@ -77,6 +77,7 @@ class MLAFeatures:
     indexer: bool = False  # DeepSeek Sparse Attention's indexer picks the keys each query attends
     indexer_rotate: str = ""  # the rotation of its first qk_rope_head_dim dims: apply_rope or apply_rope_interleaved
     latent_scales: bool = False  # constant factors on the query and the normed kv latent (LongCat-Flash)
+    rope_key_norm: bool = False  # the shared rotary key normed before its rotation (Dots3)
 
 
 def mla_features(a: AttentionPlan, rotates: bool, c: dict[str, str | None]) -> MLAFeatures:
@@ -84,12 +85,13 @@ def mla_features(a: AttentionPlan, rotates: bool, c: dict[str, str | None]) -> M
     if a.kind != "mla":
         return MLAFeatures()
     latent_scales = checked_bool(a.latent_scales, "attention.latent_scales")
+    rope_key_norm = checked_bool(a.rope_key_norm, "attention.rope_key_norm")
     if not a.has_indexer:
-        return MLAFeatures(latent_scales=latent_scales)
+        return MLAFeatures(latent_scales=latent_scales, rope_key_norm=rope_key_norm)
     c["indexer_n_heads"] = int_text(a.indexer_n_heads, "attention.indexer.n_heads")
     c["indexer_head_dim"] = int_text(a.indexer_head_dim, "attention.indexer.head_dim")
     c["indexer_top_k"] = int_text(a.indexer_top_k, "attention.indexer.top_k")
     c["indexer_key_norm_eps"] = float_text(a.indexer_key_norm_eps, "attention.indexer.key_norm_eps")
     layout = checked_choice(a.indexer_rope_layout, ROPE_LAYOUTS, "attention.indexer.rope_layout")
     rotate = ("apply_rope_interleaved" if layout == "interleaved" else "apply_rope") if rotates else ""
-    return MLAFeatures(indexer=True, indexer_rotate=rotate, latent_scales=latent_scales)
+    return MLAFeatures(indexer=True, indexer_rotate=rotate, latent_scales=latent_scales, rope_key_norm=rope_key_norm)

@@ -340,7 +340,6 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "model.norm_gate (a low-rank gate on the norms, A.X-K2)": plan.norm_gate is not None,
         "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,
-        "attention.rope_key_norm (a norm on MLA's rotary key)": any(x.rope_key_norm for x in attns),
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
         "layers.*.attention.indexer: shared": any(x.indexer_shared for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),

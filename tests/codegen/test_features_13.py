@@ -180,6 +180,9 @@ CASES = {
         moex="activation: swiglu_limit_after\n  activation_limit: 0.03\n  n_shared_experts: 1\n"
         "  shared_activation_limit: 0.06",
     ),
+    "mla rotary key norm (Dots3)": TINY_DEEPSEEK_V3.replace(
+        "v_head_dim: 8}", "v_head_dim: 8, rope_key_norm: true, latent_norm_eps: 1.0e-3}"
+    ),
     "zero experts": variant(moe=True, moex="n_zero_experts: 3", router="selection_bias: true, scale: 2.0", top_k=3),
 }
 

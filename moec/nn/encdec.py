@@ -212,9 +212,15 @@ def build_refusals(plan: ResolvedModel) -> list[str]:
     used = {f for a in attentions for f in _set_fields(a, _ATTENTION_FIELDS | _INERT)}
     used |= {f for a in attentions for f, off in _ATTENTION_OFF.items() if getattr(a, f) != off}
     out += [f"attention.{f}" for f in sorted(used)]
-    moe = [lp.ffn for lp in (*plan.encoder, *plan.layers) if isinstance(lp.ffn, MoEPlan)]
+    layers = (*plan.encoder, *plan.layers)
+    out += sorted({f"layers.*.{f}" for lp in layers for f in _set_fields(lp, {"cross_attention"})})  # mixer, pair
+    moe = [lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)]
+    if any(m.output_norm for m in moe):  # applied by the decoder-only Block around its MoE, not by the MoE module
+        out.append("moe.output_norm")
     if plan.expert_capacity is not None and any(m.router.kind == "expert_choice" for m in moe):
         out.append("encoder.expert_capacity with expert-choice routing")
+    if plan.expert_capacity is not None and any(m.n_zero_experts for m in moe):  # would a zero expert take capacity?
+        out.append("moe.n_zero_experts with encoder.expert_capacity")
     return out
 
 

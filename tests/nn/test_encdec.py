@@ -222,6 +222,33 @@ def test_what_it_cannot_build_is_refused_by_name(edit, named):
         build_model(tiny(TINY.replace(*edit)), device="meta")
 
 
+MOE = "moe: {n_experts: 4, d_ff: 32, activation: relu, router: {top_k: 1}, drop_policy: position}"
+
+
+@pytest.mark.parametrize(
+    "moe_fields",
+    ["output_norm: true", "n_shared_experts: 1", "shared_gate: true, n_shared_experts: 1", "output_bias: true",
+     "n_zero_experts: 2", "granularity: 2", "d_ff_shared: 16, n_shared_experts: 2"],
+)  # fmt: skip
+def test_every_moe_variant_builds_exactly_what_the_analyzer_counts_or_is_refused_by_name(moe_fields):
+    """A feature the encoder-decoder block does not apply must not be built without it: either the meta model holds
+    the analyzer's parameters (and the feature's module), or build_model refuses naming it."""
+    text = TINY.replace(MOE, MOE[:-1] + ", " + moe_fields + "}")
+    plan = tiny(text)
+    assert plan != tiny()
+    try:
+        model = build_model(plan, device="meta")
+    except CommandError as e:
+        assert "tiny-encdec is an encoder-decoder model with" in str(e)
+        return
+    assert sum(p.numel() for p in model.parameters()) == analyze(plan).params.total
+
+
+def test_the_moe_output_norm_is_refused_by_name():
+    with pytest.raises(CommandError, match="encoder-decoder model with moe.output_norm"):
+        build_model(tiny(TINY.replace(MOE, MOE[:-1] + ", output_norm: true}")), device="meta")
+
+
 def test_bad_token_ids_are_one_clear_error():
     model = build_model(tiny(), device="cpu", seed=0)
     ok = torch.zeros(1, 3, dtype=torch.long)

@@ -128,3 +128,21 @@ def test_a_feature_no_refusal_names_is_still_caught_by_the_inventory_check(monke
     res = run("deepseek-v3.2-exp", "--ep", "8")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "the planner's tensor list disagrees with the analyzer's parameters (attention " in res.output
+
+
+@pytest.mark.parametrize(
+    ("spec", "sets", "named"),
+    [
+        ("deepseek-v3", ["attention.rope_key_norm=true"], "attention.rope_key_norm"),
+        ("deepseek-v3", ["attention.query_gate=true"], "attention.query_gate"),
+        ("textbook-moe", ["model.norm_gate.rank=4", "model.norm_gate.sites=[mixer]"], "model.norm_gate"),
+    ],
+)
+def test_issue_13s_unlisted_block_features_are_refused_by_name(spec: str, sets: list[str], named: str):
+    """Dots3's rotary-key norm and A.X-K2's query gate and norm gates have tensors the planner does not list: each
+    is refused by its own name (moec/commands/common.py), not only by the inventory check's component sums."""
+    res = run(spec, *(arg for s in sets for arg in ("--set", s)))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip() == (
+        f"error: moec plan does not support {named} yet (the planner's per-tensor sharding and traffic): {spec} uses it"
+    )

@@ -26,6 +26,7 @@ from moec.errors import CommandError
 from moec.nn.build import build_model
 from moec.nn.cache import capacity_layers, without_capacity
 from moec.nn.model import MoecModel
+from moec.spec.encdec import refuse_encoder_decoder
 
 TOKENIZER = "tokenizer.json"
 
@@ -55,6 +56,7 @@ def load_source(
         from moec.hf.weights import from_hf
 
         loaded = Loaded(from_hf(folder, device=device, dtype=dtype), "hf", _tokenizer(folder))
+        refuse_encoder_decoder(loaded.model.plan, "moec generate")
     elif folder.is_dir() and (folder / RESOLVED).is_file():
         if sets:
             raise CommandError("--set applies to moec specs; a build folder's plan is read as it is")
@@ -63,6 +65,7 @@ def load_source(
         raise CommandError(f"{source}: a folder holding neither config.json (Hugging Face) nor {RESOLVED} (moec build)")
     else:
         plan = _spec_plan(source, sets)
+        refuse_encoder_decoder(plan, "moec generate")  # decoding one needs its source: not written yet
         model = build_model(without_capacity(plan), device=device, dtype=dtype or torch.float32, seed=seed)
         loaded = Loaded(model, "spec", None, [f"random weights (seed {seed})"])
         _note_capacity(loaded, plan)
@@ -153,6 +156,7 @@ def _build_folder(folder: Path, device: torch.device, dtype: torch.dtype, seed: 
     from moec.codegen.output import read_build_plan
 
     plan = read_build_plan(folder)
+    refuse_encoder_decoder(plan, "moec generate")
     weights = folder / WEIGHTS
     if weights.exists() and not weights.is_file():  # not "no weights": random ones would pass for the folder's
         raise CommandError(f"{weights}: is not a file")

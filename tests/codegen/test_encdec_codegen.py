@@ -127,11 +127,6 @@ def test_commands_that_cannot_run_one_still_refuse_it_by_name(command):
     assert "Traceback" not in res.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="moec/generate/source.py builds the model before asking whether it can decode one: it should call "
-    "moec.spec.encdec.refuse_encoder_decoder on the spec's and the build folder's plan (requests/encgen.md)",
-)
 @pytest.mark.parametrize("source", ["spec", "build folder"])
 def test_generate_refuses_it_by_name(source, tmp_path):
     spec = ["switch-base-8-encdec", *(a for s in SMALL for a in ("--set", s))]

@@ -218,8 +218,8 @@ class MLA(AttentionLayer):
 
 
 def gated(y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    """The heads' outputs y (B, h, S, dv) times sigmoid(gate) (attention.query_gate, A.X-K2: in float32, as
-    transformers computes it); y itself without a gate."""
+    """The heads' outputs y (B, h, S, dv) times sigmoid(gate) (attention.query_gate, A.X-K2: in float32 at least, as
+    transformers computes it; float64 stays float64); y itself without a gate."""
     if gate is None:
         return y
-    return (y * torch.sigmoid(gate.float())).to(y.dtype)
+    return (y * torch.sigmoid(gate.to(torch.promote_types(gate.dtype, torch.float32)))).to(y.dtype)

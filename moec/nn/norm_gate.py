@@ -4,7 +4,8 @@
     y = norm(x);   y · sigmoid(fc2(silu(fc1(y))))        fc1: d → rank, fc2: rank → d, no biases
 
 Names are transformers' (``norm``, ``mlp.fc1``, ``mlp.fc2``), so that A.X-K2's checkpoints map one to one. The
-sigmoid is taken in float32 and the product cast back to the norm's dtype, as transformers does.
+sigmoid is taken in float32 at least (float64 stays float64) and the product cast back to the norm's dtype, as
+transformers does.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class GatedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
-        return (y * torch.sigmoid(self.mlp(y).float())).to(y.dtype)
+        g = self.mlp(y)
+        return (y * torch.sigmoid(g.to(torch.promote_types(g.dtype, torch.float32)))).to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"rank={self.mlp.fc1.out_features}"

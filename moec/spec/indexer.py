@@ -86,11 +86,16 @@ def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
 def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """``layers.*.attention.indexer`` only turns off (or shares) an indexer the attention section has, and a layer
     that shares one needs a layer before it that runs its own."""
-    written = [(*path, "indexer") for path, s in spec.layers.attention_sections() if "indexer" in s.model_fields_set]
+    sections = [(path, s.indexer) for path, s in spec.layers.attention_sections() if "indexer" in s.model_fields_set]
+    written = [(*path, "indexer") for path, _ in sections]
     if spec.attention.indexer is None:
+        what = {"shared": "it shares an earlier layer's indexer choice", False: "it turns the indexer off"}
         return [
-            (path, "only meaningful with attention.indexer (it turns the indexer off on these layers)")
-            for path in written
+            (
+                (*path, "indexer"),
+                f"only meaningful with attention.indexer ({what.get(mode, 'it keeps the indexer on')})",
+            )
+            for path, mode in sections
         ]
     from moec.spec.resolve import attention_fields_per_layer  # resolve reads this module's section
 

@@ -381,23 +381,34 @@ def test_a_layer_of_its_own_geometry_decodes_to_the_full_forward_logits():
 
 
 @pytest.mark.parametrize(
-    "text,path",
+    "text,path,why",
     [
         (RKN.replace("kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,\n"
                      "  v_head_dim: 6, rope_key_norm: true}", "n_heads: 4}")
          + "layers: {overrides: [{select: [1], attention: {kv_lora_rank: 12}}]}\n",
-         "layers.overrides[0].attention.kv_lora_rank"),
+         "layers.overrides[0].attention.kv_lora_rank", "only meaningful with attention.kind: mla"),
         (RKN + "layers: {overrides: [{select: [1], attention: {indexer: false}}]}\n",
-         "layers.overrides[0].attention.indexer"),
+         "layers.overrides[0].attention.indexer", "it turns the indexer off"),
+        (RKN + "layers: {overrides: [{select: [1], attention: {indexer: shared}}]}\n",
+         "layers.overrides[0].attention.indexer", "it shares an earlier layer's indexer choice"),
     ],
 )  # fmt: skip
-def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(text, path):
+def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(text, path, why):
     from moec.errors import SpecError
     from moec.spec import load_spec
 
     with pytest.raises(SpecError) as e:
         load_spec("x.yaml", text=text)
-    assert path in [p.path for p in e.value.problems]
+    assert any(p.path == path and why in p.message for p in e.value.problems)
+
+
+def test_the_query_gate_keeps_float64_in_float64():
+    """The gate's sigmoid in float32 at least: a float64 model's gates stay float64 (its decode = full forward)."""
+    from moec.nn.mla import gated
+
+    y, g = (torch.randn(2, 4, 3, 6, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2))
+    assert torch.equal(gated(y, g), y * torch.sigmoid(g))
+    assert torch.equal(gated(y.float(), g.float()), y.float() * torch.sigmoid(g.float()))
 
 
 def test_the_query_gate_counts_its_fused_projection():

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int
-from moec.hf.families._common import all_known, defaults
+from moec.hf.families._common import defaults
+from moec.hf.families._indexer_share import shared_indexer_layers
 from moec.hf.families.deepseek_v32 import DsaMapper, dsa_model, export_dsa, indexer
 from moec.spec.plan import ResolvedModel
 
@@ -61,19 +62,7 @@ def _indexer_types(c: HFConfig, d: Draft) -> None:
     else:
         key = "index_topk_pattern" if c.value("index_topk_pattern") is not None else "index_topk_freq"
         types = schedule
-    if not (d.fits_layers(c, key, types) and all_known(c, key, types, ("full", "shared"))):
-        return
-    assert types is not None
-    if types[0] == "shared":
-        c.bad(
-            key,
-            "layer 0 is shared, but a shared layer reuses the top-k of a full layer before it (transformers: an error)",
-        )
-    elif "shared" in types:
-        d.layer_attention["indexer"] = (
-            ["shared" if t == "shared" else True for t in types],
-            f"{c.src(key)}: shared layers attend the last full layer's top-k, with no indexer of their own",
-        )
+    shared_indexer_layers(c, d, key, types, c.src(key), "GlmMoeDsa")
 
 
 class GlmMoeDsaMapper(DsaMapper):

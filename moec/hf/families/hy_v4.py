@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import activation, all_known, base, defaults, dense_layers_ffn, mla
+from moec.hf.families._indexer_share import shared_indexer_layers
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
 from moec.hf.families.hy_v3 import _mlp_layers, equals, ignored
 from moec.hf.mapper import Mapper, gate_up
@@ -131,19 +132,8 @@ def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
     types = (
         c.str_list("indexer_types") if given else ["full" if i == 0 or (i - 1) % 4 == 0 else "shared" for i in range(n)]
     )
-    if not (d.fits_layers(c, "indexer_types", types) and all_known(c, "indexer_types", types, ("full", "shared"))):
-        return
-    if types[0] == "shared":  # type: ignore[index]
-        c.bad("indexer_types", f"layer 0 is shared, but no layer before it runs an indexer ({cls}Attention raises)")
-        return
-    if "shared" in types:  # type: ignore[operator]
-        where = (
-            "indexer_types" if given else "indexer_types unset: the class's schedule (layer 0, then every 4th from 1)"
-        )
-        d.layer_attention["indexer"] = (
-            [True if t == "full" else "shared" for t in types],  # type: ignore[union-attr]
-            f"{where}: a shared layer attends the top-k the last full layer chose (prev_topk_indices)",
-        )
+    where = "indexer_types" if given else "indexer_types unset: the class's schedule (layer 0, then every 4th from 1)"
+    shared_indexer_layers(c, d, "indexer_types", types, where, cls)
 
 
 def hyper_connections(c: HFConfig, d: Draft, cls: str) -> None:

@@ -195,9 +195,11 @@ def train_case() -> dict:
         "ep_fsdp_default_division": distributed_run(plan, ref, Layout(ep=world), fsdp=True, wrong_scaling=True),
         "generated_ep_fsdp": distributed_run(plan, ref, Layout(ep=world), fsdp=True, generated=module),
         "generated_tp_fsdp": distributed_run(plan, ref, tp, fsdp=True, generated=module),
+        # the mesh without the plan: the layout check (moec.plan) refuses tp with sinks before TP itself could
         "generated_tp_sinks_refusal": _refusal(
-            lambda: with_sinks.parallelize(_meta_model(with_sinks), md.build_mesh(tp, sinks))
+            lambda: with_sinks.parallelize(_meta_model(with_sinks), md.build_mesh(tp))
         ),
+        "layout_tp_sinks_refusal": _refusal(lambda: md.build_mesh(tp, sinks)),
     }
 
 

@@ -152,4 +152,15 @@ def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem
         problems.append(
             ("tp", f"tp = {tp} splits the heads, but the qk-norm spans the whole projection (scope projection)")
         )
-    return problems
+    return problems + _unsplit_attention_parts(plan, tp)
+
+
+def _unsplit_attention_parts(plan: ResolvedModel, tp: int) -> list[FieldProblem]:
+    """Per-head attention parts moec.dist's tensor parallelism refuses (moec/dist/tensor_parallel.py): the plan must
+    not offer a layout the run would refuse."""
+    attns = [lp.attention for lp in (*plan.layers, *plan.mtp) if lp.has_attention]
+    parts = {
+        "attention sinks (attention.sinks)": any(a.sinks for a in attns),
+        "an attention output gate (attention.output_gate)": any(a.gate_width for a in attns),
+    }
+    return [("tp", f"tp = {tp} splits the heads, not {part}") for part, used in parts.items() if used]

@@ -77,3 +77,10 @@ def test_attention_sinks_in_a_generated_model_are_refused_by_tensor_parallelism_
     for result in ranks:
         message = result["generated_tp_sinks_refusal"]
         assert message is not None and message.startswith("layers.0.attn: attention sinks (attention.sinks)")
+
+
+def test_the_layout_check_refuses_tp_with_sinks_before_any_process_group(ranks):
+    # the planner's layout problems (moec.plan.layout) name the sinks, as moec plan does
+    for result in ranks:
+        message = result["layout_tp_sinks_refusal"]
+        assert message is not None and "splits the heads, not attention sinks (attention.sinks)" in message

@@ -98,3 +98,22 @@ def test_tp_checks_dense_and_shared_widths_and_refuses_a_projection_wide_qk_norm
 
 def test_ep_without_moe_layers_is_refused():
     assert Layout(ep=2).problems(tiny("layers.default.ffn=dense"), 2) == ["ep = 2 needs MoE layers, and tiny has none"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "part"),
+    [
+        (("attention.sinks=true",), "attention sinks (attention.sinks)"),
+        (("attention.output_gate=head",), "an attention output gate (attention.output_gate)"),
+        (("attention.output_gate=element",), "an attention output gate (attention.output_gate)"),
+    ],
+)
+def test_tp_is_refused_for_the_per_head_parts_moec_dist_does_not_split(sets, part):
+    """moec.dist's tensor parallelism refuses sinks and the output gate; the planner does not offer tp > 1 for them
+    (and still offers the model at tp = 1, and tp = 2 without them)."""
+    from tests.plan.tiny import tiny
+
+    two_kv = ("attention.n_kv_heads=2", *sets)  # the tiny spec's one KV head would not divide by tp = 2
+    assert Layout(tp=2).field_problems(tiny(*two_kv), 2) == [("tp", f"tp = 2 splits the heads, not {part}")]
+    assert Layout(tp=1).field_problems(tiny(*two_kv), 1) == []
+    assert Layout(tp=2).field_problems(tiny("attention.n_kv_heads=2"), 2) == []

@@ -59,12 +59,30 @@ def compress_layers(layers: tuple[LayerPlan, ...], max_layers: int) -> list[Laye
 
 
 def _kinds_to_keep(layers: tuple[LayerPlan, ...]) -> list[Callable[[LayerPlan], bool]]:
-    """One test per kind a scaled-down copy must keep: each token mixer the model has, and MoE."""
+    """One test per kind a scaled-down copy must keep: each token mixer the model has, MoE, and each combination
+    of the per-layer features a layer can carry (a shared or absent indexer, its own sinks, rope scaling or
+    attention shape, its own MoE activation and limits): a copy without them would smoke-run another model."""
     mixers = dict.fromkeys(lp.mixer_kind for lp in layers)
     needs: list[Callable[[LayerPlan], bool]] = [lambda l, k=kind: l.mixer_kind == k for kind in mixers]
     if any(isinstance(lp.ffn, MoEPlan) for lp in layers):
         needs.append(lambda l: isinstance(l.ffn, MoEPlan))
+    features = dict.fromkeys(_layer_features(lp) for lp in layers)
+    if len(features) > 1:
+        needs += [lambda l, f=f: _layer_features(l) == f for f in features]
     return needs
+
+
+def _layer_features(lp: LayerPlan) -> tuple[object, ...]:
+    """What a layer's plans may hold of their own, apart from the mixer, the FFN kind and the window/rope pattern
+    (which compress_layers keeps by its runs)."""
+    a, f = lp.attention, lp.ffn
+    moe = (
+        (f.activation, f.activation_limit, f.shared_activation, f.shared_activation_limit)
+        if isinstance(f, MoEPlan)
+        else ()
+    )
+    shape = (a.n_heads, a.n_kv_heads, a.head_dim, a.v_dim, a.kv_lora_rank, a.rotary_dim)
+    return (a.has_indexer, a.indexer_shared, a.sinks, a.own_rope_scaling, shape, moe)
 
 
 def _make_room(out: list[LayerPlan], needs: list[Callable[[LayerPlan], bool]], max_layers: int) -> list[LayerPlan]:
@@ -79,9 +97,10 @@ def _make_room(out: list[LayerPlan], needs: list[Callable[[LayerPlan], bool]], m
     return out
 
 
-def _kind(lp: LayerPlan) -> tuple[str, str, int | None, int | None, bool, bool, bool]:
+def _kind(lp: LayerPlan) -> tuple[object, ...]:
     a = lp.attention
-    return (lp.mixer_kind, lp.ffn.kind, a.window, a.chunk, a.rope, a.qk_norm, a.temperature_floor_scale is not None)
+    pattern = (lp.mixer_kind, lp.ffn.kind, a.window, a.chunk, a.rope, a.qk_norm, a.temperature_floor_scale is not None)
+    return (*pattern, _layer_features(lp))
 
 
 def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, seq: int) -> ResolvedModel:

@@ -89,3 +89,31 @@ def test_llama4_chunks_shrink_like_windows_and_nope_layers_survive():
         assert (a.temperature_floor_scale is not None) == (not a.rope)  # tuned NoPE layers
         assert a.chunk is None or a.chunk <= 16  # capped below the run's sequence, so it still bites
     assert small.layers[0].ffn.router.apply_to == "input"
+
+
+PER_LAYER_FEATURES = """
+moec: 1
+name: per-layer-features
+model: {vocab_size: 64, d_model: 32, n_layers: 8, max_seq_len: 32}
+attention: {kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,
+  v_head_dim: 6, indexer: {n_heads: 2, head_dim: 8, top_k: 4}}
+moe: {n_experts: 4, d_ff: 16, router: {top_k: 2}}
+layers:
+  default: {ffn: moe}
+  overrides:
+    - {select: [2, 3], attention: {indexer: shared}}
+    - {select: [5, 6, 7], moe: {activation: swiglu_limit_after, activation_limit: 7.0}}
+"""
+
+
+def test_the_scaled_copy_keeps_a_layer_of_each_per_layer_feature(write_spec):
+    """Layers 0–1 are alike: a copy of the first layers alone would lose the shared-indexer layers (2–3) and the
+    clamped experts (5–7); one of each takes the place of a repeated layer."""
+    plan = load_model(str(write_spec(PER_LAYER_FEATURES)))
+    kept = compress_layers(plan.layers, 4)
+    assert [(lp.index, lp.attention.indexer_shared, lp.ffn.activation) for lp in kept] == [
+        (0, False, "swiglu"),
+        (1, False, "swiglu"),
+        (2, True, "swiglu"),
+        (5, False, "swiglu_limit_after"),
+    ]

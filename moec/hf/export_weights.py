@@ -61,8 +61,9 @@ def saved_layout(config: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]],
     arch = (config.get("architectures") or [FAMILIES[model_type].architecture])[0]
     first = re.match(r"\w+", arch) if isinstance(arch, str) else None
     cls = getattr(transformers, first.group(), None) if first else None
-    if cls is not None and not isinstance(hf_config, cls.config_class):  # dots3_note: the text model's class
-        hf_config = hf_config.get_text_config()  # which transformers builds from the text config (as its Auto class does)
+    # dots3_note: the text model's class, which transformers builds from the text config (as its Auto class does)
+    if cls is not None and not isinstance(hf_config, cls.config_class):
+        hf_config = hf_config.get_text_config()
     with torch.device("meta"):
         hf_model = cls._from_config(hf_config) if cls else transformers.AutoModelForCausalLM.from_config(hf_config)
     state = hf_model.state_dict()

@@ -71,7 +71,7 @@ class TensorParallelFFN(nn.Module):
         super().__init__()
         self.d_ff, self.d_model = ffn.w_down.shape  # (f, d)
         self.mesh, self.activation = mesh, ffn.activation
-        # swiglu_clamped only; a generated FFN without that activation has neither attribute
+        # the limited activations only (moec.vocab LIMITED); a generated FFN without one has neither attribute
         self.alpha, self.limit = getattr(ffn, "alpha", None), getattr(ffn, "limit", None)
         tp = mesh.size()
         if self.d_ff % tp:

@@ -31,7 +31,7 @@ class DenseFFN(nn.Module):
     ):
         super().__init__()
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
-        self.alpha, self.limit = alpha, limit  # swiglu_clamped only
+        self.alpha, self.limit = alpha, limit  # alpha: swiglu_clamped; limit: the LIMITED activations
         width = 2 * d_ff if activation in GATED else d_ff
         kw = {"device": device, "dtype": dtype}
         self.w_gate_up = nn.Parameter(torch.empty(d_model, width, **kw))  # (d, 2f) or (d, f)

@@ -49,7 +49,8 @@ class Experts(nn.Module):
         width = 2 * f if plan.activation in GATED else f
         kw = {"device": device, "dtype": dtype}
         self.activation, self.d_model, self.d_ff = plan.activation, d_model, f
-        self.alpha, self.limit = plan.activation_alpha, plan.activation_limit  # swiglu_clamped only
+        # alpha: swiglu_clamped's; limit: the limited activations' (moec.vocab LIMITED)
+        self.alpha, self.limit = plan.activation_alpha, plan.activation_limit
         self.w_gate_up = nn.Parameter(torch.empty(E, d_model, width, **kw))
         self.w_down = nn.Parameter(torch.empty(E, f, d_model, **kw))
         self.b_gate_up = nn.Parameter(torch.empty(E, width, **kw)) if plan.bias else None
@@ -147,7 +148,7 @@ class MoE(nn.Module):
         super().__init__()
         self.plan, self.d_model, self.backend = plan, d_model, backend  # backend may be changed later
         kw = {"device": device, "dtype": dtype}
-        clamp = {"alpha": plan.activation_alpha, "limit": plan.activation_limit}  # swiglu_clamped only
+        clamp = {"alpha": plan.activation_alpha, "limit": plan.activation_limit}  # the LIMITED activations'
         self.router = Router(plan, d_model, **kw)
         if plan.expert_kind == "lora":
             self.base = DenseFFN(d_model, plan.d_ff, plan.activation, bias=plan.bias, **clamp, **kw)

@@ -73,7 +73,7 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     from moec.spec.resolve import ffn_kind_per_layer, selected_layers
 
     e = spec.moe
-    out: list[tuple[tuple[str | int, ...], str]] = []
+    out = _unwritten_limits(spec)
     if e is not None and e.shared_activation_limit is not None:
         out += _limit_problems(("moe", "shared_activation_limit"), e.shared_activation or e.activation, e)
     kinds = ffn_kind_per_layer(spec)
@@ -94,6 +94,43 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
         for i, by_field in _writers(spec).items():
             out += _layer_problems(e, sections[i], by_field)
     return list(dict.fromkeys(out))  # layers planned alike report a problem once
+
+
+# the limited activations without a shared default limit: activation_limit's default (7) is gpt-oss's, whose
+# swiglu_clamped keeps it; the limit of these differs by release (DeepSeek-V4 and HY-V4: 10, Step-3.7: 7 and 16)
+NO_DEFAULT_LIMIT = ("swiglu_limit", "swiglu_limit_after")
+
+
+def _unwritten_limits(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
+    """A section (ffn, moe) or override whose activation is one of NO_DEFAULT_LIMIT without its limit written
+    there or in the section it overrides (a shared activation's limit: shared_activation_limit or activation_limit)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for name, section in (("ffn", spec.ffn), ("moe", spec.moe)):
+        for f in _unlimited(section, section.model_fields_set if section is not None else set()):
+            out.append(((name, f), f"{getattr(section, f)} has no default clamp limit: write {name}.activation_limit"))
+    if spec.moe is None:
+        return out
+    sections = layer_sections(spec)
+    for i, by_field in _writers(spec).items():  # a layer's activation and its limit may come from two overrides
+        for f in _unlimited(sections[i], set(by_field) | spec.moe.model_fields_set):
+            if f in by_field:  # else the section's own, reported above
+                message = f"{getattr(sections[i], f)} has no default clamp limit: write its limit for these layers"
+                out.append((("layers", "overrides", by_field[f], "moe", f), message))
+    return out
+
+
+_LIMITS_OF = {"activation": ("activation_limit",), "shared_activation": ("shared_activation_limit", "activation_limit")}
+
+
+def _unlimited(section: object, written: set[str]) -> list[str]:
+    """The activation fields of ``section`` naming a NO_DEFAULT_LIMIT activation whose limit is not in ``written``."""
+    if section is None:
+        return []
+    return [
+        f
+        for f, limits in _LIMITS_OF.items()
+        if getattr(section, f, None) in NO_DEFAULT_LIMIT and not any(x in written for x in limits)
+    ]
 
 
 def _layer_problems(section: MoE, e: MoE, by_field: dict[str, int]) -> list[tuple[tuple[str | int, ...], str]]:

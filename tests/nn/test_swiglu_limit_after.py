@@ -109,8 +109,11 @@ def test_a_layer_of_its_own_clamps_counts_as_plain_swiglu_and_builds_with_its_li
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("{select: [0], moe: {activation: swiglu_limit_after}}", r"layers\.overrides\[1\]\.moe: selects layers that are "
-         r"not MoE layers \(0\)"),
+        ("{select: [0], moe: {activation: swiglu_limit_after, activation_limit: 7.0}}", r"layers\.overrides\[1\]\.moe: "
+         r"selects layers that are not MoE layers \(0\)"),
+        # gpt-oss's default limit 7 is not silently taken for a clamp whose limit differs by release
+        ("{select: [2], moe: {activation: swiglu_limit_after}}", r"layers\.overrides\[1\]\.moe\.activation: "
+         r"swiglu_limit_after has no default clamp limit"),
         ("{select: [1, 2], moe: {activation_limit: 2.0}}", r"layers\.overrides\[1\]\.moe.activation_limit: the routed "
          r"experts' activation \(swiglu\) takes no limit"),
         ("{select: [2], moe: {activation: gelu}}", r"layers\.overrides\[1\]\.moe.activation: must be gated as "
@@ -180,3 +183,14 @@ def test_the_triton_backend_runs_it_on_the_reference_path() -> None:
         gate, up = (x @ w_gate_up[e]).chunk(2, dim=-1)
         want += 0.5 * (torch.nn.functional.silu(gate).clamp(max=0.3) * up.clamp(-0.3, 0.3)) @ w_down[e]
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("activation", ["swiglu_limit", "swiglu_limit_after"])
+def test_a_section_naming_a_release_specific_clamp_must_write_its_limit(activation: str) -> None:
+    """activation_limit's default 7 is gpt-oss's (swiglu_clamped keeps it); these two take none silently."""
+    text = SPEC.replace("moe: {n_experts: 4,", f"moe: {{activation: {activation}, n_experts: 4,")
+    with pytest.raises(SpecError, match=rf"moe\.activation: {activation} has no default clamp limit") as e:
+        tiny_plan(text)
+    assert len(e.value.problems) == 1 and e.value.problems[0].line == 6
+    limited = tiny_plan(text.replace("n_experts: 4,", "activation_limit: 3.0, n_experts: 4,"))
+    assert limited.layers[1].ffn.activation_limit == 3.0

@@ -339,7 +339,11 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         "layers.*.attention.indexer: false": len({x.has_indexer for x in attns if not x.indexer_shared}) > 1,
         "model.hyper_connections (n residual streams)": plan.hyper_connections is not None,
         "model.norm_gate (a low-rank gate on the norms, A.X-K2)": plan.norm_gate is not None,
-        "a layer's own MoE activation or limits (layers.*.moe)": len({x for x in ffns if isinstance(x, MoEPlan)}) > 1,
+        # only what layers.*.moe can change: any other difference is "one MoE configuration"'s (a plan no spec makes)
+        "a layer's own MoE activation or limits (layers.*.moe)": len(
+            {_moe_override_fields(x) for x in ffns if isinstance(x, MoEPlan)}
+        )
+        > 1,
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
         "layers.*.attention.indexer: shared": any(x.indexer_shared for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
@@ -351,6 +355,11 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
     for what, used in unsupported.items():
         if used:
             raise ValueError(f"codegen does not support {what} yet; use the library model (moec.nn)")
+
+
+def _moe_override_fields(f: MoEPlan) -> tuple[object, ...]:
+    """The fields of a MoE plan a layer's override (layers.*.moe) may set: moec/spec/moe_override.py."""
+    return (f.activation, f.activation_limit, f.shared_activation, f.shared_activation_limit)
 
 
 def _model_constants(plan: ResolvedModel, a: AttentionPlan) -> dict[str, str | None]:

@@ -481,7 +481,7 @@ def test_plans_no_spec_produces_are_refused_not_mis_rendered():
     moe_layers = [lp for lp in mixed.layers if lp.index in mixed.moe_layers]
     other = dataclasses.replace(moe_layers[0].ffn, n_experts=8)
     layers = tuple(dataclasses.replace(lp, ffn=other) if lp is moe_layers[0] else lp for lp in mixed.layers)
-    with pytest.raises(ValueError, match="one MoE configuration|a layer's own MoE"):
+    with pytest.raises(ValueError, match="one MoE configuration"):
         render_model_source(mixed.replace(layers=layers))
     ds = plan_of(TINY_DEEPSEEK_V3)
     gqa = plan_of(CASES["llama"]).layers[0].attention

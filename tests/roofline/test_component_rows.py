@@ -41,7 +41,9 @@ def test_the_norm_gates_flops_are_in_the_step_and_plain_norms_add_no_row():
 HYPER = PLAIN.replace("max_seq_len: 32}", "max_seq_len: 32, hyper_connections: {n_streams: 4}}")
 
 
-@pytest.mark.parametrize(("text", "label"), [(SPEC, "norm gates"), (HYPER, "hyper-connections")])
+@pytest.mark.parametrize(
+    ("text", "label"), [(SPEC, "norm gates"), (HYPER, "hyper-connections")], ids=["norm_gate", "hyper"]
+)
 def test_moec_roofline_prints_and_plots_every_component_it_counts(tmp_path, text, label):
     """Every row the model tallies has its label: the table, JSON and plot of a model with norm gates or
     hyper-connections run (exit 0) and name the row."""

@@ -34,3 +34,17 @@ def stack_layers_value(kinds: list[str]) -> dict[str, Any]:
     if overrides:
         out["overrides"] = [{"select": sel, "ffn": v} for sel, v in overrides]
     return out
+
+
+def untied_embeddings_gap(c: HFConfig, d: Draft, d_model: int) -> None:
+    """tie_word_embeddings false: transformers 5.24 then ties nothing (an unused `shared` table, the encoder's and
+    the decoder's, and a head), which moec's one shared embedding cannot say."""
+    d.gap(
+        "tie_word_embeddings",
+        False,
+        "untied, transformers builds separate encoder and decoder embeddings (and an unused shared one) besides "
+        "the head; moec's encoder-decoder shares one embedding",
+        "encoder.tie_embeddings: false (an encoder embedding of its own). Count: +V·d, and transformers' unused "
+        "shared table another V·d",
+        param_delta=2 * c.int("vocab_size") * d_model,
+    )

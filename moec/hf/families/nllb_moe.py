@@ -28,7 +28,7 @@ from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import dropout
-from moec.hf.families._encdec_common import non_gated_activation, stack_layers_value
+from moec.hf.families._encdec_common import non_gated_activation, stack_layers_value, untied_embeddings_gap
 from moec.spec.encdec import SINUSOIDAL
 from moec.strict import MAX_LAYERS, MAX_SEQ
 
@@ -122,16 +122,8 @@ def _model(c: HFConfig, d: Draft) -> None:
     )
     if c.bool("tie_word_embeddings"):
         d.put("model.tie_embeddings", True, c.src("tie_word_embeddings") + ": shared, both stacks' tables and lm_head")
-    else:  # transformers 5.24 then ties nothing: `shared` (unused), the encoder's and the decoder's tables, a head
-        d.gap(
-            "tie_word_embeddings",
-            False,
-            "untied, transformers builds separate encoder and decoder embeddings (and an unused shared one) besides "
-            "the head; moec's encoder-decoder shares one embedding",
-            "encoder.tie_embeddings: false (an encoder embedding of its own). Count: +V·d, and transformers' unused "
-            "shared table another V·d",
-            param_delta=2 * c.int("vocab_size") * d_model,
-        )
+    else:
+        untied_embeddings_gap(c, d, d_model)
     if c.bool("scale_embedding"):
         d.put("model.embedding_multiplier", float(d_model) ** 0.5, c.src("scale_embedding") + ": embeddings × √d_model")
     d.put("model.norm.kind", "layernorm", "nn.LayerNorm with bias before every sublayer and after each stack")

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import dropout, ignored_field_agrees
-from moec.hf.families._encdec_common import NON_GATED_ACTIVATIONS, non_gated_activation, stack_layers_value
+from moec.hf.families._encdec_common import (
+    NON_GATED_ACTIVATIONS,
+    non_gated_activation,
+    stack_layers_value,
+    untied_embeddings_gap,
+)
 from moec.hf.mapper import Mapper, Missing
 from moec.spec.encdec import RELATIVE_BUCKET
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
@@ -113,16 +118,8 @@ def _model(c: HFConfig, d: Draft) -> None:
     d.put("model.tie_embeddings", tied, c.src("tie_word_embeddings") + ": shared, encoder and decoder embeddings")
     if tied:  # the decoder's output × d_model^-0.5 before the tied head: the logits ÷ √d_model
         d.put("model.logits_scaling", float(d_model) ** 0.5, "sequence_output * d_model**-0.5 when tied")
-    else:  # transformers 5.24 then ties nothing: `shared` (unused), the encoder's and the decoder's tables, a head
-        d.gap(
-            "tie_word_embeddings",
-            False,
-            "untied, transformers builds separate encoder and decoder embeddings (and an unused shared one) besides "
-            "the head; moec's encoder-decoder shares one embedding",
-            "encoder.tie_embeddings: false (an encoder embedding of its own). Count: +V·d, and transformers' unused "
-            "shared table another V·d",
-            param_delta=2 * c.int("vocab_size") * d_model,
-        )
+    else:
+        untied_embeddings_gap(c, d, d_model)
     d.put("model.norm.kind", "rmsnorm", "SwitchTransformersLayerNorm: no mean subtraction, no bias")
     d.put("model.norm.eps", c.float("layer_norm_epsilon"), c.src("layer_norm_epsilon"))
     d.put("model.positions.kind", RELATIVE_BUCKET, "T5's relative position bias, first layer of each stack")

@@ -56,6 +56,8 @@ def runtime_imports(f: Features) -> list[str]:
         names += ["MoEAux", "kernels_for"]
     if f.token_ids:
         names.append("hash_experts")
+    if f.parts.moa:  # each slot through its expert's matrix, rows sorted by expert once (as moec.nn's MoA)
+        names.append("slot_linear")
     if f.router and f.router.kind == "gshard":
         names.append("gshard_top2")
     if f.router and f.router.kind == "expert_choice":

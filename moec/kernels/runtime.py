@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from moec.kernels import get_backend
+from moec.kernels.reference import slot_linear  # noqa: F401  (re-exported: the generated MoA calls it)
 
 
 @dataclass

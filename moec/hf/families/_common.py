@@ -374,3 +374,15 @@ def linear_full_layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, st
     for t in unknown:
         c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
     return (None, "") if unknown else (types, "layer_types")
+
+
+def text_tie_note(c: HFConfig, t: HFConfig) -> str:
+    """A wrapper's text config's own tie_word_embeddings (``t``), which transformers does not read (the wrapper's
+    decides): named where it agrees with the wrapper's (``c``), refused where not, or where it is not a bool."""
+    if not t.given("tie_word_embeddings"):
+        return ""
+    tie = t.value("tie_word_embeddings")
+    if tie != c.value("tie_word_embeddings") or not isinstance(tie, bool):
+        t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
+        return ""
+    return f" ({t.prefix}tie_word_embeddings {str(tie).lower()}: agrees)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core, shared_experts
+from moec.hf.families._common import base, defaults, dense_ffn, gqa, moe_core, shared_experts, text_tie_note
 from moec.hf.families.deepseek import _v2_router as deepseek_v2_router
 from moec.hf.mapper import Mapper
 
@@ -71,7 +71,7 @@ def text_model(c: HFConfig, t: HFConfig, d: Draft, name: str) -> None:
     """Everything but the per-layer MLP kinds: Llama attention, DeepSeek-V2's router, the fused shared experts.
     ``name`` is the text model's class prefix in transformers (DeepseekOcr2Text)."""
     base(t, d, name)
-    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _tie_note(c, t))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))
     b = t.bool("attention_bias")
     gqa(t, d, bias=b, out_bias=b, bias_src=t.src("attention_bias") + " (q, k, v and o)")
     heads, width = d.get("attention.n_heads"), d.get("model.d_model")
@@ -108,16 +108,6 @@ def left_out(c: HFConfig, d: Draft) -> None:
     note = d.fields["model.n_layers"][1]
     d.put("model.n_layers", d.n_layers, f"{note}; left out, not counted: the vision encoders and projector "
           "(vision_config), which act on image inputs only")  # fmt: skip
-
-
-def _tie_note(c: HFConfig, t: HFConfig) -> str:
-    if not t.given("tie_word_embeddings"):
-        return ""
-    tie = t.value("tie_word_embeddings")
-    if tie != c.value("tie_word_embeddings"):
-        t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
-        return ""
-    return f" ({t.prefix}tie_word_embeddings {str(tie).lower()}: agrees)"
 
 
 class DeepseekOcr2Mapper(Mapper):

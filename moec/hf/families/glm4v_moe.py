@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, text_tie_note
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import LanguageModelMapper
 from moec.hf.rope import rope_field
@@ -52,7 +52,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         f"partial_rotary_factor unset: {DEFAULT_PARTIAL_ROTARY} (Glm4vMoeTextConfig's default)",
     )
     base(t, d, "Glm4vMoeText")
-    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(c, t))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))
     if factor is not None:
         d.put("model.positions.partial_rotary_factor", factor, factor_src)
     if sections is not None:
@@ -124,18 +124,6 @@ def _take_mrope(t: HFConfig) -> tuple[list[int] | None, str]:
         t.bad(f"{key}.mrope_section", f"{shown(sections)}: expected three non-negative integers (T, H, W)")
         return None, ""
     return sections, f"{t.prefix}{key}.mrope_section"
-
-
-def _text_tie_note(c: HFConfig, t: HFConfig) -> str:
-    """The text config's own tie_word_embeddings: named where it agrees with the wrapper's, refused where not
-    (which of the two ties the head then depends on how transformers resolves the nested configs)."""
-    if not t.given("tie_word_embeddings"):
-        return ""
-    tie = t.value("tie_word_embeddings")
-    if tie != c.value("tie_word_embeddings") or not isinstance(tie, bool):
-        t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
-        return ""
-    return f" (text_config.tie_word_embeddings {str(tie).lower()}: agrees)"
 
 
 def vision_params(vision: dict[str, Any]) -> int | None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
-from moec.hf.families._common import defaults
-from moec.hf.families.glm4v_moe import _take_mrope, _text_tie_note
+from moec.hf.families._common import defaults, text_tie_note
+from moec.hf.families.glm4v_moe import _take_mrope
 from moec.hf.families.hy_v4 import HYV4Mapper, hy_v4_text
 from moec.hf.rope import rope_field
 
@@ -58,7 +58,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     else:
         sections, sections_src = MROPE_DEFAULT, f"mrope_section unset: {MROPE_DEFAULT}"
     hy_v4_text(t, d, "HYV4VL", rotary="interleaved")
-    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(c, t))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))
     if sections is not None:
         d.put("model.positions.mrope_sections", sections, sections_src + " (T, H, W)")
         d.put("model.positions.mrope_interleaved", True, "HYV4VLRotaryEmbedding: T, H, W frequencies interleaved")

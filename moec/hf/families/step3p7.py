@@ -39,6 +39,7 @@ from moec.hf.families._common import (
     gqa,
     moe_core,
     router,
+    text_tie_note,
     typed_windows,
 )
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
@@ -93,7 +94,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     types = _layer_types(t)
     per_type = rope_per_type(t, types)
     typed_base(t, d, per_type, types, STEP_ROPE)
-    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + _text_tie_note(c, t))
+    d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))
     d.put("model.norm.unit_offset", True, "Step3p7RMSNorm: x/rms(x) · (1 + w), every norm (q/k too)")
     b = t.bool("attention_bias")
     gqa(t, d, bias=b, out_bias=b, bias_src=t.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
@@ -348,18 +349,6 @@ def _release_fields(t: HFConfig, d: Draft) -> None:
             ignored(t, d, "Step3p7Text", key, lambda v, want=want: v == want and type(v) is type(want), path)
     if t.given("max_seq_len"):  # the release's copy of max_position_embeddings
         ignored(t, d, "Step3p7Text", "max_seq_len", lambda v: v == d.get("model.max_seq_len"), "model.max_seq_len")
-
-
-def _text_tie_note(c: HFConfig, t: HFConfig) -> str:
-    """The text config's own tie_word_embeddings, which transformers ignores (the wrapper's decides): named where
-    it agrees with the wrapper's, refused where not."""
-    if not t.given("tie_word_embeddings"):
-        return ""
-    tie = t.value("tie_word_embeddings")
-    if tie != c.value("tie_word_embeddings") or not isinstance(tie, bool):
-        t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
-        return ""
-    return f" (text_config.tie_word_embeddings {str(tie).lower()}: agrees)"
 
 
 def vision_params(vision: dict[str, Any], projector_bias: Any, d_text: Any) -> int | None:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from moec.codegen.checks import float_text, int_text
 from moec.codegen.features import Features, plan_features
 from moec.codegen.layers import _ffn_call
-from moec.codegen.layout import INDENT, Call, call_lines, import_lines, table_lines
+from moec.codegen.layout import INDENT, Call, call_lines, table_lines
+from moec.codegen.render import runtime_imports
 from moec.spec.encdec import RELATIVE_BUCKET
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
@@ -128,17 +129,6 @@ def _runtime_names(f: Features) -> list[str]:
     return names
 
 
-def _imports(f: Features) -> list[str]:
-    first = "  # (isort order: moec is a third-party package to this file)"
-    lines = []
-    if f.dense_ffn or f.ffn_experts:
-        lines += import_lines("moec.kernels", ["GATED"], first)
-        first = ""
-    if f.dense_ffn:
-        lines += import_lines("moec.kernels.activations", ["activate"])
-    return lines + import_lines("moec.kernels.runtime", _runtime_names(f), first)
-
-
 def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, environment: jinja2.Environment) -> str:
     """The generated ``model.py`` of an encoder-decoder plan. Raises ValueError for one codegen cannot express."""
     from moec.nn.encdec import build_refusals  # what moec.nn builds: one list, moec.nn's
@@ -175,5 +165,5 @@ def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, envi
         decoder_layers=_stack_lines(f, relative, True, int_text(len(plan.layers), "n_layers")),
         encoder_moe=_moe_table("ENCODER_MOE", plan.encoder),
         decoder_moe=_moe_table("DECODER_MOE", plan.layers),
-        imports=_imports(f),
+        imports=runtime_imports(f, _runtime_names(f)),
     )

@@ -35,10 +35,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # the schema's pattern 
 SPEC_HASH = re.compile(r"^[0-9a-f]{0,64}$")
 
 
-def runtime_imports(f: Features) -> list[str]:
-    """What the file takes from moec.kernels: the runtime pieces it shares with moec.nn (moec.kernels.runtime),
-    when it has a dense FFN or gated experts the activations, and the token mixers besides attention
-    (moec.kernels.mixers.<kind>)."""
+def runtime_imports(f: Features, runtime_names: list[str] | None = None) -> list[str]:
+    """What the file takes from moec.kernels: the runtime pieces it shares with moec.nn (moec.kernels.runtime:
+    ``runtime_names``, by default a decoder-only model's), when it has a dense FFN or gated experts the
+    activations, and the token mixers besides attention (moec.kernels.mixers.<kind>)."""
     first = "  # (isort order: moec is a third-party package to this file)"
     lines = []
     if f.dense_ffn or f.ffn_experts:
@@ -49,6 +49,12 @@ def runtime_imports(f: Features) -> list[str]:
     for kind, cls in zip(f.mixer_kinds, f.mixer_classes, strict=True):
         lines += import_lines(f"moec.kernels.mixers.{kind}", [cls], first)
         first = ""
+    names = _decoder_runtime_names(f) if runtime_names is None else runtime_names
+    return lines + import_lines("moec.kernels.runtime", names, first)
+
+
+def _decoder_runtime_names(f: Features) -> list[str]:
+    """The runtime pieces a decoder-only model.py uses: its cache, aux records and the routers' helpers."""
     names = ["KVCache", "ModelAux", "check_cache_call", "refuse_cache_request"]
     if f.attention:  # attention's KV slots
         names += ["LayerCache", "empty_layer_cache", "with_cache"]
@@ -66,7 +72,7 @@ def runtime_imports(f: Features) -> list[str]:
         names.append("capacity_refusal")
     if f.scaling in ("dynamic", "longrope"):
         names.append("rope_scaling_refusal")
-    return lines + import_lines("moec.kernels.runtime", names, first)
+    return names
 
 
 def _summary(plan: ResolvedModel, f: Features) -> str:

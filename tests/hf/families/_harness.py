@@ -186,3 +186,26 @@ class TextView(torch.nn.Module):
 
     def forward(self, ids):
         return self.hf(input_ids=ids)
+
+
+def assert_cached_decode_gives_transformers_logits(hf, model, tokens: torch.Tensor, prefill: int = 5) -> None:
+    """A prefill of ``prefill`` tokens, then one token at a time through moec's cache: transformers' own full
+    forward of ``tokens`` (B, S), within 1e-4."""
+    S = tokens.shape[1]
+    cache, outs = model.new_cache(tokens.shape[0], S), []
+    with torch.no_grad():
+        want = hf(tokens).logits
+        for start, n in [(0, prefill)] + [(s, 1) for s in range(prefill, S)]:
+            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
+    torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-4, rtol=0)
+
+
+def assert_stepwise_decode_is_the_full_forward(model, vocab: int, steps: int = 9) -> None:
+    """The model in float64, fed one token at a time through its cache, gives its own full forward's logits."""
+    model = model.double()
+    tokens = torch.randint(0, vocab, (2, steps), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(tokens)
+        cache = model.new_cache(2, steps)
+        stepwise = torch.cat([model(tokens[:, t : t + 1], cache, t)[0] for t in range(steps)], 1)
+    torch.testing.assert_close(stepwise, full, rtol=1e-9, atol=1e-9)

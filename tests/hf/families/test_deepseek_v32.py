@@ -18,7 +18,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import hf_counts, refused_fields, saved_checkpoint, tiny_hf  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    assert_cached_decode_gives_transformers_logits,
+    hf_counts,
+    refused_fields,
+    saved_checkpoint,
+    tiny_hf,
+)
 from tests.hf.test_weights import TOKENS, assert_same  # noqa: E402
 
 # deepseek-ai/DeepSeek-V3.2-Exp config.json: DeepSeek-V3's release config (tests/hf/configs.py, its FP8
@@ -125,13 +131,7 @@ def test_a_cached_decode_gives_transformers_logits(checkpoint):
     """A prefill of 5 tokens and one token at a time: transformers' own full forward, through moec's cache (the
     indexer's keys ride in it)."""
     hf, folder = checkpoint
-    model = moec.from_hf(folder)
-    cache, outs = model.new_cache(2, 12), []
-    with torch.no_grad():
-        want = hf(TOKENS).logits
-        for start, n in [(0, 5)] + [(s, 1) for s in range(5, 12)]:
-            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
-    torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-4, rtol=0)
+    assert_cached_decode_gives_transformers_logits(hf, moec.from_hf(folder), TOKENS)
 
 
 def test_the_shipped_spec_is_the_release_config():

@@ -19,6 +19,7 @@ import moec  # noqa: E402
 from moec.nn.moa import MoA  # noqa: E402
 from moec.nn.moe import MoE  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
+    assert_cached_decode_gives_transformers_logits,
     assert_generated_model_gives_the_library_logits,
     away_from_init,
     hf_counts,
@@ -136,13 +137,7 @@ def test_tiny_checkpoint_decodes_token_by_token_to_transformers_logits(checkpoin
     """moec's cached decode (the shared keys and values cached, the experts chosen per new token) against
     transformers' full forward."""
     hf, folder = checkpoint
-    model = moec.from_hf(folder)
-    cache, outs = model.new_cache(2, 12), []
-    with torch.no_grad():
-        want = hf(TOKENS).logits
-        for start, n in [(0, 5)] + [(s, 1) for s in range(5, 12)]:
-            outs.append(model(TOKENS[:, start : start + n], cache=cache, start=start)[0])
-    torch.testing.assert_close(torch.cat(outs, dim=1), want, atol=1e-4, rtol=0)
+    assert_cached_decode_gives_transformers_logits(hf, moec.from_hf(folder), TOKENS)
 
 
 def test_export_round_trips_the_plan():

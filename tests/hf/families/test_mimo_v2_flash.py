@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
+    assert_stepwise_decode_is_the_full_forward,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
@@ -156,13 +157,7 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
 
 def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
     """The cache holds each layer's own KV heads (scaled values, narrower than the keys) and rope tables."""
-    model = moec.from_hf(checkpoint[1]).double()
-    tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full, _ = model(tokens)
-        cache = model.new_cache(2, 9)
-        steps = torch.cat([model(tokens[:, t : t + 1], cache, t)[0] for t in range(9)], 1)
-    torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
+    assert_stepwise_decode_is_the_full_forward(moec.from_hf(checkpoint[1]), vocab=128)
 
 
 def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):

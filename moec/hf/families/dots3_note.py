@@ -249,6 +249,14 @@ def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None, thetas: di
     own = {field: [g.get(key, t.value(key)) for g in geometry] for key, field in PER_LAYER.items()}
     _same_everywhere(t, d, geometry)
     for key, field in PER_LAYER.items():
+        # a size that is no integer is said at its field (the model's own by its reader) and neither compared nor
+        # written; a layer's own comes from per_layer_config or the swa_ fields
+        wrong = next((g[key] for g in geometry if key in g and not is_int(g[key])), None)
+        if wrong is not None:
+            where = "per_layer_config" if t.given("per_layer_config") else f"swa_{key}"
+            t.bad(where, f"{shown(wrong)}: expected an integer {key}")
+        if not all(is_int(v) for v in own[field]):
+            continue
         if len(set(own[field])) > 1:
             src = "per_layer_config" if t.given("per_layer_config") else f"swa_{key} on sliding layers"
             d.layer_attention[field] = (own[field], f"{t.prefix}{src} (a layer's own MLA size)")

@@ -145,6 +145,13 @@ def test_the_config_as_save_pretrained_nests_it_imports_to_the_same_plan():
     assert plan_differences(hf_to_model(saved), hf_to_model(flat), training=False) == []
     # it keeps the top-level copies too, which transformers does not read: one that disagrees is refused
     assert refused_fields({**saved, "hidden_size": 64}) == ["hidden_size"]
+    # a size that is no integer, in the text config or in a layer's own sizes: one located error each, no crash
+    text = saved["text_config"]
+    refused = refused_fields({**saved, "text_config": {**text, "kv_lora_rank": []}})
+    assert sorted(refused) == ["kv_lora_rank", "text_config.kv_lora_rank"]  # the top-level copy now disagrees too
+    layer, sizes = next(iter(text["per_layer_config"].items()))
+    own = {**text["per_layer_config"], layer: {**sizes, "v_head_dim": "x"}}
+    assert "text_config.per_layer_config" in refused_fields({**saved, "text_config": {**text, "per_layer_config": own}})
 
 
 @pytest.mark.parametrize(

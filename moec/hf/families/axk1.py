@@ -25,7 +25,7 @@ from moec.hf.families._common import (
     moe_core,
     shared_experts,
 )
-from moec.hf.families._export_common import dense_plan, export_base, moe_plan
+from moec.hf.families._export_common import deepseek_mla_fields, dense_plan, export_base, moe_plan
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import DenseFFNPlan, MoEPlan, ResolvedModel
@@ -91,19 +91,9 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         raise CannotExport("needs MLA with a query bottleneck (q_lora_rank)")
     r = e.router
     cfg.update(
-        num_key_value_heads=a.n_heads,
-        q_lora_rank=a.q_lora_rank,
-        kv_lora_rank=a.kv_lora_rank,
-        qk_nope_head_dim=a.qk_nope_head_dim,
-        qk_rope_head_dim=a.qk_rope_head_dim,
-        v_head_dim=a.v_head_dim,
+        deepseek_mla_fields(a, e, f),
         rope_interleave=True,
-        attention_bias=False,
-        intermediate_size=f.d_ff if f else e.d_ff,
-        moe_intermediate_size=e.d_ff,
-        n_routed_experts=e.n_experts,
-        n_shared_experts=e.n_shared_experts,
-        num_experts_per_tok=r.top_k,
+        intermediate_size=f.d_ff if f else e.d_ff,  # no dense layer: the expert width (DeepSeek's writes 4 ×)
         mlp_layer_types=["sparse" if isinstance(lp.ffn, MoEPlan) else "dense" for lp in m.layers],
         routed_scaling_factor=r.scale,
         n_group=r.n_groups or 1,

@@ -28,7 +28,7 @@ from moec.errors import CommandError
 from moec.kernels.runtime import ModelAux, MoEAux
 from moec.nn.attention import Attention, Linear, _sdpa, check_input
 from moec.nn.block import make_ffn
-from moec.nn.model import Embedding, component_of
+from moec.nn.model import Embedding, check_token_ids, component_of, counts_by_component, model_aux
 from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.relative_bias import RelativeBias
@@ -257,7 +257,7 @@ class EncoderDecoderModel(nn.Module):
         """input_ids (B, S) source ids, decoder_input_ids (B, S') target ids (the decoder start token first) →
         (logits (B, S', V), ModelAux: the encoder's MoE layers' aux, then the decoder's)."""
         for what, ids in (("input_ids", input_ids), ("decoder_input_ids", decoder_input_ids)):
-            self._check(what, ids)
+            check_token_ids(ids, self.plan, what)
         if input_ids.shape[0] != decoder_input_ids.shape[0]:
             raise ValueError(
                 f"input_ids hold {input_ids.shape[0]} sequences, decoder_input_ids {decoder_input_ids.shape[0]}"
@@ -269,33 +269,11 @@ class EncoderDecoderModel(nn.Module):
         logits = self.lm_head(x)  # (B, S', V)
         if self.plan.logits_scaling != 1.0:  # Switch/T5 tied: the output × d^-0.5 before the head
             logits = logits / self.plan.logits_scaling
-        auxes = enc_aux + dec_aux
-        losses = [a.loss for a in auxes if a is not None]
-        total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
-        return logits, ModelAux(total, auxes)
-
-    def _check(self, what: str, ids: torch.Tensor) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise ValueError(f"{what} must be (batch, seq) int64 (or int32) token ids; got {shape}")
-        if 0 in ids.shape:
-            raise ValueError(f"{what} must be non-empty; got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.plan.max_seq_len:
-            raise ValueError(f"{what}: length {ids.shape[1]} exceeds the model's max_seq_len {self.plan.max_seq_len}")
-        if not ids.is_meta:
-            outside = (ids < 0) | (ids >= self.plan.vocab_size)
-            if outside.any():
-                bad = int(ids[outside][0])
-                raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {self.plan.vocab_size})")
+        return logits, model_aux(enc_aux + dec_aux, logits.device)
 
     def param_counts(self) -> dict[str, tuple[int, int]]:
         """{component: (trainable, frozen)}, the analyzer's components, tied weights once."""
-        out: dict[str, tuple[int, int]] = {}
-        for name, p in self.named_parameters():
-            c = encdec_component_of(name)
-            t, f = out.get(c, (0, 0))
-            out[c] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
-        return out
+        return counts_by_component(self.named_parameters(), encdec_component_of)
 
 
 def encdec_component_of(name: str) -> str:

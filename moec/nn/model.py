@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -187,7 +188,7 @@ class MoecModel(nn.Module):
         earlier positions the cache holds; their keys join the cache, and the logits are theirs alone."""
         if cache is not None:
             return self._decode(tokens, cache, start)
-        self._check(tokens)
+        check_token_ids(tokens, self.plan)
         B, S = tokens.shape
         x = self._embed(tokens)  # (B, S, d)
         if self.pos_embed is not None:
@@ -213,9 +214,7 @@ class MoecModel(nn.Module):
             auxes.append(aux)
             mtp_logits.append(self._head(m.norm(h)))  # (B, S, V)
 
-        losses = [a.loss for a in auxes if a is not None]
-        total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
-        return logits, ModelAux(total, auxes, mtp_logits)
+        return logits, model_aux(auxes, logits.device, mtp_logits)
 
     def new_cache(
         self, batch: int, max_len: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -235,7 +234,7 @@ class MoecModel(nn.Module):
         return KVCache(layers, batch, max_len, rope)
 
     def _decode(self, tokens: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> tuple[torch.Tensor, ModelAux]:
-        self._check(tokens)
+        check_token_ids(tokens, self.plan)
         B, S = tokens.shape
         check_cache_call(cache, B, S, start)
         positions = torch.arange(S, device=tokens.device) + start  # (S,)
@@ -255,9 +254,7 @@ class MoecModel(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         logits = self._head(x)  # (B, S, V)
-        losses = [a.loss for a in auxes if a is not None]
-        total = torch.stack(losses).sum() if losses else torch.zeros((), device=logits.device)
-        return logits, ModelAux(total, auxes)
+        return logits, model_aux(auxes, logits.device)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # (B, S, d)
@@ -279,25 +276,6 @@ class MoecModel(nn.Module):
         cap = self.plan.logit_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
-    def _check(self, tokens: torch.Tensor) -> None:
-        if not isinstance(tokens, torch.Tensor):
-            raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq) token ids; got shape {tuple(tokens.shape)}")
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"tokens must be int64 (or int32) token ids; got {tokens.dtype}")
-        B, S = tokens.shape
-        if B == 0 or S == 0:
-            raise ValueError(f"tokens must be non-empty; got shape {tuple(tokens.shape)}")
-        if S > self.plan.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds the model's max_seq_len {self.plan.max_seq_len}")
-        # one host sync per call; skipped while compiling (and impossible on meta)
-        if not tokens.is_meta and not torch.compiler.is_compiling():
-            outside = (tokens < 0) | (tokens >= self.plan.vocab_size)
-            if outside.any():
-                bad = int(tokens[outside][0])
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.plan.vocab_size})")
-
     @torch.no_grad()
     def update_bias(self) -> None:
         """Aux-loss-free balancing: call once per optimizer step (a no-op for layers without it)."""
@@ -308,13 +286,53 @@ class MoecModel(nn.Module):
     def param_counts(self) -> dict[str, tuple[int, int]]:
         """{component: (trainable, frozen)} over the main model (MTP modules excluded, like the analyzer's
         headline), tied weights once."""
-        out: dict[str, tuple[int, int]] = {}
-        for name, p in self.named_parameters():
-            if name.startswith("mtp."):
-                continue
-            t, f = out.get(component_of(name), (0, 0))
-            out[component_of(name)] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
-        return out
+        main = ((name, p) for name, p in self.named_parameters() if not name.startswith("mtp."))
+        return counts_by_component(main, component_of)
+
+
+def check_token_ids(ids: torch.Tensor, plan: ResolvedModel, what: str = "tokens") -> None:
+    """One clear ValueError, naming ``what``, unless ``ids`` are (batch, seq) int64 or int32 ids of the model's
+    vocabulary, non-empty and at most max_seq_len long (the decoder-only model's tokens, and an encoder-decoder
+    model's input_ids and decoder_input_ids)."""
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"{what} must be a tensor of token ids, got {type(ids).__name__}")
+    if ids.dim() != 2:
+        raise ValueError(f"{what} must be (batch, seq) token ids; got shape {tuple(ids.shape)}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{what} must be int64 (or int32) token ids; got {ids.dtype}")
+    if 0 in ids.shape:
+        raise ValueError(f"{what} must be non-empty; got shape {tuple(ids.shape)}")
+    if ids.shape[1] > plan.max_seq_len:
+        raise ValueError(f"{what}: length {ids.shape[1]} exceeds the model's max_seq_len {plan.max_seq_len}")
+    # one host sync per call; skipped while compiling (and impossible on meta)
+    if not ids.is_meta and not torch.compiler.is_compiling():
+        outside = (ids < 0) | (ids >= plan.vocab_size)
+        if outside.any():
+            bad = int(ids[outside][0])
+            raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {plan.vocab_size})")
+
+
+def model_aux(
+    auxes: list[MoEAux | None], device: torch.device, mtp_logits: list[torch.Tensor] | None = None
+) -> ModelAux:
+    """The model's aux: the MoE layers' (None for the others, in layer order) and the sum of their losses (0 when
+    no layer routes)."""
+    losses = [a.loss for a in auxes if a is not None]
+    total = torch.stack(losses).sum() if losses else torch.zeros((), device=device)
+    return ModelAux(total, auxes, mtp_logits or [])
+
+
+def counts_by_component(
+    named: Iterable[tuple[str, nn.Parameter]], component: Callable[[str], str]
+) -> dict[str, tuple[int, int]]:
+    """{component: (trainable, frozen)} over the named parameters, each parameter under ``component(name)``; a tied
+    weight (named_parameters gives it once) counts once."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, p in named:
+        c = component(name)
+        t, f = out.get(c, (0, 0))
+        out[c] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
+    return out
 
 
 def make_block(layer: LayerPlan, model: ResolvedModel, *, backend: str = "auto", device=None, dtype=None) -> nn.Module:

@@ -364,16 +364,17 @@ def reference_rope_type(per_type: dict[str, dict[str, Any]], types: list[str]) -
     return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
 
 
+# the two layer_types of the linear-attention hybrids, linear first: ``_LINEAR, _FULL = LINEAR_FULL_TYPES``
+LINEAR_FULL_TYPES = ("linear_attention", "full_attention")
+
+
 def linear_full_layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, str]:
-    """A given layer_types of full_attention and linear_attention layers (Kimi-Linear, MiniMax), one per layer,
-    and its source; (None, "") once refused."""
+    """A given layer_types of full_attention and linear_attention layers (Kimi-Linear, MiniMax, Ling), one per
+    layer, and its source; (None, "") once refused."""
     types = c.str_list("layer_types")
-    if not d.fits_layers(c, "layer_types", types):
-        return None, ""
-    unknown = sorted({t for t in types if t not in ("full_attention", "linear_attention")})
-    for t in unknown:
-        c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
-    return (None, "") if unknown else (types, "layer_types")
+    if d.fits_layers(c, "layer_types", types) and all_known(c, "layer_types", types, LINEAR_FULL_TYPES):
+        return types, "layer_types"
+    return None, ""
 
 
 def text_tie_note(c: HFConfig, t: HFConfig) -> str:

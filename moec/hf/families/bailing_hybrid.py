@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
-from moec.hf.families._common import base, defaults, mla
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig
+from moec.hf.families._common import LINEAR_FULL_TYPES, base, defaults, linear_full_layer_types, mla
 from moec.hf.families._export_common import export_base, one
 from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_tensor, moe_block
 from moec.hf.mapper import Mapper
@@ -44,7 +44,7 @@ DEFAULTS = defaults(10000.0, vocab_size=157184, hidden_size=2560, intermediate_s
                     layer_types=None, mlp_layer_types=None, mtp_loss_scaling_factor=0.0)
 # fmt: on
 
-_LINEAR, _FULL = "linear_attention", "full_attention"
+_LINEAR, _FULL = LINEAR_FULL_TYPES
 
 
 def translate(c: HFConfig, d: Draft) -> None:
@@ -67,15 +67,10 @@ def _mixers(c: HFConfig, d: Draft) -> None:
         d.mixer_note = f"full attention where (i + 1) % layer_group_size ({group}) == 0, else KDA"
         return
     c.value("layer_group_size")  # what layer_types was derived from
-    types = c.str_list("layer_types")
-    if not d.fits_layers(c, "layer_types", types):
-        return
-    unknown = sorted({t for t in types if t not in (_FULL, _LINEAR)})
-    for t in unknown:
-        c.bad("layer_types", f"{shown(t)} is not full_attention or linear_attention")
-    if not unknown:
+    types, src = linear_full_layer_types(c, d)
+    if types is not None:
         d.mixer = ["kda" if t == _LINEAR else "attention" for t in types]
-        d.mixer_note = "layer_types: linear_attention is BailingHybridDeltaAttention"
+        d.mixer_note = f"{src}: linear_attention is BailingHybridDeltaAttention"
 
 
 def _size(c: HFConfig, derived: str, key: str) -> tuple[int, str]:
@@ -139,7 +134,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         qk_rope_head_dim=attn.qk_rope_head_dim,
         v_head_dim=attn.v_head_dim,
         attention_bias=False,
-        layer_types=["linear_attention" if k == "kda" else "full_attention" for k in kinds],
+        layer_types=[_LINEAR if k == "kda" else _FULL for k in kinds],
         num_nextn_predict_layers=0,
     )
     if "kda" in kinds:

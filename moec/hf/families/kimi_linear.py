@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import (
+    LINEAR_FULL_TYPES,
     base,
     defaults,
     dense_layers_ffn,
@@ -63,7 +64,7 @@ DEFAULTS = defaults(10000.0, vocab_size=163840, hidden_size=2304, intermediate_s
                     linear_num_heads=32, linear_conv_kernel_dim=4, first_k_dense_replace=1, head_dim=None)
 # fmt: on
 
-_LINEAR, _FULL = "linear_attention", "full_attention"
+_LINEAR, _FULL = LINEAR_FULL_TYPES
 # linear_attn_config's keys → the top-level fields transformers falls back to (KimiLinearConfig.__post_init__)
 _KDA_SIZES = {"num_heads": "linear_num_heads", "head_dim": "linear_head_dim", "short_conv_kernel_size": "linear_conv_kernel_dim"}  # fmt: skip
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import (
+    LINEAR_FULL_TYPES,
     aux,
     base,
     defaults,
@@ -57,7 +58,7 @@ _FACTORS = {
     "mixer": ("linear_attn", "layernorm_linear_attention"),
     "ffn": ("mlp", "layernorm_mlp"),
 }
-_LINEAR, _FULL = "linear_attention", "full_attention"
+_LINEAR, _FULL = LINEAR_FULL_TYPES
 
 
 def translate(c: HFConfig, d: Draft) -> None:

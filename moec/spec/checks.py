@@ -17,6 +17,7 @@ from moec.spec.mixer_checks import check_mixers
 from moec.spec.moa import problems as moa_problems
 from moec.spec.moe_checks import check_moe
 from moec.spec.moe_override import problems as moe_override_problems
+from moec.spec.norm_gate import problems as norm_gate_problems
 from moec.spec.rope_scaling import layer_problems as layer_scaling_problems
 from moec.spec.schema import Override, RopeScaling, Spec
 from moec.spec.shared_activation import problems as shared_activation_problems
@@ -49,6 +50,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *layer_scaling_problems(spec),
         *beam_option_problems(spec),
         *hyper_problems(spec),
+        *norm_gate_problems(spec),
         *shared_activation_problems(spec),
         *moe_override_problems(spec),
     ):

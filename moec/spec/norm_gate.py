@@ -1,5 +1,5 @@
 """A low-rank sigmoid gate on the output of chosen norms (GatedNorm, arXiv 2601.22966; A.X-K2's AXK2GatedRMSNorm):
-the spec's ``model.norm_gate`` section, its plan and its checks (the placement's by moec.spec.schema.Model). moec/nn/norm_gate.py runs it.
+the spec's ``model.norm_gate`` section, its plan and its cross-field checks. moec/nn/norm_gate.py runs it.
 
     y = norm(x);   y · sigmoid(up(silu(down(y))))        down: d → rank, up: rank → d, no biases
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from moec.strict import MAX_D, Strict
 
 if TYPE_CHECKING:
     from moec.spec.plan import LayerPlan
+    from moec.spec.schema import Spec
 
 SITES = ("mixer", "dense_ffn", "moe_ffn")
 
@@ -28,12 +29,6 @@ class NormGateSection(Strict):
     """Width of the gate's bottleneck (A.X-K2: gated_norm_rank, 16)."""
     sites: Annotated[list[Literal[SITES]], Field(min_length=1, max_length=len(SITES))]
     """The norms gated: before each layer's token mixer, before the FFN of dense layers, of MoE layers (A.X-K2: mixer and moe_ffn)."""
-
-    @model_validator(mode="after")
-    def _each_site_once(self) -> NormGateSection:
-        if len(set(self.sites)) != len(self.sites):
-            raise ValueError("sites: each site once")
-        return self
 
 
 @dataclass(frozen=True)
@@ -54,9 +49,18 @@ def plan(section: NormGateSection | None) -> NormGatePlan | None:
     return None if section is None else NormGatePlan(section.rank, tuple(section.sites))
 
 
-def placement_problem(placement: str, block: str) -> str | None:
-    """Why a model with this norm placement and block kind cannot gate its norms (None: it can): the gate wraps the
-    pre-norms of standard blocks (A.X-K2's), the layouts moec.nn.block gates."""
-    if placement != "pre" or block != "standard":
-        return "norm_gate gates the pre-norms of standard blocks: needs norm.placement pre and block standard"
-    return None
+def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-field problems of ``model.norm_gate``: (path, message), every one, each at the field to change. The gate
+    wraps the pre-norms of standard blocks (A.X-K2's), the layouts moec.nn.block gates."""
+    m = spec.model
+    if m.norm_gate is None:
+        return []
+    here = ("model", "norm_gate")
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if m.norm.placement != "pre" or m.block != "standard":
+        out.append(
+            (here, "norm_gate gates the pre-norms of standard blocks: needs norm.placement pre and block standard")
+        )
+    sites = m.norm_gate.sites
+    out += [((*here, "sites", i), f"{s}: each site once") for i, s in enumerate(sites) if s in sites[:i]]
+    return out

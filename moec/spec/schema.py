@@ -31,7 +31,7 @@ from moec.spec.layers import (  # noqa: F401  (re-exported: part of the schema)
     Select,
 )
 from moec.spec.moa import AttentionExpertsSection
-from moec.spec.norm_gate import NormGateSection, placement_problem
+from moec.spec.norm_gate import NormGateSection
 from moec.spec.rope_scaling import RopeScaling
 from moec.strict import (  # noqa: F401  (re-exported: the bounds are part of the schema's vocabulary)
     MAX_D,
@@ -162,13 +162,6 @@ class Model(Strict):
     """n residual streams around every sublayer (mHC: DeepSeek-V4, GLM-5-Next; HY-V4); null: one residual."""
     norm_gate: NormGateSection | None = None
     """A low-rank sigmoid gate on chosen pre-norms' outputs (A.X-K2, GatedNorm); null: none."""
-
-    @model_validator(mode="after")
-    def _norm_gate_placement(self) -> Model:
-        why = placement_problem(self.norm.placement, self.block) if self.norm_gate is not None else None
-        if why:
-            raise ValueError(why)
-        return self
 
 
 class TemperatureTuning(Strict):

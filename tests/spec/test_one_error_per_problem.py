@@ -1,0 +1,53 @@
+"""Each misuse of a spec field is one error, at the field to change (``file:line:column`` of its value or its
+section), reported beside the spec's other problems. Every expected location was counted by hand in the text
+above it."""
+
+from __future__ import annotations
+
+import pytest
+
+from moec.errors import SpecError
+from moec.spec import load_spec
+
+BASE = """\
+moec: 1
+name: t
+model:
+  vocab_size: 256
+  d_model: 64
+  n_layers: 4
+  max_seq_len: 128
+  norm: {kind: rmsnorm, placement: pre}
+  positions: {kind: rope}
+attention: {n_heads: 4, n_kv_heads: 2}
+ffn: {d_ff: 128}
+layers:
+  default: {attention: {rope: true}}
+"""
+
+
+def problems(text: str) -> list[str]:
+    """Every problem of the spec as ``line:column path: message``."""
+    with pytest.raises(SpecError) as ei:
+        load_spec("t.yaml", text=text)
+    return [f"{p.line}:{p.column} {p.path}: {p.message}" for p in ei.value.problems]
+
+
+def test_a_norm_gate_site_written_twice_is_located_at_the_repeat():
+    text = BASE.replace("  positions:", "  norm_gate: {rank: 4, sites: [mixer, dense_ffn, mixer]}\n  positions:")
+    # line 9: "  norm_gate: {rank: 4, sites: [mixer, dense_ffn, mixer]}", the second mixer at column 50
+    assert problems(text) == ["9:50 model.norm_gate.sites[2]: mixer: each site once"]
+
+
+def test_a_norm_gate_on_post_norms_is_located_at_the_gate_beside_the_other_problems():
+    text = BASE.replace("placement: pre", "placement: post").replace(
+        "  positions:", "  norm_gate: {rank: 4, sites: [mixer]}\n  positions:"
+    )
+    text = text.replace("n_kv_heads: 2", "n_kv_heads: 3")
+    # line 9: "  norm_gate: {...}", its mapping at column 14; line 11: "attention: {n_heads: 4, n_kv_heads: 3}", the 3
+    # at column 37
+    assert problems(text) == [
+        "9:14 model.norm_gate: norm_gate gates the pre-norms of standard blocks: needs norm.placement pre and "
+        "block standard",
+        "11:37 attention.n_kv_heads: n_heads (4) is not divisible by n_kv_heads (3)",
+    ]

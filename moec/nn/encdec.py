@@ -100,7 +100,8 @@ class RelativeAttention(Attention):
         causal: bool = False,
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, S, d) → (B, S, d). bias (1, h, S, T) added to the scores, T = S, or the memory's length."""
+        """x (B, S, d) → (B, S, d). bias (1, h, S, T) added to the scores, T = S, or the memory's length; a causal
+        stack's bias is −inf past each query already (RelativeBias), so ``causal`` masks only an unbiased layer."""
         check_input(x, self.d_model, "attention")
         B, S, _ = x.shape
         source = x if memory is None else memory  # (B, T, d)
@@ -111,8 +112,6 @@ class RelativeAttention(Attention):
         if bias is None:
             y = _sdpa(q, k, v, scale=self.scale, is_causal=causal)
         else:
-            if causal:  # the bias of a key after its query is never added: that key is masked
-                bias = bias.masked_fill(torch.ones(S, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
             y = _sdpa(q, k, v, scale=self.scale, attn_mask=bias.to(q.dtype))
         return self.output(x, y)
 

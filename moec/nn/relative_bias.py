@@ -61,16 +61,18 @@ class RelativeBias(nn.Module):
         if not self.weight.is_meta:
             nn.init.normal_(self.weight, std=0.02)  # small: attention starts close to position-blind
 
-    def forward(self, q_len: int, k_len: int, *, start: int = 0) -> torch.Tensor:
-        """(1, n_heads, q_len, k_len): the bias of queries at positions start … start + q_len − 1 over keys at
-        0 … k_len − 1."""
+    def forward(self, q_len: int, k_len: int) -> torch.Tensor:
+        """(1, n_heads, q_len, k_len): the bias of queries at positions 0 … q_len − 1 over keys at 0 … k_len − 1. A
+        causal table's is −inf over the keys after each query, which its stack never attends: the bias is the
+        stack's causal mask too, made once per forward for all of its layers."""
         device = self.weight.device
-        query = torch.arange(q_len, device=device)[:, None] + start  # (q, 1)
+        query = torch.arange(q_len, device=device)[:, None]  # (q, 1)
         key = torch.arange(k_len, device=device)[None, :]  # (1, k)
         buckets = relative_position_bucket(
             key - query, bidirectional=self.bidirectional, n_buckets=self.n_buckets, max_distance=self.max_distance
         )  # (q, k)
-        return self.weight[buckets].permute(2, 0, 1).unsqueeze(0)  # (q, k, h) → (1, h, q, k)
+        bias = self.weight[buckets].permute(2, 0, 1).unsqueeze(0)  # (q, k, h) → (1, h, q, k)
+        return bias if self.bidirectional else bias.masked_fill(key > query, float("-inf"))
 
     def extra_repr(self) -> str:
         kind = "bidirectional" if self.bidirectional else "causal"

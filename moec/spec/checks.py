@@ -200,17 +200,18 @@ def _rotated_dims(spec: Spec) -> int | None:
 
 
 def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
-    """The model's scaling and each layer's own (layers.*.attention.rope_scaling), alike."""
+    """The model's scaling and each layer's own (layers.*.attention.rope_scaling), alike; that a layer's own needs
+    rope positions is moec.spec.rope_scaling's check (a layer's null needs them too)."""
+    model_scaling = spec.model.positions.scaling
+    if model_scaling is not None and spec.model.positions.kind != "rope":
+        bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
     own = [((*path, "rope_scaling"), a.rope_scaling) for path, a in spec.layers.attention_sections()]
-    for here, sc in [(("model", "positions", "scaling"), spec.model.positions.scaling), *own]:
+    for here, sc in [(("model", "positions", "scaling"), model_scaling), *own]:
         if sc is not None:
             _check_scaling(spec, sc, here, bad)
 
 
 def _check_scaling(spec: Spec, sc: RopeScaling, here: Path, bad: Bad) -> None:
-    m = spec.model
-    if m.positions.kind != "rope":
-        bad(here, "scaling applies to rope positions only")
     rot = _rotated_dims(spec)
     if sc.kind in ("dynamic", "ntk_alpha") and rot == 2:
         # NTK's base stretch has the exponent dim / (dim - 2)

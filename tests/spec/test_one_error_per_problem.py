@@ -51,3 +51,13 @@ def test_a_norm_gate_on_post_norms_is_located_at_the_gate_beside_the_other_probl
         "block standard",
         "11:37 attention.n_kv_heads: n_heads (4) is not divisible by n_kv_heads (3)",
     ]
+
+
+def test_a_layers_own_rope_scaling_without_rope_positions_is_one_error():
+    text = BASE.replace("kind: rope}", "kind: learned}").replace(
+        "{rope: true}", "{rope: true, rope_scaling: {kind: linear, factor: 2}}"
+    )
+    # line 13: "  default: {attention: {rope: true, rope_scaling: {kind: linear, factor: 2}}}", the mapping at column 51
+    assert problems(text) == [
+        "13:51 layers.default.attention.rope_scaling: a layer's own rope scaling needs model.positions.kind: rope"
+    ]

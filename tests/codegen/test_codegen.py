@@ -221,10 +221,12 @@ def assert_same_aux(gen_aux, lib_aux) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_generated_model_gives_the_library_logits_and_aux(case, tmp_path):
-    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+def assert_generated_gives_the_library_outputs(text: str, tmp_path: Path, seq_len: int = 12):
+    """The generated model.py of ``text``, holding the library model's (randomised) weights, gives its logits and
+    aux bit for bit in eval mode on two sequences of ``seq_len`` tokens, and has its parameter names, shapes and
+    frozen flags. Returns (plan, library model, generated model) for further checks."""
+    plan, lib, gen, _ = library_and_generated(text, tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, aux, out = run_both(lib, gen, tokens, train=False)
     assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
@@ -233,16 +235,17 @@ def test_generated_model_gives_the_library_logits_and_aux(case, tmp_path):
     lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
     gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
     assert gen_params == lib_params  # names, shapes, and which are frozen
+    return plan, lib, gen
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generated_model_gives_the_library_logits_and_aux(case, tmp_path):
+    assert_generated_gives_the_library_outputs(CASES[case], tmp_path)
 
 
 @pytest.mark.parametrize("case", list(CLAMPED_MOE))
 def test_generated_gpt_oss_experts_match(case, tmp_path):
-    plan, lib, gen, _ = library_and_generated(CLAMPED_MOE[case], tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, aux, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits)
-    assert_same_aux(out[1], aux)
+    assert_generated_gives_the_library_outputs(CLAMPED_MOE[case], tmp_path)
 
 
 @pytest.mark.parametrize("case", ["groups-max-jitter", "deepseek-v3", "switch"])

@@ -11,7 +11,12 @@ import torch
 
 from moec.codegen import render_model_source
 from moec.nn import build_model
-from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both, variant
+from tests.codegen.test_codegen import (
+    assert_generated_gives_the_library_outputs,
+    library_and_generated,
+    plan_of,
+    variant,
+)
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -202,15 +207,7 @@ DECODE_CASES = {name: text for name, text in CASES.items() if name not in ROUTIN
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_generated_model_matches_the_library(case, tmp_path):
-    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, aux, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
-    assert_same_aux(out[1], aux)
-    lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
-    gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
-    assert gen_params == lib_params
+    assert_generated_gives_the_library_outputs(CASES[case], tmp_path)
 
 
 def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):
@@ -251,11 +248,9 @@ def test_the_feature_changes_the_logits(case, tmp_path):
 def test_longrope_past_its_trained_context_and_its_cache_refusal_match_the_library(tmp_path):
     """20 tokens: the long factors and mscale (12-token calls above stay within the trained 16); a cache past 16
     positions is refused with moec.nn's words."""
-    plan, lib, gen, _ = library_and_generated(CASES["longrope, sparsemixer (Phi-3.5-MoE)"], tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, aux, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits)
+    _, lib, gen = assert_generated_gives_the_library_outputs(
+        CASES["longrope, sparsemixer (Phi-3.5-MoE)"], tmp_path, seq_len=20
+    )
     refusals = []
     for model in (lib, gen):
         with pytest.raises(ValueError) as caught:

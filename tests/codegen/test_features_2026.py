@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from moec.codegen import render_model_source
-from tests.codegen.test_codegen import assert_same_aux, library_and_generated, plan_of, run_both, variant
+from tests.codegen.test_codegen import (
+    assert_generated_gives_the_library_outputs,
+    library_and_generated,
+    plan_of,
+    run_both,
+    variant,
+)
 from tests.tiny_specs import TINY_DEEPSEEK_V3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,15 +67,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_generated_model_matches_the_library(case, tmp_path):
-    plan, lib, gen, _ = library_and_generated(CASES[case], tmp_path)
-    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, aux, out = run_both(lib, gen, tokens, train=False)
-    assert torch.equal(out[0], logits), (out[0] - logits).abs().max()
-    assert_same_aux(out[1], aux)
-    lib_params = {n: (tuple(p.shape), p.requires_grad) for n, p in lib.named_parameters()}
-    gen_params = {n: (tuple(p.shape), p.requires_grad) for n, p in gen.named_parameters()}
-    assert gen_params == lib_params
+    assert_generated_gives_the_library_outputs(CASES[case], tmp_path)
 
 
 def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):

@@ -171,6 +171,17 @@ def dense_layers_ffn(c: HFConfig, d: Draft, bias: bool = False, bias_src: str = 
     c.value("intermediate_size")
 
 
+MLP_LAYER_TYPES = ("dense", "sparse")
+
+
+def mlp_layer_kinds(c: HFConfig, d: Draft, types: list[str] | None, note: str = "mlp_layer_types") -> None:
+    """A given mlp_layer_types, one 'dense' (the dense MLP) or 'sparse' (MoE) per layer, as the draft's FFN kinds
+    noted ``note``; left as they are once refused (another count than the layers', an unknown kind: reported)."""
+    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, MLP_LAYER_TYPES):
+        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
+        d.ffn_note = note
+
+
 def jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
     j = c.float(key, optional=True)
     if j:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import (
-    all_known,
     base,
     defaults,
     dense_layers_ffn,
     mla,
     mla_rope_interleave,
+    mlp_layer_kinds,
     moe_core,
     shared_experts,
 )
@@ -57,12 +57,12 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("moe.router.n_groups", c.int("n_group"), c.src("n_group"))
     d.put("moe.router.topk_groups", c.int("topk_group"), c.src("topk_group"))
     shared_experts(c, d, "n_shared_experts", " (one MLP of n·moe_intermediate_size)")
-    _mlp_layers(c, d)
+    mlp_layers(c, d)
     dense_layers_ffn(c, d, bias_src="AXK1MLP has no biases")
     d.put("moe.output_norm", True, "AXK1MoE.post_mlp_layernorm: an RMSNorm on the MoE block's output")
 
 
-def _mlp_layers(c: HFConfig, d: Draft) -> None:
+def mlp_layers(c: HFConfig, d: Draft) -> None:
     """mlp_layer_types ('dense' / 'sparse'), else sparse where i ≥ first_k_dense_replace and i % moe_layer_freq == 0
     (AXK1Config's conversion of the legacy fields, which it then drops)."""
     if c.value("mlp_layer_types") is None:
@@ -72,10 +72,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         return
     c.value("first_k_dense_replace")  # given with mlp_layer_types: AXK1Config leaves them unread
     c.value("moe_layer_freq")
-    types = c.str_list("mlp_layer_types")
-    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types"
+    mlp_layer_kinds(c, d, c.str_list("mlp_layer_types"))
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
 from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla, moe_core, shared_experts
-from moec.hf.families.axk1 import _mlp_layers
+from moec.hf.families.axk1 import mlp_layers
 from moec.hf.families.deepseek_v32 import indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
@@ -66,7 +66,7 @@ def translate(c: HFConfig, d: Draft) -> None:
         sites=(["mixer", "moe_ffn"], f"{CLS}GatedRMSNorm: input_layernorm everywhere, post_attention_layernorm on MoE"),
     )
     _moe(c, d)
-    _mlp_layers(c, d)
+    mlp_layers(c, d)
     dense_layers_ffn(c, d, bias_src=f"{CLS}'s MLP has no biases")
     mtp_not_built(c, d)
 

@@ -20,7 +20,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, router
+from moec.hf.families._common import (
+    all_known,
+    base,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    mlp_layer_kinds,
+    moe_core,
+    router,
+)
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
 from moec.hf.families.afmoe import SandwichMapper, export_placed
 
@@ -192,13 +201,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
         d.ffn = ["dense"] * k + ["moe"] * (d.n_layers - k)
         d.ffn_note = "mlp_layer_types unset: the first three layers dense, the rest sparse (BeamConfig)"
         return
-    types = c.str_list("mlp_layer_types")
-    if not d.fits_layers(c, "mlp_layer_types", types):
-        return
-    assert types is not None
-    if all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types"
+    mlp_layer_kinds(c, d, c.str_list("mlp_layer_types"))
 
 
 def _export_rope(m: ResolvedModel, types: list[str]) -> dict[str, dict[str, Any] | None]:

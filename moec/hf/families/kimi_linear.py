@@ -39,6 +39,7 @@ from moec.hf.families._common import (
     ignored_field_agrees,
     linear_full_layer_types,
     mla,
+    mlp_layer_kinds,
     moe_core,
     shared_experts,
 )
@@ -196,12 +197,7 @@ def _ffn_kinds(c: HFConfig, d: Draft, cls: str) -> None:
     """mlp_layer_types when given (dense / sparse), else dense before first_k_dense_replace."""
     given = c.value("mlp_layer_types") is not None
     if given:
-        types = c.str_list("mlp_layer_types")
-        if d.fits_layers(c, "mlp_layer_types", types):
-            for t in sorted({t for t in types if t not in ("dense", "sparse")}):
-                c.bad("mlp_layer_types", f"{shown(t)} is not dense or sparse")
-            d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-            d.ffn_note = f"mlp_layer_types: sparse is {cls}MoE"
+        mlp_layer_kinds(c, d, c.str_list("mlp_layer_types"), f"mlp_layer_types: sparse is {cls}MoE")
         c.value("first_k_dense_replace")  # what mlp_layer_types was derived from
     else:
         k_dense = c.int("first_k_dense_replace", minimum=0)

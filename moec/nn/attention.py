@@ -79,6 +79,15 @@ def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
+def sigmoid_gated(y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """y times sigmoid(gate), elementwise, the sigmoid in float32 at least (float64 stays float64) and the product
+    cast back to y's dtype, as transformers computes A.X-K2's gates (MLA's attention.query_gate, model.norm_gate);
+    y itself without a gate."""
+    if gate is None:
+        return y
+    return (y * torch.sigmoid(gate.to(torch.promote_types(gate.dtype, torch.float32)))).to(y.dtype)
+
+
 def temperature(
     seq_len: int, floor_scale: float, scale: float, device: torch.device, form: str = "floor_log"
 ) -> torch.Tensor:

@@ -32,7 +32,15 @@ import math
 import torch
 from torch import nn
 
-from moec.nn.attention import AttentionLayer, Linear, attend, attend_masked, causal_mask, check_input
+from moec.nn.attention import (
+    AttentionLayer,
+    Linear,
+    attend,
+    attend_masked,
+    causal_mask,
+    check_input,
+    sigmoid_gated,
+)
 from moec.nn.cache import LayerCache
 from moec.nn.indexer import Indexer
 from moec.nn.norms import make_norm
@@ -124,7 +132,7 @@ class MLA(AttentionLayer):
             y = attend_masked(q, k, v, self.chosen, scale=self.scale, sinks=self.sinks)  # (B, h, S, dv)
         else:
             y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
-        return self.output(x, gated(y, gate))
+        return self.output(x, sigmoid_gated(y, gate))
 
     def decode(
         self,
@@ -153,7 +161,7 @@ class MLA(AttentionLayer):
         q_abs = torch.cat((q_lat, q_rot), dim=-1)  # (B, h, S, kv_r + r)
         y = attend_masked(q_abs, keys[..., :width], keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)
-        return self.output(x, gated(y, gate))
+        return self.output(x, sigmoid_gated(y, gate))
 
     def _project(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
@@ -215,11 +223,3 @@ class MLA(AttentionLayer):
             f"heads={p.n_heads}, q_lora_rank={p.q_lora_rank}, kv_lora_rank={p.kv_lora_rank}, "
             f"qk_nope={p.qk_nope_head_dim}, qk_rope={p.qk_rope_head_dim}, v={p.v_head_dim}, window={p.window}"
         )
-
-
-def gated(y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    """The heads' outputs y (B, h, S, dv) times sigmoid(gate) (attention.query_gate, A.X-K2: in float32 at least, as
-    transformers computes it; float64 stays float64); y itself without a gate."""
-    if gate is None:
-        return y
-    return (y * torch.sigmoid(gate.to(torch.promote_types(gate.dtype, torch.float32)))).to(y.dtype)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moec.nn.attention import Linear
+from moec.nn.attention import Linear, sigmoid_gated
 from moec.spec.norm_gate import NormGatePlan
 
 
@@ -46,8 +46,7 @@ class GatedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
-        g = self.mlp(y)
-        return (y * torch.sigmoid(g.to(torch.promote_types(g.dtype, torch.float32)))).to(y.dtype)
+        return sigmoid_gated(y, self.mlp(y))
 
     def extra_repr(self) -> str:
         return f"rank={self.mlp.fc1.out_features}"

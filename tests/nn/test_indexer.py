@@ -404,11 +404,11 @@ def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(
 
 def test_the_query_gate_keeps_float64_in_float64():
     """The gate's sigmoid in float32 at least: a float64 model's gates stay float64 (its decode = full forward)."""
-    from moec.nn.mla import gated
+    from moec.nn.attention import sigmoid_gated
 
     y, g = (torch.randn(2, 4, 3, 6, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2))
-    assert torch.equal(gated(y, g), y * torch.sigmoid(g))
-    assert torch.equal(gated(y.float(), g.float()), y.float() * torch.sigmoid(g.float()))
+    assert torch.equal(sigmoid_gated(y, g), y * torch.sigmoid(g))
+    assert torch.equal(sigmoid_gated(y.float(), g.float()), y.float() * torch.sigmoid(g.float()))
 
 
 def test_the_query_gate_counts_its_fused_projection():

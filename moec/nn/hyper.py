@@ -31,10 +31,19 @@ def _wide(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _normed_flat(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The streams (B, S, n, d) flattened to (B, S, n·d) in float32 (or wider) and RMS-normalised without a weight."""
+def _coefficient_logits(x: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """fn (M, n·d) times the streams (B, S, n, d) flattened and RMS-normalised without a weight: (B, S, M), in
+    float32 (or wider)."""
     flat = x.flatten(2).to(_wide(x))
-    return flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + eps)
+    normed = flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + norm_eps)
+    return F.linear(normed, fn.to(flat.dtype))
+
+
+def _collapse(x: torch.Tensor, pre_logits: torch.Tensor, eps: float) -> torch.Tensor:
+    """Σ_j pre_j·x_j (B, S, d) in x's dtype, with pre = σ(pre_logits (B, S, n)) + eps: a sublayer's input, or the
+    dynamic head's merge."""
+    pre = torch.sigmoid(pre_logits) + eps
+    return (pre.unsqueeze(-1) * x).sum(dim=2).to(x.dtype)
 
 
 def sinkhorn(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
@@ -72,17 +81,15 @@ class HyperConnection(nn.Module):
         """x (B, S, n, d) → (the sublayer's input Σ_j pre_j·x_j (B, S, d), post (B, S, n), comb (B, S, n, n) or
         None), the coefficients in float32 (or wider)."""
         p, n = self.plan, self.plan.n_streams
-        wide = _wide(x)
-        logits = F.linear(_normed_flat(x, self.norm_eps), self.fn.to(wide))  # (B, S, M)
-        base, scale = self.base.to(wide), self.scale.to(wide)
-        pre = torch.sigmoid(logits[..., :n] * scale[0] + base[:n]) + p.eps  # (B, S, n)
+        logits = _coefficient_logits(x, self.fn, self.norm_eps)  # (B, S, M)
+        base, scale = self.base.to(logits.dtype), self.scale.to(logits.dtype)
+        collapsed = _collapse(x, logits[..., :n] * scale[0] + base[:n], p.eps)  # (B, S, d)
         post = p.post_scale * torch.sigmoid(logits[..., n : 2 * n] * scale[1] + base[n : 2 * n])
         post = post + p.eps if p.post_eps else post
         comb = None
         if p.residual == "sinkhorn":
             raw = logits[..., 2 * n :].unflatten(-1, (n, n)) * scale[2] + base[2 * n :].view(n, n)  # (B, S, n, n)
             comb = sinkhorn(torch.softmax(raw, dim=-1) + p.eps, p.sinkhorn_iters, p.eps)
-        collapsed = (pre.unsqueeze(-1) * x).sum(dim=2).to(x.dtype)  # (B, S, d)
         return collapsed, post, comb
 
     def around(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -122,7 +129,5 @@ class HyperHead(nn.Module):
         if self.fn is None:
             return x.mean(dim=2)
         assert self.base is not None and self.scale is not None
-        wide = _wide(x)
-        logits = F.linear(_normed_flat(x, self.norm_eps), self.fn.to(wide))  # (B, S, n)
-        pre = torch.sigmoid(logits * self.scale.to(wide) + self.base.to(wide)) + self.plan.eps
-        return (pre.unsqueeze(-1) * x).sum(dim=2).to(x.dtype)
+        logits = _coefficient_logits(x, self.fn, self.norm_eps)  # (B, S, n)
+        return _collapse(x, logits * self.scale.to(logits.dtype) + self.base.to(logits.dtype), self.plan.eps)

@@ -1,5 +1,6 @@
-"""Readers shared by the encoder-decoder families (switch_transformers, nllb-moe): the FFN's non-gated activation
-and a stack's per-layer FFN kinds as the spec's ``encoder.layers`` value (moec/spec/encdec.py)."""
+"""Readers shared by the encoder-decoder families (switch_transformers, nllb-moe): the FFN's non-gated activation,
+the two stacks' per-layer FFN kinds as the model's layers and the spec's ``encoder`` section (moec/spec/encdec.py),
+and the untied embeddings' refusal."""
 
 from __future__ import annotations
 
@@ -24,6 +25,27 @@ def non_gated_activation(c: HFConfig, d: Draft, key: str) -> str:
     if act is not None and act not in NON_GATED_ACTIVATIONS:
         d.gap(key, act, f"moec maps {', '.join(NON_GATED_ACTIVATIONS)} (non-gated)", "activation")
     return NON_GATED_ACTIVATIONS.get(act or "", "relu")
+
+
+def put_stacks(
+    c: HFConfig, d: Draft, stacks: tuple[list[str] | None, list[str] | None], keys: tuple[str, str], rule: str
+) -> None:
+    """The (encoder, decoder) FFN kinds, each None where its layer count was refused (reported): the decoder's are
+    the model's layers (attention in each, no window), the encoder's its ``encoder`` section. ``keys``: the two
+    layer-count fields; ``rule``: which layers are sparse, with ``{stack}`` for encoder or decoder."""
+    encoder, decoder = stacks
+    if decoder is not None:
+        d.n_layers = len(decoder)
+        d.put("model.n_layers", d.n_layers, c.src(keys[1]))
+        d.ffn = decoder
+        d.ffn_note = rule.format(stack="decoder")
+    else:
+        d.layers_known = False
+        d.ffn = ["dense"]
+    d.mixer, d.window, d.rope = ["attention"] * len(d.ffn), [None] * len(d.ffn), [True] * len(d.ffn)
+    if encoder is not None:
+        d.put("encoder.n_layers", len(encoder), c.src(keys[0]))
+        d.put("encoder.layers", stack_layers_value(encoder), rule.format(stack="encoder"))
 
 
 def stack_layers_value(kinds: list[str]) -> dict[str, Any]:

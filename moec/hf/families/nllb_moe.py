@@ -28,7 +28,7 @@ from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import dropout
-from moec.hf.families._encdec_common import non_gated_activation, stack_layers_value, untied_embeddings_gap
+from moec.hf.families._encdec_common import non_gated_activation, put_stacks, untied_embeddings_gap
 from moec.spec.encdec import SINUSOIDAL
 from moec.strict import MAX_LAYERS, MAX_SEQ
 
@@ -90,20 +90,13 @@ def _stack(c: HFConfig, layers_key: str, step_key: str) -> list[str] | None:
 def translate(c: HFConfig, d: Draft) -> None:
     _model(c, d)
     _attention(c, d)
-    encoder = _stack(c, "encoder_layers", "encoder_sparse_step")
-    decoder = _stack(c, "decoder_layers", "decoder_sparse_step")
-    if decoder is not None:
-        d.n_layers = len(decoder)
-        d.put("model.n_layers", d.n_layers, c.src("decoder_layers"))
-        d.ffn = decoder
-        d.ffn_note = "(i + 1) % decoder_sparse_step == 0 is a sparse layer (NllbMoeDecoder)"
-    else:
-        d.layers_known = False
-        d.ffn = ["dense"]
-    d.mixer, d.window, d.rope = ["attention"] * len(d.ffn), [None] * len(d.ffn), [True] * len(d.ffn)
-    if encoder is not None:
-        d.put("encoder.n_layers", len(encoder), c.src("encoder_layers"))
-        d.put("encoder.layers", stack_layers_value(encoder), "(i + 1) % encoder_sparse_step == 0 is a sparse layer")
+    put_stacks(
+        c,
+        d,
+        (_stack(c, "encoder_layers", "encoder_sparse_step"), _stack(c, "decoder_layers", "decoder_sparse_step")),
+        ("encoder_layers", "decoder_layers"),
+        "(i + 1) % {stack}_sparse_step == 0 is a sparse layer (NllbMoeEncoder / NllbMoeDecoder)",
+    )
     _ffn(c, d)
     _router(c, d)
     _capacity(c, d)

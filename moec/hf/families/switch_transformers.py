@@ -23,7 +23,7 @@ from moec.hf.families._common import dropout, ignored_field_agrees
 from moec.hf.families._encdec_common import (
     NON_GATED_ACTIVATIONS,
     non_gated_activation,
-    stack_layers_value,
+    put_stacks,
     untied_embeddings_gap,
 )
 from moec.hf.mapper import Mapper, Missing
@@ -74,7 +74,7 @@ def sparse_layers(n_layers: int, step: int) -> list[bool]:
     return [step > 0 and (i % step == 1 or step == 1) for i in range(n_layers)]
 
 
-def _stack(c: HFConfig, d: Draft, layers_key: str, sparse_key: str, step_key: str) -> list[str] | None:
+def _stack(c: HFConfig, layers_key: str, sparse_key: str, step_key: str) -> list[str] | None:
     """One stack's FFN kinds, or None when its layer count was refused (reported)."""
     n = c.int(layers_key, maximum=MAX_LAYERS)
     n_sparse = c.int(sparse_key, minimum=0)
@@ -89,21 +89,16 @@ def translate(c: HFConfig, d: Draft) -> None:
     _model(c, d)
     _attention(c, d)
     decoder_key = "num_decoder_layers" if c.value("num_decoder_layers") is not None else "num_layers"
-    encoder = _stack(c, d, "num_layers", "num_sparse_encoder_layers", "encoder_sparse_step")
-    decoder = _stack(c, d, decoder_key, "num_sparse_decoder_layers", "decoder_sparse_step")
-    if decoder is not None:
-        d.n_layers = len(decoder)
-        d.put("model.n_layers", d.n_layers, c.src(decoder_key))
-        d.ffn = decoder
-        d.ffn_note = "i % decoder_sparse_step == 1 is a Switch layer (SwitchTransformersStack)"
-    else:
-        d.layers_known = False
-        d.ffn = ["dense"]
-    d.mixer, d.window, d.rope = ["attention"] * len(d.ffn), [None] * len(d.ffn), [True] * len(d.ffn)
+    encoder = _stack(c, "num_layers", "num_sparse_encoder_layers", "encoder_sparse_step")
+    put_stacks(
+        c,
+        d,
+        (encoder, _stack(c, decoder_key, "num_sparse_decoder_layers", "decoder_sparse_step")),
+        ("num_layers", decoder_key),
+        "i % {stack}_sparse_step == 1 is a Switch layer (SwitchTransformersStack)",
+    )
     if encoder is not None:
-        d.put("encoder.n_layers", len(encoder), c.src("num_layers"))
         d.put("encoder.expert_capacity", c.int("expert_capacity"), c.src("expert_capacity") + ", in both stacks")
-        d.put("encoder.layers", stack_layers_value(encoder), "i % encoder_sparse_step == 1 is a Switch layer")
     _ffn_and_experts(c, d)
     _release_fields(c, d)
     dropout(c, d, "dropout_rate")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import LINEAR_FULL_TYPES, base, defaults, linear_full_layer_types, mla
 from moec.hf.families._export_common import export_base, one
-from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_tensor, moe_block
+from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_activation, kda_tensor, moe_block
 from moec.hf.mapper import Mapper
 from moec.mixers.kda import KDASection
 from moec.spec.plan import LayerPlan, ResolvedModel
@@ -88,9 +88,7 @@ def _kda(c: HFConfig, d: Draft) -> None:
     kernel, kernel_src = _size(c, "linear_conv_kernel_dim", "short_conv_kernel_size")
     bounded = c.bool("kda_safe_gate")
     lower = c.float("kda_lower_bound")
-    act = c.str("hidden_act")
-    if act is not None and act not in ("silu", "swish"):
-        d.gap("hidden_act", act, f"{act!r} after KDA's convolution (moec's kda applies SiLU)", "activation")
+    kda_activation(c, d)
     if "kda" not in d.mixer:
         return
     d.section(

@@ -168,9 +168,7 @@ def _kda(c: HFConfig, linear: HFConfig, d: Draft) -> None:
     heads, heads_src = _kda_size(c, linear, "num_heads")
     head_dim, head_dim_src = _kda_size(c, linear, "head_dim")
     kernel, kernel_src = _kda_size(c, linear, "short_conv_kernel_size")
-    act = c.str("hidden_act")
-    if act is not None and act not in ("silu", "swish"):
-        d.gap("hidden_act", act, f"{act!r} after KDA's convolution (moec's kda applies SiLU)", "activation")
+    kda_activation(c, d)
     d.section(
         "mixers.kda",
         n_heads=(heads, heads_src),
@@ -181,6 +179,13 @@ def _kda(c: HFConfig, linear: HFConfig, d: Draft) -> None:
         decay=("softplus", "KimiLinearForgetGate: −exp(A_log)·softplus(f + dt_bias)"),
         norm_eps=(d.get("model.norm.eps"), c.src("rms_norm_eps") + " (o_norm's too)"),
     )
+
+
+def kda_activation(c: HFConfig, d: Draft) -> None:
+    """hidden_act, which Kimi-Linear and Ling also apply after KDA's short convolutions: moec's kda applies SiLU."""
+    act = c.str("hidden_act")
+    if act is not None and act not in ("silu", "swish"):
+        d.gap("hidden_act", act, f"{act!r} after KDA's convolution (moec's kda applies SiLU)", "activation")
 
 
 def moe_block(c: HFConfig, d: Draft, cls: str) -> None:

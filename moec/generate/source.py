@@ -53,10 +53,11 @@ def load_source(
     if folder.is_dir() and (folder / "config.json").is_file():
         if sets:
             raise CommandError("--set applies to moec specs; a Hugging Face folder's config is read as it is")
+        from moec.hf.config import hf_to_model
         from moec.hf.weights import from_hf
 
+        refuse_encoder_decoder(hf_to_model(folder), "moec generate")  # from its config, before its weights are read
         loaded = Loaded(from_hf(folder, device=device, dtype=dtype), "hf", _tokenizer(folder))
-        refuse_encoder_decoder(loaded.model.plan, "moec generate")
     elif folder.is_dir() and (folder / RESOLVED).is_file():
         if sets:
             raise CommandError("--set applies to moec specs; a build folder's plan is read as it is")

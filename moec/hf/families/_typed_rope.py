@@ -1,4 +1,4 @@
-"""Rotary parameters per attention type, as Laguna and MiMo-V2-Flash configure them: ``rope_parameters`` maps
+"""Rotary parameters per attention type, as Laguna, Mellum, MiMo-V2-Flash and Step-3.5 configure them: ``rope_parameters`` maps
 full_attention and sliding_attention to a mapping each, with its own ``rope_theta`` and ``partial_rotary_factor``.
 moec gives the model the mapping of the used type with the largest base (:func:`reference_rope_type`) and a layer
 of another type its own base and rotated width (``layers.*.attention.rope_theta``, ``rotary_dim``); where the
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import CannotExport, Draft, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type, rope_per_type_ok
 from moec.hf.families._export_common import export_rope
 from moec.hf.rope import read_rope
@@ -34,16 +34,29 @@ class TypedRope:
     itself proposes instead; ``release_scaling`` the top-level field a release without rope_parameters scales the
     reference type by (Step's rope_scaling), which the family's rope_per_type folded into the mappings: it and
     rope_theta (a list per layer there) are kept from the base's rope reader, and the reader's problems with the
-    reference mapping are located at it."""
+    reference mapping are located at it. ``partial`` false: the attention rotates whole heads whatever width the
+    rotary tables have (Mellum's apply_rotary_pos_emb has no pass-through part), so a factor other than 1 is a model
+    transformers cannot run."""
 
     name: str
     default_rope: dict[str, dict[str, Any]]
     factor_of: Callable[[dict[str, Any]], float]
     proposal: str = ""
     release_scaling: str = ""
+    partial: bool = True
 
     def factor(self, mapping: dict[str, Any]) -> Any:
         return mapping.get("partial_rotary_factor", self.factor_of(mapping))
+
+
+def rope_layer_types(c: HFConfig, unset: list[str]) -> list[str]:
+    """layer_types as the rotary embedding looks each layer's mapping up: the given names, the legacy ``attention``
+    read as ``full_attention`` (transformers' config remaps it on load, as typed_windows does), or ``unset`` when
+    the field is unset or not a list of names (typed_windows reports that)."""
+    types = c.value("layer_types")
+    if not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        return unset
+    return ["full_attention" if t == "attention" else t for t in types]
 
 
 def rope_per_type(c: HFConfig, types: list[str], fam: TypedRope) -> dict[str, dict[str, Any]] | None:
@@ -81,22 +94,32 @@ def typed_base(
     at = f"rope_parameters.{ref}" if given or not fam.release_scaling else fam.release_scaling
     relocate(c, d, issues, gaps, at)
     src = _source(c, fam, ref, given)
-    if "model.positions.theta" in d.fields:
-        d.put("model.positions.theta", d.get("model.positions.theta"), src("rope_theta"))
-    factor = fam.factor(per_type[ref]) if per_type is not None else 1.0
-    where = src("partial_rotary_factor")
-    if not is_number(factor) or not 0 < factor <= 1:
-        c.bad(f"rope_parameters.{ref}.partial_rotary_factor", f"{shown(factor)}: expected a number in (0, 1]")
-    elif factor != 1.0:
-        d.put("model.positions.partial_rotary_factor", factor, where)
+    for path, (value, note) in list(d.fields.items()):  # the reader named the flat mapping: name the type's
+        if path.startswith("model.positions.") and note.startswith("rope_parameters."):
+            key, space, rest = note.removeprefix("rope_parameters.").partition(" ")
+            d.fields[path] = (value, src(key) + space + rest)
+    assert per_type is not None
+    for t in sorted(set(types) & set(per_type)):  # every used type's: a layer's own width comes from it
+        factor = fam.factor(per_type[t])
+        where = f"rope_parameters.{t}.partial_rotary_factor" if given or not fam.release_scaling else ""
+        if not is_number(factor) or not 0 < factor <= 1:
+            c.bad(where or "partial_rotary_factors", f"{shown(factor)}: expected a number in (0, 1]")
+        elif factor != 1.0 and not fam.partial:
+            c.bad(where, f"{shown(factor)}: {fam.name}Attention rotates whole heads (transformers cannot run a part)")
+        elif t == ref and factor != 1.0:
+            d.put("model.positions.partial_rotary_factor", factor, src("partial_rotary_factor"))
 
 
 def _source(c: HFConfig, fam: TypedRope, ref: str, given: bool) -> Callable[[str], str]:
     """How a comment names the field a key of the reference type's mapping came from."""
     if given:
         return lambda key: f"{c.prefix}rope_parameters.{ref}.{key}"
-    if fam.release_scaling:
-        return lambda key: f"{ref} layers' {key} ({fam.name}Config's mapping, built from the release's fields)"
+    if fam.release_scaling:  # the scaling's keys are the release field's, the base and width its per-layer lists'
+        built = f"({fam.name}Config's mapping, built from the release's fields)"
+        per_layer = ("rope_theta", "partial_rotary_factor")
+        return lambda key: (
+            f"{ref} layers' {key} {built}" if key in per_layer else f"{c.prefix}{fam.release_scaling}.{key}"
+        )
     return lambda key: f"{c.prefix}rope_parameters.{ref}.{key} ({fam.name}Config default)"
 
 
@@ -119,8 +142,8 @@ def layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]], types
     if ref is None or any(t not in per_type for t in types):
         return
     layer_scalings(c, d, per_type, types, ref)
-    head_dim = c.int("head_dim")
-    if c.failed("head_dim"):
+    head_dim = d.get("attention.head_dim")  # head_dim, or hidden_size / heads where null, as the rotary reads it
+    if c.failed("head_dim") or not is_int(head_dim):
         return
 
     def rotated(t: str) -> Any:

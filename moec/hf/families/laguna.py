@@ -25,13 +25,19 @@ from moec.hf.families._common import (
     defaults,
     dense_layers_ffn,
     gqa,
-    listed_layer_types,
     moe_core,
     router,
     typed_windows,
 )
 from moec.hf.families._export_common import dense_plan, export_base, export_moe_common, layer_types, moe_plan
-from moec.hf.families._typed_rope import TypedRope, export_typed_rope, layer_rope, rope_per_type, typed_base
+from moec.hf.families._typed_rope import (
+    TypedRope,
+    export_typed_rope,
+    layer_rope,
+    rope_layer_types,
+    rope_per_type,
+    typed_base,
+)
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
@@ -63,7 +69,7 @@ GATES = {True: "head", "per-head": "head", "per-element": "element"}
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    types = listed_layer_types(c)
+    types = rope_layer_types(c, ["full_attention"])
     per_type = rope_per_type(c, types, LAGUNA_ROPE)
     typed_base(c, d, per_type, types, LAGUNA_ROPE)
     b = c.bool("attention_bias")

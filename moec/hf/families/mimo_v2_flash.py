@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_number, shown, spelt
 from moec.hf.families._common import defaults, dense_layers_ffn, gqa, moe_core, typed_windows
 from moec.hf.families._export_common import dense_plan, export_base, layer_types, moe_plan, one
-from moec.hf.families._typed_rope import TypedRope, export_typed_rope, layer_rope, rope_per_type, typed_base
+from moec.hf.families._typed_rope import (
+    TypedRope,
+    export_typed_rope,
+    layer_rope,
+    rope_layer_types,
+    rope_per_type,
+    typed_base,
+)
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.families.laguna import first_dense_mlp_layers
@@ -97,11 +104,9 @@ def translate(c: HFConfig, d: Draft) -> None:
 
 
 def _layer_types(c: HFConfig, n_layers: int) -> list[str]:
-    """layer_types as given (checked by typed_windows), or the config class's default pattern."""
-    given = c.value("layer_types")
-    if given is None:
-        return default_layer_types(n_layers)
-    return given if isinstance(given, list) and all(isinstance(t, str) for t in given) else []
+    """layer_types as given (checked by typed_windows; none when not a list of names), or the config class's
+    default pattern."""
+    return rope_layer_types(c, default_layer_types(n_layers) if c.value("layer_types") is None else [])
 
 
 def _values(c: HFConfig, d: Draft) -> None:

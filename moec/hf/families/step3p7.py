@@ -43,7 +43,7 @@ from moec.hf.families._common import (
     typed_windows,
 )
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
-from moec.hf.families._typed_rope import typed_base
+from moec.hf.families._typed_rope import rope_layer_types, typed_base
 from moec.hf.families.hy_v3 import ignored
 from moec.hf.mapper import Mapper
 from moec.spec.moe_override import MAX_LIMIT
@@ -159,11 +159,8 @@ def _cut_mtp_padding(t: HFConfig) -> int:
 
 def _layer_types(t: HFConfig) -> list[str]:
     """layer_types as transformers reads it: unset, all full attention; a sparse_attention_config is not built."""
-    types = t.value("layer_types")
-    if isinstance(types, list) and all(isinstance(x, str) for x in types):
-        return types
     n = t.value("num_hidden_layers")
-    return ["full_attention"] * (n if is_int(n) and n > 0 else 1)
+    return rope_layer_types(t, ["full_attention"] * (n if is_int(n) and n > 0 else 1))
 
 
 def _gate(t: HFConfig, d: Draft) -> None:

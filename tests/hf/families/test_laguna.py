@@ -92,10 +92,28 @@ def test_xs_2_1_with_yarn_on_its_full_layers_only_counts_as_transformers_and_exp
         ({"rope_parameters": {"full_attention": {"rope_theta": 1e4}, "chunked": {"rope_theta": 1e4}}},
          "rope_parameters.chunked"),
         ({"num_attention_heads_per_layer": [48] * 39}, "num_attention_heads_per_layer"),
+        ({"layer_types": ["full_attention", "sliding_attention"] * 20,  # a type's own width, not the model's
+          "rope_parameters": {**LAGUNA_ROPE_DEFAULTS, "sliding_attention": {"rope_theta": 1e4,
+                                                                            "partial_rotary_factor": "a"}}},
+         "rope_parameters.sliding_attention.partial_rotary_factor"),
     ],
 )  # fmt: skip
 def test_what_transformers_would_not_run_as_said_is_refused_located(change, field):
     assert field in refused_fields({**CLASS_DEFAULTS, **change})
+
+
+def test_the_legacy_attention_layer_type_rotates_as_full_attention():
+    """transformers' config reads a layer_types entry 'attention' as full_attention, its legacy name: that layer
+    takes the full type's base and rotated width (500000, 64 of 128 dims), the sliding one 10000 and all 128."""
+    cfg = {**CLASS_DEFAULTS, "num_hidden_layers": 2, "layer_types": ["attention", "sliding_attention"]}
+    assert transformers.LagunaConfig(num_hidden_layers=2, layer_types=cfg["layer_types"]).layer_types == [
+        "full_attention",
+        "sliding_attention",
+    ]
+    plan = hf_to_model(cfg)
+    got = [(lp.attention.rope_theta or plan.positions.theta, lp.attention.rotary_dim or plan.positions.rotary_dim)
+           for lp in plan.layers]  # fmt: skip
+    assert got == [(500000.0, 64), (10000.0, 128)]
 
 
 def test_defaults_are_transformers_class_defaults():

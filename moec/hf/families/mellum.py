@@ -2,7 +2,9 @@
 over each head's q and k before the rotation) and MoE (softmax over all experts, top-k, optionally
 renormalised, no shared expert), with sliding windows on the ``layer_types`` layers, dense MLPs on the
 ``mlp_layer_types`` "dense" layers, and rotary parameters per attention type: ``rope_parameters`` maps
-full_attention and sliding_attention to their own mapping (base and scaling).
+full_attention and sliding_attention to their own mapping (base and scaling), read as Laguna's are
+(moec/hf/families/_typed_rope.py). A ``partial_rotary_factor`` other than 1 is refused at its type's mapping:
+MellumRotaryEmbedding builds tables that narrow, but MellumAttention rotates whole heads and fails on them.
 
 moec gives a layer its own RoPE base (``layers.*.attention.rope_theta``) and, where the layer types' rope_type or
 scaling parameters differ (Mellum 2.1's release: YaRN on the full layers, none on the sliding ones), its own
@@ -14,25 +16,9 @@ transformers does. Checkpoints use transformers' common names (the base Mapper).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from moec.hf.draft import Draft, Family, HFConfig, shown, spelt
-from moec.hf.families._common import (
-    ROPE_TYPES,
-    aux,
-    base,
-    defaults,
-    dense_layers_ffn,
-    gqa,
-    listed_layer_types,
-    moe_core,
-    reference_rope_type,
-    rope_per_type_ok,
-    router,
-    typed_windows,
-)
-from moec.hf.families._typed_rope import layer_scalings
+from moec.hf.families._common import aux, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._typed_rope import TypedRope, layer_rope, rope_layer_types, rope_per_type, typed_base
 from moec.hf.mapper import Mapper
 
 # fmt: off
@@ -49,21 +35,23 @@ DEFAULT_ROPE = {
     "full_attention": {"rope_type": "default", "rope_theta": 500000.0},
     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
 }
+MELLUM_ROPE = TypedRope("Mellum", DEFAULT_ROPE, lambda mapping: 1.0, partial=False)
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    per_type = _rope_per_type(c)
-    _base_with_rope_of(c, d, per_type)
+    types = rope_layer_types(c, ["full_attention"])
+    per_type = rope_per_type(c, types, MELLUM_ROPE)
+    typed_base(c, d, per_type, types, MELLUM_ROPE)
     b = c.bool("attention_bias")
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "MellumAttention: RMSNorm(head_dim) on q and k, before the rotation")
     w = c.int("sliding_window", optional=True)
     typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (MellumConfig)")
-    if w is None and any(t == "sliding_attention" for t in listed_layer_types(c)):
+    if w is None and "sliding_attention" in types:
         c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
     _qwen_fields_mellum_deletes(c, d)
-    if per_type is not None and not c.failed("layer_types"):
-        _layer_rope(c, d, per_type)
+    if per_type is not None and not c.failed("layer_types") and d.layers_known:
+        layer_rope(c, d, per_type, types, MELLUM_ROPE)
     moe_core(c, d, experts_key="num_local_experts", width_key="moe_intermediate_size")
     router(d, "MellumTopKRouter (Qwen3-MoE's): softmax over all experts, top-k", score="softmax",
            softmax_after_topk=False)  # fmt: skip
@@ -72,70 +60,6 @@ def translate(c: HFConfig, d: Draft) -> None:
     _mlp_layers(c, d)
     dense_layers_ffn(c, d, bias_src="MellumMLP has no biases")
     _mtp(c, d)
-
-
-def _rope_per_type(c: HFConfig) -> dict[str, dict[str, Any]] | None:
-    """rope_parameters as MellumRotaryEmbedding reads it: one mapping per attention type a layer uses, each
-    with its own rope_theta (transformers has no fallback for a missing one)."""
-    given = c.value("rope_parameters")
-    if given is None:
-        return {t: dict(p) for t, p in DEFAULT_ROPE.items()}
-    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
-        c.bad("rope_parameters", f"{shown(given)}: expected a mapping per attention type ({', '.join(ROPE_TYPES)})")
-        return None
-    ok = True
-    if "attention" in listed_layer_types(c):
-        c.bad("layer_types", "'attention' has no rope_parameters mapping in Mellum; write full_attention")
-        ok = False
-    ok = rope_per_type_ok(c, given, listed_layer_types(c)) and ok
-    return {t: dict(p) for t, p in given.items()} if ok else None
-
-
-def _base_with_rope_of(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]] | None) -> None:
-    """The common base, its rope read from one attention type's flat mapping; what it notes or refuses under
-    ``rope_parameters.<key>`` is renamed ``rope_parameters.<type>.<key>``, where the config holds it."""
-    ref = reference_rope_type(per_type, listed_layer_types(c)) if per_type is not None else None
-    if per_type is None or ref is None:
-        saved = c.raw.pop("rope_parameters", None)  # refused already: the rest is read with the default rope
-        base(c, d, "Mellum")
-        if saved is not None:
-            c.raw["rope_parameters"] = saved
-        return
-    given = "rope_parameters" in c.raw
-    saved = c.raw.get("rope_parameters")
-    c.raw["rope_parameters"] = per_type[ref]
-    base(c, d, "Mellum")
-    if given:
-        c.raw["rope_parameters"] = saved
-    else:
-        del c.raw["rope_parameters"]
-    old, default = "rope_parameters", "" if given else " (MellumConfig default)"
-    for path, (value, note) in list(d.fields.items()):
-        if path.startswith("model.positions.") and note.startswith(old):
-            d.fields[path] = (value, f"{old}.{ref}{note.removeprefix(old)}{default}")
-    flat = per_type[ref]
-
-    def located(field: str) -> str:  # where the config holds what the flat mapping held
-        if field.startswith(old + "."):
-            return field.replace(old, f"{old}.{ref}", 1)
-        return f"{old}.{ref}.{field}" if field in flat and not c.given(field) else field
-
-    c.issues = [(located(f), m) for f, m in c.issues]
-    d.gaps = [dataclasses.replace(g, field=located(g.field)) for g in d.gaps]
-
-
-def _layer_rope(c: HFConfig, d: Draft, per_type: dict[str, dict[str, Any]]) -> None:
-    """Each layer's base and scaling from its type's mapping; the model's are the used type's of the largest base,
-    the others a layer's own."""
-    types = listed_layer_types(c)
-    ref = reference_rope_type(per_type, listed_layer_types(c))
-    if ref is None or any(t not in per_type for t in types):
-        return  # layer_types refused (or not checked, the layer count being refused)
-    layer_scalings(c, d, per_type, types, ref)
-    model = float(per_type[ref]["rope_theta"])
-    own = [float(per_type[t]["rope_theta"]) if per_type[t]["rope_theta"] != model else None for t in types]
-    if any(own):
-        d.layer_attention["rope_theta"] = (own, "rope_parameters.<layer type>.rope_theta (a layer's own base)")
 
 
 def _qwen_fields_mellum_deletes(c: HFConfig, d: Draft) -> None:

@@ -1,6 +1,8 @@
 """Mellum (model_type mellum): the release config (YaRN on its full layers only: each layer its own scaling) and
 its nearest one-scaling config count as transformers' model on meta; tiny checkpoints (one with YaRN on its full
-layers only); a tiny random checkpoint (sliding and full
+layers only); a partial rotary factor, which transformers' forward fails on, refused at its layer type; the legacy
+layer type 'attention' reads as full_attention;
+a tiny random checkpoint (sliding and full
 layers of their own bases, a dense layer among MoE ones, an MTP tensor transformers lets go) loads with
 moec.from_hf to transformers' logits and router choices; the generated model.py gives moec.nn's logits; Qwen's
 fields MellumConfig deletes are named, not refused."""
@@ -82,6 +84,23 @@ def test_a_tiny_checkpoint_with_yarn_on_its_full_layers_only_gives_transformers_
     model = moec.from_hf(tmp_path)
     assert [lp.attention.rope_scaling is None for lp in model.plan.layers] == [True, False] * 2
     assert assert_same(hf, model) <= 1e-4
+
+
+@pytest.mark.parametrize("layer_type", ["full_attention", "sliding_attention"])
+def test_a_partial_rotary_factor_transformers_cannot_run_is_refused_at_its_type(layer_type):
+    """MellumRotaryEmbedding builds tables of int(head_dim · factor) dims, MellumAttention rotates whole heads with
+    them: transformers' own forward fails, so the import refuses the factor where its type's mapping holds it."""
+    rope = {**TINY["rope_parameters"][layer_type], "partial_rotary_factor": 0.5}
+    cfg = {**TINY, "rope_parameters": {**TINY["rope_parameters"], layer_type: rope}}
+    with pytest.raises(RuntimeError, match="must match the size"):
+        tiny_hf("mellum", cfg)(TOKENS)
+    assert refused_fields({"model_type": "mellum", **cfg}) == [f"rope_parameters.{layer_type}.partial_rotary_factor"]
+
+
+def test_the_legacy_attention_layer_type_is_full_attention_as_transformers_reads_it():
+    legacy = ["attention" if t == "full_attention" else t for t in MELLUM21["layer_types"]]
+    assert transformers.MellumConfig(num_hidden_layers=28, layer_types=legacy).layer_types == MELLUM21["layer_types"]
+    assert plan_differences(hf_to_model({**NEAREST, "layer_types": legacy}), hf_to_model(NEAREST)) == []
 
 
 def test_nearest_release_counts_equal_transformers_model_on_meta():

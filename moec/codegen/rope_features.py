@@ -29,9 +29,6 @@ def rope_features(
     pos = plan.positions
     c["rope_theta"] = float_text(pos.theta, "positions.theta")
     c["rope_dim"] = int_text(plan.rope_dim, "rope dim")
-    thetas = [pos.theta] + [x.rope_theta for x in attns if x.rope and x.rope_theta is not None]
-    bases = [float_text(t, "rope_theta") for t in dict.fromkeys(thetas)]
-    c["rope_thetas"] = f"({', '.join(bases)}{',' if len(bases) == 1 else ''})"
     c["rope_tables"] = _tables(attns)
     sc = pos.scaling
     if sc is None:

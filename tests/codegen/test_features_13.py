@@ -99,6 +99,12 @@ CASES = {
         "default: {ffn: moe}",
         "default: {ffn: moe}\n  overrides: [{select: [1], attention: {window: 4, rope_theta: 500.0}}]",
     ),
+    # GQA pairs: the rope tables of a pair layer are its first attention's (both are alike)
+    "shortcut-moe pairs of gqa, a layer's own rotated dims": LONGCAT.replace(
+        "attention: {kind: mla, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 8, qk_nope_head_dim: 8, qk_rope_head_dim: 4,\n"
+        "            v_head_dim: 8, latent_norm_eps: 1.0e-6, latent_scales: true}",
+        "attention: {n_heads: 4, n_kv_heads: 2, head_dim: 8}",
+    ).replace("default: {ffn: moe}", "default: {ffn: moe}\n  overrides: [{select: [1], attention: {rotary_dim: 4}}]"),
     "sandwich norms, mla and mtp": TINY_DEEPSEEK_V3.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: sandwich}"),
     "sandwich norms, moe and dense": variant(
         model="positions: {kind: rope}, norm: {placement: sandwich}", moe=True, overrides="{select: [0], ffn: dense}"
@@ -309,7 +315,7 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
             "layers of their own rotated dims and rope base (Laguna)",
             [
                 "ROPE_TABLES = ((ROPE_THETA, ROPE_DIM), (ROPE_THETA, 8), (500.0, ROPE_DIM))",
-                "ropes[block.attn.rope_theta, block.attn.rotary_dim]",
+                "layer_rope = ropes[block.attn.rope_theta, block.attn.rotary_dim]",
             ],
         ),
         (

@@ -97,7 +97,10 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
         ("selection bias parameter", ["self.expert_bias = nn.Parameter(torch.zeros(n_experts, dtype=torch.float32))"]),
         (
             "per-layer rope theta",
-            ["ROPE_THETAS = (500000.0, 10000.0)", "block(x, ropes[block.attn.rope_theta], layer_cache, positions)"],
+            [
+                "ROPE_TABLES = ((ROPE_THETA, ROPE_DIM), (10000.0, ROPE_DIM))",
+                "layer_rope = ropes[block.attn.rope_theta, block.attn.rotary_dim]",
+            ],
         ),
         ("ntk alpha, partial rotary, per-layer theta", ["ROPE_NTK_ALPHA = 1000.0"]),
         (

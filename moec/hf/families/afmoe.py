@@ -72,13 +72,20 @@ def translate(c: HFConfig, d: Draft) -> None:
     _release_fields(c, d)
 
 
-def _attention(c: HFConfig, d: Draft) -> None:
+def gated_attention(c: HFConfig, d: Draft, cls: str, gate: str) -> bool:
+    """GQA with RMSNorm(head_dim) on q and k and a sigmoid gate per element on the output, AFMoE's attention and
+    Beam's (``cls``: the attention class's prefix, ``gate``: its output's formula); returns attention_bias."""
     b = c.bool("attention_bias")
-    c.int("head_dim")  # AfmoeAttention reads it as given: null would build no model
+    c.int("head_dim")  # the attention reads it as given: null would build no model
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
-    d.put("attention.qk_norm", True, "AfmoeAttention: RMSNorm(head_dim) on q and k, before the rotation")
-    d.put("attention.output_gate", "element", "AfmoeAttention: o_proj(attn · sigmoid(gate_proj(x))), per element")
-    if b:  # without attention biases the gate has none either way: only then is it said
+    d.put("attention.qk_norm", True, f"{cls}Attention: RMSNorm(head_dim) on q and k, before the rotation")
+    d.put("attention.output_gate", "element", f"{cls}Attention: {gate}")
+    return b
+
+
+def _attention(c: HFConfig, d: Draft) -> None:
+    if gated_attention(c, d, "Afmoe", "o_proj(attn · sigmoid(gate_proj(x))), per element"):
+        # without attention biases the gate has none either way: only with them is it said
         d.put("attention.output_gate_bias", "none", "AfmoeAttention.gate_proj has no bias while q, k, v and o have one")
 
 

@@ -25,13 +25,12 @@ from moec.hf.families._common import (
     base,
     defaults,
     dense_layers_ffn,
-    gqa,
     mlp_layer_kinds,
     moe_core,
     router,
 )
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
-from moec.hf.families.afmoe import SandwichMapper, export_placed
+from moec.hf.families.afmoe import SandwichMapper, export_placed, gated_attention
 
 if TYPE_CHECKING:
     from moec.spec.plan import ResolvedModel
@@ -161,11 +160,7 @@ def _base(c: HFConfig, d: Draft, per_type: dict[str, Any] | None, types: list[st
 
 
 def _attention(c: HFConfig, d: Draft) -> None:
-    b = c.bool("attention_bias")
-    c.int("head_dim")  # BeamAttention reads it as given: null would build no model
-    gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
-    d.put("attention.qk_norm", True, "BeamAttention: RMSNorm(head_dim) on q and k, before the rotation")
-    d.put("attention.output_gate", "element", "BeamAttention: o_proj(attn · sigmoid(gate_proj(x) + gate_bias))")
+    gated_attention(c, d, "Beam", "o_proj(attn · sigmoid(gate_proj(x) + gate_bias))")
     d.put("attention.output_gate_bias", "head", "BeamAttention.gate_bias: one per head, gate_proj has no bias")
 
 

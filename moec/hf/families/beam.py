@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
+from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
     all_known,
     base,
@@ -31,6 +31,7 @@ from moec.hf.families._common import (
 )
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
 from moec.hf.families.afmoe import SandwichMapper, export_placed, gated_attention
+from moec.strict import MAX_LAYERS
 
 if TYPE_CHECKING:
     from moec.spec.plan import ResolvedModel
@@ -90,7 +91,7 @@ def _layer_types(c: HFConfig) -> list[str] | None:
     """layer_types as given (each full_attention or sliding_attention), or BeamConfig's default; None if refused."""
     if c.value("layer_types") is None:
         n = c.value("num_hidden_layers")
-        return default_layer_types(n) if isinstance(n, int) and 0 < n <= 4096 else None
+        return default_layer_types(n) if is_int(n) and 0 < n <= MAX_LAYERS else None  # else refused by base
     types = c.str_list("layer_types")
     if types is None or not all_known(c, "layer_types", types, (FULL, SLIDING)):
         return None

@@ -125,7 +125,7 @@ def _residuals(c: HFConfig, d: Draft) -> None:
     d.put("model.norm.placement", "normed_residual", "MiniMaxDecoderLayer: residual = the normed input")
     present = {"attention": "attention" in d.mixer, "mixer": "lightning" in d.mixer, "ffn": True}
     for kind, (hf, _) in _FACTORS.items():
-        if not present.get(kind, True):  # a sublayer kind no layer has: its factors apply to none
+        if not present[kind]:  # a sublayer kind no layer has: its factors apply to none
             for part in ("alpha", "beta"):
                 c.value(f"{hf}_{part}_factor")
             continue
@@ -137,8 +137,7 @@ def _residuals(c: HFConfig, d: Draft) -> None:
 def _window(c: HFConfig, d: Draft) -> None:
     """A sliding_window applies to the softmax-attention layers only (the lightning layers have no window)."""
     w = c.int("sliding_window", optional=True)
-    mixers = getattr(d, "mixer", ["attention"] * d.n_layers)
-    d.window = [w if m == "attention" else None for m in mixers]
+    d.window = [w if m == "attention" else None for m in d.mixer]
     d.window_note = f"{c.src('sliding_window')} on the full_attention layers" if w else ""
 
 
@@ -187,10 +186,9 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
 def _attn_types(c: HFConfig, d: Draft) -> None:
     """attn_type_list: MiniMax's per-layer kinds (0 lightning, 1 softmax attention); transformers reads layer_types."""
     types = c.value("attn_type_list")
-    mixers = getattr(d, "mixer", None)
-    if types is None or mixers is None:
+    if types is None:
         return
-    want = [0 if m == "lightning" else 1 for m in mixers]
+    want = [0 if m == "lightning" else 1 for m in d.mixer]
     if types == want:
         d.mixer_note += " (attn_type_list: agrees, transformers ignores it)"
     else:

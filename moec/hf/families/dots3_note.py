@@ -106,6 +106,7 @@ def translate_text(t: HFConfig, d: Draft) -> None:
     base(t, d, CLS)
     mla(t, d, CLS)
     d.fields.pop("attention.latent_norm_eps", None)  # Dots3 builds its latent norms with rms_norm_eps
+    t.int("head_dim")  # the rotary tables' reference width, not MLA's (see _same_everywhere)
     d.put("attention.latent_scales", True, f"{CLS}Attention: q_lora_scale and kv_lora_scale, always applied")
     d.put("attention.rope_key_norm", True, f"{CLS}Attention.k_rope_only_layernorm (rms_norm_eps)")
     d.put("attention.output_gate", "head", f"{CLS}Attention: o_proj(attn · sigmoid(g_proj(x))), per head")
@@ -246,20 +247,13 @@ def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None, thetas: di
     if types is None or not d.fits_layers(t, "layer_types", types):
         return
     geometry = _geometry(t, types)
-    own = {field: [g.get(key, t.value(key)) for g in geometry] for key, field in PER_LAYER.items()}
-    _same_everywhere(t, d, geometry)
-    for key, field in PER_LAYER.items():
-        # a size that is no integer is said at its field (the model's own by its reader) and neither compared nor
-        # written; a layer's own comes from per_layer_config or the swa_ fields
-        wrong = next((g[key] for g in geometry if key in g and not is_int(g[key])), None)
-        if wrong is not None:
-            where = "per_layer_config" if t.given("per_layer_config") else f"swa_{key}"
-            t.bad(where, f"{shown(wrong)}: expected an integer {key}")
-        if not all(is_int(v) for v in own[field]):
-            continue
-        if len(set(own[field])) > 1:
-            src = "per_layer_config" if t.given("per_layer_config") else f"swa_{key} on sliding layers"
-            d.layer_attention[field] = (own[field], f"{t.prefix}{src} (a layer's own MLA size)")
+    if _own_sizes_are_integers(t, geometry):
+        _same_everywhere(t, d, geometry)
+        for key, field in PER_LAYER.items():
+            own = [g.get(key, t.value(key)) for g in geometry]
+            if all(is_int(v) for v in own) and len(set(own)) > 1:  # the model's own: said by its reader
+                src = "per_layer_config" if t.given("per_layer_config") else f"swa_{key} on sliding layers"
+                d.layer_attention[field] = (own, f"{t.prefix}{src} (a layer's own MLA size)")
     key = "sliding_window" if t.value("sliding_window") is not None else "sliding_window_size"
     window = t.int(key) if t.given(key) else 512  # Dots3NoteTextConfig: sliding_window_size, else 512
     t.value("sliding_window_size")  # beside sliding_window, which transformers then reads
@@ -280,6 +274,19 @@ def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None, thetas: di
     else:
         for k in ("index_n_heads", "index_head_dim", "index_topk"):
             t.value(k)  # no layer builds an indexer
+
+
+def _own_sizes_are_integers(t: HFConfig, geometry: list[dict[str, Any]]) -> bool:
+    """Each size a layer has of its own (per_layer_config by layer, or the swa_ fields on sliding layers) a positive
+    integer, else said at the field that gives it; none is compared or written then."""
+    ok = True
+    for i, g in enumerate(geometry):
+        for key, v in g.items():
+            if not (is_int(v) and v > 0):
+                t.bad(f"per_layer_config.{i}.{key}" if t.given("per_layer_config") else f"swa_{key}",
+                      f"{shown(v)}: expected a positive integer")  # fmt: skip
+                ok = False
+    return ok
 
 
 def _same_everywhere(t: HFConfig, d: Draft, geometry: list[dict[str, Any]]) -> None:

@@ -151,7 +151,8 @@ def test_the_config_as_save_pretrained_nests_it_imports_to_the_same_plan():
     assert sorted(refused) == ["kv_lora_rank", "text_config.kv_lora_rank"]  # the top-level copy now disagrees too
     layer, sizes = next(iter(text["per_layer_config"].items()))
     own = {**text["per_layer_config"], layer: {**sizes, "v_head_dim": "x"}}
-    assert "text_config.per_layer_config" in refused_fields({**saved, "text_config": {**text, "per_layer_config": own}})
+    refused = refused_fields({**saved, "text_config": {**text, "per_layer_config": own}})
+    assert refused == [f"text_config.per_layer_config.{layer}.v_head_dim"]
 
 
 @pytest.mark.parametrize(
@@ -166,6 +167,19 @@ def test_the_config_as_save_pretrained_nests_it_imports_to_the_same_plan():
 )
 def test_what_moec_cannot_express_is_refused_by_name(change, field):
     assert field in refused_fields({**TINY, "model_type": "dots3_note", **change})
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"swa_head_dim": "x"}, "swa_head_dim"),  # a sliding layer's own width, which sets its rotated dims
+        ({"swa_num_attention_heads": "x"}, "swa_num_attention_heads"),  # said once, at its own field
+        ({"swa_num_key_value_heads": [2]}, "swa_num_key_value_heads"),
+        ({"head_dim": 0}, "head_dim"),  # the rotary tables' width, which transformers divides by
+    ],
+)
+def test_a_size_that_is_no_positive_integer_is_one_located_error(change, field):
+    assert refused_fields({**TINY, "model_type": "dots3_note", **change}) == [field]
 
 
 @pytest.fixture(scope="module")

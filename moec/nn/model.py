@@ -151,10 +151,11 @@ class MoecModel(nn.Module):
         # rope scaling (Laguna XS 2.1's full layers) get tables of their own, keyed (base, rotated dims[, scaling]);
         # no parameters or buffers, so a plain dict: the state_dict is the same with or without them
         self.layer_rotary: dict[tuple[Any, ...], RotaryEmbedding] = {}
+        # each layer's table key, worked out once here rather than per layer in every forward and decode step
+        self.rope_keys = tuple(rotary_table(lp.attention) for lp in plan.layers)
         if plan.positions.kind == "rope":
             self.rotary = RotaryEmbedding(plan.positions, plan.rope_dim, plan.max_seq_len)
-            for key in {rotary_table(lp.attention) for lp in plan.layers} - {None}:
-                assert key is not None
+            for key in dict.fromkeys(k for k in self.rope_keys if k is not None):
                 theta, rot, *own = key
                 positions = dataclasses.replace(
                     plan.positions,
@@ -197,8 +198,8 @@ class MoecModel(nn.Module):
         ropes = {None: rope} | {theta: r(S, x.device, x.dtype) for theta, r in self.layer_rotary.items()}
         auxes: list[MoEAux | None] = []
         x = self._streams(x)
-        for block, lp in zip(self.layers, self.plan.layers, strict=True):
-            x, aux = block(x, ropes[rotary_table(lp.attention)], token_ids=tokens)
+        for block, key in zip(self.layers, self.rope_keys, strict=True):
+            x, aux = block(x, ropes[key], token_ids=tokens)
             auxes.append(aux)
         x = self._merge(x)
         if self.norm is not None:
@@ -247,8 +248,8 @@ class MoecModel(nn.Module):
             ropes[theta] = (cos[positions], sin[positions])
         auxes: list[MoEAux | None] = []
         x = self._streams(x)
-        for block, lp, layer_cache in zip(self.layers, self.plan.layers, cache.layers, strict=True):
-            x, aux = block(x, ropes.get(rotary_table(lp.attention)), layer_cache, positions, tokens)
+        for block, key, layer_cache in zip(self.layers, self.rope_keys, cache.layers, strict=True):
+            x, aux = block(x, ropes.get(key), layer_cache, positions, tokens)
             auxes.append(aux)
         x = self._merge(x)
         if self.norm is not None:

@@ -105,26 +105,6 @@ class Features:
     gqa_parts: GQAFeatures = GQAFeatures()  # GQA's optional parts: v_head_dim, the gate's function, per-layer heads
 
     @property
-    def indexer(self) -> bool:
-        return self.mla_parts.indexer
-
-    @property
-    def indexer_rotate(self) -> str:
-        return self.mla_parts.indexer_rotate
-
-    @property
-    def layer_rotary_dim(self) -> bool:
-        return self.gqa_parts.layer_rotary_dim
-
-    @property
-    def latent_scales(self) -> bool:
-        return self.mla_parts.latent_scales
-
-    @property
-    def rope(self) -> bool:
-        return self.rope_any
-
-    @property
     def hybrid(self) -> bool:
         """Layers differ in their sublayers: a token mixer besides attention, or a layer without its mixer or FFN."""
         return bool(self.mixer_kinds) or self.mixer_none or self.ffn_none

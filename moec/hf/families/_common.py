@@ -343,12 +343,6 @@ def window_ignored(c: HFConfig, d: Draft, family: str) -> None:
 ROPE_TYPES = ("full_attention", "sliding_attention")
 
 
-def listed_layer_types(c: HFConfig) -> list[str]:
-    """layer_types if a list of names (anything else is reported by typed_windows' reader), else all full."""
-    types = c.value("layer_types")
-    return types if isinstance(types, list) and all(isinstance(t, str) for t in types) else ["full_attention"]
-
-
 def rope_per_type_ok(c: HFConfig, given: dict[str, dict[str, Any]], types: list[str]) -> bool:
     """A rope_parameters mapping per attention type (Laguna, Mellum): each type a layer uses has one with a
     positive rope_theta (transformers has no fallback for a missing one), and every key is a known type."""

@@ -46,6 +46,7 @@ from moec.hf.families._common import (
 from moec.hf.families.deepseek_v32 import DsaMapper, indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
+from moec.hf.families.laguna import mlp_layer_types
 
 if TYPE_CHECKING:
     import torch
@@ -328,20 +329,16 @@ def _mlp_layers(t: HFConfig, d: Draft) -> None:
     moe_layer_freq-th layer; a list: per layer)."""
     if not d.layers_known:
         return
-    if t.value("mlp_layer_types") is not None:
-        types = t.str_list("mlp_layer_types")
-        note = "mlp_layer_types"
-    else:
+    unset, note = [], ""
+    if t.value("mlp_layer_types") is None:
         k, freq = t.value("first_k_dense_replace", 1), t.value("moe_layer_freq", 1)
         if not is_int(k) or not (is_int(freq) and freq > 0 or isinstance(freq, list) and len(freq) == d.n_layers):
             t.bad("moe_layer_freq", f"{shown(freq)} (first_k_dense_replace {shown(k)}): expected integers or a list")
             return
         on = [bool(freq[i]) if isinstance(freq, list) else i % freq == 0 for i in range(d.n_layers)]
-        types = ["sparse" if i >= k and on[i] else "dense" for i in range(d.n_layers)]
+        unset = ["sparse" if i >= k and on[i] else "dense" for i in range(d.n_layers)]
         note = f"mlp_layer_types unset: from first_k_dense_replace ({k}) and moe_layer_freq ({shown(freq)})"
-    if d.fits_layers(t, "mlp_layer_types", types) and all_known(t, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if x == "sparse" else "dense" for x in types]  # type: ignore[union-attr]
-        d.ffn_note = note
+    mlp_layer_types(t, d, unset, note)
 
 
 def _left_out(c: HFConfig, d: Draft) -> None:

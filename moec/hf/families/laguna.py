@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import (
+    all_known,
     aux,
     defaults,
     dense_layers_ffn,
@@ -140,23 +141,24 @@ def _moe(c: HFConfig, d: Draft) -> None:
     aux(c, d)
 
 
+def mlp_layer_types(c: HFConfig, d: Draft, unset: list[str], unset_note: str) -> bool:
+    """mlp_layer_types, one 'sparse' (MoE) or 'dense' (the family's MLP of intermediate_size) per layer, as Laguna,
+    Mellum, MiMo-V2-Flash, Step-3.7 and Dots3 spell it; unset, ``unset`` (what the family's config class fills in,
+    ``unset_note`` saying so). False when refused (reported) or the layer count is unknown."""
+    given = c.value("mlp_layer_types") is not None
+    types = c.str_list("mlp_layer_types") if given else unset
+    if not (d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse"))):
+        return False
+    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]  # type: ignore[union-attr]
+    d.ffn_note = "mlp_layer_types" if given else unset_note
+    return True
+
+
 def first_dense_mlp_layers(c: HFConfig, d: Draft, name: str = "Laguna") -> None:
-    """mlp_layer_types: 'sparse' is MoE, 'dense' the ``name`` family's MLP(intermediate_size); unset, the first
-    dense and the rest sparse, as LagunaConfig and MiMoV2FlashConfig (``name``) fill it in."""
-    if c.value("mlp_layer_types") is None:
-        d.ffn = ["dense"] + ["moe"] * (d.n_layers - 1)
-        d.ffn_note = f"mlp_layer_types unset: the first layer dense, the rest sparse ({name}Config)"
-        return
-    types = c.str_list("mlp_layer_types")
-    if not d.fits_layers(c, "mlp_layer_types", types):
-        return
-    assert types is not None
-    bad = [i for i, t in enumerate(types) if t not in ("dense", "sparse")]
-    if bad:
-        c.bad("mlp_layer_types", f"{shown(types[bad[0]])} on layers {bad[:5]} is not one of dense, sparse")
-        return
-    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-    d.ffn_note = "mlp_layer_types"
+    """mlp_layer_types, unset: the first layer dense and the rest sparse, as LagunaConfig and MiMoV2FlashConfig
+    (``name``) fill it in."""
+    unset = ["dense"] + ["sparse"] * (d.n_layers - 1) if d.layers_known else []
+    mlp_layer_types(c, d, unset, f"mlp_layer_types unset: the first layer dense, the rest sparse ({name}Config)")
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

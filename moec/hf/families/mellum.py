@@ -19,6 +19,7 @@ from __future__ import annotations
 from moec.hf.draft import Draft, Family, HFConfig, shown, spelt
 from moec.hf.families._common import aux, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
 from moec.hf.families._typed_rope import TypedRope, layer_rope, rope_layer_types, rope_per_type, typed_base
+from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 
 # fmt: off
@@ -57,7 +58,7 @@ def translate(c: HFConfig, d: Draft) -> None:
            softmax_after_topk=False)  # fmt: skip
     d.put("moe.router.normalize_topk", c.bool("norm_topk_prob"), c.src("norm_topk_prob"))
     aux(c, d)
-    _mlp_layers(c, d)
+    mlp_layer_types(c, d, ["sparse"] * d.n_layers, "mlp_layer_types unset: every layer sparse (MellumConfig)")
     dense_layers_ffn(c, d, bias_src="MellumMLP has no biases")
     _mtp(c, d)
 
@@ -69,23 +70,6 @@ def _qwen_fields_mellum_deletes(c: HFConfig, d: Draft) -> None:
     ignored = [f"{k} {spelt(c.value(k))}" for k in keys if c.given(k)]
     if ignored:
         d.put("attention.kind", "gqa", f"{', '.join(ignored)}: MellumConfig deletes them (transformers ignores them)")
-
-
-def _mlp_layers(c: HFConfig, d: Draft) -> None:
-    """mlp_layer_types: 'sparse' is MoE, 'dense' MellumMLP(intermediate_size); unset, every layer is MoE."""
-    d.ffn_note = "mlp_layer_types unset: every layer sparse (MellumConfig)"
-    if c.value("mlp_layer_types") is None:
-        return
-    types = c.str_list("mlp_layer_types")
-    if not d.fits_layers(c, "mlp_layer_types", types):
-        return
-    known = [t in ("dense", "sparse") for t in types]
-    if not all(known):
-        bad = [i for i, k in enumerate(known) if not k]
-        c.bad("mlp_layer_types", f"{shown(types[bad[0]])} on layers {bad[:5]} is not one of dense, sparse")
-        return
-    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-    d.ffn_note = "mlp_layer_types"
 
 
 def _mtp(c: HFConfig, d: Draft) -> None:

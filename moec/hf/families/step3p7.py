@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
-    all_known,
     defaults,
     dense_layers_ffn,
     gqa,
@@ -45,6 +44,7 @@ from moec.hf.families._common import (
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
 from moec.hf.families._typed_rope import rope_layer_types, typed_base
 from moec.hf.families.hy_v3 import ignored
+from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 from moec.spec.moe_override import MAX_LIMIT
 
@@ -218,13 +218,7 @@ def _mlp_layers(t: HFConfig, d: Draft) -> None:
     """mlp_layer_types ('sparse': MoE, 'dense': Step3p7MLP(intermediate_size)); unset, the release's
     moe_layers_enum (the MoE layers' indices), else MoE from layer 3 on."""
     if t.value("mlp_layer_types") is not None:
-        types = t.str_list("mlp_layer_types")
-        if not d.fits_layers(t, "mlp_layer_types", types):
-            return
-        assert types is not None
-        if not all_known(t, "mlp_layer_types", types, ("dense", "sparse")):
-            return
-        d.ffn, d.ffn_note = ["moe" if x == "sparse" else "dense" for x in types], "mlp_layer_types"
+        unset, note = [], ""
         t.value("moe_layers_enum")
         if t.given("moe_layers_enum"):  # transformers reads it only when mlp_layer_types is unset
             t.bad("moe_layers_enum", "given beside mlp_layer_types, which transformers uses: ambiguous")
@@ -232,11 +226,12 @@ def _mlp_layers(t: HFConfig, d: Draft) -> None:
         moe = _moe_layers_enum(t)
         if moe is None:
             return
-        d.ffn, d.ffn_note = ["moe" if i in moe else "dense" for i in range(d.n_layers)], t.src("moe_layers_enum")
+        unset, note = ["sparse" if i in moe else "dense" for i in range(d.n_layers)], t.src("moe_layers_enum")
     else:
-        d.ffn = ["dense" if i < FIRST_DENSE else "moe" for i in range(d.n_layers)]
-        d.ffn_note = f"mlp_layer_types unset: the first {FIRST_DENSE} layers dense, the rest MoE (Step3p7TextConfig)"
-    ignored(t, d, "Step3p7Text", "moe_layer_freq", lambda v: v == [int(x == "moe") for x in d.ffn], "layers")
+        unset = ["dense" if i < FIRST_DENSE else "sparse" for i in range(d.n_layers)]
+        note = f"mlp_layer_types unset: the first {FIRST_DENSE} layers dense, the rest MoE (Step3p7TextConfig)"
+    if mlp_layer_types(t, d, unset, note):
+        ignored(t, d, "Step3p7Text", "moe_layer_freq", lambda v: v == [int(x == "moe") for x in d.ffn], "layers")
 
 
 def _moe_layers_enum(t: HFConfig) -> set[int] | None:

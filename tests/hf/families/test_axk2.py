@@ -9,6 +9,8 @@ import pytest
 
 from moec.analyze import analyze
 from moec.hf import hf_to_model
+from moec.hf.config import import_hf_config
+from moec.spec import load_spec, resolve
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -42,12 +44,18 @@ def test_counts_equal_transformers_model_on_meta(cfg):
 
 
 def test_class_defaults_by_hand_beyond_deepseek_v32():
-    """Per layer beyond an MLA with q_b_proj: q_gate_proj's 2·384·32·(96 + 64) − 384·32·96 more; gates of
-    2·2048·16 on 48 input norms and 47 MoE post-attention norms."""
+    """Beyond the same import with a plain MLA query (q_b_proj) and ungated norms: per layer q_gate_proj's
+    2·384·32·(96 + 64) − 384·32·96 more; gates of 2·2048·16 on 48 input norms and 47 MoE post-attention norms. All
+    of it in total and in active alike (none of it is a routed expert)."""
     plan = hf_to_model({"model_type": "axk2"})
     a = plan.layers[0].attention
     assert a.query_gate and a.has_indexer and plan.norm_gate.rank == 16
     assert [plan.norm_gate.gates(lp) for lp in plan.layers[:2]] == [("mixer",), ("mixer", "moe_ffn")]
+    text = import_hf_config({"model_type": "axk2"})
+    plain = resolve(load_spec("axk2.yaml", text=text, sets=["attention.query_gate=false", "model.norm_gate=null"]))
+    full, without = analyze(plan).params, analyze(plain).params
+    by_hand = 48 * (2 * 384 * 32 * (96 + 64) - 384 * 32 * 96) + (48 + 47) * 2 * 2048 * 16
+    assert full.total - without.total == full.active - without.active == by_hand == 138_346_496
 
 
 @pytest.mark.parametrize(

@@ -402,13 +402,20 @@ def test_per_layer_mla_geometry_and_indexer_are_refused_where_they_mean_nothing(
     assert any(p.path == path and why in p.message for p in e.value.problems)
 
 
-def test_the_query_gate_keeps_float64_in_float64():
-    """The gate's sigmoid in float32 at least: a float64 model's gates stay float64 (its decode = full forward)."""
+def test_the_query_gate_takes_its_sigmoid_in_float32_at_least():
+    """The gate's sigmoid in float32 at least, the product cast back: a bfloat16 model's gated outputs are the
+    float32 product rounded once (not bfloat16 arithmetic throughout), and a float64 model's stay float64."""
     from moec.nn.attention import sigmoid_gated
 
     y, g = (torch.randn(2, 4, 3, 6, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2))
-    assert torch.equal(sigmoid_gated(y, g), y * torch.sigmoid(g))
-    assert torch.equal(sigmoid_gated(y.float(), g.float()), y.float() * torch.sigmoid(g.float()))
+    wide = sigmoid_gated(y, g)
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, y / (1 + torch.exp(-g)), rtol=1e-14, atol=1e-15)  # not float32's ~1e-7
+    y16, g16 = y.bfloat16(), g.bfloat16()
+    got = sigmoid_gated(y16, g16)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, (y16.float() * torch.sigmoid(g16.float())).bfloat16())
+    assert not torch.equal(got, y16 * torch.sigmoid(g16))  # bfloat16 throughout rounds twice: another result
 
 
 def test_the_query_gate_counts_its_fused_projection():

@@ -135,7 +135,13 @@ def test_latent_scales_equal_the_same_factors_folded_into_q_b_proj_and_the_kv_la
     with torch.no_grad():
         plain.q_b_proj.weight.mul_((D / 12) ** 0.5)
         plain.kv_a_layernorm.weight.mul_((D / 10) ** 0.5)
-    torch.testing.assert_close(scaled(x, rope), plain(x, rope), rtol=1e-12, atol=1e-12)
+    want = plain(x, rope)
+    torch.testing.assert_close(scaled(x, rope), want, rtol=1e-12, atol=1e-12)
+    # the absorbed decode, one token at a time: the cache holds the scaled latent and the queries are scaled
+    cache = scaled.new_cache(2, 5, device=torch.device("cpu"), dtype=torch.float64)
+    with torch.no_grad():
+        steps = [scaled(x[:, t : t + 1], tuple(r[t : t + 1] for r in rope), cache, torch.tensor([t])) for t in range(5)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(

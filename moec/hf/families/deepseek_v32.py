@@ -19,6 +19,7 @@ from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int
 from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla
 from moec.hf.families._export_common import deepseek_mla_fields, dense_plan, export_base, moe_plan
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
+from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:
@@ -84,17 +85,13 @@ def _always_interleaved(c: HFConfig, cls: str) -> None:
 def _mlp_layers(c: HFConfig, d: Draft) -> None:
     """mlp_layer_types ('dense' / 'sparse'), else the config class's default: dense before first_k_dense_replace."""
     k = c.int("first_k_dense_replace", minimum=0)
-    if c.value("mlp_layer_types") is None:
-        if not is_int(k) or not d.layers_known:
-            return
-        n_dense = min(k, d.n_layers)
-        d.ffn = ["dense"] * n_dense + ["moe"] * (d.n_layers - n_dense)
-        d.ffn_note = f"mlp_layer_types unset: dense before first_k_dense_replace ({k})"
+    given = c.value("mlp_layer_types") is not None
+    if not given and not (is_int(k) and d.layers_known):
         return
-    types = c.str_list("mlp_layer_types")
-    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]  # type: ignore[union-attr]
-        d.ffn_note = "mlp_layer_types (first_k_dense_replace is read only when they are unset)"
+    n_dense = min(k, d.n_layers) if is_int(k) and d.layers_known else 0
+    unset = ["dense"] * n_dense + ["sparse"] * (d.n_layers - n_dense)
+    if mlp_layer_types(c, d, unset, f"mlp_layer_types unset: dense before first_k_dense_replace ({k})") and given:
+        d.ffn_note += " (first_k_dense_replace is read only when they are unset)"
 
 
 def indexer(c: HFConfig, d: Draft, cls: str, layout: str) -> None:

@@ -61,15 +61,14 @@ def test_each_layer_gates_the_sites_it_has_and_the_analyzer_counts_them():
 
 
 @pytest.mark.parametrize(
-    "change,message",
+    ("old", "new", "path", "message"),
     [
-        ("sites: [mixer, moe_ffn]", "each site once"),
-        ("n_layers: 2,", "needs norm.placement pre"),
+        ("sites: [mixer, moe_ffn]", "sites: [mixer, mixer]", "model.norm_gate.sites[1]", "each site once"),
+        ("n_layers: 2,", "n_layers: 2, norm: {placement: post},", "model.norm_gate", "needs norm.placement pre"),
     ],
 )
-def test_what_the_gate_cannot_wrap_is_refused(change, message):
-    text = SPEC.replace("sites: [mixer, moe_ffn]", "sites: [mixer, mixer]") if "sites" in change else SPEC
-    if "n_layers" in change:
-        text = text.replace("n_layers: 2,", "n_layers: 2, norm: {placement: post},")
-    with pytest.raises(SpecError, match=message):
-        load_spec("gated.yaml", text=text)
+def test_what_the_gate_cannot_wrap_is_refused_where_written(old, new, path, message):
+    with pytest.raises(SpecError) as e:
+        load_spec("gated.yaml", text=SPEC.replace(old, new))
+    assert [(p.path, p.line) for p in e.value.problems] == [(path, 3)]
+    assert message in e.value.problems[0].message

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -277,7 +277,29 @@ def validate(loc: Located, file: str) -> Spec:
         # "did you mean" is for typos; a file of thousands of unknown keys is not one, and difflib would
         # spend most of the time of its errors on them
         suggest = sum(err["type"] == "extra_forbidden" for err in errors) <= MAX_SUGGESTIONS
-        raise SpecError([_problem_from_pydantic(err, loc, suggest) for err in errors]) from None
+        found = [(err, _problem_from_pydantic(err, loc, suggest)) for err in errors]
+        raise SpecError(_one_per_union(found, loc.value)) from None
+
+
+def _one_per_union(found: list[tuple[dict[str, Any], Problem]], value: Any) -> list[Problem]:
+    """pydantic reports a value that no member of a union accepts once per member ('yes' for
+    ``bool | Literal["shared"]``: not a boolean, not 'shared'); that is one problem, at its place, the members'
+    complaints joined by "or"."""
+    out: list[Problem] = []
+    union_at: dict[tuple[str, int | None, int | None], int] = {}
+    for err, p in found:
+        if len(_data_path(err["loc"], value)) == len(err["loc"]):  # no union member's name left out
+            out.append(p)
+            continue
+        key = (p.path, p.line, p.column)
+        if key not in union_at:
+            union_at[key] = len(out)
+            out.append(p)
+            continue
+        first = out[union_at[key]]
+        own = p.message.removeprefix(f"{_short(err['input'])}: ") if "input" in err else p.message
+        out[union_at[key]] = replace(first, message=f"{first.message}, or {own}")
+    return out
 
 
 def _problem_from_pydantic(err: dict[str, Any], loc: Located, suggest: bool = True) -> Problem:
@@ -327,9 +349,10 @@ def _data_path(pydantic_loc: tuple[Any, ...], value: Any) -> Path:
 
 
 def _is_union_tag(p: Any) -> bool:
-    # pydantic adds the union member name ("int", "constrained-int", "list[...]") to locs
+    # pydantic adds the union member name ("int", "constrained-int", "list[...]", "literal[...]") to locs
     return isinstance(p, str) and (
-        p.startswith(("constrained-", "list[", "function-")) or p in ("int", "float", "str", "bool", "Select", "none")
+        p.startswith(("constrained-", "list[", "literal[", "function-"))
+        or p in ("int", "float", "str", "bool", "Select", "none")
     )
 
 

@@ -61,3 +61,12 @@ def test_a_layers_own_rope_scaling_without_rope_positions_is_one_error():
     assert problems(text) == [
         "13:51 layers.default.attention.rope_scaling: a layer's own rope scaling needs model.positions.kind: rope"
     ]
+
+
+def test_a_value_no_member_of_a_union_takes_is_one_error_naming_each_member():
+    """layers.*.attention.indexer is ``bool | Literal["shared"]``: pydantic refuses 'yes' once per member."""
+    text = BASE.replace("{rope: true}", "{rope: true, indexer: 'yes'}")
+    # line 13: "  default: {attention: {rope: true, indexer: 'yes'}}", the value at column 46
+    assert problems(text) == [
+        "13:46 layers.default.attention.indexer: 'yes': input should be a valid boolean, or input should be 'shared'"
+    ]

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_number, shown
 from moec.hf.families._common import (
-    all_known,
     aux,
     defaults,
     dense_layers_ffn,
     gqa,
+    mlp_layer_kinds,
     moe_core,
     router,
     typed_windows,
@@ -142,16 +142,13 @@ def _moe(c: HFConfig, d: Draft) -> None:
 
 
 def mlp_layer_types(c: HFConfig, d: Draft, unset: list[str], unset_note: str) -> bool:
-    """mlp_layer_types, one 'sparse' (MoE) or 'dense' (the family's MLP of intermediate_size) per layer, as Laguna,
-    Mellum, MiMo-V2-Flash, Step-3.7 and Dots3 spell it; unset, ``unset`` (what the family's config class fills in,
-    ``unset_note`` saying so). False when refused (reported) or the layer count is unknown."""
+    """mlp_layer_types as given (_common.mlp_layer_kinds) or, unset, ``unset``: what the family's config class fills
+    in (Laguna, Mellum, MiMo-V2-Flash, Step-3.7, Dots3, DeepSeek-V3.2), ``unset_note`` saying so. False when refused
+    (reported) or the layer count is unknown."""
     given = c.value("mlp_layer_types") is not None
     types = c.str_list("mlp_layer_types") if given else unset
-    if not (d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse"))):
-        return False
-    d.ffn = ["moe" if t == "sparse" else "dense" for t in types]  # type: ignore[union-attr]
-    d.ffn_note = "mlp_layer_types" if given else unset_note
-    return True
+    mlp_layer_kinds(c, d, types, "mlp_layer_types" if given else unset_note)
+    return d.layers_known and types is not None and not c.failed("mlp_layer_types")
 
 
 def first_dense_mlp_layers(c: HFConfig, d: Draft, name: str = "Laguna") -> None:

@@ -209,3 +209,26 @@ def assert_stepwise_decode_is_the_full_forward(model, vocab: int, steps: int = 9
         cache = model.new_cache(2, steps)
         stepwise = torch.cat([model(tokens[:, t : t + 1], cache, t)[0] for t in range(steps)], 1)
     torch.testing.assert_close(stepwise, full, rtol=1e-9, atol=1e-9)
+
+
+def assert_same_routed_logits(hf, model, router_class: str, scale: float = 1.0) -> float:
+    """transformers' logits and each MoE layer's (experts, weights), from its ``router_class`` modules (whose output
+    is (logits, top-k weights, top-k indices); the weights × ``scale`` where the family's MoE block, not its router,
+    applies a scale that moec's router applies), against moec's: the same MoE layers (some), the same experts, the
+    same weights within 1e-5. Returns the largest logits difference."""
+    from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec
+
+    routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == router_class]
+    hf_choices, hooks = _record(routers, lambda out: (out[2], out[1] * scale))
+    with torch.no_grad():
+        want = hf(TOKENS).logits
+    for h in hooks:
+        h.remove()
+    got, our_choices = run_moec(model)
+    assert sorted(hf_choices) == sorted(our_choices) and hf_choices
+    for i in hf_choices:
+        hf_idx, hf_w = by_expert(*hf_choices[i])
+        our_idx, our_w = by_expert(*our_choices[i])
+        assert torch.equal(our_idx, hf_idx), f"layer {i}: different experts chosen"
+        torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
+    return (got - want).abs().max().item()

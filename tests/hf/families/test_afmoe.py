@@ -18,13 +18,13 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
+    assert_same_routed_logits,
     assert_table_holds_class_defaults,
     hf_counts,
     refused_fields,
     saved_checkpoint,
     tiny_hf,
 )
-from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,7 +102,7 @@ def test_with_attention_biases_a_tiny_checkpoint_gives_transformers_logits(tmp_p
     _, folder = saved_checkpoint(hf, tmp_path_factory, "afmoe_bias")
     model = moec.from_hf(folder)
     assert model.layers[0].attn.gate_proj.bias is None and model.layers[0].attn.q_proj.bias is not None
-    assert assert_same_logits_and_choices(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
+    assert assert_same_routed_logits(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
 
 
 def test_defaults_are_transformers_class_defaults():
@@ -128,25 +128,6 @@ def checkpoint(tmp_path_factory):
     return saved_checkpoint(tiny_hf("afmoe", TINY), tmp_path_factory, "afmoe")
 
 
-def assert_same_logits_and_choices(hf, model, router_class: str) -> float:
-    """transformers' logits and each MoE layer's (experts, weights), from its ``router_class`` modules (whose
-    output is (logits, top-k weights, top-k indices)), against moec's; returns the largest logits difference."""
-    routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == router_class]
-    hf_choices, hooks = _record(routers, lambda out: (out[2], out[1]))
-    with torch.no_grad():
-        want = hf(TOKENS).logits
-    for h in hooks:
-        h.remove()
-    got, our_choices = run_moec(model)
-    assert sorted(hf_choices) == sorted(our_choices) and hf_choices
-    for i in hf_choices:
-        hf_idx, hf_w = by_expert(*hf_choices[i])
-        our_idx, our_w = by_expert(*our_choices[i])
-        assert torch.equal(our_idx, hf_idx), f"layer {i}: different experts chosen"
-        torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
-    return (got - want).abs().max().item()
-
-
 def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint):
     hf, folder = checkpoint
     model = moec.from_hf(folder)
@@ -154,7 +135,7 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     assert [lp.ffn.kind for lp in model.plan.layers] == ["dense", "moe", "moe", "moe"]
     bias = hf.model.layers[1].mlp.expert_bias
     assert torch.equal(model.layers[1].ffn.router.expert_bias, bias) and bias.std() > 0.1  # it changes choices
-    assert assert_same_logits_and_choices(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
+    assert assert_same_routed_logits(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
@@ -179,4 +160,4 @@ def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(chec
     model = moec.from_hf(checkpoint[1])
     moec.export_hf(model, tmp_path / "out", family="afmoe")
     hf = transformers.AfmoeForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
-    assert assert_same_logits_and_choices(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
+    assert assert_same_routed_logits(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4

@@ -309,7 +309,7 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         ("softplus output gate per head", ["gate = F.softplus(g.to(torch.promote_types(g.dtype, torch.float32)))"]),
         (
             "layers with and without sinks, value scale (MiMo-V2-Flash)",
-            ["v = v * self.value_scale", "if sinks is None:", "value_scale=0.7", "sinks=sinks"],
+            ["v = v * self.value_scale", "if sinks is not None:", "value_scale=0.7", "sinks=sinks"],
         ),
         (
             "layers of their own rotated dims and rope base (Laguna)",

@@ -17,6 +17,7 @@ from moec.nn.moe import LoRAExperts  # noqa: E402
 from moec.smoke.scale import fit  # noqa: E402
 from moec.spec import load_model  # noqa: E402
 from moec.spec.plan import MoEPlan, RopeScalingPlan  # noqa: E402
+from tests.nn._decode import decoded, prefill_then_ones  # noqa: E402
 
 # the shipped specs moec.nn builds (an encoder-decoder spec is counted, not built: tests/nn/test_build.py)
 SPECS = [
@@ -64,23 +65,12 @@ def model_of(plan):  # type: ignore[no-untyped-def]
 TOKENS = torch.randint(256, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
 
-def decoded(model, tokens, steps: list[int]):  # type: ignore[no-untyped-def]
-    """Logits of ``tokens`` fed through one cache in calls of ``steps`` tokens each (a prefill, then decode)."""
-    cache = model.new_cache(tokens.shape[0], tokens.shape[1])
-    outs, start = [], 0
-    with torch.no_grad():
-        for n in steps:
-            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
-            start += n
-    return torch.cat(outs, dim=1)
-
-
 def full(model, tokens):  # type: ignore[no-untyped-def]
     with torch.no_grad():
         return model(tokens)[0]
 
 
-PREFILL_THEN_DECODE = [5] + [1] * (SEQ - 5)
+PREFILL_THEN_DECODE = prefill_then_ones(5, SEQ)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

@@ -11,6 +11,7 @@ from moec.analyze import analyze
 from moec.nn import build_model
 from moec.nn.hyper import HyperConnection, HyperHead
 from moec.spec.hyper import HyperConnectionsPlan
+from tests.nn._decode import decoded
 from tests.tiny_specs import TINY_MOE, tiny_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -178,9 +179,7 @@ def test_cached_decode_gives_the_full_forwards_logits() -> None:
     model = randomised(build_model(plan, dtype=torch.float64), seed=13).eval()
     tokens = torch.randint(0, plan.vocab_size, (2, 6))
     full, _ = model(tokens)
-    cache = model.new_cache(2, 6)
-    steps = [model(tokens[:, i : i + 1], cache, i)[0] for i in range(6)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    torch.testing.assert_close(decoded(model, tokens, [1] * 6), full)
 
 
 def test_code_generator_refuses_hyper_connections_by_name() -> None:

@@ -18,6 +18,7 @@ from moec.nn.rope import RotaryEmbedding
 from moec.smoke.scale import fit
 from moec.spec import load_model
 from moec.spec.plan import AttentionPlan, NormPlan, PositionsPlan
+from tests.nn._decode import decoded, prefill_then_ones
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -198,18 +199,7 @@ def model_of(plan):  # type: ignore[no-untyped-def]
     return model.eval()
 
 
-PREFILL_THEN_ONES = [5] + [1] * (SEQ - 5)  # a 5-token prompt, then one token a step
-
-
-def decoded(model, tokens: torch.Tensor, steps: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """The logits of a cached decode fed ``steps[i]`` tokens at its i-th call (the steps sum to the sequence)."""
-    cache = model.new_cache(*tokens.shape)
-    outs, start = [], 0
-    with torch.no_grad():
-        for n in steps:
-            outs.append(model(tokens[:, start : start + n], cache=cache, start=start)[0])
-            start += n
-    return torch.cat(outs, dim=1)
+PREFILL_THEN_ONES = prefill_then_ones(5, SEQ)  # a 5-token prompt, then one token a step
 
 
 @pytest.mark.parametrize("window", [None, 6])

@@ -14,6 +14,7 @@ from moec.analyze.report import analyze  # noqa: E402
 from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
+from tests.nn._decode import decoded  # noqa: E402
 
 SPEC = """\
 name: t
@@ -89,9 +90,7 @@ def test_layers_with_their_own_rotary_width_and_base_rotate_that_many_dims():
     # a cached decode, token by token, reads each layer's own tables: the full forward's logits
     tokens = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(2))
     full, _ = model(tokens)
-    cache = model.new_cache(2, 6)
-    steps = [model(tokens[:, t : t + 1], cache, t)[0] for t in range(6)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(decoded(model, tokens, [1] * 6), full, rtol=1e-9, atol=1e-9)
     # 0 parameters, and the plan carries it (analyze's params equal the plain spec's)
     assert analyze(plan).params.total == analyze(plan_of()).params.total
 

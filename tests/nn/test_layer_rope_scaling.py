@@ -17,6 +17,7 @@ from moec.nn import build_model  # noqa: E402
 from moec.nn.model import rotary_table  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
 from moec.spec.plan import plan_from_dict  # noqa: E402
+from tests.nn._decode import decoded  # noqa: E402
 
 YARN = "{kind: yarn, factor: 4.0, original_max_seq_len: 16, beta_fast: 8.0}"
 SPEC = """\
@@ -70,9 +71,7 @@ def test_the_cached_decode_reads_each_layers_own_tables():
     ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids)[0]
-        cache = model.new_cache(1, 20)
-        steps = torch.cat([model(ids[:, i : i + 1], cache, i)[0] for i in range(20)], dim=1)
-    torch.testing.assert_close(steps, full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(decoded(model, ids, [1] * 20), full, rtol=1e-10, atol=1e-10)
 
 
 def test_a_layers_own_scaling_counts_nothing_and_survives_the_resolved_plan():

@@ -14,6 +14,7 @@ from moec.analyze.report import analyze  # noqa: E402
 from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
+from tests.nn._decode import decoded  # noqa: E402
 
 SPEC = """\
 name: t
@@ -68,9 +69,7 @@ def test_value_scale_reaches_the_cached_values():
     model = built(plan_of(", value_scale: 0.5"))
     ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
     full = model(ids)[0]  # (1, 6, V)
-    cache = model.new_cache(1, 6)
-    steps = [model(ids[:, i : i + 1], cache=cache, start=i)[0] for i in range(6)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(decoded(model, ids, [1] * 6), full, rtol=1e-10, atol=1e-10)
 
 
 def test_a_layer_turns_sinks_on_for_itself_alone():

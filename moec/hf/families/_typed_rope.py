@@ -30,8 +30,7 @@ PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")
 class TypedRope:
     """What one family's configuration and rotary classes do: ``name`` prefixes its classes (``Laguna``),
     ``default_rope`` is the mapping __post_init__ sets when rope_parameters is unset, ``factor_of`` a type's
-    rotated fraction when its mapping gives none; ``proposal`` what a family that refuses differing scalings
-    itself proposes instead; ``release_scaling`` the top-level field a release without rope_parameters scales the
+    rotated fraction when its mapping gives none; ``release_scaling`` the top-level field a release without rope_parameters scales the
     reference type by (Step's rope_scaling), which the family's rope_per_type folded into the mappings: it and
     rope_theta (a list per layer there) are kept from the base's rope reader, and the reader's problems with the
     reference mapping are located at it. ``partial`` false: the attention rotates whole heads whatever width the
@@ -41,7 +40,6 @@ class TypedRope:
     name: str
     default_rope: dict[str, dict[str, Any]]
     factor_of: Callable[[dict[str, Any]], float]
-    proposal: str = ""
     release_scaling: str = ""
     partial: bool = True
 

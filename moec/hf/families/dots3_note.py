@@ -78,7 +78,6 @@ WRAPPER_DEFAULTS = {
     "tie_word_embeddings": False,
 }  # fmt: skip
 DEFAULTS = {**TEXT_DEFAULTS, **WRAPPER_DEFAULTS}
-# the legacy keyword arguments Dots3NoteTextConfig.__post_init__ pops and turns into its fields
 # the sliding layers' MLA sizes when neither swa_* nor per_layer_config gives them (Dots3NoteTextConfig)
 SWA_GEOMETRY = {"num_attention_heads": 64, "num_key_value_heads": 64, "q_lora_rank": 1024, "kv_lora_rank": 1024,
                 "head_dim": 256, "qk_nope_head_dim": 192, "v_head_dim": 128}  # fmt: skip

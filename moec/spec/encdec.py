@@ -136,6 +136,8 @@ def _encoder_layer_problems(enc: EncoderSection) -> list[tuple[Path, str]]:
             out.append(
                 ((*path, "attention"), "encoder self-attention is the attention section's, over the whole source")
             )
+        if getattr(entry, "moe", None) is not None:  # moec.spec.moe_override plans the decoder layers' own MoE only
+            out.append(((*path, "moe"), "an encoder layer's MoE is the moe section's (a layer's own: decoder only)"))
         if hasattr(entry, "select"):
             out += [((*path, "select"), message) for message in _select_problems(entry.select, n)]
     return out

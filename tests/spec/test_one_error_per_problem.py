@@ -70,3 +70,27 @@ def test_a_value_no_member_of_a_union_takes_is_one_error_naming_each_member():
     assert problems(text) == [
         "13:46 layers.default.attention.indexer: 'yes': input should be a valid boolean, or input should be 'shared'"
     ]
+
+
+ENCODER_DECODER = """\
+moec: 1
+name: t
+model: {vocab_size: 256, d_model: 64, n_layers: 2, max_seq_len: 64, positions: {kind: none}}
+attention: {n_heads: 4}
+moe: {n_experts: 4, d_ff: 32, router: {top_k: 1}}
+layers: {default: {ffn: moe}}
+encoder:
+  n_layers: 2
+  layers:
+    default: {ffn: moe}
+    overrides: [{select: [1], moe: {activation: swiglu_limit, activation_limit: 3}}]
+"""
+
+
+def test_an_encoder_layers_own_moe_is_refused_not_ignored():
+    """The encoder's layers plan the moe section itself; a layer's own activation there would be dropped silently."""
+    # line 11: "    overrides: [{select: [1], moe: {...}}]", the moe mapping at column 36
+    assert problems(ENCODER_DECODER) == [
+        "11:36 encoder.layers.overrides[0].moe: an encoder layer's MoE is the moe section's (a layer's own: decoder "
+        "only)"
+    ]

@@ -1,6 +1,7 @@
-"""Beam's three small features against plain oracles written here: the output gate's own bias, one per head
-(attention.output_gate_bias), the power form of the NoPE query temperature (attention.temperature_tuning.form) and
-depth-scaled residual adds (model.depth_scaled_residual); their counts by hand and each one's validation, located."""
+"""Beam's three small features against plain oracles (the causal GQA of tests/nn/_gqa.py): the output gate's own bias,
+one per head (attention.output_gate_bias), the power form of the NoPE query temperature
+(attention.temperature_tuning.form) and depth-scaled residual adds (model.depth_scaled_residual); their counts by
+hand and each one's validation, located."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.plan.tensors import model_tensors  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
+from tests.nn._gqa import naive_gqa, perturbed  # noqa: E402
 
 SPEC = """\
 name: t
@@ -31,38 +33,16 @@ def plan_of(model: str = "", attn: str = "", layers: str = ""):  # type: ignore[
     )
 
 
-def built(plan):  # type: ignore[no-untyped-def]
-    m = build_model(plan, dtype=torch.float64, seed=0)
-    with torch.no_grad():
-        for p in m.parameters():  # away from init (the gate bias starts at 0), so that every weight matters
-            p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
-    return m
-
-
-def naive_attention(att, x, q_scale=None):  # type: ignore[no-untyped-def]
-    """Causal GQA without positions, 4 query heads over 2 KV heads of 8 dims: softmax(q·kᵀ/√8) v, the queries
-    times q_scale (S,) first when given."""
-    B, S, _ = x.shape
-    q = att.q_proj(x).view(B, S, 4, 8)
-    k = att.k_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
-    v = att.v_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
-    if q_scale is not None:
-        q = q * q_scale[None, :, None, None]
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
-    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)  # (B, S, h, hd)
-
-
 NOPE = ", positions: {kind: none}"
 
 
 def test_a_head_bias_joins_every_gate_logit_of_its_head_before_the_sigmoid():
     plan = plan_of(model=NOPE, attn=", output_gate: element, output_gate_bias: head")
-    att = built(plan).layers[0].attn
+    att = perturbed(plan).layers[0].attn
     assert att.gate_proj.bias is None and att.gate_bias.shape == (4,)
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     logits = (x @ att.gate_proj.weight.T).view(2, 5, 4, 8) + att.gate_bias.view(1, 1, 4, 1)
-    gated = naive_attention(att, x) / (1 + torch.exp(-logits))  # the sigmoid by its definition
+    gated = naive_gqa(att, x) / (1 + torch.exp(-logits))  # the sigmoid by its definition
     torch.testing.assert_close(att(x), gated.reshape(2, 5, 32) @ att.o_proj.weight.T, rtol=1e-12, atol=1e-12)
 
 
@@ -92,11 +72,11 @@ def test_the_power_temperature_scales_the_queries_of_its_layers_by_a_power_of_th
     tt = ", temperature_tuning: {floor_scale: 3.0, scale: 0.5, form: power}"
     layers = "layers: {overrides: [{select: {layers: [0]}, attention: {temperature_tuning: false}}]}"
     plan = plan_of(model=NOPE, attn=tt, layers=layers)
-    model = built(plan)
+    model = perturbed(plan)
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     scale = torch.tensor([(1 + (p + 1) / 3.0) ** 0.5 for p in range(7)], dtype=torch.float64)
     for att, want in ((model.layers[0].attn, None), (model.layers[1].attn, scale)):
-        y = naive_attention(att, x, want).reshape(2, 7, 32) @ att.o_proj.weight.T
+        y = naive_gqa(att, x, q_scale=want).reshape(2, 7, 32) @ att.o_proj.weight.T
         torch.testing.assert_close(att(x), y, rtol=1e-6, atol=1e-6)  # the multiplier is fp32, as transformers'
 
     assert analyze(plan).params.total == analyze(plan_of(model=NOPE)).params.total  # a multiplier, no weights
@@ -116,7 +96,7 @@ def test_depth_scaled_adds_weigh_the_residual_and_the_branch_by_their_add_index(
     """Layer i's mixer is the (2i+2)-th add (the embedding the first), its FFN the (2i+3)-th: x·√((n−1)/n) + f/√n,
     composed here from the block's own sublayers."""
     plan = plan_of(model=f"{NOPE}, norm: {{placement: {placement}}}, depth_scaled_residual: true")
-    model = built(plan)
+    model = perturbed(plan)
     x = torch.randn(2, 5, 16, dtype=torch.float64)
 
     def branch(block, norm, f, post, h):  # type: ignore[no-untyped-def]
@@ -177,6 +157,6 @@ def test_the_generated_model_py_gives_the_library_logits(model, attn, tmp_path):
     """moec build renders both (tests/codegen/test_features_13.py holds them against moec.nn in more variants)."""
     from tests.hf.families._harness import assert_generated_model_gives_the_library_logits
 
-    m = built(plan_of(model=model, attn=attn)).float().eval()
+    m = perturbed(plan_of(model=model, attn=attn)).float().eval()
     tokens = torch.randint(0, m.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     assert_generated_model_gives_the_library_logits(m, tokens, tmp_path)

@@ -1,10 +1,10 @@
-"""Laguna's three small features against plain oracles written here: the softplus attention output gate
-(attention.output_gate_fn), a layer's own rotary width (layers.*.attention.rotary_dim, keyed with its RoPE base)
-and the router's logit softcap (moe.router.logit_softcap); each one's validation, located."""
+"""Laguna's three small features against plain oracles (the causal GQA of tests/nn/_gqa.py): the softplus attention
+output gate (attention.output_gate_fn), a layer's own rotary width (layers.*.attention.rotary_dim, keyed with its
+RoPE base) and the router's logit softcap (moe.router.logit_softcap); each one's validation, located."""
 
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import pytest
 
@@ -15,6 +15,7 @@ from moec.errors import SpecError  # noqa: E402
 from moec.nn import build_model  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
 from tests.nn._decode import decoded  # noqa: E402
+from tests.nn._gqa import naive_gqa, perturbed  # noqa: E402
 
 SPEC = """\
 name: t
@@ -31,14 +32,6 @@ def plan_of(model: str = "", attn: str = "", layers: str = "", moe: str = ""):  
     return resolve(load_spec("t.yaml", text=text))
 
 
-def built(plan):  # type: ignore[no-untyped-def]
-    m = build_model(plan, dtype=torch.float64, seed=0)
-    with torch.no_grad():
-        for p in m.parameters():  # away from init, so that every weight matters
-            p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
-    return m
-
-
 def rotate(x, theta: float, rot: int):  # type: ignore[no-untyped-def]
     """x (B, S, h, hd): the first rot dims rotate in pairs (i, i + rot/2) by angle pos·theta^(-2i/rot)."""
     S = x.shape[1]
@@ -49,26 +42,13 @@ def rotate(x, theta: float, rot: int):  # type: ignore[no-untyped-def]
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s, rest), dim=-1)
 
 
-def naive_attention(att, x, theta: float | None = None, rot: int = 8):  # type: ignore[no-untyped-def]
-    """Causal GQA, 4 query heads over 2 KV heads of 8 dims, softmax(q·kᵀ/√8) v, rotated when theta is given."""
-    B, S, _ = x.shape
-    q = att.q_proj(x).view(B, S, 4, 8)
-    k = att.k_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
-    v = att.v_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
-    if theta is not None:
-        q, k = rotate(q, theta, rot), rotate(k, theta, rot)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
-    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)  # (B, S, h, hd)
-
-
 @pytest.mark.parametrize("gate", ["element", "head"])
 def test_the_softplus_output_gate_scales_each_head_or_element_by_log1p_exp_of_its_projection(gate):
     plan = plan_of(model=", positions: {kind: none}", attn=f", output_gate: {gate}, output_gate_fn: softplus")
-    att = built(plan).layers[0].attn
+    att = perturbed(plan).layers[0].attn
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     g = torch.log1p(torch.exp(x @ att.gate_proj.weight.T))  # softplus by its definition, (B, S, h·hd | h)
-    gated = naive_attention(att, x) * g.view(2, 5, 4, -1)
+    gated = naive_gqa(att, x) * g.view(2, 5, 4, -1)
     torch.testing.assert_close(att(x), gated.reshape(2, 5, 32) @ att.o_proj.weight.T, rtol=1e-12, atol=1e-12)
     # the function adds nothing to count: same parameters and FLOPs as the sigmoid gate
     sigmoid = analyze(plan_of(model=", positions: {kind: none}", attn=f", output_gate: {gate}"))
@@ -80,11 +60,11 @@ def test_layers_with_their_own_rotary_width_and_base_rotate_that_many_dims():
     layers = "layers: {overrides: [{select: {layers: [1]}, attention: {rotary_dim: 4, rope_theta: 500000.0}}]}"
     plan = plan_of(layers=layers)
     assert [lp.attention.rotary_dim for lp in plan.layers] == [None, 4]
-    model = built(plan)
+    model = perturbed(plan)
     x = torch.randn(2, 6, 16, dtype=torch.float64)
     for i, (theta, rot) in enumerate([(plan.positions.theta, 8), (500000.0, 4)]):
         att = model.layers[i].attn
-        want = naive_attention(att, x, theta, rot).reshape(2, 6, 32) @ att.o_proj.weight.T
+        want = naive_gqa(att, x, rotate=partial(rotate, theta=theta, rot=rot)).reshape(2, 6, 32) @ att.o_proj.weight.T
         cos, sin = model.layer_rotary[(500000.0, 4)](6, x.device, x.dtype) if i else model.rotary(6, x.device, x.dtype)
         torch.testing.assert_close(att(x, (cos, sin)), want, rtol=1e-6, atol=1e-6)  # the tables are fp32
     # a cached decode, token by token, reads each layer's own tables: the full forward's logits
@@ -101,7 +81,7 @@ MOE = "moe: {n_experts: 4, d_ff: 8, router: {top_k: 2, score: sigmoid, normalize
 
 def test_the_router_logit_softcap_caps_logits_with_tanh_before_the_score_and_the_choice():
     plan = plan_of(moe=MOE.replace("CAP", ", logit_softcap: 0.5"), layers=ON_MOE)
-    router = built(plan).layers[0].ffn.router
+    router = perturbed(plan).layers[0].ffn.router
     x = torch.randn(7, 16, dtype=torch.float64)
     logits = x @ router.weight.T
     capped = 0.5 * torch.tanh(logits / 0.5)

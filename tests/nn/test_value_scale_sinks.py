@@ -1,10 +1,8 @@
-"""MiMo-V2-Flash's two attention options against plain oracles written here: the constant on the values
-(attention.value_scale) and a layer's own attention sinks (layers.*.attention.sinks); their counts by hand and their
-validation, located. (The generated model.py renders both: tests/codegen.)"""
+"""MiMo-V2-Flash's two attention options against plain oracles (the causal GQA of tests/nn/_gqa.py): the constant on
+the values (attention.value_scale) and a layer's own attention sinks (layers.*.attention.sinks); their counts by
+hand and their validation, located. (The generated model.py renders both: tests/codegen.)"""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
@@ -12,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from moec.analyze.report import analyze  # noqa: E402
 from moec.errors import SpecError  # noqa: E402
-from moec.nn import build_model  # noqa: E402
 from moec.spec import load_spec, resolve  # noqa: E402
 from tests.nn._decode import decoded  # noqa: E402
+from tests.nn._gqa import naive_gqa, perturbed, through_o_proj  # noqa: E402
 
 SPEC = """\
 name: t
@@ -29,44 +27,21 @@ def plan_of(attn: str = "", layers: str = ""):  # type: ignore[no-untyped-def]
     return resolve(load_spec("t.yaml", text=SPEC.replace("ATTN", attn).replace("LAYERS", layers)))
 
 
-def built(plan):  # type: ignore[no-untyped-def]
-    m = build_model(plan, dtype=torch.float64, seed=0)
-    with torch.no_grad():
-        for p in m.parameters():  # away from init (sinks start at 0), so that every weight matters
-            p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
-    return m
-
-
-def naive_attention(att, x, value_scale: float = 1.0, sinks=None):  # type: ignore[no-untyped-def]
-    """Causal GQA, 4 query heads over 2 KV heads of 8 dims: softmax(q·kᵀ/√8) over the keys and, with sinks, one
-    extra logit per head that takes probability mass and contributes no value; values times value_scale."""
-    B, S, _ = x.shape
-    q = att.q_proj(x).view(B, S, 4, 8)
-    k = att.k_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2)
-    v = att.v_proj(x).view(B, S, 2, 8).repeat_interleave(2, dim=2) * value_scale
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
-    scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
-    e = scores.exp()  # (B, h, S, S)
-    denominator = e.sum(-1, keepdim=True)
-    if sinks is not None:
-        denominator = denominator + sinks.exp().view(1, 4, 1, 1)
-    y = torch.einsum("bhqk,bkhd->bqhd", e / denominator, v)  # (B, S, h, hd)
-    return y.reshape(B, S, 32) @ att.o_proj.weight.T
-
-
 def test_value_scale_multiplies_the_values_and_counts_nothing():
     plan = plan_of(", value_scale: 0.707")
-    att = built(plan).layers[0].attn
+    att = perturbed(plan).layers[0].attn
     x = torch.randn(2, 5, 16, dtype=torch.float64)
-    torch.testing.assert_close(att(x), naive_attention(att, x, value_scale=0.707), rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(att(x), naive_attention(att, x))  # the scale is applied, not ignored
+    torch.testing.assert_close(
+        att(x), through_o_proj(att, naive_gqa(att, x, value_scale=0.707)), rtol=1e-12, atol=1e-12
+    )
+    assert not torch.allclose(att(x), through_o_proj(att, naive_gqa(att, x)))  # the scale is applied, not ignored
     plain = analyze(plan_of())
     assert analyze(plan).params.total == plain.params.total  # a constant, no parameter
     assert analyze(plan).flops == plain.flops  # elementwise: 0 FLOPs by the conventions
 
 
 def test_value_scale_reaches_the_cached_values():
-    model = built(plan_of(", value_scale: 0.5"))
+    model = perturbed(plan_of(", value_scale: 0.5"))
     ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
     full = model(ids)[0]  # (1, 6, V)
     torch.testing.assert_close(decoded(model, ids, [1] * 6), full, rtol=1e-10, atol=1e-10)
@@ -75,12 +50,12 @@ def test_value_scale_reaches_the_cached_values():
 def test_a_layer_turns_sinks_on_for_itself_alone():
     plan = plan_of(layers="layers: {overrides: [{select: [1], attention: {sinks: true}}]}")
     assert [lp.attention.sinks for lp in plan.layers] == [False, True]
-    model = built(plan)
+    model = perturbed(plan)
     assert model.layers[0].attn.sinks is None
     att = model.layers[1].attn
     x = torch.randn(2, 5, 16, dtype=torch.float64)
-    torch.testing.assert_close(att(x), naive_attention(att, x, sinks=att.sinks), rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(att(x), naive_attention(att, x))  # the sinks take mass
+    torch.testing.assert_close(att(x), through_o_proj(att, naive_gqa(att, x, sinks=att.sinks)), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(att(x), through_o_proj(att, naive_gqa(att, x)))  # the sinks take mass
     # one sink logit per query head, on the one layer that has them
     assert analyze(plan).params.total == analyze(plan_of()).params.total + 4
 

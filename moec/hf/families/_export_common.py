@@ -151,9 +151,9 @@ def export_qwen_moe(m: ResolvedModel, family: Family) -> tuple[dict[str, Any], M
     return cfg, e
 
 
-def deepseek_mla_fields(a: AttentionPlan, e: MoEPlan, f: DenseFFNPlan | None) -> dict[str, Any]:
-    """What DeepSeek-V2/V3 and DeepSeek-V3.2 (GLM-MoE-DSA) write alike: the MLA (every head its own KV head),
-    the dense and MoE widths (with no dense layer, 4 × the expert width) and the experts."""
+def mla_fields(a: AttentionPlan) -> dict[str, Any]:
+    """The MLA fields every DeepSeek-style config writes under DeepSeek's names (every head its own KV head, no
+    biases): DeepSeek-V2/V3 and its copies, Kimi-Linear, Ling."""
     return dict(
         num_key_value_heads=a.n_heads,
         q_lora_rank=a.q_lora_rank,
@@ -162,6 +162,14 @@ def deepseek_mla_fields(a: AttentionPlan, e: MoEPlan, f: DenseFFNPlan | None) ->
         qk_rope_head_dim=a.qk_rope_head_dim,
         v_head_dim=a.v_head_dim,
         attention_bias=False,
+    )
+
+
+def deepseek_mla_fields(a: AttentionPlan, e: MoEPlan, f: DenseFFNPlan | None) -> dict[str, Any]:
+    """What DeepSeek-V2/V3 and DeepSeek-V3.2 (GLM-MoE-DSA) write alike: the MLA (:func:`mla_fields`), the dense
+    and MoE widths (with no dense layer, 4 × the expert width) and the experts."""
+    return dict(
+        **mla_fields(a),
         intermediate_size=f.d_ff if f else e.d_ff * 4,
         moe_intermediate_size=e.d_ff,
         n_routed_experts=e.n_experts,

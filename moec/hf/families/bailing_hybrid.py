@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import LINEAR_FULL_TYPES, base, defaults, linear_full_layer_types, mla
-from moec.hf.families._export_common import export_base, one
+from moec.hf.families._export_common import export_base, mla_fields, one
 from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_activation, kda_tensor, moe_block
 from moec.hf.mapper import Mapper
 from moec.mixers.kda import KDASection
@@ -125,13 +125,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         raise CannotExport("has MLA with a sigmoid gate per head only (attention.output_gate: head)")
     cfg = export_base(m, FAMILY, nope=False)
     cfg.update(
-        num_key_value_heads=attn.n_heads,
-        q_lora_rank=attn.q_lora_rank,
-        kv_lora_rank=attn.kv_lora_rank,
-        qk_nope_head_dim=attn.qk_nope_head_dim,
-        qk_rope_head_dim=attn.qk_rope_head_dim,
-        v_head_dim=attn.v_head_dim,
-        attention_bias=False,
+        **mla_fields(attn),
         layer_types=[_LINEAR if k == "kda" else _FULL for k in kinds],
         num_nextn_predict_layers=0,
     )

@@ -43,7 +43,7 @@ from moec.hf.families._common import (
     moe_core,
     shared_experts,
 )
-from moec.hf.families._export_common import dense_plan, export_base, moe_plan, one
+from moec.hf.families._export_common import dense_plan, export_base, mla_fields, moe_plan, one
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
@@ -258,13 +258,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     del cfg["rope_theta"], cfg["rope_scaling"]
     cfg["model_max_length"] = cfg.pop("max_position_embeddings")
     cfg.update(
-        num_key_value_heads=attn.n_heads,
-        q_lora_rank=attn.q_lora_rank,
-        kv_lora_rank=attn.kv_lora_rank,
-        qk_nope_head_dim=attn.qk_nope_head_dim,
-        qk_rope_head_dim=attn.qk_rope_head_dim,
-        v_head_dim=attn.v_head_dim,
-        attention_bias=False,
+        **mla_fields(attn),
         mla_use_nope=True,
         linear_attn_config=_export_kda(m, kinds),
     )

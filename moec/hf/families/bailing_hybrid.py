@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
 from moec.hf.families._common import LINEAR_FULL_TYPES, base, defaults, linear_full_layer_types, mla
-from moec.hf.families._export_common import export_base, mla_fields, one
-from moec.hf.families.kimi_linear import ALIASES, export_moe_block, kda_activation, kda_tensor, moe_block
+from moec.hf.families._export_common import export_base, mla_fields
+from moec.hf.families.kimi_linear import (
+    ALIASES,
+    export_kda_plan,
+    export_moe_block,
+    kda_activation,
+    kda_tensor,
+    moe_block,
+)
 from moec.hf.mapper import Mapper
-from moec.mixers.kda import KDASection
 from moec.spec.plan import LayerPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -137,15 +143,11 @@ def export(m: ResolvedModel) -> dict[str, Any]:
 
 def _export_kda(m: ResolvedModel, heads: int) -> dict[str, Any]:
     """head_dim, short_conv_kernel_size and the gate of KDA as BailingHybridDeltaAttention builds it."""
-    p = one([lp.mixer for lp in m.layers if lp.mixer_kind == "kda"], "the KDA section")
+    p = export_kda_plan(m)
     if p.n_heads != heads:
         raise CannotExport(f"has as many KDA heads as attention heads (spec: {p.n_heads} and {heads})")
     if p.decay_rank or p.gate_rank:
         raise CannotExport("builds KDA's decay and output-gate projections at full rank (decay_rank, gate_rank 0)")
-    if p.norm_eps != m.norm.eps:
-        raise CannotExport(f"uses rms_norm_eps for KDA's output norm (spec: {p.norm_eps} and {m.norm.eps})")
-    if p.chunk != KDASection.model_fields["chunk"].default:
-        raise CannotExport("has no field for KDA's chunk (a compute choice: its import takes the default)")
     bounded = p.decay == "bounded_sigmoid"
     out = {"head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel, "kda_safe_gate": bounded}
     return out | ({"kda_lower_bound": p.decay_lower_bound} if bounded else {})

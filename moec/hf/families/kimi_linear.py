@@ -48,6 +48,7 @@ from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.mapper import Mapper
 from moec.mixers.kda import KDASection
+from moec.mixers.kda import Plan as KDAPlan
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -275,16 +276,23 @@ def _export_kda(m: ResolvedModel, kinds: list[str]) -> dict[str, Any]:
     }
     if "kda" not in kinds:
         return out
-    p = one([lp.mixer for lp in m.layers if lp.mixer_kind == "kda"], "the KDA section")
+    p = export_kda_plan(m)
     if p.decay != "softplus":
         raise CannotExport(f"has KDA's softplus decay only (spec: {p.decay})")
     if p.decay_rank != p.head_dim or p.gate_rank != p.head_dim:
         raise CannotExport("builds KDA's decay and output-gate projections of rank head_dim")
+    return out | {"num_heads": p.n_heads, "head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel}
+
+
+def export_kda_plan(m: ResolvedModel) -> KDAPlan:
+    """The KDA layers' one plan, where Kimi-Linear's and Ling's configs can say it: its output norm's eps is
+    rms_norm_eps, its chunk the one the import takes (neither config has a field for either)."""
+    p = one([lp.mixer for lp in m.layers if lp.mixer_kind == "kda"], "the KDA section")
     if p.norm_eps != m.norm.eps:
         raise CannotExport(f"uses rms_norm_eps for KDA's output norm (spec: {p.norm_eps} and {m.norm.eps})")
     if p.chunk != KDASection.model_fields["chunk"].default:
         raise CannotExport("has no field for KDA's chunk (a compute choice: its import takes the default)")
-    return out | {"num_heads": p.n_heads, "head_dim": p.head_dim, "short_conv_kernel_size": p.conv_kernel}
+    return p
 
 
 def export_moe_block(m: ResolvedModel, cfg: dict[str, Any]) -> None:

@@ -115,13 +115,12 @@ def translate(c: HFConfig, d: Draft) -> None:
     _refused(t, d)
     _release_fields(t, d)
     c.value("image_token_id")
-    c.value("projector_bias")
     for key in ("mtp_layer_types", "mtp_mlp_layer_types"):
         t.value(key)  # the MTP layers' own types: transformers builds them only for generate(use_mtp=True)
     note = d.fields["model.n_layers"][1]
     if n_mtp:
         note += f"; num_nextn_predict_layers {n_mtp}: transformers builds none (ignored)"
-    tower = vision_params(c.mapping("vision_config"), c.value("projector_bias"), d.get("model.d_model"))
+    tower = vision_params(c.mapping("vision_config"), c.bool("projector_bias"), d.get("model.d_model"))
     left_out = "the vision tower and its projector (vision_config" + (f": {tower:,} parameters" if tower else "") + ")"
     d.put("model.n_layers", d.n_layers, f"{note}; left out: {left_out}, which act on image inputs only")
 
@@ -343,7 +342,7 @@ def _release_fields(t: HFConfig, d: Draft) -> None:
         ignored(t, d, "Step3p7Text", "max_seq_len", lambda v: v == d.get("model.max_seq_len"), "model.max_seq_len")
 
 
-def vision_params(vision: dict[str, Any], projector_bias: Any, d_text: Any) -> int | None:
+def vision_params(vision: dict[str, Any], projector_bias: bool | None, d_text: Any) -> int | None:
     """Parameters of Step3p7VisionModel and the projector (None where a size is not a positive integer): the
     Conv2d patch embedding (no bias), the learned position table, the pre LayerNorm, each block's two LayerNorms,
     biased q/k/v/out, a biased two-matrix MLP of int(hidden_size · mlp_ratio) and two layer scales, two biased
@@ -356,7 +355,7 @@ def vision_params(vision: dict[str, Any], projector_bias: Any, d_text: Any) -> i
     embed = v["num_channels"] * v["patch_size"] ** 2 * h + (v["image_size"] // v["patch_size"]) ** 2 * h + 2 * h
     block = 4 * h + 4 * (h * h + h) + 2 * h * inner + inner + h + 2 * h
     convs = 9 * h * 2 * h + 2 * h + 9 * 2 * h * 4 * h + 4 * h
-    projector = 4 * h * d_text + (d_text if projector_bias is True else 0)
+    projector = 4 * h * d_text + (d_text if projector_bias else 0)
     return embed + v["num_hidden_layers"] * block + convs + projector
 
 

@@ -171,6 +171,11 @@ def test_text_fields_that_would_change_the_model_are_refused(change, field):
     assert refused_fields(cfg) == [field]
 
 
+def test_a_projector_bias_that_is_no_bool_is_refused_located():
+    """The wrapper's own field (the projector left out has a bias or not): it was read as any value, silently."""
+    assert refused_fields({**STEP_37_FLASH, "projector_bias": "x"}) == ["projector_bias"]
+
+
 # A tiny Step-3.7: a dense first layer then MoE (8 experts, top 2, scale 2.5, a shared MLP of another width), full
 # layers with 4 heads rotating half of head_dim 16 at base 5e6, sliding layers (window 4) with 6 heads rotating all
 # of it at 1e4, a query_pre_attn_scalar other than head_dim, one MTP layer (not built), a one-block tower.

@@ -179,14 +179,15 @@ class AttentionLayer(nn.Module):
     gate_bias: nn.Parameter | None
     o_proj: nn.Linear
 
-    def make_output_gate(self, d_model: int, *, bias: bool, device=None, dtype=None) -> None:
+    def make_output_gate(self, d_model: int, *, device=None, dtype=None) -> None:
         """``self.gate_proj``: the output gate's projection of the layer input (Qwen3-Next, Ling 3), one gate per
-        element of each head's values or per head (AttentionPlan.gate_width); None without a gate. ``bias``: the
-        projection's own (attention.output_gate_bias qkv); with ``head``, ``self.gate_bias`` holds one per head,
-        added to each of the head's gate logits (Beam), zero to start as transformers initialises it."""
+        element of each head's values or per head (AttentionPlan.gate_width); None without a gate. It has a bias of
+        its own where q/k/v have one (attention.output_gate_bias qkv; never in MLA, which has none); with ``head``,
+        ``self.gate_bias`` holds one per head, added to each of the head's gate logits (Beam), zero to start as
+        transformers initialises it."""
         p = self.plan
         width = p.gate_width
-        own_bias = bias and p.output_gate_bias == "qkv"
+        own_bias = p.bias and p.output_gate_bias == "qkv"
         self.gate_proj = Linear(d_model, width, bias=own_bias, device=device, dtype=dtype) if width else None
         head_bias = width and p.output_gate_bias == "head"
         self.gate_bias = nn.Parameter(torch.zeros(p.n_heads, device=device, dtype=dtype)) if head_bias else None
@@ -262,7 +263,7 @@ class Attention(AttentionLayer):
         self.k_norm = make_norm(norm, hd if per_head else kv * hd, **kw) if learned else None
         self.norm_eps = norm.eps
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
-        self.make_output_gate(d_model, bias=plan.bias, **kw)
+        self.make_output_gate(d_model, **kw)
         self.scale = plan.scale if plan.scale is not None else 1 / math.sqrt(hd)
         self.reset_parameters()
 

@@ -89,7 +89,7 @@ class MLA(AttentionLayer):
         self.k_rope_only_layernorm = make_norm(norm, rope, **kw) if plan.rope_key_norm else None
         self.kv_b_proj = Linear(plan.kv_lora_rank, h * (nope + dv), bias=False, **kw)
         self.o_proj = Linear(h * dv, d_model, bias=False, **kw)
-        self.make_output_gate(d_model, bias=False, **kw)  # Ling 3's per-head gate
+        self.make_output_gate(d_model, **kw)  # Ling 3's per-head gate
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.indexer = Indexer(plan, d_model, **kw) if plan.has_indexer else None  # DeepSeek-V3.2's sparse attention
         # the keys its indexer chose in its last call, (B, 1, S, T) (None: every key): what a layer of indexer_shared

@@ -105,6 +105,11 @@ CASES = {
         "            v_head_dim: 8, latent_norm_eps: 1.0e-6, latent_scales: true}",
         "attention: {n_heads: 4, n_kv_heads: 2, head_dim: 8}",
     ).replace("default: {ffn: moe}", "default: {ffn: moe}\n  overrides: [{select: [1], attention: {rotary_dim: 4}}]"),
+    # the pair block's forward takes the token ids and no rope: one line, as ruff writes it
+    "shortcut-moe pairs routed by a hash of the token ids, no positions": LONGCAT.replace("  n_zero_experts: 2\n", "")
+    .replace("router: {top_k: 3, score: softmax, scale: 6.0, selection_bias: true}", "router: {top_k: 2, kind: hash}")
+    .replace("balance: {load_balance_coeff: 0.01}", "")
+    .replace("positions: {kind: rope, theta: 10000.0}", "positions: {kind: none}"),
     "sandwich norms, mla and mtp": TINY_DEEPSEEK_V3.replace("eps: 1.0e-6}", "eps: 1.0e-6, placement: sandwich}"),
     "sandwich norms, moe and dense": variant(
         model="positions: {kind: rope}, norm: {placement: sandwich}", moe=True, overrides="{select: [0], ffn: dense}"

@@ -1,4 +1,4 @@
-"""Checks of model.block shortcut_moe_pair (LongCat-Flash), attention.latent_scales and moe.n_zero_experts (docs/conventions.md,
+"""Checks of model.block shortcut_moe_pair (LongCat-Flash) and of moe.n_zero_experts (docs/conventions.md,
 "Shortcut-MoE pair layers" and "Zero-computation experts"): what moec computes exactly with them, the rest refused
 by name."""
 
@@ -36,13 +36,6 @@ def check_block(spec: Spec, bad: Bad) -> None:
         bad(("model", "residual_multiplier"), "not supported with shortcut_moe_pair")
     if spec.mtp is not None:
         bad(("mtp",), "MTP blocks are not supported with shortcut_moe_pair")
-
-
-def check_latent_scales(spec: Spec, bad: Bad) -> None:
-    """attention.latent_scales scales MLA's query bottleneck and kv latent: MLA with q_lora_rank only."""
-    a = spec.attention
-    if a.latent_scales and (a.kind != "mla" or a.q_lora_rank is None):
-        bad(("attention", "latent_scales"), "needs kind: mla with a q_lora_rank (the latents it scales)")
 
 
 def check_zero_experts(spec: Spec, bad: Bad) -> None:

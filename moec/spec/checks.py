@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from moec.errors import Problem
 from moec.spec.beam_options import problems as beam_option_problems
-from moec.spec.block_checks import Bad, check_block, check_latent_scales, check_zero_experts
+from moec.spec.block_checks import Bad, check_block, check_zero_experts
 from moec.spec.encdec import problems as encdec_problems
 from moec.spec.gate_rotary import problems as gate_rotary_problems
 from moec.spec.hyper import problems as hyper_problems
@@ -35,6 +35,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         _check_gqa(spec, bad)
     else:
         _check_mla(spec, bad)
+    _check_mla_options(spec, bad)
     _check_attention_features(spec, bad)
     _check_partial_rotary(spec, bad)
     _check_mrope(spec, bad)
@@ -56,7 +57,6 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
     ):
         bad(path, message)
     check_block(spec, bad)
-    check_latent_scales(spec, bad)
     check_zero_experts(spec, bad)
     check_moe(spec, loc, bad)
     return out
@@ -82,10 +82,6 @@ def _check_gqa(spec: Spec, bad: Bad) -> None:
     for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "latent_norm_eps"):
         if getattr(a, f) is not None:
             bad(("attention", f), "only meaningful with attention.kind: mla")
-    if a.rope_key_norm:
-        bad(("attention", "rope_key_norm"), "only meaningful with attention.kind: mla (it norms MLA's rotary key)")
-    if a.query_gate:
-        bad(("attention", "query_gate"), "only meaningful with attention.kind: mla (it replaces MLA's q_b_proj)")
     for path, section in spec.layers.attention_sections():
         for f in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim"):
             if f in section.model_fields_set:
@@ -103,10 +99,6 @@ def _check_mla(spec: Spec, bad: Bad) -> None:
         bad(("attention", "head_dim"), "MLA head dims are qk_nope_head_dim + qk_rope_head_dim and v_head_dim")
     if a.bias or a.out_bias:
         bad(("attention", "bias"), "biases are not supported with MLA")
-    if a.rope_key_norm and not a.qk_rope_head_dim:
-        bad(("attention", "rope_key_norm"), "needs a rotary key to norm (qk_rope_head_dim > 0)")
-    if a.query_gate and (a.q_lora_rank is None or a.output_gate != "none"):
-        bad(("attention", "query_gate"), "needs q_lora_rank (it reads the query latent) and no attention.output_gate")
     if m.positions.kind == "rope" and a.qk_rope_head_dim is not None and a.qk_rope_head_dim % 2:
         bad(
             ("attention", "qk_rope_head_dim"),
@@ -121,6 +113,31 @@ def _check_mla(spec: Spec, bad: Bad) -> None:
         bad(("attention", "value_scale"), "not supported with MLA (a GQA option: MiMo-V2-Flash)")
     if a.qk_norm or _written_anywhere(spec, "qk_norm", value=True):
         bad(("attention", "qk_norm"), "MLA normalises its latents (q_a/kv_a norms); qk_norm is not supported")
+
+
+# MLA's own options: what each is (for the refusal on other kinds) and what it needs of the MLA section
+_MLA_OPTIONS = {
+    "latent_scales": "it scales MLA's latents",
+    "rope_key_norm": "it norms MLA's rotary key",
+    "query_gate": "it replaces MLA's q_b_proj",
+}
+
+
+def _check_mla_options(spec: Spec, bad: Bad) -> None:
+    """LongCat-Flash's latent_scales, Dots3's rope_key_norm and A.X-K2's query_gate: MLA only, each refused by name
+    on the other kinds, and what each needs of the MLA section."""
+    a = spec.attention
+    if a.kind != "mla":
+        for f, what in _MLA_OPTIONS.items():
+            if getattr(a, f):
+                bad(("attention", f), f"only meaningful with attention.kind: mla ({what})")
+        return
+    if a.latent_scales and a.q_lora_rank is None:
+        bad(("attention", "latent_scales"), "needs q_lora_rank (the query latent it scales)")
+    if a.rope_key_norm and not a.qk_rope_head_dim:
+        bad(("attention", "rope_key_norm"), "needs a rotary key to norm (qk_rope_head_dim > 0)")
+    if a.query_gate and (a.q_lora_rank is None or a.output_gate != "none"):
+        bad(("attention", "query_gate"), "needs q_lora_rank (it reads the query latent) and no attention.output_gate")
 
 
 def _check_attention_features(spec: Spec, bad: Bad) -> None:

@@ -94,3 +94,13 @@ def test_an_encoder_layers_own_moe_is_refused_not_ignored():
         "11:36 encoder.layers.overrides[0].moe: an encoder layer's MoE is the moe section's (a layer's own: decoder "
         "only)"
     ]
+
+
+def test_mlas_own_options_on_gqa_are_each_refused_by_name():
+    text = BASE.replace("n_kv_heads: 2}", "n_kv_heads: 2, latent_scales: true, rope_key_norm: true, query_gate: true}")
+    # line 10: "attention: {n_heads: 4, n_kv_heads: 2, latent_scales: true, rope_key_norm: true, query_gate: true}"
+    assert problems(text) == [
+        "10:55 attention.latent_scales: only meaningful with attention.kind: mla (it scales MLA's latents)",
+        "10:76 attention.rope_key_norm: only meaningful with attention.kind: mla (it norms MLA's rotary key)",
+        "10:94 attention.query_gate: only meaningful with attention.kind: mla (it replaces MLA's q_b_proj)",
+    ]

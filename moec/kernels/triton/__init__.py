@@ -88,8 +88,8 @@ def expert_ffn(
     """(T, d) = Σ_j topk_w[t, j] · FFN_{topk_idx[t, j]}(x[t]); differentiable in x, topk_w, weights, biases.
 
     ``config`` pins the block sizes (tests); otherwise the heuristic table, or the autotune cache
-    with ``MOEC_AUTOTUNE=1`` on a GPU. ``swiglu_clamped`` (gpt-oss; ``alpha``, ``limit``) has no fused
-    epilogue yet and runs on the reference backend.
+    with ``MOEC_AUTOTUNE=1`` on a GPU. The clamped units (moec.vocab LIMITED: ``swiglu_clamped``, ``swiglu_limit``,
+    ``swiglu_limit_after``; ``alpha``, ``limit``) have no fused epilogue yet and run on the reference backend.
     """
     if activation in LIMITED:  # none of the clamped units has a fused epilogue yet
         from moec.kernels import reference

@@ -45,7 +45,7 @@ _TOKENS = ("image_token_id", "video_token_id", "image_start_token_id", "image_en
 
 def translate(c: HFConfig, d: Draft) -> None:
     t = _text_config(c)
-    sections, sections_src = _take_mrope(t)
+    sections, sections_src = take_mrope(t)
     factor, factor_src = take_partial_rotary(
         t,
         DEFAULT_PARTIAL_ROTARY,
@@ -112,12 +112,13 @@ def _text_config(c: HFConfig) -> HFConfig:
     return t
 
 
-def _take_mrope(t: HFConfig) -> tuple[list[int] | None, str]:
-    """mrope_section out of the rope mapping (the common reader refuses keys it does not know) and checked."""
+def take_mrope(t: HFConfig, default: list[int] = MROPE_DEFAULT) -> tuple[list[int] | None, str]:
+    """mrope_section out of the rope mapping (the common reader refuses keys it does not know) and checked;
+    ``default`` (the family's rotary embedding's) when the mapping gives none. (None, "") once refused."""
     key = rope_field(t)
     given = t.raw.get(key)
     if not isinstance(given, dict) or "mrope_section" not in given:
-        return MROPE_DEFAULT, f"mrope_section unset: {MROPE_DEFAULT}"
+        return default, f"mrope_section unset: {default}"
     t.raw[key] = {k: v for k, v in given.items() if k != "mrope_section"}  # a copy: the caller's stays
     sections = given["mrope_section"]
     if not (isinstance(sections, list) and len(sections) == 3 and all(is_int(s) and s >= 0 for s in sections)):

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig, shown
 from moec.hf.families._common import defaults, text_tie_note
-from moec.hf.families.glm4v_moe import _take_mrope
+from moec.hf.families.glm4v_moe import take_mrope
 from moec.hf.families.hy_v4 import HYV4Mapper, hy_v4_text
-from moec.hf.rope import rope_field
 
 if TYPE_CHECKING:
     from moec.hf.checkpoint import Checkpoint
@@ -52,11 +51,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     c.children.append(t)
     if raw.get("model_type") not in (None, "hy_v4_vl_text"):
         t.bad("model_type", f"{shown(raw['model_type'])}: the text model of hy_v4_vl is hy_v4_vl_text")
-    given = t.raw.get(rope_field(t))
-    if isinstance(given, dict) and "mrope_section" in given:
-        sections, sections_src = _take_mrope(t)
-    else:
-        sections, sections_src = MROPE_DEFAULT, f"mrope_section unset: {MROPE_DEFAULT}"
+    sections, sections_src = take_mrope(t, MROPE_DEFAULT)
     hy_v4_text(t, d, "HYV4VL", rotary="interleaved")
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))
     if sections is not None:

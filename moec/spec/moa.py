@@ -44,6 +44,10 @@ class AttentionExpertsSection(Strict):
 Section = AttentionExpertsSection  # the contract name, as the mixers' and the indexer's sections
 
 
+# the refusal of a field moa does not take; moec.spec.checks gives such a field this one error and no other
+NOT_TAKEN = "not supported with attention.kind moa (mixture of attention heads)"
+
+
 def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """Cross-field problems of ``attention.kind: moa`` and ``attention.experts``: (path, message), every one."""
     a = spec.attention
@@ -59,11 +63,11 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     if ex.softmax_after_topk and ex.score != "softmax":
         out.append(((*here, "softmax_after_topk"), "only meaningful with score softmax"))
     for f in sorted(a.model_fields_set - set(MOA_FIELDS)):
-        out.append((("attention", f), "not supported with attention.kind moa (mixture of attention heads)"))
+        out.append((("attention", f), NOT_TAKEN))
     layer_sets = [(*path, f) for path, section in spec.layers.attention_sections() for f in section.model_fields_set]
     for path in layer_sets:
         if path[-1] not in ("window", "rope", "rope_theta"):
-            out.append((path, "not supported with attention.kind moa (mixture of attention heads)"))
+            out.append((path, NOT_TAKEN))
     return out
 
 

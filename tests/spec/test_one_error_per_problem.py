@@ -104,3 +104,22 @@ def test_mlas_own_options_on_gqa_are_each_refused_by_name():
         "10:76 attention.rope_key_norm: only meaningful with attention.kind: mla (it norms MLA's rotary key)",
         "10:94 attention.query_gate: only meaningful with attention.kind: mla (it replaces MLA's q_b_proj)",
     ]
+
+
+MOA = """\
+moec: 1
+name: t
+model: {vocab_size: 256, d_model: 64, n_layers: 2, max_seq_len: 64}
+attention: {kind: moa, n_heads: 4, n_kv_heads: 2, head_dim: 16, experts: {n_experts: 4, top_k: 2}, q_lora_rank: 8}
+ffn: {d_ff: 64}
+layers: {default: {attention: {kv_lora_rank: 8}}}
+"""
+
+
+def test_a_field_a_mixture_of_attention_heads_does_not_take_is_refused_once():
+    """q_lora_rank and a layer's kv_lora_rank are MLA's too: moa's refusal is the one error, not also MLA's."""
+    # line 4: q_lora_rank's 8 at column 113; line 6: "layers: {default: {attention: {kv_lora_rank: 8}}}", the 8 at 46
+    assert problems(MOA) == [
+        "4:113 attention.q_lora_rank: not supported with attention.kind moa (mixture of attention heads)",
+        "6:46 layers.default.attention.kv_lora_rank: not supported with attention.kind moa (mixture of attention heads)",
+    ]

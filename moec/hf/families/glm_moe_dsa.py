@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moec.hf.draft import Draft, Family, HFConfig, is_int
+from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import defaults
 from moec.hf.families._indexer_share import shared_indexer_layers
 from moec.hf.families.deepseek_v32 import DsaMapper, dsa_model, export_dsa, indexer
@@ -40,12 +40,15 @@ def _schedule(c: HFConfig, n: int) -> list[str] | None:
     list), else 'full' where max(i − offset + 1, 0) is a multiple of index_topk_freq (default 1, offset 2)."""
     pattern = c.value("index_topk_pattern")
     if pattern is not None:
-        if isinstance(pattern, str) and set(pattern) <= {"F", "S"}:
+        if not isinstance(pattern, str):
+            return c.str_list("index_topk_pattern")  # a list: full / shared, checked with indexer_types'
+        if set(pattern) <= {"F", "S"}:
             return [{"F": "full", "S": "shared"}[ch] for ch in pattern]
-        return c.str_list("index_topk_pattern")
+        c.bad("index_topk_pattern", f"{shown(pattern)}: expected 'F' (full) or 'S' (shared) per layer")
+        return None
     freq, offset = c.value("index_topk_freq", 1), c.value("index_skip_topk_offset", 2)
     if not (is_int(freq) and is_int(offset)):
-        c.bad("index_topk_freq", f"{freq} / index_skip_topk_offset {offset}: expected integers")
+        c.bad("index_topk_freq", f"{shown(freq)} / index_skip_topk_offset {shown(offset)}: expected integers")
         return None
     freq = max(freq, 1)
     return ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(n)]

@@ -28,7 +28,7 @@ from moec.errors import CommandError
 from moec.kernels.runtime import ModelAux, MoEAux
 from moec.nn.attention import Attention, Linear, _sdpa, check_input
 from moec.nn.block import make_ffn
-from moec.nn.model import Embedding, check_token_ids, component_of, counts_by_component, model_aux
+from moec.nn.model import Embedding, check_token_ids, component_of, counts_by_component, head_logits, model_aux
 from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.relative_bias import RelativeBias
@@ -265,9 +265,7 @@ class EncoderDecoderModel(nn.Module):
         x, dec_aux = run_stack(self.layers, self.embed(decoder_input_ids), decoder_input_ids, memory)
         if self.norm is not None:
             x = self.norm(x)
-        logits = self.lm_head(x)  # (B, S', V)
-        if self.plan.logits_scaling != 1.0:  # Switch/T5 tied: the output × d^-0.5 before the head
-            logits = logits / self.plan.logits_scaling
+        logits = head_logits(self.lm_head(x), self.plan)  # (B, S', V); Switch/T5 tied: ÷ d^0.5
         return logits, model_aux(enc_aux + dec_aux, logits.device)
 
     def param_counts(self) -> dict[str, tuple[int, int]]:

@@ -271,11 +271,7 @@ class MoecModel(nn.Module):
         return x if self.hc_head is None else self.hc_head(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(x)  # (B, S, V)
-        if self.plan.logits_scaling != 1.0:
-            logits = logits / self.plan.logits_scaling
-        cap = self.plan.logit_softcap
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        return head_logits(self.lm_head(x), self.plan)  # (B, S, V)
 
     @torch.no_grad()
     def update_bias(self) -> None:
@@ -289,6 +285,15 @@ class MoecModel(nn.Module):
         headline), tied weights once."""
         main = ((name, p) for name, p in self.named_parameters() if not name.startswith("mtp."))
         return counts_by_component(main, component_of)
+
+
+def head_logits(logits: torch.Tensor, plan: ResolvedModel) -> torch.Tensor:
+    """The head's output as the model returns it: ÷ ``logits_scaling`` (Granite's; Switch/T5's d^0.5 under a tied
+    head), then bounded by cap·tanh(logits/cap) with ``logit_softcap``."""
+    if plan.logits_scaling != 1.0:
+        logits = logits / plan.logits_scaling
+    cap = plan.logit_softcap
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def check_token_ids(ids: torch.Tensor, plan: ResolvedModel, what: str = "tokens") -> None:

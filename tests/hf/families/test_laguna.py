@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 import moec  # noqa: E402
 from tests.hf.families._harness import (  # noqa: E402
     assert_generated_model_gives_the_library_logits,
+    assert_same_routed_logits,
     assert_stepwise_decode_is_the_full_forward,
     assert_table_holds_class_defaults,
     hf_counts,
@@ -24,7 +25,6 @@ from tests.hf.families._harness import (  # noqa: E402
     saved_checkpoint,
     tiny_hf,
 )
-from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -136,26 +136,6 @@ TINY = {
 }  # fmt: skip
 
 
-def assert_same_logits_and_choices(hf, model, scale: float) -> float:
-    """transformers' logits and each MoE layer's (experts, weights) against moec's; LagunaTopKRouter's weights
-    are before LagunaSparseMoeBlock's moe_routed_scaling_factor (``scale``), moec's router applies it. Returns
-    the largest logits difference."""
-    routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == "LagunaTopKRouter"]
-    hf_choices, hooks = _record(routers, lambda out: (out[2], out[1] * scale))
-    with torch.no_grad():
-        want = hf(TOKENS).logits
-    for h in hooks:
-        h.remove()
-    got, our_choices = run_moec(model)
-    assert sorted(hf_choices) == sorted(our_choices) and hf_choices
-    for i in hf_choices:
-        hf_idx, hf_w = by_expert(*hf_choices[i])
-        our_idx, our_w = by_expert(*our_choices[i])
-        assert torch.equal(our_idx, hf_idx), f"layer {i}: different experts chosen"
-        torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
-    return (got - want).abs().max().item()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return saved_checkpoint(tiny_hf("laguna", TINY), tmp_path_factory, "laguna")
@@ -167,7 +147,7 @@ def test_tiny_checkpoint_gives_transformers_logits_and_router_choices(checkpoint
     got = [(lp.attention.n_heads, lp.attention.rotary_dim, lp.attention.window) for lp in model.plan.layers]
     assert got == [(4, None, None), (8, 16, 4)] * 2 and model.plan.positions.rotary_dim == 8
     assert model.plan.layers[1].ffn.router.logit_softcap == 1.5
-    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
+    assert assert_same_routed_logits(hf, model, "LagunaTopKRouter", 2.5) <= 1e-4
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
@@ -179,7 +159,7 @@ def test_a_tiny_checkpoint_with_yarn_on_its_full_layers_only_gives_transformers_
     hf.save_pretrained(tmp_path)
     model = moec.from_hf(tmp_path)
     assert [getattr(lp.attention.rope_scaling, "kind", None) for lp in model.plan.layers] == ["yarn", None] * 2
-    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
+    assert assert_same_routed_logits(hf, model, "LagunaTopKRouter", 2.5) <= 1e-4
 
 
 def test_tiny_model_decodes_token_by_token_to_its_full_logits(checkpoint):
@@ -213,4 +193,4 @@ def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(chec
     moec.export_hf(model, tmp_path / "out", family="laguna")
     hf = transformers.LagunaForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert hf.config.num_attention_heads_per_layer == [4, 8, 4, 8]
-    assert assert_same_logits_and_choices(hf, model, 2.5) <= 1e-4
+    assert assert_same_routed_logits(hf, model, "LagunaTopKRouter", 2.5) <= 1e-4

@@ -38,15 +38,18 @@ def export_base(
     *,
     nope: bool = False,
     norm: str = "rmsnorm",
+    placement: str = "pre",
     mtp: bool = False,
     hidden_act: Callable[[str], str] = gated_hidden_act,
 ) -> dict[str, Any]:
     """The fields every transformers-style family writes, after refusing what none of them can say.
-    ``nope``: the family has layers without rotary positions; ``mtp``: it has multi-token-prediction layers;
-    ``hidden_act``: the plan's activation → the config's hidden_act (raising CannotExport)."""
-    if m.norm.kind != norm or m.norm.placement != "pre" or (norm == "layernorm" and not m.norm.bias):
+    ``nope``: the family has layers without rotary positions; ``placement``: where its blocks put their norms
+    (sandwich, parallel, normed_residual: the family writes what else that needs); ``mtp``: it has
+    multi-token-prediction layers; ``hidden_act``: the plan's activation → the config's hidden_act (raising
+    CannotExport)."""
+    if m.norm.kind != norm or m.norm.placement != placement or (norm == "layernorm" and not m.norm.bias):
         want = "RMSNorm" if norm == "rmsnorm" else "LayerNorm with bias"
-        raise CannotExport(f"needs pre-norm {want} (spec: {m.norm.placement} {m.norm.kind})")
+        raise CannotExport(f"needs {placement}-norm {want} (spec: {m.norm.placement} {m.norm.kind})")
     if m.positions.kind != "rope":
         raise CannotExport(f"needs rotary positions (spec: {m.positions.kind})")
     if m.frozen:

@@ -15,7 +15,6 @@ builds, refused where they do not.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -134,14 +133,11 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
 
 
 def export_placed(m: ResolvedModel, family: Family, placement: str, **kw: Any) -> dict[str, Any]:
-    """export_base for a family whose blocks place their norms as ``placement`` (sandwich, parallel), which it
-    checks; export_base, which knows pre-norm families only, checks the rest on the plan read as pre-norm (its
-    placement is the one field it sets aside)."""
-    if m.norm.placement != placement:
-        raise CannotExport(f"needs {placement} norms (spec: {m.norm.placement})")
+    """export_base for a family whose blocks place their norms as ``placement`` (sandwich, parallel) and hold
+    attention and an FFN in every layer."""
     if m.hybrid:
         raise CannotExport("has attention and an FFN in every layer (the spec has other token mixers or none)")
-    return export_base(m.replace(norm=dataclasses.replace(m.norm, placement="pre")), family, **kw)
+    return export_base(m, family, placement=placement, **kw)
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:

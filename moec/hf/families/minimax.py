@@ -18,7 +18,6 @@ spec ``minimax-text-01`` follows MiniMax's code there.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
@@ -205,8 +204,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         raise CannotExport("needs Lightning attention layers and softmax attention on the others")
     if m.norm.placement != "normed_residual" or m.residual_scales is None:
         raise CannotExport(f"needs normed residuals (spec: {m.norm.placement})")
-    # export_base refuses every placement but pre-norm; MiniMax's normed residuals are written below
-    cfg = export_base(dataclasses.replace(m, norm=dataclasses.replace(m.norm, placement="pre")), FAMILY)
+    cfg = export_base(m, FAMILY, placement="normed_residual")  # the residual factors are written below
     lightning = next(lp.mixer for lp in m.layers if lp.mixer_kind == "lightning")  # each layer's decay_scale differs
     if QKV_ACTIVATIONS.get(cfg["hidden_act"]) != lightning.activation:
         raise CannotExport(f"uses hidden_act ({cfg['hidden_act']}) on the lightning q, k, v too")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moec.codegen.checks import checked_bool, checked_choice
+from moec.codegen.checks import checked_bool, checked_choice, int_text
 from moec.spec.moa import MOA_SCORES
 from moec.spec.plan import AttentionPlan, MoEPlan
 
@@ -42,7 +42,7 @@ def block_parts(a: AttentionPlan | None, moe: MoEPlan | None, pair: bool, depth_
         moa=moa,
         moa_choice=choice,
         moa_normalize=normalize,
-        zero_experts=moe is not None and moe.n_zero_experts > 0,
+        zero_experts=moe is not None and int_text(moe.n_zero_experts, "moe.n_zero_experts", minimum=0) != "0",
         moe_output_bias=moe is not None and checked_bool(moe.output_bias, "moe.output_bias"),
         moe_output_norm=moe is not None and checked_bool(moe.output_norm, "moe.output_norm"),
         pair=pair,

@@ -4,6 +4,7 @@ test_generated_decode.py decodes every case too), and source that mentions a fea
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from moec.codegen import render_model_source
 from moec.nn import build_model
+from moec.spec.plan import MoEPlan
 from tests.codegen.test_codegen import (
     assert_generated_gives_the_library_outputs,
     library_and_generated,
@@ -363,3 +365,113 @@ def test_a_layer_without_its_own_indexer_is_refused_naming_what_the_spec_wrote(o
     text = INDEXED.replace("ffn: dense}]", "ffn: dense}, {select: [1], attention: {" + override + "}}]")
     with pytest.raises(ValueError, match=f"codegen does not support {re.escape(feature)}"):
         render_model_source(plan_of(text))
+
+
+# a value no spec can hold, pasted as text it would run code: every field issue 13 prints must be refused by
+# moec.codegen.checks before it reaches the file (a number checked as one, a flag as a bool)
+INJECTION = "1); import os; (1"
+
+
+def _in_layers(part: str, **change):
+    """The plan with ``change`` made to every layer's attention, MoE or MoE router (``part``)."""
+
+    def changed(lp):
+        if part == "attention":
+            return dataclasses.replace(lp, attention=dataclasses.replace(lp.attention, **change))
+        if not isinstance(lp.ffn, MoEPlan):
+            return lp
+        if part == "router":
+            return dataclasses.replace(
+                lp, ffn=dataclasses.replace(lp.ffn, router=dataclasses.replace(lp.ffn.router, **change))
+            )
+        return dataclasses.replace(lp, ffn=dataclasses.replace(lp.ffn, **change))
+
+    return lambda plan: plan.replace(layers=tuple(map(changed, plan.layers)), mtp=tuple(map(changed, plan.mtp)))
+
+
+@pytest.mark.parametrize(
+    "case,change,field",
+    [
+        (
+            "chunks, l2 qk-norm, temperature tuning, gated expert inputs (Llama-4)",
+            _in_layers("attention", chunk=INJECTION),
+            "chunk",
+        ),
+        (
+            "chunks, l2 qk-norm, temperature tuning, gated expert inputs (Llama-4)",
+            _in_layers("attention", temperature_scale=INJECTION),
+            "attention.temperature_tuning.scale",
+        ),
+        (
+            "layers of their own rotated dims and rope base (Laguna)",
+            _in_layers("attention", rotary_dim=INJECTION),
+            "rotary_dim",
+        ),
+        (
+            "layers with and without sinks, value scale (MiMo-V2-Flash)",
+            _in_layers("attention", value_scale=INJECTION),
+            "attention.value_scale",
+        ),
+        (
+            "layers with and without sinks, value scale (MiMo-V2-Flash)",
+            _in_layers("attention", sinks="True or os"),
+            "sinks",
+        ),
+        ("per-layer head counts, v_head_dim, windows", _in_layers("attention", n_heads=INJECTION), "n_heads"),
+        (
+            "per-layer head counts, v_head_dim, windows",
+            _in_layers("attention", v_head_dim=INJECTION),
+            "attention.v_head_dim",
+        ),
+        (
+            "indexer, rotary pairs in halves",
+            _in_layers("attention", indexer_top_k=INJECTION),
+            "attention.indexer.top_k",
+        ),
+        (
+            "mixture of attention heads, moe output bias (JetMoE)",
+            _in_layers("attention", moa_n_experts=INJECTION),
+            "attention.experts.n_experts",
+        ),
+        ("mla rotary key norm (Dots3)", _in_layers("attention", rope_key_norm=1), "attention.rope_key_norm"),
+        (
+            "shortcut-moe pairs, latent scales, zero experts (LongCat-Flash)",
+            _in_layers("attention", latent_scales="True or os"),
+            "attention.latent_scales",
+        ),
+        ("zero experts", _in_layers("moe", n_zero_experts=INJECTION), "moe.n_zero_experts"),
+        (
+            "swiglu_limit dense and routed, plain shared experts (HY-V4)",
+            _in_layers("moe", activation_limit=INJECTION),
+            "activation_limit",
+        ),
+        (
+            "swiglu_limit dense and routed, plain shared experts (HY-V4)",
+            _in_layers("moe", shared_activation="silu'); (os"),
+            "moe.shared_activation",
+        ),
+        (
+            "longrope, sparsemixer (Phi-3.5-MoE)",
+            _in_layers("router", sparsemixer_eps=INJECTION),
+            "router.sparsemixer_eps",
+        ),
+        ("router logit softcap", _in_layers("router", logit_softcap=INJECTION), "router.logit_softcap"),
+        (
+            "longrope, sparsemixer (Phi-3.5-MoE)",
+            lambda p: p.replace(
+                positions=dataclasses.replace(
+                    p.positions, scaling=dataclasses.replace(p.positions.scaling, long_mscale=INJECTION)
+                )
+            ),
+            "scaling.long_mscale",
+        ),
+        (
+            "depth-scaled adds, sandwich norms, a gate bias per head (Beam)",
+            lambda p: p.replace(depth_scaled_residual="True or os"),
+            "model.depth_scaled_residual",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_by_name_not_pasted(case, change, field):
+    with pytest.raises(ValueError, match=f"^{re.escape(field)} must be"):
+        render_model_source(change(plan_of(CASES[case])))

@@ -1,11 +1,10 @@
 """Mellum (model_type mellum): the release config (YaRN on its full layers only: each layer its own scaling) and
-its nearest one-scaling config count as transformers' model on meta; tiny checkpoints (one with YaRN on its full
-layers only); a partial rotary factor, which transformers' forward fails on, refused at its layer type; the legacy
-layer type 'attention' reads as full_attention;
-a tiny random checkpoint (sliding and full
-layers of their own bases, a dense layer among MoE ones, an MTP tensor transformers lets go) loads with
-moec.from_hf to transformers' logits and router choices; the generated model.py gives moec.nn's logits; Qwen's
-fields MellumConfig deletes are named, not refused."""
+the same config with one scaling on every layer count as transformers' model on meta; a tiny checkpoint with YaRN
+on its full layers only gives transformers' logits; a partial rotary factor, which transformers' forward fails on,
+is refused at its layer type; the legacy layer type 'attention' reads as full_attention; a tiny random checkpoint
+(sliding and full layers of their own bases, a dense layer among MoE ones, an MTP tensor transformers lets go)
+loads with moec.from_hf to transformers' logits and router choices; the generated model.py gives moec.nn's logits;
+Qwen's fields MellumConfig deletes are named, not refused."""
 
 from __future__ import annotations
 
@@ -48,7 +47,8 @@ MELLUM21 = {
     "vocab_size": 98304,
 }  # fmt: skip
 
-# the nearest config moec expresses: the sliding layers rotate as the full ones (rope changes no count)
+# the release with one scaling on every layer (the sliding ones too): rope changes no count, so it counts as the
+# release, and it carries the published totals' check and the refusal cases below
 NEAREST = {**MELLUM21, "rope_parameters": {"full_attention": YARN, "sliding_attention": YARN}}
 
 # sliding layers of window 4 (< the 12 test tokens) and base 1e4 beside full layers of base 5e5, a dense layer,

@@ -194,8 +194,6 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
             int_text(x.window, "attention.window")
     if any(ropes) and pos != "rope":
         raise ValueError("a layer applies RoPE but the model's positions are not rope")
-    if kind == "mla" and output_gate != "none" and a.output_gate_fn != "sigmoid":  # Ling 3's is a sigmoid
-        raise ValueError("codegen does not support attention.output_gate_fn softplus with MLA yet; use moec.nn")
     if kind == "mla" and (a.qk_norm or a.bias or a.out_bias or a.clip_qkv is not None):
         raise ValueError("MLA has no qk_norm, clip_qkv or projection biases (DeepSeek-V2/V3 layout)")
     qk_norm = (
@@ -325,6 +323,10 @@ def _refuse_unsupported(plan: ResolvedModel, layers: list[LayerPlan]) -> None:
         )
         > 1,
         "attention.query_gate (MLA's fused query and value gate, A.X-K2)": any(x.query_gate for x in attns),
+        # Ling 3's MLA gate is a sigmoid, and mla.j2 renders that one
+        "attention.output_gate_fn softplus with MLA": any(
+            x.kind == "mla" and x.output_gate != "none" and x.output_gate_fn != "sigmoid" for x in attns
+        ),
         "layers.*.attention.indexer: shared": any(x.indexer_shared for x in attns),
         "attention.indexer.rope_dims 'last'": any(x.has_indexer and x.indexer_rope_dims == "last" for x in attns),
         "an encoder-decoder model": bool(plan.encoder) or plan.positions.kind == "relative_bucket",

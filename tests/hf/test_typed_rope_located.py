@@ -40,6 +40,8 @@ def step_saved(full: dict, sliding: dict) -> dict:
         ({"beta": 1}, {}, "text_config.rope_parameters.full_attention.beta"),
         ({"factor": "x"}, {}, "text_config.rope_parameters.full_attention.factor"),
         ({"partial_rotary_factor": 1.5}, {}, "text_config.rope_parameters.full_attention.partial_rotary_factor"),
+        ({}, {"rope_theta": "x"}, "text_config.rope_parameters.sliding_attention.rope_theta"),  # was a TypeError
+        ({"rope_theta": -1}, {}, "text_config.rope_parameters.full_attention.rope_theta"),  # was put at another field
     ],
 )  # fmt: skip
 def test_a_wrapped_types_mapping_is_refused_at_its_field(full, sliding, field):

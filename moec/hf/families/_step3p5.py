@@ -13,6 +13,7 @@ from moec.hf.draft import Draft, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import ROPE_TYPES, reference_rope_type
 from moec.hf.families._typed_rope import TypedRope
 from moec.hf.families._typed_rope import layer_rope as typed_layer_rope
+from moec.hf.families._typed_rope import rope_per_type as typed_rope_per_type
 
 DEFAULT_THETA = 10000.0  # Step3p7TextConfig.default_theta: rope_theta unset
 STEP_ROPE = TypedRope(
@@ -34,10 +35,11 @@ def rope_per_type(t: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | 
         for key in ("rope_theta", "partial_rotary_factors", "rope_scaling"):
             if t.given(key):  # transformers keeps rope_parameters and lets these go: say which one runs
                 t.bad(key, "given beside a rope_parameters mapping per layer type, which transformers uses: ambiguous")
-        extra = sorted(set(given) - set(used))
+        extra = sorted(set(given) & set(ROPE_TYPES) - set(used))  # another key: refused by the typed reader
         if extra:
             t.bad(f"rope_parameters.{extra[0]}", f"a mapping for {shown(extra[0])}, which no layer uses")
-        return {x: dict(given[x]) for x in used}
+        per_type = typed_rope_per_type(t, types, STEP_ROPE)  # each used type's base checked, as Laguna's are
+        return None if per_type is None or extra else {x: per_type[x] for x in used}
     if given:
         t.bad("rope_parameters", f"{shown(given)}: expected one mapping per attention type ({', '.join(used)})")
         return None

@@ -13,6 +13,8 @@ from typing import Any
 from moec.hf.draft import CannotExport, Family
 from moec.spec.plan import AttentionPlan, DenseFFNPlan, MoEPlan, ResolvedModel
 
+# the position kinds export_base knows, as its refusal names them
+POSITION_KINDS = {"rope": "rotary positions", "none": "no position encoding"}
 # moec's gated activations → config.json's hidden_act (the nonlinearity on the gate)
 HIDDEN_ACT = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh"}
 
@@ -39,19 +41,22 @@ def export_base(
     nope: bool = False,
     norm: str = "rmsnorm",
     placement: str = "pre",
+    positions: tuple[str, ...] = ("rope",),
     mtp: bool = False,
     hidden_act: Callable[[str], str] = gated_hidden_act,
 ) -> dict[str, Any]:
     """The fields every transformers-style family writes, after refusing what none of them can say.
     ``nope``: the family has layers without rotary positions; ``placement``: where its blocks put their norms
-    (sandwich, parallel, normed_residual: the family writes what else that needs); ``mtp``: it has
+    (sandwich, parallel, normed_residual: the family writes what else that needs); ``positions``: the position
+    kinds the family builds (rope_theta and rope_scaling are written for rope only); ``mtp``: it has
     multi-token-prediction layers; ``hidden_act``: the plan's activation → the config's hidden_act (raising
     CannotExport)."""
     if m.norm.kind != norm or m.norm.placement != placement or (norm == "layernorm" and not m.norm.bias):
         want = "RMSNorm" if norm == "rmsnorm" else "LayerNorm with bias"
         raise CannotExport(f"needs {placement}-norm {want} (spec: {m.norm.placement} {m.norm.kind})")
-    if m.positions.kind != "rope":
-        raise CannotExport(f"needs rotary positions (spec: {m.positions.kind})")
+    if m.positions.kind not in positions:
+        said = " or ".join(POSITION_KINDS[p] for p in positions)
+        raise CannotExport(f"needs {said} (spec: {m.positions.kind})")
     if m.frozen:
         raise CannotExport("config.json has no frozen components")
     if m.mtp and not mtp:
@@ -69,9 +74,9 @@ def export_base(
         "max_position_embeddings": m.max_seq_len,
         "rms_norm_eps": m.norm.eps,
         "tie_word_embeddings": m.tie_embeddings,
-        "rope_theta": m.positions.theta,
-        "rope_scaling": export_rope(m),
     }
+    if m.positions.kind == "rope":
+        cfg.update(rope_theta=m.positions.theta, rope_scaling=export_rope(m))
     acts = {lp.ffn.activation for lp in m.layers}
     cfg["hidden_act"] = hidden_act(one(list(acts), "the activation"))
     if attn.kind == "gqa":

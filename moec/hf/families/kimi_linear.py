@@ -27,7 +27,6 @@ eps, the chunk the import takes) and NoPE MLA, the dense layers first, DeepSeek-
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, shown
@@ -245,18 +244,13 @@ def _router(c: HFConfig, d: Draft, cls: str) -> None:
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:
-    if m.positions.kind != "none":
-        raise CannotExport(f"has no position encoding (NoPE MLA; spec: {m.positions.kind})")
     kinds = [lp.mixer_kind for lp in m.layers]
     if set(kinds) - {"attention", "kda"}:
         raise CannotExport(f"has KDA and attention layers only (spec: {sorted(set(kinds))})")
     attn = m.layers[kinds.index("attention")].attention if "attention" in kinds else m.layers[0].attention
     if attn.kind != "mla":
         raise CannotExport("has MLA attention only")
-    # export_base writes the fields every family shares but refuses a model without rotary positions
-    as_rotary = dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
-    cfg = export_base(as_rotary, FAMILY, nope=True)
-    del cfg["rope_theta"], cfg["rope_scaling"]
+    cfg = export_base(m, FAMILY, nope=True, positions=("none",))
     cfg["model_max_length"] = cfg.pop("max_position_embeddings")
     cfg.update(
         **mla_fields(attn),

@@ -15,8 +15,10 @@ from moec.nn import build_model
 from moec.spec.plan import MoEPlan
 from tests.codegen.test_codegen import (
     assert_generated_gives_the_library_outputs,
+    assert_same_aux,
     library_and_generated,
     plan_of,
+    run_both,
     variant,
 )
 from tests.tiny_specs import TINY_DEEPSEEK_V3
@@ -220,7 +222,20 @@ DECODE_CASES = {name: text for name, text in CASES.items() if name not in ROUTIN
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_generated_model_matches_the_library(case, tmp_path):
-    assert_generated_gives_the_library_outputs(CASES[case], tmp_path)
+    """Eval mode: logits, aux and parameters (the helper); then train mode (the routers' training paths) and backward
+    through both: every parameter's gradient is the library's, the same ones absent."""
+    plan, lib, gen = assert_generated_gives_the_library_outputs(CASES[case], tmp_path)
+    tokens = torch.randint(0, plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    logits, aux, out = run_both(lib, gen, tokens, train=True)
+    assert torch.equal(out[0], logits)
+    assert_same_aux(out[1], aux)
+    (logits.square().mean() + aux.loss).backward()
+    (out[0].square().mean() + out[1].loss).backward()
+    lib_grads = {name: p.grad for name, p in lib.named_parameters()}
+    for name, p in gen.named_parameters():
+        assert (p.grad is None) == (lib_grads[name] is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, lib_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_the_indexer_chooses_keys_so_a_dense_attention_would_differ(tmp_path):

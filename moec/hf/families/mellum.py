@@ -73,7 +73,7 @@ def _qwen_fields_mellum_deletes(c: HFConfig, d: Draft) -> None:
 
 
 def _mtp(c: HFConfig, d: Draft) -> None:
-    mtp = c.int("num_nextn_predict_layers", minimum=0, optional=True)
+    mtp = c.int("num_nextn_predict_layers", minimum=0, maximum=1, optional=True)  # MellumConfig raises above 1
     extra = [f"{k} {shown(c.value(k))}" for k in ("mtp_layer_types", "mtp_mlp_layer_types") if c.given(k)]
     if mtp or extra:  # reported beside the layer count: transformers builds no MTP layer and drops its tensors
         what = ", ".join([f"num_mtp_layers {mtp}"] * bool(mtp) + extra)

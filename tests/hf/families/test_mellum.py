@@ -142,6 +142,7 @@ def test_qwen_fields_mellum_deletes_are_named_not_refused():
         ({"sliding_window": None}, "sliding_window"),  # null while layers slide
         ({"layer_types": [["full_attention"]] * 28}, "layer_types"),  # not names (found by fuzzing: no TypeError)
         ({"layer_types": ["chunked_attention"] * 28}, "layer_types"),  # a type no rope mapping is read for
+        ({"num_nextn_predict_layers": 2}, "num_nextn_predict_layers"),  # MellumConfig: a single MTP layer at most
     ],
 )  # fmt: skip
 def test_configs_transformers_cannot_build_are_refused_located(change, field):

@@ -4,7 +4,8 @@ Kept: number of experts, top-k, shared experts, router kind, attention kind (GQA
 norms, positions, and the layer pattern (first-k dense, every-N MoE, each layer's token mixer and FFN kind:
 runs of identical layers are shortened, never reordered; every mixer kind keeps a layer). Other token mixers
 shrink as moec/smoke/mixers.py says. Shrunk: d_model, FFN/expert widths, head counts and dims, MLA ranks,
-vocabulary, number of layers, windows (capped at the run's sequence length).
+vocabulary, number of layers, windows, chunks and the sparse attention's top_k (capped below the run's sequence
+length, so that they still bite).
 Pure arithmetic over plans: the analyzer's memory model decides what fits
 (:func:`moec.analyze.memory.training_run_memory`, an upper estimate of what the run allocates).
 """
@@ -111,6 +112,8 @@ def shrink(plan: ResolvedModel, d_model: int, *, vocab: int, max_layers: int, se
         window = min(a.window, max(2, seq // 2)) if a.window else None
         if a.chunk:  # a chunk, like a window, shrinks to fit the run's sequence (and still bites)
             a = dataclasses.replace(a, chunk=min(a.chunk, max(2, seq // 2)))
+        if a.indexer_top_k:  # so does the sparse attention's top_k: at or above S the indexer would choose every key
+            a = dataclasses.replace(a, indexer_top_k=min(a.indexer_top_k, max(1, seq // 2)))
         if a.kind == "mla":
             assert a.kv_lora_rank and a.qk_nope_head_dim and a.v_head_dim and a.qk_rope_head_dim is not None
             heads = max(2, min(a.n_heads, d_model // 16))
@@ -211,11 +214,7 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     for name in ("d_model", "n_layers", "vocab_size", "max_seq_len"):
         if getattr(old, name) != getattr(new, name):
             out.append(f"{name}: {getattr(old, name)} → {getattr(new, name)}")
-    a0, a1 = old.layers[0].attention, new.layers[0].attention
-    if (a0.n_heads, a0.n_kv_heads, a0.head_dim) != (a1.n_heads, a1.n_kv_heads, a1.head_dim):
-        out.append(
-            f"attention heads/kv/head_dim: {a0.n_heads}/{a0.n_kv_heads}/{a0.head_dim} → {a1.n_heads}/{a1.n_kv_heads}/{a1.head_dim}"
-        )
+    out += _attention_changes(old, new)
     f0 = next((l.ffn for l in old.layers if isinstance(l.ffn, MoEPlan)), None)
     f1 = next((l.ffn for l in new.layers if isinstance(l.ffn, MoEPlan)), None)
     if f0 and f1 and f0.d_ff != f1.d_ff:
@@ -234,6 +233,22 @@ def describe_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
     before, after = ([lp.mixer_kind for lp in m.layers] for m in (old, new))
     if old.hybrid and before != after:
         out.append(f"layer mixers: {mixer_runs(before)} → {mixer_runs(after)}")
+    return out
+
+
+def _attention_changes(old: ResolvedModel, new: ResolvedModel) -> list[str]:
+    """The first layer's head shape, and the sparse attention's top_k, where the scaled plan changed them."""
+    out = []
+    a0, a1 = old.layers[0].attention, new.layers[0].attention
+    if (a0.n_heads, a0.n_kv_heads, a0.head_dim) != (a1.n_heads, a1.n_kv_heads, a1.head_dim):
+        out.append(
+            f"attention heads/kv/head_dim: {a0.n_heads}/{a0.n_kv_heads}/{a0.head_dim} → {a1.n_heads}/{a1.n_kv_heads}/{a1.head_dim}"
+        )
+    k0, k1 = (
+        next((lp.attention.indexer_top_k for lp in m.layers if lp.attention.indexer_top_k), None) for m in (old, new)
+    )
+    if k0 != k1:
+        out.append(f"indexer top_k: {k0} → {k1} (below the run's sequence, so that the indexer still chooses)")
     return out
 
 

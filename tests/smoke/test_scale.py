@@ -117,3 +117,19 @@ def test_the_scaled_copy_keeps_a_layer_of_each_per_layer_feature(write_spec):
         (2, True, "swiglu"),
         (5, False, "swiglu_limit_after"),
     ]
+
+
+@pytest.mark.parametrize("name", ["glm-5", "deepseek-v3.2-exp"])
+def test_the_sparse_attentions_top_k_shrinks_below_the_run_so_the_indexer_still_chooses(name: str):
+    """Like a window or a chunk: a top_k of 2048 over a 16-token run would attend every key, and the smoke run would
+    never take the sparse path; half the sequence it is, said in the scaling notes."""
+    from moec.smoke.scale import describe_changes
+
+    plan = load_model(str(SPECS / f"{name}.yaml"))
+    assert {lp.attention.indexer_top_k for lp in plan.layers} == {2048}
+    small = fit(plan, scale="tiny", budget_bytes=None, batch=2, seq=16).plan
+    assert {lp.attention.indexer_top_k for lp in small.layers} == {8}
+    assert all(lp.attention.sparse for lp in small.layers)
+    assert "indexer top_k: 2048 → 8 (below the run's sequence, so that the indexer still chooses)" in describe_changes(
+        plan, small
+    )

@@ -80,7 +80,10 @@ class Translation:
         return self.draft.gaps
 
     def problem(self, hf_field: str, message: str) -> Problem:
-        """A problem at a config field's key (no line for a config given as a mapping: it has no text)."""
+        """A problem at a config field's key, under the name the config wrote it (an alias: HFConfig.as_written);
+        no line for a config given as a mapping, which has no text."""
+        for c in (self.config, *self.config.children):
+            hf_field = c.as_written(hf_field)
         line, col = self.locator.locate(hf_field) if self.text else (None, None)
         return Problem(self.file, line, col, printable(hf_field), message)
 
@@ -119,28 +122,15 @@ def translate(source: Source, *, name: str | None = None) -> Translation:
         known = ", ".join(sorted(FAMILIES))
         raise SpecError([_at_key(file, text, "model_type", f"{shown(mt)} is not a supported model_type ({known})")])
     fam = FAMILIES[mt]
-    raw, alias_problems = _canonical(raw, fam)
-    c = HFConfig(raw, fam.defaults)
+    c = HFConfig(raw, fam.defaults, aliases=fam.aliases)
     d = Draft(mt)
     fam.translate(c, d)
-    t = Translation(fam, c, d, file, text, _spec_name(name, raw, file, mt))
-    c.issues += alias_problems
-    return t
+    return Translation(fam, c, d, file, text, _spec_name(name, c.raw, file, mt))
 
 
 def _at_key(file: str, text: str, hf_field: str, message: str) -> Problem:
     line, col = KeyLocator(text).locate(hf_field) if text else (None, None)
     return Problem(file, line, col, printable(hf_field), message)
-
-
-def _canonical(raw: dict[str, Any], fam: Family) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    out, problems = dict(raw), []
-    for alias, canon in fam.aliases.items():
-        if alias in out:
-            if canon in out and out[canon] != out[alias]:
-                problems.append((alias, f"disagrees with {canon} ({shown(out[canon])}); they name one field"))
-            out.setdefault(canon, out.pop(alias))
-    return out, problems
 
 
 def _spec_name(name: str | None, raw: dict[str, Any], file: str, mt: str) -> str:

@@ -115,11 +115,36 @@ class HFConfig:
     mapping). A reader records a wrong value once as an issue (same field, same message: once, however often
     it is read) and returns a harmless stand-in, so translation goes on and every problem is reported."""
 
-    def __init__(self, raw: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = ""):
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        prefix: str = "",
+        aliases: Mapping[str, str] | None = None,
+    ):
         self.raw, self.defaults, self.prefix = dict(raw), defaults, prefix
         self.read: set[str] = set()
         self.issues: list[tuple[str, str]] = []  # (field, message): invalid values
         self.children: list[HFConfig] = []  # nested configs (DBRX attn_config, ffn_config)
+        # a family's other names of a field (alias → the name its translator reads): read under that name, and
+        # the name the config wrote kept (canonical → alias), so that a problem names and locates the written key
+        self.written_as: dict[str, str] = {}
+        for alias, canon in (aliases or {}).items():
+            if alias not in self.raw:
+                continue
+            value = self.raw.pop(alias)
+            if canon not in self.raw:
+                self.raw[canon], self.written_as[canon] = value, alias
+            elif self.raw[canon] != value:
+                self.bad(alias, f"disagrees with {canon} ({shown(self.raw[canon])}); they name one field")
+
+    def as_written(self, path: str) -> str:
+        """A field path of this config (under its prefix) with a canonical name the config wrote as an alias
+        spelt as written; any other path unchanged."""
+        head, dot, rest = path.removeprefix(self.prefix).partition(".")
+        if not path.startswith(self.prefix) or head not in self.written_as:
+            return path
+        return self.prefix + self.written_as[head] + dot + rest
 
     def given(self, key: str) -> bool:
         return key in self.raw

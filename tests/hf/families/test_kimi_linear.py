@@ -188,6 +188,24 @@ def test_bad_layer_lists_and_unknown_kda_fields_are_refused_naming_them(linear, 
     assert field in refused_fields(cfg)
 
 
+@pytest.mark.parametrize("field,value", [("num_experts", "x"), ("model_max_length", -1)])  # Moonshot's names
+def test_a_bad_value_under_a_release_name_is_refused_at_that_key(field, value, tmp_path):
+    """A release's spelling of a field (FAMILY's aliases: num_local_experts, max_position_embeddings) is read under
+    transformers' name, and a problem with it is named and located as the file writes it, on line 3 here, through
+    the CLI (exit 2, no traceback)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from moec.cli import cli
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "kimi_linear", field: value}, indent=2))
+    res = CliRunner().invoke(cli, ["import-hf", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"error: {path}:3:3 {field}: {value!r}: expected an integer" in res.output
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.KimiLinearConfig, at_least=25)
 

@@ -269,3 +269,22 @@ def gshard_top2(probs: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tenso
     gates = top / top.sum(-1, keepdim=True)  # (T, 2)
     sent = torch.stack((torch.ones_like(uniform, dtype=torch.bool), uniform < 2 * gates[:, 1].detach()), -1)  # (T, 2)
     return torch.where(sent, idx, -1), torch.where(sent, gates, 0.0)
+
+
+def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phi-3.5-MoE's SparseMixer top-2 (arXiv 2409.12136), its inference path (transformers' ``sparsemixer``
+    with training off): expert 1 is the best logit, expert 2 the best of the rest; each one's weight is the
+    softmax, at it, over the logits s with (best − s)/max(|s|, best) ≤ 2·eps (its own best, the first
+    excluded for expert 2). Training uses the same selection: SparseMixer's Gumbel sampling and its Heun
+    gradient estimator are not implemented. logits (T, E) fp32 → (indices (T, 2), weights (T, 2))."""
+
+    def one(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        best, idx = scores.max(dim=-1, keepdim=True)  # (T, 1) ×2
+        with torch.no_grad():
+            far = (best - logits) / logits.abs().clamp(min=best) > 2 * eps  # (T, E)
+        w = scores.masked_fill(far, float("-inf")).softmax(-1).gather(-1, idx)  # (T, 1)
+        return idx, w
+
+    idx1, w1 = one(logits)
+    idx2, w2 = one(logits.scatter(-1, idx1, float("-inf")))
+    return torch.cat((idx1, idx2), -1), torch.cat((w1, w2), -1)

@@ -37,6 +37,7 @@ from moec.kernels.runtime import (  # the one copy of each, shared with the gene
     expert_choice_refusal,
     gshard_top2,
     hash_experts,
+    sparsemixer,
 )
 from moec.spec.plan import MoEPlan, ResolvedModel, RouterPlan
 
@@ -56,25 +57,6 @@ class Routing:
     load_balance: torch.Tensor  # () fp32, Switch form E·Σ f_i·P_i (1 when perfectly balanced)
     z_loss: torch.Tensor  # () fp32, mean logsumexp(logits)²
     aux_loss: torch.Tensor  # () fp32, load_balance_coeff·load_balance + z_loss_coeff·z_loss
-
-
-def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phi-3.5-MoE's SparseMixer top-2 (arXiv 2409.12136), its inference path (transformers' ``sparsemixer``
-    with training off): expert 1 is the best logit, expert 2 the best of the rest; each one's weight is the
-    softmax, at it, over the logits s with (best − s)/max(|s|, best) ≤ 2·eps (its own best, the first
-    excluded for expert 2). Training uses the same selection: SparseMixer's Gumbel sampling and its Heun
-    gradient estimator are not implemented. logits (T, E) fp32 → (indices (T, 2), weights (T, 2))."""
-
-    def one(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        best, idx = scores.max(dim=-1, keepdim=True)  # (T, 1) ×2
-        with torch.no_grad():
-            far = (best - logits) / logits.abs().clamp(min=best) > 2 * eps  # (T, E)
-        w = scores.masked_fill(far, float("-inf")).softmax(-1).gather(-1, idx)  # (T, 1)
-        return idx, w
-
-    idx1, w1 = one(logits)
-    idx2, w2 = one(logits.scatter(-1, idx1, float("-inf")))
-    return torch.cat((idx1, idx2), -1), torch.cat((w1, w2), -1)
 
 
 def normalize_eps(r: RouterPlan) -> float:

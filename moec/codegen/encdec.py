@@ -77,7 +77,7 @@ def _constants(plan: ResolvedModel, c: dict[str, str | None]) -> dict[str, str |
 
 def _ffn_constructor(layers: list[LayerPlan], f: Features, capacity: bool) -> dict[str, list[str]]:
     """{"dense": lines, "moe": lines}: the return statements of make_ffn that build each FFN kind the model has (the
-    MoE's inside ``if moe:`` when both are). With a per-sequence capacity the MoE is SwitchMoE over a
+    MoE's inside ``if moe:`` when both are). With a per-sequence capacity the MoE's router is a
     SequenceCapacityRouter."""
     out: dict[str, list[str]] = {}
     for kind, cls in (("dense", DenseFFNPlan), ("moe", MoEPlan)):
@@ -91,7 +91,7 @@ def _ffn_constructor(layers: list[LayerPlan], f: Features, capacity: bool) -> di
             router = dataclasses.replace(
                 router, func="SequenceCapacityRouter", args=(*router.args, "capacity=EXPERT_CAPACITY")
             )
-            call = Call("SwitchMoE", (router, *rest))
+            call = dataclasses.replace(call, args=(router, *rest))
         out[kind] = call_lines(call, " " * 4 * (1 + (kind == "moe" and f.dense)), "return ")
     return out
 
@@ -146,6 +146,8 @@ def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, envi
     refused = _refusals(plan, f)
     if refused:
         raise ValueError(f"codegen does not support {'; '.join(refused)} in an encoder-decoder model yet")
+    if f.router is not None and plan.expert_capacity is not None:  # the capacity counts each sequence's tokens
+        f = dataclasses.replace(f, router=dataclasses.replace(f.router, sequence_capacity=True))
     relative = plan.positions.kind == RELATIVE_BUCKET
     n_moe = [
         int_text(sum(isinstance(lp.ffn, MoEPlan) for lp in s), "MoE layers", minimum=0)

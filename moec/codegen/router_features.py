@@ -44,6 +44,14 @@ class RouterFeatures:
     logit_softcap: bool = False  # logits capped at cap·tanh(logits/cap) before the score (Laguna)
     select_on_logits: bool = False  # experts chosen by logits + selection bias, not scores + it (Kolibri)
     gate_input: bool = False  # router.apply_to input: each expert reads its gate times the token (Llama-4)
+    # an encoder-decoder's experts take at most encoder.expert_capacity tokens of each sequence (Switch): its router
+    # is told the sequences' length, as a per-sequence balance loss's is (moec.codegen.encdec)
+    sequence_capacity: bool = False
+
+    @property
+    def takes_seq_len(self) -> bool:
+        """The MoE hands its router the length of the sequences its tokens come from."""
+        return self.sequence or self.sequence_capacity
 
     @property
     def learned(self) -> bool:

@@ -25,6 +25,8 @@ SMALL = (
 )  # fmt: skip
 # experts of 2 tokens a sequence for 10 source and 7 target tokens, top-2: most slots are dropped
 DROPPING = (*SMALL, "encoder.expert_capacity=2", "moe.router.top_k=2", "moe.n_experts=4")
+# the same, its balance loss per sequence: the capacity router hands the sequences' length on to the Router's
+BALANCED_PER_SEQUENCE = (*DROPPING, "moe.balance.load_balance_granularity=sequence")
 # no relative bias (positions none), a gated activation, q/k/v biases, heads shared by two queries, no capacity
 PLAIN = (
     *SMALL, "model.positions.kind=none", "model.positions.n_buckets=null", "model.positions.max_distance=null",
@@ -55,7 +57,11 @@ def _ids(plan, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-@pytest.mark.parametrize("sets", [SMALL, DROPPING, PLAIN, ALL_MOE], ids=["switch", "dropping", "plain", "all-moe"])
+@pytest.mark.parametrize(
+    "sets",
+    [SMALL, DROPPING, BALANCED_PER_SEQUENCE, PLAIN, ALL_MOE],
+    ids=["switch", "dropping", "dropping, balanced per sequence", "plain", "all-moe"],
+)
 def test_generated_model_gives_the_library_logits_and_aux(sets, tmp_path):
     plan, gen, lib = _generated_and_library(sets, tmp_path)
     source, target = _ids(plan, 1)
@@ -64,7 +70,7 @@ def test_generated_model_gives_the_library_logits_and_aux(sets, tmp_path):
     assert torch.equal(logits, lib_logits)
     assert_same_aux(aux, lib_aux)
     dropped = sum(int(a.dropped) for a in lib_aux.layers if a is not None)
-    assert (dropped > 0) == (sets is DROPPING)  # the capacity is exercised where it binds, and only there
+    assert (dropped > 0) == (sets in (DROPPING, BALANCED_PER_SEQUENCE))  # exercised where the capacity binds, only
     assert len(lib_aux.layers) == len(plan.encoder) + len(plan.layers)
     if sets is not DROPPING:  # its file is the switch case's but for numbers
         assert_ruff_clean(tmp_path)

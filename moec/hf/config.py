@@ -301,14 +301,26 @@ def _import(source: Source, name: str | None) -> tuple[str, LoadedSpec]:
 def _back_to_config(t: Translation, p: Problem) -> Problem:
     """A problem the spec checks found in the imported spec, pointed back at its config.json field."""
     leaf = t.draft.fields.get(p.path)
-    note = leaf[1] if leaf else ""
-    if p.path.startswith("layers"):
-        note = t.draft.window_note if "window" in p.path else t.draft.ffn_note
-        note = t.draft.mixer_note if p.path.endswith(".mixer") else note
+    note = _layers_note(t.draft, p.path) if p.path.startswith("layers") else leaf[1] if leaf else ""
     m = re.match(r"[A-Za-z_][\w.]*", note or "")
     if m is None:  # a value the family fixes in code: located at the config as a whole
         return t.problem("", f"{p.message} (spec field {p.path} of the imported spec)")
-    return t.problem(m.group(0), f"{p.message} (spec field {p.path})")
+    return t.problem(m.group(0).rstrip("."), f"{p.message} (spec field {p.path})")  # a note's "x.<type>"
+
+
+def _layers_note(d: Draft, path: str) -> str:
+    """The note of the per-layer list a spec field under ``layers`` came from: a per-layer attention or MoE value's
+    own (Draft.layer_attention, layer_moe), the rotations', the mixers', the windows', else the FFN kinds'."""
+    m = re.search(r"\.(attention|moe)\.(\w+)", path)
+    if m:
+        own = d.layer_attention if m.group(1) == "attention" else d.layer_moe
+        if m.group(2) in own:
+            return own[m.group(2)][1]
+        if m.group(2) == "rope":
+            return d.rope_note
+    if path.endswith(".mixer"):
+        return d.mixer_note
+    return d.window_note if "window" in path else d.ffn_note
 
 
 def plan_fields(model: ResolvedModel, *, training: bool = True) -> dict[str, Any]:

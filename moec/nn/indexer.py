@@ -101,8 +101,9 @@ class Indexer(nn.Module):
 
 def share_indexer_choices(attentions: Sequence[nn.Module | None]) -> None:
     """Point each attention layer of ``indexer_shared`` (GLM-5.2, HY-V4: no indexer of its own) at the last layer
-    before it that runs one, whose choice it attends (``choice_of``, a list so that torch registers no submodule);
-    ``attentions`` in layer order, None for the layers of another token mixer."""
+    before it that runs one, whose choice it attends (``choice_of``, a list so that torch registers no submodule), and
+    have that layer keep its choice for it (``lends_choice``); ``attentions`` in layer order, None for the layers of
+    another token mixer."""
     source = None
     for a in attentions:
         if a is None:
@@ -113,3 +114,4 @@ def share_indexer_choices(attentions: Sequence[nn.Module | None]) -> None:
             if source is None:
                 raise ValueError("a layer sharing an indexer's choice needs an earlier layer that runs an indexer")
             a.choice_of = [source]
+            source.lends_choice = True

@@ -93,8 +93,10 @@ class MLA(AttentionLayer):
         self.sinks = nn.Parameter(torch.empty(h, **kw)) if plan.sinks else None
         self.indexer = Indexer(plan, d_model, **kw) if plan.has_indexer else None  # DeepSeek-V3.2's sparse attention
         # the keys its indexer chose in its last call, (B, 1, S, T) (None: every key): what a layer of indexer_shared
-        # after it attends (GLM-5.2, HY-V4), pointed at this layer by moec.nn.indexer.share_indexer_choices
+        # after it attends (GLM-5.2, HY-V4), pointed at this layer by moec.nn.indexer.share_indexer_choices, which
+        # sets lends_choice; kept only then, as a layer holding its last S×T choice would hold it past the call
         self.chosen: torch.Tensor | None = None
+        self.lends_choice = False
         self.choice_of: list[MLA] = []
         self.scale = plan.scale if plan.scale is not None else softmax_scale_factor(positions) / math.sqrt(qk)
         # LongCat-Flash's constant factors on the query and the normed kv latent (1: DeepSeek's MLA)
@@ -120,16 +122,17 @@ class MLA(AttentionLayer):
         k_nope, v = kv.split([nope, dv], dim=-1)
         q = torch.cat((q_nope, q_rot), dim=-1)  # (B, h, S, nope + r)
         k = torch.cat((k_nope, k_rot.expand(B, h, S, r)), dim=-1)  # (B, h, S, nope + r)
-        self.chosen = None
+        chosen = None
         if self.indexer is not None and S > self.indexer.top_k:  # else every query sees at most top_k keys: dense
             allowed = causal_mask(S, self.plan.window, x.device)
             ix_rope = rope if self.plan.rope else None
             index_keys = self.indexer.keys(x, ix_rope)
-            self.chosen = self.indexer.select(self.indexer.scores(x, q_latent, index_keys, ix_rope), allowed)[:, None]
+            chosen = self.indexer.select(self.indexer.scores(x, q_latent, index_keys, ix_rope), allowed)[:, None]
         elif self.plan.indexer_shared:
-            self.chosen = self.shared_choice()  # None where its source attended every key
-        if self.chosen is not None:
-            y = attend_masked(q, k, v, self.chosen, scale=self.scale, sinks=self.sinks)  # (B, h, S, dv)
+            chosen = self.shared_choice()  # None where its source attended every key
+        self.chosen = chosen if self.lends_choice else None
+        if chosen is not None:
+            y = attend_masked(q, k, v, chosen, scale=self.scale, sinks=self.sinks)  # (B, h, S, dv)
         else:
             y = attend(q, k, v, scale=self.scale, window=self.plan.window, sinks=self.sinks)  # (B, h, S, dv)
         return self.output(x, sigmoid_gated(y, gate))
@@ -155,9 +158,10 @@ class MLA(AttentionLayer):
         mask = cache.mask(positions, key_positions)  # (S, T)
         if self.indexer is not None:  # the top_k of the visible keys, by the indexer's scores against its cached keys
             scores = self.indexer.scores(x, q_latent, keys[..., width:], rope if self.plan.rope else None)  # (B, S, T)
-            mask = self.chosen = self.indexer.select(scores, mask)[:, None]  # (B, 1, S, T)
+            mask = self.indexer.select(scores, mask)[:, None]  # (B, 1, S, T)
+            self.chosen = mask if self.lends_choice else None
         elif self.plan.indexer_shared:  # its source's cache holds the same positions in the same slots
-            mask = self.chosen = self.shared_choice()
+            mask = self.shared_choice()
         q_abs = torch.cat((q_lat, q_rot), dim=-1)  # (B, h, S, kv_r + r)
         y = attend_masked(q_abs, keys[..., :width], keys[..., :kv_r], mask, scale=self.scale, sinks=self.sinks)
         y = torch.einsum("bhsc,hvc->bhsv", y, w_uv)  # (B, h, S, dv)

@@ -465,6 +465,24 @@ def test_a_shared_layer_has_no_indexer_and_decodes_to_the_full_forward_logits():
         assert not torch.allclose(dense(tokens)[0], full, atol=1e-3)  # the shared choice matters
 
 
+def test_only_a_layer_whose_choice_is_shared_keeps_it_past_its_call():
+    """A layer's (B, 1, S, S) choice outlives the call only where a later layer attends it: in GLM-5.2's pattern the
+    source keeps it (the shared layer reads it), a layer whose choice nobody reads (here layer 0 of an indexed model
+    without shared layers) drops it, and a shared layer never holds a copy."""
+    from moec.spec import load_spec, resolve
+
+    tokens = torch.randint(64, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    alone = model_of(resolve(load_spec("alone.yaml", text=SHARED.replace("indexer: shared", "indexer: false"))))
+    shared = model_of(resolve(load_spec("shared.yaml", text=SHARED)))
+    with torch.no_grad():
+        alone(tokens), shared(tokens)
+    assert SEQ > shared.layers[0].attn.indexer.top_k  # the sparse path ran
+    assert [m.layers[i].attn.chosen is None for m in (alone, shared) for i in range(3)] == [
+        True, True, True, False, True, True
+    ]  # fmt: skip
+    assert shared.layers[0].attn.chosen.shape == (BATCH, 1, SEQ, SEQ)
+
+
 def test_a_shared_layer_needs_an_earlier_indexer():
     from moec.errors import SpecError
     from moec.spec import load_spec

@@ -431,43 +431,22 @@ def plan_from_dict(d: dict[str, Any]) -> ResolvedModel:
         return LayerPlan(l["index"], attn(l["attention"]), ffn(l["ffn"]), mixer_from_dict(l.get("mixer")), pair, cross)
 
     pos = d["positions"]
-    return ResolvedModel(
-        name=d["name"],
-        vocab_size=d["vocab_size"],
-        d_model=d["d_model"],
-        n_layers=d["n_layers"],
-        max_seq_len=d["max_seq_len"],
-        tie_embeddings=d["tie_embeddings"],
-        norm=NormPlan(**d["norm"]),
-        positions=PositionsPlan(
-            pos["kind"],
-            pos["theta"],
-            RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None,
-            pos.get("rotary_dim"),
-            pos.get("mrope_sections"),
-            pos.get("mrope_interleaved", False),
-            pos.get("n_buckets"),
-            pos.get("max_distance"),
-            pos.get("offset"),
+    hc, gate, scales = d.get("hyper_connections"), d.get("norm_gate"), d.get("residual_scales")
+    planned = {  # the fields that hold plans, rebuilt; the rest are plain values, taken as written (absent: defaults)
+        "norm": NormPlan(**d["norm"]),
+        "positions": PositionsPlan(
+            **{**pos, "scaling": RopeScalingPlan(**pos["scaling"]) if pos.get("scaling") else None}
         ),
-        layers=tuple(layer(l) for l in d["layers"]),
-        encoder=tuple(layer(l) for l in d.get("encoder", ())),
-        expert_capacity=d.get("expert_capacity"),
-        hyper_connections=HyperConnectionsPlan(**d["hyper_connections"]) if d.get("hyper_connections") else None,
-        norm_gate=NormGatePlan(d["norm_gate"]["rank"], tuple(d["norm_gate"]["sites"])) if d.get("norm_gate") else None,
-        mtp=tuple(layer(l) for l in d.get("mtp", ())),
-        frozen=tuple(d.get("frozen", ())),
-        head_bias=d.get("head_bias", False),
-        embedding_multiplier=d.get("embedding_multiplier", 1.0),
-        residual_multiplier=d.get("residual_multiplier", 1.0),
-        logits_scaling=d.get("logits_scaling", 1.0),
-        logit_softcap=d.get("logit_softcap"),
-        residual_scales=ResidualScalesPlan(**d["residual_scales"]) if d.get("residual_scales") else None,
-        depth_scaled_residual=d.get("depth_scaled_residual", False),
-        spec_hash=d.get("spec_hash", ""),
-        source_file=d.get("source_file", ""),
-        description=d.get("description", ""),
-    )
+        "layers": tuple(layer(l) for l in d["layers"]),
+        "encoder": tuple(layer(l) for l in d.get("encoder", ())),
+        "mtp": tuple(layer(l) for l in d.get("mtp", ())),
+        "frozen": tuple(d.get("frozen", ())),
+        "hyper_connections": HyperConnectionsPlan(**hc) if hc else None,
+        "norm_gate": NormGatePlan(gate["rank"], tuple(gate["sites"])) if gate else None,
+        "residual_scales": ResidualScalesPlan(**scales) if scales else None,
+    }
+    plain = {f.name: d[f.name] for f in dataclasses.fields(ResolvedModel) if f.name in d.keys() - planned - {"extra"}}
+    return ResolvedModel(**plain, **planned)
 
 
 def mixer_from_dict(m: dict[str, Any] | None) -> Any:

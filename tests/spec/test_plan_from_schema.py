@@ -98,3 +98,43 @@ def test_a_moe_without_lora_and_a_dense_ffn_plan_their_defaults():
     moe = resolve(spec.model_copy(update={"layers": Layers(default=LayerDefault(ffn="moe"))})).layers[0].ffn
     # moe.activation unset: the dense FFN's relu, so the experts are not gated (docs/conventions.md, "Activations")
     assert (moe.lora_rank, moe.lora_alpha, moe.d_ff_shared, moe.top_k, moe.gated) == (None, None, 16, 1, False)
+
+
+def test_every_model_wide_plan_field_survives_spec_resolved_yaml():
+    """Each field of ResolvedModel set away from its default (a plan no spec writes all at once) comes back from the
+    YAML text of spec.resolved.yaml; a field added to the plan and not reloaded would come back as its default."""
+    import dataclasses
+
+    import yaml
+
+    from moec.spec import load_model
+    from moec.spec.hyper import HyperConnectionsPlan
+    from moec.spec.norm_gate import NormGatePlan
+    from moec.spec.plan import ResidualScalesPlan, ResolvedModel
+
+    base = load_model("specs/textbook-moe.yaml")
+    changed = {
+        "mtp": base.layers[:1],
+        "frozen": ("router",),
+        "head_bias": True,
+        "embedding_multiplier": 2.0,
+        "residual_multiplier": 0.5,
+        "logits_scaling": 0.25,
+        "logit_softcap": 30.0,
+        "residual_scales": ResidualScalesPlan((0.5, 2.0), (1.0, 1.0), (3.0, 0.25)),
+        "depth_scaled_residual": True,
+        "encoder": base.layers[:2],
+        "expert_capacity": 8,
+        "hyper_connections": HyperConnectionsPlan(4, residual="identity", head="mean"),
+        "norm_gate": NormGatePlan(4, ("mixer", "moe_ffn")),
+        "spec_hash": "0123abcd",
+        "source_file": "elsewhere.yaml",
+        "description": "every field away from its default",
+    }
+    fields = [f for f in dataclasses.fields(ResolvedModel) if f.compare]
+    defaulted = {
+        f.name for f in fields if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    assert defaulted - set(changed) == set(), "a new plan field: give it a value other than its default here"
+    plan = base.replace(**changed)
+    assert plan_from_dict(yaml.safe_load(yaml.safe_dump(plan.to_dict(), sort_keys=False))) == plan

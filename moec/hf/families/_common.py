@@ -182,6 +182,15 @@ def mlp_layer_kinds(c: HFConfig, d: Draft, types: list[str] | None, note: str = 
         d.ffn_note = note
 
 
+def mlp_layer_types(c: HFConfig, d: Draft, unset: list[str], unset_note: str) -> bool:
+    """mlp_layer_types as given (:func:`mlp_layer_kinds`) or, unset, ``unset``: what the family's config class
+    fills in, ``unset_note`` saying so. False when refused (reported) or the layer count is unknown."""
+    given = c.value("mlp_layer_types") is not None
+    types = c.str_list("mlp_layer_types") if given else unset
+    mlp_layer_kinds(c, d, types, "mlp_layer_types" if given else unset_note)
+    return d.layers_known and types is not None and not c.failed("mlp_layer_types")
+
+
 def jitter_on_hidden(c: HFConfig, d: Draft, key: str) -> None:
     j = c.float(key, optional=True)
     if j:

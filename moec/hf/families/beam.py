@@ -25,7 +25,7 @@ from moec.hf.families._common import (
     base,
     defaults,
     dense_layers_ffn,
-    mlp_layer_kinds,
+    mlp_layer_types,
     moe_core,
     router,
 )
@@ -192,12 +192,9 @@ def _typed_layers(c: HFConfig, d: Draft, types: list[str], per_type: dict[str, A
 
 def _mlp_layers(c: HFConfig, d: Draft) -> None:
     """mlp_layer_types: 'sparse' is BeamMoE, 'dense' BeamMLP(intermediate_size); unset, the first three dense."""
-    if c.value("mlp_layer_types") is None:
-        k = min(3, d.n_layers)
-        d.ffn = ["dense"] * k + ["moe"] * (d.n_layers - k)
-        d.ffn_note = "mlp_layer_types unset: the first three layers dense, the rest sparse (BeamConfig)"
-        return
-    mlp_layer_kinds(c, d, c.str_list("mlp_layer_types"))
+    k = min(3, d.n_layers)
+    unset = ["dense"] * k + ["sparse"] * (d.n_layers - k)
+    mlp_layer_types(c, d, unset, "mlp_layer_types unset: the first three layers dense, the rest sparse (BeamConfig)")
 
 
 def _export_rope(m: ResolvedModel, types: list[str]) -> dict[str, dict[str, Any] | None]:

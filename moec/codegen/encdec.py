@@ -23,7 +23,7 @@ from moec.codegen.checks import float_text, int_text
 from moec.codegen.features import Features, plan_features
 from moec.codegen.layers import _ffn_call
 from moec.codegen.layout import INDENT, Call, call_lines, table_lines
-from moec.codegen.render import runtime_imports
+from moec.codegen.render import moe_runtime_names, runtime_imports
 from moec.spec.encdec import RELATIVE_BUCKET
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
@@ -121,14 +121,6 @@ def _stack_lines(f: Features, relative: bool, decoder: bool, n_layers: str) -> l
     return call_lines(call, INDENT, "self.layers = ")
 
 
-def _runtime_names(f: Features) -> list[str]:
-    """What the file takes from moec.kernels.runtime: the aux records, and the experts' kernels."""
-    names = ["ModelAux"]
-    if f.moe:
-        names += ["MoEAux", "kernels_for"]
-    return names
-
-
 def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, environment: jinja2.Environment) -> str:
     """The generated ``model.py`` of an encoder-decoder plan. Raises ValueError for one codegen cannot express."""
     from moec.nn.encdec import build_refusals  # what moec.nn builds: one list, moec.nn's
@@ -167,5 +159,5 @@ def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, envi
         decoder_layers=_stack_lines(f, relative, True, int_text(len(plan.layers), "n_layers")),
         encoder_moe=_moe_table("ENCODER_MOE", plan.encoder),
         decoder_moe=_moe_table("DECODER_MOE", plan.layers),
-        imports=runtime_imports(f, _runtime_names(f)),
+        imports=runtime_imports(f, ["ModelAux", *moe_runtime_names(f)]),  # the aux records, the MoE's pieces
     )

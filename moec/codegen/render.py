@@ -53,21 +53,33 @@ def runtime_imports(f: Features, runtime_names: list[str] | None = None) -> list
     return lines + import_lines("moec.kernels.runtime", names, first)
 
 
+# the routing algorithm each router kind calls (docs/routing.md): moec.kernels.runtime's, the one copy moec.nn calls too
+ROUTING_ALGORITHMS = {
+    "hash": "hash_experts",
+    "gshard": "gshard_top2",
+    "expert_choice": "expert_choice",
+    "sparsemixer": "sparsemixer",
+}
+
+
+def moe_runtime_names(f: Features) -> list[str]:
+    """The MoE's pieces of moec.kernels.runtime, in a decoder-only file or an encoder-decoder one: its aux record, the
+    experts' kernels and the routing algorithm its Router calls."""
+    if f.router is None:
+        return []
+    algorithm = ROUTING_ALGORITHMS.get(f.router.kind)
+    return ["MoEAux", "kernels_for"] + ([algorithm] if algorithm else [])
+
+
 def _decoder_runtime_names(f: Features) -> list[str]:
     """The runtime pieces a decoder-only model.py uses: its cache, aux records and the routers' helpers."""
-    names = ["KVCache", "ModelAux", "check_cache_call", "refuse_cache_request"]
+    names = ["KVCache", "ModelAux", "check_cache_call", "refuse_cache_request", *moe_runtime_names(f)]
     if f.attention:  # attention's KV slots
         names += ["LayerCache", "empty_layer_cache", "with_cache"]
-    if f.moe:
-        names += ["MoEAux", "kernels_for"]
-    if f.token_ids:
-        names.append("hash_experts")
     if f.parts.moa:  # each slot through its expert's matrix, rows sorted by expert once (as moec.nn's MoA)
         names.append("slot_linear")
-    if f.router and f.router.kind == "gshard":
-        names.append("gshard_top2")
     if f.router and f.router.kind == "expert_choice":
-        names += ["expert_choice", "expert_choice_refusal"]
+        names.append("expert_choice_refusal")
     if f.router and f.router.capacity:
         names.append("capacity_refusal")
     if f.scaling in ("dynamic", "longrope"):

@@ -27,6 +27,8 @@ SMALL = (
 DROPPING = (*SMALL, "encoder.expert_capacity=2", "moe.router.top_k=2", "moe.n_experts=4")
 # the same, its balance loss per sequence: the capacity router hands the sequences' length on to the Router's
 BALANCED_PER_SEQUENCE = (*DROPPING, "moe.balance.load_balance_granularity=sequence")
+# Phi-3.5-MoE's router in Switch's stacks: its top-2 is moec.kernels.runtime's, imported by the file
+SPARSEMIXER = (*SMALL, "moe.router.kind=sparsemixer", "moe.router.top_k=2", "moe.n_experts=4")
 # no relative bias (positions none), a gated activation, q/k/v biases, heads shared by two queries, no capacity
 PLAIN = (
     *SMALL, "model.positions.kind=none", "model.positions.n_buckets=null", "model.positions.max_distance=null",
@@ -59,8 +61,8 @@ def _ids(plan, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "sets",
-    [SMALL, DROPPING, BALANCED_PER_SEQUENCE, PLAIN, ALL_MOE],
-    ids=["switch", "dropping", "dropping, balanced per sequence", "plain", "all-moe"],
+    [SMALL, DROPPING, BALANCED_PER_SEQUENCE, PLAIN, ALL_MOE, SPARSEMIXER],
+    ids=["switch", "dropping", "dropping, balanced per sequence", "plain", "all-moe", "sparsemixer"],
 )
 def test_generated_model_gives_the_library_logits_and_aux(sets, tmp_path):
     plan, gen, lib = _generated_and_library(sets, tmp_path)

@@ -351,7 +351,11 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
         ),
         (
             "longrope, sparsemixer (Phi-3.5-MoE)",
-            ["ROPE_SHORT_FACTOR = (1.0, 1.5, 2.0, 2.5)", "def sparsemixer(", "sparsemixer_eps=0.2"],
+            [
+                "ROPE_SHORT_FACTOR = (1.0, 1.5, 2.0, 2.5)",
+                "idx, w = sparsemixer(logits, self.sparsemixer_eps)",
+                "sparsemixer_eps=0.2",
+            ],
         ),
         ("mla output gate per head (Ling 3)", ["self.gate_proj = Linear(d_model, h, bias=False)"]),
         (

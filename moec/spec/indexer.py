@@ -87,7 +87,6 @@ def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     """``layers.*.attention.indexer`` only turns off (or shares) an indexer the attention section has, and a layer
     that shares one needs a layer before it that runs its own."""
     sections = [(path, s.indexer) for path, s in spec.layers.attention_sections() if "indexer" in s.model_fields_set]
-    written = [(*path, "indexer") for path, _ in sections]
     if spec.attention.indexer is None:
         what = {"shared": "it shares an earlier layer's indexer choice", False: "it turns the indexer off"}
         return [
@@ -97,14 +96,19 @@ def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
             )
             for path, mode in sections
         ]
-    from moec.spec.resolve import attention_fields_per_layer  # resolve reads this module's section
+    from moec.spec.resolve import attention_fields_per_layer, selected_layers  # resolve reads this module's section
 
     modes = attention_fields_per_layer(spec)["indexer"]
     first = next((i for i, m in enumerate(modes) if m is not False), None)
-    if first is not None and modes[first] == "shared":
-        why = f"layer {first} shares the choice of an earlier layer's indexer, and no layer before it runs one"
-        return [(written[-1] if written else ("attention", "indexer"), why)]
-    return []
+    if first is None or modes[first] != "shared":
+        return []
+    # located where that layer's "shared" is written: the last override selecting it that writes indexer, else default
+    where: tuple[str | int, ...] = ("layers", "default", "attention", "indexer")
+    for j, ov in enumerate(spec.layers.overrides):
+        writes = ov.attention is not None and "indexer" in ov.attention.model_fields_set
+        if writes and first in selected_layers(ov.select, spec.model.n_layers):
+            where = ("layers", "overrides", j, "attention", "indexer")
+    return [(where, f"layer {first} shares the choice of an earlier layer's indexer, and no layer before it runs one")]
 
 
 def plan_fields(ix: IndexerSection | None, mode: bool | str) -> dict[str, Any]:

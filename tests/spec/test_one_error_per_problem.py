@@ -123,3 +123,34 @@ def test_a_field_a_mixture_of_attention_heads_does_not_take_is_refused_once():
         "4:113 attention.q_lora_rank: not supported with attention.kind moa (mixture of attention heads)",
         "6:46 layers.default.attention.kv_lora_rank: not supported with attention.kind moa (mixture of attention heads)",
     ]
+
+
+SPARSE = """\
+moec: 1
+name: t
+model: {vocab_size: 256, d_model: 64, n_layers: 4, max_seq_len: 128}
+attention:
+  kind: mla
+  n_heads: 4
+  q_lora_rank: 32
+  kv_lora_rank: 16
+  qk_nope_head_dim: 16
+  qk_rope_head_dim: 8
+  v_head_dim: 16
+  indexer: {n_heads: 2, head_dim: 16, top_k: 8}
+ffn: {d_ff: 128}
+layers:
+  overrides:
+    - {select: [0], attention: {indexer: shared}}
+    - {select: [3], attention: {indexer: false}}
+"""
+
+
+def test_a_first_layer_sharing_an_indexer_choice_is_located_where_its_shared_is_written():
+    """Layer 0 shares (the first override) and no layer runs an indexer before it; the second override, which turns
+    layer 3's off, is not the one to change."""
+    # line 16: "    - {select: [0], attention: {indexer: shared}}", shared at column 42
+    assert problems(SPARSE) == [
+        "16:42 layers.overrides[0].attention.indexer: layer 0 shares the choice of an earlier layer's indexer, and no "
+        "layer before it runs one"
+    ]

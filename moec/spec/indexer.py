@@ -77,10 +77,9 @@ def _window_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
     both = [i for i, (w, ix) in enumerate(zip(fields["window"], fields["indexer"], strict=True)) if w and ix]
     if not both:
         return []
-    written = [(*path, "window") for path, s in spec.layers.attention_sections() if "window" in s.model_fields_set]
     layers = ", ".join(map(str, both[:6])) + (", …" if len(both) > 6 else "")
     why = f"not with attention.indexer (layers {layers}): a windowed decode would break the indexer's ties differently"
-    return [((written or [("attention", "window")])[-1], why)]
+    return [(_written_for(spec, "window", both[0]), why)]
 
 
 def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
@@ -96,19 +95,29 @@ def _layer_problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
             )
             for path, mode in sections
         ]
-    from moec.spec.resolve import attention_fields_per_layer, selected_layers  # resolve reads this module's section
+    from moec.spec.resolve import attention_fields_per_layer  # resolve reads this module's section
 
     modes = attention_fields_per_layer(spec)["indexer"]
     first = next((i for i, m in enumerate(modes) if m is not False), None)
     if first is None or modes[first] != "shared":
         return []
-    # located where that layer's "shared" is written: the last override selecting it that writes indexer, else default
-    where: tuple[str | int, ...] = ("layers", "default", "attention", "indexer")
+    why = f"layer {first} shares the choice of an earlier layer's indexer, and no layer before it runs one"
+    return [(_written_for(spec, "indexer", first), why)]
+
+
+def _written_for(spec: Spec, field: str, layer: int) -> tuple[str | int, ...]:
+    """Where the value of attention ``field`` that ``layer`` plans is written, the place to change it: the last
+    override selecting the layer that writes it, else layers.default, else the attention section."""
+    from moec.spec.resolve import selected_layers
+
+    where: tuple[str | int, ...] = ("attention", field)
+    if field in spec.layers.default.attention.model_fields_set:
+        where = ("layers", "default", "attention", field)
     for j, ov in enumerate(spec.layers.overrides):
-        writes = ov.attention is not None and "indexer" in ov.attention.model_fields_set
-        if writes and first in selected_layers(ov.select, spec.model.n_layers):
-            where = ("layers", "overrides", j, "attention", "indexer")
-    return [(where, f"layer {first} shares the choice of an earlier layer's indexer, and no layer before it runs one")]
+        writes = ov.attention is not None and field in ov.attention.model_fields_set
+        if writes and layer in selected_layers(ov.select, spec.model.n_layers):
+            where = ("layers", "overrides", j, "attention", field)
+    return where
 
 
 def plan_fields(ix: IndexerSection | None, mode: bool | str) -> dict[str, Any]:

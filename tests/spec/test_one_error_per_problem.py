@@ -154,3 +154,17 @@ def test_a_first_layer_sharing_an_indexer_choice_is_located_where_its_shared_is_
         "16:42 layers.overrides[0].attention.indexer: layer 0 shares the choice of an earlier layer's indexer, and no "
         "layer before it runs one"
     ]
+
+
+def test_a_window_on_a_layer_that_runs_the_indexer_is_located_where_that_window_is_written():
+    """Layer 2 slides (the first override) and runs the indexer; the second override's window is on layer 0, whose
+    indexer is off, and is not the one to change."""
+    text = SPARSE.replace(
+        "    - {select: [0], attention: {indexer: shared}}\n    - {select: [3], attention: {indexer: false}}\n",
+        "    - {select: [2], attention: {window: 16}}\n    - {select: [0], attention: {window: 8, indexer: false}}\n",
+    )
+    # line 16: "    - {select: [2], attention: {window: 16}}", 16 at column 41
+    assert problems(text) == [
+        "16:41 layers.overrides[0].attention.window: not with attention.indexer (layers 2): a windowed decode would "
+        "break the indexer's ties differently"
+    ]

@@ -214,8 +214,9 @@ def assert_stepwise_decode_is_the_full_forward(model, vocab: int, steps: int = 9
 def assert_same_routed_logits(hf, model, router_class: str, scale: float = 1.0) -> float:
     """transformers' logits and each MoE layer's (experts, weights), from its ``router_class`` modules (whose output
     is (logits, top-k weights, top-k indices); the weights × ``scale`` where the family's MoE block, not its router,
-    applies a scale that moec's router applies), against moec's: the same MoE layers (some), the same experts, the
-    same weights within 1e-5. Returns the largest logits difference."""
+    applies a scale that moec's router applies), against moec's: the same MoE layers (some), varied choices (more
+    than two distinct sets of experts a layer), the same experts, the same weights within 1e-5. Returns the largest
+    logits difference."""
     from tests.hf.test_weights import TOKENS, _record, by_expert, run_moec
 
     routers = [(n, m) for n, m in hf.named_modules() if type(m).__name__ == router_class]
@@ -229,6 +230,7 @@ def assert_same_routed_logits(hf, model, router_class: str, scale: float = 1.0) 
     for i in hf_choices:
         hf_idx, hf_w = by_expert(*hf_choices[i])
         our_idx, our_w = by_expert(*our_choices[i])
+        assert len(set(map(tuple, hf_idx.tolist()))) > 2, f"layer {i}: too few distinct choices to tell apart"
         assert torch.equal(our_idx, hf_idx), f"layer {i}: different experts chosen"
         torch.testing.assert_close(our_w, hf_w, atol=1e-5, rtol=1e-5)
     return (got - want).abs().max().item()

@@ -29,6 +29,10 @@ def rope_per_type(t: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | 
     config), else built as Step3p7TextConfig builds it from the release's rope_theta (one value, or one per
     layer), partial_rotary_factors (one per layer) and rope_scaling (the full-attention type's only). None once
     refused."""
+    if not types:  # the layer count is refused: nothing per layer to judge (nor to report as unread)
+        for key in ("rope_parameters", "rope_theta", "partial_rotary_factors", "rope_scaling"):
+            t.value(key)
+        return None
     used = sorted(set(types) & set(ROPE_TYPES))
     given = t.raw.get("rope_parameters")
     if isinstance(given, dict) and used and all(isinstance(given.get(x), dict) for x in used):

@@ -47,6 +47,7 @@ from moec.hf.families.deepseek_v32 import DsaMapper, indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.families.laguna import mlp_layer_types
+from moec.spec.schema import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -110,8 +111,7 @@ def translate_text(t: HFConfig, d: Draft) -> None:
     d.put("attention.latent_scales", True, f"{CLS}Attention: q_lora_scale and kv_lora_scale, always applied")
     d.put("attention.rope_key_norm", True, f"{CLS}Attention.k_rope_only_layernorm (rms_norm_eps)")
     d.put("attention.output_gate", "head", f"{CLS}Attention: o_proj(attn · sigmoid(g_proj(x))), per head")
-    if thetas is not None:
-        _attention_layers(t, d, types, thetas)
+    _attention_layers(t, d, types, thetas)
     _moe(t, d)
     _mlp_layers(t, d)
     dense_layers_ffn(t, d, bias_src=f"{CLS}MLP has no biases")
@@ -166,7 +166,7 @@ def _layer_types(t: HFConfig) -> list[str] | None:
     """layer_types as Dots3NoteTextConfig derives them: given, else DSA on layers 0, 1 and every 4th from 1 and
     sliding windows elsewhere (none with use_sliding_window false); use_dsa (default true unless per_layer_config is
     given) renames full_attention to indexed_attention, false the other way round."""
-    n = t.int("num_hidden_layers")
+    n = t.int("num_hidden_layers", maximum=MAX_LAYERS)  # bounded before the list of n types is built
     if t.failed("num_hidden_layers"):
         return None
     use_dsa = t.value("use_dsa", None if t.given("per_layer_config") else True)
@@ -241,10 +241,15 @@ def _geometry(t: HFConfig, types: list[str]) -> list[dict[str, Any]]:
     return [swa if x == "sliding_attention" else {} for x in types]
 
 
-def _attention_layers(t: HFConfig, d: Draft, types: list[str] | None, thetas: dict[str, tuple[float, str]]) -> None:
+def _attention_layers(
+    t: HFConfig, d: Draft, types: list[str] | None, thetas: dict[str, tuple[float, str]] | None
+) -> None:
     """Per layer: the indexer (GLM-5's) on indexed_attention layers, a window on sliding ones, and each layer's own
-    MLA sizes and rope base where they differ from the model's."""
-    if types is None or not d.fits_layers(t, "layer_types", types):
+    MLA sizes and rope base where they differ from the model's. Once the layer types or the rope are refused, their
+    fields are only read: the refusal says what is wrong, not each field it left unjudged."""
+    if types is None or thetas is None or not d.fits_layers(t, "layer_types", types):
+        for key in (*SWA_FIELDS, "sliding_window", "index_n_heads", "index_head_dim", "index_topk"):
+            t.value(key)
         return
     geometry = _geometry(t, types)
     if _own_sizes_are_integers(t, geometry):

@@ -37,6 +37,7 @@ from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
 from moec.hf.families.laguna import first_dense_mlp_layers
 from moec.hf.mapper import Mapper
+from moec.spec.schema import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +82,7 @@ def default_layer_types(n_layers: int) -> list[str]:
 
 def translate(c: HFConfig, d: Draft) -> None:
     n = c.value("num_hidden_layers")
-    types = _layer_types(c, n if is_int(n) and 0 < n <= 10_000 else 0)
+    types = _layer_types(c, n if is_int(n) and 0 < n <= MAX_LAYERS else 0)  # else refused by the base
     legacy = {k: c.value(k) for k in ("rope_theta", "swa_rope_theta", "partial_rotary_factor") if c.given(k)}
     for k in legacy:  # Xiaomi's flat rope fields: compared with the per-type mappings below, not read as rope
         del c.raw[k]

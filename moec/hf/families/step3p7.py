@@ -47,6 +47,7 @@ from moec.hf.families.hy_v3 import ignored
 from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 from moec.spec.moe_override import MAX_LIMIT
+from moec.spec.schema import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -157,9 +158,10 @@ def _cut_mtp_padding(t: HFConfig) -> int:
 
 
 def _layer_types(t: HFConfig) -> list[str]:
-    """layer_types as transformers reads it: unset, all full attention; a sparse_attention_config is not built."""
+    """layer_types as transformers reads it: unset, all full attention (none while the layer count is refused); a
+    sparse_attention_config is not built."""
     n = t.value("num_hidden_layers")
-    return rope_layer_types(t, ["full_attention"] * (n if is_int(n) and n > 0 else 1))
+    return rope_layer_types(t, ["full_attention"] * n if is_int(n) and 0 < n <= MAX_LAYERS else [])  # [] refused
 
 
 def _gate(t: HFConfig, d: Draft) -> None:

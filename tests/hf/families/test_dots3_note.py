@@ -182,6 +182,11 @@ def test_a_size_that_is_no_positive_integer_is_one_located_error(change, field):
     assert refused_fields({**TINY, "model_type": "dots3_note", **change}) == [field]
 
 
+def test_a_layer_count_past_moecs_bound_is_refused_before_a_list_per_layer_is_built():
+    """The layer types are derived from the count before the common reader bounds it: 10^12 hung the import."""
+    assert refused_fields({**TINY, "model_type": "dots3_note", "num_hidden_layers": 10**12}) == ["num_hidden_layers"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """transformers' tiny model saved, its config.json then the release's form: the text fields at the top level of

@@ -160,6 +160,7 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
         ({"swiglu_limits": [2e4] * 45}, "text_config.swiglu_limits"),
         ({"moe_top_k": 8, "num_experts_per_tok": 4}, "text_config.moe_top_k"),
         ({"moe_layer_freq": [1] * 45}, "text_config.moe_layer_freq"),
+        ({"num_hidden_layers": 10**12, "layer_types": None}, "text_config.num_hidden_layers"),  # was a MemoryError
         ({"per_layer_config": {**{str(i): {"num_attention_heads": 96} for i in range(45) if i % 4},
                                "1": {"num_attention_heads": 96, "head_dim": 64}}},
          "text_config.per_layer_config.1.head_dim"),

@@ -31,7 +31,6 @@ import torch
 from moec.bench.memory import bench_memory
 from moec.bench.peers import ALL_PEERS, Peer, Unavailable, Weights, build_peer
 from moec.kernels import ACTIVATIONS, GATED
-from moec.kernels.activations import activate
 from moec.nn.build import require_memory, resolve_device
 from moec.vocab import TORCH_DTYPE_NAMES
 
@@ -46,6 +45,10 @@ class BenchShape:
     n_experts: int
     top_k: int
     activation: str = "swiglu"
+    # the clamped activations' parameters as the spec writes them (moec.vocab LIMITED; alpha: swiglu_clamped's);
+    # None: the activation's own default, as the backends read it
+    activation_alpha: float | None = None
+    activation_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -93,7 +96,10 @@ def shape_from_spec(source: str, sets: tuple[str, ...] = ()) -> tuple[BenchShape
         note += f" ({p.n_shared_experts} shared expert(s) of width {p.d_ff_shared} not included)"
     if p.expert_kind == "lora":
         note += f" (LoRA experts: the frozen base FFN shape; rank-{p.lora_rank} updates not included)"
-    return BenchShape(model.d_model, p.d_ff, p.n_experts, p.top_k, p.activation), note
+    shape = BenchShape(
+        model.d_model, p.d_ff, p.n_experts, p.top_k, p.activation, p.activation_alpha, p.activation_limit
+    )
+    return shape, note
 
 
 def useful_flops(shape: BenchShape, tokens: int, *, backward: bool) -> int:
@@ -174,7 +180,7 @@ def _make_weights(
 
     if layout not in ("moec", "hf"):
         raise ValueError(f"weight_layout must be moec or hf, got {layout!r}")
-    return Weights(randn(E, d, W), randn(E, f, d), shape.activation)
+    return Weights(randn(E, d, W), randn(E, f, d), shape.activation, shape.activation_alpha, shape.activation_limit)
 
 
 def _make_inputs(
@@ -440,7 +446,7 @@ def oracle_errors(
         we = tw[tok, slot].requires_grad_(backward)
         w1 = weights.w_gate_up[e].detach().to(dev, f64).requires_grad_(backward)
         w2 = weights.w_down[e].detach().to(dev, f64).requires_grad_(backward)
-        contrib = (activate(xe @ w1, weights.activation) @ w2) * we[:, None]  # (n_e, d)
+        contrib = (weights.activate(xe @ w1) @ w2) * we[:, None]  # (n_e, d)
         ref_out.index_add_(0, tok, contrib.detach())
         if backward:
             contrib.backward(go[tok])

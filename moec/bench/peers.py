@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,15 @@ class Weights:
     w_gate_up: torch.Tensor  # (E, d, W): W = 2f gated ([gate | up]), f otherwise
     w_down: torch.Tensor  # (E, f, d)
     activation: str
+    alpha: float | None = None  # the clamped activations' parameters (BenchShape.activation_alpha / _limit)
+    limit: float | None = None
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        return activate(h, self.activation, alpha=self.alpha, limit=self.limit)
+
+    def expert_ffn_options(self) -> dict[str, Any]:
+        """The keyword arguments every moec backend's expert_ffn takes for this activation."""
+        return {"activation": self.activation, "alpha": self.alpha, "limit": self.limit}
 
 
 @dataclass
@@ -71,7 +81,7 @@ def hf_loop(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, w: We
         e = e[0]
         slot, tok = torch.where(mask[e])
         h = x[tok] @ w.w_gate_up[e]  # W[e] selected under autograd, as HF eager does
-        y = activate(h, w.activation) @ w.w_down[e]
+        y = w.activate(h) @ w.w_down[e]
         out.index_add_(0, tok, (y * topk_w[tok, slot, None]).to(out.dtype))
     return out
 
@@ -79,7 +89,7 @@ def hf_loop(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, w: We
 def all_experts(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, w: Weights) -> torch.Tensor:
     E = w.w_gate_up.shape[0]
     h = torch.matmul(x.unsqueeze(0), w.w_gate_up)  # (E, T, W): every expert on every token
-    y = torch.bmm(activate(h, w.activation), w.w_down)  # (E, T, d)
+    y = torch.bmm(w.activate(h), w.w_down)  # (E, T, d)
     live = topk_idx >= 0
     gates = torch.zeros(x.shape[0], E, dtype=y.dtype, device=x.device)  # (T, E) dense gate matrix
     gates = gates.scatter_add(1, topk_idx.clamp(min=0), torch.where(live, topk_w, 0).to(y.dtype))
@@ -89,24 +99,24 @@ def all_experts(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, w
 def build_peer(name: str, w: Weights, *, backward: bool) -> Peer:
     """Raises Unavailable when the peer cannot run in this environment."""
     dev = w.w_gate_up.device
-    act = w.activation
+    act = w.expert_ffn_options()
 
     if name == "naive":
         from moec.kernels import naive
 
-        return Peer(name, lambda x, i, g: naive.expert_ffn(x, i, g, w.w_gate_up, w.w_down, activation=act))
+        return Peer(name, lambda x, i, g: naive.expert_ffn(x, i, g, w.w_gate_up, w.w_down, **act))
     if name == "reference":
         try:
             from moec.kernels import reference
         except ImportError as e:
             raise Unavailable(f"moec.kernels.reference not importable: {e}") from e
-        return Peer(name, lambda x, i, g: reference.expert_ffn(x, i, g, w.w_gate_up, w.w_down, activation=act))
+        return Peer(name, lambda x, i, g: reference.expert_ffn(x, i, g, w.w_gate_up, w.w_down, **act))
     if name == "triton":
         if dev.type != "cuda":
             raise Unavailable("GPU only (on CPU the Triton interpreter is for correctness tests, never timed)")
         from moec.kernels import triton as triton_backend
 
-        return Peer(name, lambda x, i, g: triton_backend.expert_ffn(x, i, g, w.w_gate_up, w.w_down, activation=act))
+        return Peer(name, lambda x, i, g: triton_backend.expert_ffn(x, i, g, w.w_gate_up, w.w_down, **act))
     if name == "hf_loop":
         return Peer(name, lambda x, i, g: hf_loop(x, i, g, w))
     if name == "all_experts":
@@ -116,7 +126,7 @@ def build_peer(name: str, w: Weights, *, backward: bool) -> Peer:
         w2 = w.w_down[0].detach().clone().requires_grad_(backward)  # (f, d)
 
         def ideal(rows: torch.Tensor, _i: torch.Tensor, _g: torch.Tensor) -> torch.Tensor:
-            return activate(rows @ w1, act) @ w2  # (T·k, d)
+            return w.activate(rows @ w1) @ w2  # (T·k, d)
 
         return Peer(name, ideal, leaves={"w1": w1, "w2": w2}, rows_input=True)
     if name == "hf_grouped_mm":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 
 import click
 
@@ -155,13 +156,9 @@ def bench(
             base, note = shape_from_spec(spec, sets)
         except ValueError as e:
             raise click.UsageError(str(e)) from e
-        shape_kw = {
-            "d_model": base.d_model,
-            "d_ff": base.d_ff,
-            "n_experts": base.n_experts,
-            "top_k": base.top_k,
-            "activation": base.activation,
-        }
+        shape_kw = asdict(base)
+        if activation not in (None, base.activation):  # the spec's clamp parameters belong to its activation
+            shape_kw.update(activation_alpha=None, activation_limit=None)
     given = {"d_model": d_model, "d_ff": d_ff, "n_experts": n_experts, "top_k": top_k, "activation": activation}
     shape_kw.update({k: v for k, v in given.items() if v is not None})
     names = tuple(b.strip() for b in backends.split(",") if b.strip())

@@ -108,3 +108,39 @@ def test_every_activation_of_the_vocabulary_is_benched_against_the_oracle(activa
     assert report["config"]["activation"] == activation
     for r in report["results"]:
         assert r["status"] == "ok" and r["max_abs_err"] < 1e-5, r
+
+
+def test_a_spec_limit_is_benched_as_written(tmp_path) -> None:
+    # a clamped activation's limit comes from the spec, not from the activation's default (7): every peer and the
+    # oracle run the spec's 0.25, which bites at these sizes
+    spec = tmp_path / "limited.yaml"
+    spec.write_text(
+        "extends: textbook-moe\n"
+        "model: {d_model: 16}\n"
+        "moe: {d_ff: 16, activation: swiglu_limit, activation_limit: 0.25}\n"
+    )
+    shape, _ = shape_from_spec(str(spec))
+    assert (shape.activation, shape.activation_limit) == ("swiglu_limit", 0.25)
+    args = ["--tokens", "8", "--repeats", "1", "--backends", "naive,reference,hf_loop,all_experts"]
+    report = invoke(str(spec), *args)
+    assert report["config"]["activation_limit"] == 0.25
+    assert all(r["status"] == "ok" and r["max_abs_err"] < 1e-5 for r in report["results"]), report["results"]
+    # --activation of another unit drops the spec's limit with the spec's activation
+    assert invoke(str(spec), *args, "--activation", "swiglu")["config"]["activation_limit"] is None
+
+
+@pytest.mark.parametrize("backend", ["naive", "reference", "hf_loop", "all_experts"])
+def test_every_peer_clamps_at_the_given_limit(backend: str) -> None:
+    # against the clamp written out: silu(min(gate, L)) · clamp(up, -L, L), one expert, weight 1
+    import torch
+
+    from moec.bench.peers import Weights, build_peer
+
+    torch.manual_seed(0)
+    x, w1, w2, limit = torch.randn(6, 8), torch.randn(1, 8, 12), torch.randn(1, 6, 8), 0.25
+    peer = build_peer(backend, Weights(w1, w2, "swiglu_limit", limit=limit), backward=False)
+    got = peer.fn(x, torch.zeros(6, 1, dtype=torch.long), torch.ones(6, 1))
+    gate, up = (x @ w1[0]).split(6, dim=-1)
+    expected = torch.nn.functional.silu(gate.clamp(max=limit)) * up.clamp(-limit, limit) @ w2[0]
+    assert gate.max() > limit and up.abs().max() > limit  # the limit bites
+    torch.testing.assert_close(got, expected)

@@ -17,9 +17,11 @@ def render_table(report: dict[str, Any], width: int | None = None) -> str:
     c = report["config"]
     m = report["machine"]
     mode = "fwd+bwd" if c["backward"] else "fwd"
+    clamps = [f"{k} {c.get('activation_' + k)}" for k in ("alpha", "limit") if c.get("activation_" + k) is not None]
+    activation = f"{c['activation']} ({', '.join(clamps)})" if clamps else c["activation"]
     head = (
         f"moec bench: d_model={c['d_model']} d_ff={c['d_ff']} n_experts={c['n_experts']} top_k={c['top_k']} "
-        f"{c['activation']} {c['dtype']} {mode} | {m['device']} {m.get('gpu') or m['cpu']} "
+        f"{activation} {c['dtype']} {mode} | {m['device']} {m.get('gpu') or m['cpu']} "
         f"({m['torch_threads']} threads) torch {m['torch']} | median of {c['repeats']}, interleaved"
         f" | load avg {m['loadavg_1min_before_after'][0]} -> {m['loadavg_1min_before_after'][1]}"
     )

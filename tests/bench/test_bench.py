@@ -127,6 +127,8 @@ def test_a_spec_limit_is_benched_as_written(tmp_path) -> None:
     assert all(r["status"] == "ok" and r["max_abs_err"] < 1e-5 for r in report["results"]), report["results"]
     # --activation of another unit drops the spec's limit with the spec's activation
     assert invoke(str(spec), *args, "--activation", "swiglu")["config"]["activation_limit"] is None
+    table = CliRunner().invoke(bench, [str(spec), *args, "--format", "table"], catch_exceptions=False).output
+    assert "swiglu_limit (limit 0.25)" in table
 
 
 @pytest.mark.parametrize("backend", ["naive", "reference", "hf_loop", "all_experts"])

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
     all_known,
-    base,
     defaults,
     dense_layers_ffn,
     mlp_layer_types,
@@ -30,6 +29,7 @@ from moec.hf.families._common import (
     router,
 )
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
+from moec.hf.families._typed_rope import TypedRope, typed_base
 from moec.hf.families.afmoe import SandwichMapper, export_placed, gated_attention
 from moec.strict import MAX_LAYERS
 
@@ -46,6 +46,8 @@ DEFAULTS = defaults(10000.0, vocab_size=151936, hidden_size=5120, intermediate_s
 # fmt: on
 
 SLIDING, FULL = "sliding_attention", "full_attention"
+# BeamRotaryEmbedding: the default rope of a type's entry, whole heads (its unset entries _rope_per_type fills in)
+BEAM_ROPE = TypedRope("Beam", {}, lambda mapping: 1.0)
 # compute_attention_scaling (modeling_beam.py): the NoPE layers' queries times (1 + (pos + 1)/2048)^0.1, in code
 NOPE_QUERY_LENGTH, NOPE_QUERY_POWER = 2048.0, 0.1
 
@@ -142,22 +144,10 @@ def _default_rope_ok(c: HFConfig, t: str, p: Any) -> bool:
 
 
 def _base(c: HFConfig, d: Draft, per_type: dict[str, Any] | None, types: list[str] | None) -> None:
-    """The common fields, the model's rope base from the rotating type's entry (the full type's when both rotate)."""
-    rotating = [t for t in (FULL, SLIDING) if per_type and per_type.get(t) and t in (types or ())]
-    given, saved = "rope_parameters" in c.raw, c.raw.get("rope_parameters")
-    if rotating:
-        assert per_type is not None
-        c.raw["rope_parameters"] = dict(per_type[rotating[0]])
-    else:
-        c.raw.pop("rope_parameters", None)
-    base(c, d, "Beam")
-    if given:
-        c.raw["rope_parameters"] = saved
-    else:
-        c.raw.pop("rope_parameters", None)
-    if rotating and per_type is not None:
-        where = f"rope_parameters.{rotating[0]}" if given else "rope_parameters unset: BeamConfig's default_theta"
-        d.put("model.positions.theta", float(per_type[rotating[0]]["rope_theta"]), where)
+    """The common fields, the model's rope from a rotating type's entry as every per-type rope family reads it
+    (_typed_rope.typed_base: the used type of the largest base); the NoPE types have none to offer."""
+    rotating = {t: p for t, p in per_type.items() if p is not None} if per_type is not None else None
+    typed_base(c, d, rotating, types or [], BEAM_ROPE)
 
 
 def _attention(c: HFConfig, d: Draft) -> None:

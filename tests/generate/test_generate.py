@@ -237,3 +237,26 @@ def test_a_model_in_a_dtype_decoding_does_not_run_in_is_one_clear_error():
 
     with pytest.raises(CommandError, match=r"tiny-moe: decoding runs in fp32, bf16, fp16; the model is torch.float64"):
         require_cache_memory(tiny_plan(TINY_MOE), torch.float64, batch=1, positions=4, device="cpu", hint="")
+
+
+def test_a_hugging_face_encoder_decoder_is_refused_from_its_config_before_any_weight(tmp_path):
+    # a folder with config.json alone: the refusal comes from the config, so no checkpoint is looked for or read
+    config = transformers.SwitchTransformersConfig(
+        vocab_size=64,
+        d_model=16,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        num_experts=2,
+        num_sparse_encoder_layers=1,
+        num_sparse_decoder_layers=1,
+    )
+    config.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    r = run("generate", str(tmp_path), "--prompt-tokens", "1,2")
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert "moec generate:" in text and "is an encoder-decoder model (2 encoder and 2 decoder layers)" in text
+    assert "Traceback" not in r.output

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from moec.spec.schema import Spec
 
 
+# YaRN's and Llama 3's own constants (rotation counts, temperature scales, wavelength factors): any finite value a
+# release writes (nan or inf would reach the cos/sin tables), bounded as every spec number is
+Factor = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+
+
 class RopeScaling(Strict):
     kind: Literal[ROPE_SCALINGS]
     """How RoPE is stretched past its training length: linear, dynamic (NTK), yarn, llama3, longrope or ntk_alpha."""
@@ -22,17 +27,17 @@ class RopeScaling(Strict):
     """The context extension factor; every kind but ntk_alpha needs it."""
     original_max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ)] | None = None
     """The context the model was trained at before scaling (yarn, llama3, longrope)."""
-    beta_fast: float | None = None
+    beta_fast: Factor | None = None
     """yarn: the fast boundary of the corrected frequency range, in rotations (null: 32)."""
-    beta_slow: float | None = None
+    beta_slow: Factor | None = None
     """yarn: the slow boundary of the corrected frequency range, in rotations (null: 1)."""
-    mscale: float | None = None
+    mscale: Factor | None = None
     """yarn: the attention-temperature multiplier's scale (DeepSeek-V2/V3)."""
-    mscale_all_dim: float | None = None
+    mscale_all_dim: Factor | None = None
     """yarn: the mscale applied to all dimensions (DeepSeek-V2/V3)."""
-    low_freq_factor: float | None = None
+    low_freq_factor: Factor | None = None
     """llama3: the low-frequency wavelength factor."""
-    high_freq_factor: float | None = None
+    high_freq_factor: Factor | None = None
     """llama3: the high-frequency wavelength factor."""
     truncate: bool = True
     """yarn: round the correction range to whole dims (false keeps it unrounded, as gpt-oss)."""

@@ -168,3 +168,17 @@ def test_a_window_on_a_layer_that_runs_the_indexer_is_located_where_that_window_
         "16:41 layers.overrides[0].attention.window: not with attention.indexer (layers 2): a windowed decode would "
         "break the indexer's ties differently"
     ]
+
+
+def test_yarns_own_constants_must_be_finite():
+    """beta_fast and mscale reach the cos/sin tables: nan or inf is refused at the field, not computed with."""
+    text = BASE.replace(
+        "  positions: {kind: rope}",
+        "  positions: {kind: rope, scaling: {kind: yarn, factor: 2, original_max_seq_len: 64, beta_fast: .nan, "
+        "mscale: .inf}}",
+    )
+    # line 9: the scaling mapping; .nan at column 97, .inf at column 111
+    assert problems(text) == [
+        "9:97 model.positions.scaling.beta_fast: nan: input should be a finite number",
+        "9:111 model.positions.scaling.mscale: inf: input should be a finite number",
+    ]

@@ -113,14 +113,15 @@ def heads_per_layer(t: HFConfig, d: Draft, types: list[str]) -> None:
                 t.bad("per_layer_config", f"disagrees with {src}'s {sliding} sliding heads: ambiguous")
     else:
         heads = [sliding if x == "sliding_attention" else h for x in types]
-    if heads is not None and d.fits_layers(t, "layer_types", heads) and set(heads) != {h}:
+    if heads is not None and types and d.fits_layers(t, "layer_types", heads) and set(heads) != {h}:
         d.layer_attention["n_heads"] = (heads, src)
 
 
 def _sliding_heads(t: HFConfig, h: Any) -> tuple[Any, str]:
     other = t.mapping("attention_other_setting")
-    for key, want in (("num_attention_groups", t.value("num_key_value_heads")), ("head_dim", t.value("head_dim"))):
-        if key in other and other[key] != want:  # Step3p7TextConfig keeps only the head count of the setting
+    for key, field in (("num_attention_groups", "num_key_value_heads"), ("head_dim", "head_dim")):
+        want = t.value(field)  # a refused field (said by its reader) leaves nothing to compare with
+        if key in other and other[key] != want and not t.failed(field):  # the config keeps only the head count
             t.bad(f"attention_other_setting.{key}", f"{shown(other[key])}: transformers ignores it ({shown(want)})")
     unknown = sorted(set(other) - {"num_attention_heads", "num_attention_groups", "head_dim", "attention_type"})
     if unknown:

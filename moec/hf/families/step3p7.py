@@ -148,20 +148,22 @@ def _cut_mtp_padding(t: HFConfig) -> int:
     """num_nextn_predict_layers, after cutting the per-layer lists padded with the MTP layers' entries to the
     decoder layers (Step3p7TextConfig.__post_init__)."""
     n_mtp = t.int("num_nextn_predict_layers", minimum=0)
-    n = t.value("num_hidden_layers")
-    if n_mtp and is_int(n):
-        for key in PADDED:
+    n, refused = t.value("num_hidden_layers"), t.failed("num_nextn_predict_layers")
+    if (n_mtp or refused) and is_int(n):
+        for key in PADDED:  # a refused count: any padding is cut, so that the lists are not refused for it too
             v = t.raw.get(key)
-            if isinstance(v, list) and len(v) == n + n_mtp:
+            if isinstance(v, list) and (len(v) == n + n_mtp or refused and len(v) > n):
                 t.raw[key] = v[:n]
     return n_mtp
 
 
 def _layer_types(t: HFConfig) -> list[str]:
-    """layer_types as transformers reads it: unset, all full attention (none while the layer count is refused); a
-    sparse_attention_config is not built."""
+    """layer_types as transformers reads it: unset, all full attention; none while they or the layer count are
+    refused (no per-layer list is judged then); a sparse_attention_config is not built."""
     n = t.value("num_hidden_layers")
-    return rope_layer_types(t, ["full_attention"] * n if is_int(n) and 0 < n <= MAX_LAYERS else [])  # [] refused
+    if not (is_int(n) and 0 < n <= MAX_LAYERS):
+        return []
+    return rope_layer_types(t, ["full_attention"] * n if t.value("layer_types") is None else [])
 
 
 def _gate(t: HFConfig, d: Draft) -> None:
@@ -340,8 +342,9 @@ def _release_fields(t: HFConfig, d: Draft) -> None:
     for key, (want, path) in RELEASE_FIELDS.items():
         if path in d.fields:
             ignored(t, d, "Step3p7Text", key, lambda v, want=want: v == want and type(v) is type(want), path)
-    if t.given("max_seq_len"):  # the release's copy of max_position_embeddings
-        ignored(t, d, "Step3p7Text", "max_seq_len", lambda v: v == d.get("model.max_seq_len"), "model.max_seq_len")
+    if t.given("max_seq_len"):  # the release's copy of max_position_embeddings (refused: nothing to compare with)
+        agrees = lambda v: t.failed("max_position_embeddings") or v == d.get("model.max_seq_len")  # noqa: E731
+        ignored(t, d, "Step3p7Text", "max_seq_len", agrees, "model.max_seq_len")
 
 
 def vision_params(vision: dict[str, Any], projector_bias: bool | None, d_text: Any) -> int | None:

@@ -161,6 +161,11 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
         ({"moe_top_k": 8, "num_experts_per_tok": 4}, "text_config.moe_top_k"),
         ({"moe_layer_freq": [1] * 45}, "text_config.moe_layer_freq"),
         ({"num_hidden_layers": 10**12, "layer_types": None}, "text_config.num_hidden_layers"),  # was a MemoryError
+        # one bad field, one problem: what it feeds is not refused as well
+        ({"layer_types": "x"}, "text_config.layer_types"),  # (the rope lists, the sliding heads)
+        ({"num_nextn_predict_layers": "x"}, "text_config.num_nextn_predict_layers"),  # (the padded lists)
+        ({"max_position_embeddings": ["x"]}, "text_config.max_position_embeddings"),  # (max_seq_len's copy)
+        ({"num_attention_groups": "x"}, "text_config.num_key_value_heads"),  # (attention_other_setting's copy)
         ({"per_layer_config": {**{str(i): {"num_attention_heads": 96} for i in range(45) if i % 4},
                                "1": {"num_attention_heads": 96, "head_dim": 64}}},
          "text_config.per_layer_config.1.head_dim"),

@@ -160,6 +160,12 @@ CASES = {
         moe=True,
         overrides="{select: [0], attention: {rotary_dim: 4}}, {select: [2], attention: {rope: false}}",
     ),
+    # the sublayer-by-sublayer Block (hybrid_block.j2): a layer's tables looked up only where it has attention
+    "a layer without its ffn, a layer's own rotated dims and window": variant(
+        model="positions: {kind: rope, rotary_dim: 4}",
+        attn="n_kv_heads: 2",
+        extra="layers: {overrides: [{select: [1], ffn: none}, {select: [2], attention: {rotary_dim: 8, window: 4}}]}\n",
+    ),
     "chunks, l2 qk-norm, temperature tuning, gated expert inputs (Llama-4)": LLAMA4,
     "l2 qk-norm and power temperature on every layer, chunks, windows": variant(
         attn="n_kv_heads: 2, qk_norm: true, qk_norm_kind: l2, chunk: 6, "

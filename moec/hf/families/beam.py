@@ -67,6 +67,8 @@ def translate(c: HFConfig, d: Draft) -> None:
     _attention(c, d)
     if types is not None and d.fits_layers(c, "layer_types", types) and per_type is not None:
         _typed_layers(c, d, types, per_type)
+    else:  # the layer types or their rope were refused (reported): the window they place is not another problem
+        c.value("sliding_window")
     moe_core(c, d, experts_key="num_experts", width_key="moe_intermediate_size")
     router(
         d,

@@ -151,6 +151,15 @@ def test_what_transformers_would_not_run_as_said_is_refused_located(change, fiel
     assert field in refused_fields({**RELEASE, **change})
 
 
+def test_a_refused_rope_entry_is_the_one_problem_not_the_window_it_would_place():
+    """The sliding window is judged with the layer types and their rope; once those are refused, a window away from
+    its default is no second, unrelated problem ("does not map this field")."""
+    bad = {"sliding_attention": {**ROPE, "rope_theta": -1.0}, "full_attention": None}
+    assert refused_fields({**TINY, "model_type": "beam", "rope_parameters": bad}) == [
+        "rope_parameters.sliding_attention.rope_theta"
+    ]
+
+
 def test_defaults_are_transformers_class_defaults():
     from moec.hf.families.beam import DEFAULTS, default_layer_types
 

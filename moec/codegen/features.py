@@ -62,7 +62,7 @@ class Features:
     rope_any: bool  # some layer rotates q and k
     rope_param: bool  # some do, some don't: Attention takes `rope`
     partial_rotary: bool  # GQA heads rotate only their first ROPE_DIM dims
-    layer_rope_theta: bool  # some rotating layer has a RoPE base or rotated dims of its own: tables by (base, dims)
+    layer_rope_tables: bool  # some rotating layer has a base or rotated dims of its own: ROPE_TABLES, by (base, dims)
     scaling: str | None
     yarn_truncate: bool
     yarn_attention: str  # "stated", "ratio", "default" or "one"
@@ -236,7 +236,7 @@ def plan_features(plan: ResolvedModel, layers: list[LayerPlan]) -> tuple[Feature
         rope_param=any(ropes) and not all(ropes),
         partial_rotary=any(ropes) and kind in ("gqa", "moa") and plan.rope_dim != a.head_dim,
         # as moec.nn keys them: the tables by (base, rotated dims), Attention told both
-        layer_rope_theta=any(x.rope and (x.rope_theta is not None or x.rotary_dim is not None) for x in attns),
+        layer_rope_tables=any(x.rope and (x.rope_theta is not None or x.rotary_dim is not None) for x in attns),
         scaling=rope.scaling,
         yarn_truncate=rope.yarn_truncate,
         yarn_attention=rope.yarn_attention,

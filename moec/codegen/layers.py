@@ -193,7 +193,7 @@ def _attention_row(lp: LayerPlan, f: Features) -> dict[str, str]:
     """The checked text of each attention column for one attention layer."""
     a = lp.attention
     rotates = checked_bool(a.rope, "attention.rope")
-    own_base = f.layer_rope_theta and rotates and a.rope_theta is not None
+    own_base = f.layer_rope_tables and rotates and a.rope_theta is not None
     row = {
         "window": "None" if a.window is None else int_text(a.window, "window"),
         "chunk": "None" if a.chunk is None else int_text(a.chunk, "chunk"),

@@ -42,8 +42,6 @@ def _refusals(plan: ResolvedModel, f: Features) -> list[str]:
     out = ["per-layer attention shapes"] if len(shapes) > 1 else []
     if f.router is not None and f.router.kind not in _ROUTER_KINDS:
         out.append(f"moe.router.kind {f.router.kind!r}")
-    if f.parts.moe_output_norm:  # moec.nn's decoder-only Block applies it; its encoder-decoder blocks do not
-        out.append("moe.output_norm")
     return out
 
 

@@ -200,6 +200,7 @@ def _rope(t: HFConfig, types: list[str] | None) -> dict[str, tuple[float, str]] 
     t.value("swa_rope_theta")  # popped by the config class, read only without rope parameters (below)
     if given is None:
         theta = t.float("rope_theta", default=TEXT_DEFAULTS["default_theta"])
+        t.raw.pop("rope_theta", None)  # read here, located: not again by the base reader
         swa = t.float("swa_rope_theta", default=SWA_ROPE_THETA)
         return {k: (swa, t.src("swa_rope_theta")) if k == "sliding_attention" else (theta, t.src("rope_theta"))
                 for k in kinds}  # fmt: skip
@@ -236,8 +237,14 @@ def _geometry(t: HFConfig, types: list[str]) -> list[dict[str, Any]]:
             t.value(k)  # not read by transformers once per_layer_config is given
         return [own.get(i, {}) for i in range(len(types))]
     swa = {name: t.value(f"swa_{name}", default) for name, default in SWA_GEOMETRY.items()}
-    if is_int(swa["head_dim"]) and is_int(swa["qk_nope_head_dim"]):
-        swa["qk_rope_head_dim"] = t.value("swa_qk_rope_head_dim", swa["head_dim"] - swa["qk_nope_head_dim"])
+    head_dim, nope = swa["head_dim"], swa["qk_nope_head_dim"]
+    if t.given("swa_qk_rope_head_dim"):
+        swa["qk_rope_head_dim"] = t.value("swa_qk_rope_head_dim")
+    elif is_int(head_dim) and is_int(nope) and head_dim > 0 and nope > 0:  # else said by _own_sizes_are_integers
+        if head_dim > nope:
+            swa["qk_rope_head_dim"] = head_dim - nope
+        else:
+            t.bad("swa_head_dim", f"{head_dim}: not above swa_qk_nope_head_dim ({nope}), which leaves no rotary dims")
     return [swa if x == "sliding_attention" else {} for x in types]
 
 
@@ -299,6 +306,8 @@ def _same_everywhere(t: HFConfig, d: Draft, geometry: list[dict[str, Any]]) -> N
     has its own); KV heads equal to the heads (Dots3NoteTextConfig's check); every layer's rotated dims
     int(head_dim · qk_rope/head_dim) equal to qk_rope_head_dim, as MLA rotates them."""
     for key in ("q_lora_rank", "qk_rope_head_dim"):
+        if t.failed(key):  # refused by MLA's reader: no model value to compare a layer's with
+            continue
         values = sorted({g[key] for g in geometry if key in g and g[key] != t.value(key)}, key=str)
         if values:
             d.gap(t.prefix + "per_layer_config", values, f"layers with their own {key}: moec's MLA layers share it",

@@ -182,6 +182,19 @@ def test_a_size_that_is_no_positive_integer_is_one_located_error(change, field):
     assert refused_fields({**TINY, "model_type": "dots3_note", **change}) == [field]
 
 
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"swa_head_dim": 0}, "swa_head_dim"),  # not also the rotary width derived from it
+        ({"swa_head_dim": 6}, "swa_head_dim"),  # not above swa_qk_nope_head_dim: no rotary dims left
+        ({"rope_theta": {"a": 1}}, "rope_theta"),  # read once, not again by the common rope reader
+        ({"q_lora_rank": "x"}, "q_lora_rank"),  # not also the sliding layers' latent compared with it
+    ],
+)
+def test_one_bad_field_is_one_problem_not_also_one_for_what_it_feeds(change, field):
+    assert refused_fields({**TINY, "model_type": "dots3_note", **change}) == [field]
+
+
 def test_a_layer_count_past_moecs_bound_is_refused_before_a_list_per_layer_is_built():
     """The layer types are derived from the count before the common reader bounds it: 10^12 hung the import."""
     assert refused_fields({**TINY, "model_type": "dots3_note", "num_hidden_layers": 10**12}) == ["num_hidden_layers"]

@@ -199,10 +199,10 @@ def _rope(t: HFConfig, types: list[str] | None) -> dict[str, tuple[float, str]] 
     kinds = sorted(set(types or ["indexed_attention"]))
     t.value("swa_rope_theta")  # popped by the config class, read only without rope parameters (below)
     if given is None:
-        theta = t.float("rope_theta", default=TEXT_DEFAULTS["default_theta"])
+        theta, theta_src = t.float("rope_theta", default=TEXT_DEFAULTS["default_theta"]), t.src("rope_theta")
         t.raw.pop("rope_theta", None)  # read here, located: not again by the base reader
         swa = t.float("swa_rope_theta", default=SWA_ROPE_THETA)
-        return {k: (swa, t.src("swa_rope_theta")) if k == "sliding_attention" else (theta, t.src("rope_theta"))
+        return {k: (swa, t.src("swa_rope_theta")) if k == "sliding_attention" else (theta, theta_src)
                 for k in kinds}  # fmt: skip
     nested = isinstance(given, dict) and all(isinstance(given.get(k), dict) for k in kinds)
     out = {}

@@ -8,11 +8,12 @@ name."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from moec.analyze import analyze
-from moec.hf import hf_to_model
+from moec.hf import hf_to_model, import_hf_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -94,6 +95,11 @@ def test_release_counts_equal_transformers_model_on_meta():
     """279.6B total, 16.3B active (the head and the input embedding included)."""
     params = analyze(hf_to_model(RELEASE)).params
     assert (params.total, params.active) == hf_counts(RELEASE) == (279_551_718_016, 16_254_284_416)
+
+
+def test_release_names_the_fields_its_rope_bases_come_from():
+    text = import_hf_config(RELEASE)
+    assert re.search(r"^    theta: 80000000\.0 +# rope_theta$", text, re.M)  # given: no "(transformers default)"
 
 
 def test_release_imports_its_sliding_layers_with_their_own_geometry():

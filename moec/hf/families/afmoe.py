@@ -98,6 +98,7 @@ def _layer_types(c: HFConfig, d: Draft) -> None:
     else:
         types, src = c.str_list("layer_types"), "layer_types"
     if not d.fits_layers(c, "layer_types", types) or not all_known(c, "layer_types", types, (FULL, SLIDING)):
+        c.value("sliding_window")  # what the refused types (reported) would place: no problem of its own
         return
     if types != pattern and c.given("global_attn_every_n_layers"):
         d.gap(

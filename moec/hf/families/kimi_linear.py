@@ -136,7 +136,8 @@ def _from_lists(linear: HFConfig, d: Draft, kda: list[int], full: list[int]) -> 
 
 def _mixers(c: HFConfig, linear: HFConfig, d: Draft) -> None:
     types, src = _layer_types(c, linear, d)
-    if types is None:
+    if types is None:  # refused (reported): the release's layer lists, compared with them, are no problem of their own
+        linear.value("kda_layers"), linear.value("full_attn_layers")
         return
     d.mixer = ["kda" if t == _LINEAR else "attention" for t in types]
     d.mixer_note = f"{src}: linear_attention is KimiLinearDeltaAttention"

@@ -166,9 +166,11 @@ def _release_fields(c: HFConfig, d: Draft) -> None:
                             "(postnorm true): ambiguous"):  # fmt: skip
         d.put("model.norm.placement", "normed_residual", "MiniMaxDecoderLayer: residual = the normed input (postnorm "
               "true: agrees, transformers ignores it)")  # fmt: skip
-    if ignored_field_agrees(c, d, "shared_intermediate_size", 0, "transformers' MiniMax builds no shared expert: "
-                            "ambiguous"):  # fmt: skip
-        c.value("shared_moe_mode")  # how a shared expert would be gated: moot without one
+    ignored_field_agrees(
+        c, d, "shared_intermediate_size", 0, "transformers' MiniMax builds no shared expert: ambiguous"
+    )
+    if c.given("shared_intermediate_size"):
+        c.value("shared_moe_mode")  # how a shared expert would be gated: moot without one, or refused with it
     for kind, (hf, release) in _FACTORS.items():
         for part in ("alpha", "beta"):
             if f"model.residual_scales.{kind}.{part}" not in d.fields:  # a sublayer kind no layer has

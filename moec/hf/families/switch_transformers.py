@@ -79,6 +79,7 @@ def _stack(c: HFConfig, layers_key: str, sparse_key: str, step_key: str) -> list
     n = c.int(layers_key, maximum=MAX_LAYERS)
     n_sparse = c.int(sparse_key, minimum=0)
     if c.failed(layers_key) or c.failed(sparse_key):
+        c.value(step_key)  # judged with the refused counts (reported): no problem of its own
         return None
     computed = n // n_sparse if n_sparse > 0 else n
     step = c.int(step_key, minimum=0) if c.given(step_key) else computed  # a written step wins in transformers

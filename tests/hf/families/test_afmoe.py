@@ -163,3 +163,7 @@ def test_tiny_model_exports_to_a_checkpoint_transformers_runs_to_its_logits(chec
     moec.export_hf(model, tmp_path / "out", family="afmoe")
     hf = transformers.AfmoeForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     assert assert_same_routed_logits(hf, model, "AfmoeTokenChoiceRouter") <= 1e-4
+
+
+def test_refused_layer_types_are_the_one_problem_not_the_window_they_would_place():
+    assert refused_fields({**TINY, "model_type": "afmoe", "layer_types": ["x"] * 4}) == ["layer_types"]

@@ -206,6 +206,12 @@ def test_a_bad_value_under_a_release_name_is_refused_at_that_key(field, value, t
     assert f"error: {path}:3:3 {field}: {value!r}: expected an integer" in res.output
 
 
+def test_refused_layer_types_are_the_one_problem_not_the_release_lists_compared_with_them():
+    linear = {**TINY.get("linear_attn_config", {}), "kda_layers": [1], "full_attn_layers": [2]}
+    cfg = {**TINY, "layer_types": ["x"] * TINY["num_hidden_layers"], "linear_attn_config": linear}
+    assert refused_fields({**cfg, "model_type": "kimi_linear"}) == ["layer_types"]
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.KimiLinearConfig, at_least=25)
 

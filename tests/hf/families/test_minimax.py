@@ -158,6 +158,11 @@ def test_the_shipped_spec_is_not_exported_because_transformers_would_rotate_whol
     assert "minimax: cannot express (spec vs family) positions.rotary_dim: 64 vs None" in str(e.value)
 
 
+def test_a_shared_expert_is_the_one_problem_not_the_mode_that_would_gate_it():
+    cfg = {**TINY, "model_type": "minimax", "shared_intermediate_size": 8, "shared_moe_mode": "sigmoid"}
+    assert refused_fields(cfg) == ["shared_intermediate_size"]
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.MiniMaxConfig, at_least=20)
     assert DEFAULTS["default_theta"] == transformers.MiniMaxConfig.default_theta

@@ -241,5 +241,9 @@ def test_a_model_built_from_a_spec_exports_to_transformers_logits(tmp_path):
     assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+def test_a_refused_layer_count_is_the_one_problem_not_the_step_judged_with_it():
+    assert refused_fields({**TINY, "num_layers": 0, "encoder_sparse_step": 2}) == ["num_layers"]
+
+
 def test_defaults_table_holds_transformers_class_defaults():
     assert_table_holds_class_defaults(DEFAULTS, transformers.SwitchTransformersConfig, at_least=20)

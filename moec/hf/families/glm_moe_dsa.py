@@ -57,7 +57,9 @@ def _schedule(c: HFConfig, n: int) -> list[str] | None:
 def _indexer_types(c: HFConfig, d: Draft) -> None:
     """Each layer runs its own indexer (``full``) or attends the top-k the last full layer before it chose
     (``shared``: ``layers.*.attention.indexer: shared``, no indexer of its own); the first layer must be full."""
-    if not d.layers_known:
+    if not d.layers_known:  # the count is refused: the per-layer choice is read, not judged
+        for key in ("indexer_types", "index_topk_pattern", "index_topk_freq", "index_skip_topk_offset"):
+            c.value(key)
         return
     schedule = _schedule(c, d.n_layers)  # read also beside indexer_types, which transformers then follows
     if c.value("indexer_types") is not None:

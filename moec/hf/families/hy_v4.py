@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moec.hf.draft import Draft, Family, HFConfig
+from moec.hf.draft import Draft, Family, HFConfig, is_int
 from moec.hf.families._common import activation, all_known, base, defaults, dense_layers_ffn, mla
 from moec.hf.families._indexer_share import shared_indexer_layers
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
@@ -57,7 +57,8 @@ def hy_v4_text(c: HFConfig, d: Draft, cls: str, rotary: str = "halves") -> None:
     pairs are adjacent, ``rotary`` interleaved, and whose latent norms take rms_norm_eps)."""
     base(c, d, cls)
     kv = c.value("num_key_value_heads") if c.given("num_key_value_heads") else None
-    c.raw["num_key_value_heads"] = c.value("num_attention_heads")  # what __post_init__ makes of it, whatever given
+    heads = c.value("num_attention_heads")  # what __post_init__ makes of it, whatever given (refused heads: said once)
+    c.raw["num_key_value_heads"] = heads if is_int(heads) else None
     mla(c, d, cls)
     if rotary == "interleaved":  # HYV4VLAttention builds its latent norms at rms_norm_eps: the model's
         d.fields.pop("attention.latent_norm_eps", None)
@@ -123,11 +124,11 @@ def indexer(c: HFConfig, d: Draft, cls: str, rotary: str) -> None:
         top_k=(c.int("index_topk"), c.src("index_topk")),
         rope_layout=(rotary, f"{cls}Indexer rotates its rotary dims in {rotary}"),
         rope_dims=("last", f"{cls}Indexer: q_pass, q_rot = split([index_head_dim − r, r]); the key alike"),
-        key_norm_eps=(c.float("rms_norm_eps"), f"{cls}Indexer's k_norm: nn.LayerNorm(index_head_dim, rms_norm_eps)"),
+        key_norm_eps=(c.float("rms_norm_eps"), f"{c.src('rms_norm_eps')} ({cls}Indexer's k_norm: a LayerNorm with it)"),
     )
-    if not d.layers_known:
-        return
     given = c.value("indexer_types") is not None
+    if not d.layers_known:  # the count is refused: indexer_types is read, not judged
+        return
     n = d.n_layers  # HYV4Config's default: layer 0 and every fourth from 1 run the indexer
     types = (
         c.str_list("indexer_types") if given else ["full" if i == 0 or (i - 1) % 4 == 0 else "shared" for i in range(n)]

@@ -123,6 +123,7 @@ def test_a_plan_with_shared_layers_exports_its_indexer_types():
         ({"indexer_rope_interleave": False}, "indexer_rope_interleave"),
         ({"indexer_types": ["full"] * 77}, "indexer_types"),
         ({"index_topk_pattern": "F" * 77 + "X"}, "index_topk_pattern"),  # GlmMoeDsaConfig: a KeyError
+        ({"num_hidden_layers": "x", "indexer_types": ["full"] * 78}, "num_hidden_layers"),  # not also unread
     ],
 )
 def test_disagreeing_fields_are_refused_by_name(change, field):

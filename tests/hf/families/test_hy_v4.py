@@ -97,11 +97,19 @@ def test_release_imports_the_streams_and_names_the_release_fields():
         ({**EVERY_LAYER_FULL, "enable_ihc": False}, "enable_ihc"),
         ({**EVERY_LAYER_FULL, "gating_type": "headwise"}, "gating_type"),
         ({**EVERY_LAYER_FULL, "layer_types": ["full_attention"] * N}, "layer_types"),
+        # one bad field, one problem: not also the KV heads set from it, nor indexer_types left unjudged
+        ({"num_attention_heads": 0.5}, "num_attention_heads"),
+        ({"num_hidden_layers": "x"}, "num_hidden_layers"),
     ],
 )
 def test_disagreeing_fields_are_refused_by_name(change, field):
     cfg = {k: v for k, v in {**HY4_PREVIEW, **change}.items() if v is not None}
     assert refused_fields(cfg) == [field]
+
+
+def test_a_refused_indexer_key_norm_eps_is_located_at_rms_norm_eps():
+    """The indexer's key norm takes rms_norm_eps: the spec's refusal of it names that field, not a class name."""
+    assert set(refused_fields({**HY4_PREVIEW, "rms_norm_eps": 0.0})) == {"rms_norm_eps"}
 
 
 def test_the_shared_layers_are_the_class_schedule_when_unset():

@@ -50,6 +50,18 @@ ACTIVATIONS = {
 }
 
 
+# the same names where no gate multiplies: moec's plain activation (an encoder-decoder's FFN, MiniMax's lightning
+# q, k and v); swish is transformers' other name of SiLU
+PLAIN_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
 def layer_count(c: HFConfig, d: Draft, key: str) -> None:
     """Bounded before any per-layer list is built: a config asking for 10^8 layers is refused at once."""
     d.n_layers = c.int(key, maximum=MAX_LAYERS)

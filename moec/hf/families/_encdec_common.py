@@ -7,24 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, layer_pattern
-
-# transformers' ACT2FN name → moec's non-gated activation (the tanh GELUs are one moec activation, moec.vocab)
-NON_GATED_ACTIVATIONS = {
-    "relu": "relu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "silu": "silu",
-}
+from moec.hf.families._common import PLAIN_ACTIVATIONS
 
 
 def non_gated_activation(c: HFConfig, d: Draft, key: str) -> str:
     """The moec activation of ``key`` (relu when unset, the families' default); another name is a gap located
     at ``key``."""
     act = c.str(key)
-    if act is not None and act not in NON_GATED_ACTIVATIONS:
-        d.gap(key, act, f"moec maps {', '.join(NON_GATED_ACTIVATIONS)} (non-gated)", "activation")
-    return NON_GATED_ACTIVATIONS.get(act or "", "relu")
+    if act is not None and act not in PLAIN_ACTIVATIONS:
+        d.gap(key, act, f"moec maps {', '.join(PLAIN_ACTIVATIONS)} (non-gated)", "activation")
+    return PLAIN_ACTIVATIONS.get(act or "", "relu")
 
 
 def put_stacks(

@@ -23,6 +23,7 @@ from typing import Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
 from moec.hf.families._common import (
     LINEAR_FULL_TYPES,
+    PLAIN_ACTIVATIONS,
     aux,
     base,
     defaults,
@@ -48,9 +49,6 @@ DEFAULTS = defaults(1e6, vocab_size=32000, hidden_size=4096, intermediate_size=1
                     linear_attn_beta_factor=1, mlp_alpha_factor=1, mlp_beta_factor=1)
 # fmt: on
 
-# config.json's hidden_act on q, k and v of the lightning layers → moec.mixers.lightning's activation
-QKV_ACTIVATIONS = {"silu": "silu", "swish": "silu", "relu": "relu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                   "gelu_new": "gelu_tanh"}  # fmt: skip
 # MiniMax's own spellings of the residual factors, beside transformers' (which transformers reads)
 _FACTORS = {
     "attention": ("full_attn", "layernorm_full_attention"),
@@ -106,14 +104,14 @@ def _lightning(c: HFConfig, d: Draft) -> None:
     if "lightning" not in d.mixer:
         c.value("block_size")
         return
-    if act is not None and act not in QKV_ACTIVATIONS:
+    if act is not None and act not in PLAIN_ACTIVATIONS:
         d.gap("hidden_act", act, f"{act!r} on the lightning layers' q, k and v", "activation")
     d.section(
         "mixers.lightning",
         n_heads=(d.get("attention.n_heads"), c.src("num_attention_heads") + " (the lightning layers' too)"),
         head_dim=(d.get("attention.head_dim"), c.src("head_dim") + " (or hidden_size / num_attention_heads)"),
         chunk=(c.int("block_size"), c.src("block_size")),
-        activation=(QKV_ACTIVATIONS.get(act or "silu", "silu"), c.src("hidden_act") + " on q, k and v"),
+        activation=(PLAIN_ACTIVATIONS.get(act or "silu", "silu"), c.src("hidden_act") + " on q, k and v"),
         norm_eps=(1e-6, "MiniMaxLightningAttention's norm: RMSNorm's default eps, not rms_norm_eps"),
         depth_scaled_decay=(True, "MiniMaxLightningAttention.get_slope_rate: slopes × (1 − l/(L − 1 + 1e-5) + 1e-5)"),
     )
@@ -208,7 +206,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
         raise CannotExport(f"needs normed residuals (spec: {m.norm.placement})")
     cfg = export_base(m, FAMILY, placement="normed_residual")  # the residual factors are written below
     lightning = next(lp.mixer for lp in m.layers if lp.mixer_kind == "lightning")  # each layer's decay_scale differs
-    if QKV_ACTIVATIONS.get(cfg["hidden_act"]) != lightning.activation:
+    if PLAIN_ACTIVATIONS.get(cfg["hidden_act"]) != lightning.activation:
         raise CannotExport(f"uses hidden_act ({cfg['hidden_act']}) on the lightning q, k, v too")
     e = moe_plan(m, all_layers=True)
     attention_windows = [lp.attention.window for lp in m.layers if lp.mixer_kind == "attention"]

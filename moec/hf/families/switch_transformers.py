@@ -19,9 +19,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig
-from moec.hf.families._common import dropout, ignored_field_agrees
+from moec.hf.families._common import PLAIN_ACTIVATIONS, dropout, ignored_field_agrees
 from moec.hf.families._encdec_common import (
-    NON_GATED_ACTIVATIONS,
     non_gated_activation,
     put_stacks,
     untied_embeddings_gap,
@@ -218,10 +217,10 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     moe = [lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)]
     widths = {lp.ffn.d_ff for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
     activations = {lp.ffn.activation for lp in layers if isinstance(lp.ffn, (DenseFFNPlan, MoEPlan))}
-    act = next((k for k, v in NON_GATED_ACTIVATIONS.items() if activations == {v}), None)
+    act = next((k for k, v in PLAIN_ACTIVATIONS.items() if activations == {v}), None)
     if len(widths) != 1 or act is None:
         raise CannotExport(
-            f"has one FFN width and one of {', '.join(sorted(set(NON_GATED_ACTIVATIONS.values())))} throughout"
+            f"has one FFN width and one of {', '.join(sorted(set(PLAIN_ACTIVATIONS.values())))} throughout"
         )
     a = m.layers[0].attention
     return {

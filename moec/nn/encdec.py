@@ -132,10 +132,11 @@ class EncDecBlock(nn.Module):
             self.cross_norm = make_norm(model.norm, d, **kw)
             self.cross_attn = RelativeAttention(layer.cross_attention, model, table=False, causal=False, **kw)
         self.ffn_norm = make_norm(model.norm, d, **kw)
-        self.ffn = make_ffn(layer, d, backend=backend, **kw)
-        if isinstance(self.ffn, MoE) and model.expert_capacity is not None:
-            assert isinstance(layer.ffn, MoEPlan)
-            self.ffn.router = SequenceCapacityRouter(layer.ffn, d, model.expert_capacity, **kw)
+        if isinstance(layer.ffn, MoEPlan) and model.expert_capacity is not None:
+            router = SequenceCapacityRouter(layer.ffn, d, model.expert_capacity, **kw)
+            self.ffn: nn.Module | None = MoE(layer.ffn, d, backend=backend, router=router, **kw)
+        else:
+            self.ffn = make_ffn(layer, d, backend=backend, **kw)
 
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor | None, memory: torch.Tensor | None, token_ids: torch.Tensor

@@ -142,14 +142,17 @@ class MoE(nn.Module):
         d_model: int,
         *,
         backend: str = "auto",
+        router: Router | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
+        """``router``: one built for this plan, when the layer routes otherwise than the plan's Router alone does (the
+        encoder-decoder's per-sequence capacity, moec.nn.encdec)."""
         super().__init__()
         self.plan, self.d_model, self.backend = plan, d_model, backend  # backend may be changed later
         kw = {"device": device, "dtype": dtype}
         clamp = {"alpha": plan.activation_alpha, "limit": plan.activation_limit}  # the LIMITED activations'
-        self.router = Router(plan, d_model, **kw)
+        self.router = router if router is not None else Router(plan, d_model, **kw)
         if plan.expert_kind == "lora":
             self.base = DenseFFN(d_model, plan.d_ff, plan.activation, bias=plan.bias, **clamp, **kw)
             self.base.requires_grad_(False)  # only the adapters and the router train

@@ -114,6 +114,19 @@ def test_what_transformers_would_not_run_as_said_is_refused_located(change, fiel
     assert field in refused_fields({**RELEASE, **change})
 
 
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"num_key_value_heads": "x"}, "num_key_value_heads"),  # not also swa_num_key_value_heads
+        ({"num_attention_heads": []}, "num_attention_heads"),  # not also swa_num_attention_heads
+        ({"v_head_dim": True}, "v_head_dim"),  # not also swa_v_head_dim
+        ({"num_hidden_layers": [1]}, "num_hidden_layers"),  # not also the per-layer patterns
+    ],
+)
+def test_a_refused_field_is_not_also_refused_through_xiaomis_copy_of_it(change, field):
+    assert refused_fields({**RELEASE, **change}) == [field]
+
+
 def test_defaults_are_transformers_class_defaults():
     from moec.hf.families.mimo_v2_flash import DEFAULT_ROPE, DEFAULTS
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import (
     LINEAR_FULL_TYPES,
+    PLAIN_ACTIVATIONS,
     base,
     defaults,
     dense_layers_ffn,
@@ -185,7 +186,7 @@ def _kda(c: HFConfig, linear: HFConfig, d: Draft) -> None:
 def kda_activation(c: HFConfig, d: Draft) -> None:
     """hidden_act, which Kimi-Linear and Ling also apply after KDA's short convolutions: moec's kda applies SiLU."""
     act = c.str("hidden_act")
-    if act is not None and act not in ("silu", "swish"):
+    if act is not None and PLAIN_ACTIVATIONS.get(act) != "silu":
         d.gap("hidden_act", act, f"{act!r} after KDA's convolution (moec's kda applies SiLU)", "activation")
 
 

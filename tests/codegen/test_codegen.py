@@ -394,6 +394,14 @@ def test_every_shipped_spec_renders_tidy_standalone_source(path, tmp_path):
     assert (plan.description or "\0") not in src  # the description never reaches the code
 
 
+def assert_named_only_with_the_feature(text: str, baseline: str, words: list[str]) -> None:
+    """Each of ``words`` is in the model.py of ``text`` and not in that of ``baseline`` (a spec without the feature):
+    the generated file holds a feature's code only when the plan uses it."""
+    with_it, without = render_model_source(plan_of(text)), render_model_source(plan_of(baseline))
+    for w in words:
+        assert w in with_it and w not in without, w
+
+
 def test_source_names_only_what_the_plan_uses():
     dense = render_model_source(plan_of(CASES["llama"]))
     assert "Router" not in dense and "sinks" not in dense and "window" not in dense

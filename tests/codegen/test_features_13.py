@@ -15,6 +15,7 @@ from moec.nn import build_model
 from moec.spec.plan import MoEPlan
 from tests.codegen.test_codegen import (
     assert_generated_gives_the_library_outputs,
+    assert_named_only_with_the_feature,
     assert_same_aux,
     library_and_generated,
     plan_of,
@@ -372,10 +373,7 @@ def test_slots_on_zero_experts_compute_nothing_and_are_not_counted_as_loads(tmp_
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):
-    with_it = render_model_source(plan_of(CASES[case]))
-    without = render_model_source(plan_of(TINY_DEEPSEEK_V3))
-    for w in words:
-        assert w in with_it and w not in without, w
+    assert_named_only_with_the_feature(CASES[case], TINY_DEEPSEEK_V3, words)
 
 
 @pytest.mark.parametrize(

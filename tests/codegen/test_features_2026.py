@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moec.codegen import render_model_source
 from tests.codegen.test_codegen import (
     assert_generated_gives_the_library_outputs,
+    assert_named_only_with_the_feature,
     library_and_generated,
-    plan_of,
     run_both,
     variant,
 )
@@ -111,7 +110,4 @@ def test_a_selection_bias_parameter_trains_and_moves_alike(tmp_path):
     ],
 )
 def test_the_source_names_a_feature_only_when_the_plan_uses_it(case, words):
-    with_it = render_model_source(plan_of(CASES[case]))
-    without = render_model_source(plan_of(variant(attn="n_kv_heads: 2")))
-    for w in words:
-        assert w in with_it and w not in without, w
+    assert_named_only_with_the_feature(CASES[case], variant(attn="n_kv_heads: 2"), words)

@@ -110,7 +110,8 @@ def indexer(c: HFConfig, d: Draft, cls: str, layout: str) -> None:
     if said is not None and said != (layout == "interleaved"):
         c.bad("indexer_rope_interleave", f"{said}, but {cls}Indexer always rotates in {layout}: ambiguous")
     head_dim, rope = c.value("index_head_dim"), c.value("qk_rope_head_dim")
-    if is_int(head_dim) and is_int(rope) and rope > head_dim:
+    refused = c.failed("index_head_dim") or c.failed("qk_rope_head_dim")  # said by their readers
+    if is_int(head_dim) and is_int(rope) and rope > head_dim and not refused:
         c.bad("index_head_dim", f"{head_dim} < qk_rope_head_dim ({rope}): the indexer rotates that many of its dims")
 
 

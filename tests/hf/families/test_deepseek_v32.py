@@ -100,6 +100,7 @@ def test_the_plan_exports_to_a_config_that_imports_back_to_it():
         ({"indexer_rope_interleave": True}, "indexer_rope_interleave"),  # DeepseekV32Indexer rotates halves
         ({"rope_interleave": False}, "rope_interleave"),
         ({"index_head_dim": 32}, "index_head_dim"),  # narrower than the 64 rotary dims
+        ({"index_head_dim": -1}, "index_head_dim"),  # refused once, not also as narrower than the rotary dims
         ({"moe_layer_freq": 2}, "moe_layer_freq"),
         ({"attention_bias": True}, "attention_bias"),
         ({"layer_types": ["full_attention"] * 61}, "layer_types"),

@@ -115,11 +115,15 @@ def assert_table_holds_class_defaults(table: dict, cls, at_least: int) -> None:
         assert table[key] == want, key
 
 
-def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor, folder) -> None:
+def assert_generated_model_gives_the_library_logits(model, tokens: torch.Tensor | None, folder) -> None:
     """The model.py ``moec build`` renders for ``model``'s plan, holding ``model``'s weights, gives its logits and
-    its aux (every MoE layer's loss, loads and router scores) bit for bit."""
+    its aux (every MoE layer's loss, loads and router scores) bit for bit, on ``tokens`` (None: 2 × 12 random ids
+    of its vocabulary, seed 0)."""
     from moec.codegen import render_model_source
     from tests.codegen.test_codegen import assert_same_aux, import_source
+
+    if tokens is None:
+        tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
 
     gen = import_source(render_model_source(model.plan), folder).Model().eval()
     gen.load_state_dict(model.state_dict(), strict=True)

@@ -119,9 +119,7 @@ def test_in_memory_names_and_the_releases_dense_layer_norm_load_to_the_same_logi
 def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     """moec build renders the MoE output norm: the generated model.py holding the imported weights gives moec.nn's
     logits and aux bit for bit."""
-    model = moec.from_hf(checkpoint[1])
-    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
+    assert_generated_model_gives_the_library_logits(moec.from_hf(checkpoint[1]), None, tmp_path)
 
 
 def test_the_release_exports_as_axk1_with_transformers_count():

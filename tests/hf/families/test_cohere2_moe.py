@@ -147,9 +147,7 @@ def test_the_generated_model_py_gives_the_library_logits(variant, tmp_path):
     hf = tiny_hf("cohere2_moe", {**TINY, **VARIANTS[variant]})
     away_from_init(hf, small_biases=True)
     hf.save_pretrained(tmp_path / "hf")
-    model = moec.from_hf(tmp_path / "hf")
-    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
+    assert_generated_model_gives_the_library_logits(moec.from_hf(tmp_path / "hf"), None, tmp_path)
 
 
 def test_the_release_exports_as_cohere2_moe_with_transformers_count():

@@ -26,6 +26,7 @@ from tests.hf.families._harness import (  # noqa: E402
     away_from_init,
     model_counts,
     refused_fields,
+    saved_checkpoint,
 )
 
 # google/switch-base-8 as transformers' class defaults plus what Switch-Base differs in (arXiv 2101.03961: d_ff 3072,
@@ -123,19 +124,23 @@ def test_what_moec_cannot_say_is_refused(change, field):
     assert field in refused_fields({**TINY, **change})
 
 
-@pytest.fixture(scope="module", params=[64, 3], ids=["capacity 64", "capacity 3 drops"])
-def checkpoint(request, tmp_path_factory):
-    """transformers' tiny Switch model, weights away from their init (routers with logits of order 1), saved; with
-    expert_capacity 3 the 20-token sources and 13-token targets overflow experts in every sparse layer."""
+def tiny_switch(expert_capacity: int):
+    """transformers' Switch model of TINY with ``expert_capacity`` (eager attention), every weight away from its init
+    (routers with logits of order 1); also what tests/codegen builds its checkpoint from."""
     kw = {k: v for k, v in TINY.items() if k != "model_type"}
-    config = transformers.SwitchTransformersConfig(**kw, expert_capacity=request.param)
+    config = transformers.SwitchTransformersConfig(**kw, expert_capacity=expert_capacity)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = transformers.SwitchTransformersForConditionalGeneration(config).eval()
     away_from_init(hf, router="router.classifier.weight")
-    folder = tmp_path_factory.mktemp("switch")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return hf
+
+
+@pytest.fixture(scope="module", params=[64, 3], ids=["capacity 64", "capacity 3 drops"])
+def checkpoint(request, tmp_path_factory):
+    """:func:`tiny_switch` saved; with expert_capacity 3 the 20-token sources and 13-token targets overflow experts
+    in every sparse layer."""
+    return saved_checkpoint(tiny_switch(request.param), tmp_path_factory, "switch")
 
 
 def routed(model, router_class) -> list[torch.Tensor]:

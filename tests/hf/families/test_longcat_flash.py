@@ -122,5 +122,4 @@ def test_the_generated_model_py_gives_the_library_logits(checkpoint, tmp_path):
     """moec build renders shortcut-MoE pair layers, latent scales and zero experts: the generated model.py holding the
     imported weights gives moec.nn's logits and aux bit for bit."""
     model = moec.from_hf(checkpoint[1])
-    tokens = torch.randint(0, model.plan.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert_generated_model_gives_the_library_logits(model, tokens, tmp_path)
+    assert_generated_model_gives_the_library_logits(model, None, tmp_path)

@@ -44,7 +44,7 @@ _TOKENS = ("image_token_id", "video_token_id", "image_start_token_id", "image_en
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    t = _text_config(c)
+    t = text_config(c, TEXT_DEFAULTS, "glm4v_moe")
     sections, sections_src = take_mrope(t)
     factor, factor_src = take_partial_rotary(
         t,
@@ -95,20 +95,22 @@ def _no_qk_norm(t: HFConfig, d: Draft) -> None:
     )
 
 
-def _text_config(c: HFConfig) -> HFConfig:
-    """text_config as a nested config located under ``text_config.``; num_local_experts is n_routed_experts."""
+def text_config(c: HFConfig, table: dict[str, Any], wrapper: str) -> HFConfig:
+    """text_config as a nested config located under ``text_config.``, read with the defaults ``table`` and of
+    model_type ``<wrapper>_text``; num_local_experts is n_routed_experts (a conflict refused at the alias). HY-V4-VL's
+    wrapper reads its text config alike."""
     raw = dict(c.mapping("text_config"))
     conflict = (
         "num_local_experts" in raw and "n_routed_experts" in raw and raw["num_local_experts"] != raw["n_routed_experts"]
     )
     if "num_local_experts" in raw:
         raw.setdefault("n_routed_experts", raw.pop("num_local_experts"))
-    t = HFConfig(raw, TEXT_DEFAULTS, prefix="text_config.")
+    t = HFConfig(raw, table, prefix="text_config.")
     c.children.append(t)
     if conflict:
         t.bad("num_local_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])}); one field")
-    if raw.get("model_type") not in (None, "glm4v_moe_text"):
-        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of glm4v_moe is glm4v_moe_text")
+    if raw.get("model_type") not in (None, f"{wrapper}_text"):
+        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of {wrapper} is {wrapper}_text")
     return t
 
 

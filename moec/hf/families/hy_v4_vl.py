@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from moec.hf.draft import Draft, Family, HFConfig, shown
+from moec.hf.draft import Draft, Family, HFConfig
 from moec.hf.families._common import defaults, text_tie_note
-from moec.hf.families.glm4v_moe import take_mrope
+from moec.hf.families.glm4v_moe import take_mrope, text_config
 from moec.hf.families.hy_v4 import HYV4Mapper, hy_v4_text
 
 if TYPE_CHECKING:
@@ -44,13 +44,7 @@ MROPE_DEFAULT = [12, 10, 10]  # HYV4VLTextConfig.convert_rope_params_to_dict's d
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    raw = dict(c.mapping("text_config"))
-    if "num_local_experts" in raw:
-        raw.setdefault("n_routed_experts", raw.pop("num_local_experts"))
-    t = HFConfig(raw, TEXT_DEFAULTS, prefix="text_config.")
-    c.children.append(t)
-    if raw.get("model_type") not in (None, "hy_v4_vl_text"):
-        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of hy_v4_vl is hy_v4_vl_text")
+    t = text_config(c, TEXT_DEFAULTS, "hy_v4_vl")
     sections, sections_src = take_mrope(t, MROPE_DEFAULT)
     hy_v4_text(t, d, "HYV4VL", rotary="interleaved")
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))

@@ -17,7 +17,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import moec  # noqa: E402
-from tests.hf.families._harness import TextView, away_from_init, model_counts, saved_checkpoint  # noqa: E402
+from tests.hf.families._harness import (  # noqa: E402
+    TextView,
+    away_from_init,
+    model_counts,
+    refused_fields,
+    saved_checkpoint,
+)
 from tests.hf.families.test_hy_v4 import TINY as HY_V4_TINY  # noqa: E402
 from tests.hf.test_weights import assert_same  # noqa: E402
 
@@ -62,12 +68,15 @@ def test_the_text_model_imports_with_its_multimodal_rope_and_the_tower_named():
     assert hf_to_model(EVERY_LAYER_FULL).hyper_connections.residual == "identity"
 
 
-def test_a_shared_first_layer_is_refused_naming_the_text_field():
-    from moec.errors import SpecError
-
-    with pytest.raises(SpecError) as e:
-        hf_to_model({**CLASS_DEFAULTS, "text_config": {"indexer_types": ["shared"] + ["full"] * 77}})
-    assert [p.path for p in e.value.problems] == ["text_config.indexer_types"]
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ({"indexer_types": ["shared"] + ["full"] * 77}, "text_config.indexer_types"),  # no layer before 0 chose
+        ({"num_local_experts": 8, "n_routed_experts": 16}, "text_config.num_local_experts"),  # one field, two values
+    ],
+)
+def test_text_fields_transformers_would_not_run_as_said_are_refused_naming_the_text_field(text, field):
+    assert refused_fields({**CLASS_DEFAULTS, "text_config": text}) == [field]
 
 
 @pytest.fixture(scope="module")

@@ -282,7 +282,10 @@ def _attention_layers(
         indexer(t, d, CLS, "interleaved")
         if len(set(types)) > 1:
             on = [x == "indexed_attention" for x in types]
-            d.layer_attention["indexer"] = (on, f"{CLS}Attention builds its indexer on indexed_attention layers only")
+            d.layer_attention["indexer"] = (
+                on,
+                f"layer_types: {CLS}Attention builds its indexer on indexed_attention only",
+            )
     else:
         for k in ("index_n_heads", "index_head_dim", "index_topk"):
             t.value(k)  # no layer builds an indexer

@@ -149,7 +149,7 @@ def _sliding_layers(c: HFConfig, d: Draft, types: list[str]) -> None:
     if any(sliding):
         d.layer_attention["n_kv_heads"] = (
             [2 * kv if s else kv for s in sliding],
-            f"{NAME}Attention: 2 × {c.src('num_key_value_heads')} on sliding layers",
+            f"{c.src('num_key_value_heads')} × 2 on sliding layers ({NAME}Attention)",
         )
     d.layer_attention["sinks"] = (sliding, f"{NAME}Attention: one sink logit per query head on sliding layers only")
 

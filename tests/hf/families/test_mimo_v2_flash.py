@@ -127,6 +127,12 @@ def test_a_refused_field_is_not_also_refused_through_xiaomis_copy_of_it(change, 
     assert refused_fields({**RELEASE, **change}) == [field]
 
 
+def test_a_kv_head_count_past_moecs_bound_is_located_at_num_key_value_heads():
+    """The sliding layers' own count (twice it) is refused by the spec's bound too: at the field it comes from."""
+    cfg = {**TINY, "model_type": "mimo_v2_flash", "num_key_value_heads": 10**12}
+    assert set(refused_fields(cfg)) == {"num_key_value_heads"}
+
+
 def test_defaults_are_transformers_class_defaults():
     from moec.hf.families.mimo_v2_flash import DEFAULT_ROPE, DEFAULTS
 

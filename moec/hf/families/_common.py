@@ -245,7 +245,7 @@ def mla(c: HFConfig, d: Draft, name: str) -> None:
     one KV latent for all heads, the ranks and per-part head dims; ``name`` is the modeling class prefix."""
     h = c.int("num_attention_heads")
     kv = c.int("num_key_value_heads", optional=True)
-    if kv not in (None, h):
+    if kv not in (None, h) and not c.failed("num_key_value_heads") and not c.failed("num_attention_heads"):
         c.bad("num_key_value_heads", f"{kv}: MLA has one KV latent shared by all {h} heads")
     q_rank = c.int("q_lora_rank", optional=True)
     d.section(
@@ -367,13 +367,16 @@ ROPE_TYPES = ("full_attention", "sliding_attention")
 def rope_per_type_ok(c: HFConfig, given: dict[str, dict[str, Any]], types: list[str]) -> bool:
     """A rope_parameters mapping per attention type (Laguna, Mellum): each type a layer uses has one with a
     positive rope_theta (transformers has no fallback for a missing one), and every key is a known type."""
-    ok = True
-    for t in sorted(set(types) & set(ROPE_TYPES)):
+    used = sorted(set(types) & set(ROPE_TYPES))
+    missing = [t for t in used if given.get(t) is None]
+    ok = not missing
+    if missing:
+        c.bad("rope_parameters", f"no mapping for {' and '.join(missing)}, which layers use")
+    for t in used:
         p = given.get(t)
         if p is None:
-            c.bad("rope_parameters", f"no mapping for {t}, which layers use")
-            ok = False
-        elif not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
+            continue
+        if not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
             c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
             ok = False
     for t in given:
@@ -408,8 +411,11 @@ def text_tie_note(c: HFConfig, t: HFConfig) -> str:
     decides): named where it agrees with the wrapper's (``c``), refused where not, or where it is not a bool."""
     if not t.given("tie_word_embeddings"):
         return ""
+    if not isinstance(t.value("tie_word_embeddings"), bool):
+        t.bool("tie_word_embeddings")  # refused as the text config's base refuses it: one problem
+        return ""
     tie = t.value("tie_word_embeddings")
-    if tie != c.value("tie_word_embeddings") or not isinstance(tie, bool):
+    if tie != c.value("tie_word_embeddings"):
         t.bad("tie_word_embeddings", f"{shown(tie)}: disagrees with the wrapper's tie_word_embeddings: ambiguous")
         return ""
     return f" ({t.prefix}tie_word_embeddings {str(tie).lower()}: agrees)"

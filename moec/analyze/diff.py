@@ -30,39 +30,46 @@ def _flatten(prefix: str, v: Any, out: dict[str, Any], defaults: dict[str, Any])
         out[prefix] = list(v) if isinstance(v, tuple) else v
 
 
-def _layer_groups(m: ResolvedModel, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer plans collapsed to `field: value` for the layers that share it, so a diff of a 61-layer
-    model reads as a few lines ("layers 3..60 ffn.n_experts: 256") instead of 61."""
-    out: dict[str, Any] = {}
-    per_layer: list[dict[str, Any]] = []
+def _per_layer(m: ResolvedModel, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each layer's plan flattened to ``field: value``, a None value left out as a missing one."""
+    out = []
     for lp in m.layers:
         flat: dict[str, Any] = {}
         _flatten("attention", lp.attention, flat, defaults)
         _flatten("ffn", lp.ffn, flat, defaults)
         _flatten("mixer", lp.mixer, flat, defaults)  # None (attention) is left out as a missing value
-        per_layer.append(flat)
-    keys = sorted({k for f in per_layer for k in f})
-    for k in keys:
-        vals = [f.get(k) for f in per_layer]
-        start = 0
-        for i in range(1, len(vals) + 1):
-            if i == len(vals) or vals[i] != vals[start]:
-                if vals[start] is not None:
-                    span = f"{start}" if i - 1 == start else f"{start}..{i - 1}"
-                    out[f"layers {span} {k}"] = vals[start]
-                start = i
+        out.append({k: v for k, v in flat.items() if v is not None})
     return out
+
+
+def _layer_changes(a: ResolvedModel, b: ResolvedModel, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-layer fields that differ, compared layer by layer, a run of layers with the same two values on one
+    row ("layers 1..3 ffn.activation": swiglu → swiglu_limit_after), so a 61-layer model's diff reads as a few
+    lines and each side shows what those layers hold (a field one side lacks and the other holds at its default
+    is no difference)."""
+    per_a, per_b = _per_layer(a, defaults), _per_layer(b, defaults)
+    rows = []
+    for k in sorted({k for flat in (*per_a, *per_b) for k in flat}):
+        pairs = [(fa.get(k), fb.get(k)) for fa, fb in zip(per_a, per_b, strict=True)]
+        start = 0
+        for i in range(1, len(pairs) + 1):
+            if i < len(pairs) and pairs[i] == pairs[start]:
+                continue
+            va, vb = pairs[start]
+            one_sided_default = None in (va, vb) and k in defaults and (vb if va is None else va) == defaults[k]
+            if va != vb and not one_sided_default:
+                span = f"{start}" if i - 1 == start else f"{start}..{i - 1}"
+                rows.append({"field": f"layers {span} {k}", "a": va, "b": vb})
+            start = i
+    return sorted(rows, key=lambda row: _layer_key(row["field"]))
 
 
 def _changed(fa: dict[str, Any], fb: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
     """The fields whose values differ, leaving out a field only one side has that holds its default there
     (a MoE's default router options against a dense model's nothing are not changes anyone made)."""
 
-    def leaf(k: str) -> str:
-        return k.split(" ", 2)[2] if k.startswith("layers ") else k
-
     def defaulted(k: str, f: dict[str, Any]) -> bool:
-        return leaf(k) in defaults and f[k] == defaults[leaf(k)]
+        return k in defaults and f[k] == defaults[k]
 
     out = []
     for k in sorted(set(fa) | set(fb)):
@@ -88,11 +95,8 @@ def diff_models(a: ResolvedModel, b: ResolvedModel, ra: Analysis, rb: Analysis) 
         f["layer mixers"] = mixer_runs([l.mixer_kind for l in m.layers], most=len(m.layers))
         f["mtp layers"] = len(m.mtp)
     fields = [{"field": k, "a": fa.get(k), "b": fb.get(k)} for k in _changed(fa, fb, defaults)]
-    ga, gb = _layer_groups(a, defaults), _layer_groups(b, defaults)
     if a.n_layers == b.n_layers:
-        fields += [
-            {"field": k, "a": ga.get(k), "b": gb.get(k)} for k in sorted(_changed(ga, gb, defaults), key=_layer_key)
-        ]
+        fields += _layer_changes(a, b, defaults)
 
     def metric(name: str, x: float, y: float, unit: str = "") -> dict[str, Any]:
         return {

@@ -58,7 +58,7 @@ def hy_v4_text(c: HFConfig, d: Draft, cls: str, rotary: str = "halves") -> None:
     base(c, d, cls)
     kv = c.value("num_key_value_heads") if c.given("num_key_value_heads") else None
     heads = c.value("num_attention_heads")  # what __post_init__ makes of it, whatever given (refused heads: said once)
-    c.raw["num_key_value_heads"] = heads if is_int(heads) else None
+    c.raw["num_key_value_heads"] = heads if is_int(heads) and heads > 0 else None
     mla(c, d, cls)
     if rotary == "interleaved":  # HYV4VLAttention builds its latent norms at rms_norm_eps: the model's
         d.fields.pop("attention.latent_norm_eps", None)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
+    ROPE_TYPES,
     defaults,
     dense_layers_ffn,
     gqa,
@@ -163,7 +164,8 @@ def _layer_types(t: HFConfig) -> list[str]:
     n = t.value("num_hidden_layers")
     if not (is_int(n) and 0 < n <= MAX_LAYERS):
         return []
-    return rope_layer_types(t, ["full_attention"] * n if t.value("layer_types") is None else [])
+    types = rope_layer_types(t, ["full_attention"] * n if t.value("layer_types") is None else [])
+    return types if len(types) == n and set(types) <= set(ROPE_TYPES) else []  # else said by typed_windows
 
 
 def _gate(t: HFConfig, d: Draft) -> None:

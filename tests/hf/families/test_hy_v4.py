@@ -99,6 +99,7 @@ def test_release_imports_the_streams_and_names_the_release_fields():
         ({**EVERY_LAYER_FULL, "layer_types": ["full_attention"] * N}, "layer_types"),
         # one bad field, one problem: not also the KV heads set from it, nor indexer_types left unjudged
         ({"num_attention_heads": 0.5}, "num_attention_heads"),
+        ({"num_attention_heads": -1}, "num_attention_heads"),
         ({"num_hidden_layers": "x"}, "num_hidden_layers"),
     ],
 )

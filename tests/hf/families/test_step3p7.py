@@ -163,6 +163,8 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
         ({"num_hidden_layers": 10**12, "layer_types": None}, "text_config.num_hidden_layers"),  # was a MemoryError
         # one bad field, one problem: what it feeds is not refused as well
         ({"layer_types": "x"}, "text_config.layer_types"),  # (the rope lists, the sliding heads)
+        ({"layer_types": ["full_attention"] * 44}, "text_config.layer_types"),  # one short: (the rope lists)
+        ({"layer_types": ["chunked_attention"] * 45}, "text_config.layer_types"),  # no such type: (the rope lists)
         ({"num_nextn_predict_layers": "x"}, "text_config.num_nextn_predict_layers"),  # (the padded lists)
         ({"max_position_embeddings": ["x"]}, "text_config.max_position_embeddings"),  # (max_seq_len's copy)
         ({"num_attention_groups": "x"}, "text_config.num_key_value_heads"),  # (attention_other_setting's copy)

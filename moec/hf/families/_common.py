@@ -114,8 +114,12 @@ def uniform_window(c: HFConfig, d: Draft, key: str = "sliding_window", enabled: 
     d.window_note = f"{c.src(key)} on every layer" if w else ""
 
 
-def typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list[str], why: str) -> None:
-    """layer_types (given, or the family's default list) decide which layers slide."""
+def typed_windows(
+    c: HFConfig, d: Draft, window: int | None, default_types: list[str], why: str, *, null_refused: bool = False
+) -> None:
+    """layer_types (given, or the family's default list) decide which layers slide. ``null_refused``: the family's
+    transformers code cannot build a null window, so a null sliding_window while layers slide is refused (else they
+    would be read as full attention, silently)."""
     given = c.value("layer_types") is not None  # null: the family's default, as transformers computes it
     types = c.str_list("layer_types") if given else default_types
     if not d.fits_layers(c, "layer_types", types):
@@ -123,6 +127,8 @@ def typed_windows(c: HFConfig, d: Draft, window: int | None, default_types: list
     types = ["full_attention" if t == "attention" else t for t in types]
     if not all_known(c, "layer_types", types, ("full_attention", "sliding_attention")):
         return
+    if null_refused and window is None and "sliding_attention" in types:
+        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
     d.window = [window if t == "sliding_attention" else None for t in types]
     src = "layer_types" if given else f"layer_types unset: {why}"
     d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""

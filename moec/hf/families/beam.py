@@ -27,6 +27,7 @@ from moec.hf.families._common import (
     mlp_layer_types,
     moe_core,
     router,
+    typed_windows,
 )
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
 from moec.hf.families._typed_rope import TypedRope, typed_base
@@ -159,12 +160,9 @@ def _attention(c: HFConfig, d: Draft) -> None:
 
 def _typed_layers(c: HFConfig, d: Draft, types: list[str], per_type: dict[str, Any]) -> None:
     """Each type's window (sliding_window on the sliding layers), rotation or NoPE query scale, and own base."""
-    src = "layer_types" if c.value("layer_types") is not None else "layer_types unset: full every sixth and last"
-    w = c.int("sliding_window", optional=True)
-    if w is None and SLIDING in types:
-        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
-    d.window = [w if t == SLIDING else None for t in types]
-    d.window_note = f"{src}; sliding layers use {c.src('sliding_window')}" if any(d.window) else ""
+    why = "full every sixth and last"
+    typed_windows(c, d, c.int("sliding_window", optional=True), types, why, null_refused=True)
+    src = "layer_types" if c.value("layer_types") is not None else f"layer_types unset: {why}"
     d.rope = [per_type[t] is not None for t in types]
     d.rope_note = f"{src}: a type rotates by its rope_parameters entry, null: none"
     if not all(d.rope):

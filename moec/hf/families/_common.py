@@ -6,6 +6,7 @@ only one family does stays in its module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, is_number, shown
@@ -410,6 +411,25 @@ def linear_full_layer_types(c: HFConfig, d: Draft) -> tuple[list[str] | None, st
     if d.fits_layers(c, "layer_types", types) and all_known(c, "layer_types", types, LINEAR_FULL_TYPES):
         return types, "layer_types"
     return None, ""
+
+
+def text_config(
+    c: HFConfig,
+    defaults: Mapping[str, Any],
+    text_type: str,
+    *,
+    aliases: Mapping[str, str] | None = None,
+    key: str = "text_config",
+) -> HFConfig:
+    """A wrapper's nested text config (the mapping at ``key``), read with its class's ``defaults`` and ``aliases``
+    (folded by HFConfig: a conflict refused at the alias, a problem located at the name written), located under
+    ``key.`` as one of ``c``'s children; a model_type other than ``text_type`` is refused."""
+    t = HFConfig(c.mapping(key), defaults, prefix=key + ".", aliases=aliases)
+    c.children.append(t)
+    given = t.raw.get("model_type")
+    if given not in (None, text_type):
+        t.bad("model_type", f"{shown(given)}: the text model of {c.raw.get('model_type')} is {text_type}")
+    return t
 
 
 def text_tie_note(c: HFConfig, t: HFConfig) -> str:

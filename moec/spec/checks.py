@@ -59,7 +59,7 @@ def check_spec(spec: Spec, loc: Located) -> list[Problem]:
         *hyper_problems(spec),
         *norm_gate_problems(spec),
         *shared_activation_problems(spec),
-        *moe_override_problems(spec),
+        *moe_override_problems(spec, moe_activation_inherited=("moe", "activation") not in loc.marks),
     ):
         bad(path, message)
     check_block(spec, bad)

@@ -3,8 +3,8 @@ differently (Step-3.7-Flash clamps the SwiGLU of its routed experts and of its s
 with its own limit). Each field applies only where written (unwritten: the moe section's); a later override wins.
 
 The activations must stay gated exactly when the section's are, so a layer keeps the section's matrices and no
-count changes; the limits need an activation that takes one (moec.spec.plan's ``_CLAMPED``: swiglu_clamped,
-swiglu_limit, swiglu_limit_after) on the layer, after its overrides.
+count changes; the limits need an activation that takes one (moec.vocab's LIMITED: swiglu_clamped, swiglu_limit,
+swiglu_limit_after) on the layer, after its overrides.
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ def _writers(spec: Spec) -> dict[int, dict[str, int]]:
     return out
 
 
-def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
-    """Every problem of moe.shared_activation_limit and of the overrides' ``moe`` sections: (path, message)."""
+def problems(spec: Spec, moe_activation_inherited: bool = False) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every problem of moe.shared_activation_limit and of the overrides' ``moe`` sections: (path, message).
+    ``moe_activation_inherited``: the moe section writes no activation and takes the ffn section's (and its limit,
+    where written), so a limit missing there is the ffn section's problem, reported once, there."""
     from moec.spec.resolve import ffn_kind_per_layer, selected_layers
 
     e = spec.moe
-    out = _unwritten_limits(spec)
+    out = _unwritten_limits(spec, moe_activation_inherited)
     if e is not None and e.shared_activation_limit is not None:
         out += _limit_problems(("moe", "shared_activation_limit"), e.shared_activation or e.activation, e)
     kinds = ffn_kind_per_layer(spec)
@@ -101,12 +103,14 @@ def problems(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
 NO_DEFAULT_LIMIT = ("swiglu_limit", "swiglu_limit_after")
 
 
-def _unwritten_limits(spec: Spec) -> list[tuple[tuple[str | int, ...], str]]:
+def _unwritten_limits(spec: Spec, moe_activation_inherited: bool) -> list[tuple[tuple[str | int, ...], str]]:
     """A section (ffn, moe) or override whose activation is one of NO_DEFAULT_LIMIT without its limit written
     there or in the section it overrides (a shared activation's limit: shared_activation_limit or activation_limit)."""
     out: list[tuple[tuple[str | int, ...], str]] = []
     for name, section in (("ffn", spec.ffn), ("moe", spec.moe)):
         for f in _unlimited(section, section.model_fields_set if section is not None else set()):
+            if (name, f) == ("moe", "activation") and moe_activation_inherited:
+                continue  # the ffn section's activation, and its missing limit, reported there
             out.append(((name, f), f"{getattr(section, f)} has no default clamp limit: write {name}.activation_limit"))
     if spec.moe is None:
         return out

@@ -182,3 +182,22 @@ def test_yarns_own_constants_must_be_finite():
         "9:97 model.positions.scaling.beta_fast: nan: input should be a finite number",
         "9:111 model.positions.scaling.mscale: inf: input should be a finite number",
     ]
+
+
+def test_a_limit_missing_from_the_ffn_section_the_experts_inherit_is_one_error():
+    """moe.activation unset: the experts take ffn's swiglu_limit (and its limit, once written), so the missing limit
+    is ffn's problem alone; a moe section that writes the same activation itself needs its own limit too."""
+    inherited = BASE.replace(
+        "ffn: {d_ff: 128}",
+        "ffn: {d_ff: 128, activation: swiglu_limit}\nmoe: {n_experts: 4, d_ff: 64, router: {top_k: 2}}",
+    )
+    # line 11: "ffn: {d_ff: 128, activation: swiglu_limit}", the activation at column 30
+    assert problems(inherited) == [
+        "11:30 ffn.activation: swiglu_limit has no default clamp limit: write ffn.activation_limit"
+    ]
+    written = inherited.replace("d_ff: 64,", "d_ff: 64, activation: swiglu_limit,")
+    # line 12: "moe: {n_experts: 4, d_ff: 64, activation: swiglu_limit, router: {top_k: 2}}", its activation at 43
+    assert problems(written) == [
+        "11:30 ffn.activation: swiglu_limit has no default clamp limit: write ffn.activation_limit",
+        "12:43 moe.activation: swiglu_limit has no default clamp limit: write moe.activation_limit",
+    ]

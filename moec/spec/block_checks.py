@@ -34,6 +34,8 @@ def check_block(spec: Spec, bad: Bad) -> None:
         bad(("model", "norm", "placement"), "shortcut_moe_pair is built with the pre placement only")
     if spec.model.residual_multiplier != 1.0:
         bad(("model", "residual_multiplier"), "not supported with shortcut_moe_pair")
+    if spec.moe is not None and spec.moe.output_norm:  # the standard block's norm on its MoE output
+        bad(("moe", "output_norm"), "not supported with shortcut_moe_pair")
     if spec.mtp is not None:
         bad(("mtp",), "MTP blocks are not supported with shortcut_moe_pair")
 

@@ -201,3 +201,14 @@ def test_a_limit_missing_from_the_ffn_section_the_experts_inherit_is_one_error()
         "11:30 ffn.activation: swiglu_limit has no default clamp limit: write ffn.activation_limit",
         "12:43 moe.activation: swiglu_limit has no default clamp limit: write moe.activation_limit",
     ]
+
+
+def test_an_moe_output_norm_in_shortcut_moe_pair_layers_is_refused_not_ignored():
+    """The pair block has no norm on its MoE's output (moec.nn and the generated model would build none)."""
+    from moec.spec import load_model
+
+    with pytest.raises(SpecError) as ei:
+        load_model("longcat-flash", sets=["moe.output_norm=true"])
+    assert [f"{p.path}: {p.message}" for p in ei.value.problems] == [
+        "moe.output_norm: not supported with shortcut_moe_pair"
+    ]

@@ -78,9 +78,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("attention.qk_norm", True, "LagunaAttention: RMSNorm(head_dim) on q and k, before the rotation")
     _gate(c, d)
     w = c.int("sliding_window", optional=True)
-    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (LagunaConfig)")
-    if w is None and "sliding_attention" in types:
-        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (LagunaConfig)", null_refused=True)
     _heads_per_layer(c, d)
     if per_type is not None and not c.failed("layer_types") and d.layers_known:
         layer_rope(c, d, per_type, types, LAGUNA_ROPE)

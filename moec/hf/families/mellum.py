@@ -47,9 +47,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     gqa(c, d, bias=b, out_bias=b, bias_src=c.src("attention_bias") + " (q, k, v and o)", qk_norm=True)
     d.put("attention.qk_norm", True, "MellumAttention: RMSNorm(head_dim) on q and k, before the rotation")
     w = c.int("sliding_window", optional=True)
-    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (MellumConfig)")
-    if w is None and "sliding_attention" in types:
-        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    typed_windows(c, d, w, ["full_attention"] * d.n_layers, "all full attention (MellumConfig)", null_refused=True)
     _qwen_fields_mellum_deletes(c, d)
     if per_type is not None and not c.failed("layer_types") and d.layers_known:
         layer_rope(c, d, per_type, types, MELLUM_ROPE)

@@ -135,11 +135,9 @@ def _windows(c: HFConfig, d: Draft) -> None:
     else:
         w, why = c.int("sliding_window", optional=True), c.src("sliding_window")
     n = d.n_layers if d.layers_known else 0
-    typed_windows(c, d, w, default_layer_types(n), "full on the first layer and every sixth")
+    typed_windows(c, d, w, default_layer_types(n), "full on the first layer and every sixth", null_refused=True)
     if any(d.window):
         d.window_note = d.window_note.replace(c.src("sliding_window"), why)
-    if w is None and any(t == "sliding_attention" for t in c.value("layer_types") or default_layer_types(n)):
-        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
 
 
 def _sliding_layers(c: HFConfig, d: Draft, types: list[str]) -> None:

@@ -104,9 +104,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     _gate(t, d)
     _scale(t, d)
     w = t.int("sliding_window", optional=True)
-    typed_windows(t, d, w, ["full_attention"] * d.n_layers, "all full attention (Step3p7TextConfig)")
-    if w is None and "sliding_attention" in types:
-        t.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    typed_windows(t, d, w, ["full_attention"] * d.n_layers, "all full attention (Step3p7TextConfig)", null_refused=True)
     heads_per_layer(t, d, types)
     if per_type is not None and not t.failed("layer_types") and d.layers_known:
         layer_rope(t, d, per_type, types)

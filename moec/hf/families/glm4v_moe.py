@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
-from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, text_tie_note
+from moec.hf.families._common import aux, base, defaults, dense_layers_ffn, gqa, text_config, text_tie_note
 from moec.hf.families.glm4_moe import DEFAULT_PARTIAL_ROTARY, glm4_moe_block, take_partial_rotary
 from moec.hf.mapper import LanguageModelMapper
 from moec.hf.rope import rope_field
@@ -37,6 +37,7 @@ VISION_DEFAULTS = {"depth": 24, "hidden_size": 1536, "attention_bias": False, "i
                    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 4096,
                    "intermediate_size": 13696}
 # fmt: on
+TEXT_ALIASES = {"num_local_experts": "n_routed_experts"}  # Glm4vMoeTextConfig.attribute_map
 MROPE_DEFAULT = [8, 12, 12]  # Glm4vMoeTextRotaryEmbedding when the rope parameters give no mrope_section
 # token ids of the image and video inputs moec leaves out (the release repeats some inside text_config)
 _TOKENS = ("image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id", "video_start_token_id",
@@ -44,7 +45,7 @@ _TOKENS = ("image_token_id", "video_token_id", "image_start_token_id", "image_en
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    t = text_config(c, TEXT_DEFAULTS, "glm4v_moe")
+    t = text_config(c, TEXT_DEFAULTS, "glm4v_moe_text", aliases=TEXT_ALIASES)
     sections, sections_src = take_mrope(t)
     factor, factor_src = take_partial_rotary(
         t,
@@ -93,25 +94,6 @@ def _no_qk_norm(t: HFConfig, d: Draft) -> None:
     d.put(
         "attention.qk_norm", False, "Glm4vMoeTextAttention has no qk-norm (use_qk_norm false: transformers ignores it)"
     )
-
-
-def text_config(c: HFConfig, table: dict[str, Any], wrapper: str) -> HFConfig:
-    """text_config as a nested config located under ``text_config.``, read with the defaults ``table`` and of
-    model_type ``<wrapper>_text``; num_local_experts is n_routed_experts (a conflict refused at the alias). HY-V4-VL's
-    wrapper reads its text config alike."""
-    raw = dict(c.mapping("text_config"))
-    conflict = (
-        "num_local_experts" in raw and "n_routed_experts" in raw and raw["num_local_experts"] != raw["n_routed_experts"]
-    )
-    if "num_local_experts" in raw:
-        raw.setdefault("n_routed_experts", raw.pop("num_local_experts"))
-    t = HFConfig(raw, table, prefix="text_config.")
-    c.children.append(t)
-    if conflict:
-        t.bad("num_local_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])}); one field")
-    if raw.get("model_type") not in (None, f"{wrapper}_text"):
-        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of {wrapper} is {wrapper}_text")
-    return t
 
 
 def take_mrope(t: HFConfig, default: list[int] = MROPE_DEFAULT) -> tuple[list[int] | None, str]:

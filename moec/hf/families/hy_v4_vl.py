@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from moec.hf.draft import Draft, Family, HFConfig
-from moec.hf.families._common import defaults, text_tie_note
-from moec.hf.families.glm4v_moe import take_mrope, text_config
+from moec.hf.families._common import defaults, text_config, text_tie_note
+from moec.hf.families.glm4v_moe import take_mrope
 from moec.hf.families.hy_v4 import HYV4Mapper, hy_v4_text
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ MROPE_DEFAULT = [12, 10, 10]  # HYV4VLTextConfig.convert_rope_params_to_dict's d
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    t = text_config(c, TEXT_DEFAULTS, "hy_v4_vl")
+    t = text_config(c, TEXT_DEFAULTS, "hy_v4_vl_text", aliases={"num_local_experts": "n_routed_experts"})
     sections, sections_src = take_mrope(t, MROPE_DEFAULT)
     hy_v4_text(t, d, "HYV4VL", rotary="interleaved")
     d.put("model.tie_embeddings", c.bool("tie_word_embeddings"), c.src("tie_word_embeddings") + text_tie_note(c, t))

@@ -39,6 +39,7 @@ from moec.hf.families._common import (
     gqa,
     moe_core,
     router,
+    text_config,
     text_tie_note,
     typed_windows,
 )
@@ -91,7 +92,7 @@ FIRST_DENSE = 3  # Step3p7TextConfig: without mlp_layer_types or moe_layers_enum
 
 
 def translate(c: HFConfig, d: Draft) -> None:
-    t = _text_config(c)
+    t = text_config(c, TEXT_DEFAULTS, "step3p5", aliases=TEXT_ALIASES)
     n_mtp = _cut_mtp_padding(t)
     types = _layer_types(t)
     per_type = rope_per_type(t, types)
@@ -123,24 +124,6 @@ def translate(c: HFConfig, d: Draft) -> None:
     tower = vision_params(c.mapping("vision_config"), c.bool("projector_bias"), d.get("model.d_model"))
     left_out = "the vision tower and its projector (vision_config" + (f": {tower:,} parameters" if tower else "") + ")"
     d.put("model.n_layers", d.n_layers, f"{note}; left out: {left_out}, which act on image inputs only")
-
-
-def _text_config(c: HFConfig) -> HFConfig:
-    """text_config as a nested config located under ``text_config.``, its aliases under their fields' names."""
-    raw = dict(c.mapping("text_config"))
-    conflicts = []
-    for alias, name in TEXT_ALIASES.items():
-        if alias in raw:
-            value = raw.pop(alias)
-            if raw.setdefault(name, value) != value:
-                conflicts.append((alias, name))
-    t = HFConfig(raw, TEXT_DEFAULTS, prefix="text_config.")
-    c.children.append(t)
-    for alias, name in conflicts:
-        t.bad(alias, f"disagrees with {name} ({shown(raw[name])}); one field")
-    if raw.get("model_type") not in (None, "step3p5"):
-        t.bad("model_type", f"{shown(raw['model_type'])}: the text model of step3p7 is step3p5")
-    return t
 
 
 def _cut_mtp_padding(t: HFConfig) -> int:

@@ -167,7 +167,7 @@ def test_release_format_imports_to_the_plan_of_the_config_transformers_saves(tmp
         ({"layer_types": ["chunked_attention"] * 45}, "text_config.layer_types"),  # no such type: (the rope lists)
         ({"num_nextn_predict_layers": "x"}, "text_config.num_nextn_predict_layers"),  # (the padded lists)
         ({"max_position_embeddings": ["x"]}, "text_config.max_position_embeddings"),  # (max_seq_len's copy)
-        ({"num_attention_groups": "x"}, "text_config.num_key_value_heads"),  # (attention_other_setting's copy)
+        ({"num_attention_groups": "x"}, "text_config.num_attention_groups"),  # at the alias written; (the setting's)
         ({"per_layer_config": {**{str(i): {"num_attention_heads": 96} for i in range(45) if i % 4},
                                "1": {"num_attention_heads": 96, "head_dim": 64}}},
          "text_config.per_layer_config.1.head_dim"),

@@ -55,12 +55,9 @@ def text_config(
     c: HFConfig, raw: dict[str, Any], table: dict[str, Any], wrapper: str, prefix: str = "text_config."
 ) -> HFConfig:
     """The wrapper's text config ``raw`` as a nested config located under ``prefix``; num_experts is
-    n_routed_experts (the text config's attribute_map)."""
-    if "num_experts" in raw:
-        if "n_routed_experts" in raw and raw["n_routed_experts"] != raw["num_experts"]:
-            c.bad(prefix + "num_experts", f"disagrees with n_routed_experts ({shown(raw['n_routed_experts'])})")
-        raw.setdefault("n_routed_experts", raw.pop("num_experts"))
-    t = HFConfig(raw, table, prefix=prefix)
+    n_routed_experts (the text config's attribute_map, folded by HFConfig: a conflict refused at the alias). Not
+    _common.text_config, which reads the mapping at its key: unlimited_ocr's original spelling builds ``raw``."""
+    t = HFConfig(raw, table, prefix=prefix, aliases={"num_experts": "n_routed_experts"})
     c.children.append(t)
     if raw.get("model_type") not in (None, f"{wrapper}_text"):
         t.bad("model_type", f"{shown(raw['model_type'])}: the text model of {wrapper} is {wrapper}_text")

@@ -9,7 +9,7 @@ are ``moec.nn.EncoderDecoderModel``'s, so a library state_dict loads with ``stri
 
 The components both kinds of model share (norms, the dense FFN, the router, the experts) come from the decoder-only
 templates, specialised by :func:`moec.codegen.features.plan_features` on the layers of both stacks. What moec.nn
-does not build is refused as moec.nn refuses it (``moec.nn.encdec.build_refusals``); what moec.nn builds but this
+does not build is refused as moec.nn refuses it (``moec.spec.encdec.build_refusals``); what moec.nn builds but this
 file does not render is refused by name in :func:`_refusals`. As in :mod:`moec.codegen.render`, every value reaching
 the template is checked text from :mod:`moec.codegen.checks`.
 """
@@ -24,7 +24,7 @@ from moec.codegen.features import Features, plan_features
 from moec.codegen.layers import _ffn_call
 from moec.codegen.layout import INDENT, Call, call_lines, table_lines
 from moec.codegen.render import moe_runtime_names, runtime_imports
-from moec.spec.encdec import RELATIVE_BUCKET
+from moec.spec.encdec import RELATIVE_BUCKET, build_refusals  # what moec.nn builds: one list, torch-free
 from moec.spec.plan import DenseFFNPlan, LayerPlan, MoEPlan, ResolvedModel
 
 if TYPE_CHECKING:
@@ -121,8 +121,6 @@ def _stack_lines(f: Features, relative: bool, decoder: bool, n_layers: str) -> l
 
 def render_encdec_source(plan: ResolvedModel, *, name: str, spec_hash: str, environment: jinja2.Environment) -> str:
     """The generated ``model.py`` of an encoder-decoder plan. Raises ValueError for one codegen cannot express."""
-    from moec.nn.encdec import build_refusals  # what moec.nn builds: one list, moec.nn's
-
     refused = build_refusals(plan)
     if refused:
         raise ValueError(f"codegen does not support an encoder-decoder model with {'; '.join(refused)} yet")

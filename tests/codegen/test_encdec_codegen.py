@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import moec
 from moec.cli import cli
 from moec.codegen import render_model_source
 from moec.commands.common import load_plan
-from tests.codegen.test_codegen import assert_ruff_clean, assert_same_aux, import_source, randomize
+from tests.codegen.test_codegen import ROOT, assert_ruff_clean, assert_same_aux, import_source, randomize
 
 SWITCH = "specs/switch-base-8-encdec.yaml"
 # the shipped Switch-Base-8 at a width and depth a unit test runs in milliseconds; its capacity (64 a sequence) holds
@@ -132,6 +134,23 @@ def test_moec_build_writes_the_shipped_switch_spec(tmp_path):
     source, target = _ids(plan, 4)
     with torch.no_grad():
         assert torch.equal(gen(source, target)[0], lib(source, target)[0])
+
+
+def test_building_it_without_weights_does_not_import_torch(tmp_path):
+    """Rendering reads moec.nn's refusals from their torch-free home (moec.spec.encdec), as a decoder-only build does
+    (docs/architecture.md: codegen imports torch only to write weights); a fresh interpreter, so nothing is loaded."""
+    code = (
+        "import sys\n"
+        "from moec.cli import cli\n"
+        "try:\n"
+        f"    cli(['build', 'switch-base-8-encdec', '-o', {str(tmp_path / 'out')!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "model.py").is_file()
 
 
 def test_the_full_size_shipped_spec_builds_through_the_cli(tmp_path):

@@ -101,7 +101,7 @@ class Features:
     mixer_none: bool = False  # some layer has no token mixer
     ffn_none: bool = False  # some layer has no FFN
     mla_parts: MLAFeatures = MLAFeatures()  # MLA's optional parts: the sparse-attention indexer, latent scales
-    parts: BlockParts = BlockParts()  # the layers' optional parts: MoA, zero experts, the MoE output bias
+    parts: BlockParts = BlockParts()  # the layers' optional parts: MoA, zero experts, pair layers, ...
     gqa_parts: GQAFeatures = GQAFeatures()  # GQA's optional parts: v_head_dim, the gate's function, per-layer heads
 
     @property

@@ -5,6 +5,7 @@ folder, and the commands that cannot run one still refuse it by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -228,3 +229,18 @@ def test_moec_build_from_a_switch_checkpoint_gives_transformers_logits(tmp_path)
         logits, aux = gen(src, tgt)
     assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
     assert sum(int(a.dropped) for a in aux.layers if a is not None) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda p: p.replace(expert_capacity="1); import os; (1"), "encoder.expert_capacity"),
+        (lambda p: p.replace(positions=dataclasses.replace(p.positions, n_buckets="1); (os")), "positions.n_buckets"),
+        (lambda p: p.replace(positions=dataclasses.replace(p.positions, max_distance=1.5)), "positions.max_distance"),
+    ],
+    ids=["expert_capacity", "n_buckets", "max_distance"],
+)
+def test_a_value_of_the_wrong_type_is_refused_by_name_not_pasted(change, field):
+    """The numbers only this file prints pass moec.codegen.checks too (a hand-built plan; no spec holds these)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(field)} must be an integer"):
+        render_model_source(change(load_plan(SWITCH, DROPPING, encoder_decoder=True)))

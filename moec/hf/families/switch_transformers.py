@@ -90,15 +90,17 @@ def translate(c: HFConfig, d: Draft) -> None:
     _attention(c, d)
     decoder_key = "num_decoder_layers" if c.value("num_decoder_layers") is not None else "num_layers"
     encoder = _stack(c, "num_layers", "num_sparse_encoder_layers", "encoder_sparse_step")
+    decoder = _stack(c, decoder_key, "num_sparse_decoder_layers", "decoder_sparse_step")
     put_stacks(
         c,
         d,
-        (encoder, _stack(c, decoder_key, "num_sparse_decoder_layers", "decoder_sparse_step")),
+        (encoder, decoder),
         ("num_layers", decoder_key),
         "i % {stack}_sparse_step == 1 is a Switch layer (SwitchTransformersStack)",
     )
-    if encoder is not None:
-        d.put("encoder.expert_capacity", c.int("expert_capacity"), c.src("expert_capacity") + ", in both stacks")
+    capacity = c.int("expert_capacity")
+    if encoder is not None and "moe" in encoder + (decoder or []):  # no Switch layer (a step of 0): no capacity
+        d.put("encoder.expert_capacity", capacity, c.src("expert_capacity") + ", in both stacks")
     _ffn_and_experts(c, d)
     _release_fields(c, d)
     dropout(c, d, "dropout_rate")

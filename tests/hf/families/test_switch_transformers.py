@@ -86,6 +86,7 @@ def test_class_defaults_count_as_transformers_builds_them():
         {"num_sparse_encoder_layers": 4, "num_sparse_decoder_layers": 5},  # step 1 (all), step 0 (none)
         {"encoder_sparse_step": 3},  # a written step is kept over the computed one
         {"num_decoder_layers": None},  # the decoder as deep as the encoder
+        {"num_sparse_encoder_layers": 5, "num_sparse_decoder_layers": 4},  # more than the layers: step 0, all dense
     ],
 )
 def test_tiny_variants_count_as_transformers_builds_them(change):
@@ -244,6 +245,14 @@ def test_a_model_built_from_a_spec_exports_to_transformers_logits(tmp_path):
         want = hf(input_ids=src, decoder_input_ids=tgt).logits
         logits, _ = model(src, tgt)
     assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_stacks_without_a_switch_layer_import_without_a_capacity():
+    """num_sparse_*_layers above the layer count gives a step of 0 (layers // sparse), so transformers builds every
+    block dense; the import says so and writes no expert capacity (it was refused at expert_capacity)."""
+    plan = hf_to_model({**TINY, "num_sparse_encoder_layers": 5, "num_sparse_decoder_layers": 4})
+    assert not any(isinstance(lp.ffn, MoEPlan) for lp in (*plan.encoder, *plan.layers))
+    assert plan.expert_capacity is None
 
 
 def test_a_refused_layer_count_is_the_one_problem_not_the_step_judged_with_it():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from moec.codegen.checks import float_text, int_text
 from moec.codegen.features import Features, plan_features
-from moec.codegen.layers import _ffn_call
+from moec.codegen.layers import ffn_call
 from moec.codegen.layout import INDENT, Call, call_lines, table_lines
 from moec.codegen.render import moe_runtime_names, runtime_imports
 from moec.spec.encdec import RELATIVE_BUCKET, build_refusals  # what moec.nn builds: one list, torch-free
@@ -82,7 +82,7 @@ def _ffn_constructor(layers: list[LayerPlan], f: Features, capacity: bool) -> di
         plan = next((lp.ffn for lp in layers if isinstance(lp.ffn, cls)), None)
         if plan is None:
             continue
-        call = dataclasses.replace(_ffn_call(plan, f), keyword="")
+        call = dataclasses.replace(ffn_call(plan, f), keyword="")
         if kind == "moe" and capacity:
             router, *rest = call.args
             assert isinstance(router, Call)

@@ -120,7 +120,7 @@ def _router_call(x: MoEPlan, rf: RouterFeatures) -> Call:
     return Call("Router", tuple(args), "router=")
 
 
-def _ffn_call(x: DenseFFNPlan | MoEPlan, f: Features) -> Call:
+def ffn_call(x: DenseFFNPlan | MoEPlan, f: Features) -> Call:
     if isinstance(x, DenseFFNPlan):
         return Call("DenseFFN", ("D_MODEL", *_ffn_args(x, int_text(x.d_ff, "d_ff"))), "ffn=")
     assert f.router is not None
@@ -329,11 +329,11 @@ def _make_block(plan: ResolvedModel, f: Features, rows: list[dict[str, str]], va
         return lines + _pair_block_body(plan, attn, ffns[MoEPlan], f)
     if "ffn" not in names:
         (ffn,) = ffns.values()
-        return lines + call_lines(Call("Block", (attn, _ffn_call(ffn, f))), "    ", "return ")
+        return lines + call_lines(Call("Block", (attn, ffn_call(ffn, f))), "    ", "return ")
     lines += call_lines(Call(attn.func, attn.args), "    ", "attn = ")
     lines += ['    if ffn == "dense":']
-    lines += call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
-    return lines + call_lines(Call("Block", ("attn=attn", _ffn_call(ffns[MoEPlan], f))), "    ", "return ")
+    lines += call_lines(Call("Block", ("attn=attn", ffn_call(ffns[DenseFFNPlan], f))), "        ", "return ")
+    return lines + call_lines(Call("Block", ("attn=attn", ffn_call(ffns[MoEPlan], f))), "    ", "return ")
 
 
 def _pair_block_body(plan: ResolvedModel, attn: Call, moe: MoEPlan, f: Features) -> list[str]:
@@ -342,7 +342,7 @@ def _pair_block_body(plan: ResolvedModel, attn: Call, moe: MoEPlan, f: Features)
     assert isinstance(pair, DenseFFNPlan)
     dense = Call("DenseFFN", ("D_MODEL", *_ffn_args(pair, int_text(pair.d_ff, "pair d_ff"))))
     lines = _two(Call(attn.func, attn.args), "attn") + _two(dense, "pair_ffn")
-    return lines + call_lines(Call("PairBlock", ("attn", "pair_ffn", _ffn_call(moe, f))), "    ", "return ")
+    return lines + call_lines(Call("PairBlock", ("attn", "pair_ffn", ffn_call(moe, f))), "    ", "return ")
 
 
 def _two(call: Call, name: str) -> list[str]:
@@ -399,7 +399,7 @@ def _hybrid_make_block(
             mixer = "mixer=token_mixer"
     order = [v for v in ('"dense"', '"none"', '"moe"') if v in ffns]  # the MoE, the longest, last
     for i, key in enumerate(order):
-        ffn = "ffn=None" if key == '"none"' else _ffn_call(ffns[key], f)
+        ffn = "ffn=None" if key == '"none"' else ffn_call(ffns[key], f)
         last = i == len(order) - 1
         if not last:
             lines.append(f"    if ffn == {key}:")

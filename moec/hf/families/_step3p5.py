@@ -29,7 +29,7 @@ def rope_per_type(t: HFConfig, types: list[str]) -> dict[str, dict[str, Any]] | 
     config), else built as Step3p7TextConfig builds it from the release's rope_theta (one value, or one per
     layer), partial_rotary_factors (one per layer) and rope_scaling (the full-attention type's only). None once
     refused."""
-    if not types:  # the layer count is refused: nothing per layer to judge (nor to report as unread)
+    if not types:  # the layer count or types are refused: nothing per layer to judge (nor to report as unread)
         for key in ("rope_parameters", "rope_theta", "partial_rotary_factors", "rope_scaling"):
             t.value(key)
         return None

@@ -33,7 +33,7 @@ from moec.nn.moe import MoE
 from moec.nn.norms import make_norm
 from moec.nn.relative_bias import RelativeBias
 from moec.nn.router import Router, Routing
-from moec.spec.encdec import RELATIVE_BUCKET
+from moec.spec.encdec import RELATIVE_BUCKET, build_refusals
 from moec.spec.plan import AttentionPlan, LayerPlan, MoEPlan, ResolvedModel
 
 
@@ -176,52 +176,6 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[MoEAux | None]]:
         x, auxes = run_stack(self.layers, x, token_ids)
         return (self.norm(x) if self.norm is not None else x), auxes
-
-
-# What moec.nn builds in an encoder-decoder model: these fields of each plan may be set; every other field must hold
-# its default, so that a feature added to the plans later is refused here by name until this module builds it.
-_MODEL_FIELDS = {"encoder", "expert_capacity", "logits_scaling", "spec_hash", "source_file", "description", "extra"}
-_POSITION_FIELDS = {"kind", "theta", "scaling", "n_buckets", "max_distance"}
-_ATTENTION_FIELDS = {"kind", "n_heads", "n_kv_heads", "head_dim", "bias", "out_bias", "scale", "v_head_dim"}
-# fields that only qualify a feature left off (a qk-norm's scope, a gate's function, ...): their values are inert
-_INERT = {"qk_norm_scope", "qk_norm_kind", "qk_norm_after_rope", "temperature_form", "output_gate_fn", "output_gate_bias",
-          "indexer_rope_layout", "indexer_key_norm_eps", "latent_norm_eps", "moa_score", "moa_softmax_after_topk",
-          "moa_normalize_topk"}  # fmt: skip
-_ATTENTION_OFF = {"qk_norm": False, "sinks": False, "window": None, "rope": False}  # required fields, off
-
-
-def _set_fields(plan: object, allowed: set[str]) -> list[str]:
-    """The fields of a plan dataclass, outside ``allowed``, whose values differ from their defaults."""
-    return [
-        f.name
-        for f in dataclasses.fields(plan)  # type: ignore[arg-type]
-        if f.name not in allowed and f.default is not dataclasses.MISSING and getattr(plan, f.name) != f.default
-    ]
-
-
-def build_refusals(plan: ResolvedModel) -> list[str]:
-    """What moec.nn cannot build exactly in an encoder-decoder model, each named (empty: it can)."""
-    out = [f"model {f}" for f in _set_fields(plan, _MODEL_FIELDS)]
-    if plan.positions.kind not in (RELATIVE_BUCKET, "none"):
-        out.append(f"{plan.positions.kind} positions (relative_bucket or none)")
-    out += [f"positions.{f}" for f in _set_fields(plan.positions, _POSITION_FIELDS)]
-    if plan.norm.placement != "pre":
-        out.append(f"norm placement {plan.norm.placement} (pre)")
-    attentions = [lp.attention for lp in (*plan.encoder, *plan.layers)]
-    attentions += [lp.cross_attention for lp in plan.layers if lp.cross_attention is not None]
-    used = {f for a in attentions for f in _set_fields(a, _ATTENTION_FIELDS | _INERT)}
-    used |= {f for a in attentions for f, off in _ATTENTION_OFF.items() if getattr(a, f) != off}
-    out += [f"attention.{f}" for f in sorted(used)]
-    layers = (*plan.encoder, *plan.layers)
-    out += sorted({f"layers.*.{f}" for lp in layers for f in _set_fields(lp, {"cross_attention"})})  # mixer, pair
-    moe = [lp.ffn for lp in layers if isinstance(lp.ffn, MoEPlan)]
-    if any(m.output_norm for m in moe):  # applied by the decoder-only Block around its MoE, not by the MoE module
-        out.append("moe.output_norm")
-    if plan.expert_capacity is not None and any(m.router.kind == "expert_choice" for m in moe):
-        out.append("encoder.expert_capacity with expert-choice routing")
-    if plan.expert_capacity is not None and any(m.n_zero_experts for m in moe):  # would a zero expert take capacity?
-        out.append("moe.n_zero_experts with encoder.expert_capacity")
-    return out
 
 
 class EncoderDecoderModel(nn.Module):

@@ -31,7 +31,7 @@ go, are let go.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moec.hf.draft import INERT, Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
@@ -46,13 +46,8 @@ from moec.hf.families._common import (
 from moec.hf.families.deepseek_v32 import DsaMapper, indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
-from moec.hf.families.laguna import mlp_layer_types
+from moec.hf.families.laguna import GProjGateMapper, mlp_layer_types
 from moec.spec.schema import MAX_LAYERS
-
-if TYPE_CHECKING:
-    import torch
-
-    from moec.spec.plan import LayerPlan
 
 CLS = "Dots3NoteText"
 # Dots3NoteTextConfig's fields (and default_theta, its DSA layers' rope base)
@@ -367,17 +362,12 @@ def _left_out(c: HFConfig, d: Draft) -> None:
           "and audio inputs only (Dots3NoteForCausalLM builds the text model)")  # fmt: skip
 
 
-class Dots3NoteMapper(DsaMapper):
+class Dots3NoteMapper(GProjGateMapper, DsaMapper):
     """transformers' names, but the output gate's ``g_proj``; the release's MTP layer (``model.layers.46.*``) and
     ``model.mtp.*`` let go, as Dots3NotePreTrainedModel._keys_to_ignore_on_load_unexpected does."""
 
     release_layers = 46
     dropped = ("model.mtp.",)
-
-    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
-        if leaf.startswith("gate_proj."):
-            return self.ck.get(p + self.attn + "g_proj." + leaf.removeprefix("gate_proj."))
-        return super().attention(p, lp, leaf)
 
 
 FAMILIES = (

@@ -188,18 +188,23 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     return cfg
 
 
-class LagunaMapper(Mapper):
-    """The names transformers saves (its conversion mapping for Laguna): the shared MLP ``mlp.shared_expert.``, the
-    selection bias ``mlp.experts.e_score_correction_bias`` (the module's ``mlp.gate.`` name also read); the
-    attention's output gate is ``g_proj`` (moec's ``gate_proj``)."""
-
-    shared = "shared_expert."
-    expert_biases = ("experts.e_score_correction_bias", "gate.e_score_correction_bias")
+class GProjGateMapper(Mapper):
+    """The attention's output gate under transformers' name ``g_proj`` (moec's ``gate_proj``), as Laguna, Step-3.7
+    and Dots3 save it; a family's Mapper takes it first among its bases."""
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
         if leaf.startswith("gate_proj."):
             leaf = "g_proj." + leaf.removeprefix("gate_proj.")
         return super().attention(p, lp, leaf)
+
+
+class LagunaMapper(GProjGateMapper):
+    """The names transformers saves (its conversion mapping for Laguna): the shared MLP ``mlp.shared_expert.``, the
+    selection bias ``mlp.experts.e_score_correction_bias`` (the module's ``mlp.gate.`` name also read); the
+    attention's output gate is ``g_proj``."""
+
+    shared = "shared_expert."
+    expert_biases = ("experts.e_score_correction_bias", "gate.e_score_correction_bias")
 
 
 FAMILY = Family("laguna", "LagunaForCausalLM", DEFAULTS, translate, export=export, export_rank=345, mapper=LagunaMapper)

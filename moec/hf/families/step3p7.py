@@ -46,8 +46,7 @@ from moec.hf.families._common import (
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
 from moec.hf.families._typed_rope import rope_layer_types, typed_base
 from moec.hf.families.hy_v3 import ignored
-from moec.hf.families.laguna import mlp_layer_types
-from moec.hf.mapper import Mapper
+from moec.hf.families.laguna import GProjGateMapper, mlp_layer_types
 from moec.spec.moe_override import MAX_LIMIT
 from moec.spec.schema import MAX_LAYERS
 
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
     import torch
 
     from moec.hf.checkpoint import Checkpoint
-    from moec.spec.plan import LayerPlan, MoEPlan, ResolvedModel
+    from moec.spec.plan import MoEPlan, ResolvedModel
 
 # Step3p7Config (the wrapper: no tie_word_embeddings field, so the head is untied unless it says otherwise),
 # Step3p7TextConfig and Step3p7VisionConfig
@@ -347,7 +346,7 @@ def vision_params(vision: dict[str, Any], projector_bias: bool | None, d_text: A
     return embed + v["num_hidden_layers"] * block + convs + projector
 
 
-class Step3p7Mapper(Mapper):
+class Step3p7Mapper(GProjGateMapper):
     """The names save_pretrained writes (the module docstring); the MTP layers a release stores after the last
     decoder layer are let go, as transformers ignores them on load."""
 
@@ -358,11 +357,6 @@ class Step3p7Mapper(Mapper):
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         super().__init__(ck, plan)
         self.let_go_mtp_layers("text_config")
-
-    def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
-        if leaf.startswith("gate_proj."):
-            leaf = "g_proj." + leaf.removeprefix("gate_proj.")
-        return super().attention(p, lp, leaf)
 
     def moe(self, p: str, plan: MoEPlan, leaf: str) -> torch.Tensor:
         if leaf.startswith("shared."):  # one level up, beside the moe block

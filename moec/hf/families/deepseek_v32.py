@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, is_int
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla
+from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, mla, mlp_layer_types
 from moec.hf.families._export_common import deepseek_mla_fields, dense_plan, export_base, moe_plan
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
-from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 
 if TYPE_CHECKING:

@@ -41,12 +41,13 @@ from moec.hf.families._common import (
     dense_layers_ffn,
     ignored_field_agrees,
     mla,
+    mlp_layer_types,
     moe_core,
 )
 from moec.hf.families.deepseek_v32 import DsaMapper, indexer
 from moec.hf.families.dots1 import deepseek_v3_router
 from moec.hf.families.glm4_moe import mtp_not_built
-from moec.hf.families.laguna import GProjGateMapper, mlp_layer_types
+from moec.hf.families.laguna import GProjGateMapper
 from moec.spec.schema import MAX_LAYERS
 
 CLS = "Dots3NoteText"

@@ -25,7 +25,7 @@ from moec.hf.families._common import (
     defaults,
     dense_layers_ffn,
     gqa,
-    mlp_layer_kinds,
+    mlp_layer_types,
     moe_core,
     router,
     typed_windows,
@@ -137,16 +137,6 @@ def _moe(c: HFConfig, d: Draft) -> None:
             d_ff_shared=(shared, c.src("shared_expert_intermediate_size")),
         )
     aux(c, d)
-
-
-def mlp_layer_types(c: HFConfig, d: Draft, unset: list[str], unset_note: str) -> bool:
-    """mlp_layer_types as given (_common.mlp_layer_kinds) or, unset, ``unset``: what the family's config class fills
-    in (Laguna, Mellum, MiMo-V2-Flash, Step-3.7, Dots3, DeepSeek-V3.2), ``unset_note`` saying so. False when refused
-    (reported) or the layer count is unknown."""
-    given = c.value("mlp_layer_types") is not None
-    types = c.str_list("mlp_layer_types") if given else unset
-    mlp_layer_kinds(c, d, types, "mlp_layer_types" if given else unset_note)
-    return d.layers_known and types is not None and not c.failed("mlp_layer_types")
 
 
 def first_dense_mlp_layers(c: HFConfig, d: Draft, name: str = "Laguna") -> None:

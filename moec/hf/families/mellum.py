@@ -17,9 +17,17 @@ transformers does. Checkpoints use transformers' common names (the base Mapper).
 from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig, shown, spelt
-from moec.hf.families._common import aux, defaults, dense_layers_ffn, gqa, moe_core, router, typed_windows
+from moec.hf.families._common import (
+    aux,
+    defaults,
+    dense_layers_ffn,
+    gqa,
+    mlp_layer_types,
+    moe_core,
+    router,
+    typed_windows,
+)
 from moec.hf.families._typed_rope import TypedRope, layer_rope, rope_layer_types, rope_per_type, typed_base
-from moec.hf.families.laguna import mlp_layer_types
 from moec.hf.mapper import Mapper
 
 # fmt: off

@@ -37,6 +37,7 @@ from moec.hf.families._common import (
     defaults,
     dense_layers_ffn,
     gqa,
+    mlp_layer_types,
     moe_core,
     router,
     text_config,
@@ -46,7 +47,7 @@ from moec.hf.families._common import (
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
 from moec.hf.families._typed_rope import rope_layer_types, typed_base
 from moec.hf.families.hy_v3 import ignored
-from moec.hf.families.laguna import GProjGateMapper, mlp_layer_types
+from moec.hf.families.laguna import GProjGateMapper
 from moec.spec.moe_override import MAX_LIMIT
 from moec.spec.schema import MAX_LAYERS
 

@@ -117,9 +117,6 @@ class Mapper:
     interleaved = False  # gpt-oss: stacked experts are (E, d, 2f) with gate and up in alternate columns
     dropped: tuple[str, ...] = ()  # prefixes of the tensors moec lets go (an MTP layer, a vision tower)
     hc_head = "model.hc_head."  # hyper-connections' head (DeepSeek-V4, HY-V4): hc_fn, hc_base, hc_scale
-    # (moec's, the checkpoint's) prefix of an attention leaf a family names otherwise: the output gate's
-    # ("gate_proj.", "g_proj.") in Laguna, Step-3.7 and Dots3
-    attn_leaves: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, ck: Checkpoint, plan: ResolvedModel):
         self.ck, self.plan = ck, plan
@@ -199,12 +196,7 @@ class Mapper:
         raise Missing([f"<no checkpoint name known for moec's layer part {part}.{leaf}>"])
 
     def attention(self, p: str, lp: LayerPlan, leaf: str) -> torch.Tensor:
-        """moec keeps transformers' names, GQA and MLA alike, but for the leaf prefixes :attr:`attn_leaves` renames."""
-        for ours, theirs in self.attn_leaves:
-            if leaf.startswith(ours):
-                leaf = theirs + leaf.removeprefix(ours)
-                break
-        return self.ck.get(p + self.attn + leaf)
+        return self.ck.get(p + self.attn + leaf)  # moec keeps transformers' names, GQA and MLA alike
 
     def derived(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensors the family computes from the plan and no moec tensor holds (MiniMax's decay

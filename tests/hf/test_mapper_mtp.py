@@ -1,7 +1,7 @@
 """Mapper.let_go_mtp_layers: exactly the layers a release stores after the last decoder layer, as many as its
 config.json counts (num_nextn_predict_layers or num_mtp_layers, at the top or in a wrapper's text_config), are
 marked read; every other tensor is left for the checkpoint's unexpected-tensor check. Expected sets are written
-out by hand from the layer numbers. Also Mapper.attn_leaves, a family's own names of some attention leaves."""
+out by hand from the layer numbers."""
 
 from __future__ import annotations
 
@@ -44,20 +44,3 @@ def test_a_wrappers_count_is_read_in_its_section(tmp_path):
                                     {"num_nextn_predict_layers": "2"}, {"num_nextn_predict_layers": -1}])  # fmt: skip
 def test_no_count_lets_nothing_go(tmp_path, config):
     assert let_go(tmp_path, config) == set()
-
-
-def test_attn_leaves_rename_only_the_leaves_they_name():
-    class GateAsG(Mapper):
-        attn_leaves = (("gate_proj.", "g_proj."),)
-
-    asked: list[str] = []
-    ck = SimpleNamespace(folder=None, file_of={}, used=set(), get=asked.append)
-    mapper = GateAsG(ck, SimpleNamespace(layers=[]))
-    for leaf in ("gate_proj.weight", "gate_proj.bias", "q_proj.weight", "o_proj.gate_proj.weight"):
-        mapper.attention("model.layers.2.", None, leaf)
-    assert asked == [
-        "model.layers.2.self_attn.g_proj.weight",
-        "model.layers.2.self_attn.g_proj.bias",
-        "model.layers.2.self_attn.q_proj.weight",
-        "model.layers.2.self_attn.o_proj.gate_proj.weight",
-    ]

@@ -237,13 +237,25 @@ def resolve(loaded: LoadedSpec | Spec, *, file: str = "", spec_hash: str = "") -
             kind=a.kind, n_kv_heads=kv, head_dim=head_dim, v_head_dim=a.v_head_dim, **moa_fields(a.experts), **planned
         )
 
+    shared_plans: dict[tuple[Any, ...], AttentionPlan] = {}
+
+    def layer_attention(i: int) -> AttentionPlan:
+        """Layer i's attention, one frozen plan per distinct set of per-layer values: a 4096-layer model built
+        from one section holds a handful, not 4096 equal copies. A value that is a section (rope_scaling) is
+        keyed by identity: layers given the same section object share it."""
+        values = (window[i], rope[i], *(v[i] for v in attn_fields.values()))
+        key = tuple(v if v is None or isinstance(v, (bool, int, float, str)) else id(v) for v in values)
+        if key not in shared_plans:
+            shared_plans[key] = attention(window[i], rope[i], i)
+        return shared_plans[key]
+
     mixers = _mixer_plans(spec, mixer_kind_per_layer(spec))
     ffns = {"dense": dense, "moe": moe, "none": AbsentPlan()}
     pair = dense if m.block == "shortcut_moe_pair" else None  # LongCat-Flash: every layer (block_checks)
     own_moe = {i: _moe(spec, e) for i, e in moe_layer_sections(spec).items()}  # layers.*.moe (Step-3.7's clamps)
     ffn_of = [own_moe.get(i) or ffns[kind] for i, kind in enumerate(ffn_kind)]
     layers = tuple(
-        LayerPlan(i, attention(window[i], rope[i], i), ffn_of[i], mixers[i], pair)  # type: ignore[arg-type]
+        LayerPlan(i, layer_attention(i), ffn_of[i], mixers[i], pair)  # type: ignore[arg-type]
         for i in range(n)
     )
     layers, encoder = stack_plans(spec, layers, attention, ffns)  # decoder-only: as they are, no encoder

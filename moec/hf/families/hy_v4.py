@@ -56,7 +56,7 @@ def hy_v4_text(c: HFConfig, d: Draft, cls: str, rotary: str = "halves") -> None:
     """HY-V4's text model (``cls`` names the classes: HYV4, or HYV4VL for the text model of HY-V4-VL, whose rotary
     pairs are adjacent, ``rotary`` interleaved, and whose latent norms take rms_norm_eps)."""
     base(c, d, cls)
-    kv = c.value("num_key_value_heads") if c.given("num_key_value_heads") else None
+    kv = c.int("num_key_value_heads") if c.given("num_key_value_heads") else None  # a count, or the config refuses it
     heads = c.value("num_attention_heads")  # what __post_init__ makes of it, whatever given (refused heads: said once)
     c.raw["num_key_value_heads"] = heads if is_int(heads) and heads > 0 else None
     mla(c, d, cls)

@@ -100,6 +100,10 @@ def test_release_imports_the_streams_and_names_the_release_fields():
         # one bad field, one problem: not also the KV heads set from it, nor indexer_types left unjudged
         ({"num_attention_heads": 0.5}, "num_attention_heads"),
         ({"num_attention_heads": -1}, "num_attention_heads"),
+        (
+            {"num_key_value_heads": [1]},
+            "num_key_value_heads",
+        ),  # overwritten by HYV4Config, but typed: it refuses a list
         ({"num_hidden_layers": "x"}, "num_hidden_layers"),
     ],
 )

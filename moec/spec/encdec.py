@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 RELATIVE_BUCKET = "relative_bucket"  # model.positions.kind of T5's bucketed relative position bias
 SINUSOIDAL = "sinusoidal"  # model.positions.kind of fairseq's fixed sinusoidal table (M2M-100, NLLB-MoE)
-NOT_BUILT = "moec.build_model and moec.from_hf build encoder-decoder models; this command does not take one yet"
+NOT_BUILT = (
+    "moec.build_model, moec.from_hf and moec build take encoder-decoder models; this command does not take one yet"
+)
 
 
 class EncoderSection(Strict):

@@ -82,7 +82,10 @@ def test_every_command_that_cannot_run_one_refuses_it_by_name(write_spec, tmp_pa
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.split())
     assert "tiny-encdec is an encoder-decoder model (3 encoder and 2 decoder layers)" in text
-    assert "moec.build_model and moec.from_hf build encoder-decoder models; this command does not take one yet" in text
+    assert (
+        "moec.build_model, moec.from_hf and moec build take encoder-decoder models; this command does not take one yet"
+        in text
+    )
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
 
 

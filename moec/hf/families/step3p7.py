@@ -84,6 +84,7 @@ TEXT_ALIASES = {
 }  # fmt: skip
 # Step3p7VisionConfig.__post_init__: the release's names of its sizes
 VISION_ALIASES = {"width": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads"}
+VISION_SIZES = ("hidden_size", "num_hidden_layers", "num_channels", "image_size", "patch_size")  # the count reads
 # the per-layer lists Step3p7TextConfig cuts to num_hidden_layers when the release pads them with MTP entries
 PADDED = ("layer_types", "mlp_layer_types", "swiglu_limits", "swiglu_limits_shared", "rope_theta",
           "partial_rotary_factors")  # fmt: skip
@@ -121,7 +122,9 @@ def translate(c: HFConfig, d: Draft) -> None:
     note = d.fields["model.n_layers"][1]
     if n_mtp:
         note += f"; num_nextn_predict_layers {n_mtp}: transformers builds none (ignored)"
-    tower = vision_params(c.mapping("vision_config"), c.bool("projector_bias"), d.get("model.d_model"))
+    vision = c.mapping("vision_config")
+    _vision_sizes(c, vision)
+    tower = vision_params(vision, c.bool("projector_bias"), d.get("model.d_model"))
     left_out = "the vision tower and its projector (vision_config" + (f": {tower:,} parameters" if tower else "") + ")"
     d.put("model.n_layers", d.n_layers, f"{note}; left out: {left_out}, which act on image inputs only")
 
@@ -330,14 +333,26 @@ def _release_fields(t: HFConfig, d: Draft) -> None:
         ignored(t, d, "Step3p7Text", "max_seq_len", agrees, "model.max_seq_len")
 
 
+def _vision_sizes(c: HFConfig, vision: dict[str, Any]) -> None:
+    """The tower's sizes its count reads, where given: integers (a layer count of 0 included) and a positive
+    mlp_ratio, as Step3p7VisionConfig, a typed config, and its modules take them (the tower itself is left out)."""
+    for key, v in vision.items():
+        name = VISION_ALIASES.get(key, key)
+        least = int(name != "num_hidden_layers")
+        if name == "mlp_ratio" and not (is_number(v) and v > 0):
+            c.bad(f"vision_config.{key}", f"{shown(v)}: expected a positive number")
+        elif name in VISION_SIZES and not (is_int(v) and v >= least):
+            c.bad(f"vision_config.{key}", f"{shown(v)}: expected an integer ≥ {least}")
+
+
 def vision_params(vision: dict[str, Any], projector_bias: bool | None, d_text: Any) -> int | None:
-    """Parameters of Step3p7VisionModel and the projector (None where a size is not a positive integer): the
-    Conv2d patch embedding (no bias), the learned position table, the pre LayerNorm, each block's two LayerNorms,
-    biased q/k/v/out, a biased two-matrix MLP of int(hidden_size · mlp_ratio) and two layer scales, two biased
-    3×3 convolutions (h → 2h → 4h), and the projector Linear(4h, text hidden_size)."""
+    """Parameters of Step3p7VisionModel and the projector (None where a size is not an integer, ≥ 1 but for the layer
+    count): the Conv2d patch embedding (no bias), the learned position table, the pre LayerNorm, each block's two
+    LayerNorms, biased q/k/v/out, a biased two-matrix MLP of int(hidden_size · mlp_ratio) and two layer scales, two
+    biased 3×3 convolutions (h → 2h → 4h), and the projector Linear(4h, text hidden_size)."""
     v = {**VISION_DEFAULTS, **{VISION_ALIASES.get(k, k): x for k, x in vision.items()}}
-    sizes = ("hidden_size", "num_hidden_layers", "num_channels", "image_size", "patch_size")
-    if not all(is_int(v[k]) and v[k] > 0 for k in sizes) or not is_number(v["mlp_ratio"]) or not is_int(d_text):
+    sizes_read = all(is_int(v[k]) and v[k] >= (k != "num_hidden_layers") for k in VISION_SIZES)
+    if not sizes_read or not is_number(v["mlp_ratio"]) or not is_int(d_text):
         return None
     h, inner = v["hidden_size"], int(v["hidden_size"] * v["mlp_ratio"])
     embed = v["num_channels"] * v["patch_size"] ** 2 * h + (v["image_size"] // v["patch_size"]) ** 2 * h + 2 * h

@@ -179,9 +179,23 @@ def test_text_fields_that_would_change_the_model_are_refused(change, field):
     assert refused_fields(cfg) == [field]
 
 
-def test_a_projector_bias_that_is_no_bool_is_refused_located():
-    """The wrapper's own field (the projector left out has a bias or not): it was read as any value, silently."""
-    assert refused_fields({**STEP_37_FLASH, "projector_bias": "x"}) == ["projector_bias"]
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"projector_bias": "x"}, "projector_bias"),  # the left-out projector has a bias or not
+        ({"vision_config": {"width": "x"}}, "vision_config.width"),  # Step3p7VisionConfig is typed: it refuses these
+        ({"vision_config": {"mlp_ratio": -1.0}}, "vision_config.mlp_ratio"),
+    ],
+)
+def test_the_left_out_towers_fields_transformers_refuses_are_refused_located(change, field):
+    """Fields of the wrapper and the tower it leaves out: they were read as any value, silently (exit 0)."""
+    assert refused_fields({**STEP_37_FLASH, **change}) == [field]
+
+
+def test_a_tower_of_no_layers_is_counted_as_transformers_builds_it():
+    cfg = copy.deepcopy(STEP_37_FLASH)
+    cfg["vision_config"]["layers"] = 0
+    assert f"(vision_config: {tower(on_meta(cfg)):,} parameters)" in import_hf_config(cfg)
 
 
 # A tiny Step-3.7: a dense first layer then MoE (8 experts, top 2, scale 2.5, a shared MLP of another width), full

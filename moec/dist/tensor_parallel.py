@@ -33,6 +33,7 @@ from torch.distributed.tensor.parallel import (
 from moec.dist.mesh import local
 from moec.dist.parts import attention_heads, attention_kind, is_dense_ffn
 from moec.kernels.activations import activate
+from moec.plan.layout import UNSPLIT_ATTENTION_PARTS
 from moec.vocab import GATED
 
 
@@ -126,12 +127,9 @@ def _head_norm() -> SequenceParallel:
 
 
 def _attention_plan(name: str, attn: nn.Module) -> dict[str, object]:
-    if getattr(attn, "sinks", None) is not None:
-        raise TensorParallelError(f"{name}: attention sinks (attention.sinks) are not split by tensor parallelism yet")
-    if getattr(attn, "gate_proj", None) is not None:  # its heads (and a per-head gate bias) would need splitting too
-        raise TensorParallelError(
-            f"{name}: an attention output gate (attention.output_gate) is not split by tensor parallelism yet"
-        )
+    for attribute, part in UNSPLIT_ATTENTION_PARTS.items():  # their heads (a gate's bias too) would need splitting
+        if getattr(attn, attribute, None) is not None:
+            raise TensorParallelError(f"{name}: {part}: not split by tensor parallelism yet")
     if attention_kind(attn) == "mla":
         up = {"q_proj": ColwiseParallel()} if attn.q_proj is not None else {"q_b_proj": ColwiseParallel()}
         return up | {"kv_b_proj": ColwiseParallel(), "o_proj": RowwiseParallel()}

@@ -155,12 +155,17 @@ def _tensor_parallel_problems(plan: ResolvedModel, tp: int) -> list[FieldProblem
     return problems + _unsplit_attention_parts(plan, tp)
 
 
+# The per-head attention parts tensor parallelism does not split yet, by the attention module's attribute that holds
+# them: moec/dist/tensor_parallel.py refuses such a module by these names, and the planner the layout, alike
+UNSPLIT_ATTENTION_PARTS = {
+    "sinks": "attention sinks (attention.sinks)",
+    "gate_proj": "an attention output gate (attention.output_gate)",
+}
+
+
 def _unsplit_attention_parts(plan: ResolvedModel, tp: int) -> list[FieldProblem]:
     """Per-head attention parts moec.dist's tensor parallelism refuses (moec/dist/tensor_parallel.py): the plan must
     not offer a layout the run would refuse."""
     attns = [lp.attention for lp in (*plan.layers, *plan.mtp) if lp.has_attention]
-    parts = {
-        "attention sinks (attention.sinks)": any(a.sinks for a in attns),
-        "an attention output gate (attention.output_gate)": any(a.gate_width for a in attns),
-    }
-    return [("tp", f"tp = {tp} splits the heads, not {part}") for part, used in parts.items() if used]
+    used = {"sinks": any(a.sinks for a in attns), "gate_proj": any(a.gate_width for a in attns)}
+    return [("tp", f"tp = {tp} splits the heads, not {UNSPLIT_ATTENTION_PARTS[k]}") for k, on in used.items() if on]

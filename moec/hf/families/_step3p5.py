@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.hf.draft import Draft, HFConfig, is_int, is_number, shown
-from moec.hf.families._common import ROPE_TYPES, reference_rope_type
-from moec.hf.families._typed_rope import TypedRope
+from moec.hf.families._typed_rope import ROPE_TYPES, TypedRope, reference_rope_type
 from moec.hf.families._typed_rope import layer_rope as typed_layer_rope
 from moec.hf.families._typed_rope import rope_per_type as typed_rope_per_type
 

@@ -14,13 +14,45 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, HFConfig, is_int, is_number, shown
-from moec.hf.families._common import ROPE_TYPES, base, reference_rope_type, rope_per_type_ok
+from moec.hf.families._common import base
 from moec.hf.families._export_common import export_rope
 from moec.hf.rope import read_rope
 from moec.spec.rope_scaling import LAYER_KINDS
 
 if TYPE_CHECKING:
     from moec.spec.plan import ResolvedModel
+
+ROPE_TYPES = ("full_attention", "sliding_attention")
+
+
+def rope_per_type_ok(c: HFConfig, given: dict[str, dict[str, Any]], types: list[str]) -> bool:
+    """A rope_parameters mapping per attention type (Laguna, Mellum): each type a layer uses has one with a
+    positive rope_theta (transformers has no fallback for a missing one), and every key is a known type."""
+    used = sorted(set(types) & set(ROPE_TYPES))
+    missing = [t for t in used if given.get(t) is None]
+    ok = not missing
+    if missing:
+        c.bad("rope_parameters", f"no mapping for {' and '.join(missing)}, which layers use")
+    for t in used:
+        p = given.get(t)
+        if p is None:
+            continue
+        if not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
+            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
+            ok = False
+    for t in given:
+        if t not in ROPE_TYPES:
+            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(ROPE_TYPES)}")
+            ok = False
+    return ok
+
+
+def reference_rope_type(per_type: dict[str, dict[str, Any]], types: list[str]) -> str | None:
+    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope.
+    None when no layer uses a type (layer_types is refused then)."""
+    used = [t for t in ROPE_TYPES if t in set(types) and t in per_type]
+    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
+
 
 # the keys of a type's mapping that moec gives a layer of its own; the rest is the model's one scaling
 PER_LAYER_KEYS = ("rope_theta", "partial_rotary_factor")

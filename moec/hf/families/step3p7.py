@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, is_number, shown
 from moec.hf.families._common import (
-    ROPE_TYPES,
     defaults,
     dense_layers_ffn,
     gqa,
@@ -45,7 +44,7 @@ from moec.hf.families._common import (
     typed_windows,
 )
 from moec.hf.families._step3p5 import STEP_ROPE, heads_per_layer, layer_rope, rope_per_type
-from moec.hf.families._typed_rope import rope_layer_types, typed_base
+from moec.hf.families._typed_rope import ROPE_TYPES, rope_layer_types, typed_base
 from moec.hf.families.hy_v3 import ignored
 from moec.hf.families.laguna import GProjGateMapper
 from moec.spec.moe_override import MAX_LIMIT

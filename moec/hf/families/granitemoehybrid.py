@@ -11,7 +11,6 @@ and attention layers whose inner width is a multiple of d_model; export_hf_confi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -173,13 +172,7 @@ def export(m: ResolvedModel) -> dict[str, Any]:
     if set(kinds) - {"attention", "mamba2"}:
         raise CannotExport(f"has Mamba2 and attention layers only (spec: {sorted(set(kinds))})")
     rope = m.positions.kind == "rope"
-    # export_base writes the fields every family shares but refuses a model without rotary positions
-    as_rotary = (
-        m if rope else dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
-    )
-    cfg = export_base(as_rotary, FAMILY, nope=not rope)
-    if not rope:
-        del cfg["rope_theta"], cfg["rope_scaling"]
+    cfg = export_base(m, FAMILY, nope=not rope, positions=("rope", "none"))
     a = one([lp.attention for lp in m.layers if lp.has_attention] or [m.layers[0].attention], "the attention")
     cfg.update(
         position_embedding_type="rope" if rope else "nope",

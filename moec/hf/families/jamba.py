@@ -11,7 +11,6 @@ start back as the two periods and offsets.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
@@ -185,15 +184,10 @@ def _export_mamba(m: ResolvedModel, cfg: dict[str, Any]) -> None:
 
 
 def export(m: ResolvedModel) -> dict[str, Any]:
-    if m.positions.kind != "none":
-        raise CannotExport(f"has no position encoding (spec: {m.positions.kind})")
+    cfg = export_base(m, FAMILY, nope=True, positions=("none",))
     kinds = [lp.mixer_kind for lp in m.layers]
     if set(kinds) - {"attention", "mamba"}:
         raise CannotExport(f"has Mamba and attention layers only (spec: {sorted(set(kinds))})")
-    # export_base writes the fields every family shares but refuses a model without rotary positions
-    as_rotary = dataclasses.replace(m, positions=dataclasses.replace(m.positions, kind="rope", scaling=None))
-    cfg = export_base(as_rotary, FAMILY, nope=True)
-    del cfg["rope_theta"], cfg["rope_scaling"]
     e, f = moe_plan(m), dense_plan(m)
     if f is not None and f.d_ff != e.d_ff:
         raise CannotExport(f"has one intermediate_size for its MLPs and experts (spec: {f.d_ff} and {e.d_ff})")

@@ -22,10 +22,7 @@ def translate(c: HFConfig, d: Draft) -> None:
     d.put("attention.sinks", True, "GraniteSWAAttention.sinks: one learned logit per head")
     w = c.int("sliding_window", optional=True)
     default = ["full_attention" if i % 4 == 0 else "sliding_attention" for i in range(d.n_layers)]
-    typed_windows(c, d, w, default, "full attention on layers i % 4 == 0, sliding elsewhere")
-    types = c.value("layer_types")
-    if w is None and "sliding_attention" in (types if isinstance(types, list) else default):
-        c.bad("sliding_window", "null while layers slide (transformers cannot build their window)")
+    typed_windows(c, d, w, default, "full attention on layers i % 4 == 0, sliding elsewhere", null_refused=True)
     _layer_rope(c, d)
     d.ffn_note = "every Granite-MoE-SWA layer is MoE"
 

@@ -205,18 +205,12 @@ def test_what_the_generated_file_does_not_render_is_refused_by_name(sets, named,
 def test_moec_build_from_a_switch_checkpoint_gives_transformers_logits(tmp_path):
     """transformers' own tiny Switch model (experts of 3 tokens a sequence: some overflow), saved; the folder `moec
     build --from-hf` writes gives its logits through the generated model.py and the copied weights."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from safetensors.torch import load_model
 
-    from tests.hf.families.test_switch_transformers import TINY, away_from_init
+    from tests.hf.families.test_switch_transformers import tiny_switch
 
-    config = transformers.SwitchTransformersConfig(
-        **{k: v for k, v in TINY.items() if k != "model_type"}, expert_capacity=3
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = transformers.SwitchTransformersForConditionalGeneration(config).eval()
-    away_from_init(hf, router="router.classifier.weight")
+    hf = tiny_switch(3)
     hf.save_pretrained(tmp_path / "hf")
     res = CliRunner().invoke(cli, ["build", "--from-hf", str(tmp_path / "hf"), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from moec.hf.draft import Draft, HFConfig, is_number, shown
+from moec.hf.draft import Draft, HFConfig, shown
 from moec.hf.rope import read_rope
 from moec.spec.schema import MAX_LAYERS
 
@@ -366,38 +366,6 @@ def window_ignored(c: HFConfig, d: Draft, family: str) -> None:
             f"transformers' {family} ignores sliding_window (full causal attention)",
             "none: remove sliding_window (what transformers runs), or name the window in the moec spec",
         )
-
-
-ROPE_TYPES = ("full_attention", "sliding_attention")
-
-
-def rope_per_type_ok(c: HFConfig, given: dict[str, dict[str, Any]], types: list[str]) -> bool:
-    """A rope_parameters mapping per attention type (Laguna, Mellum): each type a layer uses has one with a
-    positive rope_theta (transformers has no fallback for a missing one), and every key is a known type."""
-    used = sorted(set(types) & set(ROPE_TYPES))
-    missing = [t for t in used if given.get(t) is None]
-    ok = not missing
-    if missing:
-        c.bad("rope_parameters", f"no mapping for {' and '.join(missing)}, which layers use")
-    for t in used:
-        p = given.get(t)
-        if p is None:
-            continue
-        if not is_number(p.get("rope_theta")) or p["rope_theta"] <= 0:
-            c.bad(f"rope_parameters.{t}.rope_theta", f"{shown(p.get('rope_theta'))}: expected a positive number")
-            ok = False
-    for t in given:
-        if t not in ROPE_TYPES:
-            c.bad(f"rope_parameters.{t}", f"{shown(t)} is not one of {', '.join(ROPE_TYPES)}")
-            ok = False
-    return ok
-
-
-def reference_rope_type(per_type: dict[str, dict[str, Any]], types: list[str]) -> str | None:
-    """The used attention type of the largest base (ties: full_attention): its mapping is the model's rope.
-    None when no layer uses a type (layer_types is refused then)."""
-    used = [t for t in ROPE_TYPES if t in set(types) and t in per_type]
-    return max(used, key=lambda t: (per_type[t]["rope_theta"], t == "full_attention")) if used else None
 
 
 # the two layer_types of the linear-attention hybrids, linear first: ``_LINEAR, _FULL = LINEAR_FULL_TYPES``

@@ -72,7 +72,9 @@ def translate(c: HFConfig, d: Draft) -> None:
     for key in _TOKENS:
         c.value(key)
         t.value(key)
-    tower = vision_params(c.mapping("vision_config"))
+    vision = c.mapping("vision_config")
+    _vision_sizes(c, vision)
+    tower = vision_params(vision)
     left_out = "the vision tower (vision_config" + (f": {tower:,} parameters" if tower is not None else "") + ")"
     note = d.fields["model.n_layers"][1]
     d.put("model.n_layers", d.n_layers, f"{note}; left out: {left_out}, which acts on image and video inputs only")
@@ -111,14 +113,24 @@ def take_mrope(t: HFConfig, default: list[int] = MROPE_DEFAULT) -> tuple[list[in
     return sections, f"{t.prefix}{key}.mrope_section"
 
 
+def _vision_sizes(c: HFConfig, vision: dict[str, Any]) -> None:
+    """The tower's sizes its count reads, where given: integers, ≥ 1 but for depth (a tower of no blocks builds), as
+    Glm4vMoeVisionConfig, a typed config, and its modules take them; else the count would be dropped from the note
+    and the config imported, silently (the tower itself is left out)."""
+    for key, v in vision.items():
+        least = int(key != "depth")
+        if key in VISION_DEFAULTS and key != "attention_bias" and not (is_int(v) and v >= least):
+            c.bad(f"vision_config.{key}", f"{shown(v)}: expected an integer ≥ {least}")
+
+
 def vision_params(vision: dict[str, Any]) -> int | None:
-    """Parameters of Glm4vMoeVisionModel (None where a size is not a positive integer): the learned position
+    """Parameters of Glm4vMoeVisionModel (None where a size is not an integer, ≥ 1 but for depth): the learned position
     table, the Conv3d patch embedding (biased), depth blocks (two RMSNorms, qkv with attention_bias, proj, a
     bias-free SwiGLU MLP of width out_hidden_size), the post-conv RMSNorm, the Conv2d downsampling (biased), the
     post RMSNorm and the patch merger (proj, a LayerNorm with bias, a SwiGLU of width intermediate_size)."""
     v = {**VISION_DEFAULTS, **vision}
     sizes = [k for k in VISION_DEFAULTS if k != "attention_bias"]
-    if not all(is_int(v[k]) and v[k] > 0 for k in sizes):
+    if not all(is_int(v[k]) and v[k] >= (k != "depth") for k in sizes):
         return None
     h, out, inner = v["hidden_size"], v["out_hidden_size"], v["intermediate_size"]
     positions = (v["image_size"] // v["patch_size"]) ** 2 * h

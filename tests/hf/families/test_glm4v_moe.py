@@ -105,6 +105,22 @@ def test_text_fields_that_would_change_the_model_are_refused(change, field):
     assert refused_fields(cfg) == [field]
 
 
+@pytest.mark.parametrize(("key", "value"), [("hidden_size", "x"), ("patch_size", 0), ("depth", -1)])
+def test_a_vision_size_transformers_would_refuse_is_refused_at_its_field(key, value):
+    # the tower is left out, but its count is in the note: a size it cannot read was an import with exit 0 and the
+    # count silently dropped
+    cfg = copy.deepcopy(GLM_45V)
+    cfg["vision_config"][key] = value
+    assert refused_fields(cfg) == [f"vision_config.{key}"]
+
+
+def test_a_tower_of_no_blocks_is_counted_as_transformers_builds_it():
+    cfg = copy.deepcopy(GLM_45V)
+    cfg["vision_config"]["depth"] = 0
+    tower = sum(p.numel() for p in on_meta(cfg).model.visual.parameters())
+    assert f"left out: the vision tower (vision_config: {tower:,} parameters)" in import_hf_config(cfg)
+
+
 # A tiny GLM-4.5V: one dense layer then MoE with groups (4 groups, top 2), a routed scale, a shared expert,
 # partial rotary (half of head_dim 16) in mrope sections [2, 1, 1], q/k/v biases, a two-block tower.
 TINY = {

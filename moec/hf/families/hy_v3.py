@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import Draft, Family, HFConfig, spelt
-from moec.hf.families._common import all_known, base, defaults, dense_layers_ffn, gqa, moe_core, router
+from moec.hf.families._common import base, defaults, dense_layers_ffn, gqa, mlp_layer_types, moe_core, router
 from moec.hf.mapper import Mapper
 from moec.spec.plan import MoEPlan
 
@@ -51,20 +51,16 @@ def translate(c: HFConfig, d: Draft) -> None:
         normalize_topk=True,
     )
     d.put("moe.router.scale", c.float("router_scaling_factor"), c.src("router_scaling_factor"))
-    _mlp_layers(c, d)
+    mlp_layers(c, d)
     _shared(c, d)
     _release_fields(c, d)
 
 
-def _mlp_layers(c: HFConfig, d: Draft) -> None:
-    """mlp_layer_types ('dense' / 'sparse'); HYV3Config's default: the first layer dense, the rest sparse."""
-    given = c.value("mlp_layer_types") is not None
-    types = c.str_list("mlp_layer_types") if given else ["dense"] + ["sparse"] * (d.n_layers - 1)
-    if not d.fits_layers(c, "mlp_layer_types", types):
-        return
-    if all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types" if given else "mlp_layer_types unset: the first layer dense, the rest sparse"
+def mlp_layers(c: HFConfig, d: Draft) -> None:
+    """mlp_layer_types ('dense' / 'sparse'); HYV3Config's default (HY-V4's too): the first layer dense, the rest
+    sparse."""
+    unset = ["dense"] + ["sparse"] * (d.n_layers - 1)
+    mlp_layer_types(c, d, unset, "mlp_layer_types unset: the first layer dense, the rest sparse")
 
 
 def _shared(c: HFConfig, d: Draft) -> None:

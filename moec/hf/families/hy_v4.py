@@ -27,7 +27,7 @@ from moec.hf.draft import Draft, Family, HFConfig, is_int
 from moec.hf.families._common import activation, all_known, base, defaults, dense_layers_ffn, mla
 from moec.hf.families._indexer_share import shared_indexer_layers
 from moec.hf.families.glm4_moe import glm4_moe_block, mtp_not_built
-from moec.hf.families.hy_v3 import _mlp_layers, equals, ignored
+from moec.hf.families.hy_v3 import equals, ignored, mlp_layers
 from moec.hf.mapper import Mapper, gate_up
 from moec.spec.plan import LayerPlan
 
@@ -70,7 +70,7 @@ def hy_v4_text(c: HFConfig, d: Draft, cls: str, rotary: str = "halves") -> None:
     c.float("learnable_sink_init")  # the sinks' init: no effect on a loaded model
     d.put("attention.output_gate", "element", f"{cls}Attention: o_proj(attn · σ(gate_proj(x))), a gate per element")
     _layer_types(c, d)
-    _mlp_layers(c, d)
+    mlp_layers(c, d)
     glm4_moe_block(c, d, cls)
     limit = c.float("swiglu_limit")
     d.put("moe.activation", "swiglu_limit", f"{cls}Experts: silu(min(gate, L)) · clamp(up, ±L), whatever hidden_act")

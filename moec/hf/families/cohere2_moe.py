@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moec.hf.draft import CannotExport, Draft, Family, HFConfig, shown
-from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, moe_core, router
+from moec.hf.families._common import all_known, base, defaults, dense_ffn, gqa, mlp_layer_kinds, moe_core, router
 from moec.hf.families._export_common import dense_plan, layer_types, moe_plan
 from moec.hf.families.afmoe import export_placed
 from moec.hf.families.hy_v3 import equals, ignored
@@ -84,10 +84,7 @@ def _mlp_layers(c: HFConfig, d: Draft, k: int) -> None:
         d.ffn = ["dense" if i < k else "moe" for i in range(d.n_layers)]
         d.ffn_note = f"mlp_layer_types unset: dense before {c.src('first_k_dense_replace')} ({k})"
         return
-    types = c.str_list("mlp_layer_types")
-    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types"
+    mlp_layer_kinds(c, d, c.str_list("mlp_layer_types"))
 
 
 def _layer_types(c: HFConfig, d: Draft, k: int) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from moec.hf.draft import Draft, Family, HFConfig, is_int, shown
 from moec.hf.families._common import (
-    all_known,
     base,
     defaults,
     dense_layers_ffn,
     gqa,
+    mlp_layer_kinds,
     moe_core,
     shared_experts,
     typed_windows,
@@ -89,9 +89,7 @@ def _mlp_layers(c: HFConfig, d: Draft) -> None:
             d.ffn = ["dense" if i < k else "moe" for i in range(d.n_layers)]
             d.ffn_note = f"mlp_layer_types unset: dense before first_k_dense_replace ({k})"
         return
-    if d.fits_layers(c, "mlp_layer_types", types) and all_known(c, "mlp_layer_types", types, ("dense", "sparse")):
-        d.ffn = ["moe" if t == "sparse" else "dense" for t in types]
-        d.ffn_note = "mlp_layer_types (first_k_dense_replace is not used when it is given)"
+    mlp_layer_kinds(c, d, types, "mlp_layer_types (first_k_dense_replace is not used when it is given)")
 
 
 def _release_layer_fields(c: HFConfig, d: Draft) -> None:

@@ -295,17 +295,30 @@ def _import(source: Source, name: str | None) -> tuple[str, LoadedSpec]:
     try:
         return text, load_spec(t.file, text=text)
     except SpecError as e:
-        raise SpecError([_back_to_config(t, p) for p in e.problems]) from None
+        raise SpecError(_back_to_config(t, e.problems)) from None
 
 
-def _back_to_config(t: Translation, p: Problem) -> Problem:
-    """A problem the spec checks found in the imported spec, pointed back at its config.json field."""
-    leaf = t.draft.fields.get(p.path)
-    note = _layers_note(t.draft, p.path) if p.path.startswith("layers") else leaf[1] if leaf else ""
+def _back_to_config(t: Translation, problems: list[Problem]) -> list[Problem]:
+    """The problems the spec checks found in the imported spec, pointed back at their config.json fields: one per
+    field and message, so that a value the import wrote to several spec fields (moe_intermediate_size to moe.d_ff
+    and moe.d_ff_shared) is one problem naming them all."""
+    spec_paths: dict[tuple[str, str], list[str]] = {}
+    for p in problems:
+        spec_paths.setdefault((_config_field(t, p.path), p.message), []).append(p.path)
+    out = []
+    for (config_field, message), paths in spec_paths.items():
+        named = f"spec field{'s' if len(paths) > 1 else ''} {', '.join(paths)}"
+        # a config field of "": a value the family fixes in code, located at the config as a whole
+        out.append(t.problem(config_field, f"{message} ({named}{'' if config_field else ' of the imported spec'})"))
+    return out
+
+
+def _config_field(t: Translation, spec_path: str) -> str:
+    """The config.json field a spec field came from, by its note ("" where the family fixes the value in code)."""
+    leaf = t.draft.fields.get(spec_path)
+    note = _layers_note(t.draft, spec_path) if spec_path.startswith("layers") else leaf[1] if leaf else ""
     m = re.match(r"[A-Za-z_][\w.]*", note or "")
-    if m is None:  # a value the family fixes in code: located at the config as a whole
-        return t.problem("", f"{p.message} (spec field {p.path} of the imported spec)")
-    return t.problem(m.group(0).rstrip("."), f"{p.message} (spec field {p.path})")  # a note's "x.<type>"
+    return m.group(0).rstrip(".") if m else ""  # a note's "x.<type>"
 
 
 def _layers_note(d: Draft, path: str) -> str:

@@ -124,6 +124,15 @@ def test_a_field_at_its_default_is_located_at_the_config_itself(tmp_path):
     assert f"{path}:1:1 " in r.output
 
 
+def test_a_value_the_import_writes_to_two_spec_fields_is_one_problem(tmp_path):
+    """DeepSeek-V3's moe_intermediate_size is the routed experts' width and, times n_shared_experts, the shared
+    expert's: past the spec's bound it was two problems at the same line, one per spec field."""
+    path, text = write(tmp_path, {**DS3, "moe_intermediate_size": 10**12})
+    r = run("import-hf", str(path))
+    assert_refused_at(r, path, [(line_of(text, "moe_intermediate_size"), "moe_intermediate_size")])
+    assert "(spec fields moe.d_ff, moe.d_ff_shared)" in r.output
+
+
 HOSTILE_JSON = {
     # the object is level 1, so the 32nd bracket (column 7 + 31) opens level 33
     "nested 100000 deep": ('{"model_type": "mixtral",\n "x": ' + "[" * 100_000 + "]" * 100_000 + "}", 2, 38),

@@ -223,30 +223,40 @@ def _rotated_dims(spec: Spec) -> int | None:
 
 
 def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
-    """The model's scaling and each layer's own (layers.*.attention.rope_scaling), alike; that a layer's own needs
-    rope positions is moec.spec.rope_scaling's check (a layer's null needs them too)."""
+    """The model's scaling and each layer's own (layers.*.attention.rope_scaling), alike, each against the rotated
+    dims of the layers it scales (a layer's own rotary_dim, else the model's); that a layer's own needs rope
+    positions is moec.spec.rope_scaling's check (a layer's null needs them too)."""
+    from moec.spec.resolve import MODEL_SCALING, attention_fields_per_layer  # resolve reads the checked sections
+
     model_scaling = spec.model.positions.scaling
     if model_scaling is not None and spec.model.positions.kind != "rope":
         bad(("model", "positions", "scaling"), "scaling applies to rope positions only")
-    own = [((*path, "rope_scaling"), a.rope_scaling) for path, a in spec.layers.attention_sections()]
-    for here, sc in [(("model", "positions", "scaling"), model_scaling), *own]:
+    own = [((*path, "rope_scaling"), a.rope_scaling, a.rope_scaling) for path, a in spec.layers.attention_sections()]
+    fields, model_rot = attention_fields_per_layer(spec), _rotated_dims(spec)
+    layer_rots = [r or model_rot for r in fields["rotary_dim"]]
+
+    def rotated_by(scaling: object) -> set[int | None]:
+        """The rotated dims of the layers whose scaling is ``scaling`` (a section's, by identity), or the model's."""
+        return {r for r, sc in zip(layer_rots, fields["rope_scaling"], strict=True) if sc is scaling} or {model_rot}
+
+    for here, sc, key in [(("model", "positions", "scaling"), model_scaling, MODEL_SCALING), *own]:
         if sc is not None:
-            _check_scaling(spec, sc, here, bad)
+            _check_scaling(sc, rotated_by(key), here, bad)
 
 
-def _check_scaling(spec: Spec, sc: RopeScaling, here: Path, bad: Bad) -> None:
-    rot = _rotated_dims(spec)
-    if sc.kind in ("dynamic", "ntk_alpha") and rot == 2:
+def _check_scaling(sc: RopeScaling, rots: set[int | None], here: Path, bad: Bad) -> None:
+    if sc.kind in ("dynamic", "ntk_alpha") and 2 in rots:
         # NTK's base stretch has the exponent dim / (dim - 2)
         bad(here + ("kind",), f"{sc.kind} scaling needs more than 2 rotated dims per head")
     _check_factor_or_alpha(sc, here, bad)
     if sc.kind == "longrope":
         for f in ("short_factor", "long_factor"):
             v = getattr(sc, f)
+            wrong = sorted(r for r in rots if r and len(v or ()) != r // 2)
             if v is None:
                 bad(here, f"longrope scaling needs {f}")
-            elif rot and len(v) != rot // 2:
-                bad(here + (f,), f"needs rotary dim / 2 = {rot // 2} values, got {len(v)}")
+            elif wrong:
+                bad(here + (f,), f"needs rotary dim / 2 = {wrong[0] // 2} values, got {len(v)}")
         for f in ("short_mscale", "long_mscale"):
             if getattr(sc, f) is None:
                 bad(here, f"longrope scaling needs {f}")

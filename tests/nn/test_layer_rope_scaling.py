@@ -111,6 +111,32 @@ def test_a_layer_scaling_it_cannot_have_is_refused_where_written(text, path, mes
     assert any(p.path == path and message in p.message and p.line > 0 for p in e.value.problems), e.value.problems
 
 
+NTK = "{kind: ntk_alpha, alpha: 2.0}"  # its base stretch's exponent is dim / (dim - 2): no 2-dim rotation
+
+
+@pytest.mark.parametrize(
+    ("scaling", "layers", "path"),
+    [
+        ("", f"overrides: [{{select: [1], attention: {{rotary_dim: 2, rope_scaling: {NTK}}}}}]", "layers.overrides[0]"),
+        # a layer's own rotary_dim, in another section than the scaling that reaches it
+        (NTK, "overrides: [{select: [1], attention: {rotary_dim: 2}}]", "model.positions.scaling"),
+        ("", f"default: {{attention: {{rope_scaling: {NTK}}}}}, overrides: [{{select: [0], attention: {{rotary_dim: 2}}}}]",
+         "layers.default"),
+    ],
+)  # fmt: skip
+def test_a_scaling_is_checked_against_the_rotated_dims_of_the_layers_it_scales(scaling, layers, path):
+    """Checked against the model's rotated dims alone, these loaded, and the layer's tables divided by zero."""
+    with pytest.raises(SpecError) as e:
+        plan_of(scaling, f"layers: {{{layers}}}")
+    where = path if path.startswith("model") else f"{path}.attention.rope_scaling"
+    assert [(p.path, p.message) for p in e.value.problems] == [
+        (f"{where}.kind", "ntk_alpha scaling needs more than 2 rotated dims per head")
+    ]
+    # the same scaling on the layer of 8 rotated dims only loads and builds
+    fine = f"layers: {{overrides: [{{select: [0], attention: {{rotary_dim: 2}}}}, {{select: [1], attention: {{rope_scaling: {NTK}}}}}]}}"
+    assert len(tables(plan_of("", fine))) == 2
+
+
 def test_the_code_generator_refuses_it_by_name():
     with pytest.raises(ValueError, match="codegen does not support a layer's own rope scaling"):
         render_model_source(plan_of(YARN, own(1, "null")))

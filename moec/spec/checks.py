@@ -236,8 +236,10 @@ def _check_rope_scaling(spec: Spec, bad: Bad) -> None:
     layer_rots = [r or model_rot for r in fields["rotary_dim"]]
 
     def rotated_by(scaling: object) -> set[int | None]:
-        """The rotated dims of the layers whose scaling is ``scaling`` (a section's, by identity), or the model's."""
-        return {r for r, sc in zip(layer_rots, fields["rope_scaling"], strict=True) if sc is scaling} or {model_rot}
+        """The rotated dims of the layers whose scaling is ``scaling`` (a section's, by identity), or the model's;
+        the model's scaling also reaches the MTP blocks, which rotate the model's dims."""
+        rots = {r for r, sc in zip(layer_rots, fields["rope_scaling"], strict=True) if sc is scaling}
+        return rots | {model_rot} if not rots or (scaling is MODEL_SCALING and spec.mtp is not None) else rots
 
     for here, sc, key in [(("model", "positions", "scaling"), model_scaling, MODEL_SCALING), *own]:
         if sc is not None:

@@ -140,3 +140,16 @@ def test_a_scaling_is_checked_against_the_rotated_dims_of_the_layers_it_scales(s
 def test_the_code_generator_refuses_it_by_name():
     with pytest.raises(ValueError, match="codegen does not support a layer's own rope scaling"):
         render_model_source(plan_of(YARN, own(1, "null")))
+
+
+def test_the_models_scaling_is_checked_against_the_mtp_blocks_too():
+    # the layers rotate 8 dims of their own; an MTP block rotates the model's 2, with the model's scaling
+    text = (
+        SPEC.replace("SCALING", f", rotary_dim: 2, scaling: {NTK}")
+        .replace("ATTN", "")
+        .replace("LAYERS", "layers: {default: {attention: {rotary_dim: 8}}}\nmtp: {n_layers: 1, ffn: dense}")
+    )
+    with pytest.raises(SpecError) as e:
+        resolve(load_spec("t.yaml", text=text))
+    assert [p.path for p in e.value.problems] == ["model.positions.scaling.kind"]
+    assert len(tables(resolve(load_spec("t.yaml", text=text.replace("mtp: {n_layers: 1, ffn: dense}", ""))))) == 2

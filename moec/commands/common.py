@@ -48,14 +48,14 @@ def refuse_hybrid(plan: Any, command: str, feature: str) -> None:
     command, the model's mixers and the ``feature`` that is missing (exit 2), never a wrong number."""
     if not plan.hybrid:
         return
-    from moec.spec.mixer_checks import _spans  # the spec checks' layer ranges: '0-2, 4'
+    from moec.spec.mixer_checks import layer_spans  # the spec checks' layer ranges: '0-2, 4'
 
     kinds = sorted({lp.mixer_kind for lp in plan.layers} - {"attention", "none"})
     what = [f"token mixers {', '.join(kinds)}"] if kinds else []
     no_mixer = [lp.index for lp in plan.layers if lp.mixer_kind == "none"]
     no_ffn = [lp.index for lp in plan.layers if not lp.has_ffn]
-    what += [f"no token mixer in layer{'s' * (len(no_mixer) > 1)} {_spans(no_mixer)}"] if no_mixer else []
-    what += [f"no FFN in layer{'s' * (len(no_ffn) > 1)} {_spans(no_ffn)}"] if no_ffn else []
+    what += [f"no token mixer in layer{'s' * (len(no_mixer) > 1)} {layer_spans(no_mixer)}"] if no_mixer else []
+    what += [f"no FFN in layer{'s' * (len(no_ffn) > 1)} {layer_spans(no_ffn)}"] if no_ffn else []
     raise CommandError(
         f"{command} does not support hybrid models yet ({feature}): {plan.name} has {'; '.join(what)} "
         '(docs/mixers.md, "Analyzer and commands")'
@@ -64,21 +64,21 @@ def refuse_hybrid(plan: Any, command: str, feature: str) -> None:
 
 def refuse_block_features(plan: Any, command: str, feature: str) -> None:
     """Refuse, as :func:`refuse_hybrid` does, a model using a block feature ``feature`` (what the command lacks)
-    does not know yet: DeepSeek Sparse Attention's indexer, LongCat-Flash's shortcut-MoE pair layers and zero
-    experts (docs/conventions.md); one CommandError naming every one the model uses (exit 2)."""
+    does not know yet: each entry of ``present`` below, a spec field of docs/conventions.md; one CommandError naming
+    every one the model uses (exit 2)."""
     layers = (*plan.layers, *plan.mtp)
     present = {
-        "attention.indexer": any(getattr(lp.attention, "has_indexer", False) for lp in layers),
-        "model.block shortcut_moe_pair": any(getattr(lp, "pair_ffn", None) is not None for lp in layers),
-        "moe.n_zero_experts": any(getattr(lp.ffn, "n_zero_experts", 0) for lp in layers),
+        "attention.indexer": any(lp.attention.has_indexer for lp in layers),
+        "model.block shortcut_moe_pair": any(lp.pair_ffn is not None for lp in layers),
+        "moe.n_zero_experts": any(getattr(lp.ffn, "n_zero_experts", 0) for lp in layers),  # MoE plans only
         # moec.dist keeps a mixture of attention heads whole on every TP rank; the planner would split its KV
-        "attention.kind moa": any(getattr(lp.attention, "kind", None) == "moa" for lp in layers),
+        "attention.kind moa": any(lp.attention.kind == "moa" for lp in layers),
         # the planner lists no connection tensors: it would leave them out of the shards
-        "model.hyper_connections": getattr(plan, "hyper_connections", None) is not None,
+        "model.hyper_connections": plan.hyper_connections is not None,
         # MLA variants whose tensors the planner does not list (and TP would not find q_b_proj for the query gate)
-        "attention.rope_key_norm": any(getattr(lp.attention, "rope_key_norm", False) for lp in layers),
-        "attention.query_gate": any(getattr(lp.attention, "query_gate", False) for lp in layers),
-        "model.norm_gate": getattr(plan, "norm_gate", None) is not None,
+        "attention.rope_key_norm": any(lp.attention.rope_key_norm for lp in layers),
+        "attention.query_gate": any(lp.attention.query_gate for lp in layers),
+        "model.norm_gate": plan.norm_gate is not None,
     }
     found = [name for name, used in present.items() if used]
     if found:

@@ -82,7 +82,7 @@ def _check_layer_heads(spec: Spec, bad: Bad) -> None:
         i = uneven[0]
         where = (_attention_paths(spec, "n_heads") + written)[-1:] or [("attention", "n_kv_heads")]
         heads = f"n_heads {fields['n_heads'][i]} is not divisible by n_kv_heads {fields['n_kv_heads'][i]}"
-        others = f" (and in layers {_spans(uneven[1:])})" if len(uneven) > 1 else ""
+        others = f" (and in layers {layer_spans(uneven[1:])})" if len(uneven) > 1 else ""
         bad(where[0], f"layer {i}: {heads}{others}")
 
 
@@ -105,10 +105,10 @@ def _where_chosen(spec: Spec, kind: str) -> Path:
 
 def _layers(idx: list[int], one: str, many: str) -> str:
     """'layer 5 has' or 'layers 0-2, 4, 6-7 have': the indices as ranges, and the verb agreeing."""
-    return f"layer {idx[0]} {one}" if len(idx) == 1 else f"layers {_spans(idx)} {many}"
+    return f"layer {idx[0]} {one}" if len(idx) == 1 else f"layers {layer_spans(idx)} {many}"
 
 
-def _spans(idx: list[int]) -> str:
+def layer_spans(idx: list[int]) -> str:
     """Sorted layer indices as ranges: '0-2, 4, 6-7'."""
     out: list[str] = []
     start = prev = None

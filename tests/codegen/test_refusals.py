@@ -32,7 +32,7 @@ REFUSED = {
     "attention.query_gate": TINY_DEEPSEEK_V3.replace("v_head_dim: 8}", "v_head_dim: 8, query_gate: true}"),
     "attention.indexer.rope_dims 'last'": INDEXED.replace("top_k: 4}", "top_k: 4, rope_dims: last}"),
     "model.positions.scaling kind 'longrope' with a layer's own rotary_dim": variant(
-        model=LONGROPE, extra="layers: {overrides: [{select: [1], attention: {rotary_dim: 4}}]}\n"
+        model=LONGROPE, extra="layers: {overrides: [{select: [1], attention: {rotary_dim: 8}}]}\n"
     ),
     "model.depth_scaled_residual in a hybrid model": variant(
         model="positions: {kind: rope}, depth_scaled_residual: true",

@@ -153,3 +153,17 @@ def test_the_models_scaling_is_checked_against_the_mtp_blocks_too():
         resolve(load_spec("t.yaml", text=text))
     assert [p.path for p in e.value.problems] == ["model.positions.scaling.kind"]
     assert len(tables(resolve(load_spec("t.yaml", text=text.replace("mtp: {n_layers: 1, ffn: dense}", ""))))) == 2
+
+
+def test_longrope_factors_are_counted_against_every_width_they_scale():
+    # one factor per rotated frequency: 4 for the model's 8 dims, which layer 1's own 4 dims cannot take (its tables'
+    # 2 frequencies against 4 factors: the forward failed on the shapes)
+    longrope = ("{kind: longrope, factor: 4.0, original_max_seq_len: 16, short_factor: [1.0, 1.5, 2.0, 2.5], "
+                "long_factor: [2.0, 3.0, 4.0, 5.0], short_mscale: 1.0, long_mscale: 1.2}")  # fmt: skip
+    with pytest.raises(SpecError) as e:
+        plan_of(longrope, "layers: {overrides: [{select: [1], attention: {rotary_dim: 4}}]}")
+    assert [(p.path, p.message) for p in e.value.problems] == [
+        (f"model.positions.scaling.{f}", "needs rotary dim / 2 = 2 values, got 4")
+        for f in ("short_factor", "long_factor")
+    ]
+    assert len(tables(plan_of(longrope, "layers: {overrides: [{select: [1], attention: {rotary_dim: 8}}]}"))) == 2
